@@ -1,0 +1,121 @@
+# qscope - plain Makefile. `make run` installs what is missing, builds and opens the TUI;
+# `make test` runs every check and ends with "N passed, N failed".
+CC      ?= cc
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BUILD   ?= build
+SAN     ?=
+
+DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
+           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy
+
+PKG_CORE = openblas lapacke
+PKG_UI   = ncursesw readline
+
+# -Wno-format-truncation: snprintf into fixed message buffers truncates on purpose.
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncation -Iinclude -O2 -g -pthread
+CORE_CFLAGS = $(CFLAGS_BASE) $(shell pkg-config --cflags $(PKG_CORE) 2>/dev/null) $(SAN)
+UI_CFLAGS   = $(CORE_CFLAGS) $(shell pkg-config --cflags $(PKG_UI) 2>/dev/null)
+CORE_LIBS   = $(shell pkg-config --libs $(PKG_CORE) 2>/dev/null) -lcsv -lcjson -lm -pthread $(SAN)
+UI_LIBS     = $(shell pkg-config --libs $(PKG_UI) 2>/dev/null)
+
+CORE_SRC = $(sort $(wildcard src/core/*.c src/model/*.c src/quant/*.c src/analysis/*.c src/cmd/*.c))
+TUI_SRC  = $(sort $(wildcard src/tui/*.c))
+CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
+TUI_OBJ  = $(TUI_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC = $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRC = $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
+BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
+BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt
+all: qscope
+
+# The core library links without ncurses/readline: a layering break fails this link.
+$(BUILD)/libqscope_core.a: $(CORE_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/src/tui/%.o: src/tui/%.c
+	@mkdir -p $(@D)
+	$(CC) $(UI_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/src/main.o: src/main.c
+	@mkdir -p $(@D)
+	$(CC) $(UI_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -MMD -MP -c $< -o $@
+
+qscope: $(BUILD)/src/main.o $(TUI_OBJ) $(BUILD)/libqscope_core.a
+	$(CC) -o $@ $^ $(CORE_LIBS) $(UI_LIBS)
+
+core: $(BUILD)/libqscope_core.a
+
+# Unit tests and fuzz drivers link against the core only (no curses, no readline).
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libqscope_core.a tests/unit/test.h
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
+
+$(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< tests/fuzz/driver.c $(BUILD)/libqscope_core.a $(CORE_LIBS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
+
+unit: $(UNIT_BIN) $(FUZZ_BIN)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "make deps: all packages present"; fi
+
+run: deps
+	$(MAKE) qscope
+	./qscope
+
+test: deps
+	$(MAKE) qscope unit
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" qscope unit
+	@bash tests/run.sh
+
+bench: deps
+	$(MAKE) qscope $(BENCH_BIN)
+	@bash tests/bench/run.sh
+
+install: qscope
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 755 qscope $(DESTDIR)$(PREFIX)/bin/qscope
+	install -m 644 man/qscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1
+	install -m 644 man/qscope-session.5 $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/qscope $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1 \
+	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
+
+# Regenerate the bundled data and retrain the bundled models (reproduces the committed metrics).
+data: $(BUILD)/tools/gen_toys
+	$(BUILD)/tools/gen_toys datasets
+
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
+models: qscope
+	bash tools/train_models.sh
+
+fmt:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan qscope
+
+-include $(CORE_OBJ:.o=.d) $(TUI_OBJ:.o=.d) $(BUILD)/src/main.d

@@ -1,0 +1,169 @@
+/* bench.h - the workbench state: one struct holding the model, the data and its split, the
+ * quantization rules and per-layer configurations, corrections, and the activation caches.
+ *
+ * Caches: the float model's per-layer inputs and pre-activations on the calibration and test
+ * splits are computed once per (model, data, split). The quantized path is cached per layer;
+ * changing layer i's configuration invalidates layer i onward only (q_valid), so the next query
+ * re-runs the forward pass from layer i, reusing everything before it. */
+#ifndef QSCOPE_BENCH_H
+#define QSCOPE_BENCH_H
+
+#include "qscope/common.h"
+#include "qscope/dataset.h"
+#include "qscope/format.h"
+#include "qscope/mlp.h"
+
+enum qs_regime { QS_REGIME_WEIGHT, QS_REGIME_ACT, QS_REGIME_FULL };
+const char *qs_regime_name(enum qs_regime r);  /* "weight-only", "activation-only", ... */
+const char *qs_regime_word(enum qs_regime r);  /* "weight", "act", "full" (command words) */
+
+enum { QS_ROLE_W = 1, QS_ROLE_A = 2 };
+
+/* Activation scale mode for the activation role. */
+enum qs_amode { QS_AMODE_DYNAMIC, QS_AMODE_TOKEN, QS_AMODE_STATIC };
+
+struct qs_rule {
+    char pattern[64];
+    struct qs_format fmt;
+    struct qs_qopts opt;
+    int roles;              /* QS_ROLE_* bits, or 0 = the regime's default roles */
+    enum qs_amode amode;
+    int matched;            /* layers matched at the last resolution */
+};
+
+enum qs_corr_method {
+    QS_CORR_NONE, QS_CORR_BIAS, QS_CORR_LOWRANK, QS_CORR_LQER, QS_CORR_QERA, QS_CORR_EORA,
+    QS_CORR_LINEAR, QS_CORR_CLOCAL
+};
+const char *qs_corr_name(enum qs_corr_method m);
+int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e);
+
+/* A fitted correction on one layer. Low-rank methods add c to the dequantized weight;
+ * bias adds db to the bias; linear maps the pre-activation: y' = y A^T + mb. clocal is analysis
+ * only and never applied to the forward pass. */
+struct qs_corr {
+    enum qs_corr_method method;
+    int rank;               /* low-rank methods */
+    char prec[8];           /* "float", "int8", "int4" (linear map's own weights) */
+    double lambda;          /* ridge lambda used */
+    float *c;               /* (out, in) low-rank weight term */
+    float *db;              /* (out) bias term */
+    float *amap, *mb;       /* linear map y' = y A^T + mb: A (out, out) row-major, mb (out) */
+    long params;            /* parameters the correction adds */
+    double bits;            /* bits it adds (params x their storage bits) */
+    double recovery;        /* held-out R */
+    double recovery_calib;  /* R on the calibration split */
+};
+
+/* Per-layer resolved configuration plus caches of the quantized weight. */
+struct qs_layer_state {
+    int rule_w, rule_a;          /* index of the rule setting each role, -1 none */
+    struct qs_format wfmt, afmt; /* kind NONE when the role stays float */
+    struct qs_qopts wopt, aopt;
+    enum qs_amode amode;
+    float a_static_amax;         /* calibrated on the float calibration inputs */
+    struct qs_packed packed;     /* packed weight (valid when wq != NULL) */
+    float *wq;                   /* (out, in) dequantized packed weight; NULL when float */
+    double w_rel_err;            /* ||W - Q(W)|| / ||W|| */
+    struct qs_corr corr;         /* method NONE when uncorrected */
+};
+
+/* Activations of one split through the model: in[i] = input of layer i (n, in_i) (in[0] aliases
+ * the data), pre[i] = pre-activation (n, out_i). */
+struct qs_acts {
+    int n;
+    float **in, **pre;
+    float *x; int *y;            /* the split's inputs and labels (owned) */
+};
+
+enum qs_split_id { QS_CALIB, QS_TEST };
+
+typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
+
+struct qs_bench {
+    struct qs_mlp *model;
+    struct qs_dataset *data;
+    char *model_path, *data_path;
+    uint64_t seed;               /* session seed: split, stochastic rounding, probes */
+    uint64_t split_seed;
+    double f_train, f_calib;
+    struct qs_split split;
+    int calib_n;                 /* calibration samples used (<= split.n_calib) */
+    double gate_min;             /* task-learned gate: float test accuracy >= gate_min */
+    enum qs_regime regime;
+    int nrules;
+    struct qs_rule rules[64];
+    struct qs_layer_state *ls;   /* nlayers */
+    /* caches */
+    int f_valid;                 /* float activations computed */
+    struct qs_acts f_acts[2];
+    struct qs_acts q_acts[2];
+    int q_valid[2];              /* quantized path valid for layers [0, q_valid) */
+    /* front-end hooks (may be NULL) */
+    qs_progress_fn progress;
+    void *progress_ctx;
+    volatile int cancel;         /* set asynchronously to cancel long work */
+};
+
+/* Creates an empty bench (no model). Free with qs_bench_free. */
+struct qs_bench *qs_bench_new(void);
+void qs_bench_free(struct qs_bench *b);
+
+/* Replaces the model / data (invalidating caches). Ownership of m / d passes to the bench. */
+int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e);
+int qs_bench_set_data(struct qs_bench *b, struct qs_dataset *d, const char *path, qs_err *e);
+/* Re-makes the split (seed, fractions) and invalidates caches. */
+int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e);
+int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);
+/* Checks that model and data fit each other (input width, classes). */
+int qs_bench_ready(struct qs_bench *b, qs_err *e);
+
+/* Adds a rule (first match wins, so a new rule goes first, like `quant` overriding earlier ones)
+ * and re-resolves. *nmatched receives how many layers it matched. */
+int qs_bench_add_rule(struct qs_bench *b, const struct qs_rule *r, int *nmatched, qs_err *e);
+int qs_bench_clear_rules(struct qs_bench *b);
+int qs_bench_set_regime(struct qs_bench *b, enum qs_regime r, qs_err *e);
+/* Resolves rules into per-layer configs; re-quantizes and invalidates only changed layers. */
+int qs_bench_resolve(struct qs_bench *b, qs_err *e);
+
+int qs_bench_layer_index(const struct qs_bench *b, const char *name);
+/* Writes a "did you mean" suggestion list of layer names close to name into buf. */
+void qs_bench_suggest_layer(const struct qs_bench *b, const char *name, char *buf, size_t n);
+
+/* Ensures float activations for both splits and the quantized path up to the last layer. */
+int qs_bench_update(struct qs_bench *b, qs_err *e);
+/* Marks the quantized path stale from layer i onward. */
+void qs_bench_invalidate(struct qs_bench *b, int i);
+
+/* Runs layer i on input x: (n, in_i) into pre: (n, out_i). quant is a QS_ROLE_* mask: which of
+ * the layer's configured quantizations apply (activations, weights); apply_corr adds its fitted
+ * correction (never clocal, which is analysis only). */
+int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
+                           int apply_corr, float *pre, qs_err *e);
+
+struct qs_metric {
+    double acc, loss;
+    int n;
+};
+
+struct qs_eval {
+    struct qs_metric f, q;
+    double kl;          /* mean KL(p_f || p_q) on the test split */
+    double agree;       /* top-1 agreement */
+    double bits_w;      /* bits per weight of the whole model (packed sizes; float = 32) */
+    double chance;      /* majority-class rate of the test split */
+    int gate_pass;      /* float acc >= chance + gate_min * (1 - chance) */
+};
+/* Float and quantized task metrics on the test split. */
+int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e);
+
+/* Task metric of a forward pass on a split with layer-wise choice: quant_mask bit i says whether
+ * layer i runs quantized; corr_mask bit i whether its correction is applied. (Layers > 63 follow
+ * bit 63.) Used by eval, ablation and sensitivity. logits may be NULL. */
+int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                 struct qs_metric *m, float *logits, qs_err *e);
+
+/* Total bits per weight of the model's weights as configured (packed sizes; float layers 32). */
+double qs_bench_bits_per_weight(const struct qs_bench *b);
+
+#endif

@@ -1,0 +1,134 @@
+/* cmd.h - the command language: one table of commands (name, argument spec, flags, handler,
+ * help), one dispatcher used by every front end (TUI prompt and keys, REPL, -c, -b, --replay).
+ *
+ * A handler parses its arguments, acts on the bench and emits results: each result is a cJSON
+ * object (always with "cmd") plus its text rendering. Front ends decide what to print (text or
+ * JSON Lines); the journal records results under the command for sessions. Handlers never print
+ * and never exit. */
+#ifndef QSCOPE_CMD_H
+#define QSCOPE_CMD_H
+
+#include <cjson/cJSON.h>
+#include <stdarg.h>
+
+#include "qscope/bench.h"
+#include "qscope/common.h"
+
+struct qs_ctx;
+
+enum {
+    QS_CMD_JOURNAL = 1 << 0, /* recorded in the journal / saved sessions */
+    QS_CMD_MODEL = 1 << 1,   /* needs a model */
+    QS_CMD_DATA = 1 << 2,    /* needs model and data ready */
+    QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
+    QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
+};
+
+typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
+
+struct qs_cmd_def {
+    const char *name;  /* one or two words: "eval", "load model" */
+    const char *args;  /* argument synopsis for help and the manual */
+    unsigned flags;
+    qs_cmd_fn fn;      /* argv[0] is the first argument after the name */
+    const char *help;  /* one-line description */
+    const char *more;  /* longer help (may be NULL) */
+};
+
+/* A growable string. */
+struct qs_sb {
+    char *s;
+    size_t len, cap;
+};
+void qs_sb_printf(struct qs_sb *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void qs_sb_vprintf(struct qs_sb *sb, const char *fmt, va_list ap);
+void qs_sb_free(struct qs_sb *sb);
+
+/* JSON numbers are stored raw with "%.9g" (the design's fixed format; NaN/Inf become null). */
+void qs_json_num(cJSON *obj, const char *key, double v);
+cJSON *qs_json_num_item(double v);
+/* Reads a number from an item written by qs_json_num (or a plain number); NAN if not one. */
+double qs_json_get_num(const cJSON *item);
+
+/* One journal entry: the canonical command and the results it produced. */
+struct qs_jentry {
+    char *line;
+    cJSON *results; /* array of result objects (owned) */
+};
+
+struct qs_ctx {
+    struct qs_bench *b;
+    /* front-end output: called for every result (text may be multi-line, no trailing newline) */
+    void (*emit)(void *u, const cJSON *obj, const char *text);
+    /* warnings and notes that are not results (e.g. "pattern 'x*' matched no layer") */
+    void (*note)(void *u, const char *msg);
+    void *u;
+    /* journal: successful QS_CMD_JOURNAL commands in canonical form */
+    struct qs_jentry *journal;
+    int njournal, capjournal;
+    /* called after each journaled command (autosave); may be NULL */
+    void (*on_journal)(struct qs_ctx *c, const struct qs_jentry *j);
+    void *journal_u;
+    int dirty;                  /* journal entries not yet saved to a session file */
+    /* the command being run */
+    char canon[1024];           /* canonical form set by the handler (else the typed line) */
+    cJSON *cur_results;         /* results emitted by the running command */
+    int no_journal;             /* set by a handler to skip journaling this run */
+    /* scripting */
+    int depth;                  /* source nesting */
+    int bail;                   /* stop at the first error (default 1) */
+    const char *script_dir;     /* folder of the running script, for relative paths */
+    int quit;                   /* set by `quit` */
+    int json;                   /* front end prints JSON */
+    cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
+    const struct qs_cmd_def *extra; /* front-end commands (NULL-name terminated), may be NULL */
+    void *front;                /* front-end state for QS_CMD_FRONT handlers */
+};
+
+void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b);
+void qs_ctx_free(struct qs_ctx *c); /* frees journal and last table, not the bench */
+
+/* All commands: the core table followed by the front end's extra table. Iterate with
+ * qs_cmd_at(c, i) until NULL. */
+const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i);
+/* Finds the command named by the first one or two words of argv; *used = words consumed. */
+const struct qs_cmd_def *qs_cmd_lookup(const struct qs_ctx *c, int argc, char **argv, int *used);
+
+/* Splits a line into words (shell-like: quotes, backslash escapes, '#' starts a comment outside
+ * quotes). Returns argc or -1 with a message; *argv is owned by the caller (qs_argv_free). */
+int qs_tokenize(const char *line, char ***argv, qs_err *e);
+void qs_argv_free(char **argv, int argc);
+
+/* Runs one command line (no ';' splitting). Empty lines and comments succeed. On success a
+ * QS_CMD_JOURNAL command is appended to the journal. Returns 0 / -1 with e set. */
+int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e);
+/* Splits text on ';' and newlines outside quotes and runs each; stops at the first error when
+ * c->bail. Returns 0 if all succeeded, else -1 (e holds the first error). */
+int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e);
+
+/* Emits a result: obj must have "cmd"; ownership of obj passes to the context. */
+void qs_emit(struct qs_ctx *c, cJSON *obj, const char *text);
+/* Emits text that belongs to no single result (a summary under several results); front ends
+ * receive it with obj == NULL and print it in text mode only. */
+void qs_emit_text(struct qs_ctx *c, const char *text);
+void qs_note(struct qs_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Keeps a copy of a tabular result for export csv: columns = keys of the row objects. */
+void qs_set_last_table(struct qs_ctx *c, const char *title, const cJSON *rows, const char *header);
+
+/* Appends an entry to the journal (used by the dispatcher and by `recover`). */
+int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results);
+
+/* Option parsing helpers for handlers: "key=value" tokens. */
+const char *qs_opt_value(const char *tok, const char *key); /* value if tok is key=..., else NULL */
+int qs_parse_int(const char *s, long lo, long hi, long *out, const char *what, qs_err *e);
+int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
+
+/* Command tables of the core modules (NULL-name terminated). */
+extern const struct qs_cmd_def qs_cmds_basic[];
+extern const struct qs_cmd_def qs_cmds_analysis[];
+extern const struct qs_cmd_def qs_cmds_session[];
+
+/* The gate as JSON/text fields, added to every analysis result. */
+void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
+
+#endif

@@ -1,0 +1,168 @@
+/* format.h - number formats: parsing, element casts, and quantize / pack / unpack kernels.
+ *
+ * Definitions follow /work/shared REFERENCES.md "Number formats" (OCP OFP8 rev 1.0, OCP MX v1.0,
+ * NVFP4, QLoRA NF4). Choices qscope makes on its own are marked "qscope:" below.
+ *
+ * Layout conventions: a matrix w is (rows, cols) row-major; a "channel" is a row (the output
+ * channel of a weight (out, in), or a token of activations X (n, in)); groups and blocks run
+ * along a row and never straddle two rows. Quantizing x with scale s computes y = x * (1/s) in
+ * F32 (as PyTorch's fake_quantize does), rounds y onto the element grid, and dequantizes r * s.
+ * Scales are rounded to their storage type (F16 by default) before use, so the fake path
+ * (qs_quant_fake) equals pack + unpack bit for bit. */
+#ifndef QSCOPE_FORMAT_H
+#define QSCOPE_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qscope/common.h"
+
+enum qs_fmt_kind {
+    QS_FMT_NONE,      /* keep float */
+    QS_FMT_INT,       /* intB, B = 2..8 */
+    QS_FMT_MINIFLOAT, /* fp8-*, fp6-*, fp4-e2m1, eXmY[bZ] */
+    QS_FMT_FIXED,     /* e0mY: sign-magnitude fixed point k / 2^Y */
+    QS_FMT_MX,        /* mxfp8/mxfp6/mxfp4 (minifloat elements) and mxint8 (ebits = 0) */
+    QS_FMT_NVFP4,     /* E2M1 elements, E4M3 block scale per 16, F32 tensor scale */
+    QS_FMT_NF4,       /* QLoRA NormalFloat4 codebook */
+    QS_FMT_COMPAND    /* mu-law (mu = 255) companding then B-bit sign-magnitude codes */
+};
+enum qs_gran { QS_GRAN_TENSOR, QS_GRAN_CHANNEL, QS_GRAN_GROUP };
+enum qs_clip { QS_CLIP_MAX, QS_CLIP_MSE, QS_CLIP_PCT };
+enum qs_round { QS_ROUND_NEAREST, QS_ROUND_STOCHASTIC };
+enum qs_nonfinite {
+    QS_NF_NONE, /* every code finite (eXmY generic, fp6, fp4, e0mY) */
+    QS_NF_E4M3, /* only S.1111.111 is NaN, no Inf */
+    QS_NF_IEEE  /* top exponent field = Inf (mantissa 0) / NaN (E5M2, E3M4) */
+};
+
+struct qs_format {
+    enum qs_fmt_kind kind;
+    int bits;                  /* bits of one element code */
+    int ebits, mbits, bias;    /* minifloat / fixed / MX and NVFP4 element type (mxint8: 0,7,0) */
+    enum qs_nonfinite nf;
+    int block;                 /* 32 for MX, 16 for NVFP4, 64 (default) for NF4, 0 otherwise */
+    char name[32];             /* canonical name: "int4", "fp8-e4m3", "e3m4b1", "mxfp4", ... */
+};
+
+/* Parses a format name into f: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, fp6-e2m3,
+ * fp6-e3m2, fp4-e2m1, eXmY and eXmYbZ (X 1..8, Y 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit
+ * in F32), e0mY (fixed point, Y 1..15; e0m7 is the 8-bit one), mxfp8 (E4M3 elements),
+ * mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4, nf4, compand:B (B 2..8).
+ * Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1 ->
+ * fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
+ * the valid names. */
+int qs_format_parse(const char *s, struct qs_format *f, qs_err *e);
+
+/* NULL-terminated static array of canonical names (for completion and help). */
+const char *const *qs_format_names(void);
+
+/* Largest finite value of the element format at scale 1 (int: 2^(B-1)-1; nf4, compand: 1;
+ * mxint8 elements: 127/64). 0 for none. */
+double qs_format_max(const struct qs_format *f);
+
+struct qs_qopts {
+    enum qs_gran gran;
+    int group;           /* group size for QS_GRAN_GROUP; must divide cols */
+    int gran_set;        /* set by qs_qopts_parse_token when gran= is given: formats with fixed
+                            blocks (MX, NVFP4) then reject it; NF4 rejects tensor/channel */
+    enum qs_clip clip;
+    double pct;          /* clip=pct:P: percentile of |x| in (0, 100] */
+    int asym;            /* int only: zero point */
+    int full_range;      /* int symmetric: codes -2^(B-1)..2^(B-1)-1, scale amax / ((2^B-1)/2)
+                            (PyTorch's symmetric observer) instead of restricted +-(2^(B-1)-1) */
+    enum qs_round round;
+    uint64_t seed;       /* stochastic rounding: row r uses qs_rng seeded with seed + r * phi64 */
+    int saturate;        /* 1: clamp to the largest finite; 0: overflow per spec (E4M3 -> NaN,
+                            IEEE-like -> Inf). Only formats with Inf/NaN codes accept 0. */
+    int scale_none;      /* minifloat / fixed: cast raw values, scale 1, no scale storage */
+    int scale_f32;       /* store per-tensor/channel/group scales as F32 instead of F16 */
+};
+
+/* Defaults: gran=tensor, clip=max, symmetric restricted range, nearest-even, saturating, F16
+ * scales, seed 0. */
+void qs_qopts_default(struct qs_qopts *o);
+
+/* Canonical option string for format f with every default spelled out, only the options that
+ * apply to f, e.g. "gran=group:32 clip=max round=nearest range=restricted sym scale=f16".
+ * Empty for none. buf always NUL-terminated. */
+void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n);
+
+/* Parses one "key=value" token into o: gran=tensor|channel|group:N, clip=max|mse|pct:P,
+ * round=nearest|stochastic, range=full|restricted, asym, sym, sat=0|1, scale=none|f16|f32,
+ * seed=N. Returns 0, or -1 with a message (o unchanged). */
+int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e);
+
+/* Checks that options o make sense for format f (e.g. asym only for int, sat=0 only for formats
+ * with Inf/NaN, scale=none only for minifloat/fixed, no gran= for MX/NVFP4). 0 or -1. */
+int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e);
+
+struct qs_packed {
+    struct qs_format fmt;
+    struct qs_qopts opt;
+    int rows, cols;
+    uint8_t *codes;  size_t code_bytes;   /* element codes, an LSB-first bit stream, row-major
+                                             with no padding (two int4 codes per byte) */
+    uint8_t *scales; size_t scale_bytes;  /* one per tensor / channel / group / block, row-major:
+                                             F16 or F32 little-endian, E8M0 for MX, E4M3 for
+                                             NVFP4; none with scale=none */
+    uint8_t *zeros;  size_t zero_bytes;   /* asymmetric int: one zero point byte per scale */
+    float tensor_scale;                   /* NVFP4 per-tensor F32 scale (counted as 4 bytes) */
+};
+
+/* Quantizes w: (rows, cols) row-major into p (p's buffers are allocated; free with
+ * qs_packed_free). Code layouts: int symmetric two's complement, int asymmetric unsigned;
+ * minifloats sign | exponent | mantissa; e0mY and compand sign-magnitude; nf4 the level index
+ * 0..15 (ascending); mxint8 two's complement k (value k/64).
+ * Block formats (MX 32, NVFP4 16, NF4 its block) tile each row; qscope: the last block of a row
+ * may be partial when cols is not a multiple of the block, and has its own scale. gran=group:N
+ * requires N to divide cols.
+ * Errors: fmt none, NaN/Inf in w ("non-finite value at [r, c]"), bad group size, options
+ * invalid for the format, a scale that overflows F16 (use scale=f32). */
+int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                  int cols, struct qs_packed *p, qs_err *e);
+
+/* Decodes p into out: (rows, cols) row-major. */
+int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e);
+
+/* Frees p's buffers and zeroes it; NULL ok. */
+void qs_packed_free(struct qs_packed *p);
+
+/* Bytes of codes + scales + zero points (+4 when the NVFP4 tensor scale is used). */
+size_t qs_packed_bytes(const struct qs_packed *p);
+
+/* 8 * qs_packed_bytes / (rows * cols). */
+double qs_packed_bits_per_weight(const struct qs_packed *p);
+
+/* Fake quantization: out = unpack(pack(w)) bit for bit, computed without the packed buffers.
+ * w, out: (rows, cols); out == w allowed. For activations X (n, in) use gran=tensor (per tensor)
+ * or gran=channel (per token). Uses up to 8 threads on large inputs; results do not depend on
+ * the thread count. Errors as qs_quant_pack; on error out is unchanged when out == w, otherwise
+ * its content is unspecified. */
+int qs_quant_fake(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                  int cols, float *out, qs_err *e);
+
+/* Static activation quantization: qs_quant_fake with gran=tensor and the given calibrated absmax
+ * instead of the tensor's own (clip ignored; values beyond amax saturate). Symmetric only;
+ * NVFP4 takes amax for its tensor scale and keeps per-block scales; MX and NF4, whose scales
+ * are per block, are rejected. x, out: (rows, cols). */
+int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, const float *x,
+                       int rows, int cols, float amax, float *out, qs_err *e);
+
+/* Bare element format at scale 1 (for `roundtrip`): int rounds (nearest even) and clamps to the
+ * restricted range +-(2^(B-1)-1); minifloats and fixed point cast exactly per spec (RNE,
+ * subnormals, signed zero), saturating to the largest finite when saturate != 0, otherwise
+ * overflowing to NaN (E4M3) / Inf (IEEE-like) (formats without Inf/NaN always saturate); NaN
+ * gives NaN. nf4: nearest level in [-1, 1]; compand: mu-law map of x clamped to [-1, 1], B-bit
+ * codes, expanded back. MX and NVFP4: their element type's cast (mxint8: k/64, k in +-127);
+ * callers wanting the shared block scale run qs_quant_fake on the values as one row. */
+double qs_format_cast(const struct qs_format *f, double x, int saturate);
+
+/* Every value of the element format decoded from codes 0 .. 2^bits - 1 in code order (NaN/Inf
+ * included). *values is malloc'd (caller frees), *n = 2^bits. Error for none. */
+int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *e);
+
+/* Decodes one element code (bits above f->bits ignored). NaN for none. */
+double qs_format_decode(const struct qs_format *f, uint32_t code);
+
+#endif

@@ -1,0 +1,75 @@
+/* lowrank.h - corrections of a layer's weight error, as pure functions on matrices: the low-rank
+ * corrections LoRC, L2QER (LQER), QERA (exact) and EoRA, the ridge recovery map from quantized
+ * to float pre-activations, and the recovery score.
+ *
+ * Notation (REFERENCES.md "Corrections"): a linear layer computes y = x W^T + b with W: (out, in);
+ * E = W - Q(W): (out, in) is the weight error. Every low-rank function writes the correction
+ * c: (out, in) so that W' = Q(W) + c, and optionally its factors l: (out, r), rt: (r, in) with
+ * c = l rt (pass NULL for either to skip it). The factors split the kept singular values evenly,
+ * l = U_r S_r^{1/2} and rt = S_r^{1/2} V_r^T (times the method's right-hand transform), as
+ * ZeroQuant-V2's LoRC does, so that neither factor dwarfs the other when it is itself quantized.
+ * Rank r must be in 1..min(out, in); otherwise the call fails with e.g.
+ * "rank 20 exceeds min(out, in) = 10". All buffers are caller-owned; inputs are not modified. */
+#ifndef QSCOPE_LOWRANK_H
+#define QSCOPE_LOWRANK_H
+
+#include <stddef.h>
+
+#include "qscope/common.h"
+
+/* LoRC (ZeroQuant-V2): c = U_r S_r V_r^T, the rank-r truncated SVD of e: (out, in). By
+ * Eckart-Young it minimises ||E - C||_F over rank r. */
+int qs_lowrank_lorc(const float *e, int out, int in, int r, float *c, float *l, float *rt,
+                    qs_err *err);
+
+/* L2QER (LQER): with S = diag(s), s: (in), s_j = mean |x_j| over the calibration inputs, the
+ * SVD of E S = U Sigma V^T gives c = U_r Sigma_r V_r^T S^{-1}. Entries s_j below 1e-4 max_j s_j
+ * (dead or near-dead input channels) are raised to that floor, so that S^{-1} cannot amplify the
+ * SVD's rounding noise by more than 1e4; negative or non-finite s, or s all zero, is an error.
+ * With s = 1 this is exactly LoRC. */
+int qs_lowrank_lqer(const float *e, int out, int in, const float *s, int r, float *c, float *l,
+                    float *rt, qs_err *err);
+
+/* QERA, exact form: minimising E_x ||(E - C) x||^2 = tr((E - C) R (E - C)^T) over rank r gives
+ * c = [E R^{1/2}]_r R^{-1/2}, [.]_r the rank-r truncated SVD, with R = rxx + damp * mean(diag
+ * rxx) * I, rxx: (in, in) the input autocorrelation E[x x^T] (qs_gram), damp >= 0. R^{+-1/2} come
+ * from the eigendecomposition R = Q Lambda Q^T (ssyevd). Eigenvalues at or below
+ * 16 FLT_EPSILON lambda_max (only possible when damp = 0 and rxx is singular) are treated as
+ * null directions (pseudo-inverse): the objective does not see them, and c leaves them at 0. */
+int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r,
+                    float *c, float *l, float *rt, qs_err *err);
+
+/* EoRA: with R = Q Lambda Q^T as above, c = [E Q Lambda^{1/2}]_r Lambda^{-1/2} Q^T: the error
+ * projected into R's eigenspace, scaled by the eigenvalues' square roots, truncated, and mapped
+ * back. It minimises the same objective as exact QERA (E Q Lambda^{1/2} = E R^{1/2} Q), so the
+ * two agree to rounding. */
+int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r,
+                    float *c, float *l, float *rt, qs_err *err);
+
+/* Expected output error of a correction, tr((E - C) R (E - C)^T) = E_x ||(E - C) x||^2 for
+ * R = rxx: (in, in); e, c: (out, in); c may be NULL for tr(E R E^T). In double. */
+double qs_lowrank_objective(const float *e, const float *c, int out, int in, const float *rxx);
+
+/* Ridge recovery map from quantized to float pre-activations yq, yf: (n, d): with the columns
+ * centred, at = (yq^T yq + lambda I)^{-1} yq^T yf: (d, d), and b = mean(yf) - mean(yq) at: (d),
+ * so that yhat = yq at + b. lambda is absolute; lambda < 0 means "auto", 1e-6 trace(yq^T yq) / d
+ * of the centred yq; *lambda_used (may be NULL) gets the value used.
+ * Numerics: the map is solved as at = I + (G + lambda I)^{-1} (yq^T D - lambda I) with
+ * G = yq^T yq and D = yf - yq (both centred) - algebraically the same, but the float rounding of
+ * G then only touches the small correction, not the near-identity map itself. G and yq^T D are
+ * accumulated in float by row blocks (sgemm/ssyrk); the d x d solve is in double: Cholesky
+ * (dpotrf/dpotrs), falling back to the eigen pseudo-inverse (dsyevd; eigenvalues below 1e-6
+ * lambda_max dropped: the minimum-norm least-squares map) when G + lambda I is not numerically
+ * positive definite (lambda = 0 with collinear columns). */
+int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at,
+                 float *b, double *lambda_used, qs_err *err);
+
+/* Applies the map: yhat = yq at + b; yq, yhat: (n, d), at: (d, d), b: (d). */
+void qs_ridge_apply(const float *yq, int n, int d, const float *at, const float *b, float *yhat);
+
+/* Recovery R = 1 - ||yf - yhat||^2 / ||yf - yq||^2 over nd values (double accumulation). When
+ * the error before is 0 it returns 0 and sets *undefined = 1 (if non-NULL); otherwise
+ * *undefined = 0. */
+double qs_recovery(const float *yf, const float *yq, const float *yhat, size_t nd, int *undefined);
+
+#endif

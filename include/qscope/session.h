@@ -1,0 +1,109 @@
+/* session.h - sessions: the autosaved journal and crash recovery, saved session files (.qs:
+ * header, commands, recorded results) and their replay with --check, plus the `save session`,
+ * `source` and `recover` commands (table qs_cmds_session in cmd.h).
+ *
+ * The file format is described in man/qscope-session.5. In short:
+ *   # qscope session
+ *   # version 0.1.0
+ *   # date 2025-01-31T12:00:00Z
+ *   # seed 0
+ *   # threads 4
+ *   # model datasets/models/digits-mlp.safetensors sha256=<64 hex>
+ *   # data datasets/digits.csv sha256=<64 hex>
+ *   load model datasets/models/digits-mlp.safetensors
+ *   # => layers=3
+ *   ...
+ *   # end of session (N commands)
+ * The autosaved journal uses the same body under a "# qscope journal" header and ends with
+ * "# closed" after a clean exit. */
+#ifndef QSCOPE_SESSION_H
+#define QSCOPE_SESSION_H
+
+#include <cjson/cJSON.h>
+
+#include "qscope/cmd.h"
+
+#define QS_SESSION_MAGIC "# qscope session"
+#define QS_JOURNAL_MAGIC "# qscope journal"
+#define QS_RESULT_PREFIX "# => "
+#define QS_SESSION_END "# end of session"
+#define QS_JOURNAL_CLOSED "# closed"
+/* Arrays of plain values (numbers, strings) longer than this record only their first items. */
+#define QS_FLAT_MAX_ITEMS 64
+
+/* ---- flattening of result objects ------------------------------------------------------- */
+
+enum qs_flat_kind { QS_FLAT_NUM, QS_FLAT_STR, QS_FLAT_BOOL, QS_FLAT_NULL };
+
+struct qs_flat {
+    char *name;             /* "quant.acc", "layers[2].snr_db" */
+    char *value;            /* number text as stored ("%.9g"), the string itself, true/false/null */
+    enum qs_flat_kind kind;
+};
+
+struct qs_flat_list {
+    struct qs_flat *v;
+    int n, cap;
+};
+
+/* Flattens obj (an object, or an array of result objects) into name=value leaves appended to
+ * out: nested keys are joined by '.', array items by [i]; the top-level "cmd" key is skipped.
+ * An array given as obj is the list of one command's results: with one result the names are
+ * those of the result itself, with several each name is prefixed "[k]." (k from 0). Arrays of
+ * plain values keep their first QS_FLAT_MAX_ITEMS items. Returns 0, or -1 when out of memory. */
+int qs_flatten(const cJSON *obj, struct qs_flat_list *out);
+void qs_flat_list_free(struct qs_flat_list *l); /* frees the items; l itself is the caller's */
+/* The leaf named name, or NULL. */
+const struct qs_flat *qs_flat_find(const struct qs_flat_list *l, const char *name);
+
+/* Writes one "# => name=value" line (with newline) into sb; strings that could not be read back
+ * as written (leading '"', control characters, trailing blank) are JSON-quoted. */
+void qs_flat_format(const struct qs_flat *f, struct qs_sb *sb);
+/* Parses the text after "# => " (no trailing newline): name into name (size nn), the unquoted
+ * value into a malloc'd *value. 0, or -1 with a message for a malformed line. */
+int qs_flat_parse(const char *text, char *name, size_t nn, char **value, qs_err *e);
+
+/* Compares a recorded value (text from a "# =>" line) with a re-run leaf. Numbers agree when
+ * |a - b| <= tol * max(|a|, |b|, 1) (relative tolerance with an absolute floor of tol); strings,
+ * booleans and null must be equal. Returns 1 equal, 0 different, -1 when the re-run value is a
+ * number and the recorded text is neither a number nor null (message in e). */
+int qs_flat_compare(const char *recorded, const struct qs_flat *got, double tol, qs_err *e);
+
+/* ---- session files ------------------------------------------------------------------------ */
+
+/* Hash of a model or data path: the file's SHA-256, or for a folder (a Hugging Face model) the
+ * SHA-256 of the lines "NAME SHA256\n" of its regular files in name order. */
+int qs_session_hash_path(const char *path, char hex[65], qs_err *e);
+
+/* Session text: header (version, date, seed, BLAS threads, every model and data file the journal
+ * loads with its SHA-256), each journal entry's line with its results as "# =>" lines, and the
+ * end line. Written to PATH.tmp then renamed over PATH. Clears c->dirty. */
+int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e);
+
+/* Re-runs a saved session: reads the header, refuses a model/data file that is missing or whose
+ * SHA-256 differs from the recorded one, refuses a truncated file (no end line), runs each
+ * command through qs_exec_line (errors as "S.qs:LINE: message" through c->note) and, with check,
+ * compares every recorded "# => name=value" with the re-run's results (qs_flat_compare),
+ * reporting each mismatch through c->note as "S.qs:LINE: eval: quant.acc recorded 0.95 got
+ * 0.91", then a summary line ("replay: 12 commands, 57 values checked, 0 differ").
+ * Returns the process exit status: 0 ok, 1 any error or mismatch. */
+int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol);
+
+/* ---- autosave and recovery ---------------------------------------------------------------- */
+
+/* Autosave: opens $XDG_STATE_HOME/qscope/journal.qs (qs_state_dir) and installs c->on_journal
+ * so that every journaled command is appended with its "# =>" results, then fflush'ed and
+ * fsync'ed; entries already in c->journal are written first. If the previous journal there was
+ * not closed cleanly, it is kept as journal.prev.qs and a note says "a journal from an earlier
+ * session was not closed cleanly (N commands): type 'recover' to restore it". A second qscope
+ * running at the same time (the journal is locked) autosaves to journal-PID.qs instead.
+ * Returns 0, or -1 with e set (autosave is then off; the session goes on). */
+int qs_autosave_begin(struct qs_ctx *c, qs_err *e);
+/* Clean exit: appends "# closed", closes the journal and removes the hook. NULL-safe state. */
+void qs_autosave_end(struct qs_ctx *c);
+
+/* The journal kept aside by qs_autosave_begin (STATE/journal.prev.qs) into buf; 0 if a state
+ * directory exists (the file itself may not). */
+int qs_recover_path(char *buf, size_t n);
+
+#endif

@@ -1,0 +1,735 @@
+/* analysis.c - error statistics, spectra, corrections and the non-capacity ablation. */
+#include "qscope/analysis.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/linalg.h"
+#include "qscope/lowrank.h"
+
+static double sq_diff(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t j = 0; j < n; j++) {
+        double d = (double)a[j] - b[j];
+        s += d * d;
+    }
+    return s;
+}
+
+static double db_of(double rel) { return rel > 0 ? -10.0 * log10(rel) : INFINITY; }
+
+int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers;
+    const struct qs_acts *f = &b->f_acts[QS_CALIB], *q = &b->q_acts[QS_CALIB];
+    int n = f->n, C = b->model->layers[L - 1].out, nt = b->f_acts[QS_TEST].n;
+    float *tmp = malloc((size_t)n * qs_mlp_max_width(b->model) * sizeof(float));
+    float *logits = malloc((size_t)nt * C * sizeof(float));
+    if (!tmp || !logits) {
+        free(tmp);
+        free(logits);
+        return qs_errf(e, "out of memory");
+    }
+    double kl_sum = 0.0;
+    int rc = 0;
+    for (int i = 0; i < L && rc == 0; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        const struct qs_layer_state *s = &b->ls[i];
+        struct qs_layer_err *r = &err[i];
+        memset(r, 0, sizeof *r);
+        size_t len = (size_t)n * l->out;
+        double den = qs_frob2(f->pre[i], len), num = sq_diff(q->pre[i], f->pre[i], len), dot = 0;
+        double nq = qs_frob2(q->pre[i], len);
+        for (size_t j = 0; j < len; j++)
+            dot += (double)q->pre[i][j] * f->pre[i][j];
+        r->w_rel_err = s->w_rel_err;
+        r->preact_rel_mse = den > 0 ? num / den : 0.0;
+        r->snr_db = db_of(r->preact_rel_mse);
+        r->cosine = den > 0 && nq > 0 ? dot / sqrt(den * nq) : 1.0;
+        if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W | QS_ROLE_A, 1, tmp, e)))
+            break;
+        r->local_rel_mse = den > 0 ? sq_diff(tmp, f->pre[i], len) / den : 0.0;
+        r->local_snr_db = db_of(r->local_rel_mse);
+        if (s->wfmt.kind != QS_FMT_NONE && s->afmt.kind != QS_FMT_NONE && den > 0) {
+            double both;
+            r->has_attr = 1;
+            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W, 0, tmp, e)))
+                break;
+            r->w_only = sq_diff(tmp, f->pre[i], len) / den;
+            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_A, 0, tmp, e)))
+                break;
+            r->a_only = sq_diff(tmp, f->pre[i], len) / den;
+            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W | QS_ROLE_A, 0, tmp,
+                                             e)))
+                break;
+            both = sq_diff(tmp, f->pre[i], len) / den;
+            r->interaction = both - r->w_only - r->a_only;
+        }
+        if (s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) {
+            struct qs_metric m;
+            uint64_t bit = 1ULL << (i < 63 ? i : 63);
+            if ((rc = qs_bench_run(b, QS_TEST, bit, bit, &m, logits, e)))
+                break;
+            r->kl_alone = qs_kl_rows(b->f_acts[QS_TEST].pre[L - 1], logits, nt, C, NULL);
+            kl_sum += r->kl_alone;
+        }
+    }
+    for (int i = 0; rc == 0 && i < L; i++)
+        err[i].kl_share = kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
+    free(tmp);
+    free(logits);
+    return rc;
+}
+
+/* ---- spectra ------------------------------------------------------------------------- */
+
+void qs_spectrum_free(struct qs_spectrum *sp)
+{
+    if (!sp)
+        return;
+    free(sp->sv);
+    free(sp->ref_sv);
+    sp->sv = sp->ref_sv = NULL;
+}
+
+/* rxx^(1/2) of the float calibration inputs of layer i: (in, in). */
+static int input_sqrt_cov(struct qs_bench *b, int i, float *half, qs_err *e)
+{
+    const struct qs_acts *f = &b->f_acts[QS_CALIB];
+    int in = b->model->layers[i].in;
+    float *r = malloc((size_t)in * in * sizeof(float)), *w = malloc((size_t)in * sizeof(float));
+    float *v = malloc((size_t)in * in * sizeof(float));
+    int rc = -1;
+    if (!r || !w || !v) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    qs_gram(f->in[i], f->n, in, r);
+    if (qs_sym_eig(r, in, w, v, e) < 0)
+        goto out;
+    /* half = V diag(sqrt(w)) V^T */
+    for (int a = 0; a < in; a++)
+        for (int c = 0; c < in; c++) {
+            double s = 0.0;
+            for (int k = 0; k < in; k++)
+                s += (double)v[a * in + k] * sqrt(w[k] > 0 ? w[k] : 0.0) * v[c * in + k];
+            half[a * in + c] = (float)s;
+        }
+    rc = 0;
+out:
+    free(r);
+    free(w);
+    free(v);
+    return rc;
+}
+
+static int values_of(const float *a, int m, int n, int k, uint64_t seed, double *sv, int *exact,
+                     qs_err *e)
+{
+    int mn = m < n ? m : n;
+    if (k < mn && k < mn / 4 && mn > 512) {
+        *exact = 0;
+        return qs_svd_topk(a, m, n, k, 10, 2, seed, sv, e);
+    }
+    *exact = 1;
+    double *all = malloc((size_t)mn * sizeof *all);
+    if (!all)
+        return qs_errf(e, "out of memory");
+    int rc = qs_svd_values(a, m, n, all, e);
+    if (rc == 0)
+        memcpy(sv, all, (size_t)k * sizeof *sv);
+    free(all);
+    return rc;
+}
+
+int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_spec_scale scale,
+                         int k, struct qs_spectrum *sp, qs_err *e)
+{
+    memset(sp, 0, sizeof *sp);
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_layer *l = &b->model->layers[i];
+    const struct qs_layer_state *s = &b->ls[i];
+    const struct qs_acts *f = &b->f_acts[QS_CALIB], *q = &b->q_acts[QS_CALIB];
+    int m, n;
+    float *err = NULL, *ref = NULL, *half = NULL;
+    if (of == QS_SPEC_PREACT) {
+        if (scale != QS_SCALE_NONE)
+            return qs_errf(e, "spectrum: scale=act|cov applies to of=weight only");
+        m = f->n;
+        n = l->out;
+    } else {
+        m = l->out;
+        n = l->in;
+    }
+    int mn = m < n ? m : n;
+    if (k <= 0)
+        k = mn;
+    if (k > mn)
+        return qs_errf(e, "spectrum: k=%d exceeds the rank bound min(%d, %d) = %d of %s", k, m,
+                       n, mn, l->name);
+    size_t len = (size_t)m * n;
+    err = malloc(len * sizeof(float));
+    ref = malloc(len * sizeof(float));
+    sp->sv = qs_calloc((size_t)k, sizeof(double));
+    sp->ref_sv = qs_calloc((size_t)k, sizeof(double));
+    int rc = -1;
+    if (!err || !ref || !sp->sv || !sp->ref_sv) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (of == QS_SPEC_PREACT) {
+        for (size_t j = 0; j < len; j++) {
+            err[j] = q->pre[i][j] - f->pre[i][j];
+            ref[j] = f->pre[i][j];
+        }
+    } else {
+        for (size_t j = 0; j < len; j++) {
+            err[j] = s->wq ? l->w[j] - s->wq[j] : 0.0f;
+            ref[j] = l->w[j];
+        }
+        if (scale == QS_SCALE_ACT) { /* E diag(s), s_j = RMS of input channel j */
+            for (int c = 0; c < n; c++) {
+                double ss = 0.0;
+                for (int r = 0; r < f->n; r++)
+                    ss += (double)f->in[i][(size_t)r * n + c] * f->in[i][(size_t)r * n + c];
+                float sc = (float)sqrt(ss / f->n);
+                for (int r = 0; r < m; r++) {
+                    err[(size_t)r * n + c] *= sc;
+                    ref[(size_t)r * n + c] *= sc;
+                }
+            }
+        } else if (scale == QS_SCALE_COV) { /* E R^(1/2), R = E[x x^T] of the inputs */
+            half = malloc((size_t)n * n * sizeof(float));
+            float *t = malloc(len * sizeof(float));
+            if (!half || !t || input_sqrt_cov(b, i, half, e) < 0) {
+                free(t);
+                if (!half)
+                    qs_errf(e, "out of memory");
+                goto out;
+            }
+            qs_linear(err, m, n, half, NULL, n, t); /* half is symmetric: err half^T = err half */
+            memcpy(err, t, len * sizeof(float));
+            qs_linear(ref, m, n, half, NULL, n, t);
+            memcpy(ref, t, len * sizeof(float));
+            free(t);
+        }
+    }
+    sp->layer = i;
+    sp->of = of;
+    sp->scale = scale;
+    sp->m = m;
+    sp->n = n;
+    sp->nsv = k;
+    double fro2 = qs_frob2(err, len);
+    if (fro2 > 0) {
+        if (values_of(err, m, n, k, b->seed, sp->sv, &sp->exact, e) < 0)
+            goto out;
+    } else {
+        sp->exact = 1; /* an all-zero error: all-zero spectrum, reported as such */
+    }
+    int ex;
+    if (values_of(ref, m, n, k, b->seed, sp->ref_sv, &ex, e) < 0)
+        goto out;
+    qs_rank_stats_compute(sp->sv, k, fro2, m, n, &sp->st);
+    rc = 0;
+out:
+    free(err);
+    free(ref);
+    free(half);
+    if (rc < 0)
+        qs_spectrum_free(sp);
+    return rc;
+}
+
+/* ---- corrections --------------------------------------------------------------------- */
+
+static void corr_free(struct qs_corr *c)
+{
+    free(c->c);
+    free(c->db);
+    free(c->amap);
+    free(c->mb);
+    memset(c, 0, sizeof *c);
+}
+
+void qs_analysis_uncorrect(struct qs_bench *b, int i)
+{
+    corr_free(&b->ls[i].corr);
+    qs_bench_invalidate(b, i);
+}
+
+long qs_corr_params(const struct qs_bench *b, int i) { return b->ls[i].corr.params; }
+
+/* Pre-activations of a teacher model at layer i for inputs x: (n, d). */
+static int teacher_pre(const struct qs_mlp *t, int i, const float *x, int n, float *pre, qs_err *e)
+{
+    int width = qs_mlp_max_width(t);
+    float *cur = malloc((size_t)n * width * sizeof(float));
+    float *nxt = malloc((size_t)n * width * sizeof(float));
+    if (!cur || !nxt) {
+        free(cur);
+        free(nxt);
+        return qs_errf(e, "out of memory");
+    }
+    memcpy(cur, x, (size_t)n * t->layers[0].in * sizeof(float));
+    for (int k = 0; k <= i; k++) {
+        const struct qs_layer *l = &t->layers[k];
+        qs_linear(cur, n, l->in, l->w, l->b, l->out, k == i ? pre : nxt);
+        if (k < i) {
+            qs_act_apply(l->act, nxt, (size_t)n * l->out);
+            float *tt = cur;
+            cur = nxt;
+            nxt = tt;
+        }
+    }
+    free(cur);
+    free(nxt);
+    return 0;
+}
+
+/* Quantizes a linear map A (out, out) per output row in place with intB; returns packed bytes. */
+static long quantize_map(float *a, int d, const char *prec, qs_err *e)
+{
+    struct qs_format f;
+    struct qs_qopts o;
+    struct qs_packed p;
+    if (qs_format_parse(prec, &f, e) < 0)
+        return -1;
+    qs_qopts_default(&o);
+    o.gran = QS_GRAN_CHANNEL;
+    memset(&p, 0, sizeof p);
+    if (qs_quant_pack(&f, &o, a, d, d, &p, e) < 0 || qs_quant_unpack(&p, a, e) < 0) {
+        qs_packed_free(&p);
+        return -1;
+    }
+    long bytes = (long)qs_packed_bytes(&p);
+    qs_packed_free(&p);
+    return bytes;
+}
+
+/* Fits the ridge map from yq to yt (n, d); stores A = at^T and mb into c. */
+static int fit_map(const float *yq, const float *yt, int n, int d, double lambda, struct qs_corr *c,
+                   qs_err *e)
+{
+    float *at = malloc((size_t)d * d * sizeof(float));
+    c->amap = malloc((size_t)d * d * sizeof(float));
+    c->mb = malloc((size_t)d * sizeof(float));
+    if (!at || !c->amap || !c->mb) {
+        free(at);
+        return qs_errf(e, "out of memory");
+    }
+    double used = lambda;
+    if (qs_ridge_map(yq, yt, n, d, lambda, at, c->mb, &used, e) < 0) {
+        free(at);
+        return -1;
+    }
+    for (int r = 0; r < d; r++)
+        for (int k = 0; k < d; k++)
+            c->amap[(size_t)r * d + k] = at[(size_t)k * d + r];
+    c->lambda = used;
+    free(at);
+    return 0;
+}
+
+int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
+                        const char *prec, double lambda, const struct qs_mlp *teacher, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_layer *l = &b->model->layers[i];
+    struct qs_layer_state *s = &b->ls[i];
+    int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
+                  m == QS_CORR_EORA;
+    if (!prec)
+        prec = "float";
+    if (s->wfmt.kind == QS_FMT_NONE && s->afmt.kind == QS_FMT_NONE)
+        return qs_errf(e, "%s is in float (format none): there is no quantization error to "
+                          "correct", l->name);
+    if (lowrank && !s->wq)
+        return qs_errf(e, "%s: %s corrects the weight error, but the layer's weights are in "
+                          "float (only its activations are quantized)", l->name, qs_corr_name(m));
+    int mn = l->out < l->in ? l->out : l->in;
+    if (lowrank && (rank < 1 || rank > mn))
+        return qs_errf(e, "%s: rank %d is out of range: min(out, in) = min(%d, %d) = %d", l->name,
+                       rank, l->out, l->in, mn);
+    if (strcmp(prec, "float") && strcmp(prec, "int8") && strcmp(prec, "int4"))
+        return qs_errf(e, "prec=%s: expected float, int8 or int4", prec);
+    if (strcmp(prec, "float") && m != QS_CORR_LINEAR)
+        return qs_errf(e, "prec=%s applies to the linear map only", prec);
+    if (teacher && m != QS_CORR_LINEAR && m != QS_CORR_BIAS)
+        return qs_errf(e, "teacher= applies to bias and linear only");
+    if (teacher && (teacher->nlayers <= i || teacher->layers[i].out != l->out ||
+                    teacher->layers[0].in != b->model->layers[0].in))
+        return qs_errf(e, "teacher: layer %d of the teacher does not have %d outputs on the same "
+                          "inputs", i, l->out);
+    const struct qs_acts *fc = &b->f_acts[QS_CALIB], *qc = &b->q_acts[QS_CALIB];
+    const struct qs_acts *ft = &b->f_acts[QS_TEST], *qt = &b->q_acts[QS_TEST];
+    int nc = fc->n, nt = ft->n, d = l->out;
+    if ((m == QS_CORR_LINEAR && nc <= d) || (m == QS_CORR_CLOCAL && nt <= d))
+        return qs_errf(e, "%s: a %dx%d linear map needs more than %d samples to fit, the %s "
+                          "split has %d (set calib, or set split with a larger fraction)",
+                       l->name, d, d, d, m == QS_CORR_CLOCAL ? "test" : "calibration",
+                       m == QS_CORR_CLOCAL ? nt : nc);
+    struct qs_corr old = s->corr, nw;
+    memset(&nw, 0, sizeof nw);
+    memset(&s->corr, 0, sizeof s->corr); /* pre-activations below are without any correction */
+    size_t lc = (size_t)nc * d, lt = (size_t)nt * d;
+    float *yq_c = malloc(lc * sizeof(float)), *yq_t = malloc(lt * sizeof(float));
+    float *yh = malloc(lt * sizeof(float)), *tgt_c = NULL, *tgt_t = NULL;
+    int rc = -1;
+    if (!yq_c || !yq_t || !yh) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (qs_bench_layer_forward(b, i, qc->in[i], nc, QS_ROLE_W | QS_ROLE_A, 0, yq_c, e) < 0 ||
+        qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0)
+        goto out;
+    const float *yf_c = fc->pre[i], *yf_t = ft->pre[i];
+    if (teacher) {
+        tgt_c = malloc(lc * sizeof(float));
+        tgt_t = malloc(lt * sizeof(float));
+        if (!tgt_c || !tgt_t || teacher_pre(teacher, i, fc->x, nc, tgt_c, e) < 0 ||
+            teacher_pre(teacher, i, ft->x, nt, tgt_t, e) < 0)
+            goto out;
+    }
+    const float *fit_c = teacher ? tgt_c : yf_c;
+    nw.method = m;
+    snprintf(nw.prec, sizeof nw.prec, "%s", prec);
+    size_t nwts = (size_t)l->out * l->in;
+    switch (m) {
+    case QS_CORR_BIAS:
+        nw.db = qs_calloc((size_t)d, sizeof(float));
+        if (!nw.db)
+            goto oom;
+        for (int j = 0; j < d; j++) {
+            double acc = 0.0;
+            for (int r = 0; r < nc; r++)
+                acc += (double)fit_c[(size_t)r * d + j] - yq_c[(size_t)r * d + j];
+            nw.db[j] = (float)(acc / nc);
+        }
+        nw.params = d;
+        nw.bits = 32.0 * d;
+        break;
+    case QS_CORR_LOWRANK:
+    case QS_CORR_LQER:
+    case QS_CORR_QERA:
+    case QS_CORR_EORA: {
+        float *ew = malloc(nwts * sizeof(float));
+        nw.c = malloc(nwts * sizeof(float));
+        if (!ew || !nw.c) {
+            free(ew);
+            goto oom;
+        }
+        for (size_t j = 0; j < nwts; j++)
+            ew[j] = l->w[j] - s->wq[j];
+        int r2 = 0;
+        if (m == QS_CORR_LOWRANK) {
+            r2 = qs_lowrank_lorc(ew, l->out, l->in, rank, nw.c, NULL, NULL, e);
+        } else if (m == QS_CORR_LQER) { /* s_j = mean |x_j| over the calibration inputs */
+            float *sc = qs_calloc((size_t)l->in, sizeof(float));
+            if (!sc) {
+                free(ew);
+                goto oom;
+            }
+            for (int r = 0; r < nc; r++)
+                for (int j = 0; j < l->in; j++)
+                    sc[j] += fabsf(fc->in[i][(size_t)r * l->in + j]) / nc;
+            r2 = qs_lowrank_lqer(ew, l->out, l->in, sc, rank, nw.c, NULL, NULL, e);
+            free(sc);
+        } else {
+            float *rxx = malloc((size_t)l->in * l->in * sizeof(float));
+            if (!rxx) {
+                free(ew);
+                goto oom;
+            }
+            qs_gram(fc->in[i], nc, l->in, rxx);
+            r2 = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(
+                ew, l->out, l->in, rxx, 0.01, rank, nw.c, NULL, NULL, e);
+            free(rxx);
+        }
+        free(ew);
+        if (r2 < 0)
+            goto out;
+        nw.rank = rank;
+        nw.params = (long)rank * (l->out + l->in);
+        nw.bits = 32.0 * nw.params;
+        break;
+    }
+    case QS_CORR_LINEAR:
+        if (fit_map(yq_c, fit_c, nc, d, lambda, &nw, e) < 0)
+            goto out;
+        nw.params = (long)d * d + d;
+        nw.bits = 32.0 * nw.params;
+        if (strcmp(prec, "float")) {
+            long bytes = quantize_map(nw.amap, d, prec, e);
+            if (bytes < 0)
+                goto out;
+            nw.bits = 8.0 * bytes + 32.0 * d;
+        }
+        break;
+    case QS_CORR_CLOCAL: {
+        /* Fitted and judged on the held-out split itself, from float inputs (local errors). */
+        if (qs_bench_layer_forward(b, i, ft->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
+            fit_map(yq_t, yf_t, nt, d, lambda, &nw, e) < 0)
+            goto out;
+        nw.params = (long)d * d + d;
+        nw.bits = 32.0 * nw.params;
+        qs_linear(yq_t, nt, d, nw.amap, nw.mb, d, yh);
+        nw.recovery = qs_recovery(yf_t, yq_t, yh, lt, NULL);
+        nw.recovery_calib = NAN;
+        break;
+    }
+    default:
+        qs_errf(e, "unknown correction");
+        goto out;
+    }
+    s->corr = nw;
+    memset(&nw, 0, sizeof nw);
+    if (m != QS_CORR_CLOCAL) {
+        if (qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 1, yh, e) < 0)
+            goto out;
+        s->corr.recovery = qs_recovery(yf_t, yq_t, yh, lt, NULL);
+        float *yh_c = malloc(lc * sizeof(float));
+        if (!yh_c)
+            goto oom;
+        if (qs_bench_layer_forward(b, i, qc->in[i], nc, QS_ROLE_W | QS_ROLE_A, 1, yh_c, e) < 0) {
+            free(yh_c);
+            goto out;
+        }
+        s->corr.recovery_calib = qs_recovery(yf_c, yq_c, yh_c, lc, NULL);
+        free(yh_c);
+    }
+    corr_free(&old);
+    qs_bench_invalidate(b, i);
+    rc = 0;
+    goto out;
+oom:
+    qs_errf(e, "out of memory");
+out:
+    if (rc < 0) {
+        corr_free(&s->corr);
+        s->corr = old;
+        corr_free(&nw);
+    }
+    free(yq_c);
+    free(yq_t);
+    free(yh);
+    free(tgt_c);
+    free(tgt_t);
+    return rc;
+}
+
+/* ---- ablation ------------------------------------------------------------------------ */
+
+static void per_sample_loss(const float *logits, const int *y, int n, int c, double *loss)
+{
+    for (int r = 0; r < n; r++)
+        loss[r] = qs_xent(logits + (size_t)r * c, y + r, 1, c, NULL, NULL);
+}
+
+static struct qs_interval bootstrap(const double *d, int n, uint64_t seed)
+{
+    enum { B = 1000 };
+    struct qs_interval iv = {0, 0, 0};
+    double *means = malloc(B * sizeof *means);
+    if (!means || n == 0) {
+        free(means);
+        return iv;
+    }
+    for (int r = 0; r < n; r++)
+        iv.mean += d[r] / n;
+    qs_rng rng;
+    qs_rng_seed(&rng, seed ^ 0xb007ULL);
+    for (int k = 0; k < B; k++) {
+        double s = 0.0;
+        for (int r = 0; r < n; r++)
+            s += d[qs_rng_below(&rng, (uint64_t)n)];
+        means[k] = s / n;
+    }
+    /* sort the resampled means and read the 2.5 % and 97.5 % points */
+    for (int a = 1; a < B; a++) {
+        double v = means[a];
+        int j = a - 1;
+        while (j >= 0 && means[j] > v) {
+            means[j + 1] = means[j];
+            j--;
+        }
+        means[j + 1] = v;
+    }
+    iv.lo = means[(int)(0.025 * B)];
+    iv.hi = means[(int)(0.975 * B) - 1];
+    free(means);
+    return iv;
+}
+
+/* Replaces layer i's correction by a random one of equal rank and Frobenius norm. */
+static int random_like(const struct qs_corr *c, int out, int in, uint64_t seed, struct qs_corr *r)
+{
+    qs_rng rng;
+    qs_rng_seed(&rng, seed ^ 0x7a11dULL);
+    memset(r, 0, sizeof *r);
+    r->method = c->method;
+    if (c->c) {
+        size_t nw = (size_t)out * in;
+        int k = c->rank;
+        float *lf = malloc((size_t)out * k * sizeof(float)), *rt = malloc((size_t)k * in * sizeof(float));
+        r->c = malloc(nw * sizeof(float));
+        if (!lf || !rt || !r->c) {
+            free(lf);
+            free(rt);
+            return -1;
+        }
+        for (size_t j = 0; j < (size_t)out * k; j++)
+            lf[j] = (float)qs_rng_normal(&rng);
+        for (size_t j = 0; j < (size_t)k * in; j++)
+            rt[j] = (float)qs_rng_normal(&rng);
+        /* r->c = lf rt: (out, k)(k, in); qs_linear computes x w^T, so pass rt^T */
+        float *rtt = malloc((size_t)k * in * sizeof(float));
+        if (!rtt) {
+            free(lf);
+            free(rt);
+            return -1;
+        }
+        for (int a = 0; a < k; a++)
+            for (int bb = 0; bb < in; bb++)
+                rtt[(size_t)bb * k + a] = rt[(size_t)a * in + bb];
+        qs_linear(lf, out, k, rtt, NULL, in, r->c);
+        double sc = sqrt(qs_frob2(c->c, nw) / fmax(qs_frob2(r->c, nw), 1e-300));
+        for (size_t j = 0; j < nw; j++)
+            r->c[j] = (float)(r->c[j] * sc);
+        free(lf);
+        free(rt);
+        free(rtt);
+    }
+    if (c->db) {
+        r->db = malloc((size_t)out * sizeof(float));
+        if (!r->db)
+            return -1;
+        for (int j = 0; j < out; j++)
+            r->db[j] = (float)qs_rng_normal(&rng);
+        double sc = sqrt(qs_frob2(c->db, (size_t)out) / fmax(qs_frob2(r->db, (size_t)out), 1e-300));
+        for (int j = 0; j < out; j++)
+            r->db[j] = (float)(r->db[j] * sc);
+    }
+    if (c->amap) { /* A_rand = I + G, ||G|| = ||A - I||; mb_rand of the norm of mb */
+        size_t na = (size_t)out * out;
+        r->amap = malloc(na * sizeof(float));
+        r->mb = malloc((size_t)out * sizeof(float));
+        if (!r->amap || !r->mb)
+            return -1;
+        double dn = 0.0, gn = 0.0;
+        for (size_t j = 0; j < na; j++) {
+            double dd = c->amap[j] - (j % (size_t)(out + 1) == 0 ? 1.0 : 0.0);
+            dn += dd * dd;
+            r->amap[j] = (float)qs_rng_normal(&rng);
+            gn += (double)r->amap[j] * r->amap[j];
+        }
+        for (size_t j = 0; j < na; j++)
+            r->amap[j] = (float)(r->amap[j] * sqrt(dn / fmax(gn, 1e-300)) +
+                                 (j % (size_t)(out + 1) == 0 ? 1.0 : 0.0));
+        for (int j = 0; j < out; j++)
+            r->mb[j] = (float)qs_rng_normal(&rng);
+        double sc = sqrt(qs_frob2(c->mb, (size_t)out) / fmax(qs_frob2(r->mb, (size_t)out), 1e-300));
+        for (int j = 0; j < out; j++)
+            r->mb[j] = (float)(r->mb[j] * sc);
+    }
+    return 0;
+}
+
+int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
+{
+    memset(ab, 0, sizeof *ab);
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    struct qs_layer_state *s = &b->ls[i];
+    const struct qs_layer *l = &b->model->layers[i];
+    if (s->corr.method == QS_CORR_NONE)
+        return qs_errf(e, "%s has no correction to ablate (correct %s METHOD first)", l->name,
+                       l->name);
+    if (s->corr.method == QS_CORR_CLOCAL)
+        return qs_errf(e, "%s: clocal is an analysis upper baseline that is never applied, so "
+                          "there is nothing to ablate", l->name);
+    int L = b->model->nlayers, C = b->model->layers[L - 1].out, n = b->f_acts[QS_TEST].n;
+    const int *y = b->f_acts[QS_TEST].y;
+    uint64_t all = ~0ULL, bit = 1ULL << (i < 63 ? i : 63);
+    float *lg = malloc((size_t)n * C * sizeof(float));
+    double *lf = malloc((size_t)n * sizeof(double)), *lq = malloc((size_t)n * sizeof(double));
+    double *lqc = malloc((size_t)n * sizeof(double)), *lfc = malloc((size_t)n * sizeof(double));
+    double *d = qs_calloc((size_t)n, sizeof(double));
+    int rc = -1;
+    if (!lg || !lf || !lq || !lqc || !lfc || !d) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    ab->layer = i;
+    if (qs_bench_run(b, QS_TEST, 0, 0, &ab->f, lg, e) < 0)
+        goto out;
+    per_sample_loss(lg, y, n, C, lf);
+    if (qs_bench_run(b, QS_TEST, all, 0, &ab->q, lg, e) < 0)
+        goto out;
+    per_sample_loss(lg, y, n, C, lq);
+    if (qs_bench_run(b, QS_TEST, all, bit, &ab->qc, lg, e) < 0)
+        goto out;
+    per_sample_loss(lg, y, n, C, lqc);
+    if (qs_bench_run(b, QS_TEST, 0, bit, &ab->fc, lg, e) < 0)
+        goto out;
+    per_sample_loss(lg, y, n, C, lfc);
+    for (int r = 0; r < n; r++)
+        d[r] = lqc[r] - lq[r];
+    ab->d_qc = bootstrap(d, n, b->seed);
+    for (int r = 0; r < n; r++)
+        d[r] = lfc[r] - lf[r];
+    ab->d_fc = bootstrap(d, n, b->seed + 1);
+    /* controls: a random correction of equal rank and norm; another layer's correction */
+    struct qs_corr saved = s->corr, rnd;
+    if (random_like(&saved, l->out, l->in, b->seed, &rnd) < 0) {
+        corr_free(&rnd);
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    s->corr = rnd;
+    int r1 = qs_bench_run(b, QS_TEST, all, bit, &ab->rand_ctrl, NULL, e);
+    s->corr = saved;
+    corr_free(&rnd);
+    if (r1 < 0)
+        goto out;
+    ab->other_layer = -1;
+    for (int j = 0; j < L; j++) {
+        const struct qs_layer *o = &b->model->layers[j];
+        const struct qs_corr *oc = &b->ls[j].corr;
+        if (j == i || o->out != l->out || o->in != l->in || oc->method == QS_CORR_NONE ||
+            oc->method == QS_CORR_CLOCAL)
+            continue;
+        s->corr = *oc; /* borrowed: not freed here */
+        int r2 = qs_bench_run(b, QS_TEST, all, bit, &ab->other_ctrl, NULL, e);
+        s->corr = saved;
+        if (r2 < 0)
+            goto out;
+        ab->have_other = 1;
+        ab->other_layer = j;
+        break;
+    }
+    if (ab->d_fc.hi < 0)
+        ab->verdict = "capacity";
+    else if (ab->d_qc.hi < 0)
+        ab->verdict = "recovery";
+    else if (ab->d_qc.lo > 0)
+        ab->verdict = "harmful";
+    else
+        ab->verdict = "no-gain";
+    rc = 0;
+out:
+    free(lg);
+    free(lf);
+    free(lq);
+    free(lqc);
+    free(lfc);
+    free(d);
+    return rc;
+}

@@ -1,0 +1,659 @@
+/* bench.c - the workbench state: model, data, split, rules, per-layer quantization and the
+ * incremental activation caches. */
+#include "qscope/bench.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const regime_names[] = {"weight-only", "activation-only", "weight+activation"};
+static const char *const regime_words[] = {"weight", "act", "full"};
+const char *qs_regime_name(enum qs_regime r) { return regime_names[r]; }
+const char *qs_regime_word(enum qs_regime r) { return regime_words[r]; }
+
+static const char *const corr_names[] = {
+    [QS_CORR_NONE] = "none",     [QS_CORR_BIAS] = "bias", [QS_CORR_LOWRANK] = "lowrank",
+    [QS_CORR_LQER] = "lqer",     [QS_CORR_QERA] = "qera", [QS_CORR_EORA] = "eora",
+    [QS_CORR_LINEAR] = "linear", [QS_CORR_CLOCAL] = "clocal",
+};
+const char *qs_corr_name(enum qs_corr_method m) { return corr_names[m]; }
+int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e)
+{
+    for (int i = 1; i <= QS_CORR_CLOCAL; i++)
+        if (!strcmp(s, corr_names[i])) {
+            *m = (enum qs_corr_method)i;
+            return 0;
+        }
+    return qs_errf(e,
+                   "unknown correction '%s' (expected bias, lowrank, lqer, qera, eora, linear or "
+                   "clocal)",
+                   s);
+}
+
+static void corr_clear(struct qs_corr *c)
+{
+    free(c->c);
+    free(c->db);
+    free(c->amap);
+    free(c->mb);
+    memset(c, 0, sizeof *c);
+}
+
+static void acts_free(struct qs_acts *a, int nlayers)
+{
+    if (a->in)
+        for (int i = 1; i < nlayers; i++)
+            free(a->in[i]);
+    if (a->pre)
+        for (int i = 0; i < nlayers; i++)
+            free(a->pre[i]);
+    free(a->in);
+    free(a->pre);
+    free(a->x);
+    free(a->y);
+    memset(a, 0, sizeof *a);
+}
+
+static int nlayers_of(const struct qs_bench *b) { return b->model ? b->model->nlayers : 0; }
+
+static void caches_free(struct qs_bench *b)
+{
+    int L = nlayers_of(b);
+    for (int s = 0; s < 2; s++) {
+        acts_free(&b->f_acts[s], L);
+        acts_free(&b->q_acts[s], L);
+        b->q_valid[s] = 0;
+    }
+    b->f_valid = 0;
+}
+
+static void layer_states_free(struct qs_bench *b)
+{
+    for (int i = 0; b->ls && i < nlayers_of(b); i++) {
+        qs_packed_free(&b->ls[i].packed);
+        free(b->ls[i].wq);
+        corr_clear(&b->ls[i].corr);
+    }
+    free(b->ls);
+    b->ls = NULL;
+}
+
+struct qs_bench *qs_bench_new(void)
+{
+    struct qs_bench *b = qs_calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->seed = 0;
+    b->split_seed = 0;
+    b->f_train = 0.6;
+    b->f_calib = 0.2;
+    b->calib_n = -1;
+    b->gate_min = 0.8;
+    b->regime = QS_REGIME_WEIGHT;
+    return b;
+}
+
+void qs_bench_free(struct qs_bench *b)
+{
+    if (!b)
+        return;
+    caches_free(b);
+    layer_states_free(b);
+    qs_mlp_free(b->model);
+    qs_dataset_free(b->data);
+    qs_split_free(&b->split);
+    free(b->model_path);
+    free(b->data_path);
+    free(b);
+}
+
+void qs_bench_invalidate(struct qs_bench *b, int i)
+{
+    for (int s = 0; s < 2; s++)
+        if (b->q_valid[s] > i)
+            b->q_valid[s] = i;
+}
+
+int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e)
+{
+    caches_free(b);
+    layer_states_free(b);
+    qs_mlp_free(b->model);
+    b->model = m;
+    free(b->model_path);
+    b->model_path = qs_strdup(path);
+    b->ls = qs_calloc((size_t)m->nlayers, sizeof *b->ls);
+    if (!b->ls)
+        return qs_errf(e, "out of memory");
+    for (int i = 0; i < m->nlayers; i++)
+        b->ls[i].rule_w = b->ls[i].rule_a = -1;
+    /* The model's own split (recorded by the trainer) is the default, so that its test split is
+     * really held out. */
+    const char *ss = qs_mlp_get_meta(m, "qscope.split_seed");
+    const char *ft = qs_mlp_get_meta(m, "qscope.split_train");
+    const char *fc = qs_mlp_get_meta(m, "qscope.split_calib");
+    if (ss)
+        b->split_seed = strtoull(ss, NULL, 10);
+    if (ft)
+        b->f_train = atof(ft);
+    if (fc)
+        b->f_calib = atof(fc);
+    if (b->data && qs_bench_resplit(b, b->split_seed, b->f_train, b->f_calib, e) < 0)
+        return -1;
+    return qs_bench_resolve(b, e);
+}
+
+int qs_bench_set_data(struct qs_bench *b, struct qs_dataset *d, const char *path, qs_err *e)
+{
+    caches_free(b);
+    qs_dataset_free(b->data);
+    b->data = d;
+    free(b->data_path);
+    b->data_path = qs_strdup(path);
+    return qs_bench_resplit(b, b->split_seed, b->f_train, b->f_calib, e);
+}
+
+int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e)
+{
+    caches_free(b);
+    qs_split_free(&b->split);
+    if (!b->data)
+        return 0;
+    if (qs_split_make(b->data->n, seed, f_train, f_calib, &b->split, e) < 0)
+        return -1;
+    b->split_seed = seed;
+    b->f_train = f_train;
+    b->f_calib = f_calib;
+    if (b->calib_n > b->split.n_calib)
+        b->calib_n = -1;
+    /* static activation scales depend on the calibration data */
+    for (int i = 0; b->ls && i < nlayers_of(b); i++)
+        b->ls[i].a_static_amax = 0.0f;
+    return 0;
+}
+
+int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
+{
+    if (!b->data)
+        return qs_errf(e, "set calib: no data loaded");
+    if (n <= 0 || n > b->split.n_calib)
+        return qs_errf(e, "set calib: %d samples requested but the calibration split has %d "
+                          "(of %d samples, calib fraction %.2f)",
+                       n, b->split.n_calib, b->data->n, b->f_calib);
+    caches_free(b);
+    b->calib_n = n;
+    for (int i = 0; b->ls && i < nlayers_of(b); i++)
+        b->ls[i].a_static_amax = 0.0f;
+    return 0;
+}
+
+int qs_bench_ready(struct qs_bench *b, qs_err *e)
+{
+    if (!b->model)
+        return qs_errf(e, "no model loaded (load model PATH)");
+    if (!b->data)
+        return qs_errf(e, "no data loaded (load data PATH)");
+    const struct qs_layer *first = &b->model->layers[0], *last =
+        &b->model->layers[b->model->nlayers - 1];
+    if (first->in != b->data->d)
+        return qs_errf(e, "model %s takes %d inputs but data %s has %d features",
+                       b->model_path ? b->model_path : "(new)", first->in,
+                       b->data_path ? b->data_path : "", b->data->d);
+    if (last->out < b->data->nclass)
+        return qs_errf(e, "model has %d outputs but data %s has %d classes", last->out,
+                       b->data_path ? b->data_path : "", b->data->nclass);
+    if (b->split.n_test <= 0 || b->split.n_calib <= 0)
+        return qs_errf(e, "the split leaves no calibration or test samples");
+    return 0;
+}
+
+int qs_bench_layer_index(const struct qs_bench *b, const char *name)
+{
+    for (int i = 0; i < nlayers_of(b); i++)
+        if (!strcmp(b->model->layers[i].name, name))
+            return i;
+    return -1;
+}
+
+static int edit_distance(const char *a, const char *b)
+{
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (la > 63 || lb > 63)
+        return 99;
+    int d[64][64];
+    for (int i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (int j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (int i = 1; i <= la; i++)
+        for (int j = 1; j <= lb; j++) {
+            int c = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < c)
+                c = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < c)
+                c = d[i][j - 1] + 1;
+            d[i][j] = c;
+        }
+    return d[la][lb];
+}
+
+void qs_bench_suggest_layer(const struct qs_bench *b, const char *name, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = 0;
+    int L = nlayers_of(b), best = 99;
+    for (int i = 0; i < L; i++) {
+        int d = edit_distance(name, b->model->layers[i].name);
+        if (d < best)
+            best = d;
+    }
+    for (int i = 0; i < L && used + 1 < n; i++)
+        if (edit_distance(name, b->model->layers[i].name) <= best + 1)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "",
+                                     b->model->layers[i].name);
+}
+
+/* ---- rules ---------------------------------------------------------------------------- */
+
+int qs_bench_add_rule(struct qs_bench *b, const struct qs_rule *r, int *nmatched, qs_err *e)
+{
+    /* A rule with the same pattern and roles replaces the old one; new rules go first so that
+     * the latest `quant` wins where patterns overlap ("first match wins" over the listed order). */
+    int k = 0;
+    for (int i = 0; i < b->nrules; i++)
+        if (!(strcmp(b->rules[i].pattern, r->pattern) == 0 && b->rules[i].roles == r->roles))
+            b->rules[k++] = b->rules[i];
+    b->nrules = k;
+    if (b->nrules == (int)(sizeof b->rules / sizeof b->rules[0]))
+        return qs_errf(e, "too many quantization rules (%d); clear some with `quant * none`",
+                       b->nrules);
+    memmove(&b->rules[1], &b->rules[0], (size_t)b->nrules * sizeof b->rules[0]);
+    b->rules[0] = *r;
+    b->nrules++;
+    /* `quant * ...` covers everything: older rules are shadowed for good, drop them. */
+    if (!strcmp(r->pattern, "*") && r->roles == 0)
+        b->nrules = 1;
+    if (qs_bench_resolve(b, e) < 0)
+        return -1;
+    if (nmatched)
+        *nmatched = b->rules[0].matched;
+    return 0;
+}
+
+int qs_bench_clear_rules(struct qs_bench *b)
+{
+    b->nrules = 0;
+    return qs_bench_resolve(b, NULL);
+}
+
+int qs_bench_set_regime(struct qs_bench *b, enum qs_regime r, qs_err *e)
+{
+    b->regime = r;
+    return qs_bench_resolve(b, e);
+}
+
+static int role_default(const struct qs_bench *b)
+{
+    return b->regime == QS_REGIME_WEIGHT ? QS_ROLE_W
+           : b->regime == QS_REGIME_ACT  ? QS_ROLE_A
+                                         : QS_ROLE_W | QS_ROLE_A;
+}
+
+static int find_rule(const struct qs_bench *b, const char *name, int role)
+{
+    for (int k = 0; k < b->nrules; k++) {
+        int roles = b->rules[k].roles ? b->rules[k].roles : role_default(b);
+        if ((roles & role) && qs_glob_match(b->rules[k].pattern, name))
+            return k;
+    }
+    return -1;
+}
+
+static void cfg_key(const struct qs_format *f, const struct qs_qopts *o, int amode, char *buf,
+                    size_t n)
+{
+    char opts[160] = "";
+    if (f->kind != QS_FMT_NONE)
+        qs_qopts_format(f, o, opts, sizeof opts);
+    snprintf(buf, n, "%s %s %d", f->name, opts, amode);
+}
+
+int qs_bench_resolve(struct qs_bench *b, qs_err *e)
+{
+    for (int k = 0; k < b->nrules; k++)
+        b->rules[k].matched = 0;
+    for (int i = 0; i < nlayers_of(b); i++) {
+        struct qs_layer *l = &b->model->layers[i];
+        struct qs_layer_state *s = &b->ls[i];
+        int rw = find_rule(b, l->name, QS_ROLE_W), ra = find_rule(b, l->name, QS_ROLE_A);
+        struct qs_format wf = {0}, af = {0};
+        struct qs_qopts wo, ao;
+        qs_qopts_default(&wo);
+        qs_qopts_default(&ao);
+        enum qs_amode am = QS_AMODE_DYNAMIC;
+        wf.kind = af.kind = QS_FMT_NONE;
+        snprintf(wf.name, sizeof wf.name, "none");
+        snprintf(af.name, sizeof af.name, "none");
+        if (rw >= 0) {
+            wf = b->rules[rw].fmt;
+            wo = b->rules[rw].opt;
+            b->rules[rw].matched++;
+        }
+        if (ra >= 0) {
+            af = b->rules[ra].fmt;
+            ao = b->rules[ra].opt;
+            am = b->rules[ra].amode;
+            if (ra != rw)
+                b->rules[ra].matched++;
+        }
+        char oldw[256], neww[256], olda[256], newa[256];
+        cfg_key(&s->wfmt, &s->wopt, 0, oldw, sizeof oldw);
+        cfg_key(&wf, &wo, 0, neww, sizeof neww);
+        cfg_key(&s->afmt, &s->aopt, (int)s->amode, olda, sizeof olda);
+        cfg_key(&af, &ao, (int)am, newa, sizeof newa);
+        int wchanged = strcmp(oldw, neww) != 0 || (wf.kind != QS_FMT_NONE && !s->wq);
+        int achanged = strcmp(olda, newa) != 0;
+        s->rule_w = rw;
+        s->rule_a = ra;
+        if (wchanged) {
+            float *wq = NULL;
+            struct qs_packed p;
+            memset(&p, 0, sizeof p);
+            double rel = 0.0;
+            if (wf.kind != QS_FMT_NONE) {
+                if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0)
+                    return qs_err_prefix(e, l->name);
+                size_t nw = (size_t)l->out * l->in;
+                wq = malloc(nw * sizeof *wq);
+                if (!wq || qs_quant_unpack(&p, wq, e) < 0) {
+                    free(wq);
+                    qs_packed_free(&p);
+                    return qs_errf(e, "%s: cannot unpack quantized weight", l->name);
+                }
+                double num = 0.0, den = 0.0;
+                for (size_t j = 0; j < nw; j++) {
+                    double d = (double)l->w[j] - wq[j];
+                    num += d * d;
+                    den += (double)l->w[j] * l->w[j];
+                }
+                rel = den > 0 ? sqrt(num / den) : 0.0;
+            }
+            qs_packed_free(&s->packed);
+            free(s->wq);
+            s->packed = p;
+            s->wq = wq;
+            s->wfmt = wf;
+            s->wopt = wo;
+            s->w_rel_err = rel;
+        }
+        if (achanged) {
+            s->afmt = af;
+            s->aopt = ao;
+            s->amode = am;
+            s->a_static_amax = 0.0f;
+        }
+        if (wchanged || achanged) {
+            corr_clear(&s->corr); /* a correction fitted for another format is stale */
+            qs_bench_invalidate(b, i);
+        }
+    }
+    return 0;
+}
+
+/* ---- forward and caches --------------------------------------------------------------- */
+
+static int acts_alloc(struct qs_acts *a, const struct qs_mlp *m, int n)
+{
+    int L = m->nlayers;
+    a->n = n;
+    a->in = qs_calloc((size_t)L, sizeof *a->in);
+    a->pre = qs_calloc((size_t)L, sizeof *a->pre);
+    if (!a->in || !a->pre)
+        return -1;
+    for (int i = 0; i < L; i++) {
+        if (i > 0 && !(a->in[i] = malloc((size_t)n * m->layers[i].in * sizeof(float))))
+            return -1;
+        if (!(a->pre[i] = malloc((size_t)n * m->layers[i].out * sizeof(float))))
+            return -1;
+    }
+    return 0;
+}
+
+static int split_rows(const struct qs_bench *b, enum qs_split_id s, const int **idx)
+{
+    if (s == QS_CALIB) {
+        *idx = b->split.calib;
+        return b->calib_n > 0 ? b->calib_n : b->split.n_calib;
+    }
+    *idx = b->split.test;
+    return b->split.n_test;
+}
+
+static int make_split_acts(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e)
+{
+    const int *idx;
+    int n = split_rows(b, s, &idx);
+    if (acts_alloc(a, b->model, n) < 0)
+        return qs_errf(e, "out of memory caching activations (%d samples)", n);
+    a->x = malloc((size_t)n * b->data->d * sizeof(float));
+    a->y = malloc((size_t)n * sizeof(int));
+    if (!a->x || !a->y)
+        return qs_errf(e, "out of memory");
+    qs_dataset_gather(b->data, idx, n, a->x, a->y);
+    a->in[0] = a->x;
+    return 0;
+}
+
+static void weight_for(struct qs_bench *b, int i, int quant, int apply_corr, const float **w,
+                       float **tmp)
+{
+    struct qs_layer *l = &b->model->layers[i];
+    struct qs_layer_state *s = &b->ls[i];
+    *tmp = NULL;
+    *w = ((quant & QS_ROLE_W) && s->wq) ? s->wq : l->w;
+    if (apply_corr && s->corr.c) {
+        size_t nw = (size_t)l->out * l->in;
+        *tmp = malloc(nw * sizeof(float));
+        if (*tmp) {
+            for (size_t j = 0; j < nw; j++)
+                (*tmp)[j] = (*w)[j] + s->corr.c[j];
+            *w = *tmp;
+        }
+    }
+}
+
+int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
+                           int apply_corr, float *pre, qs_err *e)
+{
+    struct qs_layer *l = &b->model->layers[i];
+    struct qs_layer_state *s = &b->ls[i];
+    const float *xin = x;
+    float *xq = NULL, *wtmp = NULL, *btmp = NULL;
+    if (apply_corr && s->corr.method == QS_CORR_CLOCAL)
+        apply_corr = 0; /* analysis-only: never in a forward pass */
+    if ((quant & QS_ROLE_A) && s->afmt.kind != QS_FMT_NONE) {
+        xq = malloc((size_t)n * l->in * sizeof(float));
+        if (!xq)
+            return qs_errf(e, "out of memory");
+        struct qs_qopts o = s->aopt;
+        int rc;
+        if (s->amode == QS_AMODE_STATIC) {
+            if (s->a_static_amax <= 0.0f) {
+                free(xq);
+                return qs_errf(e, "%s: static activation scale not calibrated", l->name);
+            }
+            rc = qs_quant_fake_amax(&s->afmt, &o, x, n, l->in, s->a_static_amax, xq, e);
+        } else {
+            if (s->amode == QS_AMODE_TOKEN)
+                o.gran = QS_GRAN_CHANNEL;
+            rc = qs_quant_fake(&s->afmt, &o, x, n, l->in, xq, e);
+        }
+        if (rc < 0) {
+            free(xq);
+            return qs_err_prefix(e, l->name);
+        }
+        xin = xq;
+    }
+    const float *w;
+    weight_for(b, i, quant, apply_corr, &w, &wtmp);
+    const float *bias = l->b;
+    if (apply_corr && s->corr.db) {
+        btmp = malloc((size_t)l->out * sizeof(float));
+        if (btmp) {
+            for (int j = 0; j < l->out; j++)
+                btmp[j] = l->b[j] + s->corr.db[j];
+            bias = btmp;
+        }
+    }
+    qs_linear(xin, n, l->in, w, bias, l->out, pre);
+    if (apply_corr && s->corr.amap) {
+        float *t = malloc((size_t)n * l->out * sizeof(float));
+        if (t) {
+            qs_linear(pre, n, l->out, s->corr.amap, s->corr.mb, l->out, t); /* y A^T + mb */
+            memcpy(pre, t, (size_t)n * l->out * sizeof(float));
+            free(t);
+        }
+    }
+    free(xq);
+    free(wtmp);
+    free(btmp);
+    return 0;
+}
+
+static int ensure_static_amax(struct qs_bench *b, qs_err *e)
+{
+    (void)e;
+    for (int i = 0; i < nlayers_of(b); i++) {
+        struct qs_layer_state *s = &b->ls[i];
+        if (s->afmt.kind == QS_FMT_NONE || s->amode != QS_AMODE_STATIC || s->a_static_amax > 0)
+            continue;
+        const struct qs_acts *a = &b->f_acts[QS_CALIB];
+        size_t len = (size_t)a->n * b->model->layers[i].in;
+        float mx = 0.0f;
+        for (size_t j = 0; j < len; j++)
+            if (fabsf(a->in[i][j]) > mx)
+                mx = fabsf(a->in[i][j]);
+        s->a_static_amax = mx > 0 ? mx : 1e-30f;
+    }
+    return 0;
+}
+
+int qs_bench_update(struct qs_bench *b, qs_err *e)
+{
+    if (qs_bench_ready(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers;
+    if (!b->f_valid) {
+        caches_free(b);
+        for (int s = 0; s < 2; s++) {
+            struct qs_acts *a = &b->f_acts[s];
+            if (make_split_acts(b, (enum qs_split_id)s, a, e) < 0 ||
+                make_split_acts(b, (enum qs_split_id)s, &b->q_acts[s], e) < 0)
+                return -1;
+            for (int i = 0; i < L; i++) {
+                const struct qs_layer *l = &b->model->layers[i];
+                qs_linear(a->in[i], a->n, l->in, l->w, l->b, l->out, a->pre[i]);
+                if (i + 1 < L) {
+                    memcpy(a->in[i + 1], a->pre[i], (size_t)a->n * l->out * sizeof(float));
+                    qs_act_apply(l->act, a->in[i + 1], (size_t)a->n * l->out);
+                }
+            }
+            b->q_valid[s] = 0;
+        }
+        b->f_valid = 1;
+    }
+    ensure_static_amax(b, e);
+    for (int s = 0; s < 2; s++) {
+        struct qs_acts *q = &b->q_acts[s];
+        for (int i = b->q_valid[s]; i < L; i++) {
+            const struct qs_layer *l = &b->model->layers[i];
+            if (qs_bench_layer_forward(b, i, q->in[i], q->n, QS_ROLE_W | QS_ROLE_A, 1, q->pre[i], e) < 0)
+                return -1;
+            if (i + 1 < L) {
+                memcpy(q->in[i + 1], q->pre[i], (size_t)q->n * l->out * sizeof(float));
+                qs_act_apply(l->act, q->in[i + 1], (size_t)q->n * l->out);
+            }
+            b->q_valid[s] = i + 1;
+        }
+    }
+    return 0;
+}
+
+int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                 struct qs_metric *m, float *logits, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers, n = b->f_acts[s].n, width = qs_mlp_max_width(b->model);
+    float *cur = malloc((size_t)n * width * sizeof(float));
+    float *nxt = malloc((size_t)n * width * sizeof(float));
+    if (!cur || !nxt) {
+        free(cur);
+        free(nxt);
+        return qs_errf(e, "out of memory");
+    }
+    memcpy(cur, b->f_acts[s].x, (size_t)n * b->data->d * sizeof(float));
+    int rc = 0;
+    for (int i = 0; i < L && rc == 0; i++) {
+        int bit = i < 63 ? i : 63;
+        int q = (int)((quant_mask >> bit) & 1), c = (int)((corr_mask >> bit) & 1);
+        rc = qs_bench_layer_forward(b, i, cur, n, q ? QS_ROLE_W | QS_ROLE_A : 0, c, nxt, e);
+        if (i + 1 < L)
+            qs_act_apply(b->model->layers[i].act, nxt, (size_t)n * b->model->layers[i].out);
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+    }
+    if (rc == 0) {
+        int C = b->model->layers[L - 1].out, correct = 0;
+        m->loss = qs_xent(cur, b->f_acts[s].y, n, C, &correct, NULL);
+        m->acc = n ? (double)correct / n : 0.0;
+        m->n = n;
+        if (logits)
+            memcpy(logits, cur, (size_t)n * C * sizeof(float));
+    }
+    free(cur);
+    free(nxt);
+    return rc;
+}
+
+double qs_bench_bits_per_weight(const struct qs_bench *b)
+{
+    double bits = 0.0, nw = 0.0;
+    for (int i = 0; i < nlayers_of(b); i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        double n = (double)l->in * l->out;
+        nw += n;
+        bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
+        bits += b->ls[i].corr.bits;
+    }
+    return nw > 0 ? bits / nw : 0.0;
+}
+
+int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers, C = b->model->layers[L - 1].out;
+    const struct qs_acts *f = &b->f_acts[QS_TEST], *q = &b->q_acts[QS_TEST];
+    int cf = 0, cq = 0, agree = 0;
+    memset(ev, 0, sizeof *ev);
+    ev->f.loss = qs_xent(f->pre[L - 1], f->y, f->n, C, &cf, NULL);
+    ev->q.loss = qs_xent(q->pre[L - 1], q->y, q->n, C, &cq, NULL);
+    ev->f.acc = (double)cf / f->n;
+    ev->q.acc = (double)cq / q->n;
+    ev->f.n = ev->q.n = f->n;
+    ev->kl = qs_kl_rows(f->pre[L - 1], q->pre[L - 1], f->n, C, &agree);
+    ev->agree = (double)agree / f->n;
+    ev->bits_w = qs_bench_bits_per_weight(b);
+    /* gate: accuracy above chance by a share gate_min of the headroom. */
+    int *cnt = qs_calloc((size_t)C, sizeof *cnt), maj = 0;
+    for (int r = 0; cnt && r < f->n; r++)
+        if (f->y[r] >= 0 && f->y[r] < C && ++cnt[f->y[r]] > maj)
+            maj = cnt[f->y[r]];
+    free(cnt);
+    ev->chance = (double)maj / f->n;
+    ev->gate_pass = ev->f.acc >= ev->chance + b->gate_min * (1.0 - ev->chance);
+    return 0;
+}

@@ -1,0 +1,386 @@
+/* cmd.c - the dispatcher: tokenizer, command lookup over the tables, journaling, results. */
+#include "qscope/cmd.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void qs_sb_vprintf(struct qs_sb *sb, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return;
+    if (sb->len + (size_t)n + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 256;
+        while (cap < sb->len + (size_t)n + 1)
+            cap *= 2;
+        char *s = realloc(sb->s, cap);
+        if (!s)
+            return;
+        sb->s = s;
+        sb->cap = cap;
+    }
+    vsnprintf(sb->s + sb->len, (size_t)n + 1, fmt, ap);
+    sb->len += (size_t)n;
+}
+
+void qs_sb_printf(struct qs_sb *sb, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    qs_sb_vprintf(sb, fmt, ap);
+    va_end(ap);
+}
+
+void qs_sb_free(struct qs_sb *sb)
+{
+    free(sb->s);
+    memset(sb, 0, sizeof *sb);
+}
+
+cJSON *qs_json_num_item(double v)
+{
+    char buf[32];
+    if (!isfinite(v))
+        return cJSON_CreateNull();
+    snprintf(buf, sizeof buf, "%.9g", v);
+    return cJSON_CreateRaw(buf);
+}
+
+void qs_json_num(cJSON *obj, const char *key, double v)
+{
+    cJSON_AddItemToObject(obj, key, qs_json_num_item(v));
+}
+
+double qs_json_get_num(const cJSON *it)
+{
+    if (!it)
+        return NAN;
+    if (cJSON_IsNumber(it))
+        return it->valuedouble;
+    if (cJSON_IsRaw(it) && it->valuestring) {
+        char *end;
+        double v = strtod(it->valuestring, &end);
+        return end != it->valuestring && *end == 0 ? v : NAN;
+    }
+    return NAN;
+}
+
+void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b)
+{
+    memset(c, 0, sizeof *c);
+    c->b = b;
+    c->bail = 1;
+}
+
+void qs_ctx_free(struct qs_ctx *c)
+{
+    for (int i = 0; i < c->njournal; i++) {
+        free(c->journal[i].line);
+        cJSON_Delete(c->journal[i].results);
+    }
+    free(c->journal);
+    cJSON_Delete(c->last_table);
+    cJSON_Delete(c->cur_results);
+    c->journal = NULL;
+    c->njournal = c->capjournal = 0;
+    c->last_table = c->cur_results = NULL;
+}
+
+static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
+                                                       qs_cmds_session};
+
+const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
+{
+    for (size_t t = 0; t < sizeof core_tables / sizeof *core_tables; t++)
+        for (const struct qs_cmd_def *d = core_tables[t]; d->name; d++)
+            if (i-- == 0)
+                return d;
+    for (const struct qs_cmd_def *d = c ? c->extra : NULL; d && d->name; d++)
+        if (i-- == 0)
+            return d;
+    return NULL;
+}
+
+const struct qs_cmd_def *qs_cmd_lookup(const struct qs_ctx *c, int argc, char **argv, int *used)
+{
+    const struct qs_cmd_def *one = NULL;
+    if (argc < 1)
+        return NULL;
+    for (int i = 0;; i++) {
+        const struct qs_cmd_def *d = qs_cmd_at(c, i);
+        if (!d)
+            break;
+        const char *sp = strchr(d->name, ' ');
+        if (sp) {
+            size_t n = (size_t)(sp - d->name);
+            if (argc >= 2 && strlen(argv[0]) == n && !strncmp(d->name, argv[0], n) &&
+                !strcmp(sp + 1, argv[1])) {
+                *used = 2;
+                return d;
+            }
+        } else if (!strcmp(d->name, argv[0]) && !one) {
+            one = d;
+        }
+    }
+    *used = 1;
+    return one;
+}
+
+void qs_argv_free(char **argv, int argc)
+{
+    for (int i = 0; argv && i < argc; i++)
+        free(argv[i]);
+    free(argv);
+}
+
+int qs_tokenize(const char *line, char ***out, qs_err *e)
+{
+    int argc = 0, cap = 8;
+    char **argv = malloc((size_t)cap * sizeof *argv);
+    size_t len = strlen(line);
+    char *word = malloc(len + 1);
+    if (!argv || !word) {
+        free(argv);
+        free(word);
+        return qs_errf(e, "out of memory");
+    }
+    const char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+            p++;
+        if (!*p || *p == '#')
+            break;
+        size_t w = 0;
+        char quote = 0;
+        while (*p && (quote || (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n'))) {
+            if (quote) {
+                if (*p == quote)
+                    quote = 0;
+                else if (*p == '\\' && quote == '"' && p[1])
+                    word[w++] = *++p;
+                else
+                    word[w++] = *p;
+            } else if (*p == '"' || *p == '\'') {
+                quote = *p;
+            } else if (*p == '\\' && p[1]) {
+                word[w++] = *++p;
+            } else {
+                word[w++] = *p;
+            }
+            p++;
+        }
+        if (quote) {
+            qs_argv_free(argv, argc);
+            free(word);
+            return qs_errf(e, "unterminated %c quote", quote);
+        }
+        word[w] = 0;
+        if (argc + 1 >= cap) {
+            char **n = realloc(argv, (size_t)(cap *= 2) * sizeof *argv);
+            if (!n) {
+                qs_argv_free(argv, argc);
+                free(word);
+                return qs_errf(e, "out of memory");
+            }
+            argv = n;
+        }
+        argv[argc++] = qs_strdup(word);
+    }
+    free(word);
+    argv[argc] = NULL;
+    *out = argv;
+    return argc;
+}
+
+void qs_emit(struct qs_ctx *c, cJSON *obj, const char *text)
+{
+    if (c->emit)
+        c->emit(c->u, obj, text ? text : "");
+    if (!c->cur_results)
+        c->cur_results = cJSON_CreateArray();
+    cJSON_AddItemToArray(c->cur_results, obj);
+}
+
+void qs_emit_text(struct qs_ctx *c, const char *text)
+{
+    if (c->emit && text && text[0])
+        c->emit(c->u, NULL, text);
+}
+
+void qs_note(struct qs_ctx *c, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (c->note)
+        c->note(c->u, buf);
+}
+
+void qs_set_last_table(struct qs_ctx *c, const char *title, const cJSON *rows, const char *header)
+{
+    cJSON_Delete(c->last_table);
+    c->last_table = cJSON_CreateObject();
+    cJSON_AddStringToObject(c->last_table, "title", title);
+    cJSON_AddStringToObject(c->last_table, "header", header ? header : "");
+    cJSON_AddItemToObject(c->last_table, "rows", cJSON_Duplicate(rows, 1));
+}
+
+int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results)
+{
+    if (c->njournal == c->capjournal) {
+        int cap = c->capjournal ? c->capjournal * 2 : 32;
+        struct qs_jentry *j = realloc(c->journal, (size_t)cap * sizeof *j);
+        if (!j)
+            return -1;
+        c->journal = j;
+        c->capjournal = cap;
+    }
+    struct qs_jentry *j = &c->journal[c->njournal++];
+    j->line = qs_strdup(line);
+    j->results = results ? results : cJSON_CreateArray();
+    c->dirty = 1;
+    if (c->on_journal)
+        c->on_journal(c, j);
+    return 0;
+}
+
+int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
+{
+    char **argv;
+    int argc = qs_tokenize(line, &argv, e);
+    if (argc < 0)
+        return -1;
+    if (argc == 0) {
+        qs_argv_free(argv, argc);
+        return 0;
+    }
+    int used = 0, rc = -1;
+    const struct qs_cmd_def *d = qs_cmd_lookup(c, argc, argv, &used);
+    if (!d) {
+        /* suggest a command sharing the first letters */
+        char sug[256] = "";
+        size_t sl = 0;
+        for (int i = 0; qs_cmd_at(c, i); i++) {
+            const char *n = qs_cmd_at(c, i)->name;
+            if (!strncmp(n, argv[0], 2) && sl + 1 < sizeof sug &&
+                (sl == 0 || !strstr(sug, n)))
+                sl += (size_t)snprintf(sug + sl, sizeof sug - sl, "%s%s", sl ? ", " : "", n);
+        }
+        if (sl)
+            qs_errf(e, "unknown command '%s' (did you mean: %s?)", argv[0], sug);
+        else
+            qs_errf(e, "unknown command '%s' (type 'help' for the list)", argv[0]);
+        goto out;
+    }
+    if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !c->b->model) {
+        qs_errf(e, "%s: no model loaded (load model PATH)", d->name);
+        goto out;
+    }
+    if ((d->flags & QS_CMD_DATA) && qs_bench_ready(c->b, e) < 0) {
+        qs_err_prefix(e, d->name);
+        goto out;
+    }
+    c->canon[0] = 0;
+    c->no_journal = 0;
+    cJSON_Delete(c->cur_results);
+    c->cur_results = NULL;
+    rc = d->fn(c, argc - used, argv + used, e);
+    if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {
+        if (!c->canon[0]) { /* the typed words, re-joined with single spaces */
+            size_t n = 0;
+            for (int i = 0; i < argc && n + 1 < sizeof c->canon; i++)
+                n += (size_t)snprintf(c->canon + n, sizeof c->canon - n, "%s%s", i ? " " : "",
+                                      argv[i]);
+        }
+        qs_journal_add(c, c->canon, c->cur_results);
+        c->cur_results = NULL;
+    }
+out:
+    cJSON_Delete(c->cur_results);
+    c->cur_results = NULL;
+    qs_argv_free(argv, argc);
+    return rc;
+}
+
+int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
+{
+    size_t len = strlen(text);
+    char *buf = malloc(len + 1);
+    if (!buf)
+        return qs_errf(e, "out of memory");
+    int rc = 0;
+    size_t start = 0;
+    char quote = 0;
+    for (size_t i = 0; i <= len; i++) {
+        char ch = text[i];
+        if (quote) {
+            if (ch == quote)
+                quote = 0;
+            if (ch)
+                continue;
+        } else if (ch == '"' || ch == '\'') {
+            quote = ch;
+            continue;
+        } else if (ch == '#') { /* comment to end of line */
+            while (text[i + 1] && text[i + 1] != '\n')
+                i++;
+            continue;
+        }
+        if (ch == ';' || ch == '\n' || ch == 0) {
+            memcpy(buf, text + start, i - start);
+            buf[i - start] = 0;
+            start = i + 1;
+            qs_err e2 = {{0}};
+            if (qs_exec_line(c, buf, &e2) < 0) {
+                if (rc == 0 && e)
+                    *e = e2;
+                rc = -1;
+                if (c->bail)
+                    break;
+                if (c->note)
+                    c->note(c->u, e2.msg);
+            }
+            if (c->quit)
+                break;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+const char *qs_opt_value(const char *tok, const char *key)
+{
+    size_t n = strlen(key);
+    return !strncmp(tok, key, n) && tok[n] == '=' ? tok + n + 1 : NULL;
+}
+
+int qs_parse_int(const char *s, long lo, long hi, long *out, const char *what, qs_err *e)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno)
+        return qs_errf(e, "%s: '%s' is not an integer", what, s);
+    if (v < lo || v > hi)
+        return qs_errf(e, "%s: %ld is out of range (%ld..%ld)", what, v, lo, hi);
+    *out = v;
+    return 0;
+}
+
+int qs_parse_double(const char *s, double *out, const char *what, qs_err *e)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !isfinite(v))
+        return qs_errf(e, "%s: '%s' is not a finite number", what, s);
+    *out = v;
+    return 0;
+}

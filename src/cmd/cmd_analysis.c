@@ -1,0 +1,666 @@
+/* cmd_analysis.c - commands of the error geometry and corrections: error, spectrum, rank,
+ * correct, uncorrect, ablate, export csv. */
+#include <csv.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/analysis.h"
+#include "qscope/cmd.h"
+
+/* Resolves a layer name or reports close matches. */
+static int layer_arg(struct qs_ctx *c, const char *name, qs_err *e)
+{
+    int i = qs_bench_layer_index(c->b, name);
+    if (i < 0) {
+        char sug[256];
+        qs_bench_suggest_layer(c->b, name, sug, sizeof sug);
+        return qs_errf(e, "no layer '%s' (did you mean: %s?)", name, sug);
+    }
+    return i;
+}
+
+/* Layers matching a glob pattern (or all when NULL); at least one. */
+static int layers_matching(struct qs_ctx *c, const char *pat, int *idx, qs_err *e)
+{
+    int n = 0;
+    for (int i = 0; i < c->b->model->nlayers; i++)
+        if (!pat || qs_glob_match(pat, c->b->model->layers[i].name))
+            idx[n++] = i;
+    if (n == 0) {
+        char sug[256];
+        qs_bench_suggest_layer(c->b, pat, sug, sizeof sug);
+        return qs_errf(e, "pattern '%s' matches no layer (layers: %s)", pat, sug);
+    }
+    return n;
+}
+
+static int *idx_alloc(struct qs_ctx *c)
+{
+    return malloc((size_t)c->b->model->nlayers * sizeof(int));
+}
+
+/* ---- error --------------------------------------------------------------------------- */
+
+static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc > 1)
+        return qs_errf(e, "usage: error [PATTERN]");
+    struct qs_bench *b = c->b;
+    int L = b->model->nlayers, *idx = idx_alloc(c);
+    struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
+    if (!idx || !err) {
+        free(idx);
+        free(err);
+        return qs_errf(e, "out of memory");
+    }
+    int n = layers_matching(c, argc ? argv[0] : NULL, idx, e);
+    if (n < 0 || qs_analysis_errors(b, err, e) < 0) {
+        free(idx);
+        free(err);
+        return -1;
+    }
+    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "error");
+    struct qs_sb t = {0};
+    int attr = 0;
+    for (int k = 0; k < n; k++)
+        attr |= err[idx[k]].has_attr;
+    qs_sb_printf(&t, "%-10s %10s %14s %9s %9s %9s %9s\n", "layer", "w_rel_err", "preact_rel_mse",
+                 "snr_db", "local_db", "cosine", "kl_share");
+    for (int k = 0; k < n; k++) {
+        const struct qs_layer_err *r = &err[idx[k]];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", b->model->layers[idx[k]].name);
+        qs_json_num(j, "w_rel_err", r->w_rel_err);
+        qs_json_num(j, "preact_rel_mse", r->preact_rel_mse);
+        qs_json_num(j, "snr_db", r->snr_db);
+        qs_json_num(j, "local_rel_mse", r->local_rel_mse);
+        qs_json_num(j, "local_snr_db", r->local_snr_db);
+        qs_json_num(j, "cosine", r->cosine);
+        qs_json_num(j, "kl_alone", r->kl_alone);
+        qs_json_num(j, "kl_share", r->kl_share);
+        if (r->has_attr) {
+            qs_json_num(j, "w_only", r->w_only);
+            qs_json_num(j, "a_only", r->a_only);
+            qs_json_num(j, "interaction", r->interaction);
+        }
+        cJSON_AddItemToArray(rows, j);
+        qs_sb_printf(&t, "%-10s %10.5f %14.6g %9.2f %9.2f %9.6f %9.4f\n",
+                     b->model->layers[idx[k]].name, r->w_rel_err, r->preact_rel_mse, r->snr_db,
+                     r->local_snr_db, r->cosine, r->kl_share);
+    }
+    if (attr) {
+        qs_sb_printf(&t, "attribution of the local relative MSE (weight+activation):\n");
+        qs_sb_printf(&t, "%-10s %12s %12s %12s\n", "layer", "weights", "activations",
+                     "interaction");
+        for (int k = 0; k < n; k++)
+            if (err[idx[k]].has_attr)
+                qs_sb_printf(&t, "%-10s %12.6g %12.6g %12.6g\n", b->model->layers[idx[k]].name,
+                             err[idx[k]].w_only, err[idx[k]].a_only, err[idx[k]].interaction);
+    }
+    qs_sb_printf(&t, "(calibration split; snr/preact propagated through the quantized path, local "
+                     "from float inputs; kl_share: share of KL with only that layer quantized)\n");
+    qs_add_gate(c, o, &t);
+    qs_set_last_table(c, "error", rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    free(idx);
+    free(err);
+    return 0;
+}
+
+/* ---- spectrum ------------------------------------------------------------------------ */
+
+static int parse_spec_opts(int argc, char **argv, enum qs_spec_of *of, enum qs_spec_scale *sc,
+                           int *k, qs_err *e)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        if ((v = qs_opt_value(argv[i], "of"))) {
+            if (!strcmp(v, "weight"))
+                *of = QS_SPEC_WEIGHT;
+            else if (!strcmp(v, "preact"))
+                *of = QS_SPEC_PREACT;
+            else
+                return qs_errf(e, "of=%s: expected weight or preact", v);
+        } else if ((v = qs_opt_value(argv[i], "scale"))) {
+            if (!strcmp(v, "none"))
+                *sc = QS_SCALE_NONE;
+            else if (!strcmp(v, "act"))
+                *sc = QS_SCALE_ACT;
+            else if (!strcmp(v, "cov"))
+                *sc = QS_SCALE_COV;
+            else
+                return qs_errf(e, "scale=%s: expected none, act or cov", v);
+        } else if (k && (v = qs_opt_value(argv[i], "k"))) {
+            if (qs_parse_int(v, 1, 1 << 20, &lv, "k", e) < 0)
+                return -1;
+            *k = (int)lv;
+        } else {
+            return qs_errf(e, "unknown option '%s'", argv[i]);
+        }
+    }
+    return 0;
+}
+
+static const char *of_name(enum qs_spec_of of) { return of == QS_SPEC_WEIGHT ? "weight" : "preact"; }
+static const char *scale_name(enum qs_spec_scale s)
+{
+    return s == QS_SCALE_NONE ? "none" : s == QS_SCALE_ACT ? "act" : "cov";
+}
+
+static void stats_json(cJSON *o, const struct qs_rank_stats *st)
+{
+    qs_json_num(o, "fro2", st->fro2);
+    qs_json_num(o, "top", st->top);
+    qs_json_num(o, "mp_edge", st->mp_edge);
+    qs_json_num(o, "eff_rank", st->eff_rank);
+    qs_json_num(o, "stable_rank", st->stable_rank);
+    cJSON_AddNumberToObject(o, "k50", st->k50);
+    cJSON_AddNumberToObject(o, "k90", st->k90);
+    cJSON_AddNumberToObject(o, "k99", st->k99);
+    cJSON_AddStringToObject(o, "shape", st->zero ? "zero" : st->structured ? "structured" : "white");
+}
+
+static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 1)
+        return qs_errf(e, "usage: spectrum LAYER [of=weight|preact] [scale=none|act|cov] [k=N]");
+    int i = layer_arg(c, argv[0], e), k = 0;
+    enum qs_spec_of of = QS_SPEC_WEIGHT;
+    enum qs_spec_scale sc = QS_SCALE_NONE;
+    if (i < 0 || parse_spec_opts(argc - 1, argv + 1, &of, &sc, &k, e) < 0)
+        return -1;
+    struct qs_spectrum sp;
+    if (qs_analysis_spectrum(c->b, i, of, sc, k, &sp, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "spectrum %s of=%s scale=%s k=%d", argv[0], of_name(of),
+             scale_name(sc), sp.nsv);
+    cJSON *o = cJSON_CreateObject(), *sv = cJSON_CreateArray(), *ref = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "spectrum");
+    cJSON_AddStringToObject(o, "layer", argv[0]);
+    cJSON_AddStringToObject(o, "of", of_name(of));
+    cJSON_AddStringToObject(o, "scale", scale_name(sc));
+    cJSON_AddNumberToObject(o, "m", sp.m);
+    cJSON_AddNumberToObject(o, "n", sp.n);
+    cJSON_AddStringToObject(o, "method", sp.exact ? "exact" : "randomized");
+    for (int j = 0; j < sp.nsv; j++) {
+        cJSON_AddItemToArray(sv, qs_json_num_item(sp.sv[j]));
+        cJSON_AddItemToArray(ref, qs_json_num_item(sp.ref_sv[j]));
+    }
+    cJSON_AddItemToObject(o, "sv", sv);
+    cJSON_AddItemToObject(o, of == QS_SPEC_WEIGHT ? "weight_sv" : "float_sv", ref);
+    stats_json(o, &sp.st);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "spectrum of %s error %s (%dx%d, scale=%s, %s, calibration split)\n",
+                 of_name(of), argv[0], sp.m, sp.n, scale_name(sc),
+                 sp.exact ? "exact LAPACK" : "randomized top-k");
+    if (sp.st.zero) {
+        qs_sb_printf(&t, "the error is exactly zero: all-zero spectrum\n");
+    } else {
+        qs_sb_printf(&t, "%4s %14s %14s\n", "i", "sigma(error)",
+                     of == QS_SPEC_WEIGHT ? "sigma(W)" : "sigma(Y_f)");
+        int show = sp.nsv < 16 ? sp.nsv : 16;
+        for (int j = 0; j < show; j++)
+            qs_sb_printf(&t, "%4d %14.6g %14.6g\n", j + 1, sp.sv[j], sp.ref_sv[j]);
+        if (show < sp.nsv)
+            qs_sb_printf(&t, "   ... %d more values (JSON has all)\n", sp.nsv - show);
+        qs_sb_printf(&t, "top %.6g vs Marchenko-Pastur edge %.6g: %s\n", sp.st.top, sp.st.mp_edge,
+                     sp.st.structured ? "STRUCTURED (above the i.i.d. noise edge)"
+                                      : "white (within the i.i.d. noise edge)");
+    }
+    qs_add_gate(c, o, &t);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    qs_spectrum_free(&sp);
+    return 0;
+}
+
+/* ---- rank ---------------------------------------------------------------------------- */
+
+#define RANK_CURVE_K 32
+
+static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    const char *pat = NULL;
+    int nopt = argc;
+    if (argc && !strchr(argv[0], '=')) {
+        pat = argv[0];
+        argv++;
+        nopt--;
+    }
+    enum qs_spec_of of = QS_SPEC_WEIGHT;
+    enum qs_spec_scale sc = QS_SCALE_NONE;
+    if (parse_spec_opts(nopt, argv, &of, &sc, NULL, e) < 0)
+        return -1;
+    int *idx = idx_alloc(c);
+    if (!idx)
+        return qs_errf(e, "out of memory");
+    int n = layers_matching(c, pat, idx, e);
+    if (n < 0) {
+        free(idx);
+        return -1;
+    }
+    snprintf(c->canon, sizeof c->canon, "rank %s of=%s scale=%s", pat ? pat : "*", of_name(of),
+             scale_name(sc));
+    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "rank");
+    cJSON_AddStringToObject(o, "of", of_name(of));
+    cJSON_AddStringToObject(o, "scale", scale_name(sc));
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-10s %9s %9s %5s %5s %5s %11s %11s %s\n", "layer", "eff_rank",
+                 "stable", "k50", "k90", "k99", "top", "mp_edge", "shape");
+    int rc = 0;
+    for (int k = 0; k < n && rc == 0; k++) {
+        struct qs_spectrum sp;
+        if ((rc = qs_analysis_spectrum(c->b, idx[k], of, sc, 0, &sp, e)) < 0)
+            break;
+        const struct qs_rank_stats *st = &sp.st;
+        cJSON *j = cJSON_CreateObject(), *curve = cJSON_CreateArray();
+        cJSON_AddStringToObject(j, "name", c->b->model->layers[idx[k]].name);
+        stats_json(j, st);
+        int K = sp.nsv < RANK_CURVE_K ? sp.nsv : RANK_CURVE_K;
+        double left[RANK_CURVE_K + 1];
+        qs_energy_left(sp.sv, sp.nsv, st->fro2, K, left);
+        for (int q = 0; q <= K; q++)
+            cJSON_AddItemToArray(curve, qs_json_num_item(left[q]));
+        cJSON_AddItemToObject(j, "energy_left", curve);
+        cJSON_AddItemToArray(rows, j);
+        qs_sb_printf(&t, "%-10s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %s\n",
+                     c->b->model->layers[idx[k]].name, st->eff_rank, st->stable_rank, st->k50,
+                     st->k90, st->k99, st->top, st->mp_edge,
+                     st->zero ? "zero" : st->structured ? "structured" : "white");
+        qs_spectrum_free(&sp);
+    }
+    if (rc < 0) {
+        cJSON_Delete(o);
+        cJSON_Delete(rows);
+        qs_sb_free(&t);
+        free(idx);
+        return -1;
+    }
+    qs_sb_printf(&t, "(%s error; eff_rank = exp(entropy of sigma_i^2 / sum sigma_j^2); stable = "
+                     "||E||_F^2/||E||_2^2; kP = smallest k holding P%% of the energy; shape: top "
+                     "singular value above the Marchenko-Pastur edge = structured)\n",
+                 of_name(of));
+    qs_add_gate(c, o, &t);
+    qs_set_last_table(c, "rank", rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    free(idx);
+    return 0;
+}
+
+/* ---- correct / uncorrect ------------------------------------------------------------- */
+
+static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 2)
+        return qs_errf(e, "usage: correct LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] "
+                          "[lambda=F] [teacher=PATH]");
+    enum qs_corr_method m;
+    if (qs_corr_parse(argv[1], &m, e) < 0)
+        return -1;
+    int rank = 0;
+    const char *prec = "float", *teacher_path = NULL;
+    double lambda = -1.0;
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        long lv;
+        if ((v = qs_opt_value(argv[i], "r"))) {
+            if (qs_parse_int(v, 1, 1 << 20, &lv, "r", e) < 0)
+                return -1;
+            rank = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "prec"))) {
+            prec = v;
+        } else if ((v = qs_opt_value(argv[i], "lambda"))) {
+            if (qs_parse_double(v, &lambda, "lambda", e) < 0)
+                return -1;
+            if (lambda < 0)
+                return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
+        } else if ((v = qs_opt_value(argv[i], "teacher"))) {
+            teacher_path = v;
+        } else {
+            return qs_errf(e, "correct: unknown option '%s'", argv[i]);
+        }
+    }
+    int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
+                  m == QS_CORR_EORA;
+    if (lowrank && rank == 0)
+        rank = 4;
+    if (!lowrank && rank)
+        return qs_errf(e, "r= applies to lowrank, lqer, qera and eora");
+    int *idx = idx_alloc(c);
+    if (!idx)
+        return qs_errf(e, "out of memory");
+    int n;
+    if (strpbrk(argv[0], "*?[")) {
+        n = layers_matching(c, argv[0], idx, e);
+    } else {
+        n = 1;
+        idx[0] = layer_arg(c, argv[0], e);
+        if (idx[0] < 0)
+            n = -1;
+    }
+    struct qs_mlp *teacher = NULL;
+    if (n > 0 && teacher_path && qs_mlp_load(teacher_path, QS_ACT_RELU, 0, &teacher, e) < 0)
+        n = -1;
+    if (n < 0) {
+        free(idx);
+        return -1;
+    }
+    char opts[600];
+    snprintf(opts, sizeof opts, "%s", "");
+    if (rank)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " r=%d", rank);
+    if (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " prec=%s", prec);
+    if (lambda >= 0)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " lambda=%.9g", lambda);
+    if (teacher_path)
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " teacher=%s", teacher_path);
+    snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m), opts);
+    struct qs_sb t = {0};
+    int rc = 0, done = 0;
+    for (int k = 0; k < n && rc == 0; k++) {
+        int i = idx[k];
+        const struct qs_layer_state *s = &c->b->ls[i];
+        if (n > 1 && s->wfmt.kind == QS_FMT_NONE && s->afmt.kind == QS_FMT_NONE)
+            continue; /* a pattern skips float layers */
+        if ((rc = qs_analysis_correct(c->b, i, m, rank, prec, lambda, teacher, e)) < 0)
+            break;
+        struct qs_eval ev;
+        if ((rc = qs_bench_eval(c->b, &ev, e)) < 0)
+            break;
+        const struct qs_corr *cr = &s->corr;
+        const struct qs_layer *l = &c->b->model->layers[i];
+        double lbits = s->wq ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
+        double bpw = (lbits + cr->bits) / ((double)l->out * l->in);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "correct");
+        cJSON_AddStringToObject(o, "layer", l->name);
+        cJSON_AddStringToObject(o, "method", qs_corr_name(m));
+        cJSON_AddNumberToObject(o, "rank", cr->rank);
+        cJSON_AddStringToObject(o, "prec", cr->prec);
+        qs_json_num(o, "recovery", cr->recovery);
+        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+        cJSON_AddNumberToObject(o, "params", (double)cr->params);
+        qs_json_num(o, "bits_added", cr->bits);
+        qs_json_num(o, "layer_bits_per_weight", bpw);
+        if (cr->amap)
+            qs_json_num(o, "lambda", cr->lambda);
+        if (m == QS_CORR_CLOCAL)
+            cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
+        else
+            qs_json_num(o, "quant_acc", ev.q.acc);
+        qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (calib %.4f), +%ld params "
+                         "(+%.0f bits), layer %.3f bits/weight",
+                     done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery,
+                     cr->recovery_calib, cr->params, cr->bits, bpw);
+        if (m == QS_CORR_CLOCAL)
+            qs_sb_printf(&t, " [upper baseline, not deployable]");
+        else
+            qs_sb_printf(&t, "; quantized acc %.4f (loss %.4f)", ev.q.acc, ev.q.loss);
+        if (k + 1 == n || n == 1) {
+            qs_sb_printf(&t, "\n");
+            qs_add_gate(c, o, &t);
+        } else {
+            qs_add_gate(c, o, NULL);
+        }
+        qs_emit(c, o, NULL);
+        done++;
+    }
+    qs_mlp_free(teacher);
+    free(idx);
+    if (rc == 0 && done == 0)
+        rc = qs_errf(e, "correct: every layer matching '%s' is in float", argv[0]);
+    if (rc == 0)
+        qs_emit_text(c, t.s);
+    qs_sb_free(&t);
+    return rc;
+}
+
+static int cmd_uncorrect(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc != 1)
+        return qs_errf(e, "usage: uncorrect LAYER|PATTERN");
+    int *idx = idx_alloc(c);
+    if (!idx)
+        return qs_errf(e, "out of memory");
+    int n = layers_matching(c, argv[0], idx, e);
+    if (n < 0) {
+        free(idx);
+        return -1;
+    }
+    int removed = 0;
+    for (int k = 0; k < n; k++)
+        if (c->b->ls[idx[k]].corr.method != QS_CORR_NONE) {
+            qs_analysis_uncorrect(c->b, idx[k]);
+            removed++;
+        }
+    free(idx);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "uncorrect");
+    cJSON_AddNumberToObject(o, "removed", removed);
+    char txt[128];
+    snprintf(txt, sizeof txt, "removed %d correction%s", removed, removed == 1 ? "" : "s");
+    qs_emit(c, o, txt);
+    return 0;
+}
+
+/* ---- ablate -------------------------------------------------------------------------- */
+
+static void metric_json(cJSON *o, const char *k, const struct qs_metric *m)
+{
+    cJSON *j = cJSON_CreateObject();
+    qs_json_num(j, "acc", m->acc);
+    qs_json_num(j, "loss", m->loss);
+    cJSON_AddItemToObject(o, k, j);
+}
+
+static void interval_json(cJSON *o, const char *k, const struct qs_interval *iv)
+{
+    cJSON *j = cJSON_CreateObject();
+    qs_json_num(j, "mean", iv->mean);
+    qs_json_num(j, "lo", iv->lo);
+    qs_json_num(j, "hi", iv->hi);
+    cJSON_AddItemToObject(o, k, j);
+}
+
+static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc > 1)
+        return qs_errf(e, "usage: ablate [LAYER]");
+    struct qs_bench *b = c->b;
+    int *idx = idx_alloc(c), n = 0;
+    if (!idx)
+        return qs_errf(e, "out of memory");
+    if (argc) {
+        int i = layer_arg(c, argv[0], e);
+        if (i < 0) {
+            free(idx);
+            return -1;
+        }
+        idx[n++] = i;
+    } else {
+        for (int i = 0; i < b->model->nlayers; i++)
+            if (b->ls[i].corr.method != QS_CORR_NONE && b->ls[i].corr.method != QS_CORR_CLOCAL)
+                idx[n++] = i;
+        if (n == 0) {
+            free(idx);
+            return qs_errf(e, "ablate: no deployable correction in place (correct LAYER METHOD)");
+        }
+    }
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-8s %-9s %15s %15s %15s %15s %15s %15s  %s\n", "layer", "method",
+                 "float", "quant", "quant+corr", "float+corr", "random ctrl", "other-layer",
+                 "verdict");
+    int rc = 0;
+    for (int k = 0; k < n; k++) {
+        struct qs_ablation ab;
+        if ((rc = qs_analysis_ablate(b, idx[k], &ab, e)) < 0)
+            break;
+        const struct qs_corr *cr = &b->ls[idx[k]].corr;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "ablate");
+        cJSON_AddStringToObject(o, "layer", b->model->layers[idx[k]].name);
+        cJSON_AddStringToObject(o, "method", qs_corr_name(cr->method));
+        metric_json(o, "float", &ab.f);
+        metric_json(o, "quant", &ab.q);
+        metric_json(o, "quant_corrected", &ab.qc);
+        metric_json(o, "float_corrected", &ab.fc);
+        metric_json(o, "random_control", &ab.rand_ctrl);
+        if (ab.have_other) {
+            metric_json(o, "other_layer_control", &ab.other_ctrl);
+            cJSON_AddStringToObject(o, "other_layer", b->model->layers[ab.other_layer].name);
+        }
+        interval_json(o, "dloss_quant", &ab.d_qc);
+        interval_json(o, "dloss_float", &ab.d_fc);
+        cJSON_AddStringToObject(o, "verdict", ab.verdict);
+        char other[24] = "n/a";
+        if (ab.have_other)
+            snprintf(other, sizeof other, "%.4f/%.4f", ab.other_ctrl.acc, ab.other_ctrl.loss);
+        qs_sb_printf(&t, "%-8s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
+                         "%7.4f/%-7.4f %15s  %s\n",
+                     b->model->layers[idx[k]].name, qs_corr_name(cr->method), ab.f.acc, ab.f.loss,
+                     ab.q.acc, ab.q.loss, ab.qc.acc, ab.qc.loss, ab.fc.acc, ab.fc.loss,
+                     ab.rand_ctrl.acc, ab.rand_ctrl.loss, other, ab.verdict);
+        qs_sb_printf(&t, "%-8s dloss quant %+.5f [%+.5f, %+.5f]; dloss float %+.5f [%+.5f, %+.5f]\n",
+                     "", ab.d_qc.mean, ab.d_qc.lo, ab.d_qc.hi, ab.d_fc.mean, ab.d_fc.lo,
+                     ab.d_fc.hi);
+        qs_add_gate(c, o, NULL);
+        qs_emit(c, o, NULL);
+    }
+    free(idx);
+    if (rc == 0) {
+        qs_sb_printf(&t, "(acc/loss on the test split; each correction alone. Noise: paired "
+                         "bootstrap, 1000 resamples, 95%% interval of the per-sample loss change. "
+                         "capacity: it lowers the float model's loss beyond noise; recovery: it "
+                         "lowers the quantized model's loss beyond noise and not the float's)\n");
+        cJSON *g = cJSON_CreateObject();
+        qs_add_gate(c, g, &t);
+        cJSON_Delete(g);
+        qs_emit_text(c, t.s);
+    }
+    qs_sb_free(&t);
+    return rc;
+}
+
+/* ---- export csv ---------------------------------------------------------------------- */
+
+static void csv_field(FILE *f, const char *s, int first)
+{
+    if (!first)
+        fputc(',', f);
+    csv_fwrite(f, s, strlen(s));
+}
+
+static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc != 1)
+        return qs_errf(e, "usage: export csv PATH");
+    if (!c->last_table)
+        return qs_errf(e, "export csv: no table yet (run layers, error, rank, ... first)");
+    cJSON *rows = cJSON_GetObjectItem(c->last_table, "rows");
+    const char *title = cJSON_GetObjectItem(c->last_table, "title")->valuestring;
+    FILE *f = fopen(argv[0], "w");
+    if (!f)
+        return qs_errf(e, "%s: %s", argv[0], strerror(errno));
+    struct qs_bench *b = c->b;
+    /* A header row naming the table, the regime, the formats and the seed. */
+    char formats[1024] = "";
+    size_t fl = 0;
+    for (int i = 0; b->model && i < b->model->nlayers && fl + 1 < sizeof formats; i++)
+        fl += (size_t)snprintf(formats + fl, sizeof formats - fl, "%s%s:%s/%s", i ? " " : "",
+                               b->model->layers[i].name, b->ls[i].wfmt.name, b->ls[i].afmt.name);
+    int w = 0, a = 0;
+    for (int i = 0; b->model && i < b->model->nlayers; i++) {
+        w |= b->ls[i].wfmt.kind != QS_FMT_NONE;
+        a |= b->ls[i].afmt.kind != QS_FMT_NONE;
+    }
+    char meta[1400];
+    snprintf(meta, sizeof meta, "# qscope %s table=%s regime=%s seed=%llu formats=%s", QS_VERSION,
+             title, w && a ? "weight+activation" : a ? "activation-only" : "weight-only",
+             (unsigned long long)b->seed, formats);
+    csv_field(f, meta, 1);
+    fputc('\n', f);
+    cJSON *first = cJSON_GetArrayItem(rows, 0);
+    int ncol = 0;
+    for (cJSON *k = first ? first->child : NULL; k; k = k->next)
+        if (!cJSON_IsArray(k) && !cJSON_IsObject(k))
+            csv_field(f, k->string, ncol++ == 0);
+    fputc('\n', f);
+    int nrow = 0;
+    cJSON *r;
+    cJSON_ArrayForEach(r, rows)
+    {
+        int col = 0;
+        for (cJSON *k = first->child; k; k = k->next) {
+            if (cJSON_IsArray(k) || cJSON_IsObject(k))
+                continue;
+            cJSON *v = cJSON_GetObjectItem(r, k->string);
+            char buf[64];
+            const char *s = "";
+            if (cJSON_IsString(v))
+                s = v->valuestring;
+            else if (cJSON_IsRaw(v))
+                s = v->valuestring;
+            else if (cJSON_IsNumber(v)) {
+                snprintf(buf, sizeof buf, "%.9g", v->valuedouble);
+                s = buf;
+            }
+            csv_field(f, s, col++ == 0);
+        }
+        fputc('\n', f);
+        nrow++;
+    }
+    if (fclose(f) != 0)
+        return qs_errf(e, "%s: %s", argv[0], strerror(errno));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "export csv");
+    cJSON_AddStringToObject(o, "path", argv[0]);
+    cJSON_AddNumberToObject(o, "rows", nrow);
+    char txt[600];
+    snprintf(txt, sizeof txt, "wrote %s: %s table, %d rows, %d columns", argv[0], title, nrow,
+             ncol);
+    qs_emit(c, o, txt);
+    return 0;
+}
+
+const struct qs_cmd_def qs_cmds_analysis[] = {
+    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+     "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
+     "Calibration split. Propagated (each path from its own input) and local (float inputs) "
+     "errors; in weight+activation the local error is split into weights, activations and "
+     "their interaction."},
+    {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
+     "singular values of a layer's error, its weight's, and the Marchenko-Pastur edge",
+     "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
+     "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]."},
+    {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_rank,
+     "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error", NULL},
+    {"correct", "LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] [lambda=F] [teacher=PATH]",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,
+     "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
+     "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
+     "calibration split; clocal is fitted and judged on the test split with float inputs: an "
+     "upper baseline, not deployable). teacher= fits bias/linear toward another model's "
+     "pre-activations (a deliberately capacity-adding control)."},
+    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
+     "remove corrections", NULL},
+    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
+     "non-capacity ablation: is each correction recovery or added capacity?", NULL},
+    {"export csv", "PATH", 0, cmd_export_csv,
+     "write the last table (layers, error, rank, ...) as CSV with a header naming regime, "
+     "formats and seed",
+     NULL},
+    {NULL, NULL, 0, NULL, NULL, NULL},
+};

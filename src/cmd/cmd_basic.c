@@ -1,0 +1,959 @@
+/* cmd_basic.c - commands for loading, inspecting, configuring, quantizing and evaluating. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/cmd.h"
+#include "qscope/safetensors.h"
+
+/* The regime actually in force: which roles are quantized on some layer. */
+static enum qs_regime effective_regime(const struct qs_bench *b)
+{
+    int w = 0, a = 0;
+    for (int i = 0; b->model && i < b->model->nlayers; i++) {
+        w |= b->ls[i].wfmt.kind != QS_FMT_NONE;
+        a |= b->ls[i].afmt.kind != QS_FMT_NONE;
+    }
+    if (w && a)
+        return QS_REGIME_FULL;
+    if (a)
+        return QS_REGIME_ACT;
+    if (w)
+        return QS_REGIME_WEIGHT;
+    return b->regime;
+}
+
+void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
+{
+    struct qs_eval ev;
+    qs_err e;
+    if (qs_bench_eval(c->b, &ev, &e) < 0)
+        return;
+    cJSON *g = cJSON_CreateObject();
+    qs_json_num(g, "float_acc", ev.f.acc);
+    qs_json_num(g, "threshold", ev.chance + c->b->gate_min * (1 - ev.chance));
+    cJSON_AddItemToObject(obj, "task", g);
+    cJSON_AddStringToObject(obj, "gate", ev.gate_pass ? "pass" : "fail");
+    cJSON_AddStringToObject(obj, "regime", qs_regime_name(effective_regime(c->b)));
+    if (text) {
+        qs_sb_printf(text, "[%s; float test acc %.4f; gate %s%s]", qs_regime_name(effective_regime(c->b)),
+                     ev.f.acc, ev.gate_pass ? "pass" : "FAIL",
+                     ev.gate_pass ? "" : ": model did not clearly learn the task, results flagged");
+    }
+}
+
+/* ---- load ---------------------------------------------------------------------------- */
+
+static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 1)
+        return qs_errf(e, "usage: load model PATH [act=relu|gelu|tanh|sigmoid]");
+    enum qs_act act = QS_ACT_RELU;
+    int act_given = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = qs_opt_value(argv[i], "act");
+        if (!v)
+            return qs_errf(e, "load model: unknown option '%s' (expected act=...)", argv[i]);
+        if (qs_act_parse(v, &act, e) < 0)
+            return -1;
+        act_given = 1;
+    }
+    struct qs_mlp *m;
+    if (qs_mlp_load(argv[0], act, act_given, &m, e) < 0)
+        return -1;
+    if (qs_bench_set_model(c->b, m, argv[0], e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "load model %s%s%s", argv[0], act_given ? " act=" : "",
+             act_given ? qs_act_name(act) : "");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "load model");
+    cJSON_AddStringToObject(o, "path", argv[0]);
+    cJSON_AddNumberToObject(o, "layers", m->nlayers);
+    cJSON_AddNumberToObject(o, "params", (double)qs_mlp_nparams(m));
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "model %s: %d layers, %ld parameters%s", argv[0], m->nlayers,
+                 qs_mlp_nparams(m), m->from_sequential ? " (nn.Sequential state dict)" : "");
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 1)
+        return qs_errf(e, "usage: load data PATH [label=COLUMN]");
+    const char *label = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!(label = qs_opt_value(argv[i], "label")))
+            return qs_errf(e, "load data: unknown option '%s' (expected label=...)", argv[i]);
+    }
+    struct qs_dataset *d;
+    if (qs_dataset_load_csv(argv[0], label, &d, e) < 0)
+        return -1;
+    if (qs_bench_set_data(c->b, d, argv[0], e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "load data %s%s%s", argv[0], label ? " label=" : "",
+             label ? label : "");
+    const struct qs_split *s = &c->b->split;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "load data");
+    cJSON_AddStringToObject(o, "path", argv[0]);
+    cJSON_AddNumberToObject(o, "n", d->n);
+    cJSON_AddNumberToObject(o, "features", d->d);
+    cJSON_AddNumberToObject(o, "classes", d->nclass);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "data %s: %d samples, %d features, %d classes; split seed %llu: "
+                     "%d train / %d calib / %d test",
+                 argv[0], d->n, d->d, d->nclass, (unsigned long long)c->b->split_seed,
+                 s->n_train, s->n_calib, s->n_test);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* ---- info and layers ------------------------------------------------------------------ */
+
+static cJSON *split_json(const struct qs_bench *b)
+{
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddNumberToObject(s, "seed", (double)b->split_seed);
+    cJSON_AddNumberToObject(s, "train", b->split.n_train);
+    cJSON_AddNumberToObject(s, "calib", b->calib_n > 0 ? b->calib_n : b->split.n_calib);
+    cJSON_AddNumberToObject(s, "test", b->split.n_test);
+    return s;
+}
+
+static void fmt_desc(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
+{
+    if (f->kind == QS_FMT_NONE) {
+        snprintf(buf, n, "float");
+        return;
+    }
+    const char *g = o->gran == QS_GRAN_TENSOR ? "tensor" : o->gran == QS_GRAN_CHANNEL ? "channel" : "group";
+    if (o->gran == QS_GRAN_GROUP)
+        snprintf(buf, n, "%s/g%d", f->name, o->group);
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        snprintf(buf, n, "%s", f->name);
+    else
+        snprintf(buf, n, "%s/%s", f->name, g);
+}
+
+static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    if (argc)
+        return qs_errf(e, "usage: info");
+    struct qs_bench *b = c->b;
+    cJSON *o = cJSON_CreateObject();
+    struct qs_sb t = {0};
+    cJSON_AddStringToObject(o, "cmd", "info");
+    cJSON_AddStringToObject(o, "version", QS_VERSION);
+    if (b->model) {
+        cJSON_AddStringToObject(o, "model", b->model_path ? b->model_path : "");
+        cJSON_AddStringToObject(o, "arch", "mlp");
+        cJSON_AddNumberToObject(o, "layers", b->model->nlayers);
+        cJSON_AddNumberToObject(o, "params", (double)qs_mlp_nparams(b->model));
+        qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
+        qs_sb_printf(&t, "model   %s (mlp, %d layers, %ld parameters, %.3f bits/weight)\n",
+                     b->model_path ? b->model_path : "(trained here)", b->model->nlayers,
+                     qs_mlp_nparams(b->model), qs_bench_bits_per_weight(b));
+        cJSON *meta = cJSON_CreateObject();
+        for (int i = 0; i < b->model->nmeta; i++) {
+            cJSON_AddStringToObject(meta, b->model->meta_key[i], b->model->meta_val[i]);
+            qs_sb_printf(&t, "  %s = %s\n", b->model->meta_key[i], b->model->meta_val[i]);
+        }
+        cJSON_AddItemToObject(o, "metadata", meta);
+    } else {
+        qs_sb_printf(&t, "model   (none)\n");
+    }
+    if (b->data) {
+        cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
+        cJSON_AddNumberToObject(o, "n", b->data->n);
+        cJSON_AddNumberToObject(o, "features", b->data->d);
+        cJSON_AddNumberToObject(o, "classes", b->data->nclass);
+        cJSON_AddItemToObject(o, "split", split_json(b));
+        qs_sb_printf(&t, "data    %s (%d samples, %d features, %d classes)\n", b->data_path,
+                     b->data->n, b->data->d, b->data->nclass);
+        qs_sb_printf(&t, "split   seed %llu: %d train / %d calib (using %d) / %d test\n",
+                     (unsigned long long)b->split_seed, b->split.n_train, b->split.n_calib,
+                     b->calib_n > 0 ? b->calib_n : b->split.n_calib, b->split.n_test);
+    } else {
+        qs_sb_printf(&t, "data    (none)\n");
+    }
+    cJSON_AddStringToObject(o, "regime", qs_regime_name(effective_regime(b)));
+    cJSON_AddNumberToObject(o, "seed", (double)b->seed);
+    qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
+                 qs_regime_name(effective_regime(b)), (unsigned long long)b->seed, b->gate_min);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    if (argc)
+        return qs_errf(e, "usage: layers");
+    struct qs_bench *b = c->b;
+    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
+    struct qs_sb t = {0};
+    cJSON_AddStringToObject(o, "cmd", "layers");
+    qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8s %9s %s\n", "layer", "shape", "act",
+                 "weights", "activations", "bits/w", "w_rel_err", "correction");
+    for (int i = 0; i < b->model->nlayers; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        const struct qs_layer_state *s = &b->ls[i];
+        char wf[48], af[48], shape[32];
+        fmt_desc(&s->wfmt, &s->wopt, wf, sizeof wf);
+        fmt_desc(&s->afmt, &s->aopt, af, sizeof af);
+        if (s->afmt.kind != QS_FMT_NONE) {
+            size_t n = strlen(af);
+            snprintf(af + n, sizeof af - n, "%s",
+                     s->amode == QS_AMODE_STATIC ? ",static" : s->amode == QS_AMODE_TOKEN ? ",token" : "");
+        }
+        snprintf(shape, sizeof shape, "%dx%d", l->out, l->in);
+        double bpw = s->wq ? qs_packed_bits_per_weight(&s->packed) : 32.0;
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "name", l->name);
+        cJSON_AddNumberToObject(r, "out", l->out);
+        cJSON_AddNumberToObject(r, "in", l->in);
+        cJSON_AddStringToObject(r, "act", qs_act_name(l->act));
+        cJSON_AddStringToObject(r, "weights", wf);
+        cJSON_AddStringToObject(r, "activations", af);
+        qs_json_num(r, "bits_per_weight", bpw);
+        cJSON_AddNumberToObject(r, "bytes", s->wq ? (double)qs_packed_bytes(&s->packed)
+                                                  : 4.0 * l->out * l->in);
+        qs_json_num(r, "w_rel_err", s->w_rel_err);
+        cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
+        cJSON_AddItemToArray(rows, r);
+        char corr[40] = "-";
+        if (s->corr.method != QS_CORR_NONE)
+            snprintf(corr, sizeof corr, "%s%s", qs_corr_name(s->corr.method),
+                     s->corr.rank ? "" : "");
+        if (s->corr.rank)
+            snprintf(corr, sizeof corr, "%s r=%d", qs_corr_name(s->corr.method), s->corr.rank);
+        qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %s\n", l->name, shape,
+                     qs_act_name(l->act), wf, af, bpw, s->w_rel_err, corr);
+    }
+    qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales; biases in float)",
+                 qs_bench_bits_per_weight(b));
+    qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
+    qs_set_last_table(c, "layers", rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* ---- eval ---------------------------------------------------------------------------- */
+
+static int cmd_eval(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    if (argc)
+        return qs_errf(e, "usage: eval");
+    struct qs_eval ev;
+    if (qs_bench_eval(c->b, &ev, e) < 0)
+        return -1;
+    struct qs_bench *b = c->b;
+    enum qs_regime rg = effective_regime(b);
+    double thr = ev.chance + b->gate_min * (1 - ev.chance);
+    cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject(), *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "eval");
+    cJSON_AddStringToObject(o, "regime", qs_regime_name(rg));
+    cJSON_AddItemToObject(o, "split", split_json(b));
+    qs_json_num(f, "acc", ev.f.acc);
+    qs_json_num(f, "loss", ev.f.loss);
+    qs_json_num(q, "acc", ev.q.acc);
+    qs_json_num(q, "loss", ev.q.loss);
+    cJSON_AddItemToObject(o, "float", f);
+    cJSON_AddItemToObject(o, "quant", q);
+    qs_json_num(o, "kl", ev.kl);
+    qs_json_num(o, "top1_agree", ev.agree);
+    qs_json_num(o, "bits_per_weight", ev.bits_w);
+    cJSON_AddStringToObject(o, "gate", ev.gate_pass ? "pass" : "fail");
+    qs_json_num(o, "gate_threshold", thr);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "regime %s, %.3f bits/weight; test split %d samples (seed %llu)\n",
+                 qs_regime_name(rg), ev.bits_w, ev.f.n, (unsigned long long)b->split_seed);
+    qs_sb_printf(&t, "          %8s %8s\n", "acc", "loss");
+    qs_sb_printf(&t, "float     %8.4f %8.4f\n", ev.f.acc, ev.f.loss);
+    qs_sb_printf(&t, "quant     %8.4f %8.4f   (delta acc %+.4f)\n", ev.q.acc, ev.q.loss,
+                 ev.q.acc - ev.f.acc);
+    qs_sb_printf(&t, "KL(float||quant) %.6g, top-1 agreement %.4f\n", ev.kl, ev.agree);
+    qs_sb_printf(&t, "gate %s: float acc %.4f %s %.4f (chance %.4f + %.2f of the headroom)",
+                 ev.gate_pass ? "pass" : "FAIL", ev.f.acc, ev.gate_pass ? ">=" : "<", thr,
+                 ev.chance, b->gate_min);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* ---- train --------------------------------------------------------------------------- */
+
+struct train_cb_ctx {
+    struct qs_ctx *c;
+    int epochs;
+};
+
+static int train_cb(void *u, int epoch, double loss, double acc)
+{
+    struct train_cb_ctx *t = u;
+    if (t->c->b->progress) {
+        char what[96];
+        snprintf(what, sizeof what, "train epoch %d/%d loss %.4f acc %.4f", epoch, t->epochs,
+                 loss, acc);
+        t->c->b->progress(t->c->b->progress_ctx, what, (double)epoch / t->epochs);
+    }
+    if (epoch == t->epochs || epoch % 10 == 0)
+        qs_note(t->c, "epoch %d/%d: train loss %.4f, train acc %.4f", epoch, t->epochs, loss,
+                acc);
+    return t->c->b->cancel;
+}
+
+static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    if (!b->data)
+        return qs_errf(e, "train: no data loaded (load data PATH)");
+    struct qs_train_opts o = {.epochs = 100, .batch = 64, .lr = 1e-3, .weight_decay = 0.0,
+                              .seed = b->seed};
+    enum qs_act act = QS_ACT_RELU;
+    int sizes[34], ns = 0;
+    const char *out = NULL;
+    char hidden[256] = "64,64";
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        if ((v = qs_opt_value(argv[i], "hidden"))) {
+            snprintf(hidden, sizeof hidden, "%s", v);
+        } else if ((v = qs_opt_value(argv[i], "epochs"))) {
+            if (qs_parse_int(v, 1, 100000, &lv, "train epochs", e) < 0)
+                return -1;
+            o.epochs = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "batch"))) {
+            if (qs_parse_int(v, 1, 1 << 20, &lv, "train batch", e) < 0)
+                return -1;
+            o.batch = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "seed"))) {
+            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "train seed", e) < 0)
+                return -1;
+            o.seed = (uint64_t)lv;
+        } else if ((v = qs_opt_value(argv[i], "lr"))) {
+            if (qs_parse_double(v, &o.lr, "train lr", e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "wd"))) {
+            if (qs_parse_double(v, &o.weight_decay, "train wd", e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "act"))) {
+            if (qs_act_parse(v, &act, e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "out"))) {
+            out = v;
+        } else {
+            return qs_errf(e, "train: unknown option '%s' (hidden= epochs= batch= lr= wd= act= "
+                              "seed= out=)", argv[i]);
+        }
+    }
+    sizes[ns++] = b->data->d;
+    char hb[256];
+    snprintf(hb, sizeof hb, "%s", hidden);
+    for (char *tok = strtok(hb, ","); tok; tok = strtok(NULL, ",")) {
+        long lv;
+        if (ns >= 32)
+            return qs_errf(e, "train: too many hidden layers");
+        if (qs_parse_int(tok, 1, 1 << 16, &lv, "train hidden", e) < 0)
+            return -1;
+        sizes[ns++] = (int)lv;
+    }
+    sizes[ns++] = b->data->nclass;
+    qs_rng rng;
+    qs_rng_seed(&rng, o.seed ^ 0x5eedULL);
+    struct qs_mlp *m;
+    if (qs_mlp_new(sizes, ns, act, &rng, &m, e) < 0)
+        return -1;
+    int n = b->split.n_train, d = b->data->d;
+    float *x = malloc((size_t)n * d * sizeof(float));
+    int *y = malloc((size_t)n * sizeof(int));
+    if (!x || !y) {
+        free(x);
+        free(y);
+        qs_mlp_free(m);
+        return qs_errf(e, "out of memory");
+    }
+    qs_dataset_gather(b->data, b->split.train, n, x, y);
+    struct train_cb_ctx tc = {c, o.epochs};
+    b->cancel = 0;
+    int rc = qs_mlp_train(m, x, y, n, &o, train_cb, &tc, e);
+    free(x);
+    free(y);
+    if (rc < 0) {
+        qs_mlp_free(m);
+        return -1;
+    }
+    char buf[64];
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)b->split_seed);
+    qs_mlp_set_meta(m, "qscope.split_seed", buf);
+    snprintf(buf, sizeof buf, "%.6g", b->f_train);
+    qs_mlp_set_meta(m, "qscope.split_train", buf);
+    snprintf(buf, sizeof buf, "%.6g", b->f_calib);
+    qs_mlp_set_meta(m, "qscope.split_calib", buf);
+    qs_mlp_set_meta(m, "qscope.data", b->data_path ? b->data_path : "");
+    char canon_opts[512];
+    snprintf(canon_opts, sizeof canon_opts,
+             "hidden=%s epochs=%d batch=%d lr=%.9g wd=%.9g act=%s seed=%llu", hidden, o.epochs,
+             o.batch, o.lr, o.weight_decay, qs_act_name(act), (unsigned long long)o.seed);
+    qs_mlp_set_meta(m, "qscope.train", canon_opts);
+    if (qs_bench_set_model(b, m, out, e) < 0)
+        return -1;
+    struct qs_eval ev;
+    if (qs_bench_eval(b, &ev, e) < 0)
+        return -1;
+    snprintf(buf, sizeof buf, "%.9g", ev.f.acc);
+    qs_mlp_set_meta(b->model, "qscope.test_acc", buf);
+    snprintf(buf, sizeof buf, "%.9g", ev.f.loss);
+    qs_mlp_set_meta(b->model, "qscope.test_loss", buf);
+    if (out && qs_mlp_save(b->model, out, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "train %s%s%s", canon_opts, out ? " out=" : "",
+             out ? out : "");
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "cmd", "train");
+    qs_json_num(r, "test_acc", ev.f.acc);
+    qs_json_num(r, "test_loss", ev.f.loss);
+    cJSON_AddStringToObject(r, "gate", ev.gate_pass ? "pass" : "fail");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "trained %s: test acc %.4f, test loss %.4f, gate %s%s%s", hidden, ev.f.acc,
+                 ev.f.loss, ev.gate_pass ? "pass" : "FAIL", out ? "; wrote " : "",
+                 out ? out : "");
+    qs_emit(c, r, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* ---- set ----------------------------------------------------------------------------- */
+
+static void emit_set(struct qs_ctx *c, const char *what, double v, const char *text)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "set");
+    qs_json_num(o, what, v);
+    qs_emit(c, o, text);
+}
+
+static int cmd_set_seed(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    long v;
+    if (argc != 1 || qs_parse_int(argv[0], 0, 0x7fffffff, &v, "set seed", e) < 0)
+        return argc != 1 ? qs_errf(e, "usage: set seed N") : -1;
+    c->b->seed = (uint64_t)v;
+    snprintf(c->canon, sizeof c->canon, "set seed %ld", v);
+    emit_set(c, "seed", (double)v, "");
+    return 0;
+}
+
+static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    long v;
+    if (argc != 1)
+        return qs_errf(e, "usage: set calib N");
+    if (qs_parse_int(argv[0], 1, 1 << 30, &v, "set calib", e) < 0 ||
+        qs_bench_set_calib(c->b, (int)v, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "set calib %ld", v);
+    emit_set(c, "calib", (double)v, "");
+    return 0;
+}
+
+static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    uint64_t seed = b->split_seed;
+    double ft = b->f_train, fc = b->f_calib;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        if ((v = qs_opt_value(argv[i], "seed"))) {
+            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "set split seed", e) < 0)
+                return -1;
+            seed = (uint64_t)lv;
+        } else if ((v = qs_opt_value(argv[i], "train"))) {
+            if (qs_parse_double(v, &ft, "set split train", e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "calib"))) {
+            if (qs_parse_double(v, &fc, "set split calib", e) < 0)
+                return -1;
+        } else {
+            return qs_errf(e, "usage: set split [seed=N] [train=F] [calib=F]");
+        }
+    }
+    if (ft < 0 || fc <= 0 || ft + fc >= 1)
+        return qs_errf(e, "set split: need train >= 0, calib > 0 and train + calib < 1");
+    if (qs_bench_resplit(b, seed, ft, fc, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "set split seed=%llu train=%.9g calib=%.9g",
+             (unsigned long long)seed, ft, fc);
+    emit_set(c, "split_seed", (double)seed, "");
+    return 0;
+}
+
+static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    double v;
+    if (argc != 1)
+        return qs_errf(e, "usage: set gate F   (share of the headroom over chance, 0..1)");
+    if (qs_parse_double(argv[0], &v, "set gate", e) < 0)
+        return -1;
+    if (v < 0 || v > 1)
+        return qs_errf(e, "set gate: %g is outside 0..1", v);
+    c->b->gate_min = v;
+    snprintf(c->canon, sizeof c->canon, "set gate %.9g", v);
+    emit_set(c, "gate", v, "");
+    return 0;
+}
+
+static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc != 1 || (strcmp(argv[0], "on") && strcmp(argv[0], "off")))
+        return qs_errf(e, "usage: set bail on|off");
+    c->bail = !strcmp(argv[0], "on");
+    c->no_journal = 1;
+    return 0;
+}
+
+/* ---- quantization -------------------------------------------------------------------- */
+
+static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 2)
+        return qs_errf(e, "usage: quant PATTERN FORMAT [gran=tensor|channel|group:N] "
+                          "[clip=max|mse|pct:P] [round=nearest|stochastic] [on=w|a|wa] "
+                          "[amode=dynamic|token|static]");
+    struct qs_rule r;
+    memset(&r, 0, sizeof r);
+    if (strlen(argv[0]) >= sizeof r.pattern)
+        return qs_errf(e, "quant: pattern too long");
+    snprintf(r.pattern, sizeof r.pattern, "%s", argv[0]);
+    if (qs_format_parse(argv[1], &r.fmt, e) < 0)
+        return -1;
+    qs_qopts_default(&r.opt);
+    r.opt.seed = c->b->seed;
+    r.amode = QS_AMODE_DYNAMIC;
+    for (int i = 2; i < argc; i++) {
+        const char *v;
+        if ((v = qs_opt_value(argv[i], "on"))) {
+            if (!strcmp(v, "w"))
+                r.roles = QS_ROLE_W;
+            else if (!strcmp(v, "a"))
+                r.roles = QS_ROLE_A;
+            else if (!strcmp(v, "wa") || !strcmp(v, "aw"))
+                r.roles = QS_ROLE_W | QS_ROLE_A;
+            else
+                return qs_errf(e, "quant: on=%s: expected w, a or wa", v);
+        } else if ((v = qs_opt_value(argv[i], "amode"))) {
+            if (!strcmp(v, "dynamic"))
+                r.amode = QS_AMODE_DYNAMIC;
+            else if (!strcmp(v, "token"))
+                r.amode = QS_AMODE_TOKEN;
+            else if (!strcmp(v, "static"))
+                r.amode = QS_AMODE_STATIC;
+            else
+                return qs_errf(e, "quant: amode=%s: expected dynamic, token or static", v);
+        } else if (qs_qopts_parse_token(&r.opt, argv[i], e) < 0) {
+            return -1;
+        }
+    }
+    /* Validate against every matching layer before changing anything. */
+    struct qs_bench *b = c->b;
+    for (int i = 0; i < b->model->nlayers; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        if (r.fmt.kind == QS_FMT_NONE || !qs_glob_match(r.pattern, l->name))
+            continue;
+        if (r.opt.gran == QS_GRAN_GROUP && l->in % r.opt.group != 0)
+            return qs_errf(e, "quant: group size %d does not divide layer %s's row length %d",
+                           r.opt.group, l->name, l->in);
+    }
+    int matched = 0;
+    struct qs_rule saved[64];
+    int nsaved = b->nrules;
+    memcpy(saved, b->rules, sizeof saved);
+    if (qs_bench_add_rule(b, &r, &matched, e) < 0) {
+        memcpy(b->rules, saved, sizeof saved);
+        b->nrules = nsaved;
+        qs_err e2;
+        qs_bench_resolve(b, &e2);
+        return -1;
+    }
+    char opts[200] = "";
+    if (r.fmt.kind != QS_FMT_NONE)
+        qs_qopts_format(&r.fmt, &r.opt, opts, sizeof opts);
+    const char *on = r.roles == QS_ROLE_W ? " on=w" : r.roles == QS_ROLE_A ? " on=a"
+                     : r.roles ? " on=wa" : "";
+    const char *am = r.amode == QS_AMODE_STATIC ? " amode=static"
+                     : r.amode == QS_AMODE_TOKEN ? " amode=token" : "";
+    snprintf(c->canon, sizeof c->canon, "quant %s %s%s%s%s%s", r.pattern, r.fmt.name,
+             opts[0] ? " " : "", opts, on, am);
+    if (matched == 0)
+        qs_note(c, "warning: pattern '%s' matched no layer", r.pattern);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "quant");
+    cJSON_AddStringToObject(o, "pattern", r.pattern);
+    cJSON_AddStringToObject(o, "format", r.fmt.name);
+    cJSON_AddNumberToObject(o, "matched", matched);
+    qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%s -> %s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
+                 matched, matched == 1 ? "" : "s", qs_bench_bits_per_weight(b));
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    if (argc)
+        return qs_errf(e, "usage: rules");
+    struct qs_bench *b = c->b;
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "rules");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "regime %s (default roles); first match wins:", qs_regime_word(b->regime));
+    for (int k = 0; k < b->nrules; k++) {
+        const struct qs_rule *r = &b->rules[k];
+        char opts[200] = "", layers[512] = "";
+        size_t ln = 0;
+        if (r->fmt.kind != QS_FMT_NONE)
+            qs_qopts_format(&r->fmt, &r->opt, opts, sizeof opts);
+        cJSON *jr = cJSON_CreateObject(), *jl = cJSON_CreateArray();
+        for (int i = 0; i < b->model->nlayers; i++)
+            if (b->ls[i].rule_w == k || b->ls[i].rule_a == k) {
+                cJSON_AddItemToArray(jl, cJSON_CreateString(b->model->layers[i].name));
+                if (ln + 1 < sizeof layers)
+                    ln += (size_t)snprintf(layers + ln, sizeof layers - ln, "%s%s", ln ? "," : "",
+                                           b->model->layers[i].name);
+            }
+        const char *roles = r->roles == QS_ROLE_W ? "w" : r->roles == QS_ROLE_A ? "a"
+                            : r->roles ? "wa" : "default";
+        cJSON_AddStringToObject(jr, "pattern", r->pattern);
+        cJSON_AddStringToObject(jr, "format", r->fmt.name);
+        cJSON_AddStringToObject(jr, "options", opts);
+        cJSON_AddStringToObject(jr, "on", roles);
+        cJSON_AddItemToObject(jr, "layers", jl);
+        cJSON_AddItemToArray(arr, jr);
+        qs_sb_printf(&t, "\n%2d  %-12s %-10s %-40s on=%-7s -> %s", k + 1, r->pattern, r->fmt.name,
+                     opts, roles, ln ? layers : "(no layer)");
+    }
+    if (!b->nrules)
+        qs_sb_printf(&t, "\n(no rules: every layer in float)");
+    cJSON_AddItemToObject(o, "rules", arr);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+static int cmd_regime(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc != 1)
+        return qs_errf(e, "usage: regime weight|act|full");
+    enum qs_regime r;
+    if (!strcmp(argv[0], "weight"))
+        r = QS_REGIME_WEIGHT;
+    else if (!strcmp(argv[0], "act"))
+        r = QS_REGIME_ACT;
+    else if (!strcmp(argv[0], "full"))
+        r = QS_REGIME_FULL;
+    else
+        return qs_errf(e, "regime: '%s': expected weight, act or full", argv[0]);
+    if (qs_bench_set_regime(c->b, r, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "regime %s", argv[0]);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "regime");
+    cJSON_AddStringToObject(o, "regime", qs_regime_name(r));
+    qs_emit(c, o, qs_regime_name(r));
+    return 0;
+}
+
+static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 2)
+        return qs_errf(e, "usage: roundtrip FORMAT VALUE... [sat=0|1]");
+    struct qs_format f;
+    if (qs_format_parse(argv[0], &f, e) < 0)
+        return -1;
+    if (f.kind == QS_FMT_NONE)
+        return qs_errf(e, "roundtrip: format 'none' keeps values in float");
+    int sat = 1, n = 0;
+    double *in = malloc((size_t)argc * sizeof *in);
+    float *xf = malloc((size_t)argc * sizeof *xf), *yf = malloc((size_t)argc * sizeof *yf);
+    if (!in || !xf || !yf) {
+        free(in);
+        free(xf);
+        free(yf);
+        return qs_errf(e, "out of memory");
+    }
+    int rc = 0;
+    for (int i = 1; i < argc && rc == 0; i++) {
+        const char *v = qs_opt_value(argv[i], "sat");
+        if (v)
+            sat = strcmp(v, "0") != 0;
+        else {
+            char *end;
+            in[n] = strtod(argv[i], &end);
+            if (end == argv[i] || *end)
+                rc = qs_errf(e, "roundtrip: '%s' is not a number", argv[i]);
+            xf[n] = (float)in[n];
+            n++;
+        }
+    }
+    if (rc == 0 && n == 0)
+        rc = qs_errf(e, "roundtrip: no values");
+    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4;
+    if (rc == 0 && block) { /* block formats: the values form one block with its shared scale */
+        struct qs_qopts o;
+        qs_qopts_default(&o);
+        o.saturate = sat;
+        rc = qs_quant_fake(&f, &o, xf, 1, n, yf, e);
+    }
+    if (rc == 0) {
+        cJSON *o = cJSON_CreateObject(), *ji = cJSON_CreateArray(), *jo = cJSON_CreateArray();
+        cJSON_AddStringToObject(o, "cmd", "roundtrip");
+        cJSON_AddStringToObject(o, "format", f.name);
+        struct qs_sb t = {0};
+        for (int i = 0; i < n; i++) {
+            double out = block ? (double)yf[i] : qs_format_cast(&f, in[i], sat);
+            cJSON_AddItemToArray(ji, qs_json_num_item(in[i]));
+            cJSON_AddItemToArray(jo, isnan(out) ? cJSON_CreateString("nan")
+                                     : isinf(out) ? cJSON_CreateString(out > 0 ? "inf" : "-inf")
+                                                  : qs_json_num_item(out));
+            qs_sb_printf(&t, "%s%.9g -> %.9g", i ? "\n" : "", in[i], out);
+        }
+        cJSON_AddItemToObject(o, "in", ji);
+        cJSON_AddItemToObject(o, "out", jo);
+        qs_emit(c, o, t.s);
+        qs_sb_free(&t);
+    }
+    free(in);
+    free(xf);
+    free(yf);
+    return rc;
+}
+
+static int cmd_codes(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc != 1)
+        return qs_errf(e, "usage: codes FORMAT");
+    struct qs_format f;
+    double *v;
+    int n;
+    if (qs_format_parse(argv[0], &f, e) < 0 || qs_format_codes(&f, &v, &n, e) < 0)
+        return -1;
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "codes");
+    cJSON_AddStringToObject(o, "format", f.name);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%s: %d codes (code: value)", f.name, n);
+    for (int i = 0; i < n; i++) {
+        cJSON_AddItemToArray(arr, isnan(v[i])   ? cJSON_CreateString("nan")
+                                  : isinf(v[i]) ? cJSON_CreateString(v[i] > 0 ? "inf" : "-inf")
+                                                : qs_json_num_item(v[i]));
+        qs_sb_printf(&t, "%s0x%02x: %-12.9g", i % 6 ? "  " : "\n", i, v[i]);
+    }
+    cJSON_AddItemToObject(o, "values", arr);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    free(v);
+    return 0;
+}
+
+static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    if (argc < 1 || argc > 2 || (argc == 2 && strcmp(argv[1], "packed")))
+        return qs_errf(e, "usage: export model PATH [packed]");
+    struct qs_bench *b = c->b;
+    int packed = argc == 2;
+    int L = b->model->nlayers;
+    struct qs_st_out *t = qs_calloc((size_t)L * 4, sizeof *t);
+    char (*names)[96] = qs_calloc((size_t)L * 4, sizeof *names);
+    char layers[4096] = "", acts[4096] = "", formats[4096] = "";
+    float **deq = qs_calloc((size_t)L, sizeof *deq);
+    if (!t || !names || !deq) {
+        free(t);
+        free(names);
+        free(deq);
+        return qs_errf(e, "out of memory");
+    }
+    int nt = 0;
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        const struct qs_layer_state *s = &b->ls[i];
+        size_t ll = strlen(layers), al = strlen(acts), fl = strlen(formats);
+        snprintf(layers + ll, sizeof layers - ll, "%s%s", i ? "," : "", l->name);
+        snprintf(acts + al, sizeof acts - al, "%s%s", i ? "," : "", qs_act_name(l->act));
+        snprintf(formats + fl, sizeof formats - fl, "%s%s", i ? "," : "", s->wfmt.name);
+        if (packed && s->wq) {
+            snprintf(names[nt], sizeof names[nt], "%s.weight.codes", l->name);
+            t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
+                                       .shape = {(int64_t)s->packed.code_bytes},
+                                       .data = s->packed.codes};
+            nt++;
+            if (s->packed.scale_bytes) {
+                snprintf(names[nt], sizeof names[nt], "%s.weight.scales", l->name);
+                t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
+                                           .shape = {(int64_t)s->packed.scale_bytes},
+                                           .data = s->packed.scales};
+                nt++;
+            }
+            if (s->packed.zero_bytes) {
+                snprintf(names[nt], sizeof names[nt], "%s.weight.zeros", l->name);
+                t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
+                                           .shape = {(int64_t)s->packed.zero_bytes},
+                                           .data = s->packed.zeros};
+                nt++;
+            }
+        } else {
+            const float *w = s->wq ? s->wq : l->w;
+            if (s->corr.c) { /* deployable low-rank correction folded into the weight */
+                deq[i] = malloc((size_t)l->out * l->in * sizeof(float));
+                if (deq[i]) {
+                    for (size_t j = 0; j < (size_t)l->out * l->in; j++)
+                        deq[i][j] = w[j] + s->corr.c[j];
+                    w = deq[i];
+                }
+            }
+            snprintf(names[nt], sizeof names[nt], "%s.weight", l->name);
+            t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 2,
+                                       .shape = {l->out, l->in}, .data = w};
+            nt++;
+        }
+        snprintf(names[nt], sizeof names[nt], "%s.bias", l->name);
+        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 1,
+                                   .shape = {l->out}, .data = l->b};
+        nt++;
+    }
+    const char *keys[] = {"qscope.arch", "qscope.layers", "qscope.acts", "qscope.weight_formats",
+                          "qscope.export"};
+    const char *vals[] = {"mlp", layers, acts, formats, packed ? "packed" : "fake-quant"};
+    int rc = qs_st_write(argv[0], t, nt, keys, vals, 5, e);
+    for (int i = 0; i < L; i++)
+        free(deq[i]);
+    free(deq);
+    free(t);
+    free(names);
+    if (rc < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "export model %s%s", argv[0], packed ? " packed" : "");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "export model");
+    cJSON_AddStringToObject(o, "path", argv[0]);
+    cJSON_AddStringToObject(o, "kind", packed ? "packed" : "fake-quant");
+    char txt[600];
+    snprintf(txt, sizeof txt, "wrote %s (%s)", argv[0],
+             packed ? "packed codes and scales" : "dequantized weights");
+    qs_emit(c, o, txt);
+    return 0;
+}
+
+/* ---- help and quit ------------------------------------------------------------------- */
+
+static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_sb t = {0};
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "help");
+    int found = 0;
+    for (int i = 0; qs_cmd_at(c, i); i++) {
+        const struct qs_cmd_def *d = qs_cmd_at(c, i);
+        if (argc && strcmp(d->name, argv[0]) && strncmp(d->name, argv[0], strlen(argv[0])))
+            continue;
+        if (argc && strlen(argv[0]) < strlen(d->name) && d->name[strlen(argv[0])] != ' ' &&
+            strcmp(d->name, argv[0]))
+            continue;
+        found++;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", d->name);
+        cJSON_AddStringToObject(j, "args", d->args);
+        cJSON_AddStringToObject(j, "help", d->help);
+        cJSON_AddItemToArray(arr, j);
+        if (argc) {
+            qs_sb_printf(&t, "%s%s %s\n    %s", found > 1 ? "\n" : "", d->name, d->args, d->help);
+            if (d->more)
+                qs_sb_printf(&t, "\n    %s", d->more);
+        } else {
+            char syn[96];
+            snprintf(syn, sizeof syn, "%s %s", d->name, d->args);
+            qs_sb_printf(&t, "%s%-44s %s", found > 1 ? "\n" : "", syn, d->help);
+        }
+    }
+    if (argc && !found) {
+        cJSON_Delete(o);
+        cJSON_Delete(arr);
+        qs_sb_free(&t);
+        return qs_errf(e, "help: no command '%s'", argv[0]);
+    }
+    cJSON_AddItemToObject(o, "commands", arr);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+static int cmd_quit(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    (void)e;
+    (void)argc;
+    c->quit = 1;
+    return 0;
+}
+
+const struct qs_cmd_def qs_cmds_basic[] = {
+    {"load model", "PATH [act=relu|gelu|tanh|sigmoid]", QS_CMD_JOURNAL, cmd_load_model,
+     "open a model (safetensors: qscope metadata or an nn.Sequential state dict)",
+     "act= sets the hidden activation of a state dict without metadata (default relu)."},
+    {"load data", "PATH [label=COLUMN]", QS_CMD_JOURNAL, cmd_load_data,
+     "open a CSV dataset (numeric cells; label column by name or index, default last)",
+     "The split (train/calib/test) follows the model's recorded split seed and fractions."},
+    {"info", "", 0, cmd_info, "show the model, data, split, regime and seed", NULL},
+    {"layers", "", QS_CMD_MODEL, cmd_layers,
+     "table of layers: shape, formats, bits per weight, weight error, correction", NULL},
+    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
+     "float vs quantized task metrics on the test split, KL, top-1 agreement and the gate",
+     "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
+     "the majority-class rate and G the `set gate` share (default 0.8)."},
+    {"train", "[hidden=64,64] [epochs=N] [batch=N] [lr=F] [wd=F] [act=A] [seed=N] [out=PATH]",
+     QS_CMD_JOURNAL | QS_CMD_LONG, cmd_train,
+     "train an MLP with Adam on the train split, replacing the model (out= writes it)", NULL},
+    {"set seed", "N", QS_CMD_JOURNAL, cmd_set_seed,
+     "session seed (stochastic rounding, random controls, probes)", NULL},
+    {"set calib", "N", QS_CMD_JOURNAL, cmd_set_calib,
+     "use the first N samples of the calibration split", NULL},
+    {"set split", "[seed=N] [train=F] [calib=F]", QS_CMD_JOURNAL, cmd_set_split,
+     "re-make the deterministic train/calib/test split", NULL},
+    {"set gate", "F", QS_CMD_JOURNAL, cmd_set_gate,
+     "task-learned gate: required share of the headroom over chance (default 0.8)", NULL},
+    {"set bail", "on|off", 0, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
+     NULL},
+    {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=]",
+     QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_quant,
+     "quantize the layers matching a glob pattern (newest rule first; first match wins)",
+     "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
+     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B. on= picks the "
+     "roles (default: the regime's); amode= activation scales: dynamic per tensor, per token or "
+     "static (calibrated absmax)."},
+    {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
+     NULL},
+    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,
+     "default roles of rules: weights, activations or both", NULL},
+    {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
+     "quantize values in the bare format (scale 1; block formats: the values form one block)",
+     NULL},
+    {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
+     "list every code of a format and its value", NULL},
+    {"export model", "PATH [packed]", QS_CMD_MODEL, cmd_export_model,
+     "write the quantized model: dequantized weights, or packed codes and scales", NULL},
+    {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
+    {"quit", "", 0, cmd_quit, "leave qscope", NULL},
+    {NULL, NULL, 0, NULL, NULL, NULL},
+};

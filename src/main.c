@@ -1,0 +1,225 @@
+/* main.c - command-line parsing; everything else goes through the dispatcher. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qscope/cmd.h"
+#include "qscope/front.h"
+#include "qscope/script.h"
+#include "qscope/session.h"
+
+#ifndef QS_DATADIR
+#define QS_DATADIR "/usr/local/share/qscope"
+#endif
+
+static const char usage[] =
+    "usage: qscope [options] [MODEL [DATA]]\n"
+    "       qscope roundtrip FORMAT [VALUE...]   (values from stdin when none are given)\n"
+    "\n"
+    "  (no arguments)          TUI on the bundled default model and data (REPL if not a tty)\n"
+    "  -c 'CMD; CMD'           run commands headless and exit\n"
+    "  -b SCRIPT.qs            run a script headless; the first error prints FILE:LINE: message\n"
+    "  --replay S.qs           re-run a saved session\n"
+    "     --check              compare every recorded result (exit 1 if any differs)\n"
+    "     --tol R              relative tolerance for --check (default 1e-6)\n"
+    "     --deterministic      pin the thread count to 1 for bit-for-bit replays\n"
+    "  --json                  results as JSON Lines on stdout\n"
+    "  --repl                  readline REPL without the full-screen TUI\n"
+    "  --no-default            start without the bundled model and data\n"
+    "  --version | --help\n"
+    "\n"
+    "exit status: 0 success; 1 a command failed or a replay check differed; 2 bad usage\n";
+
+/* Finds the bundled datasets folder: $QSCOPE_HOME, the executable's folder, the install prefix.
+ * A folder under the working directory is given relative to it, so journals stay portable. */
+static int find_bundle(char *buf, size_t n)
+{
+    char exe[PATH_MAX], cwd[PATH_MAX], cand[3][PATH_MAX + 32];
+    int nc = 0;
+    const char *home = getenv("QSCOPE_HOME");
+    if (home && home[0])
+        snprintf(cand[nc++], sizeof cand[0], "%s/datasets", home);
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        snprintf(cand[nc++], sizeof cand[0], "%s/datasets", exe);
+    }
+    snprintf(cand[nc++], sizeof cand[0], "%s/datasets", QS_DATADIR);
+    if (!getcwd(cwd, sizeof cwd))
+        cwd[0] = 0;
+    for (int i = 0; i < nc; i++) {
+        char probe[PATH_MAX + 64];
+        snprintf(probe, sizeof probe, "%s/models/digits-mlp.safetensors", cand[i]);
+        if (access(probe, R_OK) == 0) {
+            size_t cl = strlen(cwd);
+            if (cl && !strncmp(cand[i], cwd, cl) && cand[i][cl] == '/')
+                snprintf(buf, n, "%s", cand[i] + cl + 1);
+            else
+                snprintf(buf, n, "%s", cand[i]);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int run_or_report(struct qs_ctx *c, const char *cmd, const char *where)
+{
+    qs_err e = {{0}};
+    if (qs_exec_text(c, cmd, &e) < 0) {
+        fprintf(stderr, "qscope: %s%s%s\n", where ? where : "", where ? ": " : "", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* `qscope roundtrip FORMAT` with no values: read whitespace-separated values from stdin. */
+static int roundtrip_stdin(struct qs_ctx *c, const char *fmt)
+{
+    struct qs_sb sb = {0};
+    qs_sb_printf(&sb, "roundtrip %s", fmt);
+    char tok[128];
+    int n = 0;
+    while (scanf("%127s", tok) == 1) {
+        qs_sb_printf(&sb, " %s", tok);
+        n++;
+    }
+    int rc = n ? run_or_report(c, sb.s, NULL) : (fprintf(stderr, "qscope: no values\n"), -1);
+    qs_sb_free(&sb);
+    return rc < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmds = NULL, *script = NULL, *replay = NULL;
+    int json = 0, repl = 0, check = 0, deterministic = 0, no_default = 0;
+    double tol = 1e-6;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-c") && i + 1 < argc)
+            cmds = argv[++i];
+        else if (!strcmp(a, "-b") && i + 1 < argc)
+            script = argv[++i];
+        else if (!strcmp(a, "--replay") && i + 1 < argc)
+            replay = argv[++i];
+        else if (!strcmp(a, "--check"))
+            check = 1;
+        else if (!strcmp(a, "--tol") && i + 1 < argc)
+            tol = atof(argv[++i]);
+        else if (!strcmp(a, "--deterministic"))
+            deterministic = 1;
+        else if (!strcmp(a, "--json"))
+            json = 1;
+        else if (!strcmp(a, "--repl"))
+            repl = 1;
+        else if (!strcmp(a, "--no-default"))
+            no_default = 1;
+        else if (!strcmp(a, "--version")) {
+            printf("qscope %s\n", QS_VERSION);
+            return 0;
+        } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "qscope: unknown option '%s'\n%s", a, usage);
+            return 2;
+        }
+    }
+    if (deterministic)
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+
+    struct qs_bench *b = qs_bench_new();
+    struct qs_ctx c;
+    if (!b)
+        return 1;
+    qs_ctx_init(&c, b);
+    c.emit = qs_front_print;
+    c.note = qs_front_note;
+    c.u = &c;
+    c.json = json;
+    int status = 0;
+
+    if (i < argc && !strcmp(argv[i], "roundtrip")) {
+        if (i + 1 >= argc) {
+            fprintf(stderr, "qscope: usage: qscope roundtrip FORMAT [VALUE...]\n");
+            status = 2;
+        } else if (i + 2 == argc) {
+            status = roundtrip_stdin(&c, argv[i + 1]);
+        } else {
+            struct qs_sb sb = {0};
+            for (int k = i; k < argc; k++)
+                qs_sb_printf(&sb, "%s'%s'", k > i ? " " : "", argv[k]);
+            status = run_or_report(&c, sb.s, NULL) < 0 ? 1 : 0;
+            qs_sb_free(&sb);
+        }
+        goto out;
+    }
+
+    if (replay) {
+        status = qs_session_replay(&c, replay, check, tol);
+        goto out;
+    }
+
+    /* The model and data: named on the command line, else the bundled default. */
+    char bundle[PATH_MAX];
+    if (i < argc) {
+        char cmd[PATH_MAX * 2 + 32];
+        snprintf(cmd, sizeof cmd, "load model '%s'", argv[i]);
+        if (run_or_report(&c, cmd, NULL) < 0) {
+            status = 1;
+            goto out;
+        }
+        if (i + 1 < argc) {
+            snprintf(cmd, sizeof cmd, "load data '%s'", argv[i + 1]);
+            if (run_or_report(&c, cmd, NULL) < 0) {
+                status = 1;
+                goto out;
+            }
+        }
+    } else if (!no_default && !script && find_bundle(bundle, sizeof bundle) == 0) {
+        char cmd[PATH_MAX * 2 + 64];
+        snprintf(cmd, sizeof cmd,
+                 "load model '%s/models/digits-mlp.safetensors'; load data '%s/digits.csv'",
+                 bundle, bundle);
+        int saved = c.json;
+        void (*emit)(void *, const cJSON *, const char *) = c.emit;
+        c.emit = NULL; /* the default load is silent */
+        if (run_or_report(&c, cmd, NULL) < 0) {
+            status = 1;
+            goto out;
+        }
+        c.emit = emit;
+        c.json = saved;
+    }
+
+    if (cmds) {
+        qs_err e = {{0}};
+        if (qs_exec_text(&c, cmds, &e) < 0) {
+            fprintf(stderr, "qscope: %s\n", e.msg);
+            status = 1;
+        }
+    } else if (script) {
+        qs_err e = {{0}};
+        if (qs_run_script(&c, script, &e) < 0) {
+            fprintf(stderr, "%s\n", e.msg);
+            status = 1;
+        }
+    } else {
+        int tty = isatty(0) && isatty(1);
+        (void)repl;
+        qs_err ae = {{0}};
+        if (qs_autosave_begin(&c, &ae) < 0) /* the session goes on without a journal */
+            fprintf(stderr, "qscope: %s\n", ae.msg);
+        status = qs_repl_run(&c, tty);
+        qs_autosave_end(&c);
+    }
+out:
+    qs_ctx_free(&c);
+    qs_bench_free(b);
+    return status;
+}

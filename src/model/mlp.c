@@ -1,0 +1,717 @@
+/* mlp.c - MLP load/save, forward, loss, backward and Adam training. */
+#include "qscope/mlp.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/safetensors.h"
+
+static const char *const act_names[] = {
+    [QS_ACT_NONE] = "none", [QS_ACT_RELU] = "relu", [QS_ACT_GELU] = "gelu",
+    [QS_ACT_TANH] = "tanh", [QS_ACT_SIGMOID] = "sigmoid",
+};
+
+const char *qs_act_name(enum qs_act a) { return act_names[a]; }
+
+int qs_act_parse(const char *s, enum qs_act *a, qs_err *e)
+{
+    for (int i = 0; i <= QS_ACT_SIGMOID; i++)
+        if (!strcmp(s, act_names[i])) {
+            *a = (enum qs_act)i;
+            return 0;
+        }
+    return qs_errf(e, "unknown activation '%s' (expected relu, gelu, tanh, sigmoid or none)", s);
+}
+
+void qs_mlp_free(struct qs_mlp *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->nlayers; i++) {
+        free(m->layers[i].w);
+        free(m->layers[i].b);
+    }
+    for (int i = 0; i < m->nmeta; i++) {
+        free(m->meta_key[i]);
+        free(m->meta_val[i]);
+    }
+    free(m->layers);
+    free(m->path);
+    free(m);
+}
+
+int qs_mlp_set_meta(struct qs_mlp *m, const char *key, const char *val)
+{
+    for (int i = 0; i < m->nmeta; i++)
+        if (!strcmp(m->meta_key[i], key)) {
+            char *v = qs_strdup(val);
+            if (!v)
+                return -1;
+            free(m->meta_val[i]);
+            m->meta_val[i] = v;
+            return 0;
+        }
+    if (m->nmeta >= QS_MLP_MAXMETA)
+        return -1;
+    m->meta_key[m->nmeta] = qs_strdup(key);
+    m->meta_val[m->nmeta] = qs_strdup(val);
+    if (!m->meta_key[m->nmeta] || !m->meta_val[m->nmeta])
+        return -1;
+    m->nmeta++;
+    return 0;
+}
+
+const char *qs_mlp_get_meta(const struct qs_mlp *m, const char *key)
+{
+    for (int i = 0; i < m->nmeta; i++)
+        if (!strcmp(m->meta_key[i], key))
+            return m->meta_val[i];
+    return NULL;
+}
+
+static struct qs_mlp *mlp_alloc(int nlayers)
+{
+    struct qs_mlp *m = qs_calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->layers = qs_calloc((size_t)nlayers, sizeof *m->layers);
+    if (!m->layers) {
+        free(m);
+        return NULL;
+    }
+    m->nlayers = nlayers;
+    return m;
+}
+
+/* Reads tensor `t` as a matrix (rows, cols) into a fresh F32 buffer, checked finite. */
+static float *read_f32(const char *path, const struct qs_st_tensor *t, qs_err *e)
+{
+    float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+    if (!buf) {
+        qs_errf(e, "%s: out of memory reading '%s'", path, t->name);
+        return NULL;
+    }
+    if (qs_st_to_f32(t, buf, e) < 0) {
+        free(buf);
+        qs_err_prefix(e, path);
+        return NULL;
+    }
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(buf[i])) {
+            char idx[64];
+            if (t->ndim == 2)
+                snprintf(idx, sizeof idx, "[%lld, %lld]", (long long)(i / t->shape[1]),
+                         (long long)(i % t->shape[1]));
+            else
+                snprintf(idx, sizeof idx, "[%lld]", (long long)i);
+            qs_errf(e, "%s: tensor '%s' has a non-finite value (%g) at %s", path, t->name,
+                    (double)buf[i], idx);
+            free(buf);
+            return NULL;
+        }
+    return buf;
+}
+
+/* Fills layer l from tensors "<prefix>.weight" and optional "<prefix>.bias". */
+static int load_layer(const struct qs_st_file *f, const char *path, const char *prefix,
+                      struct qs_layer *l, qs_err *e)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s.weight", prefix);
+    const struct qs_st_tensor *w = qs_st_find(f, key);
+    if (!w)
+        return qs_errf(e, "%s: layer '%s' has no tensor '%s'", path, prefix, key);
+    if (w->ndim != 2 || w->shape[0] <= 0 || w->shape[1] <= 0)
+        return qs_errf(e, "%s: tensor '%s' must be a non-empty 2-D (out, in) matrix", path, key);
+    if (w->shape[0] > (1 << 24) || w->shape[1] > (1 << 24))
+        return qs_errf(e, "%s: tensor '%s' is too large", path, key);
+    snprintf(l->name, sizeof l->name, "%s", prefix);
+    l->out = (int)w->shape[0];
+    l->in = (int)w->shape[1];
+    if (!(l->w = read_f32(path, w, e)))
+        return -1;
+    snprintf(key, sizeof key, "%s.bias", prefix);
+    const struct qs_st_tensor *b = qs_st_find(f, key);
+    if (b) {
+        if (b->ndim != 1 || b->shape[0] != l->out)
+            return qs_errf(e, "%s: tensor '%s' has %lld values but the layer has %d outputs",
+                           path, key, (long long)(b->ndim == 1 ? b->shape[0] : b->numel),
+                           l->out);
+        if (!(l->b = read_f32(path, b, e)))
+            return -1;
+        l->has_bias = 1;
+    } else {
+        l->b = qs_calloc((size_t)l->out, sizeof(float));
+        if (!l->b)
+            return qs_errf(e, "out of memory");
+    }
+    return 0;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* Splits a comma list into at most max items (in place). */
+static int split_commas(char *s, char **items, int max)
+{
+    int n = 0;
+    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
+        items[n++] = tok;
+    return n;
+}
+
+static int load_from_meta(const struct qs_st_file *f, const char *path, struct qs_mlp **out,
+                          qs_err *e)
+{
+    const char *ls = qs_st_meta(f, "qscope.layers"), *as = qs_st_meta(f, "qscope.acts");
+    if (!ls || !as)
+        return qs_errf(e, "%s: qscope metadata lacks qscope.layers or qscope.acts", path);
+    char lbuf[4096], abuf[4096];
+    snprintf(lbuf, sizeof lbuf, "%s", ls);
+    snprintf(abuf, sizeof abuf, "%s", as);
+    char *names[256], *acts[256];
+    int n = split_commas(lbuf, names, 256), na = split_commas(abuf, acts, 256);
+    if (n == 0 || n != na)
+        return qs_errf(e, "%s: qscope.layers names %d layers but qscope.acts has %d", path, n,
+                       na);
+    struct qs_mlp *m = mlp_alloc(n);
+    if (!m)
+        return qs_errf(e, "out of memory");
+    for (int i = 0; i < n; i++) {
+        if (load_layer(f, path, names[i], &m->layers[i], e) < 0 ||
+            qs_act_parse(acts[i], &m->layers[i].act, e) < 0) {
+            qs_err_prefix(e, path);
+            qs_mlp_free(m);
+            return -1;
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+static int load_sequential(const struct qs_st_file *f, const char *path, enum qs_act act,
+                           struct qs_mlp **out, qs_err *e)
+{
+    int idx[256], n = 0;
+    for (int i = 0; i < qs_st_count(f); i++) {
+        const char *name = qs_st_get(f, i)->name;
+        char *end;
+        long k = strtol(name, &end, 10);
+        if (end == name || strcmp(end, ".weight") != 0) {
+            if (end != name && !strcmp(end, ".bias"))
+                continue;
+            return qs_errf(e,
+                           "%s: tensor '%s' is not part of an nn.Sequential state dict "
+                           "(expected N.weight / N.bias) and the file has no qscope metadata",
+                           path, name);
+        }
+        if (n == 256 || k < 0 || k > 100000)
+            return qs_errf(e, "%s: too many layers or a bad index in '%s'", path, name);
+        idx[n++] = (int)k;
+    }
+    if (n == 0)
+        return qs_errf(e, "%s: no N.weight tensors found: not an MLP state dict", path);
+    qsort(idx, (size_t)n, sizeof *idx, cmp_int);
+    struct qs_mlp *m = mlp_alloc(n);
+    if (!m)
+        return qs_errf(e, "out of memory");
+    m->from_sequential = 1;
+    for (int i = 0; i < n; i++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "%d", idx[i]);
+        if (load_layer(f, path, prefix, &m->layers[i], e) < 0)
+            goto fail;
+        m->layers[i].act = i + 1 < n ? act : QS_ACT_NONE;
+        if (i > 0 && m->layers[i].in != m->layers[i - 1].out) {
+            qs_errf(e,
+                    "%s: shapes do not chain: '%d.weight' takes %d inputs but '%d.weight' "
+                    "gives %d outputs",
+                    path, idx[i], m->layers[i].in, idx[i - 1], m->layers[i - 1].out);
+            goto fail;
+        }
+    }
+    *out = m;
+    return 0;
+fail:
+    qs_mlp_free(m);
+    return -1;
+}
+
+int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp **out, qs_err *e)
+{
+    struct qs_st_file *f;
+    *out = NULL;
+    if (qs_st_open(path, &f, e) < 0)
+        return -1;
+    struct qs_mlp *m = NULL;
+    const char *arch = qs_st_meta(f, "qscope.arch");
+    int rc;
+    if (arch) {
+        if (strcmp(arch, "mlp") != 0) {
+            rc = qs_errf(e, "%s: qscope.arch is '%s', not an MLP", path, arch);
+        } else {
+            rc = load_from_meta(f, path, &m, e);
+            if (rc == 0 && act_given)
+                for (int i = 0; i + 1 < m->nlayers; i++)
+                    m->layers[i].act = act;
+            for (int i = 1; rc == 0 && i < m->nlayers; i++)
+                if (m->layers[i].in != m->layers[i - 1].out)
+                    rc = qs_errf(e, "%s: layer '%s' takes %d inputs but '%s' gives %d", path,
+                                 m->layers[i].name, m->layers[i].in, m->layers[i - 1].name,
+                                 m->layers[i - 1].out);
+        }
+    } else {
+        rc = load_sequential(f, path, act, &m, e);
+    }
+    if (rc == 0) {
+        for (int i = 0; i < qs_st_meta_count(f); i++) {
+            const char *k = qs_st_meta_key(f, i);
+            if (strncmp(k, "qscope.arch", 11) && strcmp(k, "qscope.layers") &&
+                strcmp(k, "qscope.acts"))
+                qs_mlp_set_meta(m, k, qs_st_meta(f, k));
+        }
+        m->path = qs_strdup(path);
+        *out = m;
+    } else {
+        qs_mlp_free(m);
+    }
+    qs_st_close(f);
+    return rc;
+}
+
+int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struct qs_mlp **out,
+               qs_err *e)
+{
+    if (nsizes < 2)
+        return qs_errf(e, "an MLP needs at least an input and an output size");
+    for (int i = 0; i < nsizes; i++)
+        if (sizes[i] <= 0 || sizes[i] > (1 << 20))
+            return qs_errf(e, "layer size %d is out of range", sizes[i]);
+    struct qs_mlp *m = mlp_alloc(nsizes - 1);
+    if (!m)
+        return qs_errf(e, "out of memory");
+    for (int i = 0; i < m->nlayers; i++) {
+        struct qs_layer *l = &m->layers[i];
+        snprintf(l->name, sizeof l->name, "fc%d", i);
+        l->in = sizes[i];
+        l->out = sizes[i + 1];
+        l->act = i + 1 < m->nlayers ? act : QS_ACT_NONE;
+        l->has_bias = 1;
+        l->w = malloc((size_t)l->in * l->out * sizeof(float));
+        l->b = qs_calloc((size_t)l->out, sizeof(float));
+        if (!l->w || !l->b) {
+            qs_mlp_free(m);
+            return qs_errf(e, "out of memory");
+        }
+        /* He-uniform for ReLU-family hidden layers, Xavier-uniform otherwise. */
+        double gain = (l->act == QS_ACT_RELU || l->act == QS_ACT_GELU) ? 6.0 : 3.0;
+        double lim = sqrt(gain / l->in);
+        for (int j = 0; j < l->in * l->out; j++)
+            l->w[j] = (float)((2.0 * qs_rng_uniform(rng) - 1.0) * lim);
+    }
+    *out = m;
+    return 0;
+}
+
+struct qs_mlp *qs_mlp_clone(const struct qs_mlp *src)
+{
+    struct qs_mlp *m = mlp_alloc(src->nlayers);
+    if (!m)
+        return NULL;
+    m->from_sequential = src->from_sequential;
+    m->path = qs_strdup(src->path);
+    for (int i = 0; i < src->nlayers; i++) {
+        const struct qs_layer *s = &src->layers[i];
+        struct qs_layer *l = &m->layers[i];
+        *l = *s;
+        l->w = malloc((size_t)s->in * s->out * sizeof(float));
+        l->b = malloc((size_t)s->out * sizeof(float));
+        if (!l->w || !l->b) {
+            qs_mlp_free(m);
+            return NULL;
+        }
+        memcpy(l->w, s->w, (size_t)s->in * s->out * sizeof(float));
+        memcpy(l->b, s->b, (size_t)s->out * sizeof(float));
+    }
+    for (int i = 0; i < src->nmeta; i++)
+        qs_mlp_set_meta(m, src->meta_key[i], src->meta_val[i]);
+    return m;
+}
+
+int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
+{
+    struct qs_st_out *t = qs_calloc((size_t)m->nlayers * 2, sizeof *t);
+    char (*names)[80] = qs_calloc((size_t)m->nlayers * 2, sizeof *names);
+    char layers[4096] = "", acts[4096] = "";
+    const char *keys[QS_MLP_MAXMETA + 3], *vals[QS_MLP_MAXMETA + 3];
+    if (!t || !names) {
+        free(t);
+        free(names);
+        return qs_errf(e, "out of memory");
+    }
+    int nt = 0;
+    for (int i = 0; i < m->nlayers; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        snprintf(names[nt], sizeof names[nt], "%s.weight", l->name);
+        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 2,
+                                   .shape = {l->out, l->in}, .data = l->w};
+        nt++;
+        snprintf(names[nt], sizeof names[nt], "%s.bias", l->name);
+        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 1,
+                                   .shape = {l->out}, .data = l->b};
+        nt++;
+        size_t ll = strlen(layers), al = strlen(acts);
+        snprintf(layers + ll, sizeof layers - ll, "%s%s", i ? "," : "", l->name);
+        snprintf(acts + al, sizeof acts - al, "%s%s", i ? "," : "", qs_act_name(l->act));
+    }
+    int nm = 0;
+    keys[nm] = "qscope.arch";
+    vals[nm++] = "mlp";
+    keys[nm] = "qscope.layers";
+    vals[nm++] = layers;
+    keys[nm] = "qscope.acts";
+    vals[nm++] = acts;
+    for (int i = 0; i < m->nmeta; i++) {
+        keys[nm] = m->meta_key[i];
+        vals[nm++] = m->meta_val[i];
+    }
+    int rc = qs_st_write(path, t, nt, keys, vals, nm, e);
+    free(t);
+    free(names);
+    return rc;
+}
+
+long qs_mlp_nparams(const struct qs_mlp *m)
+{
+    long n = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        n += (long)m->layers[i].in * m->layers[i].out + m->layers[i].out;
+    return n;
+}
+
+int qs_mlp_max_width(const struct qs_mlp *m)
+{
+    int w = m->layers[0].in;
+    for (int i = 0; i < m->nlayers; i++)
+        if (m->layers[i].out > w)
+            w = m->layers[i].out;
+    return w;
+}
+
+void qs_linear(const float *x, int n, int in, const float *w, const float *b, int out, float *y)
+{
+    if (b)
+        for (int r = 0; r < n; r++)
+            memcpy(y + (size_t)r * out, b, (size_t)out * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
+                b ? 1.0f : 0.0f, y, out);
+}
+
+void qs_act_apply(enum qs_act a, float *x, size_t len)
+{
+    switch (a) {
+    case QS_ACT_NONE:
+        break;
+    case QS_ACT_RELU:
+        for (size_t i = 0; i < len; i++)
+            x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case QS_ACT_GELU: /* exact (erf) GELU, as torch.nn.GELU() */
+        for (size_t i = 0; i < len; i++)
+            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        break;
+    case QS_ACT_TANH:
+        for (size_t i = 0; i < len; i++)
+            x[i] = tanhf(x[i]);
+        break;
+    case QS_ACT_SIGMOID:
+        for (size_t i = 0; i < len; i++)
+            x[i] = 1.0f / (1.0f + expf(-x[i]));
+        break;
+    }
+}
+
+/* d act / d y given the pre-activation y, multiplied into g in place. */
+static void act_backward(enum qs_act a, const float *y, float *g, size_t len)
+{
+    switch (a) {
+    case QS_ACT_NONE:
+        break;
+    case QS_ACT_RELU:
+        for (size_t i = 0; i < len; i++)
+            g[i] = y[i] > 0.0f ? g[i] : 0.0f;
+        break;
+    case QS_ACT_GELU:
+        for (size_t i = 0; i < len; i++) {
+            float cdf = 0.5f * (1.0f + erff(y[i] * 0.70710678118654752f));
+            float pdf = 0.39894228040143268f * expf(-0.5f * y[i] * y[i]);
+            g[i] *= cdf + y[i] * pdf;
+        }
+        break;
+    case QS_ACT_TANH:
+        for (size_t i = 0; i < len; i++) {
+            float t = tanhf(y[i]);
+            g[i] *= 1.0f - t * t;
+        }
+        break;
+    case QS_ACT_SIGMOID:
+        for (size_t i = 0; i < len; i++) {
+            float s = 1.0f / (1.0f + expf(-y[i]));
+            g[i] *= s * (1.0f - s);
+        }
+        break;
+    }
+}
+
+int qs_mlp_forward(const struct qs_mlp *m, const float *x, int n, float *logits, qs_err *e)
+{
+    int width = qs_mlp_max_width(m);
+    float *a = malloc((size_t)n * width * sizeof(float));
+    float *b = malloc((size_t)n * width * sizeof(float));
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return qs_errf(e, "out of memory for a batch of %d", n);
+    }
+    const float *in = x;
+    for (int i = 0; i < m->nlayers; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        float *y = i + 1 == m->nlayers ? logits : (in == a ? b : a);
+        qs_linear(in, n, l->in, l->w, l->b, l->out, y);
+        qs_act_apply(l->act, y, (size_t)n * l->out);
+        in = y;
+    }
+    free(a);
+    free(b);
+    return 0;
+}
+
+double qs_xent(const float *logits, const int *y, int n, int c, int *ncorrect, float *dlogits)
+{
+    double loss = 0.0;
+    int correct = 0;
+    for (int r = 0; r < n; r++) {
+        const float *z = logits + (size_t)r * c;
+        int arg = 0;
+        float mx = z[0];
+        for (int j = 1; j < c; j++)
+            if (z[j] > mx) {
+                mx = z[j];
+                arg = j;
+            }
+        double s = 0.0;
+        for (int j = 0; j < c; j++)
+            s += exp((double)z[j] - mx);
+        double lse = mx + log(s);
+        loss += lse - z[y[r]];
+        correct += arg == y[r];
+        if (dlogits)
+            for (int j = 0; j < c; j++)
+                dlogits[(size_t)r * c + j] =
+                    (float)((exp((double)z[j] - lse) - (j == y[r])) / n);
+    }
+    if (ncorrect)
+        *ncorrect = correct;
+    return n ? loss / n : 0.0;
+}
+
+double qs_kl_rows(const float *lf, const float *lq, int n, int c, int *agree)
+{
+    double kl = 0.0;
+    int ag = 0;
+    for (int r = 0; r < n; r++) {
+        const float *f = lf + (size_t)r * c, *q = lq + (size_t)r * c;
+        double mf = f[0], mq = q[0];
+        int af = 0, aq = 0;
+        for (int j = 1; j < c; j++) {
+            if (f[j] > mf) {
+                mf = f[j];
+                af = j;
+            }
+            if (q[j] > mq) {
+                mq = q[j];
+                aq = j;
+            }
+        }
+        double sf = 0, sq = 0;
+        for (int j = 0; j < c; j++) {
+            sf += exp(f[j] - mf);
+            sq += exp(q[j] - mq);
+        }
+        double lsf = mf + log(sf), lsq = mq + log(sq), k = 0.0;
+        for (int j = 0; j < c; j++) {
+            double lpf = f[j] - lsf, lpq = q[j] - lsq;
+            k += exp(lpf) * (lpf - lpq);
+        }
+        kl += k > 0 ? k : 0.0;
+        ag += af == aq;
+    }
+    if (agree)
+        *agree = ag;
+    return n ? kl / n : 0.0;
+}
+
+double qs_mlp_loss_grad(const struct qs_mlp *m, const float *x, const int *y, int n, float **gw,
+                        float **gb, int *ncorrect)
+{
+    int L = m->nlayers;
+    /* pre[i]: pre-activation of layer i (n, out_i); post[i]: its activation output. */
+    float **pre = qs_calloc((size_t)L, sizeof *pre), **post = qs_calloc((size_t)L, sizeof *post);
+    int width = qs_mlp_max_width(m);
+    float *g = malloc((size_t)n * width * sizeof(float));
+    float *g2 = malloc((size_t)n * width * sizeof(float));
+    double loss = -1.0;
+    if (!pre || !post || !g || !g2)
+        goto out;
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        pre[i] = malloc((size_t)n * l->out * sizeof(float));
+        post[i] = malloc((size_t)n * l->out * sizeof(float));
+        if (!pre[i] || !post[i])
+            goto out;
+        qs_linear(i ? post[i - 1] : x, n, l->in, l->w, l->b, l->out, pre[i]);
+        memcpy(post[i], pre[i], (size_t)n * l->out * sizeof(float));
+        qs_act_apply(l->act, post[i], (size_t)n * l->out);
+    }
+    const struct qs_layer *last = &m->layers[L - 1];
+    /* dL/dlogits; the last layer's activation (if any) is folded in by act_backward. */
+    loss = qs_xent(post[L - 1], y, n, last->out, ncorrect, g);
+    for (int i = L - 1; i >= 0; i--) {
+        const struct qs_layer *l = &m->layers[i];
+        act_backward(l->act, pre[i], g, (size_t)n * l->out); /* g: dL/dpre_i (n, out) */
+        const float *xin = i ? post[i - 1] : x;
+        /* gw = g^T xin: (out, n)(n, in) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, g, l->out,
+                    xin, l->in, 0.0f, gw[i], l->in);
+        for (int j = 0; j < l->out; j++) {
+            double s = 0.0;
+            for (int r = 0; r < n; r++)
+                s += g[(size_t)r * l->out + j];
+            gb[i][j] = (float)s;
+        }
+        if (i > 0) { /* g2 = g W: (n, out)(out, in) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l->in, l->out, 1.0f, g,
+                        l->out, l->w, l->in, 0.0f, g2, l->in);
+            float *t = g;
+            g = g2;
+            g2 = t;
+        }
+    }
+out:
+    for (int i = 0; pre && post && i < L; i++) {
+        free(pre[i]);
+        free(post[i]);
+    }
+    free(pre);
+    free(post);
+    free(g);
+    free(g2);
+    return loss;
+}
+
+int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
+                 const struct qs_train_opts *o, qs_train_cb cb, void *ctx, qs_err *e)
+{
+    int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
+    if (n <= 0 || bs <= 0 || o->epochs <= 0)
+        return qs_errf(e, "train: need samples, a positive batch size and epochs");
+    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
+    float **mw = qs_calloc((size_t)L, sizeof *mw), **vw = qs_calloc((size_t)L, sizeof *vw);
+    float **mb = qs_calloc((size_t)L, sizeof *mb), **vb = qs_calloc((size_t)L, sizeof *vb);
+    int *perm = malloc((size_t)n * sizeof *perm), *yb = malloc((size_t)bs * sizeof *yb);
+    float *xb = malloc((size_t)bs * in0 * sizeof *xb);
+    int rc = -1;
+    if (!gw || !gb || !mw || !vw || !mb || !vb || !perm || !yb || !xb)
+        goto out;
+    for (int i = 0; i < L; i++) {
+        size_t nw = (size_t)m->layers[i].in * m->layers[i].out, nb = (size_t)m->layers[i].out;
+        if (!(gw[i] = malloc(nw * sizeof(float))) || !(gb[i] = malloc(nb * sizeof(float))) ||
+            !(mw[i] = qs_calloc(nw, sizeof(float))) || !(vw[i] = qs_calloc(nw, sizeof(float))) ||
+            !(mb[i] = qs_calloc(nb, sizeof(float))) || !(vb[i] = qs_calloc(nb, sizeof(float))))
+            goto out;
+    }
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    qs_rng rng;
+    qs_rng_seed(&rng, o->seed);
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    long step = 0;
+    for (int ep = 0; ep < o->epochs; ep++) {
+        qs_rng_shuffle(&rng, perm, n);
+        double tl = 0.0;
+        int tc = 0;
+        for (int s = 0; s + bs <= n; s += bs) { /* drop the ragged last batch */
+            for (int r = 0; r < bs; r++) {
+                memcpy(xb + (size_t)r * in0, x + (size_t)perm[s + r] * in0,
+                       (size_t)in0 * sizeof(float));
+                yb[r] = y[perm[s + r]];
+            }
+            int nc = 0;
+            double loss = qs_mlp_loss_grad(m, xb, yb, bs, gw, gb, &nc);
+            if (loss < 0) {
+                qs_errf(e, "train: out of memory");
+                goto out;
+            }
+            tl += loss * bs;
+            tc += nc;
+            step++;
+            double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
+            for (int i = 0; i < L; i++) {
+                struct qs_layer *l = &m->layers[i];
+                size_t nw = (size_t)l->in * l->out;
+                for (size_t j = 0; j < nw; j++) {
+                    float gj = gw[i][j];
+                    mw[i][j] = (float)(b1 * mw[i][j] + (1 - b1) * gj);
+                    vw[i][j] = (float)(b2 * vw[i][j] + (1 - b2) * gj * gj);
+                    l->w[j] -= (float)(o->lr * ((mw[i][j] / c1) / (sqrt(vw[i][j] / c2) + eps) +
+                                                o->weight_decay * l->w[j]));
+                }
+                for (int j = 0; j < l->out; j++) {
+                    float gj = gb[i][j];
+                    mb[i][j] = (float)(b1 * mb[i][j] + (1 - b1) * gj);
+                    vb[i][j] = (float)(b2 * vb[i][j] + (1 - b2) * gj * gj);
+                    l->b[j] -= (float)(o->lr * (mb[i][j] / c1) / (sqrt(vb[i][j] / c2) + eps));
+                }
+            }
+        }
+        int seen = (n / bs) * bs;
+        if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {
+            qs_errf(e, "train: cancelled after epoch %d", ep + 1);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    for (int i = 0; i < L; i++) {
+        if (gw)
+            free(gw[i]);
+        if (gb)
+            free(gb[i]);
+        if (mw)
+            free(mw[i]);
+        if (vw)
+            free(vw[i]);
+        if (mb)
+            free(mb[i]);
+        if (vb)
+            free(vb[i]);
+    }
+    free(gw);
+    free(gb);
+    free(mw);
+    free(vw);
+    free(mb);
+    free(vb);
+    free(perm);
+    free(yb);
+    free(xb);
+    if (rc < 0 && !e->msg[0])
+        qs_errf(e, "train: out of memory");
+    return rc;
+}

@@ -1,0 +1,671 @@
+/* format.c - format names, option strings, and the scalar element casts (the reference path for
+ * `roundtrip` and `codes`; the vectorized kernels are in pack.c). */
+#include "qscope/format.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "format_impl.h"
+
+/* QLoRA NF4 levels (Dettmers et al. 2023, as listed in REFERENCES.md), ascending = code order. */
+const float qs_nf4_levels[QS_NF4_LEVELS] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+};
+
+/* Midpoints of consecutive levels, (l[i] + l[i+1]) / 2 rounded to F32. */
+const float qs_nf4_mids[QS_NF4_LEVELS - 1] = {
+    (float)((-1.0 + -0.6961928009986877) / 2),
+    (float)((-0.6961928009986877 + -0.5250730514526367) / 2),
+    (float)((-0.5250730514526367 + -0.39491748809814453) / 2),
+    (float)((-0.39491748809814453 + -0.28444138169288635) / 2),
+    (float)((-0.28444138169288635 + -0.18477343022823334) / 2),
+    (float)((-0.18477343022823334 + -0.09105003625154495) / 2),
+    (float)((-0.09105003625154495 + 0.0) / 2),
+    (float)((0.0 + 0.07958029955625534) / 2),
+    (float)((0.07958029955625534 + 0.16093020141124725) / 2),
+    (float)((0.16093020141124725 + 0.24611230194568634) / 2),
+    (float)((0.24611230194568634 + 0.33791524171829224) / 2),
+    (float)((0.33791524171829224 + 0.44070982933044434) / 2),
+    (float)((0.44070982933044434 + 0.5626170039176941) / 2),
+    (float)((0.5626170039176941 + 0.7229568362236023) / 2),
+    (float)((0.7229568362236023 + 1.0) / 2),
+};
+
+/* ---- the named formats (a designated-initializer table, like ggml's type traits) ---------- */
+
+enum qs_preset_id {
+    P_NONE, P_INT2, P_INT3, P_INT4, P_INT5, P_INT6, P_INT7, P_INT8,
+    P_FP8_E4M3, P_FP8_E5M2, P_FP8_E3M4, P_FP6_E2M3, P_FP6_E3M2, P_FP4_E2M1, P_E0M7,
+    P_MXFP8, P_MXFP8_E5M2, P_MXFP6, P_MXFP6_E3M2, P_MXFP4, P_MXINT8, P_NVFP4, P_NF4,
+    P_COMPAND4, P_COMPAND8, P_COUNT
+};
+
+#define INTF(b) {.kind = QS_FMT_INT, .bits = b, .name = "int" #b}
+#define MINI(n, e, m, bi, f) \
+    {.kind = QS_FMT_MINIFLOAT, .bits = 1 + e + m, .ebits = e, .mbits = m, .bias = bi, .nf = f, \
+     .name = n}
+#define MXF(n, b, e, m, bi, f) \
+    {.kind = QS_FMT_MX, .bits = b, .ebits = e, .mbits = m, .bias = bi, .nf = f, .block = 32, \
+     .name = n}
+
+static const struct qs_format presets[P_COUNT] = {
+    [P_NONE] = {.kind = QS_FMT_NONE, .name = "none"},
+    [P_INT2] = INTF(2), [P_INT3] = INTF(3), [P_INT4] = INTF(4), [P_INT5] = INTF(5),
+    [P_INT6] = INTF(6), [P_INT7] = INTF(7), [P_INT8] = INTF(8),
+    [P_FP8_E4M3] = MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
+    [P_FP8_E5M2] = MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
+    [P_FP8_E3M4] = MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
+    [P_FP6_E2M3] = MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
+    [P_FP6_E3M2] = MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
+    [P_FP4_E2M1] = MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
+    [P_E0M7] = {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
+    [P_MXFP8] = MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
+    [P_MXFP8_E5M2] = MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
+    [P_MXFP6] = MXF("mxfp6", 6, 2, 3, 1, QS_NF_NONE),
+    [P_MXFP6_E3M2] = MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
+    [P_MXFP4] = MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
+    [P_MXINT8] = MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
+    [P_NVFP4] = {.kind = QS_FMT_NVFP4, .bits = 4, .ebits = 2, .mbits = 1, .bias = 1,
+                 .nf = QS_NF_NONE, .block = 16, .name = "nvfp4"},
+    [P_NF4] = {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
+    [P_COMPAND4] = {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
+    [P_COMPAND8] = {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
+};
+
+static const char *const names[P_COUNT + 1] = {
+    "none", "int2", "int3", "int4", "int5", "int6", "int7", "int8", "fp8-e4m3", "fp8-e5m2",
+    "fp8-e3m4", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8", "mxfp8-e5m2", "mxfp6",
+    "mxfp6-e3m2", "mxfp4", "mxint8", "nvfp4", "nf4", "compand:4", "compand:8", NULL,
+};
+
+const char *const *qs_format_names(void) { return names; }
+
+/* Parses a decimal integer that is all of [s, s+len); -1 on anything else. */
+static long parse_uint(const char *s, size_t len)
+{
+    if (len == 0 || len > 6)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+static int unknown(const char *s, qs_err *e)
+{
+    char list[400];
+    size_t k = 0;
+    list[0] = 0;
+    for (int i = 0; names[i] && k < sizeof list; i++)
+        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", names[i]);
+    return qs_errf(e, "unknown format '%s'; valid: %s, eXmY[bZ], e0mY, compand:B", s, list);
+}
+
+/* Exponent range of a generic minifloat as it must fit the F32 kernels: normal values of the
+ * format must be F32 normals and the largest finite below 2^128. */
+static int check_minifloat(const char *s, struct qs_format *f, qs_err *e)
+{
+    int top = (1 << f->ebits) - 1 - f->bias; /* exponent of the largest finite (all codes finite) */
+    if (1 - f->bias < -126)
+        return qs_errf(e, "format '%s': bias %d puts normal values below the F32 range "
+                          "(bias must be <= 127)", s, f->bias);
+    if (top > 127) {
+        if (f->ebits >= 8)
+            return qs_errf(e, "format '%s': an 8-bit exponent spans more than the F32 range; "
+                              "use at most 7 exponent bits", s);
+        return qs_errf(e, "format '%s': largest value 2^%d exceeds the F32 range (bias must be "
+                          ">= %d)", s, top, (1 << f->ebits) - 1 - 127);
+    }
+    return 0;
+}
+
+/* eXmY[bZ] / e0mY. Returns 1 when s has that shape (f or e filled), 0 when it does not. */
+static int parse_generic(const char *s, struct qs_format *f, int *rc, qs_err *e)
+{
+    if (s[0] != 'e' || !isdigit((unsigned char)s[1]))
+        return 0;
+    const char *m = strchr(s, 'm');
+    if (!m)
+        return 0;
+    const char *b = strchr(m, 'b');
+    long x = parse_uint(s + 1, (size_t)(m - s - 1));
+    long y = parse_uint(m + 1, b ? (size_t)(b - m - 1) : strlen(m + 1));
+    long z = b ? parse_uint(b + 1, strlen(b + 1)) : 0;
+    if (x < 0 || y < 0 || z < 0)
+        return 0;
+    memset(f, 0, sizeof *f);
+    if (x == 0) {
+        if (b) {
+            *rc = qs_errf(e, "unknown format '%s': fixed point e0mY has no bias", s);
+            return 1;
+        }
+        if (y < 1 || y > 15) {
+            *rc = qs_errf(e, "unknown format '%s': fixed point e0mY needs Y in 1..15", s);
+            return 1;
+        }
+        f->kind = QS_FMT_FIXED;
+        f->mbits = (int)y;
+        f->bits = 1 + (int)y;
+        snprintf(f->name, sizeof f->name, "e0m%d", (int)y);
+        *rc = 0;
+        return 1;
+    }
+    if (x > 8 || y > 10 || x + y + 1 > 16) {
+        *rc = qs_errf(e, "unknown format '%s': eXmY needs X in 1..8, Y in 0..10 and X+Y+1 <= 16",
+                      s);
+        return 1;
+    }
+    long defbias = (1L << (x - 1)) - 1;
+    f->kind = QS_FMT_MINIFLOAT;
+    f->ebits = (int)x;
+    f->mbits = (int)y;
+    f->bias = b ? (int)z : (int)defbias;
+    f->nf = QS_NF_NONE;
+    f->bits = 1 + (int)x + (int)y;
+    if (!b || z == defbias)
+        snprintf(f->name, sizeof f->name, "e%dm%d", (int)x, (int)y);
+    else
+        snprintf(f->name, sizeof f->name, "e%dm%db%d", (int)x, (int)y, (int)z % 1000000);
+    if (check_minifloat(s, f, e) < 0) {
+        *rc = -1;
+        return 1;
+    }
+    /* the generic family coincides with the OCP MX element types that have no Inf/NaN */
+    static const int same[] = {P_FP6_E2M3, P_FP6_E3M2, P_FP4_E2M1};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        const struct qs_format *p = &presets[same[i]];
+        if (p->ebits == f->ebits && p->mbits == f->mbits && p->bias == f->bias)
+            *f = *p;
+    }
+    *rc = 0;
+    return 1;
+}
+
+int qs_format_parse(const char *s, struct qs_format *f, qs_err *e)
+{
+    if (!s || !*s)
+        return qs_errf(e, "empty format name");
+    for (int i = 0; i < P_COUNT; i++) {
+        if (strcmp(s, presets[i].name) == 0) {
+            *f = presets[i];
+            return 0;
+        }
+    }
+    if (strncmp(s, "int", 3) == 0 && s[3]) {
+        long b = parse_uint(s + 3, strlen(s + 3));
+        if (b >= 0)
+            return qs_errf(e, "unknown format '%s': bit width must be 2..8", s);
+    }
+    if (strncmp(s, "compand:", 8) == 0) {
+        long b = parse_uint(s + 8, strlen(s + 8));
+        if (b < 2 || b > 8)
+            return qs_errf(e, "unknown format '%s': compand:B needs B in 2..8", s);
+        memset(f, 0, sizeof *f);
+        f->kind = QS_FMT_COMPAND;
+        f->bits = (int)b;
+        snprintf(f->name, sizeof f->name, "compand:%d", (int)b);
+        return 0;
+    }
+    int rc;
+    if (parse_generic(s, f, &rc, e))
+        return rc;
+    return unknown(s, e);
+}
+
+/* ---- element types --------------------------------------------------------------------- */
+
+void qs_elem_of(const struct qs_format *f, struct qs_elem *el)
+{
+    memset(el, 0, sizeof *el);
+    el->bits = f->bits;
+    el->ebits = f->ebits;
+    el->mbits = f->mbits;
+    el->bias = f->bias;
+    el->nf = f->nf;
+    switch (f->kind) {
+    case QS_FMT_INT:
+        el->kind = QS_ELEM_INT;
+        el->qmax = (1 << (f->bits - 1)) - 1;
+        el->maxval = el->qmax;
+        return;
+    case QS_FMT_NF4:
+        el->kind = QS_ELEM_NF4;
+        el->maxval = 1.0;
+        return;
+    case QS_FMT_COMPAND:
+        el->kind = QS_ELEM_COMPAND;
+        el->qmax = (1 << (f->bits - 1)) - 1;
+        el->maxval = 1.0;
+        return;
+    case QS_FMT_MX:
+        if (f->ebits == 0) { /* mxint8 */
+            el->kind = QS_ELEM_INT;
+            el->qmax = 127;
+            el->frac = f->mbits;
+            el->maxval = 127.0 / 64.0;
+            el->emax = 0;
+            return;
+        }
+        break;
+    case QS_FMT_NONE:
+        el->kind = QS_ELEM_FLOAT;
+        return;
+    default:
+        break;
+    }
+    el->kind = QS_ELEM_FLOAT;
+    int m = f->mbits;
+    if (f->ebits == 0) { /* fixed point */
+        el->emin = el->emax = 0;
+        el->maxval = ldexp((double)((1 << m) - 1), -m);
+        return;
+    }
+    int topfield = (1 << f->ebits) - 1;
+    el->emin = 1 - f->bias;
+    switch (f->nf) {
+    case QS_NF_IEEE: /* top exponent field reserved for Inf/NaN */
+        el->emax = topfield - 1 - f->bias;
+        el->maxval = ldexp(2.0 - ldexp(1.0, -m), el->emax);
+        break;
+    case QS_NF_E4M3: /* only the all-ones mantissa of the top field is NaN */
+        el->emax = topfield - f->bias;
+        el->maxval = ldexp(2.0 - ldexp(1.0, 1 - m), el->emax);
+        break;
+    default:
+        el->emax = topfield - f->bias;
+        el->maxval = ldexp(2.0 - ldexp(1.0, -m), el->emax);
+        break;
+    }
+}
+
+double qs_compand_level(const struct qs_elem *el, int k)
+{
+    double c = (double)k / el->qmax;
+    return (double)(float)(expm1(c * log1p(QS_COMPAND_MU)) / QS_COMPAND_MU);
+}
+
+int qs_compand_k(const struct qs_elem *el, double a)
+{
+    if (a > 1.0)
+        a = 1.0;
+    double c = log1p(QS_COMPAND_MU * a) / log1p(QS_COMPAND_MU);
+    return (int)nearbyint(c * el->qmax);
+}
+
+double qs_elem_decode(const struct qs_elem *el, uint32_t code)
+{
+    code &= (el->bits >= 32) ? 0xffffffffu : ((1u << el->bits) - 1u);
+    switch (el->kind) {
+    case QS_ELEM_INT: {
+        int k = (int)code;
+        if (code & (1u << (el->bits - 1)))
+            k -= 1 << el->bits;
+        return ldexp((double)k, -el->frac);
+    }
+    case QS_ELEM_NF4:
+        return qs_nf4_levels[code & 15];
+    case QS_ELEM_COMPAND: {
+        int neg = (code >> (el->bits - 1)) & 1;
+        double v = qs_compand_level(el, (int)(code & (uint32_t)el->qmax));
+        return neg ? -v : v;
+    }
+    case QS_ELEM_FLOAT:
+        break;
+    }
+    int m = el->mbits, eb = el->ebits;
+    int neg = (code >> (el->bits - 1)) & 1;
+    uint32_t mant = code & ((1u << m) - 1u);
+    double v;
+    if (eb == 0) {
+        v = ldexp((double)mant, -m);
+    } else {
+        uint32_t ef = (code >> m) & ((1u << eb) - 1u);
+        uint32_t top = (1u << eb) - 1u;
+        if (el->nf == QS_NF_IEEE && ef == top)
+            v = mant == 0 ? INFINITY : NAN;
+        else if (el->nf == QS_NF_E4M3 && ef == top && mant == (1u << m) - 1u)
+            v = NAN;
+        else if (ef == 0)
+            v = ldexp((double)mant, el->emin - m);
+        else
+            v = ldexp((double)((1u << m) | mant), (int)ef - el->bias - m);
+    }
+    return neg ? -v : v;
+}
+
+double qs_format_decode(const struct qs_format *f, uint32_t code)
+{
+    if (f->kind == QS_FMT_NONE)
+        return NAN;
+    struct qs_elem el;
+    qs_elem_of(f, &el);
+    return qs_elem_decode(&el, code);
+}
+
+int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *e)
+{
+    if (f->kind == QS_FMT_NONE || f->bits < 1 || f->bits > 16)
+        return qs_errf(e, "format '%s' has no code list", f->name);
+    struct qs_elem el;
+    qs_elem_of(f, &el);
+    int cnt = 1 << f->bits;
+    double *v = malloc((size_t)cnt * sizeof *v);
+    if (!v)
+        return qs_errf(e, "out of memory");
+    for (int c = 0; c < cnt; c++)
+        v[c] = qs_elem_decode(&el, (uint32_t)c);
+    *values = v;
+    *n = cnt;
+    return 0;
+}
+
+/* Magnitude code (no sign bit) of a non-negative grid value v of a FLOAT element type. */
+static uint32_t float_code_of(const struct qs_elem *el, double v)
+{
+    int m = el->mbits;
+    if (el->ebits == 0 || v < ldexp(1.0, el->emin))
+        return (uint32_t)ldexp(v, m - el->emin * (el->ebits != 0));
+    int ex;
+    frexp(v, &ex); /* v = f * 2^ex, f in [0.5, 1) */
+    ex -= 1;
+    uint32_t mant = (uint32_t)(ldexp(v, m - ex) - ldexp(1.0, m));
+    return ((uint32_t)(ex + el->bias) << m) | mant;
+}
+
+/* Reference cast of a double onto a FLOAT element grid: the two neighbouring grid values are
+ * found from the local quantum, the nearer wins, a tie goes to the even code. */
+static double float_cast(const struct qs_elem *el, double x, int sat)
+{
+    if (isnan(x))
+        return NAN;
+    int can_ovf = el->nf != QS_NF_NONE && !sat;
+    double ovf = el->nf == QS_NF_IEEE ? INFINITY : NAN;
+    double a = fabs(x), r;
+    if (a > 4.0 * el->maxval) {
+        r = can_ovf ? ovf : el->maxval;
+    } else {
+        double q;
+        if (el->ebits == 0) {
+            q = ldexp(1.0, -el->mbits);
+        } else {
+            int ex = el->emin + 1;
+            if (a > 0)
+                frexp(a, &ex);
+            ex -= 1;
+            if (ex < el->emin)
+                ex = el->emin;
+            q = ldexp(1.0, ex - el->mbits);
+        }
+        double lo = floor(a / q) * q, hi = lo + q;
+        double dlo = a - lo, dhi = hi - a;
+        if (dlo < dhi)
+            r = lo;
+        else if (dhi < dlo)
+            r = hi;
+        else
+            r = (float_code_of(el, lo) & 1u) ? hi : lo;
+        if (r > el->maxval)
+            r = can_ovf ? ovf : el->maxval;
+    }
+    return copysign(r, x);
+}
+
+double qs_format_cast(const struct qs_format *f, double x, int saturate)
+{
+    if (f->kind == QS_FMT_NONE)
+        return x;
+    if (isnan(x))
+        return NAN;
+    struct qs_elem el;
+    qs_elem_of(f, &el);
+    switch (el.kind) {
+    case QS_ELEM_INT: {
+        double k = nearbyint(ldexp(x, el.frac));
+        if (k > el.qmax)
+            k = el.qmax;
+        if (k < -el.qmax)
+            k = -el.qmax;
+        return ldexp(k, -el.frac) + 0.0; /* +0.0: an integer code has no negative zero */
+    }
+    case QS_ELEM_NF4: {
+        int c = 0;
+        for (int i = 0; i < QS_NF4_LEVELS - 1; i++)
+            c += x > (double)qs_nf4_mids[i];
+        return qs_nf4_levels[c];
+    }
+    case QS_ELEM_COMPAND: {
+        double v = qs_compand_level(&el, qs_compand_k(&el, fabs(x)));
+        return signbit(x) ? -v : v;
+    }
+    case QS_ELEM_FLOAT:
+        break;
+    }
+    return float_cast(&el, x, saturate);
+}
+
+double qs_format_max(const struct qs_format *f)
+{
+    if (f->kind == QS_FMT_NONE)
+        return 0.0;
+    struct qs_elem el;
+    qs_elem_of(f, &el);
+    return el.maxval;
+}
+
+/* ---- options ---------------------------------------------------------------------------- */
+
+void qs_qopts_default(struct qs_qopts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->gran = QS_GRAN_TENSOR;
+    o->clip = QS_CLIP_MAX;
+    o->pct = 100.0;
+    o->round = QS_ROUND_NEAREST;
+    o->saturate = 1;
+}
+
+static int has_nonfinite(const struct qs_format *f)
+{
+    return (f->kind == QS_FMT_MINIFLOAT || f->kind == QS_FMT_MX) && f->nf != QS_NF_NONE;
+}
+
+/* Block length of NF4 under o. */
+static int nf4_block(const struct qs_format *f, const struct qs_qopts *o)
+{
+    return o->gran == QS_GRAN_GROUP ? o->group : (f->block > 0 ? f->block : 64);
+}
+
+void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
+{
+    if (!buf || n == 0)
+        return;
+    buf[0] = 0;
+    if (f->kind == QS_FMT_NONE)
+        return;
+    char gran[32], clip[40], tail[64] = "";
+    if (f->kind == QS_FMT_NF4)
+        snprintf(gran, sizeof gran, "gran=group:%d ", nf4_block(f, o));
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        gran[0] = 0; /* fixed blocks */
+    else if (o->gran == QS_GRAN_GROUP)
+        snprintf(gran, sizeof gran, "gran=group:%d ", o->group);
+    else
+        snprintf(gran, sizeof gran, "gran=%s ", o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
+    if (o->clip == QS_CLIP_PCT)
+        snprintf(clip, sizeof clip, "clip=pct:%.10g", o->pct);
+    else
+        snprintf(clip, sizeof clip, "clip=%s", o->clip == QS_CLIP_MSE ? "mse" : "max");
+    char rnd[48];
+    if (o->round == QS_ROUND_STOCHASTIC)
+        snprintf(rnd, sizeof rnd, "round=stochastic seed=%llu", (unsigned long long)o->seed);
+    else
+        snprintf(rnd, sizeof rnd, "round=nearest");
+    const char *scale = o->scale_f32 ? "scale=f32" : "scale=f16";
+    switch (f->kind) {
+    case QS_FMT_INT:
+        snprintf(tail, sizeof tail, " %s %s",
+                 o->asym ? "asym" : o->full_range ? "range=full sym" : "range=restricted sym",
+                 scale);
+        break;
+    case QS_FMT_MINIFLOAT:
+    case QS_FMT_FIXED:
+        if (o->scale_none) {
+            snprintf(buf, n, "scale=none %s%s", rnd,
+                     has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
+            return;
+        }
+        snprintf(tail, sizeof tail, "%s %s", has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "",
+                 scale);
+        break;
+    case QS_FMT_MX:
+        snprintf(tail, sizeof tail, "%s", has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
+        break;
+    case QS_FMT_NVFP4:
+        break;
+    default: /* NF4, COMPAND */
+        snprintf(tail, sizeof tail, " %s", scale);
+        break;
+    }
+    snprintf(buf, n, "%s%s %s%s", gran, clip, rnd, tail);
+}
+
+static int parse_pos_int(const char *v, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < 1 || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e)
+{
+    struct qs_qopts t = *o;
+    const char *eq = strchr(tok, '=');
+    size_t klen = eq ? (size_t)(eq - tok) : strlen(tok);
+    const char *v = eq ? eq + 1 : "";
+#define KEY(s) (klen == strlen(s) && strncmp(tok, s, klen) == 0)
+    if (!eq && KEY("asym")) {
+        t.asym = 1;
+    } else if (!eq && KEY("sym")) {
+        t.asym = 0;
+    } else if (eq && KEY("gran")) {
+        long g;
+        if (!strcmp(v, "tensor"))
+            t.gran = QS_GRAN_TENSOR;
+        else if (!strcmp(v, "channel"))
+            t.gran = QS_GRAN_CHANNEL;
+        else if (!strncmp(v, "group:", 6) && parse_pos_int(v + 6, 1L << 24, &g) == 0) {
+            t.gran = QS_GRAN_GROUP;
+            t.group = (int)g;
+        } else
+            return qs_errf(e, "option '%s': expected gran=tensor, gran=channel or gran=group:N "
+                              "(N >= 1)", tok);
+        t.gran_set = 1;
+    } else if (eq && KEY("clip")) {
+        if (!strcmp(v, "max"))
+            t.clip = QS_CLIP_MAX;
+        else if (!strcmp(v, "mse"))
+            t.clip = QS_CLIP_MSE;
+        else if (!strncmp(v, "pct:", 4)) {
+            char *end;
+            double p = strtod(v + 4, &end);
+            if (end == v + 4 || *end || !(p > 0.0 && p <= 100.0))
+                return qs_errf(e, "option '%s': the percentile must be in (0, 100]", tok);
+            t.clip = QS_CLIP_PCT;
+            t.pct = p;
+        } else
+            return qs_errf(e, "option '%s': expected clip=max, clip=mse or clip=pct:P", tok);
+    } else if (eq && KEY("round")) {
+        if (!strcmp(v, "nearest"))
+            t.round = QS_ROUND_NEAREST;
+        else if (!strcmp(v, "stochastic"))
+            t.round = QS_ROUND_STOCHASTIC;
+        else
+            return qs_errf(e, "option '%s': expected round=nearest or round=stochastic", tok);
+    } else if (eq && KEY("range")) {
+        if (!strcmp(v, "full"))
+            t.full_range = 1;
+        else if (!strcmp(v, "restricted"))
+            t.full_range = 0;
+        else
+            return qs_errf(e, "option '%s': expected range=full or range=restricted", tok);
+    } else if (eq && KEY("sat")) {
+        if (!strcmp(v, "0") || !strcmp(v, "1"))
+            t.saturate = v[0] == '1';
+        else
+            return qs_errf(e, "option '%s': expected sat=0 or sat=1", tok);
+    } else if (eq && KEY("scale")) {
+        if (!strcmp(v, "none")) {
+            t.scale_none = 1;
+            t.scale_f32 = 0;
+        } else if (!strcmp(v, "f16")) {
+            t.scale_none = 0;
+            t.scale_f32 = 0;
+        } else if (!strcmp(v, "f32")) {
+            t.scale_none = 0;
+            t.scale_f32 = 1;
+        } else
+            return qs_errf(e, "option '%s': expected scale=none, scale=f16 or scale=f32", tok);
+    } else if (eq && KEY("seed")) {
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 10);
+        if (end == v || *end || errno || v[0] == '-')
+            return qs_errf(e, "option '%s': expected seed=N (a non-negative integer)", tok);
+        t.seed = (uint64_t)s;
+    } else {
+        return qs_errf(e, "unknown quantization option '%s' (gran=, clip=, round=, range=, "
+                          "asym, sym, sat=, scale=, seed=)", tok);
+    }
+#undef KEY
+    *o = t;
+    return 0;
+}
+
+int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e)
+{
+    if (f->kind == QS_FMT_NONE)
+        return 0;
+    const char *nm = f->name;
+    if (o->gran == QS_GRAN_GROUP && o->group < 1)
+        return qs_errf(e, "%s: group size must be >= 1", nm);
+    if (o->clip == QS_CLIP_PCT && !(o->pct > 0.0 && o->pct <= 100.0))
+        return qs_errf(e, "%s: clip percentile must be in (0, 100]", nm);
+    if (o->asym && f->kind != QS_FMT_INT)
+        return qs_errf(e, "%s: asym (zero points) applies to int formats only", nm);
+    if (o->full_range && f->kind != QS_FMT_INT)
+        return qs_errf(e, "%s: range=full applies to int formats only", nm);
+    if (o->full_range && o->asym)
+        return qs_errf(e, "%s: range=full applies to symmetric int (asym already uses all codes)",
+                       nm);
+    if (!o->saturate && !has_nonfinite(f))
+        return qs_errf(e, "%s: sat=0 needs a format with Inf/NaN codes (fp8-e4m3, fp8-e5m2, "
+                          "fp8-e3m4, mxfp8); this one always saturates", nm);
+    if (o->scale_none && f->kind != QS_FMT_MINIFLOAT && f->kind != QS_FMT_FIXED)
+        return qs_errf(e, "%s: scale=none applies to minifloat and fixed-point formats only", nm);
+    if (o->scale_none && o->clip != QS_CLIP_MAX)
+        return qs_errf(e, "%s: clipping needs a scale; drop scale=none", nm);
+    if (o->scale_f32 && (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4))
+        return qs_errf(e, "%s: block scales are %s by definition; scale=f32 does not apply", nm,
+                       f->kind == QS_FMT_MX ? "E8M0" : "E4M3");
+    if (o->gran_set && (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4))
+        return qs_errf(e, "%s: fixed %d-element blocks along rows; gran= does not apply", nm,
+                       f->block);
+    if (o->gran_set && f->kind == QS_FMT_NF4 && o->gran != QS_GRAN_GROUP)
+        return qs_errf(e, "%s: block-wise absmax; use gran=group:N (default 64)", nm);
+    return 0;
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# tests/bench/run.sh - `make bench`: every benchmark prints
+#   bench NAME: ours X UNIT, REFERENCE Y UNIT, ratio R (target T)
+# with R > 1 meaning qscope is better. A reference that is not installed is named as skipped.
+set -u
+cd "$(dirname "$0")/../.."
+threads=${OPENBLAS_NUM_THREADS:-$(nproc)}
+export OPENBLAS_NUM_THREADS=$threads
+B=build/bench
+PY=/usr/bin/python3
+have_torch=0
+$PY -c 'import torch' 2>/dev/null && have_torch=1
+model=datasets/models/digits-mlp.safetensors
+echo "machine: $(nproc) cores, $threads threads; $(date -u +%F)"
+
+# -- forward pass ------------------------------------------------------------------------
+ours=$($B/bench_forward "$model")
+peak=$(awk '/^sgemm_peak/ {print $2}' <<<"$ours")
+if [ $have_torch = 1 ]; then ref=$($PY tests/bench/torch_forward.py "$threads" "$model"); else ref=""; fi
+while read -r _ name batch sps gflops; do
+  [ -n "$name" ] || continue
+  if [ -n "$ref" ]; then
+    tsps=$(awk -v n="$name" '$2 == n {print $4}' <<<"$ref")
+    awk -v n="$name" -v b="$batch" -v o="$sps" -v t="$tsps" 'BEGIN {
+      printf "bench forward-%s-b%s: ours %.0f samples/s, pytorch %.0f samples/s, ratio %.2f (target 1.5)\n", n, b, o, t, o / t }'
+  else
+    echo "bench forward-$name-b$batch: ours $sps samples/s, pytorch skipped (python3-torch not installed)"
+  fi
+  awk -v n="$name" -v b="$batch" -v g="$gflops" -v p="$peak" 'BEGIN {
+    printf "bench forward-%s-b%s-vs-sgemm: ours %.1f GFLOP/s, openblas sgemm peak %.1f GFLOP/s, ratio %.2f (target 0.70)\n", n, b, g, p, g / p }'
+done < <(grep '^forward' <<<"$ours")
+
+# -- other benchmarks: each binary prints its own "bench ..." lines ---------------------
+for b in "$B"/bench_*; do
+  [ "$b" = "$B/bench_forward" ] && continue
+  [ -x "$b" ] && "$b"
+done
+for s in tests/bench/bench_*.sh; do
+  [ -f "$s" ] && bash "$s"
+done
+exit 0

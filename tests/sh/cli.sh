@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# cli.sh - the command line as a user meets it: the default model, JSON output, exit codes, and
+# one clear message naming the file for every kind of bad input.
+set -u
+cd "$(dirname "$0")/../.."
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+Q=./qscope
+pass() { echo "PASS cli.$1"; }
+fail() { echo "FAIL cli.$1"; }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+
+# The bundled default: digits-mlp on digits, accuracy >= 0.95, gate pass.
+out=$($Q --json -c 'eval')
+check default-eval-json "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"cmd\"]==\"eval\" and o[\"float\"][\"acc\"]>=0.95 and o[\"gate\"]==\"pass\" and o[\"regime\"]' '$out'"
+out=$($Q --json -c 'quant * int4 gran=group:32; eval' | tail -1)
+check int4-eval-json "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"regime\"]==\"weight-only\" and 0<o[\"quant\"][\"acc\"]<=1' '$out'"
+out=$($Q --json -c 'quant * int8 gran=channel; eval' | tail -1)
+check int8-within-half-point "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert abs(o[\"quant\"][\"acc\"]-o[\"float\"][\"acc\"])<=0.005' '$out'"
+check version "$Q --version | grep -q '^qscope '"
+check help "$Q --help | grep -q -- '--replay'"
+$Q --bogus >/dev/null 2>&1; check bad-option-exit-2 "[ $? = 2 ]"
+
+# Bad input: each gives one message naming the file, exit 1 in batch mode.
+bad() { # name, file contents generator, expected words
+  local name=$1 file=$2 words=$3
+  msg=$($Q --no-default -c "load model $file" 2>&1); rc=$?
+  if [ $rc = 1 ] && grep -q "$(basename "$file")" <<<"$msg" && grep -qi -- "$words" <<<"$msg" && [ "$(wc -l <<<"$msg")" = 1 ]; then
+    pass "bad-model.$name"
+  else
+    fail "bad-model.$name"; echo "  got (rc=$rc): $msg" >&2
+  fi
+}
+printf 'abc' >"$T/short.safetensors"; bad truncated "$T/short.safetensors" "short\|small\|truncated\|bytes"
+python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', 999999) + b'{}')" >"$T/hlen.safetensors"
+bad header-past-end "$T/hlen.safetensors" "header"
+python3 - "$T" <<'PY'
+import json, struct, sys
+T = sys.argv[1]
+def w(name, header, data=b""):
+    h = json.dumps(header).encode()
+    open(f"{T}/{name}.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+w("dtype", {"0.weight": {"dtype": "Q7", "shape": [2, 2], "data_offsets": [0, 16]}}, bytes(16))
+w("range", {"0.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 160]}}, bytes(16))
+w("overlap", {"0.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+              "2.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [8, 24]}}, bytes(24))
+w("shape", {"0.weight": {"dtype": "F32", "shape": [3, 2], "data_offsets": [0, 16]}}, bytes(16))
+w("nochain", {"0.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "2.weight": {"dtype": "F32", "shape": [2, 5], "data_offsets": [24, 64]}}, bytes(64))
+nan = struct.pack("<4f", 1.0, float("nan"), 0.0, 0.0)
+w("nan", {"0.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, nan)
+PY
+bad unknown-dtype "$T/dtype.safetensors" "dtype"
+bad offsets-out-of-range "$T/range.safetensors" "offset\|range\|past\|beyond"
+bad overlapping "$T/overlap.safetensors" "overlap"
+bad shape-mismatch "$T/shape.safetensors" "bytes"
+bad non-chaining "$T/nochain.safetensors" "chain"
+bad nan-weight "$T/nan.safetensors" "non-finite"
+bad missing-file "$T/nope.safetensors" "no such file"
+
+badcsv() {
+  local name=$1 file=$2 words=$3
+  msg=$($Q --no-default -c "load data $file" 2>&1); rc=$?
+  if [ $rc = 1 ] && grep -q "$(basename "$file")" <<<"$msg" && grep -qi -- "$words" <<<"$msg"; then
+    pass "bad-csv.$name"
+  else
+    fail "bad-csv.$name"; echo "  got (rc=$rc): $msg" >&2
+  fi
+}
+printf 'a,b,label\n1,2,0\n3,0\n' >"$T/ragged.csv"; badcsv ragged "$T/ragged.csv" ":3:.*cells"
+printf 'a,b,label\n1,x,0\n' >"$T/text.csv"; badcsv text-cell "$T/text.csv" "not a number"
+: >"$T/empty.csv"; badcsv empty "$T/empty.csv" "empty\|no data\|no rows"
+badcsv missing "$T/none.csv" "no such file"
+
+# A bad command in an interactive-style stream: the session goes on, nothing is lost.
+out=$(printf 'quant * int4\nfrobnicate\nrules\n' | $Q 2>&1)
+check session-goes-on "grep -q 'unknown command' <<<\"\$out\" && grep -q 'int4' <<<\"\$out\""
+# -b: first error prints FILE:LINE: message and exits 1
+printf 'info\nquant * int9\neval\n' >"$T/s.qs"
+msg=$($Q -b "$T/s.qs" 2>&1 >/dev/null); rc=$?
+check batch-file-line "[ $rc = 1 ] && grep -q 's.qs:2: ' <<<\"\$msg\""
+# unknown layer suggests close names; k larger than the rank; group size not dividing
+check unknown-layer "$Q -c 'quant * int4; spectrum fc9' 2>&1 | grep -q 'did you mean: fc0'"
+check k-too-large "$Q -c 'quant * int4; spectrum fc2 k=99' 2>&1 | grep -q 'exceeds'"
+check group-not-dividing "$Q -c 'quant * int4 gran=group:48' 2>&1 | grep -q 'does not divide'"
+check pattern-no-match "$Q -c 'quant zz* int4' 2>&1 | grep -q \"pattern 'zz\\*' matched no layer\""
+check zero-error-spectrum "$Q -c 'spectrum fc1' 2>&1 | grep -q 'exactly zero'"
+check calib-too-large "$Q -c 'set calib 100000' 2>&1 | grep -q 'calibration split has'"
