@@ -98,19 +98,33 @@ int main(int argc, char **argv)
     const char *cmds = NULL, *script = NULL, *replay = NULL;
     int json = 0, repl = 0, check = 0, deterministic = 0, no_default = 0;
     double tol = 1e-6;
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-c") && i + 1 < argc)
-            cmds = argv[++i];
-        else if (!strcmp(a, "-b") && i + 1 < argc)
-            script = argv[++i];
-        else if (!strcmp(a, "--replay") && i + 1 < argc)
-            replay = argv[++i];
+    /* Options may come before or after the positional MODEL [DATA]; "--" ends options. */
+    char *pos[8];
+    int npos = 0, only_pos = 0;
+    for (int k = 1; k < argc; k++) {
+        const char *a = argv[k];
+        if (only_pos || a[0] != '-' || !a[1]) {
+            if (npos == 8) {
+                fprintf(stderr, "qscope: too many arguments\n%s", usage);
+                return 2;
+            }
+            pos[npos++] = argv[k];
+            if (npos == 1 && !strcmp(a, "roundtrip"))
+                only_pos = 1; /* roundtrip's values may be negative numbers */
+            continue;
+        }
+        if (!strcmp(a, "--"))
+            only_pos = 1;
+        else if (!strcmp(a, "-c") && k + 1 < argc)
+            cmds = argv[++k];
+        else if (!strcmp(a, "-b") && k + 1 < argc)
+            script = argv[++k];
+        else if (!strcmp(a, "--replay") && k + 1 < argc)
+            replay = argv[++k];
         else if (!strcmp(a, "--check"))
             check = 1;
-        else if (!strcmp(a, "--tol") && i + 1 < argc)
-            tol = atof(argv[++i]);
+        else if (!strcmp(a, "--tol") && k + 1 < argc)
+            tol = atof(argv[++k]);
         else if (!strcmp(a, "--deterministic"))
             deterministic = 1;
         else if (!strcmp(a, "--json"))
@@ -144,16 +158,16 @@ int main(int argc, char **argv)
     c.json = json;
     int status = 0;
 
-    if (i < argc && !strcmp(argv[i], "roundtrip")) {
-        if (i + 1 >= argc) {
+    if (npos && !strcmp(pos[0], "roundtrip")) {
+        if (npos < 2) {
             fprintf(stderr, "qscope: usage: qscope roundtrip FORMAT [VALUE...]\n");
             status = 2;
-        } else if (i + 2 == argc) {
-            status = roundtrip_stdin(&c, argv[i + 1]);
+        } else if (npos == 2) {
+            status = roundtrip_stdin(&c, pos[1]);
         } else {
             struct qs_sb sb = {0};
-            for (int k = i; k < argc; k++)
-                qs_sb_printf(&sb, "%s'%s'", k > i ? " " : "", argv[k]);
+            for (int k = 0; k < npos; k++)
+                qs_sb_printf(&sb, "%s'%s'", k ? " " : "", pos[k]);
             status = run_or_report(&c, sb.s, NULL) < 0 ? 1 : 0;
             qs_sb_free(&sb);
         }
@@ -167,15 +181,20 @@ int main(int argc, char **argv)
 
     /* The model and data: named on the command line, else the bundled default. */
     char bundle[PATH_MAX];
-    if (i < argc) {
+    if (npos > 2) {
+        fprintf(stderr, "qscope: too many arguments (MODEL [DATA])\n%s", usage);
+        status = 2;
+        goto out;
+    }
+    if (npos) {
         char cmd[PATH_MAX * 2 + 32];
-        snprintf(cmd, sizeof cmd, "load model '%s'", argv[i]);
+        snprintf(cmd, sizeof cmd, "load model '%s'", pos[0]);
         if (run_or_report(&c, cmd, NULL) < 0) {
             status = 1;
             goto out;
         }
-        if (i + 1 < argc) {
-            snprintf(cmd, sizeof cmd, "load data '%s'", argv[i + 1]);
+        if (npos > 1) {
+            snprintf(cmd, sizeof cmd, "load data '%s'", pos[1]);
             if (run_or_report(&c, cmd, NULL) < 0) {
                 status = 1;
                 goto out;

@@ -1014,33 +1014,10 @@ static int cmd_save_session(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
-/* A chain of nested errors repeats "FILE:LINE: " once per level; a source loop would repeat the
- * same cycle up to the nesting limit. Drops the text between two occurrences of the first
- * prefix so the message names each place once. */
-static void collapse_cycle(char *msg)
-{
-    char *colon = strchr(msg, ':');
-    if (!colon)
-        return;
-    char *sp = strstr(colon + 1, ": ");
-    if (!sp || sp == colon + 1)
-        return;
-    for (char *q = colon + 1; q < sp; q++)
-        if (*q < '0' || *q > '9')
-            return;
-    size_t plen = (size_t)(sp + 2 - msg);
-    char prefix[QS_ERRLEN];
-    memcpy(prefix, msg, plen);
-    prefix[plen] = 0;
-    char *again = msg + plen;
-    while ((again = strstr(again, prefix)))
-        if (again[-1] == ' ')
-            break;
-        else
-            again++;
-    if (again)
-        memmove(msg, again, strlen(again) + 1);
-}
+/* The nesting-limit error of `source`, recognised while the nested calls unwind so that a loop
+ * is reported once ("x.qs:2: source x.qs: scripts nested deeper than 16 (a source loop?)")
+ * rather than as sixteen "FILE:LINE:" prefixes. */
+#define NEST_MSG "scripts nested deeper than"
 
 static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
@@ -1048,8 +1025,13 @@ static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "usage: source PATH");
     char path[PATH_MAX];
     qs_script_resolve(c, argv[0], path, sizeof path);
+    if (c->depth >= QS_SOURCE_MAX_DEPTH)
+        return qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0],
+                       QS_SOURCE_MAX_DEPTH);
     if (qs_run_script(c, path, e) < 0) {
-        collapse_cycle(e->msg);
+        if (strstr(e->msg, NEST_MSG))
+            qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0],
+                    QS_SOURCE_MAX_DEPTH);
         return -1;
     }
     return 0;

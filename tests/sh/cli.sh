@@ -86,3 +86,27 @@ check group-not-dividing "$Q -c 'quant * int4 gran=group:48' 2>&1 | grep -q 'doe
 check pattern-no-match "$Q -c 'quant zz* int4' 2>&1 | grep -q \"pattern 'zz\\*' matched no layer\""
 check zero-error-spectrum "$Q -c 'spectrum fc1' 2>&1 | grep -q 'exactly zero'"
 check calib-too-large "$Q -c 'set calib 100000' 2>&1 | grep -q 'calibration split has'"
+
+# export model: the fake-quant file evaluates in float exactly as the quantized model did
+qa=$($Q --json -c "quant * int4 gran=channel; eval; export model $T/q.safetensors" | python3 -c 'import sys,json; print([json.loads(l) for l in sys.stdin if "\"eval\"" in l][0]["quant"]["acc"])')
+fa=$($Q --json "$T/q.safetensors" datasets/digits.csv -c 'eval' | python3 -c 'import sys,json; print([json.loads(l) for l in sys.stdin if "\"eval\"" in l][0]["float"]["acc"])')
+check export-fake-quant-roundtrip "[ -n '$qa' ] && [ '$qa' = '$fa' ]"
+$Q -c "quant * int4 gran=group:32; export model $T/p.safetensors packed" >/dev/null
+check export-packed "python3 - '$T/p.safetensors' <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
+c = h['fc0.weight.codes']; s = h['fc0.weight.scales']
+assert c['dtype'] == 'U8' and c['shape'] == [64 * 64 // 2], c      # two int4 codes a byte
+assert s['shape'] == [64 * 2 * 2], s                              # 2 groups a row, F16 scales
+assert h['__metadata__']['qscope.export'] == 'packed'
+PY"
+# export csv: a header row naming regime, formats and seed, then the table
+$Q -c "quant * int3; error; export csv $T/err.csv" >/dev/null
+check export-csv "python3 - $T/err.csv <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+assert 'regime=weight-only seed=0 formats=fc0:int3' in rows[0][0], rows[0]
+assert rows[1][:4] == ['name', 'w_rel_err', 'preact_rel_mse', 'snr_db'], rows[1]
+assert [r[0] for r in rows[2:]] == ['fc0', 'fc1', 'fc2'] and float(rows[2][1]) > 0.1
+PY"

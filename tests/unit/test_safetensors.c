@@ -538,6 +538,14 @@ static void test_bad_header_length(void)
     memcpy(img + 8, "{}          ", 12);
     expect_bad_image("hlen.safetensors", img, sizeof img, "header length 1000",
                      "past the end of the file (12 bytes", NULL);
+    img[0] = 13, img[1] = 0; /* one byte more than there is */
+    expect_bad_image("hlen1.safetensors", img, sizeof img, "header length 13", "past the end",
+                     NULL);
+    img[0] = 12; /* exactly what there is: a valid file with an empty data area */
+    struct qs_st_file *f = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_st_open_mem(img, sizeof img, "fit", &f, &e) == 0 && qs_st_count(f) == 0);
+    qs_st_close(f);
     memset(img, 0xff, 8); /* 2^64 - 1: must not wrap around */
     expect_bad_image("hlen2.safetensors", img, sizeof img, "header length 18446744073709551615",
                      "past the end", NULL);

@@ -1,0 +1,140 @@
+# qscope session
+# version 0.1.0
+# date 2026-11-23T18:47:18Z
+# seed 0
+# threads 2
+# model datasets/models/moons-mlp.safetensors sha256=7f20ce33e410ee4329659b4364f4f59455eeaf2338ee79031bbb30eb069c631b
+# data datasets/moons.csv sha256=9bae0b4acd17e37fc172627a87df51a280fbe0522f930c39ef1aede8a9ce16c8
+load model datasets/models/moons-mlp.safetensors
+# => path=datasets/models/moons-mlp.safetensors
+# => layers=3
+# => params=354
+load data datasets/moons.csv
+# => path=datasets/moons.csv
+# => n=1000
+# => features=2
+# => classes=2
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=600
+# => split.calib=200
+# => split.test=200
+# => float.acc=0.97
+# => float.loss=0.102871682
+# => quant.acc=0.97
+# => quant.loss=0.102871682
+# => kl=0
+# => top1_agree=1
+# => bits_per_weight=32
+# => gate=pass
+# => gate_threshold=0.91
+codes int3
+# => format=int3
+# => values[0]=0
+# => values[1]=1
+# => values[2]=2
+# => values[3]=3
+# => values[4]=-4
+# => values[5]=-3
+# => values[6]=-2
+# => values[7]=-1
+roundtrip int3 -3.7 -1.5 -0.5 0.5 1.5 2.49 2.5 3.6
+# => format=int3
+# => in[0]=-3.7
+# => in[1]=-1.5
+# => in[2]=-0.5
+# => in[3]=0.5
+# => in[4]=1.5
+# => in[5]=2.49
+# => in[6]=2.5
+# => in[7]=3.6
+# => out[0]=-3
+# => out[1]=-2
+# => out[2]=0
+# => out[3]=0
+# => out[4]=2
+# => out[5]=2
+# => out[6]=2
+# => out[7]=3
+quant * int3 gran=tensor clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int3
+# => matched=3
+# => bits_per_weight=3.15
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=600
+# => split.calib=200
+# => split.test=200
+# => float.acc=0.97
+# => float.loss=0.102871682
+# => quant.acc=0.97
+# => quant.loss=0.173926816
+# => kl=0.0408550124
+# => top1_agree=0.99
+# => bits_per_weight=3.15
+# => gate=pass
+# => gate_threshold=0.91
+quant * int3 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int3
+# => matched=3
+# => bits_per_weight=4.7
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=600
+# => split.calib=200
+# => split.test=200
+# => float.acc=0.97
+# => float.loss=0.102871682
+# => quant.acc=0.975
+# => quant.loss=0.0979033569
+# => kl=0.0169453211
+# => top1_agree=0.995
+# => bits_per_weight=4.7
+# => gate=pass
+# => gate_threshold=0.91
+quant * int2 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int2
+# => matched=3
+# => bits_per_weight=3.7
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=600
+# => split.calib=200
+# => split.test=200
+# => float.acc=0.97
+# => float.loss=0.102871682
+# => quant.acc=0.805
+# => quant.loss=1.13897305
+# => kl=1.08889462
+# => top1_agree=0.795
+# => bits_per_weight=3.7
+# => gate=pass
+# => gate_threshold=0.91
+quant fc0 none
+# => pattern=fc0
+# => format=none
+# => matched=1
+# => bits_per_weight=5.9
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=600
+# => split.calib=200
+# => split.test=200
+# => float.acc=0.97
+# => float.loss=0.102871682
+# => quant.acc=0.815
+# => quant.loss=0.740778503
+# => kl=0.718201567
+# => top1_agree=0.805
+# => bits_per_weight=5.9
+# => gate=pass
+# => gate_threshold=0.91
+# end of session (13 commands)

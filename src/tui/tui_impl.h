@@ -1,0 +1,217 @@
+/* tui_impl.h - internals shared by the TUI's files (not a public header):
+ *   tui.c     event loop, keys, readline glue, layout, terminal manners, `screenshot`
+ *   worker.c  the worker thread, the job hand-off and the snapshot (view model) builder
+ *   panes.c   one drawing function per pane, reading only the snapshot
+ *   plot.c    a character canvas: braille dots in UTF-8, '*' / '.' cells in ASCII
+ *
+ * Threads: the UI thread owns curses, readline and the snapshot it draws; the worker owns the
+ * bench while a job runs. They meet only in struct tui_shared (under mu): a one-slot job
+ * hand-off, the finished job's status and snapshot, the log, the progress, and a self-pipe
+ * whose byte wakes the UI's poll(). The UI never touches the bench while the worker runs; it
+ * runs front-end commands (QS_CMD_FRONT) itself, and only when the worker is idle. */
+#ifndef QSCOPE_TUI_IMPL_H
+#define QSCOPE_TUI_IMPL_H
+
+#ifndef NCURSES_WIDECHAR
+#define NCURSES_WIDECHAR 1
+#endif
+#include <curses.h>
+#include <pthread.h>
+#include <wchar.h>
+
+#include "qscope/analysis.h"
+#include "qscope/cmd.h"
+#include "qscope/tui.h"
+
+enum tui_pane { PANE_LAYERS, PANE_TASK, PANE_SPECTRUM, PANE_RANK, PANE_CORR, PANE_LOWDIM,
+                PANE_LOG, PANE_N };
+
+/* ---- the snapshot: everything the panes draw, copied out of the bench by the worker ------ */
+
+struct tui_row {
+    char name[64], shape[24], act[12], wf[48], af[48], corr[48];
+    double bpw, w_rel_err, snr_db, preact_rel_mse;
+    int quantized;         /* weights or activations quantized */
+    int has_err;           /* snr/preact set */
+    int corr_method;       /* enum qs_corr_method */
+    int corr_rank;
+    double recovery, recovery_calib, corr_bits;
+    long corr_params;
+    int in, out;
+};
+
+struct tui_ablation {
+    char layer[64], method[16], verdict[16];
+    double f, q, qc, fc;   /* test accuracies */
+};
+
+enum { LD_FLOAT, LD_QUANT, LD_CORR, LD_N };
+
+struct tui_snap {
+    unsigned gen;
+    int have_model, have_data, ready;
+    char model[256], data[256];
+    char err[QS_ERRLEN];           /* why something could not be computed */
+    int nlayers;
+    struct tui_row *rows;
+    double bpw;                    /* model bits per weight */
+    char regime[24];
+    /* task */
+    int have_eval;
+    struct qs_eval ev;             /* ev.q: quantized with corrections (as eval reports it) */
+    struct qs_metric q_raw;        /* quantized, corrections off */
+    int any_corr;
+    double gate_thr;
+    /* spectrum of the selected layer's weight error */
+    int spec_layer, spec_ok;
+    char spec_msg[128];
+    int sm, sn, nsv, exact;
+    double *sv, *ref;              /* nsv each, descending */
+    struct qs_rank_stats st;
+    double w_fro2;
+    double *left_e, *left_w;       /* energy left after rank k, k = 0..nsv (nsv + 1) */
+    /* corrections and ablations */
+    int nabl;
+    struct tui_ablation *abl;
+    /* low-dimensional view */
+    int lowdim;                    /* 2-input model on 2-feature data */
+    int gw, gh;                    /* grid cells per panel */
+    unsigned char *grid[LD_N];     /* (gh, gw) predicted class, row 0 = top */
+    double x0, x1, y0, y1;         /* data bounding box with a margin */
+    int npts, nclass;
+    float *pts;                    /* (npts, 2) */
+    int *plab;
+    double ld_acc[LD_N];
+};
+
+void tui_snap_free(struct tui_snap *s);
+
+/* ---- the log ------------------------------------------------------------------------------ */
+
+enum tui_log_kind { LOG_TEXT, LOG_CMD, LOG_ERR, LOG_NOTE };
+
+struct tui_logline {
+    wchar_t *text;
+    int kind;
+};
+
+#define TUI_LOG_MAX 4000
+
+struct tui_log {
+    struct tui_logline v[TUI_LOG_MAX];
+    int start, n;                  /* ring */
+    unsigned long total;           /* lines ever added */
+};
+
+/* ---- the shared state -------------------------------------------------------------------- */
+
+enum tui_job_kind { JOB_LINE, JOB_SNAP };
+
+struct tui_shared {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int wake_w;                    /* self-pipe write end */
+    /* UI -> worker */
+    int have_job, job_kind, job_sel, stop;
+    char *job_line;                /* owned by the slot until the worker takes it */
+    int ld_w, ld_h;                /* low-dim panel size the UI wants */
+    /* worker -> UI */
+    int done, done_rc, done_quit, done_dirty, done_njournal;
+    char done_err[QS_ERRLEN];
+    struct tui_snap *snap;         /* newest snapshot not yet taken */
+    struct tui_log log;
+    int log_dirty;
+    char prog_what[160];
+    double prog_frac;
+    int prog_dirty;
+    double last_poke;              /* rate limit of the progress/log pokes */
+    unsigned gen;
+};
+
+struct tui_worker {
+    pthread_t th;
+    int started;
+    struct qs_ctx *c;
+    struct tui_shared *sh;
+    /* worker-owned: ablation results seen in emitted objects */
+    struct tui_ablation *abl;
+    int nabl, capabl;
+    const void *abl_model;         /* the model they belong to */
+};
+
+/* Log helpers: lock-taking versions (any thread). text may hold several lines. */
+void tui_log_add(struct tui_shared *sh, int kind, const char *text);
+void tui_poke(struct tui_shared *sh);
+
+/* Starts the worker thread on c (which it then owns whenever a job runs). */
+int tui_worker_start(struct tui_worker *w, struct qs_ctx *c, struct tui_shared *sh);
+/* Stops it (after the running job, which should be cancelled first) and joins. */
+void tui_worker_stop(struct tui_worker *w);
+/* Hands a job to the idle worker: a command line (copied), or a snapshot rebuild. */
+void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel);
+/* The emit/note callbacks installed on the context while the TUI runs (u = the worker). */
+void tui_emit_cb(void *u, const cJSON *obj, const char *text);
+void tui_note_cb(void *u, const char *msg);
+void tui_progress_cb(void *u, const char *what, double frac);
+/* Builds a snapshot of the bench (only from the thread that owns it). */
+struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h);
+double tui_now(void);
+
+/* ---- drawing ------------------------------------------------------------------------------ */
+
+struct tui_style {
+    int utf8, color;
+    /* glyphs */
+    const char *vline, *hline, *ell, *delta, *ge, *lt_mark, *sel_mark;
+};
+
+enum {
+    CP_TITLE = 1, CP_TITLE_FOCUS, CP_ERR, CP_OK, CP_WARN, CP_SER_ERR, CP_SER_W, CP_SER_MP,
+    CP_DIM, CP_STATUS, CP_PROG, CP_CLASS_BG = 16, CP_CLASS_PT = 32, CP_CLASS_BAD = 48
+};
+#define TUI_NCLASS_COL 8
+
+struct tui_view {
+    const struct tui_snap *s;      /* may be NULL before the first snapshot */
+    const struct tui_style *st;
+    int sel;                       /* selected layer */
+    int focused;
+    int log_scroll;                /* lines scrolled up from the bottom */
+    struct tui_shared *sh;         /* for the log (locked while drawing it) */
+};
+
+/* Draws pane p into w (h rows, wd columns: row 0 is the title bar; sep: draw a separator in the
+ * last column). */
+void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v);
+/* The pane's title (for the title bar, the help overlay and the tests). */
+void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t n);
+/* Low-dim panel size for a pane of h x wd (cells per decision grid). */
+void tui_lowdim_panel(int h, int wd, int *gw, int *gh);
+/* Writes a UTF-8 / ASCII string clipped to n columns at the cursor. */
+void tui_put(WINDOW *w, const char *s, int n);
+/* Display width of a (multibyte) string. */
+int tui_width(const char *s);
+
+/* ---- plot canvas -------------------------------------------------------------------------- */
+
+#define PLOT_SERIES 3
+
+struct tui_plot {
+    int w, h, utf8;
+    int dw, dh;                    /* dot grid: (2w, 4h) in UTF-8, (w, h) in ASCII */
+    unsigned char *dots[PLOT_SERIES]; /* per cell: braille bits (UTF-8) or 1 (ASCII) */
+    unsigned char *hl;             /* per cell: 1 if a horizontal rule passes (drawn under dots) */
+};
+
+int tui_plot_init(struct tui_plot *p, int w, int h, int utf8);
+void tui_plot_free(struct tui_plot *p);
+/* Polyline of n points (x[i], y[i]) already mapped to [0, 1] (y = 0 at the bottom). */
+void tui_plot_line(struct tui_plot *p, int series, const double *x, const double *y, int n);
+/* A horizontal rule at height fy in [0, 1]. */
+void tui_plot_hrule(struct tui_plot *p, double fy);
+/* Draws the canvas at (y, x) of w: series 0 drawn over 1 over 2; attr[s] per series, ascii[s]
+ * the ASCII mark of series s. */
+void tui_plot_draw(const struct tui_plot *p, WINDOW *w, int y, int x, const attr_t *attr,
+                   const char *ascii, attr_t rule_attr, const char *rule_glyph);
+
+#endif

@@ -1,0 +1,85 @@
+/* bench_interactive.c - the interactivity budget: switching one layer's format on the bundled
+ * digits model and refreshing `error` and `rank` (all layers), incremental vs full recompute. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "qscope/analysis.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int set_rule(struct qs_bench *b, const char *pat, const char *fmt)
+{
+    qs_err e;
+    struct qs_rule r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.pattern, sizeof r.pattern, "%s", pat);
+    if (qs_format_parse(fmt, &r.fmt, &e) < 0)
+        return -1;
+    qs_qopts_default(&r.opt);
+    r.opt.gran = QS_GRAN_CHANNEL;
+    return qs_bench_add_rule(b, &r, NULL, &e);
+}
+
+/* error + rank of every layer, as the layers table and rank pane need */
+static int refresh(struct qs_bench *b)
+{
+    qs_err e;
+    int L = b->model->nlayers;
+    struct qs_layer_err *err = calloc((size_t)L, sizeof *err);
+    int rc = qs_analysis_errors(b, err, &e);
+    for (int i = 0; rc == 0 && i < L; i++) {
+        struct qs_spectrum sp;
+        rc = qs_analysis_spectrum(b, i, QS_SPEC_WEIGHT, QS_SCALE_NONE, 0, &sp, &e);
+        qs_spectrum_free(&sp);
+    }
+    free(err);
+    if (rc < 0)
+        fprintf(stderr, "%s\n", e.msg);
+    return rc;
+}
+
+int main(void)
+{
+    qs_err e;
+    struct qs_bench *b = qs_bench_new();
+    struct qs_mlp *m;
+    struct qs_dataset *d;
+    if (qs_mlp_load("datasets/models/digits-mlp.safetensors", QS_ACT_RELU, 0, &m, &e) < 0 ||
+        qs_bench_set_model(b, m, "digits", &e) < 0 ||
+        qs_dataset_load_csv("datasets/digits.csv", NULL, &d, &e) < 0 ||
+        qs_bench_set_data(b, d, "digits.csv", &e) < 0 || set_rule(b, "*", "int4") < 0 ||
+        refresh(b) < 0) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    const char *fmts[] = {"int3", "int8", "fp8-e4m3", "int2"};
+    double inc = 1e30, full = 1e30;
+    for (int r = 0; r < 20; r++) {
+        double t0 = now();
+        if (set_rule(b, "fc1", fmts[r % 4]) < 0 || refresh(b) < 0)
+            return 1;
+        double t = now() - t0;
+        if (t < inc)
+            inc = t;
+        /* the same switch with every cache dropped (float activations too) */
+        t0 = now();
+        b->f_valid = 0;
+        if (set_rule(b, "fc1", fmts[(r + 1) % 4]) < 0 || refresh(b) < 0)
+            return 1;
+        t = now() - t0;
+        if (t < full)
+            full = t;
+    }
+    printf("bench interactive-switch-digits: ours %.2f ms, full recompute %.2f ms, ratio %.2f "
+           "(target: <= 50 ms; incremental saves %.0f%%)\n",
+           inc * 1e3, full * 1e3, full / inc, 100.0 * (1.0 - inc / full));
+    qs_bench_free(b);
+    return 0;
+}
