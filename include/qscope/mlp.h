@@ -33,6 +33,10 @@ struct qs_mlp {
     int nmeta;                   /* __metadata__ carried through (task metric, split, ...) */
     char *meta_key[QS_MLP_MAXMETA];
     char *meta_val[QS_MLP_MAXMETA];
+    /* forward-pass scratch, grown on demand and reused so that repeated batches do not pay for
+     * fresh pages; a model is used by one thread at a time */
+    float *scratch;
+    size_t scratch_len;
 };
 
 /* Loads an MLP from a safetensors file. With qscope metadata ("qscope.arch" = "mlp",

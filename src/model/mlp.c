@@ -40,6 +40,7 @@ void qs_mlp_free(struct qs_mlp *m)
     }
     free(m->layers);
     free(m->path);
+    free(m->scratch);
     free(m);
 }
 
@@ -324,6 +325,8 @@ struct qs_mlp *qs_mlp_clone(const struct qs_mlp *src)
     struct qs_mlp *m = mlp_alloc(src->nlayers);
     if (!m)
         return NULL;
+    m->scratch = NULL;
+    m->scratch_len = 0;
     m->from_sequential = src->from_sequential;
     m->path = qs_strdup(src->path);
     for (int i = 0; i < src->nlayers; i++) {
@@ -418,9 +421,11 @@ void qs_act_apply(enum qs_act a, float *x, size_t len)
     switch (a) {
     case QS_ACT_NONE:
         break;
-    case QS_ACT_RELU:
-        for (size_t i = 0; i < len; i++)
-            x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    case QS_ACT_RELU: /* branch-free, so it vectorizes to maxps (NaN stays NaN) */
+        for (size_t i = 0; i < len; i++) {
+            float v = x[i];
+            x[i] = 0.0f > v ? 0.0f : v;
+        }
         break;
     case QS_ACT_GELU: /* exact (erf) GELU, as torch.nn.GELU() */
         for (size_t i = 0; i < len; i++)
@@ -469,16 +474,19 @@ static void act_backward(enum qs_act a, const float *y, float *g, size_t len)
     }
 }
 
-int qs_mlp_forward(const struct qs_mlp *m, const float *x, int n, float *logits, qs_err *e)
+int qs_mlp_forward(const struct qs_mlp *cm, const float *x, int n, float *logits, qs_err *e)
 {
+    struct qs_mlp *m = (struct qs_mlp *)cm; /* only the scratch buffer is written */
     int width = qs_mlp_max_width(m);
-    float *a = malloc((size_t)n * width * sizeof(float));
-    float *b = malloc((size_t)n * width * sizeof(float));
-    if (!a || !b) {
-        free(a);
-        free(b);
-        return qs_errf(e, "out of memory for a batch of %d", n);
+    size_t need = 2 * (size_t)n * width;
+    if (m->scratch_len < need) {
+        float *s = realloc(m->scratch, need * sizeof(float));
+        if (!s)
+            return qs_errf(e, "out of memory for a batch of %d", n);
+        m->scratch = s;
+        m->scratch_len = need;
     }
+    float *a = m->scratch, *b = m->scratch + (size_t)n * width;
     const float *in = x;
     for (int i = 0; i < m->nlayers; i++) {
         const struct qs_layer *l = &m->layers[i];
@@ -487,8 +495,6 @@ int qs_mlp_forward(const struct qs_mlp *m, const float *x, int n, float *logits,
         qs_act_apply(l->act, y, (size_t)n * l->out);
         in = y;
     }
-    free(a);
-    free(b);
     return 0;
 }
 
