@@ -32,7 +32,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test unit bench install uninstall clean core models data fmt
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -52,8 +52,14 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -MMD -MP -c $< -o $@
 
-qscope: $(BUILD)/src/main.o $(TUI_OBJ) $(BUILD)/libqscope_core.a
+$(BUILD)/qscope: $(BUILD)/src/main.o $(TUI_OBJ) $(BUILD)/libqscope_core.a
 	$(CC) -o $@ $^ $(CORE_LIBS) $(UI_LIBS)
+
+# ./qscope is the default build's binary; other builds (build-asan) keep theirs in $(BUILD).
+qscope: $(BUILD)/qscope
+	cp $(BUILD)/qscope $@
+
+bin: $(BUILD)/qscope
 
 core: $(BUILD)/libqscope_core.a
 
@@ -87,7 +93,7 @@ run: deps
 
 test: deps
 	$(MAKE) qscope unit
-	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" qscope unit
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" bin unit
 	@bash tests/run.sh
 
 bench: deps

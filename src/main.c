@@ -9,6 +9,7 @@
 #include "qscope/front.h"
 #include "qscope/script.h"
 #include "qscope/session.h"
+#include "qscope/tui.h"
 
 #ifndef QS_DATADIR
 #define QS_DATADIR "/usr/local/share/qscope"
@@ -230,11 +231,10 @@ int main(int argc, char **argv)
         }
     } else {
         int tty = isatty(0) && isatty(1);
-        (void)repl;
         qs_err ae = {{0}};
         if (qs_autosave_begin(&c, &ae) < 0) /* the session goes on without a journal */
             fprintf(stderr, "qscope: %s\n", ae.msg);
-        status = qs_repl_run(&c, tty);
+        status = tty && !repl ? qs_tui_run(&c) : qs_repl_run(&c, tty);
         qs_autosave_end(&c);
     }
 out:

@@ -118,6 +118,10 @@ void qs_set_last_table(struct qs_ctx *c, const char *title, const cJSON *rows, c
 /* Appends an entry to the journal (used by the dispatcher and by `recover`). */
 int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results);
 
+/* Quotes a word for a canonical command line when it needs it (spaces, quotes, '#', ';'), so
+ * that journaled paths replay; returns buf. */
+const char *qs_quote(const char *word, char *buf, size_t n);
+
 /* Option parsing helpers for handlers: "key=value" tokens. */
 const char *qs_opt_value(const char *tok, const char *key); /* value if tok is key=..., else NULL */
 int qs_parse_int(const char *s, long lo, long hi, long *out, const char *what, qs_err *e);
@@ -127,6 +131,7 @@ int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
 extern const struct qs_cmd_def qs_cmds_basic[];
 extern const struct qs_cmd_def qs_cmds_analysis[];
 extern const struct qs_cmd_def qs_cmds_session[];
+extern const struct qs_cmd_def qs_cmds_study[];
 
 /* The gate as JSON/text fields, added to every analysis result. */
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);

@@ -1,7 +1,7 @@
 /* format.h - number formats: parsing, element casts, and quantize / pack / unpack kernels.
  *
  * Definitions follow /work/shared REFERENCES.md "Number formats" (OCP OFP8 rev 1.0, OCP MX v1.0,
- * NVFP4, QLoRA NF4). Choices qscope makes on its own are marked "qscope:" below.
+ * NVFP4, QLoRA NF4); where qscope makes a choice of its own, the comment says "qscope:".
  *
  * Layout conventions: a matrix w is (rows, cols) row-major; a "channel" is a row (the output
  * channel of a weight (out, in), or a token of activations X (n, in)); groups and blocks run
@@ -38,11 +38,12 @@ enum qs_nonfinite {
 
 struct qs_format {
     enum qs_fmt_kind kind;
-    int bits;                  /* bits of one element code */
-    int ebits, mbits, bias;    /* minifloat / fixed / MX and NVFP4 element type (mxint8: 0,7,0) */
+    int bits;               /* bits of one element code */
+    int ebits, mbits, bias; /* minifloat / fixed / MX and NVFP4 element type; mxint8:
+                               ebits 0, mbits 6 (fraction bits of k / 64) */
     enum qs_nonfinite nf;
-    int block;                 /* 32 for MX, 16 for NVFP4, 64 (default) for NF4, 0 otherwise */
-    char name[32];             /* canonical name: "int4", "fp8-e4m3", "e3m4b1", "mxfp4", ... */
+    int block;     /* 32 for MX, 16 for NVFP4, 64 (default) for NF4, 0 otherwise */
+    char name[32]; /* canonical name: "int4", "fp8-e4m3", "e3m4b1", "mxfp4", ... */
 };
 
 /* Parses a format name into f: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, fp6-e2m3,
@@ -61,22 +62,36 @@ const char *const *qs_format_names(void);
  * mxint8 elements: 127/64). 0 for none. */
 double qs_format_max(const struct qs_format *f);
 
+/* qscope: choices beyond the specifications, applied by every kernel below.
+ * - Symmetric int scale amax / (2^(B-1)-1); range=full uses amax / ((2^B-1)/2) like PyTorch's
+ *   symmetric observer. Asymmetric ranges always include 0: [min(min,0), max(max,0)].
+ * - A zero block (amax = 0), or a scale that rounds to 0 in F16, gives scale 0 and zeros out.
+ * - clip=pct:P: P-th percentile of |x| in the block, linear interpolation between order
+ *   statistics (numpy's default); asym clips [min, max] to [-c, c]. clip=mse: ratios
+ *   1, 0.995, ..., 0.5 of amax (and of min, max when asym), smallest squared error of the
+ *   block, ties keep the larger ratio; the search rounds to nearest.
+ * - Stochastic rounding: floor(y + u) on the local grid spacing (for minifloats the spacing of
+ *   the binade, for NF4 between neighbouring levels), u with 24 random bits.
+ * - mxint8 elements clamp to +-127 (symmetric), so code 0x80 (-2) is never produced.
+ * - NF4 and compand: y above a decision threshold (F32 midpoint for NF4) moves up; compand
+ *   rounds Q * ln(1 + mu|y|) / ln(1 + mu) to nearest even. */
 struct qs_qopts {
     enum qs_gran gran;
-    int group;           /* group size for QS_GRAN_GROUP; must divide cols */
-    int gran_set;        /* set by qs_qopts_parse_token when gran= is given: formats with fixed
-                            blocks (MX, NVFP4) then reject it; NF4 rejects tensor/channel */
+    int group;    /* group size for QS_GRAN_GROUP; must divide cols */
+    int gran_set; /* set by qs_qopts_parse_token when gran= is given: formats with fixed
+                     blocks (MX, NVFP4) then reject it, NF4 rejects gran=tensor. NF4 uses
+                     group:N blocks, one block per row for channel, else 64 */
     enum qs_clip clip;
-    double pct;          /* clip=pct:P: percentile of |x| in (0, 100] */
-    int asym;            /* int only: zero point */
-    int full_range;      /* int symmetric: codes -2^(B-1)..2^(B-1)-1, scale amax / ((2^B-1)/2)
-                            (PyTorch's symmetric observer) instead of restricted +-(2^(B-1)-1) */
+    double pct;     /* clip=pct:P: percentile of |x| in (0, 100] */
+    int asym;       /* int only: zero point */
+    int full_range; /* int symmetric: codes -2^(B-1)..2^(B-1)-1, scale amax / ((2^B-1)/2)
+                       (PyTorch's symmetric observer) instead of restricted +-(2^(B-1)-1) */
     enum qs_round round;
-    uint64_t seed;       /* stochastic rounding: row r uses qs_rng seeded with seed + r * phi64 */
-    int saturate;        /* 1: clamp to the largest finite; 0: overflow per spec (E4M3 -> NaN,
-                            IEEE-like -> Inf). Only formats with Inf/NaN codes accept 0. */
-    int scale_none;      /* minifloat / fixed: cast raw values, scale 1, no scale storage */
-    int scale_f32;       /* store per-tensor/channel/group scales as F32 instead of F16 */
+    uint64_t seed;  /* stochastic rounding: row r uses qs_rng seeded with seed + r * phi64 */
+    int saturate;   /* 1: clamp to the largest finite; 0: overflow per spec (E4M3 -> NaN,
+                       IEEE-like -> Inf). Only formats with Inf/NaN codes accept 0. */
+    int scale_none; /* minifloat / fixed: cast raw values, scale 1, no scale storage */
+    int scale_f32;  /* store per-tensor/channel/group scales as F32 instead of F16 */
 };
 
 /* Defaults: gran=tensor, clip=max, symmetric restricted range, nearest-even, saturating, F16
@@ -101,13 +116,17 @@ struct qs_packed {
     struct qs_format fmt;
     struct qs_qopts opt;
     int rows, cols;
-    uint8_t *codes;  size_t code_bytes;   /* element codes, an LSB-first bit stream, row-major
-                                             with no padding (two int4 codes per byte) */
-    uint8_t *scales; size_t scale_bytes;  /* one per tensor / channel / group / block, row-major:
-                                             F16 or F32 little-endian, E8M0 for MX, E4M3 for
-                                             NVFP4; none with scale=none */
-    uint8_t *zeros;  size_t zero_bytes;   /* asymmetric int: one zero point byte per scale */
-    float tensor_scale;                   /* NVFP4 per-tensor F32 scale (counted as 4 bytes) */
+    /* element codes: one LSB-first bit stream, row-major, no padding (two int4 codes a byte) */
+    uint8_t *codes;
+    size_t code_bytes;
+    /* one scale per tensor / channel / group / block, row-major: F16 or F32 little-endian,
+     * E8M0 for MX, E4M3 for NVFP4; none with scale=none */
+    uint8_t *scales;
+    size_t scale_bytes;
+    /* asymmetric int: one zero point byte per scale */
+    uint8_t *zeros;
+    size_t zero_bytes;
+    float tensor_scale; /* NVFP4 per-tensor F32 scale (counted as 4 bytes) */
 };
 
 /* Quantizes w: (rows, cols) row-major into p (p's buffers are allocated; free with
@@ -135,10 +154,11 @@ size_t qs_packed_bytes(const struct qs_packed *p);
 double qs_packed_bits_per_weight(const struct qs_packed *p);
 
 /* Fake quantization: out = unpack(pack(w)) bit for bit, computed without the packed buffers.
- * w, out: (rows, cols); out == w allowed. For activations X (n, in) use gran=tensor (per tensor)
- * or gran=channel (per token). Uses up to 8 threads on large inputs; results do not depend on
- * the thread count. Errors as qs_quant_pack; on error out is unchanged when out == w, otherwise
- * its content is unspecified. */
+ * w, out: (rows, cols), the same buffer or not overlapping; out == w works in place (with
+ * per-block scales through a temporary copy, so that an error never leaves w half-quantized).
+ * For activations X (n, in) use gran=tensor (per tensor) or gran=channel (per token). Uses up to
+ * 8 threads on large inputs; results do not depend on the thread count. Errors as qs_quant_pack;
+ * on error out is unspecified unless out == w (then unchanged). */
 int qs_quant_fake(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                   int cols, float *out, qs_err *e);
 

@@ -36,8 +36,8 @@
 enum qs_flat_kind { QS_FLAT_NUM, QS_FLAT_STR, QS_FLAT_BOOL, QS_FLAT_NULL };
 
 struct qs_flat {
-    char *name;             /* "quant.acc", "layers[2].snr_db" */
-    char *value;            /* number text as stored ("%.9g"), the string itself, true/false/null */
+    char *name;  /* "quant.acc", "layers[2].snr_db" */
+    char *value; /* number text as stored ("%.9g"), the string itself, true/false/null */
     enum qs_flat_kind kind;
 };
 

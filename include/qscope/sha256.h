@@ -10,8 +10,8 @@
 
 struct qs_sha256 {
     uint32_t h[8];
-    uint64_t len;     /* bytes hashed so far */
-    uint8_t buf[64];  /* partial block */
+    uint64_t len;    /* bytes hashed so far */
+    uint8_t buf[64]; /* partial block */
     size_t nbuf;
 };
 

@@ -93,7 +93,7 @@ void qs_ctx_free(struct qs_ctx *c)
 }
 
 static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
-                                                       qs_cmds_session};
+                                                       qs_cmds_session, qs_cmds_study};
 
 const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
 {
@@ -354,6 +354,26 @@ int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
     }
     free(buf);
     return rc;
+}
+
+const char *qs_quote(const char *w, char *buf, size_t n)
+{
+    if (w[0] && !strpbrk(w, " \t\n\"'#;\\")) {
+        snprintf(buf, n, "%s", w);
+        return buf;
+    }
+    size_t k = 0;
+    if (n < 3)
+        return "''";
+    buf[k++] = '"';
+    for (const char *p = w; *p && k + 3 < n; p++) {
+        if (*p == '"' || *p == '\\')
+            buf[k++] = '\\';
+        buf[k++] = *p;
+    }
+    buf[k++] = '"';
+    buf[k] = 0;
+    return buf;
 }
 
 const char *qs_opt_value(const char *tok, const char *key)

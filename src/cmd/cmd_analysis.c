@@ -363,8 +363,11 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " prec=%s", prec);
     if (lambda >= 0)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " lambda=%.9g", lambda);
-    if (teacher_path)
-        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " teacher=%s", teacher_path);
+    if (teacher_path) {
+        char q[400];
+        snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " teacher=%s",
+                 qs_quote(teacher_path, q, sizeof q));
+    }
     snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m), opts);
     struct qs_sb t = {0};
     int rc = 0, done = 0;

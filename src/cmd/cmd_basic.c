@@ -64,7 +64,9 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return -1;
     if (qs_bench_set_model(c->b, m, argv[0], e) < 0)
         return -1;
-    snprintf(c->canon, sizeof c->canon, "load model %s%s%s", argv[0], act_given ? " act=" : "",
+    char q[600];
+    snprintf(c->canon, sizeof c->canon, "load model %s%s%s", qs_quote(argv[0], q, sizeof q),
+             act_given ? " act=" : "",
              act_given ? qs_act_name(act) : "");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "load model");
@@ -93,8 +95,9 @@ static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return -1;
     if (qs_bench_set_data(c->b, d, argv[0], e) < 0)
         return -1;
-    snprintf(c->canon, sizeof c->canon, "load data %s%s%s", argv[0], label ? " label=" : "",
-             label ? label : "");
+    char q[600], ql[300];
+    snprintf(c->canon, sizeof c->canon, "load data %s%s%s", qs_quote(argv[0], q, sizeof q),
+             label ? " label=" : "", label ? qs_quote(label, ql, sizeof ql) : "");
     const struct qs_split *s = &c->b->split;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "load data");
@@ -133,6 +136,8 @@ static void fmt_desc(const struct qs_format *f, const struct qs_qopts *o, char *
     const char *g = o->gran == QS_GRAN_TENSOR ? "tensor" : o->gran == QS_GRAN_CHANNEL ? "channel" : "group";
     if (o->gran == QS_GRAN_GROUP)
         snprintf(buf, n, "%s/g%d", f->name, o->group);
+    else if (f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR)
+        snprintf(buf, n, "%s/g64", f->name); /* NF4's default absmax block */
     else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
         snprintf(buf, n, "%s", f->name);
     else
@@ -416,8 +421,9 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_mlp_set_meta(b->model, "qscope.test_loss", buf);
     if (out && qs_mlp_save(b->model, out, e) < 0)
         return -1;
+    char q[600];
     snprintf(c->canon, sizeof c->canon, "train %s%s%s", canon_opts, out ? " out=" : "",
-             out ? out : "");
+             out ? qs_quote(out, q, sizeof q) : "");
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "cmd", "train");
     qs_json_num(r, "test_acc", ev.f.acc);
@@ -844,7 +850,9 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     free(names);
     if (rc < 0)
         return -1;
-    snprintf(c->canon, sizeof c->canon, "export model %s%s", argv[0], packed ? " packed" : "");
+    char q[600];
+    snprintf(c->canon, sizeof c->canon, "export model %s%s", qs_quote(argv[0], q, sizeof q),
+             packed ? " packed" : "");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "export model");
     cJSON_AddStringToObject(o, "path", argv[0]);

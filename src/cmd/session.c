@@ -61,7 +61,10 @@ static void number_text(double v, char *buf, size_t n)
         snprintf(buf, n, "%.17g", v);
 }
 
-static int is_plain(const cJSON *it) { return !cJSON_IsObject(it) && !cJSON_IsArray(it); }
+static int is_plain(const cJSON *it)
+{
+    return !cJSON_IsObject(it) && !cJSON_IsArray(it);
+}
 
 static int flat_rec(const cJSON *it, char *name, size_t len, size_t cap, int top,
                     struct qs_flat_list *out)
@@ -241,7 +244,7 @@ int qs_flat_compare(const char *recorded, const struct qs_flat *got, double tol,
 
 struct lines {
     char *buf;
-    char **v;     /* NUL-terminated lines without their newline */
+    char **v; /* NUL-terminated lines without their newline */
     int n;
     int complete; /* the last line ended with a newline (or the file is empty) */
 };
@@ -344,7 +347,10 @@ static int is_comment_or_blank(const char *s)
     return *s == 0 || *s == '#';
 }
 
-static int starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
+static int starts_with(const char *s, const char *p)
+{
+    return !strncmp(s, p, strlen(p));
+}
 
 static int write_all(int fd, const char *s, size_t n)
 {
@@ -436,7 +442,8 @@ int qs_session_hash_path(const char *path, char hex[65], qs_err *e)
     return rc;
 }
 
-/* ---- session write ---------------------------------------------------------------------------- */
+/* ---- session write ----------------------------------------------------------------------------
+ */
 
 struct infile {
     char kind[8]; /* "model" or "data" */
@@ -510,9 +517,8 @@ int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e)
     struct qs_sb sb = {0};
     char date[64];
     iso_date(date, sizeof date);
-    qs_sb_printf(&sb, "%s\n# version %s\n# date %s\n# seed %llu\n# threads %d\n",
-                 QS_SESSION_MAGIC, QS_VERSION, date, (unsigned long long)c->b->seed,
-                 openblas_get_num_threads());
+    qs_sb_printf(&sb, "%s\n# version %s\n# date %s\n# seed %llu\n# threads %d\n", QS_SESSION_MAGIC,
+                 QS_VERSION, date, (unsigned long long)c->b->seed, openblas_get_num_threads());
     for (int i = 0; i < nin; i++) {
         char hex[65];
         qs_err he = {{0}};
@@ -572,9 +578,11 @@ struct capture {
 static void cap_emit(void *u, const cJSON *obj, const char *text)
 {
     struct capture *cap = u;
-    if (!cap->results)
-        cap->results = cJSON_CreateArray();
-    cJSON_AddItemToArray(cap->results, cJSON_Duplicate(obj, 1));
+    if (obj) { /* text-only output (qs_emit_text) is not a result */
+        if (!cap->results)
+            cap->results = cJSON_CreateArray();
+        cJSON_AddItemToArray(cap->results, cJSON_Duplicate(obj, 1));
+    }
     if (cap->emit)
         cap->emit(cap->u, obj, text);
 }
@@ -610,8 +618,7 @@ static void capture_end(struct qs_ctx *c, struct capture *cap)
 
 /* Parses "# model PATH sha256=HEX" (kind "model" or "data"). 1 parsed, 0 not such a line,
  * -1 malformed. */
-static int header_file(const char *line, char *kind, size_t nk, char *path, size_t np,
-                       char *hex)
+static int header_file(const char *line, char *kind, size_t nk, char *path, size_t np, char *hex)
 {
     const char *rest;
     if (starts_with(line, "# model "))
@@ -663,12 +670,12 @@ static void cmd_label(const cJSON *results, const char *line, char *buf, size_t 
 
 /* Checks the header: magic, end line, pinned files. Returns the number of problems reported and
  * sets *body_end to the index of the end line. */
-static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l,
-                         int *body_end)
+static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l, int *body_end)
 {
     if (l->n == 0 || strcmp(l->v[0], QS_SESSION_MAGIC)) {
-        qs_note(c, "%s:1: not a qscope session (the first line must be '%s'; run plain "
-                   "scripts with -b)",
+        qs_note(c,
+                "%s:1: not a qscope session (the first line must be '%s'; run plain "
+                "scripts with -b)",
                 path, QS_SESSION_MAGIC);
         return 1;
     }
@@ -679,15 +686,17 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
             break;
         }
     if (end < 0 || (end == l->n - 1 && !l->complete)) {
-        qs_note(c, "%s:%d: truncated session: the file stops after %d commands without its "
-                   "'%s' line (cut short while saving or copying?); nothing was run",
+        qs_note(c,
+                "%s:%d: truncated session: the file stops after %d commands without its "
+                "'%s' line (cut short while saving or copying?); nothing was run",
                 path, l->n, count_commands(l, l->n), QS_SESSION_END);
         return 1;
     }
     int problems = 0, want = -1, have = count_commands(l, end);
     if (sscanf(l->v[end], QS_SESSION_END " (%d commands)", &want) == 1 && want != have) {
-        qs_note(c, "%s:%d: the end line records %d commands but the file holds %d (lines lost "
-                   "or added?); nothing was run",
+        qs_note(c,
+                "%s:%d: the end line records %d commands but the file holds %d (lines lost "
+                "or added?); nothing was run",
                 path, end + 1, want, have);
         problems++;
     }
@@ -711,8 +720,9 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
                 qs_note(c, "%s:%d: %s %s cannot be read: %s", path, i + 1, kind, fpath, he.msg);
                 problems++;
             } else if (strcmp(now, hex)) {
-                qs_note(c, "%s:%d: %s %s has changed (sha256 recorded %.12s..., now %.12s...); "
-                           "refusing to replay",
+                qs_note(c,
+                        "%s:%d: %s %s has changed (sha256 recorded %.12s..., now %.12s...); "
+                        "refusing to replay",
                         path, i + 1, kind, fpath, hex, now);
                 problems++;
             }
@@ -724,8 +734,9 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
             qs_note(c, "%s:%d: recorded by qscope %s, replaying with %s", path, i + 1, ver,
                     QS_VERSION);
         if (sscanf(l->v[i], "# threads %ld", &v) == 1 && v != openblas_get_num_threads())
-            qs_note(c, "%s:%d: recorded with %ld BLAS threads, replaying with %d (sums may differ "
-                       "in the last digits; see --tol)",
+            qs_note(c,
+                    "%s:%d: recorded with %ld BLAS threads, replaying with %d (sums may differ "
+                    "in the last digits; see --tol)",
                     path, i + 1, v, openblas_get_num_threads());
     }
     *body_end = end;
@@ -772,8 +783,8 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
             const struct qs_flat *g = qs_flat_find(&got, name);
             int eq = g ? qs_flat_compare(val, g, tol, &pe) : 0;
             if (!g) {
-                qs_note(c, "%s:%d: %s: %s recorded %s, not produced by the re-run", path, ln,
-                        label, name, val);
+                qs_note(c, "%s:%d: %s: %s recorded %s, not produced by the re-run", path, ln, label,
+                        name, val);
             } else if (eq < 0) {
                 qs_note(c, "%s:%d: %s: %s: %s", path, ln, label, name, pe.msg);
             } else if (!eq) {
@@ -817,8 +828,7 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
         qs_note(c, "replay: %d commands%s, %d values checked, %d differ", ncmd, tail, nchecked,
                 ndiffer);
     else
-        qs_note(c, "replay: %d commands%s (recorded results not checked; add --check)", ncmd,
-                tail);
+        qs_note(c, "replay: %d commands%s (recorded results not checked; add --check)", ncmd, tail);
     return nfail || ndiffer ? 1 : 0;
 }
 
@@ -828,6 +838,7 @@ struct autosave {
     int fd;
     char path[PATH_MAX];
     int failed;
+    int secondary; /* journal-PID.qs beside a running qscope: removed at a clean exit */
 };
 
 static void autosave_fail(struct qs_ctx *c, struct autosave *a)
@@ -881,6 +892,95 @@ static int keep_aside(const char *dir, const char *text, size_t len, qs_err *e)
     return 0;
 }
 
+/* Reads the journal open on fd. Returns the number of complete command lines when the journal
+ * was not closed cleanly (0 when it was, or holds no command); *text receives its contents
+ * (malloc'd, the caller frees) when the result is > 0. */
+static int unclean_commands(int fd, char **text, size_t *len)
+{
+    char *old;
+    *text = NULL;
+    if (lseek(fd, 0, SEEK_SET) < 0 || read_all_fd(fd, &old, len) < 0)
+        return 0;
+    char *copy = malloc(*len + 1);
+    struct lines l;
+    qs_err le = {{0}};
+    int n = 0, closed = 0;
+    if (copy) {
+        memcpy(copy, old, *len + 1);
+        if (lines_from_text(copy, *len, &l, &le) == 0) {
+            for (int i = l.n - 1; i >= 0; i--)
+                if (l.v[i][0]) {
+                    closed = !strcmp(l.v[i], QS_JOURNAL_CLOSED);
+                    break;
+                }
+            for (int i = 0; i < l.n; i++)
+                n += !is_comment_or_blank(l.v[i]) && (i < l.n - 1 || l.complete);
+        }
+        lines_free(&l); /* owns copy, also after a failure */
+    }
+    if (closed || n == 0) {
+        free(old);
+        return 0;
+    }
+    *text = old;
+    return n;
+}
+
+/* The journal of a second qscope that ran beside another (journal-PID.qs) is removed at its
+ * clean exit; one left by a crash is offered like journal.qs. A journal still locked belongs
+ * to a running qscope and is left alone. Returns 1 when one was kept aside, -1 on error. */
+static int claim_stale_secondary(struct qs_ctx *c, const char *dir, qs_err *e)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(d))) {
+        size_t nl = strlen(de->d_name);
+        if (strncmp(de->d_name, "journal-", 8) || nl < 12 || strcmp(de->d_name + nl - 3, ".qs"))
+            continue;
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            close(fd);
+            continue;
+        }
+        char *text;
+        size_t len;
+        int n = unclean_commands(fd, &text, &len);
+        if (n > 0) {
+            if (keep_aside(dir, text, len, e) < 0) {
+                rc = -1;
+            } else {
+                qs_note(c,
+                        "a journal from an earlier session was not closed cleanly (%d "
+                        "command%s): type 'recover' to restore it",
+                        n, n == 1 ? "" : "s");
+                rc = 1;
+            }
+            free(text);
+        }
+        if (rc >= 0)
+            unlink(path);
+        close(fd);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int autosave_fail_begin(struct autosave *a, qs_err *e, const char *why)
+{
+    qs_errf(e, "autosave: %s: %s", a->path, why);
+    if (a->fd >= 0)
+        close(a->fd);
+    free(a);
+    return -1;
+}
+
 int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
 {
     char dir[PATH_MAX - 64];
@@ -893,70 +993,39 @@ int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
         return qs_errf(e, "out of memory");
     snprintf(a->path, sizeof a->path, "%s/journal.qs", dir);
     a->fd = open(a->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (a->fd < 0) {
-        qs_errf(e, "autosave: %s: %s", a->path, strerror(errno));
-        free(a);
-        return -1;
-    }
+    if (a->fd < 0)
+        return autosave_fail_begin(a, e, strerror(errno));
     if (flock(a->fd, LOCK_EX | LOCK_NB) < 0) {
         /* another qscope is autosaving there: do not touch its journal */
         close(a->fd);
         snprintf(a->path, sizeof a->path, "%s/journal-%ld.qs", dir, (long)getpid());
+        a->secondary = 1;
         a->fd = open(a->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (a->fd < 0 || flock(a->fd, LOCK_EX | LOCK_NB) < 0) {
-            qs_errf(e, "autosave: %s: %s", a->path, strerror(errno));
-            if (a->fd >= 0)
-                close(a->fd);
-            free(a);
-            return -1;
-        }
+        if (a->fd < 0 || flock(a->fd, LOCK_EX | LOCK_NB) < 0)
+            return autosave_fail_begin(a, e, strerror(errno));
         qs_note(c, "another qscope is running: this session's journal is %s", a->path);
     } else {
-        char *old;
+        char *text;
         size_t len;
-        if (read_all_fd(a->fd, &old, &len) == 0) {
-            struct lines l;
-            qs_err le = {{0}};
-            char *copy = malloc(len + 1);
-            if (copy) {
-                memcpy(copy, old, len + 1);
-                if (lines_from_text(copy, len, &l, &le) == 0) {
-                    int closed = 0, n = 0;
-                    for (int i = l.n - 1; i >= 0; i--)
-                        if (l.v[i][0]) {
-                            closed = !strcmp(l.v[i], QS_JOURNAL_CLOSED);
-                            break;
-                        }
-                    for (int i = 0; i < l.n; i++)
-                        n += !is_comment_or_blank(l.v[i]) && (i < l.n - 1 || l.complete);
-                    if (!closed && n > 0) {
-                        qs_err ke = {{0}};
-                        if (keep_aside(dir, old, len, &ke) < 0) {
-                            /* keep the old journal untouched rather than lose it */
-                            qs_errf(e, "autosave: cannot keep the unclean journal: %s", ke.msg);
-                            lines_free(&l);
-                            free(old);
-                            close(a->fd);
-                            free(a);
-                            return -1;
-                        }
-                        qs_note(c, "a journal from an earlier session was not closed cleanly "
-                                   "(%d commands): type 'recover' to restore it",
-                                n);
-                    }
-                    lines_free(&l);
-                } else {
-                    free(copy);
-                }
-            }
-            free(old);
-        }
-        if (ftruncate(a->fd, 0) < 0 || lseek(a->fd, 0, SEEK_SET) < 0) {
-            qs_errf(e, "autosave: %s: %s", a->path, strerror(errno));
+        int n = unclean_commands(a->fd, &text, &len);
+        if (n > 0) {
+            qs_err ke = {{0}};
+            int rc = keep_aside(dir, text, len, &ke);
+            free(text);
+            if (rc < 0) /* keep the old journal untouched rather than lose it */
+                return autosave_fail_begin(a, e, ke.msg);
+            qs_note(c,
+                    "a journal from an earlier session was not closed cleanly (%d command%s): "
+                    "type 'recover' to restore it",
+                    n, n == 1 ? "" : "s");
+        } else if (claim_stale_secondary(c, dir, e) < 0) {
+            qs_err_prefix(e, "autosave");
             close(a->fd);
             free(a);
             return -1;
         }
+        if (ftruncate(a->fd, 0) < 0 || lseek(a->fd, 0, SEEK_SET) < 0)
+            return autosave_fail_begin(a, e, strerror(errno));
     }
     char date[64];
     iso_date(date, sizeof date);
@@ -966,11 +1035,8 @@ int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
     for (int k = 0; k < c->njournal; k++)
         entry_text(&c->journal[k], &sb);
     if (!sb.s || write_all(a->fd, sb.s, sb.len) < 0 || fsync(a->fd) < 0) {
-        qs_errf(e, "autosave: %s: %s", a->path, strerror(errno));
         qs_sb_free(&sb);
-        close(a->fd);
-        free(a);
-        return -1;
+        return autosave_fail_begin(a, e, strerror(errno));
     }
     qs_sb_free(&sb);
     c->journal_u = a;
@@ -985,7 +1051,10 @@ void qs_autosave_end(struct qs_ctx *c)
     struct autosave *a = c->journal_u;
     if (a && a->fd >= 0) {
         static const char closed[] = QS_JOURNAL_CLOSED "\n";
-        if (!a->failed && (write_all(a->fd, closed, sizeof closed - 1) < 0 || fsync(a->fd) < 0))
+        if (a->secondary && !a->failed)
+            unlink(a->path); /* nothing to recover; do not let them pile up */
+        else if (!a->failed &&
+                 (write_all(a->fd, closed, sizeof closed - 1) < 0 || fsync(a->fd) < 0))
             autosave_fail(c, a);
         close(a->fd);
     }
@@ -1030,8 +1099,7 @@ static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                        QS_SOURCE_MAX_DEPTH);
     if (qs_run_script(c, path, e) < 0) {
         if (strstr(e->msg, NEST_MSG))
-            qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0],
-                    QS_SOURCE_MAX_DEPTH);
+            qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0], QS_SOURCE_MAX_DEPTH);
         return -1;
     }
     return 0;
@@ -1064,8 +1132,9 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (is_comment_or_blank(s))
             continue;
         if (i == l.n - 1 && !l.complete) {
-            qs_note(c, "%s:%d: half-written line skipped (the earlier session stopped while "
-                       "writing it): %.60s",
+            qs_note(c,
+                    "%s:%d: half-written line skipped (the earlier session stopped while "
+                    "writing it): %.60s",
                     path, i + 1, s);
             continue;
         }
@@ -1094,12 +1163,12 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "commands", n);
     cJSON_AddNumberToObject(o, "failed", nfail);
     char txt[PATH_MAX + 128];
-    snprintf(txt, sizeof txt, "restored %d commands from %s%s", n, path,
+    snprintf(txt, sizeof txt, "restored %d command%s from %s%s", n, n == 1 ? "" : "s", path,
              nfail ? " (some failed: see above)" : "");
     qs_emit(c, o, txt);
     if (nfail)
-        return qs_errf(e, "recover: %d of %d commands could not be restored (listed above)",
-                       nfail, n + nfail);
+        return qs_errf(e, "recover: %d of %d commands could not be restored (listed above)", nfail,
+                       n + nfail);
     return 0;
 }
 
@@ -1112,7 +1181,6 @@ const struct qs_cmd_def qs_cmds_session[] = {
      "run the commands of a script (relative paths resolve from the running script's folder)",
      NULL},
     {"recover", "", 0, cmd_recover,
-     "restore the state of an earlier session that did not exit cleanly (from its journal)",
-     NULL},
+     "restore the state of an earlier session that did not exit cleanly (from its journal)", NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

@@ -12,13 +12,34 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+static void *big_alloc(size_t bytes);
 
 static float *dup_floats(const float *a, size_t n)
 {
-    float *c = malloc((n ? n : 1) * sizeof *c);
+    float *c = big_alloc(n * sizeof *c);
     if (c && n)
         memcpy(c, a, n * sizeof *c);
     return c;
+}
+
+/* Scratch of `bytes` for the large bases (free() it). Fresh pages cost a fault each on first
+ * touch - about 50 ms per 16 MB in 4 KB pages on the test VM, 10-15 % of a 4096^2 top-64 - so
+ * blocks of 4 MB and more are 2 MB-aligned and offered to transparent huge pages, which cuts
+ * that to ~2 ms. The advice is best effort: without THP it is plain memory. */
+static void *big_alloc(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < 2 * huge)
+        return malloc(bytes ? bytes : 1);
+    size_t rounded = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, rounded);
+#ifdef MADV_HUGEPAGE
+    if (p)
+        (void)madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+    return p;
 }
 
 static int check_shape(int m, int n, const char *what, qs_err *e)
@@ -86,7 +107,7 @@ struct orth_ws {
 
 static int orth_ws_init(struct orth_ws *ws, int rows, int cols, int basis_max)
 {
-    ws->tmp = malloc((size_t)rows * cols * sizeof(float));
+    ws->tmp = big_alloc((size_t)rows * cols * sizeof(float));
     ws->coef = malloc((size_t)(basis_max > 0 ? basis_max : 1) * cols * sizeof(float));
     ws->tau = malloc((size_t)cols * sizeof(float));
     ws->g = malloc((size_t)cols * cols * sizeof(float));
@@ -151,9 +172,10 @@ static int cholqr_step(float *w, int rows, int cols, float *g, float floor)
 
 /* Makes the column-major block w: (rows, cols) orthonormal and orthogonal to basis:
  * (rows, nb) (orthonormal columns; nb = 0 for none), keeping its span as far as it is new.
- * Against the basis: block classical Gram-Schmidt, repeated once ("twice is enough") when
- * `passes` >= 2 and some column lost more than 1 - 1/sqrt 2 of its norm (the Daniel-Gragg-
- * Kaufman-Stewart criterion). Within the block: CholeskyQR2 (two ssyrk + spotrf + strsm steps,
+ * Against the basis: block classical Gram-Schmidt, optionally preceded by a pass against only
+ * its last `local` columns (where a Lanczos block's large known component lies), and repeated
+ * once ("twice is enough") when `passes` >= 2 and some column lost more than 1 - 1/sqrt 2 of its
+ * norm in the full pass (the Daniel-Gragg-Kaufman-Stewart criterion). Within the block: CholeskyQR2 (two ssyrk + spotrf + strsm steps,
  * all BLAS 3, several times faster than sgeqrf on tall blocks). A block that is too
  * ill-conditioned for that, or holds a column that is only rounding noise (R diagonal below 1e-5
  * of the block's original scale: a direction the basis already holds, e.g. past the rank of A),
@@ -161,17 +183,19 @@ static int cholqr_step(float *w, int rows, int cols, float *g, float floor)
  * rank-deficient block, but the columns it invents for the missing directions need not be
  * orthogonal to the basis; so each such column is replaced by a fresh Gaussian vector and the
  * block is orthogonalised again. */
-static int orth_block(float *w, int rows, int cols, const float *basis, int nb, int passes,
-                      struct orth_ws *ws, qs_rng *rng)
+static int orth_block(float *w, int rows, int cols, const float *basis, int nb, int local,
+                      int passes, struct orth_ws *ws, qs_rng *rng)
 {
     float scale = 0;
-    for (int j = 0; j < cols; j++) {
-        ws->nrm[j] = col_norm(w + (size_t)j * rows, rows);
-        scale = fmaxf(scale, ws->nrm[j]);
-    }
+    for (int j = 0; j < cols; j++)
+        scale = fmaxf(scale, col_norm(w + (size_t)j * rows, rows));
     if (!(scale > 0) || !isfinite(scale))
         scale = 1;
+    if (local > 0 && local < nb) /* the large, known part first: cheap, and it keeps DGKS honest */
+        cgs_pass(w, rows, cols, basis + (size_t)(nb - local) * rows, local, ws->coef);
     if (nb > 0) {
+        for (int j = 0; j < cols; j++)
+            ws->nrm[j] = col_norm(w + (size_t)j * rows, rows);
         cgs_pass(w, rows, cols, basis, nb, ws->coef);
         int again = 0;
         for (int j = 0; j < cols && passes >= 2 && !again; j++)
@@ -212,29 +236,46 @@ static int orth_block(float *w, int rows, int cols, const float *basis, int nb, 
 }
 
 /* Singular values, descending, of the column-major (rows, cols) matrix z (rows >= cols), written
- * to out (cols). Through the Gram matrix z^T z formed in double (dsyrk) and its eigenvalues
- * (dsyevd): for the tall bases here this is several times cheaper than sgesdd, which starts with a
- * BLAS-2-bound QR of z, and in double the squaring costs nothing that z's own float rounding
- * (about 1e-7 * sv[0] absolute) has not already cost. */
-static int ritz_values(const float *z, int rows, int cols, double *out)
+ * to out (cols), through the eigenvalues of the Gram matrix z^T z: for the tall bases here several
+ * times cheaper than sgesdd, which starts with a BLAS-2-bound QR of z. The Gram is first formed
+ * in float (ssyrk + ssyevd): its rounding, at most about rows * eps * sv[0]^2 and typically
+ * sqrt(rows) * eps * sv[0]^2, is harmless while sv[k-1]^2 >= 0.1 sv[0]^2 (then <= 1e-3 relative
+ * even in the worst case). Steeper spectra redo it in double (dsyrk + dsyevd), where the squaring
+ * costs nothing beyond z's own float rounding (about 1e-7 sv[0] absolute). */
+static int ritz_values(const float *z, int rows, int cols, int k, double *out)
 {
-    double *zd = malloc((size_t)rows * cols * sizeof *zd);
-    double *g = malloc((size_t)cols * cols * sizeof *g);
+    float *g = malloc((size_t)cols * cols * sizeof *g), *w = malloc((size_t)cols * sizeof *w);
     int rc = -1;
-    if (zd && g) {
+    if (g && w) {
+        cblas_ssyrk(CblasColMajor, CblasUpper, CblasTrans, cols, rows, 1.0f, z, rows, 0.0f, g,
+                    cols);
+        if (LAPACKE_ssyevd(LAPACK_COL_MAJOR, 'N', 'U', cols, g, cols, w) == 0) {
+            for (int i = 0; i < cols; i++)
+                out[i] = sqrt(fmax(w[cols - 1 - i], 0.0f));
+            rc = 0;
+        }
+    }
+    free(g);
+    free(w);
+    if (rc == 0 && out[k - 1] * out[k - 1] >= 0.1 * out[0] * out[0])
+        return 0;
+    double *zd = big_alloc((size_t)rows * cols * sizeof *zd);
+    double *gd = malloc((size_t)cols * cols * sizeof *gd);
+    rc = -1;
+    if (zd && gd) {
         for (size_t i = 0; i < (size_t)rows * cols; i++)
             zd[i] = z[i];
-        cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, cols, rows, 1.0, zd, rows, 0.0, g,
+        cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, cols, rows, 1.0, zd, rows, 0.0, gd,
                     cols);
         /* eigenvalues ascending into zd[0..cols) */
-        if (LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'N', 'U', cols, g, cols, zd) == 0) {
+        if (LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'N', 'U', cols, gd, cols, zd) == 0) {
             for (int i = 0; i < cols; i++)
                 out[i] = sqrt(fmax(zd[cols - 1 - i], 0.0));
             rc = 0;
         }
     }
     free(zd);
-    free(g);
+    free(gd);
     return rc;
 }
 
@@ -278,8 +319,8 @@ int qs_svd_topk(const float *a, int m, int n, int k, int oversample, int power, 
     int big = m > n ? m : n;
 
     /* Column-major throughout: y (m, l), z (n, l); a row-major (m, n) is col-major A^T (n, m). */
-    float *y = malloc((size_t)m * l * sizeof *y);
-    float *z = malloc((size_t)n * l * sizeof *z);
+    float *y = big_alloc((size_t)m * l * sizeof *y);
+    float *z = big_alloc((size_t)n * l * sizeof *z);
     struct orth_ws ws;
     int ws_ok = orth_ws_init(&ws, big, l, 0);
     double *vals = malloc((size_t)l * sizeof *vals);
@@ -295,21 +336,21 @@ int qs_svd_topk(const float *a, int m, int n, int k, int oversample, int power, 
     /* HMT Alg. 4.4 (randomized subspace iteration): Y = A Omega, then (A A^T)^q, QR after each
      * product so that the basis never collapses onto the top direction in float. */
     cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, l, n, 1.0f, a, n, z, n, 0.0f, y, m);
-    if (orth_block(y, m, l, NULL, 0, 0, &ws, &rng))
+    if (orth_block(y, m, l, NULL, 0, 0, 0, &ws, &rng))
         goto lapack_fail;
     for (int it = 0; it < power; it++) {
         cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, l, m, 1.0f, a, n, y, m, 0.0f,
                     z, n); /* Z = A^T Q */
-        if (orth_block(z, n, l, NULL, 0, 0, &ws, &rng))
+        if (orth_block(z, n, l, NULL, 0, 0, 0, &ws, &rng))
             goto lapack_fail;
         cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, l, n, 1.0f, a, n, z, n, 0.0f, y,
                     m); /* Y = A Z */
-        if (orth_block(y, m, l, NULL, 0, 0, &ws, &rng))
+        if (orth_block(y, m, l, NULL, 0, 0, 0, &ws, &rng))
             goto lapack_fail;
     }
     /* HMT Alg. 5.1: B = Q^T A; its transpose A^T Q (n, l) has the same singular values. */
     cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, l, m, 1.0f, a, n, y, m, 0.0f, z, n);
-    if (ritz_values(z, n, l, vals))
+    if (ritz_values(z, n, l, k, vals))
         goto lapack_fail;
     memcpy(sv, vals, (size_t)k * sizeof *sv);
     rc = 0;
@@ -330,24 +371,24 @@ int qs_svd_topk_krylov(const float *a, int m, int n, int k, int block, int depth
     if (check_topk(m, n, k, e))
         return -1;
     int mn = m < n ? m : n;
-    int b = block > 0 ? block : 64;
-    int s = depth;
-    if (s <= 0) {
-        s = (8 * 64 + b - 1) / b;
-        int need = (2 * k + b - 1) / b + 2;
-        if (s < need)
-            s = need;
-    }
+    /* Defaults: blocks of k rounded up to a multiple of 16 (sgemm-friendly), 16..64 wide, and a
+     * basis of about 8k columns, at least 4 blocks deep. */
+    int b = block > 0 ? block : (k + 15) / 16 * 16;
+    if (block <= 0)
+        b = b < 16 ? 16 : b > 64 ? 64 : b;
+    int s = depth > 0 ? depth : (8 * k + b - 1) / b;
+    if (depth <= 0 && s < 4)
+        s = 4;
     if ((long)b * (s + 1) >= mn)
         return exact_topk(a, m, n, k, sv, e);
     int d = b * s;
     int big = m > n ? m : n;
 
-    /* Column-major bases: u (m, d) = [U_1 .. U_s], v (n, d) = [V_1 .. V_s], zt (n, d) holds
-     * A^T U_j, whose singular values are those of U^T A. */
-    float *u = malloc((size_t)m * d * sizeof *u);
-    float *v = malloc((size_t)n * d * sizeof *v);
-    float *zt = malloc((size_t)n * d * sizeof *zt);
+    /* Column-major: u (m, d) = [U_1 .. U_s]; zt (n, d) = [A^T U_1 .. A^T U_s], whose singular
+     * values are those of U^T A; v (n, 2b) holds V_j and V_{j+1}. */
+    float *u = big_alloc((size_t)m * d * sizeof *u);
+    float *v = big_alloc((size_t)n * 2 * b * sizeof *v);
+    float *zt = big_alloc((size_t)n * d * sizeof *zt);
     struct orth_ws ws;
     int ws_ok = orth_ws_init(&ws, big, b, d);
     double *vals = malloc((size_t)d * sizeof *vals);
@@ -359,29 +400,33 @@ int qs_svd_topk_krylov(const float *a, int m, int n, int k, int block, int depth
     qs_rng rng;
     qs_rng_seed(&rng, seed);
     fill_gaussian(&rng, v, (size_t)n * b, 1.0f);
-    if (orth_block(v, n, b, NULL, 0, 0, &ws, &rng))
+    if (orth_block(v, n, b, NULL, 0, 0, 0, &ws, &rng))
         goto lapack_fail;
     for (int j = 0; j < s; j++) {
-        float *uj = u + (size_t)m * b * j, *vj = v + (size_t)n * b * j;
+        float *uj = u + (size_t)m * b * j, *vj = v + (size_t)n * b * (j % 2);
         float *zj = zt + (size_t)n * b * j;
-        /* U_j = orth(A V_j) against U_1..U_{j-1}; full reorthogonalisation (two passes) keeps U
-         * orthonormal to working precision, which the Rayleigh-Ritz bound needs. */
+        /* U_j = orth(A V_j) against U_1..U_{j-1}: first against U_{j-1} (block Lanczos: A V_j
+         * lies in span(U_{j-1}, U_j)), then a full reorthogonalisation pass (a second one when
+         * DGKS asks) keeps U orthonormal to working precision, which the Rayleigh-Ritz bound
+         * needs. */
         cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, b, n, 1.0f, a, n, vj, n, 0.0f, uj,
                     m);
-        if (orth_block(uj, m, b, u, b * j, 2, &ws, &rng))
+        if (orth_block(uj, m, b, u, b * j, b, 2, &ws, &rng))
             goto lapack_fail;
         cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, m, 1.0f, a, n, uj, m, 0.0f,
                     zj, n);
         if (j + 1 < s) {
-            /* V_{j+1} = orth(A^T U_j) against V_1..V_j. V only steers the Krylov space (the
-             * values come from U), so one Gram-Schmidt pass suffices here. */
-            float *vn = vj + (size_t)n * b;
+            /* V_{j+1} = orth(A^T U_j) against V_j only. Since U is orthonormal and
+             * A V_i lies in span(U_1..U_i), A^T U_j is already orthogonal to V_1..V_{j-1} (block
+             * Lanczos); and V only steers the Krylov space - the values come from U - so one
+             * local Gram-Schmidt pass is enough here. */
+            float *vn = v + (size_t)n * b * ((j + 1) % 2);
             memcpy(vn, zj, (size_t)n * b * sizeof *vn);
-            if (orth_block(vn, n, b, v, b * (j + 1), 1, &ws, &rng))
+            if (orth_block(vn, n, b, vj, b, 0, 1, &ws, &rng))
                 goto lapack_fail;
         }
     }
-    if (ritz_values(zt, n, d, vals))
+    if (ritz_values(zt, n, d, k, vals))
         goto lapack_fail;
     memcpy(sv, vals, (size_t)k * sizeof *sv);
     rc = 0;

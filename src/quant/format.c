@@ -14,10 +14,22 @@
 
 /* QLoRA NF4 levels (Dettmers et al. 2023, as listed in REFERENCES.md), ascending = code order. */
 const float qs_nf4_levels[QS_NF4_LEVELS] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+    -1.0f,
+    -0.6961928009986877f,
+    -0.5250730514526367f,
+    -0.39491748809814453f,
+    -0.28444138169288635f,
+    -0.18477343022823334f,
+    -0.09105003625154495f,
+    0.0f,
+    0.07958029955625534f,
+    0.16093020141124725f,
+    0.24611230194568634f,
+    0.33791524171829224f,
+    0.44070982933044434f,
+    0.5626170039176941f,
+    0.7229568362236023f,
+    1.0f,
 };
 
 /* Midpoints of consecutive levels, (l[i] + l[i+1]) / 2 rounded to F32. */
@@ -42,24 +54,58 @@ const float qs_nf4_mids[QS_NF4_LEVELS - 1] = {
 /* ---- the named formats (a designated-initializer table, like ggml's type traits) ---------- */
 
 enum qs_preset_id {
-    P_NONE, P_INT2, P_INT3, P_INT4, P_INT5, P_INT6, P_INT7, P_INT8,
-    P_FP8_E4M3, P_FP8_E5M2, P_FP8_E3M4, P_FP6_E2M3, P_FP6_E3M2, P_FP4_E2M1, P_E0M7,
-    P_MXFP8, P_MXFP8_E5M2, P_MXFP6, P_MXFP6_E3M2, P_MXFP4, P_MXINT8, P_NVFP4, P_NF4,
-    P_COMPAND4, P_COMPAND8, P_COUNT
+    P_NONE,
+    P_INT2,
+    P_INT3,
+    P_INT4,
+    P_INT5,
+    P_INT6,
+    P_INT7,
+    P_INT8,
+    P_FP8_E4M3,
+    P_FP8_E5M2,
+    P_FP8_E3M4,
+    P_FP6_E2M3,
+    P_FP6_E3M2,
+    P_FP4_E2M1,
+    P_E0M7,
+    P_MXFP8,
+    P_MXFP8_E5M2,
+    P_MXFP6,
+    P_MXFP6_E3M2,
+    P_MXFP4,
+    P_MXINT8,
+    P_NVFP4,
+    P_NF4,
+    P_COMPAND4,
+    P_COMPAND8,
+    P_COUNT
 };
 
-#define INTF(b) {.kind = QS_FMT_INT, .bits = b, .name = "int" #b}
-#define MINI(n, e, m, bi, f) \
-    {.kind = QS_FMT_MINIFLOAT, .bits = 1 + e + m, .ebits = e, .mbits = m, .bias = bi, .nf = f, \
-     .name = n}
-#define MXF(n, b, e, m, bi, f) \
-    {.kind = QS_FMT_MX, .bits = b, .ebits = e, .mbits = m, .bias = bi, .nf = f, .block = 32, \
-     .name = n}
+#define INTF(b)                                                                                    \
+    {                                                                                              \
+        .kind = QS_FMT_INT, .bits = b, .name = "int" #b                                            \
+    }
+#define MINI(n, e, m, bi, f)                                                                       \
+    {                                                                                              \
+        .kind = QS_FMT_MINIFLOAT, .bits = 1 + e + m, .ebits = e, .mbits = m, .bias = bi, .nf = f,  \
+        .name = n                                                                                  \
+    }
+#define MXF(n, b, e, m, bi, f)                                                                     \
+    {                                                                                              \
+        .kind = QS_FMT_MX, .bits = b, .ebits = e, .mbits = m, .bias = bi, .nf = f, .block = 32,    \
+        .name = n                                                                                  \
+    }
 
 static const struct qs_format presets[P_COUNT] = {
     [P_NONE] = {.kind = QS_FMT_NONE, .name = "none"},
-    [P_INT2] = INTF(2), [P_INT3] = INTF(3), [P_INT4] = INTF(4), [P_INT5] = INTF(5),
-    [P_INT6] = INTF(6), [P_INT7] = INTF(7), [P_INT8] = INTF(8),
+    [P_INT2] = INTF(2),
+    [P_INT3] = INTF(3),
+    [P_INT4] = INTF(4),
+    [P_INT5] = INTF(5),
+    [P_INT6] = INTF(6),
+    [P_INT7] = INTF(7),
+    [P_INT8] = INTF(8),
     [P_FP8_E4M3] = MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
     [P_FP8_E5M2] = MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
     [P_FP8_E3M4] = MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
@@ -73,20 +119,30 @@ static const struct qs_format presets[P_COUNT] = {
     [P_MXFP6_E3M2] = MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
     [P_MXFP4] = MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
     [P_MXINT8] = MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
-    [P_NVFP4] = {.kind = QS_FMT_NVFP4, .bits = 4, .ebits = 2, .mbits = 1, .bias = 1,
-                 .nf = QS_NF_NONE, .block = 16, .name = "nvfp4"},
+    [P_NVFP4] = {.kind = QS_FMT_NVFP4,
+                 .bits = 4,
+                 .ebits = 2,
+                 .mbits = 1,
+                 .bias = 1,
+                 .nf = QS_NF_NONE,
+                 .block = 16,
+                 .name = "nvfp4"},
     [P_NF4] = {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
     [P_COMPAND4] = {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
     [P_COMPAND8] = {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
 };
 
 static const char *const names[P_COUNT + 1] = {
-    "none", "int2", "int3", "int4", "int5", "int6", "int7", "int8", "fp8-e4m3", "fp8-e5m2",
-    "fp8-e3m4", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8", "mxfp8-e5m2", "mxfp6",
-    "mxfp6-e3m2", "mxfp4", "mxint8", "nvfp4", "nf4", "compand:4", "compand:8", NULL,
+    "none",  "int2",     "int3",       "int4",      "int5",       "int6",     "int7",
+    "int8",  "fp8-e4m3", "fp8-e5m2",   "fp8-e3m4",  "fp6-e2m3",   "fp6-e3m2", "fp4-e2m1",
+    "e0m7",  "mxfp8",    "mxfp8-e5m2", "mxfp6",     "mxfp6-e3m2", "mxfp4",    "mxint8",
+    "nvfp4", "nf4",      "compand:4",  "compand:8", NULL,
 };
 
-const char *const *qs_format_names(void) { return names; }
+const char *const *qs_format_names(void)
+{
+    return names;
+}
 
 /* Parses a decimal integer that is all of [s, s+len); -1 on anything else. */
 static long parse_uint(const char *s, size_t len)
@@ -118,14 +174,20 @@ static int check_minifloat(const char *s, struct qs_format *f, qs_err *e)
 {
     int top = (1 << f->ebits) - 1 - f->bias; /* exponent of the largest finite (all codes finite) */
     if (1 - f->bias < -126)
-        return qs_errf(e, "format '%s': bias %d puts normal values below the F32 range "
-                          "(bias must be <= 127)", s, f->bias);
+        return qs_errf(e,
+                       "format '%s': bias %d puts normal values below the F32 range "
+                       "(bias must be <= 127)",
+                       s, f->bias);
     if (top > 127) {
         if (f->ebits >= 8)
-            return qs_errf(e, "format '%s': an 8-bit exponent spans more than the F32 range; "
-                              "use at most 7 exponent bits", s);
-        return qs_errf(e, "format '%s': largest value 2^%d exceeds the F32 range (bias must be "
-                          ">= %d)", s, top, (1 << f->ebits) - 1 - 127);
+            return qs_errf(e,
+                           "format '%s': an 8-bit exponent spans more than the F32 range; "
+                           "use at most 7 exponent bits",
+                           s);
+        return qs_errf(e,
+                       "format '%s': largest value 2^%d exceeds the F32 range (bias must be "
+                       ">= %d)",
+                       s, top, (1 << f->ebits) - 1 - 127);
     }
     return 0;
 }
@@ -162,8 +224,8 @@ static int parse_generic(const char *s, struct qs_format *f, int *rc, qs_err *e)
         return 1;
     }
     if (x > 8 || y > 10 || x + y + 1 > 16) {
-        *rc = qs_errf(e, "unknown format '%s': eXmY needs X in 1..8, Y in 0..10 and X+Y+1 <= 16",
-                      s);
+        *rc =
+            qs_errf(e, "unknown format '%s': eXmY needs X in 1..8, Y in 0..10 and X+Y+1 <= 16", s);
         return 1;
     }
     long defbias = (1L << (x - 1)) - 1;
@@ -480,12 +542,6 @@ static int has_nonfinite(const struct qs_format *f)
     return (f->kind == QS_FMT_MINIFLOAT || f->kind == QS_FMT_MX) && f->nf != QS_NF_NONE;
 }
 
-/* Block length of NF4 under o. */
-static int nf4_block(const struct qs_format *f, const struct qs_qopts *o)
-{
-    return o->gran == QS_GRAN_GROUP ? o->group : (f->block > 0 ? f->block : 64);
-}
-
 void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
 {
     if (!buf || n == 0)
@@ -494,8 +550,8 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
     if (f->kind == QS_FMT_NONE)
         return;
     char gran[32], clip[40], tail[64] = "";
-    if (f->kind == QS_FMT_NF4)
-        snprintf(gran, sizeof gran, "gran=group:%d ", nf4_block(f, o));
+    if (f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR) /* NF4 is block-wise */
+        snprintf(gran, sizeof gran, "gran=group:%d ", f->block > 0 ? f->block : 64);
     else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
         gran[0] = 0; /* fixed blocks */
     else if (o->gran == QS_GRAN_GROUP)
@@ -515,7 +571,9 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
     switch (f->kind) {
     case QS_FMT_INT:
         snprintf(tail, sizeof tail, " %s %s",
-                 o->asym ? "asym" : o->full_range ? "range=full sym" : "range=restricted sym",
+                 o->asym         ? "asym"
+                 : o->full_range ? "range=full sym"
+                                 : "range=restricted sym",
                  scale);
         break;
     case QS_FMT_MINIFLOAT:
@@ -525,11 +583,12 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
                      has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
             return;
         }
-        snprintf(tail, sizeof tail, "%s %s", has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "",
-                 scale);
+        snprintf(tail, sizeof tail, "%s %s",
+                 has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "", scale);
         break;
     case QS_FMT_MX:
-        snprintf(tail, sizeof tail, "%s", has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
+        snprintf(tail, sizeof tail, "%s",
+                 has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
         break;
     case QS_FMT_NVFP4:
         break;
@@ -572,8 +631,10 @@ int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e)
             t.gran = QS_GRAN_GROUP;
             t.group = (int)g;
         } else
-            return qs_errf(e, "option '%s': expected gran=tensor, gran=channel or gran=group:N "
-                              "(N >= 1)", tok);
+            return qs_errf(e,
+                           "option '%s': expected gran=tensor, gran=channel or gran=group:N "
+                           "(N >= 1)",
+                           tok);
         t.gran_set = 1;
     } else if (eq && KEY("clip")) {
         if (!strcmp(v, "max"))
@@ -628,8 +689,10 @@ int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e)
             return qs_errf(e, "option '%s': expected seed=N (a non-negative integer)", tok);
         t.seed = (uint64_t)s;
     } else {
-        return qs_errf(e, "unknown quantization option '%s' (gran=, clip=, round=, range=, "
-                          "asym, sym, sat=, scale=, seed=)", tok);
+        return qs_errf(e,
+                       "unknown quantization option '%s' (gran=, clip=, round=, range=, "
+                       "asym, sym, sat=, scale=, seed=)",
+                       tok);
     }
 #undef KEY
     *o = t;
@@ -653,8 +716,10 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
         return qs_errf(e, "%s: range=full applies to symmetric int (asym already uses all codes)",
                        nm);
     if (!o->saturate && !has_nonfinite(f))
-        return qs_errf(e, "%s: sat=0 needs a format with Inf/NaN codes (fp8-e4m3, fp8-e5m2, "
-                          "fp8-e3m4, mxfp8); this one always saturates", nm);
+        return qs_errf(e,
+                       "%s: sat=0 needs a format with Inf/NaN codes (fp8-e4m3, fp8-e5m2, "
+                       "fp8-e3m4, mxfp8); this one always saturates",
+                       nm);
     if (o->scale_none && f->kind != QS_FMT_MINIFLOAT && f->kind != QS_FMT_FIXED)
         return qs_errf(e, "%s: scale=none applies to minifloat and fixed-point formats only", nm);
     if (o->scale_none && o->clip != QS_CLIP_MAX)
@@ -665,7 +730,8 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
     if (o->gran_set && (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4))
         return qs_errf(e, "%s: fixed %d-element blocks along rows; gran= does not apply", nm,
                        f->block);
-    if (o->gran_set && f->kind == QS_FMT_NF4 && o->gran != QS_GRAN_GROUP)
-        return qs_errf(e, "%s: block-wise absmax; use gran=group:N (default 64)", nm);
+    if (o->gran_set && f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR)
+        return qs_errf(e, "%s: block-wise absmax; use gran=group:N (default 64) or gran=channel",
+                       nm);
     return 0;
 }

@@ -9,21 +9,21 @@
 
 /* How one element code maps to a value at scale 1. */
 enum qs_elem_kind {
-    QS_ELEM_INT,     /* two's complement integer k (mxint8: k * 2^-6) */
-    QS_ELEM_FLOAT,   /* sign-magnitude minifloat; ebits == 0 is fixed point k * 2^-mbits */
-    QS_ELEM_NF4,     /* level index */
-    QS_ELEM_COMPAND  /* sign-magnitude mu-law code */
+    QS_ELEM_INT,    /* two's complement integer k (mxint8: k * 2^-6) */
+    QS_ELEM_FLOAT,  /* sign-magnitude minifloat; ebits == 0 is fixed point k * 2^-mbits */
+    QS_ELEM_NF4,    /* level index */
+    QS_ELEM_COMPAND /* sign-magnitude mu-law code */
 };
 
 struct qs_elem {
     enum qs_elem_kind kind;
     int bits, ebits, mbits, bias;
     enum qs_nonfinite nf;
-    int emin;        /* FLOAT: exponent of the smallest normal, 1 - bias */
-    int emax;        /* FLOAT: exponent of the largest finite value (MX emax_elem); INT: 0 */
-    int frac;        /* INT: value = k * 2^-frac (6 for mxint8, 0 otherwise) */
-    int qmax;        /* INT, COMPAND: largest code magnitude 2^(B-1)-1 */
-    double maxval;   /* largest finite value */
+    int emin;      /* FLOAT: exponent of the smallest normal, 1 - bias */
+    int emax;      /* FLOAT: exponent of the largest finite value (MX emax_elem); INT: 0 */
+    int frac;      /* INT: value = k * 2^-frac (6 for mxint8, 0 otherwise) */
+    int qmax;      /* INT, COMPAND: largest code magnitude 2^(B-1)-1 */
+    double maxval; /* largest finite value */
 };
 
 #define QS_NF4_LEVELS 16

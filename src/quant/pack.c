@@ -22,8 +22,8 @@
 #include "format_impl.h"
 #include "qscope/half.h"
 
-#define STEP 16         /* vector step of the inner loops */
-#define CHUNK 256       /* elements per kernel call (stack buffers) */
+#define STEP 16   /* vector step of the inner loops */
+#define CHUNK 256 /* elements per kernel call (stack buffers) */
 #define MAX_THREADS 8
 #define INF_BITS 0x7f800000
 #define QNAN_BITS 0x7fc00000
@@ -183,12 +183,12 @@ static inline float mf_ovf(float r, int32_t maxb, int32_t ovf)
 }
 
 #define MF_ARGS clampb, minnorm, shift, half_m1, keep, flip, kf
-#define MF_PARAMS(K)                                                                           \
-    const int32_t clampb = (K)->clampb, minnorm = (K)->minnorm, half_m1 = (K)->half_m1;        \
-    const int32_t keep = (K)->keep, flip = (K)->flip, maxb = (K)->maxb, ovf = (K)->ovf;        \
-    const int shift = (K)->shift;                                                              \
-    const float kf = (K)->kf;                                                                  \
-    (void)maxb;                                                                                \
+#define MF_PARAMS(K)                                                                               \
+    const int32_t clampb = (K)->clampb, minnorm = (K)->minnorm, half_m1 = (K)->half_m1;            \
+    const int32_t keep = (K)->keep, flip = (K)->flip, maxb = (K)->maxb, ovf = (K)->ovf;            \
+    const int shift = (K)->shift;                                                                  \
+    const float kf = (K)->kf;                                                                      \
+    (void)maxb;                                                                                    \
     (void)ovf
 
 SIMD_CLONES
@@ -216,10 +216,9 @@ static void k_float(const struct kern *K, const float *x, float *out, int n, flo
 }
 
 /* MX with minifloat elements, nblk full 32-element blocks of one row: shared exponent from the
- * block absmax, then the element cast, fused. Returns the first block holding a NaN/Inf, or -1.
- * ex[b] receives each block's shared exponent. */
+ * block absmax, then the element cast, fused. Returns the first block holding a NaN/Inf, or -1. */
 SIMD_CLONES
-static int k_mx_float(const struct kern *K, const float *x, float *out, int nblk, int *ex_out)
+static int k_mx_float(const struct kern *K, const float *x, float *out, int nblk)
 {
     MF_PARAMS(K);
     const int emax = K->el.emax;
@@ -236,8 +235,6 @@ static int k_mx_float(const struct kern *K, const float *x, float *out, int nblk
         int ex = m ? floor_log2f(u2f(m)) - emax : -127;
         ex = ex < -127 ? -127 : ex > 127 ? 127 : ex;
         const float inv = pow2f(-ex), s = pow2f(ex);
-        if (ex_out)
-            ex_out[b] = ex;
         if (K->sat) {
             IVDEP
             for (int t = 0; t < 32; t++)
@@ -251,14 +248,28 @@ static int k_mx_float(const struct kern *K, const float *x, float *out, int nblk
     return -1;
 }
 
+/* NF4: a select chain over the 15 decision thresholds (vectorizes without a gather). */
+SIMD_CLONES
 static void k_nf4(const struct kern *K, const float *x, float *out, int n, float inv, float s)
 {
-    for (int j = 0; j < n; j++) {
-        float y = x[j] * inv;
-        int c = 0;
+    float mid[QS_NF4_LEVELS - 1], lv[QS_NF4_LEVELS];
+    memcpy(mid, qs_nf4_mids, sizeof mid);
+    memcpy(lv, K->lut, sizeof lv);
+    int j = 0;
+    for (; j + STEP <= n; j += STEP) {
+        IVDEP
+        for (int t = 0; t < STEP; t++) {
+            float y = x[j + t] * inv, r = lv[0];
+            for (int i = 0; i < QS_NF4_LEVELS - 1; i++)
+                r = y > mid[i] ? lv[i + 1] : r;
+            out[j + t] = r * s;
+        }
+    }
+    for (; j < n; j++) {
+        float y = x[j] * inv, r = lv[0];
         for (int i = 0; i < QS_NF4_LEVELS - 1; i++)
-            c += y > qs_nf4_mids[i];
-        out[j] = K->lut[c] * s;
+            r = y > mid[i] ? lv[i + 1] : r;
+        out[j] = r * s;
     }
 }
 
@@ -274,7 +285,10 @@ static void k_compand(const struct kern *K, const float *x, float *out, int n, f
 }
 
 /* uniform in [0, 1) with 24 random bits, so that y + u is exact in double */
-static inline double unif24(qs_rng *g) { return (double)(qs_rng_u64(g) >> 40) * 0x1p-24; }
+static inline double unif24(qs_rng *g)
+{
+    return (double)(qs_rng_u64(g) >> 40) * 0x1p-24;
+}
 
 /* Stochastic rounding: round up with probability equal to the distance from the grid value
  * below, in units of the local grid spacing (floor(y + u) for integers). */
@@ -403,13 +417,48 @@ static uint32_t encode(const struct kern *K, float r, int z)
     return (c | (sign << (el->bits - 1))) & mask;
 }
 
+/* codes[j] = encode(r[j]) for a run; the minifloat and int cases as vectorizable selects. */
+SIMD_CLONES
+static void encode_run(const struct kern *K, const float *r, int n, int z, uint32_t *codes)
+{
+    const struct qs_elem *el = &K->el;
+    const uint32_t mask = (1u << el->bits) - 1u;
+    if (el->kind == QS_ELEM_INT) {
+        const float mul = K->mul;
+        for (int j = 0; j < n; j++)
+            codes[j] = (uint32_t)((int)(r[j] * mul) + z) & mask;
+        return;
+    }
+    if (el->kind != QS_ELEM_FLOAT) {
+        for (int j = 0; j < n; j++)
+            codes[j] = encode(K, r[j], z);
+        return;
+    }
+    const uint32_t m = (uint32_t)el->mbits, sb = (uint32_t)el->bits - 1u;
+    const uint32_t mmask = K->mmask, shift = (uint32_t)K->shift;
+    const uint32_t ebias = (uint32_t)el->bias - 127u;
+    const uint32_t c_inf = K->topfield << m, c_nan = (K->topfield << m) | mmask;
+    const int32_t maxb = K->maxb, minnorm = K->minnorm;
+    const float kf = K->kf;
+    const uint32_t kbits = f2u(kf);
+    for (int j = 0; j < n; j++) {
+        uint32_t b = f2u(r[j]), a = b & 0x7fffffffu;
+        uint32_t csub = f2u(u2f(a) + kf) - kbits;
+        uint32_t cnorm = (((a >> 23) + ebias) << m) | ((a >> shift) & mmask);
+        uint32_t covf = a == INF_BITS ? c_inf : c_nan;
+        uint32_t c = (int32_t)a < minnorm ? csub : cnorm;
+        c = (int32_t)a > maxb ? covf : c;
+        codes[j] = (c | ((b >> 31) << sb)) & mask;
+    }
+}
+
 /* ---- scales ------------------------------------------------------------------------------ */
 
 struct blk {
-    float s, inv;     /* scale and 1/s (0 for a zero scale) */
-    float lo, hi;     /* INT: clamp bounds of round(y) (zero point folded in) */
-    int z;            /* INT asym: zero point */
-    uint32_t scode;   /* stored scale: F16 / F32 bits, E8M0, E4M3 code */
+    float s, inv;   /* scale and 1/s (0 for a zero scale) */
+    float lo, hi;   /* INT: clamp bounds of round(y) (zero point folded in) */
+    int z;          /* INT asym: zero point */
+    uint32_t scode; /* stored scale: F16 / F32 bits, E8M0, E4M3 code */
 };
 
 enum scale_store { SC_NONE, SC_F16, SC_F32, SC_E8M0, SC_E4M3 };
@@ -418,15 +467,16 @@ struct job {
     const struct qs_format *f;
     const struct qs_qopts *o;
     struct kern K;
-    struct kern k_e4m3;         /* NVFP4 block scales */
+    struct kern k_e4m3; /* NVFP4 block scales */
     const float *w;
-    float *out;                 /* fake */
-    struct qs_packed *p;        /* pack */
+    float *out;          /* fake */
+    struct qs_packed *p; /* pack, unpack */
+    const float *lut;    /* unpack: value of each code (NULL for int) */
     int rows, cols;
-    int seg, nseg;              /* block length along a row, blocks per row */
-    int shared;                 /* one block parameter set for the whole tensor */
+    int seg, nseg; /* block length along a row, blocks per row */
+    int shared;    /* one block parameter set for the whole tensor */
     struct blk tb;
-    float g;                    /* NVFP4 tensor scale */
+    float g; /* NVFP4 tensor scale */
     enum scale_store store;
     int stoch;
     /* per-thread state */
@@ -435,13 +485,13 @@ struct job {
     struct {
         uint32_t ab;
         float mn, mx;
-    } part[MAX_THREADS];        /* tensor statistics */
+    } part[MAX_THREADS]; /* tensor statistics */
 };
 
 static int store_bytes(enum scale_store s)
 {
-    static const int by[] = {[SC_NONE] = 0, [SC_F16] = 2, [SC_F32] = 4, [SC_E8M0] = 1,
-                             [SC_E4M3] = 1};
+    static const int by[] = {
+        [SC_NONE] = 0, [SC_F16] = 2, [SC_F32] = 4, [SC_E8M0] = 1, [SC_E4M3] = 1};
     return by[s];
 }
 
@@ -594,8 +644,8 @@ static int nonfinite_at(const float *x, size_t n, size_t base, int cols, qs_err 
     for (size_t j = 0; j < n; j++)
         if (!isfinite(x[j])) {
             size_t i = base + j;
-            return qs_errf(e, "non-finite value %g at [%zu, %zu]", (double)x[j],
-                           i / (size_t)cols, i % (size_t)cols);
+            return qs_errf(e, "non-finite value %g at [%zu, %zu]", (double)x[j], i / (size_t)cols,
+                           i % (size_t)cols);
         }
     return qs_errf(e, "non-finite value");
 }
@@ -667,8 +717,8 @@ static double block_sse(const struct job *J, const struct blk *b, const float *x
 }
 
 /* Parameters of the block x[0..n) starting at flat index base, honouring the clip option. */
-static int block_params(const struct job *J, const float *x, size_t n, size_t base,
-                        struct blk *b, qs_err *e)
+static int block_params(const struct job *J, const float *x, size_t n, size_t base, struct blk *b,
+                        qs_err *e)
 {
     int row = (int)(base / (size_t)J->cols), col = (int)(base % (size_t)J->cols);
     uint32_t ab = absmax_bits(x, n);
@@ -690,8 +740,8 @@ static int block_params(const struct job *J, const float *x, size_t n, size_t ba
         struct blk cand;
         for (int k = 0; k <= 100; k++) {
             double ratio = 1.0 - 0.005 * k;
-            if (make_blk(J, (float)(amax * ratio), (float)(mn * ratio), (float)(mx * ratio),
-                         &cand, row, col, e) < 0)
+            if (make_blk(J, (float)(amax * ratio), (float)(mn * ratio), (float)(mx * ratio), &cand,
+                         row, col, e) < 0)
                 return -1;
             double sse = block_sse(J, &cand, x, n);
             if (sse < best) {
@@ -721,13 +771,21 @@ static void *thr_main(void *arg)
     return NULL;
 }
 
+static int g_ncpu = 1;
+static pthread_once_t g_ncpu_once = PTHREAD_ONCE_INIT;
+
+static void init_ncpu(void)
+{
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    g_ncpu = c < 1 ? 1 : c > MAX_THREADS ? MAX_THREADS : (int)c;
+}
+
+/* Threads for work elements over rows: one below 128 Ki elements (thread start-up would cost
+ * more than it saves), otherwise one per online CPU (at most 8, at most one per row). */
 static int n_threads(size_t work, int rows)
 {
-    static int ncpu = 0;
-    if (ncpu == 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        ncpu = c < 1 ? 1 : c > MAX_THREADS ? MAX_THREADS : (int)c;
-    }
+    pthread_once(&g_ncpu_once, init_ncpu);
+    int ncpu = g_ncpu;
     if (work < ((size_t)1 << 17))
         return 1;
     return rows < ncpu ? (rows < 1 ? 1 : rows) : ncpu;
@@ -792,13 +850,20 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
         J->seg = f->block;
         J->store = f->kind == QS_FMT_MX ? SC_E8M0 : SC_E4M3;
         if (f->kind == QS_FMT_NVFP4) {
-            struct qs_format e4m3 = {.kind = QS_FMT_MINIFLOAT, .bits = 8, .ebits = 4, .mbits = 3,
-                                     .bias = 7, .nf = QS_NF_E4M3};
+            struct qs_format e4m3 = {.kind = QS_FMT_MINIFLOAT,
+                                     .bits = 8,
+                                     .ebits = 4,
+                                     .mbits = 3,
+                                     .bias = 7,
+                                     .nf = QS_NF_E4M3};
             kern_init(&J->k_e4m3, &e4m3, 1);
         }
         break;
     case QS_FMT_NF4:
-        J->seg = o->gran == QS_GRAN_GROUP ? o->group : (f->block > 0 ? f->block : 64);
+        /* group:N blocks, one block per row for gran=channel, else the QLoRA default 64 */
+        J->seg = o->gran == QS_GRAN_GROUP     ? o->group
+                 : o->gran == QS_GRAN_CHANNEL ? cols
+                                              : (f->block > 0 ? f->block : 64);
         J->store = o->scale_f32 ? SC_F32 : SC_F16;
         if (o->gran == QS_GRAN_GROUP && cols % o->group != 0)
             return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
@@ -813,8 +878,8 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
             J->seg = cols;
         } else {
             if (cols % o->group != 0)
-                return qs_errf(e, "%s: group size %d does not divide the row length %d",
-                               f->name, o->group, cols);
+                return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
+                               o->group, cols);
             J->seg = o->group;
         }
         break;
@@ -894,8 +959,8 @@ static void seed_row(qs_rng *g, const struct qs_qopts *o, int row)
 /* Whether the fused MX path applies: minifloat elements, max clipping, nearest rounding. */
 static int mx_fast(const struct job *J)
 {
-    return J->f->kind == QS_FMT_MX && J->K.el.kind == QS_ELEM_FLOAT &&
-           J->o->clip == QS_CLIP_MAX && !J->stoch;
+    return J->f->kind == QS_FMT_MX && J->K.el.kind == QS_ELEM_FLOAT && J->o->clip == QS_CLIP_MAX &&
+           !J->stoch;
 }
 
 static void fake_rows(struct job *J, int r0, int r1, int tid)
@@ -909,11 +974,11 @@ static void fake_rows(struct job *J, int r0, int r1, int tid)
         if (mx_fast(J)) {
             size_t base = (size_t)row * cols;
             int nfull = (int)(cols / 32);
-            int bad = k_mx_float(&J->K, J->w + base, J->out + base, nfull, NULL);
+            int bad = k_mx_float(&J->K, J->w + base, J->out + base, nfull);
             if (bad >= 0) {
                 J->failed[tid] = 1;
-                nonfinite_at(J->w + base + 32 * (size_t)bad, 32, base + 32 * (size_t)bad,
-                             J->cols, &J->err[tid]);
+                nonfinite_at(J->w + base + 32 * (size_t)bad, 32, base + 32 * (size_t)bad, J->cols,
+                             &J->err[tid]);
                 return;
             }
             sg0 = nfull; /* a partial last block goes the generic way */
@@ -942,17 +1007,27 @@ static void fake_rows(struct job *J, int r0, int r1, int tid)
 static int run_fake(struct job *J, float *out, float amax_given, qs_err *e)
 {
     size_t n = (size_t)J->rows * J->cols;
-    /* in place: never leave w half-quantized on error */
-    if (out == J->w && !J->shared && absmax_bits(J->w, n) >= INF_BITS)
-        return nonfinite_at(J->w, n, 0, J->cols, e);
     if (job_tensor(J, amax_given, e) < 0)
         return -1;
-    J->out = out;
+    /* In place with per-block scales, an error may surface after earlier blocks were written:
+     * work on a copy so that w is never left half-quantized. */
+    float *tmp = NULL;
+    if (out == J->w && !J->shared) {
+        tmp = malloc(n * sizeof *tmp);
+        if (!tmp)
+            return qs_errf(e, "out of memory");
+    }
+    J->out = tmp ? tmp : out;
     int bad = par_rows(J, fake_rows, J->rows, 1, n_threads(n, J->rows));
     if (bad >= 0) {
         if (e)
             *e = J->err[bad];
+        free(tmp);
         return -1;
+    }
+    if (tmp) {
+        memcpy(out, tmp, n * sizeof *tmp);
+        free(tmp);
     }
     return 0;
 }
@@ -960,6 +1035,8 @@ static int run_fake(struct job *J, float *out, float amax_given, qs_err *e)
 int qs_quant_fake(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                   int cols, float *out, qs_err *e)
 {
+    if (!w || !out)
+        return qs_errf(e, "fake quantization: no data");
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
@@ -984,6 +1061,8 @@ int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, cons
     if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NF4)
         return qs_errf(e, "%s: scales are computed per block; a calibrated absmax does not apply",
                        f->name);
+    if (!x || !out)
+        return qs_errf(e, "fake quantization: no data");
     struct qs_qopts t = *o;
     if (f->kind != QS_FMT_NVFP4)
         t.gran = QS_GRAN_TENSOR;
@@ -1001,23 +1080,56 @@ int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, cons
 
 /* ---- pack / unpack ---------------------------------------------------------------------- */
 
-static void put_code(uint8_t *buf, size_t bitpos, uint32_t code, int bits)
+/* Writes n codes starting at bit position bitpos of buf (zeroed beforehand; LSB first). */
+static void put_codes(uint8_t *buf, size_t bitpos, const uint32_t *codes, int n, int bits)
 {
-    size_t byte = bitpos >> 3;
-    uint32_t v = code << (bitpos & 7);
-    int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
-    for (int i = 0; i < nb; i++)
-        buf[byte + i] |= (uint8_t)(v >> (8 * i));
+    int j = 0;
+    if (bits == 8 && (bitpos & 7) == 0) {
+        for (uint8_t *d = buf + (bitpos >> 3); j < n; j++)
+            d[j] = (uint8_t)codes[j];
+        return;
+    }
+    if (bits == 4 && (bitpos & 7) == 0) {
+        uint8_t *d = buf + (bitpos >> 3);
+        for (; j + 2 <= n; j += 2)
+            d[j >> 1] = (uint8_t)(codes[j] | (codes[j + 1] << 4));
+        bitpos += (size_t)j * 4;
+    }
+    for (; j < n; j++, bitpos += (size_t)bits) {
+        size_t byte = bitpos >> 3;
+        uint32_t v = codes[j] << (bitpos & 7);
+        int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
+        for (int i = 0; i < nb; i++)
+            buf[byte + i] |= (uint8_t)(v >> (8 * i));
+    }
 }
 
-static uint32_t get_code(const uint8_t *buf, size_t bitpos, int bits)
+/* Reads n codes starting at bit position bitpos. */
+static void get_codes(const uint8_t *buf, size_t bitpos, uint32_t *codes, int n, int bits)
 {
-    size_t byte = bitpos >> 3;
-    int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
-    uint32_t v = 0;
-    for (int i = 0; i < nb; i++)
-        v |= (uint32_t)buf[byte + i] << (8 * i);
-    return (v >> (bitpos & 7)) & ((1u << bits) - 1u);
+    int j = 0;
+    if (bits == 8 && (bitpos & 7) == 0) {
+        for (const uint8_t *s = buf + (bitpos >> 3); j < n; j++)
+            codes[j] = s[j];
+        return;
+    }
+    if (bits == 4 && (bitpos & 7) == 0) {
+        const uint8_t *s = buf + (bitpos >> 3);
+        for (; j + 2 <= n; j += 2) {
+            codes[j] = s[j >> 1] & 15u;
+            codes[j + 1] = (uint32_t)s[j >> 1] >> 4;
+        }
+        bitpos += (size_t)j * 4;
+    }
+    uint32_t mask = (1u << bits) - 1u;
+    for (; j < n; j++, bitpos += (size_t)bits) {
+        size_t byte = bitpos >> 3;
+        int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
+        uint32_t v = 0;
+        for (int i = 0; i < nb; i++)
+            v |= (uint32_t)buf[byte + i] << (8 * i);
+        codes[j] = (v >> (bitpos & 7)) & mask;
+    }
 }
 
 static void put_scale(uint8_t *buf, size_t idx, enum scale_store st, uint32_t code)
@@ -1036,12 +1148,21 @@ static uint32_t get_scale(const uint8_t *buf, size_t idx, enum scale_store st)
     return v;
 }
 
+/* Number of stored scales. */
+static size_t n_scales(const struct job *J)
+{
+    if (J->store == SC_NONE)
+        return 0;
+    return J->shared ? 1 : (size_t)J->rows * J->nseg;
+}
+
 static void pack_rows(struct job *J, int r0, int r1, int tid)
 {
     const size_t cols = (size_t)J->cols;
     const int bits = J->f->bits;
     struct qs_packed *p = J->p;
     float r[CHUNK];
+    uint32_t codes[CHUNK];
     qs_rng g;
     for (int row = r0; row < r1; row++) {
         if (J->stoch)
@@ -1067,26 +1188,19 @@ static void pack_rows(struct job *J, int r0, int r1, int tid)
             for (size_t k = 0; k < n; k += CHUNK) {
                 int m = (int)(n - k < CHUNK ? n - k : CHUNK);
                 grid(&J->K, x + k, r, m, b.inv, b.lo, b.hi, 1.0f, J->stoch, &g);
-                for (int j = 0; j < m; j++)
-                    put_code(p->codes, (base + k + (size_t)j) * (size_t)bits,
-                             encode(&J->K, r[j], b.z), bits);
+                encode_run(&J->K, r, m, b.z, codes);
+                put_codes(p->codes, (base + k) * (size_t)bits, codes, m, bits);
             }
         }
     }
-}
-
-/* Number of stored scales. */
-static size_t n_scales(const struct job *J)
-{
-    if (J->store == SC_NONE)
-        return 0;
-    return J->shared ? 1 : (size_t)J->rows * J->nseg;
 }
 
 int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                   int cols, struct qs_packed *p, qs_err *e)
 {
     memset(p, 0, sizeof *p);
+    if (!w)
+        return qs_errf(e, "pack: no data");
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
@@ -1103,7 +1217,7 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
         size_t ns = n_scales(J);
         p->scale_bytes = ns * (size_t)store_bytes(J->store);
         p->zero_bytes = (f->kind == QS_FMT_INT && o->asym) ? ns : 0;
-        p->codes = calloc(p->code_bytes + 4, 1); /* +4: put_code may touch bytes past the end */
+        p->codes = calloc(p->code_bytes + 4, 1); /* +4: codes are written a few bytes at a time */
         p->scales = calloc(p->scale_bytes + 1, 1);
         p->zeros = p->zero_bytes ? calloc(p->zero_bytes, 1) : NULL;
         if (!p->codes || !p->scales || (p->zero_bytes && !p->zeros))
@@ -1132,19 +1246,82 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
     return rc;
 }
 
+/* Decoded scale of block si. */
+static float unpack_scale(const struct job *J, const struct qs_packed *p, size_t si)
+{
+    uint32_t sc = J->store == SC_NONE ? 0 : get_scale(p->scales, si, J->store);
+    struct blk b = {.s = 1.0f};
+    switch (J->store) {
+    case SC_NONE:
+        return 1.0f;
+    case SC_F16:
+        b.s = qs_f16_to_f32((uint16_t)sc);
+        break;
+    case SC_F32:
+        b.s = u2f(sc);
+        break;
+    case SC_E8M0:
+        return pow2f((int)sc - 127);
+    case SC_E4M3: /* block scale times the tensor scale, as when packing */
+        b.s = (float)qs_elem_decode(&J->k_e4m3.el, sc) * p->tensor_scale;
+        break;
+    }
+    set_inv(&b); /* a scale too small to invert was used as 0 when packing */
+    return b.s;
+}
+
+static void unpack_rows(struct job *J, int r0, int r1, int tid)
+{
+    (void)tid;
+    const struct qs_packed *p = J->p;
+    const size_t cols = (size_t)J->cols;
+    const int bits = p->fmt.bits;
+    const uint32_t sign = 1u << (bits - 1);
+    const int asym = p->opt.asym && p->fmt.kind == QS_FMT_INT;
+    const float rmul = J->K.rmul;
+    const float *lut = J->lut;
+    uint32_t codes[CHUNK];
+    for (int row = r0; row < r1; row++) {
+        for (int sg = 0; sg < J->nseg; sg++) {
+            size_t c0 = (size_t)sg * J->seg;
+            size_t n = cols - c0 < (size_t)J->seg ? cols - c0 : (size_t)J->seg;
+            size_t si = J->shared ? 0 : (size_t)row * J->nseg + sg;
+            const float s = unpack_scale(J, p, si);
+            const int z = p->zeros ? p->zeros[si] : 0;
+            size_t base = (size_t)row * cols + c0;
+            for (size_t k = 0; k < n; k += CHUNK) {
+                int m = (int)(n - k < CHUNK ? n - k : CHUNK);
+                float *out = J->out + base + k;
+                get_codes(p->codes, (base + k) * (size_t)bits, codes, m, bits);
+                if (lut)
+                    for (int j = 0; j < m; j++)
+                        out[j] = lut[codes[j]] * s;
+                else if (asym)
+                    for (int j = 0; j < m; j++)
+                        out[j] = (float)((int)codes[j] - z) * s;
+                else /* two's complement */
+                    for (int j = 0; j < m; j++)
+                        out[j] = (float)((int)codes[j] - (int)((codes[j] & sign) << 1)) * rmul * s;
+            }
+        }
+    }
+}
+
 int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e)
 {
     if (!p || !p->codes || p->rows < 1 || p->cols < 1)
         return qs_errf(e, "unpack: empty packed tensor");
+    if (!out)
+        return qs_errf(e, "unpack: no output buffer");
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
     int rc = job_init(J, &p->fmt, &p->opt, NULL, p->rows, p->cols, e);
     size_t n = (size_t)p->rows * (size_t)p->cols;
     if (rc == 0 && (p->code_bytes < (n * (size_t)p->fmt.bits + 7) / 8 ||
-                    p->scale_bytes < n_scales(J) * (size_t)store_bytes(J->store)))
-        rc = qs_errf(e, "unpack: %s buffers too small for %d x %d", p->fmt.name, p->rows,
-                     p->cols);
+                    p->scale_bytes < n_scales(J) * (size_t)store_bytes(J->store) ||
+                    (p->opt.asym && p->zero_bytes < n_scales(J))))
+        rc = qs_errf(e, "unpack: %s buffers too small for %d x %d", p->fmt.name, p->rows, p->cols);
     float *lut = NULL;
     const struct qs_elem *el = &J->K.el;
     if (rc == 0 && el->kind != QS_ELEM_INT) {
@@ -1155,47 +1332,14 @@ int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e)
         for (int c = 0; lut && c < nc; c++) {
             double v = qs_elem_decode(el, (uint32_t)c);
             uint32_t sb = (uint32_t)((c >> (p->fmt.bits - 1)) & 1) << 31;
-            lut[c] = isnan(v) ? u2f(QNAN_BITS | sb) : (float)v;
+            lut[c] = isnan(v) ? u2f(QNAN_BITS | sb) : (float)v; /* the kernels' NaN */
         }
     }
     if (rc == 0) {
-        const int bits = p->fmt.bits;
-        const size_t cols = (size_t)p->cols;
-        uint32_t sign = 1u << (bits - 1);
-        for (int row = 0; row < p->rows; row++) {
-            for (int sg = 0; sg < J->nseg; sg++) {
-                size_t c0 = (size_t)sg * J->seg;
-                size_t len = cols - c0 < (size_t)J->seg ? cols - c0 : (size_t)J->seg;
-                size_t si = J->shared ? 0 : (size_t)row * J->nseg + sg;
-                uint32_t sc = J->store == SC_NONE ? 0 : get_scale(p->scales, si, J->store);
-                int z = p->zeros ? p->zeros[si] : 0;
-                float s;
-                switch (J->store) {
-                case SC_NONE: s = 1.0f; break;
-                case SC_F16: s = qs_f16_to_f32((uint16_t)sc); break;
-                case SC_F32: s = u2f(sc); break;
-                case SC_E8M0: s = pow2f((int)sc - 127); break;
-                default: /* SC_E4M3: block scale times the tensor scale */
-                    s = (float)qs_elem_decode(&J->k_e4m3.el, sc) * p->tensor_scale;
-                    break;
-                }
-                struct blk b = {.s = s};
-                set_inv(&b); /* a scale too small to invert was treated as 0 when packing */
-                s = b.s;
-                size_t base = (size_t)row * cols + c0;
-                for (size_t j = 0; j < len; j++) {
-                    uint32_t code = get_code(p->codes, (base + j) * (size_t)bits, bits);
-                    float r;
-                    if (lut)
-                        r = lut[code];
-                    else if (p->opt.asym && p->fmt.kind == QS_FMT_INT)
-                        r = (float)((int)code - z);
-                    else
-                        r = (float)((int)code - (int)((code & sign) << 1)) * J->K.rmul;
-                    out[base + j] = r * s;
-                }
-            }
-        }
+        J->p = (struct qs_packed *)(uintptr_t)p; /* read only here */
+        J->out = out;
+        J->lut = lut;
+        par_rows(J, unpack_rows, p->rows, 1, n_threads(n, p->rows));
     }
     free(lut);
     free(J);

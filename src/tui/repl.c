@@ -6,8 +6,7 @@
 #include <string.h>
 
 #include "qscope/front.h"
-
-static struct qs_ctx *comp_ctx;
+#include "qscope/tui.h"
 
 void qs_front_print(void *u, const cJSON *obj, const char *text)
 {
@@ -32,57 +31,12 @@ void qs_front_note(void *u, const char *msg)
     fprintf(stderr, "%s\n", msg);
 }
 
-/* Completion: command names first, then layer and format names for later words. */
-static char *comp_gen(const char *text, int state)
+/* Layer names for completion: the REPL runs commands on this thread, so it reads the bench. */
+static const char *repl_layer_name(void *u, int i)
 {
-    static int idx, phase;
-    size_t len = strlen(text);
-    if (!state) {
-        idx = 0;
-        phase = rl_point > (int)len && strchr(rl_line_buffer, ' ') ? 1 : 0;
-    }
-    if (phase == 0) {
-        const struct qs_cmd_def *d;
-        while ((d = qs_cmd_at(comp_ctx, idx++))) {
-            char word[64];
-            snprintf(word, sizeof word, "%s", d->name);
-            char *sp = strchr(word, ' ');
-            if (sp)
-                *sp = 0;
-            if (!strncmp(word, text, len))
-                return strdup(word);
-        }
-        return NULL;
-    }
-    /* later words: layer names, then format names, then second command words */
-    struct qs_bench *b = comp_ctx->b;
-    int nl = b->model ? b->model->nlayers : 0;
-    const char *const *fm = qs_format_names();
-    int nf = 0;
-    while (fm[nf])
-        nf++;
-    while (idx < nl + nf) {
-        int i = idx++;
-        const char *w = i < nl ? b->model->layers[i].name : fm[i - nl];
-        if (!strncmp(w, text, len))
-            return strdup(w);
-    }
-    const struct qs_cmd_def *d;
-    while ((d = qs_cmd_at(comp_ctx, idx++ - nl - nf))) {
-        const char *sp = strchr(d->name, ' ');
-        if (sp && !strncmp(sp + 1, text, len) && !strncmp(rl_line_buffer, d->name,
-                                                           (size_t)(sp - d->name)))
-            return strdup(sp + 1);
-    }
-    return NULL;
-}
-
-static char **complete(const char *text, int start, int end)
-{
-    (void)start;
-    (void)end;
-    rl_attempted_completion_over = 1;
-    return rl_completion_matches(text, comp_gen);
+    const struct qs_ctx *c = u;
+    const struct qs_mlp *m = c->b ? c->b->model : NULL;
+    return m && i < m->nlayers ? m->layers[i].name : NULL;
 }
 
 static void history_path(char *buf, size_t n)
@@ -97,11 +51,12 @@ static void history_path(char *buf, size_t n)
 int qs_repl_run(struct qs_ctx *c, int use_readline)
 {
     char hist[1024];
-    comp_ctx = c;
+    if (!c->extra) /* so that front-end commands explain themselves ("needs the TUI") */
+        c->extra = qs_tui_cmds;
     history_path(hist, sizeof hist);
     if (use_readline) {
         rl_readline_name = "qscope";
-        rl_attempted_completion_function = complete;
+        qs_complete_install(c, repl_layer_name, c);
         if (hist[0])
             read_history(hist);
     }

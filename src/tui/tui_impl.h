@@ -185,8 +185,8 @@ struct tui_view {
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v);
 /* The pane's title (for the title bar, the help overlay and the tests). */
 void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t n);
-/* Low-dim panel size for a pane of h x wd (cells per decision grid). */
-void tui_lowdim_panel(int h, int wd, int *gw, int *gh);
+/* Decision-grid size (cells per panel) for a low-dim pane of h rows and cw content columns. */
+void tui_lowdim_panel(int h, int cw, int *gw, int *gh);
 /* Writes a UTF-8 / ASCII string clipped to n columns at the cursor. */
 void tui_put(WINDOW *w, const char *s, int n);
 /* Display width of a (multibyte) string. */

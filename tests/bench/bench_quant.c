@@ -87,8 +87,8 @@ int main(int argc, char **argv)
             best = t < best ? t : best;
         }
         const char *label = strcmp(name, "int4") == 0 ? "int4-g128" : name;
-        printf("bench quant-%s: ours %.2f ms, memcpy %.2f ms, ratio %.2f (target >= 0.33)\n",
-               label, best, mc, mc / best);
+        printf("bench quant-%s: ours %.2f ms, memcpy %.2f ms, ratio %.2f (target >= 0.33)\n", label,
+               best, mc, mc / best);
     }
     free(w);
     free(out);

@@ -30,9 +30,24 @@ while read -r _ name batch sps gflops; do
     printf "bench forward-%s-b%s-vs-sgemm: ours %.1f GFLOP/s, openblas sgemm peak %.1f GFLOP/s, ratio %.2f (target 0.70)\n", n, b, g, p, g / p }'
 done < <(grep '^forward' <<<"$ours")
 
+# -- quantize+dequantize of 4096x4096: against memcpy (bench_quant) and PyTorch eager -------
+q=$($B/bench_quant)
+printf '%s\n' "$q"
+if [ $have_torch = 1 ]; then
+  tq=$($PY tests/bench/torch_quant.py)
+  while read -r _ name ms; do
+    ours=$(sed -n "s/^bench quant-$name: ours \([0-9.]*\) ms.*/\1/p" <<<"$q")
+    [ -n "$ours" ] && awk -v n="$name" -v o="$ours" -v t="$ms" 'BEGIN {
+      printf "bench quant-%s-vs-pytorch: ours %.2f ms, pytorch eager %.1f ms, ratio %.1f (target 10)\n", n, o, t, t / o }'
+  done < <(grep '^torch ' <<<"$tq")
+else
+  echo "bench quant-vs-pytorch: pytorch skipped (python3-torch not installed)"
+fi
+
 # -- other benchmarks: each binary prints its own "bench ..." lines ---------------------
 for b in "$B"/bench_*; do
   [ "$b" = "$B/bench_forward" ] && continue
+  [ "$b" = "$B/bench_quant" ] && continue
   [ -x "$b" ] && "$b"
 done
 for s in tests/bench/bench_*.sh; do

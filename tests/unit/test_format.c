@@ -140,7 +140,8 @@ static void test_codes_mx_elements(void)
     CHECK(qs_format_decode(&f, 0x1f) == 28.0 && qs_format_decode(&f, 0x04) == 0.25 &&
           qs_format_decode(&f, 0x01) == 0.0625);
     /* FP4 E2M1: +-{0, 0.5, 1, 1.5, 2, 3, 4, 6} */
-    static const double e2m1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
+    static const double e2m1[16] = {0,    0.5,  1,  1.5,  2,  3,  4,  6,
+                                    -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
     f = fmt("fp4-e2m1");
     for (uint32_t c = 0; c < 16; c++)
         CHECK(same_value(qs_format_decode(&f, c), e2m1[c]));
@@ -217,11 +218,22 @@ static void test_codes_int(void)
 static void test_codes_nf4(void)
 {
     /* QLoRA NF4, code order = ascending */
-    static const double lv[16] = {
-        -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-        -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-        0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-        0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0};
+    static const double lv[16] = {-1.0,
+                                  -0.6961928009986877,
+                                  -0.5250730514526367,
+                                  -0.39491748809814453,
+                                  -0.28444138169288635,
+                                  -0.18477343022823334,
+                                  -0.09105003625154495,
+                                  0.0,
+                                  0.07958029955625534,
+                                  0.16093020141124725,
+                                  0.24611230194568634,
+                                  0.33791524171829224,
+                                  0.44070982933044434,
+                                  0.5626170039176941,
+                                  0.7229568362236023,
+                                  1.0};
     struct qs_format f = fmt("nf4");
     CHECK(f.bits == 4 && f.kind == QS_FMT_NF4);
     for (uint32_t c = 0; c < 16; c++) {
@@ -254,7 +266,7 @@ static void test_codes_compand(void)
             CHECK(fabs(got - want) <= 1e-6 * fmax(want, 1e-3));
             CHECK(same_value(qs_format_decode(&f, (uint32_t)(k | (1 << (b - 1)))), -got));
             CHECK(qs_format_cast(&f, got, 1) == got); /* levels are fixed points of the cast */
-            if (k > 0) /* monotone */
+            if (k > 0)                                /* monotone */
                 CHECK(got > qs_format_decode(&f, (uint32_t)(k - 1)));
         }
         CHECK(qs_format_decode(&f, (uint32_t)q) == 1.0);
@@ -345,7 +357,7 @@ static void test_cast_signed_zero_and_sat(void)
     CHECK(qs_format_cast(&f, 100.0, 0) == 6.0 && qs_format_cast(&f, -100.0, 0) == -6.0);
     f = fmt("e3m4b1");
     CHECK(qs_format_cast(&f, 1e9, 0) == 124.0);
-    CHECK(qs_format_cast(&f, 1.0 / 32, 1) == 0.0);     /* tie 0 | 1/16 -> even 0 */
+    CHECK(qs_format_cast(&f, 1.0 / 32, 1) == 0.0);      /* tie 0 | 1/16 -> even 0 */
     CHECK(qs_format_cast(&f, 3.0 / 32, 1) == 2.0 / 16); /* tie 1/16 | 2/16 -> 2/16 */
     /* int codes have no negative zero */
     f = fmt("int8");
@@ -427,9 +439,9 @@ static void kernel_vs_ref(const char *name, int sat)
 static void test_cast_kernel_matches_reference(void)
 {
     static const char *const all[] = {
-        "fp8-e4m3", "fp8-e5m2", "fp8-e3m4", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7",
-        "e3m4b1", "e4m3", "e5m2", "e1m0", "e2m0", "e3m0b2", "e7m0", "e1m6", "e5m10", "e6m9b20",
-        "e7m3", "e2m10b0", "e4m10", "e0m3", "e0m15", "e3m4b11"};
+        "fp8-e4m3", "fp8-e5m2", "fp8-e3m4", "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7",   "e3m4b1",
+        "e4m3",     "e5m2",     "e1m0",     "e2m0",     "e3m0b2",   "e7m0",     "e1m6",   "e5m10",
+        "e6m9b20",  "e7m3",     "e2m10b0",  "e4m10",    "e0m3",     "e0m15",    "e3m4b11"};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         kernel_vs_ref(all[i], 1);
     kernel_vs_ref("fp8-e4m3", 0);
@@ -480,8 +492,8 @@ static void test_parse_errors(void)
     CHECK_STR(e.msg, "unknown format 'int9': bit width must be 2..8");
     CHECK(qs_format_parse("int1", &f, &e) < 0 && strstr(e.msg, "bit width must be 2..8"));
     CHECK(qs_format_parse("fp7", &f, &e) < 0);
-    CHECK(strstr(e.msg, "unknown format 'fp7'") && strstr(e.msg, "int4") &&
-          strstr(e.msg, "nf4") && strstr(e.msg, "mxfp4"));
+    CHECK(strstr(e.msg, "unknown format 'fp7'") && strstr(e.msg, "int4") && strstr(e.msg, "nf4") &&
+          strstr(e.msg, "mxfp4"));
     CHECK(qs_format_parse("", &f, &e) < 0);
     CHECK(qs_format_parse("e9m2", &f, &e) < 0 && strstr(e.msg, "X in 1..8"));
     CHECK(qs_format_parse("e5m10", &f, &e) == 0 && f.bits == 16); /* the limits */
@@ -581,7 +593,13 @@ static void test_options(void)
     qs_qopts_default(&o);
     qs_qopts_parse_token(&o, "gran=channel", &e);
     CHECK(qs_qopts_check(&mx, &o, &e) < 0 && strstr(e.msg, "32-element"));
+    CHECK(qs_qopts_check(&nf, &o, &e) == 0); /* one absmax block per row */
+    qs_qopts_format(&nf, &o, buf, sizeof buf);
+    CHECK_STR(buf, "gran=channel clip=max round=nearest scale=f16");
+    qs_qopts_parse_token(&o, "gran=tensor", &e);
     CHECK(qs_qopts_check(&nf, &o, &e) < 0 && strstr(e.msg, "gran=group"));
+    o.gran_set = 0; /* set by a program, not typed: the default 64-blocks */
+    CHECK(qs_qopts_check(&nf, &o, &e) == 0);
     qs_qopts_parse_token(&o, "gran=group:32", &e);
     CHECK(qs_qopts_check(&nf, &o, &e) == 0);
     qs_qopts_default(&o);

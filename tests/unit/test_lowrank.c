@@ -322,6 +322,30 @@ static void test_qera_vs_lorc_objective(void)
     free(rxx);
 }
 
+/* damp = 0 and fewer samples than inputs: R is singular; the pseudo-inverse keeps C finite and
+ * still optimal (the objective cannot see R's null space). */
+static void test_qera_singular_r(void)
+{
+    int out = 10, in = 12, r = 3;
+    float *e = gaussian(out, in, 13), *rxx = correlated_rxx(5, in, 14);
+    float c[120], ce[120], cl[120];
+    qs_err err;
+    CHECK(qs_lowrank_qera(e, out, in, rxx, 0.0, r, c, NULL, NULL, &err) == 0);
+    CHECK(qs_lowrank_eora(e, out, in, rxx, 0.0, r, ce, NULL, NULL, &err) == 0);
+    CHECK(qs_lowrank_lorc(e, out, in, r, cl, NULL, NULL, &err) == 0);
+    for (int i = 0; i < out * in; i++)
+        CHECK(isfinite(c[i]) && isfinite(ce[i]));
+    double oq = qs_lowrank_objective(e, c, out, in, rxx);
+    double oe = qs_lowrank_objective(e, ce, out, in, rxx);
+    double ol = qs_lowrank_objective(e, cl, out, in, rxx);
+    double o0 = qs_lowrank_objective(e, NULL, out, in, rxx);
+    /* rank(R) = 5 > r = 3: a real residual, lower than LoRC's */
+    CHECK(oq < ol && oq > 1e-6 * o0);
+    CHECK_NEAR(oe, oq, 1e-4 * o0);
+    free(e);
+    free(rxx);
+}
+
 static void test_factors_multiply_to_c(void)
 {
     int out = 10, in = 14, r = 3;
@@ -515,7 +539,7 @@ static void test_zz_cleanup(void) { cleanup(); }
 
 TEST_MAIN("lowrank", TEST_CASE(test_lorc_full_rank_is_exact), TEST_CASE(test_lorc_eckart_young),
           TEST_CASE(test_bad_rank_messages), TEST_CASE(test_corrections_vs_numpy),
-          TEST_CASE(test_lqer_unit_scale_is_lorc), TEST_CASE(test_qera_vs_lorc_objective),
+          TEST_CASE(test_lqer_unit_scale_is_lorc), TEST_CASE(test_qera_vs_lorc_objective), TEST_CASE(test_qera_singular_r),
           TEST_CASE(test_factors_multiply_to_c), TEST_CASE(test_ridge_lambda0_is_lstsq),
           TEST_CASE(test_ridge_vs_numpy), TEST_CASE(test_ridge_collinear_fallback),
           TEST_CASE(test_recovery), TEST_CASE(test_zz_cleanup))

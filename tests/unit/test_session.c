@@ -30,8 +30,9 @@ static void test_sha256_vectors(void)
     const char *m2 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
     hex_of(m2, strlen(m2), h);
     CHECK_STR(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
-    const char *m4 = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmno"
-                     "pqklmnopqrlmnopqrsmnopqrstnopqrstu";
+    const char *m4 =
+        "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmno"
+        "pqklmnopqrlmnopqrsmnopqrstnopqrstu";
     hex_of(m4, strlen(m4), h);
     CHECK_STR(h, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
     /* one million 'a', fed in uneven pieces to exercise the partial-block path */
@@ -156,10 +157,8 @@ static void test_flatten(void)
 static void test_result_lines(void)
 {
     struct qs_flat f[] = {
-        {"quant.acc", "0.953", QS_FLAT_NUM},
-        {"note", "two\nlines", QS_FLAT_STR},
-        {"q", "\"quoted\"", QS_FLAT_STR},
-        {"path", "a b=c.csv", QS_FLAT_STR},
+        {"quant.acc", "0.953", QS_FLAT_NUM}, {"note", "two\nlines", QS_FLAT_STR},
+        {"q", "\"quoted\"", QS_FLAT_STR},    {"path", "a b=c.csv", QS_FLAT_STR},
         {"empty", "", QS_FLAT_STR},
     };
     for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
@@ -189,8 +188,8 @@ static void test_compare(void)
     struct qs_flat nul = {"kl", "null", QS_FLAT_NULL};
     qs_err e = {{0}};
     CHECK(qs_flat_compare("0.95", &num, 1e-6, &e) == 1);
-    CHECK(qs_flat_compare("0.9500005", &num, 1e-6, &e) == 1);  /* rel 5.3e-7 */
-    CHECK(qs_flat_compare("0.9500015", &num, 1e-6, &e) == 0);  /* rel 1.6e-6 */
+    CHECK(qs_flat_compare("0.9500005", &num, 1e-6, &e) == 1); /* rel 5.3e-7 */
+    CHECK(qs_flat_compare("0.9500015", &num, 1e-6, &e) == 0); /* rel 1.6e-6 */
     CHECK(qs_flat_compare("0.91", &num, 1e-6, &e) == 0);
     CHECK(qs_flat_compare("null", &num, 1e-6, &e) == 0);
     CHECK(qs_flat_compare("zero point nine", &num, 1e-6, &e) == -1);

@@ -1,0 +1,721 @@
+/* sensitivity.c - per-layer sensitivity (delta, gradient norm, empirical Fisher, Hutchinson
+ * trace) and the bit / rank allocation built on it. Gradients come from qs_mlp_loss_grad, the
+ * backward pass shared with the trainer. */
+#include "qscope/sensitivity.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/analysis.h"
+#include "qscope/linalg.h"
+#include "qscope/spectral.h"
+
+/* ---- gradient buffers --------------------------------------------------------------------- */
+
+struct grads {
+    int L;
+    float **gw, **gb;
+};
+
+static void grads_free(struct grads *g)
+{
+    for (int i = 0; i < g->L; i++) {
+        if (g->gw)
+            free(g->gw[i]);
+        if (g->gb)
+            free(g->gb[i]);
+    }
+    free(g->gw);
+    free(g->gb);
+    memset(g, 0, sizeof *g);
+}
+
+static int grads_alloc(struct grads *g, const struct qs_mlp *m)
+{
+    g->L = m->nlayers;
+    g->gw = qs_calloc((size_t)g->L, sizeof *g->gw);
+    g->gb = qs_calloc((size_t)g->L, sizeof *g->gb);
+    if (!g->gw || !g->gb)
+        return -1;
+    for (int i = 0; i < g->L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (!(g->gw[i] = malloc((size_t)l->out * l->in * sizeof(float))) ||
+            !(g->gb[i] = malloc((size_t)l->out * sizeof(float))))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- empirical Fisher ----------------------------------------------------------------------- */
+
+int qs_fisher_diag(const struct qs_mlp *m, const float *x, const int *y, int n, float **f,
+                   qs_err *e)
+{
+    if (n < 1)
+        return qs_errf(e, "fisher: no samples");
+    int L = m->nlayers, in0 = m->layers[0].in;
+    struct grads g = {0};
+    float **act = qs_calloc((size_t)L, sizeof *act);   /* act[i]: input of layer i, squared */
+    float **dl = qs_calloc((size_t)L, sizeof *dl);     /* dl[i]: per-sample deltas, squared */
+    int rc = -1;
+    if (!act || !dl || grads_alloc(&g, m) < 0)
+        goto oom;
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (!(act[i] = malloc((size_t)n * l->in * sizeof(float))) ||
+            !(dl[i] = malloc((size_t)n * l->out * sizeof(float))))
+            goto oom;
+    }
+    /* Layer inputs by a batched forward pass. */
+    memcpy(act[0], x, (size_t)n * in0 * sizeof(float));
+    for (int i = 0; i + 1 < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        qs_linear(act[i], n, l->in, l->w, l->b, l->out, act[i + 1]);
+        qs_act_apply(l->act, act[i + 1], (size_t)n * l->out);
+    }
+    /* Per-sample deltas: with a batch of one, the bias gradient of the mean loss is the
+     * gradient of that sample's loss with respect to the pre-activation. */
+    for (int r = 0; r < n; r++) {
+        if (qs_mlp_loss_grad(m, x + (size_t)r * in0, y + r, 1, g.gw, g.gb, NULL) < 0)
+            goto oom;
+        for (int i = 0; i < L; i++)
+            memcpy(dl[i] + (size_t)r * m->layers[i].out, g.gb[i],
+                   (size_t)m->layers[i].out * sizeof(float));
+    }
+    /* sum_r (delta_r x_r^T)^2 = (delta .* delta)^T (x .* x): (out, n)(n, in). */
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        size_t na = (size_t)n * l->in, nd = (size_t)n * l->out;
+        for (size_t j = 0; j < na; j++)
+            act[i][j] *= act[i][j];
+        for (size_t j = 0; j < nd; j++)
+            dl[i][j] *= dl[i][j];
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f / (float)n,
+                    dl[i], l->out, act[i], l->in, 0.0f, f[i], l->in);
+    }
+    rc = 0;
+    goto out;
+oom:
+    qs_errf(e, "fisher: out of memory (%d samples)", n);
+out:
+    for (int i = 0; i < L; i++) {
+        if (act)
+            free(act[i]);
+        if (dl)
+            free(dl[i]);
+    }
+    free(act);
+    free(dl);
+    grads_free(&g);
+    return rc;
+}
+
+/* ---- Hutchinson ----------------------------------------------------------------------------- */
+
+int qs_hutchinson(const struct qs_mlp *m, const float *x, const int *y, int n, int layer,
+                  int probes, uint64_t seed, struct qs_hutch *h, qs_err *e)
+{
+    memset(h, 0, sizeof *h);
+    if (layer < 0 || layer >= m->nlayers)
+        return qs_errf(e, "hutchinson: no layer %d", layer);
+    if (probes < 2)
+        return qs_errf(e, "hutchinson: need at least 2 probes for a standard error (got %d)",
+                       probes);
+    if (n < 1)
+        return qs_errf(e, "hutchinson: no samples");
+    const struct qs_layer *l0 = &m->layers[layer];
+    size_t nw = (size_t)l0->out * l0->in;
+    struct qs_mlp *c = qs_mlp_clone(m);
+    struct grads g = {0};
+    float *w0 = malloc(nw * sizeof(float)), *gp = malloc(nw * sizeof(float));
+    signed char *v = malloc(nw);
+    int rc = -1;
+    if (!c || !w0 || !gp || !v || grads_alloc(&g, m) < 0) {
+        qs_errf(e, "hutchinson: out of memory");
+        goto out;
+    }
+    memcpy(w0, l0->w, nw * sizeof(float));
+    double ss = 0.0;
+    for (size_t j = 0; j < nw; j++)
+        ss += (double)w0[j] * w0[j];
+    double rms = sqrt(ss / (double)nw);
+    double eps = rms > 0 ? 1e-3 * rms : 1e-3;
+    float *w = c->layers[layer].w;
+    qs_rng rng;
+    qs_rng_seed(&rng, seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(layer + 1)));
+    double mean = 0.0, m2 = 0.0;
+    for (int t = 0; t < probes; t++) {
+        for (size_t j = 0; j < nw; j++)
+            v[j] = (qs_rng_u64(&rng) >> 63) ? 1 : -1;
+        for (size_t j = 0; j < nw; j++)
+            w[j] = (float)(w0[j] + eps * v[j]);
+        if (qs_mlp_loss_grad(c, x, y, n, g.gw, g.gb, NULL) < 0)
+            goto oom;
+        memcpy(gp, g.gw[layer], nw * sizeof(float));
+        for (size_t j = 0; j < nw; j++)
+            w[j] = (float)(w0[j] - eps * v[j]);
+        if (qs_mlp_loss_grad(c, x, y, n, g.gw, g.gb, NULL) < 0)
+            goto oom;
+        double q = 0.0;
+        for (size_t j = 0; j < nw; j++)
+            q += v[j] * ((double)gp[j] - g.gw[layer][j]);
+        q /= 2.0 * eps;
+        double d = q - mean; /* Welford */
+        mean += d / (t + 1);
+        m2 += d * (q - mean);
+    }
+    h->trace = mean;
+    h->se = sqrt(m2 / (probes - 1) / probes);
+    h->eps = eps;
+    h->probes = probes;
+    rc = 0;
+    goto out;
+oom:
+    qs_errf(e, "hutchinson: out of memory (%d samples)", n);
+out:
+    qs_mlp_free(c);
+    grads_free(&g);
+    free(w0);
+    free(gp);
+    free(v);
+    return rc;
+}
+
+/* ---- sensitivity over the bench ------------------------------------------------------------- */
+
+int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
+                   struct qs_sens_info *info, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_mlp *m = b->model;
+    int L = m->nlayers;
+    const struct qs_acts *fc = &b->f_acts[QS_CALIB];
+    memset(out, 0, (size_t)L * sizeof *out);
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        const struct qs_layer *l = &m->layers[i];
+        out[i].quantized = s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE;
+        if (s->wq) {
+            double d2 = 0.0;
+            for (size_t j = 0; j < (size_t)l->out * l->in; j++) {
+                double d = (double)l->w[j] - s->wq[j];
+                d2 += d * d;
+            }
+            out[i].w_err2 = d2;
+        }
+    }
+    struct qs_metric mf = {0};
+    if ((methods & QS_SENS_DELTA) && qs_bench_run(b, QS_TEST, 0, 0, &mf, NULL, e) < 0)
+        return -1;
+    if (info) {
+        info->float_loss_test = mf.loss;
+        info->n_calib = fc->n;
+        info->n_test = b->f_acts[QS_TEST].n;
+        info->probes = probes;
+        info->seed = b->seed;
+    }
+    for (int i = 0; (methods & QS_SENS_DELTA) && i < L; i++) {
+        if (!out[i].quantized)
+            continue;
+        struct qs_metric mq;
+        if (qs_bench_run(b, QS_TEST, 1ULL << (i < 63 ? i : 63), 0, &mq, NULL, e) < 0)
+            return -1;
+        out[i].delta_loss = mq.loss - mf.loss;
+    }
+    if (methods & QS_SENS_GRAD) {
+        struct grads g = {0};
+        if (grads_alloc(&g, m) < 0 || qs_mlp_loss_grad(m, fc->x, fc->y, fc->n, g.gw, g.gb,
+                                                       NULL) < 0) {
+            grads_free(&g);
+            return qs_errf(e, "sensitivity: out of memory");
+        }
+        for (int i = 0; i < L; i++)
+            out[i].grad_norm =
+                sqrt(qs_frob2(g.gw[i], (size_t)m->layers[i].out * m->layers[i].in));
+        grads_free(&g);
+    }
+    if (methods & QS_SENS_FISHER) {
+        struct grads f = {0}; /* reuse the allocator: f.gw holds the Fisher diagonals */
+        int rc = grads_alloc(&f, m) < 0 ? qs_errf(e, "sensitivity: out of memory")
+                                        : qs_fisher_diag(m, fc->x, fc->y, fc->n, f.gw, e);
+        for (int i = 0; rc == 0 && i < L; i++) {
+            const struct qs_layer *l = &m->layers[i];
+            const float *wq = b->ls[i].wq;
+            double tr = 0.0, fe = 0.0;
+            for (size_t j = 0; j < (size_t)l->out * l->in; j++) {
+                tr += f.gw[i][j];
+                if (wq) {
+                    double d = (double)l->w[j] - wq[j];
+                    fe += f.gw[i][j] * d * d;
+                }
+            }
+            out[i].fisher_trace = tr;
+            out[i].fisher_err = fe;
+        }
+        grads_free(&f);
+        if (rc < 0)
+            return -1;
+    }
+    for (int i = 0; (methods & QS_SENS_HUTCH) && i < L; i++) {
+        struct qs_hutch h;
+        if (qs_hutchinson(m, fc->x, fc->y, fc->n, i, probes, b->seed, &h, e) < 0)
+            return qs_err_prefix(e, m->layers[i].name);
+        out[i].hutch_trace = h.trace;
+        out[i].hutch_se = h.se;
+        out[i].hutch_err = h.trace / ((double)m->layers[i].out * m->layers[i].in) * out[i].w_err2;
+        if (b->progress)
+            b->progress(b->progress_ctx, "hutchinson", (double)(i + 1) / L);
+        if (b->cancel)
+            return qs_errf(e, "sensitivity: cancelled");
+    }
+    return 0;
+}
+
+/* ---- allocation: the greedy planners -------------------------------------------------------- */
+
+int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
+                         const int *valid, double budget, int *choice, qs_err *e)
+{
+#define OK(i, k) (!valid || valid[(size_t)(i) * nc + (k)])
+#define BITS(i, k) bits[(size_t)(i) * nc + (k)]
+#define LOSS(i, k) loss[(size_t)(i) * nc + (k)]
+    double total = 0.0;
+    for (int i = 0; i < nl; i++) {
+        choice[i] = -1;
+        for (int k = 0; k < nc; k++)
+            if (OK(i, k) && (choice[i] < 0 || BITS(i, k) < BITS(i, choice[i]) ||
+                             (BITS(i, k) == BITS(i, choice[i]) && LOSS(i, k) < LOSS(i, choice[i]))))
+                choice[i] = k;
+        if (choice[i] < 0)
+            return qs_errf(e, "allocate: layer %d has no usable format", i);
+        total += BITS(i, choice[i]);
+    }
+    if (total > budget * (1 + 1e-12))
+        return qs_errf(e, "allocate: the budget (%.6g bits) is below the cheapest plan (%.6g "
+                          "bits)", budget, total);
+    int upgrades = 0;
+    for (;;) {
+        int bi = -1, bk = -1;
+        double best = -INFINITY;
+        for (int i = 0; i < nl; i++)
+            for (int k = 0; k < nc; k++) {
+                if (!OK(i, k) || k == choice[i])
+                    continue;
+                double dl = LOSS(i, choice[i]) - LOSS(i, k), db = BITS(i, k) - BITS(i, choice[i]);
+                if (!(dl > 0) || total + db > budget * (1 + 1e-12))
+                    continue;
+                double r = db <= 0 ? INFINITY : dl / db;
+                if (r > best || (r == best && i == bi && BITS(i, k) < BITS(bi, bk))) {
+                    best = r;
+                    bi = i;
+                    bk = k;
+                }
+            }
+        if (bi < 0)
+            break;
+        total += BITS(bi, bk) - BITS(bi, choice[bi]);
+        choice[bi] = bk;
+        upgrades++;
+    }
+    /* The ratio rule can strand budget (a cheap upgrade taken early blocks a dear one later):
+     * refine by single changes and exchanges of two layers' choices while the summed loss
+     * drops. j == nl stands for "layer i alone". */
+    for (;;) {
+        int bi = -1, bk = -1, bj = -1, bl = -1;
+        double best = 0.0, bestdb = 0.0;
+        for (int i = 0; i < nl; i++)
+            for (int k = 0; k < nc; k++) {
+                if (!OK(i, k) || k == choice[i])
+                    continue;
+                for (int j = i + 1; j <= nl; j++)
+                    for (int l = 0; l < (j < nl ? nc : 1); l++) {
+                        if (j < nl && (!OK(j, l) || l == choice[j]))
+                            continue;
+                        double db = BITS(i, k) - BITS(i, choice[i]);
+                        double dl = LOSS(i, choice[i]) - LOSS(i, k);
+                        if (j < nl) {
+                            db += BITS(j, l) - BITS(j, choice[j]);
+                            dl += LOSS(j, choice[j]) - LOSS(j, l);
+                        }
+                        if (total + db > budget * (1 + 1e-12) || !(dl > 1e-12))
+                            continue;
+                        if (dl > best || (dl == best && db < bestdb)) {
+                            best = dl;
+                            bestdb = db;
+                            bi = i, bk = k, bj = j, bl = l;
+                        }
+                    }
+            }
+        if (bi < 0)
+            break;
+        total += bestdb;
+        choice[bi] = bk;
+        if (bj < nl)
+            choice[bj] = bl;
+        upgrades++;
+    }
+    return upgrades;
+#undef OK
+#undef BITS
+#undef LOSS
+}
+
+int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total,
+                         int *rank)
+{
+    int given = 0;
+    for (int i = 0; i < nl; i++)
+        rank[i] = 0;
+    while (given < total) {
+        int bi = -1;
+        double best = 0.0;
+        for (int i = 0; i < nl; i++)
+            if (rank[i] < maxr[i] && gain[i][rank[i]] > best) {
+                best = gain[i][rank[i]];
+                bi = i;
+            }
+        if (bi < 0)
+            break;
+        rank[bi]++;
+        given++;
+    }
+    return given;
+}
+
+/* ---- allocate bits= over the bench --------------------------------------------------------- */
+
+void qs_bit_plan_free(struct qs_bit_plan *p)
+{
+    if (!p)
+        return;
+    free(p->choice);
+    free(p->bits);
+    free(p->dloss);
+    free(p->uniform_bpw);
+    free(p->uniform_test);
+    memset(p, 0, sizeof *p);
+}
+
+/* Quantizes w: (out, in) with a candidate into wq; *bits from the packed buffers. */
+static int quantize_cand(const struct qs_wcand *c, const float *w, int out, int in, float *wq,
+                         double *bits, qs_err *e)
+{
+    struct qs_packed p;
+    memset(&p, 0, sizeof p);
+    if (qs_quant_pack(&c->fmt, &c->opt, w, out, in, &p, e) < 0 || qs_quant_unpack(&p, wq, e) < 0) {
+        qs_packed_free(&p);
+        return -1;
+    }
+    *bits = 8.0 * (double)qs_packed_bytes(&p);
+    qs_packed_free(&p);
+    return 0;
+}
+
+static int metric_of(const struct qs_mlp *m, const float *x, const int *y, int n, float *logits,
+                     struct qs_metric *mt, qs_err *e)
+{
+    if (qs_mlp_forward(m, x, n, logits, e) < 0)
+        return -1;
+    int correct = 0;
+    mt->loss = qs_xent(logits, y, n, m->layers[m->nlayers - 1].out, &correct, NULL);
+    mt->acc = n ? (double)correct / n : 0.0;
+    mt->n = n;
+    return 0;
+}
+
+/* Sets every layer of work to candidate pick[i] (quantized from the float model f). */
+static int set_config(struct qs_mlp *work, const struct qs_mlp *f, const struct qs_wcand *cand,
+                      const int *pick, double *bits, qs_err *e)
+{
+    double tb = 0.0;
+    for (int i = 0; i < f->nlayers; i++) {
+        const struct qs_layer *l = &f->layers[i];
+        double lb;
+        if (quantize_cand(&cand[pick[i]], l->w, l->out, l->in, work->layers[i].w, &lb, e) < 0)
+            return qs_err_prefix(e, l->name);
+        tb += lb;
+    }
+    if (bits)
+        *bits = tb;
+    return 0;
+}
+
+/* The summed per-layer deltas ignore how layers' errors interact. Starting from the greedy plan,
+ * take the single change or two-layer exchange that lowers the measured joint calibration loss
+ * most within the budget (ties: fewer bits), until none does (at most 100 steps). */
+static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struct qs_acts *ac,
+                        const struct qs_wcand *cand, int nc, struct qs_bit_plan *p,
+                        const int *valid, double budget, float *logits, qs_err *e)
+{
+    int L = f->nlayers, rc = -1;
+    float **wq = qs_calloc((size_t)L * nc, sizeof *wq);
+    int *pick = malloc((size_t)L * sizeof *pick);
+    if (!wq || !pick) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < L; i++)
+        for (int k = 0; k < nc; k++) {
+            const struct qs_layer *l = &f->layers[i];
+            size_t ix = (size_t)i * nc + k;
+            double bits;
+            if (!valid[ix])
+                continue;
+            if (!(wq[ix] = malloc((size_t)l->out * l->in * sizeof(float))) ||
+                quantize_cand(&cand[k], l->w, l->out, l->in, wq[ix], &bits, e) < 0) {
+                if (!wq[ix])
+                    qs_errf(e, "out of memory");
+                goto out;
+            }
+        }
+    double total = 0.0;
+    for (int i = 0; i < L; i++)
+        total += p->bits[(size_t)i * nc + p->choice[i]];
+#define JOINT(out_)                                                                              \
+    do {                                                                                         \
+        for (int i_ = 0; i_ < L; i_++)                                                           \
+            memcpy(work->layers[i_].w, wq[(size_t)i_ * nc + pick[i_]],                          \
+                   (size_t)f->layers[i_].out * f->layers[i_].in * sizeof(float));               \
+        struct qs_metric m_;                                                                     \
+        if (metric_of(work, ac->x, ac->y, ac->n, logits, &m_, e) < 0)                          \
+            goto out;                                                                            \
+        (out_) = m_.loss;                                                                        \
+    } while (0)
+    memcpy(pick, p->choice, (size_t)L * sizeof *pick);
+    double cur;
+    JOINT(cur);
+    for (int step = 0; step < 100; step++) {
+        double best = cur, bestdb = 0.0;
+        int bi = -1, bk = -1, bj = -1, bl = -1;
+        for (int i = 0; i < L; i++)
+            for (int k = 0; k < nc; k++) {
+                if (!valid[(size_t)i * nc + k] || k == p->choice[i])
+                    continue;
+                /* j == L: change layer i alone */
+                for (int j = i + 1; j <= L; j++)
+                    for (int l = 0; l < (j < L ? nc : 1); l++) {
+                        if (j < L && (!valid[(size_t)j * nc + l] || l == p->choice[j]))
+                            continue;
+                        double db = p->bits[(size_t)i * nc + k] - p->bits[(size_t)i * nc + p->choice[i]];
+                        if (j < L)
+                            db += p->bits[(size_t)j * nc + l] - p->bits[(size_t)j * nc + p->choice[j]];
+                        if (total + db > budget * (1 + 1e-12))
+                            continue;
+                        memcpy(pick, p->choice, (size_t)L * sizeof *pick);
+                        pick[i] = k;
+                        if (j < L)
+                            pick[j] = l;
+                        double v;
+                        JOINT(v);
+                        if (v < best - 1e-9 || (v <= best + 1e-12 && bi >= 0 && db < bestdb)) {
+                            best = v;
+                            bestdb = db;
+                            bi = i, bk = k, bj = j, bl = l;
+                        }
+                    }
+            }
+        if (bi < 0)
+            break;
+        total += bestdb;
+        p->choice[bi] = bk;
+        if (bj < L)
+            p->choice[bj] = bl;
+        cur = best;
+        p->refined++;
+    }
+#undef JOINT
+    p->joint_loss_calib = cur;
+    rc = 0;
+out:
+    for (int k = 0; wq && k < L * nc; k++)
+        free(wq[k]);
+    free(wq);
+    free(pick);
+    return rc;
+}
+
+int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, double budget_bpw,
+                     struct qs_bit_plan *p, qs_err *e)
+{
+    memset(p, 0, sizeof *p);
+    if (nc < 1)
+        return qs_errf(e, "allocate: no candidate formats");
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_mlp *f = b->model;
+    int L = f->nlayers, C = f->layers[L - 1].out;
+    const struct qs_acts *ac = &b->f_acts[QS_CALIB], *at = &b->f_acts[QS_TEST];
+    int nmax = ac->n > at->n ? ac->n : at->n;
+    double nw = 0.0;
+    for (int i = 0; i < L; i++)
+        nw += (double)f->layers[i].out * f->layers[i].in;
+    p->nl = L;
+    p->nc = nc;
+    p->choice = qs_calloc((size_t)L, sizeof *p->choice);
+    p->bits = qs_calloc((size_t)L * nc, sizeof *p->bits);
+    p->dloss = qs_calloc((size_t)L * nc, sizeof *p->dloss);
+    p->uniform_bpw = qs_calloc((size_t)nc, sizeof *p->uniform_bpw);
+    p->uniform_test = qs_calloc((size_t)nc, sizeof *p->uniform_test);
+    int *valid = qs_calloc((size_t)L * nc, sizeof *valid), *pick = qs_calloc((size_t)L, sizeof *pick);
+    float *logits = malloc((size_t)nmax * C * sizeof(float));
+    struct qs_mlp *work = qs_mlp_clone(f);
+    int rc = -1;
+    if (!p->choice || !p->bits || !p->dloss || !p->uniform_bpw || !p->uniform_test || !valid ||
+        !pick || !logits || !work) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    struct qs_metric mf;
+    if (metric_of(f, ac->x, ac->y, ac->n, logits, &mf, e) < 0 ||
+        metric_of(f, at->x, at->y, at->n, logits, &p->float_test, e) < 0)
+        goto out;
+    p->float_loss_calib = mf.loss;
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &f->layers[i];
+        int any = 0;
+        for (int k = 0; k < nc; k++) {
+            qs_err e2;
+            size_t ix = (size_t)i * nc + k;
+            p->bits[ix] = -1.0;
+            /* A candidate that cannot quantize this layer (a group size that does not divide
+             * its rows, ...) is skipped for this layer only. */
+            if (quantize_cand(&cand[k], l->w, l->out, l->in, work->layers[i].w, &p->bits[ix],
+                              &e2) < 0) {
+                p->bits[ix] = -1.0;
+                continue;
+            }
+            struct qs_metric mq;
+            if (metric_of(work, ac->x, ac->y, ac->n, logits, &mq, e) < 0)
+                goto out;
+            p->dloss[ix] = mq.loss - mf.loss;
+            valid[ix] = 1;
+            any = 1;
+        }
+        memcpy(work->layers[i].w, l->w, (size_t)l->out * l->in * sizeof(float));
+        if (!any) {
+            qs_errf(e, "allocate: no candidate format can quantize layer %s (%dx%d)", l->name,
+                    l->out, l->in);
+            goto out;
+        }
+    }
+    int up = qs_alloc_bits_greedy(L, nc, p->bits, p->dloss, valid, budget_bpw * nw, p->choice, e);
+    if (up < 0)
+        goto out;
+    p->upgrades = up;
+    if (refine_joint(work, f, ac, cand, nc, p, valid, budget_bpw * nw, logits, e) < 0)
+        goto out;
+    double tb;
+    if (set_config(work, f, cand, p->choice, &tb, e) < 0 ||
+        metric_of(work, at->x, at->y, at->n, logits, &p->plan_test, e) < 0)
+        goto out;
+    p->bits_per_weight = tb / nw;
+    for (int k = 0; k < nc; k++) {
+        int ok = 1;
+        for (int i = 0; i < L; i++) {
+            ok &= valid[(size_t)i * nc + k];
+            pick[i] = k;
+        }
+        if (!ok) {
+            p->uniform_bpw[k] = NAN;
+            p->uniform_test[k].acc = p->uniform_test[k].loss = NAN;
+            continue;
+        }
+        if (set_config(work, f, cand, pick, &tb, e) < 0 ||
+            metric_of(work, at->x, at->y, at->n, logits, &p->uniform_test[k], e) < 0)
+            goto out;
+        p->uniform_bpw[k] = tb / nw;
+    }
+    rc = 0;
+out:
+    if (rc < 0)
+        qs_bit_plan_free(p);
+    free(valid);
+    free(pick);
+    free(logits);
+    qs_mlp_free(work);
+    return rc;
+}
+
+/* ---- allocate rank= over the bench --------------------------------------------------------- */
+
+void qs_rank_plan_free(struct qs_rank_plan *p)
+{
+    if (!p)
+        return;
+    free(p->rank);
+    free(p->maxr);
+    free(p->rel);
+    free(p->pred);
+    memset(p, 0, sizeof *p);
+}
+
+int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_err *e)
+{
+    memset(p, 0, sizeof *p);
+    if (total < 1)
+        return qs_errf(e, "allocate: rank=%d: the total rank must be at least 1", total);
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_mlp *m = b->model;
+    int L = m->nlayers, any = 0, rc = -1;
+    p->nl = L;
+    p->rank = qs_calloc((size_t)L, sizeof *p->rank);
+    p->maxr = qs_calloc((size_t)L, sizeof *p->maxr);
+    p->rel = qs_calloc((size_t)L, sizeof *p->rel);
+    p->pred = qs_calloc((size_t)L, sizeof *p->pred);
+    double **gain = qs_calloc((size_t)L, sizeof *gain), **left = qs_calloc((size_t)L, sizeof *left);
+    if (!p->rank || !p->maxr || !p->rel || !p->pred || !gain || !left) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (!b->ls[i].wq)
+            continue;
+        struct qs_spectrum sp;
+        if (qs_analysis_spectrum(b, i, QS_SPEC_WEIGHT, QS_SCALE_COV, 0, &sp, e) < 0)
+            goto out;
+        int k = sp.nsv;
+        left[i] = malloc((size_t)(k + 1) * sizeof(double));
+        gain[i] = malloc((size_t)(k > 0 ? k : 1) * sizeof(double));
+        if (!left[i] || !gain[i]) {
+            qs_spectrum_free(&sp);
+            qs_errf(e, "out of memory");
+            goto out;
+        }
+        qs_energy_left(sp.sv, k, sp.st.fro2, k, left[i]);
+        double ref = 0.0;
+        for (int j = 0; j < k; j++)
+            ref += sp.ref_sv[j] * sp.ref_sv[j];
+        p->rel[i] = ref > 0 ? sp.st.fro2 / ref : 0.0;
+        for (int j = 0; j < k; j++)
+            gain[i][j] = p->rel[i] * (left[i][j] - left[i][j + 1]) / (double)(l->out + l->in);
+        p->maxr[i] = k;
+        any = 1;
+        qs_spectrum_free(&sp);
+    }
+    if (!any) {
+        qs_errf(e, "allocate rank: no layer has quantized weights (quant PATTERN FORMAT first)");
+        goto out;
+    }
+    p->given = qs_alloc_rank_greedy(L, (const double *const *)gain, p->maxr, total, p->rank);
+    for (int i = 0; i < L; i++) {
+        p->pred[i] = left[i] ? 1.0 - left[i][p->rank[i]] : 0.0;
+        p->params += (long)p->rank[i] * (m->layers[i].out + m->layers[i].in);
+    }
+    rc = 0;
+out:
+    for (int i = 0; gain && left && i < L; i++) {
+        free(gain[i]);
+        free(left[i]);
+    }
+    free(gain);
+    free(left);
+    if (rc < 0)
+        qs_rank_plan_free(p);
+    return rc;
+}

@@ -1,0 +1,992 @@
+/* cmd_study.c - commands of sensitivity, allocation, QAT and the Q1 study: sensitivity,
+ * allocate, qat, study q1. */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qscope/cmd.h"
+#include "qscope/sensitivity.h"
+#include "qscope/spectral.h"
+#include "qscope/study.h"
+
+static const char *const sens_names[] = {"delta", "grad", "fisher", "hutchinson"};
+
+/* "%.4f" or "n/a" for NaN, right-aligned in w columns. */
+static void put_num(struct qs_sb *t, int w, const char *fmt, double v)
+{
+    if (isfinite(v)) {
+        char buf[48];
+        snprintf(buf, sizeof buf, fmt, v);
+        qs_sb_printf(t, "%*s", w, buf);
+    } else {
+        qs_sb_printf(t, "%*s", w, "n/a");
+    }
+}
+
+/* ---- sensitivity --------------------------------------------------------------------------- */
+
+static int parse_methods(const char *v, unsigned *mask, qs_err *e)
+{
+    *mask = 0;
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", v);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(tok, "all")) {
+            *mask |= QS_SENS_ALL;
+            continue;
+        }
+        int k = 0;
+        while (k < 4 && strcmp(tok, sens_names[k]))
+            k++;
+        if (k == 4)
+            return qs_errf(e, "sensitivity: method '%s': expected delta, grad, fisher, hutchinson "
+                              "or all (a comma list is fine)", tok);
+        *mask |= 1u << k;
+    }
+    if (!*mask)
+        return qs_errf(e, "sensitivity: method= is empty");
+    return 0;
+}
+
+/* The per-method score that ranks layers (what the correlation compares). */
+static double sens_score(const struct qs_sens_layer *s, int k)
+{
+    switch (k) {
+    case 0: return s->delta_loss;
+    case 1: return s->grad_norm;
+    case 2: return s->fisher_err;
+    default: return s->hutch_err;
+    }
+}
+
+static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    unsigned methods = QS_SENS_ALL;
+    long probes = 32;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if ((v = qs_opt_value(argv[i], "method"))) {
+            if (parse_methods(v, &methods, e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "probes"))) {
+            if (qs_parse_int(v, 2, 100000, &probes, "probes", e) < 0)
+                return -1;
+        } else {
+            return qs_errf(e, "usage: sensitivity [method=delta|grad|fisher|hutchinson|all[,...]] "
+                              "[probes=N]");
+        }
+    }
+    struct qs_bench *b = c->b;
+    int L = b->model->nlayers;
+    struct qs_sens_layer *s = qs_calloc((size_t)L, sizeof *s);
+    if (!s)
+        return qs_errf(e, "out of memory");
+    struct qs_sens_info info;
+    if (qs_sensitivity(b, methods, (int)probes, s, &info, e) < 0) {
+        free(s);
+        return -1;
+    }
+    char mlist[64] = "";
+    for (int k = 0; k < 4; k++)
+        if (methods & (1u << k))
+            snprintf(mlist + strlen(mlist), sizeof mlist - strlen(mlist), "%s%s",
+                     mlist[0] ? "," : "", sens_names[k]);
+    snprintf(c->canon, sizeof c->canon, "sensitivity method=%s", mlist);
+    if (methods & QS_SENS_HUTCH)
+        snprintf(c->canon + strlen(c->canon), sizeof c->canon - strlen(c->canon), " probes=%ld",
+                 probes);
+    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "sensitivity");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-10s", "layer");
+    if (methods & QS_SENS_DELTA)
+        qs_sb_printf(&t, " %11s", "delta_loss");
+    if (methods & QS_SENS_GRAD)
+        qs_sb_printf(&t, " %11s", "grad_norm");
+    if (methods & QS_SENS_FISHER)
+        qs_sb_printf(&t, " %11s %11s", "fisher_tr", "fisher_err");
+    if (methods & QS_SENS_HUTCH)
+        qs_sb_printf(&t, " %11s %10s %11s", "hutch_tr", "+-se", "hutch_err");
+    qs_sb_printf(&t, "\n");
+    for (int i = 0; i < L; i++) {
+        const struct qs_sens_layer *r = &s[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", b->model->layers[i].name);
+        cJSON_AddBoolToObject(j, "quantized", r->quantized);
+        qs_sb_printf(&t, "%-10s", b->model->layers[i].name);
+        if (methods & QS_SENS_DELTA) {
+            qs_json_num(j, "delta_loss", r->delta_loss);
+            put_num(&t, 12, "%.5g", r->delta_loss);
+        }
+        if (methods & QS_SENS_GRAD) {
+            qs_json_num(j, "grad_norm", r->grad_norm);
+            put_num(&t, 12, "%.5g", r->grad_norm);
+        }
+        if (methods & QS_SENS_FISHER) {
+            qs_json_num(j, "fisher_trace", r->fisher_trace);
+            qs_json_num(j, "fisher_err", r->fisher_err);
+            put_num(&t, 12, "%.5g", r->fisher_trace);
+            put_num(&t, 12, "%.5g", r->fisher_err);
+        }
+        if (methods & QS_SENS_HUTCH) {
+            qs_json_num(j, "hutchinson", r->hutch_trace);
+            qs_json_num(j, "hutchinson_se", r->hutch_se);
+            qs_json_num(j, "hutchinson_err", r->hutch_err);
+            put_num(&t, 12, "%.5g", r->hutch_trace);
+            put_num(&t, 11, "%.3g", r->hutch_se);
+            put_num(&t, 12, "%.5g", r->hutch_err);
+        }
+        qs_sb_printf(&t, "%s\n", r->quantized ? "" : "  (float)");
+        cJSON_AddItemToArray(rows, j);
+    }
+    if (methods & QS_SENS_DELTA)
+        qs_sb_printf(&t, "delta_loss: test-split loss (%d samples) with only that layer quantized "
+                         "minus the float loss %.6g\n", info.n_test, info.float_loss_test);
+    if (methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH))
+        qs_sb_printf(&t, "grad/fisher/hutchinson: calibration split (%d samples), at the float "
+                         "weights\n", info.n_calib);
+    if (methods & QS_SENS_FISHER)
+        qs_sb_printf(&t, "fisher_tr = sum F, fisher_err = sum F*(W-Q(W))^2, F = empirical Fisher "
+                         "diagonal (mean of per-sample squared gradients)\n");
+    if (methods & QS_SENS_HUTCH)
+        qs_sb_printf(&t, "hutch_tr = tr(H) by Hutchinson, %d Rademacher probes (seed %llu), Hv by "
+                         "central differences of gradients; hutch_err = tr(H)/N*||W-Q(W)||^2\n",
+                     info.probes, (unsigned long long)info.seed);
+    /* Spearman matrix over the quantized layers, one score per method. */
+    int nm = 0, mk[4], nq = 0;
+    for (int k = 0; k < 4; k++)
+        if (methods & (1u << k))
+            mk[nm++] = k;
+    double *sc = qs_calloc((size_t)4 * L, sizeof *sc);
+    for (int i = 0; sc && i < L; i++)
+        if (s[i].quantized) {
+            for (int a = 0; a < nm; a++)
+                sc[(size_t)a * L + nq] = sens_score(&s[i], mk[a]);
+            nq++;
+        }
+    cJSON_AddItemToObject(o, "layers", rows);
+    if (nm >= 2 && sc) {
+        cJSON *sp = cJSON_CreateObject(), *names = cJSON_CreateArray(), *mat = cJSON_CreateArray();
+        qs_sb_printf(&t, "Spearman rank correlation over the %d quantized layers (scores: delta_loss, "
+                         "grad_norm, fisher_err, hutch_err)%s:\n%-11s", nq,
+                     nq <= 4 ? "; few layers make it coarse" : "", "");
+        for (int a = 0; a < nm; a++) {
+            cJSON_AddItemToArray(names, cJSON_CreateString(sens_names[mk[a]]));
+            qs_sb_printf(&t, " %10s", sens_names[mk[a]]);
+        }
+        qs_sb_printf(&t, "\n");
+        for (int a = 0; a < nm; a++) {
+            cJSON *row = cJSON_CreateArray();
+            qs_sb_printf(&t, "%-11s", sens_names[mk[a]]);
+            for (int bb = 0; bb < nm; bb++) {
+                double r = qs_spearman(sc + (size_t)a * L, sc + (size_t)bb * L, nq);
+                cJSON_AddItemToArray(row, qs_json_num_item(r));
+                put_num(&t, 11, "%.3f", r);
+            }
+            qs_sb_printf(&t, "\n");
+            cJSON_AddItemToArray(mat, row);
+        }
+        cJSON_AddItemToObject(sp, "methods", names);
+        cJSON_AddItemToObject(sp, "matrix", mat);
+        cJSON_AddItemToObject(o, "spearman", sp);
+    }
+    free(sc);
+    cJSON_AddNumberToObject(o, "n_calib", info.n_calib);
+    cJSON_AddNumberToObject(o, "n_test", info.n_test);
+    if (methods & QS_SENS_HUTCH)
+        cJSON_AddNumberToObject(o, "probes", info.probes);
+    qs_set_last_table(c, "sensitivity", cJSON_GetObjectItem(o, "layers"), NULL);
+    qs_add_gate(c, o, &t);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    free(s);
+    return 0;
+}
+
+/* ---- allocate ------------------------------------------------------------------------------ */
+
+static const char *gran_word(const struct qs_qopts *o, char *buf, size_t n)
+{
+    if (o->gran == QS_GRAN_TENSOR)
+        return "tensor";
+    if (o->gran == QS_GRAN_CHANNEL)
+        return "channel";
+    snprintf(buf, n, "group:%d", o->group);
+    return buf;
+}
+
+/* Parses "int4", "int4/tensor", "int3/group:32" (or "/g32") into a candidate. */
+static int parse_cand(const char *tok, const struct qs_qopts *base, const char *gran, uint64_t seed,
+                      struct qs_wcand *c, qs_err *e)
+{
+    char name[64], g[40];
+    snprintf(name, sizeof name, "%s", tok);
+    char *slash = strchr(name, '/');
+    snprintf(g, sizeof g, "%s", gran);
+    if (slash) {
+        *slash = 0;
+        if (slash[1] == 'g' && slash[2] >= '0' && slash[2] <= '9')
+            snprintf(g, sizeof g, "group:%s", slash + 2);
+        else
+            snprintf(g, sizeof g, "%s", slash + 1);
+    }
+    memset(c, 0, sizeof *c);
+    if (qs_format_parse(name, &c->fmt, e) < 0)
+        return -1;
+    c->opt = *base;
+    c->opt.seed = seed;
+    int fixed = c->fmt.kind == QS_FMT_MX || c->fmt.kind == QS_FMT_NVFP4;
+    if (c->fmt.kind == QS_FMT_NONE) {
+        snprintf(c->label, sizeof c->label, "none");
+        return 0;
+    }
+    if (!fixed || slash) {
+        char gt[64];
+        snprintf(gt, sizeof gt, "gran=%s", g);
+        if (qs_qopts_parse_token(&c->opt, gt, e) < 0)
+            return -1;
+    }
+    if (qs_qopts_check(&c->fmt, &c->opt, e) < 0)
+        return qs_err_prefix(e, tok);
+    char gb[24], fname[sizeof c->fmt.name];
+    memcpy(fname, c->fmt.name, sizeof fname);
+    if (fixed)
+        snprintf(c->label, sizeof c->label, "%s", fname);
+    else
+        snprintf(c->label, sizeof c->label, "%s/%s", fname, gran_word(&c->opt, gb, sizeof gb));
+    return 0;
+}
+
+/* The quant line that applies candidate c to one layer (weights only). */
+static void plan_line(const struct qs_bench *b, const char *layer, const struct qs_wcand *c,
+                      char *buf, size_t n)
+{
+    char opts[200] = "";
+    if (c->fmt.kind != QS_FMT_NONE)
+        qs_qopts_format(&c->fmt, &c->opt, opts, sizeof opts);
+    snprintf(buf, n, "quant %s %s%s%s%s", layer, c->fmt.name, opts[0] ? " " : "", opts,
+             b->regime == QS_REGIME_WEIGHT ? "" : " on=w");
+}
+
+static int apply_lines(struct qs_ctx *c, char **lines, int n, qs_err *e)
+{
+    for (int k = 0; k < n; k++)
+        if (lines[k] && qs_exec_line(c, lines[k], e) < 0)
+            return qs_err_prefix(e, "allocate apply");
+    return 0;
+}
+
+static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, const char *gran,
+                         const struct qs_qopts *base, int apply, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_wcand cand[32];
+    int nc = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", formats);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (nc == 32)
+            return qs_errf(e, "allocate: at most 32 formats");
+        if (parse_cand(tok, base, gran, b->seed, &cand[nc], e) < 0)
+            return -1;
+        nc++;
+    }
+    struct qs_bit_plan p;
+    if (qs_allocate_bits(b, cand, nc, budget, &p, e) < 0)
+        return -1;
+    int L = b->model->nlayers;
+    char flist[512] = "";
+    for (int k = 0; k < nc; k++)
+        snprintf(flist + strlen(flist), sizeof flist - strlen(flist), "%s%s", k ? "," : "",
+                 cand[k].label);
+    cJSON *o = cJSON_CreateObject(), *plan = cJSON_CreateArray(), *uni = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "allocate");
+    qs_json_num(o, "budget", budget);
+    cJSON_AddStringToObject(o, "formats", flist);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "allocate bits=%.6g over %s: greedy by marginal calibration loss per bit, "
+                     "then exchanges on the joint calibration loss\n",
+                 budget, flist);
+    qs_sb_printf(&t, "%-10s %-16s %8s %12s\n", "layer", "format", "bits/w", "dloss_calib");
+    char **lines = qs_calloc((size_t)L, sizeof *lines);
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        int k = p.choice[i];
+        double nwl = (double)l->out * l->in, bw = p.bits[(size_t)i * nc + k] / nwl;
+        double dl = p.dloss[(size_t)i * nc + k];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "layer", l->name);
+        cJSON_AddStringToObject(j, "format", cand[k].fmt.name);
+        char gb[24];
+        cJSON_AddStringToObject(j, "gran", cand[k].fmt.kind == QS_FMT_NONE ? "none"
+                                               : gran_word(&cand[k].opt, gb, sizeof gb));
+        qs_json_num(j, "bits_per_weight", bw);
+        qs_json_num(j, "dloss_calib", dl);
+        char line[400];
+        plan_line(b, l->name, &cand[k], line, sizeof line);
+        cJSON_AddStringToObject(j, "command", line);
+        if (lines)
+            lines[i] = qs_strdup(line);
+        cJSON_AddItemToArray(plan, j);
+        qs_sb_printf(&t, "%-10s %-16s %8.3f %12.5g\n", l->name, cand[k].label, bw, dl);
+    }
+    cJSON_AddItemToObject(o, "plan", plan);
+    cJSON *tab = cJSON_CreateArray();
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        cJSON *row = cJSON_CreateObject(), *cells = cJSON_CreateArray();
+        cJSON_AddStringToObject(row, "layer", l->name);
+        for (int k = 0; k < nc; k++) {
+            cJSON *cell = cJSON_CreateObject();
+            double bk = p.bits[(size_t)i * nc + k];
+            cJSON_AddStringToObject(cell, "format", cand[k].label);
+            qs_json_num(cell, "bits_per_weight", bk < 0 ? NAN : bk / ((double)l->out * l->in));
+            qs_json_num(cell, "dloss_calib", bk < 0 ? NAN : p.dloss[(size_t)i * nc + k]);
+            cJSON_AddItemToArray(cells, cell);
+        }
+        cJSON_AddItemToObject(row, "candidates", cells);
+        cJSON_AddItemToArray(tab, row);
+    }
+    cJSON_AddItemToObject(o, "table", tab);
+    qs_json_num(o, "joint_loss_calib", p.joint_loss_calib);
+    qs_json_num(o, "bits_per_weight", p.bits_per_weight);
+    qs_json_num(o, "acc", p.plan_test.acc);
+    qs_json_num(o, "loss", p.plan_test.loss);
+    cJSON *fj = cJSON_CreateObject();
+    qs_json_num(fj, "acc", p.float_test.acc);
+    qs_json_num(fj, "loss", p.float_test.loss);
+    cJSON_AddItemToObject(o, "float", fj);
+    qs_sb_printf(&t, "plan: %.4f bits/weight (packed), joint calibration loss %.4f; test acc "
+                     "%.4f loss %.4f; float acc %.4f loss %.4f\n",
+                 p.bits_per_weight, p.joint_loss_calib, p.plan_test.acc, p.plan_test.loss,
+                 p.float_test.acc, p.float_test.loss);
+    qs_sb_printf(&t, "uniform for comparison:\n");
+    for (int k = 0; k < nc; k++) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "format", cand[k].label);
+        qs_json_num(j, "bits_per_weight", p.uniform_bpw[k]);
+        qs_json_num(j, "acc", p.uniform_test[k].acc);
+        qs_json_num(j, "loss", p.uniform_test[k].loss);
+        cJSON_AddItemToArray(uni, j);
+        if (isnan(p.uniform_bpw[k])) {
+            qs_sb_printf(&t, "  %-16s not applicable to every layer\n", cand[k].label);
+            continue;
+        }
+        qs_sb_printf(&t, "  %-16s %8.4f bits/weight, test acc %.4f loss %.4f%s\n", cand[k].label,
+                     p.uniform_bpw[k], p.uniform_test[k].acc, p.uniform_test[k].loss,
+                     p.uniform_bpw[k] <= budget * (1 + 1e-12) ? "" : "  (over budget)");
+    }
+    cJSON_AddItemToObject(o, "uniform", uni);
+    for (int i = 0; lines && i < L; i++)
+        qs_sb_printf(&t, "%s\n", lines[i] ? lines[i] : "");
+    qs_sb_printf(&t, "(weight-only; dloss_calib: calibration loss with only that layer at that "
+                     "format minus the float loss; bits from packed sizes; chosen on the "
+                     "calibration split, test metrics on the test split)%s\n",
+                 apply ? "" : "\n(add `apply` to run these quant commands)");
+    qs_add_gate(c, o, &t);
+    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s", budget, flist);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    qs_bit_plan_free(&p);
+    int rc = 0;
+    if (!lines)
+        rc = qs_errf(e, "out of memory");
+    else if (apply) {
+        rc = apply_lines(c, lines, L, e);
+        c->no_journal = 1; /* the quant commands are journaled themselves */
+    }
+    for (int i = 0; lines && i < L; i++)
+        free(lines[i]);
+    free(lines);
+    return rc;
+}
+
+static int allocate_rank(struct qs_ctx *c, int total, const char *method, int apply, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    enum qs_corr_method m;
+    if (qs_corr_parse(method, &m, e) < 0)
+        return -1;
+    if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
+        return qs_errf(e, "allocate rank: method=%s: expected lowrank, lqer, qera or eora", method);
+    struct qs_rank_plan p;
+    if (qs_allocate_rank(b, total, &p, e) < 0)
+        return -1;
+    int L = b->model->nlayers;
+    cJSON *o = cJSON_CreateObject(), *plan = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "allocate");
+    cJSON_AddNumberToObject(o, "rank", total);
+    cJSON_AddStringToObject(o, "method", qs_corr_name(m));
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "allocate rank=%d (%s): greedy by marginal recovery per parameter, read off "
+                     "the scale=cov error spectra\n", total, qs_corr_name(m));
+    qs_sb_printf(&t, "%-10s %5s %5s %12s %10s %8s\n", "layer", "rank", "max", "rel_err", "pred_R",
+                 "params");
+    char **lines = qs_calloc((size_t)L, sizeof *lines);
+    int nlines = 0;
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        long params = (long)p.rank[i] * (l->out + l->in);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "layer", l->name);
+        cJSON_AddNumberToObject(j, "rank", p.rank[i]);
+        qs_json_num(j, "rel_err", p.rel[i]);
+        qs_json_num(j, "predicted_recovery", p.pred[i]);
+        cJSON_AddNumberToObject(j, "params", (double)params);
+        if (p.maxr[i] == 0) {
+            qs_sb_printf(&t, "%-10s %5s %5s %12s %10s %8s  (weights float)\n", l->name, "-", "-",
+                         "-", "-", "-");
+        } else {
+            qs_sb_printf(&t, "%-10s %5d %5d %12.5g %10.4f %8ld\n", l->name, p.rank[i], p.maxr[i],
+                         p.rel[i], p.pred[i], params);
+        }
+        if (p.rank[i] > 0 && lines) {
+            char line[200];
+            snprintf(line, sizeof line, "correct %s %s r=%d", l->name, qs_corr_name(m), p.rank[i]);
+            cJSON_AddStringToObject(j, "command", line);
+            lines[nlines++] = qs_strdup(line);
+        }
+        cJSON_AddItemToArray(plan, j);
+    }
+    cJSON_AddItemToObject(o, "plan", plan);
+    cJSON_AddNumberToObject(o, "given", p.given);
+    cJSON_AddNumberToObject(o, "params", (double)p.params);
+    qs_sb_printf(&t, "rank given %d of %d, +%ld parameters\n", p.given, total, p.params);
+    for (int k = 0; k < nlines; k++)
+        qs_sb_printf(&t, "%s\n", lines[k] ? lines[k] : "");
+    qs_sb_printf(&t, "(rel_err = ||E R^1/2||^2/||W R^1/2||^2, R = E[x x^T] of the float calibration "
+                     "inputs; pred_R = 1 - left[rank] of that spectrum: exact for qera/eora, a "
+                     "proxy for lowrank/lqer; gain of a rank step = rel_err x its energy share / "
+                     "(out + in))%s\n",
+                 apply ? "" : "\n(add `apply` to run these correct commands)");
+    qs_add_gate(c, o, &t);
+    snprintf(c->canon, sizeof c->canon, "allocate rank=%d method=%s", total, qs_corr_name(m));
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    qs_rank_plan_free(&p);
+    int rc = 0;
+    if (!lines)
+        rc = qs_errf(e, "out of memory");
+    else if (apply) {
+        rc = apply_lines(c, lines, nlines, e);
+        c->no_journal = 1;
+    }
+    for (int k = 0; k < nlines; k++)
+        free(lines[k]);
+    free(lines);
+    return rc;
+}
+
+static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    double bits = -1.0;
+    long rank = -1;
+    int apply = 0;
+    const char *formats = "int2,int3,int4,int8", *gran = "channel", *method = "lowrank";
+    struct qs_qopts base;
+    qs_qopts_default(&base);
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if ((v = qs_opt_value(argv[i], "bits"))) {
+            if (qs_parse_double(v, &bits, "allocate bits", e) < 0)
+                return -1;
+            if (!(bits > 0))
+                return qs_errf(e, "allocate: bits=%s must be positive", v);
+        } else if ((v = qs_opt_value(argv[i], "rank"))) {
+            if (qs_parse_int(v, 1, 1 << 20, &rank, "allocate rank", e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "formats"))) {
+            formats = v;
+        } else if ((v = qs_opt_value(argv[i], "gran"))) {
+            gran = v;
+        } else if ((v = qs_opt_value(argv[i], "method"))) {
+            method = v;
+        } else if (!strcmp(argv[i], "apply")) {
+            apply = 1;
+        } else if (strncmp(argv[i], "seed=", 5) && qs_qopts_parse_token(&base, argv[i], e) == 0) {
+            continue; /* clip=, range=, asym, ... for every candidate */
+        } else {
+            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] [apply] | "
+                              "allocate rank=R [method=lowrank|lqer|qera|eora] [apply]");
+        }
+    }
+    if ((bits > 0) == (rank > 0))
+        return qs_errf(e, "allocate: give exactly one of bits=B (format per layer) or rank=R "
+                          "(correction rank per layer)");
+    if (bits > 0)
+        return allocate_bits(c, bits, formats, gran, &base, apply, e);
+    return allocate_rank(c, (int)rank, method, apply, e);
+}
+
+/* ---- qat ----------------------------------------------------------------------------------- */
+
+struct qat_cb_ctx {
+    struct qs_ctx *c;
+    int epochs;
+};
+
+static int qat_cb(void *u, int epoch, double loss, double acc)
+{
+    struct qat_cb_ctx *q = u;
+    struct qs_bench *b = q->c->b;
+    if (b->progress) {
+        char what[96];
+        snprintf(what, sizeof what, "qat epoch %d/%d loss %.4f", epoch, q->epochs, loss);
+        b->progress(b->progress_ctx, what, (double)epoch / q->epochs);
+    }
+    (void)acc;
+    return b->cancel;
+}
+
+static void metric_json(cJSON *o, const char *k, const struct qs_metric *m)
+{
+    cJSON *j = cJSON_CreateObject();
+    qs_json_num(j, "acc", m->acc);
+    qs_json_num(j, "loss", m->loss);
+    cJSON_AddItemToObject(o, k, j);
+}
+
+static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_qat_opts qo = {.epochs = 10, .batch = 64, .lr = 3e-4, .seed = b->seed};
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        if ((v = qs_opt_value(argv[i], "epochs"))) {
+            if (qs_parse_int(v, 1, 100000, &lv, "qat epochs", e) < 0)
+                return -1;
+            qo.epochs = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "batch"))) {
+            if (qs_parse_int(v, 1, 1 << 20, &lv, "qat batch", e) < 0)
+                return -1;
+            qo.batch = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "lr"))) {
+            if (qs_parse_double(v, &qo.lr, "qat lr", e) < 0)
+                return -1;
+            if (!(qo.lr > 0))
+                return qs_errf(e, "qat: lr must be positive");
+        } else if ((v = qs_opt_value(argv[i], "seed"))) {
+            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "qat seed", e) < 0)
+                return -1;
+            qo.seed = (uint64_t)lv;
+        } else {
+            return qs_errf(e, "usage: qat [epochs=N] [lr=F] [batch=N] [seed=N]");
+        }
+    }
+    struct qat_cb_ctx cc = {c, qo.epochs};
+    struct qs_qat_result r;
+    b->cancel = 0;
+    if (qs_qat(b, &qo, qat_cb, &cc, &r, e) < 0)
+        return -1;
+    snprintf(c->canon, sizeof c->canon, "qat epochs=%d lr=%.9g batch=%d seed=%llu", qo.epochs,
+             qo.lr, qo.batch, (unsigned long long)qo.seed);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "qat");
+    cJSON_AddNumberToObject(o, "epochs", qo.epochs);
+    qs_json_num(o, "lr", qo.lr);
+    metric_json(o, "float", &r.f);
+    metric_json(o, "ptq", &r.ptq);
+    metric_json(o, "qat", &r.qat);
+    metric_json(o, "qat_float", &r.f_qat);
+    qs_json_num(o, "gap_closed", r.gap_closed);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "qat: %d epochs, lr %.3g, batch %d, seed %llu on the train split (%d "
+                     "samples); straight-through estimator through each layer's weight format, "
+                     "Adam on the float master weights\n",
+                 qo.epochs, qo.lr, qo.batch, (unsigned long long)qo.seed, b->split.n_train);
+    qs_sb_printf(&t, "%-22s %8s %8s\n", "test split", "acc", "loss");
+    qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "float (before)", r.f.acc, r.f.loss);
+    qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "quantized, PTQ", r.ptq.acc, r.ptq.loss);
+    qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "quantized, QAT", r.qat.acc, r.qat.loss);
+    qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "float after QAT", r.f_qat.acc, r.f_qat.loss);
+    if (isfinite(r.gap_closed))
+        qs_sb_printf(&t, "gap closed: %.4f of the float-PTQ accuracy gap (%.4f -> %.4f)\n",
+                     r.gap_closed, r.f.acc - r.ptq.acc, r.f.acc - r.qat.acc);
+    else
+        qs_sb_printf(&t, "gap closed: n/a (PTQ did not lose accuracy)\n");
+    qs_sb_printf(&t, "the bench now holds the fine-tuned float model (same rules, split and "
+                     "path)");
+    if (r.dropped_corr)
+        qs_sb_printf(&t, "; %d correction%s fitted to the old weights dropped", r.dropped_corr,
+                     r.dropped_corr == 1 ? "" : "s");
+    if (r.act_quant)
+        qs_sb_printf(&t, "; activation formats were not simulated in training");
+    qs_sb_printf(&t, "\n");
+    qs_add_gate(c, o, &t);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* ---- study q1 ------------------------------------------------------------------------------ */
+
+static const char *const bundled[] = {"digits", "moons", "spirals", "xor", "circles"};
+
+/* The bundled model NAME: datasets/models/NAME-mlp.safetensors under the working directory,
+ * $QSCOPE_HOME, or the executable's folder. */
+static int bundled_path(const char *name, char *buf, size_t n, qs_err *e)
+{
+    char cand[3][PATH_MAX];
+    int nc = 0;
+    snprintf(cand[nc++], sizeof cand[0], "datasets/models/%s-mlp.safetensors", name);
+    const char *home = getenv("QSCOPE_HOME");
+    if (home && home[0])
+        snprintf(cand[nc++], sizeof cand[0], "%s/datasets/models/%s-mlp.safetensors", home, name);
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(cand[nc++], sizeof cand[0], "%.*s/datasets/models/%s-mlp.safetensors",
+                     PATH_MAX - 64, exe, name);
+        }
+    }
+    for (int i = 0; i < nc; i++)
+        if (access(cand[i], R_OK) == 0) {
+            snprintf(buf, n, "%s", cand[i]);
+            return 0;
+        }
+    return qs_errf(e, "study q1: the bundled model %s-mlp.safetensors is not under datasets/models "
+                      "(working directory, $QSCOPE_HOME or beside qscope)", name);
+}
+
+static const char *base_name(const char *p, char *buf, size_t n)
+{
+    const char *s = strrchr(p, '/');
+    snprintf(buf, n, "%s", s ? s + 1 : p);
+    char *dot = strstr(buf, ".safetensors");
+    if (dot)
+        *dot = 0;
+    return buf;
+}
+
+static cJSON *stats_json(const struct qs_q1_stats *s)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "n", s->n);
+    qs_json_num(j, "mean", s->mean);
+    qs_json_num(j, "median", s->median);
+    qs_json_num(j, "pos_frac", s->pos_frac);
+    qs_json_num(j, "frac_gt_0.2", s->frac_gt_02);
+    return j;
+}
+
+static void stats_row(struct qs_sb *t, const char *name, const struct qs_q1_stats *s)
+{
+    qs_sb_printf(t, "%-14s", name);
+    put_num(t, 9, "%.4f", s->mean);
+    put_num(t, 9, "%.4f", s->median);
+    put_num(t, 10, "%.3f", s->pos_frac);
+    put_num(t, 10, "%.3f", s->frac_gt_02);
+    qs_sb_printf(t, "\n");
+}
+
+static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
+    const char *gran = "tensor", *csv = NULL;
+    struct qs_q1_opts o;
+    memset(&o, 0, sizeof o);
+    o.top_frac = 0.1;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if ((v = qs_opt_value(argv[i], "models")))
+            models = v;
+        else if ((v = qs_opt_value(argv[i], "seeds")))
+            seeds = v;
+        else if ((v = qs_opt_value(argv[i], "prec")))
+            prec = v;
+        else if ((v = qs_opt_value(argv[i], "format")))
+            fmtname = v;
+        else if ((v = qs_opt_value(argv[i], "gran")))
+            gran = v;
+        else if ((v = qs_opt_value(argv[i], "csv")))
+            csv = v;
+        else
+            return qs_errf(e, "usage: study q1 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
+                              "[prec=int4|int8|float] [format=int3] [gran=tensor] [csv=PREFIX]");
+    }
+    if (strcmp(prec, "int4") && strcmp(prec, "int8") && strcmp(prec, "float"))
+        return qs_errf(e, "study q1: prec=%s: expected int4, int8 or float", prec);
+    snprintf(o.prec, sizeof o.prec, "%s", prec);
+    if (qs_format_parse(fmtname, &o.fmt, e) < 0)
+        return -1;
+    if (o.fmt.kind == QS_FMT_NONE)
+        return qs_errf(e, "study q1: format=none leaves nothing to correct");
+    qs_qopts_default(&o.opt);
+    o.opt.seed = c->b->seed;
+    char gt[64];
+    snprintf(gt, sizeof gt, "gran=%s", gran);
+    if (o.fmt.kind != QS_FMT_MX && o.fmt.kind != QS_FMT_NVFP4 &&
+        qs_qopts_parse_token(&o.opt, gt, e) < 0)
+        return -1;
+    if (qs_qopts_check(&o.fmt, &o.opt, e) < 0)
+        return -1;
+    /* models */
+    enum { MAXM = 64 };
+    char paths[MAXM][PATH_MAX];
+    const char *mp[MAXM];
+    int nm = 0;
+    if (!strcmp(models, "bundled")) {
+        for (int k = 0; k < 5; k++) {
+            if (bundled_path(bundled[k], paths[nm], sizeof paths[nm], e) < 0)
+                return -1;
+            mp[nm] = paths[nm];
+            nm++;
+        }
+    } else {
+        char buf[4096];
+        snprintf(buf, sizeof buf, "%s", models);
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            if (nm == MAXM)
+                return qs_errf(e, "study q1: at most %d models", MAXM);
+            snprintf(paths[nm], sizeof paths[nm], "%s", tok);
+            mp[nm] = paths[nm];
+            nm++;
+        }
+    }
+    if (nm == 0)
+        return qs_errf(e, "study q1: models= is empty");
+    uint64_t sv[64];
+    int ns = 0;
+    char sbuf[512];
+    snprintf(sbuf, sizeof sbuf, "%s", seeds);
+    for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        long lv;
+        if (ns == 64)
+            return qs_errf(e, "study q1: at most 64 seeds");
+        if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q1 seed", e) < 0)
+            return -1;
+        sv[ns++] = (uint64_t)lv;
+    }
+    if (ns == 0)
+        return qs_errf(e, "study q1: seeds= is empty");
+    o.models = mp;
+    o.nmodels = nm;
+    o.seeds = sv;
+    o.nseeds = ns;
+    o.progress = c->b->progress;
+    o.progress_ctx = c->b->progress_ctx;
+    c->b->cancel = 0;
+    o.cancel = &c->b->cancel;
+    struct qs_q1 q;
+    if (qs_study_q1(&o, &q, e) < 0)
+        return -1;
+    if (csv && qs_q1_write_csv(&q, &o, csv, e) < 0) {
+        qs_q1_free(&q);
+        return -1;
+    }
+    char canon_seeds[512] = "", opts[200] = "";
+    for (int k = 0; k < ns; k++)
+        snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
+                 "%s%llu", k ? "," : "", (unsigned long long)sv[k]);
+    char gb[24];
+    const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
+                         ? "block" : gran_word(&o.opt, gb, sizeof gb);
+    snprintf(c->canon, sizeof c->canon, "study q1 models=%s seeds=%s format=%s gran=%s prec=%s%s%s",
+             models, canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "", csv ? csv : "");
+    qs_qopts_format(&o.fmt, &o.opt, opts, sizeof opts);
+    const char *rq = !strcmp(prec, "int4") ? "R_lin_q4" : !strcmp(prec, "int8") ? "R_lin_q8"
+                                                                                 : "R_lin_qfloat";
+    const char *rqj = !strcmp(prec, "int4") ? "r_lin_q4" : !strcmp(prec, "int8") ? "r_lin_q8"
+                                                                                  : "r_lin_qfloat";
+    cJSON *o_ = cJSON_CreateObject(), *js = cJSON_CreateArray(), *jl = cJSON_CreateArray();
+    cJSON_AddStringToObject(o_, "cmd", "study q1");
+    cJSON_AddStringToObject(o_, "regime", "weight-only");
+    cJSON_AddStringToObject(o_, "format", o.fmt.name);
+    cJSON_AddStringToObject(o_, "options", opts);
+    cJSON_AddStringToObject(o_, "prec", prec);
+    cJSON_AddStringToObject(o_, "correctability",
+                            "share of the pre-activation error energy (calibration split, "
+                            "propagated) in its top ceil(0.1 d) singular directions");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
+                     "weights %s\n",
+                 nm, nm == 1 ? "" : "s", ns, ns == 1 ? "" : "s", o.fmt.name, opts, prec);
+    qs_sb_printf(&t, "correctability = share of the pre-activation error energy (calibration "
+                     "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
+                     "d)], d = layer width\n");
+    qs_sb_printf(&t, "R = held-out recovery of the ridge map from quantized to float "
+                     "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
+                     "map (%s)\n", prec, rq);
+    qs_sb_printf(&t, "a seed re-draws calibration and test among each model's held-out samples "
+                     "(never its training samples)\n\n");
+    char hdr_q[24];
+    snprintf(hdr_q, sizeof hdr_q, "med_%s", rq);
+    qs_sb_printf(&t, "%-22s %4s %4s %7s %7s %11s %11s %8s  %s\n", "model", "seed", "gate", "f_acc",
+                 "q_acc", "med_R_float", hdr_q + 0, "spearman", "verdict");
+    int gates = 0, minl = 1 << 30;
+    for (int s = 0; s < q.nsettings; s++) {
+        const struct qs_q1_setting *st = &q.settings[s];
+        char nb[256];
+        base_name(st->model, nb, sizeof nb);
+        gates += st->gate_pass;
+        if (st->nlayers < minl)
+            minl = st->nlayers;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", st->model);
+        cJSON_AddStringToObject(j, "data", st->data);
+        cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+        cJSON_AddNumberToObject(j, "layers", st->nlayers);
+        qs_json_num(j, "float_acc", st->float_acc);
+        qs_json_num(j, "quant_acc", st->quant_acc);
+        qs_json_num(j, "bits_per_weight", st->bits_per_weight);
+        cJSON_AddStringToObject(j, "gate", st->gate_pass ? "pass" : "fail");
+        qs_json_num(j, "median_r_lin_float", st->med_r_float);
+        char key[40];
+        snprintf(key, sizeof key, "median_%s", rqj);
+        qs_json_num(j, key, st->med_r_q);
+        qs_json_num(j, "spearman", st->spearman);
+        cJSON_AddStringToObject(j, "verdict", st->verdict);
+        cJSON_AddItemToArray(js, j);
+        qs_sb_printf(&t, "%-22s %4llu %4s %7.4f %7.4f", nb, (unsigned long long)st->seed,
+                     st->gate_pass ? "pass" : "FAIL", st->float_acc, st->quant_acc);
+        put_num(&t, 12, "%.4f", st->med_r_float);
+        put_num(&t, 12, "%.4f", st->med_r_q);
+        put_num(&t, 9, "%.3f", st->spearman);
+        qs_sb_printf(&t, "  %s\n", st->verdict);
+    }
+    qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s\n", "model", "seed", "layer", "depth",
+                 "d", "correct.", "R_lin_float", rq);
+    static const char *const thirds[] = {"early", "mid", "late"};
+    for (int i = 0; i < q.nlayers; i++) {
+        const struct qs_q1_layer *l = &q.layers[i];
+        const struct qs_q1_setting *st = &q.settings[l->setting];
+        char nb[256];
+        base_name(st->model, nb, sizeof nb);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", st->model);
+        cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+        cJSON_AddStringToObject(j, "layer", l->name);
+        cJSON_AddStringToObject(j, "depth", thirds[l->third]);
+        cJSON_AddNumberToObject(j, "d", l->d);
+        qs_json_num(j, "w_rel_err", l->w_rel_err);
+        qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
+        qs_json_num(j, "correctability", l->correctability);
+        qs_json_num(j, "r_lin_float", l->r_float);
+        qs_json_num(j, rqj, l->r_q);
+        cJSON_AddItemToArray(jl, j);
+        qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
+                     thirds[l->third], l->d);
+        put_num(&t, 10, "%.4f", l->correctability);
+        put_num(&t, 12, "%.4f", l->r_float);
+        put_num(&t, 12, "%.4f", l->r_q);
+        qs_sb_printf(&t, "\n");
+    }
+    cJSON_AddItemToObject(o_, "settings", js);
+    cJSON_AddItemToObject(o_, "layers", jl);
+    cJSON *agg = cJSON_CreateObject(), *dq = cJSON_CreateObject(), *df = cJSON_CreateObject();
+    cJSON_AddItemToObject(agg, "r_lin_float", stats_json(&q.r_float));
+    cJSON_AddItemToObject(agg, rqj, stats_json(&q.r_q));
+    for (int k = 0; k < 3; k++) {
+        qs_json_num(dq, thirds[k], q.depth_q[k]);
+        qs_json_num(df, thirds[k], q.depth_float[k]);
+    }
+    char dkey[48];
+    snprintf(dkey, sizeof dkey, "depth_%s", rqj);
+    cJSON_AddItemToObject(agg, dkey, dq);
+    cJSON_AddItemToObject(agg, "depth_r_lin_float", df);
+    qs_json_num(agg, "pooled_spearman", q.pooled_spearman);
+    cJSON_AddItemToObject(o_, "aggregate", agg);
+    cJSON *vd = cJSON_CreateObject();
+    cJSON_AddNumberToObject(vd, "supported", q.nsupported);
+    cJSON_AddNumberToObject(vd, "refuted", q.nrefuted);
+    cJSON_AddNumberToObject(vd, "unclear", q.nunclear);
+    cJSON_AddItemToObject(o_, "verdicts", vd);
+    cJSON *rep = cJSON_CreateObject();
+    cJSON_AddNumberToObject(rep, "layers", QS_Q1_REPORT_NLAYERS);
+    qs_json_num(rep, "r_lin_float_median", QS_Q1_REPORT_R_FLOAT_MEDIAN);
+    qs_json_num(rep, "r_lin_q4_median", QS_Q1_REPORT_R_Q4_MEDIAN);
+    qs_json_num(rep, "r_lin_q4_pos_frac", QS_Q1_REPORT_R_Q4_POS);
+    qs_json_num(rep, "depth_early", QS_Q1_REPORT_DEPTH_EARLY);
+    qs_json_num(rep, "depth_mid", QS_Q1_REPORT_DEPTH_MID);
+    qs_json_num(rep, "depth_late", QS_Q1_REPORT_DEPTH_LATE);
+    cJSON_AddItemToObject(o_, "report", rep);
+    qs_sb_printf(&t, "\naggregate over %d layers  %9s %9s %10s %10s\n", q.nlayers, "mean", "median",
+                 "pos_frac", "frac>0.2");
+    stats_row(&t, "R_lin_float", &q.r_float);
+    stats_row(&t, rq, &q.r_q);
+    qs_sb_printf(&t, "depth profile (medians)   %9s %9s %9s\n", "early", "mid", "late");
+    qs_sb_printf(&t, "%-25s", rq);
+    for (int k = 0; k < 3; k++)
+        put_num(&t, 10, "%.4f", q.depth_q[k]);
+    qs_sb_printf(&t, "\n%-25s", "R_lin_float");
+    for (int k = 0; k < 3; k++)
+        put_num(&t, 10, "%.4f", q.depth_float[k]);
+    qs_sb_printf(&t, "\n%-25s %9d %9d %9d\n", "layers", q.depth_n[0], q.depth_n[1], q.depth_n[2]);
+    qs_sb_printf(&t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q.nlayers);
+    put_num(&t, 0, "%.4f", q.pooled_spearman);
+    qs_sb_printf(&t, "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
+                     "median %s >= 0.35 and Spearman >= 0.35; refuted: median < 0.24 and "
+                     "Spearman < 0)\n",
+                 q.nsupported, q.nrefuted, q.nunclear, q.nsettings, rq);
+    qs_sb_printf(&t, "report (%d layers): R_lin_float median %.3f (100%% positive); R_lin_q4 "
+                     "median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, late "
+                     "%.3f\n",
+                 QS_Q1_REPORT_NLAYERS, QS_Q1_REPORT_R_FLOAT_MEDIAN, QS_Q1_REPORT_R_Q4_MEDIAN,
+                 100 * QS_Q1_REPORT_R_Q4_POS, QS_Q1_REPORT_DEPTH_EARLY, QS_Q1_REPORT_DEPTH_MID,
+                 QS_Q1_REPORT_DEPTH_LATE);
+    if (minl <= 5)
+        qs_sb_printf(&t, "note: a setting has as few as %d layers, so its Spearman is over %d "
+                         "points and takes only a handful of values: a coarse signal\n",
+                     minl, minl);
+    if (csv) {
+        qs_sb_printf(&t, "wrote %s-layers.csv and %s-settings.csv\n", csv, csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", csv);
+    }
+    /* The gate of a study is each setting's own (its model on its data). */
+    cJSON *task = cJSON_CreateObject();
+    cJSON_AddNumberToObject(task, "settings", q.nsettings);
+    cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
+    cJSON_AddItemToObject(o_, "task", task);
+    cJSON_AddStringToObject(o_, "gate", gates == q.nsettings ? "pass" : "fail");
+    qs_sb_printf(&t, "[weight-only; gate %s in %d of %d settings%s]", gates == q.nsettings ?
+                 "pass" : "FAIL", gates, q.nsettings,
+                 gates == q.nsettings ? "" : ": results of failing settings are flagged");
+    qs_set_last_table(c, "study q1 layers", jl, NULL);
+    qs_emit(c, o_, t.s);
+    qs_sb_free(&t);
+    qs_q1_free(&q);
+    return 0;
+}
+
+const struct qs_cmd_def qs_cmds_study[] = {
+    {"sensitivity", "[method=delta|grad|fisher|hutchinson|all[,...]] [probes=N]",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_sensitivity,
+     "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
+     "delta: test-split loss with only that layer quantized minus the float loss. grad, fisher, "
+     "hutchinson: calibration split at the float weights; fisher_err = sum F*(W-Q(W))^2 with the "
+     "empirical Fisher diagonal F; hutchinson: tr(H) from Rademacher probes (seeded by the "
+     "session seed) with its standard error. Prints the Spearman correlation between methods. "
+     "Default method=all, probes=32."},
+    {"allocate", "bits=B [formats=F,...] [gran=G] [apply] | rank=R [method=M] [apply]",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
+     "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
+     "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
+     "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "
+     "rank=R: greedy by marginal recovery per parameter from the scale=cov error spectra "
+     "(method lowrank|lqer|qera|eora). The plan prints as quant/correct commands; `apply` runs "
+     "them, and they are journaled as such."},
+    {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG,
+     cmd_qat, "quantization-aware fine-tuning (straight-through) through the current formats",
+     "Trains the float master weights on the train split with the forward pass through each "
+     "layer's weight format, then replaces the model by the fine-tuned one and reports the share "
+     "of the float-PTQ accuracy gap closed. Defaults: epochs=10 lr=3e-4 batch=64 seed=session."},
+    {"study q1", "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
+                 "[csv=PREFIX]",
+     QS_CMD_JOURNAL | QS_CMD_LONG, cmd_study_q1,
+     "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
+     "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
+     "bench of its own: R_lin_float, R_lin_q4, correctability per layer, per-setting verdicts, "
+     "the aggregate table and depth profile, next to the overnight report's figures. csv= writes "
+     "PREFIX-layers.csv and PREFIX-settings.csv. The current bench is left untouched."},
+    {NULL, NULL, 0, NULL, NULL, NULL},
+};

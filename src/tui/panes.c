@@ -1,0 +1,711 @@
+/* panes.c - the panes of the workbench, one drawing function each. They read only the snapshot
+ * (and the log under its lock), never the bench: drawing never waits for computation. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tui_impl.h"
+
+/* ---- text helpers ------------------------------------------------------------------------- */
+
+/* Writes at most n columns of the wide string s; returns the characters consumed. */
+static int put_wide(WINDOW *w, const wchar_t *s, int n)
+{
+    int used = 0, i = 0;
+    for (; s[i]; i++) {
+        int cw = wcwidth(s[i]);
+        if (cw < 0)
+            cw = 1;
+        if (used + cw > n)
+            break;
+        if (cw > 0 || i > 0)
+            waddnwstr(w, &s[i], 1);
+        used += cw;
+    }
+    return i;
+}
+
+void tui_put(WINDOW *w, const char *s, int n)
+{
+    if (n <= 0 || !s)
+        return;
+    size_t len = strlen(s);
+    wchar_t buf[512];
+    size_t k = mbstowcs(buf, s, sizeof buf / sizeof *buf - 1);
+    if (k == (size_t)-1) { /* undecodable: ASCII only */
+        for (size_t i = 0; i < len && (int)i < n; i++)
+            waddch(w, (chtype)((unsigned char)s[i] < 128 ? s[i] : '?'));
+        return;
+    }
+    buf[k] = 0;
+    put_wide(w, buf, n);
+}
+
+int tui_width(const char *s)
+{
+    wchar_t buf[512];
+    size_t k = mbstowcs(buf, s, sizeof buf / sizeof *buf - 1);
+    if (k == (size_t)-1)
+        return (int)strlen(s);
+    buf[k] = 0;
+    int wd = wcswidth(buf, k);
+    return wd < 0 ? (int)k : wd;
+}
+
+/* printf into the window at (y, x), clipped to n columns. */
+static void putf(WINDOW *w, int y, int x, int n, attr_t a, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void putf(WINDOW *w, int y, int x, int n, attr_t a, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    wmove(w, y, x);
+    wattr_on(w, a, NULL);
+    tui_put(w, buf, n);
+    wattr_off(w, a, NULL);
+}
+
+static attr_t cp(const struct tui_style *st, int pair, attr_t mono)
+{
+    return st->color ? (attr_t)COLOR_PAIR(pair) : mono;
+}
+
+/* A short number for axis labels: 3 significant characters where possible. */
+static void axis_num(double v, char *buf, size_t n)
+{
+    double a = fabs(v);
+    if (v == 0)
+        snprintf(buf, n, "0");
+    else if (a >= 1000 || a < 0.01)
+        snprintf(buf, n, "%.0e", v);
+    else
+        snprintf(buf, n, "%.2g", v);
+}
+
+static const char *const pane_names[PANE_N] = {
+    [PANE_LAYERS] = "Layers",       [PANE_TASK] = "Task",
+    [PANE_SPECTRUM] = "Spectrum",   [PANE_RANK] = "Rank profile",
+    [PANE_CORR] = "Corrections",    [PANE_LOWDIM] = "Decision regions",
+    [PANE_LOG] = "Log",
+};
+
+void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t n)
+{
+    const struct tui_snap *s = v->s;
+    int num = (int)p + 1;
+    const struct tui_row *r = s && s->spec_layer >= 0 && s->spec_layer < s->nlayers
+                                  ? &s->rows[s->spec_layer] : NULL;
+    switch (p) {
+    case PANE_SPECTRUM:
+        if (r)
+            snprintf(buf, n, "%d %s %s %s", num, pane_names[p], r->name, r->shape);
+        else
+            snprintf(buf, n, "%d %s", num, pane_names[p]);
+        break;
+    case PANE_RANK:
+        if (r)
+            snprintf(buf, n, "%d %s %s", num, pane_names[p], r->name);
+        else
+            snprintf(buf, n, "%d %s", num, pane_names[p]);
+        break;
+    case PANE_TASK:
+        snprintf(buf, n, "%d %s%s%s", num, pane_names[p], s && s->have_eval ? " " : "",
+                 s && s->have_eval ? s->regime : "");
+        break;
+    case PANE_LOG:
+        if (v->log_scroll)
+            snprintf(buf, n, "%d %s (scrolled %d)", num, pane_names[p], v->log_scroll);
+        else
+            snprintf(buf, n, "%d %s", num, pane_names[p]);
+        break;
+    default:
+        snprintf(buf, n, "%d %s", num, pane_names[p]);
+    }
+}
+
+static void title_bar(enum tui_pane p, WINDOW *w, int cw, const struct tui_view *v)
+{
+    const struct tui_style *st = v->st;
+    int focus = v->focused == (int)p;
+    attr_t a = focus ? cp(st, CP_TITLE_FOCUS, A_REVERSE | A_BOLD) | A_BOLD
+                     : cp(st, CP_TITLE, A_REVERSE);
+    char t[160], line[200];
+    tui_pane_title(p, v, t, sizeof t);
+    snprintf(line, sizeof line, "%s%s ", focus ? st->sel_mark : " ", t);
+    wmove(w, 0, 0);
+    wattr_on(w, a, NULL);
+    tui_put(w, line, cw);
+    for (int x = tui_width(line); x < cw; x++)
+        waddch(w, ' ');
+    wattr_off(w, a, NULL);
+}
+
+static void message(WINDOW *w, int y, int cw, const struct tui_style *st, const char *msg)
+{
+    (void)st;
+    putf(w, y, 1, cw - 1, A_DIM, "%s", msg);
+}
+
+/* ---- layers ------------------------------------------------------------------------------- */
+
+enum { COL_NAME, COL_SHAPE, COL_W, COL_A, COL_BPW, COL_WERR, COL_SNR, COL_CORR, COL_N };
+
+static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->have_model) {
+        message(w, 1, cw, st, s ? "no model (load model PATH)" : "loading...");
+        return;
+    }
+    static const char *const head[COL_N] = {"layer", "shape", "weights", "acts", "bits/w",
+                                           "w_err", "SNR dB", "correction"};
+    /* fill order: which columns to keep when narrow */
+    static const int prio[COL_N] = {COL_NAME, COL_W, COL_BPW, COL_SNR, COL_WERR, COL_CORR,
+                                    COL_A, COL_SHAPE};
+    int wid[COL_N];
+    for (int c = 0; c < COL_N; c++)
+        wid[c] = (int)strlen(head[c]);
+    for (int i = 0; i < s->nlayers; i++) {
+        const struct tui_row *r = &s->rows[i];
+        const char *cells[] = {r->name, r->shape, r->wf, r->af};
+        for (int c = 0; c < 4; c++)
+            if ((int)strlen(cells[c]) > wid[c])
+                wid[c] = (int)strlen(cells[c]);
+        if ((int)strlen(r->corr) > wid[COL_CORR])
+            wid[COL_CORR] = (int)strlen(r->corr);
+    }
+    if (wid[COL_NAME] > 14)
+        wid[COL_NAME] = 14;
+    if (wid[COL_W] > 16)
+        wid[COL_W] = 16;
+    if (wid[COL_A] > 12)
+        wid[COL_A] = 12;
+    wid[COL_BPW] = 6;
+    wid[COL_WERR] = 7;
+    int keep[COL_N] = {0}, used = 1; /* column 0: selection mark */
+    for (int k = 0; k < COL_N; k++) {
+        int c = prio[k], need = wid[c] + 1;
+        if (c == COL_CORR && used + 5 <= cw) { /* correction: whatever is left, at least 4 */
+            keep[c] = 1;
+            wid[c] = cw - used - 1 < wid[c] ? cw - used - 1 : wid[c];
+            used += wid[c] + 1;
+        } else if (used + need <= cw) {
+            keep[c] = 1;
+            used += need;
+        }
+    }
+    keep[COL_NAME] = 1;
+    char line[512];
+    int n = 0;
+    n += snprintf(line + n, sizeof line - n, " ");
+    for (int c = 0; c < COL_N; c++)
+        if (keep[c])
+            n += snprintf(line + n, sizeof line - n, c >= COL_BPW && c <= COL_SNR ? "%*s " : "%-*s ",
+                          wid[c], head[c]);
+    putf(w, 1, 0, cw, A_BOLD, "%s", line);
+    int vis = h - 2;
+    if (vis < 1)
+        return;
+    int top = 0;
+    if (v->sel >= vis)
+        top = v->sel - vis + 1;
+    for (int i = top; i < s->nlayers && i - top < vis; i++) {
+        const struct tui_row *r = &s->rows[i];
+        int y = 2 + i - top, sel = i == v->sel;
+        attr_t base = sel ? A_REVERSE | (v->focused == PANE_LAYERS ? A_BOLD : 0) : 0;
+        wmove(w, y, 0);
+        wattr_on(w, base, NULL);
+        for (int x = 0; x < cw; x++)
+            waddch(w, ' ');
+        wattr_off(w, base, NULL);
+        putf(w, y, 0, 1, base, "%s", sel ? ">" : " ");
+        int x = 1;
+        char cell[64];
+        for (int c = 0; c < COL_N; c++) {
+            if (!keep[c])
+                continue;
+            attr_t a = base;
+            switch (c) {
+            case COL_NAME: snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->name); break;
+            case COL_SHAPE: snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape); break;
+            case COL_W:
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->wf);
+                if (strcmp(r->wf, "float") && !sel)
+                    a |= cp(st, CP_WARN, A_BOLD);
+                break;
+            case COL_A:
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->af);
+                if (strcmp(r->af, "float") && !sel)
+                    a |= cp(st, CP_WARN, A_BOLD);
+                break;
+            case COL_BPW: snprintf(cell, sizeof cell, "%*.2f", wid[c], r->bpw); break;
+            case COL_WERR: snprintf(cell, sizeof cell, "%*.4f", wid[c], r->w_rel_err); break;
+            case COL_SNR:
+                if (!r->has_err)
+                    snprintf(cell, sizeof cell, "%*s", wid[c], "-");
+                else if (isinf(r->snr_db))
+                    snprintf(cell, sizeof cell, "%*s", wid[c], "inf");
+                else
+                    snprintf(cell, sizeof cell, "%*.1f", wid[c], r->snr_db);
+                if (r->has_err && r->quantized && !sel && isfinite(r->snr_db))
+                    a |= r->snr_db < 10 ? cp(st, CP_ERR, A_BOLD)
+                         : r->snr_db < 20 ? cp(st, CP_WARN, 0) : cp(st, CP_OK, 0);
+                break;
+            default: snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->corr); break;
+            }
+            putf(w, y, x, cw - x, a, "%s", cell);
+            x += wid[c] + 1;
+        }
+    }
+    if (s->nlayers > vis)
+        putf(w, h - 1, cw - 8, 8, A_DIM, "%d/%d", v->sel + 1, s->nlayers);
+}
+
+/* ---- task --------------------------------------------------------------------------------- */
+
+static void draw_task(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->have_eval) {
+        message(w, 1, cw, st, !s ? "loading..." : s->err[0] ? s->err : "no model");
+        return;
+    }
+    int y = 1;
+    const struct qs_eval *ev = &s->ev;
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_BOLD, "%.3f bits/weight", s->bpw);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_UNDERLINE, "%-6s %7s %7s", "", "acc", "loss");
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %7.4f %7.4f", "float", ev->f.acc, ev->f.loss);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %7.4f %7.4f", "quant", s->q_raw.acc, s->q_raw.loss);
+    if (s->any_corr && y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %7.4f %7.4f", "+corr", ev->q.acc, ev->q.loss);
+    if (y < h) {
+        attr_t a = ev->gate_pass ? cp(st, CP_OK, A_BOLD) : cp(st, CP_ERR, A_BOLD) | A_BOLD;
+        putf(w, y++, 1, cw - 1, a, "gate %s (float %s %.3f)", ev->gate_pass ? "PASS" : "FAIL",
+             ev->gate_pass ? st->ge : "<", s->gate_thr);
+    }
+    double d = (s->any_corr ? ev->q.acc : s->q_raw.acc) - ev->f.acc;
+    if (y < h)
+        putf(w, y++, 1, cw - 1, d < -0.01 ? cp(st, CP_WARN, A_BOLD) : 0, "%sacc %+.4f KL %.3g",
+             st->delta, d, ev->kl);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "top-1 agree %.4f", ev->agree);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_DIM, "chance %.3f, n=%d", ev->chance, ev->f.n);
+}
+
+/* ---- spectrum and rank profile ------------------------------------------------------------ */
+
+static void legend(WINDOW *w, int y, int cw, const struct tui_style *st, const attr_t *ser,
+                   attr_t rule, const char *r0, const char *r1, const char *rname)
+{
+    const char *mk0 = st->utf8 ? "\xe2\xa3\xbf" : "*", *mk1 = st->utf8 ? "\xe2\xa3\xbf" : ".";
+    wmove(w, y, 1);
+    int left = cw - 1;
+    const char *marks[3] = {mk0, mk1, st->hline};
+    const char *names[3] = {r0, r1, rname};
+    attr_t at[3] = {ser[0], ser[1], rule};
+    for (int k = 0; k < 3 && left > 2; k++) {
+        if (!names[k])
+            continue;
+        wattr_on(w, at[k], NULL);
+        tui_put(w, marks[k], 1);
+        wattr_off(w, at[k], NULL);
+        char buf[64];
+        snprintf(buf, sizeof buf, " %s  ", names[k]);
+        tui_put(w, buf, left - 1);
+        left -= 1 + tui_width(buf);
+    }
+}
+
+/* Plot geometry shared by both plots: the axis column width and the canvas rows. */
+static int plot_rows(int h) { return h - 1 >= 5 ? h - 3 : h - 1; }
+
+static void series_attrs(const struct tui_style *st, attr_t *ser, attr_t *rule)
+{
+    ser[0] = cp(st, CP_SER_ERR, A_BOLD) | A_BOLD;
+    ser[1] = cp(st, CP_SER_W, st->utf8 ? A_DIM : 0);
+    ser[2] = cp(st, CP_SER_MP, 0);
+    *rule = cp(st, CP_SER_MP, 0);
+}
+
+static void y_axis(WINDOW *w, int rows, const char *top, const char *bot, const struct tui_style *st)
+{
+    for (int r = 0; r < rows; r++) {
+        wmove(w, 1 + r, 0);
+        if (r == 0)
+            putf(w, 1 + r, 0, 5, A_DIM, "%5s", top);
+        else if (r == rows - 1)
+            putf(w, 1 + r, 0, 5, A_DIM, "%5s", bot);
+        wmove(w, 1 + r, 5);
+        wattr_on(w, A_DIM, NULL);
+        tui_put(w, st->vline, 1);
+        wattr_off(w, A_DIM, NULL);
+    }
+}
+
+static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->have_model) {
+        message(w, 1, cw, st, s ? "no model" : "loading...");
+        return;
+    }
+    if (!s->spec_ok) {
+        message(w, 1, cw, st, s->spec_msg[0] ? s->spec_msg : s->err[0] ? s->err : "no spectrum");
+        return;
+    }
+    int rows = plot_rows(h), pw = cw - 6;
+    if (rows < 1 || pw < 4)
+        return;
+    double hi = 0, lo = INFINITY;
+    int zero = s->st.zero;
+    for (int i = 0; i < s->nsv; i++) {
+        if (!zero) {
+            hi = fmax(hi, s->sv[i]);
+            if (s->sv[i] > 0)
+                lo = fmin(lo, s->sv[i]);
+        }
+        hi = fmax(hi, s->ref[i]);
+        if (s->ref[i] > 0)
+            lo = fmin(lo, s->ref[i]);
+    }
+    if (!zero)
+        hi = fmax(hi, s->st.mp_edge);
+    if (!(hi > 0)) {
+        message(w, 1, cw, st, "all singular values are zero");
+        return;
+    }
+    if (!isfinite(lo) || lo > hi / 1.5)
+        lo = hi / 1.5;
+    if (lo < hi * 1e-6)
+        lo = hi * 1e-6;
+    double llo = log10(lo), lhi = log10(hi) + 0.02 * (log10(hi) - log10(lo));
+    char tb[16], bb[16];
+    axis_num(pow(10, lhi), tb, sizeof tb);
+    axis_num(lo, bb, sizeof bb);
+    y_axis(w, rows, tb, bb, st);
+    struct tui_plot p;
+    if (tui_plot_init(&p, pw, rows, st->utf8) < 0)
+        return;
+    int n = s->nsv;
+    double *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+    if (x && y) {
+        for (int k = 0; k < 2; k++) {
+            if (k == 0 && zero)
+                continue;
+            const double *sv = k == 0 ? s->sv : s->ref;
+            for (int i = 0; i < n; i++) {
+                x[i] = n > 1 ? (double)i / (n - 1) : 0.5;
+                double val = sv[i] > lo ? sv[i] : lo;
+                y[i] = (log10(val) - llo) / (lhi - llo);
+            }
+            tui_plot_line(&p, k, x, y, n);
+        }
+        if (!zero && s->st.mp_edge > lo)
+            tui_plot_hrule(&p, (log10(s->st.mp_edge) - llo) / (lhi - llo));
+    }
+    free(x);
+    free(y);
+    attr_t ser[3], rule;
+    series_attrs(st, ser, &rule);
+    static const char ascii[3] = {'*', '.', '+'};
+    tui_plot_draw(&p, w, 1, 6, ser, ascii, rule, st->hline);
+    tui_plot_free(&p);
+    if (h - 1 < 5)
+        return;
+    legend(w, h - 2, cw, st, ser, rule, "error", "W", zero ? NULL : "MP edge");
+    if (zero)
+        putf(w, h - 1, 1, cw - 1, A_DIM, "no weight error (float)");
+    else
+        putf(w, h - 1, 1, cw - 1, s->st.structured ? cp(st, CP_WARN, A_BOLD) : 0,
+             "top %.3g %s MP %.3g %s", s->st.top, s->st.structured ? ">" : "<", s->st.mp_edge,
+             s->st.structured ? "structured" : "noise");
+}
+
+static void draw_rank(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->have_model) {
+        message(w, 1, cw, st, s ? "no model" : "loading...");
+        return;
+    }
+    if (!s->spec_ok) {
+        message(w, 1, cw, st, s->spec_msg[0] ? s->spec_msg : s->err[0] ? s->err : "no spectrum");
+        return;
+    }
+    int rows = plot_rows(h), pw = cw - 6;
+    if (rows < 1 || pw < 4)
+        return;
+    y_axis(w, rows, "1", "0", st);
+    struct tui_plot p;
+    if (tui_plot_init(&p, pw, rows, st->utf8) < 0)
+        return;
+    int n = s->nsv + 1, zero = s->st.zero;
+    double *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+    if (x && y) {
+        for (int k = 0; k < 2; k++) {
+            if (k == 0 && zero)
+                continue;
+            const double *left = k == 0 ? s->left_e : s->left_w;
+            int m = 0;
+            for (int i = 0; i < n; i++) {
+                if (left[i] < 0)
+                    break;
+                x[m] = (double)i / (n - 1 > 0 ? n - 1 : 1);
+                y[m++] = left[i];
+            }
+            tui_plot_line(&p, k, x, y, m);
+        }
+        tui_plot_hrule(&p, 0.1);
+    }
+    free(x);
+    free(y);
+    attr_t ser[3], rule;
+    series_attrs(st, ser, &rule);
+    static const char ascii[3] = {'*', '.', '+'};
+    tui_plot_draw(&p, w, 1, 6, ser, ascii, A_DIM, st->hline);
+    tui_plot_free(&p);
+    if (h - 1 < 5)
+        return;
+    legend(w, h - 2, cw, st, ser, A_DIM, "error left", "W left", "10%");
+    if (zero) {
+        putf(w, h - 1, 1, cw - 1, A_DIM, "no error: rank 0 of %d", s->nsv);
+        return;
+    }
+    char k90[16];
+    if (s->st.k90 >= 0)
+        snprintf(k90, sizeof k90, "%d", s->st.k90);
+    else
+        snprintf(k90, sizeof k90, ">%d", s->nsv);
+    putf(w, h - 1, 1, cw - 1, 0, "k90 %s/%d eff %.1f stable %.1f", k90,
+         s->sm < s->sn ? s->sm : s->sn, s->st.eff_rank, s->st.stable_rank);
+}
+
+/* ---- corrections and ablation ------------------------------------------------------------- */
+
+static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->have_model) {
+        message(w, 1, cw, st, s ? "no model" : "loading...");
+        return;
+    }
+    int y = 1, n = 0;
+    for (int i = 0; i < s->nlayers; i++)
+        n += s->rows[i].corr_method != QS_CORR_NONE;
+    if (n == 0) {
+        const char *hint[] = {"no corrections yet.", "c: lowrank r=4 on the selected layer;",
+                              "or: correct LAYER lowrank|lqer|", "qera|eora|bias|linear [r=K]"};
+        for (int k = 0; k < 4 && y < h; k++)
+            message(w, y++, cw, st, hint[k]);
+        return;
+    }
+    /* one line per correction (layer, method, held-out R, added parameters), then its last
+     * ablation when there is one: verdict, quantized acc before > after, float acc before >
+     * after (the float model gaining is capacity, not recovery) */
+    for (int i = 0; i < s->nlayers && y < h; i++) {
+        const struct tui_row *r = &s->rows[i];
+        if (r->corr_method == QS_CORR_NONE)
+            continue;
+        const struct tui_ablation *ab = NULL;
+        for (int k = 0; k < s->nabl; k++)
+            if (!strcmp(s->abl[k].layer, r->name))
+                ab = &s->abl[k];
+        int sel = i == v->sel;
+        putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
+        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD,
+             "%s %s R=%.3f +%ldp", r->name, r->corr, r->recovery, r->corr_params);
+        y++;
+        if (r->corr_method == QS_CORR_CLOCAL && y < h)
+            message(w, y++, cw, st, " upper baseline, not deployable");
+        else if (ab && y < h) {
+            attr_t aa = !strcmp(ab->verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
+                        : !strcmp(ab->verdict, "capacity") || !strcmp(ab->verdict, "harmful")
+                            ? cp(st, CP_ERR, A_BOLD) : 0;
+            putf(w, y++, 2, cw - 2, aa, "%s: q %.3f>%.3f f %.3f>%.3f", ab->verdict, ab->q,
+                 ab->qc, ab->f, ab->fc);
+        } else if (y < h) {
+            message(w, y++, cw, st, " (a: ablate)");
+        }
+    }
+    if (y < h)
+        message(w, y, cw, st, "R: held-out recovery; q/f: quant/float acc");
+}
+
+/* ---- decision regions --------------------------------------------------------------------- */
+
+void tui_lowdim_panel(int h, int cw, int *gw, int *gh)
+{
+    *gw = (cw - 2) / 3;       /* three panels and two gaps */
+    *gh = h - 2;              /* title bar and caption row */
+    if (*gw < 2)
+        *gw = 2;
+    if (*gh < 2)
+        *gh = 2;
+}
+
+static const char pt_glyph[] = "ox+*#%@&";
+
+static void draw_lowdim(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    if (!s || !s->lowdim) {
+        message(w, 1, cw, st, !s ? "loading..." : "the model's input is not 2-D");
+        return;
+    }
+    int pw, ph;
+    tui_lowdim_panel(h, cw, &pw, &ph);
+    if (h < 4 || pw < 3)
+        return;
+    static const char *const cap[LD_N] = {"float", "quantized", "corrected"};
+    int *cell_lab = malloc((size_t)pw * ph * sizeof(int));
+    if (!cell_lab)
+        return;
+    for (int k = 0; k < LD_N; k++) {
+        int x0 = k * (pw + 1);
+        char c[64];
+        if (k == LD_CORR && !s->any_corr)
+            snprintf(c, sizeof c, "%s (none)", cap[k]);
+        else
+            snprintf(c, sizeof c, "%s %.1f%%", cap[k], 100 * s->ld_acc[k]);
+        int cwid = tui_width(c);
+        putf(w, 1, x0 + (pw - cwid > 0 ? (pw - cwid) / 2 : 0), pw, A_BOLD, "%s", c);
+        for (int i = 0; i < pw * ph; i++)
+            cell_lab[i] = -1;
+        for (int i = 0; i < s->npts; i++) {
+            double fx = (s->pts[2 * i] - s->x0) / (s->x1 - s->x0);
+            double fy = (s->y1 - s->pts[2 * i + 1]) / (s->y1 - s->y0);
+            int cx = (int)(fx * pw), cy = (int)(fy * ph);
+            if (cx >= 0 && cx < pw && cy >= 0 && cy < ph)
+                cell_lab[cy * pw + cx] = s->plab[i];
+        }
+        for (int r = 0; r < ph; r++) {
+            wmove(w, 2 + r, x0);
+            int gy = r * s->gh / ph;
+            for (int cc = 0; cc < pw; cc++) {
+                int gx = cc * s->gw / pw;
+                int cls = s->grid[k][gy * s->gw + gx] % TUI_NCLASS_COL;
+                int lab = cell_lab[r * pw + cc];
+                attr_t a;
+                const char *g;
+                char gb[2] = {0, 0};
+                if (lab >= 0) {
+                    gb[0] = pt_glyph[lab % 8];
+                    g = gb;
+                    int bad = lab % TUI_NCLASS_COL != cls;
+                    a = st->color ? (attr_t)COLOR_PAIR((bad ? CP_CLASS_BAD : CP_CLASS_PT) + cls) |
+                                        A_BOLD
+                                  : (bad ? A_REVERSE | A_BOLD : A_BOLD);
+                } else {
+                    /* a glyph per class even in colour, so that text captures show regions */
+                    static const char *const shade_u[] = {" ", "\xc2\xb7", ":", "\xe2\x96\x91"};
+                    static const char *const shade_a[] = {" ", ".", ":", "="};
+                    a = st->color ? (attr_t)COLOR_PAIR(CP_CLASS_BG + cls) : 0;
+                    g = st->utf8 ? shade_u[cls % 4] : shade_a[cls % 4];
+                }
+                wattr_on(w, a, NULL);
+                tui_put(w, g, 1);
+                wattr_off(w, a, NULL);
+            }
+        }
+    }
+    free(cell_lab);
+}
+
+/* ---- log ---------------------------------------------------------------------------------- */
+
+static int wide_width(const wchar_t *s)
+{
+    int n = 0;
+    for (; *s; s++) {
+        int c = wcwidth(*s);
+        n += c < 0 ? 1 : c;
+    }
+    return n;
+}
+
+static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_style *st = v->st;
+    struct tui_shared *sh = v->sh;
+    int rows = h - 1;
+    if (rows < 1 || cw < 2)
+        return;
+    pthread_mutex_lock(&sh->mu);
+    const struct tui_log *lg = &sh->log;
+    int y = h; /* fill upward from the bottom */
+    for (int k = lg->n - 1 - v->log_scroll; k >= 0 && y > 1; k--) {
+        const struct tui_logline *l = &lg->v[(lg->start + k) % TUI_LOG_MAX];
+        int wdt = wide_width(l->text), segs = wdt / cw + (wdt % cw || wdt == 0);
+        attr_t a = l->kind == LOG_CMD ? cp(st, CP_SER_W, 0) | A_BOLD
+                   : l->kind == LOG_ERR ? cp(st, CP_ERR, A_BOLD) | A_BOLD
+                   : l->kind == LOG_NOTE ? cp(st, CP_WARN, A_DIM) : 0;
+        /* the segments of this line, last one lowest */
+        const wchar_t *seg[64];
+        int ns = 0;
+        const wchar_t *p = l->text;
+        while (ns < 64 && ns < segs) {
+            seg[ns++] = p;
+            int used = 0;
+            while (*p) {
+                int c = wcwidth(*p);
+                c = c < 0 ? 1 : c;
+                if (used + c > cw)
+                    break;
+                used += c;
+                p++;
+            }
+            if (!*p)
+                break;
+        }
+        for (int j = ns - 1; j >= 0 && y > 1; j--) {
+            y--;
+            wmove(w, y, 0);
+            wattr_on(w, a, NULL);
+            put_wide(w, seg[j], cw);
+            wattr_off(w, a, NULL);
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* ---- dispatch ----------------------------------------------------------------------------- */
+
+void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v)
+{
+    int cw = wd - (sep ? 1 : 0);
+    werase(w);
+    if (sep)
+        for (int y = 0; y < h; y++) {
+            wmove(w, y, wd - 1);
+            wattr_on(w, A_DIM, NULL);
+            tui_put(w, v->st->vline, 1);
+            wattr_off(w, A_DIM, NULL);
+        }
+    title_bar(p, w, cw, v);
+    switch (p) {
+    case PANE_LAYERS: draw_layers(w, h, cw, v); break;
+    case PANE_TASK: draw_task(w, h, cw, v); break;
+    case PANE_SPECTRUM: draw_spectrum(w, h, cw, v); break;
+    case PANE_RANK: draw_rank(w, h, cw, v); break;
+    case PANE_CORR: draw_corr(w, h, cw, v); break;
+    case PANE_LOWDIM: draw_lowdim(w, h, cw, v); break;
+    case PANE_LOG: draw_log(w, h, cw, v); break;
+    default: break;
+    }
+}

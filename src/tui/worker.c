@@ -1,0 +1,562 @@
+/* worker.c - the TUI's worker thread: it runs every command line the UI hands it (one at a time),
+ * then copies what the panes show out of the bench into a snapshot (the view model) and passes
+ * it to the UI under the mutex, waking the UI through the self-pipe. Results, notes and progress
+ * reach the log and the progress bar the same way. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tui_impl.h"
+
+double tui_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void tui_poke(struct tui_shared *sh)
+{
+    ssize_t r;
+    do
+        r = write(sh->wake_w, "x", 1);
+    while (r < 0 && errno == EINTR);
+    /* a full pipe (EAGAIN) already holds a wake-up */
+}
+
+/* ---- the log ------------------------------------------------------------------------------ */
+
+/* Decodes one line of multibyte text (the locale's) into a new wide string; bytes that do not
+ * decode become '?', control characters (tabs included) become spaces. */
+static wchar_t *widen(const char *s, size_t len)
+{
+    wchar_t *w = malloc((len + 1) * sizeof *w);
+    if (!w)
+        return NULL;
+    mbstate_t st;
+    memset(&st, 0, sizeof st);
+    size_t i = 0, n = 0;
+    while (i < len) {
+        wchar_t wc;
+        size_t k = mbrtowc(&wc, s + i, len - i, &st);
+        if (k == (size_t)-1 || k == (size_t)-2 || k == 0) {
+            memset(&st, 0, sizeof st);
+            wc = (unsigned char)s[i] < 0x80 && s[i] ? (wchar_t)s[i] : L'?';
+            k = 1;
+        }
+        if (wc < 32 || wc == 127)
+            wc = L' ';
+        w[n++] = wc;
+        i += k;
+    }
+    w[n] = 0;
+    return w;
+}
+
+static void log_push(struct tui_log *lg, int kind, wchar_t *text)
+{
+    if (lg->n == TUI_LOG_MAX) {
+        free(lg->v[lg->start].text);
+        lg->start = (lg->start + 1) % TUI_LOG_MAX;
+        lg->n--;
+    }
+    struct tui_logline *l = &lg->v[(lg->start + lg->n) % TUI_LOG_MAX];
+    l->text = text;
+    l->kind = kind;
+    lg->n++;
+    lg->total++;
+}
+
+void tui_log_add(struct tui_shared *sh, int kind, const char *text)
+{
+    if (!text)
+        return;
+    pthread_mutex_lock(&sh->mu);
+    const char *p = text;
+    for (;;) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len || nl) { /* keep inner blank lines, drop a trailing newline's empty tail */
+            wchar_t *w = widen(p, len);
+            if (w)
+                log_push(&sh->log, kind, w);
+        }
+        if (!nl || !nl[1])
+            break;
+        p = nl + 1;
+    }
+    sh->log_dirty = 1;
+    double now = tui_now();
+    int poke = now - sh->last_poke > 0.03;
+    if (poke)
+        sh->last_poke = now;
+    pthread_mutex_unlock(&sh->mu);
+    if (poke)
+        tui_poke(sh);
+}
+
+/* ---- callbacks installed on the context --------------------------------------------------- */
+
+static void abl_forget(struct tui_worker *w, const char *layer)
+{
+    for (int i = 0; i < w->nabl; i++)
+        if (!strcmp(w->abl[i].layer, layer)) {
+            w->abl[i] = w->abl[--w->nabl];
+            return;
+        }
+}
+
+static double metric_acc(const cJSON *o, const char *key)
+{
+    return qs_json_get_num(cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(o, key), "acc"));
+}
+
+/* Keeps the last ablation of each layer (from the emitted result objects) for the corrections
+ * pane; a new correction on a layer makes its old ablation stale. */
+static void watch_result(struct tui_worker *w, const cJSON *obj)
+{
+    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(obj, "cmd");
+    const cJSON *layer = cJSON_GetObjectItemCaseSensitive(obj, "layer");
+    if (!cJSON_IsString(cmd) || !cJSON_IsString(layer))
+        return;
+    if (!strcmp(cmd->valuestring, "correct")) {
+        abl_forget(w, layer->valuestring);
+        return;
+    }
+    if (strcmp(cmd->valuestring, "ablate"))
+        return;
+    abl_forget(w, layer->valuestring);
+    if (w->nabl == w->capabl) {
+        int cap = w->capabl ? 2 * w->capabl : 8;
+        struct tui_ablation *a = realloc(w->abl, (size_t)cap * sizeof *a);
+        if (!a)
+            return;
+        w->abl = a;
+        w->capabl = cap;
+    }
+    struct tui_ablation *a = &w->abl[w->nabl++];
+    memset(a, 0, sizeof *a);
+    snprintf(a->layer, sizeof a->layer, "%s", layer->valuestring);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(obj, "method");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "verdict");
+    snprintf(a->method, sizeof a->method, "%s", cJSON_IsString(m) ? m->valuestring : "?");
+    snprintf(a->verdict, sizeof a->verdict, "%s", cJSON_IsString(v) ? v->valuestring : "?");
+    a->f = metric_acc(obj, "float");
+    a->q = metric_acc(obj, "quant");
+    a->qc = metric_acc(obj, "quant_corrected");
+    a->fc = metric_acc(obj, "float_corrected");
+}
+
+void tui_emit_cb(void *u, const cJSON *obj, const char *text)
+{
+    struct tui_worker *w = u;
+    if (obj && pthread_equal(pthread_self(), w->th))
+        watch_result(w, obj);
+    if (text && text[0])
+        tui_log_add(w->sh, LOG_TEXT, text);
+}
+
+void tui_note_cb(void *u, const char *msg)
+{
+    struct tui_worker *w = u;
+    tui_log_add(w->sh, !strncmp(msg, "error", 5) ? LOG_ERR : LOG_NOTE, msg);
+}
+
+void tui_progress_cb(void *u, const char *what, double frac)
+{
+    struct tui_worker *w = u;
+    struct tui_shared *sh = w->sh;
+    pthread_mutex_lock(&sh->mu);
+    snprintf(sh->prog_what, sizeof sh->prog_what, "%s", what ? what : "");
+    sh->prog_frac = frac;
+    sh->prog_dirty = 1;
+    double now = tui_now();
+    int poke = now - sh->last_poke > 0.03;
+    if (poke)
+        sh->last_poke = now;
+    pthread_mutex_unlock(&sh->mu);
+    if (poke)
+        tui_poke(sh);
+}
+
+/* ---- the snapshot ------------------------------------------------------------------------- */
+
+void tui_snap_free(struct tui_snap *s)
+{
+    if (!s)
+        return;
+    free(s->rows);
+    free(s->sv);
+    free(s->ref);
+    free(s->left_e);
+    free(s->left_w);
+    free(s->abl);
+    for (int k = 0; k < LD_N; k++)
+        free(s->grid[k]);
+    free(s->pts);
+    free(s->plab);
+    free(s);
+}
+
+/* The short format description used by the `layers` command ("int4/channel", "mxfp4"). */
+static void fmt_desc(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
+{
+    if (f->kind == QS_FMT_NONE)
+        snprintf(buf, n, "float");
+    else if (o->gran == QS_GRAN_GROUP)
+        snprintf(buf, n, "%s/g%d", f->name, o->group);
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        snprintf(buf, n, "%s", f->name);
+    else
+        snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
+}
+
+/* The regime in force: which roles some layer quantizes (the bench's default otherwise). */
+static enum qs_regime effective_regime(const struct qs_bench *b)
+{
+    int wq = 0, aq = 0;
+    for (int i = 0; i < b->model->nlayers; i++) {
+        wq |= b->ls[i].wfmt.kind != QS_FMT_NONE;
+        aq |= b->ls[i].afmt.kind != QS_FMT_NONE;
+    }
+    return wq && aq ? QS_REGIME_FULL : aq ? QS_REGIME_ACT : wq ? QS_REGIME_WEIGHT : b->regime;
+}
+
+static void snap_rows(struct qs_bench *b, struct tui_snap *s)
+{
+    for (int i = 0; i < s->nlayers; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        const struct qs_layer_state *ls = &b->ls[i];
+        struct tui_row *r = &s->rows[i];
+        snprintf(r->name, sizeof r->name, "%s", l->name);
+        snprintf(r->shape, sizeof r->shape, "%dx%d", l->out, l->in);
+        snprintf(r->act, sizeof r->act, "%s", qs_act_name(l->act));
+        r->in = l->in;
+        r->out = l->out;
+        fmt_desc(&ls->wfmt, &ls->wopt, r->wf, sizeof r->wf);
+        fmt_desc(&ls->afmt, &ls->aopt, r->af, sizeof r->af);
+        r->quantized = ls->wfmt.kind != QS_FMT_NONE || ls->afmt.kind != QS_FMT_NONE;
+        r->bpw = ls->wq ? qs_packed_bits_per_weight(&ls->packed) : 32.0;
+        r->w_rel_err = ls->w_rel_err;
+        r->corr_method = ls->corr.method;
+        r->corr_rank = ls->corr.rank;
+        r->recovery = ls->corr.recovery;
+        r->recovery_calib = ls->corr.recovery_calib;
+        r->corr_params = ls->corr.params;
+        r->corr_bits = ls->corr.bits;
+        if (ls->corr.method == QS_CORR_NONE)
+            snprintf(r->corr, sizeof r->corr, "-");
+        else if (ls->corr.rank)
+            snprintf(r->corr, sizeof r->corr, "%s r=%d", qs_corr_name(ls->corr.method),
+                     ls->corr.rank);
+        else
+            snprintf(r->corr, sizeof r->corr, "%s", qs_corr_name(ls->corr.method));
+        if (ls->corr.method != QS_CORR_NONE && ls->corr.method != QS_CORR_CLOCAL)
+            s->any_corr = 1;
+    }
+}
+
+static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err *e)
+{
+    const struct qs_layer *l = &b->model->layers[sel];
+    int mn = l->out < l->in ? l->out : l->in, k = mn <= 256 ? 0 : 128;
+    struct qs_spectrum sp;
+    if (qs_analysis_spectrum(b, sel, QS_SPEC_WEIGHT, QS_SCALE_NONE, k, &sp, e) < 0)
+        return -1;
+    s->sm = sp.m;
+    s->sn = sp.n;
+    s->nsv = sp.nsv;
+    s->exact = sp.exact;
+    s->st = sp.st;
+    s->sv = sp.sv;
+    s->ref = sp.ref_sv;
+    sp.sv = sp.ref_sv = NULL;
+    qs_spectrum_free(&sp);
+    double f2 = 0;
+    for (size_t j = 0; j < (size_t)l->out * l->in; j++)
+        f2 += (double)l->w[j] * l->w[j];
+    s->w_fro2 = f2;
+    s->left_e = malloc((size_t)(s->nsv + 1) * sizeof(double));
+    s->left_w = malloc((size_t)(s->nsv + 1) * sizeof(double));
+    if (!s->left_e || !s->left_w)
+        return qs_errf(e, "out of memory");
+    qs_energy_left(s->sv, s->nsv, s->st.fro2, s->nsv, s->left_e);
+    qs_energy_left(s->ref, s->nsv, f2, s->nsv, s->left_w);
+    s->spec_ok = 1;
+    return 0;
+}
+
+/* Class predicted for every input row x: (n, 2) by the model with the layer-wise choice quant
+ * (QS_ROLE_* mask) and corrections on or off. */
+static int classify(struct qs_bench *b, const float *x, int n, int quant, int corr,
+                    unsigned char *out, qs_err *e)
+{
+    const struct qs_mlp *m = b->model;
+    int width = qs_mlp_max_width(m);
+    float *cur = malloc((size_t)n * width * sizeof(float));
+    float *nxt = malloc((size_t)n * width * sizeof(float));
+    int rc = 0;
+    if (!cur || !nxt) {
+        rc = qs_errf(e, "out of memory");
+        goto out;
+    }
+    memcpy(cur, x, (size_t)n * m->layers[0].in * sizeof(float));
+    for (int i = 0; i < m->nlayers; i++) {
+        if ((rc = qs_bench_layer_forward(b, i, cur, n, quant, corr, nxt, e)) < 0)
+            goto out;
+        qs_act_apply(m->layers[i].act, nxt, (size_t)n * m->layers[i].out);
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+    }
+    int c = m->layers[m->nlayers - 1].out;
+    for (int r = 0; r < n; r++) {
+        int best = 0;
+        for (int j = 1; j < c; j++)
+            if (cur[(size_t)r * c + j] > cur[(size_t)r * c + best])
+                best = j;
+        out[r] = (unsigned char)(best > 255 ? 255 : best);
+    }
+out:
+    free(cur);
+    free(nxt);
+    return rc;
+}
+
+static int snap_lowdim(struct qs_bench *b, struct tui_snap *s, int gw, int gh, qs_err *e)
+{
+    const struct qs_dataset *d = b->data;
+    if (gw < 2 || gh < 2) {
+        gw = 30;
+        gh = 10;
+    }
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+    for (int i = 0; i < d->n; i++) {
+        double x = d->x[(size_t)i * 2], y = d->x[(size_t)i * 2 + 1];
+        x0 = fmin(x0, x);
+        x1 = fmax(x1, x);
+        y0 = fmin(y0, y);
+        y1 = fmax(y1, y);
+    }
+    if (!(x1 > x0))
+        x1 = x0 + 1;
+    if (!(y1 > y0))
+        y1 = y0 + 1;
+    double mx = 0.06 * (x1 - x0), my = 0.06 * (y1 - y0);
+    s->x0 = x0 - mx;
+    s->x1 = x1 + mx;
+    s->y0 = y0 - my;
+    s->y1 = y1 + my;
+    s->gw = gw;
+    s->gh = gh;
+    int n = gw * gh;
+    float *x = malloc((size_t)n * 2 * sizeof(float));
+    if (!x)
+        return qs_errf(e, "out of memory");
+    for (int r = 0; r < gh; r++)
+        for (int c = 0; c < gw; c++) {
+            x[(size_t)(r * gw + c) * 2] = (float)(s->x0 + (c + 0.5) / gw * (s->x1 - s->x0));
+            x[(size_t)(r * gw + c) * 2 + 1] = (float)(s->y1 - (r + 0.5) / gh * (s->y1 - s->y0));
+        }
+    static const int quant[LD_N] = {0, QS_ROLE_W | QS_ROLE_A, QS_ROLE_W | QS_ROLE_A};
+    static const int corr[LD_N] = {0, 0, 1};
+    int rc = 0;
+    for (int k = 0; k < LD_N && rc == 0; k++) {
+        if (!(s->grid[k] = malloc((size_t)n)))
+            rc = qs_errf(e, "out of memory");
+        else
+            rc = classify(b, x, n, quant[k], corr[k], s->grid[k], e);
+    }
+    free(x);
+    if (rc < 0)
+        return -1;
+    /* the test split's points (at most 400) */
+    int np = b->split.n_test < 400 ? b->split.n_test : 400;
+    s->pts = malloc((size_t)(np ? np : 1) * 2 * sizeof(float));
+    s->plab = malloc((size_t)(np ? np : 1) * sizeof(int));
+    if (!s->pts || !s->plab)
+        return qs_errf(e, "out of memory");
+    qs_dataset_gather(d, b->split.test, np, s->pts, s->plab);
+    s->npts = np;
+    s->nclass = d->nclass;
+    s->ld_acc[LD_FLOAT] = s->ev.f.acc;
+    s->ld_acc[LD_QUANT] = s->q_raw.acc;
+    s->ld_acc[LD_CORR] = s->ev.q.acc;
+    s->lowdim = 1;
+    return 0;
+}
+
+struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h)
+{
+    struct qs_bench *b = w->c->b;
+    struct tui_snap *s = calloc(1, sizeof *s);
+    qs_err e = {{0}};
+    if (!s)
+        return NULL;
+    s->spec_layer = -1;
+    if (!b->model)
+        return s;
+    if (w->abl_model != (const void *)b->model) {
+        w->nabl = 0;
+        w->abl_model = b->model;
+    }
+    s->have_model = 1;
+    snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "(trained here)");
+    s->have_data = b->data != NULL;
+    if (b->data)
+        snprintf(s->data, sizeof s->data, "%s", b->data_path ? b->data_path : "");
+    s->nlayers = b->model->nlayers;
+    s->rows = calloc((size_t)s->nlayers, sizeof *s->rows);
+    if (!s->rows) {
+        s->nlayers = 0;
+        snprintf(s->err, sizeof s->err, "out of memory");
+        return s;
+    }
+    snap_rows(b, s);
+    s->bpw = qs_bench_bits_per_weight(b);
+    snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(effective_regime(b)));
+    /* ablations of layers that still have their correction */
+    s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
+    for (int k = 0; s->abl && k < w->nabl; k++) {
+        int i = qs_bench_layer_index(b, w->abl[k].layer);
+        if (i >= 0 && b->ls[i].corr.method != QS_CORR_NONE)
+            s->abl[s->nabl++] = w->abl[k];
+    }
+    if (!b->data) {
+        snprintf(s->err, sizeof s->err, "no data loaded (load data PATH)");
+        return s;
+    }
+    if (qs_bench_ready(b, &e) < 0) {
+        snprintf(s->err, sizeof s->err, "%s", e.msg);
+        return s;
+    }
+    s->ready = 1;
+    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
+    if (err && qs_analysis_errors(b, err, &e) == 0) {
+        for (int i = 0; i < s->nlayers; i++) {
+            s->rows[i].snr_db = err[i].snr_db;
+            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
+            s->rows[i].has_err = 1;
+        }
+    } else if (!s->err[0]) {
+        snprintf(s->err, sizeof s->err, "%s", err ? e.msg : "out of memory");
+    }
+    free(err);
+    if (qs_bench_eval(b, &s->ev, &e) == 0 &&
+        qs_bench_run(b, QS_TEST, ~0ULL, 0, &s->q_raw, NULL, &e) == 0) {
+        s->have_eval = 1;
+        s->gate_thr = s->ev.chance + b->gate_min * (1 - s->ev.chance);
+    } else if (!s->err[0]) {
+        snprintf(s->err, sizeof s->err, "%s", e.msg);
+    }
+    if (sel < 0)
+        sel = 0;
+    if (sel >= s->nlayers)
+        sel = s->nlayers - 1;
+    s->spec_layer = sel;
+    if (snap_spectrum(b, s, sel, &e) < 0)
+        snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
+    if (b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
+        snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
+        snprintf(s->err, sizeof s->err, "%s", e.msg);
+    return s;
+}
+
+/* ---- the thread --------------------------------------------------------------------------- */
+
+static void *worker_main(void *arg)
+{
+    struct tui_worker *w = arg;
+    struct tui_shared *sh = w->sh;
+    for (;;) {
+        pthread_mutex_lock(&sh->mu);
+        while (!sh->have_job && !sh->stop)
+            pthread_cond_wait(&sh->cv, &sh->mu);
+        if (!sh->have_job) {
+            pthread_mutex_unlock(&sh->mu);
+            break;
+        }
+        int kind = sh->job_kind, sel = sh->job_sel, ldw = sh->ld_w, ldh = sh->ld_h;
+        char *line = sh->job_line;
+        sh->job_line = NULL;
+        sh->have_job = 0;
+        pthread_mutex_unlock(&sh->mu);
+
+        struct qs_ctx *c = w->c;
+        struct qs_bench *b = c->b;
+        qs_err e = {{0}};
+        int rc = 0, rebuild = 1;
+        if (kind == JOB_LINE && line) {
+            int nj = c->njournal;
+            const void *m = b->model, *d = b->data;
+            b->cancel = 0;
+            rc = qs_exec_line(c, line, &e);
+            /* read-only commands (help, info, layers, ...) change nothing the panes show */
+            rebuild = c->njournal != nj || (const void *)b->model != m ||
+                      (const void *)b->data != d;
+        }
+        struct tui_snap *s = rebuild ? tui_snap_build(w, sel, ldw, ldh) : NULL;
+        b->cancel = 0;
+        pthread_mutex_lock(&sh->mu);
+        if (s) {
+            tui_snap_free(sh->snap);
+            s->gen = ++sh->gen;
+            sh->snap = s;
+        }
+        sh->done = 1;
+        sh->done_rc = rc;
+        snprintf(sh->done_err, sizeof sh->done_err, "%s", rc < 0 ? e.msg : "");
+        sh->done_quit = c->quit;
+        c->quit = 0; /* the UI decides (it asks when work is unsaved) */
+        sh->done_dirty = c->dirty;
+        sh->done_njournal = c->njournal;
+        pthread_mutex_unlock(&sh->mu);
+        tui_poke(sh);
+        free(line);
+    }
+    return NULL;
+}
+
+int tui_worker_start(struct tui_worker *w, struct qs_ctx *c, struct tui_shared *sh)
+{
+    memset(w, 0, sizeof *w);
+    w->c = c;
+    w->sh = sh;
+    if (pthread_create(&w->th, NULL, worker_main, w) != 0)
+        return -1;
+    w->started = 1;
+    return 0;
+}
+
+void tui_worker_stop(struct tui_worker *w)
+{
+    if (!w->started)
+        return;
+    pthread_mutex_lock(&w->sh->mu);
+    w->sh->stop = 1;
+    pthread_cond_broadcast(&w->sh->cv);
+    pthread_mutex_unlock(&w->sh->mu);
+    pthread_join(w->th, NULL);
+    w->started = 0;
+    free(w->abl);
+    w->abl = NULL;
+    w->nabl = w->capabl = 0;
+}
+
+void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel)
+{
+    struct tui_shared *sh = w->sh;
+    pthread_mutex_lock(&sh->mu);
+    free(sh->job_line);
+    sh->job_line = line ? qs_strdup(line) : NULL;
+    sh->job_kind = kind;
+    sh->job_sel = sel;
+    sh->have_job = 1;
+    pthread_cond_signal(&sh->cv);
+    pthread_mutex_unlock(&sh->mu);
+}

@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# tui.sh - the full-screen TUI driven through tmux (which provides the terminal): pane titles
+# and layers, a typed command changing the tables, a key binding journaled into the saved
+# session, resizing to 80x24 and back, Ctrl-C cancelling a long job, the help overlay, the 2-D
+# decision regions, `screenshot` against tmux's own capture, a whole-screen golden, and q (or a
+# fatal signal) restoring the terminal. Every check runs three times: UTF-8, LANG=C (ASCII
+# fallback) and NO_COLOR=1. Waits poll the screen for a marker with a timeout, never a fixed
+# sleep. Run from the repo root (or anywhere: it changes there). Prints PASS/FAIL lines.
+set -u
+cd "$(dirname "$0")/../.."
+Q=./qscope
+if ! command -v tmux >/dev/null 2>&1; then
+  echo "FAIL tui.tmux-missing"
+  exit 1
+fi
+if [ ! -x "$Q" ]; then
+  echo "FAIL tui.no-binary (build ./qscope first)"
+  exit 1
+fi
+TMP=$(mktemp -d /tmp/qscope-tui-test.XXXXXX)
+export XDG_STATE_HOME=$TMP/state
+SOCK=$TMP/tmux.sock
+T() { tmux -S "$SOCK" -f /dev/null "$@"; }
+cleanup() {
+  T kill-server >/dev/null 2>&1
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+# A private tmux server (its own socket) that keeps dead panes for inspection.
+T new-session -d -s keep -x 100 -y 30 'sleep 100000'
+T set-option -g remain-on-exit on >/dev/null
+T set-option -g history-limit 100 >/dev/null
+
+pass() { echo "PASS tui.$1"; }
+fail() {
+  echo "FAIL tui.$1"
+  shift
+  [ $# -gt 0 ] && printf '  %s\n' "$@" >&2
+}
+
+# The model: the bundled default when it exists, else one trained here (same layer names).
+if [ -f datasets/models/digits-mlp.safetensors ]; then
+  MODEL_ARGS=""
+else
+  $Q --no-default -c "load data datasets/digits.csv; train hidden=64,64 epochs=30 out=$TMP/digits.safetensors" >/dev/null 2>&1
+  MODEL_ARGS="$TMP/digits.safetensors datasets/digits.csv"
+fi
+if [ -f datasets/models/moons-mlp.safetensors ]; then
+  MOONS_ARGS="datasets/models/moons-mlp.safetensors datasets/moons.csv"
+else
+  $Q --no-default -c "load data datasets/moons.csv; train hidden=16,16 epochs=200 lr=0.01 out=$TMP/moons.safetensors" >/dev/null 2>&1
+  MOONS_ARGS="$TMP/moons.safetensors datasets/moons.csv"
+fi
+# shellcheck disable=SC2086
+mapfile -t LAYERS < <($Q --json -c layers $MODEL_ARGS 2>/dev/null | grep -o '"name":"[^"]*"' | cut -d'"' -f4)
+if [ ${#LAYERS[@]} -lt 1 ]; then
+  echo "FAIL tui.model (cannot list the model's layers)"
+  exit 1
+fi
+L1=${LAYERS[$(( ${#LAYERS[@]} > 1 ? 1 : 0 ))]}
+# shellcheck disable=SC2086
+M0=$($Q --json -c layers $MOONS_ARGS 2>/dev/null | grep -o '"name":"[^"]*"' | head -1 | cut -d'"' -f4)
+
+screen() { T capture-pane -p -t "$1" 2>/dev/null; }
+# wait_for SESSION FIXED-STRING [SECONDS]: polls the screen until the string shows
+wait_for() {
+  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
+  for ((i = 0; i < n; i++)); do
+    screen "$s" | grep -qF -- "$pat" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+# wait_gone SESSION FIXED-STRING [SECONDS]
+wait_gone() {
+  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
+  for ((i = 0; i < n; i++)); do
+    screen "$s" | grep -qF -- "$pat" || return 0
+    sleep 0.05
+  done
+  return 1
+}
+wait_file() {
+  local f=$1 n=$(( ${2:-15} * 20 ))
+  for ((i = 0; i < n; i++)); do
+    [ -s "$f" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+# wait_dead SESSION [SECONDS]: the process has exited (the pane is kept by remain-on-exit)
+wait_dead() {
+  local s=$1 n=$(( ${2:-15} * 20 ))
+  for ((i = 0; i < n; i++)); do
+    [ "$(T display-message -p -t "$s" '#{pane_dead}' 2>/dev/null)" = 1 ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+# wait_idle SESSION: the worker has finished (no "running:" in the status bar)
+wait_idle() { wait_gone "$1" "running:" "${2:-30}"; }
+# cmd SESSION LINE: types a command at the prompt (':' opens it from the panes)
+cmd() {
+  T send-keys -t "$1" ':'
+  T send-keys -t "$1" -l -- "$2"
+  T send-keys -t "$1" Enter
+}
+esc() {
+  T send-keys -t "$1" Escape
+  wait_for "$1" " PANES " 5
+}
+start() { # SESSION ENV ARGS... (100x30)
+  local s=$1 env=$2
+  shift 2
+  T new-session -d -s "$s" -x 100 -y 30 "exec env $env $Q $*"
+  wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30
+}
+titles_ok() { # SESSION [extra title]
+  local sc missing=""
+  sc=$(screen "$1")
+  for t in "1 Layers" "2 Task" "3 Spectrum" "4 Rank profile" "5 Corrections" "7 Log" ${2:+"$2"}; do
+    grep -qF -- "$t" <<<"$sc" || missing="$missing [$t]"
+  done
+  [ -z "$missing" ] || { echo "missing titles:$missing"; return 1; }
+}
+task_line() { screen "$1" | grep -oE '(bits/weight|quant +[0-9.]+ +[0-9.]+)' | tr '\n' ' '; }
+
+VARIANTS=("utf8:LANG=C.UTF-8 LC_ALL=C.UTF-8" "ascii:LANG=C LC_ALL=C" "nocolor:LANG=C.UTF-8 LC_ALL=C.UTF-8 NO_COLOR=1")
+
+for v in "${VARIANTS[@]}"; do
+  tag=${v%%:*}
+  env="${v#*:} TERM=screen"
+  s="qs-$tag-$$"
+  if ! start "$s" "$env" "$MODEL_ARGS"; then
+    fail "$tag.start" "$(screen "$s")"
+    T kill-session -t "$s" >/dev/null 2>&1
+    continue
+  fi
+
+  # 1. pane titles and the model's layers
+  miss=""
+  for l in "${LAYERS[@]}"; do screen "$s" | grep -qE "^[ >]$l " || miss="$miss $l"; done
+  if msg=$(titles_ok "$s") && [ -z "$miss" ]; then pass "$tag.titles-and-layers"
+  else fail "$tag.titles-and-layers" "$msg" "layers missing:$miss"; fi
+
+  # 2. a typed command changes the layers table and the task pane
+  before=$(task_line "$s")
+  cmd "$s" "quant * int4"
+  ok=1
+  wait_for "$s" "* -> int4: " 15 && wait_idle "$s" || ok=0
+  for l in "${LAYERS[@]}"; do screen "$s" | grep -qE "^[ >]$l .*int4/" || ok=0; done
+  after=$(task_line "$s")
+  if [ $ok = 1 ] && [ -n "$after" ] && [ "$before" != "$after" ] && screen "$s" | grep -q "weight-only"; then
+    pass "$tag.quant-changes-tables"
+  else
+    fail "$tag.quant-changes-tables" "before: $before" "after: $after" "$(screen "$s")"
+  fi
+
+  # 3. key bindings: j selects the next layer, '-' takes one bit off, 'f' cycles the format;
+  #    each is journaled and lands in the saved session
+  esc "$s"
+  [ "$L1" != "${LAYERS[0]}" ] && T send-keys -t "$s" j
+  wait_for "$s" ">$L1 " 5
+  T send-keys -t "$s" -- -
+  wait_for "$s" "> quant $L1 int3" 10 && wait_idle "$s"
+  T send-keys -t "$s" f
+  wait_for "$s" "> quant $L1 int2" 10 && wait_idle "$s"
+  cmd "$s" "save session $TMP/$tag.qs"
+  if wait_file "$TMP/$tag.qs" && screen "$s" | grep -qE "^[ >]$L1 .*int2/" &&
+     grep -q "^quant $L1 int3 gran=tensor" "$TMP/$tag.qs" && grep -q "^quant $L1 int2 gran=channel" "$TMP/$tag.qs"; then
+    pass "$tag.key-binding-journaled"
+  else
+    fail "$tag.key-binding-journaled" "$(cat "$TMP/$tag.qs" 2>/dev/null)" "$(screen "$s")"
+  fi
+
+  # 4. resize to 80x24 and back: every pane title stays visible
+  T resize-window -t "$s" -x 80 -y 24
+  wait_for "$s" "7 Log" 5
+  wait_idle "$s"
+  small=$(titles_ok "$s"); rs=$?
+  smallw=$(screen "$s" | awk '{ if (length($0) > m) m = length($0) } END { print m }')
+  T resize-window -t "$s" -x 100 -y 30
+  wait_for "$s" "correction" 5
+  big=$(titles_ok "$s"); rb=$?
+  rows=$(screen "$s" | wc -l)
+  if [ $rs = 0 ] && [ $rb = 0 ] && [ "$rows" = 30 ]; then pass "$tag.resize-80x24-and-back"
+  else fail "$tag.resize-80x24-and-back" "80x24: $small (width $smallw)" "100x30: $big ($rows rows)"; fi
+
+  # 5. screenshot writes the whole screen as text: the same as tmux's capture
+  cmd "$s" "screenshot $TMP/$tag.shot"
+  esc "$s"
+  if wait_file "$TMP/$tag.shot"; then
+    shown=1
+    wait_for "$s" "screenshot $TMP/$tag.shot (100x30)" 5 || shown=0
+    # the panes above the log are unchanged since the shot (the log and status moved on)
+    a=$(head -n 12 "$TMP/$tag.shot" | sed 's/ *$//')
+    b=$(screen "$s" | head -n 12 | sed 's/ *$//')
+    if [ "$(wc -l <"$TMP/$tag.shot")" = 30 ] && [ "$a" = "$b" ] && [ $shown = 1 ]; then
+      pass "$tag.screenshot-matches-screen"
+    else
+      fail "$tag.screenshot-matches-screen" "$(diff <(echo "$a") <(echo "$b"))"
+    fi
+  else
+    fail "$tag.screenshot-matches-screen" "no file" "$(screen "$s")"
+  fi
+
+  # 6. the help overlay lists keys and the command table; Esc closes it
+  T send-keys -t "$s" '?'
+  if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -q "load model PATH"; then
+    T send-keys -t "$s" Escape
+    if wait_for "$s" "1 Layers" 5; then pass "$tag.help-overlay"; else fail "$tag.help-overlay" "did not close"; fi
+  else
+    fail "$tag.help-overlay" "$(screen "$s")"
+  fi
+
+  # 7. Ctrl-C cancels a long job without leaving; the prompt still works afterwards
+  cmd "$s" "train epochs=100000"
+  if wait_for "$s" "running: train" 10 && wait_for "$s" "epoch 1" 20; then
+    T send-keys -t "$s" C-c
+    if wait_for "$s" "cancelled after epoch" 20 && wait_idle "$s" 10; then
+      T send-keys -t "$s" -l -- "info"
+      T send-keys -t "$s" Enter
+      if wait_for "$s" "split   seed" 10 && [ "$(T display-message -p -t "$s" '#{pane_dead}')" = 0 ]; then
+        pass "$tag.ctrl-c-cancels-job"
+      else
+        fail "$tag.ctrl-c-cancels-job" "prompt dead after cancel" "$(screen "$s")"
+      fi
+    else
+      fail "$tag.ctrl-c-cancels-job" "not cancelled" "$(screen "$s")"
+    fi
+  else
+    fail "$tag.ctrl-c-cancels-job" "train did not start" "$(screen "$s")"
+  fi
+
+  # 8. q asks when work is unsaved, y quits, and the terminal is restored
+  esc "$s"
+  T send-keys -t "$s" f            # one more journaled change after the save
+  wait_for "$s" "> quant $L1 " 10
+  wait_idle "$s"
+  T send-keys -t "$s" q
+  if wait_for "$s" "quit anyway? (y/n)" 5; then
+    T send-keys -t "$s" y
+    if wait_dead "$s" 10; then
+      st=$(T display-message -p -t "$s" '#{pane_dead_status} #{alternate_on}')
+      if [ "$st" = "0 0" ]; then pass "$tag.q-quits-and-restores"
+      else fail "$tag.q-quits-and-restores" "exit status / alternate screen: $st"; fi
+    else
+      fail "$tag.q-quits-and-restores" "still running" "$(screen "$s")"
+    fi
+  else
+    fail "$tag.q-quits-and-restores" "no y/n question" "$(screen "$s")"
+  fi
+  T kill-session -t "$s" >/dev/null 2>&1
+
+  # 9. a 2-D toy: decision regions of float / quantized / corrected
+  s="qs-$tag-2d-$$"
+  if start "$s" "$env" "$MOONS_ARGS"; then
+    cmd "$s" "quant * int2 gran=channel; correct $M0 linear"
+    if wait_for "$s" "$M0 linear R=" 20 && wait_idle "$s" && titles_ok "$s" "6 Decision regions" >/dev/null &&
+       screen "$s" | grep -qE "float [0-9.]+%.*quantized [0-9.]+%.*corrected [0-9.]+%"; then
+      pass "$tag.lowdim-decision-regions"
+    else
+      fail "$tag.lowdim-decision-regions" "$(screen "$s")"
+    fi
+    # a fatal signal restores the terminal too (the handler calls endwin, then re-raises)
+    pid=$(T display-message -p -t "$s" '#{pane_pid}')
+    kill -TERM "$pid" 2>/dev/null
+    if wait_dead "$s" 10 && [ "$(T display-message -p -t "$s" '#{alternate_on}')" = 0 ]; then
+      pass "$tag.signal-restores-terminal"
+    else
+      fail "$tag.signal-restores-terminal" "$(T display-message -p -t "$s" '#{pane_dead} #{alternate_on}')"
+    fi
+  else
+    fail "$tag.lowdim-decision-regions" "$(screen "$s")"
+  fi
+  T kill-session -t "$s" >/dev/null 2>&1
+done
+
+# A whole-screen golden: the TUI without a model, 80x24, ASCII, no colour (nothing in it
+# depends on a model, the machine or the numbers).
+s="qs-golden-$$"
+T new-session -d -s "$s" -x 80 -y 24 -c "$TMP" "exec env LANG=C LC_ALL=C NO_COLOR=1 TERM=screen $PWD/$Q --no-default"
+if wait_for "$s" "no model: load model PATH" 15; then
+  cmd "$s" "screenshot empty.shot" # relative to $TMP: the log line is the same on every run
+  if wait_file "$TMP/empty.shot" && diff -u tests/golden/tui_empty.out "$TMP/empty.shot" >"$TMP/golden.diff"; then
+    pass "golden-empty-screen"
+  else
+    fail "golden-empty-screen" "$(cat "$TMP/golden.diff")"
+  fi
+else
+  fail "golden-empty-screen" "$(screen "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# Outside the TUI the front-end command explains itself.
+out=$(echo "screenshot $TMP/x" | $Q --no-default 2>&1)
+if grep -q "screenshot needs the TUI" <<<"$out"; then pass "screenshot-outside-tui"
+else fail "screenshot-outside-tui" "$out"; fi
+exit 0
