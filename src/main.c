@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "qscope/cmd.h"
 #include "qscope/front.h"
 #include "qscope/script.h"
@@ -145,8 +147,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (deterministic)
-        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+    if (deterministic) /* OpenBLAS read its environment at load time: set the count directly */
+        openblas_set_num_threads(1);
 
     struct qs_bench *b = qs_bench_new();
     struct qs_ctx c;

@@ -36,15 +36,15 @@ int qs_lowrank_lqer(const float *e, int out, int in, const float *s, int r, floa
  * from the eigendecomposition R = Q Lambda Q^T (ssyevd). Eigenvalues at or below
  * 16 FLT_EPSILON lambda_max (only possible when damp = 0 and rxx is singular) are treated as
  * null directions (pseudo-inverse): the objective does not see them, and c leaves them at 0. */
-int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r,
-                    float *c, float *l, float *rt, qs_err *err);
+int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
+                    float *l, float *rt, qs_err *err);
 
 /* EoRA: with R = Q Lambda Q^T as above, c = [E Q Lambda^{1/2}]_r Lambda^{-1/2} Q^T: the error
  * projected into R's eigenspace, scaled by the eigenvalues' square roots, truncated, and mapped
  * back. It minimises the same objective as exact QERA (E Q Lambda^{1/2} = E R^{1/2} Q), so the
  * two agree to rounding. */
-int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r,
-                    float *c, float *l, float *rt, qs_err *err);
+int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
+                    float *l, float *rt, qs_err *err);
 
 /* Expected output error of a correction, tr((E - C) R (E - C)^T) = E_x ||(E - C) x||^2 for
  * R = rxx: (in, in); e, c: (out, in); c may be NULL for tr(E R E^T). In double. */
@@ -61,8 +61,8 @@ double qs_lowrank_objective(const float *e, const float *c, int out, int in, con
  * (dpotrf/dpotrs), falling back to the eigen pseudo-inverse (dsyevd; eigenvalues below 1e-6
  * lambda_max dropped: the minimum-norm least-squares map) when G + lambda I is not numerically
  * positive definite (lambda = 0 with collinear columns). */
-int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at,
-                 float *b, double *lambda_used, qs_err *err);
+int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at, float *b,
+                 double *lambda_used, qs_err *err);
 
 /* Applies the map: yhat = yq at + b; yq, yhat: (n, d), at: (d, d), b: (d). */
 void qs_ridge_apply(const float *yq, int n, int d, const float *at, const float *b, float *yhat);

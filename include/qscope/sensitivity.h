@@ -33,9 +33,9 @@ int qs_fisher_diag(const struct qs_mlp *m, const float *x, const int *y, int n, 
                    qs_err *e);
 
 struct qs_hutch {
-    double trace;  /* mean of v^T H v over the probes */
-    double se;     /* standard error of that mean: sample sd / sqrt(probes) */
-    double eps;    /* finite-difference step used: 1e-3 * rms(W_i) (1e-3 for an all-zero W_i) */
+    double trace; /* mean of v^T H v over the probes */
+    double se;    /* standard error of that mean: sample sd / sqrt(probes) */
+    double eps;   /* finite-difference step used: 1e-3 * rms(W_i) (1e-3 for an all-zero W_i) */
     int probes;
 };
 
@@ -52,15 +52,15 @@ enum { QS_SENS_DELTA = 1, QS_SENS_GRAD = 2, QS_SENS_FISHER = 4, QS_SENS_HUTCH = 
 #define QS_SENS_ALL 15
 
 struct qs_sens_layer {
-    int quantized;        /* the layer has a weight or activation format */
-    double w_err2;        /* ||W - Q(W)||_F^2 (0 when its weights stay float) */
-    double delta_loss;    /* QS_SENS_DELTA */
-    double grad_norm;     /* QS_SENS_GRAD */
-    double fisher_trace;  /* QS_SENS_FISHER: sum of F_i */
-    double fisher_err;    /*                 sum F_i (.) (W_i - Q(W_i))^2 */
-    double hutch_trace;   /* QS_SENS_HUTCH */
-    double hutch_se;
-    double hutch_err;     /*                 tr(H_i) / N_i * ||W_i - Q(W_i)||^2 */
+    int quantized;       /* the layer has a weight or activation format */
+    double w_err2;       /* ||W - Q(W)||_F^2 (0 when its weights stay float) */
+    double delta_loss;   /* QS_SENS_DELTA */
+    double grad_norm;    /* QS_SENS_GRAD */
+    double fisher_trace; /* QS_SENS_FISHER: sum of F_i */
+    double fisher_err;   /* QS_SENS_FISHER: sum F_i (.) (W_i - Q(W_i))^2 */
+    double hutch_trace;  /* QS_SENS_HUTCH: the estimate of tr(H_i) ... */
+    double hutch_se;     /* ... its standard error ... */
+    double hutch_err;    /* ... and tr(H_i) / N_i * ||W_i - Q(W_i)||^2 */
 };
 
 struct qs_sens_info {
@@ -87,17 +87,16 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
  * taken early can block a dear one later), it then applies the best change of one layer's or
  * two layers' choices (e.g. one up, one down) that fits the budget and lowers the summed loss,
  * until none does: the result is optimal among its one- and two-layer neighbours (with two
- * layers, among all plans). choice: (nl). Returns the number of steps taken, or -1 when even the cheapest
- * plan exceeds the budget (message gives both totals). */
-int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
-                         const int *valid, double budget, int *choice, qs_err *e);
+ * layers, among all plans). choice: (nl). Returns the number of steps taken, or -1 when even the
+ * cheapest plan exceeds the budget (message gives both totals). */
+int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss, const int *valid,
+                         double budget, int *choice, qs_err *e);
 
 /* Spreads `total` units of rank over nl layers: gain[i][k] (k = 0..maxr[i]-1) is the benefit of
  * raising layer i from rank k to k + 1 (already per parameter). Repeatedly gives one unit to the
  * layer with the largest next gain (> 0; ties: the lower layer). With gains non-increasing in k
  * (a concave benefit) this maximises the total benefit. rank: (nl). Returns the rank given. */
-int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total,
-                         int *rank);
+int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total, int *rank);
 
 /* A weight format candidate for allocate bits=. */
 struct qs_wcand {
@@ -108,18 +107,18 @@ struct qs_wcand {
 
 struct qs_bit_plan {
     int nl, nc;
-    int *choice;          /* (nl) candidate per layer */
-    double *bits;         /* (nl, nc) packed bits of layer i at candidate k (-1: not valid) */
-    double *dloss;        /* (nl, nc) calibration loss with only layer i at candidate k, minus
-                             the float calibration loss */
-    double bits_per_weight;   /* of the plan, from packed sizes */
+    int *choice;            /* (nl) candidate per layer */
+    double *bits;           /* (nl, nc) packed bits of layer i at candidate k (-1: not valid) */
+    double *dloss;          /* (nl, nc) calibration loss with only layer i at candidate k, minus
+                               the float calibration loss */
+    double bits_per_weight; /* of the plan, from packed sizes */
     double float_loss_calib;
-    struct qs_metric plan_test;   /* test split, weights of the plan (activations float) */
+    struct qs_metric plan_test; /* test split, weights of the plan (activations float) */
     struct qs_metric float_test;
-    double *uniform_bpw;  /* (nc) every layer at candidate k */
+    double *uniform_bpw;            /* (nc) every layer at candidate k */
     struct qs_metric *uniform_test; /* (nc) */
-    int upgrades;         /* steps of qs_alloc_bits_greedy */
-    int refined;          /* steps of the joint refinement */
+    int upgrades;                   /* steps of qs_alloc_bits_greedy */
+    int refined;                    /* steps of the joint refinement */
     double joint_loss_calib; /* calibration loss of the plan, all its layers quantized at once */
 };
 
@@ -137,13 +136,13 @@ void qs_bit_plan_free(struct qs_bit_plan *p);
 
 struct qs_rank_plan {
     int nl;
-    int *rank;            /* (nl) */
-    int *maxr;            /* (nl) min(out, in), 0 for layers whose weights are float */
-    double *rel;          /* (nl) local relative pre-activation error energy ||E R^1/2||^2 /
-                             ||W R^1/2||^2 (R = E[x x^T] of the float calibration inputs) */
-    double *pred;         /* (nl) predicted recovery of rank[i]: 1 - left_i[rank[i]] */
-    long params;          /* parameters the plan adds: sum rank_i (out_i + in_i) */
-    int given;            /* rank handed out (< total when every layer is full) */
+    int *rank;    /* (nl) */
+    int *maxr;    /* (nl) min(out, in), 0 for layers whose weights are float */
+    double *rel;  /* (nl) local relative pre-activation error energy ||E R^1/2||^2 /
+                     ||W R^1/2||^2 (R = E[x x^T] of the float calibration inputs) */
+    double *pred; /* (nl) predicted recovery of rank[i]: 1 - left_i[rank[i]] */
+    long params;  /* parameters the plan adds: sum rank_i (out_i + in_i) */
+    int given;    /* rank handed out (< total when every layer is full) */
 };
 
 /* allocate rank=: reads the spectrum of each weight-quantized layer's error under scale=cov
@@ -158,8 +157,8 @@ void qs_rank_plan_free(struct qs_rank_plan *p);
 
 struct qs_qat_opts {
     int epochs, batch;
-    double lr;            /* Adam, as qs_mlp_train (beta 0.9 / 0.999, eps 1e-8, no decay) */
-    uint64_t seed;        /* mini-batch shuffle */
+    double lr;     /* Adam, as qs_mlp_train (beta 0.9 / 0.999, eps 1e-8, no decay) */
+    uint64_t seed; /* mini-batch shuffle */
 };
 
 /* Straight-through fine-tuning of m (the float master weights) in place on x: (n, in0), y: each
@@ -169,15 +168,15 @@ struct qs_qat_opts {
  * Mini-batches, shuffling and Adam follow qs_mlp_train exactly, so with every format none the
  * result equals qs_mlp_train's bit for bit. cb as in qs_mlp_train (may be NULL). */
 int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_qopts *opt,
-                 const float *x, const int *y, int n, const struct qs_qat_opts *o,
-                 qs_train_cb cb, void *ctx, qs_err *e);
+                 const float *x, const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
+                 void *ctx, qs_err *e);
 
 struct qs_qat_result {
-    struct qs_metric f, ptq;      /* before: float and quantized (test split) */
-    struct qs_metric f_qat, qat;  /* after: fine-tuned float and its quantization */
-    double gap_closed;            /* (qat.acc - ptq.acc) / (f.acc - ptq.acc); NaN if no gap */
-    int dropped_corr;             /* corrections the new model invalidated */
-    int act_quant;                /* some layer quantizes activations (not simulated) */
+    struct qs_metric f, ptq;     /* before: float and quantized (test split) */
+    struct qs_metric f_qat, qat; /* after: fine-tuned float and its quantization */
+    double gap_closed;           /* (qat.acc - ptq.acc) / (f.acc - ptq.acc); NaN if no gap */
+    int dropped_corr;            /* corrections the new model invalidated */
+    int act_quant;               /* some layer quantizes activations (not simulated) */
 };
 
 /* qat: fine-tunes the bench's model on the train split through its current per-layer weight

@@ -35,21 +35,22 @@ struct qs_q1_opts {
     int nmodels;
     const uint64_t *seeds;
     int nseeds;
-    struct qs_format fmt;      /* weight format of every layer */
+    struct qs_format fmt; /* weight format of every layer */
     struct qs_qopts opt;
-    char prec[8];              /* the map's weights: "int4" | "int8" | "float" */
-    double top_frac;           /* correctability: share of directions (0.1) */
-    qs_progress_fn progress;   /* may be NULL */
+    char prec[8];            /* the map's weights: "int4" | "int8" | "float" */
+    double top_frac;         /* correctability: share of directions (0.1) */
+    qs_progress_fn progress; /* may be NULL */
     void *progress_ctx;
-    volatile int *cancel;      /* may be NULL */
+    volatile int *cancel; /* may be NULL */
 };
 
 struct qs_q1_layer {
-    int setting;               /* index into settings */
-    int index;                 /* layer index in its model */
+    int setting; /* index into settings */
+    int index;   /* layer index in its model */
     char name[64];
-    int third;                 /* depth: 0 early, 1 mid, 2 late (floor(3 i / L)) */
-    int d;                     /* pre-activation width */
+    int third; /* depth: 0 early, 1 mid, 2 late (floor(3 i / L)) */
+    int d;     /* pre-activation width (out) */
+    int in;    /* input width */
     double w_rel_err, preact_rel_mse;
     double correctability;
     double r_float, r_q;
@@ -58,11 +59,11 @@ struct qs_q1_layer {
 struct qs_q1_setting {
     char model[512], data[512];
     uint64_t seed;
-    int nlayers, first;        /* its layers are layers[first .. first + nlayers) */
+    int nlayers, first; /* its layers are layers[first .. first + nlayers) */
     double float_acc, quant_acc, bits_per_weight;
     int gate_pass;
     double med_r_float, med_r_q, spearman;
-    const char *verdict;       /* "supported", "refuted", "unclear" */
+    const char *verdict; /* "supported", "refuted", "unclear" */
 };
 
 struct qs_q1_stats {
@@ -78,7 +79,7 @@ struct qs_q1 {
     struct qs_q1_stats r_float, r_q;
     double depth_q[3], depth_float[3]; /* medians by depth third (NaN when empty) */
     int depth_n[3];
-    double pooled_spearman;            /* Spearman(correctability, R_lin_q) over every layer */
+    double pooled_spearman; /* Spearman(correctability, R_lin_q) over every layer */
     int nsupported, nrefuted, nunclear;
 };
 

@@ -29,8 +29,7 @@ static int check_rank(const char *method, int out, int in, int r, qs_err *err)
     return 0;
 }
 
-static int check_finite(const char *method, const char *what, const float *a, size_t n,
-                        qs_err *err)
+static int check_finite(const char *method, const char *what, const float *a, size_t n, qs_err *err)
 {
     for (size_t i = 0; i < n; i++)
         if (!isfinite(a[i]))
@@ -142,8 +141,8 @@ int qs_lowrank_lqer(const float *e, int out, int in, const float *s, int r, floa
 /* The damped autocorrelation R = rxx + damp mean(diag rxx) I and its eigendecomposition:
  * w: (in) ascending, q: (in, in) eigenvectors in columns. Eigenvalues at or below
  * 16 FLT_EPSILON lambda_max are set to 0 (null directions, handled as a pseudo-inverse). */
-static int damped_eig(const char *method, const float *rxx, int in, double damp, float *w,
-                      float *q, qs_err *err)
+static int damped_eig(const char *method, const float *rxx, int in, double damp, float *w, float *q,
+                      qs_err *err)
 {
     if (check_finite(method, "input autocorrelation", rxx, (size_t)in * in, err))
         return -1;
@@ -183,12 +182,12 @@ static void sym_function(const float *q, const float *w, int in, int inverse, fl
             float f = lam > 0 ? (inverse ? 1.0f / sqrtf(lam) : sqrtf(lam)) : 0.0f;
             scratch[(size_t)i * in + j] = q[(size_t)i * in + j] * f;
         }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, in, in, in, 1.0f, scratch, in, q, in,
-                0.0f, dst, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, in, in, in, 1.0f, scratch, in, q, in, 0.0f,
+                dst, in);
 }
 
-int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r,
-                    float *c, float *l, float *rt, qs_err *err)
+int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
+                    float *l, float *rt, qs_err *err)
 {
     if (check_rank("qera", out, in, r, err) ||
         check_finite("qera", "error matrix", e, (size_t)out * in, err))
@@ -210,8 +209,8 @@ int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double da
     /* QERA exact: C = [E R^{1/2}]_r R^{-1/2}, R^{1/2} = Q Lambda^{1/2} Q^T. */
     sym_function(q, w, in, 0, scratch, half);
     sym_function(q, w, in, 1, scratch, ihalf);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, half, in,
-                0.0f, m, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, half, in, 0.0f,
+                m, in);
     rc = truncate_and_factor("qera", m, out, in, r, NULL, ihalf, c, l, rt, err);
 out:
     free(w);
@@ -223,8 +222,8 @@ out:
     return rc;
 }
 
-int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r,
-                    float *c, float *l, float *rt, qs_err *err)
+int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
+                    float *l, float *rt, qs_err *err)
 {
     if (check_rank("eora", out, in, r, err) ||
         check_finite("eora", "error matrix", e, (size_t)out * in, err))
@@ -251,8 +250,8 @@ int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double da
             /* back[j][i] = lambda_j^{-1/2} q[i][j] */
             back[(size_t)j * in + i] = lam > 0 ? q[(size_t)i * in + j] / sqrtf(lam) : 0.0f;
         }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, qs, in,
-                0.0f, m, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, qs, in, 0.0f,
+                m, in);
     rc = truncate_and_factor("eora", m, out, in, r, NULL, back, c, l, rt, err);
 out:
     free(w);
@@ -294,8 +293,8 @@ double qs_lowrank_objective(const float *e, const float *c, int out, int in, con
 
 #define RIDGE_ROWS 1024 /* row block for the Gram accumulation: bounds the scratch memory */
 
-int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at,
-                 float *b, double *lambda_used, qs_err *err)
+int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at, float *b,
+                 double *lambda_used, qs_err *err)
 {
     if (n < 1 || d < 1)
         return qs_errf(err, "ridge: empty pre-activations (%d samples x %d features)", n, d);
@@ -335,8 +334,8 @@ int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, 
                 xd[dst] = (float)(cf - cq);
             }
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, d, nr, 1.0f, xq, d, 1.0f, g, d);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, nr, 1.0f, xq, d, xd, d, 1.0f,
-                    h, d);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, nr, 1.0f, xq, d, xd, d, 1.0f, h,
+                    d);
     }
     double tr = 0;
     for (int j = 0; j < d; j++)
@@ -366,8 +365,7 @@ int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, 
             dmin = fmin(dmin, gc[(size_t)i * d + i]);
             dmax = fmax(dmax, gc[(size_t)i * d + i]);
         }
-        if (dmin > 1e-6 * dmax &&
-            LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', d, d, gc, d, rhs, d) == 0)
+        if (dmin > 1e-6 * dmax && LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', d, d, gc, d, rhs, d) == 0)
             solved = 1;
     }
     if (!solved) {
@@ -389,8 +387,8 @@ int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, 
             for (int j = 0; j < d; j++)
                 t[(size_t)j * d + i] *= f;
         }
-        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, gd, d, t, d, 0.0,
-                    rhs, d);
+        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, d, d, d, 1.0, gd, d, t, d, 0.0, rhs,
+                    d);
         free(wv);
         free(t);
     }

@@ -8,8 +8,8 @@
 #include "qscope/sensitivity.h"
 
 int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_qopts *opt,
-                 const float *x, const int *y, int n, const struct qs_qat_opts *o,
-                 qs_train_cb cb, void *ctx, qs_err *e)
+                 const float *x, const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
+                 void *ctx, qs_err *e)
 {
     int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
     if (n <= 0 || bs <= 0 || o->epochs <= 0)
@@ -52,8 +52,8 @@ int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_
                 const struct qs_layer *l = &m->layers[i];
                 size_t nw = (size_t)l->in * l->out;
                 if (fmt[i].kind != QS_FMT_NONE) {
-                    if (qs_quant_fake(&fmt[i], &opt[i], l->w, l->out, l->in, work->layers[i].w,
-                                      e) < 0) {
+                    if (qs_quant_fake(&fmt[i], &opt[i], l->w, l->out, l->in, work->layers[i].w, e) <
+                        0) {
                         qs_err_prefix(e, l->name);
                         goto out;
                     }
@@ -166,8 +166,8 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
     if (qs_qat_train(master, fmt, opt, x, y, n, o, cb, ctx, e) < 0)
         goto out;
     char buf[160];
-    snprintf(buf, sizeof buf, "epochs=%d batch=%d lr=%.9g seed=%llu (straight-through)",
-             o->epochs, o->batch, o->lr, (unsigned long long)o->seed);
+    snprintf(buf, sizeof buf, "epochs=%d batch=%d lr=%.9g seed=%llu (straight-through)", o->epochs,
+             o->batch, o->lr, (unsigned long long)o->seed);
     qs_mlp_set_meta(master, "qscope.qat", buf);
     /* The new model keeps the session's split and calibration size, not its metadata's. */
     uint64_t sseed = b->split_seed;

@@ -58,8 +58,8 @@ int qs_fisher_diag(const struct qs_mlp *m, const float *x, const int *y, int n, 
         return qs_errf(e, "fisher: no samples");
     int L = m->nlayers, in0 = m->layers[0].in;
     struct grads g = {0};
-    float **act = qs_calloc((size_t)L, sizeof *act);   /* act[i]: input of layer i, squared */
-    float **dl = qs_calloc((size_t)L, sizeof *dl);     /* dl[i]: per-sample deltas, squared */
+    float **act = qs_calloc((size_t)L, sizeof *act); /* act[i]: input of layer i, squared */
+    float **dl = qs_calloc((size_t)L, sizeof *dl);   /* dl[i]: per-sample deltas, squared */
     int rc = -1;
     if (!act || !dl || grads_alloc(&g, m) < 0)
         goto oom;
@@ -228,14 +228,13 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
     }
     if (methods & QS_SENS_GRAD) {
         struct grads g = {0};
-        if (grads_alloc(&g, m) < 0 || qs_mlp_loss_grad(m, fc->x, fc->y, fc->n, g.gw, g.gb,
-                                                       NULL) < 0) {
+        if (grads_alloc(&g, m) < 0 ||
+            qs_mlp_loss_grad(m, fc->x, fc->y, fc->n, g.gw, g.gb, NULL) < 0) {
             grads_free(&g);
             return qs_errf(e, "sensitivity: out of memory");
         }
         for (int i = 0; i < L; i++)
-            out[i].grad_norm =
-                sqrt(qs_frob2(g.gw[i], (size_t)m->layers[i].out * m->layers[i].in));
+            out[i].grad_norm = sqrt(qs_frob2(g.gw[i], (size_t)m->layers[i].out * m->layers[i].in));
         grads_free(&g);
     }
     if (methods & QS_SENS_FISHER) {
@@ -277,12 +276,12 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
 
 /* ---- allocation: the greedy planners -------------------------------------------------------- */
 
-int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
-                         const int *valid, double budget, int *choice, qs_err *e)
+int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss, const int *valid,
+                         double budget, int *choice, qs_err *e)
 {
-#define OK(i, k) (!valid || valid[(size_t)(i) * nc + (k)])
-#define BITS(i, k) bits[(size_t)(i) * nc + (k)]
-#define LOSS(i, k) loss[(size_t)(i) * nc + (k)]
+#define OK(i, k) (!valid || valid[(size_t)(i)*nc + (k)])
+#define BITS(i, k) bits[(size_t)(i)*nc + (k)]
+#define LOSS(i, k) loss[(size_t)(i)*nc + (k)]
     double total = 0.0;
     for (int i = 0; i < nl; i++) {
         choice[i] = -1;
@@ -295,8 +294,10 @@ int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
         total += BITS(i, choice[i]);
     }
     if (total > budget * (1 + 1e-12))
-        return qs_errf(e, "allocate: the budget (%.6g bits) is below the cheapest plan (%.6g "
-                          "bits)", budget, total);
+        return qs_errf(e,
+                       "allocate: the budget (%.6g bits) is below the cheapest plan (%.6g "
+                       "bits)",
+                       budget, total);
     int upgrades = 0;
     for (;;) {
         int bi = -1, bk = -1;
@@ -364,8 +365,7 @@ int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
 #undef LOSS
 }
 
-int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total,
-                         int *rank)
+int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total, int *rank)
 {
     int given = 0;
     for (int i = 0; i < nl; i++)
@@ -475,15 +475,15 @@ static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struc
     double total = 0.0;
     for (int i = 0; i < L; i++)
         total += p->bits[(size_t)i * nc + p->choice[i]];
-#define JOINT(out_)                                                                              \
-    do {                                                                                         \
-        for (int i_ = 0; i_ < L; i_++)                                                           \
-            memcpy(work->layers[i_].w, wq[(size_t)i_ * nc + pick[i_]],                          \
-                   (size_t)f->layers[i_].out * f->layers[i_].in * sizeof(float));               \
-        struct qs_metric m_;                                                                     \
-        if (metric_of(work, ac->x, ac->y, ac->n, logits, &m_, e) < 0)                          \
-            goto out;                                                                            \
-        (out_) = m_.loss;                                                                        \
+#define JOINT(out_)                                                                                \
+    do {                                                                                           \
+        for (int i_ = 0; i_ < L; i_++)                                                             \
+            memcpy(work->layers[i_].w, wq[(size_t)i_ * nc + pick[i_]],                             \
+                   (size_t)f->layers[i_].out * f->layers[i_].in * sizeof(float));                  \
+        struct qs_metric m_;                                                                       \
+        if (metric_of(work, ac->x, ac->y, ac->n, logits, &m_, e) < 0)                              \
+            goto out;                                                                              \
+        (out_) = m_.loss;                                                                          \
     } while (0)
     memcpy(pick, p->choice, (size_t)L * sizeof *pick);
     double cur;
@@ -500,9 +500,11 @@ static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struc
                     for (int l = 0; l < (j < L ? nc : 1); l++) {
                         if (j < L && (!valid[(size_t)j * nc + l] || l == p->choice[j]))
                             continue;
-                        double db = p->bits[(size_t)i * nc + k] - p->bits[(size_t)i * nc + p->choice[i]];
+                        double db =
+                            p->bits[(size_t)i * nc + k] - p->bits[(size_t)i * nc + p->choice[i]];
                         if (j < L)
-                            db += p->bits[(size_t)j * nc + l] - p->bits[(size_t)j * nc + p->choice[j]];
+                            db += p->bits[(size_t)j * nc + l] -
+                                  p->bits[(size_t)j * nc + p->choice[j]];
                         if (total + db > budget * (1 + 1e-12))
                             continue;
                         memcpy(pick, p->choice, (size_t)L * sizeof *pick);
@@ -560,7 +562,8 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     p->dloss = qs_calloc((size_t)L * nc, sizeof *p->dloss);
     p->uniform_bpw = qs_calloc((size_t)nc, sizeof *p->uniform_bpw);
     p->uniform_test = qs_calloc((size_t)nc, sizeof *p->uniform_test);
-    int *valid = qs_calloc((size_t)L * nc, sizeof *valid), *pick = qs_calloc((size_t)L, sizeof *pick);
+    int *valid = qs_calloc((size_t)L * nc, sizeof *valid),
+        *pick = qs_calloc((size_t)L, sizeof *pick);
     float *logits = malloc((size_t)nmax * C * sizeof(float));
     struct qs_mlp *work = qs_mlp_clone(f);
     int rc = -1;
@@ -583,8 +586,8 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
             p->bits[ix] = -1.0;
             /* A candidate that cannot quantize this layer (a group size that does not divide
              * its rows, ...) is skipped for this layer only. */
-            if (quantize_cand(&cand[k], l->w, l->out, l->in, work->layers[i].w, &p->bits[ix],
-                              &e2) < 0) {
+            if (quantize_cand(&cand[k], l->w, l->out, l->in, work->layers[i].w, &p->bits[ix], &e2) <
+                0) {
                 p->bits[ix] = -1.0;
                 continue;
             }
@@ -601,6 +604,21 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
                     l->out, l->in);
             goto out;
         }
+    }
+    double cheapest = 0.0;
+    for (int i = 0; i < L; i++) {
+        double lo = INFINITY;
+        for (int k = 0; k < nc; k++)
+            if (valid[(size_t)i * nc + k] && p->bits[(size_t)i * nc + k] < lo)
+                lo = p->bits[(size_t)i * nc + k];
+        cheapest += lo;
+    }
+    if (cheapest > budget_bpw * nw * (1 + 1e-12)) {
+        qs_errf(e,
+                "allocate: bits=%.6g is below the cheapest plan, %.4f bits/weight (every layer "
+                "at its cheapest format)",
+                budget_bpw, cheapest / nw);
+        goto out;
     }
     int up = qs_alloc_bits_greedy(L, nc, p->bits, p->dloss, valid, budget_bpw * nw, p->choice, e);
     if (up < 0)

@@ -14,7 +14,10 @@ double qs_mp_edge(double fro2, int m, int n)
 }
 
 /* -p log p with the 0 log 0 = 0 convention. */
-static double plogp(double p) { return p > 0 ? -p * log(p) : 0; }
+static double plogp(double p)
+{
+    return p > 0 ? -p * log(p) : 0;
+}
 
 void qs_rank_stats_compute(const double *sv, int nsv, double fro2, int m, int n,
                            struct qs_rank_stats *st)

@@ -44,13 +44,18 @@ void qs_q1_stats_of(const double *v, int n, struct qs_q1_stats *s)
     s->frac_gt_02 = (double)big / n;
 }
 
-static int readable(const char *p) { return access(p, R_OK) == 0; }
+static int readable(const char *p)
+{
+    return access(p, R_OK) == 0;
+}
 
 int qs_q1_data_path(const char *model, const char *meta, char *buf, size_t n, qs_err *e)
 {
     if (!meta || !meta[0])
-        return qs_errf(e, "%s records no data file (metadata qscope.data); name it as "
-                          "MODEL:DATA.csv", model);
+        return qs_errf(e,
+                       "%s records no data file (metadata qscope.data); name it as "
+                       "MODEL:DATA.csv",
+                       model);
     if (readable(meta)) {
         snprintf(buf, n, "%s", meta);
         return 0;
@@ -75,8 +80,10 @@ int qs_q1_data_path(const char *model, const char *meta, char *buf, size_t n, qs
         snprintf(buf, n, "%s", cand);
         return 0;
     }
-    return qs_errf(e, "%s: its data file %s (metadata qscope.data) is not readable, nor %s beside "
-                      "the model or one folder up", model, meta, base);
+    return qs_errf(e,
+                   "%s: its data file %s (metadata qscope.data) is not readable, nor %s beside "
+                   "the model or one folder up",
+                   model, meta, base);
 }
 
 void qs_q1_free(struct qs_q1 *q)
@@ -102,30 +109,30 @@ static void split_model_arg(const char *arg, char *model, size_t nm, char *data,
     }
 }
 
+static int cmp_int(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
 /* Re-draws calibration and test from the samples outside the training split, keeping sizes. */
-static void redraw_heldout(struct qs_split *s, uint64_t seed)
+static int redraw_heldout(struct qs_split *s, uint64_t seed, qs_err *e)
 {
     int nc = s->n_calib, nt = s->n_test, n = nc + nt;
     int *pool = malloc((size_t)(n > 0 ? n : 1) * sizeof *pool);
     if (!pool)
-        return;
+        return qs_errf(e, "out of memory");
     memcpy(pool, s->calib, (size_t)nc * sizeof *pool);
     memcpy(pool + nc, s->test, (size_t)nt * sizeof *pool);
     /* sorted first, so that the draw depends only on the seed and the held-out set */
-    for (int a = 1; a < n; a++) {
-        int v = pool[a], j = a - 1;
-        while (j >= 0 && pool[j] > v) {
-            pool[j + 1] = pool[j];
-            j--;
-        }
-        pool[j + 1] = v;
-    }
+    qsort(pool, (size_t)n, sizeof *pool, cmp_int);
     qs_rng r;
     qs_rng_seed(&r, seed ^ 0x51ed5eedULL);
     qs_rng_shuffle(&r, pool, n);
     memcpy(s->calib, pool, (size_t)nc * sizeof *pool);
     memcpy(s->test, pool + nc, (size_t)nt * sizeof *pool);
     free(pool);
+    return 0;
 }
 
 /* One setting's layers. */
@@ -155,6 +162,7 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
         snprintf(r->name, sizeof r->name, "%s", l->name);
         r->third = 3 * i / L;
         r->d = l->out;
+        r->in = l->in;
         r->w_rel_err = err[i].w_rel_err;
         r->preact_rel_mse = err[i].preact_rel_mse;
         struct qs_spectrum sp;
@@ -283,11 +291,11 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
             st->nlayers = L;
             st->first = q->nlayers;
             b->seed = o->seeds[si];
-            if (qs_bench_resplit(b, own, ft, fc, e) < 0) {
+            if (qs_bench_resplit(b, own, ft, fc, e) < 0 ||
+                redraw_heldout(&b->split, o->seeds[si], e) < 0) {
                 qs_bench_free(b);
                 goto fail;
             }
-            redraw_heldout(&b->split, o->seeds[si]);
             if (run_setting(b, o, st, &q->layers[q->nlayers], e) < 0) {
                 qs_bench_free(b);
                 qs_err_prefix(e, model);
@@ -378,8 +386,8 @@ static void intf(FILE *f, long long v)
     field(f, buf, 0);
 }
 
-static FILE *open_csv(const char *prefix, const char *what, const struct qs_q1_opts *o,
-                      char *path, size_t np, qs_err *e)
+static FILE *open_csv(const char *prefix, const char *what, const struct qs_q1_opts *o, char *path,
+                      size_t np, qs_err *e)
 {
     snprintf(path, np, "%s-%s.csv", prefix, what);
     FILE *f = fopen(path, "w");
@@ -389,8 +397,9 @@ static FILE *open_csv(const char *prefix, const char *what, const struct qs_q1_o
     }
     char opts[200] = "", meta[512];
     qs_qopts_format(&o->fmt, &o->opt, opts, sizeof opts);
-    snprintf(meta, sizeof meta, "# qscope %s study q1 %s: regime=weight-only format=%s %s "
-                                "prec=%s correctability=top %.3g of directions",
+    snprintf(meta, sizeof meta,
+             "# qscope %s study q1 %s: regime=weight-only format=%s %s "
+             "prec=%s correctability=top %.3g of directions",
              QS_VERSION, what, o->fmt.name, opts, o->prec, o->top_frac);
     field(f, meta, 1);
     fputc('\n', f);
@@ -401,12 +410,15 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
                     qs_err *e)
 {
     char path[1100], rq[16];
-    snprintf(rq, sizeof rq, "r_lin_%s", !strcmp(o->prec, "int8") ? "q8"
-                                        : !strcmp(o->prec, "int4") ? "q4" : "prec_float");
+    snprintf(rq, sizeof rq, "r_lin_%s",
+             !strcmp(o->prec, "int8")   ? "q8"
+             : !strcmp(o->prec, "int4") ? "q4"
+                                        : "prec_float");
     FILE *f = open_csv(prefix, "layers", o, path, sizeof path, e);
     if (!f)
         return -1;
-    const char *hl[] = {"model", "data", "seed", "layer", "index", "depth", "d", "w_rel_err",
+    const char *hl[] = {"model",          "data",           "seed",        "layer",
+                        "index",          "depth",          "d",           "w_rel_err",
                         "preact_rel_mse", "correctability", "r_lin_float", rq};
     for (size_t k = 0; k < sizeof hl / sizeof *hl; k++)
         field(f, hl[k], k == 0);
@@ -435,8 +447,17 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         return -1;
     char mq[32];
     snprintf(mq, sizeof mq, "median_%s", rq);
-    const char *hs[] = {"model", "data", "seed", "layers", "float_acc", "quant_acc",
-                        "bits_per_weight", "gate", "median_r_lin_float", mq, "spearman",
+    const char *hs[] = {"model",
+                        "data",
+                        "seed",
+                        "layers",
+                        "float_acc",
+                        "quant_acc",
+                        "bits_per_weight",
+                        "gate",
+                        "median_r_lin_float",
+                        mq,
+                        "spearman",
                         "verdict"};
     for (size_t k = 0; k < sizeof hs / sizeof *hs; k++)
         field(f, hs[k], k == 0);

@@ -392,7 +392,8 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddNumberToObject(o, "rank", cr->rank);
         cJSON_AddStringToObject(o, "prec", cr->prec);
         qs_json_num(o, "recovery", cr->recovery);
-        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+        if (m != QS_CORR_CLOCAL)
+            qs_json_num(o, "recovery_calib", cr->recovery_calib);
         cJSON_AddNumberToObject(o, "params", (double)cr->params);
         qs_json_num(o, "bits_added", cr->bits);
         qs_json_num(o, "layer_bits_per_weight", bpw);
@@ -402,10 +403,15 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
         else
             qs_json_num(o, "quant_acc", ev.q.acc);
-        qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (calib %.4f), +%ld params "
+        char calib[48];
+        if (m == QS_CORR_CLOCAL)
+            snprintf(calib, sizeof calib, "fitted there, float inputs");
+        else
+            snprintf(calib, sizeof calib, "calib %.4f", cr->recovery_calib);
+        qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (%s), +%ld params "
                          "(+%.0f bits), layer %.3f bits/weight",
-                     done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery,
-                     cr->recovery_calib, cr->params, cr->bits, bpw);
+                     done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery, calib,
+                     cr->params, cr->bits, bpw);
         if (m == QS_CORR_CLOCAL)
             qs_sb_printf(&t, " [upper baseline, not deployable]");
         else

@@ -33,7 +33,8 @@ static int parse_methods(const char *v, unsigned *mask, qs_err *e)
     *mask = 0;
     char buf[128];
     snprintf(buf, sizeof buf, "%s", v);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
         if (!strcmp(tok, "all")) {
             *mask |= QS_SENS_ALL;
             continue;
@@ -42,8 +43,10 @@ static int parse_methods(const char *v, unsigned *mask, qs_err *e)
         while (k < 4 && strcmp(tok, sens_names[k]))
             k++;
         if (k == 4)
-            return qs_errf(e, "sensitivity: method '%s': expected delta, grad, fisher, hutchinson "
-                              "or all (a comma list is fine)", tok);
+            return qs_errf(e,
+                           "sensitivity: method '%s': expected delta, grad, fisher, hutchinson "
+                           "or all (a comma list is fine)",
+                           tok);
         *mask |= 1u << k;
     }
     if (!*mask)
@@ -55,10 +58,14 @@ static int parse_methods(const char *v, unsigned *mask, qs_err *e)
 static double sens_score(const struct qs_sens_layer *s, int k)
 {
     switch (k) {
-    case 0: return s->delta_loss;
-    case 1: return s->grad_norm;
-    case 2: return s->fisher_err;
-    default: return s->hutch_err;
+    case 0:
+        return s->delta_loss;
+    case 1:
+        return s->grad_norm;
+    case 2:
+        return s->fisher_err;
+    default:
+        return s->hutch_err;
     }
 }
 
@@ -143,17 +150,22 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddItemToArray(rows, j);
     }
     if (methods & QS_SENS_DELTA)
-        qs_sb_printf(&t, "delta_loss: test-split loss (%d samples) with only that layer quantized "
-                         "minus the float loss %.6g\n", info.n_test, info.float_loss_test);
+        qs_sb_printf(&t,
+                     "delta_loss: test-split loss (%d samples) with only that layer quantized "
+                     "minus the float loss %.6g\n",
+                     info.n_test, info.float_loss_test);
     if (methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH))
-        qs_sb_printf(&t, "grad/fisher/hutchinson: calibration split (%d samples), at the float "
-                         "weights\n", info.n_calib);
+        qs_sb_printf(&t,
+                     "grad/fisher/hutchinson: calibration split (%d samples), at the float "
+                     "weights\n",
+                     info.n_calib);
     if (methods & QS_SENS_FISHER)
         qs_sb_printf(&t, "fisher_tr = sum F, fisher_err = sum F*(W-Q(W))^2, F = empirical Fisher "
                          "diagonal (mean of per-sample squared gradients)\n");
     if (methods & QS_SENS_HUTCH)
-        qs_sb_printf(&t, "hutch_tr = tr(H) by Hutchinson, %d Rademacher probes (seed %llu), Hv by "
-                         "central differences of gradients; hutch_err = tr(H)/N*||W-Q(W)||^2\n",
+        qs_sb_printf(&t,
+                     "hutch_tr = tr(H) by Hutchinson, %d Rademacher probes (seed %llu), Hv by "
+                     "central differences of gradients; hutch_err = tr(H)/N*||W-Q(W)||^2\n",
                      info.probes, (unsigned long long)info.seed);
     /* Spearman matrix over the quantized layers, one score per method. */
     int nm = 0, mk[4], nq = 0;
@@ -170,9 +182,12 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddItemToObject(o, "layers", rows);
     if (nm >= 2 && sc) {
         cJSON *sp = cJSON_CreateObject(), *names = cJSON_CreateArray(), *mat = cJSON_CreateArray();
-        qs_sb_printf(&t, "Spearman rank correlation over the %d quantized layers (scores: delta_loss, "
-                         "grad_norm, fisher_err, hutch_err)%s:\n%-11s", nq,
-                     nq <= 4 ? "; few layers make it coarse" : "", "");
+        static const char *const score_names[] = {"delta_loss", "grad_norm", "fisher_err",
+                                                  "hutch_err"};
+        qs_sb_printf(&t, "Spearman rank correlation over the %d quantized layers (scores:", nq);
+        for (int a = 0; a < nm; a++)
+            qs_sb_printf(&t, "%s %s", a ? "," : "", score_names[mk[a]]);
+        qs_sb_printf(&t, ")%s:\n%-11s", nq <= 4 ? "; few layers make it coarse" : "", "");
         for (int a = 0; a < nm; a++) {
             cJSON_AddItemToArray(names, cJSON_CreateString(sens_names[mk[a]]));
             qs_sb_printf(&t, " %10s", sens_names[mk[a]]);
@@ -280,14 +295,15 @@ static int apply_lines(struct qs_ctx *c, char **lines, int n, qs_err *e)
 }
 
 static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, const char *gran,
-                         const struct qs_qopts *base, int apply, qs_err *e)
+                         const struct qs_qopts *base, const char *extra, int apply, qs_err *e)
 {
     struct qs_bench *b = c->b;
     struct qs_wcand cand[32];
     int nc = 0;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", formats);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
         if (nc == 32)
             return qs_errf(e, "allocate: at most 32 formats");
         if (parse_cand(tok, base, gran, b->seed, &cand[nc], e) < 0)
@@ -307,8 +323,9 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     qs_json_num(o, "budget", budget);
     cJSON_AddStringToObject(o, "formats", flist);
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "allocate bits=%.6g over %s: greedy by marginal calibration loss per bit, "
-                     "then exchanges on the joint calibration loss\n",
+    qs_sb_printf(&t,
+                 "allocate bits=%.6g over %s: greedy by marginal calibration loss per bit, "
+                 "then exchanges on the joint calibration loss\n",
                  budget, flist);
     qs_sb_printf(&t, "%-10s %-16s %8s %12s\n", "layer", "format", "bits/w", "dloss_calib");
     char **lines = qs_calloc((size_t)L, sizeof *lines);
@@ -321,8 +338,9 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
         cJSON_AddStringToObject(j, "layer", l->name);
         cJSON_AddStringToObject(j, "format", cand[k].fmt.name);
         char gb[24];
-        cJSON_AddStringToObject(j, "gran", cand[k].fmt.kind == QS_FMT_NONE ? "none"
-                                               : gran_word(&cand[k].opt, gb, sizeof gb));
+        cJSON_AddStringToObject(
+            j, "gran",
+            cand[k].fmt.kind == QS_FMT_NONE ? "none" : gran_word(&cand[k].opt, gb, sizeof gb));
         qs_json_num(j, "bits_per_weight", bw);
         qs_json_num(j, "dloss_calib", dl);
         char line[400];
@@ -359,8 +377,9 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     qs_json_num(fj, "acc", p.float_test.acc);
     qs_json_num(fj, "loss", p.float_test.loss);
     cJSON_AddItemToObject(o, "float", fj);
-    qs_sb_printf(&t, "plan: %.4f bits/weight (packed), joint calibration loss %.4f; test acc "
-                     "%.4f loss %.4f; float acc %.4f loss %.4f\n",
+    qs_sb_printf(&t,
+                 "plan: %.4f bits/weight (packed), joint calibration loss %.4f; test acc "
+                 "%.4f loss %.4f; float acc %.4f loss %.4f\n",
                  p.bits_per_weight, p.joint_loss_calib, p.plan_test.acc, p.plan_test.loss,
                  p.float_test.acc, p.float_test.loss);
     qs_sb_printf(&t, "uniform for comparison:\n");
@@ -382,12 +401,13 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     cJSON_AddItemToObject(o, "uniform", uni);
     for (int i = 0; lines && i < L; i++)
         qs_sb_printf(&t, "%s\n", lines[i] ? lines[i] : "");
-    qs_sb_printf(&t, "(weight-only; dloss_calib: calibration loss with only that layer at that "
-                     "format minus the float loss; bits from packed sizes; chosen on the "
-                     "calibration split, test metrics on the test split)%s\n",
+    qs_sb_printf(&t,
+                 "(weight-only; dloss_calib: calibration loss with only that layer at that "
+                 "format minus the float loss; bits from packed sizes; chosen on the "
+                 "calibration split, test metrics on the test split)%s\n",
                  apply ? "" : "\n(add `apply` to run these quant commands)");
     qs_add_gate(c, o, &t);
-    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s", budget, flist);
+    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s%s", budget, flist, extra);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     qs_bit_plan_free(&p);
@@ -421,8 +441,10 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, int ap
     cJSON_AddNumberToObject(o, "rank", total);
     cJSON_AddStringToObject(o, "method", qs_corr_name(m));
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "allocate rank=%d (%s): greedy by marginal recovery per parameter, read off "
-                     "the scale=cov error spectra\n", total, qs_corr_name(m));
+    qs_sb_printf(&t,
+                 "allocate rank=%d (%s): greedy by marginal recovery per parameter, read off "
+                 "the scale=cov error spectra\n",
+                 total, qs_corr_name(m));
     qs_sb_printf(&t, "%-10s %5s %5s %12s %10s %8s\n", "layer", "rank", "max", "rel_err", "pred_R",
                  "params");
     char **lines = qs_calloc((size_t)L, sizeof *lines);
@@ -457,10 +479,12 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, int ap
     qs_sb_printf(&t, "rank given %d of %d, +%ld parameters\n", p.given, total, p.params);
     for (int k = 0; k < nlines; k++)
         qs_sb_printf(&t, "%s\n", lines[k] ? lines[k] : "");
-    qs_sb_printf(&t, "(rel_err = ||E R^1/2||^2/||W R^1/2||^2, R = E[x x^T] of the float calibration "
-                     "inputs; pred_R = 1 - left[rank] of that spectrum: exact for qera/eora, a "
-                     "proxy for lowrank/lqer; gain of a rank step = rel_err x its energy share / "
-                     "(out + in))%s\n",
+    qs_sb_printf(&t,
+                 "(rel_err = ||E R^1/2||^2/||W R^1/2||^2, R = E[x x^T] of the float calibration "
+                 "inputs: the local (float-input) pre-activation error; pred_R = 1 - left[rank] "
+                 "of that spectrum, the recovery of the local error on the calibration split: "
+                 "exact for qera/eora, a proxy for lowrank/lqer; gain of a rank step = rel_err "
+                 "x its energy share / (out + in))%s\n",
                  apply ? "" : "\n(add `apply` to run these correct commands)");
     qs_add_gate(c, o, &t);
     snprintf(c->canon, sizeof c->canon, "allocate rank=%d method=%s", total, qs_corr_name(m));
@@ -488,6 +512,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const char *formats = "int2,int3,int4,int8", *gran = "channel", *method = "lowrank";
     struct qs_qopts base;
     qs_qopts_default(&base);
+    char extra[256] = ""; /* the shared quantizer options, for the canonical line */
     for (int i = 0; i < argc; i++) {
         const char *v;
         if ((v = qs_opt_value(argv[i], "bits"))) {
@@ -507,7 +532,10 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         } else if (!strcmp(argv[i], "apply")) {
             apply = 1;
         } else if (strncmp(argv[i], "seed=", 5) && qs_qopts_parse_token(&base, argv[i], e) == 0) {
-            continue; /* clip=, range=, asym, ... for every candidate */
+            /* clip=, range=, asym, ... for every candidate */
+            char q[200];
+            snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " %s",
+                     qs_quote(argv[i], q, sizeof q));
         } else {
             return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] [apply] | "
                               "allocate rank=R [method=lowrank|lqer|qera|eora] [apply]");
@@ -517,7 +545,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "allocate: give exactly one of bits=B (format per layer) or rank=R "
                           "(correction rank per layer)");
     if (bits > 0)
-        return allocate_bits(c, bits, formats, gran, &base, apply, e);
+        return allocate_bits(c, bits, formats, gran, &base, extra, apply, e);
     return allocate_rank(c, (int)rank, method, apply, e);
 }
 
@@ -594,9 +622,10 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     metric_json(o, "qat_float", &r.f_qat);
     qs_json_num(o, "gap_closed", r.gap_closed);
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "qat: %d epochs, lr %.3g, batch %d, seed %llu on the train split (%d "
-                     "samples); straight-through estimator through each layer's weight format, "
-                     "Adam on the float master weights\n",
+    qs_sb_printf(&t,
+                 "qat: %d epochs, lr %.3g, batch %d, seed %llu on the train split (%d "
+                 "samples); straight-through estimator through each layer's weight format, "
+                 "Adam on the float master weights\n",
                  qo.epochs, qo.lr, qo.batch, (unsigned long long)qo.seed, b->split.n_train);
     qs_sb_printf(&t, "%-22s %8s %8s\n", "test split", "acc", "loss");
     qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "float (before)", r.f.acc, r.f.loss);
@@ -652,8 +681,10 @@ static int bundled_path(const char *name, char *buf, size_t n, qs_err *e)
             snprintf(buf, n, "%s", cand[i]);
             return 0;
         }
-    return qs_errf(e, "study q1: the bundled model %s-mlp.safetensors is not under datasets/models "
-                      "(working directory, $QSCOPE_HOME or beside qscope)", name);
+    return qs_errf(e,
+                   "study q1: the bundled model %s-mlp.safetensors is not under datasets/models "
+                   "(working directory, $QSCOPE_HOME or beside qscope)",
+                   name);
 }
 
 static const char *base_name(const char *p, char *buf, size_t n)
@@ -673,7 +704,7 @@ static cJSON *stats_json(const struct qs_q1_stats *s)
     qs_json_num(j, "mean", s->mean);
     qs_json_num(j, "median", s->median);
     qs_json_num(j, "pos_frac", s->pos_frac);
-    qs_json_num(j, "frac_gt_0.2", s->frac_gt_02);
+    qs_json_num(j, "frac_gt_02", s->frac_gt_02);
     return j;
 }
 
@@ -790,14 +821,19 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  "%s%llu", k ? "," : "", (unsigned long long)sv[k]);
     char gb[24];
     const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
-                         ? "block" : gran_word(&o.opt, gb, sizeof gb);
+                         ? "block"
+                         : gran_word(&o.opt, gb, sizeof gb);
+    char qm[1024], qc[600];
     snprintf(c->canon, sizeof c->canon, "study q1 models=%s seeds=%s format=%s gran=%s prec=%s%s%s",
-             models, canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "", csv ? csv : "");
+             qs_quote(models, qm, sizeof qm), canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "",
+             csv ? qs_quote(csv, qc, sizeof qc) : "");
     qs_qopts_format(&o.fmt, &o.opt, opts, sizeof opts);
-    const char *rq = !strcmp(prec, "int4") ? "R_lin_q4" : !strcmp(prec, "int8") ? "R_lin_q8"
-                                                                                 : "R_lin_qfloat";
-    const char *rqj = !strcmp(prec, "int4") ? "r_lin_q4" : !strcmp(prec, "int8") ? "r_lin_q8"
-                                                                                  : "r_lin_qfloat";
+    const char *rq = !strcmp(prec, "int4")   ? "R_lin_q4"
+                     : !strcmp(prec, "int8") ? "R_lin_q8"
+                                             : "R_lin_qfloat";
+    const char *rqj = !strcmp(prec, "int4")   ? "r_lin_q4"
+                      : !strcmp(prec, "int8") ? "r_lin_q8"
+                                              : "r_lin_qfloat";
     cJSON *o_ = cJSON_CreateObject(), *js = cJSON_CreateArray(), *jl = cJSON_CreateArray();
     cJSON_AddStringToObject(o_, "cmd", "study q1");
     cJSON_AddStringToObject(o_, "regime", "weight-only");
@@ -808,22 +844,27 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                             "share of the pre-activation error energy (calibration split, "
                             "propagated) in its top ceil(0.1 d) singular directions");
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
-                     "weights %s\n",
+    qs_sb_printf(&t,
+                 "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
+                 "weights %s\n",
                  nm, nm == 1 ? "" : "s", ns, ns == 1 ? "" : "s", o.fmt.name, opts, prec);
     qs_sb_printf(&t, "correctability = share of the pre-activation error energy (calibration "
                      "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
                      "d)], d = layer width\n");
-    qs_sb_printf(&t, "R = held-out recovery of the ridge map from quantized to float "
-                     "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
-                     "map (%s)\n", prec, rq);
+    qs_sb_printf(&t,
+                 "R = held-out recovery of the ridge map from quantized to float "
+                 "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
+                 "map (%s)\n",
+                 prec, rq);
     qs_sb_printf(&t, "a seed re-draws calibration and test among each model's held-out samples "
                      "(never its training samples)\n\n");
     char hdr_q[24];
     snprintf(hdr_q, sizeof hdr_q, "med_%s", rq);
-    qs_sb_printf(&t, "%-22s %4s %4s %7s %7s %11s %11s %8s  %s\n", "model", "seed", "gate", "f_acc",
-                 "q_acc", "med_R_float", hdr_q + 0, "spearman", "verdict");
-    int gates = 0, minl = 1 << 30;
+    qs_sb_printf(&t, "%-22s %4s %4s %7s %7s %13s %13s %8s  %s\n", "model", "seed", "gate", "f_acc",
+                 "q_acc", "med_R_float", hdr_q, "spearman", "verdict");
+    int gates = 0, minl = 1 << 30, first_full = 0;
+    for (int i = 0; i < q.nlayers; i++)
+        first_full += q.layers[i].index == 0 && q.layers[i].in <= q.layers[i].d;
     for (int s = 0; s < q.nsettings; s++) {
         const struct qs_q1_setting *st = &q.settings[s];
         char nb[256];
@@ -849,8 +890,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddItemToArray(js, j);
         qs_sb_printf(&t, "%-22s %4llu %4s %7.4f %7.4f", nb, (unsigned long long)st->seed,
                      st->gate_pass ? "pass" : "FAIL", st->float_acc, st->quant_acc);
-        put_num(&t, 12, "%.4f", st->med_r_float);
-        put_num(&t, 12, "%.4f", st->med_r_q);
+        put_num(&t, 14, "%.4f", st->med_r_float);
+        put_num(&t, 14, "%.4f", st->med_r_q);
         put_num(&t, 9, "%.3f", st->spearman);
         qs_sb_printf(&t, "  %s\n", st->verdict);
     }
@@ -868,6 +909,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(j, "layer", l->name);
         cJSON_AddStringToObject(j, "depth", thirds[l->third]);
         cJSON_AddNumberToObject(j, "d", l->d);
+        cJSON_AddNumberToObject(j, "in", l->in);
         qs_json_num(j, "w_rel_err", l->w_rel_err);
         qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
         qs_json_num(j, "correctability", l->correctability);
@@ -924,20 +966,29 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "\n%-25s %9d %9d %9d\n", "layers", q.depth_n[0], q.depth_n[1], q.depth_n[2]);
     qs_sb_printf(&t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q.nlayers);
     put_num(&t, 0, "%.4f", q.pooled_spearman);
-    qs_sb_printf(&t, "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
-                     "median %s >= 0.35 and Spearman >= 0.35; refuted: median < 0.24 and "
-                     "Spearman < 0)\n",
+    qs_sb_printf(&t,
+                 "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
+                 "median %s >= 0.35 and Spearman >= 0.35; refuted: median < 0.24 and "
+                 "Spearman < 0)\n",
                  q.nsupported, q.nrefuted, q.nunclear, q.nsettings, rq);
-    qs_sb_printf(&t, "report (%d layers): R_lin_float median %.3f (100%% positive); R_lin_q4 "
-                     "median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, late "
-                     "%.3f\n",
+    qs_sb_printf(&t,
+                 "report (%d layers): R_lin_float median %.3f (100%% positive); R_lin_q4 "
+                 "median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, late "
+                 "%.3f\n",
                  QS_Q1_REPORT_NLAYERS, QS_Q1_REPORT_R_FLOAT_MEDIAN, QS_Q1_REPORT_R_Q4_MEDIAN,
                  100 * QS_Q1_REPORT_R_Q4_POS, QS_Q1_REPORT_DEPTH_EARLY, QS_Q1_REPORT_DEPTH_MID,
                  QS_Q1_REPORT_DEPTH_LATE);
     if (minl <= 5)
-        qs_sb_printf(&t, "note: a setting has as few as %d layers, so its Spearman is over %d "
-                         "points and takes only a handful of values: a coarse signal\n",
+        qs_sb_printf(&t,
+                     "note: a setting has as few as %d layers, so its Spearman is over %d "
+                     "points and takes only a handful of values: a coarse signal\n",
                      minl, minl);
+    if (first_full)
+        qs_sb_printf(&t,
+                     "note: in a first layer with in <= out both paths are linear in the same "
+                     "inputs (Y_f = Y_q (Q(W)^+ W)^T when Q(W) has full column rank), so "
+                     "R_lin_float is 1 there by construction (%d such layer%s)\n",
+                     first_full, first_full == 1 ? "" : "s");
     if (csv) {
         qs_sb_printf(&t, "wrote %s-layers.csv and %s-settings.csv\n", csv, csv);
         cJSON_AddStringToObject(o_, "csv_prefix", csv);
@@ -948,8 +999,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
     cJSON_AddItemToObject(o_, "task", task);
     cJSON_AddStringToObject(o_, "gate", gates == q.nsettings ? "pass" : "fail");
-    qs_sb_printf(&t, "[weight-only; gate %s in %d of %d settings%s]", gates == q.nsettings ?
-                 "pass" : "FAIL", gates, q.nsettings,
+    qs_sb_printf(&t, "[weight-only; gate %s in %d of %d settings%s]",
+                 gates == q.nsettings ? "pass" : "FAIL", gates, q.nsettings,
                  gates == q.nsettings ? "" : ": results of failing settings are flagged");
     qs_set_last_table(c, "study q1 layers", jl, NULL);
     qs_emit(c, o_, t.s);
@@ -980,8 +1031,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "Trains the float master weights on the train split with the forward pass through each "
      "layer's weight format, then replaces the model by the fine-tuned one and reports the share "
      "of the float-PTQ accuracy gap closed. Defaults: epochs=10 lr=3e-4 batch=64 seed=session."},
-    {"study q1", "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
-                 "[csv=PREFIX]",
+    {"study q1",
+     "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
+     "[csv=PREFIX]",
      QS_CMD_JOURNAL | QS_CMD_LONG, cmd_study_q1,
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "

@@ -4,7 +4,7 @@
  * Layout trick used throughout: a row-major (m, n) matrix is, byte for byte, the column-major
  * (n, m) matrix A^T. LAPACK is column-major, so the SVD routines hand it A^T (same singular values,
  * U and V swap roles) instead of paying LAPACKE's transposing copies, and the randomized methods
- * keep their tall bases column-major so that sgeqrf/sorgqr run on them in place. */
+ * keep their tall bases column-major so that the QR steps run on them in place. */
 #include "qscope/linalg.h"
 
 #include <cblas.h>
@@ -137,15 +137,18 @@ static void fill_gaussian(qs_rng *rng, float *x, size_t n, float scale)
     }
 }
 
-static float col_norm(const float *x, int rows) { return cblas_snrm2(rows, x, 1); }
+static float col_norm(const float *x, int rows)
+{
+    return cblas_snrm2(rows, x, 1);
+}
 
 /* One block classical Gram-Schmidt pass: w -= basis (basis^T w). */
 static void cgs_pass(float *w, int rows, int cols, const float *basis, int nb, float *coef)
 {
-    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, nb, cols, rows, 1.0f, basis, rows, w,
-                rows, 0.0f, coef, nb);
-    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, rows, cols, nb, -1.0f, basis, rows,
-                coef, nb, 1.0f, w, rows);
+    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, nb, cols, rows, 1.0f, basis, rows, w, rows,
+                0.0f, coef, nb);
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, rows, cols, nb, -1.0f, basis, rows, coef,
+                nb, 1.0f, w, rows);
 }
 
 /* One CholeskyQR step, w <- w R^{-1} with R^T R = w^T w (float Gram). Refuses (returns -1,
@@ -165,8 +168,8 @@ static int cholqr_step(float *w, int rows, int cols, float *g, float floor)
     }
     if (!(dmin > 1e-3f * dmax) || !(dmin > floor) || !isfinite(dmax))
         return -1;
-    cblas_strsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, rows, cols,
-                1.0f, g, cols, w, rows);
+    cblas_strsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, rows, cols, 1.0f,
+                g, cols, w, rows);
     return 0;
 }
 
@@ -175,13 +178,13 @@ static int cholqr_step(float *w, int rows, int cols, float *g, float floor)
  * Against the basis: block classical Gram-Schmidt, optionally preceded by a pass against only
  * its last `local` columns (where a Lanczos block's large known component lies), and repeated
  * once ("twice is enough") when `passes` >= 2 and some column lost more than 1 - 1/sqrt 2 of its
- * norm in the full pass (the Daniel-Gragg-Kaufman-Stewart criterion). Within the block: CholeskyQR2 (two ssyrk + spotrf + strsm steps,
- * all BLAS 3, several times faster than sgeqrf on tall blocks). A block that is too
- * ill-conditioned for that, or holds a column that is only rounding noise (R diagonal below 1e-5
- * of the block's original scale: a direction the basis already holds, e.g. past the rank of A),
- * goes to Householder QR (sgeqrf + sorgqr) instead. Householder's Q is orthonormal even for a
- * rank-deficient block, but the columns it invents for the missing directions need not be
- * orthogonal to the basis; so each such column is replaced by a fresh Gaussian vector and the
+ * norm in the full pass (the Daniel-Gragg-Kaufman-Stewart criterion). Within the block: CholeskyQR2
+ * (two ssyrk + spotrf + strsm steps, all BLAS 3, several times faster than sgeqrf on tall blocks).
+ * A block that is too ill-conditioned for that, or holds a column that is only rounding noise (R
+ * diagonal below 1e-5 of the block's original scale: a direction the basis already holds, e.g. past
+ * the rank of A), goes to Householder QR (sgeqrf + sorgqr) instead. Householder's Q is orthonormal
+ * even for a rank-deficient block, but the columns it invents for the missing directions need not
+ * be orthogonal to the basis; so each such column is replaced by a fresh Gaussian vector and the
  * block is orthogonalised again. */
 static int orth_block(float *w, int rows, int cols, const float *basis, int nb, int local,
                       int passes, struct orth_ws *ws, qs_rng *rng)
@@ -326,8 +329,7 @@ int qs_svd_topk(const float *a, int m, int n, int k, int oversample, int power, 
     double *vals = malloc((size_t)l * sizeof *vals);
     int rc = -1;
     if (!y || !z || ws_ok || !vals) {
-        qs_errf(e, "svd: out of memory for the randomized range finder (%d x %d, l = %d)", m, n,
-                l);
+        qs_errf(e, "svd: out of memory for the randomized range finder (%d x %d, l = %d)", m, n, l);
         goto out;
     }
     qs_rng rng;
@@ -339,8 +341,8 @@ int qs_svd_topk(const float *a, int m, int n, int k, int oversample, int power, 
     if (orth_block(y, m, l, NULL, 0, 0, 0, &ws, &rng))
         goto lapack_fail;
     for (int it = 0; it < power; it++) {
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, l, m, 1.0f, a, n, y, m, 0.0f,
-                    z, n); /* Z = A^T Q */
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, l, m, 1.0f, a, n, y, m, 0.0f, z,
+                    n); /* Z = A^T Q */
         if (orth_block(z, n, l, NULL, 0, 0, 0, &ws, &rng))
             goto lapack_fail;
         cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, m, l, n, 1.0f, a, n, z, n, 0.0f, y,
@@ -413,8 +415,8 @@ int qs_svd_topk_krylov(const float *a, int m, int n, int k, int block, int depth
                     m);
         if (orth_block(uj, m, b, u, b * j, b, 2, &ws, &rng))
             goto lapack_fail;
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, m, 1.0f, a, n, uj, m, 0.0f,
-                    zj, n);
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, m, 1.0f, a, n, uj, m, 0.0f, zj,
+                    n);
         if (j + 1 < s) {
             /* V_{j+1} = orth(A^T U_j) against V_j only. Since U is orthonormal and
              * A V_i lies in span(U_1..U_i), A^T U_j is already orthogonal to V_1..V_{j-1} (block

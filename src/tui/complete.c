@@ -174,6 +174,10 @@ static char **complete(const char *text, int start, int end)
                 !strcmp(cmd->name, "codes"))
                 for (const char *const *f = qs_format_names(); *f; f++)
                     cand_add(*f, strlen(*f));
+            if (!strcmp(cmd->name, "quant")) /* the option values the synopsis leaves out */
+                cand_from_synopsis("gran=tensor|channel|group: clip=max|mse|pct: "
+                                   "round=nearest|stochastic range=restricted|full "
+                                   "scale=f16|f32|none asym sym sat=0|1 seed=");
             if (!strcmp(cmd->name, "correct"))
                 for (int m = QS_CORR_BIAS; m <= QS_CORR_CLOCAL; m++)
                     cand_add(qs_corr_name((enum qs_corr_method)m),
@@ -183,7 +187,7 @@ static char **complete(const char *text, int start, int end)
     }
     free(before);
     char **m = rl_completion_matches(text, cand_gen);
-    if (m && m[0] && m[0][0] && m[0][strlen(m[0]) - 1] == '=')
+    if (m && m[0] && m[0][0] && strchr("=:", m[0][strlen(m[0]) - 1]))
         rl_completion_append_character = '\0';
     return m;
 }

@@ -1456,8 +1456,14 @@ int qs_tui_run(struct qs_ctx *c)
         if (t->quit_now)
             break;
         redraw(t);
+        /* work left over (a queued job, a log line added since collect()) means no sleeping;
+         * while a job runs, wake up now and then for throttled progress and log updates */
+        pthread_mutex_lock(&t->sh.mu);
+        int again = t->sh.log_dirty || t->sh.done || t->sh.snap;
+        pthread_mutex_unlock(&t->sh.mu);
+        again |= !t->busy && t->nq && t->mode != MODE_CONFIRM;
         struct pollfd fds[2] = {{.fd = 0, .events = POLLIN}, {.fd = t->wake_r, .events = POLLIN}};
-        int r = poll(fds, 2, t->busy ? 200 : 1000);
+        int r = poll(fds, 2, again ? 0 : t->busy ? 200 : -1);
         if (r < 0 && errno != EINTR)
             break;
         if (fds[1].revents & POLLIN) {

@@ -10,12 +10,12 @@
  * directions above it from the outlier columns: the hard case for a randomized method, where
  * the top-64 values are nearly flat.
  *
- * Prints one line per method:
- *   bench svd-top64-4096: ours X s, lapack-exact Y s, ratio R (target: <= 0.3 s, max rel err E <= 1%)
- * X = best of 3 (seeds 1..3), Y = one sgesdd call; R = Y / X (> 1: ours is faster);
+ * Prints one line per method, in the bench format:
+ *   bench NAME: ours X s, lapack-exact Y s, ratio R (target: <= 0.3 s, max rel err E <= 1%)
+ * X = best of 3 runs (seeds 1..3); Y = one sgesdd call; R = Y / X (> 1: ours is faster);
  * E = max_i |ours_i - exact_i| / exact_i over the 64 values, the worst of the 3 runs.
- * The OpenBLAS kernel set in use is printed: OPENBLAS_CORETYPE=Haswell (AVX2) vs SkylakeX
- * (AVX-512) changes the sgemm-bound time by about 15 % on this machine's Zen 5 cores. */
+ * The OpenBLAS kernel set in use is printed too: OPENBLAS_CORETYPE=Haswell (AVX2) instead of
+ * SkylakeX (AVX-512) makes the sgemm-bound time about 15 % longer on this machine's Zen 5. */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
 #include <math.h>

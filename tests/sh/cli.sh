@@ -110,3 +110,23 @@ assert 'regime=weight-only seed=0 formats=fc0:int3' in rows[0][0], rows[0]
 assert rows[1][:4] == ['name', 'w_rel_err', 'preact_rel_mse', 'snr_db'], rows[1]
 assert [r[0] for r in rows[2:]] == ['fc0', 'fc1', 'fc2'] and float(rows[2][1]) > 0.1
 PY"
+
+# corrections: bad input gives clear messages and no NaN
+check rank-too-large "$Q -c 'quant * int3; correct fc2 lowrank r=11' 2>&1 | grep -q 'rank 11 is out of range: min(out, in) = min(10, 64) = 10'"
+check correct-float-layer "$Q -c 'correct fc1 lowrank r=2' 2>&1 | grep -q 'is in float'"
+check linear-needs-samples "$Q -c 'quant * int3; set calib 40; correct fc1 linear' 2>&1 | grep -q 'needs more than 64 samples to fit, the calibration split has 40'"
+check ablate-nothing "$Q -c 'quant * int3; ablate' 2>&1 | grep -q 'no deployable correction'"
+out=$($Q --json -c 'quant * int3 gran=tensor; correct fc1 linear lambda=0; correct fc0 clocal; correct fc2 qera r=4; ablate')
+check no-nan-in-results "! grep -qi 'nan' <<<\"\$out\""
+# held-out ordering clocal >= linear >= linear prec=int4 on every layer of the bundled model
+check recovery-ordering "python3 - <<'PY'
+import json, subprocess
+R = {}
+for m in ['linear', 'linear prec=int4', 'clocal']:
+    for l in ['fc0', 'fc1', 'fc2']:
+        out = subprocess.run(['./qscope', '--json', '-c', 'quant * int3 gran=tensor; correct %s %s' % (l, m)],
+                             capture_output=True, text=True).stdout.splitlines()
+        R[m, l] = float([json.loads(x) for x in out if '\"correct\"' in x][0]['recovery'])
+for l in ['fc0', 'fc1', 'fc2']:
+    assert R['clocal', l] >= R['linear', l] - 1e-6 >= R['linear prec=int4', l] - 2e-6, (l, R)
+PY"

@@ -8,7 +8,7 @@
 # sleep. Run from the repo root (or anywhere: it changes there). Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
-Q=./qscope
+Q=${QSCOPE_BIN:-./qscope} # QSCOPE_BIN=build-asan/qscope runs the same checks under ASan
 if ! command -v tmux >/dev/null 2>&1; then
   echo "FAIL tui.tmux-missing"
   exit 1
@@ -17,8 +17,9 @@ if [ ! -x "$Q" ]; then
   echo "FAIL tui.no-binary (build ./qscope first)"
   exit 1
 fi
+QABS=$(cd "$(dirname "$Q")" && pwd)/$(basename "$Q")
 TMP=$(mktemp -d /tmp/qscope-tui-test.XXXXXX)
-export XDG_STATE_HOME=$TMP/state
+export XDG_STATE_HOME=$TMP/state QSCOPE_HOME=$PWD # the bundled default of this tree
 SOCK=$TMP/tmux.sock
 T() { tmux -S "$SOCK" -f /dev/null "$@"; }
 cleanup() {
@@ -63,6 +64,16 @@ L1=${LAYERS[$(( ${#LAYERS[@]} > 1 ? 1 : 0 ))]}
 M0=$($Q --json -c layers $MOONS_ARGS 2>/dev/null | grep -o '"name":"[^"]*"' | head -1 | cut -d'"' -f4)
 
 screen() { T capture-pane -p -t "$1" 2>/dev/null; }
+# the screen and its scrollback: the shell's last line may scroll after curses leaves
+screen_all() { T capture-pane -p -S - -t "$1" 2>/dev/null; }
+wait_all() {
+  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
+  for ((i = 0; i < n; i++)); do
+    screen_all "$s" | grep -qF -- "$pat" && return 0
+    sleep 0.05
+  done
+  return 1
+}
 # wait_for SESSION FIXED-STRING [SECONDS]: polls the screen until the string shows
 wait_for() {
   local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
@@ -89,19 +100,12 @@ wait_file() {
   done
   return 1
 }
-# wait_dead SESSION [SECONDS]: the process has exited (the pane is kept by remain-on-exit)
-wait_dead() {
-  local s=$1 n=$(( ${2:-15} * 20 ))
-  for ((i = 0; i < n; i++)); do
-    [ "$(T display-message -p -t "$s" '#{pane_dead}' 2>/dev/null)" = 1 ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
 # wait_idle SESSION: the worker has finished (no "running:" in the status bar)
 wait_idle() { wait_gone "$1" "running:" "${2:-30}"; }
 # cmd SESSION LINE: types a command at the prompt (':' opens it from the panes)
 cmd() {
+  T send-keys -t "$1" Escape
+  wait_for "$1" " PANES " 5
   T send-keys -t "$1" ':'
   T send-keys -t "$1" -l -- "$2"
   T send-keys -t "$1" Enter
@@ -110,12 +114,13 @@ esc() {
   T send-keys -t "$1" Escape
   wait_for "$1" " PANES " 5
 }
-start() { # SESSION ENV ARGS... (100x30)
+start() { # SESSION ENV ARGS... (100x30); the shell prints qscope's exit status after it
   local s=$1 env=$2
   shift 2
-  T new-session -d -s "$s" -x 100 -y 30 "exec env $env $Q $*"
+  T new-session -d -s "$s" -x 100 -y 30 "env $env $Q $*; echo qscope-exit=\$?"
   wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30
 }
+qscope_pid() { pgrep -P "$(T display-message -p -t "$1" '#{pane_pid}')" | head -1; }
 titles_ok() { # SESSION [extra title]
   local sc missing=""
   sc=$(screen "$1")
@@ -241,12 +246,11 @@ for v in "${VARIANTS[@]}"; do
   T send-keys -t "$s" q
   if wait_for "$s" "quit anyway? (y/n)" 5; then
     T send-keys -t "$s" y
-    if wait_dead "$s" 10; then
-      st=$(T display-message -p -t "$s" '#{pane_dead_status} #{alternate_on}')
-      if [ "$st" = "0 0" ]; then pass "$tag.q-quits-and-restores"
-      else fail "$tag.q-quits-and-restores" "exit status / alternate screen: $st"; fi
+    # the shell's line shows on the normal screen: curses has left the alternate screen
+    if wait_all "$s" "qscope-exit=0" 10 && [ "$(T display-message -p -t "$s" '#{alternate_on}')" = 0 ]; then
+      pass "$tag.q-quits-and-restores"
     else
-      fail "$tag.q-quits-and-restores" "still running" "$(screen "$s")"
+      fail "$tag.q-quits-and-restores" "$(T display-message -p -t "$s" 'alternate_on=#{alternate_on} history=#{history_size} cursor=#{cursor_y}')" "$(T capture-pane -p -S -200 -t "$s" | grep -v '^$')"
     fi
   else
     fail "$tag.q-quits-and-restores" "no y/n question" "$(screen "$s")"
@@ -264,12 +268,11 @@ for v in "${VARIANTS[@]}"; do
       fail "$tag.lowdim-decision-regions" "$(screen "$s")"
     fi
     # a fatal signal restores the terminal too (the handler calls endwin, then re-raises)
-    pid=$(T display-message -p -t "$s" '#{pane_pid}')
-    kill -TERM "$pid" 2>/dev/null
-    if wait_dead "$s" 10 && [ "$(T display-message -p -t "$s" '#{alternate_on}')" = 0 ]; then
+    kill -TERM "$(qscope_pid "$s")" 2>/dev/null
+    if wait_all "$s" "qscope-exit=143" 10 && [ "$(T display-message -p -t "$s" '#{alternate_on}')" = 0 ]; then
       pass "$tag.signal-restores-terminal"
     else
-      fail "$tag.signal-restores-terminal" "$(T display-message -p -t "$s" '#{pane_dead} #{alternate_on}')"
+      fail "$tag.signal-restores-terminal" "$(T display-message -p -t "$s" 'alternate_on=#{alternate_on}')" "$(screen "$s")"
     fi
   else
     fail "$tag.lowdim-decision-regions" "$(screen "$s")"
@@ -280,7 +283,7 @@ done
 # A whole-screen golden: the TUI without a model, 80x24, ASCII, no colour (nothing in it
 # depends on a model, the machine or the numbers).
 s="qs-golden-$$"
-T new-session -d -s "$s" -x 80 -y 24 -c "$TMP" "exec env LANG=C LC_ALL=C NO_COLOR=1 TERM=screen $PWD/$Q --no-default"
+T new-session -d -s "$s" -x 80 -y 24 -c "$TMP" "exec env LANG=C LC_ALL=C NO_COLOR=1 TERM=screen $QABS --no-default"
 if wait_for "$s" "no model: load model PATH" 15; then
   cmd "$s" "screenshot empty.shot" # relative to $TMP: the log line is the same on every run
   if wait_file "$TMP/empty.shot" && diff -u tests/golden/tui_empty.out "$TMP/empty.shot" >"$TMP/golden.diff"; then

@@ -535,11 +535,15 @@ static void cleanup(void)
     free(fix_bin);
 }
 
-static void test_zz_cleanup(void) { cleanup(); }
+static void test_zz_cleanup(void)
+{
+    cleanup();
+}
 
 TEST_MAIN("lowrank", TEST_CASE(test_lorc_full_rank_is_exact), TEST_CASE(test_lorc_eckart_young),
           TEST_CASE(test_bad_rank_messages), TEST_CASE(test_corrections_vs_numpy),
-          TEST_CASE(test_lqer_unit_scale_is_lorc), TEST_CASE(test_qera_vs_lorc_objective), TEST_CASE(test_qera_singular_r),
-          TEST_CASE(test_factors_multiply_to_c), TEST_CASE(test_ridge_lambda0_is_lstsq),
-          TEST_CASE(test_ridge_vs_numpy), TEST_CASE(test_ridge_collinear_fallback),
-          TEST_CASE(test_recovery), TEST_CASE(test_zz_cleanup))
+          TEST_CASE(test_lqer_unit_scale_is_lorc), TEST_CASE(test_qera_vs_lorc_objective),
+          TEST_CASE(test_qera_singular_r), TEST_CASE(test_factors_multiply_to_c),
+          TEST_CASE(test_ridge_lambda0_is_lstsq), TEST_CASE(test_ridge_vs_numpy),
+          TEST_CASE(test_ridge_collinear_fallback), TEST_CASE(test_recovery),
+          TEST_CASE(test_zz_cleanup))

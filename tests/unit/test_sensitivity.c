@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
@@ -211,7 +212,8 @@ static void test_hutchinson_mlp_exact(void)
         double exact = 0.0;
         for (int j = 0; j < m->layers[li].out * m->layers[li].in; j++)
             exact += (ref_loss(m, x, y, n, -1, li, j, hh) - 2 * l0 +
-                      ref_loss(m, x, y, n, -1, li, j, -hh)) / (hh * hh);
+                      ref_loss(m, x, y, n, -1, li, j, -hh)) /
+                     (hh * hh);
         struct qs_hutch h;
         CHECK(qs_hutchinson(m, x, y, n, li, 3000, 7, &h, &e) == 0);
         CHECK(fabs(exact) > 1e-3);
@@ -389,8 +391,8 @@ static void test_qat_float_equals_train(void)
     for (int i = 0; i < 2; i++)
         qs_qopts_default(&opt[i]);
     struct qs_qat_opts qo = {.epochs = 3, .batch = 16, .lr = 1e-2, .seed = 9};
-    struct qs_train_opts to = {.epochs = 3, .batch = 16, .lr = 1e-2, .weight_decay = 0.0,
-                               .seed = 9};
+    struct qs_train_opts to = {
+        .epochs = 3, .batch = 16, .lr = 1e-2, .weight_decay = 0.0, .seed = 9};
     qs_err e;
     CHECK(qs_qat_train(a, fmt, opt, x, y, n, &qo, NULL, NULL, &e) == 0);
     CHECK(qs_mlp_train(b, x, y, n, &to, NULL, NULL, &e) == 0);
@@ -523,7 +525,7 @@ static void test_allocate_bits_bench(void)
     qs_bit_plan_free(&p);
     /* a budget below the cheapest plan */
     CHECK(qs_allocate_bits(b, c, 4, 1.0, &p, &e) < 0);
-    CHECK(strstr(e.msg, "budget") != NULL);
+    CHECK(strstr(e.msg, "below the cheapest plan, 2.2500 bits/weight") != NULL);
     qs_bench_free(b);
 }
 
@@ -639,6 +641,36 @@ static void test_q1_study_small(void)
     /* different seeds draw different calibration/test samples */
     CHECK(q.layers[1].r_q != q.layers[4].r_q);
     CHECK(q.nsupported + q.nrefuted + q.nunclear == 2);
+    /* the CSVs: a "# qscope" line, the header, one row per layer / setting */
+    char dir[] = "/tmp/qscope-q1-XXXXXX", prefix[64], path[96], line[1024];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(prefix, sizeof prefix, "%s/q1", dir);
+    CHECK(qs_q1_write_csv(&q, &o, prefix, &e) == 0);
+    const char *what[] = {"layers", "settings"};
+    const int rows[] = {6, 2};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path, sizeof path, "%s-%s.csv", prefix, what[k]);
+        FILE *f = fopen(path, "r");
+        CHECK(f != NULL);
+        if (!f)
+            continue;
+        int n = 0;
+        while (fgets(line, sizeof line, f)) {
+            if (n == 0)
+                CHECK(strncmp(line, "\"# qscope ", 10) == 0);
+            if (n == 1)
+                CHECK(strncmp(line, "\"model\",\"data\",\"seed\",", 22) == 0);
+            if (n == 2 && k == 0)
+                CHECK(strstr(line, "\"fc0\",\"0\",\"early\",\"16\"") != NULL);
+            n++;
+        }
+        fclose(f);
+        CHECK(n == 2 + rows[k]);
+        remove(path);
+    }
+    rmdir(dir);
+    CHECK(qs_q1_write_csv(&q, &o, "/nonexistent-dir/q1", &e) < 0);
+    CHECK(strstr(e.msg, "/nonexistent-dir/q1-layers.csv") != NULL);
     qs_q1_free(&q);
     /* a missing model names the file */
     const char *bad[] = {"nope/missing.safetensors"};
