@@ -43,8 +43,8 @@ struct qs_spectrum {
 };
 
 /* Computes the spectrum of layer `layer`'s error. k <= 0 means all min(m, n) values; large
- * matrices with k < min(m,n)/4 use the randomized range finder (10 oversamples, 2 power
- * iterations; its accuracy is tested to 1 % on the top values). Free with qs_spectrum_free. */
+ * matrices (min(m,n) > 512) with k < min(m,n)/4 use a randomized block Krylov method (within
+ * 1 % of the exact top values on near-white error). Free with qs_spectrum_free. */
 int qs_analysis_spectrum(struct qs_bench *b, int layer, enum qs_spec_of of,
                          enum qs_spec_scale scale, int k, struct qs_spectrum *sp, qs_err *e);
 void qs_spectrum_free(struct qs_spectrum *sp);

@@ -8,6 +8,8 @@
 
 #include "qscope/common.h"
 
+struct qs_st_file;
+
 enum qs_act { QS_ACT_NONE, QS_ACT_RELU, QS_ACT_GELU, QS_ACT_TANH, QS_ACT_SIGMOID };
 
 const char *qs_act_name(enum qs_act a);
@@ -17,8 +19,10 @@ int qs_act_parse(const char *s, enum qs_act *a, qs_err *e);
 struct qs_layer {
     char name[64];
     int in, out;
-    float *w;        /* (out, in); owned by the model */
-    float *b;        /* (out); owned, zeros when the file had no bias */
+    float *w;        /* (out, in); owned by the model, or a view into the mapped file (w_mapped:
+                        aligned F32 tensors are not copied; such weights are never written) */
+    float *b;        /* (out); zeros when the file had no bias */
+    int w_mapped, b_mapped;
     int has_bias;    /* whether the file had a bias tensor */
     enum qs_act act; /* applied to this layer's pre-activation */
 };
@@ -37,9 +41,10 @@ struct qs_mlp {
      * fresh pages; a model is used by one thread at a time */
     float *scratch;
     size_t scratch_len;
+    struct qs_st_file *map;      /* the mapped file mapped weights point into, or NULL */
 };
 
-/* Loads an MLP from a safetensors file. With qscope metadata ("qscope.arch" = "mlp",
+/* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope metadata ("qscope.arch" = "mlp",
  * "qscope.layers" = comma-separated names, "qscope.acts" = their activations) the layers are
  * read by name; otherwise the tensors are taken as a PyTorch nn.Sequential state dict
  * ("0.weight", "0.bias", "2.weight", ...) ordered by index, whose shapes must chain; hidden

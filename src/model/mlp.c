@@ -31,9 +31,12 @@ void qs_mlp_free(struct qs_mlp *m)
     if (!m)
         return;
     for (int i = 0; i < m->nlayers; i++) {
-        free(m->layers[i].w);
-        free(m->layers[i].b);
+        if (!m->layers[i].w_mapped)
+            free(m->layers[i].w);
+        if (!m->layers[i].b_mapped)
+            free(m->layers[i].b);
     }
+    qs_st_close(m->map);
     for (int i = 0; i < m->nmeta; i++) {
         free(m->meta_key[i]);
         free(m->meta_val[i]);
@@ -87,15 +90,18 @@ static struct qs_mlp *mlp_alloc(int nlayers)
     return m;
 }
 
-/* Reads tensor `t` as a matrix (rows, cols) into a fresh F32 buffer, checked finite. */
-static float *read_f32(const char *path, const struct qs_st_tensor *t, qs_err *e)
+/* Reads tensor `t`, checked finite: a view into the mapping for aligned F32 data (*mapped = 1),
+ * else a fresh F32 copy converted from its dtype. */
+static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapped, qs_err *e)
 {
-    float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+    const float *view = qs_st_f32_view(t);
+    *mapped = view != NULL;
+    float *buf = view ? (float *)view : malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
     if (!buf) {
         qs_errf(e, "%s: out of memory reading '%s'", path, t->name);
         return NULL;
     }
-    if (qs_st_to_f32(t, buf, e) < 0) {
+    if (!view && qs_st_to_f32(t, buf, e) < 0) {
         free(buf);
         qs_err_prefix(e, path);
         return NULL;
@@ -110,7 +116,8 @@ static float *read_f32(const char *path, const struct qs_st_tensor *t, qs_err *e
                 snprintf(idx, sizeof idx, "[%lld]", (long long)i);
             qs_errf(e, "%s: tensor '%s' has a non-finite value (%g) at %s", path, t->name,
                     (double)buf[i], idx);
-            free(buf);
+            if (!view)
+                free(buf);
             return NULL;
         }
     return buf;
@@ -132,7 +139,7 @@ static int load_layer(const struct qs_st_file *f, const char *path, const char *
     snprintf(l->name, sizeof l->name, "%s", prefix);
     l->out = (int)w->shape[0];
     l->in = (int)w->shape[1];
-    if (!(l->w = read_f32(path, w, e)))
+    if (!(l->w = read_f32(path, w, &l->w_mapped, e)))
         return -1;
     snprintf(key, sizeof key, "%s.bias", prefix);
     const struct qs_st_tensor *b = qs_st_find(f, key);
@@ -141,7 +148,7 @@ static int load_layer(const struct qs_st_file *f, const char *path, const char *
             return qs_errf(e, "%s: tensor '%s' has %lld values but the layer has %d outputs",
                            path, key, (long long)(b->ndim == 1 ? b->shape[0] : b->numel),
                            l->out);
-        if (!(l->b = read_f32(path, b, e)))
+        if (!(l->b = read_f32(path, b, &l->b_mapped, e)))
             return -1;
         l->has_bias = 1;
     } else {
@@ -278,11 +285,15 @@ int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp 
                 qs_mlp_set_meta(m, k, qs_st_meta(f, k));
         }
         m->path = qs_strdup(path);
+        m->map = f; /* mapped weights point into it; closed by qs_mlp_free */
         *out = m;
-    } else {
-        qs_mlp_free(m);
+        return 0;
     }
-    qs_st_close(f);
+    if (m)
+        m->map = f;
+    else
+        qs_st_close(f);
+    qs_mlp_free(m);
     return rc;
 }
 
@@ -333,6 +344,7 @@ struct qs_mlp *qs_mlp_clone(const struct qs_mlp *src)
         const struct qs_layer *s = &src->layers[i];
         struct qs_layer *l = &m->layers[i];
         *l = *s;
+        l->w_mapped = l->b_mapped = 0;
         l->w = malloc((size_t)s->in * s->out * sizeof(float));
         l->b = malloc((size_t)s->out * sizeof(float));
         if (!l->w || !l->b) {

@@ -1,11 +1,26 @@
 /* bench_interactive.c - the interactivity budget: switching one layer's format on the bundled
  * digits model and refreshing `error` and `rank` (all layers), incremental vs full recompute. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "qscope/analysis.h"
+
+/* Current resident set size in bytes (from /proc/self/statm). */
+static double rss_bytes(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (double)resident * 4096.0;
+}
 
 static double now(void)
 {
@@ -48,6 +63,12 @@ static int refresh(struct qs_bench *b)
 int main(void)
 {
     qs_err e;
+    /* baseline: the process with OpenBLAS's thread buffers already allocated */
+    {
+        float a[64 * 64] = {0}, c[64 * 64];
+        qs_linear(a, 64, 64, a, NULL, 64, c);
+    }
+    double rss0 = rss_bytes();
     struct qs_bench *b = qs_bench_new();
     struct qs_mlp *m;
     struct qs_dataset *d;
@@ -80,6 +101,28 @@ int main(void)
     printf("bench interactive-switch-digits: ours %.2f ms, full recompute %.2f ms, ratio %.2f "
            "(target: <= 50 ms; incremental saves %.0f%%)\n",
            inc * 1e3, full * 1e3, full / inc, 100.0 * (1.0 - inc / full));
+    /* memory: what the bench holds (model weights, dequantized weights, packed codes, cached
+     * float and quantized activations of both splits) against what the process grew by */
+    double model = 0, cache = 0;
+    for (int i = 0; i < b->model->nlayers; i++) {
+        const struct qs_layer *l = &b->model->layers[i];
+        model += 4.0 * ((double)l->in * l->out + l->out);
+        if (b->ls[i].wq)
+            cache += 4.0 * l->in * l->out + (double)qs_packed_bytes(&b->ls[i].packed);
+        for (int s = 0; s < 2; s++)
+            cache += 2 * 4.0 * b->f_acts[s].n * ((i ? l->in : 0) + l->out);
+    }
+    for (int s = 0; s < 2; s++)
+        cache += 2 * 4.0 * b->f_acts[s].n * (b->data->d + 1);
+    double data = 4.0 * b->data->n * (b->data->d + 1);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double grown = rss_bytes() - rss0, budget = 1.25 * (model + cache + data);
+    printf("bench memory-digits: ours %.2f MB grown (peak RSS %.1f MB incl. %.1f MB of libraries "
+           "and BLAS buffers), model+data+caches %.2f MB, ratio %.2f (target >= 1 within +25%%: "
+           "budget %.2f MB)\n",
+           grown / 1e6, ru.ru_maxrss / 1e3, rss0 / 1e6, (model + cache + data) / 1e6,
+           budget / fmax(grown, 1.0), budget / 1e6);
     qs_bench_free(b);
     return 0;
 }

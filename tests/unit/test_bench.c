@@ -161,5 +161,41 @@ static void test_eval_float_is_identity(void)
     qs_bench_free(b);
 }
 
+/* A layer large enough for the randomized top-k path (min(m, n) > 512): its top values agree with
+ * the exact LAPACK spectrum of the same error within 1 %. */
+static void test_large_layer_topk(void)
+{
+    qs_err e;
+    qs_rng rng;
+    qs_rng_seed(&rng, 9);
+    int sizes[] = {8, 640, 600, 3};
+    struct qs_mlp *m;
+    CHECK(qs_mlp_new(sizes, 4, QS_ACT_RELU, &rng, &m, &e) == 0);
+    struct qs_dataset *d = qs_calloc(1, sizeof *d);
+    d->n = 200;
+    d->d = 8;
+    d->nclass = 3;
+    d->x = malloc(200 * 8 * sizeof(float));
+    d->y = malloc(200 * sizeof(int));
+    for (int i = 0; i < 200 * 8; i++)
+        d->x[i] = (float)qs_rng_normal(&rng);
+    for (int i = 0; i < 200; i++)
+        d->y[i] = i % 3;
+    struct qs_bench *b = qs_bench_new();
+    CHECK(qs_bench_set_model(b, m, "synthetic", &e) == 0);
+    CHECK(qs_bench_set_data(b, d, "synthetic", &e) == 0);
+    CHECK(rule(b, "*", "int4", "gran=channel", 0) == 3);
+    struct qs_spectrum top, all;
+    CHECK(qs_analysis_spectrum(b, 1, QS_SPEC_WEIGHT, QS_SCALE_NONE, 16, &top, &e) == 0);
+    CHECK(qs_analysis_spectrum(b, 1, QS_SPEC_WEIGHT, QS_SCALE_NONE, 0, &all, &e) == 0);
+    CHECK(!top.exact && all.exact && top.nsv == 16 && all.nsv == 600);
+    for (int i = 0; i < 16 && top.sv && all.sv; i++)
+        CHECK_REL(top.sv[i], all.sv[i], 0.01);
+    CHECK_REL(top.st.fro2, all.st.fro2, 1e-6); /* energy from the matrix, not the values */
+    qs_spectrum_free(&top);
+    qs_spectrum_free(&all);
+    qs_bench_free(b);
+}
+
 TEST_MAIN("bench", TEST_CASE(test_incremental_bit_identical), TEST_CASE(test_rules_first_match),
-          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity))
+          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity), TEST_CASE(test_large_layer_topk))
