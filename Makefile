@@ -32,7 +32,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -119,6 +119,19 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libqscope_core.a
 	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 models: qscope
 	bash tools/train_models.sh
+
+# Real data from a Debian package, converted here and never committed: the 60,000 Fashion-MNIST
+# training images as datasets/fashion-mnist.csv (133 MB, raw 0..255 pixels), and an MLP trained
+# on its train split (784-256-128-10; test accuracy 0.835 on its held-out 20 %).
+FMNIST = /usr/share/datasets/fashion-mnist
+fashion: qscope $(BUILD)/tools/idx2csv
+	@dpkg-query -W -f='$${Status}' dataset-fashion-mnist 2>/dev/null | grep -q 'ok installed' || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist)
+	@mkdir -p $(BUILD)/fmnist
+	zcat $(FMNIST)/train-images-idx3-ubyte.gz > $(BUILD)/fmnist/images
+	zcat $(FMNIST)/train-labels-idx1-ubyte.gz > $(BUILD)/fmnist/labels
+	$(BUILD)/tools/idx2csv $(BUILD)/fmnist/images $(BUILD)/fmnist/labels datasets/fashion-mnist.csv
+	./qscope --no-default -c 'load data datasets/fashion-mnist.csv; train hidden=256,128 epochs=8 lr=0.0003 batch=128 seed=0 out=datasets/models/fashion-mlp.safetensors'
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')
