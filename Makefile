@@ -114,11 +114,11 @@ uninstall:
 data: $(BUILD)/tools/gen_toys
 	$(BUILD)/tools/gen_toys datasets
 
-$(BUILD)/tools/%: tools/%.c $(BUILD)/libqscope_core.a
+$(BUILD)/tools/%: datasets/tools/%.c $(BUILD)/libqscope_core.a
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 models: qscope
-	bash tools/train_models.sh
+	bash datasets/tools/train_models.sh
 
 # Real data from a Debian package, converted here and never committed: the 60,000 Fashion-MNIST
 # training images as datasets/fashion-mnist.csv (133 MB, raw 0..255 pixels), and an MLP trained

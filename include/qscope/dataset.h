@@ -89,7 +89,7 @@ int qs_toy_generate(const char *name, int n, double noise, uint64_t seed,
 /* The toy names, NULL-terminated. */
 const char *const *qs_toy_names(void);
 
-/* The parameters that made the bundled datasets/NAME.csv (`make data` runs tools/gen_toys,
+/* The parameters that made the bundled datasets/NAME.csv (`make data` runs datasets/tools/gen_toys,
  * which writes each with qs_toy_generate and qs_dataset_write_csv). */
 struct qs_toy_spec {
     const char *name;

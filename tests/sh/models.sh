@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # models.sh - the bundled models: each clears its task threshold, and retraining with the exact
-# command recorded in tools/train_models.sh reproduces the committed test metrics.
+# command recorded in datasets/tools/train_models.sh reproduces the committed test metrics.
 set -u
 cd "$(dirname "$0")/../.."
 T=$(mktemp -d)
@@ -23,4 +23,4 @@ while read -r name data hidden epochs lr batch; do
   ./qscope --no-default -c "load data datasets/$data.csv; train hidden=$hidden epochs=$epochs lr=$lr batch=$batch seed=0 out=$T/$name.safetensors" </dev/null >/dev/null 2>&1
   got=$(meta "$T/$name.safetensors" qscope.test_acc)
   ok "$name.retrain-reproduces" "$([ -n "$got" ] && [ "$got" = "$want" ] && echo 1 || echo 0)"
-done < <(sed -n 's/^  "\(.*\)"$/\1/p' tools/train_models.sh)
+done < <(sed -n 's/^  "\(.*\)"$/\1/p' datasets/tools/train_models.sh)

@@ -1,6 +1,6 @@
 /* test_format_torch.c - integer fake quantization against PyTorch, bit for bit.
  *
- * Fixtures: tests/fixtures/quant_torch.{bin,json}, made by tools/make_quant_fixtures.py with
+ * Fixtures: tests/fixtures/quant_torch.{bin,json}, made by tests/tools/make_quant_fixtures.py with
  * Debian's python3-torch: torch.fake_quantize_per_channel_affine / _per_tensor_affine on a
  * (16, 64) matrix with scales rounded to float16 (numpy's RNE), per channel, per tensor, per
  * group (reshape), symmetric restricted / full range, asymmetric, F32 scales, clip=pct and

@@ -1,7 +1,7 @@
 /* test_linalg.c - SVD (exact, thin, randomized, block Krylov), eigen, Gram, least squares.
  *
  * References: singular values from numpy.linalg.svd (float64) committed by
- * tools/make_svd_fixtures.py as tests/fixtures/svd_{tall,wide,decay,rankdef}.{bin,json};
+ * tests/tools/make_svd_fixtures.py as tests/fixtures/svd_{tall,wide,decay,rankdef}.{bin,json};
  * matrices built as U diag(s) V^T with known s for the randomized methods; direct definitions
  * (A v = w v, x^T x / n, a consistent linear system) for the rest. Run from the repository root. */
 #include "qscope/linalg.h"

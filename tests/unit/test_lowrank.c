@@ -1,7 +1,7 @@
 /* test_lowrank.c - LoRC, L2QER, QERA, EoRA, the ridge recovery map and the recovery score.
  *
  * Independent references: numpy float64 corrections and ridge map in tests/fixtures/svd_corr.*
- * (tools/make_svd_fixtures.py; the ridge map there solved as an augmented lstsq, not the normal
+ * (tests/tools/make_svd_fixtures.py; the ridge map there solved as an augmented lstsq, not the normal
  * equations), LAPACK sgels (qs_lstsq) on centred data, Eckart-Young (the tail energy from the
  * exact singular values), and the identities between the methods (LQER with s = 1 is LoRC, QERA
  * with R = I is LoRC, EoRA = exact QERA). Run from the repository root. */

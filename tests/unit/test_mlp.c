@@ -28,7 +28,7 @@ static char *slurp(const char *path)
     return s;
 }
 
-/* The PyTorch-trained nn.Sequential (tools/make_torch_mlp.py): same predictions, loss within
+/* The PyTorch-trained nn.Sequential (tests/tools/make_torch_mlp.py): same predictions, loss within
  * 1e-5 of PyTorch's over all 1797 digits. */
 static void test_torch_sequential(void)
 {

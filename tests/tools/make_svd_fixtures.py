@@ -2,7 +2,7 @@
 """make_svd_fixtures.py - writes the fixtures the linear-algebra and correction tests compare with.
 
 Run with Debian's python3 (it needs python3-numpy):
-    /usr/bin/python3 tools/make_svd_fixtures.py          # from the repository root
+    /usr/bin/python3 tests/tools/make_svd_fixtures.py          # from the repository root
 
 Writes, for each fixture NAME,
   tests/fixtures/svd_NAME.bin   the input arrays, float32 little-endian, row-major, concatenated
@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "fixtures")
 
 
@@ -44,7 +44,7 @@ def write(name, arrays, results, note):
     meta = {
         "name": name,
         "note": note,
-        "generator": "tools/make_svd_fixtures.py",
+        "generator": "tests/tools/make_svd_fixtures.py",
         "numpy": np.__version__,
         "dtype": "float32 little-endian, row-major",
         "arrays": index,

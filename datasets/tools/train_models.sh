@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# tools/train_models.sh - retrains the bundled models in datasets/models/ with qscope's own
+# datasets/tools/train_models.sh - retrains the bundled models in datasets/models/ with qscope's own
 # trainer (`make models`). Deterministic: the same seeds, one BLAS thread; the test suite
 # (tests/sh/models.sh) re-runs these commands and checks the committed metrics are reproduced.
 set -eu
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export OPENBLAS_NUM_THREADS=1
 Q=./qscope
 train() { # name data hidden epochs lr batch

@@ -3,7 +3,7 @@
 qscope's state-dict inference and forward pass are checked against PyTorch itself.
 
 Run from the repository root with Debian's python3 (python3-torch, python3-numpy):
-    /usr/bin/python3 tools/make_torch_mlp.py
+    /usr/bin/python3 tests/tools/make_torch_mlp.py
 
 Writes
   tests/fixtures/torch_mlp.safetensors  state dict of nn.Sequential(Linear(64,32), GELU,
@@ -23,7 +23,7 @@ import struct
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_st(path, named):
@@ -67,7 +67,7 @@ def main():
         acc = (pred == y).float().mean().item()
     write_st(os.path.join(ROOT, "tests/fixtures/torch_mlp.safetensors"), list(model.state_dict().items()))
     with open(os.path.join(ROOT, "tests/fixtures/torch_mlp.json"), "w") as f:
-        json.dump({"source": "tools/make_torch_mlp.py, torch " + torch.__version__,
+        json.dump({"source": "tests/tools/make_torch_mlp.py, torch " + torch.__version__,
                    "act": "gelu", "loss": loss, "acc": acc, "pred": pred.tolist(),
                    "logits_first5": logits[:5].tolist()}, f)
     print("torch_mlp: loss %.6f acc %.4f" % (loss, acc))

@@ -2,7 +2,7 @@
 """make_st_fixture.py - writes the safetensors fixtures the C reader is checked against.
 
 Run with Debian's python3 (it needs python3-torch and python3-numpy):
-    /usr/bin/python3 tools/make_st_fixture.py            # from the repository root
+    /usr/bin/python3 tests/tools/make_st_fixture.py            # from the repository root
 
 Writes
   tests/fixtures/st_torch.safetensors   tensors made by torch/numpy, file written by this script
@@ -27,7 +27,7 @@ import sys
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPE_NAME = {
     torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -134,7 +134,7 @@ def main():
     ]
     names = [n for n, _ in tensors]
     key_order = sorted(names, reverse=True)  # header order differs from data order
-    meta = {"format": "pt", "producer": "tools/make_st_fixture.py",
+    meta = {"format": "pt", "producer": "tests/tools/make_st_fixture.py",
             "note": "quote \" backslash \\ tab \t unicode \u00e9"}
 
     fixdir = os.path.join(ROOT, "tests", "fixtures")

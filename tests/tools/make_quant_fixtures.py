@@ -12,7 +12,7 @@ matrix reshaped to (rows * cols/G, G), one "channel" per group). tests/unit/test
 checks that qs_quant_fake reproduces every output bit for bit and that the packed scales and zero
 points equal these.
 
-Run with Debian's python3 (python3-torch, python3-numpy): /usr/bin/python3 tools/make_quant_fixtures.py
+Run with Debian's python3 (python3-torch, python3-numpy): /usr/bin/python3 tests/tools/make_quant_fixtures.py
 """
 import json
 import os
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import torch
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures")
 ROWS, COLS = 16, 64
 
 
@@ -180,7 +180,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     data.tofile(os.path.join(OUT, "quant_torch.bin"))
     meta = {
-        "generator": "tools/make_quant_fixtures.py",
+        "generator": "tests/tools/make_quant_fixtures.py",
         "torch": torch.__version__, "numpy": np.__version__,
         "rows": ROWS, "cols": COLS, "input_offset": 0, "floats": int(data.size),
         "cases": cases,
