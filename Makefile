@@ -46,7 +46,7 @@ $(BUILD)/src/tui/%.o: src/tui/%.c
 
 $(BUILD)/src/main.o: src/main.c
 	@mkdir -p $(@D)
-	$(CC) $(UI_CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(UI_CFLAGS) -DQS_DATADIR='"$(PREFIX)/share/qscope"' -MMD -MP -c $< -o $@
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -100,15 +100,21 @@ bench: deps
 	$(MAKE) qscope $(BENCH_BIN)
 	@bash tests/bench/run.sh
 
+DATADIR = $(DESTDIR)$(PREFIX)/share/qscope/datasets
 install: qscope
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -d $(DATADIR)/models
 	install -m 755 qscope $(DESTDIR)$(PREFIX)/bin/qscope
+	install -m 644 datasets/PROVENANCE.md $(DATADIR)/
+	install -m 644 $(filter-out datasets/fashion-mnist.csv,$(wildcard datasets/*.csv)) $(DATADIR)/
+	install -m 644 $(filter-out %fashion-mlp.safetensors,$(wildcard datasets/models/*.safetensors)) $(DATADIR)/models/
 	install -m 644 man/qscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1
 	install -m 644 man/qscope-session.5 $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/qscope $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1 \
 	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
+	rm -rf $(DESTDIR)$(PREFIX)/share/qscope
 
 # Regenerate the bundled data and retrain the bundled models (reproduces the committed metrics).
 data: $(BUILD)/tools/gen_toys

@@ -35,11 +35,12 @@ static const char usage[] =
     "\n"
     "exit status: 0 success; 1 a command failed or a replay check differed; 2 bad usage\n";
 
-/* Finds the bundled datasets folder: $QSCOPE_HOME, the executable's folder, the install prefix.
+/* Finds the bundled datasets folder: $QSCOPE_HOME, the executable's folder, the share folder
+ * beside an installed binary, the configured install prefix.
  * A folder under the working directory is given relative to it, so journals stay portable. */
 static int find_bundle(char *buf, size_t n)
 {
-    char exe[PATH_MAX], cwd[PATH_MAX], cand[3][PATH_MAX + 32];
+    char exe[PATH_MAX], cwd[PATH_MAX], cand[4][PATH_MAX + 32];
     int nc = 0;
     const char *home = getenv("QSCOPE_HOME");
     if (home && home[0])
@@ -51,6 +52,8 @@ static int find_bundle(char *buf, size_t n)
         if (slash)
             *slash = 0;
         snprintf(cand[nc++], sizeof cand[0], "%s/datasets", exe);
+        /* installed: PREFIX/bin/qscope next to PREFIX/share/qscope, wherever PREFIX is */
+        snprintf(cand[nc++], sizeof cand[0], "%s/../share/qscope/datasets", exe);
     }
     snprintf(cand[nc++], sizeof cand[0], "%s/datasets", QS_DATADIR);
     if (!getcwd(cwd, sizeof cwd))

@@ -429,6 +429,29 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     free(idx);
     if (rc == 0 && done == 0)
         rc = qs_errf(e, "correct: every layer matching '%s' is in float", argv[0]);
+    if (rc == 0) { /* export csv: the corrections now in place, one row a layer */
+        cJSON *rows = cJSON_CreateArray();
+        for (int i = 0; i < c->b->model->nlayers; i++) {
+            const struct qs_corr *cr = &c->b->ls[i].corr;
+            if (cr->method == QS_CORR_NONE)
+                continue;
+            cJSON *r = cJSON_CreateObject();
+            cJSON_AddStringToObject(r, "layer", c->b->model->layers[i].name);
+            cJSON_AddStringToObject(r, "method", qs_corr_name(cr->method));
+            cJSON_AddNumberToObject(r, "rank", cr->rank);
+            cJSON_AddStringToObject(r, "prec", cr->prec);
+            qs_json_num(r, "recovery", cr->recovery);
+            if (cr->method != QS_CORR_CLOCAL)
+                qs_json_num(r, "recovery_calib", cr->recovery_calib);
+            else
+                cJSON_AddStringToObject(r, "recovery_calib", "n/a (upper baseline)");
+            cJSON_AddNumberToObject(r, "params", (double)cr->params);
+            qs_json_num(r, "bits_added", cr->bits);
+            cJSON_AddItemToArray(rows, r);
+        }
+        qs_set_last_table(c, "corrections", rows, NULL);
+        cJSON_Delete(rows);
+    }
     if (rc == 0)
         qs_emit_text(c, t.s);
     qs_sb_free(&t);
@@ -510,6 +533,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "%-8s %-9s %15s %15s %15s %15s %15s %15s  %s\n", "layer", "method",
                  "float", "quant", "quant+corr", "float+corr", "random ctrl", "other-layer",
                  "verdict");
+    cJSON *table = cJSON_CreateArray();
     int rc = 0;
     for (int k = 0; k < n; k++) {
         struct qs_ablation ab;
@@ -543,10 +567,31 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "%-8s dloss quant %+.5f [%+.5f, %+.5f]; dloss float %+.5f [%+.5f, %+.5f]\n",
                      "", ab.d_qc.mean, ab.d_qc.lo, ab.d_qc.hi, ab.d_fc.mean, ab.d_fc.lo,
                      ab.d_fc.hi);
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddStringToObject(row, "layer", b->model->layers[idx[k]].name);
+        cJSON_AddStringToObject(row, "method", qs_corr_name(cr->method));
+        const struct qs_metric *ms[] = {&ab.f, &ab.q, &ab.qc, &ab.fc, &ab.rand_ctrl};
+        const char *mn[] = {"float", "quant", "quant_corrected", "float_corrected", "random_control"};
+        for (int q = 0; q < 5; q++) {
+            char key[48];
+            snprintf(key, sizeof key, "%s_acc", mn[q]);
+            qs_json_num(row, key, ms[q]->acc);
+            snprintf(key, sizeof key, "%s_loss", mn[q]);
+            qs_json_num(row, key, ms[q]->loss);
+        }
+        qs_json_num(row, "dloss_quant_lo", ab.d_qc.lo);
+        qs_json_num(row, "dloss_quant_hi", ab.d_qc.hi);
+        qs_json_num(row, "dloss_float_lo", ab.d_fc.lo);
+        qs_json_num(row, "dloss_float_hi", ab.d_fc.hi);
+        cJSON_AddStringToObject(row, "verdict", ab.verdict);
+        cJSON_AddItemToArray(table, row);
         qs_add_gate(c, o, NULL);
         qs_emit(c, o, NULL);
     }
     free(idx);
+    if (rc == 0)
+        qs_set_last_table(c, "ablate", table, NULL);
+    cJSON_Delete(table);
     if (rc == 0) {
         qs_sb_printf(&t, "(acc/loss on the test split; each correction alone. Noise: paired "
                          "bootstrap, 1000 resamples, 95%% interval of the per-sample loss change. "

@@ -130,3 +130,17 @@ for m in ['linear', 'linear prec=int4', 'clocal']:
 for l in ['fc0', 'fc1', 'fc2']:
     assert R['clocal', l] >= R['linear', l] - 1e-6 >= R['linear prec=int4', l] - 2e-6, (l, R)
 PY"
+$Q -c "quant * int3; correct fc0 lowrank r=4; correct fc2 clocal; export csv $T/c.csv; ablate; export csv $T/a.csv" >/dev/null 2>&1
+check export-csv-corrections "python3 - $T/c.csv $T/a.csv <<'PY'
+import csv, sys
+c = list(csv.reader(open(sys.argv[1]))); a = list(csv.reader(open(sys.argv[2])))
+assert 'table=corrections' in c[0][0] and [r[:2] for r in c[2:]] == [['fc0', 'lowrank'], ['fc2', 'clocal']], c
+assert 'table=ablate' in a[0][0] and a[1][-1] == 'verdict' and a[2][0] == 'fc0' and a[2][-1] in ('recovery', 'capacity', 'no-gain', 'harmful'), a
+PY"
+# make install / uninstall with DESTDIR and PREFIX: binary and both manual pages
+make -s install DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
+check make-install "[ -x $T/root/usr/bin/qscope ] && [ -f $T/root/usr/share/man/man1/qscope.1 ] && [ -f $T/root/usr/share/man/man5/qscope-session.5 ] && [ -f $T/root/usr/share/qscope/datasets/models/digits-mlp.safetensors ] && $T/root/usr/bin/qscope --version | grep -q qscope"
+# the installed binary (moved away from the repository) opens the installed bundle
+check installed-default-model "(cd $T && QSCOPE_HOME=$T/root/usr/share/qscope $T/root/usr/bin/qscope --json -c eval | grep -q '\"gate\":\"pass\"')"
+make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
+check make-uninstall "[ ! -e $T/root/usr/bin/qscope ] && [ ! -e $T/root/usr/share/man/man1/qscope.1 ]"
