@@ -2,6 +2,8 @@
  * comes from the command table (names, second words, option keys and value alternatives parsed
  * from each command's argument synopsis), the model's layer names, the format table and the
  * correction methods, so completion cannot drift from the real commands. */
+#include "qscope/tui.h"
+
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +13,6 @@
 
 #include "qscope/bench.h"
 #include "qscope/format.h"
-#include "qscope/tui.h"
 
 static const struct qs_ctx *comp_ctx;
 static const char *(*comp_layer)(void *u, int i);
@@ -116,7 +117,7 @@ static void cand_from_synopsis(const char *args)
 
 static int takes_path(const char *name)
 {
-    static const char *const cmds[] = {"load model", "load data", "source", "save session",
+    static const char *const cmds[] = {"load model",   "load data",  "source",     "save session",
                                        "export model", "export csv", "screenshot", NULL};
     for (int i = 0; cmds[i]; i++)
         if (!strcmp(cmds[i], name))
@@ -192,8 +193,7 @@ static char **complete(const char *text, int start, int end)
     return m;
 }
 
-void qs_complete_install(const struct qs_ctx *c, const char *(*layer_name)(void *u, int i),
-                         void *u)
+void qs_complete_install(const struct qs_ctx *c, const char *(*layer_name)(void *u, int i), void *u)
 {
     comp_ctx = c;
     comp_layer = layer_name;

@@ -1,12 +1,12 @@
 /* panes.c - the panes of the workbench, one drawing function each. They read only the snapshot
  * (and the log under its lock), never the bench: drawing never waits for computation. */
+#include "tui_impl.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "tui_impl.h"
 
 /* ---- text helpers ------------------------------------------------------------------------- */
 
@@ -88,9 +88,8 @@ static void axis_num(double v, char *buf, size_t n)
 }
 
 static const char *const pane_names[PANE_N] = {
-    [PANE_LAYERS] = "Layers",       [PANE_TASK] = "Task",
-    [PANE_SPECTRUM] = "Spectrum",   [PANE_RANK] = "Rank profile",
-    [PANE_CORR] = "Corrections",    [PANE_LOWDIM] = "Decision regions",
+    [PANE_LAYERS] = "Layers",     [PANE_TASK] = "Task",        [PANE_SPECTRUM] = "Spectrum",
+    [PANE_RANK] = "Rank profile", [PANE_CORR] = "Corrections", [PANE_LOWDIM] = "Decision regions",
     [PANE_LOG] = "Log",
 };
 
@@ -98,8 +97,8 @@ void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t
 {
     const struct tui_snap *s = v->s;
     int num = (int)p + 1;
-    const struct tui_row *r = s && s->spec_layer >= 0 && s->spec_layer < s->nlayers
-                                  ? &s->rows[s->spec_layer] : NULL;
+    const struct tui_row *r =
+        s && s->spec_layer >= 0 && s->spec_layer < s->nlayers ? &s->rows[s->spec_layer] : NULL;
     switch (p) {
     case PANE_SPECTRUM:
         if (r)
@@ -132,8 +131,8 @@ static void title_bar(enum tui_pane p, WINDOW *w, int cw, const struct tui_view 
 {
     const struct tui_style *st = v->st;
     int focus = v->focused == (int)p;
-    attr_t a = focus ? cp(st, CP_TITLE_FOCUS, A_REVERSE | A_BOLD) | A_BOLD
-                     : cp(st, CP_TITLE, A_REVERSE);
+    attr_t a =
+        focus ? cp(st, CP_TITLE_FOCUS, A_REVERSE | A_BOLD) | A_BOLD : cp(st, CP_TITLE, A_REVERSE);
     char t[160], line[200];
     tui_pane_title(p, v, t, sizeof t);
     snprintf(line, sizeof line, "%s%s ", focus ? st->sel_mark : " ", t);
@@ -163,11 +162,11 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         message(w, 1, cw, st, s ? "no model (load model PATH)" : "loading...");
         return;
     }
-    static const char *const head[COL_N] = {"layer", "shape", "weights", "acts", "bits/w",
-                                           "w_err", "SNR dB", "correction"};
+    static const char *const head[COL_N] = {"layer",  "shape", "weights", "acts",
+                                            "bits/w", "w_err", "SNR dB",  "correction"};
     /* fill order: which columns to keep when narrow */
-    static const int prio[COL_N] = {COL_NAME, COL_W, COL_BPW, COL_SNR, COL_WERR, COL_CORR,
-                                    COL_A, COL_SHAPE};
+    static const int prio[COL_N] = {COL_NAME, COL_W,    COL_BPW, COL_SNR,
+                                    COL_WERR, COL_CORR, COL_A,   COL_SHAPE};
     int wid[COL_N];
     for (int c = 0; c < COL_N; c++)
         wid[c] = (int)strlen(head[c]);
@@ -206,8 +205,8 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
     n += snprintf(line + n, sizeof line - n, " ");
     for (int c = 0; c < COL_N; c++)
         if (keep[c])
-            n += snprintf(line + n, sizeof line - n, c >= COL_BPW && c <= COL_SNR ? "%*s " : "%-*s ",
-                          wid[c], head[c]);
+            n += snprintf(line + n, sizeof line - n,
+                          c >= COL_BPW && c <= COL_SNR ? "%*s " : "%-*s ", wid[c], head[c]);
     putf(w, 1, 0, cw, A_BOLD, "%s", line);
     int vis = h - 2;
     if (vis < 1)
@@ -232,8 +231,12 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                 continue;
             attr_t a = base;
             switch (c) {
-            case COL_NAME: snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->name); break;
-            case COL_SHAPE: snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape); break;
+            case COL_NAME:
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->name);
+                break;
+            case COL_SHAPE:
+                snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape);
+                break;
             case COL_W:
                 snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->wf);
                 if (strcmp(r->wf, "float") && !sel)
@@ -244,8 +247,12 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                 if (strcmp(r->af, "float") && !sel)
                     a |= cp(st, CP_WARN, A_BOLD);
                 break;
-            case COL_BPW: snprintf(cell, sizeof cell, "%*.2f", wid[c], r->bpw); break;
-            case COL_WERR: snprintf(cell, sizeof cell, "%*.4f", wid[c], r->w_rel_err); break;
+            case COL_BPW:
+                snprintf(cell, sizeof cell, "%*.2f", wid[c], r->bpw);
+                break;
+            case COL_WERR:
+                snprintf(cell, sizeof cell, "%*.4f", wid[c], r->w_rel_err);
+                break;
             case COL_SNR:
                 if (!r->has_err)
                     snprintf(cell, sizeof cell, "%*s", wid[c], "-");
@@ -254,10 +261,13 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                 else
                     snprintf(cell, sizeof cell, "%*.1f", wid[c], r->snr_db);
                 if (r->has_err && r->quantized && !sel && isfinite(r->snr_db))
-                    a |= r->snr_db < 10 ? cp(st, CP_ERR, A_BOLD)
-                         : r->snr_db < 20 ? cp(st, CP_WARN, 0) : cp(st, CP_OK, 0);
+                    a |= r->snr_db < 10   ? cp(st, CP_ERR, A_BOLD)
+                         : r->snr_db < 20 ? cp(st, CP_WARN, 0)
+                                          : cp(st, CP_OK, 0);
                 break;
-            default: snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->corr); break;
+            default:
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->corr);
+                break;
             }
             putf(w, y, x, cw - x, a, "%s", cell);
             x += wid[c] + 1;
@@ -329,7 +339,10 @@ static void legend(WINDOW *w, int y, int cw, const struct tui_style *st, const a
 }
 
 /* Plot geometry shared by both plots: the axis column width and the canvas rows. */
-static int plot_rows(int h) { return h - 1 >= 5 ? h - 3 : h - 1; }
+static int plot_rows(int h)
+{
+    return h - 1 >= 5 ? h - 3 : h - 1;
+}
 
 static void series_attrs(const struct tui_style *st, attr_t *ser, attr_t *rule)
 {
@@ -339,7 +352,8 @@ static void series_attrs(const struct tui_style *st, attr_t *ser, attr_t *rule)
     *rule = cp(st, CP_SER_MP, 0);
 }
 
-static void y_axis(WINDOW *w, int rows, const char *top, const char *bot, const struct tui_style *st)
+static void y_axis(WINDOW *w, int rows, const char *top, const char *bot,
+                   const struct tui_style *st)
 {
     for (int r = 0; r < rows; r++) {
         wmove(w, 1 + r, 0);
@@ -527,17 +541,18 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
                 ab = &s->abl[k];
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
-        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD,
-             "%s %s R=%.3f +%ldp", r->name, r->corr, r->recovery, r->corr_params);
+        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD, "%s %s R=%.3f +%ldp",
+             r->name, r->corr, r->recovery, r->corr_params);
         y++;
         if (r->corr_method == QS_CORR_CLOCAL && y < h)
             message(w, y++, cw, st, " upper baseline, not deployable");
         else if (ab && y < h) {
             attr_t aa = !strcmp(ab->verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
                         : !strcmp(ab->verdict, "capacity") || !strcmp(ab->verdict, "harmful")
-                            ? cp(st, CP_ERR, A_BOLD) : 0;
-            putf(w, y++, 2, cw - 2, aa, "%s: q %.3f>%.3f f %.3f>%.3f", ab->verdict, ab->q,
-                 ab->qc, ab->f, ab->fc);
+                            ? cp(st, CP_ERR, A_BOLD)
+                            : 0;
+            putf(w, y++, 2, cw - 2, aa, "%s: q %.3f>%.3f f %.3f>%.3f", ab->verdict, ab->q, ab->qc,
+                 ab->f, ab->fc);
         } else if (y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }
@@ -550,8 +565,8 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
 
 void tui_lowdim_panel(int h, int cw, int *gw, int *gh)
 {
-    *gw = (cw - 2) / 3;       /* three panels and two gaps */
-    *gh = h - 2;              /* title bar and caption row */
+    *gw = (cw - 2) / 3; /* three panels and two gaps */
+    *gh = h - 2;        /* title bar and caption row */
     if (*gw < 2)
         *gw = 2;
     if (*gh < 2)
@@ -608,9 +623,9 @@ static void draw_lowdim(WINDOW *w, int h, int cw, const struct tui_view *v)
                     gb[0] = pt_glyph[lab % 8];
                     g = gb;
                     int bad = lab % TUI_NCLASS_COL != cls;
-                    a = st->color ? (attr_t)COLOR_PAIR((bad ? CP_CLASS_BAD : CP_CLASS_PT) + cls) |
-                                        A_BOLD
-                                  : (bad ? A_REVERSE | A_BOLD : A_BOLD);
+                    a = st->color
+                            ? (attr_t)COLOR_PAIR((bad ? CP_CLASS_BAD : CP_CLASS_PT) + cls) | A_BOLD
+                            : (bad ? A_REVERSE | A_BOLD : A_BOLD);
                 } else {
                     /* a glyph per class even in colour, so that text captures show regions */
                     static const char *const shade_u[] = {" ", "\xc2\xb7", ":", "\xe2\x96\x91"};
@@ -652,9 +667,10 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
     for (int k = lg->n - 1 - v->log_scroll; k >= 0 && y > 1; k--) {
         const struct tui_logline *l = &lg->v[(lg->start + k) % TUI_LOG_MAX];
         int wdt = wide_width(l->text), segs = wdt / cw + (wdt % cw || wdt == 0);
-        attr_t a = l->kind == LOG_CMD ? cp(st, CP_SER_W, 0) | A_BOLD
-                   : l->kind == LOG_ERR ? cp(st, CP_ERR, A_BOLD) | A_BOLD
-                   : l->kind == LOG_NOTE ? cp(st, CP_WARN, A_DIM) : 0;
+        attr_t a = l->kind == LOG_CMD    ? cp(st, CP_SER_W, 0) | A_BOLD
+                   : l->kind == LOG_ERR  ? cp(st, CP_ERR, A_BOLD) | A_BOLD
+                   : l->kind == LOG_NOTE ? cp(st, CP_WARN, A_DIM)
+                                         : 0;
         /* the segments of this line, last one lowest */
         const wchar_t *seg[64];
         int ns = 0;
@@ -699,13 +715,28 @@ void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const str
         }
     title_bar(p, w, cw, v);
     switch (p) {
-    case PANE_LAYERS: draw_layers(w, h, cw, v); break;
-    case PANE_TASK: draw_task(w, h, cw, v); break;
-    case PANE_SPECTRUM: draw_spectrum(w, h, cw, v); break;
-    case PANE_RANK: draw_rank(w, h, cw, v); break;
-    case PANE_CORR: draw_corr(w, h, cw, v); break;
-    case PANE_LOWDIM: draw_lowdim(w, h, cw, v); break;
-    case PANE_LOG: draw_log(w, h, cw, v); break;
-    default: break;
+    case PANE_LAYERS:
+        draw_layers(w, h, cw, v);
+        break;
+    case PANE_TASK:
+        draw_task(w, h, cw, v);
+        break;
+    case PANE_SPECTRUM:
+        draw_spectrum(w, h, cw, v);
+        break;
+    case PANE_RANK:
+        draw_rank(w, h, cw, v);
+        break;
+    case PANE_CORR:
+        draw_corr(w, h, cw, v);
+        break;
+    case PANE_LOWDIM:
+        draw_lowdim(w, h, cw, v);
+        break;
+    case PANE_LOG:
+        draw_log(w, h, cw, v);
+        break;
+    default:
+        break;
     }
 }

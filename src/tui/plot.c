@@ -1,10 +1,10 @@
 /* plot.c - a character canvas for the spectrum and rank-profile panes: braille dots (2 x 4 per
  * cell, U+2800..U+28FF) in a UTF-8 locale, one '*' / '.' mark per cell otherwise. */
+#include "tui_impl.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "tui_impl.h"
 
 int tui_plot_init(struct tui_plot *p, int w, int h, int utf8)
 {
@@ -36,8 +36,8 @@ void tui_plot_free(struct tui_plot *p)
 }
 
 /* Braille dot bit of (dx, dy) inside a cell, dx 0..1, dy 0..3 (Unicode's dot numbering). */
-static const unsigned char braille_bit[4][2] = {{0x01, 0x08}, {0x02, 0x10}, {0x04, 0x20},
-                                                {0x40, 0x80}};
+static const unsigned char braille_bit[4][2] = {
+    {0x01, 0x08}, {0x02, 0x10}, {0x04, 0x20}, {0x40, 0x80}};
 
 static void set_dot(struct tui_plot *p, int s, int px, int py)
 {

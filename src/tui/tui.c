@@ -5,6 +5,8 @@
  * through the same queue as typed lines; the queue feeds the worker one statement at a time.
  * When a job finishes the worker leaves a snapshot for the panes; the loop takes it, marks the
  * panes dirty and redraws only those. Front-end commands run here, between jobs. */
+#include "qscope/tui.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <langinfo.h>
@@ -20,14 +22,15 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
+#include "qscope/front.h"
 #include "tui_impl.h"
 
 enum tui_mode { MODE_PANES, MODE_PROMPT, MODE_HELP, MODE_CONFIRM };
 
 struct tui_item {
-    int kind;     /* JOB_LINE / JOB_SNAP */
+    int kind; /* JOB_LINE / JOB_SNAP */
     char *line;
-    int group;    /* statements of one submitted line: an error drops the rest */
+    int group; /* statements of one submitted line: an error drops the rest */
 };
 
 struct tui_rect {
@@ -39,6 +42,8 @@ struct tui {
     struct tui_shared sh;
     struct tui_worker wk;
     struct tui_style st;
+    SCREEN *scr;
+    pthread_t ui_thread;
     int wake_r;
     /* view state (UI thread only) */
     struct tui_snap *snap;
@@ -118,8 +123,7 @@ static void on_winch(int sig)
 
 static void install_signals(void)
 {
-    static const int fatal[] = {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL, SIGTERM, SIGHUP,
-                                SIGQUIT};
+    static const int fatal[] = {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL, SIGTERM, SIGHUP, SIGQUIT};
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
@@ -136,8 +140,8 @@ static void install_signals(void)
 
 static void reset_signals(void)
 {
-    static const int sigs[] = {SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL, SIGTERM, SIGHUP,
-                               SIGQUIT, SIGINT};
+    static const int sigs[] = {SIGSEGV, SIGABRT, SIGBUS,  SIGFPE, SIGILL,
+                               SIGTERM, SIGHUP,  SIGQUIT, SIGINT};
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++)
         signal(sigs[i], SIG_DFL);
     sigaction(SIGWINCH, &g_old_winch, NULL);
@@ -151,21 +155,18 @@ static void init_style(struct tui_style *st)
     const char *nc = getenv("NO_COLOR");
     st->color = has_colors() && !(nc && nc[0]);
     if (st->utf8) {
-        st->vline = "\xe2\x94\x82";  /* │ */
-        st->hline = "\xe2\x94\x80";  /* ─ */
-        st->ell = "\xe2\x80\xa6";    /* … */
-        st->delta = "\xce\x94";      /* Δ */
-        st->ge = "\xe2\x89\xa5";     /* ≥ */
+        st->vline = "\xe2\x94\x82";    /* │ */
+        st->hline = "\xe2\x94\x80";    /* ─ */
+        st->delta = "\xce\x94";        /* Δ */
+        st->ge = "\xe2\x89\xa5";       /* ≥ */
         st->sel_mark = "\xe2\x96\xb6"; /* ▶ */
     } else {
         st->vline = "|";
         st->hline = "-";
-        st->ell = "...";
         st->delta = "d";
         st->ge = ">=";
         st->sel_mark = ">";
     }
-    st->lt_mark = "<";
     if (!st->color)
         return;
     start_color();
@@ -185,7 +186,7 @@ static void init_style(struct tui_style *st)
     init_pair(CP_DIM, -1, -1);
     init_pair(CP_STATUS, COLOR_BLACK, COLOR_WHITE);
     init_pair(CP_PROG, COLOR_GREEN, -1);
-    static const short pal[TUI_NCLASS_COL] = {COLOR_BLUE, COLOR_RED, COLOR_GREEN, COLOR_MAGENTA,
+    static const short pal[TUI_NCLASS_COL] = {COLOR_BLUE, COLOR_RED,    COLOR_GREEN, COLOR_MAGENTA,
                                               COLOR_CYAN, COLOR_YELLOW, COLOR_WHITE, COLOR_BLACK};
     for (int k = 0; k < TUI_NCLASS_COL; k++) {
         int light = pal[k] == COLOR_YELLOW || pal[k] == COLOR_WHITE || pal[k] == COLOR_CYAN ||
@@ -328,21 +329,25 @@ static void layout(struct tui *t)
     if (a_want > H * 2 / 5)
         a_want = H * 2 / 5;
     if (wide) {
-        rows[nr++] = (struct row_spec){{PANE_LAYERS, PANE_TASK, PANE_CORR}, 3, 4, a_want, 0,
-                                       {50, 22, 28}};
+        rows[nr++] =
+            (struct row_spec){{PANE_LAYERS, PANE_TASK, PANE_CORR}, 3, 4, a_want, 0, {50, 22, 28}};
         if (lowdim)
-            rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK, PANE_LOWDIM}, 3, 6, 12, 2,
-                                           {25, 25, 50}};
+            rows[nr++] = (struct row_spec){
+                {PANE_SPECTRUM, PANE_RANK, PANE_LOWDIM}, 3, 6, 12, 2, {25, 25, 50}};
         else
             rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK}, 2, 4, 10, 1, {50, 50}};
         rows[nr++] = (struct row_spec){{PANE_LOG}, 1, 3, 3, 1, {100}};
     } else {
         int tw = W * 32 / 100;
         tw = tw < 24 ? 24 : tw > 36 ? 36 : tw;
-        rows[nr++] = (struct row_spec){{PANE_LAYERS, PANE_TASK}, 2, 4, lowdim ? 8 : a_want, 0,
-                                       {W - tw, tw}};
-        rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK, PANE_CORR}, 3, 4,
-                                       lowdim ? 7 : 8, lowdim ? 0 : 1, {34, 33, 33}};
+        rows[nr++] =
+            (struct row_spec){{PANE_LAYERS, PANE_TASK}, 2, 4, lowdim ? 8 : a_want, 0, {W - tw, tw}};
+        rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK, PANE_CORR},
+                                       3,
+                                       4,
+                                       lowdim ? 7 : 8,
+                                       lowdim ? 0 : 1,
+                                       {34, 33, 33}};
         if (lowdim)
             rows[nr++] = (struct row_spec){{PANE_LOWDIM, PANE_LOG}, 2, 5, 7, 1, {62, 38}};
         else
@@ -481,8 +486,8 @@ static void draw_status(struct tui *t)
         int fill = t->have_prog ? (int)(t->prog_frac * bw + 0.5) : 0;
         fill = fill < 0 ? 0 : fill > bw ? bw : fill;
         wattr_on(w, A_BOLD, NULL);
-        snprintf(buf, sizeof buf, "running: %s ", t->busy_kind == JOB_SNAP ? "refresh"
-                                                                            : t->busy_line);
+        snprintf(buf, sizeof buf, "running: %s ",
+                 t->busy_kind == JOB_SNAP ? "refresh" : t->busy_line);
         tui_put(w, buf, COLS - getcurx(w) - 1);
         wattr_off(w, A_BOLD, NULL);
         if (t->have_prog && COLS - getcurx(w) > bw + 8) {
@@ -490,8 +495,10 @@ static void draw_status(struct tui *t)
             waddch(w, '[');
             wattr_on(w, pa, NULL);
             for (int i = 0; i < bw; i++)
-                tui_put(w, i < fill ? (t->st.utf8 ? "\xe2\x96\x88" : "#")
-                                    : (t->st.utf8 ? "\xe2\x96\x91" : "."), 1);
+                tui_put(w,
+                        i < fill ? (t->st.utf8 ? "\xe2\x96\x88" : "#")
+                                 : (t->st.utf8 ? "\xe2\x96\x91" : "."),
+                        1);
             wattr_off(w, pa, NULL);
             snprintf(buf, sizeof buf, "] %3.0f%% %s", 100 * t->prog_frac, t->prog_what);
             tui_put(w, buf, COLS - getcurx(w));
@@ -524,8 +531,10 @@ static void draw_prompt(struct tui *t)
     if (t->mode != MODE_PROMPT) {
         wmove(w, 0, 0);
         wattr_on(w, A_DIM, NULL);
-        tui_put(w, ": command  ? help  Tab/1-7 focus  z zoom  j/k layer  +/- bits  f format  "
-                   "c correct  a ablate  q quit", COLS - 1);
+        tui_put(w,
+                ": command  ? help  q quit  j/k layer  +/- bits  f format  c correct  "
+                "a ablate  Tab focus  z zoom",
+                COLS - 1);
         wattr_off(w, A_DIM, NULL);
         wnoutrefresh(w);
         return;
@@ -637,7 +646,10 @@ static void draw_help(struct tui *t)
         return;
     WINDOW *hw = t->help;
     werase(hw);
-    box(hw, 0, 0);
+    if (t->st.utf8)
+        box(hw, 0, 0);
+    else /* plain characters: the line-drawing set may not survive a non-UTF-8 locale */
+        wborder(hw, '|', '|', '-', '-', '+', '+', '+', '+');
     char **lines = NULL;
     int n = help_lines(t, &lines);
     int vis = h - 2;
@@ -756,6 +768,9 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct tui *t = T;
     if (!t || c->front != (void *)t)
         return qs_errf(e, "screenshot needs the TUI (run qscope in a terminal without --repl)");
+    if (!pthread_equal(pthread_self(), t->ui_thread)) /* e.g. inside `source`: the worker */
+        return qs_errf(e, "screenshot: type it at the prompt (curses belongs to the UI thread, "
+                          "scripts run in the worker)");
     if (argc != 1)
         return qs_errf(e, "usage: screenshot PATH");
     redraw(t);
@@ -936,9 +951,18 @@ static int rl_getc_cb(FILE *f)
     return ch;
 }
 
-static int rl_avail_cb(void) { return T->rlq_h != T->rlq_t; }
-static void rl_redisplay_cb(void) { T->dirty_prompt = 1; }
-static void rl_prep_cb(int meta) { (void)meta; }
+static int rl_avail_cb(void)
+{
+    return T->rlq_h != T->rlq_t;
+}
+static void rl_redisplay_cb(void)
+{
+    T->dirty_prompt = 1;
+}
+static void rl_prep_cb(int meta)
+{
+    (void)meta;
+}
 static void rl_deprep_cb(void) {}
 
 static void rl_feed(struct tui *t, const char *bytes, size_t n)
@@ -1033,8 +1057,8 @@ static void readline_end(struct tui *t)
 
 /* ---- key bindings: each one is a command string -------------------------------------------- */
 
-static const char *const cycle_formats[] = {"int8", "int4", "int3", "int2", "fp8-e4m3",
-                                            "mxfp4", "nvfp4", "nf4", "none"};
+static const char *const cycle_formats[] = {"int8",  "int4",  "int3", "int2", "fp8-e4m3",
+                                            "mxfp4", "nvfp4", "nf4",  "none"};
 #define NCYCLE ((int)(sizeof cycle_formats / sizeof *cycle_formats))
 
 /* The format name and a gran= option (or "") of a layer's description ("int4/channel"). */
@@ -1215,12 +1239,24 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
     int page = t->r[PANE_LOG].h > 3 ? t->r[PANE_LOG].h - 2 : 1;
     if (fkey) {
         switch (ch) {
-        case KEY_DOWN: t->focus == PANE_LOG ? scroll_log(t, -1) : select_layer(t, 1); break;
-        case KEY_UP: t->focus == PANE_LOG ? scroll_log(t, 1) : select_layer(t, -1); break;
-        case KEY_NPAGE: scroll_log(t, -page); break;
-        case KEY_PPAGE: scroll_log(t, page); break;
-        case KEY_BTAB: focus_step(t, -1); break;
-        case KEY_ENTER: enter_prompt(t); break;
+        case KEY_DOWN:
+            t->focus == PANE_LOG ? scroll_log(t, -1) : select_layer(t, 1);
+            break;
+        case KEY_UP:
+            t->focus == PANE_LOG ? scroll_log(t, 1) : select_layer(t, -1);
+            break;
+        case KEY_NPAGE:
+            scroll_log(t, -page);
+            break;
+        case KEY_PPAGE:
+            scroll_log(t, page);
+            break;
+        case KEY_BTAB:
+            focus_step(t, -1);
+            break;
+        case KEY_ENTER:
+            enter_prompt(t);
+            break;
         case KEY_F(1):
             t->mode = MODE_HELP;
             t->help_scroll = 0;
@@ -1232,13 +1268,22 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
         return;
     }
     switch (ch) {
-    case 'q': request_quit(t); break;
+    case 'q':
+        request_quit(t);
+        break;
     case '?':
         t->mode = MODE_HELP;
         t->help_scroll = 0;
         break;
-    case ':': case '/': case '\r': case '\n': enter_prompt(t); break;
-    case '\t': focus_step(t, 1); break;
+    case ':':
+    case '/':
+    case '\r':
+    case '\n':
+        enter_prompt(t);
+        break;
+    case '\t':
+        focus_step(t, 1);
+        break;
     case 'z':
         t->zoom = !t->zoom;
         t->relayout = 1;
@@ -1249,21 +1294,55 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
             t->relayout = 1;
         }
         break;
-    case 'j': t->focus == PANE_LOG ? scroll_log(t, -1) : select_layer(t, 1); break;
-    case 'k': t->focus == PANE_LOG ? scroll_log(t, 1) : select_layer(t, -1); break;
-    case 'g': if (t->focus == PANE_LOG) scroll_log(t, 1 << 20); break;
-    case 'G': if (t->focus == PANE_LOG) scroll_log(t, -(1 << 20)); break;
-    case '+': case '=': key_bits(t, 1); break;
-    case '-': case '_': key_bits(t, -1); break;
-    case 'f': key_cycle(t, 1); break;
-    case 'F': key_cycle(t, -1); break;
-    case 'c': key_layer_cmd(t, "correct %s lowrank r=4"); break;
-    case 'u': key_layer_cmd(t, "uncorrect %s"); break;
-    case 'a': key_layer_cmd(t, "ablate %s"); break;
-    case 's': key_layer_cmd(t, "spectrum %s"); break;
-    case 'e': run_key_command(t, "error"); break;
-    case 'v': run_key_command(t, "eval"); break;
-    case 'r': run_key_command(t, "rank"); break;
+    case 'j':
+        t->focus == PANE_LOG ? scroll_log(t, -1) : select_layer(t, 1);
+        break;
+    case 'k':
+        t->focus == PANE_LOG ? scroll_log(t, 1) : select_layer(t, -1);
+        break;
+    case 'g':
+        if (t->focus == PANE_LOG)
+            scroll_log(t, 1 << 20);
+        break;
+    case 'G':
+        if (t->focus == PANE_LOG)
+            scroll_log(t, -(1 << 20));
+        break;
+    case '+':
+    case '=':
+        key_bits(t, 1);
+        break;
+    case '-':
+    case '_':
+        key_bits(t, -1);
+        break;
+    case 'f':
+        key_cycle(t, 1);
+        break;
+    case 'F':
+        key_cycle(t, -1);
+        break;
+    case 'c':
+        key_layer_cmd(t, "correct %s lowrank r=4");
+        break;
+    case 'u':
+        key_layer_cmd(t, "uncorrect %s");
+        break;
+    case 'a':
+        key_layer_cmd(t, "ablate %s");
+        break;
+    case 's':
+        key_layer_cmd(t, "spectrum %s");
+        break;
+    case 'e':
+        run_key_command(t, "error");
+        break;
+    case 'v':
+        run_key_command(t, "eval");
+        break;
+    case 'r':
+        run_key_command(t, "rank");
+        break;
     case 12: /* Ctrl-L */
         clearok(curscr, TRUE);
         dirty_all(t);
@@ -1276,10 +1355,13 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
 
 static void key_prompt(struct tui *t, int fkey, wint_t ch)
 {
-    static const struct { int key; const char *seq; } seqs[] = {
-        {KEY_LEFT, "\033[D"}, {KEY_RIGHT, "\033[C"}, {KEY_UP, "\033[A"}, {KEY_DOWN, "\033[B"},
-        {KEY_HOME, "\033[H"}, {KEY_END, "\033[F"}, {KEY_DC, "\033[3~"}, {KEY_BACKSPACE, "\177"},
-        {KEY_ENTER, "\r"},
+    static const struct {
+        int key;
+        const char *seq;
+    } seqs[] = {
+        {KEY_LEFT, "\033[D"}, {KEY_RIGHT, "\033[C"},   {KEY_UP, "\033[A"},
+        {KEY_DOWN, "\033[B"}, {KEY_HOME, "\033[H"},    {KEY_END, "\033[F"},
+        {KEY_DC, "\033[3~"},  {KEY_BACKSPACE, "\177"}, {KEY_ENTER, "\r"},
     };
     if (fkey) {
         if (ch == KEY_PPAGE || ch == KEY_NPAGE) {
@@ -1304,6 +1386,8 @@ static void key_prompt(struct tui *t, int fkey, wint_t ch)
             }
         return;
     }
+    if (ch == ':' && rl_end == 0)
+        return; /* ':' opens the prompt; typed again on an empty line it is not a command */
     if (ch == 27) {
         /* Esc leaves the prompt, and the keys after it act on the panes: Esc + key is not read
          * as a meta key (a fast Esc, q must quit, not send M-q to readline) */
@@ -1350,7 +1434,8 @@ static void handle_key(struct tui *t, int fkey, wint_t ch)
             t->help_scroll += ch == KEY_NPAGE ? 10 : 1;
         else if (fkey && (ch == KEY_UP || ch == KEY_PPAGE))
             t->help_scroll = t->help_scroll > (ch == KEY_PPAGE ? 10 : 1)
-                                 ? t->help_scroll - (ch == KEY_PPAGE ? 10 : 1) : 0;
+                                 ? t->help_scroll - (ch == KEY_PPAGE ? 10 : 1)
+                                 : 0;
         else {
             t->mode = MODE_PANES;
             if (t->help) {
@@ -1363,16 +1448,33 @@ static void handle_key(struct tui *t, int fkey, wint_t ch)
                     touchwin(t->win[p]);
         }
         break;
-    case MODE_PROMPT: key_prompt(t, fkey, ch); break;
-    default: key_panes(t, fkey, ch); break;
+    case MODE_PROMPT:
+        key_prompt(t, fkey, ch);
+        break;
+    default:
+        key_panes(t, fkey, ch);
+        break;
     }
 }
 
 /* ---- the loop ----------------------------------------------------------------------------- */
 
-static void curses_begin(struct tui *t)
+/* Opens the terminal (newterm rather than initscr, which would exit on an unknown TERM).
+ * Returns -1 when the terminal cannot be driven full-screen. */
+static int curses_begin(struct tui *t)
 {
-    initscr();
+    const char *term = getenv("TERM");
+    if (!term || !term[0] || !strcmp(term, "dumb"))
+        return -1;
+    if (!(t->scr = newterm(NULL, stdout, stdin)))
+        return -1;
+    set_term(t->scr);
+    if (!tigetstr("cup") || tigetstr("cup") == (char *)-1) {
+        endwin();
+        delscreen(t->scr);
+        t->scr = NULL;
+        return -1;
+    }
     g_curses_on = 1;
     raw();
     noecho();
@@ -1383,6 +1485,7 @@ static void curses_begin(struct tui *t)
     curs_set(0);
     init_style(&t->st);
     wnoutrefresh(stdscr);
+    return 0;
 }
 
 int qs_tui_run(struct qs_ctx *c)
@@ -1391,11 +1494,22 @@ int qs_tui_run(struct qs_ctx *c)
     struct tui *t = &tui;
     memset(t, 0, sizeof *t);
     t->c = c;
+    t->ui_thread = pthread_self();
     setlocale(LC_ALL, "");
     setlocale(LC_NUMERIC, "C"); /* results, journals and sessions keep '.' decimals */
+    if (curses_begin(t) < 0) {
+        const char *term = getenv("TERM");
+        fprintf(stderr,
+                "qscope: the terminal (TERM=%s) cannot run the full-screen TUI; "
+                "using the line REPL\n",
+                term && term[0] ? term : "unset");
+        return qs_repl_run(c, 1);
+    }
     int pfd[2];
-    if (pipe(pfd) < 0)
-        return 1;
+    if (pipe(pfd) < 0) {
+        restore_terminal();
+        return qs_repl_run(c, 1);
+    }
     fcntl(pfd[0], F_SETFL, O_NONBLOCK);
     fcntl(pfd[1], F_SETFL, O_NONBLOCK);
     fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
@@ -1426,7 +1540,6 @@ int qs_tui_run(struct qs_ctx *c)
     c->b->progress_ctx = &t->wk;
 
     atexit(restore_terminal);
-    curses_begin(t);
     install_signals();
     readline_begin(t);
     /* the worker gets no asynchronous signals: they all land in this thread */
@@ -1495,6 +1608,9 @@ out:
     tui_worker_stop(&t->wk);
     readline_end(t);
     restore_terminal();
+    if (t->scr)
+        delscreen(t->scr);
+    t->scr = NULL;
     reset_signals();
     c->emit = t->saved_emit;
     c->note = t->saved_note;

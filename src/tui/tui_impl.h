@@ -23,17 +23,25 @@
 #include "qscope/cmd.h"
 #include "qscope/tui.h"
 
-enum tui_pane { PANE_LAYERS, PANE_TASK, PANE_SPECTRUM, PANE_RANK, PANE_CORR, PANE_LOWDIM,
-                PANE_LOG, PANE_N };
+enum tui_pane {
+    PANE_LAYERS,
+    PANE_TASK,
+    PANE_SPECTRUM,
+    PANE_RANK,
+    PANE_CORR,
+    PANE_LOWDIM,
+    PANE_LOG,
+    PANE_N
+};
 
 /* ---- the snapshot: everything the panes draw, copied out of the bench by the worker ------ */
 
 struct tui_row {
     char name[64], shape[24], act[12], wf[48], af[48], corr[48];
     double bpw, w_rel_err, snr_db, preact_rel_mse;
-    int quantized;         /* weights or activations quantized */
-    int has_err;           /* snr/preact set */
-    int corr_method;       /* enum qs_corr_method */
+    int quantized;   /* weights or activations quantized */
+    int has_err;     /* snr/preact set */
+    int corr_method; /* enum qs_corr_method */
     int corr_rank;
     double recovery, recovery_calib, corr_bits;
     long corr_params;
@@ -42,7 +50,7 @@ struct tui_row {
 
 struct tui_ablation {
     char layer[64], method[16], verdict[16];
-    double f, q, qc, fc;   /* test accuracies */
+    double f, q, qc, fc; /* test accuracies */
 };
 
 enum { LD_FLOAT, LD_QUANT, LD_CORR, LD_N };
@@ -51,35 +59,35 @@ struct tui_snap {
     unsigned gen;
     int have_model, have_data, ready;
     char model[256], data[256];
-    char err[QS_ERRLEN];           /* why something could not be computed */
+    char err[QS_ERRLEN]; /* why something could not be computed */
     int nlayers;
     struct tui_row *rows;
-    double bpw;                    /* model bits per weight */
+    double bpw; /* model bits per weight */
     char regime[24];
     /* task */
     int have_eval;
-    struct qs_eval ev;             /* ev.q: quantized with corrections (as eval reports it) */
-    struct qs_metric q_raw;        /* quantized, corrections off */
+    struct qs_eval ev;      /* ev.q: quantized with corrections (as eval reports it) */
+    struct qs_metric q_raw; /* quantized, corrections off */
     int any_corr;
     double gate_thr;
     /* spectrum of the selected layer's weight error */
     int spec_layer, spec_ok;
     char spec_msg[128];
     int sm, sn, nsv, exact;
-    double *sv, *ref;              /* nsv each, descending */
+    double *sv, *ref; /* nsv each, descending */
     struct qs_rank_stats st;
     double w_fro2;
-    double *left_e, *left_w;       /* energy left after rank k, k = 0..nsv (nsv + 1) */
+    double *left_e, *left_w; /* energy left after rank k, k = 0..nsv (nsv + 1) */
     /* corrections and ablations */
     int nabl;
     struct tui_ablation *abl;
     /* low-dimensional view */
-    int lowdim;                    /* 2-input model on 2-feature data */
-    int gw, gh;                    /* grid cells per panel */
-    unsigned char *grid[LD_N];     /* (gh, gw) predicted class, row 0 = top */
-    double x0, x1, y0, y1;         /* data bounding box with a margin */
+    int lowdim;                /* 2-input model on 2-feature data */
+    int gw, gh;                /* grid cells per panel */
+    unsigned char *grid[LD_N]; /* (gh, gw) predicted class, row 0 = top */
+    double x0, x1, y0, y1;     /* data bounding box with a margin */
     int npts, nclass;
-    float *pts;                    /* (npts, 2) */
+    float *pts; /* (npts, 2) */
     int *plab;
     double ld_acc[LD_N];
 };
@@ -99,8 +107,8 @@ struct tui_logline {
 
 struct tui_log {
     struct tui_logline v[TUI_LOG_MAX];
-    int start, n;                  /* ring */
-    unsigned long total;           /* lines ever added */
+    int start, n;        /* ring */
+    unsigned long total; /* lines ever added */
 };
 
 /* ---- the shared state -------------------------------------------------------------------- */
@@ -110,21 +118,21 @@ enum tui_job_kind { JOB_LINE, JOB_SNAP };
 struct tui_shared {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int wake_w;                    /* self-pipe write end */
+    int wake_w; /* self-pipe write end */
     /* UI -> worker */
     int have_job, job_kind, job_sel, stop;
-    char *job_line;                /* owned by the slot until the worker takes it */
-    int ld_w, ld_h;                /* low-dim panel size the UI wants */
+    char *job_line; /* owned by the slot until the worker takes it */
+    int ld_w, ld_h; /* low-dim panel size the UI wants */
     /* worker -> UI */
     int done, done_rc, done_quit, done_dirty, done_njournal;
     char done_err[QS_ERRLEN];
-    struct tui_snap *snap;         /* newest snapshot not yet taken */
+    struct tui_snap *snap; /* newest snapshot not yet taken */
     struct tui_log log;
     int log_dirty;
     char prog_what[160];
     double prog_frac;
     int prog_dirty;
-    double last_poke;              /* rate limit of the progress/log pokes */
+    double last_poke; /* rate limit of the progress/log pokes */
     unsigned gen;
 };
 
@@ -136,7 +144,7 @@ struct tui_worker {
     /* worker-owned: ablation results seen in emitted objects */
     struct tui_ablation *abl;
     int nabl, capabl;
-    const void *abl_model;         /* the model they belong to */
+    const void *abl_model; /* the model they belong to */
 };
 
 /* Log helpers: lock-taking versions (any thread). text may hold several lines. */
@@ -162,22 +170,34 @@ double tui_now(void);
 struct tui_style {
     int utf8, color;
     /* glyphs */
-    const char *vline, *hline, *ell, *delta, *ge, *lt_mark, *sel_mark;
+    const char *vline, *hline, *delta, *ge, *sel_mark;
 };
 
 enum {
-    CP_TITLE = 1, CP_TITLE_FOCUS, CP_ERR, CP_OK, CP_WARN, CP_SER_ERR, CP_SER_W, CP_SER_MP,
-    CP_DIM, CP_STATUS, CP_PROG, CP_CLASS_BG = 16, CP_CLASS_PT = 32, CP_CLASS_BAD = 48
+    CP_TITLE = 1,
+    CP_TITLE_FOCUS,
+    CP_ERR,
+    CP_OK,
+    CP_WARN,
+    CP_SER_ERR,
+    CP_SER_W,
+    CP_SER_MP,
+    CP_DIM,
+    CP_STATUS,
+    CP_PROG,
+    CP_CLASS_BG = 16,
+    CP_CLASS_PT = 32,
+    CP_CLASS_BAD = 48
 };
 #define TUI_NCLASS_COL 8
 
 struct tui_view {
-    const struct tui_snap *s;      /* may be NULL before the first snapshot */
+    const struct tui_snap *s; /* may be NULL before the first snapshot */
     const struct tui_style *st;
-    int sel;                       /* selected layer */
+    int sel; /* selected layer */
     int focused;
-    int log_scroll;                /* lines scrolled up from the bottom */
-    struct tui_shared *sh;         /* for the log (locked while drawing it) */
+    int log_scroll;        /* lines scrolled up from the bottom */
+    struct tui_shared *sh; /* for the log (locked while drawing it) */
 };
 
 /* Draws pane p into w (h rows, wd columns: row 0 is the title bar; sep: draw a separator in the
@@ -198,9 +218,9 @@ int tui_width(const char *s);
 
 struct tui_plot {
     int w, h, utf8;
-    int dw, dh;                    /* dot grid: (2w, 4h) in UTF-8, (w, h) in ASCII */
+    int dw, dh;                       /* dot grid: (2w, 4h) in UTF-8, (w, h) in ASCII */
     unsigned char *dots[PLOT_SERIES]; /* per cell: braille bits (UTF-8) or 1 (ASCII) */
-    unsigned char *hl;             /* per cell: 1 if a horizontal rule passes (drawn under dots) */
+    unsigned char *hl; /* per cell: 1 if a horizontal rule passes (drawn under dots) */
 };
 
 int tui_plot_init(struct tui_plot *p, int w, int h, int utf8);

@@ -2,6 +2,8 @@
  * then copies what the panes show out of the bench into a snapshot (the view model) and passes
  * it to the UI under the mutex, waking the UI through the self-pipe. Results, notes and progress
  * reach the log and the progress bar the same way. */
+#include "tui_impl.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,8 +11,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "tui_impl.h"
 
 double tui_now(void)
 {
@@ -112,8 +112,8 @@ static void abl_forget(struct tui_worker *w, const char *layer)
 
 static double metric_acc(const cJSON *o, const char *key)
 {
-    return qs_json_get_num(cJSON_GetObjectItemCaseSensitive(
-        cJSON_GetObjectItemCaseSensitive(o, key), "acc"));
+    return qs_json_get_num(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, key), "acc"));
 }
 
 /* Keeps the last ablation of each layer (from the emitted result objects) for the corrections
@@ -418,6 +418,13 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         return s;
     }
     snap_rows(b, s);
+    /* the layer the spectrum is for (also when it cannot be computed: the UI compares it with
+     * its selection to decide whether to ask again) */
+    if (sel >= s->nlayers)
+        sel = s->nlayers - 1;
+    if (sel < 0)
+        sel = 0;
+    s->spec_layer = sel;
     s->bpw = qs_bench_bits_per_weight(b);
     snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(effective_regime(b)));
     /* ablations of layers that still have their correction */
@@ -454,11 +461,6 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     } else if (!s->err[0]) {
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     }
-    if (sel < 0)
-        sel = 0;
-    if (sel >= s->nlayers)
-        sel = s->nlayers - 1;
-    s->spec_layer = sel;
     if (snap_spectrum(b, s, sel, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
@@ -497,8 +499,8 @@ static void *worker_main(void *arg)
             b->cancel = 0;
             rc = qs_exec_line(c, line, &e);
             /* read-only commands (help, info, layers, ...) change nothing the panes show */
-            rebuild = c->njournal != nj || (const void *)b->model != m ||
-                      (const void *)b->data != d;
+            rebuild =
+                c->njournal != nj || (const void *)b->model != m || (const void *)b->data != d;
         }
         struct tui_snap *s = rebuild ? tui_snap_build(w, sel, ldw, ldh) : NULL;
         b->cancel = 0;

@@ -141,6 +141,6 @@ PY"
 make -s install DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
 check make-install "[ -x $T/root/usr/bin/qscope ] && [ -f $T/root/usr/share/man/man1/qscope.1 ] && [ -f $T/root/usr/share/man/man5/qscope-session.5 ] && [ -f $T/root/usr/share/qscope/datasets/models/digits-mlp.safetensors ] && $T/root/usr/bin/qscope --version | grep -q qscope"
 # the installed binary (moved away from the repository) opens the installed bundle
-check installed-default-model "(cd $T && QSCOPE_HOME=$T/root/usr/share/qscope $T/root/usr/bin/qscope --json -c eval | grep -q '\"gate\":\"pass\"')"
+check installed-default-model "(cd $T && $T/root/usr/bin/qscope --json -c eval | grep -q '\"gate\":\"pass\"')"
 make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
 check make-uninstall "[ ! -e $T/root/usr/bin/qscope ] && [ ! -e $T/root/usr/share/man/man1/qscope.1 ]"
