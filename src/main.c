@@ -162,6 +162,7 @@ int main(int argc, char **argv)
     c.note = qs_front_note;
     c.u = &c;
     c.json = json;
+    c.extra = qs_tui_cmds; /* so that `screenshot` outside the TUI says it needs the TUI */
     int status = 0;
 
     if (npos && !strcmp(pos[0], "roundtrip")) {

@@ -36,6 +36,9 @@ enum qs_corr_method {
     QS_CORR_LINEAR, QS_CORR_CLOCAL
 };
 const char *qs_corr_name(enum qs_corr_method m);
+struct qs_corr;
+/* Frees a correction's buffers and resets it to method NONE. */
+void qs_corr_clear(struct qs_corr *c);
 int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e);
 
 /* A fitted correction on one layer. Low-rank methods add c to the dequantized weight;
@@ -102,7 +105,7 @@ struct qs_bench {
     /* front-end hooks (may be NULL) */
     qs_progress_fn progress;
     void *progress_ctx;
-    volatile int cancel;         /* set asynchronously to cancel long work */
+    _Atomic int cancel;          /* set from another thread to cancel long work */
 };
 
 /* Creates an empty bench (no model). Free with qs_bench_free. */

@@ -102,6 +102,11 @@ void qs_argv_free(char **argv, int argc);
 /* Runs one command line (no ';' splitting). Empty lines and comments succeed. On success a
  * QS_CMD_JOURNAL command is appended to the journal. Returns 0 / -1 with e set. */
 int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e);
+/* Splits text into statements: on ';' and newlines outside quotes, '#' to the end of a line is a
+ * comment; each non-empty statement (trimmed) goes to fn. Stops when fn returns nonzero and
+ * returns that value, else 0. */
+int qs_split_statements(const char *text, int (*fn)(void *u, const char *stmt), void *u);
+
 /* Splits text on ';' and newlines outside quotes and runs each; stops at the first error when
  * c->bail. Returns 0 if all succeeded, else -1 (e holds the first error). */
 int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e);

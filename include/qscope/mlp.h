@@ -91,10 +91,18 @@ double qs_kl_rows(const float *logits_f, const float *logits_q, int n, int c, in
 double qs_mlp_loss_grad(const struct qs_mlp *m, const float *x, const int *y, int n, float **gw,
                         float **gb, int *ncorrect);
 
+/* Builds, before every step, the model the forward and backward pass run on from the master
+ * weights (quantization-aware training quantizes them: the straight-through estimator); the
+ * gradients are applied to the master weights as they are. */
+typedef int (*qs_train_fwd_fn)(void *ctx, const struct qs_mlp *master, struct qs_mlp *fwd,
+                               qs_err *e);
+
 struct qs_train_opts {
     int epochs, batch;
     double lr, weight_decay;   /* Adam (decoupled weight decay, AdamW style) */
     uint64_t seed;
+    qs_train_fwd_fn fwd;       /* NULL: train on the master weights directly */
+    void *fwd_ctx;
 };
 
 /* Progress callback: called once per epoch; return nonzero to stop early (cancellation). */

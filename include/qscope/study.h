@@ -41,7 +41,7 @@ struct qs_q1_opts {
     double top_frac;         /* correctability: share of directions (0.1) */
     qs_progress_fn progress; /* may be NULL */
     void *progress_ctx;
-    volatile int *cancel; /* may be NULL */
+    _Atomic int *cancel; /* may be NULL */
 };
 
 struct qs_q1_layer {

@@ -8,13 +8,14 @@
 
 #include "qscope/cmd.h"
 
-/* Runs the TUI on c until the user quits (q, or `quit`). stdin and stdout must be a terminal.
- * The TUI installs its own c->emit / c->note / c->u / c->extra / c->front and b->progress for its
- * lifetime and restores them on return. Every key binding is a command string sent through the
- * dispatcher, so it is journaled like a typed command. Returns the process exit status (0, or 1
- * when the terminal could not be set up). The terminal is restored on every exit path (normal
- * return, exit(), and SIGSEGV/SIGABRT/SIGBUS/SIGFPE/SIGILL/SIGTERM/SIGHUP, which are re-raised
- * after endwin). */
+/* Runs the TUI on c until the user quits (q, or `quit`). stdin and stdout must be a terminal;
+ * when it cannot be driven full-screen (TERM unset, dumb or unknown) this says so on stderr and
+ * runs the line REPL instead. The TUI installs its own c->emit / c->note / c->u / c->front,
+ * c->extra (qs_tui_cmds, when no other table is set) and b->progress for its lifetime and
+ * restores them on return. Every key binding is a command string sent through the dispatcher,
+ * so it is journaled like a typed command. Returns the process exit status (0; 1 if the worker
+ * thread cannot start). The terminal is restored on every exit path (normal return, exit(), and
+ * SIGSEGV/SIGABRT/SIGBUS/SIGFPE/SIGILL/SIGTERM/SIGHUP/SIGQUIT, re-raised after endwin). */
 int qs_tui_run(struct qs_ctx *c);
 
 /* Front-end commands of the TUI (NULL-name terminated), for c->extra: `screenshot PATH`. Outside

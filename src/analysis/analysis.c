@@ -252,18 +252,9 @@ out:
 
 /* ---- corrections --------------------------------------------------------------------- */
 
-static void corr_free(struct qs_corr *c)
-{
-    free(c->c);
-    free(c->db);
-    free(c->amap);
-    free(c->mb);
-    memset(c, 0, sizeof *c);
-}
-
 void qs_analysis_uncorrect(struct qs_bench *b, int i)
 {
-    corr_free(&b->ls[i].corr);
+    qs_corr_clear(&b->ls[i].corr);
     qs_bench_invalidate(b, i);
 }
 
@@ -508,7 +499,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         s->corr.recovery_calib = qs_recovery(yf_c, yq_c, yh_c, lc, NULL);
         free(yh_c);
     }
-    corr_free(&old);
+    qs_corr_clear(&old);
     qs_bench_invalidate(b, i);
     rc = 0;
     goto out;
@@ -516,9 +507,9 @@ oom:
     qs_errf(e, "out of memory");
 out:
     if (rc < 0) {
-        corr_free(&s->corr);
+        qs_corr_clear(&s->corr);
         s->corr = old;
-        corr_free(&nw);
+        qs_corr_clear(&nw);
     }
     free(yq_c);
     free(yq_t);
@@ -692,14 +683,14 @@ int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err
     /* controls: a random correction of equal rank and norm; another layer's correction */
     struct qs_corr saved = s->corr, rnd;
     if (random_like(&saved, l->out, l->in, b->seed, &rnd) < 0) {
-        corr_free(&rnd);
+        qs_corr_clear(&rnd);
         qs_errf(e, "out of memory");
         goto out;
     }
     s->corr = rnd;
     int r1 = qs_bench_run(b, QS_TEST, all, bit, &ab->rand_ctrl, NULL, e);
     s->corr = saved;
-    corr_free(&rnd);
+    qs_corr_clear(&rnd);
     if (r1 < 0)
         goto out;
     ab->other_layer = -1;

@@ -31,7 +31,7 @@ int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e)
                    s);
 }
 
-static void corr_clear(struct qs_corr *c)
+void qs_corr_clear(struct qs_corr *c)
 {
     free(c->c);
     free(c->db);
@@ -73,7 +73,7 @@ static void layer_states_free(struct qs_bench *b)
     for (int i = 0; b->ls && i < nlayers_of(b); i++) {
         qs_packed_free(&b->ls[i].packed);
         free(b->ls[i].wq);
-        corr_clear(&b->ls[i].corr);
+        qs_corr_clear(&b->ls[i].corr);
     }
     free(b->ls);
     b->ls = NULL;
@@ -394,7 +394,7 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             s->a_static_amax = 0.0f;
         }
         if (wchanged || achanged) {
-            corr_clear(&s->corr); /* a correction fitted for another format is stale */
+            qs_corr_clear(&s->corr); /* a correction fitted for another format is stale */
             qs_bench_invalidate(b, i);
         }
     }

@@ -7,123 +7,43 @@
 
 #include "qscope/sensitivity.h"
 
+struct qat_fwd {
+    const struct qs_format *fmt;
+    const struct qs_qopts *opt;
+};
+
+/* The straight-through forward model: each layer's weights quantized from the master weights
+ * (dQ(W)/dW taken as 1, so the trainer applies the gradient to W unchanged). */
+static int qat_forward(void *ctx, const struct qs_mlp *m, struct qs_mlp *fwd, qs_err *e)
+{
+    const struct qat_fwd *q = ctx;
+    for (int i = 0; i < m->nlayers; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (q->fmt[i].kind != QS_FMT_NONE) {
+            if (qs_quant_fake(&q->fmt[i], &q->opt[i], l->w, l->out, l->in, fwd->layers[i].w, e) < 0)
+                return qs_err_prefix(e, l->name);
+        } else {
+            memcpy(fwd->layers[i].w, l->w, (size_t)l->in * l->out * sizeof(float));
+        }
+        memcpy(fwd->layers[i].b, l->b, (size_t)l->out * sizeof(float));
+    }
+    return 0;
+}
+
 int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_qopts *opt,
                  const float *x, const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
                  void *ctx, qs_err *e)
 {
-    int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
-    if (n <= 0 || bs <= 0 || o->epochs <= 0)
-        return qs_errf(e, "qat: need samples, a positive batch size and epochs");
-    struct qs_mlp *work = qs_mlp_clone(m); /* forward copy: quantized weights, float biases */
-    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
-    float **mw = qs_calloc((size_t)L, sizeof *mw), **vw = qs_calloc((size_t)L, sizeof *vw);
-    float **mb = qs_calloc((size_t)L, sizeof *mb), **vb = qs_calloc((size_t)L, sizeof *vb);
-    int *perm = malloc((size_t)n * sizeof *perm), *yb = malloc((size_t)bs * sizeof *yb);
-    float *xb = malloc((size_t)bs * in0 * sizeof *xb);
-    int rc = -1;
-    if (!work || !gw || !gb || !mw || !vw || !mb || !vb || !perm || !yb || !xb)
-        goto oom;
-    for (int i = 0; i < L; i++) {
-        size_t nw = (size_t)m->layers[i].in * m->layers[i].out, nb = (size_t)m->layers[i].out;
-        if (!(gw[i] = malloc(nw * sizeof(float))) || !(gb[i] = malloc(nb * sizeof(float))) ||
-            !(mw[i] = qs_calloc(nw, sizeof(float))) || !(vw[i] = qs_calloc(nw, sizeof(float))) ||
-            !(mb[i] = qs_calloc(nb, sizeof(float))) || !(vb[i] = qs_calloc(nb, sizeof(float))))
-            goto oom;
+    struct qat_fwd q = {fmt, opt};
+    struct qs_train_opts t = {.epochs = o->epochs, .batch = o->batch, .lr = o->lr,
+                              .weight_decay = 0.0, .seed = o->seed, .fwd = qat_forward,
+                              .fwd_ctx = &q};
+    if (qs_mlp_train(m, x, y, n, &t, cb, ctx, e) < 0) {
+        if (!strncmp(e->msg, "train: ", 7)) /* say which command it was */
+            memmove(e->msg + 5, e->msg + 7, strlen(e->msg + 7) + 1), memcpy(e->msg, "qat: ", 5);
+        return -1;
     }
-    for (int i = 0; i < n; i++)
-        perm[i] = i;
-    qs_rng rng;
-    qs_rng_seed(&rng, o->seed);
-    /* The same Adam as qs_mlp_train (weight decay 0), step for step. */
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.0;
-    long step = 0;
-    for (int ep = 0; ep < o->epochs; ep++) {
-        qs_rng_shuffle(&rng, perm, n);
-        double tl = 0.0;
-        int tc = 0;
-        for (int s = 0; s + bs <= n; s += bs) { /* drop the ragged last batch */
-            for (int r = 0; r < bs; r++) {
-                memcpy(xb + (size_t)r * in0, x + (size_t)perm[s + r] * in0,
-                       (size_t)in0 * sizeof(float));
-                yb[r] = y[perm[s + r]];
-            }
-            /* Re-quantize the master weights every step: the forward pass sees Q(W). */
-            for (int i = 0; i < L; i++) {
-                const struct qs_layer *l = &m->layers[i];
-                size_t nw = (size_t)l->in * l->out;
-                if (fmt[i].kind != QS_FMT_NONE) {
-                    if (qs_quant_fake(&fmt[i], &opt[i], l->w, l->out, l->in, work->layers[i].w, e) <
-                        0) {
-                        qs_err_prefix(e, l->name);
-                        goto out;
-                    }
-                } else {
-                    memcpy(work->layers[i].w, l->w, nw * sizeof(float));
-                }
-                memcpy(work->layers[i].b, l->b, (size_t)l->out * sizeof(float));
-            }
-            int nc = 0;
-            double loss = qs_mlp_loss_grad(work, xb, yb, bs, gw, gb, &nc);
-            if (loss < 0)
-                goto oom;
-            tl += loss * bs;
-            tc += nc;
-            step++;
-            double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
-            for (int i = 0; i < L; i++) { /* straight-through: dQ(W)/dW = 1 */
-                struct qs_layer *l = &m->layers[i];
-                size_t nw = (size_t)l->in * l->out;
-                for (size_t j = 0; j < nw; j++) {
-                    float gj = gw[i][j];
-                    mw[i][j] = (float)(b1 * mw[i][j] + (1 - b1) * gj);
-                    vw[i][j] = (float)(b2 * vw[i][j] + (1 - b2) * gj * gj);
-                    l->w[j] -= (float)(o->lr * ((mw[i][j] / c1) / (sqrt(vw[i][j] / c2) + eps) +
-                                                wd * l->w[j]));
-                }
-                for (int j = 0; j < l->out; j++) {
-                    float gj = gb[i][j];
-                    mb[i][j] = (float)(b1 * mb[i][j] + (1 - b1) * gj);
-                    vb[i][j] = (float)(b2 * vb[i][j] + (1 - b2) * gj * gj);
-                    l->b[j] -= (float)(o->lr * (mb[i][j] / c1) / (sqrt(vb[i][j] / c2) + eps));
-                }
-            }
-        }
-        int seen = (n / bs) * bs;
-        if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {
-            qs_errf(e, "qat: cancelled after epoch %d", ep + 1);
-            goto out;
-        }
-    }
-    rc = 0;
-    goto out;
-oom:
-    qs_errf(e, "qat: out of memory");
-out:
-    for (int i = 0; i < L; i++) {
-        if (gw)
-            free(gw[i]);
-        if (gb)
-            free(gb[i]);
-        if (mw)
-            free(mw[i]);
-        if (vw)
-            free(vw[i]);
-        if (mb)
-            free(mb[i]);
-        if (vb)
-            free(vb[i]);
-    }
-    free(gw);
-    free(gb);
-    free(mw);
-    free(vw);
-    free(mb);
-    free(vb);
-    free(perm);
-    free(yb);
-    free(xb);
-    qs_mlp_free(work);
-    return rc;
+    return 0;
 }
 
 int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void *ctx,

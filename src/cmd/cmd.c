@@ -310,16 +310,15 @@ out:
     return rc;
 }
 
-int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
+int qs_split_statements(const char *text, int (*fn)(void *u, const char *stmt), void *u)
 {
-    size_t len = strlen(text);
+    size_t len = strlen(text), start = 0;
     char *buf = malloc(len + 1);
     if (!buf)
-        return qs_errf(e, "out of memory");
-    int rc = 0;
-    size_t start = 0;
+        return -1;
     char quote = 0;
-    for (size_t i = 0; i <= len; i++) {
+    int rc = 0;
+    for (size_t i = 0; i <= len && rc == 0; i++) {
         char ch = text[i];
         if (quote) {
             if (ch == quote)
@@ -338,22 +337,48 @@ int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
             memcpy(buf, text + start, i - start);
             buf[i - start] = 0;
             start = i + 1;
-            qs_err e2 = {{0}};
-            if (qs_exec_line(c, buf, &e2) < 0) {
-                if (rc == 0 && e)
-                    *e = e2;
-                rc = -1;
-                if (c->bail)
-                    break;
-                if (c->note)
-                    c->note(c->u, e2.msg);
-            }
-            if (c->quit)
-                break;
+            char *s = buf;
+            while (*s == ' ' || *s == '\t' || *s == '\r')
+                s++;
+            size_t n = strlen(s);
+            while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+                s[--n] = 0;
+            if (*s && *s != '#')
+                rc = fn(u, s);
         }
     }
     free(buf);
     return rc;
+}
+
+struct exec_state {
+    struct qs_ctx *c;
+    qs_err *e;
+    int rc;
+};
+
+static int exec_one(void *u, const char *stmt)
+{
+    struct exec_state *st = u;
+    qs_err e2 = {{0}};
+    if (qs_exec_line(st->c, stmt, &e2) < 0) {
+        if (st->rc == 0 && st->e)
+            *st->e = e2;
+        st->rc = -1;
+        if (st->c->bail)
+            return 1;
+        if (st->c->note)
+            st->c->note(st->c->u, e2.msg);
+    }
+    return st->c->quit ? 1 : 0;
+}
+
+int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
+{
+    struct exec_state st = {c, e, 0};
+    if (qs_split_statements(text, exec_one, &st) < 0)
+        return qs_errf(e, "out of memory");
+    return st.rc;
 }
 
 const char *qs_quote(const char *w, char *buf, size_t n)

@@ -639,20 +639,33 @@ int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
     int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
     if (n <= 0 || bs <= 0 || o->epochs <= 0)
         return qs_errf(e, "train: need samples, a positive batch size and epochs");
-    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
-    float **mw = qs_calloc((size_t)L, sizeof *mw), **vw = qs_calloc((size_t)L, sizeof *vw);
-    float **mb = qs_calloc((size_t)L, sizeof *mb), **vb = qs_calloc((size_t)L, sizeof *vb);
+    /* per-parameter-tensor state: gradient, Adam first and second moments; tensor 2i is layer
+     * i's weight, 2i+1 its bias */
+    int T = 2 * L;
+    float **g = qs_calloc((size_t)T, sizeof *g), **mo = qs_calloc((size_t)T, sizeof *mo);
+    float **ve = qs_calloc((size_t)T, sizeof *ve);
     int *perm = malloc((size_t)n * sizeof *perm), *yb = malloc((size_t)bs * sizeof *yb);
     float *xb = malloc((size_t)bs * in0 * sizeof *xb);
+    struct qs_mlp *fwd = o->fwd ? qs_mlp_clone(m) : m;
     int rc = -1;
-    if (!gw || !gb || !mw || !vw || !mb || !vb || !perm || !yb || !xb)
-        goto out;
+    if (!g || !mo || !ve || !perm || !yb || !xb || !fwd)
+        goto oom;
+    for (int t = 0; t < T; t++) {
+        const struct qs_layer *l = &m->layers[t / 2];
+        size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
+        if (!(g[t] = malloc(len * sizeof(float))) || !(mo[t] = qs_calloc(len, sizeof(float))) ||
+            !(ve[t] = qs_calloc(len, sizeof(float))))
+            goto oom;
+    }
+    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
+    if (!gw || !gb) {
+        free(gw);
+        free(gb);
+        goto oom;
+    }
     for (int i = 0; i < L; i++) {
-        size_t nw = (size_t)m->layers[i].in * m->layers[i].out, nb = (size_t)m->layers[i].out;
-        if (!(gw[i] = malloc(nw * sizeof(float))) || !(gb[i] = malloc(nb * sizeof(float))) ||
-            !(mw[i] = qs_calloc(nw, sizeof(float))) || !(vw[i] = qs_calloc(nw, sizeof(float))) ||
-            !(mb[i] = qs_calloc(nb, sizeof(float))) || !(vb[i] = qs_calloc(nb, sizeof(float))))
-            goto out;
+        gw[i] = g[2 * i];
+        gb[i] = g[2 * i + 1];
     }
     for (int i = 0; i < n; i++)
         perm[i] = i;
@@ -670,66 +683,62 @@ int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
                        (size_t)in0 * sizeof(float));
                 yb[r] = y[perm[s + r]];
             }
+            if (o->fwd && o->fwd(o->fwd_ctx, m, fwd, e) < 0)
+                goto fail;
             int nc = 0;
-            double loss = qs_mlp_loss_grad(m, xb, yb, bs, gw, gb, &nc);
+            double loss = qs_mlp_loss_grad(fwd, xb, yb, bs, gw, gb, &nc);
             if (loss < 0) {
-                qs_errf(e, "train: out of memory");
-                goto out;
+                free(gw);
+                free(gb);
+                goto oom;
             }
             tl += loss * bs;
             tc += nc;
             step++;
             double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
-            for (int i = 0; i < L; i++) {
-                struct qs_layer *l = &m->layers[i];
-                size_t nw = (size_t)l->in * l->out;
-                for (size_t j = 0; j < nw; j++) {
-                    float gj = gw[i][j];
-                    mw[i][j] = (float)(b1 * mw[i][j] + (1 - b1) * gj);
-                    vw[i][j] = (float)(b2 * vw[i][j] + (1 - b2) * gj * gj);
-                    l->w[j] -= (float)(o->lr * ((mw[i][j] / c1) / (sqrt(vw[i][j] / c2) + eps) +
-                                                o->weight_decay * l->w[j]));
-                }
-                for (int j = 0; j < l->out; j++) {
-                    float gj = gb[i][j];
-                    mb[i][j] = (float)(b1 * mb[i][j] + (1 - b1) * gj);
-                    vb[i][j] = (float)(b2 * vb[i][j] + (1 - b2) * gj * gj);
-                    l->b[j] -= (float)(o->lr * (mb[i][j] / c1) / (sqrt(vb[i][j] / c2) + eps));
+            for (int t = 0; t < T; t++) {
+                struct qs_layer *l = &m->layers[t / 2];
+                float *p = t % 2 ? l->b : l->w;
+                double wd = t % 2 ? 0.0 : o->weight_decay; /* no decay on biases */
+                size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
+                for (size_t j = 0; j < len; j++) {
+                    float gj = g[t][j];
+                    mo[t][j] = (float)(b1 * mo[t][j] + (1 - b1) * gj);
+                    ve[t][j] = (float)(b2 * ve[t][j] + (1 - b2) * gj * gj);
+                    p[j] -= (float)(o->lr * ((mo[t][j] / c1) / (sqrt(ve[t][j] / c2) + eps) +
+                                             wd * p[j]));
                 }
             }
         }
         int seen = (n / bs) * bs;
         if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {
             qs_errf(e, "train: cancelled after epoch %d", ep + 1);
-            goto out;
+            goto fail;
         }
     }
     rc = 0;
-out:
-    for (int i = 0; i < L; i++) {
-        if (gw)
-            free(gw[i]);
-        if (gb)
-            free(gb[i]);
-        if (mw)
-            free(mw[i]);
-        if (vw)
-            free(vw[i]);
-        if (mb)
-            free(mb[i]);
-        if (vb)
-            free(vb[i]);
-    }
+fail:
     free(gw);
     free(gb);
-    free(mw);
-    free(vw);
-    free(mb);
-    free(vb);
+    goto out;
+oom:
+    qs_errf(e, "train: out of memory");
+out:
+    for (int t = 0; t < T; t++) {
+        if (g)
+            free(g[t]);
+        if (mo)
+            free(mo[t]);
+        if (ve)
+            free(ve[t]);
+    }
+    free(g);
+    free(mo);
+    free(ve);
     free(perm);
     free(yb);
     free(xb);
-    if (rc < 0 && !e->msg[0])
-        qs_errf(e, "train: out of memory");
+    if (fwd != m)
+        qs_mlp_free(fwd);
     return rc;
 }

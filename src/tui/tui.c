@@ -5,6 +5,7 @@
  * through the same queue as typed lines; the queue feeds the worker one statement at a time.
  * When a job finishes the worker leaves a snapshot for the panes; the loop takes it, marks the
  * panes dirty and redraws only those. Front-end commands run here, between jobs. */
+#include "qscope/session.h"
 #include "qscope/tui.h"
 
 #include <errno.h>
@@ -230,46 +231,23 @@ static void want_snapshot(struct tui *t)
     queue_push(t, JOB_SNAP, NULL, 0);
 }
 
-/* Splits text into statements like qs_exec_text (';' and newlines outside quotes, '#' starts a
- * comment) and queues them as one group. */
+struct submit_state {
+    struct tui *t;
+    int group;
+};
+
+static int submit_one(void *u, const char *stmt)
+{
+    struct submit_state *st = u;
+    queue_push(st->t, JOB_LINE, stmt, st->group);
+    return 0;
+}
+
+/* Splits text into statements as qs_exec_text does and queues them as one group. */
 static void submit_text(struct tui *t, const char *text)
 {
-    int g = ++t->group;
-    size_t len = strlen(text), start = 0;
-    char quote = 0;
-    char *buf = malloc(len + 1);
-    if (!buf)
-        return;
-    for (size_t i = 0; i <= len; i++) {
-        char ch = text[i];
-        if (quote) {
-            if (ch == quote)
-                quote = 0;
-            if (ch)
-                continue;
-        } else if (ch == '"' || ch == '\'') {
-            quote = ch;
-            continue;
-        } else if (ch == '#') {
-            while (text[i + 1] && text[i + 1] != '\n')
-                i++;
-            continue;
-        }
-        if (ch == ';' || ch == '\n' || ch == 0) {
-            memcpy(buf, text + start, i - start);
-            buf[i - start] = 0;
-            start = i + 1;
-            char *s = buf;
-            while (*s == ' ' || *s == '\t')
-                s++;
-            size_t n = strlen(s);
-            while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
-                s[--n] = 0;
-            if (*s && *s != '#')
-                queue_push(t, JOB_LINE, s, g);
-        }
-    }
-    free(buf);
+    struct submit_state st = {t, ++t->group};
+    qs_split_statements(text, submit_one, &st);
 }
 
 static void cancel_job(struct tui *t)
@@ -1538,6 +1516,12 @@ int qs_tui_run(struct qs_ctx *c)
         c->extra = qs_tui_cmds;
     c->b->progress = tui_progress_cb;
     c->b->progress_ctx = &t->wk;
+    /* the autosave's "not closed cleanly" note went to stderr before the screen took over */
+    char prev[1024];
+    if (qs_recover_path(prev, sizeof prev) == 0 && access(prev, R_OK) == 0)
+        tui_log_add(&t->sh, LOG_NOTE,
+                    "a journal from an earlier session was not closed cleanly: type 'recover' to "
+                    "restore it");
 
     atexit(restore_terminal);
     install_signals();

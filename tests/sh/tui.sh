@@ -283,7 +283,7 @@ done
 # A whole-screen golden: the TUI without a model, 80x24, ASCII, no colour (nothing in it
 # depends on a model, the machine or the numbers).
 s="qs-golden-$$"
-T new-session -d -s "$s" -x 80 -y 24 -c "$TMP" "exec env LANG=C LC_ALL=C NO_COLOR=1 TERM=screen $QABS --no-default"
+T new-session -d -s "$s" -x 80 -y 24 -c "$TMP" "exec env XDG_STATE_HOME=$TMP/golden-state LANG=C LC_ALL=C NO_COLOR=1 TERM=screen $QABS --no-default"
 if wait_for "$s" "no model: load model PATH" 15; then
   cmd "$s" "screenshot empty.shot" # relative to $TMP: the log line is the same on every run
   wait_file "$TMP/empty.shot"
