@@ -233,11 +233,10 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
         cJSON_AddItemToArray(rows, r);
         char corr[40] = "-";
-        if (s->corr.method != QS_CORR_NONE)
-            snprintf(corr, sizeof corr, "%s%s", qs_corr_name(s->corr.method),
-                     s->corr.rank ? "" : "");
         if (s->corr.rank)
             snprintf(corr, sizeof corr, "%s r=%d", qs_corr_name(s->corr.method), s->corr.rank);
+        else if (s->corr.method != QS_CORR_NONE)
+            snprintf(corr, sizeof corr, "%s", qs_corr_name(s->corr.method));
         qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %s\n", l->name, shape,
                      qs_act_name(l->act), wf, af, bpw, s->w_rel_err, corr);
     }
@@ -866,33 +865,59 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- help and quit ------------------------------------------------------------------- */
 
+/* Appends text word-wrapped to width columns, every line indented by indent spaces. */
+static void sb_wrap(struct qs_sb *t, const char *text, int indent, int width)
+{
+    int col = 0;
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ')
+            p++;
+        size_t w = strcspn(p, " ");
+        if (!w)
+            break;
+        if (col && col + 1 + (int)w > width) {
+            qs_sb_printf(t, "\n");
+            col = 0;
+        }
+        if (!col) {
+            qs_sb_printf(t, "%*s", indent, "");
+            col = indent;
+        } else {
+            qs_sb_printf(t, " ");
+            col++;
+        }
+        qs_sb_printf(t, "%.*s", (int)w, p);
+        col += (int)w;
+        p += w;
+    }
+}
+
+/* `help` lists every command (synopsis, then its one-line description); `help WORD` describes
+ * the commands named WORD or starting with "WORD " (help set: every set command). */
 static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_sb t = {0};
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "help");
     int found = 0;
+    size_t al = argc ? strlen(argv[0]) : 0;
     for (int i = 0; qs_cmd_at(c, i); i++) {
         const struct qs_cmd_def *d = qs_cmd_at(c, i);
-        if (argc && strcmp(d->name, argv[0]) && strncmp(d->name, argv[0], strlen(argv[0])))
+        if (argc && strcmp(d->name, argv[0]) && !(strncmp(d->name, argv[0], al) == 0 &&
+                                                  d->name[al] == ' '))
             continue;
-        if (argc && strlen(argv[0]) < strlen(d->name) && d->name[strlen(argv[0])] != ' ' &&
-            strcmp(d->name, argv[0]))
-            continue;
-        found++;
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "name", d->name);
         cJSON_AddStringToObject(j, "args", d->args);
         cJSON_AddStringToObject(j, "help", d->help);
         cJSON_AddItemToArray(arr, j);
-        if (argc) {
-            qs_sb_printf(&t, "%s%s %s\n    %s", found > 1 ? "\n" : "", d->name, d->args, d->help);
-            if (d->more)
-                qs_sb_printf(&t, "\n    %s", d->more);
-        } else {
-            char syn[96];
-            snprintf(syn, sizeof syn, "%s %s", d->name, d->args);
-            qs_sb_printf(&t, "%s%-44s %s", found > 1 ? "\n" : "", syn, d->help);
+        qs_sb_printf(&t, "%s%s%s%s\n", found++ ? "\n" : "", d->name, d->args[0] ? " " : "",
+                     d->args);
+        sb_wrap(&t, d->help, 4, 96);
+        if (argc && d->more) {
+            qs_sb_printf(&t, "\n");
+            sb_wrap(&t, d->more, 4, 96);
         }
     }
     if (argc && !found) {
