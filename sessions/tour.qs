@@ -605,7 +605,6 @@ correct fc1 clocal prec=float
 # => rank=0
 # => prec=float
 # => recovery=0.999996298
-# => recovery_calib=null
 # => params=4160
 # => bits_added=133120
 # => layer_bits_per_weight=35.5039062

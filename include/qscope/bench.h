@@ -56,6 +56,8 @@ struct qs_corr {
     double bits;            /* bits it adds (params x their storage bits) */
     double recovery;        /* held-out R */
     double recovery_calib;  /* R on the calibration split */
+    int stale;              /* fitted on quantized inputs that have changed since (an earlier
+                               layer's configuration or correction changed): refit to update R */
 };
 
 /* Per-layer resolved configuration plus caches of the quantized weight. */
@@ -137,6 +139,8 @@ void qs_bench_suggest_layer(const struct qs_bench *b, const char *name, char *bu
 int qs_bench_update(struct qs_bench *b, qs_err *e);
 /* Marks the quantized path stale from layer i onward. */
 void qs_bench_invalidate(struct qs_bench *b, int i);
+/* Flags the corrections after layer i whose fit depended on its output (bias, linear) as stale. */
+void qs_bench_mark_stale(struct qs_bench *b, int i);
 
 /* Runs layer i on input x: (n, in_i) into pre: (n, out_i). quant is a QS_ROLE_* mask: which of
  * the layer's configured quantizations apply (activations, weights); apply_corr adds its fitted

@@ -256,6 +256,7 @@ void qs_analysis_uncorrect(struct qs_bench *b, int i)
 {
     qs_corr_clear(&b->ls[i].corr);
     qs_bench_invalidate(b, i);
+    qs_bench_mark_stale(b, i);
 }
 
 long qs_corr_params(const struct qs_bench *b, int i) { return b->ls[i].corr.params; }
@@ -501,6 +502,8 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     }
     qs_corr_clear(&old);
     qs_bench_invalidate(b, i);
+    if (m != QS_CORR_CLOCAL) /* clocal is never applied: the path after it is unchanged */
+        qs_bench_mark_stale(b, i);
     rc = 0;
     goto out;
 oom:

@@ -108,6 +108,17 @@ void qs_bench_free(struct qs_bench *b)
     free(b);
 }
 
+void qs_bench_mark_stale(struct qs_bench *b, int i)
+{
+    /* bias and linear maps were fitted on the quantized path's pre-activations, which depend on
+     * every earlier layer; the low-rank family depends only on W, Q(W) and float inputs */
+    for (int j = i + 1; j < nlayers_of(b); j++) {
+        enum qs_corr_method m = b->ls[j].corr.method;
+        if (m == QS_CORR_BIAS || m == QS_CORR_LINEAR)
+            b->ls[j].corr.stale = 1;
+    }
+}
+
 void qs_bench_invalidate(struct qs_bench *b, int i)
 {
     for (int s = 0; s < 2; s++)
@@ -396,6 +407,7 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
         if (wchanged || achanged) {
             qs_corr_clear(&s->corr); /* a correction fitted for another format is stale */
             qs_bench_invalidate(b, i);
+            qs_bench_mark_stale(b, i);
         }
     }
     return 0;

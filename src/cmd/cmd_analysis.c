@@ -447,6 +447,7 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 cJSON_AddStringToObject(r, "recovery_calib", "n/a (upper baseline)");
             cJSON_AddNumberToObject(r, "params", (double)cr->params);
             qs_json_num(r, "bits_added", cr->bits);
+            cJSON_AddStringToObject(r, "stale", cr->stale ? "yes" : "no");
             cJSON_AddItemToArray(rows, r);
         }
         qs_set_last_table(c, "corrections", rows, NULL);

@@ -232,11 +232,16 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_json_num(r, "w_rel_err", s->w_rel_err);
         cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
         cJSON_AddItemToArray(rows, r);
-        char corr[40] = "-";
+        char corr[48] = "-";
         if (s->corr.rank)
             snprintf(corr, sizeof corr, "%s r=%d", qs_corr_name(s->corr.method), s->corr.rank);
         else if (s->corr.method != QS_CORR_NONE)
             snprintf(corr, sizeof corr, "%s", qs_corr_name(s->corr.method));
+        if (s->corr.stale) {
+            size_t cl = strlen(corr);
+            snprintf(corr + cl, sizeof corr - cl, " (stale: refit)");
+            cJSON_AddTrueToObject(r, "correction_stale");
+        }
         qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %s\n", l->name, shape,
                      qs_act_name(l->act), wf, af, bpw, s->w_rel_err, corr);
     }

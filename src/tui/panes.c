@@ -541,8 +541,8 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
                 ab = &s->abl[k];
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
-        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD, "%s %s R=%.3f +%ldp",
-             r->name, r->corr, r->recovery, r->corr_params);
+        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD, "%s %s R=%.3f +%ldp%s",
+             r->name, r->corr, r->recovery, r->corr_params, r->corr_stale ? " stale" : "");
         y++;
         if (r->corr_method == QS_CORR_CLOCAL && y < h)
             message(w, y++, cw, st, " upper baseline, not deployable");

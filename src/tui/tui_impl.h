@@ -44,6 +44,7 @@ struct tui_row {
     int corr_method; /* enum qs_corr_method */
     int corr_rank;
     double recovery, recovery_calib, corr_bits;
+    int corr_stale; /* fitted before an earlier layer changed */
     long corr_params;
     int in, out;
 };

@@ -246,6 +246,7 @@ static void snap_rows(struct qs_bench *b, struct tui_snap *s)
         r->corr_method = ls->corr.method;
         r->corr_rank = ls->corr.rank;
         r->recovery = ls->corr.recovery;
+        r->corr_stale = ls->corr.stale;
         r->recovery_calib = ls->corr.recovery_calib;
         r->corr_params = ls->corr.params;
         r->corr_bits = ls->corr.bits;
