@@ -161,6 +161,26 @@ static void test_eval_float_is_identity(void)
     qs_bench_free(b);
 }
 
+/* A bias/linear correction is flagged stale when an earlier layer changes (its fit saw the old
+ * quantized inputs); a low-rank one is not; refitting clears the flag. */
+static void test_stale_corrections(void)
+{
+    qs_err e;
+    struct qs_bench *b = open_digits();
+    if (!b)
+        return;
+    CHECK(rule(b, "*", "int3", NULL, 0) == 3);
+    CHECK(qs_analysis_correct(b, 2, QS_CORR_LINEAR, 0, "float", -1, NULL, &e) == 0);
+    CHECK(qs_analysis_correct(b, 1, QS_CORR_LOWRANK, 4, "float", -1, NULL, &e) == 0);
+    CHECK(b->ls[2].corr.stale == 1 && b->ls[1].corr.stale == 0); /* fc1 changed after fc2's fit */
+    CHECK(qs_analysis_correct(b, 2, QS_CORR_LINEAR, 0, "float", -1, NULL, &e) == 0);
+    CHECK(b->ls[2].corr.stale == 0);
+    CHECK(rule(b, "fc0", "int4", NULL, 0) == 1);
+    CHECK(b->ls[2].corr.stale == 1 && b->ls[1].corr.stale == 0 &&
+          b->ls[1].corr.method == QS_CORR_LOWRANK);
+    qs_bench_free(b);
+}
+
 /* A layer large enough for the randomized top-k path (min(m, n) > 512): its top values agree with
  * the exact LAPACK spectrum of the same error within 1 %. */
 static void test_large_layer_topk(void)
@@ -198,4 +218,5 @@ static void test_large_layer_topk(void)
 }
 
 TEST_MAIN("bench", TEST_CASE(test_incremental_bit_identical), TEST_CASE(test_rules_first_match),
-          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity), TEST_CASE(test_large_layer_topk))
+          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity), TEST_CASE(test_large_layer_topk),
+          TEST_CASE(test_stale_corrections))
