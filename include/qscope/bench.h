@@ -71,6 +71,11 @@ struct qs_layer_state {
     float *wq;                   /* (out, in) dequantized packed weight; NULL when float */
     double w_rel_err;            /* ||W - Q(W)|| / ||W|| */
     struct qs_corr corr;         /* method NONE when uncorrected */
+    /* the last `sensitivity` of this layer under its current configuration (delta loss when it
+     * was computed, else the first of fisher_err, hutch_err, grad_norm); sens_method[0] == 0
+     * when unknown; a change of the layer's formats forgets it */
+    double sens;
+    char sens_method[16];
 };
 
 /* Activations of one split through the model: in[i] = input of layer i (n, in_i) (in[0] aliases

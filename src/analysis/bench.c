@@ -405,6 +405,7 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             s->a_static_amax = 0.0f;
         }
         if (wchanged || achanged) {
+            s->sens_method[0] = 0;
             qs_corr_clear(&s->corr); /* a correction fitted for another format is stale */
             qs_bench_invalidate(b, i);
             qs_bench_mark_stale(b, i);

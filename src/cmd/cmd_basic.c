@@ -204,8 +204,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "layers");
-    qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8s %9s %s\n", "layer", "shape", "act",
-                 "weights", "activations", "bits/w", "w_rel_err", "correction");
+    qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", "layer", "shape", "act",
+                 "weights", "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
     for (int i = 0; i < b->model->nlayers; i++) {
         const struct qs_layer *l = &b->model->layers[i];
         const struct qs_layer_state *s = &b->ls[i];
@@ -230,6 +230,10 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddNumberToObject(r, "bytes", s->wq ? (double)qs_packed_bytes(&s->packed)
                                                   : 4.0 * l->out * l->in);
         qs_json_num(r, "w_rel_err", s->w_rel_err);
+        if (s->sens_method[0]) {
+            qs_json_num(r, "sensitivity", s->sens);
+            cJSON_AddStringToObject(r, "sensitivity_method", s->sens_method);
+        }
         cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
         cJSON_AddItemToArray(rows, r);
         char corr[48] = "-";
@@ -242,8 +246,11 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(corr + cl, sizeof corr - cl, " (stale: refit)");
             cJSON_AddTrueToObject(r, "correction_stale");
         }
-        qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %s\n", l->name, shape,
-                     qs_act_name(l->act), wf, af, bpw, s->w_rel_err, corr);
+        char sens[32] = "-";
+        if (s->sens_method[0])
+            snprintf(sens, sizeof sens, "%.4g", s->sens);
+        qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", l->name, shape,
+                     qs_act_name(l->act), wf, af, bpw, s->w_rel_err, sens, corr);
     }
     qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales; biases in float)",
                  qs_bench_bits_per_weight(b));

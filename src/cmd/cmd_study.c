@@ -96,6 +96,19 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         free(s);
         return -1;
     }
+    for (int i = 0; i < L; i++) { /* remembered for the layers table */
+        struct qs_layer_state *ls = &b->ls[i];
+        const struct qs_sens_layer *r = &s[i];
+        const char *mname = methods & QS_SENS_DELTA    ? "delta"
+                            : methods & QS_SENS_FISHER ? "fisher"
+                            : methods & QS_SENS_HUTCH  ? "hutch"
+                                                       : "grad";
+        ls->sens = methods & QS_SENS_DELTA    ? r->delta_loss
+                   : methods & QS_SENS_FISHER ? r->fisher_err
+                   : methods & QS_SENS_HUTCH  ? r->hutch_err
+                                              : r->grad_norm;
+        snprintf(ls->sens_method, sizeof ls->sens_method, "%s", mname);
+    }
     char mlist[64] = "";
     for (int k = 0; k < 4; k++)
         if (methods & (1u << k))

@@ -152,7 +152,7 @@ static void message(WINDOW *w, int y, int cw, const struct tui_style *st, const 
 
 /* ---- layers ------------------------------------------------------------------------------- */
 
-enum { COL_NAME, COL_SHAPE, COL_W, COL_A, COL_BPW, COL_WERR, COL_SNR, COL_CORR, COL_N };
+enum { COL_NAME, COL_SHAPE, COL_W, COL_A, COL_BPW, COL_WERR, COL_SNR, COL_SENS, COL_CORR, COL_N };
 
 static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
 {
@@ -162,11 +162,14 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         message(w, 1, cw, st, s ? "no model (load model PATH)" : "loading...");
         return;
     }
-    static const char *const head[COL_N] = {"layer",  "shape", "weights", "acts",
-                                            "bits/w", "w_err", "SNR dB",  "correction"};
+    static const char *const head[COL_N] = {"layer",  "shape", "weights", "acts",      "bits/w",
+                                            "w_err", "SNR dB", "sens",    "correction"};
     /* fill order: which columns to keep when narrow */
-    static const int prio[COL_N] = {COL_NAME, COL_W,    COL_BPW, COL_SNR,
+    static const int prio[COL_N] = {COL_NAME, COL_W,    COL_BPW, COL_SNR,  COL_SENS,
                                     COL_WERR, COL_CORR, COL_A,   COL_SHAPE};
+    int any_sens = 0; /* the sensitivity column appears once `sensitivity` has run */
+    for (int i = 0; i < s->nlayers; i++)
+        any_sens |= s->rows[i].sens_known;
     int wid[COL_N];
     for (int c = 0; c < COL_N; c++)
         wid[c] = (int)strlen(head[c]);
@@ -187,9 +190,12 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         wid[COL_A] = 12;
     wid[COL_BPW] = 6;
     wid[COL_WERR] = 7;
+    wid[COL_SENS] = 8;
     int keep[COL_N] = {0}, used = 1; /* column 0: selection mark */
     for (int k = 0; k < COL_N; k++) {
         int c = prio[k], need = wid[c] + 1;
+        if (c == COL_SENS && !any_sens)
+            continue;
         if (c == COL_CORR && used + 5 <= cw) { /* correction: whatever is left, at least 4 */
             keep[c] = 1;
             wid[c] = cw - used - 1 < wid[c] ? cw - used - 1 : wid[c];
@@ -206,7 +212,7 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
     for (int c = 0; c < COL_N; c++)
         if (keep[c])
             n += snprintf(line + n, sizeof line - n,
-                          c >= COL_BPW && c <= COL_SNR ? "%*s " : "%-*s ", wid[c], head[c]);
+                          c >= COL_BPW && c <= COL_SENS ? "%*s " : "%-*s ", wid[c], head[c]);
     putf(w, 1, 0, cw, A_BOLD, "%s", line);
     int vis = h - 2;
     if (vis < 1)
@@ -264,6 +270,12 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                     a |= r->snr_db < 10   ? cp(st, CP_ERR, A_BOLD)
                          : r->snr_db < 20 ? cp(st, CP_WARN, 0)
                                           : cp(st, CP_OK, 0);
+                break;
+            case COL_SENS:
+                if (r->sens_known)
+                    snprintf(cell, sizeof cell, "%*.3g", wid[c], r->sens);
+                else
+                    snprintf(cell, sizeof cell, "%*s", wid[c], "-");
                 break;
             default:
                 snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->corr);

@@ -45,6 +45,8 @@ struct tui_row {
     int corr_rank;
     double recovery, recovery_calib, corr_bits;
     int corr_stale; /* fitted before an earlier layer changed */
+    int sens_known; /* the last `sensitivity` under the current format */
+    double sens;
     long corr_params;
     int in, out;
 };

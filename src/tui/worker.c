@@ -247,6 +247,8 @@ static void snap_rows(struct qs_bench *b, struct tui_snap *s)
         r->corr_rank = ls->corr.rank;
         r->recovery = ls->corr.recovery;
         r->corr_stale = ls->corr.stale;
+        r->sens_known = ls->sens_method[0] != 0;
+        r->sens = ls->sens;
         r->recovery_calib = ls->corr.recovery_calib;
         r->corr_params = ls->corr.params;
         r->corr_bits = ls->corr.bits;
