@@ -175,6 +175,15 @@ int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e);
 int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
                  struct qs_metric *m, float *logits, qs_err *e);
 
+/* The regime in force: which roles some layer quantizes (the set regime when none does). */
+enum qs_regime qs_bench_effective_regime(const struct qs_bench *b);
+
+/* Short descriptions of a layer's weight and activation quantization for tables: "float",
+ * "int4/channel", "int4/g32", "mxfp4", "nf4/g64"; activations say how they are scaled:
+ * "int8/tensor", "int8/token", "int8/static", "int8/g32". */
+void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n);
+void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n);
+
 /* Total bits per weight of the model's weights as configured (packed sizes; float layers 32). */
 double qs_bench_bits_per_weight(const struct qs_bench *b);
 

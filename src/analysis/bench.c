@@ -498,8 +498,13 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
             }
             rc = qs_quant_fake_amax(&s->afmt, &o, x, n, l->in, s->a_static_amax, xq, e);
         } else {
+            /* rows of x are tokens: amode=token scales each row; dynamic scales the tensor (a
+             * rule's gran=channel is about weight rows and does not apply here), or each group
+             * of a token with gran=group:N */
             if (s->amode == QS_AMODE_TOKEN)
                 o.gran = QS_GRAN_CHANNEL;
+            else if (o.gran == QS_GRAN_CHANNEL)
+                o.gran = QS_GRAN_TENSOR;
             rc = qs_quant_fake(&s->afmt, &o, x, n, l->in, xq, e);
         }
         if (rc < 0) {
@@ -629,6 +634,51 @@ int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, ui
     free(cur);
     free(nxt);
     return rc;
+}
+
+enum qs_regime qs_bench_effective_regime(const struct qs_bench *b)
+{
+    int w = 0, a = 0;
+    for (int i = 0; i < nlayers_of(b); i++) {
+        w |= b->ls[i].wfmt.kind != QS_FMT_NONE;
+        a |= b->ls[i].afmt.kind != QS_FMT_NONE;
+    }
+    return w && a ? QS_REGIME_FULL : a ? QS_REGIME_ACT : w ? QS_REGIME_WEIGHT : b->regime;
+}
+
+void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n)
+{
+    const struct qs_format *f = &s->wfmt;
+    const struct qs_qopts *o = &s->wopt;
+    if (f->kind == QS_FMT_NONE)
+        snprintf(buf, n, "float");
+    else if (o->gran == QS_GRAN_GROUP)
+        snprintf(buf, n, "%s/g%d", f->name, o->group);
+    else if (f->kind == QS_FMT_NF4)
+        snprintf(buf, n, o->gran == QS_GRAN_CHANNEL ? "%s/channel" : "%s/g64", f->name);
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        snprintf(buf, n, "%s", f->name); /* fixed blocks of the format */
+    else
+        snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
+}
+
+void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
+{
+    const struct qs_format *f = &s->afmt;
+    if (f->kind == QS_FMT_NONE)
+        snprintf(buf, n, "float");
+    else if (s->amode == QS_AMODE_STATIC)
+        snprintf(buf, n, "%s/static", f->name);
+    else if (s->amode == QS_AMODE_TOKEN)
+        snprintf(buf, n, "%s/token", f->name);
+    else if (s->aopt.gran == QS_GRAN_GROUP)
+        snprintf(buf, n, "%s/g%d", f->name, s->aopt.group);
+    else if (f->kind == QS_FMT_NF4)
+        snprintf(buf, n, "%s/g64", f->name);
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        snprintf(buf, n, "%s", f->name);
+    else
+        snprintf(buf, n, "%s/tensor", f->name);
 }
 
 double qs_bench_bits_per_weight(const struct qs_bench *b)

@@ -634,14 +634,9 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     for (int i = 0; b->model && i < b->model->nlayers && fl + 1 < sizeof formats; i++)
         fl += (size_t)snprintf(formats + fl, sizeof formats - fl, "%s%s:%s/%s", i ? " " : "",
                                b->model->layers[i].name, b->ls[i].wfmt.name, b->ls[i].afmt.name);
-    int w = 0, a = 0;
-    for (int i = 0; b->model && i < b->model->nlayers; i++) {
-        w |= b->ls[i].wfmt.kind != QS_FMT_NONE;
-        a |= b->ls[i].afmt.kind != QS_FMT_NONE;
-    }
     char meta[1400];
     snprintf(meta, sizeof meta, "# qscope %s table=%s regime=%s seed=%llu formats=%s", QS_VERSION,
-             title, w && a ? "weight+activation" : a ? "activation-only" : "weight-only",
+             title, b->model ? qs_regime_name(qs_bench_effective_regime(b)) : "weight-only",
              (unsigned long long)b->seed, formats);
     csv_field(f, meta, 1);
     fputc('\n', f);

@@ -7,23 +7,6 @@
 #include "qscope/cmd.h"
 #include "qscope/safetensors.h"
 
-/* The regime actually in force: which roles are quantized on some layer. */
-static enum qs_regime effective_regime(const struct qs_bench *b)
-{
-    int w = 0, a = 0;
-    for (int i = 0; b->model && i < b->model->nlayers; i++) {
-        w |= b->ls[i].wfmt.kind != QS_FMT_NONE;
-        a |= b->ls[i].afmt.kind != QS_FMT_NONE;
-    }
-    if (w && a)
-        return QS_REGIME_FULL;
-    if (a)
-        return QS_REGIME_ACT;
-    if (w)
-        return QS_REGIME_WEIGHT;
-    return b->regime;
-}
-
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
 {
     struct qs_eval ev;
@@ -35,9 +18,9 @@ void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
     qs_json_num(g, "threshold", ev.chance + c->b->gate_min * (1 - ev.chance));
     cJSON_AddItemToObject(obj, "task", g);
     cJSON_AddStringToObject(obj, "gate", ev.gate_pass ? "pass" : "fail");
-    cJSON_AddStringToObject(obj, "regime", qs_regime_name(effective_regime(c->b)));
+    cJSON_AddStringToObject(obj, "regime", qs_regime_name(qs_bench_effective_regime(c->b)));
     if (text) {
-        qs_sb_printf(text, "[%s; float test acc %.4f; gate %s%s]", qs_regime_name(effective_regime(c->b)),
+        qs_sb_printf(text, "[%s; float test acc %.4f; gate %s%s]", qs_regime_name(qs_bench_effective_regime(c->b)),
                      ev.f.acc, ev.gate_pass ? "pass" : "FAIL",
                      ev.gate_pass ? "" : ": model did not clearly learn the task, results flagged");
     }
@@ -127,23 +110,6 @@ static cJSON *split_json(const struct qs_bench *b)
     return s;
 }
 
-static void fmt_desc(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
-{
-    if (f->kind == QS_FMT_NONE) {
-        snprintf(buf, n, "float");
-        return;
-    }
-    const char *g = o->gran == QS_GRAN_TENSOR ? "tensor" : o->gran == QS_GRAN_CHANNEL ? "channel" : "group";
-    if (o->gran == QS_GRAN_GROUP)
-        snprintf(buf, n, "%s/g%d", f->name, o->group);
-    else if (f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR)
-        snprintf(buf, n, "%s/g64", f->name); /* NF4's default absmax block */
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
-        snprintf(buf, n, "%s", f->name);
-    else
-        snprintf(buf, n, "%s/%s", f->name, g);
-}
-
 static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     (void)argv;
@@ -186,10 +152,10 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     } else {
         qs_sb_printf(&t, "data    (none)\n");
     }
-    cJSON_AddStringToObject(o, "regime", qs_regime_name(effective_regime(b)));
+    cJSON_AddStringToObject(o, "regime", qs_regime_name(qs_bench_effective_regime(b)));
     cJSON_AddNumberToObject(o, "seed", (double)b->seed);
     qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
-                 qs_regime_name(effective_regime(b)), (unsigned long long)b->seed, b->gate_min);
+                 qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed, b->gate_min);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -210,13 +176,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         const struct qs_layer *l = &b->model->layers[i];
         const struct qs_layer_state *s = &b->ls[i];
         char wf[48], af[48], shape[32];
-        fmt_desc(&s->wfmt, &s->wopt, wf, sizeof wf);
-        fmt_desc(&s->afmt, &s->aopt, af, sizeof af);
-        if (s->afmt.kind != QS_FMT_NONE) {
-            size_t n = strlen(af);
-            snprintf(af + n, sizeof af - n, "%s",
-                     s->amode == QS_AMODE_STATIC ? ",static" : s->amode == QS_AMODE_TOKEN ? ",token" : "");
-        }
+        qs_bench_wdesc(s, wf, sizeof wf);
+        qs_bench_adesc(s, af, sizeof af);
         snprintf(shape, sizeof shape, "%dx%d", l->out, l->in);
         double bpw = s->wq ? qs_packed_bits_per_weight(&s->packed) : 32.0;
         cJSON *r = cJSON_CreateObject();
@@ -273,7 +234,7 @@ static int cmd_eval(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (qs_bench_eval(c->b, &ev, e) < 0)
         return -1;
     struct qs_bench *b = c->b;
-    enum qs_regime rg = effective_regime(b);
+    enum qs_regime rg = qs_bench_effective_regime(b);
     double thr = ev.chance + b->gate_min * (1 - ev.chance);
     cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject(), *q = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "eval");
@@ -985,8 +946,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
      "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B. on= picks the "
-     "roles (default: the regime's); amode= activation scales: dynamic per tensor, per token or "
-     "static (calibrated absmax)."},
+     "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
+     "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
+     "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
     {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
      NULL},
     {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,

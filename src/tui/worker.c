@@ -204,29 +204,6 @@ void tui_snap_free(struct tui_snap *s)
 }
 
 /* The short format description used by the `layers` command ("int4/channel", "mxfp4"). */
-static void fmt_desc(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
-{
-    if (f->kind == QS_FMT_NONE)
-        snprintf(buf, n, "float");
-    else if (o->gran == QS_GRAN_GROUP)
-        snprintf(buf, n, "%s/g%d", f->name, o->group);
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
-        snprintf(buf, n, "%s", f->name);
-    else
-        snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
-}
-
-/* The regime in force: which roles some layer quantizes (the bench's default otherwise). */
-static enum qs_regime effective_regime(const struct qs_bench *b)
-{
-    int wq = 0, aq = 0;
-    for (int i = 0; i < b->model->nlayers; i++) {
-        wq |= b->ls[i].wfmt.kind != QS_FMT_NONE;
-        aq |= b->ls[i].afmt.kind != QS_FMT_NONE;
-    }
-    return wq && aq ? QS_REGIME_FULL : aq ? QS_REGIME_ACT : wq ? QS_REGIME_WEIGHT : b->regime;
-}
-
 static void snap_rows(struct qs_bench *b, struct tui_snap *s)
 {
     for (int i = 0; i < s->nlayers; i++) {
@@ -238,8 +215,8 @@ static void snap_rows(struct qs_bench *b, struct tui_snap *s)
         snprintf(r->act, sizeof r->act, "%s", qs_act_name(l->act));
         r->in = l->in;
         r->out = l->out;
-        fmt_desc(&ls->wfmt, &ls->wopt, r->wf, sizeof r->wf);
-        fmt_desc(&ls->afmt, &ls->aopt, r->af, sizeof r->af);
+        qs_bench_wdesc(ls, r->wf, sizeof r->wf);
+        qs_bench_adesc(ls, r->af, sizeof r->af);
         r->quantized = ls->wfmt.kind != QS_FMT_NONE || ls->afmt.kind != QS_FMT_NONE;
         r->bpw = ls->wq ? qs_packed_bits_per_weight(&ls->packed) : 32.0;
         r->w_rel_err = ls->w_rel_err;
@@ -429,7 +406,7 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         sel = 0;
     s->spec_layer = sel;
     s->bpw = qs_bench_bits_per_weight(b);
-    snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(effective_regime(b)));
+    snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(qs_bench_effective_regime(b)));
     /* ablations of layers that still have their correction */
     s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
     for (int k = 0; s->abl && k < w->nabl; k++) {
