@@ -57,7 +57,7 @@ $(BUILD)/qscope: $(BUILD)/src/main.o $(TUI_OBJ) $(BUILD)/libqscope_core.a
 
 # ./qscope is the default build's binary; other builds (build-asan) keep theirs in $(BUILD).
 qscope: $(BUILD)/qscope
-	cp $(BUILD)/qscope $@
+	cp $(BUILD)/qscope $@.tmp && mv -f $@.tmp $@   # a rename works while qscope is running
 
 bin: $(BUILD)/qscope
 

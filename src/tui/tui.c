@@ -587,7 +587,7 @@ static int help_lines(struct tui *t, char ***out)
         "  j k Up Down   select a layer (in the log: scroll);  PgUp PgDn scroll the log",
         "  + -           one bit more / less for the selected layer (quant LAYER intB)",
         "  f F           next / previous format: int8 int4 int3 int2 fp8-e4m3 mxfp4 nvfp4 nf4 none",
-        "  c             correct LAYER lowrank r=4      u  uncorrect LAYER",
+        "  c             correct LAYER lowrank r=4 (<=)  u  uncorrect LAYER",
         "  a             ablate LAYER   e error   v eval   s spectrum LAYER   r rank",
         "  Ctrl-C        cancel the running job (never quits)      Ctrl-L redraw",
         "  ? F1          this overview (j/k scroll, any other key closes)",
@@ -1149,6 +1149,19 @@ static void key_layer_cmd(struct tui *t, const char *fmt)
     run_key_command(t, cmd);
 }
 
+/* c: the default correction, LoRC at rank 4, or the largest rank the layer holds when it is
+ * thinner (a 16x2 layer takes rank 2 at most) */
+static void key_correct(struct tui *t)
+{
+    const struct tui_row *r = sel_row(t);
+    if (!r)
+        return;
+    int mn = r->in < r->out ? r->in : r->out, rank = mn < 4 ? mn : 4;
+    char fmt[64];
+    snprintf(fmt, sizeof fmt, "correct %%s lowrank r=%d", rank < 1 ? 1 : rank);
+    key_layer_cmd(t, fmt);
+}
+
 static void select_layer(struct tui *t, int d)
 {
     if (!t->snap || !t->snap->nlayers)
@@ -1301,7 +1314,7 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
         key_cycle(t, -1);
         break;
     case 'c':
-        key_layer_cmd(t, "correct %s lowrank r=4");
+        key_correct(t);
         break;
     case 'u':
         key_layer_cmd(t, "uncorrect %s");
