@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <readline/history.h>
@@ -76,6 +77,13 @@ struct tui {
     const struct qs_cmd_def *saved_extra;
     qs_progress_fn saved_progress;
     void *saved_progress_ctx;
+    /* latency: from reading a key to the screen updated (lat_key), and from a key that runs a
+     * command to the panes showing its result (lat_cmd); `tui stats` reports them */
+    double key_t0, cmd_t0;
+    struct lat_stats {
+        int n;
+        double sum, max, v[4096];
+    } lat_key, lat_cmd;
 };
 
 /* The one TUI (signal handlers and readline callbacks carry no user pointer). */
@@ -83,6 +91,50 @@ static struct tui *T;
 static volatile sig_atomic_t g_curses_on, g_sigint;
 static int g_wake_w = -1;
 static struct sigaction g_old_winch;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static void lat_add(struct lat_stats *l, double ms)
+{
+    if (l->n < (int)(sizeof l->v / sizeof l->v[0]))
+        l->v[l->n] = ms;
+    l->n++;
+    l->sum += ms;
+    if (ms > l->max)
+        l->max = ms;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* "n N, mean X ms, p95 Y ms, max Z ms" */
+static void lat_format(struct lat_stats *l, char *buf, size_t n)
+{
+    int k = l->n < (int)(sizeof l->v / sizeof l->v[0]) ? l->n : (int)(sizeof l->v / sizeof l->v[0]);
+    if (!k) {
+        snprintf(buf, n, "n 0");
+        return;
+    }
+    double *v = malloc((size_t)k * sizeof *v);
+    if (!v) {
+        snprintf(buf, n, "n %d", l->n);
+        return;
+    }
+    memcpy(v, l->v, (size_t)k * sizeof *v);
+    qsort(v, (size_t)k, sizeof *v, cmp_double);
+    snprintf(buf, n, "n %d, mean %.3f ms, p95 %.3f ms, max %.3f ms", l->n, l->sum / l->n,
+             v[(int)(0.95 * (k - 1))], l->max);
+    free(v);
+}
+
 
 /* ---- terminal manners: restore on every exit path ----------------------------------------- */
 
@@ -765,9 +817,32 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
+static int cmd_tui_stats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argv;
+    struct tui *t = T;
+    if (!t || c->front != (void *)t)
+        return qs_errf(e, "tui stats needs the TUI (run qscope in a terminal without --repl)");
+    if (argc)
+        return qs_errf(e, "usage: tui stats");
+    char a[160], b[160];
+    lat_format(&t->lat_key, a, sizeof a);
+    lat_format(&t->lat_cmd, b, sizeof b);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "tui stats");
+    cJSON_AddStringToObject(o, "key_to_redraw", a);
+    cJSON_AddStringToObject(o, "key_command_to_panes", b);
+    char txt[400];
+    snprintf(txt, sizeof txt, "keystroke to redraw: %s\nkey command to updated panes: %s", a, b);
+    qs_emit(c, o, txt);
+    return 0;
+}
+
 const struct qs_cmd_def qs_tui_cmds[] = {
     {"screenshot", "PATH", QS_CMD_FRONT, cmd_screenshot,
      "write the TUI's screen as plain text (one line per row), e.g. for golden tests", NULL},
+    {"tui stats", "", QS_CMD_FRONT, cmd_tui_stats,
+     "latency of this TUI: keystroke to redraw, and a key's command to its panes updated", NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };
 
@@ -1081,6 +1156,8 @@ static const struct tui_row *sel_row(struct tui *t)
 
 static void run_key_command(struct tui *t, const char *cmd)
 {
+    if (t->cmd_t0 == 0)
+        t->cmd_t0 = t->key_t0;
     submit_text(t, cmd);
 }
 
@@ -1565,7 +1642,18 @@ int qs_tui_run(struct qs_ctx *c)
         dispatch(t);
         if (t->quit_now)
             break;
+        int snap_before = t->snap ? (int)t->snap->gen : -1;
         redraw(t);
+        double done_ms = now_ms();
+        if (t->key_t0 > 0) {
+            lat_add(&t->lat_key, done_ms - t->key_t0);
+            t->key_t0 = 0;
+        }
+        /* a key's command has shown its result once the worker is idle with nothing queued */
+        if (t->cmd_t0 > 0 && !t->busy && !t->nq && t->snap && (int)t->snap->gen == snap_before) {
+            lat_add(&t->lat_cmd, done_ms - t->cmd_t0);
+            t->cmd_t0 = 0;
+        }
         /* work left over (a queued job, a log line added since collect()) means no sleeping;
          * while a job runs, wake up now and then for throttled progress and log updates */
         pthread_mutex_lock(&t->sh.mu);
@@ -1594,6 +1682,8 @@ int qs_tui_run(struct qs_ctx *c)
             int rc = wget_wch(stdscr, &ch);
             if (rc == ERR)
                 break;
+            if (t->key_t0 == 0)
+                t->key_t0 = now_ms();
             handle_key(t, rc == KEY_CODE_YES, ch);
             if (t->quit_now)
                 break;
