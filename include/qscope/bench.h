@@ -11,7 +11,9 @@
 #include "qscope/common.h"
 #include "qscope/dataset.h"
 #include "qscope/format.h"
+#include "qscope/lm.h"
 #include "qscope/mlp.h"
+#include "qscope/tokens.h"
 
 enum qs_regime { QS_REGIME_WEIGHT, QS_REGIME_ACT, QS_REGIME_FULL };
 const char *qs_regime_name(enum qs_regime r);  /* "weight-only", "activation-only", ... */
@@ -90,9 +92,14 @@ enum qs_split_id { QS_CALIB, QS_TEST };
 
 typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
 
+struct qs_lm_cache;
+
 struct qs_bench {
-    struct qs_mlp *model;
+    struct qs_mlp *model;        /* an MLP, or NULL when the model is a transformer (lm) */
     struct qs_dataset *data;
+    struct qs_lm *lm;            /* a transformer; its quantizable units are its linear sites */
+    struct qs_tokens *tokens;    /* token data for lm */
+    struct qs_lm_cache *lmc;     /* calibration activations of the lm's sites (lmbench.c) */
     char *model_path, *data_path;
     uint64_t seed;               /* session seed: split, stochastic rounding, probes */
     uint64_t split_seed;
@@ -100,6 +107,10 @@ struct qs_bench {
     struct qs_split split;
     int calib_n;                 /* calibration samples used (<= split.n_calib) */
     double gate_min;             /* task-learned gate: float test accuracy >= gate_min */
+    double gate_lm;              /* transformers: the float loss must be below the held-out
+                                    tokens' unigram entropy by this share of it (default 0.25) */
+    int lm_float_valid;          /* lm_float: the float model's held-out metrics, cached */
+    double lm_float_loss, lm_unigram;
     enum qs_regime regime;
     int nrules;
     struct qs_rule rules[64];
@@ -115,6 +126,15 @@ struct qs_bench {
     _Atomic int cancel;          /* set from another thread to cancel long work */
 };
 
+/* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in). */
+struct qs_unit {
+    const char *name;
+    int in, out;
+    const float *w;
+};
+int qs_bench_nunits(const struct qs_bench *b);
+void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u);
+
 /* Creates an empty bench (no model). Free with qs_bench_free. */
 struct qs_bench *qs_bench_new(void);
 void qs_bench_free(struct qs_bench *b);
@@ -122,6 +142,9 @@ void qs_bench_free(struct qs_bench *b);
 /* Replaces the model / data (invalidating caches). Ownership of m / d passes to the bench. */
 int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e);
 int qs_bench_set_data(struct qs_bench *b, struct qs_dataset *d, const char *path, qs_err *e);
+/* Replaces the model by a transformer / loads token data for it (ownership passes). */
+int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_err *e);
+int qs_bench_set_tokens(struct qs_bench *b, struct qs_tokens *t, const char *path, qs_err *e);
 /* Re-makes the split (seed, fractions) and invalidates caches. */
 int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e);
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);

@@ -22,6 +22,7 @@ enum {
     QS_CMD_DATA = 1 << 2,    /* needs model and data ready */
     QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
     QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
+    QS_CMD_LM = 1 << 5,      /* also works on a transformer (QS_CMD_MODEL/DATA: MLP only) */
 };
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "qscope/linalg.h"
+#include "qscope/lmbench.h"
 #include "qscope/lowrank.h"
 
 static double sq_diff(const float *a, const float *b, size_t n)
@@ -97,11 +98,9 @@ void qs_spectrum_free(struct qs_spectrum *sp)
     sp->sv = sp->ref_sv = NULL;
 }
 
-/* rxx^(1/2) of the float calibration inputs of layer i: (in, in). */
-static int input_sqrt_cov(struct qs_bench *b, int i, float *half, qs_err *e)
+/* R^(1/2) of inputs x: (n, in), R = x^T x / n: (in, in). */
+static int input_sqrt_cov(const float *x, int n, int in, float *half, qs_err *e)
 {
-    const struct qs_acts *f = &b->f_acts[QS_CALIB];
-    int in = b->model->layers[i].in;
     float *r = malloc((size_t)in * in * sizeof(float)), *w = malloc((size_t)in * sizeof(float));
     float *v = malloc((size_t)in * in * sizeof(float));
     int rc = -1;
@@ -109,7 +108,7 @@ static int input_sqrt_cov(struct qs_bench *b, int i, float *half, qs_err *e)
         qs_errf(e, "out of memory");
         goto out;
     }
-    qs_gram(f->in[i], f->n, in, r);
+    qs_gram(x, n, in, r);
     if (qs_sym_eig(r, in, w, v, e) < 0)
         goto out;
     /* half = V diag(sqrt(w)) V^T */
@@ -154,17 +153,33 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
                          int k, struct qs_spectrum *sp, qs_err *e)
 {
     memset(sp, 0, sizeof *sp);
-    if (qs_bench_update(b, e) < 0)
+    if (b->lm) {
+        if (of == QS_SPEC_PREACT)
+            return qs_errf(e, "spectrum: of=preact is for MLPs for now (transformers: of=weight "
+                              "with scale=none|act|cov)");
+    } else if (qs_bench_update(b, e) < 0) {
         return -1;
-    const struct qs_layer *l = &b->model->layers[i];
+    }
+    struct qs_unit unit, *l = &unit;
+    qs_bench_unit(b, i, &unit);
     const struct qs_layer_state *s = &b->ls[i];
-    const struct qs_acts *f = &b->f_acts[QS_CALIB], *q = &b->q_acts[QS_CALIB];
+    /* the float calibration inputs of unit i: x (xn, in) */
+    const float *xin = NULL;
+    int xn = 0;
+    const struct qs_acts *f = b->lm ? NULL : &b->f_acts[QS_CALIB];
+    const struct qs_acts *q = b->lm ? NULL : &b->q_acts[QS_CALIB];
+    if (f) {
+        xin = f->in[i];
+        xn = f->n;
+    } else if (scale != QS_SCALE_NONE && qs_bench_lm_inputs(b, i, &xin, &xn, e) < 0) {
+        return -1;
+    }
     int m, n;
     float *err = NULL, *ref = NULL, *half = NULL;
     if (of == QS_SPEC_PREACT) {
         if (scale != QS_SCALE_NONE)
             return qs_errf(e, "spectrum: scale=act|cov applies to of=weight only");
-        m = f->n;
+        m = xn;
         n = l->out;
     } else {
         m = l->out;
@@ -199,9 +214,9 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
         if (scale == QS_SCALE_ACT) { /* E diag(s), s_j = RMS of input channel j */
             for (int c = 0; c < n; c++) {
                 double ss = 0.0;
-                for (int r = 0; r < f->n; r++)
-                    ss += (double)f->in[i][(size_t)r * n + c] * f->in[i][(size_t)r * n + c];
-                float sc = (float)sqrt(ss / f->n);
+                for (int r = 0; r < xn; r++)
+                    ss += (double)xin[(size_t)r * n + c] * xin[(size_t)r * n + c];
+                float sc = (float)sqrt(ss / xn);
                 for (int r = 0; r < m; r++) {
                     err[(size_t)r * n + c] *= sc;
                     ref[(size_t)r * n + c] *= sc;
@@ -210,7 +225,7 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
         } else if (scale == QS_SCALE_COV) { /* E R^(1/2), R = E[x x^T] of the inputs */
             half = malloc((size_t)n * n * sizeof(float));
             float *t = malloc(len * sizeof(float));
-            if (!half || !t || input_sqrt_cov(b, i, half, e) < 0) {
+            if (!half || !t || input_sqrt_cov(xin, xn, n, half, e) < 0) {
                 free(t);
                 if (!half)
                     qs_errf(e, "out of memory");

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/lmbench.h"
+
 static const char *const regime_names[] = {"weight-only", "activation-only", "weight+activation"};
 static const char *const regime_words[] = {"weight", "act", "full"};
 const char *qs_regime_name(enum qs_regime r) { return regime_names[r]; }
@@ -55,7 +57,23 @@ static void acts_free(struct qs_acts *a, int nlayers)
     memset(a, 0, sizeof *a);
 }
 
-static int nlayers_of(const struct qs_bench *b) { return b->model ? b->model->nlayers : 0; }
+int qs_bench_nunits(const struct qs_bench *b)
+{
+    return b->model ? b->model->nlayers : b->lm ? b->lm->nsites : 0;
+}
+
+void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u)
+{
+    if (b->model) {
+        const struct qs_layer *l = &b->model->layers[i];
+        *u = (struct qs_unit){l->name, l->in, l->out, l->w};
+    } else {
+        const struct qs_lm_site *st = &b->lm->sites[i];
+        *u = (struct qs_unit){st->name, st->in, st->out, st->w};
+    }
+}
+
+static int nlayers_of(const struct qs_bench *b) { return qs_bench_nunits(b); }
 
 static void caches_free(struct qs_bench *b)
 {
@@ -90,6 +108,7 @@ struct qs_bench *qs_bench_new(void)
     b->f_calib = 0.2;
     b->calib_n = -1;
     b->gate_min = 0.8;
+    b->gate_lm = 0.25;
     b->regime = QS_REGIME_WEIGHT;
     return b;
 }
@@ -101,6 +120,9 @@ void qs_bench_free(struct qs_bench *b)
     caches_free(b);
     layer_states_free(b);
     qs_mlp_free(b->model);
+    qs_bench_lm_drop(b);
+    qs_lm_free(b->lm);
+    qs_tokens_free(b->tokens);
     qs_dataset_free(b->data);
     qs_split_free(&b->split);
     free(b->model_path);
@@ -121,24 +143,79 @@ void qs_bench_mark_stale(struct qs_bench *b, int i)
 
 void qs_bench_invalidate(struct qs_bench *b, int i)
 {
+    qs_bench_lm_invalidate(b);
     for (int s = 0; s < 2; s++)
         if (b->q_valid[s] > i)
             b->q_valid[s] = i;
 }
 
-int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e)
+/* Forgets the model of either kind, its per-unit state and caches. */
+static void drop_model(struct qs_bench *b)
 {
     caches_free(b);
     layer_states_free(b);
     qs_mlp_free(b->model);
+    b->model = NULL;
+    qs_bench_lm_drop(b);
+    qs_lm_free(b->lm);
+    b->lm = NULL;
+}
+
+static int alloc_states(struct qs_bench *b, qs_err *e)
+{
+    int n = qs_bench_nunits(b);
+    b->ls = qs_calloc((size_t)n, sizeof *b->ls);
+    if (!b->ls)
+        return qs_errf(e, "out of memory");
+    for (int i = 0; i < n; i++)
+        b->ls[i].rule_w = b->ls[i].rule_a = -1;
+    return 0;
+}
+
+int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_err *e)
+{
+    drop_model(b);
+    qs_dataset_free(b->data); /* CSV data belongs to MLPs */
+    b->data = NULL;
+    qs_split_free(&b->split);
+    b->lm = m;
+    free(b->model_path);
+    b->model_path = qs_strdup(path);
+    if (b->tokens && qs_bench_lm_ready(b, e) < 0) { /* keep the tokens only if they fit */
+        qs_tokens_free(b->tokens);
+        b->tokens = NULL;
+        free(b->data_path);
+        b->data_path = NULL;
+    }
+    if (alloc_states(b, e) < 0)
+        return -1;
+    return qs_bench_resolve(b, e);
+}
+
+int qs_bench_set_tokens(struct qs_bench *b, struct qs_tokens *t, const char *path, qs_err *e)
+{
+    qs_bench_lm_drop(b);
+    qs_tokens_free(b->tokens);
+    b->tokens = t;
+    free(b->data_path);
+    b->data_path = qs_strdup(path);
+    return b->lm ? qs_bench_lm_ready(b, e) : 0;
+}
+
+int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e)
+{
+    drop_model(b);
+    if (b->tokens) { /* token data belongs to transformers */
+        qs_tokens_free(b->tokens);
+        b->tokens = NULL;
+        free(b->data_path);
+        b->data_path = NULL;
+    }
     b->model = m;
     free(b->model_path);
     b->model_path = qs_strdup(path);
-    b->ls = qs_calloc((size_t)m->nlayers, sizeof *b->ls);
-    if (!b->ls)
-        return qs_errf(e, "out of memory");
-    for (int i = 0; i < m->nlayers; i++)
-        b->ls[i].rule_w = b->ls[i].rule_a = -1;
+    if (alloc_states(b, e) < 0)
+        return -1;
     /* The model's own split (recorded by the trainer) is the default, so that its test split is
      * really held out. */
     const char *ss = qs_mlp_get_meta(m, "qscope.split_seed");
@@ -186,6 +263,18 @@ int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f
 
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
 {
+    if (b->lm) { /* transformers: N calibration windows of ctx tokens */
+        if (!b->tokens)
+            return qs_errf(e, "set calib: no token data loaded");
+        size_t off = b->tokens->n - b->tokens->n / 10;
+        long avail = (long)(off / (size_t)b->lm->ctx);
+        if (n <= 0 || n > avail)
+            return qs_errf(e, "set calib: %d windows requested but the non-held-out tokens hold "
+                              "%ld windows of %d", n, avail, b->lm->ctx);
+        b->calib_n = n;
+        qs_bench_lm_drop(b);
+        return 0;
+    }
     if (!b->data)
         return qs_errf(e, "set calib: no data loaded");
     if (n <= 0 || n > b->split.n_calib)
@@ -221,9 +310,12 @@ int qs_bench_ready(struct qs_bench *b, qs_err *e)
 
 int qs_bench_layer_index(const struct qs_bench *b, const char *name)
 {
-    for (int i = 0; i < nlayers_of(b); i++)
-        if (!strcmp(b->model->layers[i].name, name))
+    struct qs_unit u;
+    for (int i = 0; i < nlayers_of(b); i++) {
+        qs_bench_unit(b, i, &u);
+        if (!strcmp(u.name, name))
             return i;
+    }
     return -1;
 }
 
@@ -254,15 +346,18 @@ void qs_bench_suggest_layer(const struct qs_bench *b, const char *name, char *bu
     size_t used = 0;
     buf[0] = 0;
     int L = nlayers_of(b), best = 99;
+    struct qs_unit u;
     for (int i = 0; i < L; i++) {
-        int d = edit_distance(name, b->model->layers[i].name);
+        qs_bench_unit(b, i, &u);
+        int d = edit_distance(name, u.name);
         if (d < best)
             best = d;
     }
-    for (int i = 0; i < L && used + 1 < n; i++)
-        if (edit_distance(name, b->model->layers[i].name) <= best + 1)
-            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "",
-                                     b->model->layers[i].name);
+    for (int i = 0; i < L && used + 1 < n; i++) {
+        qs_bench_unit(b, i, &u);
+        if (edit_distance(name, u.name) <= best + 1)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "", u.name);
+    }
 }
 
 /* ---- rules ---------------------------------------------------------------------------- */
@@ -335,7 +430,8 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
     for (int k = 0; k < b->nrules; k++)
         b->rules[k].matched = 0;
     for (int i = 0; i < nlayers_of(b); i++) {
-        struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit unit, *l = &unit;
+        qs_bench_unit(b, i, &unit);
         struct qs_layer_state *s = &b->ls[i];
         int rw = find_rule(b, l->name, QS_ROLE_W), ra = find_rule(b, l->name, QS_ROLE_A);
         struct qs_format wf = {0}, af = {0};
@@ -685,7 +781,8 @@ double qs_bench_bits_per_weight(const struct qs_bench *b)
 {
     double bits = 0.0, nw = 0.0;
     for (int i = 0; i < nlayers_of(b); i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit unit, *l = &unit;
+        qs_bench_unit(b, i, &unit);
         double n = (double)l->in * l->out;
         nw += n;
         bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;

@@ -1,6 +1,8 @@
 /* cmd.c - the dispatcher: tokenizer, command lookup over the tables, journaling, results. */
 #include "qscope/cmd.h"
 
+#include "qscope/lmbench.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -280,11 +282,21 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
             qs_errf(e, "unknown command '%s' (type 'help' for the list)", argv[0]);
         goto out;
     }
-    if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !c->b->model) {
+    if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && c->b->lm) {
+        if (!(d->flags & QS_CMD_LM)) {
+            qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
+                       "info, layers, quant, rules, regime, eval, error, spectrum, rank)",
+                    d->name);
+            goto out;
+        }
+        if ((d->flags & QS_CMD_DATA) && qs_bench_lm_ready(c->b, e) < 0) {
+            qs_err_prefix(e, d->name);
+            goto out;
+        }
+    } else if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !c->b->model) {
         qs_errf(e, "%s: no model loaded (load model PATH)", d->name);
         goto out;
-    }
-    if ((d->flags & QS_CMD_DATA) && qs_bench_ready(c->b, e) < 0) {
+    } else if ((d->flags & QS_CMD_DATA) && qs_bench_ready(c->b, e) < 0) {
         qs_err_prefix(e, d->name);
         goto out;
     }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd_lm.h"
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
 
@@ -26,9 +27,12 @@ static int layer_arg(struct qs_ctx *c, const char *name, qs_err *e)
 static int layers_matching(struct qs_ctx *c, const char *pat, int *idx, qs_err *e)
 {
     int n = 0;
-    for (int i = 0; i < c->b->model->nlayers; i++)
-        if (!pat || qs_glob_match(pat, c->b->model->layers[i].name))
+    struct qs_unit u;
+    for (int i = 0; i < qs_bench_nunits(c->b); i++) {
+        qs_bench_unit(c->b, i, &u);
+        if (!pat || qs_glob_match(pat, u.name))
             idx[n++] = i;
+    }
     if (n == 0) {
         char sug[256];
         qs_bench_suggest_layer(c->b, pat, sug, sizeof sug);
@@ -39,7 +43,7 @@ static int layers_matching(struct qs_ctx *c, const char *pat, int *idx, qs_err *
 
 static int *idx_alloc(struct qs_ctx *c)
 {
-    return malloc((size_t)c->b->model->nlayers * sizeof(int));
+    return malloc((size_t)(qs_bench_nunits(c->b) + 1) * sizeof(int));
 }
 
 /* ---- error --------------------------------------------------------------------------- */
@@ -49,6 +53,15 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (argc > 1)
         return qs_errf(e, "usage: error [PATTERN]");
     struct qs_bench *b = c->b;
+    if (b->lm) {
+        int *li = idx_alloc(c);
+        if (!li)
+            return qs_errf(e, "out of memory");
+        int ln = layers_matching(c, argc ? argv[0] : NULL, li, e);
+        int rc = ln < 0 ? -1 : qs_cmd_lm_error(c, li, ln, e);
+        free(li);
+        return rc;
+    }
     int L = b->model->nlayers, *idx = idx_alloc(c);
     struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
     if (!idx || !err) {
@@ -253,7 +266,14 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "of", of_name(of));
     cJSON_AddStringToObject(o, "scale", scale_name(sc));
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "%-10s %9s %9s %5s %5s %5s %11s %11s %s\n", "layer", "eff_rank",
+    int nw = 10;
+    for (int k = 0; k < n; k++) {
+        struct qs_unit u;
+        qs_bench_unit(c->b, idx[k], &u);
+        if ((int)strlen(u.name) > nw)
+            nw = (int)strlen(u.name);
+    }
+    qs_sb_printf(&t, "%-*s %9s %9s %5s %5s %5s %11s %11s %s\n", nw, "layer", "eff_rank",
                  "stable", "k50", "k90", "k99", "top", "mp_edge", "shape");
     int rc = 0;
     for (int k = 0; k < n && rc == 0; k++) {
@@ -262,7 +282,9 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             break;
         const struct qs_rank_stats *st = &sp.st;
         cJSON *j = cJSON_CreateObject(), *curve = cJSON_CreateArray();
-        cJSON_AddStringToObject(j, "name", c->b->model->layers[idx[k]].name);
+        struct qs_unit un;
+        qs_bench_unit(c->b, idx[k], &un);
+        cJSON_AddStringToObject(j, "name", un.name);
         stats_json(j, st);
         int K = sp.nsv < RANK_CURVE_K ? sp.nsv : RANK_CURVE_K;
         double left[RANK_CURVE_K + 1];
@@ -271,8 +293,8 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             cJSON_AddItemToArray(curve, qs_json_num_item(left[q]));
         cJSON_AddItemToObject(j, "energy_left", curve);
         cJSON_AddItemToArray(rows, j);
-        qs_sb_printf(&t, "%-10s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %s\n",
-                     c->b->model->layers[idx[k]].name, st->eff_rank, st->stable_rank, st->k50,
+        qs_sb_printf(&t, "%-*s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %s\n", nw, un.name,
+                     st->eff_rank, st->stable_rank, st->k50,
                      st->k90, st->k99, st->top, st->mp_edge,
                      st->zero ? "zero" : st->structured ? "structured" : "white");
         qs_spectrum_free(&sp);
@@ -631,12 +653,15 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     /* A header row naming the table, the regime, the formats and the seed. */
     char formats[1024] = "";
     size_t fl = 0;
-    for (int i = 0; b->model && i < b->model->nlayers && fl + 1 < sizeof formats; i++)
+    for (int i = 0; i < qs_bench_nunits(b) && fl + 1 < sizeof formats; i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
         fl += (size_t)snprintf(formats + fl, sizeof formats - fl, "%s%s:%s/%s", i ? " " : "",
-                               b->model->layers[i].name, b->ls[i].wfmt.name, b->ls[i].afmt.name);
+                               u.name, b->ls[i].wfmt.name, b->ls[i].afmt.name);
+    }
     char meta[1400];
     snprintf(meta, sizeof meta, "# qscope %s table=%s regime=%s seed=%llu formats=%s", QS_VERSION,
-             title, b->model ? qs_regime_name(qs_bench_effective_regime(b)) : "weight-only",
+             title, qs_regime_name(qs_bench_effective_regime(b)),
              (unsigned long long)b->seed, formats);
     csv_field(f, meta, 1);
     fputc('\n', f);
@@ -684,18 +709,18 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LM, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
      "their interaction."},
     {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the Marchenko-Pastur edge",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
      "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]."},
     {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_rank,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error", NULL},
     {"correct", "LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] [lambda=F] [teacher=PATH]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,

@@ -4,11 +4,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmd_lm.h"
 #include "qscope/cmd.h"
+#include "qscope/lmbench.h"
 #include "qscope/safetensors.h"
 
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
 {
+    if (c->b->lm) {
+        qs_cmd_lm_gate(c, obj, text);
+        return;
+    }
     struct qs_eval ev;
     qs_err e;
     if (qs_bench_eval(c->b, &ev, &e) < 0)
@@ -42,6 +48,11 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             return -1;
         act_given = 1;
     }
+    if (qs_cmd_is_lm_path(argv[0])) { /* a Hugging Face folder: config.json + model.safetensors */
+        if (act_given)
+            return qs_errf(e, "load model: act= applies to MLP state dicts, not to %s", argv[0]);
+        return qs_cmd_lm_load_model(c, argv[0], e);
+    }
     struct qs_mlp *m;
     if (qs_mlp_load(argv[0], act, act_given, &m, e) < 0)
         return -1;
@@ -72,6 +83,11 @@ static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     for (int i = 1; i < argc; i++) {
         if (!(label = qs_opt_value(argv[i], "label")))
             return qs_errf(e, "load data: unknown option '%s' (expected label=...)", argv[i]);
+    }
+    if (c->b->lm) { /* token data: .txt (bytes), nanoGPT or llm.c .bin */
+        if (label)
+            return qs_errf(e, "load data: label= applies to CSV data, not to token files");
+        return qs_cmd_lm_load_data(c, argv[0], e);
     }
     struct qs_dataset *d;
     if (qs_dataset_load_csv(argv[0], label, &d, e) < 0)
@@ -120,7 +136,9 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "info");
     cJSON_AddStringToObject(o, "version", QS_VERSION);
-    if (b->model) {
+    if (b->lm) {
+        qs_cmd_lm_info(c, o, &t);
+    } else if (b->model) {
         cJSON_AddStringToObject(o, "model", b->model_path ? b->model_path : "");
         cJSON_AddStringToObject(o, "arch", "mlp");
         cJSON_AddNumberToObject(o, "layers", b->model->nlayers);
@@ -138,7 +156,7 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     } else {
         qs_sb_printf(&t, "model   (none)\n");
     }
-    if (b->data) {
+    if (b->data && !b->lm) {
         cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
         cJSON_AddNumberToObject(o, "n", b->data->n);
         cJSON_AddNumberToObject(o, "features", b->data->d);
@@ -149,13 +167,19 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "split   seed %llu: %d train / %d calib (using %d) / %d test\n",
                      (unsigned long long)b->split_seed, b->split.n_train, b->split.n_calib,
                      b->calib_n > 0 ? b->calib_n : b->split.n_calib, b->split.n_test);
-    } else {
+    } else if (!b->lm) {
         qs_sb_printf(&t, "data    (none)\n");
     }
     cJSON_AddStringToObject(o, "regime", qs_regime_name(qs_bench_effective_regime(b)));
     cJSON_AddNumberToObject(o, "seed", (double)b->seed);
-    qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
-                 qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed, b->gate_min);
+    if (b->lm)
+        qs_sb_printf(&t, "regime  %s; seed %llu; gate: float loss a share %.2f below the unigram entropy",
+                     qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed,
+                     b->gate_lm);
+    else
+        qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
+                     qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed,
+                     b->gate_min);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -170,10 +194,19 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "layers");
-    qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", "layer", "shape", "act",
+    int nw = 10; /* the name column fits the longest name (transformer sites are long) */
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        if ((int)strlen(u.name) > nw)
+            nw = (int)strlen(u.name);
+    }
+    qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", nw, "layer", "shape", "act",
                  "weights", "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
-    for (int i = 0; i < b->model->nlayers; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        struct qs_unit unit, *l = &unit;
+        qs_bench_unit(b, i, &unit);
+        const char *act = b->model ? qs_act_name(b->model->layers[i].act) : "-";
         const struct qs_layer_state *s = &b->ls[i];
         char wf[48], af[48], shape[32];
         qs_bench_wdesc(s, wf, sizeof wf);
@@ -184,7 +217,7 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(r, "name", l->name);
         cJSON_AddNumberToObject(r, "out", l->out);
         cJSON_AddNumberToObject(r, "in", l->in);
-        cJSON_AddStringToObject(r, "act", qs_act_name(l->act));
+        cJSON_AddStringToObject(r, "act", act);
         cJSON_AddStringToObject(r, "weights", wf);
         cJSON_AddStringToObject(r, "activations", af);
         qs_json_num(r, "bits_per_weight", bpw);
@@ -210,8 +243,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char sens[32] = "-";
         if (s->sens_method[0])
             snprintf(sens, sizeof sens, "%.4g", s->sens);
-        qs_sb_printf(&t, "%-10s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", l->name, shape,
-                     qs_act_name(l->act), wf, af, bpw, s->w_rel_err, sens, corr);
+        qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l->name, shape,
+                     act, wf, af, bpw, s->w_rel_err, sens, corr);
     }
     qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales; biases in float)",
                  qs_bench_bits_per_weight(b));
@@ -230,6 +263,8 @@ static int cmd_eval(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     (void)argv;
     if (argc)
         return qs_errf(e, "usage: eval");
+    if (c->b->lm)
+        return qs_cmd_lm_eval(c, e);
     struct qs_eval ev;
     if (qs_bench_eval(c->b, &ev, e) < 0)
         return -1;
@@ -491,6 +526,21 @@ static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
+static int cmd_set_lmgate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    double v;
+    if (argc != 1)
+        return qs_errf(e, "usage: set lmgate F   (share of the unigram entropy to remove, 0..1)");
+    if (qs_parse_double(argv[0], &v, "set lmgate", e) < 0)
+        return -1;
+    if (v < 0 || v > 1)
+        return qs_errf(e, "set lmgate: %g is outside 0..1", v);
+    c->b->gate_lm = v;
+    snprintf(c->canon, sizeof c->canon, "set lmgate %.9g", v);
+    emit_set(c, "lmgate", v, "");
+    return 0;
+}
+
 static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc != 1 || (strcmp(argv[0], "on") && strcmp(argv[0], "off")))
@@ -544,8 +594,9 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     /* Validate against every matching layer before changing anything. */
     struct qs_bench *b = c->b;
-    for (int i = 0; i < b->model->nlayers; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        struct qs_unit unit, *l = &unit;
+        qs_bench_unit(b, i, &unit);
         if (r.fmt.kind == QS_FMT_NONE || !qs_glob_match(r.pattern, l->name))
             continue;
         if (r.opt.gran == QS_GRAN_GROUP && l->in % r.opt.group != 0)
@@ -605,12 +656,14 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (r->fmt.kind != QS_FMT_NONE)
             qs_qopts_format(&r->fmt, &r->opt, opts, sizeof opts);
         cJSON *jr = cJSON_CreateObject(), *jl = cJSON_CreateArray();
-        for (int i = 0; i < b->model->nlayers; i++)
+        for (int i = 0; i < qs_bench_nunits(b); i++)
             if (b->ls[i].rule_w == k || b->ls[i].rule_a == k) {
-                cJSON_AddItemToArray(jl, cJSON_CreateString(b->model->layers[i].name));
+                struct qs_unit u;
+                qs_bench_unit(b, i, &u);
+                cJSON_AddItemToArray(jl, cJSON_CreateString(u.name));
                 if (ln + 1 < sizeof layers)
                     ln += (size_t)snprintf(layers + ln, sizeof layers - ln, "%s%s", ln ? "," : "",
-                                           b->model->layers[i].name);
+                                           u.name);
             }
         const char *roles = r->roles == QS_ROLE_W ? "w" : r->roles == QS_ROLE_A ? "a"
                             : r->roles ? "wa" : "default";
@@ -922,9 +975,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "open a CSV dataset (numeric cells; label column by name or index, default last)",
      "The split (train/calib/test) follows the model's recorded split seed and fractions."},
     {"info", "", 0, cmd_info, "show the model, data, split, regime and seed", NULL},
-    {"layers", "", QS_CMD_MODEL, cmd_layers,
+    {"layers", "", QS_CMD_MODEL | QS_CMD_LM, cmd_layers,
      "table of layers: shape, formats, bits per weight, weight error, correction", NULL},
-    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
+    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LM, cmd_eval,
      "float vs quantized task metrics on the test split, KL, top-1 agreement and the gate",
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
@@ -939,19 +992,22 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "re-make the deterministic train/calib/test split", NULL},
     {"set gate", "F", QS_CMD_JOURNAL, cmd_set_gate,
      "task-learned gate: required share of the headroom over chance (default 0.8)", NULL},
+    {"set lmgate", "F", QS_CMD_JOURNAL, cmd_set_lmgate,
+     "language models' gate: the float loss must be this share below the unigram entropy (0.25)",
+     NULL},
     {"set bail", "on|off", 0, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
      NULL},
     {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=]",
-     QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_quant,
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
      "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B. on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
-    {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
+    {"rules", "", QS_CMD_MODEL | QS_CMD_LM, cmd_rules, "list the quantization rules in order and their layers",
      NULL},
-    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,
+    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_regime,
      "default roles of rules: weights, activations or both", NULL},
     {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",

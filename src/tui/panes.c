@@ -182,8 +182,8 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         if ((int)strlen(r->corr) > wid[COL_CORR])
             wid[COL_CORR] = (int)strlen(r->corr);
     }
-    if (wid[COL_NAME] > 14)
-        wid[COL_NAME] = 14;
+    if (wid[COL_NAME] > 22) /* transformer sites are long: keep their distinctive tail */
+        wid[COL_NAME] = 22;
     if (wid[COL_W] > 16)
         wid[COL_W] = 16;
     if (wid[COL_A] > 12)
@@ -237,9 +237,14 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                 continue;
             attr_t a = base;
             switch (c) {
-            case COL_NAME:
-                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->name);
+            case COL_NAME: {
+                size_t nl = strlen(r->name);
+                if ((int)nl > wid[c]) /* "~f_attn.q_proj": the end tells sites apart */
+                    snprintf(cell, sizeof cell, "~%s", r->name + nl - (size_t)(wid[c] - 1));
+                else
+                    snprintf(cell, sizeof cell, "%-*s", wid[c], r->name);
                 break;
+            }
             case COL_SHAPE:
                 snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape);
                 break;

@@ -2,6 +2,7 @@
  * then copies what the panes show out of the bench into a snapshot (the view model) and passes
  * it to the UI under the mutex, waking the UI through the self-pipe. Results, notes and progress
  * reach the log and the progress bar the same way. */
+#include "qscope/lmbench.h"
 #include "tui_impl.h"
 
 #include <errno.h>
@@ -207,12 +208,13 @@ void tui_snap_free(struct tui_snap *s)
 static void snap_rows(struct qs_bench *b, struct tui_snap *s)
 {
     for (int i = 0; i < s->nlayers; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit unit, *l = &unit;
+        qs_bench_unit(b, i, &unit);
         const struct qs_layer_state *ls = &b->ls[i];
         struct tui_row *r = &s->rows[i];
         snprintf(r->name, sizeof r->name, "%s", l->name);
         snprintf(r->shape, sizeof r->shape, "%dx%d", l->out, l->in);
-        snprintf(r->act, sizeof r->act, "%s", qs_act_name(l->act));
+        snprintf(r->act, sizeof r->act, "%s", b->model ? qs_act_name(b->model->layers[i].act) : "-");
         r->in = l->in;
         r->out = l->out;
         qs_bench_wdesc(ls, r->wf, sizeof r->wf);
@@ -243,7 +245,8 @@ static void snap_rows(struct qs_bench *b, struct tui_snap *s)
 
 static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err *e)
 {
-    const struct qs_layer *l = &b->model->layers[sel];
+    struct qs_unit unit, *l = &unit;
+    qs_bench_unit(b, sel, &unit);
     int mn = l->out < l->in ? l->out : l->in, k = mn <= 256 ? 0 : 128;
     struct qs_spectrum sp;
     if (qs_analysis_spectrum(b, sel, QS_SPEC_WEIGHT, QS_SCALE_NONE, k, &sp, e) < 0)
@@ -306,6 +309,49 @@ out:
     free(cur);
     free(nxt);
     return rc;
+}
+
+/* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
+ * one, and (with token data) the per-site errors; task metrics come from `eval` (in the log). */
+static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
+                                int sel)
+{
+    (void)w;
+    qs_err e = {{0}};
+    s->have_model = 1;
+    snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "");
+    s->have_data = b->tokens != NULL;
+    if (b->tokens)
+        snprintf(s->data, sizeof s->data, "%s", b->data_path ? b->data_path : "");
+    s->nlayers = b->lm->nsites;
+    s->rows = calloc((size_t)s->nlayers, sizeof *s->rows);
+    if (!s->rows) {
+        s->nlayers = 0;
+        snprintf(s->err, sizeof s->err, "out of memory");
+        return s;
+    }
+    snap_rows(b, s);
+    if (sel >= s->nlayers)
+        sel = s->nlayers - 1;
+    s->spec_layer = sel < 0 ? 0 : sel;
+    s->bpw = qs_bench_bits_per_weight(b);
+    snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(qs_bench_effective_regime(b)));
+    if (snap_spectrum(b, s, s->spec_layer, &e) < 0)
+        snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
+    if (!b->tokens) {
+        snprintf(s->err, sizeof s->err, "transformer: load data PATH.txt|.bin, then eval");
+        return s;
+    }
+    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
+    if (err && qs_bench_lm_errors(b, err, &e) == 0)
+        for (int i = 0; i < s->nlayers; i++) {
+            s->rows[i].snr_db = err[i].snr_db;
+            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
+            s->rows[i].has_err = 1;
+        }
+    free(err);
+    snprintf(s->err, sizeof s->err, "transformer: eval prints perplexity (float vs quantized)");
+    return s;
 }
 
 static int snap_lowdim(struct qs_bench *b, struct tui_snap *s, int gw, int gh, qs_err *e)
@@ -379,6 +425,8 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     if (!s)
         return NULL;
     s->spec_layer = -1;
+    if (b->lm)
+        return snap_lm(w, b, s, sel);
     if (!b->model)
         return s;
     if (w->abl_model != (const void *)b->model) {

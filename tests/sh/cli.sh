@@ -144,3 +144,13 @@ check make-install "[ -x $T/root/usr/bin/qscope ] && [ -f $T/root/usr/share/man/
 check installed-default-model "(cd $T && $T/root/usr/bin/qscope --json -c eval | grep -q '\"gate\":\"pass\"')"
 make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
 check make-uninstall "[ ! -e $T/root/usr/bin/qscope ] && [ ! -e $T/root/usr/share/man/man1/qscope.1 ]"
+
+# transformers: the bundled tiny GPT-2 through the command line, JSON, and clear refusals
+out=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int4 gran=channel; eval' | tail -1)
+check lm-eval-json "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"cmd\"]==\"eval\" and o[\"regime\"]==\"weight-only\" and 1<o[\"float\"][\"ppl\"]<o[\"quant\"][\"ppl\"]<256 and 0<o[\"top1_agree\"]<=1 and o[\"gate\"] in (\"pass\",\"fail\")' '$out'"
+check lm-mlp-only-command "$Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'correct lm_head lowrank r=2' 2>&1 | grep -q 'works on MLPs for now; the model is a transformer'"
+check lm-no-data "$Q --no-default -c 'load model datasets/models/tiny-gpt2; eval' 2>&1 | grep -q 'no token data loaded'"
+check lm-csv-label "$Q datasets/models/tiny-gpt2 -c 'load data datasets/digits.csv label=label' 2>&1 | grep -q 'label= applies to CSV'"
+check lm-back-to-mlp "$Q --no-default -c 'load model datasets/models/tiny-gpt2; load data datasets/text/licenses.txt; load model datasets/models/digits-mlp.safetensors; load data datasets/digits.csv; eval' | grep -q '^float '"
+$Q --no-default -c "load model datasets/models/tiny-llama; load data datasets/text/licenses.txt; quant * int4 gran=channel; eval; save session $T/lm.qs" >/dev/null 2>&1
+check lm-session-replays "$Q --replay $T/lm.qs --check >/dev/null 2>&1 && grep -q '^# model datasets/models/tiny-llama sha256=' $T/lm.qs"

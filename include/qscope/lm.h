@@ -1,0 +1,98 @@
+/* lm.h - decoder-only transformers (GPT-2 and LLaMA families) in Hugging Face layout: loading,
+ * the batched forward pass on OpenBLAS with quantizer hooks at every linear, and task metrics.
+ *
+ * Notation: T tokens of one sequence, d = d_model, H heads of hd = d / H, Hk key/value heads
+ * (GQA; Hk = H for GPT-2), ff = d_ff. A linear computes y = x W^T + b with W: (out, in)
+ * row-major, x: (n, in). */
+#ifndef QSCOPE_LM_H
+#define QSCOPE_LM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qscope/common.h"
+
+enum qs_lm_family { QS_LM_GPT2, QS_LM_LLAMA };
+
+/* A linear "site": one weight matrix the quantizer can act on. w is (out, in) row-major as qscope
+ * uses everywhere (GPT-2's Conv1D (in, out) tensors are transposed at load). Names are the HF
+ * tensor names without ".weight" (and without GPT-2's optional "transformer." prefix), e.g.
+ * "h.0.attn.c_attn", "model.layers.1.mlp.down_proj", "lm_head". */
+struct qs_lm_site {
+    char name[96];
+    int in, out;
+    float *w;       /* (out, in), owned by the model (the tied head's aliases the embedding) */
+    const float *b; /* (out) or NULL (LLaMA, the head) */
+};
+
+struct qs_lm_priv; /* embeddings, norms, metadata: internal to lm.c */
+
+struct qs_lm {
+    enum qs_lm_family family;
+    int n_layer, n_head, n_kv_head, d_model, d_ff, vocab, ctx;
+    double eps, rope_theta; /* norm epsilon; RoPE base (LLaMA only) */
+    int tied;               /* lm head = token embedding */
+    int nsites;
+    /* every linear of every block in forward order, then the head (a site too, also when tied:
+     * its w then aliases the embedding, so changing it changes the embedding lookups too).
+     * GPT-2 block l: sites 4l .. 4l+3 = attn.c_attn (in d, out 3d: q|k|v), attn.c_proj,
+     * mlp.c_fc, mlp.c_proj. LLaMA block l: sites 7l .. 7l+6 = self_attn.{q,k,v,o}_proj,
+     * mlp.{gate,up,down}_proj. */
+    struct qs_lm_site *sites;
+    char *path;             /* the model folder */
+    struct qs_lm_priv *priv;
+};
+
+/* Loads DIR/config.json (model_type "gpt2" or "llama") and DIR/model.safetensors (F32, F16 or
+ * BF16 tensors, copied to F32 and checked finite; GPT-2 names may carry a "transformer."
+ * prefix). Config keys: GPT-2 vocab_size, n_embd, n_layer, n_head, n_positions (or n_ctx),
+ * layer_norm_epsilon (default 1e-5), n_inner (null: 4 d), activation_function (gelu_new);
+ * LLaMA vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads
+ * (default H), intermediate_size, rms_norm_eps (default 1e-6), rope_theta (default 10000),
+ * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu). Unsupported
+ * variants (rope_scaling, attention/mlp biases, another activation) are refused. Every missing
+ * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
+ * the tensor or key. *out is NULL on failure; free with qs_lm_free. */
+int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
+/* NULL is fine. */
+void qs_lm_free(struct qs_lm *m);
+
+/* The model file's __metadata__ value for KEY (e.g. "qscope.val_ppl"), or NULL. Owned by m. */
+const char *qs_lm_meta(const struct qs_lm *m, const char *key);
+/* Parameter count (a tied head counted once). */
+long qs_lm_nparams(const struct qs_lm *m);
+
+/* Hooks for the quantizer (all optional, as is the struct). For site s, in this order:
+ * input() observes the site's input x: (n, in) (e.g. calibration statistics); act() may rewrite
+ * a private copy of x in place (activation quantization; sites sharing an input, like q/k/v, each
+ * get their own copy of the float input); weight() may return a replacement (out, in) weight to
+ * use instead of sites[s].w (NULL: use sites[s].w). Each site is visited once per forward. */
+struct qs_lm_hooks {
+    const float *(*weight)(void *u, int site);
+    void (*input)(void *u, int site, const float *x, int n, int in);
+    void (*act)(void *u, int site, float *x, int n, int in);
+    void *u;
+};
+
+/* Logits for one sequence: tok: (T) ids < vocab, 1 <= T <= ctx; logits: (T, vocab). Batched over
+ * positions with cblas_sgemm (projections and, per head, attention scores and values); causal
+ * attention. h may be NULL. Scratch is allocated per call, so m is not modified and several
+ * threads may run forwards of one model at once (hooks permitting). */
+int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_lm_hooks *h,
+                  float *logits, qs_err *e);
+
+/* Task metrics over non-overlapping windows w = 0, 1, ... < min((n - 1) / ctx, max_windows)
+ * (max_windows 0 = all) of tok[0..n): inputs tok[w ctx .. w ctx + ctx), targets shifted by one.
+ * loss: mean next-token cross-entropy (nats) with hooks hf (may be NULL), ppl = exp(loss);
+ * ntok = the number of predicted positions. When hq is given, also loss_q/ppl_q with hq, kl =
+ * KL(p_f || p_q) per position averaged and top1_agree = the fraction of positions whose argmax
+ * agree; otherwise those are 0. Errors: fewer than ctx + 1 tokens, an id >= vocab. */
+struct qs_lm_eval {
+    double loss, ppl, loss_q, ppl_q, kl, top1_agree;
+    long ntok;
+};
+int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+                   const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
+                   struct qs_lm_eval *out, qs_err *e);
+
+#endif

@@ -1,0 +1,36 @@
+/* lmbench.h - transformers on the bench (see bench.h): the token split, calibration activations
+ * of the linear sites, evaluation and per-site error statistics.
+ *
+ * Split of the token stream: the last 10 % is held out for evaluation; calibration uses the
+ * first `set calib N` windows of ctx tokens of the rest (default 8). */
+#ifndef QSCOPE_LMBENCH_H
+#define QSCOPE_LMBENCH_H
+
+#include "qscope/analysis.h"
+#include "qscope/bench.h"
+
+/* Checks that a transformer and its token data are loaded and fit (vocabulary, length). */
+int qs_bench_lm_ready(struct qs_bench *b, qs_err *e);
+void qs_bench_lm_split(const struct qs_bench *b, size_t *test_off, int *calib_windows);
+/* Drops the calibration activations (model, data or calib size changed) / marks the quantized
+ * path's stale (a rule changed). */
+void qs_bench_lm_drop(struct qs_bench *b);
+void qs_bench_lm_invalidate(struct qs_bench *b);
+/* Float vs quantized on the held-out tokens (at most max_windows windows, 0 = all). */
+int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev, qs_err *e);
+/* Per-site error statistics on the calibration windows: w_rel_err, local and propagated
+ * pre-activation relative MSE and SNR, cosine (kl fields unset). err: nsites entries. */
+int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
+/* The float model's calibration inputs of a site: x (n, in). */
+int qs_bench_lm_inputs(struct qs_bench *b, int site, const float **x, int *n, qs_err *e);
+
+/* The task-learned gate for language models: the float model's held-out loss must be below the
+ * unigram entropy of the held-out tokens by the share b->gate_lm of it (a model that learned
+ * only token frequencies scores that entropy). Cached until the model or data change. */
+struct qs_lm_gate {
+    double float_loss, unigram, threshold;
+    int pass;
+};
+int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e);
+
+#endif

@@ -1,0 +1,315 @@
+/* lmbench.c - transformers on the bench: token splits, calibration activations of every linear
+ * site (captured through the forward pass's input hook), evaluation (perplexity, KL, top-1
+ * agreement) and per-site error statistics, with the quantized weights the rules resolved. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/analysis.h"
+#include "qscope/lmbench.h"
+
+/* Calibration activations: xf[s] the float model's inputs of site s over the calibration
+ * windows, xq[s] the quantized model's (propagated); n rows each. */
+struct qs_lm_cache {
+    int nsites, n;
+    float **xf, **xq;
+    int q_valid;
+};
+
+static void cache_free(struct qs_lm_cache *c)
+{
+    if (!c)
+        return;
+    for (int s = 0; s < c->nsites; s++) {
+        free(c->xf ? c->xf[s] : NULL);
+        free(c->xq ? c->xq[s] : NULL);
+    }
+    free(c->xf);
+    free(c->xq);
+    free(c);
+}
+
+void qs_bench_lm_drop(struct qs_bench *b)
+{
+    cache_free(b->lmc);
+    b->lmc = NULL;
+    b->lm_float_valid = 0;
+}
+
+void qs_bench_lm_invalidate(struct qs_bench *b)
+{
+    if (b->lmc)
+        b->lmc->q_valid = 0;
+}
+
+/* The split of the token stream: the last 10 % is held out (test); calibration windows are the
+ * first ones of the rest (calib_n windows, default 8). */
+void qs_bench_lm_split(const struct qs_bench *b, size_t *test_off, int *calib_windows)
+{
+    size_t n = b->tokens->n;
+    *test_off = n - n / 10;
+    /* calibration windows are inputs only (no targets): tokens [w ctx, (w + 1) ctx) */
+    int ctx = b->lm->ctx, avail = (int)(*test_off / (size_t)ctx);
+    int want = b->calib_n > 0 ? b->calib_n : 8;
+    *calib_windows = want < avail ? want : avail;
+}
+
+int qs_bench_lm_ready(struct qs_bench *b, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "no transformer loaded (load model DIR)");
+    if (!b->tokens)
+        return qs_errf(e, "no token data loaded (load data PATH.txt|.bin)");
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    if (cw < 1 || b->tokens->n - off < (size_t)b->lm->ctx + 1)
+        return qs_errf(e, "%s: %zu tokens are too few for windows of %d (need %d)",
+                       b->tokens->path ? b->tokens->path : "tokens", b->tokens->n, b->lm->ctx,
+                       10 * (b->lm->ctx + 1) + 1);
+    for (size_t i = 0; i < b->tokens->n; i++)
+        if (b->tokens->ids[i] >= b->lm->vocab)
+            return qs_errf(e, "%s: token %u at %zu is outside the model's vocabulary (%d)",
+                           b->tokens->path ? b->tokens->path : "tokens", b->tokens->ids[i], i,
+                           b->lm->vocab);
+    return 0;
+}
+
+/* ---- hooks -------------------------------------------------------------------------------- */
+
+struct hook_ctx {
+    struct qs_bench *b;
+    float **capture; /* per site: rows appended here (NULL: no capture) */
+    int *rows;       /* rows captured so far per site */
+    int cap_rows;
+};
+
+/* The quantized weight of a site (dequantized from its packed form), else the float one. */
+static const float *weight_q(void *u, int s)
+{
+    struct hook_ctx *h = u;
+    return h->b->ls[s].wq; /* NULL: the float weight */
+}
+
+static void capture_input(void *u, int s, const float *x, int n, int in)
+{
+    struct hook_ctx *h = u;
+    if (!h->capture || !h->capture[s])
+        return;
+    int take = n;
+    if (h->rows[s] + take > h->cap_rows)
+        take = h->cap_rows - h->rows[s];
+    if (take > 0)
+        memcpy(h->capture[s] + (size_t)h->rows[s] * in, x, (size_t)take * in * sizeof(float));
+    h->rows[s] += take;
+}
+
+static void act_quant(void *u, int s, float *x, int n, int in)
+{
+    struct hook_ctx *h = u;
+    const struct qs_layer_state *ls = &h->b->ls[s];
+    if (ls->afmt.kind == QS_FMT_NONE)
+        return;
+    struct qs_qopts o = ls->aopt;
+    if (ls->amode == QS_AMODE_TOKEN)
+        o.gran = QS_GRAN_CHANNEL;
+    else if (o.gran == QS_GRAN_CHANNEL)
+        o.gran = QS_GRAN_TENSOR;
+    qs_err e;
+    qs_quant_fake(&ls->afmt, &o, x, n, in, x, &e); /* in place; errors leave x as it was */
+}
+
+/* Runs the calibration windows through the float (quant = 0) or quantized model, capturing
+ * every site's inputs into out[s] (n rows of in_s). */
+static int capture(struct qs_bench *b, int quant, float **out, int n, qs_err *e)
+{
+    struct qs_lm *m = b->lm;
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    int *rows = qs_calloc((size_t)m->nsites, sizeof *rows);
+    float *logits = malloc((size_t)m->ctx * m->vocab * sizeof(float));
+    if (!rows || !logits) {
+        free(rows);
+        free(logits);
+        return qs_errf(e, "out of memory");
+    }
+    struct hook_ctx hc = {b, out, rows, n};
+    struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc};
+    int rc = 0;
+    for (int w = 0; w < cw && rc == 0; w++)
+        rc = qs_lm_forward(m, b->tokens->ids + (size_t)w * m->ctx, m->ctx, &h, logits, e);
+    free(rows);
+    free(logits);
+    return rc;
+}
+
+static int ensure_cache(struct qs_bench *b, qs_err *e)
+{
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    struct qs_lm *m = b->lm;
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    int n = cw * m->ctx;
+    if (b->lmc && b->lmc->n != n)
+        qs_bench_lm_drop(b);
+    if (!b->lmc) {
+        struct qs_lm_cache *c = qs_calloc(1, sizeof *c);
+        if (!c)
+            return qs_errf(e, "out of memory");
+        c->nsites = m->nsites;
+        c->n = n;
+        c->xf = qs_calloc((size_t)m->nsites, sizeof *c->xf);
+        c->xq = qs_calloc((size_t)m->nsites, sizeof *c->xq);
+        b->lmc = c;
+        if (!c->xf || !c->xq)
+            return qs_errf(e, "out of memory");
+        for (int s = 0; s < m->nsites; s++) {
+            c->xf[s] = malloc((size_t)n * m->sites[s].in * sizeof(float));
+            c->xq[s] = malloc((size_t)n * m->sites[s].in * sizeof(float));
+            if (!c->xf[s] || !c->xq[s])
+                return qs_errf(e, "out of memory caching calibration activations");
+        }
+        if (capture(b, 0, c->xf, n, e) < 0) {
+            qs_bench_lm_drop(b);
+            return -1;
+        }
+    }
+    if (!b->lmc->q_valid) {
+        if (capture(b, 1, b->lmc->xq, n, e) < 0)
+            return -1;
+        b->lmc->q_valid = 1;
+    }
+    return 0;
+}
+
+int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev, qs_err *e)
+{
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    struct hook_ctx hc = {b, NULL, NULL, 0};
+    struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc};
+    return qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
+                          ev, e);
+}
+
+static void site_pre(const float *x, int n, const struct qs_lm_site *st, const float *w, float *y)
+{
+    qs_linear(x, n, st->in, w, st->b, st->out, y);
+}
+
+int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
+{
+    if (ensure_cache(b, e) < 0)
+        return -1;
+    struct qs_lm *m = b->lm;
+    int n = b->lmc->n, rc = 0;
+    for (int s = 0; s < m->nsites && rc == 0; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        const struct qs_layer_state *ls = &b->ls[s];
+        struct qs_layer_err *r = &err[s];
+        memset(r, 0, sizeof *r);
+        r->w_rel_err = ls->w_rel_err;
+        size_t len = (size_t)n * st->out;
+        float *yf = malloc(len * sizeof(float)), *y = malloc(len * sizeof(float));
+        float *xa = malloc((size_t)n * st->in * sizeof(float));
+        if (!yf || !y || !xa) {
+            free(yf);
+            free(y);
+            free(xa);
+            return qs_errf(e, "out of memory");
+        }
+        const float *wq = ls->wq ? ls->wq : st->w;
+        site_pre(b->lmc->xf[s], n, st, st->w, yf);
+        double den = 0, num = 0, dot = 0, nq = 0;
+        for (size_t j = 0; j < len; j++)
+            den += (double)yf[j] * yf[j];
+        /* local: the float inputs, quantized (activations as the rule says, then weights) */
+        memcpy(xa, b->lmc->xf[s], (size_t)n * st->in * sizeof(float));
+        struct hook_ctx hc = {b, NULL, NULL, 0};
+        act_quant(&hc, s, xa, n, st->in);
+        site_pre(xa, n, st, wq, y);
+        for (size_t j = 0; j < len; j++) {
+            double d = (double)y[j] - yf[j];
+            num += d * d;
+        }
+        r->local_rel_mse = den > 0 ? num / den : 0.0;
+        r->local_snr_db = r->local_rel_mse > 0 ? -10 * log10(r->local_rel_mse) : INFINITY;
+        /* propagated: the quantized model's own inputs */
+        memcpy(xa, b->lmc->xq[s], (size_t)n * st->in * sizeof(float));
+        act_quant(&hc, s, xa, n, st->in);
+        site_pre(xa, n, st, wq, y);
+        num = 0;
+        for (size_t j = 0; j < len; j++) {
+            double d = (double)y[j] - yf[j];
+            num += d * d;
+            dot += (double)y[j] * yf[j];
+            nq += (double)y[j] * y[j];
+        }
+        r->preact_rel_mse = den > 0 ? num / den : 0.0;
+        r->snr_db = r->preact_rel_mse > 0 ? -10 * log10(r->preact_rel_mse) : INFINITY;
+        r->cosine = den > 0 && nq > 0 ? dot / sqrt(den * nq) : 1.0;
+        free(yf);
+        free(y);
+        free(xa);
+    }
+    return rc;
+}
+
+int qs_bench_lm_inputs(struct qs_bench *b, int site, const float **x, int *n, qs_err *e)
+{
+    if (ensure_cache(b, e) < 0)
+        return -1;
+    *x = b->lmc->xf[site];
+    *n = b->lmc->n;
+    return 0;
+}
+
+/* Entropy (nats) of the held-out tokens' own unigram distribution: the loss of a model that
+ * learned byte (token) frequencies and nothing else. */
+static double unigram_entropy(const uint16_t *t, size_t n, int vocab)
+{
+    double *cnt = qs_calloc((size_t)vocab, sizeof *cnt), h = 0.0;
+    if (!cnt || !n) {
+        free(cnt);
+        return 0.0;
+    }
+    for (size_t i = 0; i < n; i++)
+        cnt[t[i]] += 1.0;
+    for (int v = 0; v < vocab; v++)
+        if (cnt[v] > 0) {
+            double p = cnt[v] / (double)n;
+            h -= p * log(p);
+        }
+    free(cnt);
+    return h;
+}
+
+int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
+{
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    if (!b->lm_float_valid) {
+        size_t off;
+        int cw;
+        qs_bench_lm_split(b, &off, &cw);
+        struct qs_lm_eval ev;
+        if (qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL, &ev,
+                           e) < 0)
+            return -1;
+        b->lm_float_loss = ev.loss;
+        b->lm_unigram = unigram_entropy(b->tokens->ids + off, b->tokens->n - off, b->lm->vocab);
+        b->lm_float_valid = 1;
+    }
+    g->float_loss = b->lm_float_loss;
+    g->unigram = b->lm_unigram;
+    g->threshold = (1.0 - b->gate_lm) * b->lm_unigram;
+    g->pass = g->float_loss <= g->threshold;
+    return 0;
+}

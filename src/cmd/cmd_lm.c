@@ -1,0 +1,202 @@
+/* cmd_lm.c - the transformer branches of load model/data, info, eval, error and the gate. */
+#include "cmd_lm.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qscope/lmbench.h"
+
+int qs_cmd_is_lm_path(const char *path)
+{
+    struct stat st;
+    char cfg[4200];
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    return stat(cfg, &st) == 0;
+}
+
+static const char *family_name(const struct qs_lm *m)
+{
+    return m->family == QS_LM_GPT2 ? "gpt2" : "llama";
+}
+
+int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, qs_err *e)
+{
+    struct qs_lm *m;
+    if (qs_lm_load(path, &m, e) < 0 || qs_bench_set_lm(c->b, m, path, e) < 0)
+        return -1;
+    char q[600];
+    snprintf(c->canon, sizeof c->canon, "load model %s", qs_quote(path, q, sizeof q));
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "load model");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddStringToObject(o, "arch", family_name(m));
+    cJSON_AddNumberToObject(o, "layers", m->nsites);
+    cJSON_AddNumberToObject(o, "params", (double)qs_lm_nparams(m));
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "model %s: %s, %d blocks, d_model %d, %d heads (%d kv), context %d, vocab %d; "
+                     "%d linear sites, %ld parameters%s",
+                 path, family_name(m), m->n_layer, m->d_model, m->n_head, m->n_kv_head, m->ctx,
+                 m->vocab, m->nsites, qs_lm_nparams(m), m->tied ? " (tied head)" : "");
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, qs_err *e)
+{
+    struct qs_tokens *tk;
+    if (qs_tokens_load(path, &tk, e) < 0 || qs_bench_set_tokens(c->b, tk, path, e) < 0)
+        return -1;
+    char q[600];
+    snprintf(c->canon, sizeof c->canon, "load data %s", qs_quote(path, q, sizeof q));
+    size_t off;
+    int cw;
+    qs_bench_lm_split(c->b, &off, &cw);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "load data");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddNumberToObject(o, "tokens", (double)tk->n);
+    cJSON_AddNumberToObject(o, "test_tokens", (double)(tk->n - off));
+    cJSON_AddNumberToObject(o, "calib_windows", cw);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "data %s: %zu tokens; held out: the last %zu; calibration: %d windows of %d",
+                 path, tk->n, tk->n - off, cw, c->b->lm->ctx);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
+{
+    struct qs_bench *b = c->b;
+    struct qs_lm *m = b->lm;
+    cJSON_AddStringToObject(o, "model", b->model_path ? b->model_path : "");
+    cJSON_AddStringToObject(o, "arch", family_name(m));
+    cJSON_AddNumberToObject(o, "layers", m->nsites);
+    cJSON_AddNumberToObject(o, "params", (double)qs_lm_nparams(m));
+    qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
+    qs_sb_printf(t, "model   %s (%s, %d blocks, d_model %d, ctx %d, vocab %d; %d linear sites, "
+                    "%.3f bits/weight)\n",
+                 b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, m->vocab,
+                 m->nsites, qs_bench_bits_per_weight(b));
+    if (b->tokens) {
+        size_t off;
+        int cw;
+        qs_bench_lm_split(b, &off, &cw);
+        cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
+        cJSON_AddNumberToObject(o, "tokens", (double)b->tokens->n);
+        qs_sb_printf(t, "data    %s (%zu tokens; held out the last %zu; calibration %d windows)\n",
+                     b->data_path, b->tokens->n, b->tokens->n - off, cw);
+    } else {
+        qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
+    }
+}
+
+void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
+{
+    struct qs_lm_gate g;
+    qs_err e;
+    if (qs_bench_lm_gate(c->b, &g, &e) < 0)
+        return;
+    cJSON *j = cJSON_CreateObject();
+    qs_json_num(j, "float_loss", g.float_loss);
+    qs_json_num(j, "unigram_entropy", g.unigram);
+    qs_json_num(j, "threshold", g.threshold);
+    cJSON_AddItemToObject(obj, "task", j);
+    cJSON_AddStringToObject(obj, "gate", g.pass ? "pass" : "fail");
+    cJSON_AddStringToObject(obj, "regime", qs_regime_name(qs_bench_effective_regime(c->b)));
+    if (text)
+        qs_sb_printf(text, "[%s; float held-out loss %.4f (ppl %.3f); gate %s%s]",
+                     qs_regime_name(qs_bench_effective_regime(c->b)), g.float_loss,
+                     exp(g.float_loss), g.pass ? "pass" : "FAIL",
+                     g.pass ? "" : ": model did not clearly learn the task, results flagged");
+}
+
+int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_lm_eval ev;
+    struct qs_lm_gate g;
+    if (qs_bench_lm_eval(b, 0, &ev, e) < 0 || qs_bench_lm_gate(b, &g, e) < 0)
+        return -1;
+    enum qs_regime rg = qs_bench_effective_regime(b);
+    double bpw = qs_bench_bits_per_weight(b);
+    cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject(), *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "eval");
+    cJSON_AddStringToObject(o, "regime", qs_regime_name(rg));
+    cJSON_AddNumberToObject(o, "tokens", (double)ev.ntok);
+    qs_json_num(f, "ppl", ev.ppl);
+    qs_json_num(f, "loss", ev.loss);
+    qs_json_num(q, "ppl", ev.ppl_q);
+    qs_json_num(q, "loss", ev.loss_q);
+    cJSON_AddItemToObject(o, "float", f);
+    cJSON_AddItemToObject(o, "quant", q);
+    qs_json_num(o, "kl", ev.kl);
+    qs_json_num(o, "top1_agree", ev.top1_agree);
+    qs_json_num(o, "bits_per_weight", bpw);
+    cJSON_AddStringToObject(o, "gate", g.pass ? "pass" : "fail");
+    qs_json_num(o, "gate_threshold", g.threshold);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "regime %s, %.3f bits/weight; held-out %ld tokens in windows of %d\n",
+                 qs_regime_name(rg), bpw, ev.ntok, b->lm->ctx);
+    qs_sb_printf(&t, "          %9s %8s\n", "ppl", "loss");
+    qs_sb_printf(&t, "float     %9.4f %8.4f\n", ev.ppl, ev.loss);
+    qs_sb_printf(&t, "quant     %9.4f %8.4f   (delta loss %+.4f)\n", ev.ppl_q, ev.loss_q,
+                 ev.loss_q - ev.loss);
+    qs_sb_printf(&t, "KL(float||quant) %.6g per token, top-1 agreement %.4f\n", ev.kl,
+                 ev.top1_agree);
+    qs_sb_printf(&t, "gate %s: float loss %.4f %s %.4f (= %.2f x the unigram entropy %.4f of "
+                     "the held-out tokens)",
+                 g.pass ? "pass" : "FAIL", g.float_loss, g.pass ? "<=" : ">", g.threshold,
+                 1 - b->gate_lm, g.unigram);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
+int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    int S = b->lm->nsites;
+    struct qs_layer_err *err = qs_calloc((size_t)S, sizeof *err);
+    if (!err)
+        return qs_errf(e, "out of memory");
+    if (qs_bench_lm_errors(b, err, e) < 0) {
+        free(err);
+        return -1;
+    }
+    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "cmd", "error");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-32s %10s %14s %9s %9s %9s\n", "site", "w_rel_err", "preact_rel_mse",
+                 "snr_db", "local_db", "cosine");
+    for (int k = 0; k < n; k++) {
+        const struct qs_layer_err *r = &err[idx[k]];
+        const char *name = b->lm->sites[idx[k]].name;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", name);
+        qs_json_num(j, "w_rel_err", r->w_rel_err);
+        qs_json_num(j, "preact_rel_mse", r->preact_rel_mse);
+        qs_json_num(j, "snr_db", r->snr_db);
+        qs_json_num(j, "local_rel_mse", r->local_rel_mse);
+        qs_json_num(j, "local_snr_db", r->local_snr_db);
+        qs_json_num(j, "cosine", r->cosine);
+        cJSON_AddItemToArray(rows, j);
+        qs_sb_printf(&t, "%-32s %10.5f %14.6g %9.2f %9.2f %9.6f\n", name, r->w_rel_err,
+                     r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine);
+    }
+    qs_sb_printf(&t, "(calibration windows; snr/preact propagated through the quantized model, "
+                     "local from the float model's inputs)\n");
+    qs_cmd_lm_gate(c, o, &t);
+    qs_set_last_table(c, "error", rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    free(err);
+    return 0;
+}

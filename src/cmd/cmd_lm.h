@@ -1,0 +1,16 @@
+/* cmd_lm.h - the transformer branches of the shared commands (private to src/cmd). */
+#ifndef QSCOPE_CMD_LM_H
+#define QSCOPE_CMD_LM_H
+
+#include "qscope/cmd.h"
+
+/* 1 if PATH names a transformer: a folder holding config.json. */
+int qs_cmd_is_lm_path(const char *path);
+int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, qs_err *e);
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, qs_err *e);
+void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t);
+int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e);
+int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e);
+void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
+
+#endif

@@ -1,0 +1,807 @@
+/* lm.c - GPT-2 and LLaMA: Hugging Face folder loading, forward pass with quantizer hooks, and
+ * evaluation (cross-entropy, perplexity, KL and top-1 agreement against a quantized run). */
+#include "qscope/lm.h"
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/safetensors.h"
+
+struct lm_layer {
+    float *n1w, *n1b, *n2w, *n2b; /* pre-attention / pre-MLP norm (b: GPT-2 only) */
+};
+
+struct qs_lm_priv {
+    float *wte;  /* (vocab, d) token embedding */
+    float *wpe;  /* (ctx, d) learned positions (GPT-2) */
+    float *nfw, *nfb; /* final norm (b: GPT-2 only) */
+    struct lm_layer *layer;
+    int nmeta;
+    char **meta_key, **meta_val;
+};
+
+void qs_lm_free(struct qs_lm *m)
+{
+    if (!m)
+        return;
+    for (int s = 0; s < m->nsites; s++) {
+        if (!(m->tied && s == m->nsites - 1))
+            free(m->sites[s].w);
+        free((void *)m->sites[s].b); /* owned; const only for the hooks' sake */
+    }
+    free(m->sites);
+    struct qs_lm_priv *p = m->priv;
+    if (p) {
+        free(p->wte);
+        free(p->wpe);
+        free(p->nfw);
+        free(p->nfb);
+        for (int l = 0; p->layer && l < m->n_layer; l++) {
+            free(p->layer[l].n1w);
+            free(p->layer[l].n1b);
+            free(p->layer[l].n2w);
+            free(p->layer[l].n2b);
+        }
+        free(p->layer);
+        for (int i = 0; i < p->nmeta; i++) {
+            free(p->meta_key[i]);
+            free(p->meta_val[i]);
+        }
+        free(p->meta_key);
+        free(p->meta_val);
+        free(p);
+    }
+    free(m->path);
+    free(m);
+}
+
+const char *qs_lm_meta(const struct qs_lm *m, const char *key)
+{
+    for (int i = 0; m && m->priv && i < m->priv->nmeta; i++)
+        if (!strcmp(m->priv->meta_key[i], key))
+            return m->priv->meta_val[i];
+    return NULL;
+}
+
+long qs_lm_nparams(const struct qs_lm *m)
+{
+    long n = (long)m->vocab * m->d_model, d = m->d_model;
+    if (m->family == QS_LM_GPT2)
+        n += (long)m->ctx * d + 2 * d + (long)m->n_layer * 4 * d;
+    else
+        n += d + (long)m->n_layer * 2 * d;
+    for (int s = 0; s < m->nsites; s++) {
+        if (m->tied && s == m->nsites - 1)
+            continue;
+        n += (long)m->sites[s].in * m->sites[s].out + (m->sites[s].b ? m->sites[s].out : 0);
+    }
+    return n;
+}
+
+/* ---- config ------------------------------------------------------------------------------ */
+
+struct cfg_ctx {
+    const cJSON *root;
+    const char *file;
+    qs_err *e;
+};
+
+/* Integer key: *v = value; required keys missing are an error, optional ones keep *v. */
+static int cfg_int(const struct cfg_ctx *c, const char *key, int required, int *v)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!j || cJSON_IsNull(j)) {
+        if (required)
+            return qs_errf(c->e, "%s: key '%s' is missing", c->file, key);
+        return 0;
+    }
+    if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < 1 ||
+        j->valuedouble > 1e9)
+        return qs_errf(c->e, "%s: key '%s' must be a positive integer", c->file, key);
+    *v = (int)j->valuedouble;
+    return 0;
+}
+
+static int cfg_num(const struct cfg_ctx *c, const char *key, double *v)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble))
+        return qs_errf(c->e, "%s: key '%s' must be a positive number", c->file, key);
+    *v = j->valuedouble;
+    return 0;
+}
+
+static int cfg_bool(const struct cfg_ctx *c, const char *key, int *v)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (!cJSON_IsBool(j))
+        return qs_errf(c->e, "%s: key '%s' must be true or false", c->file, key);
+    *v = cJSON_IsTrue(j);
+    return 0;
+}
+
+/* A string key that, when present, must be one of the allowed values (NULL-terminated). */
+static int cfg_str_in(const struct cfg_ctx *c, const char *key, const char *const *ok)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (cJSON_IsString(j))
+        for (int i = 0; ok[i]; i++)
+            if (!strcmp(j->valuestring, ok[i]))
+                return 0;
+    return qs_errf(c->e, "%s: key '%s' = %s is not supported (expected %s)", c->file, key,
+                   cJSON_IsString(j) ? j->valuestring : "(not a string)", ok[0]);
+}
+
+static char *read_text(const char *path, qs_err *e)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        qs_errf(e, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *s = malloc(cap);
+    size_t k;
+    while (s && (k = fread(s + len, 1, cap - len - 1, f)) > 0) {
+        len += k;
+        if (len + 1 == cap) {
+            char *t = cap < (64u << 20) ? realloc(s, cap * 2) : NULL;
+            if (!t) {
+                free(s);
+                s = NULL;
+                break;
+            }
+            s = t;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (!s) {
+        qs_errf(e, "%s: out of memory or larger than 64 MB", path);
+        return NULL;
+    }
+    s[len] = 0;
+    return s;
+}
+
+static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
+{
+    char *text = read_text(file, e);
+    if (!text)
+        return -1;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return qs_errf(e, "%s: not a JSON object", file);
+    }
+    struct cfg_ctx c = {root, file, e};
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    int rc = 0;
+    if (!cJSON_IsString(mt)) {
+        rc = qs_errf(e, "%s: key 'model_type' is missing (expected \"gpt2\" or \"llama\")", file);
+    } else if (!strcmp(mt->valuestring, "gpt2")) {
+        static const char *const acts[] = {"gelu_new", "gelu_pytorch_tanh", NULL};
+        m->family = QS_LM_GPT2;
+        m->eps = 1e-5;
+        m->tied = 1;
+        m->d_ff = 0;
+        if (cfg_int(&c, "vocab_size", 1, &m->vocab) < 0 ||
+            cfg_int(&c, "n_embd", 1, &m->d_model) < 0 ||
+            cfg_int(&c, "n_layer", 1, &m->n_layer) < 0 ||
+            cfg_int(&c, "n_head", 1, &m->n_head) < 0 ||
+            cfg_int(&c, "n_ctx", 0, &m->ctx) < 0 || cfg_int(&c, "n_positions", 0, &m->ctx) < 0 ||
+            cfg_int(&c, "n_inner", 0, &m->d_ff) < 0 ||
+            cfg_num(&c, "layer_norm_epsilon", &m->eps) < 0 ||
+            cfg_bool(&c, "tie_word_embeddings", &m->tied) < 0 ||
+            cfg_str_in(&c, "activation_function", acts) < 0)
+            rc = -1;
+        else if (!m->ctx)
+            rc = qs_errf(e, "%s: key 'n_positions' is missing", file);
+        if (!m->d_ff)
+            m->d_ff = 4 * m->d_model;
+        m->n_kv_head = m->n_head;
+    } else if (!strcmp(mt->valuestring, "llama")) {
+        static const char *const acts[] = {"silu", NULL};
+        m->family = QS_LM_LLAMA;
+        m->eps = 1e-6;
+        m->rope_theta = 10000.0;
+        m->tied = 0;
+        m->n_kv_head = 0;
+        int hd = 0, abias = 0, mbias = 0;
+        const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+        if (cfg_int(&c, "vocab_size", 1, &m->vocab) < 0 ||
+            cfg_int(&c, "hidden_size", 1, &m->d_model) < 0 ||
+            cfg_int(&c, "num_hidden_layers", 1, &m->n_layer) < 0 ||
+            cfg_int(&c, "num_attention_heads", 1, &m->n_head) < 0 ||
+            cfg_int(&c, "num_key_value_heads", 0, &m->n_kv_head) < 0 ||
+            cfg_int(&c, "intermediate_size", 1, &m->d_ff) < 0 ||
+            cfg_int(&c, "max_position_embeddings", 1, &m->ctx) < 0 ||
+            cfg_int(&c, "head_dim", 0, &hd) < 0 || cfg_num(&c, "rms_norm_eps", &m->eps) < 0 ||
+            cfg_num(&c, "rope_theta", &m->rope_theta) < 0 ||
+            cfg_bool(&c, "tie_word_embeddings", &m->tied) < 0 ||
+            cfg_bool(&c, "attention_bias", &abias) < 0 || cfg_bool(&c, "mlp_bias", &mbias) < 0 ||
+            cfg_str_in(&c, "hidden_act", acts) < 0)
+            rc = -1;
+        else if (rs && !cJSON_IsNull(rs))
+            rc = qs_errf(e, "%s: key 'rope_scaling' is not supported (must be null)", file);
+        else if (abias || mbias)
+            rc = qs_errf(e, "%s: key '%s' = true is not supported", file,
+                         abias ? "attention_bias" : "mlp_bias");
+        if (!m->n_kv_head)
+            m->n_kv_head = m->n_head;
+        if (rc == 0 && m->d_model % m->n_head == 0 && (m->d_model / m->n_head) % 2)
+            rc = qs_errf(e, "%s: head size %d must be even for RoPE", file,
+                         m->d_model / m->n_head);
+        if (rc == 0 && hd && hd * m->n_head != m->d_model)
+            rc = qs_errf(e, "%s: key 'head_dim' = %d differs from hidden_size / "
+                            "num_attention_heads (not supported)", file, hd);
+        if (rc == 0 && m->n_head % m->n_kv_head)
+            rc = qs_errf(e, "%s: num_attention_heads %d is not a multiple of "
+                            "num_key_value_heads %d", file, m->n_head, m->n_kv_head);
+    } else {
+        rc = qs_errf(e, "%s: unknown model_type '%s' (expected \"gpt2\" or \"llama\")", file,
+                     mt->valuestring);
+    }
+    if (rc == 0 && m->d_model % m->n_head)
+        rc = qs_errf(e, "%s: hidden size %d is not a multiple of the %d heads", file, m->d_model,
+                     m->n_head);
+    if (rc == 0 && m->vocab > 65536)
+        rc = qs_errf(e, "%s: vocab_size %d exceeds the 16-bit token ids (65536)", file,
+                     m->vocab);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- tensors ----------------------------------------------------------------------------- */
+
+struct st_ctx {
+    const struct qs_st_file *f;
+    const char *file;
+    const char *prefix; /* "" or "transformer." */
+    qs_err *e;
+};
+
+/* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array. With
+ * transpose, the (r, c) tensor is returned as (c, r). */
+static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_t cols,
+                     int transpose)
+{
+    char full[160];
+    snprintf(full, sizeof full, "%s%s", c->prefix, name);
+    const struct qs_st_tensor *t = qs_st_find(c->f, full);
+    if (!t) {
+        qs_errf(c->e, "%s: tensor '%s' is missing", c->file, full);
+        return NULL;
+    }
+    int nd = cols ? 2 : 1;
+    if (t->ndim != nd || t->shape[0] != r || (nd == 2 && t->shape[1] != cols)) {
+        char got[96] = "", want[48];
+        int k = 0;
+        for (int i = 0; i < t->ndim && k < 80; i++)
+            k += snprintf(got + k, sizeof got - (size_t)k, "%s%lld", i ? "," : "",
+                          (long long)t->shape[i]);
+        if (cols)
+            snprintf(want, sizeof want, "%lld,%lld", (long long)r, (long long)cols);
+        else
+            snprintf(want, sizeof want, "%lld", (long long)r);
+        qs_errf(c->e, "%s: tensor '%s' has shape [%s] (expected [%s])", c->file, full, got, want);
+        return NULL;
+    }
+    if (t->dtype != QS_DT_F32 && t->dtype != QS_DT_F16 && t->dtype != QS_DT_BF16) {
+        qs_errf(c->e, "%s: tensor '%s' has dtype %s (expected F32, F16 or BF16)", c->file, full,
+                qs_dtype_name(t->dtype));
+        return NULL;
+    }
+    int64_t bad;
+    if (!qs_st_check_finite(t, &bad)) {
+        qs_errf(c->e, "%s: tensor '%s' has a NaN/Inf at flat index %lld", c->file, full,
+                (long long)bad);
+        return NULL;
+    }
+    float *v = malloc((size_t)t->numel * sizeof(float));
+    if (!v || qs_st_to_f32(t, v, c->e) < 0) {
+        if (!v)
+            qs_errf(c->e, "%s: out of memory for tensor '%s'", c->file, full);
+        else
+            qs_err_prefix(c->e, c->file);
+        free(v);
+        return NULL;
+    }
+    if (transpose) {
+        float *w = malloc((size_t)t->numel * sizeof(float));
+        if (!w) {
+            free(v);
+            qs_errf(c->e, "%s: out of memory for tensor '%s'", c->file, full);
+            return NULL;
+        }
+        for (int64_t i = 0; i < r; i++)
+            for (int64_t j = 0; j < cols; j++)
+                w[j * r + i] = v[i * cols + j];
+        free(v);
+        v = w;
+    }
+    return v;
+}
+
+static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
+{
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->in = in;
+    s->out = out;
+}
+
+/* GPT-2 linear: Conv1D weight (in, out) transposed to (out, in), bias (out). */
+static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
+                       int out)
+{
+    char k[128];
+    site_set(s, name, in, out);
+    snprintf(k, sizeof k, "%s.weight", name);
+    if (!(s->w = tensor(c, k, in, out, 1)))
+        return -1;
+    snprintf(k, sizeof k, "%s.bias", name);
+    return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
+}
+
+static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
+                        int out)
+{
+    char k[128];
+    site_set(s, name, in, out);
+    snprintf(k, sizeof k, "%s.weight", name);
+    return (s->w = tensor(c, k, out, in, 0)) ? 0 : -1;
+}
+
+static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
+{
+    struct qs_lm_priv *p = m->priv;
+    int d = m->d_model, ff = m->d_ff;
+    char k[128];
+    if (!(p->wte = tensor(c, "wte.weight", m->vocab, d, 0)) ||
+        !(p->wpe = tensor(c, "wpe.weight", m->ctx, d, 0)))
+        return -1;
+    for (int l = 0; l < m->n_layer; l++) {
+        struct lm_layer *L = &p->layer[l];
+        struct qs_lm_site *s = &m->sites[4 * l];
+#define GPT2_VEC(dst, suffix)                                                                  \
+    snprintf(k, sizeof k, "h.%d.%s", l, suffix);                                               \
+    if (!(dst = tensor(c, k, d, 0, 0)))                                                         \
+        return -1;
+        GPT2_VEC(L->n1w, "ln_1.weight")
+        GPT2_VEC(L->n1b, "ln_1.bias")
+        GPT2_VEC(L->n2w, "ln_2.weight")
+        GPT2_VEC(L->n2b, "ln_2.bias")
+#undef GPT2_VEC
+        const struct { const char *n; int in, out; } lin[4] = {
+            {"attn.c_attn", d, 3 * d}, {"attn.c_proj", d, d}, {"mlp.c_fc", d, ff},
+            {"mlp.c_proj", ff, d}};
+        for (int i = 0; i < 4; i++) {
+            snprintf(k, sizeof k, "h.%d.%s", l, lin[i].n);
+            if (gpt2_linear(c, &s[i], k, lin[i].in, lin[i].out) < 0)
+                return -1;
+        }
+    }
+    if (!(p->nfw = tensor(c, "ln_f.weight", d, 0, 0)) ||
+        !(p->nfb = tensor(c, "ln_f.bias", d, 0, 0)))
+        return -1;
+    struct qs_lm_site *h = &m->sites[m->nsites - 1];
+    site_set(h, "lm_head", d, m->vocab);
+    if (m->tied) {
+        h->w = p->wte;
+        return 0;
+    }
+    struct st_ctx c0 = *c;
+    c0.prefix = ""; /* HF saves GPT2LMHeadModel's head outside "transformer." */
+    return (h->w = tensor(&c0, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+}
+
+static int load_llama(struct qs_lm *m, const struct st_ctx *c)
+{
+    struct qs_lm_priv *p = m->priv;
+    int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
+    char k[128];
+    if (!(p->wte = tensor(c, "model.embed_tokens.weight", m->vocab, d, 0)))
+        return -1;
+    for (int l = 0; l < m->n_layer; l++) {
+        struct lm_layer *L = &p->layer[l];
+        struct qs_lm_site *s = &m->sites[7 * l];
+        snprintf(k, sizeof k, "model.layers.%d.input_layernorm.weight", l);
+        if (!(L->n1w = tensor(c, k, d, 0, 0)))
+            return -1;
+        snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (!(L->n2w = tensor(c, k, d, 0, 0)))
+            return -1;
+        const struct { const char *n; int in, out; } lin[7] = {
+            {"self_attn.q_proj", d, d},   {"self_attn.k_proj", d, kv}, {"self_attn.v_proj", d, kv},
+            {"self_attn.o_proj", d, d},   {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
+            {"mlp.down_proj", ff, d}};
+        for (int i = 0; i < 7; i++) {
+            snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
+            if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out) < 0)
+                return -1;
+        }
+    }
+    if (!(p->nfw = tensor(c, "model.norm.weight", d, 0, 0)))
+        return -1;
+    struct qs_lm_site *h = &m->sites[m->nsites - 1];
+    site_set(h, "lm_head", d, m->vocab);
+    if (m->tied) {
+        h->w = p->wte;
+        return 0;
+    }
+    return (h->w = tensor(c, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+}
+
+static int copy_meta(struct qs_lm_priv *p, const struct qs_st_file *f)
+{
+    int n = qs_st_meta_count(f);
+    p->meta_key = qs_calloc((size_t)n + 1, sizeof *p->meta_key);
+    p->meta_val = qs_calloc((size_t)n + 1, sizeof *p->meta_val);
+    if (!p->meta_key || !p->meta_val)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        p->meta_key[i] = qs_strdup(qs_st_meta_key(f, i));
+        p->meta_val[i] = qs_strdup(qs_st_meta_value(f, i));
+        p->nmeta = i + 1;
+        if (!p->meta_key[i] || !p->meta_val[i])
+            return -1;
+    }
+    return 0;
+}
+
+int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
+{
+    *out = NULL;
+    size_t dl = strlen(dir);
+    char *cfg = malloc(dl + 32), *stp = malloc(dl + 32);
+    struct qs_lm *m = qs_calloc(1, sizeof *m);
+    if (!cfg || !stp || !m) {
+        free(cfg);
+        free(stp);
+        free(m);
+        return qs_errf(e, "%s: out of memory", dir);
+    }
+    while (dl > 1 && dir[dl - 1] == '/')
+        dl--;
+    snprintf(cfg, dl + 32, "%.*s/config.json", (int)dl, dir);
+    snprintf(stp, dl + 32, "%.*s/model.safetensors", (int)dl, dir);
+    struct qs_st_file *f = NULL;
+    int rc = parse_config(m, cfg, e);
+    if (rc == 0)
+        rc = qs_st_open(stp, &f, e);
+    if (rc == 0) {
+        m->nsites = m->n_layer * (m->family == QS_LM_GPT2 ? 4 : 7) + 1;
+        m->path = qs_strdup(dir);
+        m->priv = qs_calloc(1, sizeof *m->priv);
+        m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
+        if (m->priv)
+            m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
+        if (!m->path || !m->priv || !m->sites || !m->priv->layer || copy_meta(m->priv, f) < 0)
+            rc = qs_errf(e, "%s: out of memory", dir);
+    }
+    if (rc == 0) {
+        struct st_ctx c = {f, stp, "", e};
+        if (m->family == QS_LM_GPT2 && !qs_st_find(f, "wte.weight") &&
+            qs_st_find(f, "transformer.wte.weight"))
+            c.prefix = "transformer.";
+        rc = m->family == QS_LM_GPT2 ? load_gpt2(m, &c) : load_llama(m, &c);
+    }
+    qs_st_close(f);
+    free(cfg);
+    free(stp);
+    if (rc < 0) {
+        qs_lm_free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+/* ---- forward ----------------------------------------------------------------------------- */
+
+/* y: (n, out) = x W^T + b.  x: (n, in), w: (out, in). */
+static void linear(const float *x, int n, int in, const float *w, const float *b, int out,
+                   float *y)
+{
+    float beta = 0.0f;
+    if (b) {
+        for (int i = 0; i < n; i++)
+            memcpy(y + (size_t)i * out, b, (size_t)out * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, beta, y,
+                out);
+}
+
+/* Runs site s on x: (n, in) into y: (n, out) through the hooks; xa: scratch of n * in. */
+static void site_apply(const struct qs_lm *m, int s, const struct qs_lm_hooks *h, const float *x,
+                       int n, float *y, float *xa)
+{
+    const struct qs_lm_site *st = &m->sites[s];
+    const float *w = st->w;
+    if (h) {
+        if (h->input)
+            h->input(h->u, s, x, n, st->in);
+        if (h->act) {
+            memcpy(xa, x, (size_t)n * st->in * sizeof(float));
+            h->act(h->u, s, xa, n, st->in);
+            x = xa;
+        }
+        if (h->weight) {
+            const float *r = h->weight(h->u, s);
+            if (r)
+                w = r;
+        }
+    }
+    linear(x, n, st->in, w, st->b, st->out, y);
+}
+
+/* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row. */
+static void norm(const float *x, int T, int d, const float *w, const float *b, double eps,
+                 float *y)
+{
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * d;
+        float *yr = y + (size_t)t * d;
+        double mu = 0, v = 0;
+        if (b) {
+            for (int i = 0; i < d; i++)
+                mu += xr[i];
+            mu /= d;
+        }
+        for (int i = 0; i < d; i++)
+            v += (xr[i] - mu) * (xr[i] - mu);
+        double r = 1.0 / sqrt(v / d + eps);
+        for (int i = 0; i < d; i++)
+            yr[i] = (float)((xr[i] - mu) * r) * w[i] + (b ? b[i] : 0.0f);
+    }
+}
+
+/* Causal multi-head attention with H query heads over Hk key/value heads of size hd.
+ * q: (T, H hd) with row stride ldq, k, v: (T, Hk hd) with strides ldk, ldv; o: (T, H hd);
+ * s: (T, T) scratch. Scores and values per head with cblas_sgemm; the masked upper triangle is
+ * computed and discarded (T <= ctx is small, and it keeps one sgemm per head). */
+static void attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      int T, int H, int Hk, int hd, float *o, float *s)
+{
+    float scale = (float)(1.0 / sqrt((double)hd));
+    int g = H / Hk;
+    for (int h = 0; h < H; h++) {
+        int kh = h / g;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q + h * hd, ldq,
+                    k + kh * hd, ldk, 0.0f, s, T);
+        for (int i = 0; i < T; i++) {
+            float *r = s + (size_t)i * T, mx = r[0];
+            for (int j = 1; j <= i; j++)
+                mx = r[j] > mx ? r[j] : mx;
+            double sum = 0;
+            for (int j = 0; j <= i; j++) {
+                r[j] = expf(r[j] - mx);
+                sum += r[j];
+            }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j <= i; j++)
+                r[j] *= inv;
+            for (int j = i + 1; j < T; j++)
+                r[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + kh * hd,
+                    ldv, 0.0f, o + h * hd, H * hd);
+    }
+}
+
+/* Rotary embedding in place on x: (T, nh hd) (HF rotate_half: pairs (j, j + hd/2)); cs: (T, hd)
+ * with cos in [0, hd/2) and sin in [hd/2, hd) of each row. */
+static void rope(float *x, int T, int nh, int hd, const float *cs)
+{
+    int h2 = hd / 2;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++) {
+            float *r = x + (size_t)t * nh * hd + (size_t)h * hd;
+            const float *c = cs + (size_t)t * hd, *sn = c + h2;
+            for (int j = 0; j < h2; j++) {
+                float a = r[j], b = r[j + h2];
+                r[j] = a * c[j] - b * sn[j];
+                r[j + h2] = b * c[j] + a * sn[j];
+            }
+        }
+}
+
+/* HF gelu_new (tanh approximation); 1 + tanh(u) = 2 - 2 / (e^{2u} + 1), through expf, which is
+ * several times faster than glibc's tanhf and this is a third of a tiny model's forward. */
+static float gelu_new(float x)
+{
+    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x * (1.0f - 1.0f / (expf(2.0f * u) + 1.0f));
+}
+
+int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_lm_hooks *h,
+                  float *logits, qs_err *e)
+{
+    if (T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
+                       m->ctx);
+    for (int t = 0; t < T; t++)
+        if (tok[t] >= m->vocab)
+            return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)",
+                           m->path, tok[t], t, m->vocab);
+    const struct qs_lm_priv *p = m->priv;
+    int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
+    int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
+    size_t Td = (size_t)T * d;
+    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: (T, T);
+     * k, v: (T, kv); cs: (T, hd) */
+    size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
+                  (size_t)T * T + 2 * (size_t)T * kv + (size_t)T * hd;
+    float *buf = malloc(need * sizeof(float));
+    if (!buf)
+        return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
+    float *x = buf, *a = x + Td, *o = a + Td, *big = o + Td, *up = big + (size_t)T * wmax;
+    float *xa = up + (size_t)T * ff, *s = xa + (size_t)T * (ff > d ? ff : d);
+    float *k = s + (size_t)T * T, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
+    (void)ff;
+
+    for (int t = 0; t < T; t++) {
+        memcpy(x + (size_t)t * d, p->wte + (size_t)tok[t] * d, (size_t)d * sizeof(float));
+        if (m->family == QS_LM_GPT2)
+            for (int i = 0; i < d; i++)
+                x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];
+    }
+    if (m->family == QS_LM_LLAMA)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < hd / 2; j++) {
+                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
+                cs[(size_t)t * hd + j] = (float)cos(ang);
+                cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
+            }
+
+    for (int l = 0; l < m->n_layer; l++) {
+        const struct lm_layer *L = &p->layer[l];
+        if (m->family == QS_LM_GPT2) {
+            int s0 = 4 * l;
+            norm(x, T, d, L->n1w, L->n1b, m->eps, a);
+            site_apply(m, s0, h, a, T, big, xa); /* big: (T, 3d) = q | k | v */
+            attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, o, s);
+            site_apply(m, s0 + 1, h, o, T, a, xa);
+            for (size_t i = 0; i < Td; i++)
+                x[i] += a[i];
+            norm(x, T, d, L->n2w, L->n2b, m->eps, a);
+            site_apply(m, s0 + 2, h, a, T, big, xa);
+            for (size_t i = 0; i < (size_t)T * ff; i++)
+                big[i] = gelu_new(big[i]);
+            site_apply(m, s0 + 3, h, big, T, a, xa);
+            for (size_t i = 0; i < Td; i++)
+                x[i] += a[i];
+        } else {
+            int s0 = 7 * l;
+            norm(x, T, d, L->n1w, NULL, m->eps, a);
+            site_apply(m, s0, h, a, T, big, xa); /* q: (T, d) */
+            site_apply(m, s0 + 1, h, a, T, k, xa);
+            site_apply(m, s0 + 2, h, a, T, v, xa);
+            rope(big, T, H, hd, cs);
+            rope(k, T, Hk, hd, cs);
+            attention(big, d, k, kv, v, kv, T, H, Hk, hd, o, s);
+            site_apply(m, s0 + 3, h, o, T, a, xa);
+            for (size_t i = 0; i < Td; i++)
+                x[i] += a[i];
+            norm(x, T, d, L->n2w, NULL, m->eps, a);
+            site_apply(m, s0 + 4, h, a, T, big, xa);
+            site_apply(m, s0 + 5, h, a, T, up, xa);
+            for (size_t i = 0; i < (size_t)T * ff; i++) {
+                float g = big[i];
+                big[i] = g / (1.0f + expf(-g)) * up[i];
+            }
+            site_apply(m, s0 + 6, h, big, T, a, xa);
+            for (size_t i = 0; i < Td; i++)
+                x[i] += a[i];
+        }
+    }
+    norm(x, T, d, p->nfw, m->family == QS_LM_GPT2 ? p->nfb : NULL, m->eps, a);
+    site_apply(m, m->nsites - 1, h, a, T, logits, xa);
+    free(buf);
+    return 0;
+}
+
+/* ---- evaluation -------------------------------------------------------------------------- */
+
+/* lp: (c) log-softmax of row r: (c), in double. */
+static void log_softmax(const float *r, int c, double *lp)
+{
+    double mx = r[0], sum = 0;
+    for (int i = 1; i < c; i++)
+        mx = r[i] > mx ? r[i] : mx;
+    for (int i = 0; i < c; i++)
+        sum += exp(r[i] - mx);
+    double lse = mx + log(sum);
+    for (int i = 0; i < c; i++)
+        lp[i] = r[i] - lse;
+}
+
+static int argmax(const float *r, int c)
+{
+    int b = 0;
+    for (int i = 1; i < c; i++)
+        if (r[i] > r[b])
+            b = i;
+    return b;
+}
+
+int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+                   const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
+                   struct qs_lm_eval *out, qs_err *e)
+{
+    memset(out, 0, sizeof *out);
+    int ctx = m->ctx, V = m->vocab;
+    if (n < (size_t)ctx + 1)
+        return qs_errf(e, "%s: %zu tokens are too few for one window of %d (need %d)", m->path, n,
+                       ctx, ctx + 1);
+    size_t nw = (n - 1) / (size_t)ctx;
+    if (max_windows > 0 && (size_t)max_windows < nw)
+        nw = (size_t)max_windows;
+    for (size_t i = 0; i < nw * ctx + 1; i++)
+        if (tok[i] >= V)
+            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
+                           tok[i], i, V);
+    float *lf = malloc((size_t)ctx * V * sizeof(float));
+    float *lq = hq ? malloc((size_t)ctx * V * sizeof(float)) : NULL;
+    double *pf = malloc(2 * (size_t)V * sizeof(double));
+    if (!lf || !pf || (hq && !lq)) {
+        free(lf);
+        free(lq);
+        free(pf);
+        return qs_errf(e, "%s: out of memory", m->path);
+    }
+    double *pq = pf + V, sf = 0, sq = 0, skl = 0;
+    long agree = 0;
+    int rc = 0;
+    for (size_t w = 0; w < nw && rc == 0; w++) {
+        const uint16_t *x = tok + w * ctx;
+        if ((rc = qs_lm_forward(m, x, ctx, hf, lf, e)) < 0 ||
+            (hq && (rc = qs_lm_forward(m, x, ctx, hq, lq, e)) < 0))
+            break;
+        for (int t = 0; t < ctx; t++) {
+            int y = x[t + 1];
+            const float *rf = lf + (size_t)t * V;
+            log_softmax(rf, V, pf);
+            sf -= pf[y];
+            if (!hq)
+                continue;
+            const float *rq = lq + (size_t)t * V;
+            log_softmax(rq, V, pq);
+            sq -= pq[y];
+            double kl = 0;
+            for (int i = 0; i < V; i++)
+                kl += exp(pf[i]) * (pf[i] - pq[i]);
+            skl += kl;
+            agree += argmax(rf, V) == argmax(rq, V);
+        }
+    }
+    free(lf);
+    free(lq);
+    free(pf);
+    if (rc < 0)
+        return -1;
+    long N = (long)nw * ctx;
+    out->ntok = N;
+    out->loss = sf / N;
+    out->ppl = exp(out->loss);
+    if (hq) {
+        out->loss_q = sq / N;
+        out->ppl_q = exp(out->loss_q);
+        out->kl = skl / N;
+        out->top1_agree = (double)agree / N;
+    }
+    return 0;
+}

@@ -1,0 +1,392 @@
+/* test_lm.c - the transformer forward pass against PyTorch references (tiny random GPT-2 and
+ * LLaMA fixtures from tests/tools/make_lm_fixtures.py), the quantizer hooks, evaluation of the
+ * bundled tiny models against the validation perplexity recorded at training time
+ * (datasets/tools/train_tiny_lm.py), and bad model folders. */
+#include "qscope/lm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qscope/safetensors.h"
+#include "qscope/tokens.h"
+#include "test.h"
+
+/* Forward of the fixture's tokens; returns max |logit - ref| / max |ref| (or 1e30 on error). */
+static double fixture_err(const char *dir, struct qs_lm **keep)
+{
+    char path[256];
+    struct qs_lm *m = NULL;
+    struct qs_st_file *f = NULL;
+    qs_err e = {{0}};
+    if (qs_lm_load(dir, &m, &e) < 0) {
+        fprintf(stderr, "  %s\n", e.msg);
+        return 1e30;
+    }
+    snprintf(path, sizeof path, "%s/ref.safetensors", dir);
+    if (qs_st_open(path, &f, &e) < 0) {
+        fprintf(stderr, "  %s\n", e.msg);
+        qs_lm_free(m);
+        return 1e30;
+    }
+    const struct qs_st_tensor *lt = qs_st_find(f, "logits");
+    const char *ts = qs_st_meta(f, "tokens");
+    uint16_t tok[256];
+    int T = 0;
+    for (const char *s = ts; s && *s && T < 256;) {
+        tok[T++] = (uint16_t)strtol(s, (char **)&s, 10);
+        if (*s == ',')
+            s++;
+    }
+    double err = 1e30;
+    if (lt && T == m->ctx && lt->numel == (int64_t)T * m->vocab) {
+        float *ref = malloc((size_t)lt->numel * sizeof(float));
+        float *lg = malloc((size_t)lt->numel * sizeof(float));
+        if (qs_st_to_f32(lt, ref, &e) == 0 && qs_lm_forward(m, tok, T, NULL, lg, &e) == 0) {
+            double mx = 0, scale = 0;
+            for (int64_t i = 0; i < lt->numel; i++) {
+                mx = fmax(mx, fabs((double)lg[i] - ref[i]));
+                scale = fmax(scale, fabs(ref[i]));
+            }
+            err = mx / scale;
+        }
+        free(ref);
+        free(lg);
+    }
+    printf("  %s: max |logit - torch| / max |logit| = %.3g\n", dir, err);
+    qs_st_close(f);
+    if (keep)
+        *keep = m;
+    else
+        qs_lm_free(m);
+    return err;
+}
+
+static void test_gpt2_vs_torch(void)
+{
+    struct qs_lm *m = NULL;
+    CHECK(fixture_err("tests/fixtures/lm_gpt2", &m) < 1e-4);
+    if (!m)
+        return;
+    CHECK(m->family == QS_LM_GPT2 && m->n_layer == 2 && m->d_model == 32 && m->d_ff == 48);
+    CHECK(m->ctx == 16 && m->vocab == 50 && m->tied && m->nsites == 9);
+    CHECK_STR(m->sites[0].name, "h.0.attn.c_attn");
+    CHECK(m->sites[0].in == 32 && m->sites[0].out == 96 && m->sites[0].b);
+    CHECK_STR(m->sites[7].name, "h.1.mlp.c_proj");
+    CHECK(m->sites[7].in == 48 && m->sites[7].out == 32);
+    CHECK_STR(m->sites[8].name, "lm_head");
+    CHECK(m->sites[8].b == NULL && m->sites[8].in == 32 && m->sites[8].out == 50);
+    CHECK_STR(qs_lm_meta(m, "fixture"), "gpt2");
+    /* wte 50x32 + wpe 16x32 + ln_f 64 + per block (2 LN 128, c_attn 32x96+96, c_proj 32x32+32,
+     * c_fc 32x48+48, c_proj 48x32+32) */
+    long per = 128 + 32 * 96 + 96 + 32 * 32 + 32 + 32 * 48 + 48 + 48 * 32 + 32;
+    CHECK(qs_lm_nparams(m) == 50 * 32 + 16 * 32 + 64 + 2 * per);
+    qs_lm_free(m);
+    CHECK(fixture_err("tests/fixtures/lm_gpt2_prefix", NULL) < 1e-4);
+}
+
+static void test_llama_vs_torch(void)
+{
+    struct qs_lm *m = NULL;
+    CHECK(fixture_err("tests/fixtures/lm_llama_gqa", &m) < 1e-4);
+    if (m) {
+        CHECK(m->family == QS_LM_LLAMA && m->n_head == 4 && m->n_kv_head == 2 && m->tied);
+        CHECK(m->nsites == 15);
+        CHECK_STR(m->sites[1].name, "model.layers.0.self_attn.k_proj");
+        CHECK(m->sites[1].in == 32 && m->sites[1].out == 16 && !m->sites[1].b);
+        CHECK_STR(m->sites[13].name, "model.layers.1.mlp.down_proj");
+        CHECK(m->sites[13].in == 40 && m->sites[13].out == 32);
+        CHECK_NEAR(m->eps, 1e-6, 1e-12);
+    }
+    qs_lm_free(m);
+    m = NULL;
+    CHECK(fixture_err("tests/fixtures/lm_llama_untied", &m) < 1e-4);
+    if (m) {
+        CHECK(!m->tied && m->n_kv_head == 4 && m->d_ff == 56);
+        CHECK_NEAR(m->rope_theta, 500.0, 1e-9);
+        CHECK(m->sites[m->nsites - 1].w != m->sites[0].w);
+    }
+    qs_lm_free(m);
+}
+
+/* ---- hooks ------------------------------------------------------------------------------- */
+
+struct hk {
+    const struct qs_lm *m;
+    int zero_site;     /* weight(): zeros for this site, else the float weight */
+    float *zeros;
+    int *seen;         /* input(): visits per site */
+    int bad_shape;
+    int T;
+    int act_zero_site; /* act(): zero the input of this site (-1: none) */
+};
+
+static const float *w_hook(void *u, int s)
+{
+    struct hk *h = u;
+    return s == h->zero_site ? h->zeros : h->m->sites[s].w;
+}
+
+static void in_hook(void *u, int s, const float *x, int n, int in)
+{
+    struct hk *h = u;
+    (void)x;
+    h->seen[s]++;
+    if (n != h->T || in != h->m->sites[s].in)
+        h->bad_shape = 1;
+}
+
+static void act_hook(void *u, int s, float *x, int n, int in)
+{
+    struct hk *h = u;
+    if (s == h->act_zero_site)
+        memset(x, 0, (size_t)n * in * sizeof(float));
+}
+
+static void hooks_on(const char *dir)
+{
+    struct qs_lm *m = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_lm_load(dir, &m, &e) == 0);
+    if (!m)
+        return;
+    int T = m->ctx, V = m->vocab;
+    uint16_t tok[64];
+    for (int t = 0; t < T; t++)
+        tok[t] = (uint16_t)((t * 7 + 3) % V);
+    float *base = malloc((size_t)T * V * sizeof(float));
+    float *lg = malloc((size_t)T * V * sizeof(float));
+    struct hk h = {m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)),
+                   0, T, -1};
+    struct qs_lm_hooks hooks = {w_hook, in_hook, NULL, &h};
+    CHECK(qs_lm_forward(m, tok, T, NULL, base, &e) == 0);
+    CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
+    CHECK(!memcmp(base, lg, (size_t)T * V * sizeof(float)));
+    for (int s = 0; s < m->nsites; s++)
+        CHECK(h.seen[s] == 1);
+    CHECK(!h.bad_shape);
+    /* zero weights at each site in turn (the head included) change the logits */
+    int changed = 0;
+    for (int s = 0; s < m->nsites; s++) {
+        h.zero_site = s;
+        CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
+        changed += memcmp(base, lg, (size_t)T * V * sizeof(float)) != 0;
+    }
+    CHECK(changed == m->nsites);
+    /* act(): an identity act is exact; zeroing one site's input changes the output but not the
+     * float input other sites sharing it see (q/k/v or c_attn share one normed x) */
+    h.zero_site = -1;
+    hooks.act = act_hook;
+    CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
+    CHECK(!memcmp(base, lg, (size_t)T * V * sizeof(float)));
+    h.act_zero_site = 0;
+    CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
+    CHECK(memcmp(base, lg, (size_t)T * V * sizeof(float)) != 0);
+    /* equivalently zeroing site 0's weight (bias kept) gives the same logits */
+    float *lz = malloc((size_t)T * V * sizeof(float));
+    struct hk h2 = h;
+    h2.zero_site = 0;
+    h2.act_zero_site = -1;
+    struct qs_lm_hooks hooks2 = {w_hook, NULL, NULL, &h2};
+    CHECK(qs_lm_forward(m, tok, T, &hooks2, lz, &e) == 0);
+    double md = 0;
+    for (int i = 0; i < T * V; i++)
+        md = fmax(md, fabs((double)lz[i] - lg[i]));
+    CHECK(md < 1e-5);
+    /* shorter sequences are prefixes (causality) */
+    CHECK(qs_lm_forward(m, tok, T / 2, NULL, lg, &e) == 0);
+    md = 0;
+    for (int i = 0; i < T / 2 * V; i++)
+        md = fmax(md, fabs((double)base[i] - lg[i]));
+    CHECK(md < 1e-5);
+    /* bad lengths and ids */
+    CHECK(qs_lm_forward(m, tok, T + 1, NULL, lg, &e) == -1);
+    CHECK(strstr(e.msg, "1 to") != NULL);
+    tok[3] = (uint16_t)V;
+    CHECK(qs_lm_forward(m, tok, T, NULL, lg, &e) == -1);
+    CHECK(strstr(e.msg, "position 3") != NULL);
+    free(lz);
+    free(base);
+    free(lg);
+    free(h.zeros);
+    free(h.seen);
+    qs_lm_free(m);
+}
+
+static void test_hooks(void)
+{
+    hooks_on("tests/fixtures/lm_gpt2");
+    hooks_on("tests/fixtures/lm_llama_gqa");
+    hooks_on("tests/fixtures/lm_llama_untied");
+}
+
+/* ---- bundled models ---------------------------------------------------------------------- */
+
+/* nparams: the element count of every tensor in the file (counted by Python). */
+static void bundled(const char *dir, struct qs_tokens *tk, long nparams)
+{
+    struct qs_lm *m = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_lm_load(dir, &m, &e) == 0);
+    if (!m) {
+        fprintf(stderr, "  %s\n", e.msg);
+        return;
+    }
+    const char *ppl = qs_lm_meta(m, "qscope.val_ppl"), *nt = qs_lm_meta(m, "qscope.val_tokens");
+    CHECK(ppl && nt);
+    CHECK(qs_lm_nparams(m) == nparams);
+    size_t off = tk->n - tk->n / 10;
+    struct qs_lm_eval ev;
+    struct qs_lm_hooks none = {0};
+    CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 0, NULL, NULL, &ev, &e) == 0);
+    printf("  %s: val ppl %.6f (recorded %s) over %ld tokens\n", dir, ev.ppl, ppl ? ppl : "?",
+           ev.ntok);
+    if (ppl)
+        CHECK_REL(ev.ppl, atof(ppl), 1e-3);
+    if (nt)
+        CHECK(ev.ntok == atol(nt));
+    CHECK(ev.ppl < 256);
+    CHECK(ev.loss_q == 0 && ev.kl == 0 && ev.top1_agree == 0);
+    /* the same hooks twice: identical runs */
+    CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 4, NULL, &none, &ev, &e) == 0);
+    CHECK(ev.ntok == 4L * m->ctx);
+    CHECK_NEAR(ev.loss_q, ev.loss, 1e-12);
+    CHECK_NEAR(ev.kl, 0.0, 1e-12);
+    CHECK_NEAR(ev.top1_agree, 1.0, 1e-12);
+    /* a quantized-looking run: the head's input zeroed -> uniform predictions, KL > 0 */
+    struct hk h = {m, -1, NULL, NULL, 0, 0, m->nsites - 1};
+    struct qs_lm_hooks hq = {NULL, NULL, act_hook, &h};
+    CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 3, NULL, &hq, &ev, &e) == 0);
+    CHECK(ev.ntok == 3L * m->ctx);
+    CHECK_NEAR(ev.loss_q, log((double)m->vocab), 1e-5);
+    CHECK(ev.kl > 0.1 && ev.top1_agree < 0.5);
+    CHECK(qs_lm_evaluate(m, tk->ids, (size_t)m->ctx, 0, NULL, NULL, &ev, &e) == -1);
+    CHECK(strstr(e.msg, "too few") != NULL);
+    qs_lm_free(m);
+}
+
+static void test_bundled_models(void)
+{
+    struct qs_tokens *tk = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_tokens_load("datasets/text/licenses.txt", &tk, &e) == 0);
+    if (!tk)
+        return;
+    bundled("datasets/models/tiny-gpt2", tk, 120576);
+    bundled("datasets/models/tiny-llama", tk, 123712);
+    qs_tokens_free(tk);
+}
+
+/* ---- bad input --------------------------------------------------------------------------- */
+
+static char tmp_[64];
+
+static void write_text(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(s, f);
+        fclose(f);
+    }
+}
+
+/* Copies fixture SRC's tensors to DIR/model.safetensors, skipping SKIP and giving RESHAPE a
+ * flat 1-D shape. */
+static void copy_model(const char *src, const char *skip, const char *reshape)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    struct qs_st_file *f = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_st_open(path, &f, &e) == 0);
+    if (!f)
+        return;
+    int n = qs_st_count(f), k = 0;
+    struct qs_st_out *o = qs_calloc((size_t)n, sizeof *o);
+    for (int i = 0; i < n; i++) {
+        const struct qs_st_tensor *t = qs_st_get(f, i);
+        if (skip && !strcmp(t->name, skip))
+            continue;
+        o[k] = (struct qs_st_out){t->name, t->dtype, t->ndim, {0}, t->data};
+        memcpy(o[k].shape, t->shape, sizeof o[k].shape);
+        if (reshape && !strcmp(t->name, reshape)) {
+            o[k].ndim = 1;
+            o[k].shape[0] = t->numel;
+            o[k].shape[1] = 0;
+        }
+        k++;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp_);
+    CHECK(qs_st_write(path, o, k, NULL, NULL, 0, &e) == 0);
+    free(o);
+    qs_st_close(f);
+}
+
+static void expect_fail(const char *needle)
+{
+    struct qs_lm *m = (struct qs_lm *)1;
+    qs_err e = {{0}};
+    CHECK(qs_lm_load(tmp_, &m, &e) == -1);
+    CHECK(m == NULL);
+    if (!strstr(e.msg, needle)) {
+        fprintf(stderr, "  message '%s' lacks '%s'\n", e.msg, needle);
+        CHECK(0);
+    }
+}
+
+static void test_bad_models(void)
+{
+    snprintf(tmp_, sizeof tmp_, "/tmp/qs_test_lm_%d", (int)getpid());
+    CHECK(qs_mkdir_p(tmp_) == 0);
+    char cfg[128];
+    snprintf(cfg, sizeof cfg, "%s/config.json", tmp_);
+    expect_fail("config.json: cannot open");
+    const char *gcfg = "{\"model_type\": \"gpt2\", \"vocab_size\": 50, \"n_embd\": 32, "
+                       "\"n_layer\": 2, \"n_head\": 4, \"n_positions\": 16, \"n_inner\": 48}";
+    write_text(cfg, "{\"model_type\": \"bert\"}");
+    expect_fail("unknown model_type 'bert'");
+    write_text(cfg, "[1, 2]");
+    expect_fail("not a JSON object");
+    write_text(cfg, "{\"model_type\": \"gpt2\", \"vocab_size\": 50, \"n_layer\": 2}");
+    expect_fail("key 'n_embd' is missing");
+    write_text(cfg, gcfg);
+    expect_fail("model.safetensors: cannot open");
+    copy_model("tests/fixtures/lm_gpt2", "h.1.mlp.c_fc.bias", NULL);
+    expect_fail("model.safetensors: tensor 'h.1.mlp.c_fc.bias' is missing");
+    copy_model("tests/fixtures/lm_gpt2", NULL, "h.0.attn.c_attn.weight");
+    expect_fail("tensor 'h.0.attn.c_attn.weight' has shape [3072] (expected [32,96])");
+    copy_model("tests/fixtures/lm_gpt2", NULL, NULL);
+    struct qs_lm *m = NULL;
+    qs_err e = {{0}};
+    CHECK(qs_lm_load(tmp_, &m, &e) == 0); /* the copy itself loads */
+    qs_lm_free(m);
+    write_text(cfg, "{\"model_type\": \"gpt2\", \"vocab_size\": 51, \"n_embd\": 32, "
+                    "\"n_layer\": 2, \"n_head\": 4, \"n_positions\": 16, \"n_inner\": 48}");
+    expect_fail("tensor 'wte.weight' has shape [50,32] (expected [51,32])");
+    write_text(cfg, "{\"model_type\": \"gpt2\", \"vocab_size\": 50, \"n_embd\": 32, "
+                    "\"n_layer\": 2, \"n_head\": 5, \"n_positions\": 16, \"n_inner\": 48}");
+    expect_fail("not a multiple of the 5 heads");
+    write_text(cfg, "{\"model_type\": \"gpt2\", \"vocab_size\": 50, \"n_embd\": 32, "
+                    "\"n_layer\": 2, \"n_head\": 4, \"n_positions\": 16, \"n_inner\": 48, "
+                    "\"activation_function\": \"relu\"}");
+    expect_fail("'activation_function' = relu is not supported");
+    const char *lcfg = "{\"model_type\": \"llama\", \"vocab_size\": 40, \"hidden_size\": 32, "
+                       "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                       "\"num_key_value_heads\": 3, \"intermediate_size\": 40, "
+                       "\"max_position_embeddings\": 16, \"tie_word_embeddings\": true}";
+    write_text(cfg, lcfg);
+    copy_model("tests/fixtures/lm_llama_gqa", NULL, NULL);
+    expect_fail("num_attention_heads 4 is not a multiple of num_key_value_heads 3");
+    write_text(cfg, "{\"model_type\": \"llama\", \"vocab_size\": 40, \"hidden_size\": 32, "
+                    "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+                    "\"num_key_value_heads\": 2, \"intermediate_size\": 40, "
+                    "\"max_position_embeddings\": 16, \"tie_word_embeddings\": false}");
+    expect_fail("tensor 'lm_head.weight' is missing"); /* untied but the file has no head */
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_);
+    CHECK(system(cmd) == 0);
+}
+
+TEST_MAIN("lm", TEST_CASE(test_gpt2_vs_torch), TEST_CASE(test_llama_vs_torch),
+          TEST_CASE(test_hooks), TEST_CASE(test_bundled_models), TEST_CASE(test_bad_models))
