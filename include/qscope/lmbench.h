@@ -21,6 +21,10 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
 /* Per-site error statistics on the calibration windows: w_rel_err, local and propagated
  * pre-activation relative MSE and SNR, cosine (kl fields unset). err: nsites entries. */
 int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
+/* Fits a low-rank correction (lowrank, lqer, qera, eora) of site s's weight error from the
+ * calibration windows and judges it on held-out windows: R from the quantized model's own inputs
+ * (propagated), as for MLPs. */
+int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e);
 /* The float model's calibration inputs of a site: x (n, in). */
 int qs_bench_lm_inputs(struct qs_bench *b, int site, const float **x, int *n, qs_err *e);
 

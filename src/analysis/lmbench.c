@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "qscope/analysis.h"
+#include "qscope/linalg.h"
 #include "qscope/lmbench.h"
+#include "qscope/lowrank.h"
 
 /* Calibration activations: xf[s] the float model's inputs of site s over the calibration
  * windows, xq[s] the quantized model's (propagated); n rows each. */
@@ -15,6 +17,12 @@ struct qs_lm_cache {
     int nsites, n;
     float **xf, **xq;
     int q_valid;
+    /* held-out windows (for judging corrections): nt rows per site, float and quantized path */
+    int nt;
+    float **tf, **tq;
+    int tq_valid;
+    /* per site: the quantized weight with its correction added (NULL: none) */
+    float **weff;
 };
 
 static void cache_free(struct qs_lm_cache *c)
@@ -24,9 +32,15 @@ static void cache_free(struct qs_lm_cache *c)
     for (int s = 0; s < c->nsites; s++) {
         free(c->xf ? c->xf[s] : NULL);
         free(c->xq ? c->xq[s] : NULL);
+        free(c->tf ? c->tf[s] : NULL);
+        free(c->tq ? c->tq[s] : NULL);
+        free(c->weff ? c->weff[s] : NULL);
     }
     free(c->xf);
     free(c->xq);
+    free(c->tf);
+    free(c->tq);
+    free(c->weff);
     free(c);
 }
 
@@ -40,7 +54,7 @@ void qs_bench_lm_drop(struct qs_bench *b)
 void qs_bench_lm_invalidate(struct qs_bench *b)
 {
     if (b->lmc)
-        b->lmc->q_valid = 0;
+        b->lmc->q_valid = b->lmc->tq_valid = 0;
 }
 
 /* The split of the token stream: the last 10 % is held out (test); calibration windows are the
@@ -80,6 +94,7 @@ int qs_bench_lm_ready(struct qs_bench *b, qs_err *e)
 
 struct hook_ctx {
     struct qs_bench *b;
+    float **weff;    /* corrected weights per site (may be NULL) */
     float **capture; /* per site: rows appended here (NULL: no capture) */
     int *rows;       /* rows captured so far per site */
     int cap_rows;
@@ -89,7 +104,57 @@ struct hook_ctx {
 static const float *weight_q(void *u, int s)
 {
     struct hook_ctx *h = u;
+    if (h->weff && h->weff[s])
+        return h->weff[s];
     return h->b->ls[s].wq; /* NULL: the float weight */
+}
+
+/* weff[s] = Q(W_s) + C_s for every corrected site (rebuilt before a quantized pass; cheap next
+ * to the pass itself). */
+static int update_weff(struct qs_bench *b, float ***out, qs_err *e)
+{
+    struct qs_lm *m = b->lm;
+    float **w = b->lmc ? b->lmc->weff : NULL;
+    int any = 0;
+    for (int s = 0; s < m->nsites; s++)
+        any |= b->ls[s].corr.c != NULL;
+    *out = NULL;
+    if (!any)
+        return 0;
+    if (!w) {
+        w = qs_calloc((size_t)m->nsites, sizeof *w);
+        if (!w)
+            return qs_errf(e, "out of memory");
+        if (b->lmc)
+            b->lmc->weff = w;
+    }
+    for (int s = 0; s < m->nsites; s++) {
+        const struct qs_layer_state *ls = &b->ls[s];
+        size_t nw = (size_t)m->sites[s].in * m->sites[s].out;
+        if (!ls->corr.c) {
+            free(w[s]);
+            w[s] = NULL;
+            continue;
+        }
+        if (!w[s] && !(w[s] = malloc(nw * sizeof(float))))
+            return qs_errf(e, "out of memory");
+        const float *base = ls->wq ? ls->wq : m->sites[s].w;
+        for (size_t j = 0; j < nw; j++)
+            w[s][j] = base[j] + ls->corr.c[j];
+    }
+    *out = w;
+    if (!b->lmc) /* no cache to own it: the caller frees (eval before any calibration) */
+        return 1;
+    return 0;
+}
+
+static void free_weff(struct qs_bench *b, float **w, int owned)
+{
+    if (!owned || !w)
+        return;
+    for (int s = 0; s < b->lm->nsites; s++)
+        free(w[s]);
+    free(w);
 }
 
 static void capture_input(void *u, int s, const float *x, int n, int in)
@@ -122,12 +187,10 @@ static void act_quant(void *u, int s, float *x, int n, int in)
 
 /* Runs the calibration windows through the float (quant = 0) or quantized model, capturing
  * every site's inputs into out[s] (n rows of in_s). */
-static int capture(struct qs_bench *b, int quant, float **out, int n, qs_err *e)
+static int capture(struct qs_bench *b, int quant, float **out, int n, size_t start, int nwin,
+                   qs_err *e)
 {
     struct qs_lm *m = b->lm;
-    size_t off;
-    int cw;
-    qs_bench_lm_split(b, &off, &cw);
     int *rows = qs_calloc((size_t)m->nsites, sizeof *rows);
     float *logits = malloc((size_t)m->ctx * m->vocab * sizeof(float));
     if (!rows || !logits) {
@@ -135,11 +198,19 @@ static int capture(struct qs_bench *b, int quant, float **out, int n, qs_err *e)
         free(logits);
         return qs_errf(e, "out of memory");
     }
-    struct hook_ctx hc = {b, out, rows, n};
+    float **weff = NULL;
+    int owned = quant ? update_weff(b, &weff, e) : 0;
+    if (owned < 0) {
+        free(rows);
+        free(logits);
+        return -1;
+    }
+    struct hook_ctx hc = {b, weff, out, rows, n};
     struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc};
     int rc = 0;
-    for (int w = 0; w < cw && rc == 0; w++)
-        rc = qs_lm_forward(m, b->tokens->ids + (size_t)w * m->ctx, m->ctx, &h, logits, e);
+    for (int w = 0; w < nwin && rc == 0; w++)
+        rc = qs_lm_forward(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx, &h, logits, e);
+    free_weff(b, weff, owned);
     free(rows);
     free(logits);
     return rc;
@@ -173,15 +244,34 @@ static int ensure_cache(struct qs_bench *b, qs_err *e)
             if (!c->xf[s] || !c->xq[s])
                 return qs_errf(e, "out of memory caching calibration activations");
         }
-        if (capture(b, 0, c->xf, n, e) < 0) {
+        /* held-out windows that judge corrections: the first ones of the test part */
+        int tw = (int)((b->tokens->n - off) / (size_t)m->ctx);
+        tw = tw < cw ? tw : cw;
+        c->nt = tw * m->ctx;
+        c->tf = qs_calloc((size_t)m->nsites, sizeof *c->tf);
+        c->tq = qs_calloc((size_t)m->nsites, sizeof *c->tq);
+        if (!c->tf || !c->tq)
+            return qs_errf(e, "out of memory");
+        for (int s = 0; s < m->nsites; s++) {
+            c->tf[s] = malloc((size_t)(c->nt ? c->nt : 1) * m->sites[s].in * sizeof(float));
+            c->tq[s] = malloc((size_t)(c->nt ? c->nt : 1) * m->sites[s].in * sizeof(float));
+            if (!c->tf[s] || !c->tq[s])
+                return qs_errf(e, "out of memory caching held-out activations");
+        }
+        if (capture(b, 0, c->xf, n, 0, cw, e) < 0 || capture(b, 0, c->tf, c->nt, off, tw, e) < 0) {
             qs_bench_lm_drop(b);
             return -1;
         }
     }
     if (!b->lmc->q_valid) {
-        if (capture(b, 1, b->lmc->xq, n, e) < 0)
+        if (capture(b, 1, b->lmc->xq, n, 0, cw, e) < 0)
             return -1;
         b->lmc->q_valid = 1;
+    }
+    if (!b->lmc->tq_valid) {
+        if (capture(b, 1, b->lmc->tq, b->lmc->nt, off, b->lmc->nt / b->lm->ctx, e) < 0)
+            return -1;
+        b->lmc->tq_valid = 1;
     }
     return 0;
 }
@@ -193,10 +283,16 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
     size_t off;
     int cw;
     qs_bench_lm_split(b, &off, &cw);
-    struct hook_ctx hc = {b, NULL, NULL, 0};
+    float **weff = NULL;
+    int owned = update_weff(b, &weff, e);
+    if (owned < 0)
+        return -1;
+    struct hook_ctx hc = {b, weff, NULL, NULL, 0};
     struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc};
-    return qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
-                          ev, e);
+    int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
+                            ev, e);
+    free_weff(b, weff, owned);
+    return rc;
 }
 
 static void site_pre(const float *x, int n, const struct qs_lm_site *st, const float *w, float *y)
@@ -225,14 +321,16 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
             free(xa);
             return qs_errf(e, "out of memory");
         }
-        const float *wq = ls->wq ? ls->wq : st->w;
+        const float *wq = b->lmc->weff && b->lmc->weff[s] ? b->lmc->weff[s]
+                          : ls->wq                         ? ls->wq
+                                                           : st->w;
         site_pre(b->lmc->xf[s], n, st, st->w, yf);
         double den = 0, num = 0, dot = 0, nq = 0;
         for (size_t j = 0; j < len; j++)
             den += (double)yf[j] * yf[j];
         /* local: the float inputs, quantized (activations as the rule says, then weights) */
         memcpy(xa, b->lmc->xf[s], (size_t)n * st->in * sizeof(float));
-        struct hook_ctx hc = {b, NULL, NULL, 0};
+        struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
         act_quant(&hc, s, xa, n, st->in);
         site_pre(xa, n, st, wq, y);
         for (size_t j = 0; j < len; j++) {
@@ -312,4 +410,104 @@ int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
     g->threshold = (1.0 - b->gate_lm) * b->lm_unigram;
     g->pass = g->float_loss <= g->threshold;
     return 0;
+}
+
+/* R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 of site s over rows x (quantized path) against
+ * the float path's xf, with weights wq (uncorrected) and wc (corrected). */
+static double site_recovery(struct qs_bench *b, int s, const float *xf, const float *xq, int n,
+                            const float *wq, const float *wc, int *undefined)
+{
+    const struct qs_lm_site *st = &b->lm->sites[s];
+    size_t len = (size_t)n * st->out;
+    float *yf = malloc(len * sizeof(float)), *yq = malloc(len * sizeof(float));
+    float *yh = malloc(len * sizeof(float)), *xa = malloc((size_t)n * st->in * sizeof(float));
+    double r = NAN;
+    if (yf && yq && yh && xa) {
+        struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
+        site_pre(xf, n, st, st->w, yf);
+        memcpy(xa, xq, (size_t)n * st->in * sizeof(float));
+        act_quant(&hc, s, xa, n, st->in);
+        site_pre(xa, n, st, wq, yq);
+        site_pre(xa, n, st, wc, yh);
+        r = qs_recovery(yf, yq, yh, len, undefined);
+    }
+    free(yf);
+    free(yq);
+    free(yh);
+    free(xa);
+    return r;
+}
+
+int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e)
+{
+    if (ensure_cache(b, e) < 0)
+        return -1;
+    const struct qs_lm_site *st = &b->lm->sites[s];
+    struct qs_layer_state *ls = &b->ls[s];
+    if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
+        return qs_errf(e, "%s: on transformers, correct fits lowrank, lqer, qera or eora (%s is "
+                          "for MLPs for now)", st->name, qs_corr_name(m));
+    if (!ls->wq)
+        return qs_errf(e, "%s is in float (format none): there is no weight error to correct",
+                       st->name);
+    int mn = st->out < st->in ? st->out : st->in;
+    if (rank < 1 || rank > mn)
+        return qs_errf(e, "%s: rank %d is out of range: min(out, in) = min(%d, %d) = %d",
+                       st->name, rank, st->out, st->in, mn);
+    size_t nw = (size_t)st->out * st->in;
+    float *ew = malloc(nw * sizeof(float)), *cc = malloc(nw * sizeof(float));
+    float *wc = malloc(nw * sizeof(float));
+    int rc = -1, n = b->lmc->n;
+    if (!ew || !cc || !wc) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < nw; j++)
+        ew[j] = st->w[j] - ls->wq[j];
+    const float *x = b->lmc->xf[s]; /* calibration inputs of the float model */
+    if (m == QS_CORR_LOWRANK) {
+        rc = qs_lowrank_lorc(ew, st->out, st->in, rank, cc, NULL, NULL, e);
+    } else if (m == QS_CORR_LQER) { /* s_j = mean |x_j| */
+        float *sc = qs_calloc((size_t)st->in, sizeof(float));
+        rc = sc ? 0 : qs_errf(e, "out of memory");
+        for (int r = 0; sc && r < n; r++)
+            for (int j = 0; j < st->in; j++)
+                sc[j] += fabsf(x[(size_t)r * st->in + j]) / n;
+        if (rc == 0)
+            rc = qs_lowrank_lqer(ew, st->out, st->in, sc, rank, cc, NULL, NULL, e);
+        free(sc);
+    } else { /* QERA / EoRA: R = E[x x^T] of the calibration inputs */
+        float *rxx = malloc((size_t)st->in * st->in * sizeof(float));
+        rc = rxx ? 0 : qs_errf(e, "out of memory");
+        if (rc == 0) {
+            qs_gram(x, n, st->in, rxx);
+            rc = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(
+                ew, st->out, st->in, rxx, 0.01, rank, cc, NULL, NULL, e);
+        }
+        free(rxx);
+    }
+    if (rc < 0)
+        goto out;
+    for (size_t j = 0; j < nw; j++)
+        wc[j] = ls->wq[j] + cc[j];
+    int und = 0;
+    double r_test = site_recovery(b, s, b->lmc->tf[s], b->lmc->tq[s], b->lmc->nt, ls->wq, wc, &und);
+    double r_cal = site_recovery(b, s, b->lmc->xf[s], b->lmc->xq[s], n, ls->wq, wc, &und);
+    qs_corr_clear(&ls->corr);
+    ls->corr.method = m;
+    ls->corr.rank = rank;
+    snprintf(ls->corr.prec, sizeof ls->corr.prec, "float");
+    ls->corr.c = cc;
+    cc = NULL;
+    ls->corr.params = (long)rank * (st->out + st->in);
+    ls->corr.bits = 32.0 * ls->corr.params;
+    ls->corr.recovery = r_test;
+    ls->corr.recovery_calib = r_cal;
+    qs_bench_invalidate(b, s);
+    rc = 0;
+out:
+    free(ew);
+    free(cc);
+    free(wc);
+    return rc;
 }

@@ -285,7 +285,8 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
     if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && c->b->lm) {
         if (!(d->flags & QS_CMD_LM)) {
             qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
-                       "info, layers, quant, rules, regime, eval, error, spectrum, rank)",
+                       "info, layers, quant, rules, regime, eval, error, spectrum, rank, correct with a "
+                       "low-rank method, uncorrect)",
                     d->name);
             goto out;
         }

@@ -370,6 +370,16 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (idx[0] < 0)
             n = -1;
     }
+    if (n > 0 && c->b->lm) {
+        int rc = (strcmp(prec, "float") || lambda >= 0 || teacher_path)
+                     ? qs_errf(e, "correct: prec=, lambda= and teacher= are for MLPs for now")
+                     : qs_cmd_lm_correct(c, idx, n, m, rank, e);
+        free(idx);
+        if (rc == 0)
+            snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d", argv[0], qs_corr_name(m),
+                     rank);
+        return rc;
+    }
     struct qs_mlp *teacher = NULL;
     if (n > 0 && teacher_path && qs_mlp_load(teacher_path, QS_ACT_RELU, 0, &teacher, e) < 0)
         n = -1;
@@ -723,13 +733,13 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error", NULL},
     {"correct", "LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] [lambda=F] [teacher=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
      "calibration split; clocal is fitted and judged on the test split with float inputs: an "
      "upper baseline, not deployable). teacher= fits bias/linear toward another model's "
      "pre-activations (a deliberately capacity-adding control)."},
-    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
+    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
      "remove corrections", NULL},
     {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
      "non-capacity ablation: is each correction recovery or added capacity?", NULL},

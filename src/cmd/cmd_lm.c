@@ -200,3 +200,58 @@ int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
     free(err);
     return 0;
 }
+
+int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
+                      qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_sb t = {0};
+    int done = 0;
+    for (int k = 0; k < n; k++) {
+        int s = idx[k];
+        if (n > 1 && !b->ls[s].wq)
+            continue; /* a pattern skips float sites */
+        if (qs_bench_lm_correct(b, s, m, rank, e) < 0) {
+            qs_sb_free(&t);
+            return -1;
+        }
+        const struct qs_corr *cr = &b->ls[s].corr;
+        const struct qs_lm_site *st = &b->lm->sites[s];
+        double bpw = (8.0 * (double)qs_packed_bytes(&b->ls[s].packed) + cr->bits) /
+                     ((double)st->out * st->in);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "correct");
+        cJSON_AddStringToObject(o, "layer", st->name);
+        cJSON_AddStringToObject(o, "method", qs_corr_name(m));
+        cJSON_AddNumberToObject(o, "rank", cr->rank);
+        qs_json_num(o, "recovery", cr->recovery);
+        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+        cJSON_AddNumberToObject(o, "params", (double)cr->params);
+        qs_json_num(o, "bits_added", cr->bits);
+        qs_json_num(o, "layer_bits_per_weight", bpw);
+        qs_sb_printf(&t, "%s%s %s r=%d: recovery R = %.4f on held-out windows (calib %.4f), +%ld "
+                         "params, site %.3f bits/weight",
+                     done ? "\n" : "", st->name, qs_corr_name(m), rank, cr->recovery,
+                     cr->recovery_calib, cr->params, bpw);
+        qs_cmd_lm_gate(c, o, NULL);
+        qs_emit(c, o, NULL);
+        done++;
+    }
+    if (!done) {
+        qs_sb_free(&t);
+        return qs_errf(e, "correct: every site matching the pattern is in float");
+    }
+    struct qs_lm_eval ev;
+    if (qs_bench_lm_eval(b, 0, &ev, e) < 0) {
+        qs_sb_free(&t);
+        return -1;
+    }
+    qs_sb_printf(&t, "\nquantized+corrected: ppl %.4f (float %.4f), KL %.6g, top-1 agreement %.4f\n",
+                 ev.ppl_q, ev.ppl, ev.kl, ev.top1_agree);
+    cJSON *g = cJSON_CreateObject(); /* the gate's text only */
+    qs_cmd_lm_gate(c, g, &t);
+    cJSON_Delete(g);
+    qs_emit_text(c, t.s);
+    qs_sb_free(&t);
+    return 0;
+}

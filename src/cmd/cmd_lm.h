@@ -11,6 +11,8 @@ int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, qs_err *e);
 void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t);
 int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e);
 int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e);
+int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
+                      qs_err *e);
 void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
 
 #endif

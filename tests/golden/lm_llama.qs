@@ -12,3 +12,12 @@ eval
 rank
 spectrum lm_head k=8
 spectrum model.layers.0.mlp.down_proj scale=cov k=6
+# low-rank corrections of the sites' weight errors, judged on held-out windows
+quant * int3 gran=channel
+eval
+correct lm_head lowrank r=4
+correct lm_head qera r=4
+correct *proj eora r=4
+layers
+uncorrect *
+eval
