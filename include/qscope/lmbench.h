@@ -25,6 +25,9 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
  * calibration windows and judges it on held-out windows: R from the quantized model's own inputs
  * (propagated), as for MLPs. */
 int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e);
+/* The propagated pre-activation error of site s on the calibration windows: err = Y_q - Y_f and
+ * ref = Y_f, both (n, out), newly allocated (the caller frees). */
+int qs_bench_lm_preact_err(struct qs_bench *b, int s, float **err, float **ref, int *n, qs_err *e);
 /* The float model's calibration inputs of a site: x (n, in). */
 int qs_bench_lm_inputs(struct qs_bench *b, int site, const float **x, int *n, qs_err *e);
 

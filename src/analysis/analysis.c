@@ -153,10 +153,12 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
                          int k, struct qs_spectrum *sp, qs_err *e)
 {
     memset(sp, 0, sizeof *sp);
+    float *lm_err = NULL, *lm_ref = NULL; /* transformer of=preact: from the site caches */
+    int lm_rows = 0;
     if (b->lm) {
-        if (of == QS_SPEC_PREACT)
-            return qs_errf(e, "spectrum: of=preact is for MLPs for now (transformers: of=weight "
-                              "with scale=none|act|cov)");
+        if (of == QS_SPEC_PREACT &&
+            qs_bench_lm_preact_err(b, i, &lm_err, &lm_ref, &lm_rows, e) < 0)
+            return -1;
     } else if (qs_bench_update(b, e) < 0) {
         return -1;
     }
@@ -177,9 +179,12 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
     int m, n;
     float *err = NULL, *ref = NULL, *half = NULL;
     if (of == QS_SPEC_PREACT) {
-        if (scale != QS_SCALE_NONE)
+        if (scale != QS_SCALE_NONE) {
+            free(lm_err);
+            free(lm_ref);
             return qs_errf(e, "spectrum: scale=act|cov applies to of=weight only");
-        m = xn;
+        }
+        m = b->lm ? lm_rows : xn;
         n = l->out;
     } else {
         m = l->out;
@@ -188,9 +193,12 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
     int mn = m < n ? m : n;
     if (k <= 0)
         k = mn;
-    if (k > mn)
+    if (k > mn) {
+        free(lm_err);
+        free(lm_ref);
         return qs_errf(e, "spectrum: k=%d exceeds the rank bound min(%d, %d) = %d of %s", k, m,
                        n, mn, l->name);
+    }
     size_t len = (size_t)m * n;
     err = malloc(len * sizeof(float));
     ref = malloc(len * sizeof(float));
@@ -201,7 +209,10 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
         qs_errf(e, "out of memory");
         goto out;
     }
-    if (of == QS_SPEC_PREACT) {
+    if (of == QS_SPEC_PREACT && b->lm) {
+        memcpy(err, lm_err, len * sizeof(float));
+        memcpy(ref, lm_ref, len * sizeof(float));
+    } else if (of == QS_SPEC_PREACT) {
         for (size_t j = 0; j < len; j++) {
             err[j] = q->pre[i][j] - f->pre[i][j];
             ref[j] = f->pre[i][j];
@@ -260,6 +271,8 @@ out:
     free(err);
     free(ref);
     free(half);
+    free(lm_err);
+    free(lm_ref);
     if (rc < 0)
         qs_spectrum_free(sp);
     return rc;

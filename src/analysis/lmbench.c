@@ -511,3 +511,35 @@ out:
     free(wc);
     return rc;
 }
+
+int qs_bench_lm_preact_err(struct qs_bench *b, int s, float **err, float **ref, int *n, qs_err *e)
+{
+    if (ensure_cache(b, e) < 0)
+        return -1;
+    const struct qs_lm_site *st = &b->lm->sites[s];
+    int rows = b->lmc->n;
+    size_t len = (size_t)rows * st->out;
+    float *yf = malloc(len * sizeof(float)), *yq = malloc(len * sizeof(float));
+    float *xa = malloc((size_t)rows * st->in * sizeof(float));
+    if (!yf || !yq || !xa) {
+        free(yf);
+        free(yq);
+        free(xa);
+        return qs_errf(e, "out of memory");
+    }
+    const float *w = b->lmc->weff && b->lmc->weff[s] ? b->lmc->weff[s]
+                     : b->ls[s].wq                   ? b->ls[s].wq
+                                                     : st->w;
+    struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
+    site_pre(b->lmc->xf[s], rows, st, st->w, yf);
+    memcpy(xa, b->lmc->xq[s], (size_t)rows * st->in * sizeof(float));
+    act_quant(&hc, s, xa, rows, st->in);
+    site_pre(xa, rows, st, w, yq);
+    for (size_t j = 0; j < len; j++)
+        yq[j] -= yf[j];
+    free(xa);
+    *err = yq;
+    *ref = yf;
+    *n = rows;
+    return 0;
+}

@@ -17,3 +17,5 @@ quant lm_head none on=wa
 rules
 eval
 error h.1.*
+rank h.0* of=preact
+spectrum h.1.mlp.c_proj of=preact k=5
