@@ -48,6 +48,19 @@ static int *idx_alloc(struct qs_ctx *c)
 
 /* ---- error --------------------------------------------------------------------------- */
 
+cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "name", name);
+    qs_json_num(j, "w_rel_err", r->w_rel_err);
+    qs_json_num(j, "preact_rel_mse", r->preact_rel_mse);
+    qs_json_num(j, "snr_db", r->snr_db);
+    qs_json_num(j, "local_rel_mse", r->local_rel_mse);
+    qs_json_num(j, "local_snr_db", r->local_snr_db);
+    qs_json_num(j, "cosine", r->cosine);
+    return j;
+}
+
 static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc > 1)
@@ -85,14 +98,7 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  "snr_db", "local_db", "cosine", "kl_share");
     for (int k = 0; k < n; k++) {
         const struct qs_layer_err *r = &err[idx[k]];
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "name", b->model->layers[idx[k]].name);
-        qs_json_num(j, "w_rel_err", r->w_rel_err);
-        qs_json_num(j, "preact_rel_mse", r->preact_rel_mse);
-        qs_json_num(j, "snr_db", r->snr_db);
-        qs_json_num(j, "local_rel_mse", r->local_rel_mse);
-        qs_json_num(j, "local_snr_db", r->local_snr_db);
-        qs_json_num(j, "cosine", r->cosine);
+        cJSON *j = qs_cmd_error_row(b->model->layers[idx[k]].name, r);
         qs_json_num(j, "kl_alone", r->kl_alone);
         qs_json_num(j, "kl_share", r->kl_share);
         if (r->has_attr) {

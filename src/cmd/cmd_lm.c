@@ -178,15 +178,7 @@ int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
     for (int k = 0; k < n; k++) {
         const struct qs_layer_err *r = &err[idx[k]];
         const char *name = b->lm->sites[idx[k]].name;
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "name", name);
-        qs_json_num(j, "w_rel_err", r->w_rel_err);
-        qs_json_num(j, "preact_rel_mse", r->preact_rel_mse);
-        qs_json_num(j, "snr_db", r->snr_db);
-        qs_json_num(j, "local_rel_mse", r->local_rel_mse);
-        qs_json_num(j, "local_snr_db", r->local_snr_db);
-        qs_json_num(j, "cosine", r->cosine);
-        cJSON_AddItemToArray(rows, j);
+        cJSON_AddItemToArray(rows, qs_cmd_error_row(name, r));
         qs_sb_printf(&t, "%-32s %10.5f %14.6g %9.2f %9.2f %9.6f\n", name, r->w_rel_err,
                      r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine);
     }

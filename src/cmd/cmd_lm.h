@@ -2,6 +2,7 @@
 #ifndef QSCOPE_CMD_LM_H
 #define QSCOPE_CMD_LM_H
 
+#include "qscope/analysis.h"
 #include "qscope/cmd.h"
 
 /* 1 if PATH names a transformer: a folder holding config.json. */
@@ -13,6 +14,8 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e);
 int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e);
 int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
                       qs_err *e);
+/* One row of the error table (name and the statistics both kinds of model have). */
+cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r);
 void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
 
 #endif
