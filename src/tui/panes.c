@@ -385,20 +385,31 @@ static void y_axis(WINDOW *w, int rows, const char *top, const char *bot,
     }
 }
 
-static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
+/* The spectrum and rank panes plot the selected layer's spectrum: a message instead when there
+ * is none, else the plot's rows and width (0 when the pane is too small to plot). */
+static int plot_area(WINDOW *w, int h, int cw, const struct tui_view *v, int *rows, int *pw)
 {
     const struct tui_snap *s = v->s;
     const struct tui_style *st = v->st;
     if (!s || !s->have_model) {
         message(w, 1, cw, st, s ? "no model" : "loading...");
-        return;
+        return 0;
     }
     if (!s->spec_ok) {
         message(w, 1, cw, st, s->spec_msg[0] ? s->spec_msg : s->err[0] ? s->err : "no spectrum");
-        return;
+        return 0;
     }
-    int rows = plot_rows(h), pw = cw - 6;
-    if (rows < 1 || pw < 4)
+    *rows = plot_rows(h);
+    *pw = cw - 6;
+    return *rows >= 1 && *pw >= 4;
+}
+
+static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    int rows, pw;
+    if (!plot_area(w, h, cw, v, &rows, &pw))
         return;
     double hi = 0, lo = INFINITY;
     int zero = s->st.zero;
@@ -469,16 +480,8 @@ static void draw_rank(WINDOW *w, int h, int cw, const struct tui_view *v)
 {
     const struct tui_snap *s = v->s;
     const struct tui_style *st = v->st;
-    if (!s || !s->have_model) {
-        message(w, 1, cw, st, s ? "no model" : "loading...");
-        return;
-    }
-    if (!s->spec_ok) {
-        message(w, 1, cw, st, s->spec_msg[0] ? s->spec_msg : s->err[0] ? s->err : "no spectrum");
-        return;
-    }
-    int rows = plot_rows(h), pw = cw - 6;
-    if (rows < 1 || pw < 4)
+    int rows, pw;
+    if (!plot_area(w, h, cw, v, &rows, &pw))
         return;
     y_axis(w, rows, "1", "0", st);
     struct tui_plot p;
