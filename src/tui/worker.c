@@ -311,24 +311,22 @@ out:
     return rc;
 }
 
-/* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
- * one, and (with token data) the per-site errors; task metrics come from `eval` (in the log). */
-static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
-                                int sel)
+/* What every snapshot of a loaded model has: names, the layers table (MLP layers or transformer
+ * sites), the layer the spectrum is for (also when it cannot be computed: the UI compares it
+ * with its selection to decide whether to ask again), bits per weight and the regime. */
+static int snap_header(struct qs_bench *b, struct tui_snap *s, int sel)
 {
-    (void)w;
-    qs_err e = {{0}};
     s->have_model = 1;
-    snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "");
-    s->have_data = b->tokens != NULL;
-    if (b->tokens)
+    snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "(trained here)");
+    s->have_data = b->data != NULL || b->tokens != NULL;
+    if (s->have_data)
         snprintf(s->data, sizeof s->data, "%s", b->data_path ? b->data_path : "");
-    s->nlayers = b->lm->nsites;
-    s->rows = calloc((size_t)s->nlayers, sizeof *s->rows);
+    s->nlayers = qs_bench_nunits(b);
+    s->rows = calloc((size_t)(s->nlayers ? s->nlayers : 1), sizeof *s->rows);
     if (!s->rows) {
         s->nlayers = 0;
         snprintf(s->err, sizeof s->err, "out of memory");
-        return s;
+        return -1;
     }
     snap_rows(b, s);
     if (sel >= s->nlayers)
@@ -336,6 +334,18 @@ static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct
     s->spec_layer = sel < 0 ? 0 : sel;
     s->bpw = qs_bench_bits_per_weight(b);
     snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(qs_bench_effective_regime(b)));
+    return 0;
+}
+
+/* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
+ * one, and (with token data) the per-site errors; task metrics come from `eval` (in the log). */
+static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
+                                int sel)
+{
+    (void)w;
+    qs_err e = {{0}};
+    if (snap_header(b, s, sel) < 0)
+        return s;
     if (snap_spectrum(b, s, s->spec_layer, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (!b->tokens) {
@@ -433,28 +443,9 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         w->nabl = 0;
         w->abl_model = b->model;
     }
-    s->have_model = 1;
-    snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "(trained here)");
-    s->have_data = b->data != NULL;
-    if (b->data)
-        snprintf(s->data, sizeof s->data, "%s", b->data_path ? b->data_path : "");
-    s->nlayers = b->model->nlayers;
-    s->rows = calloc((size_t)s->nlayers, sizeof *s->rows);
-    if (!s->rows) {
-        s->nlayers = 0;
-        snprintf(s->err, sizeof s->err, "out of memory");
+    if (snap_header(b, s, sel) < 0)
         return s;
-    }
-    snap_rows(b, s);
-    /* the layer the spectrum is for (also when it cannot be computed: the UI compares it with
-     * its selection to decide whether to ask again) */
-    if (sel >= s->nlayers)
-        sel = s->nlayers - 1;
-    if (sel < 0)
-        sel = 0;
-    s->spec_layer = sel;
-    s->bpw = qs_bench_bits_per_weight(b);
-    snprintf(s->regime, sizeof s->regime, "%s", qs_regime_name(qs_bench_effective_regime(b)));
+    sel = s->spec_layer;
     /* ablations of layers that still have their correction */
     s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
     for (int k = 0; s->abl && k < w->nabl; k++) {
