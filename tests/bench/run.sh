@@ -30,6 +30,20 @@ while read -r _ name batch sps gflops; do
     printf "bench forward-%s-b%s-vs-sgemm: ours %.1f GFLOP/s, openblas sgemm peak %.1f GFLOP/s, ratio %.2f (target 0.70)\n", n, b, g, p, g / p }'
 done < <(grep '^forward' <<<"$ours")
 
+# -- transformer forward: the bundled tiny GPT-2 and LLaMA, 64-token windows ----------------
+lmo=$($B/bench_lm)
+if [ $have_torch = 1 ]; then lmr=$($PY tests/bench/torch_lm.py "$threads"); else lmr=""; fi
+while read -r _ name tps; do
+  [ -n "$name" ] || continue
+  if [ -n "$lmr" ]; then
+    t=$(awk -v n="$name" '$2 == n {print $3}' <<<"$lmr")
+    awk -v n="$name" -v o="$tps" -v t="$t" 'BEGIN {
+      printf "bench forward-%s-ctx64: ours %.0f tokens/s, pytorch %.0f tokens/s, ratio %.2f (target 1.5)\n", n, o, t, o / t }'
+  else
+    echo "bench forward-$name-ctx64: ours $tps tokens/s, pytorch skipped (python3-torch not installed)"
+  fi
+done < <(grep '^lm ' <<<"$lmo")
+
 # -- quantize+dequantize of 4096x4096: against memcpy (bench_quant) and PyTorch eager -------
 q=$($B/bench_quant)
 printf '%s\n' "$q"
@@ -48,6 +62,7 @@ fi
 for b in "$B"/bench_*; do
   [ "$b" = "$B/bench_forward" ] && continue
   [ "$b" = "$B/bench_quant" ] && continue
+  [ "$b" = "$B/bench_lm" ] && continue
   [ -x "$b" ] && "$b"
 done
 for s in tests/bench/bench_*.sh; do
