@@ -58,6 +58,20 @@ static wchar_t *widen(const char *s, size_t len)
     return w;
 }
 
+
+/* Unlocks sh and wakes the UI, at most every 30 ms: log lines and progress can come faster than
+ * a redraw is worth. Called with sh->mu held. */
+static void poke_unlock(struct tui_shared *sh)
+{
+    double now = tui_now();
+    int poke = now - sh->last_poke > 0.03;
+    if (poke)
+        sh->last_poke = now;
+    pthread_mutex_unlock(&sh->mu);
+    if (poke)
+        tui_poke(sh);
+}
+
 static void log_push(struct tui_log *lg, int kind, wchar_t *text)
 {
     if (lg->n == TUI_LOG_MAX) {
@@ -91,13 +105,7 @@ void tui_log_add(struct tui_shared *sh, int kind, const char *text)
         p = nl + 1;
     }
     sh->log_dirty = 1;
-    double now = tui_now();
-    int poke = now - sh->last_poke > 0.03;
-    if (poke)
-        sh->last_poke = now;
-    pthread_mutex_unlock(&sh->mu);
-    if (poke)
-        tui_poke(sh);
+    poke_unlock(sh);
 }
 
 /* ---- callbacks installed on the context --------------------------------------------------- */
@@ -176,13 +184,7 @@ void tui_progress_cb(void *u, const char *what, double frac)
     snprintf(sh->prog_what, sizeof sh->prog_what, "%s", what ? what : "");
     sh->prog_frac = frac;
     sh->prog_dirty = 1;
-    double now = tui_now();
-    int poke = now - sh->last_poke > 0.03;
-    if (poke)
-        sh->last_poke = now;
-    pthread_mutex_unlock(&sh->mu);
-    if (poke)
-        tui_poke(sh);
+    poke_unlock(sh);
 }
 
 /* ---- the snapshot ------------------------------------------------------------------------- */

@@ -158,3 +158,8 @@ check lm-csv-label "$Q datasets/models/tiny-gpt2 -c 'load data datasets/digits.c
 check lm-back-to-mlp "$Q --no-default -c 'load model datasets/models/tiny-gpt2; load data datasets/text/licenses.txt; load model datasets/models/digits-mlp.safetensors; load data datasets/digits.csv; eval' | grep -q '^float '"
 $Q --no-default -c "load model datasets/models/tiny-llama; load data datasets/text/licenses.txt; quant * int4 gran=channel; eval; save session $T/lm.qs" >/dev/null 2>&1
 check lm-session-replays "$Q --replay $T/lm.qs --check >/dev/null 2>&1 && grep -q '^# model datasets/models/tiny-llama sha256=' $T/lm.qs"
+
+# the settable gates and the split: each changes what it says it changes
+check set-gate "$Q --json -c 'set gate 0.99; eval' | tail -1 | python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); assert o[\"gate\"]==\"fail\" and o[\"gate_threshold\"]>0.99'"
+check set-lmgate "$Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'set lmgate 0.9; eval' | tail -1 | python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); assert o[\"gate\"]==\"fail\"' && $Q -c 'set lmgate 1.5' 2>&1 | grep -q 'outside 0..1'"
+check set-split "$Q --json -c 'set split seed=3 train=0.5 calib=0.25; eval' | tail -1 | python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); s=o[\"split\"]; assert (s[\"seed\"], s[\"train\"], s[\"calib\"], s[\"test\"]) == (3, 899, 449, 449), s' && $Q -c 'set split train=0.9 calib=0.2' 2>&1 | grep -q 'train + calib < 1'"
