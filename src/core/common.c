@@ -2,6 +2,8 @@
 #include "qscope/common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <fnmatch.h>
 #include <sys/stat.h>
 #include <math.h>
@@ -136,4 +138,393 @@ int qs_state_dir(char *buf, size_t n)
     else
         return -1;
     return qs_mkdir_p(buf);
+}
+
+/* ---- checked sizes ---- */
+
+int qs_size_mul(size_t a, size_t b, size_t *out)
+{
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r)) {
+        *out = 0;
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+int qs_size_mul3(size_t a, size_t b, size_t c, size_t *out)
+{
+    size_t ab;
+    if (qs_size_mul(a, b, &ab) < 0)
+        return *out = 0, -1;
+    return qs_size_mul(ab, c, out);
+}
+
+int qs_size_add(size_t a, size_t b, size_t *out)
+{
+    size_t r;
+    if (__builtin_add_overflow(a, b, &r)) {
+        *out = 0;
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+int qs_int_mul(int a, int b, int *out)
+{
+    int r;
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) {
+        *out = 0;
+        return -1;
+    }
+    *out = r;
+    return 0;
+}
+
+/* ---- memory ---- */
+
+/* A number (bytes) from the first line of FILE, or SIZE_MAX ("max", missing, unreadable). */
+static size_t read_bytes_file(const char *file)
+{
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return SIZE_MAX;
+    char line[64] = "";
+    size_t v = SIZE_MAX;
+    if (fgets(line, sizeof line, f)) {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(line, &end, 10);
+        if (end != line && !errno)
+            v = (size_t)x;
+    }
+    fclose(f);
+    return v;
+}
+
+size_t qs_mem_available(void)
+{
+    size_t avail = SIZE_MAX;
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (f) {
+        char line[128];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (size_t)kb * 1024;
+                break;
+            }
+        fclose(f);
+    }
+    /* cgroup v2 (the process's own cgroup is mounted at /sys/fs/cgroup in a container), v1 */
+    size_t max = read_bytes_file("/sys/fs/cgroup/memory.max");
+    if (max != SIZE_MAX) {
+        size_t cur = read_bytes_file("/sys/fs/cgroup/memory.current");
+        size_t room = (cur != SIZE_MAX && cur < max) ? max - cur : 0;
+        if (room < avail)
+            avail = room;
+    } else {
+        size_t lim = read_bytes_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+        size_t use = read_bytes_file("/sys/fs/cgroup/memory/memory.usage_in_bytes");
+        if (lim != SIZE_MAX && lim < ((size_t)1 << 60) && use != SIZE_MAX) {
+            size_t room = use < lim ? lim - use : 0;
+            if (room < avail)
+                avail = room;
+        }
+    }
+    const char *env = getenv("QSCOPE_MEM_LIMIT");
+    if (env && env[0]) {
+        char *end;
+        unsigned long long x = strtoull(env, &end, 10);
+        if (end != env && (size_t)x < avail)
+            avail = (size_t)x;
+    }
+    return avail;
+}
+
+const char *qs_fmt_bytes(double b, char *buf, size_t n)
+{
+    static const char *const unit[] = {"B", "KB", "MB", "GB", "TB", "PB", "EB"};
+    int u = 0;
+    while (b >= 1000.0 && u < 6) {
+        b /= 1000.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, n, "%.0f B", b);
+    else
+        snprintf(buf, n, "%.1f %s", b, unit[u]);
+    return buf;
+}
+
+int qs_mem_check(size_t bytes, const char *what, qs_err *e)
+{
+    if (bytes < ((size_t)64 << 20))
+        return 0;
+    size_t avail = qs_mem_available();
+    if (bytes <= avail)
+        return 0;
+    char nb[32], ab[32];
+    return qs_errf(e, "%s needs %s but only %s of memory is available", what ? what : "this",
+                   qs_fmt_bytes((double)bytes, nb, sizeof nb),
+                   qs_fmt_bytes((double)avail, ab, sizeof ab));
+}
+
+void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
+{
+    size_t bytes;
+    if (qs_size_mul(n, size, &bytes) < 0) {
+        qs_errf(e, "%s: size %zu x %zu overflows", what ? what : "allocation", n, size);
+        return NULL;
+    }
+    if (qs_mem_check(bytes, what, e) < 0)
+        return NULL;
+    void *p = qs_calloc(n, size);
+    if (!p) {
+        char nb[32];
+        qs_errf(e, "%s: out of memory for %s", what ? what : "allocation",
+                qs_fmt_bytes((double)bytes, nb, sizeof nb));
+    }
+    return p;
+}
+
+/* ---- reading user files ---- */
+
+static const char *file_kind(mode_t m)
+{
+    if (S_ISDIR(m))
+        return "a directory";
+    if (S_ISFIFO(m))
+        return "a FIFO";
+    if (S_ISSOCK(m))
+        return "a socket";
+    if (S_ISCHR(m))
+        return "a character device";
+    if (S_ISBLK(m))
+        return "a block device";
+    return "not a regular file";
+}
+
+int qs_open_regular(const char *path, const char *what, struct stat *stp, qs_err *e)
+{
+    if (!path || !path[0])
+        return qs_errf(e, "no %s path given", what ? what : "file");
+    char pb[256];
+    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return qs_errf(e, "%s: cannot open: %s", p, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        return qs_errf(e, "%s: cannot stat: %s", p, strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        if (S_ISDIR(st.st_mode))
+            return qs_errf(e, "%s: is a directory, not a %s", p, what ? what : "file");
+        return qs_errf(e, "%s: is not a regular file (%s)", p, file_kind(st.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (stp)
+        *stp = st;
+    return fd;
+}
+
+FILE *qs_fopen_regular(const char *path, const char *what, qs_err *e)
+{
+    int fd = qs_open_regular(path, what, NULL, e);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        qs_errf(e, "%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
+
+/* ---- writing user files ---- */
+
+int qs_out_open(qs_outfile *o, const char *path, qs_err *e)
+{
+    memset(o, 0, sizeof *o);
+    if (!path || !path[0])
+        return qs_errf(e, "no output path given");
+    char pb[256];
+    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
+    struct stat st;
+    int exists = stat(path, &st) == 0;
+    if (exists && S_ISDIR(st.st_mode))
+        return qs_errf(e, "%s: is a directory", p);
+    if (!(o->path = qs_strdup(path)))
+        return qs_errf(e, "%s: out of memory", p);
+    if (exists && !S_ISREG(st.st_mode)) {
+        /* a device or FIFO: written in place, never replaced (O_NONBLOCK: a FIFO with no
+         * reader fails at once instead of hanging) */
+        int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0 || !(o->f = fdopen(fd, "wb"))) {
+            int err = errno;
+            if (fd >= 0)
+                close(fd);
+            free(o->path);
+            o->path = NULL;
+            return qs_errf(e, "%s: cannot open for writing: %s", p, strerror(err));
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+        return 0;
+    }
+    size_t pl = strlen(path);
+    if (!(o->tmp = malloc(pl + 16))) {
+        free(o->path);
+        o->path = NULL;
+        return qs_errf(e, "%s: out of memory", p);
+    }
+    snprintf(o->tmp, pl + 16, "%s.tmp%d", path, (int)getpid());
+    int fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                  exists ? (st.st_mode & 07777) : 0644);
+    if (fd < 0 || !(o->f = fdopen(fd, "wb"))) {
+        int err = errno;
+        if (fd >= 0) {
+            close(fd);
+            unlink(o->tmp);
+        }
+        free(o->path);
+        free(o->tmp);
+        o->path = o->tmp = NULL;
+        return qs_errf(e, "%s: cannot create: %s", p, strerror(err));
+    }
+    return 0;
+}
+
+static void out_free(qs_outfile *o)
+{
+    free(o->path);
+    free(o->tmp);
+    o->path = o->tmp = NULL;
+    o->f = NULL;
+}
+
+int qs_out_commit(qs_outfile *o, qs_err *e)
+{
+    if (!o->f) {
+        out_free(o);
+        return qs_errf(e, "output file was not open");
+    }
+    char pb[256];
+    const char *p = qs_clean_str(o->path, pb, sizeof pb, 0);
+    int err = 0;
+    if (fflush(o->f) != 0 || ferror(o->f))
+        err = errno ? errno : EIO;
+    if (!err && o->tmp && fsync(fileno(o->f)) < 0)
+        err = errno;
+    if (fclose(o->f) != 0 && !err)
+        err = errno ? errno : EIO;
+    o->f = NULL;
+    if (!err && o->tmp && rename(o->tmp, o->path) < 0)
+        err = errno;
+    if (err) {
+        if (o->tmp)
+            unlink(o->tmp);
+        out_free(o);
+        return qs_errf(e, "%s: cannot write: %s", p, strerror(err));
+    }
+    out_free(o);
+    return 0;
+}
+
+void qs_out_abort(qs_outfile *o)
+{
+    if (o->f)
+        fclose(o->f);
+    if (o->tmp)
+        unlink(o->tmp);
+    out_free(o);
+}
+
+/* ---- printing strings from files ---- */
+
+const char *qs_clean_str(const char *s, char *buf, size_t n, size_t max)
+{
+    if (!n)
+        return buf;
+    if (!s)
+        s = "(null)";
+    size_t j = 0, i = 0;
+    int cut = 0;
+    for (; s[i]; i++) {
+        if ((max && i >= max) || j + 4 >= n) {
+            cut = 1;
+            break;
+        }
+        unsigned char c = (unsigned char)s[i];
+        if (c == 0xc2 && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9f) {
+            buf[j++] = '?'; /* a C1 control in UTF-8 (U+0080..U+009F, e.g. CSI) */
+            i++;
+            continue;
+        }
+        buf[j++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    if (cut && j + 3 < n) {
+        memcpy(buf + j, "...", 3);
+        j += 3;
+    }
+    buf[j] = '\0';
+    return buf;
+}
+
+/* ---- the bundle ---- */
+
+static char bundle_datadir[1024];
+
+void qs_bundle_set_datadir(const char *d)
+{
+    snprintf(bundle_datadir, sizeof bundle_datadir, "%s", d ? d : "");
+}
+
+int qs_bundle_path(const char *rel, char *buf, size_t n, qs_err *e)
+{
+    char cand[4][4096];
+    int nc = 0;
+    snprintf(cand[nc++], sizeof cand[0], "%s", rel);
+    const char *home = getenv("QSCOPE_HOME");
+    if (home && home[0])
+        snprintf(cand[nc++], sizeof cand[0], "%s/%s", home, rel);
+    char exe[2048];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        snprintf(cand[nc++], sizeof cand[0], "%s/%s", exe, rel);
+        /* installed: PREFIX/bin/qscope beside PREFIX/share/qscope */
+        snprintf(cand[nc++], sizeof cand[0], "%s/../share/qscope/%s", exe, rel);
+    }
+    for (int i = 0; i < nc; i++)
+        if (access(cand[i], R_OK) == 0) {
+            if ((size_t)snprintf(buf, n, "%s", cand[i]) >= n)
+                return qs_errf(e, "%s: path too long", rel);
+            return 0;
+        }
+    if (bundle_datadir[0]) {
+        char c[4096];
+        snprintf(c, sizeof c, "%s/%s", bundle_datadir, rel);
+        if (access(c, R_OK) == 0) {
+            if ((size_t)snprintf(buf, n, "%s", c) >= n)
+                return qs_errf(e, "%s: path too long", rel);
+            return 0;
+        }
+    }
+    return qs_errf(e,
+                   "the bundled %s was not found (looked under the working directory, "
+                   "$QSCOPE_HOME, beside qscope and in %s)",
+                   rel, bundle_datadir[0] ? bundle_datadir : "the install share folder");
 }
