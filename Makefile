@@ -32,7 +32,7 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -95,6 +95,15 @@ test: deps
 	$(MAKE) qscope unit
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" bin unit
 	@bash tests/run.sh
+
+# The fuzz targets under ASan+UBSan, ten times as many mutations per seed as `make test` runs.
+FUZZ_ITER ?= 15000
+fuzz: deps
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" unit
+	@set -e; for t in build-asan/tests/fuzz_*; do \
+	  name=$${t##*/fuzz_}; echo "fuzz $$name: $(FUZZ_ITER) mutations per seed"; \
+	  ASAN_OPTIONS=detect_leaks=1 $$t -n $(FUZZ_ITER) tests/fuzz/corpus/$$name/*; \
+	done; echo "fuzz: all targets clean"
 
 bench: deps
 	$(MAKE) qscope $(BENCH_BIN)
