@@ -665,9 +665,11 @@ static void cmd_label(const cJSON *results, const char *line, char *buf, size_t 
     snprintf(buf, n, "%.*s", (int)(k < 60 ? k : 60), line);
 }
 
-/* Checks the header: magic, end line, pinned files. Returns the number of problems reported and
- * sets *body_end to the index of the end line. */
-static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l, int *body_end)
+/* Checks the header: magic, end line, pinned files (hashed when verify, else only parsed; the
+ * recorded thread count is applied only when verify). Returns the number of problems reported
+ * and sets *body_end to the index of the end line. */
+static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l, int *body_end,
+                         int verify)
 {
     if (l->n == 0 || strcmp(l->v[0], QS_SESSION_MAGIC)) {
         qs_note(c,
@@ -706,6 +708,8 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
             problems++;
             continue;
         }
+        if (hf == 1 && !verify)
+            continue;
         if (hf == 1) {
             qs_err he = {{0}};
             struct stat st;
@@ -733,7 +737,7 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
         /* Sums inside OpenBLAS depend on how the work is split between threads, and a few
          * results (a linear map quantized to int4, say) amplify last-bit differences: replay
          * with the thread count the session was recorded with. */
-        if (sscanf(l->v[i], "# threads %ld", &v) == 1 && v >= 1 && v <= 256 &&
+        if (verify && sscanf(l->v[i], "# threads %ld", &v) == 1 && v >= 1 && v <= 256 &&
             v != openblas_get_num_threads()) {
             qs_note(c, "%s:%d: recorded with %ld BLAS threads: replaying with %ld (was %d)", path,
                     i + 1, v, v, openblas_get_num_threads());
@@ -832,7 +836,7 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
         return 1;
     }
     int end = 0;
-    if (replay_header(c, path, &l, &end) > 0 || (check && check_pins(c, path, &l, end) > 0)) {
+    if (replay_header(c, path, &l, &end, 1) > 0 || (check && check_pins(c, path, &l, end) > 0)) {
         lines_free(&l);
         return 1;
     }
@@ -910,6 +914,87 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
     else
         qs_note(c, "replay: %d commands%s (recorded results not checked; add --check)", ncmd, tail);
     return nfail || ndiffer ? 1 : 0;
+}
+
+static void journal_line(const char *line, struct qs_sb *sb);
+static void header_word(const char *text, const char *key, char *buf, size_t n);
+
+int qs_session_lint(struct qs_ctx *c, const char *name, const char *text, size_t len, int check)
+{
+    struct lines l;
+    qs_err e = {{0}};
+    char *buf = malloc(len + 1);
+    if (!buf)
+        return 1;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    if (memchr(buf, 0, len)) {
+        free(buf);
+        qs_note(c, "%s: contains NUL bytes: not a text session file", name);
+        return 1;
+    }
+    char word[32]; /* what a kept journal's name is made of */
+    header_word(buf, "date", word, sizeof word);
+    header_word(buf, "pid", word, sizeof word);
+    if (lines_from_text(buf, len, &l, &e) < 0) { /* frees nothing: l owns buf */
+        lines_free(&l);
+        return 1;
+    }
+    int end = 0;
+    int problems = replay_header(c, name, &l, &end, 0);
+    if (problems == 0) {
+        if (check)
+            problems += check_pins(c, name, &l, end);
+        for (int i = 0; i < end; i++) {
+            const char *s = l.v[i];
+            if (starts_with(s, QS_RESULT_PREFIX)) {
+                char rname[512], *val = NULL;
+                qs_err pe = {{0}};
+                if (qs_flat_parse(s + strlen(QS_RESULT_PREFIX), rname, sizeof rname, &val, &pe) <
+                    0) {
+                    qs_note(c, "%s:%d: %s", name, i + 1, pe.msg);
+                    problems++;
+                    continue;
+                }
+                /* the value against itself: equal whatever it holds */
+                struct qs_flat self = {rname, val, QS_FLAT_STR};
+                char *end2;
+                strtod(val, &end2);
+                if (end2 != val && !*end2)
+                    self.kind = QS_FLAT_NUM;
+                if (qs_flat_compare(val, &self, 1e-6, &pe) != 1) {
+                    qs_note(c, "%s:%d: %s does not equal itself", name, i + 1, rname);
+                    problems++;
+                }
+                free(val);
+                continue;
+            }
+            if (is_comment_or_blank(s))
+                continue;
+            char **argv;
+            qs_err te = {{0}};
+            int argc = qs_tokenize(s, &argv, &te), used = 0;
+            if (argc < 0) {
+                qs_note(c, "%s:%d: %s", name, i + 1, te.msg);
+                problems++;
+                continue;
+            }
+            if (argc && !qs_cmd_lookup(c, argc, argv, &used)) {
+                qs_note(c, "%s:%d: unknown command '%s'", name, i + 1, argv[0]);
+                problems++;
+            } else if (c->safe && argc && qs_cmd_writes(qs_cmd_lookup(c, argc, argv, &used),
+                                                        argc - used, argv + used)) {
+                qs_note(c, "%s:%d: %s writes files", name, i + 1, argv[0]);
+                problems++;
+            }
+            qs_argv_free(argv, argc);
+            struct qs_sb jl = {0}; /* the journal's form of the line (absolute paths) */
+            journal_line(s, &jl);
+            qs_sb_free(&jl);
+        }
+    }
+    lines_free(&l);
+    return problems;
 }
 
 /* ---- autosave ------------------------------------------------------------------------------ */
