@@ -1623,7 +1623,8 @@ const struct qs_cmd_def qs_cmds_session[] = {
     {"source", "PATH", 0, cmd_source,
      "run the commands of a script (relative paths resolve from the running script's folder)",
      NULL},
-    {"recover", "[list | N | discard N|all]", 0, cmd_recover,
+    /* writes: it retires or deletes journals in the state folder, no business of a replay */
+    {"recover", "[list | N | discard N|all]", QS_CMD_WRITES, cmd_recover,
      "restore the state of an earlier session that did not exit cleanly (from its journal)",
      "Every journal left unclosed by a crash is kept until it is recovered or discarded. With "
      "one, `recover` restores it; with several, it lists them (number, date, commands) and "
