@@ -26,7 +26,8 @@ static const char usage[] =
     "  -b SCRIPT.qs            run a script headless; the first error prints FILE:LINE: message\n"
     "  --replay S.qs           re-run a saved session\n"
     "     --check              compare every recorded result (exit 1 if any differs)\n"
-    "     --tol R              relative tolerance for --check (default 1e-6)\n"
+    "     --tol R              relative tolerance for --check, 0..1 (default 1e-6)\n"
+    "     --allow-writes       let the session write files (refused by default)\n"
     "     --deterministic      pin the thread count to 1 for bit-for-bit replays\n"
     "  --json                  results as JSON Lines on stdout\n"
     "  --repl                  readline REPL without the full-screen TUI\n"
@@ -102,18 +103,17 @@ static int roundtrip_stdin(struct qs_ctx *c, const char *fmt)
 int main(int argc, char **argv)
 {
     const char *cmds = NULL, *script = NULL, *replay = NULL;
-    int json = 0, repl = 0, check = 0, deterministic = 0, no_default = 0;
+    int json = 0, repl = 0, check = 0, deterministic = 0, no_default = 0, allow_writes = 0;
     double tol = 1e-6;
-    /* Options may come before or after the positional MODEL [DATA]; "--" ends options. */
-    char *pos[8];
+    /* Options may come before or after the positional MODEL [DATA]; "--" ends options. There
+     * are at most argc positional arguments (roundtrip's values). */
+    char **pos = calloc((size_t)argc + 1, sizeof *pos);
     int npos = 0, only_pos = 0;
+    if (!pos)
+        return 1;
     for (int k = 1; k < argc; k++) {
         const char *a = argv[k];
         if (only_pos || a[0] != '-' || !a[1]) {
-            if (npos == 8) {
-                fprintf(stderr, "qscope: too many arguments\n%s", usage);
-                return 2;
-            }
             pos[npos++] = argv[k];
             if (npos == 1 && !strcmp(a, "roundtrip"))
                 only_pos = 1; /* roundtrip's values may be negative numbers */
@@ -129,8 +129,19 @@ int main(int argc, char **argv)
             replay = argv[++k];
         else if (!strcmp(a, "--check"))
             check = 1;
-        else if (!strcmp(a, "--tol") && k + 1 < argc)
-            tol = atof(argv[++k]);
+        else if (!strcmp(a, "--tol") && k + 1 < argc) {
+            /* a relative tolerance: 1 already accepts any value of the right sign and size */
+            const char *t = argv[++k];
+            char *end;
+            tol = strtod(t, &end);
+            if (end == t || *end || !(tol >= 0 && tol <= 1)) {
+                fprintf(stderr, "qscope: --tol: '%s' is not a relative tolerance between 0 and 1 "
+                                "(e.g. 1e-6)\n", t);
+                free(pos);
+                return 2;
+            }
+        } else if (!strcmp(a, "--allow-writes"))
+            allow_writes = 1;
         else if (!strcmp(a, "--deterministic"))
             deterministic = 1;
         else if (!strcmp(a, "--json"))
@@ -141,22 +152,32 @@ int main(int argc, char **argv)
             no_default = 1;
         else if (!strcmp(a, "--version")) {
             printf("qscope %s\n", QS_VERSION);
+            free(pos);
             return 0;
         } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
+            free(pos);
             return 0;
         } else {
             fprintf(stderr, "qscope: unknown option '%s'\n%s", a, usage);
+            free(pos);
             return 2;
         }
     }
     if (deterministic) /* OpenBLAS read its environment at load time: set the count directly */
         openblas_set_num_threads(1);
 
+    if (allow_writes && !replay) {
+        fprintf(stderr, "qscope: --allow-writes applies to --replay only\n%s", usage);
+        free(pos);
+        return 2;
+    }
     struct qs_bench *b = qs_bench_new();
     struct qs_ctx c;
-    if (!b)
+    if (!b) {
+        free(pos);
         return 1;
+    }
     qs_ctx_init(&c, b);
     c.emit = qs_front_print;
     c.note = qs_front_note;
@@ -173,8 +194,10 @@ int main(int argc, char **argv)
             status = roundtrip_stdin(&c, pos[1]);
         } else {
             struct qs_sb sb = {0};
-            for (int k = 0; k < npos; k++)
-                qs_sb_printf(&sb, "%s'%s'", k ? " " : "", pos[k]);
+            for (int k = 0; k < npos; k++) {
+                qs_sb_printf(&sb, "%s", k ? " " : "");
+                qs_quote_sb(pos[k], &sb);
+            }
             status = run_or_report(&c, sb.s, NULL) < 0 ? 1 : 0;
             qs_sb_free(&sb);
         }
@@ -182,6 +205,8 @@ int main(int argc, char **argv)
     }
 
     if (replay) {
+        /* safe mode, as sqlite3's -safe: someone else's session may not write files */
+        c.safe = !allow_writes;
         status = qs_session_replay(&c, replay, check, tol);
         goto out;
     }
@@ -194,15 +219,13 @@ int main(int argc, char **argv)
         goto out;
     }
     if (npos) {
-        char cmd[PATH_MAX * 2 + 32];
-        snprintf(cmd, sizeof cmd, "load model '%s'", pos[0]);
-        if (run_or_report(&c, cmd, NULL) < 0) {
-            status = 1;
-            goto out;
-        }
-        if (npos > 1) {
-            snprintf(cmd, sizeof cmd, "load data '%s'", pos[1]);
-            if (run_or_report(&c, cmd, NULL) < 0) {
+        for (int k = 0; k < npos; k++) { /* quoted whatever the path holds, never cut */
+            struct qs_sb cmd = {0};
+            qs_sb_printf(&cmd, "load %s ", k ? "data" : "model");
+            qs_quote_sb(pos[k], &cmd);
+            int rc = cmd.s ? run_or_report(&c, cmd.s, NULL) : -1;
+            qs_sb_free(&cmd);
+            if (rc < 0) {
                 status = 1;
                 goto out;
             }
@@ -246,5 +269,6 @@ int main(int argc, char **argv)
 out:
     qs_ctx_free(&c);
     qs_bench_free(b);
+    free(pos);
     return status;
 }

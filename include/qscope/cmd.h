@@ -15,6 +15,7 @@
 #include "qscope/common.h"
 
 struct qs_ctx;
+struct qs_script_frame;
 
 enum {
     QS_CMD_JOURNAL = 1 << 0, /* recorded in the journal / saved sessions */
@@ -23,6 +24,11 @@ enum {
     QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
     QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
     QS_CMD_LM = 1 << 5,      /* also works on a transformer (QS_CMD_MODEL/DATA: MLP only) */
+    /* Writes a file the user names (save session, export ...): refused in safe mode. */
+    QS_CMD_WRITES = 1 << 6,
+    /* Writes a file only when given an output option: out=PATH or csv=PREFIX (the language's
+     * two output options); refused in safe mode only then. */
+    QS_CMD_WRITES_OPT = 1 << 7,
 };
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
@@ -81,6 +87,9 @@ struct qs_ctx {
     const char *script_dir;     /* folder of the running script, for relative paths */
     int quit;                   /* set by `quit` */
     int json;                   /* front end prints JSON */
+    int safe;                   /* refuse commands that write files (--replay's safe mode) */
+    const struct qs_script_frame *frames; /* scripts being run, innermost first (script.h) */
+    long nsourced;              /* scripts run under the outermost one (bounds the work) */
     cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
     const struct qs_cmd_def *extra; /* front-end commands (NULL-name terminated), may be NULL */
     void *front;                /* front-end state for QS_CMD_FRONT handlers */
@@ -109,7 +118,9 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e);
 int qs_split_statements(const char *text, int (*fn)(void *u, const char *stmt), void *u);
 
 /* Splits text on ';' and newlines outside quotes and runs each; stops at the first error when
- * c->bail. Returns 0 if all succeeded, else -1 (e holds the first error). */
+ * c->bail. Returns 0 if all succeeded, else -1: e holds the error that stopped the run, or with
+ * bail off (every error already passed to c->note as it happened) a count of the failures, so
+ * that no caller prints an error twice. */
 int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e);
 
 /* Emits a result: obj must have "cmd"; ownership of obj passes to the context. */
@@ -125,8 +136,16 @@ void qs_set_last_table(struct qs_ctx *c, const char *title, const cJSON *rows, c
 int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results);
 
 /* Quotes a word for a canonical command line when it needs it (spaces, quotes, '#', ';'), so
- * that journaled paths replay; returns buf. */
+ * that journaled paths replay; returns buf. A word that does not fit buf is cut, and the cut is
+ * remembered (per thread) so that the dispatcher journals the typed line instead of a cut
+ * canonical form. */
 const char *qs_quote(const char *word, char *buf, size_t n);
+/* The same into a growable string, never cut. */
+void qs_quote_sb(const char *word, struct qs_sb *sb);
+
+/* 1 when the command D, given its arguments, would write a file (QS_CMD_WRITES, or
+ * QS_CMD_WRITES_OPT with an out=/csv= argument). */
+int qs_cmd_writes(const struct qs_cmd_def *d, int argc, char **argv);
 
 /* Option parsing helpers for handlers: "key=value" tokens. */
 const char *qs_opt_value(const char *tok, const char *key); /* value if tok is key=..., else NULL */

@@ -15,7 +15,8 @@
  *   ...
  *   # end of session (N commands)
  * The autosaved journal uses the same body under a "# qscope journal" header and ends with
- * "# closed" after a clean exit. */
+ * "# closed" after a clean exit. Commands: `save session PATH` (writes a file: refused in
+ * replay's safe mode), `source PATH`, `recover [list | N | discard N|all]`. */
 #ifndef QSCOPE_SESSION_H
 #define QSCOPE_SESSION_H
 
@@ -77,11 +78,17 @@ int qs_session_hash_path(const char *path, char hex[65], qs_err *e);
 
 /* Session text: header (version, date, seed, BLAS threads, every model and data file the journal
  * loads with its SHA-256), each journal entry's line with its results as "# =>" lines, and the
- * end line. Written to PATH.tmp then renamed over PATH. Clears c->dirty. */
+ * end line. Written through qs_outfile: a regular file is replaced atomically, a device or FIFO
+ * is written in place and never replaced, every write error (ENOSPC included) is reported.
+ * Clears c->dirty. */
 int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e);
 
 /* Re-runs a saved session: reads the header, refuses a model/data file that is missing or whose
- * SHA-256 differs from the recorded one, refuses a truncated file (no end line), runs each
+ * SHA-256 differs from the recorded one, refuses a truncated file (no end line) or one that is
+ * not a regular file; with check, refuses a `load model|data` whose file has no pinned hash in
+ * the header, and `source`/`recover` (their files are not pinned); refuses a tol outside 0..1.
+ * Commands that write files are refused by the dispatcher when c->safe is set (the caller sets
+ * it for --replay without --allow-writes). Runs each
  * command through qs_exec_line (errors as "S.qs:LINE: message" through c->note) and, with check,
  * compares every recorded "# => name=value" with the re-run's results (qs_flat_compare),
  * reporting each mismatch through c->note as "S.qs:LINE: eval: quant.acc recorded 0.95 got
@@ -89,21 +96,31 @@ int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e);
  * Returns the process exit status: 0 ok, 1 any error or mismatch. */
 int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol);
 
+/* Checks a session's text without running or hashing anything (for the fuzz target and for
+ * tools): magic and end line, header lines (pinned files parsed, not hashed), with check the
+ * pins of every load (as --check), every "# =>" line parsed and compared with itself, every
+ * command line tokenized and looked up (and, when c->safe, refused if it writes files).
+ * Problems go to c->note with NAME:LINE. Returns the number of problems. */
+int qs_session_lint(struct qs_ctx *c, const char *name, const char *text, size_t len, int check);
+
 /* ---- autosave and recovery ---------------------------------------------------------------- */
 
 /* Autosave: opens $XDG_STATE_HOME/qscope/journal.qs (qs_state_dir) and installs c->on_journal
- * so that every journaled command is appended with its "# =>" results, then fflush'ed and
- * fsync'ed; entries already in c->journal are written first. If the previous journal there was
- * not closed cleanly, it is kept as journal.prev.qs and a note says "a journal from an earlier
- * session was not closed cleanly (N commands): type 'recover' to restore it". A second qscope
+ * so that every journaled command is appended with its "# =>" results (files named by absolute
+ * path), then fsync'ed; entries already in c->journal are written first. A previous journal
+ * there (or a journal-PID.qs no running qscope holds) that was not closed cleanly is kept as
+ * unclean-DATE-PID.qs, a name of its own, so that no crashed session's journal ever overwrites
+ * another's; a note then says "a journal from an earlier session was not closed cleanly (N
+ * commands): type 'recover' to restore it" (or how many wait, when several do). A second qscope
  * running at the same time (the journal is locked) autosaves to journal-PID.qs instead.
- * Returns 0, or -1 with e set (autosave is then off; the session goes on). */
+ * Returns 0, or -1 with e set (the state folder named with the system's reason; autosave is
+ * then off; the session goes on). */
 int qs_autosave_begin(struct qs_ctx *c, qs_err *e);
 /* Clean exit: appends "# closed", closes the journal and removes the hook. NULL-safe state. */
 void qs_autosave_end(struct qs_ctx *c);
 
-/* The journal kept aside by qs_autosave_begin (STATE/journal.prev.qs) into buf; 0 if a state
- * directory exists (the file itself may not). */
+/* The oldest journal kept aside by qs_autosave_begin into buf (a path that does not exist when
+ * none waits); 0 if a state directory exists. */
 int qs_recover_path(char *buf, size_t n);
 
 #endif

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Set by qs_quote when it had to cut a word (see qs_exec_line). */
+static _Thread_local int quote_cut;
+
 void qs_sb_vprintf(struct qs_sb *sb, const char *fmt, va_list ap)
 {
     va_list ap2;
@@ -301,19 +304,47 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         qs_err_prefix(e, d->name);
         goto out;
     }
+    if (d->flags & QS_CMD_JOURNAL) {
+        /* the journal is read back line by line: a word holding a line break cannot be
+         * recorded faithfully, so the command is refused before it changes anything */
+        for (int i = used; i < argc; i++)
+            if (strpbrk(argv[i], "\n\r")) {
+                qs_errf(e, "%s: an argument holds a line break, which a session cannot record "
+                           "(rename the file or layer)", d->name);
+                goto out;
+            }
+    }
+    if (c->safe && qs_cmd_writes(d, argc - used, argv + used)) {
+        qs_errf(e, "%s writes files: refused while replaying a session (replay it with "
+                   "--allow-writes to let it write)", d->name);
+        goto out;
+    }
     c->canon[0] = 0;
     c->no_journal = 0;
     cJSON_Delete(c->cur_results);
     c->cur_results = NULL;
+    quote_cut = 0;
     rc = d->fn(c, argc - used, argv + used, e);
     if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {
-        if (!c->canon[0]) { /* the typed words, re-joined with single spaces */
-            size_t n = 0;
-            for (int i = 0; i < argc && n + 1 < sizeof c->canon; i++)
-                n += (size_t)snprintf(c->canon + n, sizeof c->canon - n, "%s%s", i ? " " : "",
-                                      argv[i]);
+        /* A canonical form that filled c->canon, or holds a word qs_quote had to cut, would
+         * journal a different command: the typed words are recorded instead, whole. */
+        int cut = quote_cut || strlen(c->canon) + 1 >= sizeof c->canon;
+        if (c->canon[0] && !cut) {
+            qs_journal_add(c, c->canon, c->cur_results);
+        } else { /* the typed words, re-joined with single spaces and quoted where needed */
+            struct qs_sb sb = {0};
+            for (int i = 0; i < argc; i++) {
+                if (i)
+                    qs_sb_printf(&sb, " ");
+                qs_quote_sb(argv[i], &sb);
+            }
+            if (!sb.s) {
+                rc = qs_errf(e, "%s: out of memory while journaling the command", d->name);
+                goto out;
+            }
+            qs_journal_add(c, sb.s, c->cur_results);
+            qs_sb_free(&sb);
         }
-        qs_journal_add(c, c->canon, c->cur_results);
         c->cur_results = NULL;
     }
 out:
@@ -368,6 +399,7 @@ struct exec_state {
     struct qs_ctx *c;
     qs_err *e;
     int rc;
+    int noted; /* errors passed to c->note (bail off) */
 };
 
 static int exec_one(void *u, const char *stmt)
@@ -375,43 +407,84 @@ static int exec_one(void *u, const char *stmt)
     struct exec_state *st = u;
     qs_err e2 = {{0}};
     if (qs_exec_line(st->c, stmt, &e2) < 0) {
-        if (st->rc == 0 && st->e)
-            *st->e = e2;
         st->rc = -1;
-        if (st->c->bail)
+        if (st->c->bail) { /* stops here: the caller reports it */
+            if (st->e)
+                *st->e = e2;
             return 1;
+        }
+        st->noted++;
         if (st->c->note)
             st->c->note(st->c->u, e2.msg);
+        else if (st->e && st->noted == 1)
+            *st->e = e2; /* nobody has seen it: the caller reports it */
     }
     return st->c->quit ? 1 : 0;
 }
 
 int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e)
 {
-    struct exec_state st = {c, e, 0};
+    struct exec_state st = {c, e, 0, 0};
     if (qs_split_statements(text, exec_one, &st) < 0)
         return qs_errf(e, "out of memory");
+    /* errors already noted are summed up, not repeated (unless one stopped the run) */
+    if (st.rc < 0 && st.noted && c->note && e && !e->msg[0])
+        qs_errf(e, "%d command%s failed (reported above)", st.noted, st.noted == 1 ? "" : "s");
     return st.rc;
+}
+
+static int needs_quotes(const char *w)
+{
+    return !w[0] || strpbrk(w, " \t\n\r\"'#;\\");
 }
 
 const char *qs_quote(const char *w, char *buf, size_t n)
 {
-    if (w[0] && !strpbrk(w, " \t\n\"'#;\\")) {
+    if (!needs_quotes(w) && strlen(w) < n) {
         snprintf(buf, n, "%s", w);
         return buf;
     }
     size_t k = 0;
-    if (n < 3)
+    if (n < 3) {
+        quote_cut = 1;
         return "''";
+    }
     buf[k++] = '"';
-    for (const char *p = w; *p && k + 3 < n; p++) {
+    const char *p = w;
+    for (; *p && k + 3 < n; p++) {
         if (*p == '"' || *p == '\\')
             buf[k++] = '\\';
         buf[k++] = *p;
     }
+    if (*p)
+        quote_cut = 1;
     buf[k++] = '"';
     buf[k] = 0;
     return buf;
+}
+
+void qs_quote_sb(const char *w, struct qs_sb *sb)
+{
+    if (!needs_quotes(w)) {
+        qs_sb_printf(sb, "%s", w);
+        return;
+    }
+    qs_sb_printf(sb, "\"");
+    for (const char *p = w; *p; p++)
+        qs_sb_printf(sb, "%s%c", *p == '"' || *p == '\\' ? "\\" : "", *p);
+    qs_sb_printf(sb, "\"");
+}
+
+int qs_cmd_writes(const struct qs_cmd_def *d, int argc, char **argv)
+{
+    if (d->flags & QS_CMD_WRITES)
+        return 1;
+    if (!(d->flags & QS_CMD_WRITES_OPT))
+        return 0;
+    for (int i = 0; i < argc; i++)
+        if (qs_opt_value(argv[i], "out") || qs_opt_value(argv[i], "csv"))
+            return 1;
+    return 0;
 }
 
 const char *qs_opt_value(const char *tok, const char *key)

@@ -749,7 +749,7 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "remove corrections", NULL},
     {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
      "non-capacity ablation: is each correction recovery or added capacity?", NULL},
-    {"export csv", "PATH", 0, cmd_export_csv,
+    {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,
      "write the last table (layers, error, rank, ...) as CSV with a header naming regime, "
      "formats and seed",
      NULL},

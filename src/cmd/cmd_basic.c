@@ -982,7 +982,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
     {"train", "[hidden=64,64] [epochs=N] [batch=N] [lr=F] [wd=F] [act=A] [seed=N] [out=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_LONG, cmd_train,
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_train,
      "train an MLP with Adam on the train split, replacing the model (out= writes it)", NULL},
     {"set seed", "N", QS_CMD_JOURNAL, cmd_set_seed,
      "session seed (stochastic rounding, random controls, probes)", NULL},
@@ -1014,7 +1014,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      NULL},
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
-    {"export model", "PATH [packed]", QS_CMD_MODEL, cmd_export_model,
+    {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES, cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales", NULL},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
     {"quit", "", 0, cmd_quit, "leave qscope", NULL},

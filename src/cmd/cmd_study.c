@@ -1047,7 +1047,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
      "[csv=PREFIX]",
-     QS_CMD_JOURNAL | QS_CMD_LONG, cmd_study_q1,
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q1,
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
      "bench of its own: R_lin_float, R_lin_q4, correctability per layer, per-setting verdicts, "

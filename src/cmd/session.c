@@ -318,14 +318,10 @@ static int read_all_fd(int fd, char **out, size_t *len)
 static int lines_read(const char *path, struct lines *l, qs_err *e)
 {
     memset(l, 0, sizeof *l);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* a FIFO or device would block (or never end): only regular files are read */
+    int fd = qs_open_regular(path, "session file", NULL, e);
     if (fd < 0)
-        return qs_errf(e, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        close(fd);
-        return qs_errf(e, "%s: is a folder, not a session file", path);
-    }
+        return -1;
     char *buf;
     size_t len;
     int rc = read_all_fd(fd, &buf, &len);
@@ -388,6 +384,8 @@ int qs_session_hash_path(const char *path, char hex[65], qs_err *e)
     struct stat st;
     if (stat(path, &st) < 0)
         return qs_errf(e, "%s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) /* a FIFO would block the hash */
+        return qs_errf(e, "%s: is not a regular file or a folder", path);
     if (!S_ISDIR(st.st_mode))
         return qs_sha256_file(path, hex, e);
     DIR *d = opendir(path);
@@ -400,7 +398,10 @@ int qs_session_hash_path(const char *path, char hex[65], qs_err *e)
         char full[PATH_MAX];
         if (de->d_name[0] == '.')
             continue;
-        snprintf(full, sizeof full, "%s/%s", path, de->d_name);
+        if ((size_t)snprintf(full, sizeof full, "%s/%s", path, de->d_name) >= sizeof full) {
+            rc = qs_errf(e, "%s: a file name inside is too long to hash", path);
+            break;
+        }
         if (stat(full, &st) < 0 || !S_ISREG(st.st_mode))
             continue;
         if (n == cap) {
@@ -542,23 +543,19 @@ int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e)
         return qs_errf(e, "out of memory");
     }
 
-    char tmp[PATH_MAX];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp) {
+    /* a regular file is replaced atomically; a device or FIFO is written in place, never
+     * replaced by a regular file */
+    qs_outfile o;
+    if (qs_out_open(&o, path, e) < 0) {
         qs_sb_free(&sb);
-        return qs_errf(e, "%s: path too long", path);
+        return -1;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        qs_sb_free(&sb);
-        return qs_errf(e, "%s: %s", path, strerror(errno));
-    }
-    if (write_all(fd, sb.s, sb.len) < 0 || fsync(fd) < 0) {
-        rc = qs_errf(e, "%s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-    } else if (close(fd) < 0 || rename(tmp, path) < 0) {
-        rc = qs_errf(e, "%s: %s", path, strerror(errno));
-        unlink(tmp);
+    if (fwrite(sb.s, 1, sb.len, o.f) != sb.len) {
+        char pb[256];
+        rc = qs_errf(e, "%s: %s", qs_clean_str(path, pb, sizeof pb, 0), strerror(errno));
+        qs_out_abort(&o);
+    } else {
+        rc = qs_out_commit(&o, e);
     }
     qs_sb_free(&sb);
     if (rc == 0)
@@ -668,9 +665,11 @@ static void cmd_label(const cJSON *results, const char *line, char *buf, size_t 
     snprintf(buf, n, "%.*s", (int)(k < 60 ? k : 60), line);
 }
 
-/* Checks the header: magic, end line, pinned files. Returns the number of problems reported and
- * sets *body_end to the index of the end line. */
-static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l, int *body_end)
+/* Checks the header: magic, end line, pinned files (hashed when verify, else only parsed; the
+ * recorded thread count is applied only when verify). Returns the number of problems reported
+ * and sets *body_end to the index of the end line. */
+static int replay_header(struct qs_ctx *c, const char *path, const struct lines *l, int *body_end,
+                         int verify)
 {
     if (l->n == 0 || strcmp(l->v[0], QS_SESSION_MAGIC)) {
         qs_note(c,
@@ -709,6 +708,8 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
             problems++;
             continue;
         }
+        if (hf == 1 && !verify)
+            continue;
         if (hf == 1) {
             qs_err he = {{0}};
             struct stat st;
@@ -736,7 +737,7 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
         /* Sums inside OpenBLAS depend on how the work is split between threads, and a few
          * results (a linear map quantized to int4, say) amplify last-bit differences: replay
          * with the thread count the session was recorded with. */
-        if (sscanf(l->v[i], "# threads %ld", &v) == 1 && v >= 1 && v <= 256 &&
+        if (verify && sscanf(l->v[i], "# threads %ld", &v) == 1 && v >= 1 && v <= 256 &&
             v != openblas_get_num_threads()) {
             qs_note(c, "%s:%d: recorded with %ld BLAS threads: replaying with %ld (was %d)", path,
                     i + 1, v, v, openblas_get_num_threads());
@@ -744,6 +745,80 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
         }
     }
     *body_end = end;
+    return problems;
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return !strcmp(a, b);
+}
+
+/* Whether the header (the comment lines before the first command) pins KIND PATH. */
+static int pinned(const struct lines *l, int end, const char *kind, const char *fpath)
+{
+    char k[8], hex[65];
+    char *p = malloc(strlen(fpath) + 2);
+    int found = 0;
+    if (!p)
+        return 0;
+    for (int i = 1; i < end && is_comment_or_blank(l->v[i]) && !found; i++)
+        found = header_file(l->v[i], k, sizeof k, p, strlen(fpath) + 2, hex) == 1 &&
+                same_str(k, kind) && same_str(p, fpath);
+    free(p);
+    return found;
+}
+
+/* --check trusts only what it can verify: every `load model|data PATH` of the session must be
+ * pinned by a header line "# model|data PATH sha256=HEX" (a file written earlier by the
+ * session itself, train out=PATH, excepted), and commands that run another file's commands
+ * (source, recover) are refused, since no hash pins what that file loads. Returns the number of
+ * problems reported. */
+static int check_pins(struct qs_ctx *c, const char *path, const struct lines *l, int end)
+{
+    int problems = 0, nw = 0;
+    char **written = NULL;
+    for (int i = 1; i < end; i++) {
+        if (is_comment_or_blank(l->v[i]))
+            continue;
+        char **argv;
+        qs_err te = {{0}};
+        int argc = qs_tokenize(l->v[i], &argv, &te);
+        if (argc < 0)
+            continue; /* reported when it runs */
+        if (argc >= 1 && (same_str(argv[0], "source") || same_str(argv[0], "recover"))) {
+            qs_note(c,
+                    "%s:%d: %s runs the commands of another file, which no hash pins: --check "
+                    "refuses it",
+                    path, i + 1, argv[0]);
+            problems++;
+        } else if (argc >= 3 && same_str(argv[0], "load") &&
+                   (same_str(argv[1], "model") || same_str(argv[1], "data"))) {
+            int ok = pinned(l, end, argv[1], argv[2]);
+            for (int k = 0; k < nw && !ok; k++)
+                ok = same_str(written[k], argv[2]);
+            if (!ok) {
+                char pb[256];
+                qs_note(c,
+                        "%s:%d: load %s %s: no pinned hash for it in the header (a line '# %s "
+                        "PATH sha256=...'); --check refuses to load a file it cannot verify",
+                        path, i + 1, argv[1], qs_clean_str(argv[2], pb, sizeof pb, 0), argv[1]);
+                problems++;
+            }
+        } else if (argc >= 1 && same_str(argv[0], "train")) {
+            for (int k = 1; k < argc; k++) {
+                const char *o = qs_opt_value(argv[k], "out");
+                char **nw2 = o ? realloc(written, (size_t)(nw + 1) * sizeof *nw2) : NULL;
+                if (nw2) {
+                    written = nw2;
+                    written[nw++] = qs_strdup(o);
+                }
+            }
+        }
+        qs_argv_free(argv, argc);
+    }
+    for (int k = 0; k < nw; k++)
+        free(written[k]);
+    free(written);
     return problems;
 }
 
@@ -755,8 +830,13 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
         qs_note(c, "%s", e.msg);
         return 1;
     }
+    if (!(tol >= 0 && tol <= 1)) { /* NaN included: every comparison would fail or pass */
+        qs_note(c, "replay: tolerance %g is not a relative tolerance between 0 and 1", tol);
+        lines_free(&l);
+        return 1;
+    }
     int end = 0;
-    if (replay_header(c, path, &l, &end) > 0) {
+    if (replay_header(c, path, &l, &end, 1) > 0 || (check && check_pins(c, path, &l, end) > 0)) {
         lines_free(&l);
         return 1;
     }
@@ -836,7 +916,95 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
     return nfail || ndiffer ? 1 : 0;
 }
 
+static void journal_line(const char *line, struct qs_sb *sb);
+static void header_word(const char *text, const char *key, char *buf, size_t n);
+
+int qs_session_lint(struct qs_ctx *c, const char *name, const char *text, size_t len, int check)
+{
+    struct lines l;
+    qs_err e = {{0}};
+    char *buf = malloc(len + 1);
+    if (!buf)
+        return 1;
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    if (memchr(buf, 0, len)) {
+        free(buf);
+        qs_note(c, "%s: contains NUL bytes: not a text session file", name);
+        return 1;
+    }
+    char word[32]; /* what a kept journal's name is made of */
+    header_word(buf, "date", word, sizeof word);
+    header_word(buf, "pid", word, sizeof word);
+    if (lines_from_text(buf, len, &l, &e) < 0) { /* frees nothing: l owns buf */
+        lines_free(&l);
+        return 1;
+    }
+    int end = 0;
+    int problems = replay_header(c, name, &l, &end, 0);
+    if (problems == 0) {
+        if (check)
+            problems += check_pins(c, name, &l, end);
+        for (int i = 0; i < end; i++) {
+            const char *s = l.v[i];
+            if (starts_with(s, QS_RESULT_PREFIX)) {
+                char rname[512], *val = NULL;
+                qs_err pe = {{0}};
+                if (qs_flat_parse(s + strlen(QS_RESULT_PREFIX), rname, sizeof rname, &val, &pe) <
+                    0) {
+                    qs_note(c, "%s:%d: %s", name, i + 1, pe.msg);
+                    problems++;
+                    continue;
+                }
+                /* the value against itself: equal whatever it holds */
+                struct qs_flat self = {rname, val, QS_FLAT_STR};
+                char *end2;
+                strtod(val, &end2);
+                if (end2 != val && !*end2)
+                    self.kind = QS_FLAT_NUM;
+                if (qs_flat_compare(val, &self, 1e-6, &pe) != 1) {
+                    qs_note(c, "%s:%d: %s does not equal itself", name, i + 1, rname);
+                    problems++;
+                }
+                free(val);
+                continue;
+            }
+            if (is_comment_or_blank(s))
+                continue;
+            char **argv;
+            qs_err te = {{0}};
+            int argc = qs_tokenize(s, &argv, &te), used = 0;
+            if (argc < 0) {
+                qs_note(c, "%s:%d: %s", name, i + 1, te.msg);
+                problems++;
+                continue;
+            }
+            if (argc && !qs_cmd_lookup(c, argc, argv, &used)) {
+                qs_note(c, "%s:%d: unknown command '%s'", name, i + 1, argv[0]);
+                problems++;
+            } else if (c->safe && argc && qs_cmd_writes(qs_cmd_lookup(c, argc, argv, &used),
+                                                        argc - used, argv + used)) {
+                qs_note(c, "%s:%d: %s writes files", name, i + 1, argv[0]);
+                problems++;
+            }
+            qs_argv_free(argv, argc);
+            struct qs_sb jl = {0}; /* the journal's form of the line (absolute paths) */
+            journal_line(s, &jl);
+            qs_sb_free(&jl);
+        }
+    }
+    lines_free(&l);
+    return problems;
+}
+
 /* ---- autosave ------------------------------------------------------------------------------ */
+
+/* Unclosed journals are kept in the state directory as "unclean-DATE-PID[-K].qs" (DATE and PID
+ * of the session that wrote them), one file each, until the user recovers or discards them:
+ * a crash after a crash never overwrites the first one. "journal.prev.qs" is the name older
+ * qscope versions kept their single one under; it is offered the same way. */
+#define UNCLEAN_PREFIX "unclean-"
+#define LEGACY_PREV "journal.prev.qs"
 
 struct autosave {
     int fd;
@@ -844,6 +1012,22 @@ struct autosave {
     int failed;
     int secondary; /* journal-PID.qs beside a running qscope: removed at a clean exit */
 };
+
+/* The state directory, or a message saying why there is none: no HOME, or the folder cannot
+ * be created (its path and the system's reason). */
+static int state_dir(char *dir, size_t n, qs_err *e)
+{
+    errno = 0;
+    if (qs_state_dir(dir, n) == 0)
+        return 0;
+    int err = errno;
+    const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    if (!(xdg && xdg[0]) && !(home && home[0]))
+        return qs_errf(e, "no state directory (set XDG_STATE_HOME or HOME)");
+    char pb[256];
+    return qs_errf(e, "state directory %s cannot be created: %s", qs_clean_str(dir, pb, sizeof pb, 0),
+                   err ? strerror(err) : "path too long");
+}
 
 static void autosave_fail(struct qs_ctx *c, struct autosave *a)
 {
@@ -853,16 +1037,126 @@ static void autosave_fail(struct qs_ctx *c, struct autosave *a)
     a->failed = 1;
 }
 
+/* PATH made absolute against the working directory (the journal is recovered from anywhere). */
+static void abs_path(const char *path, struct qs_sb *sb)
+{
+    char cwd[PATH_MAX];
+    if (path[0] != '/' && path[0] && getcwd(cwd, sizeof cwd))
+        qs_sb_printf(sb, "%s/%s", strcmp(cwd, "/") ? cwd : "", path);
+    else
+        qs_sb_printf(sb, "%s", path);
+}
+
+/* A journal line with the files it names made absolute: the PATH of load model|data and
+ * export model|csv, and the values of out=, csv= and teacher=. Other lines are copied. */
+static void journal_line(const char *line, struct qs_sb *sb)
+{
+    char **argv;
+    qs_err e = {{0}};
+    int argc = qs_tokenize(line, &argv, &e), changed = 0;
+    if (argc < 0) {
+        qs_sb_printf(sb, "%s", line);
+        return;
+    }
+    struct qs_sb out = {0};
+    for (int i = 0; i < argc; i++) {
+        struct qs_sb w = {0};
+        const char *v = NULL;
+        int path_arg = i == 2 && argc >= 3 &&
+                       ((same_str(argv[0], "load") &&
+                         (same_str(argv[1], "model") || same_str(argv[1], "data"))) ||
+                        (same_str(argv[0], "export") &&
+                         (same_str(argv[1], "model") || same_str(argv[1], "csv"))));
+        if (path_arg) {
+            abs_path(argv[i], &w);
+        } else if ((v = qs_opt_value(argv[i], "out")) || (v = qs_opt_value(argv[i], "csv")) ||
+                   (v = qs_opt_value(argv[i], "teacher"))) {
+            qs_sb_printf(&w, "%.*s", (int)(v - argv[i]), argv[i]);
+            abs_path(v, &w);
+        } else {
+            qs_sb_printf(&w, "%s", argv[i]);
+        }
+        changed |= w.s && strcmp(w.s, argv[i]);
+        if (i)
+            qs_sb_printf(&out, " ");
+        qs_quote_sb(w.s ? w.s : "", &out);
+        qs_sb_free(&w);
+    }
+    qs_sb_printf(sb, "%s", changed && out.s ? out.s : line);
+    qs_sb_free(&out);
+    qs_argv_free(argv, argc);
+}
+
+static void journal_entry_text(const struct qs_jentry *j, struct qs_sb *sb)
+{
+    journal_line(j->line, sb);
+    qs_sb_printf(sb, "\n");
+    struct qs_flat_list fl = {0};
+    qs_flatten(j->results, &fl);
+    for (int i = 0; i < fl.n; i++)
+        qs_flat_format(&fl.v[i], sb);
+    qs_flat_list_free(&fl);
+}
+
 static void autosave_entry(struct qs_ctx *c, const struct qs_jentry *j)
 {
     struct autosave *a = c->journal_u;
     if (!a || a->fd < 0 || a->failed)
         return;
     struct qs_sb sb = {0};
-    entry_text(j, &sb);
+    journal_entry_text(j, &sb);
     if (!sb.s || write_all(a->fd, sb.s, sb.len) < 0 || fsync(a->fd) < 0)
         autosave_fail(c, a);
     qs_sb_free(&sb);
+}
+
+static int is_pending_name(const char *name)
+{
+    size_t nl = strlen(name);
+    return same_str(name, LEGACY_PREV) ||
+           (!strncmp(name, UNCLEAN_PREFIX, strlen(UNCLEAN_PREFIX)) && nl > 11 &&
+            same_str(name + nl - 3, ".qs"));
+}
+
+/* The unclosed journals waiting in DIR, full paths, oldest first (by name: the legacy file, then
+ * by date). *out is malloc'd (free each and the array). Returns the count, -1 when out of
+ * memory. */
+static int pending_list(const char *dir, char ***out)
+{
+    *out = NULL;
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    char **v = NULL;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!is_pending_name(de->d_name))
+            continue;
+        char **nv = realloc(v, (size_t)(n + 1) * sizeof *nv);
+        struct qs_sb p = {0};
+        qs_sb_printf(&p, "%s/%s", dir, de->d_name);
+        if (!nv || !p.s) {
+            free(nv ? nv : v);
+            qs_sb_free(&p);
+            closedir(d);
+            return -1;
+        }
+        v = nv;
+        v[n++] = p.s;
+    }
+    closedir(d);
+    if (n)
+        qsort(v, (size_t)n, sizeof *v, cmp_str);
+    *out = v;
+    return n;
+}
+
+static void pending_free(char **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
 }
 
 int qs_recover_path(char *buf, size_t n)
@@ -870,17 +1164,42 @@ int qs_recover_path(char *buf, size_t n)
     char dir[PATH_MAX - 32];
     if (qs_state_dir(dir, sizeof dir) < 0)
         return -1;
-    snprintf(buf, n, "%s/journal.prev.qs", dir);
+    char **v;
+    int np = pending_list(dir, &v);
+    if (np > 0)
+        snprintf(buf, n, "%s", v[0]);
+    else
+        snprintf(buf, n, "%s/%s", dir, LEGACY_PREV); /* does not exist */
+    pending_free(v, np);
     return 0;
 }
 
-/* Keeps an unclean journal's text as journal.prev.qs (written to a temporary file, synced, then
- * renamed, so a crash here loses nothing either). */
+/* The value of the header line "# KEY VALUE" in a journal's text, cleaned to [0-9A-Za-z] (for a
+ * file name), into buf; "" when there is none. */
+static void header_word(const char *text, const char *key, char *buf, size_t n)
+{
+    size_t kl = strlen(key), k = 0;
+    buf[0] = 0;
+    for (const char *p = text; p && *p == '#'; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, "# ", 2) || strncmp(p + 2, key, kl) || p[2 + kl] != ' ')
+            continue;
+        for (const char *q = p + 3 + kl; *q && *q != '\n' && k + 1 < n; q++)
+            if ((*q >= '0' && *q <= '9') || (*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z'))
+                buf[k++] = *q;
+        buf[k] = 0;
+        return;
+    }
+}
+
+/* Keeps an unclean journal's text as DIR/unclean-DATE-PID.qs under a name no other journal has:
+ * written to a temporary file, synced, then linked (never renamed) into place, so neither a
+ * crash here nor a second kept journal loses anything. */
 static int keep_aside(const char *dir, const char *text, size_t len, qs_err *e)
 {
-    char tmp[PATH_MAX], dst[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s/journal.prev.qs.tmp", dir);
-    snprintf(dst, sizeof dst, "%s/journal.prev.qs", dir);
+    char tmp[PATH_MAX], dst[PATH_MAX], date[32], pid[32];
+    header_word(text, "date", date, sizeof date);
+    header_word(text, "pid", pid, sizeof pid);
+    snprintf(tmp, sizeof tmp, "%s/.unclean.tmp%ld", dir, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return qs_errf(e, "%s: %s", tmp, strerror(errno));
@@ -891,9 +1210,23 @@ static int keep_aside(const char *dir, const char *text, size_t len, qs_err *e)
         return qs_errf(e, "%s: %s", tmp, strerror(err));
     }
     close(fd);
-    if (rename(tmp, dst) < 0)
-        return qs_errf(e, "%s: %s", dst, strerror(errno));
-    return 0;
+    for (int k = 1; k < 10000; k++) {
+        if (k == 1)
+            snprintf(dst, sizeof dst, "%s/" UNCLEAN_PREFIX "%s-%s.qs", dir, date[0] ? date : "0",
+                     pid[0] ? pid : "0");
+        else
+            snprintf(dst, sizeof dst, "%s/" UNCLEAN_PREFIX "%s-%s-%d.qs", dir,
+                     date[0] ? date : "0", pid[0] ? pid : "0", k);
+        if (link(tmp, dst) == 0) {
+            unlink(tmp);
+            return 0;
+        }
+        if (errno != EEXIST)
+            break;
+    }
+    int err = errno;
+    unlink(tmp);
+    return qs_errf(e, "%s: %s", dst, strerror(err));
 }
 
 /* Reads the journal open on fd. Returns the number of complete command lines when the journal
@@ -930,10 +1263,26 @@ static int unclean_commands(int fd, char **text, size_t *len)
     return n;
 }
 
+/* Keeps aside the journal open (and locked) on fd if it was not closed cleanly. Returns the
+ * number of its commands (0: nothing kept), -1 on error (the journal is then left untouched). */
+static int claim(const char *dir, int fd, qs_err *e)
+{
+    char *text;
+    size_t len;
+    int n = unclean_commands(fd, &text, &len);
+    if (n > 0) {
+        int rc = keep_aside(dir, text, len, e);
+        free(text);
+        if (rc < 0)
+            return -1;
+    }
+    return n;
+}
+
 /* The journal of a second qscope that ran beside another (journal-PID.qs) is removed at its
- * clean exit; one left by a crash is offered like journal.qs. A journal still locked belongs
- * to a running qscope and is left alone. Returns 1 when one was kept aside, -1 on error. */
-static int claim_stale_secondary(struct qs_ctx *c, const char *dir, qs_err *e)
+ * clean exit; one left by a crash is kept aside like journal.qs. A journal still locked belongs
+ * to a running qscope and is left alone. Returns 0, -1 on error. */
+static int claim_stale_secondaries(const char *dir, qs_err *e)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -953,27 +1302,52 @@ static int claim_stale_secondary(struct qs_ctx *c, const char *dir, qs_err *e)
             close(fd);
             continue;
         }
-        char *text;
-        size_t len;
-        int n = unclean_commands(fd, &text, &len);
-        if (n > 0) {
-            if (keep_aside(dir, text, len, e) < 0) {
-                rc = -1;
-            } else {
-                qs_note(c,
-                        "a journal from an earlier session was not closed cleanly (%d "
-                        "command%s): type 'recover' to restore it",
-                        n, n == 1 ? "" : "s");
-                rc = 1;
-            }
-            free(text);
-        }
-        if (rc >= 0)
+        if (claim(dir, fd, e) < 0)
+            rc = -1;
+        else
             unlink(path);
         close(fd);
     }
     closedir(d);
     return rc;
+}
+
+/* Commands in a kept journal (complete lines only), and its "# date" header into date. */
+static int journal_summary(const char *path, char *date, size_t nd)
+{
+    struct lines l;
+    qs_err e = {{0}};
+    snprintf(date, nd, "?");
+    if (lines_read(path, &l, &e) < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < l.n; i++) {
+        if (starts_with(l.v[i], "# date "))
+            snprintf(date, nd, "%s", l.v[i] + 7);
+        n += !is_comment_or_blank(l.v[i]) && (i < l.n - 1 || l.complete);
+    }
+    lines_free(&l);
+    return n;
+}
+
+/* Tells the user about every journal waiting to be recovered. */
+static void note_pending(struct qs_ctx *c, const char *dir)
+{
+    char **v, date[64];
+    int np = pending_list(dir, &v);
+    if (np == 1) {
+        int n = journal_summary(v[0], date, sizeof date);
+        qs_note(c,
+                "a journal from an earlier session was not closed cleanly (%d command%s): "
+                "type 'recover' to restore it",
+                n, n == 1 ? "" : "s");
+    } else if (np > 1) {
+        qs_note(c,
+                "%d journals from earlier sessions were not closed cleanly: type 'recover' to "
+                "list them, 'recover N' to restore one",
+                np);
+    }
+    pending_free(v, np);
 }
 
 static int autosave_fail_begin(struct autosave *a, qs_err *e, const char *why)
@@ -990,8 +1364,8 @@ int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
     char dir[PATH_MAX - 64];
     if (c->on_journal)
         return 0;
-    if (qs_state_dir(dir, sizeof dir) < 0)
-        return qs_errf(e, "autosave: no state directory (set XDG_STATE_HOME or HOME)");
+    if (state_dir(dir, sizeof dir, e) < 0)
+        return qs_err_prefix(e, "autosave");
     struct autosave *a = qs_calloc(1, sizeof *a);
     if (!a)
         return qs_errf(e, "out of memory");
@@ -1009,20 +1383,10 @@ int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
             return autosave_fail_begin(a, e, strerror(errno));
         qs_note(c, "another qscope is running: this session's journal is %s", a->path);
     } else {
-        char *text;
-        size_t len;
-        int n = unclean_commands(a->fd, &text, &len);
-        if (n > 0) {
-            qs_err ke = {{0}};
-            int rc = keep_aside(dir, text, len, &ke);
-            free(text);
-            if (rc < 0) /* keep the old journal untouched rather than lose it */
-                return autosave_fail_begin(a, e, ke.msg);
-            qs_note(c,
-                    "a journal from an earlier session was not closed cleanly (%d command%s): "
-                    "type 'recover' to restore it",
-                    n, n == 1 ? "" : "s");
-        } else if (claim_stale_secondary(c, dir, e) < 0) {
+        qs_err ke = {{0}};
+        if (claim(dir, a->fd, &ke) < 0) /* keep the old journal untouched rather than lose it */
+            return autosave_fail_begin(a, e, ke.msg);
+        if (claim_stale_secondaries(dir, e) < 0) {
             qs_err_prefix(e, "autosave");
             close(a->fd);
             free(a);
@@ -1031,13 +1395,14 @@ int qs_autosave_begin(struct qs_ctx *c, qs_err *e)
         if (ftruncate(a->fd, 0) < 0 || lseek(a->fd, 0, SEEK_SET) < 0)
             return autosave_fail_begin(a, e, strerror(errno));
     }
+    note_pending(c, dir);
     char date[64];
     iso_date(date, sizeof date);
     struct qs_sb sb = {0};
     qs_sb_printf(&sb, "%s\n# version %s\n# date %s\n# pid %ld\n", QS_JOURNAL_MAGIC, QS_VERSION,
                  date, (long)getpid());
     for (int k = 0; k < c->njournal; k++)
-        entry_text(&c->journal[k], &sb);
+        journal_entry_text(&c->journal[k], &sb);
     if (!sb.s || write_all(a->fd, sb.s, sb.len) < 0 || fsync(a->fd) < 0) {
         qs_sb_free(&sb);
         return autosave_fail_begin(a, e, strerror(errno));
@@ -1080,46 +1445,72 @@ static int cmd_save_session(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "cmd", "save session");
     cJSON_AddStringToObject(o, "path", argv[0]);
     cJSON_AddNumberToObject(o, "commands", n);
-    char txt[PATH_MAX + 128];
-    snprintf(txt, sizeof txt, "saved %d commands to %s (check it with: qscope --replay %s --check)",
-             n, argv[0], argv[0]);
-    qs_emit(c, o, txt);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "saved %d commands to %s (check it with: qscope --replay ", n, argv[0]);
+    qs_quote_sb(argv[0], &t);
+    qs_sb_printf(&t, " --check)");
+    qs_emit(c, o, t.s ? t.s : "saved");
+    qs_sb_free(&t);
     return 0;
 }
 
-/* The nesting-limit error of `source`, recognised while the nested calls unwind so that a loop
- * is reported once ("x.qs:2: source x.qs: scripts nested deeper than 16 (a source loop?)")
- * rather than as sixteen "FILE:LINE:" prefixes. */
+/* The limit errors of `source`, recognised while the nested calls unwind so that a loop is
+ * reported once ("x.qs:2: source y.qs: scripts nested deeper than 16 (...)") rather than under
+ * sixteen "FILE:LINE:" prefixes. */
 #define NEST_MSG "scripts nested deeper than"
+#define TOTAL_MSG "scripts run by one script"
 
 static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc != 1)
         return qs_errf(e, "usage: source PATH");
     char path[PATH_MAX];
-    qs_script_resolve(c, argv[0], path, sizeof path);
-    if (c->depth >= QS_SOURCE_MAX_DEPTH)
-        return qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0],
-                       QS_SOURCE_MAX_DEPTH);
+    if (qs_script_resolve(c, argv[0], path, sizeof path, e) < 0)
+        return qs_err_prefix(e, "source");
     if (qs_run_script(c, path, e) < 0) {
         if (strstr(e->msg, NEST_MSG))
-            qs_errf(e, "source %s: " NEST_MSG " %d (a source loop?)", argv[0], QS_SOURCE_MAX_DEPTH);
+            qs_errf(e, "source %s: " NEST_MSG " %d (the limit on source nesting)", argv[0],
+                    QS_SOURCE_MAX_DEPTH);
+        else if (strstr(e->msg, TOTAL_MSG))
+            qs_errf(e, "source %s: more than %d " TOTAL_MSG " (the limit on the work source "
+                       "may do)", argv[0], QS_SOURCE_MAX_TOTAL);
         return -1;
     }
     return 0;
 }
 
-static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+/* Lists the kept journals as a result: number, date, commands, file. */
+static int recover_list(struct qs_ctx *c, char **v, int np)
 {
-    (void)argv;
-    if (argc)
-        return qs_errf(e, "usage: recover");
-    char path[PATH_MAX];
-    if (qs_recover_path(path, sizeof path) < 0)
-        return qs_errf(e, "recover: no state directory (set XDG_STATE_HOME or HOME)");
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    struct qs_sb t = {0};
+    cJSON_AddStringToObject(o, "cmd", "recover list");
+    qs_sb_printf(&t, "%d journal%s from earlier sessions not closed cleanly:", np,
+                 np == 1 ? "" : "s");
+    for (int i = 0; i < np; i++) {
+        char date[64];
+        int n = journal_summary(v[i], date, sizeof date);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "n", i + 1);
+        cJSON_AddStringToObject(j, "date", date);
+        cJSON_AddNumberToObject(j, "commands", n);
+        cJSON_AddStringToObject(j, "path", v[i]);
+        cJSON_AddItemToArray(arr, j);
+        qs_sb_printf(&t, "\n  %d  %s  %d command%s  %s", i + 1, date, n, n == 1 ? "" : "s", v[i]);
+    }
+    qs_sb_printf(&t, "\ntype 'recover N' to restore one, 'recover discard N' (or 'all') to "
+                     "delete it");
+    cJSON_AddItemToObject(o, "journals", arr);
+    qs_emit(c, o, t.s ? t.s : "");
+    qs_sb_free(&t);
+    return 0;
+}
+
+/* Re-runs the journal at PATH. It is retired (renamed journal.recovered.qs) only when every
+ * command was restored; otherwise it stays offered. */
+static int recover_one(struct qs_ctx *c, const char *dir, const char *path, int which, qs_err *e)
+{
     struct lines l;
-    if (access(path, F_OK) < 0)
-        return qs_errf(e, "recover: nothing to recover (%s does not exist)", path);
     if (lines_read(path, &l, e) < 0)
         return qs_err_prefix(e, "recover");
     if (l.n == 0 || strcmp(l.v[0], QS_JOURNAL_MAGIC)) {
@@ -1153,38 +1544,91 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     c->emit = emit;
     c->bail = bail;
     lines_free(&l);
-    /* done with it: keep it under another name so that it is not offered again */
-    char done[PATH_MAX + 16];
-    snprintf(done, sizeof done, "%s", path);
-    char *dot = strstr(done, "journal.prev.qs");
-    if (dot)
-        snprintf(dot, sizeof done - (size_t)(dot - done), "journal.recovered.qs");
-    if (rename(path, done) < 0)
-        qs_note(c, "recover: %s: %s", path, strerror(errno));
+    if (!nfail) { /* done with it: kept under another name so that it is not offered again */
+        struct qs_sb done = {0};
+        qs_sb_printf(&done, "%s/journal.recovered.qs", dir);
+        if (!done.s || rename(path, done.s) < 0)
+            qs_note(c, "recover: %s: %s", path, strerror(errno));
+        qs_sb_free(&done);
+    }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "recover");
     cJSON_AddStringToObject(o, "path", path);
     cJSON_AddNumberToObject(o, "commands", n);
     cJSON_AddNumberToObject(o, "failed", nfail);
-    char txt[PATH_MAX + 128];
-    snprintf(txt, sizeof txt, "restored %d command%s from %s%s", n, n == 1 ? "" : "s", path,
-             nfail ? " (some failed: see above)" : "");
-    qs_emit(c, o, txt);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "restored %d command%s from %s%s", n, n == 1 ? "" : "s", path,
+                 nfail ? " (some failed: see above)" : "");
+    qs_emit(c, o, t.s ? t.s : "restored");
+    qs_sb_free(&t);
     if (nfail)
-        return qs_errf(e, "recover: %d of %d commands could not be restored (listed above)", nfail,
-                       n + nfail);
+        return qs_errf(e,
+                       "recover: %d of %d commands could not be restored (listed above); the "
+                       "journal is kept: fix the cause and type 'recover %d' again, or 'recover "
+                       "discard %d'",
+                       nfail, n + nfail, which, which);
     return 0;
 }
 
+static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    static const char usage[] = "usage: recover [list | N | discard N|all]";
+    char dir[PATH_MAX - 64];
+    if (argc > 2 || (argc == 2 && !same_str(argv[0], "discard")))
+        return qs_errf(e, "%s", usage);
+    if (state_dir(dir, sizeof dir, e) < 0)
+        return qs_err_prefix(e, "recover");
+    char **v;
+    int np = pending_list(dir, &v), rc = 0;
+    if (np < 0)
+        return qs_errf(e, "recover: out of memory");
+    long which = 0;
+    int all = argc == 2 && same_str(argv[1], "all");
+    if (np == 0) {
+        rc = qs_errf(e, "recover: nothing to recover (no unclosed journal in %s)", dir);
+    } else if (argc == 1 && same_str(argv[0], "list")) {
+        rc = recover_list(c, v, np);
+    } else if (argc == 1 && same_str(argv[0], "discard")) {
+        rc = qs_errf(e, "%s", usage);
+    } else if (!all && argc >= 1 &&
+               qs_parse_int(argv[argc - 1], 1, np, &which, "recover: journal number", e) < 0) {
+        rc = -1;
+    } else if (argc == 2) { /* discard */
+        for (int i = 0; i < np; i++)
+            if ((all || i + 1 == which) && unlink(v[i]) < 0)
+                rc = qs_errf(e, "recover: %s: %s", v[i], strerror(errno));
+        if (rc == 0) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "cmd", "recover discard");
+            cJSON_AddNumberToObject(o, "discarded", all ? np : 1);
+            char txt[96];
+            snprintf(txt, sizeof txt, "discarded %d journal%s", all ? np : 1,
+                     all && np > 1 ? "s" : "");
+            qs_emit(c, o, txt);
+        }
+    } else if (argc == 0 && np > 1) {
+        rc = recover_list(c, v, np);
+    } else {
+        rc = recover_one(c, dir, v[which ? which - 1 : 0], which ? (int)which : 1, e);
+    }
+    pending_free(v, np);
+    return rc;
+}
+
 const struct qs_cmd_def qs_cmds_session[] = {
-    {"save session", "PATH", 0, cmd_save_session,
+    {"save session", "PATH", QS_CMD_WRITES, cmd_save_session,
      "save the journal as a replayable session (header, commands, results)",
      "Check it later with: qscope --replay PATH --check. The header pins every model and data "
      "file by SHA-256."},
     {"source", "PATH", 0, cmd_source,
      "run the commands of a script (relative paths resolve from the running script's folder)",
      NULL},
-    {"recover", "", 0, cmd_recover,
-     "restore the state of an earlier session that did not exit cleanly (from its journal)", NULL},
+    /* writes: it retires or deletes journals in the state folder, no business of a replay */
+    {"recover", "[list | N | discard N|all]", QS_CMD_WRITES, cmd_recover,
+     "restore the state of an earlier session that did not exit cleanly (from its journal)",
+     "Every journal left unclosed by a crash is kept until it is recovered or discarded. With "
+     "one, `recover` restores it; with several, it lists them (number, date, commands) and "
+     "`recover N` restores the N-th. A journal is retired only when all of its commands were "
+     "restored. `recover discard N` (or `all`) deletes them."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

@@ -839,7 +839,7 @@ static int cmd_tui_stats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_tui_cmds[] = {
-    {"screenshot", "PATH", QS_CMD_FRONT, cmd_screenshot,
+    {"screenshot", "PATH", QS_CMD_FRONT | QS_CMD_WRITES, cmd_screenshot,
      "write the TUI's screen as plain text (one line per row), e.g. for golden tests", NULL},
     {"tui stats", "", QS_CMD_FRONT, cmd_tui_stats,
      "latency of this TUI: keystroke to redraw, and a key's command to its panes updated", NULL},
