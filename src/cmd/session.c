@@ -712,6 +712,9 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
         if (hf == 1) {
             qs_err he = {{0}};
             struct stat st;
+            char rb[PATH_MAX]; /* a bundled file resolves as `load model/data` resolve it */
+            if (fpath[0] != '/' && qs_bundle_path(fpath, rb, sizeof rb, NULL) == 0)
+                snprintf(fpath, sizeof fpath, "%s", rb);
             if (stat(fpath, &st) < 0) {
                 qs_note(c, "%s:%d: %s %s is missing (%s); refusing to replay", path, i + 1, kind,
                         fpath, strerror(errno));
