@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void qs_script_resolve(const struct qs_ctx *c, const char *path, char *buf, size_t n)
 {
@@ -13,6 +14,12 @@ void qs_script_resolve(const struct qs_ctx *c, const char *path, char *buf, size
         snprintf(buf, n, "%s/%s", c->script_dir, path);
     else
         snprintf(buf, n, "%s", path);
+    /* not there: a bundled script (sessions/...) wherever qscope is installed */
+    if (path[0] != '/' && access(buf, F_OK) != 0 && n > 0) {
+        char rb[4096];
+        if (qs_bundle_path(path, rb, sizeof rb, NULL) == 0)
+            snprintf(buf, n, "%s", rb);
+    }
 }
 
 int qs_run_script(struct qs_ctx *c, const char *path, qs_err *e)

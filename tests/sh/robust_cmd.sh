@@ -144,5 +144,6 @@ done < <(sed -n '/^```sh$/,/^```$/p' README.md | grep '^\./qscope ')
 check installed-readme-examples-found "[ $n -ge 6 ]"
 check installed-study-q1 "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope -c 'study q1' 2>&1 | grep -q 'gate pass in 15 of 15')"
 check installed-replay-checks "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay sessions/tour.qs --check 2>&1 | grep -q ', 0 differ')"
+check installed-source-bundled "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --no-default -c 'source sessions/formats.qs' | grep -q '^6 -> 6')"
 make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
 check uninstall-bundle "[ ! -e $I ] && [ ! -e $T/root/usr/bin/qscope ]"
