@@ -386,6 +386,9 @@ static int cmp_str(const void *a, const void *b)
 int qs_session_hash_path(const char *path, char hex[65], qs_err *e)
 {
     struct stat st;
+    char rb[PATH_MAX]; /* a relative path names the file `load model/data` found for it */
+    if (path[0] != '/' && qs_bundle_path(path, rb, sizeof rb, NULL) == 0)
+        path = rb;
     if (stat(path, &st) < 0)
         return qs_errf(e, "%s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode))

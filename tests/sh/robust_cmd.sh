@@ -144,6 +144,10 @@ done < <(sed -n '/^```sh$/,/^```$/p' README.md | grep '^\./qscope ')
 check installed-readme-examples-found "[ $n -ge 6 ]"
 check installed-study-q1 "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope -c 'study q1' 2>&1 | grep -q 'gate pass in 15 of 15')"
 check installed-replay-checks "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay sessions/tour.qs --check 2>&1 | grep -q ', 0 differ')"
+# a session saved there pins the bundled files it loaded and replays from a third folder
+mkdir -p "$T/third"
+(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope datasets/models/moons-mlp.safetensors datasets/moons.csv -c "quant * int4; eval; save session $T/elsewhere/s.qs" >/dev/null 2>&1)
+check installed-session-replays "grep -q '^# model datasets/models/moons-mlp.safetensors sha256=' $T/elsewhere/s.qs && (cd $T/third && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay $T/elsewhere/s.qs --check 2>&1 | grep -q ', 0 differ')"
 check installed-source-bundled "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --no-default -c 'source sessions/formats.qs' | grep -q '^6 -> 6')"
 make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
 check uninstall-bundle "[ ! -e $I ] && [ ! -e $T/root/usr/bin/qscope ]"
