@@ -225,13 +225,27 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     split_model_arg(arg, model, nm, data, nd);
     struct qs_mlp *m = NULL;
     struct qs_dataset *d = NULL;
-    if (qs_mlp_load(model, QS_ACT_RELU, 0, &m, e) < 0)
+    /* Bundled files (datasets/...) resolve wherever qscope is installed; the results name them
+     * as written (the model's metadata names its data so), so a study replays from anywhere. */
+    char mfile[4096], dfile[4096];
+    if (model[0] == '/' || qs_bundle_path(model, mfile, sizeof mfile, NULL) < 0)
+        snprintf(mfile, sizeof mfile, "%s", model);
+    if (qs_mlp_load(mfile, QS_ACT_RELU, 0, &m, e) < 0)
         return -1;
-    if (!data[0] && qs_q1_data_path(model, qs_mlp_get_meta(m, "qscope.data"), data, nd, e) < 0) {
-        qs_mlp_free(m);
-        return -1;
+    const char *meta = qs_mlp_get_meta(m, "qscope.data");
+    if (!data[0] && meta && meta[0] && meta[0] != '/' &&
+        qs_bundle_path(meta, dfile, sizeof dfile, NULL) == 0) {
+        snprintf(data, nd, "%s", meta);
+    } else if (!data[0]) {
+        if (qs_q1_data_path(mfile, meta, data, nd, e) < 0) {
+            qs_mlp_free(m);
+            return -1;
+        }
+        snprintf(dfile, sizeof dfile, "%s", data);
+    } else if (data[0] == '/' || qs_bundle_path(data, dfile, sizeof dfile, NULL) < 0) {
+        snprintf(dfile, sizeof dfile, "%s", data);
     }
-    if (qs_dataset_load_csv(data, NULL, &d, e) < 0) {
+    if (qs_dataset_load_csv(dfile, NULL, &d, e) < 0) {
         qs_mlp_free(m);
         return -1;
     }
@@ -248,7 +262,7 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     r.opt = o->opt;
     r.roles = QS_ROLE_W;
     r.amode = QS_AMODE_DYNAMIC;
-    if (qs_bench_set_model(b, m, model, e) < 0 || qs_bench_set_data(b, d, data, e) < 0 ||
+    if (qs_bench_set_model(b, m, mfile, e) < 0 || qs_bench_set_data(b, d, dfile, e) < 0 ||
         qs_bench_ready(b, e) < 0 || qs_bench_add_rule(b, &r, NULL, e) < 0) {
         qs_bench_free(b);
         return qs_err_prefix(e, model);

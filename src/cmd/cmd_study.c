@@ -668,12 +668,14 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static const char *const bundled[] = {"digits", "moons", "spirals", "xor", "circles"};
 
-/* The bundled model NAME, wherever qscope is installed (qs_bundle_path, as for every command). */
+/* The bundled model NAME, named as in the bundle (datasets/models/NAME-mlp.safetensors) after
+ * checking that qs_bundle_path finds it; the study resolves it the same way, wherever qscope
+ * is installed, and its results name it the same from any folder. */
 static int bundled_path(const char *name, char *buf, size_t n, qs_err *e)
 {
-    char rel[128];
-    snprintf(rel, sizeof rel, "datasets/models/%s-mlp.safetensors", name);
-    if (qs_bundle_path(rel, buf, n, e) < 0)
+    char found[4096];
+    snprintf(buf, n, "datasets/models/%s-mlp.safetensors", name);
+    if (qs_bundle_path(buf, found, sizeof found, e) < 0)
         return qs_err_prefix(e, "study q1");
     return 0;
 }

@@ -143,7 +143,9 @@ while IFS= read -r line; do
 done < <(sed -n '/^```sh$/,/^```$/p' README.md | grep '^\./qscope ')
 check installed-readme-examples-found "[ $n -ge 6 ]"
 check installed-study-q1 "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope -c 'study q1' 2>&1 | grep -q 'gate pass in 15 of 15')"
-check installed-replay-checks "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay sessions/tour.qs --check 2>&1 | grep -q ', 0 differ')"
+for s in sessions/*.qs; do # every bundled session replays and checks from there
+  check "installed-replay-$(basename "$s" .qs)" "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay $s --check 2>&1 | grep -q ', 0 differ')"
+done
 # a session saved there pins the bundled files it loaded and replays from a third folder
 mkdir -p "$T/third"
 (cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope datasets/models/moons-mlp.safetensors datasets/moons.csv -c "quant * int4; eval; save session $T/elsewhere/s.qs" >/dev/null 2>&1)
