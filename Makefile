@@ -109,21 +109,30 @@ bench: deps
 	$(MAKE) qscope $(BENCH_BIN)
 	@bash tests/bench/run.sh
 
-DATADIR = $(DESTDIR)$(PREFIX)/share/qscope/datasets
+# The bundle goes to PREFIX/share/qscope, where qs_bundle_path finds it (beside PREFIX/bin, or
+# the compiled-in QS_DATADIR): every file the README's examples and the sessions name.
+SHAREDIR = $(DESTDIR)$(PREFIX)/share/qscope
+DATADIR  = $(SHAREDIR)/datasets
+LM_DIRS  = $(patsubst %/config.json,%,$(wildcard datasets/models/*/config.json))
 install: qscope
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
-	install -d $(DATADIR)/models
+	install -d $(DATADIR)/models $(DATADIR)/text $(SHAREDIR)/sessions
 	install -m 755 qscope $(DESTDIR)$(PREFIX)/bin/qscope
 	install -m 644 datasets/PROVENANCE.md $(DATADIR)/
 	install -m 644 $(filter-out datasets/fashion-mnist.csv,$(wildcard datasets/*.csv)) $(DATADIR)/
 	install -m 644 $(filter-out %fashion-mlp.safetensors,$(wildcard datasets/models/*.safetensors)) $(DATADIR)/models/
+	for d in $(LM_DIRS); do \
+	  install -d $(SHAREDIR)/$$d && install -m 644 $$d/* $(SHAREDIR)/$$d/ || exit 1; \
+	done
+	install -m 644 $(wildcard datasets/text/*) $(DATADIR)/text/
+	install -m 644 sessions/README $(wildcard sessions/*.qs) $(SHAREDIR)/sessions/
 	install -m 644 man/qscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1
 	install -m 644 man/qscope-session.5 $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/qscope $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1 \
 	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
-	rm -rf $(DESTDIR)$(PREFIX)/share/qscope
+	rm -rf $(SHAREDIR)
 
 # Regenerate the bundled data and retrain the bundled models (reproduces the committed metrics).
 data: $(BUILD)/tools/gen_toys

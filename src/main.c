@@ -36,44 +36,6 @@ static const char usage[] =
     "\n"
     "exit status: 0 success; 1 a command failed or a replay check differed; 2 bad usage\n";
 
-/* Finds the bundled datasets folder: $QSCOPE_HOME, the executable's folder, the share folder
- * beside an installed binary, the configured install prefix.
- * A folder under the working directory is given relative to it, so journals stay portable. */
-static int find_bundle(char *buf, size_t n)
-{
-    char exe[PATH_MAX], cwd[PATH_MAX], cand[4][PATH_MAX + 32];
-    int nc = 0;
-    const char *home = getenv("QSCOPE_HOME");
-    if (home && home[0])
-        snprintf(cand[nc++], sizeof cand[0], "%s/datasets", home);
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len > 0) {
-        exe[len] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash)
-            *slash = 0;
-        snprintf(cand[nc++], sizeof cand[0], "%s/datasets", exe);
-        /* installed: PREFIX/bin/qscope next to PREFIX/share/qscope, wherever PREFIX is */
-        snprintf(cand[nc++], sizeof cand[0], "%s/../share/qscope/datasets", exe);
-    }
-    snprintf(cand[nc++], sizeof cand[0], "%s/datasets", QS_DATADIR);
-    if (!getcwd(cwd, sizeof cwd))
-        cwd[0] = 0;
-    for (int i = 0; i < nc; i++) {
-        char probe[PATH_MAX + 64];
-        snprintf(probe, sizeof probe, "%s/models/digits-mlp.safetensors", cand[i]);
-        if (access(probe, R_OK) == 0) {
-            size_t cl = strlen(cwd);
-            if (cl && !strncmp(cand[i], cwd, cl) && cand[i][cl] == '/')
-                snprintf(buf, n, "%s", cand[i] + cl + 1);
-            else
-                snprintf(buf, n, "%s", cand[i]);
-            return 0;
-        }
-    }
-    return -1;
-}
-
 static int run_or_report(struct qs_ctx *c, const char *cmd, const char *where)
 {
     qs_err e = {{0}};
@@ -164,6 +126,16 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    /* bundled files (the default model, sessions/..., datasets/...) resolve wherever qscope is
+     * installed, through qs_bundle_path like every command's */
+    qs_bundle_set_datadir(QS_DATADIR);
+    char script_res[PATH_MAX], replay_res[PATH_MAX];
+    if (script && script[0] != '/' &&
+        qs_bundle_path(script, script_res, sizeof script_res, NULL) == 0)
+        script = script_res;
+    if (replay && replay[0] != '/' &&
+        qs_bundle_path(replay, replay_res, sizeof replay_res, NULL) == 0)
+        replay = replay_res;
     if (deterministic) /* OpenBLAS read its environment at load time: set the count directly */
         openblas_set_num_threads(1);
 
@@ -212,7 +184,7 @@ int main(int argc, char **argv)
     }
 
     /* The model and data: named on the command line, else the bundled default. */
-    char bundle[PATH_MAX];
+    char bmodel[PATH_MAX], bdata[PATH_MAX];
     if (npos > 2) {
         fprintf(stderr, "qscope: too many arguments (MODEL [DATA])\n%s", usage);
         status = 2;
@@ -230,11 +202,12 @@ int main(int argc, char **argv)
                 goto out;
             }
         }
-    } else if (!no_default && !script && find_bundle(bundle, sizeof bundle) == 0) {
+    } else if (!no_default && !script &&
+               qs_bundle_path("datasets/models/digits-mlp.safetensors", bmodel, sizeof bmodel,
+                              NULL) == 0 &&
+               qs_bundle_path("datasets/digits.csv", bdata, sizeof bdata, NULL) == 0) {
         char cmd[PATH_MAX * 2 + 64];
-        snprintf(cmd, sizeof cmd,
-                 "load model '%s/models/digits-mlp.safetensors'; load data '%s/digits.csv'",
-                 bundle, bundle);
+        snprintf(cmd, sizeof cmd, "load model '%s'; load data '%s'", bmodel, bdata);
         int saved = c.json;
         void (*emit)(void *, const cJSON *, const char *) = c.emit;
         c.emit = NULL; /* the default load is silent */

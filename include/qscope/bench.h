@@ -145,6 +145,22 @@ int qs_bench_set_data(struct qs_bench *b, struct qs_dataset *d, const char *path
 /* Replaces the model by a transformer / loads token data for it (ownership passes). */
 int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_err *e);
 int qs_bench_set_tokens(struct qs_bench *b, struct qs_tokens *t, const char *path, qs_err *e);
+/* Staging: a command that replaces the model or the data builds the new state in a stage and
+ * swaps it in only when every step has succeeded, so that a failed command changes nothing.
+ * qs_bench_stage returns an empty bench with b's settings (seeds, split fractions, calibration
+ * size, gates, regime, rules, progress hooks) and, moved out of b until commit or abort, what
+ * KEEP names: the model of either kind with its per-unit state (QS_KEEP_MODEL), the CSV data
+ * (QS_KEEP_DATA), the token data (QS_KEEP_TOKENS); the data path goes with the data. b's caches
+ * are dropped. NULL when out of memory (b unchanged but for its caches). The stage is worked on
+ * with the qs_bench_set_* functions, which must not free what was lent (they free only what
+ * they replace, and qs_bench_set_lm frees unfitting tokens only after its last failure). */
+enum { QS_KEEP_MODEL = 1, QS_KEEP_DATA = 2, QS_KEEP_TOKENS = 4 };
+struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep);
+/* Success: b takes the stage's whole state (keeping its address, hooks and cancel flag); what
+ * b held and had not lent is freed, and so is the stage. */
+void qs_bench_commit(struct qs_bench *b, struct qs_bench *s);
+/* Failure: what was lent (the same KEEP) goes back to b; the rest of the stage is freed. */
+void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep);
 /* Re-makes the split (seed, fractions) and invalidates caches. */
 int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e);
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);

@@ -181,15 +181,16 @@ int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_er
     b->lm = m;
     free(b->model_path);
     b->model_path = qs_strdup(path);
+    if (alloc_states(b, e) < 0 || qs_bench_resolve(b, e) < 0)
+        return -1;
+    /* last, so that no failure follows (a staged load must be able to give the tokens back) */
     if (b->tokens && qs_bench_lm_ready(b, e) < 0) { /* keep the tokens only if they fit */
         qs_tokens_free(b->tokens);
         b->tokens = NULL;
         free(b->data_path);
         b->data_path = NULL;
     }
-    if (alloc_states(b, e) < 0)
-        return -1;
-    return qs_bench_resolve(b, e);
+    return 0;
 }
 
 int qs_bench_set_tokens(struct qs_bench *b, struct qs_tokens *t, const char *path, qs_err *e)
@@ -230,6 +231,100 @@ int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, q
     if (b->data && qs_bench_resplit(b, b->split_seed, b->f_train, b->f_calib, e) < 0)
         return -1;
     return qs_bench_resolve(b, e);
+}
+
+/* ---- staging -------------------------------------------------------------------------- */
+
+struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
+{
+    struct qs_bench *s = qs_bench_new();
+    if (!s)
+        return NULL;
+    s->seed = b->seed;
+    s->split_seed = b->split_seed;
+    s->f_train = b->f_train;
+    s->f_calib = b->f_calib;
+    s->calib_n = b->calib_n;
+    s->gate_min = b->gate_min;
+    s->gate_lm = b->gate_lm;
+    s->regime = b->regime;
+    s->nrules = b->nrules;
+    memcpy(s->rules, b->rules, sizeof s->rules);
+    s->progress = b->progress;
+    s->progress_ctx = b->progress_ctx;
+    /* caches belong to the current model and data; the stage makes its own */
+    caches_free(b);
+    qs_bench_lm_drop(b);
+    if (keep & QS_KEEP_MODEL) {
+        s->model = b->model;
+        s->lm = b->lm;
+        s->ls = b->ls;
+        s->model_path = b->model_path;
+        b->model = NULL;
+        b->lm = NULL;
+        b->ls = NULL;
+        b->model_path = NULL;
+    }
+    if (keep & (QS_KEEP_DATA | QS_KEEP_TOKENS)) {
+        if (keep & QS_KEEP_DATA) {
+            s->data = b->data;
+            b->data = NULL;
+        }
+        if (keep & QS_KEEP_TOKENS) {
+            s->tokens = b->tokens;
+            b->tokens = NULL;
+        }
+        s->data_path = b->data_path;
+        b->data_path = NULL;
+    }
+    return s;
+}
+
+void qs_bench_commit(struct qs_bench *b, struct qs_bench *s)
+{
+    /* b keeps its address (front ends hold it), its hooks and its cancel flag */
+    qs_progress_fn pf = b->progress;
+    void *pc = b->progress_ctx;
+    int cancel = b->cancel;
+    struct qs_bench tmp;
+    memcpy(&tmp, b, sizeof tmp);
+    memcpy(b, s, sizeof *b);
+    memcpy(s, &tmp, sizeof *s);
+    b->progress = pf;
+    b->progress_ctx = pc;
+    b->cancel = cancel;
+    qs_bench_free(s);
+}
+
+void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep)
+{
+    if (!s)
+        return;
+    if (keep & QS_KEEP_MODEL) {
+        caches_free(s); /* sized by the model: free them before it goes back */
+        qs_bench_lm_drop(s);
+        b->model = s->model;
+        b->lm = s->lm;
+        b->ls = s->ls;
+        b->model_path = s->model_path;
+        s->model = NULL;
+        s->lm = NULL;
+        s->ls = NULL;
+        s->model_path = NULL;
+    }
+    if (keep & (QS_KEEP_DATA | QS_KEEP_TOKENS)) {
+        if (keep & QS_KEEP_DATA) {
+            b->data = s->data;
+            s->data = NULL;
+        }
+        if (keep & QS_KEEP_TOKENS) {
+            b->tokens = s->tokens;
+            s->tokens = NULL;
+        }
+        b->data_path = s->data_path;
+        s->data_path = NULL;
+    }
+    qs_bench_free(s);
 }
 
 int qs_bench_set_data(struct qs_bench *b, struct qs_dataset *d, const char *path, qs_err *e)

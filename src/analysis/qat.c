@@ -93,18 +93,24 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
     uint64_t sseed = b->split_seed;
     double ft = b->f_train, fc = b->f_calib;
     int calib_n = b->calib_n;
-    if (qs_bench_set_model(b, master, path, e) < 0) {
-        master = NULL; /* owned by the bench now */
+    /* It replaces the model only when every step succeeded (a stage holding the data): a
+     * failure leaves the old model, its rules and corrections as they were. */
+    struct qs_bench *st = qs_bench_stage(b, QS_KEEP_DATA);
+    if (!st) {
+        qs_errf(e, "out of memory");
         goto out;
     }
-    master = NULL;
-    if ((b->split_seed != sseed || b->f_train != ft || b->f_calib != fc) &&
-        qs_bench_resplit(b, sseed, ft, fc, e) < 0)
+    int src = qs_bench_set_model(st, master, path, e);
+    master = NULL; /* owned by the stage now */
+    if (src < 0 ||
+        ((st->split_seed != sseed || st->f_train != ft || st->f_calib != fc) &&
+         qs_bench_resplit(st, sseed, ft, fc, e) < 0) ||
+        (calib_n > 0 && st->calib_n != calib_n && qs_bench_set_calib(st, calib_n, e) < 0) ||
+        qs_bench_eval(st, &ev, e) < 0) {
+        qs_bench_abort(b, st, QS_KEEP_DATA);
         goto out;
-    if (calib_n > 0 && b->calib_n != calib_n && qs_bench_set_calib(b, calib_n, e) < 0)
-        goto out;
-    if (qs_bench_eval(b, &ev, e) < 0)
-        goto out;
+    }
+    qs_bench_commit(b, st);
     r->f_qat = ev.f;
     r->qat = ev.q;
     double gap = r->f.acc - r->ptq.acc;

@@ -225,13 +225,27 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     split_model_arg(arg, model, nm, data, nd);
     struct qs_mlp *m = NULL;
     struct qs_dataset *d = NULL;
-    if (qs_mlp_load(model, QS_ACT_RELU, 0, &m, e) < 0)
+    /* Bundled files (datasets/...) resolve wherever qscope is installed; the results name them
+     * as written (the model's metadata names its data so), so a study replays from anywhere. */
+    char mfile[4096], dfile[4096];
+    if (model[0] == '/' || qs_bundle_path(model, mfile, sizeof mfile, NULL) < 0)
+        snprintf(mfile, sizeof mfile, "%s", model);
+    if (qs_mlp_load(mfile, QS_ACT_RELU, 0, &m, e) < 0)
         return -1;
-    if (!data[0] && qs_q1_data_path(model, qs_mlp_get_meta(m, "qscope.data"), data, nd, e) < 0) {
-        qs_mlp_free(m);
-        return -1;
+    const char *meta = qs_mlp_get_meta(m, "qscope.data");
+    if (!data[0] && meta && meta[0] && meta[0] != '/' &&
+        qs_bundle_path(meta, dfile, sizeof dfile, NULL) == 0) {
+        snprintf(data, nd, "%s", meta);
+    } else if (!data[0]) {
+        if (qs_q1_data_path(mfile, meta, data, nd, e) < 0) {
+            qs_mlp_free(m);
+            return -1;
+        }
+        snprintf(dfile, sizeof dfile, "%s", data);
+    } else if (data[0] == '/' || qs_bundle_path(data, dfile, sizeof dfile, NULL) < 0) {
+        snprintf(dfile, sizeof dfile, "%s", data);
     }
-    if (qs_dataset_load_csv(data, NULL, &d, e) < 0) {
+    if (qs_dataset_load_csv(dfile, NULL, &d, e) < 0) {
         qs_mlp_free(m);
         return -1;
     }
@@ -248,7 +262,7 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     r.opt = o->opt;
     r.roles = QS_ROLE_W;
     r.amode = QS_AMODE_DYNAMIC;
-    if (qs_bench_set_model(b, m, model, e) < 0 || qs_bench_set_data(b, d, data, e) < 0 ||
+    if (qs_bench_set_model(b, m, mfile, e) < 0 || qs_bench_set_data(b, d, dfile, e) < 0 ||
         qs_bench_ready(b, e) < 0 || qs_bench_add_rule(b, &r, NULL, e) < 0) {
         qs_bench_free(b);
         return qs_err_prefix(e, model);
@@ -386,35 +400,38 @@ static void intf(FILE *f, long long v)
     field(f, buf, 0);
 }
 
-static FILE *open_csv(const char *prefix, const char *what, const struct qs_q1_opts *o, char *path,
-                      size_t np, qs_err *e)
+/* Opens PREFIX-WHAT.csv through qs_outfile (a device is written in place, a regular file
+ * replaced only once complete) and writes its first line: a raw "# ..." comment naming the
+ * study's settings, which CSV readers skip (pandas: comment='#'). */
+static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
+                      const struct qs_q1_opts *o, qs_err *e)
 {
-    snprintf(path, np, "%s-%s.csv", prefix, what);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        qs_errf(e, "%s: %s", path, strerror(errno));
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s-%s.csv", prefix, what) >= sizeof path) {
+        qs_errf(e, "study q1: csv= prefix is too long (%zu bytes)", strlen(prefix));
         return NULL;
     }
-    char opts[200] = "", meta[512];
+    if (qs_out_open(of, path, e) < 0)
+        return NULL;
+    char opts[200] = "";
     qs_qopts_format(&o->fmt, &o->opt, opts, sizeof opts);
-    snprintf(meta, sizeof meta,
-             "# qscope %s study q1 %s: regime=weight-only format=%s %s "
-             "prec=%s correctability=top %.3g of directions",
-             QS_VERSION, what, o->fmt.name, opts, o->prec, o->top_frac);
-    field(f, meta, 1);
-    fputc('\n', f);
-    return f;
+    fprintf(of->f,
+            "# qscope %s study q1 %s: regime=weight-only format=%s %s prec=%s "
+            "correctability=top %.3g of directions\n",
+            QS_VERSION, what, o->fmt.name, opts, o->prec, o->top_frac);
+    return of->f;
 }
 
 int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *prefix,
                     qs_err *e)
 {
-    char path[1100], rq[16];
+    char rq[16];
+    qs_outfile of;
     snprintf(rq, sizeof rq, "r_lin_%s",
              !strcmp(o->prec, "int8")   ? "q8"
              : !strcmp(o->prec, "int4") ? "q4"
                                         : "prec_float");
-    FILE *f = open_csv(prefix, "layers", o, path, sizeof path, e);
+    FILE *f = open_csv(&of, prefix, "layers", o, e);
     if (!f)
         return -1;
     const char *hl[] = {"model",          "data",           "seed",        "layer",
@@ -441,9 +458,9 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         numf(f, l->r_q);
         fputc('\n', f);
     }
-    if (fclose(f) != 0)
-        return qs_errf(e, "%s: %s", path, strerror(errno));
-    if (!(f = open_csv(prefix, "settings", o, path, sizeof path, e)))
+    if (qs_out_commit(&of, e) < 0)
+        return -1;
+    if (!(f = open_csv(&of, prefix, "settings", o, e)))
         return -1;
     char mq[32];
     snprintf(mq, sizeof mq, "median_%s", rq);
@@ -478,7 +495,5 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         field(f, s->verdict, 0);
         fputc('\n', f);
     }
-    if (fclose(f) != 0)
-        return qs_errf(e, "%s: %s", path, strerror(errno));
-    return 0;
+    return qs_out_commit(&of, e);
 }

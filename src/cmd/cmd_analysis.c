@@ -662,25 +662,34 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "export csv: no table yet (run layers, error, rank, ... first)");
     cJSON *rows = cJSON_GetObjectItem(c->last_table, "rows");
     const char *title = cJSON_GetObjectItem(c->last_table, "title")->valuestring;
-    FILE *f = fopen(argv[0], "w");
-    if (!f)
-        return qs_errf(e, "%s: %s", argv[0], strerror(errno));
     struct qs_bench *b = c->b;
-    /* A header row naming the table, the regime, the formats and the seed. */
-    char formats[1024] = "";
-    size_t fl = 0;
-    for (int i = 0; i < qs_bench_nunits(b) && fl + 1 < sizeof formats; i++) {
+    /* The first line is a raw comment (CSV readers skip it: pandas comment='#') naming the
+     * table, the regime, the seed and each layer's formats as `layers` shows them:
+     * LAYER:WEIGHTS|ACTIVATIONS. Names come from model files: cleaned, so the line stays one. */
+    struct qs_sb meta = {0};
+    qs_sb_printf(&meta, "# qscope %s table=%s regime=%s seed=%llu formats=", QS_VERSION, title,
+                 qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed);
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_unit u;
+        char nb[256], wd[64], ad[64];
         qs_bench_unit(b, i, &u);
-        fl += (size_t)snprintf(formats + fl, sizeof formats - fl, "%s%s:%s/%s", i ? " " : "",
-                               u.name, b->ls[i].wfmt.name, b->ls[i].afmt.name);
+        qs_bench_wdesc(&b->ls[i], wd, sizeof wd);
+        qs_bench_adesc(&b->ls[i], ad, sizeof ad);
+        qs_sb_printf(&meta, "%s%s:%s|%s", i ? " " : "", qs_clean_str(u.name, nb, sizeof nb, 0),
+                     wd, ad);
     }
-    char meta[1400];
-    snprintf(meta, sizeof meta, "# qscope %s table=%s regime=%s seed=%llu formats=%s", QS_VERSION,
-             title, qs_regime_name(qs_bench_effective_regime(b)),
-             (unsigned long long)b->seed, formats);
-    csv_field(f, meta, 1);
-    fputc('\n', f);
+    qs_outfile of;
+    if (!meta.s) {
+        qs_sb_free(&meta);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_out_open(&of, argv[0], e) < 0) {
+        qs_sb_free(&meta);
+        return -1;
+    }
+    FILE *f = of.f;
+    fprintf(f, "%s\n", meta.s);
+    qs_sb_free(&meta);
     cJSON *first = cJSON_GetArrayItem(rows, 0);
     int ncol = 0;
     for (cJSON *k = first ? first->child : NULL; k; k = k->next)
@@ -711,8 +720,8 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         fputc('\n', f);
         nrow++;
     }
-    if (fclose(f) != 0)
-        return qs_errf(e, "%s: %s", argv[0], strerror(errno));
+    if (qs_out_commit(&of, e) < 0)
+        return -1;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "export csv");
     cJSON_AddStringToObject(o, "path", argv[0]);

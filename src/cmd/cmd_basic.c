@@ -34,6 +34,17 @@ void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
 
 /* ---- load ---------------------------------------------------------------------------- */
 
+/* A relative path that does not name a file here may name a bundled one (datasets/...,
+ * sessions/...) wherever qscope is installed: qs_bundle_path resolves it, the working directory
+ * first. The journal keeps the path as typed, so that a session replays the same way. */
+const char *qs_cmd_input_path(const char *path, char *buf, size_t n)
+{
+    qs_err e;
+    if (path[0] == '/' || qs_bundle_path(path, buf, n, &e) < 0)
+        return path;
+    return buf;
+}
+
 static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 1)
@@ -48,16 +59,29 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             return -1;
         act_given = 1;
     }
-    if (qs_cmd_is_lm_path(argv[0])) { /* a Hugging Face folder: config.json + model.safetensors */
+    char rb[4096];
+    const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
+    if (qs_cmd_is_lm_path(path)) { /* a Hugging Face folder: config.json + model.safetensors */
         if (act_given)
             return qs_errf(e, "load model: act= applies to MLP state dicts, not to %s", argv[0]);
-        return qs_cmd_lm_load_model(c, argv[0], e);
+        return qs_cmd_lm_load_model(c, argv[0], path, e);
     }
     struct qs_mlp *m;
-    if (qs_mlp_load(argv[0], act, act_given, &m, e) < 0)
+    if (qs_mlp_load(path, act, act_given, &m, e) < 0)
         return -1;
-    if (qs_bench_set_model(c->b, m, argv[0], e) < 0)
+    /* the new model is set up in a stage with the CSV data (token data belongs to transformers
+     * and goes): if its split metadata or a rule fails on it, the old model stays */
+    int keep = c->b->data ? QS_KEEP_DATA : 0;
+    struct qs_bench *st = qs_bench_stage(c->b, keep);
+    if (!st) {
+        qs_mlp_free(m);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_model(st, m, path, e) < 0) {
+        qs_bench_abort(c->b, st, keep);
         return -1;
+    }
+    qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load model %s%s%s", qs_quote(argv[0], q, sizeof q),
              act_given ? " act=" : "",
@@ -84,16 +108,27 @@ static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (!(label = qs_opt_value(argv[i], "label")))
             return qs_errf(e, "load data: unknown option '%s' (expected label=...)", argv[i]);
     }
+    char rb[4096];
+    const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
     if (c->b->lm) { /* token data: .txt (bytes), nanoGPT or llm.c .bin */
         if (label)
             return qs_errf(e, "load data: label= applies to CSV data, not to token files");
-        return qs_cmd_lm_load_data(c, argv[0], e);
+        return qs_cmd_lm_load_data(c, argv[0], path, e);
     }
     struct qs_dataset *d;
-    if (qs_dataset_load_csv(argv[0], label, &d, e) < 0)
+    if (qs_dataset_load_csv(path, label, &d, e) < 0)
         return -1;
-    if (qs_bench_set_data(c->b, d, argv[0], e) < 0)
+    /* the new data is split in a stage holding the model: a failure keeps the old data */
+    struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_MODEL);
+    if (!st) {
+        qs_dataset_free(d);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_data(st, d, path, e) < 0) {
+        qs_bench_abort(c->b, st, QS_KEEP_MODEL);
         return -1;
+    }
+    qs_bench_commit(c->b, st);
     char q[600], ql[300];
     snprintf(c->canon, sizeof c->canon, "load data %s%s%s", qs_quote(argv[0], q, sizeof q),
              label ? " label=" : "", label ? qs_quote(label, ql, sizeof ql) : "");
@@ -327,6 +362,10 @@ static int train_cb(void *u, int epoch, double loss, double acc)
 static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    if (b->lm)
+        return qs_errf(e, "train: training transformers is not supported yet; train fits an MLP "
+                          "to CSV data (start with --no-default or load an MLP, then load data "
+                          "PATH.csv)");
     if (!b->data)
         return qs_errf(e, "train: no data loaded (load data PATH)");
     struct qs_train_opts o = {.epochs = 100, .batch = 64, .lr = 1e-3, .weight_decay = 0.0,
@@ -380,6 +419,12 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         sizes[ns++] = (int)lv;
     }
     sizes[ns++] = b->data->nclass;
+    if (out) { /* an unwritable out= fails now, not after the training */
+        qs_outfile of;
+        if (qs_out_open(&of, out, e) < 0)
+            return qs_err_prefix(e, "train out=");
+        qs_out_abort(&of);
+    }
     qs_rng rng;
     qs_rng_seed(&rng, o.seed ^ 0x5eedULL);
     struct qs_mlp *m;
@@ -417,17 +462,28 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
              "hidden=%s epochs=%d batch=%d lr=%.9g wd=%.9g act=%s seed=%llu", hidden, o.epochs,
              o.batch, o.lr, o.weight_decay, qs_act_name(act), (unsigned long long)o.seed);
     qs_mlp_set_meta(m, "qscope.train", canon_opts);
-    if (qs_bench_set_model(b, m, out, e) < 0)
-        return -1;
+    /* The trained model replaces the current one only when it is evaluated and written: it is
+     * set up in a stage holding the data, and a failure (a rule that fails on it, the write)
+     * leaves the old model, its rules and corrections as they were. */
+    struct qs_bench *st = qs_bench_stage(b, QS_KEEP_DATA);
+    if (!st) {
+        qs_mlp_free(m);
+        return qs_errf(e, "out of memory");
+    }
     struct qs_eval ev;
-    if (qs_bench_eval(b, &ev, e) < 0)
+    if (qs_bench_set_model(st, m, out, e) < 0 || qs_bench_eval(st, &ev, e) < 0) {
+        qs_bench_abort(b, st, QS_KEEP_DATA);
         return -1;
+    }
     snprintf(buf, sizeof buf, "%.9g", ev.f.acc);
-    qs_mlp_set_meta(b->model, "qscope.test_acc", buf);
+    qs_mlp_set_meta(m, "qscope.test_acc", buf);
     snprintf(buf, sizeof buf, "%.9g", ev.f.loss);
-    qs_mlp_set_meta(b->model, "qscope.test_loss", buf);
-    if (out && qs_mlp_save(b->model, out, e) < 0)
+    qs_mlp_set_meta(m, "qscope.test_loss", buf);
+    if (out && qs_mlp_save(m, out, e) < 0) {
+        qs_bench_abort(b, st, QS_KEEP_DATA);
         return -1;
+    }
+    qs_bench_commit(b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "train %s%s%s", canon_opts, out ? " out=" : "",
              out ? qs_quote(out, q, sizeof q) : "");

@@ -24,11 +24,22 @@ static const char *family_name(const struct qs_lm *m)
     return m->family == QS_LM_GPT2 ? "gpt2" : "llama";
 }
 
-int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, qs_err *e)
+int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
 {
     struct qs_lm *m;
-    if (qs_lm_load(path, &m, e) < 0 || qs_bench_set_lm(c->b, m, path, e) < 0)
+    if (qs_lm_load(file, &m, e) < 0)
         return -1;
+    /* staged with the token data (kept if it fits the new model; CSV data goes) */
+    struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_TOKENS);
+    if (!st) {
+        qs_lm_free(m);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_lm(st, m, file, e) < 0) {
+        qs_bench_abort(c->b, st, QS_KEEP_TOKENS);
+        return -1;
+    }
+    qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load model %s", qs_quote(path, q, sizeof q));
     cJSON *o = cJSON_CreateObject();
@@ -47,11 +58,21 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, qs_err *e)
     return 0;
 }
 
-int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, qs_err *e)
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
 {
     struct qs_tokens *tk;
-    if (qs_tokens_load(path, &tk, e) < 0 || qs_bench_set_tokens(c->b, tk, path, e) < 0)
+    if (qs_tokens_load(file, &tk, e) < 0)
         return -1;
+    struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_MODEL);
+    if (!st) {
+        qs_tokens_free(tk);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_tokens(st, tk, file, e) < 0) {
+        qs_bench_abort(c->b, st, QS_KEEP_MODEL);
+        return -1;
+    }
+    qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load data %s", qs_quote(path, q, sizeof q));
     size_t off;

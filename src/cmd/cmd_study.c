@@ -668,36 +668,16 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static const char *const bundled[] = {"digits", "moons", "spirals", "xor", "circles"};
 
-/* The bundled model NAME: datasets/models/NAME-mlp.safetensors under the working directory,
- * $QSCOPE_HOME, or the executable's folder. */
+/* The bundled model NAME, named as in the bundle (datasets/models/NAME-mlp.safetensors) after
+ * checking that qs_bundle_path finds it; the study resolves it the same way, wherever qscope
+ * is installed, and its results name it the same from any folder. */
 static int bundled_path(const char *name, char *buf, size_t n, qs_err *e)
 {
-    char cand[3][PATH_MAX];
-    int nc = 0;
-    snprintf(cand[nc++], sizeof cand[0], "datasets/models/%s-mlp.safetensors", name);
-    const char *home = getenv("QSCOPE_HOME");
-    if (home && home[0])
-        snprintf(cand[nc++], sizeof cand[0], "%s/datasets/models/%s-mlp.safetensors", home, name);
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len > 0) {
-        exe[len] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = 0;
-            snprintf(cand[nc++], sizeof cand[0], "%.*s/datasets/models/%s-mlp.safetensors",
-                     PATH_MAX - 64, exe, name);
-        }
-    }
-    for (int i = 0; i < nc; i++)
-        if (access(cand[i], R_OK) == 0) {
-            snprintf(buf, n, "%s", cand[i]);
-            return 0;
-        }
-    return qs_errf(e,
-                   "study q1: the bundled model %s-mlp.safetensors is not under datasets/models "
-                   "(working directory, $QSCOPE_HOME or beside qscope)",
-                   name);
+    char found[4096];
+    snprintf(buf, n, "datasets/models/%s-mlp.safetensors", name);
+    if (qs_bundle_path(buf, found, sizeof found, e) < 0)
+        return qs_err_prefix(e, "study q1");
+    return 0;
 }
 
 static const char *base_name(const char *p, char *buf, size_t n)
@@ -734,14 +714,14 @@ static void stats_row(struct qs_sb *t, const char *name, const struct qs_q1_stat
 static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
-    const char *gran = "tensor", *csv = NULL;
+    const char *gran = "tensor", *csv = NULL, *models_given = NULL;
     struct qs_q1_opts o;
     memset(&o, 0, sizeof o);
     o.top_frac = 0.1;
     for (int i = 0; i < argc; i++) {
         const char *v;
         if ((v = qs_opt_value(argv[i], "models")))
-            models = v;
+            models = models_given = v;
         else if ((v = qs_opt_value(argv[i], "seeds")))
             seeds = v;
         else if ((v = qs_opt_value(argv[i], "prec")))
@@ -778,6 +758,12 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const char *mp[MAXM];
     int nm = 0;
     if (!strcmp(models, "bundled")) {
+        /* by default the study is over the bundled MLPs, which is not what a user looking at
+         * a transformer expects: say so rather than study something else silently */
+        if (c->b->lm && !models_given)
+            return qs_errf(e, "study q1 works on MLPs for now and the loaded model is a "
+                              "transformer: name the MLPs with models=PATH,... (models=bundled: "
+                              "the bundled ones) or load an MLP");
         for (int k = 0; k < 5; k++) {
             if (bundled_path(bundled[k], paths[nm], sizeof paths[nm], e) < 0)
                 return -1;

@@ -18,6 +18,12 @@ int qs_script_resolve(const struct qs_ctx *c, const char *path, char *buf, size_
         w = snprintf(buf, n, "%s", path);
     if (w < 0 || (size_t)w >= n)
         return qs_errf(e, "%.200s...: path too long (over %zu characters)", path, n - 1);
+    /* not there: a bundled script (sessions/...) wherever qscope is installed */
+    if (path[0] != '/' && access(buf, F_OK) != 0) {
+        char rb[4096];
+        if (qs_bundle_path(path, rb, sizeof rb, NULL) == 0 && strlen(rb) < n)
+            snprintf(buf, n, "%s", rb);
+    }
     return 0;
 }
 

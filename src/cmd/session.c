@@ -382,6 +382,9 @@ static int cmp_str(const void *a, const void *b)
 int qs_session_hash_path(const char *path, char hex[65], qs_err *e)
 {
     struct stat st;
+    char rb[PATH_MAX]; /* a relative path names the file `load model/data` found for it */
+    if (path[0] != '/' && qs_bundle_path(path, rb, sizeof rb, NULL) == 0)
+        path = rb;
     if (stat(path, &st) < 0)
         return qs_errf(e, "%s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) /* a FIFO would block the hash */
@@ -713,6 +716,9 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
         if (hf == 1) {
             qs_err he = {{0}};
             struct stat st;
+            char rb[PATH_MAX]; /* a bundled file resolves as `load model/data` resolve it */
+            if (fpath[0] != '/' && qs_bundle_path(fpath, rb, sizeof rb, NULL) == 0)
+                snprintf(fpath, sizeof fpath, "%s", rb);
             if (stat(fpath, &st) < 0) {
                 qs_note(c, "%s:%d: %s %s is missing (%s); refusing to replay", path, i + 1, kind,
                         fpath, strerror(errno));
