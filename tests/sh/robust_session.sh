@@ -107,9 +107,11 @@ sed -n '/^restored/,$p' "$T/o5d" | grep -q ' int6 '
 check recover_second_of_two $? "$(tr '\n' '|' <"$T/o5d" | head -c 400)"
 printf 'recover\n' | XDG_STATE_HOME=$S timeout 20 $Q --repl --no-default 2>&1 | grep -q 'nothing to recover'
 check recovered_not_offered_again $?
-# a recover that partly fails keeps the journal (relative paths from another folder)
-journal 3 "load model $MODEL" "load data $DATA" "quant * int5" >"$S/qscope/journal.qs"
-(cd "$T" && printf 'recover\n' | XDG_STATE_HOME=$S timeout 20 "$Q" --repl --no-default >"$T/o5e" 2>&1)
+# a recover that partly fails keeps the journal (relative paths from another folder; not
+# bundled files, which resolve from anywhere)
+mkdir -p "$T/own" "$T/elsewhere" && cp "$MODEL" "$T/own/m.safetensors" && cp "$DATA" "$T/own/d.csv"
+journal 3 "load model own/m.safetensors" "load data own/d.csv" "quant * int5" >"$S/qscope/journal.qs"
+(cd "$T/elsewhere" && printf 'recover\n' | XDG_STATE_HOME=$S timeout 20 "$Q" --repl --no-default >"$T/o5e" 2>&1)
 grep -q 'could not be restored' "$T/o5e" && grep -q "the journal is kept" "$T/o5e" &&
   ls "$S/qscope"/unclean-*.qs >/dev/null 2>&1
 check partial_recover_keeps_journal $? "$(tr '\n' '|' <"$T/o5e" | head -c 400)"
