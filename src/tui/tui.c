@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -748,20 +749,31 @@ static void dirty_all(struct tui *t)
 
 /* ---- screenshot --------------------------------------------------------------------------- */
 
+/* Prefixes e's message with "screenshot: " (the message names the file and the error). */
+static int screenshot_err(qs_err *e)
+{
+    char m[QS_ERRLEN];
+    snprintf(m, sizeof m, "%s", e->msg);
+    return qs_errf(e, "screenshot: %s", m);
+}
+
 /* Writes the screen as text, one line per row, trailing blanks removed (read back from curses'
- * idea of the physical screen, so overlays and the prompt are included). */
+ * idea of the physical screen, so overlays and the prompt are included). The file is replaced
+ * only when the whole screen was written (qs_outfile: a device is written in place). */
 static int dump_screen(const char *path, qs_err *e)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return qs_errf(e, "screenshot: cannot write '%s': %s", path, strerror(errno));
     cchar_t *cells = calloc((size_t)COLS + 1, sizeof *cells);
     char *line = malloc((size_t)COLS * MB_LEN_MAX + 1);
     if (!cells || !line) {
         free(cells);
         free(line);
-        fclose(f);
         return qs_errf(e, "out of memory");
+    }
+    qs_outfile o;
+    if (qs_out_open(&o, path, e) < 0) {
+        free(cells);
+        free(line);
+        return screenshot_err(e);
     }
     for (int y = 0; y < LINES; y++) {
         int n = mvwin_wchnstr(curscr, y, 0, cells, COLS);
@@ -784,13 +796,29 @@ static int dump_screen(const char *path, qs_err *e)
                 keep = len;
         }
         line[keep] = 0;
-        fprintf(f, "%s\n", line);
+        fprintf(o.f, "%s\n", line);
     }
     free(cells);
     free(line);
-    if (fclose(f) != 0)
-        return qs_errf(e, "screenshot: cannot write '%s': %s", path, strerror(errno));
+    if (qs_out_commit(&o, e) < 0)
+        return screenshot_err(e);
     return 0;
+}
+
+/* Takes a size change that the terminal already has but curses has not been told of yet (its
+ * SIGWINCH still on the way, or not yet read back as KEY_RESIZE), so that what is drawn next -
+ * a screenshot above all - has the terminal's real size. LINES/COLUMNS in the environment
+ * override the terminal's size in curses: then there is nothing to take. */
+static void sync_size(struct tui *t)
+{
+    struct winsize ws;
+    if (getenv("LINES") || getenv("COLUMNS") || ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) < 0 ||
+        ws.ws_row == 0 || ws.ws_col == 0)
+        return;
+    if (ws.ws_row != LINES || ws.ws_col != COLS) {
+        resize_term(ws.ws_row, ws.ws_col);
+        t->relayout = 1;
+    }
 }
 
 static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -803,6 +831,7 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                           "scripts run in the worker)");
     if (argc != 1)
         return qs_errf(e, "usage: screenshot PATH");
+    sync_size(t); /* the screen as it is now, laid out for its current size */
     redraw(t);
     if (dump_screen(argv[0], e) < 0)
         return -1;
@@ -811,8 +840,9 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "path", argv[0]);
     cJSON_AddNumberToObject(o, "rows", LINES);
     cJSON_AddNumberToObject(o, "cols", COLS);
-    char txt[600];
-    snprintf(txt, sizeof txt, "screenshot %s (%dx%d)", argv[0], COLS, LINES);
+    char txt[600], pb[400];
+    snprintf(txt, sizeof txt, "screenshot %s (%dx%d)", qs_clean_str(argv[0], pb, sizeof pb, 0),
+             COLS, LINES);
     qs_emit(c, o, txt);
     return 0;
 }
@@ -1666,8 +1696,12 @@ int qs_tui_run(struct qs_ctx *c)
             break;
         if (fds[1].revents & POLLIN) {
             char buf[256];
-            while (read(t->wake_r, buf, sizeof buf) > 0)
-                ;
+            ssize_t k;
+            int winch = 0;
+            while ((k = read(t->wake_r, buf, sizeof buf)) > 0)
+                winch |= memchr(buf, 'w', (size_t)k) != NULL;
+            if (winch) /* now, even if keys typed before the resize are still to be read */
+                sync_size(t);
         }
         if (g_sigint) {
             g_sigint = 0;
