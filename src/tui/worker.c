@@ -49,8 +49,8 @@ static wchar_t *widen(const char *s, size_t len)
             wc = (unsigned char)s[i] < 0x80 && s[i] ? (wchar_t)s[i] : L'?';
             k = 1;
         }
-        if (wc < 32 || wc == 127)
-            wc = L' ';
+        if (wc < 32 || wc == 127) /* a tab is a blank; other controls show (from files) */
+            wc = wc == L'\t' ? L' ' : L'?';
         w[n++] = wc;
         i += k;
     }
