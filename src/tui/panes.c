@@ -564,7 +564,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
             continue;
         const struct tui_ablation *ab = NULL;
         for (int k = 0; k < s->nabl; k++)
-            if (!strcmp(s->abl[k].layer, r->name))
+            if (s->abl[k].layer == i)
                 ab = &s->abl[k];
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");

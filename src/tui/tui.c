@@ -15,6 +15,7 @@
 #include <locale.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1168,13 +1169,42 @@ static int format_bits(const char *name)
     return f.bits;
 }
 
-/* Layer names are plain words; quote anything else so the tokenizer keeps it whole. */
-static void layer_word(const char *name, char *buf, size_t n)
+/* A layer name as one word of a command line: plain names as they are, anything else quoted
+ * and escaped (qs_quote) so the tokenizer gives back the exact name. Returns a new string
+ * (NULL when out of memory); a name of any length is kept whole. */
+static char *layer_word(const char *name)
 {
-    if (strpbrk(name, " \t'\"\\#;*?[") == NULL)
+    size_t n = 2 * strlen(name) + 3;
+    char *buf = malloc(n);
+    if (!buf)
+        return NULL;
+    if (name[0] && strpbrk(name, " \t\n'\"\\#;*?[") == NULL)
         snprintf(buf, n, "%s", name);
     else
-        snprintf(buf, n, "'%s'", name);
+        qs_quote(name, buf, n);
+    return buf;
+}
+
+/* Runs "VERB LAYER REST" (REST printf-style, may be ""), the layer as one word (layer_word). */
+static void run_key_command(struct tui *t, const char *cmd);
+static void run_layer_command(struct tui *t, const char *verb, const char *layer,
+                              const char *rest, ...) __attribute__((format(printf, 4, 5)));
+static void run_layer_command(struct tui *t, const char *verb, const char *layer,
+                              const char *rest, ...)
+{
+    char *lw = layer_word(layer);
+    if (!lw)
+        return;
+    struct qs_sb sb = {0};
+    qs_sb_printf(&sb, "%s %s", verb, lw);
+    va_list ap;
+    va_start(ap, rest);
+    qs_sb_vprintf(&sb, rest, ap);
+    va_end(ap);
+    if (sb.s)
+        run_key_command(t, sb.s);
+    qs_sb_free(&sb);
+    free(lw);
 }
 
 static const struct tui_row *sel_row(struct tui *t)
@@ -1198,9 +1228,8 @@ static void key_bits(struct tui *t, int dir)
         return;
     /* the role to change: the weights, or the activations of an activation-only layer */
     const char *desc = strcmp(r->wf, "float") || !strcmp(r->af, "float") ? r->wf : r->af;
-    char name[48], gran[48], lw[80], cmd[256];
+    char name[48], gran[48];
     split_desc(desc, name, sizeof name, gran, sizeof gran);
-    layer_word(r->name, lw, sizeof lw);
     int bits = format_bits(name), nb;
     if (strncmp(name, "int", 3) || !gran[0])
         snprintf(gran, sizeof gran, " gran=channel");
@@ -1218,10 +1247,9 @@ static void key_bits(struct tui *t, int dir)
         return;
     }
     if (nb > 8)
-        snprintf(cmd, sizeof cmd, "quant %s none", lw);
+        run_layer_command(t, "quant", r->name, " none");
     else
-        snprintf(cmd, sizeof cmd, "quant %s int%d%s", lw, nb, gran);
-    run_key_command(t, cmd);
+        run_layer_command(t, "quant", r->name, " int%d%s", nb, gran);
 }
 
 static void key_cycle(struct tui *t, int dir)
@@ -1229,7 +1257,7 @@ static void key_cycle(struct tui *t, int dir)
     const struct tui_row *r = sel_row(t);
     if (!r)
         return;
-    char name[48], gran[48], lw[80], cmd[256];
+    char name[48], gran[48];
     split_desc(r->wf, name, sizeof name, gran, sizeof gran);
     if (!strcmp(name, "float"))
         snprintf(name, sizeof name, "none");
@@ -1239,21 +1267,15 @@ static void key_cycle(struct tui *t, int dir)
             k = i;
     k = k < 0 ? (dir > 0 ? 0 : NCYCLE - 1) : (k + dir + NCYCLE) % NCYCLE;
     const char *f = cycle_formats[k];
-    layer_word(r->name, lw, sizeof lw);
     int chan = !strncmp(f, "int", 3) || !strncmp(f, "fp8", 3);
-    snprintf(cmd, sizeof cmd, "quant %s %s%s", lw, f, chan ? " gran=channel" : "");
-    run_key_command(t, cmd);
+    run_layer_command(t, "quant", r->name, " %s%s", f, chan ? " gran=channel" : "");
 }
 
-static void key_layer_cmd(struct tui *t, const char *fmt)
+static void key_layer_cmd(struct tui *t, const char *verb)
 {
     const struct tui_row *r = sel_row(t);
-    if (!r)
-        return;
-    char lw[80], cmd[256];
-    layer_word(r->name, lw, sizeof lw);
-    snprintf(cmd, sizeof cmd, fmt, lw);
-    run_key_command(t, cmd);
+    if (r)
+        run_layer_command(t, verb, r->name, "%s", "");
 }
 
 /* c: the default correction, LoRC at rank 4, or the largest rank the layer holds when it is
@@ -1264,9 +1286,7 @@ static void key_correct(struct tui *t)
     if (!r)
         return;
     int mn = r->in < r->out ? r->in : r->out, rank = mn < 4 ? mn : 4;
-    char fmt[64];
-    snprintf(fmt, sizeof fmt, "correct %%s lowrank r=%d", rank < 1 ? 1 : rank);
-    key_layer_cmd(t, fmt);
+    run_layer_command(t, "correct", r->name, " lowrank r=%d", rank < 1 ? 1 : rank);
 }
 
 static void select_layer(struct tui *t, int d)
@@ -1424,13 +1444,13 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
         key_correct(t);
         break;
     case 'u':
-        key_layer_cmd(t, "uncorrect %s");
+        key_layer_cmd(t, "uncorrect");
         break;
     case 'a':
-        key_layer_cmd(t, "ablate %s");
+        key_layer_cmd(t, "ablate");
         break;
     case 's':
-        key_layer_cmd(t, "spectrum %s");
+        key_layer_cmd(t, "spectrum");
         break;
     case 'e':
         run_key_command(t, "error");

@@ -336,7 +336,7 @@ n = struct.unpack('<Q', b[:8])[0]
 h = json.loads(b[8:8 + n])
 names = h['__metadata__']['qscope.layers'].split(',')
 evil = {names[0]: names[0] + '\x1b]2;PWNED\x07', names[1]: names[1] + '\u009d2;PWNED\u009c',
-        names[-1]: names[-1] + '\x1b[31mRED'}
+        names[-1]: names[-1] + "'s \x1b[31mRED"}
 out = {}
 for k, v in h.items():
     if k == '__metadata__':
@@ -361,10 +361,21 @@ if wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30; then
   sc=$(screen "$s")
   title=$(T display-message -p -t "$s" '#{pane_title}')
   if grep -qE "${LAYERS[0]}\?\]2;PWNED\?" <<<"$sc" && grep -qE "${LAYERS[1]}\?2;PWNED\?" <<<"$sc" &&
+     grep -qF "${LAYERS[-1]}'s ?[31mRED" <<<"$sc" &&
      grep -qF "evil = ?]2;PWNED??2;PWNED?" <<<"$sc" && [ "${title#*PWNED}" = "$title" ]; then
     pass "file-strings-drawn-safe"
   else
     fail "file-strings-drawn-safe" "pane title: $title" "$sc"
+  fi
+  # a key on a layer whose name needs quoting (a space, a quote, a control) runs on that layer
+  T send-keys -t "$s" j j j j j j j j j j j j j j j j # to the last layer
+  wait_for "$s" ">${LAYERS[-1]}'s ?[31mRED" 5
+  T send-keys -t "$s" -- -
+  if wait_for "$s" "> quant \"${LAYERS[-1]}'s ?[31mRED\" int8 gran=channel" 10 && wait_idle "$s" &&
+     screen "$s" | grep -qE "^>${LAYERS[-1]}'s \?\[31mRED +int8/channel" && ! screen "$s" | grep -q "error:"; then
+    pass "key-on-quoted-layer-name"
+  else
+    fail "key-on-quoted-layer-name" "$(screen "$s")"
   fi
   mkfifo "$TMP/fifo"
   cmd "$s" "screenshot fifo"
