@@ -101,7 +101,7 @@ struct repl {
 
 /* The one REPL (signal handlers and readline callbacks carry no user pointer). */
 static struct repl *R;
-static volatile sig_atomic_t g_int;
+static volatile sig_atomic_t g_int, g_winch;
 static int g_int_w = -1;
 static struct qs_bench *g_bench;
 
@@ -117,13 +117,24 @@ static void on_sigint(int sig)
     }
 }
 
+/* A resize while the loop waits (readline's own handler is only in place while it reads). */
+static void on_sigwinch(int sig)
+{
+    (void)sig;
+    g_winch = 1;
+    if (g_int_w >= 0) {
+        ssize_t r = write(g_int_w, "w", 1);
+        (void)r;
+    }
+}
+
 /* Forgets a Ctrl-C that has been dealt with. */
 static void drain_interrupt(struct repl *r)
 {
+    g_int = 0; /* first: a Ctrl-C that lands in between keeps its flag */
     char buf[64];
     while (read(r->wake_r, buf, sizeof buf) > 0)
         ;
-    g_int = 0;
 }
 
 static void on_line(char *line);
@@ -270,12 +281,14 @@ static int repl_terminal(struct qs_ctx *c)
     g_int = 0;
     g_int_w = pfd[1];
     g_bench = c->b;
-    struct sigaction sa, old;
+    struct sigaction sa, old, oldw;
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_sigint;
     sa.sa_flags = SA_RESTART; /* file reads inside a command are not cut short */
     sigaction(SIGINT, &sa, &old);
+    sa.sa_handler = on_sigwinch;
+    sigaction(SIGWINCH, &sa, &oldw);
     rl_catch_signals = 0; /* SIGINT is ours; readline still follows window resizes */
     rl_callback_handler_install(REPL_PROMPT, on_line);
     while (!r->done) {
@@ -283,7 +296,16 @@ static int repl_terminal(struct qs_ctx *c)
         int n = poll(fds, 2, -1);
         if (n < 0 && errno != EINTR)
             break;
-        if (g_int) {
+        if (n > 0 && (fds[1].revents & POLLIN)) {
+            int winch = g_winch;
+            g_winch = 0;
+            char buf[64];
+            while (read(r->wake_r, buf, sizeof buf) > 0)
+                ;
+            if (winch)
+                rl_resize_terminal();
+        }
+        if (g_int) { /* after the drain above: its byte may have been taken, not its flag */
             interrupt_prompt(r);
             continue;
         }
@@ -294,6 +316,7 @@ static int repl_terminal(struct qs_ctx *c)
     }
     rl_callback_handler_remove();
     sigaction(SIGINT, &old, NULL);
+    sigaction(SIGWINCH, &oldw, NULL);
     g_bench = NULL;
     g_int_w = -1;
     close(pfd[0]);
