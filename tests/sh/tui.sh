@@ -4,8 +4,11 @@
 # session, resizing to 80x24 and back, Ctrl-C cancelling a long job, the help overlay, the 2-D
 # decision regions, `screenshot` against tmux's own capture, a whole-screen golden, and q (or a
 # fatal signal) restoring the terminal. Every check runs three times: UTF-8, LANG=C (ASCII
-# fallback) and NO_COLOR=1. Waits poll the screen for a marker with a timeout, never a fixed
-# sleep. Run from the repo root (or anywhere: it changes there). Prints PASS/FAIL lines.
+# fallback) and NO_COLOR=1. Then once: names from a hostile model file drawn as text, a key on a
+# layer whose name needs quoting, `screenshot` onto a FIFO / over a file / onto a device, and
+# the line REPL (--repl) in a terminal: Ctrl-C at the prompt and during a job, `quit` asking.
+# Waits poll the screen for a marker with a timeout, never a fixed sleep. Run from the repo
+# root (or anywhere: it changes there). Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
 Q=${QSCOPE_BIN:-./qscope} # QSCOPE_BIN=build-asan/qscope runs the same checks under ASan
