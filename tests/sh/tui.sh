@@ -392,7 +392,7 @@ if wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30; then
   ln "$TMP/old.shot" "$TMP/old.link" # a second name of the old file keeps the old contents
   cmd "$s" "screenshot old.shot"
   if wait_for "$s" "screenshot old.shot (100x30)" 10 && [ "$(cat "$TMP/old.link")" = old ] &&
-     [ "$(wc -l <"$TMP/old.shot")" = 30 ] && [ -z "$(ls "$TMP" | grep '\.tmp')" ]; then
+     [ "$(wc -l <"$TMP/old.shot")" = 30 ] && ! compgen -G "$TMP/old.shot.tmp*" >/dev/null; then
     pass "screenshot-replaces-by-rename"
   else
     fail "screenshot-replaces-by-rename" "$(ls -la "$TMP")" "$(screen "$s")"
