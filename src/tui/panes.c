@@ -7,21 +7,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <wctype.h>
 
 /* ---- text helpers ------------------------------------------------------------------------- */
 
-/* Writes at most n columns of the wide string s; returns the characters consumed. */
+/* Writes at most n columns of the wide string s; returns the characters consumed. Control
+ * characters (names and values from model files reach the panes) are drawn as '?': curses would
+ * move the cursor for \n \r \t \b, and a C1 control (U+0080..U+009F) must never reach a
+ * terminal that reads it as the start of an escape sequence. */
 static int put_wide(WINDOW *w, const wchar_t *s, int n)
 {
     int used = 0, i = 0;
     for (; s[i]; i++) {
-        int cw = wcwidth(s[i]);
+        wchar_t c = iswcntrl((wint_t)s[i]) || (s[i] >= 0x80 && s[i] < 0xa0) ? L'?' : s[i];
+        int cw = wcwidth(c);
         if (cw < 0)
             cw = 1;
         if (used + cw > n)
             break;
         if (cw > 0 || i > 0)
-            waddnwstr(w, &s[i], 1);
+            waddnwstr(w, &c, 1);
         used += cw;
     }
     return i;
@@ -35,8 +40,10 @@ void tui_put(WINDOW *w, const char *s, int n)
     wchar_t buf[512];
     size_t k = mbstowcs(buf, s, sizeof buf / sizeof *buf - 1);
     if (k == (size_t)-1) { /* undecodable: ASCII only */
-        for (size_t i = 0; i < len && (int)i < n; i++)
-            waddch(w, (chtype)((unsigned char)s[i] < 128 ? s[i] : '?'));
+        for (size_t i = 0; i < len && (int)i < n; i++) {
+            unsigned char ch = (unsigned char)s[i];
+            waddch(w, (chtype)(ch >= 32 && ch < 127 ? ch : '?'));
+        }
         return;
     }
     buf[k] = 0;
@@ -557,7 +564,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
             continue;
         const struct tui_ablation *ab = NULL;
         for (int k = 0; k < s->nabl; k++)
-            if (!strcmp(s->abl[k].layer, r->name))
+            if (s->abl[k].layer == i)
                 ab = &s->abl[k];
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");

@@ -15,9 +15,11 @@
 #include <locale.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -748,20 +750,31 @@ static void dirty_all(struct tui *t)
 
 /* ---- screenshot --------------------------------------------------------------------------- */
 
+/* Prefixes e's message with "screenshot: " (the message names the file and the error). */
+static int screenshot_err(qs_err *e)
+{
+    char m[QS_ERRLEN];
+    snprintf(m, sizeof m, "%s", e->msg);
+    return qs_errf(e, "screenshot: %s", m);
+}
+
 /* Writes the screen as text, one line per row, trailing blanks removed (read back from curses'
- * idea of the physical screen, so overlays and the prompt are included). */
+ * idea of the physical screen, so overlays and the prompt are included). The file is replaced
+ * only when the whole screen was written (qs_outfile: a device is written in place). */
 static int dump_screen(const char *path, qs_err *e)
 {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return qs_errf(e, "screenshot: cannot write '%s': %s", path, strerror(errno));
     cchar_t *cells = calloc((size_t)COLS + 1, sizeof *cells);
     char *line = malloc((size_t)COLS * MB_LEN_MAX + 1);
     if (!cells || !line) {
         free(cells);
         free(line);
-        fclose(f);
         return qs_errf(e, "out of memory");
+    }
+    qs_outfile o;
+    if (qs_out_open(&o, path, e) < 0) {
+        free(cells);
+        free(line);
+        return screenshot_err(e);
     }
     for (int y = 0; y < LINES; y++) {
         int n = mvwin_wchnstr(curscr, y, 0, cells, COLS);
@@ -784,13 +797,29 @@ static int dump_screen(const char *path, qs_err *e)
                 keep = len;
         }
         line[keep] = 0;
-        fprintf(f, "%s\n", line);
+        fprintf(o.f, "%s\n", line);
     }
     free(cells);
     free(line);
-    if (fclose(f) != 0)
-        return qs_errf(e, "screenshot: cannot write '%s': %s", path, strerror(errno));
+    if (qs_out_commit(&o, e) < 0)
+        return screenshot_err(e);
     return 0;
+}
+
+/* Takes a size change that the terminal already has but curses has not been told of yet (its
+ * SIGWINCH still on the way, or not yet read back as KEY_RESIZE), so that what is drawn next -
+ * a screenshot above all - has the terminal's real size. LINES/COLUMNS in the environment
+ * override the terminal's size in curses: then there is nothing to take. */
+static void sync_size(struct tui *t)
+{
+    struct winsize ws;
+    if (getenv("LINES") || getenv("COLUMNS") || ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) < 0 ||
+        ws.ws_row == 0 || ws.ws_col == 0)
+        return;
+    if (ws.ws_row != LINES || ws.ws_col != COLS) {
+        resize_term(ws.ws_row, ws.ws_col);
+        t->relayout = 1;
+    }
 }
 
 static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -803,6 +832,7 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                           "scripts run in the worker)");
     if (argc != 1)
         return qs_errf(e, "usage: screenshot PATH");
+    sync_size(t); /* the screen as it is now, laid out for its current size */
     redraw(t);
     if (dump_screen(argv[0], e) < 0)
         return -1;
@@ -811,8 +841,9 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "path", argv[0]);
     cJSON_AddNumberToObject(o, "rows", LINES);
     cJSON_AddNumberToObject(o, "cols", COLS);
-    char txt[600];
-    snprintf(txt, sizeof txt, "screenshot %s (%dx%d)", argv[0], COLS, LINES);
+    char txt[600], pb[400];
+    snprintf(txt, sizeof txt, "screenshot %s (%dx%d)", qs_clean_str(argv[0], pb, sizeof pb, 0),
+             COLS, LINES);
     qs_emit(c, o, txt);
     return 0;
 }
@@ -1138,13 +1169,42 @@ static int format_bits(const char *name)
     return f.bits;
 }
 
-/* Layer names are plain words; quote anything else so the tokenizer keeps it whole. */
-static void layer_word(const char *name, char *buf, size_t n)
+/* A layer name as one word of a command line: plain names as they are, anything else quoted
+ * and escaped (qs_quote) so the tokenizer gives back the exact name. Returns a new string
+ * (NULL when out of memory); a name of any length is kept whole. */
+static char *layer_word(const char *name)
 {
-    if (strpbrk(name, " \t'\"\\#;*?[") == NULL)
+    size_t n = 2 * strlen(name) + 3;
+    char *buf = malloc(n);
+    if (!buf)
+        return NULL;
+    if (name[0] && strpbrk(name, " \t\n'\"\\#;*?[") == NULL)
         snprintf(buf, n, "%s", name);
     else
-        snprintf(buf, n, "'%s'", name);
+        qs_quote(name, buf, n);
+    return buf;
+}
+
+/* Runs "VERB LAYER REST" (REST printf-style, may be ""), the layer as one word (layer_word). */
+static void run_key_command(struct tui *t, const char *cmd);
+static void run_layer_command(struct tui *t, const char *verb, const char *layer,
+                              const char *rest, ...) __attribute__((format(printf, 4, 5)));
+static void run_layer_command(struct tui *t, const char *verb, const char *layer,
+                              const char *rest, ...)
+{
+    char *lw = layer_word(layer);
+    if (!lw)
+        return;
+    struct qs_sb sb = {0};
+    qs_sb_printf(&sb, "%s %s", verb, lw);
+    va_list ap;
+    va_start(ap, rest);
+    qs_sb_vprintf(&sb, rest, ap);
+    va_end(ap);
+    if (sb.s)
+        run_key_command(t, sb.s);
+    qs_sb_free(&sb);
+    free(lw);
 }
 
 static const struct tui_row *sel_row(struct tui *t)
@@ -1168,9 +1228,8 @@ static void key_bits(struct tui *t, int dir)
         return;
     /* the role to change: the weights, or the activations of an activation-only layer */
     const char *desc = strcmp(r->wf, "float") || !strcmp(r->af, "float") ? r->wf : r->af;
-    char name[48], gran[48], lw[80], cmd[256];
+    char name[48], gran[48];
     split_desc(desc, name, sizeof name, gran, sizeof gran);
-    layer_word(r->name, lw, sizeof lw);
     int bits = format_bits(name), nb;
     if (strncmp(name, "int", 3) || !gran[0])
         snprintf(gran, sizeof gran, " gran=channel");
@@ -1188,10 +1247,9 @@ static void key_bits(struct tui *t, int dir)
         return;
     }
     if (nb > 8)
-        snprintf(cmd, sizeof cmd, "quant %s none", lw);
+        run_layer_command(t, "quant", r->name, " none");
     else
-        snprintf(cmd, sizeof cmd, "quant %s int%d%s", lw, nb, gran);
-    run_key_command(t, cmd);
+        run_layer_command(t, "quant", r->name, " int%d%s", nb, gran);
 }
 
 static void key_cycle(struct tui *t, int dir)
@@ -1199,7 +1257,7 @@ static void key_cycle(struct tui *t, int dir)
     const struct tui_row *r = sel_row(t);
     if (!r)
         return;
-    char name[48], gran[48], lw[80], cmd[256];
+    char name[48], gran[48];
     split_desc(r->wf, name, sizeof name, gran, sizeof gran);
     if (!strcmp(name, "float"))
         snprintf(name, sizeof name, "none");
@@ -1209,21 +1267,15 @@ static void key_cycle(struct tui *t, int dir)
             k = i;
     k = k < 0 ? (dir > 0 ? 0 : NCYCLE - 1) : (k + dir + NCYCLE) % NCYCLE;
     const char *f = cycle_formats[k];
-    layer_word(r->name, lw, sizeof lw);
     int chan = !strncmp(f, "int", 3) || !strncmp(f, "fp8", 3);
-    snprintf(cmd, sizeof cmd, "quant %s %s%s", lw, f, chan ? " gran=channel" : "");
-    run_key_command(t, cmd);
+    run_layer_command(t, "quant", r->name, " %s%s", f, chan ? " gran=channel" : "");
 }
 
-static void key_layer_cmd(struct tui *t, const char *fmt)
+static void key_layer_cmd(struct tui *t, const char *verb)
 {
     const struct tui_row *r = sel_row(t);
-    if (!r)
-        return;
-    char lw[80], cmd[256];
-    layer_word(r->name, lw, sizeof lw);
-    snprintf(cmd, sizeof cmd, fmt, lw);
-    run_key_command(t, cmd);
+    if (r)
+        run_layer_command(t, verb, r->name, "%s", "");
 }
 
 /* c: the default correction, LoRC at rank 4, or the largest rank the layer holds when it is
@@ -1234,9 +1286,7 @@ static void key_correct(struct tui *t)
     if (!r)
         return;
     int mn = r->in < r->out ? r->in : r->out, rank = mn < 4 ? mn : 4;
-    char fmt[64];
-    snprintf(fmt, sizeof fmt, "correct %%s lowrank r=%d", rank < 1 ? 1 : rank);
-    key_layer_cmd(t, fmt);
+    run_layer_command(t, "correct", r->name, " lowrank r=%d", rank < 1 ? 1 : rank);
 }
 
 static void select_layer(struct tui *t, int d)
@@ -1394,13 +1444,13 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
         key_correct(t);
         break;
     case 'u':
-        key_layer_cmd(t, "uncorrect %s");
+        key_layer_cmd(t, "uncorrect");
         break;
     case 'a':
-        key_layer_cmd(t, "ablate %s");
+        key_layer_cmd(t, "ablate");
         break;
     case 's':
-        key_layer_cmd(t, "spectrum %s");
+        key_layer_cmd(t, "spectrum");
         break;
     case 'e':
         run_key_command(t, "error");
@@ -1666,8 +1716,12 @@ int qs_tui_run(struct qs_ctx *c)
             break;
         if (fds[1].revents & POLLIN) {
             char buf[256];
-            while (read(t->wake_r, buf, sizeof buf) > 0)
-                ;
+            ssize_t k;
+            int winch = 0;
+            while ((k = read(t->wake_r, buf, sizeof buf)) > 0)
+                winch |= memchr(buf, 'w', (size_t)k) != NULL;
+            if (winch) /* now, even if keys typed before the resize are still to be read */
+                sync_size(t);
         }
         if (g_sigint) {
             g_sigint = 0;

@@ -37,7 +37,8 @@ enum tui_pane {
 /* ---- the snapshot: everything the panes draw, copied out of the bench by the worker ------ */
 
 struct tui_row {
-    char name[64], shape[24], act[12], wf[48], af[48], corr[48];
+    char *name; /* owned by the snapshot: any length, as the model has it */
+    char shape[24], act[12], wf[48], af[48], corr[48];
     double bpw, w_rel_err, snr_db, preact_rel_mse;
     int quantized;   /* weights or activations quantized */
     int has_err;     /* snr/preact set */
@@ -52,7 +53,8 @@ struct tui_row {
 };
 
 struct tui_ablation {
-    char layer[64], method[16], verdict[16];
+    int layer; /* index in the model the ablation was run on */
+    char method[16], verdict[16];
     double f, q, qc, fc; /* test accuracies */
 };
 

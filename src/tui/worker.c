@@ -49,8 +49,8 @@ static wchar_t *widen(const char *s, size_t len)
             wc = (unsigned char)s[i] < 0x80 && s[i] ? (wchar_t)s[i] : L'?';
             k = 1;
         }
-        if (wc < 32 || wc == 127)
-            wc = L' ';
+        if (wc < 32 || wc == 127) /* a tab is a blank; other controls show (from files) */
+            wc = wc == L'\t' ? L' ' : L'?';
         w[n++] = wc;
         i += k;
     }
@@ -110,10 +110,10 @@ void tui_log_add(struct tui_shared *sh, int kind, const char *text)
 
 /* ---- callbacks installed on the context --------------------------------------------------- */
 
-static void abl_forget(struct tui_worker *w, const char *layer)
+static void abl_forget(struct tui_worker *w, int layer)
 {
     for (int i = 0; i < w->nabl; i++)
-        if (!strcmp(w->abl[i].layer, layer)) {
+        if (w->abl[i].layer == layer) {
             w->abl[i] = w->abl[--w->nabl];
             return;
         }
@@ -133,13 +133,21 @@ static void watch_result(struct tui_worker *w, const cJSON *obj)
     const cJSON *layer = cJSON_GetObjectItemCaseSensitive(obj, "layer");
     if (!cJSON_IsString(cmd) || !cJSON_IsString(layer))
         return;
+    /* this runs on the worker, which owns the bench while the job emits */
+    int li = qs_bench_layer_index(w->c->b, layer->valuestring);
+    if (li < 0)
+        return;
+    if (w->abl_model != (const void *)w->c->b->model) { /* ablations of an earlier model */
+        w->nabl = 0;
+        w->abl_model = w->c->b->model;
+    }
     if (!strcmp(cmd->valuestring, "correct")) {
-        abl_forget(w, layer->valuestring);
+        abl_forget(w, li);
         return;
     }
     if (strcmp(cmd->valuestring, "ablate"))
         return;
-    abl_forget(w, layer->valuestring);
+    abl_forget(w, li);
     if (w->nabl == w->capabl) {
         int cap = w->capabl ? 2 * w->capabl : 8;
         struct tui_ablation *a = realloc(w->abl, (size_t)cap * sizeof *a);
@@ -150,7 +158,7 @@ static void watch_result(struct tui_worker *w, const cJSON *obj)
     }
     struct tui_ablation *a = &w->abl[w->nabl++];
     memset(a, 0, sizeof *a);
-    snprintf(a->layer, sizeof a->layer, "%s", layer->valuestring);
+    a->layer = li;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(obj, "method");
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "verdict");
     snprintf(a->method, sizeof a->method, "%s", cJSON_IsString(m) ? m->valuestring : "?");
@@ -193,6 +201,8 @@ void tui_snap_free(struct tui_snap *s)
 {
     if (!s)
         return;
+    for (int i = 0; s->rows && i < s->nlayers; i++)
+        free(s->rows[i].name);
     free(s->rows);
     free(s->sv);
     free(s->ref);
@@ -214,7 +224,7 @@ static void snap_rows(struct qs_bench *b, struct tui_snap *s)
         qs_bench_unit(b, i, &unit);
         const struct qs_layer_state *ls = &b->ls[i];
         struct tui_row *r = &s->rows[i];
-        snprintf(r->name, sizeof r->name, "%s", l->name);
+        r->name = qs_strdup(l->name ? l->name : "?");
         snprintf(r->shape, sizeof r->shape, "%dx%d", l->out, l->in);
         snprintf(r->act, sizeof r->act, "%s", b->model ? qs_act_name(b->model->layers[i].act) : "-");
         r->in = l->in;
@@ -451,8 +461,8 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     /* ablations of layers that still have their correction */
     s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
     for (int k = 0; s->abl && k < w->nabl; k++) {
-        int i = qs_bench_layer_index(b, w->abl[k].layer);
-        if (i >= 0 && b->ls[i].corr.method != QS_CORR_NONE)
+        int i = w->abl[k].layer;
+        if (i >= 0 && i < s->nlayers && b->ls[i].corr.method != QS_CORR_NONE)
             s->abl[s->nabl++] = w->abl[k];
     }
     if (!b->data) {

@@ -4,8 +4,11 @@
 # session, resizing to 80x24 and back, Ctrl-C cancelling a long job, the help overlay, the 2-D
 # decision regions, `screenshot` against tmux's own capture, a whole-screen golden, and q (or a
 # fatal signal) restoring the terminal. Every check runs three times: UTF-8, LANG=C (ASCII
-# fallback) and NO_COLOR=1. Waits poll the screen for a marker with a timeout, never a fixed
-# sleep. Run from the repo root (or anywhere: it changes there). Prints PASS/FAIL lines.
+# fallback) and NO_COLOR=1. Then once: names from a hostile model file drawn as text, a key on a
+# layer whose name needs quoting, `screenshot` onto a FIFO / over a file / onto a device, and
+# the line REPL (--repl) in a terminal: Ctrl-C at the prompt and during a job, `quit` asking.
+# Waits poll the screen for a marker with a timeout, never a fixed sleep. Run from the repo
+# root (or anywhere: it changes there). Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
 Q=${QSCOPE_BIN:-./qscope} # QSCOPE_BIN=build-asan/qscope runs the same checks under ASan
@@ -129,6 +132,25 @@ titles_ok() { # SESSION [extra title]
   done
   [ -z "$missing" ] || { echo "missing titles:$missing"; return 1; }
 }
+# The panes' key hint on the last row; qscope clips it to the terminal's width minus one column.
+HINT=": command  ? help  q quit  j/k layer  +/- bits  f format  c correct  a ablate  Tab focus  z zoom"
+# wait_layout SESSION W H [SECONDS]: back in the panes, polls until qscope itself has drawn its
+# layout for a WxH terminal: the hint, clipped to W-1 columns, on row H. A screen of the new size
+# is not enough: tmux resizes its own grid at once, but tells the program (the pty's size and
+# SIGWINCH) up to 250 ms later (its resize timer), so for a while the grid still holds the old
+# layout, and a command typed then runs at the old size.
+wait_layout() {
+  local s=$1 w=$2 h=$3 n=$(( ${4:-15} * 20 )) want sc
+  want=${HINT:0:$((w - 1))}
+  want=${want%"${want##*[! ]}"}
+  esc "$s"
+  for ((i = 0; i < n; i++)); do
+    sc=$(screen "$s")
+    [ "$(wc -l <<<"$sc")" = "$h" ] && [ "$(sed -n "${h}p" <<<"$sc" | sed 's/ *$//')" = "$want" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 task_line() { screen "$1" | grep -oE '(bits/weight|quant +[0-9.]+ +[0-9.]+)' | tr '\n' ' '; }
 
 VARIANTS=("utf8:LANG=C.UTF-8 LC_ALL=C.UTF-8" "ascii:LANG=C LC_ALL=C" "nocolor:LANG=C.UTF-8 LC_ALL=C.UTF-8 NO_COLOR=1")
@@ -179,18 +201,24 @@ for v in "${VARIANTS[@]}"; do
     fail "$tag.key-binding-journaled" "$(cat "$TMP/$tag.qs" 2>/dev/null)" "$(screen "$s")"
   fi
 
-  # 4. resize to 80x24 and back: every pane title stays visible
+  # 4. resize to 80x24 and back: qscope lays the panes out again (waited for: its own layout of
+  #    that size on screen), and every pane title stays visible
   T resize-window -t "$s" -x 80 -y 24
-  wait_for "$s" "7 Log" 5
+  lay_small=0; wait_layout "$s" 80 24 && lay_small=1
   wait_idle "$s"
   small=$(titles_ok "$s"); rs=$?
   smallw=$(screen "$s" | awk '{ if (length($0) > m) m = length($0) } END { print m }')
   T resize-window -t "$s" -x 100 -y 30
-  wait_for "$s" "correction" 5
+  lay_big=0; wait_layout "$s" 100 30 && lay_big=1
+  wait_idle "$s"
   big=$(titles_ok "$s"); rb=$?
   rows=$(screen "$s" | wc -l)
-  if [ $rs = 0 ] && [ $rb = 0 ] && [ "$rows" = 30 ]; then pass "$tag.resize-80x24-and-back"
-  else fail "$tag.resize-80x24-and-back" "80x24: $small (width $smallw)" "100x30: $big ($rows rows)"; fi
+  if [ $lay_small = 1 ] && [ $lay_big = 1 ] && [ $rs = 0 ] && [ $rb = 0 ] && [ "$rows" = 30 ]; then
+    pass "$tag.resize-80x24-and-back"
+  else
+    fail "$tag.resize-80x24-and-back" "laid out: 80x24 $lay_small, 100x30 $lay_big" \
+      "80x24: $small (width $smallw)" "100x30: $big ($rows rows)" "$(screen "$s")"
+  fi
 
   # 5. screenshot writes the whole screen as text: the same as tmux's capture
   cmd "$s" "screenshot $TMP/$tag.shot"
@@ -298,6 +326,168 @@ else
   fail "golden-empty-screen" "$(screen "$s")"
 fi
 T kill-session -t "$s" >/dev/null 2>&1
+
+# Names from a model file reach the screen as text, never as terminal controls: a model whose
+# layer names and metadata hold ESC / BEL and C1 controls (OSC that would set the pane's title,
+# CSI colour) shows them as '?'. Then `screenshot` writes through qs_outfile: a FIFO with no
+# reader is refused at once (the UI does not hang), a regular file is replaced by a new one
+# (write-then-rename), a device is written in place and its error reported.
+python3 - "$TMP/evil.safetensors" ${MODEL_ARGS:-datasets/models/digits-mlp.safetensors} <<'PY'
+import json, struct, sys
+b = open(sys.argv[2], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+names = h['__metadata__']['qscope.layers'].split(',')
+evil = {names[0]: names[0] + '\x1b]2;PWNED\x07', names[1]: names[1] + '\u009d2;PWNED\u009c',
+        names[-1]: names[-1] + "'s \x1b[31mRED"}
+out = {}
+for k, v in h.items():
+    if k == '__metadata__':
+        v = dict(v, **{'qscope.layers': ','.join(evil.get(x, x) for x in names),
+                       'evil': '\x1b]2;PWNED\x07\u009d2;PWNED\u009c'})
+    else:
+        layer, _, rest = k.rpartition('.')
+        k = evil.get(layer, layer) + '.' + rest
+    out[k] = v
+hb = json.dumps(out).encode()
+open(sys.argv[1], 'wb').write(struct.pack('<Q', len(hb)) + hb + b[8 + n:])
+PY
+DATA=datasets/digits.csv
+s="qs-evil-$$"
+T new-session -d -s "$s" -x 100 -y 30 -c "$TMP" "exec env XDG_STATE_HOME=$TMP/evil-state LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen $QABS $TMP/evil.safetensors $PWD/$DATA"
+if wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30; then
+  cmd "$s" "info"
+  wait_for "$s" "evil = " 10
+  esc "$s"
+  T send-keys -t "$s" j # the second layer: its name is in the spectrum's title too
+  wait_idle "$s"
+  sc=$(screen "$s")
+  title=$(T display-message -p -t "$s" '#{pane_title}')
+  if grep -qE "${LAYERS[0]}\?\]2;PWNED\?" <<<"$sc" && grep -qE "${LAYERS[1]}\?2;PWNED\?" <<<"$sc" &&
+     grep -qF "${LAYERS[-1]}'s ?[31mRED" <<<"$sc" &&
+     grep -qF "evil = ?]2;PWNED??2;PWNED?" <<<"$sc" && [ "${title#*PWNED}" = "$title" ]; then
+    pass "file-strings-drawn-safe"
+  else
+    fail "file-strings-drawn-safe" "pane title: $title" "$sc"
+  fi
+  # a key on a layer whose name needs quoting (a space, a quote, a control) runs on that layer
+  T send-keys -t "$s" j j j j j j j j j j j j j j j j # to the last layer
+  wait_for "$s" ">${LAYERS[-1]}'s ?[31mRED" 5
+  T send-keys -t "$s" -- -
+  if wait_for "$s" "> quant \"${LAYERS[-1]}'s ?[31mRED\" int8 gran=channel" 10 && wait_idle "$s" &&
+     screen "$s" | grep -qE "^>${LAYERS[-1]}'s \?\[31mRED +int8/channel" && ! screen "$s" | grep -q "error:"; then
+    pass "key-on-quoted-layer-name"
+  else
+    fail "key-on-quoted-layer-name" "$(screen "$s")"
+  fi
+  mkfifo "$TMP/fifo"
+  cmd "$s" "screenshot fifo"
+  if wait_for "$s" "screenshot: fifo: cannot open for writing" 10 && wait_idle "$s" &&
+     [ -p "$TMP/fifo" ]; then
+    pass "screenshot-fifo-refused"
+  else
+    fail "screenshot-fifo-refused" "$(screen "$s")"
+  fi
+  echo old >"$TMP/old.shot"
+  ln "$TMP/old.shot" "$TMP/old.link" # a second name of the old file keeps the old contents
+  cmd "$s" "screenshot old.shot"
+  if wait_for "$s" "screenshot old.shot (100x30)" 10 && [ "$(cat "$TMP/old.link")" = old ] &&
+     [ "$(wc -l <"$TMP/old.shot")" = 30 ] && ! compgen -G "$TMP/old.shot.tmp*" >/dev/null; then
+    pass "screenshot-replaces-by-rename"
+  else
+    fail "screenshot-replaces-by-rename" "$(ls -la "$TMP")" "$(screen "$s")"
+  fi
+  if [ -c /dev/full ] && [ -w /dev/full ]; then
+    cmd "$s" "screenshot /dev/full"
+    if wait_for "$s" "screenshot: /dev/full: cannot write: No space left on device" 10 &&
+       [ -c /dev/full ]; then
+      pass "screenshot-device-error-reported"
+    else
+      fail "screenshot-device-error-reported" "$(ls -la /dev/full)" "$(screen "$s")"
+    fi
+  fi
+else
+  fail "file-strings-drawn-safe" "did not start" "$(screen "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# The line REPL in a terminal (--repl): Ctrl-C at the prompt clears the line, Ctrl-C during a job
+# cancels the job, neither ends qscope; `quit` with unsaved work asks (n stays, y leaves); at the
+# end the history is saved and the journal closed.
+s="qs-repl-$$"
+RS=$TMP/repl-state
+last_line() { screen "$1" | grep -v '^ *$' | tail -1 | sed 's/ *$//'; }
+# wait_prompt SESSION: the last line is an empty prompt
+wait_prompt() {
+  for ((i = 0; i < 300; i++)); do
+    [ "$(last_line "$1")" = "qscope>" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+alive() { [ "$(T display-message -p -t "$1" '#{pane_dead}')" = 0 ] && [ -n "$(qscope_pid "$1")" ]; }
+T new-session -d -s "$s" -x 100 -y 30 "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen XDG_STATE_HOME=$RS $Q --repl $MODEL_ARGS; echo qscope-exit=\$?"
+if wait_prompt "$s"; then
+  T send-keys -t "$s" -l "info half-typed"
+  wait_for "$s" "qscope> info half-typed" 5
+  T send-keys -t "$s" C-c
+  ok=0
+  if wait_for "$s" "qscope> info half-typed^C" 5 && wait_prompt "$s" && alive "$s"; then
+    T send-keys -t "$s" -l "info" # the line was cleared: this runs `info`, not `info half-typedinfo`
+    T send-keys -t "$s" Enter
+    wait_for "$s" "split   seed" 10 && wait_prompt "$s" && ok=1
+  fi
+  if [ $ok = 1 ]; then pass "repl.ctrl-c-clears-line"
+  else fail "repl.ctrl-c-clears-line" "$(screen_all "$s")"; fi
+
+  T send-keys -t "$s" -l "train epochs=100000"
+  T send-keys -t "$s" Enter
+  ok=0
+  if wait_for "$s" "epoch 10/100000" 30; then
+    T send-keys -t "$s" C-c
+    wait_for "$s" "error: train: cancelled after epoch" 20 && wait_prompt "$s" && alive "$s" && ok=1
+  fi
+  if [ $ok = 1 ]; then pass "repl.ctrl-c-cancels-job"
+  else fail "repl.ctrl-c-cancels-job" "$(screen_all "$s")"; fi
+
+  T send-keys -t "$s" -l "quant * int4"
+  T send-keys -t "$s" Enter
+  wait_for "$s" "* -> int4: " 15 && wait_prompt "$s"
+  T send-keys -t "$s" -l "quit"
+  T send-keys -t "$s" Enter
+  ok=0
+  if wait_for "$s" "since the last \`save session\`: quit anyway? (y/n)" 10; then
+    T send-keys -t "$s" -l "n"
+    T send-keys -t "$s" Enter
+    if wait_for "$s" "quit cancelled" 10 && wait_prompt "$s" && alive "$s"; then
+      T send-keys -t "$s" -l "quit"
+      T send-keys -t "$s" Enter
+      for ((i = 0; i < 200; i++)); do
+        [ "$(screen "$s" | grep -c "quit anyway? (y/n)")" = 2 ] && break
+        sleep 0.05
+      done
+      T send-keys -t "$s" -l "y"
+      T send-keys -t "$s" Enter
+      wait_all "$s" "qscope-exit=0" 10 && ok=1
+    fi
+  fi
+  if [ $ok = 1 ]; then pass "repl.quit-asks-when-unsaved"
+  else fail "repl.quit-asks-when-unsaved" "$(screen_all "$s")"; fi
+  open_journals=$(find "$RS" -name '*.qs' -exec grep -L '^# closed' {} + 2>/dev/null)
+  if [ $ok = 1 ] && grep -qxF "train epochs=100000" "$RS/qscope/history" 2>/dev/null && [ -z "$open_journals" ]; then
+    pass "repl.history-saved-journal-closed"
+  else
+    fail "repl.history-saved-journal-closed" "open journals: $open_journals" "$(cat "$RS/qscope/history" 2>&1)"
+  fi
+else
+  fail "repl.start" "$(screen "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+# A script piped into --repl is never asked anything (stdin is not a terminal).
+# shellcheck disable=SC2086
+out=$(printf 'quant * int4\nquit\n' | XDG_STATE_HOME=$TMP/pipe-state timeout 60 $Q --repl $MODEL_ARGS 2>&1); rc=$?
+if [ $rc = 0 ] && ! grep -q "quit anyway" <<<"$out"; then pass "repl.piped-quit-does-not-ask"
+else fail "repl.piped-quit-does-not-ask" "exit $rc" "$out"; fi
 
 # Outside the TUI the front-end command explains itself.
 out=$(echo "screenshot $TMP/x" | $Q --no-default 2>&1)
