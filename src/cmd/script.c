@@ -1,6 +1,8 @@
 /* script.c - running .qs scripts through the dispatcher. */
 #include "qscope/script.h"
 
+#include "qscope/bench.h"
+
 #include <errno.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -96,6 +98,11 @@ int qs_run_script(struct qs_ctx *c, const char *path, qs_err *e)
         }
         if (c->quit)
             break;
+        if (c->b && c->b->cancel) { /* Ctrl-C stops the script, not just the running command */
+            rc = -1;
+            qs_errf(e, "%s:%ld: cancelled; the rest of the script was not run", path, lineno);
+            break;
+        }
     }
     if (rc < 0 && noted && !e->msg[0])
         qs_errf(e, "%s: %d command%s failed (reported above)", path, noted, noted == 1 ? "" : "s");

@@ -450,6 +450,25 @@ if wait_prompt "$s"; then
   if [ $ok = 1 ]; then pass "repl.ctrl-c-cancels-job"
   else fail "repl.ctrl-c-cancels-job" "$(screen_all "$s")"; fi
 
+  # Ctrl-C during a sourced script stops the script too, even with bail off
+  printf 'set bail off\ntrain epochs=100000\nquant fc0 int2\n' >"$TMP/long.qs"
+  T send-keys -t "$s" -l "source $TMP/long.qs"
+  T send-keys -t "$s" Enter
+  ok=0
+  if wait_for "$s" "epoch 10/100000" 30; then
+    T send-keys -t "$s" C-c
+    if wait_for "$s" "the rest of the script was not run" 20 && wait_prompt "$s"; then
+      T send-keys -t "$s" -l "rules; info"
+      T send-keys -t "$s" Enter
+      wait_for "$s" "split   seed" 10 && wait_prompt "$s" && ! screen_all "$s" | grep -q "int2" && ok=1
+    fi
+  fi
+  if [ $ok = 1 ]; then pass "repl.ctrl-c-stops-script"
+  else fail "repl.ctrl-c-stops-script" "$(screen_all "$s")"; fi
+  T send-keys -t "$s" -l "set bail on"
+  T send-keys -t "$s" Enter
+  wait_prompt "$s"
+
   T send-keys -t "$s" -l "quant * int4"
   T send-keys -t "$s" Enter
   wait_for "$s" "* -> int4: " 15 && wait_prompt "$s"
