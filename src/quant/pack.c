@@ -865,9 +865,6 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
                  : o->gran == QS_GRAN_CHANNEL ? cols
                                               : (f->block > 0 ? f->block : 64);
         J->store = o->scale_f32 ? SC_F32 : SC_F16;
-        if (o->gran == QS_GRAN_GROUP && cols % o->group != 0)
-            return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
-                           o->group, cols);
         break;
     default:
         J->store = o->scale_none ? SC_NONE : o->scale_f32 ? SC_F32 : SC_F16;
@@ -877,13 +874,14 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
         } else if (o->gran == QS_GRAN_CHANNEL) {
             J->seg = cols;
         } else {
-            if (cols % o->group != 0)
-                return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
-                               o->group, cols);
             J->seg = o->group;
         }
         break;
     }
+    /* qscope: the one rule for groups and blocks of every format (int/minifloat/nf4/compand
+     * group:N, NF4 blocks, MX 32, NVFP4 16): they tile each row from column 0, and when the
+     * row length is not a multiple of the size the last one of the row is shorter and gets a
+     * scale of its own; a size above the row length gives one group per row. */
     if (J->seg > cols)
         J->seg = cols;
     J->nseg = (cols + J->seg - 1) / J->seg;
