@@ -145,6 +145,20 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
 /* Decodes p into out: (rows, cols) row-major. */
 int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e);
 
+/* The shape of the buffers qs_quant_pack writes for f, o and a (rows, cols) matrix, without
+ * packing anything (for readers of packed files, which must check sizes before unpacking). */
+struct qs_packed_layout {
+    size_t code_bytes, scale_bytes, zero_bytes;
+    size_t nscales;          /* stored scales: 1 (tensor), rows x groups per row, or 0 */
+    int group;               /* elements per scale along a row (the last of a row may be
+                                shorter); 0 for one scale for the whole tensor */
+    int tensor_scale;        /* NVFP4: a per-tensor F32 scale beside the block scales */
+    const char *scale_dtype; /* "f16", "f32", "e8m0" (MX), "e4m3" (NVFP4) or "none" */
+};
+/* Errors as qs_quant_pack for bad formats / options / sizes. */
+int qs_packed_layout(const struct qs_format *f, const struct qs_qopts *o, int rows, int cols,
+                     struct qs_packed_layout *out, qs_err *e);
+
 /* Frees p's buffers and zeroes it; NULL ok. */
 void qs_packed_free(struct qs_packed *p);
 

@@ -1344,6 +1344,37 @@ int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e)
     return rc;
 }
 
+int qs_packed_layout(const struct qs_format *f, const struct qs_qopts *o, int rows, int cols,
+                     struct qs_packed_layout *out, qs_err *e)
+{
+    memset(out, 0, sizeof *out);
+    struct job *J = malloc(sizeof *J);
+    if (!J)
+        return qs_errf(e, "out of memory");
+    int rc = job_init(J, f, o, NULL, rows, cols, e);
+    size_t n, bits;
+    if (rc == 0 && (qs_size_mul((size_t)rows, (size_t)cols, &n) < 0 ||
+                    qs_size_mul(n, (size_t)f->bits, &bits) < 0 || bits > SIZE_MAX - 7))
+        rc = qs_errf(e, "%s: %d x %d is too large", f->name, rows, cols);
+    if (rc == 0) {
+        size_t ns = n_scales(J);
+        out->code_bytes = (bits + 7) / 8;
+        out->scale_bytes = ns * (size_t)store_bytes(J->store);
+        out->zero_bytes = (f->kind == QS_FMT_INT && o->asym) ? ns : 0;
+        out->nscales = J->store == SC_NONE ? 0 : ns;
+        out->group = J->shared ? 0 : J->seg;
+        out->tensor_scale = f->kind == QS_FMT_NVFP4;
+        static const char *const st[] = {[SC_NONE] = "none",
+                                         [SC_F16] = "f16",
+                                         [SC_F32] = "f32",
+                                         [SC_E8M0] = "e8m0",
+                                         [SC_E4M3] = "e4m3"};
+        out->scale_dtype = st[J->store];
+    }
+    free(J);
+    return rc;
+}
+
 void qs_packed_free(struct qs_packed *p)
 {
     if (!p)

@@ -146,6 +146,11 @@ static int check_equiv(const struct qs_format *f, const char *toks, const float 
         CHECK(same_bits(a, c, n, what));
         CHECK(qs_packed_bytes(&p) ==
               p.code_bytes + p.scale_bytes + p.zero_bytes + (f->kind == QS_FMT_NVFP4 ? 4u : 0u));
+        /* the layout a reader of packed files checks against is the one pack wrote */
+        struct qs_packed_layout lay;
+        CHECK(qs_packed_layout(f, &o, rows, cols, &lay, &e) == 0);
+        CHECK(lay.code_bytes == p.code_bytes && lay.scale_bytes == p.scale_bytes &&
+              lay.zero_bytes == p.zero_bytes && lay.tensor_scale == (f->kind == QS_FMT_NVFP4));
         /* quantization is idempotent-ish sanity: outputs are finite unless overflow is asked */
         if (o.saturate)
             for (size_t i = 0; i < n; i++)
@@ -471,8 +476,8 @@ static void test_zero_blocks_and_tiny(void)
  * ceil(cols / N) per row; and a row that is a multiple of N is untouched by the rule. */
 static void test_partial_groups(void)
 {
-    static const char *const fm[] = {"int4", "int8", "int3", "fp4-e2m1", "fp8-e4m3", "e0m7",
-                                     "nf4",  "compand:4", "e3m4b1"};
+    static const char *const fm[] = {"int4", "int8", "int3",      "fp4-e2m1", "fp8-e4m3",
+                                     "e0m7", "nf4",  "compand:4", "e3m4b1"};
     static const char *const os[] = {"gran=group:24", "gran=group:24 asym",
                                      "gran=group:24 clip=mse", "gran=group:100"};
     const int rows = 7, cols = 64;
@@ -512,6 +517,18 @@ static void test_partial_groups(void)
     CHECK_NEAR(bpw("int4", "gran=group:100", 4, 64), 4.0 + 16.0 / 64, eps); /* one per row */
     CHECK_NEAR(bpw("nvfp4", "", 4, 40), 4.0 + 3 * 8.0 / 40 + 32.0 / 160, eps);
     CHECK_NEAR(bpw("mxint8", "", 2, 40), 8.0 + 2 * 8.0 / 40, eps);
+    struct qs_packed_layout lay;
+    struct qs_format f4 = fmt("int4");
+    struct qs_qopts og = opts("gran=group:24 asym");
+    CHECK(qs_packed_layout(&f4, &og, 7, 64, &lay, &e) == 0);
+    CHECK(lay.nscales == 7 * 3 && lay.group == 24 && lay.zero_bytes == 21 &&
+          !strcmp(lay.scale_dtype, "f16"));
+    struct qs_format fnv = fmt("nvfp4");
+    struct qs_qopts od = opts("");
+    CHECK(qs_packed_layout(&fnv, &od, 3, 40, &lay, &e) == 0);
+    CHECK(lay.nscales == 9 && lay.group == 16 && lay.tensor_scale &&
+          !strcmp(lay.scale_dtype, "e4m3"));
+    CHECK(qs_packed_layout(&f4, &od, 7, 64, &lay, &e) == 0 && lay.group == 0 && lay.nscales == 1);
     /* the rule leaves whole groups alone: the first 48 columns quantize as a 48-column matrix */
     struct qs_format f = fmt("int4");
     struct qs_qopts o = opts("gran=group:24");
@@ -749,5 +766,5 @@ TEST_MAIN("format_pack", TEST_CASE(test_fake_equals_pack_unpack), TEST_CASE(test
           TEST_CASE(test_packed_sizes), TEST_CASE(test_int_scales),
           TEST_CASE(test_mx_shared_exponent), TEST_CASE(test_nvfp4_recipe),
           TEST_CASE(test_nf4_blocks), TEST_CASE(test_zero_blocks_and_tiny),
-          TEST_CASE(test_partial_groups), TEST_CASE(test_bad_input), TEST_CASE(test_stochastic), TEST_CASE(test_clipping),
-          TEST_CASE(test_static_amax), TEST_CASE(test_minifloat_scaling))
+          TEST_CASE(test_partial_groups), TEST_CASE(test_bad_input), TEST_CASE(test_stochastic),
+          TEST_CASE(test_clipping), TEST_CASE(test_static_amax), TEST_CASE(test_minifloat_scaling))
