@@ -13,7 +13,7 @@ set -u
 cd "$(dirname "$0")/../.."
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-Q=$PWD/qscope
+Q=${QSCOPE_BIN:-$PWD/qscope}
 pass() { echo "PASS formats_replay.$1"; }
 fail() { echo "FAIL formats_replay.$1"; }
 
@@ -135,7 +135,7 @@ export_check options "quant * int4 gran=channel range=full; quant fc1 fp8-e5m2 s
 export_check lqer-qera-eora "quant * int3 gran=group:20; correct fc0 lqer r=3; correct fc1 qera r=2; correct fc2 eora r=2"
 export_check float-layer "quant * int4; quant fc1 none; correct fc2 bias"
 # a linear map is folded into the weight and bias: the same predictions, the loss to rounding
-q=$($Q --json -c "quant * int3; correct fc2 linear; eval; export model $T/l.safetensors packed" 2>/dev/null | evq)
+q=$($Q --json --no-default -c "load model $D; load data $C; quant * int3; correct fc2 linear; eval; export model $T/l.safetensors packed" 2>/dev/null | evq)
 p=$($Q --json "$T/l.safetensors" $C -c eval 2>/dev/null | evf)
 check export.linear-folded "python3 -c 'import ast,sys; a=ast.literal_eval(sys.argv[1]); b=ast.literal_eval(sys.argv[2]); assert a[\"acc\"]==b[\"acc\"] and abs(a[\"loss\"]-b[\"loss\"])<=1e-5*a[\"loss\"], (a,b)' \"$q\" \"$p\""
 # transformers: refused with a clear message (their export comes later)
