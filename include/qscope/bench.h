@@ -52,6 +52,8 @@ struct qs_corr {
     char prec[8];           /* "float", "int8", "int4" (linear map's own weights) */
     double lambda;          /* ridge lambda used */
     float *c;               /* (out, in) low-rank weight term */
+    float *l, *rt;          /* its factors (out, rank), (rank, in): c = l rt (the fit's sgemm),
+                               kept so that `export model … packed` writes them */
     float *db;              /* (out) bias term */
     float *amap, *mb;       /* linear map y' = y A^T + mb: A (out, out) row-major, mb (out) */
     long params;            /* parameters the correction adds */

@@ -77,7 +77,7 @@ double qs_format_max(const struct qs_format *f);
  *   rounds Q * ln(1 + mu|y|) / ln(1 + mu) to nearest even. */
 struct qs_qopts {
     enum qs_gran gran;
-    int group;    /* group size for QS_GRAN_GROUP; must divide cols */
+    int group;    /* group size for QS_GRAN_GROUP (>= 1; a partial last group is allowed) */
     int gran_set; /* set by qs_qopts_parse_token when gran= is given: formats with fixed
                      blocks (MX, NVFP4) then reject it, NF4 rejects gran=tensor. NF4 uses
                      group:N blocks, one block per row for channel, else 64 */
@@ -133,9 +133,10 @@ struct qs_packed {
  * qs_packed_free). Code layouts: int symmetric two's complement, int asymmetric unsigned;
  * minifloats sign | exponent | mantissa; e0mY and compand sign-magnitude; nf4 the level index
  * 0..15 (ascending); mxint8 two's complement k (value k/64).
- * Block formats (MX 32, NVFP4 16, NF4 its block) tile each row; qscope: the last block of a row
- * may be partial when cols is not a multiple of the block, and has its own scale. gran=group:N
- * requires N to divide cols.
+ * Groups and blocks (gran=group:N of any format, NF4 blocks, MX 32, NVFP4 16) tile each row
+ * from column 0; qscope: when cols is not a multiple of the size, the last group of each row is
+ * shorter and has its own scale (and zero point), so a row holds ceil(cols / N) scales; a size
+ * above cols gives one group per row. Layers whose rows are a multiple of N are unaffected.
  * Errors: fmt none, NaN/Inf in w ("non-finite value at [r, c]"), bad group size, options
  * invalid for the format, a scale that overflows F16 (use scale=f32). */
 int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
@@ -143,6 +144,20 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
 
 /* Decodes p into out: (rows, cols) row-major. */
 int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e);
+
+/* The shape of the buffers qs_quant_pack writes for f, o and a (rows, cols) matrix, without
+ * packing anything (for readers of packed files, which must check sizes before unpacking). */
+struct qs_packed_layout {
+    size_t code_bytes, scale_bytes, zero_bytes;
+    size_t nscales;          /* stored scales: 1 (tensor), rows x groups per row, or 0 */
+    int group;               /* elements per scale along a row (the last of a row may be
+                                shorter); 0 for one scale for the whole tensor */
+    int tensor_scale;        /* NVFP4: a per-tensor F32 scale beside the block scales */
+    const char *scale_dtype; /* "f16", "f32", "e8m0" (MX), "e4m3" (NVFP4) or "none" */
+};
+/* Errors as qs_quant_pack for bad formats / options / sizes. */
+int qs_packed_layout(const struct qs_format *f, const struct qs_qopts *o, int rows, int cols,
+                     struct qs_packed_layout *out, qs_err *e);
 
 /* Frees p's buffers and zeroes it; NULL ok. */
 void qs_packed_free(struct qs_packed *p);

@@ -445,7 +445,9 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     case QS_CORR_EORA: {
         float *ew = malloc(nwts * sizeof(float));
         nw.c = malloc(nwts * sizeof(float));
-        if (!ew || !nw.c) {
+        nw.l = malloc((size_t)l->out * rank * sizeof(float));
+        nw.rt = malloc((size_t)rank * l->in * sizeof(float));
+        if (!ew || !nw.c || !nw.l || !nw.rt) {
             free(ew);
             goto oom;
         }
@@ -453,7 +455,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             ew[j] = l->w[j] - s->wq[j];
         int r2 = 0;
         if (m == QS_CORR_LOWRANK) {
-            r2 = qs_lowrank_lorc(ew, l->out, l->in, rank, nw.c, NULL, NULL, e);
+            r2 = qs_lowrank_lorc(ew, l->out, l->in, rank, nw.c, nw.l, nw.rt, e);
         } else if (m == QS_CORR_LQER) { /* s_j = mean |x_j| over the calibration inputs */
             float *sc = qs_calloc((size_t)l->in, sizeof(float));
             if (!sc) {
@@ -463,7 +465,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             for (int r = 0; r < nc; r++)
                 for (int j = 0; j < l->in; j++)
                     sc[j] += fabsf(fc->in[i][(size_t)r * l->in + j]) / nc;
-            r2 = qs_lowrank_lqer(ew, l->out, l->in, sc, rank, nw.c, NULL, NULL, e);
+            r2 = qs_lowrank_lqer(ew, l->out, l->in, sc, rank, nw.c, nw.l, nw.rt, e);
             free(sc);
         } else {
             float *rxx = malloc((size_t)l->in * l->in * sizeof(float));
@@ -473,7 +475,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             }
             qs_gram(fc->in[i], nc, l->in, rxx);
             r2 = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(
-                ew, l->out, l->in, rxx, 0.01, rank, nw.c, NULL, NULL, e);
+                ew, l->out, l->in, rxx, 0.01, rank, nw.c, nw.l, nw.rt, e);
             free(rxx);
         }
         free(ew);

@@ -36,6 +36,8 @@ int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e)
 void qs_corr_clear(struct qs_corr *c)
 {
     free(c->c);
+    free(c->l);
+    free(c->rt);
     free(c->db);
     free(c->amap);
     free(c->mb);

@@ -7,6 +7,7 @@
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
 #include "qscope/lmbench.h"
+#include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
@@ -648,17 +649,8 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             return -1;
         }
     }
-    /* Validate against every matching layer before changing anything. */
+    /* Any group size fits any row: a partial last group has its own scale (format.h). */
     struct qs_bench *b = c->b;
-    for (int i = 0; i < qs_bench_nunits(b); i++) {
-        struct qs_unit unit, *l = &unit;
-        qs_bench_unit(b, i, &unit);
-        if (r.fmt.kind == QS_FMT_NONE || !qs_glob_match(r.pattern, l->name))
-            continue;
-        if (r.opt.gran == QS_GRAN_GROUP && l->in % r.opt.group != 0)
-            return qs_errf(e, "quant: group size %d does not divide layer %s's row length %d",
-                           r.opt.group, l->name, l->in);
-    }
     int matched = 0;
     struct qs_rule saved[64];
     int nsaved = b->nrules;
@@ -855,94 +847,255 @@ static int cmd_codes(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
+/* The tensors of an export: F32 ones first, then U8 ones, so that every F32 tensor is aligned. */
+struct exp_list {
+    struct qs_st_out *t;
+    char **names;
+    int n, cap, oom;
+};
+
+static void exp_put(struct exp_list *x, const char *layer, const char *suffix, enum qs_dtype dt,
+                    int ndim, int64_t d0, int64_t d1, const void *data)
+{
+    if (x->n == x->cap) {
+        int cap = x->cap ? 2 * x->cap : 16;
+        struct qs_st_out *t = realloc(x->t, (size_t)cap * sizeof *t);
+        char **nm = t ? realloc(x->names, (size_t)cap * sizeof *nm) : NULL;
+        if (t)
+            x->t = t;
+        if (!t || !nm) {
+            x->oom = 1;
+            return;
+        }
+        x->names = nm;
+        x->cap = cap;
+    }
+    size_t len = strlen(layer) + strlen(suffix) + 2;
+    char *name = malloc(len);
+    if (!name) {
+        x->oom = 1;
+        return;
+    }
+    snprintf(name, len, "%s.%s", layer, suffix);
+    x->names[x->n] = name;
+    x->t[x->n++] = (struct qs_st_out){
+        .name = name, .dtype = dt, .ndim = ndim, .shape = {d0, d1}, .data = data};
+}
+
+static void exp_free(struct exp_list *x)
+{
+    for (int i = 0; i < x->n; i++)
+        free(x->names[i]);
+    free(x->names);
+    free(x->t);
+}
+
+/* export model PATH [packed]: the MLP as the session runs it. Fake-quant: dequantized weights
+ * with the corrections folded in. Packed: codes and scales as packed, the corrections' factors
+ * beside them, and per-layer metadata (format, shape, gran, scale dtype, options, correction);
+ * the layout is in packfile.h, and qs_mlp_load reads both back. */
 static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 1 || argc > 2 || (argc == 2 && strcmp(argv[1], "packed")))
         return qs_errf(e, "usage: export model PATH [packed]");
     struct qs_bench *b = c->b;
-    int packed = argc == 2;
-    int L = b->model->nlayers;
-    struct qs_st_out *t = qs_calloc((size_t)L * 4, sizeof *t);
-    char (*names)[96] = qs_calloc((size_t)L * 4, sizeof *names);
-    char layers[4096] = "", acts[4096] = "", formats[4096] = "";
-    float **deq = qs_calloc((size_t)L, sizeof *deq);
-    if (!t || !names || !deq) {
-        free(t);
-        free(names);
-        free(deq);
-        return qs_errf(e, "out of memory");
-    }
-    int nt = 0;
-    for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
-        const struct qs_layer_state *s = &b->ls[i];
-        size_t ll = strlen(layers), al = strlen(acts), fl = strlen(formats);
-        snprintf(layers + ll, sizeof layers - ll, "%s%s", i ? "," : "", l->name);
-        snprintf(acts + al, sizeof acts - al, "%s%s", i ? "," : "", qs_act_name(l->act));
-        snprintf(formats + fl, sizeof formats - fl, "%s%s", i ? "," : "", s->wfmt.name);
-        if (packed && s->wq) {
-            snprintf(names[nt], sizeof names[nt], "%s.weight.codes", l->name);
-            t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
-                                       .shape = {(int64_t)s->packed.code_bytes},
-                                       .data = s->packed.codes};
-            nt++;
-            if (s->packed.scale_bytes) {
-                snprintf(names[nt], sizeof names[nt], "%s.weight.scales", l->name);
-                t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
-                                           .shape = {(int64_t)s->packed.scale_bytes},
-                                           .data = s->packed.scales};
-                nt++;
-            }
-            if (s->packed.zero_bytes) {
-                snprintf(names[nt], sizeof names[nt], "%s.weight.zeros", l->name);
-                t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_U8, .ndim = 1,
-                                           .shape = {(int64_t)s->packed.zero_bytes},
-                                           .data = s->packed.zeros};
-                nt++;
-            }
-        } else {
-            const float *w = s->wq ? s->wq : l->w;
-            if (s->corr.c) { /* deployable low-rank correction folded into the weight */
-                deq[i] = malloc((size_t)l->out * l->in * sizeof(float));
-                if (deq[i]) {
-                    for (size_t j = 0; j < (size_t)l->out * l->in; j++)
-                        deq[i][j] = w[j] + s->corr.c[j];
-                    w = deq[i];
-                }
-            }
-            snprintf(names[nt], sizeof names[nt], "%s.weight", l->name);
-            t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 2,
-                                       .shape = {l->out, l->in}, .data = w};
-            nt++;
-        }
-        snprintf(names[nt], sizeof names[nt], "%s.bias", l->name);
-        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 1,
-                                   .shape = {l->out}, .data = l->b};
-        nt++;
-    }
-    const char *keys[] = {"qscope.arch", "qscope.layers", "qscope.acts", "qscope.weight_formats",
-                          "qscope.export"};
-    const char *vals[] = {"mlp", layers, acts, formats, packed ? "packed" : "fake-quant"};
-    int rc = qs_st_write(argv[0], t, nt, keys, vals, 5, e);
-    for (int i = 0; i < L; i++)
-        free(deq[i]);
-    free(deq);
-    free(t);
-    free(names);
-    if (rc < 0)
+    if (!b->model)
+        return qs_errf(e, "export model: only MLPs can be exported for now; the loaded model is "
+                          "a transformer");
+    if (qs_bench_resolve(b, e) < 0)
         return -1;
-    char q[600];
-    snprintf(c->canon, sizeof c->canon, "export model %s%s", qs_quote(argv[0], q, sizeof q),
-             packed ? " packed" : "");
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "cmd", "export model");
-    cJSON_AddStringToObject(o, "path", argv[0]);
-    cJSON_AddStringToObject(o, "kind", packed ? "packed" : "fake-quant");
-    char txt[600];
-    snprintf(txt, sizeof txt, "wrote %s (%s)", argv[0],
-             packed ? "packed codes and scales" : "dequantized weights");
-    qs_emit(c, o, txt);
-    return 0;
+    const int packed = argc == 2;
+    const struct qs_mlp *m = b->model;
+    const int L = m->nlayers;
+    struct exp_list xf = {0}, xu = {0};
+    float **own = qs_calloc((size_t)L * 2, sizeof *own); /* folded weights and biases */
+    struct qs_sb layers = {0}, acts = {0}, fmts = {0}, shapes = {0}, grans = {0}, sdts = {0},
+                 opts = {0}, corrs = {0}, said = {0};
+    int rc = own ? 0 : qs_errf(e, "out of memory"), ncorr = 0, aq = 0, clocal = 0;
+    for (int i = 0; i < L && rc == 0; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        const struct qs_layer_state *s = &b->ls[i];
+        const struct qs_corr *cr = &s->corr;
+        const char *sep = i ? "," : "";
+        size_t nw = (size_t)l->out * l->in;
+        aq |= s->afmt.kind != QS_FMT_NONE;
+        qs_sb_printf(&layers, "%s%s", sep, l->name);
+        qs_sb_printf(&acts, "%s%s", sep, qs_act_name(l->act));
+        qs_sb_printf(&fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");
+        qs_sb_printf(&shapes, "%s%dx%d", sep, l->out, l->in);
+        if (s->wq) {
+            struct qs_packed_layout lay;
+            char g[48], o[256];
+            if (qs_packed_layout(&s->packed.fmt, &s->packed.opt, l->out, l->in, &lay, e) < 0) {
+                rc = qs_err_prefix(e, l->name);
+                break;
+            }
+            qs_packfile_gran(&lay, &s->packed.opt, l->in, g, sizeof g);
+            qs_qopts_format(&s->packed.fmt, &s->packed.opt, o, sizeof o);
+            qs_sb_printf(&grans, "%s%s", sep, g);
+            qs_sb_printf(&sdts, "%s%s", sep, lay.scale_dtype);
+            qs_sb_printf(&opts, "%s%s", i ? ";" : "", o);
+        } else {
+            qs_sb_printf(&grans, "%s-", sep);
+            qs_sb_printf(&sdts, "%s-", sep);
+            qs_sb_printf(&opts, "%s-", i ? ";" : "");
+        }
+        /* the corrections the forward pass applies (clocal is analysis only, never applied) */
+        int lowrank = cr->c != NULL, bias = cr->db != NULL;
+        int map = cr->amap != NULL && cr->method != QS_CORR_CLOCAL;
+        clocal |= cr->method == QS_CORR_CLOCAL;
+        if (lowrank && packed && (!cr->l || !cr->rt)) {
+            rc = qs_errf(e, "export model: the %s correction of %s has no factors to write",
+                         qs_corr_name(cr->method), l->name);
+            break;
+        }
+        if (lowrank)
+            qs_sb_printf(&corrs, "%s%s:r=%d", sep, qs_corr_name(cr->method), cr->rank);
+        else if (map)
+            qs_sb_printf(&corrs, "%s%s:prec=%s", sep, qs_corr_name(cr->method),
+                         cr->prec[0] ? cr->prec : "float");
+        else if (bias)
+            qs_sb_printf(&corrs, "%s%s", sep, qs_corr_name(cr->method));
+        else
+            qs_sb_printf(&corrs, "%s-", sep);
+        if (lowrank || bias || map) {
+            ncorr++;
+            qs_sb_printf(&said, "%s%s %s", said.len ? ", " : "", l->name, qs_corr_name(cr->method));
+        }
+        if (packed) {
+            if (s->wq) {
+                const struct qs_packed *p = &s->packed;
+                exp_put(&xu, l->name, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
+                        p->codes);
+                if (p->scale_bytes)
+                    exp_put(&xu, l->name, "weight.scales", QS_DT_U8, 1, (int64_t)p->scale_bytes, 0,
+                            p->scales);
+                if (p->zero_bytes)
+                    exp_put(&xu, l->name, "weight.zeros", QS_DT_U8, 1, (int64_t)p->zero_bytes, 0,
+                            p->zeros);
+                if (p->fmt.kind == QS_FMT_NVFP4)
+                    exp_put(&xf, l->name, "weight.tensor_scale", QS_DT_F32, 1, 1, 0,
+                            &p->tensor_scale);
+            } else {
+                exp_put(&xf, l->name, "weight", QS_DT_F32, 2, l->out, l->in, l->w);
+            }
+            exp_put(&xf, l->name, "bias", QS_DT_F32, 1, l->out, 0, l->b);
+            if (lowrank) {
+                exp_put(&xf, l->name, "corr.l", QS_DT_F32, 2, l->out, cr->rank, cr->l);
+                exp_put(&xf, l->name, "corr.rt", QS_DT_F32, 2, cr->rank, l->in, cr->rt);
+            }
+            if (bias)
+                exp_put(&xf, l->name, "corr.bias", QS_DT_F32, 1, l->out, 0, cr->db);
+            if (map) {
+                exp_put(&xf, l->name, "corr.map", QS_DT_F32, 2, l->out, l->out, cr->amap);
+                exp_put(&xf, l->name, "corr.map_bias", QS_DT_F32, 1, l->out, 0, cr->mb);
+            }
+            continue;
+        }
+        /* fake-quant: W' = Q(W) + c and b' = b + db exactly as the forward pass forms them; a
+         * linear map folded (A W', A b' + mb) */
+        const float *w = s->wq ? s->wq : l->w, *bb = l->b;
+        if (lowrank || bias || map) {
+            float *fw = own[2 * i] = malloc(nw * sizeof(float));
+            float *fb = own[2 * i + 1] = malloc((size_t)l->out * sizeof(float));
+            if (!fw || !fb) {
+                rc = qs_errf(e, "out of memory");
+                break;
+            }
+            for (size_t j = 0; j < nw; j++)
+                fw[j] = lowrank ? w[j] + cr->c[j] : w[j];
+            for (int j = 0; j < l->out; j++)
+                fb[j] = bias ? l->b[j] + cr->db[j] : l->b[j];
+            if (map && qs_packfile_fold_map(l->out, l->in, cr->amap, cr->mb, fw, fb, e) < 0) {
+                rc = -1;
+                break;
+            }
+            w = fw;
+            bb = fb;
+        }
+        exp_put(&xf, l->name, "weight", QS_DT_F32, 2, l->out, l->in, w);
+        exp_put(&xf, l->name, "bias", QS_DT_F32, 1, l->out, 0, bb);
+    }
+    if (rc == 0 && (xf.oom || xu.oom || !layers.s || !corrs.s || !opts.s))
+        rc = qs_errf(e, "out of memory");
+    if (rc == 0) {
+        /* the model's own metadata (task metric, split seed, ...) rides along */
+        static const char *const mine[] = {"qscope.arch",           "qscope.layers",
+                                           "qscope.acts",           "qscope.export",
+                                           "qscope.weight_formats", "qscope.weight_shapes",
+                                           "qscope.weight_grans",   "qscope.weight_scale_dtypes",
+                                           "qscope.weight_options", "qscope.corrections"};
+        enum { NMINE = sizeof mine / sizeof mine[0] };
+        const char *vals[NMINE] = {"mlp",  layers.s, acts.s,  packed ? "packed" : "fake-quant",
+                                   fmts.s, shapes.s, grans.s, sdts.s,
+                                   opts.s, corrs.s};
+        const char **keys = malloc(((size_t)NMINE + m->nmeta) * sizeof *keys);
+        const char **mv = malloc(((size_t)NMINE + m->nmeta) * sizeof *mv);
+        struct qs_st_out *all = malloc(((size_t)xf.n + xu.n + 1) * sizeof *all);
+        int nk = 0;
+        for (int k = 0; keys && mv && k < NMINE; k++, nk++) {
+            keys[nk] = mine[k];
+            mv[nk] = vals[k];
+        }
+        for (int k = 0; keys && mv && k < m->nmeta; k++) {
+            int dup = 0;
+            for (int j = 0; j < NMINE; j++)
+                dup |= !strcmp(m->meta_key[k], mine[j]);
+            if (!dup) {
+                keys[nk] = m->meta_key[k];
+                mv[nk++] = m->meta_val[k];
+            }
+        }
+        if (!all || !keys || !mv) {
+            rc = qs_errf(e, "out of memory");
+        } else {
+            memcpy(all, xf.t, (size_t)xf.n * sizeof *all);
+            if (xu.n)
+                memcpy(all + xf.n, xu.t, (size_t)xu.n * sizeof *all);
+            rc = qs_st_write(argv[0], all, xf.n + xu.n, keys, mv, nk, e);
+        }
+        free(all);
+        free(keys);
+        free(mv);
+    }
+    for (int i = 0; own && i < 2 * L; i++)
+        free(own[i]);
+    free(own);
+    exp_free(&xf);
+    exp_free(&xu);
+    if (rc == 0) {
+        char q[600];
+        snprintf(c->canon, sizeof c->canon, "export model %s%s", qs_quote(argv[0], q, sizeof q),
+                 packed ? " packed" : "");
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "export model");
+        cJSON_AddStringToObject(o, "path", argv[0]);
+        cJSON_AddStringToObject(o, "kind", packed ? "packed" : "fake-quant");
+        cJSON_AddNumberToObject(o, "corrections", ncorr);
+        struct qs_sb t = {0};
+        qs_sb_printf(&t, "wrote %s (%s", argv[0],
+                     packed ? "packed codes and scales" : "dequantized weights");
+        if (ncorr)
+            qs_sb_printf(&t, "; corrections %s: %s", packed ? "as fitted" : "folded in", said.s);
+        qs_sb_printf(&t, ")");
+        if (aq)
+            qs_note(c, "note: activations are quantized in this session; the exported file "
+                       "holds the weights only, and runs with float activations");
+        if (clocal)
+            qs_note(c, "note: clocal corrections are analysis only and are not exported");
+        qs_emit(c, o, t.s);
+        qs_sb_free(&t);
+    }
+    qs_sb_free(&layers);
+    qs_sb_free(&acts);
+    qs_sb_free(&fmts);
+    qs_sb_free(&shapes);
+    qs_sb_free(&grans);
+    qs_sb_free(&sdts);
+    qs_sb_free(&opts);
+    qs_sb_free(&corrs);
+    qs_sb_free(&said);
+    return rc;
 }
 
 /* ---- help and quit ------------------------------------------------------------------- */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 
 static const char *const act_names[] = {
@@ -127,6 +128,9 @@ static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapp
 static int load_layer(const struct qs_st_file *f, const char *path, const char *prefix,
                       struct qs_layer *l, qs_err *e)
 {
+    int packed = qs_packfile_layer(f, path, prefix, l, e); /* `export model … packed` files */
+    if (packed <= 0)
+        return packed;
     char key[160];
     snprintf(key, sizeof key, "%s.weight", prefix);
     const struct qs_st_tensor *w = qs_st_find(f, key);
@@ -192,9 +196,8 @@ static int load_from_meta(const struct qs_st_file *f, const char *path, struct q
     if (!m)
         return qs_errf(e, "out of memory");
     for (int i = 0; i < n; i++) {
-        if (load_layer(f, path, names[i], &m->layers[i], e) < 0 ||
-            qs_act_parse(acts[i], &m->layers[i].act, e) < 0) {
-            qs_err_prefix(e, path);
+        if (load_layer(f, path, names[i], &m->layers[i], e) < 0 || /* names path itself */
+            (qs_act_parse(acts[i], &m->layers[i].act, e) < 0 && qs_err_prefix(e, path))) {
             qs_mlp_free(m);
             return -1;
         }

@@ -865,9 +865,6 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
                  : o->gran == QS_GRAN_CHANNEL ? cols
                                               : (f->block > 0 ? f->block : 64);
         J->store = o->scale_f32 ? SC_F32 : SC_F16;
-        if (o->gran == QS_GRAN_GROUP && cols % o->group != 0)
-            return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
-                           o->group, cols);
         break;
     default:
         J->store = o->scale_none ? SC_NONE : o->scale_f32 ? SC_F32 : SC_F16;
@@ -877,13 +874,14 @@ static int job_init(struct job *J, const struct qs_format *f, const struct qs_qo
         } else if (o->gran == QS_GRAN_CHANNEL) {
             J->seg = cols;
         } else {
-            if (cols % o->group != 0)
-                return qs_errf(e, "%s: group size %d does not divide the row length %d", f->name,
-                               o->group, cols);
             J->seg = o->group;
         }
         break;
     }
+    /* qscope: the one rule for groups and blocks of every format (int/minifloat/nf4/compand
+     * group:N, NF4 blocks, MX 32, NVFP4 16): they tile each row from column 0, and when the
+     * row length is not a multiple of the size the last one of the row is shorter and gets a
+     * scale of its own; a size above the row length gives one group per row. */
     if (J->seg > cols)
         J->seg = cols;
     J->nseg = (cols + J->seg - 1) / J->seg;
@@ -1342,6 +1340,37 @@ int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e)
         par_rows(J, unpack_rows, p->rows, 1, n_threads(n, p->rows));
     }
     free(lut);
+    free(J);
+    return rc;
+}
+
+int qs_packed_layout(const struct qs_format *f, const struct qs_qopts *o, int rows, int cols,
+                     struct qs_packed_layout *out, qs_err *e)
+{
+    memset(out, 0, sizeof *out);
+    struct job *J = malloc(sizeof *J);
+    if (!J)
+        return qs_errf(e, "out of memory");
+    int rc = job_init(J, f, o, NULL, rows, cols, e);
+    size_t n, bits;
+    if (rc == 0 && (qs_size_mul((size_t)rows, (size_t)cols, &n) < 0 ||
+                    qs_size_mul(n, (size_t)f->bits, &bits) < 0 || bits > SIZE_MAX - 7))
+        rc = qs_errf(e, "%s: %d x %d is too large", f->name, rows, cols);
+    if (rc == 0) {
+        size_t ns = n_scales(J);
+        out->code_bytes = (bits + 7) / 8;
+        out->scale_bytes = ns * (size_t)store_bytes(J->store);
+        out->zero_bytes = (f->kind == QS_FMT_INT && o->asym) ? ns : 0;
+        out->nscales = J->store == SC_NONE ? 0 : ns;
+        out->group = J->shared ? 0 : J->seg;
+        out->tensor_scale = f->kind == QS_FMT_NVFP4;
+        static const char *const st[] = {[SC_NONE] = "none",
+                                         [SC_F16] = "f16",
+                                         [SC_F32] = "f32",
+                                         [SC_E8M0] = "e8m0",
+                                         [SC_E4M3] = "e4m3"};
+        out->scale_dtype = st[J->store];
+    }
     free(J);
     return rc;
 }

@@ -125,8 +125,6 @@ static int check_equiv(const struct qs_format *f, const char *toks, const float 
     qs_err e;
     if (qs_qopts_check(f, &o, &e) < 0)
         return 0;
-    if (o.gran == QS_GRAN_GROUP && cols % o.group != 0)
-        return 0;
     size_t n = (size_t)rows * cols;
     float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
     char what[160];
@@ -148,6 +146,11 @@ static int check_equiv(const struct qs_format *f, const char *toks, const float 
         CHECK(same_bits(a, c, n, what));
         CHECK(qs_packed_bytes(&p) ==
               p.code_bytes + p.scale_bytes + p.zero_bytes + (f->kind == QS_FMT_NVFP4 ? 4u : 0u));
+        /* the layout a reader of packed files checks against is the one pack wrote */
+        struct qs_packed_layout lay;
+        CHECK(qs_packed_layout(f, &o, rows, cols, &lay, &e) == 0);
+        CHECK(lay.code_bytes == p.code_bytes && lay.scale_bytes == p.scale_bytes &&
+              lay.zero_bytes == p.zero_bytes && lay.tensor_scale == (f->kind == QS_FMT_NVFP4));
         /* quantization is idempotent-ish sanity: outputs are finite unless overflow is asked */
         if (o.saturate)
             for (size_t i = 0; i < n; i++)
@@ -467,6 +470,84 @@ static void test_zero_blocks_and_tiny(void)
     CHECK(memcmp(keep, m3, sizeof keep) == 0);
 }
 
+/* The one rule for a partial last group (format.h): groups tile each row from column 0 and the
+ * last, shorter one has its own scale. So every group, the partial one included, quantizes
+ * exactly as that slice of the row would on its own (one row, one scale); the scale count is
+ * ceil(cols / N) per row; and a row that is a multiple of N is untouched by the rule. */
+static void test_partial_groups(void)
+{
+    static const char *const fm[] = {"int4", "int8", "int3",      "fp4-e2m1", "fp8-e4m3",
+                                     "e0m7", "nf4",  "compand:4", "e3m4b1"};
+    static const char *const os[] = {"gran=group:24", "gran=group:24 asym",
+                                     "gran=group:24 clip=mse", "gran=group:100"};
+    const int rows = 7, cols = 64;
+    float *w = make_matrix(rows, cols, 11);
+    float *a = malloc((size_t)rows * cols * sizeof *a), *seg = malloc(64 * sizeof *seg);
+    qs_err e;
+    int checked = 0;
+    for (size_t i = 0; i < sizeof fm / sizeof fm[0]; i++) {
+        struct qs_format f = fmt(fm[i]);
+        for (size_t k = 0; k < sizeof os / sizeof os[0]; k++) {
+            struct qs_qopts o = opts(os[k]);
+            if (qs_qopts_check(&f, &o, &e) < 0)
+                continue;
+            checked += check_equiv(&f, os[k], w, rows, cols);
+            CHECK(qs_quant_fake(&f, &o, w, rows, cols, a, &e) == 0);
+            /* the slice alone: gran=channel (NF4: one block per row) with the same options */
+            struct qs_qopts oc = o;
+            oc.gran = QS_GRAN_CHANNEL;
+            int ok = 1, g = o.group;
+            for (int r = 0; r < rows; r++)
+                for (int c0 = 0; c0 < cols; c0 += g) {
+                    int n = cols - c0 < g ? cols - c0 : g;
+                    CHECK(qs_quant_fake(&f, &oc, w + (size_t)r * cols + c0, 1, n, seg, &e) == 0);
+                    ok &= memcmp(seg, a + (size_t)r * cols + c0, (size_t)n * sizeof *seg) == 0;
+                }
+            if (!ok)
+                fprintf(stderr, "  %s [%s]: a group differs from its slice alone\n", fm[i], os[k]);
+            CHECK(ok);
+        }
+    }
+    CHECK(checked >= 30);
+    /* bits from the packed buffers: 3 F16 scales per 64-element row (24 + 24 + 16) */
+    const double eps = 1e-12;
+    CHECK_NEAR(bpw("int4", "gran=group:24", 4, 64), 4.0 + 3 * 16.0 / 64, eps);
+    CHECK_NEAR(bpw("int4", "gran=group:24 asym", 4, 64), 4.0 + 3 * 24.0 / 64, eps);
+    CHECK_NEAR(bpw("nf4", "gran=group:24", 4, 64), 4.0 + 3 * 16.0 / 64, eps);
+    CHECK_NEAR(bpw("int4", "gran=group:100", 4, 64), 4.0 + 16.0 / 64, eps); /* one per row */
+    CHECK_NEAR(bpw("nvfp4", "", 4, 40), 4.0 + 3 * 8.0 / 40 + 32.0 / 160, eps);
+    CHECK_NEAR(bpw("mxint8", "", 2, 40), 8.0 + 2 * 8.0 / 40, eps);
+    struct qs_packed_layout lay;
+    struct qs_format f4 = fmt("int4");
+    struct qs_qopts og = opts("gran=group:24 asym");
+    CHECK(qs_packed_layout(&f4, &og, 7, 64, &lay, &e) == 0);
+    CHECK(lay.nscales == 7 * 3 && lay.group == 24 && lay.zero_bytes == 21 &&
+          !strcmp(lay.scale_dtype, "f16"));
+    struct qs_format fnv = fmt("nvfp4");
+    struct qs_qopts od = opts("");
+    CHECK(qs_packed_layout(&fnv, &od, 3, 40, &lay, &e) == 0);
+    CHECK(lay.nscales == 9 && lay.group == 16 && lay.tensor_scale &&
+          !strcmp(lay.scale_dtype, "e4m3"));
+    CHECK(qs_packed_layout(&f4, &od, 7, 64, &lay, &e) == 0 && lay.group == 0 && lay.nscales == 1);
+    /* the rule leaves whole groups alone: the first 48 columns quantize as a 48-column matrix */
+    struct qs_format f = fmt("int4");
+    struct qs_qopts o = opts("gran=group:24");
+    float *w48 = malloc((size_t)rows * 48 * sizeof *w48), *a48 = malloc((size_t)rows * 48 * 4);
+    for (int r = 0; r < rows; r++)
+        memcpy(w48 + (size_t)r * 48, w + (size_t)r * cols, 48 * sizeof *w48);
+    CHECK(qs_quant_fake(&f, &o, w, rows, cols, a, &e) == 0);
+    CHECK(qs_quant_fake(&f, &o, w48, rows, 48, a48, &e) == 0);
+    int ok = 1;
+    for (int r = 0; r < rows; r++)
+        ok &= memcmp(a48 + (size_t)r * 48, a + (size_t)r * cols, 48 * sizeof *a48) == 0;
+    CHECK(ok);
+    free(w48);
+    free(a48);
+    free(a);
+    free(seg);
+    free(w);
+}
+
 static void test_bad_input(void)
 {
     int rows = 4, cols = 64;
@@ -476,8 +557,9 @@ static void test_bad_input(void)
     struct qs_packed p;
     struct qs_format f = fmt("int4");
     struct qs_qopts o = opts("gran=group:24");
+    o.group = 0; /* the parser refuses group:0; the kernels must too */
     CHECK(qs_quant_fake(&f, &o, w, rows, cols, out, &e) < 0);
-    CHECK_STR(e.msg, "int4: group size 24 does not divide the row length 64");
+    CHECK_STR(e.msg, "int4: group size must be >= 1");
     CHECK(qs_quant_pack(&f, &o, w, rows, cols, &p, &e) < 0 && p.codes == NULL);
     struct qs_format none = fmt("none");
     o = opts("");
@@ -684,5 +766,5 @@ TEST_MAIN("format_pack", TEST_CASE(test_fake_equals_pack_unpack), TEST_CASE(test
           TEST_CASE(test_packed_sizes), TEST_CASE(test_int_scales),
           TEST_CASE(test_mx_shared_exponent), TEST_CASE(test_nvfp4_recipe),
           TEST_CASE(test_nf4_blocks), TEST_CASE(test_zero_blocks_and_tiny),
-          TEST_CASE(test_bad_input), TEST_CASE(test_stochastic), TEST_CASE(test_clipping),
-          TEST_CASE(test_static_amax), TEST_CASE(test_minifloat_scaling))
+          TEST_CASE(test_partial_groups), TEST_CASE(test_bad_input), TEST_CASE(test_stochastic),
+          TEST_CASE(test_clipping), TEST_CASE(test_static_amax), TEST_CASE(test_minifloat_scaling))
