@@ -150,6 +150,8 @@ static int load_layer(const struct qs_st_file *f, const char *path, const char *
     if (strlen(prefix) >= sizeof l->name)
         return qs_errf(e, "%s: layer name '%s' is longer than %zu characters", path, nb,
                        sizeof l->name - 1);
+    if (strcmp(nb, prefix) != 0) /* the name is shown in every table: no terminal escapes */
+        return qs_errf(e, "%s: layer name '%s' contains control characters", path, nb);
     size_t kl = strlen(prefix) + 8;
     char *key = malloc(kl);
     if (!key)
