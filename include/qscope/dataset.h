@@ -25,7 +25,8 @@ struct qs_dataset {
     char **feat_names; /* d names (from the header, or "x0".."x{d-1}") */
 };
 
-/* Loads a CSV file. Header optional: the first non-blank row is a header iff one of its
+/* Loads a CSV file (a regular file: a FIFO or directory is refused before it can block; a
+ * leading UTF-8 byte order mark is skipped, here and in the _mem variant). Header optional: the first non-blank row is a header iff one of its
  * non-empty cells is not a number. Blank lines are skipped; LF, CRLF and CR line ends and
  * RFC 4180 quoting are accepted.
  * label: NULL or "" -> last column; a header name (exact, after trimming); or an integer column

@@ -52,7 +52,11 @@ struct qs_lm {
  * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu). Unsupported
  * variants (rope_scaling, attention/mlp biases, another activation) are refused. Every missing
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
- * the tensor or key. *out is NULL on failure; free with qs_lm_free. */
+ * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
+ * the file must hold the tensors its depth needs and the weights must fit in memory
+ * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. Only
+ * regular files are opened (a FIFO would block). *out is NULL on failure; free with
+ * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);

@@ -49,7 +49,10 @@ struct qs_mlp {
  * ("0.weight", "0.bias", "2.weight", ...) ordered by index, whose shapes must chain; hidden
  * layers then use `act` (the last layer none). act_given says whether the caller named an act
  * (it then overrides the metadata's hidden activations). Weights are copied to F32 (from F32,
- * F16 or BF16) and checked finite: a NaN/Inf is reported with the tensor and index. */
+ * F16 or BF16) and checked finite: a NaN/Inf is reported with the tensor and index. Any number
+ * of layers and metadata pairs; a layer name of 64 characters or more, or with control
+ * characters, is refused (never cut); messages name the file once and print names from the
+ * file cleaned (qs_clean_str). */
 int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp **out, qs_err *e);
 
 /* A fresh model with sizes[0] inputs and sizes[nsizes-1] outputs; hidden layers use act. Weights
