@@ -13,7 +13,7 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
-Q=./qscope
+Q=${QSCOPE_BIN:-./qscope}
 pass() { echo "PASS robust_load.$1"; }
 fail() { echo "FAIL robust_load.$1"; }
 check() { if eval "$2"; then pass "$1"; else fail "$1"; echo "  got (rc=$rc): $msg" >&2; fi; }
