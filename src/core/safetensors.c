@@ -452,7 +452,7 @@ static int open_common(struct qs_st_file *f, const void *buf, size_t len, struct
  * thread that runs unguarded, a BLAS worker or a pane, reads on instead of dying), then, in a
  * thread that runs under qs_st_guard, jumps back to it, which turns the fault into an error.
  * Results computed from the zeros are never shown: the guard and qs_st_check refuse them. */
-#define GUARD_SLOTS 64
+#define GUARD_SLOTS 1024 /* mappings open at once (a study opens a few models at a time) */
 static struct qs_st_file *volatile guard_files[GUARD_SLOTS];
 static pthread_mutex_t guard_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
@@ -1019,7 +1019,7 @@ int qs_st_write(const char *path, const struct qs_st_out *t, int n, const char *
         lenb[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
     int bad = fwrite(lenb, 1, 8, o.f) != 8 || fwrite(h.p, 1, h.len, o.f) != h.len;
     for (int i = 0; !bad && i < n; i++)
-        bad = fwrite(t[i].data, 1, (size_t)nbytes[i], o.f) != (size_t)nbytes[i];
+        bad = nbytes[i] && fwrite(t[i].data, 1, (size_t)nbytes[i], o.f) != (size_t)nbytes[i];
     if (bad) {
         char pb[256];
         qs_errf(e, "%s: cannot write: %s", qs_clean_str(path, pb, sizeof pb, 0),

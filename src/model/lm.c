@@ -784,6 +784,10 @@ int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struc
      * k, v: (T, kv); cs: (T, hd) */
     size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
                   (size_t)T * T + 2 * (size_t)T * kv + (size_t)T * hd;
+    char what[64];
+    snprintf(what, sizeof what, "a forward of %d tokens", T);
+    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*T scores: ctx is from a file */
+        return qs_err_prefix(e, m->path);
     float *buf = malloc(need * sizeof(float));
     if (!buf)
         return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
