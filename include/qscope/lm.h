@@ -65,8 +65,7 @@ void qs_lm_free(struct qs_lm *m);
  * (family, sizes, eps, rope_theta, tied), checking that every value is in range (positive,
  * consistent heads, within qscope's limits) and that the weights' total size does not overflow.
  * Allocates nothing in m. 0 or -1 and e. */
-int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m,
-                       qs_err *e);
+int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m, qs_err *e);
 /* Bytes of m's weights as F32 (the tied head counted once) into *bytes; -1 on overflow. */
 int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes);
 

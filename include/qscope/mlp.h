@@ -17,7 +17,7 @@ const char *qs_act_name(enum qs_act a);
 int qs_act_parse(const char *s, enum qs_act *a, qs_err *e);
 
 struct qs_layer {
-    char name[64];   /* a longer name in a file is refused, never cut */
+    char name[64]; /* a longer name in a file is refused, never cut */
     int in, out;
     float *w;        /* (out, in); owned by the model, or a view into the mapped file (w_mapped:
                         aligned F32 tensors are not copied; such weights are never written) */
@@ -43,9 +43,10 @@ struct qs_mlp {
     struct qs_st_file *map;      /* the mapped file mapped weights point into, or NULL */
 };
 
-/* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope metadata ("qscope.arch" = "mlp",
- * "qscope.layers" = comma-separated names, "qscope.acts" = their activations) the layers are
- * read by name; otherwise the tensors are taken as a PyTorch nn.Sequential state dict
+/* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope
+ * metadata ("qscope.arch" = "mlp", "qscope.layers" = comma-separated names, "qscope.acts" = their
+ * activations) the layers are read by name; otherwise the tensors are taken as a PyTorch
+ * nn.Sequential state dict
  * ("0.weight", "0.bias", "2.weight", ...) ordered by index, whose shapes must chain; hidden
  * layers then use `act` (the last layer none). act_given says whether the caller named an act
  * (it then overrides the metadata's hidden activations). Weights are copied to F32 (from F32,

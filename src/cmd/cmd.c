@@ -260,9 +260,9 @@ int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results)
  * settings, the bare formats or the front end): they run even when its file has changed. */
 static int spares_weights(const char *name)
 {
-    static const char *const spare[] = {"load model", "load data", "help", "quit", "info",
-                                        "roundtrip", "codes", "train", "source", "recover",
-                                        "set bail", "set seed", NULL};
+    static const char *const spare[] = {"load model", "load data", "help",  "quit",   "info",
+                                        "roundtrip",  "codes",     "train", "source", "recover",
+                                        "set bail",   "set seed",  NULL};
     for (int i = 0; spare[i]; i++)
         if (!strcmp(name, spare[i]))
             return 1;

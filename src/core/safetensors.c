@@ -474,8 +474,8 @@ static void guard_handler(int sig, siginfo_t *si, void *uc)
         guard_last = f;
         guard_faults++;
         void *page = (void *)((uintptr_t)a & ~(guard_pagesize - 1));
-        mmap(page, (size_t)guard_pagesize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-             -1, 0);
+        mmap(page, (size_t)guard_pagesize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+             0);
         if (guard_jmp)
             siglongjmp(*guard_jmp, 1);
         return;

@@ -178,12 +178,11 @@ static char *read_text(const char *path, qs_err *e)
 
 /* Limits that keep every size product of the loader and the forward pass inside an int (each
  * product is still checked): far above any model qscope can hold, far below what overflows. */
-#define LM_MAX_DIM (1 << 24)   /* d_model, d_ff */
+#define LM_MAX_DIM (1 << 24) /* d_model, d_ff */
 #define LM_MAX_LAYERS (1 << 20)
 #define LM_MAX_CTX (1 << 24)
 
-int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m,
-                       qs_err *e)
+int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m, qs_err *e)
 {
     cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root || !cJSON_IsObject(root)) {
@@ -272,8 +271,8 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
     if (rc == 0 && m->n_head > m->d_model)
         rc = qs_errf(e, "%s: %d heads for a hidden size of %d", file, m->n_head, m->d_model);
     if (rc == 0 && m->n_kv_head > m->n_head)
-        rc = qs_errf(e, "%s: %d key/value heads exceed the %d attention heads", file,
-                     m->n_kv_head, m->n_head);
+        rc = qs_errf(e, "%s: %d key/value heads exceed the %d attention heads", file, m->n_kv_head,
+                     m->n_head);
     if (rc == 0 && m->d_model % m->n_head)
         rc = qs_errf(e, "%s: hidden size %d is not a multiple of the %d heads", file, m->d_model,
                      m->n_head);
@@ -315,8 +314,7 @@ int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes)
     if (qs_size_mul((size_t)m->n_layer, L, &all) < 0 || qs_size_mul(V, d, &emb) < 0 ||
         (m->family == QS_LM_GPT2 && qs_size_mul((size_t)m->ctx, d, &pos) < 0) ||
         qs_size_add(all, emb, &all) < 0 || qs_size_add(all, pos + 2 * d, &all) < 0 ||
-        (!m->tied && qs_size_add(all, emb, &all) < 0) ||
-        qs_size_mul(all, sizeof(float), bytes) < 0)
+        (!m->tied && qs_size_add(all, emb, &all) < 0) || qs_size_mul(all, sizeof(float), bytes) < 0)
         return -1;
     return 0;
 }
@@ -540,8 +538,10 @@ static int check_depth(const struct qs_lm *m, const struct qs_st_file *f, const 
     size_t have = (size_t)qs_st_count(f), per = m->family == QS_LM_GPT2 ? 12 : 9;
     const char *lay = m->family == QS_LM_GPT2 ? "n_layer" : "num_hidden_layers";
     if ((size_t)m->n_layer > have / per) /* a missing tensor of a plausible depth is named later */
-        return qs_errf(e, "%s: config.json says %s %d, which needs at least %zu tensors, but the "
-                          "file holds %zu", stp, lay, m->n_layer, (size_t)m->n_layer * per, have);
+        return qs_errf(e,
+                       "%s: config.json says %s %d, which needs at least %zu tensors, but the "
+                       "file holds %zu",
+                       stp, lay, m->n_layer, (size_t)m->n_layer * per, have);
     if (m->family == QS_LM_GPT2)
         snprintf(k, sizeof k, "%sh.%d.ln_1.weight",
                  qs_st_find(f, "transformer.wte.weight") ? "transformer." : "", m->n_layer - 1);
@@ -577,9 +577,10 @@ static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const
         if (used[i] || ignorable(name) || (m->tied && strstr(name, "lm_head.weight")))
             continue;
         char nb[96];
-        return qs_errf(e, "%s: tensor '%s' is not used by the model config.json describes "
-                          "(%d layers); the config does not match the weights", stp,
-                       qs_clean_str(name, nb, sizeof nb, 64), m->n_layer);
+        return qs_errf(e,
+                       "%s: tensor '%s' is not used by the model config.json describes "
+                       "(%d layers); the config does not match the weights",
+                       stp, qs_clean_str(name, nb, sizeof nb, 64), m->n_layer);
     }
     return 0;
 }

@@ -114,8 +114,8 @@ static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapp
     qs_clean_str(t->name, nb, sizeof nb, 64);
     *mapped = view != NULL;
     snprintf(what, sizeof what, "%s: tensor '%s' as F32", path, nb);
-    float *buf = view ? (float *)view
-                      : qs_alloc((size_t)(t->numel ? t->numel : 1), sizeof(float), what, e);
+    float *buf =
+        view ? (float *)view : qs_alloc((size_t)(t->numel ? t->numel : 1), sizeof(float), what, e);
     if (!buf)
         return NULL;
     if (!view && qs_st_to_f32(t, buf, e) < 0) {
@@ -363,8 +363,7 @@ int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp 
                 if (m->layers[i].in != m->layers[i - 1].out) {
                     char a[96], b[96];
                     rc = qs_errf(e, "%s: layer '%s' takes %d inputs but '%s' gives %d", path,
-                                 qs_clean_str(m->layers[i].name, a, sizeof a, 64),
-                                 m->layers[i].in,
+                                 qs_clean_str(m->layers[i].name, a, sizeof a, 64), m->layers[i].in,
                                  qs_clean_str(m->layers[i - 1].name, b, sizeof b, 64),
                                  m->layers[i - 1].out);
                 }
@@ -410,8 +409,10 @@ int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struc
     for (int i = 0; i + 1 < nsizes; i++)
         if (qs_size_mul((size_t)sizes[i] + 1, (size_t)sizes[i + 1], &nw) < 0 ||
             qs_size_add(total, nw, &total) < 0 || total > (size_t)INT32_MAX)
-            return qs_errf(e, "layer sizes %d x %d give a weight matrix too large for qscope "
-                              "(at most 2^31 parameters)", sizes[i], sizes[i + 1]);
+            return qs_errf(e,
+                           "layer sizes %d x %d give a weight matrix too large for qscope "
+                           "(at most 2^31 parameters)",
+                           sizes[i], sizes[i + 1]);
     if (qs_mem_check(total * sizeof(float), "the new model's weights", e) < 0)
         return -1;
     struct qs_mlp *m = mlp_alloc(nsizes - 1);

@@ -34,8 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t bytes;
     if (m.n_layer < 1 || m.d_model < 1 || m.d_ff < 1 || m.vocab < 1 || m.vocab > 65536 ||
         m.ctx < 1 || m.n_head < 1 || m.n_kv_head < 1 || m.d_model % m.n_head ||
-        m.n_head % m.n_kv_head || !(m.eps > 0) || qs_lm_weight_bytes(&m, &bytes) < 0 ||
-        bytes == 0)
+        m.n_head % m.n_kv_head || !(m.eps > 0) || qs_lm_weight_bytes(&m, &bytes) < 0 || bytes == 0)
         abort();
     if (m.family == QS_LM_LLAMA && ((m.d_model / m.n_head) % 2 || !(m.rope_theta > 0)))
         abort();

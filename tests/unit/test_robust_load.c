@@ -204,7 +204,10 @@ static int write_meta_mlp(const char *path, int n, void (*name_of)(int, char *, 
     return rc;
 }
 
-static void short_name(int i, char *b, size_t n) { snprintf(b, n, "l%d", i); }
+static void short_name(int i, char *b, size_t n)
+{
+    snprintf(b, n, "l%d", i);
+}
 static void long_name(int i, char *b, size_t n)
 {
     snprintf(b, n, "layer_with_a_name_much_longer_than_sixty_three_characters_in_all_%03d", i);
@@ -359,8 +362,7 @@ static void test_overwritten_in_place(void)
     for (int tries = 0; tries < 1000000; tries++) {
         CHECK(pwrite(fd, &two, 4, st0.st_size - 64 * 4 - 4) == 4);
         CHECK(stat(path, &st1) == 0);
-        if (st1.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
-            st1.st_mtim.tv_nsec != st0.st_mtim.tv_nsec)
+        if (st1.st_mtim.tv_sec != st0.st_mtim.tv_sec || st1.st_mtim.tv_nsec != st0.st_mtim.tv_nsec)
             break;
     }
     close(fd);
@@ -429,8 +431,10 @@ static void test_escapes(void)
 
 static void test_csv_bom(void)
 {
-    const char *hdr = "\xef\xbb\xbf" "a,b,label\n1,2,0\n3,4,1\n";
-    const char *nohdr = "\xef\xbb\xbf" "1,2,0\n3,4,1\n5,6,1\n";
+    const char *hdr = "\xef\xbb\xbf"
+                      "a,b,label\n1,2,0\n3,4,1\n";
+    const char *nohdr = "\xef\xbb\xbf"
+                        "1,2,0\n3,4,1\n5,6,1\n";
     struct qs_dataset *d = NULL;
     qs_err e = {{0}};
     CHECK(qs_dataset_load_csv_mem(hdr, strlen(hdr), NULL, "bom.csv", &d, &e) == 0);
@@ -490,13 +494,20 @@ int main(void)
 {
     alarm(120); /* a loader that blocks on a FIFO kills the binary: a failure, never a hang */
     static const struct qs_test_case cases[] = {
-        TEST_CASE(test_lying_hf_config),     TEST_CASE(test_lm_free_partial),
-        TEST_CASE(test_config_parse_mem),    TEST_CASE(test_fifo_and_dir),
-        TEST_CASE(test_many_layers_long_names), TEST_CASE(test_bias_shape_and_path_once),
-        TEST_CASE(test_mlp_new_overflow),    TEST_CASE(test_truncated_under_mapping),
-        TEST_CASE(test_overwritten_in_place), TEST_CASE(test_write_to_devices),
-        TEST_CASE(test_escapes),             TEST_CASE(test_csv_bom),
-        TEST_CASE(test_mem_limit),           TEST_CASE(test_cleanup),
+        TEST_CASE(test_lying_hf_config),
+        TEST_CASE(test_lm_free_partial),
+        TEST_CASE(test_config_parse_mem),
+        TEST_CASE(test_fifo_and_dir),
+        TEST_CASE(test_many_layers_long_names),
+        TEST_CASE(test_bias_shape_and_path_once),
+        TEST_CASE(test_mlp_new_overflow),
+        TEST_CASE(test_truncated_under_mapping),
+        TEST_CASE(test_overwritten_in_place),
+        TEST_CASE(test_write_to_devices),
+        TEST_CASE(test_escapes),
+        TEST_CASE(test_csv_bom),
+        TEST_CASE(test_mem_limit),
+        TEST_CASE(test_cleanup),
     };
     return qs_test_run("robust_load", cases, (int)(sizeof cases / sizeof cases[0]));
 }
