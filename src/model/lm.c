@@ -280,6 +280,13 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
         rc = qs_errf(e, "%s: vocab_size %d exceeds the 16-bit token ids (65536)", file,
                      m->vocab);
     if (rc == 0) {
+        /* each site's in * out is an int in the analyses and quantizers */
+        int64_t d = m->d_model, big = d * (m->d_ff > 3 * d ? m->d_ff : 3 * d);
+        if (big > INT32_MAX || d * m->vocab > INT32_MAX)
+            rc = qs_errf(e, "%s: a weight matrix of this model would have more than 2^31 "
+                            "entries (not supported)", file);
+    }
+    if (rc == 0) {
         /* every later size: sites, per-layer arrays, and the weights as F32 */
         size_t w;
         if (qs_lm_weight_bytes(m, &w) < 0)

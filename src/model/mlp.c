@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,7 +168,9 @@ static int load_layer(const struct qs_st_file *f, const char *path, const char *
         qs_errf(e, "%s: tensor '%s.weight' must be a non-empty 2-D (out, in) matrix", path, nb);
         goto out;
     }
-    if (w->shape[0] > (1 << 24) || w->shape[1] > (1 << 24)) {
+    /* in * out is an int in the analyses and quantizers */
+    if (w->shape[0] > (1 << 24) || w->shape[1] > (1 << 24) ||
+        w->shape[0] * w->shape[1] > INT32_MAX) {
         qs_errf(e, "%s: tensor '%s.weight' is too large", path, nb);
         goto out;
     }

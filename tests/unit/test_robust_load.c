@@ -136,6 +136,12 @@ static void test_config_parse_mem(void)
     memset(&m, 0, sizeof m);
     CHECK(qs_lm_parse_config(ok, strlen(ok), "c.json", &m, &e) == 0);
     CHECK(m.d_ff == 128 && m.n_layer == 2 && m.family == QS_LM_GPT2);
+    /* 40000 x 65536 entries in the embedding: more than an int counts */
+    const char *wide = "{\"model_type\": \"gpt2\", \"vocab_size\": 65536, \"n_embd\": 40000, "
+                       "\"n_layer\": 2, \"n_head\": 4, \"n_positions\": 16, \"n_inner\": 8}";
+    memset(&m, 0, sizeof m);
+    CHECK(qs_lm_parse_config(wide, strlen(wide), "c.json", &m, &e) < 0);
+    CHECK(has(e.msg, "2^31"));
     const char *esc = "{\"model_type\": \"\x1b[31mbert\"}";
     memset(&m, 0, sizeof m);
     CHECK(qs_lm_parse_config(esc, strlen(esc), "c.json", &m, &e) < 0);
