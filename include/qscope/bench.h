@@ -166,6 +166,10 @@ void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep);
 /* Re-makes the split (seed, fractions) and invalidates caches. */
 int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e);
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);
+/* Whether the files the model's weights are mapped from are unchanged since they were loaded
+ * (qs_st_check): 0, or -1 with "PATH changed on disk since it was loaded; load it again". The
+ * dispatcher calls it before every command that reads weights. */
+int qs_bench_check_files(const struct qs_bench *b, qs_err *e);
 /* Checks that model and data fit each other (input width, classes). */
 int qs_bench_ready(struct qs_bench *b, qs_err *e);
 

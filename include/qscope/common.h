@@ -68,8 +68,9 @@ int qs_int_mul(int a, int b, int *out);
  * cgroup's memory.max - memory.current where a limit is set (v2, or v1's limit_in_bytes); and
  * $QSCOPE_MEM_LIMIT (bytes, for tests) if set. SIZE_MAX where nothing can be read. */
 size_t qs_mem_available(void);
-/* Allocations under 64 MiB always pass. Larger ones are refused when BYTES exceeds
- * qs_mem_available(), with "WHAT needs 10.2 GB but only 3.1 GB of memory is available" in e. */
+/* Allocations under 64 MiB (1 MiB when $QSCOPE_MEM_LIMIT is set, for tests) always pass.
+ * Larger ones are refused when BYTES exceeds qs_mem_available(), with "WHAT needs 10.2 GB but
+ * only 3.1 GB of memory is available" in e. */
 int qs_mem_check(size_t bytes, const char *what, qs_err *e);
 /* calloc(n, size) after an overflow check and qs_mem_check; NULL with a message naming WHAT
  * and the figure on failure. Free with free(). */

@@ -25,18 +25,19 @@ struct qs_dataset {
     char **feat_names; /* d names (from the header, or "x0".."x{d-1}") */
 };
 
-/* Loads a CSV file. Header optional: the first non-blank row is a header iff one of its
- * non-empty cells is not a number. Blank lines are skipped; LF, CRLF and CR line ends and
- * RFC 4180 quoting are accepted.
- * label: NULL or "" -> last column; a header name (exact, after trimming); or an integer column
- * index, negative counting from the end ("-1" = last). A header name wins over an index.
- * Feature cells: strtod in the C locale (whatever the process locale), the whole cell consumed,
- * surrounding spaces allowed, NaN/Inf and values outside float range rejected. Label cells:
- * integers in 0..QS_DATASET_MAX_CLASSES-1 ("3" or "3.0").
- * On success *out is a new dataset (free with qs_dataset_free). On failure returns -1, *out is
- * NULL and e names the file and, where there is one, the line: missing/unreadable file
- * (strerror), empty file, header without data rows, ragged row, empty or non-numeric cell,
- * unknown label column (the header is listed), bad label, CSV syntax error. */
+/* Loads a CSV file (a regular file: a FIFO or directory is refused before it can block; a
+ * leading UTF-8 byte order mark is skipped, here and in the _mem variant). Header optional:
+ * the first non-blank row is a header iff one of its non-empty cells is not a number. Blank lines
+ * are skipped; LF, CRLF and CR line ends and RFC 4180 quoting are accepted. label: NULL or "" ->
+ * last column; a header name (exact, after trimming); or an integer column index, negative counting
+ * from the end ("-1" = last). A header name wins over an index. Feature cells: strtod in the C
+ * locale (whatever the process locale), the whole cell consumed, surrounding spaces allowed,
+ * NaN/Inf and values outside float range rejected. Label cells: integers in
+ * 0..QS_DATASET_MAX_CLASSES-1 ("3" or "3.0"). On success *out is a new dataset (free with
+ * qs_dataset_free). On failure returns -1, *out is NULL and e names the file and, where there is
+ * one, the line: missing/unreadable file (strerror), empty file, header without data rows, ragged
+ * row, empty or non-numeric cell, unknown label column (the header is listed), bad label, CSV
+ * syntax error. */
 int qs_dataset_load_csv(const char *path, const char *label, struct qs_dataset **out, qs_err *e);
 
 /* The same parser over a memory buffer buf[0..len) (need not be NUL-terminated).

@@ -52,10 +52,22 @@ struct qs_lm {
  * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu). Unsupported
  * variants (rope_scaling, attention/mlp biases, another activation) are refused. Every missing
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
- * the tensor or key. *out is NULL on failure; free with qs_lm_free. */
+ * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
+ * the file must hold the tensors its depth needs and the weights must fit in memory
+ * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. Only
+ * regular files are opened (a FIFO would block). *out is NULL on failure; free with
+ * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
+
+/* Parses a config.json text (len bytes; FILE names it in messages) into m's hyperparameters
+ * (family, sizes, eps, rope_theta, tied), checking that every value is in range (positive,
+ * consistent heads, within qscope's limits) and that the weights' total size does not overflow.
+ * Allocates nothing in m. 0 or -1 and e. */
+int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m, qs_err *e);
+/* Bytes of m's weights as F32 (the tied head counted once) into *bytes; -1 on overflow. */
+int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes);
 
 /* The model file's __metadata__ value for KEY (e.g. "qscope.val_ppl"), or NULL. Owned by m. */
 const char *qs_lm_meta(const struct qs_lm *m, const char *key);

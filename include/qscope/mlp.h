@@ -17,7 +17,7 @@ const char *qs_act_name(enum qs_act a);
 int qs_act_parse(const char *s, enum qs_act *a, qs_err *e);
 
 struct qs_layer {
-    char name[64];
+    char name[64]; /* a longer name in a file is refused, never cut */
     int in, out;
     float *w;        /* (out, in); owned by the model, or a view into the mapped file (w_mapped:
                         aligned F32 tensors are not copied; such weights are never written) */
@@ -27,16 +27,15 @@ struct qs_layer {
     enum qs_act act; /* applied to this layer's pre-activation */
 };
 
-#define QS_MLP_MAXMETA 32
-
 struct qs_mlp {
     int nlayers;
     struct qs_layer *layers;
     char *path;                  /* file it was loaded from, or NULL */
     int from_sequential;         /* layers inferred from a PyTorch state dict */
-    int nmeta;                   /* __metadata__ carried through (task metric, split, ...) */
-    char *meta_key[QS_MLP_MAXMETA];
-    char *meta_val[QS_MLP_MAXMETA];
+    int nmeta, metacap;          /* __metadata__ carried through (task metric, split, ...):
+                                    nmeta pairs in arrays of metacap, grown as needed */
+    char **meta_key;
+    char **meta_val;
     /* forward-pass scratch, grown on demand and reused so that repeated batches do not pay for
      * fresh pages; a model is used by one thread at a time */
     float *scratch;
@@ -44,13 +43,17 @@ struct qs_mlp {
     struct qs_st_file *map;      /* the mapped file mapped weights point into, or NULL */
 };
 
-/* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope metadata ("qscope.arch" = "mlp",
- * "qscope.layers" = comma-separated names, "qscope.acts" = their activations) the layers are
- * read by name; otherwise the tensors are taken as a PyTorch nn.Sequential state dict
+/* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope
+ * metadata ("qscope.arch" = "mlp", "qscope.layers" = comma-separated names, "qscope.acts" = their
+ * activations) the layers are read by name; otherwise the tensors are taken as a PyTorch
+ * nn.Sequential state dict
  * ("0.weight", "0.bias", "2.weight", ...) ordered by index, whose shapes must chain; hidden
  * layers then use `act` (the last layer none). act_given says whether the caller named an act
  * (it then overrides the metadata's hidden activations). Weights are copied to F32 (from F32,
- * F16 or BF16) and checked finite: a NaN/Inf is reported with the tensor and index. */
+ * F16 or BF16) and checked finite: a NaN/Inf is reported with the tensor and index. Any number
+ * of layers and metadata pairs; a layer name of 64 characters or more, or with control
+ * characters, is refused (never cut); messages name the file once and print names from the
+ * file cleaned (qs_clean_str). */
 int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp **out, qs_err *e);
 
 /* A fresh model with sizes[0] inputs and sizes[nsizes-1] outputs; hidden layers use act. Weights
@@ -61,7 +64,7 @@ int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struc
 struct qs_mlp *qs_mlp_clone(const struct qs_mlp *m);
 void qs_mlp_free(struct qs_mlp *m);
 
-/* Sets (or replaces) a metadata entry; strings are copied. */
+/* Sets (or replaces) a metadata entry; strings are copied. -1 when out of memory. */
 int qs_mlp_set_meta(struct qs_mlp *m, const char *key, const char *val);
 const char *qs_mlp_get_meta(const struct qs_mlp *m, const char *key);
 

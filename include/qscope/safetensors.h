@@ -63,6 +63,20 @@ struct qs_st_file;
  * span 40". */
 int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e);
 
+/* Whether the file behind f's mapping is still the one that was mapped: same device, inode,
+ * size, mtime and ctime (to the nanosecond), and no read of the mapping faulted. 0 if so (and
+ * for an in-memory file); -1 with "PATH changed on disk since it was loaded; load it again"
+ * otherwise. Call it before each use of tensors that point into the mapping. */
+int qs_st_check(const struct qs_st_file *f, qs_err *e);
+
+/* Runs fn(u, e) with reads of every qs_st_open mapping guarded: a read of a page that vanished
+ * (the file was truncated meanwhile) makes it return -1 with "PATH changed on disk since it was
+ * loaded; load it again" instead of raising SIGBUS (per thread: guards nest, and each thread has
+ * its own). A fault in a thread running unguarded reads zeros and still makes the guard running
+ * at that time fail. fn must not hold locks or half-built state that a jump out of it would
+ * strand: what it allocated may leak, and the file is marked broken (qs_st_check refuses it). */
+int qs_st_guard(int (*fn)(void *u, qs_err *e), void *u, qs_err *e);
+
 /* The same validation on an in-memory buffer, without copying: buf must outlive *out. LABEL
  * (NULL -> "<memory>") stands for the file name in messages and in qs_st_path. */
 int qs_st_open_mem(const void *buf, size_t len, const char *label, struct qs_st_file **out,
@@ -110,8 +124,10 @@ struct qs_st_out {
 };
 
 /* Writes the n tensors (each in its own dtype, laid out contiguously in the given order) and
- * nmeta __metadata__ string pairs (nmeta may be 0, the arrays then NULL) to PATH atomically: the
- * bytes go to "PATH.tmp", which is fsync'ed and renamed over PATH. The header is padded with
+ * nmeta __metadata__ string pairs (nmeta may be 0, the arrays then NULL) to PATH through
+ * qs_outfile: a regular file (or a new one) is written to a temporary, fsync'ed and renamed over
+ * PATH; a device (/dev/null) is written in place and never replaced; every write error, ENOSPC
+ * included, is reported and leaves no partial file. The header is padded with
  * spaces to a multiple of 8 bytes, so the data area starts 8-aligned; a tensor is aligned to its
  * element size if those before it keep it so (put wider dtypes first). Rejects NULL/duplicate/
  * "__metadata__" names, bad dtypes, ndim outside 0..8, negative dims. */

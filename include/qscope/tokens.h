@@ -23,7 +23,8 @@ struct qs_tokens {
 
 #define QS_LLMC_MAGIC 20240520
 
-/* Loads PATH into *out (free with qs_tokens_free). Errors name the file: missing/unreadable,
+/* Loads PATH into *out (free with qs_tokens_free). Errors name the file: not a regular file (a
+ * FIFO, a directory), more than the memory available (qs_mem_check), missing/unreadable,
  * empty, an odd byte count for uint16 data, an llm.c header with an unknown version or a token
  * count that disagrees with the file size. *out is NULL on failure. */
 int qs_tokens_load(const char *path, struct qs_tokens **out, qs_err *e);

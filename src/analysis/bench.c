@@ -1,6 +1,7 @@
 /* bench.c - the workbench state: model, data, split, rules, per-layer quantization and the
  * incremental activation caches. */
 #include "qscope/bench.h"
+#include "qscope/safetensors.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -385,6 +386,14 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
     return 0;
 }
 
+int qs_bench_check_files(const struct qs_bench *b, qs_err *e)
+{
+    /* an MLP's aligned F32 weights point into its mapped file; a transformer's are copies */
+    if (b->model && b->model->map)
+        return qs_st_check(b->model->map, e);
+    return 0;
+}
+
 int qs_bench_ready(struct qs_bench *b, qs_err *e)
 {
     if (!b->model)
@@ -566,11 +575,21 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             memset(&p, 0, sizeof p);
             double rel = 0.0;
             if (wf.kind != QS_FMT_NONE) {
+                size_t nw = (size_t)l->out * l->in;
+                char what[160];
+                snprintf(what, sizeof what, "%s: the quantized weight (packed and dequantized)",
+                         l->name);
+                /* the packed codes (at most a float each) and the dequantized copy */
+                if (qs_mem_check(2 * nw * sizeof(float), what, e) < 0)
+                    return -1;
                 if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0)
                     return qs_err_prefix(e, l->name);
-                size_t nw = (size_t)l->out * l->in;
-                wq = malloc(nw * sizeof *wq);
-                if (!wq || qs_quant_unpack(&p, wq, e) < 0) {
+                wq = qs_alloc(nw, sizeof *wq, what, e);
+                if (!wq) {
+                    qs_packed_free(&p);
+                    return -1;
+                }
+                if (qs_quant_unpack(&p, wq, e) < 0) {
                     free(wq);
                     qs_packed_free(&p);
                     return qs_errf(e, "%s: cannot unpack quantized weight", l->name);
@@ -757,6 +776,21 @@ int qs_bench_update(struct qs_bench *b, qs_err *e)
     int L = b->model->nlayers;
     if (!b->f_valid) {
         caches_free(b);
+        /* float and quantized activations (inputs and pre-activations of every layer) of both
+         * splits, checked as one figure before any of it is allocated */
+        size_t rows = 0, width = 0, total = 0;
+        for (int s = 0; s < 2; s++) {
+            const int *idx;
+            rows += (size_t)split_rows(b, (enum qs_split_id)s, &idx);
+        }
+        for (int i = 0; i < L; i++)
+            width += (size_t)b->model->layers[i].in + (size_t)b->model->layers[i].out;
+        char what[96];
+        snprintf(what, sizeof what, "the activation caches (%zu samples, %d layers)", rows, L);
+        if (qs_size_mul3(rows, width, 2 * sizeof(float), &total) < 0)
+            return qs_errf(e, "%s: size overflows", what);
+        if (qs_mem_check(total, what, e) < 0)
+            return -1;
         for (int s = 0; s < 2; s++) {
             struct qs_acts *a = &b->f_acts[s];
             if (make_split_acts(b, (enum qs_split_id)s, a, e) < 0 ||
@@ -797,6 +831,13 @@ int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, ui
     if (qs_bench_update(b, e) < 0)
         return -1;
     int L = b->model->nlayers, n = b->f_acts[s].n, width = qs_mlp_max_width(b->model);
+    size_t nbuf;
+    if (qs_size_mul3((size_t)n, (size_t)width, 2 * sizeof(float), &nbuf) < 0 ||
+        qs_mem_check(nbuf, "a forward pass over the split", e) < 0) {
+        if (!nbuf)
+            qs_errf(e, "a forward pass over the split: size overflows");
+        return -1;
+    }
     float *cur = malloc((size_t)n * width * sizeof(float));
     float *nxt = malloc((size_t)n * width * sizeof(float));
     if (!cur || !nxt) {

@@ -79,9 +79,9 @@ int qs_bench_lm_ready(struct qs_bench *b, qs_err *e)
     int cw;
     qs_bench_lm_split(b, &off, &cw);
     if (cw < 1 || b->tokens->n - off < (size_t)b->lm->ctx + 1)
-        return qs_errf(e, "%s: %zu tokens are too few for windows of %d (need %d)",
+        return qs_errf(e, "%s: %zu tokens are too few for windows of %d (need %zu)",
                        b->tokens->path ? b->tokens->path : "tokens", b->tokens->n, b->lm->ctx,
-                       10 * (b->lm->ctx + 1) + 1);
+                       10 * ((size_t)b->lm->ctx + 1) + 1); /* size_t: ctx comes from a file */
     for (size_t i = 0; i < b->tokens->n; i++)
         if (b->tokens->ids[i] >= b->lm->vocab)
             return qs_errf(e, "%s: token %u at %zu is outside the model's vocabulary (%d)",
@@ -192,11 +192,13 @@ static int capture(struct qs_bench *b, int quant, float **out, int n, size_t sta
 {
     struct qs_lm *m = b->lm;
     int *rows = qs_calloc((size_t)m->nsites, sizeof *rows);
-    float *logits = malloc((size_t)m->ctx * m->vocab * sizeof(float));
+    float *logits = qs_alloc((size_t)m->ctx * (size_t)m->vocab, sizeof(float), "the logits", e);
     if (!rows || !logits) {
+        if (!rows)
+            qs_errf(e, "out of memory");
         free(rows);
         free(logits);
-        return qs_errf(e, "out of memory");
+        return -1;
     }
     float **weff = NULL;
     int owned = quant ? update_weff(b, &weff, e) : 0;
@@ -228,6 +230,18 @@ static int ensure_cache(struct qs_bench *b, qs_err *e)
     if (b->lmc && b->lmc->n != n)
         qs_bench_lm_drop(b);
     if (!b->lmc) {
+        /* float and quantized inputs of every site on the calibration and held-out windows,
+         * checked as one figure before any of it is allocated */
+        size_t width = 0, total;
+        for (int s = 0; s < m->nsites; s++)
+            width += (size_t)m->sites[s].in;
+        char what[96];
+        snprintf(what, sizeof what, "the calibration activations (%d windows of %d tokens)", cw,
+                 m->ctx);
+        if (qs_size_mul3((size_t)n * 2, width, 2 * sizeof(float), &total) < 0)
+            return qs_errf(e, "%s: size overflows", what);
+        if (qs_mem_check(total, what, e) < 0)
+            return -1;
         struct qs_lm_cache *c = qs_calloc(1, sizeof *c);
         if (!c)
             return qs_errf(e, "out of memory");
@@ -236,13 +250,18 @@ static int ensure_cache(struct qs_bench *b, qs_err *e)
         c->xf = qs_calloc((size_t)m->nsites, sizeof *c->xf);
         c->xq = qs_calloc((size_t)m->nsites, sizeof *c->xq);
         b->lmc = c;
-        if (!c->xf || !c->xq)
+        /* a cache that failed half-way is dropped: the next call must not take it for whole */
+        if (!c->xf || !c->xq) {
+            qs_bench_lm_drop(b);
             return qs_errf(e, "out of memory");
+        }
         for (int s = 0; s < m->nsites; s++) {
             c->xf[s] = malloc((size_t)n * m->sites[s].in * sizeof(float));
             c->xq[s] = malloc((size_t)n * m->sites[s].in * sizeof(float));
-            if (!c->xf[s] || !c->xq[s])
+            if (!c->xf[s] || !c->xq[s]) {
+                qs_bench_lm_drop(b);
                 return qs_errf(e, "out of memory caching calibration activations");
+            }
         }
         /* held-out windows that judge corrections: the first ones of the test part */
         int tw = (int)((b->tokens->n - off) / (size_t)m->ctx);
@@ -250,13 +269,17 @@ static int ensure_cache(struct qs_bench *b, qs_err *e)
         c->nt = tw * m->ctx;
         c->tf = qs_calloc((size_t)m->nsites, sizeof *c->tf);
         c->tq = qs_calloc((size_t)m->nsites, sizeof *c->tq);
-        if (!c->tf || !c->tq)
+        if (!c->tf || !c->tq) {
+            qs_bench_lm_drop(b);
             return qs_errf(e, "out of memory");
+        }
         for (int s = 0; s < m->nsites; s++) {
             c->tf[s] = malloc((size_t)(c->nt ? c->nt : 1) * m->sites[s].in * sizeof(float));
             c->tq[s] = malloc((size_t)(c->nt ? c->nt : 1) * m->sites[s].in * sizeof(float));
-            if (!c->tf[s] || !c->tq[s])
+            if (!c->tf[s] || !c->tq[s]) {
+                qs_bench_lm_drop(b);
                 return qs_errf(e, "out of memory caching held-out activations");
+            }
         }
         if (capture(b, 0, c->xf, n, 0, cw, e) < 0 || capture(b, 0, c->tf, c->nt, off, tw, e) < 0) {
             qs_bench_lm_drop(b);

@@ -1,6 +1,8 @@
 /* cmd.c - the dispatcher: tokenizer, command lookup over the tables, journaling, results. */
 #include "qscope/cmd.h"
 
+#include "qscope/safetensors.h"
+
 #include "qscope/lmbench.h"
 
 #include <errno.h>
@@ -257,6 +259,32 @@ int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results)
     return 0;
 }
 
+/* Commands that never read the loaded model's weights (they replace the model, or touch only
+ * settings, the bare formats or the front end): they run even when its file has changed. */
+static int spares_weights(const char *name)
+{
+    static const char *const spare[] = {"load model", "load data", "help",  "quit",   "info",
+                                        "roundtrip",  "codes",     "train", "source", "recover",
+                                        "set bail",   "set seed",  NULL};
+    for (int i = 0; spare[i]; i++)
+        if (!strcmp(name, spare[i]))
+            return 1;
+    return 0;
+}
+
+struct guarded_cmd {
+    struct qs_ctx *c;
+    const struct qs_cmd_def *d;
+    int argc;
+    char **argv;
+};
+
+static int run_guarded(void *u, qs_err *e)
+{
+    struct guarded_cmd *g = u;
+    return g->d->fn(g->c, g->argc, g->argv, e);
+}
+
 int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
 {
     char **argv;
@@ -319,12 +347,20 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
                    "--allow-writes to let it write)", d->name);
         goto out;
     }
+    /* a model file changed on disk under its mapping: refused before any weight is read */
+    if (!spares_weights(d->name) && qs_bench_check_files(c->b, e) < 0) {
+        qs_err_prefix(e, d->name);
+        goto out;
+    }
     c->canon[0] = 0;
     c->no_journal = 0;
     cJSON_Delete(c->cur_results);
     c->cur_results = NULL;
     quote_cut = 0;
-    rc = d->fn(c, argc - used, argv + used, e);
+    /* and one that changes while the command runs (a truncation faults on the next read of
+     * the mapping) turns into this command's error instead of SIGBUS */
+    struct guarded_cmd g = {c, d, argc - used, argv + used};
+    rc = qs_st_guard(run_guarded, &g, e);
     if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {
         /* A canonical form that filled c->canon, or holds a word qs_quote had to cut, would
          * journal a different command: the typed words are recorded instead, whole. */

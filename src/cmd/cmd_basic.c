@@ -185,8 +185,12 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      qs_mlp_nparams(b->model), qs_bench_bits_per_weight(b));
         cJSON *meta = cJSON_CreateObject();
         for (int i = 0; i < b->model->nmeta; i++) {
+            /* from the file: control characters (terminal escapes) never reach the terminal;
+             * JSON escapes them itself */
+            char kb[160], vb[1024];
             cJSON_AddStringToObject(meta, b->model->meta_key[i], b->model->meta_val[i]);
-            qs_sb_printf(&t, "  %s = %s\n", b->model->meta_key[i], b->model->meta_val[i]);
+            qs_sb_printf(&t, "  %s = %s\n", qs_clean_str(b->model->meta_key[i], kb, sizeof kb, 0),
+                         qs_clean_str(b->model->meta_val[i], vb, sizeof vb, 0));
         }
         cJSON_AddItemToObject(o, "metadata", meta);
     } else {

@@ -574,9 +574,17 @@ int qs_dataset_load_csv(const char *path, const char *label, struct qs_dataset *
     loader_init(&L, path ? path : "(null)", label, e);
     if (!path)
         return qs_errf(e, "load csv: no file name given");
-    FILE *f = fopen(path, "rb");
+    FILE *f = qs_fopen_regular(path, "CSV file", e); /* a FIFO would block */
     if (!f)
-        return qs_errf(e, "%s: %s", path, strerror(errno));
+        return -1;
+    /* a UTF-8 byte order mark (Excel writes one) is not part of the first cell */
+    unsigned char bom[3];
+    size_t nb = fread(bom, 1, 3, f);
+    if (!(nb == 3 && bom[0] == 0xef && bom[1] == 0xbb && bom[2] == 0xbf) &&
+        fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return qs_errf(e, "%s: cannot rewind: %s", path, strerror(errno));
+    }
     int rc = load(&L, f, NULL, 0, out);
     fclose(f);
     return rc;
@@ -590,6 +598,10 @@ int qs_dataset_load_csv_mem(const char *buf, size_t len, const char *label_spec,
     loader_init(&L, label_for_msgs ? label_for_msgs : "<memory>", label_spec, e);
     if (!buf)
         len = 0;
+    if (len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3)) { /* UTF-8 byte order mark */
+        buf += 3;
+        len -= 3;
+    }
     return load(&L, NULL, buf ? buf : "", len, out);
 }
 

@@ -9,6 +9,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +50,12 @@ struct qs_st_file {
     int *by_name;           /* indices into t, sorted by name */
     int nmeta;
     char **mkey, **mval;
+    /* identity of the mapped file at open, to notice a change under the mapping */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+    volatile sig_atomic_t broken; /* a read of the mapping faulted (the file shrank) */
 };
 
 size_t qs_dtype_size(enum qs_dtype t)
@@ -75,18 +84,7 @@ int qs_dtype_from_name(const char *name, enum qs_dtype *t)
  * become '?' so a hostile header cannot drive the terminal. */
 static const char *clean(const char *s, char *buf, size_t cap)
 {
-    size_t j = 0;
-    for (size_t i = 0; s[i] && j + 4 < cap; i++) {
-        if (i >= 64) {
-            memcpy(buf + j, "...", 3);
-            j += 3;
-            break;
-        }
-        unsigned char c = (unsigned char)s[i];
-        buf[j++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
-    }
-    buf[j] = '\0';
-    return buf;
+    return qs_clean_str(s, buf, cap, 64);
 }
 
 /* "[3,4]" from a JSON array (any element types), bounded. */
@@ -446,28 +444,158 @@ static int open_common(struct qs_st_file *f, const void *buf, size_t len, struct
     return 0;
 }
 
+/* ---- mapped reads: a file that changes under its mapping ----------------------------------
+ *
+ * A mapping of a file that is truncated afterwards raises SIGBUS at the first read of a page past
+ * the new end. Every mapping of qs_st_open is registered here; the SIGBUS handler recognises an
+ * address inside one, marks the file broken and maps a page of zeros over the vanished page (so a
+ * thread that runs unguarded, a BLAS worker or a pane, reads on instead of dying), then, in a
+ * thread that runs under qs_st_guard, jumps back to it, which turns the fault into an error.
+ * Results computed from the zeros are never shown: the guard and qs_st_check refuse them. */
+#define GUARD_SLOTS 1024 /* mappings open at once (a study opens a few models at a time) */
+static struct qs_st_file *volatile guard_files[GUARD_SLOTS];
+static pthread_mutex_t guard_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static struct sigaction guard_prev;
+static uintptr_t guard_pagesize = 4096;
+static volatile sig_atomic_t guard_faults;
+static struct qs_st_file *volatile guard_last;
+static _Thread_local sigjmp_buf *guard_jmp;
+
+static void guard_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    const char *a = si->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        struct qs_st_file *f = guard_files[i];
+        if (!f || a < (const char *)f->map || a >= (const char *)f->map + f->maplen)
+            continue;
+        f->broken = 1;
+        guard_last = f;
+        guard_faults++;
+        void *page = (void *)((uintptr_t)a & ~(guard_pagesize - 1));
+        mmap(page, (size_t)guard_pagesize, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+             0);
+        if (guard_jmp)
+            siglongjmp(*guard_jmp, 1);
+        return;
+    }
+    /* not one of ours: the previous disposition (by default the fault repeats and kills) */
+    if (guard_prev.sa_flags & SA_SIGINFO) {
+        guard_prev.sa_sigaction(sig, si, uc);
+        return;
+    }
+    if (guard_prev.sa_handler != SIG_IGN && guard_prev.sa_handler != SIG_DFL) {
+        guard_prev.sa_handler(sig);
+        return;
+    }
+    signal(SIGBUS, SIG_DFL);
+}
+
+static void guard_install(void)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg > 0)
+        guard_pagesize = (uintptr_t)pg;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = guard_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &guard_prev);
+}
+
+static int guard_register(struct qs_st_file *f)
+{
+    pthread_once(&guard_once, guard_install);
+    pthread_mutex_lock(&guard_mu);
+    int rc = -1;
+    for (int i = 0; i < GUARD_SLOTS && rc < 0; i++)
+        if (!guard_files[i]) {
+            guard_files[i] = f;
+            rc = 0;
+        }
+    pthread_mutex_unlock(&guard_mu);
+    return rc;
+}
+
+static void guard_unregister(struct qs_st_file *f)
+{
+    pthread_mutex_lock(&guard_mu);
+    for (int i = 0; i < GUARD_SLOTS; i++)
+        if (guard_files[i] == f)
+            guard_files[i] = NULL;
+    if (guard_last == f)
+        guard_last = NULL;
+    pthread_mutex_unlock(&guard_mu);
+}
+
+static int changed_msg(const struct qs_st_file *f, qs_err *e)
+{
+    char pb[256];
+    return qs_errf(e, "%s changed on disk since it was loaded; load it again",
+                   qs_clean_str(f ? f->path : "a mapped file", pb, sizeof pb, 0));
+}
+
+int qs_st_guard(int (*fn)(void *u, qs_err *e), void *u, qs_err *e)
+{
+    pthread_once(&guard_once, guard_install);
+    sigjmp_buf jb;
+    sigjmp_buf *volatile prev = guard_jmp;
+    volatile sig_atomic_t faults0 = guard_faults;
+    if (sigsetjmp(jb, 1)) {
+        guard_jmp = prev;
+        return changed_msg(guard_last, e);
+    }
+    guard_jmp = &jb;
+    int rc = fn(u, e);
+    guard_jmp = prev;
+    if (guard_faults != faults0) /* another thread read a vanished page for this work */
+        return changed_msg(guard_last, e);
+    return rc;
+}
+
+int qs_st_check(const struct qs_st_file *f, qs_err *e)
+{
+    if (!f || !f->map)
+        return 0;
+    struct stat st;
+    if (f->broken || stat(f->path, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
+        st.st_size != f->size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
+        st.st_mtim.tv_nsec != f->mtime.tv_nsec || st.st_ctim.tv_sec != f->ctime.tv_sec ||
+        st.st_ctim.tv_nsec != f->ctime.tv_nsec)
+        return changed_msg(f, e);
+    return 0;
+}
+
+struct open_job {
+    struct qs_st_file *f;
+    const void *buf;
+    size_t len;
+    struct qs_st_file **out;
+    int done;
+};
+
+static int open_job_run(void *u, qs_err *e)
+{
+    struct open_job *j = u;
+    int rc = open_common(j->f, j->buf, j->len, j->out, e);
+    j->done = 1;
+    return rc;
+}
+
 int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e)
 {
     *out = NULL;
     if (!path)
         return qs_errf(e, "safetensors: no path given");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qs_errf(e, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int err = errno;
-        close(fd);
-        return qs_errf(e, "%s: cannot stat: %s", path, strerror(err));
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return qs_errf(e, "%s: is a directory, not a safetensors file", path);
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return qs_errf(e, "%s: is not a regular file", path);
-    }
+    /* a FIFO or device is refused before it can block; a directory is named as such */
+    int fd = qs_open_regular(path, "safetensors file", &st, e);
+    if (fd < 0)
+        return -1;
+    char pb[256];
+    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
     size_t len = (size_t)st.st_size;
     void *map = NULL;
     if (len > 0) {
@@ -475,7 +603,7 @@ int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e)
         if (map == MAP_FAILED) {
             int err = errno;
             close(fd);
-            return qs_errf(e, "%s: cannot map %zu bytes: %s", path, len, strerror(err));
+            return qs_errf(e, "%s: cannot map %zu bytes: %s", p, len, strerror(err));
         }
     }
     close(fd);
@@ -484,11 +612,29 @@ int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e)
         if (map)
             munmap(map, len);
         free(f);
-        return qs_errf(e, "%s: out of memory", path);
+        return qs_errf(e, "%s: out of memory", p);
     }
     f->map = map;
     f->maplen = len;
-    return open_common(f, map ? map : "", len, out, e);
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->size = st.st_size;
+    f->mtime = st.st_mtim;
+    f->ctime = st.st_ctim;
+    if (map && guard_register(f) < 0) {
+        qs_st_close(f);
+        return qs_errf(e, "%s: too many mapped files open at once", p);
+    }
+    /* the header is parsed under the guard too: the file may shrink while it is read */
+    struct open_job job = {f, map, len, out, 0};
+    int rc = qs_st_guard(open_job_run, &job, e);
+    if (rc < 0 && !job.done) /* the guard cut the parse short: f was not freed */
+        qs_st_close(f);
+    else if (rc < 0 && *out) { /* parsed, but a page vanished meanwhile */
+        qs_st_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int qs_st_open_mem(const void *buf, size_t len, const char *label, struct qs_st_file **out,
@@ -509,6 +655,8 @@ void qs_st_close(struct qs_st_file *f)
 {
     if (!f)
         return;
+    if (f->map)
+        guard_unregister(f);
     for (int i = 0; i < f->n; i++)
         free(f->t[i].name);
     free(f->t);
@@ -722,23 +870,6 @@ static void sb_json(struct sbuf *b, const char *s)
     sb_put(b, "\"", 1);
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    while (n > 0) {
-        size_t chunk = n > (1u << 30) ? (1u << 30) : n;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -879,47 +1010,28 @@ int qs_st_write(const char *path, const struct qs_st_out *t, int n, const char *
         return qs_errf(e, "%s: out of memory building the header", path);
     }
 
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) {
-        free(h.p);
-        free(nbytes);
-        return qs_errf(e, "%s: out of memory", path);
-    }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
+    qs_outfile o;
     int rc = -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        qs_errf(e, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+    if (qs_out_open(&o, path, e) < 0)
         goto out;
-    }
     unsigned char lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
-    int bad = write_all(fd, lenb, 8) || write_all(fd, h.p, h.len);
+    int bad = fwrite(lenb, 1, 8, o.f) != 8 || fwrite(h.p, 1, h.len, o.f) != h.len;
     for (int i = 0; !bad && i < n; i++)
-        bad = write_all(fd, t[i].data, (size_t)nbytes[i]);
-    if (bad || fsync(fd) < 0) {
-        qs_errf(e, "%s: cannot write %s: %s", path, tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
+        bad = nbytes[i] && fwrite(t[i].data, 1, (size_t)nbytes[i], o.f) != (size_t)nbytes[i];
+    if (bad) {
+        char pb[256];
+        qs_errf(e, "%s: cannot write: %s", qs_clean_str(path, pb, sizeof pb, 0),
+                strerror(errno ? errno : EIO));
+        qs_out_abort(&o);
         goto out;
     }
-    if (close(fd) < 0) {
-        qs_errf(e, "%s: cannot write %s: %s", path, tmp, strerror(errno));
-        unlink(tmp);
+    if (qs_out_commit(&o, e) < 0)
         goto out;
-    }
-    if (rename(tmp, path) < 0) {
-        qs_errf(e, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
     sync_dir(path);
     rc = 0;
 out:
-    free(tmp);
     free(h.p);
     free(nbytes);
     return rc;

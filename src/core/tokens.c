@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void qs_tokens_free(struct qs_tokens *t)
 {
@@ -21,37 +23,46 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-/* Reads the whole file into a malloc'ed buffer; *len its size. */
+/* Reads the whole file into a malloc'ed buffer; *len its size. Only a regular file: a FIFO
+ * would block and a directory has no size to read. */
 static unsigned char *slurp(const char *path, size_t *len, qs_err *e)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qs_errf(e, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int fd = qs_open_regular(path, "token file", &st, e);
+    if (fd < 0)
+        return NULL;
+    char pb[256], what[300];
+    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
+    size_t sz = (size_t)st.st_size;
+    /* the file, then its ids (2 bytes each): both are held at once while converting */
+    snprintf(what, sizeof what, "%s: the token data", p);
+    size_t both;
+    if (qs_size_mul(sz, 3, &both) < 0 || qs_mem_check(both, what, e) < 0) {
+        if (both == 0)
+            qs_errf(e, "%s: file too large", p);
+        close(fd);
         return NULL;
     }
-    unsigned char *buf = NULL;
-    long sz = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        sz = ftell(f);
-    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        qs_errf(e, "%s: cannot determine the file size", path);
-        fclose(f);
-        return NULL;
-    }
-    buf = malloc(sz > 0 ? (size_t)sz : 1);
+    unsigned char *buf = qs_alloc(sz ? sz : 1, 1, what, e);
     if (!buf) {
-        qs_errf(e, "%s: out of memory for %ld bytes", path, sz);
-        fclose(f);
+        close(fd);
         return NULL;
     }
-    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        qs_errf(e, "%s: read error", path);
-        free(buf);
-        fclose(f);
-        return NULL;
+    size_t got = 0;
+    while (got < sz) {
+        ssize_t r = read(fd, buf + got, sz - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            qs_errf(e, "%s: read error: %s", p, r < 0 ? strerror(errno) : "the file shrank");
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        got += (size_t)r;
     }
-    fclose(f);
-    *len = (size_t)sz;
+    close(fd);
+    *len = sz;
     return buf;
 }
 

@@ -29,7 +29,7 @@ void qs_lm_free(struct qs_lm *m)
 {
     if (!m)
         return;
-    for (int s = 0; s < m->nsites; s++) {
+    for (int s = 0; m->sites && s < m->nsites; s++) { /* sites may not exist yet */
         if (!(m->tied && s == m->nsites - 1))
             free(m->sites[s].w);
         free((void *)m->sites[s].b); /* owned; const only for the hooks' sake */
@@ -139,17 +139,18 @@ static int cfg_str_in(const struct cfg_ctx *c, const char *key, const char *cons
         for (int i = 0; ok[i]; i++)
             if (!strcmp(j->valuestring, ok[i]))
                 return 0;
+    char vb[96];
     return qs_errf(c->e, "%s: key '%s' = %s is not supported (expected %s)", c->file, key,
-                   cJSON_IsString(j) ? j->valuestring : "(not a string)", ok[0]);
+                   cJSON_IsString(j) ? qs_clean_str(j->valuestring, vb, sizeof vb, 64)
+                                     : "(not a string)",
+                   ok[0]);
 }
 
 static char *read_text(const char *path, qs_err *e)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qs_errf(e, "%s: cannot open: %s", path, strerror(errno));
+    FILE *f = qs_fopen_regular(path, "config file", e); /* a FIFO would block */
+    if (!f)
         return NULL;
-    }
     size_t cap = 4096, len = 0;
     char *s = malloc(cap);
     size_t k;
@@ -175,13 +176,15 @@ static char *read_text(const char *path, qs_err *e)
     return s;
 }
 
-static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
+/* Limits that keep every size product of the loader and the forward pass inside an int (each
+ * product is still checked): far above any model qscope can hold, far below what overflows. */
+#define LM_MAX_DIM (1 << 24) /* d_model, d_ff */
+#define LM_MAX_LAYERS (1 << 20)
+#define LM_MAX_CTX (1 << 24)
+
+int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs_lm *m, qs_err *e)
 {
-    char *text = read_text(file, e);
-    if (!text)
-        return -1;
-    cJSON *root = cJSON_Parse(text);
-    free(text);
+    cJSON *root = cJSON_ParseWithLength(text, len);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return qs_errf(e, "%s: not a JSON object", file);
@@ -209,8 +212,8 @@ static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
             rc = -1;
         else if (!m->ctx)
             rc = qs_errf(e, "%s: key 'n_positions' is missing", file);
-        if (!m->d_ff)
-            m->d_ff = 4 * m->d_model;
+        if (!m->d_ff && qs_int_mul(4, m->d_model, &m->d_ff) < 0 && rc == 0)
+            rc = qs_errf(e, "%s: n_embd %d is too large", file, m->d_model);
         m->n_kv_head = m->n_head;
     } else if (!strcmp(mt->valuestring, "llama")) {
         static const char *const acts[] = {"silu", NULL};
@@ -244,23 +247,92 @@ static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
         if (rc == 0 && m->d_model % m->n_head == 0 && (m->d_model / m->n_head) % 2)
             rc = qs_errf(e, "%s: head size %d must be even for RoPE", file,
                          m->d_model / m->n_head);
-        if (rc == 0 && hd && hd * m->n_head != m->d_model)
+        int hdh = 0;
+        if (rc == 0 && hd && (qs_int_mul(hd, m->n_head, &hdh) < 0 || hdh != m->d_model))
             rc = qs_errf(e, "%s: key 'head_dim' = %d differs from hidden_size / "
                             "num_attention_heads (not supported)", file, hd);
         if (rc == 0 && m->n_head % m->n_kv_head)
             rc = qs_errf(e, "%s: num_attention_heads %d is not a multiple of "
                             "num_key_value_heads %d", file, m->n_head, m->n_kv_head);
     } else {
+        char vb[96];
         rc = qs_errf(e, "%s: unknown model_type '%s' (expected \"gpt2\" or \"llama\")", file,
-                     mt->valuestring);
+                     qs_clean_str(mt->valuestring, vb, sizeof vb, 64));
     }
+    if (rc == 0 && (m->d_model > LM_MAX_DIM || m->d_ff > LM_MAX_DIM))
+        rc = qs_errf(e, "%s: hidden size %d / MLP size %d exceed qscope's limit of %d", file,
+                     m->d_model, m->d_ff, LM_MAX_DIM);
+    if (rc == 0 && m->n_layer > LM_MAX_LAYERS)
+        rc = qs_errf(e, "%s: %d layers exceed qscope's limit of %d", file, m->n_layer,
+                     LM_MAX_LAYERS);
+    if (rc == 0 && m->ctx > LM_MAX_CTX)
+        rc = qs_errf(e, "%s: context length %d exceeds qscope's limit of %d", file, m->ctx,
+                     LM_MAX_CTX);
+    if (rc == 0 && m->n_head > m->d_model)
+        rc = qs_errf(e, "%s: %d heads for a hidden size of %d", file, m->n_head, m->d_model);
+    if (rc == 0 && m->n_kv_head > m->n_head)
+        rc = qs_errf(e, "%s: %d key/value heads exceed the %d attention heads", file, m->n_kv_head,
+                     m->n_head);
     if (rc == 0 && m->d_model % m->n_head)
         rc = qs_errf(e, "%s: hidden size %d is not a multiple of the %d heads", file, m->d_model,
                      m->n_head);
     if (rc == 0 && m->vocab > 65536)
         rc = qs_errf(e, "%s: vocab_size %d exceeds the 16-bit token ids (65536)", file,
                      m->vocab);
+    if (rc == 0) {
+        /* each site's in * out is an int in the analyses and quantizers */
+        int64_t d = m->d_model, big = d * (m->d_ff > 3 * d ? m->d_ff : 3 * d);
+        if (big > INT32_MAX || d * m->vocab > INT32_MAX)
+            rc = qs_errf(e, "%s: a weight matrix of this model would have more than 2^31 "
+                            "entries (not supported)", file);
+    }
+    if (rc == 0) {
+        /* every later size: sites, per-layer arrays, and the weights as F32 */
+        size_t w;
+        if (qs_lm_weight_bytes(m, &w) < 0)
+            rc = qs_errf(e, "%s: the model's sizes overflow", file);
+    }
     cJSON_Delete(root);
+    return rc;
+}
+
+int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes)
+{
+    size_t d = (size_t)m->d_model, ff = (size_t)m->d_ff, V = (size_t)m->vocab, L = 0, t, u;
+    size_t hd = m->n_head > 0 ? d / (size_t)m->n_head : 0, kv = (size_t)m->n_kv_head * hd;
+    *bytes = 0;
+    if (m->n_layer < 0 || m->d_model < 0 || m->d_ff < 0 || m->vocab < 0 || m->ctx < 0 ||
+        m->n_head < 0 || m->n_kv_head < 0)
+        return -1;
+    /* per layer: GPT-2 c_attn 3d d + c_proj d d + c_fc, c_proj 2 d ff + biases and norms;
+     * LLaMA q, o d d + k, v 2 d kv + gate, up, down 3 d ff + norms */
+    if (m->family == QS_LM_GPT2) {
+        if (qs_size_mul(4 * d, d, &t) < 0 || qs_size_mul3(2, d, ff, &u) < 0 ||
+            qs_size_add(t, u, &L) < 0 || qs_size_add(L, 10 * d + ff, &L) < 0)
+            return -1;
+    } else {
+        size_t g;
+        if (qs_size_mul(2 * d, d, &t) < 0 || qs_size_mul3(2, d, kv, &u) < 0 ||
+            qs_size_mul3(3, d, ff, &g) < 0 || qs_size_add(t, u, &L) < 0 ||
+            qs_size_add(L, g + 2 * d, &L) < 0)
+            return -1;
+    }
+    size_t all, emb, pos = 0;
+    if (qs_size_mul((size_t)m->n_layer, L, &all) < 0 || qs_size_mul(V, d, &emb) < 0 ||
+        (m->family == QS_LM_GPT2 && qs_size_mul((size_t)m->ctx, d, &pos) < 0) ||
+        qs_size_add(all, emb, &all) < 0 || qs_size_add(all, pos + 2 * d, &all) < 0 ||
+        (!m->tied && qs_size_add(all, emb, &all) < 0) || qs_size_mul(all, sizeof(float), bytes) < 0)
+        return -1;
+    return 0;
+}
+
+static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
+{
+    char *text = read_text(file, e);
+    if (!text)
+        return -1;
+    int rc = qs_lm_parse_config(text, strlen(text), file, m, e);
+    free(text);
     return rc;
 }
 
@@ -271,6 +343,7 @@ struct st_ctx {
     const char *file;
     const char *prefix; /* "" or "transformer." */
     qs_err *e;
+    unsigned char *used; /* per tensor of f (file order): read by the loader */
 };
 
 /* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array. With
@@ -285,6 +358,8 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
         qs_errf(c->e, "%s: tensor '%s' is missing", c->file, full);
         return NULL;
     }
+    if (c->used)
+        c->used[t - qs_st_get(c->f, 0)] = 1;
     int nd = cols ? 2 : 1;
     if (t->ndim != nd || t->shape[0] != r || (nd == 2 && t->shape[1] != cols)) {
         char got[96] = "", want[48];
@@ -310,20 +385,20 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
                 (long long)bad);
         return NULL;
     }
-    float *v = malloc((size_t)t->numel * sizeof(float));
-    if (!v || qs_st_to_f32(t, v, c->e) < 0) {
-        if (!v)
-            qs_errf(c->e, "%s: out of memory for tensor '%s'", c->file, full);
-        else
-            qs_err_prefix(c->e, c->file);
+    char what[200];
+    snprintf(what, sizeof what, "%s: tensor '%s' as F32", c->file, full);
+    float *v = qs_alloc((size_t)t->numel, sizeof(float), what, c->e);
+    if (!v)
+        return NULL;
+    if (qs_st_to_f32(t, v, c->e) < 0) {
+        qs_err_prefix(c->e, c->file);
         free(v);
         return NULL;
     }
     if (transpose) {
-        float *w = malloc((size_t)t->numel * sizeof(float));
+        float *w = qs_alloc((size_t)t->numel, sizeof(float), what, c->e);
         if (!w) {
             free(v);
-            qs_errf(c->e, "%s: out of memory for tensor '%s'", c->file, full);
             return NULL;
         }
         for (int64_t i = 0; i < r; i++)
@@ -461,6 +536,62 @@ static int copy_meta(struct qs_lm_priv *p, const struct qs_st_file *f)
     return 0;
 }
 
+/* Before anything is allocated for n_layer layers: the file must hold that many tensors and the
+ * last layer's first one (a config that says 300000000 layers is refused here). */
+static int check_depth(const struct qs_lm *m, const struct qs_st_file *f, const char *stp,
+                       qs_err *e)
+{
+    char k[160];
+    size_t have = (size_t)qs_st_count(f), per = m->family == QS_LM_GPT2 ? 12 : 9;
+    const char *lay = m->family == QS_LM_GPT2 ? "n_layer" : "num_hidden_layers";
+    if ((size_t)m->n_layer > have / per) /* a missing tensor of a plausible depth is named later */
+        return qs_errf(e,
+                       "%s: config.json says %s %d, which needs at least %zu tensors, but the "
+                       "file holds %zu",
+                       stp, lay, m->n_layer, (size_t)m->n_layer * per, have);
+    if (m->family == QS_LM_GPT2)
+        snprintf(k, sizeof k, "%sh.%d.ln_1.weight",
+                 qs_st_find(f, "transformer.wte.weight") ? "transformer." : "", m->n_layer - 1);
+    else
+        snprintf(k, sizeof k, "model.layers.%d.input_layernorm.weight", m->n_layer - 1);
+    if (!qs_st_find(f, k))
+        return qs_errf(e, "%s: config.json says %s %d but tensor '%s' is missing", stp, lay,
+                       m->n_layer, k);
+    return 0;
+}
+
+/* Buffers some exporters save beside the weights; never read, never a sign of a lying config. */
+static int ignorable(const char *name)
+{
+    static const char *const suffix[] = {".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq",
+                                         NULL};
+    size_t n = strlen(name);
+    for (int i = 0; suffix[i]; i++) {
+        size_t k = strlen(suffix[i]);
+        if (n >= k && !strcmp(name + n - k, suffix[i]))
+            return 1;
+    }
+    return 0;
+}
+
+/* A tensor the loader did not read means the config describes another model (an n_layer that
+ * under-reports the depth leaves whole layers out): refused, naming the first. */
+static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const char *stp,
+                        const unsigned char *used, qs_err *e)
+{
+    for (int i = 0; i < qs_st_count(f); i++) {
+        const char *name = qs_st_get(f, i)->name;
+        if (used[i] || ignorable(name) || (m->tied && strstr(name, "lm_head.weight")))
+            continue;
+        char nb[96];
+        return qs_errf(e,
+                       "%s: tensor '%s' is not used by the model config.json describes "
+                       "(%d layers); the config does not match the weights",
+                       stp, qs_clean_str(name, nb, sizeof nb, 64), m->n_layer);
+    }
+    return 0;
+}
+
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
 {
     *out = NULL;
@@ -481,23 +612,39 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     int rc = parse_config(m, cfg, e);
     if (rc == 0)
         rc = qs_st_open(stp, &f, e);
+    if (rc == 0)
+        rc = check_depth(m, f, stp, e);
+    size_t wbytes = 0;
+    if (rc == 0 && (qs_lm_weight_bytes(m, &wbytes) < 0 ||
+                    qs_mem_check(wbytes, "the model's weights as F32", e) < 0)) {
+        if (!wbytes)
+            qs_errf(e, "%s: the model's sizes overflow", cfg);
+        rc = qs_err_prefix(e, dir);
+    }
+    unsigned char *used = NULL;
     if (rc == 0) {
+        /* n_layer <= LM_MAX_LAYERS: these products fit an int */
         m->nsites = m->n_layer * (m->family == QS_LM_GPT2 ? 4 : 7) + 1;
+        used = qs_calloc((size_t)qs_st_count(f) + 1, 1);
         m->path = qs_strdup(dir);
         m->priv = qs_calloc(1, sizeof *m->priv);
         m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
         if (m->priv)
             m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
-        if (!m->path || !m->priv || !m->sites || !m->priv->layer || copy_meta(m->priv, f) < 0)
+        if (!m->path || !m->priv || !m->sites || !m->priv->layer || !used ||
+            copy_meta(m->priv, f) < 0)
             rc = qs_errf(e, "%s: out of memory", dir);
     }
     if (rc == 0) {
-        struct st_ctx c = {f, stp, "", e};
+        struct st_ctx c = {f, stp, "", e, used};
         if (m->family == QS_LM_GPT2 && !qs_st_find(f, "wte.weight") &&
             qs_st_find(f, "transformer.wte.weight"))
             c.prefix = "transformer.";
         rc = m->family == QS_LM_GPT2 ? load_gpt2(m, &c) : load_llama(m, &c);
     }
+    if (rc == 0)
+        rc = check_unused(m, f, stp, used, e);
+    free(used);
     qs_st_close(f);
     free(cfg);
     free(stp);
@@ -645,6 +792,10 @@ int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struc
      * k, v: (T, kv); cs: (T, hd) */
     size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
                   (size_t)T * T + 2 * (size_t)T * kv + (size_t)T * hd;
+    char what[64];
+    snprintf(what, sizeof what, "a forward of %d tokens", T);
+    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*T scores: ctx is from a file */
+        return qs_err_prefix(e, m->path);
     float *buf = malloc(need * sizeof(float));
     if (!buf)
         return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);

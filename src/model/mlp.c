@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,7 @@ void qs_mlp_free(struct qs_mlp *m)
 {
     if (!m)
         return;
-    for (int i = 0; i < m->nlayers; i++) {
+    for (int i = 0; m->layers && i < m->nlayers; i++) {
         if (!m->layers[i].w_mapped)
             free(m->layers[i].w);
         if (!m->layers[i].b_mapped)
@@ -42,6 +43,8 @@ void qs_mlp_free(struct qs_mlp *m)
         free(m->meta_key[i]);
         free(m->meta_val[i]);
     }
+    free(m->meta_key);
+    free(m->meta_val);
     free(m->layers);
     free(m->path);
     free(m->scratch);
@@ -59,12 +62,25 @@ int qs_mlp_set_meta(struct qs_mlp *m, const char *key, const char *val)
             m->meta_val[i] = v;
             return 0;
         }
-    if (m->nmeta >= QS_MLP_MAXMETA)
-        return -1;
+    if (m->nmeta >= m->metacap) { /* grown, never cut: a file may carry any number of pairs */
+        int cap = m->metacap ? 2 * m->metacap : 16;
+        char **k = realloc(m->meta_key, (size_t)cap * sizeof *k);
+        if (!k)
+            return -1;
+        m->meta_key = k;
+        char **v = realloc(m->meta_val, (size_t)cap * sizeof *v);
+        if (!v)
+            return -1;
+        m->meta_val = v;
+        m->metacap = cap;
+    }
     m->meta_key[m->nmeta] = qs_strdup(key);
     m->meta_val[m->nmeta] = qs_strdup(val);
-    if (!m->meta_key[m->nmeta] || !m->meta_val[m->nmeta])
+    if (!m->meta_key[m->nmeta] || !m->meta_val[m->nmeta]) {
+        free(m->meta_key[m->nmeta]);
+        free(m->meta_val[m->nmeta]);
         return -1;
+    }
     m->nmeta++;
     return 0;
 }
@@ -96,12 +112,14 @@ static struct qs_mlp *mlp_alloc(int nlayers)
 static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapped, qs_err *e)
 {
     const float *view = qs_st_f32_view(t);
+    char nb[96], what[360];
+    qs_clean_str(t->name, nb, sizeof nb, 64);
     *mapped = view != NULL;
-    float *buf = view ? (float *)view : malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
-    if (!buf) {
-        qs_errf(e, "%s: out of memory reading '%s'", path, t->name);
+    snprintf(what, sizeof what, "%s: tensor '%s' as F32", path, nb);
+    float *buf =
+        view ? (float *)view : qs_alloc((size_t)(t->numel ? t->numel : 1), sizeof(float), what, e);
+    if (!buf)
         return NULL;
-    }
     if (!view && qs_st_to_f32(t, buf, e) < 0) {
         free(buf);
         qs_err_prefix(e, path);
@@ -115,7 +133,7 @@ static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapp
                          (long long)(i % t->shape[1]));
             else
                 snprintf(idx, sizeof idx, "[%lld]", (long long)i);
-            qs_errf(e, "%s: tensor '%s' has a non-finite value (%g) at %s", path, t->name,
+            qs_errf(e, "%s: tensor '%s' has a non-finite value (%g) at %s", path, nb,
                     (double)buf[i], idx);
             if (!view)
                 free(buf);
@@ -124,43 +142,74 @@ static float *read_f32(const char *path, const struct qs_st_tensor *t, int *mapp
     return buf;
 }
 
-/* Fills layer l from tensors "<prefix>.weight" and optional "<prefix>.bias". */
+/* Fills layer l from tensors "<prefix>.weight" and optional "<prefix>.bias". Messages name the
+ * file once (callers do not prefix them again) and print names from the file cleaned. */
 static int load_layer(const struct qs_st_file *f, const char *path, const char *prefix,
                       struct qs_layer *l, qs_err *e)
 {
+    char nb[96];
+    qs_clean_str(prefix, nb, sizeof nb, 64);
+    if (strlen(prefix) >= sizeof l->name)
+        return qs_errf(e, "%s: layer name '%s' is longer than %zu characters", path, nb,
+                       sizeof l->name - 1);
+    if (strcmp(nb, prefix) != 0) /* the name is shown in every table: no terminal escapes */
+        return qs_errf(e, "%s: layer name '%s' contains control characters", path, nb);
     int packed = qs_packfile_layer(f, path, prefix, l, e); /* `export model … packed` files */
     if (packed <= 0)
         return packed;
-    char key[160];
-    snprintf(key, sizeof key, "%s.weight", prefix);
+    size_t kl = strlen(prefix) + 8;
+    char *key = malloc(kl);
+    if (!key)
+        return qs_errf(e, "%s: out of memory", path);
+    snprintf(key, kl, "%s.weight", prefix);
     const struct qs_st_tensor *w = qs_st_find(f, key);
-    if (!w)
-        return qs_errf(e, "%s: layer '%s' has no tensor '%s'", path, prefix, key);
-    if (w->ndim != 2 || w->shape[0] <= 0 || w->shape[1] <= 0)
-        return qs_errf(e, "%s: tensor '%s' must be a non-empty 2-D (out, in) matrix", path, key);
-    if (w->shape[0] > (1 << 24) || w->shape[1] > (1 << 24))
-        return qs_errf(e, "%s: tensor '%s' is too large", path, key);
+    int rc = -1;
+    if (!w) {
+        qs_errf(e, "%s: layer '%s' has no tensor '%s.weight'", path, nb, nb);
+        goto out;
+    }
+    if (w->ndim != 2 || w->shape[0] <= 0 || w->shape[1] <= 0) {
+        qs_errf(e, "%s: tensor '%s.weight' must be a non-empty 2-D (out, in) matrix", path, nb);
+        goto out;
+    }
+    /* in * out is an int in the analyses and quantizers */
+    if (w->shape[0] > (1 << 24) || w->shape[1] > (1 << 24) ||
+        w->shape[0] * w->shape[1] > INT32_MAX) {
+        qs_errf(e, "%s: tensor '%s.weight' is too large", path, nb);
+        goto out;
+    }
     snprintf(l->name, sizeof l->name, "%s", prefix);
     l->out = (int)w->shape[0];
     l->in = (int)w->shape[1];
     if (!(l->w = read_f32(path, w, &l->w_mapped, e)))
-        return -1;
-    snprintf(key, sizeof key, "%s.bias", prefix);
+        goto out;
+    snprintf(key, kl, "%s.bias", prefix);
     const struct qs_st_tensor *b = qs_st_find(f, key);
     if (b) {
-        if (b->ndim != 1 || b->shape[0] != l->out)
-            return qs_errf(e, "%s: tensor '%s' has %lld values but the layer has %d outputs",
-                           path, key, (long long)(b->ndim == 1 ? b->shape[0] : b->numel),
-                           l->out);
+        if (b->ndim != 1 || b->shape[0] != l->out) {
+            char sh[96] = "";
+            size_t k = 0;
+            for (int i = 0; i < b->ndim && k + 24 < sizeof sh; i++)
+                k += (size_t)snprintf(sh + k, sizeof sh - k, "%s%lld", i ? "," : "",
+                                      (long long)b->shape[i]);
+            qs_errf(e, "%s: tensor '%s.bias' has shape [%s], expected [%d] (the layer's outputs)",
+                    path, nb, sh, l->out);
+            goto out;
+        }
         if (!(l->b = read_f32(path, b, &l->b_mapped, e)))
-            return -1;
+            goto out;
         l->has_bias = 1;
     } else {
         l->b = qs_calloc((size_t)l->out, sizeof(float));
-        if (!l->b)
-            return qs_errf(e, "out of memory");
+        if (!l->b) {
+            qs_errf(e, "%s: out of memory", path);
+            goto out;
+        }
     }
-    return 0;
+    rc = 0;
+out:
+    free(key);
+    return rc;
 }
 
 static int cmp_int(const void *a, const void *b)
@@ -169,13 +218,21 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Splits a comma list into at most max items (in place). */
-static int split_commas(char *s, char **items, int max)
+/* Splits a comma list in place into a new array of its items (*items, free it); the count, or
+ * -1 when out of memory. No limit: a model may have any number of layers. */
+static int split_commas(char *s, char ***items)
 {
-    int n = 0;
-    for (char *tok = strtok(s, ","); tok && n < max; tok = strtok(NULL, ","))
-        items[n++] = tok;
-    return n;
+    int n = 1;
+    for (const char *p = s; *p; p++)
+        n += *p == ',';
+    *items = qs_calloc((size_t)n + 1, sizeof **items);
+    if (!*items)
+        return -1;
+    int k = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(s, ",", &save); tok && k < n; tok = strtok_r(NULL, ",", &save))
+        (*items)[k++] = tok;
+    return k;
 }
 
 static int load_from_meta(const struct qs_st_file *f, const char *path, struct qs_mlp **out,
@@ -184,54 +241,88 @@ static int load_from_meta(const struct qs_st_file *f, const char *path, struct q
     const char *ls = qs_st_meta(f, "qscope.layers"), *as = qs_st_meta(f, "qscope.acts");
     if (!ls || !as)
         return qs_errf(e, "%s: qscope metadata lacks qscope.layers or qscope.acts", path);
-    char lbuf[4096], abuf[4096];
-    snprintf(lbuf, sizeof lbuf, "%s", ls);
-    snprintf(abuf, sizeof abuf, "%s", as);
-    char *names[256], *acts[256];
-    int n = split_commas(lbuf, names, 256), na = split_commas(abuf, acts, 256);
-    if (n == 0 || n != na)
-        return qs_errf(e, "%s: qscope.layers names %d layers but qscope.acts has %d", path, n,
-                       na);
-    struct qs_mlp *m = mlp_alloc(n);
-    if (!m)
-        return qs_errf(e, "out of memory");
+    char *lbuf = qs_strdup(ls), *abuf = qs_strdup(as), **names = NULL, **acts = NULL;
+    struct qs_mlp *m = NULL;
+    int rc = -1, n = -1, na = -1;
+    if (!lbuf || !abuf || (n = split_commas(lbuf, &names)) < 0 ||
+        (na = split_commas(abuf, &acts)) < 0) {
+        qs_errf(e, "%s: out of memory", path);
+        goto out;
+    }
+    if (n == 0 || n != na) {
+        qs_errf(e, "%s: qscope.layers names %d layers but qscope.acts has %d", path, n, na);
+        goto out;
+    }
+    if (!(m = mlp_alloc(n))) {
+        qs_errf(e, "%s: out of memory", path);
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
-        if (load_layer(f, path, names[i], &m->layers[i], e) < 0 || /* names path itself */
-            (qs_act_parse(acts[i], &m->layers[i].act, e) < 0 && qs_err_prefix(e, path))) {
-            qs_mlp_free(m);
-            return -1;
+        if (load_layer(f, path, names[i], &m->layers[i], e) < 0)
+            goto out;
+        for (int j = 0; j < i; j++)
+            if (!strcmp(m->layers[j].name, m->layers[i].name)) {
+                char nb[96];
+                qs_errf(e, "%s: qscope.layers names layer '%s' twice", path,
+                        qs_clean_str(names[i], nb, sizeof nb, 64));
+                goto out;
+            }
+        if (qs_act_parse(acts[i], &m->layers[i].act, e) < 0) {
+            char ab[96];
+            qs_errf(e, "%s: layer %d: unknown activation '%s'", path, i,
+                    qs_clean_str(acts[i], ab, sizeof ab, 64));
+            goto out;
         }
     }
     *out = m;
-    return 0;
+    m = NULL;
+    rc = 0;
+out:
+    qs_mlp_free(m);
+    free(names);
+    free(acts);
+    free(lbuf);
+    free(abuf);
+    return rc;
 }
 
 static int load_sequential(const struct qs_st_file *f, const char *path, enum qs_act act,
                            struct qs_mlp **out, qs_err *e)
 {
-    int idx[256], n = 0;
+    int n = 0, *idx = qs_calloc((size_t)qs_st_count(f) + 1, sizeof *idx);
+    if (!idx)
+        return qs_errf(e, "%s: out of memory", path);
     for (int i = 0; i < qs_st_count(f); i++) {
         const char *name = qs_st_get(f, i)->name;
         char *end;
         long k = strtol(name, &end, 10);
+        char nb[96];
         if (end == name || strcmp(end, ".weight") != 0) {
             if (end != name && !strcmp(end, ".bias"))
                 continue;
+            free(idx);
             return qs_errf(e,
                            "%s: tensor '%s' is not part of an nn.Sequential state dict "
                            "(expected N.weight / N.bias) and the file has no qscope metadata",
-                           path, name);
+                           path, qs_clean_str(name, nb, sizeof nb, 64));
         }
-        if (n == 256 || k < 0 || k > 100000)
-            return qs_errf(e, "%s: too many layers or a bad index in '%s'", path, name);
+        if (k < 0 || k > 100000) {
+            free(idx);
+            return qs_errf(e, "%s: bad layer index in '%s' (expected 0 to 100000)", path,
+                           qs_clean_str(name, nb, sizeof nb, 64));
+        }
         idx[n++] = (int)k;
     }
-    if (n == 0)
+    if (n == 0) {
+        free(idx);
         return qs_errf(e, "%s: no N.weight tensors found: not an MLP state dict", path);
+    }
     qsort(idx, (size_t)n, sizeof *idx, cmp_int);
     struct qs_mlp *m = mlp_alloc(n);
-    if (!m)
-        return qs_errf(e, "out of memory");
+    if (!m) {
+        free(idx);
+        return qs_errf(e, "%s: out of memory", path);
+    }
     m->from_sequential = 1;
     for (int i = 0; i < n; i++) {
         char prefix[32];
@@ -247,9 +338,11 @@ static int load_sequential(const struct qs_st_file *f, const char *path, enum qs
             goto fail;
         }
     }
+    free(idx);
     *out = m;
     return 0;
 fail:
+    free(idx);
     qs_mlp_free(m);
     return -1;
 }
@@ -265,17 +358,22 @@ int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp 
     int rc;
     if (arch) {
         if (strcmp(arch, "mlp") != 0) {
-            rc = qs_errf(e, "%s: qscope.arch is '%s', not an MLP", path, arch);
+            char ab[96];
+            rc = qs_errf(e, "%s: qscope.arch is '%s', not an MLP", path,
+                         qs_clean_str(arch, ab, sizeof ab, 64));
         } else {
             rc = load_from_meta(f, path, &m, e);
             if (rc == 0 && act_given)
                 for (int i = 0; i + 1 < m->nlayers; i++)
                     m->layers[i].act = act;
             for (int i = 1; rc == 0 && i < m->nlayers; i++)
-                if (m->layers[i].in != m->layers[i - 1].out)
+                if (m->layers[i].in != m->layers[i - 1].out) {
+                    char a[96], b[96];
                     rc = qs_errf(e, "%s: layer '%s' takes %d inputs but '%s' gives %d", path,
-                                 m->layers[i].name, m->layers[i].in, m->layers[i - 1].name,
+                                 qs_clean_str(m->layers[i].name, a, sizeof a, 64), m->layers[i].in,
+                                 qs_clean_str(m->layers[i - 1].name, b, sizeof b, 64),
                                  m->layers[i - 1].out);
+                }
         }
     } else {
         rc = load_sequential(f, path, act, &m, e);
@@ -284,9 +382,13 @@ int qs_mlp_load(const char *path, enum qs_act act, int act_given, struct qs_mlp 
         for (int i = 0; i < qs_st_meta_count(f); i++) {
             const char *k = qs_st_meta_key(f, i);
             if (strncmp(k, "qscope.arch", 11) && strcmp(k, "qscope.layers") &&
-                strcmp(k, "qscope.acts"))
-                qs_mlp_set_meta(m, k, qs_st_meta(f, k));
+                strcmp(k, "qscope.acts") && qs_mlp_set_meta(m, k, qs_st_meta(f, k)) < 0) {
+                rc = qs_errf(e, "%s: out of memory for the metadata", path);
+                break;
+            }
         }
+    }
+    if (rc == 0) {
         m->path = qs_strdup(path);
         m->map = f; /* mapped weights point into it; closed by qs_mlp_free */
         *out = m;
@@ -308,6 +410,18 @@ int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struc
     for (int i = 0; i < nsizes; i++)
         if (sizes[i] <= 0 || sizes[i] > (1 << 20))
             return qs_errf(e, "layer size %d is out of range", sizes[i]);
+    /* the whole model's weights, checked before any of it is allocated: 65536 x 65536 is
+     * 17 GB, and in * out overflows an int long before that */
+    size_t total = 0, nw;
+    for (int i = 0; i + 1 < nsizes; i++)
+        if (qs_size_mul((size_t)sizes[i] + 1, (size_t)sizes[i + 1], &nw) < 0 ||
+            qs_size_add(total, nw, &total) < 0 || total > (size_t)INT32_MAX)
+            return qs_errf(e,
+                           "layer sizes %d x %d give a weight matrix too large for qscope "
+                           "(at most 2^31 parameters)",
+                           sizes[i], sizes[i + 1]);
+    if (qs_mem_check(total * sizeof(float), "the new model's weights", e) < 0)
+        return -1;
     struct qs_mlp *m = mlp_alloc(nsizes - 1);
     if (!m)
         return qs_errf(e, "out of memory");
@@ -318,7 +432,8 @@ int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struc
         l->out = sizes[i + 1];
         l->act = i + 1 < m->nlayers ? act : QS_ACT_NONE;
         l->has_bias = 1;
-        l->w = malloc((size_t)l->in * l->out * sizeof(float));
+        size_t n = (size_t)l->in * (size_t)l->out;
+        l->w = malloc(n * sizeof(float));
         l->b = qs_calloc((size_t)l->out, sizeof(float));
         if (!l->w || !l->b) {
             qs_mlp_free(m);
@@ -327,7 +442,7 @@ int qs_mlp_new(const int *sizes, int nsizes, enum qs_act act, qs_rng *rng, struc
         /* He-uniform for ReLU-family hidden layers, Xavier-uniform otherwise. */
         double gain = (l->act == QS_ACT_RELU || l->act == QS_ACT_GELU) ? 6.0 : 3.0;
         double lim = sqrt(gain / l->in);
-        for (int j = 0; j < l->in * l->out; j++)
+        for (size_t j = 0; j < n; j++)
             l->w[j] = (float)((2.0 * qs_rng_uniform(rng) - 1.0) * lim);
     }
     *out = m;
@@ -358,7 +473,10 @@ struct qs_mlp *qs_mlp_clone(const struct qs_mlp *src)
         memcpy(l->b, s->b, (size_t)s->out * sizeof(float));
     }
     for (int i = 0; i < src->nmeta; i++)
-        qs_mlp_set_meta(m, src->meta_key[i], src->meta_val[i]);
+        if (qs_mlp_set_meta(m, src->meta_key[i], src->meta_val[i]) < 0) {
+            qs_mlp_free(m);
+            return NULL;
+        }
     return m;
 }
 
@@ -366,14 +484,18 @@ int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
 {
     struct qs_st_out *t = qs_calloc((size_t)m->nlayers * 2, sizeof *t);
     char (*names)[80] = qs_calloc((size_t)m->nlayers * 2, sizeof *names);
-    char layers[4096] = "", acts[4096] = "";
-    const char *keys[QS_MLP_MAXMETA + 3], *vals[QS_MLP_MAXMETA + 3];
-    if (!t || !names) {
-        free(t);
-        free(names);
-        return qs_errf(e, "out of memory");
+    const char **keys = qs_calloc((size_t)m->nmeta + 3, sizeof *keys);
+    const char **vals = qs_calloc((size_t)m->nmeta + 3, sizeof *vals);
+    /* the comma lists: every name and act in full (names are < 64 characters, acts < 8) */
+    size_t cap = (size_t)m->nlayers * (sizeof m->layers[0].name + 1) + 1;
+    char *layers = qs_calloc(cap, 1), *acts = qs_calloc((size_t)m->nlayers * 9 + 1, 1);
+    int rc = -1;
+    if (!t || !names || !keys || !vals || !layers || !acts) {
+        qs_errf(e, "out of memory");
+        goto out;
     }
     int nt = 0;
+    size_t ll = 0, al = 0;
     for (int i = 0; i < m->nlayers; i++) {
         const struct qs_layer *l = &m->layers[i];
         snprintf(names[nt], sizeof names[nt], "%s.weight", l->name);
@@ -384,9 +506,9 @@ int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
         t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 1,
                                    .shape = {l->out}, .data = l->b};
         nt++;
-        size_t ll = strlen(layers), al = strlen(acts);
-        snprintf(layers + ll, sizeof layers - ll, "%s%s", i ? "," : "", l->name);
-        snprintf(acts + al, sizeof acts - al, "%s%s", i ? "," : "", qs_act_name(l->act));
+        ll += (size_t)snprintf(layers + ll, cap - ll, "%s%s", i ? "," : "", l->name);
+        al += (size_t)snprintf(acts + al, (size_t)m->nlayers * 9 + 1 - al, "%s%s", i ? "," : "",
+                               qs_act_name(l->act));
     }
     int nm = 0;
     keys[nm] = "qscope.arch";
@@ -399,9 +521,14 @@ int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
         keys[nm] = m->meta_key[i];
         vals[nm++] = m->meta_val[i];
     }
-    int rc = qs_st_write(path, t, nt, keys, vals, nm, e);
+    rc = qs_st_write(path, t, nt, keys, vals, nm, e);
+out:
     free(t);
     free(names);
+    free(keys);
+    free(vals);
+    free(layers);
+    free(acts);
     return rc;
 }
 
