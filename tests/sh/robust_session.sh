@@ -153,6 +153,13 @@ rc=$?
 check check_requires_pins $? "rc=$rc $(head -c 300 "$T/o7")"
 q --replay "$T/s.qs" --check >/dev/null 2>&1
 check pinned_session_replays $?
+# a pinned path that is now a FIFO: hashing it must not block
+mkfifo "$T/pinfifo"
+sed -e "s|^# model [^ ]*|# model $T/pinfifo|" -e "s|^load model .*|load model $T/pinfifo|" "$T/s.qs" >"$T/fifopin.qs"
+timeout 20 $Q --replay "$T/fifopin.qs" --check >"$T/o7f" 2>&1
+rc=$?
+[ "$rc" -eq 1 ] && grep -q 'not a regular file' "$T/o7f"
+check check_pinned_fifo_refused $? "rc=$rc $(head -c 300 "$T/o7f")"
 allbad=0
 for t in abc -1 nan 1e400 2; do
   q --replay "$T/s.qs" --check --tol "$t" >"$T/o7b" 2>&1
