@@ -115,7 +115,8 @@ SHAREDIR = $(DESTDIR)$(PREFIX)/share/qscope
 DATADIR  = $(SHAREDIR)/datasets
 LM_DIRS  = $(patsubst %/config.json,%,$(wildcard datasets/models/*/config.json))
 install: qscope
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+	  $(DESTDIR)$(PREFIX)/share/man/man7
 	install -d $(DATADIR)/models $(DATADIR)/text $(SHAREDIR)/sessions
 	install -m 755 qscope $(DESTDIR)$(PREFIX)/bin/qscope
 	install -m 644 datasets/PROVENANCE.md $(DATADIR)/
@@ -128,10 +129,12 @@ install: qscope
 	install -m 644 sessions/README $(wildcard sessions/*.qs) $(SHAREDIR)/sessions/
 	install -m 644 man/qscope.1 $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1
 	install -m 644 man/qscope-session.5 $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
+	install -m 644 man/qscope-methods.7 $(DESTDIR)$(PREFIX)/share/man/man7/qscope-methods.7
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/qscope $(DESTDIR)$(PREFIX)/share/man/man1/qscope.1 \
-	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5
+	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5 \
+	      $(DESTDIR)$(PREFIX)/share/man/man7/qscope-methods.7
 	rm -rf $(SHAREDIR)
 
 # Regenerate the bundled data and retrain the bundled models (reproduces the committed metrics).

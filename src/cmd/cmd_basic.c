@@ -1166,6 +1166,11 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "help: no command '%s'", argv[0]);
     }
     cJSON_AddItemToObject(o, "commands", arr);
+    if (!argc) {
+        /* The formulas behind every number live in one page; say where. */
+        qs_sb_printf(&t, "\n\ndefinitions and formulas: man qscope-methods");
+        cJSON_AddStringToObject(o, "methods", "qscope-methods(7)");
+    }
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;

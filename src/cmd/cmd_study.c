@@ -971,9 +971,10 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  "Spearman < 0)\n",
                  q.nsupported, q.nrefuted, q.nunclear, q.nsettings, rq);
     qs_sb_printf(&t,
-                 "report (%d layers): R_lin_float median %.3f (100%% positive); R_lin_q4 "
-                 "median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, late "
-                 "%.3f\n",
+                 "overnight report's figures (%d layers; the report is not distributed with "
+                 "qscope, see qscope-methods(7)): R_lin_float median %.3f (100%% positive); "
+                 "R_lin_q4 median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, "
+                 "late %.3f\n",
                  QS_Q1_REPORT_NLAYERS, QS_Q1_REPORT_R_FLOAT_MEDIAN, QS_Q1_REPORT_R_Q4_MEDIAN,
                  100 * QS_Q1_REPORT_R_Q4_POS, QS_Q1_REPORT_DEPTH_EARLY, QS_Q1_REPORT_DEPTH_MID,
                  QS_Q1_REPORT_DEPTH_LATE);
@@ -1037,7 +1038,8 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
      "bench of its own: R_lin_float, R_lin_q4, correctability per layer, per-setting verdicts, "
-     "the aggregate table and depth profile, next to the overnight report's figures. csv= writes "
+     "the aggregate table and depth profile, next to the overnight report's figures (that "
+     "report is not distributed with qscope; the rules are in qscope-methods(7)). csv= writes "
      "PREFIX-layers.csv and PREFIX-settings.csv. The current bench is left untouched."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

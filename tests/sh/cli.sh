@@ -138,13 +138,13 @@ c = list(csv.reader(open(sys.argv[1]))); a = list(csv.reader(open(sys.argv[2])))
 assert 'table=corrections' in c[0][0] and [r[:2] for r in c[2:]] == [['fc0', 'lowrank'], ['fc2', 'clocal']], c
 assert 'table=ablate' in a[0][0] and a[1][-1] == 'verdict' and a[2][0] == 'fc0' and a[2][-1] in ('recovery', 'capacity', 'no-gain', 'harmful'), a
 PY"
-# make install / uninstall with DESTDIR and PREFIX: binary and both manual pages
+# make install / uninstall with DESTDIR and PREFIX: binary and the three manual pages
 make -s install DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
-check make-install "[ -x $T/root/usr/bin/qscope ] && [ -f $T/root/usr/share/man/man1/qscope.1 ] && [ -f $T/root/usr/share/man/man5/qscope-session.5 ] && [ -f $T/root/usr/share/qscope/datasets/models/digits-mlp.safetensors ] && $T/root/usr/bin/qscope --version | grep -q qscope"
+check make-install "[ -x $T/root/usr/bin/qscope ] && [ -f $T/root/usr/share/man/man1/qscope.1 ] && [ -f $T/root/usr/share/man/man5/qscope-session.5 ] && [ -f $T/root/usr/share/man/man7/qscope-methods.7 ] && [ -f $T/root/usr/share/qscope/datasets/models/digits-mlp.safetensors ] && $T/root/usr/bin/qscope --version | grep -q qscope"
 # the installed binary (moved away from the repository) opens the installed bundle
 check installed-default-model "(cd $T && $T/root/usr/bin/qscope --json -c eval | grep -q '\"gate\":\"pass\"')"
 make -s uninstall DESTDIR="$T/root" PREFIX=/usr >/dev/null 2>&1
-check make-uninstall "[ ! -e $T/root/usr/bin/qscope ] && [ ! -e $T/root/usr/share/man/man1/qscope.1 ]"
+check make-uninstall "[ ! -e $T/root/usr/bin/qscope ] && [ ! -e $T/root/usr/share/man/man1/qscope.1 ] && [ ! -e $T/root/usr/share/man/man7/qscope-methods.7 ]"
 
 # transformers: the bundled tiny GPT-2 through the command line, JSON, and clear refusals
 out=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int4 gran=channel; eval' | tail -1)
