@@ -1,5 +1,6 @@
 /* mlp.h - multilayer perceptrons: loading (qscope metadata or a PyTorch nn.Sequential state
- * dict), batched forward pass on OpenBLAS, loss, backward pass and the Adam trainer.
+ * dict), batched forward pass on OpenBLAS, loss, backward pass, Hessian-vector products and the
+ * Adam trainer.
  *
  * Notation: a linear layer computes y = x W^T + b with W: (out, in) row-major, x: (n, in). The
  * activation of layer i is applied to its pre-activation y; the last layer has none (logits). */
@@ -93,6 +94,18 @@ double qs_kl_rows(const float *logits_f, const float *logits_q, int n, int c, in
  * gw[i]: (out_i, in_i), gb[i]: (out_i). Returns the loss; -1 on allocation failure. */
 double qs_mlp_loss_grad(const struct qs_mlp *m, const float *x, const int *y, int n, float **gw,
                         float **gb, int *ncorrect);
+
+/* Hessian-vector product H v of the mean cross-entropy (the loss of qs_mlp_loss_grad) with
+ * respect to the weights, exact (to float rounding) by forward-over-reverse differentiation:
+ * Pearlmutter's R-operator R{f} = d/dr f(W + r v) at r = 0 pushed through the forward and the
+ * backward pass (no finite step, so no ReLU kink is crossed: a ReLU's mask stays fixed and its
+ * second derivative is 0 almost everywhere; tanh, sigmoid and GELU add their act'' term).
+ * v[i]: (out_i, in_i) the direction on layer i's weight, or NULL for zero there (the biases'
+ * direction is zero); hv[i]: (out_i, in_i) receives layer i's block of H v, or NULL when that
+ * block is not wanted. x: (n, in0), y: (n). One allocation (memory-checked); -1 with a message
+ * when it fails. */
+int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
+               const float *const *v, float **hv, qs_err *e);
 
 /* Builds, before every step, the model the forward and backward pass run on from the master
  * weights (quantization-aware training quantizes them: the straight-through estimator); the

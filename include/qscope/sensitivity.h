@@ -10,10 +10,12 @@
  *   (empirical Fisher diagonal, calibration split, float weights); fisher_err = sum F_i (.)
  *   (W_i - Q(W_i))^2, the second-order term of the loss change with H replaced by F.
  * - hutchinson: tr(H_i), H_i the Hessian block of layer i's weights (calibration split, float
- *   weights), estimated as the mean over m Rademacher probes v of v^T H_i v, with H_i v by a
- *   central difference of gradients, and the standard error of that mean; hutch_err =
- *   tr(H_i) / N_i * ||W_i - Q(W_i)||_F^2 (the HAWQ-v2 score).
- * Every gradient comes from the one MLP backward pass, qs_mlp_loss_grad. */
+ *   weights), estimated as the mean over m Rademacher probes v (on layer i only) of v^T H_i v,
+ *   with H_i v exact by forward-over-reverse differentiation (qs_mlp_hvp, the R-operator), and
+ *   the standard error of that mean; hutch_err = tr(H_i) / N_i * ||W_i - Q(W_i)||_F^2 (the
+ *   HAWQ-v2 score).
+ * Every gradient comes from the one MLP backward pass, qs_mlp_loss_grad; every Hessian-vector
+ * product from its R-operator twin, qs_mlp_hvp. */
 #ifndef QSCOPE_SENSITIVITY_H
 #define QSCOPE_SENSITIVITY_H
 
@@ -35,14 +37,14 @@ int qs_fisher_diag(const struct qs_mlp *m, const float *x, const int *y, int n, 
 struct qs_hutch {
     double trace; /* mean of v^T H v over the probes */
     double se;    /* standard error of that mean: sample sd / sqrt(probes) */
-    double eps;   /* finite-difference step used: 1e-3 * rms(W_i) (1e-3 for an all-zero W_i) */
     int probes;
 };
 
 /* Hutchinson estimate of tr(H_i), the Hessian of the mean loss over x: (n, in0), y with respect
- * to layer `layer`'s weight (bias excluded). Probe t draws v in {-1, +1}^N_i from qs_rng seeded
- * with seed ^ (0x9e3779b97f4a7c15 * (layer + 1)); H v = (g(W + eps v) - g(W - eps v)) / 2 eps.
- * probes >= 2. The model is not modified (a clone is perturbed). */
+ * to layer `layer`'s weight (bias excluded). Probe t draws v in {-1, +1}^N_i (zero on the other
+ * layers) from qs_rng seeded with seed ^ (0x9e3779b97f4a7c15 * (layer + 1)); H v is exact
+ * (qs_mlp_hvp: no finite step, so on ReLU networks no activation kink is crossed). probes >= 2.
+ * The model is not modified. */
 int qs_hutchinson(const struct qs_mlp *m, const float *x, const int *y, int n, int layer,
                   int probes, uint64_t seed, struct qs_hutch *h, qs_err *e);
 

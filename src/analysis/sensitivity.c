@@ -1,6 +1,6 @@
 /* sensitivity.c - per-layer sensitivity (delta, gradient norm, empirical Fisher, Hutchinson
  * trace) and the bit / rank allocation built on it. Gradients come from qs_mlp_loss_grad, the
- * backward pass shared with the trainer. */
+ * backward pass shared with the trainer; Hessian-vector products from qs_mlp_hvp beside it. */
 #include "qscope/sensitivity.h"
 
 #include <cblas.h>
@@ -126,60 +126,45 @@ int qs_hutchinson(const struct qs_mlp *m, const float *x, const int *y, int n, i
                        probes);
     if (n < 1)
         return qs_errf(e, "hutchinson: no samples");
+    int L = m->nlayers;
     const struct qs_layer *l0 = &m->layers[layer];
     size_t nw = (size_t)l0->out * l0->in;
-    struct qs_mlp *c = qs_mlp_clone(m);
-    struct grads g = {0};
-    float *w0 = malloc(nw * sizeof(float)), *gp = malloc(nw * sizeof(float));
-    signed char *v = malloc(nw);
+    /* v on this layer only (zero elsewhere); only this layer's block of H v is wanted */
+    const float **vv = qs_calloc((size_t)L, sizeof *vv);
+    float **hv = qs_calloc((size_t)L, sizeof *hv);
+    float *v = qs_alloc(nw, 2 * sizeof(float), "hutchinson: the probe and its H v", e);
     int rc = -1;
-    if (!c || !w0 || !gp || !v || grads_alloc(&g, m) < 0) {
-        qs_errf(e, "hutchinson: out of memory");
+    if (!vv || !hv || !v) {
+        if (v)
+            qs_errf(e, "hutchinson: out of memory");
         goto out;
     }
-    memcpy(w0, l0->w, nw * sizeof(float));
-    double ss = 0.0;
-    for (size_t j = 0; j < nw; j++)
-        ss += (double)w0[j] * w0[j];
-    double rms = sqrt(ss / (double)nw);
-    double eps = rms > 0 ? 1e-3 * rms : 1e-3;
-    float *w = c->layers[layer].w;
+    vv[layer] = v;
+    hv[layer] = v + nw;
     qs_rng rng;
     qs_rng_seed(&rng, seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(layer + 1)));
     double mean = 0.0, m2 = 0.0;
     for (int t = 0; t < probes; t++) {
         for (size_t j = 0; j < nw; j++)
-            v[j] = (qs_rng_u64(&rng) >> 63) ? 1 : -1;
+            v[j] = (qs_rng_u64(&rng) >> 63) ? 1.0f : -1.0f;
+        if (qs_mlp_hvp(m, x, y, n, vv, hv, e) < 0) {
+            qs_err_prefix(e, "hutchinson");
+            goto out;
+        }
+        double q = 0.0; /* v^T H v */
         for (size_t j = 0; j < nw; j++)
-            w[j] = (float)(w0[j] + eps * v[j]);
-        if (qs_mlp_loss_grad(c, x, y, n, g.gw, g.gb, NULL) < 0)
-            goto oom;
-        memcpy(gp, g.gw[layer], nw * sizeof(float));
-        for (size_t j = 0; j < nw; j++)
-            w[j] = (float)(w0[j] - eps * v[j]);
-        if (qs_mlp_loss_grad(c, x, y, n, g.gw, g.gb, NULL) < 0)
-            goto oom;
-        double q = 0.0;
-        for (size_t j = 0; j < nw; j++)
-            q += v[j] * ((double)gp[j] - g.gw[layer][j]);
-        q /= 2.0 * eps;
+            q += (double)v[j] * hv[layer][j];
         double d = q - mean; /* Welford */
         mean += d / (t + 1);
         m2 += d * (q - mean);
     }
     h->trace = mean;
     h->se = sqrt(m2 / (probes - 1) / probes);
-    h->eps = eps;
     h->probes = probes;
     rc = 0;
-    goto out;
-oom:
-    qs_errf(e, "hutchinson: out of memory (%d samples)", n);
 out:
-    qs_mlp_free(c);
-    grads_free(&g);
-    free(w0);
-    free(gp);
+    free(vv);
+    free(hv);
     free(v);
     return rc;
 }

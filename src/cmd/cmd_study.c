@@ -177,8 +177,9 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                          "diagonal (mean of per-sample squared gradients)\n");
     if (methods & QS_SENS_HUTCH)
         qs_sb_printf(&t,
-                     "hutch_tr = tr(H) by Hutchinson, %d Rademacher probes (seed %llu), Hv by "
-                     "central differences of gradients; hutch_err = tr(H)/N*||W-Q(W)||^2\n",
+                     "hutch_tr = tr(H) by Hutchinson, %d Rademacher probes (seed %llu), Hv "
+                     "exact by forward-over-reverse (R-operator); hutch_err = "
+                     "tr(H)/N*||W-Q(W)||^2\n",
                      info.probes, (unsigned long long)info.seed);
     /* Spearman matrix over the quantized layers, one score per method. */
     int nm = 0, mk[4], nq = 0;
@@ -1015,8 +1016,10 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
      "delta: test-split loss with only that layer quantized minus the float loss. grad, fisher, "
      "hutchinson: calibration split at the float weights; fisher_err = sum F*(W-Q(W))^2 with the "
-     "empirical Fisher diagonal F; hutchinson: tr(H) from Rademacher probes (seeded by the "
-     "session seed) with its standard error. Prints the Spearman correlation between methods. "
+     "empirical Fisher diagonal F; hutchinson: tr(H) of the layer's weight block from Rademacher "
+     "probes v on that layer (seeded by the session seed), the mean of v^T H v with its standard "
+     "error; H v is exact, by forward-over-reverse differentiation (Pearlmutter's R-operator), so "
+     "ReLU kinks add no error. Prints the Spearman correlation between methods. "
      "Default method=all, probes=32."},
     {"allocate", "bits=B [formats=F,...] [gran=G] [apply] | rank=R [method=M] [apply]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,

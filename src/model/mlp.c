@@ -1,4 +1,4 @@
-/* mlp.c - MLP load/save, forward, loss, backward and Adam training. */
+/* mlp.c - MLP load/save, forward, loss, backward, Hessian-vector product and Adam training. */
 #include "qscope/mlp.h"
 
 #include <cblas.h>
@@ -761,6 +761,177 @@ out:
     free(g);
     free(g2);
     return loss;
+}
+
+/* act'(y) and act''(y) at the pre-activation y. ReLU and none are piecewise linear: act'' = 0
+ * (almost everywhere), and ReLU's act' is the same mask as act_backward's (y > 0). */
+static inline void act_d12(enum qs_act a, float y, float *d1, float *d2)
+{
+    switch (a) {
+    case QS_ACT_NONE:
+        *d1 = 1.0f;
+        *d2 = 0.0f;
+        return;
+    case QS_ACT_RELU:
+        *d1 = y > 0.0f ? 1.0f : 0.0f;
+        *d2 = 0.0f;
+        return;
+    case QS_ACT_GELU: { /* act = y Phi(y): act' = Phi + y phi, act'' = phi (2 - y^2) */
+        float cdf = 0.5f * (1.0f + erff(y * 0.70710678118654752f));
+        float pdf = 0.39894228040143268f * expf(-0.5f * y * y);
+        *d1 = cdf + y * pdf;
+        *d2 = pdf * (2.0f - y * y);
+        return;
+    }
+    case QS_ACT_TANH: { /* act' = 1 - t^2, act'' = -2 t (1 - t^2) */
+        float t = tanhf(y);
+        *d1 = 1.0f - t * t;
+        *d2 = -2.0f * t * *d1;
+        return;
+    }
+    case QS_ACT_SIGMOID: { /* act' = s (1 - s), act'' = s (1 - s) (1 - 2 s) */
+        float s = 1.0f / (1.0f + expf(-y));
+        *d1 = s * (1.0f - s);
+        *d2 = *d1 * (1.0f - 2.0f * s);
+        return;
+    }
+    }
+    *d1 = 1.0f;
+    *d2 = 0.0f;
+}
+
+/* The R-operator, R{f} = d/dr f(W + r V) at r = 0, pushed through the forward pass and then
+ * through qs_mlp_loss_grad's backward pass. Notation per layer i (W_i: (out, in), V_i its
+ * direction, a_{i-1}: (n, in) its input, z_i: (n, out) its pre-activation, a_i = act(z_i)):
+ *   forward   R{z_i} = R{a_{i-1}} W_i^T + a_{i-1} V_i^T,     R{a_i} = act'(z_i) (.) R{z_i}
+ *   loss      g = dL/dlogits = (p - onehot) / n,  R{g} = (diag p - p p^T) R{logits} / n per row
+ *   backward  d_i = act'(z_i) (.) g_i  (g_i = dL/da_i),
+ *             R{d_i} = act'(z_i) (.) R{g_i} + act''(z_i) (.) R{z_i} (.) g_i
+ *             (H V)_i = R{dL/dW_i} = R{d_i}^T a_{i-1} + d_i^T R{a_{i-1}}
+ *             g_{i-1} = d_i W_i,  R{g_{i-1}} = R{d_i} W_i + d_i V_i
+ * R{.} is zero below the first layer with a direction; the backward stops at the lowest layer
+ * whose block is wanted. */
+int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
+               const float *const *v, float **hv, qs_err *e)
+{
+    int L = m->nlayers, width = qs_mlp_max_width(m), c = m->layers[L - 1].out;
+    int first = L, lo = L; /* first layer with a direction; lowest layer wanted */
+    for (int i = L - 1; i >= 0; i--) {
+        if (v[i])
+            first = i;
+        if (hv[i])
+            lo = i;
+    }
+    if (n < 1)
+        return qs_errf(e, "Hessian-vector product: no samples");
+    /* One block: pre, post, rz, ra (n, out_i) per layer; g, g2, rg, rg2 (n, width). */
+    size_t per = 0, tot;
+    for (int i = 0; i < L; i++)
+        per += (size_t)m->layers[i].out;
+    if (qs_size_mul(per, 4, &tot) < 0 || qs_size_add(tot, 4 * (size_t)width, &tot) < 0 ||
+        qs_size_mul(tot, (size_t)n, &tot) < 0)
+        return qs_errf(e, "Hessian-vector product: a batch of %d overflows", n);
+    float *buf = qs_alloc(tot, sizeof(float), "the Hessian-vector product", e);
+    if (!buf)
+        return -1;
+    float **pre = qs_calloc((size_t)L * 4, sizeof *pre);
+    if (!pre) {
+        free(buf);
+        return qs_errf(e, "Hessian-vector product: out of memory");
+    }
+    float **post = pre + L, **rz = pre + 2 * L, **ra = pre + 3 * L;
+    float *p = buf;
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < L; i++) {
+            pre[k * L + i] = p;
+            p += (size_t)n * m->layers[i].out;
+        }
+    float *g = p, *g2 = g + (size_t)n * width, *rg = g2 + (size_t)n * width,
+          *rg2 = rg + (size_t)n * width;
+
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        const float *ain = i ? post[i - 1] : x;
+        size_t len = (size_t)n * l->out;
+        qs_linear(ain, n, l->in, l->w, l->b, l->out, pre[i]);
+        memcpy(post[i], pre[i], len * sizeof(float));
+        qs_act_apply(l->act, post[i], len);
+        if (i < first)
+            continue;
+        /* rz = R{a_{i-1}} W^T + a_{i-1} V^T: (n, in)(in, out) each */
+        float beta = 0.0f;
+        if (i > first) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f,
+                        ra[i - 1], l->in, l->w, l->in, 0.0f, rz[i], l->out);
+            beta = 1.0f;
+        }
+        if (v[i])
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, ain,
+                        l->in, v[i], l->in, beta, rz[i], l->out);
+        for (size_t j = 0; j < len; j++) {
+            float d1, d2;
+            act_d12(l->act, pre[i][j], &d1, &d2);
+            ra[i][j] = d1 * rz[i][j];
+        }
+    }
+    /* g = dL/dlogits, R{g} = (diag p - p p^T) R{logits} / n (the softmax cross-entropy's
+     * Hessian in the logits), p the softmax of the row. */
+    qs_xent(post[L - 1], y, n, c, NULL, g);
+    for (int r = 0; r < n; r++) {
+        const float *z = post[L - 1] + (size_t)r * c;
+        float *rgr = rg + (size_t)r * c;
+        if (first == L) {
+            memset(rgr, 0, (size_t)c * sizeof(float));
+            continue;
+        }
+        const float *u = ra[L - 1] + (size_t)r * c;
+        double mx = z[0], s = 0.0, pu = 0.0;
+        for (int j = 1; j < c; j++)
+            mx = z[j] > mx ? z[j] : mx;
+        for (int j = 0; j < c; j++)
+            s += exp((double)z[j] - mx);
+        for (int j = 0; j < c; j++)
+            pu += exp((double)z[j] - mx) / s * u[j];
+        for (int j = 0; j < c; j++)
+            rgr[j] = (float)(exp((double)z[j] - mx) / s * (u[j] - pu) / n);
+    }
+    for (int i = L - 1; i >= lo; i--) {
+        const struct qs_layer *l = &m->layers[i];
+        size_t len = (size_t)n * l->out;
+        /* g -> d_i = act' g, rg -> R{d_i} = act' R{g} + act'' R{z} g (rz is 0 below first) */
+        for (size_t j = 0; j < len; j++) {
+            float d1, d2;
+            act_d12(l->act, pre[i][j], &d1, &d2);
+            rg[j] = d1 * rg[j] + (i >= first && d2 != 0.0f ? d2 * rz[i][j] * g[j] : 0.0f);
+            g[j] *= d1;
+        }
+        const float *ain = i ? post[i - 1] : x;
+        if (hv[i]) { /* R{d}^T a_{i-1} + d^T R{a_{i-1}}: (out, n)(n, in) each */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, rg,
+                        l->out, ain, l->in, 0.0f, hv[i], l->in);
+            if (i - 1 >= first)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, g,
+                            l->out, ra[i - 1], l->in, 1.0f, hv[i], l->in);
+        }
+        if (i > lo) { /* g2 = d W, rg2 = R{d} W + d V: (n, out)(out, in) each */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l->in, l->out, 1.0f, g,
+                        l->out, l->w, l->in, 0.0f, g2, l->in);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l->in, l->out, 1.0f, rg,
+                        l->out, l->w, l->in, 0.0f, rg2, l->in);
+            if (v[i])
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, l->in, l->out, 1.0f, g,
+                            l->out, v[i], l->in, 1.0f, rg2, l->in);
+            float *t = g;
+            g = g2;
+            g2 = t;
+            t = rg;
+            rg = rg2;
+            rg2 = t;
+        }
+    }
+    free(buf);
+    free(pre);
+    return 0;
 }
 
 int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
