@@ -51,6 +51,7 @@ struct qs_corr {
     int rank;               /* low-rank methods */
     char prec[8];           /* "float", "int8", "int4" (linear map's own weights) */
     double lambda;          /* ridge lambda used */
+    int rank_kept;          /* ridge map: eigen-directions of Y_q^T Y_q kept (qs_ridge_map_info) */
     float *c;               /* (out, in) low-rank weight term */
     float *l, *rt;          /* its factors (out, rank), (rank, in): c = l rt (the fit's sgemm),
                                kept so that `export model … packed` writes them */

@@ -51,18 +51,31 @@ int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double da
 double qs_lowrank_objective(const float *e, const float *c, int out, int in, const float *rxx);
 
 /* Ridge recovery map from quantized to float pre-activations yq, yf: (n, d): with the columns
- * centred, at = (yq^T yq + lambda I)^{-1} yq^T yf: (d, d), and b = mean(yf) - mean(yq) at: (d),
- * so that yhat = yq at + b. lambda is absolute; lambda < 0 means "auto", 1e-6 trace(yq^T yq) / d
- * of the centred yq; *lambda_used (may be NULL) gets the value used.
- * Numerics: the map is solved as at = I + (G + lambda I)^{-1} (yq^T D - lambda I) with
- * G = yq^T yq and D = yf - yq (both centred) - algebraically the same, but the float rounding of
- * G then only touches the small correction, not the near-identity map itself. G and yq^T D are
- * accumulated in float by row blocks (sgemm/ssyrk); the d x d solve is in double: Cholesky
- * (dpotrf/dpotrs), falling back to the eigen pseudo-inverse (dsyevd; eigenvalues below 1e-6
- * lambda_max dropped: the minimum-norm least-squares map) when G + lambda I is not numerically
- * positive definite (lambda = 0 with collinear columns). */
+ * centred and G = yq^T yq, at = (G + lambda I)^+ yq^T yf: (d, d) restricted to G's kept
+ * eigen-directions, and b = mean(yf) - mean(yq) at: (d), so that yhat = yq at + b. lambda is
+ * absolute; lambda < 0 means "auto", 1e-6 trace(G) / d; *lambda_used (may be NULL) gets the
+ * value used.
+ * Numerics (ridge.c): the means, G and yq^T yf are accumulated in double (dsyrk/dgemm on double
+ * copies of row blocks); G = V diag(w) V^T (dsyevd) and at = V_k diag(1 / (w_k + lambda)) V_k^T
+ * yq^T yf over the k eigen-directions with w > QS_RIDGE_REL_CUT w_max. The rank cut: directions
+ * at or below 1e-6 of the largest eigenvalue (singular values below 1e-3 of the largest) are
+ * G's null space plus the float32 rounding of the data (about 1e-12 w_max); they get exactly
+ * zero weight, so a rank-deficient yq gives the minimum-norm map and the map does not depend on
+ * rounding (nor on the BLAS thread count). With lambda = 0 this is the minimum-norm
+ * least-squares map on the kept directions. */
+#define QS_RIDGE_REL_CUT 1e-6
 int qs_ridge_map(const float *yq, const float *yf, int n, int d, double lambda, float *at, float *b,
                  double *lambda_used, qs_err *err);
+
+struct qs_ridge_info {
+    double lambda;  /* the lambda used */
+    int rank_kept;  /* eigen-directions of G kept (0..d) */
+    double eig_max; /* largest eigenvalue of G */
+    double cut;     /* QS_RIDGE_REL_CUT eig_max: eigenvalues at or below it were dropped */
+};
+/* qs_ridge_map with the fit's figures in *info (may be NULL). */
+int qs_ridge_map_info(const float *yq, const float *yf, int n, int d, double lambda, float *at,
+                      float *b, struct qs_ridge_info *info, qs_err *err);
 
 /* Applies the map: yhat = yq at + b; yq, yhat: (n, d), at: (d, d), b: (d). */
 void qs_ridge_apply(const float *yq, int n, int d, const float *at, const float *b, float *yhat);

@@ -6,7 +6,8 @@
  * - the model's weights are quantized with one format (default int3 per tensor);
  * - R_lin_float / R_lin_q: recovery (held-out) of the ridge map from quantized to float
  *   pre-activations, with the map in float / with its weights quantized (prec, default int4);
- *   each fitted with no other correction in place;
+ *   each fitted with no other correction in place; lambda and the rank kept by the map's rank
+ *   cut (lowrank.h) are recorded;
  * - correctability: the share of the propagated pre-activation error energy (calibration split)
  *   in its top ceil(top_frac * d) singular directions, 1 - left[ceil(top_frac * d)], d = out_i
  *   (qscope's definition; the report gave none).
@@ -54,6 +55,8 @@ struct qs_q1_layer {
     double w_rel_err, preact_rel_mse;
     double correctability;
     double r_float, r_q;
+    double lambda; /* the ridge lambda of both maps (fitted on the same data) */
+    int rank_kept; /* eigen-directions of Y_q^T Y_q the maps keep (lowrank.h, rank cut) */
 };
 
 struct qs_q1_setting {

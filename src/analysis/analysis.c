@@ -347,15 +347,16 @@ static int fit_map(const float *yq, const float *yt, int n, int d, double lambda
         free(at);
         return qs_errf(e, "out of memory");
     }
-    double used = lambda;
-    if (qs_ridge_map(yq, yt, n, d, lambda, at, c->mb, &used, e) < 0) {
+    struct qs_ridge_info info;
+    if (qs_ridge_map_info(yq, yt, n, d, lambda, at, c->mb, &info, e) < 0) {
         free(at);
         return -1;
     }
     for (int r = 0; r < d; r++)
         for (int k = 0; k < d; k++)
             c->amap[(size_t)r * d + k] = at[(size_t)k * d + r];
-    c->lambda = used;
+    c->lambda = info.lambda;
+    c->rank_kept = info.rank_kept;
     free(at);
     return 0;
 }

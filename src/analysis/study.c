@@ -186,6 +186,8 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
         if (qs_analysis_correct(b, i, QS_CORR_LINEAR, 0, "float", -1.0, NULL, e) < 0)
             goto fail;
         r->r_float = b->ls[i].corr.recovery;
+        r->lambda = b->ls[i].corr.lambda;
+        r->rank_kept = b->ls[i].corr.rank_kept;
         qs_analysis_uncorrect(b, i);
         if (qs_analysis_correct(b, i, QS_CORR_LINEAR, 0, o->prec, -1.0, NULL, e) < 0)
             goto fail;
@@ -436,7 +438,8 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         return -1;
     const char *hl[] = {"model",          "data",           "seed",        "layer",
                         "index",          "depth",          "d",           "w_rel_err",
-                        "preact_rel_mse", "correctability", "r_lin_float", rq};
+                        "preact_rel_mse", "correctability", "r_lin_float", rq,
+                        "lambda",         "rank_kept"};
     for (size_t k = 0; k < sizeof hl / sizeof *hl; k++)
         field(f, hl[k], k == 0);
     fputc('\n', f);
@@ -456,6 +459,8 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         numf(f, l->correctability);
         numf(f, l->r_float);
         numf(f, l->r_q);
+        numf(f, l->lambda);
+        intf(f, l->rank_kept);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)

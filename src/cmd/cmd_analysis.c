@@ -435,8 +435,10 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddNumberToObject(o, "params", (double)cr->params);
         qs_json_num(o, "bits_added", cr->bits);
         qs_json_num(o, "layer_bits_per_weight", bpw);
-        if (cr->amap)
+        if (cr->amap) {
             qs_json_num(o, "lambda", cr->lambda);
+            cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
+        }
         if (m == QS_CORR_CLOCAL)
             cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
         else
@@ -450,6 +452,9 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                          "(+%.0f bits), layer %.3f bits/weight",
                      done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery, calib,
                      cr->params, cr->bits, bpw);
+        if (cr->amap) /* the ridge map's own figures (lowrank.h: lambda and the rank cut) */
+            qs_sb_printf(&t, "; ridge lambda %.3g, rank kept %d of %d", cr->lambda,
+                         cr->rank_kept, l->out);
         if (m == QS_CORR_CLOCAL)
             qs_sb_printf(&t, " [upper baseline, not deployable]");
         else
@@ -753,7 +758,12 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
      "calibration split; clocal is fitted and judged on the test split with float inputs: an "
      "upper baseline, not deployable). teacher= fits bias/linear toward another model's "
-     "pre-activations (a deliberately capacity-adding control)."},
+     "pre-activations (a deliberately capacity-adding control). linear/clocal: the ridge map "
+     "A^T = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f on centred pre-activations, summed and solved in "
+     "double; lambda defaults to 1e-6 tr(Y_q^T Y_q) / d; rank cut: eigen-directions of Y_q^T "
+     "Y_q with eigenvalue at or below 1e-6 of the largest get zero weight (null directions and "
+     "float32 rounding noise); each result prints lambda and the rank kept. prec=int8|int4 "
+     "then quantizes A per output row."},
     {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
      "remove corrections", NULL},
     {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,

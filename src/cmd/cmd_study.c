@@ -856,6 +856,9 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
                  "map (%s)\n",
                  prec, rq);
+    qs_sb_printf(&t, "map = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f (centred, in double), lambda = 1e-6 "
+                     "tr(Y_q^T Y_q) / d; rank = eigen-directions of Y_q^T Y_q kept (eigenvalue "
+                     "> 1e-6 of the largest; the rest get zero weight)\n");
     qs_sb_printf(&t, "a seed re-draws calibration and test among each model's held-out samples "
                      "(never its training samples)\n\n");
     char hdr_q[24];
@@ -895,8 +898,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         put_num(&t, 9, "%.3f", st->spearman);
         qs_sb_printf(&t, "  %s\n", st->verdict);
     }
-    qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s\n", "model", "seed", "layer", "depth",
-                 "d", "correct.", "R_lin_float", rq);
+    qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
+                 "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
     static const char *const thirds[] = {"early", "mid", "late"};
     for (int i = 0; i < q.nlayers; i++) {
         const struct qs_q1_layer *l = &q.layers[i];
@@ -915,13 +918,16 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_json_num(j, "correctability", l->correctability);
         qs_json_num(j, "r_lin_float", l->r_float);
         qs_json_num(j, rqj, l->r_q);
+        qs_json_num(j, "lambda", l->lambda);
+        cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
         cJSON_AddItemToArray(jl, j);
         qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
                      thirds[l->third], l->d);
         put_num(&t, 10, "%.4f", l->correctability);
         put_num(&t, 12, "%.4f", l->r_float);
         put_num(&t, 12, "%.4f", l->r_q);
-        qs_sb_printf(&t, "\n");
+        put_num(&t, 11, "%.3g", l->lambda);
+        qs_sb_printf(&t, " %4d\n", l->rank_kept);
     }
     cJSON_AddItemToObject(o_, "settings", js);
     cJSON_AddItemToObject(o_, "layers", jl);
