@@ -40,6 +40,20 @@ struct qs_spectrum {
     double *sv;        /* error singular values, descending (nsv) */
     double *ref_sv;    /* reference spectrum: of=weight the (scaled) W, of=preact Y_f (nsv) */
     struct qs_rank_stats st; /* of the error */
+    /* of=weight with a weight-space correction C (lowrank, lqer, qera, eora) and QS_SPEC_RESID:
+     * the residual W - (Q(W) + C) in the same view (scale=act|cov applied to it as to E) */
+    int resid;               /* 1 computed; 0 no correction; -1 the correction acts on outputs
+                                (bias, linear, clocal) or of=preact: no weight residual */
+    const char *resid_method; /* qs_corr_name of the layer's correction, NULL without one */
+    double *res_sv;          /* residual singular values, descending (nsv) */
+    struct qs_rank_stats res_st;
+};
+
+/* Flags of qs_analysis_spectrum_ex. */
+enum {
+    QS_SPEC_NULL = 1,  /* label against the variance-profile null (qs_null_edge: 5 seeded draws,
+                          blocks from the layer's weight format; of=preact: per output channel) */
+    QS_SPEC_RESID = 2, /* also the residual spectrum of a weight-space correction */
 };
 
 /* Computes the spectrum of layer `layer`'s error. k <= 0 means all min(m, n) values; large
@@ -47,6 +61,11 @@ struct qs_spectrum {
  * 1 % of the exact top values on near-white error). Free with qs_spectrum_free. */
 int qs_analysis_spectrum(struct qs_bench *b, int layer, enum qs_spec_of of,
                          enum qs_spec_scale scale, int k, struct qs_spectrum *sp, qs_err *e);
+/* As qs_analysis_spectrum with QS_SPEC_* flags (qs_analysis_spectrum = flags 0: the values and
+ * statistics only, labelled against the i.i.d. Marchenko-Pastur edge). */
+int qs_analysis_spectrum_ex(struct qs_bench *b, int layer, enum qs_spec_of of,
+                            enum qs_spec_scale scale, int k, int flags, struct qs_spectrum *sp,
+                            qs_err *e);
 void qs_spectrum_free(struct qs_spectrum *sp);
 
 /* Fits a correction on layer i (replacing any it had) and measures it. rank for the low-rank

@@ -95,7 +95,38 @@ void qs_spectrum_free(struct qs_spectrum *sp)
         return;
     free(sp->sv);
     free(sp->ref_sv);
-    sp->sv = sp->ref_sv = NULL;
+    free(sp->res_sv);
+    sp->sv = sp->ref_sv = sp->res_sv = NULL;
+}
+
+/* Width of one scale block along a row of layer state s's weight (n: one per row), as
+ * job_init in pack.c tiles it; the variance-profile null's blocks. */
+static int null_seg(const struct qs_layer_state *s, int n)
+{
+    const struct qs_format *f = &s->wfmt;
+    const struct qs_qopts *o = &s->wopt;
+    int seg = n;
+    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        seg = f->block;
+    else if (f->kind == QS_FMT_NF4)
+        seg = o->gran == QS_GRAN_GROUP ? o->group
+              : o->gran == QS_GRAN_CHANNEL ? n : (f->block > 0 ? f->block : 64);
+    else if (!o->scale_none && o->gran == QS_GRAN_GROUP)
+        seg = o->group;
+    return seg < 1 || seg > n ? n : seg;
+}
+
+/* The null of the matrix `view` (values sv, statistics st) whose unscaled form is e0. */
+static int label_null(const float *e0, int m, int n, const struct qs_null_view *v, uint64_t seed,
+                      struct qs_rank_stats *st, qs_err *e)
+{
+    if (st->zero)
+        return 0;
+    struct qs_null nl;
+    if (qs_null_edge(e0, m, n, v, 5, seed, &nl, e) < 0)
+        return -1;
+    qs_rank_stats_set_null(st, &nl);
+    return 0;
 }
 
 /* R^(1/2) of inputs x: (n, in), R = x^T x / n: (in, in). */
@@ -152,6 +183,13 @@ static int values_of(const float *a, int m, int n, int k, uint64_t seed, double 
 int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_spec_scale scale,
                          int k, struct qs_spectrum *sp, qs_err *e)
 {
+    return qs_analysis_spectrum_ex(b, i, of, scale, k, 0, sp, e);
+}
+
+int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
+                            enum qs_spec_scale scale, int k, int flags, struct qs_spectrum *sp,
+                            qs_err *e)
+{
     memset(sp, 0, sizeof *sp);
     float *lm_err = NULL, *lm_ref = NULL; /* transformer of=preact: from the site caches */
     int lm_rows = 0;
@@ -178,6 +216,7 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
     }
     int m, n;
     float *err = NULL, *ref = NULL, *half = NULL;
+    float *res = NULL, *cs = NULL, *e0 = NULL, *r0 = NULL; /* residual, act scales, unscaled */
     if (of == QS_SPEC_PREACT) {
         if (scale != QS_SCALE_NONE) {
             free(lm_err);
@@ -222,15 +261,52 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
             err[j] = s->wq ? l->w[j] - s->wq[j] : 0.0f;
             ref[j] = l->w[j];
         }
+        enum qs_corr_method cm = s->corr.method;
+        if (cm != QS_CORR_NONE)
+            sp->resid_method = qs_corr_name(cm);
+        if (cm == QS_CORR_NONE || !(flags & QS_SPEC_RESID)) {
+            sp->resid = 0;
+        } else if (cm != QS_CORR_LOWRANK && cm != QS_CORR_LQER && cm != QS_CORR_QERA &&
+                   cm != QS_CORR_EORA) {
+            sp->resid = -1; /* bias / linear / clocal act on the outputs */
+        } else if (s->corr.c) { /* W - (Q(W) + C) = E - C */
+            sp->resid = 1;
+            res = malloc(len * sizeof(float));
+            sp->res_sv = qs_calloc((size_t)k, sizeof(double));
+            if (!res || !sp->res_sv) {
+                qs_errf(e, "out of memory");
+                goto out;
+            }
+            for (size_t j = 0; j < len; j++)
+                res[j] = err[j] - s->corr.c[j];
+        }
+        if ((flags & QS_SPEC_NULL) && scale != QS_SCALE_NONE) { /* the nulls' profiles */
+            e0 = malloc(len * sizeof(float));
+            r0 = res ? malloc(len * sizeof(float)) : NULL;
+            if (!e0 || (res && !r0)) {
+                qs_errf(e, "out of memory");
+                goto out;
+            }
+            memcpy(e0, err, len * sizeof(float));
+            if (res)
+                memcpy(r0, res, len * sizeof(float));
+        }
         if (scale == QS_SCALE_ACT) { /* E diag(s), s_j = RMS of input channel j */
+            cs = malloc((size_t)n * sizeof(float));
+            if (!cs) {
+                qs_errf(e, "out of memory");
+                goto out;
+            }
             for (int c = 0; c < n; c++) {
                 double ss = 0.0;
                 for (int r = 0; r < xn; r++)
                     ss += (double)xin[(size_t)r * n + c] * xin[(size_t)r * n + c];
-                float sc = (float)sqrt(ss / xn);
+                float sc = cs[c] = (float)sqrt(ss / xn);
                 for (int r = 0; r < m; r++) {
                     err[(size_t)r * n + c] *= sc;
                     ref[(size_t)r * n + c] *= sc;
+                    if (res)
+                        res[(size_t)r * n + c] *= sc;
                 }
             }
         } else if (scale == QS_SCALE_COV) { /* E R^(1/2), R = E[x x^T] of the inputs */
@@ -246,6 +322,10 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
             memcpy(err, t, len * sizeof(float));
             qs_linear(ref, m, n, half, NULL, n, t);
             memcpy(ref, t, len * sizeof(float));
+            if (res) {
+                qs_linear(res, m, n, half, NULL, n, t);
+                memcpy(res, t, len * sizeof(float));
+            }
             free(t);
         }
     }
@@ -266,11 +346,32 @@ int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_
     if (values_of(ref, m, n, k, b->seed, sp->ref_sv, &ex, e) < 0)
         goto out;
     qs_rank_stats_compute(sp->sv, k, fro2, m, n, &sp->st);
+    if (res) {
+        double rf2 = qs_frob2(res, len);
+        if (rf2 > 0 && values_of(res, m, n, k, b->seed, sp->res_sv, &ex, e) < 0)
+            goto out;
+        qs_rank_stats_compute(sp->res_sv, k, rf2, m, n, &sp->res_st);
+    }
+    if (flags & QS_SPEC_NULL) {
+        /* seeded by the session seed and the layer, so a verdict reproduces */
+        uint64_t ns = b->seed ^ ((uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL);
+        struct qs_null_view v = {.seg = of == QS_SPEC_WEIGHT ? null_seg(s, n) : n,
+                                 .by_col = of == QS_SPEC_PREACT,
+                                 .colscale = cs,
+                                 .mix = half};
+        if (label_null(e0 ? e0 : err, m, n, &v, ns, &sp->st, e) < 0 ||
+            (res && label_null(r0 ? r0 : res, m, n, &v, ns + 1, &sp->res_st, e) < 0))
+            goto out;
+    }
     rc = 0;
 out:
     free(err);
     free(ref);
     free(half);
+    free(res);
+    free(cs);
+    free(e0);
+    free(r0);
     free(lm_err);
     free(lm_ref);
     if (rc < 0)

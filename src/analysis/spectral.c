@@ -2,8 +2,12 @@
 #include "qscope/spectral.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "qscope/linalg.h"
+#include "qscope/mlp.h"
 
 double qs_mp_edge(double fro2, int m, int n)
 {
@@ -76,6 +80,99 @@ void qs_rank_stats_compute(const double *sv, int nsv, double fro2, int m, int n,
             }
         }
     }
+}
+
+/* Top singular value of a: (m, n): LAPACK up to min(m, n) = 512, block Krylov above. */
+static int top_value(const float *a, int m, int n, uint64_t seed, double *top, qs_err *e)
+{
+    int mn = m < n ? m : n;
+    if (mn > 512)
+        return qs_svd_topk_krylov(a, m, n, 1, 16, 12, seed, top, e);
+    double *all = malloc((size_t)mn * sizeof *all);
+    if (!all)
+        return qs_errf(e, "out of memory");
+    int rc = qs_svd_values(a, m, n, all, e);
+    *top = all[0];
+    free(all);
+    return rc;
+}
+
+int qs_null_edge(const float *e0, int m, int n, const struct qs_null_view *v, int draws,
+                 uint64_t seed, struct qs_null *nl, qs_err *e)
+{
+    memset(nl, 0, sizeof *nl);
+    if (m < 1 || n < 1 || draws < 2)
+        return qs_errf(e, "null: bad shape %dx%d or draws %d", m, n, draws);
+    int seg = v->by_col ? 1 : v->seg < 1 || v->seg > n ? n : v->seg;
+    int nseg = v->by_col ? n : (n + seg - 1) / seg;
+    size_t nvar = v->by_col ? (size_t)n : (size_t)m * nseg, len;
+    if (qs_size_mul((size_t)m, (size_t)n, &len) < 0)
+        return qs_errf(e, "null: %dx%d is too large", m, n);
+    double *var = calloc(nvar, sizeof *var);
+    float *d = qs_alloc(len, sizeof(float), "the null's simulated draw", e);
+    float *t = v->mix ? qs_alloc(len, sizeof(float), "the null's simulated draw", e) : NULL;
+    int rc = -1;
+    if (!var || !d || (v->mix && !t)) {
+        if (!var)
+            qs_errf(e, "out of memory");
+        goto out;
+    }
+    /* block mean squares of the unscaled error */
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double x = e0[(size_t)i * n + j];
+            var[v->by_col ? (size_t)j : (size_t)i * nseg + j / seg] += x * x;
+        }
+    for (size_t b = 0; b < nvar; b++) {
+        int w = v->by_col ? m : (int)(b % nseg) == nseg - 1 ? n - (nseg - 1) * seg : seg;
+        var[b] /= w;
+    }
+    qs_rng r;
+    qs_rng_seed(&r, seed ^ 0x6e756c6c65646765ULL); /* "nulledge" */
+    double sum = 0, sum2 = 0, en = 0;
+    for (int k = 0; k < draws; k++) {
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double sd = sqrt(var[v->by_col ? (size_t)j : (size_t)i * nseg + j / seg]);
+                double x = sd * qs_rng_normal(&r);
+                if (v->colscale)
+                    x *= v->colscale[j];
+                d[(size_t)i * n + j] = (float)x;
+            }
+        if (v->mix) { /* d mix: mix is symmetric, so d mix^T = d mix */
+            qs_linear(d, m, n, v->mix, NULL, n, t);
+            memcpy(d, t, len * sizeof(float));
+        }
+        en += qs_frob2(d, len);
+        double top = 0;
+        if (top_value(d, m, n, seed + (uint64_t)k + 1, &top, e) < 0)
+            goto out;
+        sum += top;
+        sum2 += top * top;
+    }
+    nl->draws = draws;
+    nl->top_mean = sum / draws;
+    nl->top_sd = sqrt(fmax(0.0, (sum2 - sum * sum / draws) / (draws - 1)));
+    double sbar = sqrt(en / draws / ((double)m * n));
+    nl->tw = 0.5 * sbar * cbrt(1 / sqrt((double)m) + 1 / sqrt((double)n));
+    nl->margin = fmax(4 * nl->tw, 3 * nl->top_sd);
+    nl->edge = nl->top_mean + nl->margin;
+    rc = 0;
+out:
+    free(var);
+    free(d);
+    free(t);
+    return rc;
+}
+
+void qs_rank_stats_set_null(struct qs_rank_stats *st, const struct qs_null *nl)
+{
+    st->null_top = nl->top_mean;
+    st->null_sd = nl->top_sd;
+    st->null_margin = nl->margin;
+    st->null_edge = nl->edge;
+    st->null_draws = nl->draws;
+    st->structured = !st->zero && st->nsv > 0 && st->top > nl->edge;
 }
 
 void qs_energy_left(const double *sv, int nsv, double fro2, int K, double *left)

@@ -183,7 +183,39 @@ static void stats_json(cJSON *o, const struct qs_rank_stats *st)
     cJSON_AddNumberToObject(o, "k50", st->k50);
     cJSON_AddNumberToObject(o, "k90", st->k90);
     cJSON_AddNumberToObject(o, "k99", st->k99);
+    qs_json_num(o, "null_edge", st->null_edge);
+    qs_json_num(o, "null_top", st->null_top);
+    qs_json_num(o, "null_margin", st->null_margin);
+    cJSON_AddNumberToObject(o, "null_draws", st->null_draws);
     cJSON_AddStringToObject(o, "shape", st->zero ? "zero" : st->structured ? "structured" : "white");
+}
+
+static const char *shape_of(const struct qs_rank_stats *st)
+{
+    return st->zero ? "zero" : st->structured ? "structured" : "white";
+}
+
+/* The residual W - (Q(W) + C) of a spectrum, as a JSON object: its statistics, the share of
+ * the error's energy the correction removed, and (with values) sv_resid beside sv. */
+static void resid_json(cJSON *o, const struct qs_spectrum *sp, int values)
+{
+    if (!sp->resid_method)
+        return;
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "method", sp->resid_method);
+    if (sp->resid < 0) {
+        cJSON_AddStringToObject(r, "applies", "no: the correction acts on the outputs");
+    } else if (sp->resid > 0) {
+        stats_json(r, &sp->res_st);
+        qs_json_num(r, "removed", sp->st.fro2 > 0 ? 1 - sp->res_st.fro2 / sp->st.fro2 : 0);
+        if (values) {
+            cJSON *a = cJSON_CreateArray();
+            for (int j = 0; j < sp->nsv; j++)
+                cJSON_AddItemToArray(a, qs_json_num_item(sp->res_sv[j]));
+            cJSON_AddItemToObject(o, "sv_resid", a);
+        }
+    }
+    cJSON_AddItemToObject(o, "resid", r);
 }
 
 static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -196,7 +228,7 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (i < 0 || parse_spec_opts(argc - 1, argv + 1, &of, &sc, &k, e) < 0)
         return -1;
     struct qs_spectrum sp;
-    if (qs_analysis_spectrum(c->b, i, of, sc, k, &sp, e) < 0)
+    if (qs_analysis_spectrum_ex(c->b, i, of, sc, k, QS_SPEC_NULL | QS_SPEC_RESID, &sp, e) < 0)
         return -1;
     snprintf(c->canon, sizeof c->canon, "spectrum %s of=%s scale=%s k=%d", argv[0], of_name(of),
              scale_name(sc), sp.nsv);
@@ -215,6 +247,7 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddItemToObject(o, "sv", sv);
     cJSON_AddItemToObject(o, of == QS_SPEC_WEIGHT ? "weight_sv" : "float_sv", ref);
     stats_json(o, &sp.st);
+    resid_json(o, &sp, 1);
     struct qs_sb t = {0};
     qs_sb_printf(&t, "spectrum of %s error %s (%dx%d, scale=%s, %s, calibration split)\n",
                  of_name(of), argv[0], sp.m, sp.n, scale_name(sc),
@@ -222,16 +255,38 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (sp.st.zero) {
         qs_sb_printf(&t, "the error is exactly zero: all-zero spectrum\n");
     } else {
-        qs_sb_printf(&t, "%4s %14s %14s\n", "i", "sigma(error)",
+        int rs = sp.resid > 0;
+        qs_sb_printf(&t, "%4s %14s %14s", "i", "sigma(error)",
                      of == QS_SPEC_WEIGHT ? "sigma(W)" : "sigma(Y_f)");
+        qs_sb_printf(&t, rs ? " %14s\n" : "\n", "sigma(resid)");
         int show = sp.nsv < 16 ? sp.nsv : 16;
-        for (int j = 0; j < show; j++)
-            qs_sb_printf(&t, "%4d %14.6g %14.6g\n", j + 1, sp.sv[j], sp.ref_sv[j]);
+        for (int j = 0; j < show; j++) {
+            qs_sb_printf(&t, "%4d %14.6g %14.6g", j + 1, sp.sv[j], sp.ref_sv[j]);
+            if (rs)
+                qs_sb_printf(&t, " %14.6g", sp.res_sv[j]);
+            qs_sb_printf(&t, "\n");
+        }
         if (show < sp.nsv)
             qs_sb_printf(&t, "   ... %d more values (JSON has all)\n", sp.nsv - show);
-        qs_sb_printf(&t, "top %.6g vs Marchenko-Pastur edge %.6g: %s\n", sp.st.top, sp.st.mp_edge,
-                     sp.st.structured ? "STRUCTURED (above the i.i.d. noise edge)"
-                                      : "white (within the i.i.d. noise edge)");
+        qs_sb_printf(&t, "top %.6g vs null edge %.6g (variance-profile noise: mean top %.6g + "
+                         "margin %.3g; i.i.d. Marchenko-Pastur edge %.6g): %s\n",
+                     sp.st.top, sp.st.null_edge, sp.st.null_top, sp.st.null_margin,
+                     sp.st.mp_edge,
+                     sp.st.structured ? "STRUCTURED (above rounding noise of this variance profile)"
+                                      : "white (within rounding noise of this variance profile)");
+    }
+    if (sp.resid > 0) {
+        const struct qs_rank_stats *r = &sp.res_st;
+        qs_sb_printf(&t, "residual W - (Q(W) + C) after %s: %.1f%% of the error's energy removed; "
+                         "top %.6g vs null edge %.6g: %s; stable %.3f (was %.3f), eff_rank %.3f "
+                         "(was %.3f)\n",
+                     sp.resid_method,
+                     sp.st.fro2 > 0 ? 100 * (1 - r->fro2 / sp.st.fro2) : 0.0, r->top,
+                     r->null_edge, shape_of(r), r->stable_rank, sp.st.stable_rank, r->eff_rank,
+                     sp.st.eff_rank);
+    } else if (sp.resid < 0) {
+        qs_sb_printf(&t, "correction %s acts on the outputs: the weight-residual view does not "
+                         "apply\n", sp.resid_method);
     }
     qs_add_gate(c, o, &t);
     qs_emit(c, o, t.s);
@@ -279,12 +334,14 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if ((int)strlen(u.name) > nw)
             nw = (int)strlen(u.name);
     }
-    qs_sb_printf(&t, "%-*s %9s %9s %5s %5s %5s %11s %11s %s\n", nw, "layer", "eff_rank",
-                 "stable", "k50", "k90", "k99", "top", "mp_edge", "shape");
+    qs_sb_printf(&t, "%-*s %9s %9s %5s %5s %5s %11s %11s %11s %s\n", nw, "layer", "eff_rank",
+                 "stable", "k50", "k90", "k99", "top", "mp_edge", "null_edge", "shape");
+    struct qs_sb rt = {0}; /* residuals of corrected layers, printed after the table */
     int rc = 0;
     for (int k = 0; k < n && rc == 0; k++) {
         struct qs_spectrum sp;
-        if ((rc = qs_analysis_spectrum(c->b, idx[k], of, sc, 0, &sp, e)) < 0)
+        if ((rc = qs_analysis_spectrum_ex(c->b, idx[k], of, sc, 0, QS_SPEC_NULL | QS_SPEC_RESID,
+                                          &sp, e)) < 0)
             break;
         const struct qs_rank_stats *st = &sp.st;
         cJSON *j = cJSON_CreateObject(), *curve = cJSON_CreateArray();
@@ -298,23 +355,43 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         for (int q = 0; q <= K; q++)
             cJSON_AddItemToArray(curve, qs_json_num_item(left[q]));
         cJSON_AddItemToObject(j, "energy_left", curve);
+        resid_json(j, &sp, 0);
         cJSON_AddItemToArray(rows, j);
-        qs_sb_printf(&t, "%-*s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %s\n", nw, un.name,
+        qs_sb_printf(&t, "%-*s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %11.5g %s\n", nw, un.name,
                      st->eff_rank, st->stable_rank, st->k50,
-                     st->k90, st->k99, st->top, st->mp_edge,
-                     st->zero ? "zero" : st->structured ? "structured" : "white");
+                     st->k90, st->k99, st->top, st->mp_edge, st->null_edge, shape_of(st));
+        if (sp.resid > 0) {
+            const struct qs_rank_stats *r = &sp.res_st;
+            if (!rt.s)
+                qs_sb_printf(&rt, "residual W - (Q(W) + C) of corrected layers:\n"
+                                  "%-*s %-8s %9s %9s %5s %11s %8s %s\n", nw, "layer", "method",
+                             "eff_rank", "stable", "k90", "top", "removed", "shape");
+            qs_sb_printf(&rt, "%-*s %-8s %9.3f %9.3f %5d %11.5g %7.1f%% %s\n", nw, un.name,
+                         sp.resid_method, r->eff_rank, r->stable_rank, r->k90, r->top,
+                         st->fro2 > 0 ? 100 * (1 - r->fro2 / st->fro2) : 0.0, shape_of(r));
+        } else if (sp.resid < 0) {
+            qs_sb_printf(&rt, "%s: %s acts on the outputs; the weight-residual view does not "
+                              "apply\n", un.name, sp.resid_method);
+        }
         qs_spectrum_free(&sp);
     }
     if (rc < 0) {
         cJSON_Delete(o);
         cJSON_Delete(rows);
         qs_sb_free(&t);
+        qs_sb_free(&rt);
         free(idx);
         return -1;
     }
+    if (rt.s)
+        qs_sb_printf(&t, "%s", rt.s);
+    qs_sb_free(&rt);
     qs_sb_printf(&t, "(%s error; eff_rank = exp(entropy of sigma_i^2 / sum sigma_j^2); stable = "
                      "||E||_F^2/||E||_2^2; kP = smallest k holding P%% of the energy; shape: top "
-                     "singular value above the Marchenko-Pastur edge = structured)\n",
+                     "singular value above null_edge = structured, where null_edge = mean top "
+                     "value of 5 seeded draws of Gaussian noise with the error's variance per "
+                     "scale block + max(4 Tracy-Widom scales, 3 sd); mp_edge is the i.i.d. "
+                     "edge, shown for reference; see help rank)\n",
                  of_name(of));
     qs_add_gate(c, o, &t);
     qs_set_last_table(c, "rank", rows, NULL);
@@ -738,6 +815,18 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
+#define NULL_HELP                                                                             \
+    "white or structured: rounding error is not i.i.d. - each scale block (a row per channel, "  \
+    "a row segment per group or MX/NVFP4/NF4 block; at least a row, so per-tensor minifloats "   \
+    "get per-row variances) has its own variance, which lifts the top singular value above the " \
+    "i.i.d. Marchenko-Pastur edge (mp_edge, shown for reference). The null is Gaussian noise "   \
+    "with the error's empirical variance per block (of=preact: per output channel), put through " \
+    "the same scale= view: null_edge = mean top singular value of 5 draws seeded by the "         \
+    "session seed and layer + a finite-size margin max(4 tw, 3 sd), tw = sigma_bar/2 "            \
+    "(1/sqrt m + 1/sqrt n)^(1/3) the Tracy-Widom scale, sd the draws' spread. structured = top "  \
+    "> null_edge. of=preact keeps each channel's variance, not the inputs' correlations: judge "  \
+    "the rounding itself with of=weight scale=cov."
+
 const struct qs_cmd_def qs_cmds_analysis[] = {
     {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LM, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
@@ -746,12 +835,18 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "their interaction."},
     {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_spectrum,
-     "singular values of a layer's error, its weight's, and the Marchenko-Pastur edge",
+     "singular values of a layer's error, its weight's, and the noise null it is judged by",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
-     "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]."},
+     "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]. " NULL_HELP " With a weight-space "
+     "correction C (lowrank, lqer, qera, eora) the residual W - (Q(W) + C) is shown beside E "
+     "(sigma(resid), JSON sv_resid and resid); bias, linear and clocal act on the outputs, so "
+     "the residual view does not apply to them."},
     {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_rank,
-     "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error", NULL},
+     "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error",
+     NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
+     "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
+     "error's energy the correction removed, and its shape."},
     {"correct", "LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] [lambda=F] [teacher=PATH]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",

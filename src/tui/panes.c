@@ -341,15 +341,17 @@ static void draw_task(WINDOW *w, int h, int cw, const struct tui_view *v)
 /* ---- spectrum and rank profile ------------------------------------------------------------ */
 
 static void legend(WINDOW *w, int y, int cw, const struct tui_style *st, const attr_t *ser,
-                   attr_t rule, const char *r0, const char *r1, const char *rname)
+                   attr_t rule, const char *r0, const char *r1, const char *r2,
+                   const char *rname)
 {
     const char *mk0 = st->utf8 ? "\xe2\xa3\xbf" : "*", *mk1 = st->utf8 ? "\xe2\xa3\xbf" : ".";
+    const char *mk2 = st->utf8 ? "\xe2\xa3\xbf" : "+";
     wmove(w, y, 1);
     int left = cw - 1;
-    const char *marks[3] = {mk0, mk1, st->hline};
-    const char *names[3] = {r0, r1, rname};
-    attr_t at[3] = {ser[0], ser[1], rule};
-    for (int k = 0; k < 3 && left > 2; k++) {
+    const char *marks[4] = {mk0, mk1, mk2, st->hline};
+    const char *names[4] = {r0, r1, r2, rname};
+    attr_t at[4] = {ser[0], ser[1], ser[2], rule};
+    for (int k = 0; k < 4 && left > 2; k++) {
         if (!names[k])
             continue;
         wattr_on(w, at[k], NULL);
@@ -419,19 +421,23 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
     if (!plot_area(w, h, cw, v, &rows, &pw))
         return;
     double hi = 0, lo = INFINITY;
-    int zero = s->st.zero;
+    int zero = s->st.zero, rs = !zero && s->resid > 0 && s->res_sv;
+    /* the verdict's edge: the variance-profile null when set, else the i.i.d. MP edge */
+    double edge = s->st.null_draws ? s->st.null_edge : s->st.mp_edge;
     for (int i = 0; i < s->nsv; i++) {
         if (!zero) {
             hi = fmax(hi, s->sv[i]);
             if (s->sv[i] > 0)
                 lo = fmin(lo, s->sv[i]);
         }
+        if (rs && s->res_sv[i] > 0) /* residual values are below the error's: lo only */
+            lo = fmin(lo, s->res_sv[i]);
         hi = fmax(hi, s->ref[i]);
         if (s->ref[i] > 0)
             lo = fmin(lo, s->ref[i]);
     }
     if (!zero)
-        hi = fmax(hi, s->st.mp_edge);
+        hi = fmax(hi, edge);
     if (!(hi > 0)) {
         message(w, 1, cw, st, "all singular values are zero");
         return;
@@ -451,10 +457,10 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
     int n = s->nsv;
     double *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
     if (x && y) {
-        for (int k = 0; k < 2; k++) {
-            if (k == 0 && zero)
+        for (int k = 0; k < 3; k++) {
+            if ((k == 0 && zero) || (k == 2 && !rs))
                 continue;
-            const double *sv = k == 0 ? s->sv : s->ref;
+            const double *sv = k == 0 ? s->sv : k == 1 ? s->ref : s->res_sv;
             for (int i = 0; i < n; i++) {
                 x[i] = n > 1 ? (double)i / (n - 1) : 0.5;
                 double val = sv[i] > lo ? sv[i] : lo;
@@ -462,8 +468,8 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
             }
             tui_plot_line(&p, k, x, y, n);
         }
-        if (!zero && s->st.mp_edge > lo)
-            tui_plot_hrule(&p, (log10(s->st.mp_edge) - llo) / (lhi - llo));
+        if (!zero && edge > lo)
+            tui_plot_hrule(&p, (log10(edge) - llo) / (lhi - llo));
     }
     free(x);
     free(y);
@@ -474,13 +480,25 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
     tui_plot_free(&p);
     if (h - 1 < 5)
         return;
-    legend(w, h - 2, cw, st, ser, rule, "error", "W", zero ? NULL : "MP edge");
-    if (zero)
+    legend(w, h - 2, cw, st, ser, rule, "error", "W", rs ? "W-(Q+C)" : NULL,
+           zero ? NULL : s->st.null_draws ? "null edge" : "MP edge");
+    if (zero) {
         putf(w, h - 1, 1, cw - 1, A_DIM, "no weight error (float)");
-    else
-        putf(w, h - 1, 1, cw - 1, s->st.structured ? cp(st, CP_WARN, A_BOLD) : 0,
-             "top %.3g %s MP %.3g %s", s->st.top, s->st.structured ? ">" : "<", s->st.mp_edge,
-             s->st.structured ? "structured" : "noise");
+        return;
+    }
+    /* narrow panes: the error's verdict first, then what the correction C removed and the
+     * residual's verdict */
+    char tail[64] = "";
+    if (rs)
+        snprintf(tail, sizeof tail, "; C-%.0f%% resid %s",
+                 s->st.fro2 > 0 ? 100 * (1 - s->res_st.fro2 / s->st.fro2) : 0.0,
+                 s->res_st.zero ? "zero" : s->res_st.structured ? "struct" : "noise");
+    else if (s->resid < 0)
+        snprintf(tail, sizeof tail, "; %s: no W resid", s->resid_method);
+    putf(w, h - 1, 1, cw - 1, s->st.structured ? cp(st, CP_WARN, A_BOLD) : 0,
+         "%s%.3g %s %s %.3g %s%s", tail[0] ? "" : "top ", s->st.top,
+         s->st.structured ? ">" : "<", s->st.null_draws ? "null" : "MP", edge,
+         s->st.structured ? "structured" : "noise", tail);
 }
 
 static void draw_rank(WINDOW *w, int h, int cw, const struct tui_view *v)
@@ -521,7 +539,7 @@ static void draw_rank(WINDOW *w, int h, int cw, const struct tui_view *v)
     tui_plot_free(&p);
     if (h - 1 < 5)
         return;
-    legend(w, h - 2, cw, st, ser, A_DIM, "error left", "W left", "10%");
+    legend(w, h - 2, cw, st, ser, A_DIM, "error left", "W left", NULL, "10%");
     if (zero) {
         putf(w, h - 1, 1, cw - 1, A_DIM, "no error: rank 0 of %d", s->nsv);
         return;

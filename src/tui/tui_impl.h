@@ -83,6 +83,11 @@ struct tui_snap {
     struct qs_rank_stats st;
     double w_fro2;
     double *left_e, *left_w; /* energy left after rank k, k = 0..nsv (nsv + 1) */
+    int resid;               /* residual W - (Q(W) + C): 1 shown, 0 no correction, -1 the
+                                correction acts on outputs (no weight residual) */
+    char resid_method[16];
+    double *res_sv;          /* nsv residual values when resid == 1 */
+    struct qs_rank_stats res_st;
     /* corrections and ablations */
     int nabl;
     struct tui_ablation *abl;

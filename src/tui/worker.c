@@ -206,6 +206,7 @@ void tui_snap_free(struct tui_snap *s)
     free(s->rows);
     free(s->sv);
     free(s->ref);
+    free(s->res_sv);
     free(s->left_e);
     free(s->left_w);
     free(s->abl);
@@ -261,7 +262,8 @@ static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err
     qs_bench_unit(b, sel, &unit);
     int mn = l->out < l->in ? l->out : l->in, k = mn <= 256 ? 0 : 128;
     struct qs_spectrum sp;
-    if (qs_analysis_spectrum(b, sel, QS_SPEC_WEIGHT, QS_SCALE_NONE, k, &sp, e) < 0)
+    if (qs_analysis_spectrum_ex(b, sel, QS_SPEC_WEIGHT, QS_SCALE_NONE, k,
+                                QS_SPEC_NULL | QS_SPEC_RESID, &sp, e) < 0)
         return -1;
     s->sm = sp.m;
     s->sn = sp.n;
@@ -270,7 +272,12 @@ static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err
     s->st = sp.st;
     s->sv = sp.sv;
     s->ref = sp.ref_sv;
-    sp.sv = sp.ref_sv = NULL;
+    s->resid = sp.resid;
+    snprintf(s->resid_method, sizeof s->resid_method, "%s",
+             sp.resid_method ? sp.resid_method : "");
+    s->res_sv = sp.res_sv;
+    s->res_st = sp.res_st;
+    sp.sv = sp.ref_sv = sp.res_sv = NULL;
     qs_spectrum_free(&sp);
     double f2 = 0;
     for (size_t j = 0; j < (size_t)l->out * l->in; j++)

@@ -327,6 +327,29 @@ else
 fi
 T kill-session -t "$s" >/dev/null 2>&1
 
+# The Spectrum pane after a weight-space correction (issue 13, item 7): the residual
+# W - (Q(W) + C) is a third series, and the verdict line says what the correction removed.
+s="qs-resid-$$"
+# shellcheck disable=SC2086
+if start "$s" "LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen" $MODEL_ARGS; then
+  cmd "$s" "quant * int4 gran=channel"
+  wait_for "$s" "bits/weight" 15
+  wait_idle "$s"
+  cmd "$s" "correct $L1 lowrank r=8"
+  wait_for "$s" "$L1 lowrank r=8: recovery" 30
+  wait_idle "$s"
+  esc "$s"
+  T send-keys -t "$s" j # the second layer, the corrected one
+  if wait_for "$s" "W-(Q+C)" 20 && wait_for "$s" "; C-" 10 && wait_for "$s" "null" 5; then
+    pass "spectrum-residual-of-correction"
+  else
+    fail "spectrum-residual-of-correction" "$(screen "$s")"
+  fi
+  T kill-session -t "$s" >/dev/null 2>&1
+else
+  fail "spectrum-residual-of-correction" "$(screen "$s")"
+fi
+
 # Strings from a model file reach the screen as text, never as terminal controls: a model whose
 # metadata holds ESC / BEL and C1 controls (OSC that would set the pane's title, CSI colour)
 # shows them as '?' (layer names with controls are refused at load: robust_load.sh); a layer
