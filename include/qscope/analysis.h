@@ -85,19 +85,41 @@ struct qs_ablation {
     int layer;
     struct qs_metric f, q, qc, fc; /* float, quantized, quantized+corrected, float+corrected */
     struct qs_metric rand_ctrl;    /* quantized + a random correction of equal rank and norm */
-    int have_other;                /* a same-shape layer's correction was applied as control */
-    int other_layer;
-    struct qs_metric other_ctrl;
-    struct qs_interval d_qc;       /* per-sample loss(qc) - loss(q) */
-    struct qs_interval d_fc;       /* per-sample loss(fc) - loss(f) */
-    const char *verdict;           /* "recovery", "capacity", "no-gain", "harmful" */
+    int have_other;                /* this correction was also applied at another site */
+    int other_layer;               /* that site: a layer of the same shape, else -1 */
+    struct qs_metric other_ctrl;   /* quantized + this correction at other_layer instead */
+    /* task gains, each the mean per-sample loss without minus with (positive = it helps) */
+    struct qs_interval g_q;        /* on the quantized model (in the upstream state below) */
+    struct qs_interval g_f;        /* on the float model (no quantization, no other correction) */
+    struct qs_interval g_r;        /* of the random control on the quantized model */
+    struct qs_interval g_o;        /* of the other-layer control (valid when have_other) */
+    int other_significant;         /* have_other and g_o.lo > 0 */
+    uint64_t upstream;             /* earlier layers whose corrections were active in the
+                                      quantized runs: those in place when it was fitted */
+    uint64_t upstream_gone;        /* in place at the fit, removed since (low-rank methods only:
+                                      their fit depends on W, Q(W) and float inputs alone) */
+    const char *verdict;           /* "harmful", "no-gain", "capacity", "recovery" */
 };
 
-/* Ablates layer i's correction (only that correction applied; others off). Noise: a paired
- * bootstrap (1000 resamples of the test split, seeded by the session seed) 95 % interval of
- * the per-sample loss difference. Verdict: capacity if the float model's loss drops beyond the
- * interval (hi < 0); otherwise recovery if the quantized model's loss drops beyond it
- * (d_qc.hi < 0); harmful if it rises beyond it (d_qc.lo > 0); else no-gain. */
+/* The verdict rule, on 95 % intervals of the gains (first match wins):
+ *   harmful   g_q.hi < 0                       (the quantized loss rises beyond noise)
+ *   no-gain   g_q.lo <= 0 or g_q.mean <= g_r.hi (not beyond noise, or no better than the
+ *                                                random control's interval reaches)
+ *   capacity  g_f.lo > 0 and g_f.mean >= g_q.mean / 2 (the float model gains beyond noise,
+ *                                                at least half as much as the quantized one)
+ *   recovery  otherwise. */
+const char *qs_ablation_verdict(const struct qs_interval *g_q, const struct qs_interval *g_f,
+                                const struct qs_interval *g_r);
+
+/* Ablates layer i's correction. The quantized runs (without it, with it, the controls) keep
+ * the earlier layers' corrections that were in place when it was fitted and still are (the
+ * state it was fitted in); later layers' corrections are off. The float runs have no other
+ * correction. A bias/linear correction flagged stale (its fit state is gone) is refused. Noise:
+ * a paired bootstrap (1000 resamples of the test split, seeded by the session seed) 95 %
+ * interval of each mean per-sample loss change. Controls: a random correction of equal rank
+ * and norm at the same site (g_r), and the same correction at the first other layer of the
+ * same shape whose correction is not part of the upstream state (g_o). Verdict:
+ * qs_ablation_verdict. */
 int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e);
 
 /* Helpers used by the commands and the TUI. */

@@ -63,6 +63,9 @@ struct qs_corr {
     double recovery_calib;  /* R on the calibration split */
     int stale;              /* fitted on quantized inputs that have changed since (an earlier
                                layer's configuration or correction changed): refit to update R */
+    uint64_t fit_upstream;  /* earlier layers (bit j, as qs_bench_run's corr_mask) whose
+                               corrections were in place, so active on the quantized path, when
+                               this one was fitted: `ablate` judges it in that state */
 };
 
 /* Per-layer resolved configuration plus caches of the quantized weight. */

@@ -616,6 +616,9 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         qs_errf(e, "unknown correction");
         goto out;
     }
+    for (int j = 0; j < i && j < 63; j++) /* the upstream state it is fitted in */
+        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
+            nw.fit_upstream |= 1ULL << j;
     s->corr = nw;
     memset(&nw, 0, sizeof nw);
     if (m != QS_CORR_CLOCAL) {
@@ -771,9 +774,48 @@ static int random_like(const struct qs_corr *c, int out, int in, uint64_t seed, 
     return 0;
 }
 
+const char *qs_ablation_verdict(const struct qs_interval *g_q, const struct qs_interval *g_f,
+                                const struct qs_interval *g_r)
+{
+    if (g_q->hi < 0)
+        return "harmful";
+    if (g_q->lo <= 0 || g_q->mean <= g_r->hi)
+        return "no-gain";
+    if (g_f->lo > 0 && g_f->mean >= g_q->mean / 2)
+        return "capacity";
+    return "recovery";
+}
+
+static int deployable(const struct qs_corr *c)
+{
+    return c->method != QS_CORR_NONE && c->method != QS_CORR_CLOCAL;
+}
+
+/* Runs one configuration on the test split into m and its per-sample losses into loss. */
+static int ablate_run(struct qs_bench *b, uint64_t qmask, uint64_t cmask, struct qs_metric *m,
+                      float *lg, double *loss, qs_err *e)
+{
+    if (qs_bench_run(b, QS_TEST, qmask, cmask, m, lg, e) < 0)
+        return -1;
+    int L = b->model->nlayers;
+    per_sample_loss(lg, b->f_acts[QS_TEST].y, b->f_acts[QS_TEST].n, b->model->layers[L - 1].out,
+                    loss);
+    return 0;
+}
+
+/* The mean gain (per-sample loss without minus with) and its bootstrap interval. */
+static struct qs_interval gain(const double *without, const double *with, double *d, int n,
+                               uint64_t seed)
+{
+    for (int r = 0; r < n; r++)
+        d[r] = without[r] - with[r];
+    return bootstrap(d, n, seed);
+}
+
 int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
 {
     memset(ab, 0, sizeof *ab);
+    ab->other_layer = -1;
     if (qs_bench_update(b, e) < 0)
         return -1;
     struct qs_layer_state *s = &b->ls[i];
@@ -784,38 +826,55 @@ int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err
     if (s->corr.method == QS_CORR_CLOCAL)
         return qs_errf(e, "%s: clocal is an analysis upper baseline that is never applied, so "
                           "there is nothing to ablate", l->name);
+    if (i >= 63) /* the run masks give one bit to each of the first 63 layers only */
+        return qs_errf(e, "%s: ablate separates the corrections of the first 63 layers only",
+                       l->name);
+    if (s->corr.stale)
+        return qs_errf(e, "%s: its %s correction was fitted on quantized inputs that have changed "
+                          "since (an earlier layer's format or correction), so the state it was "
+                          "fitted in is gone; refit it (correct %s %s) to ablate it", l->name,
+                       qs_corr_name(s->corr.method), l->name, qs_corr_name(s->corr.method));
     int L = b->model->nlayers, C = b->model->layers[L - 1].out, n = b->f_acts[QS_TEST].n;
-    const int *y = b->f_acts[QS_TEST].y;
-    uint64_t all = ~0ULL, bit = 1ULL << (i < 63 ? i : 63);
-    float *lg = malloc((size_t)n * C * sizeof(float));
-    double *lf = malloc((size_t)n * sizeof(double)), *lq = malloc((size_t)n * sizeof(double));
-    double *lqc = malloc((size_t)n * sizeof(double)), *lfc = malloc((size_t)n * sizeof(double));
-    double *d = qs_calloc((size_t)n, sizeof(double));
+    uint64_t all = ~0ULL, bit = 1ULL << i, cur = 0;
+    for (int j = 0; j < i; j++)
+        if (deployable(&b->ls[j].corr))
+            cur |= 1ULL << j;
+    uint64_t up = s->corr.fit_upstream & cur;
+    ab->upstream = up;
+    ab->upstream_gone = s->corr.fit_upstream & ~cur;
+    float *lg = NULL;
+    double *lf = NULL, *lq = NULL, *lqc = NULL, *lfc = NULL, *lx = NULL, *d = NULL;
+    size_t nlg, nd, tot;
     int rc = -1;
-    if (!lg || !lf || !lq || !lqc || !lfc || !d) {
+    if (qs_size_mul((size_t)n, (size_t)C * sizeof(float), &nlg) < 0 ||
+        qs_size_mul((size_t)n, 6 * sizeof(double), &nd) < 0 || qs_size_add(nlg, nd, &tot) < 0) {
+        qs_errf(e, "the ablation's buffers: size overflows");
+        goto out;
+    }
+    if (qs_mem_check(tot, "the ablation's buffers", e) < 0)
+        goto out;
+    lg = malloc(nlg);
+    lf = malloc((size_t)n * sizeof(double));
+    lq = malloc((size_t)n * sizeof(double));
+    lqc = malloc((size_t)n * sizeof(double));
+    lfc = malloc((size_t)n * sizeof(double));
+    lx = malloc((size_t)n * sizeof(double));
+    d = qs_calloc((size_t)n, sizeof(double));
+    if (!lg || !lf || !lq || !lqc || !lfc || !lx || !d) {
         qs_errf(e, "out of memory");
         goto out;
     }
     ab->layer = i;
-    if (qs_bench_run(b, QS_TEST, 0, 0, &ab->f, lg, e) < 0)
+    /* float runs: the float model alone and with this correction; quantized runs: every layer
+     * quantized, the upstream corrections of the fit active, with and without this one */
+    if (ablate_run(b, 0, 0, &ab->f, lg, lf, e) < 0 ||
+        ablate_run(b, all, up, &ab->q, lg, lq, e) < 0 ||
+        ablate_run(b, all, up | bit, &ab->qc, lg, lqc, e) < 0 ||
+        ablate_run(b, 0, bit, &ab->fc, lg, lfc, e) < 0)
         goto out;
-    per_sample_loss(lg, y, n, C, lf);
-    if (qs_bench_run(b, QS_TEST, all, 0, &ab->q, lg, e) < 0)
-        goto out;
-    per_sample_loss(lg, y, n, C, lq);
-    if (qs_bench_run(b, QS_TEST, all, bit, &ab->qc, lg, e) < 0)
-        goto out;
-    per_sample_loss(lg, y, n, C, lqc);
-    if (qs_bench_run(b, QS_TEST, 0, bit, &ab->fc, lg, e) < 0)
-        goto out;
-    per_sample_loss(lg, y, n, C, lfc);
-    for (int r = 0; r < n; r++)
-        d[r] = lqc[r] - lq[r];
-    ab->d_qc = bootstrap(d, n, b->seed);
-    for (int r = 0; r < n; r++)
-        d[r] = lfc[r] - lf[r];
-    ab->d_fc = bootstrap(d, n, b->seed + 1);
-    /* controls: a random correction of equal rank and norm; another layer's correction */
+    ab->g_q = gain(lq, lqc, d, n, b->seed);
+    ab->g_f = gain(lf, lfc, d, n, b->seed + 1);
+    /* controls: a random correction of equal rank and norm at this site */
     struct qs_corr saved = s->corr, rnd;
     if (random_like(&saved, l->out, l->in, b->seed, &rnd) < 0) {
         qs_corr_clear(&rnd);
@@ -823,35 +882,31 @@ int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err
         goto out;
     }
     s->corr = rnd;
-    int r1 = qs_bench_run(b, QS_TEST, all, bit, &ab->rand_ctrl, NULL, e);
+    int r1 = ablate_run(b, all, up | bit, &ab->rand_ctrl, lg, lx, e);
     s->corr = saved;
     qs_corr_clear(&rnd);
     if (r1 < 0)
         goto out;
-    ab->other_layer = -1;
-    for (int j = 0; j < L; j++) {
+    ab->g_r = gain(lq, lx, d, n, b->seed + 2);
+    /* and this very correction at another site of the same shape, in place of that site's own
+     * (which is off there: the site is not part of the upstream state) */
+    for (int j = 0; j < L && j < 63; j++) {
         const struct qs_layer *o = &b->model->layers[j];
-        const struct qs_corr *oc = &b->ls[j].corr;
-        if (j == i || o->out != l->out || o->in != l->in || oc->method == QS_CORR_NONE ||
-            oc->method == QS_CORR_CLOCAL)
+        if (j == i || o->out != l->out || o->in != l->in || (up >> j & 1))
             continue;
-        s->corr = *oc; /* borrowed: not freed here */
-        int r2 = qs_bench_run(b, QS_TEST, all, bit, &ab->other_ctrl, NULL, e);
-        s->corr = saved;
+        struct qs_corr own = b->ls[j].corr;
+        b->ls[j].corr = saved; /* borrowed: freed by neither */
+        int r2 = ablate_run(b, all, up | 1ULL << j, &ab->other_ctrl, lg, lx, e);
+        b->ls[j].corr = own;
         if (r2 < 0)
             goto out;
         ab->have_other = 1;
         ab->other_layer = j;
+        ab->g_o = gain(lq, lx, d, n, b->seed + 3);
+        ab->other_significant = ab->g_o.lo > 0;
         break;
     }
-    if (ab->d_fc.hi < 0)
-        ab->verdict = "capacity";
-    else if (ab->d_qc.hi < 0)
-        ab->verdict = "recovery";
-    else if (ab->d_qc.lo > 0)
-        ab->verdict = "harmful";
-    else
-        ab->verdict = "no-gain";
+    ab->verdict = qs_ablation_verdict(&ab->g_q, &ab->g_f, &ab->g_r);
     rc = 0;
 out:
     free(lg);
@@ -859,6 +914,7 @@ out:
     free(lq);
     free(lqc);
     free(lfc);
+    free(lx);
     free(d);
     return rc;
 }

@@ -626,6 +626,47 @@ static void interval_json(cJSON *o, const char *k, const struct qs_interval *iv)
     cJSON_AddItemToObject(o, k, j);
 }
 
+/* The rule, as `help ablate`, the table's footnote and the manual state it. */
+#define ABLATE_RULE                                                                                \
+    "Gains are the mean per-sample loss change on the test split, without minus with "             \
+    "(positive: it helps): a mean with its paired-bootstrap 95% interval [lo, hi] (1000 "          \
+    "resamples). g_q: the correction on the quantized model; g_f: on the float model; g_r: a "     \
+    "random correction of equal rank and norm at the same site; g_o: the same correction at "      \
+    "the first other layer of the same shape whose own correction is not upstream (when there "    \
+    "is one). Verdict, first match: harmful if g_q's hi < 0; no-gain if g_q's lo <= 0 or "         \
+    "g_q's mean <= g_r's hi; capacity if g_f's lo > 0 and g_f's mean >= g_q's mean / 2; "          \
+    "recovery otherwise. other-layer significant (a flag, not a verdict): g_o's lo > 0, the "      \
+    "correction also helps where it was not fitted. Upstream: the quantized runs keep the "        \
+    "earlier layers' corrections that were in place when this one was fitted (the state it "       \
+    "was fitted in, printed as 'upstream'); later layers' corrections are off; the float runs "    \
+    "have no other correction. A stale bias/linear correction (an earlier layer changed since "    \
+    "its fit) is refused: refit it."
+
+/* "fc0, fc1" for the layers of a correction mask; "none" when empty. */
+static void mask_names(const struct qs_bench *b, uint64_t m, char *buf, size_t n)
+{
+    size_t len = 0;
+    buf[0] = 0;
+    for (int j = 0; j < b->model->nlayers && j < 63 && len < n; j++)
+        if (m >> j & 1) {
+            int w = snprintf(buf + len, n - len, "%s%s", len ? ", " : "", b->model->layers[j].name);
+            if (w < 0)
+                break;
+            len += (size_t)w;
+        }
+    if (!buf[0])
+        snprintf(buf, n, "none");
+}
+
+static cJSON *mask_json(const struct qs_bench *b, uint64_t m)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int j = 0; j < b->model->nlayers && j < 63; j++)
+        if (m >> j & 1)
+            cJSON_AddItemToArray(a, cJSON_CreateString(b->model->layers[j].name));
+    return a;
+}
+
 static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc > 1)
@@ -661,9 +702,14 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if ((rc = qs_analysis_ablate(b, idx[k], &ab, e)) < 0)
             break;
         const struct qs_corr *cr = &b->ls[idx[k]].corr;
+        const char *name = b->model->layers[idx[k]].name;
+        const char *oname = ab.have_other ? b->model->layers[ab.other_layer].name : "";
+        char up[512], gone[512];
+        mask_names(b, ab.upstream, up, sizeof up);
+        mask_names(b, ab.upstream_gone, gone, sizeof gone);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "cmd", "ablate");
-        cJSON_AddStringToObject(o, "layer", b->model->layers[idx[k]].name);
+        cJSON_AddStringToObject(o, "layer", name);
         cJSON_AddStringToObject(o, "method", qs_corr_name(cr->method));
         metric_json(o, "float", &ab.f);
         metric_json(o, "quant", &ab.q);
@@ -672,24 +718,43 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         metric_json(o, "random_control", &ab.rand_ctrl);
         if (ab.have_other) {
             metric_json(o, "other_layer_control", &ab.other_ctrl);
-            cJSON_AddStringToObject(o, "other_layer", b->model->layers[ab.other_layer].name);
+            cJSON_AddStringToObject(o, "other_layer", oname);
         }
-        interval_json(o, "dloss_quant", &ab.d_qc);
-        interval_json(o, "dloss_float", &ab.d_fc);
+        interval_json(o, "gain_quant", &ab.g_q);
+        interval_json(o, "gain_float", &ab.g_f);
+        interval_json(o, "gain_random", &ab.g_r);
+        if (ab.have_other)
+            interval_json(o, "gain_other", &ab.g_o);
+        cJSON_AddBoolToObject(o, "other_layer_significant", ab.other_significant);
+        cJSON_AddItemToObject(o, "upstream", mask_json(b, ab.upstream));
+        if (ab.upstream_gone)
+            cJSON_AddItemToObject(o, "upstream_removed", mask_json(b, ab.upstream_gone));
         cJSON_AddStringToObject(o, "verdict", ab.verdict);
         char other[24] = "n/a";
         if (ab.have_other)
             snprintf(other, sizeof other, "%.4f/%.4f", ab.other_ctrl.acc, ab.other_ctrl.loss);
         qs_sb_printf(&t, "%-8s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
                          "%7.4f/%-7.4f %15s  %s\n",
-                     b->model->layers[idx[k]].name, qs_corr_name(cr->method), ab.f.acc, ab.f.loss,
-                     ab.q.acc, ab.q.loss, ab.qc.acc, ab.qc.loss, ab.fc.acc, ab.fc.loss,
-                     ab.rand_ctrl.acc, ab.rand_ctrl.loss, other, ab.verdict);
-        qs_sb_printf(&t, "%-8s dloss quant %+.5f [%+.5f, %+.5f]; dloss float %+.5f [%+.5f, %+.5f]\n",
-                     "", ab.d_qc.mean, ab.d_qc.lo, ab.d_qc.hi, ab.d_fc.mean, ab.d_fc.lo,
-                     ab.d_fc.hi);
+                     name, qs_corr_name(cr->method), ab.f.acc, ab.f.loss, ab.q.acc, ab.q.loss,
+                     ab.qc.acc, ab.qc.loss, ab.fc.acc, ab.fc.loss, ab.rand_ctrl.acc,
+                     ab.rand_ctrl.loss, other, ab.verdict);
+        qs_sb_printf(&t, "%-8s gain g_q %+.5f [%+.5f, %+.5f]  g_f %+.5f [%+.5f, %+.5f]\n", "",
+                     ab.g_q.mean, ab.g_q.lo, ab.g_q.hi, ab.g_f.mean, ab.g_f.lo, ab.g_f.hi);
+        qs_sb_printf(&t, "%-8s gain g_r %+.5f [%+.5f, %+.5f]  ", "", ab.g_r.mean, ab.g_r.lo,
+                     ab.g_r.hi);
+        if (ab.have_other)
+            qs_sb_printf(&t, "g_o %+.5f [%+.5f, %+.5f] at %s%s\n", ab.g_o.mean, ab.g_o.lo,
+                         ab.g_o.hi, oname,
+                         ab.other_significant ? ": other-layer significant" : "");
+        else
+            qs_sb_printf(&t, "g_o n/a (no other layer of this shape)\n");
+        qs_sb_printf(&t, "%-8s upstream: %s%s", "", ab.upstream ? "corrections on " : "", up);
+        if (ab.upstream_gone)
+            qs_sb_printf(&t, " (also in place at the fit, removed since: %s; a low-rank fit does "
+                             "not depend on them)", gone);
+        qs_sb_printf(&t, "\n");
         cJSON *row = cJSON_CreateObject();
-        cJSON_AddStringToObject(row, "layer", b->model->layers[idx[k]].name);
+        cJSON_AddStringToObject(row, "layer", name);
         cJSON_AddStringToObject(row, "method", qs_corr_name(cr->method));
         const struct qs_metric *ms[] = {&ab.f, &ab.q, &ab.qc, &ab.fc, &ab.rand_ctrl};
         const char *mn[] = {"float", "quant", "quant_corrected", "float_corrected", "random_control"};
@@ -700,10 +765,21 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(key, sizeof key, "%s_loss", mn[q]);
             qs_json_num(row, key, ms[q]->loss);
         }
-        qs_json_num(row, "dloss_quant_lo", ab.d_qc.lo);
-        qs_json_num(row, "dloss_quant_hi", ab.d_qc.hi);
-        qs_json_num(row, "dloss_float_lo", ab.d_fc.lo);
-        qs_json_num(row, "dloss_float_hi", ab.d_fc.hi);
+        const struct qs_interval *gs[] = {&ab.g_q, &ab.g_f, &ab.g_r, &ab.g_o};
+        const char *gn[] = {"gain_quant", "gain_float", "gain_random", "gain_other"};
+        for (int q = 0; q < 4; q++) {
+            int none = q == 3 && !ab.have_other;
+            char key[48];
+            qs_json_num(row, gn[q], none ? NAN : gs[q]->mean);
+            snprintf(key, sizeof key, "%s_lo", gn[q]);
+            qs_json_num(row, key, none ? NAN : gs[q]->lo);
+            snprintf(key, sizeof key, "%s_hi", gn[q]);
+            qs_json_num(row, key, none ? NAN : gs[q]->hi);
+        }
+        cJSON_AddStringToObject(row, "other_layer", oname);
+        cJSON_AddStringToObject(row, "other_layer_significant",
+                                ab.other_significant ? "yes" : "no");
+        cJSON_AddStringToObject(row, "upstream", up);
         cJSON_AddStringToObject(row, "verdict", ab.verdict);
         cJSON_AddItemToArray(table, row);
         qs_add_gate(c, o, NULL);
@@ -714,10 +790,11 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_set_last_table(c, "ablate", table, NULL);
     cJSON_Delete(table);
     if (rc == 0) {
-        qs_sb_printf(&t, "(acc/loss on the test split; each correction alone. Noise: paired "
-                         "bootstrap, 1000 resamples, 95%% interval of the per-sample loss change. "
-                         "capacity: it lowers the float model's loss beyond noise; recovery: it "
-                         "lowers the quantized model's loss beyond noise and not the float's)\n");
+        qs_sb_printf(&t, "(acc/loss on the test split; gain = loss without - with, mean "
+                         "[paired-bootstrap 95%% interval]. Verdict, first match: harmful if g_q's "
+                         "hi < 0; no-gain if g_q's lo <= 0 or g_q <= g_r's hi; capacity if g_f's "
+                         "lo > 0 and g_f >= g_q/2 (means); else recovery. Quantized runs keep the "
+                         "upstream corrections of the fit; help ablate has the whole rule)\n");
         cJSON *g = cJSON_CreateObject();
         qs_add_gate(c, g, &t);
         cJSON_Delete(g);
@@ -862,7 +939,8 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
     {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
      "remove corrections", NULL},
     {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
-     "non-capacity ablation: is each correction recovery or added capacity?", NULL},
+     "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
+     ABLATE_RULE},
     {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,
      "write the last table (layers, error, rank, ...) as CSV with a header naming regime, "
      "formats and seed",
