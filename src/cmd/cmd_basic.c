@@ -787,6 +787,9 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             in[n] = strtod(argv[i], &end);
             if (end == argv[i] || *end)
                 rc = qs_errf(e, "roundtrip: '%s' is not a number", argv[i]);
+            /* Weights are float32: the value rounded is the decimal's float32 value, so a
+             * 9-digit decimal of an exact float32 tie rounds as that tie (to even), not as the
+             * decimal (which lies a little off the tie). The echo keeps what was typed. */
             xf[n] = (float)in[n];
             n++;
         }
@@ -806,7 +809,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(o, "format", f.name);
         struct qs_sb t = {0};
         for (int i = 0; i < n; i++) {
-            double out = block ? (double)yf[i] : qs_format_cast(&f, in[i], sat);
+            double out = block ? (double)yf[i] : qs_format_cast(&f, (double)xf[i], sat);
             cJSON_AddItemToArray(ji, qs_json_num_item(in[i]));
             cJSON_AddItemToArray(jo, isnan(out) ? cJSON_CreateString("nan")
                                      : isinf(out) ? cJSON_CreateString(out > 0 ? "inf" : "-inf")
@@ -1224,7 +1227,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "default roles of rules: weights, activations or both", NULL},
     {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
-     NULL},
+     "Each value is read as a float32, as weights are, and that float32 value is rounded: a "
+     "9-digit decimal of an exact tie between two codes rounds to the even code."},
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
     {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES, cmd_export_model,
