@@ -103,8 +103,8 @@ int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int
  * (qs_corr_fit_lowrank: 32 a parameter in float, the packed factors otherwise); its loss is
  * measured with the correction applied. A candidate without a correction that quantizes a layer
  * exactly as the bench does now keeps that layer's current correction (bias, low-rank or linear;
- * not clocal, nor a stale one), so its bits and its effect count too: one budget over weight
- * bits and correction bits. */
+ * not clocal, which is never applied), so its bits and its effect count too: one budget over
+ * weight bits and correction bits. */
 struct qs_wcand {
     struct qs_format fmt;
     struct qs_qopts opt;

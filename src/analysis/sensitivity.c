@@ -404,12 +404,13 @@ void qs_bit_plan_free(struct qs_bit_plan *p)
 
 /* 1 when candidate c quantizes layer i's weights exactly as the bench does now, so that applying
  * the plan keeps the layer's correction (a quant line that resolves to the same format and
- * options leaves it in place). clocal is analysis only and never counted. */
+ * options leaves it in place, and the forward pass applies it, stale or not). clocal is
+ * analysis only and never counted. */
 static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
 {
     const struct qs_layer_state *s = &b->ls[i];
     if (c->corr != QS_CORR_NONE || !s->wq || s->corr.method == QS_CORR_NONE ||
-        s->corr.method == QS_CORR_CLOCAL || s->corr.stale || strcmp(s->wfmt.name, c->fmt.name))
+        s->corr.method == QS_CORR_CLOCAL || strcmp(s->wfmt.name, c->fmt.name))
         return 0;
     char a[200], o[200];
     qs_qopts_format(&s->wfmt, &s->wopt, a, sizeof a);

@@ -74,3 +74,15 @@ assert any(p.get(\"correction\") == \"qera\" for p in a[\"plan\"]), a[\"plan\"]
 assert abs(float(a[\"bits_per_weight\"]) - float(ev[\"bits_per_weight\"])) < 1e-9
 assert abs(float(a[\"acc\"]) - float(ev[\"quant\"][\"acc\"])) < 1e-9 and abs(float(a[\"loss\"]) - float(ev[\"quant\"][\"loss\"])) < 1e-6, (a[\"loss\"], ev[\"quant\"])
 ' '$out'"
+# kept bias and linear corrections (the linear one stale after fc1's refit: still applied) are
+# charged and measured as the forward pass applies them: the plan's bits and test metrics are
+# the applied model's
+out=$($Q --json -c "quant * int3 gran=channel; correct fc2 linear; correct fc1 bias; allocate bits=9 formats=int2,int3 apply; eval" 2>&1)
+check allocate-keeps-bias-linear "python3 -c '
+import json, sys
+objs = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith(\"{\")]
+a = [o for o in objs if o[\"cmd\"] == \"allocate\"][0]; ev = [o for o in objs if o[\"cmd\"] == \"eval\"][-1]
+assert [p.get(\"keeps_correction\", False) for p in a[\"plan\"]] == [False, True, True], a[\"plan\"]
+assert abs(float(a[\"bits_per_weight\"]) - float(ev[\"bits_per_weight\"])) < 1e-9
+assert float(a[\"acc\"]) == float(ev[\"quant\"][\"acc\"]) and abs(float(a[\"loss\"]) - float(ev[\"quant\"][\"loss\"])) < 1e-6
+' '$out'"
