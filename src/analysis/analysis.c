@@ -309,16 +309,19 @@ int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in,
         return -1;
     if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
         return qs_errf(e, "%s is not a low-rank correction", qs_corr_name(m));
-    size_t nwts = (size_t)out * in;
+    int mn = out < in ? out : in;
+    if (rank < 1 || rank > mn)
+        return qs_errf(e, "rank %d is out of range: min(out, in) = min(%d, %d) = %d", rank, out,
+                       in, mn);
     memset(c, 0, sizeof *c);
     c->method = m;
     snprintf(c->prec, sizeof c->prec, "%s", pf.kind == QS_FMT_NONE ? "float" : pf.name);
-    c->c = malloc(nwts * sizeof(float));
-    c->l = malloc((size_t)out * rank * sizeof(float));
-    c->rt = malloc((size_t)rank * in * sizeof(float));
-    if (!c->c || !c->l || !c->rt) {
+    c->c = qs_alloc((size_t)out * in, sizeof(float), "the low-rank correction", e);
+    c->l = c->c ? qs_alloc((size_t)out * rank, sizeof(float), "its left factor", e) : NULL;
+    c->rt = c->l ? qs_alloc((size_t)rank * in, sizeof(float), "its right factor", e) : NULL;
+    if (!c->rt) {
         qs_corr_clear(c);
-        return qs_errf(e, "out of memory");
+        return -1;
     }
     int r2 = 0;
     if (m == QS_CORR_LOWRANK) {
