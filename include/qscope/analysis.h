@@ -69,12 +69,29 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int layer, enum qs_spec_of of,
 void qs_spectrum_free(struct qs_spectrum *sp);
 
 /* Fits a correction on layer i (replacing any it had) and measures it. rank for the low-rank
- * methods; prec "float"|"int8"|"int4" quantizes a linear map's own weights; lambda < 0 = auto.
+ * methods; prec "float"|"int8"|"int4" quantizes a linear map's own weights, and for the low-rank
+ * methods "float" or any weight format quantizes their factors (qs_corr_fit_lowrank); the
+ * recovery is measured with the correction as applied; lambda < 0 = auto.
  * teacher (may be NULL): fit bias/linear toward that model's pre-activations at the same layer
  * instead of the float model's (a deliberately capacity-adding control). */
 int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
                         const char *prec, double lambda, const struct qs_mlp *teacher, qs_err *e);
 void qs_analysis_uncorrect(struct qs_bench *b, int i);
+
+/* The precision of a low-rank correction's factors: NULL or "float" (f->kind NONE: F32), or a
+ * weight format name (int8, int4, fp8-e4m3, nf4, mxfp4, ...). 0, or -1 with a message. */
+int qs_corr_prec_parse(const char *prec, struct qs_format *f, qs_err *e);
+
+/* Fits a low-rank correction m (lowrank, lqer, qera, eora) of rank r to the weight error
+ * ew = W - Q(W): (out, in), with x: (n, in) the layer's calibration inputs (lqer: their mean
+ * absolute values; qera/eora: their autocorrelation, damp 0.01), into c (zeroed first; its c, l,
+ * rt are malloc'd, free with qs_corr_clear): method, rank, prec, c, l, rt, params and bits.
+ * prec float: F32 factors, 32 bits a parameter. Otherwise the factors are quantized per row
+ * (qs_lowrank_quantize: l one scale per output channel, rt one per rank component), c = Q(l)
+ * Q(rt) is what the forward pass adds, and bits = 8 x the packed bytes of both factors. The
+ * same fit as `correct` and `allocate` use. */
+int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in, const float *x,
+                        int n, int r, const char *prec, struct qs_corr *c, qs_err *e);
 
 /* A paired bootstrap interval of a mean difference. */
 struct qs_interval {

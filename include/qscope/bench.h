@@ -49,7 +49,8 @@ int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e);
 struct qs_corr {
     enum qs_corr_method method;
     int rank;               /* low-rank methods */
-    char prec[8];           /* "float", "int8", "int4" (linear map's own weights) */
+    char prec[32];          /* "float", "int8", "int4" (linear map's own weights); low-rank:
+                               the factors' format ("float", "int8", "fp8-e4m3", ...) */
     double lambda;          /* ridge lambda used */
     int rank_kept;          /* ridge map: eigen-directions of Y_q^T Y_q kept (qs_ridge_map_info) */
     float *c;               /* (out, in) low-rank weight term */
@@ -58,7 +59,8 @@ struct qs_corr {
     float *db;              /* (out) bias term */
     float *amap, *mb;       /* linear map y' = y A^T + mb: A (out, out) row-major, mb (out) */
     long params;            /* parameters the correction adds */
-    double bits;            /* bits it adds (params x their storage bits) */
+    double bits;            /* bits it adds: params x 32 in float, else the packed bytes x 8 of
+                               the quantized weights (linear map) or factors (low-rank) */
     double recovery;        /* held-out R */
     double recovery_calib;  /* R on the calibration split */
     int stale;              /* fitted on quantized inputs that have changed since (an earlier

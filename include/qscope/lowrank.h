@@ -50,6 +50,18 @@ int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double da
  * R = rxx: (in, in); e, c: (out, in); c may be NULL for tr(E R E^T). In double. */
 double qs_lowrank_objective(const float *e, const float *c, int out, int in, const float *rxx);
 
+/* Quantizes a correction's factors in place: l: (out, r) with one scale per row (per output
+ * channel of the layer) and rt: (r, in) with one scale per row (per rank component), each with
+ * format f and its defaults (symmetric, round to nearest even, F16 scales; MX and NVFP4 keep
+ * their own blocks along the row), through qs_quant_pack / qs_quant_unpack, so l and rt hold the
+ * dequantized values. c: (out, in) (may be NULL) gets l rt recomputed from them: the correction
+ * the quantized factors actually apply. *bytes (may be NULL): the packed bytes of both factors
+ * (codes + scales, qs_packed_bytes). An error while packing (a non-finite value, a format that
+ * cannot take the options) leaves l and rt unchanged. */
+struct qs_format;
+int qs_lowrank_quantize(const struct qs_format *f, float *l, float *rt, int out, int in, int r,
+                        float *c, size_t *bytes, qs_err *err);
+
 /* Ridge recovery map from quantized to float pre-activations yq, yf: (n, d): with the columns
  * centred and G = yq^T yq, at = (G + lambda I)^+ yq^T yf: (d, d) restricted to G's kept
  * eigen-directions, and b = mean(yf) - mean(yq) at: (d), so that yhat = yq at + b. lambda is

@@ -9,7 +9,8 @@
  *   L.weight.tensor_scale  F32 [1]           NVFP4: the per-tensor scale
  * then "L.bias" F32 (out), the layer's own bias, and its fitted correction, in F32 as fitted:
  *   L.corr.l F32 (out, r), L.corr.rt F32 (r, in)       low-rank (lowrank, lqer, qera, eora):
- *                                                      W' = Q(W) + l rt
+ *                                                      W' = Q(W) + l rt (factors fitted with
+ *                                                      prec=FORMAT hold their dequantized values)
  *   L.corr.bias F32 (out)                              bias: b' = b + db
  *   L.corr.map F32 (out, out), L.corr.map_bias F32 (out)  linear: y' = y A^T + mb (prec=int8 or
  *                                                      int4 maps hold their dequantized values)
@@ -22,7 +23,8 @@
  *                              (NF4 blocks, MX 32, NVFP4 16 are written as their group)
  *   qscope.weight_scale_dtypes f16, f32, e8m0 (MX), e4m3 (NVFP4, times the tensor scale), none
  *   qscope.weight_options      (';'-separated) the canonical quant options, as journaled
- *   qscope.corrections         "bias", "lowrank:r=4", "linear:prec=int8", ...
+ *   qscope.corrections         "bias", "lowrank:r=4", "lowrank:r=8:prec=int4",
+ *                              "linear:prec=int8", ...
  */
 #ifndef QSCOPE_PACKFILE_H
 #define QSCOPE_PACKFILE_H

@@ -100,11 +100,20 @@ int qs_alloc_bits_greedy(int nl, int nc, const double *bits, const double *loss,
  * (a concave benefit) this maximises the total benefit. rank: (nl). Returns the rank given. */
 int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int total, int *rank);
 
-/* A weight format candidate for allocate bits=. */
+/* A candidate for allocate bits=: a weight format, optionally with a low-rank correction on
+ * top. The bits of a candidate on a layer are its packed weight bits plus its correction's
+ * (qs_corr_fit_lowrank: 32 a parameter in float, the packed factors otherwise); its loss is
+ * measured with the correction applied. A candidate without a correction that quantizes a layer
+ * exactly as the bench does now keeps that layer's current correction (bias, low-rank or linear;
+ * not clocal, which is never applied), so its bits and its effect count too: one budget over
+ * weight bits and correction bits. */
 struct qs_wcand {
     struct qs_format fmt;
     struct qs_qopts opt;
-    char label[48]; /* "int4/channel" */
+    enum qs_corr_method corr; /* QS_CORR_NONE, or lowrank, lqer, qera, eora fitted on top */
+    int rank;                 /* its rank (a layer with min(out, in) < rank cannot take it) */
+    char prec[32];            /* its factors' precision: "float" or a format name */
+    char label[80];           /* "int4/channel", "int3/channel+qera:r=4:int8" */
 };
 
 struct qs_bit_plan {
@@ -122,10 +131,13 @@ struct qs_bit_plan {
     int upgrades;                   /* steps of qs_alloc_bits_greedy */
     int refined;                    /* steps of the joint refinement */
     double joint_loss_calib; /* calibration loss of the plan, all its layers quantized at once */
+    int *keeps;              /* (nl, nc) 1: candidate k keeps layer i's current correction */
+    double bench_corr_bits;  /* bits of the corrections on the bench (clocal excluded) */
 };
 
 /* allocate bits=: measures every (layer, candidate) on the calibration split (only that layer's
- * weights quantized, everything else float; packed sizes from qs_quant_pack), runs
+ * weights quantized, and corrected as the candidate says, everything else float; packed sizes
+ * from qs_quant_pack, correction bits included), runs
  * qs_alloc_bits_greedy under budget_bpw * (total weights) bits, then refines the plan on the
  * measured joint calibration loss (all layers quantized at once; the summed deltas ignore how
  * layers' errors interact): the single change or two-layer exchange within the budget that

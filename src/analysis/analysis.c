@@ -390,6 +390,81 @@ void qs_analysis_uncorrect(struct qs_bench *b, int i)
 
 long qs_corr_params(const struct qs_bench *b, int i) { return b->ls[i].corr.params; }
 
+int qs_corr_prec_parse(const char *prec, struct qs_format *f, qs_err *e)
+{
+    memset(f, 0, sizeof *f);
+    if (!prec || !strcmp(prec, "float"))
+        return 0; /* kind NONE: F32 factors */
+    qs_err e2;
+    if (qs_format_parse(prec, f, &e2) < 0 || f->kind == QS_FMT_NONE)
+        return qs_errf(e, "prec=%s: expected float or a weight format for the factors (int8, "
+                          "int4, fp8-e4m3, fp8-e5m2, nf4, mxfp4, ...)", prec);
+    return 0;
+}
+
+int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in, const float *x,
+                        int n, int rank, const char *prec, struct qs_corr *c, qs_err *e)
+{
+    struct qs_format pf;
+    if (qs_corr_prec_parse(prec, &pf, e) < 0)
+        return -1;
+    if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
+        return qs_errf(e, "%s is not a low-rank correction", qs_corr_name(m));
+    int mn = out < in ? out : in;
+    if (rank < 1 || rank > mn)
+        return qs_errf(e, "rank %d is out of range: min(out, in) = min(%d, %d) = %d", rank, out,
+                       in, mn);
+    memset(c, 0, sizeof *c);
+    c->method = m;
+    snprintf(c->prec, sizeof c->prec, "%s", pf.kind == QS_FMT_NONE ? "float" : pf.name);
+    c->c = qs_alloc((size_t)out * in, sizeof(float), "the low-rank correction", e);
+    c->l = c->c ? qs_alloc((size_t)out * rank, sizeof(float), "its left factor", e) : NULL;
+    c->rt = c->l ? qs_alloc((size_t)rank * in, sizeof(float), "its right factor", e) : NULL;
+    if (!c->rt) {
+        qs_corr_clear(c);
+        return -1;
+    }
+    int r2 = 0;
+    if (m == QS_CORR_LOWRANK) {
+        r2 = qs_lowrank_lorc(ew, out, in, rank, c->c, c->l, c->rt, e);
+    } else if (m == QS_CORR_LQER) { /* s_j = mean |x_j| over the calibration inputs */
+        float *sc = qs_calloc((size_t)in, sizeof(float));
+        if (!sc) {
+            qs_corr_clear(c);
+            return qs_errf(e, "out of memory");
+        }
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < in; j++)
+                sc[j] += fabsf(x[(size_t)r * in + j]) / n;
+        r2 = qs_lowrank_lqer(ew, out, in, sc, rank, c->c, c->l, c->rt, e);
+        free(sc);
+    } else {
+        float *rxx = malloc((size_t)in * in * sizeof(float));
+        if (!rxx) {
+            qs_corr_clear(c);
+            return qs_errf(e, "out of memory");
+        }
+        qs_gram(x, n, in, rxx);
+        r2 = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(ew, out, in, rxx, 0.01, rank,
+                                                                     c->c, c->l, c->rt, e);
+        free(rxx);
+    }
+    c->rank = rank;
+    c->params = (long)rank * (out + in);
+    c->bits = 32.0 * c->params;
+    size_t bytes = 0;
+    /* quantized factors: c is recomputed from them, so every recovery measured afterwards is the
+     * one the quantized correction achieves; bits from the packed factors */
+    if (r2 == 0 && pf.kind != QS_FMT_NONE &&
+        (r2 = qs_lowrank_quantize(&pf, c->l, c->rt, out, in, rank, c->c, &bytes, e)) == 0)
+        c->bits = 8.0 * (double)bytes;
+    if (r2 < 0) {
+        qs_corr_clear(c);
+        return -1;
+    }
+    return 0;
+}
+
 /* Pre-activations of a teacher model at layer i for inputs x: (n, d). */
 static int teacher_pre(const struct qs_mlp *t, int i, const float *x, int n, float *pre, qs_err *e)
 {
@@ -483,10 +558,15 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     if (lowrank && (rank < 1 || rank > mn))
         return qs_errf(e, "%s: rank %d is out of range: min(out, in) = min(%d, %d) = %d", l->name,
                        rank, l->out, l->in, mn);
-    if (strcmp(prec, "float") && strcmp(prec, "int8") && strcmp(prec, "int4"))
+    if (lowrank) { /* the factors' precision: float or a weight format */
+        struct qs_format pf;
+        if (qs_corr_prec_parse(prec, &pf, e) < 0)
+            return -1;
+    } else if (strcmp(prec, "float") && strcmp(prec, "int8") && strcmp(prec, "int4")) {
         return qs_errf(e, "prec=%s: expected float, int8 or int4", prec);
-    if (strcmp(prec, "float") && m != QS_CORR_LINEAR)
-        return qs_errf(e, "prec=%s applies to the linear map only", prec);
+    }
+    if (strcmp(prec, "float") && !lowrank && m != QS_CORR_LINEAR)
+        return qs_errf(e, "prec=%s applies to the linear map and the low-rank factors only", prec);
     if (teacher && m != QS_CORR_LINEAR && m != QS_CORR_BIAS)
         return qs_errf(e, "teacher= applies to bias and linear only");
     if (teacher && (teacher->nlayers <= i || teacher->layers[i].out != l->out ||
@@ -546,46 +626,14 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     case QS_CORR_QERA:
     case QS_CORR_EORA: {
         float *ew = malloc(nwts * sizeof(float));
-        nw.c = malloc(nwts * sizeof(float));
-        nw.l = malloc((size_t)l->out * rank * sizeof(float));
-        nw.rt = malloc((size_t)rank * l->in * sizeof(float));
-        if (!ew || !nw.c || !nw.l || !nw.rt) {
-            free(ew);
+        if (!ew)
             goto oom;
-        }
         for (size_t j = 0; j < nwts; j++)
             ew[j] = l->w[j] - s->wq[j];
-        int r2 = 0;
-        if (m == QS_CORR_LOWRANK) {
-            r2 = qs_lowrank_lorc(ew, l->out, l->in, rank, nw.c, nw.l, nw.rt, e);
-        } else if (m == QS_CORR_LQER) { /* s_j = mean |x_j| over the calibration inputs */
-            float *sc = qs_calloc((size_t)l->in, sizeof(float));
-            if (!sc) {
-                free(ew);
-                goto oom;
-            }
-            for (int r = 0; r < nc; r++)
-                for (int j = 0; j < l->in; j++)
-                    sc[j] += fabsf(fc->in[i][(size_t)r * l->in + j]) / nc;
-            r2 = qs_lowrank_lqer(ew, l->out, l->in, sc, rank, nw.c, nw.l, nw.rt, e);
-            free(sc);
-        } else {
-            float *rxx = malloc((size_t)l->in * l->in * sizeof(float));
-            if (!rxx) {
-                free(ew);
-                goto oom;
-            }
-            qs_gram(fc->in[i], nc, l->in, rxx);
-            r2 = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(
-                ew, l->out, l->in, rxx, 0.01, rank, nw.c, nw.l, nw.rt, e);
-            free(rxx);
-        }
+        int r2 = qs_corr_fit_lowrank(m, ew, l->out, l->in, fc->in[i], nc, rank, prec, &nw, e);
         free(ew);
         if (r2 < 0)
             goto out;
-        nw.rank = rank;
-        nw.params = (long)rank * (l->out + l->in);
-        nw.bits = 32.0 * nw.params;
         break;
     }
     case QS_CORR_LINEAR:

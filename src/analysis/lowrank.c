@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/format.h"
 #include "qscope/linalg.h"
 
 static int check_rank(const char *method, int out, int in, int r, qs_err *err)
@@ -287,6 +288,42 @@ double qs_lowrank_objective(const float *e, const float *c, int out, int in, con
     free(d);
     free(rd);
     return tot;
+}
+
+/* ---- quantized factors ------------------------------------------------------------------- */
+
+int qs_lowrank_quantize(const struct qs_format *f, float *l, float *rt, int out, int in, int r,
+                        float *c, size_t *bytes, qs_err *err)
+{
+    if (check_rank("quantized factors", out, in, r, err) < 0)
+        return -1;
+    if (f->kind == QS_FMT_NONE)
+        return qs_errf(err, "quantized factors: format 'none' keeps them in float");
+    struct qs_qopts o;
+    qs_qopts_default(&o);
+    o.gran = QS_GRAN_CHANNEL; /* one scale per row of each factor (MX/NVFP4: their blocks) */
+    struct qs_packed pl, pr;
+    memset(&pl, 0, sizeof pl);
+    memset(&pr, 0, sizeof pr);
+    int rc = -1;
+    /* pack both before touching either, so that an error leaves l and rt as they were */
+    if (qs_quant_pack(f, &o, l, out, r, &pl, err) < 0 ||
+        qs_quant_pack(f, &o, rt, r, in, &pr, err) < 0) {
+        qs_err_prefix(err, "quantized factors");
+        goto out;
+    }
+    if (qs_quant_unpack(&pl, l, err) < 0 || qs_quant_unpack(&pr, rt, err) < 0)
+        goto out;
+    if (c)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, 1.0f, l, r, rt, in,
+                    0.0f, c, in);
+    if (bytes)
+        *bytes = qs_packed_bytes(&pl) + qs_packed_bytes(&pr);
+    rc = 0;
+out:
+    qs_packed_free(&pl);
+    qs_packed_free(&pr);
+    return rc;
 }
 
 /* ---- ridge recovery map ------------------------------------------------------------------ */

@@ -11,6 +11,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/linalg.h"
+#include "qscope/packfile.h"
 #include "qscope/spectral.h"
 
 /* ---- gradient buffers --------------------------------------------------------------------- */
@@ -382,21 +383,76 @@ void qs_bit_plan_free(struct qs_bit_plan *p)
     free(p->dloss);
     free(p->uniform_bpw);
     free(p->uniform_test);
+    free(p->keeps);
     memset(p, 0, sizeof *p);
 }
 
-/* Quantizes w: (out, in) with a candidate into wq; *bits from the packed buffers. */
-static int quantize_cand(const struct qs_wcand *c, const float *w, int out, int in, float *wq,
-                         double *bits, qs_err *e)
+/* 1 when candidate c quantizes layer i's weights exactly as the bench does now, so that applying
+ * the plan keeps the layer's correction (a quant line that resolves to the same format and
+ * options leaves it in place, and the forward pass applies it, stale or not). clocal is
+ * analysis only and never counted. */
+static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
 {
+    const struct qs_layer_state *s = &b->ls[i];
+    if (c->corr != QS_CORR_NONE || !s->wq || s->corr.method == QS_CORR_NONE ||
+        s->corr.method == QS_CORR_CLOCAL || strcmp(s->wfmt.name, c->fmt.name))
+        return 0;
+    char a[200], o[200];
+    qs_qopts_format(&s->wfmt, &s->wopt, a, sizeof a);
+    qs_qopts_format(&c->fmt, &c->opt, o, sizeof o);
+    return !strcmp(a, o);
+}
+
+/* Quantizes layer i of the bench's float model with candidate c into wq: (out, in) and bq: (out)
+ * (the layer's bias, changed only by a kept bias or linear correction), the weight and bias the
+ * forward pass would use: Q(W), plus the candidate's own low-rank correction fitted as `correct`
+ * fits it (qs_corr_fit_lowrank on the float calibration inputs), or the layer's current
+ * correction when the candidate keeps it (keeps_corr; a linear map is folded in as
+ * A W, A b + mb). *bits: packed weight bits plus the correction's bits. */
+static int quantize_cand(const struct qs_bench *b, int i, const struct qs_wcand *c, float *wq,
+                         float *bq, double *bits, qs_err *e)
+{
+    const struct qs_layer *l = &b->model->layers[i];
+    const struct qs_corr *kc = &b->ls[i].corr;
+    size_t n = (size_t)l->out * l->in;
     struct qs_packed p;
     memset(&p, 0, sizeof p);
-    if (qs_quant_pack(&c->fmt, &c->opt, w, out, in, &p, e) < 0 || qs_quant_unpack(&p, wq, e) < 0) {
+    if (qs_quant_pack(&c->fmt, &c->opt, l->w, l->out, l->in, &p, e) < 0 ||
+        qs_quant_unpack(&p, wq, e) < 0) {
         qs_packed_free(&p);
         return -1;
     }
     *bits = 8.0 * (double)qs_packed_bytes(&p);
     qs_packed_free(&p);
+    memcpy(bq, l->b, (size_t)l->out * sizeof *bq);
+    if (c->corr != QS_CORR_NONE) {
+        const struct qs_acts *ac = &b->f_acts[QS_CALIB];
+        struct qs_corr cr;
+        float *ew = malloc(n * sizeof *ew);
+        if (!ew)
+            return qs_errf(e, "out of memory");
+        for (size_t j = 0; j < n; j++)
+            ew[j] = l->w[j] - wq[j];
+        int rc = qs_corr_fit_lowrank(c->corr, ew, l->out, l->in, ac->in[i], ac->n, c->rank,
+                                     c->prec, &cr, e);
+        free(ew);
+        if (rc < 0)
+            return -1;
+        for (size_t j = 0; j < n; j++)
+            wq[j] = wq[j] + cr.c[j]; /* as the bench's forward pass adds it */
+        *bits += cr.bits;
+        qs_corr_clear(&cr);
+    } else if (keeps_corr(b, i, c)) {
+        if (kc->c)
+            for (size_t j = 0; j < n; j++)
+                wq[j] = wq[j] + kc->c[j];
+        if (kc->db)
+            for (int j = 0; j < l->out; j++)
+                bq[j] = bq[j] + kc->db[j];
+        if (kc->amap && qs_packfile_fold_map(l->out, l->in, kc->amap, kc->mb, wq, bq, e) < 0)
+            return -1;
+        *bits += kc->bits;
+    }
     return 0;
 }
 
@@ -412,15 +468,16 @@ static int metric_of(const struct qs_mlp *m, const float *x, const int *y, int n
     return 0;
 }
 
-/* Sets every layer of work to candidate pick[i] (quantized from the float model f). */
-static int set_config(struct qs_mlp *work, const struct qs_mlp *f, const struct qs_wcand *cand,
+/* Sets every layer of work to candidate pick[i] (quantized from the bench's float model). */
+static int set_config(struct qs_mlp *work, const struct qs_bench *b, const struct qs_wcand *cand,
                       const int *pick, double *bits, qs_err *e)
 {
     double tb = 0.0;
+    const struct qs_mlp *f = b->model;
     for (int i = 0; i < f->nlayers; i++) {
         const struct qs_layer *l = &f->layers[i];
         double lb;
-        if (quantize_cand(&cand[pick[i]], l->w, l->out, l->in, work->layers[i].w, &lb, e) < 0)
+        if (quantize_cand(b, i, &cand[pick[i]], work->layers[i].w, work->layers[i].b, &lb, e) < 0)
             return qs_err_prefix(e, l->name);
         tb += lb;
     }
@@ -432,10 +489,11 @@ static int set_config(struct qs_mlp *work, const struct qs_mlp *f, const struct 
 /* The summed per-layer deltas ignore how layers' errors interact. Starting from the greedy plan,
  * take the single change or two-layer exchange that lowers the measured joint calibration loss
  * most within the budget (ties: fewer bits), until none does (at most 100 steps). */
-static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struct qs_acts *ac,
+static int refine_joint(struct qs_mlp *work, const struct qs_bench *b, const struct qs_acts *ac,
                         const struct qs_wcand *cand, int nc, struct qs_bit_plan *p,
                         const int *valid, double budget, float *logits, qs_err *e)
 {
+    const struct qs_mlp *f = b->model;
     int L = f->nlayers, rc = -1;
     float **wq = qs_calloc((size_t)L * nc, sizeof *wq);
     int *pick = malloc((size_t)L * sizeof *pick);
@@ -450,8 +508,10 @@ static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struc
             double bits;
             if (!valid[ix])
                 continue;
-            if (!(wq[ix] = malloc((size_t)l->out * l->in * sizeof(float))) ||
-                quantize_cand(&cand[k], l->w, l->out, l->in, wq[ix], &bits, e) < 0) {
+            /* the weight (out, in) and then the bias (out) */
+            size_t nwl = (size_t)l->out * l->in;
+            if (!(wq[ix] = malloc((nwl + l->out) * sizeof(float))) ||
+                quantize_cand(b, i, &cand[k], wq[ix], wq[ix] + nwl, &bits, e) < 0) {
                 if (!wq[ix])
                     qs_errf(e, "out of memory");
                 goto out;
@@ -462,9 +522,12 @@ static int refine_joint(struct qs_mlp *work, const struct qs_mlp *f, const struc
         total += p->bits[(size_t)i * nc + p->choice[i]];
 #define JOINT(out_)                                                                                \
     do {                                                                                           \
-        for (int i_ = 0; i_ < L; i_++)                                                             \
-            memcpy(work->layers[i_].w, wq[(size_t)i_ * nc + pick[i_]],                             \
-                   (size_t)f->layers[i_].out * f->layers[i_].in * sizeof(float));                  \
+        for (int i_ = 0; i_ < L; i_++) {                                                           \
+            size_t n_ = (size_t)f->layers[i_].out * f->layers[i_].in;                              \
+            const float *q_ = wq[(size_t)i_ * nc + pick[i_]];                                      \
+            memcpy(work->layers[i_].w, q_, n_ * sizeof(float));                                    \
+            memcpy(work->layers[i_].b, q_ + n_, (size_t)f->layers[i_].out * sizeof(float));        \
+        }                                                                                          \
         struct qs_metric m_;                                                                       \
         if (metric_of(work, ac->x, ac->y, ac->n, logits, &m_, e) < 0)                              \
             goto out;                                                                              \
@@ -547,12 +610,14 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     p->dloss = qs_calloc((size_t)L * nc, sizeof *p->dloss);
     p->uniform_bpw = qs_calloc((size_t)nc, sizeof *p->uniform_bpw);
     p->uniform_test = qs_calloc((size_t)nc, sizeof *p->uniform_test);
+    p->keeps = qs_calloc((size_t)L * nc, sizeof *p->keeps);
     int *valid = qs_calloc((size_t)L * nc, sizeof *valid),
         *pick = qs_calloc((size_t)L, sizeof *pick);
     float *logits = malloc((size_t)nmax * C * sizeof(float));
     struct qs_mlp *work = qs_mlp_clone(f);
     int rc = -1;
-    if (!p->choice || !p->bits || !p->dloss || !p->uniform_bpw || !p->uniform_test || !valid ||
+    if (!p->choice || !p->bits || !p->dloss || !p->uniform_bpw || !p->uniform_test || !p->keeps ||
+        !valid ||
         !pick || !logits || !work) {
         qs_errf(e, "out of memory");
         goto out;
@@ -562,17 +627,21 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
         metric_of(f, at->x, at->y, at->n, logits, &p->float_test, e) < 0)
         goto out;
     p->float_loss_calib = mf.loss;
+    for (int i = 0; i < L; i++)
+        if (b->ls[i].corr.method != QS_CORR_CLOCAL)
+            p->bench_corr_bits += b->ls[i].corr.bits;
     for (int i = 0; i < L; i++) {
         const struct qs_layer *l = &f->layers[i];
         int any = 0;
         for (int k = 0; k < nc; k++) {
+            p->keeps[(size_t)i * nc + k] = keeps_corr(b, i, &cand[k]);
             qs_err e2;
             size_t ix = (size_t)i * nc + k;
             p->bits[ix] = -1.0;
             /* A candidate that cannot quantize this layer (a group size that does not divide
              * its rows, ...) is skipped for this layer only. */
-            if (quantize_cand(&cand[k], l->w, l->out, l->in, work->layers[i].w, &p->bits[ix], &e2) <
-                0) {
+            if (quantize_cand(b, i, &cand[k], work->layers[i].w, work->layers[i].b, &p->bits[ix],
+                              &e2) < 0) {
                 p->bits[ix] = -1.0;
                 continue;
             }
@@ -584,6 +653,7 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
             any = 1;
         }
         memcpy(work->layers[i].w, l->w, (size_t)l->out * l->in * sizeof(float));
+        memcpy(work->layers[i].b, l->b, (size_t)l->out * sizeof(float));
         if (!any) {
             qs_errf(e, "allocate: no candidate format can quantize layer %s (%dx%d)", l->name,
                     l->out, l->in);
@@ -601,18 +671,19 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     if (cheapest > budget_bpw * nw * (1 + 1e-12)) {
         qs_errf(e,
                 "allocate: bits=%.6g is below the cheapest plan, %.4f bits/weight (every layer "
-                "at its cheapest format)",
-                budget_bpw, cheapest / nw);
+                "at its cheapest format%s)",
+                budget_bpw, cheapest / nw,
+                p->bench_corr_bits > 0 ? ", corrections kept with their format counted" : "");
         goto out;
     }
     int up = qs_alloc_bits_greedy(L, nc, p->bits, p->dloss, valid, budget_bpw * nw, p->choice, e);
     if (up < 0)
         goto out;
     p->upgrades = up;
-    if (refine_joint(work, f, ac, cand, nc, p, valid, budget_bpw * nw, logits, e) < 0)
+    if (refine_joint(work, b, ac, cand, nc, p, valid, budget_bpw * nw, logits, e) < 0)
         goto out;
     double tb;
-    if (set_config(work, f, cand, p->choice, &tb, e) < 0 ||
+    if (set_config(work, b, cand, p->choice, &tb, e) < 0 ||
         metric_of(work, at->x, at->y, at->n, logits, &p->plan_test, e) < 0)
         goto out;
     p->bits_per_weight = tb / nw;
@@ -627,7 +698,7 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
             p->uniform_test[k].acc = p->uniform_test[k].loss = NAN;
             continue;
         }
-        if (set_config(work, f, cand, pick, &tb, e) < 0 ||
+        if (set_config(work, b, cand, pick, &tb, e) < 0 ||
             metric_of(work, at->x, at->y, at->n, logits, &p->uniform_test[k], e) < 0)
             goto out;
         p->uniform_bpw[k] = tb / nw;

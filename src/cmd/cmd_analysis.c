@@ -407,7 +407,7 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 2)
-        return qs_errf(e, "usage: correct LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] "
+        return qs_errf(e, "usage: correct LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4|FORMAT] "
                           "[lambda=F] [teacher=PATH]");
     enum qs_corr_method m;
     if (qs_corr_parse(argv[1], &m, e) < 0)
@@ -441,6 +441,13 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         rank = 4;
     if (!lowrank && rank)
         return qs_errf(e, "r= applies to lowrank, lqer, qera and eora");
+    struct qs_format pf; /* low-rank factors: float or a weight format, by its canonical name */
+    if (lowrank) {
+        if (qs_corr_prec_parse(prec, &pf, e) < 0)
+            return -1;
+        if (pf.kind != QS_FMT_NONE)
+            prec = pf.name;
+    }
     int *idx = idx_alloc(c);
     if (!idx)
         return qs_errf(e, "out of memory");
@@ -474,7 +481,7 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     snprintf(opts, sizeof opts, "%s", "");
     if (rank)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " r=%d", rank);
-    if (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL)
+    if (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL || (lowrank && strcmp(prec, "float")))
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " prec=%s", prec);
     if (lambda >= 0)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " lambda=%.9g", lambda);
@@ -483,7 +490,10 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         snprintf(opts + strlen(opts), sizeof opts - strlen(opts), " teacher=%s",
                  qs_quote(teacher_path, q, sizeof q));
     }
-    snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m), opts);
+    /* the journal spells the factors' precision out (float too), so that a session replays
+     * the same correction whatever the default becomes; the text shows it when not float */
+    snprintf(c->canon, sizeof c->canon, "correct %s %s%s%s", argv[0], qs_corr_name(m), opts,
+             lowrank && !strcmp(prec, "float") ? " prec=float" : "");
     struct qs_sb t = {0};
     int rc = 0, done = 0;
     for (int k = 0; k < n && rc == 0; k++) {
@@ -525,10 +535,15 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(calib, sizeof calib, "fitted there, float inputs");
         else
             snprintf(calib, sizeof calib, "calib %.4f", cr->recovery_calib);
+        char how[96] = "";
+        if (lowrank && strcmp(cr->prec, "float"))
+            snprintf(how, sizeof how, ": %s factors packed, %s", cr->prec,
+                     pf.kind == QS_FMT_MX || pf.kind == QS_FMT_NVFP4 ? "block scales along rows"
+                                                                     : "a scale per row");
         qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (%s), +%ld params "
-                         "(+%.0f bits), layer %.3f bits/weight",
+                         "(+%.0f bits%s), layer %.3f bits/weight",
                      done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery, calib,
-                     cr->params, cr->bits, bpw);
+                     cr->params, cr->bits, how, bpw);
         if (cr->amap) /* the ridge map's own figures (lowrank.h: lambda and the rank cut) */
             qs_sb_printf(&t, "; ridge lambda %.3g, rank kept %d of %d", cr->lambda,
                          cr->rank_kept, l->out);
@@ -924,7 +939,7 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
      "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
      "error's energy the correction removed, and its shape."},
-    {"correct", "LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4] [lambda=F] [teacher=PATH]",
+    {"correct", "LAYER|PATTERN METHOD [r=K] [prec=P] [lambda=F] [teacher=PATH]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
@@ -934,8 +949,11 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "A^T = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f on centred pre-activations, summed and solved in "
      "double; lambda defaults to 1e-6 tr(Y_q^T Y_q) / d; rank cut: eigen-directions of Y_q^T "
      "Y_q with eigenvalue at or below 1e-6 of the largest get zero weight (null directions and "
-     "float32 rounding noise); each result prints lambda and the rank kept. prec=int8|int4 "
-     "then quantizes A per output row."},
+     "float32 rounding noise); each result prints lambda and the rank kept. prec= quantizes "
+     "the linear map's weights (float, int8, int4; per output row) or the low-rank factors "
+     "(float or a weight format: int8, int4, fp8-e4m3, ...; a scale per row of each factor): the "
+     "recovery is measured with the quantized factors and their bits come from the packed codes "
+     "and scales."},
     {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
      "remove corrections", NULL},
     {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,

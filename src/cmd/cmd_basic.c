@@ -234,7 +234,7 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "layers");
-    int nw = 10; /* the name column fits the longest name (transformer sites are long) */
+    int nw = 10, ncorr = 0; /* the name column fits the longest name (sites are long) */
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_unit u;
         qs_bench_unit(b, i, &u);
@@ -269,12 +269,25 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             cJSON_AddStringToObject(r, "sensitivity_method", s->sens_method);
         }
         cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
+        char corr[96] = "-";
+        if (s->corr.method != QS_CORR_NONE) {
+            /* the correction's own bits, per weight of the layer (the bits/w column is the
+             * packed weight alone; the model's figure below includes both) */
+            const struct qs_corr *cr = &s->corr;
+            double cb = cr->bits / ((double)l->out * l->in);
+            int lr = cr->rank > 0, pr = strcmp(cr->prec, "float") && cr->prec[0];
+            qs_json_num(r, "correction_bits_per_weight", cb);
+            if (cr->prec[0])
+                cJSON_AddStringToObject(r, "correction_prec", cr->prec);
+            size_t cl = (size_t)snprintf(corr, sizeof corr, "%s", qs_corr_name(cr->method));
+            if (lr)
+                cl += (size_t)snprintf(corr + cl, sizeof corr - cl, " r=%d", cr->rank);
+            if (pr)
+                cl += (size_t)snprintf(corr + cl, sizeof corr - cl, " prec=%s", cr->prec);
+            snprintf(corr + cl, sizeof corr - cl, " +%.3f b/w", cb);
+            ncorr++;
+        }
         cJSON_AddItemToArray(rows, r);
-        char corr[48] = "-";
-        if (s->corr.rank)
-            snprintf(corr, sizeof corr, "%s r=%d", qs_corr_name(s->corr.method), s->corr.rank);
-        else if (s->corr.method != QS_CORR_NONE)
-            snprintf(corr, sizeof corr, "%s", qs_corr_name(s->corr.method));
         if (s->corr.stale) {
             size_t cl = strlen(corr);
             snprintf(corr + cl, sizeof corr - cl, " (stale: refit)");
@@ -286,8 +299,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l->name, shape,
                      act, wf, af, bpw, s->w_rel_err, sens, corr);
     }
-    qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales; biases in float)",
-                 qs_bench_bits_per_weight(b));
+    qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales%s; biases in float)",
+                 qs_bench_bits_per_weight(b), ncorr ? ", corrections included" : "");
     qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
     qs_set_last_table(c, "layers", rows, NULL);
     cJSON_AddItemToObject(o, "layers", rows);
@@ -787,6 +800,9 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             in[n] = strtod(argv[i], &end);
             if (end == argv[i] || *end)
                 rc = qs_errf(e, "roundtrip: '%s' is not a number", argv[i]);
+            /* Weights are float32: the value rounded is the decimal's float32 value, so a
+             * 9-digit decimal of an exact float32 tie rounds as that tie (to even), not as the
+             * decimal (which lies a little off the tie). The echo keeps what was typed. */
             xf[n] = (float)in[n];
             n++;
         }
@@ -806,7 +822,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(o, "format", f.name);
         struct qs_sb t = {0};
         for (int i = 0; i < n; i++) {
-            double out = block ? (double)yf[i] : qs_format_cast(&f, in[i], sat);
+            double out = block ? (double)yf[i] : qs_format_cast(&f, (double)xf[i], sat);
             cJSON_AddItemToArray(ji, qs_json_num_item(in[i]));
             cJSON_AddItemToArray(jo, isnan(out) ? cJSON_CreateString("nan")
                                      : isinf(out) ? cJSON_CreateString(out > 0 ? "inf" : "-inf")
@@ -953,7 +969,10 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                          qs_corr_name(cr->method), l->name);
             break;
         }
-        if (lowrank)
+        if (lowrank && cr->prec[0] && strcmp(cr->prec, "float"))
+            qs_sb_printf(&corrs, "%s%s:r=%d:prec=%s", sep, qs_corr_name(cr->method), cr->rank,
+                         cr->prec);
+        else if (lowrank)
             qs_sb_printf(&corrs, "%s%s:r=%d", sep, qs_corr_name(cr->method), cr->rank);
         else if (map)
             qs_sb_printf(&corrs, "%s%s:prec=%s", sep, qs_corr_name(cr->method),
@@ -1229,7 +1248,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "default roles of rules: weights, activations or both", NULL},
     {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
-     NULL},
+     "Each value is read as a float32, as weights are, and that float32 value is rounded: a "
+     "9-digit decimal of an exact tie between two codes rounds to the even code."},
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
     {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES, cmd_export_model,

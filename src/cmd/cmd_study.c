@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "qscope/analysis.h"
 #include "qscope/cmd.h"
 #include "qscope/sensitivity.h"
 #include "qscope/spectral.h"
@@ -308,30 +309,58 @@ static int apply_lines(struct qs_ctx *c, char **lines, int n, qs_err *e)
     return 0;
 }
 
+/* The low-rank corrections allocate bits= may add on top of each weight format. */
+struct corr_opts {
+    enum qs_corr_method m; /* QS_CORR_NONE: weight formats only */
+    int ranks[8], nranks;
+    const char *prec;      /* canonical: "float" or a format name */
+};
+
 static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, const char *gran,
-                         const struct qs_qopts *base, const char *extra, int apply, qs_err *e)
+                         const struct qs_qopts *base, const char *extra,
+                         const struct corr_opts *co, int apply, qs_err *e)
 {
     struct qs_bench *b = c->b;
-    struct qs_wcand cand[32];
-    int nc = 0;
+    struct qs_wcand base_cand[32];
+    int nb = 0;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", formats);
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
-        if (nc == 32)
+        if (nb == 32)
             return qs_errf(e, "allocate: at most 32 formats");
-        if (parse_cand(tok, base, gran, b->seed, &cand[nc], e) < 0)
+        if (parse_cand(tok, base, gran, b->seed, &base_cand[nb], e) < 0)
             return -1;
-        nc++;
+        nb++;
     }
+    /* every format alone, then each (non-float) format with each rank of the correction */
+    struct qs_wcand *cand = qs_calloc((size_t)nb * (1 + (size_t)co->nranks), sizeof *cand);
+    if (!cand)
+        return qs_errf(e, "out of memory");
+    int nc = 0;
+    for (int k = 0; k < nb; k++)
+        cand[nc++] = base_cand[k];
+    for (int k = 0; co->m != QS_CORR_NONE && k < nb; k++)
+        for (int j = 0; j < co->nranks && base_cand[k].fmt.kind != QS_FMT_NONE; j++) {
+            struct qs_wcand *w = &cand[nc++];
+            *w = base_cand[k];
+            w->corr = co->m;
+            w->rank = co->ranks[j];
+            snprintf(w->prec, sizeof w->prec, "%s", co->prec);
+            snprintf(w->label, sizeof w->label, "%s+%s:r=%d:%s", base_cand[k].label,
+                     qs_corr_name(co->m), co->ranks[j], co->prec);
+        }
     struct qs_bit_plan p;
-    if (qs_allocate_bits(b, cand, nc, budget, &p, e) < 0)
+    if (qs_allocate_bits(b, cand, nc, budget, &p, e) < 0) {
+        free(cand);
         return -1;
+    }
     int L = b->model->nlayers;
     char flist[512] = "";
-    for (int k = 0; k < nc; k++)
+    for (int k = 0; k < nb; k++)
         snprintf(flist + strlen(flist), sizeof flist - strlen(flist), "%s%s", k ? "," : "",
-                 cand[k].label);
+                 base_cand[k].label);
+    int corr_any = co->m != QS_CORR_NONE || p.bench_corr_bits > 0;
     cJSON *o = cJSON_CreateObject(), *plan = cJSON_CreateArray(), *uni = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "allocate");
     qs_json_num(o, "budget", budget);
@@ -341,11 +370,20 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
                  "allocate bits=%.6g over %s: greedy by marginal calibration loss per bit, "
                  "then exchanges on the joint calibration loss\n",
                  budget, flist);
+    if (co->m != QS_CORR_NONE) {
+        qs_sb_printf(&t, "candidates also with %s r=", qs_corr_name(co->m));
+        for (int j = 0; j < co->nranks; j++)
+            qs_sb_printf(&t, "%s%d", j ? "," : "", co->ranks[j]);
+        qs_sb_printf(&t, " prec=%s on top (one budget: weight and correction bits)\n", co->prec);
+    }
     qs_sb_printf(&t, "%-10s %-16s %8s %12s\n", "layer", "format", "bits/w", "dloss_calib");
-    char **lines = qs_calloc((size_t)L, sizeof *lines);
+    /* the quant lines first, then the correct lines: a correction is fitted on its format */
+    char **lines = qs_calloc(2 * (size_t)L, sizeof *lines);
+    int ncl = 0;
     for (int i = 0; i < L; i++) {
         const struct qs_layer *l = &b->model->layers[i];
-        int k = p.choice[i];
+        const struct qs_corr *kc = &b->ls[i].corr;
+        int k = p.choice[i], keeps = p.keeps[(size_t)i * nc + k];
         double nwl = (double)l->out * l->in, bw = p.bits[(size_t)i * nc + k] / nwl;
         double dl = p.dloss[(size_t)i * nc + k];
         cJSON *j = cJSON_CreateObject();
@@ -357,13 +395,33 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
             cand[k].fmt.kind == QS_FMT_NONE ? "none" : gran_word(&cand[k].opt, gb, sizeof gb));
         qs_json_num(j, "bits_per_weight", bw);
         qs_json_num(j, "dloss_calib", dl);
+        char label[160];
+        snprintf(label, sizeof label, "%s", cand[k].label);
+        if (cand[k].corr != QS_CORR_NONE) {
+            cJSON_AddStringToObject(j, "correction", qs_corr_name(cand[k].corr));
+            cJSON_AddNumberToObject(j, "correction_rank", cand[k].rank);
+            cJSON_AddStringToObject(j, "correction_prec", cand[k].prec);
+        } else if (keeps) {
+            cJSON_AddStringToObject(j, "correction", qs_corr_name(kc->method));
+            cJSON_AddTrueToObject(j, "keeps_correction");
+            snprintf(label + strlen(label), sizeof label - strlen(label), " (keeps its %s)",
+                     qs_corr_name(kc->method));
+        }
         char line[400];
         plan_line(b, l->name, &cand[k], line, sizeof line);
         cJSON_AddStringToObject(j, "command", line);
         if (lines)
             lines[i] = qs_strdup(line);
+        if (cand[k].corr != QS_CORR_NONE) {
+            char cl[300];
+            snprintf(cl, sizeof cl, "correct %s %s r=%d prec=%s", l->name,
+                     qs_corr_name(cand[k].corr), cand[k].rank, cand[k].prec);
+            cJSON_AddStringToObject(j, "correct_command", cl);
+            if (lines)
+                lines[L + ncl++] = qs_strdup(cl);
+        }
         cJSON_AddItemToArray(plan, j);
-        qs_sb_printf(&t, "%-10s %-16s %8.3f %12.5g\n", l->name, cand[k].label, bw, dl);
+        qs_sb_printf(&t, "%-10s %-16s %8.3f %12.5g\n", l->name, label, bw, dl);
     }
     cJSON_AddItemToObject(o, "plan", plan);
     cJSON *tab = cJSON_CreateArray();
@@ -413,15 +471,34 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
                      p.uniform_bpw[k] <= budget * (1 + 1e-12) ? "" : "  (over budget)");
     }
     cJSON_AddItemToObject(o, "uniform", uni);
-    for (int i = 0; lines && i < L; i++)
+    for (int i = 0; lines && i < L + ncl; i++)
         qs_sb_printf(&t, "%s\n", lines[i] ? lines[i] : "");
+    if (corr_any) {
+        qs_json_num(o, "bench_correction_bits", p.bench_corr_bits);
+        qs_sb_printf(&t,
+                     "(bits/w of a layer includes its correction's bits: 32 a parameter in "
+                     "float, the packed factors otherwise; dloss_calib is measured with the "
+                     "correction applied. A correction on the bench counts, with its bits, "
+                     "only where the plan keeps its layer's format, since a new format drops "
+                     "it: %.0f bits on the bench now)\n",
+                     p.bench_corr_bits);
+    }
     qs_sb_printf(&t,
                  "(weight-only; dloss_calib: calibration loss with only that layer at that "
                  "format minus the float loss; bits from packed sizes; chosen on the "
                  "calibration split, test metrics on the test split)%s\n",
-                 apply ? "" : "\n(add `apply` to run these quant commands)");
+                 apply ? "" : ncl ? "\n(add `apply` to run these quant and correct commands)"
+                              : "\n(add `apply` to run these quant commands)");
     qs_add_gate(c, o, &t);
-    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s%s", budget, flist, extra);
+    char cx[160] = "";
+    if (co->m != QS_CORR_NONE) {
+        size_t cl = (size_t)snprintf(cx, sizeof cx, " corr=%s ranks=", qs_corr_name(co->m));
+        for (int j = 0; j < co->nranks; j++)
+            cl += (size_t)snprintf(cx + cl, sizeof cx - cl, "%s%d", j ? "," : "", co->ranks[j]);
+        snprintf(cx + cl, sizeof cx - cl, " prec=%s", co->prec);
+    }
+    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s%s%s", budget, flist, cx,
+             extra);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     qs_bit_plan_free(&p);
@@ -429,16 +506,18 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     if (!lines)
         rc = qs_errf(e, "out of memory");
     else if (apply) {
-        rc = apply_lines(c, lines, L, e);
-        c->no_journal = 1; /* the quant commands are journaled themselves */
+        rc = apply_lines(c, lines, L + ncl, e);
+        c->no_journal = 1; /* the quant and correct commands are journaled themselves */
     }
-    for (int i = 0; lines && i < L; i++)
+    for (int i = 0; lines && i < L + ncl; i++)
         free(lines[i]);
     free(lines);
+    free(cand);
     return rc;
 }
 
-static int allocate_rank(struct qs_ctx *c, int total, const char *method, int apply, qs_err *e)
+static int allocate_rank(struct qs_ctx *c, int total, const char *method, const char *prec,
+                         int apply, qs_err *e)
 {
     struct qs_bench *b = c->b;
     enum qs_corr_method m;
@@ -481,7 +560,9 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, int ap
         }
         if (p.rank[i] > 0 && lines) {
             char line[200];
-            snprintf(line, sizeof line, "correct %s %s r=%d", l->name, qs_corr_name(m), p.rank[i]);
+            snprintf(line, sizeof line, "correct %s %s r=%d%s%s", l->name, qs_corr_name(m),
+                     p.rank[i], strcmp(prec, "float") ? " prec=" : "",
+                     strcmp(prec, "float") ? prec : "");
             cJSON_AddStringToObject(j, "command", line);
             lines[nlines++] = qs_strdup(line);
         }
@@ -501,7 +582,8 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, int ap
                  "x its energy share / (out + in))%s\n",
                  apply ? "" : "\n(add `apply` to run these correct commands)");
     qs_add_gate(c, o, &t);
-    snprintf(c->canon, sizeof c->canon, "allocate rank=%d method=%s", total, qs_corr_name(m));
+    snprintf(c->canon, sizeof c->canon, "allocate rank=%d method=%s%s%s", total, qs_corr_name(m),
+             strcmp(prec, "float") ? " prec=" : "", strcmp(prec, "float") ? prec : "");
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     qs_rank_plan_free(&p);
@@ -524,6 +606,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     long rank = -1;
     int apply = 0;
     const char *formats = "int2,int3,int4,int8", *gran = "channel", *method = "lowrank";
+    const char *corr = NULL, *ranks = NULL, *prec = NULL;
     struct qs_qopts base;
     qs_qopts_default(&base);
     char extra[256] = ""; /* the shared quantizer options, for the canonical line */
@@ -543,6 +626,12 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             gran = v;
         } else if ((v = qs_opt_value(argv[i], "method"))) {
             method = v;
+        } else if ((v = qs_opt_value(argv[i], "corr"))) {
+            corr = v;
+        } else if ((v = qs_opt_value(argv[i], "ranks"))) {
+            ranks = v;
+        } else if ((v = qs_opt_value(argv[i], "prec"))) {
+            prec = v;
         } else if (!strcmp(argv[i], "apply")) {
             apply = 1;
         } else if (strncmp(argv[i], "seed=", 5) && qs_qopts_parse_token(&base, argv[i], e) == 0) {
@@ -551,16 +640,49 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " %s",
                      qs_quote(argv[i], q, sizeof q));
         } else {
-            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] [apply] | "
-                              "allocate rank=R [method=lowrank|lqer|qera|eora] [apply]");
+            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] [corr=M "
+                              "[ranks=R,R,...] [prec=P]] [apply] | allocate rank=R "
+                              "[method=lowrank|lqer|qera|eora] [prec=P] [apply]");
         }
     }
     if ((bits > 0) == (rank > 0))
         return qs_errf(e, "allocate: give exactly one of bits=B (format per layer) or rank=R "
                           "(correction rank per layer)");
-    if (bits > 0)
-        return allocate_bits(c, bits, formats, gran, &base, extra, apply, e);
-    return allocate_rank(c, (int)rank, method, apply, e);
+    struct qs_format pf; /* the factors' precision, by its canonical name */
+    if (qs_corr_prec_parse(prec, &pf, e) < 0)
+        return -1;
+    const char *pname = pf.kind == QS_FMT_NONE ? "float" : pf.name;
+    if (rank > 0) {
+        if (corr || ranks)
+            return qs_errf(e, "allocate rank=: corr= and ranks= are for allocate bits= (the "
+                              "method is method=)");
+        return allocate_rank(c, (int)rank, method, pname, apply, e);
+    }
+    struct corr_opts co = {.m = QS_CORR_NONE, .prec = pname};
+    if (!corr && (ranks || prec))
+        return qs_errf(e, "allocate bits=: ranks= and prec= describe a correction: add "
+                          "corr=lowrank|lqer|qera|eora");
+    if (corr) {
+        if (qs_corr_parse(corr, &co.m, e) < 0)
+            return -1;
+        if (co.m != QS_CORR_LOWRANK && co.m != QS_CORR_LQER && co.m != QS_CORR_QERA &&
+            co.m != QS_CORR_EORA)
+            return qs_errf(e, "allocate: corr=%s: expected lowrank, lqer, qera or eora", corr);
+        char rb[128];
+        snprintf(rb, sizeof rb, "%s", ranks ? ranks : "4");
+        for (char *save = NULL, *tok = strtok_r(rb, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            long r;
+            if (co.nranks == 8)
+                return qs_errf(e, "allocate: at most 8 ranks");
+            if (qs_parse_int(tok, 1, 1 << 20, &r, "allocate ranks", e) < 0)
+                return -1;
+            co.ranks[co.nranks++] = (int)r;
+        }
+        if (!co.nranks)
+            return qs_errf(e, "allocate: ranks= is empty");
+    }
+    return allocate_bits(c, bits, formats, gran, &base, extra, &co, apply, e);
 }
 
 /* ---- qat ----------------------------------------------------------------------------------- */
@@ -1027,14 +1149,20 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "error; H v is exact, by forward-over-reverse differentiation (Pearlmutter's R-operator), so "
      "ReLU kinks add no error. Prints the Spearman correlation between methods. "
      "Default method=all, probes=32."},
-    {"allocate", "bits=B [formats=F,...] [gran=G] [apply] | rank=R [method=M] [apply]",
+    {"allocate",
+     "bits=B [formats=F,...] [gran=G] [corr=M [ranks=R,...] [prec=P]] [apply] | rank=R "
+     "[method=M] [prec=P] [apply]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
      "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "
      "rank=R: greedy by marginal recovery per parameter from the scale=cov error spectra "
-     "(method lowrank|lqer|qera|eora). The plan prints as quant/correct commands; `apply` runs "
-     "them, and they are journaled as such."},
+     "(method lowrank|lqer|qera|eora; prec= the factors' precision). One budget covers weight "
+     "and correction bits: a layer's correction on the bench is kept, and its bits counted, "
+     "where the plan keeps its format; corr=M adds candidates with a rank-R correction (ranks=, "
+     "default 4) whose factors are at prec= (default float) on top of each format, so the plan "
+     "can trade a wider format for a correction. The plan prints as quant/correct commands; "
+     "`apply` runs them, and they are journaled as such."},
     {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG,
      cmd_qat, "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
