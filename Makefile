@@ -7,7 +7,7 @@ BUILD   ?= build
 SAN     ?=
 
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
-           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps
+           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base
 
 PKG_CORE = openblas lapacke
 PKG_UI   = ncursesw readline
