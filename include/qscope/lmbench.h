@@ -25,6 +25,9 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
  * calibration windows and judges it on held-out windows: R from the quantized model's own inputs
  * (propagated), as for MLPs. */
 int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e);
+/* 1 when qs_bench_lm_correct fits method m (the low-rank weight terms); front ends offer only
+ * these on transformers. */
+int qs_lm_corr_supported(enum qs_corr_method m);
 /* The propagated pre-activation error of site s on the calibration windows: err = Y_q - Y_f and
  * ref = Y_f, both (n, out), newly allocated (the caller frees). */
 int qs_bench_lm_preact_err(struct qs_bench *b, int s, float **err, float **ref, int *n, qs_err *e);

@@ -461,13 +461,18 @@ static double site_recovery(struct qs_bench *b, int s, const float *xf, const fl
     return r;
 }
 
+int qs_lm_corr_supported(enum qs_corr_method m)
+{
+    return m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA || m == QS_CORR_EORA;
+}
+
 int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e)
 {
     if (ensure_cache(b, e) < 0)
         return -1;
     const struct qs_lm_site *st = &b->lm->sites[s];
     struct qs_layer_state *ls = &b->ls[s];
-    if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
+    if (!qs_lm_corr_supported(m))
         return qs_errf(e, "%s: on transformers, correct fits lowrank, lqer, qera or eora (%s is "
                           "for MLPs for now)", st->name, qs_corr_name(m));
     if (!ls->wq)

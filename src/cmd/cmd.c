@@ -272,6 +272,16 @@ static int spares_weights(const char *name)
     return 0;
 }
 
+int qs_cmd_family_check(const struct qs_cmd_def *d, int lm, qs_err *e)
+{
+    if (!lm || !(d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) || (d->flags & QS_CMD_LM))
+        return 0;
+    return qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
+                      "info, layers, quant, rules, regime, eval, error, spectrum, rank, correct "
+                      "with a low-rank method, uncorrect)",
+                   d->name);
+}
+
 struct guarded_cmd {
     struct qs_ctx *c;
     const struct qs_cmd_def *d;
@@ -314,13 +324,8 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         goto out;
     }
     if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && c->b->lm) {
-        if (!(d->flags & QS_CMD_LM)) {
-            qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
-                       "info, layers, quant, rules, regime, eval, error, spectrum, rank, correct with a "
-                       "low-rank method, uncorrect)",
-                    d->name);
+        if (qs_cmd_family_check(d, 1, e) < 0)
             goto out;
-        }
         if ((d->flags & QS_CMD_DATA) && qs_bench_lm_ready(c->b, e) < 0) {
             qs_err_prefix(e, d->name);
             goto out;

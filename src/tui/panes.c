@@ -61,6 +61,73 @@ int tui_width(const char *s)
     return wd < 0 ? (int)k : wd;
 }
 
+static int col_width(wchar_t c)
+{
+    int cw = wcwidth(c);
+    return cw < 0 ? 1 : cw; /* controls are drawn as '?' (put_wide) */
+}
+
+/* Fits s into n columns: whole when it fits, else its two ends around an ellipsis ("…" in UTF-8,
+ * "..." in ASCII), so that names sharing a long prefix or suffix stay told apart
+ * ("model.layers.0…attn.q_proj"). out: cap bytes. */
+static void elide_mid(const char *s, int n, int utf8, char *out, size_t cap)
+{
+    wchar_t ws[512], res[512];
+    size_t k = mbstowcs(ws, s, sizeof ws / sizeof *ws - 1);
+    if (k == (size_t)-1) { /* undecodable here: its bytes, non-ASCII as '?' */
+        for (k = 0; s[k] && k < sizeof ws / sizeof *ws - 1; k++)
+            ws[k] = (unsigned char)s[k] < 128 ? (wchar_t)s[k] : L'?';
+    }
+    ws[k] = 0;
+    int total = 0;
+    for (size_t i = 0; i < k; i++)
+        total += col_width(ws[i]);
+    size_t r = 0;
+    if (total <= n) {
+        memcpy(res, ws, (k + 1) * sizeof *ws);
+        r = k;
+    } else {
+        const wchar_t *mark = utf8 ? L"\u2026" : L"...";
+        int mw = utf8 ? 1 : 3, budget = n - mw;
+        if (budget < 2) { /* no room for both ends: the start */
+            mark = L"";
+            budget = n;
+        }
+        int hb = mark[0] ? budget / 2 : budget;
+        /* The head reaches past the first number (the block index of "model.layers.12…")
+         * when the tail still holds the last component ("q_proj"): those tell sites apart. */
+        int lastw = 0, numw = 0, wsum = 0;
+        size_t i = k;
+        while (i > 0 && ws[i - 1] != L'.' && ws[i - 1] != L'/')
+            lastw += col_width(ws[--i]);
+        for (i = 0; i < k && !iswdigit((wint_t)ws[i]); i++)
+            wsum += col_width(ws[i]);
+        for (; i < k && iswdigit((wint_t)ws[i]); i++)
+            numw = wsum += col_width(ws[i]);
+        if (mark[0] && numw > hb && numw + lastw <= budget)
+            hb = numw;
+        int tb = budget - hb, used = 0;
+        size_t head = 0, tail = k;
+        while (head < k && used + col_width(ws[head]) <= hb)
+            used += col_width(ws[head++]);
+        used = 0;
+        while (mark[0] && tail > head && used + col_width(ws[tail - 1]) <= tb)
+            used += col_width(ws[--tail]);
+        memcpy(res, ws, head * sizeof *ws);
+        r = head;
+        for (const wchar_t *m = mark; *m; m++)
+            res[r++] = *m;
+        memcpy(res + r, ws + tail, (k - tail) * sizeof *ws);
+        r += k - tail;
+    }
+    res[r] = 0;
+    if (wcstombs(out, res, cap) == (size_t)-1 || cap == 0) {
+        snprintf(out, cap, "%s", s);
+        return;
+    }
+    out[cap - 1] = 0;
+}
+
 /* printf into the window at (y, x), clipped to n columns. */
 static void putf(WINDOW *w, int y, int x, int n, attr_t a, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -183,14 +250,14 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
     for (int i = 0; i < s->nlayers; i++) {
         const struct tui_row *r = &s->rows[i];
         const char *cells[] = {r->name, r->shape, r->wf, r->af};
-        for (int c = 0; c < 4; c++)
-            if ((int)strlen(cells[c]) > wid[c])
-                wid[c] = (int)strlen(cells[c]);
+        for (int c = 0; c < 4; c++) {
+            int cl = c == COL_NAME ? tui_width(cells[c]) : (int)strlen(cells[c]);
+            if (cl > wid[c])
+                wid[c] = cl;
+        }
         if ((int)strlen(r->corr) > wid[COL_CORR])
             wid[COL_CORR] = (int)strlen(r->corr);
     }
-    if (wid[COL_NAME] > 22) /* transformer sites are long: keep their distinctive tail */
-        wid[COL_NAME] = 22;
     if (wid[COL_W] > 16)
         wid[COL_W] = 16;
     if (wid[COL_A] > 12)
@@ -198,6 +265,17 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
     wid[COL_BPW] = 6;
     wid[COL_WERR] = 7;
     wid[COL_SENS] = 8;
+    /* Names (transformer sites are long) take what the first columns after them leave, at least
+     * 22, and never more than they need; cut names keep both ends (elide_mid). */
+    int name_nat = wid[COL_NAME], core = 1 + 1;
+    for (int k = 1; k < 4; k++)
+        core += wid[prio[k]] + 1;
+    if (wid[COL_NAME] > cw - core)
+        wid[COL_NAME] = cw - core > 22 ? cw - core : 22;
+    if (wid[COL_NAME] > name_nat)
+        wid[COL_NAME] = name_nat;
+    if (wid[COL_NAME] > cw - 2) /* the selection mark and one space */
+        wid[COL_NAME] = cw - 2 > 1 ? cw - 2 : 1;
     int keep[COL_N] = {0}, used = 1; /* column 0: selection mark */
     for (int k = 0; k < COL_N; k++) {
         int c = prio[k], need = wid[c] + 1;
@@ -213,12 +291,17 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         }
     }
     keep[COL_NAME] = 1;
+    if (used < cw && wid[COL_NAME] < name_nat) { /* spare columns: a longer name */
+        int more = name_nat - wid[COL_NAME] < cw - used ? name_nat - wid[COL_NAME] : cw - used;
+        wid[COL_NAME] += more;
+        used += more;
+    }
     char line[512];
     int n = 0;
     n += snprintf(line + n, sizeof line - n, " ");
-    for (int c = 0; c < COL_N; c++)
+    for (int c = 0; c < COL_N && n < (int)sizeof line; c++) /* a name column may be wide */
         if (keep[c])
-            n += snprintf(line + n, sizeof line - n,
+            n += snprintf(line + n, sizeof line - (size_t)n,
                           c >= COL_BPW && c <= COL_SENS ? "%*s " : "%-*s ", wid[c], head[c]);
     putf(w, 1, 0, cw, A_BOLD, "%s", line);
     int vis = h - 2;
@@ -245,12 +328,14 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
             attr_t a = base;
             switch (c) {
             case COL_NAME: {
-                size_t nl = strlen(r->name);
-                if ((int)nl > wid[c]) /* "~f_attn.q_proj": the end tells sites apart */
-                    snprintf(cell, sizeof cell, "~%s", r->name + nl - (size_t)(wid[c] - 1));
-                else
-                    snprintf(cell, sizeof cell, "%-*s", wid[c], r->name);
-                break;
+                char nm[2048];
+                elide_mid(r->name, wid[c], st->utf8, nm, sizeof nm);
+                wmove(w, y, x);
+                wattr_on(w, a, NULL);
+                tui_put(w, nm, cw - x < wid[c] ? cw - x : wid[c]);
+                wattr_off(w, a, NULL);
+                x += wid[c] + 1;
+                continue;
             }
             case COL_SHAPE:
                 snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape);
@@ -303,12 +388,50 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
 
 /* ---- task --------------------------------------------------------------------------------- */
 
+/* A language model: eval's perplexity and loss on the held-out tokens (float, quantized without
+ * and with the corrections), the gate, and how far the quantized model's predictions moved. */
+static void draw_task_lm(WINDOW *w, int h, int cw, const struct tui_view *v)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_style *st = v->st;
+    const struct qs_lm_eval *ev = &s->lev, *raw = &s->lev_raw;
+    const struct qs_lm_gate *g = &s->lgate;
+    int y = 1;
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_BOLD, "%.3f bits/weight", s->bpw);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_UNDERLINE, "%-6s %9s %7s", "", "ppl", "loss");
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %9.3f %7.4f", "float", ev->ppl, ev->loss);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %9.3f %7.4f", "quant", raw->ppl_q, raw->loss_q);
+    if (s->any_corr && y < h)
+        putf(w, y++, 1, cw - 1, 0, "%-6s %9.3f %7.4f", "+corr", ev->ppl_q, ev->loss_q);
+    if (y < h) {
+        attr_t a = g->pass ? cp(st, CP_OK, A_BOLD) : cp(st, CP_ERR, A_BOLD) | A_BOLD;
+        putf(w, y++, 1, cw - 1, a, "gate %s (loss %.3f %s %.3f)", g->pass ? "PASS" : "FAIL",
+             g->float_loss, g->pass ? "<=" : ">", g->threshold);
+    }
+    double d = ev->loss_q - ev->loss;
+    if (y < h)
+        putf(w, y++, 1, cw - 1, d > 0.05 ? cp(st, CP_WARN, A_BOLD) : 0, "%sloss %+.4f KL %.3g",
+             st->delta, d, ev->kl);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, 0, "top-1 agree %.4f", ev->top1_agree);
+    if (y < h)
+        putf(w, y++, 1, cw - 1, A_DIM, "unigram %.3f, %ld tokens", g->unigram, ev->ntok);
+}
+
 static void draw_task(WINDOW *w, int h, int cw, const struct tui_view *v)
 {
     const struct tui_snap *s = v->s;
     const struct tui_style *st = v->st;
     if (!s || !s->have_eval) {
         message(w, 1, cw, st, !s ? "loading..." : s->err[0] ? s->err : "no model");
+        return;
+    }
+    if (s->lm) {
+        draw_task_lm(w, h, cw, v);
         return;
     }
     int y = 1;
@@ -567,10 +690,31 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
     for (int i = 0; i < s->nlayers; i++)
         n += s->rows[i].corr_method != QS_CORR_NONE;
     if (n == 0) {
-        const char *hint[] = {"no corrections yet.", "c: lowrank r=4 on the selected layer;",
-                              "or: correct LAYER lowrank|lqer|", "qera|eora|bias|linear [r=K]"};
-        for (int k = 0; k < 4 && y < h; k++)
-            message(w, y++, cw, st, hint[k]);
+        /* the methods `correct` fits on this model, in two lines */
+        static const enum qs_corr_method offer[] = {QS_CORR_LOWRANK, QS_CORR_LQER, QS_CORR_QERA,
+                                                    QS_CORR_EORA,    QS_CORR_BIAS, QS_CORR_LINEAR};
+        char l3[128] = "or: correct LAYER ", l4[128] = "";
+        int k = 0;
+        for (size_t i = 0; i < sizeof offer / sizeof *offer; i++) {
+            if (s->lm && !qs_lm_corr_supported(offer[i]))
+                continue;
+            char *l = k < 2 ? l3 : l4;
+            size_t len = strlen(l);
+            snprintf(l + len, sizeof l3 - len, "%s%s", k == 0 || k == 2 ? "" : "|",
+                     qs_corr_name(offer[i]));
+            k++;
+        }
+        if (k > 2) {
+            strcat(l3, "|");
+            strcat(l4, " [r=K]");
+        } else {
+            strcat(l3, " [r=K]");
+        }
+        const char *hint[] = {"no corrections yet.", "c: lowrank r=4 on the selected layer;", l3,
+                              l4};
+        for (int j = 0; j < 4 && y < h; j++)
+            if (hint[j][0])
+                message(w, y++, cw, st, hint[j]);
         return;
     }
     /* one line per correction (layer, method, held-out R, added parameters), then its last
@@ -598,7 +742,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
                             : 0;
             putf(w, y++, 2, cw - 2, aa, "%s: q %.3f>%.3f f %.3f>%.3f", ab->verdict, ab->q, ab->qc,
                  ab->f, ab->fc);
-        } else if (y < h) {
+        } else if (s->ablate_ok && y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }
     }

@@ -553,6 +553,25 @@ static void draw_status(struct tui *t)
     wnoutrefresh(w);
 }
 
+/* Whether the key running command VERB works on the loaded model, by the command table's flags
+ * (qs_cmd_family_check): 0, or -1 with the dispatcher's refusal in e. Before the first snapshot
+ * (the family is not known yet) every key is offered. */
+static int key_refused(struct tui *t, const char *verb, qs_err *e)
+{
+    char *argv[1] = {(char *)verb};
+    int used;
+    const struct qs_cmd_def *d = verb ? qs_cmd_lookup(t->c, 1, argv, &used) : NULL;
+    return d ? qs_cmd_family_check(d, t->snap && t->snap->lm, e) : 0;
+}
+
+/* Shown in the key hints and the help overlay: front-end keys (verb NULL), and command keys
+ * whose command runs on the loaded model. */
+static int key_offered(struct tui *t, const char *verb)
+{
+    qs_err e = {{0}};
+    return key_refused(t, verb, &e) == 0;
+}
+
 /* Draws readline's line into the prompt window, scrolled so that the cursor shows. */
 static void draw_prompt(struct tui *t)
 {
@@ -561,12 +580,23 @@ static void draw_prompt(struct tui *t)
         return;
     werase(w);
     if (t->mode != MODE_PROMPT) {
+        /* the keys, without those whose command refuses on the loaded model */
+        static const struct {
+            const char *text, *verb;
+        } hint[] = {{": command", NULL}, {"? help", NULL},      {"q quit", NULL},
+                    {"j/k layer", NULL}, {"+/- bits", "quant"}, {"f format", "quant"},
+                    {"c correct", "correct"}, {"a ablate", "ablate"}, {"Tab focus", NULL},
+                    {"z zoom", NULL}};
+        char line[256];
+        size_t n = 0;
+        line[0] = 0;
+        for (size_t i = 0; i < sizeof hint / sizeof *hint; i++)
+            if (key_offered(t, hint[i].verb) && n < sizeof line)
+                n += (size_t)snprintf(line + n, sizeof line - n, "%s%s", n ? "  " : "",
+                                      hint[i].text);
         wmove(w, 0, 0);
         wattr_on(w, A_DIM, NULL);
-        tui_put(w,
-                ": command  ? help  q quit  j/k layer  +/- bits  f format  c correct  "
-                "a ablate  Tab focus  z zoom",
-                COLS - 1);
+        tui_put(w, line, COLS - 1);
         wattr_off(w, A_DIM, NULL);
         wnoutrefresh(w);
         return;
@@ -631,6 +661,23 @@ static void draw_prompt(struct tui *t)
     wnoutrefresh(w);
 }
 
+/* The help overlay's line of the keys that run one command each, without those that refuse on
+ * the loaded model (owned by the caller). */
+static char *key_cmd_line(struct tui *t)
+{
+    static const struct {
+        const char *key, *what, *verb;
+    } k[] = {{"a", "ablate LAYER", "ablate"}, {"e", "error", "error"}, {"v", "eval", "eval"},
+             {"s", "spectrum LAYER", "spectrum"}, {"r", "rank", "rank"}};
+    char line[160];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++)
+        if (key_offered(t, k[i].verb) && n < sizeof line)
+            n += (size_t)snprintf(line + n, sizeof line - n, n ? "   %s %s" : "  %-14s%s",
+                                  k[i].key, k[i].what);
+    return qs_strdup(n ? line : "");
+}
+
 /* The help overlay's lines: keys, then every command of the table. */
 static int help_lines(struct tui *t, char ***out)
 {
@@ -642,7 +689,7 @@ static int help_lines(struct tui *t, char ***out)
         "  + -           one bit more / less for the selected layer (quant LAYER intB)",
         "  f F           next / previous format: int8 int4 int3 int2 fp8-e4m3 mxfp4 nvfp4 nf4 none",
         "  c             correct LAYER lowrank r=4 (<=)  u  uncorrect LAYER",
-        "  a             ablate LAYER   e error   v eval   s spectrum LAYER   r rank",
+        NULL, /* the keys of single commands (key_cmd_line) */
         "  Ctrl-C        cancel the running job (never quits)      Ctrl-L redraw",
         "  ? F1          this overview (j/k scroll, any other key closes)",
         "  q             quit (asks y/n when the journal has unsaved commands)",
@@ -657,7 +704,7 @@ static int help_lines(struct tui *t, char ***out)
     if (!v)
         return 0;
     for (int i = 0; i < nk; i++)
-        v[i] = qs_strdup(keys[i]);
+        v[i] = keys[i] ? qs_strdup(keys[i]) : key_cmd_line(t);
     for (int i = 0; i < n; i++) {
         const struct qs_cmd_def *d = qs_cmd_at(t->c, i);
         char buf[512], syn[200];
@@ -976,7 +1023,7 @@ static void collect(struct tui *t)
         for (int p = 0; p < PANE_N; p++)
             if (p != PANE_LOG)
                 t->dirty[p] = 1;
-        t->dirty_status = 1;
+        t->dirty_status = t->dirty_prompt = 1; /* the key hints follow the model's family */
         if (s->have_model && s->spec_layer != t->sel && s->nlayers)
             want_snapshot(t);
         if (s->lowdim && !t->relayout) {
@@ -1383,6 +1430,25 @@ static void key_panes(struct tui *t, int fkey, wint_t ch)
             if (ch >= KEY_F(2) && ch <= KEY_F(8))
                 focus_pane(t, (int)(ch - KEY_F(2)));
         }
+        return;
+    }
+    /* a key whose command refuses on this model is not offered; pressed anyway, it says why
+     * (one line in the log) and runs nothing */
+    const char *verb = ch <= 0 || ch >= 128         ? NULL
+                       : strchr("+=-_fF", (int)ch) ? "quant"
+                       : ch == 'c'               ? "correct"
+                       : ch == 'u'               ? "uncorrect"
+                       : ch == 'a'               ? "ablate"
+                       : ch == 's'               ? "spectrum"
+                       : ch == 'e'               ? "error"
+                       : ch == 'v'               ? "eval"
+                       : ch == 'r'               ? "rank"
+                                                 : NULL;
+    qs_err ke = {{0}};
+    if (verb && key_refused(t, verb, &ke) < 0) {
+        char msg[QS_ERRLEN + 8];
+        snprintf(msg, sizeof msg, "%c: %s", (int)ch, ke.msg);
+        tui_log_add(&t->sh, LOG_ERR, msg);
         return;
     }
     switch (ch) {

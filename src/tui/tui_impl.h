@@ -21,6 +21,8 @@
 
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/lm.h"
+#include "qscope/lmbench.h"
 #include "qscope/tui.h"
 
 enum tui_pane {
@@ -75,6 +77,12 @@ struct tui_snap {
     struct qs_metric q_raw; /* quantized, corrections off */
     int any_corr;
     double gate_thr;
+    /* language models: eval's figures on the held-out tokens (lev: quantized with the
+     * corrections, as eval reports it; lev_raw: with them set aside, when any_corr) and the gate */
+    int lm;
+    struct qs_lm_eval lev, lev_raw;
+    struct qs_lm_gate lgate;
+    int ablate_ok; /* `ablate` runs on this model (qs_cmd_family_check): the pane offers it */
     /* spectrum of the selected layer's weight error */
     int spec_layer, spec_ok;
     char spec_msg[128];
@@ -155,6 +163,13 @@ struct tui_worker {
     struct tui_ablation *abl;
     int nabl, capabl;
     const void *abl_model; /* the model they belong to */
+    /* worker-owned: a transformer's eval figures, kept while the journal, the model and the
+     * tokens stay (a new selection or a resize rebuilds the snapshot, not the state) */
+    int lm_have;
+    int lm_nj;
+    const void *lm_m, *lm_t;
+    struct qs_lm_eval lev, lev_raw;
+    struct qs_lm_gate lgate;
 };
 
 /* Log helpers: lock-taking versions (any thread). text may hold several lines. */
