@@ -65,3 +65,9 @@ for m in tiny-gpt2 tiny-llama; do
   rc3=$?
   check "$m.replay-check-sees-scale" '[ $rc3 != 0 ] && grep -q "static_amax.* recorded 12345" "$T/rb"'
 done
+
+# a static quantization the format cannot do is reported as for MLPs (it used to leave the
+# activations silently in float on transformers)
+out=$($Q --no-default -c "load model datasets/models/tiny-gpt2; load data $TXT; quant * int8 asym on=a amode=static; eval" 2>&1)
+rc=$?
+check static-asym-refused '[ $rc = 1 ] && grep -q "h.0.attn.c_attn: int8: a calibrated absmax gives a symmetric range" <<<"$out"'
