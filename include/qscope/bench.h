@@ -204,6 +204,17 @@ void qs_bench_mark_stale(struct qs_bench *b, int i);
 int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
                            int apply_corr, float *pre, qs_err *e);
 
+/* Static activation scales, one definition for every family: a unit's scale is the absmax of
+ * the FLOAT model's inputs to it over the calibration split (MLP rows, transformer windows), one
+ * scale per tensor whatever the rule's granularity (qs_quant_fake_amax scales the whole tensor;
+ * nvfp4 keeps its block scales under it). x: len values; 1e-30 when all are zero. */
+float qs_bench_static_amax(const float *x, size_t len);
+/* Quantizes a unit's input activations x (n, in) into xq (may be x) as its state says: static
+ * (the calibrated a_static_amax; an error when not calibrated), token (a scale per row) or
+ * dynamic (per tensor, or per group of a row with gran=group:N). Format none copies. */
+int qs_bench_act_quant(const struct qs_layer_state *s, const float *x, int n, int in, float *xq,
+                       qs_err *e);
+
 struct qs_metric {
     double acc, loss;
     int n;

@@ -688,6 +688,41 @@ static void weight_for(struct qs_bench *b, int i, int quant, int apply_corr, con
     }
 }
 
+/* ---- activation quantization (both families) ------------------------------------------- */
+
+float qs_bench_static_amax(const float *x, size_t len)
+{
+    float mx = 0.0f;
+    for (size_t j = 0; j < len; j++)
+        if (fabsf(x[j]) > mx)
+            mx = fabsf(x[j]);
+    return mx > 0 ? mx : 1e-30f;
+}
+
+int qs_bench_act_quant(const struct qs_layer_state *s, const float *x, int n, int in, float *xq,
+                       qs_err *e)
+{
+    struct qs_qopts o = s->aopt;
+    if (s->afmt.kind == QS_FMT_NONE) {
+        if (xq != x)
+            memcpy(xq, x, (size_t)n * in * sizeof(float));
+        return 0;
+    }
+    if (s->amode == QS_AMODE_STATIC) {
+        if (s->a_static_amax <= 0.0f)
+            return qs_errf(e, "static activation scale not calibrated");
+        return qs_quant_fake_amax(&s->afmt, &o, x, n, in, s->a_static_amax, xq, e);
+    }
+    /* rows of x are tokens: amode=token scales each row; dynamic scales the tensor (a rule's
+     * gran=channel is about weight rows and does not apply here), or each group of a token
+     * with gran=group:N */
+    if (s->amode == QS_AMODE_TOKEN)
+        o.gran = QS_GRAN_CHANNEL;
+    else if (o.gran == QS_GRAN_CHANNEL)
+        o.gran = QS_GRAN_TENSOR;
+    return qs_quant_fake(&s->afmt, &o, x, n, in, xq, e);
+}
+
 int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
                            int apply_corr, float *pre, qs_err *e)
 {
@@ -701,25 +736,7 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
         xq = malloc((size_t)n * l->in * sizeof(float));
         if (!xq)
             return qs_errf(e, "out of memory");
-        struct qs_qopts o = s->aopt;
-        int rc;
-        if (s->amode == QS_AMODE_STATIC) {
-            if (s->a_static_amax <= 0.0f) {
-                free(xq);
-                return qs_errf(e, "%s: static activation scale not calibrated", l->name);
-            }
-            rc = qs_quant_fake_amax(&s->afmt, &o, x, n, l->in, s->a_static_amax, xq, e);
-        } else {
-            /* rows of x are tokens: amode=token scales each row; dynamic scales the tensor (a
-             * rule's gran=channel is about weight rows and does not apply here), or each group
-             * of a token with gran=group:N */
-            if (s->amode == QS_AMODE_TOKEN)
-                o.gran = QS_GRAN_CHANNEL;
-            else if (o.gran == QS_GRAN_CHANNEL)
-                o.gran = QS_GRAN_TENSOR;
-            rc = qs_quant_fake(&s->afmt, &o, x, n, l->in, xq, e);
-        }
-        if (rc < 0) {
+        if (qs_bench_act_quant(s, x, n, l->in, xq, e) < 0) {
             free(xq);
             return qs_err_prefix(e, l->name);
         }
@@ -759,12 +776,7 @@ static int ensure_static_amax(struct qs_bench *b, qs_err *e)
         if (s->afmt.kind == QS_FMT_NONE || s->amode != QS_AMODE_STATIC || s->a_static_amax > 0)
             continue;
         const struct qs_acts *a = &b->f_acts[QS_CALIB];
-        size_t len = (size_t)a->n * b->model->layers[i].in;
-        float mx = 0.0f;
-        for (size_t j = 0; j < len; j++)
-            if (fabsf(a->in[i][j]) > mx)
-                mx = fabsf(a->in[i][j]);
-        s->a_static_amax = mx > 0 ? mx : 1e-30f;
+        s->a_static_amax = qs_bench_static_amax(a->in[i], (size_t)a->n * b->model->layers[i].in);
     }
     return 0;
 }

@@ -49,6 +49,10 @@ void qs_bench_lm_drop(struct qs_bench *b)
     cache_free(b->lmc);
     b->lmc = NULL;
     b->lm_float_valid = 0;
+    /* static activation scales were calibrated on the dropped calibration inputs (model, token
+     * data or calibration size changed): calibrate again from the new ones */
+    for (int s = 0; b->lm && b->ls && s < b->lm->nsites; s++)
+        b->ls[s].a_static_amax = 0.0f;
 }
 
 void qs_bench_lm_invalidate(struct qs_bench *b)
@@ -98,6 +102,8 @@ struct hook_ctx {
     float **capture; /* per site: rows appended here (NULL: no capture) */
     int *rows;       /* rows captured so far per site */
     int cap_rows;
+    int failed; /* an activation quantization failed; err says why */
+    qs_err err;
 };
 
 /* The quantized weight of a site (dequantized from its packed form), else the float one. */
@@ -170,19 +176,53 @@ static void capture_input(void *u, int s, const float *x, int n, int in)
     h->rows[s] += take;
 }
 
+/* Activation quantization in place, as for MLPs (qs_bench_act_quant: static, token, dynamic).
+ * The hook cannot fail the forward: the first error is kept in the context and the caller
+ * reports it after the pass (hook_result). */
 static void act_quant(void *u, int s, float *x, int n, int in)
 {
     struct hook_ctx *h = u;
     const struct qs_layer_state *ls = &h->b->ls[s];
-    if (ls->afmt.kind == QS_FMT_NONE)
+    if (ls->afmt.kind == QS_FMT_NONE || h->failed)
         return;
-    struct qs_qopts o = ls->aopt;
-    if (ls->amode == QS_AMODE_TOKEN)
-        o.gran = QS_GRAN_CHANNEL;
-    else if (o.gran == QS_GRAN_CHANNEL)
-        o.gran = QS_GRAN_TENSOR;
-    qs_err e;
-    qs_quant_fake(&ls->afmt, &o, x, n, in, x, &e); /* in place; errors leave x as it was */
+    if (qs_bench_act_quant(ls, x, n, in, x, &h->err) < 0) {
+        qs_err_prefix(&h->err, h->b->lm->sites[s].name);
+        h->failed = 1;
+    }
+}
+
+static int hook_result(const struct hook_ctx *h, int rc, qs_err *e)
+{
+    if (rc == 0 && h->failed) {
+        if (e)
+            *e = h->err;
+        return -1;
+    }
+    return rc;
+}
+
+/* Calibrates the static activation scale of every site that needs one: the absmax of the float
+ * model's inputs to the site over the calibration windows (xf), per tensor, the definition the
+ * MLP uses on its calibration rows (qs_bench_static_amax). */
+static void ensure_static_amax(struct qs_bench *b)
+{
+    for (int s = 0; s < b->lm->nsites; s++) {
+        struct qs_layer_state *ls = &b->ls[s];
+        if (ls->afmt.kind == QS_FMT_NONE || ls->amode != QS_AMODE_STATIC || ls->a_static_amax > 0)
+            continue;
+        ls->a_static_amax = qs_bench_static_amax(b->lmc->xf[s],
+                                                 (size_t)b->lmc->n * b->lm->sites[s].in);
+    }
+}
+
+static int needs_static_amax(const struct qs_bench *b)
+{
+    for (int s = 0; s < b->lm->nsites; s++) {
+        const struct qs_layer_state *ls = &b->ls[s];
+        if (ls->afmt.kind != QS_FMT_NONE && ls->amode == QS_AMODE_STATIC && ls->a_static_amax <= 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* Runs the calibration windows through the float (quant = 0) or quantized model, capturing
@@ -207,11 +247,12 @@ static int capture(struct qs_bench *b, int quant, float **out, int n, size_t sta
         free(logits);
         return -1;
     }
-    struct hook_ctx hc = {b, weff, out, rows, n};
+    struct hook_ctx hc = {b, weff, out, rows, n, 0, {{0}}};
     struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc};
     int rc = 0;
     for (int w = 0; w < nwin && rc == 0; w++)
-        rc = qs_lm_forward(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx, &h, logits, e);
+        rc = hook_result(&hc, qs_lm_forward(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx,
+                                            &h, logits, e), e);
     free_weff(b, weff, owned);
     free(rows);
     free(logits);
@@ -286,6 +327,7 @@ static int ensure_cache(struct qs_bench *b, qs_err *e)
             return -1;
         }
     }
+    ensure_static_amax(b); /* before any quantized pass uses them */
     if (!b->lmc->q_valid) {
         if (capture(b, 1, b->lmc->xq, n, 0, cw, e) < 0)
             return -1;
@@ -303,6 +345,8 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
 {
     if (qs_bench_lm_ready(b, e) < 0)
         return -1;
+    if (needs_static_amax(b) && ensure_cache(b, e) < 0) /* calibrates the static scales */
+        return -1;
     size_t off;
     int cw;
     qs_bench_lm_split(b, &off, &cw);
@@ -310,10 +354,11 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
     int owned = update_weff(b, &weff, e);
     if (owned < 0)
         return -1;
-    struct hook_ctx hc = {b, weff, NULL, NULL, 0};
+    struct hook_ctx hc = {b, weff, NULL, NULL, 0, 0, {{0}}};
     struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc};
     int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
                             ev, e);
+    rc = hook_result(&hc, rc, e);
     free_weff(b, weff, owned);
     return rc;
 }
@@ -353,8 +398,10 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
             den += (double)yf[j] * yf[j];
         /* local: the float inputs, quantized (activations as the rule says, then weights) */
         memcpy(xa, b->lmc->xf[s], (size_t)n * st->in * sizeof(float));
-        struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
-        act_quant(&hc, s, xa, n, st->in);
+        if (qs_bench_act_quant(ls, xa, n, st->in, xa, e) < 0) {
+            rc = qs_err_prefix(e, st->name);
+            goto next;
+        }
         site_pre(xa, n, st, wq, y);
         for (size_t j = 0; j < len; j++) {
             double d = (double)y[j] - yf[j];
@@ -364,7 +411,10 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
         r->local_snr_db = r->local_rel_mse > 0 ? -10 * log10(r->local_rel_mse) : INFINITY;
         /* propagated: the quantized model's own inputs */
         memcpy(xa, b->lmc->xq[s], (size_t)n * st->in * sizeof(float));
-        act_quant(&hc, s, xa, n, st->in);
+        if (qs_bench_act_quant(ls, xa, n, st->in, xa, e) < 0) {
+            rc = qs_err_prefix(e, st->name);
+            goto next;
+        }
         site_pre(xa, n, st, wq, y);
         num = 0;
         for (size_t j = 0; j < len; j++) {
@@ -376,6 +426,7 @@ int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
         r->preact_rel_mse = den > 0 ? num / den : 0.0;
         r->snr_db = r->preact_rel_mse > 0 ? -10 * log10(r->preact_rel_mse) : INFINITY;
         r->cosine = den > 0 && nq > 0 ? dot / sqrt(den * nq) : 1.0;
+    next:
         free(yf);
         free(y);
         free(xa);
@@ -445,14 +496,16 @@ static double site_recovery(struct qs_bench *b, int s, const float *xf, const fl
     float *yf = malloc(len * sizeof(float)), *yq = malloc(len * sizeof(float));
     float *yh = malloc(len * sizeof(float)), *xa = malloc((size_t)n * st->in * sizeof(float));
     double r = NAN;
+    qs_err e; /* the quantized capture of these rows ran the same quantization: no error left
+               * but out of memory, which leaves R undefined (NaN) */
     if (yf && yq && yh && xa) {
-        struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
         site_pre(xf, n, st, st->w, yf);
         memcpy(xa, xq, (size_t)n * st->in * sizeof(float));
-        act_quant(&hc, s, xa, n, st->in);
-        site_pre(xa, n, st, wq, yq);
-        site_pre(xa, n, st, wc, yh);
-        r = qs_recovery(yf, yq, yh, len, undefined);
+        if (qs_bench_act_quant(&b->ls[s], xa, n, st->in, xa, &e) == 0) {
+            site_pre(xa, n, st, wq, yq);
+            site_pre(xa, n, st, wc, yh);
+            r = qs_recovery(yf, yq, yh, len, undefined);
+        }
     }
     free(yf);
     free(yq);
@@ -558,10 +611,14 @@ int qs_bench_lm_preact_err(struct qs_bench *b, int s, float **err, float **ref, 
     const float *w = b->lmc->weff && b->lmc->weff[s] ? b->lmc->weff[s]
                      : b->ls[s].wq                   ? b->ls[s].wq
                                                      : st->w;
-    struct hook_ctx hc = {b, NULL, NULL, NULL, 0};
     site_pre(b->lmc->xf[s], rows, st, st->w, yf);
     memcpy(xa, b->lmc->xq[s], (size_t)rows * st->in * sizeof(float));
-    act_quant(&hc, s, xa, rows, st->in);
+    if (qs_bench_act_quant(&b->ls[s], xa, rows, st->in, xa, e) < 0) {
+        free(yf);
+        free(yq);
+        free(xa);
+        return qs_err_prefix(e, st->name);
+    }
     site_pre(xa, rows, st, w, yq);
     for (size_t j = 0; j < len; j++)
         yq[j] -= yf[j];

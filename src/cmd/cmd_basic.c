@@ -260,6 +260,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(r, "act", act);
         cJSON_AddStringToObject(r, "weights", wf);
         cJSON_AddStringToObject(r, "activations", af);
+        if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax > 0)
+            qs_json_num(r, "activation_static_amax", s->a_static_amax); /* once calibrated */
         qs_json_num(r, "bits_per_weight", bpw);
         cJSON_AddNumberToObject(r, "bytes", s->wq ? (double)qs_packed_bytes(&s->packed)
                                                   : 4.0 * l->out * l->in);
@@ -339,6 +341,7 @@ static int cmd_eval(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_json_num(o, "bits_per_weight", ev.bits_w);
     cJSON_AddStringToObject(o, "gate", ev.gate_pass ? "pass" : "fail");
     qs_json_num(o, "gate_threshold", thr);
+    qs_cmd_json_static_amax(o, b);
     struct qs_sb t = {0};
     qs_sb_printf(&t, "regime %s, %.3f bits/weight; test split %d samples (seed %llu)\n",
                  qs_regime_name(rg), ev.bits_w, ev.f.n, (unsigned long long)b->split_seed);
@@ -736,10 +739,17 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(jr, "format", r->fmt.name);
         cJSON_AddStringToObject(jr, "options", opts);
         cJSON_AddStringToObject(jr, "on", roles);
+        /* how activations are scaled (static: calibrated on the calibration split) */
+        const char *am = r->amode == QS_AMODE_STATIC ? "static"
+                         : r->amode == QS_AMODE_TOKEN ? "token" : "dynamic";
+        cJSON_AddStringToObject(jr, "amode", am);
         cJSON_AddItemToObject(jr, "layers", jl);
         cJSON_AddItemToArray(arr, jr);
+        char on[48];
+        snprintf(on, sizeof on, "%s%s%s", roles, r->amode != QS_AMODE_DYNAMIC ? " amode=" : "",
+                 r->amode != QS_AMODE_DYNAMIC ? am : "");
         qs_sb_printf(&t, "\n%2d  %-12s %-10s %-40s on=%-7s -> %s", k + 1, r->pattern, r->fmt.name,
-                     opts, roles, ln ? layers : "(no layer)");
+                     opts, on, ln ? layers : "(no layer)");
     }
     if (!b->nrules)
         qs_sb_printf(&t, "\n(no rules: every layer in float)");

@@ -138,6 +138,22 @@ void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
                      g.pass ? "" : ": model did not clearly learn the task, results flagged");
 }
 
+void qs_cmd_json_static_amax(cJSON *o, const struct qs_bench *b)
+{
+    cJSON *sa = NULL;
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        if (s->afmt.kind == QS_FMT_NONE || s->amode != QS_AMODE_STATIC || s->a_static_amax <= 0)
+            continue;
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        if (!sa)
+            sa = cJSON_AddObjectToObject(o, "static_amax");
+        if (sa)
+            qs_json_num(sa, u.name, s->a_static_amax);
+    }
+}
+
 int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
 {
     struct qs_bench *b = c->b;
@@ -162,6 +178,7 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
     qs_json_num(o, "bits_per_weight", bpw);
     cJSON_AddStringToObject(o, "gate", g.pass ? "pass" : "fail");
     qs_json_num(o, "gate_threshold", g.threshold);
+    qs_cmd_json_static_amax(o, b);
     struct qs_sb t = {0};
     qs_sb_printf(&t, "regime %s, %.3f bits/weight; held-out %ld tokens in windows of %d\n",
                  qs_regime_name(rg), bpw, ev.ntok, b->lm->ctx);

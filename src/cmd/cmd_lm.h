@@ -15,6 +15,10 @@ int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs
 const char *qs_cmd_input_path(const char *path, char *buf, size_t n);
 void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t);
 int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e);
+/* Adds "static_amax": {unit: scale} to an eval's JSON when some unit scales its activations
+ * statically (either family), so that sessions journal the calibrated scales and --replay --check
+ * compares them. */
+void qs_cmd_json_static_amax(cJSON *o, const struct qs_bench *b);
 int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e);
 int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
                       qs_err *e);
