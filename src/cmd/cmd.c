@@ -317,7 +317,7 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         if (!(d->flags & QS_CMD_LM)) {
             qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
                        "info, layers, quant, rules, regime, eval, error, spectrum, rank, correct with a "
-                       "low-rank method, uncorrect)",
+                       "low-rank method, uncorrect, sensitivity method=delta)",
                     d->name);
             goto out;
         }
