@@ -18,6 +18,11 @@ void qs_bench_lm_drop(struct qs_bench *b);
 void qs_bench_lm_invalidate(struct qs_bench *b);
 /* Float vs quantized on the held-out tokens (at most max_windows windows, 0 = all). */
 int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev, qs_err *e);
+/* Mean next-token loss on all held-out windows (as qs_bench_lm_eval) with only site `site`
+ * quantized, its weight and activation as the rules resolve them and without its correction,
+ * every other site float; site = -1: the float model. ntok: the predicted positions. The
+ * transformer's qs_unit_loss_fn for sensitivity's delta. */
+int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok, qs_err *e);
 /* Per-site error statistics on the calibration windows: w_rel_err, local and propagated
  * pre-activation relative MSE and SNR, cosine (kl fields unset). err: nsites entries. */
 int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);

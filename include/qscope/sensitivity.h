@@ -4,7 +4,9 @@
  *
  * Definitions (REFERENCES.md "Sensitivity"). L is the mean cross-entropy; W_i the weight of layer
  * i, Q(W_i) its quantized weight as configured on the bench, N_i its number of weights.
- * - delta: dL_i = L(only layer i quantized) - L(float), on the TEST split (any model).
+ * - delta: dL_i = L(only layer i quantized) - L(float), on the held-out split (any model: an MLP's
+ *   test rows, a transformer's held-out tokens, the last 10 % of the stream); "quantized" means
+ *   the unit's weight and activation formats as the rules resolve them, without its correction.
  * - grad: ||dL/dW_i||_F at the float weights, on the CALIBRATION split.
  * - fisher: F_i = mean over samples r of g_r (.) g_r, g_r the gradient of sample r's own loss
  *   (empirical Fisher diagonal, calibration split, float weights); fisher_err = sum F_i (.)
@@ -67,13 +69,27 @@ struct qs_sens_layer {
 
 struct qs_sens_info {
     double float_loss_test; /* the reference of delta */
-    int n_calib, n_test;
+    int n_calib, n_test;    /* samples (MLP) or predicted tokens (transformer, held-out) */
     int probes;
     uint64_t seed;
 };
 
-/* Fills out[0..nlayers) for the methods in the QS_SENS_* mask (others are left 0). probes for
- * Hutchinson (>= 2), seeded by the bench's session seed. info may be NULL. */
+/* What a family provides for delta: the mean loss on its held-out split with only unit `only`
+ * quantized (weights and activations as configured, no correction), every other unit float;
+ * only = -1: the float model. *n: the samples or tokens the loss averages. The MLP's runs
+ * qs_bench_run on the test split, a transformer's qs_bench_lm_loss_only. */
+typedef int (*qs_unit_loss_fn)(struct qs_bench *b, int only, double *loss, int *n, qs_err *e);
+
+/* The one delta loop over units, written against qs_unit_loss_fn: out[i].delta_loss =
+ * loss(only i) - loss(float) for every unit with out[i].quantized set (others stay 0). Reports
+ * progress and honours b->cancel between units. float_loss, n may be NULL. */
+int qs_sens_delta(struct qs_bench *b, qs_unit_loss_fn loss, int nunits, struct qs_sens_layer *out,
+                  double *float_loss, int *n, qs_err *e);
+
+/* Fills out[0..qs_bench_nunits) for the methods in the QS_SENS_* mask (others are left 0).
+ * probes for Hutchinson (>= 2), seeded by the bench's session seed. info may be NULL. On a
+ * transformer only QS_SENS_DELTA is available: the others need a backward pass, which
+ * transformers do not have yet (refused with that message). */
 int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
                    struct qs_sens_info *info, qs_err *e);
 

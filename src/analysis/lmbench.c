@@ -363,6 +363,48 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
     return rc;
 }
 
+/* Hooks that quantize one site only (weight and activation as the rules say, no correction):
+ * the per-site supply sensitivity's delta needs. They defer to weight_q and act_quant, so the
+ * site is quantized exactly as in a fully quantized pass. */
+struct only_ctx {
+    struct hook_ctx hc;
+    int site;
+};
+
+static const float *weight_only(void *u, int s)
+{
+    struct only_ctx *o = u;
+    return s == o->site ? weight_q(&o->hc, s) : NULL;
+}
+
+static void act_only(void *u, int s, float *x, int n, int in)
+{
+    struct only_ctx *o = u;
+    if (s == o->site)
+        act_quant(&o->hc, s, x, n, in);
+}
+
+int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok, qs_err *e)
+{
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    if (needs_static_amax(b) && ensure_cache(b, e) < 0) /* calibrates the static scales */
+        return -1;
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    struct only_ctx oc = {{b, NULL, NULL, NULL, 0, 0, {{0}}}, site};
+    struct qs_lm_hooks h = {weight_only, NULL, act_only, &oc};
+    struct qs_lm_eval ev;
+    int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, 0,
+                            site < 0 ? NULL : &h, NULL, &ev, e);
+    if (hook_result(&oc.hc, rc, e) < 0)
+        return -1;
+    *loss = ev.loss;
+    *ntok = ev.ntok;
+    return 0;
+}
+
 static void site_pre(const float *x, int n, const struct qs_lm_site *st, const float *w, float *y)
 {
     qs_linear(x, n, st->in, w, st->b, st->out, y);

@@ -4,6 +4,7 @@
 #include "qscope/sensitivity.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/linalg.h"
+#include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/spectral.h"
 
@@ -172,45 +174,117 @@ out:
 
 /* ---- sensitivity over the bench ------------------------------------------------------------- */
 
-int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
-                   struct qs_sens_info *info, qs_err *e)
+int qs_sens_delta(struct qs_bench *b, qs_unit_loss_fn loss, int nunits, struct qs_sens_layer *out,
+                  double *float_loss, int *n, qs_err *e)
 {
-    if (qs_bench_update(b, e) < 0)
+    double lf, lq;
+    int nf = 0, nq;
+    if (loss(b, -1, &lf, &nf, e) < 0)
         return -1;
-    const struct qs_mlp *m = b->model;
-    int L = m->nlayers;
-    const struct qs_acts *fc = &b->f_acts[QS_CALIB];
+    for (int i = 0; i < nunits; i++) {
+        if (!out[i].quantized)
+            continue;
+        if (b->cancel)
+            return qs_errf(e, "sensitivity: cancelled");
+        if (loss(b, i, &lq, &nq, e) < 0)
+            return -1;
+        out[i].delta_loss = lq - lf;
+        if (b->progress)
+            b->progress(b->progress_ctx, "delta", (double)(i + 1) / nunits);
+    }
+    if (float_loss)
+        *float_loss = lf;
+    if (n)
+        *n = nf;
+    return 0;
+}
+
+/* The MLP's qs_unit_loss_fn: the test split with only layer `only` quantized (layers > 63
+ * follow bit 63, as in qs_bench_run). */
+static int mlp_loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err *e)
+{
+    struct qs_metric m;
+    uint64_t mask = only < 0 ? 0 : 1ULL << (only < 63 ? only : 63);
+    if (qs_bench_run(b, QS_TEST, mask, 0, &m, NULL, e) < 0)
+        return -1;
+    *loss = m.loss;
+    *n = b->f_acts[QS_TEST].n;
+    return 0;
+}
+
+/* The transformer's: its held-out tokens with only site `only` quantized. */
+static int lm_loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err *e)
+{
+    long ntok;
+    if (qs_bench_lm_loss_only(b, only, loss, &ntok, e) < 0)
+        return -1;
+    *n = ntok > INT_MAX ? INT_MAX : (int)ntok;
+    return 0;
+}
+
+/* quantized and w_err2 of every unit, from the rules as resolved on the bench. */
+static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
+{
+    int L = qs_bench_nunits(b);
     memset(out, 0, (size_t)L * sizeof *out);
     for (int i = 0; i < L; i++) {
         const struct qs_layer_state *s = &b->ls[i];
-        const struct qs_layer *l = &m->layers[i];
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
         out[i].quantized = s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE;
         if (s->wq) {
             double d2 = 0.0;
-            for (size_t j = 0; j < (size_t)l->out * l->in; j++) {
-                double d = (double)l->w[j] - s->wq[j];
+            for (size_t j = 0; j < (size_t)u.out * u.in; j++) {
+                double d = (double)u.w[j] - s->wq[j];
                 d2 += d * d;
             }
             out[i].w_err2 = d2;
         }
     }
-    struct qs_metric mf = {0};
-    if ((methods & QS_SENS_DELTA) && qs_bench_run(b, QS_TEST, 0, 0, &mf, NULL, e) < 0)
+}
+
+int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
+                   struct qs_sens_info *info, qs_err *e)
+{
+    if (b->lm) {
+        if (methods & ~(unsigned)QS_SENS_DELTA)
+            return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
+                              "transformers do not have yet (method=delta works on every model)");
+        if (qs_bench_lm_ready(b, e) < 0)
+            return -1;
+        sens_units(b, out);
+        size_t off;
+        int cw;
+        qs_bench_lm_split(b, &off, &cw);
+        double lf = 0.0;
+        int nt = 0;
+        if ((methods & QS_SENS_DELTA) &&
+            qs_sens_delta(b, lm_loss_only, b->lm->nsites, out, &lf, &nt, e) < 0)
+            return -1;
+        if (info) {
+            info->float_loss_test = lf;
+            info->n_calib = cw * b->lm->ctx;
+            info->n_test = nt;
+            info->probes = probes;
+            info->seed = b->seed;
+        }
+        return 0;
+    }
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_mlp *m = b->model;
+    int L = m->nlayers;
+    const struct qs_acts *fc = &b->f_acts[QS_CALIB];
+    sens_units(b, out);
+    double lf = 0.0;
+    if ((methods & QS_SENS_DELTA) && qs_sens_delta(b, mlp_loss_only, L, out, &lf, NULL, e) < 0)
         return -1;
     if (info) {
-        info->float_loss_test = mf.loss;
+        info->float_loss_test = lf;
         info->n_calib = fc->n;
         info->n_test = b->f_acts[QS_TEST].n;
         info->probes = probes;
         info->seed = b->seed;
-    }
-    for (int i = 0; (methods & QS_SENS_DELTA) && i < L; i++) {
-        if (!out[i].quantized)
-            continue;
-        struct qs_metric mq;
-        if (qs_bench_run(b, QS_TEST, 1ULL << (i < 63 ? i : 63), 0, &mq, NULL, e) < 0)
-            return -1;
-        out[i].delta_loss = mq.loss - mf.loss;
     }
     if (methods & QS_SENS_GRAD) {
         struct grads g = {0};

@@ -276,10 +276,17 @@ int qs_cmd_family_check(const struct qs_cmd_def *d, int lm, qs_err *e)
 {
     if (!lm || !(d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) || (d->flags & QS_CMD_LM))
         return 0;
-    return qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: "
-                      "info, layers, quant, rules, regime, eval, error, spectrum, rank, correct "
-                      "with a low-rank method, uncorrect)",
-                   d->name);
+    /* what does work, from the table itself (QS_CMD_LM), so the message cannot drift */
+    char list[QS_ERRLEN / 2];
+    size_t n = 0;
+    list[0] = 0;
+    for (size_t t = 0; t < sizeof core_tables / sizeof *core_tables; t++)
+        for (const struct qs_cmd_def *x = core_tables[t]; x->name; x++)
+            if ((x->flags & QS_CMD_LM) && (x->flags & (QS_CMD_MODEL | QS_CMD_DATA)) &&
+                n + strlen(x->name) + 3 < sizeof list)
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "", x->name);
+    return qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: %s)",
+                   d->name, list);
 }
 
 struct guarded_cmd {

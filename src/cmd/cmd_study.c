@@ -72,7 +72,9 @@ static double sens_score(const struct qs_sens_layer *s, int k)
 
 static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    unsigned methods = QS_SENS_ALL;
+    struct qs_bench *b = c->b;
+    /* transformers have no backward pass yet: delta is all they offer, and what they default to */
+    unsigned methods = b->lm ? QS_SENS_DELTA : QS_SENS_ALL;
     long probes = 32;
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -87,8 +89,15 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               "[probes=N]");
         }
     }
-    struct qs_bench *b = c->b;
-    int L = b->model->nlayers;
+    if (b->lm && (methods & ~(unsigned)QS_SENS_DELTA))
+        return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
+                          "transformers do not have yet (method=delta works on every model)");
+    int L = qs_bench_nunits(b), nw = 10;
+    for (int i = 0; i < L; i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        nw = (int)strlen(u.name) > nw ? (int)strlen(u.name) : nw;
+    }
     struct qs_sens_layer *s = qs_calloc((size_t)L, sizeof *s);
     if (!s)
         return qs_errf(e, "out of memory");
@@ -122,7 +131,7 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "sensitivity");
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "%-10s", "layer");
+    qs_sb_printf(&t, "%-*s", nw, "layer");
     if (methods & QS_SENS_DELTA)
         qs_sb_printf(&t, " %11s", "delta_loss");
     if (methods & QS_SENS_GRAD)
@@ -134,10 +143,12 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "\n");
     for (int i = 0; i < L; i++) {
         const struct qs_sens_layer *r = &s[i];
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
         cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "name", b->model->layers[i].name);
+        cJSON_AddStringToObject(j, "name", u.name);
         cJSON_AddBoolToObject(j, "quantized", r->quantized);
-        qs_sb_printf(&t, "%-10s", b->model->layers[i].name);
+        qs_sb_printf(&t, "%-*s", nw, u.name);
         if (methods & QS_SENS_DELTA) {
             qs_json_num(j, "delta_loss", r->delta_loss);
             put_num(&t, 12, "%.5g", r->delta_loss);
@@ -163,7 +174,12 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "%s\n", r->quantized ? "" : "  (float)");
         cJSON_AddItemToArray(rows, j);
     }
-    if (methods & QS_SENS_DELTA)
+    if ((methods & QS_SENS_DELTA) && b->lm)
+        qs_sb_printf(&t,
+                     "delta_loss: held-out loss (%d predicted tokens, the last 10%% of the "
+                     "stream) with only that site quantized minus the float loss %.6g\n",
+                     info.n_test, info.float_loss_test);
+    else if (methods & QS_SENS_DELTA)
         qs_sb_printf(&t,
                      "delta_loss: test-split loss (%d samples) with only that layer quantized "
                      "minus the float loss %.6g\n",
@@ -1140,9 +1156,11 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 const struct qs_cmd_def qs_cmds_study[] = {
     {"sensitivity", "[method=delta|grad|fisher|hutchinson|all[,...]] [probes=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_sensitivity,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_sensitivity,
      "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
-     "delta: test-split loss with only that layer quantized minus the float loss. grad, fisher, "
+     "delta: test-split loss with only that layer quantized minus the float loss (any model; on "
+     "a transformer the held-out tokens, per linear site, and its only method and default: the "
+     "others need a backward pass). grad, fisher, "
      "hutchinson: calibration split at the float weights; fisher_err = sum F*(W-Q(W))^2 with the "
      "empirical Fisher diagonal F; hutchinson: tr(H) of the layer's weight block from Rademacher "
      "probes v on that layer (seeded by the session seed), the mean of v^T H v with its standard "

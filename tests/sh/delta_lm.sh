@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# delta_lm.sh - `sensitivity method=delta` on transformers: a GPT-2 trained by plain PyTorch
+# outside qscope (tests/tools/make_delta_fixture.py) must give, site by site, the held-out loss
+# deltas PyTorch computed with that one site quantized; the bundled tiny-gpt2 and tiny-llama run
+# it and the layers table shows it; what transformers cannot do yet is said plainly.
+set -u
+cd "$(dirname "$0")/../.."
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+Q=./qscope
+FX=tests/fixtures/delta_gpt2
+pass() { echo "PASS delta_lm.$1"; }
+fail() { echo "FAIL delta_lm.$1"; }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+
+# The PyTorch fixture. Tolerance 1e-6 absolute on every delta (and on the float loss): the
+# reference is a float64 forward on the same float32 weights and the same quantized weights
+# (fake quantization matches qscope bit for bit), so the only difference is qscope's float32
+# forward, whose per-token log-probability errors (~1e-7 relative) average out over the 3968
+# held-out tokens: measured differences are <= 2e-8. 1e-6 is still below the smallest |delta|
+# of the fixture (8.7e-6, int8), so a site quantized in another way, another split, another
+# window cut or a shifted site order fails.
+for f in int8 int4; do
+    $Q $FX $FX/data.txt --json -c "quant * $f gran=channel; sensitivity method=delta" \
+        >"$T/$f.json" 2>"$T/$f.err"
+    check "torch-fixture-$f" "python3 - $FX/deltas.json $T/$f.json $f <<'PY'
+import json, sys
+ref = json.load(open(sys.argv[1]))
+fmt = sys.argv[3]
+o = [json.loads(l) for l in open(sys.argv[2])][-1]
+assert o['cmd'] == 'sensitivity', o
+assert [r['name'] for r in o['layers']] == ref['sites'], 'site order'
+assert o['n_test'] == ref['held_out_tokens'], (o['n_test'], ref['held_out_tokens'])
+assert abs(o['task']['float_loss'] - ref['float_loss']) <= 1e-6, 'float loss'
+for r in o['layers']:
+    d = r['delta_loss'] - ref['deltas'][fmt][r['name']]
+    assert r['quantized'] and abs(d) <= 1e-6, (r['name'], r['delta_loss'], d)
+PY"
+done
+
+# One site under a rule, the others float: only it is measured, with its own rule's format.
+$Q $FX $FX/data.txt --json -c 'quant h.0.mlp.c_fc int4 gran=channel; sensitivity method=delta' \
+    >"$T/one.json" 2>&1
+check one-site-rule "python3 - $FX/deltas.json $T/one.json <<'PY'
+import json, sys
+ref = json.load(open(sys.argv[1]))
+o = [json.loads(l) for l in open(sys.argv[2])][-1]
+for r in o['layers']:
+    if r['name'] == 'h.0.mlp.c_fc':
+        assert r['quantized'] and abs(r['delta_loss'] - ref['deltas']['int4']['h.0.mlp.c_fc']) <= 1e-6
+    else:
+        assert not r['quantized'] and r['delta_loss'] == 0, r
+PY"
+
+# The bundled transformers: delta for every site, the layers table remembers it, and with one
+# site quantized (weights and activations) the delta is eval's loss change.
+for m in tiny-gpt2 tiny-llama; do
+    $Q datasets/models/$m datasets/text/licenses.txt --json \
+        -c 'quant * int4 gran=channel; sensitivity method=delta; layers' >"$T/$m.json" 2>"$T/$m.err"
+    rc=$?
+    check "$m-every-site" "[ $rc = 0 ] && python3 - $T/$m.json <<'PY'
+import json, math, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+s = [o for o in lines if o.get('cmd') == 'sensitivity'][0]
+lay = lines[-1]['layers']
+assert len(s['layers']) == len(lay) and len(lay) >= 9
+assert any(r['name'] == 'lm_head' for r in s['layers'])
+for r, l in zip(s['layers'], lay):
+    assert r['quantized'] and math.isfinite(r['delta_loss'])
+    assert l['name'] == r['name'] and l['sensitivity_method'] == 'delta'
+    assert l['sensitivity'] == r['delta_loss'], (l, r)
+assert max(abs(r['delta_loss']) for r in s['layers']) > 0
+PY"
+done
+site=model.layers.0.mlp.up_proj
+$Q datasets/models/tiny-llama datasets/text/licenses.txt --json \
+    -c "quant $site int4 gran=channel; quant $site int8 on=a; eval; sensitivity" >"$T/ev.json" 2>&1
+check llama-delta-is-eval-change "python3 - $T/ev.json $site <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+ev = [o for o in lines if o.get('cmd') == 'eval'][0]
+s = [o for o in lines if o.get('cmd') == 'sensitivity'][0]
+r = [r for r in s['layers'] if r['name'] == sys.argv[2]][0]
+want = ev['quant']['loss'] - ev['float']['loss']
+assert want != 0 and abs(r['delta_loss'] - want) <= 1e-7, (r['delta_loss'], want)
+PY"
+
+# The same with static activation scales: the one-site pass calibrates them as eval does
+$Q datasets/models/tiny-llama datasets/text/licenses.txt --json \
+    -c "quant $site int8 on=a amode=static; sensitivity; eval" >"$T/evs.json" 2>&1
+check llama-delta-static-is-eval-change "python3 - $T/evs.json $site <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+ev = [o for o in lines if o.get('cmd') == 'eval'][0]
+s = [o for o in lines if o.get('cmd') == 'sensitivity'][0]
+r = [r for r in s['layers'] if r['name'] == sys.argv[2]][0]
+want = ev['quant']['loss'] - ev['float']['loss']
+assert want != 0 and abs(r['delta_loss'] - want) <= 1e-7, (r['delta_loss'], want)
+PY"
+
+# What transformers do not have yet is said, and what they have is named.
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'sensitivity method=grad' 2>&1)
+rc=$?
+check gradient-methods-refused "[ $rc = 1 ] && grep -q 'need a backward pass, which transformers do not have yet' <<<\"\$msg\""
+out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int8; sensitivity' 2>&1)
+check default-is-delta "grep -q '^delta_loss: held-out loss (14400 predicted tokens' <<<\"\$out\" && ! grep -q grad_norm <<<\"\$out\""
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'allocate bits=4' 2>&1)
+rc=$?
+check allocate-says-what-works "[ $rc = 1 ] && grep -q 'allocate works on MLPs' <<<\"\$msg\" && grep -q 'on transformers: .*sensitivity' <<<\"\$msg\""
