@@ -58,6 +58,17 @@ struct qs_lm {
  * regular files are opened (a FIFO would block). *out is NULL on failure; free with
  * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
+/* Writes m as a Hugging Face folder DIR (created if missing; config.json and model.safetensors
+ * in it are replaced through qs_outfile) that qs_lm_load reads back into the same model: every
+ * tensor F32, GPT-2 names under "transformer." with Conv1D weights as (in, out). w[s] (w may be
+ * NULL, as may w[s]) replaces site s's weight (out, in), b[s] its bias (ignored for a site
+ * without one). A tied head whose weight is replaced is written untied (lm_head.weight beside
+ * the float embedding, tie_word_embeddings false). config.json is the loaded text with
+ * tie_word_embeddings and torch_dtype ("float32") set. Metadata: the nmeta given pairs,
+ * "format": "pt", then the source file's own keys not given. 0 or -1 and e. */
+int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
+               const float *const *b, const char *const *meta_keys,
+               const char *const *meta_vals, int nmeta, qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
 

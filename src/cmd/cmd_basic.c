@@ -9,6 +9,7 @@
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
+#include "qscope/sha256.h"
 
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
 {
@@ -920,6 +921,212 @@ static void exp_free(struct exp_list *x)
     free(x->t);
 }
 
+/* What an export says about its sites, in the metadata and in its report: one entry per site,
+ * comma-separated (options ';'-separated), the same for every family. */
+struct exp_meta {
+    struct qs_sb layers, fmts, shapes, grans, sdts, opts, corrs, said;
+    int ncorr, aq, clocal;
+};
+
+static void exp_meta_free(struct exp_meta *d)
+{
+    qs_sb_free(&d->layers);
+    qs_sb_free(&d->fmts);
+    qs_sb_free(&d->shapes);
+    qs_sb_free(&d->grans);
+    qs_sb_free(&d->sdts);
+    qs_sb_free(&d->opts);
+    qs_sb_free(&d->corrs);
+    qs_sb_free(&d->said);
+}
+
+/* Appends site i (NAME, out x in, state S) to d; *lowrank, *bias, *map: the corrections the
+ * forward pass applies (clocal is analysis only, never applied). */
+static int exp_describe(struct exp_meta *d, int i, const char *name, int out, int in,
+                        const struct qs_layer_state *s, int packed, int *lowrank, int *bias,
+                        int *map, qs_err *e)
+{
+    const struct qs_corr *cr = &s->corr;
+    const char *sep = i ? "," : "";
+    d->aq |= s->afmt.kind != QS_FMT_NONE;
+    qs_sb_printf(&d->layers, "%s%s", sep, name);
+    qs_sb_printf(&d->fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");
+    qs_sb_printf(&d->shapes, "%s%dx%d", sep, out, in);
+    if (s->wq) {
+        struct qs_packed_layout lay;
+        char g[48], o[256];
+        if (qs_packed_layout(&s->packed.fmt, &s->packed.opt, out, in, &lay, e) < 0)
+            return qs_err_prefix(e, name);
+        qs_packfile_gran(&lay, &s->packed.opt, in, g, sizeof g);
+        qs_qopts_format(&s->packed.fmt, &s->packed.opt, o, sizeof o);
+        qs_sb_printf(&d->grans, "%s%s", sep, g);
+        qs_sb_printf(&d->sdts, "%s%s", sep, lay.scale_dtype);
+        qs_sb_printf(&d->opts, "%s%s", i ? ";" : "", o);
+    } else {
+        qs_sb_printf(&d->grans, "%s-", sep);
+        qs_sb_printf(&d->sdts, "%s-", sep);
+        qs_sb_printf(&d->opts, "%s-", i ? ";" : "");
+    }
+    *lowrank = cr->c != NULL;
+    *bias = cr->db != NULL;
+    *map = cr->amap != NULL && cr->method != QS_CORR_CLOCAL;
+    d->clocal |= cr->method == QS_CORR_CLOCAL;
+    if (*lowrank && packed && (!cr->l || !cr->rt))
+        return qs_errf(e, "export model: the %s correction of %s has no factors to write",
+                       qs_corr_name(cr->method), name);
+    if (*lowrank && cr->prec[0] && strcmp(cr->prec, "float"))
+        qs_sb_printf(&d->corrs, "%s%s:r=%d:prec=%s", sep, qs_corr_name(cr->method), cr->rank,
+                     cr->prec);
+    else if (*lowrank)
+        qs_sb_printf(&d->corrs, "%s%s:r=%d", sep, qs_corr_name(cr->method), cr->rank);
+    else if (*map)
+        qs_sb_printf(&d->corrs, "%s%s:prec=%s", sep, qs_corr_name(cr->method),
+                     cr->prec[0] ? cr->prec : "float");
+    else if (*bias)
+        qs_sb_printf(&d->corrs, "%s%s", sep, qs_corr_name(cr->method));
+    else
+        qs_sb_printf(&d->corrs, "%s-", sep);
+    if (*lowrank || *bias || *map) {
+        d->ncorr++;
+        qs_sb_printf(&d->said, "%s%s %s", d->said.len ? ", " : "", name, qs_corr_name(cr->method));
+    }
+    return 0;
+}
+
+/* Fake-quant: W' = Q(W) + c and b' = b + db exactly as the forward pass forms them; a linear map
+ * folded (A W', A b' + mb). W is the weight the session runs (Q(W), or W when float), B its
+ * bias (NULL: none, then a bias or map correction cannot be folded and is refused). *fw, *fb:
+ * new arrays when a correction applies, else NULL (use W and B as they are). */
+static int exp_fold(const char *name, int out, int in, const float *w, const float *b,
+                    const struct qs_corr *cr, float **fw, float **fb, qs_err *e)
+{
+    int lowrank = cr->c != NULL, bias = cr->db != NULL;
+    int map = cr->amap != NULL && cr->method != QS_CORR_CLOCAL;
+    size_t nw = (size_t)out * in;
+    *fw = *fb = NULL;
+    if (!lowrank && !bias && !map)
+        return 0;
+    if (!b && (bias || map))
+        return qs_errf(e, "export model: %s has no bias to fold its %s correction into",
+                       name, qs_corr_name(cr->method));
+    *fw = malloc(nw * sizeof(float));
+    *fb = b ? malloc((size_t)out * sizeof(float)) : NULL;
+    if (!*fw || (b && !*fb))
+        return qs_errf(e, "out of memory");
+    for (size_t j = 0; j < nw; j++)
+        (*fw)[j] = lowrank ? w[j] + cr->c[j] : w[j];
+    for (int j = 0; b && j < out; j++)
+        (*fb)[j] = bias ? b[j] + cr->db[j] : b[j];
+    if (map && qs_packfile_fold_map(out, in, cr->amap, cr->mb, *fw, *fb, e) < 0)
+        return -1;
+    return 0;
+}
+
+/* The journal line and the report of a written export. */
+static void exp_report(struct qs_ctx *c, const char *path, int packed, const struct exp_meta *d)
+{
+    char q[600];
+    snprintf(c->canon, sizeof c->canon, "export model %s%s", qs_quote(path, q, sizeof q),
+             packed ? " packed" : "");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "export model");
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddStringToObject(o, "kind", packed ? "packed" : "fake-quant");
+    cJSON_AddNumberToObject(o, "corrections", d->ncorr);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "wrote %s (%s", path,
+                 packed ? "packed codes and scales" : "dequantized weights");
+    if (d->ncorr)
+        qs_sb_printf(&t, "; corrections %s: %s", packed ? "as fitted" : "folded in", d->said.s);
+    qs_sb_printf(&t, ")");
+    if (d->aq)
+        qs_note(c, "note: activations are quantized in this session; the exported file "
+                   "holds the weights only, and runs with float activations");
+    if (d->clocal)
+        qs_note(c, "note: clocal corrections are analysis only and are not exported");
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+}
+
+/* export model DIR on a transformer: a Hugging Face folder (config.json, model.safetensors) whose
+ * linears hold the session's weights, W' = Q(W) + C dequantized to F32 (the float ones where a
+ * site stays float); embeddings and norms as loaded. qs_lm_load reads it back, and its float
+ * eval is the session's quantized eval (with float activations). */
+static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    if (argc == 2)
+        return qs_errf(e, "export model: packed export of transformers is not supported yet; "
+                          "export model DIR writes dequantized weights");
+    if (qs_bench_resolve(b, e) < 0)
+        return -1;
+    const struct qs_lm *m = b->lm;
+    const int S = m->nsites;
+    const float **w = qs_calloc((size_t)S, sizeof *w), **bb = qs_calloc((size_t)S, sizeof *bb);
+    float **own = qs_calloc((size_t)S * 2, sizeof *own);
+    struct exp_meta d = {0};
+    int rc = w && bb && own ? 0 : qs_errf(e, "out of memory");
+    for (int s = 0; s < S && rc == 0; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        const struct qs_layer_state *ls = &b->ls[s];
+        int lowrank, bias, map;
+        if (exp_describe(&d, s, st->name, st->out, st->in, ls, 0, &lowrank, &bias, &map, e) < 0 ||
+            exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, st->b, &ls->corr,
+                     &own[2 * s], &own[2 * s + 1], e) < 0) {
+            rc = -1;
+            break;
+        }
+        w[s] = own[2 * s] ? own[2 * s] : ls->wq; /* NULL: the float weight */
+        bb[s] = own[2 * s + 1];
+    }
+    char sha[65] = "";
+    if (rc == 0 && m->path) {
+        /* the source's identity, when its file can still be read */
+        size_t n = strlen(m->path) + 32;
+        char *p = malloc(n);
+        qs_err ig;
+        if (p) {
+            snprintf(p, n, "%s/model.safetensors", m->path);
+            if (qs_sha256_file(p, sha, &ig) < 0)
+                sha[0] = 0;
+        }
+        free(p);
+    }
+    if (rc == 0 && (!d.layers.s || !d.corrs.s || !d.opts.s))
+        rc = qs_errf(e, "out of memory");
+    if (rc == 0) {
+        const char *keys[] = {"qscope.version",        "qscope.arch",
+                              "qscope.export",         "qscope.layers",
+                              "qscope.weight_formats", "qscope.weight_shapes",
+                              "qscope.weight_grans",   "qscope.weight_scale_dtypes",
+                              "qscope.weight_options", "qscope.corrections",
+                              "qscope.source",         "qscope.source_sha256"};
+        const char *vals[] = {QS_VERSION,
+                              m->family == QS_LM_GPT2 ? "gpt2" : "llama",
+                              "fake-quant",
+                              d.layers.s,
+                              d.fmts.s,
+                              d.shapes.s,
+                              d.grans.s,
+                              d.sdts.s,
+                              d.opts.s,
+                              d.corrs.s,
+                              m->path ? m->path : "",
+                              sha};
+        int nk = (int)(sizeof keys / sizeof *keys) - (sha[0] ? 0 : 1);
+        rc = qs_lm_save(m, argv[0], w, bb, keys, vals, nk, e);
+    }
+    for (int i = 0; own && i < 2 * S; i++)
+        free(own[i]);
+    free(own);
+    free(w);
+    free(bb);
+    if (rc == 0)
+        exp_report(c, argv[0], 0, &d);
+    exp_meta_free(&d);
+    return rc;
+}
+
 /* export model PATH [packed]: the MLP as the session runs it. Fake-quant: dequantized weights
  * with the corrections folded in. Packed: codes and scales as packed, the corrections' factors
  * beside them, and per-layer metadata (format, shape, gran, scale dtype, options, correction);
@@ -930,8 +1137,7 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "usage: export model PATH [packed]");
     struct qs_bench *b = c->b;
     if (!b->model)
-        return qs_errf(e, "export model: only MLPs can be exported for now; the loaded model is "
-                          "a transformer");
+        return cmd_export_lm(c, argc, argv, e);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
     const int packed = argc == 2;
@@ -939,61 +1145,18 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const int L = m->nlayers;
     struct exp_list xf = {0}, xu = {0};
     float **own = qs_calloc((size_t)L * 2, sizeof *own); /* folded weights and biases */
-    struct qs_sb layers = {0}, acts = {0}, fmts = {0}, shapes = {0}, grans = {0}, sdts = {0},
-                 opts = {0}, corrs = {0}, said = {0};
-    int rc = own ? 0 : qs_errf(e, "out of memory"), ncorr = 0, aq = 0, clocal = 0;
+    struct exp_meta d = {0};
+    struct qs_sb acts = {0};
+    int rc = own ? 0 : qs_errf(e, "out of memory");
     for (int i = 0; i < L && rc == 0; i++) {
         const struct qs_layer *l = &m->layers[i];
         const struct qs_layer_state *s = &b->ls[i];
         const struct qs_corr *cr = &s->corr;
-        const char *sep = i ? "," : "";
-        size_t nw = (size_t)l->out * l->in;
-        aq |= s->afmt.kind != QS_FMT_NONE;
-        qs_sb_printf(&layers, "%s%s", sep, l->name);
-        qs_sb_printf(&acts, "%s%s", sep, qs_act_name(l->act));
-        qs_sb_printf(&fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");
-        qs_sb_printf(&shapes, "%s%dx%d", sep, l->out, l->in);
-        if (s->wq) {
-            struct qs_packed_layout lay;
-            char g[48], o[256];
-            if (qs_packed_layout(&s->packed.fmt, &s->packed.opt, l->out, l->in, &lay, e) < 0) {
-                rc = qs_err_prefix(e, l->name);
-                break;
-            }
-            qs_packfile_gran(&lay, &s->packed.opt, l->in, g, sizeof g);
-            qs_qopts_format(&s->packed.fmt, &s->packed.opt, o, sizeof o);
-            qs_sb_printf(&grans, "%s%s", sep, g);
-            qs_sb_printf(&sdts, "%s%s", sep, lay.scale_dtype);
-            qs_sb_printf(&opts, "%s%s", i ? ";" : "", o);
-        } else {
-            qs_sb_printf(&grans, "%s-", sep);
-            qs_sb_printf(&sdts, "%s-", sep);
-            qs_sb_printf(&opts, "%s-", i ? ";" : "");
-        }
-        /* the corrections the forward pass applies (clocal is analysis only, never applied) */
-        int lowrank = cr->c != NULL, bias = cr->db != NULL;
-        int map = cr->amap != NULL && cr->method != QS_CORR_CLOCAL;
-        clocal |= cr->method == QS_CORR_CLOCAL;
-        if (lowrank && packed && (!cr->l || !cr->rt)) {
-            rc = qs_errf(e, "export model: the %s correction of %s has no factors to write",
-                         qs_corr_name(cr->method), l->name);
+        qs_sb_printf(&acts, "%s%s", i ? "," : "", qs_act_name(l->act));
+        int lowrank, bias, map;
+        if (exp_describe(&d, i, l->name, l->out, l->in, s, packed, &lowrank, &bias, &map, e) < 0) {
+            rc = -1;
             break;
-        }
-        if (lowrank && cr->prec[0] && strcmp(cr->prec, "float"))
-            qs_sb_printf(&corrs, "%s%s:r=%d:prec=%s", sep, qs_corr_name(cr->method), cr->rank,
-                         cr->prec);
-        else if (lowrank)
-            qs_sb_printf(&corrs, "%s%s:r=%d", sep, qs_corr_name(cr->method), cr->rank);
-        else if (map)
-            qs_sb_printf(&corrs, "%s%s:prec=%s", sep, qs_corr_name(cr->method),
-                         cr->prec[0] ? cr->prec : "float");
-        else if (bias)
-            qs_sb_printf(&corrs, "%s%s", sep, qs_corr_name(cr->method));
-        else
-            qs_sb_printf(&corrs, "%s-", sep);
-        if (lowrank || bias || map) {
-            ncorr++;
-            qs_sb_printf(&said, "%s%s %s", said.len ? ", " : "", l->name, qs_corr_name(cr->method));
         }
         if (packed) {
             if (s->wq) {
@@ -1028,28 +1191,18 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         /* fake-quant: W' = Q(W) + c and b' = b + db exactly as the forward pass forms them; a
          * linear map folded (A W', A b' + mb) */
         const float *w = s->wq ? s->wq : l->w, *bb = l->b;
-        if (lowrank || bias || map) {
-            float *fw = own[2 * i] = malloc(nw * sizeof(float));
-            float *fb = own[2 * i + 1] = malloc((size_t)l->out * sizeof(float));
-            if (!fw || !fb) {
-                rc = qs_errf(e, "out of memory");
-                break;
-            }
-            for (size_t j = 0; j < nw; j++)
-                fw[j] = lowrank ? w[j] + cr->c[j] : w[j];
-            for (int j = 0; j < l->out; j++)
-                fb[j] = bias ? l->b[j] + cr->db[j] : l->b[j];
-            if (map && qs_packfile_fold_map(l->out, l->in, cr->amap, cr->mb, fw, fb, e) < 0) {
-                rc = -1;
-                break;
-            }
-            w = fw;
-            bb = fb;
+        if (exp_fold(l->name, l->out, l->in, w, l->b, cr, &own[2 * i], &own[2 * i + 1], e) < 0) {
+            rc = -1;
+            break;
+        }
+        if (own[2 * i]) {
+            w = own[2 * i];
+            bb = own[2 * i + 1];
         }
         exp_put(&xf, l->name, "weight", QS_DT_F32, 2, l->out, l->in, w);
         exp_put(&xf, l->name, "bias", QS_DT_F32, 1, l->out, 0, bb);
     }
-    if (rc == 0 && (xf.oom || xu.oom || !layers.s || !corrs.s || !opts.s))
+    if (rc == 0 && (xf.oom || xu.oom || !d.layers.s || !d.corrs.s || !d.opts.s))
         rc = qs_errf(e, "out of memory");
     if (rc == 0) {
         /* the model's own metadata (task metric, split seed, ...) rides along */
@@ -1059,9 +1212,9 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                                            "qscope.weight_grans",   "qscope.weight_scale_dtypes",
                                            "qscope.weight_options", "qscope.corrections"};
         enum { NMINE = sizeof mine / sizeof mine[0] };
-        const char *vals[NMINE] = {"mlp",  layers.s, acts.s,  packed ? "packed" : "fake-quant",
-                                   fmts.s, shapes.s, grans.s, sdts.s,
-                                   opts.s, corrs.s};
+        const char *vals[NMINE] = {"mlp",  d.layers.s, acts.s,  packed ? "packed" : "fake-quant",
+                                   d.fmts.s, d.shapes.s, d.grans.s, d.sdts.s,
+                                   d.opts.s, d.corrs.s};
         const char **keys = malloc(((size_t)NMINE + m->nmeta) * sizeof *keys);
         const char **mv = malloc(((size_t)NMINE + m->nmeta) * sizeof *mv);
         struct qs_st_out *all = malloc(((size_t)xf.n + xu.n + 1) * sizeof *all);
@@ -1096,38 +1249,10 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     free(own);
     exp_free(&xf);
     exp_free(&xu);
-    if (rc == 0) {
-        char q[600];
-        snprintf(c->canon, sizeof c->canon, "export model %s%s", qs_quote(argv[0], q, sizeof q),
-                 packed ? " packed" : "");
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "cmd", "export model");
-        cJSON_AddStringToObject(o, "path", argv[0]);
-        cJSON_AddStringToObject(o, "kind", packed ? "packed" : "fake-quant");
-        cJSON_AddNumberToObject(o, "corrections", ncorr);
-        struct qs_sb t = {0};
-        qs_sb_printf(&t, "wrote %s (%s", argv[0],
-                     packed ? "packed codes and scales" : "dequantized weights");
-        if (ncorr)
-            qs_sb_printf(&t, "; corrections %s: %s", packed ? "as fitted" : "folded in", said.s);
-        qs_sb_printf(&t, ")");
-        if (aq)
-            qs_note(c, "note: activations are quantized in this session; the exported file "
-                       "holds the weights only, and runs with float activations");
-        if (clocal)
-            qs_note(c, "note: clocal corrections are analysis only and are not exported");
-        qs_emit(c, o, t.s);
-        qs_sb_free(&t);
-    }
-    qs_sb_free(&layers);
+    if (rc == 0)
+        exp_report(c, argv[0], packed, &d);
     qs_sb_free(&acts);
-    qs_sb_free(&fmts);
-    qs_sb_free(&shapes);
-    qs_sb_free(&grans);
-    qs_sb_free(&sdts);
-    qs_sb_free(&opts);
-    qs_sb_free(&corrs);
-    qs_sb_free(&said);
+    exp_meta_free(&d);
     return rc;
 }
 
@@ -1262,7 +1387,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "9-digit decimal of an exact tie between two codes rounds to the even code."},
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
-    {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES, cmd_export_model,
+    {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_LM,
+     cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales", NULL},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
     {"quit", "", 0, cmd_quit, "leave qscope", NULL},

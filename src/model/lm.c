@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "qscope/safetensors.h"
 
@@ -23,6 +24,7 @@ struct qs_lm_priv {
     struct lm_layer *layer;
     int nmeta;
     char **meta_key, **meta_val;
+    char *config; /* the config.json text the model was loaded from (qs_lm_save edits a copy) */
 };
 
 void qs_lm_free(struct qs_lm *m)
@@ -54,6 +56,7 @@ void qs_lm_free(struct qs_lm *m)
         }
         free(p->meta_key);
         free(p->meta_val);
+        free(p->config);
         free(p);
     }
     free(m->path);
@@ -326,13 +329,17 @@ int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes)
     return 0;
 }
 
-static int parse_config(struct qs_lm *m, const char *file, qs_err *e)
+/* *text: the file's text on success (the caller frees it). */
+static int parse_config(struct qs_lm *m, const char *file, char **text, qs_err *e)
 {
-    char *text = read_text(file, e);
-    if (!text)
+    *text = read_text(file, e);
+    if (!*text)
         return -1;
-    int rc = qs_lm_parse_config(text, strlen(text), file, m, e);
-    free(text);
+    int rc = qs_lm_parse_config(*text, strlen(*text), file, m, e);
+    if (rc < 0) {
+        free(*text);
+        *text = NULL;
+    }
     return rc;
 }
 
@@ -609,7 +616,8 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     snprintf(cfg, dl + 32, "%.*s/config.json", (int)dl, dir);
     snprintf(stp, dl + 32, "%.*s/model.safetensors", (int)dl, dir);
     struct qs_st_file *f = NULL;
-    int rc = parse_config(m, cfg, e);
+    char *cfg_text = NULL;
+    int rc = parse_config(m, cfg, &cfg_text, e);
     if (rc == 0)
         rc = qs_st_open(stp, &f, e);
     if (rc == 0)
@@ -634,6 +642,10 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
         if (!m->path || !m->priv || !m->sites || !m->priv->layer || !used ||
             copy_meta(m->priv, f) < 0)
             rc = qs_errf(e, "%s: out of memory", dir);
+        if (m->priv) {
+            m->priv->config = cfg_text;
+            cfg_text = NULL;
+        }
     }
     if (rc == 0) {
         struct st_ctx c = {f, stp, "", e, used};
@@ -645,6 +657,7 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     if (rc == 0)
         rc = check_unused(m, f, stp, used, e);
     free(used);
+    free(cfg_text);
     qs_st_close(f);
     free(cfg);
     free(stp);
@@ -654,6 +667,171 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     }
     *out = m;
     return 0;
+}
+
+/* ---- saving ------------------------------------------------------------------------------ */
+
+struct save_list {
+    struct qs_st_out *t;
+    char (*names)[128];
+    float **own; /* transposed copies, freed after the write */
+    int n, nown;
+};
+
+static void save_put(struct save_list *x, const char *name, int64_t d0, int64_t d1,
+                     const float *data)
+{
+    snprintf(x->names[x->n], sizeof x->names[x->n], "%s", name);
+    x->t[x->n] = (struct qs_st_out){.name = x->names[x->n], .dtype = QS_DT_F32,
+                                    .ndim = d1 ? 2 : 1, .shape = {d0, d1}, .data = data};
+    x->n++;
+}
+
+/* A GPT-2 Conv1D weight: (out, in) back to the file's (in, out). */
+static int save_conv1d(struct save_list *x, const char *name, const float *w, int in, int out,
+                       qs_err *e)
+{
+    float *t = qs_alloc((size_t)in * out, sizeof(float), "a transposed weight", e);
+    if (!t)
+        return -1;
+    for (int i = 0; i < out; i++)
+        for (int j = 0; j < in; j++)
+            t[(size_t)j * out + i] = w[(size_t)i * in + j];
+    x->own[x->nown++] = t;
+    save_put(x, name, in, out, t);
+    return 0;
+}
+
+/* config.json: the loaded text with tie_word_embeddings and torch_dtype set to what is written. */
+static int save_config(const struct qs_lm *m, const char *path, int tied, qs_err *e)
+{
+    const char *text = m->priv ? m->priv->config : NULL;
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return qs_errf(e, "%s: the model's config.json text is not available", path);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "tie_word_embeddings");
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", tied);
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    char *out = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!out)
+        return qs_errf(e, "%s: out of memory", path);
+    qs_outfile o;
+    int rc = qs_out_open(&o, path, e);
+    if (rc == 0) {
+        fputs(out, o.f);
+        fputc('\n', o.f);
+        rc = qs_out_commit(&o, e);
+    }
+    free(out);
+    return rc;
+}
+
+int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
+               const float *const *b, const char *const *meta_keys,
+               const char *const *meta_vals, int nmeta, qs_err *e)
+{
+    struct stat st;
+    if (mkdir(dir, 0777) < 0 && errno != EEXIST)
+        return qs_errf(e, "%s: cannot create the folder: %s", dir, strerror(errno));
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+        return qs_errf(e, "%s: exists and is not a folder", dir);
+    const struct qs_lm_priv *p = m->priv;
+    const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
+    const float *head = w && w[H] ? w[H] : m->sites[H].w;
+    /* a tied head stays tied only while it is the embedding itself */
+    const int tied = m->tied && head == p->wte;
+    int cap = 5 + 16 * m->n_layer, nk = 0; /* at most: embeddings, norms, head, 8 per layer */
+    struct save_list x = {0};
+    x.t = qs_calloc((size_t)cap, sizeof *x.t);
+    x.names = qs_calloc((size_t)cap, sizeof *x.names);
+    x.own = qs_calloc((size_t)m->nsites, sizeof *x.own);
+    size_t dl = strlen(dir) + 32;
+    char *path = malloc(dl);
+    const char **keys = malloc(((size_t)nmeta + 1 + p->nmeta) * sizeof *keys);
+    const char **vals = malloc(((size_t)nmeta + 1 + p->nmeta) * sizeof *vals);
+    int rc = x.t && x.names && x.own && path && keys && vals ? 0 : qs_errf(e, "out of memory");
+    char k[128];
+    const char *pre = gpt2 ? "transformer." : "model.";
+    for (int s = 0; rc == 0 && s < H; s++) {
+        const struct qs_lm_site *si = &m->sites[s];
+        int l = s / (gpt2 ? 4 : 7), first = s % (gpt2 ? 4 : 7) == 0;
+        const struct lm_layer *L = &p->layer[l];
+        const float *ws = w && w[s] ? w[s] : si->w;
+        const float *bs = si->b && b && b[s] ? b[s] : si->b; /* no bias to replace: none */
+        if (gpt2 && first) {
+            if (s == 0) {
+                save_put(&x, "transformer.wte.weight", m->vocab, m->d_model, p->wte);
+                save_put(&x, "transformer.wpe.weight", m->ctx, m->d_model, p->wpe);
+            }
+            snprintf(k, sizeof k, "transformer.h.%d.ln_1.weight", l);
+            save_put(&x, k, m->d_model, 0, L->n1w);
+            snprintf(k, sizeof k, "transformer.h.%d.ln_1.bias", l);
+            save_put(&x, k, m->d_model, 0, L->n1b);
+            snprintf(k, sizeof k, "transformer.h.%d.ln_2.weight", l);
+            save_put(&x, k, m->d_model, 0, L->n2w);
+            snprintf(k, sizeof k, "transformer.h.%d.ln_2.bias", l);
+            save_put(&x, k, m->d_model, 0, L->n2b);
+        } else if (first) {
+            if (s == 0)
+                save_put(&x, "model.embed_tokens.weight", m->vocab, m->d_model, p->wte);
+            snprintf(k, sizeof k, "model.layers.%d.input_layernorm.weight", l);
+            save_put(&x, k, m->d_model, 0, L->n1w);
+            snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
+            save_put(&x, k, m->d_model, 0, L->n2w);
+        }
+        snprintf(k, sizeof k, "%s%s.weight", gpt2 ? pre : "", si->name);
+        if (gpt2)
+            rc = save_conv1d(&x, k, ws, si->in, si->out, e);
+        else
+            save_put(&x, k, si->out, si->in, ws);
+        if (rc == 0 && bs) {
+            snprintf(k, sizeof k, "%s%s.bias", gpt2 ? pre : "", si->name);
+            save_put(&x, k, si->out, 0, bs);
+        }
+    }
+    if (rc == 0) {
+        save_put(&x, gpt2 ? "transformer.ln_f.weight" : "model.norm.weight", m->d_model, 0,
+                 p->nfw);
+        if (gpt2)
+            save_put(&x, "transformer.ln_f.bias", m->d_model, 0, p->nfb);
+        if (!tied)
+            save_put(&x, "lm_head.weight", m->vocab, m->d_model, head);
+        /* the caller's keys, "format": "pt" (as Hugging Face writes), then the source's own */
+        for (int i = 0; i < nmeta; i++, nk++) {
+            keys[nk] = meta_keys[i];
+            vals[nk] = meta_vals[i];
+        }
+        keys[nk] = "format";
+        vals[nk++] = "pt";
+        for (int i = 0; i < p->nmeta; i++) {
+            int dup = 0;
+            for (int j = 0; j < nk; j++)
+                dup |= !strcmp(keys[j], p->meta_key[i]);
+            if (!dup) {
+                keys[nk] = p->meta_key[i];
+                vals[nk++] = p->meta_val[i];
+            }
+        }
+        snprintf(path, dl, "%s/model.safetensors", dir);
+        rc = qs_st_write(path, x.t, x.n, keys, vals, nk, e);
+    }
+    if (rc == 0) {
+        snprintf(path, dl, "%s/config.json", dir);
+        rc = save_config(m, path, tied, e);
+    }
+    for (int i = 0; i < x.nown; i++)
+        free(x.own[i]);
+    free(x.own);
+    free(x.t);
+    free(x.names);
+    free(path);
+    free(keys);
+    free(vals);
+    return rc;
 }
 
 /* ---- forward ----------------------------------------------------------------------------- */
