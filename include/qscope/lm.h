@@ -118,4 +118,11 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
                    const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e);
 
+/* Per-position next-token losses over the windows qs_lm_evaluate uses, with hooks h (may be
+ * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok
+ * they give qs_lm_evaluate's loss bit for bit (the same log-softmax, the same order), so a
+ * per-token statistic agrees with `eval`. loss NULL: only *ntok. */
+int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+                       const struct qs_lm_hooks *h, double *loss, long *ntok, qs_err *e);
+
 #endif

@@ -23,6 +23,10 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
  * every other site float; site = -1: the float model. ntok: the predicted positions. The
  * transformer's qs_unit_loss_fn for sensitivity's delta. */
 int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok, qs_err *e);
+/* Ablates site s's correction by the rule of qs_analysis_ablate (qs_ablate_runs), on all
+ * held-out windows as `eval` evaluates them; a sample is one predicted token, so the metrics'
+ * loss is eval's loss bit for bit (acc is NAN: report the perplexity exp(loss)). */
+int qs_bench_lm_ablate(struct qs_bench *b, int s, struct qs_ablation *ab, qs_err *e);
 /* Per-site error statistics on the calibration windows: w_rel_err, local and propagated
  * pre-activation relative MSE and SNR, cosine (kl fields unset). err: nsites entries. */
 int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);

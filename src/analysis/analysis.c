@@ -748,8 +748,8 @@ static struct qs_interval bootstrap(const double *d, int n, uint64_t seed)
     return iv;
 }
 
-/* Replaces layer i's correction by a random one of equal rank and Frobenius norm. */
-static int random_like(const struct qs_corr *c, int out, int in, uint64_t seed, struct qs_corr *r)
+int qs_corr_random_like(const struct qs_corr *c, int out, int in, uint64_t seed,
+                        struct qs_corr *r)
 {
     qs_rng rng;
     qs_rng_seed(&rng, seed ^ 0x7a11dULL);
@@ -839,15 +839,22 @@ static int deployable(const struct qs_corr *c)
     return c->method != QS_CORR_NONE && c->method != QS_CORR_CLOCAL;
 }
 
-/* Runs one configuration on the test split into m and its per-sample losses into loss. */
-static int ablate_run(struct qs_bench *b, uint64_t qmask, uint64_t cmask, struct qs_metric *m,
-                      float *lg, double *loss, qs_err *e)
+/* The MLP's runs: the test split through qs_bench_run, one sample a row. */
+struct mlp_runs {
+    struct qs_bench *b;
+    float *lg; /* (n, classes) logits scratch */
+};
+
+static int mlp_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *loss,
+                   qs_err *e)
 {
-    if (qs_bench_run(b, QS_TEST, qmask, cmask, m, lg, e) < 0)
+    struct mlp_runs *r = u;
+    struct qs_bench *b = r->b;
+    if (qs_bench_run(b, QS_TEST, quant ? ~0ULL : 0, cmask, m, r->lg, e) < 0)
         return -1;
     int L = b->model->nlayers;
-    per_sample_loss(lg, b->f_acts[QS_TEST].y, b->f_acts[QS_TEST].n, b->model->layers[L - 1].out,
-                    loss);
+    per_sample_loss(r->lg, b->f_acts[QS_TEST].y, b->f_acts[QS_TEST].n,
+                    b->model->layers[L - 1].out, loss);
     return 0;
 }
 
@@ -860,109 +867,120 @@ static struct qs_interval gain(const double *without, const double *with, double
     return bootstrap(d, n, seed);
 }
 
-int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
+int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
+                   struct qs_ablation *ab, qs_err *e)
 {
     memset(ab, 0, sizeof *ab);
     ab->other_layer = -1;
-    if (qs_bench_update(b, e) < 0)
-        return -1;
     struct qs_layer_state *s = &b->ls[i];
-    const struct qs_layer *l = &b->model->layers[i];
+    struct qs_unit l;
+    qs_bench_unit(b, i, &l);
     if (s->corr.method == QS_CORR_NONE)
-        return qs_errf(e, "%s has no correction to ablate (correct %s METHOD first)", l->name,
-                       l->name);
+        return qs_errf(e, "%s has no correction to ablate (correct %s METHOD first)", l.name,
+                       l.name);
     if (s->corr.method == QS_CORR_CLOCAL)
         return qs_errf(e, "%s: clocal is an analysis upper baseline that is never applied, so "
-                          "there is nothing to ablate", l->name);
+                          "there is nothing to ablate", l.name);
     if (i >= 63) /* the run masks give one bit to each of the first 63 layers only */
         return qs_errf(e, "%s: ablate separates the corrections of the first 63 layers only",
-                       l->name);
+                       l.name);
     if (s->corr.stale)
         return qs_errf(e, "%s: its %s correction was fitted on quantized inputs that have changed "
                           "since (an earlier layer's format or correction), so the state it was "
-                          "fitted in is gone; refit it (correct %s %s) to ablate it", l->name,
-                       qs_corr_name(s->corr.method), l->name, qs_corr_name(s->corr.method));
-    int L = b->model->nlayers, C = b->model->layers[L - 1].out, n = b->f_acts[QS_TEST].n;
-    uint64_t all = ~0ULL, bit = 1ULL << i, cur = 0;
+                          "fitted in is gone; refit it (correct %s %s) to ablate it", l.name,
+                       qs_corr_name(s->corr.method), l.name, qs_corr_name(s->corr.method));
+    int L = qs_bench_nunits(b), n = rn->nsamples;
+    uint64_t bit = 1ULL << i, cur = 0;
     for (int j = 0; j < i; j++)
         if (deployable(&b->ls[j].corr))
             cur |= 1ULL << j;
     uint64_t up = s->corr.fit_upstream & cur;
     ab->upstream = up;
     ab->upstream_gone = s->corr.fit_upstream & ~cur;
-    float *lg = NULL;
-    double *lf = NULL, *lq = NULL, *lqc = NULL, *lfc = NULL, *lx = NULL, *d = NULL;
-    size_t nlg, nd, tot;
+    double *buf = NULL;
+    size_t nd;
     int rc = -1;
-    if (qs_size_mul((size_t)n, (size_t)C * sizeof(float), &nlg) < 0 ||
-        qs_size_mul((size_t)n, 6 * sizeof(double), &nd) < 0 || qs_size_add(nlg, nd, &tot) < 0) {
+    if (qs_size_mul((size_t)n, 7 * sizeof(double), &nd) < 0) {
         qs_errf(e, "the ablation's buffers: size overflows");
         goto out;
     }
-    if (qs_mem_check(tot, "the ablation's buffers", e) < 0)
+    if (qs_mem_check(nd, "the ablation's buffers", e) < 0)
         goto out;
-    lg = malloc(nlg);
-    lf = malloc((size_t)n * sizeof(double));
-    lq = malloc((size_t)n * sizeof(double));
-    lqc = malloc((size_t)n * sizeof(double));
-    lfc = malloc((size_t)n * sizeof(double));
-    lx = malloc((size_t)n * sizeof(double));
-    d = qs_calloc((size_t)n, sizeof(double));
-    if (!lg || !lf || !lq || !lqc || !lfc || !lx || !d) {
+    buf = qs_calloc((size_t)n * 7 + 1, sizeof(double));
+    if (!buf) {
         qs_errf(e, "out of memory");
         goto out;
     }
+    double *lf = buf, *lq = lf + n, *lqc = lq + n, *lfc = lqc + n, *lr = lfc + n, *lo = lr + n;
+    double *d = lo + n;
     ab->layer = i;
     /* float runs: the float model alone and with this correction; quantized runs: every layer
      * quantized, the upstream corrections of the fit active, with and without this one */
-    if (ablate_run(b, 0, 0, &ab->f, lg, lf, e) < 0 ||
-        ablate_run(b, all, up, &ab->q, lg, lq, e) < 0 ||
-        ablate_run(b, all, up | bit, &ab->qc, lg, lqc, e) < 0 ||
-        ablate_run(b, 0, bit, &ab->fc, lg, lfc, e) < 0)
+    if (rn->run(rn->u, 0, 0, &ab->f, lf, e) < 0 || rn->run(rn->u, 1, up, &ab->q, lq, e) < 0 ||
+        rn->run(rn->u, 1, up | bit, &ab->qc, lqc, e) < 0 ||
+        rn->run(rn->u, 0, bit, &ab->fc, lfc, e) < 0)
         goto out;
-    ab->g_q = gain(lq, lqc, d, n, b->seed);
-    ab->g_f = gain(lf, lfc, d, n, b->seed + 1);
     /* controls: a random correction of equal rank and norm at this site */
     struct qs_corr saved = s->corr, rnd;
-    if (random_like(&saved, l->out, l->in, b->seed, &rnd) < 0) {
+    if (qs_corr_random_like(&saved, l.out, l.in, b->seed, &rnd) < 0) {
         qs_corr_clear(&rnd);
         qs_errf(e, "out of memory");
         goto out;
     }
     s->corr = rnd;
-    int r1 = ablate_run(b, all, up | bit, &ab->rand_ctrl, lg, lx, e);
+    int r1 = rn->run(rn->u, 1, up | bit, &ab->rand_ctrl, lr, e);
     s->corr = saved;
     qs_corr_clear(&rnd);
     if (r1 < 0)
         goto out;
-    ab->g_r = gain(lq, lx, d, n, b->seed + 2);
     /* and this very correction at another site of the same shape, in place of that site's own
      * (which is off there: the site is not part of the upstream state) */
     for (int j = 0; j < L && j < 63; j++) {
-        const struct qs_layer *o = &b->model->layers[j];
-        if (j == i || o->out != l->out || o->in != l->in || (up >> j & 1))
+        struct qs_unit o;
+        qs_bench_unit(b, j, &o);
+        if (j == i || o.out != l.out || o.in != l.in || (up >> j & 1))
             continue;
         struct qs_corr own = b->ls[j].corr;
         b->ls[j].corr = saved; /* borrowed: freed by neither */
-        int r2 = ablate_run(b, all, up | 1ULL << j, &ab->other_ctrl, lg, lx, e);
+        int r2 = rn->run(rn->u, 1, up | 1ULL << j, &ab->other_ctrl, lo, e);
         b->ls[j].corr = own;
         if (r2 < 0)
             goto out;
         ab->have_other = 1;
         ab->other_layer = j;
-        ab->g_o = gain(lq, lx, d, n, b->seed + 3);
-        ab->other_significant = ab->g_o.lo > 0;
         break;
+    }
+    ab->g_q = gain(lq, lqc, d, n, b->seed);
+    ab->g_f = gain(lf, lfc, d, n, b->seed + 1);
+    ab->g_r = gain(lq, lr, d, n, b->seed + 2);
+    if (ab->have_other) {
+        ab->g_o = gain(lq, lo, d, n, b->seed + 3);
+        ab->other_significant = ab->g_o.lo > 0;
     }
     ab->verdict = qs_ablation_verdict(&ab->g_q, &ab->g_f, &ab->g_r);
     rc = 0;
 out:
-    free(lg);
-    free(lf);
-    free(lq);
-    free(lqc);
-    free(lfc);
-    free(lx);
-    free(d);
+    free(buf);
+    return rc;
+}
+
+int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
+{
+    memset(ab, 0, sizeof *ab);
+    ab->other_layer = -1;
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers, C = b->model->layers[L - 1].out, n = b->f_acts[QS_TEST].n;
+    size_t nlg;
+    if (qs_size_mul((size_t)n, (size_t)C * sizeof(float), &nlg) < 0)
+        return qs_errf(e, "the ablation's buffers: size overflows");
+    if (qs_mem_check(nlg, "the ablation's buffers", e) < 0)
+        return -1;
+    struct mlp_runs r = {b, malloc(nlg ? nlg : 1)};
+    if (!r.lg)
+        return qs_errf(e, "out of memory");
+    struct qs_ablation_runs rn = {n, mlp_run, &r};
+    int rc = qs_ablate_runs(b, i, &rn, ab, e);
+    free(r.lg);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* lmbench.c - transformers on the bench: token splits, calibration activations of every linear
  * site (captured through the forward pass's input hook), evaluation (perplexity, KL, top-1
  * agreement) and per-site error statistics, with the quantized weights the rules resolved. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -405,6 +406,102 @@ int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok
     return 0;
 }
 
+/* ---- ablation ------------------------------------------------------------------------ */
+
+/* One ablation run's hooks: every site quantized (quant) or float, and the corrections of the
+ * sites in the mask applied to whichever weight the site has: Q(W) + C or W + C. A correction
+ * kind that acts on a site's output (bias, linear map) applies here too, gated by the same
+ * mask, so qs_ablate_runs judges it unchanged. */
+struct abl_ctx {
+    struct hook_ctx hc; /* act_quant's context */
+    int quant;
+    float **w; /* per site: the weight supplied, NULL: the float one (owned when corrected) */
+};
+
+static const float *weight_abl(void *u, int s)
+{
+    struct abl_ctx *a = u;
+    return a->w[s];
+}
+
+static void act_abl(void *u, int s, float *x, int n, int in)
+{
+    struct abl_ctx *a = u;
+    if (a->quant)
+        act_quant(&a->hc, s, x, n, in);
+}
+
+static int lm_abl_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *loss,
+                      qs_err *e)
+{
+    struct qs_bench *b = u;
+    struct qs_lm *lm = b->lm;
+    size_t off;
+    int cw, rc = -1;
+    qs_bench_lm_split(b, &off, &cw);
+    float **w = qs_calloc((size_t)lm->nsites, sizeof *w);
+    uint64_t owned = 0;
+    if (!w)
+        return qs_errf(e, "out of memory");
+    for (int s = 0; s < lm->nsites; s++) {
+        const struct qs_layer_state *ls = &b->ls[s];
+        const float *base = quant && ls->wq ? ls->wq : NULL;
+        w[s] = (float *)base; /* borrowed unless owned has its bit */
+        if (s >= 63 || !(cmask >> s & 1) || !ls->corr.c)
+            continue;
+        size_t nw = (size_t)lm->sites[s].in * lm->sites[s].out;
+        if (!base)
+            base = lm->sites[s].w;
+        if (!(w[s] = malloc(nw * sizeof(float)))) {
+            qs_errf(e, "out of memory");
+            goto out;
+        }
+        owned |= 1ULL << s;
+        for (size_t j = 0; j < nw; j++) /* as update_weff: the same sum as `eval` */
+            w[s][j] = base[j] + ls->corr.c[j];
+    }
+    struct abl_ctx a = {.hc = {.b = b}, .quant = quant, .w = w};
+    struct qs_lm_hooks h = {weight_abl, NULL, act_abl, &a};
+    long ntok = 0;
+    rc = qs_lm_token_losses(lm, b->tokens->ids + off, b->tokens->n - off, 0, &h, loss, &ntok, e);
+    rc = hook_result(&a.hc, rc, e);
+    if (rc == 0) {
+        double sum = 0.0; /* in order, as qs_lm_evaluate sums: eval's loss bit for bit */
+        for (long k = 0; k < ntok; k++)
+            sum += loss[k];
+        m->loss = sum / ntok;
+        m->acc = NAN; /* a language model's metric is the perplexity, exp(loss) */
+        m->n = (int)ntok;
+    }
+out:
+    for (int s = 0; s < lm->nsites && s < 63; s++)
+        if (owned >> s & 1)
+            free(w[s]);
+    free(w);
+    return rc;
+}
+
+int qs_bench_lm_ablate(struct qs_bench *b, int s, struct qs_ablation *ab, qs_err *e)
+{
+    memset(ab, 0, sizeof *ab);
+    ab->other_layer = -1;
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    if (needs_static_amax(b) && ensure_cache(b, e) < 0) /* calibrates the static scales */
+        return -1;
+    size_t off;
+    int cw;
+    long ntok;
+    qs_bench_lm_split(b, &off, &cw);
+    if (qs_lm_token_losses(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL, &ntok,
+                           e) < 0)
+        return -1;
+    if (ntok > INT_MAX)
+        return qs_errf(e, "ablate: %ld held-out tokens are too many", ntok);
+    struct qs_ablation_runs rn = {(int)ntok, lm_abl_run, b};
+    return qs_ablate_runs(b, s, &rn, ab, e);
+}
+
 static void site_pre(const float *x, int n, const struct qs_lm_site *st, const float *w, float *y)
 {
     qs_linear(x, n, st->in, w, st->b, st->out, y);
@@ -626,6 +723,9 @@ int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int ra
     ls->corr.bits = 32.0 * ls->corr.params;
     ls->corr.recovery = r_test;
     ls->corr.recovery_calib = r_cal;
+    for (int j = 0; j < s && j < 63; j++) /* the upstream state it is fitted in, as for MLPs */
+        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
+            ls->corr.fit_upstream |= 1ULL << j;
     qs_bench_invalidate(b, s);
     rc = 0;
 out:

@@ -10,6 +10,7 @@
 #include "cmd_lm.h"
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/lmbench.h"
 
 /* Resolves a layer name or reports close matches. */
 static int layer_arg(struct qs_ctx *c, const char *name, qs_err *e)
@@ -624,10 +625,14 @@ static int cmd_uncorrect(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- ablate -------------------------------------------------------------------------- */
 
-static void metric_json(cJSON *o, const char *k, const struct qs_metric *m)
+/* {acc, loss}; for a language model {ppl, loss} (the ablation leaves acc unset there). */
+static void metric_json(cJSON *o, const char *k, const struct qs_metric *m, int lm)
 {
     cJSON *j = cJSON_CreateObject();
-    qs_json_num(j, "acc", m->acc);
+    if (lm)
+        qs_json_num(j, "ppl", exp(m->loss));
+    else
+        qs_json_num(j, "acc", m->acc);
     qs_json_num(j, "loss", m->loss);
     cJSON_AddItemToObject(o, k, j);
 }
@@ -655,16 +660,19 @@ static void interval_json(cJSON *o, const char *k, const struct qs_interval *iv)
     "earlier layers' corrections that were in place when this one was fitted (the state it "       \
     "was fitted in, printed as 'upstream'); later layers' corrections are off; the float runs "    \
     "have no other correction. A stale bias/linear correction (an earlier layer changed since "    \
-    "its fit) is refused: refit it."
+    "its fit) is refused: refit it. On a transformer the test split is the held-out windows "     \
+    "eval evaluates, a sample is one predicted token, and the metrics are ppl/loss."
 
 /* "fc0, fc1" for the layers of a correction mask; "none" when empty. */
 static void mask_names(const struct qs_bench *b, uint64_t m, char *buf, size_t n)
 {
     size_t len = 0;
     buf[0] = 0;
-    for (int j = 0; j < b->model->nlayers && j < 63 && len < n; j++)
+    for (int j = 0; j < qs_bench_nunits(b) && j < 63 && len < n; j++)
         if (m >> j & 1) {
-            int w = snprintf(buf + len, n - len, "%s%s", len ? ", " : "", b->model->layers[j].name);
+            struct qs_unit u;
+            qs_bench_unit(b, j, &u);
+            int w = snprintf(buf + len, n - len, "%s%s", len ? ", " : "", u.name);
             if (w < 0)
                 break;
             len += (size_t)w;
@@ -676,9 +684,12 @@ static void mask_names(const struct qs_bench *b, uint64_t m, char *buf, size_t n
 static cJSON *mask_json(const struct qs_bench *b, uint64_t m)
 {
     cJSON *a = cJSON_CreateArray();
-    for (int j = 0; j < b->model->nlayers && j < 63; j++)
-        if (m >> j & 1)
-            cJSON_AddItemToArray(a, cJSON_CreateString(b->model->layers[j].name));
+    for (int j = 0; j < qs_bench_nunits(b) && j < 63; j++)
+        if (m >> j & 1) {
+            struct qs_unit u;
+            qs_bench_unit(b, j, &u);
+            cJSON_AddItemToArray(a, cJSON_CreateString(u.name));
+        }
     return a;
 }
 
@@ -698,7 +709,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         idx[n++] = i;
     } else {
-        for (int i = 0; i < b->model->nlayers; i++)
+        for (int i = 0; i < qs_bench_nunits(b); i++)
             if (b->ls[i].corr.method != QS_CORR_NONE && b->ls[i].corr.method != QS_CORR_CLOCAL)
                 idx[n++] = i;
         if (n == 0) {
@@ -706,19 +717,36 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             return qs_errf(e, "ablate: no deployable correction in place (correct LAYER METHOD)");
         }
     }
+    /* transformers: a sample is a predicted held-out token and the metric ppl/loss */
+    int lm = b->lm != NULL, W = 8;
+    for (int k = 0; k < n; k++) {
+        struct qs_unit u;
+        qs_bench_unit(b, idx[k], &u);
+        W = (int)strlen(u.name) > W ? (int)strlen(u.name) : W;
+    }
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "%-8s %-9s %15s %15s %15s %15s %15s %15s  %s\n", "layer", "method",
+    qs_sb_printf(&t, "%-*s %-9s %15s %15s %15s %15s %15s %15s  %s\n", W, "layer", "method",
                  "float", "quant", "quant+corr", "float+corr", "random ctrl", "other-layer",
                  "verdict");
     cJSON *table = cJSON_CreateArray();
     int rc = 0;
     for (int k = 0; k < n; k++) {
         struct qs_ablation ab;
-        if ((rc = qs_analysis_ablate(b, idx[k], &ab, e)) < 0)
+        rc = lm ? qs_bench_lm_ablate(b, idx[k], &ab, e) : qs_analysis_ablate(b, idx[k], &ab, e);
+        if (rc < 0)
             break;
         const struct qs_corr *cr = &b->ls[idx[k]].corr;
-        const char *name = b->model->layers[idx[k]].name;
-        const char *oname = ab.have_other ? b->model->layers[ab.other_layer].name : "";
+        struct qs_unit un, uo = {0};
+        qs_bench_unit(b, idx[k], &un);
+        if (ab.have_other)
+            qs_bench_unit(b, ab.other_layer, &uo);
+        const char *name = un.name, *oname = ab.have_other ? uo.name : "";
+        /* the first figure of each pair: acc, or a language model's perplexity */
+        double f1[5] = {ab.f.acc, ab.q.acc, ab.qc.acc, ab.fc.acc, ab.rand_ctrl.acc}, o1;
+        const struct qs_metric *ms[] = {&ab.f, &ab.q, &ab.qc, &ab.fc, &ab.rand_ctrl};
+        for (int q = 0; lm && q < 5; q++)
+            f1[q] = exp(ms[q]->loss);
+        o1 = lm ? exp(ab.other_ctrl.loss) : ab.other_ctrl.acc;
         char up[512], gone[512];
         mask_names(b, ab.upstream, up, sizeof up);
         mask_names(b, ab.upstream_gone, gone, sizeof gone);
@@ -726,13 +754,13 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(o, "cmd", "ablate");
         cJSON_AddStringToObject(o, "layer", name);
         cJSON_AddStringToObject(o, "method", qs_corr_name(cr->method));
-        metric_json(o, "float", &ab.f);
-        metric_json(o, "quant", &ab.q);
-        metric_json(o, "quant_corrected", &ab.qc);
-        metric_json(o, "float_corrected", &ab.fc);
-        metric_json(o, "random_control", &ab.rand_ctrl);
+        metric_json(o, "float", &ab.f, lm);
+        metric_json(o, "quant", &ab.q, lm);
+        metric_json(o, "quant_corrected", &ab.qc, lm);
+        metric_json(o, "float_corrected", &ab.fc, lm);
+        metric_json(o, "random_control", &ab.rand_ctrl, lm);
         if (ab.have_other) {
-            metric_json(o, "other_layer_control", &ab.other_ctrl);
+            metric_json(o, "other_layer_control", &ab.other_ctrl, lm);
             cJSON_AddStringToObject(o, "other_layer", oname);
         }
         interval_json(o, "gain_quant", &ab.g_q);
@@ -747,15 +775,14 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(o, "verdict", ab.verdict);
         char other[24] = "n/a";
         if (ab.have_other)
-            snprintf(other, sizeof other, "%.4f/%.4f", ab.other_ctrl.acc, ab.other_ctrl.loss);
-        qs_sb_printf(&t, "%-8s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
+            snprintf(other, sizeof other, "%.4f/%.4f", o1, ab.other_ctrl.loss);
+        qs_sb_printf(&t, "%-*s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
                          "%7.4f/%-7.4f %15s  %s\n",
-                     name, qs_corr_name(cr->method), ab.f.acc, ab.f.loss, ab.q.acc, ab.q.loss,
-                     ab.qc.acc, ab.qc.loss, ab.fc.acc, ab.fc.loss, ab.rand_ctrl.acc,
-                     ab.rand_ctrl.loss, other, ab.verdict);
-        qs_sb_printf(&t, "%-8s gain g_q %+.5f [%+.5f, %+.5f]  g_f %+.5f [%+.5f, %+.5f]\n", "",
+                     W, name, qs_corr_name(cr->method), f1[0], ab.f.loss, f1[1], ab.q.loss, f1[2],
+                     ab.qc.loss, f1[3], ab.fc.loss, f1[4], ab.rand_ctrl.loss, other, ab.verdict);
+        qs_sb_printf(&t, "%-*s gain g_q %+.5f [%+.5f, %+.5f]  g_f %+.5f [%+.5f, %+.5f]\n", W, "",
                      ab.g_q.mean, ab.g_q.lo, ab.g_q.hi, ab.g_f.mean, ab.g_f.lo, ab.g_f.hi);
-        qs_sb_printf(&t, "%-8s gain g_r %+.5f [%+.5f, %+.5f]  ", "", ab.g_r.mean, ab.g_r.lo,
+        qs_sb_printf(&t, "%-*s gain g_r %+.5f [%+.5f, %+.5f]  ", W, "", ab.g_r.mean, ab.g_r.lo,
                      ab.g_r.hi);
         if (ab.have_other)
             qs_sb_printf(&t, "g_o %+.5f [%+.5f, %+.5f] at %s%s\n", ab.g_o.mean, ab.g_o.lo,
@@ -763,7 +790,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                          ab.other_significant ? ": other-layer significant" : "");
         else
             qs_sb_printf(&t, "g_o n/a (no other layer of this shape)\n");
-        qs_sb_printf(&t, "%-8s upstream: %s%s", "", ab.upstream ? "corrections on " : "", up);
+        qs_sb_printf(&t, "%-*s upstream: %s%s", W, "", ab.upstream ? "corrections on " : "", up);
         if (ab.upstream_gone)
             qs_sb_printf(&t, " (also in place at the fit, removed since: %s; a low-rank fit does "
                              "not depend on them)", gone);
@@ -771,12 +798,11 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON *row = cJSON_CreateObject();
         cJSON_AddStringToObject(row, "layer", name);
         cJSON_AddStringToObject(row, "method", qs_corr_name(cr->method));
-        const struct qs_metric *ms[] = {&ab.f, &ab.q, &ab.qc, &ab.fc, &ab.rand_ctrl};
         const char *mn[] = {"float", "quant", "quant_corrected", "float_corrected", "random_control"};
         for (int q = 0; q < 5; q++) {
             char key[48];
-            snprintf(key, sizeof key, "%s_acc", mn[q]);
-            qs_json_num(row, key, ms[q]->acc);
+            snprintf(key, sizeof key, "%s_%s", mn[q], lm ? "ppl" : "acc");
+            qs_json_num(row, key, f1[q]);
             snprintf(key, sizeof key, "%s_loss", mn[q]);
             qs_json_num(row, key, ms[q]->loss);
         }
@@ -805,11 +831,13 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_set_last_table(c, "ablate", table, NULL);
     cJSON_Delete(table);
     if (rc == 0) {
-        qs_sb_printf(&t, "(acc/loss on the test split; gain = loss without - with, mean "
+        qs_sb_printf(&t, "(%s; gain = loss without - with, mean "
                          "[paired-bootstrap 95%% interval]. Verdict, first match: harmful if g_q's "
                          "hi < 0; no-gain if g_q's lo <= 0 or g_q <= g_r's hi; capacity if g_f's "
                          "lo > 0 and g_f >= g_q/2 (means); else recovery. Quantized runs keep the "
-                         "upstream corrections of the fit; help ablate has the whole rule)\n");
+                         "upstream corrections of the fit; help ablate has the whole rule)\n",
+                     lm ? "ppl/loss on the held-out windows, a sample a predicted token"
+                        : "acc/loss on the test split");
         cJSON *g = cJSON_CreateObject();
         qs_add_gate(c, g, &t);
         cJSON_Delete(g);
@@ -956,7 +984,7 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "and scales."},
     {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
      "remove corrections", NULL},
-    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
+    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_ablate,
      "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
      ABLATE_RULE},
     {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,

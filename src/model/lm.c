@@ -1134,3 +1134,37 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
     }
     return 0;
 }
+
+int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+                       const struct qs_lm_hooks *h, double *loss, long *ntok, qs_err *e)
+{
+    int ctx = m->ctx, V = m->vocab;
+    if (n < (size_t)ctx + 1)
+        return qs_errf(e, "%s: %zu tokens are too few for one window of %d (need %d)", m->path, n,
+                       ctx, ctx + 1);
+    size_t nw = (n - 1) / (size_t)ctx;
+    if (max_windows > 0 && (size_t)max_windows < nw)
+        nw = (size_t)max_windows;
+    *ntok = (long)nw * ctx;
+    if (!loss)
+        return 0;
+    for (size_t i = 0; i < nw * ctx + 1; i++)
+        if (tok[i] >= V)
+            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
+                           tok[i], i, V);
+    float *lg = malloc((size_t)ctx * V * sizeof(float));
+    double *lp = malloc((size_t)V * sizeof(double));
+    int rc = (lg && lp) ? 0 : qs_errf(e, "%s: out of memory", m->path);
+    for (size_t w = 0; w < nw && rc == 0; w++) {
+        const uint16_t *x = tok + w * ctx;
+        if ((rc = qs_lm_forward(m, x, ctx, h, lg, e)) < 0)
+            break;
+        for (int t = 0; t < ctx; t++) {
+            log_softmax(lg + (size_t)t * V, V, lp);
+            loss[w * ctx + t] = -lp[x[t + 1]];
+        }
+    }
+    free(lg);
+    free(lp);
+    return rc;
+}
