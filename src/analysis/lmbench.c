@@ -431,10 +431,23 @@ static void act_abl(void *u, int s, float *x, int n, int in)
         act_quant(&a->hc, s, x, n, in);
 }
 
-static int lm_abl_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *loss,
+/* The bootstrap's unit is a held-out window, not a token: tokens of one window share their
+ * context and are correlated, so resampling them one by one would make the intervals too
+ * narrow. A run computes per-token losses (eval's own, for the metric) into tok and hands the
+ * bootstrap each window's mean. */
+struct lm_abl {
+    struct qs_bench *b;
+    long ntok;
+    int ctx;
+    double *tok; /* (ntok) */
+};
+
+static int lm_abl_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *wloss,
                       qs_err *e)
 {
-    struct qs_bench *b = u;
+    struct lm_abl *la = u;
+    struct qs_bench *b = la->b;
+    double *loss = la->tok;
     struct qs_lm *lm = b->lm;
     size_t off;
     int cw, rc = -1;
@@ -472,6 +485,12 @@ static int lm_abl_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, d
         m->loss = sum / ntok;
         m->acc = NAN; /* a language model's metric is the perplexity, exp(loss) */
         m->n = (int)ntok;
+        for (long w = 0; w < ntok / la->ctx; w++) {
+            double ws = 0.0;
+            for (int t = 0; t < la->ctx; t++)
+                ws += loss[w * la->ctx + t];
+            wloss[w] = ws / la->ctx;
+        }
     }
 out:
     for (int s = 0; s < lm->nsites && s < 63; s++)
@@ -496,10 +515,20 @@ int qs_bench_lm_ablate(struct qs_bench *b, int s, struct qs_ablation *ab, qs_err
     if (qs_lm_token_losses(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL, &ntok,
                            e) < 0)
         return -1;
-    if (ntok > INT_MAX)
-        return qs_errf(e, "ablate: %ld held-out tokens are too many", ntok);
-    struct qs_ablation_runs rn = {(int)ntok, lm_abl_run, b};
-    return qs_ablate_runs(b, s, &rn, ab, e);
+    int ctx = b->lm->ctx;
+    if (ntok > INT_MAX || ctx <= 0 || ntok % ctx)
+        return qs_errf(e, "ablate: %ld held-out tokens do not make whole windows of %d", ntok,
+                       ctx);
+    if (ntok / ctx < 2)
+        return qs_errf(e, "ablate: the held-out split has %ld window(s); the bootstrap needs at "
+                          "least 2", ntok / ctx);
+    struct lm_abl la = {b, ntok, ctx, qs_alloc((size_t)ntok, sizeof(double), "ablate losses", e)};
+    if (!la.tok)
+        return -1;
+    struct qs_ablation_runs rn = {(int)(ntok / ctx), lm_abl_run, &la};
+    int rc = qs_ablate_runs(b, s, &rn, ab, e);
+    free(la.tok);
+    return rc;
 }
 
 static void site_pre(const float *x, int n, const struct qs_lm_site *st, const float *w, float *y)

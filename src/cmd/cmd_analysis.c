@@ -661,7 +661,7 @@ static void interval_json(cJSON *o, const char *k, const struct qs_interval *iv)
     "was fitted in, printed as 'upstream'); later layers' corrections are off; the float runs "    \
     "have no other correction. A stale bias/linear correction (an earlier layer changed since "    \
     "its fit) is refused: refit it. On a transformer the test split is the held-out windows "     \
-    "eval evaluates, a sample is one predicted token, and the metrics are ppl/loss."
+    "eval evaluates, a sample is one held-out window (its mean token loss: tokens of a window are correlated), and the metrics are ppl/loss."
 
 /* "fc0, fc1" for the layers of a correction mask; "none" when empty. */
 static void mask_names(const struct qs_bench *b, uint64_t m, char *buf, size_t n)
@@ -717,7 +717,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             return qs_errf(e, "ablate: no deployable correction in place (correct LAYER METHOD)");
         }
     }
-    /* transformers: a sample is a predicted held-out token and the metric ppl/loss */
+    /* transformers: a sample is a held-out window and the metric ppl/loss */
     int lm = b->lm != NULL, W = 8;
     for (int k = 0; k < n; k++) {
         struct qs_unit u;
@@ -836,7 +836,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                          "hi < 0; no-gain if g_q's lo <= 0 or g_q <= g_r's hi; capacity if g_f's "
                          "lo > 0 and g_f >= g_q/2 (means); else recovery. Quantized runs keep the "
                          "upstream corrections of the fit; help ablate has the whole rule)\n",
-                     lm ? "ppl/loss on the held-out windows, a sample a predicted token"
+                     lm ? "ppl/loss on the held-out windows, a sample a window"
                         : "acc/loss on the test split");
         cJSON *g = cJSON_CreateObject();
         qs_add_gate(c, g, &t);

@@ -51,7 +51,7 @@ assert a['other_layer_control']['loss'] not in (a['quant']['loss'], a['quant_cor
 assert a['upstream'] == [] and a['gate'] == 'pass'
 PY"
 
-check help-transformer "$Q --no-default -c 'help ablate' | tr -s ' \n' ' ' | grep -qF 'On a transformer the test split is the held-out windows eval evaluates, a sample is one predicted token'"
+check help-transformer "$Q --no-default -c 'help ablate' | tr -s ' \n' ' ' | grep -qF 'On a transformer the test split is the held-out windows eval evaluates, a sample is one held-out window'"
 
 # nothing to ablate, and a site without a correction, are said as for MLPs
 check llama-nothing "$Q $M $TXT -c 'quant * int3 gran=channel; ablate' 2>&1 | grep -q 'no deployable correction'"
@@ -75,4 +75,4 @@ rc=$?
 $Q --replay "$T/s.qs" --check >"$T/r" 2>&1
 rc2=$?
 check llama-save-replay-check "[ $rc = 0 ] && [ $rc2 = 0 ] && grep -q '^ablate$' $T/s.qs && grep -q '^# => verdict=' $T/s.qs && grep -q '^# => gain_random.lo=' $T/s.qs"
-check llama-text "grep -q '^$S qera ' $T/t && grep -q 'ppl/loss on the held-out windows, a sample a predicted token' $T/t && ! grep -q 'works on MLPs' $T/t"
+check llama-text "grep -q '^$S qera ' $T/t && grep -q 'ppl/loss on the held-out windows, a sample a window' $T/t && ! grep -q 'works on MLPs' $T/t"
