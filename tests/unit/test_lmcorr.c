@@ -234,5 +234,31 @@ static void test_post_hook_rewrites(void)
     qs_bench_free(b);
 }
 
-TEST_MAIN("lmcorr", TEST_CASE(test_bias_is_mean_error), TEST_CASE(test_linear_is_ridge_map),
+/* A linear map is not fitted on a site with more than 4096 outputs (a real vocabulary head: its
+ * map alone would be out^2 floats); the message names the size. The site's declared width is
+ * raised after the activations are cached, so the refusal must come before any allocation. */
+static void test_wide_head_refused(void)
+{
+    struct qs_bench *b = lm_bench(models_[0]);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    qs_err e = {{0}};
+    CHECK(int3_rule(b) == b->lm->nsites);
+    int head = b->lm->nsites - 1;
+    CHECK(qs_bench_lm_correct(b, head, QS_CORR_BIAS, 0, "float", -1, &e) == 0);
+    const float *x;
+    int nx;
+    CHECK(qs_bench_lm_inputs(b, head, &x, &nx, &e) == 0); /* the caches are whole again */
+    int out = b->lm->sites[head].out;
+    b->lm->sites[head].out = 50257;
+    CHECK(qs_bench_lm_correct(b, head, QS_CORR_LINEAR, 0, "float", -1, &e) < 0);
+    CHECK(strstr(e.msg, "50257 outputs") && strstr(e.msg, "4096"));
+    CHECK(qs_bench_lm_correct(b, head, QS_CORR_CLOCAL, 0, "float", -1, &e) < 0);
+    b->lm->sites[head].out = out;
+    CHECK(b->ls[head].corr.method == QS_CORR_BIAS); /* a refused fit leaves the old one */
+    qs_bench_free(b);
+}
+
+TEST_MAIN("lmcorr", TEST_CASE(test_wide_head_refused), TEST_CASE(test_bias_is_mean_error), TEST_CASE(test_linear_is_ridge_map),
           TEST_CASE(test_post_hook_rewrites))
