@@ -93,6 +93,17 @@ int qs_corr_prec_parse(const char *prec, struct qs_format *f, qs_err *e);
 int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in, const float *x,
                         int n, int r, const char *prec, struct qs_corr *c, qs_err *e);
 
+/* The output-side fits of `correct`, family-independent (MLP layers and transformer sites):
+ * yf, yq: (n, d) the float and quantized pre-activations of the calibration split.
+ * qs_corr_fit_bias: c->db = mean over rows of yf - yq (double accumulation), params, bits; -1
+ * only when out of memory. qs_corr_fit_linear: the ridge map from yq to yf (qs_ridge_map_info,
+ * lambda < 0 = auto) into c->amap (A, (d, d) row-major: y' = y A^T + mb), c->mb, lambda,
+ * rank_kept, params and bits; prec "int8"/"int4" quantizes A per output row (bits from the packed
+ * bytes), NULL or "float" keeps it F32. c's arrays are malloc'd: free with qs_corr_clear. */
+int qs_corr_fit_bias(const float *yf, const float *yq, int n, int d, struct qs_corr *c);
+int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double lambda,
+                       const char *prec, struct qs_corr *c, qs_err *e);
+
 /* A paired bootstrap interval of a mean difference. */
 struct qs_interval {
     double mean, lo, hi;

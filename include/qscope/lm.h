@@ -95,6 +95,9 @@ struct qs_lm_hooks {
     void (*input)(void *u, int site, const float *x, int n, int in);
     void (*act)(void *u, int site, float *x, int n, int in);
     void *u;
+    /* called after the site's linear with its output y: (n, out), which it may rewrite in place
+     * (bias and linear-map corrections); last so that positional initialisers leave it NULL */
+    void (*post)(void *u, int site, float *y, int n, int out);
 };
 
 /* Logits for one sequence: tok: (T) ids < vocab, 1 <= T <= ctx; logits: (T, vocab). Batched over

@@ -30,12 +30,15 @@ int qs_bench_lm_ablate(struct qs_bench *b, int s, struct qs_ablation *ab, qs_err
 /* Per-site error statistics on the calibration windows: w_rel_err, local and propagated
  * pre-activation relative MSE and SNR, cosine (kl fields unset). err: nsites entries. */
 int qs_bench_lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
-/* Fits a low-rank correction (lowrank, lqer, qera, eora) of site s's weight error from the
- * calibration windows and judges it on held-out windows: R from the quantized model's own inputs
- * (propagated), as for MLPs. */
-int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e);
-/* 1 when qs_bench_lm_correct fits method m (the low-rank weight terms); front ends offer only
- * these on transformers. */
+/* Fits a correction of site s from the calibration windows and judges it on held-out windows:
+ * R from the quantized model's own inputs (propagated), as for MLPs. Low-rank (lowrank, lqer,
+ * qera, eora; rank, prec float only) on the weight error; bias and linear (prec float, int8 or
+ * int4; lambda < 0 = auto) on the site's output, applied by the quantized forward's output hook;
+ * clocal fitted and judged on the held-out windows from float inputs, never applied. Linear maps
+ * are refused on sites with more than 4096 outputs. */
+int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank,
+                        const char *prec, double lambda, qs_err *e);
+/* 1 when qs_bench_lm_correct fits method m; front ends offer only these on transformers. */
 int qs_lm_corr_supported(enum qs_corr_method m);
 /* The propagated pre-activation error of site s on the calibration windows: err = Y_q - Y_f and
  * ref = Y_f, both (n, out), newly allocated (the caller frees). */

@@ -537,6 +537,38 @@ static int fit_map(const float *yq, const float *yt, int n, int d, double lambda
     return 0;
 }
 
+int qs_corr_fit_bias(const float *yf, const float *yq, int n, int d, struct qs_corr *c)
+{
+    c->db = qs_calloc((size_t)d, sizeof(float));
+    if (!c->db)
+        return -1;
+    for (int j = 0; j < d; j++) {
+        double acc = 0.0;
+        for (int r = 0; r < n; r++)
+            acc += (double)yf[(size_t)r * d + j] - yq[(size_t)r * d + j];
+        c->db[j] = (float)(acc / n);
+    }
+    c->params = d;
+    c->bits = 32.0 * d;
+    return 0;
+}
+
+int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double lambda,
+                       const char *prec, struct qs_corr *c, qs_err *e)
+{
+    if (fit_map(yq, yf, n, d, lambda, c, e) < 0)
+        return -1;
+    c->params = (long)d * d + d;
+    c->bits = 32.0 * c->params;
+    if (prec && strcmp(prec, "float")) {
+        long bytes = quantize_map(c->amap, d, prec, e);
+        if (bytes < 0)
+            return -1;
+        c->bits = 8.0 * bytes + 32.0 * d;
+    }
+    return 0;
+}
+
 int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
                         const char *prec, double lambda, const struct qs_mlp *teacher, qs_err *e)
 {
@@ -609,17 +641,8 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     size_t nwts = (size_t)l->out * l->in;
     switch (m) {
     case QS_CORR_BIAS:
-        nw.db = qs_calloc((size_t)d, sizeof(float));
-        if (!nw.db)
+        if (qs_corr_fit_bias(fit_c, yq_c, nc, d, &nw) < 0)
             goto oom;
-        for (int j = 0; j < d; j++) {
-            double acc = 0.0;
-            for (int r = 0; r < nc; r++)
-                acc += (double)fit_c[(size_t)r * d + j] - yq_c[(size_t)r * d + j];
-            nw.db[j] = (float)(acc / nc);
-        }
-        nw.params = d;
-        nw.bits = 32.0 * d;
         break;
     case QS_CORR_LOWRANK:
     case QS_CORR_LQER:
@@ -637,16 +660,8 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         break;
     }
     case QS_CORR_LINEAR:
-        if (fit_map(yq_c, fit_c, nc, d, lambda, &nw, e) < 0)
+        if (qs_corr_fit_linear(yq_c, fit_c, nc, d, lambda, prec, &nw, e) < 0)
             goto out;
-        nw.params = (long)d * d + d;
-        nw.bits = 32.0 * nw.params;
-        if (strcmp(prec, "float")) {
-            long bytes = quantize_map(nw.amap, d, prec, e);
-            if (bytes < 0)
-                goto out;
-            nw.bits = 8.0 * bytes + 32.0 * d;
-        }
         break;
     case QS_CORR_CLOCAL: {
         /* Fitted and judged on the held-out split itself, from float inputs (local errors). */

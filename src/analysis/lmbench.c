@@ -192,6 +192,37 @@ static void act_quant(void *u, int s, float *x, int n, int in)
     }
 }
 
+/* Applies an output-side correction (bias or linear map; clocal is never applied) to y: (n, d)
+ * in place: y += db, or y = y A^T + mb. The one definition the hook and the recovery use. */
+static int apply_out_corr(const struct qs_corr *c, float *y, int n, int d)
+{
+    if (c->method == QS_CORR_CLOCAL)
+        return 0;
+    if (c->db)
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < d; j++)
+                y[(size_t)r * d + j] += c->db[j];
+    if (c->amap) {
+        float *t = malloc((size_t)n * d * sizeof(float));
+        if (!t)
+            return -1;
+        qs_linear(y, n, d, c->amap, c->mb, d, t); /* y A^T + mb */
+        memcpy(y, t, (size_t)n * d * sizeof(float));
+        free(t);
+    }
+    return 0;
+}
+
+/* The output hook of the quantized path: a site's bias or linear-map correction. */
+static void corr_post(void *u, int s, float *y, int n, int out)
+{
+    struct hook_ctx *h = u;
+    if (h->failed || apply_out_corr(&h->b->ls[s].corr, y, n, out) == 0)
+        return;
+    qs_errf(&h->err, "%s: out of memory applying its correction", h->b->lm->sites[s].name);
+    h->failed = 1;
+}
+
 static int hook_result(const struct hook_ctx *h, int rc, qs_err *e)
 {
     if (rc == 0 && h->failed) {
@@ -249,7 +280,8 @@ static int capture(struct qs_bench *b, int quant, float **out, int n, size_t sta
         return -1;
     }
     struct hook_ctx hc = {b, weff, out, rows, n, 0, {{0}}};
-    struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc};
+    struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc,
+                            quant ? corr_post : NULL};
     int rc = 0;
     for (int w = 0; w < nwin && rc == 0; w++)
         rc = hook_result(&hc, qs_lm_forward(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx,
@@ -356,7 +388,7 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
     if (owned < 0)
         return -1;
     struct hook_ctx hc = {b, weff, NULL, NULL, 0, 0, {{0}}};
-    struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc};
+    struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc, corr_post};
     int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
                             ev, e);
     rc = hook_result(&hc, rc, e);
@@ -395,7 +427,7 @@ int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok
     int cw;
     qs_bench_lm_split(b, &off, &cw);
     struct only_ctx oc = {{b, NULL, NULL, NULL, 0, 0, {{0}}}, site};
-    struct qs_lm_hooks h = {weight_only, NULL, act_only, &oc};
+    struct qs_lm_hooks h = {weight_only, NULL, act_only, &oc, NULL};
     struct qs_lm_eval ev;
     int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, 0,
                             site < 0 ? NULL : &h, NULL, &ev, e);
@@ -415,6 +447,7 @@ int qs_bench_lm_loss_only(struct qs_bench *b, int site, double *loss, long *ntok
 struct abl_ctx {
     struct hook_ctx hc; /* act_quant's context */
     int quant;
+    uint64_t cmask; /* sites whose correction is on */
     float **w; /* per site: the weight supplied, NULL: the float one (owned when corrected) */
 };
 
@@ -429,6 +462,15 @@ static void act_abl(void *u, int s, float *x, int n, int in)
     struct abl_ctx *a = u;
     if (a->quant)
         act_quant(&a->hc, s, x, n, in);
+}
+
+/* bias and linear corrections act on a site's output: on in the runs whose mask has the site,
+ * on the float model as on the quantized one (as the MLP's ablation applies them) */
+static void post_abl(void *u, int s, float *y, int n, int out)
+{
+    struct abl_ctx *a = u;
+    if (s < 63 && (a->cmask >> s & 1))
+        corr_post(&a->hc, s, y, n, out);
 }
 
 /* The bootstrap's unit is a held-out window, not a token: tokens of one window share their
@@ -473,8 +515,8 @@ static int lm_abl_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, d
         for (size_t j = 0; j < nw; j++) /* as update_weff: the same sum as `eval` */
             w[s][j] = base[j] + ls->corr.c[j];
     }
-    struct abl_ctx a = {.hc = {.b = b}, .quant = quant, .w = w};
-    struct qs_lm_hooks h = {weight_abl, NULL, act_abl, &a};
+    struct abl_ctx a = {.hc = {.b = b}, .quant = quant, .cmask = cmask, .w = w};
+    struct qs_lm_hooks h = {weight_abl, NULL, act_abl, &a, post_abl};
     long ntok = 0;
     rc = qs_lm_token_losses(lm, b->tokens->ids + off, b->tokens->n - off, 0, &h, loss, &ntok, e);
     rc = hook_result(&a.hc, rc, e);
@@ -684,18 +726,136 @@ static double site_recovery(struct qs_bench *b, int s, const float *xf, const fl
 
 int qs_lm_corr_supported(enum qs_corr_method m)
 {
-    return m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA || m == QS_CORR_EORA;
+    return m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA || m == QS_CORR_EORA ||
+           m == QS_CORR_BIAS || m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL;
 }
 
-int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank, qs_err *e)
+/* Site s's quantized pre-activations y: (n, out) for inputs x: (n, in): the activation
+ * quantized as the rule says, then the quantized weight without any correction of its own. */
+static int site_pre_q(struct qs_bench *b, int s, const float *x, int n, float *y, qs_err *e)
+{
+    const struct qs_lm_site *st = &b->lm->sites[s];
+    float *xa = qs_alloc((size_t)n * st->in, sizeof(float), "the site's inputs", e);
+    if (!xa)
+        return -1;
+    memcpy(xa, x, (size_t)n * st->in * sizeof(float));
+    int rc = qs_bench_act_quant(&b->ls[s], xa, n, st->in, xa, e);
+    if (rc < 0)
+        qs_err_prefix(e, st->name);
+    else
+        site_pre(xa, n, st, b->ls[s].wq ? b->ls[s].wq : st->w, y);
+    free(xa);
+    return rc;
+}
+
+/* The largest output a linear map (out x out) is fitted on: the vocabulary head of a real model
+ * is not (its map alone would be vocab^2 floats). */
+#define LM_MAP_MAX_OUT 4096
+
+/* bias, linear and clocal on a transformer site: the output-side fits MLPs use
+ * (qs_corr_fit_bias/qs_corr_fit_linear), on the site's pre-activations of the calibration
+ * windows (Y_f from the float model's inputs, Y_q from the quantized model's own), judged on
+ * the held-out windows the same way; clocal is fitted and judged on the held-out windows with
+ * float inputs and never applied. */
+static int correct_output(struct qs_bench *b, int s, enum qs_corr_method m, const char *prec,
+                          double lambda, qs_err *e)
+{
+    const struct qs_lm_site *st = &b->lm->sites[s];
+    struct qs_layer_state *ls = &b->ls[s];
+    if (!prec)
+        prec = "float";
+    if (ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE)
+        return qs_errf(e, "%s is in float (format none): there is no quantization error to "
+                          "correct", st->name);
+    if (strcmp(prec, "float") && strcmp(prec, "int8") && strcmp(prec, "int4"))
+        return qs_errf(e, "prec=%s: expected float, int8 or int4", prec);
+    if (strcmp(prec, "float") && m == QS_CORR_BIAS)
+        return qs_errf(e, "prec=%s applies to the linear map and the low-rank factors only", prec);
+    int d = st->out, nc = b->lmc->n, nt = b->lmc->nt;
+    if (m != QS_CORR_BIAS && d > LM_MAP_MAX_OUT)
+        return qs_errf(e, "%s: a linear map on %d outputs would be %d x %d; output-side maps are "
+                          "fitted up to %d outputs", st->name, d, d, d, LM_MAP_MAX_OUT);
+    if ((m == QS_CORR_LINEAR && nc <= d) || (m == QS_CORR_CLOCAL && nt <= d))
+        return qs_errf(e, "%s: a %dx%d linear map needs more than %d samples to fit, the %s "
+                          "windows have %d (set calib)", st->name, d, d, d,
+                       m == QS_CORR_CLOCAL ? "held-out" : "calibration",
+                       m == QS_CORR_CLOCAL ? nt : nc);
+    size_t lc = (size_t)nc * d, lt = (size_t)(nt ? nt : 1) * d;
+    float *yf_c = qs_alloc(lc, sizeof(float), "the calibration pre-activations", e);
+    float *yq_c = yf_c ? qs_alloc(lc, sizeof(float), "the calibration pre-activations", e) : NULL;
+    float *yf_t = yq_c ? qs_alloc(lt, sizeof(float), "the held-out pre-activations", e) : NULL;
+    float *yq_t = yf_t ? qs_alloc(lt, sizeof(float), "the held-out pre-activations", e) : NULL;
+    float *yh = yq_t ? qs_alloc(lc > lt ? lc : lt, sizeof(float), "the corrected ones", e) : NULL;
+    struct qs_corr nw;
+    memset(&nw, 0, sizeof nw);
+    int rc = -1;
+    if (!yh)
+        goto out;
+    site_pre(b->lmc->xf[s], nc, st, st->w, yf_c);
+    site_pre(b->lmc->tf[s], nt, st, st->w, yf_t);
+    /* clocal: the held-out windows' local errors (float inputs); else the propagated ones */
+    if (site_pre_q(b, s, b->lmc->xq[s], nc, yq_c, e) < 0 ||
+        site_pre_q(b, s, m == QS_CORR_CLOCAL ? b->lmc->tf[s] : b->lmc->tq[s], nt, yq_t, e) < 0)
+        goto out;
+    if (m == QS_CORR_BIAS) {
+        if (qs_corr_fit_bias(yf_c, yq_c, nc, d, &nw) < 0) {
+            qs_errf(e, "out of memory");
+            goto out;
+        }
+    } else if (qs_corr_fit_linear(m == QS_CORR_CLOCAL ? yq_t : yq_c,
+                                  m == QS_CORR_CLOCAL ? yf_t : yf_c, m == QS_CORR_CLOCAL ? nt : nc,
+                                  d, lambda, m == QS_CORR_CLOCAL ? "float" : prec, &nw, e) < 0) {
+        goto out;
+    }
+    nw.method = m;
+    snprintf(nw.prec, sizeof nw.prec, "%s", m == QS_CORR_CLOCAL ? "float" : prec);
+    /* R with the correction as applied (apply_out_corr skips clocal: apply its map here) */
+    memcpy(yh, yq_t, lt * sizeof(float));
+    if (m == QS_CORR_CLOCAL)
+        qs_linear(yq_t, nt, d, nw.amap, nw.mb, d, yh);
+    else if (apply_out_corr(&nw, yh, nt, d) < 0)
+        goto oom;
+    nw.recovery = qs_recovery(yf_t, yq_t, yh, (size_t)nt * d, NULL);
+    nw.recovery_calib = NAN;
+    if (m != QS_CORR_CLOCAL) {
+        memcpy(yh, yq_c, lc * sizeof(float));
+        if (apply_out_corr(&nw, yh, nc, d) < 0)
+            goto oom;
+        nw.recovery_calib = qs_recovery(yf_c, yq_c, yh, lc, NULL);
+    }
+    qs_corr_clear(&ls->corr);
+    ls->corr = nw;
+    memset(&nw, 0, sizeof nw);
+    qs_bench_invalidate(b, s);
+    rc = 0;
+    goto out;
+oom:
+    qs_errf(e, "out of memory");
+out:
+    qs_corr_clear(&nw);
+    free(yf_c);
+    free(yq_c);
+    free(yf_t);
+    free(yq_t);
+    free(yh);
+    return rc;
+}
+
+int qs_bench_lm_correct(struct qs_bench *b, int s, enum qs_corr_method m, int rank,
+                        const char *prec, double lambda, qs_err *e)
 {
     if (ensure_cache(b, e) < 0)
         return -1;
     const struct qs_lm_site *st = &b->lm->sites[s];
     struct qs_layer_state *ls = &b->ls[s];
     if (!qs_lm_corr_supported(m))
-        return qs_errf(e, "%s: on transformers, correct fits lowrank, lqer, qera or eora (%s is "
-                          "for MLPs for now)", st->name, qs_corr_name(m));
+        return qs_errf(e, "%s: %s is not a correction transformers support", st->name,
+                       qs_corr_name(m));
+    if (m == QS_CORR_BIAS || m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL)
+        return correct_output(b, s, m, prec, lambda, e);
+    if (prec && strcmp(prec, "float"))
+        return qs_errf(e, "%s: prec=%s: on transformers, the low-rank factors are fitted in "
+                          "float", st->name, prec);
     if (!ls->wq)
         return qs_errf(e, "%s is in float (format none): there is no weight error to correct",
                        st->name);

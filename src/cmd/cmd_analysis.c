@@ -462,13 +462,24 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             n = -1;
     }
     if (n > 0 && c->b->lm) {
-        int rc = (strcmp(prec, "float") || lambda >= 0 || teacher_path)
-                     ? qs_errf(e, "correct: prec=, lambda= and teacher= are for MLPs for now")
-                     : qs_cmd_lm_correct(c, idx, n, m, rank, e);
+        /* bias/linear/clocal spell prec= and lambda= as MLPs do; low-rank keeps its r= form */
+        char lopts[96] = "";
+        if (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL)
+            snprintf(lopts, sizeof lopts, " prec=%s", prec);
+        if (lambda >= 0 && !lowrank)
+            snprintf(lopts + strlen(lopts), sizeof lopts - strlen(lopts), " lambda=%.9g", lambda);
+        int rc = teacher_path ? qs_errf(e, "correct: teacher= is for MLPs")
+                 : lowrank && (strcmp(prec, "float") || lambda >= 0)
+                     ? qs_errf(e, "correct: on transformers, prec= and lambda= apply to bias, "
+                                  "linear and clocal")
+                     : qs_cmd_lm_correct(c, idx, n, m, rank, prec, lambda, lopts, e);
         free(idx);
-        if (rc == 0)
+        if (rc == 0 && lowrank)
             snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d", argv[0], qs_corr_name(m),
                      rank);
+        else if (rc == 0)
+            snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m),
+                     lopts);
         return rc;
     }
     struct qs_mlp *teacher = NULL;

@@ -232,37 +232,68 @@ int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
 }
 
 int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
-                      qs_err *e)
+                      const char *prec, double lambda, const char *opts, qs_err *e)
 {
     struct qs_bench *b = c->b;
     struct qs_sb t = {0};
     int done = 0;
+    int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
+                  m == QS_CORR_EORA;
     for (int k = 0; k < n; k++) {
         int s = idx[k];
-        if (n > 1 && !b->ls[s].wq)
+        const struct qs_layer_state *ls = &b->ls[s];
+        if (n > 1 && (lowrank ? !ls->wq
+                              : ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
             continue; /* a pattern skips float sites */
-        if (qs_bench_lm_correct(b, s, m, rank, e) < 0) {
+        if (qs_bench_lm_correct(b, s, m, rank, prec, lambda, e) < 0) {
             qs_sb_free(&t);
             return -1;
         }
         const struct qs_corr *cr = &b->ls[s].corr;
         const struct qs_lm_site *st = &b->lm->sites[s];
-        double bpw = (8.0 * (double)qs_packed_bytes(&b->ls[s].packed) + cr->bits) /
-                     ((double)st->out * st->in);
+        double sbits = ls->wq ? 8.0 * (double)qs_packed_bytes(&ls->packed)
+                              : 32.0 * st->out * st->in;
+        double bpw = (sbits + cr->bits) / ((double)st->out * st->in);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "cmd", "correct");
         cJSON_AddStringToObject(o, "layer", st->name);
         cJSON_AddStringToObject(o, "method", qs_corr_name(m));
         cJSON_AddNumberToObject(o, "rank", cr->rank);
+        if (!lowrank)
+            cJSON_AddStringToObject(o, "prec", cr->prec);
         qs_json_num(o, "recovery", cr->recovery);
-        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+        if (m != QS_CORR_CLOCAL)
+            qs_json_num(o, "recovery_calib", cr->recovery_calib);
         cJSON_AddNumberToObject(o, "params", (double)cr->params);
         qs_json_num(o, "bits_added", cr->bits);
         qs_json_num(o, "layer_bits_per_weight", bpw);
-        qs_sb_printf(&t, "%s%s %s r=%d: recovery R = %.4f on held-out windows (calib %.4f), +%ld "
-                         "params, site %.3f bits/weight",
-                     done ? "\n" : "", st->name, qs_corr_name(m), rank, cr->recovery,
-                     cr->recovery_calib, cr->params, bpw);
+        if (cr->amap) {
+            qs_json_num(o, "lambda", cr->lambda);
+            cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
+        }
+        if (m == QS_CORR_CLOCAL)
+            cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
+        if (lowrank) {
+            qs_sb_printf(&t, "%s%s %s r=%d: recovery R = %.4f on held-out windows (calib %.4f), "
+                             "+%ld params, site %.3f bits/weight",
+                         done ? "\n" : "", st->name, qs_corr_name(m), rank, cr->recovery,
+                         cr->recovery_calib, cr->params, bpw);
+        } else { /* the MLP's wording (cmd_correct) */
+            char calib[48];
+            if (m == QS_CORR_CLOCAL)
+                snprintf(calib, sizeof calib, "fitted there, float inputs");
+            else
+                snprintf(calib, sizeof calib, "calib %.4f", cr->recovery_calib);
+            qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out windows (%s), +%ld params "
+                             "(+%.0f bits), site %.3f bits/weight",
+                         done ? "\n" : "", st->name, qs_corr_name(m), opts ? opts : "",
+                         cr->recovery, calib, cr->params, cr->bits, bpw);
+            if (cr->amap)
+                qs_sb_printf(&t, "; ridge lambda %.3g, rank kept %d of %d", cr->lambda,
+                             cr->rank_kept, st->out);
+            if (m == QS_CORR_CLOCAL)
+                qs_sb_printf(&t, " [upper baseline, not deployable]");
+        }
         qs_cmd_lm_gate(c, o, NULL);
         qs_emit(c, o, NULL);
         done++;

@@ -871,6 +871,8 @@ static void site_apply(const struct qs_lm *m, int s, const struct qs_lm_hooks *h
         }
     }
     linear(x, n, st->in, w, st->b, st->out, y);
+    if (h && h->post)
+        h->post(h->u, s, y, n, st->out);
 }
 
 /* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row. */

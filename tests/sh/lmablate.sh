@@ -76,3 +76,15 @@ $Q --replay "$T/s.qs" --check >"$T/r" 2>&1
 rc2=$?
 check llama-save-replay-check "[ $rc = 0 ] && [ $rc2 = 0 ] && grep -q '^ablate$' $T/s.qs && grep -q '^# => verdict=' $T/s.qs && grep -q '^# => gain_random.lo=' $T/s.qs"
 check llama-text "grep -q '^$S qera ' $T/t && grep -q 'ppl/loss on the held-out windows, a sample a window' $T/t && ! grep -q 'works on MLPs' $T/t"
+# an output-side correction (bias) is applied in the ablation's runs as eval applies it
+$Q --json datasets/models/tiny-llama datasets/text/licenses.txt \
+    -c "quant * int3 gran=channel; correct $S bias; eval; ablate $S" >"$T/b.json" 2>&1
+check llama-bias-ablate-is-eval "python3 - $T/b.json <<'PY'
+import json, sys
+L = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]
+ev = [o for o in L if o['cmd'] == 'eval'][0]
+ab = [o for o in L if o['cmd'] == 'ablate'][0]
+a = ab['layers'][0] if 'layers' in ab else ab
+assert a['quant_corrected']['loss'] == ev['quant']['loss'], (a['quant_corrected'], ev['quant'])
+assert a['quant']['loss'] != a['quant_corrected']['loss']
+PY"

@@ -467,7 +467,7 @@ if [ -d datasets/models/tiny-llama ] && start "$s" "LANG=C.UTF-8 LC_ALL=C.UTF-8 
   ok=0
   if wait_for "$s" "has no correction to ablate" 30 && grep -q "a ablate" <<<"$hint" &&
      grep -q "c correct" <<<"$hint" && ! screen "$s" | grep -q "works on MLPs" &&
-     screen "$s" | grep -qF "qera|eora [r=K]" && ! screen "$s" | grep -qE "bias|linear"; then
+     screen "$s" | grep -qF "qera|eora|bias|linear [r=K]"; then
     T send-keys -t "$s" '?'
     if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -qE "   e +error   v eval" &&
        screen "$s" | grep -qE "  a +ablate LAYER"; then
