@@ -106,6 +106,9 @@ static void elide_mid(const char *s, int n, int utf8, char *out, size_t cap)
             numw = wsum += col_width(ws[i]);
         if (mark[0] && numw > hb && numw + lastw <= budget)
             hb = numw;
+        /* and the tail keeps the whole last component ("q_proj" vs "k_proj") when both fit */
+        if (mark[0] && numw + lastw <= budget && budget - hb < lastw)
+            hb = budget - lastw;
         int tb = budget - hb, used = 0;
         size_t head = 0, tail = k;
         while (head < k && used + col_width(ws[head]) <= hb)
@@ -167,22 +170,40 @@ static const char *const pane_names[PANE_N] = {
     [PANE_LOG] = "Log",
 };
 
-void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t n)
+void tui_pane_title(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
 {
     const struct tui_snap *s = v->s;
     int num = (int)p + 1;
     const struct tui_row *r =
         s && s->spec_layer >= 0 && s->spec_layer < s->nlayers ? &s->rows[s->spec_layer] : NULL;
+    char nm[256] = "";
+    if (r && (p == PANE_SPECTRUM || p == PANE_RANK)) {
+        /* the layer's name gets what the title leaves; cut, it keeps both ends (elide_mid) */
+        char rest[96];
+        snprintf(rest, sizeof rest, "%d %s %s", num, pane_names[p],
+                 p == PANE_SPECTRUM ? r->shape : "");
+        int room = width - tui_width(rest) - 1;
+        if (room < 8)
+            room = 8;
+        /* too long: drop the prefix every site shares ("model.layers."), keep the block number */
+        const char *from = r->name;
+        if (tui_width(from) > room) {
+            const char *d = strpbrk(from, "0123456789");
+            if (d && d > from && (d[-1] == '.' || d[-1] == '/'))
+                from = d;
+        }
+        elide_mid(from, room, v->st->utf8, nm, sizeof nm);
+    }
     switch (p) {
     case PANE_SPECTRUM:
         if (r)
-            snprintf(buf, n, "%d %s %s %s", num, pane_names[p], r->name, r->shape);
+            snprintf(buf, n, "%d %s %s %s", num, pane_names[p], nm, r->shape);
         else
             snprintf(buf, n, "%d %s", num, pane_names[p]);
         break;
     case PANE_RANK:
         if (r)
-            snprintf(buf, n, "%d %s %s", num, pane_names[p], r->name);
+            snprintf(buf, n, "%d %s %s", num, pane_names[p], nm);
         else
             snprintf(buf, n, "%d %s", num, pane_names[p]);
         break;
@@ -208,7 +229,7 @@ static void title_bar(enum tui_pane p, WINDOW *w, int cw, const struct tui_view 
     attr_t a =
         focus ? cp(st, CP_TITLE_FOCUS, A_REVERSE | A_BOLD) | A_BOLD : cp(st, CP_TITLE, A_REVERSE);
     char t[160], line[200];
-    tui_pane_title(p, v, t, sizeof t);
+    tui_pane_title(p, v, cw - 2, t, sizeof t); /* the focus mark and a trailing blank */
     snprintf(line, sizeof line, "%s%s ", focus ? st->sel_mark : " ", t);
     wmove(w, 0, 0);
     wattr_on(w, a, NULL);

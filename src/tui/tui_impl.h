@@ -229,7 +229,8 @@ struct tui_view {
  * last column). */
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v);
 /* The pane's title (for the title bar, the help overlay and the tests). */
-void tui_pane_title(enum tui_pane p, const struct tui_view *v, char *buf, size_t n);
+/* The pane's title for a bar of WIDTH columns (a long layer name elides in the middle). */
+void tui_pane_title(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n);
 /* Decision-grid size (cells per panel) for a low-dim pane of h rows and cw content columns. */
 void tui_lowdim_panel(int h, int cw, int *gw, int *gh);
 /* Writes a UTF-8 / ASCII string clipped to n columns at the cursor. */

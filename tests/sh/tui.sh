@@ -492,7 +492,8 @@ if [ -d datasets/models/tiny-llama ] && start "$s" "LANG=C.UTF-8 LC_ALL=C.UTF-8 
   T resize-window -t "$s" -x 80 -y 24
   if [ $full = 1 ] && wait_for "$s" "model.layers.0…" 10 &&
      screen "$s" | grep -qE "^>model\.layers\.0…[a-z_.]*q_proj int4" &&
-     screen "$s" | grep -qE "^ model\.layers\.0…[a-z_.]*k_proj int4"; then
+     screen "$s" | grep -qE "^ model\.layers\.0…[a-z_.]*k_proj int4" &&
+     screen "$s" | grep -qF "3 Spectrum 0…q_proj 64x64" && screen "$s" | grep -qF "4 Rank profile 0…q_proj"; then
     pass "lm.long-names-elide-middle"
   else
     fail "lm.long-names-elide-middle" "whole at 100 columns: $full" "$(screen "$s")"
