@@ -64,7 +64,7 @@ bin: $(BUILD)/qscope
 core: $(BUILD)/libqscope_core.a
 
 # Unit tests and fuzz drivers link against the core only (no curses, no readline).
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libqscope_core.a tests/unit/test.h
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libqscope_core.a tests/unit/test.h tests/unit/bundle.h
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 

@@ -5,24 +5,8 @@
 
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
+#include "bundle.h"
 #include "test.h"
-
-static struct qs_bench *open_digits(void)
-{
-    qs_err e;
-    struct qs_bench *b = qs_bench_new();
-    struct qs_mlp *m;
-    struct qs_dataset *d;
-    if (qs_mlp_load("datasets/models/digits-mlp.safetensors", QS_ACT_RELU, 0, &m, &e) < 0 ||
-        qs_bench_set_model(b, m, "digits", &e) < 0 ||
-        qs_dataset_load_csv("datasets/digits.csv", NULL, &d, &e) < 0 ||
-        qs_bench_set_data(b, d, "digits.csv", &e) < 0) {
-        fprintf(stderr, "  %s\n", e.msg);
-        qs_bench_free(b);
-        return NULL;
-    }
-    return b;
-}
 
 static int rule(struct qs_bench *b, const char *pat, const char *fmt, const char *opt, int roles)
 {
@@ -56,7 +40,7 @@ static int same_acts(struct qs_bench *a, struct qs_bench *b)
 static void test_incremental_bit_identical(void)
 {
     qs_err e;
-    struct qs_bench *a = open_digits(), *b = open_digits();
+    struct qs_bench *a = qs_test_open_digits(), *b = qs_test_open_digits();
     CHECK(a && b);
     if (!a || !b)
         return;
@@ -98,7 +82,7 @@ static void test_incremental_bit_identical(void)
 
 static void test_rules_first_match(void)
 {
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     if (!b)
         return;
     CHECK(rule(b, "fc1", "int8", NULL, 0) == 1);
@@ -122,7 +106,7 @@ static void test_rules_first_match(void)
 static void test_static_activation_scale(void)
 {
     qs_err e;
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     if (!b)
         return;
     struct qs_rule r;
@@ -150,7 +134,7 @@ static void test_static_activation_scale(void)
 static void test_eval_float_is_identity(void)
 {
     qs_err e;
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     if (!b)
         return;
     struct qs_eval ev;
@@ -166,7 +150,7 @@ static void test_eval_float_is_identity(void)
 static void test_stale_corrections(void)
 {
     qs_err e;
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     if (!b)
         return;
     CHECK(rule(b, "*", "int3", NULL, 0) == 3);

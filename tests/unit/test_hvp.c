@@ -21,6 +21,7 @@
 #include "qscope/dataset.h"
 #include "qscope/mlp.h"
 #include "qscope/sensitivity.h"
+#include "bundle.h"
 #include "test.h"
 
 #define MAXL 4
@@ -508,13 +509,8 @@ static void test_hvp_relu_exact(void)
 static struct qs_bench *digits_bench(void)
 {
     qs_err e;
-    struct qs_mlp *m = NULL;
-    struct qs_dataset *ds = NULL;
-    struct qs_bench *b = qs_bench_new();
-    if (qs_mlp_load("datasets/models/digits-mlp.safetensors", QS_ACT_RELU, 0, &m, &e) < 0 ||
-        qs_dataset_load_csv("datasets/digits.csv", NULL, &ds, &e) < 0 ||
-        qs_bench_set_model(b, m, "datasets/models/digits-mlp.safetensors", &e) < 0 ||
-        qs_bench_set_data(b, ds, "datasets/digits.csv", &e) < 0 || qs_bench_update(b, &e) < 0) {
+    struct qs_bench *b = qs_test_open_digits();
+    if (b && qs_bench_update(b, &e) < 0) {
         fprintf(stderr, "  %s\n", e.msg);
         qs_bench_free(b);
         return NULL;

@@ -11,25 +11,10 @@
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/tokens.h"
+#include "bundle.h"
 #include "test.h"
 
 static const char *models_[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
-
-static struct qs_bench *lm_bench(const char *dir)
-{
-    qs_err e = {{0}};
-    struct qs_bench *b = qs_bench_new();
-    struct qs_lm *m = NULL;
-    struct qs_tokens *t = NULL;
-    if (!b || qs_lm_load(dir, &m, &e) < 0 || qs_bench_set_lm(b, m, dir, &e) < 0 ||
-        qs_tokens_load("datasets/text/licenses.txt", &t, &e) < 0 ||
-        qs_bench_set_tokens(b, t, "datasets/text/licenses.txt", &e) < 0) {
-        fprintf(stderr, "  %s: %s\n", dir, e.msg);
-        qs_bench_free(b);
-        return NULL;
-    }
-    return b;
-}
 
 /* `quant * int8 on=a amode=MODE` */
 static int act_rule(struct qs_bench *b, enum qs_amode mode)
@@ -106,7 +91,7 @@ static void check_scales(struct qs_bench *b, const char *dir)
 static void test_scale_is_calibration_absmax(void)
 {
     for (int k = 0; k < 2; k++) {
-        struct qs_bench *b = lm_bench(models_[k]);
+        struct qs_bench *b = qs_test_open_lm(models_[k]);
         CHECK(b != NULL);
         if (!b)
             continue;
@@ -132,7 +117,7 @@ static void test_scale_is_calibration_absmax(void)
 static void test_static_differs_from_dynamic(void)
 {
     for (int k = 0; k < 2; k++) {
-        struct qs_bench *b = lm_bench(models_[k]);
+        struct qs_bench *b = qs_test_open_lm(models_[k]);
         CHECK(b != NULL);
         if (!b)
             continue;
@@ -159,7 +144,7 @@ static void test_static_differs_from_dynamic(void)
 static void test_error_static(void)
 {
     for (int k = 0; k < 2; k++) {
-        struct qs_bench *b = lm_bench(models_[k]);
+        struct qs_bench *b = qs_test_open_lm(models_[k]);
         CHECK(b != NULL);
         if (!b)
             continue;

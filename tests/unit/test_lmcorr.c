@@ -13,26 +13,11 @@
 #include "qscope/lmbench.h"
 #include "qscope/lowrank.h"
 #include "qscope/tokens.h"
+#include "bundle.h"
 #include "test.h"
 
 static const char *models_[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
 static const char *sites_[] = {"h.0.mlp.c_fc", "model.layers.0.mlp.up_proj"};
-
-static struct qs_bench *lm_bench(const char *dir)
-{
-    qs_err e = {{0}};
-    struct qs_bench *b = qs_bench_new();
-    struct qs_lm *m = NULL;
-    struct qs_tokens *t = NULL;
-    if (!b || qs_lm_load(dir, &m, &e) < 0 || qs_bench_set_lm(b, m, dir, &e) < 0 ||
-        qs_tokens_load("datasets/text/licenses.txt", &t, &e) < 0 ||
-        qs_bench_set_tokens(b, t, "datasets/text/licenses.txt", &e) < 0) {
-        fprintf(stderr, "  %s: %s\n", dir, e.msg);
-        qs_bench_free(b);
-        return NULL;
-    }
-    return b;
-}
 
 /* `quant * int3 gran=channel` (weights) */
 static int int3_rule(struct qs_bench *b)
@@ -114,7 +99,7 @@ static float *capture_out(struct qs_bench *b, int site, int quant, int *n)
 static void test_bias_is_mean_error(void)
 {
     for (int k = 0; k < 2; k++) {
-        struct qs_bench *b = lm_bench(models_[k]);
+        struct qs_bench *b = qs_test_open_lm(models_[k]);
         CHECK(b != NULL);
         if (!b)
             continue;
@@ -163,7 +148,7 @@ static void test_bias_is_mean_error(void)
 static void test_linear_is_ridge_map(void)
 {
     for (int k = 0; k < 2; k++) {
-        struct qs_bench *b = lm_bench(models_[k]);
+        struct qs_bench *b = qs_test_open_lm(models_[k]);
         CHECK(b != NULL);
         if (!b)
             continue;
@@ -215,7 +200,7 @@ static void zero_post(void *u, int s, float *y, int n, int out)
 
 static void test_post_hook_rewrites(void)
 {
-    struct qs_bench *b = lm_bench(models_[1]);
+    struct qs_bench *b = qs_test_open_lm(models_[1]);
     CHECK(b != NULL);
     if (!b)
         return;
@@ -239,7 +224,7 @@ static void test_post_hook_rewrites(void)
  * raised after the activations are cached, so the refusal must come before any allocation. */
 static void test_wide_head_refused(void)
 {
-    struct qs_bench *b = lm_bench(models_[0]);
+    struct qs_bench *b = qs_test_open_lm(models_[0]);
     CHECK(b != NULL);
     if (!b)
         return;

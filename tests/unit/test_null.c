@@ -16,6 +16,7 @@
 #include "qscope/format.h"
 #include "qscope/linalg.h"
 #include "qscope/spectral.h"
+#include "bundle.h"
 #include "test.h"
 
 #define NLAYERS 20
@@ -223,23 +224,6 @@ static void test_null_properties(void)
     free(mix);
 }
 
-static struct qs_bench *open_digits(void)
-{
-    qs_err e;
-    struct qs_bench *b = qs_bench_new();
-    struct qs_mlp *m;
-    struct qs_dataset *d;
-    if (qs_mlp_load("datasets/models/digits-mlp.safetensors", QS_ACT_RELU, 0, &m, &e) < 0 ||
-        qs_bench_set_model(b, m, "digits", &e) < 0 ||
-        qs_dataset_load_csv("datasets/digits.csv", NULL, &d, &e) < 0 ||
-        qs_bench_set_data(b, d, "digits.csv", &e) < 0) {
-        fprintf(stderr, "  %s\n", e.msg);
-        qs_bench_free(b);
-        return NULL;
-    }
-    return b;
-}
-
 static int quant_all(struct qs_bench *b, const char *fmt)
 {
     qs_err e;
@@ -259,7 +243,7 @@ static int quant_all(struct qs_bench *b, const char *fmt)
 static void test_residual_after_lowrank(void)
 {
     qs_err e;
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     CHECK(b != NULL);
     if (!b)
         return;
@@ -313,7 +297,7 @@ static void test_residual_after_lowrank(void)
 static void test_digits_int8_channel(void)
 {
     qs_err e;
-    struct qs_bench *b = open_digits();
+    struct qs_bench *b = qs_test_open_digits();
     CHECK(b != NULL);
     if (!b)
         return;

@@ -15,6 +15,7 @@
 #include "qscope/mlp.h"
 #include "qscope/sensitivity.h"
 #include "qscope/study.h"
+#include "bundle.h"
 #include "test.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -456,23 +457,6 @@ static void test_qat_lowers_quant_loss(void)
 
 /* ---- bench plumbing -------------------------------------------------------------------------- */
 
-static struct qs_bench *digits_bench(void)
-{
-    qs_err e;
-    struct qs_mlp *m = NULL;
-    struct qs_dataset *d = NULL;
-    struct qs_bench *b = qs_bench_new();
-    if (qs_mlp_load("datasets/models/digits-mlp.safetensors", QS_ACT_RELU, 0, &m, &e) < 0 ||
-        qs_dataset_load_csv("datasets/digits.csv", NULL, &d, &e) < 0 ||
-        qs_bench_set_model(b, m, "datasets/models/digits-mlp.safetensors", &e) < 0 ||
-        qs_bench_set_data(b, d, "datasets/digits.csv", &e) < 0) {
-        fprintf(stderr, "  %s\n", e.msg);
-        qs_bench_free(b);
-        return NULL;
-    }
-    return b;
-}
-
 static int add_rule(struct qs_bench *b, const char *pat, const char *fmt, enum qs_gran g)
 {
     struct qs_rule r;
@@ -490,7 +474,7 @@ static int add_rule(struct qs_bench *b, const char *pat, const char *fmt, enum q
  * plan is applied as rules; it fits the budget; the uniform figures match the bench too. */
 static void test_allocate_bits_bench(void)
 {
-    struct qs_bench *b = digits_bench();
+    struct qs_bench *b = qs_test_open_digits();
     CHECK(b != NULL);
     if (!b)
         return;
@@ -533,7 +517,7 @@ static void test_allocate_bits_bench(void)
  * shared backward on the calibration split; a layer's weights do not change. */
 static void test_sensitivity_bench(void)
 {
-    struct qs_bench *b = digits_bench();
+    struct qs_bench *b = qs_test_open_digits();
     CHECK(b != NULL);
     if (!b)
         return;

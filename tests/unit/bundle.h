@@ -1,0 +1,55 @@
+/* bundle.h - the bundled models as unit-test fixtures: the digits MLP with its data, and the
+ * tiny transformers with the license text. One place, so every test opens them alike. Paths are
+ * relative to the repository root (tests/run.sh runs there). NULL on failure, with the reason on
+ * stderr. */
+#ifndef QSCOPE_TEST_BUNDLE_H
+#define QSCOPE_TEST_BUNDLE_H
+
+#include <stdio.h>
+
+#include "qscope/bench.h"
+#include "qscope/dataset.h"
+#include "qscope/lm.h"
+#include "qscope/mlp.h"
+#include "qscope/tokens.h"
+
+#define QS_TEST_DIGITS_MODEL "datasets/models/digits-mlp.safetensors"
+#define QS_TEST_DIGITS_DATA "datasets/digits.csv"
+#define QS_TEST_LM_TEXT "datasets/text/licenses.txt"
+
+/* The digits MLP (ReLU) and its CSV on a new bench; no rules. */
+__attribute__((unused)) static struct qs_bench *qs_test_open_digits(void)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_bench_new();
+    struct qs_mlp *m = NULL;
+    struct qs_dataset *d = NULL;
+    if (!b || qs_mlp_load(QS_TEST_DIGITS_MODEL, QS_ACT_RELU, 0, &m, &e) < 0 ||
+        qs_bench_set_model(b, m, QS_TEST_DIGITS_MODEL, &e) < 0 ||
+        qs_dataset_load_csv(QS_TEST_DIGITS_DATA, NULL, &d, &e) < 0 ||
+        qs_bench_set_data(b, d, QS_TEST_DIGITS_DATA, &e) < 0) {
+        fprintf(stderr, "  digits: %s\n", e.msg);
+        qs_bench_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* A Hugging Face folder (e.g. datasets/models/tiny-llama) and the license text's tokens. */
+__attribute__((unused)) static struct qs_bench *qs_test_open_lm(const char *dir)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_bench_new();
+    struct qs_lm *m = NULL;
+    struct qs_tokens *t = NULL;
+    if (!b || qs_lm_load(dir, &m, &e) < 0 || qs_bench_set_lm(b, m, dir, &e) < 0 ||
+        qs_tokens_load(QS_TEST_LM_TEXT, &t, &e) < 0 ||
+        qs_bench_set_tokens(b, t, QS_TEST_LM_TEXT, &e) < 0) {
+        fprintf(stderr, "  %s: %s\n", dir, e.msg);
+        qs_bench_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+#endif
