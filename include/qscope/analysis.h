@@ -139,28 +139,17 @@ struct qs_ablation {
 const char *qs_ablation_verdict(const struct qs_interval *g_q, const struct qs_interval *g_f,
                                 const struct qs_interval *g_r);
 
-/* What an ablation needs from a model family: run evaluates its held-out split with every unit
- * quantized as the rules say (quant 1) or none (quant 0) and the corrections of the units in
- * cmask applied (bit j: b->ls[j].corr as it holds at the call; the ablation swaps the random
- * and the borrowed corrections in there), into m and loss: nsamples per-sample losses in a
- * fixed order (MLP: one a test row; transformer: one a predicted held-out token). A family
- * applies every kind of correction it supports through the mask, so each plugs in here. */
-struct qs_ablation_runs {
-    int nsamples;
-    int (*run)(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *loss, qs_err *e);
-    void *u;
-};
-
-/* The family-independent ablation of unit i's correction (the rule of qs_analysis_ablate): the
- * runs, the random and other-site controls, the bootstrap gains and the verdict. */
-int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
-                   struct qs_ablation *ab, qs_err *e);
-
 /* A random correction of c's kind with equal rank and Frobenius norm (each of c's terms: the
  * low-rank weight term, the bias term, the linear map's A - I and mb), seeded by seed, into r
  * (cleared first; free with qs_corr_clear, also after an error). -1: out of memory. */
 int qs_corr_random_like(const struct qs_corr *c, int out, int in, uint64_t seed,
                         struct qs_corr *r);
+
+/* The pre-activations of site i on split sp along the float (quant 0) or the quantized path
+ * (its own correction applied, as the model computes it), from the cached inputs: *y (n, out)
+ * newly allocated (the caller frees). */
+int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, float **y,
+                    int *n, qs_err *e);
 
 /* Ablates layer i's correction. The quantized runs (without it, with it, the controls) keep
  * the earlier layers' corrections that were in place when it was fitted and still are (the
@@ -170,7 +159,9 @@ int qs_corr_random_like(const struct qs_corr *c, int out, int in, uint64_t seed,
  * interval of each mean per-sample loss change. Controls: a random correction of equal rank
  * and norm at the same site (g_r), and the same correction at the first other layer of the
  * same shape whose correction is not part of the upstream state (g_o). Verdict:
- * qs_ablation_verdict. */
+ * qs_ablation_verdict. Every family: a transformer's sample is a held-out window (its tokens
+ * share their context, so resampling tokens would make the intervals too narrow) and its loss
+ * is eval's, bit for bit (acc NAN: report exp(loss)). */
 int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e);
 
 /* Helpers used by the commands and the TUI. */

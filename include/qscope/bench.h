@@ -88,11 +88,16 @@ struct qs_layer_state {
     char sens_method[16];
 };
 
-/* Activations of one split through the model: in[i] = input of layer i (n, in_i) (in[0] aliases
- * the data), pre[i] = pre-activation (n, out_i). */
+/* Activations of one split along one path (the float model, or the quantized one with its
+ * corrections): in[i] = the input of site i (n rows of in_i) for every family. The family's own
+ * state for resuming a pass: an MLP's pre[i] = layer i's pre-activation (n, out_i), its in[0]
+ * aliases the data x with labels y; a transformer's resid = the residual stream at each block's
+ * entry, per window ((n_layer + 1) x ctx x d_model floats a window), pre, x and y NULL. Rows of a
+ * transformer's split are its windows' tokens, window after window. */
 struct qs_acts {
     int n;
     float **in, **pre;
+    float *resid;
     float *x; int *y;            /* the split's inputs and labels (owned) */
 };
 
@@ -100,14 +105,11 @@ enum qs_split_id { QS_CALIB, QS_TEST };
 
 typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
 
-struct qs_lm_cache;
-
 struct qs_bench {
     struct qs_mlp *model;        /* an MLP, or NULL when the model is a transformer (lm) */
     struct qs_dataset *data;
     struct qs_lm *lm;            /* a transformer; its quantizable units are its linear sites */
     struct qs_tokens *tokens;    /* token data for lm */
-    struct qs_lm_cache *lmc;     /* calibration activations of the lm's sites (lmbench.c) */
     char *model_path, *data_path;
     uint64_t seed;               /* session seed: split, stochastic rounding, probes */
     uint64_t split_seed;
@@ -134,11 +136,13 @@ struct qs_bench {
     _Atomic int cancel;          /* set from another thread to cancel long work */
 };
 
-/* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in). */
+/* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in), b: (out) or
+ * NULL (a site without a bias). */
 struct qs_unit {
     const char *name;
     int in, out;
     const float *w;
+    const float *b;
 };
 int qs_bench_nunits(const struct qs_bench *b);
 void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u);
@@ -225,17 +229,40 @@ struct qs_eval {
     double kl;          /* mean KL(p_f || p_q) on the test split */
     double agree;       /* top-1 agreement */
     double bits_w;      /* bits per weight of the whole model (packed sizes; float = 32) */
-    double chance;      /* majority-class rate of the test split */
-    int gate_pass;      /* float acc >= chance + gate_min * (1 - chance) */
+    double chance;      /* majority-class rate of the test split (transformers: the unigram
+                           entropy of the held-out tokens) */
+    double gate_threshold; /* MLP: chance + gate_min (1 - chance), the float accuracy must reach
+                              it; transformers: (1 - gate_lm) x the unigram entropy, the float
+                              loss must stay at or below it */
+    int gate_pass;
 };
-/* Float and quantized task metrics on the test split. */
+/* Float and quantized task metrics on the test split (the held-out windows of a transformer:
+ * loss, KL and top-1 agreement per predicted token; acc NAN, the metric is exp(loss)). */
 int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e);
+
+/* The cached input rows of a site on split s along the float (quant 0) or quantized path
+ * (computing the caches as needed): *x (n, in), owned by the bench until its next change. */
+int qs_bench_inputs(struct qs_bench *b, enum qs_split_id s, int quant, int site, const float **x,
+                    int *n, qs_err *e);
+/* Rows per bootstrap unit (MLP: 1, a sample; transformer: ctx, a window) and the units of a
+ * split (-1 and e when the model and data are not ready). */
+int qs_bench_unit_rows(const struct qs_bench *b);
+int qs_bench_split_units(struct qs_bench *b, enum qs_split_id s, qs_err *e);
+/* Drops every cached activation (both paths, both splits). */
+void qs_bench_caches_free(struct qs_bench *b);
+void qs_bench_acts_free(struct qs_acts *a, int nsites, int in0_owned);
 
 /* Task metric of a forward pass on a split with layer-wise choice: quant_mask bit i says whether
  * layer i runs quantized; corr_mask bit i whether its correction is applied. (Layers > 63 follow
- * bit 63.) Used by eval, ablation and sensitivity. logits may be NULL. */
+ * bit 63.) Used by eval, ablation and sensitivity. logits (MLP only) may be NULL. */
 int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
                  struct qs_metric *m, float *logits, qs_err *e);
+/* The same for every family, with the loss of each bootstrap unit (unit_loss: the split's units,
+ * may be NULL) and the KL to the float model and top-1 agreement (kl, agree may be NULL; a
+ * transformer then runs the float model beside). A transformer's loss is eval's bit for bit. */
+int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
+                    uint64_t corr_mask, struct qs_metric *m, double *unit_loss, double *kl,
+                    double *agree, qs_err *e);
 
 /* The regime in force: which roles some layer quantizes (the set regime when none does). */
 enum qs_regime qs_bench_effective_regime(const struct qs_bench *b);

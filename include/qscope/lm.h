@@ -85,27 +85,56 @@ const char *qs_lm_meta(const struct qs_lm *m, const char *key);
 /* Parameter count (a tied head counted once). */
 long qs_lm_nparams(const struct qs_lm *m);
 
-/* Hooks for the quantizer (all optional, as is the struct). For site s, in this order:
- * input() observes the site's input x: (n, in) (e.g. calibration statistics); act() may rewrite
- * a private copy of x in place (activation quantization; sites sharing an input, like q/k/v, each
- * get their own copy of the float input); weight() may return a replacement (out, in) weight to
- * use instead of sites[s].w (NULL: use sites[s].w). Each site is visited once per forward. */
-struct qs_lm_hooks {
+/* Hooks for the quantizer at every linear site, shared by every family (the MLP's forward takes
+ * them too: see qs_mlp_forward_hooks). All optional, as is the struct. For site s, in this order:
+ * input() observes the site's input x: (n, in) (e.g. calibration statistics). Then either
+ * linear(), when given, computes the site's output y: (n, out) from x itself (the bench's one
+ * definition of a quantized, corrected site: qs_bench_site_forward) and may fail (the forward
+ * then fails with its message); or, without linear(): act() may rewrite a private copy of x in
+ * place (activation quantization; sites sharing an input, like q/k/v, each get their own copy
+ * of the float input); weight() may return a replacement (out, in) weight to use instead of the
+ * site's (NULL: the site's own); after the linear, post() may rewrite y in place. Each site is
+ * visited once per forward. */
+struct qs_hooks {
     const float *(*weight)(void *u, int site);
     void (*input)(void *u, int site, const float *x, int n, int in);
     void (*act)(void *u, int site, float *x, int n, int in);
     void *u;
-    /* called after the site's linear with its output y: (n, out), which it may rewrite in place
-     * (bias and linear-map corrections); last so that positional initialisers leave it NULL */
     void (*post)(void *u, int site, float *y, int n, int out);
+    int (*linear)(void *u, int site, const float *x, int n, float *y, qs_err *e);
 };
 
 /* Logits for one sequence: tok: (T) ids < vocab, 1 <= T <= ctx; logits: (T, vocab). Batched over
  * positions with cblas_sgemm (projections and, per head, attention scores and values); causal
  * attention. h may be NULL. Scratch is allocated per call, so m is not modified and several
  * threads may run forwards of one model at once (hooks permitting). */
-int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_lm_hooks *h,
+int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e);
+
+/* Resumable forward: blocks are the unit of recompute. resid: (n_layer + 1, T, d), the residual
+ * stream at the entry of each block (entry n_layer: before the final norm). The pass starts at
+ * block `from` (0 <= from <= n_layer; from = n_layer runs only the final norm and the head) from
+ * resid[from] (from > 0; from = 0 starts from the embeddings), and writes resid[l] for every
+ * block l it enters. resid NULL: from must be 0 and nothing is kept. The ops and their order are
+ * those of qs_lm_forward, so a resumed pass gives the same bits as a whole one. logits NULL:
+ * the head's input hook is called but its linear is not run. */
+int qs_lm_forward_resume(const struct qs_lm *m, const uint16_t *tok, int T,
+                         const struct qs_hooks *h, int from, float *resid, float *logits,
+                         qs_err *e);
+/* The block a site belongs to (the head: n_layer) and the first site of block l. */
+int qs_lm_site_block(const struct qs_lm *m, int site);
+int qs_lm_block_first_site(const struct qs_lm *m, int block);
+
+/* Scores one window: tok: (T + 1) ids, lf / lq: (T, vocab) the float and (may be NULL) the
+ * quantized logits, accumulated into acc in the order qs_lm_evaluate uses (its loss is
+ * acc.sf / acc.n bit for bit). */
+struct qs_lm_score {
+    double sf, sq, skl;
+    long agree, n;
+    double *tok_loss; /* NULL, or (T): the window's token losses (of lq when given, else lf) */
+};
+int qs_lm_score_window(const struct qs_lm *m, const uint16_t *tok, int T, const float *lf,
+                       const float *lq, struct qs_lm_score *acc, qs_err *e);
 
 /* Task metrics over non-overlapping windows w = 0, 1, ... < min((n - 1) / ctx, max_windows)
  * (max_windows 0 = all) of tok[0..n): inputs tok[w ctx .. w ctx + ctx), targets shifted by one.
@@ -118,14 +147,17 @@ struct qs_lm_eval {
     long ntok;
 };
 int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
-                   const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
+                   const struct qs_hooks *hf, const struct qs_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e);
 
 /* Per-position next-token losses over the windows qs_lm_evaluate uses, with hooks h (may be
  * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok
  * they give qs_lm_evaluate's loss bit for bit (the same log-softmax, the same order), so a
  * per-token statistic agrees with `eval`. loss NULL: only *ntok. */
+/* Fills out from a score accumulated over windows (loss, ppl; with have_q the quantized side). */
+void qs_lm_eval_finish(const struct qs_lm_score *acc, int have_q, struct qs_lm_eval *out);
+
 int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
-                       const struct qs_lm_hooks *h, double *loss, long *ntok, qs_err *e);
+                       const struct qs_hooks *h, double *loss, long *ntok, qs_err *e);
 
 #endif

@@ -22,68 +22,93 @@ static double sq_diff(const float *a, const float *b, size_t n)
 
 static double db_of(double rel) { return rel > 0 ? -10.0 * log10(rel) : INFINITY; }
 
+int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, float **y,
+                    int *n, qs_err *e)
+{
+    *y = NULL;
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_acts *a = quant ? &b->q_acts[sp] : &b->f_acts[sp];
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    float *out = qs_alloc((size_t)a->n * u.out, sizeof(float), "the pre-activations", e);
+    if (!out)
+        return -1;
+    if (a->pre) { /* the MLP keeps them: the same bits as recomputing them */
+        memcpy(out, a->pre[i], (size_t)a->n * u.out * sizeof(float));
+    } else if (qs_bench_layer_forward(b, i, a->in[i], a->n, quant ? QS_ROLE_W | QS_ROLE_A : 0,
+                                      quant, out, e) < 0) {
+        free(out);
+        return -1;
+    }
+    *y = out;
+    *n = a->n;
+    return 0;
+}
+
 int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
 {
     if (qs_bench_update(b, e) < 0)
         return -1;
-    int L = b->model->nlayers;
-    const struct qs_acts *f = &b->f_acts[QS_CALIB], *q = &b->q_acts[QS_CALIB];
-    int n = f->n, C = b->model->layers[L - 1].out, nt = b->f_acts[QS_TEST].n;
-    float *tmp = malloc((size_t)n * qs_mlp_max_width(b->model) * sizeof(float));
-    float *logits = malloc((size_t)nt * C * sizeof(float));
-    if (!tmp || !logits) {
-        free(tmp);
-        free(logits);
-        return qs_errf(e, "out of memory");
-    }
+    int S = qs_bench_nunits(b);
     double kl_sum = 0.0;
     int rc = 0;
-    for (int i = 0; i < L && rc == 0; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+    for (int i = 0; i < S && rc == 0; i++) {
+        struct qs_unit l;
+        qs_bench_unit(b, i, &l);
         const struct qs_layer_state *s = &b->ls[i];
         struct qs_layer_err *r = &err[i];
         memset(r, 0, sizeof *r);
-        size_t len = (size_t)n * l->out;
-        double den = qs_frob2(f->pre[i], len), num = sq_diff(q->pre[i], f->pre[i], len), dot = 0;
-        double nq = qs_frob2(q->pre[i], len);
+        float *yf = NULL, *yq = NULL, *tmp = NULL;
+        int n;
+        if (qs_bench_preact(b, QS_CALIB, 0, i, &yf, &n, e) < 0 ||
+            qs_bench_preact(b, QS_CALIB, 1, i, &yq, &n, e) < 0 ||
+            !(tmp = qs_alloc((size_t)n * l.out, sizeof(float), "the pre-activations", e))) {
+            rc = -1;
+            goto next;
+        }
+        const float *xf = b->f_acts[QS_CALIB].in[i];
+        size_t len = (size_t)n * l.out;
+        double den = qs_frob2(yf, len), num = sq_diff(yq, yf, len), dot = 0;
+        double nq = qs_frob2(yq, len);
         for (size_t j = 0; j < len; j++)
-            dot += (double)q->pre[i][j] * f->pre[i][j];
+            dot += (double)yq[j] * yf[j];
         r->w_rel_err = s->w_rel_err;
         r->preact_rel_mse = den > 0 ? num / den : 0.0;
         r->snr_db = db_of(r->preact_rel_mse);
         r->cosine = den > 0 && nq > 0 ? dot / sqrt(den * nq) : 1.0;
-        if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W | QS_ROLE_A, 1, tmp, e)))
-            break;
-        r->local_rel_mse = den > 0 ? sq_diff(tmp, f->pre[i], len) / den : 0.0;
+        if ((rc = qs_bench_layer_forward(b, i, xf, n, QS_ROLE_W | QS_ROLE_A, 1, tmp, e)))
+            goto next;
+        r->local_rel_mse = den > 0 ? sq_diff(tmp, yf, len) / den : 0.0;
         r->local_snr_db = db_of(r->local_rel_mse);
         if (s->wfmt.kind != QS_FMT_NONE && s->afmt.kind != QS_FMT_NONE && den > 0) {
             double both;
             r->has_attr = 1;
-            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W, 0, tmp, e)))
-                break;
-            r->w_only = sq_diff(tmp, f->pre[i], len) / den;
-            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_A, 0, tmp, e)))
-                break;
-            r->a_only = sq_diff(tmp, f->pre[i], len) / den;
-            if ((rc = qs_bench_layer_forward(b, i, f->in[i], n, QS_ROLE_W | QS_ROLE_A, 0, tmp,
-                                             e)))
-                break;
-            both = sq_diff(tmp, f->pre[i], len) / den;
+            if ((rc = qs_bench_layer_forward(b, i, xf, n, QS_ROLE_W, 0, tmp, e)))
+                goto next;
+            r->w_only = sq_diff(tmp, yf, len) / den;
+            if ((rc = qs_bench_layer_forward(b, i, xf, n, QS_ROLE_A, 0, tmp, e)))
+                goto next;
+            r->a_only = sq_diff(tmp, yf, len) / den;
+            if ((rc = qs_bench_layer_forward(b, i, xf, n, QS_ROLE_W | QS_ROLE_A, 0, tmp, e)))
+                goto next;
+            both = sq_diff(tmp, yf, len) / den;
             r->interaction = both - r->w_only - r->a_only;
         }
         if (s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) {
             struct qs_metric m;
             uint64_t bit = 1ULL << (i < 63 ? i : 63);
-            if ((rc = qs_bench_run(b, QS_TEST, bit, bit, &m, logits, e)))
-                break;
-            r->kl_alone = qs_kl_rows(b->f_acts[QS_TEST].pre[L - 1], logits, nt, C, NULL);
+            if ((rc = qs_bench_run_ex(b, QS_TEST, bit, bit, &m, NULL, &r->kl_alone, NULL, e)))
+                goto next;
             kl_sum += r->kl_alone;
         }
+    next:
+        free(yf);
+        free(yq);
+        free(tmp);
     }
-    for (int i = 0; rc == 0 && i < L; i++)
+    for (int i = 0; rc == 0 && i < S; i++)
         err[i].kl_share = kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
-    free(tmp);
-    free(logits);
     return rc;
 }
 
@@ -191,39 +216,31 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
                             qs_err *e)
 {
     memset(sp, 0, sizeof *sp);
-    float *lm_err = NULL, *lm_ref = NULL; /* transformer of=preact: from the site caches */
-    int lm_rows = 0;
-    if (b->lm) {
-        if (of == QS_SPEC_PREACT &&
-            qs_bench_lm_preact_err(b, i, &lm_err, &lm_ref, &lm_rows, e) < 0)
-            return -1;
-    } else if (qs_bench_update(b, e) < 0) {
+    float *yf = NULL, *yq = NULL; /* of=preact: the calibration pre-activations */
+    int rows = 0;
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    if (of == QS_SPEC_PREACT && (qs_bench_preact(b, QS_CALIB, 0, i, &yf, &rows, e) < 0 ||
+                                 qs_bench_preact(b, QS_CALIB, 1, i, &yq, &rows, e) < 0)) {
+        free(yf);
         return -1;
     }
     struct qs_unit unit, *l = &unit;
     qs_bench_unit(b, i, &unit);
     const struct qs_layer_state *s = &b->ls[i];
     /* the float calibration inputs of unit i: x (xn, in) */
-    const float *xin = NULL;
-    int xn = 0;
-    const struct qs_acts *f = b->lm ? NULL : &b->f_acts[QS_CALIB];
-    const struct qs_acts *q = b->lm ? NULL : &b->q_acts[QS_CALIB];
-    if (f) {
-        xin = f->in[i];
-        xn = f->n;
-    } else if (scale != QS_SCALE_NONE && qs_bench_lm_inputs(b, i, &xin, &xn, e) < 0) {
-        return -1;
-    }
+    const float *xin = b->f_acts[QS_CALIB].in[i];
+    int xn = b->f_acts[QS_CALIB].n;
     int m, n;
     float *err = NULL, *ref = NULL, *half = NULL;
     float *res = NULL, *cs = NULL, *e0 = NULL, *r0 = NULL; /* residual, act scales, unscaled */
     if (of == QS_SPEC_PREACT) {
         if (scale != QS_SCALE_NONE) {
-            free(lm_err);
-            free(lm_ref);
+            free(yf);
+            free(yq);
             return qs_errf(e, "spectrum: scale=act|cov applies to of=weight only");
         }
-        m = b->lm ? lm_rows : xn;
+        m = rows;
         n = l->out;
     } else {
         m = l->out;
@@ -233,8 +250,8 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
     if (k <= 0)
         k = mn;
     if (k > mn) {
-        free(lm_err);
-        free(lm_ref);
+        free(yf);
+        free(yq);
         return qs_errf(e, "spectrum: k=%d exceeds the rank bound min(%d, %d) = %d of %s", k, m,
                        n, mn, l->name);
     }
@@ -248,13 +265,10 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
         qs_errf(e, "out of memory");
         goto out;
     }
-    if (of == QS_SPEC_PREACT && b->lm) {
-        memcpy(err, lm_err, len * sizeof(float));
-        memcpy(ref, lm_ref, len * sizeof(float));
-    } else if (of == QS_SPEC_PREACT) {
+    if (of == QS_SPEC_PREACT) {
         for (size_t j = 0; j < len; j++) {
-            err[j] = q->pre[i][j] - f->pre[i][j];
-            ref[j] = f->pre[i][j];
+            err[j] = yq[j] - yf[j];
+            ref[j] = yf[j];
         }
     } else {
         for (size_t j = 0; j < len; j++) {
@@ -372,8 +386,8 @@ out:
     free(cs);
     free(e0);
     free(r0);
-    free(lm_err);
-    free(lm_ref);
+    free(yf);
+    free(yq);
     if (rc < 0)
         qs_spectrum_free(sp);
     return rc;
@@ -569,12 +583,17 @@ int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double la
     return 0;
 }
 
+/* The largest output a linear map (out x out) is fitted on: the vocabulary head of a real model
+ * is not (its map alone would be vocab^2 floats). */
+#define MAP_MAX_OUT 4096
+
 int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
                         const char *prec, double lambda, const struct qs_mlp *teacher, qs_err *e)
 {
     if (qs_bench_update(b, e) < 0)
         return -1;
-    const struct qs_layer *l = &b->model->layers[i];
+    struct qs_unit lu, *l = &lu;
+    qs_bench_unit(b, i, &lu);
     struct qs_layer_state *s = &b->ls[i];
     int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
                   m == QS_CORR_EORA;
@@ -601,33 +620,40 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         return qs_errf(e, "prec=%s applies to the linear map and the low-rank factors only", prec);
     if (teacher && m != QS_CORR_LINEAR && m != QS_CORR_BIAS)
         return qs_errf(e, "teacher= applies to bias and linear only");
-    if (teacher && (teacher->nlayers <= i || teacher->layers[i].out != l->out ||
+    if (teacher && (!b->model || teacher->nlayers <= i || teacher->layers[i].out != l->out ||
                     teacher->layers[0].in != b->model->layers[0].in))
         return qs_errf(e, "teacher: layer %d of the teacher does not have %d outputs on the same "
                           "inputs", i, l->out);
     const struct qs_acts *fc = &b->f_acts[QS_CALIB], *qc = &b->q_acts[QS_CALIB];
     const struct qs_acts *ft = &b->f_acts[QS_TEST], *qt = &b->q_acts[QS_TEST];
     int nc = fc->n, nt = ft->n, d = l->out;
+    const char *what = b->lm ? "windows" : "split";
+    if ((m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL) && d > MAP_MAX_OUT)
+        return qs_errf(e, "%s: a linear map on %d outputs would be %d x %d; output-side maps are "
+                          "fitted up to %d outputs", l->name, d, d, d, MAP_MAX_OUT);
     if ((m == QS_CORR_LINEAR && nc <= d) || (m == QS_CORR_CLOCAL && nt <= d))
         return qs_errf(e, "%s: a %dx%d linear map needs more than %d samples to fit, the %s "
-                          "split has %d (set calib, or set split with a larger fraction)",
-                       l->name, d, d, d, m == QS_CORR_CLOCAL ? "test" : "calibration",
-                       m == QS_CORR_CLOCAL ? nt : nc);
+                          "%s %s %d (%s)",
+                       l->name, d, d, d, m == QS_CORR_CLOCAL ? (b->lm ? "held-out" : "test")
+                                                             : "calibration",
+                       what, b->lm ? "have" : "has", m == QS_CORR_CLOCAL ? nt : nc,
+                       b->lm ? "set calib" : "set calib, or set split with a larger fraction");
     struct qs_corr old = s->corr, nw;
     memset(&nw, 0, sizeof nw);
     memset(&s->corr, 0, sizeof s->corr); /* pre-activations below are without any correction */
     size_t lc = (size_t)nc * d, lt = (size_t)nt * d;
-    float *yq_c = malloc(lc * sizeof(float)), *yq_t = malloc(lt * sizeof(float));
-    float *yh = malloc(lt * sizeof(float)), *tgt_c = NULL, *tgt_t = NULL;
-    int rc = -1;
-    if (!yq_c || !yq_t || !yh) {
-        qs_errf(e, "out of memory");
+    float *yq_c = qs_alloc(lc, sizeof(float), "the pre-activations", e);
+    float *yq_t = yq_c ? qs_alloc(lt, sizeof(float), "the pre-activations", e) : NULL;
+    float *yh = yq_t ? qs_alloc(lt, sizeof(float), "the pre-activations", e) : NULL;
+    float *tgt_c = NULL, *tgt_t = NULL, *yf_c = NULL, *yf_t = NULL;
+    int rc = -1, nrows;
+    if (!yh)
         goto out;
-    }
     if (qs_bench_layer_forward(b, i, qc->in[i], nc, QS_ROLE_W | QS_ROLE_A, 0, yq_c, e) < 0 ||
-        qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0)
+        qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
+        qs_bench_preact(b, QS_CALIB, 0, i, &yf_c, &nrows, e) < 0 ||
+        qs_bench_preact(b, QS_TEST, 0, i, &yf_t, &nrows, e) < 0)
         goto out;
-    const float *yf_c = fc->pre[i], *yf_t = ft->pre[i];
     if (teacher) {
         tgt_c = malloc(lc * sizeof(float));
         tgt_t = malloc(lt * sizeof(float));
@@ -715,18 +741,14 @@ out:
     free(yq_c);
     free(yq_t);
     free(yh);
+    free(yf_c);
+    free(yf_t);
     free(tgt_c);
     free(tgt_t);
     return rc;
 }
 
 /* ---- ablation ------------------------------------------------------------------------ */
-
-static void per_sample_loss(const float *logits, const int *y, int n, int c, double *loss)
-{
-    for (int r = 0; r < n; r++)
-        loss[r] = qs_xent(logits + (size_t)r * c, y + r, 1, c, NULL, NULL);
-}
 
 static struct qs_interval bootstrap(const double *d, int n, uint64_t seed)
 {
@@ -854,25 +876,6 @@ static int deployable(const struct qs_corr *c)
     return c->method != QS_CORR_NONE && c->method != QS_CORR_CLOCAL;
 }
 
-/* The MLP's runs: the test split through qs_bench_run, one sample a row. */
-struct mlp_runs {
-    struct qs_bench *b;
-    float *lg; /* (n, classes) logits scratch */
-};
-
-static int mlp_run(void *u, int quant, uint64_t cmask, struct qs_metric *m, double *loss,
-                   qs_err *e)
-{
-    struct mlp_runs *r = u;
-    struct qs_bench *b = r->b;
-    if (qs_bench_run(b, QS_TEST, quant ? ~0ULL : 0, cmask, m, r->lg, e) < 0)
-        return -1;
-    int L = b->model->nlayers;
-    per_sample_loss(r->lg, b->f_acts[QS_TEST].y, b->f_acts[QS_TEST].n,
-                    b->model->layers[L - 1].out, loss);
-    return 0;
-}
-
 /* The mean gain (per-sample loss without minus with) and its bootstrap interval. */
 static struct qs_interval gain(const double *without, const double *with, double *d, int n,
                                uint64_t seed)
@@ -882,11 +885,24 @@ static struct qs_interval gain(const double *without, const double *with, double
     return bootstrap(d, n, seed);
 }
 
-int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
-                   struct qs_ablation *ab, qs_err *e)
+/* One ablation run: the test split with every site quantized (quant) or float, the corrections
+ * of the sites in cmask on; per-unit losses into loss (MLP: a row; transformer: a window). */
+static int abl_run(struct qs_bench *b, int quant, uint64_t cmask, struct qs_metric *m,
+                   double *loss, qs_err *e)
+{
+    return qs_bench_run_ex(b, QS_TEST, quant ? ~0ULL : 0, cmask, m, loss, NULL, NULL, e);
+}
+
+int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
 {
     memset(ab, 0, sizeof *ab);
     ab->other_layer = -1;
+    int n = qs_bench_split_units(b, QS_TEST, e);
+    if (n < 0)
+        return -1;
+    if (b->lm && n < 2)
+        return qs_errf(e, "ablate: the held-out split has %d window(s); the bootstrap needs at "
+                          "least 2", n);
     struct qs_layer_state *s = &b->ls[i];
     struct qs_unit l;
     qs_bench_unit(b, i, &l);
@@ -904,7 +920,7 @@ int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
                           "since (an earlier layer's format or correction), so the state it was "
                           "fitted in is gone; refit it (correct %s %s) to ablate it", l.name,
                        qs_corr_name(s->corr.method), l.name, qs_corr_name(s->corr.method));
-    int L = qs_bench_nunits(b), n = rn->nsamples;
+    int L = qs_bench_nunits(b);
     uint64_t bit = 1ULL << i, cur = 0;
     for (int j = 0; j < i; j++)
         if (deployable(&b->ls[j].corr))
@@ -931,9 +947,9 @@ int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
     ab->layer = i;
     /* float runs: the float model alone and with this correction; quantized runs: every layer
      * quantized, the upstream corrections of the fit active, with and without this one */
-    if (rn->run(rn->u, 0, 0, &ab->f, lf, e) < 0 || rn->run(rn->u, 1, up, &ab->q, lq, e) < 0 ||
-        rn->run(rn->u, 1, up | bit, &ab->qc, lqc, e) < 0 ||
-        rn->run(rn->u, 0, bit, &ab->fc, lfc, e) < 0)
+    if (abl_run(b, 0, 0, &ab->f, lf, e) < 0 || abl_run(b, 1, up, &ab->q, lq, e) < 0 ||
+        abl_run(b, 1, up | bit, &ab->qc, lqc, e) < 0 ||
+        abl_run(b, 0, bit, &ab->fc, lfc, e) < 0)
         goto out;
     /* controls: a random correction of equal rank and norm at this site */
     struct qs_corr saved = s->corr, rnd;
@@ -943,7 +959,7 @@ int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
         goto out;
     }
     s->corr = rnd;
-    int r1 = rn->run(rn->u, 1, up | bit, &ab->rand_ctrl, lr, e);
+    int r1 = abl_run(b, 1, up | bit, &ab->rand_ctrl, lr, e);
     s->corr = saved;
     qs_corr_clear(&rnd);
     if (r1 < 0)
@@ -957,7 +973,7 @@ int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
             continue;
         struct qs_corr own = b->ls[j].corr;
         b->ls[j].corr = saved; /* borrowed: freed by neither */
-        int r2 = rn->run(rn->u, 1, up | 1ULL << j, &ab->other_ctrl, lo, e);
+        int r2 = abl_run(b, 1, up | 1ULL << j, &ab->other_ctrl, lo, e);
         b->ls[j].corr = own;
         if (r2 < 0)
             goto out;
@@ -976,26 +992,5 @@ int qs_ablate_runs(struct qs_bench *b, int i, const struct qs_ablation_runs *rn,
     rc = 0;
 out:
     free(buf);
-    return rc;
-}
-
-int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err *e)
-{
-    memset(ab, 0, sizeof *ab);
-    ab->other_layer = -1;
-    if (qs_bench_update(b, e) < 0)
-        return -1;
-    int L = b->model->nlayers, C = b->model->layers[L - 1].out, n = b->f_acts[QS_TEST].n;
-    size_t nlg;
-    if (qs_size_mul((size_t)n, (size_t)C * sizeof(float), &nlg) < 0)
-        return qs_errf(e, "the ablation's buffers: size overflows");
-    if (qs_mem_check(nlg, "the ablation's buffers", e) < 0)
-        return -1;
-    struct mlp_runs r = {b, malloc(nlg ? nlg : 1)};
-    if (!r.lg)
-        return qs_errf(e, "out of memory");
-    struct qs_ablation_runs rn = {n, mlp_run, &r};
-    int rc = qs_ablate_runs(b, i, &rn, ab, e);
-    free(r.lg);
     return rc;
 }

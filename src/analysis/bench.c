@@ -45,21 +45,6 @@ void qs_corr_clear(struct qs_corr *c)
     memset(c, 0, sizeof *c);
 }
 
-static void acts_free(struct qs_acts *a, int nlayers)
-{
-    if (a->in)
-        for (int i = 1; i < nlayers; i++)
-            free(a->in[i]);
-    if (a->pre)
-        for (int i = 0; i < nlayers; i++)
-            free(a->pre[i]);
-    free(a->in);
-    free(a->pre);
-    free(a->x);
-    free(a->y);
-    memset(a, 0, sizeof *a);
-}
-
 int qs_bench_nunits(const struct qs_bench *b)
 {
     return b->model ? b->model->nlayers : b->lm ? b->lm->nsites : 0;
@@ -69,25 +54,27 @@ void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u)
 {
     if (b->model) {
         const struct qs_layer *l = &b->model->layers[i];
-        *u = (struct qs_unit){l->name, l->in, l->out, l->w};
+        *u = (struct qs_unit){l->name, l->in, l->out, l->w, l->b};
     } else {
         const struct qs_lm_site *st = &b->lm->sites[i];
-        *u = (struct qs_unit){st->name, st->in, st->out, st->w};
+        *u = (struct qs_unit){st->name, st->in, st->out, st->w, st->b};
     }
 }
 
 static int nlayers_of(const struct qs_bench *b) { return qs_bench_nunits(b); }
 
-static void caches_free(struct qs_bench *b)
+void qs_bench_caches_free(struct qs_bench *b)
 {
     int L = nlayers_of(b);
     for (int s = 0; s < 2; s++) {
-        acts_free(&b->f_acts[s], L);
-        acts_free(&b->q_acts[s], L);
+        qs_bench_acts_free(&b->f_acts[s], L, b->lm != NULL);
+        qs_bench_acts_free(&b->q_acts[s], L, b->lm != NULL);
         b->q_valid[s] = 0;
     }
     b->f_valid = 0;
 }
+
+static void caches_free(struct qs_bench *b) { qs_bench_caches_free(b); }
 
 static void layer_states_free(struct qs_bench *b)
 {
@@ -146,7 +133,6 @@ void qs_bench_mark_stale(struct qs_bench *b, int i)
 
 void qs_bench_invalidate(struct qs_bench *b, int i)
 {
-    qs_bench_lm_invalidate(b);
     for (int s = 0; s < 2; s++)
         if (b->q_valid[s] > i)
             b->q_valid[s] = i;
@@ -626,262 +612,6 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
     return 0;
 }
 
-/* ---- forward and caches --------------------------------------------------------------- */
-
-static int acts_alloc(struct qs_acts *a, const struct qs_mlp *m, int n)
-{
-    int L = m->nlayers;
-    a->n = n;
-    a->in = qs_calloc((size_t)L, sizeof *a->in);
-    a->pre = qs_calloc((size_t)L, sizeof *a->pre);
-    if (!a->in || !a->pre)
-        return -1;
-    for (int i = 0; i < L; i++) {
-        if (i > 0 && !(a->in[i] = malloc((size_t)n * m->layers[i].in * sizeof(float))))
-            return -1;
-        if (!(a->pre[i] = malloc((size_t)n * m->layers[i].out * sizeof(float))))
-            return -1;
-    }
-    return 0;
-}
-
-static int split_rows(const struct qs_bench *b, enum qs_split_id s, const int **idx)
-{
-    if (s == QS_CALIB) {
-        *idx = b->split.calib;
-        return b->calib_n > 0 ? b->calib_n : b->split.n_calib;
-    }
-    *idx = b->split.test;
-    return b->split.n_test;
-}
-
-static int make_split_acts(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e)
-{
-    const int *idx;
-    int n = split_rows(b, s, &idx);
-    if (acts_alloc(a, b->model, n) < 0)
-        return qs_errf(e, "out of memory caching activations (%d samples)", n);
-    a->x = malloc((size_t)n * b->data->d * sizeof(float));
-    a->y = malloc((size_t)n * sizeof(int));
-    if (!a->x || !a->y)
-        return qs_errf(e, "out of memory");
-    qs_dataset_gather(b->data, idx, n, a->x, a->y);
-    a->in[0] = a->x;
-    return 0;
-}
-
-static void weight_for(struct qs_bench *b, int i, int quant, int apply_corr, const float **w,
-                       float **tmp)
-{
-    struct qs_layer *l = &b->model->layers[i];
-    struct qs_layer_state *s = &b->ls[i];
-    *tmp = NULL;
-    *w = ((quant & QS_ROLE_W) && s->wq) ? s->wq : l->w;
-    if (apply_corr && s->corr.c) {
-        size_t nw = (size_t)l->out * l->in;
-        *tmp = malloc(nw * sizeof(float));
-        if (*tmp) {
-            for (size_t j = 0; j < nw; j++)
-                (*tmp)[j] = (*w)[j] + s->corr.c[j];
-            *w = *tmp;
-        }
-    }
-}
-
-/* ---- activation quantization (both families) ------------------------------------------- */
-
-float qs_bench_static_amax(const float *x, size_t len)
-{
-    float mx = 0.0f;
-    for (size_t j = 0; j < len; j++)
-        if (fabsf(x[j]) > mx)
-            mx = fabsf(x[j]);
-    return mx > 0 ? mx : 1e-30f;
-}
-
-int qs_bench_act_quant(const struct qs_layer_state *s, const float *x, int n, int in, float *xq,
-                       qs_err *e)
-{
-    struct qs_qopts o = s->aopt;
-    if (s->afmt.kind == QS_FMT_NONE) {
-        if (xq != x)
-            memcpy(xq, x, (size_t)n * in * sizeof(float));
-        return 0;
-    }
-    if (s->amode == QS_AMODE_STATIC) {
-        if (s->a_static_amax <= 0.0f)
-            return qs_errf(e, "static activation scale not calibrated");
-        return qs_quant_fake_amax(&s->afmt, &o, x, n, in, s->a_static_amax, xq, e);
-    }
-    /* rows of x are tokens: amode=token scales each row; dynamic scales the tensor (a rule's
-     * gran=channel is about weight rows and does not apply here), or each group of a token
-     * with gran=group:N */
-    if (s->amode == QS_AMODE_TOKEN)
-        o.gran = QS_GRAN_CHANNEL;
-    else if (o.gran == QS_GRAN_CHANNEL)
-        o.gran = QS_GRAN_TENSOR;
-    return qs_quant_fake(&s->afmt, &o, x, n, in, xq, e);
-}
-
-int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
-                           int apply_corr, float *pre, qs_err *e)
-{
-    struct qs_layer *l = &b->model->layers[i];
-    struct qs_layer_state *s = &b->ls[i];
-    const float *xin = x;
-    float *xq = NULL, *wtmp = NULL, *btmp = NULL;
-    if (apply_corr && s->corr.method == QS_CORR_CLOCAL)
-        apply_corr = 0; /* analysis-only: never in a forward pass */
-    if ((quant & QS_ROLE_A) && s->afmt.kind != QS_FMT_NONE) {
-        xq = malloc((size_t)n * l->in * sizeof(float));
-        if (!xq)
-            return qs_errf(e, "out of memory");
-        if (qs_bench_act_quant(s, x, n, l->in, xq, e) < 0) {
-            free(xq);
-            return qs_err_prefix(e, l->name);
-        }
-        xin = xq;
-    }
-    const float *w;
-    weight_for(b, i, quant, apply_corr, &w, &wtmp);
-    const float *bias = l->b;
-    if (apply_corr && s->corr.db) {
-        btmp = malloc((size_t)l->out * sizeof(float));
-        if (btmp) {
-            for (int j = 0; j < l->out; j++)
-                btmp[j] = l->b[j] + s->corr.db[j];
-            bias = btmp;
-        }
-    }
-    qs_linear(xin, n, l->in, w, bias, l->out, pre);
-    if (apply_corr && s->corr.amap) {
-        float *t = malloc((size_t)n * l->out * sizeof(float));
-        if (t) {
-            qs_linear(pre, n, l->out, s->corr.amap, s->corr.mb, l->out, t); /* y A^T + mb */
-            memcpy(pre, t, (size_t)n * l->out * sizeof(float));
-            free(t);
-        }
-    }
-    free(xq);
-    free(wtmp);
-    free(btmp);
-    return 0;
-}
-
-static int ensure_static_amax(struct qs_bench *b, qs_err *e)
-{
-    (void)e;
-    for (int i = 0; i < nlayers_of(b); i++) {
-        struct qs_layer_state *s = &b->ls[i];
-        if (s->afmt.kind == QS_FMT_NONE || s->amode != QS_AMODE_STATIC || s->a_static_amax > 0)
-            continue;
-        const struct qs_acts *a = &b->f_acts[QS_CALIB];
-        s->a_static_amax = qs_bench_static_amax(a->in[i], (size_t)a->n * b->model->layers[i].in);
-    }
-    return 0;
-}
-
-int qs_bench_update(struct qs_bench *b, qs_err *e)
-{
-    if (qs_bench_ready(b, e) < 0)
-        return -1;
-    int L = b->model->nlayers;
-    if (!b->f_valid) {
-        caches_free(b);
-        /* float and quantized activations (inputs and pre-activations of every layer) of both
-         * splits, checked as one figure before any of it is allocated */
-        size_t rows = 0, width = 0, total = 0;
-        for (int s = 0; s < 2; s++) {
-            const int *idx;
-            rows += (size_t)split_rows(b, (enum qs_split_id)s, &idx);
-        }
-        for (int i = 0; i < L; i++)
-            width += (size_t)b->model->layers[i].in + (size_t)b->model->layers[i].out;
-        char what[96];
-        snprintf(what, sizeof what, "the activation caches (%zu samples, %d layers)", rows, L);
-        if (qs_size_mul3(rows, width, 2 * sizeof(float), &total) < 0)
-            return qs_errf(e, "%s: size overflows", what);
-        if (qs_mem_check(total, what, e) < 0)
-            return -1;
-        for (int s = 0; s < 2; s++) {
-            struct qs_acts *a = &b->f_acts[s];
-            if (make_split_acts(b, (enum qs_split_id)s, a, e) < 0 ||
-                make_split_acts(b, (enum qs_split_id)s, &b->q_acts[s], e) < 0)
-                return -1;
-            for (int i = 0; i < L; i++) {
-                const struct qs_layer *l = &b->model->layers[i];
-                qs_linear(a->in[i], a->n, l->in, l->w, l->b, l->out, a->pre[i]);
-                if (i + 1 < L) {
-                    memcpy(a->in[i + 1], a->pre[i], (size_t)a->n * l->out * sizeof(float));
-                    qs_act_apply(l->act, a->in[i + 1], (size_t)a->n * l->out);
-                }
-            }
-            b->q_valid[s] = 0;
-        }
-        b->f_valid = 1;
-    }
-    ensure_static_amax(b, e);
-    for (int s = 0; s < 2; s++) {
-        struct qs_acts *q = &b->q_acts[s];
-        for (int i = b->q_valid[s]; i < L; i++) {
-            const struct qs_layer *l = &b->model->layers[i];
-            if (qs_bench_layer_forward(b, i, q->in[i], q->n, QS_ROLE_W | QS_ROLE_A, 1, q->pre[i], e) < 0)
-                return -1;
-            if (i + 1 < L) {
-                memcpy(q->in[i + 1], q->pre[i], (size_t)q->n * l->out * sizeof(float));
-                qs_act_apply(l->act, q->in[i + 1], (size_t)q->n * l->out);
-            }
-            b->q_valid[s] = i + 1;
-        }
-    }
-    return 0;
-}
-
-int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
-                 struct qs_metric *m, float *logits, qs_err *e)
-{
-    if (qs_bench_update(b, e) < 0)
-        return -1;
-    int L = b->model->nlayers, n = b->f_acts[s].n, width = qs_mlp_max_width(b->model);
-    size_t nbuf;
-    if (qs_size_mul3((size_t)n, (size_t)width, 2 * sizeof(float), &nbuf) < 0 ||
-        qs_mem_check(nbuf, "a forward pass over the split", e) < 0) {
-        if (!nbuf)
-            qs_errf(e, "a forward pass over the split: size overflows");
-        return -1;
-    }
-    float *cur = malloc((size_t)n * width * sizeof(float));
-    float *nxt = malloc((size_t)n * width * sizeof(float));
-    if (!cur || !nxt) {
-        free(cur);
-        free(nxt);
-        return qs_errf(e, "out of memory");
-    }
-    memcpy(cur, b->f_acts[s].x, (size_t)n * b->data->d * sizeof(float));
-    int rc = 0;
-    for (int i = 0; i < L && rc == 0; i++) {
-        int bit = i < 63 ? i : 63;
-        int q = (int)((quant_mask >> bit) & 1), c = (int)((corr_mask >> bit) & 1);
-        rc = qs_bench_layer_forward(b, i, cur, n, q ? QS_ROLE_W | QS_ROLE_A : 0, c, nxt, e);
-        if (i + 1 < L)
-            qs_act_apply(b->model->layers[i].act, nxt, (size_t)n * b->model->layers[i].out);
-        float *t = cur;
-        cur = nxt;
-        nxt = t;
-    }
-    if (rc == 0) {
-        int C = b->model->layers[L - 1].out, correct = 0;
-        m->loss = qs_xent(cur, b->f_acts[s].y, n, C, &correct, NULL);
-        m->acc = n ? (double)correct / n : 0.0;
-        m->n = n;
-        if (logits)
-            memcpy(logits, cur, (size_t)n * C * sizeof(float));
-    }
-    free(cur);
-    free(nxt);
-    return rc;
-}
-
 enum qs_regime qs_bench_effective_regime(const struct qs_bench *b)
 {
     int w = 0, a = 0;
@@ -927,43 +657,3 @@ void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
         snprintf(buf, n, "%s/tensor", f->name);
 }
 
-double qs_bench_bits_per_weight(const struct qs_bench *b)
-{
-    double bits = 0.0, nw = 0.0;
-    for (int i = 0; i < nlayers_of(b); i++) {
-        struct qs_unit unit, *l = &unit;
-        qs_bench_unit(b, i, &unit);
-        double n = (double)l->in * l->out;
-        nw += n;
-        bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
-        bits += b->ls[i].corr.bits;
-    }
-    return nw > 0 ? bits / nw : 0.0;
-}
-
-int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
-{
-    if (qs_bench_update(b, e) < 0)
-        return -1;
-    int L = b->model->nlayers, C = b->model->layers[L - 1].out;
-    const struct qs_acts *f = &b->f_acts[QS_TEST], *q = &b->q_acts[QS_TEST];
-    int cf = 0, cq = 0, agree = 0;
-    memset(ev, 0, sizeof *ev);
-    ev->f.loss = qs_xent(f->pre[L - 1], f->y, f->n, C, &cf, NULL);
-    ev->q.loss = qs_xent(q->pre[L - 1], q->y, q->n, C, &cq, NULL);
-    ev->f.acc = (double)cf / f->n;
-    ev->q.acc = (double)cq / q->n;
-    ev->f.n = ev->q.n = f->n;
-    ev->kl = qs_kl_rows(f->pre[L - 1], q->pre[L - 1], f->n, C, &agree);
-    ev->agree = (double)agree / f->n;
-    ev->bits_w = qs_bench_bits_per_weight(b);
-    /* gate: accuracy above chance by a share gate_min of the headroom. */
-    int *cnt = qs_calloc((size_t)C, sizeof *cnt), maj = 0;
-    for (int r = 0; cnt && r < f->n; r++)
-        if (f->y[r] >= 0 && f->y[r] < C && ++cnt[f->y[r]] > maj)
-            maj = cnt[f->y[r]];
-    free(cnt);
-    ev->chance = (double)maj / f->n;
-    ev->gate_pass = ev->f.acc >= ev->chance + b->gate_min * (1.0 - ev->chance);
-    return 0;
-}

@@ -199,26 +199,17 @@ int qs_sens_delta(struct qs_bench *b, qs_unit_loss_fn loss, int nunits, struct q
     return 0;
 }
 
-/* The MLP's qs_unit_loss_fn: the test split with only layer `only` quantized (layers > 63
- * follow bit 63, as in qs_bench_run). */
-static int mlp_loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err *e)
+/* The qs_unit_loss_fn of every family: the test split (a transformer's held-out windows, as
+ * `eval` scores them) with only unit `only` quantized, without corrections (units > 63 follow
+ * bit 63, as in qs_bench_run); only = -1: the float model. */
+static int loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err *e)
 {
     struct qs_metric m;
     uint64_t mask = only < 0 ? 0 : 1ULL << (only < 63 ? only : 63);
-    if (qs_bench_run(b, QS_TEST, mask, 0, &m, NULL, e) < 0)
+    if (qs_bench_run_ex(b, QS_TEST, mask, 0, &m, NULL, NULL, NULL, e) < 0)
         return -1;
     *loss = m.loss;
-    *n = b->f_acts[QS_TEST].n;
-    return 0;
-}
-
-/* The transformer's: its held-out tokens with only site `only` quantized. */
-static int lm_loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err *e)
-{
-    long ntok;
-    if (qs_bench_lm_loss_only(b, only, loss, &ntok, e) < 0)
-        return -1;
-    *n = ntok > INT_MAX ? INT_MAX : (int)ntok;
+    *n = m.n;
     return 0;
 }
 
@@ -246,46 +237,34 @@ static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
 int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
                    struct qs_sens_info *info, qs_err *e)
 {
-    if (b->lm) {
-        if (methods & ~(unsigned)QS_SENS_DELTA)
-            return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
-                              "transformers do not have yet (method=delta works on every model)");
-        if (qs_bench_lm_ready(b, e) < 0)
-            return -1;
-        sens_units(b, out);
-        size_t off;
-        int cw;
-        qs_bench_lm_split(b, &off, &cw);
-        double lf = 0.0;
-        int nt = 0;
-        if ((methods & QS_SENS_DELTA) &&
-            qs_sens_delta(b, lm_loss_only, b->lm->nsites, out, &lf, &nt, e) < 0)
-            return -1;
-        if (info) {
-            info->float_loss_test = lf;
-            info->n_calib = cw * b->lm->ctx;
-            info->n_test = nt;
-            info->probes = probes;
-            info->seed = b->seed;
-        }
-        return 0;
-    }
-    if (qs_bench_update(b, e) < 0)
+    if (!b->model && (methods & ~(unsigned)QS_SENS_DELTA))
+        return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
+                          "transformers do not have yet (method=delta works on every model)");
+    /* delta needs only forward passes (no cached activations); the gradients need the MLP's */
+    int ncal = qs_bench_split_units(b, QS_CALIB, e);
+    if (ncal < 0 || (b->model && qs_bench_update(b, e) < 0))
         return -1;
-    const struct qs_mlp *m = b->model;
-    int L = m->nlayers;
-    const struct qs_acts *fc = &b->f_acts[QS_CALIB];
+    int L = qs_bench_nunits(b);
     sens_units(b, out);
     double lf = 0.0;
-    if ((methods & QS_SENS_DELTA) && qs_sens_delta(b, mlp_loss_only, L, out, &lf, NULL, e) < 0)
+    int nt = 0;
+    if ((methods & QS_SENS_DELTA) && qs_sens_delta(b, loss_only, L, out, &lf, &nt, e) < 0)
         return -1;
     if (info) {
         info->float_loss_test = lf;
-        info->n_calib = fc->n;
-        info->n_test = b->f_acts[QS_TEST].n;
+        info->n_calib = ncal * qs_bench_unit_rows(b);
+        info->n_test = nt;
+        if (!(methods & QS_SENS_DELTA)) {
+            int nu = qs_bench_split_units(b, QS_TEST, e);
+            info->n_test = nu < 0 ? 0 : nu * qs_bench_unit_rows(b);
+        }
         info->probes = probes;
         info->seed = b->seed;
     }
+    if (!b->model)
+        return 0;
+    const struct qs_mlp *m = b->model;
+    const struct qs_acts *fc = &b->f_acts[QS_CALIB];
     if (methods & QS_SENS_GRAD) {
         struct grads g = {0};
         if (grads_alloc(&g, m) < 0 ||

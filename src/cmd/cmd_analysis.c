@@ -743,7 +743,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     int rc = 0;
     for (int k = 0; k < n; k++) {
         struct qs_ablation ab;
-        rc = lm ? qs_bench_lm_ablate(b, idx[k], &ab, e) : qs_analysis_ablate(b, idx[k], &ab, e);
+        rc = qs_analysis_ablate(b, idx[k], &ab, e);
         if (rc < 0)
             break;
         const struct qs_corr *cr = &b->ls[idx[k]].corr;

@@ -157,10 +157,12 @@ void qs_cmd_json_static_amax(cJSON *o, const struct qs_bench *b)
 int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
 {
     struct qs_bench *b = c->b;
-    struct qs_lm_eval ev;
+    struct qs_eval qe;
     struct qs_lm_gate g;
-    if (qs_bench_lm_eval(b, 0, &ev, e) < 0 || qs_bench_lm_gate(b, &g, e) < 0)
+    if (qs_bench_eval(b, &qe, e) < 0 || qs_bench_lm_gate(b, &g, e) < 0)
         return -1;
+    struct qs_lm_eval ev = {qe.f.loss, exp(qe.f.loss), qe.q.loss, exp(qe.q.loss), qe.kl,
+                            qe.agree, qe.q.n};
     enum qs_regime rg = qs_bench_effective_regime(b);
     double bpw = qs_bench_bits_per_weight(b);
     cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject(), *q = cJSON_CreateObject();
@@ -204,7 +206,7 @@ int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
     struct qs_layer_err *err = qs_calloc((size_t)S, sizeof *err);
     if (!err)
         return qs_errf(e, "out of memory");
-    if (qs_bench_lm_errors(b, err, e) < 0) {
+    if (qs_analysis_errors(b, err, e) < 0) {
         free(err);
         return -1;
     }
@@ -245,7 +247,7 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         if (n > 1 && (lowrank ? !ls->wq
                               : ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
             continue; /* a pattern skips float sites */
-        if (qs_bench_lm_correct(b, s, m, rank, prec, lambda, e) < 0) {
+        if (qs_analysis_correct(b, s, m, rank, prec, lambda, NULL, e) < 0) {
             qs_sb_free(&t);
             return -1;
         }
@@ -302,13 +304,13 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         qs_sb_free(&t);
         return qs_errf(e, "correct: every site matching the pattern is in float");
     }
-    struct qs_lm_eval ev;
-    if (qs_bench_lm_eval(b, 0, &ev, e) < 0) {
+    struct qs_eval ev;
+    if (qs_bench_eval(b, &ev, e) < 0) {
         qs_sb_free(&t);
         return -1;
     }
     qs_sb_printf(&t, "\nquantized+corrected: ppl %.4f (float %.4f), KL %.6g, top-1 agreement %.4f\n",
-                 ev.ppl_q, ev.ppl, ev.kl, ev.top1_agree);
+                 exp(ev.q.loss), exp(ev.f.loss), ev.kl, ev.agree);
     cJSON *g = cJSON_CreateObject(); /* the gate's text only */
     qs_cmd_lm_gate(c, g, &t);
     cJSON_Delete(g);

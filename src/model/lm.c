@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "qscope/mlp.h" /* qs_linear */
 #include "qscope/safetensors.h"
 
 struct lm_layer {
@@ -836,29 +837,20 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
 
 /* ---- forward ----------------------------------------------------------------------------- */
 
-/* y: (n, out) = x W^T + b.  x: (n, in), w: (out, in). */
-static void linear(const float *x, int n, int in, const float *w, const float *b, int out,
-                   float *y)
-{
-    float beta = 0.0f;
-    if (b) {
-        for (int i = 0; i < n; i++)
-            memcpy(y + (size_t)i * out, b, (size_t)out * sizeof(float));
-        beta = 1.0f;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, beta, y,
-                out);
-}
-
-/* Runs site s on x: (n, in) into y: (n, out) through the hooks; xa: scratch of n * in. */
-static void site_apply(const struct qs_lm *m, int s, const struct qs_lm_hooks *h, const float *x,
-                       int n, float *y, float *xa)
+/* Runs site s on x: (n, in) into y: (n, out) through the hooks; xa: scratch of n * in. y NULL:
+ * only the input hook (the head of a pass that wants no logits). */
+static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, const float *x,
+                      int n, float *y, float *xa, qs_err *e)
 {
     const struct qs_lm_site *st = &m->sites[s];
     const float *w = st->w;
+    if (h && h->input)
+        h->input(h->u, s, x, n, st->in);
+    if (!y)
+        return 0;
+    if (h && h->linear)
+        return h->linear(h->u, s, x, n, y, e);
     if (h) {
-        if (h->input)
-            h->input(h->u, s, x, n, st->in);
         if (h->act) {
             memcpy(xa, x, (size_t)n * st->in * sizeof(float));
             h->act(h->u, s, xa, n, st->in);
@@ -870,9 +862,10 @@ static void site_apply(const struct qs_lm *m, int s, const struct qs_lm_hooks *h
                 w = r;
         }
     }
-    linear(x, n, st->in, w, st->b, st->out, y);
+    qs_linear(x, n, st->in, w, st->b, st->out, y);
     if (h && h->post)
         h->post(h->u, s, y, n, st->out);
+    return 0;
 }
 
 /* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row. */
@@ -954,9 +947,32 @@ static float gelu_new(float x)
     return x * (1.0f - 1.0f / (expf(2.0f * u) + 1.0f));
 }
 
-int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_lm_hooks *h,
+int qs_lm_site_block(const struct qs_lm *m, int site)
+{
+    if (site >= m->nsites - 1)
+        return m->n_layer;
+    return site / (m->family == QS_LM_GPT2 ? 4 : 7);
+}
+
+int qs_lm_block_first_site(const struct qs_lm *m, int block)
+{
+    if (block >= m->n_layer)
+        return m->nsites - 1;
+    return block * (m->family == QS_LM_GPT2 ? 4 : 7);
+}
+
+int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e)
 {
+    return qs_lm_forward_resume(m, tok, T, h, 0, NULL, logits, e);
+}
+
+int qs_lm_forward_resume(const struct qs_lm *m, const uint16_t *tok, int T,
+                         const struct qs_hooks *h, int from, float *resid, float *logits,
+                         qs_err *e)
+{
+    if (from < 0 || from > m->n_layer || (from > 0 && !resid))
+        return qs_errf(e, "%s: cannot resume at block %d", m->path, from);
     if (T < 1 || T > m->ctx)
         return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
                        m->ctx);
@@ -984,12 +1000,15 @@ int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struc
     float *k = s + (size_t)T * T, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
     (void)ff;
 
-    for (int t = 0; t < T; t++) {
-        memcpy(x + (size_t)t * d, p->wte + (size_t)tok[t] * d, (size_t)d * sizeof(float));
-        if (m->family == QS_LM_GPT2)
-            for (int i = 0; i < d; i++)
-                x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];
-    }
+    if (from > 0)
+        memcpy(x, resid + (size_t)from * Td, Td * sizeof(float));
+    else
+        for (int t = 0; t < T; t++) {
+            memcpy(x + (size_t)t * d, p->wte + (size_t)tok[t] * d, (size_t)d * sizeof(float));
+            if (m->family == QS_LM_GPT2)
+                for (int i = 0; i < d; i++)
+                    x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];
+        }
     if (m->family == QS_LM_LLAMA)
         for (int t = 0; t < T; t++)
             for (int j = 0; j < hd / 2; j++) {
@@ -998,51 +1017,61 @@ int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struc
                 cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
             }
 
-    for (int l = 0; l < m->n_layer; l++) {
+    int rc = 0;
+#define SITE(s_, x_, y_)                                                                           \
+    if ((rc = site_apply(m, (s_), h, (x_), T, (y_), xa, e)) < 0)                                   \
+        goto out;
+    for (int l = from; l < m->n_layer; l++) {
         const struct lm_layer *L = &p->layer[l];
+        if (resid)
+            memcpy(resid + (size_t)l * Td, x, Td * sizeof(float));
         if (m->family == QS_LM_GPT2) {
             int s0 = 4 * l;
             norm(x, T, d, L->n1w, L->n1b, m->eps, a);
-            site_apply(m, s0, h, a, T, big, xa); /* big: (T, 3d) = q | k | v */
+            SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
             attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, o, s);
-            site_apply(m, s0 + 1, h, o, T, a, xa);
+            SITE(s0 + 1, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, L->n2b, m->eps, a);
-            site_apply(m, s0 + 2, h, a, T, big, xa);
+            SITE(s0 + 2, a, big)
             for (size_t i = 0; i < (size_t)T * ff; i++)
                 big[i] = gelu_new(big[i]);
-            site_apply(m, s0 + 3, h, big, T, a, xa);
+            SITE(s0 + 3, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
         } else {
             int s0 = 7 * l;
             norm(x, T, d, L->n1w, NULL, m->eps, a);
-            site_apply(m, s0, h, a, T, big, xa); /* q: (T, d) */
-            site_apply(m, s0 + 1, h, a, T, k, xa);
-            site_apply(m, s0 + 2, h, a, T, v, xa);
+            SITE(s0, a, big) /* q: (T, d) */
+            SITE(s0 + 1, a, k)
+            SITE(s0 + 2, a, v)
             rope(big, T, H, hd, cs);
             rope(k, T, Hk, hd, cs);
             attention(big, d, k, kv, v, kv, T, H, Hk, hd, o, s);
-            site_apply(m, s0 + 3, h, o, T, a, xa);
+            SITE(s0 + 3, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, NULL, m->eps, a);
-            site_apply(m, s0 + 4, h, a, T, big, xa);
-            site_apply(m, s0 + 5, h, a, T, up, xa);
+            SITE(s0 + 4, a, big)
+            SITE(s0 + 5, a, up)
             for (size_t i = 0; i < (size_t)T * ff; i++) {
                 float g = big[i];
                 big[i] = g / (1.0f + expf(-g)) * up[i];
             }
-            site_apply(m, s0 + 6, h, big, T, a, xa);
+            SITE(s0 + 6, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
         }
     }
+    if (resid)
+        memcpy(resid + (size_t)m->n_layer * Td, x, Td * sizeof(float));
     norm(x, T, d, p->nfw, m->family == QS_LM_GPT2 ? p->nfb : NULL, m->eps, a);
-    site_apply(m, m->nsites - 1, h, a, T, logits, xa);
+    SITE(m->nsites - 1, a, logits)
+#undef SITE
+out:
     free(buf);
-    return 0;
+    return rc;
 }
 
 /* ---- evaluation -------------------------------------------------------------------------- */
@@ -1069,8 +1098,42 @@ static int argmax(const float *r, int c)
     return b;
 }
 
+int qs_lm_score_window(const struct qs_lm *m, const uint16_t *tok, int T, const float *lf,
+                       const float *lq, struct qs_lm_score *acc, qs_err *e)
+{
+    int V = m->vocab;
+    double *pf = malloc(2 * (size_t)V * sizeof(double));
+    if (!pf)
+        return qs_errf(e, "%s: out of memory", m->path);
+    double *pq = pf + V;
+    for (int t = 0; t < T; t++) {
+        int y = tok[t + 1];
+        const float *rf = lf + (size_t)t * V;
+        log_softmax(rf, V, pf);
+        acc->sf -= pf[y];
+        acc->n++;
+        if (!lq) {
+            if (acc->tok_loss)
+                acc->tok_loss[t] = -pf[y];
+            continue;
+        }
+        const float *rq = lq + (size_t)t * V;
+        log_softmax(rq, V, pq);
+        acc->sq -= pq[y];
+        if (acc->tok_loss)
+            acc->tok_loss[t] = -pq[y];
+        double kl = 0;
+        for (int i = 0; i < V; i++)
+            kl += exp(pf[i]) * (pf[i] - pq[i]);
+        acc->skl += kl;
+        acc->agree += argmax(rf, V) == argmax(rq, V);
+    }
+    free(pf);
+    return 0;
+}
+
 int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
-                   const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
+                   const struct qs_hooks *hf, const struct qs_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e)
 {
     memset(out, 0, sizeof *out);
@@ -1087,58 +1150,44 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
                            tok[i], i, V);
     float *lf = malloc((size_t)ctx * V * sizeof(float));
     float *lq = hq ? malloc((size_t)ctx * V * sizeof(float)) : NULL;
-    double *pf = malloc(2 * (size_t)V * sizeof(double));
-    if (!lf || !pf || (hq && !lq)) {
+    if (!lf || (hq && !lq)) {
         free(lf);
         free(lq);
-        free(pf);
         return qs_errf(e, "%s: out of memory", m->path);
     }
-    double *pq = pf + V, sf = 0, sq = 0, skl = 0;
-    long agree = 0;
+    struct qs_lm_score acc = {0};
     int rc = 0;
     for (size_t w = 0; w < nw && rc == 0; w++) {
         const uint16_t *x = tok + w * ctx;
         if ((rc = qs_lm_forward(m, x, ctx, hf, lf, e)) < 0 ||
             (hq && (rc = qs_lm_forward(m, x, ctx, hq, lq, e)) < 0))
             break;
-        for (int t = 0; t < ctx; t++) {
-            int y = x[t + 1];
-            const float *rf = lf + (size_t)t * V;
-            log_softmax(rf, V, pf);
-            sf -= pf[y];
-            if (!hq)
-                continue;
-            const float *rq = lq + (size_t)t * V;
-            log_softmax(rq, V, pq);
-            sq -= pq[y];
-            double kl = 0;
-            for (int i = 0; i < V; i++)
-                kl += exp(pf[i]) * (pf[i] - pq[i]);
-            skl += kl;
-            agree += argmax(rf, V) == argmax(rq, V);
-        }
+        rc = qs_lm_score_window(m, x, ctx, lf, hq ? lq : NULL, &acc, e);
     }
     free(lf);
     free(lq);
-    free(pf);
     if (rc < 0)
         return -1;
-    long N = (long)nw * ctx;
-    out->ntok = N;
-    out->loss = sf / N;
-    out->ppl = exp(out->loss);
-    if (hq) {
-        out->loss_q = sq / N;
-        out->ppl_q = exp(out->loss_q);
-        out->kl = skl / N;
-        out->top1_agree = (double)agree / N;
-    }
+    qs_lm_eval_finish(&acc, hq != NULL, out);
     return 0;
 }
 
+void qs_lm_eval_finish(const struct qs_lm_score *acc, int have_q, struct qs_lm_eval *out)
+{
+    long N = acc->n;
+    out->ntok = N;
+    out->loss = acc->sf / N;
+    out->ppl = exp(out->loss);
+    if (have_q) {
+        out->loss_q = acc->sq / N;
+        out->ppl_q = exp(out->loss_q);
+        out->kl = acc->skl / N;
+        out->top1_agree = (double)acc->agree / N;
+    }
+}
+
 int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
-                       const struct qs_lm_hooks *h, double *loss, long *ntok, qs_err *e)
+                       const struct qs_hooks *h, double *loss, long *ntok, qs_err *e)
 {
     int ctx = m->ctx, V = m->vocab;
     if (n < (size_t)ctx + 1)

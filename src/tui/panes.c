@@ -717,8 +717,6 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
         char l3[128] = "or: correct LAYER ", l4[128] = "";
         int k = 0;
         for (size_t i = 0; i < sizeof offer / sizeof *offer; i++) {
-            if (s->lm && !qs_lm_corr_supported(offer[i]))
-                continue;
             char *l = k < 2 ? l3 : l4;
             size_t len = strlen(l);
             snprintf(l + len, sizeof l3 - len, "%s%s", k == 0 || k == 2 ? "" : "|",

@@ -356,10 +356,23 @@ static int snap_header(struct qs_bench *b, struct tui_snap *s, int sel)
     return 0;
 }
 
+/* eval's figures with the corrections in cmask on (every site quantized). */
+static int lm_eval_of(struct qs_bench *b, uint64_t cmask, struct qs_lm_eval *ev, qs_err *e)
+{
+    struct qs_metric m;
+    double kl, agree;
+    struct qs_lm_gate g;
+    if (qs_bench_run_ex(b, QS_TEST, ~0ULL, cmask, &m, NULL, &kl, &agree, e) < 0 ||
+        qs_bench_lm_gate(b, &g, e) < 0)
+        return -1;
+    *ev = (struct qs_lm_eval){g.float_loss, exp(g.float_loss), m.loss, exp(m.loss), kl, agree,
+                              m.n};
+    return 0;
+}
+
 /* Eval's figures for a transformer: float vs quantized (with the corrections, as `eval` reports
- * them), the gate, and with corrections in place the quantized model without them, as the MLP's
- * q_raw. The transformer's quantized pass applies a site's correction through corr.c (lmbench.c),
- * so those are set aside for that one pass and put back. */
+ * them), the gate, and with corrections in place the quantized model without any of them, as
+ * the MLP's q_raw. */
 static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s, qs_err *e)
 {
     if (w->lm_have && w->lm_nj == w->c->njournal && w->lm_m == (const void *)b->lm &&
@@ -370,23 +383,12 @@ static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_sna
         return 0;
     }
     w->lm_have = 0;
-    if (qs_bench_lm_eval(b, 0, &s->lev, e) < 0 || qs_bench_lm_gate(b, &s->lgate, e) < 0)
+    int rc = lm_eval_of(b, ~0ULL, &s->lev, e);
+    if (rc == 0 && qs_bench_lm_gate(b, &s->lgate, e) < 0)
         return -1;
     s->lev_raw = s->lev;
-    int n = b->lm->nsites, rc = 0;
-    if (s->any_corr) {
-        float **keep = calloc((size_t)n, sizeof *keep);
-        if (!keep)
-            return qs_errf(e, "out of memory");
-        for (int i = 0; i < n; i++) {
-            keep[i] = b->ls[i].corr.c;
-            b->ls[i].corr.c = NULL;
-        }
-        rc = qs_bench_lm_eval(b, 0, &s->lev_raw, e);
-        for (int i = 0; i < n; i++)
-            b->ls[i].corr.c = keep[i];
-        free(keep);
-    }
+    if (rc == 0 && s->any_corr)
+        rc = lm_eval_of(b, 0, &s->lev_raw, e);
     if (rc == 0) {
         w->lev = s->lev;
         w->lev_raw = s->lev_raw;
@@ -415,7 +417,7 @@ static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct
         return s;
     }
     struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
-    if (err && qs_bench_lm_errors(b, err, &e) == 0)
+    if (err && qs_analysis_errors(b, err, &e) == 0)
         for (int i = 0; i < s->nlayers; i++) {
             s->rows[i].snr_db = err[i].snr_db;
             s->rows[i].preact_rel_mse = err[i].preact_rel_mse;

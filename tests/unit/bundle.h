@@ -5,8 +5,10 @@
 #ifndef QSCOPE_TEST_BUNDLE_H
 #define QSCOPE_TEST_BUNDLE_H
 
+#include <math.h>
 #include <stdio.h>
 
+#include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/dataset.h"
 #include "qscope/lm.h"
@@ -50,6 +52,31 @@ __attribute__((unused)) static struct qs_bench *qs_test_open_lm(const char *dir)
         return NULL;
     }
     return b;
+}
+
+/* eval's figures of a transformer as the model's own evaluation reports them (qs_lm_eval). */
+__attribute__((unused)) static int qs_test_lm_eval(struct qs_bench *b, struct qs_lm_eval *ev,
+                                                   qs_err *e)
+{
+    struct qs_eval q;
+    if (qs_bench_eval(b, &q, e) < 0)
+        return -1;
+    *ev = (struct qs_lm_eval){q.f.loss, exp(q.f.loss), q.q.loss, exp(q.q.loss), q.kl, q.agree,
+                              q.q.n};
+    return 0;
+}
+
+/* The test split's loss with only unit `only` quantized (-1: float), no corrections. */
+__attribute__((unused)) static int qs_test_loss_only(struct qs_bench *b, int only, double *loss,
+                                                     long *n, qs_err *e)
+{
+    struct qs_metric m;
+    uint64_t mask = only < 0 ? 0 : 1ULL << (only < 63 ? only : 63);
+    if (qs_bench_run_ex(b, QS_TEST, mask, 0, &m, NULL, NULL, NULL, e) < 0)
+        return -1;
+    *loss = m.loss;
+    *n = m.n;
+    return 0;
 }
 
 #endif

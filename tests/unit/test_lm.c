@@ -159,7 +159,7 @@ static void hooks_on(const char *dir)
     float *lg = malloc((size_t)T * V * sizeof(float));
     struct hk h = {m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)),
                    0, T, -1};
-    struct qs_lm_hooks hooks = {w_hook, in_hook, NULL, &h, NULL};
+    struct qs_hooks hooks = {w_hook, in_hook, NULL, &h, NULL, NULL};
     CHECK(qs_lm_forward(m, tok, T, NULL, base, &e) == 0);
     CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
     CHECK(!memcmp(base, lg, (size_t)T * V * sizeof(float)));
@@ -188,7 +188,7 @@ static void hooks_on(const char *dir)
     struct hk h2 = h;
     h2.zero_site = 0;
     h2.act_zero_site = -1;
-    struct qs_lm_hooks hooks2 = {w_hook, NULL, NULL, &h2, NULL};
+    struct qs_hooks hooks2 = {w_hook, NULL, NULL, &h2, NULL, NULL};
     CHECK(qs_lm_forward(m, tok, T, &hooks2, lz, &e) == 0);
     double md = 0;
     for (int i = 0; i < T * V; i++)
@@ -238,7 +238,7 @@ static void bundled(const char *dir, struct qs_tokens *tk, long nparams)
     CHECK(qs_lm_nparams(m) == nparams);
     size_t off = tk->n - tk->n / 10;
     struct qs_lm_eval ev;
-    struct qs_lm_hooks none = {0};
+    struct qs_hooks none = {0};
     CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 0, NULL, NULL, &ev, &e) == 0);
     printf("  %s: val ppl %.6f (recorded %s) over %ld tokens\n", dir, ev.ppl, ppl ? ppl : "?",
            ev.ntok);
@@ -256,7 +256,7 @@ static void bundled(const char *dir, struct qs_tokens *tk, long nparams)
     CHECK_NEAR(ev.top1_agree, 1.0, 1e-12);
     /* a quantized-looking run: the head's input zeroed -> uniform predictions, KL > 0 */
     struct hk h = {m, -1, NULL, NULL, 0, 0, m->nsites - 1};
-    struct qs_lm_hooks hq = {NULL, NULL, act_hook, &h, NULL};
+    struct qs_hooks hq = {NULL, NULL, act_hook, &h, NULL, NULL};
     CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 3, NULL, &hq, &ev, &e) == 0);
     CHECK(ev.ntok == 3L * m->ctx);
     CHECK_NEAR(ev.loss_q, log((double)m->vocab), 1e-5);

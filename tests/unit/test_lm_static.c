@@ -60,7 +60,7 @@ static float *reference_amax(struct qs_bench *b)
     float *mx = calloc((size_t)m->nsites, sizeof *mx);
     float *logits = malloc((size_t)m->ctx * m->vocab * sizeof *logits);
     struct amax_hook ah = {mx};
-    struct qs_lm_hooks h = {NULL, keep_amax, NULL, &ah, NULL};
+    struct qs_hooks h = {NULL, keep_amax, NULL, &ah, NULL, NULL};
     qs_err e = {{0}};
     int rc = mx && logits ? 0 : -1;
     for (int w = 0; w < cw && rc == 0; w++)
@@ -99,12 +99,12 @@ static void test_scale_is_calibration_absmax(void)
         struct qs_lm_eval ev;
         CHECK(act_rule(b, QS_AMODE_STATIC) == b->lm->nsites);
         CHECK(b->ls[0].a_static_amax == 0.0f); /* calibrated on first use, not before */
-        CHECK(qs_bench_lm_eval(b, 4, &ev, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &ev, &e) == 0);
         check_scales(b, models_[k]);
         float before = b->ls[0].a_static_amax;
         CHECK(qs_bench_set_calib(b, 1, &e) == 0);
         CHECK(b->ls[0].a_static_amax == 0.0f); /* dropped with the calibration inputs */
-        CHECK(qs_bench_lm_eval(b, 4, &ev, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &ev, &e) == 0);
         check_scales(b, models_[k]);
         /* one window sees no larger input than eight */
         CHECK(b->ls[0].a_static_amax <= before);
@@ -124,16 +124,16 @@ static void test_static_differs_from_dynamic(void)
         qs_err e = {{0}};
         struct qs_lm_eval dyn, st, st1;
         CHECK(act_rule(b, QS_AMODE_DYNAMIC) > 0);
-        CHECK(qs_bench_lm_eval(b, 8, &dyn, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &dyn, &e) == 0);
         CHECK(act_rule(b, QS_AMODE_STATIC) > 0);
-        CHECK(qs_bench_lm_eval(b, 8, &st, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &st, &e) == 0);
         printf("  %s: dynamic loss_q %.6f kl %.6g; static loss_q %.6f kl %.6g\n", models_[k],
                dyn.loss_q, dyn.kl, st.loss_q, st.kl);
         CHECK(dyn.loss == st.loss); /* the float model is the same */
         CHECK(dyn.loss_q != st.loss_q);
         CHECK(dyn.kl != st.kl);
         CHECK(qs_bench_set_calib(b, 1, &e) == 0);
-        CHECK(qs_bench_lm_eval(b, 8, &st1, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &st1, &e) == 0);
         CHECK(st1.loss_q != st.loss_q || st1.kl != st.kl);
         qs_bench_free(b);
     }
@@ -152,7 +152,7 @@ static void test_error_static(void)
         CHECK(act_rule(b, QS_AMODE_STATIC) > 0);
         CHECK(qs_bench_effective_regime(b) == QS_REGIME_ACT);
         struct qs_layer_err *err = calloc((size_t)b->lm->nsites, sizeof *err);
-        CHECK(err && qs_bench_lm_errors(b, err, &e) == 0);
+        CHECK(err && qs_analysis_errors(b, err, &e) == 0);
         for (int s = 0; err && s < b->lm->nsites; s++) {
             CHECK(err[s].w_rel_err == 0.0);
             CHECK(err[s].local_rel_mse > 0 && err[s].preact_rel_mse > 0);

@@ -80,7 +80,7 @@ static float *capture_out(struct qs_bench *b, int site, int quant, int *n)
     *n = cw * m->ctx;
     struct cap c = {b, site, quant, 0, *n, 0, malloc((size_t)*n * m->sites[site].out * 4)};
     float *logits = malloc((size_t)m->ctx * m->vocab * sizeof *logits);
-    struct qs_lm_hooks h = {cap_weight, NULL, NULL, &c, cap_post};
+    struct qs_hooks h = {cap_weight, NULL, NULL, &c, cap_post, NULL};
     qs_err e = {{0}};
     int rc = c.y && logits ? 0 : -1;
     for (int w = 0; w < cw && rc == 0; w++)
@@ -108,11 +108,11 @@ static void test_bias_is_mean_error(void)
         int s = site_index(b->lm, sites_[k]), d = b->lm->sites[s].out;
         CHECK(s >= 0);
         struct qs_lm_eval ev0, ev1, ev2;
-        CHECK(qs_bench_lm_eval(b, 4, &ev0, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &ev0, &e) == 0);
         int nf = 0, nq = 0;
         float *yf = capture_out(b, s, 0, &nf), *yq = capture_out(b, s, 1, &nq);
         CHECK(yf && yq && nf == nq && nf > 0);
-        if (qs_bench_lm_correct(b, s, QS_CORR_BIAS, 0, "float", -1, &e) < 0)
+        if (qs_analysis_correct(b, s, QS_CORR_BIAS, 0, "float", -1, NULL, &e) < 0)
             fprintf(stderr, "  %s\n", e.msg);
         const struct qs_corr *c = &b->ls[s].corr;
         CHECK(c->method == QS_CORR_BIAS && c->db && c->params == d);
@@ -132,10 +132,10 @@ static void test_bias_is_mean_error(void)
                     sites_[k], maxdiff, maxref);
         CHECK(maxdiff <= 1e-5 * fmax(1.0, maxref));
         CHECK(c->recovery > 0 && c->recovery <= 1 && c->recovery_calib > 0);
-        CHECK(qs_bench_lm_eval(b, 4, &ev1, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &ev1, &e) == 0);
         CHECK(ev1.loss_q != ev0.loss_q && ev1.loss == ev0.loss);
         qs_analysis_uncorrect(b, s);
-        CHECK(qs_bench_lm_eval(b, 4, &ev2, &e) == 0);
+        CHECK(qs_test_lm_eval(b, &ev2, &e) == 0);
         CHECK(ev2.loss_q == ev0.loss_q && ev2.kl == ev0.kl && ev2.top1_agree == ev0.top1_agree);
         free(yf);
         free(yq);
@@ -161,7 +161,7 @@ static void test_linear_is_ridge_map(void)
         struct qs_ridge_info info;
         CHECK(yf && yq && at && mb &&
               qs_ridge_map_info(yq, yf, nf, d, -1, at, mb, &info, &e) == 0);
-        if (qs_bench_lm_correct(b, s, QS_CORR_LINEAR, 0, "float", -1, &e) < 0)
+        if (qs_analysis_correct(b, s, QS_CORR_LINEAR, 0, "float", -1, NULL, &e) < 0)
             fprintf(stderr, "  %s\n", e.msg);
         const struct qs_corr *c = &b->ls[s].corr;
         CHECK(c->method == QS_CORR_LINEAR && c->amap && c->mb);
@@ -180,7 +180,7 @@ static void test_linear_is_ridge_map(void)
         CHECK(c->recovery > 0 && c->recovery <= 1);
         /* int8: the map's own weights packed per row, fewer bits than float */
         double fbits = c->bits;
-        CHECK(qs_bench_lm_correct(b, s, QS_CORR_LINEAR, 0, "int8", -1, &e) == 0);
+        CHECK(qs_analysis_correct(b, s, QS_CORR_LINEAR, 0, "int8", -1, NULL, &e) == 0);
         CHECK(!strcmp(b->ls[s].corr.prec, "int8") && b->ls[s].corr.bits < fbits);
         free(yf);
         free(yq);
@@ -208,7 +208,7 @@ static void test_post_hook_rewrites(void)
     int head = m->nsites - 1;
     CHECK(!strcmp(m->sites[head].name, "lm_head"));
     float *lg = malloc((size_t)m->ctx * m->vocab * sizeof *lg);
-    struct qs_lm_hooks h = {NULL, NULL, NULL, &head, zero_post};
+    struct qs_hooks h = {NULL, NULL, NULL, &head, zero_post, NULL};
     qs_err e = {{0}};
     CHECK(lg && qs_lm_forward(m, b->tokens->ids, m->ctx, &h, lg, &e) == 0);
     double mx = 0;
@@ -231,15 +231,15 @@ static void test_wide_head_refused(void)
     qs_err e = {{0}};
     CHECK(int3_rule(b) == b->lm->nsites);
     int head = b->lm->nsites - 1;
-    CHECK(qs_bench_lm_correct(b, head, QS_CORR_BIAS, 0, "float", -1, &e) == 0);
+    CHECK(qs_analysis_correct(b, head, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
     const float *x;
     int nx;
-    CHECK(qs_bench_lm_inputs(b, head, &x, &nx, &e) == 0); /* the caches are whole again */
+    CHECK(qs_bench_inputs(b, QS_CALIB, 0, head, &x, &nx, &e) == 0); /* the caches are whole again */
     int out = b->lm->sites[head].out;
     b->lm->sites[head].out = 50257;
-    CHECK(qs_bench_lm_correct(b, head, QS_CORR_LINEAR, 0, "float", -1, &e) < 0);
+    CHECK(qs_analysis_correct(b, head, QS_CORR_LINEAR, 0, "float", -1, NULL, &e) < 0);
     CHECK(strstr(e.msg, "50257 outputs") && strstr(e.msg, "4096"));
-    CHECK(qs_bench_lm_correct(b, head, QS_CORR_CLOCAL, 0, "float", -1, &e) < 0);
+    CHECK(qs_analysis_correct(b, head, QS_CORR_CLOCAL, 0, "float", -1, NULL, &e) < 0);
     b->lm->sites[head].out = out;
     CHECK(b->ls[head].corr.method == QS_CORR_BIAS); /* a refused fit leaves the old one */
     qs_bench_free(b);

@@ -10,6 +10,7 @@
 #include "qscope/bench.h"
 #include "qscope/lmbench.h"
 #include "qscope/sensitivity.h"
+#include "bundle.h"
 #include "test.h"
 
 #define FX "tests/fixtures/delta_gpt2"
@@ -78,14 +79,14 @@ static void test_lm(void)
     if (!b)
         return;
     qs_err e = {{0}};
-    struct qs_lm_eval ev;
+    struct qs_lm_eval ev = {0};
     double lf = 0, l3 = 0;
     long nt = 0;
     /* the float loss is eval's; a site without a rule quantizes nothing */
-    CHECK(qs_bench_lm_eval(b, 0, &ev, &e) == 0);
-    CHECK(qs_bench_lm_loss_only(b, -1, &lf, &nt, &e) == 0);
+    CHECK(qs_test_lm_eval(b, &ev, &e) == 0);
+    CHECK(qs_test_loss_only(b, -1, &lf, &nt, &e) == 0);
     CHECK(lf == ev.loss && nt == ev.ntok && nt == 3968);
-    CHECK(qs_bench_lm_loss_only(b, 3, &l3, &nt, &e) == 0);
+    CHECK(qs_test_loss_only(b, 3, &l3, &nt, &e) == 0);
     CHECK(l3 == lf);
     int L = qs_bench_nunits(b);
     CHECK(L == 9);

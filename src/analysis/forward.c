@@ -1,0 +1,702 @@
+/* forward.c - the one model core. A model is an ordered list of linear sites (qs_bench_unit) and
+ * a forward over a split that calls hooks at every site (struct qs_hooks). Each family (the MLP;
+ * the GPT-2 and LLaMA transformers) supplies a small ops table: the rows of a split, the unit of
+ * recompute, a forward that fills the activation caches from a given site on, and a run that
+ * scores a split. Everything else - how a site computes under quantization and correction
+ * (qs_bench_layer_forward), the caches and their incremental recompute, static activation
+ * scales, masked runs for ablation and sensitivity, evaluation - is written once here, and the
+ * analyses (analysis.c, sensitivity.c, study.c) are written against sites and these caches. */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/bench.h"
+#include "qscope/lmbench.h"
+
+/* ---- one site ----------------------------------------------------------------------------- */
+
+float qs_bench_static_amax(const float *x, size_t len)
+{
+    float mx = 0.0f;
+    for (size_t j = 0; j < len; j++)
+        if (fabsf(x[j]) > mx)
+            mx = fabsf(x[j]);
+    return mx > 0 ? mx : 1e-30f;
+}
+
+int qs_bench_act_quant(const struct qs_layer_state *s, const float *x, int n, int in, float *xq,
+                       qs_err *e)
+{
+    struct qs_qopts o = s->aopt;
+    if (s->afmt.kind == QS_FMT_NONE) {
+        if (xq != x)
+            memcpy(xq, x, (size_t)n * in * sizeof(float));
+        return 0;
+    }
+    if (s->amode == QS_AMODE_STATIC) {
+        if (s->a_static_amax <= 0.0f)
+            return qs_errf(e, "static activation scale not calibrated");
+        return qs_quant_fake_amax(&s->afmt, &o, x, n, in, s->a_static_amax, xq, e);
+    }
+    /* rows of x are tokens: amode=token scales each row; dynamic scales the tensor (a rule's
+     * gran=channel is about weight rows and does not apply here), or each group of a token
+     * with gran=group:N */
+    if (s->amode == QS_AMODE_TOKEN)
+        o.gran = QS_GRAN_CHANNEL;
+    else if (o.gran == QS_GRAN_CHANNEL)
+        o.gran = QS_GRAN_TENSOR;
+    return qs_quant_fake(&s->afmt, &o, x, n, in, xq, e);
+}
+
+int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int quant,
+                           int apply_corr, float *pre, qs_err *e)
+{
+    struct qs_unit l;
+    qs_bench_unit(b, i, &l);
+    struct qs_layer_state *s = &b->ls[i];
+    const float *xin = x, *w = ((quant & QS_ROLE_W) && s->wq) ? s->wq : l.w, *bias = l.b;
+    float *xq = NULL, *wtmp = NULL, *btmp = NULL;
+    int rc = 0;
+    if (apply_corr && s->corr.method == QS_CORR_CLOCAL)
+        apply_corr = 0; /* analysis-only: never in a forward pass */
+    size_t nx = (size_t)n * l.in, ny = (size_t)n * l.out, nw = (size_t)l.out * l.in;
+    if ((quant & QS_ROLE_A) && s->afmt.kind != QS_FMT_NONE) {
+        if (!(xq = malloc(nx * sizeof(float))))
+            return qs_errf(e, "out of memory");
+        if (qs_bench_act_quant(s, x, n, l.in, xq, e) < 0) {
+            free(xq);
+            return qs_err_prefix(e, l.name);
+        }
+        xin = xq;
+    }
+    /* the correction: a low-rank term on the weight, a bias term on the bias (a site without a
+     * bias gets one), a linear map on the output */
+    if (apply_corr && s->corr.c) {
+        if (!(wtmp = malloc(nw * sizeof(float)))) {
+            rc = qs_errf(e, "out of memory");
+            goto out;
+        }
+        for (size_t j = 0; j < nw; j++)
+            wtmp[j] = w[j] + s->corr.c[j];
+        w = wtmp;
+    }
+    if (apply_corr && s->corr.db) {
+        if (!(btmp = malloc((size_t)l.out * sizeof(float)))) {
+            rc = qs_errf(e, "out of memory");
+            goto out;
+        }
+        for (int j = 0; j < l.out; j++)
+            btmp[j] = (l.b ? l.b[j] : 0.0f) + s->corr.db[j];
+        bias = btmp;
+    }
+    qs_linear(xin, n, l.in, w, bias, l.out, pre);
+    if (apply_corr && s->corr.amap) {
+        float *t = malloc(ny * sizeof(float));
+        if (!t) {
+            rc = qs_errf(e, "out of memory");
+            goto out;
+        }
+        qs_linear(pre, n, l.out, s->corr.amap, s->corr.mb, l.out, t); /* y A^T + mb */
+        memcpy(pre, t, ny * sizeof(float));
+        free(t);
+    }
+out:
+    free(xq);
+    free(wtmp);
+    free(btmp);
+    return rc;
+}
+
+/* The hooks of a path: every site through qs_bench_layer_forward with the roles quant_mask
+ * grants it and its correction when corr_mask does (bit i for site i; sites past 63 follow bit
+ * 63). Capture: rows written into a cache's inputs at row offset `row`. */
+struct path {
+    struct qs_bench *b;
+    uint64_t qmask, cmask;
+    int quant; /* 0: the float model (no hook needed) */
+    float **cap;
+    size_t row;
+};
+
+static int mask_bit(uint64_t m, int i) { return (int)(m >> (i < 63 ? i : 63) & 1); }
+
+static int path_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
+{
+    struct path *p = u;
+    return qs_bench_layer_forward(p->b, s, x, n,
+                                  mask_bit(p->qmask, s) ? QS_ROLE_W | QS_ROLE_A : 0,
+                                  mask_bit(p->cmask, s), y, e);
+}
+
+static void path_capture(void *u, int s, const float *x, int n, int in)
+{
+    struct path *p = u;
+    if (p->cap && p->cap[s])
+        memcpy(p->cap[s] + p->row * (size_t)in, x, (size_t)n * in * sizeof(float));
+}
+
+static struct qs_hooks path_hooks(struct path *p)
+{
+    struct qs_hooks h = {0};
+    h.u = p;
+    h.input = p->cap ? path_capture : NULL;
+    h.linear = p->quant ? path_linear : NULL;
+    return h;
+}
+
+/* ---- families ----------------------------------------------------------------------------- */
+
+/* What a run of a split reports: the task metric, per-unit losses for the bootstrap (MLP: a
+ * row; transformer: a window's mean token loss), and when wanted the KL to the float model and
+ * top-1 agreement, with the logits (MLP only). */
+struct run_out {
+    struct qs_metric m;
+    double *unit_loss;
+    int want_kl;
+    double kl, agree;
+    float *logits;
+};
+
+struct family {
+    int (*ready)(struct qs_bench *b, qs_err *e);
+    int (*rows)(const struct qs_bench *b, enum qs_split_id s);
+    int (*unit_rows)(const struct qs_bench *b);
+    int (*resume_site)(const struct qs_bench *b, int site);
+    int (*alloc)(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e);
+    int (*fill)(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, int from,
+                struct path *p, qs_err *e);
+    int (*run)(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
+               qs_err *e);
+    size_t (*extra_bytes)(const struct qs_bench *b, int rows); /* per split and path */
+};
+
+/* ---- the MLP: rows of a CSV split; the unit of recompute is a layer ------------------------ */
+
+static int mlp_rows(const struct qs_bench *b, enum qs_split_id s)
+{
+    if (s == QS_CALIB)
+        return b->calib_n > 0 ? b->calib_n : b->split.n_calib;
+    return b->split.n_test;
+}
+
+static int mlp_unit(const struct qs_bench *b)
+{
+    (void)b;
+    return 1;
+}
+
+static int mlp_resume(const struct qs_bench *b, int site)
+{
+    (void)b;
+    return site;
+}
+
+static int mlp_alloc(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e)
+{
+    const struct qs_mlp *m = b->model;
+    int L = m->nlayers, n = mlp_rows(b, s);
+    a->n = n;
+    a->in = qs_calloc((size_t)L, sizeof *a->in);
+    a->pre = qs_calloc((size_t)L, sizeof *a->pre);
+    a->x = malloc((size_t)n * b->data->d * sizeof(float) + 1);
+    a->y = malloc((size_t)n * sizeof(int) + 1);
+    if (!a->in || !a->pre || !a->x || !a->y)
+        return qs_errf(e, "out of memory caching activations (%d samples)", n);
+    for (int i = 0; i < L; i++)
+        if ((i > 0 && !(a->in[i] = malloc((size_t)n * m->layers[i].in * sizeof(float)))) ||
+            !(a->pre[i] = malloc((size_t)n * m->layers[i].out * sizeof(float))))
+            return qs_errf(e, "out of memory caching activations (%d samples)", n);
+    qs_dataset_gather(b->data, s == QS_CALIB ? b->split.calib : b->split.test, n, a->x, a->y);
+    a->in[0] = a->x;
+    return 0;
+}
+
+/* Layers from..L-1 on the cached input of layer from: pre[i] through the path's site, then the
+ * activation into in[i + 1]. */
+static int mlp_fill(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, int from,
+                    struct path *p, qs_err *e)
+{
+    (void)s;
+    const struct qs_mlp *m = b->model;
+    int L = m->nlayers;
+    for (int i = from; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (p->quant) {
+            if (path_linear(p, i, a->in[i], a->n, a->pre[i], e) < 0)
+                return -1;
+        } else {
+            qs_linear(a->in[i], a->n, l->in, l->w, l->b, l->out, a->pre[i]);
+        }
+        if (i + 1 < L) {
+            memcpy(a->in[i + 1], a->pre[i], (size_t)a->n * l->out * sizeof(float));
+            qs_act_apply(l->act, a->in[i + 1], (size_t)a->n * l->out);
+        }
+    }
+    return 0;
+}
+
+static int mlp_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
+                   qs_err *e)
+{
+    const struct qs_mlp *m = b->model;
+    const struct qs_acts *f = &b->f_acts[s];
+    int L = m->nlayers, n = f->n, width = qs_mlp_max_width(m), C = m->layers[L - 1].out;
+    size_t nbuf;
+    if (qs_size_mul3((size_t)n, (size_t)width, 2 * sizeof(float), &nbuf) < 0)
+        return qs_errf(e, "a forward pass over the split: size overflows");
+    if (qs_mem_check(nbuf, "a forward pass over the split", e) < 0)
+        return -1;
+    float *cur = malloc((size_t)n * width * sizeof(float) + 1);
+    float *nxt = malloc((size_t)n * width * sizeof(float) + 1);
+    int rc = 0;
+    if (!cur || !nxt) {
+        rc = qs_errf(e, "out of memory");
+        goto out;
+    }
+    memcpy(cur, f->x, (size_t)n * b->data->d * sizeof(float));
+    for (int i = 0; i < L && rc == 0; i++) {
+        rc = path_linear(p, i, cur, n, nxt, e);
+        if (i + 1 < L)
+            qs_act_apply(m->layers[i].act, nxt, (size_t)n * m->layers[i].out);
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+    }
+    if (rc < 0)
+        goto out;
+    int correct = 0;
+    o->m.loss = qs_xent(cur, f->y, n, C, &correct, NULL);
+    o->m.acc = n ? (double)correct / n : 0.0;
+    o->m.n = n;
+    if (o->unit_loss)
+        for (int r = 0; r < n; r++)
+            o->unit_loss[r] = qs_xent(cur + (size_t)r * C, f->y + r, 1, C, NULL, NULL);
+    if (o->want_kl) {
+        int agree = 0;
+        o->kl = qs_kl_rows(f->pre[L - 1], cur, n, C, &agree);
+        o->agree = n ? (double)agree / n : 0.0;
+    }
+    if (o->logits)
+        memcpy(o->logits, cur, (size_t)n * C * sizeof(float));
+out:
+    free(cur);
+    free(nxt);
+    return rc;
+}
+
+static size_t mlp_extra(const struct qs_bench *b, int rows)
+{
+    (void)b;
+    (void)rows;
+    return 0;
+}
+
+/* ---- transformers: windows of a token stream; the unit of recompute is a block ------------ */
+
+/* Windows of a split: calibration, the first calib_n windows (inputs only); held out, every
+ * window of the last 10 % (inputs and their next tokens), as `eval` scores them. */
+static int lm_windows(const struct qs_bench *b, enum qs_split_id s, size_t *start)
+{
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    if (s == QS_CALIB) {
+        *start = 0;
+        return cw;
+    }
+    *start = off;
+    return (int)((b->tokens->n - off - 1) / (size_t)b->lm->ctx);
+}
+
+static int lm_rows(const struct qs_bench *b, enum qs_split_id s)
+{
+    size_t st;
+    return lm_windows(b, s, &st) * b->lm->ctx;
+}
+
+static int lm_unit(const struct qs_bench *b) { return b->lm->ctx; }
+
+static int lm_resume(const struct qs_bench *b, int site)
+{
+    return qs_lm_block_first_site(b->lm, qs_lm_site_block(b->lm, site));
+}
+
+static size_t lm_resid_floats(const struct qs_bench *b)
+{
+    const struct qs_lm *m = b->lm;
+    return (size_t)(m->n_layer + 1) * m->ctx * m->d_model;
+}
+
+static int lm_alloc(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t st;
+    int nw = lm_windows(b, s, &st);
+    a->n = nw * m->ctx;
+    a->in = qs_calloc((size_t)m->nsites, sizeof *a->in);
+    a->resid = malloc((size_t)nw * lm_resid_floats(b) * sizeof(float) + 1);
+    if (!a->in || !a->resid)
+        return qs_errf(e, "out of memory caching activations (%d windows)", nw);
+    for (int i = 0; i < m->nsites; i++)
+        if (!(a->in[i] = malloc((size_t)a->n * m->sites[i].in * sizeof(float) + 1)))
+            return qs_errf(e, "out of memory caching activations (%d windows)", nw);
+    return 0;
+}
+
+/* Every window from the block of site `from` on (the residual stream kept at block entries),
+ * capturing the inputs of the sites it visits. */
+static int lm_fill(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, int from,
+                   struct path *p, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t start;
+    int nw = lm_windows(b, s, &start), blk = qs_lm_site_block(m, from);
+    p->cap = a->in;
+    struct qs_hooks h = path_hooks(p);
+    for (int w = 0; w < nw; w++) {
+        p->row = (size_t)w * m->ctx;
+        if (qs_lm_forward_resume(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx, &h, blk,
+                                 a->resid + (size_t)w * lm_resid_floats(b), NULL, e) < 0)
+            return -1;
+        if (b->cancel)
+            return qs_errf(e, "cancelled");
+    }
+    return 0;
+}
+
+/* Every held-out (or calibration) window through the path: eval's own scoring
+ * (qs_lm_score_window), against the float model's logits when KL is wanted. */
+static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
+                  qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t start;
+    int nw = lm_windows(b, s, &start), ctx = m->ctx, rc = 0;
+    size_t nl = (size_t)ctx * m->vocab;
+    float *lq = qs_alloc(nl, sizeof(float), "the logits", e);
+    float *lf = lq && o->want_kl ? qs_alloc(nl, sizeof(float), "the logits", e) : NULL;
+    double *tl = lq ? qs_alloc((size_t)ctx, sizeof(double), "the token losses", e) : NULL;
+    if (!lq || !tl || (o->want_kl && !lf)) {
+        free(lq);
+        free(lf);
+        free(tl);
+        return -1;
+    }
+    p->cap = NULL;
+    struct qs_hooks h = path_hooks(p);
+    struct qs_lm_score acc = {0};
+    for (int w = 0; w < nw && rc == 0; w++) {
+        const uint16_t *x = b->tokens->ids + start + (size_t)w * ctx;
+        if ((o->want_kl && (rc = qs_lm_forward(m, x, ctx, NULL, lf, e)) < 0) ||
+            (rc = qs_lm_forward(m, x, ctx, &h, lq, e)) < 0)
+            break;
+        /* scored as eval scores: float side = this run unless KL to the float model is wanted */
+        acc.tok_loss = tl;
+        if ((rc = qs_lm_score_window(m, x, ctx, o->want_kl ? lf : lq, o->want_kl ? lq : NULL,
+                                     &acc, e)) < 0)
+            break;
+        if (o->unit_loss) {
+            double ws = 0.0;
+            for (int t = 0; t < ctx; t++)
+                ws += tl[t];
+            o->unit_loss[w] = ws / ctx;
+        }
+        if (b->cancel)
+            rc = qs_errf(e, "cancelled");
+    }
+    if (rc == 0) {
+        struct qs_lm_eval ev;
+        qs_lm_eval_finish(&acc, o->want_kl, &ev);
+        o->m.loss = o->want_kl ? ev.loss_q : ev.loss;
+        o->m.acc = NAN; /* a language model's metric is the perplexity, exp(loss) */
+        o->m.n = (int)ev.ntok;
+        o->kl = ev.kl;
+        o->agree = ev.top1_agree;
+    }
+    free(lq);
+    free(lf);
+    free(tl);
+    return rc;
+}
+
+static size_t lm_extra(const struct qs_bench *b, int rows)
+{
+    return (size_t)rows / (size_t)b->lm->ctx * lm_resid_floats(b) * sizeof(float);
+}
+
+static const struct family mlp_family = {qs_bench_ready, mlp_rows,  mlp_unit, mlp_resume,
+                                         mlp_alloc,      mlp_fill,  mlp_run,  mlp_extra};
+static const struct family lm_family = {qs_bench_lm_ready, lm_rows, lm_unit, lm_resume,
+                                        lm_alloc,          lm_fill, lm_run,  lm_extra};
+
+static const struct family *family_of(const struct qs_bench *b)
+{
+    return b->lm ? &lm_family : &mlp_family;
+}
+
+/* ---- the caches --------------------------------------------------------------------------- */
+
+void qs_bench_acts_free(struct qs_acts *a, int nsites, int in0_owned)
+{
+    if (a->in)
+        for (int i = in0_owned ? 0 : 1; i < nsites; i++)
+            free(a->in[i]);
+    if (a->pre)
+        for (int i = 0; i < nsites; i++)
+            free(a->pre[i]);
+    free(a->in);
+    free(a->pre);
+    free(a->resid);
+    free(a->x);
+    free(a->y);
+    memset(a, 0, sizeof *a);
+}
+
+static void ensure_static_amax(struct qs_bench *b)
+{
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        struct qs_layer_state *s = &b->ls[i];
+        if (s->afmt.kind == QS_FMT_NONE || s->amode != QS_AMODE_STATIC || s->a_static_amax > 0)
+            continue;
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        const struct qs_acts *a = &b->f_acts[QS_CALIB];
+        s->a_static_amax = qs_bench_static_amax(a->in[i], (size_t)a->n * u.in);
+    }
+}
+
+int qs_bench_update(struct qs_bench *b, qs_err *e)
+{
+    const struct family *F = family_of(b);
+    if (F->ready(b, e) < 0)
+        return -1;
+    int S = qs_bench_nunits(b);
+    if (!b->f_valid) {
+        qs_bench_caches_free(b);
+        /* float and quantized activations of both splits (every site's inputs, the MLP's
+         * pre-activations, the transformer's block-entry residuals), checked as one figure
+         * before any of it is allocated */
+        size_t rows = 0, width = 0, total = 0, extra = 0;
+        for (int s = 0; s < 2; s++) {
+            int r = F->rows(b, (enum qs_split_id)s);
+            rows += (size_t)r;
+            extra += F->extra_bytes(b, r);
+        }
+        for (int i = 0; i < S; i++) {
+            struct qs_unit u;
+            qs_bench_unit(b, i, &u);
+            width += (size_t)u.in + (b->lm ? 0 : (size_t)u.out);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "the activation caches (%zu %s, %d sites)",
+                 b->lm ? rows / (size_t)b->lm->ctx : rows, b->lm ? "windows" : "samples", S);
+        if (qs_size_mul3(rows, width, 2 * sizeof(float), &total) < 0 ||
+            qs_size_add(total, 2 * extra, &total) < 0)
+            return qs_errf(e, "%s: size overflows", what);
+        if (qs_mem_check(total, what, e) < 0)
+            return -1;
+        for (int s = 0; s < 2; s++) {
+            struct path fp = {.b = b};
+            if (F->alloc(b, (enum qs_split_id)s, &b->f_acts[s], e) < 0 ||
+                F->alloc(b, (enum qs_split_id)s, &b->q_acts[s], e) < 0 ||
+                F->fill(b, (enum qs_split_id)s, &b->f_acts[s], 0, &fp, e) < 0) {
+                qs_bench_caches_free(b);
+                return -1;
+            }
+            b->q_valid[s] = 0;
+        }
+        b->f_valid = 1;
+    }
+    ensure_static_amax(b);
+    for (int s = 0; s < 2; s++) {
+        if (b->q_valid[s] >= S)
+            continue;
+        struct path qp = {.b = b, .qmask = ~0ULL, .cmask = ~0ULL, .quant = 1};
+        if (F->fill(b, (enum qs_split_id)s, &b->q_acts[s], F->resume_site(b, b->q_valid[s]), &qp,
+                    e) < 0)
+            return -1;
+        b->q_valid[s] = S;
+    }
+    return 0;
+}
+
+int qs_bench_inputs(struct qs_bench *b, enum qs_split_id s, int quant, int site, const float **x,
+                    int *n, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    const struct qs_acts *a = quant ? &b->q_acts[s] : &b->f_acts[s];
+    *x = a->in[site];
+    *n = a->n;
+    return 0;
+}
+
+int qs_bench_unit_rows(const struct qs_bench *b) { return family_of(b)->unit_rows(b); }
+
+int qs_bench_split_units(struct qs_bench *b, enum qs_split_id s, qs_err *e)
+{
+    const struct family *F = family_of(b);
+    if (F->ready(b, e) < 0)
+        return -1;
+    return F->rows(b, s) / F->unit_rows(b);
+}
+
+/* The transformer's static activation scales without the caches: a float pass over the
+ * calibration windows keeping each site's input absmax (the same maximum the cached inputs
+ * give). `eval` and the masked runs need no site activations otherwise. */
+struct amax_ctx {
+    float *mx;
+};
+
+static void amax_input(void *u, int s, const float *x, int n, int in)
+{
+    struct amax_ctx *c = u;
+    size_t len = (size_t)n * in;
+    for (size_t j = 0; j < len; j++)
+        if (fabsf(x[j]) > c->mx[s])
+            c->mx[s] = fabsf(x[j]);
+}
+
+static int calibrate_static(struct qs_bench *b, qs_err *e)
+{
+    int S = qs_bench_nunits(b), need = 0;
+    for (int i = 0; i < S; i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        need |= s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC &&
+                s->a_static_amax <= 0;
+    }
+    if (!need)
+        return 0;
+    if (!b->lm || b->f_valid)
+        return qs_bench_update(b, e);
+    struct amax_ctx c = {qs_calloc((size_t)S, sizeof(float))};
+    float *lg = c.mx ? qs_alloc((size_t)b->lm->ctx * b->lm->vocab, sizeof(float), "the logits",
+                                e)
+                     : NULL;
+    int rc = lg ? 0 : -1;
+    if (!c.mx)
+        qs_errf(e, "out of memory");
+    struct qs_hooks h = {0};
+    h.input = amax_input;
+    h.u = &c;
+    size_t start;
+    int nw = lm_windows(b, QS_CALIB, &start);
+    for (int w = 0; w < nw && rc == 0; w++)
+        rc = qs_lm_forward(b->lm, b->tokens->ids + start + (size_t)w * b->lm->ctx, b->lm->ctx,
+                           &h, lg, e);
+    for (int i = 0; rc == 0 && i < S; i++) {
+        struct qs_layer_state *s = &b->ls[i];
+        if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax <= 0)
+            s->a_static_amax = c.mx[i] > 0 ? c.mx[i] : 1e-30f;
+    }
+    free(c.mx);
+    free(lg);
+    return rc;
+}
+
+int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
+                    uint64_t corr_mask, struct qs_metric *m, double *unit_loss, double *kl,
+                    double *agree, qs_err *e)
+{
+    const struct family *F = family_of(b);
+    if (b->lm ? F->ready(b, e) < 0 || calibrate_static(b, e) < 0 : qs_bench_update(b, e) < 0)
+        return -1;
+    struct path p = {.b = b, .qmask = quant_mask, .cmask = corr_mask, .quant = 1};
+    struct run_out o = {.unit_loss = unit_loss, .want_kl = kl || agree};
+    if (F->run(b, s, &p, &o, e) < 0)
+        return -1;
+    *m = o.m;
+    if (kl)
+        *kl = o.kl;
+    if (agree)
+        *agree = o.agree;
+    return 0;
+}
+
+int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                 struct qs_metric *m, float *logits, qs_err *e)
+{
+    if (b->lm && logits)
+        return qs_errf(e, "qs_bench_run: logits are an MLP's (use qs_bench_run_ex)");
+    if (!b->lm) {
+        if (qs_bench_update(b, e) < 0)
+            return -1;
+        struct path p = {.b = b, .qmask = quant_mask, .cmask = corr_mask, .quant = 1};
+        struct run_out o = {.logits = logits};
+        if (mlp_run(b, s, &p, &o, e) < 0)
+            return -1;
+        *m = o.m;
+        return 0;
+    }
+    return qs_bench_run_ex(b, s, quant_mask, corr_mask, m, NULL, NULL, NULL, e);
+}
+
+/* ---- evaluation --------------------------------------------------------------------------- */
+
+double qs_bench_bits_per_weight(const struct qs_bench *b)
+{
+    double bits = 0.0, nw = 0.0;
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        struct qs_unit l;
+        qs_bench_unit(b, i, &l);
+        double n = (double)l.in * l.out;
+        nw += n;
+        bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
+        bits += b->ls[i].corr.bits;
+    }
+    return nw > 0 ? bits / nw : 0.0;
+}
+
+/* A transformer: float and quantized (corrected) forwards of every held-out window, scored by
+ * qs_lm_score_window; the float loss is cached for the gate. */
+static int lm_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
+{
+    struct qs_metric m;
+    double kl, agree;
+    struct qs_lm_gate g;
+    if (qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, &agree, e) < 0 ||
+        qs_bench_lm_gate(b, &g, e) < 0)
+        return -1;
+    ev->f.loss = g.float_loss;
+    ev->q.loss = m.loss;
+    ev->f.acc = ev->q.acc = NAN;
+    ev->f.n = ev->q.n = m.n;
+    ev->kl = kl;
+    ev->agree = agree;
+    ev->chance = g.unigram;
+    ev->gate_pass = g.pass;
+    ev->gate_threshold = g.threshold;
+    return 0;
+}
+
+int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->bits_w = qs_bench_bits_per_weight(b);
+    if (b->lm)
+        return lm_eval(b, ev, e);
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int L = b->model->nlayers, C = b->model->layers[L - 1].out;
+    const struct qs_acts *f = &b->f_acts[QS_TEST], *q = &b->q_acts[QS_TEST];
+    int cf = 0, cq = 0, agree = 0;
+    ev->f.loss = qs_xent(f->pre[L - 1], f->y, f->n, C, &cf, NULL);
+    ev->q.loss = qs_xent(q->pre[L - 1], q->y, q->n, C, &cq, NULL);
+    ev->f.acc = (double)cf / f->n;
+    ev->q.acc = (double)cq / q->n;
+    ev->f.n = ev->q.n = f->n;
+    ev->kl = qs_kl_rows(f->pre[L - 1], q->pre[L - 1], f->n, C, &agree);
+    ev->agree = (double)agree / f->n;
+    /* gate: accuracy above chance by a share gate_min of the headroom. */
+    int *cnt = qs_calloc((size_t)C, sizeof *cnt), maj = 0;
+    for (int r = 0; cnt && r < f->n; r++)
+        if (f->y[r] >= 0 && f->y[r] < C && ++cnt[f->y[r]] > maj)
+            maj = cnt[f->y[r]];
+    free(cnt);
+    ev->chance = (double)maj / f->n;
+    ev->gate_threshold = ev->chance + b->gate_min * (1.0 - ev->chance);
+    ev->gate_pass = ev->f.acc >= ev->gate_threshold;
+    return 0;
+}
