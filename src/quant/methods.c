@@ -1,0 +1,673 @@
+/* methods.c - GPTQ, AWQ, SmoothQuant, randomized Hadamard rotations and imatrix-weighted scale
+ * search on one linear layer (see methods.h for the contracts, man/qscope-methods.7 for the
+ * definitions and citations). */
+#include "qscope/methods.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/half.h"
+
+/* ---- input statistics --------------------------------------------------------------------- */
+
+#define HCHUNK 256 /* rows of x converted to double per dsyrk */
+
+int qs_hessian_add(double *h, const float *x, int n, int cols, qs_err *e)
+{
+    if (n < 0 || cols < 1)
+        return qs_errf(e, "hessian: bad shape (%d, %d)", n, cols);
+    if (n == 0)
+        return 0;
+    double *xd = qs_alloc((size_t)(n < HCHUNK ? n : HCHUNK), (size_t)cols * sizeof *xd,
+                          "the Hessian's input chunk", e);
+    if (!xd)
+        return -1;
+    const size_t c = (size_t)cols;
+    /* dsyrk writes only the upper triangle; the lower one is rebuilt from it at the end, so
+     * first fold the caller's lower triangle into nothing: it is a mirror by contract */
+    for (int r0 = 0; r0 < n; r0 += HCHUNK) {
+        int m = n - r0 < HCHUNK ? n - r0 : HCHUNK;
+        for (size_t i = 0; i < (size_t)m * c; i++)
+            xd[i] = x[(size_t)r0 * c + i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, m, 2.0, xd, cols, 1.0, h, cols);
+    }
+    free(xd);
+    for (size_t i = 0; i < c; i++)
+        for (size_t j = 0; j < i; j++)
+            h[i * c + j] = h[j * c + i];
+    return 0;
+}
+
+double qs_method_local_err(const float *w, const float *q, int rows, int cols, const double *r)
+{
+    size_t n = (size_t)rows * (size_t)cols;
+    double *d = calloc(2 * n, sizeof *d);
+    if (!d)
+        return -1.0;
+    double *dr = d + n;
+    for (size_t i = 0; i < n; i++)
+        d[i] = (double)q[i] - (double)w[i];
+    cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, rows, cols, 1.0, r, cols, d, cols, 0.0, dr,
+                cols);
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += d[i] * dr[i];
+    free(d);
+    return s;
+}
+
+/* ---- GPTQ ------------------------------------------------------------------------------- */
+
+void qs_gptq_opts_default(struct qs_gptq_opts *g)
+{
+    g->damp = 0.01;
+    g->block = 128;
+    g->act_order = 0;
+}
+
+struct didx {
+    double d;
+    int i;
+};
+
+static int by_diag_desc(const void *a, const void *b)
+{
+    const struct didx *x = a, *y = b;
+    if (x->d != y->d)
+        return x->d > y->d ? -1 : 1;
+    return x->i - y->i; /* stable: equal diagonals keep their order */
+}
+
+/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
+static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
+{
+    const size_t c = (size_t)n;
+    /* J H J in place: reverse rows and columns (a 180-degree turn of the array) */
+    for (size_t i = 0, k = c * c - 1; i < k; i++, k--) {
+        double t = hp[i];
+        hp[i] = hp[k];
+        hp[k] = t;
+    }
+    /* the array read column-major is the same symmetric matrix; its column-major upper Cholesky
+     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
+    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
+    if (info > 0)
+        return qs_errf(e, "GPTQ: H is not positive definite after damping (leading minor %d); "
+                          "raise damp",
+                       (int)info);
+    if (info < 0)
+        return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
+    info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
+    if (info != 0)
+        return qs_errf(e, "GPTQ: the Cholesky factor is singular (dtrtri %d); raise damp",
+                       (int)info);
+    /* U = J L^-1 J: U[i][j] = Linv[n-1-i][n-1-j], upper */
+    for (size_t i = 0; i < c; i++)
+        for (size_t j = 0; j < c; j++)
+            u[i * c + j] = j >= i ? (float)hp[(c - 1 - i) * c + (c - 1 - j)] : 0.0f;
+    return 0;
+}
+
+int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
+            const float *w, int rows, int cols, const double *h, float *out,
+            struct qs_qblock *scales, qs_err *e)
+{
+    struct qs_gptq_opts def;
+    if (!g) {
+        qs_gptq_opts_default(&def);
+        g = &def;
+    }
+    if (!w || !h || !out)
+        return qs_errf(e, "GPTQ: no data");
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "GPTQ: empty matrix (%d x %d)", rows, cols);
+    if (!(g->damp >= 0.0 && g->damp < 1e6))
+        return qs_errf(e, "GPTQ: damp must be >= 0 (got %g)", g->damp);
+    if (g->block < 1)
+        return qs_errf(e, "GPTQ: block must be >= 1 (got %d)", g->block);
+    const size_t n = (size_t)cols, R = (size_t)rows;
+    size_t nn;
+    if (qs_size_mul(n, n, &nn) < 0 || qs_size_mul(n, R, &nn) < 0 || qs_size_mul(n, n, &nn) < 0)
+        return qs_errf(e, "GPTQ: a %d x %d layer overflows a size", rows, cols);
+    int rc = -1;
+    struct qs_quantizer *q = NULL;
+    double *hp = NULL;
+    float *u = NULL, *wp = NULL, *t = NULL, *err = NULL, *gx = NULL;
+    struct qs_qblock *blk = NULL;
+    int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
+    size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
+    struct didx *dx = malloc(n * sizeof *dx);
+    if (!perm || !dead || !grp || !dx) {
+        qs_errf(e, "out of memory");
+        goto done;
+    }
+    hp = qs_alloc(nn, sizeof *hp, "GPTQ's Hessian copy", e);
+    u = hp ? qs_alloc(nn, sizeof *u, "GPTQ's inverse Cholesky factor", e) : NULL;
+    wp = u ? qs_alloc(R * n, sizeof *wp, "GPTQ's working weights", e) : NULL;
+    if (!wp)
+        goto done;
+
+    /* dead inputs (H_jj = 0: W[:, j] = 0, H_jj = 1) and the processing order */
+    double mean = 0.0;
+    for (size_t j = 0; j < n; j++) {
+        double d = h[j * n + j];
+        if (!isfinite(d) || d < 0.0) {
+            qs_errf(e, "GPTQ: H[%zu, %zu] = %g is not a valid diagonal entry", j, j, d);
+            goto done;
+        }
+        dead[j] = d == 0.0;
+        dx[j] = (struct didx){dead[j] ? 1.0 : d, (int)j};
+        mean += dx[j].d;
+    }
+    mean /= (double)n;
+    if (g->act_order)
+        qsort(dx, n, sizeof *dx, by_diag_desc);
+    for (size_t k = 0; k < n; k++)
+        perm[k] = dx[k].i;
+
+    /* permuted, damped H; permuted W with the dead columns zeroed */
+    for (size_t a = 0; a < n; a++) {
+        const double *hr = h + (size_t)perm[a] * n;
+        for (size_t b = 0; b < n; b++)
+            hp[a * n + b] = hr[perm[b]];
+        hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < n; k++)
+            wp[r * n + k] = dead[perm[k]] ? 0.0f : w[r * n + (size_t)perm[k]];
+
+    /* the quantizer sees that W in original column order; out is free until the end, so it
+     * holds the copy */
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < n; k++)
+            out[r * n + (size_t)perm[k]] = wp[r * n + k];
+    if (qs_quantizer_new(f, o, out, rows, cols, &q, e) < 0)
+        goto done;
+    if (inv_chol_upper(hp, cols, u, e) < 0)
+        goto done;
+    free(hp);
+    hp = NULL;
+
+    const int shared = qs_quantizer_shared(q);
+    const size_t seg = (size_t)qs_quantizer_block(q);
+    const size_t nblk = shared ? 1 : (n + seg - 1) / seg;
+    const size_t B = (size_t)g->block < n ? (size_t)g->block : n;
+    blk = qs_alloc(R * nblk, sizeof *blk, "GPTQ's group scales", e);
+    t = blk ? qs_alloc(B * R, sizeof *t, "GPTQ's column batch", e) : NULL;
+    err = t ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
+    gx = err ? malloc(seg * sizeof *gx) : NULL;
+    if (!err)
+        goto done;
+    if (!gx) {
+        qs_errf(e, "out of memory");
+        goto done;
+    }
+    for (size_t k = 0; k < n; k++)
+        grp[k] = shared ? 0 : (size_t)perm[k] / seg;
+    /* static scales are fitted up front (shared, or act order); otherwise when reached */
+    const int fit_late = !shared && !g->act_order;
+    if (shared) {
+        if (qs_quantizer_fit(q, out, cols, 0, 0, &blk[0], e) < 0)
+            goto done;
+    } else if (!fit_late) {
+        for (size_t r = 0; r < R; r++)
+            for (size_t b = 0; b < nblk; b++) {
+                size_t c0 = b * seg, len = n - c0 < seg ? n - c0 : seg;
+                if (qs_quantizer_fit(q, out + r * n + c0, (int)len, (int)r, (int)c0,
+                                     &blk[r * nblk + b], e) < 0)
+                    goto done;
+            }
+    }
+
+    for (size_t i1 = 0; i1 < n;) {
+        size_t i2 = i1 + B < n ? i1 + B : n;
+        if (fit_late && seg < n) {
+            /* cut the batch at a group start whose group would straddle its end, so that every
+             * group is fitted from fully updated weights */
+            for (size_t gs = (i1 / seg + 1) * seg; gs < i2; gs += seg)
+                if (gs + seg > i2 && i2 < n) {
+                    i2 = gs;
+                    break;
+                }
+        }
+        const size_t nb = i2 - i1;
+        /* t: (nb, R) = W[:, i1:i2]^T, so that a column is a contiguous row */
+        for (size_t r = 0; r < R; r++)
+            for (size_t k = 0; k < nb; k++)
+                t[k * R + r] = wp[r * n + i1 + k];
+        for (size_t k = 0; k < nb; k++) {
+            const size_t col = i1 + k;
+            float *tc = t + k * R, *ec = err + k * R;
+            if (fit_late && col % seg == 0) {
+                size_t len = n - col < seg ? n - col : seg;
+                /* the group's columns inside the batch are in t; those after it (only when
+                 * the group starts the batch) have every update already */
+                for (size_t r = 0; r < R; r++) {
+                    for (size_t m = 0; m < len; m++)
+                        gx[m] = k + m < nb ? t[(k + m) * R + r] : wp[r * n + col + m];
+                    if (qs_quantizer_fit(q, gx, (int)len, (int)r, (int)col,
+                                         &blk[r * nblk + col / seg], e) < 0)
+                        goto done;
+                }
+            }
+            const double d = u[col * n + col];
+            for (size_t r = 0; r < R; r++) {
+                float qv;
+                qs_quantizer_round(q, &blk[shared ? 0 : r * nblk + grp[col]], tc + r, &qv, 1);
+                ec[r] = (float)(((double)tc[r] - (double)qv) / d);
+                tc[r] = qv;
+            }
+            /* the rest of the batch: t[k+1:] -= U[col, col+1:i2]^T err */
+            if (k + 1 < nb)
+                cblas_sger(CblasRowMajor, (int)(nb - k - 1), rows, -1.0f, u + col * n + col + 1,
+                           1, ec, 1, t + (k + 1) * R, rows);
+        }
+        for (size_t r = 0; r < R; r++)
+            for (size_t k = 0; k < nb; k++)
+                wp[r * n + i1 + k] = t[k * R + r];
+        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:] */
+        if (i2 < n)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
+                        -1.0f, err, rows, u + i1 * n + i2, cols, 1.0f, wp + i2, cols);
+        i1 = i2;
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < n; k++)
+            out[r * n + (size_t)perm[k]] = wp[r * n + k];
+    if (scales)
+        memcpy(scales, blk, R * nblk * sizeof *blk);
+    rc = 0;
+done:
+    qs_quantizer_free(q);
+    free(hp);
+    free(u);
+    free(wp);
+    free(t);
+    free(err);
+    free(gx);
+    free(blk);
+    free(perm);
+    free(dead);
+    free(grp);
+    free(dx);
+    return rc;
+}
+
+/* ---- per-input-channel scaling ------------------------------------------------------------ */
+
+void qs_scale_cols(float *a, int rows, int cols, const float *s, int inverse)
+{
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        float *ar = a + r * (size_t)cols;
+        if (inverse)
+            for (int j = 0; j < cols; j++)
+                ar[j] /= s[j];
+        else
+            for (int j = 0; j < cols; j++)
+                ar[j] *= s[j];
+    }
+}
+
+int qs_awq(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows, int cols,
+           const float *xmean, const double *r, int ngrid, float *s, float *qw, double *alpha,
+           double *err, double *err_rtn, qs_err *e)
+{
+    if (!w || !xmean || !r || !s || !qw)
+        return qs_errf(e, "AWQ: no data");
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "AWQ: empty matrix (%d x %d)", rows, cols);
+    if (ngrid <= 0)
+        ngrid = 20;
+    for (int j = 0; j < cols; j++)
+        if (!(xmean[j] >= 0.0f && isfinite(xmean[j])))
+            return qs_errf(e, "AWQ: mean |x| of input %d is %g", j, (double)xmean[j]);
+    size_t n = (size_t)rows * (size_t)cols;
+    float *ws = qs_alloc(2 * n, sizeof *ws, "AWQ's scaled weights", e);
+    float *sc = malloc((size_t)cols * sizeof *sc);
+    if (!ws || !sc) {
+        free(ws);
+        free(sc);
+        return ws ? qs_errf(e, "out of memory") : -1;
+    }
+    float *qt = ws + n;
+    double best = INFINITY;
+    int rc = 0;
+    for (int k = 0; k < ngrid && rc == 0; k++) {
+        double a = (double)k / ngrid;
+        double smax = 0.0, smin = INFINITY;
+        for (int j = 0; j < cols; j++) {
+            double v = pow((double)xmean[j], a);
+            v = v < 1e-4 ? 1e-4 : v;
+            sc[j] = (float)v;
+            smax = v > smax ? v : smax;
+            smin = v < smin ? v : smin;
+        }
+        float norm = (float)sqrt(smax * smin);
+        for (int j = 0; j < cols; j++)
+            sc[j] /= norm;
+        memcpy(ws, w, n * sizeof *ws);
+        qs_scale_cols(ws, rows, cols, sc, 0);
+        if (qs_quant_fake(f, o, ws, rows, cols, qt, e) < 0) {
+            rc = -1;
+            break;
+        }
+        memcpy(ws, qt, n * sizeof *ws); /* keep Q(W diag s) for the output */
+        qs_scale_cols(qt, rows, cols, sc, 1);
+        double ek = qs_method_local_err(w, qt, rows, cols, r);
+        if (ek < 0.0) {
+            rc = qs_errf(e, "out of memory");
+            break;
+        }
+        if (k == 0 && err_rtn)
+            *err_rtn = ek;
+        if (ek < best) {
+            best = ek;
+            memcpy(s, sc, (size_t)cols * sizeof *s);
+            memcpy(qw, ws, n * sizeof *qw);
+            if (alpha)
+                *alpha = a;
+        }
+    }
+    if (rc == 0 && err)
+        *err = best;
+    free(ws);
+    free(sc);
+    return rc;
+}
+
+int qs_smoothquant_scales(const float *xmax, const float *w, int rows, int cols, double alpha,
+                          float *s, qs_err *e)
+{
+    if (!xmax || !w || !s)
+        return qs_errf(e, "SmoothQuant: no data");
+    if (!(alpha >= 0.0 && alpha <= 1.0))
+        return qs_errf(e, "SmoothQuant: alpha must be in [0, 1] (got %g)", alpha);
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "SmoothQuant: empty matrix (%d x %d)", rows, cols);
+    for (int j = 0; j < cols; j++) {
+        double wm = 0.0;
+        for (size_t r = 0; r < (size_t)rows; r++) {
+            double a = fabs((double)w[r * (size_t)cols + (size_t)j]);
+            wm = a > wm ? a : wm;
+        }
+        wm = wm < 1e-5 ? 1e-5 : wm;
+        double xm = xmax[j];
+        if (!(xm >= 0.0 && isfinite(xm)))
+            return qs_errf(e, "SmoothQuant: max |x| of input %d is %g", j, xm);
+        double v = pow(xm, alpha) / pow(wm, 1.0 - alpha);
+        s[j] = (float)(v < 1e-5 ? 1e-5 : v);
+    }
+    return 0;
+}
+
+/* ---- rotations ----------------------------------------------------------------------------- */
+
+#define ROT_MAX_ODD 1024
+#define IM_WIDE 121 /* ratios 0.30, 0.31, .., 1.50 */
+#define IM_REFITS 4
+
+struct qs_rot {
+    int n, p, m; /* n = p * m, p = 2^k, m odd */
+    float *sign; /* (n) +-1 */
+    float *qm;   /* (m, m) orthogonal, row-major */
+};
+
+int qs_rot_new(int n, uint64_t seed, struct qs_rot **out, qs_err *e)
+{
+    *out = NULL;
+    if (n < 1)
+        return qs_errf(e, "rotation: dimension must be >= 1 (got %d)", n);
+    int p = 1, m = n;
+    while (m % 2 == 0) {
+        m /= 2;
+        p *= 2;
+    }
+    if (m > ROT_MAX_ODD)
+        return qs_errf(e, "rotation: dimension %d = %d x %d has an odd part above %d; "
+                          "a Hadamard-type rotation needs a larger power-of-two factor",
+                       n, p, m, ROT_MAX_ODD);
+    struct qs_rot *h = calloc(1, sizeof *h);
+    if (!h)
+        return qs_errf(e, "out of memory");
+    h->n = n;
+    h->p = p;
+    h->m = m;
+    h->sign = malloc((size_t)n * sizeof *h->sign);
+    h->qm = malloc((size_t)m * (size_t)m * sizeof *h->qm);
+    double *a = malloc((size_t)m * (size_t)m * sizeof *a);
+    double *tau = malloc((size_t)m * sizeof *tau);
+    if (!h->sign || !h->qm || !a || !tau) {
+        free(a);
+        free(tau);
+        qs_rot_free(h);
+        return qs_errf(e, "out of memory");
+    }
+    qs_rng g;
+    qs_rng_seed(&g, seed);
+    for (int i = 0; i < n; i++)
+        h->sign[i] = (qs_rng_u64(&g) >> 63) ? -1.0f : 1.0f;
+    for (size_t i = 0; i < (size_t)m * (size_t)m; i++)
+        a[i] = qs_rng_normal(&g);
+    int rc = 0;
+    if (m > 1) {
+        /* Haar-distributed Q: QR of a Gaussian, columns signed so that diag(R) > 0 */
+        lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, m, m, a, m, tau);
+        double *rd = malloc((size_t)m * sizeof *rd);
+        if (info == 0 && rd) {
+            for (int i = 0; i < m; i++)
+                rd[i] = a[(size_t)i * m + i];
+            info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, m, m, m, a, m, tau);
+        }
+        if (info != 0 || !rd)
+            rc = qs_errf(e, "rotation: QR of the %d x %d mixing matrix failed", m, m);
+        for (int i = 0; rc == 0 && i < m; i++)
+            for (int j = 0; j < m; j++)
+                h->qm[(size_t)i * m + j] = (float)(rd[j] < 0 ? -a[(size_t)i * m + j]
+                                                             : a[(size_t)i * m + j]);
+        free(rd);
+    } else {
+        h->qm[0] = 1.0f;
+    }
+    free(a);
+    free(tau);
+    if (rc < 0) {
+        qs_rot_free(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+void qs_rot_free(struct qs_rot *h)
+{
+    if (!h)
+        return;
+    free(h->sign);
+    free(h->qm);
+    free(h);
+}
+
+int qs_rot_dim(const struct qs_rot *h)
+{
+    return h->n;
+}
+
+/* In-place normalised fast Walsh-Hadamard transform of v[0..p) (Sylvester order). */
+static void fwht(float *v, int p)
+{
+    for (int len = 1; len < p; len <<= 1)
+        for (int i = 0; i < p; i += len << 1)
+            for (int j = i; j < i + len; j++) {
+                float a = v[j], b = v[j + len];
+                v[j] = a + b;
+                v[j + len] = a - b;
+            }
+    float sc = 1.0f / sqrtf((float)p);
+    for (int j = 0; j < p; j++)
+        v[j] *= sc;
+}
+
+/* v (m, p) row-major <- Q v (tr = 0) or Q^T v (tr = 1); tmp: (m, p). */
+static void mix(const struct qs_rot *h, float *v, float *tmp, int tr)
+{
+    const int m = h->m, p = h->p;
+    memset(tmp, 0, (size_t)m * (size_t)p * sizeof *tmp);
+    for (int a = 0; a < m; a++)
+        for (int b = 0; b < m; b++) {
+            float c = tr ? h->qm[(size_t)b * m + a] : h->qm[(size_t)a * m + b];
+            float *ta = tmp + (size_t)a * p;
+            const float *vb = v + (size_t)b * p;
+            for (int t = 0; t < p; t++)
+                ta[t] += c * vb[t];
+        }
+    memcpy(v, tmp, (size_t)m * (size_t)p * sizeof *v);
+}
+
+int qs_rot_apply(const struct qs_rot *h, float *a, int rows, int transpose, qs_err *e)
+{
+    const int n = h->n, p = h->p, m = h->m;
+    float *tmp = NULL;
+    if (m > 1) {
+        tmp = malloc((size_t)n * sizeof *tmp);
+        if (!tmp)
+            return qs_errf(e, "out of memory");
+    }
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        float *v = a + r * (size_t)n;
+        if (!transpose) {
+            for (int j = 0; j < n; j++)
+                v[j] *= h->sign[j];
+            for (int b = 0; b < m; b++)
+                fwht(v + (size_t)b * p, p);
+            if (m > 1)
+                mix(h, v, tmp, 0);
+        } else {
+            if (m > 1)
+                mix(h, v, tmp, 1);
+            for (int b = 0; b < m; b++)
+                fwht(v + (size_t)b * p, p); /* H_p / sqrt(p) is symmetric */
+            for (int j = 0; j < n; j++)
+                v[j] *= h->sign[j];
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
+/* ---- importance-weighted scale search ----------------------------------------------------- */
+
+/* Weighted squared error of rounding x[0..len) with block b; q gets the values. */
+static double wsse(const struct qs_quantizer *q, const struct qs_qblock *b, const float *x,
+                   const float *imp, int len, float *qv)
+{
+    qs_quantizer_round(q, b, x, qv, len);
+    double s = 0.0;
+    for (int j = 0; j < len; j++) {
+        double d = (double)x[j] - (double)qv[j];
+        s += (imp ? (double)imp[j] : 1.0) * d * d;
+    }
+    return s;
+}
+
+/* b with scale v rounded to storage; 0 when the scale is not representable. */
+static int set_scale(struct qs_qblock *b, double v, int f32)
+{
+    float s = (float)v;
+    if (!f32) {
+        uint16_t hb = qs_f32_to_f16(s);
+        if ((hb & 0x7c00u) == 0x7c00u)
+            return 0;
+        s = qs_f16_to_f32(hb);
+        b->scode = hb;
+    } else {
+        memcpy(&b->scode, &s, sizeof s);
+    }
+    if (!(s > 0.0f) || !(1.0f / s <= 3.4e38f))
+        return 0;
+    b->s = s;
+    b->inv = 1.0f / s;
+    return 1;
+}
+
+int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, const float *imp, float *out, qs_err *e)
+{
+    if (!f || !o || !w || !out)
+        return qs_errf(e, "imatrix: no data");
+    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        return qs_errf(e, "%s: block scales are powers of two / E4M3 codes; an imatrix scale "
+                          "search needs free scales", f->name);
+    if (f->kind == QS_FMT_INT && o->asym)
+        return qs_errf(e, "%s: imatrix scale search is symmetric; asym is not supported", f->name);
+    if (o->gran == QS_GRAN_TENSOR || o->scale_none)
+        return qs_errf(e, "%s: imatrix scale search works per channel or group (gran=channel "
+                          "or gran=group:N)", f->name);
+    if (imp)
+        for (int j = 0; j < cols; j++)
+            if (!(imp[j] >= 0.0f && isfinite(imp[j])))
+                return qs_errf(e, "imatrix: importance of input %d is %g", j, (double)imp[j]);
+    struct qs_quantizer *q = NULL;
+    if (qs_quantizer_new(f, o, w, rows, cols, &q, e) < 0)
+        return -1;
+    const int seg = qs_quantizer_block(q);
+    /* llama.cpp steps the inverse scale by 0.1 code units around nmax; qscope: M = 2^(B-1) - 1
+     * (B the element bits) plays nmax's part for every format */
+    const double M = (double)((1 << (f->bits - 1)) - 1);
+    float *qv = malloc(2 * (size_t)seg * sizeof *qv);
+    if (!qv) {
+        qs_quantizer_free(q);
+        return qs_errf(e, "out of memory");
+    }
+    float *qb = qv + seg;
+    int rc = 0;
+    for (size_t r = 0; r < (size_t)rows && rc == 0; r++)
+        for (int c0 = 0; c0 < cols; c0 += seg) {
+            int len = cols - c0 < seg ? cols - c0 : seg;
+            const float *x = w + r * (size_t)cols + c0;
+            const float *im = imp ? imp + c0 : NULL;
+            float *ob = out + r * (size_t)cols + c0;
+            struct qs_qblock b0, c, cb;
+            if (qs_quantizer_fit(q, x, len, (int)r, c0, &b0, e) < 0) {
+                rc = -1;
+                break;
+            }
+            double be = wsse(q, &b0, x, im, len, ob);
+            if (b0.s == 0.0f)
+                continue; /* a zero block */
+            /* llama.cpp's 19 candidates, then a wide scan of ratios 0.3 .. 1.5 of s0 */
+            for (int k = -9; k <= 9 + IM_WIDE; k++) {
+                double ratio = k <= 9 ? M / (M + 0.1 * k) : 0.3 + 0.01 * (k - 10);
+                cb = b0;
+                if (k == 0 || !set_scale(&cb, (double)b0.s * ratio, o->scale_f32))
+                    continue; /* k = 0 is the plain scale, already judged */
+                c = cb;
+                /* alternate rounding at the scale and the weighted least-squares scale of the
+                 * codes l = q / s (sum imp x l / sum imp l^2): neither step can raise the
+                 * weighted error */
+                for (int it = 0; it < IM_REFITS; it++) {
+                    double ce = wsse(q, &c, x, im, len, qb);
+                    if (ce < be) {
+                        be = ce;
+                        memcpy(ob, qb, (size_t)len * sizeof *ob);
+                    }
+                    double sxl = 0.0, sll = 0.0;
+                    for (int j = 0; j < len; j++) {
+                        double l = (double)qb[j] / c.s, wj = im ? im[j] : 1.0;
+                        sxl += wj * x[j] * l;
+                        sll += wj * l * l;
+                    }
+                    struct qs_qblock nx = c;
+                    if (!(sll > 0.0 && sxl > 0.0) || !set_scale(&nx, sxl / sll, o->scale_f32) ||
+                        nx.s == c.s)
+                        break;
+                    c = nx;
+                }
+            }
+        }
+    free(qv);
+    qs_quantizer_free(q);
+    return rc;
+}
