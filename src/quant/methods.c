@@ -6,8 +6,10 @@
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qscope/half.h"
 
@@ -61,6 +63,9 @@ double qs_method_local_err(const float *w, const float *q, int rows, int cols, c
 
 /* ---- GPTQ ------------------------------------------------------------------------------- */
 
+#define GTILE 64 /* rows per gather of a group's weights for fitting its scales */
+#define GPTQ_MAX_THREADS 8
+
 void qs_gptq_opts_default(struct qs_gptq_opts *g)
 {
     g->damp = 0.01;
@@ -79,6 +84,32 @@ static int by_diag_desc(const void *a, const void *b)
     if (x->d != y->d)
         return x->d > y->d ? -1 : 1;
     return x->i - y->i; /* stable: equal diagonals keep their order */
+}
+
+/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]:
+ * back = 0 fills t from a, back = 1 fills a from t. Tiled, so that neither side is walked
+ * with a large stride. */
+static void transpose_perm(float *a, size_t rows, size_t n, const int *perm, float *t, int back)
+{
+    enum { TILE = 32 };
+    for (size_t r0 = 0; r0 < rows; r0 += TILE)
+        for (size_t k0 = 0; k0 < n; k0 += TILE) {
+            size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, k1 = k0 + TILE < n ? k0 + TILE : n;
+            for (size_t k = k0; k < k1; k++)
+                for (size_t r = r0; r < r1; r++) {
+                    if (back)
+                        a[r * n + (size_t)perm[k]] = t[k * rows + r];
+                    else
+                        t[k * rows + r] = a[r * n + (size_t)perm[k]];
+                }
+        }
+}
+
+/* y -= a x over n floats (vectorized by gcc). */
+static void axpy_neg(float *restrict y, const float *restrict x, float a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] -= a * x[i];
 }
 
 /* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
@@ -111,6 +142,62 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
     return 0;
 }
 
+/* One lazy batch of GPTQ on rows [r0, r1): fit the groups that start in it, quantize column by
+ * column, spread each column's error over the rest of the batch. Rows are independent here. */
+struct gbatch {
+    struct qs_quantizer *q;
+    const float *u;
+    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, R); gx: (GTILE, seg) */
+    struct qs_qblock *blk;
+    const size_t *grp;
+    size_t R, n, i1, nb, seg, nblk, r0, r1;
+    int shared, fit_late, rc;
+    qs_err e;
+};
+
+static void *gbatch_run(void *arg)
+{
+    struct gbatch *b = arg;
+    const size_t R = b->R, n = b->n, seg = b->seg;
+    b->rc = 0;
+    for (size_t k = 0; k < b->nb; k++) {
+        const size_t col = b->i1 + k;
+        float *tc = b->t + k * R, *ec = b->err + k * R;
+        if (b->fit_late && col % seg == 0) {
+            size_t len = n - col < seg ? n - col : seg;
+            /* columns after the batch (only when the group starts the batch) have every
+             * update already */
+            for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
+                size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
+                for (size_t m = 0; m < len; m++) /* gx: (GTILE, len), read along rows */
+                    for (size_t r = r0; r < r1; r++)
+                        b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                for (size_t r = r0; r < r1; r++)
+                    if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
+                                         (int)col, &b->blk[r * b->nblk + col / seg], &b->e) < 0) {
+                        b->rc = -1;
+                        return NULL;
+                    }
+            }
+        }
+        const float d = b->u[col * n + col];
+        for (size_t r = b->r0; r < b->r1; r++)
+            qs_quantizer_round(b->q, &b->blk[b->shared ? 0 : r * b->nblk + b->grp[col]], tc + r,
+                               ec + r, 1);
+        for (size_t r = b->r0; r < b->r1; r++) { /* ec holds Q(w) until here */
+            float qv = ec[r];
+            ec[r] = (tc[r] - qv) / d;
+            tc[r] = qv;
+        }
+        /* the rest of the batch: t[k+1:] -= U[col, col+1:i2]^T err (a plain loop: as
+         * cblas_sger, OpenBLAS's thread hand-off costs more than these small updates) */
+        for (size_t kk = k + 1; kk < b->nb; kk++)
+            axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk],
+                     b->r1 - b->r0);
+    }
+    return NULL;
+}
+
 int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
             const float *w, int rows, int cols, const double *h, float *out,
             struct qs_qblock *scales, qs_err *e)
@@ -135,7 +222,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     int rc = -1;
     struct qs_quantizer *q = NULL;
     double *hp = NULL;
-    float *u = NULL, *wp = NULL, *t = NULL, *err = NULL, *gx = NULL;
+    float *u = NULL, *wt = NULL, *err = NULL, *gx = NULL;
     struct qs_qblock *blk = NULL;
     int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
     size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
@@ -146,8 +233,10 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     }
     hp = qs_alloc(nn, sizeof *hp, "GPTQ's Hessian copy", e);
     u = hp ? qs_alloc(nn, sizeof *u, "GPTQ's inverse Cholesky factor", e) : NULL;
-    wp = u ? qs_alloc(R * n, sizeof *wp, "GPTQ's working weights", e) : NULL;
-    if (!wp)
+    /* the working weights transposed and permuted, wt: (cols, rows): a column is a contiguous
+     * row, so the in-batch updates are axpys and no batch is ever copied */
+    wt = u ? qs_alloc(R * n, sizeof *wt, "GPTQ's working weights", e) : NULL;
+    if (!wt)
         goto done;
 
     /* dead inputs (H_jj = 0: W[:, j] = 0, H_jj = 1) and the processing order */
@@ -175,15 +264,12 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             hp[a * n + b] = hr[perm[b]];
         hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
     }
+    /* the quantizer sees W with the dead columns zeroed; out is free until the end, so it
+     * holds that copy */
     for (size_t r = 0; r < R; r++)
-        for (size_t k = 0; k < n; k++)
-            wp[r * n + k] = dead[perm[k]] ? 0.0f : w[r * n + (size_t)perm[k]];
-
-    /* the quantizer sees that W in original column order; out is free until the end, so it
-     * holds the copy */
-    for (size_t r = 0; r < R; r++)
-        for (size_t k = 0; k < n; k++)
-            out[r * n + (size_t)perm[k]] = wp[r * n + k];
+        for (size_t j = 0; j < n; j++)
+            out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
+    transpose_perm(out, R, n, perm, wt, 0);
     if (qs_quantizer_new(f, o, out, rows, cols, &q, e) < 0)
         goto done;
     if (inv_chol_upper(hp, cols, u, e) < 0)
@@ -196,9 +282,14 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     const size_t nblk = shared ? 1 : (n + seg - 1) / seg;
     const size_t B = (size_t)g->block < n ? (size_t)g->block : n;
     blk = qs_alloc(R * nblk, sizeof *blk, "GPTQ's group scales", e);
-    t = blk ? qs_alloc(B * R, sizeof *t, "GPTQ's column batch", e) : NULL;
-    err = t ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
-    gx = err ? malloc(seg * sizeof *gx) : NULL;
+    err = blk ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
+     * 8, when each gets at least 128 rows */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
+    while (nthr > 1 && R / (size_t)nthr < 128)
+        nthr--;
+    gx = err ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
     if (!err)
         goto done;
     if (!gx) {
@@ -234,49 +325,44 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                 }
         }
         const size_t nb = i2 - i1;
-        /* t: (nb, R) = W[:, i1:i2]^T, so that a column is a contiguous row */
-        for (size_t r = 0; r < R; r++)
-            for (size_t k = 0; k < nb; k++)
-                t[k * R + r] = wp[r * n + i1 + k];
-        for (size_t k = 0; k < nb; k++) {
-            const size_t col = i1 + k;
-            float *tc = t + k * R, *ec = err + k * R;
-            if (fit_late && col % seg == 0) {
-                size_t len = n - col < seg ? n - col : seg;
-                /* the group's columns inside the batch are in t; those after it (only when
-                 * the group starts the batch) have every update already */
-                for (size_t r = 0; r < R; r++) {
-                    for (size_t m = 0; m < len; m++)
-                        gx[m] = k + m < nb ? t[(k + m) * R + r] : wp[r * n + col + m];
-                    if (qs_quantizer_fit(q, gx, (int)len, (int)r, (int)col,
-                                         &blk[r * nblk + col / seg], e) < 0)
-                        goto done;
-                }
-            }
-            const double d = u[col * n + col];
-            for (size_t r = 0; r < R; r++) {
-                float qv;
-                qs_quantizer_round(q, &blk[shared ? 0 : r * nblk + grp[col]], tc + r, &qv, 1);
-                ec[r] = (float)(((double)tc[r] - (double)qv) / d);
-                tc[r] = qv;
-            }
-            /* the rest of the batch: t[k+1:] -= U[col, col+1:i2]^T err */
-            if (k + 1 < nb)
-                cblas_sger(CblasRowMajor, (int)(nb - k - 1), rows, -1.0f, u + col * n + col + 1,
-                           1, ec, 1, t + (k + 1) * R, rows);
+        struct gbatch bt[GPTQ_MAX_THREADS];
+        pthread_t th[GPTQ_MAX_THREADS];
+        int started[GPTQ_MAX_THREADS] = {0};
+        const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
+        int nt = 0;
+        for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
+            bt[i] = (struct gbatch){.q = q, .u = u, .t = wt + i1 * R, .err = err, .blk = blk,
+                                    .grp = grp, .gx = gx + (size_t)i * GTILE * seg, .R = R,
+                                    .n = n, .i1 = i1, .nb = nb, .seg = seg, .nblk = nblk,
+                                    .shared = shared, .fit_late = fit_late, .r0 = (size_t)i * per,
+                                    .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
         }
-        for (size_t r = 0; r < R; r++)
-            for (size_t k = 0; k < nb; k++)
-                wp[r * n + i1 + k] = t[k * R + r];
-        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:] */
+        for (int i = 1; i < nt; i++)
+            started[i] = pthread_create(&th[i], NULL, gbatch_run, &bt[i]) == 0;
+        for (int i = 1; i < nt; i++)
+            if (!started[i])
+                gbatch_run(&bt[i]);
+        gbatch_run(&bt[0]);
+        int bad = -1;
+        for (int i = 0; i < nt; i++) {
+            if (i > 0 && started[i])
+                pthread_join(th[i], NULL);
+            if (bt[i].rc < 0 && bad < 0)
+                bad = i;
+        }
+        if (bad >= 0) {
+            if (e)
+                *e = bt[bad].e;
+            goto done;
+        }
+        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], i.e.
+         * wt[i2:] -= U[i1:i2, i2:]^T err with err: (nb, R) */
         if (i2 < n)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
-                        -1.0f, err, rows, u + i1 * n + i2, cols, 1.0f, wp + i2, cols);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - i2), rows, (int)nb,
+                        -1.0f, u + i1 * n + i2, cols, err, rows, 1.0f, wt + i2 * R, rows);
         i1 = i2;
     }
-    for (size_t r = 0; r < R; r++)
-        for (size_t k = 0; k < n; k++)
-            out[r * n + (size_t)perm[k]] = wp[r * n + k];
+    transpose_perm(out, R, n, perm, wt, 1);
     if (scales)
         memcpy(scales, blk, R * nblk * sizeof *blk);
     rc = 0;
@@ -284,8 +370,7 @@ done:
     qs_quantizer_free(q);
     free(hp);
     free(u);
-    free(wp);
-    free(t);
+    free(wt);
     free(err);
     free(gx);
     free(blk);

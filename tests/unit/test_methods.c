@@ -322,6 +322,27 @@ static void test_gptq_matches_obq(void)
         for (int rr = 0; rr < rows; rr++)
             CHECK(got[rr * cols + 7] == 0.0f);
     }
+    /* a layer tall enough for GPTQ's row threads (>= 128 rows each) */
+    {
+        const int tr = 300;
+        float *tw = gauss(tr * cols, 0.5, 13);
+        float *tg = malloc(sizeof(float) * tr * cols), *tf = malloc(sizeof(float) * tr * cols);
+        struct qs_format f;
+        struct qs_qopts o;
+        fmt("int4", "gran=group:16", &f, &o);
+        struct qs_gptq_opts g;
+        qs_gptq_opts_default(&g);
+        g.block = 12;
+        CHECK(qs_gptq(&f, &o, &g, tw, tr, cols, h, tg, NULL, &e) == 0);
+        obq_ref(&f, &o, tw, tr, cols, h, g.damp, 0, tf);
+        int diff = 0;
+        for (int i = 0; i < tr * cols; i++)
+            diff += fabs((double)tg[i] - tf[i]) > 1e-6 * 2.5;
+        CHECK(diff == 0);
+        free(tw);
+        free(tg);
+        free(tf);
+    }
     /* errors: stochastic rounding, a bad damp, an indefinite H without damping */
     struct qs_format f;
     struct qs_qopts o;
