@@ -120,4 +120,39 @@ int qs_rot_apply(const struct qs_rot *h, float *a, int rows, int transpose, qs_e
 int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                      int cols, const float *imp, float *out, qs_err *e);
 
+/* ---- one layer, one model --------------------------------------------------------------- */
+
+enum qs_method { QS_METHOD_RTN, QS_METHOD_GPTQ, QS_METHOD_AWQ, QS_METHOD_IMATRIX };
+
+struct qs_method_opts {
+    enum qs_method method;
+    struct qs_gptq_opts gptq; /* GPTQ */
+    int awq_grid;             /* AWQ: grid points (0: 20) */
+    int rotate;               /* quantize in a randomized Hadamard basis first */
+    uint64_t rot_seed;        /* its seed (the layer index is added by qs_mlp_quant_method) */
+};
+void qs_method_opts_default(struct qs_method_opts *mo); /* RTN, no rotation, GPTQ defaults */
+/* "rtn", "gptq", "awq", "imatrix" */
+const char *qs_method_name(enum qs_method m);
+
+/* The effective quantized weight of one layer in the original basis, out: (rows, cols), so that
+ * x out^T is what the deployed layer computes: with rotate, Q'(W H^T) H; with AWQ,
+ * Q(W diag s) diag(s)^-1 (the deployed layer keeps s as an input scale; the two agree up to float
+ * rounding). Q' is the method, fed the statistics of x: (n, cols) (rotated with the weights):
+ * RTN qs_quant_fake, GPTQ H = 2 x^T x, AWQ mean |x| and x^T x, imatrix mean x^2.
+ * This is the drop-in for qs_quant_fake where a `quant` rule applies a method. */
+int qs_method_layer(const struct qs_format *f, const struct qs_qopts *o,
+                    const struct qs_method_opts *mo, const float *w, int rows, int cols,
+                    const float *x, int n, float *out, qs_err *e);
+
+struct qs_mlp;
+/* Quantizes every layer of m in place with qs_method_layer; x: (n, in0) calibration inputs.
+ * Layer i's inputs come from the model with layers 0..i-1 already quantized (GPTQ's sequential
+ * mode), or from the float model with inputs_float. Biases stay float. Layer i's rotation seed
+ * is rot_seed + i. m must own its weights (qs_mlp_clone gives such a copy): mapped weights are
+ * refused. On error m may be partly quantized. */
+int qs_mlp_quant_method(struct qs_mlp *m, const float *x, int n, const struct qs_format *f,
+                        const struct qs_qopts *o, const struct qs_method_opts *mo,
+                        int inputs_float, qs_err *e);
+
 #endif

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "qscope/half.h"
+#include "qscope/mlp.h"
 
 /* ---- input statistics --------------------------------------------------------------------- */
 
@@ -754,5 +755,186 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
         }
     free(qv);
     qs_quantizer_free(q);
+    return rc;
+}
+
+/* ---- one layer, one model --------------------------------------------------------------- */
+
+void qs_method_opts_default(struct qs_method_opts *mo)
+{
+    memset(mo, 0, sizeof *mo);
+    mo->method = QS_METHOD_RTN;
+    qs_gptq_opts_default(&mo->gptq);
+}
+
+const char *qs_method_name(enum qs_method m)
+{
+    static const char *const names[] = {
+        [QS_METHOD_RTN] = "rtn", [QS_METHOD_GPTQ] = "gptq", [QS_METHOD_AWQ] = "awq",
+        [QS_METHOD_IMATRIX] = "imatrix"};
+    return (unsigned)m < sizeof names / sizeof names[0] ? names[m] : "?";
+}
+
+int qs_method_layer(const struct qs_format *f, const struct qs_qopts *o,
+                    const struct qs_method_opts *mo, const float *w, int rows, int cols,
+                    const float *x, int n, float *out, qs_err *e)
+{
+    if (!w || !out || (!x && n > 0))
+        return qs_errf(e, "method: no data");
+    if (rows < 1 || cols < 1 || n < 0)
+        return qs_errf(e, "method: bad shape (%d x %d, %d inputs)", rows, cols, n);
+    if (mo->method != QS_METHOD_RTN && n < 1)
+        return qs_errf(e, "%s needs calibration inputs", qs_method_name(mo->method));
+    size_t wn = (size_t)rows * (size_t)cols, xn = (size_t)n * (size_t)cols, cc;
+    if (qs_size_mul((size_t)cols, (size_t)cols, &cc) < 0)
+        return qs_errf(e, "method: %d inputs overflow a size", cols);
+    int rc = -1;
+    struct qs_rot *rot = NULL;
+    float *wr = NULL, *xr = NULL, *v = NULL, *s = NULL;
+    double *h = NULL;
+    const float *W = w, *X = x;
+    if (mo->rotate) {
+        if (qs_rot_new(cols, mo->rot_seed, &rot, e) < 0)
+            return -1;
+        wr = qs_alloc(wn, sizeof *wr, "the rotated weights", e);
+        xr = wr && n > 0 ? qs_alloc(xn, sizeof *xr, "the rotated inputs", e) : NULL;
+        if (!wr || (n > 0 && !xr))
+            goto done;
+        memcpy(wr, w, wn * sizeof *wr);
+        if (qs_rot_apply(rot, wr, rows, 0, e) < 0)
+            goto done;
+        if (n > 0) {
+            memcpy(xr, x, xn * sizeof *xr);
+            if (qs_rot_apply(rot, xr, n, 0, e) < 0)
+                goto done;
+        }
+        W = wr;
+        X = xr;
+    }
+    switch (mo->method) {
+    case QS_METHOD_RTN:
+        if (qs_quant_fake(f, o, W, rows, cols, out, e) < 0)
+            goto done;
+        break;
+    case QS_METHOD_GPTQ:
+        if (!(h = qs_alloc(cc, sizeof *h, "the layer's Hessian", e)) ||
+            qs_hessian_add(h, X, n, cols, e) < 0 ||
+            qs_gptq(f, o, &mo->gptq, W, rows, cols, h, out, NULL, e) < 0)
+            goto done;
+        break;
+    case QS_METHOD_AWQ: {
+        if (!(h = qs_alloc(cc, sizeof *h, "the inputs' Gram matrix", e)))
+            goto done;
+        if (!(v = calloc((size_t)cols, sizeof *v)) || !(s = malloc((size_t)cols * sizeof *s))) {
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        if (qs_hessian_add(h, X, n, cols, e) < 0)
+            goto done;
+        for (size_t i = 0; i < cc; i++)
+            h[i] *= 0.5;
+        double *acc = calloc((size_t)cols, sizeof *acc);
+        if (!acc) {
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < (size_t)n; i++)
+            for (size_t j = 0; j < (size_t)cols; j++)
+                acc[j] += fabs((double)X[i * (size_t)cols + j]);
+        for (int j = 0; j < cols; j++)
+            v[j] = (float)(acc[j] / n);
+        free(acc);
+        if (qs_awq(f, o, W, rows, cols, v, h, mo->awq_grid, s, out, NULL, NULL, NULL, e) < 0)
+            goto done;
+        qs_scale_cols(out, rows, cols, s, 1);
+        break;
+    }
+    case QS_METHOD_IMATRIX: {
+        double *acc = calloc((size_t)cols, sizeof *acc);
+        v = malloc((size_t)cols * sizeof *v);
+        if (!acc || !v) {
+            free(acc);
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < (size_t)n; i++)
+            for (size_t j = 0; j < (size_t)cols; j++) {
+                double a = X[i * (size_t)cols + j];
+                acc[j] += a * a;
+            }
+        for (int j = 0; j < cols; j++)
+            v[j] = (float)(acc[j] / n);
+        free(acc);
+        if (qs_imatrix_quant(f, o, W, rows, cols, v, out, e) < 0)
+            goto done;
+        break;
+    }
+    default:
+        qs_errf(e, "unknown method %d", (int)mo->method);
+        goto done;
+    }
+    if (rot && qs_rot_apply(rot, out, rows, 1, e) < 0) /* back to the original basis */
+        goto done;
+    rc = 0;
+done:
+    qs_rot_free(rot);
+    free(wr);
+    free(xr);
+    free(v);
+    free(s);
+    free(h);
+    return rc;
+}
+
+int qs_mlp_quant_method(struct qs_mlp *m, const float *x, int n, const struct qs_format *f,
+                        const struct qs_qopts *o, const struct qs_method_opts *mo,
+                        int inputs_float, qs_err *e)
+{
+    if (!m || !x || n < 1)
+        return qs_errf(e, "method: no model or no calibration inputs");
+    for (int i = 0; i < m->nlayers; i++)
+        if (m->layers[i].w_mapped)
+            return qs_errf(e, "layer %s: weights are mapped from the file; quantize a copy "
+                              "(qs_mlp_clone)", m->layers[i].name);
+    /* two activation buffers of the widest layer; the float path keeps its own */
+    int width = qs_mlp_max_width(m);
+    size_t an;
+    if (width < m->layers[0].in)
+        width = m->layers[0].in;
+    if (qs_size_mul((size_t)n, (size_t)width, &an) < 0)
+        return qs_errf(e, "method: %d inputs overflow a size", n);
+    float *a = qs_alloc(2 * an, sizeof *a, "the calibration activations", e);
+    if (!a)
+        return -1;
+    float *cur = a, *nxt = a + an, *q = NULL;
+    memcpy(cur, x, (size_t)n * (size_t)m->layers[0].in * sizeof *cur);
+    int rc = 0;
+    for (int i = 0; i < m->nlayers && rc == 0; i++) {
+        struct qs_layer *L = &m->layers[i];
+        size_t wn = (size_t)L->out * (size_t)L->in;
+        free(q);
+        if (!(q = qs_alloc(wn, sizeof *q, "the quantized weights", e))) {
+            rc = -1;
+            break;
+        }
+        struct qs_method_opts lo = *mo;
+        lo.rot_seed = mo->rot_seed + (uint64_t)i;
+        if (qs_method_layer(f, o, &lo, L->w, L->out, L->in, cur, n, q, e) < 0) {
+            qs_err_prefix(e, L->name);
+            rc = -1;
+            break;
+        }
+        /* the next layer's inputs: through the float weights (inputs_float) or the quantized */
+        if (i + 1 < m->nlayers) {
+            qs_linear(cur, n, L->in, inputs_float ? L->w : q, L->b, L->out, nxt);
+            qs_act_apply(L->act, nxt, (size_t)n * (size_t)L->out);
+            float *t = cur;
+            cur = nxt;
+            nxt = t;
+        }
+        memcpy(L->w, q, wn * sizeof *q);
+    }
+    free(q);
+    free(a);
     return rc;
 }

@@ -798,8 +798,159 @@ static void test_imatrix_search(void)
     free(ones);
 }
 
+/* ---- one layer, one model --------------------------------------------------------------- */
+
+/* qs_method_layer composes the kernels as documented: RTN is qs_quant_fake, a rotation is
+ * Q'(W H^T) H with the rotated inputs' statistics, AWQ's effective weight is Q(W diag s) / s. */
+static void test_method_layer(void)
+{
+    const int rows = 40, c = 48, n = 120;
+    float *x = corr_inputs(n, c, 71), *w = gauss(rows * c, 0.4, 72);
+    float *got = malloc(sizeof(float) * rows * c), *ref = malloc(sizeof(float) * rows * c);
+    struct qs_format f;
+    struct qs_qopts o;
+    fmt("int4", "gran=group:16", &f, &o);
+    qs_err e;
+    struct qs_method_opts mo;
+    qs_method_opts_default(&mo);
+    CHECK_STR(qs_method_name(QS_METHOD_GPTQ), "gptq");
+    CHECK(qs_method_layer(&f, &o, &mo, w, rows, c, NULL, 0, got, &e) == 0);
+    CHECK(qs_quant_fake(&f, &o, w, rows, c, ref, &e) == 0);
+    CHECK(memcmp(got, ref, sizeof(float) * rows * c) == 0);
+    /* GPTQ in a rotated basis (48 = 16 x 3) */
+    mo.method = QS_METHOD_GPTQ;
+    mo.rotate = 1;
+    mo.rot_seed = 9;
+    CHECK(qs_method_layer(&f, &o, &mo, w, rows, c, x, n, got, &e) == 0);
+    struct qs_rot *h = NULL;
+    CHECK(qs_rot_new(c, 9, &h, &e) == 0);
+    float *wr = malloc(sizeof(float) * rows * c), *xr = malloc(sizeof(float) * n * c);
+    memcpy(wr, w, sizeof(float) * rows * c);
+    memcpy(xr, x, sizeof(float) * n * c);
+    qs_rot_apply(h, wr, rows, 0, &e);
+    qs_rot_apply(h, xr, n, 0, &e);
+    double *hh = calloc((size_t)c * c, sizeof *hh);
+    qs_hessian_add(hh, xr, n, c, &e);
+    CHECK(qs_gptq(&f, &o, NULL, wr, rows, c, hh, ref, NULL, &e) == 0);
+    qs_rot_apply(h, ref, rows, 1, &e);
+    CHECK(memcmp(got, ref, sizeof(float) * rows * c) == 0);
+    /* AWQ without rotation: the effective weight */
+    mo.method = QS_METHOD_AWQ;
+    mo.rotate = 0;
+    CHECK(qs_method_layer(&f, &o, &mo, w, rows, c, x, n, got, &e) == 0);
+    float xm[48], sc[48];
+    for (int j = 0; j < c; j++) {
+        double a = 0;
+        for (int i = 0; i < n; i++)
+            a += fabs(x[i * c + j]);
+        xm[j] = (float)(a / n);
+    }
+    double *r = gram_d(x, n, c);
+    CHECK(qs_awq(&f, &o, w, rows, c, xm, r, 0, sc, ref, NULL, NULL, NULL, &e) == 0);
+    for (int i = 0; i < rows * c; i++)
+        CHECK_REL(got[i], ref[i] / sc[i % c], 1e-6);
+    /* imatrix from mean x^2 */
+    mo.method = QS_METHOD_IMATRIX;
+    CHECK(qs_method_layer(&f, &o, &mo, w, rows, c, x, n, got, &e) == 0);
+    float imp[48];
+    for (int j = 0; j < c; j++) {
+        double a = 0;
+        for (int i = 0; i < n; i++)
+            a += (double)x[i * c + j] * x[i * c + j];
+        imp[j] = (float)(a / n);
+    }
+    CHECK(qs_imatrix_quant(&f, &o, w, rows, c, imp, ref, &e) == 0);
+    CHECK(memcmp(got, ref, sizeof(float) * rows * c) == 0);
+    mo.method = QS_METHOD_GPTQ;
+    CHECK(qs_method_layer(&f, &o, &mo, w, rows, c, NULL, 0, got, &e) < 0 &&
+          strstr(e.msg, "calibration"));
+    qs_rot_free(h);
+    free(x);
+    free(w);
+    free(got);
+    free(ref);
+    free(wr);
+    free(xr);
+    free(hh);
+    free(r);
+}
+
+/* Held-out mean cross-entropy of m on the odd digits samples. */
+static double odd_loss(const struct qs_mlp *m, const struct qs_dataset *d, int *correct)
+{
+    int nh = d->n / 2, c = m->layers[m->nlayers - 1].out;
+    float *xh = malloc(sizeof(float) * (size_t)nh * d->d), *lg = malloc(sizeof(float) * nh * c);
+    int *yh = malloc(sizeof(int) * nh);
+    for (int i = 0; i < nh; i++) {
+        memcpy(xh + (size_t)i * d->d, d->x + (size_t)(2 * i + 1) * d->d, sizeof(float) * d->d);
+        yh[i] = d->y[2 * i + 1];
+    }
+    qs_err e;
+    qs_mlp_forward(m, xh, nh, lg, &e);
+    double l = qs_xent(lg, yh, nh, c, correct, NULL);
+    free(xh);
+    free(lg);
+    free(yh);
+    return l;
+}
+
+/* The whole digits MLP at int3 per-channel: sequential GPTQ (each layer's H from the partly
+ * quantized model) and GPTQ on float inputs both beat RTN on held-out loss; the first layer sees
+ * the same inputs either way. */
+static void test_mlp_gptq_sequential(void)
+{
+    qs_err e;
+    struct qs_mlp *m = NULL;
+    struct qs_dataset *d = NULL;
+    CHECK(qs_mlp_load(QS_TEST_DIGITS_MODEL, QS_ACT_RELU, 0, &m, &e) == 0);
+    CHECK(qs_dataset_load_csv(QS_TEST_DIGITS_DATA, NULL, &d, &e) == 0);
+    if (!m || !d) {
+        qs_mlp_free(m);
+        qs_dataset_free(d);
+        return;
+    }
+    int nc = (d->n + 1) / 2;
+    float *xc = malloc(sizeof(float) * (size_t)nc * d->d);
+    for (int i = 0; i < nc; i++)
+        memcpy(xc + (size_t)i * d->d, d->x + (size_t)(2 * i) * d->d, sizeof(float) * d->d);
+    struct qs_format f;
+    struct qs_qopts o;
+    fmt("int3", "gran=channel", &f, &o);
+    struct qs_method_opts mo;
+    qs_method_opts_default(&mo);
+    struct qs_mlp *rtn = qs_mlp_clone(m), *seq = qs_mlp_clone(m), *flt = qs_mlp_clone(m);
+    CHECK(qs_mlp_quant_method(rtn, xc, nc, &f, &o, &mo, 0, &e) == 0);
+    mo.method = QS_METHOD_GPTQ;
+    CHECK(qs_mlp_quant_method(seq, xc, nc, &f, &o, &mo, 0, &e) == 0);
+    CHECK(qs_mlp_quant_method(flt, xc, nc, &f, &o, &mo, 1, &e) == 0);
+    int a0, a1, a2, a3;
+    double l0 = odd_loss(m, d, &a0), l1 = odd_loss(rtn, d, &a1), l2 = odd_loss(seq, d, &a2),
+           l3 = odd_loss(flt, d, &a3);
+    fprintf(stderr, "  digits int3 channel held-out loss: float %.4f (%d), rtn %.4f (%d), "
+                    "gptq sequential %.4f (%d), gptq float inputs %.4f (%d)\n",
+            l0, a0, l1, a1, l2, a2, l3, a3);
+    CHECK(l2 < l1);
+    CHECK(l3 < l1);
+    const struct qs_layer *L = &seq->layers[0];
+    CHECK(memcmp(L->w, flt->layers[0].w, sizeof(float) * L->in * L->out) == 0);
+    CHECK(memcmp(seq->layers[1].w, flt->layers[1].w, sizeof(float) * 64 * 64) != 0);
+    /* a model whose weights are mapped from its file is refused, not written */
+    int mapped = 0;
+    for (int i = 0; i < m->nlayers; i++)
+        mapped |= m->layers[i].w_mapped;
+    if (mapped)
+        CHECK(qs_mlp_quant_method(m, xc, nc, &f, &o, &mo, 0, &e) < 0 && strstr(e.msg, "mapped"));
+    qs_mlp_free(rtn);
+    qs_mlp_free(seq);
+    qs_mlp_free(flt);
+    qs_mlp_free(m);
+    qs_dataset_free(d);
+    free(xc);
+}
+
 TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq_matches_obq),
           TEST_CASE(test_gptq_beats_rtn_digits), TEST_CASE(test_gptq_beats_rtn_torch),
           TEST_CASE(test_rot_orthogonal_exact), TEST_CASE(test_rot_outliers),
           TEST_CASE(test_awq_reference), TEST_CASE(test_smoothquant_reference),
-          TEST_CASE(test_imatrix_search))
+          TEST_CASE(test_imatrix_search), TEST_CASE(test_method_layer),
+          TEST_CASE(test_mlp_gptq_sequential))
