@@ -198,8 +198,8 @@ struct qs_qblock {
     int z;          /* int asym: zero point */
     uint32_t scode; /* the stored scale's bits (F16 / F32 / E8M0 / E4M3 code) */
 };
-int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w,
-                     int rows, int cols, struct qs_quantizer **out, qs_err *e);
+int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, struct qs_quantizer **out, qs_err *e);
 void qs_quantizer_free(struct qs_quantizer *q);
 /* Elements per block along a row (group size, cols for channel and tensor, 32 for MX, 16 for
  * NVFP4; the last block of a row may be shorter), and whether one block serves the whole tensor

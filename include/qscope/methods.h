@@ -152,7 +152,7 @@ struct qs_mlp;
  * is rot_seed + i. m must own its weights (qs_mlp_clone gives such a copy): mapped weights are
  * refused. On error m may be partly quantized. */
 int qs_mlp_quant_method(struct qs_mlp *m, const float *x, int n, const struct qs_format *f,
-                        const struct qs_qopts *o, const struct qs_method_opts *mo,
-                        int inputs_float, qs_err *e);
+                        const struct qs_qopts *o, const struct qs_method_opts *mo, int inputs_float,
+                        qs_err *e);
 
 #endif

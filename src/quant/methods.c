@@ -127,8 +127,9 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
      * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
     lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
     if (info > 0)
-        return qs_errf(e, "GPTQ: H is not positive definite after damping (leading minor %d); "
-                          "raise damp",
+        return qs_errf(e,
+                       "GPTQ: H is not positive definite after damping (leading minor %d); "
+                       "raise damp",
                        (int)info);
     if (info < 0)
         return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
@@ -174,8 +175,8 @@ static void *gbatch_run(void *arg)
                     for (size_t r = r0; r < r1; r++)
                         b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
                 for (size_t r = r0; r < r1; r++)
-                    if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
-                                         (int)col, &b->blk[r * b->nblk + col / seg], &b->e) < 0) {
+                    if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r, (int)col,
+                                         &b->blk[r * b->nblk + col / seg], &b->e) < 0) {
                         b->rc = -1;
                         return NULL;
                     }
@@ -193,8 +194,7 @@ static void *gbatch_run(void *arg)
         /* the rest of the batch: t[k+1:] -= U[col, col+1:i2]^T err (a plain loop: as
          * cblas_sger, OpenBLAS's thread hand-off costs more than these small updates) */
         for (size_t kk = k + 1; kk < b->nb; kk++)
-            axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk],
-                     b->r1 - b->r0);
+            axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], b->r1 - b->r0);
     }
     return NULL;
 }
@@ -332,10 +332,22 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
         int nt = 0;
         for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
-            bt[i] = (struct gbatch){.q = q, .u = u, .t = wt + i1 * R, .err = err, .blk = blk,
-                                    .grp = grp, .gx = gx + (size_t)i * GTILE * seg, .R = R,
-                                    .n = n, .i1 = i1, .nb = nb, .seg = seg, .nblk = nblk,
-                                    .shared = shared, .fit_late = fit_late, .r0 = (size_t)i * per,
+            bt[i] = (struct gbatch){.q = q,
+                                    .u = u,
+                                    .t = wt + i1 * R,
+                                    .err = err,
+                                    .blk = blk,
+                                    .grp = grp,
+                                    .gx = gx + (size_t)i * GTILE * seg,
+                                    .R = R,
+                                    .n = n,
+                                    .i1 = i1,
+                                    .nb = nb,
+                                    .seg = seg,
+                                    .nblk = nblk,
+                                    .shared = shared,
+                                    .fit_late = fit_late,
+                                    .r0 = (size_t)i * per,
                                     .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
         }
         for (int i = 1; i < nt; i++)
@@ -512,8 +524,9 @@ int qs_rot_new(int n, uint64_t seed, struct qs_rot **out, qs_err *e)
         p *= 2;
     }
     if (m > ROT_MAX_ODD)
-        return qs_errf(e, "rotation: dimension %d = %d x %d has an odd part above %d; "
-                          "a Hadamard-type rotation needs a larger power-of-two factor",
+        return qs_errf(e,
+                       "rotation: dimension %d = %d x %d has an odd part above %d; "
+                       "a Hadamard-type rotation needs a larger power-of-two factor",
                        n, p, m, ROT_MAX_ODD);
     struct qs_rot *h = calloc(1, sizeof *h);
     if (!h)
@@ -551,8 +564,8 @@ int qs_rot_new(int n, uint64_t seed, struct qs_rot **out, qs_err *e)
             rc = qs_errf(e, "rotation: QR of the %d x %d mixing matrix failed", m, m);
         for (int i = 0; rc == 0 && i < m; i++)
             for (int j = 0; j < m; j++)
-                h->qm[(size_t)i * m + j] = (float)(rd[j] < 0 ? -a[(size_t)i * m + j]
-                                                             : a[(size_t)i * m + j]);
+                h->qm[(size_t)i * m + j] =
+                    (float)(rd[j] < 0 ? -a[(size_t)i * m + j] : a[(size_t)i * m + j]);
         free(rd);
     } else {
         h->qm[0] = 1.0f;
@@ -684,13 +697,17 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
     if (!f || !o || !w || !out)
         return qs_errf(e, "imatrix: no data");
     if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
-        return qs_errf(e, "%s: block scales are powers of two / E4M3 codes; an imatrix scale "
-                          "search needs free scales", f->name);
+        return qs_errf(e,
+                       "%s: block scales are powers of two / E4M3 codes; an imatrix scale "
+                       "search needs free scales",
+                       f->name);
     if (f->kind == QS_FMT_INT && o->asym)
         return qs_errf(e, "%s: imatrix scale search is symmetric; asym is not supported", f->name);
     if (o->gran == QS_GRAN_TENSOR || o->scale_none)
-        return qs_errf(e, "%s: imatrix scale search works per channel or group (gran=channel "
-                          "or gran=group:N)", f->name);
+        return qs_errf(e,
+                       "%s: imatrix scale search works per channel or group (gran=channel "
+                       "or gran=group:N)",
+                       f->name);
     if (imp)
         for (int j = 0; j < cols; j++)
             if (!(imp[j] >= 0.0f && isfinite(imp[j])))
@@ -769,9 +786,10 @@ void qs_method_opts_default(struct qs_method_opts *mo)
 
 const char *qs_method_name(enum qs_method m)
 {
-    static const char *const names[] = {
-        [QS_METHOD_RTN] = "rtn", [QS_METHOD_GPTQ] = "gptq", [QS_METHOD_AWQ] = "awq",
-        [QS_METHOD_IMATRIX] = "imatrix"};
+    static const char *const names[] = {[QS_METHOD_RTN] = "rtn",
+                                        [QS_METHOD_GPTQ] = "gptq",
+                                        [QS_METHOD_AWQ] = "awq",
+                                        [QS_METHOD_IMATRIX] = "imatrix"};
     return (unsigned)m < sizeof names / sizeof names[0] ? names[m] : "?";
 }
 
@@ -887,15 +905,17 @@ done:
 }
 
 int qs_mlp_quant_method(struct qs_mlp *m, const float *x, int n, const struct qs_format *f,
-                        const struct qs_qopts *o, const struct qs_method_opts *mo,
-                        int inputs_float, qs_err *e)
+                        const struct qs_qopts *o, const struct qs_method_opts *mo, int inputs_float,
+                        qs_err *e)
 {
     if (!m || !x || n < 1)
         return qs_errf(e, "method: no model or no calibration inputs");
     for (int i = 0; i < m->nlayers; i++)
         if (m->layers[i].w_mapped)
-            return qs_errf(e, "layer %s: weights are mapped from the file; quantize a copy "
-                              "(qs_mlp_clone)", m->layers[i].name);
+            return qs_errf(e,
+                           "layer %s: weights are mapped from the file; quantize a copy "
+                           "(qs_mlp_clone)",
+                           m->layers[i].name);
     /* two activation buffers of the widest layer; the float path keeps its own */
     int width = qs_mlp_max_width(m);
     size_t an;

@@ -1082,8 +1082,8 @@ struct qs_quantizer {
     struct job J;
 };
 
-int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w,
-                     int rows, int cols, struct qs_quantizer **out, qs_err *e)
+int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, struct qs_quantizer **out, qs_err *e)
 {
     *out = NULL;
     if (!w)

@@ -3,6 +3,7 @@
  * GPTQ vs round-to-nearest on the digits MLP and the PyTorch-trained MLP, Hadamard rotations,
  * AWQ and SmoothQuant against their formulas, imatrix scale search against a brute-force scan.
  * Measured ratios are printed as "  ratio ..." lines on stderr. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,11 +86,16 @@ static double pre_err(const float *x, int n, const float *w, const float *q, int
 /* Fitting each block on its values and rounding them gives qs_quant_fake's output bit for bit. */
 static void test_quantizer_matches_fake(void)
 {
-    static const char *cases[][2] = {
-        {"int4", "gran=channel"},   {"int3", "gran=group:16 asym"}, {"int4", "gran=tensor"},
-        {"int4", "gran=group:32 clip=mse"}, {"fp8-e4m3", "gran=channel"}, {"nf4", ""},
-        {"mxfp4", ""},              {"nvfp4", ""},                  {"int8", "gran=group:20"},
-        {"fp4-e2m1", "gran=group:16 clip=pct:99"}};
+    static const char *cases[][2] = {{"int4", "gran=channel"},
+                                     {"int3", "gran=group:16 asym"},
+                                     {"int4", "gran=tensor"},
+                                     {"int4", "gran=group:32 clip=mse"},
+                                     {"fp8-e4m3", "gran=channel"},
+                                     {"nf4", ""},
+                                     {"mxfp4", ""},
+                                     {"nvfp4", ""},
+                                     {"int8", "gran=group:20"},
+                                     {"fp4-e2m1", "gran=group:16 clip=pct:99"}};
     const int rows = 7, cols = 100;
     float *w = gauss(rows * cols, 1.0, 3), *ref = malloc(sizeof(float) * rows * cols),
           *got = malloc(sizeof(float) * rows * cols);
@@ -221,8 +227,7 @@ static void obq_ref(const struct qs_format *f, const struct qs_qopts *o, const f
         for (int r = 0; r < rows; r++)
             for (int b = 0; b < nblk; b++) {
                 int len = n - b * seg < seg ? n - b * seg : seg;
-                qs_quantizer_fit(q, w0 + r * n + b * seg, len, r, b * seg, &blk[r * nblk + b],
-                                 &e);
+                qs_quantizer_fit(q, w0 + r * n + b * seg, len, r, b * seg, &blk[r * nblk + b], &e);
             }
     for (int k = 0; k < n; k++) {
         int c = order[k];
@@ -274,10 +279,10 @@ static void test_gptq_matches_obq(void)
         const char *fmt, *opts;
         int block, act;
     } cases[] = {
-        {"int4", "gran=channel", 8, 0},          {"int3", "gran=group:16", 12, 0},
-        {"int3", "gran=group:16", 128, 1},       {"int4", "gran=group:12 asym", 5, 0},
-        {"fp4-e2m1", "gran=group:16", 16, 0},    {"nf4", "gran=group:24", 7, 1},
-        {"int4", "gran=tensor", 10, 0},          {"int2", "gran=channel clip=mse", 9, 1},
+        {"int4", "gran=channel", 8, 0},       {"int3", "gran=group:16", 12, 0},
+        {"int3", "gran=group:16", 128, 1},    {"int4", "gran=group:12 asym", 5, 0},
+        {"fp4-e2m1", "gran=group:16", 16, 0}, {"nf4", "gran=group:24", 7, 1},
+        {"int4", "gran=tensor", 10, 0},       {"int2", "gran=channel clip=mse", 9, 1},
     };
     const int rows = 24, cols = 48, n = 300;
     float *x = corr_inputs(n, cols, 11);
@@ -367,6 +372,82 @@ static void test_gptq_matches_obq(void)
     free(r);
     free(got);
     free(ref);
+}
+
+/* The same algorithm run by PyTorch in float64 (tests/tools/make_gptq_fixture.py, following the
+ * authors' reference implementation and its min/max quantizer): every case matches to rounding. */
+static void test_gptq_torch(void)
+{
+    FILE *fb = fopen("tests/fixtures/gptq_torch.bin", "rb");
+    FILE *fj = fopen("tests/fixtures/gptq_torch.json", "rb");
+    CHECK(fb && fj);
+    if (!fb || !fj) {
+        if (fb)
+            fclose(fb);
+        if (fj)
+            fclose(fj);
+        return;
+    }
+    char js[8192];
+    size_t jl = fread(js, 1, sizeof js - 1, fj);
+    js[jl] = 0;
+    fclose(fj);
+    fseek(fb, 0, SEEK_END);
+    long nbytes = ftell(fb);
+    fseek(fb, 0, SEEK_SET);
+    float *blob = malloc((size_t)nbytes);
+    CHECK(fread(blob, 1, (size_t)nbytes, fb) == (size_t)nbytes);
+    fclose(fb);
+    cJSON *j = cJSON_Parse(js);
+    CHECK(j != NULL);
+    if (!j) {
+        free(blob);
+        return;
+    }
+    int rows = cJSON_GetObjectItem(j, "rows")->valueint;
+    int cols = cJSON_GetObjectItem(j, "cols")->valueint;
+    int n = cJSON_GetObjectItem(j, "n")->valueint;
+    const float *w = blob + cJSON_GetObjectItem(j, "w")->valueint;
+    const float *x = blob + cJSON_GetObjectItem(j, "x")->valueint;
+    qs_err e;
+    double *h = calloc((size_t)cols * cols, sizeof *h);
+    CHECK(qs_hessian_add(h, x, n, cols, &e) == 0);
+    float *got = malloc(sizeof(float) * rows * cols);
+    float wmax = 0;
+    for (int i = 0; i < rows * cols; i++)
+        wmax = fmaxf(wmax, fabsf(w[i]));
+    int ncase = 0;
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases"))
+    {
+        struct qs_format f;
+        struct qs_qopts o;
+        fmt(cJSON_GetObjectItem(c, "format")->valuestring,
+            cJSON_GetObjectItem(c, "opts")->valuestring, &f, &o);
+        struct qs_gptq_opts g;
+        qs_gptq_opts_default(&g);
+        g.block = cJSON_GetObjectItem(c, "block")->valueint;
+        g.act_order = cJSON_GetObjectItem(c, "act_order")->valueint;
+        const float *ref = blob + cJSON_GetObjectItem(c, "q")->valueint;
+        CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, NULL, &e) == 0);
+        int diff = 0;
+        double md = 0;
+        for (int i = 0; i < rows * cols; i++) {
+            double d = fabs((double)got[i] - ref[i]);
+            md = fmax(md, d);
+            diff += d > 1e-5 * wmax;
+        }
+        if (diff)
+            fprintf(stderr, "  torch case %d (%s %s): %d of %d differ, max %g\n", ncase, f.name,
+                    cJSON_GetObjectItem(c, "opts")->valuestring, diff, rows * cols, md);
+        CHECK(diff == 0);
+        ncase++;
+    }
+    CHECK(ncase == 6);
+    cJSON_Delete(j);
+    free(blob);
+    free(h);
+    free(got);
 }
 
 /* Layer inputs of every layer of m for x: ins[i]: (n, in_i), malloc'd. */
@@ -554,8 +635,8 @@ static void test_rot_outliers(void)
         CHECK(qs_quant_fake(&f, &o, wr, rows, n, q, &e) == 0);
         CHECK(qs_rot_apply(h, q, rows, 1, &e) == 0); /* Q(W H^T) H: the original basis */
         double e_rot = pre_err(x, bs, w, q, rows, n);
-        fprintf(stderr, "  ratio hadamard/rtn int4 channel, 4 outlier columns, %dx%d: %.4f\n",
-                rows, n, e_rot / e_rtn);
+        fprintf(stderr, "  ratio hadamard/rtn int4 channel, 4 outlier columns, %dx%d: %.4f\n", rows,
+                n, e_rot / e_rtn);
         CHECK(e_rot < 0.2 * e_rtn);
         qs_rot_free(h);
         free(w);
@@ -761,8 +842,9 @@ static void test_imatrix_search(void)
             tot_u += eu;
         }
     /* the values are on the format's grid at some scale: re-rounding them is the identity */
-    fprintf(stderr, "  ratio imatrix/rtn weighted error int4 group:32: %.4f (brute force %.4f, "
-                    "unweighted search %.4f)\n",
+    fprintf(stderr,
+            "  ratio imatrix/rtn weighted error int4 group:32: %.4f (brute force %.4f, "
+            "unweighted search %.4f)\n",
             tot_k / tot_r, tot_b / tot_r, tot_u / tot_r);
     CHECK(tot_k < tot_u);
     CHECK(tot_k < 0.9 * tot_r);
@@ -777,8 +859,8 @@ static void test_imatrix_search(void)
     fmt("int4", "gran=channel asym", &f, &o);
     CHECK(qs_imatrix_quant(&f, &o, w, rows, c, imp, q, &e) < 0);
     /* other formats run and never lose to their plain scale */
-    static const char *other[][2] = {{"fp4-e2m1", "gran=group:32"}, {"nf4", "gran=group:32"},
-                                     {"int3", "gran=channel"}};
+    static const char *other[][2] = {
+        {"fp4-e2m1", "gran=group:32"}, {"nf4", "gran=group:32"}, {"int3", "gran=channel"}};
     for (int k = 0; k < 3; k++) {
         fmt(other[k][0], other[k][1], &f, &o);
         CHECK(qs_imatrix_quant(&f, &o, w, rows, c, imp, q, &e) == 0);
@@ -926,8 +1008,9 @@ static void test_mlp_gptq_sequential(void)
     int a0, a1, a2, a3;
     double l0 = odd_loss(m, d, &a0), l1 = odd_loss(rtn, d, &a1), l2 = odd_loss(seq, d, &a2),
            l3 = odd_loss(flt, d, &a3);
-    fprintf(stderr, "  digits int3 channel held-out loss: float %.4f (%d), rtn %.4f (%d), "
-                    "gptq sequential %.4f (%d), gptq float inputs %.4f (%d)\n",
+    fprintf(stderr,
+            "  digits int3 channel held-out loss: float %.4f (%d), rtn %.4f (%d), "
+            "gptq sequential %.4f (%d), gptq float inputs %.4f (%d)\n",
             l0, a0, l1, a1, l2, a2, l3, a3);
     CHECK(l2 < l1);
     CHECK(l3 < l1);
@@ -949,8 +1032,8 @@ static void test_mlp_gptq_sequential(void)
 }
 
 TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq_matches_obq),
-          TEST_CASE(test_gptq_beats_rtn_digits), TEST_CASE(test_gptq_beats_rtn_torch),
-          TEST_CASE(test_rot_orthogonal_exact), TEST_CASE(test_rot_outliers),
-          TEST_CASE(test_awq_reference), TEST_CASE(test_smoothquant_reference),
-          TEST_CASE(test_imatrix_search), TEST_CASE(test_method_layer),
-          TEST_CASE(test_mlp_gptq_sequential))
+          TEST_CASE(test_gptq_torch), TEST_CASE(test_gptq_beats_rtn_digits),
+          TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
+          TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
+          TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
+          TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
