@@ -213,6 +213,10 @@ int qs_quantizer_fit(const struct qs_quantizer *q, const float *x, int n, int ro
 /* out[j] = Q(x[j]) under block b (dequantized); out == x allowed. */
 void qs_quantizer_round(const struct qs_quantizer *q, const struct qs_qblock *b, const float *x,
                         float *out, int n);
+/* out[i] = Q(x[i]) under block b[i * bstride], i = 0 .. n-1: a column of a matrix whose rows
+ * have blocks of their own (the same values as qs_quantizer_round element by element). */
+void qs_quantizer_round_each(const struct qs_quantizer *q, const struct qs_qblock *b,
+                             size_t bstride, const float *x, float *out, int n);
 
 /* Bare element format at scale 1 (for `roundtrip`): int rounds (nearest even) and clamps to the
  * restricted range +-(2^(B-1)-1); minifloats and fixed point cast exactly per spec (RNE,

@@ -66,6 +66,7 @@ double qs_method_local_err(const float *w, const float *q, int rows, int cols, c
 
 #define GTILE 64 /* rows per gather of a group's weights for fitting its scales */
 #define GPTQ_MAX_THREADS 8
+#define SUB 16 /* columns per sub-batch inside a lazy batch */
 
 void qs_gptq_opts_default(struct qs_gptq_opts *g)
 {
@@ -157,44 +158,79 @@ struct gbatch {
     qs_err e;
 };
 
+/* t[kk] -= sum_m c[m] e[m] over rows [0, len) for sb error rows e (stride R): the sub-batch's
+ * updates fused, so that each row of t is read once per sub-batch, in L1-sized chunks. */
+static void fused_update(float *restrict y, const float *restrict e, size_t R, const float *c,
+                         size_t sb, size_t len)
+{
+    enum { CH = 256 };
+    for (size_t r0 = 0; r0 < len; r0 += CH) {
+        size_t r1 = r0 + CH < len ? r0 + CH : len;
+        for (size_t m = 0; m < sb; m++) {
+            const float cm = c[m], *em = e + m * R;
+            for (size_t r = r0; r < r1; r++)
+                y[r] -= cm * em[r];
+        }
+    }
+}
+
 static void *gbatch_run(void *arg)
 {
     struct gbatch *b = arg;
-    const size_t R = b->R, n = b->n, seg = b->seg;
+    const size_t R = b->R, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
     b->rc = 0;
-    for (size_t k = 0; k < b->nb; k++) {
-        const size_t col = b->i1 + k;
-        float *tc = b->t + k * R, *ec = b->err + k * R;
-        if (b->fit_late && col % seg == 0) {
-            size_t len = n - col < seg ? n - col : seg;
-            /* columns after the batch (only when the group starts the batch) have every
-             * update already */
-            for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
-                size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
-                for (size_t m = 0; m < len; m++) /* gx: (GTILE, len), read along rows */
+    /* two levels inside the batch: rank-1 updates within sub-batches of SUB columns, then one
+     * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
+     * group is fitted late, so that a group always sees fully updated weights) */
+    for (size_t s0 = 0; s0 < b->nb;) {
+        size_t s1 = s0 + SUB < b->nb ? s0 + SUB : b->nb;
+        if (b->fit_late) {
+            size_t gs = ((b->i1 + s0) / seg + 1) * seg - b->i1;
+            s1 = gs < s1 ? gs : s1;
+        }
+        for (size_t k = s0; k < s1; k++) {
+            const size_t col = b->i1 + k;
+            float *tc = b->t + k * R, *ec = b->err + k * R;
+            if (b->fit_late && col % seg == 0) {
+                size_t len = n - col < seg ? n - col : seg;
+                /* columns after the batch (only when the group starts the batch) have every
+                 * update already */
+                for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
+                    size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
+                    for (size_t m = 0; m < len; m++) /* gx: (GTILE, len), read along rows */
+                        for (size_t r = r0; r < r1; r++)
+                            b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
                     for (size_t r = r0; r < r1; r++)
-                        b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
-                for (size_t r = r0; r < r1; r++)
-                    if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r, (int)col,
-                                         &b->blk[r * b->nblk + col / seg], &b->e) < 0) {
-                        b->rc = -1;
-                        return NULL;
-                    }
+                        if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
+                                             (int)col, &b->blk[r * b->nblk + col / seg],
+                                             &b->e) < 0) {
+                            b->rc = -1;
+                            return NULL;
+                        }
+                }
             }
+            const float d = b->u[col * n + col];
+            if (b->shared)
+                qs_quantizer_round_each(b->q, b->blk, 0, tc + b->r0, ec + b->r0, (int)nr);
+            else
+                qs_quantizer_round_each(b->q, b->blk + b->r0 * b->nblk + b->grp[col], b->nblk,
+                                        tc + b->r0, ec + b->r0, (int)nr);
+            for (size_t r = b->r0; r < b->r1; r++) { /* ec holds Q(w) until here */
+                float qv = ec[r];
+                ec[r] = (tc[r] - qv) / d;
+                tc[r] = qv;
+            }
+            /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
+            for (size_t kk = k + 1; kk < s1; kk++)
+                axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
         }
-        const float d = b->u[col * n + col];
-        for (size_t r = b->r0; r < b->r1; r++)
-            qs_quantizer_round(b->q, &b->blk[b->shared ? 0 : r * b->nblk + b->grp[col]], tc + r,
-                               ec + r, 1);
-        for (size_t r = b->r0; r < b->r1; r++) { /* ec holds Q(w) until here */
-            float qv = ec[r];
-            ec[r] = (tc[r] - qv) / d;
-            tc[r] = qv;
+        float c[SUB];
+        for (size_t kk = s1; kk < b->nb; kk++) {
+            for (size_t m = s0; m < s1; m++)
+                c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
+            fused_update(b->t + kk * R + b->r0, b->err + s0 * R + b->r0, R, c, s1 - s0, nr);
         }
-        /* the rest of the batch: t[k+1:] -= U[col, col+1:i2]^T err (a plain loop: as
-         * cblas_sger, OpenBLAS's thread hand-off costs more than these small updates) */
-        for (size_t kk = k + 1; kk < b->nb; kk++)
-            axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], b->r1 - b->r0);
+        s0 = s1;
     }
     return NULL;
 }

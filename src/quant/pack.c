@@ -1146,6 +1146,24 @@ void qs_quantizer_round(const struct qs_quantizer *q, const struct qs_qblock *b,
     grid(&q->J.K, x, out, n, b->inv, b->lo, b->hi, b->s, 0, NULL);
 }
 
+void qs_quantizer_round_each(const struct qs_quantizer *q, const struct qs_qblock *b,
+                             size_t bstride, const float *x, float *out, int n)
+{
+    const struct kern *K = &q->J.K;
+    if (K->el.kind == QS_ELEM_INT) { /* inline: no call per element */
+        const float mul = K->mul, rmul = K->rmul;
+        for (int i = 0; i < n; i++) {
+            const struct qs_qblock *bi = b + (size_t)i * bstride;
+            out[i] = int_near(x[i], bi->inv, mul, bi->lo, bi->hi, rmul) * bi->s;
+        }
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const struct qs_qblock *bi = b + (size_t)i * bstride;
+        grid(K, x + i, out + i, 1, bi->inv, bi->lo, bi->hi, bi->s, 0, NULL);
+    }
+}
+
 /* ---- pack / unpack ---------------------------------------------------------------------- */
 
 /* Writes n codes starting at bit position bitpos of buf (zeroed beforehand; LSB first). */

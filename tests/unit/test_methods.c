@@ -118,6 +118,26 @@ static void test_quantizer_matches_fake(void)
                 CHECK(qs_quantizer_fit(q, w + r * cols + c0, len, r, c0, &b, &e) == 0);
                 qs_quantizer_round(q, &b, w + r * cols + c0, got + r * cols + c0, len);
             }
+        /* a column at a time, each row with its own block (as GPTQ rounds) */
+        if (!qs_quantizer_shared(q)) {
+            int nblk = (cols + seg - 1) / seg;
+            struct qs_qblock *bl = calloc((size_t)rows * nblk, sizeof *bl);
+            float colx[7], colq[7];
+            for (int r = 0; r < rows; r++)
+                for (int b = 0; b < nblk; b++) {
+                    int len = cols - b * seg < seg ? cols - b * seg : seg;
+                    qs_quantizer_fit(q, w + r * cols + b * seg, len, r, b * seg, &bl[r * nblk + b],
+                                     &e);
+                }
+            for (int c = 0; c < cols; c++) {
+                for (int r = 0; r < rows; r++)
+                    colx[r] = w[r * cols + c];
+                qs_quantizer_round_each(q, bl + c / seg, (size_t)nblk, colx, colq, rows);
+                for (int r = 0; r < rows; r++)
+                    CHECK(colq[r] == ref[r * cols + c]);
+            }
+            free(bl);
+        }
         int same = memcmp(ref, got, sizeof(float) * rows * cols) == 0;
         if (!same)
             fprintf(stderr, "  %s %s differs from qs_quant_fake\n", cases[c][0], cases[c][1]);
