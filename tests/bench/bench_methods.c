@@ -3,8 +3,10 @@
  * Hessian in double, the in-batch rank-1 updates and the lazy-batch GEMM updates in float), each
  * at this machine's measured DGEMM / SGEMM peak. Prints, for tests/bench/run.sh,
  *   bench gptq-ROWSxCOLS-FMT: ours T s, blas limit L s, ratio L/T (target 0.50)
- * (ratio 1 would be the limit itself; the issue's target is within 2x of it). */
+ * (ratio 1 would be the limit itself; the issue's target is within 2x of it), and AWQ's grid
+ * search against the dsymm flops of its error evaluations. */
 #include <cblas.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -101,6 +103,50 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
     free(h);
 }
 
+/* AWQ's grid search: each of the 20 points costs one fake quantization and the error
+ * tr(E R E^T), a dsymm of 2 rows cols^2 flops, which is the limit counted here. */
+static void bench_awq(int rows, int cols, double dpeak)
+{
+    qs_err e;
+    struct qs_format f;
+    struct qs_qopts o;
+    qs_format_parse("int4", &f, &e);
+    qs_qopts_default(&o);
+    qs_qopts_parse_token(&o, "gran=group:128", &e);
+    const int n = 2048;
+    qs_rng g;
+    qs_rng_seed(&g, 2);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *w = malloc(sizeof(float) * (size_t)rows * cols);
+    float *q = malloc(sizeof(float) * (size_t)rows * cols);
+    float *xm = calloc((size_t)cols, sizeof *xm), *s = malloc(sizeof(float) * (size_t)cols);
+    double *r = calloc((size_t)cols * cols, sizeof *r);
+    if (!x || !w || !q || !xm || !s || !r) {
+        fprintf(stderr, "bench_methods: out of memory\n");
+        return;
+    }
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        x[i] = (float)qs_rng_normal(&g);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        w[i] = (float)(0.02 * qs_rng_normal(&g));
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        xm[i % (size_t)cols] += fabsf(x[i]) / n;
+    qs_hessian_add(r, x, n, cols, &e);
+    double t0 = now();
+    if (qs_awq(&f, &o, w, rows, cols, xm, r, 20, s, q, NULL, NULL, NULL, &e) < 0)
+        fprintf(stderr, "bench_methods: %s\n", e.msg);
+    double dt = now() - t0, fl = 20.0 * 2.0 * rows * (double)cols * cols;
+    printf("bench awq-%dx%d-int4-group:128: ours %.3f s, blas limit %.3f s (%.1f GFLOP "
+           "dgemm-rate), ratio %.2f (target 0.50)\n",
+           rows, cols, dt, fl / (dpeak * 1e9), fl * 1e-9, fl / (dpeak * 1e9) / dt);
+    free(x);
+    free(w);
+    free(q);
+    free(xm);
+    free(s);
+    free(r);
+}
+
 int main(void)
 {
     double sp = gemm_peak(0, 1536), dp = gemm_peak(1, 1536);
@@ -109,5 +155,6 @@ int main(void)
     bench_gptq(3072, 768, "int4", "gran=channel", sp, dp);
     bench_gptq(768, 3072, "int4", "gran=channel", sp, dp);
     bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp);
+    bench_awq(3072, 768, dp);
     return 0;
 }
