@@ -107,7 +107,19 @@ static void transpose_perm(float *a, size_t rows, size_t n, const int *perm, flo
         }
 }
 
+/* The in-batch update loops are also compiled for AVX2 and picked at run time, as pack.c's
+ * kernels are (no FMA contraction in ISO C mode: the same IEEE operations, the same results). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef SIMD_CLONES
+#define SIMD_CLONES
+#endif
+
 /* y -= a x over n floats (vectorized by gcc). */
+SIMD_CLONES
 static void axpy_neg(float *restrict y, const float *restrict x, float a, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -160,6 +172,7 @@ struct gbatch {
 
 /* t[kk] -= sum_m c[m] e[m] over rows [0, len) for sb error rows e (stride R): the sub-batch's
  * updates fused, so that each row of t is read once per sub-batch, in L1-sized chunks. */
+SIMD_CLONES
 static void fused_update(float *restrict y, const float *restrict e, size_t R, const float *c,
                          size_t sb, size_t len)
 {
