@@ -210,9 +210,13 @@ static void *gbatch_run(void *arg)
                  * update already */
                 for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
                     size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
-                    for (size_t m = 0; m < len; m++) /* gx: (GTILE, len), read along rows */
+                    /* gx: (GTILE, len) <- t[k:k+len, r0:r1]^T, in 16-column tiles */
+                    for (size_t m0 = 0; m0 < len; m0 += 16) {
+                        size_t m1 = m0 + 16 < len ? m0 + 16 : len;
                         for (size_t r = r0; r < r1; r++)
-                            b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                            for (size_t m = m0; m < m1; m++)
+                                b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                    }
                     for (size_t r = r0; r < r1; r++)
                         if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
                                              (int)col, &b->blk[r * b->nblk + col / seg],
