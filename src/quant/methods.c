@@ -29,8 +29,8 @@ int qs_hessian_add(double *h, const float *x, int n, int cols, qs_err *e)
     if (!xd)
         return -1;
     const size_t c = (size_t)cols;
-    /* dsyrk writes only the upper triangle; the lower one is rebuilt from it at the end, so
-     * first fold the caller's lower triangle into nothing: it is a mirror by contract */
+    /* dsyrk updates only the upper triangle; the lower one (a mirror by contract) is rebuilt
+     * from it at the end */
     for (int r0 = 0; r0 < n; r0 += HCHUNK) {
         int m = n - r0 < HCHUNK ? n - r0 : HCHUNK;
         for (size_t i = 0; i < (size_t)m * c; i++)
@@ -140,10 +140,7 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
      * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
     lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
     if (info > 0)
-        return qs_errf(e,
-                       "GPTQ: H is not positive definite after damping (leading minor %d); "
-                       "raise damp",
-                       (int)info);
+        return qs_errf(e, "GPTQ: H is not positive definite after damping; raise damp");
     if (info < 0)
         return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
     info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
