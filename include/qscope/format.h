@@ -184,6 +184,40 @@ int qs_quant_fake(const struct qs_format *f, const struct qs_qopts *o, const flo
 int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, const float *x,
                        int rows, int cols, float amax, float *out, qs_err *e);
 
+/* ---- One block's quantizer applied to other values (GPTQ quantizes a column at a time against
+ * per-row scales fixed when a group's first column is reached; AWQ and imatrix searches reuse
+ * it). qs_quantizer_new computes what is shared by the tensor from w: (rows, cols) (the
+ * gran=tensor scale, the NVFP4 tensor scale) exactly as qs_quant_fake does, and keeps no pointer
+ * to w. Fitting block k of row r on its values and rounding the same values with the fitted
+ * block gives qs_quant_fake's output bit for bit. Nearest rounding only (stochastic is refused).
+ * Errors as qs_quant_pack. Free with qs_quantizer_free (NULL ok). */
+struct qs_quantizer;
+struct qs_qblock {
+    float s, inv;   /* scale and 1 / scale (0 for a zero block) */
+    float lo, hi;   /* int: clamp bounds of round(x / s), zero point folded in */
+    int z;          /* int asym: zero point */
+    uint32_t scode; /* the stored scale's bits (F16 / F32 / E8M0 / E4M3 code) */
+};
+int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, struct qs_quantizer **out, qs_err *e);
+void qs_quantizer_free(struct qs_quantizer *q);
+/* Elements per block along a row (group size, cols for channel and tensor, 32 for MX, 16 for
+ * NVFP4; the last block of a row may be shorter), and whether one block serves the whole tensor
+ * (gran=tensor, scale=none: qs_quantizer_fit then ignores x). */
+int qs_quantizer_block(const struct qs_quantizer *q);
+int qs_quantizer_shared(const struct qs_quantizer *q);
+/* The block parameters for values x[0..n) at [row, col] (position only names errors and the
+ * NaN/Inf check), honouring clip=; -1 on a non-finite value or a scale overflowing F16. */
+int qs_quantizer_fit(const struct qs_quantizer *q, const float *x, int n, int row, int col,
+                     struct qs_qblock *b, qs_err *e);
+/* out[j] = Q(x[j]) under block b (dequantized); out == x allowed. */
+void qs_quantizer_round(const struct qs_quantizer *q, const struct qs_qblock *b, const float *x,
+                        float *out, int n);
+/* out[i] = Q(x[i]) under block b[i * bstride], i = 0 .. n-1: a column of a matrix whose rows
+ * have blocks of their own (the same values as qs_quantizer_round element by element). */
+void qs_quantizer_round_each(const struct qs_quantizer *q, const struct qs_qblock *b,
+                             size_t bstride, const float *x, float *out, int n);
+
 /* Bare element format at scale 1 (for `roundtrip`): int rounds (nearest even) and clamps to the
  * restricted range +-(2^(B-1)-1); minifloats and fixed point cast exactly per spec (RNE,
  * subnormals, signed zero), saturating to the largest finite when saturate != 0, otherwise

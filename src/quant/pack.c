@@ -1076,6 +1076,94 @@ int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, cons
     return rc;
 }
 
+/* ---- one block's quantizer, applied to other values ------------------------------------ */
+
+struct qs_quantizer {
+    struct job J;
+};
+
+int qs_quantizer_new(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, struct qs_quantizer **out, qs_err *e)
+{
+    *out = NULL;
+    if (!w)
+        return qs_errf(e, "quantizer: no data");
+    if (o->round == QS_ROUND_STOCHASTIC)
+        return qs_errf(e, "%s: this method rounds to nearest; round=stochastic does not apply",
+                       f ? f->name : "format");
+    struct qs_quantizer *q = malloc(sizeof *q);
+    if (!q)
+        return qs_errf(e, "out of memory");
+    if (job_init(&q->J, f, o, w, rows, cols, e) < 0 || job_tensor(&q->J, -1.0f, e) < 0) {
+        free(q);
+        return -1;
+    }
+    q->J.w = NULL; /* not kept: fit and round take their values explicitly */
+    *out = q;
+    return 0;
+}
+
+void qs_quantizer_free(struct qs_quantizer *q)
+{
+    free(q);
+}
+
+int qs_quantizer_block(const struct qs_quantizer *q)
+{
+    return q->J.seg;
+}
+
+int qs_quantizer_shared(const struct qs_quantizer *q)
+{
+    return q->J.shared;
+}
+
+int qs_quantizer_fit(const struct qs_quantizer *q, const float *x, int n, int row, int col,
+                     struct qs_qblock *b, qs_err *e)
+{
+    struct blk k;
+    if (q->J.shared) {
+        k = q->J.tb;
+    } else {
+        if (n < 1)
+            return qs_errf(e, "quantizer: empty block");
+        if (block_params(&q->J, x, (size_t)n, (size_t)row * (size_t)q->J.cols + (size_t)col, &k,
+                         e) < 0)
+            return -1;
+    }
+    b->s = k.s;
+    b->inv = k.inv;
+    b->lo = k.lo;
+    b->hi = k.hi;
+    b->z = k.z;
+    b->scode = k.scode;
+    return 0;
+}
+
+void qs_quantizer_round(const struct qs_quantizer *q, const struct qs_qblock *b, const float *x,
+                        float *out, int n)
+{
+    grid(&q->J.K, x, out, n, b->inv, b->lo, b->hi, b->s, 0, NULL);
+}
+
+void qs_quantizer_round_each(const struct qs_quantizer *q, const struct qs_qblock *b,
+                             size_t bstride, const float *x, float *out, int n)
+{
+    const struct kern *K = &q->J.K;
+    if (K->el.kind == QS_ELEM_INT) { /* inline: no call per element */
+        const float mul = K->mul, rmul = K->rmul;
+        for (int i = 0; i < n; i++) {
+            const struct qs_qblock *bi = b + (size_t)i * bstride;
+            out[i] = int_near(x[i], bi->inv, mul, bi->lo, bi->hi, rmul) * bi->s;
+        }
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        const struct qs_qblock *bi = b + (size_t)i * bstride;
+        grid(K, x + i, out + i, 1, bi->inv, bi->lo, bi->hi, bi->s, 0, NULL);
+    }
+}
+
 /* ---- pack / unpack ---------------------------------------------------------------------- */
 
 /* Writes n codes starting at bit position bitpos of buf (zeroed beforehand; LSB first). */

@@ -1,0 +1,1010 @@
+/* methods.c - GPTQ, AWQ, SmoothQuant, randomized Hadamard rotations and imatrix-weighted scale
+ * search on one linear layer (see methods.h for the contracts, man/qscope-methods.7 for the
+ * definitions and citations). */
+#include "qscope/methods.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qscope/half.h"
+#include "qscope/mlp.h"
+
+/* ---- input statistics --------------------------------------------------------------------- */
+
+#define HCHUNK 256 /* rows of x converted to double per dsyrk */
+
+int qs_hessian_add(double *h, const float *x, int n, int cols, qs_err *e)
+{
+    if (n < 0 || cols < 1)
+        return qs_errf(e, "hessian: bad shape (%d, %d)", n, cols);
+    if (n == 0)
+        return 0;
+    double *xd = qs_alloc((size_t)(n < HCHUNK ? n : HCHUNK), (size_t)cols * sizeof *xd,
+                          "the Hessian's input chunk", e);
+    if (!xd)
+        return -1;
+    const size_t c = (size_t)cols;
+    /* dsyrk updates only the upper triangle; the lower one (a mirror by contract) is rebuilt
+     * from it at the end */
+    for (int r0 = 0; r0 < n; r0 += HCHUNK) {
+        int m = n - r0 < HCHUNK ? n - r0 : HCHUNK;
+        for (size_t i = 0; i < (size_t)m * c; i++)
+            xd[i] = x[(size_t)r0 * c + i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, m, 2.0, xd, cols, 1.0, h, cols);
+    }
+    free(xd);
+    for (size_t i = 0; i < c; i++)
+        for (size_t j = 0; j < i; j++)
+            h[i * c + j] = h[j * c + i];
+    return 0;
+}
+
+double qs_method_local_err(const float *w, const float *q, int rows, int cols, const double *r)
+{
+    size_t n = (size_t)rows * (size_t)cols;
+    double *d = calloc(2 * n, sizeof *d);
+    if (!d)
+        return -1.0;
+    double *dr = d + n;
+    for (size_t i = 0; i < n; i++)
+        d[i] = (double)q[i] - (double)w[i];
+    cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, rows, cols, 1.0, r, cols, d, cols, 0.0, dr,
+                cols);
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += d[i] * dr[i];
+    free(d);
+    return s;
+}
+
+/* ---- GPTQ ------------------------------------------------------------------------------- */
+
+#define GTILE 64 /* rows per gather of a group's weights for fitting its scales */
+#define GPTQ_MAX_THREADS 8
+#define SUB 16 /* columns per sub-batch inside a lazy batch */
+
+void qs_gptq_opts_default(struct qs_gptq_opts *g)
+{
+    g->damp = 0.01;
+    g->block = 128;
+    g->act_order = 0;
+}
+
+struct didx {
+    double d;
+    int i;
+};
+
+static int by_diag_desc(const void *a, const void *b)
+{
+    const struct didx *x = a, *y = b;
+    if (x->d != y->d)
+        return x->d > y->d ? -1 : 1;
+    return x->i - y->i; /* stable: equal diagonals keep their order */
+}
+
+/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]:
+ * back = 0 fills t from a, back = 1 fills a from t. Tiled, so that neither side is walked
+ * with a large stride. */
+static void transpose_perm(float *a, size_t rows, size_t n, const int *perm, float *t, int back)
+{
+    enum { TILE = 32 };
+    for (size_t r0 = 0; r0 < rows; r0 += TILE)
+        for (size_t k0 = 0; k0 < n; k0 += TILE) {
+            size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, k1 = k0 + TILE < n ? k0 + TILE : n;
+            for (size_t k = k0; k < k1; k++)
+                for (size_t r = r0; r < r1; r++) {
+                    if (back)
+                        a[r * n + (size_t)perm[k]] = t[k * rows + r];
+                    else
+                        t[k * rows + r] = a[r * n + (size_t)perm[k]];
+                }
+        }
+}
+
+/* The in-batch update loops are also compiled for AVX2 and picked at run time, as pack.c's
+ * kernels are (no FMA contraction in ISO C mode: the same IEEE operations, the same results). */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef SIMD_CLONES
+#define SIMD_CLONES
+#endif
+
+/* y -= a x over n floats (vectorized by gcc). */
+SIMD_CLONES
+static void axpy_neg(float *restrict y, const float *restrict x, float a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] -= a * x[i];
+}
+
+/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
+static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
+{
+    const size_t c = (size_t)n;
+    /* J H J in place: reverse rows and columns (a 180-degree turn of the array) */
+    for (size_t i = 0, k = c * c - 1; i < k; i++, k--) {
+        double t = hp[i];
+        hp[i] = hp[k];
+        hp[k] = t;
+    }
+    /* the array read column-major is the same symmetric matrix; its column-major upper Cholesky
+     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
+    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
+    if (info > 0)
+        return qs_errf(e, "GPTQ: H is not positive definite after damping; raise damp");
+    if (info < 0)
+        return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
+    info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
+    if (info != 0)
+        return qs_errf(e, "GPTQ: the Cholesky factor is singular (dtrtri %d); raise damp",
+                       (int)info);
+    /* U = J L^-1 J: U[i][j] = Linv[n-1-i][n-1-j], upper */
+    for (size_t i = 0; i < c; i++)
+        for (size_t j = 0; j < c; j++)
+            u[i * c + j] = j >= i ? (float)hp[(c - 1 - i) * c + (c - 1 - j)] : 0.0f;
+    return 0;
+}
+
+/* One lazy batch of GPTQ on rows [r0, r1): fit the groups that start in it, quantize column by
+ * column, spread each column's error over the rest of the batch. Rows are independent here. */
+struct gbatch {
+    struct qs_quantizer *q;
+    const float *u;
+    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, R); gx: (GTILE, seg) */
+    struct qs_qblock *blk;
+    const size_t *grp;
+    size_t R, n, i1, nb, seg, nblk, r0, r1;
+    int shared, fit_late, rc;
+    qs_err e;
+};
+
+/* t[kk] -= sum_m c[m] e[m] over rows [0, len) for sb error rows e (stride R): the sub-batch's
+ * updates fused, so that each row of t is read once per sub-batch, in L1-sized chunks. */
+SIMD_CLONES
+static void fused_update(float *restrict y, const float *restrict e, size_t R, const float *c,
+                         size_t sb, size_t len)
+{
+    enum { CH = 256 };
+    for (size_t r0 = 0; r0 < len; r0 += CH) {
+        size_t r1 = r0 + CH < len ? r0 + CH : len;
+        for (size_t m = 0; m < sb; m++) {
+            const float cm = c[m], *em = e + m * R;
+            for (size_t r = r0; r < r1; r++)
+                y[r] -= cm * em[r];
+        }
+    }
+}
+
+static void *gbatch_run(void *arg)
+{
+    struct gbatch *b = arg;
+    const size_t R = b->R, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
+    b->rc = 0;
+    /* two levels inside the batch: rank-1 updates within sub-batches of SUB columns, then one
+     * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
+     * group is fitted late, so that a group always sees fully updated weights) */
+    for (size_t s0 = 0; s0 < b->nb;) {
+        size_t s1 = s0 + SUB < b->nb ? s0 + SUB : b->nb;
+        if (b->fit_late) {
+            size_t gs = ((b->i1 + s0) / seg + 1) * seg - b->i1;
+            s1 = gs < s1 ? gs : s1;
+        }
+        for (size_t k = s0; k < s1; k++) {
+            const size_t col = b->i1 + k;
+            float *tc = b->t + k * R, *ec = b->err + k * R;
+            if (b->fit_late && col % seg == 0) {
+                size_t len = n - col < seg ? n - col : seg;
+                /* columns after the batch (only when the group starts the batch) have every
+                 * update already */
+                for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
+                    size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
+                    /* gx: (GTILE, len) <- t[k:k+len, r0:r1]^T, in 16-column tiles */
+                    for (size_t m0 = 0; m0 < len; m0 += 16) {
+                        size_t m1 = m0 + 16 < len ? m0 + 16 : len;
+                        for (size_t r = r0; r < r1; r++)
+                            for (size_t m = m0; m < m1; m++)
+                                b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                    }
+                    for (size_t r = r0; r < r1; r++)
+                        if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
+                                             (int)col, &b->blk[r * b->nblk + col / seg],
+                                             &b->e) < 0) {
+                            b->rc = -1;
+                            return NULL;
+                        }
+                }
+            }
+            const float d = b->u[col * n + col];
+            if (b->shared)
+                qs_quantizer_round_each(b->q, b->blk, 0, tc + b->r0, ec + b->r0, (int)nr);
+            else
+                qs_quantizer_round_each(b->q, b->blk + b->r0 * b->nblk + b->grp[col], b->nblk,
+                                        tc + b->r0, ec + b->r0, (int)nr);
+            for (size_t r = b->r0; r < b->r1; r++) { /* ec holds Q(w) until here */
+                float qv = ec[r];
+                ec[r] = (tc[r] - qv) / d;
+                tc[r] = qv;
+            }
+            /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
+            for (size_t kk = k + 1; kk < s1; kk++)
+                axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
+        }
+        float c[SUB];
+        for (size_t kk = s1; kk < b->nb; kk++) {
+            for (size_t m = s0; m < s1; m++)
+                c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
+            fused_update(b->t + kk * R + b->r0, b->err + s0 * R + b->r0, R, c, s1 - s0, nr);
+        }
+        s0 = s1;
+    }
+    return NULL;
+}
+
+int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
+            const float *w, int rows, int cols, const double *h, float *out,
+            struct qs_qblock *scales, qs_err *e)
+{
+    struct qs_gptq_opts def;
+    if (!g) {
+        qs_gptq_opts_default(&def);
+        g = &def;
+    }
+    if (!w || !h || !out)
+        return qs_errf(e, "GPTQ: no data");
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "GPTQ: empty matrix (%d x %d)", rows, cols);
+    if (!(g->damp >= 0.0 && g->damp < 1e6))
+        return qs_errf(e, "GPTQ: damp must be >= 0 (got %g)", g->damp);
+    if (g->block < 1)
+        return qs_errf(e, "GPTQ: block must be >= 1 (got %d)", g->block);
+    const size_t n = (size_t)cols, R = (size_t)rows;
+    size_t nn;
+    if (qs_size_mul(n, n, &nn) < 0 || qs_size_mul(n, R, &nn) < 0 || qs_size_mul(n, n, &nn) < 0)
+        return qs_errf(e, "GPTQ: a %d x %d layer overflows a size", rows, cols);
+    int rc = -1;
+    struct qs_quantizer *q = NULL;
+    double *hp = NULL;
+    float *u = NULL, *wt = NULL, *err = NULL, *gx = NULL;
+    struct qs_qblock *blk = NULL;
+    int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
+    size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
+    struct didx *dx = malloc(n * sizeof *dx);
+    if (!perm || !dead || !grp || !dx) {
+        qs_errf(e, "out of memory");
+        goto done;
+    }
+    hp = qs_alloc(nn, sizeof *hp, "GPTQ's Hessian copy", e);
+    u = hp ? qs_alloc(nn, sizeof *u, "GPTQ's inverse Cholesky factor", e) : NULL;
+    /* the working weights transposed and permuted, wt: (cols, rows): a column is a contiguous
+     * row, so the in-batch updates are axpys and no batch is ever copied */
+    wt = u ? qs_alloc(R * n, sizeof *wt, "GPTQ's working weights", e) : NULL;
+    if (!wt)
+        goto done;
+
+    /* dead inputs (H_jj = 0: W[:, j] = 0, H_jj = 1) and the processing order */
+    double mean = 0.0;
+    for (size_t j = 0; j < n; j++) {
+        double d = h[j * n + j];
+        if (!isfinite(d) || d < 0.0) {
+            qs_errf(e, "GPTQ: H[%zu, %zu] = %g is not a valid diagonal entry", j, j, d);
+            goto done;
+        }
+        dead[j] = d == 0.0;
+        dx[j] = (struct didx){dead[j] ? 1.0 : d, (int)j};
+        mean += dx[j].d;
+    }
+    mean /= (double)n;
+    if (g->act_order)
+        qsort(dx, n, sizeof *dx, by_diag_desc);
+    for (size_t k = 0; k < n; k++)
+        perm[k] = dx[k].i;
+
+    /* permuted, damped H; permuted W with the dead columns zeroed */
+    for (size_t a = 0; a < n; a++) {
+        const double *hr = h + (size_t)perm[a] * n;
+        for (size_t b = 0; b < n; b++)
+            hp[a * n + b] = hr[perm[b]];
+        hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
+    }
+    /* the quantizer sees W with the dead columns zeroed; out is free until the end, so it
+     * holds that copy */
+    for (size_t r = 0; r < R; r++)
+        for (size_t j = 0; j < n; j++)
+            out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
+    transpose_perm(out, R, n, perm, wt, 0);
+    if (qs_quantizer_new(f, o, out, rows, cols, &q, e) < 0)
+        goto done;
+    if (inv_chol_upper(hp, cols, u, e) < 0)
+        goto done;
+    free(hp);
+    hp = NULL;
+
+    const int shared = qs_quantizer_shared(q);
+    const size_t seg = (size_t)qs_quantizer_block(q);
+    const size_t nblk = shared ? 1 : (n + seg - 1) / seg;
+    const size_t B = (size_t)g->block < n ? (size_t)g->block : n;
+    blk = qs_alloc(R * nblk, sizeof *blk, "GPTQ's group scales", e);
+    err = blk ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
+     * 8, when each gets at least 128 rows */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
+    while (nthr > 1 && R / (size_t)nthr < 128)
+        nthr--;
+    gx = err ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
+    if (!err)
+        goto done;
+    if (!gx) {
+        qs_errf(e, "out of memory");
+        goto done;
+    }
+    for (size_t k = 0; k < n; k++)
+        grp[k] = shared ? 0 : (size_t)perm[k] / seg;
+    /* static scales are fitted up front (shared, or act order); otherwise when reached */
+    const int fit_late = !shared && !g->act_order;
+    if (shared) {
+        if (qs_quantizer_fit(q, out, cols, 0, 0, &blk[0], e) < 0)
+            goto done;
+    } else if (!fit_late) {
+        for (size_t r = 0; r < R; r++)
+            for (size_t b = 0; b < nblk; b++) {
+                size_t c0 = b * seg, len = n - c0 < seg ? n - c0 : seg;
+                if (qs_quantizer_fit(q, out + r * n + c0, (int)len, (int)r, (int)c0,
+                                     &blk[r * nblk + b], e) < 0)
+                    goto done;
+            }
+    }
+
+    for (size_t i1 = 0; i1 < n;) {
+        size_t i2 = i1 + B < n ? i1 + B : n;
+        if (fit_late && seg < n) {
+            /* cut the batch at a group start whose group would straddle its end, so that every
+             * group is fitted from fully updated weights */
+            for (size_t gs = (i1 / seg + 1) * seg; gs < i2; gs += seg)
+                if (gs + seg > i2 && i2 < n) {
+                    i2 = gs;
+                    break;
+                }
+        }
+        const size_t nb = i2 - i1;
+        struct gbatch bt[GPTQ_MAX_THREADS];
+        pthread_t th[GPTQ_MAX_THREADS];
+        int started[GPTQ_MAX_THREADS] = {0};
+        const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
+        int nt = 0;
+        for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
+            bt[i] = (struct gbatch){.q = q,
+                                    .u = u,
+                                    .t = wt + i1 * R,
+                                    .err = err,
+                                    .blk = blk,
+                                    .grp = grp,
+                                    .gx = gx + (size_t)i * GTILE * seg,
+                                    .R = R,
+                                    .n = n,
+                                    .i1 = i1,
+                                    .nb = nb,
+                                    .seg = seg,
+                                    .nblk = nblk,
+                                    .shared = shared,
+                                    .fit_late = fit_late,
+                                    .r0 = (size_t)i * per,
+                                    .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
+        }
+        for (int i = 1; i < nt; i++)
+            started[i] = pthread_create(&th[i], NULL, gbatch_run, &bt[i]) == 0;
+        for (int i = 1; i < nt; i++)
+            if (!started[i])
+                gbatch_run(&bt[i]);
+        gbatch_run(&bt[0]);
+        int bad = -1;
+        for (int i = 0; i < nt; i++) {
+            if (i > 0 && started[i])
+                pthread_join(th[i], NULL);
+            if (bt[i].rc < 0 && bad < 0)
+                bad = i;
+        }
+        if (bad >= 0) {
+            if (e)
+                *e = bt[bad].e;
+            goto done;
+        }
+        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], i.e.
+         * wt[i2:] -= U[i1:i2, i2:]^T err with err: (nb, R) */
+        if (i2 < n)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - i2), rows, (int)nb,
+                        -1.0f, u + i1 * n + i2, cols, err, rows, 1.0f, wt + i2 * R, rows);
+        i1 = i2;
+    }
+    transpose_perm(out, R, n, perm, wt, 1);
+    if (scales)
+        memcpy(scales, blk, R * nblk * sizeof *blk);
+    rc = 0;
+done:
+    qs_quantizer_free(q);
+    free(hp);
+    free(u);
+    free(wt);
+    free(err);
+    free(gx);
+    free(blk);
+    free(perm);
+    free(dead);
+    free(grp);
+    free(dx);
+    return rc;
+}
+
+/* ---- per-input-channel scaling ------------------------------------------------------------ */
+
+void qs_scale_cols(float *a, int rows, int cols, const float *s, int inverse)
+{
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        float *ar = a + r * (size_t)cols;
+        if (inverse)
+            for (int j = 0; j < cols; j++)
+                ar[j] /= s[j];
+        else
+            for (int j = 0; j < cols; j++)
+                ar[j] *= s[j];
+    }
+}
+
+int qs_awq(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows, int cols,
+           const float *xmean, const double *r, int ngrid, float *s, float *qw, double *alpha,
+           double *err, double *err_rtn, qs_err *e)
+{
+    if (!w || !xmean || !r || !s || !qw)
+        return qs_errf(e, "AWQ: no data");
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "AWQ: empty matrix (%d x %d)", rows, cols);
+    if (ngrid <= 0)
+        ngrid = 20;
+    for (int j = 0; j < cols; j++)
+        if (!(xmean[j] >= 0.0f && isfinite(xmean[j])))
+            return qs_errf(e, "AWQ: mean |x| of input %d is %g", j, (double)xmean[j]);
+    size_t n = (size_t)rows * (size_t)cols;
+    float *ws = qs_alloc(2 * n, sizeof *ws, "AWQ's scaled weights", e);
+    float *sc = malloc((size_t)cols * sizeof *sc);
+    if (!ws || !sc) {
+        free(ws);
+        free(sc);
+        return ws ? qs_errf(e, "out of memory") : -1;
+    }
+    float *qt = ws + n;
+    double best = INFINITY;
+    int rc = 0;
+    for (int k = 0; k < ngrid && rc == 0; k++) {
+        double a = (double)k / ngrid;
+        double smax = 0.0, smin = INFINITY;
+        for (int j = 0; j < cols; j++) {
+            double v = pow((double)xmean[j], a);
+            v = v < 1e-4 ? 1e-4 : v;
+            sc[j] = (float)v;
+            smax = v > smax ? v : smax;
+            smin = v < smin ? v : smin;
+        }
+        float norm = (float)sqrt(smax * smin);
+        for (int j = 0; j < cols; j++)
+            sc[j] /= norm;
+        memcpy(ws, w, n * sizeof *ws);
+        qs_scale_cols(ws, rows, cols, sc, 0);
+        if (qs_quant_fake(f, o, ws, rows, cols, qt, e) < 0) {
+            rc = -1;
+            break;
+        }
+        memcpy(ws, qt, n * sizeof *ws); /* keep Q(W diag s) for the output */
+        qs_scale_cols(qt, rows, cols, sc, 1);
+        double ek = qs_method_local_err(w, qt, rows, cols, r);
+        if (ek < 0.0) {
+            rc = qs_errf(e, "out of memory");
+            break;
+        }
+        if (k == 0 && err_rtn)
+            *err_rtn = ek;
+        if (ek < best) {
+            best = ek;
+            memcpy(s, sc, (size_t)cols * sizeof *s);
+            memcpy(qw, ws, n * sizeof *qw);
+            if (alpha)
+                *alpha = a;
+        }
+    }
+    if (rc == 0 && err)
+        *err = best;
+    free(ws);
+    free(sc);
+    return rc;
+}
+
+int qs_smoothquant_scales(const float *xmax, const float *w, int rows, int cols, double alpha,
+                          float *s, qs_err *e)
+{
+    if (!xmax || !w || !s)
+        return qs_errf(e, "SmoothQuant: no data");
+    if (!(alpha >= 0.0 && alpha <= 1.0))
+        return qs_errf(e, "SmoothQuant: alpha must be in [0, 1] (got %g)", alpha);
+    if (rows < 1 || cols < 1)
+        return qs_errf(e, "SmoothQuant: empty matrix (%d x %d)", rows, cols);
+    for (int j = 0; j < cols; j++) {
+        double wm = 0.0;
+        for (size_t r = 0; r < (size_t)rows; r++) {
+            double a = fabs((double)w[r * (size_t)cols + (size_t)j]);
+            wm = a > wm ? a : wm;
+        }
+        wm = wm < 1e-5 ? 1e-5 : wm;
+        double xm = xmax[j];
+        if (!(xm >= 0.0 && isfinite(xm)))
+            return qs_errf(e, "SmoothQuant: max |x| of input %d is %g", j, xm);
+        double v = pow(xm, alpha) / pow(wm, 1.0 - alpha);
+        s[j] = (float)(v < 1e-5 ? 1e-5 : v);
+    }
+    return 0;
+}
+
+/* ---- rotations ----------------------------------------------------------------------------- */
+
+#define ROT_MAX_ODD 1024
+#define IM_WIDE 121 /* ratios 0.30, 0.31, .., 1.50 */
+#define IM_REFITS 4
+
+struct qs_rot {
+    int n, p, m; /* n = p * m, p = 2^k, m odd */
+    float *sign; /* (n) +-1 */
+    float *qm;   /* (m, m) orthogonal, row-major */
+};
+
+int qs_rot_new(int n, uint64_t seed, struct qs_rot **out, qs_err *e)
+{
+    *out = NULL;
+    if (n < 1)
+        return qs_errf(e, "rotation: dimension must be >= 1 (got %d)", n);
+    int p = 1, m = n;
+    while (m % 2 == 0) {
+        m /= 2;
+        p *= 2;
+    }
+    if (m > ROT_MAX_ODD)
+        return qs_errf(e,
+                       "rotation: dimension %d = %d x %d has an odd part above %d; "
+                       "a Hadamard-type rotation needs a larger power-of-two factor",
+                       n, p, m, ROT_MAX_ODD);
+    struct qs_rot *h = calloc(1, sizeof *h);
+    if (!h)
+        return qs_errf(e, "out of memory");
+    h->n = n;
+    h->p = p;
+    h->m = m;
+    h->sign = malloc((size_t)n * sizeof *h->sign);
+    h->qm = malloc((size_t)m * (size_t)m * sizeof *h->qm);
+    double *a = malloc((size_t)m * (size_t)m * sizeof *a);
+    double *tau = malloc((size_t)m * sizeof *tau);
+    if (!h->sign || !h->qm || !a || !tau) {
+        free(a);
+        free(tau);
+        qs_rot_free(h);
+        return qs_errf(e, "out of memory");
+    }
+    qs_rng g;
+    qs_rng_seed(&g, seed);
+    for (int i = 0; i < n; i++)
+        h->sign[i] = (qs_rng_u64(&g) >> 63) ? -1.0f : 1.0f;
+    for (size_t i = 0; i < (size_t)m * (size_t)m; i++)
+        a[i] = qs_rng_normal(&g);
+    int rc = 0;
+    if (m > 1) {
+        /* Haar-distributed Q: QR of a Gaussian, columns signed so that diag(R) > 0 */
+        lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, m, m, a, m, tau);
+        double *rd = malloc((size_t)m * sizeof *rd);
+        if (info == 0 && rd) {
+            for (int i = 0; i < m; i++)
+                rd[i] = a[(size_t)i * m + i];
+            info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, m, m, m, a, m, tau);
+        }
+        if (info != 0 || !rd)
+            rc = qs_errf(e, "rotation: QR of the %d x %d mixing matrix failed", m, m);
+        for (int i = 0; rc == 0 && i < m; i++)
+            for (int j = 0; j < m; j++)
+                h->qm[(size_t)i * m + j] =
+                    (float)(rd[j] < 0 ? -a[(size_t)i * m + j] : a[(size_t)i * m + j]);
+        free(rd);
+    } else {
+        h->qm[0] = 1.0f;
+    }
+    free(a);
+    free(tau);
+    if (rc < 0) {
+        qs_rot_free(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+void qs_rot_free(struct qs_rot *h)
+{
+    if (!h)
+        return;
+    free(h->sign);
+    free(h->qm);
+    free(h);
+}
+
+int qs_rot_dim(const struct qs_rot *h)
+{
+    return h->n;
+}
+
+/* In-place normalised fast Walsh-Hadamard transform of v[0..p) (Sylvester order). */
+static void fwht(float *v, int p)
+{
+    for (int len = 1; len < p; len <<= 1)
+        for (int i = 0; i < p; i += len << 1)
+            for (int j = i; j < i + len; j++) {
+                float a = v[j], b = v[j + len];
+                v[j] = a + b;
+                v[j + len] = a - b;
+            }
+    float sc = 1.0f / sqrtf((float)p);
+    for (int j = 0; j < p; j++)
+        v[j] *= sc;
+}
+
+/* v (m, p) row-major <- Q v (tr = 0) or Q^T v (tr = 1); tmp: (m, p). */
+static void mix(const struct qs_rot *h, float *v, float *tmp, int tr)
+{
+    const int m = h->m, p = h->p;
+    memset(tmp, 0, (size_t)m * (size_t)p * sizeof *tmp);
+    for (int a = 0; a < m; a++)
+        for (int b = 0; b < m; b++) {
+            float c = tr ? h->qm[(size_t)b * m + a] : h->qm[(size_t)a * m + b];
+            float *ta = tmp + (size_t)a * p;
+            const float *vb = v + (size_t)b * p;
+            for (int t = 0; t < p; t++)
+                ta[t] += c * vb[t];
+        }
+    memcpy(v, tmp, (size_t)m * (size_t)p * sizeof *v);
+}
+
+int qs_rot_apply(const struct qs_rot *h, float *a, int rows, int transpose, qs_err *e)
+{
+    const int n = h->n, p = h->p, m = h->m;
+    float *tmp = NULL;
+    if (m > 1) {
+        tmp = malloc((size_t)n * sizeof *tmp);
+        if (!tmp)
+            return qs_errf(e, "out of memory");
+    }
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        float *v = a + r * (size_t)n;
+        if (!transpose) {
+            for (int j = 0; j < n; j++)
+                v[j] *= h->sign[j];
+            for (int b = 0; b < m; b++)
+                fwht(v + (size_t)b * p, p);
+            if (m > 1)
+                mix(h, v, tmp, 0);
+        } else {
+            if (m > 1)
+                mix(h, v, tmp, 1);
+            for (int b = 0; b < m; b++)
+                fwht(v + (size_t)b * p, p); /* H_p / sqrt(p) is symmetric */
+            for (int j = 0; j < n; j++)
+                v[j] *= h->sign[j];
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
+/* ---- importance-weighted scale search ----------------------------------------------------- */
+
+/* Weighted squared error of rounding x[0..len) with block b; q gets the values. */
+static double wsse(const struct qs_quantizer *q, const struct qs_qblock *b, const float *x,
+                   const float *imp, int len, float *qv)
+{
+    qs_quantizer_round(q, b, x, qv, len);
+    double s = 0.0;
+    for (int j = 0; j < len; j++) {
+        double d = (double)x[j] - (double)qv[j];
+        s += (imp ? (double)imp[j] : 1.0) * d * d;
+    }
+    return s;
+}
+
+/* b with scale v rounded to storage; 0 when the scale is not representable. */
+static int set_scale(struct qs_qblock *b, double v, int f32)
+{
+    float s = (float)v;
+    if (!f32) {
+        uint16_t hb = qs_f32_to_f16(s);
+        if ((hb & 0x7c00u) == 0x7c00u)
+            return 0;
+        s = qs_f16_to_f32(hb);
+        b->scode = hb;
+    } else {
+        memcpy(&b->scode, &s, sizeof s);
+    }
+    if (!(s > 0.0f) || !(1.0f / s <= 3.4e38f))
+        return 0;
+    b->s = s;
+    b->inv = 1.0f / s;
+    return 1;
+}
+
+int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                     int cols, const float *imp, float *out, qs_err *e)
+{
+    if (!f || !o || !w || !out)
+        return qs_errf(e, "imatrix: no data");
+    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+        return qs_errf(e,
+                       "%s: block scales are powers of two / E4M3 codes; an imatrix scale "
+                       "search needs free scales",
+                       f->name);
+    if (f->kind == QS_FMT_INT && o->asym)
+        return qs_errf(e, "%s: imatrix scale search is symmetric; asym is not supported", f->name);
+    if (o->gran == QS_GRAN_TENSOR || o->scale_none)
+        return qs_errf(e,
+                       "%s: imatrix scale search works per channel or group (gran=channel "
+                       "or gran=group:N)",
+                       f->name);
+    if (imp)
+        for (int j = 0; j < cols; j++)
+            if (!(imp[j] >= 0.0f && isfinite(imp[j])))
+                return qs_errf(e, "imatrix: importance of input %d is %g", j, (double)imp[j]);
+    struct qs_quantizer *q = NULL;
+    if (qs_quantizer_new(f, o, w, rows, cols, &q, e) < 0)
+        return -1;
+    const int seg = qs_quantizer_block(q);
+    /* llama.cpp steps the inverse scale by 0.1 code units around nmax; qscope: M = 2^(B-1) - 1
+     * (B the element bits) plays nmax's part for every format */
+    const double M = (double)((1 << (f->bits - 1)) - 1);
+    float *qv = malloc(2 * (size_t)seg * sizeof *qv);
+    if (!qv) {
+        qs_quantizer_free(q);
+        return qs_errf(e, "out of memory");
+    }
+    float *qb = qv + seg;
+    int rc = 0;
+    for (size_t r = 0; r < (size_t)rows && rc == 0; r++)
+        for (int c0 = 0; c0 < cols; c0 += seg) {
+            int len = cols - c0 < seg ? cols - c0 : seg;
+            const float *x = w + r * (size_t)cols + c0;
+            const float *im = imp ? imp + c0 : NULL;
+            float *ob = out + r * (size_t)cols + c0;
+            struct qs_qblock b0, c, cb;
+            if (qs_quantizer_fit(q, x, len, (int)r, c0, &b0, e) < 0) {
+                rc = -1;
+                break;
+            }
+            double be = wsse(q, &b0, x, im, len, ob);
+            if (b0.s == 0.0f)
+                continue; /* a zero block */
+            /* llama.cpp's 19 candidates, then a wide scan of ratios 0.3 .. 1.5 of s0 */
+            for (int k = -9; k <= 9 + IM_WIDE; k++) {
+                double ratio = k <= 9 ? M / (M + 0.1 * k) : 0.3 + 0.01 * (k - 10);
+                cb = b0;
+                if (k == 0 || !set_scale(&cb, (double)b0.s * ratio, o->scale_f32))
+                    continue; /* k = 0 is the plain scale, already judged */
+                c = cb;
+                /* alternate rounding at the scale and the weighted least-squares scale of the
+                 * codes l = q / s (sum imp x l / sum imp l^2): neither step can raise the
+                 * weighted error */
+                for (int it = 0; it < IM_REFITS; it++) {
+                    double ce = wsse(q, &c, x, im, len, qb);
+                    if (ce < be) {
+                        be = ce;
+                        memcpy(ob, qb, (size_t)len * sizeof *ob);
+                    }
+                    double sxl = 0.0, sll = 0.0;
+                    for (int j = 0; j < len; j++) {
+                        double l = (double)qb[j] / c.s, wj = im ? im[j] : 1.0;
+                        sxl += wj * x[j] * l;
+                        sll += wj * l * l;
+                    }
+                    struct qs_qblock nx = c;
+                    if (!(sll > 0.0 && sxl > 0.0) || !set_scale(&nx, sxl / sll, o->scale_f32) ||
+                        nx.s == c.s)
+                        break;
+                    c = nx;
+                }
+            }
+        }
+    free(qv);
+    qs_quantizer_free(q);
+    return rc;
+}
+
+/* ---- one layer, one model --------------------------------------------------------------- */
+
+void qs_method_opts_default(struct qs_method_opts *mo)
+{
+    memset(mo, 0, sizeof *mo);
+    mo->method = QS_METHOD_RTN;
+    qs_gptq_opts_default(&mo->gptq);
+}
+
+const char *qs_method_name(enum qs_method m)
+{
+    static const char *const names[] = {[QS_METHOD_RTN] = "rtn",
+                                        [QS_METHOD_GPTQ] = "gptq",
+                                        [QS_METHOD_AWQ] = "awq",
+                                        [QS_METHOD_IMATRIX] = "imatrix"};
+    return (unsigned)m < sizeof names / sizeof names[0] ? names[m] : "?";
+}
+
+int qs_method_layer(const struct qs_format *f, const struct qs_qopts *o,
+                    const struct qs_method_opts *mo, const float *w, int rows, int cols,
+                    const float *x, int n, float *out, qs_err *e)
+{
+    if (!w || !out || (!x && n > 0))
+        return qs_errf(e, "method: no data");
+    if (rows < 1 || cols < 1 || n < 0)
+        return qs_errf(e, "method: bad shape (%d x %d, %d inputs)", rows, cols, n);
+    if (mo->method != QS_METHOD_RTN && n < 1)
+        return qs_errf(e, "%s needs calibration inputs", qs_method_name(mo->method));
+    size_t wn = (size_t)rows * (size_t)cols, xn = (size_t)n * (size_t)cols, cc;
+    if (qs_size_mul((size_t)cols, (size_t)cols, &cc) < 0)
+        return qs_errf(e, "method: %d inputs overflow a size", cols);
+    int rc = -1;
+    struct qs_rot *rot = NULL;
+    float *wr = NULL, *xr = NULL, *v = NULL, *s = NULL;
+    double *h = NULL;
+    const float *W = w, *X = x;
+    if (mo->rotate) {
+        if (qs_rot_new(cols, mo->rot_seed, &rot, e) < 0)
+            return -1;
+        wr = qs_alloc(wn, sizeof *wr, "the rotated weights", e);
+        xr = wr && n > 0 ? qs_alloc(xn, sizeof *xr, "the rotated inputs", e) : NULL;
+        if (!wr || (n > 0 && !xr))
+            goto done;
+        memcpy(wr, w, wn * sizeof *wr);
+        if (qs_rot_apply(rot, wr, rows, 0, e) < 0)
+            goto done;
+        if (n > 0) {
+            memcpy(xr, x, xn * sizeof *xr);
+            if (qs_rot_apply(rot, xr, n, 0, e) < 0)
+                goto done;
+        }
+        W = wr;
+        X = xr;
+    }
+    switch (mo->method) {
+    case QS_METHOD_RTN:
+        if (qs_quant_fake(f, o, W, rows, cols, out, e) < 0)
+            goto done;
+        break;
+    case QS_METHOD_GPTQ:
+        if (!(h = qs_alloc(cc, sizeof *h, "the layer's Hessian", e)) ||
+            qs_hessian_add(h, X, n, cols, e) < 0 ||
+            qs_gptq(f, o, &mo->gptq, W, rows, cols, h, out, NULL, e) < 0)
+            goto done;
+        break;
+    case QS_METHOD_AWQ: {
+        if (!(h = qs_alloc(cc, sizeof *h, "the inputs' Gram matrix", e)))
+            goto done;
+        if (!(v = calloc((size_t)cols, sizeof *v)) || !(s = malloc((size_t)cols * sizeof *s))) {
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        if (qs_hessian_add(h, X, n, cols, e) < 0)
+            goto done;
+        for (size_t i = 0; i < cc; i++)
+            h[i] *= 0.5;
+        double *acc = calloc((size_t)cols, sizeof *acc);
+        if (!acc) {
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < (size_t)n; i++)
+            for (size_t j = 0; j < (size_t)cols; j++)
+                acc[j] += fabs((double)X[i * (size_t)cols + j]);
+        for (int j = 0; j < cols; j++)
+            v[j] = (float)(acc[j] / n);
+        free(acc);
+        if (qs_awq(f, o, W, rows, cols, v, h, mo->awq_grid, s, out, NULL, NULL, NULL, e) < 0)
+            goto done;
+        qs_scale_cols(out, rows, cols, s, 1);
+        break;
+    }
+    case QS_METHOD_IMATRIX: {
+        double *acc = calloc((size_t)cols, sizeof *acc);
+        v = malloc((size_t)cols * sizeof *v);
+        if (!acc || !v) {
+            free(acc);
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < (size_t)n; i++)
+            for (size_t j = 0; j < (size_t)cols; j++) {
+                double a = X[i * (size_t)cols + j];
+                acc[j] += a * a;
+            }
+        for (int j = 0; j < cols; j++)
+            v[j] = (float)(acc[j] / n);
+        free(acc);
+        if (qs_imatrix_quant(f, o, W, rows, cols, v, out, e) < 0)
+            goto done;
+        break;
+    }
+    default:
+        qs_errf(e, "unknown method %d", (int)mo->method);
+        goto done;
+    }
+    if (rot && qs_rot_apply(rot, out, rows, 1, e) < 0) /* back to the original basis */
+        goto done;
+    rc = 0;
+done:
+    qs_rot_free(rot);
+    free(wr);
+    free(xr);
+    free(v);
+    free(s);
+    free(h);
+    return rc;
+}
+
+int qs_mlp_quant_method(struct qs_mlp *m, const float *x, int n, const struct qs_format *f,
+                        const struct qs_qopts *o, const struct qs_method_opts *mo, int inputs_float,
+                        qs_err *e)
+{
+    if (!m || !x || n < 1)
+        return qs_errf(e, "method: no model or no calibration inputs");
+    for (int i = 0; i < m->nlayers; i++)
+        if (m->layers[i].w_mapped)
+            return qs_errf(e,
+                           "layer %s: weights are mapped from the file; quantize a copy "
+                           "(qs_mlp_clone)",
+                           m->layers[i].name);
+    /* two activation buffers of the widest layer; the float path keeps its own */
+    int width = qs_mlp_max_width(m);
+    size_t an;
+    if (width < m->layers[0].in)
+        width = m->layers[0].in;
+    if (qs_size_mul((size_t)n, (size_t)width, &an) < 0)
+        return qs_errf(e, "method: %d inputs overflow a size", n);
+    float *a = qs_alloc(2 * an, sizeof *a, "the calibration activations", e);
+    if (!a)
+        return -1;
+    float *cur = a, *nxt = a + an, *q = NULL;
+    memcpy(cur, x, (size_t)n * (size_t)m->layers[0].in * sizeof *cur);
+    int rc = 0;
+    for (int i = 0; i < m->nlayers && rc == 0; i++) {
+        struct qs_layer *L = &m->layers[i];
+        size_t wn = (size_t)L->out * (size_t)L->in;
+        free(q);
+        if (!(q = qs_alloc(wn, sizeof *q, "the quantized weights", e))) {
+            rc = -1;
+            break;
+        }
+        struct qs_method_opts lo = *mo;
+        lo.rot_seed = mo->rot_seed + (uint64_t)i;
+        if (qs_method_layer(f, o, &lo, L->w, L->out, L->in, cur, n, q, e) < 0) {
+            qs_err_prefix(e, L->name);
+            rc = -1;
+            break;
+        }
+        /* the next layer's inputs: through the float weights (inputs_float) or the quantized */
+        if (i + 1 < m->nlayers) {
+            qs_linear(cur, n, L->in, inputs_float ? L->w : q, L->b, L->out, nxt);
+            qs_act_apply(L->act, nxt, (size_t)n * (size_t)L->out);
+            float *t = cur;
+            cur = nxt;
+            nxt = t;
+        }
+        memcpy(L->w, q, wn * sizeof *q);
+    }
+    free(q);
+    free(a);
+    return rc;
+}

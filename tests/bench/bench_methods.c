@@ -1,0 +1,160 @@
+/* bench_methods.c - GPTQ on GPT-2-small MLP shapes against the BLAS limit: the flops the algorithm
+ * must spend in dense kernels (the Cholesky factorisation and triangular inverse of the damped
+ * Hessian in double, the in-batch rank-1 updates and the lazy-batch GEMM updates in float), each
+ * at this machine's measured DGEMM / SGEMM peak. Prints, for tests/bench/run.sh,
+ *   bench gptq-ROWSxCOLS-FMT: ours T s, blas limit L s, ratio L/T (target 0.50)
+ * (ratio 1 would be the limit itself; the issue's target is within 2x of it), and AWQ's grid
+ * search against the dsymm flops of its error evaluations. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "qscope/format.h"
+#include "qscope/methods.h"
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* GFLOP/s of a square GEMM of size n, best of 3 after a warm-up. */
+static double gemm_peak(int dbl, int n)
+{
+    size_t nn = (size_t)n * n;
+    void *a = calloc(nn, dbl ? 8 : 4), *b = calloc(nn, dbl ? 8 : 4), *c = calloc(nn, dbl ? 8 : 4);
+    double best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        double t0 = now();
+        if (dbl)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, a, n, b, n, 0.0, c,
+                        n);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                        c, n);
+        double dt = now() - t0;
+        if (r > 0 && dt < best)
+            best = dt;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * n * (double)n * n / best * 1e-9;
+}
+
+static void bench_gptq(int rows, int cols, const char *fname, const char *opts, double speak,
+                       double dpeak)
+{
+    qs_err e;
+    struct qs_format f;
+    struct qs_qopts o;
+    qs_format_parse(fname, &f, &e);
+    qs_qopts_default(&o);
+    if (opts && qs_qopts_parse_token(&o, opts, &e) < 0) {
+        fprintf(stderr, "%s\n", e.msg);
+        return;
+    }
+    const int n = 2048; /* calibration rows */
+    qs_rng g;
+    qs_rng_seed(&g, 1);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *w = malloc(sizeof(float) * (size_t)rows * cols);
+    float *q = malloc(sizeof(float) * (size_t)rows * cols);
+    double *h = calloc((size_t)cols * cols, sizeof *h);
+    if (!x || !w || !q || !h) {
+        fprintf(stderr, "bench_methods: out of memory\n");
+        return;
+    }
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        x[i] = (float)qs_rng_normal(&g);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        w[i] = (float)(0.02 * qs_rng_normal(&g));
+    qs_hessian_add(h, x, n, cols, &e);
+    struct qs_gptq_opts go;
+    qs_gptq_opts_default(&go);
+    double best = 1e30;
+    for (int r = 0; r < 2; r++) {
+        double t0 = now();
+        if (qs_gptq(&f, &o, &go, w, rows, cols, h, q, NULL, &e) < 0) {
+            fprintf(stderr, "bench_methods: %s\n", e.msg);
+            break;
+        }
+        double dt = now() - t0;
+        best = dt < best ? dt : best;
+    }
+    /* flops: dpotrf n^3/3 + dtrtri n^3/3 (double); per batch of nb columns starting at i1, the
+     * rank-1 updates 2 rows nb(nb-1)/2 and the GEMM 2 rows nb (cols - i1 - nb) (float) */
+    double c = cols, dfl = 2.0 * c * c * c / 3.0, sfl = 0.0;
+    for (int i1 = 0; i1 < cols; i1 += go.block) {
+        double nb = cols - i1 < go.block ? cols - i1 : go.block;
+        sfl += (double)rows * nb * (nb - 1) + 2.0 * rows * nb * (c - i1 - nb);
+    }
+    double limit = dfl / (dpeak * 1e9) + sfl / (speak * 1e9);
+    printf("bench gptq-%dx%d-%s%s%s: ours %.3f s, blas limit %.3f s (%.1f GFLOP dgemm-rate + "
+           "%.1f GFLOP sgemm-rate), ratio %.2f (target 0.50)\n",
+           rows, cols, fname, opts ? "-" : "", opts ? opts + 5 : "", best, limit, dfl * 1e-9,
+           sfl * 1e-9, limit / best);
+    free(x);
+    free(w);
+    free(q);
+    free(h);
+}
+
+/* AWQ's grid search: each of the 20 points costs one fake quantization and the error
+ * tr(E R E^T), a dsymm of 2 rows cols^2 flops, which is the limit counted here. */
+static void bench_awq(int rows, int cols, double dpeak)
+{
+    qs_err e;
+    struct qs_format f;
+    struct qs_qopts o;
+    qs_format_parse("int4", &f, &e);
+    qs_qopts_default(&o);
+    qs_qopts_parse_token(&o, "gran=group:128", &e);
+    const int n = 2048;
+    qs_rng g;
+    qs_rng_seed(&g, 2);
+    float *x = malloc(sizeof(float) * (size_t)n * cols);
+    float *w = malloc(sizeof(float) * (size_t)rows * cols);
+    float *q = malloc(sizeof(float) * (size_t)rows * cols);
+    float *xm = calloc((size_t)cols, sizeof *xm), *s = malloc(sizeof(float) * (size_t)cols);
+    double *r = calloc((size_t)cols * cols, sizeof *r);
+    if (!x || !w || !q || !xm || !s || !r) {
+        fprintf(stderr, "bench_methods: out of memory\n");
+        return;
+    }
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        x[i] = (float)qs_rng_normal(&g);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        w[i] = (float)(0.02 * qs_rng_normal(&g));
+    for (size_t i = 0; i < (size_t)n * cols; i++)
+        xm[i % (size_t)cols] += fabsf(x[i]) / n;
+    qs_hessian_add(r, x, n, cols, &e);
+    double t0 = now();
+    if (qs_awq(&f, &o, w, rows, cols, xm, r, 20, s, q, NULL, NULL, NULL, &e) < 0)
+        fprintf(stderr, "bench_methods: %s\n", e.msg);
+    double dt = now() - t0, fl = 20.0 * 2.0 * rows * (double)cols * cols;
+    printf("bench awq-%dx%d-int4-group:128: ours %.3f s, blas limit %.3f s (%.1f GFLOP "
+           "dgemm-rate), ratio %.2f (target 0.50)\n",
+           rows, cols, dt, fl / (dpeak * 1e9), fl * 1e-9, fl / (dpeak * 1e9) / dt);
+    free(x);
+    free(w);
+    free(q);
+    free(xm);
+    free(s);
+    free(r);
+}
+
+int main(void)
+{
+    double sp = gemm_peak(0, 1536), dp = gemm_peak(1, 1536);
+    printf("bench gemm-peak: sgemm %.1f GFLOP/s, dgemm %.1f GFLOP/s (1536^3)\n", sp, dp);
+    /* GPT-2 small: c_fc (3072 out, 768 in) and c_proj (768 out, 3072 in) */
+    bench_gptq(3072, 768, "int4", "gran=channel", sp, dp);
+    bench_gptq(768, 3072, "int4", "gran=channel", sp, dp);
+    bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp);
+    bench_awq(3072, 768, dp);
+    return 0;
+}
