@@ -72,11 +72,16 @@ $(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(BUILD)/libqscop
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -o $@ $< tests/fuzz/driver.c $(BUILD)/libqscope_core.a $(CORE_LIBS)
 
+# llama.cpp reference check driver (tests/sh/ggml.sh runs it on the npm package's libggml-base.so).
+$(BUILD)/tests/ggml_ref: tests/tools/ggml_ref.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS) -ldl
+
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libqscope_core.a
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 
-unit: $(UNIT_BIN) $(FUZZ_BIN)
+unit: $(UNIT_BIN) $(FUZZ_BIN) $(BUILD)/tests/ggml_ref
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \

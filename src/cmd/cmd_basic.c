@@ -6,6 +6,7 @@
 
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
+#include "qscope/ggml.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
@@ -630,6 +631,35 @@ static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- quantization -------------------------------------------------------------------- */
 
+/* Layers quantized with ggml type f whose rows are not a multiple of its block: llama.cpp's
+ * fallback type for each, appended to t and as o's "fallback" array. */
+static void ggml_fallback_note(struct qs_bench *b, const struct qs_format *f, cJSON *o,
+                               struct qs_sb *t)
+{
+    cJSON *arr = NULL;
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        if (!s->wq || s->packed.fmt.kind != QS_FMT_GGML || s->packed.fmt.ggml != f->ggml)
+            continue;
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        int eff = qs_ggml_effective_type(f->ggml, u.in);
+        if (eff == f->ggml)
+            continue;
+        if (!arr) {
+            arr = cJSON_AddArrayToObject(o, "fallback");
+            qs_sb_printf(t, "\nllama.cpp's fallback for rows not a multiple of %d:", f->block);
+        }
+        const char *en = eff == QS_GGML_F16 ? "f16" : qs_ggml_type_name(eff);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "layer", u.name);
+        cJSON_AddStringToObject(j, "stored_as", en);
+        cJSON_AddItemToArray(arr, j);
+        qs_sb_printf(t, "%s %s (%d) -> %s", cJSON_GetArraySize(arr) > 1 ? "," : "", u.name,
+                     u.in, en);
+    }
+}
+
 static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 2)
@@ -703,6 +733,8 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_sb t = {0};
     qs_sb_printf(&t, "%s -> %s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
                  matched, matched == 1 ? "" : "s", qs_bench_bits_per_weight(b));
+    if (r.fmt.kind == QS_FMT_GGML) /* say which layers llama.cpp's fallback stores otherwise */
+        ggml_fallback_note(b, &r.fmt, o, &t);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -820,7 +852,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     if (rc == 0 && n == 0)
         rc = qs_errf(e, "roundtrip: no values");
-    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4;
+    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4 || f.kind == QS_FMT_GGML;
     if (rc == 0 && block) { /* block formats: the values form one block with its shared scale */
         struct qs_qopts o;
         qs_qopts_default(&o);
@@ -1373,7 +1405,11 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
-     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B. on= picks the "
+     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
+     "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
+     "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
+     "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
+     "is not a multiple of 32 either; the 32-element types refuse such rows). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# ggml.sh - llama.cpp's block formats against llama.cpp itself, and as qscope formats.
+#
+# The reference is llama.cpp's libggml-base.so from the npm package @node-llama-cpp/linux-x64,
+# installed here (test set-up, never at run time) into build/npm; when npm cannot reach its
+# registry the reference checks print one SKIP line instead.
+set -u
+cd "$(dirname "$0")/../.."
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+Q=./qscope
+pass() { echo "PASS ggml.$1"; }
+fail() { echo "FAIL ggml.$1"; }
+check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
+
+NLC_VERSION=3.22.1
+NPM_DIR=build/npm
+LIB=$NPM_DIR/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so
+if [ ! -f "$LIB" ] && command -v npm >/dev/null 2>&1; then
+  mkdir -p "$NPM_DIR"
+  timeout 600 npm install --prefix "$NPM_DIR" --no-save --no-audit --no-fund --ignore-scripts \
+    "@node-llama-cpp/linux-x64@$NLC_VERSION" >"$T/npm.log" 2>&1 || cat "$T/npm.log" >&2
+fi
+if [ -f "$LIB" ] && [ -x build/tests/ggml_ref ]; then
+  # one PASS/FAIL line per type and check (bytes, dequantized floats, qs_quant_fake)
+  build/tests/ggml_ref "$LIB"
+elif [ ! -x build/tests/ggml_ref ]; then
+  fail "ref (build/tests/ggml_ref missing: run make unit)"
+else
+  echo "SKIP ggml.ref: npm could not install @node-llama-cpp/linux-x64 (registry unreachable?)"
+fi
+
+# Bits per weight counted from the real blocks (layers reports them): a 512-wide toy model.
+python3 - "$T" <<'PY'
+import json, struct, sys, random
+T = sys.argv[1]
+random.seed(1)
+def tensor(shape):
+    n = 1
+    for s in shape: n *= s
+    return [random.gauss(0, 0.05) for _ in range(n)]
+tensors = {"0.weight": ([8, 512], tensor([8, 512])), "0.bias": ([8], tensor([8])),
+           "2.weight": ([4, 8], tensor([4, 8])), "2.bias": ([4], tensor([4]))}
+hdr, data = {}, b""
+for k, (shape, vals) in tensors.items():
+    b = struct.pack("<%df" % len(vals), *vals)
+    hdr[k] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + len(b)]}
+    data += b
+h = json.dumps(hdr).encode()
+open(T + "/m.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+PY
+bpw() { # format -> bits per weight of layer 0 from `layers` JSON
+  $Q --no-default --json -c "load model $T/m.safetensors; quant 0 $1; layers" 2>&1 |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    o = json.loads(l)
+    if o.get("cmd") == "layers": print(o["layers"][0]["bits_per_weight"])'
+}
+for f in "q8_0 8.5" "q4_0 4.5" "q4_1 5" "q5_0 5.5" "q5_1 6" "q2_k 2.625" "q3_k 3.4375" \
+         "q4_k 4.5" "q5_k 5.5" "q6_k 6.5625"; do
+  set -- $f
+  got=$(bpw "$1")
+  check "bpw.$1" "[ '$got' = '$2' ]" || true
+  [ "$got" = "$2" ] || echo "  $1: bits per weight $got, expected $2" >&2
+done
+
+# Rows that are not a multiple of the block: llama.cpp's fallback (q4_k -> q5_0 on 8-wide rows
+# is impossible: 8 is not a multiple of 32 either, so F16) and its refusal for 32-element types.
+out=$($Q --no-default --json -c "load model $T/m.safetensors; quant 2 q4_k; layers" 2>&1 |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    o = json.loads(l)
+    if o.get("cmd") == "layers": print(o["layers"][1]["bits_per_weight"])')
+check fallback-f16 "[ '$out' = '16' ]"
+msg=$($Q --no-default -c "load model $T/m.safetensors; quant 2 q8_0" 2>&1); rc=$?
+check refuse-legacy "[ $rc = 1 ] && grep -q 'no fallback for q8_0' <<<\"\$msg\""
+msg=$($Q --no-default -c "load model $T/m.safetensors; quant 0 q4_k gran=group:32" 2>&1); rc=$?
+check options-refused "[ $rc = 1 ] && grep -q 'do not apply' <<<\"\$msg\""
