@@ -76,3 +76,9 @@ msg=$($Q --no-default -c "load model $T/m.safetensors; quant 2 q8_0" 2>&1); rc=$
 check refuse-legacy "[ $rc = 1 ] && grep -q 'no fallback for q8_0' <<<\"\$msg\""
 msg=$($Q --no-default -c "load model $T/m.safetensors; quant 0 q4_k gran=group:32" 2>&1); rc=$?
 check options-refused "[ $rc = 1 ] && grep -q 'do not apply' <<<\"\$msg\""
+
+# The packed export carries the ggml blocks byte for byte: reloading it gives the quantized model.
+$Q -c "quant * q6_k; export model $T/p.safetensors packed" >/dev/null 2>&1
+q=$($Q --json -c 'quant * q6_k; eval' 2>/dev/null | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["quant"]["loss"])')
+f=$($Q --no-default --json -c "load model $T/p.safetensors; load data datasets/digits.csv; eval" 2>/dev/null | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["float"]["loss"])')
+check packed-export-roundtrip "[ -n '$q' ] && [ '$q' = '$f' ]"
