@@ -77,11 +77,15 @@ $(BUILD)/tests/ggml_ref: tests/tools/ggml_ref.c $(BUILD)/libqscope_core.a
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS) -ldl
 
+$(BUILD)/tests/lm_gguf_check: tests/tools/lm_gguf_check.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
+
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libqscope_core.a
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 
-unit: $(UNIT_BIN) $(FUZZ_BIN) $(BUILD)/tests/ggml_ref
+unit: $(UNIT_BIN) $(FUZZ_BIN) $(BUILD)/tests/ggml_ref $(BUILD)/tests/lm_gguf_check
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \

@@ -64,7 +64,9 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     char rb[4096];
     const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
-    if (qs_cmd_is_lm_path(path)) { /* a Hugging Face folder: config.json + model.safetensors */
+    size_t plen = strlen(path);
+    int gguf = plen > 5 && !strcmp(path + plen - 5, ".gguf"); /* llama.cpp: qs_lm_load reads it */
+    if (gguf || qs_cmd_is_lm_path(path)) { /* a Hugging Face folder: config.json + model.safetensors */
         if (act_given)
             return qs_errf(e, "load model: act= applies to MLP state dicts, not to %s", argv[0]);
         return qs_cmd_lm_load_model(c, argv[0], path, e);
@@ -1374,7 +1376,10 @@ static int cmd_quit(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 const struct qs_cmd_def qs_cmds_basic[] = {
     {"load model", "PATH [act=relu|gelu|tanh|sigmoid]", QS_CMD_JOURNAL, cmd_load_model,
      "open a model (safetensors: qscope metadata or an nn.Sequential state dict)",
-     "act= sets the hidden activation of a state dict without metadata (default relu)."},
+     "act= sets the hidden activation of a state dict without metadata (default relu). A "
+     "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
+     "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
+     "as a LLaMA."},
     {"load data", "PATH [label=COLUMN]", QS_CMD_JOURNAL, cmd_load_data,
      "open a CSV dataset (numeric cells; label column by name or index, default last)",
      "The split (train/calib/test) follows the model's recorded split seed and fractions."},
