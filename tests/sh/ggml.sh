@@ -24,6 +24,36 @@ fi
 if [ -f "$LIB" ] && [ -x build/tests/ggml_ref ]; then
   # one PASS/FAIL line per type and check (bytes, dequantized floats, qs_quant_fake)
   build/tests/ggml_ref "$LIB"
+  # llama.cpp's own quantizer (llama_model_quantize, no imatrix) on F16 GGUFs written by
+  # make_gguf_llama.py: a random LLaMA with 256-multiple widths in ten file types, and the
+  # bundled tiny-llama in Q4_K_M, whose 64- and 172-wide rows take llama.cpp's fallbacks.
+  # qscope's quantizer must reproduce every tensor's bytes; llama.cpp must accept our files.
+  PY=/usr/bin/python3
+  LIBDIR=$(dirname "$LIB")
+  $PY tests/tools/make_gguf_llama.py --random-hf "$T/rl"
+  $PY tests/tools/make_gguf_llama.py "$T/rl" "$T/rl-f16.gguf" f16
+  $PY tests/tools/make_gguf_llama.py datasets/models/tiny-llama "$T/tl-f16.gguf" f16
+  $PY tests/tools/llamacpp.py "$LIBDIR" accepts "$T/rl-f16.gguf" "$T/tl-f16.gguf" \
+    tests/fixtures/gguf/blocks.gguf tests/fixtures/gguf/align64.gguf 2>>"$T/llama.log"
+  # llama_ftype: 2 Q4_0, 3 Q4_1, 7 Q8_0, 8 Q5_0, 9 Q5_1, 10 Q2_K, 12 Q3_K_M, 15 Q4_K_M,
+  # 17 Q5_K_M, 18 Q6_K
+  for ft in 2 3 7 8 9 10 12 15 17 18; do
+    if $PY tests/tools/llamacpp.py "$LIBDIR" quantize "$T/rl-f16.gguf" "$T/rl-ft$ft.gguf" $ft \
+      >>"$T/llama.log" 2>&1; then
+      build/tests/ggml_ref --pair "$T/rl-f16.gguf" "$T/rl-ft$ft.gguf"
+    else
+      fail "llamacpp-quantize.ftype$ft"; tail -3 "$T/llama.log" >&2
+    fi
+  done
+  if $PY tests/tools/llamacpp.py "$LIBDIR" quantize "$T/tl-f16.gguf" "$T/tl-q4km.gguf" 15 \
+    >>"$T/llama.log" 2>&1; then
+    build/tests/ggml_ref --pair "$T/tl-f16.gguf" "$T/tl-q4km.gguf"
+    # and the workbench opens llama.cpp's Q4_K_M file
+    out=$($Q --no-default --json -c "load model $T/tl-q4km.gguf; load data datasets/text/licenses.txt; eval" 2>&1 | tail -1)
+    check q4km-file-loads "$PY -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"float\"][\"ppl\"] < 4' '$out'"
+  else
+    fail "llamacpp-quantize.tiny-llama"; tail -3 "$T/llama.log" >&2
+  fi
 elif [ ! -x build/tests/ggml_ref ]; then
   fail "ref (build/tests/ggml_ref missing: run make unit)"
 else

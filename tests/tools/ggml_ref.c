@@ -7,7 +7,13 @@
  *   - qs_ggml_dequantize of those bytes == dequantize_row_<type> bit for bit;
  *   - qs_quant_fake with the qscope format == llama.cpp's quantize then dequantize.
  * Also: ggml_blck_size / ggml_type_size / ggml_type_name of every type number equal qscope's
- * table. Prints one PASS/FAIL line per check (tests/sh/ggml.sh runs it). */
+ * table. Prints one PASS/FAIL line per check (tests/sh/ggml.sh runs it).
+ *
+ * Usage: ggml_ref --pair SRC.gguf QUANT.gguf
+ * QUANT was made from SRC by llama.cpp's llama_model_quantize (no importance matrix): for each
+ * tensor type in QUANT, qs_ggml_quantize of SRC's tensor (decoded by qscope's reader) gives
+ * llama.cpp's bytes, and every k-quant fallback in QUANT is the one qs_ggml_effective_type
+ * predicts for a q4_K or q6_K request (the types of Q4_K_M). */
 #include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
@@ -18,6 +24,7 @@
 #include "qscope/common.h"
 #include "qscope/format.h"
 #include "qscope/ggml.h"
+#include "qscope/gguf.h"
 
 typedef void (*qrow_fn)(const float *x, void *y, int64_t k);
 typedef void (*dqrow_fn)(const void *x, float *y, int64_t k);
@@ -90,8 +97,74 @@ static void report(int ok, const char *what)
     fails += !ok;
 }
 
+static int pair(const char *src, const char *dst)
+{
+    struct qs_gguf_file *a = NULL, *b = NULL;
+    qs_err e;
+    if (qs_gguf_open(src, &a, &e) < 0 || qs_gguf_open(dst, &b, &e) < 0) {
+        fprintf(stderr, "ggml_ref: %s\n", e.msg);
+        qs_gguf_close(a);
+        return 2;
+    }
+    int seen[QS_GGML_NTYPES] = {0}, bad[QS_GGML_NTYPES] = {0}, fb_ok = 1, nfb = 0;
+    for (int i = 0; i < qs_gguf_count(b); i++) {
+        const struct qs_gguf_tensor *q = qs_gguf_get(b, i), *t = qs_gguf_find(a, q->name);
+        if (!t || t->numel != q->numel) {
+            fprintf(stderr, "  %s: not in %s with the same size\n", q->name, src);
+            bad[q->type] = seen[q->type] = 1;
+            continue;
+        }
+        seen[q->type] = 1;
+        float *x = malloc((size_t)t->numel * sizeof *x);
+        uint8_t *mine = malloc(q->nbytes + 1);
+        if (qs_gguf_to_f32(t, x, &e) < 0) {
+            fprintf(stderr, "  %s\n", e.msg);
+            bad[q->type] = 1;
+        } else {
+            qs_ggml_quantize(q->type, x, mine, t->numel);
+            if (memcmp(mine, q->data, q->nbytes)) {
+                fprintf(stderr, "  %s (%s): qscope's bytes differ from llama.cpp's\n", q->name,
+                        qs_ggml_type_name(q->type));
+                bad[q->type] = 1;
+            }
+        }
+        free(x);
+        free(mine);
+        /* a 2-D weight stored in a 32-element type or F16: Q4_K_M asked for q4_K or q6_K */
+        if (q->ndim == 2 && q->ne[0] % 256 != 0 && q->type != QS_GGML_F32) {
+            nfb++;
+            if (qs_ggml_effective_type(QS_GGML_Q4_K, q->ne[0]) != q->type &&
+                qs_ggml_effective_type(QS_GGML_Q6_K, q->ne[0]) != q->type) {
+                fprintf(stderr, "  %s: llama.cpp stored %s for rows of %lld; qscope's fallback "
+                        "rule gives %s (q4_K) or %s (q6_K)\n", q->name,
+                        qs_ggml_type_name(q->type), (long long)q->ne[0],
+                        qs_ggml_type_name(qs_ggml_effective_type(QS_GGML_Q4_K, q->ne[0])),
+                        qs_ggml_type_name(qs_ggml_effective_type(QS_GGML_Q6_K, q->ne[0])));
+                fb_ok = 0;
+            }
+        }
+    }
+    const char *tag = strrchr(dst, '/') ? strrchr(dst, '/') + 1 : dst;
+    for (int t = 0; t < QS_GGML_NTYPES; t++)
+        if (seen[t]) {
+            char what[128];
+            snprintf(what, sizeof what, "ggml.llamacpp-quantize.%s.%s", tag, qs_ggml_type_name(t));
+            report(!bad[t], what);
+        }
+    if (nfb) {
+        char what[128];
+        snprintf(what, sizeof what, "ggml.llamacpp-fallback.%s", tag);
+        report(fb_ok, what);
+    }
+    qs_gguf_close(a);
+    qs_gguf_close(b);
+    return fails ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[1], "--pair"))
+        return pair(argv[2], argv[3]);
     if (argc != 2) {
         fprintf(stderr, "usage: ggml_ref LIBGGML_BASE_SO\n");
         return 2;

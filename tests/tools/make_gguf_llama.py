@@ -4,6 +4,8 @@ the GGUF specification the way llama.cpp's convert_hf_to_gguf.py lays a llama ou
 of qscope and of gguf-py):
 
     /usr/bin/python3 tests/tools/make_gguf_llama.py HF_DIR OUT.gguf f32|f16|q8_0
+    /usr/bin/python3 tests/tools/make_gguf_llama.py --random-hf OUT_DIR   (a random LLaMA folder,
+                                                     widths multiples of 256, for k-quant tests)
 
 - keys: general.architecture "llama", llama.context_length, llama.embedding_length,
   llama.block_count, llama.feed_forward_length, llama.rope.dimension_count,
@@ -108,5 +110,44 @@ def main(src, dst, kind):
     open(dst, "wb").write(gguf(kvs, tensors))
 
 
+def random_hf(out, d=256, H=4, Hk=2, ff=512, L=1, vocab=256, ctx=32):
+    """A random LLaMA folder (config.json + F32 model.safetensors) whose widths are multiples
+    of 256, so that llama.cpp's k-quants apply without falling back."""
+    import os
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(7)
+    cfg = {"model_type": "llama", "vocab_size": vocab, "hidden_size": d, "num_hidden_layers": L,
+           "num_attention_heads": H, "num_key_value_heads": Hk, "intermediate_size": ff,
+           "hidden_act": "silu", "max_position_embeddings": ctx, "rms_norm_eps": 1e-05,
+           "rope_theta": 10000.0, "tie_word_embeddings": False}
+    json.dump(cfg, open(out + "/config.json", "w"), indent=1)
+    kv = Hk * (d // H)
+    shapes = {"model.embed_tokens.weight": [vocab, d], "model.norm.weight": [d],
+              "lm_head.weight": [vocab, d]}
+    for l in range(L):
+        p = "model.layers.%d." % l
+        shapes.update({p + "input_layernorm.weight": [d], p + "post_attention_layernorm.weight": [d],
+                       p + "self_attn.q_proj.weight": [d, d], p + "self_attn.k_proj.weight": [kv, d],
+                       p + "self_attn.v_proj.weight": [kv, d], p + "self_attn.o_proj.weight": [d, d],
+                       p + "mlp.gate_proj.weight": [ff, d], p + "mlp.up_proj.weight": [ff, d],
+                       p + "mlp.down_proj.weight": [d, ff]})
+    hdr, data = {}, b""
+    for k, s in shapes.items():
+        if len(s) == 1:
+            v = (1 + 0.1 * rng.standard_normal(s)).astype(np.float32)
+        else:
+            v = (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32)
+            v[0, :3] = [0.9, -1.1, 0.0]  # an outlier or two
+        b = v.tobytes()
+        hdr[k] = {"dtype": "F32", "shape": s, "data_offsets": [len(data), len(data) + len(b)]}
+        data += b
+    h = json.dumps(hdr).encode()
+    h += b" " * ((-len(h)) % 8)
+    open(out + "/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "--random-hf":
+        random_hf(sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2], sys.argv[3])
