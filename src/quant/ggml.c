@@ -15,8 +15,10 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qscope/half.h"
 
@@ -1005,6 +1007,67 @@ static int check_finite(const struct qs_format *f, const float *w, int rows, int
     return 0;
 }
 
+/* Rows [r0, r1) of a job: quantize (codes != NULL) and/or dequantize (out != NULL). */
+struct rows_job {
+    int t, cols, r0, r1;
+    size_t rb;
+    const float *w;
+    uint8_t *codes; /* packed rows, or NULL: a private row buffer (fake quantization) */
+    float *out;
+    int failed;
+};
+
+static void *rows_run(void *arg)
+{
+    struct rows_job *j = arg;
+    uint8_t *buf = j->codes ? NULL : malloc(j->rb ? j->rb : 1);
+    if (!j->codes && !buf) {
+        j->failed = 1;
+        return NULL;
+    }
+    for (int r = j->r0; r < j->r1; r++) {
+        uint8_t *b = j->codes ? j->codes + (size_t)r * j->rb : buf;
+        if (j->w)
+            qs_ggml_quantize(j->t, j->w + (size_t)r * j->cols, b, j->cols);
+        if (j->out) /* row r is read whole before it is overwritten, so out == w is safe */
+            qs_ggml_dequantize(j->t, b, j->out + (size_t)r * j->cols, j->cols);
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Runs the rows on up to 8 threads when the matrix is large; each row is independent, so the
+ * result does not depend on the thread count. */
+static int rows_parallel(struct rows_job *proto, int rows, qs_err *e)
+{
+    enum { MAXT = 8 };
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t n = (size_t)rows * (size_t)proto->cols;
+    int nt = n < (1u << 16) ? 1 : (int)(ncpu < 1 ? 1 : ncpu > MAXT ? MAXT : ncpu);
+    if (nt > rows)
+        nt = rows;
+    struct rows_job jobs[MAXT];
+    pthread_t th[MAXT];
+    int started[MAXT] = {0};
+    for (int i = 0; i < nt; i++) {
+        jobs[i] = *proto;
+        jobs[i].r0 = (int)((long long)rows * i / nt);
+        jobs[i].r1 = (int)((long long)rows * (i + 1) / nt);
+        if (i > 0)
+            started[i] = pthread_create(&th[i], NULL, rows_run, &jobs[i]) == 0;
+    }
+    rows_run(&jobs[0]);
+    int failed = jobs[0].failed;
+    for (int i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            rows_run(&jobs[i]); /* no thread: run it here */
+        failed |= jobs[i].failed;
+    }
+    return failed ? qs_errf(e, "out of memory") : 0;
+}
+
 int qs_ggml_layout(const struct qs_format *f, int rows, int cols, struct qs_packed_layout *out,
                    qs_err *e)
 {
@@ -1030,16 +1093,20 @@ int qs_ggml_pack(const struct qs_format *f, const float *w, int rows, int cols,
     p->codes = qs_alloc(rb * (size_t)rows + 1, 1, "packed weights", e);
     p->scales = calloc(1, 1);
     if (!p->codes || !p->scales) {
+        int had_codes = p->codes != NULL; /* qs_alloc named the figure when it failed */
         qs_packed_free(p);
-        return p->codes ? qs_errf(e, "out of memory") : -1;
+        return had_codes ? qs_errf(e, "out of memory") : -1;
     }
     p->fmt = *f;
     qs_qopts_default(&p->opt);
     p->rows = rows;
     p->cols = cols;
     p->code_bytes = rb * (size_t)rows;
-    for (int r = 0; r < rows; r++)
-        qs_ggml_quantize(t, w + (size_t)r * cols, p->codes + (size_t)r * rb, cols);
+    struct rows_job j = {.t = t, .cols = cols, .rb = rb, .w = w, .codes = p->codes};
+    if (rows_parallel(&j, rows, e) < 0) {
+        qs_packed_free(p);
+        return -1;
+    }
     return 0;
 }
 
@@ -1052,9 +1119,8 @@ int qs_ggml_unpack(const struct qs_packed *p, float *out, qs_err *e)
     if (p->code_bytes < rb * (size_t)p->rows)
         return qs_errf(e, "unpack: %s buffers too small for %d x %d", p->fmt.name, p->rows,
                        p->cols);
-    for (int r = 0; r < p->rows; r++)
-        qs_ggml_dequantize(t, p->codes + (size_t)r * rb, out + (size_t)r * p->cols, p->cols);
-    return 0;
+    struct rows_job j = {.t = t, .cols = p->cols, .rb = rb, .codes = p->codes, .out = out};
+    return rows_parallel(&j, p->rows, e);
 }
 
 int qs_ggml_fake(const struct qs_format *f, const float *w, int rows, int cols, float *out,
@@ -1064,14 +1130,6 @@ int qs_ggml_fake(const struct qs_format *f, const float *w, int rows, int cols, 
     int t = effective(f, rows, cols, &rb, e);
     if (t < 0 || check_finite(f, w, rows, cols, e) < 0)
         return -1;
-    uint8_t *buf = malloc(rb ? rb : 1);
-    if (!buf)
-        return qs_errf(e, "out of memory");
-    /* row by row: row r is read whole before it is overwritten, so out == w is safe */
-    for (int r = 0; r < rows; r++) {
-        qs_ggml_quantize(t, w + (size_t)r * cols, buf, cols);
-        qs_ggml_dequantize(t, buf, out + (size_t)r * cols, cols);
-    }
-    free(buf);
-    return 0;
+    struct rows_job j = {.t = t, .cols = cols, .rb = rb, .w = w, .out = out};
+    return rows_parallel(&j, rows, e);
 }

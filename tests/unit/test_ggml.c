@@ -168,6 +168,36 @@ static void test_names_and_options(void)
     CHECK(qs_ggml_type_name(4) == NULL && qs_ggml_type_name(99) == NULL);
 }
 
-TEST_MAIN("ggml", TEST_CASE(test_q8_0_by_hand), TEST_CASE(test_q4_0_signed_max),
+/* Large matrices run on several threads: the same bits as one row at a time. */
+static void test_threads_same_bits(void)
+{
+    const int R = 64, C = 2048;
+    float *w = malloc((size_t)R * C * sizeof *w), *a = malloc((size_t)R * C * sizeof *a);
+    float *b = malloc((size_t)R * C * sizeof *b);
+    uint8_t blk[2048];
+    for (int i = 0; i < R * C; i++)
+        w[i] = sinf((float)i * 0.013f) * (1.0f + (float)(i % 7));
+    struct qs_format f;
+    struct qs_qopts o;
+    struct qs_packed p;
+    qs_err e = {{0}};
+    qs_qopts_default(&o);
+    fmt("q3_k", &f);
+    CHECK(qs_quant_fake(&f, &o, w, R, C, a, &e) == 0);
+    for (int r = 0; r < R; r++) {
+        qs_ggml_quantize(QS_GGML_Q3_K, w + (size_t)r * C, blk, C);
+        qs_ggml_dequantize(QS_GGML_Q3_K, blk, b + (size_t)r * C, C);
+    }
+    CHECK(memcmp(a, b, (size_t)R * C * sizeof *a) == 0);
+    CHECK(qs_quant_pack(&f, &o, w, R, C, &p, &e) == 0);
+    CHECK(qs_quant_unpack(&p, b, &e) == 0);
+    CHECK(memcmp(a, b, (size_t)R * C * sizeof *a) == 0);
+    qs_packed_free(&p);
+    free(w);
+    free(a);
+    free(b);
+}
+
+TEST_MAIN("ggml", TEST_CASE(test_threads_same_bits), TEST_CASE(test_q8_0_by_hand), TEST_CASE(test_q4_0_signed_max),
           TEST_CASE(test_layout_sizes), TEST_CASE(test_fallback),
           TEST_CASE(test_names_and_options))
