@@ -206,7 +206,7 @@ static void q4_0_block(const float *x, uint8_t *b)
     for (int j = 0; j < QK / 2; j++) {
         int lo = MIN(15, to_i8(x[j] * id + 8.5f));
         int hi = MIN(15, to_i8(x[j + QK / 2] * id + 8.5f));
-        b[2 + j] = (uint8_t)((lo & 0xff) | ((hi << 4) & 0xff));
+        b[2 + j] = (uint8_t)(((unsigned)lo & 0xffu) | (((unsigned)hi << 4) & 0xffu));
     }
 }
 
@@ -234,7 +234,7 @@ static void q4_1_block(const float *x, uint8_t *b)
     for (int j = 0; j < QK / 2; j++) {
         int lo = MIN(15, to_i8((x[j] - mn) * id + 0.5f));
         int hi = MIN(15, to_i8((x[j + QK / 2] - mn) * id + 0.5f));
-        b[4 + j] = (uint8_t)((lo & 0xff) | ((hi << 4) & 0xff));
+        b[4 + j] = (uint8_t)(((unsigned)lo & 0xffu) | (((unsigned)hi << 4) & 0xffu));
     }
 }
 
@@ -574,7 +574,7 @@ static void q2_k_block(const float *x, uint8_t *b)
     if (max_min > 0) {
         float iscale = 15.f / max_min;
         for (int j = 0; j < 16; j++)
-            sc[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            sc[j] |= (uint8_t)((unsigned)nearest_int(iscale * mins[j]) << 4);
         f2h(pm, max_min / 15.f);
     } else {
         f2h(pm, 0.f);

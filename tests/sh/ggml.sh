@@ -24,6 +24,11 @@ fi
 if [ -f "$LIB" ] && [ -x build/tests/ggml_ref ]; then
   # one PASS/FAIL line per type and check (bytes, dequantized floats, qs_quant_fake)
   build/tests/ggml_ref "$LIB"
+  # the same under ASan + UBSan when that build exists (make test builds it)
+  if [ -x build-asan/tests/ggml_ref ]; then
+    build-asan/tests/ggml_ref "$LIB" 2>>"$T/asan.log" | sed 's/^\(PASS\|FAIL\) /\1 asan:/'
+    [ "${PIPESTATUS[0]}" = 0 ] || { fail "asan-ref"; cat "$T/asan.log" >&2; }
+  fi
   # llama.cpp's own quantizer (llama_model_quantize, no imatrix) on F16 GGUFs written by
   # make_gguf_llama.py: a random LLaMA with 256-multiple widths in ten file types, and the
   # bundled tiny-llama in Q4_K_M, whose 64- and 172-wide rows take llama.cpp's fallbacks.
