@@ -102,4 +102,29 @@ const char *qs_gguf_type_name(int type, char *buf, size_t n);
  * the supported ones. Error messages name the tensor, not the file. */
 int qs_gguf_to_f32(const struct qs_gguf_tensor *t, float *out, qs_err *e);
 
+/* ---- writing ---------------------------------------------------------------------------- */
+
+/* One key/value pair to write: type QS_GGUF_U32, QS_GGUF_F32 or QS_GGUF_STRING. */
+struct qs_gguf_kv_out {
+    const char *key;
+    int type;
+    uint32_t u32;
+    float f32;
+    const char *str;
+};
+/* One tensor to write: nbytes of ggml type `type` with dims ne[0..ndim) (fastest first). */
+struct qs_gguf_tensor_out {
+    const char *name;
+    int type;
+    int ndim;
+    int64_t ne[QS_GGUF_MAXDIM];
+    const void *data;
+    size_t nbytes;
+};
+/* Writes a GGUF v3 file to PATH through qs_outfile (a temporary renamed into place; every write
+ * error reported; no partial file left), alignment 32, tensors in the given order. Checks
+ * names, types, sizes (nbytes must match the type's block layout) and duplicates first. */
+int qs_gguf_write(const char *path, const struct qs_gguf_kv_out *kv, int nkv,
+                  const struct qs_gguf_tensor_out *t, int nt, qs_err *e);
+
 #endif

@@ -94,6 +94,14 @@ float **qs_lm_slot(struct qs_lm *m, enum qs_lm_slot slot, int layer);
  * converter's row permutation of attn_q / attn_k for RoPE undone, every tensor dequantized to
  * F32 (F32, F16, BF16 and the ggml block types of ggml.h) and checked finite. */
 int qs_lm_load_gguf(const char *path, struct qs_lm **out, qs_err *e);
+/* Writes llama model m as a GGUF v3 file that qs_lm_load_gguf reads back into the same model:
+ * the llama.* keys, token_embd / norms in F32, each site s as blocks[s] (its (out, in) weight as
+ * rows of ggml type types[s], HF row order) when given, else w[s] (F32 (out, in)) when given,
+ * else its own weight in F32; attn_q / attn_k rows put in the converter's RoPE order; no
+ * output.weight for a tied head left as it is. blocks, types, w may be NULL. No tokenizer keys
+ * are written. 0 or -1 and e (gpt2 refused). */
+int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *const *blocks,
+                    const int *types, const float *const *w, qs_err *e);
 
 /* Parses a config.json text (len bytes; FILE names it in messages) into m's hyperparameters
  * (family, sizes, eps, rope_theta, tied), checking that every value is in range (positive,

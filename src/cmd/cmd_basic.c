@@ -1082,6 +1082,77 @@ static void exp_report(struct qs_ctx *c, const char *path, int packed, const str
     qs_sb_free(&t);
 }
 
+/* export model X.gguf on a llama: the session's weights for llama.cpp. Sites quantized with a
+ * ggml type keep their blocks byte for byte (after llama.cpp's fallback for their row length);
+ * sites in another format are written dequantized in F32, float ones in F32. Corrections and
+ * activation quantization are not part of a GGUF file: left out, and said so. */
+static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    const struct qs_lm *m = b->lm;
+    if (m->family != QS_LM_LLAMA)
+        return qs_errf(e, "export model %s: GGUF export writes llama models (this one is gpt2); "
+                          "export model DIR writes a Hugging Face folder",
+                       path);
+    if (qs_bench_resolve(b, e) < 0)
+        return -1;
+    const int S = m->nsites;
+    const uint8_t **blocks = qs_calloc((size_t)S, sizeof *blocks);
+    const float **w = qs_calloc((size_t)S, sizeof *w);
+    int *types = qs_calloc((size_t)S, sizeof *types);
+    int rc = blocks && w && types ? 0 : qs_errf(e, "out of memory");
+    int nggml = 0, ndeq = 0, ncorr = 0, aq = 0;
+    struct qs_sb said = {0};
+    for (int s = 0; s < S && rc == 0; s++) {
+        const struct qs_layer_state *ls = &b->ls[s];
+        const struct qs_corr *cr = &ls->corr;
+        aq |= ls->afmt.kind != QS_FMT_NONE;
+        if (cr->c || cr->db || cr->amap) {
+            qs_sb_printf(&said, "%s%s", ncorr ? ", " : "", m->sites[s].name);
+            ncorr++;
+        }
+        if (ls->wq && ls->packed.fmt.kind == QS_FMT_GGML) {
+            blocks[s] = ls->packed.codes;
+            types[s] = qs_ggml_effective_type(ls->packed.fmt.ggml, m->sites[s].in);
+            nggml++;
+        } else if (ls->wq) {
+            w[s] = ls->wq;
+            ndeq++;
+        }
+    }
+    if (rc == 0)
+        rc = qs_lm_save_gguf(m, path, blocks, types, w, e);
+    free(blocks);
+    free(w);
+    free(types);
+    if (rc == 0) {
+        char q[600];
+        snprintf(c->canon, sizeof c->canon, "export model %s", qs_quote(path, q, sizeof q));
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "export model");
+        cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddStringToObject(o, "kind", "gguf");
+        cJSON_AddNumberToObject(o, "ggml_sites", nggml);
+        cJSON_AddNumberToObject(o, "dequantized_sites", ndeq);
+        cJSON_AddNumberToObject(o, "corrections_left_out", ncorr);
+        struct qs_sb t = {0};
+        qs_sb_printf(&t, "wrote %s (GGUF: %d site%s in ggml block types, %d dequantized to F32, "
+                         "%d in float)",
+                     path, nggml, nggml == 1 ? "" : "s", ndeq, S - nggml - ndeq);
+        if (ncorr)
+            qs_sb_printf(&t, "\ncorrections left out (GGUF holds weights only; export model DIR "
+                             "folds them in): %s",
+                         said.s);
+        if (aq)
+            qs_note(c, "note: activations are quantized in this session; the GGUF file holds "
+                       "the weights only");
+        qs_emit(c, o, t.s);
+        qs_sb_free(&t);
+    }
+    qs_sb_free(&said);
+    return rc;
+}
+
 /* export model DIR on a transformer: a Hugging Face folder (config.json, model.safetensors) whose
  * linears hold the session's weights, W' = Q(W) + C dequantized to F32 (the float ones where a
  * site stays float); embeddings and norms as loaded. qs_lm_load reads it back, and its float
@@ -1089,9 +1160,12 @@ static void exp_report(struct qs_ctx *c, const char *path, int packed, const str
 static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    size_t plen = strlen(argv[0]);
+    if (argc == 1 && plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
+        return cmd_export_gguf(c, argv[0], e);
     if (argc == 2)
         return qs_errf(e, "export model: packed export of transformers is not supported yet; "
-                          "export model DIR writes dequantized weights");
+                          "export model DIR writes dequantized weights (X.gguf: llama.cpp's)");
     if (qs_bench_resolve(b, e) < 0)
         return -1;
     const struct qs_lm *m = b->lm;
@@ -1172,6 +1246,11 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_bench *b = c->b;
     if (!b->model)
         return cmd_export_lm(c, argc, argv, e);
+    size_t plen = strlen(argv[0]);
+    if (plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
+        return qs_errf(e, "export model %s: GGUF export writes llama transformers, not MLPs "
+                          "(export model X.safetensors [packed] writes this one)",
+                       argv[0]);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
     const int packed = argc == 2;
@@ -1430,7 +1509,11 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "list every code of a format and its value", NULL},
     {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_LM,
      cmd_export_model,
-     "write the quantized model: dequantized weights, or packed codes and scales", NULL},
+     "write the quantized model: dequantized weights, or packed codes and scales",
+     "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
+     "(Hugging Face, dequantized weights, corrections folded in), or PATH.gguf for a llama "
+     "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
+     "activation quantization left out, and said so; no tokenizer keys)."},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
     {"quit", "", 0, cmd_quit, "leave qscope", NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},

@@ -651,3 +651,102 @@ int qs_gguf_to_f32(const struct qs_gguf_tensor *t, float *out, qs_err *e)
     qs_ggml_dequantize(t->type, t->data, out, t->numel);
     return 0;
 }
+
+/* ---- writing ---------------------------------------------------------------------------- */
+
+static void put_le(FILE *f, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++)
+        fputc((int)((v >> (8 * i)) & 0xff), f);
+}
+
+static void put_str(FILE *f, const char *s)
+{
+    size_t n = strlen(s);
+    put_le(f, n, 8);
+    fwrite(s, 1, n, f);
+}
+
+static void pad_to(FILE *f, uint64_t *pos, uint32_t align)
+{
+    while (*pos % align) {
+        fputc(0, f);
+        (*pos)++;
+    }
+}
+
+int qs_gguf_write(const char *path, const struct qs_gguf_kv_out *kv, int nkv,
+                  const struct qs_gguf_tensor_out *t, int nt, qs_err *e)
+{
+    const uint32_t align = 32;
+    char pb[256];
+    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
+    for (int i = 0; i < nkv; i++)
+        if (!kv[i].key || !kv[i].key[0] ||
+            (kv[i].type != QS_GGUF_U32 && kv[i].type != QS_GGUF_F32 &&
+             (kv[i].type != QS_GGUF_STRING || !kv[i].str)))
+            return qs_errf(e, "%s: key %d cannot be written", p, i);
+    for (int i = 0; i < nt; i++) {
+        size_t rb, nb;
+        int64_t rows = 1;
+        if (!t[i].name || !t[i].name[0] || strlen(t[i].name) > QS_GGUF_MAXNAME ||
+            t[i].ndim < 1 || t[i].ndim > QS_GGUF_MAXDIM || !t[i].data)
+            return qs_errf(e, "%s: tensor %d cannot be written (name or dims)", p, i);
+        for (int d = 1; d < t[i].ndim; d++)
+            rows *= t[i].ne[d];
+        if (qs_ggml_row_bytes(t[i].type, t[i].ne[0], &rb, e) < 0 ||
+            qs_size_mul(rb, (size_t)rows, &nb) < 0 || nb != t[i].nbytes)
+            return qs_errf(e, "%s: tensor '%s': %zu bytes do not match its type and dims", p,
+                           t[i].name, t[i].nbytes);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(t[i].name, t[j].name))
+                return qs_errf(e, "%s: duplicate tensor name '%s'", p, t[i].name);
+    }
+    qs_outfile o;
+    if (qs_out_open(&o, path, e) < 0)
+        return -1;
+    FILE *f = o.f;
+    uint64_t pos = 0;
+    fwrite("GGUF", 1, 4, f);
+    put_le(f, 3, 4);
+    put_le(f, (uint64_t)nt, 8);
+    put_le(f, (uint64_t)nkv, 8);
+    pos = 24;
+    for (int i = 0; i < nkv; i++) {
+        put_str(f, kv[i].key);
+        put_le(f, (uint64_t)kv[i].type, 4);
+        pos += 8 + strlen(kv[i].key) + 4;
+        if (kv[i].type == QS_GGUF_U32) {
+            put_le(f, kv[i].u32, 4);
+            pos += 4;
+        } else if (kv[i].type == QS_GGUF_F32) {
+            uint32_t u;
+            memcpy(&u, &kv[i].f32, 4);
+            put_le(f, u, 4);
+            pos += 4;
+        } else {
+            put_str(f, kv[i].str);
+            pos += 8 + strlen(kv[i].str);
+        }
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < nt; i++) {
+        put_str(f, t[i].name);
+        put_le(f, (uint64_t)t[i].ndim, 4);
+        for (int d = 0; d < t[i].ndim; d++)
+            put_le(f, (uint64_t)t[i].ne[d], 8);
+        put_le(f, (uint64_t)t[i].type, 4);
+        put_le(f, off, 8);
+        pos += 8 + strlen(t[i].name) + 4 + 8 * (uint64_t)t[i].ndim + 4 + 8;
+        off += t[i].nbytes;
+        off += (align - off % align) % align;
+    }
+    pad_to(f, &pos, align);
+    uint64_t dpos = 0;
+    for (int i = 0; i < nt; i++) {
+        pad_to(f, &dpos, align);
+        fwrite(t[i].data, 1, t[i].nbytes, f);
+        dpos += t[i].nbytes;
+    }
+    return qs_out_commit(&o, e);
+}

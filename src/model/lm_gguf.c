@@ -4,6 +4,7 @@
  * folder's config (so every bound of qs_lm_load applies, and qs_lm_save can write the model
  * back as a folder); the ggml tensors are dequantized into the sites of that skeleton. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -263,4 +264,132 @@ int qs_lm_load_gguf(const char *path, struct qs_lm **out, qs_err *e)
     }
     *out = m;
     return 0;
+}
+
+/* ---- writing -------------------------------------------------------------------------------- */
+
+/* The converter's RoPE row order (the inverse of unpermute) for rows of rb bytes: HF row
+ * h*hd + i*hd/2 + j goes to h*hd + 2j + i. Returns a malloc'd copy. */
+static uint8_t *permute_rows(const void *src, int nh, int hd, size_t rb, qs_err *e)
+{
+    uint8_t *t = qs_alloc((size_t)nh * hd, rb, "RoPE row order", e);
+    if (!t)
+        return NULL;
+    const uint8_t *s = src;
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < hd / 2; j++)
+                memcpy(t + ((size_t)h * hd + 2 * (size_t)j + i) * rb,
+                       s + ((size_t)h * hd + (size_t)i * (hd / 2) + j) * rb, rb);
+    return t;
+}
+
+int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *const *blocks,
+                    const int *types, const float *const *w, qs_err *e)
+{
+    if (m->family != QS_LM_LLAMA)
+        return qs_errf(e, "%s: GGUF export writes llama models", path);
+    struct qs_lm *mm = (struct qs_lm *)(uintptr_t)m; /* qs_lm_slot only reads here */
+    const int S = m->nsites, L = m->n_layer, d = m->d_model, hd = d / m->n_head;
+    const int head_own = !m->tied || (blocks && blocks[S - 1]) || (w && w[S - 1]);
+    int nt = 1 + L * 9 + 1 + head_own;
+    struct qs_gguf_tensor_out *t = qs_calloc((size_t)nt, sizeof *t);
+    char(*names)[64] = qs_calloc((size_t)nt, sizeof *names);
+    uint8_t **own = qs_calloc((size_t)nt, sizeof *own);
+    int rc = t && names && own ? 0 : qs_errf(e, "out of memory");
+    int k = 0;
+#define PUT1(nm, v, n)                                                                         \
+    do {                                                                                       \
+        snprintf(names[k], sizeof names[k], "%s", nm);                                         \
+        t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = QS_GGML_F32, .ndim = 1,   \
+                                           .ne = {n, 1, 1, 1}, .data = v,                      \
+                                           .nbytes = (size_t)(n) * sizeof(float)};             \
+        k++;                                                                                   \
+    } while (0)
+    if (rc == 0) {
+        const float *emb = *qs_lm_slot(mm, QS_LM_SLOT_EMBED, 0);
+        snprintf(names[k], sizeof names[k], "token_embd.weight");
+        t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = QS_GGML_F32, .ndim = 2,
+                                           .ne = {d, m->vocab, 1, 1}, .data = emb,
+                                           .nbytes = (size_t)d * m->vocab * sizeof(float)};
+        k++;
+    }
+    static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v", "attn_output",
+                                          "ffn_gate", "ffn_up", "ffn_down"};
+    for (int l = 0; l < L && rc == 0; l++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        PUT1(nm, *qs_lm_slot(mm, QS_LM_SLOT_NORM_ATTN, l), d);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        PUT1(nm, *qs_lm_slot(mm, QS_LM_SLOT_NORM_MLP, l), d);
+        for (int i = 0; i < 7 && rc == 0; i++) {
+            int s = 7 * l + i;
+            const struct qs_lm_site *st = &m->sites[s];
+            int ty = blocks && blocks[s] ? types[s] : QS_GGML_F32;
+            const void *data = blocks && blocks[s] ? (const void *)blocks[s]
+                               : w && w[s]          ? (const void *)w[s]
+                                                    : (const void *)st->w;
+            size_t rb;
+            if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0) {
+                rc = -1;
+                break;
+            }
+            if (i < 2) { /* attn_q, attn_k: the converter's row order */
+                own[k] = permute_rows(data, i == 0 ? m->n_head : m->n_kv_head, hd, rb, e);
+                if (!own[k]) {
+                    rc = -1;
+                    break;
+                }
+                data = own[k];
+            }
+            snprintf(names[k], sizeof names[k], "blk.%d.%s.weight", l, gname[i]);
+            t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = ty, .ndim = 2,
+                                               .ne = {st->in, st->out, 1, 1}, .data = data,
+                                               .nbytes = rb * (size_t)st->out};
+            k++;
+        }
+    }
+    if (rc == 0) {
+        PUT1("output_norm.weight", *qs_lm_slot(mm, QS_LM_SLOT_NORM_F, 0), d);
+        if (head_own) {
+            const struct qs_lm_site *st = &m->sites[S - 1];
+            int ty = blocks && blocks[S - 1] ? types[S - 1] : QS_GGML_F32;
+            const void *data = blocks && blocks[S - 1] ? (const void *)blocks[S - 1]
+                               : w && w[S - 1]          ? (const void *)w[S - 1]
+                                                        : (const void *)st->w;
+            size_t rb;
+            if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0)
+                rc = -1;
+            else
+                t[k++] = (struct qs_gguf_tensor_out){.name = "output.weight", .type = ty,
+                                                     .ndim = 2, .ne = {st->in, st->out, 1, 1},
+                                                     .data = data, .nbytes = rb * (size_t)st->out};
+        }
+    }
+#undef PUT1
+    if (rc == 0) {
+        const struct qs_gguf_kv_out kv[] = {
+            {.key = "general.architecture", .type = QS_GGUF_STRING, .str = "llama"},
+            {.key = "general.name", .type = QS_GGUF_STRING, .str = "qscope export"},
+            {.key = "llama.vocab_size", .type = QS_GGUF_U32, .u32 = (uint32_t)m->vocab},
+            {.key = "llama.context_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->ctx},
+            {.key = "llama.embedding_length", .type = QS_GGUF_U32, .u32 = (uint32_t)d},
+            {.key = "llama.block_count", .type = QS_GGUF_U32, .u32 = (uint32_t)L},
+            {.key = "llama.feed_forward_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->d_ff},
+            {.key = "llama.rope.dimension_count", .type = QS_GGUF_U32, .u32 = (uint32_t)hd},
+            {.key = "llama.attention.head_count", .type = QS_GGUF_U32, .u32 = (uint32_t)m->n_head},
+            {.key = "llama.attention.head_count_kv", .type = QS_GGUF_U32,
+             .u32 = (uint32_t)m->n_kv_head},
+            {.key = "llama.rope.freq_base", .type = QS_GGUF_F32, .f32 = (float)m->rope_theta},
+            {.key = "llama.attention.layer_norm_rms_epsilon", .type = QS_GGUF_F32,
+             .f32 = (float)m->eps},
+        };
+        rc = qs_gguf_write(path, kv, (int)(sizeof kv / sizeof kv[0]), t, k, e);
+    }
+    for (int i = 0; own && i < nt; i++)
+        free(own[i]);
+    free(own);
+    free(names);
+    free(t);
+    return rc;
 }

@@ -50,6 +50,11 @@ if [ -f "$LIB" ] && [ -x build/tests/ggml_ref ]; then
       fail "llamacpp-quantize.ftype$ft"; tail -3 "$T/llama.log" >&2
     fi
   done
+  # qscope's own GGUF export of a k-quantized session: llama.cpp reads it, and its tensors are
+  # the blocks of the F16 source quantized (RoPE row order, names, layout as llama.cpp's)
+  $Q --no-default -c "load model $T/rl-f16.gguf; quant * q4_k; quant *down_proj q6_k; quant lm_head q8_0; export model $T/rl-qs.gguf" >/dev/null 2>&1
+  $PY tests/tools/llamacpp.py "$LIBDIR" accepts "$T/rl-qs.gguf" 2>>"$T/llama.log"
+  build/tests/ggml_ref --pair "$T/rl-f16.gguf" "$T/rl-qs.gguf"
   if $PY tests/tools/llamacpp.py "$LIBDIR" quantize "$T/tl-f16.gguf" "$T/tl-q4km.gguf" 15 \
     >>"$T/llama.log" 2>&1; then
     build/tests/ggml_ref --pair "$T/tl-f16.gguf" "$T/tl-q4km.gguf"

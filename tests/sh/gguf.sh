@@ -56,3 +56,24 @@ t = [("token_embd.weight", [256, 4], 16, b"\0" * 66 * 4)]
 open(T + "/iq.gguf", "wb").write(gguf(kv, t))
 PY
 bad iq-type "$T/iq.gguf" "iq2_xxs.*cannot decode"
+
+# export model X.gguf: ggml-typed sites keep their blocks, others are dequantized; reloaded, the
+# float eval is the session's quantized eval
+D=datasets/text/licenses.txt
+evq() { $PY -c 'import json,sys; print([json.loads(l) for l in sys.stdin if "\"eval\"" in l][-1]["quant"])'; }
+evf() { $PY -c 'import json,sys; print([json.loads(l) for l in sys.stdin if "\"eval\"" in l][-1]["float"])'; }
+q=$($Q --no-default --json -c "load model $T/tl-f32.gguf; load data $D; quant * q4_k; quant *up_proj int4 gran=channel; quant *down_proj q6_k; eval; export model $T/x.gguf" 2>"$T/err" | evq)
+f=$($Q --no-default --json -c "load model $T/x.gguf; load data $D; eval" 2>>"$T/err" | evf)
+check export-roundtrip "[ -n '$q' ] && [ '$q' = '$f' ]"
+[ -n "$q" ] && [ "$q" = "$f" ] || { echo "  session $q, reloaded $f"; cat "$T/err"; } >&2
+out=$($Q --no-default -c "load model $HF; load data $D; quant * q8_0 ; correct lm_head bias; export model $T/y.gguf" 2>&1)
+check export-refuses-like-llamacpp "grep -q 'no fallback for q8_0' <<<\"\$out\""
+out=$($Q --no-default -c "load model $HF; load data $D; quant * q5_k; correct lm_head bias; export model $T/y.gguf" 2>&1)
+check export-says-corrections-left-out "grep -q 'corrections left out.*lm_head' <<<\"\$out\" && [ -s $T/y.gguf ]"
+f2=$($Q --no-default --json -c "load model $HF; load data $D; export model $T/z.gguf; load model $T/z.gguf; eval" 2>/dev/null | evf)
+f1=$($Q --no-default --json -c "load model $HF; load data $D; eval" 2>/dev/null | evf)
+check export-float-roundtrip "[ -n '$f1' ] && [ '$f1' = '$f2' ]"
+msg=$($Q -c "export model $T/m.gguf" 2>&1); rc=$?
+check export-mlp-refused "[ $rc = 1 ] && grep -q 'not MLPs' <<<\"\$msg\" && [ ! -e $T/m.gguf ]"
+msg=$($Q --no-default -c "load model datasets/models/tiny-gpt2; export model $T/g.gguf" 2>&1); rc=$?
+check export-gpt2-refused "[ $rc = 1 ] && grep -q 'writes llama models' <<<\"\$msg\""
