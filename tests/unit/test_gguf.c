@@ -5,6 +5,7 @@
 #include "qscope/gguf.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +204,52 @@ static void test_changed_on_disk(void)
     unlink(tmp);
 }
 
-TEST_MAIN("gguf", TEST_CASE(test_blocks_bit_exact), TEST_CASE(test_kv_types_and_alignment),
+/* qs_gguf_write: what it writes reads back; inconsistent tensors are refused before a byte is
+ * written. */
+static void test_write_roundtrip(void)
+{
+    char dir[] = "/tmp/qs-gguf-w-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char path[64];
+    snprintf(path, sizeof path, "%s/w.gguf", dir);
+    float a[6] = {1, -2, 3.5f, 0, 1e-3f, 7};
+    uint8_t q[2 * 144];
+    float x[512];
+    for (int i = 0; i < 512; i++)
+        x[i] = cosf((float)i);
+    qs_ggml_quantize(QS_GGML_Q4_K, x, q, 512);
+    struct qs_gguf_kv_out kv[] = {{.key = "general.architecture", .type = QS_GGUF_STRING,
+                                   .str = "test"},
+                                  {.key = "k.u", .type = QS_GGUF_U32, .u32 = 7},
+                                  {.key = "k.f", .type = QS_GGUF_F32, .f32 = 0.25f}};
+    struct qs_gguf_tensor_out t[] = {
+        {.name = "a", .type = QS_GGML_F32, .ndim = 2, .ne = {3, 2, 1, 1}, .data = a,
+         .nbytes = sizeof a},
+        {.name = "q", .type = QS_GGML_Q4_K, .ndim = 1, .ne = {512, 1, 1, 1}, .data = q,
+         .nbytes = sizeof q}};
+    qs_err e = {{0}};
+    CHECK(qs_gguf_write(path, kv, 3, t, 2, &e) == 0);
+    struct qs_gguf_file *g = NULL;
+    CHECK(qs_gguf_open(path, &g, &e) == 0);
+    if (g) {
+        int64_t v;
+        double d;
+        CHECK(qs_gguf_get_int(g, "k.u", &v, &e) == 1 && v == 7);
+        CHECK(qs_gguf_get_float(g, "k.f", &d, &e) == 1 && d == 0.25);
+        const struct qs_gguf_tensor *ta = qs_gguf_find(g, "a"), *tq = qs_gguf_find(g, "q");
+        CHECK(ta && tq && ta->ne[0] == 3 && ta->ne[1] == 2 && !memcmp(ta->data, a, sizeof a));
+        CHECK(tq && tq->nbytes == sizeof q && !memcmp(tq->data, q, sizeof q));
+        qs_gguf_close(g);
+    }
+    t[1].nbytes = 100; /* does not match 512 q4_K elements */
+    CHECK(qs_gguf_write(path, kv, 3, t, 2, &e) == -1 && strstr(e.msg, "do not match"));
+    t[1].nbytes = sizeof q;
+    t[1].name = "a";
+    CHECK(qs_gguf_write(path, kv, 3, t, 2, &e) == -1 && strstr(e.msg, "duplicate"));
+    unlink(path);
+    rmdir(dir);
+}
+
+TEST_MAIN("gguf", TEST_CASE(test_write_roundtrip), TEST_CASE(test_blocks_bit_exact), TEST_CASE(test_kv_types_and_alignment),
           TEST_CASE(test_unsupported_type_named), TEST_CASE(test_malformed_files),
           TEST_CASE(test_every_truncation), TEST_CASE(test_changed_on_disk))
