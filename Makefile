@@ -6,6 +6,8 @@ DESTDIR ?=
 BUILD   ?= build
 SAN     ?=
 
+# npm (Debian's, unless a node install already brings it) installs llama.cpp's own library for
+# the reference checks of tests/sh/ggml.sh.
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
            liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base
 
@@ -91,6 +93,7 @@ deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -1165,7 +1165,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return cmd_export_gguf(c, argv[0], e);
     if (argc == 2)
         return qs_errf(e, "export model: packed export of transformers is not supported yet; "
-                          "export model DIR writes dequantized weights (X.gguf: llama.cpp's)");
+                          "export model DIR writes dequantized weights");
     if (qs_bench_resolve(b, e) < 0)
         return -1;
     const struct qs_lm *m = b->lm;
