@@ -55,6 +55,15 @@ if [ -f "$LIB" ] && [ -x build/tests/ggml_ref ]; then
   $Q --no-default -c "load model $T/rl-f16.gguf; quant * q4_k; quant *down_proj q6_k; quant lm_head q8_0; export model $T/rl-qs.gguf" >/dev/null 2>&1
   $PY tests/tools/llamacpp.py "$LIBDIR" accepts "$T/rl-qs.gguf" 2>>"$T/llama.log"
   build/tests/ggml_ref --pair "$T/rl-f16.gguf" "$T/rl-qs.gguf"
+  # llama.cpp's model loader takes qscope's export as a llama (keys, names, shapes): it
+  # quantizes the float export to Q4_K_M, bytes as qscope's
+  $Q --no-default -c "load model $T/rl; export model $T/rl-qsf.gguf" >/dev/null 2>&1
+  if $PY tests/tools/llamacpp.py "$LIBDIR" quantize "$T/rl-qsf.gguf" "$T/rl-qsf-q4km.gguf" 15 \
+    >>"$T/llama.log" 2>&1; then
+    build/tests/ggml_ref --pair "$T/rl-qsf.gguf" "$T/rl-qsf-q4km.gguf"
+  else
+    fail "llamacpp-loads-qscope-export"; tail -3 "$T/llama.log" >&2
+  fi
   if $PY tests/tools/llamacpp.py "$LIBDIR" quantize "$T/tl-f16.gguf" "$T/tl-q4km.gguf" 15 \
     >>"$T/llama.log" 2>&1; then
     build/tests/ggml_ref --pair "$T/tl-f16.gguf" "$T/tl-q4km.gguf"
