@@ -86,8 +86,8 @@ int qs_ggml_effective_type(int t, int64_t cols);
 /* ---- the ggml block types as qscope formats (format.h QS_FMT_GGML, f->ggml the type);
  * pack.c's qs_quant_* entry points call these. Packed codes are the rows' ggml blocks
  * back to back, in the effective type for the row length; there are no separate scales. */
-int qs_ggml_pack(const struct qs_format *f, const float *w, int rows, int cols,
-                 struct qs_packed *p, qs_err *e);
+int qs_ggml_pack(const struct qs_format *f, const float *w, int rows, int cols, struct qs_packed *p,
+                 qs_err *e);
 int qs_ggml_unpack(const struct qs_packed *p, float *out, qs_err *e);
 /* out may equal w. */
 int qs_ggml_fake(const struct qs_format *f, const float *w, int rows, int cols, float *out,

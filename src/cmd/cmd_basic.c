@@ -66,7 +66,8 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
     size_t plen = strlen(path);
     int gguf = plen > 5 && !strcmp(path + plen - 5, ".gguf"); /* llama.cpp: qs_lm_load reads it */
-    if (gguf || qs_cmd_is_lm_path(path)) { /* a Hugging Face folder: config.json + model.safetensors */
+    /* a Hugging Face folder (config.json + model.safetensors) or a llama.cpp file */
+    if (gguf || qs_cmd_is_lm_path(path)) {
         if (act_given)
             return qs_errf(e, "load model: act= applies to MLP state dicts, not to %s", argv[0]);
         return qs_cmd_lm_load_model(c, argv[0], path, e);

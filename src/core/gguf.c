@@ -17,10 +17,10 @@
 struct kv {
     char *key;
     int type;
-    int arr_type;      /* ARRAY: element type */
-    uint64_t n;        /* ARRAY: element count */
-    const uint8_t *v;  /* the value's bytes in the buffer (after the type field) */
-    char *str;         /* STRING: NUL-terminated copy */
+    int arr_type;     /* ARRAY: element type */
+    uint64_t n;       /* ARRAY: element count */
+    const uint8_t *v; /* the value's bytes in the buffer (after the type field) */
+    char *str;        /* STRING: NUL-terminated copy */
 };
 
 struct qs_gguf_file {
@@ -198,8 +198,8 @@ static int parse_kv(struct qs_gguf_file *f, struct cur *c, uint64_t nkv)
         if (rd_u32(c, "a value type", &ty) < 0)
             return -1;
         if (ty >= QS_GGUF_NVTYPES)
-            return qs_errf(c->e, "%s: key '%s' has unknown value type %u (valid: 0..12)",
-                           c->label, kc, ty);
+            return qs_errf(c->e, "%s: key '%s' has unknown value type %u (valid: 0..12)", c->label,
+                           kc, ty);
         k->type = (int)ty;
         k->v = c->b + c->pos;
         if (ty == QS_GGUF_ARRAY) {
@@ -211,8 +211,8 @@ static int parse_kv(struct qs_gguf_file *f, struct cur *c, uint64_t nkv)
                 return qs_errf(c->e, "%s: key '%s': unknown array element type %u", c->label, kc,
                                at);
             if (at == QS_GGUF_ARRAY)
-                return qs_errf(c->e, "%s: key '%s': arrays of arrays are not supported",
-                               c->label, kc);
+                return qs_errf(c->e, "%s: key '%s': arrays of arrays are not supported", c->label,
+                               kc);
             size_t min = at == QS_GGUF_STRING ? 8 : vsize[at];
             if (an > (c->len - c->pos) / min)
                 return qs_errf(c->e,
@@ -284,8 +284,8 @@ static int parse_tensors(struct qs_gguf_file *f, struct cur *c, uint64_t nt)
         if (rd_u32(c, "n_dims", &nd) < 0)
             return -1;
         if (nd < 1 || nd > QS_GGUF_MAXDIM)
-            return qs_errf(c->e, "%s: tensor '%s' has %u dimensions (must be 1..4)", c->label,
-                           nc, nd);
+            return qs_errf(c->e, "%s: tensor '%s' has %u dimensions (must be 1..4)", c->label, nc,
+                           nd);
         t->ndim = (int)nd;
         int64_t numel = 1;
         for (int d = 0; d < QS_GGUF_MAXDIM; d++) {
@@ -297,8 +297,8 @@ static int parse_tensors(struct qs_gguf_file *f, struct cur *c, uint64_t nt)
                                c->label, nc, d, (unsigned long long)v);
             t->ne[d] = (int64_t)v;
             if (numel > INT64_MAX / t->ne[d])
-                return qs_errf(c->e, "%s: tensor '%s': the element count overflows int64",
-                               c->label, nc);
+                return qs_errf(c->e, "%s: tensor '%s': the element count overflows int64", c->label,
+                               nc);
             numel *= t->ne[d];
         }
         t->numel = numel;
@@ -359,8 +359,9 @@ static int parse(struct qs_gguf_file *f, const uint8_t *buf, size_t len, qs_err 
         return -1;
     size_t data = c.pos + (f->align - c.pos % f->align) % f->align;
     if (f->n && data > len)
-        return qs_errf(e, "%s: truncated: the data area would start at %zu but the file ends at "
-                          "%zu",
+        return qs_errf(e,
+                       "%s: truncated: the data area would start at %zu but the file ends at "
+                       "%zu",
                        c.label, data, len);
     size_t avail = data <= len ? len - data : 0;
     struct qs_gguf_tensor **ord = malloc((f->n ? (size_t)f->n : 1) * sizeof *ord);
@@ -547,8 +548,7 @@ int qs_gguf_kv_type(const struct qs_gguf_file *f, int i, int *arr_type, uint64_t
     return f->kv[i].type;
 }
 
-static int wrong_type(const struct qs_gguf_file *f, const struct kv *k, const char *want,
-                      qs_err *e)
+static int wrong_type(const struct qs_gguf_file *f, const struct kv *k, const char *want, qs_err *e)
 {
     char pb[256], kb[80];
     return qs_errf(e, "%s: key '%s' is a%s %s, not %s", qs_clean_str(f->path, pb, sizeof pb, 0),
@@ -571,13 +571,27 @@ int qs_gguf_get_int(const struct qs_gguf_file *f, const char *key, int64_t *out,
     const struct kv *k = &f->kv[i];
     const uint8_t *v = k->v;
     switch (k->type) {
-    case QS_GGUF_U8: *out = v[0]; return 1;
-    case QS_GGUF_I8: *out = (int8_t)v[0]; return 1;
-    case QS_GGUF_U16: *out = (int64_t)le(v, 2); return 1;
-    case QS_GGUF_I16: *out = (int16_t)le(v, 2); return 1;
-    case QS_GGUF_U32: *out = (int64_t)le(v, 4); return 1;
-    case QS_GGUF_I32: *out = (int32_t)le(v, 4); return 1;
-    case QS_GGUF_I64: *out = (int64_t)le(v, 8); return 1;
+    case QS_GGUF_U8:
+        *out = v[0];
+        return 1;
+    case QS_GGUF_I8:
+        *out = (int8_t)v[0];
+        return 1;
+    case QS_GGUF_U16:
+        *out = (int64_t)le(v, 2);
+        return 1;
+    case QS_GGUF_I16:
+        *out = (int16_t)le(v, 2);
+        return 1;
+    case QS_GGUF_U32:
+        *out = (int64_t)le(v, 4);
+        return 1;
+    case QS_GGUF_I32:
+        *out = (int32_t)le(v, 4);
+        return 1;
+    case QS_GGUF_I64:
+        *out = (int64_t)le(v, 8);
+        return 1;
     case QS_GGUF_U64: {
         uint64_t u = le(v, 8);
         if (u > (uint64_t)INT64_MAX)
@@ -689,8 +703,8 @@ int qs_gguf_write(const char *path, const struct qs_gguf_kv_out *kv, int nkv,
     for (int i = 0; i < nt; i++) {
         size_t rb, nb;
         int64_t rows = 1;
-        if (!t[i].name || !t[i].name[0] || strlen(t[i].name) > QS_GGUF_MAXNAME ||
-            t[i].ndim < 1 || t[i].ndim > QS_GGUF_MAXDIM || !t[i].data)
+        if (!t[i].name || !t[i].name[0] || strlen(t[i].name) > QS_GGUF_MAXNAME || t[i].ndim < 1 ||
+            t[i].ndim > QS_GGUF_MAXDIM || !t[i].data)
             return qs_errf(e, "%s: tensor %d cannot be written (name or dims)", p, i);
         for (int d = 1; d < t[i].ndim; d++)
             rows *= t[i].ne[d];

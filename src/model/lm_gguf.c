@@ -30,8 +30,7 @@ static int need_int(const struct gctx *c, const char *key, int *out)
     if (rc == 0)
         return qs_errf(c->e, "%s: key '%s' is missing (needed for a llama model)", c->file, key);
     if (v < 1 || v > (1 << 30))
-        return qs_errf(c->e, "%s: key '%s' is %lld (must be 1..2^30)", c->file, key,
-                       (long long)v);
+        return qs_errf(c->e, "%s: key '%s' is %lld (must be 1..2^30)", c->file, key, (long long)v);
     *out = (int)v;
     return 0;
 }
@@ -56,8 +55,8 @@ static float *tensor(const struct gctx *c, const char *name, int64_t ne0, int64_
             snprintf(want, sizeof want, "%lld,%lld", (long long)ne0, (long long)ne1);
         else
             snprintf(want, sizeof want, "%lld", (long long)ne0);
-        qs_errf(c->e, "%s: tensor '%s' has ggml dims [%s] (expected [%s], fastest first)",
-                c->file, name, got, want);
+        qs_errf(c->e, "%s: tensor '%s' has ggml dims [%s] (expected [%s], fastest first)", c->file,
+                name, got, want);
         return NULL;
     }
     char what[160];
@@ -189,8 +188,8 @@ static int fill(struct qs_lm *m, const struct gctx *c)
         snprintf(k, sizeof k, "blk.%d.ffn_norm.weight", l);
         if (!(*qs_lm_slot(m, QS_LM_SLOT_NORM_MLP, l) = tensor(c, k, d, 0)))
             return -1;
-        static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v", "attn_output",
-                                              "ffn_gate", "ffn_up", "ffn_down"};
+        static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                             "ffn_gate", "ffn_up", "ffn_down"};
         for (int i = 0; i < 7; i++) {
             struct qs_lm_site *s = &m->sites[7 * l + i];
             snprintf(k, sizeof k, "blk.%d.%s.weight", l, gname[i]);
@@ -298,24 +297,30 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
     uint8_t **own = qs_calloc((size_t)nt, sizeof *own);
     int rc = t && names && own ? 0 : qs_errf(e, "out of memory");
     int k = 0;
-#define PUT1(nm, v, n)                                                                         \
-    do {                                                                                       \
-        snprintf(names[k], sizeof names[k], "%s", nm);                                         \
-        t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = QS_GGML_F32, .ndim = 1,   \
-                                           .ne = {n, 1, 1, 1}, .data = v,                      \
-                                           .nbytes = (size_t)(n) * sizeof(float)};             \
-        k++;                                                                                   \
+#define PUT1(nm, v, n)                                                                             \
+    do {                                                                                           \
+        snprintf(names[k], sizeof names[k], "%s", nm);                                             \
+        t[k] = (struct qs_gguf_tensor_out){.name = names[k],                                       \
+                                           .type = QS_GGML_F32,                                    \
+                                           .ndim = 1,                                              \
+                                           .ne = {n, 1, 1, 1},                                     \
+                                           .data = v,                                              \
+                                           .nbytes = (size_t)(n) * sizeof(float)};                 \
+        k++;                                                                                       \
     } while (0)
     if (rc == 0) {
         const float *emb = *qs_lm_slot(mm, QS_LM_SLOT_EMBED, 0);
         snprintf(names[k], sizeof names[k], "token_embd.weight");
-        t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = QS_GGML_F32, .ndim = 2,
-                                           .ne = {d, m->vocab, 1, 1}, .data = emb,
+        t[k] = (struct qs_gguf_tensor_out){.name = names[k],
+                                           .type = QS_GGML_F32,
+                                           .ndim = 2,
+                                           .ne = {d, m->vocab, 1, 1},
+                                           .data = emb,
                                            .nbytes = (size_t)d * m->vocab * sizeof(float)};
         k++;
     }
-    static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v", "attn_output",
-                                          "ffn_gate", "ffn_up", "ffn_down"};
+    static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                         "ffn_gate", "ffn_up", "ffn_down"};
     for (int l = 0; l < L && rc == 0; l++) {
         char nm[64];
         snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
@@ -327,8 +332,8 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             const struct qs_lm_site *st = &m->sites[s];
             int ty = blocks && blocks[s] ? types[s] : QS_GGML_F32;
             const void *data = blocks && blocks[s] ? (const void *)blocks[s]
-                               : w && w[s]          ? (const void *)w[s]
-                                                    : (const void *)st->w;
+                               : w && w[s]         ? (const void *)w[s]
+                                                   : (const void *)st->w;
             size_t rb;
             if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0) {
                 rc = -1;
@@ -343,8 +348,11 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
                 data = own[k];
             }
             snprintf(names[k], sizeof names[k], "blk.%d.%s.weight", l, gname[i]);
-            t[k] = (struct qs_gguf_tensor_out){.name = names[k], .type = ty, .ndim = 2,
-                                               .ne = {st->in, st->out, 1, 1}, .data = data,
+            t[k] = (struct qs_gguf_tensor_out){.name = names[k],
+                                               .type = ty,
+                                               .ndim = 2,
+                                               .ne = {st->in, st->out, 1, 1},
+                                               .data = data,
                                                .nbytes = rb * (size_t)st->out};
             k++;
         }
@@ -355,15 +363,18 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             const struct qs_lm_site *st = &m->sites[S - 1];
             int ty = blocks && blocks[S - 1] ? types[S - 1] : QS_GGML_F32;
             const void *data = blocks && blocks[S - 1] ? (const void *)blocks[S - 1]
-                               : w && w[S - 1]          ? (const void *)w[S - 1]
-                                                        : (const void *)st->w;
+                               : w && w[S - 1]         ? (const void *)w[S - 1]
+                                                       : (const void *)st->w;
             size_t rb;
             if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0)
                 rc = -1;
             else
-                t[k++] = (struct qs_gguf_tensor_out){.name = "output.weight", .type = ty,
-                                                     .ndim = 2, .ne = {st->in, st->out, 1, 1},
-                                                     .data = data, .nbytes = rb * (size_t)st->out};
+                t[k++] = (struct qs_gguf_tensor_out){.name = "output.weight",
+                                                     .type = ty,
+                                                     .ndim = 2,
+                                                     .ne = {st->in, st->out, 1, 1},
+                                                     .data = data,
+                                                     .nbytes = rb * (size_t)st->out};
         }
     }
 #undef PUT1
@@ -378,10 +389,12 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             {.key = "llama.feed_forward_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->d_ff},
             {.key = "llama.rope.dimension_count", .type = QS_GGUF_U32, .u32 = (uint32_t)hd},
             {.key = "llama.attention.head_count", .type = QS_GGUF_U32, .u32 = (uint32_t)m->n_head},
-            {.key = "llama.attention.head_count_kv", .type = QS_GGUF_U32,
+            {.key = "llama.attention.head_count_kv",
+             .type = QS_GGUF_U32,
              .u32 = (uint32_t)m->n_kv_head},
             {.key = "llama.rope.freq_base", .type = QS_GGUF_F32, .f32 = (float)m->rope_theta},
-            {.key = "llama.attention.layer_norm_rms_epsilon", .type = QS_GGUF_F32,
+            {.key = "llama.attention.layer_norm_rms_epsilon",
+             .type = QS_GGUF_F32,
              .f32 = (float)m->eps},
         };
         rc = qs_gguf_write(path, kv, (int)(sizeof kv / sizeof kv[0]), t, k, e);

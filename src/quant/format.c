@@ -109,9 +109,9 @@ enum qs_preset_id {
     }
 
 /* bits: the element code width (for display); the real storage is the ggml block. */
-#define GGMLF(n, t, b, blk)                                                                       \
+#define GGMLF(n, t, b, blk)                                                                        \
     {                                                                                              \
-        .kind = QS_FMT_GGML, .bits = b, .block = blk, .ggml = t, .name = n                        \
+        .kind = QS_FMT_GGML, .bits = b, .block = blk, .ggml = t, .name = n                         \
     }
 
 static const struct qs_format presets[P_COUNT] = {
@@ -160,12 +160,11 @@ static const struct qs_format presets[P_COUNT] = {
 };
 
 static const char *const names[P_COUNT + 1] = {
-    "none",  "int2",     "int3",       "int4",      "int5",       "int6",     "int7",
-    "int8",  "fp8-e4m3", "fp8-e5m2",   "fp8-e3m4",  "fp6-e2m3",   "fp6-e3m2", "fp4-e2m1",
-    "e0m7",  "mxfp8",    "mxfp8-e5m2", "mxfp6",     "mxfp6-e3m2", "mxfp4",    "mxint8",
-    "nvfp4", "nf4",      "compand:4",  "compand:8", "q8_0",       "q4_0",     "q4_1",
-    "q5_0",  "q5_1",     "q2_k",       "q3_k",      "q4_k",       "q5_k",     "q6_k",
-    NULL,
+    "none",       "int2",     "int3",       "int4",     "int5",     "int6",     "int7", "int8",
+    "fp8-e4m3",   "fp8-e5m2", "fp8-e3m4",   "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8",
+    "mxfp8-e5m2", "mxfp6",    "mxfp6-e3m2", "mxfp4",    "mxint8",   "nvfp4",    "nf4",  "compand:4",
+    "compand:8",  "q8_0",     "q4_0",       "q4_1",     "q5_0",     "q5_1",     "q2_k", "q3_k",
+    "q4_k",       "q5_k",     "q6_k",       NULL,
 };
 
 const char *const *qs_format_names(void)
@@ -751,8 +750,8 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
     if (f->kind == QS_FMT_GGML) {
         struct qs_qopts d;
         qs_qopts_default(&d);
-        if (o->gran_set || o->clip != d.clip || o->round != d.round || o->asym ||
-            o->full_range || !o->saturate || o->scale_none || o->scale_f32)
+        if (o->gran_set || o->clip != d.clip || o->round != d.round || o->asym || o->full_range ||
+            !o->saturate || o->scale_none || o->scale_f32)
             return qs_errf(e,
                            "%s: llama.cpp's block format with its reference rounding (fixed "
                            "%d-element blocks, F16 block scales); gran=, clip=, round=, asym, "

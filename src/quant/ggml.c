@@ -22,7 +22,7 @@
 
 #include "qscope/half.h"
 
-#define QK 32   /* legacy block */
+#define QK 32    /* legacy block */
 #define QK_K 256 /* K-quant super-block */
 #define GROUP_MAX_EPS 1e-15f
 
@@ -35,18 +35,18 @@ struct ggml_traits {
 };
 
 static const struct ggml_traits traits[QS_GGML_NTYPES] = {
-    [0] = {"f32", 1, 4},        [1] = {"f16", 1, 2},       [2] = {"q4_0", 32, 18},
-    [3] = {"q4_1", 32, 20},     [6] = {"q5_0", 32, 22},    [7] = {"q5_1", 32, 24},
-    [8] = {"q8_0", 32, 34},     [9] = {"q8_1", 32, 36},    [10] = {"q2_K", 256, 84},
-    [11] = {"q3_K", 256, 110},  [12] = {"q4_K", 256, 144}, [13] = {"q5_K", 256, 176},
-    [14] = {"q6_K", 256, 210},  [15] = {"q8_K", 256, 292}, [16] = {"iq2_xxs", 256, 66},
-    [17] = {"iq2_xs", 256, 74}, [18] = {"iq3_xxs", 256, 98}, [19] = {"iq1_s", 256, 50},
-    [20] = {"iq4_nl", 32, 18},  [21] = {"iq3_s", 256, 110}, [22] = {"iq2_s", 256, 82},
-    [23] = {"iq4_xs", 256, 136}, [24] = {"i8", 1, 1},      [25] = {"i16", 1, 2},
-    [26] = {"i32", 1, 4},       [27] = {"i64", 1, 8},      [28] = {"f64", 1, 8},
-    [29] = {"iq1_m", 256, 56},  [30] = {"bf16", 1, 2},     [34] = {"tq1_0", 256, 54},
-    [35] = {"tq2_0", 256, 66},  [39] = {"mxfp4", 32, 17},  [40] = {"nvfp4", 64, 36},
-    [41] = {"q1_0", 128, 18},   [42] = {"q2_0", 64, 18},
+    [0] = {"f32", 1, 4},         [1] = {"f16", 1, 2},         [2] = {"q4_0", 32, 18},
+    [3] = {"q4_1", 32, 20},      [6] = {"q5_0", 32, 22},      [7] = {"q5_1", 32, 24},
+    [8] = {"q8_0", 32, 34},      [9] = {"q8_1", 32, 36},      [10] = {"q2_K", 256, 84},
+    [11] = {"q3_K", 256, 110},   [12] = {"q4_K", 256, 144},   [13] = {"q5_K", 256, 176},
+    [14] = {"q6_K", 256, 210},   [15] = {"q8_K", 256, 292},   [16] = {"iq2_xxs", 256, 66},
+    [17] = {"iq2_xs", 256, 74},  [18] = {"iq3_xxs", 256, 98}, [19] = {"iq1_s", 256, 50},
+    [20] = {"iq4_nl", 32, 18},   [21] = {"iq3_s", 256, 110},  [22] = {"iq2_s", 256, 82},
+    [23] = {"iq4_xs", 256, 136}, [24] = {"i8", 1, 1},         [25] = {"i16", 1, 2},
+    [26] = {"i32", 1, 4},        [27] = {"i64", 1, 8},        [28] = {"f64", 1, 8},
+    [29] = {"iq1_m", 256, 56},   [30] = {"bf16", 1, 2},       [34] = {"tq1_0", 256, 54},
+    [35] = {"tq2_0", 256, 66},   [39] = {"mxfp4", 32, 17},    [40] = {"nvfp4", 64, 36},
+    [41] = {"q1_0", 128, 18},    [42] = {"q2_0", 64, 18},
 };
 
 const char *qs_ggml_type_name(int t)
@@ -555,8 +555,8 @@ static void q2_k_block(const float *x, uint8_t *b)
     for (int j = 0; j < 16; j++) {
         for (int l = 0; l < 16; l++)
             w[l] = fabsf(x[16 * j + l]);
-        scales[j] = qkx2_quants(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f,
-                                15, 1);
+        scales[j] =
+            qkx2_quants(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
         if (scales[j] > max_scale)
             max_scale = scales[j];
         if (mins[j] > max_min)
@@ -710,8 +710,8 @@ static void k4_scales(const float *x, uint8_t *b, uint8_t *L, int nmax, float rm
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++)
             w[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = qkx2_quants(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
-                                nstep, 0);
+        scales[j] =
+            qkx2_quants(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
         if (scales[j] > max_scale)
             max_scale = scales[j];
         if (mins[j] > max_min)
@@ -896,34 +896,56 @@ typedef void (*dqblock_fn)(const uint8_t *b, float *y);
 static qblock_fn qblock(int t)
 {
     switch (t) {
-    case QS_GGML_Q4_0: return q4_0_block;
-    case QS_GGML_Q4_1: return q4_1_block;
-    case QS_GGML_Q5_0: return q5_0_block;
-    case QS_GGML_Q5_1: return q5_1_block;
-    case QS_GGML_Q8_0: return q8_0_block;
-    case QS_GGML_Q2_K: return q2_k_block;
-    case QS_GGML_Q3_K: return q3_k_block;
-    case QS_GGML_Q4_K: return q4_k_block;
-    case QS_GGML_Q5_K: return q5_k_block;
-    case QS_GGML_Q6_K: return q6_k_block;
-    default: return NULL;
+    case QS_GGML_Q4_0:
+        return q4_0_block;
+    case QS_GGML_Q4_1:
+        return q4_1_block;
+    case QS_GGML_Q5_0:
+        return q5_0_block;
+    case QS_GGML_Q5_1:
+        return q5_1_block;
+    case QS_GGML_Q8_0:
+        return q8_0_block;
+    case QS_GGML_Q2_K:
+        return q2_k_block;
+    case QS_GGML_Q3_K:
+        return q3_k_block;
+    case QS_GGML_Q4_K:
+        return q4_k_block;
+    case QS_GGML_Q5_K:
+        return q5_k_block;
+    case QS_GGML_Q6_K:
+        return q6_k_block;
+    default:
+        return NULL;
     }
 }
 
 static dqblock_fn dqblock(int t)
 {
     switch (t) {
-    case QS_GGML_Q4_0: return dq_q4_0;
-    case QS_GGML_Q4_1: return dq_q4_1;
-    case QS_GGML_Q5_0: return dq_q5_0;
-    case QS_GGML_Q5_1: return dq_q5_1;
-    case QS_GGML_Q8_0: return dq_q8_0;
-    case QS_GGML_Q2_K: return dq_q2_k;
-    case QS_GGML_Q3_K: return dq_q3_k;
-    case QS_GGML_Q4_K: return dq_q4_k;
-    case QS_GGML_Q5_K: return dq_q5_k;
-    case QS_GGML_Q6_K: return dq_q6_k;
-    default: return NULL;
+    case QS_GGML_Q4_0:
+        return dq_q4_0;
+    case QS_GGML_Q4_1:
+        return dq_q4_1;
+    case QS_GGML_Q5_0:
+        return dq_q5_0;
+    case QS_GGML_Q5_1:
+        return dq_q5_1;
+    case QS_GGML_Q8_0:
+        return dq_q8_0;
+    case QS_GGML_Q2_K:
+        return dq_q2_k;
+    case QS_GGML_Q3_K:
+        return dq_q3_k;
+    case QS_GGML_Q4_K:
+        return dq_q4_k;
+    case QS_GGML_Q5_K:
+        return dq_q5_k;
+    case QS_GGML_Q6_K:
+        return dq_q6_k;
+    default:
+        return NULL;
     }
 }
 
@@ -1082,8 +1104,8 @@ int qs_ggml_layout(const struct qs_format *f, int rows, int cols, struct qs_pack
     return 0;
 }
 
-int qs_ggml_pack(const struct qs_format *f, const float *w, int rows, int cols,
-                 struct qs_packed *p, qs_err *e)
+int qs_ggml_pack(const struct qs_format *f, const float *w, int rows, int cols, struct qs_packed *p,
+                 qs_err *e)
 {
     memset(p, 0, sizeof *p);
     size_t rb;

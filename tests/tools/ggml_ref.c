@@ -48,8 +48,8 @@ static const struct {
 #define NROWS 16
 
 static const char *row_names[NROWS] = {
-    "normal",  "normal2",  "uniform", "zeros",    "outlier",  "tiny",     "subnormal", "negative",
-    "positive", "constant", "ties",   "large",    "sparse",   "halfzero", "mixedscale", "signflip",
+    "normal",   "normal2",  "uniform", "zeros", "outlier", "tiny",     "subnormal",  "negative",
+    "positive", "constant", "ties",    "large", "sparse",  "halfzero", "mixedscale", "signflip",
 };
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -70,22 +70,54 @@ static void make_row(int k, float *x)
 {
     for (int i = 0; i < N; i++) {
         switch (k) {
-        case 0: x[i] = (float)gauss(); break;
-        case 1: x[i] = (float)(0.02 * gauss()); break;
-        case 2: x[i] = (float)(unif() * 2 - 1); break;
-        case 3: x[i] = 0.0f; break;
-        case 4: x[i] = (float)(0.01 * gauss()) + (i % 97 == 5 ? 40.0f : 0.0f); break;
-        case 5: x[i] = (float)(1e-20 * gauss()); break;
-        case 6: x[i] = (float)(1e-41 * gauss()); break;
-        case 7: x[i] = -(float)fabs(gauss()) - 0.1f; break;
-        case 8: x[i] = (float)fabs(gauss()) + 0.5f; break;
-        case 9: x[i] = 0.75f; break;
-        case 10: x[i] = (float)((int)(unif() * 33) - 16) * 0.5f; break; /* lands on x.5 ties */
-        case 11: x[i] = (float)(3e4 * gauss()); break;
-        case 12: x[i] = unif() < 0.9 ? 0.0f : (float)gauss(); break;
-        case 13: x[i] = (i / 128) % 2 ? 0.0f : (float)gauss(); break;
-        case 14: x[i] = (float)(gauss() * pow(10.0, (double)((i / 16) % 7) - 3)); break;
-        case 15: x[i] = (i % 2 ? -1.0f : 1.0f) * (float)(1 + (i % 5)); break;
+        case 0:
+            x[i] = (float)gauss();
+            break;
+        case 1:
+            x[i] = (float)(0.02 * gauss());
+            break;
+        case 2:
+            x[i] = (float)(unif() * 2 - 1);
+            break;
+        case 3:
+            x[i] = 0.0f;
+            break;
+        case 4:
+            x[i] = (float)(0.01 * gauss()) + (i % 97 == 5 ? 40.0f : 0.0f);
+            break;
+        case 5:
+            x[i] = (float)(1e-20 * gauss());
+            break;
+        case 6:
+            x[i] = (float)(1e-41 * gauss());
+            break;
+        case 7:
+            x[i] = -(float)fabs(gauss()) - 0.1f;
+            break;
+        case 8:
+            x[i] = (float)fabs(gauss()) + 0.5f;
+            break;
+        case 9:
+            x[i] = 0.75f;
+            break;
+        case 10:
+            x[i] = (float)((int)(unif() * 33) - 16) * 0.5f;
+            break; /* lands on x.5 ties */
+        case 11:
+            x[i] = (float)(3e4 * gauss());
+            break;
+        case 12:
+            x[i] = unif() < 0.9 ? 0.0f : (float)gauss();
+            break;
+        case 13:
+            x[i] = (i / 128) % 2 ? 0.0f : (float)gauss();
+            break;
+        case 14:
+            x[i] = (float)(gauss() * pow(10.0, (double)((i / 16) % 7) - 3));
+            break;
+        case 15:
+            x[i] = (i % 2 ? -1.0f : 1.0f) * (float)(1 + (i % 5));
+            break;
         }
     }
 }
@@ -135,9 +167,10 @@ static int pair(const char *src, const char *dst)
             nfb++;
             if (qs_ggml_effective_type(QS_GGML_Q4_K, q->ne[0]) != q->type &&
                 qs_ggml_effective_type(QS_GGML_Q6_K, q->ne[0]) != q->type) {
-                fprintf(stderr, "  %s: llama.cpp stored %s for rows of %lld; qscope's fallback "
-                        "rule gives %s (q4_K) or %s (q6_K)\n", q->name,
-                        qs_ggml_type_name(q->type), (long long)q->ne[0],
+                fprintf(stderr,
+                        "  %s: llama.cpp stored %s for rows of %lld; qscope's fallback "
+                        "rule gives %s (q4_K) or %s (q6_K)\n",
+                        q->name, qs_ggml_type_name(q->type), (long long)q->ne[0],
                         qs_ggml_type_name(qs_ggml_effective_type(QS_GGML_Q4_K, q->ne[0])),
                         qs_ggml_type_name(qs_ggml_effective_type(QS_GGML_Q6_K, q->ne[0])));
                 fb_ok = 0;
@@ -194,9 +227,8 @@ int main(int argc, char **argv)
         }
         if (!mine || strcmp(mine, tname(t)) || qs_ggml_block_size(t) != b ||
             qs_ggml_type_size(t) != tsize(t)) {
-            fprintf(stderr, "  type %d: qscope %s %d %zu, ggml %s %lld %zu\n", t,
-                    mine ? mine : "-", qs_ggml_block_size(t), qs_ggml_type_size(t), tname(t),
-                    (long long)b, tsize(t));
+            fprintf(stderr, "  type %d: qscope %s %d %zu, ggml %s %lld %zu\n", t, mine ? mine : "-",
+                    qs_ggml_block_size(t), qs_ggml_type_size(t), tname(t), (long long)b, tsize(t));
             table_ok = 0;
         }
     }
@@ -238,8 +270,8 @@ int main(int argc, char **argv)
                 while (b0[i] == b1[i])
                     i++;
                 fprintf(stderr, "  %s row %s: byte %zu (block %zu) ggml %02x qscope %02x\n",
-                        types[k].fmt, row_names[r], i, i / qs_ggml_type_size(types[k].type),
-                        b0[i], b1[i]);
+                        types[k].fmt, row_names[r], i, i / qs_ggml_type_size(types[k].type), b0[i],
+                        b1[i]);
                 bytes_ok = 0;
             }
             dq(b0, y0, N);
@@ -254,8 +286,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "  %s row %s: %s\n", types[k].fmt, row_names[r], e.msg);
                 fake_ok = 0;
             } else if (memcmp(y0, y1, N * sizeof(float))) {
-                fprintf(stderr, "  %s row %s: qs_quant_fake differs from llama.cpp\n",
-                        types[k].fmt, row_names[r]);
+                fprintf(stderr, "  %s row %s: qs_quant_fake differs from llama.cpp\n", types[k].fmt,
+                        row_names[r]);
                 fake_ok = 0;
             }
         }

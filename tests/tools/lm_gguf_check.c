@@ -42,7 +42,7 @@ static int transform(struct qs_lm *m, int kind)
         int rows = s < m->nsites ? m->sites[s].out : m->vocab;
         int cols = s < m->nsites ? m->sites[s].in : m->d_model;
         if (s == m->nsites - 1 && m->tied)
-            continue; /* the embedding, done below */
+            continue;                 /* the embedding, done below */
         if (kind == 1 || cols % 32) { /* the script writes F16 where q8_0 cannot go */
             for (size_t i = 0; i < (size_t)rows * cols; i++)
                 w[i] = qs_f16_to_f32(qs_f32_to_f16(w[i]));
@@ -90,7 +90,8 @@ static void compare(const char *dir, const char *file, int kind, const char *tag
     for (int t = 0; t < T; t++)
         tok[t] = (uint16_t)((t * 37 + 11) % a->vocab);
     double md = INFINITY;
-    if (qs_lm_forward(a, tok, T, NULL, la, &e) == 0 && qs_lm_forward(b, tok, T, NULL, lb, &e) == 0) {
+    if (qs_lm_forward(a, tok, T, NULL, la, &e) == 0 &&
+        qs_lm_forward(b, tok, T, NULL, lb, &e) == 0) {
         md = 0;
         for (size_t i = 0; i < (size_t)T * a->vocab; i++)
             md = fmax(md, fabs((double)la[i] - lb[i]));

@@ -29,7 +29,7 @@ static void test_q8_0_by_hand(void)
     qs_ggml_quantize(QS_GGML_Q8_0, x, b, 32);
     float d = 4.0f / 127;
     CHECK((b[0] | (b[1] << 8)) == qs_f32_to_f16(d));
-    CHECK((int8_t)b[2] == -127); /* x = -4: the absmax */
+    CHECK((int8_t)b[2] == -127);                          /* x = -4: the absmax */
     CHECK((int8_t)b[2 + 18] == (int8_t)roundf(0.5f / d)); /* x = 0.5 */
     float y[32];
     qs_ggml_dequantize(QS_GGML_Q8_0, b, y, 32);
@@ -45,7 +45,7 @@ static void test_q4_0_signed_max(void)
     uint8_t b[18];
     qs_ggml_quantize(QS_GGML_Q4_0, x, b, 32);
     CHECK(qs_f16_to_f32((uint16_t)(b[0] | (b[1] << 8))) == 0.375f);
-    CHECK((b[2 + 4] >> 4) == 0);      /* element 20 = high nibble of byte 4: code 0 -> -8 d */
+    CHECK((b[2 + 4] >> 4) == 0);     /* element 20 = high nibble of byte 4: code 0 -> -8 d */
     CHECK((b[2 + 3] & 15) == 8 + 5); /* element 3: 2 / 0.375 = 5.33 -> 5 (codes q - 8) */
     float y[32];
     qs_ggml_dequantize(QS_GGML_Q4_0, b, y, 32);
@@ -57,7 +57,7 @@ static void test_layout_sizes(void)
     static const struct {
         const char *name;
         double bpw;
-    } want[] = {{"q8_0", 8.5}, {"q4_0", 4.5},      {"q4_1", 5.0}, {"q5_0", 5.5}, {"q5_1", 6.0},
+    } want[] = {{"q8_0", 8.5},   {"q4_0", 4.5},    {"q4_1", 5.0}, {"q5_0", 5.5}, {"q5_1", 6.0},
                 {"q2_k", 2.625}, {"q3_k", 3.4375}, {"q4_k", 4.5}, {"q5_k", 5.5}, {"q6_k", 6.5625}};
     float *w = malloc(4 * 512 * sizeof *w);
     for (int i = 0; i < 4 * 512; i++)
@@ -198,6 +198,6 @@ static void test_threads_same_bits(void)
     free(b);
 }
 
-TEST_MAIN("ggml", TEST_CASE(test_threads_same_bits), TEST_CASE(test_q8_0_by_hand), TEST_CASE(test_q4_0_signed_max),
-          TEST_CASE(test_layout_sizes), TEST_CASE(test_fallback),
+TEST_MAIN("ggml", TEST_CASE(test_threads_same_bits), TEST_CASE(test_q8_0_by_hand),
+          TEST_CASE(test_q4_0_signed_max), TEST_CASE(test_layout_sizes), TEST_CASE(test_fallback),
           TEST_CASE(test_names_and_options))

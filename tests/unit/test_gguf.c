@@ -218,15 +218,22 @@ static void test_write_roundtrip(void)
     for (int i = 0; i < 512; i++)
         x[i] = cosf((float)i);
     qs_ggml_quantize(QS_GGML_Q4_K, x, q, 512);
-    struct qs_gguf_kv_out kv[] = {{.key = "general.architecture", .type = QS_GGUF_STRING,
-                                   .str = "test"},
-                                  {.key = "k.u", .type = QS_GGUF_U32, .u32 = 7},
-                                  {.key = "k.f", .type = QS_GGUF_F32, .f32 = 0.25f}};
-    struct qs_gguf_tensor_out t[] = {
-        {.name = "a", .type = QS_GGML_F32, .ndim = 2, .ne = {3, 2, 1, 1}, .data = a,
-         .nbytes = sizeof a},
-        {.name = "q", .type = QS_GGML_Q4_K, .ndim = 1, .ne = {512, 1, 1, 1}, .data = q,
-         .nbytes = sizeof q}};
+    struct qs_gguf_kv_out kv[] = {
+        {.key = "general.architecture", .type = QS_GGUF_STRING, .str = "test"},
+        {.key = "k.u", .type = QS_GGUF_U32, .u32 = 7},
+        {.key = "k.f", .type = QS_GGUF_F32, .f32 = 0.25f}};
+    struct qs_gguf_tensor_out t[] = {{.name = "a",
+                                      .type = QS_GGML_F32,
+                                      .ndim = 2,
+                                      .ne = {3, 2, 1, 1},
+                                      .data = a,
+                                      .nbytes = sizeof a},
+                                     {.name = "q",
+                                      .type = QS_GGML_Q4_K,
+                                      .ndim = 1,
+                                      .ne = {512, 1, 1, 1},
+                                      .data = q,
+                                      .nbytes = sizeof q}};
     qs_err e = {{0}};
     CHECK(qs_gguf_write(path, kv, 3, t, 2, &e) == 0);
     struct qs_gguf_file *g = NULL;
@@ -250,6 +257,7 @@ static void test_write_roundtrip(void)
     rmdir(dir);
 }
 
-TEST_MAIN("gguf", TEST_CASE(test_write_roundtrip), TEST_CASE(test_blocks_bit_exact), TEST_CASE(test_kv_types_and_alignment),
-          TEST_CASE(test_unsupported_type_named), TEST_CASE(test_malformed_files),
-          TEST_CASE(test_every_truncation), TEST_CASE(test_changed_on_disk))
+TEST_MAIN("gguf", TEST_CASE(test_write_roundtrip), TEST_CASE(test_blocks_bit_exact),
+          TEST_CASE(test_kv_types_and_alignment), TEST_CASE(test_unsupported_type_named),
+          TEST_CASE(test_malformed_files), TEST_CASE(test_every_truncation),
+          TEST_CASE(test_changed_on_disk))
