@@ -6,6 +6,8 @@ DESTDIR ?=
 BUILD   ?= build
 SAN     ?=
 
+# npm (Debian's, unless a node install already brings it) installs llama.cpp's own library for
+# the reference checks of tests/sh/ggml.sh.
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
            liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base
 
@@ -72,16 +74,26 @@ $(BUILD)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(BUILD)/libqscop
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -o $@ $< tests/fuzz/driver.c $(BUILD)/libqscope_core.a $(CORE_LIBS)
 
+# llama.cpp reference check driver (tests/sh/ggml.sh runs it on the npm package's libggml-base.so).
+$(BUILD)/tests/ggml_ref: tests/tools/ggml_ref.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS) -ldl
+
+$(BUILD)/tests/lm_gguf_check: tests/tools/lm_gguf_check.c $(BUILD)/libqscope_core.a
+	@mkdir -p $(@D)
+	$(CC) $(CORE_CFLAGS) -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
+
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libqscope_core.a
 	@mkdir -p $(@D)
 	$(CC) $(CORE_CFLAGS) -O3 -march=native -o $@ $< $(BUILD)/libqscope_core.a $(CORE_LIBS)
 
-unit: $(UNIT_BIN) $(FUZZ_BIN)
+unit: $(UNIT_BIN) $(FUZZ_BIN) $(BUILD)/tests/ggml_ref $(BUILD)/tests/lm_gguf_check
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -25,7 +25,9 @@ enum qs_fmt_kind {
     QS_FMT_MX,        /* mxfp8/mxfp6/mxfp4 (minifloat elements) and mxint8 (ebits = 0) */
     QS_FMT_NVFP4,     /* E2M1 elements, E4M3 block scale per 16, F32 tensor scale */
     QS_FMT_NF4,       /* QLoRA NormalFloat4 codebook */
-    QS_FMT_COMPAND    /* mu-law (mu = 255) companding then B-bit sign-magnitude codes */
+    QS_FMT_COMPAND,   /* mu-law (mu = 255) companding then B-bit sign-magnitude codes */
+    QS_FMT_GGML       /* llama.cpp's ggml block types q8_0 ... q6_k (ggml.h): fixed blocks,
+                         llama.cpp's reference rounding, codes = the ggml blocks themselves */
 };
 enum qs_gran { QS_GRAN_TENSOR, QS_GRAN_CHANNEL, QS_GRAN_GROUP };
 enum qs_clip { QS_CLIP_MAX, QS_CLIP_MSE, QS_CLIP_PCT };
@@ -42,14 +44,17 @@ struct qs_format {
     int ebits, mbits, bias; /* minifloat / fixed / MX and NVFP4 element type; mxint8:
                                ebits 0, mbits 6 (fraction bits of k / 64) */
     enum qs_nonfinite nf;
-    int block;     /* 32 for MX, 16 for NVFP4, 64 (default) for NF4, 0 otherwise */
+    int block;     /* 32 for MX, 16 for NVFP4, 64 (default) for NF4, 32 or 256 for ggml types,
+                      0 otherwise */
+    int ggml;      /* QS_FMT_GGML: the ggml type number (enum qs_ggml_type in ggml.h) */
     char name[32]; /* canonical name: "int4", "fp8-e4m3", "e3m4b1", "mxfp4", ... */
 };
 
 /* Parses a format name into f: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, fp6-e2m3,
  * fp6-e3m2, fp4-e2m1, eXmY and eXmYbZ (X 1..8, Y 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit
  * in F32), e0mY (fixed point, Y 1..15; e0m7 is the 8-bit one), mxfp8 (E4M3 elements),
- * mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4, nf4, compand:B (B 2..8).
+ * mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4, nf4, compand:B (B 2..8), and
+ * llama.cpp's q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (ggml.h).
  * Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1 ->
  * fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
  * the valid names. */
@@ -224,7 +229,8 @@ void qs_quantizer_round_each(const struct qs_quantizer *q, const struct qs_qbloc
  * overflowing to NaN (E4M3) / Inf (IEEE-like) (formats without Inf/NaN always saturate); NaN
  * gives NaN. nf4: nearest level in [-1, 1]; compand: mu-law map of x clamped to [-1, 1], B-bit
  * codes, expanded back. MX and NVFP4: their element type's cast (mxint8: k/64, k in +-127);
- * callers wanting the shared block scale run qs_quant_fake on the values as one row. */
+ * callers wanting the shared block scale run qs_quant_fake on the values as one row. ggml block
+ * types have no element type of their own: NaN (run qs_quant_fake on a row). */
 double qs_format_cast(const struct qs_format *f, double x, int saturate);
 
 /* Every value of the element format decoded from codes 0 .. 2^bits - 1 in code order (NaN/Inf

@@ -72,6 +72,37 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
 
+/* For loaders of other formats (lm_gguf.c): a LLaMA model skeleton from a Hugging Face
+ * config.json text (checked by qs_lm_parse_config; FILE names it in messages), with every site
+ * named and sized as qs_lm_load names them, no tensors yet, PATH as its path and CONFIG kept
+ * for qs_lm_save. The caller fills each site's w (malloc'd (out, in)) and the slots below
+ * (malloc'd; the model owns them; a tied head's w is set to the embedding), then the model is
+ * like a loaded one. 0 or -1 and e (the weights must fit in memory). */
+int qs_lm_new_from_config(const char *config, const char *file, const char *path,
+                          struct qs_lm **out, qs_err *e);
+enum qs_lm_slot {
+    QS_LM_SLOT_EMBED,     /* (vocab, d) token embedding */
+    QS_LM_SLOT_NORM_F,    /* (d) final RMSNorm weight */
+    QS_LM_SLOT_NORM_ATTN, /* (d) block LAYER's pre-attention RMSNorm weight */
+    QS_LM_SLOT_NORM_MLP   /* (d) block LAYER's pre-MLP RMSNorm weight */
+};
+float **qs_lm_slot(struct qs_lm *m, enum qs_lm_slot slot, int layer);
+
+/* Loads a llama.cpp GGUF file of architecture "llama" (lm_gguf.c): llama.* hyperparameters,
+ * ggml tensor names mapped to the sites (token_embd, blk.N.attn_q|attn_k|attn_v|attn_output|
+ * ffn_gate|ffn_up|ffn_down|attn_norm|ffn_norm, output_norm, output (absent: tied head)), the
+ * converter's row permutation of attn_q / attn_k for RoPE undone, every tensor dequantized to
+ * F32 (F32, F16, BF16 and the ggml block types of ggml.h) and checked finite. */
+int qs_lm_load_gguf(const char *path, struct qs_lm **out, qs_err *e);
+/* Writes llama model m as a GGUF v3 file that qs_lm_load_gguf reads back into the same model:
+ * the llama.* keys, token_embd / norms in F32, each site s as blocks[s] (its (out, in) weight as
+ * rows of ggml type types[s], HF row order) when given, else w[s] (F32 (out, in)) when given,
+ * else its own weight in F32; attn_q / attn_k rows put in the converter's RoPE order; no
+ * output.weight for a tied head left as it is. blocks, types, w may be NULL. No tokenizer keys
+ * are written. 0 or -1 and e (gpt2 refused). */
+int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *const *blocks,
+                    const int *types, const float *const *w, qs_err *e);
+
 /* Parses a config.json text (len bytes; FILE names it in messages) into m's hyperparameters
  * (family, sizes, eps, rope_theta, tied), checking that every value is in range (positive,
  * consistent heads, within qscope's limits) and that the weights' total size does not overflow.

@@ -131,7 +131,7 @@ static int null_seg(const struct qs_layer_state *s, int n)
     const struct qs_format *f = &s->wfmt;
     const struct qs_qopts *o = &s->wopt;
     int seg = n;
-    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4 || f->kind == QS_FMT_GGML)
         seg = f->block;
     else if (f->kind == QS_FMT_NF4)
         seg = o->gran == QS_GRAN_GROUP ? o->group

@@ -632,7 +632,7 @@ void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n)
         snprintf(buf, n, "%s/g%d", f->name, o->group);
     else if (f->kind == QS_FMT_NF4)
         snprintf(buf, n, o->gran == QS_GRAN_CHANNEL ? "%s/channel" : "%s/g64", f->name);
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4 || f->kind == QS_FMT_GGML)
         snprintf(buf, n, "%s", f->name); /* fixed blocks of the format */
     else
         snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");

@@ -6,6 +6,7 @@
 
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
+#include "qscope/ggml.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
@@ -63,7 +64,10 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     char rb[4096];
     const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
-    if (qs_cmd_is_lm_path(path)) { /* a Hugging Face folder: config.json + model.safetensors */
+    size_t plen = strlen(path);
+    int gguf = plen > 5 && !strcmp(path + plen - 5, ".gguf"); /* llama.cpp: qs_lm_load reads it */
+    /* a Hugging Face folder (config.json + model.safetensors) or a llama.cpp file */
+    if (gguf || qs_cmd_is_lm_path(path)) {
         if (act_given)
             return qs_errf(e, "load model: act= applies to MLP state dicts, not to %s", argv[0]);
         return qs_cmd_lm_load_model(c, argv[0], path, e);
@@ -630,6 +634,35 @@ static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- quantization -------------------------------------------------------------------- */
 
+/* Layers quantized with ggml type f whose rows are not a multiple of its block: llama.cpp's
+ * fallback type for each, appended to t and as o's "fallback" array. */
+static void ggml_fallback_note(struct qs_bench *b, const struct qs_format *f, cJSON *o,
+                               struct qs_sb *t)
+{
+    cJSON *arr = NULL;
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        if (!s->wq || s->packed.fmt.kind != QS_FMT_GGML || s->packed.fmt.ggml != f->ggml)
+            continue;
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        int eff = qs_ggml_effective_type(f->ggml, u.in);
+        if (eff == f->ggml)
+            continue;
+        if (!arr) {
+            arr = cJSON_AddArrayToObject(o, "fallback");
+            qs_sb_printf(t, "\nllama.cpp's fallback for rows not a multiple of %d:", f->block);
+        }
+        const char *en = eff == QS_GGML_F16 ? "f16" : qs_ggml_type_name(eff);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "layer", u.name);
+        cJSON_AddStringToObject(j, "stored_as", en);
+        cJSON_AddItemToArray(arr, j);
+        qs_sb_printf(t, "%s %s (%d) -> %s", cJSON_GetArraySize(arr) > 1 ? "," : "", u.name,
+                     u.in, en);
+    }
+}
+
 static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 2)
@@ -703,6 +736,8 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_sb t = {0};
     qs_sb_printf(&t, "%s -> %s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
                  matched, matched == 1 ? "" : "s", qs_bench_bits_per_weight(b));
+    if (r.fmt.kind == QS_FMT_GGML) /* say which layers llama.cpp's fallback stores otherwise */
+        ggml_fallback_note(b, &r.fmt, o, &t);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -820,7 +855,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     if (rc == 0 && n == 0)
         rc = qs_errf(e, "roundtrip: no values");
-    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4;
+    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4 || f.kind == QS_FMT_GGML;
     if (rc == 0 && block) { /* block formats: the values form one block with its shared scale */
         struct qs_qopts o;
         qs_qopts_default(&o);
@@ -1048,6 +1083,77 @@ static void exp_report(struct qs_ctx *c, const char *path, int packed, const str
     qs_sb_free(&t);
 }
 
+/* export model X.gguf on a llama: the session's weights for llama.cpp. Sites quantized with a
+ * ggml type keep their blocks byte for byte (after llama.cpp's fallback for their row length);
+ * sites in another format are written dequantized in F32, float ones in F32. Corrections and
+ * activation quantization are not part of a GGUF file: left out, and said so. */
+static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    const struct qs_lm *m = b->lm;
+    if (m->family != QS_LM_LLAMA)
+        return qs_errf(e, "export model %s: GGUF export writes llama models (this one is gpt2); "
+                          "export model DIR writes a Hugging Face folder",
+                       path);
+    if (qs_bench_resolve(b, e) < 0)
+        return -1;
+    const int S = m->nsites;
+    const uint8_t **blocks = qs_calloc((size_t)S, sizeof *blocks);
+    const float **w = qs_calloc((size_t)S, sizeof *w);
+    int *types = qs_calloc((size_t)S, sizeof *types);
+    int rc = blocks && w && types ? 0 : qs_errf(e, "out of memory");
+    int nggml = 0, ndeq = 0, ncorr = 0, aq = 0;
+    struct qs_sb said = {0};
+    for (int s = 0; s < S && rc == 0; s++) {
+        const struct qs_layer_state *ls = &b->ls[s];
+        const struct qs_corr *cr = &ls->corr;
+        aq |= ls->afmt.kind != QS_FMT_NONE;
+        if (cr->c || cr->db || cr->amap) {
+            qs_sb_printf(&said, "%s%s", ncorr ? ", " : "", m->sites[s].name);
+            ncorr++;
+        }
+        if (ls->wq && ls->packed.fmt.kind == QS_FMT_GGML) {
+            blocks[s] = ls->packed.codes;
+            types[s] = qs_ggml_effective_type(ls->packed.fmt.ggml, m->sites[s].in);
+            nggml++;
+        } else if (ls->wq) {
+            w[s] = ls->wq;
+            ndeq++;
+        }
+    }
+    if (rc == 0)
+        rc = qs_lm_save_gguf(m, path, blocks, types, w, e);
+    free(blocks);
+    free(w);
+    free(types);
+    if (rc == 0) {
+        char q[600];
+        snprintf(c->canon, sizeof c->canon, "export model %s", qs_quote(path, q, sizeof q));
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "export model");
+        cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddStringToObject(o, "kind", "gguf");
+        cJSON_AddNumberToObject(o, "ggml_sites", nggml);
+        cJSON_AddNumberToObject(o, "dequantized_sites", ndeq);
+        cJSON_AddNumberToObject(o, "corrections_left_out", ncorr);
+        struct qs_sb t = {0};
+        qs_sb_printf(&t, "wrote %s (GGUF: %d site%s in ggml block types, %d dequantized to F32, "
+                         "%d in float)",
+                     path, nggml, nggml == 1 ? "" : "s", ndeq, S - nggml - ndeq);
+        if (ncorr)
+            qs_sb_printf(&t, "\ncorrections left out (GGUF holds weights only; export model DIR "
+                             "folds them in): %s",
+                         said.s);
+        if (aq)
+            qs_note(c, "note: activations are quantized in this session; the GGUF file holds "
+                       "the weights only");
+        qs_emit(c, o, t.s);
+        qs_sb_free(&t);
+    }
+    qs_sb_free(&said);
+    return rc;
+}
+
 /* export model DIR on a transformer: a Hugging Face folder (config.json, model.safetensors) whose
  * linears hold the session's weights, W' = Q(W) + C dequantized to F32 (the float ones where a
  * site stays float); embeddings and norms as loaded. qs_lm_load reads it back, and its float
@@ -1055,6 +1161,9 @@ static void exp_report(struct qs_ctx *c, const char *path, int packed, const str
 static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    size_t plen = strlen(argv[0]);
+    if (argc == 1 && plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
+        return cmd_export_gguf(c, argv[0], e);
     if (argc == 2)
         return qs_errf(e, "export model: packed export of transformers is not supported yet; "
                           "export model DIR writes dequantized weights");
@@ -1138,6 +1247,11 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_bench *b = c->b;
     if (!b->model)
         return cmd_export_lm(c, argc, argv, e);
+    size_t plen = strlen(argv[0]);
+    if (plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
+        return qs_errf(e, "export model %s: GGUF export writes llama transformers, not MLPs "
+                          "(export model X.safetensors [packed] writes this one)",
+                       argv[0]);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
     const int packed = argc == 2;
@@ -1342,7 +1456,10 @@ static int cmd_quit(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 const struct qs_cmd_def qs_cmds_basic[] = {
     {"load model", "PATH [act=relu|gelu|tanh|sigmoid]", QS_CMD_JOURNAL, cmd_load_model,
      "open a model (safetensors: qscope metadata or an nn.Sequential state dict)",
-     "act= sets the hidden activation of a state dict without metadata (default relu)."},
+     "act= sets the hidden activation of a state dict without metadata (default relu). A "
+     "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
+     "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
+     "as a LLaMA."},
     {"load data", "PATH [label=COLUMN]", QS_CMD_JOURNAL, cmd_load_data,
      "open a CSV dataset (numeric cells; label column by name or index, default last)",
      "The split (train/calib/test) follows the model's recorded split seed and fractions."},
@@ -1373,7 +1490,11 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
-     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B. on= picks the "
+     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
+     "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
+     "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
+     "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
+     "is not a multiple of 32 either; the 32-element types refuse such rows). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
@@ -1389,7 +1510,11 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "list every code of a format and its value", NULL},
     {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_LM,
      cmd_export_model,
-     "write the quantized model: dequantized weights, or packed codes and scales", NULL},
+     "write the quantized model: dequantized weights, or packed codes and scales",
+     "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
+     "(Hugging Face, dequantized weights, corrections folded in), or PATH.gguf for a llama "
+     "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
+     "activation quantization left out, and said so; no tokenizer keys)."},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
     {"quit", "", 0, cmd_quit, "leave qscope", NULL},
     {NULL, NULL, 0, NULL, NULL, NULL},

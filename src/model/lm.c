@@ -603,6 +603,9 @@ static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
 {
     *out = NULL;
+    size_t n0 = strlen(dir);
+    if (n0 > 5 && !strcmp(dir + n0 - 5, ".gguf")) /* a llama.cpp file, not a folder */
+        return qs_lm_load_gguf(dir, out, e);
     size_t dl = strlen(dir);
     char *cfg = malloc(dl + 32), *stp = malloc(dl + 32);
     struct qs_lm *m = qs_calloc(1, sizeof *m);
@@ -668,6 +671,69 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     }
     *out = m;
     return 0;
+}
+
+/* ---- models built by other loaders (lm_gguf.c) ------------------------------------------ */
+
+int qs_lm_new_from_config(const char *config, const char *file, const char *path,
+                          struct qs_lm **out, qs_err *e)
+{
+    *out = NULL;
+    struct qs_lm *m = qs_calloc(1, sizeof *m);
+    if (!m)
+        return qs_errf(e, "%s: out of memory", path);
+    size_t wbytes = 0;
+    int rc = qs_lm_parse_config(config, strlen(config), file, m, e);
+    if (rc == 0 && m->family != QS_LM_LLAMA)
+        rc = qs_errf(e, "%s: only the llama family can be built this way", file);
+    if (rc == 0 && (qs_lm_weight_bytes(m, &wbytes) < 0 ||
+                    qs_mem_check(wbytes, "the model's weights as F32", e) < 0)) {
+        if (!wbytes)
+            qs_errf(e, "%s: the model's sizes overflow", file);
+        rc = qs_err_prefix(e, path);
+    }
+    if (rc == 0) {
+        m->nsites = m->n_layer * 7 + 1;
+        m->path = qs_strdup(path);
+        m->priv = qs_calloc(1, sizeof *m->priv);
+        m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
+        if (m->priv) {
+            m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
+            m->priv->config = qs_strdup(config);
+        }
+        if (!m->path || !m->priv || !m->sites || !m->priv->layer || !m->priv->config)
+            rc = qs_errf(e, "%s: out of memory", path);
+    }
+    if (rc < 0) {
+        qs_lm_free(m);
+        return -1;
+    }
+    int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
+    const struct { const char *n; int in, out; } lin[7] = {
+        {"self_attn.q_proj", d, d},   {"self_attn.k_proj", d, kv}, {"self_attn.v_proj", d, kv},
+        {"self_attn.o_proj", d, d},   {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
+        {"mlp.down_proj", ff, d}};
+    char k[128];
+    for (int l = 0; l < m->n_layer; l++)
+        for (int i = 0; i < 7; i++) {
+            snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
+            site_set(&m->sites[7 * l + i], k, lin[i].in, lin[i].out);
+        }
+    site_set(&m->sites[m->nsites - 1], "lm_head", d, m->vocab);
+    *out = m;
+    return 0;
+}
+
+float **qs_lm_slot(struct qs_lm *m, enum qs_lm_slot slot, int layer)
+{
+    struct qs_lm_priv *p = m->priv;
+    switch (slot) {
+    case QS_LM_SLOT_EMBED: return &p->wte;
+    case QS_LM_SLOT_NORM_F: return &p->nfw;
+    case QS_LM_SLOT_NORM_ATTN: return &p->layer[layer].n1w;
+    case QS_LM_SLOT_NORM_MLP: return &p->layer[layer].n2w;
+    }
+    return NULL;
 }
 
 /* ---- saving ------------------------------------------------------------------------------ */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "format_impl.h"
+#include "qscope/ggml.h"
 
 /* QLoRA NF4 levels (Dettmers et al. 2023, as listed in REFERENCES.md), ascending = code order. */
 const float qs_nf4_levels[QS_NF4_LEVELS] = {
@@ -79,6 +80,16 @@ enum qs_preset_id {
     P_NF4,
     P_COMPAND4,
     P_COMPAND8,
+    P_Q8_0,
+    P_Q4_0,
+    P_Q4_1,
+    P_Q5_0,
+    P_Q5_1,
+    P_Q2_K,
+    P_Q3_K,
+    P_Q4_K,
+    P_Q5_K,
+    P_Q6_K,
     P_COUNT
 };
 
@@ -95,6 +106,12 @@ enum qs_preset_id {
     {                                                                                              \
         .kind = QS_FMT_MX, .bits = b, .ebits = e, .mbits = m, .bias = bi, .nf = f, .block = 32,    \
         .name = n                                                                                  \
+    }
+
+/* bits: the element code width (for display); the real storage is the ggml block. */
+#define GGMLF(n, t, b, blk)                                                                        \
+    {                                                                                              \
+        .kind = QS_FMT_GGML, .bits = b, .block = blk, .ggml = t, .name = n                         \
     }
 
 static const struct qs_format presets[P_COUNT] = {
@@ -130,13 +147,24 @@ static const struct qs_format presets[P_COUNT] = {
     [P_NF4] = {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
     [P_COMPAND4] = {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
     [P_COMPAND8] = {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
+    [P_Q8_0] = GGMLF("q8_0", QS_GGML_Q8_0, 8, 32),
+    [P_Q4_0] = GGMLF("q4_0", QS_GGML_Q4_0, 4, 32),
+    [P_Q4_1] = GGMLF("q4_1", QS_GGML_Q4_1, 4, 32),
+    [P_Q5_0] = GGMLF("q5_0", QS_GGML_Q5_0, 5, 32),
+    [P_Q5_1] = GGMLF("q5_1", QS_GGML_Q5_1, 5, 32),
+    [P_Q2_K] = GGMLF("q2_k", QS_GGML_Q2_K, 2, 256),
+    [P_Q3_K] = GGMLF("q3_k", QS_GGML_Q3_K, 3, 256),
+    [P_Q4_K] = GGMLF("q4_k", QS_GGML_Q4_K, 4, 256),
+    [P_Q5_K] = GGMLF("q5_k", QS_GGML_Q5_K, 5, 256),
+    [P_Q6_K] = GGMLF("q6_k", QS_GGML_Q6_K, 6, 256),
 };
 
 static const char *const names[P_COUNT + 1] = {
-    "none",  "int2",     "int3",       "int4",      "int5",       "int6",     "int7",
-    "int8",  "fp8-e4m3", "fp8-e5m2",   "fp8-e3m4",  "fp6-e2m3",   "fp6-e3m2", "fp4-e2m1",
-    "e0m7",  "mxfp8",    "mxfp8-e5m2", "mxfp6",     "mxfp6-e3m2", "mxfp4",    "mxint8",
-    "nvfp4", "nf4",      "compand:4",  "compand:8", NULL,
+    "none",       "int2",     "int3",       "int4",     "int5",     "int6",     "int7", "int8",
+    "fp8-e4m3",   "fp8-e5m2", "fp8-e3m4",   "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8",
+    "mxfp8-e5m2", "mxfp6",    "mxfp6-e3m2", "mxfp4",    "mxint8",   "nvfp4",    "nf4",  "compand:4",
+    "compand:8",  "q8_0",     "q4_0",       "q4_1",     "q5_0",     "q5_1",     "q2_k", "q3_k",
+    "q4_k",       "q5_k",     "q6_k",       NULL,
 };
 
 const char *const *qs_format_names(void)
@@ -263,6 +291,14 @@ int qs_format_parse(const char *s, struct qs_format *f, qs_err *e)
             *f = presets[i];
             return 0;
         }
+    }
+    if (s[0] == 'q' && strlen(s) == 4 && s[2] == '_' && s[3] == 'K') { /* ggml's "q4_K" */
+        char low[5] = {s[0], s[1], '_', 'k', 0};
+        for (int i = 0; i < P_COUNT; i++)
+            if (presets[i].kind == QS_FMT_GGML && strcmp(low, presets[i].name) == 0) {
+                *f = presets[i];
+                return 0;
+            }
     }
     if (strncmp(s, "int", 3) == 0 && s[3]) {
         long b = parse_uint(s + 3, strlen(s + 3));
@@ -419,6 +455,11 @@ int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *
 {
     if (f->kind == QS_FMT_NONE || f->bits < 1 || f->bits > 16)
         return qs_errf(e, "format '%s' has no code list", f->name);
+    if (f->kind == QS_FMT_GGML)
+        return qs_errf(e,
+                       "format '%s' has no single code list: its codes are scaled per %d-element "
+                       "block (see ggml.h); use roundtrip on a block of values",
+                       f->name, f->block);
     struct qs_elem el;
     qs_elem_of(f, &el);
     int cnt = 1 << f->bits;
@@ -487,6 +528,8 @@ double qs_format_cast(const struct qs_format *f, double x, int saturate)
 {
     if (f->kind == QS_FMT_NONE)
         return x;
+    if (f->kind == QS_FMT_GGML) /* no element type of its own: run qs_quant_fake on a row */
+        return NAN;
     if (isnan(x))
         return NAN;
     struct qs_elem el;
@@ -518,7 +561,7 @@ double qs_format_cast(const struct qs_format *f, double x, int saturate)
 
 double qs_format_max(const struct qs_format *f)
 {
-    if (f->kind == QS_FMT_NONE)
+    if (f->kind == QS_FMT_NONE || f->kind == QS_FMT_GGML)
         return 0.0;
     struct qs_elem el;
     qs_elem_of(f, &el);
@@ -547,7 +590,7 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
     if (!buf || n == 0)
         return;
     buf[0] = 0;
-    if (f->kind == QS_FMT_NONE)
+    if (f->kind == QS_FMT_NONE || f->kind == QS_FMT_GGML) /* ggml: llama.cpp's rules, no options */
         return;
     char gran[32], clip[40], tail[64] = "";
     if (f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR) /* NF4 is block-wise */
@@ -704,6 +747,18 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
     if (f->kind == QS_FMT_NONE)
         return 0;
     const char *nm = f->name;
+    if (f->kind == QS_FMT_GGML) {
+        struct qs_qopts d;
+        qs_qopts_default(&d);
+        if (o->gran_set || o->clip != d.clip || o->round != d.round || o->asym || o->full_range ||
+            !o->saturate || o->scale_none || o->scale_f32)
+            return qs_errf(e,
+                           "%s: llama.cpp's block format with its reference rounding (fixed "
+                           "%d-element blocks, F16 block scales); gran=, clip=, round=, asym, "
+                           "range=, sat= and scale= do not apply",
+                           nm, f->block);
+        return 0;
+    }
     if (o->gran == QS_GRAN_GROUP && o->group < 1)
         return qs_errf(e, "%s: group size must be >= 1", nm);
     if (o->clip == QS_CLIP_PCT && !(o->pct > 0.0 && o->pct <= 100.0))

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "format_impl.h"
+#include "qscope/ggml.h"
 #include "qscope/half.h"
 
 #define STEP 16   /* vector step of the inner loops */
@@ -598,6 +599,7 @@ static int make_blk(const struct job *J, float amax, float mn, float mx, struct 
         return 0;
     }
     case QS_FMT_NONE:
+    case QS_FMT_GGML: /* ggml.c, never through a job */
         break;
     }
     return qs_errf(e, "format '%s' has no quantizer", f->name);
@@ -1035,6 +1037,8 @@ int qs_quant_fake(const struct qs_format *f, const struct qs_qopts *o, const flo
 {
     if (!w || !out)
         return qs_errf(e, "fake quantization: no data");
+    if (f && f->kind == QS_FMT_GGML)
+        return qs_qopts_check(f, o, e) < 0 ? -1 : qs_ggml_fake(f, w, rows, cols, out, e);
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
@@ -1056,7 +1060,7 @@ int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, cons
     if (o->asym)
         return qs_errf(e, "%s: a calibrated absmax gives a symmetric range; asym needs min/max",
                        f->name);
-    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NF4)
+    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NF4 || f->kind == QS_FMT_GGML)
         return qs_errf(e, "%s: scales are computed per block; a calibrated absmax does not apply",
                        f->name);
     if (!x || !out)
@@ -1287,6 +1291,8 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
     memset(p, 0, sizeof *p);
     if (!w)
         return qs_errf(e, "pack: no data");
+    if (f && f->kind == QS_FMT_GGML)
+        return qs_qopts_check(f, o, e) < 0 ? -1 : qs_ggml_pack(f, w, rows, cols, p, e);
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
@@ -1399,6 +1405,8 @@ int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e)
         return qs_errf(e, "unpack: empty packed tensor");
     if (!out)
         return qs_errf(e, "unpack: no output buffer");
+    if (p->fmt.kind == QS_FMT_GGML)
+        return qs_ggml_unpack(p, out, e);
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
@@ -1436,6 +1444,8 @@ int qs_packed_layout(const struct qs_format *f, const struct qs_qopts *o, int ro
                      struct qs_packed_layout *out, qs_err *e)
 {
     memset(out, 0, sizeof *out);
+    if (f && f->kind == QS_FMT_GGML)
+        return qs_qopts_check(f, o, e) < 0 ? -1 : qs_ggml_layout(f, rows, cols, out, e);
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
