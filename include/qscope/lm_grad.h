@@ -59,12 +59,14 @@ void qs_lm_grad_zero(struct qs_lm_grad *g);
  * of the input that the weight gradient uses, while dx passes through unchanged; post()
  * rewrites the output, and the backward treats it as the identity; input() only observes.
  *
- * The activations of the whole batch are kept: one scratch allocation, checked with
- * qs_mem_check (roughly BT (14 d + 4 ff + V) + B H T^2 floats per block on GPT-2). Runs the
- * products through cblas_sgemm over all BT rows at once. 0 or -1 and e. */
+ * The activations of the whole batch are kept in one scratch area: work, of at least
+ * qs_lm_backward_bytes (a caller running many steps keeps it), or, work NULL, one allocation
+ * per call checked with qs_mem_check (about N (8 d + 2 kv + 3 ff + 4) + B H T^2 floats per
+ * block, plus N (5 d + V + 2 max(d + 2 kv, ff))). The products run through cblas_sgemm over all
+ * BT rows at once. 0 or -1 and e. */
 int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
                    int T, const struct qs_lm_hooks *h, struct qs_lm_grad *g, double *loss,
-                   qs_err *e);
+                   float *work, qs_err *e);
 
 /* Bytes of scratch qs_lm_backward needs for B windows of T tokens (with an act hook: act 1),
  * into *bytes; -1 on overflow. */

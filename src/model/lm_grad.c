@@ -515,7 +515,7 @@ int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *b
 
 int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
                    int T, const struct qs_lm_hooks *h, struct qs_lm_grad *g, double *loss,
-                   qs_err *e)
+                   float *work, qs_err *e)
 {
     if (B < 1 || T < 1 || T > m->ctx)
         return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
@@ -533,13 +533,13 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
         return qs_errf(e, "%s: the backward of %d windows of %d tokens overflows", m->path, B, T);
     char what[96];
     snprintf(what, sizeof what, "the backward of %d windows of %d tokens", B, T);
-    float *buf = qs_alloc(nf, sizeof(float), what, e);
+    float *own = work ? NULL : qs_alloc(nf, sizeof(float), what, e), *buf = work ? work : own;
     if (!buf)
         return qs_err_prefix(e, m->path);
     struct site_rec *rec = qs_calloc((size_t)m->nsites, sizeof *rec);
     struct acts *A = qs_calloc((size_t)m->n_layer, sizeof *A);
     if (!rec || !A) {
-        free(buf);
+        free(own);
         free(rec);
         free(A);
         return qs_errf(e, "%s: out of memory", m->path);
@@ -558,7 +558,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
     if (act) {
         xs = qs_calloc((size_t)m->nsites, sizeof *xs);
         if (!xs) {
-            free(buf);
+            free(own);
             free(rec);
             free(A);
             return qs_errf(e, "%s: out of memory", m->path);
@@ -702,7 +702,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
 done:
 #undef XA
     free(xs);
-    free(buf);
+    free(own);
     free(rec);
     free(A);
     return 0;

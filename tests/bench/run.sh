@@ -44,6 +44,18 @@ while read -r _ name tps; do
   fi
 done < <(grep '^lm ' <<<"$lmo")
 
+# -- transformer training: the tiny GPT-2's shape from scratch, batches of 64-token windows ----
+for bs in 16 32; do
+  ours=$($B/bench_lm_train "$bs" | awk '/^lmtrain/ {print $4}')
+  if [ $have_torch = 1 ]; then
+    ref=$($PY tests/bench/torch_lm_train.py "$threads" "$bs" | awk '/^lmtrain/ {print $4}')
+    awk -v b="$bs" -v o="$ours" -v t="$ref" 'BEGIN {
+      printf "bench train-tiny-gpt2-b%s: ours %.0f tokens/s, pytorch %.0f tokens/s, ratio %.2f (target 1.5)\n", b, o, t, o / t }'
+  else
+    echo "bench train-tiny-gpt2-b$bs: ours $ours tokens/s, pytorch skipped (python3-torch not installed)"
+  fi
+done
+
 # -- quantize+dequantize of 4096x4096: against memcpy (bench_quant) and PyTorch eager -------
 q=$($B/bench_quant)
 printf '%s\n' "$q"
@@ -63,6 +75,7 @@ for b in "$B"/bench_*; do
   [ "$b" = "$B/bench_forward" ] && continue
   [ "$b" = "$B/bench_quant" ] && continue
   [ "$b" = "$B/bench_lm" ] && continue
+  [ "$b" = "$B/bench_lm_train" ] && continue
   [ -x "$b" ] && "$b"
 done
 for s in tests/bench/bench_*.sh; do

@@ -75,7 +75,7 @@ static void check_case(const cJSON *c)
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     CHECK(g != NULL);
     double loss = 0;
-    CHECK(g && qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, &e) == 0);
+    CHECK(g && qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, NULL, &e) == 0);
     CHECK_REL(loss, cJSON_GetObjectItem(c, "loss")->valuedouble, 1e-6);
     const cJSON *ts = cJSON_GetObjectItem(c, "tensors");
     CHECK(g && cJSON_GetArraySize(ts) == g->ntensor);
@@ -191,7 +191,7 @@ static void test_finite_differences(void)
     uint16_t *tok = case_tokens(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     double loss;
-    CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, &e) == 0);
+    CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, NULL, &e) == 0);
     CHECK_REL(loss, forward_loss(m, tok, start, B, T), 1e-6);
     double worst = 0;
     for (int i = 0; i < g->ntensor; i++) {
@@ -269,10 +269,10 @@ static void test_weight_hook_ste(void)
         struct qs_lm_hooks h = {.weight = hk_weight, .u = &k};
         struct qs_lm_grad *g1 = qs_lm_grad_new(m, &e), *g2 = qs_lm_grad_new(m, &e);
         double l1, l2, l0;
-        CHECK(qs_lm_backward(m, tok, start, B, T, &h, g1, &l1, &e) == 0);
-        CHECK(qs_lm_backward(m, tok, start, B, T, NULL, NULL, &l0, &e) == 0);
+        CHECK(qs_lm_backward(m, tok, start, B, T, &h, g1, &l1, NULL, &e) == 0);
+        CHECK(qs_lm_backward(m, tok, start, B, T, NULL, NULL, &l0, NULL, &e) == 0);
         memcpy(st->w, w2, n * sizeof(float));
-        CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g2, &l2, &e) == 0);
+        CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g2, &l2, NULL, &e) == 0);
         memcpy(st->w, keep, n * sizeof(float));
         CHECK(l1 == l2);
         CHECK(l1 != l0);
@@ -281,7 +281,7 @@ static void test_weight_hook_ste(void)
          * the gradient moves with it */
         struct qs_lm_hooks ha = {.act = hk_act, .u = &k};
         qs_lm_grad_zero(g2);
-        CHECK(qs_lm_backward(m, tok, start, B, T, &ha, g2, &l2, &e) == 0);
+        CHECK(qs_lm_backward(m, tok, start, B, T, &ha, g2, &l2, NULL, &e) == 0);
         CHECK_REL(l2, forward_loss_h(m, tok, start, B, T, &ha), 1e-6);
         CHECK(l2 != l0);
         qs_lm_grad_free(g1);
@@ -307,9 +307,9 @@ static void test_accumulate_and_errors(void)
     size_t start[4] = {0, 17, 34, 51};
     struct qs_lm_grad *a = qs_lm_grad_new(m, &e), *b = qs_lm_grad_new(m, &e);
     double la, l1, l2;
-    CHECK(qs_lm_backward(m, tok, start, 4, 16, NULL, a, &la, &e) == 0);
-    CHECK(qs_lm_backward(m, tok, start, 2, 16, NULL, b, &l1, &e) == 0);
-    CHECK(qs_lm_backward(m, tok, start + 2, 2, 16, NULL, b, &l2, &e) == 0);
+    CHECK(qs_lm_backward(m, tok, start, 4, 16, NULL, a, &la, NULL, &e) == 0);
+    CHECK(qs_lm_backward(m, tok, start, 2, 16, NULL, b, &l1, NULL, &e) == 0);
+    CHECK(qs_lm_backward(m, tok, start + 2, 2, 16, NULL, b, &l2, NULL, &e) == 0);
     CHECK_REL(la, (l1 + l2) / 2, 1e-6);
     double err = 0, nr = 0;
     for (size_t i = 0; i < a->nflat; i++) {
@@ -318,9 +318,9 @@ static void test_accumulate_and_errors(void)
     }
     CHECK(err <= 1e-5 * nr);
     tok[17] = (uint16_t)m->vocab;
-    CHECK(qs_lm_backward(m, tok, start, 4, 16, NULL, a, &la, &e) == -1);
+    CHECK(qs_lm_backward(m, tok, start, 4, 16, NULL, a, &la, NULL, &e) == -1);
     CHECK(strstr(e.msg, "outside the vocabulary") != NULL);
-    CHECK(qs_lm_backward(m, tok, start, 1, m->ctx + 1, NULL, a, &la, &e) == -1);
+    CHECK(qs_lm_backward(m, tok, start, 1, m->ctx + 1, NULL, a, &la, NULL, &e) == -1);
     qs_lm_grad_free(a);
     qs_lm_grad_free(b);
     qs_lm_free(m);
