@@ -35,6 +35,9 @@ struct qs_lm_grad {
     size_t nflat;  /* the parameter count (qs_lm_nparams) */
     float **gw;    /* per site: its weight's gradient (out, in); the tied head's is the embedding's */
     float **gb;    /* per site: its bias's gradient (out), or NULL */
+    /* NULL, or (tied head only, set by the caller) where the head's own gradient goes instead of
+     * into the embedding's: the output projection's part alone, (vocab, d) */
+    float *head;
 };
 
 /* Gradient buffers (zeroed) for m's parameters; the tensor list points at m's own weights, so m
@@ -71,5 +74,16 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
 /* Bytes of scratch qs_lm_backward needs for B windows of T tokens (with an act hook: act 1),
  * into *bytes; -1 on overflow. */
 int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *bytes);
+
+/* Per-site sensitivity statistics of m's weights at its current values on nw windows (as
+ * qs_lm_backward takes them: inputs tok[start[w] ..], targets shifted by one). gnorm[s] (may be
+ * NULL) = ||dL/dW_s||_F with L the mean loss over all nw T positions; fisher[s] (may be NULL,
+ * as may each fisher[s]; (out, in) each, caller-allocated) = the empirical Fisher diagonal
+ * (1/nw) sum_w g_w (.) g_w, g_w = dL_w/dW_s for window w's own mean loss L_w (a sample is a
+ * window). The tied head's are its output projection's alone (as its quantization changes only
+ * that). Calls cb(u, done, total) after each backward when given (nonzero cancels). */
+int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int nw,
+                     int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
+                     void *u, qs_err *e);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/linalg.h"
+#include "qscope/lm_grad.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/spectral.h"
@@ -222,6 +223,56 @@ static int lm_loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_e
     return 0;
 }
 
+static int lm_progress(void *u, int done, int total)
+{
+    struct qs_bench *b = u;
+    if (b->progress)
+        b->progress(b->progress_ctx, "sensitivity gradients", (double)done / total);
+    return b->cancel;
+}
+
+/* grad and fisher of every site on the calibration windows w ctx .. (targets shifted by one),
+ * a sample being one window (qs_lm_site_grads). */
+static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens_layer *out,
+                    qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    int S = m->nsites, rc = 0;
+    double *gn = qs_calloc((size_t)S, sizeof *gn);
+    float **f = qs_calloc((size_t)S, sizeof *f);
+    size_t *start = qs_calloc((size_t)cw, sizeof *start);
+    rc = gn && f && start ? 0 : qs_errf(e, "sensitivity: out of memory");
+    for (int s = 0; rc == 0 && (methods & QS_SENS_FISHER) && s < S; s++)
+        if (!(f[s] = qs_alloc((size_t)m->sites[s].in * m->sites[s].out, sizeof(float),
+                              "the Fisher diagonal", e)))
+            rc = -1;
+    for (int w = 0; rc == 0 && w < cw; w++)
+        start[w] = (size_t)w * m->ctx;
+    if (rc == 0)
+        rc = qs_lm_site_grads(m, b->tokens->ids, start, cw, m->ctx,
+                              (methods & QS_SENS_GRAD) ? gn : NULL,
+                              (methods & QS_SENS_FISHER) ? f : NULL, lm_progress, b, e);
+    for (int s = 0; rc == 0 && s < S; s++) {
+        out[s].grad_norm = gn[s];
+        if (!f[s])
+            continue;
+        const float *wq = b->ls[s].wq, *w = m->sites[s].w;
+        for (size_t j = 0; j < (size_t)m->sites[s].in * m->sites[s].out; j++) {
+            out[s].fisher_trace += f[s][j];
+            if (wq) {
+                double d = (double)w[j] - wq[j];
+                out[s].fisher_err += f[s][j] * d * d;
+            }
+        }
+    }
+    for (int s = 0; f && s < S; s++)
+        free(f[s]);
+    free(f);
+    free(gn);
+    free(start);
+    return rc;
+}
+
 /* quantized and w_err2 of every unit, from the rules as resolved on the bench. */
 static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
 {
@@ -247,9 +298,9 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
                    struct qs_sens_info *info, qs_err *e)
 {
     if (b->lm) {
-        if (methods & ~(unsigned)QS_SENS_DELTA)
-            return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
-                              "transformers do not have yet (method=delta works on every model)");
+        if (methods & QS_SENS_HUTCH)
+            return qs_errf(e, "sensitivity: hutchinson needs Hessian-vector products, which "
+                              "transformers do not have yet (delta, grad and fisher work)");
         if (qs_bench_lm_ready(b, e) < 0)
             return -1;
         sens_units(b, out);
@@ -260,6 +311,8 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
         int nt = 0;
         if ((methods & QS_SENS_DELTA) &&
             qs_sens_delta(b, lm_loss_only, b->lm->nsites, out, &lf, &nt, e) < 0)
+            return -1;
+        if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER)) && lm_grads(b, methods, cw, out, e) < 0)
             return -1;
         if (info) {
             info->float_loss_test = lf;

@@ -633,7 +633,8 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
 
     /* ---- backward ---- */
     memset(dres, 0, Nd * sizeof(float));
-    linear_backward(dn, 0.0f, g->gw[sh], NULL, logits, rec[sh].x, rec[sh].w, N, d, V);
+    linear_backward(dn, 0.0f, g->head && m->tied ? g->head : g->gw[sh], NULL, logits, rec[sh].x,
+                    rec[sh].w, N, d, V);
     norm_backward(dres, grad_of(g, p->nfw), grad_of(g, p->nfb), dn, resf, muf, rsf, p->nfw, N,
                   d);
     for (int l = m->n_layer - 1; l >= 0; l--) {
@@ -706,4 +707,61 @@ done:
     free(rec);
     free(A);
     return 0;
+}
+
+/* ---- sensitivity ------------------------------------------------------------------------- */
+
+int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int nw,
+                     int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
+                     void *u, qs_err *e)
+{
+    if (nw < 1)
+        return qs_errf(e, "%s: no windows for the gradient", m->path);
+    struct qs_lm_grad *g = qs_lm_grad_new(m, e);
+    if (!g)
+        return -1;
+    const int sh = m->nsites - 1;
+    size_t hn = (size_t)m->vocab * m->d_model;
+    float *head = m->tied ? qs_alloc(hn, sizeof(float), "the head's gradient", e) : NULL;
+    if (m->tied && !head) {
+        qs_lm_grad_free(g);
+        return -1;
+    }
+    g->head = head;
+    int total = (gnorm ? 1 : 0) + (fisher ? nw : 0), done = 0, rc = 0;
+    double loss;
+    if (gnorm && (rc = qs_lm_backward(m, tok, start, nw, T, NULL, g, &loss, NULL, e)) == 0) {
+        for (int s = 0; s < m->nsites; s++) {
+            const float *gw = s == sh && head ? head : g->gw[s];
+            double a = 0;
+            for (size_t k = 0; k < (size_t)m->sites[s].in * m->sites[s].out; k++)
+                a += (double)gw[k] * gw[k];
+            gnorm[s] = sqrt(a);
+        }
+        if (cb && cb(u, ++done, total))
+            rc = qs_errf(e, "cancelled");
+    }
+    for (int s = 0; fisher && rc == 0 && s < m->nsites; s++)
+        if (fisher[s])
+            memset(fisher[s], 0, (size_t)m->sites[s].in * m->sites[s].out * sizeof(float));
+    for (int w = 0; fisher && rc == 0 && w < nw; w++) {
+        qs_lm_grad_zero(g);
+        if (head)
+            memset(head, 0, hn * sizeof(float));
+        if ((rc = qs_lm_backward(m, tok, start + w, 1, T, NULL, g, &loss, NULL, e)) < 0)
+            break;
+        for (int s = 0; s < m->nsites; s++) {
+            if (!fisher[s])
+                continue;
+            const float *gw = s == sh && head ? head : g->gw[s];
+            float *f = fisher[s], iw = 1.0f / (float)nw;
+            for (size_t k = 0; k < (size_t)m->sites[s].in * m->sites[s].out; k++)
+                f[k] += gw[k] * gw[k] * iw;
+        }
+        if (cb && cb(u, ++done, total))
+            rc = qs_errf(e, "cancelled");
+    }
+    free(head);
+    qs_lm_grad_free(g);
+    return rc;
 }

@@ -202,6 +202,38 @@ def case(folder, B, T, rng, text):
             "tensors": tensors}
 
 
+def sensitivity(folder, data, nwin):
+    """`sensitivity method=grad,fisher` as qscope defines it for a transformer: the calibration
+    windows w = 0 .. nwin - 1 of the token file (inputs tok[w ctx .. w ctx + ctx), targets
+    shifted by one); grad_norm = ||dL/dW|| of the mean loss over all of them; fisher_trace = sum
+    over W's entries of the mean over windows of (dL_w/dW)^2, L_w the window's own mean loss.
+    The tied head's weight is a separate leaf used by the output projection only (quantizing it
+    leaves the embedding lookup float)."""
+    with open(os.path.join(ROOT, folder, "config.json")) as f:
+        cfg = json.load(f)
+    st = read_st(os.path.join(ROOT, folder, "model.safetensors"))
+    p = gpt2_params(cfg, st)
+    p.setdefault("lm_head.weight", p["wte.weight"].clone())
+    p = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    sites = [k for k in p if k.endswith(".weight") and ("attn.c_" in k or "mlp.c_" in k)]
+    sites.append("lm_head.weight")
+    ctx, V = cfg["n_positions"], cfg["vocab_size"]
+    w = torch.tensor([list(data[i * ctx:i * ctx + ctx + 1]) for i in range(nwin)],
+                     dtype=torch.long)
+    loss = lambda x: F.cross_entropy(gpt2_forward(cfg, p, x[:, :ctx]).reshape(-1, V),  # noqa
+                                     x[:, 1:].reshape(-1))
+    g = torch.autograd.grad(loss(w), [p[s] for s in sites])
+    fisher = [torch.zeros_like(p[s]) for s in sites]
+    for i in range(nwin):
+        gi = torch.autograd.grad(loss(w[i:i + 1]), [p[s] for s in sites])
+        for f, x in zip(fisher, gi):
+            f += x * x / nwin
+    return {"model": folder, "windows": nwin, "ctx": ctx,
+            "sites": [s[:-len(".weight")] for s in sites],
+            "grad_norm": [float(x.norm()) for x in g],
+            "fisher_trace": [float(f.sum()) for f in fisher]}
+
+
 def main():
     torch.set_num_threads(1)
     rng = np.random.default_rng(SEED)
@@ -212,6 +244,8 @@ def main():
                           "reference": "float64 autograd on the files' weights; loss = mean "
                                        "next-token cross-entropy over the B T positions"},
            "cases": [case(f, B, T, rng, text) for f, B, T in CASES]}
+    with open(os.path.join(ROOT, "tests", "fixtures", "delta_gpt2", "data.txt"), "rb") as f:
+        out["sensitivity"] = sensitivity("tests/fixtures/delta_gpt2", f.read(), 8)
     with open(OUT, "w") as f:
         json.dump(out, f, separators=(",", ":"))
         f.write("\n")

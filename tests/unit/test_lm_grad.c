@@ -10,7 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/bench.h"
 #include "qscope/lm.h"
+#include "qscope/sensitivity.h"
+#include "qscope/tokens.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_grad.json"
@@ -326,5 +329,52 @@ static void test_accumulate_and_errors(void)
     qs_lm_free(m);
 }
 
+/* `sensitivity method=grad,fisher` on a GPT-2 trained by PyTorch outside qscope
+ * (tests/fixtures/delta_gpt2) against autograd's per-site gradient norms and empirical Fisher
+ * traces on the calibration windows: within 1e-4, so the sites rank as PyTorch ranks them. */
+static void test_sensitivity_vs_torch(void)
+{
+    cJSON *root = load_fixture();
+    const cJSON *sv = cJSON_GetObjectItem(root, "sensitivity");
+    const char *dir = cJSON_GetObjectItem(sv, "model")->valuestring;
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_bench_new();
+    struct qs_lm *m = NULL;
+    struct qs_tokens *t = NULL;
+    char data[256];
+    snprintf(data, sizeof data, "%s/data.txt", dir);
+    if (!b || qs_lm_load(dir, &m, &e) < 0 || qs_bench_set_lm(b, m, dir, &e) < 0 ||
+        qs_tokens_load(data, &t, &e) < 0 || qs_bench_set_tokens(b, t, data, &e) < 0) {
+        fprintf(stderr, "  %s\n", e.msg);
+        CHECK(0);
+        qs_bench_free(b);
+        cJSON_Delete(root);
+        return;
+    }
+    int S = b->lm->nsites;
+    struct qs_sens_layer *out = qs_calloc((size_t)S, sizeof *out);
+    struct qs_sens_info info;
+    CHECK(qs_sensitivity(b, QS_SENS_GRAD | QS_SENS_FISHER, 8, out, &info, &e) == 0);
+    const cJSON *names = cJSON_GetObjectItem(sv, "sites"), *gn = cJSON_GetObjectItem(sv, "grad_norm");
+    const cJSON *ft = cJSON_GetObjectItem(sv, "fisher_trace");
+    CHECK(cJSON_GetArraySize(names) == S);
+    CHECK(info.n_calib == 8 * 32);
+    double worst = 0;
+    for (int s = 0; s < S && s < cJSON_GetArraySize(names); s++) {
+        CHECK_STR(b->lm->sites[s].name, cJSON_GetArrayItem(names, s)->valuestring);
+        double rg = cJSON_GetArrayItem(gn, s)->valuedouble, rf = cJSON_GetArrayItem(ft, s)->valuedouble;
+        CHECK_REL(out[s].grad_norm, rg, 1e-4);
+        CHECK_REL(out[s].fisher_trace, rf, 1e-4);
+        worst = fmax(worst, fmax(fabs(out[s].grad_norm - rg) / rg,
+                                 fabs(out[s].fisher_trace - rf) / rf));
+    }
+    fprintf(stderr, "  sensitivity grad/fisher vs torch: worst relative error %.2g\n", worst);
+    CHECK(qs_sensitivity(b, QS_SENS_HUTCH, 8, out, &info, &e) == -1);
+    CHECK(strstr(e.msg, "hutchinson needs Hessian-vector products") != NULL);
+    free(out);
+    qs_bench_free(b);
+    cJSON_Delete(root);
+}
+
 TEST_MAIN("lm_grad", TEST_CASE(test_vs_torch), TEST_CASE(test_finite_differences),
-          TEST_CASE(test_weight_hook_ste), TEST_CASE(test_accumulate_and_errors))
+          TEST_CASE(test_weight_hook_ste), TEST_CASE(test_accumulate_and_errors), TEST_CASE(test_sensitivity_vs_torch))
