@@ -86,4 +86,23 @@ int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *s
                      int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e);
 
+/* Exact Hessian-vector products of the mean loss of B windows of T tokens (as qs_lm_backward
+ * takes them), by forward-over-reverse differentiation (the R-operator: every value of the
+ * forward and the backward carries its derivative along v; no finite step). The direction v
+ * lives on site weights only: vw[s] (out, in) or NULL (0), vw NULL: v = 0. hv[s] (out, in),
+ * where non-NULL, receives the block (H v)_s of the Hessian with respect to site s's weight;
+ * the tied head's weight is taken as the output projection's alone (the embedding lookup
+ * fixed), as everywhere in sensitivity. No hooks: the float model. *loss (may be NULL): the
+ * mean loss. About twice qs_lm_backward's scratch, one allocation. 0 or -1 and e. */
+int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B, int T,
+              const float *const *vw, float **hv, double *loss, qs_err *e);
+
+/* Hutchinson's estimate of tr(H_s), the Hessian of the mean loss of the windows with respect to
+ * site s's weight: the mean over probes of v^T H_s v with v in {-1, +1}^(out in) drawn from
+ * qs_rng seeded with seed ^ (0x9e3779b97f4a7c15 * (s + 1)) (qs_hutchinson's convention), H v by
+ * qs_lm_hvp; *se its standard error (sample sd / sqrt(probes)). probes >= 2. */
+int qs_lm_hutchinson(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+                     int T, int site, int probes, uint64_t seed, double *trace, double *se,
+                     qs_err *e);
+
 #endif

@@ -273,6 +273,33 @@ static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens
     return rc;
 }
 
+/* hutchinson of every site on the calibration windows (qs_lm_hutchinson: exact H v). */
+static int lm_hutch(struct qs_bench *b, int probes, int cw, struct qs_sens_layer *out, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t *start = qs_calloc((size_t)cw, sizeof *start);
+    if (!start)
+        return qs_errf(e, "sensitivity: out of memory");
+    for (int w = 0; w < cw; w++)
+        start[w] = (size_t)w * m->ctx;
+    int rc = 0;
+    for (int s = 0; rc == 0 && s < m->nsites; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        if ((rc = qs_lm_hutchinson(m, b->tokens->ids, start, cw, m->ctx, s, probes, b->seed,
+                                   &out[s].hutch_trace, &out[s].hutch_se, e)) < 0) {
+            qs_err_prefix(e, st->name);
+            break;
+        }
+        out[s].hutch_err = out[s].hutch_trace / ((double)st->out * st->in) * out[s].w_err2;
+        if (b->progress)
+            b->progress(b->progress_ctx, "hutchinson", (double)(s + 1) / m->nsites);
+        if (b->cancel)
+            rc = qs_errf(e, "sensitivity: cancelled");
+    }
+    free(start);
+    return rc;
+}
+
 /* quantized and w_err2 of every unit, from the rules as resolved on the bench. */
 static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
 {
@@ -298,9 +325,6 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
                    struct qs_sens_info *info, qs_err *e)
 {
     if (b->lm) {
-        if (methods & QS_SENS_HUTCH)
-            return qs_errf(e, "sensitivity: hutchinson needs Hessian-vector products, which "
-                              "transformers do not have yet (delta, grad and fisher work)");
         if (qs_bench_lm_ready(b, e) < 0)
             return -1;
         sens_units(b, out);
@@ -313,6 +337,8 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
             qs_sens_delta(b, lm_loss_only, b->lm->nsites, out, &lf, &nt, e) < 0)
             return -1;
         if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER)) && lm_grads(b, methods, cw, out, e) < 0)
+            return -1;
+        if ((methods & QS_SENS_HUTCH) && lm_hutch(b, probes, cw, out, e) < 0)
             return -1;
         if (info) {
             info->float_loss_test = lf;

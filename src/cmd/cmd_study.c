@@ -73,8 +73,7 @@ static double sens_score(const struct qs_sens_layer *s, int k)
 static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
-    /* transformers have no Hessian-vector products yet: all but hutchinson by default */
-    unsigned methods = b->lm ? QS_SENS_ALL & ~(unsigned)QS_SENS_HUTCH : QS_SENS_ALL;
+    unsigned methods = QS_SENS_ALL;
     long probes = 32;
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -181,10 +180,10 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "delta_loss: test-split loss (%d samples) with only that layer quantized "
                      "minus the float loss %.6g\n",
                      info.n_test, info.float_loss_test);
-    if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER)) && b->lm)
+    if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH)) && b->lm)
         qs_sb_printf(&t,
-                     "grad/fisher: calibration windows (%d predicted tokens; a Fisher sample is "
-                     "one window), at the float weights\n",
+                     "grad/fisher/hutchinson: calibration windows (%d predicted tokens; a Fisher "
+                     "sample is one window), at the float weights\n",
                      info.n_calib);
     else if (methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH))
         qs_sb_printf(&t,

@@ -765,3 +765,509 @@ int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *s
     qs_lm_grad_free(g);
     return rc;
 }
+
+/* ---- Hessian-vector products: forward-over-reverse (the R-operator) ----------------------
+ * Every quantity a of the forward and of the backward gets its directional derivative
+ * a' = d a(theta + eps v) / d eps at eps = 0, v nonzero on site weights only; the backward's
+ * derivative of dL/dW_s is (H v)_s, exactly (no finite step). Names: x' is written xt. */
+
+/* Tangent of norm_forward: yt = d/deps of y for x moving along xt (gains and biases fixed).
+ * xhat = (x - mu) rs, xct = xt - mean(xt) (LayerNorm) or xt (RMSNorm), rho = mean(xhat xct):
+ * rs' = -rs^2 rho, xhat' = rs (xct - xhat rho), yt = xhat' w. */
+static void norm_tangent(float *yt, const float *xt, const float *x, const float *mu,
+                         const float *rs, const float *w, int ln, int N, int d)
+{
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * d, *tr = xt + (size_t)n * d;
+        float *yr = yt + (size_t)n * d, m = mu[n], r = rs[n];
+        double mt = 0, rho = 0;
+        if (ln) {
+            for (int i = 0; i < d; i++)
+                mt += tr[i];
+            mt /= d;
+        }
+        for (int i = 0; i < d; i++)
+            rho += (double)(xr[i] - m) * r * (tr[i] - mt);
+        float rh = (float)(rho / d), mf = (float)mt;
+        for (int i = 0; i < d; i++)
+            yr[i] = r * ((tr[i] - mf) - (xr[i] - m) * r * rh) * w[i];
+    }
+}
+
+/* yt: (n, out) = xt W^T + x V^T (V: the weight's direction, or NULL). */
+static void linear_tangent(float *yt, const float *xt, const float *x, const float *w,
+                           const float *v, int n, int in, int out)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, xt, in, w, in, 0.0f, yt,
+                out);
+    if (v)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, v, in, 1.0f,
+                    yt, out);
+}
+
+/* Pt: (T, T) = P (St - rowsum(P St)) with St = scale (Qt K^T + Q Kt^T), for window rows r0 and
+ * heads h / kh (the softmax's tangent; 0 above the diagonal). */
+static void softmax_tangent(float *pt, const float *P, const float *q, const float *qt, int ldq,
+                            const float *k, const float *kt, int ldk, int T, int hd, float scale)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qt, ldq, k, ldk, 0.0f,
+                pt, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ldq, kt, ldk, 1.0f,
+                pt, T);
+    for (int i = 0; i < T; i++) {
+        const float *pr = P + (size_t)i * T;
+        float *r = pt + (size_t)i * T;
+        double dot = 0;
+        for (int j = 0; j <= i; j++)
+            dot += (double)pr[j] * r[j];
+        for (int j = 0; j <= i; j++)
+            r[j] = pr[j] * (r[j] - (float)dot);
+        for (int j = i + 1; j < T; j++)
+            r[j] = 0.0f;
+    }
+}
+
+/* Tangent of attention_forward: ot = Pt V + P Vt per (b, h); pt: (T, T) scratch. */
+static void attention_tangent(float *ot, const float *att, const float *q, const float *qt,
+                              int ldq, const float *k, const float *kt, int ldk, const float *v,
+                              const float *vt, int ldv, int B, int T, int H, int Hk, int hd,
+                              float *pt)
+{
+    float scale = (float)(1.0 / sqrt((double)hd));
+    int g = H / Hk;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            size_t r0 = (size_t)b * T, qo = r0 * ldq + h * hd, ko = r0 * ldk + (h / g) * hd;
+            size_t vo = r0 * ldv + (h / g) * hd;
+            const float *P = att + ((size_t)b * H + h) * T * T;
+            softmax_tangent(pt, P, q + qo, qt + qo, ldq, k + ko, kt + ko, ldk, T, hd, scale);
+            float *o = ot + r0 * H * hd + h * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, pt, T, v + vo,
+                        ldv, 0.0f, o, H * hd);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, vt + vo,
+                        ldv, 1.0f, o, H * hd);
+        }
+}
+
+/* Backward of a linear and its tangent: dx = beta dx + dy W, dxt = beta dxt + dyt W + dy V,
+ * hw (out, in) += dyt^T x + dy^T xt (the weight's (H v) block; NULL: not wanted). */
+static void linear_backward_r(float *dx, float *dxt, float beta, float *hw, const float *dy,
+                              const float *dyt, const float *x, const float *xt, const float *w,
+                              const float *v, int n, int in, int out)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in, beta,
+                dx, in);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dyt, out, w, in, beta,
+                dxt, in);
+    if (v)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, v, in,
+                    1.0f, dxt, in);
+    if (hw) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dyt, out, x, in,
+                    1.0f, hw, in);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, xt, in,
+                    1.0f, hw, in);
+    }
+}
+
+/* Backward of a norm and its tangent (gains fixed): with A = dxh - m1 - xhat m2 (dxh = dy w,
+ * m1 = mean(dxh) for LayerNorm else 0, m2 = mean(dxh xhat)), dx += rs A and
+ * dxt += rs (At - rs rho A), At = dxht - m1t - xhat' m2 - xhat m2t. */
+static void norm_backward_r(float *dx, float *dxt, const float *dy, const float *dyt,
+                            const float *x, const float *xt, const float *mu, const float *rs,
+                            const float *w, int ln, int N, int d)
+{
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * d, *tr = xt + (size_t)n * d;
+        const float *dyr = dy + (size_t)n * d, *dtr = dyt + (size_t)n * d;
+        float *dxr = dx + (size_t)n * d, *dxtr = dxt + (size_t)n * d, m = mu[n], r = rs[n];
+        double mt = 0, rho = 0, m1 = 0, m1t = 0, m2 = 0, m2t = 0;
+        if (ln)
+            for (int i = 0; i < d; i++)
+                mt += tr[i];
+        mt /= d;
+        for (int i = 0; i < d; i++)
+            rho += (double)(xr[i] - m) * r * (tr[i] - mt);
+        rho /= d;
+        for (int i = 0; i < d; i++) {
+            double xh = (xr[i] - m) * r, xht = r * ((tr[i] - mt) - xh * rho);
+            double dxh = (double)dyr[i] * w[i], dxht = (double)dtr[i] * w[i];
+            m1 += dxh;
+            m1t += dxht;
+            m2 += dxh * xh;
+            m2t += dxht * xh + dxh * xht;
+        }
+        m1 = ln ? m1 / d : 0;
+        m1t = ln ? m1t / d : 0;
+        m2 /= d;
+        m2t /= d;
+        for (int i = 0; i < d; i++) {
+            double xh = (xr[i] - m) * r, xht = r * ((tr[i] - mt) - xh * rho);
+            double A = (double)dyr[i] * w[i] - m1 - xh * m2;
+            double At = (double)dtr[i] * w[i] - m1t - xht * m2 - xh * m2t;
+            dxr[i] += (float)(r * A);
+            dxtr[i] += (float)(r * (At - r * rho * A));
+        }
+    }
+}
+
+/* Backward of attention_forward and its tangent: dq, dqt set; dk, dv, dkt, dvt set (zeroed,
+ * then summed over the query heads sharing them). Per (b, h), with c = rowsum(P dP):
+ * dPt = dOt V^T + dO Vt^T, dVt += Pt^T dO + P^T dOt, dSt = Pt (dP - c) + P (dPt - ct),
+ * dQt = scale (dSt K + dS Kt), dKt += scale (dSt^T Q + dS^T Qt). s3: 3 (T, T) scratch. */
+static void attention_backward_r(float *dq, float *dqt, int ldq, float *dk, float *dkt, int ldk,
+                                 float *dv, float *dvt, int ldv, const float *do_,
+                                 const float *dot_, const float *att, const float *q,
+                                 const float *qt, const float *k, const float *kt, const float *v,
+                                 const float *vt, int B, int T, int H, int Hk, int hd, float *s3)
+{
+    float scale = (float)(1.0 / sqrt((double)hd));
+    int g = H / Hk, ldo = H * hd;
+    float *pt = s3, *dp = s3 + (size_t)T * T, *dpt = dp + (size_t)T * T;
+    for (int n = 0; n < B * T; n++) {
+        memset(dk + (size_t)n * ldk, 0, (size_t)Hk * hd * sizeof(float));
+        memset(dv + (size_t)n * ldv, 0, (size_t)Hk * hd * sizeof(float));
+        memset(dkt + (size_t)n * ldk, 0, (size_t)Hk * hd * sizeof(float));
+        memset(dvt + (size_t)n * ldv, 0, (size_t)Hk * hd * sizeof(float));
+    }
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            size_t r0 = (size_t)b * T, qo = r0 * ldq + h * hd, ko = r0 * ldk + (h / g) * hd;
+            size_t vo = r0 * ldv + (h / g) * hd, oo = r0 * ldo + h * hd;
+            const float *P = att + ((size_t)b * H + h) * T * T;
+            softmax_tangent(pt, P, q + qo, qt + qo, ldq, k + ko, kt + ko, ldk, T, hd, scale);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, do_ + oo, ldo,
+                        v + vo, ldv, 0.0f, dp, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dot_ + oo, ldo,
+                        v + vo, ldv, 0.0f, dpt, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, do_ + oo, ldo,
+                        vt + vo, ldv, 1.0f, dpt, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, do_ + oo,
+                        ldo, 1.0f, dv + vo, ldv);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, pt, T, do_ + oo,
+                        ldo, 1.0f, dvt + vo, ldv);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dot_ + oo,
+                        ldo, 1.0f, dvt + vo, ldv);
+            for (int i = 0; i < T; i++) {
+                const float *pr = P + (size_t)i * T, *ptr = pt + (size_t)i * T;
+                float *a = dp + (size_t)i * T, *at = dpt + (size_t)i * T;
+                double c = 0, ct = 0;
+                for (int j = 0; j <= i; j++) {
+                    c += (double)pr[j] * a[j];
+                    ct += (double)ptr[j] * a[j] + (double)pr[j] * at[j];
+                }
+                for (int j = 0; j <= i; j++) {
+                    float dpv = a[j];
+                    at[j] = ptr[j] * (dpv - (float)c) + pr[j] * (at[j] - (float)ct);
+                    a[j] = pr[j] * (dpv - (float)c);
+                }
+                for (int j = i + 1; j < T; j++)
+                    a[j] = at[j] = 0.0f;
+            }
+            /* dp = dS, dpt = dSt */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dp, T, k + ko,
+                        ldk, 0.0f, dq + qo, ldq);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dpt, T, k + ko,
+                        ldk, 0.0f, dqt + qo, ldq);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dp, T, kt + ko,
+                        ldk, 1.0f, dqt + qo, ldq);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dp, T, q + qo,
+                        ldq, 1.0f, dk + ko, ldk);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dpt, T, q + qo,
+                        ldq, 1.0f, dkt + ko, ldk);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dp, T, qt + qo,
+                        ldq, 1.0f, dkt + ko, ldk);
+        }
+}
+
+/* d^2 gelu_new / dx^2: with t = tanh(u), s = 1 - t^2, u' = k (1 + 3 c x^2), u'' = 6 k c x:
+ * s u' + x s (u'' - 2 t u'^2) / 2. */
+static float gelu_grad2(float x)
+{
+    float u = GELU_K * (x + 0.044715f * x * x * x);
+    float t = 1.0f - 2.0f / (expf(2.0f * u) + 1.0f), s = 1.0f - t * t;
+    float u1 = GELU_K * (1.0f + 0.134145f * x * x), u2 = 6.0f * GELU_K * 0.044715f * x;
+    return s * u1 + 0.5f * x * s * (u2 - 2.0f * t * u1 * u1);
+}
+
+/* Scratch floats of qs_lm_hvp: twice the backward's (values and tangents) plus 2 (T, T). */
+static int hvp_floats(const struct qs_lm *m, int B, int T, struct dims *z, size_t *out)
+{
+    size_t f;
+    if (scratch_floats(m, B, T, 0, z, &f) < 0 || qs_size_mul(f, 2, &f) < 0 ||
+        qs_size_add(f, 2 * z->T * z->T, out) < 0)
+        return -1;
+    return 0;
+}
+
+int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B, int T,
+              const float *const *vw, float **hv, double *loss, qs_err *e)
+{
+    if (B < 1 || T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
+                       m->ctx);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= T; t++)
+            if (tok[start[b] + t] >= m->vocab)
+                return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
+                               tok[start[b] + t], start[b] + t, m->vocab);
+    const struct qs_lm_priv *p = m->priv;
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7;
+    struct dims z;
+    size_t nf;
+    if (hvp_floats(m, B, T, &z, &nf) < 0)
+        return qs_errf(e, "%s: Hessian-vector products of %d windows of %d tokens overflow",
+                       m->path, B, T);
+    char what[96];
+    snprintf(what, sizeof what, "Hessian-vector products of %d windows of %d tokens", B, T);
+    float *buf = qs_alloc(nf, sizeof(float), what, e);
+    struct acts *A = buf ? qs_calloc(2 * (size_t)m->n_layer, sizeof *A) : NULL;
+    if (!A) {
+        free(buf);
+        return buf ? qs_errf(e, "%s: out of memory", m->path) : qs_err_prefix(e, m->path);
+    }
+    struct acts *At = A + m->n_layer; /* tangents (their att and norm statistics unused) */
+    const int N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head;
+    const int hd = d / H, kv = Hk * hd, V = m->vocab, sh = m->nsites - 1;
+    const size_t Nd = (size_t)N * d, NV = (size_t)N * V;
+    const size_t big = z.d + 2 * z.kv > z.ff ? z.d + 2 * z.kv : z.ff;
+    float *q = buf;
+    for (int l = 0; l < m->n_layer; l++)
+        q = acts_carve(&A[l], q, &z);
+    for (int l = 0; l < m->n_layer; l++)
+        q = acts_carve(&At[l], q, &z);
+    float *resf = q, *resft = resf + Nd, *muf = resft + Nd, *rsf = muf + N, *nfo = rsf + N;
+    float *nft = nfo + Nd, *lg = nft + Nd, *lgt = lg + NV, *cs = lgt + NV;
+    float *dres = cs + (size_t)T * hd, *drest = dres + Nd, *dn = drest + Nd, *dnt = dn + Nd;
+    float *dbig = dnt + Nd, *dbigt = dbig + N * big, *dbig2 = dbigt + N * big;
+    float *dbig2t = dbig2 + N * big, *s3 = dbig2t + N * big; /* 3 (T, T) */
+#define VW(s) (vw ? vw[s] : NULL)
+#define HW(s) (hv ? hv[s] : NULL)
+    for (int s = 0; hv && s < m->nsites; s++)
+        if (hv[s])
+            memset(hv[s], 0, (size_t)m->sites[s].in * m->sites[s].out * sizeof(float));
+
+    /* ---- forward with tangents ---- */
+    embed_forward(A[0].res, tok, start, B, T, d, p->wte, gpt2 ? p->wpe : NULL);
+    memset(At[0].res, 0, Nd * sizeof(float)); /* no direction on the embeddings */
+    if (!gpt2)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < hd / 2; j++) {
+                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
+                cs[(size_t)t * hd + j] = (float)cos(ang);
+                cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
+            }
+    for (int l = 0; l < m->n_layer; l++) {
+        const struct lm_layer *L = &p->layer[l];
+        struct acts *a = &A[l], *at = &At[l];
+        float *out = l + 1 < m->n_layer ? A[l + 1].res : resf;
+        float *outt = l + 1 < m->n_layer ? At[l + 1].res : resft;
+        int s0 = per * l, so = s0 + (gpt2 ? 1 : 3), sd = s0 + (gpt2 ? 3 : 6);
+        const struct qs_lm_site *S = m->sites;
+        norm_forward(a->n1, a->mu1, a->rs1, a->res, N, d, L->n1w, L->n1b, m->eps);
+        norm_tangent(at->n1, at->res, a->res, a->mu1, a->rs1, L->n1w, gpt2, N, d);
+        if (gpt2) {
+            linear_forward(a->qkv, a->n1, S[s0].w, S[s0].b, N, d, 3 * d);
+            linear_tangent(at->qkv, at->n1, a->n1, S[s0].w, VW(s0), N, d, 3 * d);
+            attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
+                              3 * d, B, T, H, H, hd);
+            attention_tangent(at->ay, a->att, a->qkv, at->qkv, 3 * d, a->qkv + d, at->qkv + d,
+                              3 * d, a->qkv + 2 * d, at->qkv + 2 * d, 3 * d, B, T, H, H, hd, s3);
+        } else {
+            float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
+            float *qt = at->qkv, *kt = qt + Nd, *vt = kt + (size_t)N * kv;
+            linear_forward(qq, a->n1, S[s0].w, NULL, N, d, d);
+            linear_forward(kk, a->n1, S[s0 + 1].w, NULL, N, d, kv);
+            linear_forward(vv, a->n1, S[s0 + 2].w, NULL, N, d, kv);
+            linear_tangent(qt, at->n1, a->n1, S[s0].w, VW(s0), N, d, d);
+            linear_tangent(kt, at->n1, a->n1, S[s0 + 1].w, VW(s0 + 1), N, d, kv);
+            linear_tangent(vt, at->n1, a->n1, S[s0 + 2].w, VW(s0 + 2), N, d, kv);
+            rope(qq, N, T, H, hd, cs, 1.0f);
+            rope(kk, N, T, Hk, hd, cs, 1.0f);
+            rope(qt, N, T, H, hd, cs, 1.0f);
+            rope(kt, N, T, Hk, hd, cs, 1.0f);
+            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd);
+            attention_tangent(at->ay, a->att, qq, qt, d, kk, kt, kv, vv, vt, kv, B, T, H, Hk, hd,
+                              s3);
+        }
+        linear_forward(a->res2, a->ay, S[so].w, S[so].b, N, d, d);
+        linear_tangent(at->res2, at->ay, a->ay, S[so].w, VW(so), N, d, d);
+        for (size_t i = 0; i < Nd; i++) {
+            a->res2[i] += a->res[i];
+            at->res2[i] += at->res[i];
+        }
+        norm_forward(a->n2, a->mu2, a->rs2, a->res2, N, d, L->n2w, L->n2b, m->eps);
+        norm_tangent(at->n2, at->res2, a->res2, a->mu2, a->rs2, L->n2w, gpt2, N, d);
+        if (gpt2) {
+            linear_forward(a->fc, a->n2, S[s0 + 2].w, S[s0 + 2].b, N, d, ff);
+            linear_tangent(at->fc, at->n2, a->n2, S[s0 + 2].w, VW(s0 + 2), N, d, ff);
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                a->hh[i] = gelu_new(a->fc[i]);
+                at->hh[i] = gelu_grad(a->fc[i]) * at->fc[i];
+            }
+        } else {
+            linear_forward(a->fc, a->n2, S[s0 + 4].w, NULL, N, d, ff);
+            linear_forward(a->up, a->n2, S[s0 + 5].w, NULL, N, d, ff);
+            linear_tangent(at->fc, at->n2, a->n2, S[s0 + 4].w, VW(s0 + 4), N, d, ff);
+            linear_tangent(at->up, at->n2, a->n2, S[s0 + 5].w, VW(s0 + 5), N, d, ff);
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                float gg = a->fc[i], sg = 1.0f / (1.0f + expf(-gg)), si = gg * sg;
+                float s1 = sg * (1.0f + gg * (1.0f - sg));
+                a->hh[i] = si * a->up[i];
+                at->hh[i] = s1 * at->fc[i] * a->up[i] + si * at->up[i];
+            }
+        }
+        linear_forward(out, a->hh, S[sd].w, S[sd].b, N, ff, d);
+        linear_tangent(outt, at->hh, a->hh, S[sd].w, VW(sd), N, ff, d);
+        for (size_t i = 0; i < Nd; i++) {
+            out[i] += a->res2[i];
+            outt[i] += at->res2[i];
+        }
+    }
+    norm_forward(nfo, muf, rsf, resf, N, d, p->nfw, gpt2 ? p->nfb : NULL, m->eps);
+    norm_tangent(nft, resft, resf, muf, rsf, p->nfw, gpt2, N, d);
+    linear_forward(lg, nfo, m->sites[sh].w, NULL, N, d, V);
+    linear_tangent(lgt, nft, nfo, m->sites[sh].w, VW(sh), N, d, V);
+    /* cross-entropy: lg := delta = (p - onehot) / N, lgt := delta' = p (z' - rowsum(p z')) / N */
+    double sum = 0;
+    for (int n = 0; n < N; n++) {
+        float *r = lg + (size_t)n * V, *rt = lgt + (size_t)n * V;
+        int y = tok[start[n / T] + n % T + 1];
+        double mx = r[0], zz = 0, pz = 0;
+        for (int i = 1; i < V; i++)
+            mx = r[i] > mx ? r[i] : mx;
+        for (int i = 0; i < V; i++)
+            zz += exp(r[i] - mx);
+        double lse = mx + log(zz);
+        sum += lse - r[y];
+        for (int i = 0; i < V; i++)
+            pz += exp(r[i] - lse) * rt[i];
+        for (int i = 0; i < V; i++) {
+            double pi = exp(r[i] - lse);
+            r[i] = (float)((pi - (i == y)) / N);
+            rt[i] = (float)(pi * (rt[i] - pz) / N);
+        }
+    }
+    if (loss)
+        *loss = sum / N;
+
+    /* ---- backward with tangents ---- */
+    memset(dres, 0, Nd * sizeof(float));
+    memset(drest, 0, Nd * sizeof(float));
+    linear_backward_r(dn, dnt, 0.0f, HW(sh), lg, lgt, nfo, nft, m->sites[sh].w, VW(sh), N, d, V);
+    norm_backward_r(dres, drest, dn, dnt, resf, resft, muf, rsf, p->nfw, gpt2, N, d);
+    for (int l = m->n_layer - 1; l >= 0; l--) {
+        const struct lm_layer *L = &p->layer[l];
+        const struct qs_lm_site *S = m->sites;
+        struct acts *a = &A[l], *at = &At[l];
+        int s0 = per * l, so = s0 + (gpt2 ? 1 : 3), sd = s0 + (gpt2 ? 3 : 6);
+        /* MLP: dres, drest hold d(block output) */
+        linear_backward_r(dbig, dbigt, 0.0f, HW(sd), dres, drest, a->hh, at->hh, S[sd].w, VW(sd),
+                          N, ff, d);
+        if (gpt2) {
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                float u = a->fc[i], g1 = gelu_grad(u);
+                dbigt[i] = dbigt[i] * g1 + dbig[i] * gelu_grad2(u) * at->fc[i];
+                dbig[i] *= g1;
+            }
+            linear_backward_r(dn, dnt, 0.0f, HW(s0 + 2), dbig, dbigt, a->n2, at->n2, S[s0 + 2].w,
+                              VW(s0 + 2), N, d, ff);
+        } else {
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                float gg = a->fc[i], gt = at->fc[i], up = a->up[i], upt = at->up[i];
+                float sg = 1.0f / (1.0f + expf(-gg)), si = gg * sg;
+                float s1 = sg * (1.0f + gg * (1.0f - sg));
+                float s2 = sg * (1.0f - sg) * (2.0f + gg * (1.0f - 2.0f * sg));
+                float dh = dbig[i], dht = dbigt[i];
+                dbig2[i] = dh * si;                                       /* d up */
+                dbig2t[i] = dht * si + dh * s1 * gt;
+                dbig[i] = dh * up * s1;                                   /* d gate */
+                dbigt[i] = dht * up * s1 + dh * upt * s1 + dh * up * s2 * gt;
+            }
+            linear_backward_r(dn, dnt, 0.0f, HW(s0 + 4), dbig, dbigt, a->n2, at->n2, S[s0 + 4].w,
+                              VW(s0 + 4), N, d, ff);
+            linear_backward_r(dn, dnt, 1.0f, HW(s0 + 5), dbig2, dbig2t, a->n2, at->n2,
+                              S[s0 + 5].w, VW(s0 + 5), N, d, ff);
+        }
+        norm_backward_r(dres, drest, dn, dnt, a->res2, at->res2, a->mu2, a->rs2, L->n2w, gpt2, N,
+                        d);
+        /* attention: dres, drest hold d res2 */
+        linear_backward_r(dn, dnt, 0.0f, HW(so), dres, drest, a->ay, at->ay, S[so].w, VW(so), N,
+                          d, d);
+        if (gpt2) {
+            attention_backward_r(dbig, dbigt, 3 * d, dbig + d, dbigt + d, 3 * d, dbig + 2 * d,
+                                 dbigt + 2 * d, 3 * d, dn, dnt, a->att, a->qkv, at->qkv,
+                                 a->qkv + d, at->qkv + d, a->qkv + 2 * d, at->qkv + 2 * d, B, T,
+                                 H, H, hd, s3);
+            linear_backward_r(dn, dnt, 0.0f, HW(s0), dbig, dbigt, a->n1, at->n1, S[s0].w, VW(s0),
+                              N, d, 3 * d);
+        } else {
+            float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
+            float *qt = at->qkv, *kt = qt + Nd, *vt = kt + (size_t)N * kv;
+            float *dq = dbig, *dk = dq + Nd, *dv = dk + (size_t)N * kv;
+            float *dqt = dbigt, *dkt = dqt + Nd, *dvt = dkt + (size_t)N * kv;
+            attention_backward_r(dq, dqt, d, dk, dkt, kv, dv, dvt, kv, dn, dnt, a->att, qq, qt,
+                                 kk, kt, vv, vt, B, T, H, Hk, hd, s3);
+            rope(dq, N, T, H, hd, cs, -1.0f);
+            rope(dk, N, T, Hk, hd, cs, -1.0f);
+            rope(dqt, N, T, H, hd, cs, -1.0f);
+            rope(dkt, N, T, Hk, hd, cs, -1.0f);
+            linear_backward_r(dn, dnt, 0.0f, HW(s0), dq, dqt, a->n1, at->n1, S[s0].w, VW(s0), N,
+                              d, d);
+            linear_backward_r(dn, dnt, 1.0f, HW(s0 + 1), dk, dkt, a->n1, at->n1, S[s0 + 1].w,
+                              VW(s0 + 1), N, d, kv);
+            linear_backward_r(dn, dnt, 1.0f, HW(s0 + 2), dv, dvt, a->n1, at->n1, S[s0 + 2].w,
+                              VW(s0 + 2), N, d, kv);
+        }
+        norm_backward_r(dres, drest, dn, dnt, a->res, at->res, a->mu1, a->rs1, L->n1w, gpt2, N,
+                        d);
+    }
+#undef VW
+#undef HW
+    free(A);
+    free(buf);
+    return 0;
+}
+
+int qs_lm_hutchinson(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+                     int T, int site, int probes, uint64_t seed, double *trace, double *se,
+                     qs_err *e)
+{
+    if (site < 0 || site >= m->nsites)
+        return qs_errf(e, "hutchinson: no site %d", site);
+    if (probes < 2)
+        return qs_errf(e, "hutchinson: need at least 2 probes for a standard error (got %d)",
+                       probes);
+    size_t nw = (size_t)m->sites[site].in * m->sites[site].out;
+    const float **vv = qs_calloc((size_t)m->nsites, sizeof *vv);
+    float **hv = qs_calloc((size_t)m->nsites, sizeof *hv);
+    float *v = qs_alloc(nw, 2 * sizeof(float), "hutchinson: the probe and its H v", e);
+    int rc = v && vv && hv ? 0 : -1;
+    if (rc < 0 && v)
+        qs_errf(e, "hutchinson: out of memory");
+    qs_rng rng; /* the MLP's convention (qs_hutchinson): one stream per unit */
+    qs_rng_seed(&rng, seed ^ (0x9e3779b97f4a7c15ULL * (uint64_t)(site + 1)));
+    double mean = 0.0, m2 = 0.0;
+    for (int t = 0; rc == 0 && t < probes; t++) {
+        vv[site] = v;
+        hv[site] = v + nw;
+        for (size_t j = 0; j < nw; j++)
+            v[j] = (qs_rng_u64(&rng) >> 63) ? 1.0f : -1.0f;
+        if ((rc = qs_lm_hvp(m, tok, start, B, T, vv, hv, NULL, e)) < 0)
+            break;
+        double qf = 0.0; /* v^T H v */
+        for (size_t j = 0; j < nw; j++)
+            qf += (double)v[j] * hv[site][j];
+        double dd = qf - mean; /* Welford */
+        mean += dd / (t + 1);
+        m2 += dd * (qf - mean);
+    }
+    if (rc == 0) {
+        *trace = mean;
+        *se = sqrt(m2 / (probes - 1) / probes);
+    }
+    free(vv);
+    free(hv);
+    free(v);
+    return rc;
+}

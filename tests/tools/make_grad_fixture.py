@@ -199,7 +199,42 @@ def case(folder, B, T, rng, text):
                         "proj": [float(np.dot(g, signs(k, g.size))) for k in (1, 2)],
                         "idx": pick, "val": [float(g[i]) for i in pick]})
     return {"model": folder, "B": B, "T": T, "windows": win, "loss": float(loss),
-            "tensors": tensors}
+            "tensors": tensors, "hvp": hvp(cfg, st, gpt2, w, T, rng)}
+
+
+def stats(g, rng):
+    g = g.reshape(-1)
+    rms = float(np.sqrt(np.mean(g * g)))
+    top = [int(i) for i in np.argsort(-np.abs(g))[:4]]
+    pool = [int(i) for i in np.nonzero(np.abs(g) >= rms)[0] if int(i) not in top]
+    pick = top + sorted(int(i) for i in rng.choice(pool, min(4, len(pool)), replace=False))
+    return {"norm": float(np.linalg.norm(g)),
+            "proj": [float(np.dot(g, signs(k, g.size))) for k in (1, 2)],
+            "idx": pick, "val": [float(g[i]) for i in pick]}
+
+
+def hvp(cfg, st, gpt2, w, T, rng):
+    """H v for v = s_1 (the first sign vector, flat (out, in) index) on every site weight but a
+    tied head's, whose block of H v is still reported: the head as the output projection alone
+    (a separate leaf; the embedding lookup keeps the embedding). Exact double backward."""
+    p = gpt2_params(cfg, st) if gpt2 else llama_params(cfg, st)
+    tied = "lm_head.weight" not in p
+    if tied:
+        p["lm_head.weight"] = (p["wte.weight"] if gpt2 else p["model.embed_tokens.weight"]).clone()
+    p = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    sites = [k for k in p if k.endswith(".weight") and p[k].dim() == 2 and "wte" not in k
+             and "wpe" not in k and "embed_tokens" not in k and k != "lm_head.weight"]
+    sites.append("lm_head.weight")
+    V = cfg["vocab_size"]
+    logits = (gpt2_forward if gpt2 else llama_forward)(cfg, p, w[:, :T])
+    loss = F.cross_entropy(logits.reshape(-1, V), w[:, 1:].reshape(-1))
+    g = torch.autograd.grad(loss, [p[k] for k in sites], create_graph=True)
+    vs = [torch.tensor(signs(1, p[k].numel()).reshape(p[k].shape)) for k in sites]
+    if tied:
+        vs[-1] = torch.zeros_like(vs[-1])
+    gv = sum((a * b).sum() for a, b in zip(g, vs))
+    hv = torch.autograd.grad(gv, [p[k] for k in sites])
+    return [dict(name=k[:-len(".weight")], **stats(h.numpy(), rng)) for k, h in zip(sites, hv)]
 
 
 def sensitivity(folder, data, nwin):
