@@ -404,7 +404,8 @@ static float gelu_grad(float x)
 }
 
 /* Mean cross-entropy of logits: (N, V) against targets; the logits are replaced by dL/dlogits
- * = (softmax - onehot) / N. Returns the summed (not mean) loss in double. */
+ * = (softmax - onehot) / N. Returns the summed (not mean) loss in double (the normaliser summed
+ * in double; one expf per logit, as the attention's softmax). */
 static double crossentropy_backward(float *logits, const uint16_t *tok, const size_t *start,
                                     int B, int T, int V)
 {
@@ -412,17 +413,20 @@ static double crossentropy_backward(float *logits, const uint16_t *tok, const si
     float invN = 1.0f / (float)(B * T);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            float *r = logits + ((size_t)b * T + t) * V;
+            float *r = logits + ((size_t)b * T + t) * V, mx = r[0];
             int y = tok[start[b] + t + 1];
-            double mx = r[0], z = 0;
             for (int i = 1; i < V; i++)
                 mx = r[i] > mx ? r[i] : mx;
+            double z = 0;
+            float ly = r[y] - mx;
+            for (int i = 0; i < V; i++) {
+                r[i] = expf(r[i] - mx);
+                z += r[i];
+            }
+            sum += log(z) - ly;
+            float sc = (float)(1.0 / z) * invN;
             for (int i = 0; i < V; i++)
-                z += exp(r[i] - mx);
-            double lse = mx + log(z);
-            sum += lse - r[y];
-            for (int i = 0; i < V; i++)
-                r[i] = (float)exp(r[i] - lse) * invN;
+                r[i] *= sc;
             r[y] -= invN;
         }
     return sum;
@@ -443,7 +447,7 @@ struct acts {
     float *mu2, *rs2; /* (N) */
     float *n2;       /* (N, d) */
     float *fc;       /* (N, ff) GPT-2: c_fc output; LLaMA: gate_proj output */
-    float *up;       /* (N, ff) LLaMA: up_proj output */
+    float *up;       /* (N, ff) LLaMA: up_proj output; GPT-2: tanh of gelu_new's argument */
     float *hh;       /* (N, ff) the MLP's hidden activation, input of c_proj / down_proj */
 };
 
@@ -606,8 +610,12 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
         int sd; /* the MLP's output site */
         if (gpt2) {
             site_forward(m, s0 + 2, h, a->n2, N, a->fc, XA(s0 + 2), &rec[s0 + 2]);
-            for (size_t i = 0; i < (size_t)N * ff; i++)
-                a->hh[i] = gelu_new(a->fc[i]);
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                float x = a->fc[i], e2 = expf(2.0f * GELU_K * (x + 0.044715f * x * x * x));
+                float r = 1.0f / (e2 + 1.0f);
+                a->hh[i] = x * (1.0f - r);  /* gelu_new, as lm.c computes it */
+                a->up[i] = 1.0f - 2.0f * r; /* its tanh, for the backward */
+            }
             sd = s0 + 3;
         } else {
             site_forward(m, s0 + 4, h, a->n2, N, a->fc, XA(s0 + 4), &rec[s0 + 4]);
@@ -647,8 +655,11 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
         if (gpt2) {
             int s = s0 + 3;
             linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
-            for (size_t i = 0; i < (size_t)N * ff; i++)
-                dbig[i] *= gelu_grad(a->fc[i]);
+            for (size_t i = 0; i < (size_t)N * ff; i++) {
+                float x = a->fc[i], t = a->up[i];
+                dbig[i] *= 0.5f * (1.0f + t) +
+                           0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 0.134145f * x * x);
+            }
             s = s0 + 2;
             linear_backward(dn, 0.0f, g->gw[s], g->gb[s], dbig, rec[s].x, rec[s].w, N, d, ff);
         } else {
