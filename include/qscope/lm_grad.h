@@ -1,6 +1,8 @@
 /* lm_grad.h - the backward pass of the GPT-2 and LLaMA transformers (lm.h): the mean next-token
  * cross-entropy of a batch of windows and its gradient with respect to every parameter
- * (embeddings, norm gains and biases, site weights and biases, an untied head).
+ * (embeddings, norm gains and biases, site weights and biases, an untied head); per-site
+ * gradient norms and empirical Fisher diagonals; exact Hessian-vector products
+ * (forward-over-reverse) and Hutchinson's trace estimate on them.
  *
  * Notation as in lm.h: B windows of T tokens, BT = B T rows, d = d_model, H heads of
  * hd = d / H, Hk key/value heads, ff = d_ff, V = vocab. */
@@ -33,7 +35,7 @@ struct qs_lm_grad {
     struct qs_lm_tensor *t;
     float *flat;   /* every gradient, t[i].grad = flat + offset */
     size_t nflat;  /* the parameter count (qs_lm_nparams) */
-    float **gw;    /* per site: its weight's gradient (out, in); the tied head's is the embedding's */
+    float **gw;    /* per site: its weight's gradient (out, in); a tied head's: the embedding's */
     float **gb;    /* per site: its bias's gradient (out), or NULL */
     /* NULL, or (tied head only, set by the caller) where the head's own gradient goes instead of
      * into the embedding's: the output projection's part alone, (vocab, d) */

@@ -1,6 +1,8 @@
 /* lm_grad.c - backward pass of the GPT-2 and LLaMA transformers, llm.c-style: each layer a plain
  * function with its shapes in a comment, a forward that keeps the activations of the whole batch
  * and a backward that walks them in reverse. Products through cblas_sgemm over all BT rows.
+ * Then the sensitivity statistics built on it, and the R-operator twin of both passes for exact
+ * Hessian-vector products.
  *
  * Shapes: N = B T rows (window b's position t is row b T + t), d model width, H query heads and
  * Hk key/value heads of hd = d / H, kv = Hk hd, ff MLP width, V vocabulary. */

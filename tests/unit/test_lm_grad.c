@@ -103,12 +103,13 @@ static void check_case(const cJSON *c)
         const cJSON *pj = cJSON_GetObjectItem(t, "proj");
         double e0 = fabs(nr - rn) / rn;
         double e1 = fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
-                         fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble)) / rn;
+                         fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble)) /
+                    rn;
         worst_norm = fmax(worst_norm, e0);
         worst_proj = fmax(worst_proj, e1);
         if (!(e0 <= TOL && e1 <= TOL)) {
-            fprintf(stderr, "  %s %s: norm %.9g vs %.9g, projection error %.3g of the norm\n",
-                    dir, q->name, nr, rn, e1);
+            fprintf(stderr, "  %s %s: norm %.9g vs %.9g, projection error %.3g of the norm\n", dir,
+                    q->name, nr, rn, e1);
             CHECK(0);
         }
         const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
@@ -123,8 +124,10 @@ static void check_case(const cJSON *c)
             }
         }
     }
-    fprintf(stderr, "  %s: %d tensors, worst relative error: norm %.2g, projection %.2g, "
-                    "entry %.2g\n", dir, i, worst_norm, worst_proj, worst_el);
+    fprintf(stderr,
+            "  %s: %d tensors, worst relative error: norm %.2g, projection %.2g, "
+            "entry %.2g\n",
+            dir, i, worst_norm, worst_proj, worst_el);
     qs_lm_grad_free(g);
     free(tok);
     free(start);
@@ -147,8 +150,8 @@ static void test_vs_torch(void)
 }
 
 /* Mean loss of the windows through qs_lm_forward (lm.c's own forward), in double. */
-static double forward_loss_h(const struct qs_lm *m, const uint16_t *tok, const size_t *start,
-                             int B, int T, const struct qs_lm_hooks *h)
+static double forward_loss_h(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+                             int T, const struct qs_lm_hooks *h)
 {
     float *lg = malloc((size_t)T * m->vocab * sizeof(float));
     double s = 0;
@@ -445,8 +448,9 @@ static void test_hutchinson_trace(void)
     double t1, se1, t2, se2;
     CHECK(qs_lm_hutchinson(m, tok, start, 2, 12, site, 100, 5, &t1, &se1, &e) == 0);
     CHECK(qs_lm_hutchinson(m, tok, start, 2, 12, site, 400, 5, &t2, &se2, &e) == 0);
-    fprintf(stderr, "  exact tr(H) %.6g; Hutchinson %.6g +- %.3g (100 probes), %.6g +- %.3g (400)\n",
-            tr, t1, se1, t2, se2);
+    fprintf(stderr,
+            "  exact tr(H) %.6g; Hutchinson %.6g +- %.3g (100 probes), %.6g +- %.3g (400)\n", tr,
+            t1, se1, t2, se2);
     CHECK(fabs(t1 - tr) < 4 * se1 && fabs(t2 - tr) < 4 * se2);
     CHECK(se2 < 0.7 * se1 && se2 > 0.3 * se1);
     CHECK(qs_lm_hutchinson(m, tok, start, 2, 12, site, 1, 5, &t1, &se1, &e) == -1);
@@ -483,18 +487,20 @@ static void test_sensitivity_vs_torch(void)
     struct qs_sens_layer *out = qs_calloc((size_t)S, sizeof *out);
     struct qs_sens_info info;
     CHECK(qs_sensitivity(b, QS_SENS_GRAD | QS_SENS_FISHER, 8, out, &info, &e) == 0);
-    const cJSON *names = cJSON_GetObjectItem(sv, "sites"), *gn = cJSON_GetObjectItem(sv, "grad_norm");
+    const cJSON *names = cJSON_GetObjectItem(sv, "sites"),
+                *gn = cJSON_GetObjectItem(sv, "grad_norm");
     const cJSON *ft = cJSON_GetObjectItem(sv, "fisher_trace");
     CHECK(cJSON_GetArraySize(names) == S);
     CHECK(info.n_calib == 8 * 32);
     double worst = 0;
     for (int s = 0; s < S && s < cJSON_GetArraySize(names); s++) {
         CHECK_STR(b->lm->sites[s].name, cJSON_GetArrayItem(names, s)->valuestring);
-        double rg = cJSON_GetArrayItem(gn, s)->valuedouble, rf = cJSON_GetArrayItem(ft, s)->valuedouble;
+        double rg = cJSON_GetArrayItem(gn, s)->valuedouble,
+               rf = cJSON_GetArrayItem(ft, s)->valuedouble;
         CHECK_REL(out[s].grad_norm, rg, 1e-4);
         CHECK_REL(out[s].fisher_trace, rf, 1e-4);
-        worst = fmax(worst, fmax(fabs(out[s].grad_norm - rg) / rg,
-                                 fabs(out[s].fisher_trace - rf) / rf));
+        worst = fmax(worst,
+                     fmax(fabs(out[s].grad_norm - rg) / rg, fabs(out[s].fisher_trace - rf) / rf));
     }
     fprintf(stderr, "  sensitivity grad/fisher vs torch: worst relative error %.2g\n", worst);
     free(out);
@@ -503,5 +509,6 @@ static void test_sensitivity_vs_torch(void)
 }
 
 TEST_MAIN("lm_grad", TEST_CASE(test_vs_torch), TEST_CASE(test_finite_differences),
-          TEST_CASE(test_weight_hook_ste), TEST_CASE(test_accumulate_and_errors), TEST_CASE(test_sensitivity_vs_torch),
-          TEST_CASE(test_hvp_vs_torch), TEST_CASE(test_hutchinson_trace))
+          TEST_CASE(test_weight_hook_ste), TEST_CASE(test_accumulate_and_errors),
+          TEST_CASE(test_sensitivity_vs_torch), TEST_CASE(test_hvp_vs_torch),
+          TEST_CASE(test_hutchinson_trace))
