@@ -12,6 +12,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/linalg.h"
+#include "qscope/lm_grad.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/spectral.h"
@@ -213,6 +214,83 @@ static int loss_only(struct qs_bench *b, int only, double *loss, int *n, qs_err 
     return 0;
 }
 
+static int lm_progress(void *u, int done, int total)
+{
+    struct qs_bench *b = u;
+    if (b->progress)
+        b->progress(b->progress_ctx, "sensitivity gradients", (double)done / total);
+    return b->cancel;
+}
+
+/* grad and fisher of every site on the calibration windows w ctx .. (targets shifted by one),
+ * a sample being one window (qs_lm_site_grads). */
+static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens_layer *out,
+                    qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    int S = m->nsites, rc = 0;
+    double *gn = qs_calloc((size_t)S, sizeof *gn);
+    float **f = qs_calloc((size_t)S, sizeof *f);
+    size_t *start = qs_calloc((size_t)cw, sizeof *start);
+    rc = gn && f && start ? 0 : qs_errf(e, "sensitivity: out of memory");
+    for (int s = 0; rc == 0 && (methods & QS_SENS_FISHER) && s < S; s++)
+        if (!(f[s] = qs_alloc((size_t)m->sites[s].in * m->sites[s].out, sizeof(float),
+                              "the Fisher diagonal", e)))
+            rc = -1;
+    for (int w = 0; rc == 0 && w < cw; w++)
+        start[w] = (size_t)w * m->ctx;
+    if (rc == 0)
+        rc = qs_lm_site_grads(m, b->tokens->ids, start, cw, m->ctx,
+                              (methods & QS_SENS_GRAD) ? gn : NULL,
+                              (methods & QS_SENS_FISHER) ? f : NULL, lm_progress, b, e);
+    for (int s = 0; rc == 0 && s < S; s++) {
+        out[s].grad_norm = gn[s];
+        if (!f[s])
+            continue;
+        const float *wq = b->ls[s].wq, *w = m->sites[s].w;
+        for (size_t j = 0; j < (size_t)m->sites[s].in * m->sites[s].out; j++) {
+            out[s].fisher_trace += f[s][j];
+            if (wq) {
+                double d = (double)w[j] - wq[j];
+                out[s].fisher_err += f[s][j] * d * d;
+            }
+        }
+    }
+    for (int s = 0; f && s < S; s++)
+        free(f[s]);
+    free(f);
+    free(gn);
+    free(start);
+    return rc;
+}
+
+/* hutchinson of every site on the calibration windows (qs_lm_hutchinson: exact H v). */
+static int lm_hutch(struct qs_bench *b, int probes, int cw, struct qs_sens_layer *out, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t *start = qs_calloc((size_t)cw, sizeof *start);
+    if (!start)
+        return qs_errf(e, "sensitivity: out of memory");
+    for (int w = 0; w < cw; w++)
+        start[w] = (size_t)w * m->ctx;
+    int rc = 0;
+    for (int s = 0; rc == 0 && s < m->nsites; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        if ((rc = qs_lm_hutchinson(m, b->tokens->ids, start, cw, m->ctx, s, probes, b->seed,
+                                   &out[s].hutch_trace, &out[s].hutch_se, e)) < 0) {
+            qs_err_prefix(e, st->name);
+            break;
+        }
+        out[s].hutch_err = out[s].hutch_trace / ((double)st->out * st->in) * out[s].w_err2;
+        if (b->progress)
+            b->progress(b->progress_ctx, "hutchinson", (double)(s + 1) / m->nsites);
+        if (b->cancel)
+            rc = qs_errf(e, "sensitivity: cancelled");
+    }
+    free(start);
+    return rc;
+}
+
 /* quantized and w_err2 of every unit, from the rules as resolved on the bench. */
 static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
 {
@@ -237,10 +315,8 @@ static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
 int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
                    struct qs_sens_info *info, qs_err *e)
 {
-    if (!b->model && (methods & ~(unsigned)QS_SENS_DELTA))
-        return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
-                          "transformers do not have yet (method=delta works on every model)");
-    /* delta needs only forward passes (no cached activations); the gradients need the MLP's */
+    /* delta needs only forward passes (no cached activations); the gradients need the MLP's
+     * caches, or the transformer's own backward over its calibration windows */
     int ncal = qs_bench_split_units(b, QS_CALIB, e);
     if (ncal < 0 || (b->model && qs_bench_update(b, e) < 0))
         return -1;
@@ -261,8 +337,13 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
         info->probes = probes;
         info->seed = b->seed;
     }
-    if (!b->model)
+    if (b->lm) {
+        if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER)) && lm_grads(b, methods, ncal, out, e) < 0)
+            return -1;
+        if ((methods & QS_SENS_HUTCH) && lm_hutch(b, probes, ncal, out, e) < 0)
+            return -1;
         return 0;
+    }
     const struct qs_mlp *m = b->model;
     const struct qs_acts *fc = &b->f_acts[QS_CALIB];
     if (methods & QS_SENS_GRAD) {

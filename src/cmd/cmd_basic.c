@@ -1,12 +1,16 @@
 /* cmd_basic.c - commands for loading, inspecting, configuring, quantizing and evaluating. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
 #include "qscope/ggml.h"
+#include "qscope/lm_train.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
@@ -385,13 +389,161 @@ static int train_cb(void *u, int epoch, double loss, double acc)
     return t->c->b->cancel;
 }
 
+/* train on a transformer (the loaded model's shape and config): lm_train.c on the token data's
+ * split, written to out=DIR (required) with provenance, then loaded as the current model. */
+static int lm_train_cb(void *u, int step, int steps, double loss, double lr, double val)
+{
+    struct qs_ctx *c = u;
+    if (c->b->progress) {
+        char what[96];
+        snprintf(what, sizeof what, "train step %d/%d loss %.4f", step, steps, loss);
+        c->b->progress(c->b->progress_ctx, what, (double)step / steps);
+    }
+    if (!isnan(val))
+        qs_note(c, "step %d/%d: train loss %.4f, lr %.3g, validation loss %.4f", step, steps,
+                loss, lr, val);
+    else if (step == steps || step % 100 == 0)
+        qs_note(c, "step %d/%d: train loss %.4f, lr %.3g", step, steps, loss, lr);
+    return c->b->cancel;
+}
+
+static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_lm_train_opts o;
+    qs_lm_train_defaults(&o);
+    o.seed = b->seed;
+    o.ctx = b->lm->ctx;
+    const char *out = NULL;
+    int warm_set = 0, min_set = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        struct { const char *k; int *iv; long lo, hi; double *dv; } opt[] = {
+            {"steps", &o.steps, 1, 10000000, NULL}, {"batch", &o.batch, 1, 65536, NULL},
+            {"ctx", &o.ctx, 1, b->lm->ctx, NULL},   {"warmup", &o.warmup, 0, 10000000, NULL},
+            {"eval", &o.eval_every, 0, 10000000, NULL}, {"lr", NULL, 0, 0, &o.lr},
+            {"min_lr", NULL, 0, 0, &o.min_lr},      {"wd", NULL, 0, 0, &o.wd},
+            {"clip", NULL, 0, 0, &o.clip}};
+        int k, n = (int)(sizeof opt / sizeof opt[0]);
+        for (k = 0; k < n && !(v = qs_opt_value(argv[i], opt[k].k)); k++)
+            ;
+        char what[32];
+        snprintf(what, sizeof what, "train %s", k < n ? opt[k].k : "");
+        if (k < n && opt[k].iv) {
+            if (qs_parse_int(v, opt[k].lo, opt[k].hi, &lv, what, e) < 0)
+                return -1;
+            *opt[k].iv = (int)lv;
+            warm_set |= opt[k].iv == &o.warmup;
+        } else if (k < n) {
+            if (qs_parse_double(v, opt[k].dv, what, e) < 0)
+                return -1;
+            min_set |= opt[k].dv == &o.min_lr;
+        } else if ((v = qs_opt_value(argv[i], "seed"))) {
+            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "train seed", e) < 0)
+                return -1;
+            o.seed = (uint64_t)lv;
+        } else if ((v = qs_opt_value(argv[i], "init"))) {
+            if (strcmp(v, "scratch") && strcmp(v, "model"))
+                return qs_errf(e, "train init: '%s' is not scratch or model", v);
+            o.init = !strcmp(v, "scratch");
+        } else if ((v = qs_opt_value(argv[i], "out"))) {
+            out = v;
+        } else {
+            return qs_errf(e, "train: unknown option '%s' for a transformer (steps= batch= ctx= "
+                              "lr= min_lr= warmup= wd= clip= eval= seed= init=scratch|model "
+                              "out=DIR)", argv[i]);
+        }
+    }
+    if (!out)
+        return qs_errf(e, "train: a transformer is written to a folder: give out=DIR");
+    if (!min_set)
+        o.min_lr = o.lr / 10;
+    if (!warm_set && o.warmup > o.steps / 10)
+        o.warmup = o.steps / 10;
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    int made = mkdir(out, 0777) == 0; /* an unwritable out= fails now, not after the training */
+    if (!made && errno != EEXIST)
+        return qs_errf(e, "train out=%s: cannot create the folder: %s", out, strerror(errno));
+    char hash[65];
+    struct qs_lm *m; /* a fresh copy: the bench's model stays as it is until the end */
+    if (qs_sha256_file(b->tokens->path, hash, e) < 0 || qs_lm_load(b->lm->path, &m, e) < 0) {
+        if (made)
+            rmdir(out);
+        return -1;
+    }
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    const uint16_t *tok = b->tokens->ids;
+    size_t n = b->tokens->n;
+    struct qs_lm_train_result r;
+    b->cancel = 0;
+    if (qs_lm_train(m, tok, off, tok + off, n - off, &o, lm_train_cb, c, &r, e) < 0) {
+        qs_lm_free(m);
+        if (made)
+            rmdir(out); /* only if still empty */
+        return -1;
+    }
+    char canon[512], q[600], v[6][64];
+    snprintf(canon, sizeof canon,
+             "steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g eval=%d "
+             "seed=%llu init=%s", o.steps, o.batch, o.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
+             o.eval_every, (unsigned long long)o.seed, o.init ? "scratch" : "model");
+    snprintf(v[0], sizeof v[0], "%d", r.steps);
+    snprintf(v[1], sizeof v[1], "%ld", r.tokens);
+    snprintf(v[2], sizeof v[2], "%.6f", r.val_loss);
+    snprintf(v[3], sizeof v[3], "%.6f", exp(r.val_loss));
+    snprintf(v[4], sizeof v[4], "%ld", r.val_tokens);
+    char split[160], cmdline[600];
+    snprintf(split, sizeof split, "train tokens [0, %zu), validation tokens [%zu, %zu)", off, off,
+             n);
+    snprintf(cmdline, sizeof cmdline, "qscope %s train %s (AdamW betas 0.9/0.95, cosine)",
+             QS_VERSION, canon);
+    const char *keys[] = {"qscope.train", "qscope.data", "qscope.data_sha256", "qscope.split",
+                          "qscope.steps", "qscope.train_tokens", "qscope.val_loss",
+                          "qscope.val_ppl", "qscope.val_tokens"};
+    const char *vals[] = {cmdline, b->tokens->path, hash, split, v[0], v[1], v[2], v[3], v[4]};
+    int rc = qs_lm_save(m, out, NULL, NULL, keys, vals, 9, e);
+    qs_lm_free(m);
+    if (rc < 0 || qs_lm_load(out, &m, e) < 0)
+        return -1;
+    struct qs_bench *st = qs_bench_stage(b, QS_KEEP_TOKENS);
+    if (!st) {
+        qs_lm_free(m);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_lm(st, m, out, e) < 0) {
+        qs_bench_abort(b, st, QS_KEEP_TOKENS);
+        return -1;
+    }
+    qs_bench_commit(b, st);
+    snprintf(c->canon, sizeof c->canon, "train %s out=%s", canon, qs_quote(out, q, sizeof q));
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "cmd", "train");
+    cJSON_AddNumberToObject(j, "steps", r.steps);
+    cJSON_AddNumberToObject(j, "tokens", (double)r.tokens);
+    qs_json_num(j, "val_loss_before", r.val_loss0);
+    qs_json_num(j, "val_loss", r.val_loss);
+    qs_json_num(j, "train_loss", r.train_loss);
+    cJSON_AddStringToObject(j, "out", out);
+    cJSON_AddStringToObject(j, "data_sha256", hash);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "trained %d steps (%ld tokens): validation loss %.4f -> %.4f (ppl %.3f), "
+                     "train loss %.4f; wrote %s\n", r.steps, r.tokens, r.val_loss0, r.val_loss,
+                 exp(r.val_loss), r.train_loss, out);
+    qs_cmd_lm_gate(c, j, &t);
+    qs_emit(c, j, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
 static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
     if (b->lm)
-        return qs_errf(e, "train: training transformers is not supported yet; train fits an MLP "
-                          "to CSV data (start with --no-default or load an MLP, then load data "
-                          "PATH.csv)");
+        return cmd_train_lm(c, argc, argv, e);
     if (!b->data)
         return qs_errf(e, "train: no data loaded (load data PATH)");
     struct qs_train_opts o = {.epochs = 100, .batch = 64, .lr = 1e-3, .weight_decay = 0.0,
@@ -1472,7 +1624,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "the majority-class rate and G the `set gate` share (default 0.8)."},
     {"train", "[hidden=64,64] [epochs=N] [batch=N] [lr=F] [wd=F] [act=A] [seed=N] [out=PATH]",
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_train,
-     "train an MLP with Adam on the train split, replacing the model (out= writes it)", NULL},
+     "train an MLP with Adam on the train split, replacing the model (out= writes it); on a "
+     "transformer: [steps=N] [batch=N] [ctx=N] [lr=F] [min_lr=F] [warmup=N] [wd=F] [clip=F] "
+     "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule", NULL},
     {"set seed", "N", QS_CMD_JOURNAL, cmd_set_seed,
      "session seed (stochastic rounding, random controls, probes)", NULL},
     {"set calib", "N", QS_CMD_JOURNAL, cmd_set_calib,

@@ -73,8 +73,7 @@ static double sens_score(const struct qs_sens_layer *s, int k)
 static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
-    /* transformers have no backward pass yet: delta is all they offer, and what they default to */
-    unsigned methods = b->lm ? QS_SENS_DELTA : QS_SENS_ALL;
+    unsigned methods = QS_SENS_ALL;
     long probes = 32;
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -89,9 +88,6 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               "[probes=N]");
         }
     }
-    if (b->lm && (methods & ~(unsigned)QS_SENS_DELTA))
-        return qs_errf(e, "sensitivity: grad/fisher/hutchinson need a backward pass, which "
-                          "transformers do not have yet (method=delta works on every model)");
     int L = qs_bench_nunits(b), nw = 10;
     for (int i = 0; i < L; i++) {
         struct qs_unit u;
@@ -184,7 +180,12 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "delta_loss: test-split loss (%d samples) with only that layer quantized "
                      "minus the float loss %.6g\n",
                      info.n_test, info.float_loss_test);
-    if (methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH))
+    if ((methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH)) && b->lm)
+        qs_sb_printf(&t,
+                     "grad/fisher/hutchinson: calibration windows (%d predicted tokens; a Fisher "
+                     "sample is one window), at the float weights\n",
+                     info.n_calib);
+    else if (methods & (QS_SENS_GRAD | QS_SENS_FISHER | QS_SENS_HUTCH))
         qs_sb_printf(&t,
                      "grad/fisher/hutchinson: calibration split (%d samples), at the float "
                      "weights\n",

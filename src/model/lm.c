@@ -13,20 +13,7 @@
 
 #include "qscope/mlp.h" /* qs_linear */
 #include "qscope/safetensors.h"
-
-struct lm_layer {
-    float *n1w, *n1b, *n2w, *n2b; /* pre-attention / pre-MLP norm (b: GPT-2 only) */
-};
-
-struct qs_lm_priv {
-    float *wte;  /* (vocab, d) token embedding */
-    float *wpe;  /* (ctx, d) learned positions (GPT-2) */
-    float *nfw, *nfb; /* final norm (b: GPT-2 only) */
-    struct lm_layer *layer;
-    int nmeta;
-    char **meta_key, **meta_val;
-    char *config; /* the config.json text the model was loaded from (qs_lm_save edits a copy) */
-};
+#include "lm_impl.h"
 
 void qs_lm_free(struct qs_lm *m)
 {

@@ -44,6 +44,21 @@ while read -r _ name tps; do
   fi
 done < <(grep '^lm ' <<<"$lmo")
 
+# -- transformer training: the tiny GPT-2's shape from scratch, batches of 64-token windows ----
+# (also on one thread each: PyTorch's intra-op threads cost it more than OpenBLAS's on these
+# small products, so the one-thread ratio is the conservative one)
+for run in "16 $threads" "32 $threads" "32 1"; do
+  set -- $run; bs=$1; th=$2
+  ours=$(OPENBLAS_NUM_THREADS=$th $B/bench_lm_train "$bs" | awk '/^lmtrain/ {print $4}')
+  if [ $have_torch = 1 ]; then
+    ref=$($PY tests/bench/torch_lm_train.py "$th" "$bs" | awk '/^lmtrain/ {print $4}')
+    awk -v b="$bs" -v th="$th" -v o="$ours" -v t="$ref" 'BEGIN {
+      printf "bench train-tiny-gpt2-b%s-t%s: ours %.0f tokens/s, pytorch %.0f tokens/s, ratio %.2f (target 1.5)\n", b, th, o, t, o / t }'
+  else
+    echo "bench train-tiny-gpt2-b$bs-t$th: ours $ours tokens/s, pytorch skipped (python3-torch not installed)"
+  fi
+done
+
 # -- quantize+dequantize of 4096x4096: against memcpy (bench_quant) and PyTorch eager -------
 q=$($B/bench_quant)
 printf '%s\n' "$q"
@@ -63,6 +78,7 @@ for b in "$B"/bench_*; do
   [ "$b" = "$B/bench_forward" ] && continue
   [ "$b" = "$B/bench_quant" ] && continue
   [ "$b" = "$B/bench_lm" ] && continue
+  [ "$b" = "$B/bench_lm_train" ] && continue
   [ -x "$b" ] && "$b"
 done
 for s in tests/bench/bench_*.sh; do

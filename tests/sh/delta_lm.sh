@@ -99,11 +99,8 @@ assert want != 0 and abs(r['delta_loss'] - want) <= 1e-7, (r['delta_loss'], want
 PY"
 
 # What transformers do not have yet is said, and what they have is named.
-msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'sensitivity method=grad' 2>&1)
-rc=$?
-check gradient-methods-refused "[ $rc = 1 ] && grep -q 'need a backward pass, which transformers do not have yet' <<<\"\$msg\""
-out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int8; sensitivity' 2>&1)
-check default-is-delta "grep -q '^delta_loss: held-out loss (14400 predicted tokens' <<<\"\$out\" && ! grep -q grad_norm <<<\"\$out\""
+out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int8; sensitivity probes=4' 2>&1)
+check default-is-all "grep -q '^delta_loss: held-out loss (14400 predicted tokens' <<<\"\$out\" && grep -q grad_norm <<<\"\$out\" && grep -q fisher_err <<<\"\$out\" && grep -q hutch_tr <<<\"\$out\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'allocate bits=4' 2>&1)
 rc=$?
 check allocate-says-what-works "[ $rc = 1 ] && grep -q 'allocate works on MLPs' <<<\"\$msg\" && grep -q 'on transformers: .*sensitivity' <<<\"\$msg\""
