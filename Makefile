@@ -7,7 +7,8 @@ BUILD   ?= build
 SAN     ?=
 
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
-           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base
+           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base \
+           libonig-dev libutf8proc-dev python3-torch nodejs
 
 PKG_CORE = openblas lapacke
 PKG_UI   = ncursesw readline
@@ -18,7 +19,8 @@ CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncatio
               -ftree-vectorize -g -pthread
 CORE_CFLAGS = $(CFLAGS_BASE) $(shell pkg-config --cflags $(PKG_CORE) 2>/dev/null) $(SAN)
 UI_CFLAGS   = $(CORE_CFLAGS) $(shell pkg-config --cflags $(PKG_UI) 2>/dev/null)
-CORE_LIBS   = $(shell pkg-config --libs $(PKG_CORE) 2>/dev/null) -lcsv -lcjson -lm -pthread $(SAN)
+CORE_LIBS   = $(shell pkg-config --libs $(PKG_CORE) 2>/dev/null) -lcsv -lcjson -lonig -lutf8proc -lm \
+              -pthread $(SAN)
 UI_LIBS     = $(shell pkg-config --libs $(PKG_UI) 2>/dev/null)
 
 CORE_SRC = $(sort $(wildcard src/core/*.c src/model/*.c src/quant/*.c src/analysis/*.c src/cmd/*.c))

@@ -104,7 +104,7 @@ struct qs_lm_hooks {
  * positions with cblas_sgemm (projections and, per head, attention scores and values); causal
  * attention. h may be NULL. Scratch is allocated per call, so m is not modified and several
  * threads may run forwards of one model at once (hooks permitting). */
-int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_lm_hooks *h,
+int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struct qs_lm_hooks *h,
                   float *logits, qs_err *e);
 
 /* Task metrics over non-overlapping windows w = 0, 1, ... < min((n - 1) / ctx, max_windows)
@@ -117,7 +117,7 @@ struct qs_lm_eval {
     double loss, ppl, loss_q, ppl_q, kl, top1_agree;
     long ntok;
 };
-int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                    const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e);
 
@@ -125,7 +125,7 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
  * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok
  * they give qs_lm_evaluate's loss bit for bit (the same log-softmax, the same order), so a
  * per-token statistic agrees with `eval`. loss NULL: only *ntok. */
-int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                        const struct qs_lm_hooks *h, double *loss, long *ntok, qs_err *e);
 
 #endif

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 
 #include "qscope/lmbench.h"
+#include "qscope/tokenizer.h"
+#include "qscope/tokens.h"
 
 int qs_cmd_is_lm_path(const char *path)
 {
@@ -58,10 +60,21 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
     return 0;
 }
 
-int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width,
+                        qs_err *e)
 {
     struct qs_tokens *tk;
-    if (qs_tokens_load(file, &tk, e) < 0)
+    struct qs_tokenizer *tz = NULL;
+    char tj[4200];
+    struct stat sb;
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", c->b->lm->path);
+    size_t fl = strlen(file);
+    if (fl >= 4 && !strcmp(file + fl - 4, ".txt") && stat(tj, &sb) == 0 &&
+        qs_tokenizer_load(tj, &tz, e) < 0)
+        return -1;
+    int rc = qs_tokens_load_as(file, width, tz, &tk, e);
+    qs_tokenizer_free(tz);
+    if (rc < 0)
         return -1;
     struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_MODEL);
     if (!st) {
@@ -74,7 +87,8 @@ int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs
     }
     qs_bench_commit(c->b, st);
     char q[600];
-    snprintf(c->canon, sizeof c->canon, "load data %s", qs_quote(path, q, sizeof q));
+    snprintf(c->canon, sizeof c->canon, "load data %s%s", qs_quote(path, q, sizeof q),
+             width == QS_TOK_U32 ? " dtype=uint32" : width == QS_TOK_U16 ? " dtype=uint16" : "");
     size_t off;
     int cw;
     qs_bench_lm_split(c->b, &off, &cw);
@@ -111,8 +125,10 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         qs_bench_lm_split(b, &off, &cw);
         cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
         cJSON_AddNumberToObject(o, "tokens", (double)b->tokens->n);
-        qs_sb_printf(t, "data    %s (%zu tokens; held out the last %zu; calibration %d windows)\n",
-                     b->data_path, b->tokens->n, b->tokens->n - off, cw);
+        cJSON_AddStringToObject(o, "token_source", b->tokens->source);
+        qs_sb_printf(t, "data    %s (%zu tokens from %s; held out the last %zu; calibration %d "
+                        "windows)\n",
+                     b->data_path, b->tokens->n, b->tokens->source, b->tokens->n - off, cw);
     } else {
         qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
     }
