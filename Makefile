@@ -34,7 +34,8 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz \
+        bigmodels
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -109,7 +110,15 @@ fuzz: deps
 
 bench: deps
 	$(MAKE) qscope $(BENCH_BIN)
-	@bash tests/bench/run.sh
+	@BIG="$(BIG)" bash tests/bench/run.sh
+
+# Real-size fixtures for `make bench` (not for `make test`), written outside the repository and
+# never committed: GPT-2-small (124M, F32) and TinyLlama-1.1B (BF16) shaped folders with random
+# N(0, 0.02) weights and 64k-token .bin files, 2.7 GB in all; existing folders are kept.
+BIG ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/qscope/big,$(BUILD)/big)
+bigmodels: deps
+	@mkdir -p "$(BIG)"
+	/usr/bin/python3 tests/tools/make_bigmodels.py "$(BIG)"
 
 # The bundle goes to PREFIX/share/qscope, where qs_bundle_path finds it (beside PREFIX/bin, or
 # the compiled-in QS_DATADIR): every file the README's examples and the sessions name.
