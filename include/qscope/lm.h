@@ -121,6 +121,18 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max
                    const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e);
 
+/* qs_lm_evaluate, calling pr->fn(pr->ctx, "WHAT: window w of nw", w / nw) after each window
+ * (pr may be NULL): the front end's progress line for long evaluations. */
+struct qs_lm_progress {
+    void (*fn)(void *ctx, const char *what, double frac);
+    void *ctx;
+    const char *what; /* NULL: "eval" */
+};
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
+                            int max_windows, const struct qs_lm_hooks *hf,
+                            const struct qs_lm_hooks *hq, struct qs_lm_eval *out,
+                            const struct qs_lm_progress *pr, qs_err *e);
+
 /* Per-position next-token losses over the windows qs_lm_evaluate uses, with hooks h (may be
  * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok
  * they give qs_lm_evaluate's loss bit for bit (the same log-softmax, the same order), so a

@@ -283,9 +283,16 @@ static int capture(struct qs_bench *b, int quant, float **out, int n, size_t sta
     struct qs_lm_hooks h = {quant ? weight_q : NULL, capture_input, quant ? act_quant : NULL, &hc,
                             quant ? corr_post : NULL};
     int rc = 0;
-    for (int w = 0; w < nwin && rc == 0; w++)
+    for (int w = 0; w < nwin && rc == 0; w++) {
         rc = hook_result(&hc, qs_lm_forward(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx,
                                             &h, logits, e), e);
+        if (b->progress) {
+            char what[80];
+            snprintf(what, sizeof what, "calibration (%s): window %d of %d",
+                     quant ? "quantized" : "float", w + 1, nwin);
+            b->progress(b->progress_ctx, what, (double)(w + 1) / nwin);
+        }
+    }
     free_weff(b, weff, owned);
     free(rows);
     free(logits);
@@ -389,8 +396,9 @@ int qs_bench_lm_eval(struct qs_bench *b, int max_windows, struct qs_lm_eval *ev,
         return -1;
     struct hook_ctx hc = {b, weff, NULL, NULL, 0, 0, {{0}}};
     struct qs_lm_hooks hq = {weight_q, NULL, act_quant, &hc, corr_post};
-    int rc = qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows, NULL, &hq,
-                            ev, e);
+    struct qs_lm_progress pr = {b->progress, b->progress_ctx, "eval"};
+    int rc = qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, max_windows,
+                                     NULL, &hq, ev, &pr, e);
     rc = hook_result(&hc, rc, e);
     free_weff(b, weff, owned);
     return rc;
@@ -682,8 +690,9 @@ int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
         int cw;
         qs_bench_lm_split(b, &off, &cw);
         struct qs_lm_eval ev;
-        if (qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL, &ev,
-                           e) < 0)
+        struct qs_lm_progress pr = {b->progress, b->progress_ctx, "float model"};
+        if (qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL,
+                                    NULL, &ev, &pr, e) < 0)
             return -1;
         b->lm_float_loss = ev.loss;
         b->lm_unigram = unigram_entropy(b->tokens->ids + off, b->tokens->n - off, b->lm->vocab);

@@ -1070,6 +1070,14 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max
                    const struct qs_lm_hooks *hf, const struct qs_lm_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e)
 {
+    return qs_lm_evaluate_progress(m, tok, n, max_windows, hf, hq, out, NULL, e);
+}
+
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
+                            int max_windows, const struct qs_lm_hooks *hf,
+                            const struct qs_lm_hooks *hq, struct qs_lm_eval *out,
+                            const struct qs_lm_progress *pr, qs_err *e)
+{
     memset(out, 0, sizeof *out);
     int ctx = m->ctx, V = m->vocab;
     if (n < (size_t)ctx + 1)
@@ -1114,6 +1122,12 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max
                 kl += exp(pf[i]) * (pf[i] - pq[i]);
             skl += kl;
             agree += argmax(rf, V) == argmax(rq, V);
+        }
+        if (pr && pr->fn) {
+            char what[96];
+            snprintf(what, sizeof what, "%s: window %zu of %zu", pr->what ? pr->what : "eval",
+                     w + 1, nw);
+            pr->fn(pr->ctx, what, (double)(w + 1) / (double)nw);
         }
     }
     free(lf);
