@@ -1003,10 +1003,11 @@ int qs_tokenizer_encode(const struct qs_tokenizer *t, const char *text, size_t l
                            (unsigned char)text[i], i);
         i += l;
     }
-    /* at worst one id (4 bytes) per byte of text, plus the normalized and pre-tokenized copies
-     * of a segment */
+    /* at worst, per byte of text: one id (4 bytes), the normalized and pre-tokenized copies of a
+     * segment (a few bytes), and BPE's symbol arrays and pair heap for a piece as long as the
+     * segment (SentencePiece-style tokenizers have no pre-tokenizer: 36 bytes) */
     size_t need;
-    if (qs_size_mul(len, 8, &need) < 0 || qs_mem_check(need, "tokenizing the text", e) < 0)
+    if (qs_size_mul(len, 48, &need) < 0 || qs_mem_check(need, "tokenizing the text", e) < 0)
         return -1;
     unsigned char first[256] = {0};
     for (int k = 0; k < t->nadded; k++)
