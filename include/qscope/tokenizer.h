@@ -2,8 +2,9 @@
  * and SentencePiece-style (LLaMA-2, TinyLlama: "▁" for spaces, <0xNN> byte fallback).
  *
  * What is read from tokenizer.json, in the order Hugging Face `tokenizers` applies it:
- *   - added_tokens: their contents are cut out of the text first (longest match at each position)
- *     and map to their ids; the text between them goes through the steps below separately.
+ *   - added_tokens: their contents are cut out of the text first (leftmost, longest match, as
+ *     written in the raw text; lstrip/rstrip/single_word are not applied) and map to their ids;
+ *     the text between them goes through the steps below separately.
  *   - normalizer: null, NFC (utf8proc), Prepend, Replace (String patterns), Sequence of these.
  *   - pre_tokenizer: null, ByteLevel (add_prefix_space, use_regex: GPT-2's split pattern),
  *     Split (Regex or String pattern, behavior Isolated or Removed, invert false), Metaspace
