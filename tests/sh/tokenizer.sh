@@ -117,12 +117,19 @@ if [ $have_ref = 1 ]; then
   out=$($Q --json --no-default -c "load model $T/g2; load data $T/GPL-3.txt; info" 2>&1)
   n_ref=$(sed -n 4p "$T/hf_gpt2.ids" | wc -w)   # GPL-3 is the 4th file
   check load-data-tokenizer "grep -q '\"tokens\":$n_ref,' <<<\"\$out\" && grep -q 'tokenizer.json (byte-level BPE)' <<<\"\$out\""
+  # text loaded before the model is tokenized again for it, as if loaded after; and back to bytes
+  out=$($Q --json --no-default -c "load model $T/u32/model; load data $T/GPL-3.txt; load model $T/g2; info; load model $T/u32/model; info" 2>&1)
+  check model-after-text-retokenizes "grep '\"cmd\":\"info\"' <<<\"\$out\" | head -1 | grep -q '\"tokens\":$n_ref,.*tokenizer.json (byte-level BPE)'"
+  check model-after-text-back-to-bytes "grep '\"cmd\":\"info\"' <<<\"\$out\" | tail -1 | grep -q '\"tokens\":$(wc -c <"$T/GPL-3.txt"),.*bytes (no tokenizer.json)'"
   rm "$T/g2/tokenizer.json"
   out=$($Q --json --no-default -c "load model $T/g2; load data $T/GPL-3.txt; info" 2>&1)
   check load-data-bytes-without-tokenizer "grep -q '\"tokens\":$(wc -c <"$T/GPL-3.txt"),' <<<\"\$out\" && grep -q 'bytes (no tokenizer.json)' <<<\"\$out\""
   echo '{"model": {"type": "Unigram", "vocab": []}}' >"$T/g2/tokenizer.json"
   msg=$($Q --no-default -c "load model $T/g2; load data $T/GPL-3.txt" 2>&1)
   check load-data-unsupported-tokenizer "grep -q 'tokenizer.json: model type Unigram is not supported' <<<\"\$msg\""
+  out=$(printf 'load model %s\nload data %s\nload model %s\ninfo\n' "$T/u32/model" "$T/GPL-3.txt" "$T/g2" |
+        $Q --no-default --repl 2>&1)
+  check model-load-failure-keeps-text "grep -q 'Unigram is not supported' <<<\"\$out\" && grep -q '^model   $T/u32/model' <<<\"\$out\" && grep -q 'tokens from bytes' <<<\"\$out\""
 else
   echo "SKIP tokenizer.reference: npm could not install @huggingface/tokenizers and gpt-3-encoder (registry unreachable?) - $(tail -1 "$T/npm.log" 2>/dev/null)"
 fi
