@@ -137,10 +137,10 @@ struct norm {
 
 struct pre {
     int type;
-    OnigRegex re;     /* SPLIT, BYTELEVEL with use_regex */
-    int removed;      /* SPLIT: behavior Removed (else Isolated) */
-    int prefix_space; /* BYTELEVEL: add_prefix_space */
-    char repl[8];     /* METASPACE: the replacement (UTF-8) */
+    OnigRegex re;      /* SPLIT, BYTELEVEL with use_regex */
+    int removed;       /* SPLIT: behavior Removed (else Isolated) */
+    int prefix_space;  /* BYTELEVEL: add_prefix_space */
+    char repl[8];      /* METASPACE: the replacement (UTF-8) */
     int scheme, split; /* METASPACE */
 };
 
@@ -155,7 +155,7 @@ struct qs_tokenizer {
     struct pairmap merges;
     int vocab_n;
     int byte_level, byte_fallback, ignore_merges, fuse_unk, sp;
-    int64_t unk; /* -1: none */
+    int64_t unk;          /* -1: none */
     int64_t byte_id[256]; /* byte-level: the token of the byte's mapped character; else <0xNN> */
     struct norm *norm;
     int nnorm;
@@ -250,7 +250,11 @@ static uint32_t byte_char(int b)
 /* Length of the UTF-8 sequence starting at s[0] (1 for a stray byte); n bytes remain. */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
-    size_t l = s[0] < 0x80 ? 1 : (s[0] >> 5) == 6 ? 2 : (s[0] >> 4) == 14 ? 3 : (s[0] >> 3) == 30 ? 4 : 1;
+    size_t l = s[0] < 0x80         ? 1
+               : (s[0] >> 5) == 6  ? 2
+               : (s[0] >> 4) == 14 ? 3
+               : (s[0] >> 3) == 30 ? 4
+                                   : 1;
     if (l > n)
         return 1;
     for (size_t i = 1; i < l; i++)
@@ -296,8 +300,10 @@ static int add_norm(struct qs_tokenizer *t, const cJSON *n, const char *path, qs
     if (!strcmp(type, "Sequence")) {
         const cJSON *it;
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(n, "normalizers"))
+        {
             if (add_norm(t, it, path, e) < 0)
                 return -1;
+        }
         return 0;
     }
     struct norm nn = {0};
@@ -313,8 +319,9 @@ static int add_norm(struct qs_tokenizer *t, const cJSON *n, const char *path, qs
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(n, "pattern");
         const char *a = json_str(pat, "String"), *b = json_str(n, "content");
         if (!a || !b || !*a)
-            return qs_errf(e, "%s: Replace normalizer: only a non-empty String pattern and a "
-                              "content are supported",
+            return qs_errf(e,
+                           "%s: Replace normalizer: only a non-empty String pattern and a "
+                           "content are supported",
                            path);
         nn.type = NORM_REPLACE;
         nn.a = qs_strdup(a);
@@ -348,8 +355,10 @@ static int add_pre(struct qs_tokenizer *t, const cJSON *p, const char *path, qs_
     if (!strcmp(type, "Sequence")) {
         const cJSON *it;
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers"))
+        {
             if (add_pre(t, it, path, e) < 0)
                 return -1;
+        }
         return 0;
     }
     struct pre pp = {0};
@@ -393,8 +402,8 @@ static int add_pre(struct qs_tokenizer *t, const cJSON *p, const char *path, qs_
         }
     } else if (!strcmp(type, "Digits")) { /* Rust's char::is_numeric is \p{N} */
         pp.type = PRE_SPLIT;
-        if (compile(path, json_bool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", &pp.re,
-                    e) < 0)
+        const char *dp = json_bool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+";
+        if (compile(path, dp, &pp.re, e) < 0)
             return -1;
     } else if (!strcmp(type, "Metaspace")) {
         const char *r = json_str(p, "replacement"), *sch = json_str(p, "prepend_scheme");
@@ -723,8 +732,7 @@ static int split_re(OnigRegex re, int removed, const char *s, size_t n, struct p
 }
 
 /* Runs one pre-tokenizer over every piece of in; first: the piece starts the whole input. */
-static int pre_step(const struct pre *p, const struct pieces *in, int first_seg,
-                    struct pieces *out)
+static int pre_step(const struct pre *p, const struct pieces *in, int first_seg, struct pieces *out)
 {
     for (size_t i = 0; i < in->n; i++) {
         const char *s = in->text.s + in->off[i];
@@ -874,8 +882,8 @@ static int bpe_piece(const struct qs_tokenizer *t, const char *s, size_t n, stru
                     id[ns++] = (uint32_t)t->unk;
                 last_unk = 1;
             } else {
-                rc = qs_errf(e, "the tokenizer has no token for byte 0x%02x and no unk_token",
-                             u[0]);
+                rc =
+                    qs_errf(e, "the tokenizer has no token for byte 0x%02x and no unk_token", u[0]);
                 goto done;
             }
         }
@@ -935,9 +943,9 @@ static int encode_segment(const struct qs_tokenizer *t, const char *s, size_t n,
         int rc = 0;
         if (nm->type == NORM_NFC) {
             utf8proc_uint8_t *d = NULL;
-            utf8proc_ssize_t l = utf8proc_map((const utf8proc_uint8_t *)cur.s,
-                                              (utf8proc_ssize_t)cur.n, &d,
-                                              UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            utf8proc_ssize_t l =
+                utf8proc_map((const utf8proc_uint8_t *)cur.s, (utf8proc_ssize_t)cur.n, &d,
+                             UTF8PROC_STABLE | UTF8PROC_COMPOSE);
             if (l < 0) {
                 free(cur.s);
                 return qs_errf(e, "NFC normalizer: %s", utf8proc_errmsg(l));

@@ -50,13 +50,13 @@ static const char *enc(const struct qs_tokenizer *t, const char *text)
 static void test_byte_level(void)
 {
     qs_err e = {{0}};
-    struct qs_tokenizer *t = make(
-        "{\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":"
-        "false,\"use_regex\":true},\"added_tokens\":[{\"id\":9,\"content\":\"<|end|>\"}],"
-        "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"ab\":3,\"bc\":4,"
-        "\"\\u0120\":5,\"\\u0120a\":6,\"\\u010a\":7,\"1\":8},"
-        "\"merges\":[\"b c\",\"a b\",\"\\u0120 a\"]}}",
-        &e);
+    struct qs_tokenizer *t =
+        make("{\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":"
+             "false,\"use_regex\":true},\"added_tokens\":[{\"id\":9,\"content\":\"<|end|>\"}],"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"ab\":3,\"bc\":4,"
+             "\"\\u0120\":5,\"\\u0120a\":6,\"\\u010a\":7,\"1\":8},"
+             "\"merges\":[\"b c\",\"a b\",\"\\u0120 a\"]}}",
+             &e);
     CHECK(t != NULL);
     if (!t) {
         fprintf(stderr, "  %s\n", e.msg);
@@ -64,11 +64,11 @@ static void test_byte_level(void)
     }
     CHECK_STR(qs_tokenizer_kind(t), "byte-level BPE");
     CHECK(qs_tokenizer_vocab(t) == 10);
-    CHECK_STR(enc(t, "abc"), "0 4");       /* "b c" (rank 0) before "a b" */
+    CHECK_STR(enc(t, "abc"), "0 4"); /* "b c" (rank 0) before "a b" */
     CHECK_STR(enc(t, "ab"), "3");
     CHECK_STR(enc(t, "abab"), "3 3");
-    CHECK_STR(enc(t, "a abc"), "0 6 4");   /* " abc" is one piece: "Ġ a" then "b c" */
-    CHECK_STR(enc(t, "a\n1"), "0 7 8");    /* \n is U+010A */
+    CHECK_STR(enc(t, "a abc"), "0 6 4"); /* " abc" is one piece: "Ġ a" then "b c" */
+    CHECK_STR(enc(t, "a\n1"), "0 7 8");  /* \n is U+010A */
     CHECK_STR(enc(t, "ab<|end|>ab"), "3 9 3");
     CHECK(strstr(enc(t, "a\xff"), "not UTF-8") != NULL);
     CHECK(strstr(enc(t, "z"), "no token for byte 0x7a") != NULL);
@@ -136,9 +136,10 @@ static void test_sentencepiece(void)
     qs_tokenizer_free(t);
     /* without byte fallback: unk, fused over a run */
     snprintf(m, sizeof m, model, "false");
-    snprintf(js, sizeof js, "{\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Metaspace\","
-                            "\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\","
-                            "\"split\":true},%s}",
+    snprintf(js, sizeof js,
+             "{\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"Metaspace\","
+             "\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\","
+             "\"split\":true},%s}",
              m);
     t = make(js, &e);
     CHECK(t != NULL);
