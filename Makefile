@@ -9,7 +9,8 @@ SAN     ?=
 # npm (Debian's, unless a node install already brings it) installs llama.cpp's own library for
 # the reference checks of tests/sh/ggml.sh.
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
-           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base
+           liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base \
+           libonig-dev libutf8proc-dev python3-torch nodejs
 
 PKG_CORE = openblas lapacke
 PKG_UI   = ncursesw readline
@@ -20,7 +21,8 @@ CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-format-truncatio
               -ftree-vectorize -g -pthread
 CORE_CFLAGS = $(CFLAGS_BASE) $(shell pkg-config --cflags $(PKG_CORE) 2>/dev/null) $(SAN)
 UI_CFLAGS   = $(CORE_CFLAGS) $(shell pkg-config --cflags $(PKG_UI) 2>/dev/null)
-CORE_LIBS   = $(shell pkg-config --libs $(PKG_CORE) 2>/dev/null) -lcsv -lcjson -lm -pthread $(SAN)
+CORE_LIBS   = $(shell pkg-config --libs $(PKG_CORE) 2>/dev/null) -lcsv -lcjson -lonig -lutf8proc -lm \
+              -pthread $(SAN)
 UI_LIBS     = $(shell pkg-config --libs $(PKG_UI) 2>/dev/null)
 
 CORE_SRC = $(sort $(wildcard src/core/*.c src/model/*.c src/quant/*.c src/analysis/*.c src/cmd/*.c))
@@ -34,7 +36,8 @@ FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz
+.PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz \
+        bigmodels
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -119,7 +122,15 @@ fuzz: deps
 
 bench: deps
 	$(MAKE) qscope $(BENCH_BIN)
-	@bash tests/bench/run.sh
+	@BIG="$(BIG)" bash tests/bench/run.sh
+
+# Real-size fixtures for `make bench` (not for `make test`), written outside the repository and
+# never committed: GPT-2-small (124M, F32) and TinyLlama-1.1B (BF16) shaped folders with random
+# N(0, 0.02) weights and 64k-token .bin files, 2.7 GB in all; existing folders are kept.
+BIG ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/qscope/big,$(BUILD)/big)
+bigmodels: deps
+	@mkdir -p "$(BIG)"
+	/usr/bin/python3 tests/tools/make_bigmodels.py "$(BIG)"
 
 # The bundle goes to PREFIX/share/qscope, where qs_bundle_path finds it (beside PREFIX/bin, or
 # the compiled-in QS_DATADIR): every file the README's examples and the sessions name.

@@ -156,6 +156,10 @@ int main(int argc, char **argv)
     c.u = &c;
     c.json = json;
     c.extra = qs_tui_cmds; /* so that `screenshot` outside the TUI says it needs the TUI */
+    if (isatty(2)) { /* long commands show progress; the TUI puts its own bar in its place */
+        b->progress = qs_front_progress;
+        b->progress_ctx = &c;
+    }
     int status = 0;
 
     if (npos && !strcmp(pos[0], "roundtrip")) {

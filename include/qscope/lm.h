@@ -139,7 +139,7 @@ struct qs_hooks {
  * positions with cblas_sgemm (projections and, per head, attention scores and values); causal
  * attention. h may be NULL. Scratch is allocated per call, so m is not modified and several
  * threads may run forwards of one model at once (hooks permitting). */
-int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_hooks *h,
+int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e);
 
 /* Resumable forward: blocks are the unit of recompute. resid: (n_layer + 1, T, d), the residual
@@ -149,7 +149,7 @@ int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struc
  * block l it enters. resid NULL: from must be 0 and nothing is kept. The ops and their order are
  * those of qs_lm_forward, so a resumed pass gives the same bits as a whole one. logits NULL:
  * the head's input hook is called but its linear is not run. */
-int qs_lm_forward_resume(const struct qs_lm *m, const uint16_t *tok, int T,
+int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
                          const struct qs_hooks *h, int from, float *resid, float *logits,
                          qs_err *e);
 /* The block a site belongs to (the head: n_layer) and the first site of block l. */
@@ -164,7 +164,7 @@ struct qs_lm_score {
     long agree, n;
     double *tok_loss; /* NULL, or (T): the window's token losses (of lq when given, else lf) */
 };
-int qs_lm_score_window(const struct qs_lm *m, const uint16_t *tok, int T, const float *lf,
+int qs_lm_score_window(const struct qs_lm *m, const uint32_t *tok, int T, const float *lf,
                        const float *lq, struct qs_lm_score *acc, qs_err *e);
 
 /* Task metrics over non-overlapping windows w = 0, 1, ... < min((n - 1) / ctx, max_windows)
@@ -177,9 +177,21 @@ struct qs_lm_eval {
     double loss, ppl, loss_q, ppl_q, kl, top1_agree;
     long ntok;
 };
-int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                    const struct qs_hooks *hf, const struct qs_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e);
+
+/* qs_lm_evaluate, calling pr->fn(pr->ctx, "WHAT: window w of nw", w / nw) after each window
+ * (pr may be NULL): the front end's progress line for long evaluations. */
+struct qs_lm_progress {
+    void (*fn)(void *ctx, const char *what, double frac);
+    void *ctx;
+    const char *what; /* NULL: "eval" */
+};
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
+                            int max_windows, const struct qs_hooks *hf,
+                            const struct qs_hooks *hq, struct qs_lm_eval *out,
+                            const struct qs_lm_progress *pr, qs_err *e);
 
 /* Per-position next-token losses over the windows qs_lm_evaluate uses, with hooks h (may be
  * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok
@@ -188,7 +200,7 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
 /* Fills out from a score accumulated over windows (loss, ppl; with have_q the quantized side). */
 void qs_lm_eval_finish(const struct qs_lm_score *acc, int have_q, struct qs_lm_eval *out);
 
-int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                        const struct qs_hooks *h, double *loss, long *ntok, qs_err *e);
 
 #endif

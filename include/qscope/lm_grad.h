@@ -69,7 +69,7 @@ void qs_lm_grad_zero(struct qs_lm_grad *g);
  * per call checked with qs_mem_check (about N (8 d + 2 kv + 3 ff + 4) + B H T^2 floats per
  * block, plus N (5 d + V + 2 max(d + 2 kv, ff))). The products run through cblas_sgemm over all
  * BT rows at once. 0 or -1 and e. */
-int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                    int T, const struct qs_hooks *h, struct qs_lm_grad *g, double *loss,
                    float *work, qs_err *e);
 
@@ -84,7 +84,7 @@ int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *b
  * (1/nw) sum_w g_w (.) g_w, g_w = dL_w/dW_s for window w's own mean loss L_w (a sample is a
  * window). The tied head's are its output projection's alone (as its quantization changes only
  * that). Calls cb(u, done, total) after each backward when given (nonzero cancels). */
-int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int nw,
+int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw,
                      int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e);
 
@@ -96,14 +96,14 @@ int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *s
  * the tied head's weight is taken as the output projection's alone (the embedding lookup
  * fixed), as everywhere in sensitivity. No hooks: the float model. *loss (may be NULL): the
  * mean loss. About twice qs_lm_backward's scratch, one allocation. 0 or -1 and e. */
-int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B, int T,
+int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
               const float *const *vw, float **hv, double *loss, qs_err *e);
 
 /* Hutchinson's estimate of tr(H_s), the Hessian of the mean loss of the windows with respect to
  * site s's weight: the mean over probes of v^T H_s v with v in {-1, +1}^(out in) drawn from
  * qs_rng seeded with seed ^ (0x9e3779b97f4a7c15 * (s + 1)) (qs_hutchinson's convention), H v by
  * qs_lm_hvp; *se its standard error (sample sd / sqrt(probes)). probes >= 2. */
-int qs_lm_hutchinson(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                      int T, int site, int probes, uint64_t seed, double *trace, double *se,
                      qs_err *e);
 

@@ -59,7 +59,7 @@ typedef int (*qs_lm_train_cb)(void *u, int step, int steps, double loss, double 
  * optimizer state (2 floats per
  * parameter) and the backward's scratch are checked with qs_mem_check. 0, or -1 and e (m is
  * then partly trained). cb may be NULL. */
-int qs_lm_train(struct qs_lm *m, const uint16_t *train, size_t n_train, const uint16_t *val,
+int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const uint32_t *val,
                 size_t n_val, const struct qs_lm_train_opts *o, qs_lm_train_cb cb, void *u,
                 struct qs_lm_train_result *r, qs_err *e);
 

@@ -360,6 +360,13 @@ static int lm_fill(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, in
         if (qs_lm_forward_resume(m, b->tokens->ids + start + (size_t)w * m->ctx, m->ctx, &h, blk,
                                  a->resid + (size_t)w * lm_resid_floats(b), NULL, e) < 0)
             return -1;
+        if (b->progress) {
+            char what[96];
+            snprintf(what, sizeof what, "%s activations (%s): window %d of %d",
+                     s == QS_CALIB ? "calibration" : "held-out", p->quant ? "quantized" : "float",
+                     w + 1, nw);
+            b->progress(b->progress_ctx, what, (double)(w + 1) / nw);
+        }
         if (b->cancel)
             return qs_errf(e, "cancelled");
     }
@@ -388,7 +395,7 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
     struct qs_hooks h = path_hooks(p);
     struct qs_lm_score acc = {0};
     for (int w = 0; w < nw && rc == 0; w++) {
-        const uint16_t *x = b->tokens->ids + start + (size_t)w * ctx;
+        const uint32_t *x = b->tokens->ids + start + (size_t)w * ctx;
         if ((o->want_kl && (rc = qs_lm_forward(m, x, ctx, NULL, lf, e)) < 0) ||
             (rc = qs_lm_forward(m, x, ctx, &h, lq, e)) < 0)
             break;
@@ -402,6 +409,11 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
             for (int t = 0; t < ctx; t++)
                 ws += tl[t];
             o->unit_loss[w] = ws / ctx;
+        }
+        if (b->progress) {
+            char what[64];
+            snprintf(what, sizeof what, "eval: window %d of %d", w + 1, nw);
+            b->progress(b->progress_ctx, what, (double)(w + 1) / nw);
         }
         if (b->cancel)
             rc = qs_errf(e, "cancelled");

@@ -45,7 +45,7 @@ int qs_bench_lm_ready(struct qs_bench *b, qs_err *e)
                        b->tokens->path ? b->tokens->path : "tokens", b->tokens->n, b->lm->ctx,
                        10 * ((size_t)b->lm->ctx + 1) + 1); /* size_t: ctx comes from a file */
     for (size_t i = 0; i < b->tokens->n; i++)
-        if (b->tokens->ids[i] >= b->lm->vocab)
+        if (b->tokens->ids[i] >= (uint32_t)b->lm->vocab)
             return qs_errf(e, "%s: token %u at %zu is outside the model's vocabulary (%d)",
                            b->tokens->path ? b->tokens->path : "tokens", b->tokens->ids[i], i,
                            b->lm->vocab);
@@ -54,7 +54,7 @@ int qs_bench_lm_ready(struct qs_bench *b, qs_err *e)
 
 /* Entropy (nats) of the held-out tokens' own unigram distribution: the loss of a model that
  * learned byte (token) frequencies and nothing else. */
-static double unigram_entropy(const uint16_t *t, size_t n, int vocab)
+static double unigram_entropy(const uint32_t *t, size_t n, int vocab)
 {
     double *cnt = qs_calloc((size_t)vocab, sizeof *cnt), h = 0.0;
     if (!cnt || !n) {
@@ -81,8 +81,9 @@ int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
         int cw;
         qs_bench_lm_split(b, &off, &cw);
         struct qs_lm_eval ev;
-        if (qs_lm_evaluate(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL, &ev,
-                           e) < 0)
+        struct qs_lm_progress pr = {b->progress, b->progress_ctx, "float model"};
+        if (qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL,
+                                    NULL, &ev, &pr, e) < 0)
             return -1;
         b->lm_float_loss = ev.loss;
         b->lm_unigram = unigram_entropy(b->tokens->ids + off, b->tokens->n - off, b->lm->vocab);

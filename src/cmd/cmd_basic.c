@@ -15,6 +15,7 @@
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 #include "qscope/sha256.h"
+#include "qscope/tokens.h"
 
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
 {
@@ -112,19 +113,33 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc < 1)
-        return qs_errf(e, "usage: load data PATH [label=COLUMN]");
-    const char *label = NULL;
+        return qs_errf(e, "usage: load data PATH [label=COLUMN] [dtype=uint16|uint32]");
+    const char *label = NULL, *dtype = NULL, *v;
     for (int i = 1; i < argc; i++) {
-        if (!(label = qs_opt_value(argv[i], "label")))
-            return qs_errf(e, "load data: unknown option '%s' (expected label=...)", argv[i]);
+        if ((v = qs_opt_value(argv[i], "label")))
+            label = v;
+        else if ((v = qs_opt_value(argv[i], "dtype")))
+            dtype = v;
+        else
+            return qs_errf(e, "load data: unknown option '%s' (expected label=... or dtype=...)",
+                           argv[i]);
     }
+    int width = QS_TOK_AUTO;
+    if (dtype && !strcmp(dtype, "uint16"))
+        width = QS_TOK_U16;
+    else if (dtype && !strcmp(dtype, "uint32"))
+        width = QS_TOK_U32;
+    else if (dtype)
+        return qs_errf(e, "load data: dtype=%s (expected uint16 or uint32)", dtype);
     char rb[4096];
     const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
-    if (c->b->lm) { /* token data: .txt (bytes), nanoGPT or llm.c .bin */
+    if (c->b->lm) { /* token data: .txt (tokenizer.json or bytes), nanoGPT or llm.c .bin */
         if (label)
             return qs_errf(e, "load data: label= applies to CSV data, not to token files");
-        return qs_cmd_lm_load_data(c, argv[0], path, e);
+        return qs_cmd_lm_load_data(c, argv[0], path, width, e);
     }
+    if (dtype)
+        return qs_errf(e, "load data: dtype= applies to token files (load a transformer first)");
     struct qs_dataset *d;
     if (qs_dataset_load_csv(path, label, &d, e) < 0)
         return -1;
@@ -476,7 +491,7 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     size_t off;
     int cw;
     qs_bench_lm_split(b, &off, &cw);
-    const uint16_t *tok = b->tokens->ids;
+    const uint32_t *tok = b->tokens->ids;
     size_t n = b->tokens->n;
     struct qs_lm_train_result r;
     b->cancel = 0;
@@ -1612,9 +1627,14 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
      "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
      "as a LLaMA."},
-    {"load data", "PATH [label=COLUMN]", QS_CMD_JOURNAL, cmd_load_data,
-     "open a CSV dataset (numeric cells; label column by name or index, default last)",
-     "The split (train/calib/test) follows the model's recorded split seed and fractions."},
+    {"load data", "PATH [label=COLUMN] [dtype=uint16|uint32]", QS_CMD_JOURNAL, cmd_load_data,
+     "open a CSV dataset, or token data for a transformer (.txt, .bin)",
+     "CSV: numeric cells; label column by name or index, default last. The split "
+     "(train/calib/test) follows the model's recorded split seed and fractions. With a "
+     "transformer loaded: .txt is tokenized with the model folder's tokenizer.json when it has "
+     "one (byte-level or SentencePiece BPE), else one token per byte; .bin holds raw "
+     "little-endian ids, uint16 (nanoGPT) unless dtype=uint32, or an llm.c header that gives "
+     "the width itself. `info` says which was used."},
     {"info", "", 0, cmd_info, "show the model, data, split, regime and seed", NULL},
     {"layers", "", QS_CMD_MODEL | QS_CMD_LM, cmd_layers,
      "table of layers: shape, formats, bits per weight, weight error, correction", NULL},

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 
 #include "qscope/lmbench.h"
+#include "qscope/tokenizer.h"
+#include "qscope/tokens.h"
 
 int qs_cmd_is_lm_path(const char *path)
 {
@@ -24,21 +26,66 @@ static const char *family_name(const struct qs_lm *m)
     return m->family == QS_LM_GPT2 ? "gpt2" : "llama";
 }
 
+static int is_txt(const char *f)
+{
+    size_t n = strlen(f);
+    return n >= 4 && !strcmp(f + n - 4, ".txt");
+}
+
+/* Token data FILE for model m: a .txt through m's folder's tokenizer.json when it has one. */
+static int load_tokens(const struct qs_lm *m, const char *file, int width, struct qs_tokens **tk,
+                       qs_err *e)
+{
+    struct qs_tokenizer *tz = NULL;
+    char tj[4200];
+    struct stat sb;
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", m->path);
+    if (is_txt(file) && stat(tj, &sb) == 0 && qs_tokenizer_load(tj, &tz, e) < 0)
+        return -1;
+    int rc = qs_tokens_load_as(file, width, tz, tk, e);
+    qs_tokenizer_free(tz);
+    return rc;
+}
+
 int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
 {
     struct qs_lm *m;
     if (qs_lm_load(file, &m, e) < 0)
         return -1;
-    /* staged with the token data (kept if it fits the new model; CSV data goes) */
-    struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_TOKENS);
+    /* Text data is tokenized again for the new model (its tokenizer.json, or bytes), as if it
+     * were loaded after it; other token data is staged as it is (kept if it fits the new
+     * model; CSV data goes). */
+    struct qs_tokens *tk = NULL;
+    char *dp = NULL;
+    if (c->b->tokens && c->b->data_path && is_txt(c->b->data_path) &&
+        (!(dp = qs_strdup(c->b->data_path)) || load_tokens(m, dp, QS_TOK_AUTO, &tk, e) < 0)) {
+        if (!dp)
+            qs_errf(e, "out of memory");
+        free(dp);
+        qs_lm_free(m);
+        return -1;
+    }
+    int keep = tk ? 0 : QS_KEEP_TOKENS;
+    struct qs_bench *st = qs_bench_stage(c->b, keep);
     if (!st) {
         qs_lm_free(m);
+        qs_tokens_free(tk);
+        free(dp);
         return qs_errf(e, "out of memory");
     }
     if (qs_bench_set_lm(st, m, file, e) < 0) {
-        qs_bench_abort(c->b, st, QS_KEEP_TOKENS);
+        qs_tokens_free(tk);
+        free(dp);
+        qs_bench_abort(c->b, st, keep);
         return -1;
     }
+    if (tk && qs_bench_set_tokens(st, tk, dp, e) < 0) { /* too few for the new context: gone */
+        qs_tokens_free(st->tokens);
+        st->tokens = NULL;
+        free(st->data_path);
+        st->data_path = NULL;
+    }
+    free(dp);
     qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load model %s", qs_quote(path, q, sizeof q));
@@ -58,10 +105,11 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
     return 0;
 }
 
-int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width,
+                        qs_err *e)
 {
     struct qs_tokens *tk;
-    if (qs_tokens_load(file, &tk, e) < 0)
+    if (load_tokens(c->b->lm, file, width, &tk, e) < 0)
         return -1;
     struct qs_bench *st = qs_bench_stage(c->b, QS_KEEP_MODEL);
     if (!st) {
@@ -74,7 +122,8 @@ int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, qs
     }
     qs_bench_commit(c->b, st);
     char q[600];
-    snprintf(c->canon, sizeof c->canon, "load data %s", qs_quote(path, q, sizeof q));
+    snprintf(c->canon, sizeof c->canon, "load data %s%s", qs_quote(path, q, sizeof q),
+             width == QS_TOK_U32 ? " dtype=uint32" : width == QS_TOK_U16 ? " dtype=uint16" : "");
     size_t off;
     int cw;
     qs_bench_lm_split(c->b, &off, &cw);
@@ -111,8 +160,10 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         qs_bench_lm_split(b, &off, &cw);
         cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
         cJSON_AddNumberToObject(o, "tokens", (double)b->tokens->n);
-        qs_sb_printf(t, "data    %s (%zu tokens; held out the last %zu; calibration %d windows)\n",
-                     b->data_path, b->tokens->n, b->tokens->n - off, cw);
+        cJSON_AddStringToObject(o, "token_source", b->tokens->source);
+        qs_sb_printf(t, "data    %s (%zu tokens from %s; held out the last %zu; calibration %d "
+                        "windows)\n",
+                     b->data_path, b->tokens->n, b->tokens->source, b->tokens->n - off, cw);
     } else {
         qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
     }

@@ -1,4 +1,5 @@
-/* tokens.c - token file loading (.txt bytes, nanoGPT uint16 .bin, llm.c .bin with header). */
+/* tokens.c - token file loading (.txt bytes or tokenizer, nanoGPT uint16/uint32 .bin, llm.c .bin
+ * with header). */
 #include "qscope/tokens.h"
 
 #include <errno.h>
@@ -7,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "qscope/tokenizer.h"
 
 void qs_tokens_free(struct qs_tokens *t)
 {
@@ -25,7 +28,7 @@ static int ends_with(const char *s, const char *suf)
 
 /* Reads the whole file into a malloc'ed buffer; *len its size. Only a regular file: a FIFO
  * would block and a directory has no size to read. */
-static unsigned char *slurp(const char *path, size_t *len, qs_err *e)
+static unsigned char *slurp(const char *path, size_t factor, size_t *len, qs_err *e)
 {
     struct stat st;
     int fd = qs_open_regular(path, "token file", &st, e);
@@ -34,10 +37,11 @@ static unsigned char *slurp(const char *path, size_t *len, qs_err *e)
     char pb[256], what[300];
     const char *p = qs_clean_str(path, pb, sizeof pb, 0);
     size_t sz = (size_t)st.st_size;
-    /* the file, then its ids (2 bytes each): both are held at once while converting */
+    /* the file, then its ids (4 bytes each): both are held at once while converting; FACTOR
+     * is the file's size plus the ids' per byte of file */
     snprintf(what, sizeof what, "%s: the token data", p);
     size_t both;
-    if (qs_size_mul(sz, 3, &both) < 0 || qs_mem_check(both, what, e) < 0) {
+    if (qs_size_mul(sz, factor, &both) < 0 || qs_mem_check(both, what, e) < 0) {
         if (both == 0)
             qs_errf(e, "%s: file too large", p);
         close(fd);
@@ -71,11 +75,55 @@ static uint32_t rd_u32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static const char *width_name(int w)
+{
+    return w == QS_TOK_U32 ? "uint32" : "uint16";
+}
+
+/* An llm.c header at buf: its id width (2 or 4) and token count, or -1 with a message. */
+static int llmc_header(const char *path, const unsigned char *buf, size_t len, int want,
+                       int *width, size_t *cnt, qs_err *e)
+{
+    uint32_t magic = rd_u32(buf), ver = rd_u32(buf + 4), c = rd_u32(buf + 8);
+    int w = magic == QS_LLMC_MAGIC_U32 ? QS_TOK_U32 : QS_TOK_U16;
+    size_t data = len - 1024;
+    if (magic == QS_LLMC_MAGIC && ver != 1 && ver != 2)
+        return qs_errf(e, "%s: llm.c token header has version %u (expected 1 or 2)", path, ver);
+    if (magic == QS_LLMC_MAGIC_U32 && ver != 7)
+        return qs_errf(e, "%s: llm.c LLaMA-3 token header has version %u (expected 7)", path,
+                       ver);
+    if (want != QS_TOK_AUTO && want != w)
+        return qs_errf(e, "%s: the llm.c header says %s ids, not %s", path, width_name(w),
+                       width_name(want));
+    if (data % (size_t)w)
+        return w == QS_TOK_U16
+                   ? qs_errf(e, "%s: llm.c token data has an odd byte count (%zu)", path, data)
+                   : qs_errf(e, "%s: llm.c uint32 token data has %zu bytes, not a multiple of 4",
+                             path, data);
+    if ((uint64_t)c * (uint64_t)w != data)
+        return qs_errf(e, "%s: llm.c header says %u tokens but the file holds %zu", path, c,
+                       data / (size_t)w);
+    if (c == 0)
+        return qs_errf(e, "%s: llm.c token file holds no tokens", path);
+    *width = w;
+    *cnt = c;
+    return 0;
+}
+
 int qs_tokens_load(const char *path, struct qs_tokens **out, qs_err *e)
 {
+    return qs_tokens_load_as(path, QS_TOK_AUTO, NULL, out, e);
+}
+
+int qs_tokens_load_as(const char *path, int width, const struct qs_tokenizer *tok,
+                      struct qs_tokens **out, qs_err *e)
+{
     *out = NULL;
+    int txt = ends_with(path, ".txt");
+    if (txt && width != QS_TOK_AUTO)
+        return qs_errf(e, "%s: dtype= applies to binary token files, not to text", path);
     size_t len = 0;
-    unsigned char *buf = slurp(path, &len, e);
+    unsigned char *buf = slurp(path, txt && !tok ? 5 : 3, &len, e);
     if (!buf)
         return -1;
     struct qs_tokens *t = qs_calloc(1, sizeof *t);
@@ -89,29 +137,31 @@ int qs_tokens_load(const char *path, struct qs_tokens **out, qs_err *e)
         qs_tokens_free(t);
         return qs_errf(e, "%s: empty token file", path);
     }
-    if (len >= 1024 && rd_u32(buf) == QS_LLMC_MAGIC) {
-        uint32_t ver = rd_u32(buf + 4), cnt = rd_u32(buf + 8);
-        int bad = 0;
-        if (ver != 1 && ver != 2)
-            bad = qs_errf(e, "%s: llm.c token header has version %u (expected 1 or 2)", path,
-                          ver);
-        else if ((len - 1024) % 2)
-            bad = qs_errf(e, "%s: llm.c token data has an odd byte count (%zu)", path,
-                          len - 1024);
-        else if ((uint64_t)cnt * 2 != len - 1024)
-            bad = qs_errf(e, "%s: llm.c header says %u tokens but the file holds %zu", path,
-                          cnt, (len - 1024) / 2);
-        else if (cnt == 0)
-            bad = qs_errf(e, "%s: llm.c token file holds no tokens", path);
-        if (bad) {
+    const unsigned char *data = buf;
+    int w = width == QS_TOK_AUTO ? QS_TOK_U16 : width;
+    uint32_t magic = len >= 1024 ? rd_u32(buf) : 0;
+    if (magic == QS_LLMC_MAGIC || magic == QS_LLMC_MAGIC_U32) {
+        if (llmc_header(path, buf, len, width, &w, &t->n, e) < 0) {
             free(buf);
             qs_tokens_free(t);
             return -1;
         }
-        t->n = cnt;
-        memmove(buf, buf + 1024, len - 1024);
-        len -= 1024;
-    } else if (ends_with(path, ".txt")) {
+        data = buf + 1024;
+        snprintf(t->source, sizeof t->source, "llm.c %s ids", width_name(w));
+    } else if (txt && tok) {
+        int rc = qs_tokenizer_encode(tok, (const char *)buf, len, &t->ids, &t->n, e);
+        free(buf);
+        if (rc < 0 || t->n == 0) {
+            if (rc == 0)
+                qs_errf(e, "%s: the tokenizer produced no tokens", path);
+            qs_tokens_free(t);
+            return -1;
+        }
+        t->vocab = qs_tokenizer_vocab(tok);
+        snprintf(t->source, sizeof t->source, "tokenizer.json (%s)", qs_tokenizer_kind(tok));
+        *out = t;
+        return 0;
+    } else if (txt) {
         t->n = len;
         t->vocab = 256;
         t->ids = malloc(len * sizeof *t->ids);
@@ -123,31 +173,41 @@ int qs_tokens_load(const char *path, struct qs_tokens **out, qs_err *e)
         for (size_t i = 0; i < len; i++)
             t->ids[i] = buf[i];
         free(buf);
+        snprintf(t->source, sizeof t->source, "bytes (no tokenizer.json)");
         *out = t;
         return 0;
     } else {
-        if (len % 2) {
+        if (len % (size_t)w) {
             free(buf);
             qs_tokens_free(t);
-            return qs_errf(e, "%s: uint16 token file has an odd byte count (%zu)", path, len);
+            return w == QS_TOK_U16
+                       ? qs_errf(e, "%s: uint16 token file has an odd byte count (%zu)", path, len)
+                       : qs_errf(e, "%s: uint32 token file has %zu bytes, not a multiple of 4",
+                                 path, len);
         }
-        t->n = len / 2;
+        t->n = len / (size_t)w;
+        snprintf(t->source, sizeof t->source, "%s ids", width_name(w));
     }
-    /* uint16 little-endian ids in buf[0 .. 2n) */
+    /* little-endian ids of w bytes in data[0 .. w n) */
     t->ids = malloc(t->n * sizeof *t->ids);
     if (!t->ids) {
         free(buf);
         qs_tokens_free(t);
         return qs_errf(e, "%s: out of memory", path);
     }
-    int mx = 0;
+    uint32_t mx = 0;
     for (size_t i = 0; i < t->n; i++) {
-        t->ids[i] = (uint16_t)(buf[2 * i] | buf[2 * i + 1] << 8);
+        const unsigned char *q = data + (size_t)w * i;
+        t->ids[i] = w == QS_TOK_U32 ? rd_u32(q) : (uint32_t)(q[0] | q[1] << 8);
         if (t->ids[i] > mx)
             mx = t->ids[i];
     }
-    t->vocab = mx + 1;
     free(buf);
+    if (mx >= INT32_MAX) {
+        qs_tokens_free(t);
+        return qs_errf(e, "%s: token id %u is not a plausible vocabulary index", path, mx);
+    }
+    t->vocab = (int)mx + 1;
     *out = t;
     return 0;
 }

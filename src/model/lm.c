@@ -267,9 +267,6 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
     if (rc == 0 && m->d_model % m->n_head)
         rc = qs_errf(e, "%s: hidden size %d is not a multiple of the %d heads", file, m->d_model,
                      m->n_head);
-    if (rc == 0 && m->vocab > 65536)
-        rc = qs_errf(e, "%s: vocab_size %d exceeds the 16-bit token ids (65536)", file,
-                     m->vocab);
     if (rc == 0) {
         /* each site's in * out is an int in the analyses and quantizers */
         int64_t d = m->d_model, big = d * (m->d_ff > 3 * d ? m->d_ff : 3 * d);
@@ -1014,13 +1011,13 @@ int qs_lm_block_first_site(const struct qs_lm *m, int block)
     return block * (m->family == QS_LM_GPT2 ? 4 : 7);
 }
 
-int qs_lm_forward(const struct qs_lm *m, const uint16_t *tok, int T, const struct qs_hooks *h,
+int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e)
 {
     return qs_lm_forward_resume(m, tok, T, h, 0, NULL, logits, e);
 }
 
-int qs_lm_forward_resume(const struct qs_lm *m, const uint16_t *tok, int T,
+int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
                          const struct qs_hooks *h, int from, float *resid, float *logits,
                          qs_err *e)
 {
@@ -1030,7 +1027,7 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint16_t *tok, int T,
         return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
                        m->ctx);
     for (int t = 0; t < T; t++)
-        if (tok[t] >= m->vocab)
+        if (tok[t] >= (uint32_t)m->vocab)
             return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)",
                            m->path, tok[t], t, m->vocab);
     const struct qs_lm_priv *p = m->priv;
@@ -1151,7 +1148,7 @@ static int argmax(const float *r, int c)
     return b;
 }
 
-int qs_lm_score_window(const struct qs_lm *m, const uint16_t *tok, int T, const float *lf,
+int qs_lm_score_window(const struct qs_lm *m, const uint32_t *tok, int T, const float *lf,
                        const float *lq, struct qs_lm_score *acc, qs_err *e)
 {
     int V = m->vocab;
@@ -1185,9 +1182,17 @@ int qs_lm_score_window(const struct qs_lm *m, const uint16_t *tok, int T, const 
     return 0;
 }
 
-int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                    const struct qs_hooks *hf, const struct qs_hooks *hq,
                    struct qs_lm_eval *out, qs_err *e)
+{
+    return qs_lm_evaluate_progress(m, tok, n, max_windows, hf, hq, out, NULL, e);
+}
+
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
+                            int max_windows, const struct qs_hooks *hf,
+                            const struct qs_hooks *hq, struct qs_lm_eval *out,
+                            const struct qs_lm_progress *pr, qs_err *e)
 {
     memset(out, 0, sizeof *out);
     int ctx = m->ctx, V = m->vocab;
@@ -1198,7 +1203,7 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
     if (max_windows > 0 && (size_t)max_windows < nw)
         nw = (size_t)max_windows;
     for (size_t i = 0; i < nw * ctx + 1; i++)
-        if (tok[i] >= V)
+        if (tok[i] >= (uint32_t)V)
             return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                            tok[i], i, V);
     float *lf = malloc((size_t)ctx * V * sizeof(float));
@@ -1211,11 +1216,17 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint16_t *tok, size_t n, int max
     struct qs_lm_score acc = {0};
     int rc = 0;
     for (size_t w = 0; w < nw && rc == 0; w++) {
-        const uint16_t *x = tok + w * ctx;
+        const uint32_t *x = tok + w * ctx;
         if ((rc = qs_lm_forward(m, x, ctx, hf, lf, e)) < 0 ||
             (hq && (rc = qs_lm_forward(m, x, ctx, hq, lq, e)) < 0))
             break;
         rc = qs_lm_score_window(m, x, ctx, lf, hq ? lq : NULL, &acc, e);
+        if (pr && pr->fn) {
+            char what[96];
+            snprintf(what, sizeof what, "%s: window %zu of %zu", pr->what ? pr->what : "eval",
+                     w + 1, nw);
+            pr->fn(pr->ctx, what, (double)(w + 1) / (double)nw);
+        }
     }
     free(lf);
     free(lq);
@@ -1239,7 +1250,7 @@ void qs_lm_eval_finish(const struct qs_lm_score *acc, int have_q, struct qs_lm_e
     }
 }
 
-int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int max_windows,
+int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                        const struct qs_hooks *h, double *loss, long *ntok, qs_err *e)
 {
     int ctx = m->ctx, V = m->vocab;
@@ -1253,14 +1264,14 @@ int qs_lm_token_losses(const struct qs_lm *m, const uint16_t *tok, size_t n, int
     if (!loss)
         return 0;
     for (size_t i = 0; i < nw * ctx + 1; i++)
-        if (tok[i] >= V)
+        if (tok[i] >= (uint32_t)V)
             return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                            tok[i], i, V);
     float *lg = malloc((size_t)ctx * V * sizeof(float));
     double *lp = malloc((size_t)V * sizeof(double));
     int rc = (lg && lp) ? 0 : qs_errf(e, "%s: out of memory", m->path);
     for (size_t w = 0; w < nw && rc == 0; w++) {
-        const uint16_t *x = tok + w * ctx;
+        const uint32_t *x = tok + w * ctx;
         if ((rc = qs_lm_forward(m, x, ctx, h, lg, e)) < 0)
             break;
         for (int t = 0; t < ctx; t++) {

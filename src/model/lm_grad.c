@@ -158,7 +158,7 @@ static float *grad_of(const struct qs_lm_grad *g, const float *val)
 /* ---- layers: forward --------------------------------------------------------------------- */
 
 /* x: (N, d) = wte[tok] (+ wpe[t] for GPT-2). Row b T + t holds token tok[start[b] + t]. */
-static void embed_forward(float *x, const uint16_t *tok, const size_t *start, int B, int T, int d,
+static void embed_forward(float *x, const uint32_t *tok, const size_t *start, int B, int T, int d,
                           const float *wte, const float *wpe)
 {
     for (int b = 0; b < B; b++)
@@ -408,7 +408,7 @@ static float gelu_grad(float x)
 /* Mean cross-entropy of logits: (N, V) against targets; the logits are replaced by dL/dlogits
  * = (softmax - onehot) / N. Returns the summed (not mean) loss in double (the normaliser summed
  * in double; one expf per logit, as the attention's softmax). */
-static double crossentropy_backward(float *logits, const uint16_t *tok, const size_t *start,
+static double crossentropy_backward(float *logits, const uint32_t *tok, const size_t *start,
                                     int B, int T, int V)
 {
     double sum = 0;
@@ -519,7 +519,7 @@ int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *b
     return 0;
 }
 
-int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                    int T, const struct qs_hooks *h, struct qs_lm_grad *g, double *loss,
                    float *work, qs_err *e)
 {
@@ -528,7 +528,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint16_t *tok, const size_t *sta
                        m->ctx);
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= T; t++)
-            if (tok[start[b] + t] >= m->vocab)
+            if (tok[start[b] + t] >= (uint32_t)m->vocab)
                 return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                                tok[start[b] + t], start[b] + t, m->vocab);
     const struct qs_lm_priv *p = m->priv;
@@ -724,7 +724,7 @@ done:
 
 /* ---- sensitivity ------------------------------------------------------------------------- */
 
-int qs_lm_site_grads(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int nw,
+int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw,
                      int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e)
 {
@@ -1013,7 +1013,7 @@ static int hvp_floats(const struct qs_lm *m, int B, int T, struct dims *z, size_
     return 0;
 }
 
-int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B, int T,
+int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
               const float *const *vw, float **hv, double *loss, qs_err *e)
 {
     if (B < 1 || T < 1 || T > m->ctx)
@@ -1021,7 +1021,7 @@ int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, i
                        m->ctx);
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= T; t++)
-            if (tok[start[b] + t] >= m->vocab)
+            if (tok[start[b] + t] >= (uint32_t)m->vocab)
                 return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                                tok[start[b] + t], start[b] + t, m->vocab);
     const struct qs_lm_priv *p = m->priv;
@@ -1242,7 +1242,7 @@ int qs_lm_hvp(const struct qs_lm *m, const uint16_t *tok, const size_t *start, i
     return 0;
 }
 
-int qs_lm_hutchinson(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                      int T, int site, int probes, uint64_t seed, double *trace, double *se,
                      qs_err *e)
 {

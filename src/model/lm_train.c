@@ -71,7 +71,7 @@ void qs_lm_init(struct qs_lm *m, uint64_t seed)
     qs_lm_grad_free(g);
 }
 
-static int validate(const struct qs_lm *m, const uint16_t *val, size_t n, double *loss, long *nt,
+static int validate(const struct qs_lm *m, const uint32_t *val, size_t n, double *loss, long *nt,
                     qs_err *e)
 {
     struct qs_lm_eval ev;
@@ -87,7 +87,7 @@ static int validate(const struct qs_lm *m, const uint16_t *val, size_t n, double
     return 0;
 }
 
-int qs_lm_train(struct qs_lm *m, const uint16_t *train, size_t n_train, const uint16_t *val,
+int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const uint32_t *val,
                 size_t n_val, const struct qs_lm_train_opts *o, qs_lm_train_cb cb, void *u,
                 struct qs_lm_train_result *r, qs_err *e)
 {
@@ -104,7 +104,7 @@ int qs_lm_train(struct qs_lm *m, const uint16_t *train, size_t n_train, const ui
         !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0))
         return qs_errf(e, "train: lr must be positive; min_lr, wd and clip not negative");
     for (size_t i = 0; i < n_train; i++)
-        if (train[i] >= m->vocab)
+        if (train[i] >= (uint32_t)m->vocab)
             return qs_errf(e, "train: token %u at %zu is outside the vocabulary (%d)", train[i], i,
                            m->vocab);
     size_t sb;

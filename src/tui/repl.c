@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qscope/bench.h"
@@ -40,8 +41,60 @@ static void put_clean(const char *text, FILE *f)
     fputc('\n', f);
 }
 
+/* ---- progress of long commands on stderr (a terminal only), as llama.cpp's tools do: one line
+ * rewritten in place, shown once a phase has run for a while (QSCOPE_PROGRESS_DELAY ms, default
+ * 500), at most 5 times a second, erased before any other output and when the phase ends. */
+static struct {
+    double first, last; /* start of the phase, last line drawn; 0: none */
+    int shown;
+} prog;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void progress_clear(void)
+{
+    if (prog.shown)
+        fputs("\r\033[K", stderr);
+    prog.shown = 0;
+    prog.first = 0;
+}
+
+void qs_front_progress(void *u, const char *what, double frac)
+{
+    (void)u;
+    static double delay = -1;
+    if (delay < 0) {
+        const char *d = getenv("QSCOPE_PROGRESS_DELAY");
+        delay = d && *d ? atof(d) / 1000.0 : 0.5;
+    }
+    double t = now_s();
+    if (frac >= 1.0) {
+        progress_clear();
+        return;
+    }
+    if (prog.first == 0)
+        prog.first = t;
+    if (t - prog.first < delay || (prog.shown && t - prog.last < 0.2))
+        return;
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s", what ? what : "");
+    for (char *p = buf; *p; p++) /* a name from a file must not move the cursor */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    fprintf(stderr, "\r\033[K%s  %3.0f%%", buf, 100.0 * (frac < 0 ? 0 : frac));
+    fflush(stderr);
+    prog.shown = 1;
+    prog.last = t;
+}
+
 static void print_error(const char *msg)
 {
+    progress_clear();
     fputs("error: ", stderr);
     put_clean(msg, stderr);
 }
@@ -49,6 +102,7 @@ static void print_error(const char *msg)
 void qs_front_print(void *u, const cJSON *obj, const char *text)
 {
     struct qs_ctx *c = u;
+    progress_clear();
     if (c && c->json) {
         if (!obj)
             return;
@@ -66,6 +120,7 @@ void qs_front_print(void *u, const cJSON *obj, const char *text)
 void qs_front_note(void *u, const char *msg)
 {
     (void)u;
+    progress_clear();
     put_clean(msg, stderr);
 }
 

@@ -84,11 +84,11 @@ static void compare(const char *dir, const char *file, int kind, const char *tag
     snprintf(name, sizeof name, "llama-%s-weights", tag);
     report(same, name, "bit-identical: %g", same);
     int T = a->ctx;
-    uint16_t *tok = malloc((size_t)T * sizeof *tok);
+    uint32_t *tok = malloc((size_t)T * sizeof *tok);
     float *la = malloc((size_t)T * a->vocab * sizeof *la);
     float *lb = malloc((size_t)T * a->vocab * sizeof *lb);
     for (int t = 0; t < T; t++)
-        tok[t] = (uint16_t)((t * 37 + 11) % a->vocab);
+        tok[t] = (uint32_t)((t * 37 + 11) % a->vocab);
     double md = INFINITY;
     if (qs_lm_forward(a, tok, T, NULL, la, &e) == 0 &&
         qs_lm_forward(b, tok, T, NULL, lb, &e) == 0) {

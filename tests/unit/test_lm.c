@@ -32,10 +32,10 @@ static double fixture_err(const char *dir, struct qs_lm **keep)
     }
     const struct qs_st_tensor *lt = qs_st_find(f, "logits");
     const char *ts = qs_st_meta(f, "tokens");
-    uint16_t tok[256];
+    uint32_t tok[256];
     int T = 0;
     for (const char *s = ts; s && *s && T < 256;) {
-        tok[T++] = (uint16_t)strtol(s, (char **)&s, 10);
+        tok[T++] = (uint32_t)strtol(s, (char **)&s, 10);
         if (*s == ',')
             s++;
     }
@@ -152,9 +152,9 @@ static void hooks_on(const char *dir)
     if (!m)
         return;
     int T = m->ctx, V = m->vocab;
-    uint16_t tok[64];
+    uint32_t tok[64];
     for (int t = 0; t < T; t++)
-        tok[t] = (uint16_t)((t * 7 + 3) % V);
+        tok[t] = (uint32_t)((t * 7 + 3) % V);
     float *base = malloc((size_t)T * V * sizeof(float));
     float *lg = malloc((size_t)T * V * sizeof(float));
     struct hk h = {m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)),
@@ -203,7 +203,7 @@ static void hooks_on(const char *dir)
     /* bad lengths and ids */
     CHECK(qs_lm_forward(m, tok, T + 1, NULL, lg, &e) == -1);
     CHECK(strstr(e.msg, "1 to") != NULL);
-    tok[3] = (uint16_t)V;
+    tok[3] = (uint32_t)V;
     CHECK(qs_lm_forward(m, tok, T, NULL, lg, &e) == -1);
     CHECK(strstr(e.msg, "position 3") != NULL);
     free(lz);

@@ -44,18 +44,18 @@ static double sign_k(int k, uint64_t i)
 }
 
 /* Case c's windows as one stream: window b starts at b (T + 1). */
-static uint16_t *case_tokens(const cJSON *c, int *B, int *T, size_t **start)
+static uint32_t *case_tokens(const cJSON *c, int *B, int *T, size_t **start)
 {
     const cJSON *w = cJSON_GetObjectItem(c, "windows");
     *B = cJSON_GetObjectItem(c, "B")->valueint;
     *T = cJSON_GetObjectItem(c, "T")->valueint;
-    uint16_t *tok = malloc((size_t)*B * (*T + 1) * sizeof *tok);
+    uint32_t *tok = malloc((size_t)*B * (*T + 1) * sizeof *tok);
     *start = malloc((size_t)*B * sizeof **start);
     for (int b = 0; b < *B; b++) {
         (*start)[b] = (size_t)b * (*T + 1);
         for (int t = 0; t <= *T; t++)
             tok[(*start)[b] + t] =
-                (uint16_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
+                (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
     }
     return tok;
 }
@@ -74,7 +74,7 @@ static void check_case(const cJSON *c)
     }
     int B, T;
     size_t *start;
-    uint16_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = case_tokens(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     CHECK(g != NULL);
     double loss = 0;
@@ -150,7 +150,7 @@ static void test_vs_torch(void)
 }
 
 /* Mean loss of the windows through qs_lm_forward (lm.c's own forward), in double. */
-static double forward_loss_h(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+static double forward_loss_h(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                              int T, const struct qs_hooks *h)
 {
     float *lg = malloc((size_t)T * m->vocab * sizeof(float));
@@ -173,7 +173,7 @@ static double forward_loss_h(const struct qs_lm *m, const uint16_t *tok, const s
     return s / ((double)B * T);
 }
 
-static double forward_loss(const struct qs_lm *m, const uint16_t *tok, const size_t *start, int B,
+static double forward_loss(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                            int T)
 {
     return forward_loss_h(m, tok, start, B, T, NULL);
@@ -194,7 +194,7 @@ static void test_finite_differences(void)
     }
     int B, T;
     size_t *start;
-    uint16_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = case_tokens(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     double loss;
     CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, NULL, &e) == 0);
@@ -261,10 +261,10 @@ static void test_weight_hook_ste(void)
         if (!m)
             continue;
         int T = m->ctx < 16 ? m->ctx : 16, B = 2, s = 1;
-        uint16_t tok[2 * 17];
+        uint32_t tok[2 * 17];
         size_t start[2] = {0, (size_t)T + 1};
         for (int i = 0; i < 2 * (T + 1); i++)
-            tok[i] = (uint16_t)((i * 7 + 3) % m->vocab);
+            tok[i] = (uint32_t)((i * 7 + 3) % m->vocab);
         struct qs_lm_site *st = &m->sites[s];
         size_t n = (size_t)st->in * st->out;
         float *w2 = malloc(n * sizeof(float)), *keep = malloc(n * sizeof(float));
@@ -307,9 +307,9 @@ static void test_accumulate_and_errors(void)
     CHECK(qs_lm_load("tests/fixtures/lm_llama_untied", &m, &e) == 0);
     if (!m)
         return;
-    uint16_t tok[4 * 17];
+    uint32_t tok[4 * 17];
     for (int i = 0; i < 4 * 17; i++)
-        tok[i] = (uint16_t)((i * 13 + 5) % m->vocab);
+        tok[i] = (uint32_t)((i * 13 + 5) % m->vocab);
     size_t start[4] = {0, 17, 34, 51};
     struct qs_lm_grad *a = qs_lm_grad_new(m, &e), *b = qs_lm_grad_new(m, &e);
     double la, l1, l2;
@@ -323,7 +323,7 @@ static void test_accumulate_and_errors(void)
         nr = fmax(nr, fabs(a->flat[i]));
     }
     CHECK(err <= 1e-5 * nr);
-    tok[17] = (uint16_t)m->vocab;
+    tok[17] = (uint32_t)m->vocab;
     CHECK(qs_lm_backward(m, tok, start, 4, 16, NULL, a, &la, NULL, &e) == -1);
     CHECK(strstr(e.msg, "outside the vocabulary") != NULL);
     CHECK(qs_lm_backward(m, tok, start, 1, m->ctx + 1, NULL, a, &la, NULL, &e) == -1);
@@ -346,7 +346,7 @@ static void check_hvp(const cJSON *c, double *worst)
     }
     int B, T, S = m->nsites;
     size_t *start;
-    uint16_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = case_tokens(c, &B, &T, &start);
     float **vw = calloc((size_t)S, sizeof *vw), **hv = calloc((size_t)S, sizeof *hv);
     for (int s = 0; s < S; s++) {
         size_t n = (size_t)m->sites[s].in * m->sites[s].out;
@@ -428,9 +428,9 @@ static void test_hutchinson_trace(void)
     CHECK(qs_lm_load("tests/fixtures/lm_llama_gqa", &m, &e) == 0);
     if (!m)
         return;
-    uint16_t tok[2 * 13];
+    uint32_t tok[2 * 13];
     for (int i = 0; i < 26; i++)
-        tok[i] = (uint16_t)((i * 7 + 3) % m->vocab);
+        tok[i] = (uint32_t)((i * 7 + 3) % m->vocab);
     size_t start[2] = {0, 13};
     int site = 1, S = m->nsites;
     size_t n = (size_t)m->sites[site].in * m->sites[site].out;

@@ -46,9 +46,9 @@ static void test_adamw_two_steps(void)
         return;
     }
     int T = 12, B = 3;
-    uint16_t tok[14]; /* T + 2 training tokens: every window starts at 0 */
+    uint32_t tok[14]; /* T + 2 training tokens: every window starts at 0 */
     for (int i = 0; i < T + 2; i++)
-        tok[i] = (uint16_t)((i * 11 + 7) % m->vocab);
+        tok[i] = (uint32_t)((i * 11 + 7) % m->vocab);
     struct qs_lm_train_opts o;
     qs_lm_train_defaults(&o);
     o.steps = 2;
@@ -150,9 +150,9 @@ static void test_short_run(void)
         return;
     }
     size_t n = 40000, off = n - n / 10;
-    uint16_t *t = malloc(n * sizeof *t);
+    uint32_t *t = malloc(n * sizeof *t);
     for (size_t i = 0; i < n; i++)
-        t[i] = (uint16_t)(tk->ids[i] % m->vocab);
+        t[i] = (uint32_t)(tk->ids[i] % m->vocab);
     struct qs_lm_train_opts o;
     qs_lm_train_defaults(&o);
     o.steps = 60;

@@ -1,4 +1,5 @@
-/* test_tokens.c - token files: byte-level .txt, nanoGPT .bin, llm.c .bin, and bad inputs. */
+/* test_tokens.c - token files: byte-level .txt, nanoGPT .bin (uint16, uint32), llm.c .bin (GPT-2
+ * and LLaMA-3 headers), and bad inputs. */
 #include "qscope/tokens.h"
 
 #include <stdio.h>
@@ -102,10 +103,66 @@ static void test_llmc_bin(void)
         if (!t)
             return;
         CHECK(t->n == 5);
-        CHECK(!memcmp(t->ids, ids, sizeof ids));
+        for (int i = 0; i < 5; i++)
+            CHECK(t->ids[i] == ids[i]);
         CHECK(t->vocab == 50257);
         qs_tokens_free(t);
     }
+}
+
+/* uint32 ids: raw with the width given, and behind llm.c's LLaMA-3 header (magic 20240801,
+ * version 7), which says the width itself. */
+static void test_u32(void)
+{
+    const uint32_t ids[] = {128000, 7, 151935, 0, 65536};
+    unsigned char raw[1024 + sizeof ids];
+    memset(raw, 0, sizeof raw);
+    put_u32(raw, QS_LLMC_MAGIC_U32);
+    put_u32(raw + 4, 7);
+    put_u32(raw + 8, 5);
+    for (int i = 0; i < 5; i++)
+        put_u32(raw + 1024 + 4 * i, ids[i]);
+    const char *pr = tmp_path("r.u32"), *ph = tmp_path("h.bin");
+    write_file(pr, raw + 1024, sizeof ids);
+    write_file(ph, raw, sizeof raw);
+    struct qs_tokens *t = NULL;
+    qs_err e = {{0}};
+    for (int k = 0; k < 3; k++) {
+        const char *p = k == 0 ? pr : ph;
+        int w = k == 1 ? QS_TOK_AUTO : QS_TOK_U32;
+        CHECK(qs_tokens_load_as(p, w, NULL, &t, &e) == 0);
+        if (!t)
+            return;
+        CHECK(t->n == 5);
+        for (int i = 0; i < 5; i++)
+            CHECK(t->ids[i] == ids[i]);
+        CHECK(t->vocab == 151936);
+        CHECK(strstr(t->source, "uint32") != NULL);
+        qs_tokens_free(t);
+    }
+    /* the same raw file as uint16: twice as many ids, the low and high halves */
+    CHECK(qs_tokens_load(pr, &t, &e) == 0);
+    if (t) {
+        CHECK(t->n == 10 && t->ids[0] == (128000 & 0xffff) && t->ids[1] == 128000 >> 16);
+        CHECK_STR(t->source, "uint16 ids");
+    }
+    qs_tokens_free(t);
+    /* a width that disagrees with the header; a length that is not whole ids; bad version */
+    CHECK(qs_tokens_load_as(ph, QS_TOK_U16, NULL, &t, &e) < 0 && t == NULL);
+    CHECK(strstr(e.msg, "header says uint32 ids, not uint16") != NULL);
+    write_file(pr, raw + 1024, sizeof ids - 2);
+    CHECK(qs_tokens_load_as(pr, QS_TOK_U32, NULL, &t, &e) < 0);
+    CHECK(strstr(e.msg, "not a multiple of 4") != NULL);
+    put_u32(raw + 4, 1);
+    write_file(ph, raw, sizeof raw);
+    CHECK(qs_tokens_load(ph, &t, &e) < 0 && strstr(e.msg, "version 1 (expected 7)") != NULL);
+    put_u32(raw + 4, 7);
+    write_file(ph, raw, sizeof raw - 1);
+    CHECK(qs_tokens_load(ph, &t, &e) < 0 && strstr(e.msg, "not a multiple of 4") != NULL);
+    const char *txt = tmp_path("w.txt");
+    write_file(txt, "ab", 2);
+    CHECK(qs_tokens_load_as(txt, QS_TOK_U32, NULL, &t, &e) < 0);
+    CHECK(strstr(e.msg, "dtype= applies to binary token files") != NULL);
 }
 
 static void expect_err(const char *path, const char *needle)
@@ -162,4 +219,5 @@ static void cleanup(void)
 }
 
 TEST_MAIN("tokens", TEST_CASE(test_txt), TEST_CASE(test_nanogpt_bin), TEST_CASE(test_llmc_bin),
+          TEST_CASE(test_u32),
           TEST_CASE(test_bad), TEST_CASE(cleanup))

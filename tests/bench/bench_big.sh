@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# bench_big.sh - real sizes (issue 14): the folders `make bigmodels` writes (GPT-2-small 124M F32,
+# TinyLlama-1.1B BF16, random weights) when present in $BIG (default as in the Makefile:
+# $XDG_CACHE_HOME/qscope/big, else build/big). Per model: `load model; info` wall time and peak
+# RSS (against the size on disk), and one held-out eval window of the model's context (`eval` on
+# a token file cut so that exactly one window is held out; the time is that run's wall time minus
+# the load's; eval runs the window 3 times: the gate's float pass, then the float and quantized
+# paths), against 3 of PyTorch's forwards of one window. Not part of `make test`.
+set -u
+cd "$(dirname "$0")/../.."
+BIG=${BIG:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/qscope/big}}
+BIG=${BIG:-build/big}
+threads=${OPENBLAS_NUM_THREADS:-$(nproc)}
+PY=/usr/bin/python3
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+found=0
+for name in gpt2-small tinyllama-1.1b; do
+  d=$BIG/$name
+  [ -f "$d/model.safetensors" ] && [ -f "$d-tokens.bin" ] || continue
+  found=1
+  disk=$(( $(stat -c %s "$d/model.safetensors") / 1048576 ))
+  ctx=$($PY -c 'import json,sys; c=json.load(open(sys.argv[1])); print(c.get("n_positions") or c["max_position_embeddings"])' "$d/config.json")
+  /usr/bin/time -f '%e %M' -o "$T/load" ./qscope --no-default -c "load model $d; info" >/dev/null 2>"$T/err" ||
+    { echo "bench big-$name-load: qscope failed: $(tail -1 "$T/err")"; continue; }
+  read -r lw lk <"$T/load"
+  echo "bench big-$name-load: ours $lw s, peak RSS $((lk / 1024)) MB, on disk $disk MB, ratio $(awk -v r="$lk" -v d="$disk" 'BEGIN{printf "%.2f", (d + 2048) / (r / 1024)}') (target 1: RSS <= disk + 2 GB)"
+  n=$((10 * (ctx + 1) + 5))   # n/10 = ctx + 1 held-out tokens: one window
+  head -c $((2 * n)) "$d-tokens.bin" >"$T/one.bin"
+  /usr/bin/time -f '%e %M' -o "$T/eval" ./qscope --no-default --json -c "load model $d; load data $T/one.bin; eval" >"$T/out" 2>"$T/err" ||
+    { echo "bench big-$name-eval-window: qscope failed: $(tail -1 "$T/err")"; continue; }
+  read -r ew ek <"$T/eval"
+  ours=$(awk -v a="$ew" -v b="$lw" 'BEGIN{printf "%.2f", a - b}')
+  if $PY -c 'import torch' 2>/dev/null; then
+    ref=$($PY tests/bench/torch_big.py "$threads" "$d" "$ctx" 2>/dev/null)
+    tw=$(awk '$2 == "window" {print $3}' <<<"$ref")
+    echo "bench big-$name-eval-window: ours $ours s (eval of one ctx-$ctx window = 3 forwards: the gate's float pass, then float and quantized; peak RSS $((ek / 1024)) MB), pytorch ${tw:-?} s per forward, ratio $(awk -v o="$ours" -v t="${tw:-0}" 'BEGIN{printf "%.2f", (o > 0 ? 3 * t / o : 0)}') (target 1.5)"
+  else
+    echo "bench big-$name-eval-window: ours $ours s (eval, ctx $ctx; peak RSS $((ek / 1024)) MB), pytorch skipped (python3-torch not installed)"
+  fi
+done
+[ $found = 1 ] || echo "bench big: skipped (no models in $BIG: run make bigmodels)"
+exit 0
