@@ -728,6 +728,10 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     memset(p, 0, sizeof *p);
     if (nc < 1)
         return qs_errf(e, "allocate: no candidate formats");
+    if (b->lm)
+        return qs_errf(e, "allocate bits= searches formats by re-running the model with each "
+                          "layer's candidates, which is written for MLPs only so far; on a "
+                          "transformer, use allocate rank=N, or sensitivity to rank the sites");
     if (qs_bench_update(b, e) < 0)
         return -1;
     const struct qs_mlp *f = b->model;
@@ -861,6 +865,14 @@ void qs_rank_plan_free(struct qs_rank_plan *p)
     memset(p, 0, sizeof *p);
 }
 
+/* out + in of unit i: the parameters one rank of its low-rank correction adds. */
+static long rank_params(const struct qs_bench *b, int i)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    return (long)u.out + u.in;
+}
+
 int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_err *e)
 {
     memset(p, 0, sizeof *p);
@@ -868,8 +880,7 @@ int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_e
         return qs_errf(e, "allocate: rank=%d: the total rank must be at least 1", total);
     if (qs_bench_update(b, e) < 0)
         return -1;
-    const struct qs_mlp *m = b->model;
-    int L = m->nlayers, any = 0, rc = -1;
+    int L = qs_bench_nunits(b), any = 0, rc = -1;
     p->nl = L;
     p->rank = qs_calloc((size_t)L, sizeof *p->rank);
     p->maxr = qs_calloc((size_t)L, sizeof *p->maxr);
@@ -881,7 +892,8 @@ int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_e
         goto out;
     }
     for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &m->layers[i];
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
         if (!b->ls[i].wq)
             continue;
         struct qs_spectrum sp;
@@ -913,7 +925,7 @@ int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_e
     p->given = qs_alloc_rank_greedy(L, (const double *const *)gain, p->maxr, total, p->rank);
     for (int i = 0; i < L; i++) {
         p->pred[i] = left[i] ? 1.0 - left[i][p->rank[i]] : 0.0;
-        p->params += (long)p->rank[i] * (m->layers[i].out + m->layers[i].in);
+        p->params += (long)p->rank[i] * rank_params(b, i);
     }
     rc = 0;
 out:

@@ -469,14 +469,14 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (lambda >= 0 && !lowrank)
             snprintf(lopts + strlen(lopts), sizeof lopts - strlen(lopts), " lambda=%.9g", lambda);
         int rc = teacher_path ? qs_errf(e, "correct: teacher= is for MLPs")
-                 : lowrank && (strcmp(prec, "float") || lambda >= 0)
-                     ? qs_errf(e, "correct: on transformers, prec= and lambda= apply to bias, "
-                                  "linear and clocal")
+                 : lowrank && lambda >= 0
+                     ? qs_errf(e, "correct: lambda= applies to bias, linear and clocal")
                      : qs_cmd_lm_correct(c, idx, n, m, rank, prec, lambda, lopts, e);
         free(idx);
         if (rc == 0 && lowrank)
-            snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d", argv[0], qs_corr_name(m),
-                     rank);
+            snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d%s%s", argv[0],
+                     qs_corr_name(m), rank, strcmp(prec, "float") ? " prec=" : "",
+                     strcmp(prec, "float") ? prec : "");
         else if (rc == 0)
             snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m),
                      lopts);

@@ -327,9 +327,11 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         if (m == QS_CORR_CLOCAL)
             cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
         if (lowrank) {
-            qs_sb_printf(&t, "%s%s %s r=%d: recovery R = %.4f on held-out windows (calib %.4f), "
-                             "+%ld params, site %.3f bits/weight",
-                         done ? "\n" : "", st->name, qs_corr_name(m), rank, cr->recovery,
+            qs_sb_printf(&t, "%s%s %s r=%d%s%s: recovery R = %.4f on held-out windows (calib "
+                             "%.4f), +%ld params, site %.3f bits/weight",
+                         done ? "\n" : "", st->name, qs_corr_name(m), rank,
+                         strcmp(cr->prec, "float") ? " prec=" : "",
+                         strcmp(cr->prec, "float") ? cr->prec : "", cr->recovery,
                          cr->recovery_calib, cr->params, bpw);
         } else { /* the MLP's wording (cmd_correct) */
             char calib[48];

@@ -372,7 +372,7 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
         free(cand);
         return -1;
     }
-    int L = b->model->nlayers;
+    int L = qs_bench_nunits(b);
     char flist[512] = "";
     for (int k = 0; k < nb; k++)
         snprintf(flist + strlen(flist), sizeof flist - strlen(flist), "%s%s", k ? "," : "",
@@ -398,7 +398,8 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     char **lines = qs_calloc(2 * (size_t)L, sizeof *lines);
     int ncl = 0;
     for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
         const struct qs_corr *kc = &b->ls[i].corr;
         int k = p.choice[i], keeps = p.keeps[(size_t)i * nc + k];
         double nwl = (double)l->out * l->in, bw = p.bits[(size_t)i * nc + k] / nwl;
@@ -443,7 +444,8 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     cJSON_AddItemToObject(o, "plan", plan);
     cJSON *tab = cJSON_CreateArray();
     for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
         cJSON *row = cJSON_CreateObject(), *cells = cJSON_CreateArray();
         cJSON_AddStringToObject(row, "layer", l->name);
         for (int k = 0; k < nc; k++) {
@@ -545,7 +547,7 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, const 
     struct qs_rank_plan p;
     if (qs_allocate_rank(b, total, &p, e) < 0)
         return -1;
-    int L = b->model->nlayers;
+    int L = qs_bench_nunits(b);
     cJSON *o = cJSON_CreateObject(), *plan = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "allocate");
     cJSON_AddNumberToObject(o, "rank", total);
@@ -560,7 +562,8 @@ static int allocate_rank(struct qs_ctx *c, int total, const char *method, const 
     char **lines = qs_calloc((size_t)L, sizeof *lines);
     int nlines = 0;
     for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
         long params = (long)p.rank[i] * (l->out + l->in);
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "layer", l->name);
@@ -1171,7 +1174,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
     {"allocate",
      "bits=B [formats=F,...] [gran=G] [corr=M [ranks=R,...] [prec=P]] [apply] | rank=R "
      "[method=M] [prec=P] [apply]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
      "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "

@@ -103,4 +103,7 @@ out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int8; 
 check default-is-all "grep -q '^delta_loss: held-out loss (14400 predicted tokens' <<<\"\$out\" && grep -q grad_norm <<<\"\$out\" && grep -q fisher_err <<<\"\$out\" && grep -q hutch_tr <<<\"\$out\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'allocate bits=4' 2>&1)
 rc=$?
-check allocate-says-what-works "[ $rc = 1 ] && grep -q 'allocate works on MLPs' <<<\"\$msg\" && grep -q 'on transformers: .*sensitivity' <<<\"\$msg\""
+check allocate-says-what-works "[ $rc = 1 ] && grep -q 'written for MLPs only so far; on a transformer, use allocate rank=N' <<<\"\$msg\""
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int3 gran=channel; allocate rank=8' 2>&1)
+rc=$?
+check allocate-rank-works "[ $rc = 0 ] && grep -q '^rank given 8 of 8' <<<\"\$msg\""

@@ -47,13 +47,13 @@ PY"
     $Q $M $TXT -c "quant * int3 gran=channel; correct $S linear prec=int8 lambda=0.01" \
         >"$T/$n.txt" 2>&1
     check "$n.linear-text" "grep -q '^$S linear prec=int8 lambda=0.01: recovery R = 0\.[0-9]* on held-out windows (calib .*ridge lambda 0.01, rank kept [0-9]* of ' '$T/$n.txt'"
-    # prec= on bias is refused; low-rank keeps float factors on transformers
+    # prec= on bias is refused; low-rank factors take a format on transformers as on MLPs
     $Q $M $TXT -c "quant * int3 gran=channel; correct $S bias prec=int8" >"$T/$n.bad" 2>&1
     rc=$?
     check "$n.bias-prec-refused" "[ $rc != 0 ] && grep -q 'prec=int8 applies to the linear map' '$T/$n.bad'"
-    $Q $M $TXT -c "quant * int3 gran=channel; correct $S lowrank prec=int8" >"$T/$n.bad" 2>&1
+    $Q $M $TXT -c "quant * int3 gran=channel; correct $S lowrank r=4; correct $S lowrank r=4 prec=int8" >"$T/$n.lr" 2>&1
     rc=$?
-    check "$n.lowrank-prec-refused" "[ $rc != 0 ] && grep -q 'prec= and lambda= apply to bias, linear and clocal' '$T/$n.bad'"
+    check "$n.lowrank-prec-int8" "[ $rc = 0 ] && grep -q '^$S lowrank r=4 prec=int8: recovery R = 0\.[0-9]*' '$T/$n.lr' && [ \$(grep -c '^$S lowrank r=4' '$T/$n.lr') = 2 ]"
     # a session with these corrections saves and replays with --check
     $Q --no-default -c "load model $M; load data $TXT; quant * int3 gran=channel; correct $S bias;
         eval; correct $S linear prec=int4; eval; uncorrect $S; correct $S linear lambda=0.5;
