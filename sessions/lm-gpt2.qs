@@ -1,6 +1,6 @@
 # qscope session
 # version 0.1.0
-# date 2026-12-01T08:50:57Z
+# date 2026-12-01T08:57:20Z
 # seed 0
 # threads 2
 # model datasets/models/tiny-gpt2 sha256=e993ea58d794ad3a662f2af8c5f872650730967c4af8ca099508910695ce94aa
@@ -9,9 +9,9 @@
 # Every analysis of the one model core on tiny-gpt2 (GPT-2: LayerNorm, learned positions, biases): eval, weight+activation
 # quantization with static scales, error, spectra (weight and pre-activation), rank, every
 # correction method (lowrank, lqer with int8 factors, qera, eora, bias, linear with an int8 map,
-# clocal), ablate, sensitivity, allocate rank=, then export model and reload (corrections folded
-# in; LLaMA sites have no bias, so their bias/linear corrections are removed before export).
-# Replay: qscope --replay sessions/lm-gpt2.qs --check
+# clocal), ablate, sensitivity, allocate rank=, study q1 on the loaded model, then export model
+# and reload (corrections folded in; LLaMA sites have no bias, so their bias/linear corrections
+# are removed before export). Replay: qscope --replay sessions/lm-gpt2.qs --check
 load model datasets/models/tiny-gpt2
 # => path=datasets/models/tiny-gpt2
 # => arch=gpt2
@@ -761,6 +761,171 @@ allocate rank=16 method=lowrank
 # => task.threshold=2.43866319
 # => gate=pass
 # => regime=weight+activation
+study q1 seeds=0 format=int3 gran=tensor prec=int4
+# => regime=weight-only
+# => format=int3
+# => options=gran=tensor clip=max round=nearest range=restricted sym scale=f16
+# => prec=int4
+# => correctability=share of the pre-activation error energy (calibration split, propagated) in its top ceil(0.1 d) singular directions
+# => settings[0].model=datasets/models/tiny-gpt2
+# => settings[0].data=datasets/text/licenses.txt
+# => settings[0].seed=0
+# => settings[0].layers=9
+# => settings[0].float_acc=null
+# => settings[0].quant_acc=null
+# => settings[0].bits_per_weight=3.00125558
+# => settings[0].gate=pass
+# => settings[0].median_r_lin_float=0.530123721
+# => settings[0].median_r_lin_q4=0.332224714
+# => settings[0].spearman=0.233333333
+# => settings[0].verdict=unclear
+# => layers[0].model=datasets/models/tiny-gpt2
+# => layers[0].seed=0
+# => layers[0].layer=h.0.attn.c_attn
+# => layers[0].depth=early
+# => layers[0].d=192
+# => layers[0].in=64
+# => layers[0].w_rel_err=0.42301986
+# => layers[0].preact_rel_mse=0.0349758702
+# => layers[0].correctability=0.949706136
+# => layers[0].r_lin_float=0.999758538
+# => layers[0].r_lin_q4=0.550902931
+# => layers[0].lambda=0.000659712659
+# => layers[0].rank_kept=62
+# => layers[1].model=datasets/models/tiny-gpt2
+# => layers[1].seed=0
+# => layers[1].layer=h.0.attn.c_proj
+# => layers[1].depth=early
+# => layers[1].d=64
+# => layers[1].in=64
+# => layers[1].w_rel_err=0.388429924
+# => layers[1].preact_rel_mse=0.261441474
+# => layers[1].correctability=0.693528447
+# => layers[1].r_lin_float=0.808552741
+# => layers[1].r_lin_q4=-2.15172972
+# => layers[1].lambda=1.13439768e-05
+# => layers[1].rank_kept=62
+# => layers[2].model=datasets/models/tiny-gpt2
+# => layers[2].seed=0
+# => layers[2].layer=h.0.mlp.c_fc
+# => layers[2].depth=early
+# => layers[2].d=256
+# => layers[2].in=64
+# => layers[2].w_rel_err=0.433449267
+# => layers[2].preact_rel_mse=0.119574519
+# => layers[2].correctability=0.930192684
+# => layers[2].r_lin_float=0.818507142
+# => layers[2].r_lin_q4=0.614423855
+# => layers[2].lambda=0.000508109648
+# => layers[2].rank_kept=63
+# => layers[3].model=datasets/models/tiny-gpt2
+# => layers[3].seed=0
+# => layers[3].layer=h.0.mlp.c_proj
+# => layers[3].depth=mid
+# => layers[3].d=64
+# => layers[3].in=256
+# => layers[3].w_rel_err=0.451323316
+# => layers[3].preact_rel_mse=0.250579124
+# => layers[3].correctability=0.571971435
+# => layers[3].r_lin_float=0.408055946
+# => layers[3].r_lin_q4=0.230309071
+# => layers[3].lambda=0.000138778985
+# => layers[3].rank_kept=64
+# => layers[4].model=datasets/models/tiny-gpt2
+# => layers[4].seed=0
+# => layers[4].layer=h.1.attn.c_attn
+# => layers[4].depth=mid
+# => layers[4].d=192
+# => layers[4].in=64
+# => layers[4].w_rel_err=0.416127729
+# => layers[4].preact_rel_mse=0.169268889
+# => layers[4].correctability=0.849913377
+# => layers[4].r_lin_float=0.530123721
+# => layers[4].r_lin_q4=0.334545517
+# => layers[4].lambda=0.000324579806
+# => layers[4].rank_kept=63
+# => layers[5].model=datasets/models/tiny-gpt2
+# => layers[5].seed=0
+# => layers[5].layer=h.1.attn.c_proj
+# => layers[5].depth=mid
+# => layers[5].d=64
+# => layers[5].in=64
+# => layers[5].w_rel_err=0.371865251
+# => layers[5].preact_rel_mse=0.464163568
+# => layers[5].correctability=0.692561015
+# => layers[5].r_lin_float=0.284196956
+# => layers[5].r_lin_q4=-2.20639658
+# => layers[5].lambda=1.60864753e-05
+# => layers[5].rank_kept=60
+# => layers[6].model=datasets/models/tiny-gpt2
+# => layers[6].seed=0
+# => layers[6].layer=h.1.mlp.c_fc
+# => layers[6].depth=late
+# => layers[6].d=256
+# => layers[6].in=64
+# => layers[6].w_rel_err=0.444184134
+# => layers[6].preact_rel_mse=0.175806749
+# => layers[6].correctability=0.881234011
+# => layers[6].r_lin_float=0.53131609
+# => layers[6].r_lin_q4=0.423909011
+# => layers[6].lambda=0.000338545597
+# => layers[6].rank_kept=63
+# => layers[7].model=datasets/models/tiny-gpt2
+# => layers[7].seed=0
+# => layers[7].layer=h.1.mlp.c_proj
+# => layers[7].depth=late
+# => layers[7].d=64
+# => layers[7].in=256
+# => layers[7].w_rel_err=0.636228872
+# => layers[7].preact_rel_mse=0.596594564
+# => layers[7].correctability=0.569652665
+# => layers[7].r_lin_float=0.387248055
+# => layers[7].r_lin_q4=0.332224714
+# => layers[7].lambda=6.54145456e-05
+# => layers[7].rank_kept=64
+# => layers[8].model=datasets/models/tiny-gpt2
+# => layers[8].seed=0
+# => layers[8].layer=lm_head
+# => layers[8].depth=late
+# => layers[8].d=256
+# => layers[8].in=64
+# => layers[8].w_rel_err=0.218817448
+# => layers[8].preact_rel_mse=0.0301992362
+# => layers[8].correctability=0.987460229
+# => layers[8].r_lin_float=0.133911529
+# => layers[8].r_lin_q4=-46.4017807
+# => layers[8].lambda=0.00600079001
+# => layers[8].rank_kept=63
+# => aggregate.r_lin_float.n=9
+# => aggregate.r_lin_float.mean=0.54463008
+# => aggregate.r_lin_float.median=0.530123721
+# => aggregate.r_lin_float.pos_frac=1
+# => aggregate.r_lin_float.frac_gt_02=0.888888889
+# => aggregate.r_lin_q4.n=9
+# => aggregate.r_lin_q4.mean=-5.36373244
+# => aggregate.r_lin_q4.median=0.332224714
+# => aggregate.r_lin_q4.pos_frac=0.666666667
+# => aggregate.r_lin_q4.frac_gt_02=0.666666667
+# => aggregate.depth_r_lin_q4.early=0.550902931
+# => aggregate.depth_r_lin_q4.mid=0.230309071
+# => aggregate.depth_r_lin_q4.late=0.332224714
+# => aggregate.depth_r_lin_float.early=0.818507142
+# => aggregate.depth_r_lin_float.mid=0.408055946
+# => aggregate.depth_r_lin_float.late=0.387248055
+# => aggregate.pooled_spearman=0.233333333
+# => verdicts.supported=0
+# => verdicts.refuted=0
+# => verdicts.unclear=1
+# => report.layers=156
+# => report.r_lin_float_median=0.348
+# => report.r_lin_q4_median=-0.069
+# => report.r_lin_q4_pos_frac=0.37
+# => report.depth_early=-0.29
+# => report.depth_mid=0.007
+# => report.depth_late=0.204
+# => task.settings=1
+# => task.settings_gate_pass=1
+# => gate=pass
 eval
 # => regime=weight+activation
 # => tokens=14400
@@ -803,4 +968,4 @@ eval
 # => static_amax.h.0.attn.c_proj=1.23122716
 # => static_amax.h.0.mlp.c_fc=4.01487017
 # => static_amax.h.0.mlp.c_proj=3.90586591
-# end of session (25 commands)
+# end of session (26 commands)

@@ -110,6 +110,7 @@ void qs_bench_free(struct qs_bench *b)
     caches_free(b);
     layer_states_free(b);
     qs_mlp_free(b->model);
+    b->model = NULL;
     qs_bench_lm_drop(b);
     qs_lm_free(b->lm);
     qs_tokens_free(b->tokens);

@@ -11,6 +11,9 @@
 
 #include "qscope/analysis.h"
 #include "qscope/dataset.h"
+#include "qscope/lm.h"
+#include "qscope/lmbench.h"
+#include "qscope/tokens.h"
 #include "qscope/mlp.h"
 #include "qscope/spectral.h"
 
@@ -100,7 +103,9 @@ static void split_model_arg(const char *arg, char *model, size_t nm, char *data,
 {
     const char *colon = strrchr(arg, ':');
     size_t l = colon ? strlen(colon + 1) : 0;
-    if (colon && l > 4 && !strcmp(colon + 1 + l - 4, ".csv")) {
+    if (colon && l > 4 &&
+        (!strcmp(colon + 1 + l - 4, ".csv") || !strcmp(colon + 1 + l - 4, ".txt") ||
+         !strcmp(colon + 1 + l - 4, ".bin"))) {
         snprintf(model, nm, "%.*s", (int)(colon - arg), arg);
         snprintf(data, nd, "%s", colon + 1);
     } else {
@@ -139,7 +144,7 @@ static int redraw_heldout(struct qs_split *s, uint64_t seed, qs_err *e)
 static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
                        struct qs_q1_layer *ly, qs_err *e)
 {
-    int L = b->model->nlayers;
+    int L = qs_bench_nunits(b);
     struct qs_eval ev;
     if (qs_bench_eval(b, &ev, e) < 0)
         return -1;
@@ -156,7 +161,8 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
     }
     for (int i = 0; i < L; i++) {
         struct qs_q1_layer *r = &ly[i];
-        const struct qs_layer *l = &b->model->layers[i];
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
         memset(r, 0, sizeof *r);
         r->index = i;
         snprintf(r->name, sizeof r->name, "%s", l->name);
@@ -219,12 +225,69 @@ fail:
     return -1;
 }
 
+static int add_study_rule(const struct qs_q1_opts *o, struct qs_bench *b, qs_err *e)
+{
+    struct qs_rule r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.pattern, sizeof r.pattern, "*");
+    r.fmt = o->fmt;
+    r.opt = o->opt;
+    r.roles = QS_ROLE_W;
+    r.amode = QS_AMODE_DYNAMIC;
+    return qs_bench_add_rule(b, &r, NULL, e);
+}
+
+/* A transformer: a Hugging Face folder (or GGUF file) and its token data, DIR:DATA. */
+static int open_lm_bench(const struct qs_q1_opts *o, const char *model, const char *data,
+                         struct qs_bench **out, qs_err *e)
+{
+    if (!data[0])
+        return qs_errf(e, "%s: a transformer's setting names its token data: models=DIR:DATA.txt "
+                          "(or .bin)", model);
+    char mfile[4096], dfile[4096];
+    if (model[0] == '/' || qs_bundle_path(model, mfile, sizeof mfile, NULL) < 0)
+        snprintf(mfile, sizeof mfile, "%s", model);
+    if (data[0] == '/' || qs_bundle_path(data, dfile, sizeof dfile, NULL) < 0)
+        snprintf(dfile, sizeof dfile, "%s", data);
+    struct qs_lm *m = NULL;
+    struct qs_tokens *t = NULL;
+    struct qs_bench *b = qs_bench_new();
+    if (!b)
+        return qs_errf(e, "out of memory");
+    if (qs_lm_load(mfile, &m, e) < 0 || qs_bench_set_lm(b, m, mfile, e) < 0 ||
+        qs_tokens_load(dfile, &t, e) < 0 || qs_bench_set_tokens(b, t, dfile, e) < 0 ||
+        qs_bench_lm_ready(b, e) < 0 || add_study_rule(o, b, e) < 0) {
+        if (!b->lm)
+            qs_lm_free(m);
+        if (b->tokens != t)
+            qs_tokens_free(t);
+        qs_bench_free(b);
+        return qs_err_prefix(e, model);
+    }
+    *out = b;
+    return 0;
+}
+
+static int is_lm_path(const char *path)
+{
+    char p[4200], f[4096];
+    if (path[0] == '/' || qs_bundle_path(path, f, sizeof f, NULL) < 0)
+        snprintf(f, sizeof f, "%s", path);
+    size_t l = strlen(f);
+    if (l > 5 && !strcmp(f + l - 5, ".gguf"))
+        return 1;
+    snprintf(p, sizeof p, "%s/config.json", f);
+    return access(p, R_OK) == 0;
+}
+
 /* Loads model and data into a fresh bench with the study's rule. */
 static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_bench **out,
                       char *model, size_t nm, char *data, size_t nd, qs_err *e)
 {
     *out = NULL;
     split_model_arg(arg, model, nm, data, nd);
+    if (is_lm_path(model))
+        return open_lm_bench(o, model, data, out, e);
     struct qs_mlp *m = NULL;
     struct qs_dataset *d = NULL;
     /* Bundled files (datasets/...) resolve wherever qscope is installed; the results name them
@@ -257,15 +320,8 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
         qs_dataset_free(d);
         return qs_errf(e, "out of memory");
     }
-    struct qs_rule r;
-    memset(&r, 0, sizeof r);
-    snprintf(r.pattern, sizeof r.pattern, "*");
-    r.fmt = o->fmt;
-    r.opt = o->opt;
-    r.roles = QS_ROLE_W;
-    r.amode = QS_AMODE_DYNAMIC;
     if (qs_bench_set_model(b, m, mfile, e) < 0 || qs_bench_set_data(b, d, dfile, e) < 0 ||
-        qs_bench_ready(b, e) < 0 || qs_bench_add_rule(b, &r, NULL, e) < 0) {
+        qs_bench_ready(b, e) < 0 || add_study_rule(o, b, e) < 0) {
         qs_bench_free(b);
         return qs_err_prefix(e, model);
     }
@@ -287,7 +343,7 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
         char model[512], data[512];
         if (open_bench(o, o->models[mi], &b, model, sizeof model, data, sizeof data, e) < 0)
             goto fail;
-        int L = b->model->nlayers;
+        int L = qs_bench_nunits(b);
         uint64_t own = b->split_seed;
         double ft = b->f_train, fc = b->f_calib;
         struct qs_q1_layer *nl = realloc(q->layers, (size_t)(capl + o->nseeds * L) * sizeof *nl);
@@ -307,8 +363,11 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
             st->nlayers = L;
             st->first = q->nlayers;
             b->seed = o->seeds[si];
-            if (qs_bench_resplit(b, own, ft, fc, e) < 0 ||
-                redraw_heldout(&b->split, o->seeds[si], e) < 0) {
+            /* an MLP's seed re-draws its held-out rows; a transformer's token split is fixed
+             * (calibration: the first windows; held out: the last 10 %), so its seed only seeds
+             * the session's random draws */
+            if (!b->lm && (qs_bench_resplit(b, own, ft, fc, e) < 0 ||
+                           redraw_heldout(&b->split, o->seeds[si], e) < 0)) {
                 qs_bench_free(b);
                 goto fail;
             }

@@ -903,11 +903,15 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (!strcmp(models, "bundled")) {
         /* by default the study is over the bundled MLPs, which is not what a user looking at
          * a transformer expects: say so rather than study something else silently */
-        if (c->b->lm && !models_given)
-            return qs_errf(e, "study q1 works on MLPs for now and the loaded model is a "
-                              "transformer: name the MLPs with models=PATH,... (models=bundled: "
-                              "the bundled ones) or load an MLP");
-        for (int k = 0; k < 5; k++) {
+        if (c->b->lm && !models_given) {
+            /* with a transformer loaded, the study is of that model on its token data */
+            if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
+                return qs_errf(e, "study q1: load token data for the transformer first (load "
+                                  "data PATH.txt|.bin), or name models=DIR:DATA,...");
+            snprintf(paths[0], sizeof paths[0], "%s:%s", c->b->model_path, c->b->data_path);
+            mp[nm++] = paths[0];
+        }
+        for (int k = 0; k < 5 && !(c->b->lm && !models_given); k++) {
             if (bundled_path(bundled[k], paths[nm], sizeof paths[nm], e) < 0)
                 return -1;
             mp[nm] = paths[nm];
@@ -965,9 +969,11 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
                          ? "block"
                          : gran_word(&o.opt, gb, sizeof gb);
-    char qm[1024], qc[600];
-    snprintf(c->canon, sizeof c->canon, "study q1 models=%s seeds=%s format=%s gran=%s prec=%s%s%s",
-             qs_quote(models, qm, sizeof qm), canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "",
+    char qm[1024], qc[600], mq[1040] = "";
+    if (!(c->b->lm && !models_given)) /* else: the loaded transformer, as replay will have it */
+        snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
+    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s format=%s gran=%s prec=%s%s%s", mq,
+             canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "",
              csv ? qs_quote(csv, qc, sizeof qc) : "");
     qs_qopts_format(&o.fmt, &o.opt, opts, sizeof opts);
     const char *rq = !strcmp(prec, "int4")   ? "R_lin_q4"
@@ -1002,7 +1008,12 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "tr(Y_q^T Y_q) / d; rank = eigen-directions of Y_q^T Y_q kept (eigenvalue "
                      "> 1e-6 of the largest; the rest get zero weight)\n");
     qs_sb_printf(&t, "a seed re-draws calibration and test among each model's held-out samples "
-                     "(never its training samples)\n\n");
+                     "(never its training samples)\n");
+    if ((c->b->lm && !models_given) || strstr(models, ".txt") || strstr(models, ".bin"))
+        qs_sb_printf(&t, "a transformer's token split is fixed (calibration: its first `set calib` "
+                         "windows; held out: every window of the last 10%%): there a seed only "
+                         "seeds the random draws, and f_acc/q_acc are not defined (nan)\n");
+    qs_sb_printf(&t, "\n");
     char hdr_q[24];
     snprintf(hdr_q, sizeof hdr_q, "med_%s", rq);
     qs_sb_printf(&t, "%-22s %4s %4s %7s %7s %13s %13s %8s  %s\n", "model", "seed", "gate", "f_acc",
