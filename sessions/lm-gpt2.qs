@@ -73,6 +73,11 @@ error
 # => layers[0].local_rel_mse=0.00213577408
 # => layers[0].local_snr_db=26.7044469
 # => layers[0].cosine=0.998931579
+# => layers[0].kl_alone=0.00277388375
+# => layers[0].kl_share=0.15311647
+# => layers[0].w_only=0.00212211725
+# => layers[0].a_only=1.33120643e-05
+# => layers[0].interaction=3.44765997e-07
 # => layers[1].name=h.0.attn.c_proj
 # => layers[1].w_rel_err=0.108660351
 # => layers[1].preact_rel_mse=0.0134477957
@@ -80,6 +85,11 @@ error
 # => layers[1].local_rel_mse=0.00556177939
 # => layers[1].local_snr_db=22.5478624
 # => layers[1].cosine=0.993268059
+# => layers[1].kl_alone=0.000669472811
+# => layers[1].kl_share=0.0369544375
+# => layers[1].w_only=0.00550305945
+# => layers[1].a_only=5.3694983e-05
+# => layers[1].interaction=5.02495828e-06
 # => layers[2].name=h.0.mlp.c_fc
 # => layers[2].w_rel_err=0.109558341
 # => layers[2].preact_rel_mse=0.00659707655
@@ -87,6 +97,11 @@ error
 # => layers[2].local_rel_mse=0.00385544208
 # => layers[2].local_snr_db=24.1392582
 # => layers[2].cosine=0.996717535
+# => layers[2].kl_alone=0.00265473718
+# => layers[2].kl_share=0.146539662
+# => layers[2].w_only=0.00382918242
+# => layers[2].a_only=2.69275773e-05
+# => layers[2].interaction=-6.67914011e-07
 # => layers[3].name=h.0.mlp.c_proj
 # => layers[3].w_rel_err=0.137699191
 # => layers[3].preact_rel_mse=0.0211091544
@@ -94,6 +109,11 @@ error
 # => layers[3].local_rel_mse=0.0122289244
 # => layers[3].local_snr_db=19.1261174
 # => layers[3].cosine=0.989714583
+# => layers[3].kl_alone=0.00275408628
+# => layers[3].kl_share=0.152023663
+# => layers[3].w_only=0.0118766164
+# => layers[3].a_only=0.000343251191
+# => layers[3].interaction=9.05673419e-06
 # => layers[4].name=h.1.attn.c_attn
 # => layers[4].w_rel_err=0.109429255
 # => layers[4].preact_rel_mse=0.0119761186
@@ -101,6 +121,8 @@ error
 # => layers[4].local_rel_mse=0.00403452508
 # => layers[4].local_snr_db=23.9420758
 # => layers[4].cosine=0.994033602
+# => layers[4].kl_alone=0.00061189443
+# => layers[4].kl_share=0.0337761506
 # => layers[5].name=h.1.attn.c_proj
 # => layers[5].w_rel_err=0.106181712
 # => layers[5].preact_rel_mse=0.0378687778
@@ -108,6 +130,8 @@ error
 # => layers[5].local_rel_mse=0.00598893712
 # => layers[5].local_snr_db=22.2265025
 # => layers[5].cosine=0.980915442
+# => layers[5].kl_alone=0.000201695982
+# => layers[5].kl_share=0.0111334791
 # => layers[6].name=h.1.mlp.c_fc
 # => layers[6].w_rel_err=0.109014961
 # => layers[6].preact_rel_mse=0.0116465468
@@ -115,6 +139,8 @@ error
 # => layers[6].local_rel_mse=0.00384109526
 # => layers[6].local_snr_db=24.1554492
 # => layers[6].cosine=0.994214453
+# => layers[6].kl_alone=0.00176091112
+# => layers[6].kl_share=0.0972010795
 # => layers[7].name=h.1.mlp.c_proj
 # => layers[7].w_rel_err=0.156944948
 # => layers[7].preact_rel_mse=0.0368292543
@@ -122,6 +148,8 @@ error
 # => layers[7].local_rel_mse=0.0141828045
 # => layers[7].local_snr_db=18.4823788
 # => layers[7].cosine=0.981641714
+# => layers[7].kl_alone=0.00112253689
+# => layers[7].kl_share=0.061963262
 # => layers[8].name=lm_head
 # => layers[8].w_rel_err=0.0852647253
 # => layers[8].preact_rel_mse=0.00232638862
@@ -129,6 +157,8 @@ error
 # => layers[8].local_rel_mse=0.000803076074
 # => layers[8].local_snr_db=30.9524331
 # => layers[8].cosine=0.998868388
+# => layers[8].kl_alone=0.00556694991
+# => layers[8].kl_share=0.307291796
 spectrum h.1.mlp.c_proj of=weight scale=none k=64
 # => layer=h.1.mlp.c_proj
 # => of=weight

@@ -76,6 +76,11 @@ error
 # => layers[0].local_rel_mse=0.00146121051
 # => layers[0].local_snr_db=28.3528721
 # => layers[0].cosine=0.999272506
+# => layers[0].kl_alone=0.000291303216
+# => layers[0].kl_share=0.013111657
+# => layers[0].w_only=0.00143407517
+# => layers[0].a_only=2.74144747e-05
+# => layers[0].interaction=-2.79134932e-07
 # => layers[1].name=model.layers.0.self_attn.k_proj
 # => layers[1].w_rel_err=0.0903941257
 # => layers[1].preact_rel_mse=0.00100017149
@@ -83,6 +88,11 @@ error
 # => layers[1].local_rel_mse=0.00100017149
 # => layers[1].local_snr_db=29.9992553
 # => layers[1].cosine=0.999499808
+# => layers[1].kl_alone=0.000305205705
+# => layers[1].kl_share=0.0137374128
+# => layers[1].w_only=0.000991695603
+# => layers[1].a_only=2.49043688e-05
+# => layers[1].interaction=-1.64284789e-05
 # => layers[2].name=model.layers.0.self_attn.v_proj
 # => layers[2].w_rel_err=0.112383887
 # => layers[2].preact_rel_mse=0.00769731124
@@ -90,6 +100,11 @@ error
 # => layers[2].local_rel_mse=0.00769731124
 # => layers[2].local_snr_db=21.1366095
 # => layers[2].cosine=0.996253128
+# => layers[2].kl_alone=0.000931138829
+# => layers[2].kl_share=0.0419108761
+# => layers[2].w_only=0.00762016032
+# => layers[2].a_only=8.21129779e-05
+# => layers[2].interaction=-4.96206105e-06
 # => layers[3].name=model.layers.0.self_attn.o_proj
 # => layers[3].w_rel_err=0.105122355
 # => layers[3].preact_rel_mse=0.0195110093
@@ -97,6 +112,11 @@ error
 # => layers[3].local_rel_mse=0.0102317015
 # => layers[3].local_snr_db=19.9005214
 # => layers[3].cosine=0.990510884
+# => layers[3].kl_alone=0.000977101334
+# => layers[3].kl_share=0.0439796641
+# => layers[3].w_only=0.0101186494
+# => layers[3].a_only=0.000125151486
+# => layers[3].interaction=-1.20993459e-05
 # => layers[4].name=model.layers.0.mlp.gate_proj
 # => layers[4].w_rel_err=0.10946915
 # => layers[4].preact_rel_mse=0.0109078591
@@ -104,6 +124,11 @@ error
 # => layers[4].local_rel_mse=0.00619865321
 # => layers[4].local_snr_db=22.0770266
 # => layers[4].cosine=0.994591782
+# => layers[4].kl_alone=0.000643747983
+# => layers[4].kl_share=0.0289753161
+# => layers[4].w_only=0.00614998069
+# => layers[4].a_only=5.66979146e-05
+# => layers[4].interaction=-8.02539894e-06
 # => layers[5].name=model.layers.0.mlp.up_proj
 # => layers[5].w_rel_err=0.1069119
 # => layers[5].preact_rel_mse=0.0131248142
@@ -111,6 +136,11 @@ error
 # => layers[5].local_rel_mse=0.0075510631
 # => layers[5].local_snr_db=21.219919
 # => layers[5].cosine=0.993454283
+# => layers[5].kl_alone=0.000569050328
+# => layers[5].kl_share=0.0256131492
+# => layers[5].w_only=0.0074808769
+# => layers[5].a_only=7.0768846e-05
+# => layers[5].interaction=-5.82654953e-07
 # => layers[6].name=model.layers.0.mlp.down_proj
 # => layers[6].w_rel_err=0.131398548
 # => layers[6].preact_rel_mse=0.0285608169
@@ -118,6 +148,11 @@ error
 # => layers[6].local_rel_mse=0.0122169094
 # => layers[6].local_snr_db=19.1303865
 # => layers[6].cosine=0.985704155
+# => layers[6].kl_alone=0.00140488568
+# => layers[6].kl_share=0.0632343834
+# => layers[6].w_only=0.0104002601
+# => layers[6].a_only=0.0018196299
+# => layers[6].interaction=-2.98057574e-06
 # => layers[7].name=model.layers.1.self_attn.q_proj
 # => layers[7].w_rel_err=0.0906690569
 # => layers[7].preact_rel_mse=0.00287407807
@@ -125,6 +160,8 @@ error
 # => layers[7].local_rel_mse=0.00145015685
 # => layers[7].local_snr_db=28.3858502
 # => layers[7].cosine=0.998586929
+# => layers[7].kl_alone=0.000419803965
+# => layers[7].kl_share=0.0188955195
 # => layers[8].name=model.layers.1.self_attn.k_proj
 # => layers[8].w_rel_err=0.0944207931
 # => layers[8].preact_rel_mse=0.0027753889
@@ -132,6 +169,8 @@ error
 # => layers[8].local_rel_mse=0.00145717738
 # => layers[8].local_snr_db=28.3648758
 # => layers[8].cosine=0.998611619
+# => layers[8].kl_alone=0.000704483532
+# => layers[8].kl_share=0.0317090439
 # => layers[9].name=model.layers.1.self_attn.v_proj
 # => layers[9].w_rel_err=0.113119707
 # => layers[9].preact_rel_mse=0.0160267643
@@ -139,6 +178,8 @@ error
 # => layers[9].local_rel_mse=0.00896081123
 # => layers[9].local_snr_db=20.4765267
 # => layers[9].cosine=0.991971442
+# => layers[9].kl_alone=0.00209815509
+# => layers[9].kl_share=0.0944386756
 # => layers[10].name=model.layers.1.self_attn.o_proj
 # => layers[10].w_rel_err=0.108844561
 # => layers[10].preact_rel_mse=0.0349869278
@@ -146,6 +187,8 @@ error
 # => layers[10].local_rel_mse=0.012754532
 # => layers[10].local_snr_db=18.9433547
 # => layers[10].cosine=0.982634436
+# => layers[10].kl_alone=0.00157474258
+# => layers[10].kl_share=0.0708797004
 # => layers[11].name=model.layers.1.mlp.gate_proj
 # => layers[11].w_rel_err=0.109050031
 # => layers[11].preact_rel_mse=0.0172348851
@@ -153,6 +196,8 @@ error
 # => layers[11].local_rel_mse=0.00661116469
 # => layers[11].local_snr_db=21.7972202
 # => layers[11].cosine=0.991432137
+# => layers[11].kl_alone=0.00254817123
+# => layers[11].kl_share=0.114694056
 # => layers[12].name=model.layers.1.mlp.up_proj
 # => layers[12].w_rel_err=0.109685735
 # => layers[12].preact_rel_mse=0.0223607248
@@ -160,6 +205,8 @@ error
 # => layers[12].local_rel_mse=0.0088426687
 # => layers[12].local_snr_db=20.5341665
 # => layers[12].cosine=0.988876562
+# => layers[12].kl_alone=0.00219202417
+# => layers[12].kl_share=0.0986637551
 # => layers[13].name=model.layers.1.mlp.down_proj
 # => layers[13].w_rel_err=0.12552842
 # => layers[13].preact_rel_mse=0.0400027534
@@ -167,6 +214,8 @@ error
 # => layers[13].local_rel_mse=0.0124970775
 # => layers[13].local_snr_db=19.0319154
 # => layers[13].cosine=0.980269407
+# => layers[13].kl_alone=0.00193997834
+# => layers[13].kl_share=0.0873190861
 # => layers[14].name=lm_head
 # => layers[14].w_rel_err=0.0843538309
 # => layers[14].preact_rel_mse=0.00528371333
@@ -174,6 +223,8 @@ error
 # => layers[14].local_rel_mse=0.00143924425
 # => layers[14].local_snr_db=28.418655
 # => layers[14].cosine=0.997434954
+# => layers[14].kl_alone=0.00561732483
+# => layers[14].kl_share=0.252837705
 spectrum model.layers.1.mlp.down_proj of=weight scale=none k=64
 # => layer=model.layers.1.mlp.down_proj
 # => of=weight

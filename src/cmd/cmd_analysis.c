@@ -67,16 +67,7 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (argc > 1)
         return qs_errf(e, "usage: error [PATTERN]");
     struct qs_bench *b = c->b;
-    if (b->lm) {
-        int *li = idx_alloc(c);
-        if (!li)
-            return qs_errf(e, "out of memory");
-        int ln = layers_matching(c, argc ? argv[0] : NULL, li, e);
-        int rc = ln < 0 ? -1 : qs_cmd_lm_error(c, li, ln, e);
-        free(li);
-        return rc;
-    }
-    int L = b->model->nlayers, *idx = idx_alloc(c);
+    int L = qs_bench_nunits(b), *idx = idx_alloc(c);
     struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
     if (!idx || !err) {
         free(idx);
@@ -92,14 +83,20 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "error");
     struct qs_sb t = {0};
-    int attr = 0;
-    for (int k = 0; k < n; k++)
+    int attr = 0, W = 10; /* the name column: as wide as the longest name shown */
+    for (int k = 0; k < n; k++) {
+        struct qs_unit u;
+        qs_bench_unit(b, idx[k], &u);
         attr |= err[idx[k]].has_attr;
-    qs_sb_printf(&t, "%-10s %10s %14s %9s %9s %9s %9s\n", "layer", "w_rel_err", "preact_rel_mse",
-                 "snr_db", "local_db", "cosine", "kl_share");
+        W = (int)strlen(u.name) > W ? (int)strlen(u.name) : W;
+    }
+    qs_sb_printf(&t, "%-*s %10s %14s %9s %9s %9s %9s\n", W, b->lm ? "site" : "layer", "w_rel_err",
+                 "preact_rel_mse", "snr_db", "local_db", "cosine", "kl_share");
     for (int k = 0; k < n; k++) {
         const struct qs_layer_err *r = &err[idx[k]];
-        cJSON *j = qs_cmd_error_row(b->model->layers[idx[k]].name, r);
+        struct qs_unit u;
+        qs_bench_unit(b, idx[k], &u);
+        cJSON *j = qs_cmd_error_row(u.name, r);
         qs_json_num(j, "kl_alone", r->kl_alone);
         qs_json_num(j, "kl_share", r->kl_share);
         if (r->has_attr) {
@@ -108,21 +105,29 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             qs_json_num(j, "interaction", r->interaction);
         }
         cJSON_AddItemToArray(rows, j);
-        qs_sb_printf(&t, "%-10s %10.5f %14.6g %9.2f %9.2f %9.6f %9.4f\n",
-                     b->model->layers[idx[k]].name, r->w_rel_err, r->preact_rel_mse, r->snr_db,
-                     r->local_snr_db, r->cosine, r->kl_share);
+        qs_sb_printf(&t, "%-*s %10.5f %14.6g %9.2f %9.2f %9.6f %9.4f\n", W, u.name, r->w_rel_err,
+                     r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine, r->kl_share);
     }
     if (attr) {
         qs_sb_printf(&t, "attribution of the local relative MSE (weight+activation):\n");
-        qs_sb_printf(&t, "%-10s %12s %12s %12s\n", "layer", "weights", "activations",
-                     "interaction");
+        qs_sb_printf(&t, "%-*s %12s %12s %12s\n", W, b->lm ? "site" : "layer", "weights",
+                     "activations", "interaction");
         for (int k = 0; k < n; k++)
-            if (err[idx[k]].has_attr)
-                qs_sb_printf(&t, "%-10s %12.6g %12.6g %12.6g\n", b->model->layers[idx[k]].name,
-                             err[idx[k]].w_only, err[idx[k]].a_only, err[idx[k]].interaction);
+            if (err[idx[k]].has_attr) {
+                struct qs_unit u;
+                qs_bench_unit(b, idx[k], &u);
+                qs_sb_printf(&t, "%-*s %12.6g %12.6g %12.6g\n", W, u.name, err[idx[k]].w_only,
+                             err[idx[k]].a_only, err[idx[k]].interaction);
+            }
     }
-    qs_sb_printf(&t, "(calibration split; snr/preact propagated through the quantized path, local "
-                     "from float inputs; kl_share: share of KL with only that layer quantized)\n");
+    if (b->lm)
+        qs_sb_printf(&t, "(calibration windows; snr/preact propagated through the quantized model, "
+                         "local from the float model's inputs; kl_share: share of the held-out KL "
+                         "with only that site quantized)\n");
+    else
+        qs_sb_printf(&t, "(calibration split; snr/preact propagated through the quantized path, "
+                         "local from float inputs; kl_share: share of KL with only that layer "
+                         "quantized)\n");
     qs_add_gate(c, o, &t);
     qs_set_last_table(c, "error", rows, NULL);
     cJSON_AddItemToObject(o, "layers", rows);

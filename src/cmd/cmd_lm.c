@@ -250,40 +250,6 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
     return 0;
 }
 
-int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e)
-{
-    struct qs_bench *b = c->b;
-    int S = b->lm->nsites;
-    struct qs_layer_err *err = qs_calloc((size_t)S, sizeof *err);
-    if (!err)
-        return qs_errf(e, "out of memory");
-    if (qs_analysis_errors(b, err, e) < 0) {
-        free(err);
-        return -1;
-    }
-    cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
-    cJSON_AddStringToObject(o, "cmd", "error");
-    struct qs_sb t = {0};
-    qs_sb_printf(&t, "%-32s %10s %14s %9s %9s %9s\n", "site", "w_rel_err", "preact_rel_mse",
-                 "snr_db", "local_db", "cosine");
-    for (int k = 0; k < n; k++) {
-        const struct qs_layer_err *r = &err[idx[k]];
-        const char *name = b->lm->sites[idx[k]].name;
-        cJSON_AddItemToArray(rows, qs_cmd_error_row(name, r));
-        qs_sb_printf(&t, "%-32s %10.5f %14.6g %9.2f %9.2f %9.6f\n", name, r->w_rel_err,
-                     r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine);
-    }
-    qs_sb_printf(&t, "(calibration windows; snr/preact propagated through the quantized model, "
-                     "local from the float model's inputs)\n");
-    qs_cmd_lm_gate(c, o, &t);
-    qs_set_last_table(c, "error", rows, NULL);
-    cJSON_AddItemToObject(o, "layers", rows);
-    qs_emit(c, o, t.s);
-    qs_sb_free(&t);
-    free(err);
-    return 0;
-}
-
 int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
                       const char *prec, double lambda, const char *opts, qs_err *e)
 {

@@ -22,7 +22,6 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e);
  * statically (either family), so that sessions journal the calibrated scales and --replay --check
  * compares them. */
 void qs_cmd_json_static_amax(cJSON *o, const struct qs_bench *b);
-int qs_cmd_lm_error(struct qs_ctx *c, const int *idx, int n, qs_err *e);
 int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_method m, int rank,
                       const char *prec, double lambda, const char *opts, qs_err *e);
 /* One row of the error table (name and the statistics both kinds of model have). */
