@@ -854,6 +854,26 @@ static void stats_row(struct qs_sb *t, const char *name, const struct qs_q1_stat
     qs_sb_printf(t, "\n");
 }
 
+/* A bundled file's path as written (datasets/...) when PATH is where qs_bundle_path resolves it,
+ * so that results name it the same wherever qscope runs; else PATH. */
+static const char *as_bundled(const char *path, char *buf, size_t n)
+{
+    char r1[PATH_MAX], r2[PATH_MAX], res[PATH_MAX];
+    if (!realpath(path, r1))
+        return path;
+    /* the shortest suffix that resolves there: the same name from any directory */
+    for (const char *p = path + strlen(path); p > path; p--) {
+        if (p[-1] != '/')
+            continue;
+        if (qs_bundle_path(p, res, sizeof res, NULL) == 0 && realpath(res, r2) &&
+            !strcmp(r1, r2)) {
+            snprintf(buf, n, "%s", p);
+            return buf;
+        }
+    }
+    return path;
+}
+
 static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
@@ -908,7 +928,10 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
                 return qs_errf(e, "study q1: load token data for the transformer first (load "
                                   "data PATH.txt|.bin), or name models=DIR:DATA,...");
-            snprintf(paths[0], sizeof paths[0], "%s:%s", c->b->model_path, c->b->data_path);
+            char mb[PATH_MAX], db[PATH_MAX];
+            snprintf(paths[0], sizeof paths[0], "%s:%s",
+                     as_bundled(c->b->model_path, mb, sizeof mb),
+                     as_bundled(c->b->data_path, db, sizeof db));
             mp[nm++] = paths[0];
         }
         for (int k = 0; k < 5 && !(c->b->lm && !models_given); k++) {

@@ -120,8 +120,8 @@ check study-csv-comment-line "head -1 $T/ok-layers.csv | grep -q '^# qscope ' &&
 out=$($Q roundtrip int8 1 2 3 4 5 6 7 8 9 10 11 12 2>&1)
 check roundtrip-many-values "[ \"\$(grep -c ' -> ' <<<\"\$out\")\" = 12 ]"
 check train-transformer-says-so "$Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'train epochs=1' 2>&1 | grep -q \"unknown option 'epochs=1' for a transformer\""
-msg=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'study q1' 2>&1); rc=$?
-check study-q1-refuses-transformer "[ $rc = 1 ] && grep -q 'study q1 works on MLPs for now' <<<\"\$msg\" && grep -q 'models=' <<<\"\$msg\" && ! grep -q '\"study q1\"' <<<\"\$msg\""
+msg=$($Q --json datasets/models/tiny-gpt2 -c 'study q1' 2>&1); rc=$?
+check study-q1-needs-tokens "[ $rc = 1 ] && grep -q 'study q1: load token data for the transformer first' <<<\"\$msg\" && ! grep -q '\"study q1\"' <<<\"\$msg\""
 check study-q1-transformer-models-given "$Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'study q1 models=datasets/models/moons-mlp.safetensors:datasets/moons.csv seeds=0' | grep -q 'gate pass in 1 of 1'"
 
 # ---- make install ships the whole bundle; the installed binary runs every README example from
