@@ -5,7 +5,6 @@
 # threads 2
 # model datasets/models/tiny-gpt2 sha256=e993ea58d794ad3a662f2af8c5f872650730967c4af8ca099508910695ce94aa
 # data datasets/text/licenses.txt sha256=c4cf44e5bcffdbec176f8831e48024c1af63fe31043616b9bfedaa56ee6a3248
-# model /tmp/lmexp2 sha256=bca930ea5ef606f4e4491ef37802b2c92f64d8357af0e63fbbe23d955e94644a
 # Every analysis of the one model core on tiny-gpt2 (GPT-2: LayerNorm, learned positions, biases): eval, weight+activation
 # quantization with static scales, error, spectra (weight and pre-activation), rank, every
 # correction method (lowrank, lqer with int8 factors, qera, eora, bias, linear with an int8 map,
@@ -791,6 +790,156 @@ allocate rank=16 method=lowrank
 # => task.threshold=2.43866319
 # => gate=pass
 # => regime=weight+activation
+# allocate bits= chooses a format per site under a budget of bits per weight, by each
+# site's measured calibration loss (not applied here: `apply` would run its quant lines).
+allocate bits=6 formats=int4/channel,int8/channel
+# => budget=6
+# => formats=int4/channel,int8/channel
+# => plan[0].layer=h.0.attn.c_attn
+# => plan[0].format=int8
+# => plan[0].gran=channel
+# => plan[0].bits_per_weight=8.25
+# => plan[0].dloss_calib=9.34686443e-05
+# => plan[0].command=quant h.0.attn.c_attn int8 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[1].layer=h.0.attn.c_proj
+# => plan[1].format=int8
+# => plan[1].gran=channel
+# => plan[1].bits_per_weight=8.25
+# => plan[1].dloss_calib=-9.71060104e-05
+# => plan[1].command=quant h.0.attn.c_proj int8 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[2].layer=h.0.mlp.c_fc
+# => plan[2].format=int4
+# => plan[2].gran=channel
+# => plan[2].bits_per_weight=4.25
+# => plan[2].dloss_calib=-0.000259862784
+# => plan[2].command=quant h.0.mlp.c_fc int4 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[3].layer=h.0.mlp.c_proj
+# => plan[3].format=int8
+# => plan[3].gran=channel
+# => plan[3].bits_per_weight=8.0625
+# => plan[3].dloss_calib=-0.000305191006
+# => plan[3].command=quant h.0.mlp.c_proj int8 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[4].layer=h.1.attn.c_attn
+# => plan[4].format=int4
+# => plan[4].gran=channel
+# => plan[4].bits_per_weight=5.171875
+# => plan[4].dloss_calib=0.000139338204
+# => plan[4].correction=lqer
+# => plan[4].keeps_correction=true
+# => plan[4].command=quant h.1.attn.c_attn int4 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[5].layer=h.1.attn.c_proj
+# => plan[5].format=int8
+# => plan[5].gran=channel
+# => plan[5].bits_per_weight=8.25
+# => plan[5].dloss_calib=4.45138387e-06
+# => plan[5].command=quant h.1.attn.c_proj int8 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[6].layer=h.1.mlp.c_fc
+# => plan[6].format=int4
+# => plan[6].gran=channel
+# => plan[6].bits_per_weight=6.75
+# => plan[6].dloss_calib=-0.00110219365
+# => plan[6].correction=lowrank
+# => plan[6].keeps_correction=true
+# => plan[6].command=quant h.1.mlp.c_fc int4 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[7].layer=h.1.mlp.c_proj
+# => plan[7].format=int4
+# => plan[7].gran=channel
+# => plan[7].bits_per_weight=4.0625
+# => plan[7].dloss_calib=-0.00292879141
+# => plan[7].command=quant h.1.mlp.c_proj int4 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => plan[8].layer=lm_head
+# => plan[8].format=int4
+# => plan[8].gran=channel
+# => plan[8].bits_per_weight=4.25
+# => plan[8].dloss_calib=0.0057751833
+# => plan[8].command=quant lm_head int4 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => table[0].layer=h.0.attn.c_attn
+# => table[0].candidates[0].format=int4/channel
+# => table[0].candidates[0].bits_per_weight=6.91666667
+# => table[0].candidates[0].dloss_calib=0.00159184561
+# => table[0].candidates[1].format=int8/channel
+# => table[0].candidates[1].bits_per_weight=8.25
+# => table[0].candidates[1].dloss_calib=9.34686443e-05
+# => table[1].layer=h.0.attn.c_proj
+# => table[1].candidates[0].format=int4/channel
+# => table[1].candidates[0].bits_per_weight=4.75
+# => table[1].candidates[0].dloss_calib=0.00192678691
+# => table[1].candidates[1].format=int8/channel
+# => table[1].candidates[1].bits_per_weight=8.25
+# => table[1].candidates[1].dloss_calib=-9.71060104e-05
+# => table[2].layer=h.0.mlp.c_fc
+# => table[2].candidates[0].format=int4/channel
+# => table[2].candidates[0].bits_per_weight=4.25
+# => table[2].candidates[0].dloss_calib=-0.000259862784
+# => table[2].candidates[1].format=int8/channel
+# => table[2].candidates[1].bits_per_weight=8.25
+# => table[2].candidates[1].dloss_calib=7.44846869e-05
+# => table[3].layer=h.0.mlp.c_proj
+# => table[3].candidates[0].format=int4/channel
+# => table[3].candidates[0].bits_per_weight=6.25
+# => table[3].candidates[0].dloss_calib=0.00798282243
+# => table[3].candidates[1].format=int8/channel
+# => table[3].candidates[1].bits_per_weight=8.0625
+# => table[3].candidates[1].dloss_calib=-0.000305191006
+# => table[4].layer=h.1.attn.c_attn
+# => table[4].candidates[0].format=int4/channel
+# => table[4].candidates[0].bits_per_weight=5.171875
+# => table[4].candidates[0].dloss_calib=0.000139338204
+# => table[4].candidates[1].format=int8/channel
+# => table[4].candidates[1].bits_per_weight=8.25
+# => table[4].candidates[1].dloss_calib=-7.96292273e-05
+# => table[5].layer=h.1.attn.c_proj
+# => table[5].candidates[0].format=int4/channel
+# => table[5].candidates[0].bits_per_weight=8.25
+# => table[5].candidates[0].dloss_calib=0.000434497123
+# => table[5].candidates[1].format=int8/channel
+# => table[5].candidates[1].bits_per_weight=8.25
+# => table[5].candidates[1].dloss_calib=4.45138387e-06
+# => table[6].layer=h.1.mlp.c_fc
+# => table[6].candidates[0].format=int4/channel
+# => table[6].candidates[0].bits_per_weight=6.75
+# => table[6].candidates[0].dloss_calib=-0.00110219365
+# => table[6].candidates[1].format=int8/channel
+# => table[6].candidates[1].bits_per_weight=8.25
+# => table[6].candidates[1].dloss_calib=-3.86914882e-05
+# => table[7].layer=h.1.mlp.c_proj
+# => table[7].candidates[0].format=int4/channel
+# => table[7].candidates[0].bits_per_weight=4.0625
+# => table[7].candidates[0].dloss_calib=-0.00292879141
+# => table[7].candidates[1].format=int8/channel
+# => table[7].candidates[1].bits_per_weight=8.0625
+# => table[7].candidates[1].dloss_calib=0.000202747166
+# => table[8].layer=lm_head
+# => table[8].candidates[0].format=int4/channel
+# => table[8].candidates[0].bits_per_weight=4.25
+# => table[8].candidates[0].dloss_calib=0.0057751833
+# => table[8].candidates[1].format=int8/channel
+# => table[8].candidates[1].bits_per_weight=8.25
+# => table[8].candidates[1].dloss_calib=6.1388853e-05
+# => joint_loss_calib=1.26666747
+# => bits_per_weight=5.93805804
+# => acc=null
+# => loss=1.64745679
+# => ppl=5.1937542
+# => float.acc=null
+# => float.loss=1.63804521
+# => float.ppl=5.14510206
+# => uniform[0].format=int4/channel
+# => uniform[0].bits_per_weight=5.41127232
+# => uniform[0].acc=null
+# => uniform[0].loss=1.64981447
+# => uniform[0].ppl=5.20601384
+# => uniform[1].format=int8/channel
+# => uniform[1].bits_per_weight=8.19642857
+# => uniform[1].acc=null
+# => uniform[1].loss=1.63810287
+# => uniform[1].ppl=5.14539875
+# => bench_correction_bits=139328
+# => task.float_loss=1.63804521
+# => task.unigram_entropy=3.25155092
+# => task.threshold=2.43866319
+# => gate=pass
+# => regime=weight+activation
 study q1 seeds=0 format=int3 gran=tensor prec=int4
 # => regime=weight-only
 # => format=int3
@@ -972,8 +1121,12 @@ eval
 # => static_amax.h.0.attn.c_proj=1.22588396
 # => static_amax.h.0.mlp.c_fc=4.01558781
 # => static_amax.h.0.mlp.c_proj=3.81078458
-load model /tmp/lmexp2
-# => path=/tmp/lmexp2
+export model /tmp/qscope-session-tiny-gpt2
+# => path=/tmp/qscope-session-tiny-gpt2
+# => kind=fake-quant
+# => corrections=6
+load model /tmp/qscope-session-tiny-gpt2
+# => path=/tmp/qscope-session-tiny-gpt2
 # => arch=gpt2
 # => layers=9
 # => params=136960
@@ -998,4 +1151,4 @@ eval
 # => static_amax.h.0.attn.c_proj=1.23122716
 # => static_amax.h.0.mlp.c_fc=4.01487017
 # => static_amax.h.0.mlp.c_proj=3.90586591
-# end of session (26 commands)
+# end of session (28 commands)

@@ -263,6 +263,16 @@ int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, ui
 int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
                     uint64_t corr_mask, struct qs_metric *m, double *unit_loss, double *kl,
                     double *agree, qs_err *e);
+/* The split contract in one line: which part of the data trains (the model's own training, for
+ * the record), which calibrates (statistics, fits, static scales), which is held out (every
+ * judgement), in rows or token windows. */
+void qs_bench_split_text(const struct qs_bench *b, char *buf, size_t n);
+
+/* The task metric of the model with given weights (weight-only, float activations, no
+ * corrections): site i computes x w[i]^T + bias[i] (bias[i] may be NULL), the float site where
+ * w[i] is NULL. allocate bits= scores its candidates with it. */
+int qs_bench_run_weights(struct qs_bench *b, enum qs_split_id s, const float *const *w,
+                         const float *const *bias, struct qs_metric *m, qs_err *e);
 
 /* The regime in force: which roles some layer quantizes (the set regime when none does). */
 enum qs_regime qs_bench_effective_regime(const struct qs_bench *b);

@@ -29,6 +29,15 @@ enum {
     /* Writes a file only when given an output option: out=PATH or csv=PREFIX (the language's
      * two output options); refused in safe mode only then. */
     QS_CMD_WRITES_OPT = 1 << 7,
+    /* In a safe replay, writes into the replay's scratch folder instead of being refused, and a
+     * later `load model|data` of the path it names reads that copy (export model, train out=):
+     * a session that exports a model and reloads it replays anywhere without writing. */
+    QS_CMD_SCRATCH = 1 << 8,
+};
+
+/* A path a safe replay redirected into its scratch folder (qs_ctx.redir). */
+struct qs_redir {
+    char *from, *to;
 };
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
@@ -88,6 +97,9 @@ struct qs_ctx {
     int quit;                   /* set by `quit` */
     int json;                   /* front end prints JSON */
     int safe;                   /* refuse commands that write files (--replay's safe mode) */
+    const char *scratch;        /* safe replay: the folder QS_CMD_SCRATCH commands write to */
+    struct qs_redir *redir;     /* paths written there so far (owned) */
+    int nredir;
     const struct qs_script_frame *frames; /* scripts being run, innermost first (script.h) */
     long nsourced;              /* scripts run under the outermost one (bounds the work) */
     cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
@@ -97,6 +109,8 @@ struct qs_ctx {
 
 void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b);
 void qs_ctx_free(struct qs_ctx *c); /* frees journal and last table, not the bench */
+/* The scratch copy of PATH when a safe replay wrote it (qs_ctx.redir), else NULL. */
+const char *qs_ctx_redirected(const struct qs_ctx *c, const char *path);
 
 /* All commands: the core table followed by the front end's extra table. Iterate with
  * qs_cmd_at(c, i) until NULL. */

@@ -658,3 +658,27 @@ void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
         snprintf(buf, n, "%s/tensor", f->name);
 }
 
+
+/* The split contract, one line for both families (info and every session header state it). */
+void qs_bench_split_text(const struct qs_bench *b, char *buf, size_t n)
+{
+    if (b->lm && b->tokens) {
+        size_t off;
+        int cw, ctx = b->lm->ctx;
+        qs_bench_lm_split(b, &off, &cw);
+        size_t held = b->tokens->n - off;
+        snprintf(buf, n,
+                 "tokens: train [0, %zu) / calibration: its first %d window%s of %d (set calib N "
+                 "counts windows) / held-out [%zu, %zu): the last 10 %%, %zu windows of %d",
+                 off, cw, cw == 1 ? "" : "s", ctx, off, b->tokens->n,
+                 (held - 1) / (size_t)ctx, ctx);
+    } else if (!b->lm && b->data) {
+        snprintf(buf, n,
+                 "rows, seed %llu: train %d / calibration %d (using %d; set calib N counts rows) "
+                 "/ held-out test %d",
+                 (unsigned long long)b->split_seed, b->split.n_train, b->split.n_calib,
+                 b->calib_n > 0 ? b->calib_n : b->split.n_calib, b->split.n_test);
+    } else {
+        snprintf(buf, n, "none (no %s)", b->lm || b->model ? "data" : "model");
+    }
+}

@@ -116,6 +116,9 @@ struct path {
     struct qs_bench *b;
     uint64_t qmask, cmask;
     int quant; /* 0: the float model (no hook needed) */
+    /* when wov is set, every site is a plain float linear with weight wov[s] and bias bov[s]
+     * (the float W and b where wov[s] is NULL): qs_bench_run_weights */
+    const float *const *wov, *const *bov;
     float **cap;
     size_t row;
 };
@@ -125,6 +128,12 @@ static int mask_bit(uint64_t m, int i) { return (int)(m >> (i < 63 ? i : 63) & 1
 static int path_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
 {
     struct path *p = u;
+    if (p->wov) {
+        struct qs_unit l;
+        qs_bench_unit(p->b, s, &l);
+        qs_linear(x, n, l.in, p->wov[s] ? p->wov[s] : l.w, p->wov[s] ? p->bov[s] : l.b, l.out, y);
+        return 0;
+    }
     return qs_bench_layer_forward(p->b, s, x, n,
                                   mask_bit(p->qmask, s) ? QS_ROLE_W | QS_ROLE_A : 0,
                                   mask_bit(p->cmask, s), y, e);
@@ -638,6 +647,20 @@ int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
         *kl = o.kl;
     if (agree)
         *agree = o.agree;
+    return 0;
+}
+
+int qs_bench_run_weights(struct qs_bench *b, enum qs_split_id s, const float *const *w,
+                         const float *const *bias, struct qs_metric *m, qs_err *e)
+{
+    const struct family *F = family_of(b);
+    if (b->lm ? F->ready(b, e) < 0 : qs_bench_update(b, e) < 0)
+        return -1;
+    struct path p = {.b = b, .quant = 1, .wov = w, .bov = bias};
+    struct run_out o = {0};
+    if (F->run(b, s, &p, &o, e) < 0)
+        return -1;
+    *m = o.m;
     return 0;
 }
 

@@ -537,16 +537,17 @@ static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
     return !strcmp(a, o);
 }
 
-/* Quantizes layer i of the bench's float model with candidate c into wq: (out, in) and bq: (out)
- * (the layer's bias, changed only by a kept bias or linear correction), the weight and bias the
- * forward pass would use: Q(W), plus the candidate's own low-rank correction fitted as `correct`
- * fits it (qs_corr_fit_lowrank on the float calibration inputs), or the layer's current
- * correction when the candidate keeps it (keeps_corr; a linear map is folded in as
- * A W, A b + mb). *bits: packed weight bits plus the correction's bits. */
-static int quantize_cand(const struct qs_bench *b, int i, const struct qs_wcand *c, float *wq,
+/* Quantizes site i of the bench's float model with candidate c into wq: (out, in) and bq: (out)
+ * (the site's bias, zero where it has none, changed only by a kept bias or linear correction),
+ * the weight and bias the forward pass would use: Q(W), plus the candidate's own low-rank
+ * correction fitted as `correct` fits it (qs_corr_fit_lowrank on the float calibration inputs),
+ * or the site's current correction when the candidate keeps it (keeps_corr; a linear map is
+ * folded in as A W, A b + mb). *bits: packed weight bits plus the correction's bits. */
+static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, float *wq,
                          float *bq, double *bits, qs_err *e)
 {
-    const struct qs_layer *l = &b->model->layers[i];
+    struct qs_unit lu, *l = &lu;
+    qs_bench_unit(b, i, &lu);
     const struct qs_corr *kc = &b->ls[i].corr;
     size_t n = (size_t)l->out * l->in;
     struct qs_packed p;
@@ -558,17 +559,22 @@ static int quantize_cand(const struct qs_bench *b, int i, const struct qs_wcand 
     }
     *bits = 8.0 * (double)qs_packed_bytes(&p);
     qs_packed_free(&p);
-    memcpy(bq, l->b, (size_t)l->out * sizeof *bq);
+    if (l->b)
+        memcpy(bq, l->b, (size_t)l->out * sizeof *bq);
+    else
+        memset(bq, 0, (size_t)l->out * sizeof *bq);
     if (c->corr != QS_CORR_NONE) {
-        const struct qs_acts *ac = &b->f_acts[QS_CALIB];
+        const float *x;
+        int nx;
+        if (qs_bench_inputs(b, QS_CALIB, 0, i, &x, &nx, e) < 0)
+            return -1;
         struct qs_corr cr;
         float *ew = malloc(n * sizeof *ew);
         if (!ew)
             return qs_errf(e, "out of memory");
         for (size_t j = 0; j < n; j++)
             ew[j] = l->w[j] - wq[j];
-        int rc = qs_corr_fit_lowrank(c->corr, ew, l->out, l->in, ac->in[i], ac->n, c->rank,
-                                     c->prec, &cr, e);
+        int rc = qs_corr_fit_lowrank(c->corr, ew, l->out, l->in, x, nx, c->rank, c->prec, &cr, e);
         free(ew);
         if (rc < 0)
             return -1;
@@ -590,80 +596,65 @@ static int quantize_cand(const struct qs_bench *b, int i, const struct qs_wcand 
     return 0;
 }
 
-static int metric_of(const struct qs_mlp *m, const float *x, const int *y, int n, float *logits,
-                     struct qs_metric *mt, qs_err *e)
+/* Every (site, candidate) quantized once: weight (out, in) then bias (out), NULL where the
+ * candidate cannot quantize the site. Held for the whole search (the greedy deltas, the joint
+ * refinement, the plan and the uniform plans all score these weights). */
+struct cand_set {
+    int L, nc;
+    float **wq;          /* (L, nc) */
+    const float **w, **bias; /* (L) the configuration being scored */
+};
+
+static void cand_set_free(struct cand_set *cs)
 {
-    if (qs_mlp_forward(m, x, n, logits, e) < 0)
-        return -1;
-    int correct = 0;
-    mt->loss = qs_xent(logits, y, n, m->layers[m->nlayers - 1].out, &correct, NULL);
-    mt->acc = n ? (double)correct / n : 0.0;
-    mt->n = n;
-    return 0;
+    for (int k = 0; cs->wq && k < cs->L * cs->nc; k++)
+        free(cs->wq[k]);
+    free(cs->wq);
+    free(cs->w);
+    free(cs->bias);
 }
 
-/* Sets every layer of work to candidate pick[i] (quantized from the bench's float model). */
-static int set_config(struct qs_mlp *work, const struct qs_bench *b, const struct qs_wcand *cand,
-                      const int *pick, double *bits, qs_err *e)
+/* Sets site i to candidate k (k < 0: float). */
+static void cand_pick(struct qs_bench *b, struct cand_set *cs, int i, int k)
 {
-    double tb = 0.0;
-    const struct qs_mlp *f = b->model;
-    for (int i = 0; i < f->nlayers; i++) {
-        const struct qs_layer *l = &f->layers[i];
-        double lb;
-        if (quantize_cand(b, i, &cand[pick[i]], work->layers[i].w, work->layers[i].b, &lb, e) < 0)
-            return qs_err_prefix(e, l->name);
-        tb += lb;
-    }
-    if (bits)
-        *bits = tb;
-    return 0;
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    const float *q = k < 0 ? NULL : cs->wq[(size_t)i * cs->nc + k];
+    cs->w[i] = q;
+    cs->bias[i] = q ? q + (size_t)u.out * u.in : NULL;
 }
 
-/* The summed per-layer deltas ignore how layers' errors interact. Starting from the greedy plan,
- * take the single change or two-layer exchange that lowers the measured joint calibration loss
+static int cand_loss(struct qs_bench *b, struct cand_set *cs, enum qs_split_id s,
+                     struct qs_metric *m, qs_err *e)
+{
+    return qs_bench_run_weights(b, s, cs->w, cs->bias, m, e);
+}
+
+/* Sets every site to candidate pick[i]. */
+static void set_config(struct qs_bench *b, struct cand_set *cs, const int *pick)
+{
+    for (int i = 0; i < cs->L; i++)
+        cand_pick(b, cs, i, pick[i]);
+}
+
+/* The summed per-site deltas ignore how sites' errors interact. Starting from the greedy plan,
+ * take the single change or two-site exchange that lowers the measured joint calibration loss
  * most within the budget (ties: fewer bits), until none does (at most 100 steps). */
-static int refine_joint(struct qs_mlp *work, const struct qs_bench *b, const struct qs_acts *ac,
-                        const struct qs_wcand *cand, int nc, struct qs_bit_plan *p,
-                        const int *valid, double budget, float *logits, qs_err *e)
+static int refine_joint(struct qs_bench *b, struct cand_set *cs, struct qs_bit_plan *p,
+                        const int *valid, double budget, qs_err *e)
 {
-    const struct qs_mlp *f = b->model;
-    int L = f->nlayers, rc = -1;
-    float **wq = qs_calloc((size_t)L * nc, sizeof *wq);
+    int L = cs->L, nc = cs->nc, rc = -1;
     int *pick = malloc((size_t)L * sizeof *pick);
-    if (!wq || !pick) {
-        qs_errf(e, "out of memory");
-        goto out;
-    }
-    for (int i = 0; i < L; i++)
-        for (int k = 0; k < nc; k++) {
-            const struct qs_layer *l = &f->layers[i];
-            size_t ix = (size_t)i * nc + k;
-            double bits;
-            if (!valid[ix])
-                continue;
-            /* the weight (out, in) and then the bias (out) */
-            size_t nwl = (size_t)l->out * l->in;
-            if (!(wq[ix] = malloc((nwl + l->out) * sizeof(float))) ||
-                quantize_cand(b, i, &cand[k], wq[ix], wq[ix] + nwl, &bits, e) < 0) {
-                if (!wq[ix])
-                    qs_errf(e, "out of memory");
-                goto out;
-            }
-        }
+    if (!pick)
+        return qs_errf(e, "out of memory");
     double total = 0.0;
     for (int i = 0; i < L; i++)
         total += p->bits[(size_t)i * nc + p->choice[i]];
 #define JOINT(out_)                                                                                \
     do {                                                                                           \
-        for (int i_ = 0; i_ < L; i_++) {                                                           \
-            size_t n_ = (size_t)f->layers[i_].out * f->layers[i_].in;                              \
-            const float *q_ = wq[(size_t)i_ * nc + pick[i_]];                                      \
-            memcpy(work->layers[i_].w, q_, n_ * sizeof(float));                                    \
-            memcpy(work->layers[i_].b, q_ + n_, (size_t)f->layers[i_].out * sizeof(float));        \
-        }                                                                                          \
         struct qs_metric m_;                                                                       \
-        if (metric_of(work, ac->x, ac->y, ac->n, logits, &m_, e) < 0)                              \
+        set_config(b, cs, pick);                                                                   \
+        if (cand_loss(b, cs, QS_CALIB, &m_, e) < 0)                                                \
             goto out;                                                                              \
         (out_) = m_.loss;                                                                          \
     } while (0)
@@ -677,7 +668,7 @@ static int refine_joint(struct qs_mlp *work, const struct qs_bench *b, const str
             for (int k = 0; k < nc; k++) {
                 if (!valid[(size_t)i * nc + k] || k == p->choice[i])
                     continue;
-                /* j == L: change layer i alone */
+                /* j == L: change site i alone */
                 for (int j = i + 1; j <= L; j++)
                     for (int l = 0; l < (j < L ? nc : 1); l++) {
                         if (j < L && (!valid[(size_t)j * nc + l] || l == p->choice[j]))
@@ -715,9 +706,6 @@ static int refine_joint(struct qs_mlp *work, const struct qs_bench *b, const str
     p->joint_loss_calib = cur;
     rc = 0;
 out:
-    for (int k = 0; wq && k < L * nc; k++)
-        free(wq[k]);
-    free(wq);
     free(pick);
     return rc;
 }
@@ -728,19 +716,15 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     memset(p, 0, sizeof *p);
     if (nc < 1)
         return qs_errf(e, "allocate: no candidate formats");
-    if (b->lm)
-        return qs_errf(e, "allocate bits= searches formats by re-running the model with each "
-                          "layer's candidates, which is written for MLPs only so far; on a "
-                          "transformer, use allocate rank=N, or sensitivity to rank the sites");
-    if (qs_bench_update(b, e) < 0)
+    if (b->lm ? qs_bench_lm_ready(b, e) < 0 : qs_bench_update(b, e) < 0)
         return -1;
-    const struct qs_mlp *f = b->model;
-    int L = f->nlayers, C = f->layers[L - 1].out;
-    const struct qs_acts *ac = &b->f_acts[QS_CALIB], *at = &b->f_acts[QS_TEST];
-    int nmax = ac->n > at->n ? ac->n : at->n;
+    int L = qs_bench_nunits(b);
     double nw = 0.0;
-    for (int i = 0; i < L; i++)
-        nw += (double)f->layers[i].out * f->layers[i].in;
+    for (int i = 0; i < L; i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        nw += (double)u.out * u.in;
+    }
     p->nl = L;
     p->nc = nc;
     p->choice = qs_calloc((size_t)L, sizeof *p->choice);
@@ -749,49 +733,66 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     p->uniform_bpw = qs_calloc((size_t)nc, sizeof *p->uniform_bpw);
     p->uniform_test = qs_calloc((size_t)nc, sizeof *p->uniform_test);
     p->keeps = qs_calloc((size_t)L * nc, sizeof *p->keeps);
+    struct cand_set cs = {.L = L, .nc = nc};
+    cs.wq = qs_calloc((size_t)L * nc, sizeof *cs.wq);
+    cs.w = qs_calloc((size_t)L, sizeof *cs.w);
+    cs.bias = qs_calloc((size_t)L, sizeof *cs.bias);
     int *valid = qs_calloc((size_t)L * nc, sizeof *valid),
         *pick = qs_calloc((size_t)L, sizeof *pick);
-    float *logits = malloc((size_t)nmax * C * sizeof(float));
-    struct qs_mlp *work = qs_mlp_clone(f);
     int rc = -1;
     if (!p->choice || !p->bits || !p->dloss || !p->uniform_bpw || !p->uniform_test || !p->keeps ||
-        !valid ||
-        !pick || !logits || !work) {
+        !cs.wq || !cs.w || !cs.bias || !valid || !pick) {
         qs_errf(e, "out of memory");
         goto out;
     }
-    struct qs_metric mf;
-    if (metric_of(f, ac->x, ac->y, ac->n, logits, &mf, e) < 0 ||
-        metric_of(f, at->x, at->y, at->n, logits, &p->float_test, e) < 0)
-        goto out;
-    p->float_loss_calib = mf.loss;
     for (int i = 0; i < L; i++)
         if (b->ls[i].corr.method != QS_CORR_CLOCAL)
             p->bench_corr_bits += b->ls[i].corr.bits;
+    /* every candidate of every site, quantized once (the search holds them all) */
+    size_t hold = 0;
     for (int i = 0; i < L; i++) {
-        const struct qs_layer *l = &f->layers[i];
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        hold += ((size_t)u.out * u.in + (size_t)u.out) * sizeof(float) * (size_t)nc;
+    }
+    if (qs_mem_check(hold, "allocate bits=: every site's candidate weights", e) < 0)
+        goto out;
+    struct qs_metric mf;
+    if (cand_loss(b, &cs, QS_CALIB, &mf, e) < 0 || cand_loss(b, &cs, QS_TEST, &p->float_test, e) < 0)
+        goto out;
+    p->float_loss_calib = mf.loss;
+    for (int i = 0; i < L; i++) {
+        struct qs_unit lu, *l = &lu;
+        qs_bench_unit(b, i, &lu);
+        size_t nwl = (size_t)l->out * l->in;
         int any = 0;
         for (int k = 0; k < nc; k++) {
             p->keeps[(size_t)i * nc + k] = keeps_corr(b, i, &cand[k]);
             qs_err e2;
             size_t ix = (size_t)i * nc + k;
             p->bits[ix] = -1.0;
-            /* A candidate that cannot quantize this layer (a group size that does not divide
-             * its rows, ...) is skipped for this layer only. */
-            if (quantize_cand(b, i, &cand[k], work->layers[i].w, work->layers[i].b, &p->bits[ix],
-                              &e2) < 0) {
+            if (!(cs.wq[ix] = malloc((nwl + (size_t)l->out) * sizeof(float)))) {
+                qs_errf(e, "out of memory");
+                goto out;
+            }
+            /* A candidate that cannot quantize this site (a group size that does not divide
+             * its rows, ...) is skipped for this site only. */
+            if (quantize_cand(b, i, &cand[k], cs.wq[ix], cs.wq[ix] + nwl, &p->bits[ix], &e2) < 0) {
                 p->bits[ix] = -1.0;
+                free(cs.wq[ix]);
+                cs.wq[ix] = NULL;
                 continue;
             }
             struct qs_metric mq;
-            if (metric_of(work, ac->x, ac->y, ac->n, logits, &mq, e) < 0)
+            cand_pick(b, &cs, i, k);
+            int r = cand_loss(b, &cs, QS_CALIB, &mq, e);
+            cand_pick(b, &cs, i, -1);
+            if (r < 0)
                 goto out;
             p->dloss[ix] = mq.loss - mf.loss;
             valid[ix] = 1;
             any = 1;
         }
-        memcpy(work->layers[i].w, l->w, (size_t)l->out * l->in * sizeof(float));
-        memcpy(work->layers[i].b, l->b, (size_t)l->out * sizeof(float));
         if (!any) {
             qs_errf(e, "allocate: no candidate format can quantize layer %s (%dx%d)", l->name,
                     l->out, l->in);
@@ -818,26 +819,30 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     if (up < 0)
         goto out;
     p->upgrades = up;
-    if (refine_joint(work, b, ac, cand, nc, p, valid, budget_bpw * nw, logits, e) < 0)
+    if (refine_joint(b, &cs, p, valid, budget_bpw * nw, e) < 0)
         goto out;
-    double tb;
-    if (set_config(work, b, cand, p->choice, &tb, e) < 0 ||
-        metric_of(work, at->x, at->y, at->n, logits, &p->plan_test, e) < 0)
+    double tb = 0.0;
+    for (int i = 0; i < L; i++)
+        tb += p->bits[(size_t)i * nc + p->choice[i]];
+    set_config(b, &cs, p->choice);
+    if (cand_loss(b, &cs, QS_TEST, &p->plan_test, e) < 0)
         goto out;
     p->bits_per_weight = tb / nw;
     for (int k = 0; k < nc; k++) {
         int ok = 1;
+        tb = 0.0;
         for (int i = 0; i < L; i++) {
             ok &= valid[(size_t)i * nc + k];
             pick[i] = k;
+            tb += p->bits[(size_t)i * nc + k];
         }
         if (!ok) {
             p->uniform_bpw[k] = NAN;
             p->uniform_test[k].acc = p->uniform_test[k].loss = NAN;
             continue;
         }
-        if (set_config(work, b, cand, pick, &tb, e) < 0 ||
-            metric_of(work, at->x, at->y, at->n, logits, &p->uniform_test[k], e) < 0)
+        set_config(b, &cs, pick);
+        if (cand_loss(b, &cs, QS_TEST, &p->uniform_test[k], e) < 0)
             goto out;
         p->uniform_bpw[k] = tb / nw;
     }
@@ -845,10 +850,9 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
 out:
     if (rc < 0)
         qs_bit_plan_free(p);
+    cand_set_free(&cs);
     free(valid);
     free(pick);
-    free(logits);
-    qs_mlp_free(work);
     return rc;
 }
 

@@ -97,6 +97,105 @@ void qs_ctx_free(struct qs_ctx *c)
     c->journal = NULL;
     c->njournal = c->capjournal = 0;
     c->last_table = c->cur_results = NULL;
+    for (int i = 0; i < c->nredir; i++) {
+        free(c->redir[i].from);
+        free(c->redir[i].to);
+    }
+    free(c->redir);
+    c->redir = NULL;
+    c->nredir = 0;
+}
+
+const char *qs_ctx_redirected(const struct qs_ctx *c, const char *path)
+{
+    for (int i = c->nredir - 1; i >= 0; i--)
+        if (!strcmp(c->redir[i].from, path))
+            return c->redir[i].to;
+    return NULL;
+}
+
+/* Replaces every occurrence of `from` in buf (of size n) by `to`, as far as it fits. */
+static void str_subst(char *buf, size_t n, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to);
+    char *p = fl ? strstr(buf, from) : NULL;
+    while (p) {
+        size_t rest = strlen(p + fl);
+        if ((size_t)(p - buf) + tl + rest + 1 > n)
+            return;
+        memmove(p + tl, p + fl, rest + 1);
+        memcpy(p, to, tl);
+        p = strstr(p + tl, from);
+    }
+}
+
+/* A safe replay with a scratch folder: the path a QS_CMD_SCRATCH command writes (its first
+ * argument, or out=) is redirected there, and `load model|data` of a path redirected earlier
+ * reads the copy. argv is rewritten in place; *from and *to say what to undo in the journal line
+ * (NULL when nothing was redirected). */
+static int redirect_args(struct qs_ctx *c, const struct qs_cmd_def *d, int argc, char **argv,
+                         const char **from, const char **to, qs_err *e)
+{
+    *from = *to = NULL;
+    if (!c->safe || !c->scratch || argc < 1)
+        return 0;
+    if (!strcmp(d->name, "load model") || !strcmp(d->name, "load data")) {
+        const char *r = qs_ctx_redirected(c, argv[0]);
+        if (r) {
+            char *nv = qs_strdup(r);
+            if (!nv)
+                return qs_errf(e, "out of memory");
+            *from = c->redir[c->nredir - 1].from; /* any live copy of the same text will do */
+            for (int i = 0; i < c->nredir; i++)
+                if (!strcmp(c->redir[i].to, r))
+                    *from = c->redir[i].from;
+            *to = r;
+            free(argv[0]);
+            argv[0] = nv;
+        }
+        return 0;
+    }
+    if (!(d->flags & QS_CMD_SCRATCH))
+        return 0;
+    int k = -1;
+    const char *path = NULL;
+    if (d->flags & QS_CMD_WRITES) {
+        k = 0;
+        path = argv[0];
+    } else {
+        for (int i = 0; i < argc && k < 0; i++)
+            if ((path = qs_opt_value(argv[i], "out")))
+                k = i;
+    }
+    if (k < 0 || !*path)
+        return 0;
+    const char *base = strrchr(path, '/');
+    base = base && base[1] ? base + 1 : path;
+    struct qs_sb to_s = {0}, arg = {0};
+    qs_sb_printf(&to_s, "%s/%d-%s", c->scratch, c->nredir, base);
+    struct qs_redir *nr = realloc(c->redir, (size_t)(c->nredir + 1) * sizeof *nr);
+    char *fr = qs_strdup(path);
+    if (k > 0)
+        qs_sb_printf(&arg, "out=%s", to_s.s ? to_s.s : "");
+    else
+        qs_sb_printf(&arg, "%s", to_s.s ? to_s.s : "");
+    if (!nr || !fr || !to_s.s || !arg.s) {
+        if (nr)
+            c->redir = nr;
+        free(fr);
+        qs_sb_free(&to_s);
+        qs_sb_free(&arg);
+        return qs_errf(e, "out of memory");
+    }
+    c->redir = nr;
+    c->redir[c->nredir].from = fr;
+    c->redir[c->nredir].to = to_s.s;
+    c->nredir++;
+    free(argv[k]);
+    argv[k] = arg.s;
+    *from = fr;
+    *to = to_s.s;
+    return 0;
 }
 
 static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
@@ -354,7 +453,11 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
                 goto out;
             }
     }
-    if (c->safe && qs_cmd_writes(d, argc - used, argv + used)) {
+    const char *rfrom, *rto;
+    if (redirect_args(c, d, argc - used, argv + used, &rfrom, &rto, e) < 0)
+        goto out;
+    if (c->safe && !(c->scratch && (d->flags & QS_CMD_SCRATCH)) &&
+        qs_cmd_writes(d, argc - used, argv + used)) {
         qs_errf(e, "%s writes files: refused while replaying a session (replay it with "
                    "--allow-writes to let it write)", d->name);
         goto out;
@@ -373,6 +476,8 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
      * the mapping) turns into this command's error instead of SIGBUS */
     struct guarded_cmd g = {c, d, argc - used, argv + used};
     rc = qs_st_guard(run_guarded, &g, e);
+    if (rto) /* the journal records the path as the session wrote it */
+        str_subst(c->canon, sizeof c->canon, rto, rfrom);
     if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {
         /* A canonical form that filled c->canon, or holds a word qs_quote had to cut, would
          * journal a different command: the typed words are recorded instead, whole. */

@@ -228,9 +228,9 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddItemToObject(o, "split", split_json(b));
         qs_sb_printf(&t, "data    %s (%d samples, %d features, %d classes)\n", b->data_path,
                      b->data->n, b->data->d, b->data->nclass);
-        qs_sb_printf(&t, "split   seed %llu: %d train / %d calib (using %d) / %d test\n",
-                     (unsigned long long)b->split_seed, b->split.n_train, b->split.n_calib,
-                     b->calib_n > 0 ? b->calib_n : b->split.n_calib, b->split.n_test);
+        char st[320];
+        qs_bench_split_text(b, st, sizeof st);
+        qs_sb_printf(&t, "split   %s\n", st);
     } else if (!b->lm) {
         qs_sb_printf(&t, "data    (none)\n");
     }
@@ -1643,7 +1643,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
     {"train", "[hidden=64,64] [epochs=N] [batch=N] [lr=F] [wd=F] [act=A] [seed=N] [out=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_train,
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT | QS_CMD_SCRATCH, cmd_train,
      "train an MLP with Adam on the train split, replacing the model (out= writes it); on a "
      "transformer: [steps=N] [batch=N] [ctx=N] [lr=F] [min_lr=F] [warmup=N] [wd=F] [clip=F] "
      "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule", NULL},
@@ -1682,7 +1682,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "9-digit decimal of an exact tie between two codes rounds to the even code."},
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
-    {"export model", "PATH [packed]", QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_LM,
+    {"export model", "PATH [packed]",
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH | QS_CMD_LM,
      cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "

@@ -161,9 +161,18 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
         cJSON_AddNumberToObject(o, "tokens", (double)b->tokens->n);
         cJSON_AddStringToObject(o, "token_source", b->tokens->source);
-        qs_sb_printf(t, "data    %s (%zu tokens from %s; held out the last %zu; calibration %d "
-                        "windows)\n",
-                     b->data_path, b->tokens->n, b->tokens->source, b->tokens->n - off, cw);
+        cJSON *sp = cJSON_CreateObject();
+        cJSON_AddStringToObject(sp, "unit", "window");
+        cJSON_AddNumberToObject(sp, "ctx", b->lm->ctx);
+        cJSON_AddNumberToObject(sp, "train_tokens", (double)off);
+        cJSON_AddNumberToObject(sp, "calib", cw);
+        cJSON_AddNumberToObject(sp, "test_tokens", (double)(b->tokens->n - off));
+        cJSON_AddNumberToObject(sp, "test", (double)((b->tokens->n - off - 1) / (size_t)b->lm->ctx));
+        cJSON_AddItemToObject(o, "split", sp);
+        char st[320];
+        qs_bench_split_text(b, st, sizeof st);
+        qs_sb_printf(t, "data    %s (%zu tokens from %s)\nsplit   %s\n", b->data_path,
+                     b->tokens->n, b->tokens->source, st);
     } else {
         qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
     }

@@ -333,6 +333,24 @@ struct corr_opts {
     const char *prec;      /* canonical: "float" or a format name */
 };
 
+/* A split's task metric as allocate prints it: accuracy for a classifier, perplexity for a
+ * language model (whose accuracy is NaN), then the loss. */
+static void alloc_metric(const struct qs_metric *m, char *buf, size_t n)
+{
+    if (isnan(m->acc) && !isnan(m->loss))
+        snprintf(buf, n, "ppl %.4f loss %.4f", exp(m->loss), m->loss);
+    else
+        snprintf(buf, n, "acc %.4f loss %.4f", m->acc, m->loss);
+}
+
+static void alloc_metric_json(cJSON *o, const struct qs_metric *m)
+{
+    qs_json_num(o, "acc", m->acc);
+    qs_json_num(o, "loss", m->loss);
+    if (isnan(m->acc) && !isnan(m->loss))
+        qs_json_num(o, "ppl", exp(m->loss));
+}
+
 static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, const char *gran,
                          const struct qs_qopts *base, const char *extra,
                          const struct corr_opts *co, int apply, qs_err *e)
@@ -393,7 +411,15 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
             qs_sb_printf(&t, "%s%d", j ? "," : "", co->ranks[j]);
         qs_sb_printf(&t, " prec=%s on top (one budget: weight and correction bits)\n", co->prec);
     }
-    qs_sb_printf(&t, "%-10s %-16s %8s %12s\n", "layer", "format", "bits/w", "dloss_calib");
+    int nwid = 10;
+    for (int i = 0; i < L; i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        if ((int)strlen(u.name) > nwid)
+            nwid = (int)strlen(u.name);
+    }
+    const char *tsplit = b->lm ? "held-out" : "test";
+    qs_sb_printf(&t, "%-*s %-16s %8s %12s\n", nwid, "layer", "format", "bits/w", "dloss_calib");
     /* the quant lines first, then the correct lines: a correction is fitted on its format */
     char **lines = qs_calloc(2 * (size_t)L, sizeof *lines);
     int ncl = 0;
@@ -439,7 +465,7 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
                 lines[L + ncl++] = qs_strdup(cl);
         }
         cJSON_AddItemToArray(plan, j);
-        qs_sb_printf(&t, "%-10s %-16s %8.3f %12.5g\n", l->name, label, bw, dl);
+        qs_sb_printf(&t, "%-*s %-16s %8.3f %12.5g\n", nwid, l->name, label, bw, dl);
     }
     cJSON_AddItemToObject(o, "plan", plan);
     cJSON *tab = cJSON_CreateArray();
@@ -462,32 +488,30 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     cJSON_AddItemToObject(o, "table", tab);
     qs_json_num(o, "joint_loss_calib", p.joint_loss_calib);
     qs_json_num(o, "bits_per_weight", p.bits_per_weight);
-    qs_json_num(o, "acc", p.plan_test.acc);
-    qs_json_num(o, "loss", p.plan_test.loss);
+    alloc_metric_json(o, &p.plan_test);
     cJSON *fj = cJSON_CreateObject();
-    qs_json_num(fj, "acc", p.float_test.acc);
-    qs_json_num(fj, "loss", p.float_test.loss);
+    alloc_metric_json(fj, &p.float_test);
     cJSON_AddItemToObject(o, "float", fj);
-    qs_sb_printf(&t,
-                 "plan: %.4f bits/weight (packed), joint calibration loss %.4f; test acc "
-                 "%.4f loss %.4f; float acc %.4f loss %.4f\n",
-                 p.bits_per_weight, p.joint_loss_calib, p.plan_test.acc, p.plan_test.loss,
-                 p.float_test.acc, p.float_test.loss);
+    char mp[96], mfl[96];
+    alloc_metric(&p.plan_test, mp, sizeof mp);
+    alloc_metric(&p.float_test, mfl, sizeof mfl);
+    qs_sb_printf(&t, "plan: %.4f bits/weight (packed), joint calibration loss %.4f; %s %s; float %s\n",
+                 p.bits_per_weight, p.joint_loss_calib, tsplit, mp, mfl);
     qs_sb_printf(&t, "uniform for comparison:\n");
     for (int k = 0; k < nc; k++) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "format", cand[k].label);
         qs_json_num(j, "bits_per_weight", p.uniform_bpw[k]);
-        qs_json_num(j, "acc", p.uniform_test[k].acc);
-        qs_json_num(j, "loss", p.uniform_test[k].loss);
+        alloc_metric_json(j, &p.uniform_test[k]);
         cJSON_AddItemToArray(uni, j);
         if (isnan(p.uniform_bpw[k])) {
             qs_sb_printf(&t, "  %-16s not applicable to every layer\n", cand[k].label);
             continue;
         }
-        qs_sb_printf(&t, "  %-16s %8.4f bits/weight, test acc %.4f loss %.4f%s\n", cand[k].label,
-                     p.uniform_bpw[k], p.uniform_test[k].acc, p.uniform_test[k].loss,
-                     p.uniform_bpw[k] <= budget * (1 + 1e-12) ? "" : "  (over budget)");
+        char mu[96];
+        alloc_metric(&p.uniform_test[k], mu, sizeof mu);
+        qs_sb_printf(&t, "  %-16s %8.4f bits/weight, %s %s%s\n", cand[k].label, p.uniform_bpw[k],
+                     tsplit, mu, p.uniform_bpw[k] <= budget * (1 + 1e-12) ? "" : "  (over budget)");
     }
     cJSON_AddItemToObject(o, "uniform", uni);
     for (int i = 0; lines && i < L + ncl; i++)
@@ -505,7 +529,8 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     qs_sb_printf(&t,
                  "(weight-only; dloss_calib: calibration loss with only that layer at that "
                  "format minus the float loss; bits from packed sizes; chosen on the "
-                 "calibration split, test metrics on the test split)%s\n",
+                 "calibration split, %s metrics on the %s split)%s\n",
+                 tsplit, tsplit,
                  apply ? "" : ncl ? "\n(add `apply` to run these quant and correct commands)"
                               : "\n(add `apply` to run these quant commands)");
     qs_add_gate(c, o, &t);

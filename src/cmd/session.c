@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
@@ -456,6 +457,19 @@ struct infile {
 
 /* Every model and data file the journal loads, in first-load order, skipping files an earlier
  * journal command wrote itself (train out=PATH). */
+/* The file a journal line writes that a later `load` may read back: `export model PATH`,
+ * `train ... out=PATH`; NULL for other lines. */
+static const char *written_path(int argc, char **argv)
+{
+    if (argc >= 3 && !strcmp(argv[0], "export") && !strcmp(argv[1], "model"))
+        return argv[2];
+    if (argc >= 1 && !strcmp(argv[0], "train"))
+        for (int i = 1; i < argc; i++)
+            if (qs_opt_value(argv[i], "out"))
+                return qs_opt_value(argv[i], "out");
+    return NULL;
+}
+
 static int journal_inputs(const struct qs_ctx *c, struct infile **out, int *nout)
 {
     struct infile *v = NULL;
@@ -483,14 +497,12 @@ static int journal_inputs(const struct qs_ctx *c, struct infile **out, int *nout
                     n++;
                 }
             }
-        } else if (argc >= 1 && !strcmp(argv[0], "train")) {
-            for (int i = 1; i < argc; i++) {
-                const char *o = qs_opt_value(argv[i], "out");
-                char **nw2 = o ? realloc(written, (size_t)(nw + 1) * sizeof *nw2) : NULL;
-                if (nw2) {
-                    written = nw2;
-                    written[nw++] = qs_strdup(o);
-                }
+        } else {
+            const char *o = written_path(argc, argv);
+            char **nw2 = o ? realloc(written, (size_t)(nw + 1) * sizeof *nw2) : NULL;
+            if (nw2) {
+                written = nw2;
+                written[nw++] = qs_strdup(o);
             }
         }
         qs_argv_free(argv, argc);
@@ -535,6 +547,11 @@ int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e)
     for (int i = 0; i < nin; i++)
         free(in[i].path);
     free(in);
+    if (rc == 0 && (c->b->data || c->b->tokens)) {
+        char st[320];
+        qs_bench_split_text(c->b, st, sizeof st);
+        qs_sb_printf(&sb, "# split %s (at the end of the session)\n", st);
+    }
     if (rc < 0) {
         qs_sb_free(&sb);
         return -1;
@@ -810,14 +827,12 @@ static int check_pins(struct qs_ctx *c, const char *path, const struct lines *l,
                         path, i + 1, argv[1], qs_clean_str(argv[2], pb, sizeof pb, 0), argv[1]);
                 problems++;
             }
-        } else if (argc >= 1 && same_str(argv[0], "train")) {
-            for (int k = 1; k < argc; k++) {
-                const char *o = qs_opt_value(argv[k], "out");
-                char **nw2 = o ? realloc(written, (size_t)(nw + 1) * sizeof *nw2) : NULL;
-                if (nw2) {
-                    written = nw2;
-                    written[nw++] = qs_strdup(o);
-                }
+        } else {
+            const char *o = written_path(argc, argv);
+            char **nw2 = o ? realloc(written, (size_t)(nw + 1) * sizeof *nw2) : NULL;
+            if (nw2) {
+                written = nw2;
+                written[nw++] = qs_strdup(o);
             }
         }
         qs_argv_free(argv, argc);
@@ -828,7 +843,67 @@ static int check_pins(struct qs_ctx *c, const char *path, const struct lines *l,
     return problems;
 }
 
+/* Results name a file as the session wrote it, not as the safe replay's scratch copy. */
+static void unredirect(const struct qs_ctx *c, struct qs_flat_list *got)
+{
+    for (int i = 0; i < got->n; i++)
+        for (int r = 0; r < c->nredir && got->v[i].kind != QS_FLAT_NUM; r++) {
+            const char *to = c->redir[r].to, *from = c->redir[r].from;
+            char *p = strstr(got->v[i].value, to);
+            if (!p)
+                continue;
+            struct qs_sb sb = {0};
+            qs_sb_printf(&sb, "%.*s%s%s", (int)(p - got->v[i].value), got->v[i].value, from,
+                         p + strlen(to));
+            if (sb.s) {
+                free(got->v[i].value);
+                got->v[i].value = sb.s;
+            }
+        }
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    remove(p);
+    return 0;
+}
+
+static int replay_run(struct qs_ctx *c, const char *path, int check, double tol);
+
+/* A safe replay gets a scratch folder for what the session writes and reads back (export model,
+ * train out=: QS_CMD_SCRATCH), removed afterwards; nothing outside it is written. */
 int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
+{
+    if (!c->safe || c->scratch)
+        return replay_run(c, path, check, tol);
+    const char *tmp = getenv("TMPDIR");
+    struct qs_sb dir = {0};
+    qs_sb_printf(&dir, "%s/qscope-replay-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!dir.s || !mkdtemp(dir.s)) {
+        qs_note(c, "replay: cannot make a scratch folder (%s); commands that write are refused",
+                strerror(errno));
+        qs_sb_free(&dir);
+        return replay_run(c, path, check, tol);
+    }
+    c->scratch = dir.s;
+    int rc = replay_run(c, path, check, tol);
+    nftw(dir.s, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    for (int i = 0; i < c->nredir; i++) {
+        free(c->redir[i].from);
+        free(c->redir[i].to);
+    }
+    free(c->redir);
+    c->redir = NULL;
+    c->nredir = 0;
+    c->scratch = NULL;
+    qs_sb_free(&dir);
+    return rc;
+}
+
+static int replay_run(struct qs_ctx *c, const char *path, int check, double tol)
 {
     struct lines l;
     qs_err e = {{0}};
@@ -904,6 +979,7 @@ int qs_session_replay(struct qs_ctx *c, const char *path, int check, double tol)
         }
         have_cmd = 1;
         qs_flatten(cap.results, &got);
+        unredirect(c, &got);
         cmd_label(cap.results, s, label, sizeof label);
         if (c->quit)
             break;
@@ -988,8 +1064,10 @@ int qs_session_lint(struct qs_ctx *c, const char *name, const char *text, size_t
             if (argc && !qs_cmd_lookup(c, argc, argv, &used)) {
                 qs_note(c, "%s:%d: unknown command '%s'", name, i + 1, argv[0]);
                 problems++;
-            } else if (c->safe && argc && qs_cmd_writes(qs_cmd_lookup(c, argc, argv, &used),
-                                                        argc - used, argv + used)) {
+            } else if (c->safe && argc &&
+                       !(qs_cmd_lookup(c, argc, argv, &used)->flags & QS_CMD_SCRATCH) &&
+                       qs_cmd_writes(qs_cmd_lookup(c, argc, argv, &used), argc - used,
+                                     argv + used)) {
                 qs_note(c, "%s:%d: %s writes files", name, i + 1, argv[0]);
                 problems++;
             }

@@ -160,6 +160,13 @@ check lm-back-to-mlp "$Q --no-default -c 'load model datasets/models/tiny-gpt2; 
 $Q --no-default -c "load model datasets/models/tiny-llama; load data datasets/text/licenses.txt; quant * int4 gran=channel; eval; save session $T/lm.qs" >/dev/null 2>&1
 check lm-session-replays "$Q --replay $T/lm.qs --check >/dev/null 2>&1 && grep -q '^# model datasets/models/tiny-llama sha256=' $T/lm.qs"
 
+# The split contract is stated in info and in every session header, rows or token windows.
+out=$($Q -c 'set calib 40; info' 2>&1)
+check split-contract-mlp "grep -q '^split   rows, seed 0: train 1078 / calibration 359 (using 40; set calib N counts rows) / held-out test 360\$' <<<\"\$out\""
+out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'set calib 3; info' 2>&1)
+check split-contract-lm "grep -q '^split   tokens: train \[0, 130116) / calibration: its first 3 windows of 64 (set calib N counts windows) / held-out \[130116, 144573): the last 10 %, 225 windows of 64\$' <<<\"\$out\""
+$Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c "set calib 3; save session $T/split.qs" >/dev/null 2>&1
+check split-in-session-header "sed -n '1,12p' $T/split.qs | grep -q '^# split tokens: train \[0, 130116) / calibration: its first 3 windows'"
 # the settable gates and the split: each changes what it says it changes
 check set-gate "$Q --json -c 'set gate 0.99; eval' | tail -1 | python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); assert o[\"gate\"]==\"fail\" and o[\"gate_threshold\"]>0.99'"
 check set-lmgate "$Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'set lmgate 0.9; eval' | tail -1 | python3 -c 'import json,sys; o=json.loads(sys.stdin.read()); assert o[\"gate\"]==\"fail\"' && $Q -c 'set lmgate 1.5' 2>&1 | grep -q 'outside 0..1'"

@@ -101,9 +101,23 @@ PY"
 # What transformers do not have yet is said, and what they have is named.
 out=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int8; sensitivity probes=4' 2>&1)
 check default-is-all "grep -q '^delta_loss: held-out loss (14400 predicted tokens' <<<\"\$out\" && grep -q grad_norm <<<\"\$out\" && grep -q fisher_err <<<\"\$out\" && grep -q hutch_tr <<<\"\$out\""
-msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'allocate bits=4' 2>&1)
+# allocate bits= on a transformer: the plan it prints, applied, is what eval then measures
+# (held-out loss and bits/weight), and it stays within its budget; a LLaMA with a low-rank
+# correction among the candidates too.
+out=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'allocate bits=5 formats=int4,int8 apply; eval' 2>&1)
+check allocate-bits-lm-applies "python3 -c '
+import json, sys
+L = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith(\"{\")]
+a = [o for o in L if o.get(\"cmd\") == \"allocate\"][0]
+ev = [o for o in L if o.get(\"cmd\") == \"eval\"][-1]
+assert abs(a[\"loss\"] - ev[\"quant\"][\"loss\"]) <= 1e-9, (a[\"loss\"], ev[\"quant\"][\"loss\"])
+assert abs(a[\"bits_per_weight\"] - ev[\"bits_per_weight\"]) <= 1e-9 and a[\"bits_per_weight\"] <= 5
+assert {r[\"format\"] for r in a[\"plan\"]} == {\"int4\", \"int8\"} and len(a[\"plan\"]) == 9
+assert abs(a[\"ppl\"] - 2.718281828459045 ** a[\"loss\"]) < 1e-6
+' \"\$out\""
+msg=$($Q datasets/models/tiny-llama datasets/text/licenses.txt -c 'allocate bits=4.5 formats=int3,int4 corr=lqer ranks=4' 2>&1)
 rc=$?
-check allocate-says-what-works "[ $rc = 1 ] && grep -q 'written for MLPs only so far; on a transformer, use allocate rank=N' <<<\"\$msg\""
+check allocate-bits-llama-corr "[ $rc = 0 ] && grep -q '^plan: 4\.[0-9]* bits/weight (packed), joint calibration loss [0-9.]*; held-out ppl [0-9.]* loss' <<<\"\$msg\" && grep -q '^correct model.layers.[01].[a-z_.]* lqer r=4 prec=float\$' <<<\"\$msg\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int3 gran=channel; allocate rank=8' 2>&1)
 rc=$?
 check allocate-rank-works "[ $rc = 0 ] && grep -q '^rank given 8 of 8' <<<\"\$msg\""

@@ -181,6 +181,19 @@ check half_written_skipped $? "$(tr '\n' ' ' <"$T/o6d" | head -c 400)"
 printf 'recover\n' | $Q --repl --no-default 2>&1 | grep -q 'recover: nothing to recover'
 check recover_nothing $?
 
+# (6b) a session that exports a model and reloads it: the file it writes is not pinned as an
+# input, a safe replay writes it into a scratch folder of its own (and nowhere else) and checks
+# every value, and --allow-writes writes it where the session says.
+$Q -c "quant * int4; export model $T/exp.safetensors; load model $T/exp.safetensors; eval; save session $T/exp.qs" >/dev/null 2>&1
+! grep -q "^# model $T/exp.safetensors" "$T/exp.qs" && grep -q "^export model $T/exp.safetensors\$" "$T/exp.qs"
+check export_not_pinned $?
+rm -f "$T/exp.safetensors"
+TMPDIR=$T/tmp; mkdir -p "$TMPDIR"
+TMPDIR=$TMPDIR $Q --replay "$T/exp.qs" --check >"$T/o6e" 2>&1 && grep -q ', 0 differ' "$T/o6e" && [ ! -e "$T/exp.safetensors" ] && [ -z "$(ls -A "$TMPDIR")" ]
+check export_reload_safe_replay $? "$(tail -2 "$T/o6e" | tr '\n' ' ')"
+$Q --replay "$T/exp.qs" --check --allow-writes >"$T/o6f" 2>&1 && grep -q ', 0 differ' "$T/o6f" && [ -f "$T/exp.safetensors" ]
+check export_reload_allow_writes $? "$(tail -2 "$T/o6f" | tr '\n' ' ')"
+
 # (7) every example session replays with --check
 n=0
 for s in sessions/*.qs; do
