@@ -894,19 +894,19 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const char *const *meta_vals, int nmeta, qs_err *e)
 {
     struct stat st;
+    const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
+    int bmask = 0;
+    const char *arch = m->arch;
+    if (!gpt2 && save_bias_plan(m, b, &bmask, &arch, e) < 0)
+        return qs_err_prefix(e, dir);
     if (mkdir(dir, 0777) < 0 && errno != EEXIST)
         return qs_errf(e, "%s: cannot create the folder: %s", dir, strerror(errno));
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return qs_errf(e, "%s: exists and is not a folder", dir);
     const struct qs_lm_priv *p = m->priv;
-    const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
     /* a tied head stays tied only while it is the embedding itself */
     const int tied = m->tied && head == p->wte;
-    int bmask = 0;
-    const char *arch = m->arch;
-    if (!gpt2 && save_bias_plan(m, b, &bmask, &arch, e) < 0)
-        return qs_err_prefix(e, dir);
     /* at most: embeddings, norms, head, 16 per layer (2 norms, 7 weights and 7 biases) */
     int cap = 5 + 16 * m->n_layer, nk = 0;
     float *zeros = NULL; /* the bias of a site that gains one only for its group's sake */
