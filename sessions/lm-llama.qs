@@ -5,13 +5,13 @@
 # threads 2
 # model datasets/models/tiny-llama sha256=6f7894f9a7a9920f23cf57708abbd64469ee3e9a289489b8db2b91b022f84317
 # data datasets/text/licenses.txt sha256=c4cf44e5bcffdbec176f8831e48024c1af63fe31043616b9bfedaa56ee6a3248
-# model /tmp/lmexp sha256=960f8d576d58ee4a69a7cb575fd6e9c3300b2a2805298c27120aa4af42399e52
+# model /tmp/lmexp sha256=782ca21a341b9f44b3da49d885574e08f7d14b079401f0a6baef466ef20f622e
 # Every analysis of the one model core on tiny-llama (LLaMA: RMSNorm, RoPE, SwiGLU; no biases): eval, weight+activation
 # quantization with static scales, error, spectra (weight and pre-activation), rank, every
 # correction method (lowrank, lqer with int8 factors, qera, eora, bias, linear with an int8 map,
 # clocal), ablate, sensitivity, allocate rank=, study q1 on the loaded model, then export model
-# and reload (corrections folded in; LLaMA sites have no bias, so their bias/linear corrections
-# are removed before export). Replay: qscope --replay sessions/lm-llama.qs --check
+# and reload (every correction folded in: the bias and linear ones into biases, written with
+# attention_bias and mlp_bias true). Replay: qscope --replay sessions/lm-llama.qs --check
 load model datasets/models/tiny-llama
 # => path=datasets/models/tiny-llama
 # => arch=llama
@@ -1166,15 +1166,11 @@ eval
 # => static_amax.model.layers.0.mlp.gate_proj=3.01599789
 # => static_amax.model.layers.0.mlp.up_proj=3.01599789
 # => static_amax.model.layers.0.mlp.down_proj=2.3234067
-uncorrect model.layers.0.self_attn.o_proj
-# => removed=1
-uncorrect model.layers.0.mlp.down_proj
-# => removed=1
 load model /tmp/lmexp
 # => path=/tmp/lmexp
 # => arch=llama
 # => layers=15
-# => params=123712
+# => params=124912
 load data datasets/text/licenses.txt
 # => path=datasets/text/licenses.txt
 # => tokens=144573
@@ -1183,12 +1179,12 @@ load data datasets/text/licenses.txt
 eval
 # => regime=weight+activation
 # => tokens=14400
-# => float.ppl=3.43383833
-# => float.loss=1.23367868
-# => quant.ppl=3.44369722
-# => quant.loss=1.23654567
-# => kl=0.00272770034
-# => top1_agree=0.974722222
+# => float.ppl=3.43896635
+# => float.loss=1.23517095
+# => quant.ppl=3.4477806
+# => quant.loss=1.23773072
+# => kl=0.00403458782
+# => top1_agree=0.968263889
 # => bits_per_weight=4.21770335
 # => gate=pass
 # => gate_threshold=2.43866319
@@ -1196,7 +1192,7 @@ eval
 # => static_amax.model.layers.0.self_attn.k_proj=4.26626396
 # => static_amax.model.layers.0.self_attn.v_proj=4.26626396
 # => static_amax.model.layers.0.self_attn.o_proj=1.19550407
-# => static_amax.model.layers.0.mlp.gate_proj=3.04558086
-# => static_amax.model.layers.0.mlp.up_proj=3.04558086
-# => static_amax.model.layers.0.mlp.down_proj=2.14668465
-# end of session (28 commands)
+# => static_amax.model.layers.0.mlp.gate_proj=3.05852556
+# => static_amax.model.layers.0.mlp.up_proj=3.05852556
+# => static_amax.model.layers.0.mlp.down_proj=2.15616393
+# end of session (26 commands)
