@@ -8,7 +8,7 @@
 # Every analysis of the one model core on tiny-gpt2 (GPT-2: LayerNorm, learned positions, biases): eval, weight+activation
 # quantization with static scales, error, spectra (weight and pre-activation), rank, every
 # correction method (lowrank, lqer with int8 factors, qera, eora, bias, linear with an int8 map,
-# clocal), ablate, sensitivity, allocate rank=, study q1 on the loaded model, then export model
+# clocal), ablate, sensitivity, allocate rank= and bits=, study q1 on the loaded model, then export model
 # and reload (corrections folded in; LLaMA sites have no bias, so their bias/linear corrections
 # are removed before export). Replay: qscope --replay sessions/lm-gpt2.qs --check
 load model datasets/models/tiny-gpt2

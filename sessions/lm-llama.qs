@@ -8,9 +8,10 @@
 # Every analysis of the one model core on tiny-llama (LLaMA: RMSNorm, RoPE, SwiGLU; no biases): eval, weight+activation
 # quantization with static scales, error, spectra (weight and pre-activation), rank, every
 # correction method (lowrank, lqer with int8 factors, qera, eora, bias, linear with an int8 map,
-# clocal), ablate, sensitivity, allocate rank=, study q1 on the loaded model, then export model
-# and reload (corrections folded in; LLaMA sites have no bias, so their bias/linear corrections
-# are removed before export). Replay: qscope --replay sessions/lm-llama.qs --check
+# clocal), ablate, sensitivity, allocate rank= and bits=, study q1 on the loaded model, then
+# export model and reload (every correction folded in: the bias and linear ones into biases,
+# written with attention_bias and mlp_bias true; a safe replay writes the export into a scratch
+# folder of its own). Replay: qscope --replay sessions/lm-llama.qs --check
 load model datasets/models/tiny-llama
 # => path=datasets/models/tiny-llama
 # => arch=llama
@@ -1505,19 +1506,15 @@ eval
 # => static_amax.model.layers.0.mlp.gate_proj=3.01599789
 # => static_amax.model.layers.0.mlp.up_proj=3.01599789
 # => static_amax.model.layers.0.mlp.down_proj=2.3234067
-uncorrect model.layers.0.self_attn.o_proj
-# => removed=1
-uncorrect model.layers.0.mlp.down_proj
-# => removed=1
 export model /tmp/qscope-session-tiny-llama
 # => path=/tmp/qscope-session-tiny-llama
 # => kind=fake-quant
-# => corrections=4
+# => corrections=6
 load model /tmp/qscope-session-tiny-llama
 # => path=/tmp/qscope-session-tiny-llama
 # => arch=llama
 # => layers=15
-# => params=123712
+# => params=124912
 load data datasets/text/licenses.txt
 # => path=datasets/text/licenses.txt
 # => tokens=144573
@@ -1526,12 +1523,12 @@ load data datasets/text/licenses.txt
 eval
 # => regime=weight+activation
 # => tokens=14400
-# => float.ppl=3.43383833
-# => float.loss=1.23367868
-# => quant.ppl=3.44369722
-# => quant.loss=1.23654567
-# => kl=0.00272770034
-# => top1_agree=0.974722222
+# => float.ppl=3.43896635
+# => float.loss=1.23517095
+# => quant.ppl=3.4477806
+# => quant.loss=1.23773072
+# => kl=0.00403458782
+# => top1_agree=0.968263889
 # => bits_per_weight=4.21770335
 # => gate=pass
 # => gate_threshold=2.43866319
@@ -1539,7 +1536,7 @@ eval
 # => static_amax.model.layers.0.self_attn.k_proj=4.26626396
 # => static_amax.model.layers.0.self_attn.v_proj=4.26626396
 # => static_amax.model.layers.0.self_attn.o_proj=1.19550407
-# => static_amax.model.layers.0.mlp.gate_proj=3.04558086
-# => static_amax.model.layers.0.mlp.up_proj=3.04558086
-# => static_amax.model.layers.0.mlp.down_proj=2.14668465
-# end of session (30 commands)
+# => static_amax.model.layers.0.mlp.gate_proj=3.05852556
+# => static_amax.model.layers.0.mlp.up_proj=3.05852556
+# => static_amax.model.layers.0.mlp.down_proj=2.15616393
+# end of session (28 commands)

@@ -32,6 +32,14 @@ struct qs_lm {
     int n_layer, n_head, n_kv_head, d_model, d_ff, vocab, ctx;
     double eps, rope_theta; /* norm epsilon; RoPE base (LLaMA only) */
     int tied;               /* lm head = token embedding */
+    /* config.json's model_type: "gpt2", or the LLaMA family's "llama", "qwen2", "mistral" */
+    char arch[16];
+    /* LLaMA family: bit i set = block site i (q, k, v, o, gate, up, down) has a bias (llama:
+     * attention_bias q..o, mlp_bias gate..down; qwen2: q, k, v). GPT-2: every block site. */
+    int bias_mask;
+    /* Sliding-window attention (mistral's sliding_window): position i attends to keys j with
+     * i - window < j <= i; 0: to every earlier key. */
+    int window;
     int nsites;
     /* every linear of every block in forward order, then the head (a site too, also when tied:
      * its w then aliases the embedding, so changing it changes the embedding lookups too).
@@ -43,14 +51,20 @@ struct qs_lm {
     struct qs_lm_priv *priv;
 };
 
-/* Loads DIR/config.json (model_type "gpt2" or "llama") and DIR/model.safetensors (F32, F16 or
+/* Loads DIR/config.json (model_type "gpt2", "llama", "qwen2" or "mistral") and DIR/model.safetensors (F32, F16 or
  * BF16 tensors, copied to F32 and checked finite; GPT-2 names may carry a "transformer."
  * prefix). Config keys: GPT-2 vocab_size, n_embd, n_layer, n_head, n_positions (or n_ctx),
  * layer_norm_epsilon (default 1e-5), n_inner (null: 4 d), activation_function (gelu_new);
  * LLaMA vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads
  * (default H), intermediate_size, rms_norm_eps (default 1e-6), rope_theta (default 10000),
- * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu). Unsupported
- * variants (rope_scaling, attention/mlp biases, another activation) are refused. Every missing
+ * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu), attention_bias
+ * (q/k/v/o biases) and mlp_bias (gate/up/down biases), both default false. "qwen2" and
+ * "mistral" are LLaMA with other defaults: qwen2 has q/k/v biases (no o_proj or MLP bias);
+ * its use_sliding_window true is refused when a window (sliding_window, on the layers from
+ * max_window_layers, or those layer_types names "sliding_attention") could be shorter than the
+ * context, and otherwise is full attention. mistral's sliding_window (default 4096, null: none)
+ * masks keys that are sliding_window or more positions back (window); its num_key_value_heads
+ * defaults to 8. Unsupported variants (rope_scaling, another activation) are refused. Every missing
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
  * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
  * the file must hold the tensors its depth needs and the weights must fit in memory
@@ -61,8 +75,14 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
 /* Writes m as a Hugging Face folder DIR (created if missing; config.json and model.safetensors
  * in it are replaced through qs_outfile) that qs_lm_load reads back into the same model: every
  * tensor F32, GPT-2 names under "transformer." with Conv1D weights as (in, out). w[s] (w may be
- * NULL, as may w[s]) replaces site s's weight (out, in), b[s] its bias (ignored for a site
- * without one). A tied head whose weight is replaced is written untied (lm_head.weight beside
+ * NULL, as may w[s]) replaces site s's weight (out, in), b[s] (b may be NULL, as may b[s]) its
+ * bias. The head (of every family) has no bias and ignores b[s]. A LLaMA-family site without a
+ * bias gains b[s]: Hugging Face's format wants the biases of a whole group, so when a site needs
+ * a bias the model does not have, every attention site (q, k, v, o) of every block gets one
+ * (zeros where none; likewise gate, up, down for an MLP site) and the config says
+ * attention_bias / mlp_bias true. A qwen2 or mistral model whose biases its own model_type cannot
+ * hold is written as model_type "llama" (a mistral only when its window covers the context:
+ * llama has no sliding window; otherwise refused). A tied head whose weight is replaced is written untied (lm_head.weight beside
  * the float embedding, tie_word_embeddings false). config.json is the loaded text with
  * tie_word_embeddings and torch_dtype ("float32") set. Metadata: the nmeta given pairs,
  * "format": "pt", then the source file's own keys not given. 0 or -1 and e. */

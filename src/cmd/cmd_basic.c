@@ -1323,8 +1323,10 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
 
 /* export model DIR on a transformer: a Hugging Face folder (config.json, model.safetensors) whose
  * linears hold the session's weights, W' = Q(W) + C dequantized to F32 (the float ones where a
- * site stays float); embeddings and norms as loaded. qs_lm_load reads it back, and its float
- * eval is the session's quantized eval (with float activations). */
+ * site stays float); embeddings and norms as loaded. A bias or linear correction on a LLaMA-family
+ * site without a bias is folded into a bias of its own (from zero), and qs_lm_save writes the
+ * biases of its whole group (attention_bias / mlp_bias true). qs_lm_load reads it back, and its
+ * float eval is the session's quantized eval (with float activations). */
 static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
@@ -1340,21 +1342,31 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const int S = m->nsites;
     const float **w = qs_calloc((size_t)S, sizeof *w), **bb = qs_calloc((size_t)S, sizeof *bb);
     float **own = qs_calloc((size_t)S * 2, sizeof *own);
+    /* LLaMA-family linears (not the head: Hugging Face's has no bias) fold a bias or linear
+     * correction into a bias that starts at zero */
+    float *zero = m->family == QS_LM_LLAMA
+                      ? qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model),
+                                  sizeof *zero)
+                      : NULL;
     struct exp_meta d = {0};
-    int rc = w && bb && own ? 0 : qs_errf(e, "out of memory");
+    int rc = w && bb && own && (zero || m->family != QS_LM_LLAMA) ? 0
+                                                                  : qs_errf(e, "out of memory");
     for (int s = 0; s < S && rc == 0; s++) {
         const struct qs_lm_site *st = &m->sites[s];
         const struct qs_layer_state *ls = &b->ls[s];
+        const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
         int lowrank, bias, map;
         if (exp_describe(&d, s, st->name, st->out, st->in, ls, 0, &lowrank, &bias, &map, e) < 0 ||
-            exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, st->b, &ls->corr,
+            exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, sb, &ls->corr,
                      &own[2 * s], &own[2 * s + 1], e) < 0) {
             rc = -1;
             break;
         }
         w[s] = own[2 * s] ? own[2 * s] : ls->wq; /* NULL: the float weight */
-        bb[s] = own[2 * s + 1];
+        /* a folded bias; a lowrank-only fold of a bias-less site copies the zero: none */
+        bb[s] = own[2 * s + 1] && (st->b || bias || map) ? own[2 * s + 1] : NULL;
     }
+    free(zero);
     char sha[65] = "";
     if (rc == 0 && m->path) {
         /* the source's identity, when its file can still be read */

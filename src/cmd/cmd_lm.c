@@ -23,7 +23,7 @@ int qs_cmd_is_lm_path(const char *path)
 
 static const char *family_name(const struct qs_lm *m)
 {
-    return m->family == QS_LM_GPT2 ? "gpt2" : "llama";
+    return m->arch[0] ? m->arch : m->family == QS_LM_GPT2 ? "gpt2" : "llama"; /* llama, qwen2, ... */
 }
 
 static int is_txt(const char *f)

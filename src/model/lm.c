@@ -183,11 +183,18 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
     struct cfg_ctx c = {root, file, e};
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     int rc = 0;
+    m->window = 0;
+    m->bias_mask = 0;
+    m->arch[0] = 0;
+    if (cJSON_IsString(mt) && strlen(mt->valuestring) < sizeof m->arch)
+        snprintf(m->arch, sizeof m->arch, "%s", mt->valuestring);
     if (!cJSON_IsString(mt)) {
-        rc = qs_errf(e, "%s: key 'model_type' is missing (expected \"gpt2\" or \"llama\")", file);
+        rc = qs_errf(e, "%s: key 'model_type' is missing (expected \"gpt2\", \"llama\", "
+                        "\"qwen2\" or \"mistral\")", file);
     } else if (!strcmp(mt->valuestring, "gpt2")) {
         static const char *const acts[] = {"gelu_new", "gelu_pytorch_tanh", NULL};
         m->family = QS_LM_GPT2;
+        m->bias_mask = 0x0F;
         m->eps = 1e-5;
         m->tied = 1;
         m->d_ff = 0;
@@ -206,13 +213,16 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
         if (!m->d_ff && qs_int_mul(4, m->d_model, &m->d_ff) < 0 && rc == 0)
             rc = qs_errf(e, "%s: n_embd %d is too large", file, m->d_model);
         m->n_kv_head = m->n_head;
-    } else if (!strcmp(mt->valuestring, "llama")) {
+    } else if (!strcmp(mt->valuestring, "llama") || !strcmp(mt->valuestring, "qwen2") ||
+               !strcmp(mt->valuestring, "mistral")) {
         static const char *const acts[] = {"silu", NULL};
+        const int qwen2 = !strcmp(mt->valuestring, "qwen2");
+        const int mistral = !strcmp(mt->valuestring, "mistral");
         m->family = QS_LM_LLAMA;
         m->eps = 1e-6;
         m->rope_theta = 10000.0;
         m->tied = 0;
-        m->n_kv_head = 0;
+        m->n_kv_head = mistral ? 8 : 0; /* MistralConfig's default; LLaMA's and Qwen2's: H */
         int hd = 0, abias = 0, mbias = 0;
         const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
         if (cfg_int(&c, "vocab_size", 1, &m->vocab) < 0 ||
@@ -225,14 +235,43 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
             cfg_int(&c, "head_dim", 0, &hd) < 0 || cfg_num(&c, "rms_norm_eps", &m->eps) < 0 ||
             cfg_num(&c, "rope_theta", &m->rope_theta) < 0 ||
             cfg_bool(&c, "tie_word_embeddings", &m->tied) < 0 ||
-            cfg_bool(&c, "attention_bias", &abias) < 0 || cfg_bool(&c, "mlp_bias", &mbias) < 0 ||
+            (!qwen2 && !mistral &&
+             (cfg_bool(&c, "attention_bias", &abias) < 0 || cfg_bool(&c, "mlp_bias", &mbias) < 0)) ||
             cfg_str_in(&c, "hidden_act", acts) < 0)
             rc = -1;
         else if (rs && !cJSON_IsNull(rs))
             rc = qs_errf(e, "%s: key 'rope_scaling' is not supported (must be null)", file);
-        else if (abias || mbias)
-            rc = qs_errf(e, "%s: key '%s' = true is not supported", file,
-                         abias ? "attention_bias" : "mlp_bias");
+        if (rc == 0 && mistral) {
+            /* sliding_window: absent = MistralConfig's default 4096, null = none */
+            const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+            m->window = sw ? 0 : 4096;
+            rc = cfg_int(&c, "sliding_window", 0, &m->window);
+        }
+        if (rc == 0 && qwen2) {
+            /* Qwen2 windows only with use_sliding_window, on the layers from max_window_layers
+             * (or those layer_types calls "sliding_attention"): refused when one could bite */
+            int use = 0, sw = 4096, mwl = 28, sliding = 0;
+            const cJSON *swj = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+            const cJSON *lt = cJSON_GetObjectItemCaseSensitive(root, "layer_types");
+            if (swj && cJSON_IsNull(swj))
+                sw = 0;
+            if (cfg_bool(&c, "use_sliding_window", &use) < 0 ||
+                cfg_int(&c, "sliding_window", 0, &sw) < 0 ||
+                cfg_int(&c, "max_window_layers", 0, &mwl) < 0)
+                rc = -1;
+            else if (cJSON_IsArray(lt)) {
+                const cJSON *it;
+                cJSON_ArrayForEach(it, lt) sliding |=
+                    cJSON_IsString(it) && !strcmp(it->valuestring, "sliding_attention");
+            } else {
+                sliding = mwl < m->n_layer;
+            }
+            if (rc == 0 && use && sw && sw < m->ctx && sliding)
+                rc = qs_errf(e, "%s: use_sliding_window true with sliding_window %d shorter than "
+                                "max_position_embeddings %d is not supported (qscope runs qwen2 "
+                                "with full attention)", file, sw, m->ctx);
+        }
+        m->bias_mask = qwen2 ? 0x07 : (abias ? 0x0F : 0) | (mbias ? 0x70 : 0);
         if (!m->n_kv_head)
             m->n_kv_head = m->n_head;
         if (rc == 0 && m->d_model % m->n_head == 0 && (m->d_model / m->n_head) % 2)
@@ -247,7 +286,8 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
                             "num_key_value_heads %d", file, m->n_head, m->n_kv_head);
     } else {
         char vb[96];
-        rc = qs_errf(e, "%s: unknown model_type '%s' (expected \"gpt2\" or \"llama\")", file,
+        rc = qs_errf(e, "%s: unknown model_type '%s' (expected \"gpt2\", \"llama\", "
+                        "\"qwen2\" or \"mistral\")", file,
                      qs_clean_str(mt->valuestring, vb, sizeof vb, 64));
     }
     if (rc == 0 && (m->d_model > LM_MAX_DIM || m->d_ff > LM_MAX_DIM))
@@ -299,10 +339,13 @@ int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes)
             qs_size_add(t, u, &L) < 0 || qs_size_add(L, 10 * d + ff, &L) < 0)
             return -1;
     } else {
-        size_t g;
+        size_t g, nb = 0; /* the biases the config announces */
+        const size_t bout[7] = {d, kv, kv, d, ff, ff, d};
+        for (int i = 0; i < 7; i++)
+            nb += (m->bias_mask >> i) & 1 ? bout[i] : 0;
         if (qs_size_mul(2 * d, d, &t) < 0 || qs_size_mul3(2, d, kv, &u) < 0 ||
             qs_size_mul3(3, d, ff, &g) < 0 || qs_size_add(t, u, &L) < 0 ||
-            qs_size_add(L, g + 2 * d, &L) < 0)
+            qs_size_add(L, g + 2 * d, &L) < 0 || qs_size_add(L, nb, &L) < 0)
             return -1;
     }
     size_t all, emb, pos = 0;
@@ -422,13 +465,19 @@ static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char 
     return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
 }
 
+/* LLaMA-family linear: weight (out, in), and its bias (out) when the config gives it one. */
 static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
-                        int out)
+                        int out, int bias)
 {
     char k[128];
     site_set(s, name, in, out);
     snprintf(k, sizeof k, "%s.weight", name);
-    return (s->w = tensor(c, k, out, in, 0)) ? 0 : -1;
+    if (!(s->w = tensor(c, k, out, in, 0)))
+        return -1;
+    if (!bias)
+        return 0;
+    snprintf(k, sizeof k, "%s.bias", name);
+    return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
 }
 
 static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
@@ -496,7 +545,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
             {"mlp.down_proj", ff, d}};
         for (int i = 0; i < 7; i++) {
             snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
-            if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out) < 0)
+            if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out, (m->bias_mask >> i) & 1) < 0)
                 return -1;
         }
     }
@@ -576,6 +625,14 @@ static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const
         if (used[i] || ignorable(name) || (m->tied && strstr(name, "lm_head.weight")))
             continue;
         char nb[96];
+        size_t n = strlen(name);
+        if (m->family == QS_LM_LLAMA && n > 5 && !strcmp(name + n - 5, ".bias"))
+            return qs_errf(e,
+                           "%s: tensor '%s' is a bias that config.json does not announce "
+                           "(model_type %s%s)",
+                           stp, qs_clean_str(name, nb, sizeof nb, 64), m->arch,
+                           strcmp(m->arch, "llama") ? "" : "; attention_bias / mlp_bias say "
+                                                          "which linears have biases");
         return qs_errf(e,
                        "%s: tensor '%s' is not used by the model config.json describes "
                        "(%d layers); the config does not match the weights",
@@ -753,14 +810,65 @@ static int save_conv1d(struct save_list *x, const char *name, const float *w, in
     return 0;
 }
 
-/* config.json: the loaded text with tie_word_embeddings and torch_dtype set to what is written. */
-static int save_config(const struct qs_lm *m, const char *path, int tied, qs_err *e)
+/* LLaMA family: the block sites (bit i: site i of every block) whose biases the file holds, and
+ * the model_type that can say so. b[s] given for a site the model has no bias for widens the
+ * set to whole groups (q, k, v, o; gate, up, down), as Hugging Face's attention_bias / mlp_bias
+ * create them; a qwen2 or mistral then becomes a llama, which a sliding window forbids. */
+static int save_bias_plan(const struct qs_lm *m, const float *const *b, int *mask,
+                          const char **arch, qs_err *e)
+{
+    int need = m->bias_mask;
+    for (int s = 0; b && s < m->nsites - 1; s++)
+        if (b[s])
+            need |= 1 << (s % 7);
+    *arch = m->arch;
+    *mask = need;
+    if (need == m->bias_mask)
+        return 0;
+    *mask = (need & 0x0F ? 0x0F : 0) | (need & 0x70 ? 0x70 : 0);
+    if (strcmp(m->arch, "llama") && m->window > 0 && m->window < m->ctx)
+        return qs_errf(e, "%s has no linear biases in Hugging Face's format and its sliding window "
+                          "of %d (< context %d) has no llama equivalent: a bias or linear "
+                          "correction cannot be folded into it",
+                       m->arch, m->window, m->ctx);
+    *arch = "llama";
+    return 0;
+}
+
+static void json_set(cJSON *root, const char *key, cJSON *v)
+{
+    cJSON_DeleteItemFromObjectCaseSensitive(root, key);
+    cJSON_AddItemToObject(root, key, v);
+}
+
+/* config.json: the loaded text with tie_word_embeddings and torch_dtype set to what is written;
+ * LLaMA family with biases beyond the model's (bmask differs from m->bias_mask): attention_bias
+ * and mlp_bias as bmask says, and as model_type ARCH ("llama" when the model's own cannot hold
+ * them: the keys whose defaults differ spelled out, the sliding-window keys dropped). */
+static int save_config(const struct qs_lm *m, const char *path, int tied, const char *arch,
+                       int bmask, qs_err *e)
 {
     const char *text = m->priv ? m->priv->config : NULL;
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return qs_errf(e, "%s: the model's config.json text is not available", path);
+    }
+    if (m->family == QS_LM_LLAMA && strcmp(arch, m->arch)) {
+        static const char *const drop[] = {"sliding_window", "use_sliding_window",
+                                           "max_window_layers", "layer_types", NULL};
+        for (int i = 0; drop[i]; i++)
+            cJSON_DeleteItemFromObjectCaseSensitive(root, drop[i]);
+        const char *archs[] = {"LlamaForCausalLM"};
+        json_set(root, "model_type", cJSON_CreateString(arch));
+        json_set(root, "architectures", cJSON_CreateStringArray(archs, 1));
+        json_set(root, "num_key_value_heads", cJSON_CreateNumber(m->n_kv_head));
+        json_set(root, "rms_norm_eps", cJSON_CreateNumber(m->eps));
+        json_set(root, "rope_theta", cJSON_CreateNumber(m->rope_theta));
+    }
+    if (m->family == QS_LM_LLAMA && bmask != m->bias_mask) {
+        json_set(root, "attention_bias", cJSON_CreateBool((bmask & 0x0F) != 0));
+        json_set(root, "mlp_bias", cJSON_CreateBool((bmask & 0x70) != 0));
     }
     cJSON_DeleteItemFromObjectCaseSensitive(root, "tie_word_embeddings");
     cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
@@ -786,16 +894,26 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const char *const *meta_vals, int nmeta, qs_err *e)
 {
     struct stat st;
+    const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
+    int bmask = 0;
+    const char *arch = m->arch;
+    if (!gpt2 && save_bias_plan(m, b, &bmask, &arch, e) < 0)
+        return qs_err_prefix(e, dir);
     if (mkdir(dir, 0777) < 0 && errno != EEXIST)
         return qs_errf(e, "%s: cannot create the folder: %s", dir, strerror(errno));
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
         return qs_errf(e, "%s: exists and is not a folder", dir);
     const struct qs_lm_priv *p = m->priv;
-    const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
     /* a tied head stays tied only while it is the embedding itself */
     const int tied = m->tied && head == p->wte;
-    int cap = 5 + 16 * m->n_layer, nk = 0; /* at most: embeddings, norms, head, 8 per layer */
+    /* at most: embeddings, norms, head, 16 per layer (2 norms, 7 weights and 7 biases) */
+    int cap = 5 + 16 * m->n_layer, nk = 0;
+    float *zeros = NULL; /* the bias of a site that gains one only for its group's sake */
+    if (!gpt2 && bmask != m->bias_mask &&
+        !(zeros = qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model),
+                            sizeof(float))))
+        return qs_errf(e, "%s: out of memory", dir);
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap, sizeof *x.t);
     x.names = qs_calloc((size_t)cap, sizeof *x.names);
@@ -812,7 +930,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
         int l = s / (gpt2 ? 4 : 7), first = s % (gpt2 ? 4 : 7) == 0;
         const struct lm_layer *L = &p->layer[l];
         const float *ws = w && w[s] ? w[s] : si->w;
-        const float *bs = si->b && b && b[s] ? b[s] : si->b; /* no bias to replace: none */
+        const float *bs = si->b && b && b[s] ? b[s] : si->b; /* GPT-2: every site has one */
+        if (!gpt2)
+            bs = !((bmask >> (s % 7)) & 1) ? NULL : b && b[s] ? b[s] : si->b ? si->b : zeros;
         if (gpt2 && first) {
             if (s == 0) {
                 save_put(&x, "transformer.wte.weight", m->vocab, m->d_model, p->wte);
@@ -872,8 +992,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
     }
     if (rc == 0) {
         snprintf(path, dl, "%s/config.json", dir);
-        rc = save_config(m, path, tied, e);
+        rc = save_config(m, path, tied, arch, bmask, e);
     }
+    free(zeros);
     for (int i = 0; i < x.nown; i++)
         free(x.own[i]);
     free(x.own);
@@ -942,9 +1063,10 @@ static void norm(const float *x, int T, int d, const float *w, const float *b, d
 /* Causal multi-head attention with H query heads over Hk key/value heads of size hd.
  * q: (T, H hd) with row stride ldq, k, v: (T, Hk hd) with strides ldk, ldv; o: (T, H hd);
  * s: (T, T) scratch. Scores and values per head with cblas_sgemm; the masked upper triangle is
- * computed and discarded (T <= ctx is small, and it keeps one sgemm per head). */
+ * computed and discarded (T <= ctx is small, and it keeps one sgemm per head). window > 0: query
+ * i also ignores the keys j <= i - window (a sliding window; their probabilities are 0). */
 static void attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-                      int T, int H, int Hk, int hd, float *o, float *s)
+                      int T, int H, int Hk, int hd, int window, float *o, float *s)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
     int g = H / Hk;
@@ -953,17 +1075,20 @@ static void attention(const float *q, int ldq, const float *k, int ldk, const fl
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q + h * hd, ldq,
                     k + kh * hd, ldk, 0.0f, s, T);
         for (int i = 0; i < T; i++) {
-            float *r = s + (size_t)i * T, mx = r[0];
-            for (int j = 1; j <= i; j++)
+            int j0 = window > 0 && i >= window ? i - window + 1 : 0;
+            float *r = s + (size_t)i * T, mx = r[j0];
+            for (int j = j0 + 1; j <= i; j++)
                 mx = r[j] > mx ? r[j] : mx;
             double sum = 0;
-            for (int j = 0; j <= i; j++) {
+            for (int j = j0; j <= i; j++) {
                 r[j] = expf(r[j] - mx);
                 sum += r[j];
             }
             float inv = (float)(1.0 / sum);
-            for (int j = 0; j <= i; j++)
+            for (int j = j0; j <= i; j++)
                 r[j] *= inv;
+            for (int j = 0; j < j0; j++)
+                r[j] = 0.0f;
             for (int j = i + 1; j < T; j++)
                 r[j] = 0.0f;
         }
@@ -1079,7 +1204,7 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             int s0 = 4 * l;
             norm(x, T, d, L->n1w, L->n1b, m->eps, a);
             SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
-            attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, o, s);
+            attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
             SITE(s0 + 1, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
@@ -1098,7 +1223,7 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             SITE(s0 + 2, a, v)
             rope(big, T, H, hd, cs);
             rope(k, T, Hk, hd, cs);
-            attention(big, d, k, kv, v, kv, T, H, Hk, hd, o, s);
+            attention(big, d, k, kv, v, kv, T, H, Hk, hd, m->window, o, s);
             SITE(s0 + 3, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];

@@ -288,6 +288,9 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
 {
     if (m->family != QS_LM_LLAMA)
         return qs_errf(e, "%s: GGUF export writes llama models", path);
+    if (m->bias_mask || m->window)
+        return qs_errf(e, "%s: GGUF export writes plain llama models (this %s has %s)", path,
+                       m->arch, m->window ? "sliding-window attention" : "linear biases");
     struct qs_lm *mm = (struct qs_lm *)(uintptr_t)m; /* qs_lm_slot only reads here */
     const int S = m->nsites, L = m->n_layer, d = m->d_model, hd = d / m->n_head;
     const int head_own = !m->tied || (blocks && blocks[S - 1]) || (w && w[S - 1]);

@@ -246,10 +246,11 @@ static void site_forward(const struct qs_lm *m, int s, const struct qs_hooks *h,
 
 /* Causal attention over B windows of T. q: (N, H hd) row stride ldq, k, v: (N, Hk hd) strides
  * ldk, ldv; att: (B, H, T, T) the softmax probabilities (upper triangle 0); o: (N, H hd). Query
- * head h reads key/value head h / (H / Hk) (GQA). */
+ * head h reads key/value head h / (H / Hk) (GQA). window > 0: query i also ignores the keys
+ * j <= i - window (probability 0; the backward passes, which scale by P, then need no mask). */
 static void attention_forward(float *o, float *att, const float *q, int ldq, const float *k,
                               int ldk, const float *v, int ldv, int B, int T, int H, int Hk,
-                              int hd)
+                              int hd, int window)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
     int g = H / Hk;
@@ -261,17 +262,20 @@ static void attention_forward(float *o, float *att, const float *q, int ldq, con
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale,
                         q + r0 * ldq + h * hd, ldq, k + r0 * ldk + kh * hd, ldk, 0.0f, s, T);
             for (int i = 0; i < T; i++) {
-                float *r = s + (size_t)i * T, mx = r[0];
-                for (int j = 1; j <= i; j++)
+                int j0 = window > 0 && i >= window ? i - window + 1 : 0;
+                float *r = s + (size_t)i * T, mx = r[j0];
+                for (int j = j0 + 1; j <= i; j++)
                     mx = r[j] > mx ? r[j] : mx;
                 double sum = 0;
-                for (int j = 0; j <= i; j++) {
+                for (int j = j0; j <= i; j++) {
                     r[j] = expf(r[j] - mx);
                     sum += r[j];
                 }
                 float inv = (float)(1.0 / sum);
-                for (int j = 0; j <= i; j++)
+                for (int j = j0; j <= i; j++)
                     r[j] *= inv;
+                for (int j = 0; j < j0; j++)
+                    r[j] = 0.0f;
                 for (int j = i + 1; j < T; j++)
                     r[j] = 0.0f;
             }
@@ -594,7 +598,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
         if (gpt2) {
             site_forward(m, s0, h, a->n1, N, a->qkv, XA(s0), &rec[s0]); /* (N, 3d) */
             attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
-                              3 * d, B, T, H, H, hd);
+                              3 * d, B, T, H, H, hd, 0);
         } else {
             float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
             site_forward(m, s0, h, a->n1, N, qq, XA(s0), &rec[s0]);
@@ -602,7 +606,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
             site_forward(m, s0 + 2, h, a->n1, N, vv, XA(s0 + 2), &rec[s0 + 2]);
             rope(qq, N, T, H, hd, cs, 1.0f);
             rope(kk, N, T, Hk, hd, cs, 1.0f);
-            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd);
+            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd, m->window);
         }
         int so = s0 + (gpt2 ? 1 : 3); /* c_proj / o_proj */
         site_forward(m, so, h, a->ay, N, a->res2, XA(so), &rec[so]);
@@ -666,16 +670,16 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
             linear_backward(dn, 0.0f, g->gw[s], g->gb[s], dbig, rec[s].x, rec[s].w, N, d, ff);
         } else {
             int s = s0 + 6;
-            linear_backward(dbig, 0.0f, g->gw[s], NULL, dres, rec[s].x, rec[s].w, N, ff, d);
+            linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
             for (size_t i = 0; i < (size_t)N * ff; i++) {
                 float gg = a->fc[i], sg = 1.0f / (1.0f + expf(-gg)), dh = dbig[i];
                 dbig2[i] = dh * gg * sg;                               /* d up */
                 dbig[i] = dh * a->up[i] * sg * (1.0f + gg * (1.0f - sg)); /* d gate */
             }
-            linear_backward(dn, 0.0f, g->gw[s0 + 4], NULL, dbig, rec[s0 + 4].x, rec[s0 + 4].w, N,
-                            d, ff);
-            linear_backward(dn, 1.0f, g->gw[s0 + 5], NULL, dbig2, rec[s0 + 5].x, rec[s0 + 5].w, N,
-                            d, ff);
+            linear_backward(dn, 0.0f, g->gw[s0 + 4], g->gb[s0 + 4], dbig, rec[s0 + 4].x,
+                            rec[s0 + 4].w, N, d, ff);
+            linear_backward(dn, 1.0f, g->gw[s0 + 5], g->gb[s0 + 5], dbig2, rec[s0 + 5].x,
+                            rec[s0 + 5].w, N, d, ff);
         }
         norm_backward(dres, g2w, g2b, dn, a->res2, a->mu2, a->rs2, L->n2w, N, d);
         /* attention: dres holds dL/d res2 */
@@ -693,11 +697,11 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
                                hd);
             rope(dq, N, T, H, hd, cs, -1.0f);
             rope(dk, N, T, Hk, hd, cs, -1.0f);
-            linear_backward(dn, 0.0f, g->gw[s0], NULL, dq, rec[s0].x, rec[s0].w, N, d, d);
-            linear_backward(dn, 1.0f, g->gw[s0 + 1], NULL, dk, rec[s0 + 1].x, rec[s0 + 1].w, N,
-                            d, kv);
-            linear_backward(dn, 1.0f, g->gw[s0 + 2], NULL, dv, rec[s0 + 2].x, rec[s0 + 2].w, N,
-                            d, kv);
+            linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dq, rec[s0].x, rec[s0].w, N, d, d);
+            linear_backward(dn, 1.0f, g->gw[s0 + 1], g->gb[s0 + 1], dk, rec[s0 + 1].x,
+                            rec[s0 + 1].w, N, d, kv);
+            linear_backward(dn, 1.0f, g->gw[s0 + 2], g->gb[s0 + 2], dv, rec[s0 + 2].x,
+                            rec[s0 + 2].w, N, d, kv);
         }
         norm_backward(dres, g1w, g1b, dn, a->res, a->mu1, a->rs1, L->n1w, N, d);
     }
@@ -1083,15 +1087,15 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
             linear_forward(a->qkv, a->n1, S[s0].w, S[s0].b, N, d, 3 * d);
             linear_tangent(at->qkv, at->n1, a->n1, S[s0].w, VW(s0), N, d, 3 * d);
             attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
-                              3 * d, B, T, H, H, hd);
+                              3 * d, B, T, H, H, hd, 0);
             attention_tangent(at->ay, a->att, a->qkv, at->qkv, 3 * d, a->qkv + d, at->qkv + d,
                               3 * d, a->qkv + 2 * d, at->qkv + 2 * d, 3 * d, B, T, H, H, hd, s3);
         } else {
             float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
             float *qt = at->qkv, *kt = qt + Nd, *vt = kt + (size_t)N * kv;
-            linear_forward(qq, a->n1, S[s0].w, NULL, N, d, d);
-            linear_forward(kk, a->n1, S[s0 + 1].w, NULL, N, d, kv);
-            linear_forward(vv, a->n1, S[s0 + 2].w, NULL, N, d, kv);
+            linear_forward(qq, a->n1, S[s0].w, S[s0].b, N, d, d);
+            linear_forward(kk, a->n1, S[s0 + 1].w, S[s0 + 1].b, N, d, kv);
+            linear_forward(vv, a->n1, S[s0 + 2].w, S[s0 + 2].b, N, d, kv);
             linear_tangent(qt, at->n1, a->n1, S[s0].w, VW(s0), N, d, d);
             linear_tangent(kt, at->n1, a->n1, S[s0 + 1].w, VW(s0 + 1), N, d, kv);
             linear_tangent(vt, at->n1, a->n1, S[s0 + 2].w, VW(s0 + 2), N, d, kv);
@@ -1099,7 +1103,7 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
             rope(kk, N, T, Hk, hd, cs, 1.0f);
             rope(qt, N, T, H, hd, cs, 1.0f);
             rope(kt, N, T, Hk, hd, cs, 1.0f);
-            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd);
+            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd, m->window);
             attention_tangent(at->ay, a->att, qq, qt, d, kk, kt, kv, vv, vt, kv, B, T, H, Hk, hd,
                               s3);
         }
@@ -1119,8 +1123,8 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
                 at->hh[i] = gelu_grad(a->fc[i]) * at->fc[i];
             }
         } else {
-            linear_forward(a->fc, a->n2, S[s0 + 4].w, NULL, N, d, ff);
-            linear_forward(a->up, a->n2, S[s0 + 5].w, NULL, N, d, ff);
+            linear_forward(a->fc, a->n2, S[s0 + 4].w, S[s0 + 4].b, N, d, ff);
+            linear_forward(a->up, a->n2, S[s0 + 5].w, S[s0 + 5].b, N, d, ff);
             linear_tangent(at->fc, at->n2, a->n2, S[s0 + 4].w, VW(s0 + 4), N, d, ff);
             linear_tangent(at->up, at->n2, a->n2, S[s0 + 5].w, VW(s0 + 5), N, d, ff);
             for (size_t i = 0; i < (size_t)N * ff; i++) {
