@@ -469,8 +469,8 @@ if [ -d datasets/models/tiny-llama ] && start "$s" "LANG=C.UTF-8 LC_ALL=C.UTF-8 
      grep -q "c correct" <<<"$hint" && ! screen "$s" | grep -q "works on MLPs" &&
      screen "$s" | grep -qF "qera|eora|bias|linear [r=K]"; then
     T send-keys -t "$s" '?'
-    if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -qE "   e +error   v eval" &&
-       screen "$s" | grep -qE "  a +ablate LAYER"; then
+    if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -qE "^. +e +per-layer error table: error " &&
+       screen "$s" | grep -qE "^. +a +judge .*: ablate LAYER "; then
       ok=1
     fi
     T send-keys -t "$s" Escape
