@@ -330,6 +330,8 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                           c >= COL_BPW && c <= COL_SENS ? "%*s " : "%-*s ", wid[c], head[c]);
     putf(w, 1, 0, cw, A_BOLD, "%s", line);
     int vis = h - 2;
+    if (s->nlayers > vis && vis > 2)
+        vis--; /* the last row holds the position ("3/15"), not a layer it would hide */
     if (vis < 1)
         return;
     int top = 0;
