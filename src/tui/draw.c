@@ -156,7 +156,7 @@ static void rebuild_windows(struct tui *t)
 
 /* ---- drawing ------------------------------------------------------------------------------ */
 
-void tui_view_of(struct tui *t, struct tui_view *v)
+static void view_of(struct tui *t, struct tui_view *v)
 {
     v->s = t->snap;
     v->st = &t->st;
@@ -326,7 +326,7 @@ void tui_redraw(struct tui *t)
         return;
     }
     struct tui_view v;
-    tui_view_of(t, &v);
+    view_of(t, &v);
     int any = 0;
     for (int p = 0; p < PANE_N; p++) {
         if (!t->r[p].vis || !t->win[p] || !t->dirty[p])

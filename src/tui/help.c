@@ -8,7 +8,7 @@
 
 /* The help overlay's lines: the keys offered on the loaded model (one line each, from the key
  * table: keys, help, and the command a key runs), then every command of the command table. */
-int tui_help_lines(struct tui *t, char ***out)
+static int help_lines(struct tui *t, char ***out)
 {
     static const char *const head = "Keys in the panes (the status bar says PANES):";
     static const char *const tail[] = {
@@ -62,7 +62,7 @@ void tui_draw_help(struct tui *t)
     else /* plain characters: the line-drawing set may not survive a non-UTF-8 locale */
         wborder(hw, '|', '|', '-', '-', '+', '+', '+', '+');
     char **lines = NULL;
-    int n = tui_help_lines(t, &lines);
+    int n = help_lines(t, &lines);
     int vis = h - 2;
     if (t->help_scroll > n - vis)
         t->help_scroll = n - vis > 0 ? n - vis : 0;

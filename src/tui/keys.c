@@ -194,7 +194,7 @@ static void select_layer(struct tui *t, int d)
     tui_want_snapshot(t);
 }
 
-void tui_scroll_log(struct tui *t, int d)
+static void scroll_log(struct tui *t, int d)
 {
     pthread_mutex_lock(&t->sh.mu);
     int n = t->sh.log.n;
@@ -207,7 +207,7 @@ void tui_scroll_log(struct tui *t, int d)
     }
 }
 
-void tui_focus_pane(struct tui *t, int p)
+static void focus_pane(struct tui *t, int p)
 {
     if (p < 0 || p >= PANE_N || !tui_pane_available((enum tui_pane)p, t->snap))
         return;
@@ -227,24 +227,24 @@ static void focus_step(struct tui *t, int d)
         if (tui_pane_available((enum tui_pane)p, t->snap))
             break;
     }
-    tui_focus_pane(t, p);
+    focus_pane(t, p);
 }
 
-void tui_enter_prompt(struct tui *t)
+static void enter_prompt(struct tui *t)
 {
     t->mode = MODE_PROMPT;
     curs_set(1);
     t->dirty_status = t->dirty_prompt = 1;
 }
 
-void tui_leave_prompt(struct tui *t)
+static void leave_prompt(struct tui *t)
 {
     t->mode = MODE_PANES;
     curs_set(0);
     t->dirty_status = t->dirty_prompt = 1;
 }
 
-void tui_open_help(struct tui *t)
+static void open_help(struct tui *t)
 {
     t->mode = MODE_HELP;
     t->help_scroll = 0;
@@ -258,13 +258,13 @@ static int log_page(struct tui *t)
 static void key_prompt_open(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
 {
     (void)k, (void)fkey, (void)ch;
-    tui_enter_prompt(t);
+    enter_prompt(t);
 }
 
 static void key_help(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
 {
     (void)k, (void)fkey, (void)ch;
-    tui_open_help(t);
+    open_help(t);
 }
 
 static void key_quit(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
@@ -279,7 +279,7 @@ static void key_updown(struct tui *t, const struct tui_key *k, int fkey, wint_t 
     (void)k;
     int down = fkey ? ch == KEY_DOWN : ch == 'j';
     if (t->focus == PANE_LOG)
-        tui_scroll_log(t, down ? -1 : 1);
+        scroll_log(t, down ? -1 : 1);
     else
         select_layer(t, down ? 1 : -1);
 }
@@ -289,13 +289,13 @@ static void key_log_end(struct tui *t, const struct tui_key *k, int fkey, wint_t
 {
     (void)k, (void)fkey;
     if (t->focus == PANE_LOG)
-        tui_scroll_log(t, ch == 'g' ? 1 << 20 : -(1 << 20));
+        scroll_log(t, ch == 'g' ? 1 << 20 : -(1 << 20));
 }
 
 static void key_page(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
 {
     (void)k, (void)fkey;
-    tui_scroll_log(t, ch == KEY_PPAGE ? log_page(t) : -log_page(t));
+    scroll_log(t, ch == KEY_PPAGE ? log_page(t) : -log_page(t));
 }
 
 static void key_focus_step(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
@@ -308,9 +308,9 @@ static void key_focus_step(struct tui *t, const struct tui_key *k, int fkey, win
 static void key_focus_n(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
 {
     int p = fkey ? (int)ch - k->fkeys[0] : (int)ch - k->chars[0];
-    tui_focus_pane(t, p);
+    focus_pane(t, p);
     if (t->mode == MODE_PROMPT)
-        tui_leave_prompt(t);
+        leave_prompt(t);
 }
 
 static void key_zoom(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
@@ -554,7 +554,7 @@ static void key_prompt(struct tui *t, int fkey, wint_t ch)
     if (ch == 27) {
         /* Esc leaves the prompt, and the keys after it act on the panes: Esc + key is not read
          * as a meta key (a fast Esc, q must quit, not send M-q to readline) */
-        tui_leave_prompt(t);
+        leave_prompt(t);
         return;
     }
     char b[MB_LEN_MAX];

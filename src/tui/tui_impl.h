@@ -350,7 +350,6 @@ void tui_request_quit(struct tui *t); /* quits, asks first or cancels first */
 /* draw.c */
 void tui_redraw(struct tui *t);
 void tui_dirty_all(struct tui *t);
-void tui_view_of(struct tui *t, struct tui_view *v);
 
 /* keys.c: the key table. A key runs a command template (%L: the selected layer as one word)
  * or an action. Its predicate is its command (cmd's verb, or verb for an action): the key is
@@ -383,15 +382,7 @@ void tui_key_command(const struct tui_key *k, char *buf, size_t n);
 /* The key hints' line of the offered keys (buf: n bytes). */
 void tui_key_hints(struct tui *t, char *buf, size_t n);
 void tui_handle_key(struct tui *t, int fkey, wint_t ch);
-/* mode changes the keys make */
-void tui_enter_prompt(struct tui *t);
-void tui_leave_prompt(struct tui *t);
-void tui_open_help(struct tui *t);
-void tui_scroll_log(struct tui *t, int d);
-void tui_focus_pane(struct tui *t, int p);
-
 /* help.c: the help overlay (keys from tui_keys, then every command of the table) */
-int tui_help_lines(struct tui *t, char ***out); /* lines owned by the caller; returns n */
 void tui_draw_help(struct tui *t);
 
 /* readline.c */

@@ -4,6 +4,8 @@
 #                         src/tui/keys.c (keys, help, the command a key runs), on an MLP and on a
 #                         transformer; a row without help, or a key missing from the overlay,
 #                         fails
+#   mlp.bits-key-keeps-activation-role  '-' on an activation-only layer with static scales
+#                         runs `quant LAYER int7 on=a amode=static`
 #   gpt2.task-pane        after quantizing tiny-gpt2 the Task pane shows eval's perplexities, KL
 #                         and top-1 agreement (the figures of `eval --json`, as the pane prints
 #                         them)
@@ -69,8 +71,24 @@ help_why=""
 s="qs-mlp-$$"
 if start "$s" "$ENV"; then
   out=$(help_ok "$s") || help_why="MLP: $out"
+  # '-' on a layer with only its activations quantized (static scales) keeps that role and
+  # mode: the key builds the command from the layer's format, not from its description
+  # ("int8/static" is no gran= value)
+  cmd "$s" "quant fc1 int8 on=a amode=static"
+  wait_for "$s" "fc1 -> int8: " 15 && wait_idle "$s"
+  esc "$s"
+  T send-keys -t "$s" j
+  wait_for "$s" ">fc1 " 5
+  T send-keys -t "$s" -- -
+  if wait_for "$s" "> quant fc1 int7 on=a amode=static" 10 && wait_idle "$s" &&
+     screen "$s" | grep -qE "^>fc1 .*float +int7/static" && ! screen "$s" | grep -q "error:"; then
+    pass "mlp.bits-key-keeps-activation-role"
+  else
+    fail "mlp.bits-key-keeps-activation-role" "$(screen "$s")"
+  fi
 else
   help_why="MLP did not start: $(screen "$s")"
+  fail "mlp.bits-key-keeps-activation-role" "did not start"
 fi
 T kill-session -t "$s" >/dev/null 2>&1
 
