@@ -80,8 +80,9 @@ if start "$s" "$ENV"; then
   T send-keys -t "$s" j
   wait_for "$s" ">fc1 " 5
   T send-keys -t "$s" -- -
-  if wait_for "$s" "> quant fc1 int7 on=a amode=static" 10 && wait_idle "$s" &&
-     screen "$s" | grep -qE "^>fc1 .*float +int7/static" && ! screen "$s" | grep -q "error:"; then
+  if wait_for "$s" "> quant fc1 int7 on=a amode=static" 10 && wait_for "$s" "fc1 -> int7: " 10 &&
+     wait_for "$s" "int7/static" 10 && wait_idle "$s" &&
+     screen "$s" | grep -qE "^>fc1 .*float +int7/static" && ! screen "$s" | grep -q "^error:"; then
     pass "mlp.bits-key-keeps-activation-role"
   else
     fail "mlp.bits-key-keeps-activation-role" "$(screen "$s")"
