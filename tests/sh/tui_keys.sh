@@ -136,9 +136,9 @@ if start "$s" "$ENV" $LLAMA; then
   T send-keys -t "$s" -- -
   wait_for "$s" "> quant $L int3 gran=channel" 10 && wait_idle "$s" || ok=0
   T send-keys -t "$s" c
-  wait_for "$s" "> correct $L lowrank r=4" 10 && wait_idle "$s" 60 || ok=0
+  wait_for "$s" "> correct $L lowrank r=4" 30 && wait_idle "$s" 300 || ok=0
   T send-keys -t "$s" a
-  wait_for "$s" "> ablate $L" 10 && wait_idle "$s" 120 || ok=0
+  wait_for "$s" "> ablate $L" 30 && wait_idle "$s" 300 || ok=0 # minutes on a loaded machine
   T send-keys -t "$s" 5 z # the Corrections pane, zoomed: its lines are not cut
   wait_for "$s" " ZOOM " 5 || ok=0
   # shellcheck disable=SC2086
