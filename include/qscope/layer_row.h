@@ -9,8 +9,8 @@
 struct qs_layer_row {
     const char *name; /* borrowed from the bench (valid while the model stays) */
     int out, in;
-    char shape[32];   /* "OUTxIN" */
-    char act[16];     /* an MLP layer's activation, "-" for a transformer's site */
+    char shape[32];      /* "OUTxIN" */
+    char act[16];        /* an MLP layer's activation, "-" for a transformer's site */
     char wf[48], af[48]; /* qs_bench_wdesc / qs_bench_adesc: "int4/channel", "float" */
     /* the structured configuration behind wf and af (for keys that change it) */
     struct qs_format wfmt, afmt;

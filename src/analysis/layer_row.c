@@ -53,8 +53,8 @@ void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
             snprintf(r->corr_short, sizeof r->corr_short, "%s", qs_corr_name(cr->method));
         size_t cl = (size_t)snprintf(r->corr_long, sizeof r->corr_long, "%s", r->corr_short);
         if (pr)
-            cl += (size_t)snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " prec=%s",
-                                   cr->prec);
+            cl +=
+                (size_t)snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " prec=%s", cr->prec);
         snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " +%.3f b/w", r->corr_bpw);
     }
     if (cr->stale) {
