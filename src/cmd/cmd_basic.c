@@ -10,6 +10,7 @@
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
 #include "qscope/ggml.h"
+#include "qscope/layer_row.h"
 #include "qscope/lm_train.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
@@ -268,62 +269,39 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", nw, "layer", "shape", "act",
                  "weights", "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
     for (int i = 0; i < qs_bench_nunits(b); i++) {
-        struct qs_unit unit, *l = &unit;
-        qs_bench_unit(b, i, &unit);
-        const char *act = b->model ? qs_act_name(b->model->layers[i].act) : "-";
-        const struct qs_layer_state *s = &b->ls[i];
-        char wf[48], af[48], shape[32];
-        qs_bench_wdesc(s, wf, sizeof wf);
-        qs_bench_adesc(s, af, sizeof af);
-        snprintf(shape, sizeof shape, "%dx%d", l->out, l->in);
-        double bpw = s->wq ? qs_packed_bits_per_weight(&s->packed) : 32.0;
+        struct qs_layer_row l; /* the same row the TUI's Layers pane draws */
+        qs_layer_row_fill(b, i, &l);
         cJSON *r = cJSON_CreateObject();
-        cJSON_AddStringToObject(r, "name", l->name);
-        cJSON_AddNumberToObject(r, "out", l->out);
-        cJSON_AddNumberToObject(r, "in", l->in);
-        cJSON_AddStringToObject(r, "act", act);
-        cJSON_AddStringToObject(r, "weights", wf);
-        cJSON_AddStringToObject(r, "activations", af);
-        if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax > 0)
-            qs_json_num(r, "activation_static_amax", s->a_static_amax); /* once calibrated */
-        qs_json_num(r, "bits_per_weight", bpw);
-        cJSON_AddNumberToObject(r, "bytes", s->wq ? (double)qs_packed_bytes(&s->packed)
-                                                  : 4.0 * l->out * l->in);
-        qs_json_num(r, "w_rel_err", s->w_rel_err);
-        if (s->sens_method[0]) {
-            qs_json_num(r, "sensitivity", s->sens);
-            cJSON_AddStringToObject(r, "sensitivity_method", s->sens_method);
+        cJSON_AddStringToObject(r, "name", l.name);
+        cJSON_AddNumberToObject(r, "out", l.out);
+        cJSON_AddNumberToObject(r, "in", l.in);
+        cJSON_AddStringToObject(r, "act", l.act);
+        cJSON_AddStringToObject(r, "weights", l.wf);
+        cJSON_AddStringToObject(r, "activations", l.af);
+        if (l.a_static_amax > 0)
+            qs_json_num(r, "activation_static_amax", l.a_static_amax); /* once calibrated */
+        qs_json_num(r, "bits_per_weight", l.bpw);
+        cJSON_AddNumberToObject(r, "bytes", l.bytes);
+        qs_json_num(r, "w_rel_err", l.w_rel_err);
+        if (l.sens_known) {
+            qs_json_num(r, "sensitivity", l.sens);
+            cJSON_AddStringToObject(r, "sensitivity_method", l.sens_method);
         }
-        cJSON_AddStringToObject(r, "correction", qs_corr_name(s->corr.method));
-        char corr[96] = "-";
-        if (s->corr.method != QS_CORR_NONE) {
-            /* the correction's own bits, per weight of the layer (the bits/w column is the
-             * packed weight alone; the model's figure below includes both) */
-            const struct qs_corr *cr = &s->corr;
-            double cb = cr->bits / ((double)l->out * l->in);
-            int lr = cr->rank > 0, pr = strcmp(cr->prec, "float") && cr->prec[0];
-            qs_json_num(r, "correction_bits_per_weight", cb);
-            if (cr->prec[0])
-                cJSON_AddStringToObject(r, "correction_prec", cr->prec);
-            size_t cl = (size_t)snprintf(corr, sizeof corr, "%s", qs_corr_name(cr->method));
-            if (lr)
-                cl += (size_t)snprintf(corr + cl, sizeof corr - cl, " r=%d", cr->rank);
-            if (pr)
-                cl += (size_t)snprintf(corr + cl, sizeof corr - cl, " prec=%s", cr->prec);
-            snprintf(corr + cl, sizeof corr - cl, " +%.3f b/w", cb);
+        cJSON_AddStringToObject(r, "correction", qs_corr_name(l.corr_method));
+        if (l.corr_method != QS_CORR_NONE) {
+            qs_json_num(r, "correction_bits_per_weight", l.corr_bpw);
+            if (l.corr_prec[0])
+                cJSON_AddStringToObject(r, "correction_prec", l.corr_prec);
             ncorr++;
         }
         cJSON_AddItemToArray(rows, r);
-        if (s->corr.stale) {
-            size_t cl = strlen(corr);
-            snprintf(corr + cl, sizeof corr - cl, " (stale: refit)");
+        if (l.corr_stale)
             cJSON_AddTrueToObject(r, "correction_stale");
-        }
         char sens[32] = "-";
-        if (s->sens_method[0])
-            snprintf(sens, sizeof sens, "%.4g", s->sens);
-        qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l->name, shape,
-                     act, wf, af, bpw, s->w_rel_err, sens, corr);
+        if (l.sens_known)
+            snprintf(sens, sizeof sens, "%.4g", l.sens);
+        qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l.name, l.shape,
+                     l.act, l.wf, l.af, l.bpw, l.w_rel_err, sens, l.corr_long);
     }
     qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales%s; biases in float)",
                  qs_bench_bits_per_weight(b), ncorr ? ", corrections included" : "");

@@ -164,62 +164,66 @@ static void axis_num(double v, char *buf, size_t n)
         snprintf(buf, n, "%.2g", v);
 }
 
-static const char *const pane_names[PANE_N] = {
-    [PANE_LAYERS] = "Layers",     [PANE_TASK] = "Task",        [PANE_SPECTRUM] = "Spectrum",
-    [PANE_RANK] = "Rank profile", [PANE_CORR] = "Corrections", [PANE_LOWDIM] = "Decision regions",
-    [PANE_LOG] = "Log",
-};
+/* ---- titles ------------------------------------------------------------------------------ */
+
+/* "N Name": the default title */
+static void title_plain(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
+{
+    (void)v, (void)width;
+    snprintf(buf, n, "%d %s", (int)p + 1, tui_pane_ops(p)->name);
+}
+
+/* The spectrum and rank titles name the selected layer: it gets what the title leaves, and cut
+ * it keeps both ends (elide_mid); the spectrum adds its shape. */
+static void title_layer(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
+{
+    const struct tui_snap *s = v->s;
+    const struct tui_row *r =
+        s && s->spec_layer >= 0 && s->spec_layer < s->nlayers ? &s->rows[s->spec_layer] : NULL;
+    if (!r) {
+        title_plain(p, v, width, buf, n);
+        return;
+    }
+    const char *shape = p == PANE_SPECTRUM ? r->l.shape : "";
+    char rest[96], nm[256];
+    snprintf(rest, sizeof rest, "%d %s %s", (int)p + 1, tui_pane_ops(p)->name, shape);
+    int room = width - tui_width(rest) - 1;
+    if (room < 8)
+        room = 8;
+    /* too long: drop the prefix every site shares ("model.layers."), keep the block number */
+    const char *from = r->name;
+    if (tui_width(from) > room) {
+        const char *d = strpbrk(from, "0123456789");
+        if (d && d > from && (d[-1] == '.' || d[-1] == '/'))
+            from = d;
+    }
+    elide_mid(from, room, v->st->utf8, nm, sizeof nm);
+    snprintf(buf, n, "%d %s %s%s%s", (int)p + 1, tui_pane_ops(p)->name, nm, shape[0] ? " " : "",
+             shape);
+}
+
+/* the task's regime once eval figures are shown */
+static void title_task(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
+{
+    (void)width;
+    const struct tui_snap *s = v->s;
+    snprintf(buf, n, "%d %s%s%s", (int)p + 1, tui_pane_ops(p)->name, s && s->have_eval ? " " : "",
+             s && s->have_eval ? s->regime : "");
+}
+
+static void title_log(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
+{
+    (void)width;
+    if (v->log_scroll)
+        snprintf(buf, n, "%d %s (scrolled %d)", (int)p + 1, tui_pane_ops(p)->name, v->log_scroll);
+    else
+        snprintf(buf, n, "%d %s", (int)p + 1, tui_pane_ops(p)->name);
+}
 
 void tui_pane_title(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
 {
-    const struct tui_snap *s = v->s;
-    int num = (int)p + 1;
-    const struct tui_row *r =
-        s && s->spec_layer >= 0 && s->spec_layer < s->nlayers ? &s->rows[s->spec_layer] : NULL;
-    char nm[256] = "";
-    if (r && (p == PANE_SPECTRUM || p == PANE_RANK)) {
-        /* the layer's name gets what the title leaves; cut, it keeps both ends (elide_mid) */
-        char rest[96];
-        snprintf(rest, sizeof rest, "%d %s %s", num, pane_names[p],
-                 p == PANE_SPECTRUM ? r->shape : "");
-        int room = width - tui_width(rest) - 1;
-        if (room < 8)
-            room = 8;
-        /* too long: drop the prefix every site shares ("model.layers."), keep the block number */
-        const char *from = r->name;
-        if (tui_width(from) > room) {
-            const char *d = strpbrk(from, "0123456789");
-            if (d && d > from && (d[-1] == '.' || d[-1] == '/'))
-                from = d;
-        }
-        elide_mid(from, room, v->st->utf8, nm, sizeof nm);
-    }
-    switch (p) {
-    case PANE_SPECTRUM:
-        if (r)
-            snprintf(buf, n, "%d %s %s %s", num, pane_names[p], nm, r->shape);
-        else
-            snprintf(buf, n, "%d %s", num, pane_names[p]);
-        break;
-    case PANE_RANK:
-        if (r)
-            snprintf(buf, n, "%d %s %s", num, pane_names[p], nm);
-        else
-            snprintf(buf, n, "%d %s", num, pane_names[p]);
-        break;
-    case PANE_TASK:
-        snprintf(buf, n, "%d %s%s%s", num, pane_names[p], s && s->have_eval ? " " : "",
-                 s && s->have_eval ? s->regime : "");
-        break;
-    case PANE_LOG:
-        if (v->log_scroll)
-            snprintf(buf, n, "%d %s (scrolled %d)", num, pane_names[p], v->log_scroll);
-        else
-            snprintf(buf, n, "%d %s", num, pane_names[p]);
-        break;
-    default:
-        snprintf(buf, n, "%d %s", num, pane_names[p]);
-    }
+    const struct tui_pane_ops *o = tui_pane_ops(p);
+    (o->title ? o->title : title_plain)(p, v, width, buf, n);
 }
 
 static void title_bar(enum tui_pane p, WINDOW *w, int cw, const struct tui_view *v)
@@ -264,20 +268,20 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                                     COL_WERR, COL_CORR, COL_A,   COL_SHAPE};
     int any_sens = 0; /* the sensitivity column appears once `sensitivity` has run */
     for (int i = 0; i < s->nlayers; i++)
-        any_sens |= s->rows[i].sens_known;
+        any_sens |= s->rows[i].l.sens_known;
     int wid[COL_N];
     for (int c = 0; c < COL_N; c++)
         wid[c] = (int)strlen(head[c]);
     for (int i = 0; i < s->nlayers; i++) {
         const struct tui_row *r = &s->rows[i];
-        const char *cells[] = {r->name, r->shape, r->wf, r->af};
+        const char *cells[] = {r->name, r->l.shape, r->l.wf, r->l.af};
         for (int c = 0; c < 4; c++) {
             int cl = c == COL_NAME ? tui_width(cells[c]) : (int)strlen(cells[c]);
             if (cl > wid[c])
                 wid[c] = cl;
         }
-        if ((int)strlen(r->corr) > wid[COL_CORR])
-            wid[COL_CORR] = (int)strlen(r->corr);
+        if ((int)strlen(r->l.corr_short) > wid[COL_CORR])
+            wid[COL_CORR] = (int)strlen(r->l.corr_short);
     }
     if (wid[COL_W] > 16)
         wid[COL_W] = 16;
@@ -326,6 +330,8 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                           c >= COL_BPW && c <= COL_SENS ? "%*s " : "%-*s ", wid[c], head[c]);
     putf(w, 1, 0, cw, A_BOLD, "%s", line);
     int vis = h - 2;
+    if (s->nlayers > vis && vis > 2)
+        vis--; /* the last row holds the position ("3/15"), not a layer it would hide */
     if (vis < 1)
         return;
     int top = 0;
@@ -359,23 +365,23 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                 continue;
             }
             case COL_SHAPE:
-                snprintf(cell, sizeof cell, "%-*s", wid[c], r->shape);
+                snprintf(cell, sizeof cell, "%-*s", wid[c], r->l.shape);
                 break;
             case COL_W:
-                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->wf);
-                if (strcmp(r->wf, "float") && !sel)
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->l.wf);
+                if (strcmp(r->l.wf, "float") && !sel)
                     a |= cp(st, CP_WARN, A_BOLD);
                 break;
             case COL_A:
-                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->af);
-                if (strcmp(r->af, "float") && !sel)
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->l.af);
+                if (strcmp(r->l.af, "float") && !sel)
                     a |= cp(st, CP_WARN, A_BOLD);
                 break;
             case COL_BPW:
-                snprintf(cell, sizeof cell, "%*.2f", wid[c], r->bpw);
+                snprintf(cell, sizeof cell, "%*.2f", wid[c], r->l.bpw);
                 break;
             case COL_WERR:
-                snprintf(cell, sizeof cell, "%*.4f", wid[c], r->w_rel_err);
+                snprintf(cell, sizeof cell, "%*.4f", wid[c], r->l.w_rel_err);
                 break;
             case COL_SNR:
                 if (!r->has_err)
@@ -384,19 +390,19 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
                     snprintf(cell, sizeof cell, "%*s", wid[c], "inf");
                 else
                     snprintf(cell, sizeof cell, "%*.1f", wid[c], r->snr_db);
-                if (r->has_err && r->quantized && !sel && isfinite(r->snr_db))
+                if (r->has_err && r->l.quantized && !sel && isfinite(r->snr_db))
                     a |= r->snr_db < 10   ? cp(st, CP_ERR, A_BOLD)
                          : r->snr_db < 20 ? cp(st, CP_WARN, 0)
                                           : cp(st, CP_OK, 0);
                 break;
             case COL_SENS:
-                if (r->sens_known)
-                    snprintf(cell, sizeof cell, "%*.3g", wid[c], r->sens);
+                if (r->l.sens_known)
+                    snprintf(cell, sizeof cell, "%*.3g", wid[c], r->l.sens);
                 else
                     snprintf(cell, sizeof cell, "%*s", wid[c], "-");
                 break;
             default:
-                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->corr);
+                snprintf(cell, sizeof cell, "%-*.*s", wid[c], wid[c], r->l.corr_short);
                 break;
             }
             putf(w, y, x, cw - x, a, "%s", cell);
@@ -709,7 +715,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
     }
     int y = 1, n = 0;
     for (int i = 0; i < s->nlayers; i++)
-        n += s->rows[i].corr_method != QS_CORR_NONE;
+        n += s->rows[i].l.corr_method != QS_CORR_NONE;
     if (n == 0) {
         /* the methods `correct` fits on this model, in two lines */
         static const enum qs_corr_method offer[] = {QS_CORR_LOWRANK, QS_CORR_LQER, QS_CORR_QERA,
@@ -741,7 +747,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
      * after (the float model gaining is capacity, not recovery) */
     for (int i = 0; i < s->nlayers && y < h; i++) {
         const struct tui_row *r = &s->rows[i];
-        if (r->corr_method == QS_CORR_NONE)
+        if (r->l.corr_method == QS_CORR_NONE)
             continue;
         const struct tui_ablation *ab = NULL;
         for (int k = 0; k < s->nabl; k++)
@@ -749,24 +755,27 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
                 ab = &s->abl[k];
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
-        putf(w, y, 1, cw - 1, r->recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD, "%s %s R=%.3f +%ldp%s",
-             r->name, r->corr, r->recovery, r->corr_params, r->corr_stale ? " stale" : "");
+        putf(w, y, 1, cw - 1, r->l.recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD,
+             "%s %s R=%.3f +%ldp%s", r->name, r->l.corr_short, r->l.recovery, r->l.corr_params,
+             r->l.corr_stale ? " stale" : "");
         y++;
-        if (r->corr_method == QS_CORR_CLOCAL && y < h)
+        if (r->l.corr_method == QS_CORR_CLOCAL && y < h)
             message(w, y++, cw, st, " upper baseline, not deployable");
         else if (ab && y < h) {
             attr_t aa = !strcmp(ab->verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
                         : !strcmp(ab->verdict, "capacity") || !strcmp(ab->verdict, "harmful")
                             ? cp(st, CP_ERR, A_BOLD)
                             : 0;
-            putf(w, y++, 2, cw - 2, aa, "%s: q %.3f>%.3f f %.3f>%.3f", ab->verdict, ab->q, ab->qc,
-                 ab->f, ab->fc);
+            putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", ab->verdict,
+                 ab->ppl ? "ppl " : "", ab->q, ab->qc, ab->f, ab->fc);
         } else if (s->ablate_ok && y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }
     }
     if (y < h)
-        message(w, y, cw, st, "R: held-out recovery; q/f: quant/float acc");
+        message(w, y, cw, st,
+                s->lm ? "R: held-out recovery; q/f: quant/float ppl"
+                      : "R: held-out recovery; q/f: quant/float acc");
 }
 
 /* ---- decision regions --------------------------------------------------------------------- */
@@ -908,7 +917,28 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
     pthread_mutex_unlock(&sh->mu);
 }
 
-/* ---- dispatch ----------------------------------------------------------------------------- */
+/* ---- the pane table ---------------------------------------------------------------------- */
+
+/* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
+static const struct tui_pane_ops pane_ops[PANE_N] = {
+    [PANE_LAYERS] = {"Layers", draw_layers, NULL, TUI_WANT_SNAP},
+    [PANE_TASK] = {"Task", draw_task, title_task, TUI_WANT_SNAP},
+    [PANE_SPECTRUM] = {"Spectrum", draw_spectrum, title_layer, TUI_WANT_SNAP},
+    [PANE_RANK] = {"Rank profile", draw_rank, title_layer, TUI_WANT_SNAP},
+    [PANE_CORR] = {"Corrections", draw_corr, NULL, TUI_WANT_SNAP},
+    [PANE_LOWDIM] = {"Decision regions", draw_lowdim, NULL, TUI_WANT_SNAP | TUI_WANT_LOWDIM},
+    [PANE_LOG] = {"Log", draw_log, title_log, TUI_WANT_LOG},
+};
+
+const struct tui_pane_ops *tui_pane_ops(enum tui_pane p)
+{
+    return &pane_ops[p];
+}
+
+int tui_pane_available(enum tui_pane p, const struct tui_snap *s)
+{
+    return !(pane_ops[p].wants & TUI_WANT_LOWDIM) || (s && s->lowdim);
+}
 
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v)
 {
@@ -922,29 +952,5 @@ void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const str
             wattr_off(w, A_DIM, NULL);
         }
     title_bar(p, w, cw, v);
-    switch (p) {
-    case PANE_LAYERS:
-        draw_layers(w, h, cw, v);
-        break;
-    case PANE_TASK:
-        draw_task(w, h, cw, v);
-        break;
-    case PANE_SPECTRUM:
-        draw_spectrum(w, h, cw, v);
-        break;
-    case PANE_RANK:
-        draw_rank(w, h, cw, v);
-        break;
-    case PANE_CORR:
-        draw_corr(w, h, cw, v);
-        break;
-    case PANE_LOWDIM:
-        draw_lowdim(w, h, cw, v);
-        break;
-    case PANE_LOG:
-        draw_log(w, h, cw, v);
-        break;
-    default:
-        break;
-    }
+    pane_ops[p].draw(w, h, cw, v);
 }

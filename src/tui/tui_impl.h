@@ -1,8 +1,14 @@
 /* tui_impl.h - internals shared by the TUI's files (not a public header):
- *   tui.c     event loop, keys, readline glue, layout, terminal manners, `screenshot`
- *   worker.c  the worker thread, the job hand-off and the snapshot (view model) builder
- *   panes.c   one drawing function per pane, reading only the snapshot
- *   plot.c    a character canvas: braille dots in UTF-8, '*' / '.' cells in ASCII
+ *   tui.c       the event loop, terminal manners (signals, curses), colours and glyphs
+ *   jobs.c      the UI's job queue: submitting lines, dispatching them, collecting results
+ *   draw.c      layout, the status bar, the key hints and prompt line, redrawing
+ *   keys.c      the key table (every key: its name, help, command or action, availability)
+ *   help.c      the help overlay, generated from the key table and the command table
+ *   readline.c  readline wired into curses (the prompt)
+ *   frontcmd.c  the TUI's own commands: `screenshot`, `tui stats`, `tui keys`
+ *   worker.c    the worker thread, the job hand-off and the snapshot (view model) builder
+ *   panes.c     the pane table: one drawing function per pane, reading only the snapshot
+ *   plot.c      a character canvas: braille dots in UTF-8, '*' / '.' cells in ASCII
  *
  * Threads: the UI thread owns curses, readline and the snapshot it draws; the worker owns the
  * bench while a job runs. They meet only in struct tui_shared (under mu): a one-slot job
@@ -21,6 +27,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/layer_row.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/tui.h"
@@ -39,25 +46,17 @@ enum tui_pane {
 /* ---- the snapshot: everything the panes draw, copied out of the bench by the worker ------ */
 
 struct tui_row {
-    char *name; /* owned by the snapshot: any length, as the model has it */
-    char shape[24], act[12], wf[48], af[48], corr[48];
-    double bpw, w_rel_err, snr_db, preact_rel_mse;
-    int quantized;   /* weights or activations quantized */
-    int has_err;     /* snr/preact set */
-    int corr_method; /* enum qs_corr_method */
-    int corr_rank;
-    double recovery, recovery_calib, corr_bits;
-    int corr_stale; /* fitted before an earlier layer changed */
-    int sens_known; /* the last `sensitivity` under the current format */
-    double sens;
-    long corr_params;
-    int in, out;
+    char *name;            /* owned by the snapshot: any length, as the model has it */
+    struct qs_layer_row l; /* the row `layers` prints (qs_layer_row_fill); l.name = name */
+    double snr_db, preact_rel_mse;
+    int has_err; /* snr/preact set */
 };
 
 struct tui_ablation {
     int layer; /* index in the model the ablation was run on */
     char method[16], verdict[16];
-    double f, q, qc, fc; /* test accuracies */
+    int ppl;             /* the metric: held-out perplexity (a transformer), else test accuracy */
+    double f, q, qc, fc; /* float, quantized, quantized corrected, float corrected */
 };
 
 enum { LD_FLOAT, LD_QUANT, LD_CORR, LD_N };
@@ -94,7 +93,7 @@ struct tui_snap {
     int resid;               /* residual W - (Q(W) + C): 1 shown, 0 no correction, -1 the
                                 correction acts on outputs (no weight residual) */
     char resid_method[16];
-    double *res_sv;          /* nsv residual values when resid == 1 */
+    double *res_sv; /* nsv residual values when resid == 1 */
     struct qs_rank_stats res_st;
     /* corrections and ablations */
     int nabl;
@@ -225,10 +224,22 @@ struct tui_view {
     struct tui_shared *sh; /* for the log (locked while drawing it) */
 };
 
+/* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name") and what
+ * it wants: redrawn on a new snapshot (TUI_WANT_SNAP) or when the log grows (TUI_WANT_LOG);
+ * shown (laid out, focusable) only for a model with 2-D input (TUI_WANT_LOWDIM). */
+enum { TUI_WANT_SNAP = 1, TUI_WANT_LOG = 2, TUI_WANT_LOWDIM = 4 };
+struct tui_pane_ops {
+    const char *name;
+    void (*draw)(WINDOW *w, int h, int cw, const struct tui_view *v);
+    void (*title)(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n);
+    int wants;
+};
+const struct tui_pane_ops *tui_pane_ops(enum tui_pane p);
+/* Whether pane p is shown with snapshot s (NULL before the first). */
+int tui_pane_available(enum tui_pane p, const struct tui_snap *s);
 /* Draws pane p into w (h rows, wd columns: row 0 is the title bar; sep: draw a separator in the
  * last column). */
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v);
-/* The pane's title (for the title bar, the help overlay and the tests). */
 /* The pane's title for a bar of WIDTH columns (a long layer name elides in the middle). */
 void tui_pane_title(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n);
 /* Decision-grid size (cells per panel) for a low-dim pane of h rows and cw content columns. */
@@ -259,5 +270,129 @@ void tui_plot_hrule(struct tui_plot *p, double fy);
  * the ASCII mark of series s. */
 void tui_plot_draw(const struct tui_plot *p, WINDOW *w, int y, int x, const attr_t *attr,
                    const char *ascii, attr_t rule_attr, const char *rule_glyph);
+
+/* ---- the UI thread's state (tui.c and the files it is split into) ------------------------- */
+
+enum tui_mode { MODE_PANES, MODE_PROMPT, MODE_HELP, MODE_CONFIRM };
+
+struct tui_item {
+    int kind; /* JOB_LINE / JOB_SNAP */
+    char *line;
+    int group; /* statements of one submitted line: an error drops the rest */
+};
+
+struct tui_rect {
+    int y, x, h, w, sep, vis;
+};
+
+struct tui_lat_stats {
+    int n;
+    double sum, max, v[4096];
+};
+
+struct tui {
+    struct qs_ctx *c;
+    struct tui_shared sh;
+    struct tui_worker wk;
+    struct tui_style st;
+    SCREEN *scr;
+    pthread_t ui_thread;
+    int wake_r;
+    /* view state (UI thread only) */
+    struct tui_snap *snap;
+    int sel, focus, zoom, mode, log_scroll, help_scroll;
+    int too_small, lowdim_layout, nl_layout;
+    struct tui_rect r[PANE_N];
+    WINDOW *win[PANE_N], *status, *prompt, *help;
+    int dirty[PANE_N], dirty_status, dirty_prompt, relayout;
+    /* jobs */
+    struct tui_item *q;
+    int nq, capq, group;
+    int busy, busy_kind, busy_group;
+    char busy_line[256];
+    char prog_what[160];
+    double prog_frac;
+    int have_prog;
+    /* session state reported by the worker */
+    int dirty_journal, njournal, base_njournal;
+    int quit_now, quit_after_job;
+    /* readline input queue (bytes for rl_getc) */
+    unsigned char rlq[512];
+    int rlq_h, rlq_t;
+    FILE *devnull;
+    char hist[1024];
+    /* what we replaced on the context */
+    void (*saved_emit)(void *, const cJSON *, const char *);
+    void (*saved_note)(void *, const char *);
+    void *saved_u, *saved_front;
+    const struct qs_cmd_def *saved_extra;
+    qs_progress_fn saved_progress;
+    void *saved_progress_ctx;
+    /* latency: from reading a key to the screen updated (lat_key), and from a key that runs a
+     * command to the panes showing its result (lat_cmd); `tui stats` reports them */
+    double key_t0, cmd_t0;
+    struct tui_lat_stats lat_key, lat_cmd;
+};
+
+/* The one TUI while it runs, else NULL (signal handlers and readline callbacks carry no user
+ * pointer). */
+extern struct tui *tui_the;
+
+/* jobs.c: the queue of command lines and snapshot refreshes the worker runs one at a time */
+void tui_queue_push(struct tui *t, int kind, const char *line, int group);
+void tui_want_snapshot(struct tui *t); /* a refresh, unless one is already waiting */
+void tui_submit_text(struct tui *t, const char *text); /* statements of text, as one group */
+void tui_cancel_job(struct tui *t);   /* Ctrl-C: cancel the job and what is queued */
+void tui_dispatch(struct tui *t);     /* hands the next job to the idle worker */
+void tui_collect(struct tui *t);      /* takes what the worker left */
+void tui_request_quit(struct tui *t); /* quits, asks first or cancels first */
+
+/* draw.c */
+void tui_redraw(struct tui *t);
+void tui_dirty_all(struct tui *t);
+
+/* keys.c: the key table. A key runs a command template (%L: the selected layer as one word)
+ * or an action. Its predicate is its command (cmd's verb, or verb for an action): the key is
+ * offered (in the hints, the help, and when pressed) when that command runs on the loaded model
+ * (qs_cmd_family_check, the dispatcher's own rule); front-end keys always. */
+struct tui_key;
+typedef void (*tui_key_fn)(struct tui *t, const struct tui_key *k, int fkey, wint_t ch);
+struct tui_key {
+    const char *label; /* the keys as the help shows them ("+ =", "j Down") */
+    const char *chars; /* the characters that press it (Tab is "\t"), or "" */
+    int fkeys[3];      /* curses function keys that press it (KEY_UP ...), 0-terminated */
+    const char *foot;  /* the key hint's "KEY NAME" ("+/- bits"), or NULL: not in the hints */
+    const char *help;  /* the help overlay's text */
+    const char *cmd;   /* the command it runs, %L for the selected layer; NULL: act */
+    tui_key_fn act;    /* the action when cmd is NULL */
+    const char *verb;  /* the command an action runs (the predicate); NULL: front end */
+    int flags;         /* TUI_KEY_* */
+};
+enum {
+    TUI_KEY_ANY_MODE = 1, /* also at the prompt and in the help overlay (Ctrl-C) */
+    TUI_KEY_PROMPT = 2,   /* also at the prompt (function keys) */
+    TUI_KEY_RANGE = 4     /* chars / fkeys give the first and last key of a range (1-7) */
+};
+extern const struct tui_key tui_keys[];
+extern const int tui_nkeys;
+/* 0 when key k is offered now, else -1 with the reason in e. */
+int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e);
+/* The command the key runs, as the help shows it ("uncorrect LAYER"), or "" (buf: n bytes). */
+void tui_key_command(const struct tui_key *k, char *buf, size_t n);
+/* The key hints' line of the offered keys (buf: n bytes). */
+void tui_key_hints(struct tui *t, char *buf, size_t n);
+void tui_handle_key(struct tui *t, int fkey, wint_t ch);
+/* help.c: the help overlay (keys from tui_keys, then every command of the table) */
+void tui_draw_help(struct tui *t);
+
+/* readline.c */
+void tui_readline_begin(struct tui *t);
+void tui_readline_end(struct tui *t);
+void tui_rl_feed(struct tui *t, const char *bytes, size_t n);
+
+/* frontcmd.c: latency bookkeeping for `tui stats`, and a size change not yet seen by curses */
+double tui_now_ms(void);
+void tui_lat_add(struct tui_lat_stats *l, double ms);
+void tui_sync_size(struct tui *t);
 
 #endif

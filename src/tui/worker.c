@@ -119,10 +119,11 @@ static void abl_forget(struct tui_worker *w, int layer)
         }
 }
 
-static double metric_acc(const cJSON *o, const char *key)
+/* The task metric of one arm of an ablation: accuracy (an MLP) or perplexity (a transformer). */
+static double metric_of(const cJSON *o, const char *key, const char *metric)
 {
     return qs_json_get_num(
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, key), "acc"));
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, key), metric));
 }
 
 /* Keeps the last ablation of each layer (from the emitted result objects) for the corrections
@@ -137,9 +138,10 @@ static void watch_result(struct tui_worker *w, const cJSON *obj)
     int li = qs_bench_layer_index(w->c->b, layer->valuestring);
     if (li < 0)
         return;
-    if (w->abl_model != (const void *)w->c->b->model) { /* ablations of an earlier model */
+    const void *model = w->c->b->lm ? (const void *)w->c->b->lm : (const void *)w->c->b->model;
+    if (w->abl_model != model) { /* ablations of an earlier model */
         w->nabl = 0;
-        w->abl_model = w->c->b->model;
+        w->abl_model = model;
     }
     if (!strcmp(cmd->valuestring, "correct")) {
         abl_forget(w, li);
@@ -163,10 +165,12 @@ static void watch_result(struct tui_worker *w, const cJSON *obj)
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "verdict");
     snprintf(a->method, sizeof a->method, "%s", cJSON_IsString(m) ? m->valuestring : "?");
     snprintf(a->verdict, sizeof a->verdict, "%s", cJSON_IsString(v) ? v->valuestring : "?");
-    a->f = metric_acc(obj, "float");
-    a->q = metric_acc(obj, "quant");
-    a->qc = metric_acc(obj, "quant_corrected");
-    a->fc = metric_acc(obj, "float_corrected");
+    a->ppl = w->c->b->lm != NULL;
+    const char *metric = a->ppl ? "ppl" : "acc";
+    a->f = metric_of(obj, "float", metric);
+    a->q = metric_of(obj, "quant", metric);
+    a->qc = metric_of(obj, "quant_corrected", metric);
+    a->fc = metric_of(obj, "float_corrected", metric);
 }
 
 void tui_emit_cb(void *u, const cJSON *obj, const char *text)
@@ -217,41 +221,15 @@ void tui_snap_free(struct tui_snap *s)
     free(s);
 }
 
-/* The short format description used by the `layers` command ("int4/channel", "mxfp4"). */
+/* The layers table: the same rows as the `layers` command (qs_layer_row_fill), names copied. */
 static void snap_rows(struct qs_bench *b, struct tui_snap *s)
 {
     for (int i = 0; i < s->nlayers; i++) {
-        struct qs_unit unit, *l = &unit;
-        qs_bench_unit(b, i, &unit);
-        const struct qs_layer_state *ls = &b->ls[i];
         struct tui_row *r = &s->rows[i];
-        r->name = qs_strdup(l->name ? l->name : "?");
-        snprintf(r->shape, sizeof r->shape, "%dx%d", l->out, l->in);
-        snprintf(r->act, sizeof r->act, "%s", b->model ? qs_act_name(b->model->layers[i].act) : "-");
-        r->in = l->in;
-        r->out = l->out;
-        qs_bench_wdesc(ls, r->wf, sizeof r->wf);
-        qs_bench_adesc(ls, r->af, sizeof r->af);
-        r->quantized = ls->wfmt.kind != QS_FMT_NONE || ls->afmt.kind != QS_FMT_NONE;
-        r->bpw = ls->wq ? qs_packed_bits_per_weight(&ls->packed) : 32.0;
-        r->w_rel_err = ls->w_rel_err;
-        r->corr_method = ls->corr.method;
-        r->corr_rank = ls->corr.rank;
-        r->recovery = ls->corr.recovery;
-        r->corr_stale = ls->corr.stale;
-        r->sens_known = ls->sens_method[0] != 0;
-        r->sens = ls->sens;
-        r->recovery_calib = ls->corr.recovery_calib;
-        r->corr_params = ls->corr.params;
-        r->corr_bits = ls->corr.bits;
-        if (ls->corr.method == QS_CORR_NONE)
-            snprintf(r->corr, sizeof r->corr, "-");
-        else if (ls->corr.rank)
-            snprintf(r->corr, sizeof r->corr, "%s r=%d", qs_corr_name(ls->corr.method),
-                     ls->corr.rank);
-        else
-            snprintf(r->corr, sizeof r->corr, "%s", qs_corr_name(ls->corr.method));
-        if (ls->corr.method != QS_CORR_NONE && ls->corr.method != QS_CORR_CLOCAL)
+        qs_layer_row_fill(b, i, &r->l);
+        r->name = qs_strdup(r->l.name);
+        r->l.name = r->name;
+        if (r->l.corr_method != QS_CORR_NONE && r->l.corr_method != QS_CORR_CLOCAL)
             s->any_corr = 1;
     }
 }
@@ -336,6 +314,7 @@ out:
 static int snap_header(struct qs_bench *b, struct tui_snap *s, int sel)
 {
     s->have_model = 1;
+    s->lm = b->lm != NULL;
     snprintf(s->model, sizeof s->model, "%s", b->model_path ? b->model_path : "(trained here)");
     s->have_data = b->data != NULL || b->tokens != NULL;
     if (s->have_data)
@@ -403,13 +382,9 @@ static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_sna
 
 /* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
  * one, and (with token data) the per-site errors and eval's task figures. */
-static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
-                                int sel)
+static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s)
 {
     qs_err e = {{0}};
-    s->lm = 1;
-    if (snap_header(b, s, sel) < 0)
-        return s;
     if (snap_spectrum(b, s, s->spec_layer, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (!b->tokens) {
@@ -507,13 +482,12 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     char *abl[] = {"ablate"};
     const struct qs_cmd_def *ad = qs_cmd_lookup(w->c, 1, abl, &used);
     s->ablate_ok = ad && qs_cmd_family_check(ad, b->lm != NULL, &e) == 0;
-    if (b->lm)
-        return snap_lm(w, b, s, sel);
-    if (!b->model)
+    if (!b->model && !b->lm)
         return s;
-    if (w->abl_model != (const void *)b->model) {
+    const void *model = b->lm ? (const void *)b->lm : (const void *)b->model;
+    if (w->abl_model != model) {
         w->nabl = 0;
-        w->abl_model = b->model;
+        w->abl_model = model;
     }
     if (snap_header(b, s, sel) < 0)
         return s;
@@ -525,6 +499,8 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         if (i >= 0 && i < s->nlayers && b->ls[i].corr.method != QS_CORR_NONE)
             s->abl[s->nabl++] = w->abl[k];
     }
+    if (b->lm)
+        return snap_lm(w, b, s);
     if (!b->data) {
         snprintf(s->err, sizeof s->err, "no data loaded (load data PATH)");
         return s;

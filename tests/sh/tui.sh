@@ -11,37 +11,9 @@
 # root (or anywhere: it changes there). Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
-Q=${QSCOPE_BIN:-./qscope} # QSCOPE_BIN=build-asan/qscope runs the same checks under ASan
-if ! command -v tmux >/dev/null 2>&1; then
-  echo "FAIL tui.tmux-missing"
-  exit 1
-fi
-if [ ! -x "$Q" ]; then
-  echo "FAIL tui.no-binary (build ./qscope first)"
-  exit 1
-fi
-QABS=$(cd "$(dirname "$Q")" && pwd)/$(basename "$Q")
-TMP=$(mktemp -d /tmp/qscope-tui-test.XXXXXX)
-export XDG_STATE_HOME=$TMP/state QSCOPE_HOME=$PWD # the bundled default of this tree
-SOCK=$TMP/tmux.sock
-T() { tmux -S "$SOCK" -f /dev/null "$@"; }
-cleanup() {
-  T kill-server >/dev/null 2>&1
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-# A private tmux server (its own socket) that keeps dead panes for inspection.
-T new-session -d -s keep -x 100 -y 30 'sleep 100000'
-T set-option -g remain-on-exit on >/dev/null
-T set-option -g history-limit 100 >/dev/null
-
-pass() { echo "PASS tui.$1"; }
-fail() {
-  echo "FAIL tui.$1"
-  shift
-  [ $# -gt 0 ] && printf '  %s\n' "$@" >&2
-}
+TEST=tui
+# shellcheck source=tests/sh/lib/tmux.sh
+. tests/sh/lib/tmux.sh
 
 # The model: the bundled default when it exists, else one trained here (same layer names).
 if [ -f datasets/models/digits-mlp.safetensors ]; then
@@ -66,64 +38,6 @@ L1=${LAYERS[$(( ${#LAYERS[@]} > 1 ? 1 : 0 ))]}
 # shellcheck disable=SC2086
 M0=$($Q --json -c layers $MOONS_ARGS 2>/dev/null | grep -o '"name":"[^"]*"' | head -1 | cut -d'"' -f4)
 
-screen() { T capture-pane -p -t "$1" 2>/dev/null; }
-# the screen and its scrollback: the shell's last line may scroll after curses leaves
-screen_all() { T capture-pane -p -S - -t "$1" 2>/dev/null; }
-wait_all() {
-  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
-  for ((i = 0; i < n; i++)); do
-    screen_all "$s" | grep -qF -- "$pat" && return 0
-    sleep 0.05
-  done
-  return 1
-}
-# wait_for SESSION FIXED-STRING [SECONDS]: polls the screen until the string shows
-wait_for() {
-  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
-  for ((i = 0; i < n; i++)); do
-    screen "$s" | grep -qF -- "$pat" && return 0
-    sleep 0.05
-  done
-  return 1
-}
-# wait_gone SESSION FIXED-STRING [SECONDS]
-wait_gone() {
-  local s=$1 pat=$2 n=$(( ${3:-15} * 20 ))
-  for ((i = 0; i < n; i++)); do
-    screen "$s" | grep -qF -- "$pat" || return 0
-    sleep 0.05
-  done
-  return 1
-}
-wait_file() {
-  local f=$1 n=$(( ${2:-15} * 20 ))
-  for ((i = 0; i < n; i++)); do
-    [ -s "$f" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
-# wait_idle SESSION: the worker has finished (no "running:" in the status bar)
-wait_idle() { wait_gone "$1" "running:" "${2:-30}"; }
-# cmd SESSION LINE: types a command at the prompt (':' opens it from the panes)
-cmd() {
-  T send-keys -t "$1" Escape
-  wait_for "$1" " PANES " 5
-  T send-keys -t "$1" ':'
-  T send-keys -t "$1" -l -- "$2"
-  T send-keys -t "$1" Enter
-}
-esc() {
-  T send-keys -t "$1" Escape
-  wait_for "$1" " PANES " 5
-}
-start() { # SESSION ENV ARGS... (100x30); the shell prints qscope's exit status after it
-  local s=$1 env=$2
-  shift 2
-  T new-session -d -s "$s" -x 100 -y 30 "env $env $Q $*; echo qscope-exit=\$?"
-  wait_for "$s" " PANES " 15 && wait_for "$s" "bits/w" 30
-}
-qscope_pid() { pgrep -P "$(T display-message -p -t "$1" '#{pane_pid}')" | head -1; }
 titles_ok() { # SESSION [extra title]
   local sc missing=""
   sc=$(screen "$1")
@@ -469,8 +383,8 @@ if [ -d datasets/models/tiny-llama ] && start "$s" "LANG=C.UTF-8 LC_ALL=C.UTF-8 
      grep -q "c correct" <<<"$hint" && ! screen "$s" | grep -q "works on MLPs" &&
      screen "$s" | grep -qF "qera|eora|bias|linear [r=K]"; then
     T send-keys -t "$s" '?'
-    if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -qE "   e +error   v eval" &&
-       screen "$s" | grep -qE "  a +ablate LAYER"; then
+    if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -qE "^. +e +per-layer error table: error " &&
+       screen "$s" | grep -qE "^. +a +judge .*: ablate LAYER "; then
       ok=1
     fi
     T send-keys -t "$s" Escape

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# tui_keys.sh - the TUI's key table and transformers in the TUI, driven through tmux:
+#   help-lists-key-table  the help overlay lists exactly the rows of the key table in
+#                         src/tui/keys.c (keys, help, the command a key runs), on an MLP and on a
+#                         transformer; a row without help, or a key missing from the overlay,
+#                         fails
+#   mlp.bits-key-keeps-activation-role  '-' on an activation-only layer with static scales
+#                         runs `quant LAYER int7 on=a amode=static`
+#   gpt2.task-pane        after quantizing tiny-gpt2 the Task pane shows eval's perplexities, KL
+#                         and top-1 agreement (the figures of `eval --json`, as the pane prints
+#                         them)
+#   llama.key-correct-ablate  on tiny-llama: '-' requantizes the selected site, 'c' corrects it,
+#                         'a' ablates it; the zoomed Corrections pane shows the ablation's verdict
+#                         and perplexities, the same as the same commands typed at the CLI
+#   llama.names-whole-then-elided  site names are whole while the layers table has room, and at
+#                         80 columns keep both ends around an ellipsis
+# Waits poll the screen for a marker with a timeout, never a fixed sleep. Prints PASS/FAIL lines.
+set -u
+cd "$(dirname "$0")/../.."
+TEST=tui_keys
+# shellcheck source=tests/sh/lib/tmux.sh
+. tests/sh/lib/tmux.sh
+
+GPT2="datasets/models/tiny-gpt2 datasets/text/licenses.txt"
+LLAMA="datasets/models/tiny-llama datasets/text/licenses.txt"
+ENV="LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen"
+
+# ---- the key table, read from its source: label, help and command template of every row ----
+# A row of tui_keys[] is three lines: {"LABEL", "CHARS", {FKEYS}, HINT, / "HELP", / CMD, ...}.
+mapfile -t ROWS < <(awk '
+  /^const struct tui_key tui_keys\[\] = \{/ { on = 1; next }
+  on && /^};/ { on = 0 }
+  on && /^    \{"/ { split($0, a, "\""); label = a[2]; st = 1; next }
+  on && st == 1 { help = $0; sub(/^ +/, "", help); st = 2; next }
+  on && st == 2 {
+    cmd = ""; if ($0 ~ /^ +"/) { split($0, c, "\""); cmd = c[2] }
+    gsub(/%L/, "LAYER", cmd)
+    print label "\t" help "\t" cmd; st = 0
+  }' src/tui/keys.c)
+# help_ok SESSION: the overlay's key lines are the table's rows, one each, in order
+help_ok() {
+  local s=$1 sc lines want="" i label help cmd bad=""
+  T send-keys -t "$s" '?'
+  wait_for "$s" "Keys in the panes" 5 || { echo "no help overlay"; return 1; }
+  sc=$(screen "$s")
+  T send-keys -t "$s" Escape
+  wait_for "$s" "1 Layers" 5
+  # the lines between the heading and the note after the keys, without the box's borders
+  lines=$(sed -n '/Keys in the panes/,/Keys that run a command/p' <<<"$sc" | sed '1d;$d' |
+          sed -E 's/^[|│] //; s/ *[|│]$//; s/ +$//')
+  [ ${#ROWS[@]} -ge 10 ] || { echo "only ${#ROWS[@]} rows read from keys.c"; return 1; }
+  for i in "${!ROWS[@]}"; do
+    IFS=$'\t' read -r label help cmd <<<"${ROWS[$i]}"
+    if [ "${help:0:1}" != '"' ]; then
+      bad="$bad [row '$label' has no help: $help]"
+      continue
+    fi
+    help=${help#\"}
+    help=${help%%\",*}
+    want+=$(printf '  %-13s %s%s' "$label" "$help" "${cmd:+: $cmd}")$'\n'
+  done
+  [ -z "$bad" ] || { echo "$bad"; return 1; }
+  if [ "$lines" != "${want%$'\n'}" ]; then
+    diff <(echo "${want%$'\n'}") <(echo "$lines")
+    return 1
+  fi
+}
+
+# ---- the help overlay is the key table: on an MLP (here) and on a transformer (below) ----
+help_why=""
+s="qs-mlp-$$"
+if start "$s" "$ENV"; then
+  out=$(help_ok "$s") || help_why="MLP: $out"
+  # '-' on a layer with only its activations quantized (static scales) keeps that role and
+  # mode: the key builds the command from the layer's format, not from its description
+  # ("int8/static" is no gran= value)
+  cmd "$s" "quant fc1 int8 on=a amode=static"
+  wait_for "$s" "fc1 -> int8: " 15 && wait_idle "$s"
+  esc "$s"
+  T send-keys -t "$s" j
+  wait_for "$s" ">fc1 " 5
+  T send-keys -t "$s" -- -
+  if wait_for "$s" "> quant fc1 int7 on=a amode=static" 10 && wait_for "$s" "fc1 -> int7: " 10 &&
+     wait_for "$s" "int7/static" 10 && wait_idle "$s" &&
+     screen "$s" | grep -qE "^>fc1 .*float +int7/static" && ! screen "$s" | grep -q "^error:"; then
+    pass "mlp.bits-key-keeps-activation-role"
+  else
+    fail "mlp.bits-key-keeps-activation-role" "$(screen "$s")"
+  fi
+else
+  help_why="MLP did not start: $(screen "$s")"
+  fail "mlp.bits-key-keeps-activation-role" "did not start"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# ---- tiny-gpt2: the Task pane after quantizing shows eval's ppl, KL and top-1 agreement ----
+s="qs-gpt2-$$"
+# shellcheck disable=SC2086
+if start "$s" "$ENV" $GPT2; then
+  cmd "$s" "quant * int4 gran=channel"
+  wait_for "$s" "* -> int4: " 15 && wait_idle "$s"
+  # shellcheck disable=SC2086
+  ev=$($Q --json -c "quant * int4 gran=channel; eval" $GPT2 2>/dev/null | grep '"cmd":"eval"')
+  num() { grep -oE "\"$1\":[0-9.e+-]+" <<<"$ev" | head -1 | cut -d: -f2; }
+  fppl=$(grep -oE '"float":\{"ppl":[0-9.e+-]+' <<<"$ev" | cut -d: -f3)
+  qppl=$(grep -oE '"quant":\{"ppl":[0-9.e+-]+' <<<"$ev" | cut -d: -f3)
+  fppl=$(printf '%.3f' "$fppl") qppl=$(printf '%.3f' "$qppl")
+  kl=$(printf '%.3g' "$(num kl)") top1=$(printf '%.4f' "$(num top1_agree)")
+  sc=$(screen "$s")
+  if [ -n "$ev" ] && [ "$fppl" != "$qppl" ] && grep -qE "[│|] +ppl +loss" <<<"$sc" &&
+     grep -qE "[│|] float +$fppl " <<<"$sc" && grep -qE "[│|] quant +$qppl " <<<"$sc" &&
+     grep -qE "KL $kl *([│|]|$)" <<<"$sc" && grep -qE "top-1 agree $top1 *([│|]|$)" <<<"$sc"; then
+    pass "gpt2.task-pane"
+  else
+    fail "gpt2.task-pane" "eval: float ppl $fppl, quant ppl $qppl, KL $kl, top-1 $top1" "$sc"
+  fi
+else
+  fail "gpt2.task-pane" "did not start: $(screen "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# ---- tiny-llama: keys requantize, correct and ablate the selected site ----
+L=model.layers.0.self_attn.k_proj # the second site
+s="qs-llama-$$"
+# shellcheck disable=SC2086
+if start "$s" "$ENV" $LLAMA; then
+  out=$(help_ok "$s") || help_why="$help_why llama: $out"
+  if [ -z "$help_why" ]; then pass "help-lists-key-table (${#ROWS[@]} keys)"
+  else fail "help-lists-key-table" "$help_why"; fi
+  cmd "$s" "quant * int4 gran=channel"
+  wait_for "$s" "* -> int4: " 15 && wait_idle "$s"
+  esc "$s"
+  T send-keys -t "$s" j
+  wait_for "$s" ">$L " 5
+  ok=1
+  T send-keys -t "$s" -- -
+  wait_for "$s" "> quant $L int3 gran=channel" 10 && wait_idle "$s" || ok=0
+  T send-keys -t "$s" c
+  wait_for "$s" "> correct $L lowrank r=4" 30 && wait_idle "$s" 300 || ok=0
+  T send-keys -t "$s" a
+  wait_for "$s" "> ablate $L" 30 && wait_idle "$s" 300 || ok=0 # minutes on a loaded machine
+  T send-keys -t "$s" 5 z # the Corrections pane, zoomed: its lines are not cut
+  wait_for "$s" " ZOOM " 5 || ok=0
+  # shellcheck disable=SC2086
+  ab=$($Q --json -c "quant * int4 gran=channel; quant $L int3 gran=channel; correct $L lowrank r=4; ablate $L" $LLAMA 2>/dev/null | grep '"cmd":"ablate"')
+  ppl() { printf '%.3f' "$(grep -oE "\"$1\":\{\"ppl\":[0-9.e+-]+" <<<"$ab" | cut -d: -f3)"; }
+  verdict=$(grep -oE '"verdict":"[a-z-]+"' <<<"$ab" | cut -d'"' -f4)
+  want="$verdict: ppl q $(ppl quant)>$(ppl quant_corrected) f $(ppl float)>$(ppl float_corrected)"
+  sc=$(screen "$s")
+  if [ $ok = 1 ] && [ -n "$verdict" ] && grep -qE "^>$L lowrank r=4 R=-?[0-9.]+ \+[0-9]+p" <<<"$sc" &&
+     grep -qF "  $want" <<<"$sc" && grep -qF "q/f: quant/float ppl" <<<"$sc"; then
+    pass "llama.key-correct-ablate"
+  else
+    fail "llama.key-correct-ablate" "keys ran: $ok; want: $want" "$sc"
+  fi
+  T send-keys -t "$s" z
+  wait_for "$s" " PANES " 5
+
+  # names: whole at 100 columns (every visible row is a whole site name), both ends at 80
+  mapfile -t NAMES < <($Q --json -c layers $LLAMA 2>/dev/null | grep -o '"name":"[^"]*"' | cut -d'"' -f4)
+  T send-keys -t "$s" 1
+  wait_for "$s" "1 Layers" 5
+  sc=$(screen "$s")
+  shown=$(grep -E '^[ >]model\.' <<<"$sc" | cut -c2- | awk '{print $1}')
+  whole=1
+  while read -r n; do
+    printf '%s\n' "${NAMES[@]}" | grep -qxF -- "$n" || whole=0
+  done <<<"$shown"
+  T resize-window -t "$s" -x 80 -y 24
+  ok=0
+  if [ $whole = 1 ] && [ "$(wc -l <<<"$shown")" -ge 5 ] && wait_for "$s" "model.layers.0…" 10; then
+    ok=1 cut=0
+    sc=$(screen "$s")
+    while read -r n; do # a name that fits is whole; a cut one keeps both ends of a real name
+      head=${n%%…*} tail=${n##*…}
+      if [ "$head" = "$n" ]; then
+        printf '%s\n' "${NAMES[@]}" | grep -qxF -- "$n" || ok=0
+        continue
+      fi
+      cut=$((cut + 1))
+      [ ${#head} -ge 8 ] && [ ${#tail} -ge 6 ] || ok=0
+      printf '%s\n' "${NAMES[@]}" | grep -q "^$head.*$tail\$" || ok=0
+    done < <(grep -E '^[ >]model\.' <<<"$sc" | cut -c2- | awk '{print $1}')
+    [ $cut -ge 3 ] || ok=0
+  fi
+  if [ $ok = 1 ]; then
+    pass "llama.names-whole-then-elided"
+  else
+    fail "llama.names-whole-then-elided" "whole at 100 columns: $whole" "$shown" "$(screen "$s")"
+  fi
+else
+  fail "help-lists-key-table" "$help_why llama did not start"
+  fail "llama.start" "$(screen "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+exit 0
