@@ -11,7 +11,8 @@
 # Environment: ZOO (the output folder, required), STEPS (optimizer steps of 16 windows x 128
 # tokens), QSCOPE (the binary, default ./qscope), JOBS (default: the core count), ONLY ("D L SEED"
 # lines: train only these, e.g. ONLY="64 2 42" for one model). Resumable: a
-# model whose folder holds DONE is skipped; an unfinished one is trained again from scratch.
+# model whose folder holds DONE is skipped; an unfinished one, or one that failed the gate (kept
+# as ZOO/gpt2-dD-lL-sSEED.gatefail), is trained again from scratch.
 # Every trained model is ZOO/gpt2-dD-lL-sSEED/{config.json,model.safetensors,train.json,DONE};
 # ZOO/zoo.tsv sums them up; ZOO/CORPUS records the package, its version and the text's SHA-256.
 set -euo pipefail
@@ -63,11 +64,15 @@ one() {
     local val gate
     val=$(sed -n 's/.*"val_loss":\([^,]*\).*/\1/p' "$out.part/train.json")
     gate=$(sed -n 's/.*"gate":"\([a-z]*\)".*/\1/p' "$out.part/train.json")
+    echo "gpt2-d$d-l$l-s$seed: validation loss $val, gate $gate, $((SECONDS - t0)) s"
+    if [ "$gate" != pass ]; then # kept aside, and trained again by the next run (more STEPS?)
+        rm -rf "$out.gatefail"
+        mv "$out.part" "$out.gatefail"
+        return 1
+    fi
     mv "$out.part" "$out"
     printf 'd_model %s\nn_layer %s\nseed %s\nsteps %s\nval_loss %s\ngate %s\nseconds %s\n' \
         "$d" "$l" "$seed" "$STEPS" "$val" "$gate" "$((SECONDS - t0))" > "$out/DONE"
-    echo "gpt2-d$d-l$l-s$seed: validation loss $val, gate $gate, $((SECONDS - t0)) s"
-    [ "$gate" = pass ]
 }
 export -f one
 export ZOO STEPS QSCOPE corpus
