@@ -10,7 +10,7 @@ SAN     ?=
 # the reference checks of tests/sh/ggml.sh.
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
            liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base \
-           libonig-dev libutf8proc-dev python3-torch nodejs
+           libonig-dev libutf8proc-dev python3-torch nodejs parallel fortunes
 
 PKG_CORE = openblas lapacke
 PKG_UI   = ncursesw readline
@@ -37,7 +37,7 @@ BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz \
-        bigmodels
+        bigmodels zoo
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -131,6 +131,16 @@ BIG ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME)/qscope/big,$(BUILD)/big)
 bigmodels: deps
 	@mkdir -p "$(BIG)"
 	/usr/bin/python3 tests/tools/make_bigmodels.py "$(BIG)"
+
+# The study's model matrix: six GPT-2 shapes x seeds 42, 123, 999 trained by `qscope train`,
+# byte-level on the English text of Debian's fortunes package, ZOO_STEPS steps of 16 x 128 tokens
+# each, GNU parallel with one job per core; resumable (finished models are skipped), every model
+# must pass the language-model gate. Written outside the repository (ZOO=DIR to choose).
+ZOO ?= $(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/qscope/zoo
+ZOO_STEPS ?= 600
+zoo: deps
+	$(MAKE) qscope
+	ZOO="$(ZOO)" STEPS=$(ZOO_STEPS) bash datasets/tools/zoo.sh
 
 # The bundle goes to PREFIX/share/qscope, where qs_bundle_path finds it (beside PREFIX/bin, or
 # the compiled-in QS_DATADIR): every file the README's examples and the sessions name.

@@ -23,10 +23,20 @@ struct qs_lm_train_opts {
     uint64_t seed;   /* window sampling and, with init, the initial weights */
     int init;        /* 1: start from random weights (qs_lm_init); 0: from m's weights */
     int eval_every;  /* validation loss every N steps (0: only before and after) */
+    /* Quantization-aware training (qat.c): NULL, or hooks that the forward of every step and
+     * every validation run through (qs_lm_backward's straight-through semantics: the gradient
+     * of a replaced weight goes to m's own, dx = dy through act()); refresh (may be NULL) is
+     * called with hooks_u before every step and every validation, after m's weights changed,
+     * so that the hooks can recompute what they derive from them (the fake-quantized
+     * weights). */
+    const struct qs_hooks *hooks;
+    int (*refresh)(void *u, qs_err *e);
+    void *hooks_u;
 };
 
 /* Defaults: 1000 steps, batch 16, the model's ctx, warm-up 100 (at most steps / 10), lr 3e-3,
- * min_lr 3e-4, wd 0.1, betas 0.9 / 0.95, eps 1e-8, clip 1, seed 1, init 1, eval_every 0. */
+ * min_lr 3e-4, wd 0.1, betas 0.9 / 0.95, eps 1e-8, clip 1, seed 1, init 1, eval_every 0, no
+ * hooks. */
 void qs_lm_train_defaults(struct qs_lm_train_opts *o);
 
 /* The learning rate of step s (0-based) of o: lr (s + 1) / warmup during the warm-up, then
@@ -55,7 +65,8 @@ typedef int (*qs_lm_train_cb)(void *u, int step, int steps, double loss, double 
 
 /* Trains m in place. Training windows of o->ctx + 1 tokens start uniformly at random in
  * train[0 .. n_train - ctx - 1]; the validation loss is qs_lm_evaluate's on val[0 .. n_val)
- * (every non-overlapping window of the model's ctx; val NULL: none, the losses are NAN). The
+ * (every non-overlapping window of the model's ctx, through o->hooks when given; val NULL:
+ * none, the losses are NAN). The
  * optimizer state (2 floats per
  * parameter) and the backward's scratch are checked with qs_mem_check. 0, or -1 and e (m is
  * then partly trained). cb may be NULL. */

@@ -9,6 +9,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/qat.h"
 #include "qscope/sensitivity.h"
 #include "qscope/spectral.h"
 #include "qscope/study.h"
@@ -758,9 +759,129 @@ static void metric_json(cJSON *o, const char *k, const struct qs_metric *m)
     cJSON_AddItemToObject(o, k, j);
 }
 
+/* qat on a transformer: straight-through AdamW through the sites' current formats (qat.h). */
+static int qat_lm_cb(void *u, int step, int steps, double loss, double lr, double val)
+{
+    struct qs_ctx *c = u;
+    if (c->b->progress) {
+        char what[96];
+        snprintf(what, sizeof what, "qat step %d/%d loss %.4f", step, steps, loss);
+        c->b->progress(c->b->progress_ctx, what, (double)step / steps);
+    }
+    if (step == steps || step % 100 == 0)
+        qs_note(c, "qat step %d/%d: train loss (quantized forward) %.4f, lr %.3g", step, steps,
+                loss, lr);
+    (void)val;
+    return c->b->cancel;
+}
+
+static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    struct qs_qat_lm_opts o;
+    qs_qat_lm_defaults(&o);
+    o.seed = b->seed;
+    int min_set = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long lv;
+        struct { const char *k; int *iv; long lo, hi; double *dv; } opt[] = {
+            {"epochs", &o.epochs, 1, 100000, NULL}, {"steps", &o.steps, 1, 100000000, NULL},
+            {"batch", &o.batch, 1, 65536, NULL},    {"ctx", &o.ctx, 1, b->lm->ctx, NULL},
+            {"warmup", &o.warmup, 0, 10000000, NULL}, {"lr", NULL, 0, 0, &o.lr},
+            {"min_lr", NULL, 0, 0, &o.min_lr},      {"wd", NULL, 0, 0, &o.wd},
+            {"clip", NULL, 0, 0, &o.clip}};
+        int k, n = (int)(sizeof opt / sizeof opt[0]);
+        for (k = 0; k < n && !(v = qs_opt_value(argv[i], opt[k].k)); k++)
+            ;
+        char what[32];
+        snprintf(what, sizeof what, "qat %s", k < n ? opt[k].k : "");
+        if (k < n && opt[k].iv) {
+            if (qs_parse_int(v, opt[k].lo, opt[k].hi, &lv, what, e) < 0)
+                return -1;
+            *opt[k].iv = (int)lv;
+        } else if (k < n) {
+            if (qs_parse_double(v, opt[k].dv, what, e) < 0)
+                return -1;
+            min_set |= opt[k].dv == &o.min_lr;
+        } else if ((v = qs_opt_value(argv[i], "seed"))) {
+            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "qat seed", e) < 0)
+                return -1;
+            o.seed = (uint64_t)lv;
+        } else if ((v = qs_opt_value(argv[i], "out"))) {
+            o.out = v;
+        } else {
+            return qs_errf(e, "qat: unknown option '%s' for a transformer (epochs= steps= batch= "
+                              "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR)", argv[i]);
+        }
+    }
+    if (!(o.lr > 0) || !(o.min_lr >= 0) || !(o.wd >= 0) || !(o.clip >= 0))
+        return qs_errf(e, "qat: lr must be positive; min_lr, wd and clip not negative");
+    if (!min_set)
+        o.min_lr = o.lr / 10;
+    struct qs_qat_lm_result r;
+    b->cancel = 0;
+    if (qs_qat_lm(b, &o, qat_lm_cb, c, &r, e) < 0)
+        return -1;
+    char q[600] = "";
+    if (o.out) {
+        char qq[560];
+        snprintf(q, sizeof q, " out=%s", qs_quote(o.out, qq, sizeof qq));
+    }
+    snprintf(c->canon, sizeof c->canon,
+             "qat steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
+             "seed=%llu%s", r.steps, r.batch, r.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
+             (unsigned long long)o.seed, q);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "cmd", "qat");
+    cJSON_AddNumberToObject(j, "steps", r.steps);
+    cJSON_AddNumberToObject(j, "tokens", (double)r.tokens);
+    cJSON_AddNumberToObject(j, "w_sites", r.w_sites);
+    cJSON_AddNumberToObject(j, "a_sites", r.a_sites);
+    qs_json_num(j, "float_loss", r.f_loss);
+    qs_json_num(j, "ptq_loss", r.ptq_loss);
+    qs_json_num(j, "qat_loss", r.qat_loss);
+    qs_json_num(j, "qat_float_loss", r.f_loss_after);
+    qs_json_num(j, "ste_loss_before", r.ste_loss0);
+    qs_json_num(j, "ste_loss_after", r.ste_loss);
+    qs_json_num(j, "train_loss", r.train_loss);
+    qs_json_num(j, "gap_closed", r.gap_closed);
+    struct qs_sb t = {0};
+    qs_sb_printf(&t,
+                 "qat: %d steps of %d windows x %d tokens (%ld tokens) on the training tokens; "
+                 "straight-through through %d site weight format%s and %d activation format%s "
+                 "(dx = dy; weight scales recomputed from the master weights every step, not "
+                 "learned), AdamW lr %.3g -> %.3g on the float master weights\n",
+                 r.steps, r.batch, r.ctx, r.tokens, r.w_sites, r.w_sites == 1 ? "" : "s",
+                 r.a_sites, r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+    qs_sb_printf(&t, "%-22s %9s %9s\n", "held-out", "loss", "ppl");
+    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float (before)", r.f_loss, exp(r.f_loss));
+    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, PTQ", r.ptq_loss, exp(r.ptq_loss));
+    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, QAT", r.qat_loss, exp(r.qat_loss));
+    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float after QAT", r.f_loss_after,
+                 exp(r.f_loss_after));
+    if (isfinite(r.gap_closed))
+        qs_sb_printf(&t, "gap closed: %.4f of the float-PTQ loss gap (%.4f -> %.4f)\n",
+                     r.gap_closed, r.ptq_loss - r.f_loss, r.qat_loss - r.f_loss);
+    else
+        qs_sb_printf(&t, "gap closed: n/a (PTQ did not raise the loss)\n");
+    qs_sb_printf(&t, "the bench now holds the trained float model (same rules and token data%s)",
+                 o.out ? "; written to the out= folder" : "");
+    if (r.dropped_corr)
+        qs_sb_printf(&t, "; %d correction%s fitted to the old weights dropped", r.dropped_corr,
+                     r.dropped_corr == 1 ? "" : "s");
+    qs_sb_printf(&t, "\n");
+    qs_add_gate(c, j, &t);
+    qs_emit(c, j, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
 static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    if (b->lm)
+        return cmd_qat_lm(c, argc, argv, e);
     struct qs_qat_opts qo = {.epochs = 10, .batch = 64, .lr = 3e-4, .seed = b->seed};
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -1244,11 +1365,18 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "default 4) whose factors are at prec= (default float) on top of each format, so the plan "
      "can trade a wider format for a correction. The plan prints as quant/correct commands; "
      "`apply` runs them, and they are journaled as such."},
-    {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG,
-     cmd_qat, "quantization-aware fine-tuning (straight-through) through the current formats",
+    {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
+     "[warmup=N] [wd=F] [clip=F] [out=DIR])",
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_qat,
+     "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
      "layer's weight format, then replaces the model by the fine-tuned one and reports the share "
-     "of the float-PTQ accuracy gap closed. Defaults: epochs=10 lr=3e-4 batch=64 seed=session."},
+     "of the float-PTQ accuracy gap closed. Defaults: epochs=10 lr=3e-4 batch=64 seed=session. "
+     "On a transformer: AdamW (cosine after warmup=10) on random windows of the tokens before "
+     "the held-out 10 %, the forward through each site's weight format (scales recomputed from "
+     "the master weights every step) and its activation format, dx = dy through both; epochs=1 "
+     "(steps= instead), batch=16 lr=5e-4 min_lr=lr/10 wd=0 clip=1; held-out loss before and "
+     "after; out=DIR also writes the trained model."},
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
      "[csv=PREFIX]",

@@ -71,8 +71,14 @@ void qs_lm_init(struct qs_lm *m, uint64_t seed)
     qs_lm_grad_free(g);
 }
 
-static int validate(const struct qs_lm *m, const uint32_t *val, size_t n, double *loss, long *nt,
-                    qs_err *e)
+/* o's refresh, when it has one: the hooks follow m's current weights */
+static int refresh(const struct qs_lm_train_opts *o, qs_err *e)
+{
+    return o->refresh ? o->refresh(o->hooks_u, e) : 0;
+}
+
+static int validate(const struct qs_lm *m, const uint32_t *val, size_t n,
+                    const struct qs_lm_train_opts *o, double *loss, long *nt, qs_err *e)
 {
     struct qs_lm_eval ev;
     if (!val) {
@@ -80,7 +86,7 @@ static int validate(const struct qs_lm *m, const uint32_t *val, size_t n, double
         *nt = 0;
         return 0;
     }
-    if (qs_lm_evaluate(m, val, n, 0, NULL, NULL, &ev, e) < 0)
+    if (refresh(o, e) < 0 || qs_lm_evaluate(m, val, n, 0, o->hooks, NULL, &ev, e) < 0)
         return qs_err_prefix(e, "validation");
     *loss = ev.loss;
     *nt = ev.ntok;
@@ -108,7 +114,7 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
             return qs_errf(e, "train: token %u at %zu is outside the vocabulary (%d)", train[i], i,
                            m->vocab);
     size_t sb;
-    if (qs_lm_backward_bytes(m, B, T, 0, &sb) < 0)
+    if (qs_lm_backward_bytes(m, B, T, o->hooks && o->hooks->act, &sb) < 0)
         return qs_errf(e, "train: batch %d of %d tokens overflows", B, T);
     struct qs_lm_grad *g = qs_lm_grad_new(m, e);
     if (!g)
@@ -128,7 +134,7 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
     if (rc == 0 && o->init)
         qs_lm_init(m, o->seed);
     if (rc == 0)
-        rc = validate(m, val, n_val, &r->val_loss0, &r->val_tokens, e);
+        rc = validate(m, val, n_val, o, &r->val_loss0, &r->val_tokens, e);
     qs_rng rng;
     qs_rng_seed(&rng, o->seed ^ 0x77a1e5ULL);
     size_t span = n_train - (size_t)T - 1; /* starts 0 .. span - 1: targets stay in train */
@@ -139,7 +145,8 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
             start[b] = (size_t)qs_rng_below(&rng, span);
         double loss;
         qs_lm_grad_zero(g);
-        if ((rc = qs_lm_backward(m, train, start, B, T, NULL, g, &loss, work, e)) < 0)
+        if ((rc = refresh(o, e)) < 0 ||
+            (rc = qs_lm_backward(m, train, start, B, T, o->hooks, g, &loss, work, e)) < 0)
             break;
         if (!isfinite(loss)) {
             rc = qs_errf(e, "train: the loss diverged at step %d (lower lr)", s + 1);
@@ -174,7 +181,7 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
         double vl = NAN;
         if (o->eval_every > 0 && (s + 1) % o->eval_every == 0 && s + 1 < o->steps) {
             long nt;
-            if ((rc = validate(m, val, n_val, &vl, &nt, e)) < 0)
+            if ((rc = validate(m, val, n_val, o, &vl, &nt, e)) < 0)
                 break;
         }
         if (cb && cb(u, s + 1, o->steps, loss, lr, vl)) {
@@ -184,7 +191,7 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
     }
     if (rc == 0) {
         r->train_loss = tail_sum / tail;
-        rc = validate(m, val, n_val, &r->val_loss, &r->val_tokens, e);
+        rc = validate(m, val, n_val, o, &r->val_loss, &r->val_tokens, e);
     }
     free(start);
     free(work);

@@ -1,0 +1,123 @@
+# qscope session
+# version 0.1.0
+# date 2026-12-01T11:01:44Z
+# seed 0
+# threads 2
+# model datasets/models/tiny-gpt2 sha256=e993ea58d794ad3a662f2af8c5f872650730967c4af8ca099508910695ce94aa
+# data datasets/text/licenses.txt sha256=c4cf44e5bcffdbec176f8831e48024c1af63fe31043616b9bfedaa56ee6a3248
+# model datasets/models/tiny-llama sha256=6f7894f9a7a9920f23cf57708abbd64469ee3e9a289489b8db2b91b022f84317
+# Quantization-aware training of transformers (qat on the one model core): tiny-gpt2 at int3 per
+# channel, held-out loss before (PTQ) and after one epoch of straight-through AdamW on the tokens
+# before the held-out 10 % (the quantized loss the hooks see before training is eval's own); then
+# int8 static activation scales on block 0 too, trained through (dx = dy); then tiny-llama at
+# int3 per channel. Weight scales are recomputed from the master weights every step (not
+# learned). Replay: qscope --replay sessions/lm-qat.qs --check
+load model datasets/models/tiny-gpt2
+# => path=datasets/models/tiny-gpt2
+# => arch=gpt2
+# => layers=9
+# => params=120576
+load data datasets/text/licenses.txt
+# => path=datasets/text/licenses.txt
+# => tokens=144573
+# => test_tokens=14457
+# => calib_windows=8
+quant * int3 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int3
+# => matched=9
+# => bits_per_weight=3.19642857
+eval
+# => regime=weight-only
+# => tokens=14400
+# => float.ppl=5.14510206
+# => float.loss=1.63804521
+# => quant.ppl=5.73151188
+# => quant.loss=1.74597935
+# => kl=0.113599947
+# => top1_agree=0.797430556
+# => bits_per_weight=3.19642857
+# => gate=pass
+# => gate_threshold=2.43866319
+qat steps=127 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=0
+# => steps=127
+# => tokens=130048
+# => w_sites=9
+# => a_sites=0
+# => float_loss=1.63804521
+# => ptq_loss=1.74597935
+# => qat_loss=1.5934286
+# => qat_float_loss=1.64640573
+# => ste_loss_before=1.74597935
+# => ste_loss_after=1.5934286
+# => train_loss=1.52653678
+# => gap_closed=1.41336876
+# => task.float_loss=1.64640573
+# => task.unigram_entropy=3.25155092
+# => task.threshold=2.43866319
+# => gate=pass
+# => regime=weight-only
+eval
+# => regime=weight-only
+# => tokens=14400
+# => float.ppl=5.18829812
+# => float.loss=1.64640573
+# => quant.ppl=4.92059079
+# => quant.loss=1.5934286
+# => kl=0.10891641
+# => top1_agree=0.741805556
+# => bits_per_weight=3.19642857
+# => gate=pass
+# => gate_threshold=2.43866319
+quant h.0.* int8 gran=tensor clip=max round=nearest range=restricted sym scale=f16 on=a amode=static
+# => pattern=h.0.*
+# => format=int8
+# => matched=4
+# => bits_per_weight=3.19642857
+qat steps=30 batch=16 ctx=64 lr=0.0003 min_lr=3e-05 warmup=10 wd=0 clip=1 seed=0
+# => steps=30
+# => tokens=30720
+# => w_sites=9
+# => a_sites=4
+# => float_loss=1.64640573
+# => ptq_loss=1.59401181
+# => qat_loss=1.59863886
+# => qat_float_loss=1.6572874
+# => ste_loss_before=1.59401181
+# => ste_loss_after=1.59858265
+# => train_loss=1.45599769
+# => gap_closed=null
+# => task.float_loss=1.6572874
+# => task.unigram_entropy=3.25155092
+# => task.threshold=2.43866319
+# => gate=pass
+# => regime=weight+activation
+load model datasets/models/tiny-llama
+# => path=datasets/models/tiny-llama
+# => arch=llama
+# => layers=15
+# => params=123712
+quant * int3 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int3
+# => matched=15
+# => bits_per_weight=3.21770335
+qat steps=40 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=0
+# => steps=40
+# => tokens=40960
+# => w_sites=15
+# => a_sites=0
+# => float_loss=1.21300857
+# => ptq_loss=1.33467918
+# => qat_loss=1.26186877
+# => qat_float_loss=1.24866737
+# => ste_loss_before=1.33467918
+# => ste_loss_after=1.26186877
+# => train_loss=1.20481594
+# => gap_closed=0.598422317
+# => task.float_loss=1.24866737
+# => task.unigram_entropy=3.25155092
+# => task.threshold=2.43866319
+# => gate=pass
+# => regime=weight-only
+# end of session (11 commands)
