@@ -23,7 +23,6 @@ enum {
     QS_CMD_DATA = 1 << 2,    /* needs model and data ready */
     QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
     QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
-    QS_CMD_LM = 1 << 5,      /* also works on a transformer (QS_CMD_MODEL/DATA: MLP only) */
     /* Writes a file the user names (save session, export ...): refused in safe mode. */
     QS_CMD_WRITES = 1 << 6,
     /* Writes a file only when given an output option: out=PATH or csv=PREFIX (the language's
@@ -161,11 +160,6 @@ void qs_quote_sb(const char *word, struct qs_sb *sb);
  * QS_CMD_WRITES_OPT with an out=/csv= argument). */
 int qs_cmd_writes(const struct qs_cmd_def *d, int argc, char **argv);
 
-/* Whether command D runs on a model of the loaded family (lm: 1 for a transformer): a command
- * that needs a model or data runs on a transformer only when marked QS_CMD_LM. Returns 0, or -1
- * with the refusal the dispatcher gives in e. Front ends use it to offer only the keys that
- * work, from the table's flags rather than a list of their own. */
-int qs_cmd_family_check(const struct qs_cmd_def *d, int lm, qs_err *e);
 
 /* Option parsing helpers for handlers: "key=value" tokens. */
 const char *qs_opt_value(const char *tok, const char *key); /* value if tok is key=..., else NULL */

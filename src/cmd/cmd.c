@@ -371,23 +371,6 @@ static int spares_weights(const char *name)
     return 0;
 }
 
-int qs_cmd_family_check(const struct qs_cmd_def *d, int lm, qs_err *e)
-{
-    if (!lm || !(d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) || (d->flags & QS_CMD_LM))
-        return 0;
-    /* what does work, from the table itself (QS_CMD_LM), so the message cannot drift */
-    char list[QS_ERRLEN / 2];
-    size_t n = 0;
-    list[0] = 0;
-    for (size_t t = 0; t < sizeof core_tables / sizeof *core_tables; t++)
-        for (const struct qs_cmd_def *x = core_tables[t]; x->name; x++)
-            if ((x->flags & QS_CMD_LM) && (x->flags & (QS_CMD_MODEL | QS_CMD_DATA)) &&
-                n + strlen(x->name) + 3 < sizeof list)
-                n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "", x->name);
-    return qs_errf(e, "%s works on MLPs for now; the model is a transformer (on transformers: %s)",
-                   d->name, list);
-}
-
 struct guarded_cmd {
     struct qs_ctx *c;
     const struct qs_cmd_def *d;
@@ -430,8 +413,6 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         goto out;
     }
     if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && c->b->lm) {
-        if (qs_cmd_family_check(d, 1, e) < 0)
-            goto out;
         if ((d->flags & QS_CMD_DATA) && qs_bench_lm_ready(c->b, e) < 0) {
             qs_err_prefix(e, d->name);
             goto out;

@@ -964,13 +964,13 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LM, cmd_error,
+    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
      "their interaction."},
     {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_spectrum,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the noise null it is judged by",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
      "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]. " NULL_HELP " With a weight-space "
@@ -978,13 +978,13 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "(sigma(resid), JSON sv_resid and resid); bias, linear and clocal act on the outputs, so "
      "the residual view does not apply to them."},
     {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_rank,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error",
      NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
      "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
      "error's energy the correction removed, and its shape."},
     {"correct", "LAYER|PATTERN METHOD [r=K] [prec=P] [lambda=F] [teacher=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_correct,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
      "calibration split; clocal is fitted and judged on the test split with float inputs: an "
@@ -998,9 +998,9 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "(float or a weight format: int8, int4, fp8-e4m3, ...; a scale per row of each factor): the "
      "recovery is measured with the quantized factors and their bits come from the packed codes "
      "and scales."},
-    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_uncorrect,
+    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
      "remove corrections", NULL},
-    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_ablate,
+    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
      "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
      ABLATE_RULE},
     {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,

@@ -1626,9 +1626,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "little-endian ids, uint16 (nanoGPT) unless dtype=uint32, or an llm.c header that gives "
      "the width itself. `info` says which was used."},
     {"info", "", 0, cmd_info, "show the model, data, split, regime and seed", NULL},
-    {"layers", "", QS_CMD_MODEL | QS_CMD_LM, cmd_layers,
+    {"layers", "", QS_CMD_MODEL, cmd_layers,
      "table of layers: shape, formats, bits per weight, weight error, correction", NULL},
-    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LM, cmd_eval,
+    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
      "float vs quantized task metrics on the test split, KL, top-1 agreement and the gate",
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
@@ -1651,7 +1651,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
     {"set bail", "on|off", 0, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
      NULL},
     {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=]",
-     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_quant,
+     QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
      "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
@@ -1662,9 +1662,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
-    {"rules", "", QS_CMD_MODEL | QS_CMD_LM, cmd_rules, "list the quantization rules in order and their layers",
+    {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
      NULL},
-    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_LM, cmd_regime,
+    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,
      "default roles of rules: weights, activations or both", NULL},
     {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
@@ -1673,7 +1673,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
     {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
      "list every code of a format and its value", NULL},
     {"export model", "PATH [packed]",
-     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH | QS_CMD_LM,
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH,
      cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "

@@ -1340,7 +1340,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 const struct qs_cmd_def qs_cmds_study[] = {
     {"sensitivity", "[method=delta|grad|fisher|hutchinson|all[,...]] [probes=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_sensitivity,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_sensitivity,
      "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
      "delta: test-split loss with only that layer quantized minus the float loss (any model; on "
      "a transformer the held-out tokens, per linear site, and its only method and default: the "
@@ -1354,7 +1354,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
     {"allocate",
      "bits=B [formats=F,...] [gran=G] [corr=M [ranks=R,...] [prec=P]] [apply] | rank=R "
      "[method=M] [prec=P] [apply]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_allocate,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
      "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "
@@ -1367,7 +1367,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "`apply` runs them, and they are journaled as such."},
     {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
      "[warmup=N] [wd=F] [clip=F] [out=DIR])",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_LM, cmd_qat,
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
      "layer's weight format, then replaces the model by the fine-tuned one and reports the share "

@@ -1,7 +1,7 @@
 /* keys.c - the key table: every key of the panes is one row (the keys that press it, its hint,
  * its help, the command it runs or its action), and the key hints, the help overlay and `tui
- * keys` are generated from it. A key is offered when its command runs on the loaded model
- * (qs_cmd_family_check, the dispatcher's own rule); a key whose command refuses is not shown,
+ * keys` are generated from it. A key is offered when its command can run now
+ * (a model, and its data, loaded: tui_key_refused); a key whose command refuses is not shown,
  * and pressed anyway it says why and runs nothing. Keys that run commands build a command line
  * that goes through the dispatcher like typed text (so it is journaled like typed text); the
  * line is built from the snapshot's structured values (the layer's format, its options), never
@@ -430,9 +430,9 @@ static void key_verb(const struct tui_key *k, char *buf, size_t n)
     snprintf(buf, n, "%.*s", (int)len, v);
 }
 
-/* Whether the key's command works on the loaded model, by the command table's flags
- * (qs_cmd_family_check): 0, or -1 with the dispatcher's refusal in e. Before the first snapshot
- * (the family is not known yet) every key is offered. */
+/* Whether the key's command can run now: a command that needs a model, or a model and its data,
+ * is not offered until they are loaded (every command runs on every family). 0, or -1 with the
+ * dispatcher's reason in e. Before the first snapshot every key is offered. */
 int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e)
 {
     char verb[64];
@@ -444,8 +444,10 @@ int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e)
     if (argc <= 0)
         return argc < 0 ? -1 : 0;
     const struct qs_cmd_def *d = qs_cmd_lookup(t->c, argc, argv, &used);
-    if (d)
-        rc = qs_cmd_family_check(d, t->snap && t->snap->lm, e);
+    if (d && t->snap && (d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !t->snap->have_model)
+        rc = qs_errf(e, "%s: no model loaded (load model PATH)", d->name);
+    else if (d && t->snap && (d->flags & QS_CMD_DATA) && !t->snap->have_data)
+        rc = qs_errf(e, "%s: no data loaded (load data PATH)", d->name);
     qs_argv_free(argv, argc);
     return rc;
 }

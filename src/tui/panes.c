@@ -768,7 +768,7 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
                             : 0;
             putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", ab->verdict,
                  ab->ppl ? "ppl " : "", ab->q, ab->qc, ab->f, ab->fc);
-        } else if (s->ablate_ok && y < h) {
+        } else if (y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }
     }

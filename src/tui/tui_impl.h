@@ -81,7 +81,6 @@ struct tui_snap {
     int lm;
     struct qs_lm_eval lev, lev_raw;
     struct qs_lm_gate lgate;
-    int ablate_ok; /* `ablate` runs on this model (qs_cmd_family_check): the pane offers it */
     /* spectrum of the selected layer's weight error */
     int spec_layer, spec_ok;
     char spec_msg[128];
@@ -353,8 +352,8 @@ void tui_dirty_all(struct tui *t);
 
 /* keys.c: the key table. A key runs a command template (%L: the selected layer as one word)
  * or an action. Its predicate is its command (cmd's verb, or verb for an action): the key is
- * offered (in the hints, the help, and when pressed) when that command runs on the loaded model
- * (qs_cmd_family_check, the dispatcher's own rule); front-end keys always. */
+ * offered (in the hints, the help, and when pressed) when that command can run now
+ * (a model, and its data, loaded); front-end keys always. */
 struct tui_key;
 typedef void (*tui_key_fn)(struct tui *t, const struct tui_key *k, int fkey, wint_t ch);
 struct tui_key {

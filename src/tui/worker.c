@@ -478,10 +478,6 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     if (!s)
         return NULL;
     s->spec_layer = -1;
-    int used;
-    char *abl[] = {"ablate"};
-    const struct qs_cmd_def *ad = qs_cmd_lookup(w->c, 1, abl, &used);
-    s->ablate_ok = ad && qs_cmd_family_check(ad, b->lm != NULL, &e) == 0;
     if (!b->model && !b->lm)
         return s;
     const void *model = b->lm ? (const void *)b->lm : (const void *)b->model;

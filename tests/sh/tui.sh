@@ -168,7 +168,7 @@ for v in "${VARIANTS[@]}"; do
     if wait_for "$s" "cancelled after epoch" 20 && wait_idle "$s" 10; then
       T send-keys -t "$s" -l -- "info"
       T send-keys -t "$s" Enter
-      if wait_for "$s" "split   seed" 10 && [ "$(T display-message -p -t "$s" '#{pane_dead}')" = 0 ]; then
+      if wait_for "$s" "split   rows, seed" 10 && [ "$(T display-message -p -t "$s" '#{pane_dead}')" = 0 ]; then
         pass "$tag.ctrl-c-cancels-job"
       else
         fail "$tag.ctrl-c-cancels-job" "prompt dead after cancel" "$(screen "$s")"
@@ -451,7 +451,7 @@ if wait_prompt "$s"; then
   if wait_for "$s" "qscope> info half-typed^C" 5 && wait_prompt "$s" && alive "$s"; then
     T send-keys -t "$s" -l "info" # the line was cleared: this runs `info`, not `info half-typedinfo`
     T send-keys -t "$s" Enter
-    wait_for "$s" "split   seed" 10 && wait_prompt "$s" && ok=1
+    wait_for "$s" "split   rows, seed" 10 && wait_prompt "$s" && ok=1
   fi
   if [ $ok = 1 ]; then pass "repl.ctrl-c-clears-line"
   else fail "repl.ctrl-c-clears-line" "$(screen_all "$s")"; fi
@@ -476,7 +476,7 @@ if wait_prompt "$s"; then
     if wait_for "$s" "the rest of the script was not run" 20 && wait_prompt "$s"; then
       T send-keys -t "$s" -l "rules; info"
       T send-keys -t "$s" Enter
-      wait_for "$s" "split   seed" 10 && wait_prompt "$s" && ! screen_all "$s" | grep -q "int2" && ok=1
+      wait_for "$s" "split   rows, seed" 10 && wait_prompt "$s" && ! screen_all "$s" | grep -q "int2" && ok=1
     fi
   fi
   if [ $ok = 1 ]; then pass "repl.ctrl-c-stops-script"
