@@ -831,7 +831,7 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
     const char *hl[] = {"model",          "data",           "seed",        "layer",
                         "index",          "depth",          "d",           "w_rel_err",
                         "preact_rel_mse", "correctability", "r_lin_float", rq,
-                        "lambda",         "rank_kept"};
+                        "lambda",         "rank_kept",      "kind",        "block"};
     for (size_t k = 0; k < sizeof hl / sizeof *hl; k++)
         field(f, hl[k], k == 0);
     fputc('\n', f);
@@ -853,6 +853,8 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         numf(f, l->r_q);
         numf(f, l->lambda);
         intf(f, l->rank_kept);
+        field(f, qs_q1_kind_name(l->kind), 0);
+        intf(f, l->block);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)
@@ -892,5 +894,75 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         field(f, s->verdict, 0);
         fputc('\n', f);
     }
+    if (qs_out_commit(&of, e) < 0)
+        return -1;
+    /* master summary: one row per setting, over its Q1 layers */
+    if (!(f = open_csv(&of, prefix, "master_summary", o, e)))
+        return -1;
+    char k1[40], k2[40], k3[40], k4[40];
+    snprintf(k1, sizeof k1, "mean_%s", rq);
+    snprintf(k2, sizeof k2, "median_%s", rq);
+    snprintf(k3, sizeof k3, "pos_frac_%s", rq);
+    snprintf(k4, sizeof k4, "frac_gt_02_%s", rq);
+    const char *hm[] = {"model", "data", "seed", "arch", "format", "options", "gate", "excluded",
+                        "q1_layers", "other_sites", "float_acc", "quant_acc", "bits_per_weight",
+                        "mean_r_lin_float", "median_r_lin_float", "pos_frac_r_lin_float",
+                        "frac_gt_02_r_lin_float", k1, k2, k3, k4, "spearman",
+                        "spearman_r_lin_float", "verdict"};
+    for (size_t k = 0; k < sizeof hm / sizeof *hm; k++)
+        field(f, hm[k], k == 0);
+    fputc('\n', f);
+    double *va = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *va);
+    double *vc = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *vc);
+    if (!va || !vc) {
+        free(va);
+        free(vc);
+        qs_out_abort(&of);
+        return qs_errf(e, "out of memory");
+    }
+    for (int i = 0; i < q->nsettings; i++) {
+        const struct qs_q1_setting *s = &q->settings[i];
+        struct qs_q1_stats sf, sq;
+        int n = 0;
+        for (int r = s->first; r < s->first + s->nlayers; r++)
+            if (q->layers[r].kind != QS_Q1_SITE) {
+                va[n] = q->layers[r].r_float;
+                vc[n++] = q->layers[r].correctability;
+            }
+        qs_q1_stats_of(va, n, &sf);
+        double spf = qs_spearman(vc, va, n);
+        n = 0;
+        for (int r = s->first; r < s->first + s->nlayers; r++)
+            if (q->layers[r].kind != QS_Q1_SITE)
+                va[n++] = q->layers[r].r_q;
+        qs_q1_stats_of(va, n, &sq);
+        field(f, s->model, 1);
+        field(f, s->data, 0);
+        intf(f, (long long)s->seed);
+        field(f, s->arch, 0);
+        field(f, s->format, 0);
+        field(f, s->options, 0);
+        field(f, s->gate_pass ? "pass" : "fail", 0);
+        intf(f, !s->gate_pass);
+        intf(f, s->nq1);
+        intf(f, s->nlayers - s->nq1);
+        numf(f, s->float_acc);
+        numf(f, s->quant_acc);
+        numf(f, s->bits_per_weight);
+        numf(f, sf.mean);
+        numf(f, sf.median);
+        numf(f, sf.pos_frac);
+        numf(f, sf.frac_gt_02);
+        numf(f, sq.mean);
+        numf(f, sq.median);
+        numf(f, sq.pos_frac);
+        numf(f, sq.frac_gt_02);
+        numf(f, s->spearman);
+        numf(f, spf);
+        field(f, s->verdict, 0);
+        fputc('\n', f);
+    }
+    free(va);
+    free(vc);
     return qs_out_commit(&of, e);
 }

@@ -1150,7 +1150,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             else
                 qs_sb_printf(&t, "\nother sites (not Q1 layers: not in the medians, Spearman or "
                                  "aggregates)\n");
-            qs_sb_printf(&t, "%-16s %4s %-44s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
+            qs_sb_printf(&t, "%-16s %4s %-46s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
                          "seed", "layer", "kind", "depth", "d", "correct.", "R_lin_float", rq,
                          "lambda", "rank");
             for (int i = 0; i < q.nlayers; i++) {
@@ -1178,7 +1178,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 qs_json_num(j, "lambda", l->lambda);
                 cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
                 cJSON_AddItemToArray(pass ? jsites : jl, j);
-                qs_sb_printf(&t, "%-16s %4llu %-44s %-9s %5s %5d", nb,
+                qs_sb_printf(&t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
                              (unsigned long long)st->seed, l->name, qs_q1_kind_name(l->kind),
                              thirds[l->third], l->d);
                 put_num(&t, 10, "%.4f", l->correctability);
