@@ -15,7 +15,19 @@
  * read from the model's metadata) are calibration and which are test, keeping the sizes, so test
  * samples are never training samples.
  * Verdict per setting: supported if median(R_lin_q) >= 0.35 and Spearman(correctability,
- * R_lin_q) >= 0.35 over its layers; refuted if median < 0.24 and Spearman < 0; else unclear. */
+ * R_lin_q) >= 0.35 over its Q1 layers; refuted if median < 0.24 and Spearman < 0; else unclear.
+ * Settings whose model fails the task-learned gate are reported and flagged, and excluded from
+ * the verdict counts and the aggregates (counted apart).
+ *
+ * Q1 layers. An MLP: every layer. A transformer block: the pre-activations of each sub-layer's
+ * input projection, the tensors that feed a nonlinearity: attention = the QKV projection
+ * (GPT-2 attn.c_attn; LLaMA family self_attn.q_proj, k_proj, v_proj taken together as one layer,
+ * their outputs concatenated: d = out_q + out_k + out_v), FFN = the up projection (GPT-2
+ * mlp.c_fc; LLaMA mlp.gate_proj and up_proj together). A grouped layer's maps, spectrum and
+ * errors are those of the concatenated pre-activations (one ridge map of d x d). The other sites
+ * (attention output, FFN down projection, the head) are measured the same way and reported per
+ * site, but are not Q1 layers: not in the setting's medians, Spearman or the aggregates. Depth
+ * third of a transformer layer: floor(3 block / n_layer) (the head: late). */
 #ifndef QSCOPE_STUDY_H
 #define QSCOPE_STUDY_H
 
@@ -38,6 +50,10 @@ struct qs_q1_opts {
     int nseeds;
     struct qs_format fmt; /* weight format of every layer */
     struct qs_qopts opt;
+    /* transformers' weight format when not NULL (the command's default when format= is not
+     * given: int4 per channel, symmetric); NULL: fmt/opt for every model */
+    const struct qs_format *lm_fmt;
+    const struct qs_qopts *lm_opt;
     char prec[8];            /* the map's weights: "int4" | "int8" | "float" */
     double top_frac;         /* correctability: share of directions (0.1) */
     qs_progress_fn progress; /* may be NULL */
@@ -45,11 +61,23 @@ struct qs_q1_opts {
     _Atomic int *cancel; /* may be NULL */
 };
 
+/* What a row of the layer table is. */
+enum qs_q1_kind {
+    QS_Q1_MLP,  /* an MLP layer (a Q1 layer) */
+    QS_Q1_ATTN, /* a transformer's QKV projection (a Q1 layer) */
+    QS_Q1_FFN,  /* a transformer's up (gate + up) projection (a Q1 layer) */
+    QS_Q1_SITE  /* another transformer site: reported, not in the aggregates */
+};
+const char *qs_q1_kind_name(enum qs_q1_kind k); /* "mlp", "attention", "ffn", "other" */
+
 struct qs_q1_layer {
     int setting; /* index into settings */
-    int index;   /* layer index in its model */
-    char name[64];
-    int third; /* depth: 0 early, 1 mid, 2 late (floor(3 i / L)) */
+    int index;   /* layer index in its model (a group: its first site) */
+    char name[96];
+    enum qs_q1_kind kind;
+    int nsites; /* sites concatenated (LLaMA q|k|v: 3, gate|up: 2; else 1) */
+    int block;  /* transformer block (the head: n_layer); an MLP: the layer index */
+    int third; /* depth: 0 early, 1 mid, 2 late (MLP floor(3 i / L); transformer by block) */
     int d;     /* pre-activation width (out) */
     int in;    /* input width */
     double w_rel_err, preact_rel_mse;
@@ -62,7 +90,12 @@ struct qs_q1_layer {
 struct qs_q1_setting {
     char model[512], data[512];
     uint64_t seed;
-    int nlayers, first; /* its layers are layers[first .. first + nlayers) */
+    int nlayers, first; /* its rows are layers[first .. first + nlayers) */
+    int nq1;            /* of which Q1 layers (an MLP: all) */
+    int lm;             /* a transformer */
+    char arch[16];      /* "mlp", or the transformer's model_type */
+    char format[16];    /* its weight format and options, as used */
+    char options[200];
     double float_acc, quant_acc, bits_per_weight;
     int gate_pass;
     double med_r_float, med_r_q, spearman;
@@ -82,8 +115,13 @@ struct qs_q1 {
     struct qs_q1_stats r_float, r_q;
     double depth_q[3], depth_float[3]; /* medians by depth third (NaN when empty) */
     int depth_n[3];
-    double pooled_spearman; /* Spearman(correctability, R_lin_q) over every layer */
-    int nsupported, nrefuted, nunclear;
+    /* sub-layer profile of transformers' Q1 layers: [0] attention, [1] FFN */
+    struct qs_q1_stats sub_q[2], sub_float[2];
+    double pooled_spearman;       /* Spearman(correctability, R_lin_q) over the Q1 layers */
+    double pooled_spearman_float; /* Spearman(correctability, R_lin_float) */
+    int nsupported, nrefuted, nunclear; /* gate-passing settings only */
+    int nexcluded;                      /* settings failing the gate: excluded from the above */
+    int nlm;                            /* transformer settings */
 };
 
 /* Runs the study. Errors name the model (and data) file. Free with qs_q1_free. */
@@ -101,8 +139,9 @@ void qs_q1_stats_of(const double *v, int n, struct qs_q1_stats *s);
  * datasets/x.csv). 0, or -1 with a message. */
 int qs_q1_data_path(const char *model, const char *data_meta, char *buf, size_t n, qs_err *e);
 
-/* Writes PREFIX-layers.csv and PREFIX-settings.csv (libcsv quoting; a first "# qscope ..."
- * line names the study's options). 0, or -1 with a message naming the file. */
+/* Writes PREFIX-layers.csv, PREFIX-settings.csv and PREFIX-master_summary.csv (one row per
+ * setting: its verdict, gate, counts and its Q1 layers' aggregates) (libcsv quoting; a first
+ * "# qscope ..." line names the study's options). 0, or -1 with a message naming the file. */
 int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *prefix,
                     qs_err *e);
 

@@ -11,6 +11,8 @@
 
 #include "qscope/analysis.h"
 #include "qscope/dataset.h"
+#include "qscope/linalg.h"
+#include "qscope/lowrank.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/tokens.h"
@@ -24,6 +26,20 @@ const char *qs_q1_verdict(double med, double sp)
     if (med < 0.24 && sp < 0)
         return "refuted";
     return "unclear";
+}
+
+const char *qs_q1_kind_name(enum qs_q1_kind k)
+{
+    switch (k) {
+    case QS_Q1_MLP:
+        return "mlp";
+    case QS_Q1_ATTN:
+        return "attention";
+    case QS_Q1_FFN:
+        return "ffn";
+    default:
+        return "other";
+    }
 }
 
 void qs_q1_stats_of(const double *v, int n, struct qs_q1_stats *s)
@@ -166,6 +182,9 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
         memset(r, 0, sizeof *r);
         r->index = i;
         snprintf(r->name, sizeof r->name, "%s", l->name);
+        r->kind = QS_Q1_MLP;
+        r->nsites = 1;
+        r->block = i;
         r->third = 3 * i / L;
         r->d = l->out;
         r->in = l->in;
@@ -217,6 +236,7 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
     st->med_r_q = qs_median(a, L);
     st->spearman = qs_spearman(c, a, L);
     st->verdict = qs_q1_verdict(st->med_r_q, st->spearman);
+    st->nq1 = L;
     free(a);
     free(c);
     return 0;
@@ -225,13 +245,286 @@ fail:
     return -1;
 }
 
+/* Rows of the concatenated pre-activations of sites[0..m) on split sp (quant 0: float path, 1:
+ * quantized path, no correction in place): *y (n, D) malloc'd. */
+static int group_preact(struct qs_bench *b, enum qs_split_id sp, int quant, const int *sites,
+                        int m, int D, float **y, int *n, qs_err *e)
+{
+    *y = NULL;
+    float *out = NULL;
+    int off = 0;
+    for (int g = 0; g < m; g++) {
+        float *ys = NULL;
+        int ns = 0;
+        struct qs_unit u;
+        qs_bench_unit(b, sites[g], &u);
+        if (qs_bench_preact(b, sp, quant, sites[g], &ys, &ns, e) < 0) {
+            free(out);
+            return -1;
+        }
+        if (!out && !(out = qs_alloc((size_t)ns * D, sizeof(float), "the pre-activations", e))) {
+            free(ys);
+            return -1;
+        }
+        for (int r = 0; r < ns; r++)
+            memcpy(out + (size_t)r * D + off, ys + (size_t)r * u.out, (size_t)u.out * sizeof(float));
+        off += u.out;
+        *n = ns;
+        free(ys);
+    }
+    *y = out;
+    return 0;
+}
+
+/* The held-out recovery of the ridge map from yq to yf fitted on calibration, its weights at
+ * prec; lambda and rank of the fit into *lambda / *rank (may be NULL). */
+static int group_recovery(const float *yq_c, const float *yf_c, int nc, const float *yq_t,
+                          const float *yf_t, int nt, int D, const char *prec, double *r,
+                          double *lambda, int *rank, qs_err *e)
+{
+    struct qs_corr c;
+    memset(&c, 0, sizeof c);
+    float *yh = qs_alloc((size_t)nt * D, sizeof(float), "the pre-activations", e);
+    if (!yh || qs_corr_fit_linear(yq_c, yf_c, nc, D, -1.0, prec, &c, e) < 0) {
+        free(yh);
+        qs_corr_clear(&c);
+        return -1;
+    }
+    qs_linear(yq_t, nt, D, c.amap, c.mb, D, yh); /* yq A^T + mb, as the bench applies it */
+    *r = qs_recovery(yf_t, yq_t, yh, (size_t)nt * D, NULL);
+    if (lambda)
+        *lambda = c.lambda;
+    if (rank)
+        *rank = c.rank_kept;
+    free(yh);
+    qs_corr_clear(&c);
+    return 0;
+}
+
+/* The largest width a site's map is fitted on (a vocabulary head is not); as analysis.c. */
+#define Q1_MAP_MAX_OUT 4096
+
+/* One row of a transformer setting: the sites[0..m) taken together. */
+static int lm_row(struct qs_bench *b, const struct qs_q1_opts *o, const int *sites, int m,
+                  struct qs_q1_layer *r, qs_err *e)
+{
+    int D = 0, in = 0;
+    double wnum = 0, wden = 0;
+    for (int g = 0; g < m; g++) {
+        struct qs_unit u;
+        qs_bench_unit(b, sites[g], &u);
+        D += u.out;
+        in = u.in;
+        const float *wq = b->ls[sites[g]].wq;
+        size_t nw = (size_t)u.out * u.in;
+        for (size_t j = 0; j < nw; j++) {
+            double d = wq ? (double)u.w[j] - wq[j] : 0.0;
+            wnum += d * d;
+            wden += (double)u.w[j] * u.w[j];
+        }
+    }
+    r->d = D;
+    r->in = in;
+    r->nsites = m;
+    r->index = sites[0];
+    r->w_rel_err = wden > 0 ? sqrt(wnum / wden) : 0.0;
+    float *yf_c = NULL, *yq_c = NULL, *yf_t = NULL, *yq_t = NULL, *err = NULL;
+    double *sv = NULL, *left = NULL;
+    int nc = 0, nt = 0, rc = -1;
+    if (group_preact(b, QS_CALIB, 0, sites, m, D, &yf_c, &nc, e) < 0 ||
+        group_preact(b, QS_CALIB, 1, sites, m, D, &yq_c, &nc, e) < 0 ||
+        group_preact(b, QS_TEST, 0, sites, m, D, &yf_t, &nt, e) < 0 ||
+        group_preact(b, QS_TEST, 1, sites, m, D, &yq_t, &nt, e) < 0)
+        goto out;
+    size_t len = (size_t)nc * D;
+    double num = 0, den = 0;
+    if (!(err = qs_alloc(len, sizeof(float), "the pre-activation error", e)))
+        goto out;
+    for (size_t j = 0; j < len; j++) {
+        err[j] = yq_c[j] - yf_c[j];
+        num += (double)err[j] * err[j];
+        den += (double)yf_c[j] * yf_c[j];
+    }
+    r->preact_rel_mse = den > 0 ? num / den : 0.0;
+    /* correctability: 1 - left[k], k = ceil(top_frac D), of the calibration error (nc, D) */
+    int nsv = nc < D ? nc : D;
+    int k = (int)ceil(o->top_frac * D - 1e-9);
+    if (k < 1)
+        k = 1;
+    if (k > nsv)
+        k = nsv;
+    sv = qs_calloc((size_t)(nsv > 0 ? nsv : 1), sizeof *sv);
+    left = qs_calloc((size_t)k + 1, sizeof *left);
+    if (!sv || !left) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (qs_svd_values(err, nc, D, sv, e) < 0)
+        goto out;
+    qs_energy_left(sv, nsv, num, k, left);
+    r->correctability = num > 0 ? 1.0 - left[k] : NAN;
+    if (D > Q1_MAP_MAX_OUT || nc <= D) { /* no map: an "other" site only (checked by caller) */
+        r->r_float = r->r_q = r->lambda = NAN;
+        r->rank_kept = 0;
+        rc = 0;
+        goto out;
+    }
+    if (group_recovery(yq_c, yf_c, nc, yq_t, yf_t, nt, D, "float", &r->r_float, &r->lambda,
+                       &r->rank_kept, e) < 0 ||
+        group_recovery(yq_c, yf_c, nc, yq_t, yf_t, nt, D, o->prec, &r->r_q, NULL, NULL, e) < 0)
+        goto out;
+    rc = 0;
+out:
+    free(yf_c);
+    free(yq_c);
+    free(yf_t);
+    free(yq_t);
+    free(err);
+    free(sv);
+    free(left);
+    return rc;
+}
+
+/* The rows of a transformer: per block, the attention Q1 layer (q|k|v), the attention output,
+ * the FFN Q1 layer (gate|up or c_fc) and the down projection, then the head. Returns the number
+ * of rows (at most nunits). */
+static int lm_plan(const struct qs_lm *m, int (*sites)[3], int *nsites, enum qs_q1_kind *kind,
+                   int *block)
+{
+    int n = 0;
+    int per = m->family == QS_LM_GPT2 ? 4 : 7;
+    for (int l = 0; l < m->n_layer; l++) {
+        int f = l * per;
+        if (m->family == QS_LM_GPT2) {
+            static const enum qs_q1_kind k4[4] = {QS_Q1_ATTN, QS_Q1_SITE, QS_Q1_FFN, QS_Q1_SITE};
+            for (int j = 0; j < 4; j++) {
+                sites[n][0] = f + j;
+                nsites[n] = 1;
+                kind[n] = k4[j];
+                block[n++] = l;
+            }
+        } else {
+            /* q, k, v | o | gate, up | down */
+            static const int first[4] = {0, 3, 4, 6}, cnt[4] = {3, 1, 2, 1};
+            static const enum qs_q1_kind k4[4] = {QS_Q1_ATTN, QS_Q1_SITE, QS_Q1_FFN, QS_Q1_SITE};
+            for (int j = 0; j < 4; j++) {
+                for (int g = 0; g < cnt[j]; g++)
+                    sites[n][g] = f + first[j] + g;
+                nsites[n] = cnt[j];
+                kind[n] = k4[j];
+                block[n++] = l;
+            }
+        }
+    }
+    for (int s = m->n_layer * per; s < m->nsites; s++) { /* the head */
+        sites[n][0] = s;
+        nsites[n] = 1;
+        kind[n] = QS_Q1_SITE;
+        block[n++] = m->n_layer;
+    }
+    return n;
+}
+
+/* The name of a row: the site's, or the group's ("model.layers.0.self_attn.q_proj+k_proj+v_proj"). */
+static void row_name(struct qs_bench *b, const int *sites, int m, char *buf, size_t n)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, sites[0], &u);
+    snprintf(buf, n, "%s", u.name);
+    for (int g = 1; g < m; g++) {
+        qs_bench_unit(b, sites[g], &u);
+        const char *dot = strrchr(u.name, '.');
+        size_t l = strlen(buf);
+        snprintf(buf + l, n - l, "+%s", dot ? dot + 1 : u.name);
+    }
+}
+
+static int lm_nrows(const struct qs_lm *m)
+{
+    int per = m->family == QS_LM_GPT2 ? 4 : 7;
+    return 4 * m->n_layer + (m->nsites - per * m->n_layer);
+}
+
+/* One transformer setting: its Q1 layers and its other sites. */
+static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
+                          struct qs_q1_layer *ly, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    struct qs_eval ev;
+    if (qs_bench_eval(b, &ev, e) < 0)
+        return -1;
+    st->float_acc = ev.f.acc;
+    st->quant_acc = ev.q.acc;
+    st->gate_pass = ev.gate_pass;
+    st->bits_per_weight = ev.bits_w;
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int R = lm_nrows(m);
+    int (*sites)[3] = qs_calloc((size_t)R, sizeof *sites);
+    int *ns = qs_calloc((size_t)R, sizeof *ns), *blk = qs_calloc((size_t)R, sizeof *blk);
+    enum qs_q1_kind *kind = qs_calloc((size_t)R, sizeof *kind);
+    double *a = qs_calloc((size_t)R, sizeof *a), *c = qs_calloc((size_t)R, sizeof *c);
+    int rc = -1;
+    if (!sites || !ns || !blk || !kind || !a || !c) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    lm_plan(m, sites, ns, kind, blk);
+    int nq = 0;
+    for (int i = 0; i < R; i++) {
+        struct qs_q1_layer *r = &ly[i];
+        memset(r, 0, sizeof *r);
+        row_name(b, sites[i], ns[i], r->name, sizeof r->name);
+        r->kind = kind[i];
+        r->block = blk[i];
+        r->third = blk[i] >= m->n_layer ? 2 : 3 * blk[i] / m->n_layer;
+        if (lm_row(b, o, sites[i], ns[i], r, e) < 0)
+            goto out;
+        if (r->kind != QS_Q1_SITE && isnan(r->r_float)) {
+            qs_errf(e, "%s: a %dx%d linear map needs at most %d outputs and more than %d "
+                       "calibration rows (set calib)", r->name, r->d, r->d, Q1_MAP_MAX_OUT, r->d);
+            goto out;
+        }
+        if (r->kind != QS_Q1_SITE)
+            nq++;
+        if (o->cancel && *o->cancel) {
+            qs_errf(e, "study q1: cancelled");
+            goto out;
+        }
+    }
+    st->nq1 = nq;
+    int k = 0;
+    for (int i = 0; i < R; i++)
+        if (ly[i].kind != QS_Q1_SITE)
+            a[k++] = ly[i].r_float;
+    st->med_r_float = qs_median(a, k);
+    k = 0;
+    for (int i = 0; i < R; i++)
+        if (ly[i].kind != QS_Q1_SITE) {
+            c[k] = ly[i].correctability;
+            a[k++] = ly[i].r_q;
+        }
+    st->med_r_q = qs_median(a, k);
+    st->spearman = qs_spearman(c, a, k);
+    st->verdict = qs_q1_verdict(st->med_r_q, st->spearman);
+    rc = 0;
+out:
+    free(sites);
+    free(ns);
+    free(blk);
+    free(kind);
+    free(a);
+    free(c);
+    return rc;
+}
+
 static int add_study_rule(const struct qs_q1_opts *o, struct qs_bench *b, qs_err *e)
 {
     struct qs_rule r;
     memset(&r, 0, sizeof r);
     snprintf(r.pattern, sizeof r.pattern, "*");
-    r.fmt = o->fmt;
-    r.opt = o->opt;
+    r.fmt = b->lm && o->lm_fmt ? *o->lm_fmt : o->fmt;
+    r.opt = b->lm && o->lm_opt ? *o->lm_opt : o->opt;
     r.roles = QS_ROLE_W;
     r.amode = QS_AMODE_DYNAMIC;
     return qs_bench_add_rule(b, &r, NULL, e);
@@ -343,7 +636,7 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
         char model[512], data[512];
         if (open_bench(o, o->models[mi], &b, model, sizeof model, data, sizeof data, e) < 0)
             goto fail;
-        int L = qs_bench_nunits(b);
+        int L = b->lm ? lm_nrows(b->lm) : qs_bench_nunits(b);
         uint64_t own = b->split_seed;
         double ft = b->f_train, fc = b->f_calib;
         struct qs_q1_layer *nl = realloc(q->layers, (size_t)(capl + o->nseeds * L) * sizeof *nl);
@@ -362,6 +655,14 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
             st->seed = o->seeds[si];
             st->nlayers = L;
             st->first = q->nlayers;
+            st->lm = b->lm != NULL;
+            snprintf(st->arch, sizeof st->arch, "%s", b->lm ? b->lm->arch : "mlp");
+            {
+                const struct qs_format *f = b->lm && o->lm_fmt ? o->lm_fmt : &o->fmt;
+                const struct qs_qopts *op = b->lm && o->lm_opt ? o->lm_opt : &o->opt;
+                snprintf(st->format, sizeof st->format, "%s", f->name);
+                qs_qopts_format(f, op, st->options, sizeof st->options);
+            }
             b->seed = o->seeds[si];
             /* an MLP's seed re-draws its held-out rows; a transformer's token split is fixed
              * (calibration: the first windows; held out: the last 10 %), so its seed only seeds
@@ -371,7 +672,8 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
                 qs_bench_free(b);
                 goto fail;
             }
-            if (run_setting(b, o, st, &q->layers[q->nlayers], e) < 0) {
+            if ((b->lm ? run_setting_lm(b, o, st, &q->layers[q->nlayers], e)
+                       : run_setting(b, o, st, &q->layers[q->nlayers], e)) < 0) {
                 qs_bench_free(b);
                 qs_err_prefix(e, model);
                 goto fail;
@@ -390,44 +692,75 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
         }
         qs_bench_free(b);
     }
-    /* aggregates */
-    int n = q->nlayers;
-    double *a = malloc((size_t)n * sizeof *a), *c = malloc((size_t)n * sizeof *c);
-    if (!a || !c) {
+    /* aggregates: the Q1 layers of the settings passing the gate */
+    int n = 0;
+    for (int i = 0; i < q->nlayers; i++)
+        n += q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass;
+    struct qs_q1_layer **in = malloc((size_t)(n > 0 ? n : 1) * sizeof *in);
+    double *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    double *c = malloc((size_t)(n > 0 ? n : 1) * sizeof *c);
+    if (!in || !a || !c) {
+        free(in);
         free(a);
         free(c);
         qs_errf(e, "out of memory");
         goto fail;
     }
+    n = 0;
+    for (int i = 0; i < q->nlayers; i++)
+        if (q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass)
+            in[n++] = &q->layers[i];
     for (int i = 0; i < n; i++)
-        a[i] = q->layers[i].r_float;
+        a[i] = in[i]->r_float;
     qs_q1_stats_of(a, n, &q->r_float);
     for (int t = 0; t < 3; t++) {
         int k = 0;
         for (int i = 0; i < n; i++)
-            if (q->layers[i].third == t)
-                a[k++] = q->layers[i].r_float;
+            if (in[i]->third == t)
+                a[k++] = in[i]->r_float;
         q->depth_float[t] = k ? qs_median(a, k) : NAN;
         k = 0;
         for (int i = 0; i < n; i++)
-            if (q->layers[i].third == t)
-                a[k++] = q->layers[i].r_q;
+            if (in[i]->third == t)
+                a[k++] = in[i]->r_q;
         q->depth_q[t] = k ? qs_median(a, k) : NAN;
         q->depth_n[t] = k;
     }
-    for (int i = 0; i < n; i++) {
-        a[i] = q->layers[i].r_q;
-        c[i] = q->layers[i].correctability;
+    for (int t = 0; t < 2; t++) {
+        enum qs_q1_kind kd = t ? QS_Q1_FFN : QS_Q1_ATTN;
+        int k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->kind == kd)
+                a[k++] = in[i]->r_q;
+        qs_q1_stats_of(a, k, &q->sub_q[t]);
+        k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->kind == kd)
+                a[k++] = in[i]->r_float;
+        qs_q1_stats_of(a, k, &q->sub_float[t]);
     }
+    for (int i = 0; i < n; i++) {
+        a[i] = in[i]->r_float;
+        c[i] = in[i]->correctability;
+    }
+    q->pooled_spearman_float = qs_spearman(c, a, n);
+    for (int i = 0; i < n; i++)
+        a[i] = in[i]->r_q;
     qs_q1_stats_of(a, n, &q->r_q);
     q->pooled_spearman = qs_spearman(c, a, n);
+    free(in);
     free(a);
     free(c);
     for (int s = 0; s < q->nsettings; s++) {
-        const char *v = q->settings[s].verdict;
-        q->nsupported += !strcmp(v, "supported");
-        q->nrefuted += !strcmp(v, "refuted");
-        q->nunclear += !strcmp(v, "unclear");
+        const struct qs_q1_setting *st = &q->settings[s];
+        q->nlm += st->lm;
+        if (!st->gate_pass) {
+            q->nexcluded++;
+            continue;
+        }
+        q->nsupported += !strcmp(st->verdict, "supported");
+        q->nrefuted += !strcmp(st->verdict, "refuted");
+        q->nunclear += !strcmp(st->verdict, "unclear");
     }
     return 0;
 fail:
@@ -498,7 +831,7 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
     const char *hl[] = {"model",          "data",           "seed",        "layer",
                         "index",          "depth",          "d",           "w_rel_err",
                         "preact_rel_mse", "correctability", "r_lin_float", rq,
-                        "lambda",         "rank_kept"};
+                        "lambda",         "rank_kept",      "kind",        "block"};
     for (size_t k = 0; k < sizeof hl / sizeof *hl; k++)
         field(f, hl[k], k == 0);
     fputc('\n', f);
@@ -520,6 +853,8 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         numf(f, l->r_q);
         numf(f, l->lambda);
         intf(f, l->rank_kept);
+        field(f, qs_q1_kind_name(l->kind), 0);
+        intf(f, l->block);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)
@@ -559,5 +894,75 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
         field(f, s->verdict, 0);
         fputc('\n', f);
     }
+    if (qs_out_commit(&of, e) < 0)
+        return -1;
+    /* master summary: one row per setting, over its Q1 layers */
+    if (!(f = open_csv(&of, prefix, "master_summary", o, e)))
+        return -1;
+    char k1[40], k2[40], k3[40], k4[40];
+    snprintf(k1, sizeof k1, "mean_%s", rq);
+    snprintf(k2, sizeof k2, "median_%s", rq);
+    snprintf(k3, sizeof k3, "pos_frac_%s", rq);
+    snprintf(k4, sizeof k4, "frac_gt_02_%s", rq);
+    const char *hm[] = {"model", "data", "seed", "arch", "format", "options", "gate", "excluded",
+                        "q1_layers", "other_sites", "float_acc", "quant_acc", "bits_per_weight",
+                        "mean_r_lin_float", "median_r_lin_float", "pos_frac_r_lin_float",
+                        "frac_gt_02_r_lin_float", k1, k2, k3, k4, "spearman",
+                        "spearman_r_lin_float", "verdict"};
+    for (size_t k = 0; k < sizeof hm / sizeof *hm; k++)
+        field(f, hm[k], k == 0);
+    fputc('\n', f);
+    double *va = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *va);
+    double *vc = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *vc);
+    if (!va || !vc) {
+        free(va);
+        free(vc);
+        qs_out_abort(&of);
+        return qs_errf(e, "out of memory");
+    }
+    for (int i = 0; i < q->nsettings; i++) {
+        const struct qs_q1_setting *s = &q->settings[i];
+        struct qs_q1_stats sf, sq;
+        int n = 0;
+        for (int r = s->first; r < s->first + s->nlayers; r++)
+            if (q->layers[r].kind != QS_Q1_SITE) {
+                va[n] = q->layers[r].r_float;
+                vc[n++] = q->layers[r].correctability;
+            }
+        qs_q1_stats_of(va, n, &sf);
+        double spf = qs_spearman(vc, va, n);
+        n = 0;
+        for (int r = s->first; r < s->first + s->nlayers; r++)
+            if (q->layers[r].kind != QS_Q1_SITE)
+                va[n++] = q->layers[r].r_q;
+        qs_q1_stats_of(va, n, &sq);
+        field(f, s->model, 1);
+        field(f, s->data, 0);
+        intf(f, (long long)s->seed);
+        field(f, s->arch, 0);
+        field(f, s->format, 0);
+        field(f, s->options, 0);
+        field(f, s->gate_pass ? "pass" : "fail", 0);
+        intf(f, !s->gate_pass);
+        intf(f, s->nq1);
+        intf(f, s->nlayers - s->nq1);
+        numf(f, s->float_acc);
+        numf(f, s->quant_acc);
+        numf(f, s->bits_per_weight);
+        numf(f, sf.mean);
+        numf(f, sf.median);
+        numf(f, sf.pos_frac);
+        numf(f, sf.frac_gt_02);
+        numf(f, sq.mean);
+        numf(f, sq.median);
+        numf(f, sq.pos_frac);
+        numf(f, sq.frac_gt_02);
+        numf(f, s->spearman);
+        numf(f, spf);
+        field(f, s->verdict, 0);
+        fputc('\n', f);
+    }
+    free(va);
+    free(vc);
     return qs_out_commit(&of, e);
 }

@@ -1024,6 +1024,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
     const char *gran = "tensor", *csv = NULL, *models_given = NULL;
+    int fmt_given = 0;
     struct qs_q1_opts o;
     memset(&o, 0, sizeof o);
     o.top_frac = 0.1;
@@ -1036,9 +1037,9 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         else if ((v = qs_opt_value(argv[i], "prec")))
             prec = v;
         else if ((v = qs_opt_value(argv[i], "format")))
-            fmtname = v;
+            fmtname = v, fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "gran")))
-            gran = v;
+            gran = v, fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "csv")))
             csv = v;
         else
@@ -1061,6 +1062,20 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return -1;
     if (qs_qopts_check(&o.fmt, &o.opt, e) < 0)
         return -1;
+    /* transformers without format=/gran=: the report's regime, int4 per channel, symmetric */
+    struct qs_format lmf;
+    struct qs_qopts lmo;
+    if (!fmt_given) {
+        if (qs_format_parse("int4", &lmf, e) < 0)
+            return -1;
+        qs_qopts_default(&lmo);
+        lmo.seed = c->b->seed;
+        lmo.gran = QS_GRAN_CHANNEL;
+        if (qs_qopts_check(&lmf, &lmo, e) < 0)
+            return -1;
+        o.lm_fmt = &lmf;
+        o.lm_opt = &lmo;
+    }
     /* models */
     enum { MAXM = 64 };
     char paths[MAXM][PATH_MAX];
@@ -1141,10 +1156,14 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     char qm[1024], qc[600], mq[1040] = "";
     if (!(c->b->lm && !models_given)) /* else: the loaded transformer, as replay will have it */
         snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
-    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s format=%s gran=%s prec=%s%s%s", mq,
-             canon_seeds, o.fmt.name, gw, prec, csv ? " csv=" : "",
-             csv ? qs_quote(csv, qc, sizeof qc) : "");
-    qs_qopts_format(&o.fmt, &o.opt, opts, sizeof opts);
+    char fq[80] = "";
+    if (fmt_given || !q.nlm) /* else the transformers' default: replay takes it again */
+        snprintf(fq, sizeof fq, " format=%s gran=%s", o.fmt.name, gw);
+    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s", mq, canon_seeds, fq,
+             prec, csv ? " csv=" : "", csv ? qs_quote(csv, qc, sizeof qc) : "");
+    int all_lm = q.nlm == q.nsettings && o.lm_fmt;
+    const struct qs_format *tf = all_lm ? o.lm_fmt : &o.fmt;
+    qs_qopts_format(tf, all_lm ? o.lm_opt : &o.opt, opts, sizeof opts);
     const char *rq = !strcmp(prec, "int4")   ? "R_lin_q4"
                      : !strcmp(prec, "int8") ? "R_lin_q8"
                                              : "R_lin_qfloat";
@@ -1154,7 +1173,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o_ = cJSON_CreateObject(), *js = cJSON_CreateArray(), *jl = cJSON_CreateArray();
     cJSON_AddStringToObject(o_, "cmd", "study q1");
     cJSON_AddStringToObject(o_, "regime", "weight-only");
-    cJSON_AddStringToObject(o_, "format", o.fmt.name);
+    cJSON_AddStringToObject(o_, "format", tf->name);
     cJSON_AddStringToObject(o_, "options", opts);
     cJSON_AddStringToObject(o_, "prec", prec);
     cJSON_AddStringToObject(o_, "correctability",
@@ -1164,10 +1183,25 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t,
                  "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
                  "weights %s\n",
-                 nm, nm == 1 ? "" : "s", ns, ns == 1 ? "" : "s", o.fmt.name, opts, prec);
+                 nm, nm == 1 ? "" : "s", ns, ns == 1 ? "" : "s", tf->name, opts, prec);
+    if (q.nlm && o.lm_fmt)
+        qs_sb_printf(&t, "transformer weights: int4 per channel, symmetric (the report's 4-bit "
+                         "regime; the default for transformers without format=/gran=)%s\n",
+                     all_lm ? "" : "; MLPs: the format above");
+    if (q.nlm)
+        qs_sb_printf(&t,
+                     "Q1 layers of a transformer block: the input projection of each sub-layer "
+                     "(attention: QKV, GPT-2 c_attn or LLaMA q|k|v_proj concatenated; FFN: GPT-2 "
+                     "c_fc or LLaMA gate|up_proj concatenated); other sites are listed apart, not "
+                     "in the medians, Spearman or aggregates; depth third = floor(3 block / "
+                     "n_layer)\n");
     qs_sb_printf(&t, "correctability = share of the pre-activation error energy (calibration "
                      "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
                      "d)], d = layer width\n");
+    if (q.nlm)
+        qs_sb_printf(&t, "  left[k] = 1 - sum_{i<=k} s_i^2 / ||E||_F^2, s_i the singular values of "
+                         "E = Y_q - Y_f (calibration rows x d; a grouped layer: its concatenated "
+                         "pre-activations, d = the sum of the widths)\n");
     qs_sb_printf(&t,
                  "R = held-out recovery of the ridge map from quantized to float "
                  "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
@@ -1212,47 +1246,105 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_json_num(j, key, st->med_r_q);
         qs_json_num(j, "spearman", st->spearman);
         cJSON_AddStringToObject(j, "verdict", st->verdict);
+        if (q.nlm) { /* transformer studies: what each setting ran and counted */
+            cJSON_AddStringToObject(j, "arch", st->arch);
+            cJSON_AddStringToObject(j, "format", st->format);
+            cJSON_AddStringToObject(j, "options", st->options);
+            cJSON_AddNumberToObject(j, "q1_layers", st->nq1);
+            cJSON_AddBoolToObject(j, "excluded", !st->gate_pass);
+        }
         cJSON_AddItemToArray(js, j);
         qs_sb_printf(&t, "%-22s %4llu %4s %7.4f %7.4f", nb, (unsigned long long)st->seed,
                      st->gate_pass ? "pass" : "FAIL", st->float_acc, st->quant_acc);
         put_num(&t, 14, "%.4f", st->med_r_float);
         put_num(&t, 14, "%.4f", st->med_r_q);
         put_num(&t, 9, "%.3f", st->spearman);
-        qs_sb_printf(&t, "  %s\n", st->verdict);
+        qs_sb_printf(&t, "  %s%s\n", st->verdict,
+                     st->gate_pass ? "" : " (gate FAIL: excluded from counts and aggregates)");
     }
-    qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
-                 "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
     static const char *const thirds[] = {"early", "mid", "late"};
-    for (int i = 0; i < q.nlayers; i++) {
-        const struct qs_q1_layer *l = &q.layers[i];
-        const struct qs_q1_setting *st = &q.settings[l->setting];
-        char nb[256];
-        base_name(st->model, nb, sizeof nb);
-        cJSON *j = cJSON_CreateObject();
-        cJSON_AddStringToObject(j, "model", st->model);
-        cJSON_AddNumberToObject(j, "seed", (double)st->seed);
-        cJSON_AddStringToObject(j, "layer", l->name);
-        cJSON_AddStringToObject(j, "depth", thirds[l->third]);
-        cJSON_AddNumberToObject(j, "d", l->d);
-        cJSON_AddNumberToObject(j, "in", l->in);
-        qs_json_num(j, "w_rel_err", l->w_rel_err);
-        qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
-        qs_json_num(j, "correctability", l->correctability);
-        qs_json_num(j, "r_lin_float", l->r_float);
-        qs_json_num(j, rqj, l->r_q);
-        qs_json_num(j, "lambda", l->lambda);
-        cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
-        cJSON_AddItemToArray(jl, j);
-        qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
-                     thirds[l->third], l->d);
-        put_num(&t, 10, "%.4f", l->correctability);
-        put_num(&t, 12, "%.4f", l->r_float);
-        put_num(&t, 12, "%.4f", l->r_q);
-        put_num(&t, 11, "%.3g", l->lambda);
-        qs_sb_printf(&t, " %4d\n", l->rank_kept);
+    cJSON *jsites = q.nlm ? cJSON_CreateArray() : NULL;
+    if (q.nlm) {
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 0)
+                qs_sb_printf(&t, "\nQ1 layers\n");
+            else
+                qs_sb_printf(&t, "\nother sites (not Q1 layers: not in the medians, Spearman or "
+                                 "aggregates)\n");
+            qs_sb_printf(&t, "%-16s %4s %-46s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
+                         "seed", "layer", "kind", "depth", "d", "correct.", "R_lin_float", rq,
+                         "lambda", "rank");
+            for (int i = 0; i < q.nlayers; i++) {
+                const struct qs_q1_layer *l = &q.layers[i];
+                if ((l->kind == QS_Q1_SITE) != pass)
+                    continue;
+                const struct qs_q1_setting *st = &q.settings[l->setting];
+                char nb[256];
+                base_name(st->model, nb, sizeof nb);
+                cJSON *j = cJSON_CreateObject();
+                cJSON_AddStringToObject(j, "model", st->model);
+                cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+                cJSON_AddStringToObject(j, "layer", l->name);
+                cJSON_AddStringToObject(j, "kind", qs_q1_kind_name(l->kind));
+                cJSON_AddNumberToObject(j, "block", l->block);
+                cJSON_AddNumberToObject(j, "sites", l->nsites);
+                cJSON_AddStringToObject(j, "depth", thirds[l->third]);
+                cJSON_AddNumberToObject(j, "d", l->d);
+                cJSON_AddNumberToObject(j, "in", l->in);
+                qs_json_num(j, "w_rel_err", l->w_rel_err);
+                qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
+                qs_json_num(j, "correctability", l->correctability);
+                qs_json_num(j, "r_lin_float", l->r_float);
+                qs_json_num(j, rqj, l->r_q);
+                qs_json_num(j, "lambda", l->lambda);
+                cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+                cJSON_AddItemToArray(pass ? jsites : jl, j);
+                qs_sb_printf(&t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
+                             (unsigned long long)st->seed, l->name, qs_q1_kind_name(l->kind),
+                             thirds[l->third], l->d);
+                put_num(&t, 10, "%.4f", l->correctability);
+                put_num(&t, 12, "%.4f", l->r_float);
+                put_num(&t, 12, "%.4f", l->r_q);
+                put_num(&t, 11, "%.3g", l->lambda);
+                qs_sb_printf(&t, " %4d\n", l->rank_kept);
+            }
+        }
+    } else {
+        qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
+                     "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
+        for (int i = 0; i < q.nlayers; i++) {
+            const struct qs_q1_layer *l = &q.layers[i];
+            const struct qs_q1_setting *st = &q.settings[l->setting];
+            char nb[256];
+            base_name(st->model, nb, sizeof nb);
+            cJSON *j = cJSON_CreateObject();
+            cJSON_AddStringToObject(j, "model", st->model);
+            cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+            cJSON_AddStringToObject(j, "layer", l->name);
+            cJSON_AddStringToObject(j, "depth", thirds[l->third]);
+            cJSON_AddNumberToObject(j, "d", l->d);
+            cJSON_AddNumberToObject(j, "in", l->in);
+            qs_json_num(j, "w_rel_err", l->w_rel_err);
+            qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
+            qs_json_num(j, "correctability", l->correctability);
+            qs_json_num(j, "r_lin_float", l->r_float);
+            qs_json_num(j, rqj, l->r_q);
+            qs_json_num(j, "lambda", l->lambda);
+            cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+            cJSON_AddItemToArray(jl, j);
+            qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
+                         thirds[l->third], l->d);
+            put_num(&t, 10, "%.4f", l->correctability);
+            put_num(&t, 12, "%.4f", l->r_float);
+            put_num(&t, 12, "%.4f", l->r_q);
+            put_num(&t, 11, "%.3g", l->lambda);
+            qs_sb_printf(&t, " %4d\n", l->rank_kept);
+        }
     }
     cJSON_AddItemToObject(o_, "settings", js);
     cJSON_AddItemToObject(o_, "layers", jl);
+    if (jsites)
+        cJSON_AddItemToObject(o_, "sites", jsites);
     cJSON *agg = cJSON_CreateObject(), *dq = cJSON_CreateObject(), *df = cJSON_CreateObject();
     cJSON_AddItemToObject(agg, "r_lin_float", stats_json(&q.r_float));
     cJSON_AddItemToObject(agg, rqj, stats_json(&q.r_q));
@@ -1265,11 +1357,25 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddItemToObject(agg, dkey, dq);
     cJSON_AddItemToObject(agg, "depth_r_lin_float", df);
     qs_json_num(agg, "pooled_spearman", q.pooled_spearman);
+    if (q.nlm) {
+        qs_json_num(agg, "pooled_spearman_float", q.pooled_spearman_float);
+        cJSON *sq = cJSON_CreateObject(), *sf = cJSON_CreateObject();
+        cJSON_AddItemToObject(sq, "attention", stats_json(&q.sub_q[0]));
+        cJSON_AddItemToObject(sq, "ffn", stats_json(&q.sub_q[1]));
+        cJSON_AddItemToObject(sf, "attention", stats_json(&q.sub_float[0]));
+        cJSON_AddItemToObject(sf, "ffn", stats_json(&q.sub_float[1]));
+        char skey[48];
+        snprintf(skey, sizeof skey, "sublayer_%s", rqj);
+        cJSON_AddItemToObject(agg, skey, sq);
+        cJSON_AddItemToObject(agg, "sublayer_r_lin_float", sf);
+    }
     cJSON_AddItemToObject(o_, "aggregate", agg);
     cJSON *vd = cJSON_CreateObject();
     cJSON_AddNumberToObject(vd, "supported", q.nsupported);
     cJSON_AddNumberToObject(vd, "refuted", q.nrefuted);
     cJSON_AddNumberToObject(vd, "unclear", q.nunclear);
+    if (q.nlm || q.nexcluded)
+        cJSON_AddNumberToObject(vd, "excluded_gate_fail", q.nexcluded);
     cJSON_AddItemToObject(o_, "verdicts", vd);
     cJSON *rep = cJSON_CreateObject();
     cJSON_AddNumberToObject(rep, "layers", QS_Q1_REPORT_NLAYERS);
@@ -1280,7 +1386,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_json_num(rep, "depth_mid", QS_Q1_REPORT_DEPTH_MID);
     qs_json_num(rep, "depth_late", QS_Q1_REPORT_DEPTH_LATE);
     cJSON_AddItemToObject(o_, "report", rep);
-    qs_sb_printf(&t, "\naggregate over %d layers  %9s %9s %10s %10s\n", q.nlayers, "mean", "median",
+    qs_sb_printf(&t, "\naggregate over %d layers  %9s %9s %10s %10s\n", q.r_q.n, "mean", "median",
                  "pos_frac", "frac>0.2");
     stats_row(&t, "R_lin_float", &q.r_float);
     stats_row(&t, rq, &q.r_q);
@@ -1292,13 +1398,73 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     for (int k = 0; k < 3; k++)
         put_num(&t, 10, "%.4f", q.depth_float[k]);
     qs_sb_printf(&t, "\n%-25s %9d %9d %9d\n", "layers", q.depth_n[0], q.depth_n[1], q.depth_n[2]);
-    qs_sb_printf(&t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q.nlayers);
+    qs_sb_printf(&t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q.r_q.n);
     put_num(&t, 0, "%.4f", q.pooled_spearman);
+    if (q.nlm) {
+        qs_sb_printf(&t, "\npooled Spearman(correctability, R_lin_float) over all %d layers: ",
+                     q.r_float.n);
+        put_num(&t, 0, "%.4f", q.pooled_spearman_float);
+        qs_sb_printf(&t, "\nsub-layer profile         %9s %9s %9s %10s %10s\n", "n", "mean",
+                     "median", "pos_frac", "frac>0.2");
+        static const char *const subn[2] = {"attention", "ffn"};
+        for (int k = 0; k < 2; k++) {
+            char lab[48];
+            snprintf(lab, sizeof lab, "%s %s", subn[k], rq);
+            qs_sb_printf(&t, "%-25s %9d", lab, q.sub_q[k].n);
+            put_num(&t, 10, "%.4f", q.sub_q[k].mean);
+            put_num(&t, 10, "%.4f", q.sub_q[k].median);
+            put_num(&t, 11, "%.3f", q.sub_q[k].pos_frac);
+            put_num(&t, 11, "%.3f", q.sub_q[k].frac_gt_02);
+            snprintf(lab, sizeof lab, "%s R_lin_float", subn[k]);
+            qs_sb_printf(&t, "\n%-25s %9d", lab, q.sub_float[k].n);
+            put_num(&t, 10, "%.4f", q.sub_float[k].mean);
+            put_num(&t, 10, "%.4f", q.sub_float[k].median);
+            put_num(&t, 11, "%.3f", q.sub_float[k].pos_frac);
+            put_num(&t, 11, "%.3f", q.sub_float[k].frac_gt_02);
+            qs_sb_printf(&t, "\n");
+        }
+    }
     qs_sb_printf(&t,
                  "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
                  "median %s >= 0.35 and Spearman >= 0.35; refuted: median < 0.24 and "
                  "Spearman < 0)\n",
-                 q.nsupported, q.nrefuted, q.nunclear, q.nsettings, rq);
+                 q.nsupported, q.nrefuted, q.nunclear, q.nsettings - q.nexcluded, rq);
+    if (q.nexcluded)
+        qs_sb_printf(&t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
+                         "verdict counts and the aggregates\n",
+                     q.nexcluded, q.nexcluded == 1 ? "" : "s");
+    if (q.nlm) { /* architecture-level verdict summary */
+        qs_sb_printf(&t, "by architecture           %9s %9s %9s %9s\n", "supported", "refuted",
+                     "unclear", "excluded");
+        cJSON *ja = cJSON_CreateObject();
+        for (int s = 0; s < q.nsettings; s++) {
+            int seen = 0;
+            for (int r = 0; r < s && !seen; r++)
+                seen = !strcmp(q.settings[r].arch, q.settings[s].arch);
+            if (seen)
+                continue;
+            int cnt[4] = {0, 0, 0, 0};
+            for (int r = s; r < q.nsettings; r++) {
+                const struct qs_q1_setting *x = &q.settings[r];
+                if (strcmp(x->arch, q.settings[s].arch))
+                    continue;
+                int k = !x->gate_pass ? 3
+                        : !strcmp(x->verdict, "supported") ? 0
+                        : !strcmp(x->verdict, "refuted")   ? 1
+                                                           : 2;
+                cnt[k]++;
+            }
+            qs_sb_printf(&t, "%-25s %9d %9d %9d %9d\n", q.settings[s].arch, cnt[0], cnt[1],
+                         cnt[2], cnt[3]);
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "supported", cnt[0]);
+            cJSON_AddNumberToObject(x, "refuted", cnt[1]);
+            cJSON_AddNumberToObject(x, "unclear", cnt[2]);
+            cJSON_AddNumberToObject(x, "excluded", cnt[3]);
+            cJSON_AddItemToObject(ja, q.settings[s].arch, x);
+        }
+        cJSON_AddItemToObject(o_, "verdicts_by_arch", ja);
+    }
     qs_sb_printf(&t,
                  "overnight report's figures (%d layers; the report is not distributed with "
                  "qscope, see qscope-methods(7)): R_lin_float median %.3f (100%% positive); "
@@ -1319,7 +1485,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "R_lin_float is 1 there by construction (%d such layer%s)\n",
                      first_full, first_full == 1 ? "" : "s");
     if (csv) {
-        qs_sb_printf(&t, "wrote %s-layers.csv and %s-settings.csv\n", csv, csv);
+        qs_sb_printf(&t, "wrote %s-layers.csv, %s-settings.csv and %s-master_summary.csv\n", csv,
+                     csv, csv);
         cJSON_AddStringToObject(o_, "csv_prefix", csv);
     }
     /* The gate of a study is each setting's own (its model on its data). */
