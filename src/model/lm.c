@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -939,37 +940,133 @@ static void norm(const float *x, int T, int d, const float *w, const float *b, d
     }
 }
 
-/* Causal multi-head attention with H query heads over Hk key/value heads of size hd.
- * q: (T, H hd) with row stride ldq, k, v: (T, Hk hd) with strides ldk, ldv; o: (T, H hd);
- * s: (T, T) scratch. Scores and values per head with cblas_sgemm; the masked upper triangle is
- * computed and discarded (T <= ctx is small, and it keeps one sgemm per head). */
-static void attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-                      int T, int H, int Hk, int hd, float *o, float *s)
+/* ---- kernels: a parallel loop, the causal attention ---------------------------------------- */
+
+struct par_job {
+    void (*fn)(void *, int, int);
+    void *ctx;
+    int i0, i1;
+};
+
+static void *par_main(void *a)
+{
+    struct par_job *j = a;
+    j->fn(j->ctx, j->i0, j->i1);
+    return NULL;
+}
+
+void qs_lm_parallel(int n, int min_per_thread, void (*fn)(void *ctx, int i0, int i1), void *ctx)
+{
+    enum { MAXT = 16 };
+    int nt = openblas_get_num_threads();
+    if (min_per_thread < 1)
+        min_per_thread = 1;
+    if (nt > n / min_per_thread)
+        nt = n / min_per_thread;
+    nt = nt > MAXT ? MAXT : nt < 1 ? 1 : nt;
+    if (nt == 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pthread_t th[MAXT];
+    struct par_job jb[MAXT];
+    int made[MAXT] = {0};
+    for (int t = 1; t < nt; t++) {
+        jb[t] = (struct par_job){fn, ctx, (int)((long)n * t / nt), (int)((long)n * (t + 1) / nt)};
+        made[t] = pthread_create(&th[t], NULL, par_main, &jb[t]) == 0;
+        if (!made[t]) /* no thread: the range runs here */
+            fn(ctx, jb[t].i0, jb[t].i1);
+    }
+    fn(ctx, 0, (int)((long)n / nt));
+    for (int t = 1; t < nt; t++)
+        if (made[t])
+            pthread_join(th[t], NULL);
+}
+
+size_t qs_lm_attention_scratch(int T, int H, int Hk, int hd)
+{
+    size_t g = (size_t)(H / Hk), B = T < QS_LM_ATT_BLOCK ? (size_t)T : QS_LM_ATT_BLOCK;
+    return g * B * (size_t)T + (g > 1 ? 2 * g * B * (size_t)hd : 0);
+}
+
+/* Softmax in place over r[lo..hi], zeros over the rest of r[0..n). */
+static void softmax_row(float *r, int n, int lo, int hi)
+{
+    float m[8];
+    for (int l = 0; l < 8; l++)
+        m[l] = r[lo];
+    int j = lo;
+    for (; j + 8 <= hi + 1; j += 8)
+        for (int l = 0; l < 8; l++)
+            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
+    float mx = m[0];
+    for (int l = 1; l < 8; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    for (; j <= hi; j++)
+        mx = r[j] > mx ? r[j] : mx;
+    for (j = lo; j <= hi; j++)
+        r[j] = qs_lm_expf(r[j] - mx);
+    double a[4] = {0, 0, 0, 0};
+    for (j = lo; j + 4 <= hi + 1; j += 4)
+        for (int l = 0; l < 4; l++)
+            a[l] += r[j + l];
+    for (; j <= hi; j++)
+        a[0] += r[j];
+    float inv = (float)(1.0 / ((a[0] + a[1]) + (a[2] + a[3])));
+    for (j = lo; j <= hi; j++)
+        r[j] *= inv;
+    if (lo > 0)
+        memset(r, 0, (size_t)lo * sizeof(float));
+    if (hi + 1 < n)
+        memset(r + hi + 1, 0, (size_t)(n - hi - 1) * sizeof(float));
+}
+
+/* Per KV head and block of QS_LM_ATT_BLOCK query rows: scores of the block's rows (of all the
+ * KV head's query heads, packed into one matrix under GQA) against the keys from the block's
+ * window start to its last row as one sgemm, the row softmaxes (keys past a row's position or
+ * before its window zeroed), then P V as one sgemm. Only the diagonal blocks compute masked
+ * entries. */
+void qs_lm_attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                     int T, int H, int Hk, int hd, int window, float *o, float *s)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
-    int g = H / Hk;
-    for (int h = 0; h < H; h++) {
-        int kh = h / g;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q + h * hd, ldq,
-                    k + kh * hd, ldk, 0.0f, s, T);
-        for (int i = 0; i < T; i++) {
-            float *r = s + (size_t)i * T, mx = r[0];
-            for (int j = 1; j <= i; j++)
-                mx = r[j] > mx ? r[j] : mx;
-            double sum = 0;
-            for (int j = 0; j <= i; j++) {
-                r[j] = expf(r[j] - mx);
-                sum += r[j];
+    int g = H / Hk, B = T < QS_LM_ATT_BLOCK ? T : QS_LM_ATT_BLOCK, ldo = H * hd;
+    float *qp = s + (size_t)g * B * T, *op = qp + (size_t)g * B * hd;
+    for (int kh = 0; kh < Hk; kh++)
+        for (int i0 = 0; i0 < T; i0 += B) {
+            int nb = T - i0 < B ? T - i0 : B, i1 = i0 + nb;
+            int j0 = window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0, nk = i1 - j0;
+            const float *kb = k + (size_t)j0 * ldk + (size_t)kh * hd;
+            const float *vb = v + (size_t)j0 * ldv + (size_t)kh * hd;
+            const float *qb = q + (size_t)i0 * ldq + (size_t)kh * hd;
+            float *ob = o + (size_t)i0 * ldo + (size_t)kh * hd;
+            int lq = ldq, lo = ldo, M = g * nb;
+            if (g > 1) { /* the g query heads of KV head kh, stacked: (g nb, hd) */
+                for (int h = 0; h < g; h++)
+                    for (int r = 0; r < nb; r++)
+                        memcpy(qp + ((size_t)h * nb + r) * hd,
+                               q + (size_t)(i0 + r) * ldq + (size_t)(kh * g + h) * hd,
+                               (size_t)hd * sizeof(float));
+                qb = qp;
+                lq = hd;
+                ob = op;
+                lo = hd;
             }
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j <= i; j++)
-                r[j] *= inv;
-            for (int j = i + 1; j < T; j++)
-                r[j] = 0.0f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nk, hd, scale, qb, lq, kb,
+                        ldk, 0.0f, s, nk);
+            for (int rr = 0; rr < M; rr++) {
+                int i = i0 + rr % nb;
+                int a = window > 0 && i - window + 1 > j0 ? i - window + 1 - j0 : 0;
+                softmax_row(s + (size_t)rr * nk, nk, a, i - j0);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, nk, 1.0f, s, nk, vb,
+                        ldv, 0.0f, ob, lo);
+            if (g > 1)
+                for (int h = 0; h < g; h++)
+                    for (int r = 0; r < nb; r++)
+                        memcpy(o + (size_t)(i0 + r) * ldo + (size_t)(kh * g + h) * hd,
+                               op + ((size_t)h * nb + r) * hd, (size_t)hd * sizeof(float));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + kh * hd,
-                    ldv, 0.0f, o + h * hd, H * hd);
-    }
 }
 
 /* Rotary embedding in place on x: (T, nh hd) (HF rotate_half: pairs (j, j + hd/2)); cs: (T, hd)
@@ -989,12 +1086,44 @@ static void rope(float *x, int T, int nh, int hd, const float *cs)
         }
 }
 
-/* HF gelu_new (tanh approximation); 1 + tanh(u) = 2 - 2 / (e^{2u} + 1), through expf, which is
- * several times faster than glibc's tanhf and this is a third of a tiny model's forward. */
-static float gelu_new(float x)
+/* HF gelu_new (tanh approximation); 1 + tanh(u) = 2 - 2 / (e^{2u} + 1), through the
+ * vectorizable qs_lm_expf (glibc's tanhf and expf are scalar calls, and this is a third of a
+ * tiny model's forward). */
+static inline float gelu_new(float x)
 {
     float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return x * (1.0f - 1.0f / (expf(2.0f * u) + 1.0f));
+    return x * (1.0f - 1.0f / (qs_lm_expf(2.0f * u) + 1.0f));
+}
+
+/* The MLP's elementwise step over (T, ff), rows split across threads: GELU in place on a, or
+ * SwiGLU a = silu(a) * b. */
+enum ew_op { EW_GELU, EW_SWIGLU };
+struct ew_job {
+    enum ew_op op;
+    float *a;
+    const float *b;
+    int ff;
+};
+
+static void ew_rows(void *c, int t0, int t1)
+{
+    struct ew_job *j = c;
+    size_t i0 = (size_t)t0 * j->ff, i1 = (size_t)t1 * j->ff;
+    float *a = j->a;
+    if (j->op == EW_GELU)
+        for (size_t i = i0; i < i1; i++)
+            a[i] = gelu_new(a[i]);
+    else
+        for (size_t i = i0; i < i1; i++) {
+            float g = a[i];
+            a[i] = g / (1.0f + qs_lm_expf(-g)) * j->b[i];
+        }
+}
+
+static void ew_run(enum ew_op op, float *a, const float *b, int T, int ff)
+{
+    struct ew_job j = {op, a, b, ff};
+    qs_lm_parallel(T, (1 << 16) / ff + 1, ew_rows, &j);
 }
 
 int qs_lm_site_block(const struct qs_lm *m, int site)
@@ -1034,20 +1163,21 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
     int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
     int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
     size_t Td = (size_t)T * d;
-    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: (T, T);
-     * k, v: (T, kv); cs: (T, hd) */
+    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: attention
+     * scratch; k, v: (T, kv); cs: (T, hd) */
+    size_t ns = qs_lm_attention_scratch(T, H, Hk, hd);
     size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
-                  (size_t)T * T + 2 * (size_t)T * kv + (size_t)T * hd;
+                  ns + 2 * (size_t)T * kv + (size_t)T * hd;
     char what[64];
     snprintf(what, sizeof what, "a forward of %d tokens", T);
-    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*T scores: ctx is from a file */
+    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*block scores: ctx is from a file */
         return qs_err_prefix(e, m->path);
     float *buf = malloc(need * sizeof(float));
     if (!buf)
         return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
     float *x = buf, *a = x + Td, *o = a + Td, *big = o + Td, *up = big + (size_t)T * wmax;
     float *xa = up + (size_t)T * ff, *s = xa + (size_t)T * (ff > d ? ff : d);
-    float *k = s + (size_t)T * T, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
+    float *k = s + ns, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
     (void)ff;
 
     if (from > 0)
@@ -1079,14 +1209,13 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             int s0 = 4 * l;
             norm(x, T, d, L->n1w, L->n1b, m->eps, a);
             SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
-            attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, o, s);
+            qs_lm_attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
             SITE(s0 + 1, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, L->n2b, m->eps, a);
             SITE(s0 + 2, a, big)
-            for (size_t i = 0; i < (size_t)T * ff; i++)
-                big[i] = gelu_new(big[i]);
+            ew_run(EW_GELU, big, NULL, T, ff);
             SITE(s0 + 3, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
@@ -1098,17 +1227,14 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             SITE(s0 + 2, a, v)
             rope(big, T, H, hd, cs);
             rope(k, T, Hk, hd, cs);
-            attention(big, d, k, kv, v, kv, T, H, Hk, hd, o, s);
+            qs_lm_attention(big, d, k, kv, v, kv, T, H, Hk, hd, 0, o, s);
             SITE(s0 + 3, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, NULL, m->eps, a);
             SITE(s0 + 4, a, big)
             SITE(s0 + 5, a, up)
-            for (size_t i = 0; i < (size_t)T * ff; i++) {
-                float g = big[i];
-                big[i] = g / (1.0f + expf(-g)) * up[i];
-            }
+            ew_run(EW_SWIGLU, big, up, T, ff);
             SITE(s0 + 6, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
