@@ -12,6 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* The exp kernels (lm_impl.h) clamp their argument; GCC if-converts and vectorizes those clamps
+ * only when float compares may not trap (nothing here reads the FP exception flags). */
+#pragma GCC optimize("no-trapping-math")
+
 #include "qscope/mlp.h" /* qs_linear */
 #include "qscope/safetensors.h"
 #include "lm_impl.h"
@@ -1252,59 +1256,145 @@ out:
 
 /* ---- evaluation -------------------------------------------------------------------------- */
 
-/* lp: (c) log-softmax of row r: (c), in double. */
-static void log_softmax(const float *r, int c, double *lp)
+/* Chunk of a logits row: its maximum is found first (in L1), so every exponent of the one pass
+ * is of a value <= 0 and the running sums are rescaled at most once per chunk. */
+#define SCORE_CHUNK 2048
+
+static float chunk_max(const float *r, int n)
 {
-    double mx = r[0], sum = 0;
-    for (int i = 1; i < c; i++)
-        mx = r[i] > mx ? r[i] : mx;
-    for (int i = 0; i < c; i++)
-        sum += exp(r[i] - mx);
-    double lse = mx + log(sum);
-    for (int i = 0; i < c; i++)
-        lp[i] = r[i] - lse;
+    float m[8];
+    for (int l = 0; l < 8; l++)
+        m[l] = -INFINITY;
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
+    for (; j < n; j++)
+        m[0] = r[j] > m[0] ? r[j] : m[0];
+    float mx = m[0];
+    for (int l = 1; l < 8; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    return mx;
 }
 
-static int argmax(const float *r, int c)
+/* The first index of a row holding its maximum mx, searching from c0 (the chunk where mx was
+ * first seen): the argmax a scan with ">" finds. */
+static int first_of(const float *r, int V, int c0, float mx)
 {
-    int b = 0;
-    for (int i = 1; i < c; i++)
-        if (r[i] > r[b])
-            b = i;
-    return b;
+    for (int j = c0; j < V; j++)
+        if (r[j] == mx)
+            return j;
+    return 0;
+}
+
+void qs_lm_score_row(const float *rf, const float *rq, int V, int y, struct qs_lm_rowscore *o)
+{
+    /* per row: mf + log(sf) = log-sum-exp of rf, t / sf = sum_i p_f,i (rf_i - rq_i), and
+     * KL = t / sf - lse_f + lse_q; the sums in double over 4 lanes */
+    double mf = -INFINITY, mq = -INFINITY, sf = 0, sq = 0, t = 0;
+    int cf = 0, cq = 0;
+    for (int c0 = 0; c0 < V; c0 += SCORE_CHUNK) {
+        int n = V - c0 < SCORE_CHUNK ? V - c0 : SCORE_CHUNK;
+        const float *a = rf + c0;
+        float xf = chunk_max(a, n);
+        if (xf > mf) {
+            double f = exp(mf - xf); /* 0 on the first chunk */
+            sf *= f;
+            t *= f;
+            mf = xf;
+            cf = c0;
+        }
+        double s4[4] = {0, 0, 0, 0}, t4[4] = {0, 0, 0, 0}, q4[4] = {0, 0, 0, 0};
+        int j = 0;
+        if (!rq) {
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; l++)
+                    s4[l] += qs_lm_expneg((double)a[j + l] - mf);
+            for (; j < n; j++)
+                s4[0] += qs_lm_expneg((double)a[j] - mf);
+        } else {
+            const float *b = rq + c0;
+            float xq = chunk_max(b, n);
+            if (xq > mq) {
+                sq *= exp(mq - xq);
+                mq = xq;
+                cq = c0;
+            }
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; l++) {
+                    double fa = a[j + l], fb = b[j + l], ef = qs_lm_expneg(fa - mf);
+                    s4[l] += ef;
+                    t4[l] += ef * (fa - fb);
+                    q4[l] += qs_lm_expneg(fb - mq);
+                }
+            for (; j < n; j++) {
+                double fa = a[j], fb = b[j], ef = qs_lm_expneg(fa - mf);
+                s4[0] += ef;
+                t4[0] += ef * (fa - fb);
+                q4[0] += qs_lm_expneg(fb - mq);
+            }
+        }
+        sf += (s4[0] + s4[1]) + (s4[2] + s4[3]);
+        t += (t4[0] + t4[1]) + (t4[2] + t4[3]);
+        sq += (q4[0] + q4[1]) + (q4[2] + q4[3]);
+    }
+    double lf = mf + log(sf);
+    o->nll_f = lf - rf[y];
+    o->nll_q = o->kl = 0;
+    o->agree = 0;
+    if (rq) {
+        double lq = mq + log(sq);
+        o->nll_q = lq - rq[y];
+        o->kl = t / sf - lf + lq;
+        o->agree = first_of(rf, V, cf, (float)mf) == first_of(rq, V, cq, (float)mq);
+    }
+}
+
+struct score_job {
+    const float *lf, *lq;
+    const uint32_t *tok;
+    int V;
+    struct qs_lm_rowscore *r;
+};
+
+static void score_rows(void *c, int t0, int t1)
+{
+    struct score_job *j = c;
+    for (int t = t0; t < t1; t++)
+        qs_lm_score_row(j->lf + (size_t)t * j->V, j->lq ? j->lq + (size_t)t * j->V : NULL, j->V,
+                        (int)j->tok[t + 1], &j->r[t]);
+}
+
+/* Scores rows 0..T-1 of lf (and lq) against tok[1..T] into r, rows across threads. */
+static void score_window(const float *lf, const float *lq, const uint32_t *tok, int T, int V,
+                         struct qs_lm_rowscore *r)
+{
+    struct score_job j = {lf, lq, tok, V, r};
+    qs_lm_parallel(T, 4, score_rows, &j);
 }
 
 int qs_lm_score_window(const struct qs_lm *m, const uint32_t *tok, int T, const float *lf,
                        const float *lq, struct qs_lm_score *acc, qs_err *e)
 {
-    int V = m->vocab;
-    double *pf = malloc(2 * (size_t)V * sizeof(double));
-    if (!pf)
+    struct qs_lm_rowscore *r = malloc((size_t)T * sizeof *r);
+    if (!r)
         return qs_errf(e, "%s: out of memory", m->path);
-    double *pq = pf + V;
-    for (int t = 0; t < T; t++) {
-        int y = tok[t + 1];
-        const float *rf = lf + (size_t)t * V;
-        log_softmax(rf, V, pf);
-        acc->sf -= pf[y];
+    score_window(lf, lq, tok, T, m->vocab, r);
+    for (int t = 0; t < T; t++) { /* in row order, so the sums do not depend on the threads */
+        acc->sf += r[t].nll_f;
         acc->n++;
         if (!lq) {
             if (acc->tok_loss)
-                acc->tok_loss[t] = -pf[y];
+                acc->tok_loss[t] = r[t].nll_f;
             continue;
         }
-        const float *rq = lq + (size_t)t * V;
-        log_softmax(rq, V, pq);
-        acc->sq -= pq[y];
+        acc->sq += r[t].nll_q;
         if (acc->tok_loss)
-            acc->tok_loss[t] = -pq[y];
-        double kl = 0;
-        for (int i = 0; i < V; i++)
-            kl += exp(pf[i]) * (pf[i] - pq[i]);
-        acc->skl += kl;
-        acc->agree += argmax(rf, V) == argmax(rq, V);
+            acc->tok_loss[t] = r[t].nll_q;
+        acc->skl += r[t].kl;
+        acc->agree += r[t].agree;
     }
-    free(pf);
+    free(r);
     return 0;
 }
 
@@ -1394,18 +1484,17 @@ int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int
             return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                            tok[i], i, V);
     float *lg = malloc((size_t)ctx * V * sizeof(float));
-    double *lp = malloc((size_t)V * sizeof(double));
-    int rc = (lg && lp) ? 0 : qs_errf(e, "%s: out of memory", m->path);
+    struct qs_lm_rowscore *r = malloc((size_t)ctx * sizeof *r);
+    int rc = (lg && r) ? 0 : qs_errf(e, "%s: out of memory", m->path);
     for (size_t w = 0; w < nw && rc == 0; w++) {
         const uint32_t *x = tok + w * ctx;
         if ((rc = qs_lm_forward(m, x, ctx, h, lg, e)) < 0)
             break;
-        for (int t = 0; t < ctx; t++) {
-            log_softmax(lg + (size_t)t * V, V, lp);
-            loss[w * ctx + t] = -lp[x[t + 1]];
-        }
+        score_window(lg, NULL, x, ctx, V, r);
+        for (int t = 0; t < ctx; t++)
+            loss[w * ctx + t] = r[t].nll_f;
     }
     free(lg);
-    free(lp);
+    free(r);
     return rc;
 }
