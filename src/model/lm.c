@@ -6,10 +6,15 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+/* The exp kernels (lm_impl.h) clamp their argument; GCC if-converts and vectorizes those clamps
+ * only when float compares may not trap (nothing here reads the FP exception flags). */
+#pragma GCC optimize("no-trapping-math")
 
 #include "qscope/mlp.h" /* qs_linear */
 #include "qscope/safetensors.h"
@@ -1060,41 +1065,133 @@ static void norm(const float *x, int T, int d, const float *w, const float *b, d
     }
 }
 
-/* Causal multi-head attention with H query heads over Hk key/value heads of size hd.
- * q: (T, H hd) with row stride ldq, k, v: (T, Hk hd) with strides ldk, ldv; o: (T, H hd);
- * s: (T, T) scratch. Scores and values per head with cblas_sgemm; the masked upper triangle is
- * computed and discarded (T <= ctx is small, and it keeps one sgemm per head). window > 0: query
- * i also ignores the keys j <= i - window (a sliding window; their probabilities are 0). */
-static void attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
-                      int T, int H, int Hk, int hd, int window, float *o, float *s)
+/* ---- kernels: a parallel loop, the causal attention ---------------------------------------- */
+
+struct par_job {
+    void (*fn)(void *, int, int);
+    void *ctx;
+    int i0, i1;
+};
+
+static void *par_main(void *a)
+{
+    struct par_job *j = a;
+    j->fn(j->ctx, j->i0, j->i1);
+    return NULL;
+}
+
+void qs_lm_parallel(int n, int min_per_thread, void (*fn)(void *ctx, int i0, int i1), void *ctx)
+{
+    enum { MAXT = 16 };
+    int nt = openblas_get_num_threads();
+    if (min_per_thread < 1)
+        min_per_thread = 1;
+    if (nt > n / min_per_thread)
+        nt = n / min_per_thread;
+    nt = nt > MAXT ? MAXT : nt < 1 ? 1 : nt;
+    if (nt == 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    pthread_t th[MAXT];
+    struct par_job jb[MAXT];
+    int made[MAXT] = {0};
+    for (int t = 1; t < nt; t++) {
+        jb[t] = (struct par_job){fn, ctx, (int)((long)n * t / nt), (int)((long)n * (t + 1) / nt)};
+        made[t] = pthread_create(&th[t], NULL, par_main, &jb[t]) == 0;
+        if (!made[t]) /* no thread: the range runs here */
+            fn(ctx, jb[t].i0, jb[t].i1);
+    }
+    fn(ctx, 0, (int)((long)n / nt));
+    for (int t = 1; t < nt; t++)
+        if (made[t])
+            pthread_join(th[t], NULL);
+}
+
+size_t qs_lm_attention_scratch(int T, int H, int Hk, int hd)
+{
+    size_t g = (size_t)(H / Hk), B = T < QS_LM_ATT_BLOCK ? (size_t)T : QS_LM_ATT_BLOCK;
+    return g * B * (size_t)T + (g > 1 ? 2 * g * B * (size_t)hd : 0);
+}
+
+/* Softmax in place over r[lo..hi], zeros over the rest of r[0..n). */
+static void softmax_row(float *r, int n, int lo, int hi)
+{
+    float m[8];
+    for (int l = 0; l < 8; l++)
+        m[l] = r[lo];
+    int j = lo;
+    for (; j + 8 <= hi + 1; j += 8)
+        for (int l = 0; l < 8; l++)
+            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
+    float mx = m[0];
+    for (int l = 1; l < 8; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    for (; j <= hi; j++)
+        mx = r[j] > mx ? r[j] : mx;
+    for (j = lo; j <= hi; j++)
+        r[j] = qs_lm_expf(r[j] - mx);
+    double a[4] = {0, 0, 0, 0};
+    for (j = lo; j + 4 <= hi + 1; j += 4)
+        for (int l = 0; l < 4; l++)
+            a[l] += r[j + l];
+    for (; j <= hi; j++)
+        a[0] += r[j];
+    float inv = (float)(1.0 / ((a[0] + a[1]) + (a[2] + a[3])));
+    for (j = lo; j <= hi; j++)
+        r[j] *= inv;
+    if (lo > 0)
+        memset(r, 0, (size_t)lo * sizeof(float));
+    if (hi + 1 < n)
+        memset(r + hi + 1, 0, (size_t)(n - hi - 1) * sizeof(float));
+}
+
+/* Per KV head and block of QS_LM_ATT_BLOCK query rows: scores of the block's rows (of all the
+ * KV head's query heads, packed into one matrix under GQA) against the keys from the block's
+ * window start to its last row as one sgemm, the row softmaxes (keys past a row's position or
+ * before its window zeroed), then P V as one sgemm. Only the diagonal blocks compute masked
+ * entries. */
+void qs_lm_attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                     int T, int H, int Hk, int hd, int window, float *o, float *s)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
-    int g = H / Hk;
-    for (int h = 0; h < H; h++) {
-        int kh = h / g;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q + h * hd, ldq,
-                    k + kh * hd, ldk, 0.0f, s, T);
-        for (int i = 0; i < T; i++) {
-            int j0 = window > 0 && i >= window ? i - window + 1 : 0;
-            float *r = s + (size_t)i * T, mx = r[j0];
-            for (int j = j0 + 1; j <= i; j++)
-                mx = r[j] > mx ? r[j] : mx;
-            double sum = 0;
-            for (int j = j0; j <= i; j++) {
-                r[j] = expf(r[j] - mx);
-                sum += r[j];
+    int g = H / Hk, B = T < QS_LM_ATT_BLOCK ? T : QS_LM_ATT_BLOCK, ldo = H * hd;
+    float *qp = s + (size_t)g * B * T, *op = qp + (size_t)g * B * hd;
+    for (int kh = 0; kh < Hk; kh++)
+        for (int i0 = 0; i0 < T; i0 += B) {
+            int nb = T - i0 < B ? T - i0 : B, i1 = i0 + nb;
+            int j0 = window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0, nk = i1 - j0;
+            const float *kb = k + (size_t)j0 * ldk + (size_t)kh * hd;
+            const float *vb = v + (size_t)j0 * ldv + (size_t)kh * hd;
+            const float *qb = q + (size_t)i0 * ldq + (size_t)kh * hd;
+            float *ob = o + (size_t)i0 * ldo + (size_t)kh * hd;
+            int lq = ldq, lo = ldo, M = g * nb;
+            if (g > 1) { /* the g query heads of KV head kh, stacked: (g nb, hd) */
+                for (int h = 0; h < g; h++)
+                    for (int r = 0; r < nb; r++)
+                        memcpy(qp + ((size_t)h * nb + r) * hd,
+                               q + (size_t)(i0 + r) * ldq + (size_t)(kh * g + h) * hd,
+                               (size_t)hd * sizeof(float));
+                qb = qp;
+                lq = hd;
+                ob = op;
+                lo = hd;
             }
-            float inv = (float)(1.0 / sum);
-            for (int j = j0; j <= i; j++)
-                r[j] *= inv;
-            for (int j = 0; j < j0; j++)
-                r[j] = 0.0f;
-            for (int j = i + 1; j < T; j++)
-                r[j] = 0.0f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nk, hd, scale, qb, lq, kb,
+                        ldk, 0.0f, s, nk);
+            for (int rr = 0; rr < M; rr++) {
+                int i = i0 + rr % nb;
+                int a = window > 0 && i - window + 1 > j0 ? i - window + 1 - j0 : 0;
+                softmax_row(s + (size_t)rr * nk, nk, a, i - j0);
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, nk, 1.0f, s, nk, vb,
+                        ldv, 0.0f, ob, lo);
+            if (g > 1)
+                for (int h = 0; h < g; h++)
+                    for (int r = 0; r < nb; r++)
+                        memcpy(o + (size_t)(i0 + r) * ldo + (size_t)(kh * g + h) * hd,
+                               op + ((size_t)h * nb + r) * hd, (size_t)hd * sizeof(float));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, s, T, v + kh * hd,
-                    ldv, 0.0f, o + h * hd, H * hd);
-    }
 }
 
 /* Rotary embedding in place on x: (T, nh hd) (HF rotate_half: pairs (j, j + hd/2)); cs: (T, hd)
@@ -1114,12 +1211,44 @@ static void rope(float *x, int T, int nh, int hd, const float *cs)
         }
 }
 
-/* HF gelu_new (tanh approximation); 1 + tanh(u) = 2 - 2 / (e^{2u} + 1), through expf, which is
- * several times faster than glibc's tanhf and this is a third of a tiny model's forward. */
-static float gelu_new(float x)
+/* HF gelu_new (tanh approximation); 1 + tanh(u) = 2 - 2 / (e^{2u} + 1), through the
+ * vectorizable qs_lm_expf (glibc's tanhf and expf are scalar calls, and this is a third of a
+ * tiny model's forward). */
+static inline float gelu_new(float x)
 {
     float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return x * (1.0f - 1.0f / (expf(2.0f * u) + 1.0f));
+    return x * (1.0f - 1.0f / (qs_lm_expf(2.0f * u) + 1.0f));
+}
+
+/* The MLP's elementwise step over (T, ff), rows split across threads: GELU in place on a, or
+ * SwiGLU a = silu(a) * b. */
+enum ew_op { EW_GELU, EW_SWIGLU };
+struct ew_job {
+    enum ew_op op;
+    float *a;
+    const float *b;
+    int ff;
+};
+
+static void ew_rows(void *c, int t0, int t1)
+{
+    struct ew_job *j = c;
+    size_t i0 = (size_t)t0 * j->ff, i1 = (size_t)t1 * j->ff;
+    float *a = j->a;
+    if (j->op == EW_GELU)
+        for (size_t i = i0; i < i1; i++)
+            a[i] = gelu_new(a[i]);
+    else
+        for (size_t i = i0; i < i1; i++) {
+            float g = a[i];
+            a[i] = g / (1.0f + qs_lm_expf(-g)) * j->b[i];
+        }
+}
+
+static void ew_run(enum ew_op op, float *a, const float *b, int T, int ff)
+{
+    struct ew_job j = {op, a, b, ff};
+    qs_lm_parallel(T, (1 << 16) / ff + 1, ew_rows, &j);
 }
 
 int qs_lm_site_block(const struct qs_lm *m, int site)
@@ -1159,20 +1288,21 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
     int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
     int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
     size_t Td = (size_t)T * d;
-    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: (T, T);
-     * k, v: (T, kv); cs: (T, hd) */
+    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: attention
+     * scratch; k, v: (T, kv); cs: (T, hd) */
+    size_t ns = qs_lm_attention_scratch(T, H, Hk, hd);
     size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
-                  (size_t)T * T + 2 * (size_t)T * kv + (size_t)T * hd;
+                  ns + 2 * (size_t)T * kv + (size_t)T * hd;
     char what[64];
     snprintf(what, sizeof what, "a forward of %d tokens", T);
-    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*T scores: ctx is from a file */
+    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*block scores: ctx is from a file */
         return qs_err_prefix(e, m->path);
     float *buf = malloc(need * sizeof(float));
     if (!buf)
         return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
     float *x = buf, *a = x + Td, *o = a + Td, *big = o + Td, *up = big + (size_t)T * wmax;
     float *xa = up + (size_t)T * ff, *s = xa + (size_t)T * (ff > d ? ff : d);
-    float *k = s + (size_t)T * T, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
+    float *k = s + ns, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
     (void)ff;
 
     if (from > 0)
@@ -1204,14 +1334,13 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             int s0 = 4 * l;
             norm(x, T, d, L->n1w, L->n1b, m->eps, a);
             SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
-            attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
+            qs_lm_attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
             SITE(s0 + 1, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, L->n2b, m->eps, a);
             SITE(s0 + 2, a, big)
-            for (size_t i = 0; i < (size_t)T * ff; i++)
-                big[i] = gelu_new(big[i]);
+            ew_run(EW_GELU, big, NULL, T, ff);
             SITE(s0 + 3, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
@@ -1223,17 +1352,14 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
             SITE(s0 + 2, a, v)
             rope(big, T, H, hd, cs);
             rope(k, T, Hk, hd, cs);
-            attention(big, d, k, kv, v, kv, T, H, Hk, hd, m->window, o, s);
+            qs_lm_attention(big, d, k, kv, v, kv, T, H, Hk, hd, m->window, o, s);
             SITE(s0 + 3, o, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
             norm(x, T, d, L->n2w, NULL, m->eps, a);
             SITE(s0 + 4, a, big)
             SITE(s0 + 5, a, up)
-            for (size_t i = 0; i < (size_t)T * ff; i++) {
-                float g = big[i];
-                big[i] = g / (1.0f + expf(-g)) * up[i];
-            }
+            ew_run(EW_SWIGLU, big, up, T, ff);
             SITE(s0 + 6, big, a)
             for (size_t i = 0; i < Td; i++)
                 x[i] += a[i];
@@ -1251,59 +1377,145 @@ out:
 
 /* ---- evaluation -------------------------------------------------------------------------- */
 
-/* lp: (c) log-softmax of row r: (c), in double. */
-static void log_softmax(const float *r, int c, double *lp)
+/* Chunk of a logits row: its maximum is found first (in L1), so every exponent of the one pass
+ * is of a value <= 0 and the running sums are rescaled at most once per chunk. */
+#define SCORE_CHUNK 2048
+
+static float chunk_max(const float *r, int n)
 {
-    double mx = r[0], sum = 0;
-    for (int i = 1; i < c; i++)
-        mx = r[i] > mx ? r[i] : mx;
-    for (int i = 0; i < c; i++)
-        sum += exp(r[i] - mx);
-    double lse = mx + log(sum);
-    for (int i = 0; i < c; i++)
-        lp[i] = r[i] - lse;
+    float m[8];
+    for (int l = 0; l < 8; l++)
+        m[l] = -INFINITY;
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            m[l] = r[j + l] > m[l] ? r[j + l] : m[l];
+    for (; j < n; j++)
+        m[0] = r[j] > m[0] ? r[j] : m[0];
+    float mx = m[0];
+    for (int l = 1; l < 8; l++)
+        mx = m[l] > mx ? m[l] : mx;
+    return mx;
 }
 
-static int argmax(const float *r, int c)
+/* The first index of a row holding its maximum mx, searching from c0 (the chunk where mx was
+ * first seen): the argmax a scan with ">" finds. */
+static int first_of(const float *r, int V, int c0, float mx)
 {
-    int b = 0;
-    for (int i = 1; i < c; i++)
-        if (r[i] > r[b])
-            b = i;
-    return b;
+    for (int j = c0; j < V; j++)
+        if (r[j] == mx)
+            return j;
+    return 0;
+}
+
+void qs_lm_score_row(const float *rf, const float *rq, int V, int y, struct qs_lm_rowscore *o)
+{
+    /* per row: mf + log(sf) = log-sum-exp of rf, t / sf = sum_i p_f,i (rf_i - rq_i), and
+     * KL = t / sf - lse_f + lse_q; the sums in double over 4 lanes */
+    double mf = -INFINITY, mq = -INFINITY, sf = 0, sq = 0, t = 0;
+    int cf = 0, cq = 0;
+    for (int c0 = 0; c0 < V; c0 += SCORE_CHUNK) {
+        int n = V - c0 < SCORE_CHUNK ? V - c0 : SCORE_CHUNK;
+        const float *a = rf + c0;
+        float xf = chunk_max(a, n);
+        if (xf > mf) {
+            double f = exp(mf - xf); /* 0 on the first chunk */
+            sf *= f;
+            t *= f;
+            mf = xf;
+            cf = c0;
+        }
+        double s4[4] = {0, 0, 0, 0}, t4[4] = {0, 0, 0, 0}, q4[4] = {0, 0, 0, 0};
+        int j = 0;
+        if (!rq) {
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; l++)
+                    s4[l] += qs_lm_expneg((double)a[j + l] - mf);
+            for (; j < n; j++)
+                s4[0] += qs_lm_expneg((double)a[j] - mf);
+        } else {
+            const float *b = rq + c0;
+            float xq = chunk_max(b, n);
+            if (xq > mq) {
+                sq *= exp(mq - xq);
+                mq = xq;
+                cq = c0;
+            }
+            for (; j + 4 <= n; j += 4)
+                for (int l = 0; l < 4; l++) {
+                    double fa = a[j + l], fb = b[j + l], ef = qs_lm_expneg(fa - mf);
+                    s4[l] += ef;
+                    t4[l] += ef * (fa - fb);
+                    q4[l] += qs_lm_expneg(fb - mq);
+                }
+            for (; j < n; j++) {
+                double fa = a[j], fb = b[j], ef = qs_lm_expneg(fa - mf);
+                s4[0] += ef;
+                t4[0] += ef * (fa - fb);
+                q4[0] += qs_lm_expneg(fb - mq);
+            }
+        }
+        sf += (s4[0] + s4[1]) + (s4[2] + s4[3]);
+        t += (t4[0] + t4[1]) + (t4[2] + t4[3]);
+        sq += (q4[0] + q4[1]) + (q4[2] + q4[3]);
+    }
+    double lf = mf + log(sf);
+    o->nll_f = lf - rf[y];
+    o->nll_q = o->kl = 0;
+    o->agree = 0;
+    if (rq) {
+        double lq = mq + log(sq);
+        o->nll_q = lq - rq[y];
+        o->kl = t / sf - lf + lq;
+        o->agree = first_of(rf, V, cf, (float)mf) == first_of(rq, V, cq, (float)mq);
+    }
+}
+
+struct score_job {
+    const float *lf, *lq;
+    const uint32_t *tok;
+    int V;
+    struct qs_lm_rowscore *r;
+};
+
+static void score_rows(void *c, int t0, int t1)
+{
+    struct score_job *j = c;
+    for (int t = t0; t < t1; t++)
+        qs_lm_score_row(j->lf + (size_t)t * j->V, j->lq ? j->lq + (size_t)t * j->V : NULL, j->V,
+                        (int)j->tok[t + 1], &j->r[t]);
+}
+
+/* Scores rows 0..T-1 of lf (and lq) against tok[1..T] into r, rows across threads. */
+static void score_window(const float *lf, const float *lq, const uint32_t *tok, int T, int V,
+                         struct qs_lm_rowscore *r)
+{
+    struct score_job j = {lf, lq, tok, V, r};
+    qs_lm_parallel(T, 4, score_rows, &j);
 }
 
 int qs_lm_score_window(const struct qs_lm *m, const uint32_t *tok, int T, const float *lf,
                        const float *lq, struct qs_lm_score *acc, qs_err *e)
 {
-    int V = m->vocab;
-    double *pf = malloc(2 * (size_t)V * sizeof(double));
-    if (!pf)
+    struct qs_lm_rowscore *r = malloc((size_t)T * sizeof *r);
+    if (!r)
         return qs_errf(e, "%s: out of memory", m->path);
-    double *pq = pf + V;
-    for (int t = 0; t < T; t++) {
-        int y = tok[t + 1];
-        const float *rf = lf + (size_t)t * V;
-        log_softmax(rf, V, pf);
-        acc->sf -= pf[y];
+    score_window(lf, lq, tok, T, m->vocab, r);
+    for (int t = 0; t < T; t++) { /* in row order, so the sums do not depend on the threads */
+        acc->sf += r[t].nll_f;
         acc->n++;
         if (!lq) {
             if (acc->tok_loss)
-                acc->tok_loss[t] = -pf[y];
+                acc->tok_loss[t] = r[t].nll_f;
             continue;
         }
-        const float *rq = lq + (size_t)t * V;
-        log_softmax(rq, V, pq);
-        acc->sq -= pq[y];
+        acc->sq += r[t].nll_q;
         if (acc->tok_loss)
-            acc->tok_loss[t] = -pq[y];
-        double kl = 0;
-        for (int i = 0; i < V; i++)
-            kl += exp(pf[i]) * (pf[i] - pq[i]);
-        acc->skl += kl;
-        acc->agree += argmax(rf, V) == argmax(rq, V);
+            acc->tok_loss[t] = r[t].nll_q;
+        acc->skl += r[t].kl;
+        acc->agree += r[t].agree;
     }
-    free(pf);
+    free(r);
     return 0;
 }
 
@@ -1393,18 +1605,17 @@ int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int
             return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                            tok[i], i, V);
     float *lg = malloc((size_t)ctx * V * sizeof(float));
-    double *lp = malloc((size_t)V * sizeof(double));
-    int rc = (lg && lp) ? 0 : qs_errf(e, "%s: out of memory", m->path);
+    struct qs_lm_rowscore *r = malloc((size_t)ctx * sizeof *r);
+    int rc = (lg && r) ? 0 : qs_errf(e, "%s: out of memory", m->path);
     for (size_t w = 0; w < nw && rc == 0; w++) {
         const uint32_t *x = tok + w * ctx;
         if ((rc = qs_lm_forward(m, x, ctx, h, lg, e)) < 0)
             break;
-        for (int t = 0; t < ctx; t++) {
-            log_softmax(lg + (size_t)t * V, V, lp);
-            loss[w * ctx + t] = -lp[x[t + 1]];
-        }
+        score_window(lg, NULL, x, ctx, V, r);
+        for (int t = 0; t < ctx; t++)
+            loss[w * ctx + t] = r[t].nll_f;
     }
     free(lg);
-    free(lp);
+    free(r);
     return rc;
 }

@@ -5,7 +5,9 @@
 # RSS (against the size on disk), and one held-out eval window of the model's context (`eval` on
 # a token file cut so that exactly one window is held out; the time is that run's wall time minus
 # the load's; eval runs the window 3 times: the gate's float pass, then the float and quantized
-# paths), against 3 of PyTorch's forwards of one window. Not part of `make test`.
+# paths), against 3 of PyTorch's forwards of one window; and qs_lm_forward alone on one window
+# (build/bench/bench_lm DIR, best of 3) against PyTorch's forward, as tokens/s and their ratio.
+# Not part of `make test`.
 set -u
 cd "$(dirname "$0")/../.."
 BIG=${BIG:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/qscope/big}}
@@ -31,11 +33,16 @@ for name in gpt2-small tinyllama-1.1b; do
     { echo "bench big-$name-eval-window: qscope failed: $(tail -1 "$T/err")"; continue; }
   read -r ew ek <"$T/eval"
   ours=$(awk -v a="$ew" -v b="$lw" 'BEGIN{printf "%.2f", a - b}')
+  fw=$(build/bench/bench_lm "$d" 2>/dev/null)   # one ctx window: qs_lm_forward, best of 3
+  ff=$(awk '$2 == "forward" {print $3}' <<<"$fw")
+  fs=$(awk '$2 == "score" {print $3}' <<<"$fw")
   if $PY -c 'import torch' 2>/dev/null; then
     ref=$($PY tests/bench/torch_big.py "$threads" "$d" "$ctx" 2>/dev/null)
     tw=$(awk '$2 == "window" {print $3}' <<<"$ref")
+    echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window, best of 3; scoring it: ${fs:-?} s), pytorch $(awk -v c="$ctx" -v t="${tw:-0}" 'BEGIN{printf "%.0f", (t > 0 ? c / t : 0)}') tokens/s (best of 2), ratio $(awk -v f="${ff:-0}" -v t="${tw:-0}" 'BEGIN{printf "%.2f", (f > 0 ? t / f : 0)}') (target 1.5)"
     echo "bench big-$name-eval-window: ours $ours s (eval of one ctx-$ctx window = 3 forwards: the gate's float pass, then float and quantized; peak RSS $((ek / 1024)) MB), pytorch ${tw:-?} s per forward, ratio $(awk -v o="$ours" -v t="${tw:-0}" 'BEGIN{printf "%.2f", (o > 0 ? 3 * t / o : 0)}') (target 1.5)"
   else
+    echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window), pytorch skipped (python3-torch not installed)"
     echo "bench big-$name-eval-window: ours $ours s (eval, ctx $ctx; peak RSS $((ek / 1024)) MB), pytorch skipped (python3-torch not installed)"
   fi
 done
