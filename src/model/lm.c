@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "qscope/mlp.h" /* qs_linear */
+#include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 #include "lm_impl.h"
 
@@ -409,12 +410,27 @@ static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
     s->out = out;
 }
 
+/* A site of a packed export (packfile.h): read and dequantized there. 1: not a packed file. */
+static int packed_site(const struct st_ctx *c, struct qs_lm_site *s, int flags)
+{
+    char tp[224];
+    float *b;
+    snprintf(tp, sizeof tp, "%s%s", c->prefix, s->name);
+    int rc = qs_packfile_site(c->f, c->file, s->name, tp, s->out, s->in, flags, &s->w, &b,
+                              c->used, c->e);
+    s->b = b;
+    return rc;
+}
+
 /* GPT-2 linear: Conv1D weight (in, out) transposed to (out, in), bias (out). */
 static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
                        int out)
 {
     char k[128];
     site_set(s, name, in, out);
+    int rc = packed_site(c, s, QS_PACKFILE_BIAS | QS_PACKFILE_WT);
+    if (rc <= 0)
+        return rc;
     snprintf(k, sizeof k, "%s.weight", name);
     if (!(s->w = tensor(c, k, in, out, 1)))
         return -1;
@@ -427,6 +443,9 @@ static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char
 {
     char k[128];
     site_set(s, name, in, out);
+    int rc = packed_site(c, s, 0);
+    if (rc <= 0)
+        return rc;
     snprintf(k, sizeof k, "%s.weight", name);
     return (s->w = tensor(c, k, out, in, 0)) ? 0 : -1;
 }
@@ -471,7 +490,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     }
     struct st_ctx c0 = *c;
     c0.prefix = ""; /* HF saves GPT2LMHeadModel's head outside "transformer." */
-    return (h->w = tensor(&c0, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+    return llama_linear(&c0, h, "lm_head", d, m->vocab); /* (out, in) and no bias */
 }
 
 static int load_llama(struct qs_lm *m, const struct st_ctx *c)
@@ -508,7 +527,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         h->w = p->wte;
         return 0;
     }
-    return (h->w = tensor(c, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+    return llama_linear(c, h, "lm_head", d, m->vocab);
 }
 
 static int copy_meta(struct qs_lm_priv *p, const struct qs_st_file *f)
@@ -785,6 +804,15 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const float *const *b, const char *const *meta_keys,
                const char *const *meta_vals, int nmeta, qs_err *e)
 {
+    return qs_lm_save_packed(m, dir, w, b, NULL, NULL, NULL, 0, meta_keys, meta_vals, nmeta, e);
+}
+
+int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const *w,
+                      const float *const *b, const unsigned char *skip,
+                      const struct qs_st_out *xt, const int *xsite, int nx,
+                      const char *const *meta_keys, const char *const *meta_vals, int nmeta,
+                      qs_err *e)
+{
     struct stat st;
     if (mkdir(dir, 0777) < 0 && errno != EEXIST)
         return qs_errf(e, "%s: cannot create the folder: %s", dir, strerror(errno));
@@ -794,8 +822,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
     const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
     /* a tied head stays tied only while it is the embedding itself */
-    const int tied = m->tied && head == p->wte;
-    int cap = 5 + 16 * m->n_layer, nk = 0; /* at most: embeddings, norms, head, 8 per layer */
+    const int tied = m->tied && head == p->wte && !(skip && skip[H]);
+    /* at most: embeddings, norms, head, 8 per layer, the extra tensors */
+    int cap = 5 + 16 * m->n_layer + nx, nk = 0;
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap, sizeof *x.t);
     x.names = qs_calloc((size_t)cap, sizeof *x.names);
@@ -835,7 +864,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
             save_put(&x, k, m->d_model, 0, L->n2w);
         }
         snprintf(k, sizeof k, "%s%s.weight", gpt2 ? pre : "", si->name);
-        if (gpt2)
+        if (skip && skip[s])
+            ; /* written by the caller (packed) */
+        else if (gpt2)
             rc = save_conv1d(&x, k, ws, si->in, si->out, e);
         else
             save_put(&x, k, si->out, si->in, ws);
@@ -849,8 +880,19 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                  p->nfw);
         if (gpt2)
             save_put(&x, "transformer.ln_f.bias", m->d_model, 0, p->nfb);
-        if (!tied)
+        if (!tied && !(skip && skip[H]))
             save_put(&x, "lm_head.weight", m->vocab, m->d_model, head);
+        for (int i = 0; rc == 0 && i < nx; i++) { /* named after their site's weight */
+            const char *sp = xsite[i] < H && gpt2 ? pre : "";
+            if (xsite[i] < 0 || xsite[i] > H ||
+                snprintf(k, sizeof k, "%s%s.%s", sp, m->sites[xsite[i]].name, xt[i].name) >=
+                    (int)sizeof k) {
+                rc = qs_errf(e, "%s: extra tensor %d has no site or too long a name", dir, i);
+                break;
+            }
+            save_put(&x, k, xt[i].shape[0], xt[i].ndim == 2 ? xt[i].shape[1] : 0, xt[i].data);
+            x.t[x.n - 1].dtype = xt[i].dtype;
+        }
         /* the caller's keys, "format": "pt" (as Hugging Face writes), then the source's own */
         for (int i = 0; i < nmeta; i++, nk++) {
             keys[nk] = meta_keys[i];
@@ -868,7 +910,8 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
             }
         }
         snprintf(path, dl, "%s/model.safetensors", dir);
-        rc = qs_st_write(path, x.t, x.n, keys, vals, nk, e);
+        if (rc == 0)
+            rc = qs_st_write(path, x.t, x.n, keys, vals, nk, e);
     }
     if (rc == 0) {
         snprintf(path, dl, "%s/config.json", dir);
