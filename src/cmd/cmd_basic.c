@@ -1752,7 +1752,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
-     "(Hugging Face, dequantized weights, corrections folded in), or PATH.gguf for a llama "
+     "(Hugging Face, dequantized weights, corrections folded in; with packed: codes, scales "
+     "and fitted factors, dequantized by load model), or PATH.gguf for a llama "
      "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
      "activation quantization left out, and said so; no tokenizer keys)."},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
