@@ -450,6 +450,15 @@ static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char
     return (s->w = tensor(c, k, out, in, 0)) ? 0 : -1;
 }
 
+/* The untied head: (vocab, d), no bias. */
+static int head_linear(const struct st_ctx *c, struct qs_lm_site *h)
+{
+    int rc = packed_site(c, h, 0);
+    if (rc <= 0)
+        return rc;
+    return (h->w = tensor(c, "lm_head.weight", h->out, h->in, 0)) ? 0 : -1;
+}
+
 static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
 {
     struct qs_lm_priv *p = m->priv;
@@ -490,7 +499,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     }
     struct st_ctx c0 = *c;
     c0.prefix = ""; /* HF saves GPT2LMHeadModel's head outside "transformer." */
-    return llama_linear(&c0, h, "lm_head", d, m->vocab); /* (out, in) and no bias */
+    return head_linear(&c0, h);
 }
 
 static int load_llama(struct qs_lm *m, const struct st_ctx *c)
@@ -527,7 +536,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         h->w = p->wte;
         return 0;
     }
-    return llama_linear(c, h, "lm_head", d, m->vocab);
+    return head_linear(c, h);
 }
 
 static int copy_meta(struct qs_lm_priv *p, const struct qs_st_file *f)
@@ -823,11 +832,10 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
     /* a tied head stays tied only while it is the embedding itself */
     const int tied = m->tied && head == p->wte && !(skip && skip[H]);
-    /* at most: embeddings, norms, head, 8 per layer, the extra tensors */
-    int cap = 5 + 16 * m->n_layer + nx, nk = 0;
+    int cap = 5 + 16 * m->n_layer, nk = 0; /* at most: embeddings, norms, head, 8 per layer */
     struct save_list x = {0};
-    x.t = qs_calloc((size_t)cap, sizeof *x.t);
-    x.names = qs_calloc((size_t)cap, sizeof *x.names);
+    x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
+    x.names = qs_calloc((size_t)cap + nx, sizeof *x.names);
     x.own = qs_calloc((size_t)m->nsites, sizeof *x.own);
     size_t dl = strlen(dir) + 32;
     char *path = malloc(dl);
