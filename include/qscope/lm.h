@@ -70,7 +70,8 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const float *const *b, const char *const *meta_keys,
                const char *const *meta_vals, int nmeta, qs_err *e);
 /* As qs_lm_save, for `export model DIR packed` (packfile.h): a site s with skip[s] set gets no
- * weight tensor (its bias is written as usual; a skipped tied head makes the folder untied), and
+ * weight tensor (its bias is written as usual; w[s] still says what the site holds: a tied head
+ * skipped with w[H] set to its quantized weight makes the folder untied), and
  * the nx tensors xt follow the model's own (F32 ones first, then U8, keeps every F32 aligned),
  * each named "P.NAME" for xt[i].name and P the tensor prefix of site xsite[i] (its weight's name
  * without ".weight": "transformer.h.0.attn.c_attn", "model.layers.0.mlp.up_proj", "lm_head"),

@@ -1372,6 +1372,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             if (ls->wq) {
                 const struct qs_packed *p = &ls->packed;
                 skip[s] = 1;
+                w[s] = ls->wq; /* not written; a tied head so becomes untied */
                 exp_put(&xu, sn, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
                         p->codes);
                 if (p->scale_bytes)

@@ -831,7 +831,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
     /* a tied head stays tied only while it is the embedding itself */
-    const int tied = m->tied && head == p->wte && !(skip && skip[H]);
+    const int tied = m->tied && head == p->wte;
     int cap = 5 + 16 * m->n_layer, nk = 0; /* at most: embeddings, norms, head, 8 per layer */
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
