@@ -151,6 +151,15 @@ static int layer_format(const struct qs_st_file *f, const char *path, const char
         meta_item(f, path, "qscope.weight_grans", ',', idx, gran, sizeof gran, e) < 0 ||
         meta_item(f, path, "qscope.weight_scale_dtypes", ',', idx, sdt, sizeof sdt, e) < 0)
         return -1;
+    /* the parsers below quote what they refuse: no control character may reach a message */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return qs_errf(e, "%s: layer %d: qscope.weight_formats entry has control characters",
+                           path, idx);
+    for (const unsigned char *p = (const unsigned char *)opts; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return qs_errf(e, "%s: layer %d: qscope.weight_options entry has control characters",
+                           path, idx);
     if (qs_format_parse(name, fmt, e) < 0)
         return qs_err_prefix(e, path);
     if (fmt->kind == QS_FMT_NONE)
@@ -375,6 +384,11 @@ static int load_site(const struct rd *r, const char *name, const char *tp, int i
     }
     if (rc == 0)
         rc = fold_correction(r, name, tp, out, in, w, b);
+    /* finite factors can still fold to an overflow: the model must not hold an Inf */
+    for (size_t i = 0, n = (size_t)out * in; rc == 0 && i < n + (b ? (size_t)out : 0); i++)
+        if (!isfinite(i < n ? w[i] : b[i - n]))
+            rc = qs_errf(e, "%s: layer '%s': its correction folds to a non-finite %s", path, name,
+                         i < n ? "weight" : "bias");
     if (rc < 0) {
         free(w);
         free(b);
