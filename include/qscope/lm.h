@@ -54,7 +54,9 @@ struct qs_lm {
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
  * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
  * the file must hold the tensors its depth needs and the weights must fit in memory
- * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. Only
+ * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. A
+ * packed export (`export model DIR packed`, packfile.h) is read site by site through
+ * qs_packfile_site: packed weights dequantized, corrections folded in. Only
  * regular files are opened (a FIFO would block). *out is NULL on failure; free with
  * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
