@@ -55,16 +55,57 @@ static void quiet_note(void *u, const char *m)
     (void)m;
 }
 
-static char tmp_[64];
+static char tmp_[64], text_[96];
 
+/* The first 24000 bytes of the license text (byte tokens): 37 held-out windows instead of 225,
+ * so that the evals stay quick under ASan; written into the test's own folder. */
 static const char *tmpdir(void)
 {
     if (!tmp_[0]) {
         snprintf(tmp_, sizeof tmp_, "/tmp/qs_lm_packed_XXXXXX");
-        if (!mkdtemp(tmp_))
+        if (!mkdtemp(tmp_)) {
             tmp_[0] = 0;
+            return tmp_;
+        }
+        snprintf(text_, sizeof text_, "%s/text.txt", tmp_);
+        static char buf[24000];
+        FILE *in = fopen(QS_TEST_LM_TEXT, "rb"), *out = fopen(text_, "wb");
+        size_t n = in ? fread(buf, 1, sizeof buf, in) : 0;
+        if (!out || n != sizeof buf || fwrite(buf, 1, n, out) != n)
+            text_[0] = 0;
+        if (in)
+            fclose(in);
+        if (out)
+            fclose(out);
     }
     return tmp_;
+}
+
+/* A model folder with the short text, as qs_test_open_lm opens the full one. */
+static struct qs_bench *open_lm(const char *dir)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_bench_new();
+    struct qs_lm *m = NULL;
+    struct qs_tokens *t = NULL;
+    if (!b || qs_lm_load(dir, &m, &e) < 0 || qs_bench_set_lm(b, m, dir, &e) < 0 ||
+        qs_tokens_load(text_, &t, &e) < 0 || qs_bench_set_tokens(b, t, text_, &e) < 0) {
+        fprintf(stderr, "  %s: %s\n", dir, e.msg);
+        qs_bench_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* load model DIR; load data (the short text) */
+static int load(struct qs_ctx *c, const char *dir)
+{
+    char line[512];
+    snprintf(line, sizeof line, "load model %s", dir);
+    if (run(c, line) < 0)
+        return -1;
+    snprintf(line, sizeof line, "load data %s", text_);
+    return run(c, line);
 }
 
 static void rmdir_model(const char *dir)
@@ -111,7 +152,7 @@ static const struct qs_st_tensor *tensor(const struct qs_st_file *f, const char 
 static void test_export_packed_reload(void)
 {
     const char *dir = tmpdir();
-    CHECK(dir[0] != 0);
+    CHECK(dir[0] != 0 && text_[0] != 0);
     for (int fam = 0; fam < 2; fam++) {
         struct qs_bench *b = qs_bench_new();
         struct qs_ctx c;
@@ -121,9 +162,7 @@ static void test_export_packed_reload(void)
         char line[512], pk[128], fq[128];
         snprintf(pk, sizeof pk, "%s/%d-packed", dir, fam);
         snprintf(fq, sizeof fq, "%s/%d-fake", dir, fam);
-        snprintf(line, sizeof line, "load model %s", models_[fam]);
-        CHECK(run(&c, line) == 0);
-        CHECK(run(&c, "load data " QS_TEST_LM_TEXT) == 0);
+        CHECK(load(&c, models_[fam]) == 0);
         CHECK(run(&c, "quant * int4 gran=group:32") == 0);
         snprintf(line, sizeof line, "correct %s qera r=4", lr_site_[fam]);
         CHECK(run(&c, line) == 0);
@@ -224,7 +263,7 @@ static void test_export_packed_reload(void)
         qs_st_close(f);
 
         /* reloaded: the sites hold the session's corrected weights, and eval agrees */
-        struct qs_bench *r = qs_test_open_lm(pk);
+        struct qs_bench *r = open_lm(pk);
         CHECK(r != NULL);
         if (r) {
             CHECK(qs_test_lm_eval(r, &rel, &e) == 0);
@@ -275,9 +314,7 @@ static void test_float_sites_and_formats(void)
             c.note = quiet_note;
             char line[512], pk[128];
             snprintf(pk, sizeof pk, "%s/%d-%d", dir, fam, k);
-            snprintf(line, sizeof line, "load model %s", models_[fam]);
-            CHECK(run(&c, line) == 0);
-            CHECK(run(&c, "load data " QS_TEST_LM_TEXT) == 0);
+            CHECK(load(&c, models_[fam]) == 0);
             if (k < 3)
                 snprintf(line, sizeof line, "quant * %s", fmts[k]);
             else /* block 0's sites only: the rest and the head stay float */
@@ -289,7 +326,7 @@ static void test_float_sites_and_formats(void)
             qs_err e = {{0}};
             struct qs_lm_eval ses, rel;
             CHECK(qs_test_lm_eval(b, &ses, &e) == 0);
-            struct qs_bench *r = qs_test_open_lm(pk);
+            struct qs_bench *r = open_lm(pk);
             CHECK(r != NULL);
             if (r) {
                 CHECK(qs_test_lm_eval(r, &rel, &e) == 0);
@@ -421,8 +458,7 @@ static void test_refusals(void)
     qs_ctx_init(&c, b);
     c.emit = quiet;
     c.note = quiet_note;
-    CHECK(run(&c, "load model datasets/models/tiny-llama") == 0);
-    CHECK(run(&c, "load data " QS_TEST_LM_TEXT) == 0);
+    CHECK(load(&c, "datasets/models/tiny-llama") == 0);
     CHECK(run(&c, "quant * int4") == 0);
     CHECK(run(&c, "correct model.layers.0.mlp.up_proj bias") == 0);
     snprintf(line, sizeof line, "export model %s/llama-bias packed", dir);
@@ -442,7 +478,9 @@ int main(void)
         TEST_CASE(test_refusals),
     };
     int rc = qs_test_run("lm_packed", cases, (int)(sizeof cases / sizeof cases[0]));
-    if (tmp_[0])
+    if (tmp_[0]) {
+        unlink(text_);
         rmdir(tmp_);
+    }
     return rc;
 }
