@@ -68,7 +68,9 @@ struct qs_lm {
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
  * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
  * the file must hold the tensors its depth needs and the weights must fit in memory
- * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. Only
+ * (qs_mem_check); a tensor the config leaves unused (an under-reported depth) is refused. A
+ * packed export (`export model DIR packed`, packfile.h) is read site by site through
+ * qs_packfile_site: packed weights dequantized, corrections folded in. Only
  * regular files are opened (a FIFO would block). *out is NULL on failure; free with
  * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
@@ -89,6 +91,19 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
 int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const float *const *b, const char *const *meta_keys,
                const char *const *meta_vals, int nmeta, qs_err *e);
+/* As qs_lm_save, for `export model DIR packed` (packfile.h): a site s with skip[s] set gets no
+ * weight tensor (its bias is written as usual; w[s] still says what the site holds: a tied head
+ * skipped with w[H] set to its quantized weight makes the folder untied), and
+ * the nx tensors xt follow the model's own (F32 ones first, then U8, keeps every F32 aligned),
+ * each named "P.NAME" for xt[i].name and P the tensor prefix of site xsite[i] (its weight's name
+ * without ".weight": "transformer.h.0.attn.c_attn", "model.layers.0.mlp.up_proj", "lm_head"),
+ * the names qs_lm_load's packed hook looks for. skip, xt, xsite may be NULL. */
+struct qs_st_out;
+int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const *w,
+                      const float *const *b, const unsigned char *skip,
+                      const struct qs_st_out *xt, const int *xsite, int nx,
+                      const char *const *meta_keys, const char *const *meta_vals, int nmeta,
+                      qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
 

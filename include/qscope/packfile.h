@@ -1,13 +1,19 @@
 /* packfile.h - the packed model file of `export model PATH packed`, and reading it back.
  *
- * A safetensors file with qscope.arch = "mlp" and qscope.export = "packed". For each layer L of
- * qscope.layers, either "L.weight" F32 (out, in) (a layer whose weights stay in float) or its
- * packed weight (format.h's buffers, byte for byte):
+ * A safetensors file with qscope.export = "packed": an MLP's PATH.safetensors (qscope.arch
+ * "mlp"), or a transformer's DIR/model.safetensors (qscope.arch "gpt2" or "llama", beside
+ * config.json, in the Hugging Face layout of qs_lm_save: embeddings, norms and float sites as
+ * they are). For each layer (site) L of qscope.layers, its tensors are named "P.*" where P is L
+ * (MLP) or the site's tensor prefix (qs_lm_save's names without ".weight":
+ * "transformer.h.0.attn.c_attn", "model.layers.0.mlp.up_proj", "lm_head"). Either "P.weight" F32
+ * (out, in) (a layer whose weights stay in float; a GPT-2 site keeps its Conv1D (in, out)) or
+ * its packed weight (format.h's buffers, byte for byte, always in qscope's (out, in) row order):
  *   L.weight.codes         U8 [code_bytes]   element codes, one LSB-first bit stream, row-major
  *   L.weight.scales        U8 [scale_bytes]  scales in the scale dtype, little-endian
  *   L.weight.zeros         U8 [nscales]      asymmetric int: zero points
  *   L.weight.tensor_scale  F32 [1]           NVFP4: the per-tensor scale
- * then "L.bias" F32 (out), the layer's own bias, and its fitted correction, in F32 as fitted:
+ * then "L.bias" F32 (out), the layer's own bias (none on a site without one: LLaMA's), and its
+ * fitted correction, in F32 as fitted (bias and linear corrections only where there is a bias):
  *   L.corr.l F32 (out, r), L.corr.rt F32 (r, in)       low-rank (lowrank, lqer, qera, eora):
  *                                                      W' = Q(W) + l rt (factors fitted with
  *                                                      prec=FORMAT hold their dequantized values)
@@ -45,6 +51,21 @@ struct qs_layer;
  * entry at fault (sizes, dtypes, shapes and options are all checked before any is used). */
 int qs_packfile_layer(const struct qs_st_file *f, const char *path, const char *prefix,
                       struct qs_layer *l, qs_err *e);
+
+/* The transformer loader's hook (lm.c), at the point where it reads site NAME (out x in, from
+ * config.json) whose tensors are TPREFIX.*: returns 1 when f is not a packed export (the loader
+ * reads the site as usual); else 0 with *w (out, in) and *b (out, or NULL without
+ * QS_PACKFILE_BIAS) malloc'd as qs_packfile_layer computes them (the same checks, the same
+ * dequantization and folding), or -1 with e. The site must be in qscope.layers with the shape
+ * (out, in). QS_PACKFILE_BIAS: the site has a bias (read from TPREFIX.bias, zeros when absent);
+ * without it, a bias or a bias/map correction in the file is refused. QS_PACKFILE_WT: a float
+ * weight is stored (in, out) (GPT-2's Conv1D) and is transposed. Every tensor read is marked in
+ * used (one byte per tensor of f in file order; may be NULL) for the loader's check of unused
+ * tensors. */
+enum { QS_PACKFILE_BIAS = 1, QS_PACKFILE_WT = 2 };
+int qs_packfile_site(const struct qs_st_file *f, const char *path, const char *name,
+                     const char *tprefix, int out, int in, int flags, float **w, float **b,
+                     unsigned char *used, qs_err *e);
 
 /* The qscope.weight_grans entry for a weight packed with layout lay, options o, cols columns:
  * "tensor", "channel" or "group:N". buf always NUL-terminated. */

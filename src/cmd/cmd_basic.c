@@ -1299,43 +1299,94 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
     return rc;
 }
 
-/* export model DIR on a transformer: a Hugging Face folder (config.json, model.safetensors) whose
- * linears hold the session's weights, W' = Q(W) + C dequantized to F32 (the float ones where a
- * site stays float); embeddings and norms as loaded. A bias or linear correction on a LLaMA-family
- * site without a bias is folded into a bias of its own (from zero), and qs_lm_save writes the
- * biases of its whole group (attention_bias / mlp_bias true). qs_lm_load reads it back, and its
- * float eval is the session's quantized eval (with float activations). */
+/* export model DIR [packed] on a transformer: a Hugging Face folder (config.json,
+ * model.safetensors) whose linears hold the session's weights, W' = Q(W) + C dequantized to F32
+ * (the float ones where a site stays float); embeddings and norms as loaded. Packed: each
+ * quantized site holds its codes and scales instead, and every correction its fitted factors,
+ * as the MLP's packed file (packfile.h); bias and linear corrections need the site's bias (none
+ * on LLaMA: refused). Dequantized, a bias or linear correction on a LLaMA-family site without a
+ * bias is folded into a bias of its own (from zero), and qs_lm_save writes the biases of its
+ * whole group (attention_bias / mlp_bias true). qs_lm_load reads both back, and its float eval is the session's quantized
+ * eval (with float activations). */
 static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
     size_t plen = strlen(argv[0]);
     if (argc == 1 && plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
         return cmd_export_gguf(c, argv[0], e);
-    if (argc == 2)
-        return qs_errf(e, "export model: packed export of transformers is not supported yet; "
-                          "export model DIR writes dequantized weights");
+    if (plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
+        return qs_errf(e, "export model %s packed: a GGUF file holds ggml blocks already "
+                          "(export model X.gguf); packed writes a folder",
+                       argv[0]);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
+    const int packed = argc == 2;
     const struct qs_lm *m = b->lm;
     const int S = m->nsites;
     const float **w = qs_calloc((size_t)S, sizeof *w), **bb = qs_calloc((size_t)S, sizeof *bb);
     float **own = qs_calloc((size_t)S * 2, sizeof *own);
+    unsigned char *skip = qs_calloc((size_t)S, 1);
     /* LLaMA-family linears (not the head: Hugging Face's has no bias) fold a bias or linear
-     * correction into a bias that starts at zero */
+     * correction into a bias that starts at zero (dequantized export) */
     float *zero = m->family == QS_LM_LLAMA
                       ? qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model),
                                   sizeof *zero)
                       : NULL;
     struct exp_meta d = {0};
-    int rc = w && bb && own && (zero || m->family != QS_LM_LLAMA) ? 0
-                                                                  : qs_errf(e, "out of memory");
+    struct exp_list xf = {0}, xu = {0}; /* packed: F32 and U8 tensors, named by site index */
+    int rc = w && bb && own && skip && (zero || m->family != QS_LM_LLAMA)
+                 ? 0
+                 : qs_errf(e, "out of memory");
+    char sn[16];
     for (int s = 0; s < S && rc == 0; s++) {
         const struct qs_lm_site *st = &m->sites[s];
         const struct qs_layer_state *ls = &b->ls[s];
-        const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
+        const struct qs_corr *cr = &ls->corr;
         int lowrank, bias, map;
-        if (exp_describe(&d, s, st->name, st->out, st->in, ls, 0, &lowrank, &bias, &map, e) < 0 ||
-            exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, sb, &ls->corr,
+        if (exp_describe(&d, s, st->name, st->out, st->in, ls, packed, &lowrank, &bias, &map,
+                         e) < 0) {
+            rc = -1;
+            break;
+        }
+        if (packed) {
+            /* the site's codes, scales and fitted factors, as the MLP's packed export writes
+             * them (packfile.h); its own bias is written by qs_lm_save_packed */
+            if (!st->b && (bias || map)) {
+                rc = qs_errf(e, "export model: %s has no bias to fold its %s correction into",
+                             st->name, qs_corr_name(cr->method));
+                break;
+            }
+            snprintf(sn, sizeof sn, "%d", s); /* exp_put's "layer": the site index */
+            if (ls->wq) {
+                const struct qs_packed *p = &ls->packed;
+                skip[s] = 1;
+                w[s] = ls->wq; /* not written; a tied head so becomes untied */
+                exp_put(&xu, sn, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
+                        p->codes);
+                if (p->scale_bytes)
+                    exp_put(&xu, sn, "weight.scales", QS_DT_U8, 1, (int64_t)p->scale_bytes, 0,
+                            p->scales);
+                if (p->zero_bytes)
+                    exp_put(&xu, sn, "weight.zeros", QS_DT_U8, 1, (int64_t)p->zero_bytes, 0,
+                            p->zeros);
+                if (p->fmt.kind == QS_FMT_NVFP4)
+                    exp_put(&xf, sn, "weight.tensor_scale", QS_DT_F32, 1, 1, 0,
+                            &p->tensor_scale);
+            }
+            if (lowrank) {
+                exp_put(&xf, sn, "corr.l", QS_DT_F32, 2, st->out, cr->rank, cr->l);
+                exp_put(&xf, sn, "corr.rt", QS_DT_F32, 2, cr->rank, st->in, cr->rt);
+            }
+            if (bias)
+                exp_put(&xf, sn, "corr.bias", QS_DT_F32, 1, st->out, 0, cr->db);
+            if (map) {
+                exp_put(&xf, sn, "corr.map", QS_DT_F32, 2, st->out, st->out, cr->amap);
+                exp_put(&xf, sn, "corr.map_bias", QS_DT_F32, 1, st->out, 0, cr->mb);
+            }
+            continue;
+        }
+        const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
+        if (exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, sb, &ls->corr,
                      &own[2 * s], &own[2 * s + 1], e) < 0) {
             rc = -1;
             break;
@@ -1345,6 +1396,18 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         bb[s] = own[2 * s + 1] && (st->b || bias || map) ? own[2 * s + 1] : NULL;
     }
     free(zero);
+    /* the extra tensors, F32 first, each split into its site index and its own name */
+    const int nx = xf.n + xu.n;
+    struct qs_st_out *xt = qs_calloc((size_t)nx + 1, sizeof *xt);
+    int *xsite = qs_calloc((size_t)nx + 1, sizeof *xsite);
+    if (rc == 0 && (xf.oom || xu.oom || !xt || !xsite))
+        rc = qs_errf(e, "out of memory");
+    for (int i = 0; rc == 0 && i < nx; i++) {
+        xt[i] = i < xf.n ? xf.t[i] : xu.t[i - xf.n];
+        char *dot;
+        xsite[i] = (int)strtol(xt[i].name, &dot, 10);
+        xt[i].name = dot + 1;
+    }
     char sha[65] = "";
     if (rc == 0 && m->path) {
         /* the source's identity, when its file can still be read */
@@ -1369,7 +1432,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               "qscope.source",         "qscope.source_sha256"};
         const char *vals[] = {QS_VERSION,
                               m->family == QS_LM_GPT2 ? "gpt2" : "llama",
-                              "fake-quant",
+                              packed ? "packed" : "fake-quant",
                               d.layers.s,
                               d.fmts.s,
                               d.shapes.s,
@@ -1380,15 +1443,20 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               m->path ? m->path : "",
                               sha};
         int nk = (int)(sizeof keys / sizeof *keys) - (sha[0] ? 0 : 1);
-        rc = qs_lm_save(m, argv[0], w, bb, keys, vals, nk, e);
+        rc = qs_lm_save_packed(m, argv[0], w, bb, skip, xt, xsite, nx, keys, vals, nk, e);
     }
     for (int i = 0; own && i < 2 * S; i++)
         free(own[i]);
     free(own);
     free(w);
     free(bb);
+    free(skip);
+    free(xt);
+    free(xsite);
+    exp_free(&xf);
+    exp_free(&xu);
     if (rc == 0)
-        exp_report(c, argv[0], 0, &d);
+        exp_report(c, argv[0], packed, &d);
     exp_meta_free(&d);
     return rc;
 }
@@ -1677,7 +1745,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
-     "(Hugging Face, dequantized weights, corrections folded in), or PATH.gguf for a llama "
+     "(Hugging Face, dequantized weights, corrections folded in; with packed: codes, scales "
+     "and fitted factors, dequantized by load model), or PATH.gguf for a llama "
      "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
      "activation quantization left out, and said so; no tokenizer keys)."},
     {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},

@@ -17,6 +17,7 @@
 #pragma GCC optimize("no-trapping-math")
 
 #include "qscope/mlp.h" /* qs_linear */
+#include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 #include "lm_impl.h"
 
@@ -457,12 +458,27 @@ static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
     s->out = out;
 }
 
+/* A site of a packed export (packfile.h): read and dequantized there. 1: not a packed file. */
+static int packed_site(const struct st_ctx *c, struct qs_lm_site *s, int flags)
+{
+    char tp[224];
+    float *b;
+    snprintf(tp, sizeof tp, "%s%s", c->prefix, s->name);
+    int rc = qs_packfile_site(c->f, c->file, s->name, tp, s->out, s->in, flags, &s->w, &b,
+                              c->used, c->e);
+    s->b = b;
+    return rc;
+}
+
 /* GPT-2 linear: Conv1D weight (in, out) transposed to (out, in), bias (out). */
 static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
                        int out)
 {
     char k[128];
     site_set(s, name, in, out);
+    int rc = packed_site(c, s, QS_PACKFILE_BIAS | QS_PACKFILE_WT);
+    if (rc <= 0)
+        return rc;
     snprintf(k, sizeof k, "%s.weight", name);
     if (!(s->w = tensor(c, k, in, out, 1)))
         return -1;
@@ -476,6 +492,9 @@ static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char
 {
     char k[128];
     site_set(s, name, in, out);
+    int rc = packed_site(c, s, bias ? QS_PACKFILE_BIAS : 0);
+    if (rc <= 0)
+        return rc;
     snprintf(k, sizeof k, "%s.weight", name);
     if (!(s->w = tensor(c, k, out, in, 0)))
         return -1;
@@ -483,6 +502,15 @@ static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char
         return 0;
     snprintf(k, sizeof k, "%s.bias", name);
     return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
+}
+
+/* The untied head: (vocab, d), no bias. */
+static int head_linear(const struct st_ctx *c, struct qs_lm_site *h)
+{
+    int rc = packed_site(c, h, 0);
+    if (rc <= 0)
+        return rc;
+    return (h->w = tensor(c, "lm_head.weight", h->out, h->in, 0)) ? 0 : -1;
 }
 
 static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
@@ -525,7 +553,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     }
     struct st_ctx c0 = *c;
     c0.prefix = ""; /* HF saves GPT2LMHeadModel's head outside "transformer." */
-    return (h->w = tensor(&c0, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+    return head_linear(&c0, h);
 }
 
 static int load_llama(struct qs_lm *m, const struct st_ctx *c)
@@ -562,7 +590,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         h->w = p->wte;
         return 0;
     }
-    return (h->w = tensor(c, "lm_head.weight", m->vocab, d, 0)) ? 0 : -1;
+    return head_linear(c, h);
 }
 
 static int copy_meta(struct qs_lm_priv *p, const struct qs_st_file *f)
@@ -898,6 +926,15 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                const float *const *b, const char *const *meta_keys,
                const char *const *meta_vals, int nmeta, qs_err *e)
 {
+    return qs_lm_save_packed(m, dir, w, b, NULL, NULL, NULL, 0, meta_keys, meta_vals, nmeta, e);
+}
+
+int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const *w,
+                      const float *const *b, const unsigned char *skip,
+                      const struct qs_st_out *xt, const int *xsite, int nx,
+                      const char *const *meta_keys, const char *const *meta_vals, int nmeta,
+                      qs_err *e)
+{
     struct stat st;
     const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
     int bmask = 0;
@@ -920,8 +957,8 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                             sizeof(float))))
         return qs_errf(e, "%s: out of memory", dir);
     struct save_list x = {0};
-    x.t = qs_calloc((size_t)cap, sizeof *x.t);
-    x.names = qs_calloc((size_t)cap, sizeof *x.names);
+    x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
+    x.names = qs_calloc((size_t)cap + nx, sizeof *x.names);
     x.own = qs_calloc((size_t)m->nsites, sizeof *x.own);
     size_t dl = strlen(dir) + 32;
     char *path = malloc(dl);
@@ -960,7 +997,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
             save_put(&x, k, m->d_model, 0, L->n2w);
         }
         snprintf(k, sizeof k, "%s%s.weight", gpt2 ? pre : "", si->name);
-        if (gpt2)
+        if (skip && skip[s])
+            ; /* written by the caller (packed) */
+        else if (gpt2)
             rc = save_conv1d(&x, k, ws, si->in, si->out, e);
         else
             save_put(&x, k, si->out, si->in, ws);
@@ -974,8 +1013,19 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
                  p->nfw);
         if (gpt2)
             save_put(&x, "transformer.ln_f.bias", m->d_model, 0, p->nfb);
-        if (!tied)
+        if (!tied && !(skip && skip[H]))
             save_put(&x, "lm_head.weight", m->vocab, m->d_model, head);
+        for (int i = 0; rc == 0 && i < nx; i++) { /* named after their site's weight */
+            const char *sp = xsite[i] < H && gpt2 ? pre : "";
+            if (xsite[i] < 0 || xsite[i] > H ||
+                snprintf(k, sizeof k, "%s%s.%s", sp, m->sites[xsite[i]].name, xt[i].name) >=
+                    (int)sizeof k) {
+                rc = qs_errf(e, "%s: extra tensor %d has no site or too long a name", dir, i);
+                break;
+            }
+            save_put(&x, k, xt[i].shape[0], xt[i].ndim == 2 ? xt[i].shape[1] : 0, xt[i].data);
+            x.t[x.n - 1].dtype = xt[i].dtype;
+        }
         /* the caller's keys, "format": "pt" (as Hugging Face writes), then the source's own */
         for (int i = 0; i < nmeta; i++, nk++) {
             keys[nk] = meta_keys[i];
@@ -993,7 +1043,8 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
             }
         }
         snprintf(path, dl, "%s/model.safetensors", dir);
-        rc = qs_st_write(path, x.t, x.n, keys, vals, nk, e);
+        if (rc == 0)
+            rc = qs_st_write(path, x.t, x.n, keys, vals, nk, e);
     }
     if (rc == 0) {
         snprintf(path, dl, "%s/config.json", dir);

@@ -48,6 +48,24 @@ static int list_index(const char *list, const char *name)
     return -1;
 }
 
+/* One site being read: the file, its path for messages, and the per-tensor "read" marks of a
+ * loader that refuses tensors nothing read (NULL: none kept). */
+struct rd {
+    const struct qs_st_file *f;
+    const char *path;
+    unsigned char *used;
+    qs_err *e;
+};
+
+/* Tensor NAME of the file, marked read when found. */
+static const struct qs_st_tensor *find(const struct rd *r, const char *name)
+{
+    const struct qs_st_tensor *t = qs_st_find(r->f, name);
+    if (t && r->used)
+        r->used[t - qs_st_get(r->f, 0)] = 1;
+    return t;
+}
+
 /* Metadata entry of layer idx. */
 static int meta_item(const struct qs_st_file *f, const char *path, const char *key, char sep,
                      int idx, char *buf, size_t n, qs_err *e)
@@ -60,12 +78,14 @@ static int meta_item(const struct qs_st_file *f, const char *path, const char *k
 
 /* A float tensor NAME of exactly (d0) or (d0, d1) (d1 < 0: 1-D), converted to F32 and checked
  * finite. 1 when absent and not required. */
-static int get_f32(const struct qs_st_file *f, const char *path, const char *name, int required,
-                   int64_t d0, int64_t d1, float **out, qs_err *e)
+static int get_f32(const struct rd *r, const char *name, int required, int64_t d0, int64_t d1,
+                   float **out)
 {
+    const char *path = r->path;
+    qs_err *e = r->e;
     char cn[128];
     *out = NULL;
-    const struct qs_st_tensor *t = qs_st_find(f, name);
+    const struct qs_st_tensor *t = find(r, name);
     if (!t)
         return required ? qs_errf(e, "%s: packed export lacks tensor '%s'", path,
                                   qs_clean_str(name, cn, sizeof cn, 80))
@@ -97,11 +117,12 @@ static int get_f32(const struct qs_st_file *f, const char *path, const char *nam
 }
 
 /* A U8 byte buffer NAME of exactly n bytes (n == 0: must be absent). */
-static int get_bytes(const struct qs_st_file *f, const char *path, const char *name, size_t n,
-                     const uint8_t **out, qs_err *e)
+static int get_bytes(const struct rd *r, const char *name, size_t n, const uint8_t **out)
 {
+    const char *path = r->path;
+    qs_err *e = r->e;
     char cn[128];
-    const struct qs_st_tensor *t = qs_st_find(f, name);
+    const struct qs_st_tensor *t = find(r, name);
     *out = NULL;
     if (n == 0) {
         if (t)
@@ -130,6 +151,15 @@ static int layer_format(const struct qs_st_file *f, const char *path, const char
         meta_item(f, path, "qscope.weight_grans", ',', idx, gran, sizeof gran, e) < 0 ||
         meta_item(f, path, "qscope.weight_scale_dtypes", ',', idx, sdt, sizeof sdt, e) < 0)
         return -1;
+    /* the parsers below quote what they refuse: no control character may reach a message */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return qs_errf(e, "%s: layer %d: qscope.weight_formats entry has control characters",
+                           path, idx);
+    for (const unsigned char *p = (const unsigned char *)opts; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return qs_errf(e, "%s: layer %d: qscope.weight_options entry has control characters",
+                           path, idx);
     if (qs_format_parse(name, fmt, e) < 0)
         return qs_err_prefix(e, path);
     if (fmt->kind == QS_FMT_NONE)
@@ -150,36 +180,39 @@ static int layer_format(const struct qs_st_file *f, const char *path, const char
     return 0;
 }
 
-/* Dequantizes the packed weight of layer idx into w: (rows, cols). */
-static int load_packed(const struct qs_st_file *f, const char *path, const char *prefix, int idx,
-                       int rows, int cols, float *w, qs_err *e)
+/* Dequantizes the packed weight of layer idx (NAME in messages, tensors TP.weight.*) into
+ * w: (rows, cols). */
+static int load_packed(const struct rd *r, const char *name, const char *tp, int idx, int rows,
+                       int cols, float *w)
 {
+    const char *path = r->path;
+    qs_err *e = r->e;
     struct qs_packed p;
     struct qs_packed_layout lay;
     memset(&p, 0, sizeof p);
-    if (layer_format(f, path, prefix, idx, rows, cols, &p.fmt, &p.opt, &lay, e) < 0)
+    if (layer_format(r->f, path, name, idx, rows, cols, &p.fmt, &p.opt, &lay, e) < 0)
         return -1;
-    char key[160];
+    char key[256];
     const uint8_t *codes, *scales, *zeros;
-    snprintf(key, sizeof key, "%s.weight.codes", prefix);
-    if (get_bytes(f, path, key, lay.code_bytes, &codes, e) < 0)
+    snprintf(key, sizeof key, "%s.weight.codes", tp);
+    if (get_bytes(r, key, lay.code_bytes, &codes) < 0)
         return -1;
-    snprintf(key, sizeof key, "%s.weight.scales", prefix);
-    if (get_bytes(f, path, key, lay.scale_bytes, &scales, e) < 0)
+    snprintf(key, sizeof key, "%s.weight.scales", tp);
+    if (get_bytes(r, key, lay.scale_bytes, &scales) < 0)
         return -1;
-    snprintf(key, sizeof key, "%s.weight.zeros", prefix);
-    if (get_bytes(f, path, key, lay.zero_bytes, &zeros, e) < 0)
+    snprintf(key, sizeof key, "%s.weight.zeros", tp);
+    if (get_bytes(r, key, lay.zero_bytes, &zeros) < 0)
         return -1;
-    snprintf(key, sizeof key, "%s.weight.tensor_scale", prefix);
+    snprintf(key, sizeof key, "%s.weight.tensor_scale", tp);
     float *ts = NULL;
     if (lay.tensor_scale) {
-        if (get_f32(f, path, key, 1, 1, -1, &ts, e) < 0)
+        if (get_f32(r, key, 1, 1, -1, &ts) < 0)
             return -1;
         p.tensor_scale = ts[0];
         free(ts);
         if (!(p.tensor_scale >= 0.0f))
             return qs_errf(e, "%s: tensor '%s' must be >= 0", path, key);
-    } else if (qs_st_find(f, key)) {
+    } else if (qs_st_find(r->f, key)) {
         return qs_errf(e, "%s: tensor '%s' does not belong to format %s", path, key, p.fmt.name);
     }
     static const uint8_t none = 0;
@@ -199,7 +232,7 @@ static int load_packed(const struct qs_st_file *f, const char *path, const char 
             return qs_errf(e,
                            "%s: layer '%s' decodes to a non-finite weight at [%zu, %zu] "
                            "(a NaN/Inf code or scale)",
-                           path, prefix, i / (size_t)cols, i % (size_t)cols);
+                           path, name, i / (size_t)cols, i % (size_t)cols);
     return 0;
 }
 
@@ -240,24 +273,26 @@ int qs_packfile_fold_map(int out, int in, const float *a, const float *mb, float
     return 0;
 }
 
-/* Folds layer idx's correction into w: (out, in) and b: (out), as packfile.h says. */
-static int fold_correction(const struct qs_st_file *f, const char *path, const char *prefix,
-                           int out, int in, float *w, float *b, qs_err *e)
+/* Folds the correction of layer NAME (tensors TP.corr.*) into w: (out, in) and b: (out), as
+ * packfile.h says. b NULL: the site has no bias, and a bias or map correction is refused. */
+static int fold_correction(const struct rd *r, const char *name, const char *tp, int out, int in,
+                           float *w, float *b)
 {
-    char key[160], key2[160];
+    const char *path = r->path;
+    qs_err *e = r->e;
+    char key[256], key2[256];
     float *l = NULL, *rt = NULL, *db = NULL, *a = NULL, *mb = NULL;
     int rc = -1;
-    snprintf(key, sizeof key, "%s.corr.l", prefix);
-    snprintf(key2, sizeof key2, "%s.corr.rt", prefix);
-    const struct qs_st_tensor *tl = qs_st_find(f, key), *tr = qs_st_find(f, key2);
+    snprintf(key, sizeof key, "%s.corr.l", tp);
+    snprintf(key2, sizeof key2, "%s.corr.rt", tp);
+    const struct qs_st_tensor *tl = qs_st_find(r->f, key), *tr = qs_st_find(r->f, key2);
     if (tl || tr) {
-        int64_t r = tl && tl->ndim == 2 ? tl->shape[1] : 0;
+        int64_t rk = tl && tl->ndim == 2 ? tl->shape[1] : 0;
         int mn = out < in ? out : in;
-        if (r < 1 || r > mn)
+        if (rk < 1 || rk > mn)
             return qs_errf(e, "%s: tensor '%s' must be (%d, r) with 1 <= r <= %d", path, key, out,
                            mn);
-        if (get_f32(f, path, key, 1, out, r, &l, e) < 0 ||
-            get_f32(f, path, key2, 1, r, in, &rt, e) < 0)
+        if (get_f32(r, key, 1, out, rk, &l) < 0 || get_f32(r, key2, 1, rk, in, &rt) < 0)
             goto out;
         size_t n = (size_t)out * in;
         float *c = qs_alloc(n, sizeof(float), "low-rank correction", e);
@@ -265,24 +300,30 @@ static int fold_correction(const struct qs_st_file *f, const char *path, const c
             goto out;
         /* c = l rt, the very product the fit computed (lowrank.c), then W' = Q(W) + c as the
          * session's forward pass adds it */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, (int)r, 1.0f, l, (int)r, rt,
-                    in, 0.0f, c, in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, (int)rk, 1.0f, l,
+                    (int)rk, rt, in, 0.0f, c, in);
         for (size_t j = 0; j < n; j++)
             w[j] = w[j] + c[j];
         free(c);
     }
-    snprintf(key, sizeof key, "%s.corr.bias", prefix);
-    int got = get_f32(f, path, key, 0, out, -1, &db, e);
+    static const char *const needs_bias[] = {"corr.bias", "corr.map", "corr.map_bias"};
+    for (int i = 0; !b && i < 3; i++) {
+        snprintf(key, sizeof key, "%s.%s", tp, needs_bias[i]);
+        if (qs_st_find(r->f, key))
+            return qs_errf(e, "%s: tensor '%s' corrects a bias, and site '%s' has none", path,
+                           key, name);
+    }
+    snprintf(key, sizeof key, "%s.corr.bias", tp);
+    int got = b ? get_f32(r, key, 0, out, -1, &db) : 1;
     if (got < 0)
         goto out;
     if (got == 0)
         for (int j = 0; j < out; j++)
             b[j] = b[j] + db[j];
-    snprintf(key, sizeof key, "%s.corr.map", prefix);
-    snprintf(key2, sizeof key2, "%s.corr.map_bias", prefix);
-    if (qs_st_find(f, key) || qs_st_find(f, key2)) {
-        if (get_f32(f, path, key, 1, out, out, &a, e) < 0 ||
-            get_f32(f, path, key2, 1, out, -1, &mb, e) < 0)
+    snprintf(key, sizeof key, "%s.corr.map", tp);
+    snprintf(key2, sizeof key2, "%s.corr.map_bias", tp);
+    if (b && (qs_st_find(r->f, key) || qs_st_find(r->f, key2))) {
+        if (get_f32(r, key, 1, out, out, &a) < 0 || get_f32(r, key2, 1, out, -1, &mb) < 0)
             goto out;
         if (qs_packfile_fold_map(out, in, a, mb, w, b, e) < 0)
             goto out;
@@ -297,67 +338,115 @@ out:
     return rc;
 }
 
-int qs_packfile_layer(const struct qs_st_file *f, const char *path, const char *prefix,
-                      struct qs_layer *l, qs_err *e)
+/* Site NAME, entry idx of qscope.layers, tensors TP.*: the weight (packed, or F32 (out, in), or
+ * (in, out) with QS_PACKFILE_WT), the bias (with QS_PACKFILE_BIAS: "TP.bias", zeros when
+ * absent; without: none may be there) and the folded correction into *wo, *bo. */
+static int load_site(const struct rd *r, const char *name, const char *tp, int idx, int out,
+                     int in, int flags, float **wo, float **bo)
 {
-    const char *kind = qs_st_meta(f, "qscope.export");
-    if (!kind || strcmp(kind, "packed"))
-        return 1;
-    char cn[512], shape[48];
-    /* every message below names the layer: refuse a name that would not print as it is */
-    if (strcmp(qs_clean_str(prefix, cn, sizeof cn, 0), prefix))
-        return qs_errf(e, "%s: layer name '%s' has control characters or is too long", path, cn);
-    int idx = list_index(qs_st_meta(f, "qscope.layers"), prefix);
-    if (idx < 0)
-        return qs_errf(e, "%s: layer '%s' is not in qscope.layers", path,
-                       qs_clean_str(prefix, cn, sizeof cn, 64));
-    if (meta_item(f, path, "qscope.weight_shapes", ',', idx, shape, sizeof shape, e) < 0)
-        return -1;
-    long out = 0, in = 0;
-    char *end;
-    out = strtol(shape, &end, 10);
-    if (*end == 'x')
-        in = strtol(end + 1, &end, 10);
-    if (*end || out < 1 || in < 1 || out > (1 << 24) || in > (1 << 24))
-        return qs_errf(e,
-                       "%s: qscope.weight_shapes entry '%s' of layer '%s': expected OUTxIN "
-                       "with sizes 1..16777216",
-                       path, qs_clean_str(shape, cn, 48, 40),
-                       qs_clean_str(prefix, cn + 48, 48, 40));
-    float *w = qs_alloc((size_t)out * (size_t)in, sizeof(float), prefix, e);
+    const char *path = r->path;
+    qs_err *e = r->e;
+    float *w = qs_alloc((size_t)out * (size_t)in, sizeof(float), name, e);
     float *b = NULL;
     if (!w)
         return qs_err_prefix(e, path);
-    char key[160];
-    snprintf(key, sizeof key, "%s.weight.codes", prefix);
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight.codes", tp);
     int rc;
-    if (qs_st_find(f, key)) {
-        rc = load_packed(f, path, prefix, idx, (int)out, (int)in, w, e);
+    if (qs_st_find(r->f, key)) {
+        rc = load_packed(r, name, tp, idx, out, in, w);
     } else {
         float *fw = NULL;
-        snprintf(key, sizeof key, "%s.weight", prefix);
-        rc = get_f32(f, path, key, 0, out, in, &fw, e);
+        const int wt = flags & QS_PACKFILE_WT;
+        snprintf(key, sizeof key, "%s.weight", tp);
+        rc = get_f32(r, key, 0, wt ? in : out, wt ? out : in, &fw);
         if (rc == 1)
             rc = qs_errf(e, "%s: packed export has neither '%s.codes' nor '%s' (layer '%s')", path,
-                         key, key, prefix);
-        if (rc == 0)
+                         key, key, name);
+        if (rc == 0 && wt) /* a Conv1D (in, out) weight: transposed to (out, in) */
+            for (int i = 0; i < out; i++)
+                for (int j = 0; j < in; j++)
+                    w[(size_t)i * in + j] = fw[(size_t)j * out + i];
+        else if (rc == 0)
             memcpy(w, fw, (size_t)out * in * sizeof(float));
         free(fw);
     }
-    snprintf(key, sizeof key, "%s.bias", prefix);
-    if (rc == 0 && (rc = get_f32(f, path, key, 0, out, -1, &b, e)) == 1) {
-        rc = 0;
-        b = qs_alloc((size_t)out, sizeof(float), key, e);
-        if (!b)
-            rc = -1;
+    snprintf(key, sizeof key, "%s.bias", tp);
+    if (rc == 0 && (flags & QS_PACKFILE_BIAS)) {
+        if ((rc = get_f32(r, key, 0, out, -1, &b)) == 1) {
+            rc = 0;
+            b = qs_alloc((size_t)out, sizeof(float), key, e);
+            if (!b)
+                rc = -1;
+        }
+    } else if (rc == 0 && qs_st_find(r->f, key)) {
+        rc = qs_errf(e, "%s: tensor '%s': site '%s' has no bias", path, key, name);
     }
     if (rc == 0)
-        rc = fold_correction(f, path, prefix, (int)out, (int)in, w, b, e);
+        rc = fold_correction(r, name, tp, out, in, w, b);
+    /* finite factors can still fold to an overflow: the model must not hold an Inf */
+    for (size_t i = 0, n = (size_t)out * in; rc == 0 && i < n + (b ? (size_t)out : 0); i++)
+        if (!isfinite(i < n ? w[i] : b[i - n]))
+            rc = qs_errf(e, "%s: layer '%s': its correction folds to a non-finite %s", path, name,
+                         i < n ? "weight" : "bias");
     if (rc < 0) {
         free(w);
         free(b);
         return -1;
     }
+    *wo = w;
+    *bo = b;
+    return 0;
+}
+
+/* Entry idx of qscope.layers for layer NAME (checked printable), and its "OUTxIN" shape. */
+static int site_meta(const struct rd *r, const char *name, int *idx, long *out, long *in)
+{
+    const char *path = r->path;
+    qs_err *e = r->e;
+    char cn[512], shape[48];
+    /* every message below names the layer: refuse a name that would not print as it is */
+    if (strcmp(qs_clean_str(name, cn, sizeof cn, 0), name) || strlen(name) > 200)
+        return qs_errf(e, "%s: layer name '%s' has control characters or is too long", path,
+                       qs_clean_str(name, cn, 64, 60));
+    *idx = list_index(qs_st_meta(r->f, "qscope.layers"), name);
+    if (*idx < 0)
+        return qs_errf(e, "%s: layer '%s' is not in qscope.layers", path,
+                       qs_clean_str(name, cn, sizeof cn, 64));
+    if (meta_item(r->f, path, "qscope.weight_shapes", ',', *idx, shape, sizeof shape, e) < 0)
+        return -1;
+    char *end;
+    *in = 0;
+    *out = strtol(shape, &end, 10);
+    if (*end == 'x')
+        *in = strtol(end + 1, &end, 10);
+    if (*end || *out < 1 || *in < 1 || *out > (1 << 24) || *in > (1 << 24))
+        return qs_errf(e,
+                       "%s: qscope.weight_shapes entry '%s' of layer '%s': expected OUTxIN "
+                       "with sizes 1..16777216",
+                       path, qs_clean_str(shape, cn, 48, 40),
+                       qs_clean_str(name, cn + 48, 48, 40));
+    return 0;
+}
+
+static int is_packed(const struct qs_st_file *f)
+{
+    const char *kind = qs_st_meta(f, "qscope.export");
+    return kind && !strcmp(kind, "packed");
+}
+
+int qs_packfile_layer(const struct qs_st_file *f, const char *path, const char *prefix,
+                      struct qs_layer *l, qs_err *e)
+{
+    if (!is_packed(f))
+        return 1;
+    struct rd r = {f, path, NULL, e};
+    int idx;
+    long out, in;
+    float *w, *b;
+    if (site_meta(&r, prefix, &idx, &out, &in) < 0 ||
+        load_site(&r, prefix, prefix, idx, (int)out, (int)in, QS_PACKFILE_BIAS, &w, &b) < 0)
+        return -1;
     snprintf(l->name, sizeof l->name, "%s", prefix);
     l->out = (int)out;
     l->in = (int)in;
@@ -366,4 +455,28 @@ int qs_packfile_layer(const struct qs_st_file *f, const char *path, const char *
     l->w_mapped = l->b_mapped = 0;
     l->has_bias = 1;
     return 0;
+}
+
+int qs_packfile_site(const struct qs_st_file *f, const char *path, const char *name,
+                     const char *tprefix, int out, int in, int flags, float **w, float **b,
+                     unsigned char *used, qs_err *e)
+{
+    *w = *b = NULL;
+    if (!is_packed(f))
+        return 1;
+    struct rd r = {f, path, used, e};
+    int idx;
+    long mo, mi;
+    char cn[96];
+    if (strlen(tprefix) > 200)
+        return qs_errf(e, "%s: tensor name prefix of site '%s' is too long", path,
+                       qs_clean_str(name, cn, sizeof cn, 64));
+    if (site_meta(&r, name, &idx, &mo, &mi) < 0)
+        return -1;
+    if (mo != out || mi != in)
+        return qs_errf(e,
+                       "%s: qscope.weight_shapes gives site '%s' the shape %ldx%ld, but the "
+                       "model's config.json gives %dx%d",
+                       path, name, mo, mi, out, in);
+    return load_site(&r, name, tprefix, idx, out, in, flags, w, b);
 }

@@ -61,10 +61,27 @@ assert all(t[\"dtype\"] == \"F32\" for k, t in h.items() if k != \"__metadata__\
   $Q "$M" --json -c "export model $T/$fam-f" >/dev/null 2>&1
   re0=$($Q "$T/$fam-f" $TXT --json -c eval 2>&1 | grep '"cmd":"eval"')
   check $fam.float-reload-exact "[ -n '$re0' ] && same $fam '$ev0' float '$re0' float exact"
-  # packed is refused for transformers, clearly
-  msg=$($Q "$M" -c "quant * int4; export model $T/$fam-p packed" 2>&1); rc=$?
-  check $fam.packed-refused "[ $rc = 1 ] && grep -q 'packed export of transformers is not supported yet' <<<'$msg' && [ ! -e '$T/$fam-p' ]"
+  # packed: codes, scales and the fitted factors; reloaded, the same loss to the bit (the
+  # dequantization and the folding are the session's code paths), and a smaller file
+  out=$($Q "$M" $TXT --json -c "quant * int4 gran=group:32; correct $site qera r=4; eval; export model $T/$fam-p packed" 2>&1)
+  ev=$(grep '"cmd":"eval"' <<<"$out")
+  re=$($Q "$T/$fam-p" $TXT --json -c eval 2>&1 | grep '"cmd":"eval"')
+  check $fam.packed-reload-exact "[ -n '$ev' ] && [ -n '$re' ] && same $fam '$ev' quant '$re' float exact"
+  check $fam.packed-smaller "[ \$(stat -c %s $T/$fam-p/model.safetensors) -lt \$(( \$(stat -c %s $T/$fam-q/model.safetensors) / 2 )) ]"
+  check $fam.packed-metadata "python3 -c '
+import json, struct, sys
+f = open(sys.argv[1] + \"/model.safetensors\", \"rb\"); n = struct.unpack(\"<Q\", f.read(8))[0]
+h = json.loads(f.read(n)); md = h[\"__metadata__\"]
+assert md[\"qscope.export\"] == \"packed\" and \"qera:r=4\" in md[\"qscope.corrections\"].split(\",\")
+p = (\"transformer.\" if sys.argv[3] == \"gpt2\" else \"\") + sys.argv[2]
+assert h[p + \".weight.codes\"][\"dtype\"] == \"U8\" and h[p + \".corr.l\"][\"shape\"][1] == 4
+assert p + \".weight\" not in h and \"lm_head.weight.codes\" in h
+' '$T/$fam-p' $site $fam"
 done
+
+# LLaMA sites have no bias: a bias correction cannot be written packed (nor folded), said so.
+msg=$($Q datasets/models/tiny-llama $TXT -c "quant * int4; correct model.layers.0.mlp.up_proj bias; export model $T/lb packed" 2>&1); rc=$?
+check llama.packed-bias-refused "[ $rc = 1 ] && grep -q 'up_proj has no bias to fold its bias correction into' <<<'$msg' && [ ! -e '$T/lb' ]"
 
 # A path that exists and is not a folder is refused, naming it.
 : >"$T/file"

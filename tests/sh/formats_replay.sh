@@ -159,10 +159,8 @@ export_check float-layer "quant * int4; quant fc1 none; correct fc2 bias"
 q=$($Q --json --no-default -c "load model $D; load data $C; quant * int3; correct fc2 linear; eval; export model $T/l.safetensors packed" 2>/dev/null | evq)
 p=$($Q --json "$T/l.safetensors" $C -c eval 2>/dev/null | evf)
 check export.linear-folded "python3 -c 'import ast,sys; a=ast.literal_eval(sys.argv[1]); b=ast.literal_eval(sys.argv[2]); assert a[\"acc\"]==b[\"acc\"] and abs(a[\"loss\"]-b[\"loss\"])<=1e-5*a[\"loss\"], (a,b)' \"$q\" \"$p\""
-# transformers: packed export is refused with a clear message (dequantized export works:
-# tests/sh/export_lm.sh)
-msg=$($Q --no-default -c "load model datasets/models/tiny-gpt2; export model $T/g.safetensors packed" 2>&1); rc=$?
-check export.transformer-refused "[ $rc = 1 ] && grep -q 'packed export of transformers is not supported yet' <<<\"\$msg\" && [ ! -e $T/g.safetensors ]"
+# transformers' packed folders (the same reader, per site): tests/sh/export_lm.sh and
+# tests/unit/test_lm_packed.c
 # a damaged packed file: one message naming the file once and the tensor at fault
 python3 - "$T/keep.safetensors" "$T/bad.safetensors" <<'PY'
 import json, struct, sys
