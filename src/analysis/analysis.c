@@ -172,7 +172,7 @@ static int rows_forward(struct qs_bench *b, int i, const float *x, const float *
                         int r0, int nr, int quant, int corr, float *y, qs_err *e)
 {
     const float *src = x;
-    if ((quant & QS_ROLE_A) && b->ls[i].afmt.kind != QS_FMT_NONE) {
+    if (xa && (quant & QS_ROLE_A) && b->ls[i].afmt.kind != QS_FMT_NONE) {
         src = xa;
         quant &= ~QS_ROLE_A;
     }
@@ -202,7 +202,8 @@ static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const
         !(yq = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
         !(t = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)))
         goto out;
-    if (actq) { /* the whole window's activation quantization, as the forward does it */
+    if (actq && chunk < n) { /* the whole window's activation quantization, as the forward
+                                does it, before its rows are taken in chunks */
         if (!(xfa = qs_alloc((size_t)n * l.in, sizeof(float), "the quantized inputs", e)) ||
             !(xqa = qs_alloc((size_t)n * l.in, sizeof(float), "the quantized inputs", e)) ||
             qs_bench_act_quant(s, xf, n, l.in, xfa, e) < 0 ||
@@ -856,8 +857,9 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
                           "inputs", i, l->out);
     if (b->lm && i == b->lm->nsites - 1 && (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL))
         return qs_errf(e, "%s: the vocabulary head (%d outputs) is excluded from output-side "
-                          "fits: a map on its outputs needs their %d x %d second moments",
-                       l->name, l->out, l->out, l->out);
+                          "fits: a map on its outputs needs their %d x %d second moments (output-"
+                          "side maps are fitted on sites of up to %d outputs)",
+                       l->name, l->out, l->out, l->out, MAP_MAX_OUT);
     int nc = 0, nt = 0, d = l->out;
     const float *xfc = site_x(b, i, QS_CALIB, 0, &nc, e), *xqc = xfc ? site_x(b, i, QS_CALIB, 1,
                                                                              &nc, e) : NULL;

@@ -161,9 +161,17 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         cJSON_AddStringToObject(o, "data", b->data_path ? b->data_path : "");
         cJSON_AddNumberToObject(o, "tokens", (double)b->tokens->n);
         cJSON_AddStringToObject(o, "token_source", b->tokens->source);
+        cJSON_AddNumberToObject(o, "calib_windows", cw);
+        if (b->calib_tokens > 0)
+            cJSON_AddNumberToObject(o, "calib_tokens", b->calib_tokens);
+        char budget[64] = "";
+        if (b->calib_tokens > 0)
+            snprintf(budget, sizeof budget, " of %d tokens, budget tokens=%d", m->ctx,
+                     b->calib_tokens);
         qs_sb_printf(t, "data    %s (%zu tokens from %s; held out the last %zu; calibration %d "
-                        "windows)\n",
-                     b->data_path, b->tokens->n, b->tokens->source, b->tokens->n - off, cw);
+                        "windows%s)\n",
+                     b->data_path, b->tokens->n, b->tokens->source, b->tokens->n - off, cw,
+                     budget);
     } else {
         qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
     }
