@@ -151,6 +151,18 @@ struct err_ctx {
     double *sum; /* nsites x QS_ERRSUM */
 };
 
+/* *acc += ||a - b||^2, element by element onto the running sum (the order of one sum over every
+ * row of the split) */
+static void acc_diff(double *acc, const float *a, const float *b, size_t n)
+{
+    double s = *acc;
+    for (size_t j = 0; j < n; j++) {
+        double d = (double)a[j] - b[j];
+        s += d * d;
+    }
+    *acc = s;
+}
+
 static void acc_pair(double *sm, const float *yq, const float *yf, size_t len)
 {
     for (size_t j = 0; j < len; j++)
@@ -236,13 +248,13 @@ static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const
         }
         if (rows_forward(b, i, xf, xfa, l.in, r0, nr, QS_ROLE_W | QS_ROLE_A, 1, t, e) < 0)
             goto out;
-        sm[ES_LOCAL] += sq_diff(t, pf, len);
+        acc_diff(&sm[ES_LOCAL], t, pf, len);
         if (attr) {
             static const int roles[3] = {QS_ROLE_W, QS_ROLE_A, QS_ROLE_W | QS_ROLE_A};
             for (int k = 0; k < 3; k++) {
                 if (rows_forward(b, i, xf, xfa, l.in, r0, nr, roles[k], 0, t, e) < 0)
                     goto out;
-                sm[ES_W + k] += sq_diff(t, pf, len);
+                acc_diff(&sm[ES_W + k], t, pf, len);
             }
         }
     }
