@@ -103,6 +103,17 @@ struct qs_acts {
 
 enum qs_split_id { QS_CALIB, QS_TEST };
 
+/* `error`'s per-site statistics on a transformer, kept between calls: the streamed sums of
+ * sites [0, valid) (QS_ERRSUM doubles a site, analysis.c) and each site's KL run (kl_ok). A
+ * change at site i (qs_bench_invalidate) drops the sums from i on and the KL run of i. */
+struct qs_site_err_cache {
+    int nsites, valid;
+    double *sum;
+    double *kl;
+    unsigned char *kl_ok;
+};
+void qs_site_err_cache_free(struct qs_site_err_cache *c);
+
 typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
 
 struct qs_bench {
@@ -130,6 +141,17 @@ struct qs_bench {
     struct qs_acts f_acts[2];
     struct qs_acts q_acts[2];
     int q_valid[2];              /* quantized path valid for layers [0, q_valid) */
+    /* transformers keep no whole-model caches (qs_bench_update fills none for them): analyses
+     * stream window by window (qs_bench_stream) and keep only what they need, within budget */
+    size_t act_budget;           /* bytes of captured activations a streaming pass or a site's
+                                    row cache may hold (default QS_ACT_BUDGET) */
+    int calib_tokens;            /* set calib tokens=N: the budget asked for (0: windows given) */
+    struct qs_site_rows {        /* one site's input rows (both paths, both splits) */
+        int site;                /* -1: none */
+        int n[2];                /* rows per split */
+        float *xf[2], *xq[2];
+    } rows;
+    struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
     /* front-end hooks (may be NULL) */
     qs_progress_fn progress;
     void *progress_ctx;
@@ -248,6 +270,36 @@ int qs_bench_inputs(struct qs_bench *b, enum qs_split_id s, int quant, int site,
  * split (-1 and e when the model and data are not ready). */
 int qs_bench_unit_rows(const struct qs_bench *b);
 int qs_bench_split_units(struct qs_bench *b, enum qs_split_id s, qs_err *e);
+/* The default act_budget: 512 MiB. */
+#define QS_ACT_BUDGET ((size_t)512 << 20)
+
+/* Streaming over a transformer's windows (one window's activations at a time): for every window
+ * of split s, the float path runs (stopping after the last wanted site) capturing the inputs of
+ * the wanted sites, then the quantized path (every site's rules and corrections) runs from the
+ * block of the first site that is not the identity (quantized or corrected) to the last wanted
+ * site, and fn is called once per wanted site and window with: xf, xq (n, in) the site's float
+ * and quantized-path inputs; yf (n, out) the float pre-activations, given for sites before the
+ * first non-identity site (where xq == xf and yq == yf) and else NULL; yq (n, out) the quantized
+ * path's pre-activations as its forward computed them (its correction applied), NULL for the
+ * head (its linear is not run) and sites where yf is given (yq == yf). Wanted sites whose float
+ * inputs of one window exceed act_budget are streamed in several groups (each its own passes).
+ * quant 0: only the float pass (xq = xf, yq = NULL). want: nsites flags. */
+typedef int (*qs_stream_fn)(void *ctx, int site, int window, const float *xf, const float *xq,
+                            const float *yf, const float *yq, int n, qs_err *e);
+int qs_bench_stream(struct qs_bench *b, enum qs_split_id s, const unsigned char *want, int quant,
+                    qs_stream_fn fn, void *ctx, qs_err *e);
+/* Windows the analyses use on split s (held out: min(held-out, calibration) windows). */
+int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e);
+/* A transformer site's input rows of both splits on both paths (b->rows), streamed once and kept
+ * until a change upstream of it; refused beyond act_budget. MLPs: from the caches. */
+int qs_bench_site_rows(struct qs_bench *b, int site, qs_err *e);
+/* Whether site i computes other than the float site (quantized, or a correction applied). */
+int qs_bench_site_identity(const struct qs_bench *b, int i);
+/* Bytes the analyses hold now (activation caches, a site's rows, statistics). */
+size_t qs_bench_held_bytes(const struct qs_bench *b);
+/* set calib tokens=N (transformers): N / ctx windows (at least 1), the budget remembered. */
+int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e);
+
 /* Drops every cached activation (both paths, both splits). */
 void qs_bench_caches_free(struct qs_bench *b);
 void qs_bench_acts_free(struct qs_acts *a, int nsites, int in0_owned);

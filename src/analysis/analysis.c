@@ -22,32 +22,54 @@ static double sq_diff(const float *a, const float *b, size_t n)
 
 static double db_of(double rel) { return rel > 0 ? -10.0 * log10(rel) : INFINITY; }
 
+/* Site i's input rows on split sp along a path: an MLP's caches, a transformer's one-site row
+ * cache (qs_bench_site_rows, within the activation budget). NULL with e on failure. */
+static const float *site_x(struct qs_bench *b, int i, enum qs_split_id sp, int quant, int *n,
+                           qs_err *e)
+{
+    if (b->lm) {
+        if (qs_bench_site_rows(b, i, e) < 0)
+            return NULL;
+        *n = b->rows.n[sp];
+        return quant ? b->rows.xq[sp] : b->rows.xf[sp];
+    }
+    if (qs_bench_update(b, e) < 0)
+        return NULL;
+    const struct qs_acts *a = quant ? &b->q_acts[sp] : &b->f_acts[sp];
+    *n = a->n;
+    return a->in[i];
+}
+
 int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, float **y,
                     int *n, qs_err *e)
 {
     *y = NULL;
-    if (qs_bench_update(b, e) < 0)
+    const float *x = site_x(b, i, sp, quant, n, e);
+    if (!x)
         return -1;
     const struct qs_acts *a = quant ? &b->q_acts[sp] : &b->f_acts[sp];
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
-    float *out = qs_alloc((size_t)a->n * u.out, sizeof(float), "the pre-activations", e);
+    float *out = qs_alloc((size_t)*n * u.out, sizeof(float), "the pre-activations", e);
     if (!out)
         return -1;
-    if (a->pre) { /* the MLP keeps them: the same bits as recomputing them */
+    if (!b->lm && a->pre) { /* the MLP keeps them: the same bits as recomputing them */
         memcpy(out, a->pre[i], (size_t)a->n * u.out * sizeof(float));
-    } else if (qs_bench_layer_forward(b, i, a->in[i], a->n, quant ? QS_ROLE_W | QS_ROLE_A : 0,
-                                      quant, out, e) < 0) {
+    } else if (qs_bench_layer_forward(b, i, x, *n, quant ? QS_ROLE_W | QS_ROLE_A : 0, quant, out,
+                                      e) < 0) {
         free(out);
         return -1;
     }
     *y = out;
-    *n = a->n;
     return 0;
 }
 
+static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
+
 int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
 {
+    if (b->lm)
+        return lm_errors(b, err, e);
     if (qs_bench_update(b, e) < 0)
         return -1;
     int S = qs_bench_nunits(b);
@@ -110,6 +132,221 @@ int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
     for (int i = 0; rc == 0 && i < S; i++)
         err[i].kl_share = kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
     return rc;
+}
+
+/* ---- error on a transformer: one streaming pass of sums ------------------------------------ */
+
+/* A site's sums over the calibration windows, each accumulated element by element in row order
+ * (windows after one another), as qs_frob2 / sq_diff sum the rows of a whole split: ||Y_f||^2,
+ * ||Y_q - Y_f||^2, ||Y_q||^2, <Y_q, Y_f> (propagated), then the local ||Y_l - Y_f||^2 and the
+ * attributions (weights only, activations only, both; each without the correction). */
+enum { ES_DEN, ES_NUM, ES_NQ, ES_DOT, ES_LOCAL, ES_W, ES_A, ES_BOTH, QS_ERRSUM };
+
+/* Rows of a window computed at a time for sites with wide outputs (the vocabulary head): a
+ * window's pre-activations of such a site would be ctx x vocab floats per path. */
+#define ERR_CHUNK_BYTES ((size_t)16 << 20)
+
+struct err_ctx {
+    struct qs_bench *b;
+    double *sum; /* nsites x QS_ERRSUM */
+};
+
+/* *acc += ||a - b||^2, element by element onto the running sum (the order of one sum over every
+ * row of the split) */
+static void acc_diff(double *acc, const float *a, const float *b, size_t n)
+{
+    double s = *acc;
+    for (size_t j = 0; j < n; j++) {
+        double d = (double)a[j] - b[j];
+        s += d * d;
+    }
+    *acc = s;
+}
+
+static void acc_pair(double *sm, const float *yq, const float *yf, size_t len)
+{
+    for (size_t j = 0; j < len; j++)
+        sm[ES_DEN] += (double)yf[j] * yf[j];
+    for (size_t j = 0; j < len; j++) {
+        double d = (double)yq[j] - yf[j];
+        sm[ES_NUM] += d * d;
+    }
+    for (size_t j = 0; j < len; j++)
+        sm[ES_NQ] += (double)yq[j] * yq[j];
+    for (size_t j = 0; j < len; j++)
+        sm[ES_DOT] += (double)yq[j] * yf[j];
+}
+
+/* y = site i on rows [r0, r0 + nr) of x, roles quant, correction corr; xa: x with the site's
+ * activation quantization applied to the whole window (as the forward applies it), used when
+ * quant has QS_ROLE_A. */
+static int rows_forward(struct qs_bench *b, int i, const float *x, const float *xa, int in,
+                        int r0, int nr, int quant, int corr, float *y, qs_err *e)
+{
+    const float *src = x;
+    if (xa && (quant & QS_ROLE_A) && b->ls[i].afmt.kind != QS_FMT_NONE) {
+        src = xa;
+        quant &= ~QS_ROLE_A;
+    }
+    return qs_bench_layer_forward(b, i, src + (size_t)r0 * in, nr, quant, corr, y, e);
+}
+
+static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const float *yf_given,
+                  const float *yq_given, int n, qs_err *e)
+{
+    (void)w;
+    struct err_ctx *c = u;
+    struct qs_bench *b = c->b;
+    struct qs_unit l;
+    qs_bench_unit(b, i, &l);
+    const struct qs_layer_state *s = &b->ls[i];
+    double *sm = c->sum + (size_t)i * QS_ERRSUM;
+    int ident = qs_bench_site_identity(b, i), attr = s->wfmt.kind != QS_FMT_NONE &&
+                                                     s->afmt.kind != QS_FMT_NONE;
+    int actq = s->afmt.kind != QS_FMT_NONE;
+    size_t rowb = (size_t)l.out * sizeof(float);
+    int chunk = n;
+    if ((size_t)n * rowb > ERR_CHUNK_BYTES && !(yf_given && (xq == xf)))
+        chunk = (int)(ERR_CHUNK_BYTES / rowb) > 0 ? (int)(ERR_CHUNK_BYTES / rowb) : 1;
+    float *yf = NULL, *yq = NULL, *t = NULL, *xfa = NULL, *xqa = NULL;
+    int rc = -1;
+    if (!(yf = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
+        !(yq = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
+        !(t = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)))
+        goto out;
+    if (actq && chunk < n) { /* the whole window's activation quantization, as the forward
+                                does it, before its rows are taken in chunks */
+        if (!(xfa = qs_alloc((size_t)n * l.in, sizeof(float), "the quantized inputs", e)) ||
+            !(xqa = qs_alloc((size_t)n * l.in, sizeof(float), "the quantized inputs", e)) ||
+            qs_bench_act_quant(s, xf, n, l.in, xfa, e) < 0 ||
+            qs_bench_act_quant(s, xq, n, l.in, xqa, e) < 0)
+            goto out;
+    }
+    for (int r0 = 0; r0 < n; r0 += chunk) {
+        int nr = n - r0 < chunk ? n - r0 : chunk;
+        size_t len = (size_t)nr * l.out;
+        const float *pf, *pq;
+        if (yf_given) { /* before the first non-identity site: the two paths agree */
+            pf = pq = yf_given + (size_t)r0 * l.out;
+        } else {
+            if (rows_forward(b, i, xf, xfa, l.in, r0, nr, 0, 0, yf, e) < 0)
+                goto out;
+            pf = yf;
+            if (yq_given) {
+                pq = yq_given + (size_t)r0 * l.out;
+            } else if (ident && xq == xf) {
+                pq = pf;
+            } else {
+                if (rows_forward(b, i, xq, xqa, l.in, r0, nr, QS_ROLE_W | QS_ROLE_A, 1, yq, e) < 0)
+                    goto out;
+                pq = yq;
+            }
+        }
+        acc_pair(sm, pq, pf, len);
+        if (ident) { /* the site computes as the float one from the float input */
+            continue;
+        }
+        if (rows_forward(b, i, xf, xfa, l.in, r0, nr, QS_ROLE_W | QS_ROLE_A, 1, t, e) < 0)
+            goto out;
+        acc_diff(&sm[ES_LOCAL], t, pf, len);
+        if (attr) {
+            static const int roles[3] = {QS_ROLE_W, QS_ROLE_A, QS_ROLE_W | QS_ROLE_A};
+            for (int k = 0; k < 3; k++) {
+                if (rows_forward(b, i, xf, xfa, l.in, r0, nr, roles[k], 0, t, e) < 0)
+                    goto out;
+                acc_diff(&sm[ES_W + k], t, pf, len);
+            }
+        }
+    }
+    rc = 0;
+out:
+    free(yf);
+    free(yq);
+    free(t);
+    free(xfa);
+    free(xqa);
+    return rc;
+}
+
+static struct qs_site_err_cache *errc_of(struct qs_bench *b, qs_err *e)
+{
+    int S = qs_bench_nunits(b);
+    if (b->errc && b->errc->nsites == S)
+        return b->errc;
+    qs_site_err_cache_free(b->errc);
+    struct qs_site_err_cache *c = b->errc = qs_calloc(1, sizeof *c);
+    if (!c || !(c->sum = qs_calloc((size_t)S * QS_ERRSUM, sizeof(double))) ||
+        !(c->kl = qs_calloc((size_t)S, sizeof(double))) ||
+        !(c->kl_ok = qs_calloc((size_t)S, 1))) {
+        qs_site_err_cache_free(c);
+        b->errc = NULL;
+        qs_errf(e, "out of memory");
+        return NULL;
+    }
+    c->nsites = S;
+    return c;
+}
+
+/* error on a transformer: the sums of the sites not kept (the sites from the last change on) in
+ * one streaming pass over the calibration windows, and each quantized site's KL run (kept until
+ * that site changes). */
+static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
+{
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    int S = qs_bench_nunits(b);
+    struct qs_site_err_cache *c = errc_of(b, e);
+    if (!c)
+        return -1;
+    if (c->valid < S) {
+        unsigned char *want = qs_calloc((size_t)S, 1);
+        if (!want)
+            return qs_errf(e, "out of memory");
+        for (int i = c->valid; i < S; i++) {
+            want[i] = 1;
+            memset(c->sum + (size_t)i * QS_ERRSUM, 0, QS_ERRSUM * sizeof(double));
+        }
+        struct err_ctx ec = {b, c->sum};
+        int rc = qs_bench_stream(b, QS_CALIB, want, 1, err_fn, &ec, e);
+        free(want);
+        if (rc < 0)
+            return -1;
+        c->valid = S;
+    }
+    double kl_sum = 0.0;
+    for (int i = 0; i < S; i++) {
+        const struct qs_layer_state *s = &b->ls[i];
+        const double *sm = c->sum + (size_t)i * QS_ERRSUM;
+        struct qs_layer_err *r = &err[i];
+        memset(r, 0, sizeof *r);
+        double den = sm[ES_DEN], nq = sm[ES_NQ];
+        r->w_rel_err = s->w_rel_err;
+        r->preact_rel_mse = den > 0 ? sm[ES_NUM] / den : 0.0;
+        r->snr_db = db_of(r->preact_rel_mse);
+        r->cosine = den > 0 && nq > 0 ? sm[ES_DOT] / sqrt(den * nq) : 1.0;
+        r->local_rel_mse = den > 0 ? sm[ES_LOCAL] / den : 0.0;
+        r->local_snr_db = db_of(r->local_rel_mse);
+        if (s->wfmt.kind != QS_FMT_NONE && s->afmt.kind != QS_FMT_NONE && den > 0) {
+            r->has_attr = 1;
+            r->w_only = sm[ES_W] / den;
+            r->a_only = sm[ES_A] / den;
+            r->interaction = sm[ES_BOTH] / den - r->w_only - r->a_only;
+        }
+        if (s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) {
+            if (!c->kl_ok[i]) {
+                struct qs_metric m;
+                uint64_t bit = 1ULL << (i < 63 ? i : 63);
+                if (qs_bench_run_ex(b, QS_TEST, bit, bit, &m, NULL, &c->kl[i], NULL, e) < 0)
+                    return -1;
+                c->kl_ok[i] = 1;
+            }
+            r->kl_alone = c->kl[i];
+            kl_sum += r->kl_alone;
+        }
+    }
+    for (int i = 0; i < S; i++)
+        err[i].kl_share = kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
+    return 0;
 }
 
 /* ---- spectra ------------------------------------------------------------------------- */
@@ -228,9 +465,15 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
     struct qs_unit unit, *l = &unit;
     qs_bench_unit(b, i, &unit);
     const struct qs_layer_state *s = &b->ls[i];
-    /* the float calibration inputs of unit i: x (xn, in) */
-    const float *xin = b->f_acts[QS_CALIB].in[i];
-    int xn = b->f_acts[QS_CALIB].n;
+    /* the float calibration inputs of unit i: x (xn, in), when the view needs them */
+    const float *xin = NULL;
+    int xn = 0;
+    if (of == QS_SPEC_WEIGHT && scale != QS_SCALE_NONE &&
+        !(xin = site_x(b, i, QS_CALIB, 0, &xn, e))) {
+        free(yf);
+        free(yq);
+        return -1;
+    }
     int m, n;
     float *err = NULL, *ref = NULL, *half = NULL;
     float *res = NULL, *cs = NULL, *e0 = NULL, *r0 = NULL; /* residual, act scales, unscaled */
@@ -624,9 +867,23 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
                     teacher->layers[0].in != b->model->layers[0].in))
         return qs_errf(e, "teacher: layer %d of the teacher does not have %d outputs on the same "
                           "inputs", i, l->out);
-    const struct qs_acts *fc = &b->f_acts[QS_CALIB], *qc = &b->q_acts[QS_CALIB];
-    const struct qs_acts *ft = &b->f_acts[QS_TEST], *qt = &b->q_acts[QS_TEST];
-    int nc = fc->n, nt = ft->n, d = l->out;
+    /* a real vocabulary head is never fitted on the output side (its out x out moments alone
+     * would be vocab^2: 10 GB in double for GPT-2's 50257); a byte-level toy head (256) is, so
+     * that the journals recorded on the bundled models replay */
+    if (b->lm && i == b->lm->nsites - 1 && (m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL) &&
+        l->out > MAP_MAX_OUT)
+        return qs_errf(e, "%s: the vocabulary head (%d outputs) is excluded from output-side "
+                          "fits: a map on its outputs needs their %d x %d second moments (output-"
+                          "side maps are fitted on sites of up to %d outputs)",
+                       l->name, l->out, l->out, l->out, MAP_MAX_OUT);
+    int nc = 0, nt = 0, d = l->out;
+    const float *xfc = site_x(b, i, QS_CALIB, 0, &nc, e), *xqc = xfc ? site_x(b, i, QS_CALIB, 1,
+                                                                             &nc, e) : NULL;
+    const float *xft = xqc ? site_x(b, i, QS_TEST, 0, &nt, e) : NULL;
+    const float *xqt = xft ? site_x(b, i, QS_TEST, 1, &nt, e) : NULL;
+    if (!xqt)
+        return -1;
+    const struct qs_acts *fc = &b->f_acts[QS_CALIB], *ft = &b->f_acts[QS_TEST];
     const char *what = b->lm ? "windows" : "split";
     if ((m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL) && d > MAP_MAX_OUT)
         return qs_errf(e, "%s: a linear map on %d outputs would be %d x %d; output-side maps are "
@@ -649,8 +906,8 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     int rc = -1, nrows;
     if (!yh)
         goto out;
-    if (qs_bench_layer_forward(b, i, qc->in[i], nc, QS_ROLE_W | QS_ROLE_A, 0, yq_c, e) < 0 ||
-        qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
+    if (qs_bench_layer_forward(b, i, xqc, nc, QS_ROLE_W | QS_ROLE_A, 0, yq_c, e) < 0 ||
+        qs_bench_layer_forward(b, i, xqt, nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
         qs_bench_preact(b, QS_CALIB, 0, i, &yf_c, &nrows, e) < 0 ||
         qs_bench_preact(b, QS_TEST, 0, i, &yf_t, &nrows, e) < 0)
         goto out;
@@ -679,7 +936,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             goto oom;
         for (size_t j = 0; j < nwts; j++)
             ew[j] = l->w[j] - s->wq[j];
-        int r2 = qs_corr_fit_lowrank(m, ew, l->out, l->in, fc->in[i], nc, rank, prec, &nw, e);
+        int r2 = qs_corr_fit_lowrank(m, ew, l->out, l->in, xfc, nc, rank, prec, &nw, e);
         free(ew);
         if (r2 < 0)
             goto out;
@@ -691,7 +948,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         break;
     case QS_CORR_CLOCAL: {
         /* Fitted and judged on the held-out split itself, from float inputs (local errors). */
-        if (qs_bench_layer_forward(b, i, ft->in[i], nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
+        if (qs_bench_layer_forward(b, i, xft, nt, QS_ROLE_W | QS_ROLE_A, 0, yq_t, e) < 0 ||
             fit_map(yq_t, yf_t, nt, d, lambda, &nw, e) < 0)
             goto out;
         nw.params = (long)d * d + d;
@@ -711,13 +968,13 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
     s->corr = nw;
     memset(&nw, 0, sizeof nw);
     if (m != QS_CORR_CLOCAL) {
-        if (qs_bench_layer_forward(b, i, qt->in[i], nt, QS_ROLE_W | QS_ROLE_A, 1, yh, e) < 0)
+        if (qs_bench_layer_forward(b, i, xqt, nt, QS_ROLE_W | QS_ROLE_A, 1, yh, e) < 0)
             goto out;
         s->corr.recovery = qs_recovery(yf_t, yq_t, yh, lt, NULL);
         float *yh_c = malloc(lc * sizeof(float));
         if (!yh_c)
             goto oom;
-        if (qs_bench_layer_forward(b, i, qc->in[i], nc, QS_ROLE_W | QS_ROLE_A, 1, yh_c, e) < 0) {
+        if (qs_bench_layer_forward(b, i, xqc, nc, QS_ROLE_W | QS_ROLE_A, 1, yh_c, e) < 0) {
             free(yh_c);
             goto out;
         }

@@ -63,9 +63,32 @@ void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u)
 
 static int nlayers_of(const struct qs_bench *b) { return qs_bench_nunits(b); }
 
+void qs_site_err_cache_free(struct qs_site_err_cache *c)
+{
+    if (!c)
+        return;
+    free(c->sum);
+    free(c->kl);
+    free(c->kl_ok);
+    free(c);
+}
+
+static void rows_free(struct qs_bench *b)
+{
+    for (int s = 0; s < 2; s++) {
+        free(b->rows.xf[s]);
+        free(b->rows.xq[s]);
+    }
+    memset(&b->rows, 0, sizeof b->rows);
+    b->rows.site = -1;
+}
+
 void qs_bench_caches_free(struct qs_bench *b)
 {
     int L = nlayers_of(b);
+    rows_free(b);
+    qs_site_err_cache_free(b->errc);
+    b->errc = NULL;
     for (int s = 0; s < 2; s++) {
         qs_bench_acts_free(&b->f_acts[s], L, b->lm != NULL);
         qs_bench_acts_free(&b->q_acts[s], L, b->lm != NULL);
@@ -100,6 +123,8 @@ struct qs_bench *qs_bench_new(void)
     b->gate_min = 0.8;
     b->gate_lm = 0.25;
     b->regime = QS_REGIME_WEIGHT;
+    b->act_budget = QS_ACT_BUDGET;
+    b->rows.site = -1;
     return b;
 }
 
@@ -137,6 +162,19 @@ void qs_bench_invalidate(struct qs_bench *b, int i)
     for (int s = 0; s < 2; s++)
         if (b->q_valid[s] > i)
             b->q_valid[s] = i;
+    /* a site's quantized-path inputs depend on the sites before it only */
+    if (b->rows.site > i)
+        rows_free(b);
+    if (b->errc) {
+        if (b->errc->valid > i)
+            b->errc->valid = i;
+        /* site i's KL run has it alone quantized; sites past 63 share the masks' last bit */
+        if (i >= 0 && i < b->errc->nsites)
+            b->errc->kl_ok[i] = 0;
+        if (i >= 63)
+            for (int j = 63; j < b->errc->nsites; j++)
+                b->errc->kl_ok[j] = 0;
+    }
 }
 
 /* Forgets the model of either kind, its per-unit state and caches. */
@@ -235,6 +273,8 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     s->f_train = b->f_train;
     s->f_calib = b->f_calib;
     s->calib_n = b->calib_n;
+    s->calib_tokens = b->calib_tokens;
+    s->act_budget = b->act_budget;
     s->gate_min = b->gate_min;
     s->gate_lm = b->gate_lm;
     s->regime = b->regime;
@@ -357,6 +397,7 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
             return qs_errf(e, "set calib: %d windows requested but the non-held-out tokens hold "
                               "%ld windows of %d", n, avail, b->lm->ctx);
         b->calib_n = n;
+        b->calib_tokens = 0;
         qs_bench_lm_drop(b);
         return 0;
     }
@@ -370,6 +411,21 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
     b->calib_n = n;
     for (int i = 0; b->ls && i < nlayers_of(b); i++)
         b->ls[i].a_static_amax = 0.0f;
+    return 0;
+}
+
+int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "set calib tokens=N applies to transformers (an MLP's calibration is "
+                          "counted in samples: set calib N)");
+    if (tokens < 1)
+        return qs_errf(e, "set calib tokens=%ld: need at least 1 token", tokens);
+    /* whole windows of the model's context: N / ctx of them, at least one */
+    long w = tokens / b->lm->ctx;
+    if (qs_bench_set_calib(b, (int)(w < 1 ? 1 : w > (1L << 30) ? (1L << 30) : w), e) < 0)
+        return -1;
+    b->calib_tokens = (int)(tokens > (1L << 30) ? (1L << 30) : tokens);
     return 0;
 }
 
@@ -667,10 +723,13 @@ void qs_bench_split_text(const struct qs_bench *b, char *buf, size_t n)
         int cw, ctx = b->lm->ctx;
         qs_bench_lm_split(b, &off, &cw);
         size_t held = b->tokens->n - off;
+        char budget[64] = "set calib N counts windows";
+        if (b->calib_tokens > 0)
+            snprintf(budget, sizeof budget, "set calib tokens=%d", b->calib_tokens);
         snprintf(buf, n,
-                 "tokens: train [0, %zu) / calibration: its first %d window%s of %d (set calib N "
-                 "counts windows) / held-out [%zu, %zu): the last 10 %%, %zu windows of %d",
-                 off, cw, cw == 1 ? "" : "s", ctx, off, b->tokens->n,
+                 "tokens: train [0, %zu) / calibration: its first %d window%s of %d (%s) / "
+                 "held-out [%zu, %zu): the last 10 %%, %zu windows of %d",
+                 off, cw, cw == 1 ? "" : "s", ctx, budget, off, b->tokens->n,
                  (held - 1) / (size_t)ctx, ctx);
     } else if (!b->lm && b->data) {
         snprintf(buf, n,

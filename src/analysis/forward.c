@@ -502,11 +502,16 @@ static void ensure_static_amax(struct qs_bench *b)
     }
 }
 
+static int calibrate_static(struct qs_bench *b, qs_err *e);
+
 int qs_bench_update(struct qs_bench *b, qs_err *e)
 {
     const struct family *F = family_of(b);
     if (F->ready(b, e) < 0)
         return -1;
+    /* transformers keep no whole-model caches: the analyses stream (qs_bench_stream) */
+    if (b->lm)
+        return calibrate_static(b, e);
     int S = qs_bench_nunits(b);
     if (!b->f_valid) {
         qs_bench_caches_free(b);
@@ -562,6 +567,13 @@ int qs_bench_inputs(struct qs_bench *b, enum qs_split_id s, int quant, int site,
 {
     if (qs_bench_update(b, e) < 0)
         return -1;
+    if (b->lm) {
+        if (qs_bench_site_rows(b, site, e) < 0)
+            return -1;
+        *x = quant ? b->rows.xq[s] : b->rows.xf[s];
+        *n = b->rows.n[s];
+        return 0;
+    }
     const struct qs_acts *a = quant ? &b->q_acts[s] : &b->f_acts[s];
     *x = a->in[site];
     *n = a->n;
@@ -604,7 +616,7 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     }
     if (!need)
         return 0;
-    if (!b->lm || b->f_valid)
+    if (!b->lm)
         return qs_bench_update(b, e);
     struct amax_ctx c = {qs_calloc((size_t)S, sizeof(float))};
     float *lg = c.mx ? qs_alloc((size_t)b->lm->ctx * b->lm->vocab, sizeof(float), "the logits",
@@ -748,4 +760,303 @@ int qs_bench_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
     ev->gate_threshold = ev->chance + b->gate_min * (1.0 - ev->chance);
     ev->gate_pass = ev->f.acc >= ev->gate_threshold;
     return 0;
+}
+
+/* ---- streaming over windows (transformers) ------------------------------------------------ */
+
+int qs_bench_site_identity(const struct qs_bench *b, int i)
+{
+    const struct qs_layer_state *s = &b->ls[i];
+    int corr = s->corr.method != QS_CORR_CLOCAL && (s->corr.c || s->corr.db || s->corr.amap);
+    return !s->wq && s->afmt.kind == QS_FMT_NONE && !corr;
+}
+
+int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "streaming over windows applies to transformers");
+    if (qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    size_t st;
+    return lm_windows(b, s, &st, 1);
+}
+
+struct stream {
+    struct qs_bench *b;
+    const unsigned char *want; /* this group's sites */
+    int last, first_q, head, w, stopped;
+    float **xf;                /* (nsites) one window's float inputs of the group's sites */
+    float *xq_head;            /* the head's quantized-path input (its linear is not run) */
+    struct path p;             /* the path of this pass */
+    int quant;                 /* 0: the float pass, 1: the quantized pass */
+    qs_stream_fn fn;
+    void *ctx;
+};
+
+static void stream_input(void *u, int s, const float *x, int n, int in)
+{
+    struct stream *t = u;
+    if (!t->want[s])
+        return;
+    if (!t->quant && (s >= t->first_q || s == t->head))
+        memcpy(t->xf[s], x, (size_t)n * in * sizeof(float));
+    else if (t->quant && s == t->head)
+        memcpy(t->xq_head, x, (size_t)n * in * sizeof(float));
+}
+
+static int stream_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
+{
+    struct stream *t = u;
+    if (path_linear(&t->p, s, x, n, y, e) < 0)
+        return -1;
+    if (t->want[s]) {
+        int rc = 0;
+        if (!t->quant && s < t->first_q)
+            rc = t->fn(t->ctx, s, t->w, x, x, y, NULL, n, e);
+        else if (t->quant && s >= t->first_q)
+            rc = t->fn(t->ctx, s, t->w, t->xf[s], x, NULL, y, n, e);
+        if (rc < 0)
+            return -1;
+    }
+    if (s == t->last) { /* nothing wanted after it: stop this pass here */
+        t->stopped = 1;
+        return qs_errf(e, "stream: stopped");
+    }
+    return 0;
+}
+
+/* One group's passes over every window: the float pass, then the quantized one from the block
+ * of the first non-identity site (resumed from the float pass's residual stream). */
+static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *t, float *resid,
+                        int quant, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    size_t start;
+    int nw = lm_windows(b, sp, &start, 1), ctx = m->ctx;
+    struct qs_hooks h = {0};
+    h.u = t;
+    h.input = stream_input;
+    h.linear = stream_linear;
+    int need_q = quant && t->last >= t->first_q;
+    for (int w = 0; w < nw; w++) {
+        const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
+        t->w = w;
+        for (int pass = 0; pass < 1 + need_q; pass++) {
+            t->quant = pass;
+            t->stopped = 0;
+            t->p = (struct path){.b = b, .quant = pass, .qmask = pass ? ~0ULL : 0,
+                                 .cmask = pass ? ~0ULL : 0};
+            int from = pass ? qs_lm_site_block(m, t->first_q) : 0;
+            if (qs_lm_forward_resume(m, tok, ctx, &h, from, resid, NULL, e) < 0 && !t->stopped)
+                return -1;
+            /* the head's input hook ran; its linear does not without logits */
+            if (!t->stopped && t->want[t->head]) {
+                int ident = t->head < t->first_q;
+                const float *xf = t->xf[t->head];
+                if (!pass && (ident || !need_q) &&
+                    t->fn(t->ctx, t->head, w, xf, xf, NULL, NULL, ctx, e) < 0)
+                    return -1;
+                if (pass && !ident && t->fn(t->ctx, t->head, w, xf, t->xq_head, NULL, NULL, ctx,
+                                            e) < 0)
+                    return -1;
+            }
+        }
+        if (b->progress) {
+            char what[96];
+            snprintf(what, sizeof what, "%s windows: %d of %d",
+                     sp == QS_CALIB ? "calibration" : "held-out", w + 1, nw);
+            b->progress(b->progress_ctx, what, (double)(w + 1) / nw);
+        }
+        if (b->cancel)
+            return qs_errf(e, "cancelled");
+    }
+    return 0;
+}
+
+int qs_bench_stream(struct qs_bench *b, enum qs_split_id sp, const unsigned char *want, int quant,
+                    qs_stream_fn fn, void *fctx, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "streaming over windows applies to transformers");
+    if (qs_bench_lm_ready(b, e) < 0 || (quant && calibrate_static(b, e) < 0))
+        return -1;
+    const struct qs_lm *m = b->lm;
+    int S = m->nsites, ctx = m->ctx, first_q = S, rc = -1;
+    for (int i = 0; quant && i < S && first_q == S; i++)
+        if (!qs_bench_site_identity(b, i))
+            first_q = i;
+    if (!quant)
+        first_q = S; /* the float pass alone: every wanted site is as if before it */
+    float **xf = qs_calloc((size_t)S, sizeof *xf);
+    unsigned char *g = qs_calloc((size_t)S, 1);
+    float *resid = xf && g ? qs_alloc(lm_resid_floats(b), sizeof(float), "the residual stream "
+                                      "of a window", e) : NULL;
+    float *xqh = NULL;
+    if (!resid) {
+        if (!xf || !g)
+            qs_errf(e, "out of memory");
+        goto out;
+    }
+    /* groups of consecutive wanted sites whose captured float inputs fit the budget */
+    int i = 0, over = -1;
+    while (i < S && over < 0) {
+        size_t used = 0;
+        int last = -1;
+        memset(g, 0, (size_t)S);
+        for (; i < S; i++) {
+            if (!want[i])
+                continue;
+            int cap = i >= first_q || i == S - 1;
+            size_t bytes = cap ? (size_t)ctx * m->sites[i].in * sizeof(float) : 0;
+            if (used > 0 && used + bytes > b->act_budget)
+                break;
+            if (bytes > b->act_budget) {
+                over = i;
+                break;
+            }
+            used += bytes;
+            g[i] = 1;
+            last = i;
+        }
+        if (over >= 0) {
+            qs_errf(e, "%s: one window's inputs (%.1f MB) exceed the activation budget "
+                       "(%.1f MB)", m->sites[over].name,
+                    (double)ctx * m->sites[over].in * sizeof(float) / 1048576.0,
+                    b->act_budget / 1048576.0);
+            goto out;
+        }
+        if (last < 0)
+            break;
+        if (qs_mem_check(used, "the captured inputs of a window", e) < 0)
+            goto out;
+        int ok = 1;
+        for (int k = 0; k <= last && ok; k++)
+            if (g[k] && (k >= first_q || k == S - 1) &&
+                !(xf[k] = qs_alloc((size_t)ctx * m->sites[k].in, sizeof(float),
+                                   "the captured inputs of a window", e)))
+                ok = 0;
+        if (ok && g[S - 1] && !xqh &&
+            !(xqh = qs_alloc((size_t)ctx * m->sites[S - 1].in, sizeof(float),
+                             "the head's input", e)))
+            ok = 0;
+        struct stream t = {.b = b, .want = g, .last = last, .first_q = first_q, .head = S - 1,
+                           .xf = xf, .xq_head = xqh, .fn = fn, .ctx = fctx};
+        if (!ok || stream_group(b, sp, &t, resid, quant, e) < 0)
+            goto out;
+        for (int k = 0; k < S; k++) {
+            free(xf[k]);
+            xf[k] = NULL;
+        }
+    }
+    rc = 0;
+out:
+    for (int k = 0; xf && k < S; k++)
+        free(xf[k]);
+    free(xf);
+    free(g);
+    free(resid);
+    free(xqh);
+    return rc;
+}
+
+struct rows_ctx {
+    struct qs_bench *b;
+    int split, in, ctx;
+};
+
+static int rows_fn(void *u, int site, int w, const float *xf, const float *xq, const float *yf,
+                   const float *yq, int n, qs_err *e)
+{
+    (void)site, (void)yf, (void)yq, (void)e;
+    struct rows_ctx *c = u;
+    size_t off = (size_t)w * c->ctx * c->in, len = (size_t)n * c->in * sizeof(float);
+    memcpy(c->b->rows.xf[c->split] + off, xf, len);
+    memcpy(c->b->rows.xq[c->split] + off, xq, len);
+    return 0;
+}
+
+int qs_bench_site_rows(struct qs_bench *b, int site, qs_err *e)
+{
+    if (!b->lm)
+        return qs_bench_update(b, e);
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    if (b->rows.site == site)
+        return 0;
+    const struct qs_lm *m = b->lm;
+    const struct qs_lm_site *st = &m->sites[site];
+    for (int s = 0; s < 2; s++) {
+        free(b->rows.xf[s]);
+        free(b->rows.xq[s]);
+    }
+    memset(&b->rows, 0, sizeof b->rows);
+    b->rows.site = -1;
+    size_t start, total = 0;
+    int n[2];
+    for (int s = 0; s < 2; s++) {
+        n[s] = lm_windows(b, (enum qs_split_id)s, &start, 1) * m->ctx;
+        total += 2 * (size_t)n[s] * st->in * sizeof(float);
+    }
+    if (total > b->act_budget)
+        return qs_errf(e, "%s: its input rows on both paths and splits (%.1f MB) exceed the "
+                          "activation budget (%.1f MB); a smaller calibration (set calib "
+                          "tokens=N) fits", st->name, total / 1048576.0,
+                       b->act_budget / 1048576.0);
+    if (qs_mem_check(total, "a site's input rows", e) < 0)
+        return -1;
+    unsigned char *want = qs_calloc((size_t)m->nsites, 1);
+    int rc = want ? 0 : qs_errf(e, "out of memory");
+    for (int s = 0; s < 2 && rc == 0; s++) {
+        b->rows.n[s] = n[s];
+        if (!(b->rows.xf[s] = qs_alloc((size_t)n[s] * st->in + 1, sizeof(float),
+                                       "a site's input rows", e)) ||
+            !(b->rows.xq[s] = qs_alloc((size_t)n[s] * st->in + 1, sizeof(float),
+                                       "a site's input rows", e))) {
+            rc = -1;
+            break;
+        }
+        want[site] = 1;
+        struct rows_ctx c = {b, s, st->in, m->ctx};
+        rc = qs_bench_stream(b, (enum qs_split_id)s, want, 1, rows_fn, &c, e);
+    }
+    free(want);
+    if (rc < 0) {
+        for (int s = 0; s < 2; s++) {
+            free(b->rows.xf[s]);
+            free(b->rows.xq[s]);
+        }
+        memset(&b->rows, 0, sizeof b->rows);
+        b->rows.site = -1;
+        return -1;
+    }
+    b->rows.site = site;
+    return 0;
+}
+
+size_t qs_bench_held_bytes(const struct qs_bench *b)
+{
+    size_t t = 0;
+    int S = qs_bench_nunits(b);
+    for (int s = 0; s < 2; s++) {
+        const struct qs_acts *as[2] = {&b->f_acts[s], &b->q_acts[s]};
+        for (int k = 0; k < 2; k++) {
+            const struct qs_acts *a = as[k];
+            for (int i = 0; i < S; i++) {
+                struct qs_unit u;
+                qs_bench_unit(b, i, &u);
+                if (a->in && a->in[i] && (i > 0 || b->lm))
+                    t += (size_t)a->n * u.in * sizeof(float);
+                if (a->pre && a->pre[i])
+                    t += (size_t)a->n * u.out * sizeof(float);
+            }
+            if (a->x && b->data)
+                t += (size_t)a->n * (b->data->d * sizeof(float) + sizeof(int));
+        }
+    }
+    if (b->rows.site >= 0 && b->lm)
+        for (int s = 0; s < 2; s++)
+            t += 2 * (size_t)b->rows.n[s] * b->lm->sites[b->rows.site].in * sizeof(float);
+    if (b->errc)
+        t += (size_t)b->errc->nsites * (12 * sizeof(double) + 1);
+    return t;
 }

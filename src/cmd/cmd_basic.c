@@ -245,6 +245,12 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
                      qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed,
                      b->gate_min);
+    /* what the analyses hold now: activation caches, a site's rows, statistics */
+    size_t held = qs_bench_held_bytes(b);
+    cJSON_AddNumberToObject(o, "analysis_bytes", (double)held);
+    cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
+    qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (activation budget %.0f MB)", held / 1048576.0,
+                 b->act_budget / 1048576.0);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -697,7 +703,23 @@ static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     long v;
     if (argc != 1)
-        return qs_errf(e, "usage: set calib N");
+        return qs_errf(e, "usage: set calib N|tokens=N");
+    const char *tv = qs_opt_value(argv[0], "tokens");
+    if (tv) { /* a budget in tokens (transformers): whole windows of the model's context */
+        if (qs_parse_int(tv, 1, 1 << 30, &v, "set calib tokens", e) < 0 ||
+            qs_bench_set_calib_tokens(c->b, v, e) < 0)
+            return -1;
+        snprintf(c->canon, sizeof c->canon, "set calib tokens=%ld", v);
+        char text[160];
+        snprintf(text, sizeof text, "calibration: %d windows of %d tokens (budget %ld tokens)",
+                 c->b->calib_n, c->b->lm->ctx, v);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "cmd", "set");
+        qs_json_num(o, "calib_tokens", (double)v);
+        qs_json_num(o, "calib", (double)c->b->calib_n);
+        qs_emit(c, o, text);
+        return 0;
+    }
     if (qs_parse_int(argv[0], 1, 1 << 30, &v, "set calib", e) < 0 ||
         qs_bench_set_calib(c->b, (int)v, e) < 0)
         return -1;
@@ -1707,8 +1729,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule", NULL},
     {"set seed", "N", QS_CMD_JOURNAL, cmd_set_seed,
      "session seed (stochastic rounding, random controls, probes)", NULL},
-    {"set calib", "N", QS_CMD_JOURNAL, cmd_set_calib,
-     "use the first N samples of the calibration split", NULL},
+    {"set calib", "N|tokens=N", QS_CMD_JOURNAL, cmd_set_calib,
+     "use the first N samples of the calibration split (transformers: N windows; tokens=N: "
+     "N / ctx windows, at least one)", NULL},
     {"set split", "[seed=N] [train=F] [calib=F]", QS_CMD_JOURNAL, cmd_set_split,
      "re-make the deterministic train/calib/test split", NULL},
     {"set gate", "F", QS_CMD_JOURNAL, cmd_set_gate,

@@ -169,6 +169,9 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         cJSON_AddNumberToObject(sp, "test_tokens", (double)(b->tokens->n - off));
         cJSON_AddNumberToObject(sp, "test", (double)((b->tokens->n - off - 1) / (size_t)b->lm->ctx));
         cJSON_AddItemToObject(o, "split", sp);
+        cJSON_AddNumberToObject(o, "calib_windows", cw);
+        if (b->calib_tokens > 0)
+            cJSON_AddNumberToObject(o, "calib_tokens", b->calib_tokens);
         char st[320];
         qs_bench_split_text(b, st, sizeof st);
         qs_sb_printf(t, "data    %s (%zu tokens from %s)\nsplit   %s\n", b->data_path,

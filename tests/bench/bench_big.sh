@@ -5,9 +5,11 @@
 # RSS (against the size on disk), and one held-out eval window of the model's context (`eval` on
 # a token file cut so that exactly one window is held out; the time is that run's wall time minus
 # the load's; eval runs the window 3 times: the gate's float pass, then the float and quantized
-# paths), against 3 of PyTorch's forwards of one window; and qs_lm_forward alone on one window
-# (build/bench/bench_lm DIR, best of 3) against PyTorch's forward, as tokens/s and their ratio.
-# Not part of `make test`.
+# paths), against 3 of PyTorch's forwards of one window; qs_lm_forward alone on one window
+# (build/bench/bench_lm DIR, best of 3) against PyTorch's forward, as tokens/s and their ratio;
+# and the peak RSS and wall time of `quant SITE int4; error` and `correct SITE lqer r=8` at the
+# default calibration (the analyses' memory: target 1.5 GB on GPT-2-small). Not part of
+# `make test`.
 set -u
 cd "$(dirname "$0")/../.."
 BIG=${BIG:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/qscope/big}}
@@ -45,6 +47,16 @@ for name in gpt2-small tinyllama-1.1b; do
     echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window), pytorch skipped (python3-torch not installed)"
     echo "bench big-$name-eval-window: ours $ours s (eval, ctx $ctx; peak RSS $((ek / 1024)) MB), pytorch skipped (python3-torch not installed)"
   fi
+  # memory of the analyses (issue 14): one site's format switch and `error` over the default
+  # calibration (8 windows), then a low-rank correction of that site; peak RSS against 1.5 GB
+  site=h.0.mlp.c_fc
+  [ "$name" = tinyllama-1.1b ] && site=model.layers.0.mlp.up_proj
+  for cmd in "quant $site int4; error" "quant $site int4; correct $site lqer r=8"; do
+    /usr/bin/time -f '%e %M' -o "$T/mem" ./qscope --no-default --json -c "load model $d; load data $d-tokens.bin; $cmd" >"$T/out" 2>"$T/err" ||
+      { echo "bench big-$name-memory: qscope failed on '$cmd': $(tail -1 "$T/err")"; continue; }
+    read -r mw mk <"$T/mem"
+    echo "bench big-$name-memory: '$cmd' (default calibration) $mw s, peak RSS $((mk / 1024)) MB, ratio $(awk -v r="$mk" 'BEGIN{printf "%.2f", 1536 / (r / 1024)}') (target 1: peak RSS <= 1.5 GB; GPT-2-small shape)"
+  done
 done
 [ $found = 1 ] || echo "bench big: skipped (no models in $BIG: run make bigmodels)"
 exit 0

@@ -1,7 +1,9 @@
-/* test_lm_bench.c - the one core on transformers: incremental recompute (resuming a changed
- * site's block from the residual stream kept at block entries) ends bit for bit in the state a
- * fresh bench computes from scratch, after any sequence of rule and correction changes; the
- * cached quantized path agrees with an uncached run; a change recomputes from its block only. */
+/* test_lm_bench.c - the one core on transformers: error's streamed per-site sums, kept between
+ * calls and recomputed from a changed site on, end bit for bit in the state a fresh bench
+ * computes from scratch after any sequence of rule and correction changes; they equal an
+ * independent whole-window reference (every site's inputs captured by plain forwards), also
+ * when the activation budget splits the sites into several passes; set calib tokens=N. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,22 +34,22 @@ static int rule(struct qs_bench *b, const char *pat, const char *fmt, const char
     return n;
 }
 
-/* Every cached quantized input and residual, both splits, byte for byte. */
-static int same_caches(const struct qs_bench *a, const struct qs_bench *b)
+/* Every field of error's per-site figures, exactly. */
+static int same_errors(struct qs_bench *a, struct qs_bench *b)
 {
-    const struct qs_lm *m = a->lm;
-    for (int s = 0; s < 2; s++) {
-        const struct qs_acts *x = &a->q_acts[s], *y = &b->q_acts[s];
-        if (x->n != y->n || x->n == 0)
-            return 0;
-        for (int i = 0; i < m->nsites; i++)
-            if (memcmp(x->in[i], y->in[i], (size_t)x->n * m->sites[i].in * sizeof(float)))
-                return 0;
-        size_t nr = (size_t)(x->n / m->ctx) * (m->n_layer + 1) * m->ctx * m->d_model;
-        if (memcmp(x->resid, y->resid, nr * sizeof(float)))
-            return 0;
-    }
-    return 1;
+    qs_err e = {{0}};
+    int S = qs_bench_nunits(a), ok = 1;
+    struct qs_layer_err *ea = calloc((size_t)S, sizeof *ea), *eb = calloc((size_t)S, sizeof *eb);
+    if (!ea || !eb || qs_analysis_errors(a, ea, &e) < 0 || qs_analysis_errors(b, eb, &e) < 0)
+        ok = 0;
+    for (int i = 0; ok && i < S; i++)
+        ok = ea[i].preact_rel_mse == eb[i].preact_rel_mse && ea[i].cosine == eb[i].cosine &&
+             ea[i].local_rel_mse == eb[i].local_rel_mse && ea[i].kl_alone == eb[i].kl_alone &&
+             ea[i].w_only == eb[i].w_only && ea[i].a_only == eb[i].a_only &&
+             ea[i].interaction == eb[i].interaction && ea[i].has_attr == eb[i].has_attr;
+    free(ea);
+    free(eb);
+    return ok;
 }
 
 static void incremental(const char *dir, const char *late, const char *early)
@@ -58,53 +60,45 @@ static void incremental(const char *dir, const char *late, const char *early)
     if (!a || !b)
         goto out;
     int S = qs_bench_nunits(a), il = qs_bench_layer_index(a, late);
-    CHECK(il > 0);
-    CHECK(qs_bench_update(a, &e) == 0);
+    struct qs_layer_err *err = calloc((size_t)S, sizeof *err);
+    CHECK(il > 0 && err);
+    CHECK(qs_analysis_errors(a, err, &e) == 0); /* everything float: the sums kept */
+    CHECK(a->errc && a->errc->valid == S);
     CHECK(rule(a, "*", "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == S);
-    CHECK(a->q_valid[QS_CALIB] == 0);
-    CHECK(qs_bench_update(a, &e) == 0);
-    CHECK(a->q_valid[QS_CALIB] == S && a->q_valid[QS_TEST] == S);
-    /* a change at a late site leaves the path before it valid: only its block is re-run */
-    float *before = malloc((size_t)a->q_acts[QS_CALIB].n * a->lm->sites[0].in * sizeof(float));
-    memcpy(before, a->q_acts[QS_CALIB].in[0],
-           (size_t)a->q_acts[QS_CALIB].n * a->lm->sites[0].in * sizeof(float));
+    CHECK(a->errc->valid == 0);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
+    /* a change at a late site keeps the sums before it and the other sites' KL runs */
     CHECK(rule(a, late, "int3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
-    CHECK(a->q_valid[QS_CALIB] == il && a->q_valid[QS_TEST] == il);
-    CHECK(qs_bench_update(a, &e) == 0);
-    CHECK(memcmp(before, a->q_acts[QS_CALIB].in[0],
-                 (size_t)a->q_acts[QS_CALIB].n * a->lm->sites[0].in * sizeof(float)) == 0);
-    free(before);
+    CHECK(a->errc->valid == il && !a->errc->kl_ok[il] && a->errc->kl_ok[0]);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
     CHECK(qs_analysis_correct(a, il, QS_CORR_LQER, 4, "float", -1, NULL, &e) == 0);
-    CHECK(qs_bench_update(a, &e) == 0);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
     /* static activation scales on an early site, then a weight-only change after it */
     CHECK(rule(a, early, "int8", NULL, QS_ROLE_W | QS_ROLE_A, QS_AMODE_STATIC) == 1);
-    CHECK(qs_bench_update(a, &e) == 0);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
     CHECK(rule(a, late, "fp8-e4m3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
-    CHECK(qs_bench_update(a, &e) == 0);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
     CHECK(qs_analysis_correct(a, il, QS_CORR_LOWRANK, 2, "int8", -1, NULL, &e) == 0);
-    CHECK(qs_bench_update(a, &e) == 0);
     /* the same final configuration from scratch */
     CHECK(rule(b, "*", "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == S);
     CHECK(rule(b, late, "int3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
     CHECK(rule(b, early, "int8", NULL, QS_ROLE_W | QS_ROLE_A, QS_AMODE_STATIC) == 1);
     CHECK(rule(b, late, "fp8-e4m3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
-    CHECK(qs_bench_update(b, &e) == 0);
     CHECK(qs_analysis_correct(b, il, QS_CORR_LOWRANK, 2, "int8", -1, NULL, &e) == 0);
-    CHECK(qs_bench_update(b, &e) == 0);
-    CHECK(same_caches(a, b));
+    CHECK(a->ls[il].corr.recovery == b->ls[il].corr.recovery &&
+          a->ls[il].corr.recovery_calib == b->ls[il].corr.recovery_calib);
+    CHECK(same_errors(a, b));
     /* a bias correction fitted last (on the same quantized path in both) keeps them equal */
     int ie = qs_bench_layer_index(a, early);
     CHECK(qs_analysis_correct(a, ie, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0 &&
           qs_analysis_correct(b, ie, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
-    CHECK(a->q_valid[QS_CALIB] == ie);
-    CHECK(qs_bench_update(a, &e) == 0 && qs_bench_update(b, &e) == 0);
-    CHECK(same_caches(a, b));
+    CHECK(a->errc->valid == ie);
+    CHECK(same_errors(a, b));
     CHECK(a->ls[ie].corr.recovery == b->ls[ie].corr.recovery);
     struct qs_eval ea, eb;
     CHECK(qs_bench_eval(a, &ea, &e) == 0 && qs_bench_eval(b, &eb, &e) == 0);
     CHECK(ea.q.loss == eb.q.loss && ea.kl == eb.kl && ea.agree == eb.agree);
-    /* the cached path's error statistics equal the fresh bench's (the propagated pre-activation
-     * error of every site; error's KL share is a masked run, covered by the eval check) */
+    /* every site's propagated pre-activations (a site's row cache) agree */
     for (int i = 0; i < S; i++) {
         float *y1 = NULL, *y2 = NULL;
         int n1 = 0, n2 = 0;
@@ -114,11 +108,9 @@ static void incremental(const char *dir, const char *late, const char *early)
         free(y1);
         free(y2);
     }
-    /* the held-out inputs of the quantized path are those an uncached forward feeds the head:
-     * the head's logits from the cache score as the uncached run does */
-    struct qs_metric m;
-    CHECK(qs_bench_run_ex(a, QS_TEST, ~0ULL, ~0ULL, &m, NULL, NULL, NULL, &e) == 0);
-    CHECK(m.loss == ea.q.loss);
+    /* no whole-model activation cache is kept on a transformer */
+    CHECK(a->f_acts[QS_CALIB].in == NULL && a->q_acts[QS_CALIB].in == NULL);
+    free(err);
 out:
     qs_bench_free(a);
     qs_bench_free(b);
@@ -133,6 +125,172 @@ static void test_incremental_llama(void)
 static void test_incremental_gpt2(void)
 {
     incremental("datasets/models/tiny-gpt2", "h.1.mlp.c_fc", "h.0.attn.c_proj");
+}
+
+/* ---- the streamed sums against an independent whole-window reference --------------------- */
+
+/* The reference: each calibration window through qs_lm_forward twice (float; every site through
+ * qs_bench_layer_forward with its roles and correction), capturing every site's input, then each
+ * site's sums in row order (float pre-activations recomputed from the float input). */
+struct cap {
+    struct qs_bench *b;
+    float **x;
+    int quant;
+};
+
+static void cap_input(void *u, int s, const float *x, int n, int in)
+{
+    struct cap *c = u;
+    memcpy(c->x[s], x, (size_t)n * in * sizeof(float));
+}
+
+static int cap_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
+{
+    struct cap *c = u;
+    return qs_bench_layer_forward(c->b, s, x, n, c->quant ? QS_ROLE_W | QS_ROLE_A : 0, c->quant,
+                                  y, e);
+}
+
+static void reference(struct qs_bench *b, double (*sum)[5])
+{
+    qs_err e = {{0}};
+    const struct qs_lm *m = b->lm;
+    int S = m->nsites, T = m->ctx, nw = qs_bench_stream_windows(b, QS_CALIB, &e);
+    float **xf = calloc((size_t)S, sizeof *xf), **xq = calloc((size_t)S, sizeof *xq);
+    float *lg = malloc((size_t)T * m->vocab * sizeof(float));
+    for (int i = 0; i < S; i++) {
+        xf[i] = malloc((size_t)T * m->sites[i].in * sizeof(float));
+        xq[i] = malloc((size_t)T * m->sites[i].in * sizeof(float));
+    }
+    memset(sum, 0, (size_t)S * sizeof *sum);
+    for (int w = 0; w < nw; w++) {
+        const uint32_t *tok = b->tokens->ids + (size_t)w * T;
+        struct cap cf = {b, xf, 0}, cq = {b, xq, 1};
+        struct qs_hooks hf = {0}, hq = {0};
+        hf.u = &cf;
+        hf.input = cap_input;
+        hq.u = &cq;
+        hq.input = cap_input;
+        hq.linear = cap_linear;
+        CHECK(qs_lm_forward(m, tok, T, &hf, lg, &e) == 0 &&
+              qs_lm_forward(m, tok, T, &hq, lg, &e) == 0);
+        for (int i = 0; i < S; i++) {
+            size_t len = (size_t)T * m->sites[i].out;
+            float *yf = malloc(len * sizeof(float)), *yq = malloc(len * sizeof(float));
+            float *yl = malloc(len * sizeof(float));
+            CHECK(qs_bench_layer_forward(b, i, xf[i], T, 0, 0, yf, &e) == 0 &&
+                  qs_bench_layer_forward(b, i, xq[i], T, QS_ROLE_W | QS_ROLE_A, 1, yq, &e) == 0 &&
+                  qs_bench_layer_forward(b, i, xf[i], T, QS_ROLE_W | QS_ROLE_A, 1, yl, &e) == 0);
+            for (size_t j = 0; j < len; j++)
+                sum[i][0] += (double)yf[j] * yf[j];
+            for (size_t j = 0; j < len; j++)
+                sum[i][1] += ((double)yq[j] - yf[j]) * ((double)yq[j] - yf[j]);
+            for (size_t j = 0; j < len; j++)
+                sum[i][2] += (double)yq[j] * yq[j];
+            for (size_t j = 0; j < len; j++)
+                sum[i][3] += (double)yq[j] * yf[j];
+            for (size_t j = 0; j < len; j++)
+                sum[i][4] += ((double)yl[j] - yf[j]) * ((double)yl[j] - yf[j]);
+            free(yf);
+            free(yq);
+            free(yl);
+        }
+    }
+    for (int i = 0; i < S; i++) {
+        free(xf[i]);
+        free(xq[i]);
+    }
+    free(xf);
+    free(xq);
+    free(lg);
+}
+
+static int matches(struct qs_bench *b, double (*sum)[5])
+{
+    qs_err e = {{0}};
+    int S = qs_bench_nunits(b), ok = 1;
+    struct qs_layer_err *err = calloc((size_t)S, sizeof *err);
+    if (qs_analysis_errors(b, err, &e) < 0) {
+        fprintf(stderr, "  %s\n", e.msg);
+        ok = 0;
+    }
+    for (int i = 0; ok && i < S; i++) {
+        double den = sum[i][0];
+        double p = den > 0 ? sum[i][1] / den : 0.0, l = den > 0 ? sum[i][4] / den : 0.0;
+        double cs = den > 0 && sum[i][2] > 0 ? sum[i][3] / sqrt(den * sum[i][2]) : 1.0;
+        if (err[i].preact_rel_mse != p || err[i].local_rel_mse != l || err[i].cosine != cs) {
+            fprintf(stderr, "  site %d: %.17g %.17g / %.17g %.17g / %.17g %.17g\n", i,
+                    err[i].preact_rel_mse, p, err[i].local_rel_mse, l, err[i].cosine, cs);
+            ok = 0;
+        }
+    }
+    free(err);
+    return ok;
+}
+
+static void streamed(const char *dir, const char *mid)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_test_open_lm(dir);
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    int S = qs_bench_nunits(b), im = qs_bench_layer_index(b, mid);
+    double (*sum)[5] = calloc((size_t)S, sizeof *sum);
+    /* quantized from a middle site on (the quantized pass resumes from its block), with a
+     * correction and activation quantization on the way */
+    CHECK(im > 0 && rule(b, mid, "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
+    CHECK(rule(b, "*mlp*", "int8", NULL, QS_ROLE_A, QS_AMODE_TOKEN) > 0);
+    CHECK(qs_analysis_correct(b, im, QS_CORR_LOWRANK, 2, "float", -1, NULL, &e) == 0);
+    reference(b, sum);
+    CHECK(matches(b, sum));
+    /* a budget of one site's window inputs: every site its own pass, the same sums */
+    size_t one = 0;
+    for (int i = 0; i < S; i++) {
+        size_t w = (size_t)b->lm->ctx * b->lm->sites[i].in * sizeof(float);
+        one = w > one ? w : one;
+    }
+    b->act_budget = one;
+    qs_bench_caches_free(b);
+    CHECK(matches(b, sum));
+    /* below it: refused, naming the budget */
+    b->act_budget = one - 1;
+    qs_bench_caches_free(b);
+    struct qs_layer_err *err = calloc((size_t)S, sizeof *err);
+    CHECK(qs_analysis_errors(b, err, &e) < 0 && strstr(e.msg, "activation budget"));
+    free(err);
+    /* everything float: the float pass alone gives zero error everywhere */
+    b->act_budget = QS_ACT_BUDGET;
+    CHECK(rule(b, "*", "none", NULL, 0, QS_AMODE_DYNAMIC) == S);
+    qs_analysis_uncorrect(b, im);
+    reference(b, sum);
+    CHECK(matches(b, sum));
+    CHECK(qs_bench_held_bytes(b) < 4096); /* the sums only */
+    free(sum);
+    qs_bench_free(b);
+}
+
+static void test_streamed_gpt2(void) { streamed("datasets/models/tiny-gpt2", "h.0.mlp.c_proj"); }
+static void test_streamed_llama(void)
+{
+    streamed("datasets/models/tiny-llama", "model.layers.0.mlp.gate_proj");
+}
+
+/* set calib tokens=N: N / ctx windows (at least one), remembered for info and the journal */
+static void test_calib_tokens(void)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_test_open_lm("datasets/models/tiny-gpt2");
+    if (!b)
+        return;
+    int ctx = b->lm->ctx;
+    CHECK(qs_bench_set_calib_tokens(b, 3 * ctx + 5, &e) == 0 && b->calib_n == 3 &&
+          b->calib_tokens == 3 * ctx + 5);
+    CHECK(qs_bench_stream_windows(b, QS_CALIB, &e) == 3);
+    CHECK(qs_bench_set_calib_tokens(b, 1, &e) == 0 && b->calib_n == 1);
+    CHECK(qs_bench_set_calib_tokens(b, 0, &e) < 0);
+    CHECK(qs_bench_set_calib(b, 2, &e) == 0 && b->calib_tokens == 0);
+    qs_bench_free(b);
 }
 
 /* amode=static and amode=dynamic differ on a transformer (the drift the one core removed). */
@@ -152,4 +310,5 @@ static void test_static_differs(void)
 }
 
 TEST_MAIN("lm_bench", TEST_CASE(test_incremental_llama), TEST_CASE(test_incremental_gpt2),
-          TEST_CASE(test_static_differs))
+          TEST_CASE(test_streamed_gpt2), TEST_CASE(test_streamed_llama),
+          TEST_CASE(test_calib_tokens), TEST_CASE(test_static_differs))
