@@ -24,8 +24,18 @@ struct qs_layer_err {
                                            and both minus the two */
 };
 
-/* Fills err[0..nlayers). */
+/* Fills err[0..nlayers). The KL share costs one held-out run per quantized site (kept until the
+ * site changes): QS_KL_AUTO computes it on MLPs, and on transformers while those runs stay
+ * cheap (qs_analysis_kl_cost <= QS_KL_AUTO_MAX); otherwise kl_alone and kl_share are NaN.
+ * qs_analysis_errors is qs_analysis_errors_ex with QS_KL_AUTO. */
+enum qs_kl_mode { QS_KL_AUTO, QS_KL_ON, QS_KL_OFF };
+#define QS_KL_AUTO_MAX 1e12
 int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
+int qs_analysis_errors_ex(struct qs_bench *b, struct qs_layer_err *err, enum qs_kl_mode kl,
+                          qs_err *e);
+/* The KL share's cost on a transformer: parameters x held-out tokens x quantized sites whose run
+ * is not kept (about the multiply-adds of those forwards, halved); 0 on an MLP. */
+double qs_analysis_kl_cost(struct qs_bench *b);
 
 enum qs_spec_of { QS_SPEC_WEIGHT, QS_SPEC_PREACT };
 enum qs_spec_scale { QS_SCALE_NONE, QS_SCALE_ACT, QS_SCALE_COV };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "qscope/linalg.h"
+#include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/lowrank.h"
 
@@ -64,12 +65,21 @@ int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, f
     return 0;
 }
 
-static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
+static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, int want_kl, qs_err *e);
 
 int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
 {
+    return qs_analysis_errors_ex(b, err, QS_KL_AUTO, e);
+}
+
+int qs_analysis_errors_ex(struct qs_bench *b, struct qs_layer_err *err, enum qs_kl_mode kl,
+                          qs_err *e)
+{
     if (b->lm)
-        return lm_errors(b, err, e);
+        return lm_errors(b, err, kl == QS_KL_ON || (kl == QS_KL_AUTO &&
+                                                    qs_analysis_kl_cost(b) <= QS_KL_AUTO_MAX),
+                         e);
+    (void)kl; /* an MLP's KL runs are cheap: always */
     if (qs_bench_update(b, e) < 0)
         return -1;
     int S = qs_bench_nunits(b);
@@ -290,7 +300,21 @@ static struct qs_site_err_cache *errc_of(struct qs_bench *b, qs_err *e)
 /* error on a transformer: the sums of the sites not kept (the sites from the last change on) in
  * one streaming pass over the calibration windows, and each quantized site's KL run (kept until
  * that site changes). */
-static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
+double qs_analysis_kl_cost(struct qs_bench *b)
+{
+    if (!b->lm || !b->tokens)
+        return 0.0;
+    qs_err e;
+    int S = qs_bench_nunits(b), nw = qs_bench_split_units(b, QS_TEST, &e), runs = 0;
+    const struct qs_site_err_cache *c = b->errc;
+    for (int i = 0; i < S; i++)
+        if ((b->ls[i].wfmt.kind != QS_FMT_NONE || b->ls[i].afmt.kind != QS_FMT_NONE) &&
+            !(c && c->nsites == S && c->kl_ok[i]))
+            runs++;
+    return nw > 0 ? (double)qs_lm_nparams(b->lm) * nw * b->lm->ctx * runs : 0.0;
+}
+
+static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, int want_kl, qs_err *e)
 {
     if (qs_bench_update(b, e) < 0)
         return -1;
@@ -332,7 +356,10 @@ static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
             r->a_only = sm[ES_A] / den;
             r->interaction = sm[ES_BOTH] / den - r->w_only - r->a_only;
         }
-        if (s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) {
+        if ((s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) && !want_kl &&
+            !c->kl_ok[i]) {
+            r->kl_alone = NAN; /* not asked for, not kept */
+        } else if (s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE) {
             if (!c->kl_ok[i]) {
                 struct qs_metric m;
                 uint64_t bit = 1ULL << (i < 63 ? i : 63);
@@ -344,8 +371,14 @@ static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e)
             kl_sum += r->kl_alone;
         }
     }
+    int all = 1;
     for (int i = 0; i < S; i++)
-        err[i].kl_share = kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
+        all &= !isnan(err[i].kl_alone);
+    for (int i = 0; i < S; i++) /* a share of a partial sum would mislead: all or none */
+        err[i].kl_share = !all ? NAN : kl_sum > 0 ? err[i].kl_alone / kl_sum : 0.0;
+    if (!all)
+        for (int i = 0; i < S; i++)
+            err[i].kl_alone = NAN;
     return 0;
 }
 

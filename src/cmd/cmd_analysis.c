@@ -64,9 +64,28 @@ cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r)
 
 static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc > 1)
-        return qs_errf(e, "usage: error [PATTERN]");
+    enum qs_kl_mode klm = QS_KL_AUTO;
+    const char *pat = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *v = qs_opt_value(argv[i], "kl");
+        if (v) {
+
+            if (!strcmp(v, "auto"))
+                klm = QS_KL_AUTO;
+            else if (!strcmp(v, "on"))
+                klm = QS_KL_ON;
+            else if (!strcmp(v, "off"))
+                klm = QS_KL_OFF;
+            else
+                return qs_errf(e, "error: kl=%s: expected auto, on or off", v);
+        } else if (!pat) {
+            pat = argv[i];
+        } else {
+            return qs_errf(e, "usage: error [PATTERN] [kl=auto|on|off]");
+        }
+    }
     struct qs_bench *b = c->b;
+    double klcost = qs_analysis_kl_cost(b);
     int L = qs_bench_nunits(b), *idx = idx_alloc(c);
     struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
     if (!idx || !err) {
@@ -74,8 +93,8 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         free(err);
         return qs_errf(e, "out of memory");
     }
-    int n = layers_matching(c, argc ? argv[0] : NULL, idx, e);
-    if (n < 0 || qs_analysis_errors(b, err, e) < 0) {
+    int n = layers_matching(c, pat, idx, e);
+    if (n < 0 || qs_analysis_errors_ex(b, err, klm, e) < 0) {
         free(idx);
         free(err);
         return -1;
@@ -105,8 +124,12 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             qs_json_num(j, "interaction", r->interaction);
         }
         cJSON_AddItemToArray(rows, j);
-        qs_sb_printf(&t, "%-*s %10.5f %14.6g %9.2f %9.2f %9.6f %9.4f\n", W, u.name, r->w_rel_err,
-                     r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine, r->kl_share);
+        qs_sb_printf(&t, "%-*s %10.5f %14.6g %9.2f %9.2f %9.6f", W, u.name, r->w_rel_err,
+                     r->preact_rel_mse, r->snr_db, r->local_snr_db, r->cosine);
+        if (isnan(r->kl_share))
+            qs_sb_printf(&t, " %9s\n", "-");
+        else
+            qs_sb_printf(&t, " %9.4f\n", r->kl_share);
     }
     if (attr) {
         qs_sb_printf(&t, "attribution of the local relative MSE (weight+activation):\n");
@@ -120,6 +143,12 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                              err[idx[k]].a_only, err[idx[k]].interaction);
             }
     }
+    int kl_missing = n > 0 && isnan(err[idx[0]].kl_share);
+    if (kl_missing)
+        qs_sb_printf(&t, "kl_share not computed: one held-out run per quantized site, about %.3g "
+                         "multiply-adds (parameters x held-out tokens x sites; kl=auto computes "
+                         "it up to %.3g); error kl=on computes it\n",
+                     klcost, QS_KL_AUTO_MAX);
     if (b->lm)
         qs_sb_printf(&t, "(calibration windows; snr/preact propagated through the quantized model, "
                          "local from the float model's inputs; kl_share: share of the held-out KL "
@@ -964,11 +993,13 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", "[PATTERN]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+    {"error", "[PATTERN] [kl=auto|on|off]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
-     "their interaction."},
+     "their interaction. The KL share takes one held-out run per quantized site (kept until "
+     "the site changes): kl=auto computes it on MLPs and on transformers while those runs "
+     "stay cheap (parameters x held-out tokens x sites <= 1e12), kl=on always, kl=off never."},
     {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the noise null it is judged by",

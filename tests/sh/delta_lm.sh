@@ -121,3 +121,21 @@ check allocate-bits-llama-corr "[ $rc = 0 ] && grep -q '^plan: 4\.[0-9]* bits/we
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int3 gran=channel; allocate rank=8' 2>&1)
 rc=$?
 check allocate-rank-works "[ $rc = 0 ] && grep -q '^rank given 8 of 8' <<<\"\$msg\""
+
+# error's KL share on transformers: kl=off leaves it out (null) and changes nothing else, kl=auto
+# computes it on a model this small, and the cost it states is parameters x held-out tokens x
+# quantized sites (tiny-gpt2: 120576 x 14400 x 9).
+out=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int4; error kl=off; error' 2>&1)
+check error-kl-off "python3 -c '
+import json, sys
+L = [json.loads(l) for l in sys.argv[1].splitlines() if l.startswith(\"{\")]
+a, b = [o for o in L if o.get(\"cmd\") == \"error\"]
+assert all(r[\"kl_share\"] is None and r[\"kl_alone\"] is None for r in a[\"layers\"])
+assert all(r[\"kl_share\"] is not None for r in b[\"layers\"]) and abs(sum(r[\"kl_share\"] for r in b[\"layers\"]) - 1) < 1e-6
+for x, y in zip(a[\"layers\"], b[\"layers\"]):
+    assert x[\"preact_rel_mse\"] == y[\"preact_rel_mse\"] and x[\"cosine\"] == y[\"cosine\"]
+' \"\$out\""
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int4; error kl=off' 2>&1)
+check error-kl-cost-stated "grep -q 'kl_share not computed: one held-out run per quantized site, about 1.56e+10 multiply-adds' <<<\"\$msg\""
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'error kl=maybe' 2>&1)
+check error-kl-bad "grep -q 'kl=maybe: expected auto, on or off' <<<\"\$msg\""
