@@ -146,6 +146,8 @@ struct qs_bit_plan {
     struct qs_metric *uniform_test; /* (nc) */
     int upgrades;                   /* steps of qs_alloc_bits_greedy */
     int refined;                    /* steps of the joint refinement */
+    int pairs;                      /* 1: it tried two-site exchanges, 0: single changes only
+                                       (their cost: QS_ALLOC_PAIRS_MAX) */
     double joint_loss_calib; /* calibration loss of the plan, all its layers quantized at once */
     int *keeps;              /* (nl, nc) 1: candidate k keeps layer i's current correction */
     double bench_corr_bits;  /* bits of the corrections on the bench (clocal excluded) */
@@ -160,6 +162,10 @@ struct qs_bit_plan {
  * lowers it most, until none does. Evaluates the plan and each uniform candidate on the test
  * split. Weight-only: activation formats on the bench are not
  * applied. Does not change the bench. Free with qs_bit_plan_free. */
+/* The joint refinement tries two-site exchanges while (sites x candidates)^2 x parameters x
+ * calibration rows stays below this (about the multiply-adds of one refinement step); above it,
+ * single changes only (a GPT-2-small would take hours a step). */
+#define QS_ALLOC_PAIRS_MAX 1e13
 int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, double budget_bpw,
                      struct qs_bit_plan *p, qs_err *e);
 void qs_bit_plan_free(struct qs_bit_plan *p);

@@ -669,7 +669,7 @@ static int refine_joint(struct qs_bench *b, struct cand_set *cs, struct qs_bit_p
                 if (!valid[(size_t)i * nc + k] || k == p->choice[i])
                     continue;
                 /* j == L: change site i alone */
-                for (int j = i + 1; j <= L; j++)
+                for (int j = p->pairs ? i + 1 : L; j <= L; j++)
                     for (int l = 0; l < (j < L ? nc : 1); l++) {
                         if (j < L && (!valid[(size_t)j * nc + l] || l == p->choice[j]))
                             continue;
@@ -819,6 +819,13 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     if (up < 0)
         goto out;
     p->upgrades = up;
+    {
+        double rows = 0.0;
+        qs_err e2;
+        int units = qs_bench_split_units(b, QS_CALIB, &e2);
+        rows = units > 0 ? (double)units * qs_bench_unit_rows(b) : 0.0;
+        p->pairs = (double)L * nc * L * nc * nw * rows <= QS_ALLOC_PAIRS_MAX;
+    }
     if (refine_joint(b, &cs, p, valid, budget_bpw * nw, e) < 0)
         goto out;
     double tb = 0.0;

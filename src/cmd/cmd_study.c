@@ -404,8 +404,11 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     struct qs_sb t = {0};
     qs_sb_printf(&t,
                  "allocate bits=%.6g over %s: greedy by marginal calibration loss per bit, "
-                 "then exchanges on the joint calibration loss\n",
-                 budget, flist);
+                 "then %s on the joint calibration loss\n",
+                 budget, flist,
+                 p.pairs ? "exchanges"
+                         : "single changes (two-site exchanges skipped: too costly at this size)");
+    cJSON_AddStringToObject(o, "refinement", p.pairs ? "exchanges" : "single changes");
     if (co->m != QS_CORR_NONE) {
         qs_sb_printf(&t, "candidates also with %s r=", qs_corr_name(co->m));
         for (int j = 0; j < co->nranks; j++)
