@@ -1023,6 +1023,32 @@ static const char *as_bundled(const char *path, char *buf, size_t n)
     return path;
 }
 
+/* One Q1 layer's JSON row; a transformer's (lm) also names its kind, block and sites. */
+static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_layer *l,
+                            const char *rqj, const char *const *thirds, int lm)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", st->model);
+    cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+    cJSON_AddStringToObject(j, "layer", l->name);
+    if (lm) {
+        cJSON_AddStringToObject(j, "kind", qs_q1_kind_name(l->kind));
+        cJSON_AddNumberToObject(j, "block", l->block);
+        cJSON_AddNumberToObject(j, "sites", l->nsites);
+    }
+    cJSON_AddStringToObject(j, "depth", thirds[l->third]);
+    cJSON_AddNumberToObject(j, "d", l->d);
+    cJSON_AddNumberToObject(j, "in", l->in);
+    qs_json_num(j, "w_rel_err", l->w_rel_err);
+    qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
+    qs_json_num(j, "correctability", l->correctability);
+    qs_json_num(j, "r_lin_float", l->r_float);
+    qs_json_num(j, rqj, l->r_q);
+    qs_json_num(j, "lambda", l->lambda);
+    cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+    return j;
+}
+
 static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
@@ -1284,23 +1310,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 const struct qs_q1_setting *st = &q.settings[l->setting];
                 char nb[256];
                 base_name(st->model, nb, sizeof nb);
-                cJSON *j = cJSON_CreateObject();
-                cJSON_AddStringToObject(j, "model", st->model);
-                cJSON_AddNumberToObject(j, "seed", (double)st->seed);
-                cJSON_AddStringToObject(j, "layer", l->name);
-                cJSON_AddStringToObject(j, "kind", qs_q1_kind_name(l->kind));
-                cJSON_AddNumberToObject(j, "block", l->block);
-                cJSON_AddNumberToObject(j, "sites", l->nsites);
-                cJSON_AddStringToObject(j, "depth", thirds[l->third]);
-                cJSON_AddNumberToObject(j, "d", l->d);
-                cJSON_AddNumberToObject(j, "in", l->in);
-                qs_json_num(j, "w_rel_err", l->w_rel_err);
-                qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
-                qs_json_num(j, "correctability", l->correctability);
-                qs_json_num(j, "r_lin_float", l->r_float);
-                qs_json_num(j, rqj, l->r_q);
-                qs_json_num(j, "lambda", l->lambda);
-                cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+                cJSON *j = q1_layer_json(st, l, rqj, thirds, 1);
                 cJSON_AddItemToArray(pass ? jsites : jl, j);
                 qs_sb_printf(&t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
                              (unsigned long long)st->seed, l->name, qs_q1_kind_name(l->kind),
@@ -1320,20 +1330,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             const struct qs_q1_setting *st = &q.settings[l->setting];
             char nb[256];
             base_name(st->model, nb, sizeof nb);
-            cJSON *j = cJSON_CreateObject();
-            cJSON_AddStringToObject(j, "model", st->model);
-            cJSON_AddNumberToObject(j, "seed", (double)st->seed);
-            cJSON_AddStringToObject(j, "layer", l->name);
-            cJSON_AddStringToObject(j, "depth", thirds[l->third]);
-            cJSON_AddNumberToObject(j, "d", l->d);
-            cJSON_AddNumberToObject(j, "in", l->in);
-            qs_json_num(j, "w_rel_err", l->w_rel_err);
-            qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
-            qs_json_num(j, "correctability", l->correctability);
-            qs_json_num(j, "r_lin_float", l->r_float);
-            qs_json_num(j, rqj, l->r_q);
-            qs_json_num(j, "lambda", l->lambda);
-            cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+            cJSON *j = q1_layer_json(st, l, rqj, thirds, 0);
             cJSON_AddItemToArray(jl, j);
             qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
                          thirds[l->third], l->d);
