@@ -24,7 +24,7 @@ script -qec "$Q --json $LM -c '$CMDS' >$T/tty.json" "$T/tty.log" >/dev/null 2>&1
 check json-stdout-unchanged "cmp -s $T/plain.json $T/tty.json"
 tr '\r' '\n' <"$T/tty.log" >"$T/tty.lines"
 check eval-progress "grep -q 'eval: window [0-9]* of 225' $T/tty.lines"
-check calibration-progress "grep -q 'calibration activations (float): window [0-9]* of 8' $T/tty.lines"
+check calibration-progress "grep -q 'calibration windows: [0-9]* of 8' $T/tty.lines"
 
 # text results on the same terminal: what stays visible on each line (after the last erase)
 # holds no progress text
