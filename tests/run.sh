@@ -19,6 +19,12 @@ LOG=build/test-log.txt
 mkdir -p build
 : >"$LOG"
 pass=0 fail=0
+# Every check's wall time goes to the log, and the slowest are listed at its end, so the suite's
+# cost is visible from one run (CI keeps the log).
+now() { date +%s.%N; }
+took() { # label start
+  echo "TIME $(awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }') $1" >>"$LOG"
+}
 record() { # name status(0=pass)
   if [ "$2" -eq 0 ]; then pass=$((pass + 1)); echo "PASS $1"; else fail=$((fail + 1)); echo "FAIL $1"; fi
 }
@@ -41,7 +47,7 @@ for dir in build build-asan; do
   for t in "$dir"/tests/test_*; do
     [ -x "$t" ] || continue
     echo "== $t" >>"$LOG"
-    tally "$tag" "$t"
+    t0=$(now); tally "$tag" "$t"; took "$tag$t" "$t0"
   done
 done
 
@@ -51,7 +57,8 @@ for t in build-asan/tests/fuzz_*; do
   corpus=tests/fuzz/corpus/$name
   if [ -d "$corpus" ] && ls "$corpus"/* >/dev/null 2>&1; then
     echo "== $t" >>"$LOG"
-    "$t" -n 1500 "$corpus"/* >>"$LOG" 2>&1; record "asan:fuzz.$name" $?
+    t0=$(now); "$t" -n 1500 "$corpus"/* >>"$LOG" 2>&1; record "asan:fuzz.$name" $?
+    took "asan:fuzz.$name" "$t0"
   fi
 done
 
@@ -62,8 +69,10 @@ for bin in ./qscope ./build-asan/qscope; do
     [ -f "$g" ] || continue
     exp=${g%.qs}.out
     args=$(sed -n '1s/^# args: //p' "$g")
+    t0=$(now)
     # shellcheck disable=SC2086
     got=$("$bin" $args -b "$g" 2>&1)
+    took "${tag}golden.$(basename "$g" .qs)" "$t0"
     if [ -f "$exp" ] && [ "$got" = "$(cat "$exp")" ]; then
       record "${tag}golden.$(basename "$g" .qs)" 0
     else
@@ -76,13 +85,14 @@ done
 for s in tests/sh/*.sh; do
   [ -f "$s" ] || continue
   echo "== $s" >>"$LOG"
-  tally "" bash "$s"
+  t0=$(now); tally "" bash "$s"; took "$s" "$t0"
 done
 
 if [ "$fail" -gt 0 ]; then
   echo "failures are detailed in $LOG:"
   grep -E 'CHECK|differs|FAIL|ERROR|runtime error' "$LOG" | head -40
 fi
+{ echo "== the slowest checks (seconds)"; grep '^TIME ' "$LOG" | sort -k2 -rn | head -15; } >>"$LOG"
 rm -rf "$XDG_STATE_HOME"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

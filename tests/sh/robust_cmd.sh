@@ -144,7 +144,10 @@ while IFS= read -r line; do
 done < <(sed -n '/^```sh$/,/^```$/p' README.md | grep '^\./qscope ')
 check installed-readme-examples-found "[ $n -ge 6 ]"
 check installed-study-q1 "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope -c 'study q1' 2>&1 | grep -q 'gate pass in 15 of 15')"
-for s in sessions/*.qs; do # every bundled session replays and checks from there
+# sessions.sh replays every bundled session; from the installed tree, one session of each
+# family shows that their pinned bundled inputs resolve there (replaying all again doubled the
+# suite's longest checks for nothing new)
+for s in sessions/tour.qs sessions/lm-llama.qs; do
   check "installed-replay-$(basename "$s" .qs)" "(cd $T/elsewhere && env -u QSCOPE_HOME $T/root/usr/bin/qscope --replay $s --check 2>&1 | grep -q ', 0 differ')"
 done
 # a session saved there pins the bundled files it loaded and replays from a third folder
