@@ -77,6 +77,25 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
  * into *bytes; -1 on overflow. */
 int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *bytes);
 
+/* The residual stream entering block 0 for B windows of T tokens (rows as qs_lm_backward's):
+ * x (BT, d) = the token embedding (+ GPT-2's position embedding). */
+void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
+                      int T, float *x);
+
+/* Block l of m alone (0 <= l < n_layer), on x (BT, d): the residual stream entering it for B
+ * windows of T positions (any stream: qs_lm_embed_rows, or an earlier block's y). y (may be
+ * NULL): its output (BT, d). With target (BT, d): *mse (may be NULL) = the mean over the BT d
+ * entries of (y - target)^2, summed in double, and with g its gradient with respect to block
+ * l's parameters (norms, site weights and biases) is ADDED to g (other tensors untouched).
+ * Hooks h (may be NULL) act as in qs_lm_backward, with its straight-through backward (the
+ * weight hook's gradient goes to the master weight; dx = dy through act). The block's
+ * computation and backward are qs_lm_backward's own (the same functions). One scratch
+ * allocation per call (about N (9 d + 2 kv + 3 ff + 2 max(d + 2 kv, ff)) + B H T^2 floats).
+ * 0 or -1 and e. */
+int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
+                const struct qs_hooks *h, float *y, const float *target, double *mse,
+                struct qs_lm_grad *g, qs_err *e);
+
 /* Per-site sensitivity statistics of m's weights at its current values on nw windows (as
  * qs_lm_backward takes them: inputs tok[start[w] ..], targets shifted by one). gnorm[s] (may be
  * NULL) = ||dL/dW_s||_F with L the mean loss over all nw T positions; fisher[s] (may be NULL,

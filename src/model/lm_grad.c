@@ -483,6 +483,158 @@ static float *acts_carve(struct acts *a, float *p, const struct dims *z)
     return p;
 }
 
+/* RoPE's table for T positions: cs (T, hd), cos in the first half of a row, sin in the second. */
+static void rope_table(float *cs, const struct qs_lm *m, int T, int hd)
+{
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < hd / 2; j++) {
+            double ang = t * pow(m->rope_theta, -2.0 * j / hd);
+            cs[(size_t)t * hd + j] = (float)cos(ang);
+            cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
+        }
+}
+
+/* ---- one block ---------------------------------------------------------------------------- */
+
+/* What a block's forward and backward share: the model, hooks, per-site records, the act
+ * hook's copies (xs[s], or xs NULL without an act hook), the RoPE table (T, hd) and the
+ * backward's scratch (dn (N, d), dbig, dbig2 (N, max(d + 2 kv, ff)), dp (T, T)). */
+struct blk {
+    const struct qs_lm *m;
+    const struct qs_hooks *h;
+    struct site_rec *rec;
+    float **xs;
+    const float *cs;
+    float *dn, *dbig, *dbig2, *dp;
+    int B, T;
+};
+
+/* Block l on its input a->res (N, d) into out (N, d), keeping its activations in a. */
+static void block_forward(const struct blk *c, int l, struct acts *a, float *out)
+{
+    const struct qs_lm *m = c->m;
+    const struct qs_lm_priv *p = m->priv;
+    const struct lm_layer *L = &p->layer[l];
+    struct site_rec *rec = c->rec;
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
+    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
+    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
+    const size_t Nd = (size_t)N * d;
+    const float *cs = c->cs;
+    const struct qs_hooks *h = c->h;
+    float **xs = c->xs;
+    const int act = xs != NULL;
+#define XA(s) (act ? xs[s] : NULL)
+    norm_forward(a->n1, a->mu1, a->rs1, a->res, N, d, L->n1w, L->n1b, m->eps);
+    if (gpt2) {
+        site_forward(m, s0, h, a->n1, N, a->qkv, XA(s0), &rec[s0]); /* (N, 3d) */
+        attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
+                          3 * d, B, T, H, H, hd, 0);
+    } else {
+        float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
+        site_forward(m, s0, h, a->n1, N, qq, XA(s0), &rec[s0]);
+        site_forward(m, s0 + 1, h, a->n1, N, kk, XA(s0 + 1), &rec[s0 + 1]);
+        site_forward(m, s0 + 2, h, a->n1, N, vv, XA(s0 + 2), &rec[s0 + 2]);
+        rope(qq, N, T, H, hd, cs, 1.0f);
+        rope(kk, N, T, Hk, hd, cs, 1.0f);
+        attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd, m->window);
+    }
+    int so = s0 + (gpt2 ? 1 : 3); /* c_proj / o_proj */
+    site_forward(m, so, h, a->ay, N, a->res2, XA(so), &rec[so]);
+    for (size_t i = 0; i < Nd; i++)
+        a->res2[i] += a->res[i];
+    norm_forward(a->n2, a->mu2, a->rs2, a->res2, N, d, L->n2w, L->n2b, m->eps);
+    int sd; /* the MLP's output site */
+    if (gpt2) {
+        site_forward(m, s0 + 2, h, a->n2, N, a->fc, XA(s0 + 2), &rec[s0 + 2]);
+        for (size_t i = 0; i < (size_t)N * ff; i++) {
+            float x = a->fc[i], e2 = expf(2.0f * GELU_K * (x + 0.044715f * x * x * x));
+            float r = 1.0f / (e2 + 1.0f);
+            a->hh[i] = x * (1.0f - r);  /* gelu_new, as lm.c computes it */
+            a->up[i] = 1.0f - 2.0f * r; /* its tanh, for the backward */
+        }
+        sd = s0 + 3;
+    } else {
+        site_forward(m, s0 + 4, h, a->n2, N, a->fc, XA(s0 + 4), &rec[s0 + 4]);
+        site_forward(m, s0 + 5, h, a->n2, N, a->up, XA(s0 + 5), &rec[s0 + 5]);
+        for (size_t i = 0; i < (size_t)N * ff; i++) {
+            float gg = a->fc[i];
+            a->hh[i] = gg / (1.0f + expf(-gg)) * a->up[i];
+        }
+        sd = s0 + 6;
+    }
+    site_forward(m, sd, h, a->hh, N, out, XA(sd), &rec[sd]);
+    for (size_t i = 0; i < Nd; i++)
+        out[i] += a->res2[i];
+#undef XA
+}
+
+/* Block l's backward: dres holds dL/d(its output) and receives dL/d(its input a->res); the
+ * gradients of its parameters are added to g. a: its forward's activations. */
+static void block_backward(const struct blk *c, int l, struct acts *a, float *dres,
+                           struct qs_lm_grad *g)
+{
+    const struct qs_lm *m = c->m;
+    const struct qs_lm_priv *p = m->priv;
+    const struct lm_layer *L = &p->layer[l];
+    struct site_rec *rec = c->rec;
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
+    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
+    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
+    const size_t Nd = (size_t)N * d;
+    const float *cs = c->cs;
+    float *dn = c->dn, *dbig = c->dbig, *dbig2 = c->dbig2, *dp = c->dp;
+    float *g1w = grad_of(g, L->n1w), *g1b = grad_of(g, L->n1b);
+    float *g2w = grad_of(g, L->n2w), *g2b = grad_of(g, L->n2b);
+    /* MLP: dres holds dL/d(block output) */
+    if (gpt2) {
+        int s = s0 + 3;
+        linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
+        for (size_t i = 0; i < (size_t)N * ff; i++) {
+            float x = a->fc[i], t = a->up[i];
+            dbig[i] *= 0.5f * (1.0f + t) +
+                       0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 0.134145f * x * x);
+        }
+        s = s0 + 2;
+        linear_backward(dn, 0.0f, g->gw[s], g->gb[s], dbig, rec[s].x, rec[s].w, N, d, ff);
+    } else {
+        int s = s0 + 6;
+        linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
+        for (size_t i = 0; i < (size_t)N * ff; i++) {
+            float gg = a->fc[i], sg = 1.0f / (1.0f + expf(-gg)), dh = dbig[i];
+            dbig2[i] = dh * gg * sg;                               /* d up */
+            dbig[i] = dh * a->up[i] * sg * (1.0f + gg * (1.0f - sg)); /* d gate */
+        }
+        linear_backward(dn, 0.0f, g->gw[s0 + 4], g->gb[s0 + 4], dbig, rec[s0 + 4].x,
+                        rec[s0 + 4].w, N, d, ff);
+        linear_backward(dn, 1.0f, g->gw[s0 + 5], g->gb[s0 + 5], dbig2, rec[s0 + 5].x,
+                        rec[s0 + 5].w, N, d, ff);
+    }
+    norm_backward(dres, g2w, g2b, dn, a->res2, a->mu2, a->rs2, L->n2w, N, d);
+    /* attention: dres holds dL/d res2 */
+    int so = s0 + (gpt2 ? 1 : 3);
+    linear_backward(dn, 0.0f, g->gw[so], g->gb[so], dres, rec[so].x, rec[so].w, N, d, d);
+    if (gpt2) {
+        attention_backward(dbig, 3 * d, dbig + d, 3 * d, dbig + 2 * d, 3 * d, dp, dn, a->att,
+                           a->qkv, a->qkv + d, a->qkv + 2 * d, B, T, H, H, hd);
+        linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dbig, rec[s0].x, rec[s0].w, N, d,
+                        3 * d);
+    } else {
+        float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
+        float *dq = dbig, *dk = dq + Nd, *dv = dk + (size_t)N * kv;
+        attention_backward(dq, d, dk, kv, dv, kv, dp, dn, a->att, qq, kk, vv, B, T, H, Hk,
+                           hd);
+        rope(dq, N, T, H, hd, cs, -1.0f);
+        rope(dk, N, T, Hk, hd, cs, -1.0f);
+        linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dq, rec[s0].x, rec[s0].w, N, d, d);
+        linear_backward(dn, 1.0f, g->gw[s0 + 1], g->gb[s0 + 1], dk, rec[s0 + 1].x,
+                        rec[s0 + 1].w, N, d, kv);
+        linear_backward(dn, 1.0f, g->gw[s0 + 2], g->gb[s0 + 2], dv, rec[s0 + 2].x,
+                        rec[s0 + 2].w, N, d, kv);
+    }
+    norm_backward(dres, g1w, g1b, dn, a->res, a->mu1, a->rs1, L->n1w, N, d);
+}
+
 /* Floats of scratch, with the sizes checked: per block acts; final res, mu, rs, norm (N, d)
  * three times + 2 N; logits (N, V); RoPE table (T, hd); act copies sum_s N in; backward: dres,
  * dn (N, d), dbig, dbig2 (N, max(d + 2 kv, ff)), dp (T, T). */
@@ -536,7 +688,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
                 return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
                                tok[start[b] + t], start[b] + t, m->vocab);
     const struct qs_lm_priv *p = m->priv;
-    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, act = h && h->act;
+    const int gpt2 = m->family == QS_LM_GPT2, act = h && h->act;
     struct dims z;
     size_t nf;
     if (scratch_floats(m, B, T, act, &z, &nf) < 0)
@@ -554,8 +706,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
         free(A);
         return qs_errf(e, "%s: out of memory", m->path);
     }
-    const int N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head;
-    const int hd = d / H, kv = Hk * hd, V = m->vocab;
+    const int N = B * T, d = m->d_model, hd = d / m->n_head, V = m->vocab;
     const size_t Nd = (size_t)N * d, big = z.d + 2 * z.kv > z.ff ? z.d + 2 * z.kv : z.ff;
     float *q = buf;
     for (int l = 0; l < m->n_layer; l++)
@@ -583,59 +734,10 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
     /* ---- forward ---- */
     embed_forward(A[0].res, tok, start, B, T, d, p->wte, gpt2 ? p->wpe : NULL);
     if (!gpt2)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < hd / 2; j++) {
-                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
-                cs[(size_t)t * hd + j] = (float)cos(ang);
-                cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
-            }
-    for (int l = 0; l < m->n_layer; l++) {
-        const struct lm_layer *L = &p->layer[l];
-        struct acts *a = &A[l];
-        float *out = l + 1 < m->n_layer ? A[l + 1].res : resf;
-        int s0 = per * l;
-        norm_forward(a->n1, a->mu1, a->rs1, a->res, N, d, L->n1w, L->n1b, m->eps);
-        if (gpt2) {
-            site_forward(m, s0, h, a->n1, N, a->qkv, XA(s0), &rec[s0]); /* (N, 3d) */
-            attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
-                              3 * d, B, T, H, H, hd, 0);
-        } else {
-            float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
-            site_forward(m, s0, h, a->n1, N, qq, XA(s0), &rec[s0]);
-            site_forward(m, s0 + 1, h, a->n1, N, kk, XA(s0 + 1), &rec[s0 + 1]);
-            site_forward(m, s0 + 2, h, a->n1, N, vv, XA(s0 + 2), &rec[s0 + 2]);
-            rope(qq, N, T, H, hd, cs, 1.0f);
-            rope(kk, N, T, Hk, hd, cs, 1.0f);
-            attention_forward(a->ay, a->att, qq, d, kk, kv, vv, kv, B, T, H, Hk, hd, m->window);
-        }
-        int so = s0 + (gpt2 ? 1 : 3); /* c_proj / o_proj */
-        site_forward(m, so, h, a->ay, N, a->res2, XA(so), &rec[so]);
-        for (size_t i = 0; i < Nd; i++)
-            a->res2[i] += a->res[i];
-        norm_forward(a->n2, a->mu2, a->rs2, a->res2, N, d, L->n2w, L->n2b, m->eps);
-        int sd; /* the MLP's output site */
-        if (gpt2) {
-            site_forward(m, s0 + 2, h, a->n2, N, a->fc, XA(s0 + 2), &rec[s0 + 2]);
-            for (size_t i = 0; i < (size_t)N * ff; i++) {
-                float x = a->fc[i], e2 = expf(2.0f * GELU_K * (x + 0.044715f * x * x * x));
-                float r = 1.0f / (e2 + 1.0f);
-                a->hh[i] = x * (1.0f - r);  /* gelu_new, as lm.c computes it */
-                a->up[i] = 1.0f - 2.0f * r; /* its tanh, for the backward */
-            }
-            sd = s0 + 3;
-        } else {
-            site_forward(m, s0 + 4, h, a->n2, N, a->fc, XA(s0 + 4), &rec[s0 + 4]);
-            site_forward(m, s0 + 5, h, a->n2, N, a->up, XA(s0 + 5), &rec[s0 + 5]);
-            for (size_t i = 0; i < (size_t)N * ff; i++) {
-                float gg = a->fc[i];
-                a->hh[i] = gg / (1.0f + expf(-gg)) * a->up[i];
-            }
-            sd = s0 + 6;
-        }
-        site_forward(m, sd, h, a->hh, N, out, XA(sd), &rec[sd]);
-        for (size_t i = 0; i < Nd; i++)
-            out[i] += a->res2[i];
-    }
+        rope_table(cs, m, T, hd);
+    struct blk bc = {m, h, rec, act ? xs : NULL, cs, dn, dbig, dbig2, dp, B, T};
+    for (int l = 0; l < m->n_layer; l++)
+        block_forward(&bc, l, &A[l], l + 1 < m->n_layer ? A[l + 1].res : resf);
     const int sh = m->nsites - 1;
     norm_forward(nf_, muf, rsf, resf, N, d, p->nfw, gpt2 ? p->nfb : NULL, m->eps);
     site_forward(m, sh, h, nf_, N, logits, XA(sh), &rec[sh]);
@@ -651,60 +753,8 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
                     rec[sh].w, N, d, V);
     norm_backward(dres, grad_of(g, p->nfw), grad_of(g, p->nfb), dn, resf, muf, rsf, p->nfw, N,
                   d);
-    for (int l = m->n_layer - 1; l >= 0; l--) {
-        const struct lm_layer *L = &p->layer[l];
-        struct acts *a = &A[l];
-        int s0 = per * l;
-        float *g1w = grad_of(g, L->n1w), *g1b = grad_of(g, L->n1b);
-        float *g2w = grad_of(g, L->n2w), *g2b = grad_of(g, L->n2b);
-        /* MLP: dres holds dL/d(block output) */
-        if (gpt2) {
-            int s = s0 + 3;
-            linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
-            for (size_t i = 0; i < (size_t)N * ff; i++) {
-                float x = a->fc[i], t = a->up[i];
-                dbig[i] *= 0.5f * (1.0f + t) +
-                           0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 0.134145f * x * x);
-            }
-            s = s0 + 2;
-            linear_backward(dn, 0.0f, g->gw[s], g->gb[s], dbig, rec[s].x, rec[s].w, N, d, ff);
-        } else {
-            int s = s0 + 6;
-            linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
-            for (size_t i = 0; i < (size_t)N * ff; i++) {
-                float gg = a->fc[i], sg = 1.0f / (1.0f + expf(-gg)), dh = dbig[i];
-                dbig2[i] = dh * gg * sg;                               /* d up */
-                dbig[i] = dh * a->up[i] * sg * (1.0f + gg * (1.0f - sg)); /* d gate */
-            }
-            linear_backward(dn, 0.0f, g->gw[s0 + 4], g->gb[s0 + 4], dbig, rec[s0 + 4].x,
-                            rec[s0 + 4].w, N, d, ff);
-            linear_backward(dn, 1.0f, g->gw[s0 + 5], g->gb[s0 + 5], dbig2, rec[s0 + 5].x,
-                            rec[s0 + 5].w, N, d, ff);
-        }
-        norm_backward(dres, g2w, g2b, dn, a->res2, a->mu2, a->rs2, L->n2w, N, d);
-        /* attention: dres holds dL/d res2 */
-        int so = s0 + (gpt2 ? 1 : 3);
-        linear_backward(dn, 0.0f, g->gw[so], g->gb[so], dres, rec[so].x, rec[so].w, N, d, d);
-        if (gpt2) {
-            attention_backward(dbig, 3 * d, dbig + d, 3 * d, dbig + 2 * d, 3 * d, dp, dn, a->att,
-                               a->qkv, a->qkv + d, a->qkv + 2 * d, B, T, H, H, hd);
-            linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dbig, rec[s0].x, rec[s0].w, N, d,
-                            3 * d);
-        } else {
-            float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
-            float *dq = dbig, *dk = dq + Nd, *dv = dk + (size_t)N * kv;
-            attention_backward(dq, d, dk, kv, dv, kv, dp, dn, a->att, qq, kk, vv, B, T, H, Hk,
-                               hd);
-            rope(dq, N, T, H, hd, cs, -1.0f);
-            rope(dk, N, T, Hk, hd, cs, -1.0f);
-            linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dq, rec[s0].x, rec[s0].w, N, d, d);
-            linear_backward(dn, 1.0f, g->gw[s0 + 1], g->gb[s0 + 1], dk, rec[s0 + 1].x,
-                            rec[s0 + 1].w, N, d, kv);
-            linear_backward(dn, 1.0f, g->gw[s0 + 2], g->gb[s0 + 2], dv, rec[s0 + 2].x,
-                            rec[s0 + 2].w, N, d, kv);
-        }
-        norm_backward(dres, g1w, g1b, dn, a->res, a->mu1, a->rs1, L->n1w, N, d);
-    }
+    for (int l = m->n_layer - 1; l >= 0; l--)
+        block_backward(&bc, l, &A[l], dres, g);
     /* embeddings: dres holds dL/d(embedding output) */
     float *gwte = g->t[0].grad, *gwpe = gpt2 ? g->t[1].grad : NULL;
     for (int b = 0; b < B; b++)
@@ -723,6 +773,84 @@ done:
     free(own);
     free(rec);
     free(A);
+    return 0;
+}
+
+/* ---- one block alone (block-wise reconstruction, qat mode=block) ------------------------- */
+
+void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
+                      int T, float *x)
+{
+    const struct qs_lm_priv *p = m->priv;
+    embed_forward(x, tok, start, B, T, m->d_model, p->wte,
+                  m->family == QS_LM_GPT2 ? p->wpe : NULL);
+}
+
+int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
+                const struct qs_hooks *h, float *y, const float *target, double *mse,
+                struct qs_lm_grad *g, qs_err *e)
+{
+    if (l < 0 || l >= m->n_layer)
+        return qs_errf(e, "%s: no block %d (it has %d)", m->path, l, m->n_layer);
+    if (B < 1 || T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
+                       m->ctx);
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
+    const int act = h && h->act, d = m->d_model, hd = d / m->n_head;
+    struct dims z = {(size_t)B * T, (size_t)d, (size_t)m->n_kv_head * hd, (size_t)m->d_ff,
+                     (size_t)m->vocab, (size_t)T, (size_t)B, (size_t)m->n_head, (size_t)hd};
+    const size_t N = z.N, Nd = N * z.d, big = z.d + 2 * z.kv > z.ff ? z.d + 2 * z.kv : z.ff;
+    /* one block's acts, out, dres, dn (N, d), dbig, dbig2 (N, big), dp (T, T), cs (T, hd), act
+     * copies of its sites; every factor is bounded by the config except N */
+    size_t nf, t, xin = 0;
+    for (int s = s0; act && s < s0 + per; s++)
+        xin += (size_t)m->sites[s].in;
+    if (qs_size_mul(N, 9 * z.d + 2 * z.kv + 3 * z.ff + 4 + 2 * big + xin, &nf) < 0 ||
+        qs_size_mul3(z.B * z.H, z.T, z.T, &t) < 0 || qs_size_add(nf, t, &nf) < 0 ||
+        qs_size_add(nf, z.T * z.T + z.T * z.hd, &nf) < 0)
+        return qs_errf(e, "%s: block %d on %d windows of %d tokens overflows", m->path, l, B, T);
+    char what[96];
+    snprintf(what, sizeof what, "block %d on %d windows of %d tokens", l, B, T);
+    float *buf = qs_alloc(nf, sizeof(float), what, e);
+    struct site_rec *rec = qs_calloc((size_t)m->nsites, sizeof *rec);
+    float **xs = act ? qs_calloc((size_t)m->nsites, sizeof *xs) : NULL;
+    if (!buf || !rec || (act && !xs)) {
+        free(buf);
+        free(rec);
+        free(xs);
+        return buf ? qs_errf(e, "%s: out of memory", m->path) : qs_err_prefix(e, m->path);
+    }
+    struct acts a;
+    float *q = acts_carve(&a, buf, &z);
+    float *out = q, *dres = out + Nd, *dn = dres + Nd, *dbig = dn + Nd, *dbig2 = dbig + N * big;
+    float *dp = dbig2 + N * big, *cs = dp + z.T * z.T, *xa = cs + z.T * z.hd;
+    for (int s = s0; act && s < s0 + per; s++) {
+        xs[s] = xa;
+        xa += N * m->sites[s].in;
+    }
+    memcpy(a.res, x, Nd * sizeof(float));
+    if (!gpt2)
+        rope_table(cs, m, T, hd);
+    struct blk bc = {m, h, rec, xs, cs, dn, dbig, dbig2, dp, B, T};
+    block_forward(&bc, l, &a, out);
+    if (y)
+        memcpy(y, out, Nd * sizeof(float));
+    if (target) {
+        double sum = 0;
+        const double k = 2.0 / (double)Nd;
+        for (size_t i = 0; i < Nd; i++) {
+            double r = (double)out[i] - target[i];
+            sum += r * r;
+            dres[i] = (float)(k * r);
+        }
+        if (mse)
+            *mse = sum / (double)Nd;
+        if (g)
+            block_backward(&bc, l, &a, dres, g);
+    }
+    free(buf);
+    free(rec);
+    free(xs);
     return 0;
 }
 
@@ -1068,12 +1196,7 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
     embed_forward(A[0].res, tok, start, B, T, d, p->wte, gpt2 ? p->wpe : NULL);
     memset(At[0].res, 0, Nd * sizeof(float)); /* no direction on the embeddings */
     if (!gpt2)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < hd / 2; j++) {
-                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
-                cs[(size_t)t * hd + j] = (float)cos(ang);
-                cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
-            }
+        rope_table(cs, m, T, hd);
     for (int l = 0; l < m->n_layer; l++) {
         const struct lm_layer *L = &p->layer[l];
         struct acts *a = &A[l], *at = &At[l];

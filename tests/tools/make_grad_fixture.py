@@ -94,27 +94,33 @@ def gpt2_params(cfg, st):
 
 
 def gpt2_forward(cfg, p, idx):
+    d, eps, T = cfg["n_embd"], cfg.get("layer_norm_epsilon", 1e-5), idx.shape[1]
+    x = p["wte.weight"][idx] + p["wpe.weight"][:T]
+    for i in range(cfg["n_layer"]):
+        x = gpt2_block(cfg, p, x, i)
+    x = F.layer_norm(x, (d,), p["ln_f.weight"], p["ln_f.bias"], eps)
+    return F.linear(x, p.get("lm_head.weight", p["wte.weight"]))
+
+
+def gpt2_block(cfg, p, x, i):
+    """Block i on the residual stream x: (B, T, d)."""
     d, H = cfg["n_embd"], cfg["n_head"]
     eps = cfg.get("layer_norm_epsilon", 1e-5)
-    B, T = idx.shape
-    x = p["wte.weight"][idx] + p["wpe.weight"][:T]
+    B, T, _ = x.shape
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     lin = lambda x, s: F.linear(x, p[s + ".weight"], p[s + ".bias"])  # noqa: E731
     sh = lambda t: t.view(B, T, H, d // H).transpose(1, 2)  # noqa: E731
-    for i in range(cfg["n_layer"]):
-        h = f"h.{i}."
-        a = F.layer_norm(x, (d,), p[h + "ln_1.weight"], p[h + "ln_1.bias"], eps)
-        q, k, v = lin(a, h + "attn.c_attn").split(d, -1)
-        s = (sh(q) @ sh(k).transpose(-1, -2)) / math.sqrt(d // H)
-        s = s.masked_fill(~mask, float("-inf"))
-        a = (torch.softmax(s, -1) @ sh(v)).transpose(1, 2).reshape(B, T, d)
-        x = x + lin(a, h + "attn.c_proj")
-        m = F.layer_norm(x, (d,), p[h + "ln_2.weight"], p[h + "ln_2.bias"], eps)
-        u = lin(m, h + "mlp.c_fc")  # gelu_new, written out
-        m = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
-        x = x + lin(m, h + "mlp.c_proj")
-    x = F.layer_norm(x, (d,), p["ln_f.weight"], p["ln_f.bias"], eps)
-    return F.linear(x, p.get("lm_head.weight", p["wte.weight"]))
+    h = f"h.{i}."
+    a = F.layer_norm(x, (d,), p[h + "ln_1.weight"], p[h + "ln_1.bias"], eps)
+    q, k, v = lin(a, h + "attn.c_attn").split(d, -1)
+    s = (sh(q) @ sh(k).transpose(-1, -2)) / math.sqrt(d // H)
+    s = s.masked_fill(~mask, float("-inf"))
+    a = (torch.softmax(s, -1) @ sh(v)).transpose(1, 2).reshape(B, T, d)
+    x = x + lin(a, h + "attn.c_proj")
+    m = F.layer_norm(x, (d,), p[h + "ln_2.weight"], p[h + "ln_2.bias"], eps)
+    u = lin(m, h + "mlp.c_fc")  # gelu_new, written out
+    m = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+    return x + lin(m, h + "mlp.c_proj")
 
 
 def llama_params(cfg, st):
@@ -133,10 +139,20 @@ def llama_params(cfg, st):
 
 
 def llama_forward(cfg, p, idx):
+    x = p["model.embed_tokens.weight"][idx]
+    for i in range(cfg["num_hidden_layers"]):
+        x = llama_block(cfg, p, x, i)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * p["model.norm.weight"]
+    return F.linear(x, p.get("lm_head.weight", p["model.embed_tokens.weight"]))
+
+
+def llama_block(cfg, p, x, i):
+    """Block i on the residual stream x: (B, T, d)."""
     d, H = cfg["hidden_size"], cfg["num_attention_heads"]
     Hk = cfg.get("num_key_value_heads", H)
     hd, eps, theta = d // H, cfg.get("rms_norm_eps", 1e-6), cfg.get("rope_theta", 10000.0)
-    B, T = idx.shape
+    B, T, _ = x.shape
     rms = lambda x, w: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w  # noqa: E731
     inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
     ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
@@ -144,24 +160,20 @@ def llama_forward(cfg, p, idx):
     rot = lambda t: torch.cat([-t[..., hd // 2:], t[..., :hd // 2]], -1)  # noqa: E731
     rope = lambda t: t * cos + rot(t) * sin  # noqa: E731
     mask = torch.ones(T, T, dtype=torch.bool).tril()
-    x = p["model.embed_tokens.weight"][idx]
-    for i in range(cfg["num_hidden_layers"]):
-        h = f"model.layers.{i}."
-        a = rms(x, p[h + "input_layernorm.weight"])
-        q = F.linear(a, p[h + "self_attn.q_proj.weight"]).view(B, T, H, hd).transpose(1, 2)
-        k = F.linear(a, p[h + "self_attn.k_proj.weight"]).view(B, T, Hk, hd).transpose(1, 2)
-        v = F.linear(a, p[h + "self_attn.v_proj.weight"]).view(B, T, Hk, hd).transpose(1, 2)
-        q, k = rope(q), rope(k)
-        k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        s = s.masked_fill(~mask, float("-inf"))
-        a = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, T, d)
-        x = x + F.linear(a, p[h + "self_attn.o_proj.weight"])
-        m = rms(x, p[h + "post_attention_layernorm.weight"])
-        m = F.silu(F.linear(m, p[h + "mlp.gate_proj.weight"])) * F.linear(m, p[h + "mlp.up_proj.weight"])
-        x = x + F.linear(m, p[h + "mlp.down_proj.weight"])
-    x = rms(x, p["model.norm.weight"])
-    return F.linear(x, p.get("lm_head.weight", p["model.embed_tokens.weight"]))
+    h = f"model.layers.{i}."
+    a = rms(x, p[h + "input_layernorm.weight"])
+    q = F.linear(a, p[h + "self_attn.q_proj.weight"]).view(B, T, H, hd).transpose(1, 2)
+    k = F.linear(a, p[h + "self_attn.k_proj.weight"]).view(B, T, Hk, hd).transpose(1, 2)
+    v = F.linear(a, p[h + "self_attn.v_proj.weight"]).view(B, T, Hk, hd).transpose(1, 2)
+    q, k = rope(q), rope(k)
+    k, v = k.repeat_interleave(H // Hk, 1), v.repeat_interleave(H // Hk, 1)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+    s = s.masked_fill(~mask, float("-inf"))
+    a = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(B, T, d)
+    x = x + F.linear(a, p[h + "self_attn.o_proj.weight"])
+    m = rms(x, p[h + "post_attention_layernorm.weight"])
+    m = F.silu(F.linear(m, p[h + "mlp.gate_proj.weight"])) * F.linear(m, p[h + "mlp.up_proj.weight"])
+    return x + F.linear(m, p[h + "mlp.down_proj.weight"])
 
 
 def signs(k, n):

@@ -6,7 +6,8 @@ qs_qat_hooks, through src/model/lm_grad.c; tests/unit/test_qat_lm.c).
 Run from the repository root with Debian's python3 (python3-torch, python3-numpy):
     /usr/bin/python3 tests/tools/make_qat_fixture.py
 
-Writes tests/fixtures/lm_qat.json. The models are built by make_grad_fixture.py's own torch code
+Writes tests/fixtures/lm_qat.json: the whole model's step ("cases") and one block alone under
+the block-reconstruction loss ("blocks", see block_case). The models are built by make_grad_fixture.py's own torch code
 (imported: GPT-2 and LLaMA written out in plain torch, float64). The straight-through
 fake-quantization is the textbook one:
     w_q = w + (q(w) - w).detach()        every site weight (a tied head: the output projection
@@ -106,6 +107,50 @@ def case(folder, B, T, blk, rng, text):
             "loss": float(loss), "float_loss": lf, "tensors": tensors}
 
 
+BLOCKS = [  # folder, windows, tokens per window, the block, straight-through on (else float)
+    ("tests/fixtures/delta_gpt2", 3, 32, 1, True),
+    ("tests/fixtures/lm_llama_gqa", 2, 16, 0, True),
+    ("tests/fixtures/lm_llama_gqa", 2, 16, 1, False),
+]
+
+
+def block_case(folder, B, T, blk, ste_on, rng, text):
+    """One block alone (qat mode=block's step, lm_grad.c qs_lm_block): its input x is the token
+    (+ position) embedding of the windows, its target x itself, the loss mean((block(x) - x)^2)
+    over every entry; straight-through as in case() on every site of the block when ste_on.
+    Kept: the loss and the gradient statistics of the block's own tensors."""
+    with open(os.path.join(ROOT, folder, "config.json")) as f:
+        cfg = json.load(f)
+    st = G.read_st(os.path.join(ROOT, folder, "model.safetensors"))
+    gpt2 = cfg["model_type"] == "gpt2"
+    p = G.gpt2_params(cfg, st) if gpt2 else G.llama_params(cfg, st)
+    p = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+    V = cfg["vocab_size"]
+    starts = sorted(int(s) for s in rng.choice(len(text) - T - 1, B, replace=False))
+    win = [[text[s + t] % V for t in range(T + 1)] for s in starts]
+    idx = torch.tensor(win, dtype=torch.long)[:, :T]
+    with torch.no_grad():
+        if gpt2:
+            x = (p["wte.weight"][idx].float() + p["wpe.weight"][:T].float()).double()
+        else:
+            x = p["model.embed_tokens.weight"][idx]
+    names = {id(v): k for k, v in p.items() if v.dim() == 2 and "wpe" not in k}
+    ste = STE(names, blk)
+    if ste_on:
+        F.linear = ste
+    try:
+        y = (G.gpt2_block if gpt2 else G.llama_block)(cfg, p, x, blk)
+    finally:
+        F.linear = ste.orig
+    loss = ((y - x) ** 2).mean()
+    loss.backward()
+    pre = f"h.{blk}." if gpt2 else f"model.layers.{blk}."
+    tensors = [dict(name=n, shape=list(t.shape), **G.stats(t.grad.numpy(), rng))
+               for n, t in p.items() if n.startswith(pre)]
+    return {"model": folder, "B": B, "T": T, "block": blk, "ste": ste_on, "windows": win,
+            "mse": float(loss), "tensors": tensors}
+
+
 def main():
     torch.set_num_threads(1)
     rng = np.random.default_rng(SEED)
@@ -118,6 +163,7 @@ def main():
                           "reference": "float64 autograd through w + (q(w) - w).detach() and "
                                        "x + (q(x) - x).detach()"},
            "cases": [case(f, B, T, k, rng, text) for f, B, T, k in CASES]}
+    out["blocks"] = [block_case(f, B, T, k, q, rng, text) for f, B, T, k, q in BLOCKS]
     with open(OUT, "w") as f:
         json.dump(out, f, separators=(",", ":"))
         f.write("\n")

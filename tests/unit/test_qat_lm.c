@@ -43,6 +43,69 @@ static double sign_k(int k, uint64_t i)
     return (z >> 63) ? -1.0 : 1.0;
 }
 
+/* The fixture case's windows: B rows of T + 1 tokens, one after the other; *start: their starts. */
+static uint32_t *fixture_windows(const cJSON *c, int B, int T, size_t **start)
+{
+    const cJSON *w = cJSON_GetObjectItem(c, "windows");
+    uint32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
+    *start = malloc((size_t)B * sizeof **start);
+    for (int b = 0; b < B; b++) {
+        (*start)[b] = (size_t)b * (T + 1);
+        for (int t = 0; t <= T; t++)
+            tok[(*start)[b] + t] =
+                (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
+    }
+    return tok;
+}
+
+/* The fixture's tensors (by name, each g's) against g's gradients: norm, two sign projections
+ * and sampled entries within TOL relative. *n: tensors compared. The worst relative error. */
+static double compare_grads(const char *dir, const struct qs_lm_grad *g, const cJSON *ts, int *n)
+{
+    double worst = 0;
+    const cJSON *t;
+    *n = 0;
+    cJSON_ArrayForEach(t, ts)
+    {
+        const char *name = cJSON_GetObjectItem(t, "name")->valuestring;
+        const struct qs_lm_tensor *x = NULL;
+        for (int k = 0; g && k < g->ntensor && !x; k++)
+            if (!strcmp(g->t[k].name, name))
+                x = &g->t[k];
+        if (!x) {
+            fprintf(stderr, "  %s: no tensor %s\n", dir, name);
+            CHECK(0);
+            continue;
+        }
+        (*n)++;
+        double nr = 0, p1 = 0, p2 = 0;
+        for (size_t k = 0; k < x->n; k++) {
+            nr += (double)x->grad[k] * x->grad[k];
+            p1 += sign_k(1, k) * x->grad[k];
+            p2 += sign_k(2, k) * x->grad[k];
+        }
+        nr = sqrt(nr);
+        double rn = cJSON_GetObjectItem(t, "norm")->valuedouble;
+        const cJSON *pj = cJSON_GetObjectItem(t, "proj");
+        double er = fmax(fabs(nr - rn), fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
+                                             fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble))) /
+                    rn;
+        const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
+        for (int k = 0; k < cJSON_GetArraySize(ix); k++) {
+            double r = cJSON_GetArrayItem(vl, k)->valuedouble;
+            double got = x->grad[(size_t)cJSON_GetArrayItem(ix, k)->valuedouble];
+            er = fmax(er, fabs(got - r) / fabs(r));
+        }
+        worst = fmax(worst, er);
+        if (!(er <= TOL)) {
+            fprintf(stderr, "  %s %s: relative error %.3g (norm %.9g vs torch %.9g)\n", dir,
+                    x->name, er, nr, rn);
+            CHECK(0);
+        }
+    }
+    return worst;
+}
+
 /* The fixture's formats as a bench resolves them: int3 per channel on every site's weight,
  * int8 per tensor (dynamic) on the inputs of block blk's sites. */
 static struct qs_layer_state *fixture_formats(const struct qs_lm *m, int blk)
@@ -74,14 +137,8 @@ static void check_case(const cJSON *c)
         return;
     }
     int B = cJSON_GetObjectItem(c, "B")->valueint, T = cJSON_GetObjectItem(c, "T")->valueint;
-    const cJSON *w = cJSON_GetObjectItem(c, "windows");
-    uint32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
-    size_t *start = malloc((size_t)B * sizeof *start);
-    for (int b = 0; b < B; b++) {
-        start[b] = (size_t)b * (T + 1);
-        for (int t = 0; t <= T; t++)
-            tok[start[b] + t] = (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
-    }
+    size_t *start;
+    uint32_t *tok = fixture_windows(c, B, T, &start);
     struct qs_layer_state *ls =
         fixture_formats(m, cJSON_GetObjectItem(c, "act_block")->valueint);
     struct qs_qat_hooks q;
@@ -94,41 +151,9 @@ static void check_case(const cJSON *c)
     double lf = cJSON_GetObjectItem(c, "float_loss")->valuedouble;
     CHECK_REL(loss, ref, 1e-6);
     CHECK(fabs(ref - lf) > 0.05); /* the quantizers do change the loss */
-    const cJSON *ts = cJSON_GetObjectItem(c, "tensors"), *t;
-    CHECK(g && cJSON_GetArraySize(ts) == g->ntensor);
-    double worst = 0;
     int i = 0;
-    cJSON_ArrayForEach(t, ts)
-    {
-        if (!g || i >= g->ntensor)
-            break;
-        const struct qs_lm_tensor *x = &g->t[i++];
-        CHECK_STR(x->name, cJSON_GetObjectItem(t, "name")->valuestring);
-        double nr = 0, p1 = 0, p2 = 0;
-        for (size_t k = 0; k < x->n; k++) {
-            nr += (double)x->grad[k] * x->grad[k];
-            p1 += sign_k(1, k) * x->grad[k];
-            p2 += sign_k(2, k) * x->grad[k];
-        }
-        nr = sqrt(nr);
-        double rn = cJSON_GetObjectItem(t, "norm")->valuedouble;
-        const cJSON *pj = cJSON_GetObjectItem(t, "proj");
-        double er = fmax(fabs(nr - rn), fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
-                                             fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble))) /
-                    rn;
-        const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
-        for (int k = 0; k < cJSON_GetArraySize(ix); k++) {
-            double r = cJSON_GetArrayItem(vl, k)->valuedouble;
-            double got = x->grad[(size_t)cJSON_GetArrayItem(ix, k)->valuedouble];
-            er = fmax(er, fabs(got - r) / fabs(r));
-        }
-        worst = fmax(worst, er);
-        if (!(er <= TOL)) {
-            fprintf(stderr, "  %s %s: relative error %.3g (norm %.9g vs torch %.9g)\n", dir,
-                    x->name, er, nr, rn);
-            CHECK(0);
-        }
-    }
+    double worst = compare_grads(dir, g, cJSON_GetObjectItem(c, "tensors"), &i);
+    CHECK(g && i == g->ntensor);
     fprintf(stderr, "  %s: STE loss %.6f (torch %.6f), %d tensors, worst relative error %.2g\n",
             dir, loss, ref, i, worst);
     qs_lm_grad_free(g);
@@ -153,6 +178,79 @@ static void test_ste_vs_torch(void)
         n++;
     }
     CHECK(n == 2);
+    cJSON_Delete(root);
+}
+
+/* One block alone (qs_lm_block, qat mode=block's step) against PyTorch: input the embedding of
+ * the windows, target the input itself, mean squared error; through the straight-through hooks
+ * (int3 weights, int8 inputs of the block's sites) or float. Only the block's own tensors get
+ * a gradient. */
+static void test_block_vs_torch(void)
+{
+    cJSON *root = load_fixture();
+    CHECK(root != NULL);
+    if (!root)
+        return;
+    const cJSON *c;
+    int n = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "blocks"))
+    {
+        const char *dir = cJSON_GetObjectItem(c, "model")->valuestring;
+        struct qs_lm *m = NULL;
+        qs_err e = {{0}};
+        if (qs_lm_load(dir, &m, &e) < 0) {
+            fprintf(stderr, "  %s\n", e.msg);
+            CHECK(0);
+            continue;
+        }
+        int B = cJSON_GetObjectItem(c, "B")->valueint, T = cJSON_GetObjectItem(c, "T")->valueint;
+        int l = cJSON_GetObjectItem(c, "block")->valueint;
+        int ste = cJSON_IsTrue(cJSON_GetObjectItem(c, "ste"));
+        size_t *start;
+        uint32_t *tok = fixture_windows(c, B, T, &start);
+        size_t Nd = (size_t)B * T * m->d_model;
+        float *x = malloc(Nd * sizeof *x), *y = malloc(Nd * sizeof *y);
+        qs_lm_embed_rows(m, tok, start, B, T, x);
+        struct qs_layer_state *ls = fixture_formats(m, l);
+        struct qs_qat_hooks q;
+        CHECK(qs_qat_hooks_init(&q, m, ls, &e) == 0);
+        struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
+        double mse = 0, mse2 = 0;
+        CHECK(g && qs_lm_block(m, l, x, B, T, ste ? &q.h : NULL, y, x, &mse, g, &e) == 0);
+        CHECK_REL(mse, cJSON_GetObjectItem(c, "mse")->valuedouble, 1e-5);
+        /* the output y is the block's: the mse recomputed from it, and without g the same */
+        double s2 = 0;
+        for (size_t i = 0; i < Nd; i++)
+            s2 += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
+        CHECK_REL(s2 / Nd, mse, 1e-12);
+        CHECK(qs_lm_block(m, l, x, B, T, ste ? &q.h : NULL, NULL, x, &mse2, NULL, &e) == 0 &&
+              mse2 == mse);
+        int k = 0;
+        double worst = compare_grads(dir, g, cJSON_GetObjectItem(c, "tensors"), &k);
+        CHECK(k == (m->family == QS_LM_GPT2 ? 12 : 9));
+        /* no other tensor was touched */
+        char pre[32];
+        snprintf(pre, sizeof pre, m->family == QS_LM_GPT2 ? "h.%d." : "model.layers.%d.", l);
+        int others = 0;
+        for (int i = 0; g && i < g->ntensor; i++)
+            if (strncmp(g->t[i].name, pre, strlen(pre)))
+                for (size_t j = 0; j < g->t[i].n; j++)
+                    others += g->t[i].grad[j] != 0.0f;
+        CHECK(others == 0);
+        fprintf(stderr, "  %s block %d%s: mse %.6f (torch %.6f), %d tensors, worst relative "
+                "error %.2g\n", dir, l, ste ? " straight-through" : "", mse,
+                cJSON_GetObjectItem(c, "mse")->valuedouble, k, worst);
+        qs_lm_grad_free(g);
+        qs_qat_hooks_free(&q);
+        free(ls);
+        free(x);
+        free(y);
+        free(tok);
+        free(start);
+        qs_lm_free(m);
+        n++;
+    }
+    CHECK(n == 3);
     cJSON_Delete(root);
 }
 
@@ -261,5 +359,5 @@ static void test_act_static(void)
     qs_bench_free(b);
 }
 
-TEST_MAIN("qat_lm", TEST_CASE(test_ste_vs_torch), TEST_CASE(test_qat_lowers_loss),
-          TEST_CASE(test_act_static))
+TEST_MAIN("qat_lm", TEST_CASE(test_ste_vs_torch), TEST_CASE(test_block_vs_torch),
+          TEST_CASE(test_qat_lowers_loss), TEST_CASE(test_act_static))
