@@ -10,8 +10,10 @@
 # channel, held-out loss before (PTQ) and after one epoch of straight-through AdamW on the tokens
 # before the held-out 10 % (the quantized loss the hooks see before training is eval's own); then
 # int8 static activation scales on block 0 too, trained through (dx = dy); then tiny-llama at
-# int3 per channel. Weight scales are recomputed from the master weights every step (not
-# learned). Replay: qscope --replay sessions/lm-qat.qs --check
+# int3 per channel; last, tiny-llama afresh at int3 trained block by block (qat mode=block,
+# EfficientQAT's Block-AP: each block learns to reproduce its float output on 64 sample windows,
+# from the stream of the blocks already trained). Weight scales are recomputed from the master
+# weights every step (not learned). Replay: qscope --replay sessions/lm-qat.qs --check
 load model datasets/models/tiny-gpt2
 # => path=datasets/models/tiny-gpt2
 # => arch=gpt2
@@ -30,11 +32,11 @@ quant * int3 gran=channel clip=max round=nearest range=restricted sym scale=f16
 eval
 # => regime=weight-only
 # => tokens=14400
-# => float.ppl=5.14510206
-# => float.loss=1.63804521
-# => quant.ppl=5.73151188
-# => quant.loss=1.74597935
-# => kl=0.113599947
+# => float.ppl=5.14510205
+# => float.loss=1.6380452
+# => quant.ppl=5.73151184
+# => quant.loss=1.74597934
+# => kl=0.113599948
 # => top1_agree=0.797430556
 # => bits_per_weight=3.19642857
 # => gate=pass
@@ -44,14 +46,14 @@ qat steps=127 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=
 # => tokens=130048
 # => w_sites=9
 # => a_sites=0
-# => float_loss=1.63804521
-# => ptq_loss=1.74597935
+# => float_loss=1.6380452
+# => ptq_loss=1.74597934
 # => qat_loss=1.5934286
 # => qat_float_loss=1.64640573
-# => ste_loss_before=1.74597935
+# => ste_loss_before=1.74597934
 # => ste_loss_after=1.5934286
 # => train_loss=1.52653678
-# => gap_closed=1.41336876
+# => gap_closed=1.41336882
 # => task.float_loss=1.64640573
 # => task.unigram_entropy=3.25155092
 # => task.threshold=2.43866319
@@ -60,9 +62,9 @@ qat steps=127 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=
 eval
 # => regime=weight-only
 # => tokens=14400
-# => float.ppl=5.18829812
+# => float.ppl=5.18829814
 # => float.loss=1.64640573
-# => quant.ppl=4.92059079
+# => quant.ppl=4.92059076
 # => quant.loss=1.5934286
 # => kl=0.10891641
 # => top1_agree=0.741805556
@@ -114,10 +116,59 @@ qat steps=40 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=0
 # => ste_loss_before=1.33467918
 # => ste_loss_after=1.26186877
 # => train_loss=1.20481594
-# => gap_closed=0.598422317
+# => gap_closed=0.598422322
 # => task.float_loss=1.24866737
 # => task.unigram_entropy=3.25155092
 # => task.threshold=2.43866319
 # => gate=pass
 # => regime=weight-only
-# end of session (11 commands)
+load model datasets/models/tiny-llama
+# => path=datasets/models/tiny-llama
+# => arch=llama
+# => layers=15
+# => params=123712
+quant * int3 gran=channel clip=max round=nearest range=restricted sym scale=f16
+# => pattern=*
+# => format=int3
+# => matched=15
+# => bits_per_weight=3.21770335
+qat mode=block order=depth samples=64 steps=8 batch=16 ctx=64 lr=0.0005 min_lr=5e-05 warmup=10 wd=0 clip=1 seed=0
+# => steps=8
+# => tokens=4096
+# => w_sites=15
+# => a_sites=0
+# => float_loss=1.21300857
+# => ptq_loss=1.33467918
+# => qat_loss=1.30528205
+# => qat_float_loss=1.22683149
+# => ste_loss_before=1.33467918
+# => ste_loss_after=1.30528205
+# => train_loss=0.00631847783
+# => gap_closed=0.241612378
+# => mode=block
+# => order=depth
+# => samples=64
+# => blocks[0].block=0
+# => blocks[0].mse_before=0.00165559047
+# => blocks[0].mse_after=0.000995496556
+# => blocks[1].block=1
+# => blocks[1].mse_before=0.0153520375
+# => blocks[1].mse_after=0.0108828187
+# => task.float_loss=1.22683149
+# => task.unigram_entropy=3.25155092
+# => task.threshold=2.43866319
+# => gate=pass
+# => regime=weight-only
+eval
+# => regime=weight-only
+# => tokens=14400
+# => float.ppl=3.41040648
+# => float.loss=1.22683149
+# => quant.ppl=3.68872936
+# => quant.loss=1.30528205
+# => kl=0.105528748
+# => top1_agree=0.839861111
+# => bits_per_weight=3.21770335
+# => gate=pass
+# => gate_threshold=2.43866319
+# end of session (15 commands)

@@ -39,8 +39,12 @@ int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_
                  void *ctx, qs_err *e)
 {
     struct qat_fwd q = {fmt, opt};
-    struct qs_train_opts t = {.epochs = o->epochs, .batch = o->batch, .lr = o->lr,
-                              .weight_decay = 0.0, .seed = o->seed, .fwd = qat_forward,
+    struct qs_train_opts t = {.epochs = o->epochs,
+                              .batch = o->batch,
+                              .lr = o->lr,
+                              .weight_decay = 0.0,
+                              .seed = o->seed,
+                              .fwd = qat_forward,
                               .fwd_ctx = &q};
     if (qs_mlp_train(m, x, y, n, &t, cb, ctx, e) < 0) {
         if (!strncmp(e->msg, "train: ", 7)) /* say which command it was */
@@ -156,8 +160,8 @@ int qs_qat_hooks_refresh(void *u, qs_err *e)
         return qs_errf(e, "%s", q->msg);
     for (int s = 0; s < q->m->nsites; s++) {
         const struct qs_lm_site *st = &q->m->sites[s];
-        if (q->wq[s] && qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in,
-                                      q->wq[s], e) < 0)
+        if (q->wq[s] &&
+            qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in, q->wq[s], e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return 0;
@@ -211,8 +215,14 @@ int qs_qat_hooks_init(struct qs_qat_hooks *q, const struct qs_lm *m,
 
 void qs_qat_lm_defaults(struct qs_qat_lm_opts *o)
 {
-    *o = (struct qs_qat_lm_opts){.epochs = 1, .batch = 16, .warmup = 10, .lr = 5e-4,
-                                 .min_lr = 5e-5, .wd = 0.0, .clip = 1.0};
+    *o = (struct qs_qat_lm_opts){.samples = 64,
+                                 .epochs = 1,
+                                 .batch = 16,
+                                 .warmup = 10,
+                                 .lr = 5e-4,
+                                 .min_lr = 5e-5,
+                                 .wd = 0.0,
+                                 .clip = 1.0};
 }
 
 /* A copy of src with its current weights: the same loader on its path, then every tensor. */
@@ -241,6 +251,351 @@ static struct qs_lm *lm_clone(const struct qs_lm *src, qs_err *e)
     return m;
 }
 
+/* The trained model m (owned) replaces the bench's, after writing it to o->out when asked; the
+ * bench keeps its rules, token data and calibration size, and evaluates it into r. A failure
+ * leaves the bench as it was (m freed). */
+static int install(struct qs_bench *b, struct qs_lm *m, const struct qs_qat_lm_opts *o,
+                   struct qs_qat_lm_result *r, qs_err *e)
+{
+    const struct qs_lm *bm = b->lm;
+    struct qs_eval ev;
+    char *path = qs_strdup(o->out ? o->out : bm->path);
+    if (!path) {
+        qs_lm_free(m);
+        return qs_errf(e, "out of memory");
+    }
+    if (o->out) {
+        char desc[256], v[2][32];
+        snprintf(desc, sizeof desc,
+                 "qscope %s qat steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g "
+                 "clip=%.9g seed=%llu%s (straight-through, AdamW) from %s",
+                 QS_VERSION, r->steps, r->batch, r->ctx, o->lr, o->min_lr, o->warmup, o->wd,
+                 o->clip, (unsigned long long)o->seed, o->mode == QS_QAT_BLOCK ? " mode=block" : "",
+                 bm->path);
+        snprintf(v[0], sizeof v[0], "%.6f", r->ste_loss);
+        snprintf(v[1], sizeof v[1], "%ld", r->tokens);
+        const char *keys[] = {"qscope.qat", "qscope.qat_val_loss_quant", "qscope.qat_tokens"};
+        const char *vals[] = {desc, v[0], v[1]};
+        if (qs_lm_save(m, o->out, NULL, NULL, keys, vals, 3, e) < 0) {
+            qs_lm_free(m);
+            free(path);
+            return qs_err_prefix(e, "qat out=");
+        }
+    }
+    /* the new model replaces the old one only when every step succeeded */
+    struct qs_bench *st = qs_bench_stage(b, QS_KEEP_TOKENS);
+    if (!st) {
+        qs_lm_free(m);
+        free(path);
+        return qs_errf(e, "out of memory");
+    }
+    if (qs_bench_set_lm(st, m, path, e) < 0 || qs_bench_eval(st, &ev, e) < 0) {
+        qs_bench_abort(b, st, QS_KEEP_TOKENS);
+        free(path);
+        return -1;
+    }
+    free(path);
+    qs_bench_commit(b, st);
+    r->f_loss_after = ev.f.loss;
+    r->qat_loss = ev.q.loss;
+    double gap = r->ptq_loss - r->f_loss;
+    r->gap_closed = gap > 0 ? (r->ptq_loss - r->qat_loss) / gap : NAN;
+    return 0;
+}
+
+/* ---- block by block (Block-AP) ------------------------------------------------------------ */
+
+/* Recomputes Q(W) of block l's sites only (the others do not change while it trains). */
+static int refresh_block(struct qs_qat_hooks *q, int l, qs_err *e)
+{
+    if (q->failed)
+        return qs_errf(e, "%s", q->msg);
+    for (int s = 0; s < q->m->nsites; s++) {
+        const struct qs_lm_site *st = &q->m->sites[s];
+        if (q->wq[s] && qs_lm_site_block(q->m, s) == l &&
+            qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in, q->wq[s], e) < 0)
+            return qs_err_prefix(e, st->name);
+    }
+    return 0;
+}
+
+/* y = block l of m on every window of x (W windows of T rows, (W T, d)), bt windows at a time;
+ * with target: *mse = the mean over every entry of (y - target)^2 (y may be NULL then). */
+static int block_all(const struct qs_lm *m, int l, const float *x, int W, int T, int bt,
+                     const struct qs_hooks *h, float *y, const float *target, double *mse,
+                     qs_err *e)
+{
+    size_t rows = (size_t)T * m->d_model;
+    double sum = 0;
+    for (int w0 = 0; w0 < W; w0 += bt) {
+        int n = W - w0 < bt ? W - w0 : bt;
+        size_t off = (size_t)w0 * rows;
+        double part = 0;
+        if (qs_lm_block(m, l, x + off, n, T, h, y ? y + off : NULL, target ? target + off : NULL,
+                        &part, NULL, e) < 0)
+            return -1;
+        sum += part * n;
+    }
+    if (mse)
+        *mse = sum / W;
+    return 0;
+}
+
+/* Block l's tensors in g (by their name prefix): their indices into g->t, and their count. */
+static int block_tensors(const struct qs_lm *m, const struct qs_lm_grad *g, int l, int *idx)
+{
+    char pre[48];
+    snprintf(pre, sizeof pre, m->family == QS_LM_GPT2 ? "h.%d." : "model.layers.%d.", l);
+    int n = 0;
+    for (int i = 0; i < g->ntensor; i++)
+        if (!strncmp(g->t[i].name, pre, strlen(pre)))
+            idx[n++] = i;
+    return n;
+}
+
+/* The blocks in training order: depth, or by the summed sensitivity of their quantized sites
+ * (the bench's last `sensitivity`), largest first, ties in depth order. */
+static int block_order(const struct qs_bench *b, const struct qs_qat_lm_opts *o, int *ord,
+                       qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    int L = m->n_layer;
+    double *sens = qs_calloc((size_t)L, sizeof *sens);
+    if (!sens)
+        return qs_errf(e, "out of memory");
+    for (int l = 0; l < L; l++)
+        ord[l] = l;
+    if (o->order == QS_QAT_ORDER_SENS) {
+        for (int s = 0; s < m->nsites; s++) {
+            int l = qs_lm_site_block(m, s);
+            const struct qs_layer_state *ls = &b->ls[s];
+            if (l < 0 || (ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
+                continue;
+            if (!ls->sens_method[0]) {
+                free(sens);
+                return qs_errf(e,
+                               "qat order=sensitivity: %s has no sensitivity under its "
+                               "current format; run `sensitivity` first",
+                               m->sites[s].name);
+            }
+            sens[l] += ls->sens;
+        }
+        for (int i = 1; i < L; i++) /* stable insertion sort, largest first */
+            for (int j = i; j > 0 && sens[ord[j]] > sens[ord[j - 1]]; j--) {
+                int t = ord[j];
+                ord[j] = ord[j - 1];
+                ord[j - 1] = t;
+            }
+    }
+    free(sens);
+    return 0;
+}
+
+static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb cb, void *u,
+                     struct qs_qat_lm_result *r, qs_err *e)
+{
+    const struct qs_lm *bm = b->lm;
+    const int L = bm->n_layer, d = bm->d_model;
+    if (L > QS_QAT_MAX_BLOCKS)
+        return qs_errf(e, "qat mode=block: %d blocks (at most %d)", L, QS_QAT_MAX_BLOCKS);
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    int T = o->ctx > 0 ? o->ctx : bm->ctx, W = o->samples, bt = o->batch;
+    if (T > bm->ctx)
+        return qs_errf(e, "qat: ctx %d is more than the model's %d", T, bm->ctx);
+    if (W < 1 || bt < 1)
+        return qs_errf(e, "qat: samples and batch must be at least 1");
+    if (off < (size_t)T + 2)
+        return qs_errf(e, "qat: %zu training tokens are too few for windows of %d", off, T + 1);
+    if (bt > W)
+        bt = W;
+    long per = (W + bt - 1) / bt;
+    long steps = o->steps > 0 ? o->steps : (long)o->epochs * per;
+    if (steps < 1 || steps * L > 100000000)
+        return qs_errf(e, "qat: %ld steps per block is outside 1 .. %d", steps, 100000000 / L);
+    if (block_order(b, o, r->order, e) < 0)
+        return -1;
+    /* the samples' streams: x_f and x_q entering the current block, the float target, a batch */
+    size_t rows = (size_t)T * d, all, fl;
+    if (qs_size_mul((size_t)W, rows, &all) < 0 || qs_size_mul(all, 4, &fl) < 0 ||
+        qs_size_add(fl, 2 * (size_t)bt * rows, &fl) < 0)
+        return qs_errf(e, "qat: %d samples of %d tokens overflow", W, T);
+    float *buf = qs_alloc(fl, sizeof(float), "qat mode=block's sample streams", e);
+    size_t *start = qs_calloc((size_t)W, sizeof *start);
+    int *perm = qs_calloc((size_t)W, sizeof *perm);
+    struct qs_lm *m = buf && start && perm ? lm_clone(bm, e) : NULL;
+    struct qs_qat_hooks q;
+    int rc = -1, hooks = 0;
+    struct qs_lm_grad *g = NULL;
+    float *mom = NULL;
+    int *tix = NULL;
+    if (!m) {
+        if (buf && start && perm)
+            qs_err_prefix(e, "qat");
+        else if (buf)
+            qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (qs_qat_hooks_init(&q, m, b->ls, e) < 0) {
+        qs_err_prefix(e, "qat");
+        goto out;
+    }
+    hooks = 1;
+    r->w_sites = q.nw;
+    r->a_sites = q.na;
+    if (!q.nw && !q.na) {
+        qs_errf(e, "qat: no site's weights or activations are quantized, so there is nothing to "
+                   "train through (quant PATTERN FORMAT first)");
+        goto out;
+    }
+    if (!(g = qs_lm_grad_new(m, e)) || !(tix = qs_calloc((size_t)g->ntensor, sizeof *tix)) ||
+        !(mom = qs_alloc(g->nflat, 2 * sizeof(float), "Adam's moments", e))) {
+        if (g && !mom)
+            qs_errf(e, "out of memory");
+        goto out;
+    }
+    float *xf = buf, *xq = xf + all, *yf = xq + all, *tmp = yf + all, *bx = tmp + all;
+    float *by = bx + (size_t)bt * rows;
+    qs_rng rng;
+    qs_rng_seed(&rng, o->seed ^ 0xb10cdULL);
+    size_t span = off - (size_t)T - 1;
+    for (int w = 0; w < W; w++)
+        start[w] = (size_t)qs_rng_below(&rng, span);
+    const uint32_t *tok = b->tokens->ids;
+    const size_t n_val = b->tokens->n - off;
+    struct qs_lm_eval ev;
+    if (qs_lm_evaluate(m, tok + off, n_val, 0, &q.h, NULL, &ev, e) < 0)
+        goto out;
+    r->ste_loss0 = ev.loss;
+    struct qs_lm_train_opts sched; /* the per-block schedule */
+    qs_lm_train_defaults(&sched);
+    sched.steps = (int)steps;
+    sched.warmup = o->warmup;
+    sched.lr = o->lr;
+    sched.min_lr = o->min_lr;
+    const float b1 = 0.9f, b2 = 0.95f, ep = 1e-8f;
+    int at = -1; /* xf, xq hold the streams entering block `at` (-1: not yet computed) */
+    long done = 0, total = steps * L;
+    double tail = 0;
+    int ntail = 0;
+    for (int k = 0; k < L; k++) {
+        int l = r->order[k];
+        if (at < 0 || l < at) { /* from the embeddings */
+            qs_lm_embed_rows(bm, tok, start, W, T, xf);
+            memcpy(xq, xf, all * sizeof(float));
+            at = 0;
+        }
+        for (; at < l; at++) { /* forward both streams to block l */
+            if (qs_qat_hooks_refresh(&q, e) < 0 ||
+                block_all(bm, at, xf, W, T, bt, NULL, tmp, NULL, NULL, e) < 0)
+                goto out;
+            memcpy(xf, tmp, all * sizeof(float));
+            if (block_all(m, at, xq, W, T, bt, &q.h, tmp, NULL, NULL, e) < 0)
+                goto out;
+            memcpy(xq, tmp, all * sizeof(float));
+        }
+        if (block_all(bm, l, xf, W, T, bt, NULL, yf, NULL, NULL, e) < 0 ||
+            refresh_block(&q, l, e) < 0 ||
+            block_all(m, l, xq, W, T, bt, &q.h, NULL, yf, &r->mse0[k], e) < 0)
+            goto out;
+        int nt = block_tensors(m, g, l, tix);
+        memset(mom, 0, g->nflat * 2 * sizeof(float));
+        for (long s = 0; s < steps; s++) {
+            if (s % per == 0) /* a new pass over the samples, shuffled (Fisher-Yates) */
+                for (int i = 0; i < W; i++) {
+                    int j = (int)qs_rng_below(&rng, (uint64_t)i + 1);
+                    perm[i] = perm[j];
+                    perm[j] = i;
+                }
+            int w0 = (int)(s % per) * bt, n = W - w0 < bt ? W - w0 : bt;
+            for (int i = 0; i < n; i++) {
+                memcpy(bx + (size_t)i * rows, xq + (size_t)perm[w0 + i] * rows,
+                       rows * sizeof(float));
+                memcpy(by + (size_t)i * rows, yf + (size_t)perm[w0 + i] * rows,
+                       rows * sizeof(float));
+            }
+            for (int i = 0; i < nt; i++)
+                memset(g->t[tix[i]].grad, 0, g->t[tix[i]].n * sizeof(float));
+            double loss;
+            if (refresh_block(&q, l, e) < 0 ||
+                qs_lm_block(m, l, bx, n, T, &q.h, NULL, by, &loss, g, e) < 0)
+                goto out;
+            if (!isfinite(loss)) {
+                qs_errf(e, "qat: block %d's loss diverged at step %ld (lower lr)", l, s + 1);
+                goto out;
+            }
+            double nrm = 0;
+            for (int i = 0; i < nt; i++)
+                for (size_t j = 0; j < g->t[tix[i]].n; j++)
+                    nrm += (double)g->t[tix[i]].grad[j] * g->t[tix[i]].grad[j];
+            nrm = sqrt(nrm);
+            float sc = o->clip > 0 && nrm > o->clip ? (float)(o->clip / nrm) : 1.0f;
+            double lr = qs_lm_train_lr(&sched, (int)s);
+            double bc1 = 1.0 - pow(b1, s + 1), bc2 = 1.0 - pow(b2, s + 1);
+            float a = (float)(lr / bc1), ib2 = (float)(1.0 / sqrt(bc2));
+            for (int i = 0; i < nt; i++) {
+                struct qs_lm_tensor *t = &g->t[tix[i]];
+                float decay = t->cols ? (float)(1.0 - lr * o->wd) : 1.0f;
+                float *mm = mom + (t->grad - g->flat), *vv = mm + g->nflat;
+                for (size_t j = 0; j < t->n; j++) {
+                    float gk = t->grad[j] * sc;
+                    mm[j] = b1 * mm[j] + (1.0f - b1) * gk;
+                    vv[j] = b2 * vv[j] + (1.0f - b2) * gk * gk;
+                    t->val[j] = t->val[j] * decay - a * mm[j] / (sqrtf(vv[j]) * ib2 + ep);
+                }
+            }
+            done++;
+            if (s >= steps - 5) {
+                tail += loss;
+                ntail++;
+            }
+            if (cb && cb(u, (int)done, (int)total, loss, lr, NAN)) {
+                qs_errf(e, "qat: cancelled at block %d, step %ld", l, s + 1);
+                goto out;
+            }
+        }
+        if (refresh_block(&q, l, e) < 0 ||
+            block_all(m, l, xq, W, T, bt, &q.h, NULL, yf, &r->mse1[k], e) < 0)
+            goto out;
+        if (k + 1 < L && r->order[k + 1] == l + 1) { /* depth order: advance both streams */
+            if (block_all(m, l, xq, W, T, bt, &q.h, tmp, NULL, NULL, e) < 0)
+                goto out;
+            memcpy(xq, tmp, all * sizeof(float));
+            memcpy(xf, yf, all * sizeof(float));
+            at = l + 1;
+        } else {
+            at = -1;
+        }
+    }
+    if (qs_qat_hooks_refresh(&q, e) < 0 ||
+        qs_lm_evaluate(m, tok + off, n_val, 0, &q.h, NULL, &ev, e) < 0)
+        goto out;
+    r->ste_loss = ev.loss;
+    r->train_loss = ntail ? tail / ntail : NAN; /* the blocks' last reconstruction losses */
+    r->nblocks = L;
+    r->samples = W;
+    r->steps = (int)steps;
+    r->batch = bt;
+    r->ctx = T;
+    r->tokens = (long)W * T;
+    rc = 0;
+out:
+    if (hooks)
+        qs_qat_hooks_free(&q);
+    qs_lm_grad_free(g);
+    free(mom);
+    free(tix);
+    free(buf);
+    free(start);
+    free(perm);
+    if (rc < 0) {
+        qs_lm_free(m);
+        return -1;
+    }
+    return install(b, m, o, r, e);
+}
+
 int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb cb, void *u,
               struct qs_qat_lm_result *r, qs_err *e)
 {
@@ -253,6 +608,8 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     r->ptq_loss = ev.q.loss;
     for (int s = 0; s < bm->nsites; s++)
         r->dropped_corr += b->ls[s].corr.method != QS_CORR_NONE;
+    if (o->mode == QS_QAT_BLOCK)
+        return qat_block(b, o, cb, u, r, e);
     size_t off;
     int cw;
     qs_bench_lm_split(b, &off, &cw);
@@ -317,45 +674,5 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     r->steps = tr.steps;
     r->batch = o->batch;
     r->ctx = T;
-    char *path = qs_strdup(o->out ? o->out : bm->path);
-    if (!path) {
-        qs_lm_free(m);
-        return qs_errf(e, "out of memory");
-    }
-    if (o->out) {
-        char desc[256], v[2][32];
-        snprintf(desc, sizeof desc,
-                 "qscope %s qat steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g "
-                 "clip=%.9g seed=%llu (straight-through, AdamW) from %s", QS_VERSION, tr.steps,
-                 o->batch, T, o->lr, o->min_lr, o->warmup, o->wd, o->clip,
-                 (unsigned long long)o->seed, bm->path);
-        snprintf(v[0], sizeof v[0], "%.6f", tr.val_loss);
-        snprintf(v[1], sizeof v[1], "%ld", tr.tokens);
-        const char *keys[] = {"qscope.qat", "qscope.qat_val_loss_quant", "qscope.qat_tokens"};
-        const char *vals[] = {desc, v[0], v[1]};
-        if (qs_lm_save(m, o->out, NULL, NULL, keys, vals, 3, e) < 0) {
-            qs_lm_free(m);
-            free(path);
-            return qs_err_prefix(e, "qat out=");
-        }
-    }
-    /* the new model replaces the old one only when every step succeeded */
-    struct qs_bench *st = qs_bench_stage(b, QS_KEEP_TOKENS);
-    if (!st) {
-        qs_lm_free(m);
-        free(path);
-        return qs_errf(e, "out of memory");
-    }
-    if (qs_bench_set_lm(st, m, path, e) < 0 || qs_bench_eval(st, &ev, e) < 0) {
-        qs_bench_abort(b, st, QS_KEEP_TOKENS);
-        free(path);
-        return -1;
-    }
-    free(path);
-    qs_bench_commit(b, st);
-    r->f_loss_after = ev.f.loss;
-    r->qat_loss = ev.q.loss;
-    double gap = r->ptq_loss - r->f_loss;
-    r->gap_closed = gap > 0 ? (r->ptq_loss - r->qat_loss) / gap : NAN;
-    return 0;
+    return install(b, m, o, r, e);
 }

@@ -813,15 +813,33 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             o.seed = (uint64_t)lv;
         } else if ((v = qs_opt_value(argv[i], "out"))) {
             o.out = v;
+        } else if ((v = qs_opt_value(argv[i], "mode"))) {
+            if (strcmp(v, "whole") && strcmp(v, "block"))
+                return qs_errf(e, "qat: mode is whole or block, not '%s'", v);
+            o.mode = strcmp(v, "block") ? QS_QAT_WHOLE : QS_QAT_BLOCK;
+        } else if ((v = qs_opt_value(argv[i], "order"))) {
+            if (strcmp(v, "depth") && strcmp(v, "sensitivity"))
+                return qs_errf(e, "qat: order is depth or sensitivity, not '%s'", v);
+            o.order = strcmp(v, "depth") ? QS_QAT_ORDER_SENS : QS_QAT_ORDER_DEPTH;
+        } else if ((v = qs_opt_value(argv[i], "samples"))) {
+            if (qs_parse_int(v, 1, 1000000, &lv, "qat samples", e) < 0)
+                return -1;
+            o.samples = (int)lv;
         } else {
             return qs_errf(e, "qat: unknown option '%s' for a transformer (epochs= steps= batch= "
-                              "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR)", argv[i]);
+                              "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR mode=whole|block "
+                              "order=depth|sensitivity samples=N)", argv[i]);
         }
     }
     if (!(o.lr > 0) || !(o.min_lr >= 0) || !(o.wd >= 0) || !(o.clip >= 0))
         return qs_errf(e, "qat: lr must be positive; min_lr, wd and clip not negative");
     if (!min_set)
         o.min_lr = o.lr / 10;
+    if (o.mode != QS_QAT_BLOCK && (o.order != QS_QAT_ORDER_DEPTH || o.samples != 64)) {
+        for (int i = 0; i < argc; i++)
+            if (qs_opt_value(argv[i], "order") || qs_opt_value(argv[i], "samples"))
+                return qs_errf(e, "qat: %s is an option of mode=block", argv[i]);
+    }
     struct qs_qat_lm_result r;
     b->cancel = 0;
     if (qs_qat_lm(b, &o, qat_lm_cb, c, &r, e) < 0)
@@ -831,9 +849,13 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char qq[560];
         snprintf(q, sizeof q, " out=%s", qs_quote(o.out, qq, sizeof qq));
     }
+    char blk[96] = "";
+    if (o.mode == QS_QAT_BLOCK)
+        snprintf(blk, sizeof blk, "mode=block order=%s samples=%d ",
+                 o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth", r.samples);
     snprintf(c->canon, sizeof c->canon,
-             "qat steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
-             "seed=%llu%s", r.steps, r.batch, r.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
+             "qat %ssteps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
+             "seed=%llu%s", blk, r.steps, r.batch, r.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
              (unsigned long long)o.seed, q);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "cmd", "qat");
@@ -850,13 +872,40 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_json_num(j, "train_loss", r.train_loss);
     qs_json_num(j, "gap_closed", r.gap_closed);
     struct qs_sb t = {0};
-    qs_sb_printf(&t,
-                 "qat: %d steps of %d windows x %d tokens (%ld tokens) on the training tokens; "
-                 "straight-through through %d site weight format%s and %d activation format%s "
-                 "(dx = dy; weight scales recomputed from the master weights every step, not "
-                 "learned), AdamW lr %.3g -> %.3g on the float master weights\n",
-                 r.steps, r.batch, r.ctx, r.tokens, r.w_sites, r.w_sites == 1 ? "" : "s",
-                 r.a_sites, r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+    if (o.mode == QS_QAT_BLOCK) {
+        cJSON_AddStringToObject(j, "mode", "block");
+        cJSON_AddStringToObject(j, "order", o.order == QS_QAT_ORDER_SENS ? "sensitivity"
+                                                                         : "depth");
+        cJSON_AddNumberToObject(j, "samples", r.samples);
+        cJSON *bl = cJSON_AddArrayToObject(j, "blocks");
+        qs_sb_printf(&t,
+                     "qat mode=block (Block-AP): %d blocks one at a time, in %s order, each "
+                     "trained %d steps of %d of %d sample windows x %d tokens to reproduce the "
+                     "float block's output on the float stream, from the stream of the model "
+                     "being trained; straight-through through %d weight and %d activation "
+                     "format%s, AdamW lr %.3g -> %.3g per block\n",
+                     r.nblocks, o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth", r.steps,
+                     r.batch, r.samples, r.ctx, r.w_sites, r.a_sites,
+                     r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+        qs_sb_printf(&t, "%-6s %14s %14s %8s\n", "block", "mse before", "mse after", "ratio");
+        for (int k = 0; k < r.nblocks; k++) {
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddNumberToObject(x, "block", r.order[k]);
+            qs_json_num(x, "mse_before", r.mse0[k]);
+            qs_json_num(x, "mse_after", r.mse1[k]);
+            cJSON_AddItemToArray(bl, x);
+            qs_sb_printf(&t, "%-6d %14.6g %14.6g %8.4f\n", r.order[k], r.mse0[k], r.mse1[k],
+                         r.mse0[k] > 0 ? r.mse1[k] / r.mse0[k] : NAN);
+        }
+    } else {
+        qs_sb_printf(&t,
+                     "qat: %d steps of %d windows x %d tokens (%ld tokens) on the training "
+                     "tokens; straight-through through %d site weight format%s and %d activation "
+                     "format%s (dx = dy; weight scales recomputed from the master weights every "
+                     "step, not learned), AdamW lr %.3g -> %.3g on the float master weights\n",
+                     r.steps, r.batch, r.ctx, r.tokens, r.w_sites, r.w_sites == 1 ? "" : "s",
+                     r.a_sites, r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+    }
     qs_sb_printf(&t, "%-22s %9s %9s\n", "held-out", "loss", "ppl");
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float (before)", r.f_loss, exp(r.f_loss));
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, PTQ", r.ptq_loss, exp(r.ptq_loss));

@@ -719,6 +719,14 @@ static int replay_header(struct qs_ctx *c, const char *path, const struct lines 
                 path, end + 1, want, have);
         problems++;
     }
+    int after = count_commands(l, l->n) - have;
+    if (after > 0) { /* appended by hand below the end line: never run silently */
+        qs_note(c,
+                "%s:%d: %d command%s after the '%s' line would not run; move that line below "
+                "them with their count; nothing was run",
+                path, end + 1, after, after == 1 ? "" : "s", QS_SESSION_END);
+        problems++;
+    }
     for (int i = 1; i < end && is_comment_or_blank(l->v[i]); i++) {
         char kind[8], fpath[PATH_MAX], hex[65], now[65];
         int hf = header_file(l->v[i], kind, sizeof kind, fpath, sizeof fpath, hex);

@@ -60,6 +60,12 @@ $Q --replay "$T/s2d.qs" --check >"$T/o2d" 2>&1
 rc=$?
 [ "$rc" -eq 1 ] && grep -q 's2d.qs:[0-9]*: truncated session' "$T/o2d"
 check truncated_refused $?
+# a command appended by hand below the end line is refused, not silently skipped
+{ cat "$T/s.qs"; echo eval; } >"$T/s2g.qs"
+$Q --replay "$T/s2g.qs" --check >"$T/o2g" 2>&1
+rc=$?
+[ "$rc" -eq 1 ] && grep -q "s2g.qs:[0-9]*: 1 command after the '# end of session' line would not run" "$T/o2g"
+check appended_after_end_refused $? "$(tail -2 "$T/o2g" | tr '\n' ' ')"
 # an unknown command inside a session is reported with file and line
 awk '/^eval$/ && !done { print "evaluate"; done = 1; next } { print }' "$T/s.qs" >"$T/s2e.qs"
 ln=$(grep -n '^evaluate$' "$T/s2e.qs" | cut -d: -f1)
