@@ -1669,9 +1669,12 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
             qs_plan_state_add(&ps, dir, jn->valuestring, r < 0 ? re.msg : NULL);
     }
     if (q.nsettings == 0) {
-        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed%s%s)",
-                dir, ps.n, ps.nmissing, ps.nfailed, ps.nfailed ? ": " : "",
-                ps.nfailed ? ps.failed[0] : "");
+        struct qs_sb fl = {0};
+        for (int i = 0; i < ps.nfailed; i++)
+            qs_sb_printf(&fl, "; failed: %s", ps.failed[i]);
+        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s",
+                dir, ps.n, ps.nmissing, ps.nfailed, fl.s ? fl.s : "");
+        qs_sb_free(&fl);
         goto out;
     }
     if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->csv, e) < 0)
