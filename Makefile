@@ -37,7 +37,7 @@ BENCH_SRC = $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 
 .PHONY: all deps run test unit bench install uninstall clean core models data fmt bin fashion fuzz \
-        bigmodels zoo
+        bigmodels zoo test-slurm overnight-plan
 all: qscope
 
 # The core library links without ncurses/readline: a layering break fails this link.
@@ -169,6 +169,19 @@ uninstall:
 	      $(DESTDIR)$(PREFIX)/share/man/man5/qscope-session.5 \
 	      $(DESTDIR)$(PREFIX)/share/man/man7/qscope-methods.7
 	rm -rf $(SHAREDIR)
+
+# The full overnight study over the zoo as a plan of 18 jobs (studies/overnight.sh; nothing run):
+# run PLAN/jobs.txt with GNU parallel or sbatch PLAN/slurm.sbatch, then `study merge PLAN`.
+PLAN ?= $(ZOO)/overnight-q1
+overnight-plan: qscope
+	ZOO="$(ZOO)" PLAN="$(PLAN)" bash studies/overnight.sh
+
+# A small study plan run as a Slurm job array on a one-node Slurm brought up on localhost from
+# Debian's slurm-wlm and munge (installed when missing; needs root), merged and compared with the
+# in-process run (tests/slurm/slurm.sh; about a minute).
+test-slurm: deps
+	$(MAKE) qscope
+	@bash tests/slurm/slurm.sh
 
 # Regenerate the bundled data and retrain the bundled models (reproduces the committed metrics).
 data: $(BUILD)/tools/gen_toys

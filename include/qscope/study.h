@@ -128,6 +128,18 @@ struct qs_q1 {
 int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e);
 void qs_q1_free(struct qs_q1 *q);
 
+/* The aggregates of q (r_float, r_q, depth and sub-layer profiles, pooled Spearman, verdict
+ * counts) from its settings and layer rows, as qs_study_q1 computes them: `study merge` calls it
+ * on rows read back from per-setting records, so a merged study gives the same figures bit for
+ * bit. 0, or -1 (out of memory). */
+int qs_q1_aggregate(struct qs_q1 *q, qs_err *e);
+
+/* The model and data files of one setting argument ("MODEL" or "MODEL:DATA"), named as the
+ * study's results name them (bundled files as datasets/...), found by opening them as the study
+ * does (so a bad model or data file fails here). 0, or -1 with a message. */
+int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model, size_t nm,
+                        char *data, size_t nd, qs_err *e);
+
 /* The verdict rule above; a NaN Spearman (constant values) gives "unclear". */
 const char *qs_q1_verdict(double median_r_q, double spearman);
 

@@ -622,6 +622,96 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     return 0;
 }
 
+int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model, size_t nm,
+                        char *data, size_t nd, qs_err *e)
+{
+    struct qs_bench *b;
+    if (open_bench(o, arg, &b, model, nm, data, nd, e) < 0)
+        return -1;
+    qs_bench_free(b);
+    return 0;
+}
+
+/* The study's aggregates from its settings and layer rows: one function for the in-process run
+ * and for `study merge`, which rebuilds the rows from per-setting records, so that both give the
+ * same figures bit for bit. */
+int qs_q1_aggregate(struct qs_q1 *q, qs_err *e)
+{
+    memset(&q->r_float, 0, sizeof q->r_float);
+    memset(&q->r_q, 0, sizeof q->r_q);
+    q->nsupported = q->nrefuted = q->nunclear = q->nexcluded = q->nlm = 0;
+    /* the Q1 layers of the settings passing the gate */
+    int n = 0;
+    for (int i = 0; i < q->nlayers; i++)
+        n += q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass;
+    struct qs_q1_layer **in = malloc((size_t)(n > 0 ? n : 1) * sizeof *in);
+    double *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
+    double *c = malloc((size_t)(n > 0 ? n : 1) * sizeof *c);
+    if (!in || !a || !c) {
+        free(in);
+        free(a);
+        free(c);
+        return qs_errf(e, "out of memory");
+    }
+    n = 0;
+    for (int i = 0; i < q->nlayers; i++)
+        if (q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass)
+            in[n++] = &q->layers[i];
+    for (int i = 0; i < n; i++)
+        a[i] = in[i]->r_float;
+    qs_q1_stats_of(a, n, &q->r_float);
+    for (int t = 0; t < 3; t++) {
+        int k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->third == t)
+                a[k++] = in[i]->r_float;
+        q->depth_float[t] = k ? qs_median(a, k) : NAN;
+        k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->third == t)
+                a[k++] = in[i]->r_q;
+        q->depth_q[t] = k ? qs_median(a, k) : NAN;
+        q->depth_n[t] = k;
+    }
+    for (int t = 0; t < 2; t++) {
+        enum qs_q1_kind kd = t ? QS_Q1_FFN : QS_Q1_ATTN;
+        int k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->kind == kd)
+                a[k++] = in[i]->r_q;
+        qs_q1_stats_of(a, k, &q->sub_q[t]);
+        k = 0;
+        for (int i = 0; i < n; i++)
+            if (in[i]->kind == kd)
+                a[k++] = in[i]->r_float;
+        qs_q1_stats_of(a, k, &q->sub_float[t]);
+    }
+    for (int i = 0; i < n; i++) {
+        a[i] = in[i]->r_float;
+        c[i] = in[i]->correctability;
+    }
+    q->pooled_spearman_float = qs_spearman(c, a, n);
+    for (int i = 0; i < n; i++)
+        a[i] = in[i]->r_q;
+    qs_q1_stats_of(a, n, &q->r_q);
+    q->pooled_spearman = qs_spearman(c, a, n);
+    free(in);
+    free(a);
+    free(c);
+    for (int s = 0; s < q->nsettings; s++) {
+        const struct qs_q1_setting *st = &q->settings[s];
+        q->nlm += st->lm;
+        if (!st->gate_pass) {
+            q->nexcluded++;
+            continue;
+        }
+        q->nsupported += !strcmp(st->verdict, "supported");
+        q->nrefuted += !strcmp(st->verdict, "refuted");
+        q->nunclear += !strcmp(st->verdict, "unclear");
+    }
+    return 0;
+}
+
 int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
 {
     memset(q, 0, sizeof *q);
@@ -692,76 +782,8 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
         }
         qs_bench_free(b);
     }
-    /* aggregates: the Q1 layers of the settings passing the gate */
-    int n = 0;
-    for (int i = 0; i < q->nlayers; i++)
-        n += q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass;
-    struct qs_q1_layer **in = malloc((size_t)(n > 0 ? n : 1) * sizeof *in);
-    double *a = malloc((size_t)(n > 0 ? n : 1) * sizeof *a);
-    double *c = malloc((size_t)(n > 0 ? n : 1) * sizeof *c);
-    if (!in || !a || !c) {
-        free(in);
-        free(a);
-        free(c);
-        qs_errf(e, "out of memory");
+    if (qs_q1_aggregate(q, e) < 0)
         goto fail;
-    }
-    n = 0;
-    for (int i = 0; i < q->nlayers; i++)
-        if (q->layers[i].kind != QS_Q1_SITE && q->settings[q->layers[i].setting].gate_pass)
-            in[n++] = &q->layers[i];
-    for (int i = 0; i < n; i++)
-        a[i] = in[i]->r_float;
-    qs_q1_stats_of(a, n, &q->r_float);
-    for (int t = 0; t < 3; t++) {
-        int k = 0;
-        for (int i = 0; i < n; i++)
-            if (in[i]->third == t)
-                a[k++] = in[i]->r_float;
-        q->depth_float[t] = k ? qs_median(a, k) : NAN;
-        k = 0;
-        for (int i = 0; i < n; i++)
-            if (in[i]->third == t)
-                a[k++] = in[i]->r_q;
-        q->depth_q[t] = k ? qs_median(a, k) : NAN;
-        q->depth_n[t] = k;
-    }
-    for (int t = 0; t < 2; t++) {
-        enum qs_q1_kind kd = t ? QS_Q1_FFN : QS_Q1_ATTN;
-        int k = 0;
-        for (int i = 0; i < n; i++)
-            if (in[i]->kind == kd)
-                a[k++] = in[i]->r_q;
-        qs_q1_stats_of(a, k, &q->sub_q[t]);
-        k = 0;
-        for (int i = 0; i < n; i++)
-            if (in[i]->kind == kd)
-                a[k++] = in[i]->r_float;
-        qs_q1_stats_of(a, k, &q->sub_float[t]);
-    }
-    for (int i = 0; i < n; i++) {
-        a[i] = in[i]->r_float;
-        c[i] = in[i]->correctability;
-    }
-    q->pooled_spearman_float = qs_spearman(c, a, n);
-    for (int i = 0; i < n; i++)
-        a[i] = in[i]->r_q;
-    qs_q1_stats_of(a, n, &q->r_q);
-    q->pooled_spearman = qs_spearman(c, a, n);
-    free(in);
-    free(a);
-    free(c);
-    for (int s = 0; s < q->nsettings; s++) {
-        const struct qs_q1_setting *st = &q->settings[s];
-        q->nlm += st->lm;
-        if (!st->gate_pass) {
-            q->nexcluded++;
-            continue;
-        }
-        q->nsupported += !strcmp(st->verdict, "supported");
-        q->nrefuted += !strcmp(st->verdict, "refuted");
-        q->nunclear += !strcmp(st->verdict, "unclear");
-    }
     return 0;
 fail:
     qs_q1_free(q);

@@ -616,7 +616,8 @@ int qs_cmd_writes(const struct qs_cmd_def *d, int argc, char **argv)
     if (!(d->flags & QS_CMD_WRITES_OPT))
         return 0;
     for (int i = 0; i < argc; i++)
-        if (qs_opt_value(argv[i], "out") || qs_opt_value(argv[i], "csv"))
+        if (qs_opt_value(argv[i], "out") || qs_opt_value(argv[i], "csv") ||
+            qs_opt_value(argv[i], "plan"))
             return 1;
     return 0;
 }

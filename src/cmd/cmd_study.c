@@ -13,6 +13,9 @@
 #include "qscope/sensitivity.h"
 #include "qscope/spectral.h"
 #include "qscope/study.h"
+#include "qscope/study_record.h"
+
+#include "plan.h"
 
 static const char *const sens_names[] = {"delta", "grad", "fisher", "hutchinson"};
 
@@ -1098,212 +1101,239 @@ static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_l
     return j;
 }
 
-static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
-{
-    const char *models = "bundled", *seeds = "0,1,2", *prec = "int4", *fmtname = "int3";
-    const char *gran = "tensor", *csv = NULL, *models_given = NULL;
-    int fmt_given = 0;
+/* The options of `study q1`, parsed once for the in-process run, plan= and `study merge` (which
+ * parses the plan's copy of them again), so all three study the same thing. */
+enum { Q1_MAXM = 64, Q1_MAXS = 64 };
+struct q1_args {
+    const char *models, *seeds, *prec, *fmtname, *gran, *csv, *out, *plan, *models_given;
+    int fmt_given;
+    int loaded_lm; /* no models=: the loaded transformer on its token data */
     struct qs_q1_opts o;
-    memset(&o, 0, sizeof o);
-    o.top_frac = 0.1;
+    struct qs_format lmf;
+    struct qs_qopts lmo;
+    char paths[Q1_MAXM][PATH_MAX];
+    const char *mp[Q1_MAXM];
+    int nm;
+    uint64_t sv[Q1_MAXS];
+    int ns;
+};
+
+static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, qs_err *e)
+{
+    p->models = "bundled", p->seeds = "0,1,2", p->prec = "int4", p->fmtname = "int3";
+    p->gran = "tensor";
+    struct qs_q1_opts *o = &p->o;
+    memset(o, 0, sizeof *o);
+    o->top_frac = 0.1;
     for (int i = 0; i < argc; i++) {
         const char *v;
         if ((v = qs_opt_value(argv[i], "models")))
-            models = models_given = v;
+            p->models = p->models_given = v;
         else if ((v = qs_opt_value(argv[i], "seeds")))
-            seeds = v;
+            p->seeds = v;
         else if ((v = qs_opt_value(argv[i], "prec")))
-            prec = v;
+            p->prec = v;
         else if ((v = qs_opt_value(argv[i], "format")))
-            fmtname = v, fmt_given = 1;
+            p->fmtname = v, p->fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "gran")))
-            gran = v, fmt_given = 1;
+            p->gran = v, p->fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "csv")))
-            csv = v;
+            p->csv = v;
+        else if ((v = qs_opt_value(argv[i], "out")))
+            p->out = v;
+        else if ((v = qs_opt_value(argv[i], "plan")))
+            p->plan = v;
         else
             return qs_errf(e, "usage: study q1 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[prec=int4|int8|float] [format=int3] [gran=tensor] [csv=PREFIX]");
+                              "[prec=int4|int8|float] [format=int3] [gran=tensor] [csv=PREFIX] "
+                              "[out=RECORD.json] [plan=DIR]");
     }
+    if (p->plan && (p->csv || p->out))
+        return qs_errf(e, "study q1: plan=DIR writes a plan and runs nothing: csv= and out= go "
+                          "with `study merge DIR` (csv=) or are written by the jobs (out=)");
+    if (p->plan && !p->plan[0])
+        return qs_errf(e, "study q1: plan= is empty");
+    const char *prec = p->prec;
     if (strcmp(prec, "int4") && strcmp(prec, "int8") && strcmp(prec, "float"))
         return qs_errf(e, "study q1: prec=%s: expected int4, int8 or float", prec);
-    snprintf(o.prec, sizeof o.prec, "%s", prec);
-    if (qs_format_parse(fmtname, &o.fmt, e) < 0)
+    snprintf(o->prec, sizeof o->prec, "%s", prec);
+    if (qs_format_parse(p->fmtname, &o->fmt, e) < 0)
         return -1;
-    if (o.fmt.kind == QS_FMT_NONE)
+    if (o->fmt.kind == QS_FMT_NONE)
         return qs_errf(e, "study q1: format=none leaves nothing to correct");
-    qs_qopts_default(&o.opt);
-    o.opt.seed = c->b->seed;
+    qs_qopts_default(&o->opt);
+    o->opt.seed = c->b->seed;
     char gt[64];
-    snprintf(gt, sizeof gt, "gran=%s", gran);
-    if (o.fmt.kind != QS_FMT_MX && o.fmt.kind != QS_FMT_NVFP4 &&
-        qs_qopts_parse_token(&o.opt, gt, e) < 0)
+    snprintf(gt, sizeof gt, "gran=%s", p->gran);
+    if (o->fmt.kind != QS_FMT_MX && o->fmt.kind != QS_FMT_NVFP4 &&
+        qs_qopts_parse_token(&o->opt, gt, e) < 0)
         return -1;
-    if (qs_qopts_check(&o.fmt, &o.opt, e) < 0)
+    if (qs_qopts_check(&o->fmt, &o->opt, e) < 0)
         return -1;
     /* transformers without format=/gran=: the report's regime, int4 per channel, symmetric */
-    struct qs_format lmf;
-    struct qs_qopts lmo;
-    if (!fmt_given) {
-        if (qs_format_parse("int4", &lmf, e) < 0)
+    if (!p->fmt_given) {
+        if (qs_format_parse("int4", &p->lmf, e) < 0)
             return -1;
-        qs_qopts_default(&lmo);
-        lmo.seed = c->b->seed;
-        lmo.gran = QS_GRAN_CHANNEL;
-        if (qs_qopts_check(&lmf, &lmo, e) < 0)
+        qs_qopts_default(&p->lmo);
+        p->lmo.seed = c->b->seed;
+        p->lmo.gran = QS_GRAN_CHANNEL;
+        if (qs_qopts_check(&p->lmf, &p->lmo, e) < 0)
             return -1;
-        o.lm_fmt = &lmf;
-        o.lm_opt = &lmo;
+        o->lm_fmt = &p->lmf;
+        o->lm_opt = &p->lmo;
     }
     /* models */
-    enum { MAXM = 64 };
-    char paths[MAXM][PATH_MAX];
-    const char *mp[MAXM];
     int nm = 0;
-    if (!strcmp(models, "bundled")) {
+    if (!strcmp(p->models, "bundled")) {
         /* by default the study is over the bundled MLPs, which is not what a user looking at
          * a transformer expects: say so rather than study something else silently */
-        if (c->b->lm && !models_given) {
+        p->loaded_lm = c->b->lm && !p->models_given;
+        if (p->loaded_lm) {
             /* with a transformer loaded, the study is of that model on its token data */
             if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
                 return qs_errf(e, "study q1: load token data for the transformer first (load "
                                   "data PATH.txt|.bin), or name models=DIR:DATA,...");
             char mb[PATH_MAX], db[PATH_MAX];
-            snprintf(paths[0], sizeof paths[0], "%s:%s",
+            snprintf(p->paths[0], sizeof p->paths[0], "%s:%s",
                      as_bundled(c->b->model_path, mb, sizeof mb),
                      as_bundled(c->b->data_path, db, sizeof db));
-            mp[nm++] = paths[0];
+            p->mp[nm++] = p->paths[0];
         }
-        for (int k = 0; k < 5 && !(c->b->lm && !models_given); k++) {
-            if (bundled_path(bundled[k], paths[nm], sizeof paths[nm], e) < 0)
+        for (int k = 0; k < 5 && !p->loaded_lm; k++) {
+            if (bundled_path(bundled[k], p->paths[nm], sizeof p->paths[nm], e) < 0)
                 return -1;
-            mp[nm] = paths[nm];
+            p->mp[nm] = p->paths[nm];
             nm++;
         }
     } else {
         char buf[4096];
-        snprintf(buf, sizeof buf, "%s", models);
+        snprintf(buf, sizeof buf, "%s", p->models);
         for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
              tok = strtok_r(NULL, ",", &save)) {
-            if (nm == MAXM)
-                return qs_errf(e, "study q1: at most %d models", MAXM);
-            snprintf(paths[nm], sizeof paths[nm], "%s", tok);
-            mp[nm] = paths[nm];
+            if (nm == Q1_MAXM)
+                return qs_errf(e, "study q1: at most %d models", Q1_MAXM);
+            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", tok);
+            p->mp[nm] = p->paths[nm];
             nm++;
         }
     }
     if (nm == 0)
         return qs_errf(e, "study q1: models= is empty");
-    uint64_t sv[64];
     int ns = 0;
     char sbuf[512];
-    snprintf(sbuf, sizeof sbuf, "%s", seeds);
+    snprintf(sbuf, sizeof sbuf, "%s", p->seeds);
     for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
         long lv;
-        if (ns == 64)
-            return qs_errf(e, "study q1: at most 64 seeds");
+        if (ns == Q1_MAXS)
+            return qs_errf(e, "study q1: at most %d seeds", Q1_MAXS);
         if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q1 seed", e) < 0)
             return -1;
-        sv[ns++] = (uint64_t)lv;
+        p->sv[ns++] = (uint64_t)lv;
     }
     if (ns == 0)
         return qs_errf(e, "study q1: seeds= is empty");
-    o.models = mp;
-    o.nmodels = nm;
-    o.seeds = sv;
-    o.nseeds = ns;
-    o.progress = c->b->progress;
-    o.progress_ctx = c->b->progress_ctx;
-    c->b->cancel = 0;
-    o.cancel = &c->b->cancel;
-    struct qs_q1 q;
-    if (qs_study_q1(&o, &q, e) < 0)
-        return -1;
-    if (csv && qs_q1_write_csv(&q, &o, csv, e) < 0) {
-        qs_q1_free(&q);
-        return -1;
-    }
-    char canon_seeds[512] = "", opts[200] = "";
-    for (int k = 0; k < ns; k++)
+    p->nm = nm;
+    p->ns = ns;
+    o->models = p->mp;
+    o->nmodels = nm;
+    o->seeds = p->sv;
+    o->nseeds = ns;
+    return 0;
+}
+
+/* The study's canonical line (the journal's). */
+static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_q1 *q)
+{
+    char canon_seeds[512] = "";
+    for (int k = 0; k < p->ns; k++)
         snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
-                 "%s%llu", k ? "," : "", (unsigned long long)sv[k]);
+                 "%s%llu", k ? "," : "", (unsigned long long)p->sv[k]);
     char gb[24];
-    const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
+    const char *gw = (p->o.fmt.kind == QS_FMT_MX || p->o.fmt.kind == QS_FMT_NVFP4)
                          ? "block"
-                         : gran_word(&o.opt, gb, sizeof gb);
-    char qm[1024], qc[600], mq[1040] = "";
-    if (!(c->b->lm && !models_given)) /* else: the loaded transformer, as replay will have it */
-        snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
+                         : gran_word(&p->o.opt, gb, sizeof gb);
+    char qm[1024], qc[600], qo[600], mq[1040] = "";
+    if (!p->loaded_lm) /* else: the loaded transformer, as replay will have it */
+        snprintf(mq, sizeof mq, " models=%s", qs_quote(p->models, qm, sizeof qm));
     char fq[80] = "";
-    if (fmt_given || !q.nlm) /* else the transformers' default: replay takes it again */
-        snprintf(fq, sizeof fq, " format=%s gran=%s", o.fmt.name, gw);
-    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s", mq, canon_seeds, fq,
-             prec, csv ? " csv=" : "", csv ? qs_quote(csv, qc, sizeof qc) : "");
-    int all_lm = q.nlm == q.nsettings && o.lm_fmt;
-    const struct qs_format *tf = all_lm ? o.lm_fmt : &o.fmt;
-    qs_qopts_format(tf, all_lm ? o.lm_opt : &o.opt, opts, sizeof opts);
-    const char *rq = !strcmp(prec, "int4")   ? "R_lin_q4"
-                     : !strcmp(prec, "int8") ? "R_lin_q8"
+    if (p->fmt_given || !q->nlm) /* else the transformers' default: replay takes it again */
+        snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
+    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s", mq, canon_seeds,
+             fq, p->prec, p->csv ? " csv=" : "", p->csv ? qs_quote(p->csv, qc, sizeof qc) : "",
+             p->out ? " out=" : "", p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+}
+
+/* The report of a finished study: its JSON object (returned) and text (appended to t). The
+ * in-process run and `study merge` both print through it, so their reports are the same. */
+static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct qs_q1 *q,
+                        struct qs_sb *t)
+{
+    char opts[200] = "";
+    int all_lm = q->nlm == q->nsettings && p->o.lm_fmt;
+    const struct qs_format *tf = all_lm ? p->o.lm_fmt : &p->o.fmt;
+    qs_qopts_format(tf, all_lm ? p->o.lm_opt : &p->o.opt, opts, sizeof opts);
+    const char *rq = !strcmp(p->prec, "int4")   ? "R_lin_q4"
+                     : !strcmp(p->prec, "int8") ? "R_lin_q8"
                                              : "R_lin_qfloat";
-    const char *rqj = !strcmp(prec, "int4")   ? "r_lin_q4"
-                      : !strcmp(prec, "int8") ? "r_lin_q8"
+    const char *rqj = !strcmp(p->prec, "int4")   ? "r_lin_q4"
+                      : !strcmp(p->prec, "int8") ? "r_lin_q8"
                                               : "r_lin_qfloat";
     cJSON *o_ = cJSON_CreateObject(), *js = cJSON_CreateArray(), *jl = cJSON_CreateArray();
     cJSON_AddStringToObject(o_, "cmd", "study q1");
     cJSON_AddStringToObject(o_, "regime", "weight-only");
     cJSON_AddStringToObject(o_, "format", tf->name);
     cJSON_AddStringToObject(o_, "options", opts);
-    cJSON_AddStringToObject(o_, "prec", prec);
+    cJSON_AddStringToObject(o_, "prec", p->prec);
     cJSON_AddStringToObject(o_, "correctability",
                             "share of the pre-activation error energy (calibration split, "
                             "propagated) in its top ceil(0.1 d) singular directions");
-    struct qs_sb t = {0};
-    qs_sb_printf(&t,
+    qs_sb_printf(t,
                  "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
                  "weights %s\n",
-                 nm, nm == 1 ? "" : "s", ns, ns == 1 ? "" : "s", tf->name, opts, prec);
-    if (q.nlm && o.lm_fmt)
-        qs_sb_printf(&t, "transformer weights: int4 per channel, symmetric (the report's 4-bit "
+                 p->nm, p->nm == 1 ? "" : "s", p->ns, p->ns == 1 ? "" : "s", tf->name, opts, p->prec);
+    if (q->nlm && p->o.lm_fmt)
+        qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the report's 4-bit "
                          "regime; the default for transformers without format=/gran=)%s\n",
                      all_lm ? "" : "; MLPs: the format above");
-    if (q.nlm)
-        qs_sb_printf(&t,
+    if (q->nlm)
+        qs_sb_printf(t,
                      "Q1 layers of a transformer block: the input projection of each sub-layer "
                      "(attention: QKV, GPT-2 c_attn or LLaMA q|k|v_proj concatenated; FFN: GPT-2 "
                      "c_fc or LLaMA gate|up_proj concatenated); other sites are listed apart, not "
                      "in the medians, Spearman or aggregates; depth third = floor(3 block / "
                      "n_layer)\n");
-    qs_sb_printf(&t, "correctability = share of the pre-activation error energy (calibration "
+    qs_sb_printf(t, "correctability = share of the pre-activation error energy (calibration "
                      "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
                      "d)], d = layer width\n");
-    if (q.nlm)
-        qs_sb_printf(&t, "  left[k] = 1 - sum_{i<=k} s_i^2 / ||E||_F^2, s_i the singular values of "
+    if (q->nlm)
+        qs_sb_printf(t, "  left[k] = 1 - sum_{i<=k} s_i^2 / ||E||_F^2, s_i the singular values of "
                          "E = Y_q - Y_f (calibration rows x d; a grouped layer: its concatenated "
                          "pre-activations, d = the sum of the widths)\n");
-    qs_sb_printf(&t,
+    qs_sb_printf(t,
                  "R = held-out recovery of the ridge map from quantized to float "
                  "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
                  "map (%s)\n",
-                 prec, rq);
-    qs_sb_printf(&t, "map = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f (centred, in double), lambda = 1e-6 "
+                 p->prec, rq);
+    qs_sb_printf(t, "map = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f (centred, in double), lambda = 1e-6 "
                      "tr(Y_q^T Y_q) / d; rank = eigen-directions of Y_q^T Y_q kept (eigenvalue "
                      "> 1e-6 of the largest; the rest get zero weight)\n");
-    qs_sb_printf(&t, "a seed re-draws calibration and test among each model's held-out samples "
+    qs_sb_printf(t, "a seed re-draws calibration and test among each model's held-out samples "
                      "(never its training samples)\n");
-    if ((c->b->lm && !models_given) || strstr(models, ".txt") || strstr(models, ".bin"))
-        qs_sb_printf(&t, "a transformer's token split is fixed (calibration: its first `set calib` "
+    if (p->loaded_lm || strstr(p->models, ".txt") || strstr(p->models, ".bin"))
+        qs_sb_printf(t, "a transformer's token split is fixed (calibration: its first `set calib` "
                          "windows; held out: every window of the last 10%%): there a seed only "
                          "seeds the random draws, and f_acc/q_acc are not defined (nan)\n");
-    qs_sb_printf(&t, "\n");
+    qs_sb_printf(t, "\n");
     char hdr_q[24];
     snprintf(hdr_q, sizeof hdr_q, "med_%s", rq);
-    qs_sb_printf(&t, "%-22s %4s %4s %7s %7s %13s %13s %8s  %s\n", "model", "seed", "gate", "f_acc",
+    qs_sb_printf(t, "%-22s %4s %4s %7s %7s %13s %13s %8s  %s\n", "model", "seed", "gate", "f_acc",
                  "q_acc", "med_R_float", hdr_q, "spearman", "verdict");
     int gates = 0, minl = 1 << 30, first_full = 0;
-    for (int i = 0; i < q.nlayers; i++)
-        first_full += q.layers[i].index == 0 && q.layers[i].in <= q.layers[i].d;
-    for (int s = 0; s < q.nsettings; s++) {
-        const struct qs_q1_setting *st = &q.settings[s];
+    for (int i = 0; i < q->nlayers; i++)
+        first_full += q->layers[i].index == 0 && q->layers[i].in <= q->layers[i].d;
+    for (int s = 0; s < q->nsettings; s++) {
+        const struct qs_q1_setting *st = &q->settings[s];
         char nb[256];
         base_name(st->model, nb, sizeof nb);
         gates += st->gate_pass;
@@ -1324,7 +1354,7 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_json_num(j, key, st->med_r_q);
         qs_json_num(j, "spearman", st->spearman);
         cJSON_AddStringToObject(j, "verdict", st->verdict);
-        if (q.nlm) { /* transformer studies: what each setting ran and counted */
+        if (q->nlm) { /* transformer studies: what each setting ran and counted */
             cJSON_AddStringToObject(j, "arch", st->arch);
             cJSON_AddStringToObject(j, "format", st->format);
             cJSON_AddStringToObject(j, "options", st->options);
@@ -1332,62 +1362,62 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             cJSON_AddBoolToObject(j, "excluded", !st->gate_pass);
         }
         cJSON_AddItemToArray(js, j);
-        qs_sb_printf(&t, "%-22s %4llu %4s %7.4f %7.4f", nb, (unsigned long long)st->seed,
+        qs_sb_printf(t, "%-22s %4llu %4s %7.4f %7.4f", nb, (unsigned long long)st->seed,
                      st->gate_pass ? "pass" : "FAIL", st->float_acc, st->quant_acc);
-        put_num(&t, 14, "%.4f", st->med_r_float);
-        put_num(&t, 14, "%.4f", st->med_r_q);
-        put_num(&t, 9, "%.3f", st->spearman);
-        qs_sb_printf(&t, "  %s%s\n", st->verdict,
+        put_num(t, 14, "%.4f", st->med_r_float);
+        put_num(t, 14, "%.4f", st->med_r_q);
+        put_num(t, 9, "%.3f", st->spearman);
+        qs_sb_printf(t, "  %s%s\n", st->verdict,
                      st->gate_pass ? "" : " (gate FAIL: excluded from counts and aggregates)");
     }
     static const char *const thirds[] = {"early", "mid", "late"};
-    cJSON *jsites = q.nlm ? cJSON_CreateArray() : NULL;
-    if (q.nlm) {
+    cJSON *jsites = q->nlm ? cJSON_CreateArray() : NULL;
+    if (q->nlm) {
         for (int pass = 0; pass < 2; pass++) {
             if (pass == 0)
-                qs_sb_printf(&t, "\nQ1 layers\n");
+                qs_sb_printf(t, "\nQ1 layers\n");
             else
-                qs_sb_printf(&t, "\nother sites (not Q1 layers: not in the medians, Spearman or "
+                qs_sb_printf(t, "\nother sites (not Q1 layers: not in the medians, Spearman or "
                                  "aggregates)\n");
-            qs_sb_printf(&t, "%-16s %4s %-46s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
+            qs_sb_printf(t, "%-16s %4s %-46s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
                          "seed", "layer", "kind", "depth", "d", "correct.", "R_lin_float", rq,
                          "lambda", "rank");
-            for (int i = 0; i < q.nlayers; i++) {
-                const struct qs_q1_layer *l = &q.layers[i];
+            for (int i = 0; i < q->nlayers; i++) {
+                const struct qs_q1_layer *l = &q->layers[i];
                 if ((l->kind == QS_Q1_SITE) != pass)
                     continue;
-                const struct qs_q1_setting *st = &q.settings[l->setting];
+                const struct qs_q1_setting *st = &q->settings[l->setting];
                 char nb[256];
                 base_name(st->model, nb, sizeof nb);
                 cJSON *j = q1_layer_json(st, l, rqj, thirds, 1);
                 cJSON_AddItemToArray(pass ? jsites : jl, j);
-                qs_sb_printf(&t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
+                qs_sb_printf(t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
                              (unsigned long long)st->seed, l->name, qs_q1_kind_name(l->kind),
                              thirds[l->third], l->d);
-                put_num(&t, 10, "%.4f", l->correctability);
-                put_num(&t, 12, "%.4f", l->r_float);
-                put_num(&t, 12, "%.4f", l->r_q);
-                put_num(&t, 11, "%.3g", l->lambda);
-                qs_sb_printf(&t, " %4d\n", l->rank_kept);
+                put_num(t, 10, "%.4f", l->correctability);
+                put_num(t, 12, "%.4f", l->r_float);
+                put_num(t, 12, "%.4f", l->r_q);
+                put_num(t, 11, "%.3g", l->lambda);
+                qs_sb_printf(t, " %4d\n", l->rank_kept);
             }
         }
     } else {
-        qs_sb_printf(&t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
+        qs_sb_printf(t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
                      "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
-        for (int i = 0; i < q.nlayers; i++) {
-            const struct qs_q1_layer *l = &q.layers[i];
-            const struct qs_q1_setting *st = &q.settings[l->setting];
+        for (int i = 0; i < q->nlayers; i++) {
+            const struct qs_q1_layer *l = &q->layers[i];
+            const struct qs_q1_setting *st = &q->settings[l->setting];
             char nb[256];
             base_name(st->model, nb, sizeof nb);
             cJSON *j = q1_layer_json(st, l, rqj, thirds, 0);
             cJSON_AddItemToArray(jl, j);
-            qs_sb_printf(&t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
+            qs_sb_printf(t, "%-22s %4llu %-8s %5s %5d", nb, (unsigned long long)st->seed, l->name,
                          thirds[l->third], l->d);
-            put_num(&t, 10, "%.4f", l->correctability);
-            put_num(&t, 12, "%.4f", l->r_float);
-            put_num(&t, 12, "%.4f", l->r_q);
-            put_num(&t, 11, "%.3g", l->lambda);
-            qs_sb_printf(&t, " %4d\n", l->rank_kept);
+            put_num(t, 10, "%.4f", l->correctability);
+            put_num(t, 12, "%.4f", l->r_float);
+            put_num(t, 12, "%.4f", l->r_q);
+            put_num(t, 11, "%.3g", l->lambda);
+            qs_sb_printf(t, " %4d\n", l->rank_kept);
         }
     }
     cJSON_AddItemToObject(o_, "settings", js);
@@ -1395,24 +1425,24 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (jsites)
         cJSON_AddItemToObject(o_, "sites", jsites);
     cJSON *agg = cJSON_CreateObject(), *dq = cJSON_CreateObject(), *df = cJSON_CreateObject();
-    cJSON_AddItemToObject(agg, "r_lin_float", stats_json(&q.r_float));
-    cJSON_AddItemToObject(agg, rqj, stats_json(&q.r_q));
+    cJSON_AddItemToObject(agg, "r_lin_float", stats_json(&q->r_float));
+    cJSON_AddItemToObject(agg, rqj, stats_json(&q->r_q));
     for (int k = 0; k < 3; k++) {
-        qs_json_num(dq, thirds[k], q.depth_q[k]);
-        qs_json_num(df, thirds[k], q.depth_float[k]);
+        qs_json_num(dq, thirds[k], q->depth_q[k]);
+        qs_json_num(df, thirds[k], q->depth_float[k]);
     }
     char dkey[48];
     snprintf(dkey, sizeof dkey, "depth_%s", rqj);
     cJSON_AddItemToObject(agg, dkey, dq);
     cJSON_AddItemToObject(agg, "depth_r_lin_float", df);
-    qs_json_num(agg, "pooled_spearman", q.pooled_spearman);
-    if (q.nlm) {
-        qs_json_num(agg, "pooled_spearman_float", q.pooled_spearman_float);
+    qs_json_num(agg, "pooled_spearman", q->pooled_spearman);
+    if (q->nlm) {
+        qs_json_num(agg, "pooled_spearman_float", q->pooled_spearman_float);
         cJSON *sq = cJSON_CreateObject(), *sf = cJSON_CreateObject();
-        cJSON_AddItemToObject(sq, "attention", stats_json(&q.sub_q[0]));
-        cJSON_AddItemToObject(sq, "ffn", stats_json(&q.sub_q[1]));
-        cJSON_AddItemToObject(sf, "attention", stats_json(&q.sub_float[0]));
-        cJSON_AddItemToObject(sf, "ffn", stats_json(&q.sub_float[1]));
+        cJSON_AddItemToObject(sq, "attention", stats_json(&q->sub_q[0]));
+        cJSON_AddItemToObject(sq, "ffn", stats_json(&q->sub_q[1]));
+        cJSON_AddItemToObject(sf, "attention", stats_json(&q->sub_float[0]));
+        cJSON_AddItemToObject(sf, "ffn", stats_json(&q->sub_float[1]));
         char skey[48];
         snprintf(skey, sizeof skey, "sublayer_%s", rqj);
         cJSON_AddItemToObject(agg, skey, sq);
@@ -1420,11 +1450,11 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     cJSON_AddItemToObject(o_, "aggregate", agg);
     cJSON *vd = cJSON_CreateObject();
-    cJSON_AddNumberToObject(vd, "supported", q.nsupported);
-    cJSON_AddNumberToObject(vd, "refuted", q.nrefuted);
-    cJSON_AddNumberToObject(vd, "unclear", q.nunclear);
-    if (q.nlm || q.nexcluded)
-        cJSON_AddNumberToObject(vd, "excluded_gate_fail", q.nexcluded);
+    cJSON_AddNumberToObject(vd, "supported", q->nsupported);
+    cJSON_AddNumberToObject(vd, "refuted", q->nrefuted);
+    cJSON_AddNumberToObject(vd, "unclear", q->nunclear);
+    if (q->nlm || q->nexcluded)
+        cJSON_AddNumberToObject(vd, "excluded_gate_fail", q->nexcluded);
     cJSON_AddItemToObject(o_, "verdicts", vd);
     cJSON *rep = cJSON_CreateObject();
     cJSON_AddNumberToObject(rep, "layers", QS_Q1_REPORT_NLAYERS);
@@ -1435,67 +1465,67 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_json_num(rep, "depth_mid", QS_Q1_REPORT_DEPTH_MID);
     qs_json_num(rep, "depth_late", QS_Q1_REPORT_DEPTH_LATE);
     cJSON_AddItemToObject(o_, "report", rep);
-    qs_sb_printf(&t, "\naggregate over %d layers  %9s %9s %10s %10s\n", q.r_q.n, "mean", "median",
+    qs_sb_printf(t, "\naggregate over %d layers  %9s %9s %10s %10s\n", q->r_q.n, "mean", "median",
                  "pos_frac", "frac>0.2");
-    stats_row(&t, "R_lin_float", &q.r_float);
-    stats_row(&t, rq, &q.r_q);
-    qs_sb_printf(&t, "depth profile (medians)   %9s %9s %9s\n", "early", "mid", "late");
-    qs_sb_printf(&t, "%-25s", rq);
+    stats_row(t, "R_lin_float", &q->r_float);
+    stats_row(t, rq, &q->r_q);
+    qs_sb_printf(t, "depth profile (medians)   %9s %9s %9s\n", "early", "mid", "late");
+    qs_sb_printf(t, "%-25s", rq);
     for (int k = 0; k < 3; k++)
-        put_num(&t, 10, "%.4f", q.depth_q[k]);
-    qs_sb_printf(&t, "\n%-25s", "R_lin_float");
+        put_num(t, 10, "%.4f", q->depth_q[k]);
+    qs_sb_printf(t, "\n%-25s", "R_lin_float");
     for (int k = 0; k < 3; k++)
-        put_num(&t, 10, "%.4f", q.depth_float[k]);
-    qs_sb_printf(&t, "\n%-25s %9d %9d %9d\n", "layers", q.depth_n[0], q.depth_n[1], q.depth_n[2]);
-    qs_sb_printf(&t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q.r_q.n);
-    put_num(&t, 0, "%.4f", q.pooled_spearman);
-    if (q.nlm) {
-        qs_sb_printf(&t, "\npooled Spearman(correctability, R_lin_float) over all %d layers: ",
-                     q.r_float.n);
-        put_num(&t, 0, "%.4f", q.pooled_spearman_float);
-        qs_sb_printf(&t, "\nsub-layer profile         %9s %9s %9s %10s %10s\n", "n", "mean",
+        put_num(t, 10, "%.4f", q->depth_float[k]);
+    qs_sb_printf(t, "\n%-25s %9d %9d %9d\n", "layers", q->depth_n[0], q->depth_n[1], q->depth_n[2]);
+    qs_sb_printf(t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q->r_q.n);
+    put_num(t, 0, "%.4f", q->pooled_spearman);
+    if (q->nlm) {
+        qs_sb_printf(t, "\npooled Spearman(correctability, R_lin_float) over all %d layers: ",
+                     q->r_float.n);
+        put_num(t, 0, "%.4f", q->pooled_spearman_float);
+        qs_sb_printf(t, "\nsub-layer profile         %9s %9s %9s %10s %10s\n", "n", "mean",
                      "median", "pos_frac", "frac>0.2");
         static const char *const subn[2] = {"attention", "ffn"};
         for (int k = 0; k < 2; k++) {
             char lab[48];
             snprintf(lab, sizeof lab, "%s %s", subn[k], rq);
-            qs_sb_printf(&t, "%-25s %9d", lab, q.sub_q[k].n);
-            put_num(&t, 10, "%.4f", q.sub_q[k].mean);
-            put_num(&t, 10, "%.4f", q.sub_q[k].median);
-            put_num(&t, 11, "%.3f", q.sub_q[k].pos_frac);
-            put_num(&t, 11, "%.3f", q.sub_q[k].frac_gt_02);
+            qs_sb_printf(t, "%-25s %9d", lab, q->sub_q[k].n);
+            put_num(t, 10, "%.4f", q->sub_q[k].mean);
+            put_num(t, 10, "%.4f", q->sub_q[k].median);
+            put_num(t, 11, "%.3f", q->sub_q[k].pos_frac);
+            put_num(t, 11, "%.3f", q->sub_q[k].frac_gt_02);
             snprintf(lab, sizeof lab, "%s R_lin_float", subn[k]);
-            qs_sb_printf(&t, "\n%-25s %9d", lab, q.sub_float[k].n);
-            put_num(&t, 10, "%.4f", q.sub_float[k].mean);
-            put_num(&t, 10, "%.4f", q.sub_float[k].median);
-            put_num(&t, 11, "%.3f", q.sub_float[k].pos_frac);
-            put_num(&t, 11, "%.3f", q.sub_float[k].frac_gt_02);
-            qs_sb_printf(&t, "\n");
+            qs_sb_printf(t, "\n%-25s %9d", lab, q->sub_float[k].n);
+            put_num(t, 10, "%.4f", q->sub_float[k].mean);
+            put_num(t, 10, "%.4f", q->sub_float[k].median);
+            put_num(t, 11, "%.3f", q->sub_float[k].pos_frac);
+            put_num(t, 11, "%.3f", q->sub_float[k].frac_gt_02);
+            qs_sb_printf(t, "\n");
         }
     }
-    qs_sb_printf(&t,
+    qs_sb_printf(t,
                  "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
                  "median %s >= 0.35 and Spearman >= 0.35; refuted: median < 0.24 and "
                  "Spearman < 0)\n",
-                 q.nsupported, q.nrefuted, q.nunclear, q.nsettings - q.nexcluded, rq);
-    if (q.nexcluded)
-        qs_sb_printf(&t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
+                 q->nsupported, q->nrefuted, q->nunclear, q->nsettings - q->nexcluded, rq);
+    if (q->nexcluded)
+        qs_sb_printf(t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
                          "verdict counts and the aggregates\n",
-                     q.nexcluded, q.nexcluded == 1 ? "" : "s");
-    if (q.nlm) { /* architecture-level verdict summary */
-        qs_sb_printf(&t, "by architecture           %9s %9s %9s %9s\n", "supported", "refuted",
+                     q->nexcluded, q->nexcluded == 1 ? "" : "s");
+    if (q->nlm) { /* architecture-level verdict summary */
+        qs_sb_printf(t, "by architecture           %9s %9s %9s %9s\n", "supported", "refuted",
                      "unclear", "excluded");
         cJSON *ja = cJSON_CreateObject();
-        for (int s = 0; s < q.nsettings; s++) {
+        for (int s = 0; s < q->nsettings; s++) {
             int seen = 0;
             for (int r = 0; r < s && !seen; r++)
-                seen = !strcmp(q.settings[r].arch, q.settings[s].arch);
+                seen = !strcmp(q->settings[r].arch, q->settings[s].arch);
             if (seen)
                 continue;
             int cnt[4] = {0, 0, 0, 0};
-            for (int r = s; r < q.nsettings; r++) {
-                const struct qs_q1_setting *x = &q.settings[r];
-                if (strcmp(x->arch, q.settings[s].arch))
+            for (int r = s; r < q->nsettings; r++) {
+                const struct qs_q1_setting *x = &q->settings[r];
+                if (strcmp(x->arch, q->settings[s].arch))
                     continue;
                 int k = !x->gate_pass ? 3
                         : !strcmp(x->verdict, "supported") ? 0
@@ -1503,18 +1533,18 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                                                            : 2;
                 cnt[k]++;
             }
-            qs_sb_printf(&t, "%-25s %9d %9d %9d %9d\n", q.settings[s].arch, cnt[0], cnt[1],
+            qs_sb_printf(t, "%-25s %9d %9d %9d %9d\n", q->settings[s].arch, cnt[0], cnt[1],
                          cnt[2], cnt[3]);
             cJSON *x = cJSON_CreateObject();
             cJSON_AddNumberToObject(x, "supported", cnt[0]);
             cJSON_AddNumberToObject(x, "refuted", cnt[1]);
             cJSON_AddNumberToObject(x, "unclear", cnt[2]);
             cJSON_AddNumberToObject(x, "excluded", cnt[3]);
-            cJSON_AddItemToObject(ja, q.settings[s].arch, x);
+            cJSON_AddItemToObject(ja, q->settings[s].arch, x);
         }
         cJSON_AddItemToObject(o_, "verdicts_by_arch", ja);
     }
-    qs_sb_printf(&t,
+    qs_sb_printf(t,
                  "overnight report's figures (%d layers; the report is not distributed with "
                  "qscope, see qscope-methods(7)): R_lin_float median %.3f (100%% positive); "
                  "R_lin_q4 median %.3f (%.0f%% positive); R_lin_q4 depth early %.2f, mid %.3f, "
@@ -1523,35 +1553,244 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  100 * QS_Q1_REPORT_R_Q4_POS, QS_Q1_REPORT_DEPTH_EARLY, QS_Q1_REPORT_DEPTH_MID,
                  QS_Q1_REPORT_DEPTH_LATE);
     if (minl <= 5)
-        qs_sb_printf(&t,
+        qs_sb_printf(t,
                      "note: a setting has as few as %d layers, so its Spearman is over %d "
                      "points and takes only a handful of values: a coarse signal\n",
                      minl, minl);
     if (first_full)
-        qs_sb_printf(&t,
+        qs_sb_printf(t,
                      "note: in a first layer with in <= out both paths are linear in the same "
                      "inputs (Y_f = Y_q (Q(W)^+ W)^T when Q(W) has full column rank), so "
                      "R_lin_float is 1 there by construction (%d such layer%s)\n",
                      first_full, first_full == 1 ? "" : "s");
-    if (csv) {
-        qs_sb_printf(&t, "wrote %s-layers.csv, %s-settings.csv and %s-master_summary.csv\n", csv,
-                     csv, csv);
-        cJSON_AddStringToObject(o_, "csv_prefix", csv);
+    if (p->csv) {
+        qs_sb_printf(t, "wrote %s-layers.csv, %s-settings.csv and %s-master_summary.csv\n", p->csv,
+                     p->csv, p->csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", p->csv);
     }
     /* The gate of a study is each setting's own (its model on its data). */
     cJSON *task = cJSON_CreateObject();
-    cJSON_AddNumberToObject(task, "settings", q.nsettings);
+    cJSON_AddNumberToObject(task, "settings", q->nsettings);
     cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
     cJSON_AddItemToObject(o_, "task", task);
-    cJSON_AddStringToObject(o_, "gate", gates == q.nsettings ? "pass" : "fail");
-    qs_sb_printf(&t, "[weight-only; gate %s in %d of %d settings%s]",
-                 gates == q.nsettings ? "pass" : "FAIL", gates, q.nsettings,
-                 gates == q.nsettings ? "" : ": results of failing settings are flagged");
+    cJSON_AddStringToObject(o_, "gate", gates == q->nsettings ? "pass" : "fail");
+    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]",
+                 gates == q->nsettings ? "pass" : "FAIL", gates, q->nsettings,
+                 gates == q->nsettings ? "" : ": results of failing settings are flagged");
     qs_set_last_table(c, "study q1 layers", jl, NULL);
-    qs_emit(c, o_, t.s);
+    return o_;
+}
+
+/* ---- study q1 as a plan of jobs, and its merge (plan.h) ------------------------------------ */
+
+/* plan=DIR: one job per setting (model x seed), nothing run here. */
+static int q1_plan(struct qs_ctx *c, struct q1_args *p, int argc, char **argv, qs_err *e)
+{
+    int n = p->nm * p->ns, rc = -1;
+    struct qs_plan_setting *s = qs_calloc((size_t)n, sizeof *s);
+    char **common = qs_calloc((size_t)argc + 1, sizeof *common);
+    char **args = qs_calloc((size_t)argc + 3, sizeof *args);
+    struct qs_sb ma = {0}, sa = {0};
+    if (!s || !common || !args) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (int mi = 0, k = 0; mi < p->nm; mi++) {
+        char model[PATH_MAX], data[PATH_MAX];
+        if (qs_q1_setting_files(&p->o, p->mp[mi], model, sizeof model, data, sizeof data, e) < 0)
+            goto out;
+        for (int si = 0; si < p->ns; si++, k++) {
+            qs_plan_name(k, model, p->sv[si], s[k].name, sizeof s[k].name);
+            snprintf(s[k].arg, sizeof s[k].arg, "%s", p->mp[mi]);
+            snprintf(s[k].model, sizeof s[k].model, "%s", model);
+            snprintf(s[k].data, sizeof s[k].data, "%s", data);
+            s[k].seed = p->sv[si];
+        }
+    }
+    int nc = 0, na = 0;
+    for (int i = 0; i < argc; i++)
+        if (!qs_opt_value(argv[i], "models") && !qs_opt_value(argv[i], "seeds") &&
+            !qs_opt_value(argv[i], "plan"))
+            common[nc++] = argv[i];
+    qs_sb_printf(&ma, "models=%s", p->loaded_lm ? p->paths[0] : p->models);
+    qs_sb_printf(&sa, "seeds=%s", p->seeds);
+    if (!ma.s || !sa.s) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    args[na++] = ma.s;
+    args[na++] = sa.s;
+    for (int k = 0; k < nc; k++)
+        args[na++] = common[k];
+    struct qs_plan_spec ps = {.dir = p->plan, .study = "q1", .common = common, .ncommon = nc,
+                              .args = args, .nargs = na, .loaded_lm = p->loaded_lm, .s = s,
+                              .n = n};
+    rc = qs_plan_write(c, &ps, e);
+    c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
+out:
+    qs_sb_free(&ma);
+    qs_sb_free(&sa);
+    free(s);
+    free(common);
+    free(args);
+    return rc;
+}
+
+/* Writes TEXT to PATH (a whole file, replaced once complete). */
+static int put_file(const char *path, const char *text, qs_err *e)
+{
+    qs_outfile of;
+    if (qs_out_open(&of, path, e) < 0)
+        return -1;
+    fputs(text, of.f);
+    fputc('\n', of.f);
+    return qs_out_commit(&of, e);
+}
+
+int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e)
+{
+    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
+    const cJSON *jseed = cJSON_GetObjectItemCaseSensitive(plan, "seed");
+    int na = cJSON_GetArraySize(ja);
+    if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
+        return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
+    char *argv[64];
+    int argc = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, ja)
+    {
+        if (!cJSON_IsString(x))
+            return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
+        argv[argc++] = x->valuestring;
+    }
+    struct q1_args *p = qs_calloc(1, sizeof *p);
+    if (!p)
+        return qs_errf(e, "out of memory");
+    struct qs_q1 q;
+    memset(&q, 0, sizeof q);
+    struct qs_plan_state ps = {0};
+    struct qs_sb t = {0}, pre = {0}, pfx = {0};
+    cJSON *obj = NULL;
+    int rc = -1;
+    /* the plan's options, parsed as the plan's own command parsed them; its session seed */
+    uint64_t seed = c->b->seed;
+    c->b->seed = (uint64_t)jseed->valuedouble;
+    int prc = q1_parse(c, argc, argv, p, e);
+    c->b->seed = seed;
+    if (prc < 0) {
+        qs_err_prefix(e, "study merge: the plan's options");
+        goto out;
+    }
+    p->loaded_lm = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
+    qs_sb_printf(&pfx, "%s/q1", dir);
+    p->csv = csv ? csv : pfx.s;
+    char opts[600];
+    qs_q1_record_options(&p->o, opts, sizeof opts);
+    cJSON_ArrayForEach(x, js)
+    {
+        const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
+        const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
+        const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
+        if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
+            strchr(jn->valuestring, '/')) {
+            qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
+            goto out;
+        }
+        ps.n++;
+        char path[PATH_MAX + 200];
+        snprintf(path, sizeof path, "%s/results/%s.json", dir, jn->valuestring);
+        qs_err re = {{0}};
+        int before = q.nsettings;
+        int r = qs_q1_record_read(path, opts, &q, &re);
+        if (r == 0 && (q.nsettings != before + 1 ||
+                       strcmp(q.settings[before].model, jm->valuestring) ||
+                       q.settings[before].seed != (uint64_t)jsd->valuedouble)) {
+            snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
+            q.nlayers = q.settings[before].first; /* drop what it added */
+            q.nsettings = before;
+            r = -1;
+        }
+        if (r == 0)
+            ps.ndone++;
+        else
+            qs_plan_state_add(&ps, dir, jn->valuestring, r < 0 ? re.msg : NULL);
+    }
+    if (q.nsettings == 0) {
+        struct qs_sb fl = {0};
+        for (int i = 0; i < ps.nfailed; i++)
+            qs_sb_printf(&fl, "; failed: %s", ps.failed[i]);
+        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s",
+                dir, ps.n, ps.nmissing, ps.nfailed, fl.s ? fl.s : "");
+        qs_sb_free(&fl);
+        goto out;
+    }
+    if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->csv, e) < 0)
+        goto out;
+    obj = q1_report(c, p, &q, &t);
+    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
+    cJSON_AddStringToObject(obj, "study", "q1");
+    qs_plan_state_report(&ps, dir, obj, &pre);
+    qs_sb_printf(&pre, "%s", t.s ? t.s : "");
+    char *js_text = cJSON_Print(obj);
+    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
+    snprintf(f1, sizeof f1, "%s/q1-summary.json", dir);
+    snprintf(f2, sizeof f2, "%s/q1-report.txt", dir);
+    if (!js_text || !pre.s)
+        qs_errf(e, "out of memory");
+    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
+        rc = 0;
+    free(js_text);
+    if (rc == 0) {
+        qs_emit(c, obj, pre.s);
+        obj = NULL;
+    }
+out:
+    cJSON_Delete(obj);
+    qs_sb_free(&t);
+    qs_sb_free(&pre);
+    qs_sb_free(&pfx);
+    qs_plan_state_free(&ps);
+    qs_q1_free(&q);
+    free(p);
+    return rc;
+}
+
+static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct q1_args *p = qs_calloc(1, sizeof *p);
+    if (!p)
+        return qs_errf(e, "out of memory");
+    int rc = -1;
+    if (q1_parse(c, argc, argv, p, e) < 0)
+        goto out;
+    if (p->plan) {
+        rc = q1_plan(c, p, argc, argv, e);
+        goto out;
+    }
+    p->o.progress = c->b->progress;
+    p->o.progress_ctx = c->b->progress_ctx;
+    c->b->cancel = 0;
+    p->o.cancel = &c->b->cancel;
+    struct qs_q1 q;
+    if (qs_study_q1(&p->o, &q, e) < 0)
+        goto out;
+    if ((p->csv && qs_q1_write_csv(&q, &p->o, p->csv, e) < 0) ||
+        (p->out && qs_q1_record_write(&q, &p->o, p->out, e) < 0)) {
+        qs_q1_free(&q);
+        goto out;
+    }
+    q1_canon(c, p, &q);
+    struct qs_sb t = {0};
+    cJSON *obj = q1_report(c, p, &q, &t);
+    qs_emit(c, obj, t.s);
     qs_sb_free(&t);
     qs_q1_free(&q);
-    return 0;
+    rc = 0;
+out:
+    free(p);
+    return rc;
 }
 
 const struct qs_cmd_def qs_cmds_study[] = {
@@ -1595,13 +1834,24 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "after; out=DIR also writes the trained model."},
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
-     "[csv=PREFIX]",
+     "[csv=PREFIX] [out=RECORD.json] [plan=DIR]",
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q1,
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
      "bench of its own: R_lin_float, R_lin_q4, correctability per layer, per-setting verdicts, "
      "the aggregate table and depth profile, next to the overnight report's figures (that "
      "report is not distributed with qscope; the rules are in qscope-methods(7)). csv= writes "
-     "PREFIX-layers.csv and PREFIX-settings.csv. The current bench is left untouched."},
+     "PREFIX-layers.csv and PREFIX-settings.csv. The current bench is left untouched. out= "
+     "writes the per-setting record (every figure at %.17g) that `study merge` reads. plan=DIR "
+     "runs nothing: it writes one session per setting (model and data pinned by SHA-256), "
+     "DIR/jobs.txt (one shell command a setting, for GNU parallel) and DIR/slurm.sbatch (a "
+     "Slurm job array); finished settings are skipped when a plan runs again."},
+    {"study merge", "DIR [csv=PREFIX]", QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
+     "merge a study plan's finished settings into the study's report",
+     "Reads DIR/plan.json and every DIR/results/NAME.json, names the settings missing or failed, "
+     "and prints the study's report over the finished ones, with the figures the same study run "
+     "in one process gives (the same aggregation over the same full-precision records). Writes "
+     "PREFIX-layers.csv, PREFIX-settings.csv, PREFIX-master_summary.csv (default PREFIX DIR/q1), "
+     "DIR/q1-summary.json and DIR/q1-report.txt."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

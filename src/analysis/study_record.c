@@ -1,0 +1,316 @@
+/* study_record.c - a study's per-setting results written to and read back from a file, bit for
+ * bit (%.17g), so that `study merge` sees exactly the rows the in-process study aggregates. */
+#include "qscope/study_record.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+void qs_q1_record_options(const struct qs_q1_opts *o, char *buf, size_t n)
+{
+    char op[200] = "", lop[200] = "";
+    qs_qopts_format(&o->fmt, &o->opt, op, sizeof op);
+    if (o->lm_fmt && o->lm_opt)
+        qs_qopts_format(o->lm_fmt, o->lm_opt, lop, sizeof lop);
+    snprintf(buf, n, "format=%s %s; transformers: %s %s; prec=%s; top_frac=%.17g", o->fmt.name, op,
+             o->lm_fmt ? o->lm_fmt->name : "the same", lop, o->prec, o->top_frac);
+}
+
+/* A double as a raw JSON number at %.17g (round-trips exactly), or a string for NaN and Inf. */
+static void put_d(cJSON *j, const char *k, double v)
+{
+    if (isfinite(v)) {
+        char b[40];
+        snprintf(b, sizeof b, "%.17g", v);
+        cJSON_AddItemToObject(j, k, cJSON_CreateRaw(b));
+    } else {
+        cJSON_AddStringToObject(j, k, isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+    }
+}
+
+static void put_i(cJSON *j, const char *k, long long v)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%lld", v);
+    cJSON_AddItemToObject(j, k, cJSON_CreateRaw(b));
+}
+
+int qs_q1_record_write(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *path,
+                       qs_err *e)
+{
+    char opts[600];
+    qs_q1_record_options(o, opts, sizeof opts);
+    cJSON *r = cJSON_CreateObject(), *js = cJSON_CreateArray();
+    put_i(r, "qscope_record", QS_RECORD_VERSION);
+    cJSON_AddStringToObject(r, "study", "q1");
+    cJSON_AddStringToObject(r, "version", QS_VERSION);
+    cJSON_AddStringToObject(r, "options", opts);
+    for (int s = 0; s < q->nsettings; s++) {
+        const struct qs_q1_setting *st = &q->settings[s];
+        cJSON *j = cJSON_CreateObject(), *jl = cJSON_CreateArray();
+        cJSON_AddStringToObject(j, "model", st->model);
+        cJSON_AddStringToObject(j, "data", st->data);
+        put_i(j, "seed", (long long)st->seed);
+        put_i(j, "nq1", st->nq1);
+        put_i(j, "lm", st->lm);
+        cJSON_AddStringToObject(j, "arch", st->arch);
+        cJSON_AddStringToObject(j, "format", st->format);
+        cJSON_AddStringToObject(j, "options", st->options);
+        put_d(j, "float_acc", st->float_acc);
+        put_d(j, "quant_acc", st->quant_acc);
+        put_d(j, "bits_per_weight", st->bits_per_weight);
+        put_i(j, "gate_pass", st->gate_pass);
+        put_d(j, "med_r_float", st->med_r_float);
+        put_d(j, "med_r_q", st->med_r_q);
+        put_d(j, "spearman", st->spearman);
+        cJSON_AddStringToObject(j, "verdict", st->verdict);
+        for (int i = st->first; i < st->first + st->nlayers; i++) {
+            const struct qs_q1_layer *l = &q->layers[i];
+            cJSON *x = cJSON_CreateObject();
+            put_i(x, "index", l->index);
+            cJSON_AddStringToObject(x, "name", l->name);
+            put_i(x, "kind", l->kind);
+            put_i(x, "nsites", l->nsites);
+            put_i(x, "block", l->block);
+            put_i(x, "third", l->third);
+            put_i(x, "d", l->d);
+            put_i(x, "in", l->in);
+            put_d(x, "w_rel_err", l->w_rel_err);
+            put_d(x, "preact_rel_mse", l->preact_rel_mse);
+            put_d(x, "correctability", l->correctability);
+            put_d(x, "r_float", l->r_float);
+            put_d(x, "r_q", l->r_q);
+            put_d(x, "lambda", l->lambda);
+            put_i(x, "rank_kept", l->rank_kept);
+            cJSON_AddItemToArray(jl, x);
+        }
+        cJSON_AddItemToObject(j, "layers", jl);
+        cJSON_AddItemToArray(js, j);
+    }
+    cJSON_AddItemToObject(r, "settings", js);
+    cJSON_AddTrueToObject(r, "complete"); /* last: a cut copy lacks it */
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    if (!text)
+        return qs_errf(e, "out of memory");
+    qs_outfile of;
+    if (qs_out_open(&of, path, e) < 0) {
+        free(text);
+        return -1;
+    }
+    fputs(text, of.f);
+    fputc('\n', of.f);
+    free(text);
+    return qs_out_commit(&of, e);
+}
+
+/* ---- reading ------------------------------------------------------------------------------- */
+
+static int get_d(const cJSON *j, const char *k, double *v)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (cJSON_IsNumber(x)) {
+        *v = x->valuedouble;
+        return 0;
+    }
+    if (cJSON_IsString(x) && x->valuestring) {
+        if (!strcmp(x->valuestring, "nan"))
+            *v = NAN;
+        else if (!strcmp(x->valuestring, "inf"))
+            *v = INFINITY;
+        else if (!strcmp(x->valuestring, "-inf"))
+            *v = -INFINITY;
+        else
+            return -1;
+        return 0;
+    }
+    return -1;
+}
+
+static int get_i(const cJSON *j, const char *k, long long lo, long long hi, long long *v)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) || x->valuedouble < lo ||
+        x->valuedouble > hi)
+        return -1;
+    *v = (long long)x->valuedouble;
+    return 0;
+}
+
+static int get_s(const cJSON *j, const char *k, char *buf, size_t n)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (!cJSON_IsString(x) || !x->valuestring || strlen(x->valuestring) >= n)
+        return -1;
+    memcpy(buf, x->valuestring, strlen(x->valuestring) + 1);
+    return 0;
+}
+
+static int read_text(const char *path, char **out, qs_err *e)
+{
+    FILE *f = qs_fopen_regular(path, "record", e);
+    if (!f)
+        return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *s = malloc(cap);
+    for (size_t k; s && (k = fread(s + n, 1, cap - n - 1, f)) > 0;) {
+        n += k;
+        if (n + 1 == cap) {
+            char *t = realloc(s, cap *= 2);
+            if (!t) {
+                free(s);
+                s = NULL;
+            }
+            s = t;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!s)
+        return qs_errf(e, "out of memory");
+    if (bad) {
+        free(s);
+        return qs_errf(e, "%s: read error", path);
+    }
+    s[n] = 0;
+    *out = s;
+    return 0;
+}
+
+/* One setting object into st and its rows into ly (room for nl); -1 when malformed. */
+static int read_setting(const cJSON *j, struct qs_q1_setting *st, struct qs_q1_layer *ly, int nl)
+{
+    long long v;
+    char verdict[16];
+    memset(st, 0, sizeof *st);
+    if (get_s(j, "model", st->model, sizeof st->model) || get_s(j, "data", st->data, sizeof st->data) ||
+        get_i(j, "seed", 0, (1LL << 53), &v))
+        return -1;
+    st->seed = (uint64_t)v;
+    if (get_i(j, "nq1", 0, nl, &v))
+        return -1;
+    st->nq1 = (int)v;
+    if (get_i(j, "lm", 0, 1, &v))
+        return -1;
+    st->lm = (int)v;
+    if (get_s(j, "arch", st->arch, sizeof st->arch) ||
+        get_s(j, "format", st->format, sizeof st->format) ||
+        get_s(j, "options", st->options, sizeof st->options) ||
+        get_d(j, "float_acc", &st->float_acc) || get_d(j, "quant_acc", &st->quant_acc) ||
+        get_d(j, "bits_per_weight", &st->bits_per_weight) || get_i(j, "gate_pass", 0, 1, &v))
+        return -1;
+    st->gate_pass = (int)v;
+    if (get_d(j, "med_r_float", &st->med_r_float) || get_d(j, "med_r_q", &st->med_r_q) ||
+        get_d(j, "spearman", &st->spearman) || get_s(j, "verdict", verdict, sizeof verdict))
+        return -1;
+    /* the verdict follows from the figures: a record that says otherwise was edited */
+    st->verdict = qs_q1_verdict(st->med_r_q, st->spearman);
+    if (strcmp(verdict, st->verdict))
+        return -1;
+    st->nlayers = nl;
+    const cJSON *x;
+    int i = 0;
+    cJSON_ArrayForEach(x, cJSON_GetObjectItemCaseSensitive(j, "layers"))
+    {
+        struct qs_q1_layer *l = &ly[i++];
+        memset(l, 0, sizeof *l);
+        if (get_i(x, "index", 0, 1 << 30, &v))
+            return -1;
+        l->index = (int)v;
+        if (get_s(x, "name", l->name, sizeof l->name) || get_i(x, "kind", 0, QS_Q1_SITE, &v))
+            return -1;
+        l->kind = (enum qs_q1_kind)v;
+        if (get_i(x, "nsites", 1, 3, &v))
+            return -1;
+        l->nsites = (int)v;
+        if (get_i(x, "block", 0, 1 << 30, &v))
+            return -1;
+        l->block = (int)v;
+        if (get_i(x, "third", 0, 2, &v))
+            return -1;
+        l->third = (int)v;
+        if (get_i(x, "d", 1, 1 << 30, &v))
+            return -1;
+        l->d = (int)v;
+        if (get_i(x, "in", 1, 1 << 30, &v))
+            return -1;
+        l->in = (int)v;
+        if (get_d(x, "w_rel_err", &l->w_rel_err) || get_d(x, "preact_rel_mse", &l->preact_rel_mse) ||
+            get_d(x, "correctability", &l->correctability) || get_d(x, "r_float", &l->r_float) ||
+            get_d(x, "r_q", &l->r_q) || get_d(x, "lambda", &l->lambda) ||
+            get_i(x, "rank_kept", 0, 1 << 30, &v))
+            return -1;
+        l->rank_kept = (int)v;
+    }
+    return i == nl ? 0 : -1;
+}
+
+int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs_err *e)
+{
+    struct stat sb;
+    if (stat(path, &sb) < 0 && errno == ENOENT)
+        return 1;
+    char *text = NULL;
+    if (read_text(path, &text, e) < 0)
+        return -1;
+    cJSON *r = cJSON_Parse(text);
+    free(text);
+    if (!r)
+        return qs_errf(e, "%s: not a JSON record (cut short?)", path);
+    int rc = -1;
+    long long v;
+    char study[16], opts[600];
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(r, "settings");
+    if (get_i(r, "qscope_record", 0, 1 << 30, &v) || v != QS_RECORD_VERSION ||
+        get_s(r, "study", study, sizeof study) || strcmp(study, "q1") ||
+        get_s(r, "options", opts, sizeof opts) || !cJSON_IsArray(js)) {
+        qs_errf(e, "%s: not a qscope q1 record (version %d)", path, QS_RECORD_VERSION);
+        goto out;
+    }
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "complete"))) {
+        qs_errf(e, "%s: incomplete record", path);
+        goto out;
+    }
+    if (options && strcmp(options, opts)) {
+        qs_errf(e, "%s: written under other options (%s; expected %s)", path, opts, options);
+        goto out;
+    }
+    int ns = cJSON_GetArraySize(js), nl = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, js) nl += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "layers"));
+    struct qs_q1_setting *nst = realloc(q->settings, (size_t)(q->nsettings + ns + 1) * sizeof *nst);
+    if (nst)
+        q->settings = nst;
+    struct qs_q1_layer *nly = realloc(q->layers, (size_t)(q->nlayers + nl + 1) * sizeof *nly);
+    if (nly)
+        q->layers = nly;
+    if (!nst || !nly) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    int k = 0, first = q->nlayers;
+    cJSON_ArrayForEach(s, js)
+    {
+        struct qs_q1_setting *st = &q->settings[q->nsettings + k];
+        int m = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "layers"));
+        if (m < 1 || read_setting(s, st, &q->layers[first], m) < 0) {
+            qs_errf(e, "%s: setting %d is malformed", path, k);
+            goto out;
+        }
+        st->first = first;
+        for (int i = 0; i < m; i++)
+            q->layers[first + i].setting = q->nsettings + k;
+        first += m;
+        k++;
+    }
+    q->nsettings += ns;
+    q->nlayers = first;
+    rc = 0;
+out:
+    cJSON_Delete(r);
+    return rc;
+}
