@@ -622,6 +622,22 @@ static int open_bench(const struct qs_q1_opts *o, const char *arg, struct qs_ben
     return 0;
 }
 
+int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
+                  struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e)
+{
+    struct qs_bench *b;
+    if (open_bench(o, arg, &b, model, nm, data, nd, e) < 0)
+        return -1;
+    b->seed = seed;
+    if (!b->lm && (qs_bench_resplit(b, b->split_seed, b->f_train, b->f_calib, e) < 0 ||
+                   redraw_heldout(&b->split, seed, e) < 0)) {
+        qs_bench_free(b);
+        return qs_err_prefix(e, model);
+    }
+    *out = b;
+    return 0;
+}
+
 int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
 {
     memset(q, 0, sizeof *q);
