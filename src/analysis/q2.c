@@ -614,6 +614,23 @@ static int downstream(struct qs_bench *b, struct apply_ctx *c, double *loss, qs_
     return rc;
 }
 
+/* The setting's own bench reports window by window (streams, held-out runs): its progress
+ * goes on to the study's, and the study's cancel flag cancels it there. */
+struct relay {
+    const struct qs_q2_opts *o;
+    struct qs_bench *b;
+    const char *model;
+    uint64_t seed;
+};
+
+static void relay_progress(void *u, const char *what, double frac)
+{
+    struct relay *r = u;
+    if (r->o->cancel && *r->o->cancel)
+        r->b->cancel = 1;
+    progress(r->o, r->model, r->seed, what, frac);
+}
+
 int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed,
                       struct qs_q2_setting *s, qs_err *e)
 {
@@ -630,6 +647,9 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     if (qs_study_open(&q1, arg, seed, &b, s->model, sizeof s->model, s->data, sizeof s->data,
                       e) < 0)
         return -1;
+    struct relay rl = {o, b, s->model, seed};
+    b->progress = relay_progress;
+    b->progress_ctx = &rl;
     s->lm = b->lm != NULL;
     snprintf(s->arch, sizeof s->arch, "%s", b->lm ? b->lm->arch : "mlp");
     {

@@ -1733,11 +1733,14 @@ static void q2_report(const struct qs_q2_setting *rec, int n, const struct qs_q2
                      sm.nunstable, sm.nunstable == 1 ? "" : "s");
         for (int i = 0; i < n; i++)
             if (rec[i].unstable && rec[i].gate_pass) {
-                char nb[256], ub[96];
-                q2_unstable_names(rec[i].unstable, ub, sizeof ub);
-                qs_sb_printf(t, "  %s seed %llu (%d sites): %s\n",
-                             base_name(rec[i].model, nb, sizeof nb),
-                             (unsigned long long)rec[i].seed, rec[i].nsites, ub);
+                char nb[256];
+                qs_sb_printf(t, "  %s seed %llu (%d sites):", base_name(rec[i].model, nb, sizeof nb),
+                             (unsigned long long)rec[i].seed, rec[i].nsites);
+                for (int v = 0; v < QS_Q2_NVAR; v++)
+                    if ((rec[i].unstable >> v) & 1)
+                        qs_sb_printf(t, " %s %+.4f", qs_q2_variant_name((enum qs_q2_variant)v),
+                                     rec[i].loss_gain[v]);
+                qs_sb_printf(t, "\n");
             }
     } else {
         qs_sb_printf(t, "instability (a negative downstream gain): none\n");
@@ -1893,7 +1896,7 @@ static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     char qm[1024], qc[600], mq[1040] = "", fq[80] = "";
     if (!loaded)
         snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
-    if (fmt_given || q.sum.nlm < q.nsettings) /* else the transformers' default */
+    if (fmt_given || !q.sum.nlm) /* else the transformers' default: replay takes it again */
         snprintf(fq, sizeof fq, " format=%s gran=%s", o.fmt.name, gw);
     snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s", mq,
              canon_seeds, fq, o.n_fit, o.epochs, csv ? " csv=" : "",
