@@ -98,9 +98,9 @@ struct qs_q2_sites {
 };
 
 /* Allocates the net for variant var with H hidden units, initialised from seed (Glorot-uniform
- * weights, zero biases, N(0, 0.01) embeddings). Free with qs_q2_net_free (NULL ok). */
-int qs_q2_net_init(struct qs_q2_net *n, enum qs_q2_variant var, int hidden, int nsites,
-                   int nkinds, int nfeat, uint64_t seed, qs_err *e);
+ * weights, zero biases, N(0, 0.1^2) embeddings). Free with qs_q2_net_free (NULL ok). */
+int qs_q2_net_init(struct qs_q2_net *n, enum qs_q2_variant var, int hidden, int nsites, int nkinds,
+                   int nfeat, uint64_t seed, qs_err *e);
 void qs_q2_net_free(struct qs_q2_net *n);
 
 /* Builds the net's input rows a: (m, d_in) from element inputs x: (m, QS_Q2_NCHAN) and their
@@ -137,7 +137,7 @@ struct qs_q2_opts {
     struct qs_qopts opt;
     const struct qs_format *lm_fmt; /* transformers' format when not NULL (study q1's default) */
     const struct qs_qopts *lm_opt;
-    int n_fit, n_eval; /* elements drawn for fitting / judging (65536 each) */
+    int n_fit, n_eval;         /* elements drawn for fitting / judging (65536 each) */
     int epochs, batch, hidden; /* 8, 256, 32 */
     double lr;                 /* 2e-3 */
     qs_progress_fn progress;   /* may be NULL */
@@ -151,9 +151,9 @@ void qs_q2_opts_default(struct qs_q2_opts *o);
 struct qs_q2_site {
     char name[96];
     int index, kind, in, out;
-    double rms;                  /* r_s */
-    double feat[QS_Q2_NFEAT];    /* raw (before standardising) */
-    double mse_none;             /* held-out, its share of the sample */
+    double rms;               /* r_s */
+    double feat[QS_Q2_NFEAT]; /* raw (before standardising) */
+    double mse_none;          /* held-out, its share of the sample */
     double mse[QS_Q2_NVAR];
 };
 
@@ -170,10 +170,10 @@ struct qs_q2_setting {
     double fit_loss[QS_Q2_NVAR]; /* final training loss (standardised units) */
     double loss_corr[QS_Q2_NVAR];
     double loss_gain[QS_Q2_NVAR]; /* quant_loss - loss_corr */
-    double improvement;           /* (mse_embedding_only - mse_features_only) / mse_embedding_only */
-    int unstable;                 /* some variant's loss_gain < 0 (bit v: variant v) */
+    double improvement; /* (mse_embedding_only - mse_features_only) / mse_embedding_only */
+    int unstable;       /* some variant's loss_gain < 0 (bit v: variant v) */
     const char *verdict;
-    struct qs_q2_site *sites;     /* nsites, owned (qs_q2_setting_clear) */
+    struct qs_q2_site *sites; /* nsites, owned (qs_q2_setting_clear) */
 };
 void qs_q2_setting_clear(struct qs_q2_setting *s);
 

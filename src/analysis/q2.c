@@ -23,8 +23,8 @@ const char *qs_q2_variant_name(enum qs_q2_variant v)
 }
 
 static const char *const feat_names[QS_Q2_NFEAT] = {
-    "w_rel_err", "snr", "err_rms", "top_over_edge", "stable_rank",
-    "k90",       "scale_mean", "scale_cv", "in_absmax", "in_rms"};
+    "w_rel_err", "snr",        "err_rms",  "top_over_edge", "stable_rank",
+    "k90",       "scale_mean", "scale_cv", "in_absmax",     "in_rms"};
 
 const char *qs_q2_feature_name(int k)
 {
@@ -52,8 +52,14 @@ const char *qs_q2_verdict(double mse_emb, double mse_feat, const double gain[QS_
 
 /* ---- the corrector -------------------------------------------------------------------------- */
 
-static int uses_emb(enum qs_q2_variant v) { return v != QS_Q2_FEAT; }
-static int uses_feat(enum qs_q2_variant v) { return v != QS_Q2_EMB; }
+static int uses_emb(enum qs_q2_variant v)
+{
+    return v != QS_Q2_FEAT;
+}
+static int uses_feat(enum qs_q2_variant v)
+{
+    return v != QS_Q2_EMB;
+}
 
 static void net_layout(struct qs_q2_net *n)
 {
@@ -68,8 +74,8 @@ static void net_layout(struct qs_q2_net *n)
     n->ek = n->es + (uses_emb(n->var) ? (size_t)n->nsites * QS_Q2_EMB_SITE : 0);
 }
 
-int qs_q2_net_init(struct qs_q2_net *n, enum qs_q2_variant var, int hidden, int nsites,
-                   int nkinds, int nfeat, uint64_t seed, qs_err *e)
+int qs_q2_net_init(struct qs_q2_net *n, enum qs_q2_variant var, int hidden, int nsites, int nkinds,
+                   int nfeat, uint64_t seed, qs_err *e)
 {
     memset(n, 0, sizeof *n);
     if (hidden < 1 || nsites < 1 || nkinds < 1 || nfeat < 0 || (unsigned)var >= QS_Q2_NVAR)
@@ -153,11 +159,10 @@ size_t qs_q2_net_ws(const struct qs_q2_net *n, int m)
 
 Q2_VECTOR_CLAMP static void bias_tanh(float *v, const float *b, int m, int cols)
 {
-    const float a1 = 4.89352455891786e-03f, a3 = 6.37261928875436e-04f,
-                a5 = 1.48572235717979e-05f, a7 = 5.12229709037114e-08f,
-                a9 = -8.60467152213735e-11f, a11 = 2.00018790482477e-13f,
-                a13 = -2.76076847742355e-16f, b0 = 4.89352518554385e-03f,
-                b2 = 2.26843463243900e-03f, b4 = 1.18534705686654e-04f,
+    const float a1 = 4.89352455891786e-03f, a3 = 6.37261928875436e-04f, a5 = 1.48572235717979e-05f,
+                a7 = 5.12229709037114e-08f, a9 = -8.60467152213735e-11f,
+                a11 = 2.00018790482477e-13f, a13 = -2.76076847742355e-16f,
+                b0 = 4.89352518554385e-03f, b2 = 2.26843463243900e-03f, b4 = 1.18534705686654e-04f,
                 b6 = 1.19825839466702e-06f, lim = 7.90531110763549805f;
     for (int i = 0; i < m; i++) {
         float *r = v + (size_t)i * cols;
@@ -236,8 +241,8 @@ double qs_q2_net_grad(const struct qs_q2_net *n, const struct qs_q2_sites *st, c
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, H, m, 1.0f, g2, H, h1, H, 0.0f, gn.w2,
                 H);
     col_sums(g2, m, H, gn.b2);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, H, H, 1.0f, g2, H, n->w2, H, 0.0f,
-                g1, H);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, H, H, 1.0f, g2, H, n->w2, H, 0.0f, g1,
+                H);
     for (size_t k = 0; k < (size_t)m * H; k++)
         g1[k] *= 1.0f - h1[k] * h1[k];
     /* first layer: dW1 = g1^T a */
@@ -246,10 +251,11 @@ double qs_q2_net_grad(const struct qs_q2_net *n, const struct qs_q2_sites *st, c
     col_sums(g1, m, H, gn.b1);
     if (uses_emb(n->var)) {
         /* da = g1 w1; the embedding rows gather their elements' columns, in row order */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, H, 1.0f, g1, H, n->w1, D,
-                    0.0f, ga, D);
-        memset(gn.es, 0, ((size_t)n->nsites * QS_Q2_EMB_SITE + (size_t)n->nkinds * QS_Q2_EMB_KIND) *
-                             sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, H, 1.0f, g1, H, n->w1, D, 0.0f,
+                    ga, D);
+        memset(gn.es, 0,
+               ((size_t)n->nsites * QS_Q2_EMB_SITE + (size_t)n->nkinds * QS_Q2_EMB_KIND) *
+                   sizeof(float));
         for (int i = 0; i < m; i++) {
             const float *r = ga + (size_t)i * D + QS_Q2_NCHAN;
             float *es = gn.es + (size_t)site[i] * QS_Q2_EMB_SITE;
@@ -271,8 +277,8 @@ int qs_q2_net_fit(struct qs_q2_net *n, const struct qs_q2_sites *st, const float
         return qs_errf(e, "q2 corrector: nothing to fit");
     int B = batch < m ? batch : m, np = n->np;
     float *g = qs_alloc((size_t)np * 3, sizeof(float), "the corrector's optimiser", e);
-    float *ws = g ? qs_alloc(qs_q2_net_ws(n, B), sizeof(float), "the corrector's workspace", e)
-                  : NULL;
+    float *ws =
+        g ? qs_alloc(qs_q2_net_ws(n, B), sizeof(float), "the corrector's workspace", e) : NULL;
     float *bx = ws ? qs_alloc((size_t)B * (QS_Q2_NCHAN + 1), sizeof(float), "a batch", e) : NULL;
     int *idx = bx ? qs_alloc((size_t)m + (size_t)B, sizeof(int), "a batch", e) : NULL;
     if (!idx) {
@@ -470,11 +476,14 @@ static double mean_sd(const float *v, size_t n, size_t stride, double *sd)
     return mu;
 }
 
-static double lg(double v) { return log10(v > 1e-30 ? v : 1e-30); }
+static double lg(double v)
+{
+    return log10(v > 1e-30 ? v : 1e-30);
+}
 
 /* Site statistics (features and channel statistics) of site i; fills tb, the raw features f. */
-static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
-                      const float *yf, const float *yq, int nc, qs_err *e)
+static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f, const float *yf,
+                      const float *yq, int nc, qs_err *e)
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
@@ -488,7 +497,8 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
     if (!srow)
         return qs_errf(e, "out of memory");
     struct qs_quantizer *qz = NULL;
-    int have_scales = ls->wq && qs_quantizer_new(&ls->wfmt, &ls->wopt, u.w, out, in, &qz, NULL) == 0;
+    int have_scales =
+        ls->wq && qs_quantizer_new(&ls->wfmt, &ls->wopt, u.w, out, in, &qz, NULL) == 0;
     double ssum = 0.0, ssq = 0.0;
     long sn = 0;
     if (have_scales) {
@@ -587,8 +597,8 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
     return 0;
 }
 
-static void progress(const struct qs_q2_opts *o, const char *model, uint64_t seed,
-                     const char *what, double frac)
+static void progress(const struct qs_q2_opts *o, const char *model, uint64_t seed, const char *what,
+                     double frac)
 {
     if (!o->progress)
         return;
@@ -644,8 +654,8 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     q1.lm_fmt = o->lm_fmt;
     q1.lm_opt = o->lm_opt;
     struct qs_bench *b = NULL;
-    if (qs_study_open(&q1, arg, seed, &b, s->model, sizeof s->model, s->data, sizeof s->data,
-                      e) < 0)
+    if (qs_study_open(&q1, arg, seed, &b, s->model, sizeof s->model, s->data, sizeof s->data, e) <
+        0)
         return -1;
     struct relay rl = {o, b, s->model, seed};
     b->progress = relay_progress;
@@ -871,8 +881,8 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
         free(aws);
         if (!(aws = qs_alloc(qs_q2_net_ws(&nets[v], CH), sizeof(float), "workspace", e)))
             goto out;
-        struct apply_ctx c = {&nets[v], &st, tab, mu_u, sd_u, mu_t, sd_t, ax, aa, ay, aws,
-                              asite, CH};
+        struct apply_ctx c = {&nets[v], &st, tab, mu_u, sd_u,  mu_t, sd_t,
+                              ax,       aa,  ay,  aws,  asite, CH};
         if (downstream(b, &c, &s->loss_corr[v], e) < 0)
             goto out;
         s->loss_gain[v] = s->quant_loss - s->loss_corr[v];
@@ -883,9 +893,8 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
             goto out;
         }
     }
-    s->improvement = s->mse[QS_Q2_EMB] > 0
-                         ? (s->mse[QS_Q2_EMB] - s->mse[QS_Q2_FEAT]) / s->mse[QS_Q2_EMB]
-                         : NAN;
+    s->improvement =
+        s->mse[QS_Q2_EMB] > 0 ? (s->mse[QS_Q2_EMB] - s->mse[QS_Q2_FEAT]) / s->mse[QS_Q2_EMB] : NAN;
     s->verdict = qs_q2_verdict(s->mse[QS_Q2_EMB], s->mse[QS_Q2_FEAT], s->loss_gain);
     rc = 0;
 out:
@@ -981,8 +990,8 @@ int qs_study_q2(const struct qs_q2_opts *o, struct qs_q2 *q, qs_err *e)
         return qs_errf(e, "out of memory");
     for (int mi = 0; mi < o->nmodels; mi++)
         for (int si = 0; si < o->nseeds; si++) {
-            if (qs_q2_run_setting(o, o->models[mi], o->seeds[si], &q->settings[q->nsettings],
-                                  e) < 0) {
+            if (qs_q2_run_setting(o, o->models[mi], o->seeds[si], &q->settings[q->nsettings], e) <
+                0) {
                 qs_q2_free(q);
                 return -1;
             }
@@ -1045,9 +1054,15 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
     FILE *f = open_csv(&of, prefix, "master_summary", o, e);
     if (!f)
         return -1;
-    const char *h[] = {"model", "data", "seed", "arch", "format", "options", "gate", "excluded",
-                       "sites", "float_loss", "quant_loss", "float_acc", "quant_acc",
-                       "bits_per_weight", "n_fit", "n_eval", "mse_none"};
+    const char *h[] = {"model",      "data",
+                       "seed",       "arch",
+                       "format",     "options",
+                       "gate",       "excluded",
+                       "sites",      "float_loss",
+                       "quant_loss", "float_acc",
+                       "quant_acc",  "bits_per_weight",
+                       "n_fit",      "n_eval",
+                       "mse_none"};
     for (size_t k = 0; k < sizeof h / sizeof *h; k++)
         field(f, h[k], k == 0);
     for (int v = 0; v < QS_Q2_NVAR; v++) {

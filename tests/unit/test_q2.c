@@ -248,8 +248,10 @@ static void test_learns_feature_signal(void)
     var /= ne;
     double mf = fit_mse(QS_Q2_FEAT, &st, xf, sf, tf, nf, xe, se, te, ne);
     double me = fit_mse(QS_Q2_EMB, &st, xf, sf, tf, nf, xe, se, te, ne);
-    fprintf(stderr, "  features carry the signal: var %.4f, features_only %.4f, "
-                    "embedding_only %.4f\n", var, mf, me);
+    fprintf(stderr,
+            "  features carry the signal: var %.4f, features_only %.4f, "
+            "embedding_only %.4f\n",
+            var, mf, me);
     CHECK(mf < 0.2 * var);
     CHECK(mf < 0.3 * me);
 }
@@ -274,8 +276,10 @@ static void test_learns_identity_signal(void)
     var /= ne;
     double mf = fit_mse(QS_Q2_FEAT, &st, xf, sf, tf, nf, xe, se, te, ne);
     double me = fit_mse(QS_Q2_EMB, &st, xf, sf, tf, nf, xe, se, te, ne);
-    fprintf(stderr, "  identity carries the signal: var %.4f, features_only %.4f, "
-                    "embedding_only %.4f\n", var, mf, me);
+    fprintf(stderr,
+            "  identity carries the signal: var %.4f, features_only %.4f, "
+            "embedding_only %.4f\n",
+            var, mf, me);
     CHECK(me < 0.2 * var);
     CHECK(me < 0.3 * mf);
 }
@@ -304,8 +308,8 @@ static struct qs_bench *digits_bench(uint64_t seed, char *model, char *data)
         return NULL;
     qs_qopts_default(&o.opt);
     struct qs_bench *b = NULL;
-    if (qs_study_open(&o, "datasets/models/digits-mlp.safetensors", seed, &b, model, 512, data,
-                      512, &e) < 0)
+    if (qs_study_open(&o, "datasets/models/digits-mlp.safetensors", seed, &b, model, 512, data, 512,
+                      &e) < 0)
         fprintf(stderr, "  %s\n", e.msg);
     return b;
 }
