@@ -152,6 +152,13 @@ struct qs_bench {
         float *xf[2], *xq[2];
     } rows;
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
+    /* An output rewrite at every site of a corrected path (study q2's shared corrector, q2.h):
+     * qs_bench_layer_forward calls it on the site's output y (n, out), after the site's own
+     * correction, whenever apply_corr is set; NULL: none. The activation caches do not know
+     * it: set it only around a run (qs_bench_run_ex) whose caches are already valid, and clear
+     * it after. */
+    int (*site_out)(void *ctx, int site, float *y, int n, int out, qs_err *e);
+    void *site_out_ctx;
     /* front-end hooks (may be NULL) */
     qs_progress_fn progress;
     void *progress_ctx;

@@ -140,6 +140,14 @@ int qs_q1_aggregate(struct qs_q1 *q, qs_err *e);
 int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model, size_t nm,
                         char *data, size_t nd, qs_err *e);
 
+/* One setting's bench, as the study opens it (shared with study q2, q2.h): model and data of
+ * ARG ("MODEL" or "MODEL:DATA"; the names as written into model / data), weights quantized by
+ * o's format (transformers: o->lm_fmt when set), session seed SEED; an MLP's held-out samples
+ * re-drawn into calibration and test by SEED (never its training samples). Free with
+ * qs_bench_free. 0, or -1 with a message naming the model. */
+int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
+                  struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e);
+
 /* The verdict rule above; a NaN Spearman (constant values) gives "unclear". */
 const char *qs_q1_verdict(double median_r_q, double spearman);
 

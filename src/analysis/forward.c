@@ -102,6 +102,8 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
         memcpy(pre, t, ny * sizeof(float));
         free(t);
     }
+    if (apply_corr && b->site_out)
+        rc = b->site_out(b->site_out_ctx, i, pre, n, l.out, e);
 out:
     free(xq);
     free(wtmp);
@@ -768,7 +770,7 @@ int qs_bench_site_identity(const struct qs_bench *b, int i)
 {
     const struct qs_layer_state *s = &b->ls[i];
     int corr = s->corr.method != QS_CORR_CLOCAL && (s->corr.c || s->corr.db || s->corr.amap);
-    return !s->wq && s->afmt.kind == QS_FMT_NONE && !corr;
+    return !s->wq && s->afmt.kind == QS_FMT_NONE && !corr && !b->site_out;
 }
 
 int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e)

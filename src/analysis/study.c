@@ -632,6 +632,23 @@ int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model
     return 0;
 }
 
+int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
+                  struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e)
+{
+    struct qs_bench *b;
+    if (open_bench(o, arg, &b, model, nm, data, nd, e) < 0)
+        return -1;
+    b->seed = seed;
+    if (!b->lm && (qs_bench_resplit(b, b->split_seed, b->f_train, b->f_calib, e) < 0 ||
+                   redraw_heldout(&b->split, seed, e) < 0)) {
+        qs_bench_free(b);
+        return qs_err_prefix(e, model);
+    }
+    *out = b;
+    return 0;
+}
+
+
 /* The study's aggregates from its settings and layer rows: one function for the in-process run
  * and for `study merge`, which rebuilds the rows from per-setting records, so that both give the
  * same figures bit for bit. */

@@ -1,5 +1,5 @@
-/* cmd_study.c - commands of sensitivity, allocation, QAT and the Q1 study: sensitivity,
- * allocate, qat, study q1. */
+/* cmd_study.c - commands of sensitivity, allocation, QAT and the Q1 and Q2 studies:
+ * sensitivity, allocate, qat, study q1, study q2. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,6 +9,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/q2.h"
 #include "qscope/qat.h"
 #include "qscope/sensitivity.h"
 #include "qscope/spectral.h"
@@ -1793,6 +1794,419 @@ out:
     return rc;
 }
 
+/* ---- study q2 ------------------------------------------------------------------------------ */
+
+/* The bundled settings of study q2: the digits MLP and both tiny transformers on their text. */
+static const char *const q2_bundled[] = {"datasets/models/digits-mlp.safetensors",
+                                         "datasets/models/tiny-gpt2:datasets/text/licenses.txt",
+                                         "datasets/models/tiny-llama:datasets/text/licenses.txt"};
+
+static void q2_unstable_names(int mask, char *buf, size_t n)
+{
+    buf[0] = 0;
+    for (int v = 0; v < QS_Q2_NVAR; v++)
+        if ((mask >> v) & 1)
+            snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", buf[0] ? "," : "",
+                     qs_q2_variant_name((enum qs_q2_variant)v));
+}
+
+/* The Q2 report from its records alone (text into t, JSON into o_): a pure function of the
+ * settings, so that results gathered elsewhere (a plan's jobs) give the same report. */
+static void q2_report(const struct qs_q2_setting *rec, int n, const struct qs_q2_opts *o,
+                      const char *fmt, const char *opts, cJSON *o_, struct qs_sb *t)
+{
+    struct qs_q2_summary sm;
+    qs_q2_summarize(rec, n, &sm);
+    int nm = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int k = 0; k < i && !seen; k++)
+            seen = !strcmp(rec[k].model, rec[i].model);
+        nm += !seen;
+    }
+    cJSON_AddStringToObject(o_, "regime", "weight-only");
+    cJSON_AddStringToObject(o_, "format", fmt);
+    cJSON_AddStringToObject(o_, "options", opts);
+    cJSON *cj = cJSON_CreateObject();
+    char arch[96];
+    snprintf(arch, sizeof arch, "mlp d_in-%d-%d-1 tanh", o->hidden, o->hidden);
+    cJSON_AddStringToObject(cj, "architecture", arch);
+    cJSON_AddStringToObject(cj, "optimizer", "adam");
+    qs_json_num(cj, "lr", o->lr);
+    cJSON_AddNumberToObject(cj, "epochs", o->epochs);
+    cJSON_AddNumberToObject(cj, "batch", o->batch);
+    cJSON_AddNumberToObject(cj, "n_fit", o->n_fit);
+    cJSON_AddNumberToObject(cj, "n_eval", o->n_eval);
+    cJSON *fa = cJSON_CreateArray();
+    for (int k = 0; k < QS_Q2_NFEAT; k++)
+        cJSON_AddItemToArray(fa, cJSON_CreateString(qs_q2_feature_name(k)));
+    cJSON_AddItemToObject(cj, "features", fa);
+    cJSON_AddItemToObject(o_, "corrector", cj);
+    qs_sb_printf(t, "study q2: %d model%s, %d setting%s, weights %s %s (weight-only)\n", nm,
+                 nm == 1 ? "" : "s", n, n == 1 ? "" : "s", fmt, opts);
+    if (sm.nlm && o->lm_fmt)
+        qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the default for "
+                        "transformers without format=/gran=)%s\n",
+                     sm.nlm == n ? "" : "; MLPs: int3 per tensor");
+    qs_sb_printf(t,
+                 "corrector: one network shared by every site and output channel of a model, "
+                 "x -> %d tanh -> %d tanh -> 1, Adam (lr %g), %d epochs, batches of %d, "
+                 "%d calibration elements (an equal share per site), seeded by the setting's "
+                 "seed\n",
+                 o->hidden, o->hidden, o->lr, o->epochs, o->batch, o->n_fit);
+    qs_sb_printf(t, "  x = [u, log10 ||E_j||, log10 s_j, log10 ||W_j||, cond], u = Y_q / r_s; "
+                    "target t = (Y_f - Y_q) / r_s; r_s = RMS of the site's Y_q (calibration); "
+                    "E = W - Q(W), s_j = RMS of row j's scales; columns standardised\n");
+    qs_sb_printf(t, "  cond: embedding_only = learned embeddings of the site index (%d) and kind "
+                    "(%d); features_only = %d site statistics (",
+                 QS_Q2_EMB_SITE, QS_Q2_EMB_KIND, QS_Q2_NFEAT);
+    for (int k = 0; k < QS_Q2_NFEAT; k++)
+        qs_sb_printf(t, "%s%s", k ? " " : "", qs_q2_feature_name(k));
+    qs_sb_printf(t, "); features_plus_embedding = both\n");
+    qs_sb_printf(t, "mse = held-out mean (t - t_hat)^2 over %d held-out elements (mse_none: no "
+                    "correction); gain = held-out loss of the quantized model - loss with the "
+                    "corrector at every site\n\n",
+                 o->n_eval);
+    qs_sb_printf(t, "%-16s %4s %4s %8s %9s %9s %9s %9s %7s %9s %9s %9s  %s\n", "model", "seed",
+                 "gate", "loss_q", "mse_none", "mse_emb", "mse_feat", "mse_both", "impr",
+                 "gain_emb", "gain_feat", "gain_both", "verdict");
+    cJSON *js = cJSON_CreateArray(), *jsites = cJSON_CreateArray();
+    int gates = 0;
+    for (int i = 0; i < n; i++) {
+        const struct qs_q2_setting *s = &rec[i];
+        char nb[256];
+        base_name(s->model, nb, sizeof nb);
+        gates += s->gate_pass;
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", s->model);
+        cJSON_AddStringToObject(j, "data", s->data);
+        cJSON_AddNumberToObject(j, "seed", (double)s->seed);
+        cJSON_AddStringToObject(j, "arch", s->arch);
+        cJSON_AddStringToObject(j, "format", s->format);
+        cJSON_AddStringToObject(j, "options", s->options);
+        cJSON_AddNumberToObject(j, "sites", s->nsites);
+        cJSON_AddStringToObject(j, "gate", s->gate_pass ? "pass" : "fail");
+        qs_json_num(j, "float_loss", s->float_loss);
+        qs_json_num(j, "quant_loss", s->quant_loss);
+        qs_json_num(j, "float_acc", s->float_acc);
+        qs_json_num(j, "quant_acc", s->quant_acc);
+        qs_json_num(j, "bits_per_weight", s->bits_per_weight);
+        cJSON_AddNumberToObject(j, "n_fit", s->n_fit);
+        cJSON_AddNumberToObject(j, "n_eval", s->n_eval);
+        qs_json_num(j, "mse_none", s->mse_none);
+        for (int v = 0; v < QS_Q2_NVAR; v++) {
+            char k[64];
+            snprintf(k, sizeof k, "mse_%s", qs_q2_variant_name((enum qs_q2_variant)v));
+            qs_json_num(j, k, s->mse[v]);
+        }
+        for (int v = 0; v < QS_Q2_NVAR; v++) {
+            char k[64];
+            snprintf(k, sizeof k, "loss_gain_%s", qs_q2_variant_name((enum qs_q2_variant)v));
+            qs_json_num(j, k, s->loss_gain[v]);
+        }
+        qs_json_num(j, "improvement", s->improvement);
+        char ub[96];
+        q2_unstable_names(s->unstable, ub, sizeof ub);
+        cJSON_AddStringToObject(j, "unstable", ub);
+        cJSON_AddStringToObject(j, "verdict", s->verdict);
+        cJSON_AddItemToArray(js, j);
+        qs_sb_printf(t, "%-16s %4llu %4s", nb, (unsigned long long)s->seed,
+                     s->gate_pass ? "pass" : "FAIL");
+        put_num(t, 9, "%.4f", s->quant_loss);
+        put_num(t, 10, "%.5f", s->mse_none);
+        for (int v = 0; v < QS_Q2_NVAR; v++)
+            put_num(t, 10, "%.5f", s->mse[v]);
+        put_num(t, 7, "%+.1f%%", 100 * s->improvement);
+        for (int v = 0; v < QS_Q2_NVAR; v++)
+            put_num(t, 10, "%+.4f", s->loss_gain[v]);
+        qs_sb_printf(t, "  %s%s\n", s->verdict, s->unstable ? " (unstable)" : "");
+        for (int k = 0; k < s->nsites && s->sites; k++) {
+            const struct qs_q2_site *x = &s->sites[k];
+            cJSON *q = cJSON_CreateObject();
+            cJSON_AddStringToObject(q, "model", s->model);
+            cJSON_AddNumberToObject(q, "seed", (double)s->seed);
+            cJSON_AddStringToObject(q, "site", x->name);
+            cJSON_AddNumberToObject(q, "kind", x->kind);
+            cJSON_AddNumberToObject(q, "out", x->out);
+            qs_json_num(q, "rms", x->rms);
+            cJSON *f = cJSON_CreateObject();
+            for (int m = 0; m < QS_Q2_NFEAT; m++)
+                qs_json_num(f, qs_q2_feature_name(m), x->feat[m]);
+            cJSON_AddItemToObject(q, "features", f);
+            qs_json_num(q, "mse_none", x->mse_none);
+            for (int v = 0; v < QS_Q2_NVAR; v++) {
+                char kk[64];
+                snprintf(kk, sizeof kk, "mse_%s", qs_q2_variant_name((enum qs_q2_variant)v));
+                qs_json_num(q, kk, x->mse[v]);
+            }
+            cJSON_AddItemToArray(jsites, q);
+        }
+    }
+    cJSON_AddItemToObject(o_, "settings", js);
+    /* per site */
+    qs_sb_printf(t, "\n%-16s %4s %-28s %4s %5s %9s %9s %9s %9s %9s\n", "model", "seed", "site",
+                 "kind", "out", "r_s", "mse_none", "mse_emb", "mse_feat", "mse_both");
+    for (int i = 0; i < n; i++) {
+        const struct qs_q2_setting *s = &rec[i];
+        char nb[256];
+        base_name(s->model, nb, sizeof nb);
+        for (int k = 0; k < s->nsites && s->sites; k++) {
+            const struct qs_q2_site *x = &s->sites[k];
+            qs_sb_printf(t, "%-16s %4llu %-28s %4d %5d", nb, (unsigned long long)s->seed,
+                         x->name, x->kind, x->out);
+            put_num(t, 10, "%.4g", x->rms);
+            put_num(t, 10, "%.5f", x->mse_none);
+            for (int v = 0; v < QS_Q2_NVAR; v++)
+                put_num(t, 10, "%.5f", x->mse[v]);
+            qs_sb_printf(t, "\n");
+        }
+    }
+    cJSON_AddItemToObject(o_, "sites", jsites);
+    cJSON *vd = cJSON_CreateObject();
+    cJSON_AddNumberToObject(vd, "supported", sm.nsupported);
+    cJSON_AddNumberToObject(vd, "refuted", sm.nrefuted);
+    cJSON_AddNumberToObject(vd, "unclear", sm.nunclear);
+    cJSON_AddNumberToObject(vd, "excluded_gate_fail", sm.nexcluded);
+    cJSON_AddItemToObject(o_, "verdicts", vd);
+    cJSON *ag = cJSON_CreateObject();
+    qs_json_num(ag, "improvement_mean", sm.impr_mean);
+    qs_json_num(ag, "improvement_min", sm.impr_min);
+    qs_json_num(ag, "improvement_max", sm.impr_max);
+    qs_json_num(ag, "mse_none_mean", sm.mse_none_mean);
+    for (int v = 0; v < QS_Q2_NVAR; v++) {
+        char k[64];
+        snprintf(k, sizeof k, "mse_%s_mean", qs_q2_variant_name((enum qs_q2_variant)v));
+        qs_json_num(ag, k, sm.mse_mean[v]);
+        snprintf(k, sizeof k, "loss_gain_%s_mean", qs_q2_variant_name((enum qs_q2_variant)v));
+        qs_json_num(ag, k, sm.gain_mean[v]);
+        snprintf(k, sizeof k, "unstable_%s", qs_q2_variant_name((enum qs_q2_variant)v));
+        cJSON_AddNumberToObject(ag, k, sm.unstable_var[v]);
+    }
+    cJSON_AddNumberToObject(ag, "unstable_settings", sm.nunstable);
+    cJSON_AddItemToObject(o_, "aggregate", ag);
+    cJSON *rep = cJSON_CreateObject();
+    cJSON_AddNumberToObject(rep, "settings", QS_Q2_REPORT_SETTINGS);
+    cJSON_AddNumberToObject(rep, "supported", QS_Q2_REPORT_SUPPORTED);
+    cJSON_AddNumberToObject(rep, "unclear", QS_Q2_REPORT_UNCLEAR);
+    qs_json_num(rep, "improvement_mean", QS_Q2_REPORT_IMPR_MEAN);
+    qs_json_num(rep, "loss_gain_embedding_only_mean", QS_Q2_REPORT_GAIN_EMB);
+    qs_json_num(rep, "loss_gain_features_only_mean", QS_Q2_REPORT_GAIN_FEAT);
+    qs_json_num(rep, "loss_gain_features_plus_embedding_mean", QS_Q2_REPORT_GAIN_BOTH);
+    cJSON_AddItemToObject(o_, "report", rep);
+    qs_sb_printf(t,
+                 "\nverdicts: %d supported, %d refuted, %d unclear (of %d settings; supported: "
+                 "features_only MSE >= 15%% below embedding_only and the best feature-based "
+                 "gain >= +0.0100; refuted: features_only MSE above embedding_only and no gain "
+                 "> 0)\n",
+                 sm.nsupported, sm.nrefuted, sm.nunclear, n - sm.nexcluded);
+    if (sm.nexcluded)
+        qs_sb_printf(t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
+                        "verdict counts and the aggregates\n",
+                     sm.nexcluded, sm.nexcluded == 1 ? "" : "s");
+    qs_sb_printf(t, "features_only vs embedding_only, held-out MSE improvement: mean ");
+    put_num(t, 0, "%+.1f%%", 100 * sm.impr_mean);
+    qs_sb_printf(t, " (min ");
+    put_num(t, 0, "%+.1f%%", 100 * sm.impr_min);
+    qs_sb_printf(t, ", max ");
+    put_num(t, 0, "%+.1f%%", 100 * sm.impr_max);
+    qs_sb_printf(t, ")\nmean gain (embedding / features / both): ");
+    for (int v = 0; v < QS_Q2_NVAR; v++) {
+        put_num(t, 0, "%+.4f", sm.gain_mean[v]);
+        qs_sb_printf(t, "%s", v + 1 < QS_Q2_NVAR ? " / " : "\n");
+    }
+    if (sm.nunstable) {
+        qs_sb_printf(t, "instability (a negative downstream gain: the corrector, fitted on the "
+                        "uncorrected path, hurts once its corrections feed the later sites) in %d "
+                        "setting%s:\n",
+                     sm.nunstable, sm.nunstable == 1 ? "" : "s");
+        for (int i = 0; i < n; i++)
+            if (rec[i].unstable && rec[i].gate_pass) {
+                char nb[256];
+                qs_sb_printf(t, "  %s seed %llu (%d sites):", base_name(rec[i].model, nb, sizeof nb),
+                             (unsigned long long)rec[i].seed, rec[i].nsites);
+                for (int v = 0; v < QS_Q2_NVAR; v++)
+                    if ((rec[i].unstable >> v) & 1)
+                        qs_sb_printf(t, " %s %+.4f", qs_q2_variant_name((enum qs_q2_variant)v),
+                                     rec[i].loss_gain[v]);
+                qs_sb_printf(t, "\n");
+            }
+    } else {
+        qs_sb_printf(t, "instability (a negative downstream gain): none\n");
+    }
+    qs_sb_printf(t,
+                 "overnight report's figures (%d transformer settings; the report is not "
+                 "distributed with qscope, see qscope-methods(7)): %d supported, %d unclear; "
+                 "improvement mean %+.1f%% (min %+.1f%%, max %+.1f%%); mean gain %.3f / %.3f / "
+                 "%.3f; two (256, 6) settings had a negative gain for features_only\n",
+                 QS_Q2_REPORT_SETTINGS, QS_Q2_REPORT_SUPPORTED, QS_Q2_REPORT_UNCLEAR,
+                 100 * QS_Q2_REPORT_IMPR_MEAN, 100 * QS_Q2_REPORT_IMPR_MIN,
+                 100 * QS_Q2_REPORT_IMPR_MAX, QS_Q2_REPORT_GAIN_EMB, QS_Q2_REPORT_GAIN_FEAT,
+                 QS_Q2_REPORT_GAIN_BOTH);
+    cJSON *task = cJSON_CreateObject();
+    cJSON_AddNumberToObject(task, "settings", n);
+    cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
+    cJSON_AddItemToObject(o_, "task", task);
+    cJSON_AddStringToObject(o_, "gate", gates == n ? "pass" : "fail");
+    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]",
+                 gates == n ? "pass" : "FAIL", gates, n,
+                 gates == n ? "" : ": results of failing settings are flagged");
+}
+
+static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    const char *models = "bundled", *seeds = "0,1,2", *fmtname = "int3", *gran = "tensor";
+    const char *csv = NULL, *models_given = NULL;
+    int fmt_given = 0;
+    long fit = 65536, epochs = 8;
+    struct qs_q2_opts o;
+    qs_q2_opts_default(&o);
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if ((v = qs_opt_value(argv[i], "models")))
+            models = models_given = v;
+        else if ((v = qs_opt_value(argv[i], "seeds")))
+            seeds = v;
+        else if ((v = qs_opt_value(argv[i], "format")))
+            fmtname = v, fmt_given = 1;
+        else if ((v = qs_opt_value(argv[i], "gran")))
+            gran = v, fmt_given = 1;
+        else if ((v = qs_opt_value(argv[i], "csv")))
+            csv = v;
+        else if ((v = qs_opt_value(argv[i], "fit"))) {
+            if (qs_parse_int(v, 256, 1 << 24, &fit, "study q2 fit", e) < 0)
+                return -1;
+        } else if ((v = qs_opt_value(argv[i], "epochs"))) {
+            if (qs_parse_int(v, 1, 1000, &epochs, "study q2 epochs", e) < 0)
+                return -1;
+        } else
+            return qs_errf(e, "usage: study q2 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
+                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] [csv=PREFIX]");
+    }
+    o.n_fit = o.n_eval = (int)fit;
+    o.epochs = (int)epochs;
+    if (qs_format_parse(fmtname, &o.fmt, e) < 0)
+        return -1;
+    if (o.fmt.kind == QS_FMT_NONE)
+        return qs_errf(e, "study q2: format=none leaves nothing to correct");
+    qs_qopts_default(&o.opt);
+    o.opt.seed = c->b->seed;
+    char gt[64];
+    snprintf(gt, sizeof gt, "gran=%s", gran);
+    if (o.fmt.kind != QS_FMT_MX && o.fmt.kind != QS_FMT_NVFP4 &&
+        qs_qopts_parse_token(&o.opt, gt, e) < 0)
+        return -1;
+    if (qs_qopts_check(&o.fmt, &o.opt, e) < 0)
+        return -1;
+    struct qs_format lmf;
+    struct qs_qopts lmo;
+    if (!fmt_given) { /* transformers: int4 per channel, symmetric, as study q1 */
+        if (qs_format_parse("int4", &lmf, e) < 0)
+            return -1;
+        qs_qopts_default(&lmo);
+        lmo.seed = c->b->seed;
+        lmo.gran = QS_GRAN_CHANNEL;
+        if (qs_qopts_check(&lmf, &lmo, e) < 0)
+            return -1;
+        o.lm_fmt = &lmf;
+        o.lm_opt = &lmo;
+    }
+    enum { MAXM = 64 };
+    char paths[MAXM][PATH_MAX];
+    const char *mp[MAXM];
+    int nm = 0;
+    int loaded = !strcmp(models, "bundled") && c->b->lm && !models_given;
+    if (loaded) { /* a transformer loaded: the study is of it on its token data */
+        if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
+            return qs_errf(e, "study q2: load token data for the transformer first (load data "
+                              "PATH.txt|.bin), or name models=DIR:DATA,...");
+        char mb[PATH_MAX], db[PATH_MAX];
+        snprintf(paths[0], sizeof paths[0], "%s:%s", as_bundled(c->b->model_path, mb, sizeof mb),
+                 as_bundled(c->b->data_path, db, sizeof db));
+        mp[nm++] = paths[0];
+    } else if (!strcmp(models, "bundled")) {
+        for (int k = 0; k < 3; k++) {
+            snprintf(paths[nm], sizeof paths[nm], "%s", q2_bundled[k]);
+            mp[nm] = paths[nm];
+            nm++;
+        }
+    } else {
+        char buf[4096];
+        snprintf(buf, sizeof buf, "%s", models);
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            if (nm == MAXM)
+                return qs_errf(e, "study q2: at most %d models", MAXM);
+            snprintf(paths[nm], sizeof paths[nm], "%s", tok);
+            mp[nm] = paths[nm];
+            nm++;
+        }
+    }
+    if (nm == 0)
+        return qs_errf(e, "study q2: models= is empty");
+    uint64_t sv[64];
+    int ns = 0;
+    char sbuf[512];
+    snprintf(sbuf, sizeof sbuf, "%s", seeds);
+    for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        long lv;
+        if (ns == 64)
+            return qs_errf(e, "study q2: at most 64 seeds");
+        if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q2 seed", e) < 0)
+            return -1;
+        sv[ns++] = (uint64_t)lv;
+    }
+    if (ns == 0)
+        return qs_errf(e, "study q2: seeds= is empty");
+    o.models = mp;
+    o.nmodels = nm;
+    o.seeds = sv;
+    o.nseeds = ns;
+    o.progress = c->b->progress;
+    o.progress_ctx = c->b->progress_ctx;
+    c->b->cancel = 0;
+    o.cancel = &c->b->cancel;
+    struct qs_q2 q;
+    if (qs_study_q2(&o, &q, e) < 0)
+        return -1;
+    if (csv && qs_q2_write_csv(q.settings, q.nsettings, &o, csv, e) < 0) {
+        qs_q2_free(&q);
+        return -1;
+    }
+    char canon_seeds[512] = "", opts[200] = "";
+    for (int k = 0; k < ns; k++)
+        snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
+                 "%s%llu", k ? "," : "", (unsigned long long)sv[k]);
+    char gb[24];
+    const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
+                         ? "block"
+                         : gran_word(&o.opt, gb, sizeof gb);
+    char qm[1024], qc[600], mq[1040] = "", fq[80] = "";
+    if (!loaded)
+        snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
+    if (fmt_given || !q.sum.nlm) /* else the transformers' default: replay takes it again */
+        snprintf(fq, sizeof fq, " format=%s gran=%s", o.fmt.name, gw);
+    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s", mq,
+             canon_seeds, fq, o.n_fit, o.epochs, csv ? " csv=" : "",
+             csv ? qs_quote(csv, qc, sizeof qc) : "");
+    int all_lm = q.sum.nlm == q.nsettings && o.lm_fmt;
+    const struct qs_format *tf = all_lm ? o.lm_fmt : &o.fmt;
+    qs_qopts_format(tf, all_lm ? o.lm_opt : &o.opt, opts, sizeof opts);
+    cJSON *o_ = cJSON_CreateObject();
+    cJSON_AddStringToObject(o_, "cmd", "study q2");
+    struct qs_sb t = {0};
+    q2_report(q.settings, q.nsettings, &o, tf->name, opts, o_, &t);
+    if (csv) {
+        qs_sb_printf(&t, "\nwrote %s-master_summary.csv and %s-sites.csv", csv, csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", csv);
+    }
+    qs_set_last_table(c, "study q2 settings", cJSON_GetObjectItem(o_, "settings"), NULL);
+    qs_emit(c, o_, t.s);
+    qs_sb_free(&t);
+    qs_q2_free(&q);
+    return 0;
+}
+
 const struct qs_cmd_def qs_cmds_study[] = {
     {"sensitivity", "[method=delta|grad|fisher|hutchinson|all[,...]] [probes=N]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_sensitivity,
@@ -1853,5 +2267,21 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "in one process gives (the same aggregation over the same full-precision records). Writes "
      "PREFIX-layers.csv, PREFIX-settings.csv, PREFIX-master_summary.csv (default PREFIX DIR/q1), "
      "DIR/q1-summary.json and DIR/q1-report.txt."},
+    {"study q2",
+     "[models=PATH,...|bundled] [seeds=0,1,2] [format=int3] [gran=tensor] [fit=65536] "
+     "[epochs=8] [csv=PREFIX]",
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
+     "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
+     "its identity?",
+     "Each model and seed on a bench of its own: one small network shared by every site and "
+     "output channel predicts the pre-activation correction Y_f - Y_q element by element from "
+     "Y_q, the channel's weight-error norm, scale and row norm, and a conditioning input: a "
+     "learned embedding of the site (embedding_only), the site's quantization-time statistics "
+     "(features_only) or both. Fitted on calibration elements, judged by the held-out "
+     "correction MSE and the held-out loss gain with the corrector at every site; verdict per "
+     "setting, the instability mode (a negative gain) flagged. bundled: the digits MLP, "
+     "tiny-gpt2 and tiny-llama on their text; with a transformer loaded, that model. The "
+     "corrector and the features are defined in qscope-methods(7). csv= writes "
+     "PREFIX-master_summary.csv and PREFIX-sites.csv. The current bench is left untouched."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };
