@@ -119,6 +119,11 @@ int qs_rot_apply(const struct qs_rot *h, float *a, int rows, int transpose, qs_e
  * imp = NULL means all ones. */
 int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                      int cols, const float *imp, float *out, qs_err *e);
+/* The same, also writing each block's chosen parameters into scales (rows * ceil(cols /
+ * qs_quantizer_block) entries, row-major; NULL ok), for qs_quant_pack_blocks. */
+int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                        int rows, int cols, const float *imp, float *out,
+                        struct qs_qblock *scales, qs_err *e);
 
 /* ---- one layer, one model --------------------------------------------------------------- */
 
