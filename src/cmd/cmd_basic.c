@@ -1169,6 +1169,13 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
 {
     const struct qs_corr *cr = &s->corr;
     const char *sep = i ? "," : "";
+    if (packed && s->wq && (s->rot || s->xs))
+        /* the codes are those of W H^T diag(s), a basis the packed layout does not record */
+        return qs_errf(e, "export model … packed: %s is quantized with %s, whose codes are in "
+                          "a rotated or channel-scaled basis that the packed layout does not "
+                          "record; export model PATH (without packed) writes its effective "
+                          "weight in the original basis",
+                       name, s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
     d->aq |= s->afmt.kind != QS_FMT_NONE;
     qs_sb_printf(&d->layers, "%s%s", sep, name);
     qs_sb_printf(&d->fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");

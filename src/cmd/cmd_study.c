@@ -883,6 +883,15 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    for (int i = 0; b->ls && i < qs_bench_nunits(b); i++)
+        if (qs_rule_method_custom(&b->ls[i].wm)) { /* QAT's forward rounds to nearest */
+            struct qs_unit u;
+            char mk[200];
+            qs_bench_unit(b, i, &u);
+            qs_rule_method_format(&b->ls[i].wm, mk, sizeof mk);
+            return qs_errf(e, "qat: %s is quantized with %s, but QAT trains through "
+                              "round-to-nearest; quantize without a method first", u.name, mk);
+        }
     if (b->lm)
         return cmd_qat_lm(c, argc, argv, e);
     struct qs_qat_opts qo = {.epochs = 10, .batch = 64, .lr = 3e-4, .seed = b->seed};
