@@ -1,6 +1,6 @@
 # qscope session
 # version 0.1.0
-# date 2026-12-01T14:07:41Z
+# date 2026-12-01T14:34:00Z
 # seed 0
 # threads 2
 # model datasets/models/digits-mlp.safetensors sha256=8801f2401b8715a750614a4e54581c24602be01fdd510aaaa862358145d47beb
@@ -690,9 +690,157 @@ eval
 # => bits_per_weight=4.25
 # => gate=pass
 # => gate_threshold=0.825
-# 7. The same methods on the bundled tiny GPT-2 (every linear site, streamed windows).
 regime weight
 # => regime=weight-only
+# 7. allocate bits= choosing methods as well as formats: each candidate is judged one site at a
+# time, so its method takes the float model's statistics (inputs=float); apply runs the plan.
+allocate bits=3.5 formats=int2/channel,int3/channel,int4/channel methods=rtn,gptq
+# => budget=3.5
+# => formats=int2/channel,int2/channel+gptq,int3/channel,int3/channel+gptq,int4/channel,int4/channel+gptq
+# => refinement=exchanges
+# => plan[0].layer=fc0
+# => plan[0].format=int3
+# => plan[0].gran=channel
+# => plan[0].bits_per_weight=3.25
+# => plan[0].dloss_calib=0.0182252991
+# => plan[0].command=quant fc0 int3 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => plan[1].layer=fc1
+# => plan[1].format=int3
+# => plan[1].gran=channel
+# => plan[1].bits_per_weight=3.25
+# => plan[1].dloss_calib=0.025079098
+# => plan[1].command=quant fc1 int3 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => plan[2].layer=fc2
+# => plan[2].format=int4
+# => plan[2].gran=channel
+# => plan[2].bits_per_weight=4.25
+# => plan[2].dloss_calib=0.00296703807
+# => plan[2].command=quant fc2 int4 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => table[0].layer=fc0
+# => table[0].candidates[0].format=int2/channel
+# => table[0].candidates[0].bits_per_weight=2.25
+# => table[0].candidates[0].dloss_calib=1.91954559
+# => table[0].candidates[1].format=int2/channel+gptq
+# => table[0].candidates[1].bits_per_weight=2.25
+# => table[0].candidates[1].dloss_calib=0.169699975
+# => table[0].candidates[2].format=int3/channel
+# => table[0].candidates[2].bits_per_weight=3.25
+# => table[0].candidates[2].dloss_calib=0.0862517482
+# => table[0].candidates[3].format=int3/channel+gptq
+# => table[0].candidates[3].bits_per_weight=3.25
+# => table[0].candidates[3].dloss_calib=0.0182252991
+# => table[0].candidates[4].format=int4/channel
+# => table[0].candidates[4].bits_per_weight=4.25
+# => table[0].candidates[4].dloss_calib=0.0126413204
+# => table[0].candidates[5].format=int4/channel+gptq
+# => table[0].candidates[5].bits_per_weight=4.25
+# => table[0].candidates[5].dloss_calib=-0.00498177417
+# => table[1].layer=fc1
+# => table[1].candidates[0].format=int2/channel
+# => table[1].candidates[0].bits_per_weight=2.25
+# => table[1].candidates[0].dloss_calib=0.993694645
+# => table[1].candidates[1].format=int2/channel+gptq
+# => table[1].candidates[1].bits_per_weight=2.25
+# => table[1].candidates[1].dloss_calib=0.0724308179
+# => table[1].candidates[2].format=int3/channel
+# => table[1].candidates[2].bits_per_weight=3.25
+# => table[1].candidates[2].dloss_calib=0.0425861552
+# => table[1].candidates[3].format=int3/channel+gptq
+# => table[1].candidates[3].bits_per_weight=3.25
+# => table[1].candidates[3].dloss_calib=0.025079098
+# => table[1].candidates[4].format=int4/channel
+# => table[1].candidates[4].bits_per_weight=4.25
+# => table[1].candidates[4].dloss_calib=0.00117122604
+# => table[1].candidates[5].format=int4/channel+gptq
+# => table[1].candidates[5].bits_per_weight=4.25
+# => table[1].candidates[5].dloss_calib=-0.00372707716
+# => table[2].layer=fc2
+# => table[2].candidates[0].format=int2/channel
+# => table[2].candidates[0].bits_per_weight=2.25
+# => table[2].candidates[0].dloss_calib=4.90571402
+# => table[2].candidates[1].format=int2/channel+gptq
+# => table[2].candidates[1].bits_per_weight=2.25
+# => table[2].candidates[1].dloss_calib=0.218498572
+# => table[2].candidates[2].format=int3/channel
+# => table[2].candidates[2].bits_per_weight=3.25
+# => table[2].candidates[2].dloss_calib=0.253916564
+# => table[2].candidates[3].format=int3/channel+gptq
+# => table[2].candidates[3].bits_per_weight=3.25
+# => table[2].candidates[3].dloss_calib=0.0104655624
+# => table[2].candidates[4].format=int4/channel
+# => table[2].candidates[4].bits_per_weight=4.25
+# => table[2].candidates[4].dloss_calib=0.0265362219
+# => table[2].candidates[5].format=int4/channel+gptq
+# => table[2].candidates[5].bits_per_weight=4.25
+# => table[2].candidates[5].dloss_calib=0.00296703807
+# => joint_loss_calib=0.165546672
+# => bits_per_weight=3.32246377
+# => acc=0.966666667
+# => loss=0.122598102
+# => float.acc=0.972222222
+# => float.loss=0.119297904
+# => uniform[0].format=int2/channel
+# => uniform[0].bits_per_weight=2.25
+# => uniform[0].acc=0.122222222
+# => uniform[0].loss=25.1045764
+# => uniform[1].format=int2/channel+gptq
+# => uniform[1].bits_per_weight=2.25
+# => uniform[1].acc=0.725
+# => uniform[1].loss=1.67673219
+# => uniform[2].format=int3/channel
+# => uniform[2].bits_per_weight=3.25
+# => uniform[2].acc=0.816666667
+# => uniform[2].loss=0.623244427
+# => uniform[3].format=int3/channel+gptq
+# => uniform[3].bits_per_weight=3.25
+# => uniform[3].acc=0.966666667
+# => uniform[3].loss=0.137202374
+# => uniform[4].format=int4/channel
+# => uniform[4].bits_per_weight=4.25
+# => uniform[4].acc=0.947222222
+# => uniform[4].loss=0.142718571
+# => uniform[5].format=int4/channel+gptq
+# => uniform[5].bits_per_weight=4.25
+# => uniform[5].acc=0.966666667
+# => uniform[5].loss=0.113329927
+# => task.float_acc=0.972222222
+# => task.threshold=0.825
+# => gate=pass
+# => regime=weight-only
+quant fc0 int3 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => pattern=fc0
+# => format=int3
+# => method=method=gptq damp=0.01 order=col inputs=float
+# => matched=1
+# => bits_per_weight=3.78623188
+quant fc1 int3 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => pattern=fc1
+# => format=int3
+# => method=method=gptq damp=0.01 order=col inputs=float
+# => matched=1
+# => bits_per_weight=3.32246377
+quant fc2 int4 gran=channel clip=max round=nearest range=restricted sym scale=f16 method=gptq damp=0.01 order=col inputs=float
+# => pattern=fc2
+# => format=int4
+# => method=method=gptq damp=0.01 order=col inputs=float
+# => matched=1
+# => bits_per_weight=3.32246377
+eval
+# => regime=weight-only
+# => split.seed=0
+# => split.train=1078
+# => split.calib=359
+# => split.test=360
+# => float.acc=0.972222222
+# => float.loss=0.119297904
+# => quant.acc=0.966666667
+# => quant.loss=0.122598102
+# => kl=0.0234176259
+# => top1_agree=0.983333333
+# => bits_per_weight=3.32246377
+# => gate=pass
+# => gate_threshold=0.825
+# 8. The same methods on the bundled tiny GPT-2 (every linear site, streamed windows).
 load model datasets/models/tiny-gpt2
 # => path=datasets/models/tiny-gpt2
 # => arch=gpt2
@@ -1016,4 +1164,4 @@ eval
 # => bits_per_weight=3.19642857
 # => gate=pass
 # => gate_threshold=2.43866319
-# end of session (51 commands)
+# end of session (56 commands)

@@ -403,6 +403,12 @@ int qs_bench_act_xform(const struct qs_layer_state *s, float *x, int n, int in, 
 /* Static activation scale of a site: the absmax of T x over rows x: (n, in) (as
  * qs_bench_static_amax when the site has no transform). */
 float qs_bench_site_static_amax(const struct qs_layer_state *s, const float *x, int n, int in);
+/* Site i's effective weight wq: (out, in) under format f, options o and method m, computed as
+ * a rule would (m->inputs_float chooses the statistics), without changing the site; *bits: the
+ * packed bits plus the method's stored input scale. For allocate's candidates. */
+int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,
+                           const struct qs_qopts *o, const struct qs_rule_method *m, float *wq,
+                           double *bits, qs_err *e);
 /* Frees a site's method state (rotation, scales) and clears mpending. */
 void qs_layer_method_clear(struct qs_layer_state *s);
 

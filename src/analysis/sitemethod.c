@@ -302,17 +302,36 @@ static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, i
 
 /* ---- one site ----------------------------------------------------------------------------- */
 
-/* Computes site i's method: its transform, packed codes, effective weight and error. */
-static int site_apply(struct qs_bench *b, int i, qs_err *e)
+/* A method's result on one site: the codes of the matrix it quantized, the effective weight in
+ * the original basis (NULL when the weights stay float), the activation transform. */
+struct mres {
+    struct qs_packed p;
+    float *wq;
+    struct qs_rot *rot;
+    float *xs;
+    double alpha;
+};
+
+static void mres_free(struct mres *r)
+{
+    qs_packed_free(&r->p);
+    free(r->wq);
+    qs_rot_free(r->rot);
+    free(r->xs);
+    memset(r, 0, sizeof *r);
+}
+
+/* Computes method m with format f, options o on site i: its transform, packed codes and
+ * effective weight. */
+static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
+                          const struct qs_qopts *o, const struct qs_rule_method *m,
+                          struct mres *res, qs_err *e)
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
-    struct qs_layer_state *s = &b->ls[i];
-    const struct qs_rule_method *m = &s->wm;
-    const int rows = u.out, cols = u.in, wq_on = s->wfmt.kind != QS_FMT_NONE;
+    memset(res, 0, sizeof *res);
+    const int rows = u.out, cols = u.in, wq_on = f->kind != QS_FMT_NONE;
     const size_t wn = (size_t)rows * cols;
-    const struct qs_format *f = &s->wfmt;
-    const struct qs_qopts *o = &s->wopt;
     int rc = -1, n = 0, nxf = 0;
     float *x = NULL, *xf = NULL, *wt = NULL, *q = NULL, *qe = NULL, *xs = NULL, *v = NULL;
     double *h = NULL;
@@ -422,7 +441,7 @@ static int site_apply(struct qs_bench *b, int i, qs_err *e)
                 free(sa);
                 goto done;
             }
-            if (qs_awq(f, o, wt, rows, cols, v, h, 0, sa, q, &s->xs_alpha, NULL, NULL, e) < 0) {
+            if (qs_awq(f, o, wt, rows, cols, v, h, 0, sa, q, &res->alpha, NULL, NULL, e) < 0) {
                 free(sa);
                 goto done;
             }
@@ -474,30 +493,14 @@ static int site_apply(struct qs_bench *b, int i, qs_err *e)
         if (rot && qs_rot_apply(rot, qe, rows, 1, e) < 0)
             goto done;
     }
-    /* commit */
-    double num = 0.0, den = 0.0;
-    for (size_t j = 0; qe && j < wn; j++) {
-        double d = (double)u.w[j] - qe[j];
-        num += d * d;
-        den += (double)u.w[j] * u.w[j];
-    }
-    qs_packed_free(&s->packed);
-    free(s->wq);
-    qs_rot_free(s->rot);
-    free(s->xs);
-    s->packed = p;
+    res->p = p;
     memset(&p, 0, sizeof p);
-    s->wq = qe;
+    res->wq = qe;
     qe = NULL;
-    s->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
-    s->rot = rot;
+    res->rot = rot;
     rot = NULL;
-    s->xs = xs;
-    /* the explicit input scale is stored beside the codes, in F32 */
-    s->xform_bits = xs ? 32.0 * cols : 0.0;
+    res->xs = xs;
     xs = NULL;
-    s->a_static_amax = 0.0f; /* calibrated again in the new basis */
-    s->mpending = 0;
     rc = 0;
 done:
     qs_packed_free(&p);
@@ -512,6 +515,57 @@ done:
     free(h);
     free(blk);
     return rc;
+}
+
+
+/* Computes site i's method and commits it: packed codes, effective weight, error, transform. */
+static int site_apply(struct qs_bench *b, int i, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    struct qs_layer_state *s = &b->ls[i];
+    struct mres r;
+    if (method_compute(b, i, &s->wfmt, &s->wopt, &s->wm, &r, e) < 0)
+        return -1;
+    const size_t wn = (size_t)u.out * u.in;
+    double num = 0.0, den = 0.0;
+    for (size_t j = 0; r.wq && j < wn; j++) {
+        double d = (double)u.w[j] - r.wq[j];
+        num += d * d;
+        den += (double)u.w[j] * u.w[j];
+    }
+    qs_packed_free(&s->packed);
+    free(s->wq);
+    qs_rot_free(s->rot);
+    free(s->xs);
+    s->packed = r.p;
+    s->wq = r.wq;
+    s->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+    s->rot = r.rot;
+    s->xs = r.xs;
+    s->xs_alpha = r.alpha;
+    /* the explicit input scale is stored beside the codes, in F32 */
+    s->xform_bits = r.xs && r.wq ? 32.0 * u.in : 0.0;
+    s->a_static_amax = 0.0f; /* calibrated again in the new basis */
+    s->mpending = 0;
+    return 0;
+}
+
+int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,
+                           const struct qs_qopts *o, const struct qs_rule_method *m, float *wq,
+                           double *bits, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    if (f->kind == QS_FMT_NONE)
+        return qs_errf(e, "%s: a method needs a format", u.name);
+    struct mres r;
+    if (method_compute(b, i, f, o, m, &r, e) < 0)
+        return qs_err_prefix(e, u.name);
+    memcpy(wq, r.wq, (size_t)u.out * u.in * sizeof *wq);
+    *bits = 8.0 * (double)qs_packed_bytes(&r.p) + (r.xs ? 32.0 * u.in : 0.0);
+    mres_free(&r);
+    return 0;
 }
 
 int qs_bench_methods_pending(const struct qs_bench *b)

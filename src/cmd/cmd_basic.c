@@ -1175,7 +1175,8 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
                           "a rotated or channel-scaled basis that the packed layout does not "
                           "record; export model PATH (without packed) writes its effective "
                           "weight in the original basis",
-                       name, s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
+                       name,
+                       s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
     d->aq |= s->afmt.kind != QS_FMT_NONE;
     qs_sb_printf(&d->layers, "%s%s", sep, name);
     qs_sb_printf(&d->fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");

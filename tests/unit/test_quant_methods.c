@@ -11,6 +11,7 @@
 
 #include "qscope/bench.h"
 #include "qscope/methods.h"
+#include "qscope/sensitivity.h"
 #include "bundle.h"
 #include "test.h"
 
@@ -351,6 +352,43 @@ static void test_lm_gptq(void)
     qs_bench_free(b);
 }
 
+
+/* allocate bits= with methods: a GPTQ candidate is the site GPTQ computes with inputs=float
+ * (its uniform plan scores as `quant * int3 gran=channel method=gptq inputs=float` evaluates),
+ * and at the same bits the allocator picks it over round-to-nearest on every layer. */
+static void test_allocate_methods(void)
+{
+    qs_err e = {{0}};
+    struct qs_bench *b = qs_test_open_digits();
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    struct qs_wcand cand[2];
+    memset(cand, 0, sizeof cand);
+    for (int k = 0; k < 2; k++) {
+        qs_format_parse("int3", &cand[k].fmt, &e);
+        qs_qopts_default(&cand[k].opt);
+        qs_qopts_parse_token(&cand[k].opt, "gran=channel", &e);
+        snprintf(cand[k].label, sizeof cand[k].label, k ? "int3/channel+gptq" : "int3/channel");
+    }
+    cand[1].meth.method = QS_METHOD_GPTQ;
+    cand[1].meth.inputs_float = 1;
+    struct qs_bit_plan p;
+    CHECK(qs_allocate_bits(b, cand, 2, 3.25, &p, &e) == 0);
+    for (int i = 0; i < 3; i++)
+        CHECK(p.choice[i] == 1);
+    /* the uniform GPTQ candidate is the bench's GPTQ inputs=float model */
+    CHECK(rule(b, "*", "int3", "gran=channel method=gptq inputs=float", 0, &e) == 3);
+    struct qs_metric m;
+    CHECK(qs_bench_run(b, QS_TEST, ~0ULL, 0, &m, NULL, &e) == 0);
+    CHECK(m.loss == p.uniform_test[1].loss && m.acc == p.uniform_test[1].acc);
+    fprintf(stderr, "  allocate int3/channel: uniform test loss RTN %.4f, GPTQ %.4f\n",
+            p.uniform_test[0].loss, p.uniform_test[1].loss);
+    qs_bit_plan_free(&p);
+    qs_bench_free(b);
+}
+
 TEST_MAIN("quant_methods", TEST_CASE(test_sites_equal_kernels), TEST_CASE(test_awq_site),
           TEST_CASE(test_gptq_beats_rtn_mlp), TEST_CASE(test_upstream_recompute),
-          TEST_CASE(test_act_transforms), TEST_CASE(test_refusals), TEST_CASE(test_lm_gptq))
+          TEST_CASE(test_act_transforms), TEST_CASE(test_refusals), TEST_CASE(test_lm_gptq),
+          TEST_CASE(test_allocate_methods))
