@@ -451,7 +451,7 @@ correct fc1 lqer r=4 prec=float
 # => recovery_calib=0.099250001
 # => params=512
 # => bits_added=16384
-# => layer_bits_per_weight=7.25
+# => layer_bits_per_weight=7.75
 # => quant_acc=0.916666667
 # => task.float_acc=0.972222222
 # => task.threshold=0.825
