@@ -636,17 +636,22 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             if (ra != rw)
                 b->rules[ra].matched++;
         }
-        /* the site's method: its weight rule's; an activation-only site keeps only the
-         * rotation or smoothing of its activation rule (the basis its activations round in) */
+        /* the site's method: its weight rule's. The basis (rotation, smoothing) is the site's,
+         * for weights and activations alike: the weight rule's, else the activation rule's
+         * (not smoothing under AWQ, whose own scales are the site's channel scales) */
         struct qs_rule_method wm;
         qs_rule_method_default(&wm);
-        if (rw >= 0 && wf.kind != QS_FMT_NONE) {
+        if (rw >= 0 && wf.kind != QS_FMT_NONE)
             wm = b->rules[rw].meth;
-        } else if (ra >= 0 && af.kind != QS_FMT_NONE) {
-            wm.rotate = b->rules[ra].meth.rotate;
-            wm.smooth_on = b->rules[ra].meth.smooth_on;
-            wm.smooth = b->rules[ra].meth.smooth;
-            wm.seed = b->rules[ra].meth.seed;
+        if (!wm.rotate && !wm.smooth_on && ra >= 0 && af.kind != QS_FMT_NONE) {
+            const struct qs_rule_method *am = &b->rules[ra].meth;
+            if (am->rotate) {
+                wm.rotate = 1;
+                wm.seed = am->seed;
+            } else if (am->smooth_on && wm.method != QS_METHOD_AWQ) {
+                wm.smooth_on = 1;
+                wm.smooth = am->smooth;
+            }
         }
         int custom = qs_rule_method_custom(&wm);
         char oldw[256], neww[256], olda[256], newa[256], oldm[200], newm[200];
