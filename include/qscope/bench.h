@@ -15,6 +15,8 @@
 #include "qscope/mlp.h"
 #include "qscope/tokens.h"
 
+struct qs_rot;
+
 enum qs_regime { QS_REGIME_WEIGHT, QS_REGIME_ACT, QS_REGIME_FULL };
 const char *qs_regime_name(enum qs_regime r);  /* "weight-only", "activation-only", ... */
 const char *qs_regime_word(enum qs_regime r);  /* "weight", "act", "full" (command words) */
@@ -24,6 +26,38 @@ enum { QS_ROLE_W = 1, QS_ROLE_A = 2 };
 /* Activation scale mode for the activation role. */
 enum qs_amode { QS_AMODE_DYNAMIC, QS_AMODE_TOKEN, QS_AMODE_STATIC };
 
+/* A rule's quantizer method (methods.h): how the weight is rounded and in which basis the site
+ * quantizes. The default (method=rtn, no rotation, no smoothing), which a zeroed struct is, is
+ * round-to-nearest as before. */
+struct qs_rule_method {
+    int method;             /* enum qs_method: QS_METHOD_RTN, _GPTQ, _AWQ, _IMATRIX
+                               (weight=imatrix) */
+    double damp;            /* GPTQ: damping relative to the mean diagonal of H (> 0; 0 in a
+                               zeroed rule means the default 0.01) */
+    int act_order;          /* GPTQ order=act: columns by decreasing H_jj */
+    int inputs_float;       /* inputs=float: statistics from the float model's inputs; default
+                               (inputs=quant) from the partly quantized model, sites in order */
+    int rotate;             /* rotate=hadamard: randomized Hadamard basis of the input dim */
+    int smooth_on;          /* smooth=alpha (SmoothQuant) given */
+    double smooth;          /* its alpha in [0, 1] */
+    uint64_t seed;          /* rotation seed: the session seed when the rule was made (a site
+                               uses seed + its index) */
+};
+void qs_rule_method_default(struct qs_rule_method *m);
+/* Parses one token of `quant` (method=rtn|gptq|awq, damp=X, order=act|col, inputs=float|quant,
+ * weight=imatrix|plain, rotate=hadamard|none, smooth=A): 1 when it was one of them, 0 when not
+ * (m unchanged), -1 on a bad value (message in e). */
+int qs_rule_method_parse_token(struct qs_rule_method *m, const char *tok, qs_err *e);
+/* Checks a parsed method against the rule's format and roles (combinations that are refused,
+ * with why). 0 or -1. */
+int qs_rule_method_check(const struct qs_rule_method *m, const struct qs_format *f, int roles,
+                         qs_err *e);
+/* Canonical option string of a method, every option of it spelled out ("method=gptq damp=0.01
+ * order=col inputs=quant rotate=hadamard"); empty for plain round-to-nearest. */
+void qs_rule_method_format(const struct qs_rule_method *m, char *buf, size_t n);
+/* Whether m is other than plain round-to-nearest (so the site is quantized by the methods). */
+int qs_rule_method_custom(const struct qs_rule_method *m);
+
 struct qs_rule {
     char pattern[64];
     struct qs_format fmt;
@@ -31,6 +65,7 @@ struct qs_rule {
     int roles;              /* QS_ROLE_* bits, or 0 = the regime's default roles */
     enum qs_amode amode;
     int matched;            /* layers matched at the last resolution */
+    struct qs_rule_method meth; /* the quantizer method (default: round-to-nearest) */
 };
 
 enum qs_corr_method {
@@ -86,6 +121,18 @@ struct qs_layer_state {
      * when unknown; a change of the layer's formats forgets it */
     double sens;
     char sens_method[16];
+    /* the site's quantizer method (the weight rule's; an activation-only site takes the
+     * rotation or smoothing of its activation rule). A method other than round-to-nearest is
+     * computed in forward order by qs_bench_methods_refresh once the calibration data is there;
+     * until then mpending is set and wq is NULL. packed then holds the codes of the matrix the
+     * method quantized (in the rotated / scaled basis), wq the effective weight in the original
+     * basis (what x wq^T computes), so every analysis reads it unchanged. */
+    struct qs_rule_method wm;
+    int mpending;
+    struct qs_rot *rot;          /* rotate=hadamard: x -> H x before activation quantization */
+    float *xs;                   /* AWQ / SmoothQuant: x -> x / xs (per input channel) */
+    double xs_alpha;             /* AWQ: the alpha its grid search chose */
+    double xform_bits;           /* bits stored beside the packed weight (xs in F32) */
 };
 
 /* Activations of one split along one path (the float model, or the quantized one with its
@@ -163,6 +210,7 @@ struct qs_bench {
     qs_progress_fn progress;
     void *progress_ctx;
     _Atomic int cancel;          /* set from another thread to cancel long work */
+    int methods_busy;            /* qs_bench_methods_refresh is running (no re-entry) */
 };
 
 /* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in), b: (out) or
@@ -344,5 +392,31 @@ void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n);
 
 /* Total bits per weight of the model's weights as configured (packed sizes; float layers 32). */
 double qs_bench_bits_per_weight(const struct qs_bench *b);
+
+/* ---- quantizer methods on sites (sitemethod.c) ------------------------------------------- */
+
+/* Computes the pending methods of the sites (wq, packed, the activation transform), in forward
+ * order, so that a sequential site sees the sites before it already quantized. When the model
+ * and its calibration data are not ready, pending sites stay pending: strict = 0 returns 0
+ * then, strict = 1 an error naming the site and what it needs. */
+int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e);
+/* Whether some site's method is still to be computed. */
+int qs_bench_methods_pending(const struct qs_bench *b);
+/* The site's activation transform T (rotation, then division by xs) applied in place to the
+ * rows of x: (n, in); inverse = 1 applies T^-1. Activations are quantized as T^-1 Q(T x), so
+ * the float product is unchanged. No-op without a transform. */
+int qs_bench_act_xform(const struct qs_layer_state *s, float *x, int n, int in, int inverse,
+                       qs_err *e);
+/* Static activation scale of a site: the absmax of T x over rows x: (n, in) (as
+ * qs_bench_static_amax when the site has no transform). */
+float qs_bench_site_static_amax(const struct qs_layer_state *s, const float *x, int n, int in);
+/* Site i's effective weight wq: (out, in) under format f, options o and method m, computed as
+ * a rule would (m->inputs_float chooses the statistics), without changing the site; *bits: the
+ * packed bits plus the method's stored input scale. For allocate's candidates. */
+int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,
+                           const struct qs_qopts *o, const struct qs_rule_method *m, float *wq,
+                           double *bits, qs_err *e);
+/* Frees a site's method state (rotation, scales) and clears mpending. */
+void qs_layer_method_clear(struct qs_layer_state *s);
 
 #endif

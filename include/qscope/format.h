@@ -147,6 +147,17 @@ struct qs_packed {
 int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                   int cols, struct qs_packed *p, qs_err *e);
 
+/* Packs values w: (rows, cols) that a method already placed on the format's grid with block
+ * parameters of its own (blocks: rows * ceil(cols / block) entries, row-major, as qs_gptq's
+ * scales; unused when the scale is shared by the tensor, whose parameters, like the NVFP4
+ * tensor scale, come from ref, the matrix the method started from: (rows, cols)). Each value is
+ * rounded at its block's scale, which keeps a value on the grid, so unpack gives w back. Nearest
+ * rounding only; not for ggml types. Errors as qs_quant_pack. */
+struct qs_qblock;
+int qs_quant_pack_blocks(const struct qs_format *f, const struct qs_qopts *o, const float *ref,
+                         const float *w, const struct qs_qblock *blocks, int rows, int cols,
+                         struct qs_packed *p, qs_err *e);
+
 /* Decodes p into out: (rows, cols) row-major. */
 int qs_quant_unpack(const struct qs_packed *p, float *out, qs_err *e);
 

@@ -7,8 +7,9 @@
  * format.h through qs_quantizer (so every result is a value qs_quant_fake's grid can hold at the
  * block's scale). Definitions and citations: man/qscope-methods.7, "Quantizer methods".
  *
- * qscope: these are kernels, not yet options of `quant`; the caller (a rule of the bench) owns
- * the statistics (H = 2 X^T X, mean |x|, max |x|, mean x^2) and decides where a scale or a rotation
+ * These are the kernels; `quant ... method=gptq|awq weight=imatrix rotate=hadamard smooth=A`
+ * applies them to a bench's sites (src/analysis/sitemethod.c, bench.h). The caller owns the
+ * statistics (H = 2 X^T X, mean |x|, max |x|, mean x^2) and decides where a scale or a rotation
  * is folded. Inputs are never modified unless the comment says in place. Errors: 0 / -1 with a
  * message in e; large buffers are memory-checked (qs_alloc). */
 #ifndef QSCOPE_METHODS_H
@@ -119,6 +120,11 @@ int qs_rot_apply(const struct qs_rot *h, float *a, int rows, int transpose, qs_e
  * imp = NULL means all ones. */
 int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                      int cols, const float *imp, float *out, qs_err *e);
+/* The same, also writing each block's chosen parameters into scales (rows * ceil(cols /
+ * qs_quantizer_block) entries, row-major; NULL ok), for qs_quant_pack_blocks. */
+int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                        int rows, int cols, const float *imp, float *out,
+                        struct qs_qblock *scales, qs_err *e);
 
 /* ---- one layer, one model --------------------------------------------------------------- */
 

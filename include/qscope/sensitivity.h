@@ -130,6 +130,8 @@ struct qs_wcand {
     int rank;                 /* its rank (a layer with min(out, in) < rank cannot take it) */
     char prec[32];            /* its factors' precision: "float" or a format name */
     char label[80];           /* "int4/channel", "int3/channel+qera:r=4:int8" */
+    struct qs_rule_method meth; /* quantizer method (zero: round-to-nearest); allocate takes
+                                   its statistics from the float model (inputs=float) */
 };
 
 struct qs_bit_plan {

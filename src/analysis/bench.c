@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "qscope/lmbench.h"
+#include "qscope/methods.h"
 
 static const char *const regime_names[] = {"weight-only", "activation-only", "weight+activation"};
 static const char *const regime_words[] = {"weight", "act", "full"};
@@ -105,6 +106,7 @@ static void layer_states_free(struct qs_bench *b)
         qs_packed_free(&b->ls[i].packed);
         free(b->ls[i].wq);
         qs_corr_clear(&b->ls[i].corr);
+        qs_layer_method_clear(&b->ls[i]);
     }
     free(b->ls);
     b->ls = NULL;
@@ -177,6 +179,32 @@ void qs_bench_invalidate(struct qs_bench *b, int i)
     }
 }
 
+/* The calibration data changed: the sites whose method takes statistics of it are computed
+ * again (now if the bench is ready, else when it is). */
+static int methods_data_changed(struct qs_bench *b, qs_err *e)
+{
+    int any = 0;
+    for (int i = 0; b->ls && i < nlayers_of(b); i++) {
+        struct qs_layer_state *s = &b->ls[i];
+        if (!(s->wm.smooth_on || (s->wfmt.kind != QS_FMT_NONE && s->wm.method != QS_METHOD_RTN)))
+            continue;
+        struct qs_rule_method wm = s->wm;
+        qs_packed_free(&s->packed);
+        free(s->wq);
+        s->wq = NULL;
+        qs_layer_method_clear(s);
+        s->wm = wm;
+        s->mpending = 1;
+        s->sens_method[0] = 0;
+        qs_corr_clear(&s->corr);
+        if (!any)
+            qs_bench_invalidate(b, i);
+        qs_bench_mark_stale(b, i);
+        any = 1;
+    }
+    return any ? qs_bench_methods_refresh(b, 0, e) : 0;
+}
+
 /* Forgets the model of either kind, its per-unit state and caches. */
 static void drop_model(struct qs_bench *b)
 {
@@ -228,7 +256,9 @@ int qs_bench_set_tokens(struct qs_bench *b, struct qs_tokens *t, const char *pat
     b->tokens = t;
     free(b->data_path);
     b->data_path = qs_strdup(path);
-    return b->lm ? qs_bench_lm_ready(b, e) : 0;
+    if (b->lm && qs_bench_lm_ready(b, e) < 0)
+        return -1;
+    return methods_data_changed(b, e);
 }
 
 int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, qs_err *e)
@@ -383,7 +413,7 @@ int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f
     /* static activation scales depend on the calibration data */
     for (int i = 0; b->ls && i < nlayers_of(b); i++)
         b->ls[i].a_static_amax = 0.0f;
-    return 0;
+    return methods_data_changed(b, e);
 }
 
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
@@ -399,7 +429,9 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
         b->calib_n = n;
         b->calib_tokens = 0;
         qs_bench_lm_drop(b);
-        return 0;
+        for (int i = 0; b->ls && i < nlayers_of(b); i++)
+            b->ls[i].a_static_amax = 0.0f;
+        return methods_data_changed(b, e);
     }
     if (!b->data)
         return qs_errf(e, "set calib: no data loaded");
@@ -411,7 +443,7 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
     b->calib_n = n;
     for (int i = 0; b->ls && i < nlayers_of(b); i++)
         b->ls[i].a_static_amax = 0.0f;
-    return 0;
+    return methods_data_changed(b, e);
 }
 
 int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e)
@@ -578,6 +610,7 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
 {
     for (int k = 0; k < b->nrules; k++)
         b->rules[k].matched = 0;
+    int upstream = 0; /* a site before this one computes differently now */
     for (int i = 0; i < nlayers_of(b); i++) {
         struct qs_unit unit, *l = &unit;
         qs_bench_unit(b, i, &unit);
@@ -603,15 +636,69 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             if (ra != rw)
                 b->rules[ra].matched++;
         }
-        char oldw[256], neww[256], olda[256], newa[256];
+        /* the site's method: its weight rule's. The basis (rotation, smoothing) is the site's,
+         * for weights and activations alike: the weight rule's, else the activation rule's
+         * (not smoothing under AWQ, whose own scales are the site's channel scales) */
+        struct qs_rule_method wm;
+        qs_rule_method_default(&wm);
+        if (rw >= 0 && wf.kind != QS_FMT_NONE)
+            wm = b->rules[rw].meth;
+        if (!wm.rotate && !wm.smooth_on && ra >= 0 && af.kind != QS_FMT_NONE) {
+            const struct qs_rule_method *am = &b->rules[ra].meth;
+            if (am->rotate) {
+                wm.rotate = 1;
+                wm.seed = am->seed;
+            } else if (am->smooth_on && wm.method != QS_METHOD_AWQ) {
+                wm.smooth_on = 1;
+                wm.smooth = am->smooth;
+            }
+        }
+        int custom = qs_rule_method_custom(&wm);
+        char oldw[256], neww[256], olda[256], newa[256], oldm[200], newm[200];
         cfg_key(&s->wfmt, &s->wopt, 0, oldw, sizeof oldw);
         cfg_key(&wf, &wo, 0, neww, sizeof neww);
         cfg_key(&s->afmt, &s->aopt, (int)s->amode, olda, sizeof olda);
         cfg_key(&af, &ao, (int)am, newa, sizeof newa);
-        int wchanged = strcmp(oldw, neww) != 0 || (wf.kind != QS_FMT_NONE && !s->wq);
-        int achanged = strcmp(olda, newa) != 0;
+        qs_rule_method_format(&s->wm, oldm, sizeof oldm);
+        qs_rule_method_format(&wm, newm, sizeof newm);
+        int mchanged = strcmp(oldm, newm) != 0 || s->wm.seed != wm.seed;
+        /* a sequential method's statistics come from the sites before it: a change there
+         * recomputes it */
+        int seq = custom && wf.kind != QS_FMT_NONE && wm.method != QS_METHOD_RTN &&
+                  !wm.inputs_float;
+        int wchanged = strcmp(oldw, neww) != 0 || mchanged ||
+                       (wf.kind != QS_FMT_NONE && !s->wq && !s->mpending) ||
+                       (upstream && seq);
+        int achanged = strcmp(olda, newa) != 0 || mchanged;
         s->rule_w = rw;
         s->rule_a = ra;
+        if ((wchanged || achanged) && custom) {
+            /* computed by qs_bench_methods_refresh below, in forward order */
+            qs_packed_free(&s->packed);
+            free(s->wq);
+            s->wq = NULL;
+            qs_layer_method_clear(s);
+            s->wm = wm;
+            s->mpending = 1;
+            s->wfmt = wf;
+            s->wopt = wo;
+            s->w_rel_err = 0.0;
+            s->afmt = af;
+            s->aopt = ao;
+            s->amode = am;
+            s->a_static_amax = 0.0f;
+            s->sens_method[0] = 0;
+            qs_corr_clear(&s->corr);
+            qs_bench_invalidate(b, i);
+            qs_bench_mark_stale(b, i);
+            upstream = 1;
+            continue;
+        }
+        if (mchanged) { /* back to plain round-to-nearest */
+            qs_layer_method_clear(s);
+            s->wm = wm;
+            wchanged = achanged = 1;
+        }
         if (wchanged) {
             float *wq = NULL;
             struct qs_packed p;
@@ -664,9 +751,10 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             qs_corr_clear(&s->corr); /* a correction fitted for another format is stale */
             qs_bench_invalidate(b, i);
             qs_bench_mark_stale(b, i);
+            upstream = 1;
         }
     }
-    return 0;
+    return qs_bench_methods_refresh(b, 0, e);
 }
 
 enum qs_regime qs_bench_effective_regime(const struct qs_bench *b)
@@ -693,6 +781,14 @@ void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n)
         snprintf(buf, n, "%s", f->name); /* fixed blocks of the format */
     else
         snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
+    if (f->kind != QS_FMT_NONE && qs_rule_method_custom(&s->wm)) {
+        /* the method, short: +gptq, +awq, +imatrix, +rot, +smooth */
+        size_t k = strlen(buf);
+        static const char *const mn[] = {"", "+gptq", "+awq", "+imatrix"};
+        snprintf(buf + k, n > k ? n - k : 0, "%s%s%s",
+                 s->wm.method >= 0 && s->wm.method <= 3 ? mn[s->wm.method] : "",
+                 s->wm.rotate ? "+rot" : "", s->wm.smooth_on ? "+smooth" : "");
+    }
 }
 
 void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
@@ -712,6 +808,11 @@ void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
         snprintf(buf, n, "%s", f->name);
     else
         snprintf(buf, n, "%s/tensor", f->name);
+    if (f->kind != QS_FMT_NONE && (s->wm.rotate || s->wm.smooth_on)) {
+        size_t k = strlen(buf);
+        snprintf(buf + k, n > k ? n - k : 0, "%s%s", s->wm.rotate ? "+rot" : "",
+                 s->wm.smooth_on ? "+smooth" : "");
+    }
 }
 
 

@@ -65,7 +65,25 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
     if ((quant & QS_ROLE_A) && s->afmt.kind != QS_FMT_NONE) {
         if (!(xq = malloc(nx * sizeof(float))))
             return qs_errf(e, "out of memory");
-        if (qs_bench_act_quant(s, x, n, l.in, xq, e) < 0) {
+        if (s->rot || s->xs) {
+            /* a method's basis (rotation, input scales): T^-1 Q(T x), the float product
+             * unchanged */
+            float *xt = malloc(nx * sizeof(float));
+            int bad = !xt;
+            if (xt) {
+                memcpy(xt, x, nx * sizeof(float));
+                bad = qs_bench_act_xform(s, xt, n, l.in, 0, e) < 0 ||
+                      qs_bench_act_quant(s, xt, n, l.in, xq, e) < 0 ||
+                      qs_bench_act_xform(s, xq, n, l.in, 1, e) < 0;
+                free(xt);
+            } else {
+                qs_errf(e, "out of memory");
+            }
+            if (bad) {
+                free(xq);
+                return qs_err_prefix(e, l.name);
+            }
+        } else if (qs_bench_act_quant(s, x, n, l.in, xq, e) < 0) {
             free(xq);
             return qs_err_prefix(e, l.name);
         }
@@ -500,7 +518,7 @@ static void ensure_static_amax(struct qs_bench *b)
         struct qs_unit u;
         qs_bench_unit(b, i, &u);
         const struct qs_acts *a = &b->f_acts[QS_CALIB];
-        s->a_static_amax = qs_bench_static_amax(a->in[i], (size_t)a->n * u.in);
+        s->a_static_amax = qs_bench_site_static_amax(s, a->in[i], a->n, u.in);
     }
 }
 
@@ -509,7 +527,7 @@ static int calibrate_static(struct qs_bench *b, qs_err *e);
 int qs_bench_update(struct qs_bench *b, qs_err *e)
 {
     const struct family *F = family_of(b);
-    if (F->ready(b, e) < 0)
+    if (F->ready(b, e) < 0 || qs_bench_methods_refresh(b, 1, e) < 0)
         return -1;
     /* transformers keep no whole-model caches: the analyses stream (qs_bench_stream) */
     if (b->lm)
@@ -597,11 +615,19 @@ int qs_bench_split_units(struct qs_bench *b, enum qs_split_id s, qs_err *e)
  * give). `eval` and the masked runs need no site activations otherwise. */
 struct amax_ctx {
     float *mx;
+    const struct qs_bench *b;
 };
 
 static void amax_input(void *u, int s, const float *x, int n, int in)
 {
     struct amax_ctx *c = u;
+    const struct qs_layer_state *ls = &c->b->ls[s];
+    if (ls->rot || ls->xs) { /* a method's basis */
+        float a = qs_bench_site_static_amax(ls, x, n, in);
+        if (a > c->mx[s])
+            c->mx[s] = a;
+        return;
+    }
     size_t len = (size_t)n * in;
     for (size_t j = 0; j < len; j++)
         if (fabsf(x[j]) > c->mx[s])
@@ -610,6 +636,8 @@ static void amax_input(void *u, int s, const float *x, int n, int in)
 
 static int calibrate_static(struct qs_bench *b, qs_err *e)
 {
+    if (qs_bench_methods_refresh(b, 1, e) < 0)
+        return -1;
     int S = qs_bench_nunits(b), need = 0;
     for (int i = 0; i < S; i++) {
         const struct qs_layer_state *s = &b->ls[i];
@@ -620,7 +648,7 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
         return 0;
     if (!b->lm)
         return qs_bench_update(b, e);
-    struct amax_ctx c = {qs_calloc((size_t)S, sizeof(float))};
+    struct amax_ctx c = {qs_calloc((size_t)S, sizeof(float)), b};
     float *lg = c.mx ? qs_alloc((size_t)b->lm->ctx * b->lm->vocab, sizeof(float), "the logits",
                                 e)
                      : NULL;
@@ -707,7 +735,7 @@ double qs_bench_bits_per_weight(const struct qs_bench *b)
         double n = (double)l.in * l.out;
         nw += n;
         bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
-        bits += b->ls[i].corr.bits;
+        bits += b->ls[i].corr.bits + b->ls[i].xform_bits;
     }
     return nw > 0 ? bits / nw : 0.0;
 }

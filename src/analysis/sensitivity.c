@@ -531,6 +531,11 @@ static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
     if (c->corr != QS_CORR_NONE || !s->wq || s->corr.method == QS_CORR_NONE ||
         s->corr.method == QS_CORR_CLOCAL || strcmp(s->wfmt.name, c->fmt.name))
         return 0;
+    char ma[200], mc[200]; /* the same method too (its statistics as well) */
+    qs_rule_method_format(&s->wm, ma, sizeof ma);
+    qs_rule_method_format(&c->meth, mc, sizeof mc);
+    if (strcmp(ma, mc) || (qs_rule_method_custom(&c->meth) && s->wm.seed != c->meth.seed))
+        return 0;
     char a[200], o[200];
     qs_qopts_format(&s->wfmt, &s->wopt, a, sizeof a);
     qs_qopts_format(&c->fmt, &c->opt, o, sizeof o);
@@ -552,13 +557,18 @@ static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, fl
     size_t n = (size_t)l->out * l->in;
     struct qs_packed p;
     memset(&p, 0, sizeof p);
-    if (qs_quant_pack(&c->fmt, &c->opt, l->w, l->out, l->in, &p, e) < 0 ||
-        qs_quant_unpack(&p, wq, e) < 0) {
+    if (qs_rule_method_custom(&c->meth)) { /* GPTQ, AWQ, ...: as a rule computes them */
+        if (qs_bench_method_weight(b, i, &c->fmt, &c->opt, &c->meth, wq, bits, e) < 0)
+            return -1;
+    } else {
+        if (qs_quant_pack(&c->fmt, &c->opt, l->w, l->out, l->in, &p, e) < 0 ||
+            qs_quant_unpack(&p, wq, e) < 0) {
+            qs_packed_free(&p);
+            return -1;
+        }
+        *bits = 8.0 * (double)qs_packed_bytes(&p);
         qs_packed_free(&p);
-        return -1;
     }
-    *bits = 8.0 * (double)qs_packed_bytes(&p);
-    qs_packed_free(&p);
     if (l->b)
         memcpy(bq, l->b, (size_t)l->out * sizeof *bq);
     else

@@ -866,17 +866,25 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 r.amode = QS_AMODE_STATIC;
             else
                 return qs_errf(e, "quant: amode=%s: expected dynamic, token or static", v);
-        } else if (qs_qopts_parse_token(&r.opt, argv[i], e) < 0) {
-            return -1;
+        } else {
+            int mk = qs_rule_method_parse_token(&r.meth, argv[i], e);
+            if (mk < 0)
+                return -1;
+            if (!mk && qs_qopts_parse_token(&r.opt, argv[i], e) < 0)
+                return -1;
         }
     }
+    if (qs_rule_method_check(&r.meth, &r.fmt, r.roles, e) < 0)
+        return -1;
+    r.meth.seed = c->b->seed; /* the rotation's seed, as the rounding seed above */
     /* Any group size fits any row: a partial last group has its own scale (format.h). */
     struct qs_bench *b = c->b;
     int matched = 0;
     struct qs_rule saved[64];
     int nsaved = b->nrules;
     memcpy(saved, b->rules, sizeof saved);
-    if (qs_bench_add_rule(b, &r, &matched, e) < 0) {
+    /* a method that needs calibration data is refused until the data is there */
+    if (qs_bench_add_rule(b, &r, &matched, e) < 0 || qs_bench_methods_refresh(b, 1, e) < 0) {
         memcpy(b->rules, saved, sizeof saved);
         b->nrules = nsaved;
         qs_err e2;
@@ -890,19 +898,24 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      : r.roles ? " on=wa" : "";
     const char *am = r.amode == QS_AMODE_STATIC ? " amode=static"
                      : r.amode == QS_AMODE_TOKEN ? " amode=token" : "";
-    snprintf(c->canon, sizeof c->canon, "quant %s %s%s%s%s%s", r.pattern, r.fmt.name,
-             opts[0] ? " " : "", opts, on, am);
+    char meth[200];
+    qs_rule_method_format(&r.meth, meth, sizeof meth);
+    snprintf(c->canon, sizeof c->canon, "quant %s %s%s%s%s%s%s%s", r.pattern, r.fmt.name,
+             opts[0] ? " " : "", opts, on, am, meth[0] ? " " : "", meth);
     if (matched == 0)
         qs_note(c, "warning: pattern '%s' matched no layer", r.pattern);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "quant");
     cJSON_AddStringToObject(o, "pattern", r.pattern);
     cJSON_AddStringToObject(o, "format", r.fmt.name);
+    if (meth[0])
+        cJSON_AddStringToObject(o, "method", meth);
     cJSON_AddNumberToObject(o, "matched", matched);
     qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "%s -> %s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
-                 matched, matched == 1 ? "" : "s", qs_bench_bits_per_weight(b));
+    qs_sb_printf(&t, "%s -> %s%s%s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
+                 meth[0] ? " " : "", meth, matched, matched == 1 ? "" : "s",
+                 qs_bench_bits_per_weight(b));
     if (r.fmt.kind == QS_FMT_GGML) /* say which layers llama.cpp's fallback stores otherwise */
         ggml_fallback_note(b, &r.fmt, o, &t);
     qs_emit(c, o, t.s);
@@ -946,6 +959,10 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         const char *am = r->amode == QS_AMODE_STATIC ? "static"
                          : r->amode == QS_AMODE_TOKEN ? "token" : "dynamic";
         cJSON_AddStringToObject(jr, "amode", am);
+        char meth[200];
+        qs_rule_method_format(&r->meth, meth, sizeof meth);
+        if (meth[0]) /* the quantizer method; absent for round-to-nearest */
+            cJSON_AddStringToObject(jr, "method", meth);
         cJSON_AddItemToObject(jr, "layers", jl);
         cJSON_AddItemToArray(arr, jr);
         char on[48];
@@ -953,6 +970,8 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  r->amode != QS_AMODE_DYNAMIC ? am : "");
         qs_sb_printf(&t, "\n%2d  %-12s %-10s %-40s on=%-7s -> %s", k + 1, r->pattern, r->fmt.name,
                      opts, on, ln ? layers : "(no layer)");
+        if (meth[0])
+            qs_sb_printf(&t, "\n    %-12s %s", "", meth);
     }
     if (!b->nrules)
         qs_sb_printf(&t, "\n(no rules: every layer in float)");
@@ -1150,6 +1169,14 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
 {
     const struct qs_corr *cr = &s->corr;
     const char *sep = i ? "," : "";
+    if (packed && s->wq && (s->rot || s->xs))
+        /* the codes are those of W H^T diag(s), a basis the packed layout does not record */
+        return qs_errf(e, "export model … packed: %s is quantized with %s, whose codes are in "
+                          "a rotated or channel-scaled basis that the packed layout does not "
+                          "record; export model PATH (without packed) writes its effective "
+                          "weight in the original basis",
+                       name,
+                       s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
     d->aq |= s->afmt.kind != QS_FMT_NONE;
     qs_sb_printf(&d->layers, "%s%s", sep, name);
     qs_sb_printf(&d->fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");
@@ -1741,7 +1768,9 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      NULL},
     {"set bail", "on|off", 0, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
      NULL},
-    {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=]",
+    {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=] "
+              "[method=rtn|gptq|awq] [damp=] [order=act] [inputs=float|quant] [weight=imatrix] "
+              "[rotate=hadamard] [smooth=A]",
      QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
@@ -1752,7 +1781,14 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "is not a multiple of 32 either; the 32-element types refuse such rows). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
-     "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
+     "absmax calibrated on the float calibration inputs; gran=channel applies to weights only. "
+     "Methods (qscope-methods(7)): method=gptq (error feedback with H = 2 X^T X, damp=0.01 of "
+     "its mean diagonal, order=act for activation order), method=awq (per-input-channel scales "
+     "searched on the local error, kept as an explicit input scale), weight=imatrix "
+     "(importance-weighted scale search), rotate=hadamard (a randomized Hadamard basis, exact in "
+     "float), smooth=A (SmoothQuant, for weight+activation); their statistics come from the "
+     "calibration inputs of the partly quantized model, sites in forward order (inputs=float: "
+     "the float model's)."},
     {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
      NULL},
     {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,

@@ -284,7 +284,7 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         const struct qs_lm_site *st = &b->lm->sites[s];
         double sbits = ls->wq ? 8.0 * (double)qs_packed_bytes(&ls->packed)
                               : 32.0 * st->out * st->in;
-        double bpw = (sbits + cr->bits) / ((double)st->out * st->in);
+        double bpw = (sbits + cr->bits + ls->xform_bits) / ((double)st->out * st->in);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "cmd", "correct");
         cJSON_AddStringToObject(o, "layer", st->name);

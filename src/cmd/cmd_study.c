@@ -9,6 +9,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/cmd.h"
+#include "qscope/methods.h"
 #include "qscope/q2.h"
 #include "qscope/qat.h"
 #include "qscope/sensitivity.h"
@@ -319,8 +320,11 @@ static void plan_line(const struct qs_bench *b, const char *layer, const struct 
     char opts[200] = "";
     if (c->fmt.kind != QS_FMT_NONE)
         qs_qopts_format(&c->fmt, &c->opt, opts, sizeof opts);
-    snprintf(buf, n, "quant %s %s%s%s%s", layer, c->fmt.name, opts[0] ? " " : "", opts,
-             b->regime == QS_REGIME_WEIGHT ? "" : " on=w");
+    char meth[200] = "";
+    if (c->fmt.kind != QS_FMT_NONE)
+        qs_rule_method_format(&c->meth, meth, sizeof meth);
+    snprintf(buf, n, "quant %s %s%s%s%s%s%s", layer, c->fmt.name, opts[0] ? " " : "", opts,
+             b->regime == QS_REGIME_WEIGHT ? "" : " on=w", meth[0] ? " " : "", meth);
 }
 
 static int apply_lines(struct qs_ctx *c, char **lines, int n, qs_err *e)
@@ -357,21 +361,59 @@ static void alloc_metric_json(cJSON *o, const struct qs_metric *m)
 }
 
 static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, const char *gran,
-                         const struct qs_qopts *base, const char *extra,
+                         const struct qs_qopts *base, const char *extra, const char *methods,
                          const struct corr_opts *co, int apply, qs_err *e)
 {
     struct qs_bench *b = c->b;
     struct qs_wcand base_cand[32];
     int nb = 0;
     char buf[512];
+    /* quantizer methods (methods=rtn,gptq,awq,imatrix): each format with each; allocate judges
+     * a candidate one site at a time, so methods take the float model's statistics */
+    struct qs_rule_method ms[4];
+    int nm = 0;
+    snprintf(buf, sizeof buf, "%s", methods ? methods : "rtn");
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        struct qs_rule_method m;
+        qs_rule_method_default(&m);
+        m.method = !strcmp(tok, "rtn")    ? QS_METHOD_RTN
+                   : !strcmp(tok, "gptq") ? QS_METHOD_GPTQ
+                   : !strcmp(tok, "awq")  ? QS_METHOD_AWQ
+                   : !strcmp(tok, "imatrix") ? QS_METHOD_IMATRIX : -1;
+        if (m.method < 0)
+            return qs_errf(e, "allocate: methods=%s: expected rtn, gptq, awq or imatrix", tok);
+        m.inputs_float = m.method != QS_METHOD_RTN;
+        m.seed = b->seed;
+        for (int k = 0; k < nm; k++)
+            if (ms[k].method == m.method)
+                return qs_errf(e, "allocate: methods= names %s twice", tok);
+        if (nm == 4)
+            return qs_errf(e, "allocate: methods= takes at most rtn, gptq, awq, imatrix");
+        ms[nm++] = m;
+    }
     snprintf(buf, sizeof buf, "%s", formats);
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
-        if (nb == 32)
-            return qs_errf(e, "allocate: at most 32 formats");
-        if (parse_cand(tok, base, gran, b->seed, &base_cand[nb], e) < 0)
+        struct qs_wcand one;
+        if (parse_cand(tok, base, gran, b->seed, &one, e) < 0)
             return -1;
-        nb++;
+        for (int k = 0; k < nm; k++) {
+            if (k > 0 && one.fmt.kind == QS_FMT_NONE)
+                break; /* float takes no method */
+            qs_err e2;
+            if (qs_rule_method_check(&ms[k], &one.fmt, 0, &e2) < 0)
+                continue; /* e.g. ggml types, which llama.cpp's rules round */
+            if (nb == 32)
+                return qs_errf(e, "allocate: at most 32 format and method candidates");
+            base_cand[nb] = one;
+            base_cand[nb].meth = ms[k];
+            if (ms[k].method != QS_METHOD_RTN)
+                snprintf(base_cand[nb].label + strlen(base_cand[nb].label),
+                         sizeof base_cand[nb].label - strlen(base_cand[nb].label), "+%s",
+                         qs_method_name((enum qs_method)ms[k].method));
+            nb++;
+        }
     }
     /* every format alone, then each (non-float) format with each rank of the correction */
     struct qs_wcand *cand = qs_calloc((size_t)nb * (1 + (size_t)co->nranks), sizeof *cand);
@@ -549,8 +591,24 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
             cl += (size_t)snprintf(cx + cl, sizeof cx - cl, "%s%d", j ? "," : "", co->ranks[j]);
         snprintf(cx + cl, sizeof cx - cl, " prec=%s", co->prec);
     }
-    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s%s%s", budget, flist, cx,
-             extra);
+    /* the formats as given (without the methods' suffixes) and the methods */
+    char fcanon[512] = "", mcanon[64] = "";
+    for (int k = 0; k < nb; k++) {
+        char lb[80];
+        snprintf(lb, sizeof lb, "%s", base_cand[k].label);
+        char *plus = strchr(lb, '+');
+        if (plus)
+            *plus = 0;
+        size_t fl = strlen(fcanon);
+        const char *last = fl ? strrchr(fcanon, ',') : NULL;
+        if (fl && !strcmp(last ? last + 1 : fcanon, lb))
+            continue;
+        snprintf(fcanon + fl, sizeof fcanon - fl, "%s%s", fl ? "," : "", lb);
+    }
+    if (methods)
+        snprintf(mcanon, sizeof mcanon, " methods=%s", methods);
+    snprintf(c->canon, sizeof c->canon, "allocate bits=%.9g formats=%s%s%s%s", budget, fcanon,
+             mcanon, cx, extra);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     qs_bit_plan_free(&p);
@@ -659,7 +717,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     long rank = -1;
     int apply = 0;
     const char *formats = "int2,int3,int4,int8", *gran = "channel", *method = "lowrank";
-    const char *corr = NULL, *ranks = NULL, *prec = NULL;
+    const char *corr = NULL, *ranks = NULL, *prec = NULL, *methods = NULL;
     struct qs_qopts base;
     qs_qopts_default(&base);
     char extra[256] = ""; /* the shared quantizer options, for the canonical line */
@@ -679,6 +737,8 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             gran = v;
         } else if ((v = qs_opt_value(argv[i], "method"))) {
             method = v;
+        } else if ((v = qs_opt_value(argv[i], "methods"))) {
+            methods = v;
         } else if ((v = qs_opt_value(argv[i], "corr"))) {
             corr = v;
         } else if ((v = qs_opt_value(argv[i], "ranks"))) {
@@ -693,7 +753,8 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " %s",
                      qs_quote(argv[i], q, sizeof q));
         } else {
-            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] [corr=M "
+            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] "
+                              "[methods=rtn,gptq,awq,imatrix] [corr=M "
                               "[ranks=R,R,...] [prec=P]] [apply] | allocate rank=R "
                               "[method=lowrank|lqer|qera|eora] [prec=P] [apply]");
         }
@@ -735,7 +796,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (!co.nranks)
             return qs_errf(e, "allocate: ranks= is empty");
     }
-    return allocate_bits(c, bits, formats, gran, &base, extra, &co, apply, e);
+    return allocate_bits(c, bits, formats, gran, &base, extra, methods, &co, apply, e);
 }
 
 /* ---- qat ----------------------------------------------------------------------------------- */
@@ -936,6 +997,15 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
+    for (int i = 0; b->ls && i < qs_bench_nunits(b); i++)
+        if (qs_rule_method_custom(&b->ls[i].wm)) { /* QAT's forward rounds to nearest */
+            struct qs_unit u;
+            char mk[200];
+            qs_bench_unit(b, i, &u);
+            qs_rule_method_format(&b->ls[i].wm, mk, sizeof mk);
+            return qs_errf(e, "qat: %s is quantized with %s, but QAT trains through "
+                              "round-to-nearest; quantize without a method first", u.name, mk);
+        }
     if (b->lm)
         return cmd_qat_lm(c, argc, argv, e);
     struct qs_qat_opts qo = {.epochs = 10, .batch = 64, .lr = 3e-4, .seed = b->seed};
@@ -2221,8 +2291,8 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "ReLU kinks add no error. Prints the Spearman correlation between methods. "
      "Default method=all, probes=32."},
     {"allocate",
-     "bits=B [formats=F,...] [gran=G] [corr=M [ranks=R,...] [prec=P]] [apply] | rank=R "
-     "[method=M] [prec=P] [apply]",
+     "bits=B [formats=F,...] [gran=G] [methods=rtn,gptq,...] [corr=M [ranks=R,...] [prec=P]] "
+     "[apply] | rank=R [method=M] [prec=P] [apply]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "

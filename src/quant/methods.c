@@ -744,6 +744,13 @@ static int set_scale(struct qs_qblock *b, double v, int f32)
 int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
                      int cols, const float *imp, float *out, qs_err *e)
 {
+    return qs_imatrix_quant_ex(f, o, w, rows, cols, imp, out, NULL, e);
+}
+
+int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                        int rows, int cols, const float *imp, float *out,
+                        struct qs_qblock *scales, qs_err *e)
+{
     if (!f || !o || !w || !out)
         return qs_errf(e, "imatrix: no data");
     if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
@@ -788,6 +795,10 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
                 break;
             }
             double be = wsse(q, &b0, x, im, len, ob);
+            struct qs_qblock *best =
+                scales ? &scales[r * (size_t)((cols + seg - 1) / seg) + (size_t)(c0 / seg)] : NULL;
+            if (best)
+                *best = b0;
             if (b0.s == 0.0f)
                 continue; /* a zero block */
             /* llama.cpp's 19 candidates, then a wide scan of ratios 0.3 .. 1.5 of s0 */
@@ -805,6 +816,8 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
                     if (ce < be) {
                         be = ce;
                         memcpy(ob, qb, (size_t)len * sizeof *ob);
+                        if (best)
+                            *best = c;
                     }
                     double sxl = 0.0, sll = 0.0;
                     for (int j = 0; j < len; j++) {

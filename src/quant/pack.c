@@ -480,6 +480,7 @@ struct job {
     float g; /* NVFP4 tensor scale */
     enum scale_store store;
     int stoch;
+    const struct qs_qblock *given; /* qs_quant_pack_blocks: every block's parameters */
     /* per-thread state */
     qs_err err[MAX_THREADS];
     int failed[MAX_THREADS];
@@ -1265,6 +1266,14 @@ static void pack_rows(struct job *J, int r0, int r1, int tid)
             struct blk b;
             if (J->shared) {
                 b = J->tb;
+            } else if (J->given) {
+                const struct qs_qblock *g = &J->given[(size_t)row * J->nseg + sg];
+                b = (struct blk){.s = g->s, .inv = g->inv, .lo = g->lo, .hi = g->hi, .z = g->z,
+                                 .scode = g->scode};
+                size_t si = (size_t)row * J->nseg + sg;
+                put_scale(p->scales, si, J->store, b.scode);
+                if (p->zeros)
+                    p->zeros[si] = (uint8_t)b.z;
             } else {
                 if (block_params(J, x, n, base, &b, &J->err[tid]) < 0) {
                     J->failed[tid] = 1;
@@ -1285,21 +1294,30 @@ static void pack_rows(struct job *J, int r0, int r1, int tid)
     }
 }
 
-int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
-                  int cols, struct qs_packed *p, qs_err *e)
+static int pack_impl(const struct qs_format *f, const struct qs_qopts *o, const float *ref,
+                     const float *w, const struct qs_qblock *given, int rows, int cols,
+                     struct qs_packed *p, qs_err *e)
 {
     memset(p, 0, sizeof *p);
-    if (!w)
+    if (!w || !ref)
         return qs_errf(e, "pack: no data");
-    if (f && f->kind == QS_FMT_GGML)
+    if (f && f->kind == QS_FMT_GGML) {
+        if (given)
+            return qs_errf(e, "%s: ggml blocks are packed by llama.cpp's rules only", f->name);
         return qs_qopts_check(f, o, e) < 0 ? -1 : qs_ggml_pack(f, w, rows, cols, p, e);
+    }
     struct job *J = malloc(sizeof *J);
     if (!J)
         return qs_errf(e, "out of memory");
-    int rc = job_init(J, f, o, w, rows, cols, e);
+    /* the tensor-wide parameters (gran=tensor, the NVFP4 tensor scale) come from ref */
+    int rc = job_init(J, f, o, ref, rows, cols, e);
     size_t n = (size_t)rows * (size_t)cols;
     if (rc == 0)
         rc = job_tensor(J, -1.0f, e);
+    if (rc == 0 && given && J->stoch)
+        rc = qs_errf(e, "%s: given block parameters are rounded to nearest", f->name);
+    J->w = w;
+    J->given = given;
     if (rc == 0) {
         p->fmt = *f;
         p->opt = *o;
@@ -1336,6 +1354,21 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
         qs_packed_free(p);
     free(J);
     return rc;
+}
+
+int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const float *w, int rows,
+                  int cols, struct qs_packed *p, qs_err *e)
+{
+    return pack_impl(f, o, w, w, NULL, rows, cols, p, e);
+}
+
+int qs_quant_pack_blocks(const struct qs_format *f, const struct qs_qopts *o, const float *ref,
+                         const float *w, const struct qs_qblock *blocks, int rows, int cols,
+                         struct qs_packed *p, qs_err *e)
+{
+    if (!blocks)
+        return qs_errf(e, "pack: no block parameters");
+    return pack_impl(f, o, ref, w, blocks, rows, cols, p, e);
 }
 
 /* Decoded scale of block si. */

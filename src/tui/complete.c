@@ -178,7 +178,8 @@ static char **complete(const char *text, int start, int end)
             if (!strcmp(cmd->name, "quant")) /* the option values the synopsis leaves out */
                 cand_from_synopsis("gran=tensor|channel|group: clip=max|mse|pct: "
                                    "round=nearest|stochastic range=restricted|full "
-                                   "scale=f16|f32|none asym sym sat=0|1 seed=");
+                                   "scale=f16|f32|none asym sym sat=0|1 seed= "
+                                   "order=act|col weight=imatrix|plain rotate=hadamard|none");
             if (!strcmp(cmd->name, "correct"))
                 for (int m = QS_CORR_BIAS; m <= QS_CORR_CLOCAL; m++)
                     cand_add(qs_corr_name((enum qs_corr_method)m),

@@ -1,0 +1,626 @@
+/* sitemethod.c - quantizer methods as options of `quant`: a rule's method (GPTQ, AWQ, imatrix
+ * rounding, Hadamard rotation, SmoothQuant) applied to the sites it matches, on every family.
+ *
+ * A site with a method is computed in forward order (qs_bench_methods_refresh) from its
+ * calibration inputs: by default those of the partly quantized model as it runs (GPTQ's
+ * sequential mode: the sites before it already quantized, with their methods), with
+ * inputs=float those of the float model. The site keeps:
+ *   packed - the codes of the matrix the method quantized, W' = W H^T diag(xs) (rotated and/or
+ *            scaled basis): what a deployment stores;
+ *   wq     - the effective weight in the original basis, Q(W') diag(xs)^-1 H, so x wq^T is what
+ *            the deployed site computes and every analysis (error, spectrum, rank, corrections,
+ *            ablate, sensitivity) reads it unchanged. The error of an orthogonal rotation is
+ *            measured in the rotated basis and reported in the original one: E H has E's
+ *            singular values;
+ *   rot, xs - the activation transform T x = diag(xs)^-1 H x: a quantized activation is
+ *            T^-1 Q(T x), which leaves the float product unchanged. */
+#include "qscope/bench.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qscope/lmbench.h"
+#include "qscope/methods.h"
+
+#define DAMP_DEFAULT 0.01
+
+/* ---- the rule's options ------------------------------------------------------------------- */
+
+void qs_rule_method_default(struct qs_rule_method *m) { memset(m, 0, sizeof *m); }
+
+int qs_rule_method_custom(const struct qs_rule_method *m)
+{
+    return m->method != QS_METHOD_RTN || m->rotate || m->smooth_on;
+}
+
+static double damp_of(const struct qs_rule_method *m)
+{
+    return m->damp > 0.0 ? m->damp : DAMP_DEFAULT;
+}
+
+int qs_rule_method_parse_token(struct qs_rule_method *m, const char *tok, qs_err *e)
+{
+    const char *eq = strchr(tok, '=');
+    if (!eq)
+        return 0;
+    size_t kl = (size_t)(eq - tok);
+    const char *v = eq + 1;
+#define KEY(k) (kl == sizeof(k) - 1 && !strncmp(tok, k, kl))
+    if (KEY("method")) {
+        if (!strcmp(v, "rtn")) {
+            if (m->method != QS_METHOD_IMATRIX)
+                m->method = QS_METHOD_RTN;
+        } else if (!strcmp(v, "gptq") || !strcmp(v, "awq")) {
+            if (m->method == QS_METHOD_IMATRIX)
+                return qs_errf(e, "quant: weight=imatrix is a rounding of method=rtn; it does "
+                                  "not combine with method=%s", v);
+            m->method = !strcmp(v, "gptq") ? QS_METHOD_GPTQ : QS_METHOD_AWQ;
+        } else {
+            return qs_errf(e, "quant: method=%s: expected rtn, gptq or awq", v);
+        }
+        return 1;
+    }
+    if (KEY("weight")) {
+        if (!strcmp(v, "imatrix")) {
+            if (m->method != QS_METHOD_RTN && m->method != QS_METHOD_IMATRIX)
+                return qs_errf(e, "quant: weight=imatrix is a rounding of method=rtn; it does "
+                                  "not combine with method=%s", qs_method_name(m->method));
+            m->method = QS_METHOD_IMATRIX;
+        } else if (!strcmp(v, "plain")) {
+            if (m->method == QS_METHOD_IMATRIX)
+                m->method = QS_METHOD_RTN;
+        } else {
+            return qs_errf(e, "quant: weight=%s: expected imatrix or plain", v);
+        }
+        return 1;
+    }
+    if (KEY("damp")) {
+        char *end;
+        double d = strtod(v, &end);
+        if (!*v || *end || !(d > 0.0 && d < 1e6))
+            return qs_errf(e, "quant: damp=%s: expected a number > 0 (relative to the mean "
+                              "diagonal of H)", v);
+        m->damp = d;
+        return 1;
+    }
+    if (KEY("order")) {
+        if (!strcmp(v, "act"))
+            m->act_order = 1;
+        else if (!strcmp(v, "col"))
+            m->act_order = 0;
+        else
+            return qs_errf(e, "quant: order=%s: expected act or col", v);
+        return 1;
+    }
+    if (KEY("inputs")) {
+        if (!strcmp(v, "float"))
+            m->inputs_float = 1;
+        else if (!strcmp(v, "quant"))
+            m->inputs_float = 0;
+        else
+            return qs_errf(e, "quant: inputs=%s: expected float or quant", v);
+        return 1;
+    }
+    if (KEY("rotate")) {
+        if (!strcmp(v, "hadamard"))
+            m->rotate = 1;
+        else if (!strcmp(v, "none"))
+            m->rotate = 0;
+        else
+            return qs_errf(e, "quant: rotate=%s: expected hadamard or none", v);
+        return 1;
+    }
+    if (KEY("smooth")) {
+        char *end;
+        double a = strtod(v, &end);
+        if (!strcmp(v, "none")) {
+            m->smooth_on = 0;
+            m->smooth = 0.0;
+            return 1;
+        }
+        if (!*v || *end || !(a >= 0.0 && a <= 1.0))
+            return qs_errf(e, "quant: smooth=%s: expected alpha in [0, 1] (or none)", v);
+        m->smooth_on = 1;
+        m->smooth = a;
+        return 1;
+    }
+#undef KEY
+    return 0;
+}
+
+int qs_rule_method_check(const struct qs_rule_method *m, const struct qs_format *f, int roles,
+                         qs_err *e)
+{
+    if (!qs_rule_method_custom(m) && !m->damp && !m->act_order && !m->inputs_float)
+        return 0;
+    const char *mn = m->method == QS_METHOD_IMATRIX ? "weight=imatrix"
+                     : m->method == QS_METHOD_GPTQ ? "method=gptq"
+                     : m->method == QS_METHOD_AWQ  ? "method=awq"
+                                                   : NULL;
+    if ((m->damp > 0.0 || m->act_order) && m->method != QS_METHOD_GPTQ)
+        return qs_errf(e, "quant: damp= and order= are options of method=gptq");
+    if (m->inputs_float && m->method == QS_METHOD_RTN)
+        return qs_errf(e, "quant: inputs= chooses where method=gptq, method=awq and "
+                          "weight=imatrix take their statistics; round-to-nearest takes none");
+    if (f->kind == QS_FMT_NONE)
+        return qs_errf(e, "quant: format none keeps sites in float; a method applies to a format");
+    if (mn && roles == QS_ROLE_A)
+        return qs_errf(e, "quant: %s rounds weights; this rule is on=a", mn);
+    if (mn && f->kind == QS_FMT_GGML)
+        return qs_errf(e, "quant: %s with %s: ggml block types are rounded by llama.cpp's own "
+                          "rules in qscope", mn, f->name);
+    if (m->rotate && m->smooth_on)
+        return qs_errf(e, "quant: rotate=hadamard and smooth= are two ways to spread activation "
+                          "outliers; choose one");
+    if (m->smooth_on && m->method == QS_METHOD_AWQ)
+        return qs_errf(e, "quant: smooth= and method=awq both scale input channels; choose one");
+    if ((m->rotate || m->smooth_on) && f->kind == QS_FMT_GGML)
+        return qs_errf(e, "quant: rotate= and smooth= are not applied to ggml block types");
+    return 0;
+}
+
+void qs_rule_method_format(const struct qs_rule_method *m, char *buf, size_t n)
+{
+    size_t k = 0;
+    buf[0] = 0;
+#define PUT(...)                                                                                  \
+    do {                                                                                          \
+        if (k < n)                                                                                \
+            k += (size_t)snprintf(buf + k, n - k, __VA_ARGS__);                                   \
+    } while (0)
+    const char *in = m->inputs_float ? "float" : "quant";
+    if (m->method == QS_METHOD_GPTQ)
+        PUT("method=gptq damp=%.9g order=%s inputs=%s", damp_of(m), m->act_order ? "act" : "col",
+            in);
+    else if (m->method == QS_METHOD_AWQ)
+        PUT("method=awq inputs=%s", in);
+    else if (m->method == QS_METHOD_IMATRIX)
+        PUT("weight=imatrix inputs=%s", in);
+    if (m->rotate)
+        PUT("%srotate=hadamard", k ? " " : "");
+    if (m->smooth_on)
+        PUT("%ssmooth=%.9g", k ? " " : "", m->smooth);
+#undef PUT
+}
+
+/* ---- the activation transform ------------------------------------------------------------- */
+
+void qs_layer_method_clear(struct qs_layer_state *s)
+{
+    qs_rot_free(s->rot);
+    free(s->xs);
+    s->rot = NULL;
+    s->xs = NULL;
+    s->xs_alpha = 0.0;
+    s->xform_bits = 0.0;
+    s->mpending = 0;
+}
+
+int qs_bench_act_xform(const struct qs_layer_state *s, float *x, int n, int in, int inverse,
+                       qs_err *e)
+{
+    if (!inverse && s->rot && qs_rot_apply(s->rot, x, n, 0, e) < 0)
+        return -1;
+    if (s->xs)
+        qs_scale_cols(x, n, in, s->xs, !inverse);
+    if (inverse && s->rot && qs_rot_apply(s->rot, x, n, 1, e) < 0)
+        return -1;
+    return 0;
+}
+
+float qs_bench_site_static_amax(const struct qs_layer_state *s, const float *x, int n, int in)
+{
+    if (!s->rot && !s->xs)
+        return qs_bench_static_amax(x, (size_t)n * in);
+    float *row = malloc((size_t)in * sizeof *row), mx = 0.0f;
+    if (!row) /* the untransformed absmax: a coarser scale, never a wrong value */
+        return qs_bench_static_amax(x, (size_t)n * in);
+    for (int r = 0; r < n; r++) {
+        memcpy(row, x + (size_t)r * in, (size_t)in * sizeof *row);
+        qs_err ig;
+        if (qs_bench_act_xform(s, row, 1, in, 0, &ig) < 0)
+            memcpy(row, x + (size_t)r * in, (size_t)in * sizeof *row);
+        for (int j = 0; j < in; j++)
+            if (fabsf(row[j]) > mx)
+                mx = fabsf(row[j]);
+    }
+    free(row);
+    return mx > 0 ? mx : 1e-30f;
+}
+
+/* ---- a site's calibration inputs ---------------------------------------------------------- */
+
+struct cap {
+    float *x;
+    size_t in, ctx, nrows;
+};
+
+static int cap_fn(void *u, int site, int window, const float *xf, const float *xq,
+                  const float *yf, const float *yq, int n, qs_err *e)
+{
+    (void)site, (void)xf, (void)yf, (void)yq, (void)e;
+    struct cap *c = u;
+    size_t off = (size_t)window * c->ctx * c->in;
+    memcpy(c->x + off, xq, (size_t)n * c->in * sizeof(float));
+    return 0;
+}
+
+/* The one place a method reads its site's inputs: the calibration rows of site i, from the
+ * float model (inputs_float) or the quantized path as it runs now; *x: (n, in), a copy the
+ * caller frees. MLPs read the activation caches; transformers stream the calibration windows
+ * once (only the sites up to i run). A later switch to streamed statistics (X^T X, mean |x|)
+ * replaces this function and the few lines that turn rows into statistics. */
+static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, int *n, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    *x = NULL;
+    *n = 0;
+    if (b->model) {
+        const float *src;
+        int rows;
+        if (qs_bench_inputs(b, QS_CALIB, !inputs_float, i, &src, &rows, e) < 0)
+            return -1;
+        if (!(*x = qs_alloc((size_t)rows * u.in, sizeof(float), "a site's calibration inputs",
+                            e)))
+            return -1;
+        memcpy(*x, src, (size_t)rows * u.in * sizeof(float));
+        *n = rows;
+        return 0;
+    }
+    int nw = qs_bench_stream_windows(b, QS_CALIB, e);
+    if (nw < 0)
+        return -1;
+    size_t ctx = (size_t)b->lm->ctx, rows = (size_t)nw * ctx;
+    if (rows * u.in * sizeof(float) > b->act_budget)
+        return qs_errf(e, "%s: its calibration inputs (%.1f MB) exceed the activation budget "
+                          "(%.1f MB); a smaller calibration (set calib tokens=N) fits",
+                       u.name, (double)rows * u.in * sizeof(float) / 1048576.0,
+                       b->act_budget / 1048576.0);
+    struct cap c = {qs_alloc(rows * u.in, sizeof(float), "a site's calibration inputs", e),
+                    (size_t)u.in, ctx, rows};
+    if (!c.x)
+        return -1;
+    unsigned char *want = qs_calloc((size_t)b->lm->nsites, 1);
+    if (!want) {
+        free(c.x);
+        return qs_errf(e, "out of memory");
+    }
+    want[i] = 1;
+    int rc = qs_bench_stream(b, QS_CALIB, want, !inputs_float, cap_fn, &c, e);
+    free(want);
+    if (rc < 0) {
+        free(c.x);
+        return -1;
+    }
+    *x = c.x;
+    *n = (int)rows;
+    return 0;
+}
+
+/* ---- one site ----------------------------------------------------------------------------- */
+
+/* A method's result on one site: the codes of the matrix it quantized, the effective weight in
+ * the original basis (NULL when the weights stay float), the activation transform. */
+struct mres {
+    struct qs_packed p;
+    float *wq;
+    struct qs_rot *rot;
+    float *xs;
+    double alpha;
+};
+
+static void mres_free(struct mres *r)
+{
+    qs_packed_free(&r->p);
+    free(r->wq);
+    qs_rot_free(r->rot);
+    free(r->xs);
+    memset(r, 0, sizeof *r);
+}
+
+/* Computes method m with format f, options o on site i: its transform, packed codes and
+ * effective weight. */
+static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
+                          const struct qs_qopts *o, const struct qs_rule_method *m,
+                          struct mres *res, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    memset(res, 0, sizeof *res);
+    const int rows = u.out, cols = u.in, wq_on = f->kind != QS_FMT_NONE;
+    const size_t wn = (size_t)rows * cols;
+    int rc = -1, n = 0, nxf = 0;
+    float *x = NULL, *xf = NULL, *wt = NULL, *q = NULL, *qe = NULL, *xs = NULL, *v = NULL;
+    double *h = NULL;
+    struct qs_qblock *blk = NULL;
+    struct qs_rot *rot = NULL;
+    struct qs_packed p;
+    memset(&p, 0, sizeof p);
+    char what[160];
+    snprintf(what, sizeof what, "%s: the method's weights", u.name);
+
+    if (m->rotate && qs_rot_new(cols, m->seed + (uint64_t)i, &rot, e) < 0)
+        goto done;
+    if (m->smooth_on) { /* SmoothQuant: max |X_j| of the float model's inputs, max |W_j| */
+        if (site_inputs(b, i, 1, &xf, &nxf, e) < 0)
+            goto done;
+        float *xmax = calloc((size_t)cols, sizeof *xmax);
+        if (!xmax || !(xs = malloc((size_t)cols * sizeof *xs))) {
+            free(xmax);
+            qs_errf(e, "out of memory");
+            goto done;
+        }
+        for (size_t r = 0; r < (size_t)nxf; r++)
+            for (int j = 0; j < cols; j++) {
+                float a = fabsf(xf[r * cols + j]);
+                xmax[j] = a > xmax[j] ? a : xmax[j];
+            }
+        rc = qs_smoothquant_scales(xmax, u.w, rows, cols, m->smooth, xs, e);
+        /* qscope: an input that is 0 on every calibration row has no outlier to migrate; the
+         * authors' clamp (s = 1e-5) would blow up any value it takes later (the quantized path,
+         * the held-out split) by 1e5 and wreck the tensor's activation scale: keep s = 1 */
+        for (int j = 0; rc == 0 && j < cols; j++)
+            if (xmax[j] == 0.0f)
+                xs[j] = 1.0f;
+        free(xmax);
+        if (rc < 0)
+            goto done;
+        rc = -1;
+    }
+    if (wq_on) {
+        /* the matrix the method quantizes: W' = W H^T diag(xs) */
+        if (!(wt = qs_alloc(wn, sizeof *wt, what, e)) || !(q = qs_alloc(wn, sizeof *q, what, e)))
+            goto done;
+        memcpy(wt, u.w, wn * sizeof *wt);
+        if (rot && qs_rot_apply(rot, wt, rows, 0, e) < 0)
+            goto done;
+        if (xs)
+            qs_scale_cols(wt, rows, cols, xs, 0);
+        if (m->method != QS_METHOD_RTN) {
+            if (site_inputs(b, i, m->inputs_float, &x, &n, e) < 0)
+                goto done;
+            if (n < 1) {
+                qs_errf(e, "%s: no calibration inputs", u.name);
+                goto done;
+            }
+            if (rot && qs_rot_apply(rot, x, n, 0, e) < 0)
+                goto done;
+            if (xs)
+                qs_scale_cols(x, n, cols, xs, 1);
+        }
+        size_t nblk = 0;
+        if (m->method == QS_METHOD_GPTQ || m->method == QS_METHOD_IMATRIX) {
+            struct qs_quantizer *qz;
+            if (qs_quantizer_new(f, o, wt, rows, cols, &qz, e) < 0)
+                goto done;
+            int seg = qs_quantizer_block(qz);
+            qs_quantizer_free(qz);
+            nblk = (size_t)rows * (size_t)((cols + seg - 1) / seg);
+            if (!(blk = qs_alloc(nblk, sizeof *blk, "the method's block scales", e)))
+                goto done;
+        }
+        switch (m->method) {
+        case QS_METHOD_RTN:
+            if (qs_quant_pack(f, o, wt, rows, cols, &p, e) < 0 || qs_quant_unpack(&p, q, e) < 0)
+                goto done;
+            break;
+        case QS_METHOD_GPTQ: {
+            struct qs_gptq_opts g;
+            qs_gptq_opts_default(&g);
+            g.damp = damp_of(m);
+            g.act_order = m->act_order;
+            if (!(h = qs_alloc((size_t)cols * cols, sizeof *h, "the site's Hessian", e)) ||
+                qs_hessian_add(h, x, n, cols, e) < 0 ||
+                qs_gptq(f, o, &g, wt, rows, cols, h, q, blk, e) < 0 ||
+                qs_quant_pack_blocks(f, o, wt, q, blk, rows, cols, &p, e) < 0)
+                goto done;
+            break;
+        }
+        case QS_METHOD_AWQ: {
+            double *acc = calloc((size_t)cols, sizeof *acc);
+            v = malloc((size_t)cols * sizeof *v);
+            float *sa = malloc((size_t)cols * sizeof *sa);
+            h = qs_alloc((size_t)cols * cols, sizeof *h, "the inputs' Gram matrix", e);
+            if (!acc || !v || !sa || !h) {
+                free(acc);
+                free(sa);
+                if (h)
+                    qs_errf(e, "out of memory");
+                goto done;
+            }
+            for (size_t r = 0; r < (size_t)n; r++)
+                for (int j = 0; j < cols; j++)
+                    acc[j] += fabs((double)x[r * cols + j]);
+            for (int j = 0; j < cols; j++)
+                v[j] = (float)(acc[j] / n);
+            free(acc);
+            if (qs_hessian_add(h, x, n, cols, e) < 0) { /* 2 X^T X: the scale does not matter */
+                free(sa);
+                goto done;
+            }
+            if (qs_awq(f, o, wt, rows, cols, v, h, 0, sa, q, &res->alpha, NULL, NULL, e) < 0) {
+                free(sa);
+                goto done;
+            }
+            /* Q(W' diag s) is RTN of the scaled matrix: pack that matrix */
+            qs_scale_cols(wt, rows, cols, sa, 0);
+            if (qs_quant_pack(f, o, wt, rows, cols, &p, e) < 0) {
+                free(sa);
+                goto done;
+            }
+            xs = sa; /* smooth and awq do not combine (qs_rule_method_check) */
+            break;
+        }
+        case QS_METHOD_IMATRIX: {
+            double *acc = calloc((size_t)cols, sizeof *acc);
+            v = malloc((size_t)cols * sizeof *v);
+            if (!acc || !v) {
+                free(acc);
+                qs_errf(e, "out of memory");
+                goto done;
+            }
+            for (size_t r = 0; r < (size_t)n; r++)
+                for (int j = 0; j < cols; j++) {
+                    double a = x[r * cols + j];
+                    acc[j] += a * a;
+                }
+            for (int j = 0; j < cols; j++)
+                v[j] = (float)(acc[j] / n);
+            free(acc);
+            if (qs_imatrix_quant_ex(f, o, wt, rows, cols, v, q, blk, e) < 0 ||
+                qs_quant_pack_blocks(f, o, wt, q, blk, rows, cols, &p, e) < 0)
+                goto done;
+            break;
+        }
+        default:
+            qs_errf(e, "%s: unknown method %d", u.name, m->method);
+            goto done;
+        }
+        /* the codes must decode to exactly what the method computed */
+        if (!(qe = qs_alloc(wn, sizeof *qe, what, e)) || qs_quant_unpack(&p, qe, e) < 0)
+            goto done;
+        if (memcmp(qe, q, wn * sizeof *q)) {
+            qs_errf(e, "%s: %s: the packed codes do not reproduce the method's weights",
+                    u.name, qs_method_name((enum qs_method)m->method));
+            goto done;
+        }
+        /* the effective weight in the original basis: Q(W') diag(xs)^-1 H */
+        if (xs)
+            qs_scale_cols(qe, rows, cols, xs, 1);
+        if (rot && qs_rot_apply(rot, qe, rows, 1, e) < 0)
+            goto done;
+    }
+    res->p = p;
+    memset(&p, 0, sizeof p);
+    res->wq = qe;
+    qe = NULL;
+    res->rot = rot;
+    rot = NULL;
+    res->xs = xs;
+    xs = NULL;
+    rc = 0;
+done:
+    qs_packed_free(&p);
+    qs_rot_free(rot);
+    free(x);
+    free(xf);
+    free(wt);
+    free(q);
+    free(qe);
+    free(xs);
+    free(v);
+    free(h);
+    free(blk);
+    return rc;
+}
+
+
+/* Computes site i's method and commits it: packed codes, effective weight, error, transform. */
+static int site_apply(struct qs_bench *b, int i, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    struct qs_layer_state *s = &b->ls[i];
+    struct mres r;
+    if (method_compute(b, i, &s->wfmt, &s->wopt, &s->wm, &r, e) < 0)
+        return -1;
+    const size_t wn = (size_t)u.out * u.in;
+    double num = 0.0, den = 0.0;
+    for (size_t j = 0; r.wq && j < wn; j++) {
+        double d = (double)u.w[j] - r.wq[j];
+        num += d * d;
+        den += (double)u.w[j] * u.w[j];
+    }
+    qs_packed_free(&s->packed);
+    free(s->wq);
+    qs_rot_free(s->rot);
+    free(s->xs);
+    s->packed = r.p;
+    s->wq = r.wq;
+    s->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+    s->rot = r.rot;
+    s->xs = r.xs;
+    s->xs_alpha = r.alpha;
+    /* the explicit input scale is stored beside the codes, in F32 */
+    s->xform_bits = r.xs && r.wq ? 32.0 * u.in : 0.0;
+    s->a_static_amax = 0.0f; /* calibrated again in the new basis */
+    s->mpending = 0;
+    return 0;
+}
+
+int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,
+                           const struct qs_qopts *o, const struct qs_rule_method *m, float *wq,
+                           double *bits, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    if (f->kind == QS_FMT_NONE)
+        return qs_errf(e, "%s: a method needs a format", u.name);
+    struct mres r;
+    if (method_compute(b, i, f, o, m, &r, e) < 0)
+        return qs_err_prefix(e, u.name);
+    memcpy(wq, r.wq, (size_t)u.out * u.in * sizeof *wq);
+    *bits = 8.0 * (double)qs_packed_bytes(&r.p) + (r.xs ? 32.0 * u.in : 0.0);
+    mres_free(&r);
+    return 0;
+}
+
+int qs_bench_methods_pending(const struct qs_bench *b)
+{
+    for (int i = 0; b->ls && i < qs_bench_nunits(b); i++)
+        if (b->ls[i].mpending)
+            return 1;
+    return 0;
+}
+
+int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
+{
+    if (b->methods_busy || !qs_bench_methods_pending(b))
+        return 0;
+    int S = qs_bench_nunits(b), rc = 0;
+    b->methods_busy = 1;
+    for (int i = 0; i < S && rc == 0; i++) {
+        struct qs_layer_state *s = &b->ls[i];
+        if (!s->mpending)
+            continue;
+        /* rotation with round-to-nearest needs no data; the others do */
+        int data = s->wm.smooth_on || (s->wfmt.kind != QS_FMT_NONE &&
+                                       s->wm.method != QS_METHOD_RTN);
+        if (data) {
+            qs_err e2;
+            int ready = b->model ? qs_bench_ready(b, &e2) : b->lm ? qs_bench_lm_ready(b, &e2)
+                                                                   : qs_errf(&e2, "no model");
+            if (ready < 0) {
+                if (strict) {
+                    char mk[200];
+                    struct qs_unit u;
+                    qs_bench_unit(b, i, &u);
+                    qs_rule_method_format(&s->wm, mk, sizeof mk);
+                    rc = qs_errf(e, "%s: %s takes statistics of the calibration data: %s", u.name,
+                                 mk, e2.msg);
+                }
+                break;
+            }
+        }
+        if (b->progress) {
+            struct qs_unit u;
+            qs_bench_unit(b, i, &u);
+            char what[96];
+            snprintf(what, sizeof what, "quantizer method: %s", u.name);
+            b->progress(b->progress_ctx, what, (double)i / S);
+        }
+        if (site_apply(b, i, e) < 0) {
+            struct qs_unit u;
+            qs_bench_unit(b, i, &u);
+            rc = qs_err_prefix(e, u.name);
+            break;
+        }
+        qs_bench_invalidate(b, i);
+        qs_bench_mark_stale(b, i);
+    }
+    b->methods_busy = 0;
+    return rc;
+}
