@@ -9,6 +9,7 @@
 
 #include "cmd_lm.h"
 #include "qscope/ggml.h"
+#include "qscope/gguf.h"
 #include "qscope/lm_gguf.h"
 
 static int ends_with(const char *s, const char *suf)
@@ -28,6 +29,27 @@ static const char *type_lc(int t, char *buf, size_t n)
     return buf;
 }
 
+/* A reference GGUF must be float: 0, or -1 naming its first tensor in a block type. */
+static int float_gguf(const char *file, const char *shown, qs_err *e)
+{
+    struct qs_gguf_file *g;
+    if (qs_gguf_open(file, &g, e) < 0)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < qs_gguf_count(g) && rc == 0; i++) {
+        const struct qs_gguf_tensor *t = qs_gguf_get(g, i);
+        if (t->type != QS_GGML_F32 && t->type != QS_GGML_F16 && t->type != QS_GGML_BF16) {
+            char tb[24];
+            rc = qs_errf(e,
+                         "load reference: %s is not a float model: tensor '%s' is %s (the "
+                         "reference must be the float original, F32/F16/BF16)",
+                         shown, t->name, qs_gguf_type_name(t->type, tb, sizeof tb));
+        }
+    }
+    qs_gguf_close(g);
+    return rc;
+}
+
 int qs_cmd_load_reference(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc != 1)
@@ -44,17 +66,29 @@ int qs_cmd_load_reference(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const char *file = qs_cmd_input_path(argv[0], rb, sizeof rb);
     struct qs_lm *ref = NULL;
     int rc;
-    if (ends_with(file, ".gguf"))
+    if (ends_with(file, ".gguf") && (rc = float_gguf(file, argv[0], e)) < 0)
+        ;
+    else if (ends_with(file, ".gguf"))
         rc = qs_lm_load_gguf(file, &ref, e);
     else if (qs_cmd_is_lm_path(file))
         rc = qs_lm_load(file, &ref, e);
     else
-        rc = qs_errf(e, "load reference: %s is neither a .gguf file nor a model folder "
-                        "(config.json + model.safetensors)", argv[0]);
+        rc = qs_errf(e,
+                     "load reference: %s is neither a .gguf file nor a model folder "
+                     "(config.json + model.safetensors)",
+                     argv[0]);
     struct qs_lm_gguf_sites *sites = NULL;
     struct qs_lm_gguf_pair_info info;
     if (rc == 0 && qs_lm_gguf_sites_open(gp, ref, &sites, &info, e) < 0)
         rc = -1;
+    if (rc == 0 && info.nsites_quant == 0) /* the other way round? */
+        rc = qs_errf(e,
+                     "load reference: %s holds no site in a ggml block type (all F32/F16/BF16): "
+                     "load the quantized GGUF as the model and its float original as the "
+                     "reference",
+                     gp);
+    if (rc < 0)
+        qs_lm_gguf_sites_free(sites);
     if (rc < 0) {
         qs_lm_free(ref);
         free(gp);
@@ -101,8 +135,8 @@ int qs_cmd_load_reference(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "sites_quantized", info.nsites_quant);
     qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
     char tb[24];
-    cJSON_AddStringToObject(o, "token_embd", info.embd_type >= 0 ? type_lc(info.embd_type, tb,
-                                                                            sizeof tb) : "");
+    cJSON_AddStringToObject(o, "token_embd",
+                            info.embd_type >= 0 ? type_lc(info.embd_type, tb, sizeof tb) : "");
     qs_json_num(o, "token_embd_max_diff", info.embd_max_diff);
     qs_json_num(o, "norm_max_diff", info.norm_max_diff);
     struct qs_sb t = {0};
@@ -123,7 +157,8 @@ int qs_cmd_load_reference(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     for (int ty = 0; ty < QS_GGML_NTYPES; ty++)
         if (counted[ty])
             qs_sb_printf(&t, " gguf:%s x%d", type_lc(ty, tb, sizeof tb), counted[ty]);
-    qs_sb_printf(&t, " (rule * gguf%s; see rules)", ndropped ? ", replacing the earlier rules" : "");
+    qs_sb_printf(&t, " (rule * gguf%s; see rules)",
+                 ndropped ? ", replacing the earlier rules" : "");
     qs_sb_printf(&t,
                  "\nnot sites: token_embd (%s in the GGUF, max |GGUF - reference| %.3g) and the "
                  "norms (max |diff| %.3g): both paths use the reference's",
@@ -142,8 +177,10 @@ int qs_cmd_gguf_rule(struct qs_ctx *c, int argc, char **argv, struct qs_rule *r,
                           "X.gguf, then load reference F (its float original)");
     for (int i = 2; i < argc; i++)
         if (strcmp(argv[i], "on=w"))
-            return qs_errf(e, "quant: gguf takes no options (the GGUF's own weights, as stored; "
-                              "weights only): '%s'", argv[i]);
+            return qs_errf(e,
+                           "quant: gguf takes no options (the GGUF's own weights, as stored; "
+                           "weights only): '%s'",
+                           argv[i]);
     qs_format_gguf_own(&r->fmt);
     qs_qopts_default(&r->opt);
     r->roles = QS_ROLE_W;

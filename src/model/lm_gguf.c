@@ -417,7 +417,7 @@ struct qs_lm_gguf_sites {
     struct qs_gguf_file *g;
     int nsites, n_head, n_kv_head, hd;
     const struct qs_gguf_tensor **t; /* per site */
-    int *rope_heads;                 /* per site: heads whose rows to put back in HF order, 0 none */
+    int *rope_heads; /* per site: heads whose rows go back to HF order (0: none) */
 };
 
 void qs_format_gguf_own(struct qs_format *f)
@@ -546,19 +546,20 @@ static int first_difference(const struct qs_lm *g, const struct qs_lm *r, char *
 {
 #define DIFF_INT(field, what)                                                                      \
     if (g->field != r->field) {                                                                    \
-        snprintf(buf, n, "%s %d vs %d", what, (int)r->field, (int)g->field);                       \
+        snprintf(buf, n, "%s %d (reference) vs %d (GGUF)", what, (int)r->field,                  \
+                 (int)g->field);                                                                   \
         return 1;                                                                                  \
     }
     if (r->family != QS_LM_LLAMA) {
-        snprintf(buf, n, "architecture %s vs llama", r->arch);
+        snprintf(buf, n, "architecture %s (reference) vs llama (GGUF)", r->arch);
         return 1;
     }
     if (r->bias_mask) {
-        snprintf(buf, n, "linear biases (%s) vs none", r->arch);
+        snprintf(buf, n, "linear biases (%s reference) vs none (GGUF)", r->arch);
         return 1;
     }
     if (r->window) {
-        snprintf(buf, n, "sliding window %d vs none", r->window);
+        snprintf(buf, n, "sliding window %d (reference) vs none (GGUF)", r->window);
         return 1;
     }
     DIFF_INT(vocab, "vocab size")
@@ -570,16 +571,17 @@ static int first_difference(const struct qs_lm *g, const struct qs_lm *r, char *
     DIFF_INT(ctx, "context length")
 #undef DIFF_INT
     if ((float)g->eps != (float)r->eps) {
-        snprintf(buf, n, "rms_norm_eps %.9g vs %.9g (as F32)", (float)r->eps, (float)g->eps);
+        snprintf(buf, n, "rms_norm_eps %.9g (reference) vs %.9g (GGUF), as F32", (float)r->eps,
+                 (float)g->eps);
         return 1;
     }
     if ((float)g->rope_theta != (float)r->rope_theta) {
-        snprintf(buf, n, "rope_theta %.9g vs %.9g (as F32)", (float)r->rope_theta,
+        snprintf(buf, n, "rope_theta %.9g (reference) vs %.9g (GGUF), as F32", (float)r->rope_theta,
                  (float)g->rope_theta);
         return 1;
     }
     if (g->tied != r->tied) {
-        snprintf(buf, n, "%s head vs %s", r->tied ? "a tied" : "an untied",
+        snprintf(buf, n, "%s head (reference) vs %s (GGUF)", r->tied ? "a tied" : "an untied",
                  g->tied ? "a tied one (no output.weight)" : "an untied one (output.weight)");
         return 1;
     }
