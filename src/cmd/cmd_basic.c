@@ -1774,7 +1774,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
      "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
      "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
-     "is not a multiple of 32 either; the 32-element types refuse such rows). on= picks the "
+     "is not a multiple of 32 either; the 32-element types refuse such rows); after load reference, "
+     "gguf: the paired GGUF's own weights (see load reference). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only."},
