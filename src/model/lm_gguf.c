@@ -504,7 +504,8 @@ int qs_lm_gguf_site_packed(const struct qs_lm_gguf_sites *p, int s, struct qs_pa
             return -1;
         memcpy(codes, t->data, rb * (size_t)t->ne[1]);
     }
-    out->fmt = f;
+    out->fmt = f; /* named by its ggml type ("q4_k"): packed exports record what the blocks are */
+    memmove(out->fmt.name, out->fmt.name + 5, strlen(out->fmt.name + 5) + 1);
     qs_qopts_default(&out->opt);
     out->rows = (int)t->ne[1];
     out->cols = (int)t->ne[0];

@@ -153,6 +153,11 @@ $Q --no-default -c "$PAIR; export model $T/back.gguf" >/dev/null 2>&1
 $PY tests/tools/gguf_tensors.py $QG | sed 's/^token_embd.weight q6_K/output.weight q6_K/' | grep -E '^(blk|output\.weight)' | sort >"$T/a.t"
 $PY tests/tools/gguf_tensors.py "$T/back.gguf" | grep -E '^(blk|output\.weight)' | sort >"$T/b.t"
 check export-pair-keeps-llamacpp-blocks "[ \$(wc -l <$T/a.t) = 10 ] && cmp -s $T/a.t $T/b.t"
+# a packed export of the pairing records the blocks as their ggml format and reloads into the
+# quantized model
+q=$($Q --no-default --json -c "$PAIR; eval; export model $T/pk packed" 2>/dev/null | evq)
+f=$($Q --no-default --json -c "load model $T/pk; load data $D; eval" 2>/dev/null | evf)
+check packed-export-pair-roundtrip "[ -n '$q' ] && [ '$q' = '$f' ]"
 # the committed Q4_K_M is llama.cpp's: remade from the folder, byte for byte (needs the npm
 # package that tests/sh/ggml.sh installs)
 if [ -f build/npm/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libllama.v0.5.0.so ] ||
