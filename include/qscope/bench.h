@@ -168,6 +168,9 @@ struct qs_bench {
     struct qs_dataset *data;
     struct qs_lm *lm;            /* a transformer; its quantizable units are its linear sites */
     struct qs_tokens *tokens;    /* token data for lm */
+    /* `load reference`: the quantized GGUF whose own site weights `gguf` rules put on the
+     * quantized path of lm, the reference (lm_gguf.h); NULL otherwise. Goes with the model. */
+    struct qs_lm_gguf_sites *gguf;
     char *model_path, *data_path;
     uint64_t seed;               /* session seed: split, stochastic rounding, probes */
     uint64_t split_seed;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/lm_gguf.h"
 #include "qscope/lmbench.h"
 #include "qscope/methods.h"
 
@@ -140,6 +141,7 @@ void qs_bench_free(struct qs_bench *b)
     b->model = NULL;
     qs_bench_lm_drop(b);
     qs_lm_free(b->lm);
+    qs_lm_gguf_sites_free(b->gguf);
     qs_tokens_free(b->tokens);
     qs_dataset_free(b->data);
     qs_split_free(&b->split);
@@ -215,6 +217,14 @@ static void drop_model(struct qs_bench *b)
     qs_bench_lm_drop(b);
     qs_lm_free(b->lm);
     b->lm = NULL;
+    qs_lm_gguf_sites_free(b->gguf);
+    b->gguf = NULL;
+    /* `gguf` rules name the weights of a pairing that is gone */
+    int k = 0;
+    for (int i = 0; i < b->nrules; i++)
+        if (!qs_format_is_gguf_own(&b->rules[i].fmt))
+            b->rules[k++] = b->rules[i];
+    b->nrules = k;
 }
 
 static int alloc_states(struct qs_bench *b, qs_err *e)
@@ -320,6 +330,8 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
         s->lm = b->lm;
         s->ls = b->ls;
         s->model_path = b->model_path;
+        s->gguf = b->gguf;
+        b->gguf = NULL;
         b->model = NULL;
         b->lm = NULL;
         b->ls = NULL;
@@ -367,6 +379,8 @@ void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep)
         b->lm = s->lm;
         b->ls = s->ls;
         b->model_path = s->model_path;
+        b->gguf = s->gguf;
+        s->gguf = NULL;
         s->model = NULL;
         s->lm = NULL;
         s->ls = NULL;
@@ -466,6 +480,8 @@ int qs_bench_check_files(const struct qs_bench *b, qs_err *e)
     /* an MLP's aligned F32 weights point into its mapped file; a transformer's are copies */
     if (b->model && b->model->map)
         return qs_st_check(b->model->map, e);
+    if (b->gguf) /* a paired GGUF's site blocks are read from its mapping on use */
+        return qs_lm_gguf_sites_check(b->gguf, e);
     return 0;
 }
 
@@ -591,6 +607,8 @@ static int find_rule(const struct qs_bench *b, const char *name, int role)
 {
     for (int k = 0; k < b->nrules; k++) {
         int roles = b->rules[k].roles ? b->rules[k].roles : role_default(b);
+        if (qs_format_is_gguf_own(&b->rules[k].fmt) && (!b->gguf || role != QS_ROLE_W))
+            continue; /* the paired GGUF's own weights: weights only, with a pairing */
         if ((roles & role) && qs_glob_match(b->rules[k].pattern, name))
             return k;
     }
@@ -628,6 +646,9 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             wf = b->rules[rw].fmt;
             wo = b->rules[rw].opt;
             b->rules[rw].matched++;
+            /* a `gguf` rule: the site's own tensor type in the paired GGUF ("gguf:q4_k") */
+            if (qs_format_is_gguf_own(&wf) && qs_lm_gguf_site_format(b->gguf, i, &wf, e) < 0)
+                return -1;
         }
         if (ra >= 0) {
             af = b->rules[ra].fmt;
@@ -712,8 +733,12 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
                 /* the packed codes (at most a float each) and the dequantized copy */
                 if (qs_mem_check(2 * nw * sizeof(float), what, e) < 0)
                     return -1;
-                if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0)
+                if (qs_format_is_gguf_own(&wf)) { /* the GGUF's blocks, not a quantization */
+                    if (qs_lm_gguf_site_packed(b->gguf, i, &p, e) < 0)
+                        return qs_err_prefix(e, l->name);
+                } else if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0) {
                     return qs_err_prefix(e, l->name);
+                }
                 wq = qs_alloc(nw, sizeof *wq, what, e);
                 if (!wq) {
                     qs_packed_free(&p);

@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cmd_gguf.h"
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
 #include "qscope/ggml.h"
 #include "qscope/layer_row.h"
+#include "qscope/lm_gguf.h"
 #include "qscope/lm_train.h"
 #include "qscope/lmbench.h"
 #include "qscope/packfile.h"
@@ -841,12 +843,15 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (strlen(argv[0]) >= sizeof r.pattern)
         return qs_errf(e, "quant: pattern too long");
     snprintf(r.pattern, sizeof r.pattern, "%s", argv[0]);
-    if (qs_format_parse(argv[1], &r.fmt, e) < 0)
+    int gguf = !strcmp(argv[1], "gguf"); /* a paired GGUF's own weights (cmd_gguf.c) */
+    if (gguf ? qs_cmd_gguf_rule(c, argc, argv, &r, e) < 0 : qs_format_parse(argv[1], &r.fmt, e) < 0)
         return -1;
-    qs_qopts_default(&r.opt);
-    r.opt.seed = c->b->seed;
+    if (!gguf) {
+        qs_qopts_default(&r.opt);
+        r.opt.seed = c->b->seed;
+    }
     r.amode = QS_AMODE_DYNAMIC;
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc && !gguf; i++) {
         const char *v;
         if ((v = qs_opt_value(argv[i], "on"))) {
             if (!strcmp(v, "w"))
@@ -916,8 +921,9 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "%s -> %s%s%s: %d layer%s; model %.3f bits/weight", r.pattern, r.fmt.name,
                  meth[0] ? " " : "", meth, matched, matched == 1 ? "" : "s",
                  qs_bench_bits_per_weight(b));
-    if (r.fmt.kind == QS_FMT_GGML) /* say which layers llama.cpp's fallback stores otherwise */
+    if (r.fmt.kind == QS_FMT_GGML && !gguf) /* which layers llama.cpp's fallback stores otherwise */
         ggml_fallback_note(b, &r.fmt, o, &t);
+    qs_cmd_gguf_quant_note(c, o, &t); /* sites a `gguf` rule gave before, re-quantized now */
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -968,6 +974,12 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char on[48];
         snprintf(on, sizeof on, "%s%s%s", roles, r->amode != QS_AMODE_DYNAMIC ? " amode=" : "",
                  r->amode != QS_AMODE_DYNAMIC ? am : "");
+        if (qs_format_is_gguf_own(&r->fmt) && ln) { /* the GGUF's own type of each site */
+            qs_sb_printf(&t, "\n%2d  %-12s %-10s %-40s on=%-7s -> the paired GGUF's own weights:",
+                         k + 1, r->pattern, r->fmt.name, "", on);
+            qs_cmd_gguf_rule_sites(c, k, jr, &t);
+            continue;
+        }
         qs_sb_printf(&t, "\n%2d  %-12s %-10s %-40s on=%-7s -> %s", k + 1, r->pattern, r->fmt.name,
                      opts, on, ln ? layers : "(no layer)");
         if (meth[0])
@@ -1734,6 +1746,19 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
      "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
      "as a LLaMA."},
+    {"load reference", "PATH", QS_CMD_JOURNAL | QS_CMD_MODEL, qs_cmd_load_reference,
+     "pair a quantized GGUF model with its float original: llama.cpp's weights become the "
+     "quantized path",
+     "After `load model X.gguf` (a llama quantized by llama.cpp, e.g. Q4_K_M): PATH, an F16/F32 "
+     "GGUF or a Hugging Face folder of the same llama, becomes the model, so its weights are the "
+     "float path, and every site's quantized weight is the GGUF's own tensor (its ggml type, "
+     "dequantized per site), through the rule `quant * gguf` that replaces earlier rules. "
+     "error, spectrum, rank, eval, corrections, ablate and sensitivity then measure llama.cpp's "
+     "own quantization. rules shows each site's type (gguf:q4_k, gguf:q6_k, ...); a quant rule "
+     "on top re-quantizes its sites from the float reference instead (and says so); `quant "
+     "PATTERN gguf` gives them their GGUF weights back. Hyperparameters and tensor shapes must "
+     "match: the first difference is named. Embedding and norms are not sites: both paths use "
+     "the reference's, and the load says how far the GGUF's differ."},
     {"load data", "PATH [label=COLUMN] [dtype=uint16|uint32]", QS_CMD_JOURNAL, cmd_load_data,
      "open a CSV dataset, or token data for a transformer (.txt, .bin)",
      "CSV: numeric cells; label column by name or index, default last. The split "
@@ -1778,7 +1803,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
      "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
      "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
-     "is not a multiple of 32 either; the 32-element types refuse such rows). on= picks the "
+     "is not a multiple of 32 either; the 32-element types refuse such rows); after load reference, "
+     "gguf: the paired GGUF's own weights (see load reference). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
      "absmax calibrated on the float calibration inputs; gran=channel applies to weights only. "

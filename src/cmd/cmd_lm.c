@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "qscope/lm_gguf.h"
 #include "qscope/lmbench.h"
 #include "qscope/tokenizer.h"
 #include "qscope/tokens.h"
@@ -154,6 +155,12 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
                     "%.3f bits/weight)\n",
                  b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, m->vocab,
                  m->nsites, qs_bench_bits_per_weight(b));
+    if (b->gguf) { /* load reference: the model is the float original of a quantized GGUF */
+        cJSON_AddStringToObject(o, "gguf", qs_lm_gguf_sites_path(b->gguf));
+        qs_sb_printf(t, "paired  %s: its own weights on the sites of `gguf` rules (the model "
+                        "above is the float reference)\n",
+                     qs_lm_gguf_sites_path(b->gguf));
+    }
     if (b->tokens) {
         size_t off;
         int cw;

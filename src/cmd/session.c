@@ -482,17 +482,19 @@ static int journal_inputs(const struct qs_ctx *c, struct infile **out, int *nout
         if (argc < 0)
             continue;
         if (argc >= 3 && !strcmp(argv[0], "load") &&
-            (!strcmp(argv[1], "model") || !strcmp(argv[1], "data"))) {
+            (!strcmp(argv[1], "model") || !strcmp(argv[1], "data") ||
+             !strcmp(argv[1], "reference"))) {
+            const char *kind = !strcmp(argv[1], "data") ? "data" : "model"; /* a reference too */
             int skip = 0;
             for (int i = 0; i < nw && !skip; i++)
                 skip = !strcmp(written[i], argv[2]);
             for (int i = 0; i < n && !skip; i++)
-                skip = !strcmp(v[i].kind, argv[1]) && !strcmp(v[i].path, argv[2]);
+                skip = !strcmp(v[i].kind, kind) && !strcmp(v[i].path, argv[2]);
             if (!skip) {
                 struct infile *nv = realloc(v, (size_t)(n + 1) * sizeof *nv);
                 if (nv) {
                     v = nv;
-                    snprintf(v[n].kind, sizeof v[n].kind, "%s", argv[1]);
+                    snprintf(v[n].kind, sizeof v[n].kind, "%s", kind);
                     v[n].path = qs_strdup(argv[2]);
                     n++;
                 }
@@ -823,8 +825,10 @@ static int check_pins(struct qs_ctx *c, const char *path, const struct lines *l,
                     path, i + 1, argv[0]);
             problems++;
         } else if (argc >= 3 && same_str(argv[0], "load") &&
-                   (same_str(argv[1], "model") || same_str(argv[1], "data"))) {
-            int ok = pinned(l, end, argv[1], argv[2]);
+                   (same_str(argv[1], "model") || same_str(argv[1], "data") ||
+                    same_str(argv[1], "reference"))) {
+            /* a reference is pinned as a model */
+            int ok = pinned(l, end, same_str(argv[1], "data") ? "data" : "model", argv[2]);
             for (int k = 0; k < nw && !ok; k++)
                 ok = same_str(written[k], argv[2]);
             if (!ok) {
@@ -832,7 +836,8 @@ static int check_pins(struct qs_ctx *c, const char *path, const struct lines *l,
                 qs_note(c,
                         "%s:%d: load %s %s: no pinned hash for it in the header (a line '# %s "
                         "PATH sha256=...'); --check refuses to load a file it cannot verify",
-                        path, i + 1, argv[1], qs_clean_str(argv[2], pb, sizeof pb, 0), argv[1]);
+                        path, i + 1, argv[1], qs_clean_str(argv[2], pb, sizeof pb, 0),
+                        same_str(argv[1], "data") ? "data" : "model");
                 problems++;
             }
         } else {
@@ -1156,7 +1161,8 @@ static void journal_line(const char *line, struct qs_sb *sb)
         const char *v = NULL;
         int path_arg = i == 2 && argc >= 3 &&
                        ((same_str(argv[0], "load") &&
-                         (same_str(argv[1], "model") || same_str(argv[1], "data"))) ||
+                         (same_str(argv[1], "model") || same_str(argv[1], "data") ||
+                          same_str(argv[1], "reference"))) ||
                         (same_str(argv[0], "export") &&
                          (same_str(argv[1], "model") || same_str(argv[1], "csv"))));
         if (path_arg) {

@@ -12,6 +12,7 @@
 #include "qscope/ggml.h"
 #include "qscope/gguf.h"
 #include "qscope/lm.h"
+#include "qscope/lm_gguf.h"
 
 struct gctx {
     const struct qs_gguf_file *g;
@@ -408,4 +409,288 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
     free(names);
     free(t);
     return rc;
+}
+
+/* ---- a quantized GGUF as the quantized path of its float reference (lm_gguf.h) ------------ */
+
+struct qs_lm_gguf_sites {
+    struct qs_gguf_file *g;
+    int nsites, n_head, n_kv_head, hd;
+    const struct qs_gguf_tensor **t; /* per site */
+    int *rope_heads; /* per site: heads whose rows go back to HF order (0: none) */
+};
+
+void qs_format_gguf_own(struct qs_format *f)
+{
+    memset(f, 0, sizeof *f);
+    f->kind = QS_FMT_GGML;
+    f->ggml = -1;
+    snprintf(f->name, sizeof f->name, "gguf");
+}
+
+int qs_format_is_gguf_own(const struct qs_format *f)
+{
+    return f->kind == QS_FMT_GGML && !strncmp(f->name, "gguf", 4);
+}
+
+void qs_lm_gguf_sites_free(struct qs_lm_gguf_sites *p)
+{
+    if (!p)
+        return;
+    qs_gguf_close(p->g);
+    free(p->t);
+    free(p->rope_heads);
+    free(p);
+}
+
+const char *qs_lm_gguf_sites_path(const struct qs_lm_gguf_sites *p) { return qs_gguf_path(p->g); }
+int qs_lm_gguf_sites_check(const struct qs_lm_gguf_sites *p, qs_err *e)
+{
+    return qs_gguf_check(p->g, e);
+}
+int qs_lm_gguf_sites_count(const struct qs_lm_gguf_sites *p) { return p->nsites; }
+int qs_lm_gguf_site_type(const struct qs_lm_gguf_sites *p, int s) { return p->t[s]->type; }
+const char *qs_lm_gguf_site_tensor(const struct qs_lm_gguf_sites *p, int s)
+{
+    return p->t[s]->name;
+}
+
+int qs_lm_gguf_site_format(const struct qs_lm_gguf_sites *p, int s, struct qs_format *f,
+                           qs_err *e)
+{
+    if (s < 0 || s >= p->nsites)
+        return qs_errf(e, "gguf: no site %d", s);
+    int t = p->t[s]->type;
+    const char *n = qs_ggml_type_name(t);
+    memset(f, 0, sizeof *f);
+    f->kind = QS_FMT_GGML;
+    f->ggml = t;
+    f->block = qs_ggml_block_size(t);
+    f->bits = (int)(8 * qs_ggml_type_size(t) / (size_t)f->block); /* element bits, rounded down */
+    int k = snprintf(f->name, sizeof f->name, "gguf:%s", n ? n : "?");
+    for (int i = 5; i < k && i < (int)sizeof f->name; i++)
+        f->name[i] = (char)(f->name[i] >= 'A' && f->name[i] <= 'Z' ? f->name[i] + 32 : f->name[i]);
+    return 0;
+}
+
+int qs_lm_gguf_site_packed(const struct qs_lm_gguf_sites *p, int s, struct qs_packed *out,
+                           qs_err *e)
+{
+    memset(out, 0, sizeof *out);
+    struct qs_format f;
+    if (qs_lm_gguf_site_format(p, s, &f, e) < 0)
+        return -1;
+    const struct qs_gguf_tensor *t = p->t[s];
+    size_t rb;
+    if (qs_ggml_row_bytes(t->type, t->ne[0], &rb, e) < 0)
+        return -1;
+    if (qs_gguf_check(p->g, e) < 0)
+        return -1;
+    uint8_t *codes;
+    if (p->rope_heads[s]) {
+        codes = qs_alloc((size_t)t->ne[1], rb, "the GGUF site's blocks", e);
+        if (!codes)
+            return -1;
+        const uint8_t *src = t->data;
+        int nh = p->rope_heads[s], hd = p->hd;
+        for (int h = 0; h < nh; h++)
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < hd / 2; j++)
+                    memcpy(codes + ((size_t)h * hd + (size_t)i * (hd / 2) + j) * rb,
+                           src + ((size_t)h * hd + 2 * (size_t)j + i) * rb, rb);
+    } else {
+        codes = qs_alloc((size_t)t->ne[1], rb, "the GGUF site's blocks", e);
+        if (!codes)
+            return -1;
+        memcpy(codes, t->data, rb * (size_t)t->ne[1]);
+    }
+    out->fmt = f; /* named by its ggml type ("q4_k"): packed exports record what the blocks are */
+    memmove(out->fmt.name, out->fmt.name + 5, strlen(out->fmt.name + 5) + 1);
+    qs_qopts_default(&out->opt);
+    out->rows = (int)t->ne[1];
+    out->cols = (int)t->ne[0];
+    out->codes = codes;
+    out->code_bytes = rb * (size_t)t->ne[1];
+    out->scales = calloc(1, 1); /* as qs_ggml_pack: no separate scales */
+    if (!out->scales) {
+        qs_packed_free(out);
+        return qs_errf(e, "out of memory");
+    }
+    return 0;
+}
+
+/* max |a - dequantized tensor NAME| over n values (the tensor must hold n); -1 and e on failure */
+static int max_diff(const struct qs_gguf_file *g, const char *file, const char *name,
+                    const float *ref, int64_t n, double *out, qs_err *e)
+{
+    const struct qs_gguf_tensor *t = qs_gguf_find(g, name);
+    if (!t || t->numel != n)
+        return qs_errf(e, "%s: tensor '%s' is %s", file, name, t ? "of another size" : "missing");
+    float *v = qs_alloc((size_t)n, sizeof(float), "a GGUF tensor as F32", e);
+    if (!v)
+        return -1;
+    if (qs_gguf_to_f32(t, v, e) < 0) {
+        free(v);
+        return qs_err_prefix(e, file);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)v[i] - ref[i]);
+        if (!(d <= *out)) /* NaN too */
+            *out = d;
+    }
+    free(v);
+    return 0;
+}
+
+/* The first hyperparameter where the GGUF (g) and the reference (r) differ, into buf; 0 none. */
+static int first_difference(const struct qs_lm *g, const struct qs_lm *r, char *buf, size_t n)
+{
+#define DIFF_INT(field, what)                                                                      \
+    if (g->field != r->field) {                                                                    \
+        snprintf(buf, n, "%s %d (reference) vs %d (GGUF)", what, (int)r->field,                  \
+                 (int)g->field);                                                                   \
+        return 1;                                                                                  \
+    }
+    if (r->family != QS_LM_LLAMA) {
+        snprintf(buf, n, "architecture %s (reference) vs llama (GGUF)", r->arch);
+        return 1;
+    }
+    if (r->bias_mask) {
+        snprintf(buf, n, "linear biases (%s reference) vs none (GGUF)", r->arch);
+        return 1;
+    }
+    if (r->window) {
+        snprintf(buf, n, "sliding window %d (reference) vs none (GGUF)", r->window);
+        return 1;
+    }
+    DIFF_INT(vocab, "vocab size")
+    DIFF_INT(d_model, "hidden size")
+    DIFF_INT(n_layer, "blocks")
+    DIFF_INT(n_head, "attention heads")
+    DIFF_INT(n_kv_head, "key/value heads")
+    DIFF_INT(d_ff, "intermediate size")
+    DIFF_INT(ctx, "context length")
+#undef DIFF_INT
+    if ((float)g->eps != (float)r->eps) {
+        snprintf(buf, n, "rms_norm_eps %.9g (reference) vs %.9g (GGUF), as F32", (float)r->eps,
+                 (float)g->eps);
+        return 1;
+    }
+    if ((float)g->rope_theta != (float)r->rope_theta) {
+        snprintf(buf, n, "rope_theta %.9g (reference) vs %.9g (GGUF), as F32", (float)r->rope_theta,
+                 (float)g->rope_theta);
+        return 1;
+    }
+    if (g->tied != r->tied) {
+        snprintf(buf, n, "%s head (reference) vs %s (GGUF)", r->tied ? "a tied" : "an untied",
+                 g->tied ? "a tied one (no output.weight)" : "an untied one (output.weight)");
+        return 1;
+    }
+    return 0;
+}
+
+int qs_lm_gguf_sites_open(const char *path, struct qs_lm *ref, struct qs_lm_gguf_sites **out,
+                          struct qs_lm_gguf_pair_info *info, qs_err *e)
+{
+    *out = NULL;
+    struct qs_lm_gguf_pair_info inf = {0};
+    struct qs_gguf_file *g = NULL;
+    if (qs_gguf_open(path, &g, e) < 0)
+        return -1;
+    char pb[256], rb[256];
+    struct gctx c = {g, qs_clean_str(path, pb, sizeof pb, 0), NULL, e};
+    const char *rname = qs_clean_str(ref->path ? ref->path : "the reference", rb, sizeof rb, 0);
+    const char *arch = NULL;
+    int rc = qs_gguf_get_str(g, "general.architecture", &arch, e), tied = 0;
+    if (rc == 0)
+        rc = qs_errf(e, "%s: key 'general.architecture' is missing", c.file);
+    if (rc == 1 && strcmp(arch, "llama"))
+        rc = qs_errf(e, "%s: architecture is not llama", c.file);
+    char *cfg = rc == 1 ? make_config(&c, &tied) : NULL;
+    struct qs_lm gm;
+    memset(&gm, 0, sizeof gm);
+    rc = cfg && qs_lm_parse_config(cfg, strlen(cfg), c.file, &gm, e) == 0 ? 0 : -1;
+    free(cfg);
+    char diff[200];
+    if (rc == 0 && first_difference(&gm, ref, diff, sizeof diff))
+        rc = qs_errf(e, "the reference %s differs from the GGUF %s: %s", rname, c.file, diff);
+    struct qs_lm_gguf_sites *p = rc == 0 ? qs_calloc(1, sizeof *p) : NULL;
+    if (rc == 0 && p) {
+        p->g = g;
+        p->nsites = ref->nsites;
+        p->n_head = ref->n_head;
+        p->n_kv_head = ref->n_kv_head;
+        p->hd = ref->d_model / ref->n_head;
+        p->t = qs_calloc((size_t)ref->nsites, sizeof *p->t);
+        p->rope_heads = qs_calloc((size_t)ref->nsites, sizeof *p->rope_heads);
+        if (!p->t || !p->rope_heads)
+            rc = qs_errf(e, "out of memory");
+    } else if (rc == 0) {
+        rc = qs_errf(e, "out of memory");
+    }
+    static const char *const gname[7] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                         "ffn_gate", "ffn_up", "ffn_down"};
+    for (int s = 0; rc == 0 && s < ref->nsites; s++) {
+        const struct qs_lm_site *st = &ref->sites[s];
+        char k[96];
+        if (s == ref->nsites - 1)
+            snprintf(k, sizeof k, "%s", ref->tied ? "token_embd.weight" : "output.weight");
+        else
+            snprintf(k, sizeof k, "blk.%d.%s.weight", s / 7, gname[s % 7]);
+        const struct qs_gguf_tensor *t = qs_gguf_find(g, k);
+        char tb[24];
+        if (!t) {
+            rc = qs_errf(e, "%s: tensor '%s' is missing (site %s of the reference)", c.file, k,
+                         st->name);
+        } else if (t->ndim != 2 || t->ne[0] != st->in || t->ne[1] != st->out) {
+            rc = qs_errf(e,
+                         "%s: tensor '%s' has ggml dims [%lld,%lld] but the reference's %s is "
+                         "(out %d, in %d), i.e. [%d,%d]",
+                         c.file, k, (long long)t->ne[0], (long long)(t->ndim > 1 ? t->ne[1] : 1),
+                         st->name, st->out, st->in, st->in, st->out);
+        } else if (!qs_ggml_can_decode(t->type)) {
+            rc = qs_errf(e, "%s: tensor '%s' is of type %s, which qscope cannot decode", c.file, k,
+                         qs_gguf_type_name(t->type, tb, sizeof tb));
+        } else {
+            p->t[s] = t;
+            p->rope_heads[s] = s == ref->nsites - 1 ? 0
+                               : s % 7 == 0         ? ref->n_head
+                               : s % 7 == 1         ? ref->n_kv_head
+                                                    : 0;
+            inf.nsites_quant += t->type != QS_GGML_F32 && t->type != QS_GGML_F16 &&
+                                t->type != QS_GGML_BF16;
+        }
+    }
+    /* what is not a site: both paths keep the reference's; say how far the GGUF's are */
+    if (rc == 0) {
+        const struct qs_gguf_tensor *t = qs_gguf_find(g, "token_embd.weight");
+        inf.embd_type = t ? t->type : -1;
+        int d = ref->d_model;
+        rc = max_diff(g, c.file, "token_embd.weight", *qs_lm_slot(ref, QS_LM_SLOT_EMBED, 0),
+                      (int64_t)d * ref->vocab, &inf.embd_max_diff, e);
+        for (int l = 0; rc == 0 && l < ref->n_layer; l++) {
+            char k[64];
+            snprintf(k, sizeof k, "blk.%d.attn_norm.weight", l);
+            rc = max_diff(g, c.file, k, *qs_lm_slot(ref, QS_LM_SLOT_NORM_ATTN, l), d,
+                          &inf.norm_max_diff, e);
+            snprintf(k, sizeof k, "blk.%d.ffn_norm.weight", l);
+            if (rc == 0)
+                rc = max_diff(g, c.file, k, *qs_lm_slot(ref, QS_LM_SLOT_NORM_MLP, l), d,
+                              &inf.norm_max_diff, e);
+        }
+        if (rc == 0)
+            rc = max_diff(g, c.file, "output_norm.weight", *qs_lm_slot(ref, QS_LM_SLOT_NORM_F, 0),
+                          d, &inf.norm_max_diff, e);
+    }
+    if (rc < 0) {
+        if (p)
+            p->g = NULL;
+        qs_lm_gguf_sites_free(p);
+        qs_gguf_close(g);
+        return -1;
+    }
+    if (info)
+        *info = inf;
+    *out = p;
+    return 0;
 }
