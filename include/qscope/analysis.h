@@ -102,6 +102,12 @@ int qs_corr_prec_parse(const char *prec, struct qs_format *f, qs_err *e);
  * same fit as `correct` and `allocate` use. */
 int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in, const float *x,
                         int n, int r, const char *prec, struct qs_corr *c, qs_err *e);
+/* The same fit from the inputs' moments (moments.h, finished; NULL for lowrank, which needs
+ * none): qs_corr_fit_lowrank is this on the moments of x. */
+struct qs_moments;
+int qs_corr_fit_lowrank_m(enum qs_corr_method m, const float *ew, int out, int in,
+                          const struct qs_moments *mo, int r, const char *prec, struct qs_corr *c,
+                          qs_err *e);
 
 /* The output-side fits of `correct`, family-independent (MLP layers and transformer sites):
  * yf, yq: (n, d) the float and quantized pre-activations of the calibration split.

@@ -351,6 +351,16 @@ int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e);
 /* A transformer site's input rows of both splits on both paths (b->rows), streamed once and kept
  * until a change upstream of it; refused beyond act_budget. MLPs: from the caches. */
 int qs_bench_site_rows(struct qs_bench *b, int site, qs_err *e);
+/* The second moments of site `site`'s inputs on split s along the float (quant 0) or quantized
+ * path (moments.h: X^T X and sum |x_j| in double, rows in a fixed order and blocking): a
+ * transformer's are streamed window by window (qs_bench_stream: one window's inputs at a time,
+ * O(in^2) memory whatever the calibration size); an MLP's are read from its caches in the same
+ * blocks. *m is initialised here and finished; the caller frees it (qs_moments_free). What fits
+ * a correction or a quantizer from the inputs' statistics (L2QER, QERA, EoRA, GPTQ) takes them
+ * from here rather than from a site's rows. */
+struct qs_moments;
+int qs_bench_site_moments(struct qs_bench *b, int site, enum qs_split_id s, int quant,
+                          struct qs_moments *m, qs_err *e);
 /* Whether site i computes other than the float site (quantized, or a correction applied). */
 int qs_bench_site_identity(const struct qs_bench *b, int i);
 /* Bytes the analyses hold now (activation caches, a site's rows, statistics). */

@@ -89,6 +89,27 @@ struct qs_ridge_info {
 int qs_ridge_map_info(const float *yq, const float *yf, int n, int d, double lambda, float *at,
                       float *b, struct qs_ridge_info *info, qs_err *err);
 
+/* The ridge map's sums, row block by row block (RIDGE_ROWS rows a dsyrk/dgemm), so that a map
+ * is fitted from a stream of windows without their rows: G = sum (yq - kq)(yq - kq)^T,
+ * H = sum (yq - kq)(yf - kf)^T and the sums of yq - kq, yf - kf in double, about a shift k
+ * (init's kq, kf: (d) or NULL for the first rows' means), which keeps the one-pass sums as
+ * accurate as centred ones. qs_ridge_map_info is init with the exact means, one add, solve. */
+struct qs_ridge_acc {
+    int d, shifted, fill;
+    long n;
+    double *kq, *kf, *sq, *sf; /* (d) shifts and sums of the shifted rows */
+    double *g, *h;             /* (d, d) column-major; g upper triangle */
+    double *bq, *bf;           /* private: the row block being filled */
+};
+int qs_ridge_acc_init(struct qs_ridge_acc *a, int d, const double *kq, const double *kf,
+                      qs_err *err);
+/* yq, yf: (n, d); -1 with err on a non-finite value. */
+int qs_ridge_acc_add(struct qs_ridge_acc *a, const float *yq, const float *yf, int n, qs_err *err);
+/* The map from the sums, as qs_ridge_map_info (consumes them: solve once, then free). */
+int qs_ridge_acc_solve(struct qs_ridge_acc *a, double lambda, float *at, float *b,
+                       struct qs_ridge_info *info, qs_err *err);
+void qs_ridge_acc_free(struct qs_ridge_acc *a);
+
 /* Applies the map: yhat = yq at + b; yq, yhat: (n, d), at: (d, d), b: (d). */
 void qs_ridge_apply(const float *yq, int n, int d, const float *at, const float *b, float *yhat);
 

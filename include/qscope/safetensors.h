@@ -109,6 +109,12 @@ int qs_st_to_f32(const struct qs_st_tensor *t, float *out, qs_err *e);
 /* Zero-copy view of an F32 tensor whose data is 4-byte aligned; NULL otherwise (then use
  * qs_st_to_f32). Valid until the file is closed. */
 const float *qs_st_f32_view(const struct qs_st_tensor *t);
+/* Drops the resident pages of t's bytes from the mapping of f (madvise DONTNEED): a loader that
+ * has converted t to its own F32 copy calls it so that the file's pages do not stay in the
+ * process's memory beside the copy (a BF16 model would otherwise peak at its F32 weights plus
+ * the whole file). The bytes stay readable: a later access reads them from the file again. No
+ * effect on a file opened from memory. */
+void qs_st_release(const struct qs_st_file *f, const struct qs_st_tensor *t);
 
 /* 1 if every element is finite (always for integer and BOOL tensors); otherwise 0 and, if
  * bad_index is non-NULL, the flat index of the first NaN/Inf. */

@@ -10,6 +10,7 @@
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/lowrank.h"
+#include "qscope/moments.h"
 
 static double sq_diff(const float *a, const float *b, size_t n)
 {
@@ -695,11 +696,27 @@ int qs_corr_prec_parse(const char *prec, struct qs_format *f, qs_err *e)
 int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in, const float *x,
                         int n, int rank, const char *prec, struct qs_corr *c, qs_err *e)
 {
+    struct qs_moments mo;
+    memset(&mo, 0, sizeof mo);
+    if (m != QS_CORR_LOWRANK && qs_moments_of_rows(&mo, x, n, in, e) < 0)
+        return -1;
+    int rc = qs_corr_fit_lowrank_m(m, ew, out, in, m != QS_CORR_LOWRANK ? &mo : NULL, rank, prec,
+                                   c, e);
+    qs_moments_free(&mo);
+    return rc;
+}
+
+int qs_corr_fit_lowrank_m(enum qs_corr_method m, const float *ew, int out, int in,
+                          const struct qs_moments *mo, int rank, const char *prec,
+                          struct qs_corr *c, qs_err *e)
+{
     struct qs_format pf;
     if (qs_corr_prec_parse(prec, &pf, e) < 0)
         return -1;
     if (m != QS_CORR_LOWRANK && m != QS_CORR_LQER && m != QS_CORR_QERA && m != QS_CORR_EORA)
         return qs_errf(e, "%s is not a low-rank correction", qs_corr_name(m));
+    if (m != QS_CORR_LOWRANK && (!mo || mo->in != in || !mo->xtx))
+        return qs_errf(e, "%s: the inputs' moments are missing", qs_corr_name(m));
     int mn = out < in ? out : in;
     if (rank < 1 || rank > mn)
         return qs_errf(e, "rank %d is out of range: min(out, in) = min(%d, %d) = %d", rank, out,
@@ -723,18 +740,16 @@ int qs_corr_fit_lowrank(enum qs_corr_method m, const float *ew, int out, int in,
             qs_corr_clear(c);
             return qs_errf(e, "out of memory");
         }
-        for (int r = 0; r < n; r++)
-            for (int j = 0; j < in; j++)
-                sc[j] += fabsf(x[(size_t)r * in + j]) / n;
+        qs_moments_absmean(mo, sc);
         r2 = qs_lowrank_lqer(ew, out, in, sc, rank, c->c, c->l, c->rt, e);
         free(sc);
-    } else {
-        float *rxx = malloc((size_t)in * in * sizeof(float));
+    } else { /* R = X^T X / n */
+        float *rxx = qs_alloc((size_t)in * in, sizeof(float), "the inputs' autocorrelation", e);
         if (!rxx) {
             qs_corr_clear(c);
-            return qs_errf(e, "out of memory");
+            return -1;
         }
-        qs_gram(x, n, in, rxx);
+        qs_moments_gram(mo, rxx);
         r2 = (m == QS_CORR_QERA ? qs_lowrank_qera : qs_lowrank_eora)(ew, out, in, rxx, 0.01, rank,
                                                                      c->c, c->l, c->rt, e);
         free(rxx);
@@ -802,9 +817,10 @@ static long quantize_map(float *a, int d, const char *prec, qs_err *e)
     return bytes;
 }
 
-/* Fits the ridge map from yq to yt (n, d); stores A = at^T and mb into c. */
-static int fit_map(const float *yq, const float *yt, int n, int d, double lambda, struct qs_corr *c,
-                   qs_err *e)
+/* Fits the ridge map from yq to yt (n, d), or from the sums acc of a stream (yt NULL, yq NULL);
+ * stores A = at^T and mb into c. */
+static int fit_map_any(const float *yq, const float *yt, int n, int d, struct qs_ridge_acc *acc,
+                       double lambda, struct qs_corr *c, qs_err *e)
 {
     float *at = malloc((size_t)d * d * sizeof(float));
     c->amap = malloc((size_t)d * d * sizeof(float));
@@ -814,7 +830,8 @@ static int fit_map(const float *yq, const float *yt, int n, int d, double lambda
         return qs_errf(e, "out of memory");
     }
     struct qs_ridge_info info;
-    if (qs_ridge_map_info(yq, yt, n, d, lambda, at, c->mb, &info, e) < 0) {
+    if ((acc ? qs_ridge_acc_solve(acc, lambda, at, c->mb, &info, e)
+             : qs_ridge_map_info(yq, yt, n, d, lambda, at, c->mb, &info, e)) < 0) {
         free(at);
         return -1;
     }
@@ -825,6 +842,12 @@ static int fit_map(const float *yq, const float *yt, int n, int d, double lambda
     c->rank_kept = info.rank_kept;
     free(at);
     return 0;
+}
+
+static int fit_map(const float *yq, const float *yt, int n, int d, double lambda, struct qs_corr *c,
+                   qs_err *e)
+{
+    return fit_map_any(yq, yt, n, d, NULL, lambda, c, e);
 }
 
 int qs_corr_fit_bias(const float *yf, const float *yq, int n, int d, struct qs_corr *c)
@@ -843,11 +866,9 @@ int qs_corr_fit_bias(const float *yf, const float *yq, int n, int d, struct qs_c
     return 0;
 }
 
-int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double lambda,
-                       const char *prec, struct qs_corr *c, qs_err *e)
+/* A fitted map's size and bits, its own weights quantized per row unless prec is float. */
+static int linear_bits(struct qs_corr *c, int d, const char *prec, qs_err *e)
 {
-    if (fit_map(yq, yf, n, d, lambda, c, e) < 0)
-        return -1;
     c->params = (long)d * d + d;
     c->bits = 32.0 * c->params;
     if (prec && strcmp(prec, "float")) {
@@ -859,9 +880,238 @@ int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double la
     return 0;
 }
 
+int qs_corr_fit_linear(const float *yq, const float *yf, int n, int d, double lambda,
+                       const char *prec, struct qs_corr *c, qs_err *e)
+{
+    if (fit_map(yq, yf, n, d, lambda, c, e) < 0)
+        return -1;
+    return linear_bits(c, d, prec, e);
+}
+
 /* The largest output a linear map (out x out) is fitted on: the vocabulary head of a real model
  * is not (its map alone would be vocab^2 floats). */
 #define MAP_MAX_OUT 4096
+
+/* ---- corrections on a transformer: fitted and measured from streamed sums ------------------
+ *
+ * A transformer's site is never held as rows (its calibration inputs alone can exceed memory:
+ * TinyLlama's down_proj, 5632 features a token): every quantity `correct` needs is a sum over
+ * windows, accumulated as qs_bench_stream hands them out one window at a time. The low-rank
+ * methods take the float inputs' moments (qs_bench_site_moments); bias the column sums of
+ * yf - yq; linear and clocal the ridge sums (qs_ridge_acc); the recoveries the two squared-error
+ * sums. Each is summed in the rows' order as the row-based fit (the MLP's) sums it, so a fit is
+ * the same to rounding whichever way its rows arrive. */
+
+enum cs_what { CS_BIAS, CS_RIDGE, CS_RIDGE_LOCAL, CS_RECOVERY, CS_RECOVERY_LOCAL };
+
+struct corr_stream {
+    struct qs_bench *b;
+    int i, d;
+    enum cs_what what;
+    double *bias;              /* (d) sums of yf - yq (CS_BIAS) */
+    struct qs_ridge_acc *ridge; /* CS_RIDGE, CS_RIDGE_LOCAL */
+    const struct qs_corr *map; /* CS_RECOVERY_LOCAL: the fitted map */
+    double before, after;      /* recovery: sum (yf - yq)^2, sum (yf - yhat)^2 */
+    float *yf, *yq, *yh;       /* one window's pre-activations (ctx, d) */
+};
+
+static int cs_fn(void *u, int site, int w, const float *xf, const float *xq, const float *yf,
+                 const float *yq, int n, qs_err *e)
+{
+    (void)site, (void)w;
+    struct corr_stream *c = u;
+    struct qs_bench *b = c->b;
+    int d = c->d, wq = QS_ROLE_W | QS_ROLE_A;
+    size_t nd = (size_t)n * d;
+    /* yf: the float site on the float inputs, as qs_bench_preact computes it */
+    if (yf)
+        memcpy(c->yf, yf, nd * sizeof(float));
+    else if (qs_bench_layer_forward(b, c->i, xf, n, 0, 0, c->yf, e) < 0)
+        return -1;
+    /* yq: the quantized site without its correction: on the quantized path's inputs, or on the
+     * float inputs for the local map (a float-only stream: xq == xf) */
+    if (qs_bench_layer_forward(b, c->i, xq, n, wq, 0, c->yq, e) < 0)
+        return -1;
+    switch (c->what) {
+    case CS_BIAS:
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < d; j++)
+                c->bias[j] += (double)c->yf[(size_t)r * d + j] - c->yq[(size_t)r * d + j];
+        return 0;
+    case CS_RIDGE:
+    case CS_RIDGE_LOCAL:
+        return qs_ridge_acc_add(c->ridge, c->yq, c->yf, n, e);
+    case CS_RECOVERY: /* yhat: the corrected site, as the stream's quantized path ran it */
+        if (yq)
+            memcpy(c->yh, yq, nd * sizeof(float));
+        else if (qs_bench_layer_forward(b, c->i, xq, n, wq, 1, c->yh, e) < 0)
+            return -1;
+        break;
+    case CS_RECOVERY_LOCAL:
+        qs_linear(c->yq, n, d, c->map->amap, c->map->mb, d, c->yh);
+        break;
+    }
+    for (size_t k = 0; k < nd; k++) { /* qs_recovery's sums, window after window */
+        double e0 = (double)c->yf[k] - c->yq[k], e1 = (double)c->yf[k] - c->yh[k];
+        c->before += e0 * e0;
+        c->after += e1 * e1;
+    }
+    return 0;
+}
+
+static int cs_run(struct qs_bench *b, struct corr_stream *c, enum qs_split_id sp, int quant,
+                  qs_err *e)
+{
+    unsigned char *want = qs_calloc((size_t)qs_bench_nunits(b), 1);
+    if (!want)
+        return qs_errf(e, "out of memory");
+    want[c->i] = 1;
+    c->before = c->after = 0;
+    int rc = qs_bench_stream(b, sp, want, quant, cs_fn, c, e);
+    free(want);
+    return rc;
+}
+
+static double cs_recovery(const struct corr_stream *c)
+{
+    return c->before > 0 ? 1 - c->after / c->before : 0;
+}
+
+/* qs_analysis_correct on a transformer (its arguments checked there): the fit into nw with
+ * site i's correction cleared, then its recoveries with nw in place. */
+static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
+                      const char *prec, double lambda, qs_err *e)
+{
+    struct qs_unit l;
+    qs_bench_unit(b, i, &l);
+    struct qs_layer_state *s = &b->ls[i];
+    int d = l.out, ctx = b->lm->ctx;
+    int wc = qs_bench_stream_windows(b, QS_CALIB, e);
+    int wt = wc < 0 ? -1 : qs_bench_stream_windows(b, QS_TEST, e);
+    if (wt < 0)
+        return -1;
+    long nc = (long)wc * ctx, nt = (long)wt * ctx;
+    if ((m == QS_CORR_LINEAR || m == QS_CORR_CLOCAL) && d > MAP_MAX_OUT)
+        return qs_errf(e, "%s: a linear map on %d outputs would be %d x %d; output-side maps are "
+                          "fitted up to %d outputs", l.name, d, d, d, MAP_MAX_OUT);
+    if ((m == QS_CORR_LINEAR && nc <= d) || (m == QS_CORR_CLOCAL && nt <= d))
+        return qs_errf(e, "%s: a %dx%d linear map needs more than %d samples to fit, the %s "
+                          "windows have %ld (set calib)",
+                       l.name, d, d, d, m == QS_CORR_CLOCAL ? "held-out" : "calibration",
+                       m == QS_CORR_CLOCAL ? nt : nc);
+    struct qs_corr old = s->corr, nw;
+    memset(&nw, 0, sizeof nw);
+    memset(&s->corr, 0, sizeof s->corr); /* the fit's pre-activations are without a correction */
+    struct qs_moments mo;
+    struct qs_ridge_acc acc;
+    memset(&mo, 0, sizeof mo);
+    memset(&acc, 0, sizeof acc);
+    struct corr_stream c = {.b = b, .i = i, .d = d};
+    int rc = -1;
+    c.yf = qs_alloc((size_t)ctx * d, sizeof(float), "a window's pre-activations", e);
+    c.yq = c.yf ? qs_alloc((size_t)ctx * d, sizeof(float), "a window's pre-activations", e) : NULL;
+    c.yh = c.yq ? qs_alloc((size_t)ctx * d, sizeof(float), "a window's pre-activations", e) : NULL;
+    if (!c.yh)
+        goto out;
+    nw.method = m;
+    snprintf(nw.prec, sizeof nw.prec, "%s", prec);
+    switch (m) {
+    case QS_CORR_BIAS:
+        c.what = CS_BIAS;
+        if (!(c.bias = qs_calloc((size_t)d, sizeof(double))) ||
+            !(nw.db = qs_calloc((size_t)d, sizeof(float)))) {
+            qs_errf(e, "out of memory");
+            goto out;
+        }
+        if (cs_run(b, &c, QS_CALIB, 1, e) < 0)
+            goto out;
+        for (int j = 0; j < d; j++)
+            nw.db[j] = (float)(c.bias[j] / nc);
+        nw.params = d;
+        nw.bits = 32.0 * d;
+        break;
+    case QS_CORR_LOWRANK:
+    case QS_CORR_LQER:
+    case QS_CORR_QERA:
+    case QS_CORR_EORA: {
+        if (m != QS_CORR_LOWRANK && qs_bench_site_moments(b, i, QS_CALIB, 0, &mo, e) < 0)
+            goto out;
+        size_t nwts = (size_t)l.out * l.in;
+        float *ew = qs_alloc(nwts, sizeof(float), "the weight error", e);
+        if (!ew)
+            goto out;
+        for (size_t j = 0; j < nwts; j++)
+            ew[j] = l.w[j] - s->wq[j];
+        int r2 = qs_corr_fit_lowrank_m(m, ew, l.out, l.in, m != QS_CORR_LOWRANK ? &mo : NULL, rank,
+                                       prec, &nw, e);
+        free(ew);
+        qs_moments_free(&mo);
+        if (r2 < 0)
+            goto out;
+        break;
+    }
+    case QS_CORR_LINEAR:
+    case QS_CORR_CLOCAL: {
+        /* linear: the quantized path's calibration windows; clocal: fitted and judged on the
+         * held-out windows from the float inputs (local errors) */
+        int local = m == QS_CORR_CLOCAL;
+        c.what = local ? CS_RIDGE_LOCAL : CS_RIDGE;
+        c.ridge = &acc;
+        if (qs_ridge_acc_init(&acc, d, NULL, NULL, e) < 0 ||
+            cs_run(b, &c, local ? QS_TEST : QS_CALIB, !local, e) < 0 ||
+            fit_map_any(NULL, NULL, 0, d, &acc, lambda, &nw, e) < 0)
+            goto out;
+        if (local) {
+            nw.params = (long)d * d + d;
+            nw.bits = 32.0 * nw.params;
+            c.what = CS_RECOVERY_LOCAL;
+            c.map = &nw;
+            if (cs_run(b, &c, QS_TEST, 0, e) < 0)
+                goto out;
+            nw.recovery = cs_recovery(&c);
+            nw.recovery_calib = NAN;
+        } else if (linear_bits(&nw, d, prec, e) < 0) {
+            goto out;
+        }
+        break;
+    }
+    default:
+        qs_errf(e, "unknown correction");
+        goto out;
+    }
+    for (int j = 0; j < i && j < 63; j++) /* the upstream state it is fitted in */
+        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
+            nw.fit_upstream |= 1ULL << j;
+    s->corr = nw;
+    memset(&nw, 0, sizeof nw);
+    if (m != QS_CORR_CLOCAL) { /* judged as applied: the held-out, then the calibration windows */
+        c.what = CS_RECOVERY;
+        if (cs_run(b, &c, QS_TEST, 1, e) < 0)
+            goto out;
+        s->corr.recovery = cs_recovery(&c);
+        if (cs_run(b, &c, QS_CALIB, 1, e) < 0)
+            goto out;
+        s->corr.recovery_calib = cs_recovery(&c);
+    }
+    qs_corr_clear(&old);
+    qs_bench_invalidate(b, i);
+    if (m != QS_CORR_CLOCAL) /* clocal is never applied: the path after it is unchanged */
+        qs_bench_mark_stale(b, i);
+    rc = 0;
+out:
+    if (rc < 0) {
+        qs_corr_clear(&s->corr);
+        s->corr = old;
+        qs_corr_clear(&nw);
+    }
+    qs_moments_free(&mo);
+    qs_ridge_acc_free(&acc);
+    free(c.bias);
+    free(c.yf);
+    free(c.yq);
+    free(c.yh);
+    return rc;
+}
 
 int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank,
                         const char *prec, double lambda, const struct qs_mlp *teacher, qs_err *e)
@@ -909,6 +1159,8 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
                           "fits: a map on its outputs needs their %d x %d second moments (output-"
                           "side maps are fitted on sites of up to %d outputs)",
                        l->name, l->out, l->out, l->out, MAP_MAX_OUT);
+    if (b->lm)
+        return lm_correct(b, i, m, rank, prec, lambda, e);
     int nc = 0, nt = 0, d = l->out;
     const float *xfc = site_x(b, i, QS_CALIB, 0, &nc, e), *xqc = xfc ? site_x(b, i, QS_CALIB, 1,
                                                                              &nc, e) : NULL;

@@ -47,62 +47,143 @@ static int all_finite(const char *what, const float *a, size_t n, qs_err *err)
     return 0;
 }
 
-int qs_ridge_map_info(const float *yq, const float *yf, int n, int d, double lambda, float *at,
-                      float *b, struct qs_ridge_info *info, qs_err *err)
+void qs_ridge_acc_free(struct qs_ridge_acc *a)
 {
-    if (n < 1 || d < 1)
-        return qs_errf(err, "ridge: empty pre-activations (%d samples x %d features)", n, d);
-    if (isnan(lambda) || isinf(lambda))
-        return qs_errf(err, "ridge: lambda %g is not finite", lambda);
-    size_t nd, dd;
-    if (qs_size_mul((size_t)n, (size_t)d, &nd) < 0 || qs_size_mul((size_t)d, (size_t)d, &dd) < 0)
-        return qs_errf(err, "ridge: %d x %d is too large", n, d);
+    if (!a)
+        return;
+    free(a->kq);
+    free(a->kf);
+    free(a->sq);
+    free(a->sf);
+    free(a->g);
+    free(a->h);
+    free(a->bq);
+    free(a->bf);
+    memset(a, 0, sizeof *a);
+}
+
+int qs_ridge_acc_init(struct qs_ridge_acc *a, int d, const double *kq, const double *kf,
+                      qs_err *err)
+{
+    memset(a, 0, sizeof *a);
+    size_t dd;
+    if (d < 1 || qs_size_mul((size_t)d, (size_t)d, &dd) < 0)
+        return qs_errf(err, "ridge: %d outputs: no map of that size", d);
+    size_t bytes = (2 * (size_t)RIDGE_ROWS * d + 2 * dd + 4 * (size_t)d) * sizeof(double);
+    if (qs_mem_check(bytes, "the ridge map's double sums", err) < 0)
+        return -1;
+    a->d = d;
+    a->kq = calloc((size_t)d, sizeof *a->kq);
+    a->kf = calloc((size_t)d, sizeof *a->kf);
+    a->sq = calloc((size_t)d, sizeof *a->sq);
+    a->sf = calloc((size_t)d, sizeof *a->sf);
+    a->g = calloc(dd, sizeof *a->g);
+    a->h = calloc(dd, sizeof *a->h);
+    a->bq = malloc((size_t)RIDGE_ROWS * d * sizeof *a->bq);
+    a->bf = malloc((size_t)RIDGE_ROWS * d * sizeof *a->bf);
+    if (!a->kq || !a->kf || !a->sq || !a->sf || !a->g || !a->h || !a->bq || !a->bf) {
+        qs_ridge_acc_free(a);
+        return qs_errf(err, "ridge: out of memory (%d x %d)", d, d);
+    }
+    a->shifted = kq != NULL;
+    if (kq) {
+        memcpy(a->kq, kq, (size_t)d * sizeof *a->kq);
+        memcpy(a->kf, kf, (size_t)d * sizeof *a->kf);
+    }
+    return 0;
+}
+
+/* Column-major d x d: G += Bq Bq^T (upper triangle), H += Bq Bf^T, B the block's shifted rows
+ * (row-major (nr, d) = column-major (d, nr)). */
+static void acc_flush(struct qs_ridge_acc *a)
+{
+    int d = a->d, nr = a->fill;
+    if (nr == 0)
+        return;
+    cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, d, nr, 1.0, a->bq, d, 1.0, a->g, d);
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, d, d, nr, 1.0, a->bq, d, a->bf, d, 1.0,
+                a->h, d);
+    a->fill = 0;
+}
+
+int qs_ridge_acc_add(struct qs_ridge_acc *a, const float *yq, const float *yf, int n, qs_err *err)
+{
+    int d = a->d;
+    size_t nd = (size_t)n * d;
     if (all_finite("quantized pre-activations", yq, nd, err) ||
         all_finite("float pre-activations", yf, nd, err))
         return -1;
-    int rows = n < RIDGE_ROWS ? n : RIDGE_ROWS;
-    size_t scratch = (2 * (size_t)rows * d + 4 * dd + 3 * (size_t)d) * sizeof(double);
-    if (qs_mem_check(scratch, "the ridge map's double scratch", err) < 0)
-        return -1;
-    double *mq = calloc((size_t)d, sizeof *mq), *mf = calloc((size_t)d, sizeof *mf);
+    if (!a->shifted && n > 0) { /* the shift: the first rows' means (a stable one-pass sum) */
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) {
+                a->kq[j] += yq[(size_t)i * d + j];
+                a->kf[j] += yf[(size_t)i * d + j];
+            }
+        for (int j = 0; j < d; j++) {
+            a->kq[j] /= n;
+            a->kf[j] /= n;
+        }
+        a->shifted = 1;
+    }
+    for (int i = 0; i < n; i++) {
+        double *q = a->bq + (size_t)a->fill * d, *f = a->bf + (size_t)a->fill * d;
+        for (int j = 0; j < d; j++) {
+            size_t src = (size_t)i * d + j;
+            q[j] = yq[src] - a->kq[j];
+            f[j] = yf[src] - a->kf[j];
+            a->sq[j] += q[j];
+            a->sf[j] += f[j];
+        }
+        if (++a->fill == RIDGE_ROWS)
+            acc_flush(a);
+    }
+    a->n += n;
+    return 0;
+}
+
+int qs_ridge_acc_solve(struct qs_ridge_acc *a, double lambda, float *at, float *b,
+                       struct qs_ridge_info *info, qs_err *err)
+{
+    int d = a->d;
+    long n = a->n;
+    if (n < 1 || d < 1)
+        return qs_errf(err, "ridge: empty pre-activations (%ld samples x %d features)", n, d);
+    if (isnan(lambda) || isinf(lambda))
+        return qs_errf(err, "ridge: lambda %g is not finite", lambda);
+    acc_flush(a);
+    size_t dd = (size_t)d * d;
+    double *mq = malloc((size_t)d * sizeof *mq), *mf = malloc((size_t)d * sizeof *mf);
     double *w = malloc((size_t)d * sizeof *w);
-    double *xq = malloc((size_t)rows * d * sizeof *xq), *xf = malloc((size_t)rows * d * sizeof *xf);
-    double *g = calloc(dd, sizeof *g), *h = calloc(dd, sizeof *h);
     double *t = malloc(dd * sizeof *t), *x = malloc(dd * sizeof *x);
     int rc = -1;
-    if (!mq || !mf || !w || !xq || !xf || !g || !h || !t || !x) {
-        qs_errf(err, "ridge: out of memory (%d x %d)", n, d);
+    if (!mq || !mf || !w || !t || !x) {
+        qs_errf(err, "ridge: out of memory (%d x %d)", d, d);
         goto out;
     }
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < d; j++) {
-            mq[j] += yq[(size_t)i * d + j];
-            mf[j] += yf[(size_t)i * d + j];
+    /* the sums are about the shift k: with u = mean(y - k), the centred sums are
+     * G = sum (yq - k)(yq - k)^T - n uq uq^T and H = sum (yq - k)(yf - k)^T - n uq uf^T; when k
+     * is the mean (qs_ridge_map_info), u is rounding and the terms vanish at double precision */
+    double *uq = mq, *uf = mf;
+    for (int j = 0; j < d; j++) {
+        uq[j] = a->sq[j] / (double)n;
+        uf[j] = a->sf[j] / (double)n;
+    }
+    for (int c = 0; c < d; c++)
+        for (int r = 0; r < d; r++) {
+            if (r <= c)
+                a->g[(size_t)c * d + r] -= (double)n * uq[r] * uq[c];
+            a->h[(size_t)c * d + r] -= (double)n * uq[r] * uf[c];
         }
     for (int j = 0; j < d; j++) {
-        mq[j] /= n;
-        mf[j] /= n;
+        mq[j] = a->kq[j] + uq[j];
+        mf[j] = a->kf[j] + uf[j];
     }
-    /* Column-major d x d: G = Yq^T Yq (upper triangle) and H = Yq^T Yf over centred rows, in
-     * double, block by block. A row-major block (nr, d) is the column-major (d, nr) matrix
-     * Xt = X^T, so G = Xt Xt^T and H = Xqt Xft^T. */
-    for (int r0 = 0; r0 < n; r0 += rows) {
-        int nr = n - r0 < rows ? n - r0 : rows;
-        for (int i = 0; i < nr; i++)
-            for (int j = 0; j < d; j++) {
-                size_t src = (size_t)(r0 + i) * d + j, dst = (size_t)i * d + j;
-                xq[dst] = yq[src] - mq[j];
-                xf[dst] = yf[src] - mf[j];
-            }
-        cblas_dsyrk(CblasColMajor, CblasUpper, CblasNoTrans, d, nr, 1.0, xq, d, 1.0, g, d);
-        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, d, d, nr, 1.0, xq, d, xf, d, 1.0, h,
-                    d);
-    }
+    double *g = a->g, *h = a->h;
     double tr = 0;
     for (int j = 0; j < d; j++)
         tr += g[(size_t)j * d + j];
     double lam = lambda < 0 ? 1e-6 * tr / d : lambda;
-    /* G = V diag(w) V^T, w ascending; g becomes V. */
+    /* G = V diag(w) V^T, w ascending; g becomes V (the sums are spent: solve once). */
     if (LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', d, g, d, w) != 0) {
         qs_errf(err, "ridge: LAPACK could not diagonalise the %d x %d Gram matrix", d, d);
         goto out;
@@ -146,11 +227,48 @@ out:
     free(mq);
     free(mf);
     free(w);
-    free(xq);
-    free(xf);
-    free(g);
-    free(h);
     free(t);
     free(x);
+    return rc;
+}
+
+int qs_ridge_map_info(const float *yq, const float *yf, int n, int d, double lambda, float *at,
+                      float *b, struct qs_ridge_info *info, qs_err *err)
+{
+    if (n < 1 || d < 1)
+        return qs_errf(err, "ridge: empty pre-activations (%d samples x %d features)", n, d);
+    if (isnan(lambda) || isinf(lambda))
+        return qs_errf(err, "ridge: lambda %g is not finite", lambda);
+    size_t nd, dd;
+    if (qs_size_mul((size_t)n, (size_t)d, &nd) < 0 || qs_size_mul((size_t)d, (size_t)d, &dd) < 0)
+        return qs_errf(err, "ridge: %d x %d is too large", n, d);
+    if (all_finite("quantized pre-activations", yq, nd, err) ||
+        all_finite("float pre-activations", yf, nd, err))
+        return -1;
+    /* the rows are all here: shift by their exact means (two passes), the centred sums */
+    double *mq = calloc((size_t)d, sizeof *mq), *mf = calloc((size_t)d, sizeof *mf);
+    struct qs_ridge_acc a;
+    int rc = -1;
+    memset(&a, 0, sizeof a);
+    if (!mq || !mf) {
+        qs_errf(err, "ridge: out of memory (%d x %d)", n, d);
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < d; j++) {
+            mq[j] += yq[(size_t)i * d + j];
+            mf[j] += yf[(size_t)i * d + j];
+        }
+    for (int j = 0; j < d; j++) {
+        mq[j] /= n;
+        mf[j] /= n;
+    }
+    if (qs_ridge_acc_init(&a, d, mq, mf, err) < 0 || qs_ridge_acc_add(&a, yq, yf, n, err) < 0)
+        goto out;
+    rc = qs_ridge_acc_solve(&a, lambda, at, b, info, err);
+out:
+    qs_ridge_acc_free(&a);
+    free(mq);
+    free(mf);
     return rc;
 }

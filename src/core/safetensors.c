@@ -786,6 +786,21 @@ const float *qs_st_f32_view(const struct qs_st_tensor *t)
     return (const float *)t->data;
 }
 
+void qs_st_release(const struct qs_st_file *f, const struct qs_st_tensor *t)
+{
+    if (!f || !f->map || !t || !t->nbytes)
+        return;
+    uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE), base = (uintptr_t)f->map;
+    uintptr_t a = (uintptr_t)t->data & ~(ps - 1), z = (uintptr_t)t->data + t->nbytes;
+    z = (z + ps - 1) & ~(ps - 1);
+    if (a < base)
+        a = base;
+    if (z > base + f->maplen) /* the mapping's last page is whole in memory */
+        z = (base + f->maplen + ps - 1) & ~(ps - 1);
+    if (z > a)
+        madvise((void *)a, z - a, MADV_DONTNEED);
+}
+
 int qs_st_check_finite(const struct qs_st_tensor *t, int64_t *bad_index)
 {
     const unsigned char *p = t->data;

@@ -436,6 +436,7 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
         free(v);
         return NULL;
     }
+    qs_st_release(c->f, t); /* the copy is what stays: peak = F32 weights + one tensor */
     if (transpose) {
         float *w = qs_alloc((size_t)t->numel, sizeof(float), what, c->e);
         if (!w) {
