@@ -2305,7 +2305,8 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "can trade a wider format for a correction. The plan prints as quant/correct commands; "
      "`apply` runs them, and they are journaled as such."},
     {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
-     "[warmup=N] [wd=F] [clip=F] [out=DIR])",
+     "[warmup=N] [wd=F] [clip=F] [out=DIR] [mode=whole|block] [order=depth|sensitivity] "
+     "[samples=N])",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
@@ -2315,7 +2316,10 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "the held-out 10 %, the forward through each site's weight format (scales recomputed from "
      "the master weights every step) and its activation format, dx = dy through both; epochs=1 "
      "(steps= instead), batch=16 lr=5e-4 min_lr=lr/10 wd=0 clip=1; held-out loss before and "
-     "after; out=DIR also writes the trained model."},
+     "after; out=DIR also writes the trained model. mode=block (Block-AP): one block at a time "
+     "learns to reproduce its float output on samples=64 windows, from the stream of the model "
+     "being trained, in depth order or the most sensitive first (order=sensitivity, after "
+     "`sensitivity`)."},
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
      "[csv=PREFIX] [out=RECORD.json] [plan=DIR]",
