@@ -7,6 +7,7 @@
 #define QSCOPE_DATASET_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "qscope/common.h"
@@ -53,6 +54,13 @@ void qs_dataset_free(struct qs_dataset *d);
  * name needs it), then one row per sample, features as %.9g (round-trips every float exactly)
  * and the label as an integer, LF line ends, C locale. Errors name the path (strerror). */
 int qs_dataset_write_csv(const struct qs_dataset *d, const char *path, qs_err *e);
+
+/* Writing CSV rows by field (the studies' and export csv's tables): a field quoted by libcsv's
+ * rules, preceded by a comma unless first; a number as %.9g (empty when not finite); an
+ * integer. */
+void qs_csv_field(FILE *f, const char *s, int first);
+void qs_csv_num(FILE *f, double v);
+void qs_csv_int(FILE *f, long long v);
 
 /* A deterministic split: a permutation of 0..n-1 from qs_rng seeded with seed
  * (qs_rng_shuffle); the first round(f_train*n) indices are train, the next round(f_calib*n)

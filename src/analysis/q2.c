@@ -3,13 +3,13 @@
 #include "qscope/q2.h"
 
 #include <cblas.h>
-#include <csv.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "qscope/analysis.h"
+#include "qscope/dataset.h"
 #include "qscope/lm.h"
 #include "qscope/spectral.h"
 #include "qscope/study.h"
@@ -1005,30 +1005,6 @@ int qs_study_q2(const struct qs_q2_opts *o, struct qs_q2 *q, qs_err *e)
 
 /* ---- CSV ----------------------------------------------------------------------------------- */
 
-static void field(FILE *f, const char *s, int first)
-{
-    if (!first)
-        fputc(',', f);
-    csv_fwrite(f, s, strlen(s));
-}
-
-static void numf(FILE *f, double v)
-{
-    char buf[40];
-    if (isfinite(v))
-        snprintf(buf, sizeof buf, "%.9g", v);
-    else
-        buf[0] = 0;
-    field(f, buf, 0);
-}
-
-static void intf(FILE *f, long long v)
-{
-    char buf[32];
-    snprintf(buf, sizeof buf, "%lld", v);
-    field(f, buf, 0);
-}
-
 static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
                       const struct qs_q2_opts *o, qs_err *e)
 {
@@ -1064,52 +1040,52 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
                        "n_fit",      "n_eval",
                        "mse_none"};
     for (size_t k = 0; k < sizeof h / sizeof *h; k++)
-        field(f, h[k], k == 0);
+        qs_csv_field(f, h[k], k == 0);
     for (int v = 0; v < QS_Q2_NVAR; v++) {
         char k[64];
         snprintf(k, sizeof k, "mse_%s", var_names[v]);
-        field(f, k, 0);
+        qs_csv_field(f, k, 0);
     }
     for (int v = 0; v < QS_Q2_NVAR; v++) {
         char k[64];
         snprintf(k, sizeof k, "loss_gain_%s", var_names[v]);
-        field(f, k, 0);
+        qs_csv_field(f, k, 0);
     }
-    field(f, "improvement", 0);
-    field(f, "unstable", 0);
-    field(f, "verdict", 0);
+    qs_csv_field(f, "improvement", 0);
+    qs_csv_field(f, "unstable", 0);
+    qs_csv_field(f, "verdict", 0);
     fputc('\n', f);
     for (int i = 0; i < n; i++) {
         const struct qs_q2_setting *x = &s[i];
-        field(f, x->model, 1);
-        field(f, x->data, 0);
-        intf(f, (long long)x->seed);
-        field(f, x->arch, 0);
-        field(f, x->format, 0);
-        field(f, x->options, 0);
-        field(f, x->gate_pass ? "pass" : "fail", 0);
-        intf(f, !x->gate_pass);
-        intf(f, x->nsites);
-        numf(f, x->float_loss);
-        numf(f, x->quant_loss);
-        numf(f, x->float_acc);
-        numf(f, x->quant_acc);
-        numf(f, x->bits_per_weight);
-        intf(f, x->n_fit);
-        intf(f, x->n_eval);
-        numf(f, x->mse_none);
+        qs_csv_field(f, x->model, 1);
+        qs_csv_field(f, x->data, 0);
+        qs_csv_int(f, (long long)x->seed);
+        qs_csv_field(f, x->arch, 0);
+        qs_csv_field(f, x->format, 0);
+        qs_csv_field(f, x->options, 0);
+        qs_csv_field(f, x->gate_pass ? "pass" : "fail", 0);
+        qs_csv_int(f, !x->gate_pass);
+        qs_csv_int(f, x->nsites);
+        qs_csv_num(f, x->float_loss);
+        qs_csv_num(f, x->quant_loss);
+        qs_csv_num(f, x->float_acc);
+        qs_csv_num(f, x->quant_acc);
+        qs_csv_num(f, x->bits_per_weight);
+        qs_csv_int(f, x->n_fit);
+        qs_csv_int(f, x->n_eval);
+        qs_csv_num(f, x->mse_none);
         for (int v = 0; v < QS_Q2_NVAR; v++)
-            numf(f, x->mse[v]);
+            qs_csv_num(f, x->mse[v]);
         for (int v = 0; v < QS_Q2_NVAR; v++)
-            numf(f, x->loss_gain[v]);
-        numf(f, x->improvement);
+            qs_csv_num(f, x->loss_gain[v]);
+        qs_csv_num(f, x->improvement);
         char ub[64] = "";
         for (int v = 0; v < QS_Q2_NVAR; v++)
             if ((x->unstable >> v) & 1)
                 snprintf(ub + strlen(ub), sizeof ub - strlen(ub), "%s%s", ub[0] ? " " : "",
                          var_names[v]);
-        field(f, ub, 0);
-        field(f, x->verdict, 0);
+        qs_csv_field(f, ub, 0);
+        qs_csv_field(f, x->verdict, 0);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)
@@ -1118,32 +1094,32 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
         return -1;
     const char *hs[] = {"model", "seed", "site", "index", "kind", "in", "out", "rms"};
     for (size_t k = 0; k < sizeof hs / sizeof *hs; k++)
-        field(f, hs[k], k == 0);
+        qs_csv_field(f, hs[k], k == 0);
     for (int k = 0; k < QS_Q2_NFEAT; k++)
-        field(f, feat_names[k], 0);
-    field(f, "mse_none", 0);
+        qs_csv_field(f, feat_names[k], 0);
+    qs_csv_field(f, "mse_none", 0);
     for (int v = 0; v < QS_Q2_NVAR; v++) {
         char k[64];
         snprintf(k, sizeof k, "mse_%s", var_names[v]);
-        field(f, k, 0);
+        qs_csv_field(f, k, 0);
     }
     fputc('\n', f);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < s[i].nsites && s[i].sites; j++) {
             const struct qs_q2_site *x = &s[i].sites[j];
-            field(f, s[i].model, 1);
-            intf(f, (long long)s[i].seed);
-            field(f, x->name, 0);
-            intf(f, x->index);
-            intf(f, x->kind);
-            intf(f, x->in);
-            intf(f, x->out);
-            numf(f, x->rms);
+            qs_csv_field(f, s[i].model, 1);
+            qs_csv_int(f, (long long)s[i].seed);
+            qs_csv_field(f, x->name, 0);
+            qs_csv_int(f, x->index);
+            qs_csv_int(f, x->kind);
+            qs_csv_int(f, x->in);
+            qs_csv_int(f, x->out);
+            qs_csv_num(f, x->rms);
             for (int k = 0; k < QS_Q2_NFEAT; k++)
-                numf(f, x->feat[k]);
-            numf(f, x->mse_none);
+                qs_csv_num(f, x->feat[k]);
+            qs_csv_num(f, x->mse_none);
             for (int v = 0; v < QS_Q2_NVAR; v++)
-                numf(f, x->mse[v]);
+                qs_csv_num(f, x->mse[v]);
             fputc('\n', f);
         }
     return qs_out_commit(&of, e);

@@ -1,7 +1,6 @@
 /* study.c - the Q1 study over models and seeds, each setting on a bench of its own. */
 #include "qscope/study.h"
 
-#include <csv.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -809,30 +808,6 @@ fail:
 
 /* ---- CSV ----------------------------------------------------------------------------------- */
 
-static void field(FILE *f, const char *s, int first)
-{
-    if (!first)
-        fputc(',', f);
-    csv_fwrite(f, s, strlen(s));
-}
-
-static void numf(FILE *f, double v)
-{
-    char buf[40];
-    if (isfinite(v))
-        snprintf(buf, sizeof buf, "%.9g", v);
-    else
-        buf[0] = 0;
-    field(f, buf, 0);
-}
-
-static void intf(FILE *f, long long v)
-{
-    char buf[32];
-    snprintf(buf, sizeof buf, "%lld", v);
-    field(f, buf, 0);
-}
-
 /* Opens PREFIX-WHAT.csv through qs_outfile (a device is written in place, a regular file
  * replaced only once complete) and writes its first line: a raw "# ..." comment naming the
  * study's settings, which CSV readers skip (pandas: comment='#'). */
@@ -872,28 +847,28 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
                         "preact_rel_mse", "correctability", "r_lin_float", rq,
                         "lambda",         "rank_kept",      "kind",        "block"};
     for (size_t k = 0; k < sizeof hl / sizeof *hl; k++)
-        field(f, hl[k], k == 0);
+        qs_csv_field(f, hl[k], k == 0);
     fputc('\n', f);
     static const char *const thirds[] = {"early", "mid", "late"};
     for (int i = 0; i < q->nlayers; i++) {
         const struct qs_q1_layer *l = &q->layers[i];
         const struct qs_q1_setting *s = &q->settings[l->setting];
-        field(f, s->model, 1);
-        field(f, s->data, 0);
-        intf(f, (long long)s->seed);
-        field(f, l->name, 0);
-        intf(f, l->index);
-        field(f, thirds[l->third], 0);
-        intf(f, l->d);
-        numf(f, l->w_rel_err);
-        numf(f, l->preact_rel_mse);
-        numf(f, l->correctability);
-        numf(f, l->r_float);
-        numf(f, l->r_q);
-        numf(f, l->lambda);
-        intf(f, l->rank_kept);
-        field(f, qs_q1_kind_name(l->kind), 0);
-        intf(f, l->block);
+        qs_csv_field(f, s->model, 1);
+        qs_csv_field(f, s->data, 0);
+        qs_csv_int(f, (long long)s->seed);
+        qs_csv_field(f, l->name, 0);
+        qs_csv_int(f, l->index);
+        qs_csv_field(f, thirds[l->third], 0);
+        qs_csv_int(f, l->d);
+        qs_csv_num(f, l->w_rel_err);
+        qs_csv_num(f, l->preact_rel_mse);
+        qs_csv_num(f, l->correctability);
+        qs_csv_num(f, l->r_float);
+        qs_csv_num(f, l->r_q);
+        qs_csv_num(f, l->lambda);
+        qs_csv_int(f, l->rank_kept);
+        qs_csv_field(f, qs_q1_kind_name(l->kind), 0);
+        qs_csv_int(f, l->block);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)
@@ -915,22 +890,22 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
                         "spearman",
                         "verdict"};
     for (size_t k = 0; k < sizeof hs / sizeof *hs; k++)
-        field(f, hs[k], k == 0);
+        qs_csv_field(f, hs[k], k == 0);
     fputc('\n', f);
     for (int i = 0; i < q->nsettings; i++) {
         const struct qs_q1_setting *s = &q->settings[i];
-        field(f, s->model, 1);
-        field(f, s->data, 0);
-        intf(f, (long long)s->seed);
-        intf(f, s->nlayers);
-        numf(f, s->float_acc);
-        numf(f, s->quant_acc);
-        numf(f, s->bits_per_weight);
-        field(f, s->gate_pass ? "pass" : "fail", 0);
-        numf(f, s->med_r_float);
-        numf(f, s->med_r_q);
-        numf(f, s->spearman);
-        field(f, s->verdict, 0);
+        qs_csv_field(f, s->model, 1);
+        qs_csv_field(f, s->data, 0);
+        qs_csv_int(f, (long long)s->seed);
+        qs_csv_int(f, s->nlayers);
+        qs_csv_num(f, s->float_acc);
+        qs_csv_num(f, s->quant_acc);
+        qs_csv_num(f, s->bits_per_weight);
+        qs_csv_field(f, s->gate_pass ? "pass" : "fail", 0);
+        qs_csv_num(f, s->med_r_float);
+        qs_csv_num(f, s->med_r_q);
+        qs_csv_num(f, s->spearman);
+        qs_csv_field(f, s->verdict, 0);
         fputc('\n', f);
     }
     if (qs_out_commit(&of, e) < 0)
@@ -949,7 +924,7 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
                         "frac_gt_02_r_lin_float", k1, k2, k3, k4, "spearman",
                         "spearman_r_lin_float", "verdict"};
     for (size_t k = 0; k < sizeof hm / sizeof *hm; k++)
-        field(f, hm[k], k == 0);
+        qs_csv_field(f, hm[k], k == 0);
     fputc('\n', f);
     double *va = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *va);
     double *vc = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *vc);
@@ -975,30 +950,30 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
             if (q->layers[r].kind != QS_Q1_SITE)
                 va[n++] = q->layers[r].r_q;
         qs_q1_stats_of(va, n, &sq);
-        field(f, s->model, 1);
-        field(f, s->data, 0);
-        intf(f, (long long)s->seed);
-        field(f, s->arch, 0);
-        field(f, s->format, 0);
-        field(f, s->options, 0);
-        field(f, s->gate_pass ? "pass" : "fail", 0);
-        intf(f, !s->gate_pass);
-        intf(f, s->nq1);
-        intf(f, s->nlayers - s->nq1);
-        numf(f, s->float_acc);
-        numf(f, s->quant_acc);
-        numf(f, s->bits_per_weight);
-        numf(f, sf.mean);
-        numf(f, sf.median);
-        numf(f, sf.pos_frac);
-        numf(f, sf.frac_gt_02);
-        numf(f, sq.mean);
-        numf(f, sq.median);
-        numf(f, sq.pos_frac);
-        numf(f, sq.frac_gt_02);
-        numf(f, s->spearman);
-        numf(f, spf);
-        field(f, s->verdict, 0);
+        qs_csv_field(f, s->model, 1);
+        qs_csv_field(f, s->data, 0);
+        qs_csv_int(f, (long long)s->seed);
+        qs_csv_field(f, s->arch, 0);
+        qs_csv_field(f, s->format, 0);
+        qs_csv_field(f, s->options, 0);
+        qs_csv_field(f, s->gate_pass ? "pass" : "fail", 0);
+        qs_csv_int(f, !s->gate_pass);
+        qs_csv_int(f, s->nq1);
+        qs_csv_int(f, s->nlayers - s->nq1);
+        qs_csv_num(f, s->float_acc);
+        qs_csv_num(f, s->quant_acc);
+        qs_csv_num(f, s->bits_per_weight);
+        qs_csv_num(f, sf.mean);
+        qs_csv_num(f, sf.median);
+        qs_csv_num(f, sf.pos_frac);
+        qs_csv_num(f, sf.frac_gt_02);
+        qs_csv_num(f, sq.mean);
+        qs_csv_num(f, sq.median);
+        qs_csv_num(f, sq.pos_frac);
+        qs_csv_num(f, sq.frac_gt_02);
+        qs_csv_num(f, s->spearman);
+        qs_csv_num(f, spf);
+        qs_csv_field(f, s->verdict, 0);
         fputc('\n', f);
     }
     free(va);

@@ -1,6 +1,5 @@
 /* cmd_analysis.c - commands of the error geometry and corrections: error, spectrum, rank,
  * correct, uncorrect, ablate, export csv. */
-#include <csv.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -9,6 +8,7 @@
 
 #include "cmd_lm.h"
 #include "qscope/analysis.h"
+#include "qscope/dataset.h"
 #include "qscope/cmd.h"
 #include "qscope/lmbench.h"
 
@@ -894,13 +894,6 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- export csv ---------------------------------------------------------------------- */
 
-static void csv_field(FILE *f, const char *s, int first)
-{
-    if (!first)
-        fputc(',', f);
-    csv_fwrite(f, s, strlen(s));
-}
-
 static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     if (argc != 1)
@@ -941,7 +934,7 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     int ncol = 0;
     for (cJSON *k = first ? first->child : NULL; k; k = k->next)
         if (!cJSON_IsArray(k) && !cJSON_IsObject(k))
-            csv_field(f, k->string, ncol++ == 0);
+            qs_csv_field(f, k->string, ncol++ == 0);
     fputc('\n', f);
     int nrow = 0;
     cJSON *r;
@@ -962,7 +955,7 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 snprintf(buf, sizeof buf, "%.9g", v->valuedouble);
                 s = buf;
             }
-            csv_field(f, s, col++ == 0);
+            qs_csv_field(f, s, col++ == 0);
         }
         fputc('\n', f);
         nrow++;

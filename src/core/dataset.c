@@ -639,6 +639,30 @@ static void write_name(FILE *f, const char *s)
         fputs(s, f);
 }
 
+void qs_csv_field(FILE *f, const char *s, int first)
+{
+    if (!first)
+        fputc(',', f);
+    csv_fwrite(f, s, strlen(s));
+}
+
+void qs_csv_num(FILE *f, double v)
+{
+    char buf[40];
+    if (isfinite(v))
+        snprintf(buf, sizeof buf, "%.9g", v);
+    else
+        buf[0] = 0;
+    qs_csv_field(f, buf, 0);
+}
+
+void qs_csv_int(FILE *f, long long v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", v);
+    qs_csv_field(f, buf, 0);
+}
+
 int qs_dataset_write_csv(const struct qs_dataset *d, const char *path, qs_err *e)
 {
     FILE *f = fopen(path, "wb");
