@@ -23,12 +23,16 @@
 
 #include "qscope/lmbench.h"
 #include "qscope/methods.h"
+#include "qscope/moments.h"
 
 #define DAMP_DEFAULT 0.01
 
 /* ---- the rule's options ------------------------------------------------------------------- */
 
-void qs_rule_method_default(struct qs_rule_method *m) { memset(m, 0, sizeof *m); }
+void qs_rule_method_default(struct qs_rule_method *m)
+{
+    memset(m, 0, sizeof *m);
+}
 
 int qs_rule_method_custom(const struct qs_rule_method *m)
 {
@@ -54,8 +58,10 @@ int qs_rule_method_parse_token(struct qs_rule_method *m, const char *tok, qs_err
                 m->method = QS_METHOD_RTN;
         } else if (!strcmp(v, "gptq") || !strcmp(v, "awq")) {
             if (m->method == QS_METHOD_IMATRIX)
-                return qs_errf(e, "quant: weight=imatrix is a rounding of method=rtn; it does "
-                                  "not combine with method=%s", v);
+                return qs_errf(e,
+                               "quant: weight=imatrix is a rounding of method=rtn; it does "
+                               "not combine with method=%s",
+                               v);
             m->method = !strcmp(v, "gptq") ? QS_METHOD_GPTQ : QS_METHOD_AWQ;
         } else {
             return qs_errf(e, "quant: method=%s: expected rtn, gptq or awq", v);
@@ -65,8 +71,10 @@ int qs_rule_method_parse_token(struct qs_rule_method *m, const char *tok, qs_err
     if (KEY("weight")) {
         if (!strcmp(v, "imatrix")) {
             if (m->method != QS_METHOD_RTN && m->method != QS_METHOD_IMATRIX)
-                return qs_errf(e, "quant: weight=imatrix is a rounding of method=rtn; it does "
-                                  "not combine with method=%s", qs_method_name(m->method));
+                return qs_errf(e,
+                               "quant: weight=imatrix is a rounding of method=rtn; it does "
+                               "not combine with method=%s",
+                               qs_method_name(m->method));
             m->method = QS_METHOD_IMATRIX;
         } else if (!strcmp(v, "plain")) {
             if (m->method == QS_METHOD_IMATRIX)
@@ -80,8 +88,10 @@ int qs_rule_method_parse_token(struct qs_rule_method *m, const char *tok, qs_err
         char *end;
         double d = strtod(v, &end);
         if (!*v || *end || !(d > 0.0 && d < 1e6))
-            return qs_errf(e, "quant: damp=%s: expected a number > 0 (relative to the mean "
-                              "diagonal of H)", v);
+            return qs_errf(e,
+                           "quant: damp=%s: expected a number > 0 (relative to the mean "
+                           "diagonal of H)",
+                           v);
         m->damp = d;
         return 1;
     }
@@ -136,9 +146,9 @@ int qs_rule_method_check(const struct qs_rule_method *m, const struct qs_format 
     if (!qs_rule_method_custom(m) && !m->damp && !m->act_order && !m->inputs_float)
         return 0;
     const char *mn = m->method == QS_METHOD_IMATRIX ? "weight=imatrix"
-                     : m->method == QS_METHOD_GPTQ ? "method=gptq"
-                     : m->method == QS_METHOD_AWQ  ? "method=awq"
-                                                   : NULL;
+                     : m->method == QS_METHOD_GPTQ  ? "method=gptq"
+                     : m->method == QS_METHOD_AWQ   ? "method=awq"
+                                                    : NULL;
     if ((m->damp > 0.0 || m->act_order) && m->method != QS_METHOD_GPTQ)
         return qs_errf(e, "quant: damp= and order= are options of method=gptq");
     if (m->inputs_float && m->method == QS_METHOD_RTN)
@@ -149,8 +159,10 @@ int qs_rule_method_check(const struct qs_rule_method *m, const struct qs_format 
     if (mn && roles == QS_ROLE_A)
         return qs_errf(e, "quant: %s rounds weights; this rule is on=a", mn);
     if (mn && f->kind == QS_FMT_GGML)
-        return qs_errf(e, "quant: %s with %s: ggml block types are rounded by llama.cpp's own "
-                          "rules in qscope", mn, f->name);
+        return qs_errf(e,
+                       "quant: %s with %s: ggml block types are rounded by llama.cpp's own "
+                       "rules in qscope",
+                       mn, f->name);
     if (m->rotate && m->smooth_on)
         return qs_errf(e, "quant: rotate=hadamard and smooth= are two ways to spread activation "
                           "outliers; choose one");
@@ -165,10 +177,10 @@ void qs_rule_method_format(const struct qs_rule_method *m, char *buf, size_t n)
 {
     size_t k = 0;
     buf[0] = 0;
-#define PUT(...)                                                                                  \
-    do {                                                                                          \
-        if (k < n)                                                                                \
-            k += (size_t)snprintf(buf + k, n - k, __VA_ARGS__);                                   \
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        if (k < n)                                                                                 \
+            k += (size_t)snprintf(buf + k, n - k, __VA_ARGS__);                                    \
     } while (0)
     const char *in = m->inputs_float ? "float" : "quant";
     if (m->method == QS_METHOD_GPTQ)
@@ -237,8 +249,8 @@ struct cap {
     size_t in, ctx, nrows;
 };
 
-static int cap_fn(void *u, int site, int window, const float *xf, const float *xq,
-                  const float *yf, const float *yq, int n, qs_err *e)
+static int cap_fn(void *u, int site, int window, const float *xf, const float *xq, const float *yf,
+                  const float *yq, int n, qs_err *e)
 {
     (void)site, (void)xf, (void)yf, (void)yq, (void)e;
     struct cap *c = u;
@@ -263,8 +275,7 @@ static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, i
         int rows;
         if (qs_bench_inputs(b, QS_CALIB, !inputs_float, i, &src, &rows, e) < 0)
             return -1;
-        if (!(*x = qs_alloc((size_t)rows * u.in, sizeof(float), "a site's calibration inputs",
-                            e)))
+        if (!(*x = qs_alloc((size_t)rows * u.in, sizeof(float), "a site's calibration inputs", e)))
             return -1;
         memcpy(*x, src, (size_t)rows * u.in * sizeof(float));
         *n = rows;
@@ -275,10 +286,11 @@ static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, i
         return -1;
     size_t ctx = (size_t)b->lm->ctx, rows = (size_t)nw * ctx;
     if (rows * u.in * sizeof(float) > b->act_budget)
-        return qs_errf(e, "%s: its calibration inputs (%.1f MB) exceed the activation budget "
-                          "(%.1f MB); a smaller calibration (set calib tokens=N) fits",
-                       u.name, (double)rows * u.in * sizeof(float) / 1048576.0,
-                       b->act_budget / 1048576.0);
+        return qs_errf(e,
+                       "its calibration inputs (%.1f MB) exceed the activation budget "
+                       "(%.1f MB) (a rotation or smoothing reads rows); a smaller calibration "
+                       "(set calib tokens=N) fits",
+                       (double)rows * u.in * sizeof(float) / 1048576.0, b->act_budget / 1048576.0);
     struct cap c = {qs_alloc(rows * u.in, sizeof(float), "a site's calibration inputs", e),
                     (size_t)u.in, ctx, rows};
     if (!c.x)
@@ -298,6 +310,79 @@ static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, i
     *x = c.x;
     *n = (int)rows;
     return 0;
+}
+
+/* The statistics a method takes of site i's calibration inputs, in the basis it quantizes in
+ * (rotated by rot, divided by the smoothing scales xs; either may be NULL): h (cols, cols) =
+ * 2 X^T X for GPTQ and AWQ, v (cols) = mean |x_j| for AWQ, mean x_j^2 for imatrix. A
+ * transformer's are summed while its calibration windows stream (qs_bench_site_moments: memory
+ * O(in^2), whatever the tokens), except for AWQ on a rotated basis (mean |x| of rotated rows is
+ * no function of the moments) and rotations in general (their basis change is applied to rows);
+ * an MLP's come from its cached rows. Sums in double, rows in 256-row blocks either way. */
+static int site_stats(struct qs_bench *b, int i, const struct qs_rule_method *m,
+                      const struct qs_rot *rot, const float *xs, double *h, float *v, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    const int cols = u.in;
+    const size_t cc = (size_t)cols * cols;
+    if (b->lm && !rot) {
+        struct qs_moments mm;
+        memset(&mm, 0, sizeof mm);
+        if (qs_bench_site_moments(b, i, QS_CALIB, !m->inputs_float, &mm, e) < 0)
+            return -1;
+        if (mm.n < 1) {
+            qs_moments_free(&mm);
+            return qs_errf(e, "%s: no calibration inputs", u.name);
+        }
+        for (size_t k = 0; k < cc; k++)
+            h[k] = 2.0 * mm.xtx[k];
+        if (xs)
+            for (int r = 0; r < cols; r++)
+                for (int c = 0; c < cols; c++)
+                    h[(size_t)r * cols + c] /= (double)xs[r] * xs[c];
+        for (int j = 0; j < cols; j++) {
+            double sj = xs ? xs[j] : 1.0;
+            v[j] = m->method == QS_METHOD_IMATRIX
+                       ? (float)(mm.xtx[(size_t)j * cols + j] / (sj * sj) / (double)mm.n)
+                       : (float)(mm.absum[j] / sj / (double)mm.n);
+        }
+        qs_moments_free(&mm);
+        return 0;
+    }
+    float *x = NULL;
+    int n = 0;
+    if (site_inputs(b, i, m->inputs_float, &x, &n, e) < 0)
+        return -1;
+    int rc = -1;
+    if (n < 1) {
+        qs_errf(e, "%s: no calibration inputs", u.name);
+        goto out;
+    }
+    if (rot && qs_rot_apply(rot, x, n, 0, e) < 0)
+        goto out;
+    if (xs)
+        qs_scale_cols(x, n, cols, xs, 1);
+    memset(h, 0, cc * sizeof *h);
+    if (m->method != QS_METHOD_IMATRIX && qs_hessian_add(h, x, n, cols, e) < 0)
+        goto out;
+    double *acc = calloc((size_t)cols, sizeof *acc);
+    if (!acc) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (size_t r = 0; r < (size_t)n; r++)
+        for (int j = 0; j < cols; j++) {
+            double a = x[r * cols + j];
+            acc[j] += m->method == QS_METHOD_IMATRIX ? a * a : fabs(a);
+        }
+    for (int j = 0; j < cols; j++)
+        v[j] = (float)(acc[j] / n);
+    free(acc);
+    rc = 0;
+out:
+    free(x);
+    return rc;
 }
 
 /* ---- one site ----------------------------------------------------------------------------- */
@@ -332,8 +417,8 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
     memset(res, 0, sizeof *res);
     const int rows = u.out, cols = u.in, wq_on = f->kind != QS_FMT_NONE;
     const size_t wn = (size_t)rows * cols;
-    int rc = -1, n = 0, nxf = 0;
-    float *x = NULL, *xf = NULL, *wt = NULL, *q = NULL, *qe = NULL, *xs = NULL, *v = NULL;
+    int rc = -1, nxf = 0;
+    float *xf = NULL, *wt = NULL, *q = NULL, *qe = NULL, *xs = NULL, *v = NULL;
     double *h = NULL;
     struct qs_qblock *blk = NULL;
     struct qs_rot *rot = NULL;
@@ -380,16 +465,14 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
         if (xs)
             qs_scale_cols(wt, rows, cols, xs, 0);
         if (m->method != QS_METHOD_RTN) {
-            if (site_inputs(b, i, m->inputs_float, &x, &n, e) < 0)
-                goto done;
-            if (n < 1) {
-                qs_errf(e, "%s: no calibration inputs", u.name);
+            if (!(h = qs_alloc((size_t)cols * cols, sizeof *h, "the site's Hessian", e)) ||
+                !(v = malloc((size_t)cols * sizeof *v))) {
+                if (h)
+                    qs_errf(e, "out of memory");
                 goto done;
             }
-            if (rot && qs_rot_apply(rot, x, n, 0, e) < 0)
+            if (site_stats(b, i, m, rot, xs, h, v, e) < 0)
                 goto done;
-            if (xs)
-                qs_scale_cols(x, n, cols, xs, 1);
         }
         size_t nblk = 0;
         if (m->method == QS_METHOD_GPTQ || m->method == QS_METHOD_IMATRIX) {
@@ -412,35 +495,18 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
             qs_gptq_opts_default(&g);
             g.damp = damp_of(m);
             g.act_order = m->act_order;
-            if (!(h = qs_alloc((size_t)cols * cols, sizeof *h, "the site's Hessian", e)) ||
-                qs_hessian_add(h, x, n, cols, e) < 0 ||
-                qs_gptq(f, o, &g, wt, rows, cols, h, q, blk, e) < 0 ||
+            if (qs_gptq(f, o, &g, wt, rows, cols, h, q, blk, e) < 0 ||
                 qs_quant_pack_blocks(f, o, wt, q, blk, rows, cols, &p, e) < 0)
                 goto done;
             break;
         }
         case QS_METHOD_AWQ: {
-            double *acc = calloc((size_t)cols, sizeof *acc);
-            v = malloc((size_t)cols * sizeof *v);
             float *sa = malloc((size_t)cols * sizeof *sa);
-            h = qs_alloc((size_t)cols * cols, sizeof *h, "the inputs' Gram matrix", e);
-            if (!acc || !v || !sa || !h) {
-                free(acc);
-                free(sa);
-                if (h)
-                    qs_errf(e, "out of memory");
+            if (!sa) {
+                qs_errf(e, "out of memory");
                 goto done;
             }
-            for (size_t r = 0; r < (size_t)n; r++)
-                for (int j = 0; j < cols; j++)
-                    acc[j] += fabs((double)x[r * cols + j]);
-            for (int j = 0; j < cols; j++)
-                v[j] = (float)(acc[j] / n);
-            free(acc);
-            if (qs_hessian_add(h, x, n, cols, e) < 0) { /* 2 X^T X: the scale does not matter */
-                free(sa);
-                goto done;
-            }
+            /* v: mean |x|; h: 2 X^T X (the scale does not matter) */
             if (qs_awq(f, o, wt, rows, cols, v, h, 0, sa, q, &res->alpha, NULL, NULL, e) < 0) {
                 free(sa);
                 goto done;
@@ -454,22 +520,7 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
             xs = sa; /* smooth and awq do not combine (qs_rule_method_check) */
             break;
         }
-        case QS_METHOD_IMATRIX: {
-            double *acc = calloc((size_t)cols, sizeof *acc);
-            v = malloc((size_t)cols * sizeof *v);
-            if (!acc || !v) {
-                free(acc);
-                qs_errf(e, "out of memory");
-                goto done;
-            }
-            for (size_t r = 0; r < (size_t)n; r++)
-                for (int j = 0; j < cols; j++) {
-                    double a = x[r * cols + j];
-                    acc[j] += a * a;
-                }
-            for (int j = 0; j < cols; j++)
-                v[j] = (float)(acc[j] / n);
-            free(acc);
+        case QS_METHOD_IMATRIX: { /* v: mean x^2 */
             if (qs_imatrix_quant_ex(f, o, wt, rows, cols, v, q, blk, e) < 0 ||
                 qs_quant_pack_blocks(f, o, wt, q, blk, rows, cols, &p, e) < 0)
                 goto done;
@@ -483,8 +534,8 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
         if (!(qe = qs_alloc(wn, sizeof *qe, what, e)) || qs_quant_unpack(&p, qe, e) < 0)
             goto done;
         if (memcmp(qe, q, wn * sizeof *q)) {
-            qs_errf(e, "%s: %s: the packed codes do not reproduce the method's weights",
-                    u.name, qs_method_name((enum qs_method)m->method));
+            qs_errf(e, "%s: %s: the packed codes do not reproduce the method's weights", u.name,
+                    qs_method_name((enum qs_method)m->method));
             goto done;
         }
         /* the effective weight in the original basis: Q(W') diag(xs)^-1 H */
@@ -505,7 +556,6 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
 done:
     qs_packed_free(&p);
     qs_rot_free(rot);
-    free(x);
     free(xf);
     free(wt);
     free(q);
@@ -516,7 +566,6 @@ done:
     free(blk);
     return rc;
 }
-
 
 /* Computes site i's method and commits it: packed codes, effective weight, error, transform. */
 static int site_apply(struct qs_bench *b, int i, qs_err *e)
@@ -587,12 +636,13 @@ int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
         if (!s->mpending)
             continue;
         /* rotation with round-to-nearest needs no data; the others do */
-        int data = s->wm.smooth_on || (s->wfmt.kind != QS_FMT_NONE &&
-                                       s->wm.method != QS_METHOD_RTN);
+        int data =
+            s->wm.smooth_on || (s->wfmt.kind != QS_FMT_NONE && s->wm.method != QS_METHOD_RTN);
         if (data) {
             qs_err e2;
-            int ready = b->model ? qs_bench_ready(b, &e2) : b->lm ? qs_bench_lm_ready(b, &e2)
-                                                                   : qs_errf(&e2, "no model");
+            int ready = b->model ? qs_bench_ready(b, &e2)
+                        : b->lm  ? qs_bench_lm_ready(b, &e2)
+                                 : qs_errf(&e2, "no model");
             if (ready < 0) {
                 if (strict) {
                     char mk[200];

@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/bench.h"
 #include "qscope/methods.h"
 #include "qscope/sensitivity.h"
-#include "bundle.h"
 #include "test.h"
 
 /* Adds `quant PAT FMT TOKENS...` (space-separated options, method or quantizer) to b. */
@@ -352,6 +352,47 @@ static void test_lm_gptq(void)
     qs_bench_free(b);
 }
 
+/* A transformer site's method statistics are summed while the calibration windows stream
+ * (O(in^2) memory): with an activation budget far below the site's calibration rows, GPTQ, AWQ
+ * and imatrix give the same weights, bit for bit, as with the rows at hand; a rotation (whose
+ * basis change is applied to rows) is refused with the budget named. */
+static void test_lm_stats_streamed(void)
+{
+    static const char *toks[] = {"gran=channel method=gptq", "gran=channel method=awq",
+                                 "gran=channel weight=imatrix",
+                                 "gran=channel method=gptq inputs=float"};
+    const char *site = "h.1.mlp.c_proj"; /* in 256: 8 windows x 64 rows = 512 KB of inputs */
+    for (int k = 0; k < 4; k++) {
+        qs_err e = {{0}};
+        struct qs_bench *a = qs_test_open_lm("datasets/models/tiny-gpt2");
+        struct qs_bench *b = qs_test_open_lm("datasets/models/tiny-gpt2");
+        CHECK(a && b);
+        if (!a || !b) {
+            qs_bench_free(a);
+            qs_bench_free(b);
+            return;
+        }
+        b->act_budget = 128 * 1024; /* a window's rows fit (64 KB), the calibration's do not */
+        int i = qs_bench_layer_index(a, site);
+        CHECK(rule(a, "*", "int4", "gran=channel", 0, &e) > 0 &&
+              rule(b, "*", "int4", "gran=channel", 0, &e) > 0);
+        int ra = rule(a, site, "int3", toks[k], 0, &e);
+        int rb = rule(b, site, "int3", toks[k], 0, &e);
+        if (ra != 1 || rb != 1)
+            fprintf(stderr, "  %s: %s\n", toks[k], e.msg);
+        CHECK(ra == 1 && rb == 1);
+        struct qs_unit u;
+        qs_bench_unit(a, i, &u);
+        CHECK(a->ls[i].wq && b->ls[i].wq &&
+              !memcmp(a->ls[i].wq, b->ls[i].wq, (size_t)u.out * u.in * sizeof(float)));
+        if (k == 0) { /* rows are what a rotation needs: refused within the budget */
+            CHECK(rule(b, site, "int3", "gran=channel method=gptq rotate=hadamard", 0, &e) < 0 &&
+                  strstr(e.msg, "activation budget"));
+        }
+        qs_bench_free(a);
+        qs_bench_free(b);
+    }
+}
 
 /* allocate bits= with methods: a GPTQ candidate is the site GPTQ computes with inputs=float
  * (its uniform plan scores as `quant * int3 gran=channel method=gptq inputs=float` evaluates),
@@ -391,4 +432,4 @@ static void test_allocate_methods(void)
 TEST_MAIN("quant_methods", TEST_CASE(test_sites_equal_kernels), TEST_CASE(test_awq_site),
           TEST_CASE(test_gptq_beats_rtn_mlp), TEST_CASE(test_upstream_recompute),
           TEST_CASE(test_act_transforms), TEST_CASE(test_refusals), TEST_CASE(test_lm_gptq),
-          TEST_CASE(test_allocate_methods))
+          TEST_CASE(test_lm_stats_streamed), TEST_CASE(test_allocate_methods))
