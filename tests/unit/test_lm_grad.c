@@ -14,51 +14,11 @@
 #include "qscope/lm.h"
 #include "qscope/sensitivity.h"
 #include "qscope/tokens.h"
+#include "lm_fixture.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_grad.json"
 #define TOL 1e-4
-
-static cJSON *load_fixture(void)
-{
-    FILE *f = fopen(FIXTURE, "rb");
-    if (!f) {
-        fprintf(stderr, "  cannot open %s\n", FIXTURE);
-        return NULL;
-    }
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return cJSON_Parse(buf);
-}
-
-/* The fixture's sign vector s_k[i] (make_grad_fixture.py's signs()). */
-static double sign_k(int k, uint64_t i)
-{
-    uint64_t z = ((uint64_t)k << 32) + i + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 63) ? -1.0 : 1.0;
-}
-
-/* Case c's windows as one stream: window b starts at b (T + 1). */
-static uint32_t *case_tokens(const cJSON *c, int *B, int *T, size_t **start)
-{
-    const cJSON *w = cJSON_GetObjectItem(c, "windows");
-    *B = cJSON_GetObjectItem(c, "B")->valueint;
-    *T = cJSON_GetObjectItem(c, "T")->valueint;
-    uint32_t *tok = malloc((size_t)*B * (*T + 1) * sizeof *tok);
-    *start = malloc((size_t)*B * sizeof **start);
-    for (int b = 0; b < *B; b++) {
-        (*start)[b] = (size_t)b * (*T + 1);
-        for (int t = 0; t <= *T; t++)
-            tok[(*start)[b] + t] =
-                (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
-    }
-    return tok;
-}
 
 /* Every parameter's gradient of one case against autograd: norm, sign projections (relative to
  * the norm) and sampled entries, all within TOL relative; worst figures reported. */
@@ -74,7 +34,7 @@ static void check_case(const cJSON *c)
     }
     int B, T;
     size_t *start;
-    uint32_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = lmfx_windows(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     CHECK(g != NULL);
     double loss = 0;
@@ -92,36 +52,19 @@ static void check_case(const cJSON *c)
             break;
         const struct qs_lm_tensor *q = &g->t[i++];
         CHECK_STR(q->name, cJSON_GetObjectItem(t, "name")->valuestring);
-        double nr = 0, p1 = 0, p2 = 0;
-        for (size_t k = 0; k < q->n; k++) {
-            nr += (double)q->grad[k] * q->grad[k];
-            p1 += sign_k(1, k) * q->grad[k];
-            p2 += sign_k(2, k) * q->grad[k];
-        }
-        nr = sqrt(nr);
-        double rn = cJSON_GetObjectItem(t, "norm")->valuedouble;
-        const cJSON *pj = cJSON_GetObjectItem(t, "proj");
-        double e0 = fabs(nr - rn) / rn;
-        double e1 = fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
-                         fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble)) /
-                    rn;
-        worst_norm = fmax(worst_norm, e0);
-        worst_proj = fmax(worst_proj, e1);
-        if (!(e0 <= TOL && e1 <= TOL)) {
+        struct lmfx_err r = lmfx_grad_err(q->grad, q->n, t);
+        worst_norm = fmax(worst_norm, r.norm);
+        worst_proj = fmax(worst_proj, r.proj);
+        worst_el = fmax(worst_el, r.entry);
+        if (!(r.norm <= TOL && r.proj <= TOL)) {
             fprintf(stderr, "  %s %s: norm %.9g vs %.9g, projection error %.3g of the norm\n", dir,
-                    q->name, nr, rn, e1);
+                    q->name, r.got_norm, r.ref_norm, r.proj);
             CHECK(0);
         }
-        const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
-        for (int k = 0; k < cJSON_GetArraySize(ix); k++) {
-            size_t at = (size_t)cJSON_GetArrayItem(ix, k)->valuedouble;
-            double ref = cJSON_GetArrayItem(vl, k)->valuedouble, got = q->grad[at];
-            double er = fabs(got - ref) / fabs(ref);
-            worst_el = fmax(worst_el, er);
-            if (!(er <= TOL)) {
-                fprintf(stderr, "  %s %s[%zu]: %.9g vs torch %.9g\n", dir, q->name, at, got, ref);
-                CHECK(0);
-            }
+        if (!(r.entry <= TOL)) {
+            fprintf(stderr, "  %s %s[%zu]: relative error %.3g against torch\n", dir, q->name, r.at,
+                    r.entry);
+            CHECK(0);
         }
     }
     fprintf(stderr,
@@ -136,7 +79,7 @@ static void check_case(const cJSON *c)
 
 static void test_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     CHECK(root != NULL);
     const cJSON *c;
     int n = 0;
@@ -183,7 +126,7 @@ static double forward_loss(const struct qs_lm *m, const uint32_t *tok, const siz
  * entry of every tensor of the GQA fixture: float32 noise allows ~1e-2. */
 static void test_finite_differences(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "cases"), 2);
     struct qs_lm *m = NULL;
     qs_err e;
@@ -194,7 +137,7 @@ static void test_finite_differences(void)
     }
     int B, T;
     size_t *start;
-    uint32_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = lmfx_windows(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     double loss;
     CHECK(qs_lm_backward(m, tok, start, B, T, NULL, g, &loss, NULL, &e) == 0);
@@ -346,7 +289,7 @@ static void check_hvp(const cJSON *c, double *worst)
     }
     int B, T, S = m->nsites;
     size_t *start;
-    uint32_t *tok = case_tokens(c, &B, &T, &start);
+    uint32_t *tok = lmfx_windows(c, &B, &T, &start);
     float **vw = calloc((size_t)S, sizeof *vw), **hv = calloc((size_t)S, sizeof *hv);
     for (int s = 0; s < S; s++) {
         size_t n = (size_t)m->sites[s].in * m->sites[s].out;
@@ -355,7 +298,7 @@ static void check_hvp(const cJSON *c, double *worst)
             continue;
         vw[s] = malloc(n * sizeof(float));
         for (size_t k = 0; k < n; k++)
-            vw[s][k] = (float)sign_k(1, k);
+            vw[s][k] = (float)lmfx_sign(1, k);
     }
     double loss;
     CHECK(qs_lm_hvp(m, tok, start, B, T, (const float *const *)vw, hv, &loss, &e) == 0);
@@ -369,8 +312,8 @@ static void check_hvp(const cJSON *c, double *worst)
         double nr = 0, p1 = 0, p2 = 0;
         for (size_t k = 0; k < n; k++) {
             nr += (double)hv[s][k] * hv[s][k];
-            p1 += sign_k(1, k) * hv[s][k];
-            p2 += sign_k(2, k) * hv[s][k];
+            p1 += lmfx_sign(1, k) * hv[s][k];
+            p2 += lmfx_sign(2, k) * hv[s][k];
         }
         nr = sqrt(nr);
         double rn = cJSON_GetObjectItem(r, "norm")->valuedouble;
@@ -404,7 +347,7 @@ static void check_hvp(const cJSON *c, double *worst)
 
 static void test_hvp_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     const cJSON *c;
     double worst = 0;
     int n = 0;
@@ -466,7 +409,7 @@ static void test_hutchinson_trace(void)
  * traces on the calibration windows: within 1e-4, so the sites rank as PyTorch ranks them. */
 static void test_sensitivity_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     const cJSON *sv = cJSON_GetObjectItem(root, "sensitivity");
     const char *dir = cJSON_GetObjectItem(sv, "model")->valuestring;
     qs_err e = {{0}};

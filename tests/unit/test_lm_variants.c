@@ -17,6 +17,7 @@
 #include "qscope/cmd.h"
 #include "qscope/lm_grad.h"
 #include "qscope/safetensors.h"
+#include "lm_fixture.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_variants.json"
@@ -138,29 +139,6 @@ static void test_logits_vs_torch(void)
 
 /* ---- gradients --------------------------------------------------------------------------- */
 
-static double sign_k(int k, uint64_t i)
-{
-    uint64_t z = ((uint64_t)k << 32) + i + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 63) ? -1.0 : 1.0;
-}
-
-static cJSON *load_fixture(void)
-{
-    FILE *f = fopen(FIXTURE, "rb");
-    if (!f) {
-        fprintf(stderr, "  cannot open %s\n", FIXTURE);
-        return NULL;
-    }
-    static char buf[1 << 18];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return cJSON_Parse(buf);
-}
-
 static void check_case(const cJSON *c)
 {
     const char *dir = cJSON_GetObjectItem(c, "model")->valuestring;
@@ -169,16 +147,9 @@ static void check_case(const cJSON *c)
     if (!m)
         return;
     qs_err e = {{0}};
-    int B = cJSON_GetObjectItem(c, "B")->valueint, T = cJSON_GetObjectItem(c, "T")->valueint;
-    const cJSON *w = cJSON_GetObjectItem(c, "windows");
-    uint32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
-    size_t *start = malloc((size_t)B * sizeof *start);
-    for (int b = 0; b < B; b++) {
-        start[b] = (size_t)b * (T + 1);
-        for (int t = 0; t <= T; t++)
-            tok[start[b] + t] =
-                (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
-    }
+    int B, T;
+    size_t *start;
+    uint32_t *tok = lmfx_windows(c, &B, &T, &start);
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e);
     CHECK(g != NULL);
     double loss = 0;
@@ -200,34 +171,17 @@ static void check_case(const cJSON *c)
             continue;
         }
         nbias += strstr(q->name, ".bias") != NULL;
-        double nr = 0, p1 = 0, p2 = 0;
-        for (size_t k = 0; k < q->n; k++) {
-            nr += (double)q->grad[k] * q->grad[k];
-            p1 += sign_k(1, k) * q->grad[k];
-            p2 += sign_k(2, k) * q->grad[k];
-        }
-        nr = sqrt(nr);
-        double rn = cJSON_GetObjectItem(t, "norm")->valuedouble;
-        const cJSON *pj = cJSON_GetObjectItem(t, "proj");
-        double e0 = fabs(nr - rn) / rn;
-        double e1 = fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
-                         fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble)) / rn;
-        worst = fmax(worst, fmax(e0, e1));
-        if (!(e0 <= TOL && e1 <= TOL)) {
+        struct lmfx_err r = lmfx_grad_err(q->grad, q->n, t);
+        worst = fmax(worst, fmax(fmax(r.norm, r.proj), r.entry));
+        if (!(r.norm <= TOL && r.proj <= TOL)) {
             fprintf(stderr, "  %s %s: norm %.9g vs torch %.9g, projection error %.3g\n", dir,
-                    q->name, nr, rn, e1);
+                    q->name, r.got_norm, r.ref_norm, r.proj);
             CHECK(0);
         }
-        const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
-        for (int k = 0; k < cJSON_GetArraySize(ix); k++) {
-            size_t at = (size_t)cJSON_GetArrayItem(ix, k)->valuedouble;
-            double ref = cJSON_GetArrayItem(vl, k)->valuedouble, got = q->grad[at];
-            double er = fabs(got - ref) / fabs(ref);
-            worst = fmax(worst, er);
-            if (!(er <= TOL)) {
-                fprintf(stderr, "  %s %s[%zu]: %.9g vs torch %.9g\n", dir, q->name, at, got, ref);
-                CHECK(0);
-            }
+        if (!(r.entry <= TOL)) {
+            fprintf(stderr, "  %s %s[%zu]: relative error %.3g against torch\n", dir, q->name, r.at,
+                    r.entry);
+            CHECK(0);
         }
     }
     /* the per-site bias gradients are the tensors' own */
@@ -243,7 +197,7 @@ static void check_case(const cJSON *c)
 
 static void test_grads_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     CHECK(root != NULL);
     const cJSON *c;
     int n = 0;

@@ -13,50 +13,12 @@
 #include "qscope/lm_grad.h"
 #include "qscope/lmbench.h"
 #include "qscope/tokens.h"
+#include "lm_fixture.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_qat.json"
 #define FX "tests/fixtures/delta_gpt2"
 #define TOL 1e-4 /* test_lm_grad.c's */
-
-static cJSON *load_fixture(void)
-{
-    FILE *f = fopen(FIXTURE, "rb");
-    if (!f) {
-        fprintf(stderr, "  cannot open %s\n", FIXTURE);
-        return NULL;
-    }
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return cJSON_Parse(buf);
-}
-
-/* make_grad_fixture.py's signs() */
-static double sign_k(int k, uint64_t i)
-{
-    uint64_t z = ((uint64_t)k << 32) + i + 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (z >> 63) ? -1.0 : 1.0;
-}
-
-/* The fixture case's windows: B rows of T + 1 tokens, one after the other; *start: their starts. */
-static uint32_t *fixture_windows(const cJSON *c, int B, int T, size_t **start)
-{
-    const cJSON *w = cJSON_GetObjectItem(c, "windows");
-    uint32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
-    *start = malloc((size_t)B * sizeof **start);
-    for (int b = 0; b < B; b++) {
-        (*start)[b] = (size_t)b * (T + 1);
-        for (int t = 0; t <= T; t++)
-            tok[(*start)[b] + t] =
-                (uint32_t)cJSON_GetArrayItem(cJSON_GetArrayItem(w, b), t)->valueint;
-    }
-    return tok;
-}
 
 /* The fixture's tensors (by name, each g's) against g's gradients: norm, two sign projections
  * and sampled entries within TOL relative. *n: tensors compared. The worst relative error. */
@@ -78,28 +40,12 @@ static double compare_grads(const char *dir, const struct qs_lm_grad *g, const c
             continue;
         }
         (*n)++;
-        double nr = 0, p1 = 0, p2 = 0;
-        for (size_t k = 0; k < x->n; k++) {
-            nr += (double)x->grad[k] * x->grad[k];
-            p1 += sign_k(1, k) * x->grad[k];
-            p2 += sign_k(2, k) * x->grad[k];
-        }
-        nr = sqrt(nr);
-        double rn = cJSON_GetObjectItem(t, "norm")->valuedouble;
-        const cJSON *pj = cJSON_GetObjectItem(t, "proj");
-        double er = fmax(fabs(nr - rn), fmax(fabs(p1 - cJSON_GetArrayItem(pj, 0)->valuedouble),
-                                             fabs(p2 - cJSON_GetArrayItem(pj, 1)->valuedouble))) /
-                    rn;
-        const cJSON *ix = cJSON_GetObjectItem(t, "idx"), *vl = cJSON_GetObjectItem(t, "val");
-        for (int k = 0; k < cJSON_GetArraySize(ix); k++) {
-            double r = cJSON_GetArrayItem(vl, k)->valuedouble;
-            double got = x->grad[(size_t)cJSON_GetArrayItem(ix, k)->valuedouble];
-            er = fmax(er, fabs(got - r) / fabs(r));
-        }
+        struct lmfx_err r = lmfx_grad_err(x->grad, x->n, t);
+        double er = fmax(fmax(r.norm, r.proj), r.entry);
         worst = fmax(worst, er);
         if (!(er <= TOL)) {
             fprintf(stderr, "  %s %s: relative error %.3g (norm %.9g vs torch %.9g)\n", dir,
-                    x->name, er, nr, rn);
+                    x->name, er, r.got_norm, r.ref_norm);
             CHECK(0);
         }
     }
@@ -136,9 +82,9 @@ static void check_case(const cJSON *c)
         CHECK(0);
         return;
     }
-    int B = cJSON_GetObjectItem(c, "B")->valueint, T = cJSON_GetObjectItem(c, "T")->valueint;
+    int B, T;
     size_t *start;
-    uint32_t *tok = fixture_windows(c, B, T, &start);
+    uint32_t *tok = lmfx_windows(c, &B, &T, &start);
     struct qs_layer_state *ls = fixture_formats(m, cJSON_GetObjectItem(c, "act_block")->valueint);
     struct qs_qat_hooks q;
     CHECK(qs_qat_hooks_init(&q, m, ls, &e) == 0);
@@ -165,7 +111,7 @@ static void check_case(const cJSON *c)
 
 static void test_ste_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     CHECK(root != NULL);
     if (!root)
         return;
@@ -186,7 +132,7 @@ static void test_ste_vs_torch(void)
  * a gradient. */
 static void test_block_vs_torch(void)
 {
-    cJSON *root = load_fixture();
+    cJSON *root = lmfx_load(FIXTURE);
     CHECK(root != NULL);
     if (!root)
         return;
@@ -202,11 +148,10 @@ static void test_block_vs_torch(void)
             CHECK(0);
             continue;
         }
-        int B = cJSON_GetObjectItem(c, "B")->valueint, T = cJSON_GetObjectItem(c, "T")->valueint;
-        int l = cJSON_GetObjectItem(c, "block")->valueint;
+        int B, T, l = cJSON_GetObjectItem(c, "block")->valueint;
         int ste = cJSON_IsTrue(cJSON_GetObjectItem(c, "ste"));
         size_t *start;
-        uint32_t *tok = fixture_windows(c, B, T, &start);
+        uint32_t *tok = lmfx_windows(c, &B, &T, &start);
         size_t Nd = (size_t)B * T * m->d_model;
         float *x = malloc(Nd * sizeof *x), *y = malloc(Nd * sizeof *y);
         qs_lm_embed_rows(m, tok, start, B, T, x);
