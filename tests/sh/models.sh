@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# models.sh - the bundled models: each clears its task threshold, and retraining with the exact
-# command recorded in datasets/tools/train_models.sh reproduces the committed test metrics.
+# models.sh - the bundled models: each clears its task threshold, measured (eval's float test
+# accuracy on the bundled data, the figure the file's metadata records), and retraining with
+# the exact command recorded in datasets/tools/train_models.sh reproduces the committed test
+# metrics.
 set -u
 cd "$(dirname "$0")/../.."
 T=$(mktemp -d)
@@ -19,7 +21,10 @@ while read -r name data hidden epochs lr batch; do
   committed=datasets/models/$name.safetensors
   want=$(meta "$committed" qscope.test_acc)
   case $data in digits) thr=0.95 ;; spirals) thr=0.90 ;; *) thr=0.95 ;; esac
-  ok "$name.threshold" "$(awk -v a="$want" -v t="$thr" 'BEGIN{print (a >= t) ? 1 : 0}')"
+  acc=$(./qscope --json --no-default "$committed" "datasets/$data.csv" -c eval </dev/null 2>/dev/null |
+        grep '"cmd":"eval"' | grep -oE '"float":\{"acc":[0-9.e+-]+' | cut -d: -f3)
+  ok "$name.threshold" "$(awk -v a="$acc" -v m="$want" -v t="$thr" \
+      'BEGIN{print (a != "" && a + 0 >= t && sprintf("%.6f", a) == sprintf("%.6f", m)) ? 1 : 0}')"
   ./qscope --no-default -c "load data datasets/$data.csv; train hidden=$hidden epochs=$epochs lr=$lr batch=$batch seed=0 out=$T/$name.safetensors" </dev/null >/dev/null 2>&1
   got=$(meta "$T/$name.safetensors" qscope.test_acc)
   ok "$name.retrain-reproduces" "$([ -n "$got" ] && [ "$got" = "$want" ] && echo 1 || echo 0)"
