@@ -449,12 +449,20 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
                    "train through (quant PATTERN FORMAT first)");
         goto out;
     }
-    if (!(g = qs_lm_grad_new(m, e)) || !(tix = qs_calloc((size_t)g->ntensor, sizeof *tix)) ||
-        !(mom = qs_alloc(g->nflat, 2 * sizeof(float), "Adam's moments", e))) {
-        if (g && !mom)
+    if (!(g = qs_lm_grad_new(m, e)) || !(tix = qs_calloc((size_t)g->ntensor, sizeof *tix))) {
+        if (g)
             qs_errf(e, "out of memory");
         goto out;
     }
+    size_t bmax = 0; /* Adam's moments for the largest block only, not the whole model */
+    for (int l = 0; l < L; l++) {
+        size_t nb = 0;
+        for (int i = 0, nt = block_tensors(m, g, l, tix); i < nt; i++)
+            nb += g->t[tix[i]].n;
+        bmax = nb > bmax ? nb : bmax;
+    }
+    if (!(mom = qs_alloc(bmax, 2 * sizeof(float), "Adam's moments", e)))
+        goto out;
     float *xf = buf, *xq = xf + all, *yf = xq + all, *tmp = yf + all, *bx = tmp + all;
     float *by = bx + (size_t)bt * rows;
     qs_rng rng;
@@ -500,7 +508,7 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
             block_all(m, l, xq, W, T, bt, &q.h, NULL, yf, &r->mse0[k], e) < 0)
             goto out;
         int nt = block_tensors(m, g, l, tix);
-        memset(mom, 0, g->nflat * 2 * sizeof(float));
+        memset(mom, 0, bmax * 2 * sizeof(float));
         for (long s = 0; s < steps; s++) {
             if (s % per == 0) /* a new pass over the samples, shuffled (Fisher-Yates) */
                 for (int i = 0; i < W; i++) {
@@ -534,10 +542,11 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
             double lr = qs_lm_train_lr(&sched, (int)s);
             double bc1 = 1.0 - pow(b1, s + 1), bc2 = 1.0 - pow(b2, s + 1);
             float a = (float)(lr / bc1), ib2 = (float)(1.0 / sqrt(bc2));
-            for (int i = 0; i < nt; i++) {
+            size_t at = 0;
+            for (int i = 0; i < nt; at += g->t[tix[i]].n, i++) {
                 struct qs_lm_tensor *t = &g->t[tix[i]];
                 float decay = t->cols ? (float)(1.0 - lr * o->wd) : 1.0f;
-                float *mm = mom + (t->grad - g->flat), *vv = mm + g->nflat;
+                float *mm = mom + at, *vv = mm + bmax;
                 for (size_t j = 0; j < t->n; j++) {
                     float gk = t->grad[j] * sc;
                     mm[j] = b1 * mm[j] + (1.0f - b1) * gk;
