@@ -369,7 +369,8 @@ static int block_order(const struct qs_bench *b, const struct qs_qat_lm_opts *o,
         for (int s = 0; s < m->nsites; s++) {
             int l = qs_lm_site_block(m, s);
             const struct qs_layer_state *ls = &b->ls[s];
-            if (l < 0 || (ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
+            if (l < 0 || l >= L || /* the head (block n_layer) is no block */
+                (ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
                 continue;
             if (!ls->sens_method[0]) {
                 free(sens);
