@@ -29,7 +29,7 @@ int qs_hessian_add(double *h, const float *x, int n, int cols, qs_err *e);
 
 /* The local pre-activation error of replacing w by q for inputs whose Gram matrix is r:
  * tr(E r E^T) with E = q - w, i.e. ||X q^T - X w^T||_F^2 when r = X^T X. w, q: (rows, cols),
- * r: (cols, cols) double symmetric. Returns -1.0 when memory runs out. */
+ * r: (cols, cols) double symmetric, both triangles stored. Returns -1.0 when memory runs out. */
 double qs_method_local_err(const float *w, const float *q, int rows, int cols, const double *r);
 
 /* ---- GPTQ ------------------------------------------------------------------------------- */

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <fnmatch.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -291,6 +293,18 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
         qs_errf(e, "%s: out of memory for %s", what ? what : "allocation",
                 qs_fmt_bytes((double)bytes, nb, sizeof nb));
     }
+#ifdef MADV_HUGEPAGE
+    /* a large calloc is a fresh, untouched mapping: asking for transparent huge pages before the
+     * first touch turns 512 page faults into one (under a hypervisor a fault costs microseconds:
+     * a quarter of GPTQ's time on a 3072-wide layer was faults). Advice only: the contents and
+     * the results are the same with or without it. */
+    else if (bytes >= ((size_t)8 << 20)) {
+        const uintptr_t huge = (uintptr_t)2 << 20;
+        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1), z = ((uintptr_t)p + bytes) & ~(huge - 1);
+        if (z > a)
+            (void)madvise((void *)a, z - a, MADV_HUGEPAGE);
+    }
+#endif
     return p;
 }
 

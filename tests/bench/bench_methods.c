@@ -3,12 +3,17 @@
  * Hessian in double, the in-batch rank-1 updates and the lazy-batch GEMM updates in float), each
  * at this machine's measured DGEMM / SGEMM peak. Prints, for tests/bench/run.sh,
  *   bench gptq-ROWSxCOLS-FMT: ours T s, blas limit L s, ratio L/T (target 0.50)
- * (ratio 1 would be the limit itself; the issue's target is within 2x of it), and AWQ's grid
- * search against the dsymm flops of its error evaluations. */
+ * (ratio 1 would be the limit itself; the issue's target is within 2x of it), AWQ's grid search
+ * against the dgemm flops of its error evaluations, and the methods that need no dense linear
+ * algebra against their own floors: the Hadamard rotation against a dense rotation by SGEMM
+ * (2 rows cols^2 flops at peak) and against memcpy of the weights, SmoothQuant's scaling
+ * against memcpy, the imatrix scale search against round-to-nearest (its cost is the
+ * candidate scales it tries, ~140 per block, not memory or flops of a kernel). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "qscope/format.h"
@@ -147,6 +152,96 @@ static void bench_awq(int rows, int cols, double dpeak)
     free(r);
 }
 
+/* GB/s of memcpy over n bytes (read + write counted once each), best of 3 after a warm-up. */
+static double memcpy_gbs(size_t n)
+{
+    char *a = malloc(n), *b = malloc(n);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return 0.0;
+    }
+    memset(a, 1, n);
+    memset(b, 2, n);
+    double best = 1e30;
+    for (int r = 0; r < 4; r++) {
+        double t0 = now();
+        memcpy(b, a, n);
+        double dt = now() - t0;
+        if (r > 0 && dt < best)
+            best = dt;
+    }
+    free(a);
+    free(b);
+    return 2.0 * (double)n / best * 1e-9;
+}
+
+/* Hadamard rotation of W's input dimension, SmoothQuant's scaling and the imatrix search, on a
+ * GPT-2-small c_fc shape. */
+static void bench_nogemm(int rows, int cols, double speak)
+{
+    qs_err e;
+    struct qs_format f;
+    struct qs_qopts o;
+    qs_format_parse("int4", &f, &e);
+    qs_qopts_default(&o);
+    qs_qopts_parse_token(&o, "gran=group:128", &e);
+    const size_t n = (size_t)rows * cols;
+    qs_rng g;
+    qs_rng_seed(&g, 3);
+    float *w = malloc(sizeof(float) * n), *q = malloc(sizeof(float) * n);
+    float *imp = malloc(sizeof(float) * (size_t)cols), *s = malloc(sizeof(float) * (size_t)cols);
+    struct qs_rot *h = NULL;
+    if (!w || !q || !imp || !s || qs_rot_new(cols, 7, &h, &e) < 0) {
+        fprintf(stderr, "bench_methods: out of memory\n");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        w[i] = (float)(0.02 * qs_rng_normal(&g));
+    for (int j = 0; j < cols; j++)
+        imp[j] = (float)(1.0 + fabs(qs_rng_normal(&g)));
+    double bw = memcpy_gbs(n * sizeof(float)), tmem = 2.0 * n * sizeof(float) / (bw * 1e9);
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        memcpy(q, w, n * sizeof *q);
+        double t0 = now();
+        qs_rot_apply(h, q, rows, 0, &e);
+        double dt = now() - t0;
+        best = dt < best ? dt : best;
+    }
+    double dense = 2.0 * rows * (double)cols * cols / (speak * 1e9);
+    printf("bench rotate-hadamard-%dx%d: ours %.4f s, dense rotation at sgemm peak %.4f s, "
+           "ratio %.1f (target 0.50); memcpy of W %.4f s, ratio %.2f\n",
+           rows, cols, best, dense, dense / best, tmem, tmem / best);
+    best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        memcpy(q, w, n * sizeof *q);
+        double t0 = now();
+        qs_smoothquant_scales(imp, q, rows, cols, 0.5, s, &e);
+        qs_scale_cols(q, rows, cols, s, 0);
+        double dt = now() - t0;
+        best = dt < best ? dt : best;
+    }
+    printf("bench smooth-%dx%d: ours %.4f s, memcpy of W %.4f s (%.1f GB/s), ratio %.2f "
+           "(target 0.50)\n",
+           rows, cols, best, tmem, bw, tmem / best);
+    double t0 = now();
+    qs_quant_fake(&f, &o, w, rows, cols, q, &e);
+    double trtn = now() - t0;
+    t0 = now();
+    if (qs_imatrix_quant(&f, &o, w, rows, cols, imp, q, &e) < 0)
+        fprintf(stderr, "bench_methods: %s\n", e.msg);
+    double tim = now() - t0;
+    printf("bench imatrix-%dx%d-int4-group:128: ours %.3f s, round-to-nearest %.4f s, "
+           "%.0fx its cost (no BLAS limit: a scale search)\n",
+           rows, cols, tim, trtn, tim / trtn);
+    qs_rot_free(h);
+    free(w);
+    free(q);
+    free(imp);
+    free(s);
+}
+
 int main(void)
 {
     double sp = gemm_peak(0, 1536), dp = gemm_peak(1, 1536);
@@ -156,5 +251,6 @@ int main(void)
     bench_gptq(768, 3072, "int4", "gran=channel", sp, dp);
     bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp);
     bench_awq(3072, 768, dp);
+    bench_nogemm(3072, 768, sp);
     return 0;
 }

@@ -800,6 +800,37 @@ static void test_smoothquant_reference(void)
     free(y1);
 }
 
+/* Rows are searched by threads in slices (one per CPU, at least 64 rows each): a 300-row layer
+ * gives the same values and scale codes, bit for bit, as 300 one-row calls (which never thread). */
+static void test_imatrix_threads(void)
+{
+    const int rows = 300, c = 96;
+    float *w = gauss(rows * c, 1.0, 71), *imp = malloc(sizeof(float) * c);
+    for (int j = 0; j < c; j++)
+        imp[j] = 0.5f + (float)(j % 7);
+    struct qs_format f;
+    struct qs_qopts o;
+    fmt("int4", "gran=group:32", &f, &o);
+    qs_err e;
+    float *q = malloc(sizeof(float) * rows * c), *q1 = malloc(sizeof(float) * c);
+    struct qs_qblock *sb = calloc((size_t)rows * 3, sizeof *sb), s1[3];
+    CHECK(qs_imatrix_quant_ex(&f, &o, w, rows, c, imp, q, sb, &e) == 0);
+    int same = 1;
+    for (int r = 0; r < rows; r++) {
+        CHECK(qs_imatrix_quant_ex(&f, &o, w + r * c, 1, c, imp, q1, s1, &e) == 0);
+        same &= memcmp(q1, q + r * c, sizeof(float) * c) == 0;
+        for (int b = 0; b < 3; b++)
+            same &= s1[b].s == sb[r * 3 + b].s && s1[b].scode == sb[r * 3 + b].scode;
+    }
+    CHECK(same);
+    free(w);
+    free(imp);
+    free(q);
+    free(q1);
+    free(sb);
+}
+
+
 /* ---- imatrix ---------------------------------------------------------------------------- */
 
 /* Weighted error of int4 symmetric (restricted) rounding of x[0..n) at scale s, by hand. */
@@ -1056,4 +1087,5 @@ TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq
           TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
           TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
           TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
+          TEST_CASE(test_imatrix_threads),
           TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
