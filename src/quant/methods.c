@@ -549,16 +549,23 @@ int qs_smoothquant_scales(const float *xmax, const float *w, int rows, int cols,
         return qs_errf(e, "SmoothQuant: alpha must be in [0, 1] (got %g)", alpha);
     if (rows < 1 || cols < 1)
         return qs_errf(e, "SmoothQuant: empty matrix (%d x %d)", rows, cols);
-    for (int j = 0; j < cols; j++) {
-        double wm = 0.0;
-        for (size_t r = 0; r < (size_t)rows; r++) {
-            double a = fabs((double)w[r * (size_t)cols + (size_t)j]);
-            wm = a > wm ? a : wm;
+    for (int j = 0; j < cols; j++)
+        if (!(xmax[j] >= 0.0f && isfinite(xmax[j])))
+            return qs_errf(e, "SmoothQuant: max |x| of input %d is %g", j, (double)xmax[j]);
+    /* max |W_ij| over i, row by row (a column walk strides the whole matrix); s holds it */
+    for (int j = 0; j < cols; j++)
+        s[j] = 0.0f;
+    for (size_t r = 0; r < (size_t)rows; r++) {
+        const float *wr = w + r * (size_t)cols;
+        for (int j = 0; j < cols; j++) {
+            float a = fabsf(wr[j]);
+            s[j] = a > s[j] ? a : s[j];
         }
+    }
+    for (int j = 0; j < cols; j++) {
+        double wm = s[j];
         wm = wm < 1e-5 ? 1e-5 : wm;
         double xm = xmax[j];
-        if (!(xm >= 0.0 && isfinite(xm)))
-            return qs_errf(e, "SmoothQuant: max |x| of input %d is %g", j, xm);
         double v = pow(xm, alpha) / pow(wm, 1.0 - alpha);
         s[j] = (float)(v < 1e-5 ? 1e-5 : v);
     }
