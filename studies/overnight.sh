@@ -2,7 +2,8 @@
 # overnight.sh - `make overnight-plan`: the plan of the full overnight study over the `make zoo`
 # models (issue 16): study q1 over the 18 settings (6 GPT-2 shapes x training seeds 42, 123, 999;
 # the training seed is part of the model, so seeds=0), each model on the zoo's token data
-# (ZOO/fortunes.txt), weights int4 per channel (the transformers' default), map int4. It writes
+# (ZOO/fortunes.txt), weights int4 per channel (the transformers' default), map int4, 4096
+# calibration tokens per model (32 windows: the widest maps, d 1024, need more than d rows). It writes
 # the plan and runs nothing: run it with GNU parallel or Slurm, then merge:
 #
 #   make zoo && make overnight-plan
@@ -34,4 +35,4 @@ if [ -n "$missing" ] && [ "${PARTIAL:-0}" != 1 ]; then
     exit 1
 fi
 [ -n "$models" ] || { echo "overnight: no zoo model in $ZOO" >&2; exit 1; }
-"$QSCOPE" --no-default -c "study q1 models=$models seeds=0 prec=int4 plan=$PLAN"
+"$QSCOPE" --no-default -c "study q1 models=$models seeds=0 prec=int4 calib_tokens=4096 plan=$PLAN"

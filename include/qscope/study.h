@@ -56,6 +56,8 @@ struct qs_q1_opts {
     const struct qs_qopts *lm_opt;
     char prec[8];            /* the map's weights: "int4" | "int8" | "float" */
     double top_frac;         /* correctability: share of directions (0.1) */
+    long calib_tokens;       /* transformers' calibration budget in tokens, as `set calib
+                              * tokens=N` (0: the bench's default, 8 windows) */
     qs_progress_fn progress; /* may be NULL */
     void *progress_ctx;
     _Atomic int *cancel; /* may be NULL */

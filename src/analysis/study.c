@@ -481,7 +481,8 @@ static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct
             goto out;
         if (r->kind != QS_Q1_SITE && isnan(r->r_float)) {
             qs_errf(e, "%s: a %dx%d linear map needs at most %d outputs and more than %d "
-                       "calibration rows (set calib)", r->name, r->d, r->d, Q1_MAP_MAX_OUT, r->d);
+                       "calibration rows (calib_tokens=N in a study, set calib tokens=N otherwise)",
+                     r->name, r->d, r->d, Q1_MAP_MAX_OUT, r->d);
             goto out;
         }
         if (r->kind != QS_Q1_SITE)
@@ -548,7 +549,9 @@ static int open_lm_bench(const struct qs_q1_opts *o, const char *model, const ch
         return qs_errf(e, "out of memory");
     if (qs_lm_load(mfile, &m, e) < 0 || qs_bench_set_lm(b, m, mfile, e) < 0 ||
         qs_tokens_load(dfile, &t, e) < 0 || qs_bench_set_tokens(b, t, dfile, e) < 0 ||
-        qs_bench_lm_ready(b, e) < 0 || add_study_rule(o, b, e) < 0) {
+        qs_bench_lm_ready(b, e) < 0 ||
+        (o->calib_tokens > 0 && qs_bench_set_calib_tokens(b, o->calib_tokens, e) < 0) ||
+        add_study_rule(o, b, e) < 0) {
         if (!b->lm)
             qs_lm_free(m);
         if (b->tokens != t)

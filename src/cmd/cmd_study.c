@@ -1178,6 +1178,7 @@ enum { Q1_MAXM = 64, Q1_MAXS = 64 };
 struct q1_args {
     const char *models, *seeds, *prec, *fmtname, *gran, *csv, *out, *plan, *models_given;
     int fmt_given;
+    long calib_tokens; /* 0: not given */
     int loaded_lm; /* no models=: the loaded transformer on its token data */
     struct qs_q1_opts o;
     struct qs_format lmf;
@@ -1214,11 +1215,15 @@ static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, 
             p->out = v;
         else if ((v = qs_opt_value(argv[i], "plan")))
             p->plan = v;
-        else
+        else if ((v = qs_opt_value(argv[i], "calib_tokens"))) {
+            if (qs_parse_int(v, 1, 1 << 30, &p->calib_tokens, "study q1 calib_tokens", e) < 0)
+                return -1;
+        } else
             return qs_errf(e, "usage: study q1 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[prec=int4|int8|float] [format=int3] [gran=tensor] [csv=PREFIX] "
-                              "[out=RECORD.json] [plan=DIR]");
+                              "[prec=int4|int8|float] [format=int3] [gran=tensor] "
+                              "[calib_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
     }
+    o->calib_tokens = p->calib_tokens;
     if (p->plan && (p->csv || p->out))
         return qs_errf(e, "study q1: plan=DIR writes a plan and runs nothing: csv= and out= go "
                           "with `study merge DIR` (csv=) or are written by the jobs (out=)");
@@ -1330,9 +1335,13 @@ static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_
     char fq[80] = "";
     if (p->fmt_given || !q->nlm) /* else the transformers' default: replay takes it again */
         snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
-    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s", mq, canon_seeds,
-             fq, p->prec, p->csv ? " csv=" : "", p->csv ? qs_quote(p->csv, qc, sizeof qc) : "",
-             p->out ? " out=" : "", p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+    char ct[48] = "";
+    if (p->calib_tokens > 0)
+        snprintf(ct, sizeof ct, " calib_tokens=%ld", p->calib_tokens);
+    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s%s", mq,
+             canon_seeds, fq, p->prec, ct, p->csv ? " csv=" : "",
+             p->csv ? qs_quote(p->csv, qc, sizeof qc) : "", p->out ? " out=" : "",
+             p->out ? qs_quote(p->out, qo, sizeof qo) : "");
 }
 
 /* The report of a finished study: its JSON object (returned) and text (appended to t). The
@@ -1367,6 +1376,11 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
         qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the report's 4-bit "
                          "regime; the default for transformers without format=/gran=)%s\n",
                      all_lm ? "" : "; MLPs: the format above");
+    if (q->nlm && p->calib_tokens > 0) {
+        qs_sb_printf(t, "transformer calibration: %ld tokens per model (calib_tokens=)\n",
+                     p->calib_tokens);
+        cJSON_AddNumberToObject(o_, "calib_tokens", (double)p->calib_tokens);
+    }
     if (q->nlm)
         qs_sb_printf(t,
                      "Q1 layers of a transformer block: the input projection of each sub-layer "

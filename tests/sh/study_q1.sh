@@ -22,3 +22,9 @@ check sublayer-profile "grep -q '^attention R_lin_q4  *2 ' <<<\"\$out\" && grep 
 check master-summary "[ \$(grep -vc '^#' $T/s-master_summary.csv) = 3 ] && grep -q 'tiny-llama\",.*\"llama\",\"int4\",\"gran=channel' $T/s-master_summary.csv && grep -q '\"mlp\",\"int3\",\"gran=tensor' $T/s-master_summary.csv"
 json=$($Q --json datasets/models/tiny-gpt2 $TXT -c 'study q1 seeds=0' 2>&1 | tail -1)
 check json-format "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); s=o[\"settings\"][0]; assert o[\"format\"]==\"int4\" and s[\"format\"]==\"int4\" and \"gran=channel\" in s[\"options\"] and s[\"q1_layers\"]==4 and len(o[\"layers\"])==4 and len(o[\"sites\"])==5 and [l[\"kind\"] for l in o[\"layers\"]]==[\"attention\",\"ffn\"]*2 and \"median_r_lin_q4\" in s and \"spearman\" in s and \"verdict\" in s' \"\$json\""
+# calib_tokens=N: a transformer's calibration budget inside a study (the zoo's widest maps need
+# more rows than the bench's default 8 windows); too few rows for a map is refused by name
+small=$($Q datasets/models/tiny-gpt2 $TXT -c 'study q1 seeds=0 calib_tokens=64' 2>&1)
+check calib-tokens-too-few "grep -q 'calibration rows (calib_tokens=N in a study' <<<\"\$small\""
+json=$($Q --json datasets/models/tiny-gpt2 $TXT -c 'study q1 seeds=0 calib_tokens=2048' 2>&1 | tail -1)
+check calib-tokens-json "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"calib_tokens\"]==2048 and o[\"settings\"][0][\"q1_layers\"]==4' \"\$json\""
