@@ -781,6 +781,13 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
                 qs_bench_free(b);
                 goto fail;
             }
+            if (o->progress) { /* the setting starting, named as the report names it */
+                const char *base = strrchr(model, '/');
+                char what[200];
+                snprintf(what, sizeof what, "study q1 %s seed %llu", base ? base + 1 : model,
+                         (unsigned long long)o->seeds[si]);
+                o->progress(o->progress_ctx, what, (double)q->nsettings / caps);
+            }
             if ((b->lm ? run_setting_lm(b, o, st, &q->layers[q->nlayers], e)
                        : run_setting(b, o, st, &q->layers[q->nlayers], e)) < 0) {
                 qs_bench_free(b);
