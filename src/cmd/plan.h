@@ -72,6 +72,10 @@ void qs_plan_state_free(struct qs_plan_state *s);
 int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
                       qs_err *e);
 
+/* The q2 merge (cmd_study.c): the same, over q2 records (default CSV prefix DIR/q2). */
+int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e);
+
 int qs_cmd_study_merge(struct qs_ctx *c, int argc, char **argv, qs_err *e);
 
 #endif
