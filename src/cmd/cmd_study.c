@@ -2576,14 +2576,17 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "Slurm job array); finished settings are skipped when a plan runs again."},
     {"study merge", "DIR [csv=PREFIX]", QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
      "merge a study plan's finished settings into the study's report",
-     "Reads DIR/plan.json and every DIR/results/NAME.json, names the settings missing or failed, "
-     "and prints the study's report over the finished ones, with the figures the same study run "
-     "in one process gives (the same aggregation over the same full-precision records). Writes "
-     "PREFIX-layers.csv, PREFIX-settings.csv, PREFIX-master_summary.csv (default PREFIX DIR/q1), "
-     "DIR/q1-summary.json and DIR/q1-report.txt."},
+     "Reads DIR/plan.json (a study q1 or study q2 plan) and every DIR/results/NAME.json, names "
+     "the settings missing or failed (a record cut short, of other options, of another setting "
+     "or edited is refused), and prints the study's report over the finished ones, with the "
+     "figures the same study run in one process gives (the same aggregation over the same "
+     "full-precision records). q1 writes PREFIX-layers.csv, PREFIX-settings.csv, "
+     "PREFIX-master_summary.csv (default PREFIX DIR/q1), DIR/q1-summary.json and "
+     "DIR/q1-report.txt; q2 PREFIX-master_summary.csv, PREFIX-sites.csv (default PREFIX DIR/q2), "
+     "DIR/q2-summary.json and DIR/q2-report.txt."},
     {"study q2",
      "[models=PATH,...|bundled] [seeds=0,1,2] [format=int3] [gran=tensor] [fit=65536] "
-     "[epochs=8] [csv=PREFIX]",
+     "[epochs=8] [csv=PREFIX] [out=RECORD.json] [plan=DIR]",
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
      "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
      "its identity?",
@@ -2596,6 +2599,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "setting, the instability mode (a negative gain) flagged. bundled: the digits MLP, "
      "tiny-gpt2 and tiny-llama on their text; with a transformer loaded, that model. The "
      "corrector and the features are defined in qscope-methods(7). csv= writes "
-     "PREFIX-master_summary.csv and PREFIX-sites.csv. The current bench is left untouched."},
+     "PREFIX-master_summary.csv and PREFIX-sites.csv. The current bench is left untouched. out= "
+     "writes the per-setting record (every figure at %.17g, a SHA-256 digest of its fields) that "
+     "`study merge` reads; plan=DIR writes the study as a plan of one job per setting, as study "
+     "q1 does."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };
