@@ -203,8 +203,13 @@ struct qs_q2 {
     int nsettings;
     struct qs_q2_summary sum;
 };
-/* Runs every (model, seed) setting in order and summarises. Free with qs_q2_free. */
+/* Runs every (model, seed) setting in order and summarises (qs_q2_aggregate). Free with
+ * qs_q2_free. */
 int qs_study_q2(const struct qs_q2_opts *o, struct qs_q2 *q, qs_err *e);
+/* q->sum from q's settings: the one aggregation of the in-process study and of `study merge`,
+ * which reads the settings back from per-setting records (study_record.h, %.17g), so that both
+ * give the same figures bit for bit. */
+void qs_q2_aggregate(struct qs_q2 *q);
 void qs_q2_free(struct qs_q2 *q);
 
 /* Writes PREFIX-master_summary.csv (one row per setting) and PREFIX-sites.csv (one row per

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 
+#include "qscope/q2.h"
 #include "qscope/study.h"
 
 #define QS_RECORD_VERSION 1
@@ -30,5 +31,17 @@ int qs_q1_record_write(const struct qs_q1 *q, const struct qs_q1_opts *o, const 
  * Returns 0; 1 when the file does not exist; -1 with a message when it is unreadable,
  * incomplete, malformed or of other options (q is then unchanged). */
 int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs_err *e);
+
+/* Q2 records ("study": "q2"): each setting's figures, per-variant figures as objects keyed by
+ * variant name, its sites (features, held-out MSE) and "sha256", a digest of every field of the
+ * setting (each as exact text) that a reader recomputes: a record edited after it was written is
+ * refused, as is one whose verdict does not follow from its figures. */
+void qs_q2_record_options(const struct qs_q2_opts *o, char *buf, size_t n);
+int qs_q2_record_write(const struct qs_q2_setting *s, int n, const struct qs_q2_opts *o,
+                       const char *path, qs_err *e);
+/* Appends the record's settings to q->settings (q->sum untouched: call qs_q2_aggregate once every
+ * record is in). 0; 1 when the file does not exist; -1 with a message naming the file and why
+ * (unreadable, incomplete, other options, malformed, edited); q is then unchanged. */
+int qs_q2_record_read(const char *path, const char *options, struct qs_q2 *q, qs_err *e);
 
 #endif

@@ -999,8 +999,13 @@ int qs_study_q2(const struct qs_q2_opts *o, struct qs_q2 *q, qs_err *e)
             if (o->progress)
                 o->progress(o->progress_ctx, "study q2", (double)q->nsettings / n);
         }
-    qs_q2_summarize(q->settings, q->nsettings, &q->sum);
+    qs_q2_aggregate(q);
     return 0;
+}
+
+void qs_q2_aggregate(struct qs_q2 *q)
+{
+    qs_q2_summarize(q->settings, q->nsettings, &q->sum);
 }
 
 /* ---- CSV ----------------------------------------------------------------------------------- */

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "qscope/sha256.h"
+
 void qs_q1_record_options(const struct qs_q1_opts *o, char *buf, size_t n)
 {
     char op[200] = "", lop[200] = "";
@@ -309,6 +311,346 @@ int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs
     }
     q->nsettings += ns;
     q->nlayers = first;
+    rc = 0;
+out:
+    cJSON_Delete(r);
+    return rc;
+}
+
+/* ---- Q2 records ---------------------------------------------------------------------------- */
+
+void qs_q2_record_options(const struct qs_q2_opts *o, char *buf, size_t n)
+{
+    char op[200] = "", lop[200] = "";
+    qs_qopts_format(&o->fmt, &o->opt, op, sizeof op);
+    if (o->lm_fmt && o->lm_opt)
+        qs_qopts_format(o->lm_fmt, o->lm_opt, lop, sizeof lop);
+    snprintf(buf, n,
+             "format=%s %s; transformers: %s %s; corrector=%d-%d-1 lr=%.17g epochs=%d batch=%d "
+             "n_fit=%d n_eval=%d",
+             o->fmt.name, op, o->lm_fmt ? o->lm_fmt->name : "the same", lop, o->hidden, o->hidden,
+             o->lr, o->epochs, o->batch, o->n_fit, o->n_eval);
+}
+
+/* The digest of a setting: SHA-256 over every field, each as exact text (%a for a double), so
+ * that a record whose figures were edited after it was written is told from one that was not. */
+static void dg_s(struct qs_sha256 *h, const char *s)
+{
+    qs_sha256_update(h, s, strlen(s) + 1);
+}
+static void dg_d(struct qs_sha256 *h, double v)
+{
+    char b[48];
+    snprintf(b, sizeof b, "%a", v);
+    dg_s(h, b);
+}
+static void dg_i(struct qs_sha256 *h, long long v)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%lld", v);
+    dg_s(h, b);
+}
+
+static void q2_digest(const struct qs_q2_setting *s, char hex[65])
+{
+    struct qs_sha256 h;
+    qs_sha256_init(&h);
+    dg_s(&h, "qscope q2 record 1");
+    dg_s(&h, s->model);
+    dg_s(&h, s->data);
+    dg_i(&h, (long long)s->seed);
+    dg_s(&h, s->arch);
+    dg_s(&h, s->format);
+    dg_s(&h, s->options);
+    dg_i(&h, s->lm);
+    dg_i(&h, s->nsites);
+    dg_i(&h, s->gate_pass);
+    const double hd[] = {s->float_loss, s->quant_loss, s->float_acc, s->quant_acc,
+                         s->bits_per_weight, s->mse_none, s->improvement};
+    for (size_t k = 0; k < sizeof hd / sizeof *hd; k++)
+        dg_d(&h, hd[k]);
+    dg_i(&h, s->n_fit);
+    dg_i(&h, s->n_eval);
+    for (int v = 0; v < QS_Q2_NVAR; v++) {
+        dg_d(&h, s->mse[v]);
+        dg_d(&h, s->fit_loss[v]);
+        dg_d(&h, s->loss_corr[v]);
+        dg_d(&h, s->loss_gain[v]);
+    }
+    dg_i(&h, s->unstable);
+    dg_s(&h, s->verdict ? s->verdict : "");
+    for (int i = 0; i < s->nsites && s->sites; i++) {
+        const struct qs_q2_site *x = &s->sites[i];
+        dg_s(&h, x->name);
+        dg_i(&h, x->index);
+        dg_i(&h, x->kind);
+        dg_i(&h, x->in);
+        dg_i(&h, x->out);
+        dg_d(&h, x->rms);
+        for (int k = 0; k < QS_Q2_NFEAT; k++)
+            dg_d(&h, x->feat[k]);
+        dg_d(&h, x->mse_none);
+        for (int v = 0; v < QS_Q2_NVAR; v++)
+            dg_d(&h, x->mse[v]);
+    }
+    uint8_t d[32];
+    qs_sha256_final(&h, d);
+    qs_sha256_hex(d, hex);
+}
+
+static void put_dv(cJSON *j, const char *k, const double *v, int n)
+{
+    cJSON *a = cJSON_CreateObject();
+    for (int i = 0; i < n; i++)
+        put_d(a, qs_q2_variant_name((enum qs_q2_variant)i), v[i]);
+    cJSON_AddItemToObject(j, k, a);
+}
+
+int qs_q2_record_write(const struct qs_q2_setting *st, int n, const struct qs_q2_opts *o,
+                       const char *path, qs_err *e)
+{
+    char opts[600];
+    qs_q2_record_options(o, opts, sizeof opts);
+    cJSON *r = cJSON_CreateObject(), *js = cJSON_CreateArray();
+    put_i(r, "qscope_record", QS_RECORD_VERSION);
+    cJSON_AddStringToObject(r, "study", "q2");
+    cJSON_AddStringToObject(r, "version", QS_VERSION);
+    cJSON_AddStringToObject(r, "options", opts);
+    for (int i = 0; i < n; i++) {
+        const struct qs_q2_setting *s = &st[i];
+        cJSON *j = cJSON_CreateObject(), *jl = cJSON_CreateArray();
+        char hex[65];
+        q2_digest(s, hex);
+        cJSON_AddStringToObject(j, "model", s->model);
+        cJSON_AddStringToObject(j, "data", s->data);
+        put_i(j, "seed", (long long)s->seed);
+        cJSON_AddStringToObject(j, "arch", s->arch);
+        cJSON_AddStringToObject(j, "format", s->format);
+        cJSON_AddStringToObject(j, "options", s->options);
+        put_i(j, "lm", s->lm);
+        put_i(j, "nsites", s->nsites);
+        put_i(j, "gate_pass", s->gate_pass);
+        put_d(j, "float_loss", s->float_loss);
+        put_d(j, "quant_loss", s->quant_loss);
+        put_d(j, "float_acc", s->float_acc);
+        put_d(j, "quant_acc", s->quant_acc);
+        put_d(j, "bits_per_weight", s->bits_per_weight);
+        put_i(j, "n_fit", s->n_fit);
+        put_i(j, "n_eval", s->n_eval);
+        put_d(j, "mse_none", s->mse_none);
+        put_dv(j, "mse", s->mse, QS_Q2_NVAR);
+        put_dv(j, "fit_loss", s->fit_loss, QS_Q2_NVAR);
+        put_dv(j, "loss_corr", s->loss_corr, QS_Q2_NVAR);
+        put_dv(j, "loss_gain", s->loss_gain, QS_Q2_NVAR);
+        put_d(j, "improvement", s->improvement);
+        put_i(j, "unstable", s->unstable);
+        cJSON_AddStringToObject(j, "verdict", s->verdict);
+        for (int k = 0; k < s->nsites && s->sites; k++) {
+            const struct qs_q2_site *x = &s->sites[k];
+            cJSON *q = cJSON_CreateObject(), *f = cJSON_CreateObject();
+            cJSON_AddStringToObject(q, "name", x->name);
+            put_i(q, "index", x->index);
+            put_i(q, "kind", x->kind);
+            put_i(q, "in", x->in);
+            put_i(q, "out", x->out);
+            put_d(q, "rms", x->rms);
+            for (int m = 0; m < QS_Q2_NFEAT; m++)
+                put_d(f, qs_q2_feature_name(m), x->feat[m]);
+            cJSON_AddItemToObject(q, "features", f);
+            put_d(q, "mse_none", x->mse_none);
+            put_dv(q, "mse", x->mse, QS_Q2_NVAR);
+            cJSON_AddItemToArray(jl, q);
+        }
+        cJSON_AddItemToObject(j, "sites", jl);
+        cJSON_AddStringToObject(j, "sha256", hex);
+        cJSON_AddItemToArray(js, j);
+    }
+    cJSON_AddItemToObject(r, "settings", js);
+    cJSON_AddTrueToObject(r, "complete"); /* last: a cut copy lacks it */
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    if (!text)
+        return qs_errf(e, "out of memory");
+    qs_outfile of;
+    if (qs_out_open(&of, path, e) < 0) {
+        free(text);
+        return -1;
+    }
+    fputs(text, of.f);
+    fputc('\n', of.f);
+    free(text);
+    return qs_out_commit(&of, e);
+}
+
+static int get_dv(const cJSON *j, const char *k, double *v, int n)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (!cJSON_IsObject(a) || cJSON_GetArraySize(a) != n)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (get_d(a, qs_q2_variant_name((enum qs_q2_variant)i), &v[i]))
+            return -1;
+    return 0;
+}
+
+/* One Q2 setting object into s (its sites allocated); a reason when malformed or edited. */
+static const char *read_q2_setting(const cJSON *j, struct qs_q2_setting *s)
+{
+    long long v;
+    char verdict[16], hex[65], want[65];
+    memset(s, 0, sizeof *s);
+    if (get_s(j, "model", s->model, sizeof s->model) || get_s(j, "data", s->data, sizeof s->data) ||
+        get_i(j, "seed", 0, (1LL << 53), &v))
+        return "malformed (model, data, seed)";
+    s->seed = (uint64_t)v;
+    if (get_s(j, "arch", s->arch, sizeof s->arch) ||
+        get_s(j, "format", s->format, sizeof s->format) ||
+        get_s(j, "options", s->options, sizeof s->options))
+        return "malformed (arch, format, options)";
+    if (get_i(j, "lm", 0, 1, &v))
+        return "malformed (lm)";
+    s->lm = (int)v;
+    if (get_i(j, "nsites", 1, 1 << 20, &v))
+        return "malformed (nsites)";
+    s->nsites = (int)v;
+    if (get_i(j, "gate_pass", 0, 1, &v))
+        return "malformed (gate_pass)";
+    s->gate_pass = (int)v;
+    if (get_d(j, "float_loss", &s->float_loss) || get_d(j, "quant_loss", &s->quant_loss) ||
+        get_d(j, "float_acc", &s->float_acc) || get_d(j, "quant_acc", &s->quant_acc) ||
+        get_d(j, "bits_per_weight", &s->bits_per_weight) || get_d(j, "mse_none", &s->mse_none) ||
+        get_d(j, "improvement", &s->improvement))
+        return "malformed (a figure)";
+    if (get_i(j, "n_fit", 0, 1 << 30, &v))
+        return "malformed (n_fit)";
+    s->n_fit = (int)v;
+    if (get_i(j, "n_eval", 0, 1 << 30, &v))
+        return "malformed (n_eval)";
+    s->n_eval = (int)v;
+    if (get_dv(j, "mse", s->mse, QS_Q2_NVAR) || get_dv(j, "fit_loss", s->fit_loss, QS_Q2_NVAR) ||
+        get_dv(j, "loss_corr", s->loss_corr, QS_Q2_NVAR) ||
+        get_dv(j, "loss_gain", s->loss_gain, QS_Q2_NVAR))
+        return "malformed (a per-variant figure)";
+    if (get_i(j, "unstable", 0, (1 << QS_Q2_NVAR) - 1, &v))
+        return "malformed (unstable)";
+    s->unstable = (int)v;
+    if (get_s(j, "verdict", verdict, sizeof verdict) || get_s(j, "sha256", hex, sizeof hex))
+        return "malformed (verdict, sha256)";
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(j, "sites");
+    if (!cJSON_IsArray(js) || cJSON_GetArraySize(js) != s->nsites)
+        return "malformed (sites)";
+    if (!(s->sites = calloc((size_t)s->nsites, sizeof *s->sites)))
+        return "out of memory";
+    const cJSON *x;
+    int i = 0;
+    cJSON_ArrayForEach(x, js)
+    {
+        struct qs_q2_site *q = &s->sites[i++];
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(x, "features");
+        if (get_s(x, "name", q->name, sizeof q->name) || !cJSON_IsObject(f))
+            return "malformed (a site)";
+        if (get_i(x, "index", 0, 1 << 30, &v))
+            return "malformed (a site's index)";
+        q->index = (int)v;
+        if (get_i(x, "kind", 0, 1 << 30, &v))
+            return "malformed (a site's kind)";
+        q->kind = (int)v;
+        if (get_i(x, "in", 1, 1 << 30, &v))
+            return "malformed (a site's in)";
+        q->in = (int)v;
+        if (get_i(x, "out", 1, 1 << 30, &v))
+            return "malformed (a site's out)";
+        q->out = (int)v;
+        if (get_d(x, "rms", &q->rms) || get_d(x, "mse_none", &q->mse_none) ||
+            get_dv(x, "mse", q->mse, QS_Q2_NVAR))
+            return "malformed (a site's figures)";
+        for (int m = 0; m < QS_Q2_NFEAT; m++)
+            if (get_d(f, qs_q2_feature_name(m), &q->feat[m]))
+                return "malformed (a site's features)";
+    }
+    /* the verdict follows from the figures, and the digest covers them all: a record that
+     * says otherwise was edited after it was written */
+    s->verdict = qs_q2_verdict(s->mse[QS_Q2_EMB], s->mse[QS_Q2_FEAT], s->loss_gain);
+    if (strcmp(verdict, s->verdict))
+        return "edited: its verdict does not follow from its figures";
+    q2_digest(s, want);
+    if (strcmp(hex, want))
+        return "edited after it was written: its sha256 does not match its contents";
+    return NULL;
+}
+
+/* The first space-separated words of x and y that differ, into a and b (64 bytes each). */
+static void first_diff(const char *x, const char *y, char *a, char *b)
+{
+    for (;;) {
+        size_t lx = strcspn(x, " "), ly = strcspn(y, " ");
+        if (lx != ly || strncmp(x, y, lx) || !x[lx] || !y[ly]) {
+            snprintf(a, 64, "%.*s", (int)(lx < 63 ? lx : 63), x);
+            snprintf(b, 64, "%.*s", (int)(ly < 63 ? ly : 63), y);
+            return;
+        }
+        x += lx + 1;
+        y += ly + 1;
+    }
+}
+
+int qs_q2_record_read(const char *path, const char *options, struct qs_q2 *q, qs_err *e)
+{
+    struct stat sb;
+    if (stat(path, &sb) < 0 && errno == ENOENT)
+        return 1;
+    char *text = NULL;
+    if (read_text(path, &text, e) < 0)
+        return -1;
+    cJSON *r = cJSON_Parse(text);
+    free(text);
+    if (!r)
+        return qs_errf(e, "%s: not a JSON record (cut short?)", path);
+    int rc = -1;
+    long long v;
+    char study[16], opts[600];
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(r, "settings");
+    if (get_i(r, "qscope_record", 0, 1 << 30, &v) || v != QS_RECORD_VERSION ||
+        get_s(r, "study", study, sizeof study) || strcmp(study, "q2") ||
+        get_s(r, "options", opts, sizeof opts) || !cJSON_IsArray(js)) {
+        qs_errf(e, "%s: not a qscope q2 record (version %d)", path, QS_RECORD_VERSION);
+        goto out;
+    }
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "complete"))) {
+        qs_errf(e, "%s: incomplete record", path);
+        goto out;
+    }
+    if (options && strcmp(options, opts)) {
+        /* the first word that differs first: the whole lines are long */
+        char a[64], b[64];
+        first_diff(opts, options, a, b);
+        qs_errf(e, "%s: written under other options (%s where the plan has %s; record: %s)", path,
+                a, b, opts);
+        goto out;
+    }
+    int ns = cJSON_GetArraySize(js);
+    struct qs_q2_setting *nst = realloc(q->settings, (size_t)(q->nsettings + ns + 1) * sizeof *nst);
+    if (!nst) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    q->settings = nst;
+    int k = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, js)
+    {
+        struct qs_q2_setting *st = &q->settings[q->nsettings + k];
+        const char *why = read_q2_setting(s, st);
+        if (why) {
+            qs_q2_setting_clear(st);
+            for (int i = 0; i < k; i++)
+                qs_q2_setting_clear(&q->settings[q->nsettings + i]);
+            qs_errf(e, "%s: setting %d is %s", path, k, why);
+            goto out;
+        }
+        k++;
+    }
+    q->nsettings += ns;
     rc = 0;
 out:
     cJSON_Delete(r);

@@ -1894,13 +1894,21 @@ static void q2_unstable_names(int mask, char *buf, size_t n)
                      qs_q2_variant_name((enum qs_q2_variant)v));
 }
 
-/* The Q2 report from its records alone (text into t, JSON into o_): a pure function of the
- * settings, so that results gathered elsewhere (a plan's jobs) give the same report. */
-static void q2_report(const struct qs_q2_setting *rec, int n, const struct qs_q2_opts *o,
-                      const char *fmt, const char *opts, cJSON *o_, struct qs_sb *t)
+/* The Q2 report from its settings and their aggregates alone (text into t, JSON into o_): the
+ * in-process study and `study merge` (settings read back from a plan's records, aggregated by
+ * the same qs_q2_aggregate) both print through it, so their reports are the same. */
+static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *o_,
+                      struct qs_sb *t)
 {
-    struct qs_q2_summary sm;
-    qs_q2_summarize(rec, n, &sm);
+    const struct qs_q2_setting *rec = q->settings;
+    int n = q->nsettings;
+    const struct qs_q2_summary sm = q->sum;
+    /* the weight format named: the transformers' own when every setting is one */
+    char opts[200];
+    int all_lm = sm.nlm == n && o->lm_fmt;
+    const char *fmt = all_lm ? o->lm_fmt->name : o->fmt.name;
+    qs_qopts_format(all_lm ? o->lm_fmt : &o->fmt, all_lm ? o->lm_opt : &o->opt, opts,
+                    sizeof opts);
     int nm = 0;
     for (int i = 0; i < n; i++) {
         int seen = 0;
@@ -2136,26 +2144,45 @@ static void q2_report(const struct qs_q2_setting *rec, int n, const struct qs_q2
                  gates == n ? "" : ": results of failing settings are flagged");
 }
 
-static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
-{
-    const char *models = "bundled", *seeds = "0,1,2", *fmtname = "int3", *gran = "tensor";
-    const char *csv = NULL, *models_given = NULL;
-    int fmt_given = 0;
-    long fit = 65536, epochs = 8;
+/* The options of `study q2`, parsed once for the in-process run, plan= and `study merge` (which
+ * parses the plan's copy of them again), so all three study the same thing. */
+enum { Q2_MAXM = 64, Q2_MAXS = 64 };
+struct q2_args {
+    const char *models, *seeds, *fmtname, *gran, *csv, *out, *plan, *models_given;
+    int fmt_given;
+    int loaded; /* no models=: the loaded transformer on its token data */
     struct qs_q2_opts o;
-    qs_q2_opts_default(&o);
+    struct qs_format lmf;
+    struct qs_qopts lmo;
+    char paths[Q2_MAXM][PATH_MAX];
+    const char *mp[Q2_MAXM];
+    int nm;
+    uint64_t sv[Q2_MAXS];
+    int ns;
+};
+
+static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, qs_err *e)
+{
+    p->models = "bundled", p->seeds = "0,1,2", p->fmtname = "int3", p->gran = "tensor";
+    long fit = 65536, epochs = 8;
+    struct qs_q2_opts *o = &p->o;
+    qs_q2_opts_default(o);
     for (int i = 0; i < argc; i++) {
         const char *v;
         if ((v = qs_opt_value(argv[i], "models")))
-            models = models_given = v;
+            p->models = p->models_given = v;
         else if ((v = qs_opt_value(argv[i], "seeds")))
-            seeds = v;
+            p->seeds = v;
         else if ((v = qs_opt_value(argv[i], "format")))
-            fmtname = v, fmt_given = 1;
+            p->fmtname = v, p->fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "gran")))
-            gran = v, fmt_given = 1;
+            p->gran = v, p->fmt_given = 1;
         else if ((v = qs_opt_value(argv[i], "csv")))
-            csv = v;
+            p->csv = v;
+        else if ((v = qs_opt_value(argv[i], "out")))
+            p->out = v;
+        else if ((v = qs_opt_value(argv[i], "plan")))
+            p->plan = v;
         else if ((v = qs_opt_value(argv[i], "fit"))) {
             if (qs_parse_int(v, 256, 1 << 24, &fit, "study q2 fit", e) < 0)
                 return -1;
@@ -2164,131 +2191,344 @@ static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 return -1;
         } else
             return qs_errf(e, "usage: study q2 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] [csv=PREFIX]");
+                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] [csv=PREFIX] "
+                              "[out=RECORD.json] [plan=DIR]");
     }
-    o.n_fit = o.n_eval = (int)fit;
-    o.epochs = (int)epochs;
-    if (qs_format_parse(fmtname, &o.fmt, e) < 0)
+    if (p->plan && (p->csv || p->out))
+        return qs_errf(e, "study q2: plan=DIR writes a plan and runs nothing: csv= and out= go "
+                          "with `study merge DIR` (csv=) or are written by the jobs (out=)");
+    if (p->plan && !p->plan[0])
+        return qs_errf(e, "study q2: plan= is empty");
+    o->n_fit = o->n_eval = (int)fit;
+    o->epochs = (int)epochs;
+    if (qs_format_parse(p->fmtname, &o->fmt, e) < 0)
         return -1;
-    if (o.fmt.kind == QS_FMT_NONE)
+    if (o->fmt.kind == QS_FMT_NONE)
         return qs_errf(e, "study q2: format=none leaves nothing to correct");
-    qs_qopts_default(&o.opt);
-    o.opt.seed = c->b->seed;
+    qs_qopts_default(&o->opt);
+    o->opt.seed = c->b->seed;
     char gt[64];
-    snprintf(gt, sizeof gt, "gran=%s", gran);
-    if (o.fmt.kind != QS_FMT_MX && o.fmt.kind != QS_FMT_NVFP4 &&
-        qs_qopts_parse_token(&o.opt, gt, e) < 0)
+    snprintf(gt, sizeof gt, "gran=%s", p->gran);
+    if (o->fmt.kind != QS_FMT_MX && o->fmt.kind != QS_FMT_NVFP4 &&
+        qs_qopts_parse_token(&o->opt, gt, e) < 0)
         return -1;
-    if (qs_qopts_check(&o.fmt, &o.opt, e) < 0)
+    if (qs_qopts_check(&o->fmt, &o->opt, e) < 0)
         return -1;
-    struct qs_format lmf;
-    struct qs_qopts lmo;
-    if (!fmt_given) { /* transformers: int4 per channel, symmetric, as study q1 */
-        if (qs_format_parse("int4", &lmf, e) < 0)
+    if (!p->fmt_given) { /* transformers: int4 per channel, symmetric, as study q1 */
+        if (qs_format_parse("int4", &p->lmf, e) < 0)
             return -1;
-        qs_qopts_default(&lmo);
-        lmo.seed = c->b->seed;
-        lmo.gran = QS_GRAN_CHANNEL;
-        if (qs_qopts_check(&lmf, &lmo, e) < 0)
+        qs_qopts_default(&p->lmo);
+        p->lmo.seed = c->b->seed;
+        p->lmo.gran = QS_GRAN_CHANNEL;
+        if (qs_qopts_check(&p->lmf, &p->lmo, e) < 0)
             return -1;
-        o.lm_fmt = &lmf;
-        o.lm_opt = &lmo;
+        o->lm_fmt = &p->lmf;
+        o->lm_opt = &p->lmo;
     }
-    enum { MAXM = 64 };
-    char paths[MAXM][PATH_MAX];
-    const char *mp[MAXM];
     int nm = 0;
-    int loaded = !strcmp(models, "bundled") && c->b->lm && !models_given;
-    if (loaded) { /* a transformer loaded: the study is of it on its token data */
+    p->loaded = !strcmp(p->models, "bundled") && c->b->lm && !p->models_given;
+    if (p->loaded) { /* a transformer loaded: the study is of it on its token data */
         if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
             return qs_errf(e, "study q2: load token data for the transformer first (load data "
                               "PATH.txt|.bin), or name models=DIR:DATA,...");
         char mb[PATH_MAX], db[PATH_MAX];
-        snprintf(paths[0], sizeof paths[0], "%s:%s", as_bundled(c->b->model_path, mb, sizeof mb),
+        snprintf(p->paths[0], sizeof p->paths[0], "%s:%s",
+                 as_bundled(c->b->model_path, mb, sizeof mb),
                  as_bundled(c->b->data_path, db, sizeof db));
-        mp[nm++] = paths[0];
-    } else if (!strcmp(models, "bundled")) {
+        p->mp[nm++] = p->paths[0];
+    } else if (!strcmp(p->models, "bundled")) {
         for (int k = 0; k < 3; k++) {
-            snprintf(paths[nm], sizeof paths[nm], "%s", q2_bundled[k]);
-            mp[nm] = paths[nm];
+            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", q2_bundled[k]);
+            p->mp[nm] = p->paths[nm];
             nm++;
         }
     } else {
         char buf[4096];
-        snprintf(buf, sizeof buf, "%s", models);
+        snprintf(buf, sizeof buf, "%s", p->models);
         for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
              tok = strtok_r(NULL, ",", &save)) {
-            if (nm == MAXM)
-                return qs_errf(e, "study q2: at most %d models", MAXM);
-            snprintf(paths[nm], sizeof paths[nm], "%s", tok);
-            mp[nm] = paths[nm];
+            if (nm == Q2_MAXM)
+                return qs_errf(e, "study q2: at most %d models", Q2_MAXM);
+            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", tok);
+            p->mp[nm] = p->paths[nm];
             nm++;
         }
     }
     if (nm == 0)
         return qs_errf(e, "study q2: models= is empty");
-    uint64_t sv[64];
     int ns = 0;
     char sbuf[512];
-    snprintf(sbuf, sizeof sbuf, "%s", seeds);
+    snprintf(sbuf, sizeof sbuf, "%s", p->seeds);
     for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
          tok = strtok_r(NULL, ",", &save)) {
         long lv;
-        if (ns == 64)
-            return qs_errf(e, "study q2: at most 64 seeds");
+        if (ns == Q2_MAXS)
+            return qs_errf(e, "study q2: at most %d seeds", Q2_MAXS);
         if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q2 seed", e) < 0)
             return -1;
-        sv[ns++] = (uint64_t)lv;
+        p->sv[ns++] = (uint64_t)lv;
     }
     if (ns == 0)
         return qs_errf(e, "study q2: seeds= is empty");
-    o.models = mp;
-    o.nmodels = nm;
-    o.seeds = sv;
-    o.nseeds = ns;
-    o.progress = c->b->progress;
-    o.progress_ctx = c->b->progress_ctx;
-    c->b->cancel = 0;
-    o.cancel = &c->b->cancel;
-    struct qs_q2 q;
-    if (qs_study_q2(&o, &q, e) < 0)
-        return -1;
-    if (csv && qs_q2_write_csv(q.settings, q.nsettings, &o, csv, e) < 0) {
-        qs_q2_free(&q);
-        return -1;
-    }
-    char canon_seeds[512] = "", opts[200] = "";
-    for (int k = 0; k < ns; k++)
+    p->nm = nm;
+    p->ns = ns;
+    o->models = p->mp;
+    o->nmodels = nm;
+    o->seeds = p->sv;
+    o->nseeds = ns;
+    return 0;
+}
+
+/* The study's canonical line (the journal's). */
+static void q2_canon(struct qs_ctx *c, const struct q2_args *p, const struct qs_q2 *q)
+{
+    char canon_seeds[512] = "";
+    for (int k = 0; k < p->ns; k++)
         snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
-                 "%s%llu", k ? "," : "", (unsigned long long)sv[k]);
+                 "%s%llu", k ? "," : "", (unsigned long long)p->sv[k]);
     char gb[24];
-    const char *gw = (o.fmt.kind == QS_FMT_MX || o.fmt.kind == QS_FMT_NVFP4)
+    const char *gw = (p->o.fmt.kind == QS_FMT_MX || p->o.fmt.kind == QS_FMT_NVFP4)
                          ? "block"
-                         : gran_word(&o.opt, gb, sizeof gb);
-    char qm[1024], qc[600], mq[1040] = "", fq[80] = "";
-    if (!loaded)
-        snprintf(mq, sizeof mq, " models=%s", qs_quote(models, qm, sizeof qm));
-    if (fmt_given || !q.sum.nlm) /* else the transformers' default: replay takes it again */
-        snprintf(fq, sizeof fq, " format=%s gran=%s", o.fmt.name, gw);
-    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s", mq,
-             canon_seeds, fq, o.n_fit, o.epochs, csv ? " csv=" : "",
-             csv ? qs_quote(csv, qc, sizeof qc) : "");
-    int all_lm = q.sum.nlm == q.nsettings && o.lm_fmt;
-    const struct qs_format *tf = all_lm ? o.lm_fmt : &o.fmt;
-    qs_qopts_format(tf, all_lm ? o.lm_opt : &o.opt, opts, sizeof opts);
+                         : gran_word(&p->o.opt, gb, sizeof gb);
+    char qm[1024], qc[600], qo[600], mq[1040] = "", fq[80] = "";
+    if (!p->loaded)
+        snprintf(mq, sizeof mq, " models=%s", qs_quote(p->models, qm, sizeof qm));
+    if (p->fmt_given || !q->sum.nlm) /* else the transformers' default: replay takes it again */
+        snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
+    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s%s%s", mq,
+             canon_seeds, fq, p->o.n_fit, p->o.epochs, p->csv ? " csv=" : "",
+             p->csv ? qs_quote(p->csv, qc, sizeof qc) : "", p->out ? " out=" : "",
+             p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+}
+
+/* The finished study's report (JSON returned, text appended to t), CSV files named; the
+ * in-process run and `study merge` both print through it. */
+static cJSON *q2_result(struct qs_ctx *c, const struct q2_args *p, const struct qs_q2 *q,
+                        struct qs_sb *t)
+{
     cJSON *o_ = cJSON_CreateObject();
     cJSON_AddStringToObject(o_, "cmd", "study q2");
-    struct qs_sb t = {0};
-    q2_report(q.settings, q.nsettings, &o, tf->name, opts, o_, &t);
-    if (csv) {
-        qs_sb_printf(&t, "\nwrote %s-master_summary.csv and %s-sites.csv", csv, csv);
-        cJSON_AddStringToObject(o_, "csv_prefix", csv);
+    q2_report(q, &p->o, o_, t);
+    if (p->csv) {
+        qs_sb_printf(t, "\nwrote %s-master_summary.csv and %s-sites.csv", p->csv, p->csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", p->csv);
     }
     qs_set_last_table(c, "study q2 settings", cJSON_GetObjectItem(o_, "settings"), NULL);
-    qs_emit(c, o_, t.s);
+    return o_;
+}
+
+/* The q1 options a q2 setting's bench is opened with (qs_q2_run_setting does the same). */
+static void q2_as_q1(const struct qs_q2_opts *o, struct qs_q1_opts *q1)
+{
+    memset(q1, 0, sizeof *q1);
+    q1->fmt = o->fmt;
+    q1->opt = o->opt;
+    q1->lm_fmt = o->lm_fmt;
+    q1->lm_opt = o->lm_opt;
+}
+
+/* plan=DIR: one job per setting (model x seed), nothing run here. */
+static int q2_plan(struct qs_ctx *c, struct q2_args *p, int argc, char **argv, qs_err *e)
+{
+    int n = p->nm * p->ns, rc = -1;
+    struct qs_plan_setting *s = qs_calloc((size_t)n, sizeof *s);
+    char **common = qs_calloc((size_t)argc + 1, sizeof *common);
+    char **args = qs_calloc((size_t)argc + 3, sizeof *args);
+    struct qs_sb ma = {0}, sa = {0};
+    struct qs_q1_opts q1;
+    q2_as_q1(&p->o, &q1);
+    if (!s || !common || !args) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (int mi = 0, k = 0; mi < p->nm; mi++) {
+        char model[PATH_MAX], data[PATH_MAX];
+        if (qs_q1_setting_files(&q1, p->mp[mi], model, sizeof model, data, sizeof data, e) < 0) {
+            qs_err_prefix(e, "study q2");
+            goto out;
+        }
+        for (int si = 0; si < p->ns; si++, k++) {
+            qs_plan_name(k, model, p->sv[si], s[k].name, sizeof s[k].name);
+            snprintf(s[k].arg, sizeof s[k].arg, "%s", p->mp[mi]);
+            snprintf(s[k].model, sizeof s[k].model, "%s", model);
+            snprintf(s[k].data, sizeof s[k].data, "%s", data);
+            s[k].seed = p->sv[si];
+        }
+    }
+    int nc = 0, na = 0;
+    for (int i = 0; i < argc; i++)
+        if (!qs_opt_value(argv[i], "models") && !qs_opt_value(argv[i], "seeds") &&
+            !qs_opt_value(argv[i], "plan"))
+            common[nc++] = argv[i];
+    qs_sb_printf(&ma, "models=%s", p->loaded ? p->paths[0] : p->models);
+    qs_sb_printf(&sa, "seeds=%s", p->seeds);
+    if (!ma.s || !sa.s) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    args[na++] = ma.s;
+    args[na++] = sa.s;
+    for (int k = 0; k < nc; k++)
+        args[na++] = common[k];
+    struct qs_plan_spec ps = {.dir = p->plan, .study = "q2", .common = common, .ncommon = nc,
+                              .args = args, .nargs = na, .loaded_lm = p->loaded, .s = s,
+                              .n = n};
+    rc = qs_plan_write(c, &ps, e);
+    c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
+out:
+    qs_sb_free(&ma);
+    qs_sb_free(&sa);
+    free(s);
+    free(common);
+    free(args);
+    return rc;
+}
+
+int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e)
+{
+    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
+    const cJSON *jseed = cJSON_GetObjectItemCaseSensitive(plan, "seed");
+    int na = cJSON_GetArraySize(ja);
+    if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
+        return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
+    char *argv[64];
+    int argc = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, ja)
+    {
+        if (!cJSON_IsString(x))
+            return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
+        argv[argc++] = x->valuestring;
+    }
+    struct q2_args *p = qs_calloc(1, sizeof *p);
+    if (!p)
+        return qs_errf(e, "out of memory");
+    struct qs_q2 q;
+    memset(&q, 0, sizeof q);
+    struct qs_plan_state ps = {0};
+    struct qs_sb t = {0}, pre = {0}, pfx = {0};
+    cJSON *obj = NULL;
+    int rc = -1;
+    /* the plan's options, parsed as the plan's own command parsed them; its session seed */
+    uint64_t seed = c->b->seed;
+    c->b->seed = (uint64_t)jseed->valuedouble;
+    int prc = q2_parse(c, argc, argv, p, e);
+    c->b->seed = seed;
+    if (prc < 0) {
+        qs_err_prefix(e, "study merge: the plan's options");
+        goto out;
+    }
+    p->loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
+    qs_sb_printf(&pfx, "%s/q2", dir);
+    p->csv = csv ? csv : pfx.s;
+    char opts[600];
+    qs_q2_record_options(&p->o, opts, sizeof opts);
+    cJSON_ArrayForEach(x, js)
+    {
+        const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
+        const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
+        const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
+        if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
+            strchr(jn->valuestring, '/')) {
+            qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
+            goto out;
+        }
+        ps.n++;
+        char path[PATH_MAX + 200];
+        snprintf(path, sizeof path, "%s/results/%s.json", dir, jn->valuestring);
+        qs_err re = {{0}};
+        int before = q.nsettings;
+        int r = qs_q2_record_read(path, opts, &q, &re);
+        if (r == 0 && (q.nsettings != before + 1 ||
+                       strcmp(q.settings[before].model, jm->valuestring) ||
+                       q.settings[before].seed != (uint64_t)jsd->valuedouble)) {
+            snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
+            while (q.nsettings > before) /* drop what it added */
+                qs_q2_setting_clear(&q.settings[--q.nsettings]);
+            r = -1;
+        }
+        if (r == 0)
+            ps.ndone++;
+        else
+            qs_plan_state_add(&ps, dir, jn->valuestring, r < 0 ? re.msg : NULL);
+    }
+    if (q.nsettings == 0) {
+        struct qs_sb fl = {0};
+        for (int i = 0; i < ps.nfailed; i++)
+            qs_sb_printf(&fl, "; failed: %s", ps.failed[i]);
+        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s",
+                dir, ps.n, ps.nmissing, ps.nfailed, fl.s ? fl.s : "");
+        qs_sb_free(&fl);
+        goto out;
+    }
+    qs_q2_aggregate(&q);
+    if (qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->csv, e) < 0)
+        goto out;
+    obj = q2_result(c, p, &q, &t);
+    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
+    cJSON_AddStringToObject(obj, "study", "q2");
+    qs_plan_state_report(&ps, dir, obj, &pre);
+    qs_sb_printf(&pre, "%s", t.s ? t.s : "");
+    char *js_text = cJSON_Print(obj);
+    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
+    snprintf(f1, sizeof f1, "%s/q2-summary.json", dir);
+    snprintf(f2, sizeof f2, "%s/q2-report.txt", dir);
+    if (!js_text || !pre.s)
+        qs_errf(e, "out of memory");
+    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
+        rc = 0;
+    free(js_text);
+    if (rc == 0) {
+        qs_emit(c, obj, pre.s);
+        obj = NULL;
+    }
+out:
+    cJSON_Delete(obj);
+    qs_sb_free(&t);
+    qs_sb_free(&pre);
+    qs_sb_free(&pfx);
+    qs_plan_state_free(&ps);
+    qs_q2_free(&q);
+    free(p);
+    return rc;
+}
+
+static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    struct q2_args *p = qs_calloc(1, sizeof *p);
+    if (!p)
+        return qs_errf(e, "out of memory");
+    int rc = -1;
+    if (q2_parse(c, argc, argv, p, e) < 0)
+        goto out;
+    if (p->plan) {
+        rc = q2_plan(c, p, argc, argv, e);
+        goto out;
+    }
+    p->o.progress = c->b->progress;
+    p->o.progress_ctx = c->b->progress_ctx;
+    c->b->cancel = 0;
+    p->o.cancel = &c->b->cancel;
+    struct qs_q2 q;
+    if (qs_study_q2(&p->o, &q, e) < 0)
+        goto out;
+    if ((p->csv && qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->csv, e) < 0) ||
+        (p->out && qs_q2_record_write(q.settings, q.nsettings, &p->o, p->out, e) < 0)) {
+        qs_q2_free(&q);
+        goto out;
+    }
+    q2_canon(c, p, &q);
+    struct qs_sb t = {0};
+    cJSON *obj = q2_result(c, p, &q, &t);
+    qs_emit(c, obj, t.s);
     qs_sb_free(&t);
     qs_q2_free(&q);
-    return 0;
+    rc = 0;
+out:
+    free(p);
+    return rc;
 }
 
 const struct qs_cmd_def qs_cmds_study[] = {
@@ -2350,14 +2590,17 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "Slurm job array); finished settings are skipped when a plan runs again."},
     {"study merge", "DIR [csv=PREFIX]", QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
      "merge a study plan's finished settings into the study's report",
-     "Reads DIR/plan.json and every DIR/results/NAME.json, names the settings missing or failed, "
-     "and prints the study's report over the finished ones, with the figures the same study run "
-     "in one process gives (the same aggregation over the same full-precision records). Writes "
-     "PREFIX-layers.csv, PREFIX-settings.csv, PREFIX-master_summary.csv (default PREFIX DIR/q1), "
-     "DIR/q1-summary.json and DIR/q1-report.txt."},
+     "Reads DIR/plan.json (a study q1 or study q2 plan) and every DIR/results/NAME.json, names "
+     "the settings missing or failed (a record cut short, of other options, of another setting "
+     "or edited is refused), and prints the study's report over the finished ones, with the "
+     "figures the same study run in one process gives (the same aggregation over the same "
+     "full-precision records). q1 writes PREFIX-layers.csv, PREFIX-settings.csv, "
+     "PREFIX-master_summary.csv (default PREFIX DIR/q1), DIR/q1-summary.json and "
+     "DIR/q1-report.txt; q2 PREFIX-master_summary.csv, PREFIX-sites.csv (default PREFIX DIR/q2), "
+     "DIR/q2-summary.json and DIR/q2-report.txt."},
     {"study q2",
      "[models=PATH,...|bundled] [seeds=0,1,2] [format=int3] [gran=tensor] [fit=65536] "
-     "[epochs=8] [csv=PREFIX]",
+     "[epochs=8] [csv=PREFIX] [out=RECORD.json] [plan=DIR]",
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
      "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
      "its identity?",
@@ -2370,6 +2613,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "setting, the instability mode (a negative gain) flagged. bundled: the digits MLP, "
      "tiny-gpt2 and tiny-llama on their text; with a transformer loaded, that model. The "
      "corrector and the features are defined in qscope-methods(7). csv= writes "
-     "PREFIX-master_summary.csv and PREFIX-sites.csv. The current bench is left untouched."},
+     "PREFIX-master_summary.csv and PREFIX-sites.csv. The current bench is left untouched. out= "
+     "writes the per-setting record (every figure at %.17g, a SHA-256 digest of its fields) that "
+     "`study merge` reads; plan=DIR writes the study as a plan of one job per setting, as study "
+     "q1 does."},
     {NULL, NULL, 0, NULL, NULL, NULL},
 };

@@ -341,6 +341,7 @@ static const struct {
     int (*merge)(struct qs_ctx *, const char *, const cJSON *, const char *, qs_err *);
 } merges[] = {
     {"q1", qs_study_q1_merge},
+    {"q2", qs_study_q2_merge},
 };
 
 int qs_cmd_study_merge(struct qs_ctx *c, int argc, char **argv, qs_err *e)

@@ -10,11 +10,12 @@
  *                       a failure leaves results/NAME.failed and logs/NAME.log);
  *   jobs.txt            one shell command per setting (`parallel < DIR/jobs.txt`);
  *   slurm.sbatch        a job array over jobs.txt (`sbatch DIR/slurm.sbatch`).
- * `study merge DIR` dispatches on plan.json's "study" (q1 today). Another study kind (q2) plugs
- * in with: its command's plan= filling struct qs_plan_spec (.study = "q2"; each setting's command
- * is then `study q2 models=ARG seeds=S COMMON... out=DIR/results/NAME.json`, so the kind's
- * command must take out=RECORD and write a JSON record holding "complete": true, which run.sh
- * looks for), and its merge function added to the table in plan.c, built on qs_plan_state_*. */
+ * `study merge DIR` dispatches on plan.json's "study" (q1, q2). Another study kind plugs in as
+ * q2 did: its command's plan= filling struct qs_plan_spec (.study = "KIND"; each setting's
+ * command is then `study KIND models=ARG seeds=S COMMON... out=DIR/results/NAME.json`, so the
+ * kind's command must take out=RECORD and write a JSON record holding "complete": true, which
+ * run.sh looks for), and its merge function added to the table in plan.c, built on
+ * qs_plan_state_*. */
 #ifndef QSCOPE_PLAN_H
 #define QSCOPE_PLAN_H
 
@@ -70,6 +71,10 @@ void qs_plan_state_free(struct qs_plan_state *s);
 /* The q1 merge (cmd_study.c): plan is plan.json; csv the prefix of the CSV files (NULL:
  * DIR/q1). */
 int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e);
+
+/* The q2 merge (cmd_study.c): the same, over q2 records (default CSV prefix DIR/q2). */
+int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
                       qs_err *e);
 
 int qs_cmd_study_merge(struct qs_ctx *c, int argc, char **argv, qs_err *e);

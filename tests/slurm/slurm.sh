@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # slurm.sh - `make test-slurm`: a study plan run as a real Slurm job array on a one-node Slurm
 # brought up here, on localhost, from Debian's packages (slurm-wlm, munge; installed with apt-get
-# when missing), then merged and compared with the same study run in one process.
+# when missing), then merged and compared with the same study run in one process: a study q1
+# plan (an MLP and tiny-gpt2 x 2 seeds) and a study q2 plan (the digits MLP and tiny-gpt2 on 24 KB
+# of its text x 2 seeds, a small corrector).
 #
 # Everything lives in a private folder (config, state, logs, munge socket and key) and on ports
 # of its own, so a Slurm already on the machine is left alone; the daemons run in the foreground
@@ -130,3 +132,34 @@ check merge-csv-same "for w in layers settings master_summary; do cmp -s $T/in-\
 # resubmitting runs nothing again
 jid2=$(sbatch --parsable --wait "$P/slurm.sbatch" 2>>"$T/sbatch.err")
 check resubmit-skips "[ \$(cat $P/logs/slurm-${jid2}_*.out | grep -c 'finished already') = 4 ]"
+
+# ---- study q2: a plan of 4 settings as a job array, merged and compared the same way
+head -c 24000 datasets/text/licenses.txt >"$T/text.txt"
+M2=datasets/models/digits-mlp.safetensors,datasets/models/tiny-gpt2:$T/text.txt
+O2="fit=4096 epochs=2"
+P2=$T/plan2
+"$Q" -c "study q2 models=$M2 seeds=0,1 $O2 plan=$P2" >/dev/null 2>&1
+t0=$(date +%s)
+jid=$(sbatch --parsable "$P2/slurm.sbatch" 2>>"$T/sbatch.err")
+check q2-sbatch "[ -n '$jid' ]"
+state=""
+for _ in $(seq 600); do # 5 minutes at most
+  state=$(squeue -h -j "$jid" -o '%T' 2>/dev/null | sort -u | tr '\n' ' ')
+  [ -z "$state" ] && break
+  sleep 0.5
+done
+t1=$(date +%s)
+check q2-array-finished "[ -z '$state' ] && [ \$(ls $P2/results/*.json 2>/dev/null | wc -l) = 4 ] && [ ! -e $P2/results/*.failed ] 2>/dev/null"
+echo "slurm: the 4-task q2 array ran in $((t1 - t0)) s (job $jid)"
+"$Q" -c "study q2 models=$M2 seeds=0,1 $O2 csv=$T/in2 out=$T/in2.json" >"$T/in2.txt" 2>&1
+"$Q" -c "study merge $P2" >"$T/merge2.txt" 2>&1
+check q2-merge-whole "[ \"\$(head -1 $T/merge2.txt)\" = 'study merge $P2: 4 of 4 settings finished' ]"
+check q2-merge-report-same "diff <(tail -n +2 $T/merge2.txt | sed 's|$P2/q2-|PFX-|g') <(sed 's|$T/in2-|PFX-|g' $T/in2.txt) >&2"
+check q2-records-bit-for-bit "python3 -c '
+import json, glob, sys
+a = json.load(open(\"$T/in2.json\"))[\"settings\"]
+b = [s for f in sorted(glob.glob(\"$P2/results/*.json\")) for s in json.load(open(f))[\"settings\"]]
+sys.exit(0 if a == b and len(a) == 4 else 1)'"
+check q2-merge-csv-same "for w in master_summary sites; do cmp -s $T/in2-\$w.csv $P2/q2-\$w.csv || exit 1; done"
+jid2=$(sbatch --parsable --wait "$P2/slurm.sbatch" 2>>"$T/sbatch.err")
+check q2-resubmit-skips "[ \$(cat $P2/logs/slurm-${jid2}_*.out | grep -c 'finished already') = 4 ]"
