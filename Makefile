@@ -170,15 +170,16 @@ uninstall:
 	      $(DESTDIR)$(PREFIX)/share/man/man7/qscope-methods.7
 	rm -rf $(SHAREDIR)
 
-# The full overnight study over the zoo as a plan of 18 jobs (studies/overnight.sh; nothing run):
-# run PLAN/jobs.txt with GNU parallel or sbatch PLAN/slurm.sbatch, then `study merge PLAN`.
+# The full overnight study over the zoo as two plans of 18 jobs each, Q1 in PLAN and Q2 in PLAN2
+# (studies/overnight.sh; nothing run): run each DIR/jobs.txt with GNU parallel or sbatch
+# DIR/slurm.sbatch, then `study merge DIR`.
 PLAN ?= $(ZOO)/overnight-q1
 overnight-plan: qscope
 	ZOO="$(ZOO)" PLAN="$(PLAN)" bash studies/overnight.sh
 
 # A small study plan run as a Slurm job array on a one-node Slurm brought up on localhost from
 # Debian's slurm-wlm and munge (installed when missing; needs root), merged and compared with the
-# in-process run (tests/slurm/slurm.sh; about a minute).
+# in-process run, for Q1 and Q2 (tests/slurm/slurm.sh; two minutes or so).
 test-slurm: deps
 	$(MAKE) qscope
 	@bash tests/slurm/slurm.sh
