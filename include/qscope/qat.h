@@ -20,8 +20,8 @@
  * minifloat, NF4, compand: the element cast, saturating), the forward is s Q(v) and
  *   d(s Q(v))/ds = Q(v) - v      inside the range (lo <= v <= hi; |v| <= max),
  *                = Q(v)          clipped (lo or hi: -Qn or Qp; +-max),
- * times the gradient scale g = 1 / sqrt(N_block Qp) (Qp = hi for int, the format's max
- * otherwise), and d(s Q(v))/dw = 1 inside the range, 0 clipped (the clamp's derivative: the
+ * times the gradient scale g = 1 / sqrt(N_block Qp) (Qp = 2^(B-1) - 1 for symmetric int,
+ * 2^B - 1 for asymmetric, the format's max otherwise; N_block the values sharing the scale), and d(s Q(v))/dw = 1 inside the range, 0 clipped (the clamp's derivative: the
  * weight STE is clipped under lsq, the identity under fixed). A scale is stored as the format
  * stores it (F16 unless scale=f32): the forward uses the master scale rounded to that type,
  * straight-through. Asymmetric int keeps its zero points. After training the learned scales
@@ -96,6 +96,12 @@ int qs_qat_hooks_refresh(void *u, qs_err *e);
 /* scales=lsq: every weight-quantized site learns its scales (qs_lsq_site_init on m's weight and
  * ls[s].packed), Q(W) from them from now on. 0 or -1 and e (a format that cannot: its site). */
 int qs_qat_hooks_lsq(struct qs_qat_hooks *q, qs_err *e);
+/* After a backward through the hooks u (scales=lsq) into g: each learned site's q->lsq[s].gs =
+ * dL/ds from its weight's gradient, which is zeroed where clipped; with g->head (a tied head's
+ * own gradient, set before the backward) the head's, then added to the embedding's and g->head
+ * zeroed. *n2: the squared norm of every dL/ds. qs_lm_train's grad_extra. 0. */
+struct qs_lm_grad;
+int qs_qat_lsq_grad(void *u, struct qs_lm_grad *g, double *n2, qs_err *e);
 void qs_qat_hooks_free(struct qs_qat_hooks *q);
 
 enum qs_qat_mode { QS_QAT_WHOLE, QS_QAT_BLOCK };

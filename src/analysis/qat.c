@@ -271,15 +271,13 @@ int qs_lsq_site_init(struct qs_lsq_site *q, const struct qs_format *f, const str
                 }
             }
     }
-    /* Qp: the positive end of the grid at scale 1 */
-    q->qp = q->kind_int ? q->blk[0].hi : (float)qs_format_max(f);
-    for (size_t k = 0; k < q->nblk; k++) {
-        if (q->kind_int && q->blk[k].hi > q->qp)
-            q->qp = q->blk[k].hi;
+    /* Qp: the positive end of the grid at scale 1; asymmetric int: the paper's unsigned
+     * 2^B - 1 (the steps of the range, whatever the zero point) */
+    q->qp = !q->kind_int ? (float)qs_format_max(f)
+            : o->asym    ? (float)((1 << f->bits) - 1)
+                         : (float)((1 << (f->bits - 1)) - 1);
+    for (size_t k = 0; k < q->nblk; k++)
         q->s[k] = q->s0[k] = q->blk[k].s; /* 0: a zero block, never trained */
-    }
-    if (!(q->qp > 0))
-        q->qp = 1;
     return 0;
 }
 
@@ -637,7 +635,7 @@ int qs_qat_hooks_lsq(struct qs_qat_hooks *q, qs_err *e)
 
 /* scales=lsq in qs_lm_train (grad_extra): the scales' gradient from the weights', which it
  * masks where clipped; a tied head's own gradient (g->head) joins the embedding's after. */
-static int lsq_grad(void *u, struct qs_lm_grad *g, double *n2, qs_err *e)
+int qs_qat_lsq_grad(void *u, struct qs_lm_grad *g, double *n2, qs_err *e)
 {
     struct qs_qat_hooks *q = u;
     const struct qs_lm *m = q->m;
@@ -1254,7 +1252,7 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     t.refresh = qs_qat_hooks_refresh;
     t.hooks_u = &q;
     if (q.lsq) {
-        t.grad_extra = lsq_grad;
+        t.grad_extra = qs_qat_lsq_grad;
         t.step_extra = lsq_step;
         t.head = head;
         q.b1 = t.beta1;
