@@ -2340,7 +2340,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "`apply` runs them, and they are journaled as such."},
     {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
      "[warmup=N] [wd=F] [clip=F] [out=DIR] [mode=whole|block] [order=depth|sensitivity] "
-     "[samples=N])",
+     "[samples=N]) [scales=fixed|lsq]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
@@ -2353,7 +2353,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "after; out=DIR also writes the trained model. mode=block (Block-AP): one block at a time "
      "learns to reproduce its float output on samples=64 windows, from the stream of the model "
      "being trained, in depth order or the most sensitive first (order=sensitivity, after "
-     "`sensitivity`)."},
+     "`sensitivity`). scales=lsq learns the weight scales with the weights (LSQ, Esser et al. "
+     "2020; same optimizer and lr; refused for MX, NVFP4 and ggml formats) and makes them the "
+     "sites' scales, packed export included; scales=fixed (default) recomputes them."},
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
      "[csv=PREFIX] [out=RECORD.json] [plan=DIR]",
