@@ -149,8 +149,8 @@ int qs_quant_pack(const struct qs_format *f, const struct qs_qopts *o, const flo
 
 /* Packs values w: (rows, cols) that a method already placed on the format's grid with block
  * parameters of its own (blocks: rows * ceil(cols / block) entries, row-major, as qs_gptq's
- * scales; unused when the scale is shared by the tensor, whose parameters, like the NVFP4
- * tensor scale, come from ref, the matrix the method started from: (rows, cols)). Each value is
+ * scales; gran=tensor: one entry, the tensor's; the NVFP4 tensor scale comes from ref, the
+ * matrix the method started from: (rows, cols)). Each value is
  * rounded at its block's scale, which keeps a value on the grid, so unpack gives w back. Nearest
  * rounding only; not for ggml types. Errors as qs_quant_pack. */
 struct qs_qblock;

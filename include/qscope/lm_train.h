@@ -10,6 +10,8 @@
 #include "qscope/common.h"
 #include "qscope/lm.h"
 
+struct qs_lm_grad;
+
 struct qs_lm_train_opts {
     int steps;       /* optimizer steps */
     int batch;       /* windows per step */
@@ -32,6 +34,15 @@ struct qs_lm_train_opts {
     const struct qs_hooks *hooks;
     int (*refresh)(void *u, qs_err *e);
     void *hooks_u;
+    /* Parameters outside the model trained with it (qat scales=lsq's step sizes, qat.c), all
+     * NULL for none: grad_extra(hooks_u, g, &n2, e) is called after every backward with its
+     * gradient g (which it may rewrite) and returns in n2 the squared norm of the extra
+     * parameters' gradient, which joins the global norm clip; after the model's update,
+     * step_extra(hooks_u, step (0-based), lr, the clip factor) updates them. head: where a
+     * tied head's own gradient goes (qs_lm_grad's head) instead of into the embedding's. */
+    int (*grad_extra)(void *u, struct qs_lm_grad *g, double *n2, qs_err *e);
+    void (*step_extra)(void *u, int step, double lr, float clip);
+    float *head;
 };
 
 /* Defaults: 1000 steps, batch 16, the model's ctx, warm-up 100 (at most steps / 10), lr 3e-3,

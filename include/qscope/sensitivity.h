@@ -197,6 +197,7 @@ struct qs_qat_opts {
     int epochs, batch;
     double lr;     /* Adam, as qs_mlp_train (beta 0.9 / 0.999, eps 1e-8, no decay) */
     uint64_t seed; /* mini-batch shuffle */
+    int lsq;       /* scales=lsq: learned step sizes (qat.h), trained by the same Adam and lr */
 };
 
 /* Straight-through fine-tuning of m (the float master weights) in place on x: (n, in0), y: each
@@ -215,6 +216,8 @@ struct qs_qat_result {
     double gap_closed;           /* (qat.acc - ptq.acc) / (f.acc - ptq.acc); NaN if no gap */
     int dropped_corr;            /* corrections the new model invalidated */
     int act_quant;               /* some layer quantizes activations (not simulated) */
+    long lsq_scales;             /* scales=lsq: scales learned, their mean |log(s1 / s0)| */
+    double lsq_change;
 };
 
 /* qat: fine-tunes the bench's model on the train split through its current per-layer weight

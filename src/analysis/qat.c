@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qscope/half.h"
 #include "qscope/lm_grad.h"
 #include "qscope/lmbench.h"
 #include "qscope/qat.h"
@@ -54,6 +55,12 @@ int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_
     return 0;
 }
 
+static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
+                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
+                       void *ctx, struct qs_lsq_site *z, qs_err *e);
+static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
+                           struct qs_qat_result *r, qs_err *e);
+
 int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void *ctx,
            struct qs_qat_result *r, qs_err *e)
 {
@@ -81,8 +88,9 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
     int *y = malloc((size_t)n * sizeof(int));
     struct qs_mlp *master = qs_mlp_clone(b->model);
     char *path = qs_strdup(b->model_path);
+    struct qs_lsq_site *z = o->lsq ? qs_calloc((size_t)L, sizeof *z) : NULL;
     int rc = -1;
-    if (!fmt || !opt || !x || !y || !master || (b->model_path && !path)) {
+    if (!fmt || !opt || !x || !y || !master || (b->model_path && !path) || (o->lsq && !z)) {
         qs_errf(e, "out of memory");
         goto out;
     }
@@ -91,11 +99,12 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
         opt[i] = b->ls[i].wopt;
     }
     qs_dataset_gather(b->data, b->split.train, n, x, y);
-    if (qs_qat_train(master, fmt, opt, x, y, n, o, cb, ctx, e) < 0)
+    if (z ? qat_mlp_lsq(master, b->ls, x, y, n, o, cb, ctx, z, e) < 0
+          : qs_qat_train(master, fmt, opt, x, y, n, o, cb, ctx, e) < 0)
         goto out;
     char buf[160];
-    snprintf(buf, sizeof buf, "epochs=%d batch=%d lr=%.9g seed=%llu (straight-through)", o->epochs,
-             o->batch, o->lr, (unsigned long long)o->seed);
+    snprintf(buf, sizeof buf, "epochs=%d batch=%d lr=%.9g seed=%llu%s (straight-through)",
+             o->epochs, o->batch, o->lr, (unsigned long long)o->seed, z ? " scales=lsq" : "");
     qs_mlp_set_meta(master, "qscope.qat", buf);
     /* The new model keeps the session's split and calibration size, not its metadata's. */
     uint64_t sseed = b->split_seed;
@@ -114,7 +123,7 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
         ((st->split_seed != sseed || st->f_train != ft || st->f_calib != fc) &&
          qs_bench_resplit(st, sseed, ft, fc, e) < 0) ||
         (calib_n > 0 && st->calib_n != calib_n && qs_bench_set_calib(st, calib_n, e) < 0) ||
-        qs_bench_eval(st, &ev, e) < 0) {
+        (z && lsq_install_mlp(st, z, r, e) < 0) || qs_bench_eval(st, &ev, e) < 0) {
         qs_bench_abort(b, st, QS_KEEP_DATA);
         goto out;
     }
@@ -125,6 +134,9 @@ int qs_qat(struct qs_bench *b, const struct qs_qat_opts *o, qs_train_cb cb, void
     r->gap_closed = gap > 0 ? (r->qat.acc - r->ptq.acc) / gap : NAN;
     rc = 0;
 out:
+    for (int i = 0; z && i < L; i++)
+        qs_lsq_site_free(&z[i]);
+    free(z);
     qs_mlp_free(master);
     free(fmt);
     free(opt);
@@ -132,6 +144,427 @@ out:
     free(y);
     free(path);
     return rc;
+}
+
+/* ---- learned step sizes (LSQ) -------------------------------------------------------------- */
+
+int qs_lsq_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e)
+{
+    const char *why = NULL;
+    switch (f->kind) {
+    case QS_FMT_INT:
+    case QS_FMT_MINIFLOAT:
+    case QS_FMT_FIXED:
+    case QS_FMT_NF4:
+    case QS_FMT_COMPAND:
+        break;
+    case QS_FMT_MX:
+        why = "its block scales are powers of two (E8M0), not free step sizes";
+        break;
+    case QS_FMT_NVFP4:
+        why = "its block scales are E4M3 codes under a tensor scale, not free step sizes";
+        break;
+    case QS_FMT_GGML:
+        why = "ggml blocks are rounded by llama.cpp's own rules";
+        break;
+    default:
+        why = "it has no scale";
+        break;
+    }
+    if (!why && o->scale_none)
+        why = "scale=none has no scale to learn";
+    if (!why && !o->saturate)
+        why = "sat=0 overflows to Inf/NaN outside the range (LSQ clips: use sat=1)";
+    if (!why && o->round == QS_ROUND_STOCHASTIC)
+        why = "LSQ rounds to nearest (round=stochastic)";
+    if (why)
+        return qs_errf(e, "qat scales=lsq: %s: %s", f->name, why);
+    return 0;
+}
+
+void qs_lsq_site_free(struct qs_lsq_site *q)
+{
+    qs_quantizer_free(q->qz);
+    free(q->blk);
+    free(q->s);
+    memset(q, 0, sizeof *q);
+}
+
+/* The scale a master value s stands for in storage (F16 unless f32), at least its smallest
+ * normal; block k's parameters follow it (its clamp bounds and zero point stay). */
+void qs_lsq_set(struct qs_lsq_site *q, size_t k, float s)
+{
+    const float smin = q->f32 ? 1e-30f : 6.103515625e-05f; /* 2^-14: F16's smallest normal */
+    s = s > smin ? s : smin;
+    q->s[k] = s;
+    struct qs_qblock *b = &q->blk[k];
+    if (q->f32) {
+        b->s = s;
+        memcpy(&b->scode, &s, sizeof s);
+    } else {
+        uint16_t h = qs_f32_to_f16(s > 65504.0f ? 65504.0f : s);
+        b->s = qs_f16_to_f32(h);
+        b->scode = h;
+    }
+    b->inv = 1.0f / b->s;
+}
+
+int qs_lsq_site_init(struct qs_lsq_site *q, const struct qs_format *f, const struct qs_qopts *o,
+                     const float *w, int rows, int cols, const struct qs_packed *p, qs_err *e)
+{
+    memset(q, 0, sizeof *q);
+    if (qs_lsq_check(f, o, e) < 0 || qs_quantizer_new(f, o, w, rows, cols, &q->qz, e) < 0)
+        return -1;
+    q->rows = rows;
+    q->cols = cols;
+    q->seg = qs_quantizer_block(q->qz);
+    q->shared = qs_quantizer_shared(q->qz);
+    q->nseg = (cols + q->seg - 1) / q->seg;
+    q->nblk = q->shared ? 1 : (size_t)rows * q->nseg;
+    q->kind_int = f->kind == QS_FMT_INT;
+    q->f32 = o->scale_f32;
+    q->blk = qs_calloc(q->nblk, sizeof *q->blk);
+    q->s = qs_calloc(q->nblk * 5, sizeof *q->s);
+    if (!q->blk || !q->s) {
+        qs_lsq_site_free(q);
+        return qs_errf(e, "out of memory");
+    }
+    q->gs = q->s + q->nblk;
+    q->s0 = q->gs + q->nblk;
+    q->m1 = q->s0 + q->nblk;
+    q->m2 = q->m1 + q->nblk;
+    for (size_t k = 0; k < q->nblk; k++) {
+        int r = q->shared ? 0 : (int)(k / q->nseg), c0 = q->shared ? 0 : (int)(k % q->nseg) * q->seg;
+        int len = q->shared ? cols : (cols - c0 < q->seg ? cols - c0 : q->seg);
+        if (qs_quantizer_fit(q->qz, w + (size_t)r * cols + c0, len, r, c0, &q->blk[k], e) < 0) {
+            qs_lsq_site_free(q);
+            return -1;
+        }
+    }
+    /* the site's current scales: its packing's, when it is one of this format and shape */
+    char a[256], b[256];
+    qs_qopts_format(f, o, a, sizeof a);
+    if (p && p->codes && p->rows == rows && p->cols == cols && !strcmp(p->fmt.name, f->name)) {
+        qs_qopts_format(&p->fmt, &p->opt, b, sizeof b);
+        size_t by = q->f32 ? 4 : 2;
+        if (!strcmp(a, b) && p->scale_bytes == q->nblk * by)
+            for (size_t k = 0; k < q->nblk; k++) {
+                struct qs_qblock *bk = &q->blk[k];
+                uint32_t c = 0;
+                for (size_t i = 0; i < by; i++)
+                    c |= (uint32_t)p->scales[k * by + i] << (8 * i);
+                float sv;
+                if (q->f32)
+                    memcpy(&sv, &c, sizeof sv);
+                else
+                    sv = qs_f16_to_f32((uint16_t)c);
+                bk->s = sv;
+                bk->scode = c;
+                bk->inv = sv > 0 && 1.0f / sv <= 3.4e38f ? 1.0f / sv : 0.0f;
+                if (!(bk->inv > 0))
+                    bk->s = 0;
+                if (p->zeros && q->kind_int) {
+                    int qm = (1 << f->bits) - 1;
+                    bk->z = p->zeros[k];
+                    bk->lo = (float)-bk->z;
+                    bk->hi = (float)(qm - bk->z);
+                }
+            }
+    }
+    /* Qp: the positive end of the grid at scale 1; asymmetric int: the paper's unsigned
+     * 2^B - 1 (the steps of the range, whatever the zero point) */
+    q->qp = !q->kind_int ? (float)qs_format_max(f)
+            : o->asym    ? (float)((1 << f->bits) - 1)
+                         : (float)((1 << (f->bits - 1)) - 1);
+    for (size_t k = 0; k < q->nblk; k++)
+        q->s[k] = q->s0[k] = q->blk[k].s; /* 0: a zero block, never trained */
+    return 0;
+}
+
+/* Block k's columns: row r, columns [c0, c0 + len). */
+static void lsq_block(const struct qs_lsq_site *q, size_t k, int *r, int *c0, int *len)
+{
+    if (q->shared) {
+        *r = 0, *c0 = 0, *len = q->cols;
+        return;
+    }
+    *r = (int)(k / q->nseg);
+    *c0 = (int)(k % q->nseg) * q->seg;
+    *len = q->cols - *c0 < q->seg ? q->cols - *c0 : q->seg;
+}
+
+void qs_lsq_fake(const struct qs_lsq_site *q, const float *w, float *out)
+{
+    if (q->shared) {
+        for (int r = 0; r < q->rows; r++)
+            qs_quantizer_round(q->qz, &q->blk[0], w + (size_t)r * q->cols,
+                               out + (size_t)r * q->cols, q->cols);
+        return;
+    }
+    for (size_t k = 0; k < q->nblk; k++) {
+        int r, c0, len;
+        lsq_block(q, k, &r, &c0, &len);
+        size_t at = (size_t)r * q->cols + c0;
+        qs_quantizer_round(q->qz, &q->blk[k], w + at, out + at, len);
+    }
+}
+
+/* The LSQ gradient of one run of len values x under block b: returns sum gy dy/ds (without
+ * the gradient scale) and zeroes gy where clipped. qv: scratch of len. */
+static double lsq_run(const struct qs_lsq_site *q, const struct qs_qblock *b, const float *x,
+                      float *gy, float *qv, int len)
+{
+    if (!(b->s > 0))
+        return 0;
+    qs_quantizer_round(q->qz, b, x, qv, len);
+    double sum = 0;
+    for (int j = 0; j < len; j++) {
+        float v = x[j] * b->inv; /* as the kernel computes it, in F32 */
+        double qj = (double)qv[j] / b->s;
+        int in = q->kind_int ? v >= b->lo && v <= b->hi : fabsf(v) <= q->qp;
+        sum += (double)gy[j] * (in ? qj - v : qj);
+        if (!in)
+            gy[j] = 0.0f;
+    }
+    return sum;
+}
+
+void qs_lsq_backward(struct qs_lsq_site *q, const float *w, float *gw)
+{
+    float qv[256];
+    for (size_t k = 0; k < q->nblk; k++) {
+        int r, c0, len;
+        lsq_block(q, k, &r, &c0, &len);
+        double sum = 0;
+        int nr = q->shared ? q->rows : 1;
+        for (int rr = 0; rr < nr; rr++)
+            for (int j0 = 0; j0 < len; j0 += 256) {
+                size_t at = (size_t)(r + rr) * q->cols + c0 + j0;
+                int n = len - j0 < 256 ? len - j0 : 256;
+                sum += lsq_run(q, &q->blk[k], w + at, gw + at, qv, n);
+            }
+        double nb = (double)len * nr; /* N_block: the values sharing the scale */
+        q->gs[k] += (float)(sum / sqrt(nb * q->qp));
+    }
+}
+
+void qs_lsq_adam(struct qs_lsq_site *q, int step, double lr, float clip, double b1, double b2,
+                 double eps)
+{
+    double bc1 = 1.0 - pow(b1, step + 1), bc2 = 1.0 - pow(b2, step + 1);
+    float a = (float)(lr / bc1), ib2 = (float)(1.0 / sqrt(bc2)), ep = (float)eps;
+    float fb1 = (float)b1, fb2 = (float)b2;
+    for (size_t k = 0; k < q->nblk; k++) {
+        if (q->s0[k] == 0.0f) /* a zero block */
+            continue;
+        float g = q->gs[k] * clip;
+        q->m1[k] = fb1 * q->m1[k] + (1.0f - fb1) * g;
+        q->m2[k] = fb2 * q->m2[k] + (1.0f - fb2) * g * g;
+        qs_lsq_set(q, k, q->s[k] - a * q->m1[k] / (sqrtf(q->m2[k]) * ib2 + ep));
+    }
+}
+
+int qs_lsq_pack(const struct qs_lsq_site *q, const struct qs_format *f, const struct qs_qopts *o,
+                const float *w, struct qs_packed *p, float *wq, qs_err *e)
+{
+    size_t n = (size_t)q->rows * q->cols;
+    float *fk = qs_alloc(n, sizeof *fk, "the learned-scale weight", e);
+    if (!fk)
+        return -1;
+    if (qs_quant_pack_blocks(f, o, w, w, q->blk, q->rows, q->cols, p, e) < 0 ||
+        qs_quant_unpack(p, wq, e) < 0) {
+        qs_packed_free(p);
+        free(fk);
+        return -1;
+    }
+    qs_lsq_fake(q, w, fk);
+    int same = !memcmp(fk, wq, n * sizeof *fk);
+    free(fk);
+    if (!same) {
+        qs_packed_free(p);
+        return qs_errf(e, "the packed codes and learned scales do not reproduce the trained "
+                          "quantized weight");
+    }
+    return 0;
+}
+
+/* The scales' mean |log(s / s0)| over q's trained blocks into *sum, their count into *n. */
+static void lsq_change(const struct qs_lsq_site *q, double *sum, long *n)
+{
+    for (size_t k = 0; k < q->nblk; k++)
+        if (q->s0[k] > 0) {
+            *sum += fabs(log((double)q->blk[k].s / q->s0[k]));
+            (*n)++;
+        }
+}
+
+/* ---- MLPs with learned scales -------------------------------------------------------------- */
+
+/* qs_mlp_train's loop (shuffle, batches, Adam with betas 0.9 / 0.999, eps 1e-8, no decay) with
+ * the forward through each weight-quantized layer's learned scales z[i] (initialised from ls[i]'s
+ * packing) and their LSQ gradient; the scales take the same Adam and lr. */
+static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
+                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
+                       void *ctx, struct qs_lsq_site *z, qs_err *e)
+{
+    const int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
+    if (n <= 0 || bs <= 0 || o->epochs <= 0)
+        return qs_errf(e, "qat: need samples, a positive batch size and epochs");
+    for (int i = 0; i < L; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (ls[i].wfmt.kind != QS_FMT_NONE &&
+            qs_lsq_site_init(&z[i], &ls[i].wfmt, &ls[i].wopt, l->w, l->out, l->in,
+                             ls[i].wq ? &ls[i].packed : NULL, e) < 0)
+            return qs_err_prefix(e, l->name);
+    }
+    const int T = 2 * L;
+    float **g = qs_calloc((size_t)T, sizeof *g), **mo = qs_calloc((size_t)T, sizeof *mo);
+    float **ve = qs_calloc((size_t)T, sizeof *ve);
+    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
+    int *perm = malloc((size_t)n * sizeof *perm), *yb = malloc((size_t)bs * sizeof *yb);
+    float *xb = malloc((size_t)bs * in0 * sizeof *xb);
+    struct qs_mlp *fwd = qs_mlp_clone(m);
+    int rc = -1;
+    if (!g || !mo || !ve || !gw || !gb || !perm || !yb || !xb || !fwd)
+        goto oom;
+    for (int t = 0; t < T; t++) {
+        const struct qs_layer *l = &m->layers[t / 2];
+        size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
+        if (!(g[t] = malloc(len * sizeof(float))) || !(mo[t] = qs_calloc(len, sizeof(float))) ||
+            !(ve[t] = qs_calloc(len, sizeof(float))))
+            goto oom;
+    }
+    for (int i = 0; i < L; i++) {
+        gw[i] = g[2 * i];
+        gb[i] = g[2 * i + 1];
+    }
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    qs_rng rng;
+    qs_rng_seed(&rng, o->seed);
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    long step = 0;
+    for (int ep = 0; ep < o->epochs; ep++) {
+        qs_rng_shuffle(&rng, perm, n);
+        double tl = 0.0;
+        int tc = 0;
+        for (int s = 0; s + bs <= n; s += bs) {
+            for (int r = 0; r < bs; r++) {
+                memcpy(xb + (size_t)r * in0, x + (size_t)perm[s + r] * in0,
+                       (size_t)in0 * sizeof(float));
+                yb[r] = y[perm[s + r]];
+            }
+            for (int i = 0; i < L; i++) {
+                const struct qs_layer *l = &m->layers[i];
+                if (z[i].qz)
+                    qs_lsq_fake(&z[i], l->w, fwd->layers[i].w);
+                else
+                    memcpy(fwd->layers[i].w, l->w, (size_t)l->in * l->out * sizeof(float));
+                memcpy(fwd->layers[i].b, l->b, (size_t)l->out * sizeof(float));
+            }
+            int nc = 0;
+            double loss = qs_mlp_loss_grad(fwd, xb, yb, bs, gw, gb, &nc);
+            if (loss < 0)
+                goto oom;
+            tl += loss * bs;
+            tc += nc;
+            for (int i = 0; i < L; i++)
+                if (z[i].qz) {
+                    memset(z[i].gs, 0, z[i].nblk * sizeof *z[i].gs);
+                    qs_lsq_backward(&z[i], m->layers[i].w, gw[i]);
+                }
+            step++;
+            double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
+            for (int t = 0; t < T; t++) {
+                struct qs_layer *l = &m->layers[t / 2];
+                float *p = t % 2 ? l->b : l->w;
+                size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
+                for (size_t j = 0; j < len; j++) {
+                    float gj = g[t][j];
+                    mo[t][j] = (float)(b1 * mo[t][j] + (1 - b1) * gj);
+                    ve[t][j] = (float)(b2 * ve[t][j] + (1 - b2) * gj * gj);
+                    p[j] -= (float)(o->lr * ((mo[t][j] / c1) / (sqrt(ve[t][j] / c2) + eps)));
+                }
+            }
+            for (int i = 0; i < L; i++)
+                if (z[i].qz)
+                    qs_lsq_adam(&z[i], (int)step - 1, o->lr, 1.0f, b1, b2, eps);
+        }
+        int seen = (n / bs) * bs;
+        if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {
+            qs_errf(e, "qat: cancelled after epoch %d", ep + 1);
+            goto out;
+        }
+    }
+    rc = 0;
+    goto out;
+oom:
+    qs_errf(e, "qat: out of memory");
+out:
+    for (int t = 0; t < T; t++) {
+        if (g)
+            free(g[t]);
+        if (mo)
+            free(mo[t]);
+        if (ve)
+            free(ve[t]);
+    }
+    free(g);
+    free(mo);
+    free(ve);
+    free(gw);
+    free(gb);
+    free(perm);
+    free(yb);
+    free(xb);
+    qs_mlp_free(fwd);
+    return rc;
+}
+
+/* The learned scales z become the layers' of st (its model the trained one). */
+static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
+                           struct qs_qat_result *r, qs_err *e)
+{
+    const struct qs_mlp *m = st->model;
+    int first = -1;
+    double sum = 0;
+    long n = 0;
+    for (int i = 0; i < m->nlayers; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        struct qs_layer_state *ls = &st->ls[i];
+        if (!z[i].qz)
+            continue;
+        size_t nw = (size_t)l->out * l->in;
+        if (!ls->wq)
+            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
+                           l->name);
+        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
+        struct qs_packed p;
+        if (!wq)
+            return -1;
+        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, l->w, &p, wq, e) < 0) {
+            free(wq);
+            return qs_err_prefix(e, l->name);
+        }
+        double num = 0, den = 0;
+        for (size_t j = 0; j < nw; j++) {
+            double d = (double)l->w[j] - wq[j];
+            num += d * d;
+            den += (double)l->w[j] * l->w[j];
+        }
+        qs_packed_free(&ls->packed);
+        free(ls->wq);
+        ls->packed = p;
+        ls->wq = wq;
+        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+        first = first < 0 ? i : first;
+        lsq_change(&z[i], &sum, &n);
+    }
+    if (first >= 0)
+        qs_bench_invalidate(st, first);
+    r->lsq_scales = n;
+    r->lsq_change = n ? sum / n : 0.0;
+    return 0;
 }
 
 /* ---- transformers ------------------------------------------------------------------------- */
@@ -160,8 +593,10 @@ int qs_qat_hooks_refresh(void *u, qs_err *e)
         return qs_errf(e, "%s", q->msg);
     for (int s = 0; s < q->m->nsites; s++) {
         const struct qs_lm_site *st = &q->m->sites[s];
-        if (q->wq[s] &&
-            qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in, q->wq[s], e) < 0)
+        if (q->wq[s] && q->lsq && q->lsq[s].qz)
+            qs_lsq_fake(&q->lsq[s], st->w, q->wq[s]);
+        else if (q->wq[s] && qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out,
+                                           st->in, q->wq[s], e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return 0;
@@ -174,6 +609,65 @@ void qs_qat_hooks_free(struct qs_qat_hooks *q)
             free(q->wq[s]);
     free(q->wq);
     q->wq = NULL;
+    if (q->lsq)
+        for (int s = 0; s < q->m->nsites; s++)
+            qs_lsq_site_free(&q->lsq[s]);
+    free(q->lsq);
+    q->lsq = NULL;
+}
+
+int qs_qat_hooks_lsq(struct qs_qat_hooks *q, qs_err *e)
+{
+    const struct qs_lm *m = q->m;
+    if (!q->lsq && !(q->lsq = qs_calloc((size_t)m->nsites, sizeof *q->lsq)))
+        return qs_errf(e, "out of memory");
+    for (int s = 0; s < m->nsites; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        const struct qs_layer_state *ls = &q->ls[s];
+        if (!q->wq[s] || q->lsq[s].qz)
+            continue;
+        if (qs_lsq_site_init(&q->lsq[s], &ls->wfmt, &ls->wopt, st->w, st->out, st->in,
+                             ls->wq ? &ls->packed : NULL, e) < 0)
+            return qs_err_prefix(e, st->name);
+    }
+    return qs_qat_hooks_refresh(q, e);
+}
+
+/* scales=lsq in qs_lm_train (grad_extra): the scales' gradient from the weights', which it
+ * masks where clipped; a tied head's own gradient (g->head) joins the embedding's after. */
+int qs_qat_lsq_grad(void *u, struct qs_lm_grad *g, double *n2, qs_err *e)
+{
+    struct qs_qat_hooks *q = u;
+    const struct qs_lm *m = q->m;
+    const int H = m->nsites - 1;
+    double sum = 0;
+    (void)e;
+    for (int s = 0; s < m->nsites; s++) {
+        struct qs_lsq_site *z = &q->lsq[s];
+        if (!z->qz)
+            continue;
+        memset(z->gs, 0, z->nblk * sizeof *z->gs);
+        qs_lsq_backward(z, m->sites[s].w, s == H && m->tied && g->head ? g->head : g->gw[s]);
+        for (size_t k = 0; k < z->nblk; k++)
+            sum += (double)z->gs[k] * z->gs[k];
+    }
+    if (m->tied && g->head) {
+        size_t n = (size_t)m->sites[H].out * m->sites[H].in;
+        float *ge = g->gw[H];
+        for (size_t k = 0; k < n; k++)
+            ge[k] += g->head[k];
+        memset(g->head, 0, n * sizeof *g->head);
+    }
+    *n2 = sum;
+    return 0;
+}
+
+static void lsq_step(void *u, int step, double lr, float clip)
+{
+    struct qs_qat_hooks *q = u;
+    for (int s = 0; s < q->m->nsites; s++)
+        if (q->lsq[s].qz)
+            qs_lsq_adam(&q->lsq[s], step, lr, clip, q->b1, q->b2, q->eps);
 }
 
 int qs_qat_hooks_init(struct qs_qat_hooks *q, const struct qs_lm *m,
@@ -251,11 +745,68 @@ static struct qs_lm *lm_clone(const struct qs_lm *src, qs_err *e)
     return m;
 }
 
+/* scales=lsq: the learned scales become the sites' of st (whose model is the trained one, q's):
+ * packed codes and scales, and the weight they decode to, which must be the hooks' last Q(W)
+ * bit for bit. */
+static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
+                       struct qs_qat_lm_result *r, qs_err *e)
+{
+    if (!q || !q->lsq)
+        return 0;
+    const struct qs_lm *m = st->lm;
+    int first = -1;
+    double sum = 0;
+    long n = 0;
+    for (int s = 0; s < m->nsites; s++) {
+        const struct qs_lsq_site *z = &q->lsq[s];
+        const struct qs_lm_site *u = &m->sites[s];
+        struct qs_layer_state *ls = &st->ls[s];
+        if (!z->qz)
+            continue;
+        size_t nw = (size_t)u->out * u->in;
+        if (!ls->wq)
+            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
+                           u->name);
+        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
+        struct qs_packed p;
+        if (!wq)
+            return -1;
+        if (qs_lsq_pack(z, &ls->wfmt, &ls->wopt, u->w, &p, wq, e) < 0) {
+            free(wq);
+            return qs_err_prefix(e, u->name);
+        }
+        if (memcmp(wq, q->wq[s], nw * sizeof *wq)) {
+            free(wq);
+            qs_packed_free(&p);
+            return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u->name);
+        }
+        double num = 0, den = 0;
+        for (size_t j = 0; j < nw; j++) {
+            double d = (double)u->w[j] - wq[j];
+            num += d * d;
+            den += (double)u->w[j] * u->w[j];
+        }
+        qs_packed_free(&ls->packed);
+        free(ls->wq);
+        ls->packed = p;
+        ls->wq = wq;
+        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+        first = first < 0 ? s : first;
+        lsq_change(z, &sum, &n);
+    }
+    if (first >= 0)
+        qs_bench_invalidate(st, first);
+    r->lsq_scales = n;
+    r->lsq_change = n ? sum / n : 0.0;
+    return 0;
+}
+
 /* The trained model m (owned) replaces the bench's, after writing it to o->out when asked; the
- * bench keeps its rules, token data and calibration size, and evaluates it into r. A failure
- * leaves the bench as it was (m freed). */
+ * bench keeps its rules, token data and calibration size (scales=lsq: its sites take the
+ * learned scales of q), and evaluates it into r. A failure leaves the bench as it was (m
+ * freed). */
 static int install(struct qs_bench *b, struct qs_lm *m, const struct qs_qat_lm_opts *o,
-                   struct qs_qat_lm_result *r, qs_err *e)
+                   struct qs_qat_lm_result *r, const struct qs_qat_hooks *q, qs_err *e)
 {
     const struct qs_lm *bm = b->lm;
     struct qs_eval ev;
@@ -268,10 +819,10 @@ static int install(struct qs_bench *b, struct qs_lm *m, const struct qs_qat_lm_o
         char desc[256], v[2][32];
         snprintf(desc, sizeof desc,
                  "qscope %s qat steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g "
-                 "clip=%.9g seed=%llu%s (straight-through, AdamW) from %s",
+                 "clip=%.9g seed=%llu%s%s (straight-through, AdamW) from %s",
                  QS_VERSION, r->steps, r->batch, r->ctx, o->lr, o->min_lr, o->warmup, o->wd,
                  o->clip, (unsigned long long)o->seed, o->mode == QS_QAT_BLOCK ? " mode=block" : "",
-                 bm->path);
+                 o->scales == QS_QAT_SCALES_LSQ ? " scales=lsq" : "", bm->path);
         snprintf(v[0], sizeof v[0], "%.6f", r->ste_loss);
         snprintf(v[1], sizeof v[1], "%ld", r->tokens);
         const char *keys[] = {"qscope.qat", "qscope.qat_val_loss_quant", "qscope.qat_tokens"};
@@ -289,7 +840,8 @@ static int install(struct qs_bench *b, struct qs_lm *m, const struct qs_qat_lm_o
         free(path);
         return qs_errf(e, "out of memory");
     }
-    if (qs_bench_set_lm(st, m, path, e) < 0 || qs_bench_eval(st, &ev, e) < 0) {
+    if (qs_bench_set_lm(st, m, path, e) < 0 || lsq_install(st, q, r, e) < 0 ||
+        qs_bench_eval(st, &ev, e) < 0) {
         qs_bench_abort(b, st, QS_KEEP_TOKENS);
         free(path);
         return -1;
@@ -312,8 +864,12 @@ static int refresh_block(struct qs_qat_hooks *q, int l, qs_err *e)
         return qs_errf(e, "%s", q->msg);
     for (int s = 0; s < q->m->nsites; s++) {
         const struct qs_lm_site *st = &q->m->sites[s];
-        if (q->wq[s] && qs_lm_site_block(q->m, s) == l &&
-            qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in, q->wq[s], e) < 0)
+        if (!q->wq[s] || qs_lm_site_block(q->m, s) != l)
+            continue;
+        if (q->lsq && q->lsq[s].qz)
+            qs_lsq_fake(&q->lsq[s], st->w, q->wq[s]);
+        else if (qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in, q->wq[s],
+                               e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return 0;
@@ -443,6 +999,10 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
         goto out;
     }
     hooks = 1;
+    if (o->scales == QS_QAT_SCALES_LSQ && qs_qat_hooks_lsq(&q, e) < 0) {
+        qs_err_prefix(e, "qat");
+        goto out;
+    }
     r->w_sites = q.nw;
     r->a_sites = q.na;
     if (!q.nw && !q.na) {
@@ -535,6 +1095,15 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
                 goto out;
             }
             double nrm = 0;
+            for (int i = 0; q.lsq && i < m->nsites; i++) { /* the block's learned scales */
+                struct qs_lsq_site *z = &q.lsq[i];
+                if (!z->qz || qs_lm_site_block(m, i) != l)
+                    continue;
+                memset(z->gs, 0, z->nblk * sizeof *z->gs);
+                qs_lsq_backward(z, m->sites[i].w, g->gw[i]);
+                for (size_t k = 0; k < z->nblk; k++)
+                    nrm += (double)z->gs[k] * z->gs[k];
+            }
             for (int i = 0; i < nt; i++)
                 for (size_t j = 0; j < g->t[tix[i]].n; j++)
                     nrm += (double)g->t[tix[i]].grad[j] * g->t[tix[i]].grad[j];
@@ -555,6 +1124,9 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
                     t->val[j] = t->val[j] * decay - a * mm[j] / (sqrtf(vv[j]) * ib2 + ep);
                 }
             }
+            for (int i = 0; q.lsq && i < m->nsites; i++)
+                if (q.lsq[i].qz && qs_lm_site_block(m, i) == l)
+                    qs_lsq_adam(&q.lsq[i], (int)s, lr, sc, b1, b2, ep);
             done++;
             if (s >= steps - 5) {
                 tail += loss;
@@ -591,8 +1163,6 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
     r->tokens = (long)W * T;
     rc = 0;
 out:
-    if (hooks)
-        qs_qat_hooks_free(&q);
     qs_lm_grad_free(g);
     free(mom);
     free(tix);
@@ -600,10 +1170,14 @@ out:
     free(start);
     free(perm);
     if (rc < 0) {
+        if (hooks)
+            qs_qat_hooks_free(&q);
         qs_lm_free(m);
         return -1;
     }
-    return install(b, m, o, r, e);
+    rc = install(b, m, o, r, &q, e);
+    qs_qat_hooks_free(&q);
+    return rc;
 }
 
 int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb cb, void *u,
@@ -642,11 +1216,23 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
         qs_lm_free(m);
         return qs_err_prefix(e, "qat");
     }
+    float *head = NULL; /* scales=lsq, a tied head: its own gradient, apart from the lookup's */
+    if (o->scales == QS_QAT_SCALES_LSQ &&
+        (qs_qat_hooks_lsq(&q, e) < 0 ||
+         (m->tied && !(head = qs_alloc((size_t)m->vocab * m->d_model, sizeof *head,
+                                       "the head's gradient", e))))) {
+        qs_qat_hooks_free(&q);
+        qs_lm_free(m);
+        return qs_err_prefix(e, "qat");
+    }
+    if (head)
+        memset(head, 0, (size_t)m->vocab * m->d_model * sizeof *head);
     r->w_sites = q.nw;
     r->a_sites = q.na;
     if (!q.nw && !q.na) {
         qs_qat_hooks_free(&q);
         qs_lm_free(m);
+        free(head);
         return qs_errf(e, "qat: no site's weights or activations are quantized, so there is "
                           "nothing to train through (quant PATTERN FORMAT first)");
     }
@@ -665,13 +1251,22 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     t.hooks = &q.h;
     t.refresh = qs_qat_hooks_refresh;
     t.hooks_u = &q;
+    if (q.lsq) {
+        t.grad_extra = qs_qat_lsq_grad;
+        t.step_extra = lsq_step;
+        t.head = head;
+        q.b1 = t.beta1;
+        q.b2 = t.beta2;
+        q.eps = t.eps;
+    }
     struct qs_lm_train_result tr;
     const uint32_t *tok = b->tokens->ids;
     int rc = qs_lm_train(m, tok, off, tok + off, b->tokens->n - off, &t, cb, u, &tr, e);
     if (rc == 0 && q.failed)
         rc = qs_errf(e, "%s", q.msg);
-    qs_qat_hooks_free(&q);
+    free(head);
     if (rc < 0) {
+        qs_qat_hooks_free(&q);
         qs_lm_free(m);
         if (!strncmp(e->msg, "train: ", 7)) /* say which command it was */
             memmove(e->msg + 5, e->msg + 7, strlen(e->msg + 7) + 1), memcpy(e->msg, "qat: ", 5);
@@ -684,5 +1279,7 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     r->steps = tr.steps;
     r->batch = o->batch;
     r->ctx = T;
-    return install(b, m, o, r, e);
+    rc = install(b, m, o, r, &q, e);
+    qs_qat_hooks_free(&q);
+    return rc;
 }

@@ -890,10 +890,14 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             if (qs_parse_int(v, 1, 1000000, &lv, "qat samples", e) < 0)
                 return -1;
             o.samples = (int)lv;
+        } else if ((v = qs_opt_value(argv[i], "scales"))) {
+            if (strcmp(v, "fixed") && strcmp(v, "lsq"))
+                return qs_errf(e, "qat: scales is fixed or lsq, not '%s'", v);
+            o.scales = strcmp(v, "lsq") ? QS_QAT_SCALES_FIXED : QS_QAT_SCALES_LSQ;
         } else {
             return qs_errf(e, "qat: unknown option '%s' for a transformer (epochs= steps= batch= "
                               "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR mode=whole|block "
-                              "order=depth|sensitivity samples=N)", argv[i]);
+                              "order=depth|sensitivity samples=N scales=fixed|lsq)", argv[i]);
         }
     }
     if (!(o.lr > 0) || !(o.min_lr >= 0) || !(o.wd >= 0) || !(o.clip >= 0))
@@ -918,10 +922,11 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (o.mode == QS_QAT_BLOCK)
         snprintf(blk, sizeof blk, "mode=block order=%s samples=%d ",
                  o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth", r.samples);
+    const int lsq = o.scales == QS_QAT_SCALES_LSQ;
     snprintf(c->canon, sizeof c->canon,
-             "qat %ssteps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
-             "seed=%llu%s", blk, r.steps, r.batch, r.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
-             (unsigned long long)o.seed, q);
+             "qat %s%ssteps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
+             "seed=%llu%s", blk, lsq ? "scales=lsq " : "", r.steps, r.batch, r.ctx, o.lr, o.min_lr,
+             o.warmup, o.wd, o.clip, (unsigned long long)o.seed, q);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "cmd", "qat");
     cJSON_AddNumberToObject(j, "steps", r.steps);
@@ -936,6 +941,11 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_json_num(j, "ste_loss_after", r.ste_loss);
     qs_json_num(j, "train_loss", r.train_loss);
     qs_json_num(j, "gap_closed", r.gap_closed);
+    if (lsq) { /* absent under scales=fixed, so that older journals replay unchanged */
+        cJSON_AddStringToObject(j, "scales", "lsq");
+        cJSON_AddNumberToObject(j, "lsq_scales", (double)r.lsq_scales);
+        qs_json_num(j, "lsq_change", r.lsq_change);
+    }
     struct qs_sb t = {0};
     if (o.mode == QS_QAT_BLOCK) {
         cJSON_AddStringToObject(j, "mode", "block");
@@ -948,10 +958,11 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "trained %d steps of %d of %d sample windows x %d tokens to reproduce the "
                      "float block's output on the float stream, from the stream of the model "
                      "being trained; straight-through through %d weight and %d activation "
-                     "format%s, AdamW lr %.3g -> %.3g per block\n",
+                     "format%s, AdamW lr %.3g -> %.3g per block%s\n",
                      r.nblocks, o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth", r.steps,
                      r.batch, r.samples, r.ctx, r.w_sites, r.a_sites,
-                     r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+                     r.a_sites == 1 ? "" : "s", o.lr, o.min_lr,
+                     lsq ? "; weight scales learned (LSQ), with their block" : "");
         qs_sb_printf(&t, "%-6s %14s %14s %8s\n", "block", "mse before", "mse after", "ratio");
         for (int k = 0; k < r.nblocks; k++) {
             cJSON *x = cJSON_CreateObject();
@@ -966,11 +977,19 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t,
                      "qat: %d steps of %d windows x %d tokens (%ld tokens) on the training "
                      "tokens; straight-through through %d site weight format%s and %d activation "
-                     "format%s (dx = dy; weight scales recomputed from the master weights every "
-                     "step, not learned), AdamW lr %.3g -> %.3g on the float master weights\n",
+                     "format%s (dx = dy; %s), AdamW lr %.3g -> %.3g on the float master "
+                     "weights%s\n",
                      r.steps, r.batch, r.ctx, r.tokens, r.w_sites, r.w_sites == 1 ? "" : "s",
-                     r.a_sites, r.a_sites == 1 ? "" : "s", o.lr, o.min_lr);
+                     r.a_sites, r.a_sites == 1 ? "" : "s",
+                     lsq ? "weight scales learned, LSQ: Esser et al. 2020"
+                         : "weight scales recomputed from the master weights every step, not "
+                           "learned",
+                     o.lr, o.min_lr, lsq ? " and scales" : "");
     }
+    if (lsq)
+        qs_sb_printf(&t, "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
+                         "sites' scales now (packed export included)\n",
+                     r.lsq_scales, r.lsq_change);
     qs_sb_printf(&t, "%-22s %9s %9s\n", "held-out", "loss", "ppl");
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float (before)", r.f_loss, exp(r.f_loss));
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, PTQ", r.ptq_loss, exp(r.ptq_loss));
@@ -1029,8 +1048,13 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             if (qs_parse_int(v, 0, 0x7fffffff, &lv, "qat seed", e) < 0)
                 return -1;
             qo.seed = (uint64_t)lv;
+        } else if ((v = qs_opt_value(argv[i], "scales"))) {
+            if (strcmp(v, "fixed") && strcmp(v, "lsq"))
+                return qs_errf(e, "qat: scales is fixed or lsq, not '%s'", v);
+            qo.lsq = !strcmp(v, "lsq");
         } else {
-            return qs_errf(e, "usage: qat [epochs=N] [lr=F] [batch=N] [seed=N]");
+            return qs_errf(e, "usage: qat [epochs=N] [lr=F] [batch=N] [seed=N] "
+                              "[scales=fixed|lsq]");
         }
     }
     struct qat_cb_ctx cc = {c, qo.epochs};
@@ -1038,8 +1062,8 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     b->cancel = 0;
     if (qs_qat(b, &qo, qat_cb, &cc, &r, e) < 0)
         return -1;
-    snprintf(c->canon, sizeof c->canon, "qat epochs=%d lr=%.9g batch=%d seed=%llu", qo.epochs,
-             qo.lr, qo.batch, (unsigned long long)qo.seed);
+    snprintf(c->canon, sizeof c->canon, "qat epochs=%d lr=%.9g batch=%d seed=%llu%s", qo.epochs,
+             qo.lr, qo.batch, (unsigned long long)qo.seed, qo.lsq ? " scales=lsq" : "");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "qat");
     cJSON_AddNumberToObject(o, "epochs", qo.epochs);
@@ -1049,12 +1073,22 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     metric_json(o, "qat", &r.qat);
     metric_json(o, "qat_float", &r.f_qat);
     qs_json_num(o, "gap_closed", r.gap_closed);
+    if (qo.lsq) { /* absent under scales=fixed, so that older journals replay unchanged */
+        cJSON_AddStringToObject(o, "scales", "lsq");
+        cJSON_AddNumberToObject(o, "lsq_scales", (double)r.lsq_scales);
+        qs_json_num(o, "lsq_change", r.lsq_change);
+    }
     struct qs_sb t = {0};
     qs_sb_printf(&t,
                  "qat: %d epochs, lr %.3g, batch %d, seed %llu on the train split (%d "
                  "samples); straight-through estimator through each layer's weight format, "
-                 "Adam on the float master weights\n",
-                 qo.epochs, qo.lr, qo.batch, (unsigned long long)qo.seed, b->split.n_train);
+                 "Adam on the float master weights%s\n",
+                 qo.epochs, qo.lr, qo.batch, (unsigned long long)qo.seed, b->split.n_train,
+                 qo.lsq ? " and the learned scales (LSQ, Esser et al. 2020)" : "");
+    if (qo.lsq)
+        qs_sb_printf(&t, "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
+                         "layers' scales now (packed export included)\n",
+                     r.lsq_scales, r.lsq_change);
     qs_sb_printf(&t, "%-22s %8s %8s\n", "test split", "acc", "loss");
     qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "float (before)", r.f.acc, r.f.loss);
     qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "quantized, PTQ", r.ptq.acc, r.ptq.loss);
@@ -2560,7 +2594,7 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "`apply` runs them, and they are journaled as such."},
     {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
      "[warmup=N] [wd=F] [clip=F] [out=DIR] [mode=whole|block] [order=depth|sensitivity] "
-     "[samples=N])",
+     "[samples=N]) [scales=fixed|lsq]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
@@ -2573,7 +2607,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "after; out=DIR also writes the trained model. mode=block (Block-AP): one block at a time "
      "learns to reproduce its float output on samples=64 windows, from the stream of the model "
      "being trained, in depth order or the most sensitive first (order=sensitivity, after "
-     "`sensitivity`)."},
+     "`sensitivity`). scales=lsq learns the weight scales with the weights (LSQ, Esser et al. "
+     "2020; same optimizer and lr; refused for MX, NVFP4 and ggml formats) and makes them the "
+     "sites' scales, packed export included; scales=fixed (default) recomputes them."},
     {"study q1",
      "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
      "[csv=PREFIX] [out=RECORD.json] [plan=DIR]",

@@ -119,6 +119,7 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
     struct qs_lm_grad *g = qs_lm_grad_new(m, e);
     if (!g)
         return -1;
+    g->head = o->head;
     /* Adam's moments, and the backward's scratch counted in the check */
     float *mom = NULL;
     size_t need;
@@ -153,6 +154,8 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
             break;
         }
         double nrm = 0;
+        if (o->grad_extra && (rc = o->grad_extra(o->hooks_u, g, &nrm, e)) < 0)
+            break;
         for (size_t i = 0; i < g->nflat; i++)
             nrm += (double)g->flat[i] * g->flat[i];
         nrm = sqrt(nrm);
@@ -174,6 +177,8 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
             }
             off += t->n;
         }
+        if (o->step_extra)
+            o->step_extra(o->hooks_u, s, lr, sc);
         r->steps = s + 1;
         r->tokens += (long)B * T;
         if (s >= o->steps - tail)

@@ -1318,6 +1318,11 @@ static int pack_impl(const struct qs_format *f, const struct qs_qopts *o, const 
         rc = qs_errf(e, "%s: given block parameters are rounded to nearest", f->name);
     J->w = w;
     J->given = given;
+    /* a given tensor-wide block (gran=tensor: its one entry) replaces the one fitted to ref, so
+     * that a scale a method learned (qat scales=lsq) is stored; GPTQ's is the fitted one */
+    if (rc == 0 && given && J->shared && f->kind != QS_FMT_NVFP4)
+        J->tb = (struct blk){.s = given->s, .inv = given->inv, .lo = given->lo, .hi = given->hi,
+                             .z = given->z, .scode = given->scode};
     if (rc == 0) {
         p->fmt = *f;
         p->opt = *o;
