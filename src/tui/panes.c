@@ -749,10 +749,8 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
         const struct tui_row *r = &s->rows[i];
         if (r->l.corr_method == QS_CORR_NONE)
             continue;
-        const struct tui_ablation *ab = NULL;
-        for (int k = 0; k < s->nabl; k++)
-            if (s->abl[k].layer == i)
-                ab = &s->abl[k];
+        const char *verdict = r->l.abl_verdict;
+        const double *m = r->l.abl_metric; /* float, quant, quant+corr, float+corr */
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
         putf(w, y, 1, cw - 1, r->l.recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD,
@@ -761,13 +759,13 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
         y++;
         if (r->l.corr_method == QS_CORR_CLOCAL && y < h)
             message(w, y++, cw, st, " upper baseline, not deployable");
-        else if (ab && y < h) {
-            attr_t aa = !strcmp(ab->verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
-                        : !strcmp(ab->verdict, "capacity") || !strcmp(ab->verdict, "harmful")
+        else if (verdict && y < h) {
+            attr_t aa = !strcmp(verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
+                        : !strcmp(verdict, "capacity") || !strcmp(verdict, "harmful")
                             ? cp(st, CP_ERR, A_BOLD)
                             : 0;
-            putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", ab->verdict,
-                 ab->ppl ? "ppl " : "", ab->q, ab->qc, ab->f, ab->fc);
+            putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", verdict,
+                 r->l.abl_ppl ? "ppl " : "", m[1], m[2], m[0], m[3]);
         } else if (y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }

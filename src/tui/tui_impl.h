@@ -47,16 +47,10 @@ enum tui_pane {
 
 struct tui_row {
     char *name;            /* owned by the snapshot: any length, as the model has it */
-    struct qs_layer_row l; /* the row `layers` prints (qs_layer_row_fill); l.name = name */
+    struct qs_layer_row l; /* the row `layers` prints (qs_layer_row_fill), with the correction's
+                              last ablation; l.name = name */
     double snr_db, preact_rel_mse;
     int has_err; /* snr/preact set */
-};
-
-struct tui_ablation {
-    int layer; /* index in the model the ablation was run on */
-    char method[16], verdict[16];
-    int ppl;             /* the metric: held-out perplexity (a transformer), else test accuracy */
-    double f, q, qc, fc; /* float, quantized, quantized corrected, float corrected */
 };
 
 enum { LD_FLOAT, LD_QUANT, LD_CORR, LD_N };
@@ -94,9 +88,6 @@ struct tui_snap {
     char resid_method[16];
     double *res_sv; /* nsv residual values when resid == 1 */
     struct qs_rank_stats res_st;
-    /* corrections and ablations */
-    int nabl;
-    struct tui_ablation *abl;
     /* low-dimensional view */
     int lowdim;                /* 2-input model on 2-feature data */
     int gw, gh;                /* grid cells per panel */
@@ -157,10 +148,6 @@ struct tui_worker {
     int started;
     struct qs_ctx *c;
     struct tui_shared *sh;
-    /* worker-owned: ablation results seen in emitted objects */
-    struct tui_ablation *abl;
-    int nabl, capabl;
-    const void *abl_model; /* the model they belong to */
     /* worker-owned: a transformer's eval figures, kept while the journal, the model and the
      * tokens stay (a new selection or a resize rebuilds the snapshot, not the state) */
     int lm_have;

@@ -110,74 +110,10 @@ void tui_log_add(struct tui_shared *sh, int kind, const char *text)
 
 /* ---- callbacks installed on the context --------------------------------------------------- */
 
-static void abl_forget(struct tui_worker *w, int layer)
-{
-    for (int i = 0; i < w->nabl; i++)
-        if (w->abl[i].layer == layer) {
-            w->abl[i] = w->abl[--w->nabl];
-            return;
-        }
-}
-
-/* The task metric of one arm of an ablation: accuracy (an MLP) or perplexity (a transformer). */
-static double metric_of(const cJSON *o, const char *key, const char *metric)
-{
-    return qs_json_get_num(
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, key), metric));
-}
-
-/* Keeps the last ablation of each layer (from the emitted result objects) for the corrections
- * pane; a new correction on a layer makes its old ablation stale. */
-static void watch_result(struct tui_worker *w, const cJSON *obj)
-{
-    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(obj, "cmd");
-    const cJSON *layer = cJSON_GetObjectItemCaseSensitive(obj, "layer");
-    if (!cJSON_IsString(cmd) || !cJSON_IsString(layer))
-        return;
-    /* this runs on the worker, which owns the bench while the job emits */
-    int li = qs_bench_layer_index(w->c->b, layer->valuestring);
-    if (li < 0)
-        return;
-    const void *model = w->c->b->lm ? (const void *)w->c->b->lm : (const void *)w->c->b->model;
-    if (w->abl_model != model) { /* ablations of an earlier model */
-        w->nabl = 0;
-        w->abl_model = model;
-    }
-    if (!strcmp(cmd->valuestring, "correct")) {
-        abl_forget(w, li);
-        return;
-    }
-    if (strcmp(cmd->valuestring, "ablate"))
-        return;
-    abl_forget(w, li);
-    if (w->nabl == w->capabl) {
-        int cap = w->capabl ? 2 * w->capabl : 8;
-        struct tui_ablation *a = realloc(w->abl, (size_t)cap * sizeof *a);
-        if (!a)
-            return;
-        w->abl = a;
-        w->capabl = cap;
-    }
-    struct tui_ablation *a = &w->abl[w->nabl++];
-    memset(a, 0, sizeof *a);
-    a->layer = li;
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(obj, "method");
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "verdict");
-    snprintf(a->method, sizeof a->method, "%s", cJSON_IsString(m) ? m->valuestring : "?");
-    snprintf(a->verdict, sizeof a->verdict, "%s", cJSON_IsString(v) ? v->valuestring : "?");
-    a->ppl = w->c->b->lm != NULL;
-    const char *metric = a->ppl ? "ppl" : "acc";
-    a->f = metric_of(obj, "float", metric);
-    a->q = metric_of(obj, "quant", metric);
-    a->qc = metric_of(obj, "quant_corrected", metric);
-    a->fc = metric_of(obj, "float_corrected", metric);
-}
-
 void tui_emit_cb(void *u, const cJSON *obj, const char *text)
 {
     struct tui_worker *w = u;
-    if (obj && pthread_equal(pthread_self(), w->th))
-        watch_result(w, obj);
+    (void)obj; /* what the panes show is read from the bench (the snapshot), never from here */
     if (text && text[0])
         tui_log_add(w->sh, LOG_TEXT, text);
 }
@@ -213,7 +149,6 @@ void tui_snap_free(struct tui_snap *s)
     free(s->res_sv);
     free(s->left_e);
     free(s->left_w);
-    free(s->abl);
     for (int k = 0; k < LD_N; k++)
         free(s->grid[k]);
     free(s->pts);
@@ -480,21 +415,9 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     s->spec_layer = -1;
     if (!b->model && !b->lm)
         return s;
-    const void *model = b->lm ? (const void *)b->lm : (const void *)b->model;
-    if (w->abl_model != model) {
-        w->nabl = 0;
-        w->abl_model = model;
-    }
     if (snap_header(b, s, sel) < 0)
         return s;
     sel = s->spec_layer;
-    /* ablations of layers that still have their correction */
-    s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
-    for (int k = 0; s->abl && k < w->nabl; k++) {
-        int i = w->abl[k].layer;
-        if (i >= 0 && i < s->nlayers && b->ls[i].corr.method != QS_CORR_NONE)
-            s->abl[s->nabl++] = w->abl[k];
-    }
     if (b->lm)
         return snap_lm(w, b, s);
     if (!b->data) {
@@ -608,9 +531,6 @@ void tui_worker_stop(struct tui_worker *w)
     pthread_mutex_unlock(&w->sh->mu);
     pthread_join(w->th, NULL);
     w->started = 0;
-    free(w->abl);
-    w->abl = NULL;
-    w->nabl = w->capabl = 0;
 }
 
 void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel)
