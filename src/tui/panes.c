@@ -919,14 +919,22 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 
 /* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
 static const struct tui_pane_ops pane_ops[PANE_N] = {
-    [PANE_LAYERS] = {"Layers", draw_layers, NULL, TUI_WANT_SNAP},
-    [PANE_TASK] = {"Task", draw_task, title_task, TUI_WANT_SNAP},
-    [PANE_SPECTRUM] = {"Spectrum", draw_spectrum, title_layer, TUI_WANT_SNAP},
-    [PANE_RANK] = {"Rank profile", draw_rank, title_layer, TUI_WANT_SNAP},
-    [PANE_CORR] = {"Corrections", draw_corr, NULL, TUI_WANT_SNAP},
-    [PANE_LOWDIM] = {"Decision regions", draw_lowdim, NULL, TUI_WANT_SNAP | TUI_WANT_LOWDIM},
+    [PANE_LAYERS] = {"Layers", draw_layers, NULL, TUI_WANT_ROWS | TUI_WANT_ERRORS},
+    [PANE_TASK] = {"Task", draw_task, title_task, TUI_WANT_EVAL},
+    [PANE_SPECTRUM] = {"Spectrum", draw_spectrum, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM},
+    [PANE_RANK] = {"Rank profile", draw_rank, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM},
+    [PANE_CORR] = {"Corrections", draw_corr, NULL, TUI_WANT_ROWS},
+    [PANE_LOWDIM] = {"Decision regions", draw_lowdim, NULL, TUI_WANT_EVAL | TUI_WANT_GRID},
     [PANE_LOG] = {"Log", draw_log, title_log, TUI_WANT_LOG},
 };
+
+int tui_panes_want(void)
+{
+    int w = 0;
+    for (int p = 0; p < PANE_N; p++)
+        w |= pane_ops[p].wants;
+    return w;
+}
 
 const struct tui_pane_ops *tui_pane_ops(enum tui_pane p)
 {
@@ -935,7 +943,7 @@ const struct tui_pane_ops *tui_pane_ops(enum tui_pane p)
 
 int tui_pane_available(enum tui_pane p, const struct tui_snap *s)
 {
-    return !(pane_ops[p].wants & TUI_WANT_LOWDIM) || (s && s->lowdim);
+    return !(pane_ops[p].wants & TUI_WANT_GRID) || (s && s->lowdim);
 }
 
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v)

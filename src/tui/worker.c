@@ -315,26 +315,39 @@ static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_sna
     return rc;
 }
 
+/* Each layer's pre-activation error (the `error` command's figures) into its row. */
+static int snap_errors(struct qs_bench *b, struct tui_snap *s, qs_err *e)
+{
+    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
+    if (!err)
+        return qs_errf(e, "out of memory");
+    int rc = qs_analysis_errors(b, err, e);
+    for (int i = 0; rc == 0 && i < s->nlayers; i++) {
+        s->rows[i].snr_db = err[i].snr_db;
+        s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
+        s->rows[i].has_err = 1;
+    }
+    free(err);
+    return rc;
+}
+
 /* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
- * one, and (with token data) the per-site errors and eval's task figures. */
-static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s)
+ * one, and (with token data) the per-site errors and eval's task figures, as the panes want. */
+static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
+                                int wants)
 {
     qs_err e = {{0}};
-    if (snap_spectrum(b, s, s->spec_layer, &e) < 0)
+    if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, s->spec_layer, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (!b->tokens) {
         snprintf(s->err, sizeof s->err, "transformer: load data PATH.txt|.bin, then eval");
         return s;
     }
-    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
-    if (err && qs_analysis_errors(b, err, &e) == 0)
-        for (int i = 0; i < s->nlayers; i++) {
-            s->rows[i].snr_db = err[i].snr_db;
-            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
-            s->rows[i].has_err = 1;
-        }
-    free(err);
+    if (wants & TUI_WANT_ERRORS)
+        (void)snap_errors(b, s, &e); /* as before: eval's message, if any, is the one shown */
     e.msg[0] = 0;
+    if (!(wants & TUI_WANT_EVAL))
+        return s;
     if (snap_lm_eval(w, b, s, &e) < 0)
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     else
@@ -418,8 +431,9 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     if (snap_header(b, s, sel) < 0)
         return s;
     sel = s->spec_layer;
+    int wants = tui_panes_want();
     if (b->lm)
-        return snap_lm(w, b, s);
+        return snap_lm(w, b, s, wants);
     if (!b->data) {
         snprintf(s->err, sizeof s->err, "no data loaded (load data PATH)");
         return s;
@@ -429,28 +443,21 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         return s;
     }
     s->ready = 1;
-    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
-    if (err && qs_analysis_errors(b, err, &e) == 0) {
-        for (int i = 0; i < s->nlayers; i++) {
-            s->rows[i].snr_db = err[i].snr_db;
-            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
-            s->rows[i].has_err = 1;
-        }
-    } else if (!s->err[0]) {
-        snprintf(s->err, sizeof s->err, "%s", err ? e.msg : "out of memory");
-    }
-    free(err);
-    if (qs_bench_eval(b, &s->ev, &e) == 0 &&
-        qs_bench_run(b, QS_TEST, ~0ULL, 0, &s->q_raw, NULL, &e) == 0) {
-        s->have_eval = 1;
-        s->gate_thr = s->ev.chance + b->gate_min * (1 - s->ev.chance);
-    } else if (!s->err[0]) {
+    if ((wants & TUI_WANT_ERRORS) && snap_errors(b, s, &e) < 0 && !s->err[0])
         snprintf(s->err, sizeof s->err, "%s", e.msg);
+    if (wants & (TUI_WANT_EVAL | TUI_WANT_GRID)) {
+        if (qs_bench_eval(b, &s->ev, &e) == 0 &&
+            qs_bench_run(b, QS_TEST, ~0ULL, 0, &s->q_raw, NULL, &e) == 0) {
+            s->have_eval = 1;
+            s->gate_thr = s->ev.chance + b->gate_min * (1 - s->ev.chance);
+        } else if (!s->err[0]) {
+            snprintf(s->err, sizeof s->err, "%s", e.msg);
+        }
     }
-    if (snap_spectrum(b, s, sel, &e) < 0)
+    if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, sel, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
-    if (b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
-        snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
+    if ((wants & TUI_WANT_GRID) && b->model->layers[0].in == 2 && b->data->d == 2 &&
+        s->have_eval && snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     return s;
 }
