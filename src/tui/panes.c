@@ -918,15 +918,26 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 /* ---- the pane table ---------------------------------------------------------------------- */
 
 /* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
+/* clang-format off */
 static const struct tui_pane_ops pane_ops[PANE_N] = {
-    [PANE_LAYERS] = {"Layers", draw_layers, NULL, TUI_WANT_ROWS | TUI_WANT_ERRORS},
-    [PANE_TASK] = {"Task", draw_task, title_task, TUI_WANT_EVAL},
-    [PANE_SPECTRUM] = {"Spectrum", draw_spectrum, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM},
-    [PANE_RANK] = {"Rank profile", draw_rank, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM},
-    [PANE_CORR] = {"Corrections", draw_corr, NULL, TUI_WANT_ROWS},
-    [PANE_LOWDIM] = {"Decision regions", draw_lowdim, NULL, TUI_WANT_EVAL | TUI_WANT_GRID},
-    [PANE_LOG] = {"Log", draw_log, title_log, TUI_WANT_LOG},
+    /*               name                draw           title        wants
+                                                                     narrow: row, weight  wide */
+    [PANE_LAYERS] = {"Layers",           draw_layers,   NULL,        TUI_WANT_ROWS | TUI_WANT_ERRORS,
+                                                                     {0, 1},  {0, 50}},
+    [PANE_TASK] =   {"Task",             draw_task,     title_task,  TUI_WANT_EVAL,
+                                                                     {0, 1},  {0, 22}},
+    [PANE_SPECTRUM] = {"Spectrum",       draw_spectrum, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM,
+                                                                     {1, 34}, {1, 25}},
+    [PANE_RANK] =   {"Rank profile",     draw_rank,     title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM,
+                                                                     {1, 33}, {1, 25}},
+    [PANE_CORR] =   {"Corrections",      draw_corr,     NULL,        TUI_WANT_ROWS,
+                                                                     {1, 33}, {0, 28}},
+    [PANE_LOWDIM] = {"Decision regions", draw_lowdim,   NULL,        TUI_WANT_EVAL | TUI_WANT_GRID,
+                                                                     {2, 62}, {1, 50}},
+    [PANE_LOG] =    {"Log",              draw_log,      title_log,   TUI_WANT_LOG,
+                                                                     {2, 38}, {2, 100}},
 };
+/* clang-format on */
 
 int tui_panes_want(void)
 {

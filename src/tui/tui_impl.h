@@ -210,8 +210,8 @@ struct tui_view {
     struct tui_shared *sh; /* for the log (locked while drawing it) */
 };
 
-/* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name") and what
- * it wants: which of the snapshot's results it draws (the worker computes only what some pane
+/* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name"), place
+ * on a narrow and a wide screen, and what it wants: which of the snapshot's results it draws (the worker computes only what some pane
  * of the table wants; a pane wanting any is redrawn on a new snapshot), or the log (redrawn
  * when the log grows). A pane wanting the decision grid is shown (laid out, focusable) only for
  * a model with 2-D input on 2-feature data. */
@@ -225,11 +225,17 @@ enum {
     TUI_WANT_SNAP = TUI_WANT_ROWS | TUI_WANT_ERRORS | TUI_WANT_EVAL | TUI_WANT_SPECTRUM |
                     TUI_WANT_GRID
 };
+/* Where a pane sits on the screen: its row (0 top, 1, 2; -1: shown only zoomed) and its width's
+ * weight among the panes of that row that are shown (draw.c has the rows' heights). */
+struct tui_pane_place {
+    int row, weight;
+};
 struct tui_pane_ops {
     const char *name;
     void (*draw)(WINDOW *w, int h, int cw, const struct tui_view *v);
     void (*title)(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n);
     int wants;
+    struct tui_pane_place narrow, wide; /* below 140 columns, and from 140 */
 };
 /* What the panes of the table want together (TUI_WANT_*): what a snapshot computes. */
 int tui_panes_want(void);
