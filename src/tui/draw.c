@@ -21,6 +21,7 @@
 struct row_param {
     int min, want, flex, fixed_last;
 };
+/* clang-format off */
 static const struct row_param row_params[2][2][TUI_ROWS] = {
     /* narrow */
     {{{4, -1, 0, 1}, {4, 8, 1, 0}, {3, 3, 1, 0}},  /* no decision regions */
@@ -29,6 +30,7 @@ static const struct row_param row_params[2][2][TUI_ROWS] = {
     {{{4, -1, 0, 0}, {4, 10, 1, 0}, {3, 3, 1, 0}},
      {{4, -1, 0, 0}, {6, 12, 2, 0}, {3, 3, 1, 0}}},
 };
+/* clang-format on */
 
 struct row_spec {
     int panes[PANE_N], np, min, want, flex;
@@ -62,8 +64,8 @@ static void layout(struct tui *t)
     for (int i = 0; i < TUI_ROWS; i++) {
         const struct row_param *rp = &row_params[wide][lowdim][i];
         struct row_spec *r = &rows[nr];
-        *r = (struct row_spec){.min = rp->min, .want = rp->want < 0 ? a_want : rp->want,
-                               .flex = rp->flex};
+        *r = (struct row_spec){
+            .min = rp->min, .want = rp->want < 0 ? a_want : rp->want, .flex = rp->flex};
         for (int p = 0; p < PANE_N; p++) {
             const struct tui_pane_ops *o = tui_pane_ops((enum tui_pane)p);
             const struct tui_pane_place *pl = wide ? &o->wide : &o->narrow;

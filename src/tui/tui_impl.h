@@ -211,10 +211,10 @@ struct tui_view {
 };
 
 /* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name"), place
- * on a narrow and a wide screen, and what it wants: which of the snapshot's results it draws (the worker computes only what some pane
- * of the table wants; a pane wanting any is redrawn on a new snapshot), or the log (redrawn
- * when the log grows). A pane wanting the decision grid is shown (laid out, focusable) only for
- * a model with 2-D input on 2-feature data. */
+ * on a narrow and a wide screen, and what it wants: which of the snapshot's results it draws (the
+ * worker computes only what some pane of the table wants; a pane wanting any is redrawn on a new
+ * snapshot), or the log (redrawn when the log grows). A pane wanting the decision grid is shown
+ * (laid out, focusable) only for a model with 2-D input on 2-feature data. */
 enum {
     TUI_WANT_LOG = 1,       /* the log */
     TUI_WANT_ROWS = 2,      /* the layer rows (qs_layer_row: formats, bits, corrections) */
@@ -222,8 +222,8 @@ enum {
     TUI_WANT_EVAL = 8,      /* the task figures: eval's float and quantized metrics, the gate */
     TUI_WANT_SPECTRUM = 16, /* the selected layer's weight-error spectrum, its noise edge */
     TUI_WANT_GRID = 32,     /* the decision regions of a 2-D model (needs the eval too) */
-    TUI_WANT_SNAP = TUI_WANT_ROWS | TUI_WANT_ERRORS | TUI_WANT_EVAL | TUI_WANT_SPECTRUM |
-                    TUI_WANT_GRID
+    TUI_WANT_SNAP =
+        TUI_WANT_ROWS | TUI_WANT_ERRORS | TUI_WANT_EVAL | TUI_WANT_SPECTRUM | TUI_WANT_GRID
 };
 /* Where a pane sits on the screen: its row (0 top, 1, 2; -1: shown only zoomed) and its width's
  * weight among the panes of that row that are shown (draw.c has the rows' heights). */

@@ -456,8 +456,8 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     }
     if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, sel, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
-    if ((wants & TUI_WANT_GRID) && b->model->layers[0].in == 2 && b->data->d == 2 &&
-        s->have_eval && snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
+    if ((wants & TUI_WANT_GRID) && b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
+        snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     return s;
 }
