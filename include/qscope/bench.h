@@ -103,6 +103,14 @@ struct qs_corr {
     uint64_t fit_upstream;  /* earlier layers (bit j, as qs_bench_run's corr_mask) whose
                                corrections were in place, so active on the quantized path, when
                                this one was fitted: `ablate` judges it in that state */
+    /* The last `ablate` of this correction (set by qs_analysis_ablate; a new fit or uncorrect
+     * clears it with the rest), kept like the sensitivity so that views need not re-run it:
+     * task accuracy (NAN on a transformer) and loss of the float, quantized, quantized+corrected
+     * and float+corrected runs, in that order, and the verdict (NULL: not ablated). */
+    struct qs_corr_ablated {
+        const char *verdict; /* a static string: "recovery", "capacity", ... */
+        double acc[4], loss[4];
+    } ablated;
 };
 
 /* Per-layer resolved configuration plus caches of the quantized weight. */

@@ -34,6 +34,12 @@ struct qs_layer_row {
     int corr_stale;
     char corr_short[48]; /* "-", "lowrank r=4", "bias" */
     char corr_long[128]; /* `layers`' cell: "lowrank r=4 prec=int8 +0.125 b/w (stale: refit)" */
+    /* the correction's last `ablate` (abl_verdict NULL: none since its fit): the task metric of
+     * the float, quantized, quantized+corrected and float+corrected runs, in that order:
+     * accuracy, or on a transformer (abl_ppl) perplexity */
+    const char *abl_verdict;
+    int abl_ppl;
+    double abl_metric[4];
 };
 
 /* Fills r with unit i of the bench's model (0 <= i < qs_bench_nunits(b)). */

@@ -1531,6 +1531,12 @@ int qs_analysis_ablate(struct qs_bench *b, int i, struct qs_ablation *ab, qs_err
         ab->other_significant = ab->g_o.lo > 0;
     }
     ab->verdict = qs_ablation_verdict(&ab->g_q, &ab->g_f, &ab->g_r);
+    const struct qs_metric *arm[4] = {&ab->f, &ab->q, &ab->qc, &ab->fc};
+    s->corr.ablated.verdict = ab->verdict;
+    for (int k = 0; k < 4; k++) {
+        s->corr.ablated.acc[k] = arm[k]->acc;
+        s->corr.ablated.loss[k] = arm[k]->loss;
+    }
     rc = 0;
 out:
     free(buf);

@@ -1,6 +1,7 @@
 /* layer_row.c - the layers table's row, built once for `layers` and the TUI. */
 #include "qscope/layer_row.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -60,6 +61,12 @@ void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
             cl +=
                 (size_t)snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " prec=%s", cr->prec);
         snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " +%.3f b/w", r->corr_bpw);
+    }
+    if (cr->method != QS_CORR_NONE && cr->ablated.verdict) {
+        r->abl_verdict = cr->ablated.verdict;
+        r->abl_ppl = b->lm != NULL;
+        for (int k = 0; k < 4; k++)
+            r->abl_metric[k] = r->abl_ppl ? exp(cr->ablated.loss[k]) : cr->ablated.acc[k];
     }
     if (cr->stale) {
         size_t cl = strlen(r->corr_long);

@@ -12,9 +12,29 @@
 
 /* ---- layout ------------------------------------------------------------------------------- */
 
+/* The screen's rows of panes (the panes come from the pane table's places, in its order): how
+ * tall a row is at least (min), would like to be (want; -1: the layers table's rows, a 2/5 of
+ * the screen at most) and its share of what is left (flex), for a narrow or wide screen, with
+ * or without the decision-regions pane. fixed_last: the row's last pane (the Task pane) takes
+ * 32% of a narrow screen's columns, 24 to 36, the others the rest by weight. */
+#define TUI_ROWS 3
+struct row_param {
+    int min, want, flex, fixed_last;
+};
+/* clang-format off */
+static const struct row_param row_params[2][2][TUI_ROWS] = {
+    /* narrow */
+    {{{4, -1, 0, 1}, {4, 8, 1, 0}, {3, 3, 1, 0}},  /* no decision regions */
+     {{4, 8, 0, 1}, {4, 7, 0, 0}, {5, 7, 1, 0}}}, /* with them */
+    /* wide (140 columns or more) */
+    {{{4, -1, 0, 0}, {4, 10, 1, 0}, {3, 3, 1, 0}},
+     {{4, -1, 0, 0}, {6, 12, 2, 0}, {3, 3, 1, 0}}},
+};
+/* clang-format on */
+
 struct row_spec {
-    int panes[4], np, min, want, flex;
-    int weight[4];
+    int panes[PANE_N], np, min, want, flex;
+    int weight[PANE_N];
 };
 
 static void layout(struct tui *t)
@@ -36,37 +56,37 @@ static void layout(struct tui *t)
         return;
     }
     int wide = W >= 140;
-    struct row_spec rows[4];
-    int nr = 0;
     int a_want = nl + 2 > 9 ? nl + 2 : 9;
     if (a_want > H * 2 / 5)
         a_want = H * 2 / 5;
-    if (wide) {
-        rows[nr++] =
-            (struct row_spec){{PANE_LAYERS, PANE_TASK, PANE_CORR}, 3, 4, a_want, 0, {50, 22, 28}};
-        if (lowdim)
-            rows[nr++] = (struct row_spec){
-                {PANE_SPECTRUM, PANE_RANK, PANE_LOWDIM}, 3, 6, 12, 2, {25, 25, 50}};
-        else
-            rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK}, 2, 4, 10, 1, {50, 50}};
-        rows[nr++] = (struct row_spec){{PANE_LOG}, 1, 3, 3, 1, {100}};
-    } else {
-        int tw = W * 32 / 100;
-        tw = tw < 24 ? 24 : tw > 36 ? 36 : tw;
-        rows[nr++] =
-            (struct row_spec){{PANE_LAYERS, PANE_TASK}, 2, 4, lowdim ? 8 : a_want, 0, {W - tw, tw}};
-        rows[nr++] = (struct row_spec){{PANE_SPECTRUM, PANE_RANK, PANE_CORR},
-                                       3,
-                                       4,
-                                       lowdim ? 7 : 8,
-                                       lowdim ? 0 : 1,
-                                       {34, 33, 33}};
-        if (lowdim)
-            rows[nr++] = (struct row_spec){{PANE_LOWDIM, PANE_LOG}, 2, 5, 7, 1, {62, 38}};
-        else
-            rows[nr++] = (struct row_spec){{PANE_LOG}, 1, 3, 3, 1, {100}};
+    struct row_spec rows[TUI_ROWS];
+    int nr = 0;
+    for (int i = 0; i < TUI_ROWS; i++) {
+        const struct row_param *rp = &row_params[wide][lowdim][i];
+        struct row_spec *r = &rows[nr];
+        *r = (struct row_spec){
+            .min = rp->min, .want = rp->want < 0 ? a_want : rp->want, .flex = rp->flex};
+        for (int p = 0; p < PANE_N; p++) {
+            const struct tui_pane_ops *o = tui_pane_ops((enum tui_pane)p);
+            const struct tui_pane_place *pl = wide ? &o->wide : &o->narrow;
+            if (pl->row != i || !tui_pane_available((enum tui_pane)p, t->snap))
+                continue;
+            r->panes[r->np] = p;
+            r->weight[r->np++] = pl->weight;
+        }
+        if (r->np && rp->fixed_last) { /* the others share W - tw by their weights */
+            int tw = W * 32 / 100, tot = 0, k;
+            tw = tw < 24 ? 24 : tw > 36 ? 36 : tw;
+            for (k = 0; k < r->np - 1; k++)
+                tot += r->weight[k];
+            for (k = 0; k < r->np - 1; k++)
+                r->weight[k] = tot ? r->weight[k] * (W - tw) / tot : 0;
+            r->weight[r->np - 1] = tw;
+        }
+        if (r->np)
+            nr++;
     }
-    int h[4], rem = H, flex = 0;
+    int h[TUI_ROWS], rem = H, flex = 0;
     for (int i = 0; i < nr; i++) {
         h[i] = rows[i].min;
         rem -= h[i];

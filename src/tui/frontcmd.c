@@ -176,8 +176,9 @@ static int cmd_tui_stats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
-/* The key table as data: every key (offered on the loaded model or not), what it runs, and
- * whether it is offered; the help overlay and the key hints show the offered ones. */
+/* The key table as data: every key (offered on the loaded model or not), what it runs (and the
+ * line it would run now, on the selected layer), and whether it is offered; the help overlay
+ * and the key hints show the offered ones. */
 static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     (void)argv;
@@ -200,8 +201,14 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(r, "help", k->help);
         if (cmd[0])
             cJSON_AddStringToObject(r, "command", cmd);
-        else if (k->verb)
-            cJSON_AddStringToObject(r, "runs", k->verb);
+        /* the line the key would run now, on the selected layer */
+        struct qs_sb now = {0};
+        qs_err xe = {{0}};
+        const struct qs_layer_row *l = NULL;
+        if (t->snap && t->snap->have_model && t->sel >= 0 && t->sel < t->snap->nlayers)
+            l = &t->snap->rows[t->sel].l;
+        if (k->cmd && tui_key_expand(k->cmd, l, &now, &xe) == 0 && now.s)
+            cJSON_AddStringToObject(r, "now", now.s);
         if (k->foot)
             cJSON_AddStringToObject(r, "hint", k->foot);
         cJSON_AddBoolToObject(r, "offered", !refused);
@@ -210,6 +217,9 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddItemToArray(rows, r);
         qs_sb_printf(&txt, "%s%-13s %s%s%s%s", i ? "\n" : "", k->label, k->help, cmd[0] ? ": " : "",
                      cmd, refused ? " [not offered on this model]" : "");
+        if (now.s && !refused)
+            qs_sb_printf(&txt, " [now: %s]", now.s);
+        qs_sb_free(&now);
     }
     cJSON_AddItemToObject(o, "keys", rows);
     qs_emit(c, o, txt.s);

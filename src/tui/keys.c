@@ -16,141 +16,87 @@
 
 #include "tui_impl.h"
 
-/* ---- helpers for keys that run commands on the selected layer ---------------------------- */
+/* ---- placeholders: the words of a key's command, filled from the selected layer's row ------ */
 
 /* A layer name as one word of a command line: plain names as they are, anything else quoted
- * and escaped (qs_quote) so the tokenizer gives back the exact name. Returns a new string
- * (NULL when out of memory); a name of any length is kept whole. */
-static char *layer_word(const char *name)
+ * and escaped (qs_quote_sb) so the tokenizer gives back the exact name, of any length. */
+static int fill_layer(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    size_t n = 2 * strlen(name) + 3;
-    char *buf = malloc(n);
-    if (!buf)
-        return NULL;
-    if (name[0] && strpbrk(name, " \t\n'\"\\#;*?[") == NULL)
-        snprintf(buf, n, "%s", name);
+    (void)e;
+    if (l->name[0] && strpbrk(l->name, " \t\n'\"\\#;*?[") == NULL)
+        qs_sb_printf(out, "%s", l->name);
     else
-        qs_quote(name, buf, n);
-    return buf;
-}
-
-static void run_key_command(struct tui *t, const char *cmd)
-{
-    if (t->cmd_t0 == 0)
-        t->cmd_t0 = t->key_t0;
-    tui_submit_text(t, cmd);
-}
-
-static const struct tui_row *sel_row(struct tui *t)
-{
-    if (!t->snap || !t->snap->have_model || t->sel < 0 || t->sel >= t->snap->nlayers) {
-        tui_log_add(&t->sh, LOG_NOTE, "no layer selected (load model PATH)");
-        return NULL;
-    }
-    return &t->snap->rows[t->sel];
-}
-
-/* Runs template TPL with every %L replaced by the selected layer (one word, layer_word), then
- * REST (printf-style, may be ""). */
-static void run_template(struct tui *t, const char *tpl, const char *rest, ...)
-    __attribute__((format(printf, 3, 4)));
-static void run_template(struct tui *t, const char *tpl, const char *rest, ...)
-{
-    char *lw = NULL;
-    if (strstr(tpl, "%L")) {
-        const struct tui_row *r = sel_row(t);
-        if (!r || !(lw = layer_word(r->name)))
-            return;
-    }
-    struct qs_sb sb = {0};
-    for (const char *p = tpl; *p; p++) {
-        if (p[0] == '%' && p[1] == 'L') {
-            qs_sb_printf(&sb, "%s", lw);
-            p++;
-        } else {
-            qs_sb_printf(&sb, "%c", *p);
-        }
-    }
-    va_list ap;
-    va_start(ap, rest);
-    qs_sb_vprintf(&sb, rest, ap);
-    va_end(ap);
-    if (sb.s)
-        run_key_command(t, sb.s);
-    qs_sb_free(&sb);
-    free(lw);
+        qs_quote_sb(l->name, out);
+    return 0;
 }
 
 /* " gran=..." for a weight format kept by the bits keys: the layer's own granularity for int
  * formats, per channel otherwise (the other formats have other bit widths' blocks). */
-static void weight_gran(const struct qs_layer_row *l, char *buf, size_t n)
+static void weight_gran(const struct qs_layer_row *l, struct qs_sb *out)
 {
     if (l->wfmt.kind != QS_FMT_INT || l->wopt.gran == QS_GRAN_CHANNEL)
-        snprintf(buf, n, " gran=channel");
+        qs_sb_printf(out, " gran=channel");
     else if (l->wopt.gran == QS_GRAN_GROUP)
-        snprintf(buf, n, " gran=group:%d", l->wopt.group);
+        qs_sb_printf(out, " gran=group:%d", l->wopt.group);
     else
-        snprintf(buf, n, " gran=tensor");
+        qs_sb_printf(out, " gran=tensor");
 }
 
-/* + and -: one bit more / less for the role the layer quantizes (its weights, or the
- * activations of an activation-only layer), keeping the role's options. */
-static void act_bits(struct tui *t, int dir)
+/* One bit more (dir 1) / less (-1) for the role the layer quantizes (its weights, or the
+ * activations of an activation-only layer), keeping the role's options: "int5 gran=channel",
+ * "int7 on=a amode=static", "none" past 8 bits. */
+static int fill_bits(const struct qs_layer_row *l, int dir, struct qs_sb *out, qs_err *e)
 {
-    const struct tui_row *r = sel_row(t);
-    if (!r)
-        return;
-    const struct qs_layer_row *l = &r->l;
     int acts = l->wfmt.kind == QS_FMT_NONE && l->afmt.kind != QS_FMT_NONE;
     const struct qs_format *f = acts ? &l->afmt : &l->wfmt;
     int bits = f->kind == QS_FMT_NONE ? 32 : f->bits, nb;
     if (bits >= 32) {
-        if (dir > 0) {
-            tui_log_add(&t->sh, LOG_NOTE, "the layer is already in float");
-            return;
-        }
+        if (dir > 0)
+            return qs_errf(e, "the layer is already in float");
         nb = 8;
     } else {
         nb = bits + dir;
     }
-    if (nb < 2) {
-        tui_log_add(&t->sh, LOG_NOTE, "2 bits is the narrowest integer format");
-        return;
+    if (nb < 2)
+        return qs_errf(e, "2 bits is the narrowest integer format");
+    if (nb > 8) {
+        qs_sb_printf(out, "none%s", acts ? " on=a" : "");
+        return 0;
     }
-    char opt[64];
-    if (acts) { /* the activation rule's own scale mode (and groups) */
-        snprintf(opt, sizeof opt, " on=a%s",
+    qs_sb_printf(out, "int%d", nb);
+    if (!acts) {
+        weight_gran(l, out);
+        return 0;
+    }
+    /* the activation rule's own scale mode (and groups) */
+    qs_sb_printf(out, " on=a%s",
                  l->amode == QS_AMODE_STATIC  ? " amode=static"
                  : l->amode == QS_AMODE_TOKEN ? " amode=token"
                                               : "");
-        if (l->amode == QS_AMODE_DYNAMIC && l->aopt.gran == QS_GRAN_GROUP)
-            snprintf(opt + strlen(opt), sizeof opt - strlen(opt), " gran=group:%d", l->aopt.group);
-    } else {
-        weight_gran(l, opt, sizeof opt);
-    }
-    if (nb > 8)
-        run_template(t, "quant %L none", "%s", acts ? " on=a" : "");
-    else
-        run_template(t, "quant %L", " int%d%s", nb, opt);
+    if (l->amode == QS_AMODE_DYNAMIC && l->aopt.gran == QS_GRAN_GROUP)
+        qs_sb_printf(out, " gran=group:%d", l->aopt.group);
+    return 0;
 }
 
-static void key_bits(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
+static int fill_bits_up(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    (void)k, (void)fkey;
-    act_bits(t, ch == '+' || ch == '=' ? 1 : -1);
+    return fill_bits(l, 1, out, e);
+}
+
+static int fill_bits_down(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
+{
+    return fill_bits(l, -1, out, e);
 }
 
 static const char *const cycle_formats[] = {"int8",  "int4",  "int3", "int2", "fp8-e4m3",
                                             "mxfp4", "nvfp4", "nf4",  "none"};
 #define NCYCLE ((int)(sizeof cycle_formats / sizeof *cycle_formats))
 
-/* f and F: the next / previous weight format of the cycle (from the layer's canonical name). */
-static void act_cycle(struct tui *t, int dir)
+/* The next (dir 1) / previous (-1) weight format of the cycle, from the layer's canonical
+ * format name (a format outside the cycle goes to its first / last). */
+static int fill_format(const struct qs_layer_row *l, int dir, struct qs_sb *out)
 {
-    const struct tui_row *r = sel_row(t);
-    if (!r)
-        return;
-    const char *name = r->l.wfmt.kind == QS_FMT_NONE ? "none" : r->l.wfmt.name;
+    const char *name = l->wfmt.kind == QS_FMT_NONE ? "none" : l->wfmt.name;
     int k = -1;
     for (int i = 0; i < NCYCLE; i++)
         if (!strcmp(cycle_formats[i], name))
@@ -158,25 +104,124 @@ static void act_cycle(struct tui *t, int dir)
     k = k < 0 ? (dir > 0 ? 0 : NCYCLE - 1) : (k + dir + NCYCLE) % NCYCLE;
     const char *f = cycle_formats[k];
     int chan = !strncmp(f, "int", 3) || !strncmp(f, "fp8", 3);
-    run_template(t, "quant %L", " %s%s", f, chan ? " gran=channel" : "");
+    qs_sb_printf(out, "%s%s", f, chan ? " gran=channel" : "");
+    return 0;
 }
 
-static void key_cycle(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
+static int fill_format_next(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    (void)k, (void)fkey;
-    act_cycle(t, ch == 'f' ? 1 : -1);
+    (void)e;
+    return fill_format(l, 1, out);
 }
 
-/* c: the default correction, LoRC at rank 4, or the largest rank the layer holds when it is
- * thinner (a 16x2 layer takes rank 2 at most) */
-static void key_correct(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
+static int fill_format_prev(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    (void)k, (void)fkey, (void)ch;
-    const struct tui_row *r = sel_row(t);
-    if (!r)
-        return;
-    int mn = r->l.in < r->l.out ? r->l.in : r->l.out, rank = mn < 4 ? mn : 4;
-    run_template(t, "correct %L lowrank", " r=%d", rank < 1 ? 1 : rank);
+    (void)e;
+    return fill_format(l, -1, out);
+}
+
+/* The default correction's rank: 4, or the largest the layer holds when it is thinner (a 16x2
+ * layer takes rank 2 at most). */
+static int fill_rank(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
+{
+    (void)e;
+    int mn = l->in < l->out ? l->in : l->out, rank = mn < 4 ? mn : 4;
+    qs_sb_printf(out, "%d", rank < 1 ? 1 : rank);
+    return 0;
+}
+
+/* The placeholders a key's command may hold: %L, or %{NAME}. Each stands for words built from
+ * the selected layer's row (its name, its format and options, its shape), never parsed back
+ * out of a description; `shown` is how the help and `tui keys` show it. */
+static const struct tui_placeholder {
+    const char *name, *shown;
+    int (*fill)(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e);
+} placeholders[] = {
+    {"L", "LAYER", fill_layer},
+    {"bits+1", "int(B+1)", fill_bits_up},
+    {"bits-1", "int(B-1)", fill_bits_down},
+    {"format+1", "NEXT", fill_format_next},
+    {"format-1", "PREV", fill_format_prev},
+    {"rank", "K", fill_rank},
+};
+#define NPLACEHOLDERS ((int)(sizeof placeholders / sizeof *placeholders))
+
+/* The placeholder at p (which starts with '%'), *len = its length in the template; NULL when p
+ * holds none (a '%' not followed by L or {NAME} of the table). */
+static const struct tui_placeholder *placeholder_at(const char *p, size_t *len)
+{
+    const char *name = p + 1;
+    size_t n = 1;
+    if (p[1] == '{') {
+        const char *end = strchr(p + 2, '}');
+        if (!end)
+            return NULL;
+        name = p + 2;
+        n = (size_t)(end - name);
+        *len = n + 3;
+    } else {
+        *len = 2;
+    }
+    for (int i = 0; i < NPLACEHOLDERS; i++)
+        if (strlen(placeholders[i].name) == n && !strncmp(placeholders[i].name, name, n))
+            return &placeholders[i];
+    return NULL;
+}
+
+int tui_key_expand(const char *tpl, const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
+{
+    for (const char *p = tpl; *p; p++) {
+        size_t len;
+        const struct tui_placeholder *ph = p[0] == '%' ? placeholder_at(p, &len) : NULL;
+        if (p[0] == '%' && !ph)
+            return qs_errf(e, "key command '%s': no placeholder at '%s'", tpl, p);
+        if (!ph) {
+            qs_sb_printf(out, "%c", *p);
+            continue;
+        }
+        if (!l)
+            return qs_errf(e, "no layer selected (load model PATH)");
+        if (ph->fill(l, out, e) < 0)
+            return -1;
+        p += len - 1;
+    }
+    return 0;
+}
+
+void tui_key_command(const struct tui_key *k, char *buf, size_t n)
+{
+    struct qs_sb sb = {0};
+    for (const char *p = k->cmd ? k->cmd : ""; *p; p++) {
+        size_t len;
+        const struct tui_placeholder *ph = p[0] == '%' ? placeholder_at(p, &len) : NULL;
+        if (ph) {
+            qs_sb_printf(&sb, "%s", ph->shown);
+            p += len - 1;
+        } else {
+            qs_sb_printf(&sb, "%c", *p);
+        }
+    }
+    snprintf(buf, n, "%s", sb.s ? sb.s : "");
+    qs_sb_free(&sb);
+}
+
+/* Runs key k's command: its template filled from the selected layer's row. A placeholder that
+ * cannot be filled (no layer, no bit more than float) runs nothing and says why. */
+static void run_command_key(struct tui *t, const struct tui_key *k)
+{
+    const struct qs_layer_row *l = NULL;
+    if (t->snap && t->snap->have_model && t->sel >= 0 && t->sel < t->snap->nlayers)
+        l = &t->snap->rows[t->sel].l;
+    struct qs_sb sb = {0};
+    qs_err e = {{0}};
+    if (tui_key_expand(k->cmd, l, &sb, &e) < 0) {
+        tui_log_add(&t->sh, LOG_NOTE, e.msg);
+    } else if (sb.s) {
+        if (t->cmd_t0 == 0)
+            t->cmd_t0 = t->key_t0;
+        tui_submit_text(t, sb.s);
+    }
+    qs_sb_free(&sb);
 }
 
 /* ---- front-end actions -------------------------------------------------------------------- */
@@ -345,85 +390,91 @@ static void key_cancel(struct tui *t, const struct tui_key *k, int fkey, wint_t 
 /* ---- the table ---------------------------------------------------------------------------- */
 
 /* In the order of the help overlay; the key hints take the rows with a hint, in this order.
- * Rows: label, chars, function keys, hint, help, command (%L: the selected layer), action, the
- * action's command, flags. */
-/* One key a row, so that it reads as a table. */
+ * Rows: label, chars, function keys, hint, help, then the command it runs (a template: %L the
+ * selected layer, %{NAME} another placeholder of the table above) or, for a front-end key, NULL
+ * and its action, then flags. One key a row, so that it reads as a table. */
 /* clang-format off */
 const struct tui_key tui_keys[] = {
     /* label        chars     function keys               hint */
     {":  /  Enter", ":/\r\n", {KEY_ENTER},                ": command",
      "the command prompt; Esc returns to the panes; Tab completes there",
-     NULL, key_prompt_open, NULL, 0},
+     NULL, key_prompt_open, 0},
     {"?  F1",       "?",      {KEY_F(1)},                 "? help",
      "this overview (j/k scroll, any other key closes)",
-     NULL, key_help, NULL, TUI_KEY_PROMPT},
+     NULL, key_help, TUI_KEY_PROMPT},
     {"q",           "q",      {0},                        "q quit",
      "quit (asks y/n when the journal has unsaved commands)",
-     NULL, key_quit, NULL, 0},
+     NULL, key_quit, 0},
     {"j k Up Down", "jk",     {KEY_DOWN, KEY_UP},         "j/k layer",
      "select the next / previous layer (the log focused: scroll it)",
-     NULL, key_updown, NULL, 0},
-    {"+ -",         "+=-_",   {0},                        "+/- bits",
-     "one bit more / less for the selected layer: quant LAYER intB (= and _ too)",
-     NULL, key_bits, "quant", 0},
-    {"f F",         "fF",     {0},                        "f format",
-     "next / previous format: int8 int4 int3 int2 fp8-e4m3 mxfp4 nvfp4 nf4 none",
-     NULL, key_cycle, "quant", 0},
+     NULL, key_updown, 0},
+    {"+ =",         "+=",     {0},                        "+/- bits",
+     "one bit more for the selected layer (its options kept)",
+     "quant %L %{bits+1}", NULL, 0},
+    {"- _",         "-_",     {0},                        NULL,
+     "one bit less for the selected layer (its options kept)",
+     "quant %L %{bits-1}", NULL, 0},
+    {"f",           "f",      {0},                        "f format",
+     "next format: int8 int4 int3 int2 fp8-e4m3 mxfp4 nvfp4 nf4 none",
+     "quant %L %{format+1}", NULL, 0},
+    {"F",           "F",      {0},                        NULL,
+     "previous format of that cycle",
+     "quant %L %{format-1}", NULL, 0},
     {"c",           "c",      {0},                        "c correct",
-     "low-rank correction: correct LAYER lowrank r=4 (less on a thinner layer)",
-     NULL, key_correct, "correct", 0},
+     "low-rank correction (rank 4, less on a thinner layer)",
+     "correct %L lowrank r=%{rank}", NULL, 0},
     {"u",           "u",      {0},                        NULL,
      "remove the selected layer's correction",
-     "uncorrect %L", NULL, NULL, 0},
+     "uncorrect %L", NULL, 0},
     {"a",           "a",      {0},                        "a ablate",
      "judge the selected layer's correction against its controls",
-     "ablate %L", NULL, NULL, 0},
+     "ablate %L", NULL, 0},
     {"s",           "s",      {0},                        NULL,
      "the selected layer's error spectrum, in the log",
-     "spectrum %L", NULL, NULL, 0},
+     "spectrum %L", NULL, 0},
     {"e",           "e",      {0},                        NULL,
      "per-layer error table",
-     "error", NULL, NULL, 0},
+     "error", NULL, 0},
     {"v",           "v",      {0},                        NULL,
      "float vs quantized task metrics and the gate",
-     "eval", NULL, NULL, 0},
+     "eval", NULL, 0},
     {"r",           "r",      {0},                        NULL,
      "rank profile of every layer's error",
-     "rank", NULL, NULL, 0},
+     "rank", NULL, 0},
     {"Tab S-Tab",   "\t",     {KEY_BTAB},                 "Tab focus",
      "focus the next / previous pane",
-     NULL, key_focus_step, NULL, 0},
+     NULL, key_focus_step, 0},
     {"1-7 F2-F8",   "17",     {KEY_F(2), KEY_F(8)},       NULL,
      "focus pane N (6: the decision regions of a 2-D model)",
-     NULL, key_focus_n, NULL, TUI_KEY_RANGE | TUI_KEY_PROMPT},
+     NULL, key_focus_n, TUI_KEY_RANGE | TUI_KEY_PROMPT},
     {"z",           "z",      {0},                        "z zoom",
      "zoom the focused pane, or back",
-     NULL, key_zoom, NULL, 0},
+     NULL, key_zoom, 0},
     {"Esc",         "\033",   {0},                        NULL,
      "leave the zoom",
-     NULL, key_unzoom, NULL, 0},
+     NULL, key_unzoom, 0},
     {"g G",         "gG",     {0},                        NULL,
      "the log focused: its oldest / newest line",
-     NULL, key_log_end, NULL, 0},
+     NULL, key_log_end, 0},
     {"PgUp PgDn",   "",       {KEY_PPAGE, KEY_NPAGE},     NULL,
      "scroll the log a page up / down",
-     NULL, key_page, NULL, TUI_KEY_PROMPT},
+     NULL, key_page, TUI_KEY_PROMPT},
     {"Ctrl-L",      "\014",   {0},                        NULL,
      "redraw the screen",
-     NULL, key_redraw, NULL, 0},
+     NULL, key_redraw, 0},
     {"Ctrl-C",      "\003",   {0},                        NULL,
      "cancel the running job and the queued commands (never quits)",
-     NULL, key_cancel, NULL, TUI_KEY_ANY_MODE},
+     NULL, key_cancel, TUI_KEY_ANY_MODE},
 };
 /* clang-format on */
 const int tui_nkeys = (int)(sizeof tui_keys / sizeof *tui_keys);
 
-/* The command verb of key k's command: its explicit verb, or its template's words before %L
- * (buf: n bytes); "" for a front-end key. */
+/* The command of key k: its template's words before the first placeholder (buf: n bytes); ""
+ * for a front-end key. */
 static void key_verb(const struct tui_key *k, char *buf, size_t n)
 {
-    const char *v = k->verb ? k->verb : k->cmd ? k->cmd : "";
-    const char *end = strstr(v, "%L");
+    const char *v = k->cmd ? k->cmd : "";
+    const char *end = strchr(v, '%');
     size_t len = end ? (size_t)(end - v) : strlen(v);
     while (len && v[len - 1] == ' ')
         len--;
@@ -444,29 +495,14 @@ int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e)
     if (argc <= 0)
         return argc < 0 ? -1 : 0;
     const struct qs_cmd_def *d = qs_cmd_lookup(t->c, argc, argv, &used);
-    if (d && t->snap && (d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !t->snap->have_model)
+    if (!d)
+        rc = qs_errf(e, "'%s' is not a command (the key table is wrong)", verb);
+    else if (t->snap && (d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && !t->snap->have_model)
         rc = qs_errf(e, "%s: no model loaded (load model PATH)", d->name);
-    else if (d && t->snap && (d->flags & QS_CMD_DATA) && !t->snap->have_data)
+    else if (t->snap && (d->flags & QS_CMD_DATA) && !t->snap->have_data)
         rc = qs_errf(e, "%s: no data loaded (load data PATH)", d->name);
     qs_argv_free(argv, argc);
     return rc;
-}
-
-void tui_key_command(const struct tui_key *k, char *buf, size_t n)
-{
-    size_t o = 0;
-    buf[0] = 0;
-    for (const char *p = k->cmd ? k->cmd : ""; *p && o + 1 < n; p++) {
-        if (p[0] == '%' && p[1] == 'L') {
-            o += (size_t)snprintf(buf + o, n - o, "LAYER");
-            p++;
-        } else {
-            buf[o++] = *p;
-            buf[o] = 0;
-        }
-        if (o >= n)
-            o = n - 1;
-    }
 }
 
 void tui_key_hints(struct tui *t, char *buf, size_t n)
@@ -510,7 +546,7 @@ static void run_key(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
         return;
     }
     if (k->cmd)
-        run_template(t, k->cmd, "%s", "");
+        run_command_key(t, k);
     else
         k->act(t, k, fkey, ch);
 }

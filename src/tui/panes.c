@@ -749,10 +749,8 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
         const struct tui_row *r = &s->rows[i];
         if (r->l.corr_method == QS_CORR_NONE)
             continue;
-        const struct tui_ablation *ab = NULL;
-        for (int k = 0; k < s->nabl; k++)
-            if (s->abl[k].layer == i)
-                ab = &s->abl[k];
+        const char *verdict = r->l.abl_verdict;
+        const double *m = r->l.abl_metric; /* float, quant, quant+corr, float+corr */
         int sel = i == v->sel;
         putf(w, y, 0, 1, 0, "%s", sel ? ">" : " ");
         putf(w, y, 1, cw - 1, r->l.recovery < 0 ? cp(st, CP_ERR, 0) : A_BOLD,
@@ -761,13 +759,13 @@ static void draw_corr(WINDOW *w, int h, int cw, const struct tui_view *v)
         y++;
         if (r->l.corr_method == QS_CORR_CLOCAL && y < h)
             message(w, y++, cw, st, " upper baseline, not deployable");
-        else if (ab && y < h) {
-            attr_t aa = !strcmp(ab->verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
-                        : !strcmp(ab->verdict, "capacity") || !strcmp(ab->verdict, "harmful")
+        else if (verdict && y < h) {
+            attr_t aa = !strcmp(verdict, "recovery") ? cp(st, CP_OK, A_BOLD)
+                        : !strcmp(verdict, "capacity") || !strcmp(verdict, "harmful")
                             ? cp(st, CP_ERR, A_BOLD)
                             : 0;
-            putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", ab->verdict,
-                 ab->ppl ? "ppl " : "", ab->q, ab->qc, ab->f, ab->fc);
+            putf(w, y++, 2, cw - 2, aa, "%s: %sq %.3f>%.3f f %.3f>%.3f", verdict,
+                 r->l.abl_ppl ? "ppl " : "", m[1], m[2], m[0], m[3]);
         } else if (y < h) {
             message(w, y++, cw, st, " (a: ablate)");
         }
@@ -920,15 +918,34 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 /* ---- the pane table ---------------------------------------------------------------------- */
 
 /* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
+/* clang-format off */
 static const struct tui_pane_ops pane_ops[PANE_N] = {
-    [PANE_LAYERS] = {"Layers", draw_layers, NULL, TUI_WANT_SNAP},
-    [PANE_TASK] = {"Task", draw_task, title_task, TUI_WANT_SNAP},
-    [PANE_SPECTRUM] = {"Spectrum", draw_spectrum, title_layer, TUI_WANT_SNAP},
-    [PANE_RANK] = {"Rank profile", draw_rank, title_layer, TUI_WANT_SNAP},
-    [PANE_CORR] = {"Corrections", draw_corr, NULL, TUI_WANT_SNAP},
-    [PANE_LOWDIM] = {"Decision regions", draw_lowdim, NULL, TUI_WANT_SNAP | TUI_WANT_LOWDIM},
-    [PANE_LOG] = {"Log", draw_log, title_log, TUI_WANT_LOG},
+    /*               name                draw           title        wants
+                                                                     narrow: row, weight  wide */
+    [PANE_LAYERS] = {"Layers",           draw_layers,   NULL,        TUI_WANT_ROWS | TUI_WANT_ERRORS,
+                                                                     {0, 1},  {0, 50}},
+    [PANE_TASK] =   {"Task",             draw_task,     title_task,  TUI_WANT_EVAL,
+                                                                     {0, 1},  {0, 22}},
+    [PANE_SPECTRUM] = {"Spectrum",       draw_spectrum, title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM,
+                                                                     {1, 34}, {1, 25}},
+    [PANE_RANK] =   {"Rank profile",     draw_rank,     title_layer, TUI_WANT_ROWS | TUI_WANT_SPECTRUM,
+                                                                     {1, 33}, {1, 25}},
+    [PANE_CORR] =   {"Corrections",      draw_corr,     NULL,        TUI_WANT_ROWS,
+                                                                     {1, 33}, {0, 28}},
+    [PANE_LOWDIM] = {"Decision regions", draw_lowdim,   NULL,        TUI_WANT_EVAL | TUI_WANT_GRID,
+                                                                     {2, 62}, {1, 50}},
+    [PANE_LOG] =    {"Log",              draw_log,      title_log,   TUI_WANT_LOG,
+                                                                     {2, 38}, {2, 100}},
 };
+/* clang-format on */
+
+int tui_panes_want(void)
+{
+    int w = 0;
+    for (int p = 0; p < PANE_N; p++)
+        w |= pane_ops[p].wants;
+    return w;
+}
 
 const struct tui_pane_ops *tui_pane_ops(enum tui_pane p)
 {
@@ -937,7 +954,7 @@ const struct tui_pane_ops *tui_pane_ops(enum tui_pane p)
 
 int tui_pane_available(enum tui_pane p, const struct tui_snap *s)
 {
-    return !(pane_ops[p].wants & TUI_WANT_LOWDIM) || (s && s->lowdim);
+    return !(pane_ops[p].wants & TUI_WANT_GRID) || (s && s->lowdim);
 }
 
 void tui_pane_draw(enum tui_pane p, WINDOW *w, int h, int wd, int sep, const struct tui_view *v)

@@ -47,16 +47,10 @@ enum tui_pane {
 
 struct tui_row {
     char *name;            /* owned by the snapshot: any length, as the model has it */
-    struct qs_layer_row l; /* the row `layers` prints (qs_layer_row_fill); l.name = name */
+    struct qs_layer_row l; /* the row `layers` prints (qs_layer_row_fill), with the correction's
+                              last ablation; l.name = name */
     double snr_db, preact_rel_mse;
     int has_err; /* snr/preact set */
-};
-
-struct tui_ablation {
-    int layer; /* index in the model the ablation was run on */
-    char method[16], verdict[16];
-    int ppl;             /* the metric: held-out perplexity (a transformer), else test accuracy */
-    double f, q, qc, fc; /* float, quantized, quantized corrected, float corrected */
 };
 
 enum { LD_FLOAT, LD_QUANT, LD_CORR, LD_N };
@@ -94,9 +88,6 @@ struct tui_snap {
     char resid_method[16];
     double *res_sv; /* nsv residual values when resid == 1 */
     struct qs_rank_stats res_st;
-    /* corrections and ablations */
-    int nabl;
-    struct tui_ablation *abl;
     /* low-dimensional view */
     int lowdim;                /* 2-input model on 2-feature data */
     int gw, gh;                /* grid cells per panel */
@@ -157,10 +148,6 @@ struct tui_worker {
     int started;
     struct qs_ctx *c;
     struct tui_shared *sh;
-    /* worker-owned: ablation results seen in emitted objects */
-    struct tui_ablation *abl;
-    int nabl, capabl;
-    const void *abl_model; /* the model they belong to */
     /* worker-owned: a transformer's eval figures, kept while the journal, the model and the
      * tokens stay (a new selection or a resize rebuilds the snapshot, not the state) */
     int lm_have;
@@ -223,16 +210,35 @@ struct tui_view {
     struct tui_shared *sh; /* for the log (locked while drawing it) */
 };
 
-/* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name") and what
- * it wants: redrawn on a new snapshot (TUI_WANT_SNAP) or when the log grows (TUI_WANT_LOG);
- * shown (laid out, focusable) only for a model with 2-D input (TUI_WANT_LOWDIM). */
-enum { TUI_WANT_SNAP = 1, TUI_WANT_LOG = 2, TUI_WANT_LOWDIM = 4 };
+/* The pane table (panes.c): each pane's name, drawing function, title (NULL: "N Name"), place
+ * on a narrow and a wide screen, and what it wants: which of the snapshot's results it draws (the
+ * worker computes only what some pane of the table wants; a pane wanting any is redrawn on a new
+ * snapshot), or the log (redrawn when the log grows). A pane wanting the decision grid is shown
+ * (laid out, focusable) only for a model with 2-D input on 2-feature data. */
+enum {
+    TUI_WANT_LOG = 1,       /* the log */
+    TUI_WANT_ROWS = 2,      /* the layer rows (qs_layer_row: formats, bits, corrections) */
+    TUI_WANT_ERRORS = 4,    /* each layer's pre-activation error (qs_analysis_errors) */
+    TUI_WANT_EVAL = 8,      /* the task figures: eval's float and quantized metrics, the gate */
+    TUI_WANT_SPECTRUM = 16, /* the selected layer's weight-error spectrum, its noise edge */
+    TUI_WANT_GRID = 32,     /* the decision regions of a 2-D model (needs the eval too) */
+    TUI_WANT_SNAP =
+        TUI_WANT_ROWS | TUI_WANT_ERRORS | TUI_WANT_EVAL | TUI_WANT_SPECTRUM | TUI_WANT_GRID
+};
+/* Where a pane sits on the screen: its row (0 top, 1, 2; -1: shown only zoomed) and its width's
+ * weight among the panes of that row that are shown (draw.c has the rows' heights). */
+struct tui_pane_place {
+    int row, weight;
+};
 struct tui_pane_ops {
     const char *name;
     void (*draw)(WINDOW *w, int h, int cw, const struct tui_view *v);
     void (*title)(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n);
     int wants;
+    struct tui_pane_place narrow, wide; /* below 140 columns, and from 140 */
 };
+/* What the panes of the table want together (TUI_WANT_*): what a snapshot computes. */
+int tui_panes_want(void);
 const struct tui_pane_ops *tui_pane_ops(enum tui_pane p);
 /* Whether pane p is shown with snapshot s (NULL before the first). */
 int tui_pane_available(enum tui_pane p, const struct tui_snap *s);
@@ -350,10 +356,11 @@ void tui_request_quit(struct tui *t); /* quits, asks first or cancels first */
 void tui_redraw(struct tui *t);
 void tui_dirty_all(struct tui *t);
 
-/* keys.c: the key table. A key runs a command template (%L: the selected layer as one word)
- * or an action. Its predicate is its command (cmd's verb, or verb for an action): the key is
- * offered (in the hints, the help, and when pressed) when that command can run now
- * (a model, and its data, loaded); front-end keys always. */
+/* keys.c: the key table. A key runs a command (a template whose placeholders - %L the selected
+ * layer as one word, %{NAME} other words - are filled from the selected layer's row) or, for a
+ * front-end key, an action. A key that runs a command is offered (in the hints, the help, and
+ * when pressed) when that command can run now (a model, and its data, loaded); front-end keys
+ * always. */
 struct tui_key;
 typedef void (*tui_key_fn)(struct tui *t, const struct tui_key *k, int fkey, wint_t ch);
 struct tui_key {
@@ -362,9 +369,8 @@ struct tui_key {
     int fkeys[3];      /* curses function keys that press it (KEY_UP ...), 0-terminated */
     const char *foot;  /* the key hint's "KEY NAME" ("+/- bits"), or NULL: not in the hints */
     const char *help;  /* the help overlay's text */
-    const char *cmd;   /* the command it runs, %L for the selected layer; NULL: act */
-    tui_key_fn act;    /* the action when cmd is NULL */
-    const char *verb;  /* the command an action runs (the predicate); NULL: front end */
+    const char *cmd;   /* the command it runs (a template, see above); NULL: act */
+    tui_key_fn act;    /* a front-end key's action (cmd NULL) */
     int flags;         /* TUI_KEY_* */
 };
 enum {
@@ -378,6 +384,10 @@ extern const int tui_nkeys;
 int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e);
 /* The command the key runs, as the help shows it ("uncorrect LAYER"), or "" (buf: n bytes). */
 void tui_key_command(const struct tui_key *k, char *buf, size_t n);
+/* Appends to out the command template tpl with its placeholders filled from layer row l (NULL:
+ * none selected). 0, or -1 with the reason in e (an unknown placeholder, no layer, no bit more
+ * than float): then nothing is to run. */
+int tui_key_expand(const char *tpl, const struct qs_layer_row *l, struct qs_sb *out, qs_err *e);
 /* The key hints' line of the offered keys (buf: n bytes). */
 void tui_key_hints(struct tui *t, char *buf, size_t n);
 void tui_handle_key(struct tui *t, int fkey, wint_t ch);

@@ -110,74 +110,10 @@ void tui_log_add(struct tui_shared *sh, int kind, const char *text)
 
 /* ---- callbacks installed on the context --------------------------------------------------- */
 
-static void abl_forget(struct tui_worker *w, int layer)
-{
-    for (int i = 0; i < w->nabl; i++)
-        if (w->abl[i].layer == layer) {
-            w->abl[i] = w->abl[--w->nabl];
-            return;
-        }
-}
-
-/* The task metric of one arm of an ablation: accuracy (an MLP) or perplexity (a transformer). */
-static double metric_of(const cJSON *o, const char *key, const char *metric)
-{
-    return qs_json_get_num(
-        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, key), metric));
-}
-
-/* Keeps the last ablation of each layer (from the emitted result objects) for the corrections
- * pane; a new correction on a layer makes its old ablation stale. */
-static void watch_result(struct tui_worker *w, const cJSON *obj)
-{
-    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(obj, "cmd");
-    const cJSON *layer = cJSON_GetObjectItemCaseSensitive(obj, "layer");
-    if (!cJSON_IsString(cmd) || !cJSON_IsString(layer))
-        return;
-    /* this runs on the worker, which owns the bench while the job emits */
-    int li = qs_bench_layer_index(w->c->b, layer->valuestring);
-    if (li < 0)
-        return;
-    const void *model = w->c->b->lm ? (const void *)w->c->b->lm : (const void *)w->c->b->model;
-    if (w->abl_model != model) { /* ablations of an earlier model */
-        w->nabl = 0;
-        w->abl_model = model;
-    }
-    if (!strcmp(cmd->valuestring, "correct")) {
-        abl_forget(w, li);
-        return;
-    }
-    if (strcmp(cmd->valuestring, "ablate"))
-        return;
-    abl_forget(w, li);
-    if (w->nabl == w->capabl) {
-        int cap = w->capabl ? 2 * w->capabl : 8;
-        struct tui_ablation *a = realloc(w->abl, (size_t)cap * sizeof *a);
-        if (!a)
-            return;
-        w->abl = a;
-        w->capabl = cap;
-    }
-    struct tui_ablation *a = &w->abl[w->nabl++];
-    memset(a, 0, sizeof *a);
-    a->layer = li;
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(obj, "method");
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "verdict");
-    snprintf(a->method, sizeof a->method, "%s", cJSON_IsString(m) ? m->valuestring : "?");
-    snprintf(a->verdict, sizeof a->verdict, "%s", cJSON_IsString(v) ? v->valuestring : "?");
-    a->ppl = w->c->b->lm != NULL;
-    const char *metric = a->ppl ? "ppl" : "acc";
-    a->f = metric_of(obj, "float", metric);
-    a->q = metric_of(obj, "quant", metric);
-    a->qc = metric_of(obj, "quant_corrected", metric);
-    a->fc = metric_of(obj, "float_corrected", metric);
-}
-
 void tui_emit_cb(void *u, const cJSON *obj, const char *text)
 {
     struct tui_worker *w = u;
-    if (obj && pthread_equal(pthread_self(), w->th))
-        watch_result(w, obj);
+    (void)obj; /* what the panes show is read from the bench (the snapshot), never from here */
     if (text && text[0])
         tui_log_add(w->sh, LOG_TEXT, text);
 }
@@ -213,7 +149,6 @@ void tui_snap_free(struct tui_snap *s)
     free(s->res_sv);
     free(s->left_e);
     free(s->left_w);
-    free(s->abl);
     for (int k = 0; k < LD_N; k++)
         free(s->grid[k]);
     free(s->pts);
@@ -380,26 +315,39 @@ static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_sna
     return rc;
 }
 
+/* Each layer's pre-activation error (the `error` command's figures) into its row. */
+static int snap_errors(struct qs_bench *b, struct tui_snap *s, qs_err *e)
+{
+    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
+    if (!err)
+        return qs_errf(e, "out of memory");
+    int rc = qs_analysis_errors(b, err, e);
+    for (int i = 0; rc == 0 && i < s->nlayers; i++) {
+        s->rows[i].snr_db = err[i].snr_db;
+        s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
+        s->rows[i].has_err = 1;
+    }
+    free(err);
+    return rc;
+}
+
 /* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
- * one, and (with token data) the per-site errors and eval's task figures. */
-static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s)
+ * one, and (with token data) the per-site errors and eval's task figures, as the panes want. */
+static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
+                                int wants)
 {
     qs_err e = {{0}};
-    if (snap_spectrum(b, s, s->spec_layer, &e) < 0)
+    if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, s->spec_layer, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (!b->tokens) {
         snprintf(s->err, sizeof s->err, "transformer: load data PATH.txt|.bin, then eval");
         return s;
     }
-    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
-    if (err && qs_analysis_errors(b, err, &e) == 0)
-        for (int i = 0; i < s->nlayers; i++) {
-            s->rows[i].snr_db = err[i].snr_db;
-            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
-            s->rows[i].has_err = 1;
-        }
-    free(err);
+    if (wants & TUI_WANT_ERRORS)
+        (void)snap_errors(b, s, &e); /* as before: eval's message, if any, is the one shown */
     e.msg[0] = 0;
+    if (!(wants & TUI_WANT_EVAL))
+        return s;
     if (snap_lm_eval(w, b, s, &e) < 0)
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     else
@@ -480,23 +428,12 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     s->spec_layer = -1;
     if (!b->model && !b->lm)
         return s;
-    const void *model = b->lm ? (const void *)b->lm : (const void *)b->model;
-    if (w->abl_model != model) {
-        w->nabl = 0;
-        w->abl_model = model;
-    }
     if (snap_header(b, s, sel) < 0)
         return s;
     sel = s->spec_layer;
-    /* ablations of layers that still have their correction */
-    s->abl = calloc((size_t)(w->nabl ? w->nabl : 1), sizeof *s->abl);
-    for (int k = 0; s->abl && k < w->nabl; k++) {
-        int i = w->abl[k].layer;
-        if (i >= 0 && i < s->nlayers && b->ls[i].corr.method != QS_CORR_NONE)
-            s->abl[s->nabl++] = w->abl[k];
-    }
+    int wants = tui_panes_want();
     if (b->lm)
-        return snap_lm(w, b, s);
+        return snap_lm(w, b, s, wants);
     if (!b->data) {
         snprintf(s->err, sizeof s->err, "no data loaded (load data PATH)");
         return s;
@@ -506,27 +443,20 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
         return s;
     }
     s->ready = 1;
-    struct qs_layer_err *err = calloc((size_t)s->nlayers, sizeof *err);
-    if (err && qs_analysis_errors(b, err, &e) == 0) {
-        for (int i = 0; i < s->nlayers; i++) {
-            s->rows[i].snr_db = err[i].snr_db;
-            s->rows[i].preact_rel_mse = err[i].preact_rel_mse;
-            s->rows[i].has_err = 1;
-        }
-    } else if (!s->err[0]) {
-        snprintf(s->err, sizeof s->err, "%s", err ? e.msg : "out of memory");
-    }
-    free(err);
-    if (qs_bench_eval(b, &s->ev, &e) == 0 &&
-        qs_bench_run(b, QS_TEST, ~0ULL, 0, &s->q_raw, NULL, &e) == 0) {
-        s->have_eval = 1;
-        s->gate_thr = s->ev.chance + b->gate_min * (1 - s->ev.chance);
-    } else if (!s->err[0]) {
+    if ((wants & TUI_WANT_ERRORS) && snap_errors(b, s, &e) < 0 && !s->err[0])
         snprintf(s->err, sizeof s->err, "%s", e.msg);
+    if (wants & (TUI_WANT_EVAL | TUI_WANT_GRID)) {
+        if (qs_bench_eval(b, &s->ev, &e) == 0 &&
+            qs_bench_run(b, QS_TEST, ~0ULL, 0, &s->q_raw, NULL, &e) == 0) {
+            s->have_eval = 1;
+            s->gate_thr = s->ev.chance + b->gate_min * (1 - s->ev.chance);
+        } else if (!s->err[0]) {
+            snprintf(s->err, sizeof s->err, "%s", e.msg);
+        }
     }
-    if (snap_spectrum(b, s, sel, &e) < 0)
+    if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, sel, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
-    if (b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
+    if ((wants & TUI_WANT_GRID) && b->model->layers[0].in == 2 && b->data->d == 2 && s->have_eval &&
         snap_lowdim(b, s, ld_w, ld_h, &e) < 0 && !s->err[0])
         snprintf(s->err, sizeof s->err, "%s", e.msg);
     return s;
@@ -608,9 +538,6 @@ void tui_worker_stop(struct tui_worker *w)
     pthread_mutex_unlock(&w->sh->mu);
     pthread_join(w->th, NULL);
     w->started = 0;
-    free(w->abl);
-    w->abl = NULL;
-    w->nabl = w->capabl = 0;
 }
 
 void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel)

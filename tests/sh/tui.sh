@@ -152,9 +152,10 @@ for v in "${VARIANTS[@]}"; do
     fail "$tag.screenshot-matches-screen" "no file" "$(screen "$s")"
   fi
 
-  # 6. the help overlay lists keys and the command table; Esc closes it
+  # 6. the help overlay lists keys and, a page down (Space), the command table; Esc closes it
   T send-keys -t "$s" '?'
-  if wait_for "$s" "Keys in the panes" 5 && screen "$s" | grep -q "load model PATH"; then
+  if wait_for "$s" "Keys in the panes" 5 && T send-keys -t "$s" Space &&
+     wait_for "$s" "load model PATH" 5; then
     T send-keys -t "$s" Escape
     if wait_for "$s" "1 Layers" 5; then pass "$tag.help-overlay"; else fail "$tag.help-overlay" "did not close"; fi
   else

@@ -4,6 +4,12 @@
 #                         src/tui/keys.c (keys, help, the command a key runs), on an MLP and on a
 #                         transformer; a row without help, or a key missing from the overlay,
 #                         fails
+#   key-templates-run     every key row's command template, filled for fc1 of the digits MLP
+#                         with the values its placeholders must give there, runs headless as a
+#                         command (a template that does not parse, or a placeholder without a
+#                         test value, fails)
+#   keys-run-their-commands  each of those keys pressed in the TUI on fc1 runs exactly that line
+#                         (the dispatcher's echo in the log) with no error after it
 #   mlp.bits-key-keeps-activation-role  '-' on an activation-only layer with static scales
 #                         runs `quant LAYER int7 on=a amode=static`
 #   gpt2.task-pane        after quantizing tiny-gpt2 the Task pane shows eval's perplexities, KL
@@ -25,18 +31,40 @@ GPT2="datasets/models/tiny-gpt2 datasets/text/licenses.txt"
 LLAMA="datasets/models/tiny-llama datasets/text/licenses.txt"
 ENV="LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen"
 
-# ---- the key table, read from its source: label, help and command template of every row ----
-# A row of tui_keys[] is three lines: {"LABEL", "CHARS", {FKEYS}, HINT, / "HELP", / CMD, ...}.
+# ---- the key table, read from its source: label, keys, help and command template of every row
+# A row of tui_keys[] is three lines: {"LABEL", "CHARS", {FKEYS}, HINT, / "HELP", / CMD, ...}
+# (ROWS: label, help, command, chars, separated by \037: fields may be empty);
+# a placeholder row of placeholders[] is one line: {"NAME", "SHOWN", fill_fn},
 mapfile -t ROWS < <(awk '
   /^const struct tui_key tui_keys\[\] = \{/ { on = 1; next }
   on && /^};/ { on = 0 }
-  on && /^    \{"/ { split($0, a, "\""); label = a[2]; st = 1; next }
+  on && /^    \{"/ { split($0, a, "\""); label = a[2]; chars = a[4]; st = 1; next }
   on && st == 1 { help = $0; sub(/^ +/, "", help); st = 2; next }
   on && st == 2 {
     cmd = ""; if ($0 ~ /^ +"/) { split($0, c, "\""); cmd = c[2] }
-    gsub(/%L/, "LAYER", cmd)
-    print label "\t" help "\t" cmd; st = 0
+    print label "\037" help "\037" cmd "\037" chars; st = 0
   }' src/tui/keys.c)
+declare -A SHOWN=()
+while IFS=$'\t' read -r name shown; do SHOWN[$name]=$shown; done < <(awk '
+  /placeholders\[\] = \{/ { on = 1; next }
+  on && /^};/ { on = 0 }
+  on && /^    \{"/ { split($0, a, "\""); print a[2] "\t" a[4] }' src/tui/keys.c)
+# expand TEMPLATE ARRAY-NAME: the template with %L and %{NAME} replaced from the array; fails
+# (status 1, the placeholder on stdout) on one the array lacks
+expand() {
+  local tpl=$1 out="" name
+  local -n map=$2
+  while [[ $tpl == *%* ]]; do
+    out+=${tpl%%\%*}
+    tpl=${tpl#*%}
+    if [[ $tpl == L* ]]; then name=L tpl=${tpl#L}
+    elif [[ $tpl == \{*\}* ]]; then name=${tpl#\{} name=${name%%\}*} tpl=${tpl#*\}}
+    else echo "%$tpl"; return 1; fi
+    [ -n "${map[$name]+x}" ] || { echo "%{$name}"; return 1; }
+    out+=${map[$name]}
+  done
+  echo "$out$tpl"
+}
 # help_ok SESSION: the overlay's key lines are the table's rows, one each, in order
 help_ok() {
   local s=$1 sc lines want="" i label help cmd bad=""
@@ -49,8 +77,10 @@ help_ok() {
   lines=$(sed -n '/Keys in the panes/,/Keys that run a command/p' <<<"$sc" | sed '1d;$d' |
           sed -E 's/^[|│] //; s/ *[|│]$//; s/ +$//')
   [ ${#ROWS[@]} -ge 10 ] || { echo "only ${#ROWS[@]} rows read from keys.c"; return 1; }
+  [ ${#SHOWN[@]} -ge 2 ] || { echo "only ${#SHOWN[@]} placeholders read from keys.c"; return 1; }
   for i in "${!ROWS[@]}"; do
-    IFS=$'\t' read -r label help cmd <<<"${ROWS[$i]}"
+    IFS=$'\037' read -r label help cmd _ <<<"${ROWS[$i]}"
+    cmd=$(expand "$cmd" SHOWN) || { bad="$bad [row '$label': placeholder $cmd not in the table]"; continue; }
     if [ "${help:0:1}" != '"' ]; then
       bad="$bad [row '$label' has no help: $help]"
       continue
@@ -90,6 +120,66 @@ if start "$s" "$ENV"; then
 else
   help_why="MLP did not start: $(screen "$s")"
   fail "mlp.bits-key-keeps-activation-role" "did not start"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# ---- every key that runs a command, from the table: its template filled for a known layer ----
+# The state: fc1 (64x64) of the bundled digits MLP at int4 per channel with a rank-2 LoRC. What
+# each placeholder must give there, written out here from its meaning (a row with a placeholder
+# missing from this list fails: give it a value):
+MLP="datasets/models/digits-mlp.safetensors datasets/digits.csv"
+SETUP="quant fc1 int4 gran=channel; correct fc1 lowrank r=2"
+declare -A FC1=([L]=fc1 [bits+1]="int5 gran=channel" [bits-1]="int3 gran=channel"
+                [format+1]="int3 gran=channel" [format-1]="int8 gran=channel" [rank]=4)
+KCMDS=() KCHARS=() KLABELS=() tpl_bad=""
+for i in "${!ROWS[@]}"; do
+  IFS=$'\037' read -r label _ cmd chars <<<"${ROWS[$i]}"
+  [ -n "$cmd" ] || continue
+  if ! line=$(expand "$cmd" FC1); then tpl_bad="$tpl_bad [$label: no test value for $line]"; continue; fi
+  KCMDS+=("$line") KCHARS+=("${chars:0:1}") KLABELS+=("$label")
+done
+# each filled template runs as a command, headless (no terminal): it parses and its handler
+# accepts it in that state
+if [ ${#KCMDS[@]} -lt 8 ]; then
+  tpl_bad="$tpl_bad [only ${#KCMDS[@]} command keys read from keys.c]"
+fi
+for k in "${!KCMDS[@]}"; do
+  # shellcheck disable=SC2086
+  if ! err=$($Q -c "$SETUP; ${KCMDS[$k]}" $MLP 2>&1 >/dev/null); then
+    tpl_bad="$tpl_bad [${KLABELS[$k]}: '${KCMDS[$k]}' fails: $err]"
+  fi
+done
+if [ -z "$tpl_bad" ]; then pass "key-templates-run (${#KCMDS[@]} command keys)"
+else fail "key-templates-run" "$tpl_bad"; fi
+
+# and in the TUI, each key pressed on fc1 runs exactly that line (shown in the zoomed log as the
+# dispatcher's echo), and no error follows it
+s="qs-rt-$$"
+# shellcheck disable=SC2086
+if start "$s" "$ENV" $MLP; then
+  T send-keys -t "$s" 1 j
+  wait_for "$s" ">fc1 " 5
+  T send-keys -t "$s" 7 z
+  wait_for "$s" " ZOOM " 5
+  rt_bad=""
+  for k in "${!KCMDS[@]}"; do
+    cmd "$s" "$SETUP"
+    wait_for "$s" "> ${SETUP##*; }" 10 && wait_idle "$s"
+    esc "$s" # which also leaves the zoom: the log zoomed again
+    T send-keys -t "$s" z
+    wait_for "$s" " ZOOM " 5
+    T send-keys -t "$s" -l -- "${KCHARS[$k]}"
+    if ! wait_for "$s" "> ${KCMDS[$k]}" 10 || ! wait_idle "$s" 120; then
+      rt_bad="$rt_bad [${KLABELS[$k]}: no '> ${KCMDS[$k]}']"
+      continue
+    fi
+    after=$(screen "$s" | awk -v l="> ${KCMDS[$k]}" 'index($0, l) == 1 { n = NR; out = "" } n && NR > n { out = out $0 "\n" } END { printf "%s", out }')
+    if grep -q "^error" <<<"$after"; then rt_bad="$rt_bad [${KLABELS[$k]}: $(grep "^error" <<<"$after")]"; fi
+  done
+  if [ -z "$rt_bad" ] && [ ${#KCMDS[@]} -ge 8 ]; then pass "keys-run-their-commands (${#KCMDS[@]} keys)"
+  else fail "keys-run-their-commands" "$rt_bad" "$(screen "$s")"; fi
+else
+  fail "keys-run-their-commands" "did not start: $(screen "$s")"
 fi
 T kill-session -t "$s" >/dev/null 2>&1
 

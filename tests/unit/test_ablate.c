@@ -7,6 +7,7 @@
 
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
+#include "qscope/layer_row.h"
 #include "test.h"
 
 static struct qs_interval iv(double mean, double lo, double hi)
@@ -232,5 +233,44 @@ static void test_upstream_state(void)
     qs_bench_free(b);
 }
 
+/* The last ablation of a correction is bench state, like the sensitivity: kept with the
+ * correction (the layers table's row carries it to the TUI), cleared by a new fit or uncorrect. */
+static void test_last_ablation_kept(void)
+{
+    qs_err e;
+    struct qs_bench *b = open_digits_int3();
+    CHECK(b != NULL);
+    if (!b)
+        return;
+    struct qs_layer_row r;
+    struct qs_ablation ab;
+    CHECK(qs_analysis_correct(b, 1, QS_CORR_LOWRANK, 4, "float", -1, NULL, &e) == 0);
+    qs_layer_row_fill(b, 1, &r);
+    CHECK(r.abl_verdict == NULL && b->ls[1].corr.ablated.verdict == NULL);
+    CHECK(qs_analysis_ablate(b, 1, &ab, &e) == 0);
+    const struct qs_corr_ablated *k = &b->ls[1].corr.ablated;
+    CHECK(k->verdict && !strcmp(k->verdict, ab.verdict));
+    const struct qs_metric *arm[4] = {&ab.f, &ab.q, &ab.qc, &ab.fc};
+    qs_layer_row_fill(b, 1, &r);
+    CHECK(r.abl_verdict && !strcmp(r.abl_verdict, ab.verdict) && !r.abl_ppl);
+    for (int j = 0; j < 4; j++) {
+        CHECK(k->loss[j] == arm[j]->loss && k->acc[j] == arm[j]->acc);
+        CHECK(r.abl_metric[j] == arm[j]->acc);
+    }
+    qs_layer_row_fill(b, 0, &r); /* another layer: no correction, no ablation */
+    CHECK(r.abl_verdict == NULL);
+    /* a new fit is a new correction: its old ablation no longer applies */
+    CHECK(qs_analysis_correct(b, 1, QS_CORR_LOWRANK, 2, "float", -1, NULL, &e) == 0);
+    qs_layer_row_fill(b, 1, &r);
+    CHECK(r.abl_verdict == NULL);
+    CHECK(qs_analysis_ablate(b, 1, &ab, &e) == 0);
+    qs_layer_row_fill(b, 1, &r);
+    CHECK(r.abl_verdict != NULL);
+    qs_analysis_uncorrect(b, 1);
+    qs_layer_row_fill(b, 1, &r);
+    CHECK(r.abl_verdict == NULL && b->ls[1].corr.ablated.verdict == NULL);
+    qs_bench_free(b);
+}
+
 TEST_MAIN("ablate", TEST_CASE(test_verdict_rule), TEST_CASE(test_recovery_not_capacity),
-          TEST_CASE(test_upstream_state))
+          TEST_CASE(test_upstream_state), TEST_CASE(test_last_ablation_kept))
