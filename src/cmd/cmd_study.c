@@ -1766,8 +1766,11 @@ static int put_file(const char *path, const char *text, qs_err *e)
     return qs_out_commit(&of, e);
 }
 
-int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
-                      qs_err *e)
+/* The parts of `study merge` every study kind shares. */
+
+/* plan.json's option words (argv, at most 64), its settings array and its session seed. */
+static int merge_plan_args(const cJSON *plan, const char *dir, char **argv, int *argc,
+                           const cJSON **settings, uint64_t *seed, qs_err *e)
 {
     const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
     const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
@@ -1775,27 +1778,97 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
     int na = cJSON_GetArraySize(ja);
     if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
         return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
-    char *argv[64];
-    int argc = 0;
+    *argc = 0;
     const cJSON *x;
     cJSON_ArrayForEach(x, ja)
     {
         if (!cJSON_IsString(x))
             return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
-        argv[argc++] = x->valuestring;
+        argv[(*argc)++] = x->valuestring;
     }
+    *settings = js;
+    *seed = (uint64_t)jseed->valuedouble;
+    return 0;
+}
+
+/* One setting of plan.json: its name, model and seed, and the path of its record. */
+static int merge_setting(const cJSON *x, const char *dir, const char **name, const char **model,
+                         uint64_t *seed, char *path, size_t np, qs_err *e)
+{
+    const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
+    const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
+    const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
+    if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
+        strchr(jn->valuestring, '/'))
+        return qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
+    *name = jn->valuestring;
+    *model = jm->valuestring;
+    *seed = (uint64_t)jsd->valuedouble;
+    snprintf(path, np, "%s/results/%s.json", dir, jn->valuestring);
+    return 0;
+}
+
+/* The refusal when no setting of the plan has finished. */
+static int merge_none_finished(const struct qs_plan_state *ps, const char *dir, qs_err *e)
+{
+    struct qs_sb fl = {0};
+    for (int i = 0; i < ps->nfailed; i++)
+        qs_sb_printf(&fl, "; failed: %s", ps->failed[i]);
+    qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s", dir,
+            ps->n, ps->nmissing, ps->nfailed, fl.s ? fl.s : "");
+    qs_sb_free(&fl);
+    return -1;
+}
+
+/* The merged study's report obj (taken) and text t: what was missing or failed first, then
+ * DIR/KIND-summary.json and DIR/KIND-report.txt written, then the result emitted. */
+static int merge_emit(struct qs_ctx *c, const char *dir, const char *kind, cJSON *obj,
+                      const struct qs_plan_state *ps, const struct qs_sb *t, qs_err *e)
+{
+    struct qs_sb pre = {0};
+    int rc = -1;
+    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
+    cJSON_AddStringToObject(obj, "study", kind);
+    qs_plan_state_report(ps, dir, obj, &pre);
+    qs_sb_printf(&pre, "%s", t->s ? t->s : "");
+    char *js_text = cJSON_Print(obj);
+    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
+    snprintf(f1, sizeof f1, "%s/%s-summary.json", dir, kind);
+    snprintf(f2, sizeof f2, "%s/%s-report.txt", dir, kind);
+    if (!js_text || !pre.s)
+        qs_errf(e, "out of memory");
+    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
+        rc = 0;
+    free(js_text);
+    if (rc == 0)
+        qs_emit(c, obj, pre.s);
+    else
+        cJSON_Delete(obj);
+    qs_sb_free(&pre);
+    return rc;
+}
+
+int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e)
+{
+    char *argv[64];
+    int argc = 0;
+    const cJSON *js, *x;
+    uint64_t plan_seed;
+    if (merge_plan_args(plan, dir, argv, &argc, &js, &plan_seed, e) < 0)
+        return -1;
     struct q1_args *p = qs_calloc(1, sizeof *p);
     if (!p)
         return qs_errf(e, "out of memory");
     struct qs_q1 q;
     memset(&q, 0, sizeof q);
     struct qs_plan_state ps = {0};
-    struct qs_sb t = {0}, pre = {0}, pfx = {0};
+    struct qs_sb t = {0}, pfx = {0};
     cJSON *obj = NULL;
     int rc = -1;
     /* the plan's options, parsed as the plan's own command parsed them; its session seed */
     uint64_t seed = c->b->seed;
-    c->b->seed = (uint64_t)jseed->valuedouble;
+    c->b->seed = plan_seed;
     int prc = q1_parse(c, argc, argv, p, e);
     c->b->seed = seed;
     if (prc < 0) {
@@ -1809,23 +1882,18 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
     qs_q1_record_options(&p->o, opts, sizeof opts);
     cJSON_ArrayForEach(x, js)
     {
-        const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
-        const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
-        const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
-        if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
-            strchr(jn->valuestring, '/')) {
-            qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
-            goto out;
-        }
-        ps.n++;
+        const char *name, *model;
+        uint64_t sseed;
         char path[PATH_MAX + 200];
-        snprintf(path, sizeof path, "%s/results/%s.json", dir, jn->valuestring);
+        if (merge_setting(x, dir, &name, &model, &sseed, path, sizeof path, e) < 0)
+            goto out;
+        ps.n++;
         qs_err re = {{0}};
         int before = q.nsettings;
         int r = qs_q1_record_read(path, opts, &q, &re);
         if (r == 0 && (q.nsettings != before + 1 ||
-                       strcmp(q.settings[before].model, jm->valuestring) ||
-                       q.settings[before].seed != (uint64_t)jsd->valuedouble)) {
+                       strcmp(q.settings[before].model, model) ||
+                       q.settings[before].seed != sseed)) {
             snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
             q.nlayers = q.settings[before].first; /* drop what it added */
             q.nsettings = before;
@@ -1834,41 +1902,20 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         if (r == 0)
             ps.ndone++;
         else
-            qs_plan_state_add(&ps, dir, jn->valuestring, r < 0 ? re.msg : NULL);
+            qs_plan_state_add(&ps, dir, name, r < 0 ? re.msg : NULL);
     }
     if (q.nsettings == 0) {
-        struct qs_sb fl = {0};
-        for (int i = 0; i < ps.nfailed; i++)
-            qs_sb_printf(&fl, "; failed: %s", ps.failed[i]);
-        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s",
-                dir, ps.n, ps.nmissing, ps.nfailed, fl.s ? fl.s : "");
-        qs_sb_free(&fl);
+        merge_none_finished(&ps, dir, e);
         goto out;
     }
     if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->csv, e) < 0)
         goto out;
     obj = q1_report(c, p, &q, &t);
-    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
-    cJSON_AddStringToObject(obj, "study", "q1");
-    qs_plan_state_report(&ps, dir, obj, &pre);
-    qs_sb_printf(&pre, "%s", t.s ? t.s : "");
-    char *js_text = cJSON_Print(obj);
-    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
-    snprintf(f1, sizeof f1, "%s/q1-summary.json", dir);
-    snprintf(f2, sizeof f2, "%s/q1-report.txt", dir);
-    if (!js_text || !pre.s)
-        qs_errf(e, "out of memory");
-    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
-        rc = 0;
-    free(js_text);
-    if (rc == 0) {
-        qs_emit(c, obj, pre.s);
-        obj = NULL;
-    }
+    rc = merge_emit(c, dir, "q1", obj, &ps, &t, e);
+    obj = NULL;
 out:
     cJSON_Delete(obj);
     qs_sb_free(&t);
-    qs_sb_free(&pre);
     qs_sb_free(&pfx);
     qs_plan_state_free(&ps);
     qs_q1_free(&q);
@@ -2421,33 +2468,24 @@ out:
 int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
                       qs_err *e)
 {
-    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
-    const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
-    const cJSON *jseed = cJSON_GetObjectItemCaseSensitive(plan, "seed");
-    int na = cJSON_GetArraySize(ja);
-    if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
-        return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
     char *argv[64];
     int argc = 0;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, ja)
-    {
-        if (!cJSON_IsString(x))
-            return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
-        argv[argc++] = x->valuestring;
-    }
+    const cJSON *js, *x;
+    uint64_t plan_seed;
+    if (merge_plan_args(plan, dir, argv, &argc, &js, &plan_seed, e) < 0)
+        return -1;
     struct q2_args *p = qs_calloc(1, sizeof *p);
     if (!p)
         return qs_errf(e, "out of memory");
     struct qs_q2 q;
     memset(&q, 0, sizeof q);
     struct qs_plan_state ps = {0};
-    struct qs_sb t = {0}, pre = {0}, pfx = {0};
+    struct qs_sb t = {0}, pfx = {0};
     cJSON *obj = NULL;
     int rc = -1;
     /* the plan's options, parsed as the plan's own command parsed them; its session seed */
     uint64_t seed = c->b->seed;
-    c->b->seed = (uint64_t)jseed->valuedouble;
+    c->b->seed = plan_seed;
     int prc = q2_parse(c, argc, argv, p, e);
     c->b->seed = seed;
     if (prc < 0) {
@@ -2461,23 +2499,18 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
     qs_q2_record_options(&p->o, opts, sizeof opts);
     cJSON_ArrayForEach(x, js)
     {
-        const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
-        const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
-        const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
-        if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
-            strchr(jn->valuestring, '/')) {
-            qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
-            goto out;
-        }
-        ps.n++;
+        const char *name, *model;
+        uint64_t sseed;
         char path[PATH_MAX + 200];
-        snprintf(path, sizeof path, "%s/results/%s.json", dir, jn->valuestring);
+        if (merge_setting(x, dir, &name, &model, &sseed, path, sizeof path, e) < 0)
+            goto out;
+        ps.n++;
         qs_err re = {{0}};
         int before = q.nsettings;
         int r = qs_q2_record_read(path, opts, &q, &re);
         if (r == 0 && (q.nsettings != before + 1 ||
-                       strcmp(q.settings[before].model, jm->valuestring) ||
-                       q.settings[before].seed != (uint64_t)jsd->valuedouble)) {
+                       strcmp(q.settings[before].model, model) ||
+                       q.settings[before].seed != sseed)) {
             snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
             while (q.nsettings > before) /* drop what it added */
                 qs_q2_setting_clear(&q.settings[--q.nsettings]);
@@ -2486,42 +2519,21 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         if (r == 0)
             ps.ndone++;
         else
-            qs_plan_state_add(&ps, dir, jn->valuestring, r < 0 ? re.msg : NULL);
+            qs_plan_state_add(&ps, dir, name, r < 0 ? re.msg : NULL);
     }
     if (q.nsettings == 0) {
-        struct qs_sb fl = {0};
-        for (int i = 0; i < ps.nfailed; i++)
-            qs_sb_printf(&fl, "; failed: %s", ps.failed[i]);
-        qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s",
-                dir, ps.n, ps.nmissing, ps.nfailed, fl.s ? fl.s : "");
-        qs_sb_free(&fl);
+        merge_none_finished(&ps, dir, e);
         goto out;
     }
     qs_q2_aggregate(&q);
     if (qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->csv, e) < 0)
         goto out;
     obj = q2_result(c, p, &q, &t);
-    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
-    cJSON_AddStringToObject(obj, "study", "q2");
-    qs_plan_state_report(&ps, dir, obj, &pre);
-    qs_sb_printf(&pre, "%s", t.s ? t.s : "");
-    char *js_text = cJSON_Print(obj);
-    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
-    snprintf(f1, sizeof f1, "%s/q2-summary.json", dir);
-    snprintf(f2, sizeof f2, "%s/q2-report.txt", dir);
-    if (!js_text || !pre.s)
-        qs_errf(e, "out of memory");
-    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
-        rc = 0;
-    free(js_text);
-    if (rc == 0) {
-        qs_emit(c, obj, pre.s);
-        obj = NULL;
-    }
+    rc = merge_emit(c, dir, "q2", obj, &ps, &t, e);
+    obj = NULL;
 out:
     cJSON_Delete(obj);
     qs_sb_free(&t);
-    qs_sb_free(&pre);
     qs_sb_free(&pfx);
     qs_plan_state_free(&ps);
     qs_q2_free(&q);
