@@ -300,7 +300,8 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
      * the results are the same with or without it. */
     else if (bytes >= ((size_t)8 << 20)) {
         const uintptr_t huge = (uintptr_t)2 << 20;
-        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1), z = ((uintptr_t)p + bytes) & ~(huge - 1);
+        uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+        uintptr_t z = ((uintptr_t)p + bytes) & ~(huge - 1);
         if (z > a)
             (void)madvise((void *)a, z - a, MADV_HUGEPAGE);
     }

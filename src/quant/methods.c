@@ -54,8 +54,8 @@ static double local_err_ws(const float *w, const float *q, int rows, int cols, c
     double *dr = d + n;
     for (size_t i = 0; i < n; i++)
         d[i] = (double)q[i] - (double)w[i];
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0, d, cols, r,
-                cols, 0.0, dr, cols);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0, d, cols, r, cols,
+                0.0, dr, cols);
     double s = 0.0;
     for (size_t i = 0; i < n; i++)
         s += d[i] * dr[i];
@@ -858,8 +858,8 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
 }
 
 int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, const float *w,
-                        int rows, int cols, const float *imp, float *out,
-                        struct qs_qblock *scales, qs_err *e)
+                        int rows, int cols, const float *imp, float *out, struct qs_qblock *scales,
+                        qs_err *e)
 {
     if (!f || !o || !w || !out)
         return qs_errf(e, "imatrix: no data");

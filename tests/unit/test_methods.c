@@ -830,7 +830,6 @@ static void test_imatrix_threads(void)
     free(sb);
 }
 
-
 /* ---- imatrix ---------------------------------------------------------------------------- */
 
 /* Weighted error of int4 symmetric (restricted) rounding of x[0..n) at scale s, by hand. */
@@ -1087,5 +1086,5 @@ TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq
           TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
           TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
           TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
-          TEST_CASE(test_imatrix_threads),
-          TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
+          TEST_CASE(test_imatrix_threads), TEST_CASE(test_method_layer),
+          TEST_CASE(test_mlp_gptq_sequential))
