@@ -28,3 +28,7 @@ small=$($Q datasets/models/tiny-gpt2 $TXT -c 'study q1 seeds=0 calib_tokens=64' 
 check calib-tokens-too-few "grep -q 'calibration rows (calib_tokens=N in a study' <<<\"\$small\""
 json=$($Q --json datasets/models/tiny-gpt2 $TXT -c 'study q1 seeds=0 calib_tokens=2048' 2>&1 | tail -1)
 check calib-tokens-json "python3 -c 'import json,sys; o=json.loads(sys.argv[1]); assert o[\"calib_tokens\"]==2048 and o[\"settings\"][0][\"q1_layers\"]==4' \"\$json\""
+for bad in 0 x 1e3; do
+  msg=$($Q datasets/models/tiny-gpt2 $TXT -c "study q1 seeds=0 calib_tokens=$bad" 2>&1); rc=$?
+  check "calib-tokens-bad-$bad" "[ $rc = 1 ] && grep -q 'study q1 calib_tokens' <<<\"\$msg\""
+done
