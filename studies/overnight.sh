@@ -5,8 +5,12 @@
 # (ZOO/fortunes.txt), weights int4 per channel (the transformers' default):
 #   Q1: study q1 ... prec=int4 calib_tokens=4096 plan=$PLAN (the linear map at int4; 32 windows:
 #                                                            the widest maps, d 1024, need > d rows)
-#   Q2: study q2 ... plan=$PLAN2                            (the corrector at its defaults: 32-32-1,
-#                                                            8 epochs, 65536 elements)
+#   Q2: study q2 ... heldout_tokens=32768 plan=$PLAN2      (the corrector at its defaults: 32-32-1,
+#                                                            8 epochs, 65536 elements; the downstream
+#                                                            losses over the first 256 held-out windows
+#                                                            of 128, not all 2000: with every site
+#                                                            corrected the whole split costs > 7 CPU-
+#                                                            minutes a variant on a d128 l6 model)
 # It writes the plans and runs nothing: run them with GNU parallel or Slurm, then merge:
 #
 #   make zoo && make overnight-plan
@@ -42,4 +46,4 @@ if [ -n "$missing" ] && [ "${PARTIAL:-0}" != 1 ]; then
 fi
 [ -n "$models" ] || { echo "overnight: no zoo model in $ZOO" >&2; exit 1; }
 "$QSCOPE" --no-default -c "study q1 models=$models seeds=0 prec=int4 calib_tokens=4096 plan=$PLAN"
-"$QSCOPE" --no-default -c "study q2 models=$models seeds=0 plan=$PLAN2"
+"$QSCOPE" --no-default -c "study q2 models=$models seeds=0 heldout_tokens=32768 plan=$PLAN2"

@@ -204,6 +204,10 @@ struct qs_bench {
     size_t act_budget;           /* bytes of captured activations a streaming pass or a site's
                                     row cache may hold (default QS_ACT_BUDGET) */
     int calib_tokens;            /* set calib tokens=N: the budget asked for (0: windows given) */
+    int test_windows;            /* transformers: held-out runs (eval's loss_q, KL, the studies'
+                                    losses) take the split's first test_windows windows (0: all
+                                    of it; study q2 heldout_tokens=); the gate and its float loss
+                                    stay on the whole split (a property of the model) */
     struct qs_site_rows {        /* one site's input rows (both paths, both splits) */
         int site;                /* -1: none */
         int n[2];                /* rows per split */

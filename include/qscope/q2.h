@@ -140,6 +140,9 @@ struct qs_q2_opts {
     int n_fit, n_eval;         /* elements drawn for fitting / judging (65536 each) */
     int epochs, batch, hidden; /* 8, 256, 32 */
     double lr;                 /* 2e-3 */
+    long heldout_tokens;       /* transformers: the held-out losses (quant_loss, loss_corr) over
+                                  the first max(1, N / ctx) held-out windows (0: the whole split);
+                                  the gate and float_loss stay on the whole split */
     qs_progress_fn progress;   /* may be NULL */
     void *progress_ctx;
     _Atomic int *cancel; /* may be NULL */

@@ -852,11 +852,14 @@ void qs_bench_split_text(const struct qs_bench *b, char *buf, size_t n)
         char budget[64] = "set calib N counts windows";
         if (b->calib_tokens > 0)
             snprintf(budget, sizeof budget, "set calib tokens=%d", b->calib_tokens);
+        size_t hw = (held - 1) / (size_t)ctx;
+        char cap[64] = "";
+        if (b->test_windows > 0 && (size_t)b->test_windows < hw)
+            snprintf(cap, sizeof cap, " (runs: its first %d; the gate: all)", b->test_windows);
         snprintf(buf, n,
                  "tokens: train [0, %zu) / calibration: its first %d window%s of %d (%s) / "
-                 "held-out [%zu, %zu): the last 10 %%, %zu windows of %d",
-                 off, cw, cw == 1 ? "" : "s", ctx, budget, off, b->tokens->n,
-                 (held - 1) / (size_t)ctx, ctx);
+                 "held-out [%zu, %zu): the last 10 %%, %zu windows of %d%s",
+                 off, cw, cw == 1 ? "" : "s", ctx, budget, off, b->tokens->n, hw, ctx, cap);
     } else if (!b->lm && b->data) {
         snprintf(buf, n,
                  "rows, seed %llu: train %d / calibration %d (using %d; set calib N counts rows) "

@@ -342,6 +342,8 @@ static int lm_windows(const struct qs_bench *b, enum qs_split_id s, size_t *star
     }
     *start = off;
     int tw = (int)((b->tokens->n - off - 1) / (size_t)b->lm->ctx);
+    if (b->test_windows > 0 && b->test_windows < tw)
+        tw = b->test_windows;
     return cached && cw < tw ? cw : tw;
 }
 

@@ -657,6 +657,10 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     if (qs_study_open(&q1, arg, seed, &b, s->model, sizeof s->model, s->data, sizeof s->data, e) <
         0)
         return -1;
+    if (b->lm && o->heldout_tokens > 0) { /* the held-out budget, before any run */
+        long w = o->heldout_tokens / b->lm->ctx;
+        b->test_windows = w > 0 ? (w < (1L << 30) ? (int)w : 1 << 30) : 1;
+    }
     struct relay rl = {o, b, s->model, seed};
     b->progress = relay_progress;
     b->progress_ctx = &rl;
@@ -1022,9 +1026,12 @@ static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
         return NULL;
     fprintf(of->f,
             "# qscope %s study q2 %s: regime=weight-only corrector=mlp %d-%d-1 tanh adam "
-            "lr=%g epochs=%d batch=%d n_fit=%d n_eval=%d\n",
+            "lr=%g epochs=%d batch=%d n_fit=%d n_eval=%d",
             QS_VERSION, what, o->hidden, o->hidden, o->lr, o->epochs, o->batch, o->n_fit,
             o->n_eval);
+    if (o->heldout_tokens > 0)
+        fprintf(of->f, " heldout_tokens=%ld", o->heldout_tokens);
+    fputc('\n', of->f);
     return of->f;
 }
 

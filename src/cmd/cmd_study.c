@@ -2021,6 +2021,13 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
         qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the default for "
                         "transformers without format=/gran=)%s\n",
                      sm.nlm == n ? "" : "; MLPs: int3 per tensor");
+    if (sm.nlm && o->heldout_tokens > 0) {
+        qs_sb_printf(t, "transformer held-out losses (loss_q, every gain): the first %ld held-out "
+                        "tokens' windows (heldout_tokens=); the gate: the whole split; MLPs: the "
+                        "whole test split\n",
+                     o->heldout_tokens);
+        cJSON_AddNumberToObject(o_, "heldout_tokens", (double)o->heldout_tokens);
+    }
     qs_sb_printf(t,
                  "corrector: one network shared by every site and output channel of a model, "
                  "x -> %d tanh -> %d tanh -> 1, Adam (lr %g), %d epochs, batches of %d, "
@@ -2270,10 +2277,13 @@ static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, 
         } else if ((v = qs_opt_value(argv[i], "epochs"))) {
             if (qs_parse_int(v, 1, 1000, &epochs, "study q2 epochs", e) < 0)
                 return -1;
+        } else if ((v = qs_opt_value(argv[i], "heldout_tokens"))) {
+            if (qs_parse_int(v, 1, 1 << 30, &o->heldout_tokens, "study q2 heldout_tokens", e) < 0)
+                return -1;
         } else
             return qs_errf(e, "usage: study q2 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] [csv=PREFIX] "
-                              "[out=RECORD.json] [plan=DIR]");
+                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] "
+                              "[heldout_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
     }
     if (p->plan && (p->csv || p->out))
         return qs_errf(e, "study q2: plan=DIR writes a plan and runs nothing: csv= and out= go "
@@ -2371,13 +2381,15 @@ static void q2_canon(struct qs_ctx *c, const struct q2_args *p, const struct qs_
     const char *gw = (p->o.fmt.kind == QS_FMT_MX || p->o.fmt.kind == QS_FMT_NVFP4)
                          ? "block"
                          : gran_word(&p->o.opt, gb, sizeof gb);
-    char qm[1024], qc[600], qo[600], mq[1040] = "", fq[80] = "";
+    char qm[1024], qc[600], qo[600], mq[1040] = "", fq[80] = "", ht[48] = "";
+    if (p->o.heldout_tokens > 0)
+        snprintf(ht, sizeof ht, " heldout_tokens=%ld", p->o.heldout_tokens);
     if (!p->loaded)
         snprintf(mq, sizeof mq, " models=%s", qs_quote(p->models, qm, sizeof qm));
     if (p->fmt_given || !q->sum.nlm) /* else the transformers' default: replay takes it again */
         snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
-    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s%s%s", mq,
-             canon_seeds, fq, p->o.n_fit, p->o.epochs, p->csv ? " csv=" : "",
+    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s%s%s%s", mq,
+             canon_seeds, fq, p->o.n_fit, p->o.epochs, ht, p->csv ? " csv=" : "",
              p->csv ? qs_quote(p->csv, qc, sizeof qc) : "", p->out ? " out=" : "",
              p->out ? qs_quote(p->out, qo, sizeof qo) : "");
 }

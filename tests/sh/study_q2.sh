@@ -42,6 +42,10 @@ check canonical "grep -q '^study q2 models=datasets/models/digits-mlp.safetensor
 
 msg=$($Q -c "study q2 fit=3" 2>&1); rc=$?
 check bad-fit "[ $rc = 1 ] && grep -q 'fit' <<<\"\$msg\""
+for bad in 0 many 1e3 -5; do
+  msg=$($Q -c "study q2 heldout_tokens=$bad" 2>&1); rc=$?
+  check "bad-heldout-tokens-$bad" "[ $rc = 1 ] && grep -q 'study q2 heldout_tokens' <<<\"\$msg\""
+done
 msg=$($Q -c "study q2 bogus=1" 2>&1); rc=$?
 check usage "[ $rc = 1 ] && grep -q 'usage: study q2' <<<\"\$msg\""
 msg=$($Q --json datasets/models/tiny-gpt2 -c 'study q2' 2>&1); rc=$?

@@ -21,7 +21,7 @@ if ! command -v parallel >/dev/null; then
 fi
 head -c 24000 datasets/text/licenses.txt >"$T/text.txt"
 M=datasets/models/digits-mlp.safetensors,datasets/models/tiny-gpt2:$T/text.txt
-O="fit=4096 epochs=2"
+O="fit=4096 epochs=2 heldout_tokens=640"  # 10 of the 37 held-out windows
 P=$T/plan
 
 # the plan: one session per setting, jobs.txt, slurm.sbatch, plan.json; nothing run
@@ -33,7 +33,7 @@ p = json.load(open(\"$P/plan.json\"))
 assert p[\"study\"] == \"q2\" and [s[\"name\"] for s in p[\"settings\"]] == [\"000-digits-mlp-s0\", \"001-digits-mlp-s1\", \"002-tiny-gpt2-s0\", \"003-tiny-gpt2-s1\"]
 assert \"fit=4096\" in p[\"args\"] and \"epochs=2\" in p[\"args\"]'"
 check plan-pins "grep -q '^# model datasets/models/tiny-gpt2 sha256=[0-9a-f]\{64\}\$' $P/settings/002-tiny-gpt2-s0.qs && grep -q '^# data $T/text.txt sha256=[0-9a-f]\{64\}\$' $P/settings/003-tiny-gpt2-s1.qs && grep -q '^# data datasets/digits.csv sha256=' $P/settings/000-digits-mlp-s0.qs"
-check plan-setting-command "grep -q '^study q2 models=datasets/models/digits-mlp.safetensors seeds=1 fit=4096 epochs=2 out=$P/results/001-digits-mlp-s1.json\$' $P/settings/001-digits-mlp-s1.qs"
+check plan-setting-command "grep -q '^study q2 models=datasets/models/digits-mlp.safetensors seeds=1 fit=4096 epochs=2 heldout_tokens=640 out=$P/results/001-digits-mlp-s1.json\$' $P/settings/001-digits-mlp-s1.qs"
 check plan-sbatch "grep -q '^#SBATCH --array=0-3\$' $P/slurm.sbatch && grep -q '^#SBATCH --job-name=qscope-q2\$' $P/slurm.sbatch"
 check plan-refuses-csv "! $Q -c 'study q2 models=$M seeds=0 plan=$T/x csv=$T/x' 2>/dev/null && ! $Q -c 'study q2 models=$M seeds=0 plan=$T/x out=$T/x.json' 2>/dev/null"
 
@@ -46,6 +46,7 @@ $Q -c "study merge $P" >"$T/merge.txt" 2>&1
 $Q --json -c "study merge $P" 2>/dev/null | tail -1 >"$T/merge.json1"
 check merge-header "[ \"\$(head -1 $T/merge.txt)\" = 'study merge $P: 4 of 4 settings finished' ]"
 check merge-report-same "diff <(tail -n +2 $T/merge.txt | sed 's|$P/q2-|PFX-|g') <(sed 's|$T/in-|PFX-|g' $T/in.txt) >&2"
+check heldout-stated "grep -q '^transformer held-out losses (loss_q, every gain): the first 640 held-out tokens' $T/in.txt && python3 -c 'import json; assert json.load(open(\"$T/in.json1\"))[\"heldout_tokens\"] == 640'"
 check merge-verdicts "grep -q '^verdicts: .*of 4 settings' $T/merge.txt && [ \"\$(grep '^verdicts: ' $T/merge.txt)\" = \"\$(grep '^verdicts: ' $T/in.txt)\" ] && [ \$(grep -cE '^(digits-mlp|tiny-gpt2) +[01] pass ' $T/merge.txt) = 4 ]"
 cmpjson() { # merge.json1 in.json1: equal once the merge's own keys are dropped
   python3 - "$1" "$2" <<'EOF'

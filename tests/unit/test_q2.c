@@ -10,10 +10,15 @@
  *   digits MLP a hook that adds c to the output layer's class-0 logit gives the cross-entropy
  *   computed here from the unhooked logits;
  * - one setting on the digits MLP: its record is consistent with eval (quant_loss) and with
- *   itself (loss_gain = quant_loss - loss_corr), and a replay gives the same bits. */
+ *   itself (loss_gain = quant_loss - loss_corr), and a replay gives the same bits;
+ * - the held-out budget (heldout_tokens=) on tiny-gpt2: the setting's float and quantized losses
+ *   quantized loss is the mean of the first W per-window losses of an uncapped bench
+ *   (qs_bench_run_ex's unit_loss, a path that never reads the cap) and differs from the whole
+ *   split's; the float loss and the gate stay the whole split's. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bundle.h"
 #include "qscope/analysis.h"
@@ -391,6 +396,91 @@ static void test_setting_record(void)
     qs_q2_setting_clear(&s2);
 }
 
+/* Mean of the first w per-window held-out losses of b along the given masks (uncapped bench). */
+static double first_windows_loss(struct qs_bench *b, uint64_t qmask, int w, double *all)
+{
+    qs_err e;
+    int nw = qs_bench_split_units(b, QS_TEST, &e);
+    double *ul = calloc((size_t)(nw > 0 ? nw : 1), sizeof *ul), sum = 0.0;
+    struct qs_metric m;
+    if (nw < w || !ul || qs_bench_run_ex(b, QS_TEST, qmask, qmask, &m, ul, NULL, NULL, &e) < 0) {
+        free(ul);
+        return NAN;
+    }
+    for (int i = 0; i < w; i++)
+        sum += ul[i];
+    *all = m.loss;
+    free(ul);
+    return sum / w;
+}
+
+static void test_heldout_budget(void)
+{
+    char txt[] = "/tmp/qs-q2-heldout-XXXXXX.txt", arg[600];
+    int fd = mkstemps(txt, 4);
+    FILE *in = fopen(QS_TEST_LM_TEXT, "rb"), *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    CHECK(in && out);
+    if (!in || !out)
+        return;
+    char buf[24000];
+    size_t got = fread(buf, 1, sizeof buf, in);
+    CHECK(fwrite(buf, 1, got, out) == got);
+    fclose(in);
+    fclose(out);
+    snprintf(arg, sizeof arg, "datasets/models/tiny-gpt2:%s", txt);
+    struct qs_q2_opts o;
+    qs_q2_opts_default(&o);
+    qs_err e;
+    struct qs_format f4;
+    struct qs_qopts o4;
+    CHECK(qs_format_parse("int3", &o.fmt, &e) == 0 && qs_format_parse("int4", &f4, &e) == 0);
+    qs_qopts_default(&o.opt);
+    qs_qopts_default(&o4);
+    o4.gran = QS_GRAN_CHANNEL;
+    o.lm_fmt = &f4;
+    o.lm_opt = &o4;
+    o.n_fit = o.n_eval = 4096;
+    o.epochs = 1;
+    enum { W = 3 };
+    o.heldout_tokens = W * 64 + 10; /* tiny-gpt2's windows are 64 tokens: 3 windows */
+    struct qs_q2_setting s;
+    int rc = qs_q2_run_setting(&o, arg, 0, &s, &e);
+    CHECK(rc == 0);
+    if (rc) {
+        fprintf(stderr, "  %s\n", e.msg);
+        unlink(txt);
+        return;
+    }
+    /* the same bench, uncapped: qs_study_open as the setting opens it */
+    struct qs_q1_opts q1;
+    memset(&q1, 0, sizeof q1);
+    q1.fmt = o.fmt;
+    q1.opt = o.opt;
+    q1.lm_fmt = o.lm_fmt;
+    q1.lm_opt = o.lm_opt;
+    struct qs_bench *b = NULL;
+    char model[512], data[512];
+    CHECK(qs_study_open(&q1, arg, 0, &b, model, sizeof model, data, sizeof data, &e) == 0);
+    if (b) {
+        CHECK(b->test_windows == 0 && qs_bench_split_units(b, QS_TEST, &e) > W);
+        double qall = NAN, fall = NAN;
+        double q = first_windows_loss(b, ~0ULL, W, &qall), fl = first_windows_loss(b, 0, W, &fall);
+        CHECK_NEAR(s.quant_loss, q, 1e-12);
+        CHECK(fabs(s.quant_loss - qall) > 1e-6 && fabs(fl - fall) > 1e-6);
+        struct qs_eval ev;
+        CHECK(qs_bench_eval(b, &ev, &e) == 0);
+        CHECK_NEAR(s.float_loss, fall, 1e-12); /* the gate's: the whole split */
+        CHECK_NEAR(ev.f.loss, fall, 1e-12);
+        CHECK(s.gate_pass == ev.gate_pass);
+        for (int v = 0; v < QS_Q2_NVAR; v++)
+            CHECK_NEAR(s.loss_gain[v], s.quant_loss - s.loss_corr[v], 1e-12);
+    }
+    qs_bench_free(b);
+    qs_q2_setting_clear(&s);
+    unlink(txt);
+}
+
 TEST_MAIN("q2", TEST_CASE(test_gradient_vs_float64), TEST_CASE(test_verdict_thresholds),
           TEST_CASE(test_learns_feature_signal), TEST_CASE(test_learns_identity_signal),
-          TEST_CASE(test_site_hook_placement), TEST_CASE(test_setting_record))
+          TEST_CASE(test_site_hook_placement), TEST_CASE(test_setting_record),
+          TEST_CASE(test_heldout_budget))
