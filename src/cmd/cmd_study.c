@@ -339,7 +339,7 @@ static int apply_lines(struct qs_ctx *c, char **lines, int n, qs_err *e)
 struct corr_opts {
     enum qs_corr_method m; /* QS_CORR_NONE: weight formats only */
     int ranks[8], nranks;
-    const char *prec;      /* canonical: "float" or a format name */
+    const char *prec; /* canonical: "float" or a format name */
 };
 
 /* A split's task metric as allocate prints it: accuracy for a classifier, perplexity for a
@@ -377,10 +377,11 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
          tok = strtok_r(NULL, ",", &save)) {
         struct qs_rule_method m;
         qs_rule_method_default(&m);
-        m.method = !strcmp(tok, "rtn")    ? QS_METHOD_RTN
-                   : !strcmp(tok, "gptq") ? QS_METHOD_GPTQ
-                   : !strcmp(tok, "awq")  ? QS_METHOD_AWQ
-                   : !strcmp(tok, "imatrix") ? QS_METHOD_IMATRIX : -1;
+        m.method = !strcmp(tok, "rtn")       ? QS_METHOD_RTN
+                   : !strcmp(tok, "gptq")    ? QS_METHOD_GPTQ
+                   : !strcmp(tok, "awq")     ? QS_METHOD_AWQ
+                   : !strcmp(tok, "imatrix") ? QS_METHOD_IMATRIX
+                                             : -1;
         if (m.method < 0)
             return qs_errf(e, "allocate: methods=%s: expected rtn, gptq, awq or imatrix", tok);
         m.inputs_float = m.method != QS_METHOD_RTN;
@@ -545,7 +546,8 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
     char mp[96], mfl[96];
     alloc_metric(&p.plan_test, mp, sizeof mp);
     alloc_metric(&p.float_test, mfl, sizeof mfl);
-    qs_sb_printf(&t, "plan: %.4f bits/weight (packed), joint calibration loss %.4f; %s %s; float %s\n",
+    qs_sb_printf(&t,
+                 "plan: %.4f bits/weight (packed), joint calibration loss %.4f; %s %s; float %s\n",
                  p.bits_per_weight, p.joint_loss_calib, tsplit, mp, mfl);
     qs_sb_printf(&t, "uniform for comparison:\n");
     for (int k = 0; k < nc; k++) {
@@ -581,8 +583,9 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
                  "format minus the float loss; bits from packed sizes; chosen on the "
                  "calibration split, %s metrics on the %s split)%s\n",
                  tsplit, tsplit,
-                 apply ? "" : ncl ? "\n(add `apply` to run these quant and correct commands)"
-                              : "\n(add `apply` to run these quant commands)");
+                 apply ? ""
+                 : ncl ? "\n(add `apply` to run these quant and correct commands)"
+                       : "\n(add `apply` to run these quant commands)");
     qs_add_gate(c, o, &t);
     char cx[160] = "";
     if (co->m != QS_CORR_NONE) {
@@ -853,12 +856,20 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     for (int i = 0; i < argc; i++) {
         const char *v;
         long lv;
-        struct { const char *k; int *iv; long lo, hi; double *dv; } opt[] = {
-            {"epochs", &o.epochs, 1, 100000, NULL}, {"steps", &o.steps, 1, 100000000, NULL},
-            {"batch", &o.batch, 1, 65536, NULL},    {"ctx", &o.ctx, 1, b->lm->ctx, NULL},
-            {"warmup", &o.warmup, 0, 10000000, NULL}, {"lr", NULL, 0, 0, &o.lr},
-            {"min_lr", NULL, 0, 0, &o.min_lr},      {"wd", NULL, 0, 0, &o.wd},
-            {"clip", NULL, 0, 0, &o.clip}};
+        struct {
+            const char *k;
+            int *iv;
+            long lo, hi;
+            double *dv;
+        } opt[] = {{"epochs", &o.epochs, 1, 100000, NULL},
+                   {"steps", &o.steps, 1, 100000000, NULL},
+                   {"batch", &o.batch, 1, 65536, NULL},
+                   {"ctx", &o.ctx, 1, b->lm->ctx, NULL},
+                   {"warmup", &o.warmup, 0, 10000000, NULL},
+                   {"lr", NULL, 0, 0, &o.lr},
+                   {"min_lr", NULL, 0, 0, &o.min_lr},
+                   {"wd", NULL, 0, 0, &o.wd},
+                   {"clip", NULL, 0, 0, &o.clip}};
         int k, n = (int)(sizeof opt / sizeof opt[0]);
         for (k = 0; k < n && !(v = qs_opt_value(argv[i], opt[k].k)); k++)
             ;
@@ -895,9 +906,11 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 return qs_errf(e, "qat: scales is fixed or lsq, not '%s'", v);
             o.scales = strcmp(v, "lsq") ? QS_QAT_SCALES_FIXED : QS_QAT_SCALES_LSQ;
         } else {
-            return qs_errf(e, "qat: unknown option '%s' for a transformer (epochs= steps= batch= "
-                              "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR mode=whole|block "
-                              "order=depth|sensitivity samples=N scales=fixed|lsq)", argv[i]);
+            return qs_errf(e,
+                           "qat: unknown option '%s' for a transformer (epochs= steps= batch= "
+                           "ctx= lr= min_lr= warmup= wd= clip= seed= out=DIR mode=whole|block "
+                           "order=depth|sensitivity samples=N scales=fixed|lsq)",
+                           argv[i]);
         }
     }
     if (!(o.lr > 0) || !(o.min_lr >= 0) || !(o.wd >= 0) || !(o.clip >= 0))
@@ -925,8 +938,9 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     const int lsq = o.scales == QS_QAT_SCALES_LSQ;
     snprintf(c->canon, sizeof c->canon,
              "qat %s%ssteps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g "
-             "seed=%llu%s", blk, lsq ? "scales=lsq " : "", r.steps, r.batch, r.ctx, o.lr, o.min_lr,
-             o.warmup, o.wd, o.clip, (unsigned long long)o.seed, q);
+             "seed=%llu%s",
+             blk, lsq ? "scales=lsq " : "", r.steps, r.batch, r.ctx, o.lr, o.min_lr, o.warmup, o.wd,
+             o.clip, (unsigned long long)o.seed, q);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "cmd", "qat");
     cJSON_AddNumberToObject(j, "steps", r.steps);
@@ -949,8 +963,7 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_sb t = {0};
     if (o.mode == QS_QAT_BLOCK) {
         cJSON_AddStringToObject(j, "mode", "block");
-        cJSON_AddStringToObject(j, "order", o.order == QS_QAT_ORDER_SENS ? "sensitivity"
-                                                                         : "depth");
+        cJSON_AddStringToObject(j, "order", o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth");
         cJSON_AddNumberToObject(j, "samples", r.samples);
         cJSON *bl = cJSON_AddArrayToObject(j, "blocks");
         qs_sb_printf(&t,
@@ -960,9 +973,8 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "being trained; straight-through through %d weight and %d activation "
                      "format%s, AdamW lr %.3g -> %.3g per block%s\n",
                      r.nblocks, o.order == QS_QAT_ORDER_SENS ? "sensitivity" : "depth", r.steps,
-                     r.batch, r.samples, r.ctx, r.w_sites, r.a_sites,
-                     r.a_sites == 1 ? "" : "s", o.lr, o.min_lr,
-                     lsq ? "; weight scales learned (LSQ), with their block" : "");
+                     r.batch, r.samples, r.ctx, r.w_sites, r.a_sites, r.a_sites == 1 ? "" : "s",
+                     o.lr, o.min_lr, lsq ? "; weight scales learned (LSQ), with their block" : "");
         qs_sb_printf(&t, "%-6s %14s %14s %8s\n", "block", "mse before", "mse after", "ratio");
         for (int k = 0; k < r.nblocks; k++) {
             cJSON *x = cJSON_CreateObject();
@@ -987,15 +999,15 @@ static int cmd_qat_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      o.lr, o.min_lr, lsq ? " and scales" : "");
     }
     if (lsq)
-        qs_sb_printf(&t, "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
-                         "sites' scales now (packed export included)\n",
+        qs_sb_printf(&t,
+                     "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
+                     "sites' scales now (packed export included)\n",
                      r.lsq_scales, r.lsq_change);
     qs_sb_printf(&t, "%-22s %9s %9s\n", "held-out", "loss", "ppl");
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float (before)", r.f_loss, exp(r.f_loss));
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, PTQ", r.ptq_loss, exp(r.ptq_loss));
     qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "quantized, QAT", r.qat_loss, exp(r.qat_loss));
-    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float after QAT", r.f_loss_after,
-                 exp(r.f_loss_after));
+    qs_sb_printf(&t, "%-22s %9.4f %9.3f\n", "float after QAT", r.f_loss_after, exp(r.f_loss_after));
     if (isfinite(r.gap_closed))
         qs_sb_printf(&t, "gap closed: %.4f of the float-PTQ loss gap (%.4f -> %.4f)\n",
                      r.gap_closed, r.ptq_loss - r.f_loss, r.qat_loss - r.f_loss);
@@ -1022,8 +1034,10 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             char mk[200];
             qs_bench_unit(b, i, &u);
             qs_rule_method_format(&b->ls[i].wm, mk, sizeof mk);
-            return qs_errf(e, "qat: %s is quantized with %s, but QAT trains through "
-                              "round-to-nearest; quantize without a method first", u.name, mk);
+            return qs_errf(e,
+                           "qat: %s is quantized with %s, but QAT trains through "
+                           "round-to-nearest; quantize without a method first",
+                           u.name, mk);
         }
     if (b->lm)
         return cmd_qat_lm(c, argc, argv, e);
@@ -1086,8 +1100,9 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                  qo.epochs, qo.lr, qo.batch, (unsigned long long)qo.seed, b->split.n_train,
                  qo.lsq ? " and the learned scales (LSQ, Esser et al. 2020)" : "");
     if (qo.lsq)
-        qs_sb_printf(&t, "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
-                         "layers' scales now (packed export included)\n",
+        qs_sb_printf(&t,
+                     "learned scales: %ld, mean |log(s_after / s_before)| %.4f; they are the "
+                     "layers' scales now (packed export included)\n",
                      r.lsq_scales, r.lsq_change);
     qs_sb_printf(&t, "%-22s %8s %8s\n", "test split", "acc", "loss");
     qs_sb_printf(&t, "%-22s %8.4f %8.4f\n", "float (before)", r.f.acc, r.f.loss);
@@ -1171,8 +1186,7 @@ static const char *as_bundled(const char *path, char *buf, size_t n)
     for (const char *p = path + strlen(path); p > path; p--) {
         if (p[-1] != '/')
             continue;
-        if (qs_bundle_path(p, res, sizeof res, NULL) == 0 && realpath(res, r2) &&
-            !strcmp(r1, r2)) {
+        if (qs_bundle_path(p, res, sizeof res, NULL) == 0 && realpath(res, r2) && !strcmp(r1, r2)) {
             snprintf(buf, n, "%s", p);
             return buf;
         }
@@ -1213,7 +1227,7 @@ struct q1_args {
     const char *models, *seeds, *prec, *fmtname, *gran, *csv, *out, *plan, *models_given;
     int fmt_given;
     long calib_tokens; /* 0: not given */
-    int loaded_lm; /* no models=: the loaded transformer on its token data */
+    int loaded_lm;     /* no models=: the loaded transformer on its token data */
     struct qs_q1_opts o;
     struct qs_format lmf;
     struct qs_qopts lmo;
@@ -1372,10 +1386,9 @@ static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_
     char ct[48] = "";
     if (p->calib_tokens > 0)
         snprintf(ct, sizeof ct, " calib_tokens=%ld", p->calib_tokens);
-    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s%s", mq,
-             canon_seeds, fq, p->prec, ct, p->csv ? " csv=" : "",
-             p->csv ? qs_quote(p->csv, qc, sizeof qc) : "", p->out ? " out=" : "",
-             p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s%s", mq, canon_seeds,
+             fq, p->prec, ct, p->csv ? " csv=" : "", p->csv ? qs_quote(p->csv, qc, sizeof qc) : "",
+             p->out ? " out=" : "", p->out ? qs_quote(p->out, qo, sizeof qo) : "");
 }
 
 /* The report of a finished study: its JSON object (returned) and text (appended to t). The
@@ -1389,10 +1402,10 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
     qs_qopts_format(tf, all_lm ? p->o.lm_opt : &p->o.opt, opts, sizeof opts);
     const char *rq = !strcmp(p->prec, "int4")   ? "R_lin_q4"
                      : !strcmp(p->prec, "int8") ? "R_lin_q8"
-                                             : "R_lin_qfloat";
+                                                : "R_lin_qfloat";
     const char *rqj = !strcmp(p->prec, "int4")   ? "r_lin_q4"
                       : !strcmp(p->prec, "int8") ? "r_lin_q8"
-                                              : "r_lin_qfloat";
+                                                 : "r_lin_qfloat";
     cJSON *o_ = cJSON_CreateObject(), *js = cJSON_CreateArray(), *jl = cJSON_CreateArray();
     cJSON_AddStringToObject(o_, "cmd", "study q1");
     cJSON_AddStringToObject(o_, "regime", "weight-only");
@@ -1405,10 +1418,12 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
     qs_sb_printf(t,
                  "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
                  "weights %s\n",
-                 p->nm, p->nm == 1 ? "" : "s", p->ns, p->ns == 1 ? "" : "s", tf->name, opts, p->prec);
+                 p->nm, p->nm == 1 ? "" : "s", p->ns, p->ns == 1 ? "" : "s", tf->name, opts,
+                 p->prec);
     if (q->nlm && p->o.lm_fmt)
-        qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the report's 4-bit "
-                         "regime; the default for transformers without format=/gran=)%s\n",
+        qs_sb_printf(t,
+                     "transformer weights: int4 per channel, symmetric (the report's 4-bit "
+                     "regime; the default for transformers without format=/gran=)%s\n",
                      all_lm ? "" : "; MLPs: the format above");
     if (q->nlm && p->calib_tokens > 0) {
         qs_sb_printf(t, "transformer calibration: %ld tokens per model (calib_tokens=)\n",
@@ -1423,26 +1438,26 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                      "in the medians, Spearman or aggregates; depth third = floor(3 block / "
                      "n_layer)\n");
     qs_sb_printf(t, "correctability = share of the pre-activation error energy (calibration "
-                     "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
-                     "d)], d = layer width\n");
+                    "split, propagated) in its top 10%% singular directions = 1 - left[ceil(0.1 "
+                    "d)], d = layer width\n");
     if (q->nlm)
         qs_sb_printf(t, "  left[k] = 1 - sum_{i<=k} s_i^2 / ||E||_F^2, s_i the singular values of "
-                         "E = Y_q - Y_f (calibration rows x d; a grouped layer: its concatenated "
-                         "pre-activations, d = the sum of the widths)\n");
+                        "E = Y_q - Y_f (calibration rows x d; a grouped layer: its concatenated "
+                        "pre-activations, d = the sum of the widths)\n");
     qs_sb_printf(t,
                  "R = held-out recovery of the ridge map from quantized to float "
                  "pre-activations (fitted on calibration), float map (R_lin_float) and %s "
                  "map (%s)\n",
                  p->prec, rq);
     qs_sb_printf(t, "map = (Y_q^T Y_q + lambda I)^+ Y_q^T Y_f (centred, in double), lambda = 1e-6 "
-                     "tr(Y_q^T Y_q) / d; rank = eigen-directions of Y_q^T Y_q kept (eigenvalue "
-                     "> 1e-6 of the largest; the rest get zero weight)\n");
+                    "tr(Y_q^T Y_q) / d; rank = eigen-directions of Y_q^T Y_q kept (eigenvalue "
+                    "> 1e-6 of the largest; the rest get zero weight)\n");
     qs_sb_printf(t, "a seed re-draws calibration and test among each model's held-out samples "
-                     "(never its training samples)\n");
+                    "(never its training samples)\n");
     if (p->loaded_lm || strstr(p->models, ".txt") || strstr(p->models, ".bin"))
         qs_sb_printf(t, "a transformer's token split is fixed (calibration: its first `set calib` "
-                         "windows; held out: every window of the last 10%%): there a seed only "
-                         "seeds the random draws, and f_acc/q_acc are not defined (nan)\n");
+                        "windows; held out: every window of the last 10%%): there a seed only "
+                        "seeds the random draws, and f_acc/q_acc are not defined (nan)\n");
     qs_sb_printf(t, "\n");
     char hdr_q[24];
     snprintf(hdr_q, sizeof hdr_q, "med_%s", rq);
@@ -1497,7 +1512,7 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                 qs_sb_printf(t, "\nQ1 layers\n");
             else
                 qs_sb_printf(t, "\nother sites (not Q1 layers: not in the medians, Spearman or "
-                                 "aggregates)\n");
+                                "aggregates)\n");
             qs_sb_printf(t, "%-16s %4s %-46s %-9s %5s %5s %9s %11s %11s %10s %4s\n", "model",
                          "seed", "layer", "kind", "depth", "d", "correct.", "R_lin_float", rq,
                          "lambda", "rank");
@@ -1510,9 +1525,8 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                 base_name(st->model, nb, sizeof nb);
                 cJSON *j = q1_layer_json(st, l, rqj, thirds, 1);
                 cJSON_AddItemToArray(pass ? jsites : jl, j);
-                qs_sb_printf(t, "%-16s %4llu %-46s %-9s %5s %5d", nb,
-                             (unsigned long long)st->seed, l->name, qs_q1_kind_name(l->kind),
-                             thirds[l->third], l->d);
+                qs_sb_printf(t, "%-16s %4llu %-46s %-9s %5s %5d", nb, (unsigned long long)st->seed,
+                             l->name, qs_q1_kind_name(l->kind), thirds[l->third], l->d);
                 put_num(t, 10, "%.4f", l->correctability);
                 put_num(t, 12, "%.4f", l->r_float);
                 put_num(t, 12, "%.4f", l->r_q);
@@ -1521,8 +1535,8 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
             }
         }
     } else {
-        qs_sb_printf(t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed", "layer",
-                     "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
+        qs_sb_printf(t, "\n%-22s %4s %-8s %5s %5s %9s %11s %11s %10s %4s\n", "model", "seed",
+                     "layer", "depth", "d", "correct.", "R_lin_float", rq, "lambda", "rank");
         for (int i = 0; i < q->nlayers; i++) {
             const struct qs_q1_layer *l = &q->layers[i];
             const struct qs_q1_setting *st = &q->settings[l->setting];
@@ -1599,8 +1613,8 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
     qs_sb_printf(t, "pooled Spearman(correctability, %s) over all %d layers: ", rq, q->r_q.n);
     put_num(t, 0, "%.4f", q->pooled_spearman);
     if (q->nlm) {
-        qs_sb_printf(t, "\npooled Spearman(correctability, R_lin_float) over all %d layers: ",
-                     q->r_float.n);
+        qs_sb_printf(
+            t, "\npooled Spearman(correctability, R_lin_float) over all %d layers: ", q->r_float.n);
         put_num(t, 0, "%.4f", q->pooled_spearman_float);
         qs_sb_printf(t, "\nsub-layer profile         %9s %9s %9s %10s %10s\n", "n", "mean",
                      "median", "pos_frac", "frac>0.2");
@@ -1628,8 +1642,9 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                  "Spearman < 0)\n",
                  q->nsupported, q->nrefuted, q->nunclear, q->nsettings - q->nexcluded, rq);
     if (q->nexcluded)
-        qs_sb_printf(t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
-                         "verdict counts and the aggregates\n",
+        qs_sb_printf(t,
+                     "%d setting%s failing the task-learned gate: flagged, excluded from the "
+                     "verdict counts and the aggregates\n",
                      q->nexcluded, q->nexcluded == 1 ? "" : "s");
     if (q->nlm) { /* architecture-level verdict summary */
         qs_sb_printf(t, "by architecture           %9s %9s %9s %9s\n", "supported", "refuted",
@@ -1646,14 +1661,14 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                 const struct qs_q1_setting *x = &q->settings[r];
                 if (strcmp(x->arch, q->settings[s].arch))
                     continue;
-                int k = !x->gate_pass ? 3
+                int k = !x->gate_pass                      ? 3
                         : !strcmp(x->verdict, "supported") ? 0
                         : !strcmp(x->verdict, "refuted")   ? 1
                                                            : 2;
                 cnt[k]++;
             }
-            qs_sb_printf(t, "%-25s %9d %9d %9d %9d\n", q->settings[s].arch, cnt[0], cnt[1],
-                         cnt[2], cnt[3]);
+            qs_sb_printf(t, "%-25s %9d %9d %9d %9d\n", q->settings[s].arch, cnt[0], cnt[1], cnt[2],
+                         cnt[3]);
             cJSON *x = cJSON_CreateObject();
             cJSON_AddNumberToObject(x, "supported", cnt[0]);
             cJSON_AddNumberToObject(x, "refuted", cnt[1]);
@@ -1741,8 +1756,14 @@ static int q1_plan(struct qs_ctx *c, struct q1_args *p, int argc, char **argv, q
     args[na++] = sa.s;
     for (int k = 0; k < nc; k++)
         args[na++] = common[k];
-    struct qs_plan_spec ps = {.dir = p->plan, .study = "q1", .common = common, .ncommon = nc,
-                              .args = args, .nargs = na, .loaded_lm = p->loaded_lm, .s = s,
+    struct qs_plan_spec ps = {.dir = p->plan,
+                              .study = "q1",
+                              .common = common,
+                              .ncommon = nc,
+                              .args = args,
+                              .nargs = na,
+                              .loaded_lm = p->loaded_lm,
+                              .s = s,
                               .n = n};
     rc = qs_plan_write(c, &ps, e);
     c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
@@ -1891,8 +1912,7 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         qs_err re = {{0}};
         int before = q.nsettings;
         int r = qs_q1_record_read(path, opts, &q, &re);
-        if (r == 0 && (q.nsettings != before + 1 ||
-                       strcmp(q.settings[before].model, model) ||
+        if (r == 0 && (q.nsettings != before + 1 || strcmp(q.settings[before].model, model) ||
                        q.settings[before].seed != sseed)) {
             snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
             q.nlayers = q.settings[before].first; /* drop what it added */
@@ -1978,8 +1998,7 @@ static void q2_unstable_names(int mask, char *buf, size_t n)
 /* The Q2 report from its settings and their aggregates alone (text into t, JSON into o_): the
  * in-process study and `study merge` (settings read back from a plan's records, aggregated by
  * the same qs_q2_aggregate) both print through it, so their reports are the same. */
-static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *o_,
-                      struct qs_sb *t)
+static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *o_, struct qs_sb *t)
 {
     const struct qs_q2_setting *rec = q->settings;
     int n = q->nsettings;
@@ -1988,8 +2007,7 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
     char opts[200];
     int all_lm = sm.nlm == n && o->lm_fmt;
     const char *fmt = all_lm ? o->lm_fmt->name : o->fmt.name;
-    qs_qopts_format(all_lm ? o->lm_fmt : &o->fmt, all_lm ? o->lm_opt : &o->opt, opts,
-                    sizeof opts);
+    qs_qopts_format(all_lm ? o->lm_fmt : &o->fmt, all_lm ? o->lm_opt : &o->opt, opts, sizeof opts);
     int nm = 0;
     for (int i = 0; i < n; i++) {
         int seen = 0;
@@ -2018,13 +2036,15 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
     qs_sb_printf(t, "study q2: %d model%s, %d setting%s, weights %s %s (weight-only)\n", nm,
                  nm == 1 ? "" : "s", n, n == 1 ? "" : "s", fmt, opts);
     if (sm.nlm && o->lm_fmt)
-        qs_sb_printf(t, "transformer weights: int4 per channel, symmetric (the default for "
-                        "transformers without format=/gran=)%s\n",
+        qs_sb_printf(t,
+                     "transformer weights: int4 per channel, symmetric (the default for "
+                     "transformers without format=/gran=)%s\n",
                      sm.nlm == n ? "" : "; MLPs: int3 per tensor");
     if (sm.nlm && o->heldout_tokens > 0) {
-        qs_sb_printf(t, "transformer held-out losses (loss_q, every gain): the first %ld held-out "
-                        "tokens' windows (heldout_tokens=); the gate: the whole split; MLPs: the "
-                        "whole test split\n",
+        qs_sb_printf(t,
+                     "transformer held-out losses (loss_q, every gain): the first %ld held-out "
+                     "tokens' windows (heldout_tokens=); the gate: the whole split; MLPs: the "
+                     "whole test split\n",
                      o->heldout_tokens);
         cJSON_AddNumberToObject(o_, "heldout_tokens", (double)o->heldout_tokens);
     }
@@ -2037,15 +2057,17 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
     qs_sb_printf(t, "  x = [u, log10 ||E_j||, log10 s_j, log10 ||W_j||, cond], u = Y_q / r_s; "
                     "target t = (Y_f - Y_q) / r_s; r_s = RMS of the site's Y_q (calibration); "
                     "E = W - Q(W), s_j = RMS of row j's scales; columns standardised\n");
-    qs_sb_printf(t, "  cond: embedding_only = learned embeddings of the site index (%d) and kind "
-                    "(%d); features_only = %d site statistics (",
+    qs_sb_printf(t,
+                 "  cond: embedding_only = learned embeddings of the site index (%d) and kind "
+                 "(%d); features_only = %d site statistics (",
                  QS_Q2_EMB_SITE, QS_Q2_EMB_KIND, QS_Q2_NFEAT);
     for (int k = 0; k < QS_Q2_NFEAT; k++)
         qs_sb_printf(t, "%s%s", k ? " " : "", qs_q2_feature_name(k));
     qs_sb_printf(t, "); features_plus_embedding = both\n");
-    qs_sb_printf(t, "mse = held-out mean (t - t_hat)^2 over %d held-out elements (mse_none: no "
-                    "correction); gain = held-out loss of the quantized model - loss with the "
-                    "corrector at every site\n\n",
+    qs_sb_printf(t,
+                 "mse = held-out mean (t - t_hat)^2 over %d held-out elements (mse_none: no "
+                 "correction); gain = held-out loss of the quantized model - loss with the "
+                 "corrector at every site\n\n",
                  o->n_eval);
     qs_sb_printf(t, "%-16s %4s %4s %8s %9s %9s %9s %9s %7s %9s %9s %9s  %s\n", "model", "seed",
                  "gate", "loss_q", "mse_none", "mse_emb", "mse_feat", "mse_both", "impr",
@@ -2132,8 +2154,8 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
         base_name(s->model, nb, sizeof nb);
         for (int k = 0; k < s->nsites && s->sites; k++) {
             const struct qs_q2_site *x = &s->sites[k];
-            qs_sb_printf(t, "%-16s %4llu %-28s %4d %5d", nb, (unsigned long long)s->seed,
-                         x->name, x->kind, x->out);
+            qs_sb_printf(t, "%-16s %4llu %-28s %4d %5d", nb, (unsigned long long)s->seed, x->name,
+                         x->kind, x->out);
             put_num(t, 10, "%.4g", x->rms);
             put_num(t, 10, "%.5f", x->mse_none);
             for (int v = 0; v < QS_Q2_NVAR; v++)
@@ -2180,8 +2202,9 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
                  "> 0)\n",
                  sm.nsupported, sm.nrefuted, sm.nunclear, n - sm.nexcluded);
     if (sm.nexcluded)
-        qs_sb_printf(t, "%d setting%s failing the task-learned gate: flagged, excluded from the "
-                        "verdict counts and the aggregates\n",
+        qs_sb_printf(t,
+                     "%d setting%s failing the task-learned gate: flagged, excluded from the "
+                     "verdict counts and the aggregates\n",
                      sm.nexcluded, sm.nexcluded == 1 ? "" : "s");
     qs_sb_printf(t, "features_only vs embedding_only, held-out MSE improvement: mean ");
     put_num(t, 0, "%+.1f%%", 100 * sm.impr_mean);
@@ -2195,14 +2218,16 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
         qs_sb_printf(t, "%s", v + 1 < QS_Q2_NVAR ? " / " : "\n");
     }
     if (sm.nunstable) {
-        qs_sb_printf(t, "instability (a negative downstream gain: the corrector, fitted on the "
-                        "uncorrected path, hurts once its corrections feed the later sites) in %d "
-                        "setting%s:\n",
+        qs_sb_printf(t,
+                     "instability (a negative downstream gain: the corrector, fitted on the "
+                     "uncorrected path, hurts once its corrections feed the later sites) in %d "
+                     "setting%s:\n",
                      sm.nunstable, sm.nunstable == 1 ? "" : "s");
         for (int i = 0; i < n; i++)
             if (rec[i].unstable && rec[i].gate_pass) {
                 char nb[256];
-                qs_sb_printf(t, "  %s seed %llu (%d sites):", base_name(rec[i].model, nb, sizeof nb),
+                qs_sb_printf(t,
+                             "  %s seed %llu (%d sites):", base_name(rec[i].model, nb, sizeof nb),
                              (unsigned long long)rec[i].seed, rec[i].nsites);
                 for (int v = 0; v < QS_Q2_NVAR; v++)
                     if ((rec[i].unstable >> v) & 1)
@@ -2227,9 +2252,8 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
     cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
     cJSON_AddItemToObject(o_, "task", task);
     cJSON_AddStringToObject(o_, "gate", gates == n ? "pass" : "fail");
-    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]",
-                 gates == n ? "pass" : "FAIL", gates, n,
-                 gates == n ? "" : ": results of failing settings are flagged");
+    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]", gates == n ? "pass" : "FAIL",
+                 gates, n, gates == n ? "" : ": results of failing settings are flagged");
 }
 
 /* The options of `study q2`, parsed once for the in-process run, plan= and `study merge` (which
@@ -2463,8 +2487,14 @@ static int q2_plan(struct qs_ctx *c, struct q2_args *p, int argc, char **argv, q
     args[na++] = sa.s;
     for (int k = 0; k < nc; k++)
         args[na++] = common[k];
-    struct qs_plan_spec ps = {.dir = p->plan, .study = "q2", .common = common, .ncommon = nc,
-                              .args = args, .nargs = na, .loaded_lm = p->loaded, .s = s,
+    struct qs_plan_spec ps = {.dir = p->plan,
+                              .study = "q2",
+                              .common = common,
+                              .ncommon = nc,
+                              .args = args,
+                              .nargs = na,
+                              .loaded_lm = p->loaded,
+                              .s = s,
                               .n = n};
     rc = qs_plan_write(c, &ps, e);
     c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
@@ -2520,8 +2550,7 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         qs_err re = {{0}};
         int before = q.nsettings;
         int r = qs_q2_record_read(path, opts, &q, &re);
-        if (r == 0 && (q.nsettings != before + 1 ||
-                       strcmp(q.settings[before].model, model) ||
+        if (r == 0 && (q.nsettings != before + 1 || strcmp(q.settings[before].model, model) ||
                        q.settings[before].seed != sseed)) {
             snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
             while (q.nsettings > before) /* drop what it added */
@@ -2616,7 +2645,8 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "default 4) whose factors are at prec= (default float) on top of each format, so the plan "
      "can trade a wider format for a correction. The plan prints as quant/correct commands; "
      "`apply` runs them, and they are journaled as such."},
-    {"qat", "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
+    {"qat",
+     "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
      "[warmup=N] [wd=F] [clip=F] [out=DIR] [mode=whole|block] [order=depth|sensitivity] "
      "[samples=N]) [scales=fixed|lsq]",
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
