@@ -1130,20 +1130,6 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- study q1 ------------------------------------------------------------------------------ */
 
-static const char *const bundled[] = {"digits", "moons", "spirals", "xor", "circles"};
-
-/* The bundled model NAME, named as in the bundle (datasets/models/NAME-mlp.safetensors) after
- * checking that qs_bundle_path finds it; the study resolves it the same way, wherever qscope
- * is installed, and its results name it the same from any folder. */
-static int bundled_path(const char *name, char *buf, size_t n, qs_err *e)
-{
-    char found[4096];
-    snprintf(buf, n, "datasets/models/%s-mlp.safetensors", name);
-    if (qs_bundle_path(buf, found, sizeof found, e) < 0)
-        return qs_err_prefix(e, "study q1");
-    return 0;
-}
-
 static const char *base_name(const char *p, char *buf, size_t n)
 {
     const char *s = strrchr(p, '/');
@@ -1220,49 +1206,276 @@ static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_l
     return j;
 }
 
-/* The options of `study q1`, parsed once for the in-process run, plan= and `study merge` (which
- * parses the plan's copy of them again), so all three study the same thing. */
-enum { Q1_MAXM = 64, Q1_MAXS = 64 };
-struct q1_args {
-    const char *models, *seeds, *prec, *fmtname, *gran, *csv, *out, *plan, *models_given;
+/* ---- what study q1 and study q2 parse alike ------------------------------------------------
+ * The settings (models x seeds), the weight format with the transformers' default, and the output
+ * options: parsed by one code for both studies, for the in-process run, plan= and `study merge`
+ * (which parses the plan's copy of the options again), so all three study the same thing. */
+enum { ST_MAXM = 64, ST_MAXS = 64 };
+struct study_common {
+    const char *cmd; /* "study q1" */
+    const char *models, *seeds, *fmtname, *gran, *csv, *out, *plan, *models_given;
     int fmt_given;
-    long calib_tokens; /* 0: not given */
-    int loaded_lm;     /* no models=: the loaded transformer on its token data */
-    struct qs_q1_opts o;
+    int loaded; /* no models=: the loaded transformer on its token data */
     struct qs_format lmf;
     struct qs_qopts lmo;
-    char paths[Q1_MAXM][PATH_MAX];
-    const char *mp[Q1_MAXM];
+    char paths[ST_MAXM][PATH_MAX];
+    const char *mp[ST_MAXM];
     int nm;
-    uint64_t sv[Q1_MAXS];
+    uint64_t sv[ST_MAXS];
     int ns;
 };
 
+static void sc_init(struct study_common *s, const char *cmd)
+{
+    s->cmd = cmd;
+    s->models = "bundled", s->seeds = "0,1,2", s->fmtname = "int3", s->gran = "tensor";
+}
+
+/* 1 when arg is one of the common options (taken), else 0. */
+static int sc_opt(struct study_common *s, const char *arg)
+{
+    const char *v;
+    if ((v = qs_opt_value(arg, "models")))
+        s->models = s->models_given = v;
+    else if ((v = qs_opt_value(arg, "seeds")))
+        s->seeds = v;
+    else if ((v = qs_opt_value(arg, "format")))
+        s->fmtname = v, s->fmt_given = 1;
+    else if ((v = qs_opt_value(arg, "gran")))
+        s->gran = v, s->fmt_given = 1;
+    else if ((v = qs_opt_value(arg, "csv")))
+        s->csv = v;
+    else if ((v = qs_opt_value(arg, "out")))
+        s->out = v;
+    else if ((v = qs_opt_value(arg, "plan")))
+        s->plan = v;
+    else
+        return 0;
+    return 1;
+}
+
+/* After the options: the output options' consistency, the weight format (*fmt, *opt; transformers
+ * int4 per channel, symmetric, unless format=/gran= were given: *lm_fmt, *lm_opt), the models
+ * (bundled: the nb entries of bundled, each a bundle path or PATH:DATA; with a transformer loaded
+ * and no models=, that model on its token data) and the seeds. */
+static int sc_finish(struct qs_ctx *c, struct study_common *s, const char *const *bundled, int nb,
+                     struct qs_format *fmt, struct qs_qopts *opt, const struct qs_format **lm_fmt,
+                     const struct qs_qopts **lm_opt, qs_err *e)
+{
+    if (s->plan && (s->csv || s->out))
+        return qs_errf(e,
+                       "%s: plan=DIR writes a plan and runs nothing: csv= and out= go "
+                       "with `study merge DIR` (csv=) or are written by the jobs (out=)",
+                       s->cmd);
+    if (s->plan && !s->plan[0])
+        return qs_errf(e, "%s: plan= is empty", s->cmd);
+    if (qs_format_parse(s->fmtname, fmt, e) < 0)
+        return -1;
+    if (fmt->kind == QS_FMT_NONE)
+        return qs_errf(e, "%s: format=none leaves nothing to correct", s->cmd);
+    qs_qopts_default(opt);
+    opt->seed = c->b->seed;
+    char gt[64];
+    snprintf(gt, sizeof gt, "gran=%s", s->gran);
+    if (fmt->kind != QS_FMT_MX && fmt->kind != QS_FMT_NVFP4 && qs_qopts_parse_token(opt, gt, e) < 0)
+        return -1;
+    if (qs_qopts_check(fmt, opt, e) < 0)
+        return -1;
+    if (!s->fmt_given) { /* transformers: the report's regime, int4 per channel, symmetric */
+        if (qs_format_parse("int4", &s->lmf, e) < 0)
+            return -1;
+        qs_qopts_default(&s->lmo);
+        s->lmo.seed = c->b->seed;
+        s->lmo.gran = QS_GRAN_CHANNEL;
+        if (qs_qopts_check(&s->lmf, &s->lmo, e) < 0)
+            return -1;
+        *lm_fmt = &s->lmf;
+        *lm_opt = &s->lmo;
+    }
+    int nm = 0;
+    /* by default the study is over the bundled models, which is not what a user looking at a
+     * transformer expects: with one loaded, the study is of that model on its token data */
+    s->loaded = !strcmp(s->models, "bundled") && c->b->lm && !s->models_given;
+    if (s->loaded) {
+        if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
+            return qs_errf(e,
+                           "%s: load token data for the transformer first (load data "
+                           "PATH.txt|.bin), or name models=DIR:DATA,...",
+                           s->cmd);
+        char mb[PATH_MAX], db[PATH_MAX];
+        snprintf(s->paths[0], sizeof s->paths[0], "%s:%s",
+                 as_bundled(c->b->model_path, mb, sizeof mb),
+                 as_bundled(c->b->data_path, db, sizeof db));
+        s->mp[nm++] = s->paths[0];
+    } else if (!strcmp(s->models, "bundled")) {
+        for (int k = 0; k < nb; k++) {
+            /* named as in the bundle after checking that qs_bundle_path finds the model: the
+             * study resolves it the same way wherever qscope is installed */
+            char model[PATH_MAX], found[4096];
+            snprintf(model, sizeof model, "%s", bundled[k]);
+            char *colon = strchr(model, ':');
+            if (colon)
+                *colon = 0;
+            if (qs_bundle_path(model, found, sizeof found, e) < 0)
+                return qs_err_prefix(e, s->cmd);
+            snprintf(s->paths[nm], sizeof s->paths[nm], "%s", bundled[k]);
+            s->mp[nm] = s->paths[nm];
+            nm++;
+        }
+    } else {
+        char buf[4096];
+        snprintf(buf, sizeof buf, "%s", s->models);
+        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+             tok = strtok_r(NULL, ",", &save)) {
+            if (nm == ST_MAXM)
+                return qs_errf(e, "%s: at most %d models", s->cmd, ST_MAXM);
+            snprintf(s->paths[nm], sizeof s->paths[nm], "%s", tok);
+            s->mp[nm] = s->paths[nm];
+            nm++;
+        }
+    }
+    if (nm == 0)
+        return qs_errf(e, "%s: models= is empty", s->cmd);
+    int ns = 0;
+    char sbuf[512];
+    snprintf(sbuf, sizeof sbuf, "%s", s->seeds);
+    for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        long lv;
+        char what[32];
+        if (ns == ST_MAXS)
+            return qs_errf(e, "%s: at most %d seeds", s->cmd, ST_MAXS);
+        snprintf(what, sizeof what, "%s seed", s->cmd);
+        if (qs_parse_int(tok, 0, 0x7fffffff, &lv, what, e) < 0)
+            return -1;
+        s->sv[ns++] = (uint64_t)lv;
+    }
+    if (ns == 0)
+        return qs_errf(e, "%s: seeds= is empty", s->cmd);
+    s->nm = nm;
+    s->ns = ns;
+    return 0;
+}
+
+/* The canonical line's head after the command's name: " models=... seeds=...", and " format=F
+ * gran=G" when given or when no setting is a transformer (else replay takes the transformers'
+ * default again); its tail: " csv=... out=...". */
+static void sc_canon_head(const struct study_common *s, const struct qs_format *fmt,
+                          const struct qs_qopts *opt, int nlm, char *buf, size_t n)
+{
+    char seeds[512] = "";
+    for (int k = 0; k < s->ns; k++)
+        snprintf(seeds + strlen(seeds), sizeof seeds - strlen(seeds), "%s%llu", k ? "," : "",
+                 (unsigned long long)s->sv[k]);
+    char gb[24], qm[1024], mq[1040] = "", fq[80] = "";
+    const char *gw = (fmt->kind == QS_FMT_MX || fmt->kind == QS_FMT_NVFP4)
+                         ? "block"
+                         : gran_word(opt, gb, sizeof gb);
+    if (!s->loaded) /* else: the loaded transformer, as replay will have it */
+        snprintf(mq, sizeof mq, " models=%s", qs_quote(s->models, qm, sizeof qm));
+    if (s->fmt_given || !nlm)
+        snprintf(fq, sizeof fq, " format=%s gran=%s", fmt->name, gw);
+    snprintf(buf, n, "%s seeds=%s%s", mq, seeds, fq);
+}
+
+static void sc_canon_tail(const struct study_common *s, char *buf, size_t n)
+{
+    char qc[600], qo[600];
+    snprintf(buf, n, "%s%s%s%s", s->csv ? " csv=" : "",
+             s->csv ? qs_quote(s->csv, qc, sizeof qc) : "", s->out ? " out=" : "",
+             s->out ? qs_quote(s->out, qo, sizeof qo) : "");
+}
+
+/* plan=DIR: one job per setting (model x seed), nothing run here. q1: the options the settings'
+ * benches are opened with (their files named as the study names them). */
+static int sc_plan(struct qs_ctx *c, const struct study_common *p, const struct qs_q1_opts *q1,
+                   const char *study, int argc, char **argv, qs_err *e)
+{
+    int n = p->nm * p->ns, rc = -1;
+    struct qs_plan_setting *s = qs_calloc((size_t)n, sizeof *s);
+    char **common = qs_calloc((size_t)argc + 1, sizeof *common);
+    char **args = qs_calloc((size_t)argc + 3, sizeof *args);
+    struct qs_sb ma = {0}, sa = {0};
+    if (!s || !common || !args) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    for (int mi = 0, k = 0; mi < p->nm; mi++) {
+        char model[PATH_MAX], data[PATH_MAX];
+        if (qs_q1_setting_files(q1, p->mp[mi], model, sizeof model, data, sizeof data, e) < 0) {
+            qs_err_prefix(e, p->cmd);
+            goto out;
+        }
+        for (int si = 0; si < p->ns; si++, k++) {
+            qs_plan_name(k, model, p->sv[si], s[k].name, sizeof s[k].name);
+            snprintf(s[k].arg, sizeof s[k].arg, "%s", p->mp[mi]);
+            snprintf(s[k].model, sizeof s[k].model, "%s", model);
+            snprintf(s[k].data, sizeof s[k].data, "%s", data);
+            s[k].seed = p->sv[si];
+        }
+    }
+    int nc = 0, na = 0;
+    for (int i = 0; i < argc; i++)
+        if (!qs_opt_value(argv[i], "models") && !qs_opt_value(argv[i], "seeds") &&
+            !qs_opt_value(argv[i], "plan"))
+            common[nc++] = argv[i];
+    qs_sb_printf(&ma, "models=%s", p->loaded ? p->paths[0] : p->models);
+    qs_sb_printf(&sa, "seeds=%s", p->seeds);
+    if (!ma.s || !sa.s) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    args[na++] = ma.s;
+    args[na++] = sa.s;
+    for (int k = 0; k < nc; k++)
+        args[na++] = common[k];
+    struct qs_plan_spec ps = {.dir = p->plan,
+                              .study = study,
+                              .common = common,
+                              .ncommon = nc,
+                              .args = args,
+                              .nargs = na,
+                              .loaded_lm = p->loaded,
+                              .s = s,
+                              .n = n};
+    rc = qs_plan_write(c, &ps, e);
+    c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
+out:
+    qs_sb_free(&ma);
+    qs_sb_free(&sa);
+    free(s);
+    free(common);
+    free(args);
+    return rc;
+}
+
+/* The options of `study q1` (sc_* for those q2 shares). */
+struct q1_args {
+    struct study_common s;
+    const char *prec;
+    long calib_tokens; /* 0: not given */
+    struct qs_q1_opts o;
+};
+
+/* The bundled settings of study q1: the five 2-D and digits MLPs. */
+static const char *const q1_bundled[] = {
+    "datasets/models/digits-mlp.safetensors", "datasets/models/moons-mlp.safetensors",
+    "datasets/models/spirals-mlp.safetensors", "datasets/models/xor-mlp.safetensors",
+    "datasets/models/circles-mlp.safetensors"};
+
 static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, qs_err *e)
 {
-    p->models = "bundled", p->seeds = "0,1,2", p->prec = "int4", p->fmtname = "int3";
-    p->gran = "tensor";
+    sc_init(&p->s, "study q1");
+    p->prec = "int4";
     struct qs_q1_opts *o = &p->o;
     memset(o, 0, sizeof *o);
     o->top_frac = 0.1;
     for (int i = 0; i < argc; i++) {
         const char *v;
-        if ((v = qs_opt_value(argv[i], "models")))
-            p->models = p->models_given = v;
-        else if ((v = qs_opt_value(argv[i], "seeds")))
-            p->seeds = v;
-        else if ((v = qs_opt_value(argv[i], "prec")))
+        if (sc_opt(&p->s, argv[i]))
+            continue;
+        if ((v = qs_opt_value(argv[i], "prec")))
             p->prec = v;
-        else if ((v = qs_opt_value(argv[i], "format")))
-            p->fmtname = v, p->fmt_given = 1;
-        else if ((v = qs_opt_value(argv[i], "gran")))
-            p->gran = v, p->fmt_given = 1;
-        else if ((v = qs_opt_value(argv[i], "csv")))
-            p->csv = v;
-        else if ((v = qs_opt_value(argv[i], "out")))
-            p->out = v;
-        else if ((v = qs_opt_value(argv[i], "plan")))
-            p->plan = v;
         else if ((v = qs_opt_value(argv[i], "calib_tokens"))) {
             if (qs_parse_int(v, 1, 1 << 30, &p->calib_tokens, "study q1 calib_tokens", e) < 0)
                 return -1;
@@ -1272,123 +1485,28 @@ static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, 
                               "[calib_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
     }
     o->calib_tokens = p->calib_tokens;
-    if (p->plan && (p->csv || p->out))
-        return qs_errf(e, "study q1: plan=DIR writes a plan and runs nothing: csv= and out= go "
-                          "with `study merge DIR` (csv=) or are written by the jobs (out=)");
-    if (p->plan && !p->plan[0])
-        return qs_errf(e, "study q1: plan= is empty");
     const char *prec = p->prec;
     if (strcmp(prec, "int4") && strcmp(prec, "int8") && strcmp(prec, "float"))
         return qs_errf(e, "study q1: prec=%s: expected int4, int8 or float", prec);
     snprintf(o->prec, sizeof o->prec, "%s", prec);
-    if (qs_format_parse(p->fmtname, &o->fmt, e) < 0)
+    if (sc_finish(c, &p->s, q1_bundled, 5, &o->fmt, &o->opt, &o->lm_fmt, &o->lm_opt, e) < 0)
         return -1;
-    if (o->fmt.kind == QS_FMT_NONE)
-        return qs_errf(e, "study q1: format=none leaves nothing to correct");
-    qs_qopts_default(&o->opt);
-    o->opt.seed = c->b->seed;
-    char gt[64];
-    snprintf(gt, sizeof gt, "gran=%s", p->gran);
-    if (o->fmt.kind != QS_FMT_MX && o->fmt.kind != QS_FMT_NVFP4 &&
-        qs_qopts_parse_token(&o->opt, gt, e) < 0)
-        return -1;
-    if (qs_qopts_check(&o->fmt, &o->opt, e) < 0)
-        return -1;
-    /* transformers without format=/gran=: the report's regime, int4 per channel, symmetric */
-    if (!p->fmt_given) {
-        if (qs_format_parse("int4", &p->lmf, e) < 0)
-            return -1;
-        qs_qopts_default(&p->lmo);
-        p->lmo.seed = c->b->seed;
-        p->lmo.gran = QS_GRAN_CHANNEL;
-        if (qs_qopts_check(&p->lmf, &p->lmo, e) < 0)
-            return -1;
-        o->lm_fmt = &p->lmf;
-        o->lm_opt = &p->lmo;
-    }
-    /* models */
-    int nm = 0;
-    if (!strcmp(p->models, "bundled")) {
-        /* by default the study is over the bundled MLPs, which is not what a user looking at
-         * a transformer expects: say so rather than study something else silently */
-        p->loaded_lm = c->b->lm && !p->models_given;
-        if (p->loaded_lm) {
-            /* with a transformer loaded, the study is of that model on its token data */
-            if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
-                return qs_errf(e, "study q1: load token data for the transformer first (load "
-                                  "data PATH.txt|.bin), or name models=DIR:DATA,...");
-            char mb[PATH_MAX], db[PATH_MAX];
-            snprintf(p->paths[0], sizeof p->paths[0], "%s:%s",
-                     as_bundled(c->b->model_path, mb, sizeof mb),
-                     as_bundled(c->b->data_path, db, sizeof db));
-            p->mp[nm++] = p->paths[0];
-        }
-        for (int k = 0; k < 5 && !p->loaded_lm; k++) {
-            if (bundled_path(bundled[k], p->paths[nm], sizeof p->paths[nm], e) < 0)
-                return -1;
-            p->mp[nm] = p->paths[nm];
-            nm++;
-        }
-    } else {
-        char buf[4096];
-        snprintf(buf, sizeof buf, "%s", p->models);
-        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            if (nm == Q1_MAXM)
-                return qs_errf(e, "study q1: at most %d models", Q1_MAXM);
-            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", tok);
-            p->mp[nm] = p->paths[nm];
-            nm++;
-        }
-    }
-    if (nm == 0)
-        return qs_errf(e, "study q1: models= is empty");
-    int ns = 0;
-    char sbuf[512];
-    snprintf(sbuf, sizeof sbuf, "%s", p->seeds);
-    for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        long lv;
-        if (ns == Q1_MAXS)
-            return qs_errf(e, "study q1: at most %d seeds", Q1_MAXS);
-        if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q1 seed", e) < 0)
-            return -1;
-        p->sv[ns++] = (uint64_t)lv;
-    }
-    if (ns == 0)
-        return qs_errf(e, "study q1: seeds= is empty");
-    p->nm = nm;
-    p->ns = ns;
-    o->models = p->mp;
-    o->nmodels = nm;
-    o->seeds = p->sv;
-    o->nseeds = ns;
+    o->models = p->s.mp;
+    o->nmodels = p->s.nm;
+    o->seeds = p->s.sv;
+    o->nseeds = p->s.ns;
     return 0;
 }
 
 /* The study's canonical line (the journal's). */
 static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_q1 *q)
 {
-    char canon_seeds[512] = "";
-    for (int k = 0; k < p->ns; k++)
-        snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
-                 "%s%llu", k ? "," : "", (unsigned long long)p->sv[k]);
-    char gb[24];
-    const char *gw = (p->o.fmt.kind == QS_FMT_MX || p->o.fmt.kind == QS_FMT_NVFP4)
-                         ? "block"
-                         : gran_word(&p->o.opt, gb, sizeof gb);
-    char qm[1024], qc[600], qo[600], mq[1040] = "";
-    if (!p->loaded_lm) /* else: the loaded transformer, as replay will have it */
-        snprintf(mq, sizeof mq, " models=%s", qs_quote(p->models, qm, sizeof qm));
-    char fq[80] = "";
-    if (p->fmt_given || !q->nlm) /* else the transformers' default: replay takes it again */
-        snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
-    char ct[48] = "";
+    char head[1700], tail[1300], ct[48] = "";
+    sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->nlm, head, sizeof head);
+    sc_canon_tail(&p->s, tail, sizeof tail);
     if (p->calib_tokens > 0)
         snprintf(ct, sizeof ct, " calib_tokens=%ld", p->calib_tokens);
-    snprintf(c->canon, sizeof c->canon, "study q1%s seeds=%s%s prec=%s%s%s%s%s%s", mq, canon_seeds,
-             fq, p->prec, ct, p->csv ? " csv=" : "", p->csv ? qs_quote(p->csv, qc, sizeof qc) : "",
-             p->out ? " out=" : "", p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+    snprintf(c->canon, sizeof c->canon, "study q1%s prec=%s%s%s", head, p->prec, ct, tail);
 }
 
 /* The report of a finished study: its JSON object (returned) and text (appended to t). The
@@ -1418,7 +1536,7 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
     qs_sb_printf(t,
                  "study q1: %d model%s x %d seed%s, weights %s %s (weight-only), map "
                  "weights %s\n",
-                 p->nm, p->nm == 1 ? "" : "s", p->ns, p->ns == 1 ? "" : "s", tf->name, opts,
+                 p->s.nm, p->s.nm == 1 ? "" : "s", p->s.ns, p->s.ns == 1 ? "" : "s", tf->name, opts,
                  p->prec);
     if (q->nlm && p->o.lm_fmt)
         qs_sb_printf(t,
@@ -1454,7 +1572,7 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                     "> 1e-6 of the largest; the rest get zero weight)\n");
     qs_sb_printf(t, "a seed re-draws calibration and test among each model's held-out samples "
                     "(never its training samples)\n");
-    if (p->loaded_lm || strstr(p->models, ".txt") || strstr(p->models, ".bin"))
+    if (p->s.loaded || strstr(p->s.models, ".txt") || strstr(p->s.models, ".bin"))
         qs_sb_printf(t, "a transformer's token split is fixed (calibration: its first `set calib` "
                         "windows; held out: every window of the last 10%%): there a seed only "
                         "seeds the random draws, and f_acc/q_acc are not defined (nan)\n");
@@ -1697,10 +1815,10 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                      "inputs (Y_f = Y_q (Q(W)^+ W)^T when Q(W) has full column rank), so "
                      "R_lin_float is 1 there by construction (%d such layer%s)\n",
                      first_full, first_full == 1 ? "" : "s");
-    if (p->csv) {
-        qs_sb_printf(t, "wrote %s-layers.csv, %s-settings.csv and %s-master_summary.csv\n", p->csv,
-                     p->csv, p->csv);
-        cJSON_AddStringToObject(o_, "csv_prefix", p->csv);
+    if (p->s.csv) {
+        qs_sb_printf(t, "wrote %s-layers.csv, %s-settings.csv and %s-master_summary.csv\n",
+                     p->s.csv, p->s.csv, p->s.csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", p->s.csv);
     }
     /* The gate of a study is each setting's own (its model on its data). */
     cJSON *task = cJSON_CreateObject();
@@ -1716,65 +1834,6 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
 }
 
 /* ---- study q1 as a plan of jobs, and its merge (plan.h) ------------------------------------ */
-
-/* plan=DIR: one job per setting (model x seed), nothing run here. */
-static int q1_plan(struct qs_ctx *c, struct q1_args *p, int argc, char **argv, qs_err *e)
-{
-    int n = p->nm * p->ns, rc = -1;
-    struct qs_plan_setting *s = qs_calloc((size_t)n, sizeof *s);
-    char **common = qs_calloc((size_t)argc + 1, sizeof *common);
-    char **args = qs_calloc((size_t)argc + 3, sizeof *args);
-    struct qs_sb ma = {0}, sa = {0};
-    if (!s || !common || !args) {
-        qs_errf(e, "out of memory");
-        goto out;
-    }
-    for (int mi = 0, k = 0; mi < p->nm; mi++) {
-        char model[PATH_MAX], data[PATH_MAX];
-        if (qs_q1_setting_files(&p->o, p->mp[mi], model, sizeof model, data, sizeof data, e) < 0)
-            goto out;
-        for (int si = 0; si < p->ns; si++, k++) {
-            qs_plan_name(k, model, p->sv[si], s[k].name, sizeof s[k].name);
-            snprintf(s[k].arg, sizeof s[k].arg, "%s", p->mp[mi]);
-            snprintf(s[k].model, sizeof s[k].model, "%s", model);
-            snprintf(s[k].data, sizeof s[k].data, "%s", data);
-            s[k].seed = p->sv[si];
-        }
-    }
-    int nc = 0, na = 0;
-    for (int i = 0; i < argc; i++)
-        if (!qs_opt_value(argv[i], "models") && !qs_opt_value(argv[i], "seeds") &&
-            !qs_opt_value(argv[i], "plan"))
-            common[nc++] = argv[i];
-    qs_sb_printf(&ma, "models=%s", p->loaded_lm ? p->paths[0] : p->models);
-    qs_sb_printf(&sa, "seeds=%s", p->seeds);
-    if (!ma.s || !sa.s) {
-        qs_errf(e, "out of memory");
-        goto out;
-    }
-    args[na++] = ma.s;
-    args[na++] = sa.s;
-    for (int k = 0; k < nc; k++)
-        args[na++] = common[k];
-    struct qs_plan_spec ps = {.dir = p->plan,
-                              .study = "q1",
-                              .common = common,
-                              .ncommon = nc,
-                              .args = args,
-                              .nargs = na,
-                              .loaded_lm = p->loaded_lm,
-                              .s = s,
-                              .n = n};
-    rc = qs_plan_write(c, &ps, e);
-    c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
-out:
-    qs_sb_free(&ma);
-    qs_sb_free(&sa);
-    free(s);
-    free(common);
-    free(args);
-    return rc;
-}
 
 /* Writes TEXT to PATH (a whole file, replaced once complete). */
 static int put_file(const char *path, const char *text, qs_err *e)
@@ -1896,9 +1955,9 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         qs_err_prefix(e, "study merge: the plan's options");
         goto out;
     }
-    p->loaded_lm = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
+    p->s.loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
     qs_sb_printf(&pfx, "%s/q1", dir);
-    p->csv = csv ? csv : pfx.s;
+    p->s.csv = csv ? csv : pfx.s;
     char opts[600];
     qs_q1_record_options(&p->o, opts, sizeof opts);
     cJSON_ArrayForEach(x, js)
@@ -1928,7 +1987,7 @@ int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         merge_none_finished(&ps, dir, e);
         goto out;
     }
-    if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->csv, e) < 0)
+    if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->s.csv, e) < 0)
         goto out;
     obj = q1_report(c, p, &q, &t);
     rc = merge_emit(c, dir, "q1", obj, &ps, &t, e);
@@ -1951,8 +2010,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     int rc = -1;
     if (q1_parse(c, argc, argv, p, e) < 0)
         goto out;
-    if (p->plan) {
-        rc = q1_plan(c, p, argc, argv, e);
+    if (p->s.plan) {
+        rc = sc_plan(c, &p->s, &p->o, "q1", argc, argv, e);
         goto out;
     }
     p->o.progress = c->b->progress;
@@ -1962,8 +2021,8 @@ static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_q1 q;
     if (qs_study_q1(&p->o, &q, e) < 0)
         goto out;
-    if ((p->csv && qs_q1_write_csv(&q, &p->o, p->csv, e) < 0) ||
-        (p->out && qs_q1_record_write(&q, &p->o, p->out, e) < 0)) {
+    if ((p->s.csv && qs_q1_write_csv(&q, &p->o, p->s.csv, e) < 0) ||
+        (p->s.out && qs_q1_record_write(&q, &p->o, p->s.out, e) < 0)) {
         qs_q1_free(&q);
         goto out;
     }
@@ -2256,46 +2315,23 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
                  gates, n, gates == n ? "" : ": results of failing settings are flagged");
 }
 
-/* The options of `study q2`, parsed once for the in-process run, plan= and `study merge` (which
- * parses the plan's copy of them again), so all three study the same thing. */
-enum { Q2_MAXM = 64, Q2_MAXS = 64 };
+/* The options of `study q2` (sc_* for those q1 shares). */
 struct q2_args {
-    const char *models, *seeds, *fmtname, *gran, *csv, *out, *plan, *models_given;
-    int fmt_given;
-    int loaded; /* no models=: the loaded transformer on its token data */
+    struct study_common s;
     struct qs_q2_opts o;
-    struct qs_format lmf;
-    struct qs_qopts lmo;
-    char paths[Q2_MAXM][PATH_MAX];
-    const char *mp[Q2_MAXM];
-    int nm;
-    uint64_t sv[Q2_MAXS];
-    int ns;
 };
 
 static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, qs_err *e)
 {
-    p->models = "bundled", p->seeds = "0,1,2", p->fmtname = "int3", p->gran = "tensor";
+    sc_init(&p->s, "study q2");
     long fit = 65536, epochs = 8;
     struct qs_q2_opts *o = &p->o;
     qs_q2_opts_default(o);
     for (int i = 0; i < argc; i++) {
         const char *v;
-        if ((v = qs_opt_value(argv[i], "models")))
-            p->models = p->models_given = v;
-        else if ((v = qs_opt_value(argv[i], "seeds")))
-            p->seeds = v;
-        else if ((v = qs_opt_value(argv[i], "format")))
-            p->fmtname = v, p->fmt_given = 1;
-        else if ((v = qs_opt_value(argv[i], "gran")))
-            p->gran = v, p->fmt_given = 1;
-        else if ((v = qs_opt_value(argv[i], "csv")))
-            p->csv = v;
-        else if ((v = qs_opt_value(argv[i], "out")))
-            p->out = v;
-        else if ((v = qs_opt_value(argv[i], "plan")))
-            p->plan = v;
-        else if ((v = qs_opt_value(argv[i], "fit"))) {
+        if (sc_opt(&p->s, argv[i]))
+            continue;
+        if ((v = qs_opt_value(argv[i], "fit"))) {
             if (qs_parse_int(v, 256, 1 << 24, &fit, "study q2 fit", e) < 0)
                 return -1;
         } else if ((v = qs_opt_value(argv[i], "epochs"))) {
@@ -2309,113 +2345,27 @@ static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, 
                               "[format=int3] [gran=tensor] [fit=65536] [epochs=8] "
                               "[heldout_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
     }
-    if (p->plan && (p->csv || p->out))
-        return qs_errf(e, "study q2: plan=DIR writes a plan and runs nothing: csv= and out= go "
-                          "with `study merge DIR` (csv=) or are written by the jobs (out=)");
-    if (p->plan && !p->plan[0])
-        return qs_errf(e, "study q2: plan= is empty");
     o->n_fit = o->n_eval = (int)fit;
     o->epochs = (int)epochs;
-    if (qs_format_parse(p->fmtname, &o->fmt, e) < 0)
+    if (sc_finish(c, &p->s, q2_bundled, 3, &o->fmt, &o->opt, &o->lm_fmt, &o->lm_opt, e) < 0)
         return -1;
-    if (o->fmt.kind == QS_FMT_NONE)
-        return qs_errf(e, "study q2: format=none leaves nothing to correct");
-    qs_qopts_default(&o->opt);
-    o->opt.seed = c->b->seed;
-    char gt[64];
-    snprintf(gt, sizeof gt, "gran=%s", p->gran);
-    if (o->fmt.kind != QS_FMT_MX && o->fmt.kind != QS_FMT_NVFP4 &&
-        qs_qopts_parse_token(&o->opt, gt, e) < 0)
-        return -1;
-    if (qs_qopts_check(&o->fmt, &o->opt, e) < 0)
-        return -1;
-    if (!p->fmt_given) { /* transformers: int4 per channel, symmetric, as study q1 */
-        if (qs_format_parse("int4", &p->lmf, e) < 0)
-            return -1;
-        qs_qopts_default(&p->lmo);
-        p->lmo.seed = c->b->seed;
-        p->lmo.gran = QS_GRAN_CHANNEL;
-        if (qs_qopts_check(&p->lmf, &p->lmo, e) < 0)
-            return -1;
-        o->lm_fmt = &p->lmf;
-        o->lm_opt = &p->lmo;
-    }
-    int nm = 0;
-    p->loaded = !strcmp(p->models, "bundled") && c->b->lm && !p->models_given;
-    if (p->loaded) { /* a transformer loaded: the study is of it on its token data */
-        if (!c->b->tokens || !c->b->model_path || !c->b->data_path)
-            return qs_errf(e, "study q2: load token data for the transformer first (load data "
-                              "PATH.txt|.bin), or name models=DIR:DATA,...");
-        char mb[PATH_MAX], db[PATH_MAX];
-        snprintf(p->paths[0], sizeof p->paths[0], "%s:%s",
-                 as_bundled(c->b->model_path, mb, sizeof mb),
-                 as_bundled(c->b->data_path, db, sizeof db));
-        p->mp[nm++] = p->paths[0];
-    } else if (!strcmp(p->models, "bundled")) {
-        for (int k = 0; k < 3; k++) {
-            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", q2_bundled[k]);
-            p->mp[nm] = p->paths[nm];
-            nm++;
-        }
-    } else {
-        char buf[4096];
-        snprintf(buf, sizeof buf, "%s", p->models);
-        for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-             tok = strtok_r(NULL, ",", &save)) {
-            if (nm == Q2_MAXM)
-                return qs_errf(e, "study q2: at most %d models", Q2_MAXM);
-            snprintf(p->paths[nm], sizeof p->paths[nm], "%s", tok);
-            p->mp[nm] = p->paths[nm];
-            nm++;
-        }
-    }
-    if (nm == 0)
-        return qs_errf(e, "study q2: models= is empty");
-    int ns = 0;
-    char sbuf[512];
-    snprintf(sbuf, sizeof sbuf, "%s", p->seeds);
-    for (char *save = NULL, *tok = strtok_r(sbuf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
-        long lv;
-        if (ns == Q2_MAXS)
-            return qs_errf(e, "study q2: at most %d seeds", Q2_MAXS);
-        if (qs_parse_int(tok, 0, 0x7fffffff, &lv, "study q2 seed", e) < 0)
-            return -1;
-        p->sv[ns++] = (uint64_t)lv;
-    }
-    if (ns == 0)
-        return qs_errf(e, "study q2: seeds= is empty");
-    p->nm = nm;
-    p->ns = ns;
-    o->models = p->mp;
-    o->nmodels = nm;
-    o->seeds = p->sv;
-    o->nseeds = ns;
+    o->models = p->s.mp;
+    o->nmodels = p->s.nm;
+    o->seeds = p->s.sv;
+    o->nseeds = p->s.ns;
     return 0;
 }
 
 /* The study's canonical line (the journal's). */
 static void q2_canon(struct qs_ctx *c, const struct q2_args *p, const struct qs_q2 *q)
 {
-    char canon_seeds[512] = "";
-    for (int k = 0; k < p->ns; k++)
-        snprintf(canon_seeds + strlen(canon_seeds), sizeof canon_seeds - strlen(canon_seeds),
-                 "%s%llu", k ? "," : "", (unsigned long long)p->sv[k]);
-    char gb[24];
-    const char *gw = (p->o.fmt.kind == QS_FMT_MX || p->o.fmt.kind == QS_FMT_NVFP4)
-                         ? "block"
-                         : gran_word(&p->o.opt, gb, sizeof gb);
-    char qm[1024], qc[600], qo[600], mq[1040] = "", fq[80] = "", ht[48] = "";
+    char head[1700], tail[1300], ht[48] = "";
+    sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->sum.nlm, head, sizeof head);
+    sc_canon_tail(&p->s, tail, sizeof tail);
     if (p->o.heldout_tokens > 0)
         snprintf(ht, sizeof ht, " heldout_tokens=%ld", p->o.heldout_tokens);
-    if (!p->loaded)
-        snprintf(mq, sizeof mq, " models=%s", qs_quote(p->models, qm, sizeof qm));
-    if (p->fmt_given || !q->sum.nlm) /* else the transformers' default: replay takes it again */
-        snprintf(fq, sizeof fq, " format=%s gran=%s", p->o.fmt.name, gw);
-    snprintf(c->canon, sizeof c->canon, "study q2%s seeds=%s%s fit=%d epochs=%d%s%s%s%s%s", mq,
-             canon_seeds, fq, p->o.n_fit, p->o.epochs, ht, p->csv ? " csv=" : "",
-             p->csv ? qs_quote(p->csv, qc, sizeof qc) : "", p->out ? " out=" : "",
-             p->out ? qs_quote(p->out, qo, sizeof qo) : "");
+    snprintf(c->canon, sizeof c->canon, "study q2%s fit=%d epochs=%d%s%s", head, p->o.n_fit,
+             p->o.epochs, ht, tail);
 }
 
 /* The finished study's report (JSON returned, text appended to t), CSV files named; the
@@ -2426,9 +2376,9 @@ static cJSON *q2_result(struct qs_ctx *c, const struct q2_args *p, const struct 
     cJSON *o_ = cJSON_CreateObject();
     cJSON_AddStringToObject(o_, "cmd", "study q2");
     q2_report(q, &p->o, o_, t);
-    if (p->csv) {
-        qs_sb_printf(t, "\nwrote %s-master_summary.csv and %s-sites.csv", p->csv, p->csv);
-        cJSON_AddStringToObject(o_, "csv_prefix", p->csv);
+    if (p->s.csv) {
+        qs_sb_printf(t, "\nwrote %s-master_summary.csv and %s-sites.csv", p->s.csv, p->s.csv);
+        cJSON_AddStringToObject(o_, "csv_prefix", p->s.csv);
     }
     qs_set_last_table(c, "study q2 settings", cJSON_GetObjectItem(o_, "settings"), NULL);
     return o_;
@@ -2442,69 +2392,6 @@ static void q2_as_q1(const struct qs_q2_opts *o, struct qs_q1_opts *q1)
     q1->opt = o->opt;
     q1->lm_fmt = o->lm_fmt;
     q1->lm_opt = o->lm_opt;
-}
-
-/* plan=DIR: one job per setting (model x seed), nothing run here. */
-static int q2_plan(struct qs_ctx *c, struct q2_args *p, int argc, char **argv, qs_err *e)
-{
-    int n = p->nm * p->ns, rc = -1;
-    struct qs_plan_setting *s = qs_calloc((size_t)n, sizeof *s);
-    char **common = qs_calloc((size_t)argc + 1, sizeof *common);
-    char **args = qs_calloc((size_t)argc + 3, sizeof *args);
-    struct qs_sb ma = {0}, sa = {0};
-    struct qs_q1_opts q1;
-    q2_as_q1(&p->o, &q1);
-    if (!s || !common || !args) {
-        qs_errf(e, "out of memory");
-        goto out;
-    }
-    for (int mi = 0, k = 0; mi < p->nm; mi++) {
-        char model[PATH_MAX], data[PATH_MAX];
-        if (qs_q1_setting_files(&q1, p->mp[mi], model, sizeof model, data, sizeof data, e) < 0) {
-            qs_err_prefix(e, "study q2");
-            goto out;
-        }
-        for (int si = 0; si < p->ns; si++, k++) {
-            qs_plan_name(k, model, p->sv[si], s[k].name, sizeof s[k].name);
-            snprintf(s[k].arg, sizeof s[k].arg, "%s", p->mp[mi]);
-            snprintf(s[k].model, sizeof s[k].model, "%s", model);
-            snprintf(s[k].data, sizeof s[k].data, "%s", data);
-            s[k].seed = p->sv[si];
-        }
-    }
-    int nc = 0, na = 0;
-    for (int i = 0; i < argc; i++)
-        if (!qs_opt_value(argv[i], "models") && !qs_opt_value(argv[i], "seeds") &&
-            !qs_opt_value(argv[i], "plan"))
-            common[nc++] = argv[i];
-    qs_sb_printf(&ma, "models=%s", p->loaded ? p->paths[0] : p->models);
-    qs_sb_printf(&sa, "seeds=%s", p->seeds);
-    if (!ma.s || !sa.s) {
-        qs_errf(e, "out of memory");
-        goto out;
-    }
-    args[na++] = ma.s;
-    args[na++] = sa.s;
-    for (int k = 0; k < nc; k++)
-        args[na++] = common[k];
-    struct qs_plan_spec ps = {.dir = p->plan,
-                              .study = "q2",
-                              .common = common,
-                              .ncommon = nc,
-                              .args = args,
-                              .nargs = na,
-                              .loaded_lm = p->loaded,
-                              .s = s,
-                              .n = n};
-    rc = qs_plan_write(c, &ps, e);
-    c->no_journal = 1; /* it wrote files and ran nothing: not a result to replay */
-out:
-    qs_sb_free(&ma);
-    qs_sb_free(&sa);
-    free(s);
-    free(common);
-    free(args);
-    return rc;
 }
 
 int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
@@ -2534,9 +2421,9 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         qs_err_prefix(e, "study merge: the plan's options");
         goto out;
     }
-    p->loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
+    p->s.loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
     qs_sb_printf(&pfx, "%s/q2", dir);
-    p->csv = csv ? csv : pfx.s;
+    p->s.csv = csv ? csv : pfx.s;
     char opts[600];
     qs_q2_record_options(&p->o, opts, sizeof opts);
     cJSON_ArrayForEach(x, js)
@@ -2567,7 +2454,7 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         goto out;
     }
     qs_q2_aggregate(&q);
-    if (qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->csv, e) < 0)
+    if (qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->s.csv, e) < 0)
         goto out;
     obj = q2_result(c, p, &q, &t);
     rc = merge_emit(c, dir, "q2", obj, &ps, &t, e);
@@ -2590,8 +2477,10 @@ static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     int rc = -1;
     if (q2_parse(c, argc, argv, p, e) < 0)
         goto out;
-    if (p->plan) {
-        rc = q2_plan(c, p, argc, argv, e);
+    if (p->s.plan) {
+        struct qs_q1_opts q1;
+        q2_as_q1(&p->o, &q1);
+        rc = sc_plan(c, &p->s, &q1, "q2", argc, argv, e);
         goto out;
     }
     p->o.progress = c->b->progress;
@@ -2601,8 +2490,8 @@ static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct qs_q2 q;
     if (qs_study_q2(&p->o, &q, e) < 0)
         goto out;
-    if ((p->csv && qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->csv, e) < 0) ||
-        (p->out && qs_q2_record_write(q.settings, q.nsettings, &p->o, p->out, e) < 0)) {
+    if ((p->s.csv && qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->s.csv, e) < 0) ||
+        (p->s.out && qs_q2_record_write(q.settings, q.nsettings, &p->o, p->s.out, e) < 0)) {
         qs_q2_free(&q);
         goto out;
     }
