@@ -917,9 +917,10 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 
 /* ---- the pane table ---------------------------------------------------------------------- */
 
-/* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
+/* In the order of their numbers (the focus keys 1..N and F2..F(N+1) reach them). A named pane
+ * (enum tui_pane) has its row at its index; a row after the last named one needs no name. */
 /* clang-format off */
-static const struct tui_pane_ops pane_ops[PANE_N] = {
+static const struct tui_pane_ops pane_ops[] = {
     /*               name                draw           title        wants
                                                                      narrow: row, weight  wide */
     [PANE_LAYERS] = {"Layers",           draw_layers,   NULL,        TUI_WANT_ROWS | TUI_WANT_ERRORS,
@@ -938,11 +939,14 @@ static const struct tui_pane_ops pane_ops[PANE_N] = {
                                                                      {2, 38}, {2, 100}},
 };
 /* clang-format on */
+const int tui_npanes = (int)(sizeof pane_ops / sizeof *pane_ops);
+_Static_assert(sizeof pane_ops / sizeof *pane_ops <= TUI_PANES_MAX,
+               "more panes than TUI_PANES_MAX (and the digit keys 1-9) hold");
 
 int tui_panes_want(void)
 {
     int w = 0;
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         w |= pane_ops[p].wants;
     return w;
 }
