@@ -2,8 +2,9 @@
 # tests/tools/tui_screens.sh BIN OUTDIR - the TUI's screens as text, for comparing two builds
 # after a change that must not move a character (a refactor of the pane or key tables): the
 # digits and moons models at twelve terminal sizes from 60x14 to 170x50 (24 layouts), then the
-# help overlay of each model at 80x24 and 100x30, and the focus keys 7 and F4 there. Each screen is tmux's capture once qscope is
-# idle, one file per screen in OUTDIR. Compare two builds with
+# help overlay of each model at 80x24 and 100x30 and the focus keys 7 and F4 there (36 screens).
+# Each screen is tmux's capture once qscope is idle, one file per screen in OUTDIR (about three
+# minutes, mostly waiting). Compare two builds with
 #   tests/tools/tui_screens.sh /tmp/old-qscope /tmp/old && tests/tools/tui_screens.sh ./qscope /tmp/new
 #   diff -r /tmp/old /tmp/new
 # Not part of `make test` (it compares two binaries, not one against a file).
