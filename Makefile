@@ -207,8 +207,18 @@ fashion: qscope $(BUILD)/tools/idx2csv
 	$(BUILD)/tools/idx2csv $(BUILD)/fmnist/images $(BUILD)/fmnist/labels datasets/fashion-mnist.csv
 	./qscope --no-default -c 'load data datasets/fashion-mnist.csv; train hidden=256,128 epochs=8 lr=0.0003 batch=128 seed=0 out=datasets/models/fashion-mlp.safetensors'
 
+# clang-format's output changes between major versions, so the tree is kept in one: 14 (Debian
+# bookworm's). clang-format-14 is used when installed under that name; another major version is
+# refused rather than reformatting every file its own way.
+CLANG_FORMAT_MAJOR = 14
+CLANG_FORMAT ?= $(shell command -v clang-format-$(CLANG_FORMAT_MAJOR) 2>/dev/null || echo clang-format)
 fmt:
-	clang-format -i $$(git ls-files '*.c' '*.h')
+	@v=$$($(CLANG_FORMAT) --version 2>/dev/null | sed -n 's/.*clang-format version \([0-9][0-9]*\)\..*/\1/p'); \
+	if [ "$$v" != "$(CLANG_FORMAT_MAJOR)" ]; then \
+	  echo "make fmt: the tree is formatted with clang-format $(CLANG_FORMAT_MAJOR), but $(CLANG_FORMAT) is $${v:+version }$${v:-not installed}: install clang-format-$(CLANG_FORMAT_MAJOR) (apt-get install clang-format-$(CLANG_FORMAT_MAJOR)) or give its path, make fmt CLANG_FORMAT=/path/to/clang-format-$(CLANG_FORMAT_MAJOR)" >&2; \
+	  exit 1; \
+	fi
+	$(CLANG_FORMAT) -i $$(git ls-files '*.c' '*.h')
 
 clean:
 	rm -rf build build-asan qscope

@@ -175,4 +175,10 @@ extern const struct qs_cmd_def qs_cmds_study[];
 /* The gate as JSON/text fields, added to every analysis result. */
 void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
 
+/* The gate footer of an analysis result's text, the one renderer of it (MLP and LM):
+ * "[REGIME; gate pass]", or when the gate fails "[REGIME; FIGURE; gate FAIL: ...]" with the float
+ * figure behind the verdict. The figure of a passing gate is eval's (its gate line), not repeated
+ * under every table: a change of its number format touches one renderer's output. */
+void qs_gate_footer(struct qs_sb *text, const char *regime, int pass, const char *figure);
+
 #endif

@@ -37,10 +37,19 @@ void qs_add_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
     cJSON_AddStringToObject(obj, "gate", ev.gate_pass ? "pass" : "fail");
     cJSON_AddStringToObject(obj, "regime", qs_regime_name(qs_bench_effective_regime(c->b)));
     if (text) {
-        qs_sb_printf(text, "[%s; float test acc %.4f; gate %s%s]", qs_regime_name(qs_bench_effective_regime(c->b)),
-                     ev.f.acc, ev.gate_pass ? "pass" : "FAIL",
-                     ev.gate_pass ? "" : ": model did not clearly learn the task, results flagged");
+        char fig[64];
+        snprintf(fig, sizeof fig, "float test acc %.4f", ev.f.acc);
+        qs_gate_footer(text, qs_regime_name(qs_bench_effective_regime(c->b)), ev.gate_pass, fig);
     }
+}
+
+void qs_gate_footer(struct qs_sb *text, const char *regime, int pass, const char *figure)
+{
+    if (pass)
+        qs_sb_printf(text, "[%s; gate pass]", regime);
+    else
+        qs_sb_printf(text, "[%s; %s; gate FAIL: model did not clearly learn the task, results flagged]",
+                     regime, figure);
 }
 
 /* ---- load ---------------------------------------------------------------------------- */

@@ -201,11 +201,12 @@ void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text)
     cJSON_AddItemToObject(obj, "task", j);
     cJSON_AddStringToObject(obj, "gate", g.pass ? "pass" : "fail");
     cJSON_AddStringToObject(obj, "regime", qs_regime_name(qs_bench_effective_regime(c->b)));
-    if (text)
-        qs_sb_printf(text, "[%s; float held-out loss %.4f (ppl %.3f); gate %s%s]",
-                     qs_regime_name(qs_bench_effective_regime(c->b)), g.float_loss,
-                     exp(g.float_loss), g.pass ? "pass" : "FAIL",
-                     g.pass ? "" : ": model did not clearly learn the task, results flagged");
+    if (text) {
+        char fig[80];
+        snprintf(fig, sizeof fig, "float held-out loss %.4f (ppl %.3f)", g.float_loss,
+                 exp(g.float_loss));
+        qs_gate_footer(text, qs_regime_name(qs_bench_effective_regime(c->b)), g.pass, fig);
+    }
 }
 
 void qs_cmd_json_static_amax(cJSON *o, const struct qs_bench *b)

@@ -33,14 +33,14 @@ static const struct row_param row_params[2][2][TUI_ROWS] = {
 /* clang-format on */
 
 struct row_spec {
-    int panes[PANE_N], np, min, want, flex;
-    int weight[PANE_N];
+    int panes[TUI_PANES_MAX], np, min, want, flex;
+    int weight[TUI_PANES_MAX];
 };
 
 static void layout(struct tui *t)
 {
     int H = LINES - 2, W = COLS;
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         t->r[p].vis = 0;
     int lowdim = t->snap && t->snap->lowdim;
     int nl = t->snap && t->snap->nlayers ? t->snap->nlayers : 3;
@@ -66,7 +66,7 @@ static void layout(struct tui *t)
         struct row_spec *r = &rows[nr];
         *r = (struct row_spec){
             .min = rp->min, .want = rp->want < 0 ? a_want : rp->want, .flex = rp->flex};
-        for (int p = 0; p < PANE_N; p++) {
+        for (int p = 0; p < tui_npanes; p++) {
             const struct tui_pane_ops *o = tui_pane_ops((enum tui_pane)p);
             const struct tui_pane_place *pl = wide ? &o->wide : &o->narrow;
             if (pl->row != i || !tui_pane_available((enum tui_pane)p, t->snap))
@@ -146,7 +146,7 @@ static void lowdim_dims(struct tui *t)
 
 static void rebuild_windows(struct tui *t)
 {
-    for (int p = 0; p < PANE_N; p++) {
+    for (int p = 0; p < tui_npanes; p++) {
         if (t->win[p])
             delwin(t->win[p]);
         t->win[p] = NULL;
@@ -159,14 +159,14 @@ static void rebuild_windows(struct tui *t)
         delwin(t->help);
     t->help = NULL;
     layout(t);
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         if (t->r[p].vis && (t->win[p] = newwin(t->r[p].h, t->r[p].w, t->r[p].y, t->r[p].x)))
             leaveok(t->win[p], TRUE);
     t->status = newwin(1, COLS, LINES - 2 > 0 ? LINES - 2 : 0, 0);
     t->prompt = newwin(1, COLS, LINES - 1, 0);
     if (t->status)
         leaveok(t->status, TRUE);
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         t->dirty[p] = 1;
     t->dirty_status = t->dirty_prompt = 1;
     t->relayout = 0;
@@ -348,7 +348,7 @@ void tui_redraw(struct tui *t)
     struct tui_view v;
     view_of(t, &v);
     int any = 0;
-    for (int p = 0; p < PANE_N; p++) {
+    for (int p = 0; p < tui_npanes; p++) {
         if (!t->r[p].vis || !t->win[p] || !t->dirty[p])
             continue;
         tui_pane_draw((enum tui_pane)p, t->win[p], t->r[p].h, t->r[p].w, t->r[p].sep, &v);
@@ -371,7 +371,7 @@ void tui_redraw(struct tui *t)
 
 void tui_dirty_all(struct tui *t)
 {
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         t->dirty[p] = 1;
     t->dirty_status = t->dirty_prompt = 1;
 }

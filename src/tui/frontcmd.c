@@ -197,7 +197,7 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char cmd[160];
         tui_key_command(k, cmd, sizeof cmd);
         cJSON *r = cJSON_CreateObject();
-        cJSON_AddStringToObject(r, "keys", k->label);
+        cJSON_AddStringToObject(r, "keys", tui_key_label(k));
         cJSON_AddStringToObject(r, "help", k->help);
         if (cmd[0])
             cJSON_AddStringToObject(r, "command", cmd);
@@ -215,8 +215,8 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (refused)
             cJSON_AddStringToObject(r, "refused", ke.msg);
         cJSON_AddItemToArray(rows, r);
-        qs_sb_printf(&txt, "%s%-13s %s%s%s%s", i ? "\n" : "", k->label, k->help, cmd[0] ? ": " : "",
-                     cmd, refused ? " [not offered on this model]" : "");
+        qs_sb_printf(&txt, "%s%-13s %s%s%s%s", i ? "\n" : "", tui_key_label(k), k->help,
+                     cmd[0] ? ": " : "", cmd, refused ? " [not offered on this model]" : "");
         if (now.s && !refused)
             qs_sb_printf(&txt, " [now: %s]", now.s);
         qs_sb_free(&now);

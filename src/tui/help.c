@@ -32,7 +32,8 @@ static int help_lines(struct tui *t, char ***out)
             continue;
         char cmd[160], buf[512];
         tui_key_command(k, cmd, sizeof cmd);
-        snprintf(buf, sizeof buf, "  %-13s %s%s%s", k->label, k->help, cmd[0] ? ": " : "", cmd);
+        snprintf(buf, sizeof buf, "  %-13s %s%s%s", tui_key_label(k), k->help, cmd[0] ? ": " : "",
+                 cmd);
         v[m++] = qs_strdup(buf);
     }
     for (int i = 0; i < nt; i++)

@@ -165,7 +165,7 @@ void tui_collect(struct tui *t)
     }
     if (sh->log_dirty) {
         sh->log_dirty = 0;
-        for (int p = 0; p < PANE_N; p++)
+        for (int p = 0; p < tui_npanes; p++)
             if (tui_pane_ops((enum tui_pane)p)->wants & TUI_WANT_LOG)
                 t->dirty[p] = 1;
     }
@@ -184,7 +184,7 @@ void tui_collect(struct tui *t)
             t->sel = s->nlayers > 0 ? s->nlayers - 1 : 0;
         if (s->lowdim != t->lowdim_layout || (s->nlayers && s->nlayers != t->nl_layout))
             t->relayout = 1;
-        for (int p = 0; p < PANE_N; p++)
+        for (int p = 0; p < tui_npanes; p++)
             if (tui_pane_ops((enum tui_pane)p)->wants & TUI_WANT_SNAP)
                 t->dirty[p] = 1;
         t->dirty_status = t->dirty_prompt = 1; /* the key hints follow the model's family */

@@ -254,7 +254,7 @@ static void scroll_log(struct tui *t, int d)
 
 static void focus_pane(struct tui *t, int p)
 {
-    if (p < 0 || p >= PANE_N || !tui_pane_available((enum tui_pane)p, t->snap))
+    if (p < 0 || p >= tui_npanes || !tui_pane_available((enum tui_pane)p, t->snap))
         return;
     if (p == t->focus)
         return;
@@ -267,8 +267,8 @@ static void focus_pane(struct tui *t, int p)
 static void focus_step(struct tui *t, int d)
 {
     int p = t->focus;
-    for (int i = 0; i < PANE_N; i++) {
-        p = (p + d + PANE_N) % PANE_N;
+    for (int i = 0; i < tui_npanes; i++) {
+        p = (p + d + tui_npanes) % tui_npanes;
         if (tui_pane_available((enum tui_pane)p, t->snap))
             break;
     }
@@ -349,10 +349,11 @@ static void key_focus_step(struct tui *t, const struct tui_key *k, int fkey, win
     focus_step(t, fkey && ch == KEY_BTAB ? -1 : 1);
 }
 
-/* 1-7 or F2-F8: focus pane N (from the prompt too, which it then leaves) */
+/* 1..N or F2..F(N+1): focus pane N (from the prompt too, which it then leaves) */
 static void key_focus_n(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
 {
-    int p = fkey ? (int)ch - k->fkeys[0] : (int)ch - k->chars[0];
+    (void)k;
+    int p = fkey ? (int)ch - KEY_F(2) : (int)ch - '1';
     focus_pane(t, p);
     if (t->mode == MODE_PROMPT)
         leave_prompt(t);
@@ -390,9 +391,10 @@ static void key_cancel(struct tui *t, const struct tui_key *k, int fkey, wint_t 
 /* ---- the table ---------------------------------------------------------------------------- */
 
 /* In the order of the help overlay; the key hints take the rows with a hint, in this order.
- * Rows: label, chars, function keys, hint, help, then the command it runs (a template: %L the
- * selected layer, %{NAME} another placeholder of the table above) or, for a front-end key, NULL
- * and its action, then flags. One key a row, so that it reads as a table. */
+ * Rows: label (%P: the pane focus keys' range, from the pane table), chars, function keys,
+ * hint, help, then the command it runs (a template: %L the selected layer, %{NAME} another
+ * placeholder of the table above) or, for a front-end key, NULL and its action, then flags. One
+ * key a row, so that it reads as a table. */
 /* clang-format off */
 const struct tui_key tui_keys[] = {
     /* label        chars     function keys               hint */
@@ -444,9 +446,9 @@ const struct tui_key tui_keys[] = {
     {"Tab S-Tab",   "\t",     {KEY_BTAB},                 "Tab focus",
      "focus the next / previous pane",
      NULL, key_focus_step, 0},
-    {"1-7 F2-F8",   "17",     {KEY_F(2), KEY_F(8)},       NULL,
+    {"%P",          "",       {0},                        NULL,
      "focus pane N (6: the decision regions of a 2-D model)",
-     NULL, key_focus_n, TUI_KEY_RANGE | TUI_KEY_PROMPT},
+     NULL, key_focus_n, TUI_KEY_PANES | TUI_KEY_PROMPT},
     {"z",           "z",      {0},                        "z zoom",
      "zoom the focused pane, or back",
      NULL, key_zoom, 0},
@@ -516,12 +518,25 @@ void tui_key_hints(struct tui *t, char *buf, size_t n)
     }
 }
 
+const char *tui_key_label(const struct tui_key *k)
+{
+    static char range[32];
+    if (!(k->flags & TUI_KEY_PANES))
+        return k->label;
+    if (tui_npanes == 1)
+        snprintf(range, sizeof range, "1 F2");
+    else
+        snprintf(range, sizeof range, "1-%d F2-F%d", tui_npanes, tui_npanes + 1);
+    return range;
+}
+
 /* Whether key k is pressed by (fkey, ch). */
 static int key_matches(const struct tui_key *k, int fkey, wint_t ch)
 {
+    if (k->flags & TUI_KEY_PANES)
+        return fkey ? (int)ch >= KEY_F(2) && (int)ch <= KEY_F(1 + tui_npanes)
+                    : ch >= '1' && ch <= (wint_t)('0' + tui_npanes);
     if (fkey) {
-        if (k->flags & TUI_KEY_RANGE)
-            return k->fkeys[0] && (int)ch >= k->fkeys[0] && (int)ch <= k->fkeys[1];
         for (int j = 0; j < 3 && k->fkeys[j]; j++)
             if ((int)ch == k->fkeys[j])
                 return 1;
@@ -529,8 +544,6 @@ static int key_matches(const struct tui_key *k, int fkey, wint_t ch)
     }
     if (ch == 0 || ch >= 128 || !k->chars[0])
         return 0;
-    if (k->flags & TUI_KEY_RANGE)
-        return (int)ch >= k->chars[0] && (int)ch <= k->chars[1];
     return strchr(k->chars, (int)ch) != NULL;
 }
 
@@ -541,7 +554,7 @@ static void run_key(struct tui *t, const struct tui_key *k, int fkey, wint_t ch)
     qs_err e = {{0}};
     if (tui_key_refused(t, k, &e) < 0) {
         char msg[QS_ERRLEN + 16];
-        snprintf(msg, sizeof msg, "%s: %s", k->label, e.msg);
+        snprintf(msg, sizeof msg, "%s: %s", tui_key_label(k), e.msg);
         tui_log_add(&t->sh, LOG_ERR, msg);
         return;
     }
@@ -625,7 +638,7 @@ static void key_help_overlay(struct tui *t, int fkey, wint_t ch)
             t->help = NULL;
         }
         tui_dirty_all(t);
-        for (int p = 0; p < PANE_N; p++)
+        for (int p = 0; p < tui_npanes; p++)
             if (t->win[p])
                 touchwin(t->win[p]);
     }

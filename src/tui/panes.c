@@ -261,7 +261,7 @@ static void draw_layers(WINDOW *w, int h, int cw, const struct tui_view *v)
         message(w, 1, cw, st, s ? "no model (load model PATH)" : "loading...");
         return;
     }
-    static const char *const head[COL_N] = {"layer",  "shape", "weights", "acts",      "bits/w",
+    static const char *const head[COL_N] = {"layer", "shape",  "weights", "acts",      "bits/w",
                                             "w_err", "SNR dB", "sens",    "correction"};
     /* fill order: which columns to keep when narrow */
     static const int prio[COL_N] = {COL_NAME, COL_W,    COL_BPW, COL_SNR,  COL_SENS,
@@ -491,8 +491,7 @@ static void draw_task(WINDOW *w, int h, int cw, const struct tui_view *v)
 /* ---- spectrum and rank profile ------------------------------------------------------------ */
 
 static void legend(WINDOW *w, int y, int cw, const struct tui_style *st, const attr_t *ser,
-                   attr_t rule, const char *r0, const char *r1, const char *r2,
-                   const char *rname)
+                   attr_t rule, const char *r0, const char *r1, const char *r2, const char *rname)
 {
     const char *mk0 = st->utf8 ? "\xe2\xa3\xbf" : "*", *mk1 = st->utf8 ? "\xe2\xa3\xbf" : ".";
     const char *mk2 = st->utf8 ? "\xe2\xa3\xbf" : "+";
@@ -631,7 +630,9 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
     if (h - 1 < 5)
         return;
     legend(w, h - 2, cw, st, ser, rule, "error", "W", rs ? "W-(Q+C)" : NULL,
-           zero ? NULL : s->st.null_draws ? "null edge" : "MP edge");
+           zero               ? NULL
+           : s->st.null_draws ? "null edge"
+                              : "MP edge");
     if (zero) {
         putf(w, h - 1, 1, cw - 1, A_DIM, "no weight error (float)");
         return;
@@ -642,13 +643,14 @@ static void draw_spectrum(WINDOW *w, int h, int cw, const struct tui_view *v)
     if (rs)
         snprintf(tail, sizeof tail, "; C-%.0f%% resid %s",
                  s->st.fro2 > 0 ? 100 * (1 - s->res_st.fro2 / s->st.fro2) : 0.0,
-                 s->res_st.zero ? "zero" : s->res_st.structured ? "struct" : "noise");
+                 s->res_st.zero         ? "zero"
+                 : s->res_st.structured ? "struct"
+                                        : "noise");
     else if (s->resid < 0)
         snprintf(tail, sizeof tail, "; %s: no W resid", s->resid_method);
     putf(w, h - 1, 1, cw - 1, s->st.structured ? cp(st, CP_WARN, A_BOLD) : 0,
-         "%s%.3g %s %s %.3g %s%s", tail[0] ? "" : "top ", s->st.top,
-         s->st.structured ? ">" : "<", s->st.null_draws ? "null" : "MP", edge,
-         s->st.structured ? "structured" : "noise", tail);
+         "%s%.3g %s %s %.3g %s%s", tail[0] ? "" : "top ", s->st.top, s->st.structured ? ">" : "<",
+         s->st.null_draws ? "null" : "MP", edge, s->st.structured ? "structured" : "noise", tail);
 }
 
 static void draw_rank(WINDOW *w, int h, int cw, const struct tui_view *v)
@@ -917,9 +919,10 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 
 /* ---- the pane table ---------------------------------------------------------------------- */
 
-/* In the order of their numbers (the keys 1-7 and F2-F8 focus them). */
+/* In the order of their numbers (the focus keys 1..N and F2..F(N+1) reach them). A named pane
+ * (enum tui_pane) has its row at its index; a row after the last named one needs no name. */
 /* clang-format off */
-static const struct tui_pane_ops pane_ops[PANE_N] = {
+static const struct tui_pane_ops pane_ops[] = {
     /*               name                draw           title        wants
                                                                      narrow: row, weight  wide */
     [PANE_LAYERS] = {"Layers",           draw_layers,   NULL,        TUI_WANT_ROWS | TUI_WANT_ERRORS,
@@ -938,11 +941,14 @@ static const struct tui_pane_ops pane_ops[PANE_N] = {
                                                                      {2, 38}, {2, 100}},
 };
 /* clang-format on */
+const int tui_npanes = (int)(sizeof pane_ops / sizeof *pane_ops);
+_Static_assert(sizeof pane_ops / sizeof *pane_ops <= TUI_PANES_MAX,
+               "more panes than TUI_PANES_MAX (and the digit keys 1-9) hold");
 
 int tui_panes_want(void)
 {
     int w = 0;
-    for (int p = 0; p < PANE_N; p++)
+    for (int p = 0; p < tui_npanes; p++)
         w |= pane_ops[p].wants;
     return w;
 }

@@ -32,6 +32,10 @@
 #include "qscope/lmbench.h"
 #include "qscope/tui.h"
 
+/* Every pane is one row of the pane table (pane_ops in panes.c), numbered in the table's order:
+ * the focus keys 1..N and F2..F(N+1) reach them, N = tui_npanes. These names are the rows other
+ * code refers to (the layout's fallback focus, the log, the decision regions, ...); a pane
+ * nothing else names needs none: a new pane is its row (and its draw function). */
 enum tui_pane {
     PANE_LAYERS,
     PANE_TASK,
@@ -40,8 +44,10 @@ enum tui_pane {
     PANE_CORR,
     PANE_LOWDIM,
     PANE_LOG,
-    PANE_N
 };
+/* The most panes the table may hold (the size of per-pane arrays; the digit keys reach 9). */
+#define TUI_PANES_MAX 9
+extern const int tui_npanes; /* the pane table's rows */
 
 /* ---- the snapshot: everything the panes draw, copied out of the bench by the worker ------ */
 
@@ -307,9 +313,9 @@ struct tui {
     struct tui_snap *snap;
     int sel, focus, zoom, mode, log_scroll, help_scroll;
     int too_small, lowdim_layout, nl_layout;
-    struct tui_rect r[PANE_N];
-    WINDOW *win[PANE_N], *status, *prompt, *help;
-    int dirty[PANE_N], dirty_status, dirty_prompt, relayout;
+    struct tui_rect r[TUI_PANES_MAX];
+    WINDOW *win[TUI_PANES_MAX], *status, *prompt, *help;
+    int dirty[TUI_PANES_MAX], dirty_status, dirty_prompt, relayout;
     /* jobs */
     struct tui_item *q;
     int nq, capq, group;
@@ -364,7 +370,8 @@ void tui_dirty_all(struct tui *t);
 struct tui_key;
 typedef void (*tui_key_fn)(struct tui *t, const struct tui_key *k, int fkey, wint_t ch);
 struct tui_key {
-    const char *label; /* the keys as the help shows them ("+ =", "j Down") */
+    const char *label; /* the keys as the help shows them ("+ =", "j Down"); TUI_KEY_PANES: "%P"
+                          (tui_key_label writes the range) */
     const char *chars; /* the characters that press it (Tab is "\t"), or "" */
     int fkeys[3];      /* curses function keys that press it (KEY_UP ...), 0-terminated */
     const char *foot;  /* the key hint's "KEY NAME" ("+/- bits"), or NULL: not in the hints */
@@ -376,10 +383,14 @@ struct tui_key {
 enum {
     TUI_KEY_ANY_MODE = 1, /* also at the prompt and in the help overlay (Ctrl-C) */
     TUI_KEY_PROMPT = 2,   /* also at the prompt (function keys) */
-    TUI_KEY_RANGE = 4     /* chars / fkeys give the first and last key of a range (1-7) */
+    TUI_KEY_PANES = 4     /* the focus keys of the panes: 1..N and F2..F(N+1) for the N rows of
+                             the pane table (chars and fkeys unused) */
 };
 extern const struct tui_key tui_keys[];
 extern const int tui_nkeys;
+/* The keys of k as the help shows them: its label, or for TUI_KEY_PANES the range from the pane
+ * table ("1-7 F2-F8" for seven panes). */
+const char *tui_key_label(const struct tui_key *k);
 /* 0 when key k is offered now, else -1 with the reason in e. */
 int tui_key_refused(struct tui *t, const struct tui_key *k, qs_err *e);
 /* The command the key runs, as the help shows it ("uncorrect LAYER"), or "" (buf: n bytes). */

@@ -44,6 +44,13 @@ mapfile -t ROWS < <(awk '
     cmd = ""; if ($0 ~ /^ +"/) { split($0, c, "\""); cmd = c[2] }
     print label "\037" help "\037" cmd "\037" chars; st = 0
   }' src/tui/keys.c)
+# the pane table's rows (src/tui/panes.c): the focus keys' range, the label "%P", covers them
+NPANES=$(awk '/^static const struct tui_pane_ops pane_ops\[\] = \{/ { on = 1; next }
+  on && /^};/ { on = 0 }
+  on && /^    (\[PANE_[A-Z]+\] *= *)?\{"/ { n++ }
+  END { print n + 0 }' src/tui/panes.c)
+PRANGE="1-$NPANES F2-F$((NPANES + 1))"
+[ "$NPANES" = 1 ] && PRANGE="1 F2"
 declare -A SHOWN=()
 while IFS=$'\t' read -r name shown; do SHOWN[$name]=$shown; done < <(awk '
   /placeholders\[\] = \{/ { on = 1; next }
@@ -78,6 +85,7 @@ help_ok() {
           sed -E 's/^[|│] //; s/ *[|│]$//; s/ +$//')
   [ ${#ROWS[@]} -ge 10 ] || { echo "only ${#ROWS[@]} rows read from keys.c"; return 1; }
   [ ${#SHOWN[@]} -ge 2 ] || { echo "only ${#SHOWN[@]} placeholders read from keys.c"; return 1; }
+  [ "$NPANES" -ge 7 ] || { echo "only $NPANES panes read from panes.c"; return 1; }
   for i in "${!ROWS[@]}"; do
     IFS=$'\037' read -r label help cmd _ <<<"${ROWS[$i]}"
     cmd=$(expand "$cmd" SHOWN) || { bad="$bad [row '$label': placeholder $cmd not in the table]"; continue; }
@@ -87,6 +95,7 @@ help_ok() {
     fi
     help=${help#\"}
     help=${help%%\",*}
+    [ "$label" = %P ] && label=$PRANGE
     want+=$(printf '  %-13s %s%s' "$label" "$help" "${cmd:+: $cmd}")$'\n'
   done
   [ -z "$bad" ] || { echo "$bad"; return 1; }

@@ -131,6 +131,80 @@ static void test_incremental_gpt2(void)
     incremental("datasets/models/tiny-gpt2", "h.1.mlp.c_fc", "h.0.attn.c_proj");
 }
 
+/* The transformer's stale caches (the MLP's test_stale_corrections and
+ * test_incremental_bit_identical on the one core's LM path): a bias correction fitted on a late
+ * site, then a change of an upstream site's format. Everything downstream of the change must be
+ * forgotten: the late site's row cache (its quantized-path inputs), error's kept sums and KL runs,
+ * and the bias fit (flagged stale; a low-rank fit, which sees only W, Q(W) and float inputs, is
+ * not). The late site's inputs, error's figures and eval then equal a fresh bench's built
+ * directly in the final state, and so does the bias refitted on them. */
+static void test_stale_caches_gpt2(void)
+{
+    const char *dir = "datasets/models/tiny-gpt2", *late = "h.1.mlp.c_fc", *mid = "h.0.mlp.c_proj",
+               *early = "h.0.attn.c_proj";
+    qs_err e = {{0}};
+    struct qs_bench *a = qs_test_open_lm_n(dir, LM_TOKENS), *b = qs_test_open_lm_n(dir, LM_TOKENS);
+    CHECK(a && b);
+    if (!a || !b)
+        goto out;
+    int S = qs_bench_nunits(a), il = qs_bench_layer_index(a, late),
+        im = qs_bench_layer_index(a, mid), ie = qs_bench_layer_index(a, early);
+    CHECK(0 <= ie && ie < im && im < il);
+    struct qs_layer_err *err = calloc((size_t)S, sizeof *err);
+    CHECK(err != NULL);
+    if (!err)
+        goto out;
+    /* a: every cache filled in the first state (late site int3, a bias fitted on it) */
+    CHECK(rule(a, "*", "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == S);
+    CHECK(rule(a, late, "int3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
+    CHECK(qs_analysis_correct(a, im, QS_CORR_LOWRANK, 2, "float", -1, NULL, &e) == 0);
+    CHECK(qs_analysis_correct(a, il, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
+    CHECK(qs_analysis_errors(a, err, &e) == 0);
+    struct qs_eval ea, eb;
+    CHECK(qs_bench_eval(a, &ea, &e) == 0);
+    const float *x1 = NULL;
+    int n1 = 0;
+    CHECK(qs_bench_inputs(a, QS_CALIB, 1, il, &x1, &n1, &e) == 0); /* the late site's rows */
+    double r_before = a->ls[il].corr.recovery;
+    CHECK(!a->ls[il].corr.stale && !a->ls[im].corr.stale);
+    /* then the upstream change */
+    CHECK(rule(a, early, "int8", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
+    CHECK(a->ls[il].corr.stale && !a->ls[im].corr.stale &&
+          a->ls[im].corr.method == QS_CORR_LOWRANK);
+    /* b: the final state built directly */
+    CHECK(rule(b, "*", "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == S);
+    CHECK(rule(b, late, "int3", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
+    CHECK(rule(b, early, "int8", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
+    CHECK(qs_analysis_correct(b, im, QS_CORR_LOWRANK, 2, "float", -1, NULL, &e) == 0);
+    /* the late site's quantized-path inputs are the final state's */
+    const float *xa = NULL, *xb = NULL;
+    int na = 0, nb = 0, in = a->lm->sites[il].in;
+    CHECK(qs_bench_inputs(a, QS_CALIB, 1, il, &xa, &na, &e) == 0);
+    float *keep = xa ? malloc((size_t)na * in * sizeof(float)) : NULL;
+    if (keep)
+        memcpy(keep, xa, (size_t)na * in * sizeof(float));
+    CHECK(qs_bench_inputs(b, QS_CALIB, 1, il, &xb, &nb, &e) == 0);
+    CHECK(keep && xb && na == nb && memcmp(keep, xb, (size_t)na * in * sizeof(float)) == 0);
+    free(keep);
+    /* the stale bias refitted in a equals b's fitted fresh, bit for bit */
+    CHECK(qs_analysis_correct(a, il, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
+    CHECK(qs_analysis_correct(b, il, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
+    CHECK(!a->ls[il].corr.stale);
+    CHECK(a->ls[il].corr.db && b->ls[il].corr.db &&
+          memcmp(a->ls[il].corr.db, b->ls[il].corr.db,
+                 (size_t)a->lm->sites[il].out * sizeof(float)) == 0);
+    CHECK(a->ls[il].corr.recovery == b->ls[il].corr.recovery &&
+          a->ls[il].corr.recovery_calib == b->ls[il].corr.recovery_calib);
+    CHECK(a->ls[il].corr.recovery != r_before); /* the change reached the late site */
+    CHECK(same_errors(a, b));
+    CHECK(qs_bench_eval(a, &ea, &e) == 0 && qs_bench_eval(b, &eb, &e) == 0);
+    CHECK(ea.q.loss == eb.q.loss && ea.kl == eb.kl && ea.agree == eb.agree);
+    free(err);
+out:
+    qs_bench_free(a);
+    qs_bench_free(b);
+}
+
 /* ---- the streamed sums against an independent whole-window reference --------------------- */
 
 /* The reference: each calibration window through qs_lm_forward twice (float; every site through
@@ -151,8 +225,8 @@ static void cap_input(void *u, int s, const float *x, int n, int in)
 static int cap_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
 {
     struct cap *c = u;
-    return qs_bench_layer_forward(c->b, s, x, n, c->quant ? QS_ROLE_W | QS_ROLE_A : 0, c->quant,
-                                  y, e);
+    return qs_bench_layer_forward(c->b, s, x, n, c->quant ? QS_ROLE_W | QS_ROLE_A : 0, c->quant, y,
+                                  e);
 }
 
 static void reference(struct qs_bench *b, double (*sum)[5])
@@ -240,7 +314,7 @@ static void streamed(const char *dir, const char *mid)
     if (!b)
         return;
     int S = qs_bench_nunits(b), im = qs_bench_layer_index(b, mid);
-    double (*sum)[5] = calloc((size_t)S, sizeof *sum);
+    double(*sum)[5] = calloc((size_t)S, sizeof *sum);
     /* quantized from a middle site on (the quantized pass resumes from its block), with a
      * correction and activation quantization on the way */
     CHECK(im > 0 && rule(b, mid, "int4", "gran=channel", 0, QS_AMODE_DYNAMIC) == 1);
@@ -274,7 +348,10 @@ static void streamed(const char *dir, const char *mid)
     qs_bench_free(b);
 }
 
-static void test_streamed_gpt2(void) { streamed("datasets/models/tiny-gpt2", "h.0.mlp.c_proj"); }
+static void test_streamed_gpt2(void)
+{
+    streamed("datasets/models/tiny-gpt2", "h.0.mlp.c_proj");
+}
 static void test_streamed_llama(void)
 {
     streamed("datasets/models/tiny-llama", "model.layers.0.mlp.gate_proj");
@@ -314,5 +391,6 @@ static void test_static_differs(void)
 }
 
 TEST_MAIN("lm_bench", TEST_CASE(test_incremental_llama), TEST_CASE(test_incremental_gpt2),
-          TEST_CASE(test_streamed_gpt2), TEST_CASE(test_streamed_llama),
-          TEST_CASE(test_calib_tokens), TEST_CASE(test_static_differs))
+          TEST_CASE(test_stale_caches_gpt2), TEST_CASE(test_streamed_gpt2),
+          TEST_CASE(test_streamed_llama), TEST_CASE(test_calib_tokens),
+          TEST_CASE(test_static_differs))

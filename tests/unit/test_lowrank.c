@@ -1,9 +1,9 @@
 /* test_lowrank.c - LoRC, L2QER, QERA, EoRA, the ridge recovery map and the recovery score.
  *
  * Independent references: numpy float64 corrections and ridge map in tests/fixtures/svd_corr.*
- * (tests/tools/make_svd_fixtures.py; the ridge map there solved as an augmented lstsq, not the normal
- * equations), LAPACK sgels (qs_lstsq) on centred data, Eckart-Young (the tail energy from the
- * exact singular values), and the identities between the methods (LQER with s = 1 is LoRC, QERA
+ * (tests/tools/make_svd_fixtures.py; the ridge map there solved as an augmented lstsq, not the
+ * normal equations), LAPACK sgels (qs_lstsq) on centred data, Eckart-Young (the tail energy from
+ * the exact singular values), and the identities between the methods (LQER with s = 1 is LoRC, QERA
  * with R = I is LoRC, EoRA = exact QERA). Run from the repository root. */
 #include "qscope/lowrank.h"
 
@@ -529,21 +529,17 @@ static void test_recovery(void)
     CHECK(strstr(err.msg, "empty") != NULL);
 }
 
-static void cleanup(void)
+static int cleanup(void)
 {
     cJSON_Delete(fix_json);
     free(fix_bin);
+    return 0;
 }
 
-static void test_zz_cleanup(void)
-{
-    cleanup();
-}
-
-TEST_MAIN("lowrank", TEST_CASE(test_lorc_full_rank_is_exact), TEST_CASE(test_lorc_eckart_young),
-          TEST_CASE(test_bad_rank_messages), TEST_CASE(test_corrections_vs_numpy),
-          TEST_CASE(test_lqer_unit_scale_is_lorc), TEST_CASE(test_qera_vs_lorc_objective),
-          TEST_CASE(test_qera_singular_r), TEST_CASE(test_factors_multiply_to_c),
-          TEST_CASE(test_ridge_lambda0_is_lstsq), TEST_CASE(test_ridge_vs_numpy),
-          TEST_CASE(test_ridge_collinear_fallback), TEST_CASE(test_recovery),
-          TEST_CASE(test_zz_cleanup))
+TEST_MAIN_CLEANUP("lowrank", cleanup, TEST_CASE(test_lorc_full_rank_is_exact),
+                  TEST_CASE(test_lorc_eckart_young), TEST_CASE(test_bad_rank_messages),
+                  TEST_CASE(test_corrections_vs_numpy), TEST_CASE(test_lqer_unit_scale_is_lorc),
+                  TEST_CASE(test_qera_vs_lorc_objective), TEST_CASE(test_qera_singular_r),
+                  TEST_CASE(test_factors_multiply_to_c), TEST_CASE(test_ridge_lambda0_is_lstsq),
+                  TEST_CASE(test_ridge_vs_numpy), TEST_CASE(test_ridge_collinear_fallback),
+                  TEST_CASE(test_recovery))

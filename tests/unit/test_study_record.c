@@ -50,8 +50,8 @@ static void opts_default(struct qs_q1_opts *o, struct qs_format *lf, struct qs_q
 
 static void test_roundtrip_bits(void)
 {
-    static const double vals[] = {0.1, 1.0 / 3.0, -0.0, 5e-324, 1.7976931348623157e308, NAN,
-                                  INFINITY, -INFINITY, -0.069, 0.348};
+    static const double vals[] = {0.1, 1.0 / 3.0, -0.0,      5e-324, 1.7976931348623157e308,
+                                  NAN, INFINITY,  -INFINITY, -0.069, 0.348};
     enum { NV = sizeof vals / sizeof *vals };
     struct qs_q1 q;
     memset(&q, 0, sizeof q);
@@ -238,21 +238,18 @@ static void test_merge_equals_in_process(void)
     qs_q1_free(&m);
 }
 
-static void cleanup(void)
+static int cleanup(void)
 {
     if (tmpdir[0]) {
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-        if (system(cmd) != 0)
+        if (system(cmd) != 0) {
             fprintf(stderr, "could not remove %s\n", tmpdir);
+            return -1;
+        }
     }
+    return 0;
 }
 
-static void test_cleanup(void)
-{
-    cleanup();
-    CHECK(1);
-}
-
-TEST_MAIN("study_record", TEST_CASE(test_roundtrip_bits), TEST_CASE(test_merge_equals_in_process),
-          TEST_CASE(test_cleanup))
+TEST_MAIN_CLEANUP("study_record", cleanup, TEST_CASE(test_roundtrip_bits),
+                  TEST_CASE(test_merge_equals_in_process))
