@@ -164,6 +164,12 @@ int qs_q1_data_path(const char *model, const char *data_meta, char *buf, size_t 
 /* Writes PREFIX-layers.csv, PREFIX-settings.csv and PREFIX-master_summary.csv (one row per
  * setting: its verdict, gate, counts and its Q1 layers' aggregates) (libcsv quoting; a first
  * "# qscope ..." line names the study's options). 0, or -1 with a message naming the file. */
+/* Opens PREFIX-WHAT.csv through qs_outfile (a device is written in place, a regular file
+ * replaced only once complete) and writes its first line, a raw comment CSV readers skip
+ * (pandas: comment='#'): "# qscope VERSION study STUDY WHAT: HEAD". NULL and e on failure.
+ * Both studies' CSV files open through it. */
+FILE *qs_study_open_csv(qs_outfile *of, const char *prefix, const char *what, const char *study,
+                        const char *head, qs_err *e);
 int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *prefix,
                     qs_err *e);
 

@@ -1017,22 +1017,14 @@ void qs_q2_aggregate(struct qs_q2 *q)
 static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
                       const struct qs_q2_opts *o, qs_err *e)
 {
-    char path[4096];
-    if ((size_t)snprintf(path, sizeof path, "%s-%s.csv", prefix, what) >= sizeof path) {
-        qs_errf(e, "study q2: csv= prefix is too long (%zu bytes)", strlen(prefix));
-        return NULL;
-    }
-    if (qs_out_open(of, path, e) < 0)
-        return NULL;
-    fprintf(of->f,
-            "# qscope %s study q2 %s: regime=weight-only corrector=mlp %d-%d-1 tanh adam "
-            "lr=%g epochs=%d batch=%d n_fit=%d n_eval=%d",
-            QS_VERSION, what, o->hidden, o->hidden, o->lr, o->epochs, o->batch, o->n_fit,
-            o->n_eval);
+    char head[400], ht[48] = "";
     if (o->heldout_tokens > 0)
-        fprintf(of->f, " heldout_tokens=%ld", o->heldout_tokens);
-    fputc('\n', of->f);
-    return of->f;
+        snprintf(ht, sizeof ht, " heldout_tokens=%ld", o->heldout_tokens);
+    snprintf(head, sizeof head,
+             "regime=weight-only corrector=mlp %d-%d-1 tanh adam lr=%g epochs=%d batch=%d "
+             "n_fit=%d n_eval=%d%s",
+             o->hidden, o->hidden, o->lr, o->epochs, o->batch, o->n_fit, o->n_eval, ht);
+    return qs_study_open_csv(of, prefix, what, "q2", head, e);
 }
 
 int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opts *o,

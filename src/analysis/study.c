@@ -818,26 +818,29 @@ fail:
 
 /* ---- CSV ----------------------------------------------------------------------------------- */
 
-/* Opens PREFIX-WHAT.csv through qs_outfile (a device is written in place, a regular file
- * replaced only once complete) and writes its first line: a raw "# ..." comment naming the
- * study's settings, which CSV readers skip (pandas: comment='#'). */
-static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
-                      const struct qs_q1_opts *o, qs_err *e)
+FILE *qs_study_open_csv(qs_outfile *of, const char *prefix, const char *what, const char *study,
+                        const char *head, qs_err *e)
 {
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s-%s.csv", prefix, what) >= sizeof path) {
-        qs_errf(e, "study q1: csv= prefix is too long (%zu bytes)", strlen(prefix));
+        qs_errf(e, "study %s: csv= prefix is too long (%zu bytes)", study, strlen(prefix));
         return NULL;
     }
     if (qs_out_open(of, path, e) < 0)
         return NULL;
-    char opts[200] = "";
-    qs_qopts_format(&o->fmt, &o->opt, opts, sizeof opts);
-    fprintf(of->f,
-            "# qscope %s study q1 %s: regime=weight-only format=%s %s prec=%s "
-            "correctability=top %.3g of directions\n",
-            QS_VERSION, what, o->fmt.name, opts, o->prec, o->top_frac);
+    fprintf(of->f, "# qscope %s study %s %s: %s\n", QS_VERSION, study, what, head);
     return of->f;
+}
+
+static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
+                      const struct qs_q1_opts *o, qs_err *e)
+{
+    char opts[200] = "", head[400];
+    qs_qopts_format(&o->fmt, &o->opt, opts, sizeof opts);
+    snprintf(head, sizeof head,
+             "regime=weight-only format=%s %s prec=%s correctability=top %.3g of directions",
+             o->fmt.name, opts, o->prec, o->top_frac);
+    return qs_study_open_csv(of, prefix, what, "q1", head, e);
 }
 
 int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *prefix,
