@@ -330,6 +330,8 @@ void qs_q2_record_options(const struct qs_q2_opts *o, char *buf, size_t n)
              "n_fit=%d n_eval=%d",
              o->fmt.name, op, o->lm_fmt ? o->lm_fmt->name : "the same", lop, o->hidden, o->hidden,
              o->lr, o->epochs, o->batch, o->n_fit, o->n_eval);
+    if (o->heldout_tokens > 0) /* absent when not given: older records keep their line */
+        snprintf(buf + strlen(buf), n - strlen(buf), " heldout_tokens=%ld", o->heldout_tokens);
 }
 
 /* The digest of a setting: SHA-256 over every field, each as exact text (%a for a double), so

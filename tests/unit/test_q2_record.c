@@ -190,6 +190,10 @@ static void test_roundtrip_bits(void)
     qs_q2_record_options(&o2, line2, sizeof line2);
     CHECK(qs_q2_record_read(tmp("a.json"), line2, &r, &e) < 0 &&
           strstr(e.msg, "other options (epochs=8 where the plan has epochs=3;"));
+    o2 = o; /* a held-out budget is an option too: a record of the whole split is not its */
+    o2.heldout_tokens = 4096;
+    qs_q2_record_options(&o2, line2, sizeof line2);
+    CHECK(qs_q2_record_read(tmp("a.json"), line2, &r, &e) < 0 && strstr(e.msg, "other options"));
     /* the digest is over the values, not their text: 1/3 written otherwise still reads */
     edit(tmp("a.json"), tmp("same.json"), "\"rms\"", "3.33333333333333315e-1");
     CHECK(qs_q2_record_read(tmp("same.json"), line, &r, &e) == 0 && r.nsettings == 3);
