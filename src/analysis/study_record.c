@@ -189,8 +189,8 @@ static int read_setting(const cJSON *j, struct qs_q1_setting *st, struct qs_q1_l
     long long v;
     char verdict[16];
     memset(st, 0, sizeof *st);
-    if (get_s(j, "model", st->model, sizeof st->model) || get_s(j, "data", st->data, sizeof st->data) ||
-        get_i(j, "seed", 0, (1LL << 53), &v))
+    if (get_s(j, "model", st->model, sizeof st->model) ||
+        get_s(j, "data", st->data, sizeof st->data) || get_i(j, "seed", 0, (1LL << 53), &v))
         return -1;
     st->seed = (uint64_t)v;
     if (get_i(j, "nq1", 0, nl, &v))
@@ -241,7 +241,8 @@ static int read_setting(const cJSON *j, struct qs_q1_setting *st, struct qs_q1_l
         if (get_i(x, "in", 1, 1 << 30, &v))
             return -1;
         l->in = (int)v;
-        if (get_d(x, "w_rel_err", &l->w_rel_err) || get_d(x, "preact_rel_mse", &l->preact_rel_mse) ||
+        if (get_d(x, "w_rel_err", &l->w_rel_err) ||
+            get_d(x, "preact_rel_mse", &l->preact_rel_mse) ||
             get_d(x, "correctability", &l->correctability) || get_d(x, "r_float", &l->r_float) ||
             get_d(x, "r_q", &l->r_q) || get_d(x, "lambda", &l->lambda) ||
             get_i(x, "rank_kept", 0, 1 << 30, &v))
@@ -251,7 +252,26 @@ static int read_setting(const cJSON *j, struct qs_q1_setting *st, struct qs_q1_l
     return i == nl ? 0 : -1;
 }
 
-int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs_err *e)
+/* The first space-separated words of x and y that differ, into a and b (64 bytes each). */
+static void first_diff(const char *x, const char *y, char *a, char *b)
+{
+    for (;;) {
+        size_t lx = strcspn(x, " "), ly = strcspn(y, " ");
+        if (lx != ly || strncmp(x, y, lx) || !x[lx] || !y[ly]) {
+            snprintf(a, 64, "%.*s", (int)(lx < 63 ? lx : 63), x);
+            snprintf(b, 64, "%.*s", (int)(ly < 63 ? ly : 63), y);
+            return;
+        }
+        x += lx + 1;
+        y += ly + 1;
+    }
+}
+
+/* Reads PATH as a complete record of STUDY written under OPTIONS (NULL: any options): *root
+ * (the caller deletes it) and its settings array *js. 1: no such file (a setting not run yet);
+ * -1 and e: not a record, another study's, cut short, incomplete or of other options. */
+static int record_open(const char *path, const char *study, const char *options, cJSON **root,
+                       const cJSON **js, qs_err *e)
 {
     struct stat sb;
     if (stat(path, &sb) < 0 && errno == ENOENT)
@@ -263,27 +283,41 @@ int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs
     free(text);
     if (!r)
         return qs_errf(e, "%s: not a JSON record (cut short?)", path);
-    int rc = -1;
     long long v;
-    char study[16], opts[600];
-    const cJSON *js = cJSON_GetObjectItemCaseSensitive(r, "settings");
+    char st[16], opts[600];
+    *js = cJSON_GetObjectItemCaseSensitive(r, "settings");
     if (get_i(r, "qscope_record", 0, 1 << 30, &v) || v != QS_RECORD_VERSION ||
-        get_s(r, "study", study, sizeof study) || strcmp(study, "q1") ||
-        get_s(r, "options", opts, sizeof opts) || !cJSON_IsArray(js)) {
-        qs_errf(e, "%s: not a qscope q1 record (version %d)", path, QS_RECORD_VERSION);
-        goto out;
-    }
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "complete"))) {
+        get_s(r, "study", st, sizeof st) || strcmp(st, study) ||
+        get_s(r, "options", opts, sizeof opts) || !cJSON_IsArray(*js))
+        qs_errf(e, "%s: not a qscope %s record (version %d)", path, study, QS_RECORD_VERSION);
+    else if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "complete")))
         qs_errf(e, "%s: incomplete record", path);
-        goto out;
+    else if (options && strcmp(options, opts)) {
+        /* the first word that differs first: the whole lines are long */
+        char a[64], b[64];
+        first_diff(opts, options, a, b);
+        qs_errf(e, "%s: written under other options (%s where the plan has %s; record: %s)", path,
+                a, b, opts);
+    } else {
+        *root = r;
+        return 0;
     }
-    if (options && strcmp(options, opts)) {
-        qs_errf(e, "%s: written under other options (%s; expected %s)", path, opts, options);
-        goto out;
-    }
+    cJSON_Delete(r);
+    return -1;
+}
+
+int qs_q1_record_read(const char *path, const char *options, struct qs_q1 *q, qs_err *e)
+{
+    cJSON *r;
+    const cJSON *js;
+    int rc = record_open(path, "q1", options, &r, &js, e);
+    if (rc)
+        return rc;
+    rc = -1;
     int ns = cJSON_GetArraySize(js), nl = 0;
     const cJSON *s;
-    cJSON_ArrayForEach(s, js) nl += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "layers"));
+    cJSON_ArrayForEach(s, js) nl +=
+        cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "layers"));
     struct qs_q1_setting *nst = realloc(q->settings, (size_t)(q->nsettings + ns + 1) * sizeof *nst);
     if (nst)
         q->settings = nst;
@@ -367,8 +401,8 @@ static void q2_digest(const struct qs_q2_setting *s, char hex[65])
     dg_i(&h, s->lm);
     dg_i(&h, s->nsites);
     dg_i(&h, s->gate_pass);
-    const double hd[] = {s->float_loss, s->quant_loss, s->float_acc, s->quant_acc,
-                         s->bits_per_weight, s->mse_none, s->improvement};
+    const double hd[] = {s->float_loss,      s->quant_loss, s->float_acc,  s->quant_acc,
+                         s->bits_per_weight, s->mse_none,   s->improvement};
     for (size_t k = 0; k < sizeof hd / sizeof *hd; k++)
         dg_d(&h, hd[k]);
     dg_i(&h, s->n_fit);
@@ -581,55 +615,14 @@ static const char *read_q2_setting(const cJSON *j, struct qs_q2_setting *s)
     return NULL;
 }
 
-/* The first space-separated words of x and y that differ, into a and b (64 bytes each). */
-static void first_diff(const char *x, const char *y, char *a, char *b)
-{
-    for (;;) {
-        size_t lx = strcspn(x, " "), ly = strcspn(y, " ");
-        if (lx != ly || strncmp(x, y, lx) || !x[lx] || !y[ly]) {
-            snprintf(a, 64, "%.*s", (int)(lx < 63 ? lx : 63), x);
-            snprintf(b, 64, "%.*s", (int)(ly < 63 ? ly : 63), y);
-            return;
-        }
-        x += lx + 1;
-        y += ly + 1;
-    }
-}
-
 int qs_q2_record_read(const char *path, const char *options, struct qs_q2 *q, qs_err *e)
 {
-    struct stat sb;
-    if (stat(path, &sb) < 0 && errno == ENOENT)
-        return 1;
-    char *text = NULL;
-    if (read_text(path, &text, e) < 0)
-        return -1;
-    cJSON *r = cJSON_Parse(text);
-    free(text);
-    if (!r)
-        return qs_errf(e, "%s: not a JSON record (cut short?)", path);
-    int rc = -1;
-    long long v;
-    char study[16], opts[600];
-    const cJSON *js = cJSON_GetObjectItemCaseSensitive(r, "settings");
-    if (get_i(r, "qscope_record", 0, 1 << 30, &v) || v != QS_RECORD_VERSION ||
-        get_s(r, "study", study, sizeof study) || strcmp(study, "q2") ||
-        get_s(r, "options", opts, sizeof opts) || !cJSON_IsArray(js)) {
-        qs_errf(e, "%s: not a qscope q2 record (version %d)", path, QS_RECORD_VERSION);
-        goto out;
-    }
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "complete"))) {
-        qs_errf(e, "%s: incomplete record", path);
-        goto out;
-    }
-    if (options && strcmp(options, opts)) {
-        /* the first word that differs first: the whole lines are long */
-        char a[64], b[64];
-        first_diff(opts, options, a, b);
-        qs_errf(e, "%s: written under other options (%s where the plan has %s; record: %s)", path,
-                a, b, opts);
-        goto out;
-    }
+    cJSON *r;
+    const cJSON *js;
+    int rc = record_open(path, "q2", options, &r, &js, e);
+    if (rc)
+        return rc;
+    rc = -1;
     int ns = cJSON_GetArraySize(js);
     struct qs_q2_setting *nst = realloc(q->settings, (size_t)(q->nsettings + ns + 1) * sizeof *nst);
     if (!nst) {
