@@ -505,7 +505,7 @@ static int values_of(const float *a, int m, int n, int k, uint64_t seed, double 
  * The eigenvalues come from LAPACK dsyevd in double. The squaring costs nothing that matters here:
  * a value sigma_i is read to about eps_double sigma_0^2 / sigma_i^2 relative, far below the
  * float SVD of the rows' own rounding (about eps_float sigma_0 absolute) for every value above
- * 1e-4 sigma_0; the statistics take fro2 = tr(D^T D). The null's per-output-channel variances
+ * 1e-4 sigma_0; the statistics take fro2 = the eigenvalues' sum (gram_values). The null's per-output-channel variances
  * are the diagonal of D^T D over the rows. Sites of more than PREACT_MOM_MAX_OUT outputs (a real
  * vocabulary head: its out x out sums alone would be 20 GB at GPT-2's 50257) keep the rows path,
  * within the activation budget. */
@@ -552,8 +552,13 @@ static int pm_fn(void *u, int site, int w, const float *xf, const float *xq, con
     return pm_add(p, p->yf, q, n);
 }
 
-/* Top k values sqrt(eig(g)) of a symmetric PSD g (n, n) (destroyed), descending. */
-static int gram_values(double *g, int n, int k, double *sv, qs_err *e)
+/* Top k values sqrt(eig(g)) of a symmetric PSD g (n, n) (destroyed), descending. Eigenvalues
+ * below n eps_double lambda_max are the rounding of a null direction (the numerical rank's usual
+ * threshold) and read as 0, and *sum (may be NULL) is the sum of all the values' squares in
+ * descending order: so an error of rank r < k, e.g. a first layer of 2 inputs, has exactly
+ * sum = sv_1^2 + ... + sv_r^2 and none of its energy left beyond r (not a rounding residue,
+ * which would rank such layers by noise). */
+static int gram_values(double *g, int n, int k, double *sv, double *sum, qs_err *e)
 {
     double *w = malloc((size_t)n * sizeof *w);
     if (!w)
@@ -564,8 +569,15 @@ static int gram_values(double *g, int n, int k, double *sv, qs_err *e)
         return qs_errf(e, "spectrum: LAPACK dsyevd failed on a %d x %d matrix (info %d)", n, n,
                        (int)info);
     }
-    for (int t = 0; t < k; t++)
-        sv[t] = w[n - 1 - t] > 0 ? sqrt(w[n - 1 - t]) : 0.0;
+    double tol = n * 2.220446049250313e-16 * (n > 0 && w[n - 1] > 0 ? w[n - 1] : 0.0), acc = 0;
+    for (int t = 0; t < n; t++) {
+        double l = w[n - 1 - t] > tol ? w[n - 1 - t] : 0.0;
+        if (t < k)
+            sv[t] = sqrt(l);
+        acc += l;
+    }
+    if (sum)
+        *sum = acc;
     free(w);
     return 0;
 }
@@ -631,12 +643,12 @@ static int spectrum_preact_moments(struct qs_bench *b, int i, int k, int flags,
         qs_errf(e, "out of memory");
         goto out;
     }
-    double fro2 = 0.0;
+    double tr = 0.0, fro2 = 0.0; /* fro2: the eigenvalues' sum, tr(D^T D) to rounding */
     for (int j = 0; j < out; j++)
-        fro2 += colss[j] = p.d.xtx[(size_t)j * out + j];
-    if (fro2 > 0 && gram_values(p.d.xtx, out, k, sp->sv, e) < 0)
+        tr += colss[j] = p.d.xtx[(size_t)j * out + j];
+    if (tr > 0 && gram_values(p.d.xtx, out, k, sp->sv, &fro2, e) < 0)
         goto out;
-    if (gram_values(p.f.xtx, out, k, sp->ref_sv, e) < 0)
+    if (gram_values(p.f.xtx, out, k, sp->ref_sv, NULL, e) < 0)
         goto out;
     qs_rank_stats_compute(sp->sv, k, fro2, m, out, &sp->st);
     if (flags & QS_SPEC_NULL) { /* seeded as the rows path seeds it */

@@ -185,6 +185,9 @@ int qs_bench_site_moments_cached(struct qs_bench *b, int site, int s, int quant,
 {
     *out = NULL;
     quant = quant != 0;
+    /* first the bench up to date (it may drop every cache, this one too), then the look-up */
+    if (qs_bench_update(b, e) < 0)
+        return -1;
     if (!b->momc) {
         if (!(b->momc = qs_calloc(1, sizeof *b->momc)))
             return qs_errf(e, "out of memory");
