@@ -505,10 +505,10 @@ static int values_of(const float *a, int m, int n, int k, uint64_t seed, double 
  * The eigenvalues come from LAPACK dsyevd in double. The squaring costs nothing that matters here:
  * a value sigma_i is read to about eps_double sigma_0^2 / sigma_i^2 relative, far below the
  * float SVD of the rows' own rounding (about eps_float sigma_0 absolute) for every value above
- * 1e-4 sigma_0; the statistics take fro2 = the eigenvalues' sum (gram_values). The null's per-output-channel variances
- * are the diagonal of D^T D over the rows. Sites of more than PREACT_MOM_MAX_OUT outputs (a real
- * vocabulary head: its out x out sums alone would be 20 GB at GPT-2's 50257) keep the rows path,
- * within the activation budget. */
+ * 1e-4 sigma_0; the statistics take fro2 = the eigenvalues' sum (gram_values). The null's
+ * per-output-channel variances are the diagonal of D^T D over the rows. Sites of more than
+ * PREACT_MOM_MAX_OUT outputs (a real vocabulary head: its out x out sums alone would be 20 GB at
+ * GPT-2's 50257) keep the rows path, within the activation budget. */
 #define PREACT_MOM_MAX_OUT 4096
 
 struct preact_mom {

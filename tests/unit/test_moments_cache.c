@@ -21,12 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/linalg.h"
 #include "qscope/moments.h"
 #include "qscope/spectral.h"
-#include "bundle.h"
 #include "test.h"
 
 static int site_index(const struct qs_bench *b, const char *name)
@@ -80,8 +80,8 @@ static void check_values(const double *got, const double *ref, int k, double tol
     if (getenv("QS_TEST_VERBOSE"))
         fprintf(stderr, "  %s: max |sv - ref| %.3g of top %.6g\n", what, worst, ref[0]);
     if (!(ref[0] > 0 && worst <= tol * ref[0]))
-        fprintf(stderr, "  %s: max |sv - ref| %.3g of top %.6g (tol %.1g)\n", what, worst,
-                ref[0], tol);
+        fprintf(stderr, "  %s: max |sv - ref| %.3g of top %.6g (tol %.1g)\n", what, worst, ref[0],
+                tol);
     CHECK(ref[0] > 0 && worst <= tol * ref[0]);
 }
 
@@ -127,8 +127,8 @@ static void preact_case(struct qs_bench *b, const char *site, int k)
         yq = malloc((size_t)n * u.out * sizeof *yq);
         for (int r = 0; yf && yq && r < n; r += ctx) {
             size_t xo = (size_t)r * u.in, yo = (size_t)r * u.out;
-            CHECK(qs_bench_layer_forward(b, s, b->rows.xf[QS_CALIB] + xo, ctx, 0, 0, yf + yo,
-                                         &e) == 0);
+            CHECK(qs_bench_layer_forward(b, s, b->rows.xf[QS_CALIB] + xo, ctx, 0, 0, yf + yo, &e) ==
+                  0);
             CHECK(qs_bench_layer_forward(b, s, b->rows.xq[QS_CALIB] + xo, ctx,
                                          QS_ROLE_W | QS_ROLE_A, 1, yq + yo, &e) == 0);
         }
