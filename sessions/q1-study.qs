@@ -197,7 +197,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[0].in=64
 # => layers[0].w_rel_err=0.269275321
 # => layers[0].preact_rel_mse=0.0818943142
-# => layers[0].correctability=0.917131389
+# => layers[0].correctability=0.917131279
 # => layers[0].r_lin_float=0.999950899
 # => layers[0].r_lin_q4=-0.311547972
 # => layers[0].lambda=0.016569623
@@ -210,7 +210,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[1].in=64
 # => layers[1].w_rel_err=0.312990607
 # => layers[1].preact_rel_mse=0.156745064
-# => layers[1].correctability=0.881534825
+# => layers[1].correctability=0.881534766
 # => layers[1].r_lin_float=0.954210316
 # => layers[1].r_lin_q4=0.121644084
 # => layers[1].lambda=0.0209179012
@@ -223,7 +223,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[2].in=64
 # => layers[2].w_rel_err=0.27177535
 # => layers[2].preact_rel_mse=0.53198771
-# => layers[2].correctability=0.607023056
+# => layers[2].correctability=0.607022925
 # => layers[2].r_lin_float=0.831612413
 # => layers[2].r_lin_q4=0.786480449
 # => layers[2].lambda=0.0181650927
@@ -236,7 +236,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[3].in=64
 # => layers[3].w_rel_err=0.269275321
 # => layers[3].preact_rel_mse=0.0823858992
-# => layers[3].correctability=0.914539958
+# => layers[3].correctability=0.914539896
 # => layers[3].r_lin_float=0.999963116
 # => layers[3].r_lin_q4=0.0780751972
 # => layers[3].lambda=0.0166014082
@@ -249,7 +249,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[4].in=64
 # => layers[4].w_rel_err=0.312990607
 # => layers[4].preact_rel_mse=0.155829898
-# => layers[4].correctability=0.878082925
+# => layers[4].correctability=0.878083006
 # => layers[4].r_lin_float=0.956216597
 # => layers[4].r_lin_q4=0.322940003
 # => layers[4].lambda=0.0211958306
@@ -262,7 +262,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[5].in=64
 # => layers[5].w_rel_err=0.27177535
 # => layers[5].preact_rel_mse=0.517651753
-# => layers[5].correctability=0.599458215
+# => layers[5].correctability=0.599458395
 # => layers[5].r_lin_float=0.834353371
 # => layers[5].r_lin_q4=0.800622956
 # => layers[5].lambda=0.0183586966
@@ -275,7 +275,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[6].in=64
 # => layers[6].w_rel_err=0.269275321
 # => layers[6].preact_rel_mse=0.082232242
-# => layers[6].correctability=0.917088342
+# => layers[6].correctability=0.917088424
 # => layers[6].r_lin_float=0.999972932
 # => layers[6].r_lin_q4=-0.300807831
 # => layers[6].lambda=0.0168502394
@@ -288,7 +288,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[7].in=64
 # => layers[7].w_rel_err=0.312990607
 # => layers[7].preact_rel_mse=0.15717026
-# => layers[7].correctability=0.880964224
+# => layers[7].correctability=0.880964152
 # => layers[7].r_lin_float=0.954785881
 # => layers[7].r_lin_q4=0.246368173
 # => layers[7].lambda=0.0215249187
@@ -301,7 +301,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[8].in=64
 # => layers[8].w_rel_err=0.27177535
 # => layers[8].preact_rel_mse=0.519987287
-# => layers[8].correctability=0.594905693
+# => layers[8].correctability=0.594905818
 # => layers[8].r_lin_float=0.827770938
 # => layers[8].r_lin_q4=0.790493886
 # => layers[8].lambda=0.0187354752
@@ -314,7 +314,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[9].in=2
 # => layers[9].w_rel_err=0.202950102
 # => layers[9].preact_rel_mse=0.0386871096
-# => layers[9].correctability=0.999999669
+# => layers[9].correctability=1
 # => layers[9].r_lin_float=1
 # => layers[9].r_lin_q4=0.986048165
 # => layers[9].lambda=0.000417543413
@@ -327,7 +327,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[10].in=16
 # => layers[10].w_rel_err=0.419313232
 # => layers[10].preact_rel_mse=0.186722133
-# => layers[10].correctability=0.758763881
+# => layers[10].correctability=0.75876387
 # => layers[10].r_lin_float=0.988682332
 # => layers[10].r_lin_q4=0.683420107
 # => layers[10].lambda=0.0012499755
@@ -340,7 +340,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[11].in=16
 # => layers[11].w_rel_err=0.16520001
 # => layers[11].preact_rel_mse=0.102218446
-# => layers[11].correctability=0.983223083
+# => layers[11].correctability=0.983222831
 # => layers[11].r_lin_float=0.759823837
 # => layers[11].r_lin_q4=0.712676661
 # => layers[11].lambda=0.0222357062
@@ -353,7 +353,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[12].in=2
 # => layers[12].w_rel_err=0.202950102
 # => layers[12].preact_rel_mse=0.0386871169
-# => layers[12].correctability=0.999999936
+# => layers[12].correctability=1
 # => layers[12].r_lin_float=1
 # => layers[12].r_lin_q4=0.985820584
 # => layers[12].lambda=0.000428230268
@@ -366,7 +366,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[13].in=16
 # => layers[13].w_rel_err=0.419313232
 # => layers[13].preact_rel_mse=0.185170464
-# => layers[13].correctability=0.777808315
+# => layers[13].correctability=0.777808378
 # => layers[13].r_lin_float=0.989819828
 # => layers[13].r_lin_q4=0.692436889
 # => layers[13].lambda=0.00125111238
@@ -379,7 +379,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[14].in=16
 # => layers[14].w_rel_err=0.16520001
 # => layers[14].preact_rel_mse=0.0995683401
-# => layers[14].correctability=0.98414102
+# => layers[14].correctability=0.984141462
 # => layers[14].r_lin_float=0.728019988
 # => layers[14].r_lin_q4=0.680234602
 # => layers[14].lambda=0.0231570712
@@ -405,7 +405,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[16].in=16
 # => layers[16].w_rel_err=0.419313232
 # => layers[16].preact_rel_mse=0.179595631
-# => layers[16].correctability=0.76691331
+# => layers[16].correctability=0.766913116
 # => layers[16].r_lin_float=0.988877046
 # => layers[16].r_lin_q4=0.446978824
 # => layers[16].lambda=0.00129064579
@@ -418,7 +418,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[17].in=16
 # => layers[17].w_rel_err=0.16520001
 # => layers[17].preact_rel_mse=0.097676482
-# => layers[17].correctability=0.985035955
+# => layers[17].correctability=0.985035981
 # => layers[17].r_lin_float=0.755364345
 # => layers[17].r_lin_q4=0.686210324
 # => layers[17].lambda=0.02348992
@@ -431,7 +431,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[18].in=2
 # => layers[18].w_rel_err=0.178974649
 # => layers[18].preact_rel_mse=0.0246739213
-# => layers[18].correctability=0.999999933
+# => layers[18].correctability=1
 # => layers[18].r_lin_float=1
 # => layers[18].r_lin_q4=0.968735789
 # => layers[18].lambda=0.000235322974
@@ -444,7 +444,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[19].in=16
 # => layers[19].w_rel_err=0.480007998
 # => layers[19].preact_rel_mse=0.306662117
-# => layers[19].correctability=0.706377082
+# => layers[19].correctability=0.706376867
 # => layers[19].r_lin_float=0.983283355
 # => layers[19].r_lin_q4=0.766142695
 # => layers[19].lambda=0.00184369606
@@ -457,7 +457,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[20].in=16
 # => layers[20].w_rel_err=0.206389096
 # => layers[20].preact_rel_mse=0.964292638
-# => layers[20].correctability=0.995153299
+# => layers[20].correctability=0.995153324
 # => layers[20].r_lin_float=0.398606361
 # => layers[20].r_lin_q4=0.397761921
 # => layers[20].lambda=0.0142004592
@@ -470,7 +470,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[21].in=2
 # => layers[21].w_rel_err=0.178974649
 # => layers[21].preact_rel_mse=0.024457001
-# => layers[21].correctability=0.999999858
+# => layers[21].correctability=1
 # => layers[21].r_lin_float=1
 # => layers[21].r_lin_q4=0.968609944
 # => layers[21].lambda=0.000230918939
@@ -483,7 +483,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[22].in=16
 # => layers[22].w_rel_err=0.480007998
 # => layers[22].preact_rel_mse=0.325543736
-# => layers[22].correctability=0.702120004
+# => layers[22].correctability=0.702120051
 # => layers[22].r_lin_float=0.984045606
 # => layers[22].r_lin_q4=0.717331485
 # => layers[22].lambda=0.00178479574
@@ -496,7 +496,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[23].in=16
 # => layers[23].w_rel_err=0.206389096
 # => layers[23].preact_rel_mse=0.998256182
-# => layers[23].correctability=0.995284563
+# => layers[23].correctability=0.995284881
 # => layers[23].r_lin_float=0.383276723
 # => layers[23].r_lin_q4=0.355978537
 # => layers[23].lambda=0.0135756557
@@ -522,7 +522,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[25].in=16
 # => layers[25].w_rel_err=0.480007998
 # => layers[25].preact_rel_mse=0.310935326
-# => layers[25].correctability=0.687809918
+# => layers[25].correctability=0.687810109
 # => layers[25].r_lin_float=0.985574498
 # => layers[25].r_lin_q4=0.782327271
 # => layers[25].lambda=0.00178694321
@@ -535,7 +535,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[26].in=16
 # => layers[26].w_rel_err=0.206389096
 # => layers[26].preact_rel_mse=1.16811368
-# => layers[26].correctability=0.995770682
+# => layers[26].correctability=0.995770786
 # => layers[26].r_lin_float=0.303735055
 # => layers[26].r_lin_q4=0.308763404
 # => layers[26].lambda=0.0146242067
@@ -548,7 +548,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[27].in=2
 # => layers[27].w_rel_err=0.172364368
 # => layers[27].preact_rel_mse=0.0287739911
-# => layers[27].correctability=0.999999685
+# => layers[27].correctability=1
 # => layers[27].r_lin_float=1
 # => layers[27].r_lin_q4=0.961909879
 # => layers[27].lambda=0.000294928186
@@ -561,7 +561,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[28].in=16
 # => layers[28].w_rel_err=0.303556502
 # => layers[28].preact_rel_mse=0.0685936919
-# => layers[28].correctability=0.818914987
+# => layers[28].correctability=0.818915032
 # => layers[28].r_lin_float=0.992436829
 # => layers[28].r_lin_q4=0.168154184
 # => layers[28].lambda=0.0013895995
@@ -574,7 +574,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[29].in=16
 # => layers[29].w_rel_err=0.180248462
 # => layers[29].preact_rel_mse=0.0445973988
-# => layers[29].correctability=0.922225111
+# => layers[29].correctability=0.922225147
 # => layers[29].r_lin_float=0.650990798
 # => layers[29].r_lin_q4=0.338050281
 # => layers[29].lambda=0.0202771482
@@ -587,7 +587,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[30].in=2
 # => layers[30].w_rel_err=0.172364368
 # => layers[30].preact_rel_mse=0.0287114232
-# => layers[30].correctability=0.999999974
+# => layers[30].correctability=1
 # => layers[30].r_lin_float=1
 # => layers[30].r_lin_q4=0.961826109
 # => layers[30].lambda=0.000306352431
@@ -600,7 +600,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[31].in=16
 # => layers[31].w_rel_err=0.303556502
 # => layers[31].preact_rel_mse=0.0690429486
-# => layers[31].correctability=0.825048662
+# => layers[31].correctability=0.825048605
 # => layers[31].r_lin_float=0.992857157
 # => layers[31].r_lin_q4=0.306086331
 # => layers[31].lambda=0.00142803949
@@ -613,7 +613,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[32].in=16
 # => layers[32].w_rel_err=0.180248462
 # => layers[32].preact_rel_mse=0.044261293
-# => layers[32].correctability=0.919872366
+# => layers[32].correctability=0.919872078
 # => layers[32].r_lin_float=0.64204944
 # => layers[32].r_lin_q4=0.264225791
 # => layers[32].lambda=0.0210447409
@@ -626,7 +626,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[33].in=2
 # => layers[33].w_rel_err=0.172364368
 # => layers[33].preact_rel_mse=0.0286034669
-# => layers[33].correctability=0.999999992
+# => layers[33].correctability=1
 # => layers[33].r_lin_float=1
 # => layers[33].r_lin_q4=0.962335802
 # => layers[33].lambda=0.000303265036
@@ -639,7 +639,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[34].in=16
 # => layers[34].w_rel_err=0.303556502
 # => layers[34].preact_rel_mse=0.0651803792
-# => layers[34].correctability=0.818146786
+# => layers[34].correctability=0.818146983
 # => layers[34].r_lin_float=0.993289948
 # => layers[34].r_lin_q4=0.133046582
 # => layers[34].lambda=0.00146093987
@@ -652,7 +652,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[35].in=16
 # => layers[35].w_rel_err=0.180248462
 # => layers[35].preact_rel_mse=0.0426511732
-# => layers[35].correctability=0.912644201
+# => layers[35].correctability=0.912644412
 # => layers[35].r_lin_float=0.646089744
 # => layers[35].r_lin_q4=0.277310183
 # => layers[35].lambda=0.0217369772
@@ -678,7 +678,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[37].in=16
 # => layers[37].w_rel_err=0.34773836
 # => layers[37].preact_rel_mse=0.163337486
-# => layers[37].correctability=0.807562307
+# => layers[37].correctability=0.807562122
 # => layers[37].r_lin_float=0.993176145
 # => layers[37].r_lin_q4=0.895662826
 # => layers[37].lambda=0.000297999883
@@ -691,7 +691,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[38].in=16
 # => layers[38].w_rel_err=0.171590226
 # => layers[38].preact_rel_mse=0.063589807
-# => layers[38].correctability=0.904345721
+# => layers[38].correctability=0.9043455
 # => layers[38].r_lin_float=0.343129237
 # => layers[38].r_lin_q4=0.33760064
 # => layers[38].lambda=0.0193270398
@@ -704,7 +704,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[39].in=2
 # => layers[39].w_rel_err=0.144079428
 # => layers[39].preact_rel_mse=0.0161073451
-# => layers[39].correctability=0.999999854
+# => layers[39].correctability=1
 # => layers[39].r_lin_float=1
 # => layers[39].r_lin_q4=0.908830722
 # => layers[39].lambda=0.000167014794
@@ -717,7 +717,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[40].in=16
 # => layers[40].w_rel_err=0.34773836
 # => layers[40].preact_rel_mse=0.166682787
-# => layers[40].correctability=0.791304561
+# => layers[40].correctability=0.791304434
 # => layers[40].r_lin_float=0.993275261
 # => layers[40].r_lin_q4=0.688868629
 # => layers[40].lambda=0.000285750951
@@ -730,7 +730,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[41].in=16
 # => layers[41].w_rel_err=0.171590226
 # => layers[41].preact_rel_mse=0.0656541938
-# => layers[41].correctability=0.902826487
+# => layers[41].correctability=0.902826711
 # => layers[41].r_lin_float=0.353960116
 # => layers[41].r_lin_q4=0.199039272
 # => layers[41].lambda=0.0170152177
@@ -756,7 +756,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[43].in=16
 # => layers[43].w_rel_err=0.34773836
 # => layers[43].preact_rel_mse=0.171445923
-# => layers[43].correctability=0.822756413
+# => layers[43].correctability=0.822756414
 # => layers[43].r_lin_float=0.992874212
 # => layers[43].r_lin_q4=0.798573453
 # => layers[43].lambda=0.00027472854
@@ -769,7 +769,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => layers[44].in=16
 # => layers[44].w_rel_err=0.171590226
 # => layers[44].preact_rel_mse=0.076702167
-# => layers[44].correctability=0.91638417
+# => layers[44].correctability=0.916384308
 # => layers[44].r_lin_float=0.29371032
 # => layers[44].r_lin_q4=0.179263555
 # => layers[44].lambda=0.0172219289
@@ -790,7 +790,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int4
 # => aggregate.depth_r_lin_float.early=1
 # => aggregate.depth_r_lin_float.mid=0.988877046
 # => aggregate.depth_r_lin_float.late=0.646089744
-# => aggregate.pooled_spearman=0.385502492
+# => aggregate.pooled_spearman=0.404216074
 # => verdicts.supported=9
 # => verdicts.refuted=1
 # => verdicts.unclear=5
@@ -998,7 +998,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[0].in=64
 # => layers[0].w_rel_err=0.269275321
 # => layers[0].preact_rel_mse=0.0818943142
-# => layers[0].correctability=0.917131389
+# => layers[0].correctability=0.917131279
 # => layers[0].r_lin_float=0.999950899
 # => layers[0].r_lin_q8=0.996333217
 # => layers[0].lambda=0.016569623
@@ -1011,7 +1011,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[1].in=64
 # => layers[1].w_rel_err=0.312990607
 # => layers[1].preact_rel_mse=0.156745064
-# => layers[1].correctability=0.881534825
+# => layers[1].correctability=0.881534766
 # => layers[1].r_lin_float=0.954210316
 # => layers[1].r_lin_q8=0.952724194
 # => layers[1].lambda=0.0209179012
@@ -1024,7 +1024,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[2].in=64
 # => layers[2].w_rel_err=0.27177535
 # => layers[2].preact_rel_mse=0.53198771
-# => layers[2].correctability=0.607023056
+# => layers[2].correctability=0.607022925
 # => layers[2].r_lin_float=0.831612413
 # => layers[2].r_lin_q8=0.831112903
 # => layers[2].lambda=0.0181650927
@@ -1037,7 +1037,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[3].in=64
 # => layers[3].w_rel_err=0.269275321
 # => layers[3].preact_rel_mse=0.0823858992
-# => layers[3].correctability=0.914539958
+# => layers[3].correctability=0.914539896
 # => layers[3].r_lin_float=0.999963116
 # => layers[3].r_lin_q8=0.99702637
 # => layers[3].lambda=0.0166014082
@@ -1050,7 +1050,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[4].in=64
 # => layers[4].w_rel_err=0.312990607
 # => layers[4].preact_rel_mse=0.155829898
-# => layers[4].correctability=0.878082925
+# => layers[4].correctability=0.878083006
 # => layers[4].r_lin_float=0.956216597
 # => layers[4].r_lin_q8=0.95414507
 # => layers[4].lambda=0.0211958306
@@ -1063,7 +1063,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[5].in=64
 # => layers[5].w_rel_err=0.27177535
 # => layers[5].preact_rel_mse=0.517651753
-# => layers[5].correctability=0.599458215
+# => layers[5].correctability=0.599458395
 # => layers[5].r_lin_float=0.834353371
 # => layers[5].r_lin_q8=0.834357711
 # => layers[5].lambda=0.0183586966
@@ -1076,7 +1076,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[6].in=64
 # => layers[6].w_rel_err=0.269275321
 # => layers[6].preact_rel_mse=0.082232242
-# => layers[6].correctability=0.917088342
+# => layers[6].correctability=0.917088424
 # => layers[6].r_lin_float=0.999972932
 # => layers[6].r_lin_q8=0.996699028
 # => layers[6].lambda=0.0168502394
@@ -1089,7 +1089,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[7].in=64
 # => layers[7].w_rel_err=0.312990607
 # => layers[7].preact_rel_mse=0.15717026
-# => layers[7].correctability=0.880964224
+# => layers[7].correctability=0.880964152
 # => layers[7].r_lin_float=0.954785881
 # => layers[7].r_lin_q8=0.952398108
 # => layers[7].lambda=0.0215249187
@@ -1102,7 +1102,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[8].in=64
 # => layers[8].w_rel_err=0.27177535
 # => layers[8].preact_rel_mse=0.519987287
-# => layers[8].correctability=0.594905693
+# => layers[8].correctability=0.594905818
 # => layers[8].r_lin_float=0.827770938
 # => layers[8].r_lin_q8=0.827033291
 # => layers[8].lambda=0.0187354752
@@ -1115,7 +1115,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[9].in=2
 # => layers[9].w_rel_err=0.202950102
 # => layers[9].preact_rel_mse=0.0386871096
-# => layers[9].correctability=0.999999669
+# => layers[9].correctability=1
 # => layers[9].r_lin_float=1
 # => layers[9].r_lin_q8=0.999904647
 # => layers[9].lambda=0.000417543413
@@ -1128,7 +1128,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[10].in=16
 # => layers[10].w_rel_err=0.419313232
 # => layers[10].preact_rel_mse=0.186722133
-# => layers[10].correctability=0.758763881
+# => layers[10].correctability=0.75876387
 # => layers[10].r_lin_float=0.988682332
 # => layers[10].r_lin_q8=0.988379996
 # => layers[10].lambda=0.0012499755
@@ -1141,7 +1141,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[11].in=16
 # => layers[11].w_rel_err=0.16520001
 # => layers[11].preact_rel_mse=0.102218446
-# => layers[11].correctability=0.983223083
+# => layers[11].correctability=0.983222831
 # => layers[11].r_lin_float=0.759823837
 # => layers[11].r_lin_q8=0.759697497
 # => layers[11].lambda=0.0222357062
@@ -1154,7 +1154,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[12].in=2
 # => layers[12].w_rel_err=0.202950102
 # => layers[12].preact_rel_mse=0.0386871169
-# => layers[12].correctability=0.999999936
+# => layers[12].correctability=1
 # => layers[12].r_lin_float=1
 # => layers[12].r_lin_q8=0.999905688
 # => layers[12].lambda=0.000428230268
@@ -1167,7 +1167,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[13].in=16
 # => layers[13].w_rel_err=0.419313232
 # => layers[13].preact_rel_mse=0.185170464
-# => layers[13].correctability=0.777808315
+# => layers[13].correctability=0.777808378
 # => layers[13].r_lin_float=0.989819828
 # => layers[13].r_lin_q8=0.989050048
 # => layers[13].lambda=0.00125111238
@@ -1180,7 +1180,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[14].in=16
 # => layers[14].w_rel_err=0.16520001
 # => layers[14].preact_rel_mse=0.0995683401
-# => layers[14].correctability=0.98414102
+# => layers[14].correctability=0.984141462
 # => layers[14].r_lin_float=0.728019988
 # => layers[14].r_lin_q8=0.726966635
 # => layers[14].lambda=0.0231570712
@@ -1206,7 +1206,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[16].in=16
 # => layers[16].w_rel_err=0.419313232
 # => layers[16].preact_rel_mse=0.179595631
-# => layers[16].correctability=0.76691331
+# => layers[16].correctability=0.766913116
 # => layers[16].r_lin_float=0.988877046
 # => layers[16].r_lin_q8=0.988023088
 # => layers[16].lambda=0.00129064579
@@ -1219,7 +1219,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[17].in=16
 # => layers[17].w_rel_err=0.16520001
 # => layers[17].preact_rel_mse=0.097676482
-# => layers[17].correctability=0.985035955
+# => layers[17].correctability=0.985035981
 # => layers[17].r_lin_float=0.755364345
 # => layers[17].r_lin_q8=0.755371501
 # => layers[17].lambda=0.02348992
@@ -1232,7 +1232,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[18].in=2
 # => layers[18].w_rel_err=0.178974649
 # => layers[18].preact_rel_mse=0.0246739213
-# => layers[18].correctability=0.999999933
+# => layers[18].correctability=1
 # => layers[18].r_lin_float=1
 # => layers[18].r_lin_q8=0.999884504
 # => layers[18].lambda=0.000235322974
@@ -1245,7 +1245,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[19].in=16
 # => layers[19].w_rel_err=0.480007998
 # => layers[19].preact_rel_mse=0.306662117
-# => layers[19].correctability=0.706377082
+# => layers[19].correctability=0.706376867
 # => layers[19].r_lin_float=0.983283355
 # => layers[19].r_lin_q8=0.981594466
 # => layers[19].lambda=0.00184369606
@@ -1258,7 +1258,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[20].in=16
 # => layers[20].w_rel_err=0.206389096
 # => layers[20].preact_rel_mse=0.964292638
-# => layers[20].correctability=0.995153299
+# => layers[20].correctability=0.995153324
 # => layers[20].r_lin_float=0.398606361
 # => layers[20].r_lin_q8=0.398524191
 # => layers[20].lambda=0.0142004592
@@ -1271,7 +1271,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[21].in=2
 # => layers[21].w_rel_err=0.178974649
 # => layers[21].preact_rel_mse=0.024457001
-# => layers[21].correctability=0.999999858
+# => layers[21].correctability=1
 # => layers[21].r_lin_float=1
 # => layers[21].r_lin_q8=0.999882863
 # => layers[21].lambda=0.000230918939
@@ -1284,7 +1284,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[22].in=16
 # => layers[22].w_rel_err=0.480007998
 # => layers[22].preact_rel_mse=0.325543736
-# => layers[22].correctability=0.702120004
+# => layers[22].correctability=0.702120051
 # => layers[22].r_lin_float=0.984045606
 # => layers[22].r_lin_q8=0.983279017
 # => layers[22].lambda=0.00178479574
@@ -1297,7 +1297,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[23].in=16
 # => layers[23].w_rel_err=0.206389096
 # => layers[23].preact_rel_mse=0.998256182
-# => layers[23].correctability=0.995284563
+# => layers[23].correctability=0.995284881
 # => layers[23].r_lin_float=0.383276723
 # => layers[23].r_lin_q8=0.38317304
 # => layers[23].lambda=0.0135756557
@@ -1323,7 +1323,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[25].in=16
 # => layers[25].w_rel_err=0.480007998
 # => layers[25].preact_rel_mse=0.310935326
-# => layers[25].correctability=0.687809918
+# => layers[25].correctability=0.687810109
 # => layers[25].r_lin_float=0.985574498
 # => layers[25].r_lin_q8=0.984473279
 # => layers[25].lambda=0.00178694321
@@ -1336,7 +1336,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[26].in=16
 # => layers[26].w_rel_err=0.206389096
 # => layers[26].preact_rel_mse=1.16811368
-# => layers[26].correctability=0.995770682
+# => layers[26].correctability=0.995770786
 # => layers[26].r_lin_float=0.303735055
 # => layers[26].r_lin_q8=0.304460872
 # => layers[26].lambda=0.0146242067
@@ -1349,7 +1349,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[27].in=2
 # => layers[27].w_rel_err=0.172364368
 # => layers[27].preact_rel_mse=0.0287739911
-# => layers[27].correctability=0.999999685
+# => layers[27].correctability=1
 # => layers[27].r_lin_float=1
 # => layers[27].r_lin_q8=0.999891314
 # => layers[27].lambda=0.000294928186
@@ -1362,7 +1362,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[28].in=16
 # => layers[28].w_rel_err=0.303556502
 # => layers[28].preact_rel_mse=0.0685936919
-# => layers[28].correctability=0.818914987
+# => layers[28].correctability=0.818915032
 # => layers[28].r_lin_float=0.992436829
 # => layers[28].r_lin_q8=0.987635273
 # => layers[28].lambda=0.0013895995
@@ -1375,7 +1375,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[29].in=16
 # => layers[29].w_rel_err=0.180248462
 # => layers[29].preact_rel_mse=0.0445973988
-# => layers[29].correctability=0.922225111
+# => layers[29].correctability=0.922225147
 # => layers[29].r_lin_float=0.650990798
 # => layers[29].r_lin_q8=0.649980682
 # => layers[29].lambda=0.0202771482
@@ -1388,7 +1388,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[30].in=2
 # => layers[30].w_rel_err=0.172364368
 # => layers[30].preact_rel_mse=0.0287114232
-# => layers[30].correctability=0.999999974
+# => layers[30].correctability=1
 # => layers[30].r_lin_float=1
 # => layers[30].r_lin_q8=0.999891334
 # => layers[30].lambda=0.000306352431
@@ -1401,7 +1401,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[31].in=16
 # => layers[31].w_rel_err=0.303556502
 # => layers[31].preact_rel_mse=0.0690429486
-# => layers[31].correctability=0.825048662
+# => layers[31].correctability=0.825048605
 # => layers[31].r_lin_float=0.992857157
 # => layers[31].r_lin_q8=0.990835837
 # => layers[31].lambda=0.00142803949
@@ -1414,7 +1414,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[32].in=16
 # => layers[32].w_rel_err=0.180248462
 # => layers[32].preact_rel_mse=0.044261293
-# => layers[32].correctability=0.919872366
+# => layers[32].correctability=0.919872078
 # => layers[32].r_lin_float=0.64204944
 # => layers[32].r_lin_q8=0.641371843
 # => layers[32].lambda=0.0210447409
@@ -1427,7 +1427,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[33].in=2
 # => layers[33].w_rel_err=0.172364368
 # => layers[33].preact_rel_mse=0.0286034669
-# => layers[33].correctability=0.999999992
+# => layers[33].correctability=1
 # => layers[33].r_lin_float=1
 # => layers[33].r_lin_q8=0.999891087
 # => layers[33].lambda=0.000303265036
@@ -1440,7 +1440,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[34].in=16
 # => layers[34].w_rel_err=0.303556502
 # => layers[34].preact_rel_mse=0.0651803792
-# => layers[34].correctability=0.818146786
+# => layers[34].correctability=0.818146983
 # => layers[34].r_lin_float=0.993289948
 # => layers[34].r_lin_q8=0.990220841
 # => layers[34].lambda=0.00146093987
@@ -1453,7 +1453,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[35].in=16
 # => layers[35].w_rel_err=0.180248462
 # => layers[35].preact_rel_mse=0.0426511732
-# => layers[35].correctability=0.912644201
+# => layers[35].correctability=0.912644412
 # => layers[35].r_lin_float=0.646089744
 # => layers[35].r_lin_q8=0.644008011
 # => layers[35].lambda=0.0217369772
@@ -1479,7 +1479,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[37].in=16
 # => layers[37].w_rel_err=0.34773836
 # => layers[37].preact_rel_mse=0.163337486
-# => layers[37].correctability=0.807562307
+# => layers[37].correctability=0.807562122
 # => layers[37].r_lin_float=0.993176145
 # => layers[37].r_lin_q8=0.992894893
 # => layers[37].lambda=0.000297999883
@@ -1492,7 +1492,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[38].in=16
 # => layers[38].w_rel_err=0.171590226
 # => layers[38].preact_rel_mse=0.063589807
-# => layers[38].correctability=0.904345721
+# => layers[38].correctability=0.9043455
 # => layers[38].r_lin_float=0.343129237
 # => layers[38].r_lin_q8=0.340954955
 # => layers[38].lambda=0.0193270398
@@ -1505,7 +1505,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[39].in=2
 # => layers[39].w_rel_err=0.144079428
 # => layers[39].preact_rel_mse=0.0161073451
-# => layers[39].correctability=0.999999854
+# => layers[39].correctability=1
 # => layers[39].r_lin_float=1
 # => layers[39].r_lin_q8=0.999815163
 # => layers[39].lambda=0.000167014794
@@ -1518,7 +1518,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[40].in=16
 # => layers[40].w_rel_err=0.34773836
 # => layers[40].preact_rel_mse=0.166682787
-# => layers[40].correctability=0.791304561
+# => layers[40].correctability=0.791304434
 # => layers[40].r_lin_float=0.993275261
 # => layers[40].r_lin_q8=0.992927717
 # => layers[40].lambda=0.000285750951
@@ -1531,7 +1531,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[41].in=16
 # => layers[41].w_rel_err=0.171590226
 # => layers[41].preact_rel_mse=0.0656541938
-# => layers[41].correctability=0.902826487
+# => layers[41].correctability=0.902826711
 # => layers[41].r_lin_float=0.353960116
 # => layers[41].r_lin_q8=0.359099797
 # => layers[41].lambda=0.0170152177
@@ -1557,7 +1557,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[43].in=16
 # => layers[43].w_rel_err=0.34773836
 # => layers[43].preact_rel_mse=0.171445923
-# => layers[43].correctability=0.822756413
+# => layers[43].correctability=0.822756414
 # => layers[43].r_lin_float=0.992874212
 # => layers[43].r_lin_q8=0.992498303
 # => layers[43].lambda=0.00027472854
@@ -1570,7 +1570,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => layers[44].in=16
 # => layers[44].w_rel_err=0.171590226
 # => layers[44].preact_rel_mse=0.076702167
-# => layers[44].correctability=0.91638417
+# => layers[44].correctability=0.916384308
 # => layers[44].r_lin_float=0.29371032
 # => layers[44].r_lin_q8=0.292522845
 # => layers[44].lambda=0.0172219289
@@ -1591,7 +1591,7 @@ study q1 models=bundled seeds=0,1,2 format=int3 gran=tensor prec=int8
 # => aggregate.depth_r_lin_float.early=1
 # => aggregate.depth_r_lin_float.mid=0.988877046
 # => aggregate.depth_r_lin_float.late=0.646089744
-# => aggregate.pooled_spearman=0.411202658
+# => aggregate.pooled_spearman=0.43201581
 # => verdicts.supported=15
 # => verdicts.refuted=0
 # => verdicts.unclear=0

@@ -214,6 +214,7 @@ struct qs_bench {
         float *xf[2], *xq[2];
     } rows;
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
+    struct qs_moments_cache *momc;  /* sites' input moments (moments.h), within a budget */
     /* An output rewrite at every site of a corrected path (study q2's shared corrector, q2.h):
      * qs_bench_layer_forward calls it on the site's output y (n, out), after the site's own
      * correction, whenever apply_corr is set; NULL: none. The activation caches do not know

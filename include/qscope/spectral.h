@@ -57,6 +57,9 @@ struct qs_null_view {
     int by_col;            /* one variance per column instead of row blocks */
     const float *colscale; /* (n) or NULL: the matrix judged is e0 diag(colscale) */
     const float *mix;      /* (n, n) symmetric or NULL: the matrix judged is e0 mix */
+    const double *colss;   /* by_col: (n) or NULL: each column's sum of squares over the m rows,
+                              given instead of e0 (which may then be NULL): the pre-activation
+                              error's profile from its streamed second moments */
 };
 
 struct qs_null {

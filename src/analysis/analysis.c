@@ -1,6 +1,8 @@
 /* analysis.c - error statistics, spectra, corrections and the non-capacity ablation. */
 #include "qscope/analysis.h"
 
+#include <cblas.h>
+#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,13 @@ static double sq_diff(const float *a, const float *b, size_t n)
         s += d * d;
     }
     return s;
+}
+
+static int unit_out(const struct qs_bench *b, int i)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    return u.out;
 }
 
 static double db_of(double rel) { return rel > 0 ? -10.0 * log10(rel) : INFINITY; }
@@ -425,32 +434,43 @@ static int label_null(const float *e0, int m, int n, const struct qs_null_view *
     return 0;
 }
 
-/* R^(1/2) of inputs x: (n, in), R = x^T x / n: (in, in). */
-static int input_sqrt_cov(const float *x, int n, int in, float *half, qs_err *e)
+/* R^(1/2), R = X^T X / n: (in, in), from the inputs' moments, in double: LAPACK dsyevd of R as
+ * summed (no F32 rounding of R first), half = (V W^(1/4)) (V W^(1/4))^T by one dsyrk, rounded to
+ * F32 at the end. In double the square root of a near-null direction is read to about
+ * sqrt(eps_double lambda_max) instead of F32's sqrt(eps_float lambda_max) (2.4e-4 of the top
+ * scale), and the product is a BLAS call instead of a scalar triple loop (a 3072-wide site). */
+static int input_sqrt_cov(const struct qs_moments *mo, float *half, qs_err *e)
 {
-    float *r = malloc((size_t)in * in * sizeof(float)), *w = malloc((size_t)in * sizeof(float));
-    float *v = malloc((size_t)in * in * sizeof(float));
+    int in = mo->in;
+    size_t nn = (size_t)in * in;
+    double *v = qs_alloc(nn, sizeof(double), "the inputs' covariance square root", e);
+    double *h = v ? qs_alloc(nn, sizeof(double), "the inputs' covariance square root", e) : NULL;
+    double *w = h ? qs_alloc((size_t)in, sizeof(double), "the inputs' covariance square root", e)
+                  : NULL;
     int rc = -1;
-    if (!r || !w || !v) {
-        qs_errf(e, "out of memory");
+    if (!w)
+        goto out;
+    for (size_t k = 0; k < nn; k++)
+        v[k] = mo->n > 0 ? mo->xtx[k] / (double)mo->n : 0.0;
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', in, v, in, w);
+    if (info != 0) {
+        qs_errf(e, "eig: LAPACK dsyevd failed on a %d x %d matrix (info %d)", in, in, (int)info);
         goto out;
     }
-    qs_gram(x, n, in, r);
-    if (qs_sym_eig(r, in, w, v, e) < 0)
-        goto out;
-    /* half = V diag(sqrt(w)) V^T */
+    for (int k = 0; k < in; k++) { /* column k of V (row-major) times w_k^(1/4) */
+        double f = w[k] > 0 ? sqrt(sqrt(w[k])) : 0.0;
+        for (int a = 0; a < in; a++)
+            v[(size_t)a * in + k] *= f;
+    }
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, in, in, 1.0, v, in, 0.0, h, in);
     for (int a = 0; a < in; a++)
-        for (int c = 0; c < in; c++) {
-            double s = 0.0;
-            for (int k = 0; k < in; k++)
-                s += (double)v[a * in + k] * sqrt(w[k] > 0 ? w[k] : 0.0) * v[c * in + k];
-            half[a * in + c] = (float)s;
-        }
+        for (int c = a; c < in; c++)
+            half[(size_t)a * in + c] = half[(size_t)c * in + a] = (float)h[(size_t)a * in + c];
     rc = 0;
 out:
-    free(r);
-    free(w);
     free(v);
+    free(h);
+    free(w);
     return rc;
 }
 
@@ -476,6 +496,183 @@ static int values_of(const float *a, int m, int n, int k, uint64_t seed, double 
     return rc;
 }
 
+/* ---- of=preact from second moments ----------------------------------------------------------
+ *
+ * The pre-activation error D = Y_q - Y_f (rows x out, each path from its own inputs, the site's
+ * correction applied as the model computes it) has the singular values sqrt(eig(D^T D)), and the
+ * reference Y_f those of Y_f^T Y_f: out x out sums, accumulated window by window in double
+ * (moments.h: fixed 256-row dsyrk blocks), so no rows are kept whatever the calibration size.
+ * The eigenvalues come from LAPACK dsyevd in double. The squaring costs nothing that matters here:
+ * a value sigma_i is read to about eps_double sigma_0^2 / sigma_i^2 relative, far below the
+ * float SVD of the rows' own rounding (about eps_float sigma_0 absolute) for every value above
+ * 1e-4 sigma_0; the statistics take fro2 = the eigenvalues' sum (gram_values). The null's
+ * per-output-channel variances are the diagonal of D^T D over the rows. Sites of more than
+ * PREACT_MOM_MAX_OUT outputs (a real vocabulary head: its out x out sums alone would be 20 GB at
+ * GPT-2's 50257) keep the rows path, within the activation budget. */
+#define PREACT_MOM_MAX_OUT 4096
+
+struct preact_mom {
+    struct qs_bench *b;
+    int i, out;
+    struct qs_moments d, f; /* of Y_q - Y_f and of Y_f */
+    float *yf, *yq;         /* one batch's pre-activations (cap rows) */
+    int cap;
+};
+
+static int pm_add(struct preact_mom *p, const float *yf, const float *yq, int n)
+{
+    size_t nd = (size_t)n * p->out;
+    for (size_t k = 0; k < nd; k++)
+        p->yq[k] = yq[k] - yf[k];
+    qs_moments_add(&p->d, p->yq, n);
+    qs_moments_add(&p->f, yf, n);
+    return 0;
+}
+
+static int pm_fn(void *u, int site, int w, const float *xf, const float *xq, const float *yf,
+                 const float *yq, int n, qs_err *e)
+{
+    (void)site, (void)w;
+    struct preact_mom *p = u;
+    if (n > p->cap)
+        return qs_errf(e, "spectrum: a window of %d rows exceeds %d", n, p->cap);
+    size_t nd = (size_t)n * p->out;
+    /* as qs_bench_preact computes them: the float site on the float inputs, the quantized site
+     * (its correction applied) on the quantized path's inputs */
+    if (yf)
+        memcpy(p->yf, yf, nd * sizeof(float));
+    else if (qs_bench_layer_forward(p->b, p->i, xf, n, 0, 0, p->yf, e) < 0)
+        return -1;
+    const float *q = yq ? yq : yf; /* yf given: the site and all before it are the identity */
+    if (!q) {
+        if (qs_bench_layer_forward(p->b, p->i, xq, n, QS_ROLE_W | QS_ROLE_A, 1, p->yq, e) < 0)
+            return -1;
+        q = p->yq;
+    }
+    return pm_add(p, p->yf, q, n);
+}
+
+/* Top k values sqrt(eig(g)) of a symmetric PSD g (n, n) (destroyed), descending. Eigenvalues
+ * below n eps_double lambda_max are the rounding of a null direction (the numerical rank's usual
+ * threshold) and read as 0, and *sum (may be NULL) is the sum of all the values' squares in
+ * descending order: so an error of rank r < k, e.g. a first layer of 2 inputs, has exactly
+ * sum = sv_1^2 + ... + sv_r^2 and none of its energy left beyond r (not a rounding residue,
+ * which would rank such layers by noise). */
+static int gram_values(double *g, int n, int k, double *sv, double *sum, qs_err *e)
+{
+    double *w = malloc((size_t)n * sizeof *w);
+    if (!w)
+        return qs_errf(e, "out of memory");
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', n, g, n, w);
+    if (info != 0) {
+        free(w);
+        return qs_errf(e, "spectrum: LAPACK dsyevd failed on a %d x %d matrix (info %d)", n, n,
+                       (int)info);
+    }
+    double tol = n * 2.220446049250313e-16 * (n > 0 && w[n - 1] > 0 ? w[n - 1] : 0.0), acc = 0;
+    for (int t = 0; t < n; t++) {
+        double l = w[n - 1 - t] > tol ? w[n - 1 - t] : 0.0;
+        if (t < k)
+            sv[t] = sqrt(l);
+        acc += l;
+    }
+    if (sum)
+        *sum = acc;
+    free(w);
+    return 0;
+}
+
+static int spectrum_preact_moments(struct qs_bench *b, int i, int k, int flags,
+                                   struct qs_spectrum *sp, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    int out = u.out, rc = -1;
+    struct preact_mom p = {.b = b, .i = i, .out = out};
+    float *yf = NULL, *yq = NULL;
+    double *colss = NULL;
+    if (qs_moments_init(&p.d, out, e) < 0 || qs_moments_init(&p.f, out, e) < 0)
+        goto out;
+    if (b->lm) {
+        p.cap = b->lm->ctx;
+        p.yf = qs_alloc((size_t)p.cap * out, sizeof(float), "a window's pre-activations", e);
+        p.yq = p.yf ? qs_alloc((size_t)p.cap * out, sizeof(float), "a window's pre-activations",
+                               e)
+                    : NULL;
+        unsigned char *want = p.yq ? qs_calloc((size_t)qs_bench_nunits(b), 1) : NULL;
+        if (!want) {
+            if (p.yq)
+                qs_errf(e, "out of memory");
+            goto out;
+        }
+        want[i] = 1;
+        int r2 = qs_bench_stream(b, QS_CALIB, want, 1, pm_fn, &p, e);
+        free(want);
+        if (r2 < 0)
+            goto out;
+    } else { /* an MLP keeps its pre-activations: the same rows, added in the same blocks */
+        int n;
+        if (qs_bench_preact(b, QS_CALIB, 0, i, &yf, &n, e) < 0 ||
+            qs_bench_preact(b, QS_CALIB, 1, i, &yq, &n, e) < 0)
+            goto out;
+        p.yq = yq; /* D overwrites yq: pm_add reads yq[k] before writing it */
+        pm_add(&p, yf, yq, n);
+        p.yq = NULL;
+    }
+    qs_moments_finish(&p.d);
+    qs_moments_finish(&p.f);
+    int m = (int)p.d.n, mn = m < out ? m : out;
+    if (k <= 0)
+        k = mn;
+    if (k > mn) {
+        qs_errf(e, "spectrum: k=%d exceeds the rank bound min(%d, %d) = %d of %s", k, m, out, mn,
+                u.name);
+        goto out;
+    }
+    sp->layer = i;
+    sp->of = QS_SPEC_PREACT;
+    sp->scale = QS_SCALE_NONE;
+    sp->m = m;
+    sp->n = out;
+    sp->nsv = k;
+    sp->exact = 1;
+    sp->sv = qs_calloc((size_t)k, sizeof(double));
+    sp->ref_sv = qs_calloc((size_t)k, sizeof(double));
+    colss = malloc((size_t)out * sizeof *colss);
+    if (!sp->sv || !sp->ref_sv || !colss) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    double tr = 0.0, fro2 = 0.0; /* fro2: the eigenvalues' sum, tr(D^T D) to rounding */
+    for (int j = 0; j < out; j++)
+        tr += colss[j] = p.d.xtx[(size_t)j * out + j];
+    if (tr > 0 && gram_values(p.d.xtx, out, k, sp->sv, &fro2, e) < 0)
+        goto out;
+    if (gram_values(p.f.xtx, out, k, sp->ref_sv, NULL, e) < 0)
+        goto out;
+    qs_rank_stats_compute(sp->sv, k, fro2, m, out, &sp->st);
+    if (flags & QS_SPEC_NULL) { /* seeded as the rows path seeds it */
+        uint64_t ns = b->seed ^ ((uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL);
+        struct qs_null_view v = {.seg = out, .by_col = 1, .colss = colss};
+        if (label_null(NULL, m, out, &v, ns, &sp->st, e) < 0)
+            goto out;
+    }
+    rc = 0;
+out:
+    qs_moments_free(&p.d);
+    qs_moments_free(&p.f);
+    if (b->lm) {
+        free(p.yf);
+        free(p.yq);
+    }
+    free(yf);
+    free(yq);
+    free(colss);
+    if (rc < 0)
+        qs_spectrum_free(sp);
+    return rc;
+}
+
 int qs_analysis_spectrum(struct qs_bench *b, int i, enum qs_spec_of of, enum qs_spec_scale scale,
                          int k, struct qs_spectrum *sp, qs_err *e)
 {
@@ -491,6 +688,10 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
     int rows = 0;
     if (qs_bench_update(b, e) < 0)
         return -1;
+    if (of == QS_SPEC_PREACT && scale != QS_SCALE_NONE)
+        return qs_errf(e, "spectrum: scale=act|cov applies to of=weight only");
+    if (of == QS_SPEC_PREACT && unit_out(b, i) <= PREACT_MOM_MAX_OUT)
+        return spectrum_preact_moments(b, i, k, flags, sp, e);
     if (of == QS_SPEC_PREACT && (qs_bench_preact(b, QS_CALIB, 0, i, &yf, &rows, e) < 0 ||
                                  qs_bench_preact(b, QS_CALIB, 1, i, &yq, &rows, e) < 0)) {
         free(yf);
@@ -499,11 +700,11 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
     struct qs_unit unit, *l = &unit;
     qs_bench_unit(b, i, &unit);
     const struct qs_layer_state *s = &b->ls[i];
-    /* the float calibration inputs of unit i: x (xn, in), when the view needs them */
-    const float *xin = NULL;
-    int xn = 0;
+    /* the float calibration inputs' moments of unit i (cached), when the view needs them: no
+     * rows are read, whatever the calibration size */
+    const struct qs_moments *mo = NULL;
     if (of == QS_SPEC_WEIGHT && scale != QS_SCALE_NONE &&
-        !(xin = site_x(b, i, QS_CALIB, 0, &xn, e))) {
+        qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0) {
         free(yf);
         free(yq);
         return -1;
@@ -588,11 +789,9 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
                 qs_errf(e, "out of memory");
                 goto out;
             }
-            for (int c = 0; c < n; c++) {
-                double ss = 0.0;
-                for (int r = 0; r < xn; r++)
-                    ss += (double)xin[(size_t)r * n + c] * xin[(size_t)r * n + c];
-                float sc = cs[c] = (float)sqrt(ss / xn);
+            for (int c = 0; c < n; c++) { /* the diagonal of X^T X: each channel's sum x^2 */
+                double ss = mo->n > 0 ? mo->xtx[(size_t)c * n + c] / (double)mo->n : 0.0;
+                float sc = cs[c] = (float)sqrt(ss);
                 for (int r = 0; r < m; r++) {
                     err[(size_t)r * n + c] *= sc;
                     ref[(size_t)r * n + c] *= sc;
@@ -603,7 +802,7 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of,
         } else if (scale == QS_SCALE_COV) { /* E R^(1/2), R = E[x x^T] of the inputs */
             half = malloc((size_t)n * n * sizeof(float));
             float *t = malloc(len * sizeof(float));
-            if (!half || !t || input_sqrt_cov(xin, xn, n, half, e) < 0) {
+            if (!half || !t || input_sqrt_cov(mo, half, e) < 0) {
                 free(t);
                 if (!half)
                     qs_errf(e, "out of memory");
@@ -1002,9 +1201,7 @@ static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank
     struct qs_corr old = s->corr, nw;
     memset(&nw, 0, sizeof nw);
     memset(&s->corr, 0, sizeof s->corr); /* the fit's pre-activations are without a correction */
-    struct qs_moments mo;
     struct qs_ridge_acc acc;
-    memset(&mo, 0, sizeof mo);
     memset(&acc, 0, sizeof acc);
     struct corr_stream c = {.b = b, .i = i, .d = d};
     int rc = -1;
@@ -1034,7 +1231,8 @@ static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank
     case QS_CORR_LQER:
     case QS_CORR_QERA:
     case QS_CORR_EORA: {
-        if (m != QS_CORR_LOWRANK && qs_bench_site_moments(b, i, QS_CALIB, 0, &mo, e) < 0)
+        const struct qs_moments *mo = NULL; /* the float inputs': cached between fits */
+        if (m != QS_CORR_LOWRANK && qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0)
             goto out;
         size_t nwts = (size_t)l.out * l.in;
         float *ew = qs_alloc(nwts, sizeof(float), "the weight error", e);
@@ -1042,10 +1240,8 @@ static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank
             goto out;
         for (size_t j = 0; j < nwts; j++)
             ew[j] = l.w[j] - s->wq[j];
-        int r2 = qs_corr_fit_lowrank_m(m, ew, l.out, l.in, m != QS_CORR_LOWRANK ? &mo : NULL, rank,
-                                       prec, &nw, e);
+        int r2 = qs_corr_fit_lowrank_m(m, ew, l.out, l.in, mo, rank, prec, &nw, e);
         free(ew);
-        qs_moments_free(&mo);
         if (r2 < 0)
             goto out;
         break;
@@ -1104,7 +1300,6 @@ out:
         s->corr = old;
         qs_corr_clear(&nw);
     }
-    qs_moments_free(&mo);
     qs_ridge_acc_free(&acc);
     free(c.bias);
     free(c.yf);
@@ -1221,7 +1416,11 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             goto oom;
         for (size_t j = 0; j < nwts; j++)
             ew[j] = l->w[j] - s->wq[j];
-        int r2 = qs_corr_fit_lowrank(m, ew, l->out, l->in, xfc, nc, rank, prec, &nw, e);
+        /* the float inputs' moments (the same sums as of the rows xfc), cached between fits */
+        const struct qs_moments *mo = NULL;
+        int r2 = m != QS_CORR_LOWRANK && qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0
+                     ? -1
+                     : qs_corr_fit_lowrank_m(m, ew, l->out, l->in, mo, rank, prec, &nw, e);
         free(ew);
         if (r2 < 0)
             goto out;

@@ -11,6 +11,7 @@
 #include "qscope/lm_gguf.h"
 #include "qscope/lmbench.h"
 #include "qscope/methods.h"
+#include "qscope/moments.h"
 
 static const char *const regime_names[] = {"weight-only", "activation-only", "weight+activation"};
 static const char *const regime_words[] = {"weight", "act", "full"};
@@ -91,6 +92,8 @@ void qs_bench_caches_free(struct qs_bench *b)
     rows_free(b);
     qs_site_err_cache_free(b->errc);
     b->errc = NULL;
+    qs_moments_cache_free(b->momc);
+    b->momc = NULL;
     for (int s = 0; s < 2; s++) {
         qs_bench_acts_free(&b->f_acts[s], L, b->lm != NULL);
         qs_bench_acts_free(&b->q_acts[s], L, b->lm != NULL);
@@ -169,6 +172,7 @@ void qs_bench_invalidate(struct qs_bench *b, int i)
     /* a site's quantized-path inputs depend on the sites before it only */
     if (b->rows.site > i)
         rows_free(b);
+    qs_moments_cache_invalidate(b->momc, i);
     if (b->errc) {
         if (b->errc->valid > i)
             b->errc->valid = i;

@@ -14,6 +14,7 @@
 
 #include "qscope/bench.h"
 #include "qscope/lmbench.h"
+#include "qscope/moments.h"
 
 /* ---- one site ----------------------------------------------------------------------------- */
 
@@ -1090,5 +1091,6 @@ size_t qs_bench_held_bytes(const struct qs_bench *b)
             t += 2 * (size_t)b->rows.n[s] * b->lm->sites[b->rows.site].in * sizeof(float);
     if (b->errc)
         t += (size_t)b->errc->nsites * (12 * sizeof(double) + 1);
+    t += qs_moments_cache_bytes(b->momc);
     return t;
 }

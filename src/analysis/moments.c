@@ -146,3 +146,103 @@ int qs_bench_site_moments(struct qs_bench *b, int site, enum qs_split_id s, int 
     qs_moments_finish(m);
     return 0;
 }
+
+/* ---- the cache ----------------------------------------------------------------------------- */
+
+size_t qs_moments_bytes(int in) { return ((size_t)in * in + (size_t)in) * sizeof(double); }
+
+static void ent_drop(struct qs_moments_cache *c, int k)
+{
+    c->bytes -= qs_moments_bytes(c->ent[k].m.in);
+    qs_moments_free(&c->ent[k].m);
+    c->ent[k] = c->ent[--c->n];
+}
+
+void qs_moments_cache_invalidate(struct qs_moments_cache *c, int i)
+{
+    if (!c)
+        return;
+    for (int k = c->n - 1; k >= 0; k--)
+        if (c->ent[k].quant && c->ent[k].site > i)
+            ent_drop(c, k);
+}
+
+void qs_moments_cache_free(struct qs_moments_cache *c)
+{
+    if (!c)
+        return;
+    while (c->n > 0)
+        ent_drop(c, c->n - 1);
+    qs_moments_free(&c->tmp);
+    free(c->ent);
+    free(c);
+}
+
+size_t qs_moments_cache_bytes(const struct qs_moments_cache *c) { return c ? c->bytes : 0; }
+
+int qs_bench_site_moments_cached(struct qs_bench *b, int site, int s, int quant,
+                                 const struct qs_moments **out, qs_err *e)
+{
+    *out = NULL;
+    quant = quant != 0;
+    /* first the bench up to date (it may drop every cache, this one too), then the look-up */
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    if (!b->momc) {
+        if (!(b->momc = qs_calloc(1, sizeof *b->momc)))
+            return qs_errf(e, "out of memory");
+        b->momc->budget = QS_MOMENTS_BUDGET;
+    }
+    struct qs_moments_cache *c = b->momc;
+    if (c->tmp.xtx) {
+        c->bytes -= qs_moments_bytes(c->tmp.in);
+        qs_moments_free(&c->tmp);
+    }
+    if (b->site_out) { /* a rewritten path the cache's keys do not describe */
+        if (qs_bench_site_moments(b, site, (enum qs_split_id)s, quant, &c->tmp, e) < 0)
+            return -1;
+        c->computed++;
+        free(c->tmp.buf);
+        c->tmp.buf = NULL;
+        c->bytes += qs_moments_bytes(c->tmp.in);
+        *out = &c->tmp;
+        return 0;
+    }
+    c->tick++;
+    for (int k = 0; k < c->n; k++)
+        if (c->ent[k].site == site && c->ent[k].split == s && c->ent[k].quant == quant) {
+            c->ent[k].used = c->tick;
+            c->hits++;
+            *out = &c->ent[k].m;
+            return 0;
+        }
+    struct qs_moments m;
+    if (qs_bench_site_moments(b, site, (enum qs_split_id)s, quant, &m, e) < 0)
+        return -1;
+    c->computed++;
+    free(m.buf); /* finished: the block buffer is not used again */
+    m.buf = NULL;
+    size_t need = qs_moments_bytes(m.in);
+    while (c->n > 0 && c->bytes + need > c->budget) { /* least recently used first */
+        int lru = 0;
+        for (int k = 1; k < c->n; k++)
+            if (c->ent[k].used < c->ent[lru].used)
+                lru = k;
+        ent_drop(c, lru);
+    }
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 8;
+        struct qs_moments_entry *ne = realloc(c->ent, (size_t)cap * sizeof *ne);
+        if (!ne) {
+            qs_moments_free(&m);
+            return qs_errf(e, "out of memory");
+        }
+        c->ent = ne;
+        c->cap = cap;
+    }
+    struct qs_moments_entry *en = &c->ent[c->n++];
+    *en = (struct qs_moments_entry){site, s, quant, c->tick, m};
+    c->bytes += need;
+    *out = &en->m;
+    return 0;
+}

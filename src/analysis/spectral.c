@@ -118,11 +118,14 @@ int qs_null_edge(const float *e0, int m, int n, const struct qs_null_view *v, in
         goto out;
     }
     /* block mean squares of the unscaled error */
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) {
-            double x = e0[(size_t)i * n + j];
-            var[v->by_col ? (size_t)j : (size_t)i * nseg + j / seg] += x * x;
-        }
+    if (v->by_col && v->colss)
+        memcpy(var, v->colss, (size_t)n * sizeof *var);
+    else
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double x = e0[(size_t)i * n + j];
+                var[v->by_col ? (size_t)j : (size_t)i * nseg + j / seg] += x * x;
+            }
     for (size_t b = 0; b < nvar; b++) {
         int w = v->by_col ? m : (int)(b % nseg) == nseg - 1 ? n - (nseg - 1) * seg : seg;
         var[b] /= w;

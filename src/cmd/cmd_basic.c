@@ -10,6 +10,7 @@
 #include "cmd_gguf.h"
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
+#include "qscope/moments.h"
 #include "qscope/ggml.h"
 #include "qscope/layer_row.h"
 #include "qscope/lm_gguf.h"
@@ -262,6 +263,16 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
     qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (activation budget %.0f MB)", held / 1048576.0,
                  b->act_budget / 1048576.0);
+    /* of which the sites' input moments (X^T X in double), cached between analyses */
+    size_t mom = qs_moments_cache_bytes(b->momc);
+    cJSON_AddNumberToObject(o, "moments_bytes", (double)mom);
+    cJSON_AddNumberToObject(o, "moments_budget_bytes",
+                            (double)(b->momc ? b->momc->budget : QS_MOMENTS_BUDGET));
+    if (mom > 0)
+        qs_sb_printf(&t, "; of it input moments %.1f MB of %d site%s (cache budget %.0f MB)",
+                     mom / 1048576.0, b->momc->n + (b->momc->tmp.xtx != NULL),
+                     b->momc->n + (b->momc->tmp.xtx != NULL) == 1 ? "" : "s",
+                     b->momc->budget / 1048576.0);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
