@@ -77,13 +77,17 @@ double qs_method_local_err(const float *w, const float *q, int rows, int cols, c
 
 #define GTILE 64 /* rows per gather of a group's weights for fitting its scales */
 #define GPTQ_MAX_THREADS 8
-#define SUB 16 /* columns per sub-batch inside a lazy batch */
+#define SUB 16 /* columns per sub-batch inside a lazy batch (default) */
+#define SUB_MAX 256
 
 void qs_gptq_opts_default(struct qs_gptq_opts *g)
 {
     g->damp = 0.01;
     g->block = 128;
     g->act_order = 0;
+    g->sub = 0;
+    g->threads = 0;
+    g->portable = 0;
 }
 
 struct didx {
@@ -99,42 +103,148 @@ static int by_diag_desc(const void *a, const void *b)
     return x->i - y->i; /* stable: equal diagonals keep their order */
 }
 
-/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]:
- * back = 0 fills t from a, back = 1 fills a from t. Tiled, so that neither side is walked
- * with a large stride. */
-static void transpose_perm(float *a, size_t rows, size_t n, const int *perm, float *t, int back)
+/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]
+ * (perm NULL: the identity). Tiled, so that neither side is walked with a large stride. */
+#define TTILE 32
+static void transpose_in(const float *restrict a, size_t rows, size_t n, const int *perm,
+                         float *restrict t)
 {
-    enum { TILE = 32 };
-    for (size_t r0 = 0; r0 < rows; r0 += TILE)
-        for (size_t k0 = 0; k0 < n; k0 += TILE) {
-            size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, k1 = k0 + TILE < n ? k0 + TILE : n;
-            for (size_t k = k0; k < k1; k++)
-                for (size_t r = r0; r < r1; r++) {
-                    if (back)
-                        a[r * n + (size_t)perm[k]] = t[k * rows + r];
-                    else
-                        t[k * rows + r] = a[r * n + (size_t)perm[k]];
-                }
+    for (size_t r0 = 0; r0 < rows; r0 += TTILE)
+        for (size_t k0 = 0; k0 < n; k0 += TTILE) {
+            size_t r1 = r0 + TTILE < rows ? r0 + TTILE : rows;
+            size_t k1 = k0 + TTILE < n ? k0 + TTILE : n;
+            for (size_t k = k0; k < k1; k++) {
+                const float *ak = a + (perm ? (size_t)perm[k] : k);
+                float *tk = t + k * rows;
+                for (size_t r = r0; r < r1; r++)
+                    tk[r] = ak[r * n];
+            }
         }
 }
 
-/* The in-batch update loops are also compiled for AVX2 and picked at run time, as pack.c's
- * kernels are (no FMA contraction in ISO C mode: the same IEEE operations, the same results). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef SIMD_CLONES
-#define SIMD_CLONES
+static void transpose_out(float *restrict a, size_t rows, size_t n, const int *perm,
+                          const float *restrict t)
+{
+    for (size_t r0 = 0; r0 < rows; r0 += TTILE)
+        for (size_t k0 = 0; k0 < n; k0 += TTILE) {
+            size_t r1 = r0 + TTILE < rows ? r0 + TTILE : rows;
+            size_t k1 = k0 + TTILE < n ? k0 + TTILE : n;
+            for (size_t r = r0; r < r1; r++) {
+                float *ar = a + r * n;
+                const float *tr = t + r;
+                if (perm)
+                    for (size_t k = k0; k < k1; k++)
+                        ar[perm[k]] = tr[k * rows];
+                else
+                    for (size_t k = k0; k < k1; k++)
+                        ar[k] = tr[k * rows];
+            }
+        }
+}
+
+/* The in-batch updates y -= c e are fused multiply-adds, y = fma(-c, e, y) (one rounding),
+ * applied to each element in the order of the columns that cause them, whatever the sub-batch
+ * size or the row slice: the result is bit-identical for any `sub` and `threads`, and, for the
+ * in-batch part, on every CPU (fmaf is exact by C99; the AVX2+FMA path picked at run time
+ * computes the same roundings). The lazy-batch updates go through sgemm, whose kernels (and so
+ * roundings) differ between CPUs: GPTQ's results are reproducible on one machine, not across
+ * machines. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GPTQ_X86 1
 #endif
 
-/* y -= a x over n floats (vectorized by gcc). */
-SIMD_CLONES
-static void axpy_neg(float *restrict y, const float *restrict x, float a, size_t n)
+/* y -= a x over n floats, fused. */
+static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        y[i] -= a * x[i];
+        y[i] = fmaf(-a, x[i], y[i]);
+}
+
+/* y[r] -= sum_m c[m] e[m][r] over rows [0, len), for sb error rows e (stride ld), applied in
+ * order m = 0, 1, ..., each a fused multiply-add. */
+static void fused_update_c(float *restrict y, const float *restrict e, size_t ld, const float *c,
+                           size_t sb, size_t len)
+{
+    enum { CH = 256 };
+    for (size_t r0 = 0; r0 < len; r0 += CH) {
+        size_t r1 = r0 + CH < len ? r0 + CH : len;
+        for (size_t m = 0; m < sb; m++) {
+            const float cm = -c[m], *em = e + m * ld;
+            for (size_t r = r0; r < r1; r++)
+                y[r] = fmaf(cm, em[r], y[r]);
+        }
+    }
+}
+
+#ifdef GPTQ_X86
+__attribute__((target("avx2,fma"))) static void axpy_fma_avx2(float *restrict y,
+                                                              const float *restrict x, float a,
+                                                              size_t n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_fnmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(-a, x[i], y[i]);
+}
+
+/* 32 rows of y stay in registers while the sb updates go by. fnmadd(c, e, y) = -(c e) + y with
+ * one rounding = fmaf(-c, e, y). */
+__attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restrict y,
+                                                                  const float *restrict e,
+                                                                  size_t ld, const float *c,
+                                                                  size_t sb, size_t len)
+{
+    size_t r = 0;
+    for (; r + 32 <= len; r += 32) {
+        __m256 y0 = _mm256_loadu_ps(y + r), y1 = _mm256_loadu_ps(y + r + 8),
+               y2 = _mm256_loadu_ps(y + r + 16), y3 = _mm256_loadu_ps(y + r + 24);
+        for (size_t m = 0; m < sb; m++) {
+            const __m256 cm = _mm256_set1_ps(c[m]);
+            const float *em = e + m * ld + r;
+            y0 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em), y0);
+            y1 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 8), y1);
+            y2 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 16), y2);
+            y3 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 24), y3);
+        }
+        _mm256_storeu_ps(y + r, y0);
+        _mm256_storeu_ps(y + r + 8, y1);
+        _mm256_storeu_ps(y + r + 16, y2);
+        _mm256_storeu_ps(y + r + 24, y3);
+    }
+    for (; r + 8 <= len; r += 8) {
+        __m256 y0 = _mm256_loadu_ps(y + r);
+        for (size_t m = 0; m < sb; m++)
+            y0 = _mm256_fnmadd_ps(_mm256_set1_ps(c[m]), _mm256_loadu_ps(e + m * ld + r), y0);
+        _mm256_storeu_ps(y + r, y0);
+    }
+    for (; r < len; r++) {
+        float v = y[r];
+        for (size_t m = 0; m < sb; m++)
+            v = fmaf(-c[m], e[m * ld + r], v);
+        y[r] = v;
+    }
+}
+#endif
+
+typedef void (*axpy_fn)(float *restrict, const float *restrict, float, size_t);
+typedef void (*fused_fn)(float *restrict, const float *restrict, size_t, const float *, size_t,
+                         size_t);
+
+static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu)
+{
+    *ax = axpy_fma_c;
+    *fu = fused_update_c;
+#ifdef GPTQ_X86
+    __builtin_cpu_init();
+    if (!portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        *ax = axpy_fma_avx2;
+        *fu = fused_update_avx2;
+    }
+#endif
 }
 
 /* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
@@ -170,48 +280,33 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
 struct gbatch {
     struct qs_quantizer *q;
     const float *u;
-    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, R); gx: (GTILE, seg) */
+    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, ld); gx: (GTILE, seg) */
+    axpy_fn axpy;
+    fused_fn fused;
     struct qs_qblock *blk;
     const size_t *grp;
-    size_t R, n, i1, nb, seg, nblk, r0, r1;
+    size_t R, ld, n, i1, nb, seg, nblk, r0, r1, sub;
     int shared, fit_late, rc;
     qs_err e;
 };
 
-/* t[kk] -= sum_m c[m] e[m] over rows [0, len) for sb error rows e (stride R): the sub-batch's
- * updates fused, so that each row of t is read once per sub-batch, in L1-sized chunks. */
-SIMD_CLONES
-static void fused_update(float *restrict y, const float *restrict e, size_t R, const float *c,
-                         size_t sb, size_t len)
-{
-    enum { CH = 256 };
-    for (size_t r0 = 0; r0 < len; r0 += CH) {
-        size_t r1 = r0 + CH < len ? r0 + CH : len;
-        for (size_t m = 0; m < sb; m++) {
-            const float cm = c[m], *em = e + m * R;
-            for (size_t r = r0; r < r1; r++)
-                y[r] -= cm * em[r];
-        }
-    }
-}
-
 static void *gbatch_run(void *arg)
 {
     struct gbatch *b = arg;
-    const size_t R = b->R, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
+    const size_t R = b->R, ld = b->ld, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
     b->rc = 0;
-    /* two levels inside the batch: rank-1 updates within sub-batches of SUB columns, then one
+    /* two levels inside the batch: rank-1 updates within sub-batches of `sub` columns, then one
      * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
      * group is fitted late, so that a group always sees fully updated weights) */
     for (size_t s0 = 0; s0 < b->nb;) {
-        size_t s1 = s0 + SUB < b->nb ? s0 + SUB : b->nb;
+        size_t s1 = s0 + b->sub < b->nb ? s0 + b->sub : b->nb;
         if (b->fit_late) {
             size_t gs = ((b->i1 + s0) / seg + 1) * seg - b->i1;
             s1 = gs < s1 ? gs : s1;
         }
         for (size_t k = s0; k < s1; k++) {
             const size_t col = b->i1 + k;
-            float *tc = b->t + k * R, *ec = b->err + k * R;
+            float *tc = b->t + k * R, *ec = b->err + k * ld;
             if (b->fit_late && col % seg == 0) {
                 size_t len = n - col < seg ? n - col : seg;
                 /* columns after the batch (only when the group starts the batch) have every
@@ -247,13 +342,13 @@ static void *gbatch_run(void *arg)
             }
             /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
             for (size_t kk = k + 1; kk < s1; kk++)
-                axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
+                b->axpy(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
         }
-        float c[SUB];
+        float c[SUB_MAX];
         for (size_t kk = s1; kk < b->nb; kk++) {
             for (size_t m = s0; m < s1; m++)
                 c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
-            fused_update(b->t + kk * R + b->r0, b->err + s0 * R + b->r0, R, c, s1 - s0, nr);
+            b->fused(b->t + kk * R + b->r0, b->err + s0 * ld + b->r0, ld, c, s1 - s0, nr);
         }
         s0 = s1;
     }
@@ -277,6 +372,10 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         return qs_errf(e, "GPTQ: damp must be >= 0 (got %g)", g->damp);
     if (g->block < 1)
         return qs_errf(e, "GPTQ: block must be >= 1 (got %d)", g->block);
+    if (g->sub < 0 || g->sub > SUB_MAX)
+        return qs_errf(e, "GPTQ: sub must be 0 (default) or 1 .. %d (got %d)", SUB_MAX, g->sub);
+    if (g->threads < 0)
+        return qs_errf(e, "GPTQ: threads must be >= 0 (got %d)", g->threads);
     const size_t n = (size_t)cols, R = (size_t)rows;
     size_t nn;
     if (qs_size_mul(n, n, &nn) < 0 || qs_size_mul(n, R, &nn) < 0 || qs_size_mul(n, n, &nn) < 0)
@@ -327,12 +426,19 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
     }
     /* the quantizer sees W with the dead columns zeroed; out is free until the end, so it
-     * holds that copy */
-    for (size_t r = 0; r < R; r++)
-        for (size_t j = 0; j < n; j++)
-            out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
-    transpose_perm(out, R, n, perm, wt, 0);
-    if (qs_quantizer_new(f, o, out, rows, cols, &q, e) < 0)
+     * holds that copy when there is a dead column */
+    int ndead = 0;
+    for (size_t j = 0; j < n; j++)
+        ndead += dead[j];
+    const float *w0 = w;
+    if (ndead) {
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < n; j++)
+                out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
+        w0 = out;
+    }
+    transpose_in(w0, R, n, g->act_order ? perm : NULL, wt);
+    if (qs_quantizer_new(f, o, w0, rows, cols, &q, e) < 0)
         goto done;
     if (inv_chol_upper(hp, cols, u, e) < 0)
         goto done;
@@ -344,13 +450,20 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     const size_t nblk = shared ? 1 : (n + seg - 1) / seg;
     const size_t B = (size_t)g->block < n ? (size_t)g->block : n;
     blk = qs_alloc(R * nblk, sizeof *blk, "GPTQ's group scales", e);
-    err = blk ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* the error rows' stride is padded by a cache line: with R a multiple of 1024 (GPT-2's
+     * 3072), the sub-batch's rows would otherwise fall into the same L1 sets */
+    const size_t ld = R + 16;
+    err = blk ? qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e) : NULL;
     /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
      * 8, when each gets at least 128 rows */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
-    while (nthr > 1 && R / (size_t)nthr < 128)
+    while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
         nthr--;
+    const size_t sub = g->sub > 0 ? (size_t)g->sub : SUB;
+    axpy_fn axpy;
+    fused_fn fused;
+    pick_kernels(g->portable, &axpy, &fused);
     gx = err ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
     if (!err)
         goto done;
@@ -363,13 +476,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     /* static scales are fitted up front (shared, or act order); otherwise when reached */
     const int fit_late = !shared && !g->act_order;
     if (shared) {
-        if (qs_quantizer_fit(q, out, cols, 0, 0, &blk[0], e) < 0)
+        if (qs_quantizer_fit(q, w0, cols, 0, 0, &blk[0], e) < 0)
             goto done;
     } else if (!fit_late) {
         for (size_t r = 0; r < R; r++)
             for (size_t b = 0; b < nblk; b++) {
                 size_t c0 = b * seg, len = n - c0 < seg ? n - c0 : seg;
-                if (qs_quantizer_fit(q, out + r * n + c0, (int)len, (int)r, (int)c0,
+                if (qs_quantizer_fit(q, w0 + r * n + c0, (int)len, (int)r, (int)c0,
                                      &blk[r * nblk + b], e) < 0)
                     goto done;
             }
@@ -400,7 +513,11 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                                     .blk = blk,
                                     .grp = grp,
                                     .gx = gx + (size_t)i * GTILE * seg,
+                                    .axpy = axpy,
+                                    .fused = fused,
                                     .R = R,
+                                    .ld = ld,
+                                    .sub = sub,
                                     .n = n,
                                     .i1 = i1,
                                     .nb = nb,
@@ -433,10 +550,10 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
          * wt[i2:] -= U[i1:i2, i2:]^T err with err: (nb, R) */
         if (i2 < n)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - i2), rows, (int)nb,
-                        -1.0f, u + i1 * n + i2, cols, err, rows, 1.0f, wt + i2 * R, rows);
+                        -1.0f, u + i1 * n + i2, cols, err, (int)ld, 1.0f, wt + i2 * R, rows);
         i1 = i2;
     }
-    transpose_perm(out, R, n, perm, wt, 1);
+    transpose_out(out, R, n, g->act_order ? perm : NULL, wt);
     if (scales)
         memcpy(scales, blk, R * nblk * sizeof *blk);
     rc = 0;
