@@ -103,43 +103,67 @@ static int by_diag_desc(const void *a, const void *b)
     return x->i - y->i; /* stable: equal diagonals keep their order */
 }
 
-/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]
- * (perm NULL: the identity). Tiled, so that neither side is walked with a large stride. */
-#define TTILE 32
-static void transpose_in(const float *restrict a, size_t rows, size_t n, const int *perm,
-                         float *restrict t)
+/* 8 x 8 transposes for moving a lazy batch in and out of its transposed buffer (AVX2 shuffles
+ * where the CPU has them). */
+typedef void (*tr8_fn)(const float *restrict, size_t, float *restrict, size_t);
+
+static void tr8_c(const float *restrict s, size_t ls, float *restrict d, size_t ld)
 {
-    for (size_t r0 = 0; r0 < rows; r0 += TTILE)
-        for (size_t k0 = 0; k0 < n; k0 += TTILE) {
-            size_t r1 = r0 + TTILE < rows ? r0 + TTILE : rows;
-            size_t k1 = k0 + TTILE < n ? k0 + TTILE : n;
-            for (size_t k = k0; k < k1; k++) {
-                const float *ak = a + (perm ? (size_t)perm[k] : k);
-                float *tk = t + k * rows;
-                for (size_t r = r0; r < r1; r++)
-                    tk[r] = ak[r * n];
-            }
-        }
+    for (size_t i = 0; i < 8; i++)
+        for (size_t j = 0; j < 8; j++)
+            d[j * ld + i] = s[i * ls + j];
 }
 
-static void transpose_out(float *restrict a, size_t rows, size_t n, const int *perm,
-                          const float *restrict t)
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GPTQ_X86 1
+__attribute__((target("avx2"))) static void tr8_avx2(const float *restrict s, size_t ls,
+                                                     float *restrict d, size_t ld)
 {
-    for (size_t r0 = 0; r0 < rows; r0 += TTILE)
-        for (size_t k0 = 0; k0 < n; k0 += TTILE) {
-            size_t r1 = r0 + TTILE < rows ? r0 + TTILE : rows;
-            size_t k1 = k0 + TTILE < n ? k0 + TTILE : n;
-            for (size_t r = r0; r < r1; r++) {
-                float *ar = a + r * n;
-                const float *tr = t + r;
-                if (perm)
-                    for (size_t k = k0; k < k1; k++)
-                        ar[perm[k]] = tr[k * rows];
-                else
-                    for (size_t k = k0; k < k1; k++)
-                        ar[k] = tr[k * rows];
-            }
-        }
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ls),
+           r2 = _mm256_loadu_ps(s + 2 * ls), r3 = _mm256_loadu_ps(s + 3 * ls),
+           r4 = _mm256_loadu_ps(s + 4 * ls), r5 = _mm256_loadu_ps(s + 5 * ls),
+           r6 = _mm256_loadu_ps(s + 6 * ls), r7 = _mm256_loadu_ps(s + 7 * ls);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+           t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+           t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+           u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+           u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+           u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+/* d = s^T: s (nr, nc) with row stride ls, d (nc, nr) with row stride ld; 8 x 8 blocks. */
+static void tr_block(tr8_fn tr8, const float *restrict s, size_t ls, float *restrict d, size_t ld,
+                     size_t nr, size_t nc)
+{
+    size_t r8 = nr / 8 * 8, c8 = nc / 8 * 8;
+    for (size_t r = 0; r < r8; r += 8)
+        for (size_t c = 0; c < c8; c += 8)
+            tr8(s + r * ls + c, ls, d + c * ld + r, ld);
+    for (size_t r = 0; r < nr; r++) /* the edges */
+        for (size_t c = r < r8 ? c8 : 0; c < nc; c++)
+            d[c * ld + r] = s[r * ls + c];
+}
+
+static tr8_fn pick_tr8(void)
+{
+#ifdef GPTQ_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        return tr8_avx2;
+#endif
+    return tr8_c;
 }
 
 /* The in-batch updates y -= c e are fused multiply-adds, y = fma(-c, e, y) (one rounding),
@@ -149,11 +173,6 @@ static void transpose_out(float *restrict a, size_t rows, size_t n, const int *p
  * computes the same roundings). The lazy-batch updates go through sgemm, whose kernels (and so
  * roundings) differ between CPUs: GPTQ's results are reproducible on one machine, not across
  * machines. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define GPTQ_X86 1
-#endif
-
 /* y -= a x over n floats, fused. */
 static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size_t n)
 {
@@ -280,9 +299,15 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
 struct gbatch {
     struct qs_quantizer *q;
     const float *u;
-    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, ld); gx: (GTILE, seg) */
+    const float *w0; /* the first batch: W (dead columns zeroed), original column order */
+    const int *perm; /* the processing order (NULL: the identity) */
+    float *w;        /* the working weights (R, n) row-major, in processing order (= out) */
+    float *t, *err, *gx, *row; /* t, err: the batch (nb, ld), transposed; gx: (GTILE, seg);
+                                  row: n floats */
     axpy_fn axpy;
     fused_fn fused;
+    tr8_fn tr8;
+    int first, last;
     struct qs_qblock *blk;
     const size_t *grp;
     size_t R, ld, n, i1, nb, seg, nblk, r0, r1, sub;
@@ -293,8 +318,22 @@ struct gbatch {
 static void *gbatch_run(void *arg)
 {
     struct gbatch *b = arg;
-    const size_t R = b->R, ld = b->ld, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
+    const size_t ld = b->ld, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
     b->rc = 0;
+    if (b->first) /* the working weights of these rows: W in processing order */
+        for (size_t r = b->r0; r < b->r1; r++) {
+            const float *src = b->w0 + r * n;
+            float *dst = b->w + r * n;
+            if (b->perm) { /* src may be dst: through the row buffer */
+                for (size_t k = 0; k < n; k++)
+                    b->row[k] = src[b->perm[k]];
+                memcpy(dst, b->row, n * sizeof *dst);
+            } else if (src != dst) {
+                memcpy(dst, src, n * sizeof *dst);
+            }
+        }
+    /* the batch's columns of these rows, transposed: a column is a contiguous row of t */
+    tr_block(b->tr8, b->w + b->r0 * n + b->i1, n, b->t + b->r0, ld, nr, b->nb);
     /* two levels inside the batch: rank-1 updates within sub-batches of `sub` columns, then one
      * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
      * group is fitted late, so that a group always sees fully updated weights) */
@@ -306,20 +345,25 @@ static void *gbatch_run(void *arg)
         }
         for (size_t k = s0; k < s1; k++) {
             const size_t col = b->i1 + k;
-            float *tc = b->t + k * R, *ec = b->err + k * ld;
+            float *tc = b->t + k * ld, *ec = b->err + k * ld;
             if (b->fit_late && col % seg == 0) {
                 size_t len = n - col < seg ? n - col : seg;
                 /* columns after the batch (only when the group starts the batch) have every
-                 * update already */
+                 * update already, in the working weights */
+                const size_t in = b->nb - k < len ? b->nb - k : len;
                 for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
                     size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
-                    /* gx: (GTILE, len) <- t[k:k+len, r0:r1]^T, in 16-column tiles */
-                    for (size_t m0 = 0; m0 < len; m0 += 16) {
-                        size_t m1 = m0 + 16 < len ? m0 + 16 : len;
+                    /* gx: (GTILE, len) <- t[k:k+in, r0:r1]^T, then w[r0:r1, col+in:col+len] */
+                    for (size_t m0 = 0; m0 < in; m0 += 16) {
+                        size_t m1 = m0 + 16 < in ? m0 + 16 : in;
                         for (size_t r = r0; r < r1; r++)
                             for (size_t m = m0; m < m1; m++)
-                                b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                                b->gx[(r - r0) * len + m] = b->t[(k + m) * ld + r];
                     }
+                    if (in < len)
+                        for (size_t r = r0; r < r1; r++)
+                            memcpy(b->gx + (r - r0) * len + in, b->w + r * n + col + in,
+                                   (len - in) * sizeof *b->gx);
                     for (size_t r = r0; r < r1; r++)
                         if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
                                              (int)col, &b->blk[r * b->nblk + col / seg],
@@ -342,16 +386,25 @@ static void *gbatch_run(void *arg)
             }
             /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
             for (size_t kk = k + 1; kk < s1; kk++)
-                b->axpy(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
+                b->axpy(b->t + kk * ld + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
         }
         float c[SUB_MAX];
         for (size_t kk = s1; kk < b->nb; kk++) {
             for (size_t m = s0; m < s1; m++)
                 c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
-            b->fused(b->t + kk * R + b->r0, b->err + s0 * ld + b->r0, ld, c, s1 - s0, nr);
+            b->fused(b->t + kk * ld + b->r0, b->err + s0 * ld + b->r0, ld, c, s1 - s0, nr);
         }
         s0 = s1;
     }
+    /* the batch's quantized columns back into the working weights */
+    tr_block(b->tr8, b->t + b->r0, ld, b->w + b->r0 * n + b->i1, n, b->nb, nr);
+    if (b->last && b->perm) /* these rows are done: back to the original column order */
+        for (size_t r = b->r0; r < b->r1; r++) {
+            float *wr = b->w + r * n;
+            for (size_t k = 0; k < n; k++)
+                b->row[b->perm[k]] = wr[k];
+            memcpy(wr, b->row, n * sizeof *wr);
+        }
     return NULL;
 }
 
@@ -383,7 +436,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     int rc = -1;
     struct qs_quantizer *q = NULL;
     double *hp = NULL;
-    float *u = NULL, *wt = NULL, *err = NULL, *gx = NULL;
+    float *u = NULL, *tb = NULL, *err = NULL, *gx = NULL, *rowb = NULL;
     struct qs_qblock *blk = NULL;
     int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
     size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
@@ -394,10 +447,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     }
     hp = qs_alloc(nn, sizeof *hp, "GPTQ's Hessian copy", e);
     u = hp ? qs_alloc(nn, sizeof *u, "GPTQ's inverse Cholesky factor", e) : NULL;
-    /* the working weights transposed and permuted, wt: (cols, rows): a column is a contiguous
-     * row, so the in-batch updates are axpys and no batch is ever copied */
-    wt = u ? qs_alloc(R * n, sizeof *wt, "GPTQ's working weights", e) : NULL;
-    if (!wt)
+    if (!u)
         goto done;
 
     /* dead inputs (H_jj = 0: W[:, j] = 0, H_jj = 1) and the processing order */
@@ -437,7 +487,6 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                 out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
         w0 = out;
     }
-    transpose_in(w0, R, n, g->act_order ? perm : NULL, wt);
     if (qs_quantizer_new(f, o, w0, rows, cols, &q, e) < 0)
         goto done;
     if (inv_chol_upper(hp, cols, u, e) < 0)
@@ -454,6 +503,9 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
      * 3072), the sub-batch's rows would otherwise fall into the same L1 sets */
     const size_t ld = R + 16;
     err = blk ? qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* the batch's working weights, transposed (nb, ld): a column is a contiguous row, so the
+     * in-batch updates are axpys; the weights themselves are worked on in out, row-major */
+    tb = err ? qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e) : NULL;
     /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
      * 8, when each gets at least 128 rows */
     long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
@@ -464,10 +516,12 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     axpy_fn axpy;
     fused_fn fused;
     pick_kernels(g->portable, &axpy, &fused);
-    gx = err ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
-    if (!err)
+    const tr8_fn tr8 = pick_tr8();
+    gx = tb ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
+    rowb = tb ? malloc((size_t)nthr * n * sizeof *rowb) : NULL;
+    if (!tb)
         goto done;
-    if (!gx) {
+    if (!gx || !rowb) {
         qs_errf(e, "out of memory");
         goto done;
     }
@@ -508,8 +562,15 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
             bt[i] = (struct gbatch){.q = q,
                                     .u = u,
-                                    .t = wt + i1 * R,
+                                    .w0 = w0,
+                                    .perm = g->act_order ? perm : NULL,
+                                    .w = out,
+                                    .t = tb,
                                     .err = err,
+                                    .row = rowb + (size_t)i * n,
+                                    .tr8 = tr8,
+                                    .first = i1 == 0,
+                                    .last = i2 == n,
                                     .blk = blk,
                                     .grp = grp,
                                     .gx = gx + (size_t)i * GTILE * seg,
@@ -546,14 +607,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                 *e = bt[bad].e;
             goto done;
         }
-        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], i.e.
-         * wt[i2:] -= U[i1:i2, i2:]^T err with err: (nb, R) */
+        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], Err^T
+         * being err: (nb, ld) */
         if (i2 < n)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - i2), rows, (int)nb,
-                        -1.0f, u + i1 * n + i2, cols, err, (int)ld, 1.0f, wt + i2 * R, rows);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
+                        -1.0f, err, (int)ld, u + i1 * n + i2, cols, 1.0f, out + i2, cols);
         i1 = i2;
     }
-    transpose_out(out, R, n, g->act_order ? perm : NULL, wt);
     if (scales)
         memcpy(scales, blk, R * nblk * sizeof *blk);
     rc = 0;
@@ -561,7 +621,8 @@ done:
     qs_quantizer_free(q);
     free(hp);
     free(u);
-    free(wt);
+    free(tb);
+    free(rowb);
     free(err);
     free(gx);
     free(blk);

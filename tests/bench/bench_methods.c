@@ -80,16 +80,6 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
     qs_hessian_add(h, x, n, cols, &e);
     struct qs_gptq_opts go;
     qs_gptq_opts_default(&go);
-    double best = 1e30;
-    for (int r = 0; r < 2; r++) {
-        double t0 = now();
-        if (qs_gptq(&f, &o, &go, w, rows, cols, h, q, NULL, &e) < 0) {
-            fprintf(stderr, "bench_methods: %s\n", e.msg);
-            break;
-        }
-        double dt = now() - t0;
-        best = dt < best ? dt : best;
-    }
     /* flops: dpotrf n^3/3 + dtrtri n^3/3 (double); per batch of nb columns starting at i1, the
      * rank-1 updates 2 rows nb(nb-1)/2 and the GEMM 2 rows nb (cols - i1 - nb) (float) */
     double c = cols, dfl = 2.0 * c * c * c / 3.0, sfl = 0.0;
@@ -97,11 +87,34 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
         double nb = cols - i1 < go.block ? cols - i1 : go.block;
         sfl += (double)rows * nb * (nb - 1) + 2.0 * rows * nb * (c - i1 - nb);
     }
-    double limit = dfl / (dpeak * 1e9) + sfl / (speak * 1e9);
+    /* the machine is shared: each round measures the GEMM peaks and GPTQ back to back, so that
+     * a round's ratio compares runs under the same load; reported: the best-of ratio (best
+     * limit over best time), and the min and median of the rounds' ratios */
+    enum { ROUNDS = 7 };
+    double best = 1e30, blimit = 1e30, rr[ROUNDS];
+    int nr = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        double sp = r == 0 ? speak : gemm_peak(0, 1536), dp = r == 0 ? dpeak : gemm_peak(1, 1536);
+        double t0 = now();
+        if (qs_gptq(&f, &o, &go, w, rows, cols, h, q, NULL, &e) < 0) {
+            fprintf(stderr, "bench_methods: %s\n", e.msg);
+            break;
+        }
+        double dt = now() - t0, lim = dfl / (dp * 1e9) + sfl / (sp * 1e9);
+        best = dt < best ? dt : best;
+        blimit = lim < blimit ? lim : blimit;
+        rr[nr++] = lim / dt;
+    }
+    for (int i = 1; i < nr; i++) /* insertion sort */
+        for (int j = i; j > 0 && rr[j] < rr[j - 1]; j--) {
+            double t = rr[j];
+            rr[j] = rr[j - 1];
+            rr[j - 1] = t;
+        }
     printf("bench gptq-%dx%d-%s%s%s: ours %.3f s, blas limit %.3f s (%.1f GFLOP dgemm-rate + "
-           "%.1f GFLOP sgemm-rate), ratio %.2f (target 0.50)\n",
-           rows, cols, fname, opts ? "-" : "", opts ? opts + 5 : "", best, limit, dfl * 1e-9,
-           sfl * 1e-9, limit / best);
+           "%.1f GFLOP sgemm-rate), ratio %.2f (target 0.50); %d rounds: min %.2f median %.2f\n",
+           rows, cols, fname, opts ? "-" : "", opts ? opts + 5 : "", best, blimit, dfl * 1e-9,
+           sfl * 1e-9, blimit / best, nr, nr ? rr[0] : 0.0, nr ? rr[nr / 2] : 0.0);
     free(x);
     free(w);
     free(q);
