@@ -268,15 +268,22 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "layers");
-    int nw = 10, ncorr = 0; /* the name column fits the longest name (sites are long) */
+    /* the name column fits the longest name (sites are long), the format columns their longest
+     * cell ("int4/channel+gptq+rot": a method adds to the format), 16 at least */
+    int nw = 10, ww = 16, aw = 16, ncorr = 0;
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_unit u;
+        char d[48];
         qs_bench_unit(b, i, &u);
         if ((int)strlen(u.name) > nw)
             nw = (int)strlen(u.name);
+        qs_bench_wdesc(&b->ls[i], d, sizeof d);
+        ww = (int)strlen(d) > ww ? (int)strlen(d) : ww;
+        qs_bench_adesc(&b->ls[i], d, sizeof d);
+        aw = (int)strlen(d) > aw ? (int)strlen(d) : aw;
     }
-    qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", nw, "layer", "shape", "act",
-                 "weights", "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
+    qs_sb_printf(&t, "%-*s %-12s %-8s %-*s %-*s %8s %9s %10s %s\n", nw, "layer", "shape", "act", ww,
+                 "weights", aw, "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_layer_row l; /* the same row the TUI's Layers pane draws */
         qs_layer_row_fill(b, i, &l);
@@ -309,8 +316,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char sens[32] = "-";
         if (l.sens_known)
             snprintf(sens, sizeof sens, "%.4g", l.sens);
-        qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l.name, l.shape,
-                     l.act, l.wf, l.af, l.bpw, l.w_rel_err, sens, l.corr_long);
+        qs_sb_printf(&t, "%-*s %-12s %-8s %-*s %-*s %8.3f %9.5f %10s %s\n", nw, l.name, l.shape,
+                     l.act, ww, l.wf, aw, l.af, l.bpw, l.w_rel_err, sens, l.corr_long);
     }
     qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales%s; biases in float)",
                  qs_bench_bits_per_weight(b), ncorr ? ", corrections included" : "");

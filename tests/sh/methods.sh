@@ -86,3 +86,18 @@ check packed_method_bad_token "grep -q \"token 'colour=blue' is not a quantizer 
 # export csv's comment line names each site's method with its options when there is one
 $Q --no-default "$M" "$D" -c "quant * int4 gran=channel method=gptq rotate=hadamard; quant fc2 int4 gran=group:32 weight=imatrix; layers; export csv $T/l.csv; quant * int4 gran=channel; layers; export csv $T/p.csv" >/dev/null 2>&1
 check csv_records_methods "head -1 $T/l.csv | grep -q ' methods=fc0:method=gptq,damp=0.01,order=col,inputs=quant,rotate=hadamard,seed=[0-9]* fc1:method=gptq,[^ ]*seed=[0-9]* fc2:weight=imatrix,inputs=quant$' && ! head -1 $T/p.csv | grep -q methods="
+# the layers table's format columns fit their longest cell: every row's weights, activations
+# and bits/w start under their headers (int4/channel+gptq+rot is 21 characters)
+o=$($Q --no-default "$M" "$D" -c "quant * int4 gran=channel method=gptq rotate=hadamard; quant fc2 int8 gran=group:32 amode=static smooth=0.5; regime full; layers" 2>&1)
+check layers_columns_fit "python3 - <<'PY' \"\$o\"
+import sys
+lines = sys.argv[1].splitlines()
+h = next(i for i, l in enumerate(lines) if l.startswith('layer '))
+head, rows = lines[h], lines[h + 1:h + 4]
+ok = len(rows) == 3 and any('int4/channel+gptq+rot' in r for r in rows)
+for r in rows:
+    cells = r.split()
+    ok = ok and r.index(cells[3]) == head.index('weights') and r.index(' ' + cells[4] + ' ') + 1 == head.index('activations')
+    ok = ok and r.index(cells[5]) + len(cells[5]) == head.index('bits/w') + len('bits/w')
+sys.exit(0 if ok else 1)
+PY"
