@@ -7,6 +7,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -180,18 +181,23 @@ static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size
         y[i] = fmaf(-a, x[i], y[i]);
 }
 
-/* y[r] -= sum_m c[m] e[m][r] over rows [0, len), for sb error rows e (stride ld), applied in
- * order m = 0, 1, ..., each a fused multiply-add. */
-static void fused_update_c(float *restrict y, const float *restrict e, size_t ld, const float *c,
-                           size_t sb, size_t len)
+/* t[k][r] -= sum_m c[k sb + m] e[m][r] for the nk rows k of t (stride ld) and the rows r in
+ * [0, len), for sb error rows e (stride ld), applied in order m = 0, 1, ..., each a fused
+ * multiply-add. A block of rows r is the outer loop, so its sb error rows stay in L1 while every
+ * k goes by. */
+static void fused_update_c(float *restrict t, size_t nk, const float *restrict e, size_t ld,
+                           const float *c, size_t sb, size_t len)
 {
-    enum { CH = 256 };
+    enum { CH = 64 };
     for (size_t r0 = 0; r0 < len; r0 += CH) {
         size_t r1 = r0 + CH < len ? r0 + CH : len;
-        for (size_t m = 0; m < sb; m++) {
-            const float cm = -c[m], *em = e + m * ld;
-            for (size_t r = r0; r < r1; r++)
-                y[r] = fmaf(cm, em[r], y[r]);
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld;
+            for (size_t m = 0; m < sb; m++) {
+                const float cm = -c[k * sb + m], *em = e + m * ld;
+                for (size_t r = r0; r < r1; r++)
+                    y[r] = fmaf(cm, em[r], y[r]);
+            }
         }
     }
 }
@@ -210,48 +216,55 @@ __attribute__((target("avx2,fma"))) static void axpy_fma_avx2(float *restrict y,
         y[i] = fmaf(-a, x[i], y[i]);
 }
 
-/* 32 rows of y stay in registers while the sb updates go by. fnmadd(c, e, y) = -(c e) + y with
- * one rounding = fmaf(-c, e, y). */
-__attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restrict y,
+/* 32 rows of a row of t stay in registers while the sb updates go by. fnmadd(c, e, y) =
+ * -(c e) + y with one rounding = fmaf(-c, e, y). */
+__attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restrict t, size_t nk,
                                                                   const float *restrict e,
                                                                   size_t ld, const float *c,
                                                                   size_t sb, size_t len)
 {
     size_t r = 0;
-    for (; r + 32 <= len; r += 32) {
-        __m256 y0 = _mm256_loadu_ps(y + r), y1 = _mm256_loadu_ps(y + r + 8),
-               y2 = _mm256_loadu_ps(y + r + 16), y3 = _mm256_loadu_ps(y + r + 24);
-        for (size_t m = 0; m < sb; m++) {
-            const __m256 cm = _mm256_set1_ps(c[m]);
-            const float *em = e + m * ld + r;
-            y0 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em), y0);
-            y1 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 8), y1);
-            y2 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 16), y2);
-            y3 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 24), y3);
+    for (; r + 32 <= len; r += 32)
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld + r;
+            const float *ck = c + k * sb;
+            __m256 y0 = _mm256_loadu_ps(y), y1 = _mm256_loadu_ps(y + 8),
+                   y2 = _mm256_loadu_ps(y + 16), y3 = _mm256_loadu_ps(y + 24);
+            for (size_t m = 0; m < sb; m++) {
+                const __m256 cm = _mm256_set1_ps(ck[m]);
+                const float *em = e + m * ld + r;
+                y0 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em), y0);
+                y1 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 8), y1);
+                y2 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 16), y2);
+                y3 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 24), y3);
+            }
+            _mm256_storeu_ps(y, y0);
+            _mm256_storeu_ps(y + 8, y1);
+            _mm256_storeu_ps(y + 16, y2);
+            _mm256_storeu_ps(y + 24, y3);
         }
-        _mm256_storeu_ps(y + r, y0);
-        _mm256_storeu_ps(y + r + 8, y1);
-        _mm256_storeu_ps(y + r + 16, y2);
-        _mm256_storeu_ps(y + r + 24, y3);
-    }
-    for (; r + 8 <= len; r += 8) {
-        __m256 y0 = _mm256_loadu_ps(y + r);
-        for (size_t m = 0; m < sb; m++)
-            y0 = _mm256_fnmadd_ps(_mm256_set1_ps(c[m]), _mm256_loadu_ps(e + m * ld + r), y0);
-        _mm256_storeu_ps(y + r, y0);
-    }
-    for (; r < len; r++) {
-        float v = y[r];
-        for (size_t m = 0; m < sb; m++)
-            v = fmaf(-c[m], e[m * ld + r], v);
-        y[r] = v;
-    }
+    for (; r + 8 <= len; r += 8)
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld + r;
+            __m256 y0 = _mm256_loadu_ps(y);
+            for (size_t m = 0; m < sb; m++)
+                y0 = _mm256_fnmadd_ps(_mm256_set1_ps(c[k * sb + m]),
+                                      _mm256_loadu_ps(e + m * ld + r), y0);
+            _mm256_storeu_ps(y, y0);
+        }
+    for (; r < len; r++)
+        for (size_t k = 0; k < nk; k++) {
+            float v = t[k * ld + r];
+            for (size_t m = 0; m < sb; m++)
+                v = fmaf(-c[k * sb + m], e[m * ld + r], v);
+            t[k * ld + r] = v;
+        }
 }
 #endif
 
 typedef void (*axpy_fn)(float *restrict, const float *restrict, float, size_t);
-typedef void (*fused_fn)(float *restrict, const float *restrict, size_t, const float *, size_t,
-                         size_t);
+typedef void (*fused_fn)(float *restrict, size_t, const float *restrict, size_t, const float *,
+                         size_t, size_t);
 
 static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu)
 {
@@ -266,24 +279,20 @@ static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu)
 #endif
 }
 
-/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
+/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp = J H J (n, n) double (H with its
+ * rows and columns reversed, as the caller fills it), destroyed. */
 static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
 {
     const size_t c = (size_t)n;
-    /* J H J in place: reverse rows and columns (a 180-degree turn of the array) */
-    for (size_t i = 0, k = c * c - 1; i < k; i++, k--) {
-        double t = hp[i];
-        hp[i] = hp[k];
-        hp[k] = t;
-    }
     /* the array read column-major is the same symmetric matrix; its column-major upper Cholesky
-     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
-    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
+     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place (the
+     * _work calls: the arguments are checked here, and H was checked finite by the caller) */
+    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, hp, n);
     if (info > 0)
         return qs_errf(e, "GPTQ: H is not positive definite after damping; raise damp");
     if (info < 0)
         return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
-    info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
+    info = LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
     if (info != 0)
         return qs_errf(e, "GPTQ: the Cholesky factor is singular (dtrtri %d); raise damp",
                        (int)info);
@@ -304,6 +313,7 @@ struct gbatch {
     float *w;        /* the working weights (R, n) row-major, in processing order (= out) */
     float *t, *err, *gx, *row; /* t, err: the batch (nb, ld), transposed; gx: (GTILE, seg);
                                   row: n floats */
+    float *c;                  /* a sub-batch's U entries for the later columns: B x sub */
     axpy_fn axpy;
     fused_fn fused;
     tr8_fn tr8;
@@ -388,12 +398,13 @@ static void *gbatch_run(void *arg)
             for (size_t kk = k + 1; kk < s1; kk++)
                 b->axpy(b->t + kk * ld + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
         }
-        float c[SUB_MAX];
-        for (size_t kk = s1; kk < b->nb; kk++) {
-            for (size_t m = s0; m < s1; m++)
-                c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
-            b->fused(b->t + kk * ld + b->r0, b->err + s0 * ld + b->r0, ld, c, s1 - s0, nr);
-        }
+        /* the batch's later columns: t[s1:nb] -= U[s0:s1, s1:nb]^T err[s0:s1], c: (nb - s1, sb) */
+        const size_t sb = s1 - s0, nk = b->nb - s1;
+        for (size_t kk = 0; kk < nk; kk++)
+            for (size_t m = 0; m < sb; m++)
+                b->c[kk * sb + m] = b->u[(b->i1 + s0 + m) * n + b->i1 + s1 + kk];
+        if (nk)
+            b->fused(b->t + s1 * ld + b->r0, nk, b->err + s0 * ld + b->r0, ld, b->c, sb, nr);
         s0 = s1;
     }
     /* the batch's quantized columns back into the working weights */
@@ -468,12 +479,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     for (size_t k = 0; k < n; k++)
         perm[k] = dx[k].i;
 
-    /* permuted, damped H; permuted W with the dead columns zeroed */
+    /* permuted, damped H, written reversed (J H J, for inv_chol_upper) */
     for (size_t a = 0; a < n; a++) {
         const double *hr = h + (size_t)perm[a] * n;
+        double *dr = hp + (n - 1 - a) * n + (n - 1); /* dr[-b] = H[a][b] */
         for (size_t b = 0; b < n; b++)
-            hp[a * n + b] = hr[perm[b]];
-        hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
+            dr[-(ptrdiff_t)b] = hr[perm[b]];
+        dr[-(ptrdiff_t)a] = (dead[perm[a]] ? 1.0 : dr[-(ptrdiff_t)a]) + g->damp * mean;
     }
     /* the quantizer sees W with the dead columns zeroed; out is free until the end, so it
      * holds that copy when there is a dead column */
@@ -491,8 +503,6 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         goto done;
     if (inv_chol_upper(hp, cols, u, e) < 0)
         goto done;
-    free(hp);
-    hp = NULL;
 
     const int shared = qs_quantizer_shared(q);
     const size_t seg = (size_t)qs_quantizer_block(q);
@@ -502,10 +512,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     /* the error rows' stride is padded by a cache line: with R a multiple of 1024 (GPT-2's
      * 3072), the sub-batch's rows would otherwise fall into the same L1 sets */
     const size_t ld = R + 16;
-    err = blk ? qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* the error and working batches live in the Hessian copy's pages when they fit (mapped
+     * already: fresh pages cost a fault each) */
+    const int in_hp = B * ld <= nn;
+    err = !blk ? NULL : in_hp ? (float *)hp : qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e);
     /* the batch's working weights, transposed (nb, ld): a column is a contiguous row, so the
      * in-batch updates are axpys; the weights themselves are worked on in out, row-major */
-    tb = err ? qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e) : NULL;
+    tb = !err ? NULL : in_hp ? err + B * ld : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
     /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
      * 8, when each gets at least 128 rows */
     long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
@@ -518,7 +531,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     pick_kernels(g->portable, &axpy, &fused);
     const tr8_fn tr8 = pick_tr8();
     gx = tb ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
-    rowb = tb ? malloc((size_t)nthr * n * sizeof *rowb) : NULL;
+    const size_t per_thr = n + B * sub; /* a row buffer, then the sub-batch's U entries */
+    rowb = tb ? malloc((size_t)nthr * per_thr * sizeof *rowb) : NULL;
     if (!tb)
         goto done;
     if (!gx || !rowb) {
@@ -567,7 +581,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                                     .w = out,
                                     .t = tb,
                                     .err = err,
-                                    .row = rowb + (size_t)i * n,
+                                    .row = rowb + (size_t)i * per_thr,
+                                    .c = rowb + (size_t)i * per_thr + n,
                                     .tr8 = tr8,
                                     .first = i1 == 0,
                                     .last = i2 == n,
@@ -619,11 +634,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     rc = 0;
 done:
     qs_quantizer_free(q);
+    if (!hp || (float *)hp != err) { /* else both live in hp */
+        free(tb);
+        free(err);
+    }
     free(hp);
     free(u);
-    free(tb);
     free(rowb);
-    free(err);
     free(gx);
     free(blk);
     free(perm);
