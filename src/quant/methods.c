@@ -623,7 +623,9 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             goto done;
         }
         /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], Err^T
-         * being err: (nb, ld) */
+         * being err: (nb, ld). One call for all rows, after the threads join: each thread
+         * updating its own slice (no barrier) was tried, and OpenBLAS's roundings then depend
+         * on the slice bounds, so the result would depend on the thread count */
         if (i2 < n)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
                         -1.0f, err, (int)ld, u + i1 * n + i2, cols, 1.0f, out + i2, cols);
