@@ -121,10 +121,10 @@ static void tr8_c(const float *restrict s, size_t ls, float *restrict d, size_t 
 __attribute__((target("avx2"))) static void tr8_avx2(const float *restrict s, size_t ls,
                                                      float *restrict d, size_t ld)
 {
-    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ls),
-           r2 = _mm256_loadu_ps(s + 2 * ls), r3 = _mm256_loadu_ps(s + 3 * ls),
-           r4 = _mm256_loadu_ps(s + 4 * ls), r5 = _mm256_loadu_ps(s + 5 * ls),
-           r6 = _mm256_loadu_ps(s + 6 * ls), r7 = _mm256_loadu_ps(s + 7 * ls);
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ls), r2 = _mm256_loadu_ps(s + 2 * ls),
+           r3 = _mm256_loadu_ps(s + 3 * ls), r4 = _mm256_loadu_ps(s + 4 * ls),
+           r5 = _mm256_loadu_ps(s + 5 * ls), r6 = _mm256_loadu_ps(s + 6 * ls),
+           r7 = _mm256_loadu_ps(s + 7 * ls);
     __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
            t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
            t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
@@ -203,9 +203,8 @@ static void fused_update_c(float *restrict t, size_t nk, const float *restrict e
 }
 
 #ifdef GPTQ_X86
-__attribute__((target("avx2,fma"))) static void axpy_fma_avx2(float *restrict y,
-                                                              const float *restrict x, float a,
-                                                              size_t n)
+__attribute__((target("avx2,fma"))) static void
+axpy_fma_avx2(float *restrict y, const float *restrict x, float a, size_t n)
 {
     const __m256 va = _mm256_set1_ps(a);
     size_t i = 0;
@@ -515,10 +514,14 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     /* the error and working batches live in the Hessian copy's pages when they fit (mapped
      * already: fresh pages cost a fault each) */
     const int in_hp = B * ld <= nn;
-    err = !blk ? NULL : in_hp ? (float *)hp : qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e);
+    err = !blk    ? NULL
+          : in_hp ? (float *)hp
+                  : qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e);
     /* the batch's working weights, transposed (nb, ld): a column is a contiguous row, so the
      * in-batch updates are axpys; the weights themselves are worked on in out, row-major */
-    tb = !err ? NULL : in_hp ? err + B * ld : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
+    tb = !err    ? NULL
+         : in_hp ? err + B * ld
+                 : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
     /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
      * 8, when each gets at least 128 rows */
     long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);

@@ -148,8 +148,8 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
            "%.1f GFLOP sgemm-rate), ratio %.2f (target 0.50); %d rounds: min %.2f median %.2f; "
            "in CPU time (the limit at the GEMMs' GFLOP per CPU-second): min %.2f median %.2f\n",
            rows, cols, fname, opts ? "-" : "", opts ? opts + 5 : "", one ? "-1thread" : "", best,
-           blimit, dfl * 1e-9, sfl * 1e-9, blimit / best, nr, nr ? rr[0] : 0.0, nr ? rr[nr / 2] : 0.0,
-           nr ? rc[0] : 0.0, nr ? rc[nr / 2] : 0.0);
+           blimit, dfl * 1e-9, sfl * 1e-9, blimit / best, nr, nr ? rr[0] : 0.0,
+           nr ? rr[nr / 2] : 0.0, nr ? rc[0] : 0.0, nr ? rc[nr / 2] : 0.0);
     free(x);
     free(w);
     free(q);

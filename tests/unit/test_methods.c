@@ -1167,10 +1167,9 @@ static void test_mlp_gptq_sequential(void)
 }
 
 TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq_matches_obq),
-          TEST_CASE(test_gptq_bits_any_split),
-          TEST_CASE(test_gptq_torch), TEST_CASE(test_gptq_beats_rtn_digits),
-          TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
-          TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
-          TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
-          TEST_CASE(test_imatrix_threads), TEST_CASE(test_method_layer),
-          TEST_CASE(test_mlp_gptq_sequential))
+          TEST_CASE(test_gptq_bits_any_split), TEST_CASE(test_gptq_torch),
+          TEST_CASE(test_gptq_beats_rtn_digits), TEST_CASE(test_gptq_beats_rtn_torch),
+          TEST_CASE(test_rot_orthogonal_exact), TEST_CASE(test_rot_outliers),
+          TEST_CASE(test_awq_reference), TEST_CASE(test_smoothquant_reference),
+          TEST_CASE(test_imatrix_search), TEST_CASE(test_imatrix_threads),
+          TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
