@@ -55,6 +55,11 @@ int qs_rule_method_check(const struct qs_rule_method *m, const struct qs_format 
 /* Canonical option string of a method, every option of it spelled out ("method=gptq damp=0.01
  * order=col inputs=quant rotate=hadamard"); empty for plain round-to-nearest. */
 void qs_rule_method_format(const struct qs_rule_method *m, char *buf, size_t n);
+/* What site i's quantized weights were made with, for exports (packfile.h's
+ * qscope.weight_methods): "rtn", or qs_rule_method_format's string followed by "seed=N" (the
+ * site's rotation seed: the rule's + i) after rotate=hadamard and "alpha=A" (AWQ's choice). */
+struct qs_layer_state;
+void qs_layer_method_desc(const struct qs_layer_state *s, int i, char *buf, size_t n);
 /* Whether m is other than plain round-to-nearest (so the site is quantized by the methods). */
 int qs_rule_method_custom(const struct qs_rule_method *m);
 

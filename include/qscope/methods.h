@@ -38,6 +38,12 @@ struct qs_gptq_opts {
     double damp;   /* lambda = damp * mean(diag H) added to the diagonal (default 0.01) */
     int block;     /* lazy-batch width in columns (default 128) */
     int act_order; /* quantize columns by decreasing diag H (default 0: in order) */
+    int sub;       /* columns per sub-batch inside a lazy batch (0: 16); the result does not
+                      depend on it, bit for bit */
+    int threads;   /* row-slice threads (0: one per CPU up to 8, >= 128 rows each); the result
+                      does not depend on it, bit for bit */
+    int portable;  /* 1: the plain C in-batch kernels (fmaf) even where the AVX2+FMA ones run:
+                      the same bits, slower (a test's handle) */
 };
 void qs_gptq_opts_default(struct qs_gptq_opts *g);
 

@@ -29,6 +29,16 @@
  *                              (NF4 blocks, MX 32, NVFP4 16 are written as their group)
  *   qscope.weight_scale_dtypes f16, f32, e8m0 (MX), e4m3 (NVFP4, times the tensor scale), none
  *   qscope.weight_options      (';'-separated) the canonical quant options, as journaled
+ *   qscope.weight_methods      (';'-separated) the quantizer that chose the codes: "rtn", or the
+ *                              method's options as `rules` shows them ("method=gptq damp=0.01
+ *                              order=col inputs=quant", "weight=imatrix inputs=quant", ...),
+ *                              then seed=N (the site's rotation seed) after rotate=hadamard and
+ *                              alpha=A (the grid's choice) after method=awq; "-" for float.
+ *                              Written by every safetensors export (fake-quant: a record of how
+ *                              the effective weights were made). The packed reader decodes GPTQ
+ *                              and imatrix codes as any (same layout) and refuses rotate=,
+ *                              smooth= and method=awq (codes in another basis; the exporter does
+ *                              not pack them). Files without the key read as before.
  *   qscope.corrections         "bias", "lowrank:r=4", "lowrank:r=8:prec=int4",
  *                              "linear:prec=int8", ...
  */

@@ -197,6 +197,21 @@ void qs_rule_method_format(const struct qs_rule_method *m, char *buf, size_t n)
 #undef PUT
 }
 
+void qs_layer_method_desc(const struct qs_layer_state *s, int i, char *buf, size_t n)
+{
+    if (!qs_rule_method_custom(&s->wm)) {
+        snprintf(buf, n, "rtn");
+        return;
+    }
+    qs_rule_method_format(&s->wm, buf, n);
+    size_t k = strlen(buf);
+    if (s->wm.rotate && k < n)
+        k += (size_t)snprintf(buf + k, n - k, " seed=%llu",
+                              (unsigned long long)(s->wm.seed + (uint64_t)i));
+    if (s->wm.method == QS_METHOD_AWQ && s->xs && k < n)
+        snprintf(buf + k, n - k, " alpha=%.9g", s->xs_alpha);
+}
+
 /* ---- the activation transform ------------------------------------------------------------- */
 
 void qs_layer_method_clear(struct qs_layer_state *s)

@@ -918,6 +918,25 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&meta, "%s%s:%s|%s", i ? " " : "", qs_clean_str(u.name, nb, sizeof nb, 0),
                      wd, ad);
     }
+    /* and, when a site's weights come from a quantizer method, each site's method and its
+     * options (qscope.weight_methods' entries, spaces as commas): LAYER:rtn,
+     * LAYER:method=gptq,damp=0.01,...; absent otherwise, so older tables read the same */
+    int custom = 0;
+    for (int i = 0; i < qs_bench_nunits(b); i++)
+        custom |= b->ls[i].wfmt.kind != QS_FMT_NONE && qs_rule_method_custom(&b->ls[i].wm);
+    for (int i = 0; custom && i < qs_bench_nunits(b); i++) {
+        struct qs_unit u;
+        char nb[256], md[320];
+        qs_bench_unit(b, i, &u);
+        if (b->ls[i].wfmt.kind == QS_FMT_NONE)
+            snprintf(md, sizeof md, "-");
+        else
+            qs_layer_method_desc(&b->ls[i], i, md, sizeof md);
+        for (char *p = md; *p; p++)
+            *p = *p == ' ' ? ',' : *p;
+        qs_sb_printf(&meta, "%s%s:%s", i ? " " : " methods=", qs_clean_str(u.name, nb, sizeof nb, 0),
+                     md);
+    }
     qs_outfile of;
     if (!meta.s) {
         qs_sb_free(&meta);

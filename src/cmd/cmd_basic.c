@@ -16,6 +16,7 @@
 #include "qscope/lm_gguf.h"
 #include "qscope/lm_train.h"
 #include "qscope/lmbench.h"
+#include "qscope/methods.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 #include "qscope/sha256.h"
@@ -287,15 +288,22 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
     cJSON_AddStringToObject(o, "cmd", "layers");
-    int nw = 10, ncorr = 0; /* the name column fits the longest name (sites are long) */
+    /* the name column fits the longest name (sites are long), the format columns their longest
+     * cell ("int4/channel+gptq+rot": a method adds to the format), 16 at least */
+    int nw = 10, ww = 16, aw = 16, ncorr = 0;
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_unit u;
+        char d[48];
         qs_bench_unit(b, i, &u);
         if ((int)strlen(u.name) > nw)
             nw = (int)strlen(u.name);
+        qs_bench_wdesc(&b->ls[i], d, sizeof d);
+        ww = (int)strlen(d) > ww ? (int)strlen(d) : ww;
+        qs_bench_adesc(&b->ls[i], d, sizeof d);
+        aw = (int)strlen(d) > aw ? (int)strlen(d) : aw;
     }
-    qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8s %9s %10s %s\n", nw, "layer", "shape", "act",
-                 "weights", "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
+    qs_sb_printf(&t, "%-*s %-12s %-8s %-*s %-*s %8s %9s %10s %s\n", nw, "layer", "shape", "act", ww,
+                 "weights", aw, "activations", "bits/w", "w_rel_err", "sensitivity", "correction");
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_layer_row l; /* the same row the TUI's Layers pane draws */
         qs_layer_row_fill(b, i, &l);
@@ -328,8 +336,8 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char sens[32] = "-";
         if (l.sens_known)
             snprintf(sens, sizeof sens, "%.4g", l.sens);
-        qs_sb_printf(&t, "%-*s %-12s %-8s %-16s %-16s %8.3f %9.5f %10s %s\n", nw, l.name, l.shape,
-                     l.act, l.wf, l.af, l.bpw, l.w_rel_err, sens, l.corr_long);
+        qs_sb_printf(&t, "%-*s %-12s %-8s %-*s %-*s %8.3f %9.5f %10s %s\n", nw, l.name, l.shape,
+                     l.act, ww, l.wf, aw, l.af, l.bpw, l.w_rel_err, sens, l.corr_long);
     }
     qs_sb_printf(&t, "model: %.3f bits/weight (packed codes + scales%s; biases in float)",
                  qs_bench_bits_per_weight(b), ncorr ? ", corrections included" : "");
@@ -1177,7 +1185,7 @@ static void exp_free(struct exp_list *x)
 /* What an export says about its sites, in the metadata and in its report: one entry per site,
  * comma-separated (options ';'-separated), the same for every family. */
 struct exp_meta {
-    struct qs_sb layers, fmts, shapes, grans, sdts, opts, corrs, said;
+    struct qs_sb layers, fmts, shapes, grans, sdts, opts, methods, corrs, said;
     int ncorr, aq, clocal;
 };
 
@@ -1189,6 +1197,7 @@ static void exp_meta_free(struct exp_meta *d)
     qs_sb_free(&d->grans);
     qs_sb_free(&d->sdts);
     qs_sb_free(&d->opts);
+    qs_sb_free(&d->methods);
     qs_sb_free(&d->corrs);
     qs_sb_free(&d->said);
 }
@@ -1223,10 +1232,16 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
         qs_sb_printf(&d->grans, "%s%s", sep, g);
         qs_sb_printf(&d->sdts, "%s%s", sep, lay.scale_dtype);
         qs_sb_printf(&d->opts, "%s%s", i ? ";" : "", o);
+        /* the quantizer that chose the codes: rtn, or the method with every option, the
+         * site's rotation seed and AWQ's chosen alpha (packfile.h) */
+        char mbuf[320];
+        qs_layer_method_desc(s, i, mbuf, sizeof mbuf);
+        qs_sb_printf(&d->methods, "%s%s", i ? ";" : "", mbuf);
     } else {
         qs_sb_printf(&d->grans, "%s-", sep);
         qs_sb_printf(&d->sdts, "%s-", sep);
         qs_sb_printf(&d->opts, "%s-", i ? ";" : "");
+        qs_sb_printf(&d->methods, "%s-", i ? ";" : "");
     }
     *lowrank = cr->c != NULL;
     *bias = cr->db != NULL;
@@ -1328,12 +1343,13 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
     const float **w = qs_calloc((size_t)S, sizeof *w);
     int *types = qs_calloc((size_t)S, sizeof *types);
     int rc = blocks && w && types ? 0 : qs_errf(e, "out of memory");
-    int nggml = 0, ndeq = 0, ncorr = 0, aq = 0;
+    int nggml = 0, ndeq = 0, ncorr = 0, aq = 0, nmeth = 0;
     struct qs_sb said = {0};
     for (int s = 0; s < S && rc == 0; s++) {
         const struct qs_layer_state *ls = &b->ls[s];
         const struct qs_corr *cr = &ls->corr;
         aq |= ls->afmt.kind != QS_FMT_NONE;
+        nmeth += ls->wq && qs_rule_method_custom(&ls->wm);
         if (cr->c || cr->db || cr->amap) {
             qs_sb_printf(&said, "%s%s", ncorr ? ", " : "", m->sites[s].name);
             ncorr++;
@@ -1373,6 +1389,12 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
         if (aq)
             qs_note(c, "note: activations are quantized in this session; the GGUF file holds "
                        "the weights only");
+        if (nmeth)
+            /* GGUF has no qscope metadata: said here; the safetensors exports record it */
+            qs_note(c, "note: %d site%s quantized with a method (rules shows which); the GGUF "
+                       "file holds the resulting weights but does not record the method "
+                       "(export model DIR records it in qscope.weight_methods)",
+                    nmeth, nmeth == 1 ? " is" : "s are");
         qs_emit(c, o, t.s);
         qs_sb_free(&t);
     }
@@ -1502,15 +1524,16 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         free(p);
     }
-    if (rc == 0 && (!d.layers.s || !d.corrs.s || !d.opts.s))
+    if (rc == 0 && (!d.layers.s || !d.corrs.s || !d.opts.s || !d.methods.s))
         rc = qs_errf(e, "out of memory");
     if (rc == 0) {
         const char *keys[] = {"qscope.version",        "qscope.arch",
                               "qscope.export",         "qscope.layers",
                               "qscope.weight_formats", "qscope.weight_shapes",
                               "qscope.weight_grans",   "qscope.weight_scale_dtypes",
-                              "qscope.weight_options", "qscope.corrections",
-                              "qscope.source",         "qscope.source_sha256"};
+                              "qscope.weight_options", "qscope.weight_methods",
+                              "qscope.corrections",    "qscope.source",
+                              "qscope.source_sha256"};
         const char *vals[] = {QS_VERSION,
                               m->family == QS_LM_GPT2 ? "gpt2" : "llama",
                               packed ? "packed" : "fake-quant",
@@ -1520,6 +1543,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               d.grans.s,
                               d.sdts.s,
                               d.opts.s,
+                              d.methods.s,
                               d.corrs.s,
                               m->path ? m->path : "",
                               sha};
@@ -1622,7 +1646,7 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         exp_put(&xf, l->name, "weight", QS_DT_F32, 2, l->out, l->in, w);
         exp_put(&xf, l->name, "bias", QS_DT_F32, 1, l->out, 0, bb);
     }
-    if (rc == 0 && (xf.oom || xu.oom || !d.layers.s || !d.corrs.s || !d.opts.s))
+    if (rc == 0 && (xf.oom || xu.oom || !d.layers.s || !d.corrs.s || !d.opts.s || !d.methods.s))
         rc = qs_errf(e, "out of memory");
     if (rc == 0) {
         /* the model's own metadata (task metric, split seed, ...) rides along */
@@ -1630,11 +1654,12 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                                            "qscope.acts",           "qscope.export",
                                            "qscope.weight_formats", "qscope.weight_shapes",
                                            "qscope.weight_grans",   "qscope.weight_scale_dtypes",
-                                           "qscope.weight_options", "qscope.corrections"};
+                                           "qscope.weight_options", "qscope.weight_methods",
+                                           "qscope.corrections"};
         enum { NMINE = sizeof mine / sizeof mine[0] };
         const char *vals[NMINE] = {"mlp",  d.layers.s, acts.s,  packed ? "packed" : "fake-quant",
                                    d.fmts.s, d.shapes.s, d.grans.s, d.sdts.s,
-                                   d.opts.s, d.corrs.s};
+                                   d.opts.s, d.methods.s, d.corrs.s};
         const char **keys = malloc(((size_t)NMINE + m->nmeta) * sizeof *keys);
         const char **mv = malloc(((size_t)NMINE + m->nmeta) * sizeof *mv);
         struct qs_st_out *all = malloc(((size_t)xf.n + xu.n + 1) * sizeof *all);

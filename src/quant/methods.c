@@ -7,6 +7,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -77,13 +78,17 @@ double qs_method_local_err(const float *w, const float *q, int rows, int cols, c
 
 #define GTILE 64 /* rows per gather of a group's weights for fitting its scales */
 #define GPTQ_MAX_THREADS 8
-#define SUB 16 /* columns per sub-batch inside a lazy batch */
+#define SUB 16 /* columns per sub-batch inside a lazy batch (default) */
+#define SUB_MAX 256
 
 void qs_gptq_opts_default(struct qs_gptq_opts *g)
 {
     g->damp = 0.01;
     g->block = 128;
     g->act_order = 0;
+    g->sub = 0;
+    g->threads = 0;
+    g->portable = 0;
 }
 
 struct didx {
@@ -99,62 +104,194 @@ static int by_diag_desc(const void *a, const void *b)
     return x->i - y->i; /* stable: equal diagonals keep their order */
 }
 
-/* Between a (rows, n) row-major and its permuted transpose t: (n, rows), t[k][r] = a[r][perm[k]]:
- * back = 0 fills t from a, back = 1 fills a from t. Tiled, so that neither side is walked
- * with a large stride. */
-static void transpose_perm(float *a, size_t rows, size_t n, const int *perm, float *t, int back)
+/* 8 x 8 transposes for moving a lazy batch in and out of its transposed buffer (AVX2 shuffles
+ * where the CPU has them). */
+typedef void (*tr8_fn)(const float *restrict, size_t, float *restrict, size_t);
+
+static void tr8_c(const float *restrict s, size_t ls, float *restrict d, size_t ld)
 {
-    enum { TILE = 32 };
-    for (size_t r0 = 0; r0 < rows; r0 += TILE)
-        for (size_t k0 = 0; k0 < n; k0 += TILE) {
-            size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, k1 = k0 + TILE < n ? k0 + TILE : n;
-            for (size_t k = k0; k < k1; k++)
-                for (size_t r = r0; r < r1; r++) {
-                    if (back)
-                        a[r * n + (size_t)perm[k]] = t[k * rows + r];
-                    else
-                        t[k * rows + r] = a[r * n + (size_t)perm[k]];
-                }
-        }
+    for (size_t i = 0; i < 8; i++)
+        for (size_t j = 0; j < 8; j++)
+            d[j * ld + i] = s[i * ls + j];
 }
 
-/* The in-batch update loops are also compiled for AVX2 and picked at run time, as pack.c's
- * kernels are (no FMA contraction in ISO C mode: the same IEEE operations, the same results). */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef SIMD_CLONES
-#define SIMD_CLONES
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GPTQ_X86 1
+__attribute__((target("avx2"))) static void tr8_avx2(const float *restrict s, size_t ls,
+                                                     float *restrict d, size_t ld)
+{
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ls), r2 = _mm256_loadu_ps(s + 2 * ls),
+           r3 = _mm256_loadu_ps(s + 3 * ls), r4 = _mm256_loadu_ps(s + 4 * ls),
+           r5 = _mm256_loadu_ps(s + 5 * ls), r6 = _mm256_loadu_ps(s + 6 * ls),
+           r7 = _mm256_loadu_ps(s + 7 * ls);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+           t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+           t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+           u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+           u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+           u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
 #endif
 
-/* y -= a x over n floats (vectorized by gcc). */
-SIMD_CLONES
-static void axpy_neg(float *restrict y, const float *restrict x, float a, size_t n)
+/* d = s^T: s (nr, nc) with row stride ls, d (nc, nr) with row stride ld; 8 x 8 blocks. */
+static void tr_block(tr8_fn tr8, const float *restrict s, size_t ls, float *restrict d, size_t ld,
+                     size_t nr, size_t nc)
+{
+    size_t r8 = nr / 8 * 8, c8 = nc / 8 * 8;
+    for (size_t r = 0; r < r8; r += 8)
+        for (size_t c = 0; c < c8; c += 8)
+            tr8(s + r * ls + c, ls, d + c * ld + r, ld);
+    for (size_t r = 0; r < nr; r++) /* the edges */
+        for (size_t c = r < r8 ? c8 : 0; c < nc; c++)
+            d[c * ld + r] = s[r * ls + c];
+}
+
+static tr8_fn pick_tr8(void)
+{
+#ifdef GPTQ_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        return tr8_avx2;
+#endif
+    return tr8_c;
+}
+
+/* The in-batch updates y -= c e are fused multiply-adds, y = fma(-c, e, y) (one rounding),
+ * applied to each element in the order of the columns that cause them, whatever the sub-batch
+ * size or the row slice: the result is bit-identical for any `sub` and `threads`, and, for the
+ * in-batch part, on every CPU (fmaf is exact by C99; the AVX2+FMA path picked at run time
+ * computes the same roundings). The lazy-batch updates go through sgemm, whose kernels (and so
+ * roundings) differ between CPUs: GPTQ's results are reproducible on one machine, not across
+ * machines. */
+/* y -= a x over n floats, fused. */
+static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        y[i] -= a * x[i];
+        y[i] = fmaf(-a, x[i], y[i]);
 }
 
-/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp (n, n) double, destroyed. */
+/* t[k][r] -= sum_m c[k sb + m] e[m][r] for the nk rows k of t (stride ld) and the rows r in
+ * [0, len), for sb error rows e (stride ld), applied in order m = 0, 1, ..., each a fused
+ * multiply-add. A block of rows r is the outer loop, so its sb error rows stay in L1 while every
+ * k goes by. */
+static void fused_update_c(float *restrict t, size_t nk, const float *restrict e, size_t ld,
+                           const float *c, size_t sb, size_t len)
+{
+    enum { CH = 64 };
+    for (size_t r0 = 0; r0 < len; r0 += CH) {
+        size_t r1 = r0 + CH < len ? r0 + CH : len;
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld;
+            for (size_t m = 0; m < sb; m++) {
+                const float cm = -c[k * sb + m], *em = e + m * ld;
+                for (size_t r = r0; r < r1; r++)
+                    y[r] = fmaf(cm, em[r], y[r]);
+            }
+        }
+    }
+}
+
+#ifdef GPTQ_X86
+__attribute__((target("avx2,fma"))) static void
+axpy_fma_avx2(float *restrict y, const float *restrict x, float a, size_t n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i,
+                         _mm256_fnmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(-a, x[i], y[i]);
+}
+
+/* 32 rows of a row of t stay in registers while the sb updates go by. fnmadd(c, e, y) =
+ * -(c e) + y with one rounding = fmaf(-c, e, y). */
+__attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restrict t, size_t nk,
+                                                                  const float *restrict e,
+                                                                  size_t ld, const float *c,
+                                                                  size_t sb, size_t len)
+{
+    size_t r = 0;
+    for (; r + 32 <= len; r += 32)
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld + r;
+            const float *ck = c + k * sb;
+            __m256 y0 = _mm256_loadu_ps(y), y1 = _mm256_loadu_ps(y + 8),
+                   y2 = _mm256_loadu_ps(y + 16), y3 = _mm256_loadu_ps(y + 24);
+            for (size_t m = 0; m < sb; m++) {
+                const __m256 cm = _mm256_set1_ps(ck[m]);
+                const float *em = e + m * ld + r;
+                y0 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em), y0);
+                y1 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 8), y1);
+                y2 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 16), y2);
+                y3 = _mm256_fnmadd_ps(cm, _mm256_loadu_ps(em + 24), y3);
+            }
+            _mm256_storeu_ps(y, y0);
+            _mm256_storeu_ps(y + 8, y1);
+            _mm256_storeu_ps(y + 16, y2);
+            _mm256_storeu_ps(y + 24, y3);
+        }
+    for (; r + 8 <= len; r += 8)
+        for (size_t k = 0; k < nk; k++) {
+            float *y = t + k * ld + r;
+            __m256 y0 = _mm256_loadu_ps(y);
+            for (size_t m = 0; m < sb; m++)
+                y0 = _mm256_fnmadd_ps(_mm256_set1_ps(c[k * sb + m]),
+                                      _mm256_loadu_ps(e + m * ld + r), y0);
+            _mm256_storeu_ps(y, y0);
+        }
+    for (; r < len; r++)
+        for (size_t k = 0; k < nk; k++) {
+            float v = t[k * ld + r];
+            for (size_t m = 0; m < sb; m++)
+                v = fmaf(-c[k * sb + m], e[m * ld + r], v);
+            t[k * ld + r] = v;
+        }
+}
+#endif
+
+typedef void (*axpy_fn)(float *restrict, const float *restrict, float, size_t);
+typedef void (*fused_fn)(float *restrict, size_t, const float *restrict, size_t, const float *,
+                         size_t, size_t);
+
+static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu)
+{
+    *ax = axpy_fma_c;
+    *fu = fused_update_c;
+#ifdef GPTQ_X86
+    __builtin_cpu_init();
+    if (!portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        *ax = axpy_fma_avx2;
+        *fu = fused_update_avx2;
+    }
+#endif
+}
+
+/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp = J H J (n, n) double (H with its
+ * rows and columns reversed, as the caller fills it), destroyed. */
 static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
 {
     const size_t c = (size_t)n;
-    /* J H J in place: reverse rows and columns (a 180-degree turn of the array) */
-    for (size_t i = 0, k = c * c - 1; i < k; i++, k--) {
-        double t = hp[i];
-        hp[i] = hp[k];
-        hp[k] = t;
-    }
     /* the array read column-major is the same symmetric matrix; its column-major upper Cholesky
-     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place */
-    lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', n, hp, n);
+     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place (the
+     * _work calls: the arguments are checked here, and H was checked finite by the caller) */
+    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, hp, n);
     if (info > 0)
         return qs_errf(e, "GPTQ: H is not positive definite after damping; raise damp");
     if (info < 0)
         return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
-    info = LAPACKE_dtrtri(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
+    info = LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n);
     if (info != 0)
         return qs_errf(e, "GPTQ: the Cholesky factor is singular (dtrtri %d); raise damp",
                        (int)info);
@@ -170,61 +307,72 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
 struct gbatch {
     struct qs_quantizer *q;
     const float *u;
-    float *t, *err, *gx; /* t: the batch (nb, R) inside wt; err: (nb, R); gx: (GTILE, seg) */
+    const float *w0; /* the first batch: W (dead columns zeroed), original column order */
+    const int *perm; /* the processing order (NULL: the identity) */
+    float *w;        /* the working weights (R, n) row-major, in processing order (= out) */
+    float *t, *err, *gx, *row; /* t, err: the batch (nb, ld), transposed; gx: (GTILE, seg);
+                                  row: n floats */
+    float *c;                  /* a sub-batch's U entries for the later columns: B x sub */
+    axpy_fn axpy;
+    fused_fn fused;
+    tr8_fn tr8;
+    int first, last;
     struct qs_qblock *blk;
     const size_t *grp;
-    size_t R, n, i1, nb, seg, nblk, r0, r1;
+    size_t R, ld, n, i1, nb, seg, nblk, r0, r1, sub;
     int shared, fit_late, rc;
     qs_err e;
 };
 
-/* t[kk] -= sum_m c[m] e[m] over rows [0, len) for sb error rows e (stride R): the sub-batch's
- * updates fused, so that each row of t is read once per sub-batch, in L1-sized chunks. */
-SIMD_CLONES
-static void fused_update(float *restrict y, const float *restrict e, size_t R, const float *c,
-                         size_t sb, size_t len)
-{
-    enum { CH = 256 };
-    for (size_t r0 = 0; r0 < len; r0 += CH) {
-        size_t r1 = r0 + CH < len ? r0 + CH : len;
-        for (size_t m = 0; m < sb; m++) {
-            const float cm = c[m], *em = e + m * R;
-            for (size_t r = r0; r < r1; r++)
-                y[r] -= cm * em[r];
-        }
-    }
-}
-
 static void *gbatch_run(void *arg)
 {
     struct gbatch *b = arg;
-    const size_t R = b->R, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
+    const size_t ld = b->ld, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
     b->rc = 0;
-    /* two levels inside the batch: rank-1 updates within sub-batches of SUB columns, then one
+    if (b->first) /* the working weights of these rows: W in processing order */
+        for (size_t r = b->r0; r < b->r1; r++) {
+            const float *src = b->w0 + r * n;
+            float *dst = b->w + r * n;
+            if (b->perm) { /* src may be dst: through the row buffer */
+                for (size_t k = 0; k < n; k++)
+                    b->row[k] = src[b->perm[k]];
+                memcpy(dst, b->row, n * sizeof *dst);
+            } else if (src != dst) {
+                memcpy(dst, src, n * sizeof *dst);
+            }
+        }
+    /* the batch's columns of these rows, transposed: a column is a contiguous row of t */
+    tr_block(b->tr8, b->w + b->r0 * n + b->i1, n, b->t + b->r0, ld, nr, b->nb);
+    /* two levels inside the batch: rank-1 updates within sub-batches of `sub` columns, then one
      * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
      * group is fitted late, so that a group always sees fully updated weights) */
     for (size_t s0 = 0; s0 < b->nb;) {
-        size_t s1 = s0 + SUB < b->nb ? s0 + SUB : b->nb;
+        size_t s1 = s0 + b->sub < b->nb ? s0 + b->sub : b->nb;
         if (b->fit_late) {
             size_t gs = ((b->i1 + s0) / seg + 1) * seg - b->i1;
             s1 = gs < s1 ? gs : s1;
         }
         for (size_t k = s0; k < s1; k++) {
             const size_t col = b->i1 + k;
-            float *tc = b->t + k * R, *ec = b->err + k * R;
+            float *tc = b->t + k * ld, *ec = b->err + k * ld;
             if (b->fit_late && col % seg == 0) {
                 size_t len = n - col < seg ? n - col : seg;
                 /* columns after the batch (only when the group starts the batch) have every
-                 * update already */
+                 * update already, in the working weights */
+                const size_t in = b->nb - k < len ? b->nb - k : len;
                 for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
                     size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
-                    /* gx: (GTILE, len) <- t[k:k+len, r0:r1]^T, in 16-column tiles */
-                    for (size_t m0 = 0; m0 < len; m0 += 16) {
-                        size_t m1 = m0 + 16 < len ? m0 + 16 : len;
+                    /* gx: (GTILE, len) <- t[k:k+in, r0:r1]^T, then w[r0:r1, col+in:col+len] */
+                    for (size_t m0 = 0; m0 < in; m0 += 16) {
+                        size_t m1 = m0 + 16 < in ? m0 + 16 : in;
                         for (size_t r = r0; r < r1; r++)
                             for (size_t m = m0; m < m1; m++)
-                                b->gx[(r - r0) * len + m] = b->t[(k + m) * R + r];
+                                b->gx[(r - r0) * len + m] = b->t[(k + m) * ld + r];
                     }
+                    if (in < len)
+                        for (size_t r = r0; r < r1; r++)
+                            memcpy(b->gx + (r - r0) * len + in, b->w + r * n + col + in,
+                                   (len - in) * sizeof *b->gx);
                     for (size_t r = r0; r < r1; r++)
                         if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
                                              (int)col, &b->blk[r * b->nblk + col / seg],
@@ -247,16 +395,26 @@ static void *gbatch_run(void *arg)
             }
             /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
             for (size_t kk = k + 1; kk < s1; kk++)
-                axpy_neg(b->t + kk * R + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
+                b->axpy(b->t + kk * ld + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
         }
-        float c[SUB];
-        for (size_t kk = s1; kk < b->nb; kk++) {
-            for (size_t m = s0; m < s1; m++)
-                c[m - s0] = b->u[(b->i1 + m) * n + b->i1 + kk];
-            fused_update(b->t + kk * R + b->r0, b->err + s0 * R + b->r0, R, c, s1 - s0, nr);
-        }
+        /* the batch's later columns: t[s1:nb] -= U[s0:s1, s1:nb]^T err[s0:s1], c: (nb - s1, sb) */
+        const size_t sb = s1 - s0, nk = b->nb - s1;
+        for (size_t kk = 0; kk < nk; kk++)
+            for (size_t m = 0; m < sb; m++)
+                b->c[kk * sb + m] = b->u[(b->i1 + s0 + m) * n + b->i1 + s1 + kk];
+        if (nk)
+            b->fused(b->t + s1 * ld + b->r0, nk, b->err + s0 * ld + b->r0, ld, b->c, sb, nr);
         s0 = s1;
     }
+    /* the batch's quantized columns back into the working weights */
+    tr_block(b->tr8, b->t + b->r0, ld, b->w + b->r0 * n + b->i1, n, b->nb, nr);
+    if (b->last && b->perm) /* these rows are done: back to the original column order */
+        for (size_t r = b->r0; r < b->r1; r++) {
+            float *wr = b->w + r * n;
+            for (size_t k = 0; k < n; k++)
+                b->row[b->perm[k]] = wr[k];
+            memcpy(wr, b->row, n * sizeof *wr);
+        }
     return NULL;
 }
 
@@ -277,6 +435,10 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         return qs_errf(e, "GPTQ: damp must be >= 0 (got %g)", g->damp);
     if (g->block < 1)
         return qs_errf(e, "GPTQ: block must be >= 1 (got %d)", g->block);
+    if (g->sub < 0 || g->sub > SUB_MAX)
+        return qs_errf(e, "GPTQ: sub must be 0 (default) or 1 .. %d (got %d)", SUB_MAX, g->sub);
+    if (g->threads < 0)
+        return qs_errf(e, "GPTQ: threads must be >= 0 (got %d)", g->threads);
     const size_t n = (size_t)cols, R = (size_t)rows;
     size_t nn;
     if (qs_size_mul(n, n, &nn) < 0 || qs_size_mul(n, R, &nn) < 0 || qs_size_mul(n, n, &nn) < 0)
@@ -284,7 +446,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     int rc = -1;
     struct qs_quantizer *q = NULL;
     double *hp = NULL;
-    float *u = NULL, *wt = NULL, *err = NULL, *gx = NULL;
+    float *u = NULL, *tb = NULL, *err = NULL, *gx = NULL, *rowb = NULL;
     struct qs_qblock *blk = NULL;
     int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
     size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
@@ -295,10 +457,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     }
     hp = qs_alloc(nn, sizeof *hp, "GPTQ's Hessian copy", e);
     u = hp ? qs_alloc(nn, sizeof *u, "GPTQ's inverse Cholesky factor", e) : NULL;
-    /* the working weights transposed and permuted, wt: (cols, rows): a column is a contiguous
-     * row, so the in-batch updates are axpys and no batch is ever copied */
-    wt = u ? qs_alloc(R * n, sizeof *wt, "GPTQ's working weights", e) : NULL;
-    if (!wt)
+    if (!u)
         goto done;
 
     /* dead inputs (H_jj = 0: W[:, j] = 0, H_jj = 1) and the processing order */
@@ -319,42 +478,67 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     for (size_t k = 0; k < n; k++)
         perm[k] = dx[k].i;
 
-    /* permuted, damped H; permuted W with the dead columns zeroed */
+    /* permuted, damped H, written reversed (J H J, for inv_chol_upper) */
     for (size_t a = 0; a < n; a++) {
         const double *hr = h + (size_t)perm[a] * n;
+        double *dr = hp + (n - 1 - a) * n + (n - 1); /* dr[-b] = H[a][b] */
         for (size_t b = 0; b < n; b++)
-            hp[a * n + b] = hr[perm[b]];
-        hp[a * n + a] = (dead[perm[a]] ? 1.0 : hp[a * n + a]) + g->damp * mean;
+            dr[-(ptrdiff_t)b] = hr[perm[b]];
+        dr[-(ptrdiff_t)a] = (dead[perm[a]] ? 1.0 : dr[-(ptrdiff_t)a]) + g->damp * mean;
     }
     /* the quantizer sees W with the dead columns zeroed; out is free until the end, so it
-     * holds that copy */
-    for (size_t r = 0; r < R; r++)
-        for (size_t j = 0; j < n; j++)
-            out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
-    transpose_perm(out, R, n, perm, wt, 0);
-    if (qs_quantizer_new(f, o, out, rows, cols, &q, e) < 0)
+     * holds that copy when there is a dead column */
+    int ndead = 0;
+    for (size_t j = 0; j < n; j++)
+        ndead += dead[j];
+    const float *w0 = w;
+    if (ndead) {
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < n; j++)
+                out[r * n + j] = dead[j] ? 0.0f : w[r * n + j];
+        w0 = out;
+    }
+    if (qs_quantizer_new(f, o, w0, rows, cols, &q, e) < 0)
         goto done;
     if (inv_chol_upper(hp, cols, u, e) < 0)
         goto done;
-    free(hp);
-    hp = NULL;
 
     const int shared = qs_quantizer_shared(q);
     const size_t seg = (size_t)qs_quantizer_block(q);
     const size_t nblk = shared ? 1 : (n + seg - 1) / seg;
     const size_t B = (size_t)g->block < n ? (size_t)g->block : n;
     blk = qs_alloc(R * nblk, sizeof *blk, "GPTQ's group scales", e);
-    err = blk ? qs_alloc(B * R, sizeof *err, "GPTQ's error batch", e) : NULL;
+    /* the error rows' stride is padded by a cache line: with R a multiple of 1024 (GPT-2's
+     * 3072), the sub-batch's rows would otherwise fall into the same L1 sets */
+    const size_t ld = R + 16;
+    /* the error and working batches live in the Hessian copy's pages when they fit (mapped
+     * already: fresh pages cost a fault each) */
+    const int in_hp = B * ld <= nn;
+    err = !blk    ? NULL
+          : in_hp ? (float *)hp
+                  : qs_alloc(B * ld, sizeof *err, "GPTQ's error batch", e);
+    /* the batch's working weights, transposed (nb, ld): a column is a contiguous row, so the
+     * in-batch updates are axpys; the weights themselves are worked on in out, row-major */
+    tb = !err    ? NULL
+         : in_hp ? err + B * ld
+                 : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
     /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
      * 8, when each gets at least 128 rows */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
-    while (nthr > 1 && R / (size_t)nthr < 128)
+    while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
         nthr--;
-    gx = err ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
-    if (!err)
+    const size_t sub = g->sub > 0 ? (size_t)g->sub : SUB;
+    axpy_fn axpy;
+    fused_fn fused;
+    pick_kernels(g->portable, &axpy, &fused);
+    const tr8_fn tr8 = pick_tr8();
+    gx = tb ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
+    const size_t per_thr = n + B * sub; /* a row buffer, then the sub-batch's U entries */
+    rowb = tb ? malloc((size_t)nthr * per_thr * sizeof *rowb) : NULL;
+    if (!tb)
         goto done;
-    if (!gx) {
+    if (!gx || !rowb) {
         qs_errf(e, "out of memory");
         goto done;
     }
@@ -363,13 +547,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     /* static scales are fitted up front (shared, or act order); otherwise when reached */
     const int fit_late = !shared && !g->act_order;
     if (shared) {
-        if (qs_quantizer_fit(q, out, cols, 0, 0, &blk[0], e) < 0)
+        if (qs_quantizer_fit(q, w0, cols, 0, 0, &blk[0], e) < 0)
             goto done;
     } else if (!fit_late) {
         for (size_t r = 0; r < R; r++)
             for (size_t b = 0; b < nblk; b++) {
                 size_t c0 = b * seg, len = n - c0 < seg ? n - c0 : seg;
-                if (qs_quantizer_fit(q, out + r * n + c0, (int)len, (int)r, (int)c0,
+                if (qs_quantizer_fit(q, w0 + r * n + c0, (int)len, (int)r, (int)c0,
                                      &blk[r * nblk + b], e) < 0)
                     goto done;
             }
@@ -395,12 +579,24 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
             bt[i] = (struct gbatch){.q = q,
                                     .u = u,
-                                    .t = wt + i1 * R,
+                                    .w0 = w0,
+                                    .perm = g->act_order ? perm : NULL,
+                                    .w = out,
+                                    .t = tb,
                                     .err = err,
+                                    .row = rowb + (size_t)i * per_thr,
+                                    .c = rowb + (size_t)i * per_thr + n,
+                                    .tr8 = tr8,
+                                    .first = i1 == 0,
+                                    .last = i2 == n,
                                     .blk = blk,
                                     .grp = grp,
                                     .gx = gx + (size_t)i * GTILE * seg,
+                                    .axpy = axpy,
+                                    .fused = fused,
                                     .R = R,
+                                    .ld = ld,
+                                    .sub = sub,
                                     .n = n,
                                     .i1 = i1,
                                     .nb = nb,
@@ -429,23 +625,27 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                 *e = bt[bad].e;
             goto done;
         }
-        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], i.e.
-         * wt[i2:] -= U[i1:i2, i2:]^T err with err: (nb, R) */
+        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], Err^T
+         * being err: (nb, ld). One call for all rows, after the threads join: each thread
+         * updating its own slice (no barrier) was tried, and OpenBLAS's roundings then depend
+         * on the slice bounds, so the result would depend on the thread count */
         if (i2 < n)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(n - i2), rows, (int)nb,
-                        -1.0f, u + i1 * n + i2, cols, err, rows, 1.0f, wt + i2 * R, rows);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
+                        -1.0f, err, (int)ld, u + i1 * n + i2, cols, 1.0f, out + i2, cols);
         i1 = i2;
     }
-    transpose_perm(out, R, n, perm, wt, 1);
     if (scales)
         memcpy(scales, blk, R * nblk * sizeof *blk);
     rc = 0;
 done:
     qs_quantizer_free(q);
+    if (!hp || (float *)hp != err) { /* else both live in hp */
+        free(tb);
+        free(err);
+    }
     free(hp);
     free(u);
-    free(wt);
-    free(err);
+    free(rowb);
     free(gx);
     free(blk);
     free(perm);

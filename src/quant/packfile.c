@@ -140,6 +140,54 @@ static int get_bytes(const struct rd *r, const char *name, size_t n, const uint8
     return 0;
 }
 
+/* The qscope.weight_methods entry of packed layer idx (optional: files before it have none).
+ * GPTQ and the imatrix search choose codes and scales in the format's own layout: they decode
+ * as any, and the entry is a record. A rotation, SmoothQuant or AWQ would have put the codes in
+ * a basis this layout cannot express (the exporter refuses to pack them): refused here too,
+ * rather than decoded into wrong weights. Tokens: rtn, KEY=VALUE of method, damp, order,
+ * inputs, weight, rotate, seed, smooth, alpha. */
+static int layer_method(const struct qs_st_file *f, const char *path, const char *layer, int idx,
+                        qs_err *e)
+{
+    if (!qs_st_meta(f, "qscope.weight_methods"))
+        return 0;
+    char m[320], cn[64];
+    if (meta_item(f, path, "qscope.weight_methods", ';', idx, m, sizeof m, e) < 0)
+        return -1;
+    for (const unsigned char *p = (const unsigned char *)m; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return qs_errf(e, "%s: layer %d: qscope.weight_methods entry has control characters",
+                           path, idx);
+    static const char *const keys[] = {"method", "damp",   "order",  "inputs", "weight",
+                                       "rotate", "seed",   "smooth", "alpha"};
+    const char *basis = NULL;
+    for (char *sv, *t = strtok_r(m, " ", &sv); t; t = strtok_r(NULL, " ", &sv)) {
+        if (!strcmp(t, "rtn"))
+            continue;
+        char *eq = strchr(t, '=');
+        size_t kl = eq ? (size_t)(eq - t) : 0, k = 0;
+        while (k < sizeof keys / sizeof *keys && (strlen(keys[k]) != kl || strncmp(t, keys[k], kl)))
+            k++;
+        if (!eq || !eq[1] || k == sizeof keys / sizeof *keys)
+            return qs_errf(e, "%s: layer %d (%s): qscope.weight_methods token '%s' is not a "
+                              "quantizer method option",
+                           path, idx, layer, qs_clean_str(t, cn, sizeof cn, 40));
+        if (!strcmp(t, "rotate=hadamard"))
+            basis = "rotate=hadamard";
+        else if (!strncmp(t, "smooth=", 7))
+            basis = "smooth=";
+        else if (!strcmp(t, "method=awq"))
+            basis = "method=awq";
+    }
+    if (basis)
+        return qs_errf(e,
+                       "%s: layer %d (%s) was quantized with %s, whose codes are in a rotated or "
+                       "channel-scaled basis that the packed layout does not record; this reader "
+                       "cannot decode them into the layer's weights",
+                       path, idx, layer, basis);
+    return 0;
+}
+
 /* Format and options of layer idx; the metadata's gran and scale dtype must agree with them. */
 static int layer_format(const struct qs_st_file *f, const char *path, const char *layer, int idx,
                         int rows, int cols, struct qs_format *fmt, struct qs_qopts *o,
@@ -160,6 +208,8 @@ static int layer_format(const struct qs_st_file *f, const char *path, const char
         if (*p < 0x20 || *p == 0x7f)
             return qs_errf(e, "%s: layer %d: qscope.weight_options entry has control characters",
                            path, idx);
+    if (layer_method(f, path, layer, idx, e) < 0)
+        return -1;
     if (qs_format_parse(name, fmt, e) < 0)
         return qs_err_prefix(e, path);
     if (fmt->kind == QS_FMT_NONE)

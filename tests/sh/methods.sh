@@ -43,3 +43,61 @@ o=$($Q --no-default "$M" "$D" -c "quant * int3 gran=channel rotate=hadamard; exp
 check rotated_packed_refused "grep -q 'rotated or channel-scaled basis' <<<\"\$o\" && [ ! -e $T/r.safetensors ]"
 o=$($Q --no-default "$M" "$D" -c "quant * none method=awq" 2>&1)
 check none_refused "grep -q 'format none keeps sites in float' <<<\"\$o\""
+# every export records each site's quantizer and its options (qscope.weight_methods): the
+# dequantized file after gptq + rotation (the rotation seed per site) and AWQ (its alpha), the
+# packed one after GPTQ; the packed reader refuses a method whose codes it cannot decode
+$Q --no-default "$M" "$D" -c "quant * int4 gran=channel method=gptq rotate=hadamard; quant fc2 int4 gran=channel method=awq; export model $T/m.safetensors" >/dev/null 2>&1
+check export_records_methods "python3 - $T/m.safetensors $T/g.safetensors <<'PY'
+import json, re, struct, sys
+def meta(p):
+    b = open(p, 'rb').read()
+    return json.loads(b[8:8 + struct.unpack('<Q', b[:8])[0]])['__metadata__']
+m = meta(sys.argv[1])['qscope.weight_methods'].split(';')
+ok = len(m) == 3
+ok = ok and all(re.fullmatch('method=gptq damp=0.01 order=col inputs=quant rotate=hadamard seed=[0-9]+', x) for x in m[:2])
+ok = ok and m[0].split()[-1] != m[1].split()[-1]
+ok = ok and re.fullmatch('method=awq inputs=quant alpha=0(\\.[0-9]+)?', m[2]) is not None
+g = meta(sys.argv[2])['qscope.weight_methods'].split(';')
+ok = ok and g == ['method=gptq damp=0.01 order=col inputs=quant'] * 3
+print('  ' + ' | '.join(m), file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY"
+# the packed GPTQ file with its fc1 entry rewritten: rotate=hadamard is refused by name, an
+# unknown token too, and the untouched file still loads
+python3 - "$T/g.safetensors" "$T" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+h = json.loads(b[8:8 + n])
+for name, entry in (('rot', 'method=gptq damp=0.01 order=col inputs=quant rotate=hadamard seed=3'),
+                    ('bad', 'method=gptq colour=blue')):
+    hh = json.loads(json.dumps(h))
+    m = hh['__metadata__']['qscope.weight_methods'].split(';')
+    m[1] = entry
+    hh['__metadata__']['qscope.weight_methods'] = ';'.join(m)
+    s = json.dumps(hh, separators=(',', ':')).encode()
+    s += b' ' * (-len(s) % 8)
+    open('%s/%s.safetensors' % (sys.argv[2], name), 'wb').write(struct.pack('<Q', len(s)) + s + b[8 + n:])
+PY
+o=$($Q --no-default "$T/rot.safetensors" "$D" -c eval 2>&1)
+check packed_method_refused "grep -q 'fc1) was quantized with rotate=hadamard' <<<\"\$o\""
+o=$($Q --no-default "$T/bad.safetensors" "$D" -c eval 2>&1)
+check packed_method_bad_token "grep -q \"token 'colour=blue' is not a quantizer method option\" <<<\"\$o\""
+# export csv's comment line names each site's method with its options when there is one
+$Q --no-default "$M" "$D" -c "quant * int4 gran=channel method=gptq rotate=hadamard; quant fc2 int4 gran=group:32 weight=imatrix; layers; export csv $T/l.csv; quant * int4 gran=channel; layers; export csv $T/p.csv" >/dev/null 2>&1
+check csv_records_methods "head -1 $T/l.csv | grep -q ' methods=fc0:method=gptq,damp=0.01,order=col,inputs=quant,rotate=hadamard,seed=[0-9]* fc1:method=gptq,[^ ]*seed=[0-9]* fc2:weight=imatrix,inputs=quant$' && ! head -1 $T/p.csv | grep -q methods="
+# the layers table's format columns fit their longest cell: every row's weights, activations
+# and bits/w start under their headers (int4/channel+gptq+rot is 21 characters)
+o=$($Q --no-default "$M" "$D" -c "quant * int4 gran=channel method=gptq rotate=hadamard; quant fc2 int8 gran=group:32 amode=static smooth=0.5; regime full; layers" 2>&1)
+check layers_columns_fit "python3 - <<'PY' \"\$o\"
+import sys
+lines = sys.argv[1].splitlines()
+h = next(i for i, l in enumerate(lines) if l.startswith('layer '))
+head, rows = lines[h], lines[h + 1:h + 4]
+ok = len(rows) == 3 and any('int4/channel+gptq+rot' in r for r in rows)
+for r in rows:
+    cells = r.split()
+    ok = ok and r.index(cells[3]) == head.index('weights') and r.index(' ' + cells[4] + ' ') + 1 == head.index('activations')
+    ok = ok and r.index(cells[5]) + len(cells[5]) == head.index('bits/w') + len('bits/w')
+sys.exit(0 if ok else 1)
+PY"

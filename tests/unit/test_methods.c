@@ -394,6 +394,91 @@ static void test_gptq_matches_obq(void)
     free(ref);
 }
 
+/* The in-batch updates are fused multiply-adds applied in column order whatever the sub-batch
+ * and the row slices: the result (the weights and every fitted scale, f32 scales so that a last
+ * bit shows) is the same bit for bit for any `sub` and `threads`, and for the plain C kernels
+ * (fmaf) and the AVX2+FMA ones; and it is still the float64 OBQ loop's to rounding. */
+static void test_gptq_bits_any_split(void)
+{
+    static const struct {
+        const char *fmt, *opts;
+        int act;
+    } cases[] = {
+        {"int4", "gran=group:16 scale=f32", 0},
+        {"int3", "gran=group:16 scale=f32", 1},
+        {"int4", "gran=channel scale=f32", 0},
+        {"nf4", "gran=group:32 scale=f32", 0},
+    };
+    const int rows = 333, cols = 96, n = 400;
+    float *x = corr_inputs(n, cols, 21);
+    float *w = gauss(rows * cols, 0.5, 22);
+    double *h = calloc((size_t)cols * cols, sizeof *h);
+    qs_err e;
+    CHECK(qs_hessian_add(h, x, n, cols, &e) == 0);
+    size_t wn = (size_t)rows * cols, nb = (size_t)rows * (cols / 16);
+    float *ref = malloc(sizeof(float) * wn), *got = malloc(sizeof(float) * wn),
+          *obq = malloc(sizeof(float) * wn);
+    struct qs_qblock *sref = calloc(nb, sizeof *sref), *sgot = calloc(nb, sizeof *sgot);
+    static const int subs[] = {1, 3, 16, 40, 256}, thr[] = {1, 2, 3, 8};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct qs_format f;
+        struct qs_qopts o;
+        fmt(cases[c].fmt, cases[c].opts, &f, &o);
+        struct qs_gptq_opts g;
+        qs_gptq_opts_default(&g);
+        g.block = 64;
+        g.act_order = cases[c].act;
+        memset(sref, 0, nb * sizeof *sref);
+        CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, ref, sref, &e) == 0);
+        int same = 1;
+        for (int p = 0; p < 2; p++)
+            for (size_t a = 0; a < sizeof subs / sizeof subs[0]; a++)
+                for (size_t b = 0; b < sizeof thr / sizeof thr[0]; b++) {
+                    g.portable = p;
+                    g.sub = subs[a];
+                    g.threads = thr[b];
+                    memset(sgot, 0, nb * sizeof *sgot);
+                    CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, sgot, &e) == 0);
+                    int ok = memcmp(got, ref, wn * sizeof *got) == 0;
+                    for (size_t i = 0; i < nb; i++) /* the fields a block is rounded with */
+                        ok &= sgot[i].s == sref[i].s && sgot[i].inv == sref[i].inv &&
+                              sgot[i].lo == sref[i].lo && sgot[i].hi == sref[i].hi;
+                    if (!ok)
+                        fprintf(stderr, "  %s %s: portable %d sub %d threads %d differs\n",
+                                cases[c].fmt, cases[c].opts, p, subs[a], thr[b]);
+                    same &= ok;
+                }
+        CHECK(same);
+        obq_ref(&f, &o, w, rows, cols, h, g.damp, g.act_order, obq);
+        int diff = 0;
+        for (size_t i = 0; i < wn; i++)
+            diff += fabs((double)ref[i] - obq[i]) > 1e-6 * 2.5;
+        if (diff)
+            fprintf(stderr, "  %s %s act %d: %d of %zu differ from OBQ\n", cases[c].fmt,
+                    cases[c].opts, cases[c].act, diff, wn);
+        CHECK(diff == 0);
+    }
+    /* sub and threads out of range */
+    struct qs_format f;
+    struct qs_qopts o;
+    struct qs_gptq_opts g;
+    fmt("int4", "gran=channel", &f, &o);
+    qs_gptq_opts_default(&g);
+    g.sub = 257;
+    CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, NULL, &e) < 0 && strstr(e.msg, "sub"));
+    g.sub = 0;
+    g.threads = -1;
+    CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, NULL, &e) < 0 && strstr(e.msg, "threads"));
+    free(x);
+    free(w);
+    free(h);
+    free(ref);
+    free(got);
+    free(obq);
+    free(sref);
+    free(sgot);
+}
+
 /* The same algorithm run by PyTorch in float64 (tests/tools/make_gptq_fixture.py, following the
  * authors' reference implementation and its min/max quantizer): every case matches to rounding. */
 static void test_gptq_torch(void)
@@ -1082,9 +1167,9 @@ static void test_mlp_gptq_sequential(void)
 }
 
 TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq_matches_obq),
-          TEST_CASE(test_gptq_torch), TEST_CASE(test_gptq_beats_rtn_digits),
-          TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
-          TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
-          TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
-          TEST_CASE(test_imatrix_threads), TEST_CASE(test_method_layer),
-          TEST_CASE(test_mlp_gptq_sequential))
+          TEST_CASE(test_gptq_bits_any_split), TEST_CASE(test_gptq_torch),
+          TEST_CASE(test_gptq_beats_rtn_digits), TEST_CASE(test_gptq_beats_rtn_torch),
+          TEST_CASE(test_rot_orthogonal_exact), TEST_CASE(test_rot_outliers),
+          TEST_CASE(test_awq_reference), TEST_CASE(test_smoothquant_reference),
+          TEST_CASE(test_imatrix_search), TEST_CASE(test_imatrix_threads),
+          TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
