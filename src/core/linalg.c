@@ -75,6 +75,16 @@ int qs_svd_values(const float *a, int m, int n, double *sv, qs_err *e)
     return 0;
 }
 
+/* LAPACK's single-precision routines return their workspace size in a float: above 2^24 the
+ * size is rounded, sometimes down, and the routine then refuses the size it asked for (ssyevd
+ * on a 3001 x 3001 matrix: 18030009 returned as 18030008, info -9; every n >= ~2900, so QERA on
+ * a 3072-wide GPT-2 site). The size as an integer, rounded up past the float's spacing. */
+static lapack_int work_size(float q)
+{
+    double d = (double)q;
+    return (lapack_int)(d + d * 2.4e-7 + 1.0);
+}
+
 int qs_svd_thin(const float *a, int m, int n, float *u, float *s, float *vt, qs_err *e)
 {
     if (check_shape(m, n, "svd", e))
@@ -86,7 +96,17 @@ int qs_svd_thin(const float *a, int m, int n, float *u, float *s, float *vt, qs_
     /* sgesdd on A^T (col-major n x m) = U' S V'^T gives A = V' S U'^T. LAPACK's U' (n x k,
      * col-major, ld n) is exactly our row-major vt (k, n), and its V'^T (k x m, col-major, ld k)
      * is exactly our row-major u (m, k): no transposes needed. */
-    lapack_int info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', n, m, c, n, s, vt, n, u, k);
+    float q = 0;
+    lapack_int *iw = malloc((size_t)8 * k * sizeof *iw), info = -1;
+    if (iw && (info = LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', n, m, c, n, s, vt, n, u, k, &q, -1,
+                                          iw)) == 0) {
+        lapack_int lw = work_size(q);
+        float *w = malloc((size_t)lw * sizeof *w);
+        info = w ? LAPACKE_sgesdd_work(LAPACK_COL_MAJOR, 'S', n, m, c, n, s, vt, n, u, k, w, lw, iw)
+                 : -1;
+        free(w);
+    }
+    free(iw);
     free(c);
     if (info != 0)
         return qs_errf(e, "svd: LAPACK sgesdd failed on a %d x %d matrix (info %d)", m, n,
@@ -451,7 +471,19 @@ int qs_sym_eig(const float *a, int n, float *w, float *v, qs_err *e)
     if (n < 1)
         return qs_errf(e, "eig: empty matrix (%d x %d)", n, n);
     memcpy(v, a, (size_t)n * n * sizeof *v);
-    lapack_int info = LAPACKE_ssyevd(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w);
+    float q = 0;
+    lapack_int iq = 0, info = LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, &q, -1,
+                                                  &iq, -1);
+    if (info == 0) {
+        lapack_int lw = work_size(q), liw = iq > 3 + 5 * n ? iq : 3 + 5 * n;
+        float *wk = malloc((size_t)lw * sizeof *wk);
+        lapack_int *iwk = malloc((size_t)liw * sizeof *iwk);
+        info = wk && iwk ? LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, wk, lw, iwk,
+                                               liw)
+                         : -1;
+        free(wk);
+        free(iwk);
+    }
     if (info != 0)
         return qs_errf(e, "eig: LAPACK ssyevd failed on a %d x %d matrix (info %d)", n, n,
                        (int)info);
