@@ -102,13 +102,20 @@ def gpt2_forward(cfg, p, idx):
     return F.linear(x, p.get("lm_head.weight", p["wte.weight"]))
 
 
-def gpt2_block(cfg, p, x, i):
-    """Block i on the residual stream x: (B, T, d)."""
+def gpt2_block(cfg, p, x, i, cap=None):
+    """Block i on the residual stream x: (B, T, d). cap (a dict, optional) receives each linear
+    site's pre-activation by its name (tests/tools/q1_ref.py reads them)."""
     d, H = cfg["n_embd"], cfg["n_head"]
     eps = cfg.get("layer_norm_epsilon", 1e-5)
     B, T, _ = x.shape
     mask = torch.ones(T, T, dtype=torch.bool).tril()
-    lin = lambda x, s: F.linear(x, p[s + ".weight"], p[s + ".bias"])  # noqa: E731
+
+    def lin(x, s):
+        y = F.linear(x, p[s + ".weight"], p[s + ".bias"])
+        if cap is not None:
+            cap[s] = y.reshape(-1, y.shape[-1])
+        return y
+
     sh = lambda t: t.view(B, T, H, d // H).transpose(1, 2)  # noqa: E731
     h = f"h.{i}."
     a = F.layer_norm(x, (d,), p[h + "ln_1.weight"], p[h + "ln_1.bias"], eps)

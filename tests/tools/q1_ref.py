@@ -20,10 +20,9 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_grad_fixture import gpt2_params, read_st  # noqa: E402
+from make_grad_fixture import gpt2_block, gpt2_params, read_st  # noqa: E402
 
 
 def quant_rows(w, bits):
@@ -37,42 +36,14 @@ def quant_rows(w, bits):
     return (q * s).to(torch.float64)
 
 
-def block_capture(cfg, p, x, i, want, out):
-    """GPT-2 block i (as make_grad_fixture.gpt2_block) recording site pre-activations."""
-    import math
-    d, H = cfg["n_embd"], cfg["n_head"]
-    eps = cfg.get("layer_norm_epsilon", 1e-5)
-    B, T, _ = x.shape
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
-
-    def lin(a, s):
-        y = F.linear(a, p[s + ".weight"], p[s + ".bias"])
-        if s == want:
-            out.append(y.reshape(-1, y.shape[-1]))
-        return y
-
-    sh = lambda t: t.view(B, T, H, d // H).transpose(1, 2)  # noqa: E731
-    h = f"h.{i}."
-    a = F.layer_norm(x, (d,), p[h + "ln_1.weight"], p[h + "ln_1.bias"], eps)
-    q, k, v = lin(a, h + "attn.c_attn").split(d, -1)
-    s = (sh(q) @ sh(k).transpose(-1, -2)) / math.sqrt(d // H)
-    s = s.masked_fill(~mask, float("-inf"))
-    a = (torch.softmax(s, -1) @ sh(v)).transpose(1, 2).reshape(B, T, d)
-    x = x + lin(a, h + "attn.c_proj")
-    m = F.layer_norm(x, (d,), p[h + "ln_2.weight"], p[h + "ln_2.bias"], eps)
-    u = lin(m, h + "mlp.c_fc")
-    m = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
-    return x + lin(m, h + "mlp.c_proj")
-
-
 def preact(cfg, p, idx, site):
-    d = cfg["n_embd"]
+    """The pre-activation of site (rows of every window) in the float64 forward."""
     x = p["wte.weight"][idx] + p["wpe.weight"][: idx.shape[1]]
-    out = []
+    cap = {}
     for i in range(cfg["n_layer"]):
-        x = block_capture(cfg, p, x, i, site, out)
-        if out:
-            return out[0]
+        x = gpt2_block(cfg, p, x, i, cap)
+        if site in cap:
+            return cap[site]
     raise SystemExit(f"no site {site}")
 
 
