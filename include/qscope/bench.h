@@ -164,7 +164,7 @@ struct qs_acts {
 enum qs_split_id { QS_CALIB, QS_TEST };
 
 /* `error`'s per-site statistics on a transformer, kept between calls: the streamed sums of
- * sites [0, valid) (QS_ERRSUM doubles a site, analysis.c) and each site's KL run (kl_ok). A
+ * sites [0, valid) (QS_ERRSUM doubles a site, errors.c) and each site's KL run (kl_ok). A
  * change at site i (qs_bench_invalidate) drops the sums from i on and the KL run of i. */
 struct qs_site_err_cache {
     int nsites, valid;

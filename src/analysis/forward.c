@@ -5,7 +5,8 @@
  * scores a split. Everything else - how a site computes under quantization and correction
  * (qs_bench_layer_forward), the caches and their incremental recompute, static activation
  * scales, masked runs for ablation and sensitivity, evaluation - is written once here, and the
- * analyses (analysis.c, sensitivity.c, study.c) are written against sites and these caches. */
+ * analyses (errors.c, spectrum.c, correct.c, ablate.c, sensitivity.c, study.c) are written
+ * against sites and these caches. */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>

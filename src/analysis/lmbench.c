@@ -1,6 +1,6 @@
 /* lmbench.c - what is a transformer's own on the bench: the split of its token stream, the check
  * that model and tokens fit, and the task-learned gate. Everything else (caches, corrections,
- * evaluation, ablation) is the one core's (forward.c, analysis.c). */
+ * evaluation, ablation) is the one core's (forward.c; errors.c, correct.c, ablate.c). */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>

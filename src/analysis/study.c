@@ -300,7 +300,7 @@ static int group_recovery(const float *yq_c, const float *yf_c, int nc, const fl
     return 0;
 }
 
-/* The largest width a site's map is fitted on (a vocabulary head is not); as analysis.c. */
+/* The largest width a site's map is fitted on (a vocabulary head is not); as correct.c. */
 #define Q1_MAP_MAX_OUT 4096
 
 /* One row of a transformer setting: the sites[0..m) taken together. */
