@@ -6,7 +6,8 @@
 # a token file cut so that exactly one window is held out; the time is that run's wall time minus
 # the load's; eval runs the window 3 times: the gate's float pass, then the float and quantized
 # paths), against 3 of PyTorch's forwards of one window; qs_lm_forward alone on one window
-# (build/bench/bench_lm DIR, best of 3) against PyTorch's forward, as tokens/s and their ratio;
+# (build/bench/bench_lm DIR, best of 3) against PyTorch's forward, as tokens/s and their ratio,
+# and as CPU seconds on one thread each (the figure to trust on a loaded machine);
 # and the peak RSS and wall time of `quant SITE int4; error` and `correct SITE lqer r=8` at the
 # default calibration (the analyses' memory: target 1.5 GB on GPT-2-small). Not part of
 # `make test`.
@@ -43,6 +44,11 @@ for name in gpt2-small tinyllama-1.1b; do
     tw=$(awk '$2 == "window" {print $3}' <<<"$ref")
     echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window, best of 3; scoring it: ${fs:-?} s), pytorch $(awk -v c="$ctx" -v t="${tw:-0}" 'BEGIN{printf "%.0f", (t > 0 ? c / t : 0)}') tokens/s (best of 2), ratio $(awk -v f="${ff:-0}" -v t="${tw:-0}" 'BEGIN{printf "%.2f", (f > 0 ? t / f : 0)}') (target 1.5)"
     echo "bench big-$name-eval-window: ours $ours s (eval of one ctx-$ctx window = 3 forwards: the gate's float pass, then float and quantized; peak RSS $((ek / 1024)) MB), pytorch ${tw:-?} s per forward, ratio $(awk -v o="$ours" -v t="${tw:-0}" 'BEGIN{printf "%.2f", (o > 0 ? 3 * t / o : 0)}') (target 1.5)"
+    # the same forward on one thread each, as process CPU seconds: wall time on a shared machine
+    # swings with the load (PyTorch's spinning OpenMP threads most), one thread's CPU time hardly
+    c1=$(OPENBLAS_NUM_THREADS=1 build/bench/bench_lm "$d" 2>/dev/null | awk '$2 == "cpu" {print $3}')
+    t1=$($PY tests/bench/torch_big.py 1 "$d" "$ctx" 2>/dev/null | awk '$2 == "cpu" {print $3}')
+    echo "bench big-$name-forward-1t-cpu: ours ${c1:-?} CPU s, pytorch ${t1:-?} CPU s (one ctx-$ctx window, one thread each, load $(cut -d' ' -f1 /proc/loadavg)), ratio $(awk -v o="${c1:-0}" -v t="${t1:-0}" 'BEGIN{printf "%.2f", (o > 0 ? t / o : 0)}') (target 1.5)"
   else
     echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window), pytorch skipped (python3-torch not installed)"
     echo "bench big-$name-eval-window: ours $ours s (eval, ctx $ctx; peak RSS $((ek / 1024)) MB), pytorch skipped (python3-torch not installed)"

@@ -2,7 +2,9 @@
 """torch_big.py THREADS DIR CTX - PyTorch reference for bench_big.sh: the plain-torch forward of
 datasets/tools/train_tiny_lm.py (the one qscope's logits are checked against) over one window of
 CTX tokens of DIR-tokens.bin, on DIR's weights (BF16 widened to float32, as qscope computes).
-Prints "big load SECONDS", "big window SECONDS" (best of 2) and "big rss MB" (peak)."""
+Prints "big load SECONDS", "big window SECONDS" (best of 2), "big cpu SECONDS" (the process CPU
+time of the cheaper of the 2 forwards: at one thread it hardly moves with the machine's load) and
+"big rss MB" (peak)."""
 import json
 import os
 import resource
@@ -39,12 +41,14 @@ load = time.perf_counter() - t0
 tok = np.fromfile(d.rstrip("/") + "-tokens.bin", dtype="<u2")[:ctx].astype(np.int64)
 x = torch.from_numpy(tok).unsqueeze(0)
 fwd = ref.gpt2_forward if cfg["model_type"] == "gpt2" else ref.llama_forward
-best = 1e30
+best = bestc = 1e30
 with torch.inference_mode():
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fwd(p, cfg, x)
         best = min(best, time.perf_counter() - t0)
+        bestc = min(bestc, time.process_time() - c0)
 print("big load %.3f" % load)
 print("big window %.3f" % best)
+print("big cpu %.3f" % bestc)
 print("big rss %.0f" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
