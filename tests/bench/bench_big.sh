@@ -47,7 +47,7 @@ for name in gpt2-small tinyllama-1.1b; do
     # the same forward on one thread each, as process CPU seconds: wall time on a shared machine
     # swings with the load (PyTorch's spinning OpenMP threads most), one thread's CPU time hardly
     c1=$(OPENBLAS_NUM_THREADS=1 build/bench/bench_lm "$d" 2>/dev/null | awk '$2 == "cpu" {print $3}')
-    t1=$($PY tests/bench/torch_big.py 1 "$d" "$ctx" 2>/dev/null | awk '$2 == "cpu" {print $3}')
+    t1=$(OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $PY tests/bench/torch_big.py 1 "$d" "$ctx" 2>/dev/null | awk '$2 == "cpu" {print $3}')
     echo "bench big-$name-forward-1t-cpu: ours ${c1:-?} CPU s, pytorch ${t1:-?} CPU s (one ctx-$ctx window, one thread each, load $(cut -d' ' -f1 /proc/loadavg)), ratio $(awk -v o="${c1:-0}" -v t="${t1:-0}" 'BEGIN{printf "%.2f", (o > 0 ? t / o : 0)}') (target 1.5)"
   else
     echo "bench big-$name-forward: ours $(awk -v c="$ctx" -v f="${ff:-0}" 'BEGIN{printf "%.0f", (f > 0 ? c / f : 0)}') tokens/s (one ctx-$ctx window), pytorch skipped (python3-torch not installed)"
