@@ -117,6 +117,35 @@ int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e);
  * with Inf/NaN, scale=none only for minifloat/fixed, no gran= for MX/NVFP4). 0 or -1. */
 int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e);
 
+/* What a format's kind allows: one row per kind (src/quant/kinds.c), read by the kernels and by
+ * callers that must ask (instead of testing kinds). */
+struct qs_format_traits {
+    const char *family;      /* "none", "int", "minifloat", "fixed", "mx", "nvfp4", "nf4",
+                                "compand", "ggml" */
+    int elements;            /* an element type of its own at scale 1 (qs_format_cast, codes) */
+    int options;             /* takes quantization options (qs_qopts); ggml: none apply */
+    int fixed_block;         /* blocks of f->block elements along rows, fixed by the format (MX
+                                32, NVFP4 16, ggml 32 / 256): gran= does not apply */
+    int blockwise;           /* absmax per block, f->block by default (gran=group:N or channel
+                                change it); gran=tensor refused (nf4) */
+    int free_scale;          /* scales are free numbers stored as F16 / F32 (scale=f32 applies;
+                                methods may search or learn them) */
+    const char *block_scale; /* otherwise the block scales' type: "e8m0" (MX), "e4m3" (NVFP4) */
+    int tensor_scale;        /* an F32 per-tensor scale beside the block scales (NVFP4) */
+    int asym;                /* zero points (asym) and range=full allowed (int) */
+    int scale_none;          /* scale=none allowed: cast raw values (minifloat, fixed) */
+    int static_amax;         /* a calibrated tensor absmax applies (qs_quant_fake_amax) */
+    const char *own_rules;   /* options == 0: why (a format string taking f->block) */
+};
+
+/* The traits of f's kind (never NULL; an unknown kind reads as none). */
+const struct qs_format_traits *qs_format_traits(const struct qs_format *f);
+
+/* Elements per scale along a row of a matrix with cols columns under f and o, as the kernels
+ * tile it: the group size, the format's fixed block, nf4's block, or cols when one scale serves
+ * a row or the whole tensor (gran=channel / tensor, scale=none); at most cols. */
+int qs_format_block_len(const struct qs_format *f, const struct qs_qopts *o, int cols);
+
 struct qs_packed {
     struct qs_format fmt;
     struct qs_qopts opt;
