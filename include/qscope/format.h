@@ -277,7 +277,8 @@ double qs_format_cast(const struct qs_format *f, double x, int saturate);
  * included). *values is malloc'd (caller frees), *n = 2^bits. Error for none. */
 int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *e);
 
-/* Decodes one element code (bits above f->bits ignored). NaN for none. */
+/* Decodes one element code (bits above f->bits ignored). NaN for none and ggml types (no element
+ * type of their own). */
 double qs_format_decode(const struct qs_format *f, uint32_t code);
 
 #endif

@@ -163,8 +163,8 @@ static inline float mf_ovf(float r, int32_t maxb, int32_t ovf)
     (void)ovf
 
 SIMD_CLONES
-static void float_run(const struct kern *K, const float *x, float *out, int n, float inv,
-                      float lo, float hi, float s)
+static void float_run(const struct kern *K, const float *x, float *out, int n, float inv, float lo,
+                      float hi, float s)
 {
     (void)lo;
     (void)hi;

@@ -102,8 +102,8 @@ static void nf4_run(const struct kern *K, const float *x, float *out, int n, flo
 
 /* Up to the next level with probability equal to the distance from the level below, in units
  * of the gap between the two. */
-static void nf4_stoch(const struct kern *K, const float *x, float *out, int n, float inv,
-                      float lo, float hi, float s, qs_rng *g)
+static void nf4_stoch(const struct kern *K, const float *x, float *out, int n, float inv, float lo,
+                      float hi, float s, qs_rng *g)
 {
     (void)lo;
     (void)hi;

@@ -178,8 +178,8 @@ int qs_quantizer_fit(const struct qs_quantizer *q, const float *x, int n, int ro
     } else {
         if (n < 1)
             return qs_errf(e, "quantizer: empty block");
-        if (qs_block_params(&q->J, x, (size_t)n, (size_t)row * (size_t)q->J.cols + (size_t)col,
-                            &k, e) < 0)
+        if (qs_block_params(&q->J, x, (size_t)n, (size_t)row * (size_t)q->J.cols + (size_t)col, &k,
+                            e) < 0)
             return -1;
     }
     b->s = k.s;

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,45 +16,6 @@
 #include "qscope/ggml.h"
 
 /* ---- the named formats (a designated-initializer table, like ggml's type traits) ---------- */
-
-enum qs_preset_id {
-    P_NONE,
-    P_INT2,
-    P_INT3,
-    P_INT4,
-    P_INT5,
-    P_INT6,
-    P_INT7,
-    P_INT8,
-    P_FP8_E4M3,
-    P_FP8_E5M2,
-    P_FP8_E3M4,
-    P_FP6_E2M3,
-    P_FP6_E3M2,
-    P_FP4_E2M1,
-    P_E0M7,
-    P_MXFP8,
-    P_MXFP8_E5M2,
-    P_MXFP6,
-    P_MXFP6_E3M2,
-    P_MXFP4,
-    P_MXINT8,
-    P_NVFP4,
-    P_NF4,
-    P_COMPAND4,
-    P_COMPAND8,
-    P_Q8_0,
-    P_Q4_0,
-    P_Q4_1,
-    P_Q5_0,
-    P_Q5_1,
-    P_Q2_K,
-    P_Q3_K,
-    P_Q4_K,
-    P_Q5_K,
-    P_Q6_K,
-    P_COUNT
-};
 
 #define INTF(b)                                                                                    \
     {                                                                                              \
@@ -76,61 +38,67 @@ enum qs_preset_id {
         .kind = QS_FMT_GGML, .bits = b, .block = blk, .ggml = t, .name = n                         \
     }
 
-static const struct qs_format presets[P_COUNT] = {
-    [P_NONE] = {.kind = QS_FMT_NONE, .name = "none"},
-    [P_INT2] = INTF(2),
-    [P_INT3] = INTF(3),
-    [P_INT4] = INTF(4),
-    [P_INT5] = INTF(5),
-    [P_INT6] = INTF(6),
-    [P_INT7] = INTF(7),
-    [P_INT8] = INTF(8),
-    [P_FP8_E4M3] = MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
-    [P_FP8_E5M2] = MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
-    [P_FP8_E3M4] = MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
-    [P_FP6_E2M3] = MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
-    [P_FP6_E3M2] = MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
-    [P_FP4_E2M1] = MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
-    [P_E0M7] = {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
-    [P_MXFP8] = MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
-    [P_MXFP8_E5M2] = MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
-    [P_MXFP6] = MXF("mxfp6", 6, 2, 3, 1, QS_NF_NONE),
-    [P_MXFP6_E3M2] = MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
-    [P_MXFP4] = MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
-    [P_MXINT8] = MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
-    [P_NVFP4] = {.kind = QS_FMT_NVFP4,
-                 .bits = 4,
-                 .ebits = 2,
-                 .mbits = 1,
-                 .bias = 1,
-                 .nf = QS_NF_NONE,
-                 .block = 16,
-                 .name = "nvfp4"},
-    [P_NF4] = {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
-    [P_COMPAND4] = {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
-    [P_COMPAND8] = {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
-    [P_Q8_0] = GGMLF("q8_0", QS_GGML_Q8_0, 8, 32),
-    [P_Q4_0] = GGMLF("q4_0", QS_GGML_Q4_0, 4, 32),
-    [P_Q4_1] = GGMLF("q4_1", QS_GGML_Q4_1, 4, 32),
-    [P_Q5_0] = GGMLF("q5_0", QS_GGML_Q5_0, 5, 32),
-    [P_Q5_1] = GGMLF("q5_1", QS_GGML_Q5_1, 5, 32),
-    [P_Q2_K] = GGMLF("q2_k", QS_GGML_Q2_K, 2, 256),
-    [P_Q3_K] = GGMLF("q3_k", QS_GGML_Q3_K, 3, 256),
-    [P_Q4_K] = GGMLF("q4_k", QS_GGML_Q4_K, 4, 256),
-    [P_Q5_K] = GGMLF("q5_k", QS_GGML_Q5_K, 5, 256),
-    [P_Q6_K] = GGMLF("q6_k", QS_GGML_Q6_K, 6, 256),
+/* One row per named format; a format of an existing kind is one more row here. */
+static const struct qs_format presets[] = {
+    {.kind = QS_FMT_NONE, .name = "none"},
+    INTF(2),
+    INTF(3),
+    INTF(4),
+    INTF(5),
+    INTF(6),
+    INTF(7),
+    INTF(8),
+    MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
+    MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
+    MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
+    MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
+    MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
+    MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
+    {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
+    MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
+    MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
+    MXF("mxfp6", 6, 2, 3, 1, QS_NF_NONE),
+    MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
+    MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
+    MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
+    {.kind = QS_FMT_NVFP4,
+     .bits = 4,
+     .ebits = 2,
+     .mbits = 1,
+     .bias = 1,
+     .nf = QS_NF_NONE,
+     .block = 16,
+     .name = "nvfp4"},
+    {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
+    {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
+    {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
+    GGMLF("q8_0", QS_GGML_Q8_0, 8, 32),
+    GGMLF("q4_0", QS_GGML_Q4_0, 4, 32),
+    GGMLF("q4_1", QS_GGML_Q4_1, 4, 32),
+    GGMLF("q5_0", QS_GGML_Q5_0, 5, 32),
+    GGMLF("q5_1", QS_GGML_Q5_1, 5, 32),
+    GGMLF("q2_k", QS_GGML_Q2_K, 2, 256),
+    GGMLF("q3_k", QS_GGML_Q3_K, 3, 256),
+    GGMLF("q4_k", QS_GGML_Q4_K, 4, 256),
+    GGMLF("q5_k", QS_GGML_Q5_K, 5, 256),
+    GGMLF("q6_k", QS_GGML_Q6_K, 6, 256),
 };
 
-static const char *const names[P_COUNT + 1] = {
-    "none",       "int2",     "int3",       "int4",     "int5",     "int6",     "int7", "int8",
-    "fp8-e4m3",   "fp8-e5m2", "fp8-e3m4",   "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8",
-    "mxfp8-e5m2", "mxfp6",    "mxfp6-e3m2", "mxfp4",    "mxint8",   "nvfp4",    "nf4",  "compand:4",
-    "compand:8",  "q8_0",     "q4_0",       "q4_1",     "q5_0",     "q5_1",     "q2_k", "q3_k",
-    "q4_k",       "q5_k",     "q6_k",       NULL,
-};
+#define P_COUNT ((int)(sizeof presets / sizeof presets[0]))
+
+/* The names, in table order, NULL-terminated; filled once from the table. */
+static const char *names[sizeof presets / sizeof presets[0] + 1];
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static void names_init(void)
+{
+    for (int i = 0; i < P_COUNT; i++)
+        names[i] = presets[i].name;
+}
 
 const char *const *qs_format_names(void)
 {
+    pthread_once(&names_once, names_init);
     return names;
 }
 
@@ -153,8 +121,9 @@ static int unknown(const char *s, qs_err *e)
     char list[400];
     size_t k = 0;
     list[0] = 0;
-    for (int i = 0; names[i] && k < sizeof list; i++)
-        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", names[i]);
+    const char *const *nm = qs_format_names();
+    for (int i = 0; nm[i] && k < sizeof list; i++)
+        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", nm[i]);
     return qs_errf(e, "unknown format '%s'; valid: %s, eXmY[bZ], e0mY, compand:B", s, list);
 }
 
@@ -233,11 +202,12 @@ static int parse_generic(const char *s, struct qs_format *f, int *rc, qs_err *e)
         *rc = -1;
         return 1;
     }
-    /* the generic family coincides with the OCP MX element types that have no Inf/NaN */
-    static const int same[] = {P_FP6_E2M3, P_FP6_E3M2, P_FP4_E2M1};
-    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
-        const struct qs_format *p = &presets[same[i]];
-        if (p->ebits == f->ebits && p->mbits == f->mbits && p->bias == f->bias)
+    /* the generic family coincides with the named minifloats that have no Inf/NaN (the OCP MX
+     * element types fp6-e2m3, fp6-e3m2, fp4-e2m1): they keep their names */
+    for (int i = 0; i < P_COUNT; i++) {
+        const struct qs_format *p = &presets[i];
+        if (p->kind == QS_FMT_MINIFLOAT && p->nf == QS_NF_NONE && p->ebits == f->ebits &&
+            p->mbits == f->mbits && p->bias == f->bias)
             *f = *p;
     }
     *rc = 0;
@@ -515,8 +485,9 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
             !o->saturate || o->scale_none || o->scale_f32) {
             char why[160];
             snprintf(why, sizeof why, t->own_rules ? t->own_rules : "%d", f->block);
-            return qs_errf(e, "%s: %s; gran=, clip=, round=, asym, range=, sat= and scale= do not "
-                              "apply",
+            return qs_errf(e,
+                           "%s: %s; gran=, clip=, round=, asym, range=, sat= and scale= do not "
+                           "apply",
                            nm, why);
         }
         return 0;

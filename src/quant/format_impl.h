@@ -128,8 +128,8 @@ struct blk;
 struct qs_codec {
     int (*fake)(const struct qs_format *f, const float *w, int rows, int cols, float *out,
                 qs_err *e);
-    int (*pack)(const struct qs_format *f, const float *w, int rows, int cols,
-                struct qs_packed *p, qs_err *e);
+    int (*pack)(const struct qs_format *f, const float *w, int rows, int cols, struct qs_packed *p,
+                qs_err *e);
     int (*unpack)(const struct qs_packed *p, float *out, qs_err *e);
     int (*layout)(const struct qs_format *f, int rows, int cols, struct qs_packed_layout *out,
                   qs_err *e);
@@ -141,8 +141,8 @@ struct qs_kind {
     const struct qs_elem_ops *elem, *elem_e0;
     enum scale_store store;
     /* block parameters from the block's (clipped) range: amax = max |x|, [mn, mx] */
-    int (*fit)(const struct job *J, float amax, float mn, float mx, struct blk *b, int row,
-               int col, qs_err *e);
+    int (*fit)(const struct job *J, float amax, float mn, float mx, struct blk *b, int row, int col,
+               qs_err *e);
     /* optional: extra kernel state of the job (NVFP4: the E4M3 scale grid) */
     void (*setup)(struct job *J);
     /* optional: the per-tensor scale from the tensor's absmax (NVFP4) */

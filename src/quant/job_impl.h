@@ -49,8 +49,8 @@ struct job {
 
 /* Sets up J for f, o and w: (rows, cols) (w may be NULL for unpack and layouts): checks the
  * options, the kernel constants, the tiling into blocks and the scale storage. */
-int qs_job_init(struct job *J, const struct qs_format *f, const struct qs_qopts *o,
-                const float *w, int rows, int cols, qs_err *e);
+int qs_job_init(struct job *J, const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                int rows, int cols, qs_err *e);
 /* The parameters shared by the whole tensor: the tensor block (gran=tensor) or the kind's
  * tensor scale. amax_given >= 0 overrides the tensor's own absmax. */
 int qs_job_tensor(struct job *J, float amax_given, qs_err *e);

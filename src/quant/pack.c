@@ -115,8 +115,12 @@ static void pack_rows(struct job *J, int r0, int r1, int tid)
                 size_t si = (size_t)row * J->nseg + sg;
                 if (J->given) {
                     const struct qs_qblock *gb = &J->given[si];
-                    b = (struct blk){.s = gb->s, .inv = gb->inv, .lo = gb->lo, .hi = gb->hi,
-                                     .z = gb->z, .scode = gb->scode};
+                    b = (struct blk){.s = gb->s,
+                                     .inv = gb->inv,
+                                     .lo = gb->lo,
+                                     .hi = gb->hi,
+                                     .z = gb->z,
+                                     .scode = gb->scode};
                 } else if (qs_block_params(J, x, n, base, &b, &J->err[tid]) < 0) {
                     J->failed[tid] = 1;
                     return;
@@ -163,8 +167,12 @@ static int pack_impl(const struct qs_format *f, const struct qs_qopts *o, const 
     /* a given tensor-wide block (gran=tensor: its one entry) replaces the one fitted to ref, so
      * that a scale a method learned (qat scales=lsq) is stored; GPTQ's is the fitted one */
     if (rc == 0 && given && J->shared && !J->kind->tensor)
-        J->tb = (struct blk){.s = given->s, .inv = given->inv, .lo = given->lo, .hi = given->hi,
-                             .z = given->z, .scode = given->scode};
+        J->tb = (struct blk){.s = given->s,
+                             .inv = given->inv,
+                             .lo = given->lo,
+                             .hi = given->hi,
+                             .z = given->z,
+                             .scode = given->scode};
     if (rc == 0) {
         p->fmt = *f;
         p->opt = *o;

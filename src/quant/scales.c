@@ -55,8 +55,7 @@ static float dec_e8m0(const struct job *J, const struct qs_packed *p, uint32_t c
 static float dec_e4m3(const struct job *J, const struct qs_packed *p, uint32_t c)
 {
     /* block scale times the tensor scale, as when packing */
-    struct blk b = {.s = (float)J->k_e4m3.ops->decode(&J->k_e4m3.el, c & 0xffu) *
-                         p->tensor_scale};
+    struct blk b = {.s = (float)J->k_e4m3.ops->decode(&J->k_e4m3.el, c & 0xffu) * p->tensor_scale};
     set_inv(&b);
     return b.s;
 }
@@ -331,8 +330,8 @@ int qs_block_params(const struct job *J, const float *x, size_t n, size_t base, 
 
 /* ---- a job: tiling and the tensor-wide parameters ------------------------------------------ */
 
-int qs_job_init(struct job *J, const struct qs_format *f, const struct qs_qopts *o,
-                const float *w, int rows, int cols, qs_err *e)
+int qs_job_init(struct job *J, const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                int rows, int cols, qs_err *e)
 {
     memset(J, 0, sizeof *J);
     if (!f || f->kind == QS_FMT_NONE)
@@ -361,8 +360,8 @@ int qs_job_init(struct job *J, const struct qs_format *f, const struct qs_qopts 
                                    : SC_F16;
     /* qscope: the one rule for groups and blocks of every format (qs_format_block_len) */
     J->seg = qs_format_block_len(f, o, cols);
-    J->shared = !k->t.fixed_block && !k->t.blockwise &&
-                (o->scale_none || o->gran == QS_GRAN_TENSOR);
+    J->shared =
+        !k->t.fixed_block && !k->t.blockwise && (o->scale_none || o->gran == QS_GRAN_TENSOR);
     J->nseg = (cols + J->seg - 1) / J->seg;
     if (k->fused && f->block == 32 && J->K.el.kind == QS_ELEM_FLOAT && o->clip == QS_CLIP_MAX &&
         !J->stoch)

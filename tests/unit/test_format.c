@@ -614,9 +614,90 @@ static void test_options(void)
     CHECK(qs_qopts_check(&i4, &o, &e) < 0);
 }
 
+/* The kind traits (kinds.c) against what the specifications and qscope's rules say of each
+ * family, and the behaviour they drive: the options each format accepts, the block length the
+ * kernels tile rows with, the stored scale type and the per-tensor scale. */
+static void test_traits(void)
+{
+    static const struct {
+        const char *name, *family;
+        int fixed, blockwise, free_scale, asym, scale_none, static_amax, tensor_scale, block;
+        const char *dtype; /* stored scale type under default options */
+    } want[] = {
+        {"int4", "int", 0, 0, 1, 1, 0, 1, 0, 0, "f16"},
+        {"fp8-e4m3", "minifloat", 0, 0, 1, 0, 1, 1, 0, 0, "f16"},
+        {"e0m7", "fixed", 0, 0, 1, 0, 1, 1, 0, 0, "f16"},
+        {"mxfp4", "mx", 1, 0, 0, 0, 0, 0, 0, 32, "e8m0"}, /* OCP MX: k = 32, E8M0 */
+        {"mxint8", "mx", 1, 0, 0, 0, 0, 0, 0, 32, "e8m0"},
+        {"nvfp4", "nvfp4", 1, 0, 0, 0, 0, 1, 1, 16, "e4m3"}, /* 16, E4M3 + F32 tensor scale */
+        {"nf4", "nf4", 0, 1, 1, 0, 0, 0, 0, 64, "f16"},      /* QLoRA: blocks of 64 */
+        {"compand:8", "compand", 0, 0, 1, 0, 0, 1, 0, 0, "f16"},
+    };
+    qs_err e;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        struct qs_format f = fmt(want[i].name);
+        const struct qs_format_traits *t = qs_format_traits(&f);
+        CHECK_STR(t->family, want[i].family);
+        CHECK(t->elements && t->options);
+        CHECK(t->fixed_block == want[i].fixed && t->blockwise == want[i].blockwise);
+        CHECK(t->free_scale == want[i].free_scale && t->asym == want[i].asym);
+        CHECK(t->scale_none == want[i].scale_none && t->static_amax == want[i].static_amax);
+        CHECK(t->tensor_scale == want[i].tensor_scale);
+        CHECK(!want[i].fixed || f.block == want[i].block);
+        /* what the traits promise is what the options check, pack and the quantizer do */
+        struct qs_qopts o;
+        qs_qopts_default(&o);
+        o.asym = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].asym != 0));
+        qs_qopts_default(&o);
+        o.scale_none = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].scale_none != 0));
+        qs_qopts_default(&o);
+        o.scale_f32 = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].free_scale != 0));
+        qs_qopts_default(&o);
+        CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == !want[i].fixed);
+        qs_qopts_default(&o);
+        float x[4 * 100], y[4 * 100];
+        for (int k = 0; k < 400; k++)
+            x[k] = (float)sin(0.37 * k) * (1.0f + (float)(k % 7));
+        CHECK((qs_quant_fake_amax(&f, &o, x, 4, 100, 3.0f, y, &e) == 0) ==
+              (want[i].static_amax != 0));
+        struct qs_packed_layout lay;
+        CHECK(qs_packed_layout(&f, &o, 4, 100, &lay, &e) == 0);
+        CHECK_STR(lay.scale_dtype, want[i].dtype);
+        CHECK(lay.tensor_scale == want[i].tensor_scale);
+        int len = qs_format_block_len(&f, &o, 100);
+        CHECK(len == (want[i].block ? want[i].block : 100));
+        CHECK(lay.group == (len == 100 && !want[i].fixed && !want[i].blockwise ? 0 : len));
+        struct qs_quantizer *q = NULL;
+        CHECK(qs_quantizer_new(&f, &o, x, 4, 100, &q, &e) == 0);
+        CHECK(q && qs_quantizer_block(q) == len);
+        qs_quantizer_free(q);
+    }
+    /* block lengths: groups, channel, scale=none, blocks longer than a row, ggml's blocks */
+    struct qs_format i4 = fmt("int4"), nf = fmt("nf4"), mx = fmt("mxfp4"), q4k = fmt("q4_k"),
+                     f8 = fmt("fp8-e4m3"), none = fmt("none");
+    struct qs_qopts o;
+    qs_qopts_default(&o);
+    CHECK(qs_format_block_len(&mx, &o, 20) == 20);
+    CHECK(qs_format_block_len(&q4k, &o, 1024) == 256 && qs_format_traits(&q4k)->fixed_block);
+    CHECK(!qs_format_traits(&q4k)->options && !qs_format_traits(&q4k)->elements);
+    CHECK(!qs_format_traits(&none)->options && qs_format_block_len(&none, &o, 9) == 9);
+    CHECK(qs_qopts_parse_token(&o, "gran=group:128", &e) == 0);
+    CHECK(qs_format_block_len(&i4, &o, 300) == 128 && qs_format_block_len(&i4, &o, 100) == 100);
+    CHECK(qs_format_block_len(&nf, &o, 300) == 128);
+    o.scale_none = 1;
+    CHECK(qs_format_block_len(&f8, &o, 300) == 300); /* one raw cast, no groups */
+    qs_qopts_default(&o);
+    CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+    CHECK(qs_format_block_len(&nf, &o, 300) == 300 && qs_format_block_len(&i4, &o, 300) == 300);
+}
+
 TEST_MAIN("format", TEST_CASE(test_codes_ofp8), TEST_CASE(test_codes_mx_elements),
           TEST_CASE(test_codes_generic_and_fixed), TEST_CASE(test_codes_int),
           TEST_CASE(test_codes_nf4), TEST_CASE(test_codes_compand),
           TEST_CASE(test_cast_ties_to_even), TEST_CASE(test_cast_signed_zero_and_sat),
           TEST_CASE(test_cast_kernel_matches_reference), TEST_CASE(test_parse_names),
-          TEST_CASE(test_parse_errors), TEST_CASE(test_options))
+          TEST_CASE(test_parse_errors), TEST_CASE(test_options), TEST_CASE(test_traits))
