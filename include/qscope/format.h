@@ -26,8 +26,9 @@ enum qs_fmt_kind {
     QS_FMT_NVFP4,     /* E2M1 elements, E4M3 block scale per 16, F32 tensor scale */
     QS_FMT_NF4,       /* QLoRA NormalFloat4 codebook */
     QS_FMT_COMPAND,   /* mu-law (mu = 255) companding then B-bit sign-magnitude codes */
-    QS_FMT_GGML       /* llama.cpp's ggml block types q8_0 ... q6_k (ggml.h): fixed blocks,
+    QS_FMT_GGML,      /* llama.cpp's ggml block types q8_0 ... q6_k (ggml.h): fixed blocks,
                          llama.cpp's reference rounding, codes = the ggml blocks themselves */
+    QS_FMT_CAST       /* fp16, bf16: a plain cast to a storage float type, no scale */
 };
 enum qs_gran { QS_GRAN_TENSOR, QS_GRAN_CHANNEL, QS_GRAN_GROUP };
 enum qs_clip { QS_CLIP_MAX, QS_CLIP_MSE, QS_CLIP_PCT };
@@ -135,6 +136,8 @@ struct qs_format_traits {
     int asym;                /* zero points (asym) and range=full allowed (int) */
     int scale_none;          /* scale=none allowed: cast raw values (minifloat, fixed) */
     int static_amax;         /* a calibrated tensor absmax applies (qs_quant_fake_amax) */
+    int unscaled;            /* values are cast as they are: no scale, so gran=, clip= and scale=
+                                do not apply (fp16, bf16) */
     const char *own_rules;   /* options == 0: why (a format string taking f->block) */
 };
 

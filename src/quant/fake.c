@@ -107,6 +107,9 @@ int qs_quant_fake_amax(const struct qs_format *f, const struct qs_qopts *o, cons
     if (o->asym)
         return qs_errf(e, "%s: a calibrated absmax gives a symmetric range; asym needs min/max",
                        f->name);
+    if (t->unscaled)
+        return qs_errf(e, "%s: a plain cast has no scale; a calibrated absmax does not apply",
+                       f->name);
     if (!t->static_amax)
         return qs_errf(e, "%s: scales are computed per block; a calibrated absmax does not apply",
                        f->name);

@@ -54,6 +54,20 @@ static const struct qs_format presets[] = {
     MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
     MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
     MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
+    {.kind = QS_FMT_CAST,
+     .bits = 16,
+     .ebits = 5,
+     .mbits = 10,
+     .bias = 15,
+     .nf = QS_NF_IEEE,
+     .name = "fp16"},
+    {.kind = QS_FMT_CAST,
+     .bits = 16,
+     .ebits = 8,
+     .mbits = 7,
+     .bias = 127,
+     .nf = QS_NF_IEEE,
+     .name = "bf16"},
     {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
     MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
     MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
@@ -358,6 +372,10 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
     else
         snprintf(rnd, sizeof rnd, "round=nearest");
     const char *sat = has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "";
+    if (t->unscaled) {
+        snprintf(buf, n, "%s%s", rnd, sat);
+        return;
+    }
     if (t->scale_none && o->scale_none) {
         snprintf(buf, n, "scale=none %s%s", rnd, sat);
         return;
@@ -492,6 +510,9 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
         }
         return 0;
     }
+    if (t->unscaled && (o->gran_set || o->clip != QS_CLIP_MAX || o->scale_none || o->scale_f32))
+        return qs_errf(e, "%s: a plain cast with no scale; gran=, clip= and scale= do not apply",
+                       nm);
     if (o->gran == QS_GRAN_GROUP && o->group < 1)
         return qs_errf(e, "%s: group size must be >= 1", nm);
     if (o->clip == QS_CLIP_PCT && !(o->pct > 0.0 && o->pct <= 100.0))

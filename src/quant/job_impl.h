@@ -76,6 +76,9 @@ int qs_fit_e8m0(const struct job *J, float amax, float mn, float mx, struct blk 
                 int col, qs_err *e);
 int qs_fit_e4m3(const struct job *J, float amax, float mn, float mx, struct blk *b, int row,
                 int col, qs_err *e);
+/* No scale: every block at scale 1 (plain casts). */
+int qs_fit_unit(const struct job *J, float amax, float mn, float mx, struct blk *b, int row,
+                int col, qs_err *e);
 void qs_nvfp4_setup(struct job *J);
 void qs_nvfp4_tensor(struct job *J, float amax);
 

@@ -61,6 +61,10 @@ static const struct qs_kind kinds[] = {
                            .own_rules = "llama.cpp's block format with its reference rounding "
                                         "(fixed %d-element blocks, F16 block scales)"},
                      .codec = &ggml_codec},
+    [QS_FMT_CAST] = {.t = {.family = "cast", .elements = 1, .options = 1, .unscaled = 1},
+                     .elem = &qs_elem_float,
+                     .store = SC_NONE,
+                     .fit = qs_fit_unit},
 };
 
 const struct qs_kind *qs_kind_of(const struct qs_format *f)

@@ -126,6 +126,15 @@ int qs_fit_free(const struct job *J, float amax, float mn, float mx, struct blk 
     return 0;
 }
 
+int qs_fit_unit(const struct job *J, float amax, float mn, float mx, struct blk *b, int row,
+                int col, qs_err *e)
+{
+    (void)J, (void)amax, (void)mn, (void)mx, (void)row, (void)col, (void)e;
+    memset(b, 0, sizeof *b);
+    b->s = b->inv = 1.0f;
+    return 0;
+}
+
 /* OCP MX v1.0: shared_exp = floor(log2(amax)) - emax_elem, clamped to E8M0. */
 int qs_fit_e8m0(const struct job *J, float amax, float mn, float mx, struct blk *b, int row,
                 int col, qs_err *e)
