@@ -97,10 +97,28 @@ static void int_encode(const struct kern *K, const float *r, int n, int z, uint3
         codes[j] = (uint32_t)((int)(r[j] * mul) + z) & mask;
 }
 
-static void int_unpack(const struct kern *K, const float *lut, const uint32_t *codes, int n, int z,
-                       float s, float *out)
+SIMD_CLONES
+static void int_unpack(const struct kern *K, const float *lut, const uint8_t *buf, size_t bitpos,
+                       int n, int z, float s, float *restrict out)
 {
     (void)lut;
+    const float rs = K->rmul;
+    if (K->el.bits == 4 && !K->asym && (bitpos & 7) == 0) {
+        /* two int4 codes a byte, sign-extended in place ((k ^ 8) - 8), no code buffer */
+        const uint8_t *src = buf + (bitpos >> 3);
+        int h = n / 2;
+        for (int i = 0; i < h; i++) {
+            out[2 * i] = (float)((src[i] & 15) ^ 8) - 8.0f;
+            out[2 * i + 1] = (float)((src[i] >> 4) ^ 8) - 8.0f;
+        }
+        for (int j = 0; j < 2 * h; j++)
+            out[j] = out[j] * rs * s;
+        if (n & 1)
+            out[n - 1] = (float)(((src[h] & 15) ^ 8) - 8) * rs * s;
+        return;
+    }
+    uint32_t codes[CHUNK];
+    qs_get_codes(buf, bitpos, codes, n, K->el.bits);
     if (K->asym) {
         for (int j = 0; j < n; j++)
             out[j] = (float)((int)codes[j] - z) * s;

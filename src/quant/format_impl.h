@@ -83,9 +83,10 @@ struct qs_elem_ops {
                   float hi, float s, qs_rng *g);
     /* codes[j] of grid values r[j] (z: INT zero point) */
     void (*encode)(const struct kern *K, const float *r, int n, int z, uint32_t *codes);
-    /* out[j] = value(codes[j]) * s; lut: value of each code (qs_kern_lut), or NULL for INT */
-    void (*unpack)(const struct kern *K, const float *lut, const uint32_t *codes, int n, int z,
-                   float s, float *out);
+    /* out[j] = value(code j) * s for the n codes (n <= CHUNK) at bit position bitpos of the
+     * packed stream buf; lut: value of each code (qs_kern_lut), or NULL for INT */
+    void (*unpack)(const struct kern *K, const float *lut, const uint8_t *buf, size_t bitpos, int n,
+                   int z, float s, float *restrict out);
 };
 
 extern const struct qs_elem_ops qs_elem_int, qs_elem_float, qs_elem_nf4, qs_elem_compand;
@@ -113,8 +114,8 @@ void qs_near_each_generic(const struct kern *K, const struct qs_qblock *b, size_
                           const float *x, float *out, int n);
 
 /* Decodes all codes through a value table (the unpack op of table-decoded element types). */
-void qs_unpack_lut(const struct kern *K, const float *lut, const uint32_t *codes, int n, int z,
-                   float s, float *out);
+void qs_unpack_lut(const struct kern *K, const float *lut, const uint8_t *buf, size_t bitpos, int n,
+                   int z, float s, float *restrict out);
 
 /* ---- containers: one row per format kind (kinds.c) ---------------------------------------- */
 
@@ -220,6 +221,36 @@ static inline int floor_log2f(float a)
 static inline double unif24(qs_rng *g)
 {
     return (double)(qs_rng_u64(g) >> 40) * 0x1p-24;
+}
+
+/* ---- the code stream ---- */
+
+/* Reads n codes of the given width starting at bit position bitpos of an LSB-first stream. */
+static inline void qs_get_codes(const uint8_t *buf, size_t bitpos, uint32_t *codes, int n, int bits)
+{
+    int j = 0;
+    if (bits == 8 && (bitpos & 7) == 0) {
+        for (const uint8_t *s = buf + (bitpos >> 3); j < n; j++)
+            codes[j] = s[j];
+        return;
+    }
+    if (bits == 4 && (bitpos & 7) == 0) {
+        const uint8_t *s = buf + (bitpos >> 3);
+        for (; j + 2 <= n; j += 2) {
+            codes[j] = s[j >> 1] & 15u;
+            codes[j + 1] = (uint32_t)s[j >> 1] >> 4;
+        }
+        bitpos += (size_t)j * 4;
+    }
+    uint32_t mask = (1u << bits) - 1u;
+    for (; j < n; j++, bitpos += (size_t)bits) {
+        size_t byte = bitpos >> 3;
+        int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
+        uint32_t v = 0;
+        for (int i = 0; i < nb; i++)
+            v |= (uint32_t)buf[byte + i] << (8 * i);
+        codes[j] = (v >> (bitpos & 7)) & mask;
+    }
 }
 
 #endif

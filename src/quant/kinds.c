@@ -136,10 +136,12 @@ float *qs_kern_lut(const struct kern *K)
     return lut;
 }
 
-void qs_unpack_lut(const struct kern *K, const float *lut, const uint32_t *codes, int n, int z,
-                   float s, float *out)
+SIMD_CLONES
+void qs_unpack_lut(const struct kern *K, const float *lut, const uint8_t *buf, size_t bitpos, int n,
+                   int z, float s, float *restrict out)
 {
-    (void)K;
+    uint32_t codes[CHUNK];
+    qs_get_codes(buf, bitpos, codes, n, K->el.bits);
     (void)z;
     for (int j = 0; j < n; j++)
         out[j] = lut[codes[j]] * s;

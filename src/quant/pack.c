@@ -33,34 +33,6 @@ static void put_codes(uint8_t *buf, size_t bitpos, const uint32_t *codes, int n,
     }
 }
 
-/* Reads n codes starting at bit position bitpos. */
-static void get_codes(const uint8_t *buf, size_t bitpos, uint32_t *codes, int n, int bits)
-{
-    int j = 0;
-    if (bits == 8 && (bitpos & 7) == 0) {
-        for (const uint8_t *s = buf + (bitpos >> 3); j < n; j++)
-            codes[j] = s[j];
-        return;
-    }
-    if (bits == 4 && (bitpos & 7) == 0) {
-        const uint8_t *s = buf + (bitpos >> 3);
-        for (; j + 2 <= n; j += 2) {
-            codes[j] = s[j >> 1] & 15u;
-            codes[j + 1] = (uint32_t)s[j >> 1] >> 4;
-        }
-        bitpos += (size_t)j * 4;
-    }
-    uint32_t mask = (1u << bits) - 1u;
-    for (; j < n; j++, bitpos += (size_t)bits) {
-        size_t byte = bitpos >> 3;
-        int nb = (int)((bitpos & 7) + (size_t)bits + 7) / 8;
-        uint32_t v = 0;
-        for (int i = 0; i < nb; i++)
-            v |= (uint32_t)buf[byte + i] << (8 * i);
-        codes[j] = (v >> (bitpos & 7)) & mask;
-    }
-}
-
 static void put_scale(uint8_t *buf, size_t idx, enum scale_store st, uint32_t code)
 {
     int nb = qs_scale_stores[st].bytes;
@@ -235,7 +207,6 @@ static void unpack_rows(struct job *J, int r0, int r1, int tid)
     const int bits = p->fmt.bits;
     float (*const scale_of)(const struct job *, const struct qs_packed *, uint32_t) =
         qs_scale_stores[J->store].decode;
-    uint32_t codes[CHUNK];
     for (int row = r0; row < r1; row++) {
         for (int sg = 0; sg < J->nseg; sg++) {
             size_t c0 = (size_t)sg * J->seg;
@@ -247,8 +218,8 @@ static void unpack_rows(struct job *J, int r0, int r1, int tid)
             size_t base = (size_t)row * cols + c0;
             for (size_t k = 0; k < n; k += CHUNK) {
                 int m = (int)(n - k < CHUNK ? n - k : CHUNK);
-                get_codes(p->codes, (base + k) * (size_t)bits, codes, m, bits);
-                K->ops->unpack(K, J->lut, codes, m, z, s, J->out + base + k);
+                K->ops->unpack(K, J->lut, p->codes, (base + k) * (size_t)bits, m, z, s,
+                               J->out + base + k);
             }
         }
     }
