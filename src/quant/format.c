@@ -32,6 +32,13 @@
         .name = n                                                                                  \
     }
 
+/* plain casts to an IEEE-like storage type (Inf/NaN), no scale */
+#define CASTF(n, e, m, bi)                                                                         \
+    {                                                                                              \
+        .kind = QS_FMT_CAST, .bits = 1 + e + m, .ebits = e, .mbits = m, .bias = bi,                \
+        .nf = QS_NF_IEEE, .name = n                                                                \
+    }
+
 /* bits: the element code width (for display); the real storage is the ggml block. */
 #define GGMLF(n, t, b, blk)                                                                        \
     {                                                                                              \
@@ -54,20 +61,8 @@ static const struct qs_format presets[] = {
     MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
     MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
     MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
-    {.kind = QS_FMT_CAST,
-     .bits = 16,
-     .ebits = 5,
-     .mbits = 10,
-     .bias = 15,
-     .nf = QS_NF_IEEE,
-     .name = "fp16"},
-    {.kind = QS_FMT_CAST,
-     .bits = 16,
-     .ebits = 8,
-     .mbits = 7,
-     .bias = 127,
-     .nf = QS_NF_IEEE,
-     .name = "bf16"},
+    CASTF("fp16", 5, 10, 15),
+    CASTF("bf16", 8, 7, 127),
     {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
     MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
     MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
