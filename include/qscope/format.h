@@ -52,12 +52,12 @@ struct qs_format {
 };
 
 /* Parses a format name into f: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, fp6-e2m3,
- * fp6-e3m2, fp4-e2m1, eXmY and eXmYbZ (X 1..8, Y 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit
- * in F32), e0mY (fixed point, Y 1..15; e0m7 is the 8-bit one), mxfp8 (E4M3 elements),
- * mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4, nf4, compand:B (B 2..8), and
- * llama.cpp's q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (ggml.h).
- * Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1 ->
- * fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
+ * fp6-e3m2, fp4-e2m1, fp16 and bf16 (plain IEEE-like casts, no scale), eXmY and eXmYbZ (X 1..8, Y
+ * 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit in F32), e0mY (fixed point, Y 1..15; e0m7 is the
+ * 8-bit one), mxfp8 (E4M3 elements), mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4,
+ * nf4, compand:B (B 2..8), and llama.cpp's q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k,
+ * q6_k (ggml.h). Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1
+ * -> fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
  * the valid names. */
 int qs_format_parse(const char *s, struct qs_format *f, qs_err *e);
 
