@@ -26,8 +26,9 @@ enum qs_fmt_kind {
     QS_FMT_NVFP4,     /* E2M1 elements, E4M3 block scale per 16, F32 tensor scale */
     QS_FMT_NF4,       /* QLoRA NormalFloat4 codebook */
     QS_FMT_COMPAND,   /* mu-law (mu = 255) companding then B-bit sign-magnitude codes */
-    QS_FMT_GGML       /* llama.cpp's ggml block types q8_0 ... q6_k (ggml.h): fixed blocks,
+    QS_FMT_GGML,      /* llama.cpp's ggml block types q8_0 ... q6_k (ggml.h): fixed blocks,
                          llama.cpp's reference rounding, codes = the ggml blocks themselves */
+    QS_FMT_CAST       /* fp16, bf16: a plain cast to a storage float type, no scale */
 };
 enum qs_gran { QS_GRAN_TENSOR, QS_GRAN_CHANNEL, QS_GRAN_GROUP };
 enum qs_clip { QS_CLIP_MAX, QS_CLIP_MSE, QS_CLIP_PCT };
@@ -51,12 +52,12 @@ struct qs_format {
 };
 
 /* Parses a format name into f: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, fp6-e2m3,
- * fp6-e3m2, fp4-e2m1, eXmY and eXmYbZ (X 1..8, Y 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit
- * in F32), e0mY (fixed point, Y 1..15; e0m7 is the 8-bit one), mxfp8 (E4M3 elements),
- * mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4, nf4, compand:B (B 2..8), and
- * llama.cpp's q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (ggml.h).
- * Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1 ->
- * fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
+ * fp6-e3m2, fp4-e2m1, fp16 and bf16 (plain IEEE-like casts, no scale), eXmY and eXmYbZ (X 1..8, Y
+ * 0..10, X+Y+1 <= 16, 0 <= Z; every value must fit in F32), e0mY (fixed point, Y 1..15; e0m7 is the
+ * 8-bit one), mxfp8 (E4M3 elements), mxfp8-e5m2, mxfp6 (E2M3), mxfp6-e3m2, mxfp4, mxint8, nvfp4,
+ * nf4, compand:B (B 2..8), and llama.cpp's q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k,
+ * q6_k (ggml.h). Names are case-sensitive. A generic eXmY equal to an OCP type takes its name (e2m1
+ * -> fp4-e2m1). Errors name the problem ("unknown format 'int9': bit width must be 2..8") or list
  * the valid names. */
 int qs_format_parse(const char *s, struct qs_format *f, qs_err *e);
 
@@ -116,6 +117,37 @@ int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e);
 /* Checks that options o make sense for format f (e.g. asym only for int, sat=0 only for formats
  * with Inf/NaN, scale=none only for minifloat/fixed, no gran= for MX/NVFP4). 0 or -1. */
 int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e);
+
+/* What a format's kind allows: one row per kind (src/quant/kinds.c), read by the kernels and by
+ * callers that must ask (instead of testing kinds). */
+struct qs_format_traits {
+    const char *family;      /* "none", "int", "minifloat", "fixed", "mx", "nvfp4", "nf4",
+                                "compand", "ggml" */
+    int elements;            /* an element type of its own at scale 1 (qs_format_cast, codes) */
+    int options;             /* takes quantization options (qs_qopts); ggml: none apply */
+    int fixed_block;         /* blocks of f->block elements along rows, fixed by the format (MX
+                                32, NVFP4 16, ggml 32 / 256): gran= does not apply */
+    int blockwise;           /* absmax per block, f->block by default (gran=group:N or channel
+                                change it); gran=tensor refused (nf4) */
+    int free_scale;          /* scales are free numbers stored as F16 / F32 (scale=f32 applies;
+                                methods may search or learn them) */
+    const char *block_scale; /* otherwise the block scales' type: "e8m0" (MX), "e4m3" (NVFP4) */
+    int tensor_scale;        /* an F32 per-tensor scale beside the block scales (NVFP4) */
+    int asym;                /* zero points (asym) and range=full allowed (int) */
+    int scale_none;          /* scale=none allowed: cast raw values (minifloat, fixed) */
+    int static_amax;         /* a calibrated tensor absmax applies (qs_quant_fake_amax) */
+    int unscaled;            /* values are cast as they are: no scale, so gran=, clip= and scale=
+                                do not apply (fp16, bf16) */
+    const char *own_rules;   /* options == 0: why (a format string taking f->block) */
+};
+
+/* The traits of f's kind (never NULL; an unknown kind reads as none). */
+const struct qs_format_traits *qs_format_traits(const struct qs_format *f);
+
+/* Elements per scale along a row of a matrix with cols columns under f and o, as the kernels
+ * tile it: the group size, the format's fixed block, nf4's block, or cols when one scale serves
+ * a row or the whole tensor (gran=channel / tensor, scale=none); at most cols. */
+int qs_format_block_len(const struct qs_format *f, const struct qs_qopts *o, int cols);
 
 struct qs_packed {
     struct qs_format fmt;
@@ -248,7 +280,8 @@ double qs_format_cast(const struct qs_format *f, double x, int saturate);
  * included). *values is malloc'd (caller frees), *n = 2^bits. Error for none. */
 int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *e);
 
-/* Decodes one element code (bits above f->bits ignored). NaN for none. */
+/* Decodes one element code (bits above f->bits ignored). NaN for none and ggml types (no element
+ * type of their own). */
 double qs_format_decode(const struct qs_format *f, uint32_t code);
 
 #endif

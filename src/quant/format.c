@@ -1,11 +1,13 @@
-/* format.c - format names, option strings, and the scalar element casts (the reference path for
- * `roundtrip` and `codes`; the vectorized kernels are in pack.c). */
+/* format.c - format names (the preset table: one row per named format), option strings and
+ * their checks (driven by the kind traits of kinds.c), and the public scalar element API
+ * (`roundtrip`, `codes`) over the element ops of elem_*.c. */
 #include "qscope/format.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,85 +15,7 @@
 #include "format_impl.h"
 #include "qscope/ggml.h"
 
-/* QLoRA NF4 levels (Dettmers et al. 2023, as listed in REFERENCES.md), ascending = code order. */
-const float qs_nf4_levels[QS_NF4_LEVELS] = {
-    -1.0f,
-    -0.6961928009986877f,
-    -0.5250730514526367f,
-    -0.39491748809814453f,
-    -0.28444138169288635f,
-    -0.18477343022823334f,
-    -0.09105003625154495f,
-    0.0f,
-    0.07958029955625534f,
-    0.16093020141124725f,
-    0.24611230194568634f,
-    0.33791524171829224f,
-    0.44070982933044434f,
-    0.5626170039176941f,
-    0.7229568362236023f,
-    1.0f,
-};
-
-/* Midpoints of consecutive levels, (l[i] + l[i+1]) / 2 rounded to F32. */
-const float qs_nf4_mids[QS_NF4_LEVELS - 1] = {
-    (float)((-1.0 + -0.6961928009986877) / 2),
-    (float)((-0.6961928009986877 + -0.5250730514526367) / 2),
-    (float)((-0.5250730514526367 + -0.39491748809814453) / 2),
-    (float)((-0.39491748809814453 + -0.28444138169288635) / 2),
-    (float)((-0.28444138169288635 + -0.18477343022823334) / 2),
-    (float)((-0.18477343022823334 + -0.09105003625154495) / 2),
-    (float)((-0.09105003625154495 + 0.0) / 2),
-    (float)((0.0 + 0.07958029955625534) / 2),
-    (float)((0.07958029955625534 + 0.16093020141124725) / 2),
-    (float)((0.16093020141124725 + 0.24611230194568634) / 2),
-    (float)((0.24611230194568634 + 0.33791524171829224) / 2),
-    (float)((0.33791524171829224 + 0.44070982933044434) / 2),
-    (float)((0.44070982933044434 + 0.5626170039176941) / 2),
-    (float)((0.5626170039176941 + 0.7229568362236023) / 2),
-    (float)((0.7229568362236023 + 1.0) / 2),
-};
-
 /* ---- the named formats (a designated-initializer table, like ggml's type traits) ---------- */
-
-enum qs_preset_id {
-    P_NONE,
-    P_INT2,
-    P_INT3,
-    P_INT4,
-    P_INT5,
-    P_INT6,
-    P_INT7,
-    P_INT8,
-    P_FP8_E4M3,
-    P_FP8_E5M2,
-    P_FP8_E3M4,
-    P_FP6_E2M3,
-    P_FP6_E3M2,
-    P_FP4_E2M1,
-    P_E0M7,
-    P_MXFP8,
-    P_MXFP8_E5M2,
-    P_MXFP6,
-    P_MXFP6_E3M2,
-    P_MXFP4,
-    P_MXINT8,
-    P_NVFP4,
-    P_NF4,
-    P_COMPAND4,
-    P_COMPAND8,
-    P_Q8_0,
-    P_Q4_0,
-    P_Q4_1,
-    P_Q5_0,
-    P_Q5_1,
-    P_Q2_K,
-    P_Q3_K,
-    P_Q4_K,
-    P_Q5_K,
-    P_Q6_K,
-    P_COUNT
-};
 
 #define INTF(b)                                                                                    \
     {                                                                                              \
@@ -108,67 +32,82 @@ enum qs_preset_id {
         .name = n                                                                                  \
     }
 
+/* plain casts to an IEEE-like storage type (Inf/NaN), no scale */
+#define CASTF(n, e, m, bi)                                                                         \
+    {                                                                                              \
+        .kind = QS_FMT_CAST, .bits = 1 + e + m, .ebits = e, .mbits = m, .bias = bi,                \
+        .nf = QS_NF_IEEE, .name = n                                                                \
+    }
+
 /* bits: the element code width (for display); the real storage is the ggml block. */
 #define GGMLF(n, t, b, blk)                                                                        \
     {                                                                                              \
         .kind = QS_FMT_GGML, .bits = b, .block = blk, .ggml = t, .name = n                         \
     }
 
-static const struct qs_format presets[P_COUNT] = {
-    [P_NONE] = {.kind = QS_FMT_NONE, .name = "none"},
-    [P_INT2] = INTF(2),
-    [P_INT3] = INTF(3),
-    [P_INT4] = INTF(4),
-    [P_INT5] = INTF(5),
-    [P_INT6] = INTF(6),
-    [P_INT7] = INTF(7),
-    [P_INT8] = INTF(8),
-    [P_FP8_E4M3] = MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
-    [P_FP8_E5M2] = MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
-    [P_FP8_E3M4] = MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
-    [P_FP6_E2M3] = MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
-    [P_FP6_E3M2] = MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
-    [P_FP4_E2M1] = MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
-    [P_E0M7] = {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
-    [P_MXFP8] = MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
-    [P_MXFP8_E5M2] = MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
-    [P_MXFP6] = MXF("mxfp6", 6, 2, 3, 1, QS_NF_NONE),
-    [P_MXFP6_E3M2] = MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
-    [P_MXFP4] = MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
-    [P_MXINT8] = MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
-    [P_NVFP4] = {.kind = QS_FMT_NVFP4,
-                 .bits = 4,
-                 .ebits = 2,
-                 .mbits = 1,
-                 .bias = 1,
-                 .nf = QS_NF_NONE,
-                 .block = 16,
-                 .name = "nvfp4"},
-    [P_NF4] = {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
-    [P_COMPAND4] = {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
-    [P_COMPAND8] = {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
-    [P_Q8_0] = GGMLF("q8_0", QS_GGML_Q8_0, 8, 32),
-    [P_Q4_0] = GGMLF("q4_0", QS_GGML_Q4_0, 4, 32),
-    [P_Q4_1] = GGMLF("q4_1", QS_GGML_Q4_1, 4, 32),
-    [P_Q5_0] = GGMLF("q5_0", QS_GGML_Q5_0, 5, 32),
-    [P_Q5_1] = GGMLF("q5_1", QS_GGML_Q5_1, 5, 32),
-    [P_Q2_K] = GGMLF("q2_k", QS_GGML_Q2_K, 2, 256),
-    [P_Q3_K] = GGMLF("q3_k", QS_GGML_Q3_K, 3, 256),
-    [P_Q4_K] = GGMLF("q4_k", QS_GGML_Q4_K, 4, 256),
-    [P_Q5_K] = GGMLF("q5_k", QS_GGML_Q5_K, 5, 256),
-    [P_Q6_K] = GGMLF("q6_k", QS_GGML_Q6_K, 6, 256),
+/* One row per named format; a format of an existing kind is one more row here. */
+static const struct qs_format presets[] = {
+    {.kind = QS_FMT_NONE, .name = "none"},
+    INTF(2),
+    INTF(3),
+    INTF(4),
+    INTF(5),
+    INTF(6),
+    INTF(7),
+    INTF(8),
+    MINI("fp8-e4m3", 4, 3, 7, QS_NF_E4M3),
+    MINI("fp8-e5m2", 5, 2, 15, QS_NF_IEEE),
+    MINI("fp8-e3m4", 3, 4, 3, QS_NF_IEEE),
+    MINI("fp6-e2m3", 2, 3, 1, QS_NF_NONE),
+    MINI("fp6-e3m2", 3, 2, 3, QS_NF_NONE),
+    MINI("fp4-e2m1", 2, 1, 1, QS_NF_NONE),
+    CASTF("fp16", 5, 10, 15),
+    CASTF("bf16", 8, 7, 127),
+    {.kind = QS_FMT_FIXED, .bits = 8, .mbits = 7, .name = "e0m7"},
+    MXF("mxfp8", 8, 4, 3, 7, QS_NF_E4M3),
+    MXF("mxfp8-e5m2", 8, 5, 2, 15, QS_NF_IEEE),
+    MXF("mxfp6", 6, 2, 3, 1, QS_NF_NONE),
+    MXF("mxfp6-e3m2", 6, 3, 2, 3, QS_NF_NONE),
+    MXF("mxfp4", 4, 2, 1, 1, QS_NF_NONE),
+    MXF("mxint8", 8, 0, 6, 0, QS_NF_NONE),
+    {.kind = QS_FMT_NVFP4,
+     .bits = 4,
+     .ebits = 2,
+     .mbits = 1,
+     .bias = 1,
+     .nf = QS_NF_NONE,
+     .block = 16,
+     .name = "nvfp4"},
+    {.kind = QS_FMT_NF4, .bits = 4, .block = 64, .name = "nf4"},
+    {.kind = QS_FMT_COMPAND, .bits = 4, .name = "compand:4"},
+    {.kind = QS_FMT_COMPAND, .bits = 8, .name = "compand:8"},
+    GGMLF("q8_0", QS_GGML_Q8_0, 8, 32),
+    GGMLF("q4_0", QS_GGML_Q4_0, 4, 32),
+    GGMLF("q4_1", QS_GGML_Q4_1, 4, 32),
+    GGMLF("q5_0", QS_GGML_Q5_0, 5, 32),
+    GGMLF("q5_1", QS_GGML_Q5_1, 5, 32),
+    GGMLF("q2_k", QS_GGML_Q2_K, 2, 256),
+    GGMLF("q3_k", QS_GGML_Q3_K, 3, 256),
+    GGMLF("q4_k", QS_GGML_Q4_K, 4, 256),
+    GGMLF("q5_k", QS_GGML_Q5_K, 5, 256),
+    GGMLF("q6_k", QS_GGML_Q6_K, 6, 256),
 };
 
-static const char *const names[P_COUNT + 1] = {
-    "none",       "int2",     "int3",       "int4",     "int5",     "int6",     "int7", "int8",
-    "fp8-e4m3",   "fp8-e5m2", "fp8-e3m4",   "fp6-e2m3", "fp6-e3m2", "fp4-e2m1", "e0m7", "mxfp8",
-    "mxfp8-e5m2", "mxfp6",    "mxfp6-e3m2", "mxfp4",    "mxint8",   "nvfp4",    "nf4",  "compand:4",
-    "compand:8",  "q8_0",     "q4_0",       "q4_1",     "q5_0",     "q5_1",     "q2_k", "q3_k",
-    "q4_k",       "q5_k",     "q6_k",       NULL,
-};
+#define P_COUNT ((int)(sizeof presets / sizeof presets[0]))
+
+/* The names, in table order, NULL-terminated; filled once from the table. */
+static const char *names[sizeof presets / sizeof presets[0] + 1];
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static void names_init(void)
+{
+    for (int i = 0; i < P_COUNT; i++)
+        names[i] = presets[i].name;
+}
 
 const char *const *qs_format_names(void)
 {
+    pthread_once(&names_once, names_init);
     return names;
 }
 
@@ -191,8 +130,9 @@ static int unknown(const char *s, qs_err *e)
     char list[400];
     size_t k = 0;
     list[0] = 0;
-    for (int i = 0; names[i] && k < sizeof list; i++)
-        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", names[i]);
+    const char *const *nm = qs_format_names();
+    for (int i = 0; nm[i] && k < sizeof list; i++)
+        k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", nm[i]);
     return qs_errf(e, "unknown format '%s'; valid: %s, eXmY[bZ], e0mY, compand:B", s, list);
 }
 
@@ -271,11 +211,12 @@ static int parse_generic(const char *s, struct qs_format *f, int *rc, qs_err *e)
         *rc = -1;
         return 1;
     }
-    /* the generic family coincides with the OCP MX element types that have no Inf/NaN */
-    static const int same[] = {P_FP6_E2M3, P_FP6_E3M2, P_FP4_E2M1};
-    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
-        const struct qs_format *p = &presets[same[i]];
-        if (p->ebits == f->ebits && p->mbits == f->mbits && p->bias == f->bias)
+    /* the generic family coincides with the named minifloats that have no Inf/NaN (the OCP MX
+     * element types fp6-e2m3, fp6-e3m2, fp4-e2m1): they keep their names */
+    for (int i = 0; i < P_COUNT; i++) {
+        const struct qs_format *p = &presets[i];
+        if (p->kind == QS_FMT_MINIFLOAT && p->nf == QS_NF_NONE && p->ebits == f->ebits &&
+            p->mbits == f->mbits && p->bias == f->bias)
             *f = *p;
     }
     *rc = 0;
@@ -321,141 +262,30 @@ int qs_format_parse(const char *s, struct qs_format *f, qs_err *e)
     return unknown(s, e);
 }
 
-/* ---- element types --------------------------------------------------------------------- */
+/* ---- element types (the ops of elem_*.c) ------------------------------------------------- */
 
-void qs_elem_of(const struct qs_format *f, struct qs_elem *el)
-{
-    memset(el, 0, sizeof *el);
-    el->bits = f->bits;
-    el->ebits = f->ebits;
-    el->mbits = f->mbits;
-    el->bias = f->bias;
-    el->nf = f->nf;
-    switch (f->kind) {
-    case QS_FMT_INT:
-        el->kind = QS_ELEM_INT;
-        el->qmax = (1 << (f->bits - 1)) - 1;
-        el->maxval = el->qmax;
-        return;
-    case QS_FMT_NF4:
-        el->kind = QS_ELEM_NF4;
-        el->maxval = 1.0;
-        return;
-    case QS_FMT_COMPAND:
-        el->kind = QS_ELEM_COMPAND;
-        el->qmax = (1 << (f->bits - 1)) - 1;
-        el->maxval = 1.0;
-        return;
-    case QS_FMT_MX:
-        if (f->ebits == 0) { /* mxint8 */
-            el->kind = QS_ELEM_INT;
-            el->qmax = 127;
-            el->frac = f->mbits;
-            el->maxval = 127.0 / 64.0;
-            el->emax = 0;
-            return;
-        }
-        break;
-    case QS_FMT_NONE:
-        el->kind = QS_ELEM_FLOAT;
-        return;
-    default:
-        break;
-    }
-    el->kind = QS_ELEM_FLOAT;
-    int m = f->mbits;
-    if (f->ebits == 0) { /* fixed point */
-        el->emin = el->emax = 0;
-        el->maxval = ldexp((double)((1 << m) - 1), -m);
-        return;
-    }
-    int topfield = (1 << f->ebits) - 1;
-    el->emin = 1 - f->bias;
-    switch (f->nf) {
-    case QS_NF_IEEE: /* top exponent field reserved for Inf/NaN */
-        el->emax = topfield - 1 - f->bias;
-        el->maxval = ldexp(2.0 - ldexp(1.0, -m), el->emax);
-        break;
-    case QS_NF_E4M3: /* only the all-ones mantissa of the top field is NaN */
-        el->emax = topfield - f->bias;
-        el->maxval = ldexp(2.0 - ldexp(1.0, 1 - m), el->emax);
-        break;
-    default:
-        el->emax = topfield - f->bias;
-        el->maxval = ldexp(2.0 - ldexp(1.0, -m), el->emax);
-        break;
-    }
-}
-
-double qs_compand_level(const struct qs_elem *el, int k)
-{
-    double c = (double)k / el->qmax;
-    return (double)(float)(expm1(c * log1p(QS_COMPAND_MU)) / QS_COMPAND_MU);
-}
-
-int qs_compand_k(const struct qs_elem *el, double a)
-{
-    if (a > 1.0)
-        a = 1.0;
-    double c = log1p(QS_COMPAND_MU * a) / log1p(QS_COMPAND_MU);
-    return (int)nearbyint(c * el->qmax);
-}
-
-double qs_elem_decode(const struct qs_elem *el, uint32_t code)
+/* Decodes one code of element type el (bits above el->bits ignored). */
+static double elem_decode(const struct qs_elem *el, uint32_t code)
 {
     code &= (el->bits >= 32) ? 0xffffffffu : ((1u << el->bits) - 1u);
-    switch (el->kind) {
-    case QS_ELEM_INT: {
-        int k = (int)code;
-        if (code & (1u << (el->bits - 1)))
-            k -= 1 << el->bits;
-        return ldexp((double)k, -el->frac);
-    }
-    case QS_ELEM_NF4:
-        return qs_nf4_levels[code & 15];
-    case QS_ELEM_COMPAND: {
-        int neg = (code >> (el->bits - 1)) & 1;
-        double v = qs_compand_level(el, (int)(code & (uint32_t)el->qmax));
-        return neg ? -v : v;
-    }
-    case QS_ELEM_FLOAT:
-        break;
-    }
-    int m = el->mbits, eb = el->ebits;
-    int neg = (code >> (el->bits - 1)) & 1;
-    uint32_t mant = code & ((1u << m) - 1u);
-    double v;
-    if (eb == 0) {
-        v = ldexp((double)mant, -m);
-    } else {
-        uint32_t ef = (code >> m) & ((1u << eb) - 1u);
-        uint32_t top = (1u << eb) - 1u;
-        if (el->nf == QS_NF_IEEE && ef == top)
-            v = mant == 0 ? INFINITY : NAN;
-        else if (el->nf == QS_NF_E4M3 && ef == top && mant == (1u << m) - 1u)
-            v = NAN;
-        else if (ef == 0)
-            v = ldexp((double)mant, el->emin - m);
-        else
-            v = ldexp((double)((1u << m) | mant), (int)ef - el->bias - m);
-    }
-    return neg ? -v : v;
+    return el->ops->decode(el, code);
 }
 
 double qs_format_decode(const struct qs_format *f, uint32_t code)
 {
-    if (f->kind == QS_FMT_NONE)
-        return NAN;
     struct qs_elem el;
     qs_elem_of(f, &el);
-    return qs_elem_decode(&el, code);
+    if (!el.ops)
+        return NAN;
+    return elem_decode(&el, code);
 }
 
 int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *e)
 {
-    if (f->kind == QS_FMT_NONE || f->bits < 1 || f->bits > 16)
+    const struct qs_format_traits *t = qs_format_traits(f);
+    if ((!t->elements && !t->fixed_block) || f->bits < 1 || f->bits > 16) /* none */
         return qs_errf(e, "format '%s' has no code list", f->name);
-    if (f->kind == QS_FMT_GGML)
+    if (!t->elements) /* ggml */
         return qs_errf(e,
                        "format '%s' has no single code list: its codes are scaled per %d-element "
                        "block (see ggml.h); use roundtrip on a block of values",
@@ -467,105 +297,30 @@ int qs_format_codes(const struct qs_format *f, double **values, int *n, qs_err *
     if (!v)
         return qs_errf(e, "out of memory");
     for (int c = 0; c < cnt; c++)
-        v[c] = qs_elem_decode(&el, (uint32_t)c);
+        v[c] = elem_decode(&el, (uint32_t)c);
     *values = v;
     *n = cnt;
     return 0;
-}
-
-/* Magnitude code (no sign bit) of a non-negative grid value v of a FLOAT element type. */
-static uint32_t float_code_of(const struct qs_elem *el, double v)
-{
-    int m = el->mbits;
-    if (el->ebits == 0 || v < ldexp(1.0, el->emin))
-        return (uint32_t)ldexp(v, m - el->emin * (el->ebits != 0));
-    int ex;
-    frexp(v, &ex); /* v = f * 2^ex, f in [0.5, 1) */
-    ex -= 1;
-    uint32_t mant = (uint32_t)(ldexp(v, m - ex) - ldexp(1.0, m));
-    return ((uint32_t)(ex + el->bias) << m) | mant;
-}
-
-/* Reference cast of a double onto a FLOAT element grid: the two neighbouring grid values are
- * found from the local quantum, the nearer wins, a tie goes to the even code. */
-static double float_cast(const struct qs_elem *el, double x, int sat)
-{
-    if (isnan(x))
-        return NAN;
-    int can_ovf = el->nf != QS_NF_NONE && !sat;
-    double ovf = el->nf == QS_NF_IEEE ? INFINITY : NAN;
-    double a = fabs(x), r;
-    if (a > 4.0 * el->maxval) {
-        r = can_ovf ? ovf : el->maxval;
-    } else {
-        double q;
-        if (el->ebits == 0) {
-            q = ldexp(1.0, -el->mbits);
-        } else {
-            int ex = el->emin + 1;
-            if (a > 0)
-                frexp(a, &ex);
-            ex -= 1;
-            if (ex < el->emin)
-                ex = el->emin;
-            q = ldexp(1.0, ex - el->mbits);
-        }
-        double lo = floor(a / q) * q, hi = lo + q;
-        double dlo = a - lo, dhi = hi - a;
-        if (dlo < dhi)
-            r = lo;
-        else if (dhi < dlo)
-            r = hi;
-        else
-            r = (float_code_of(el, lo) & 1u) ? hi : lo;
-        if (r > el->maxval)
-            r = can_ovf ? ovf : el->maxval;
-    }
-    return copysign(r, x);
 }
 
 double qs_format_cast(const struct qs_format *f, double x, int saturate)
 {
     if (f->kind == QS_FMT_NONE)
         return x;
-    if (f->kind == QS_FMT_GGML) /* no element type of its own: run qs_quant_fake on a row */
+    struct qs_elem el;
+    qs_elem_of(f, &el);
+    if (!el.ops) /* ggml: no element type of its own; run qs_quant_fake on a row */
         return NAN;
     if (isnan(x))
         return NAN;
-    struct qs_elem el;
-    qs_elem_of(f, &el);
-    switch (el.kind) {
-    case QS_ELEM_INT: {
-        double k = nearbyint(ldexp(x, el.frac));
-        if (k > el.qmax)
-            k = el.qmax;
-        if (k < -el.qmax)
-            k = -el.qmax;
-        return ldexp(k, -el.frac) + 0.0; /* +0.0: an integer code has no negative zero */
-    }
-    case QS_ELEM_NF4: {
-        int c = 0;
-        for (int i = 0; i < QS_NF4_LEVELS - 1; i++)
-            c += x > (double)qs_nf4_mids[i];
-        return qs_nf4_levels[c];
-    }
-    case QS_ELEM_COMPAND: {
-        double v = qs_compand_level(&el, qs_compand_k(&el, fabs(x)));
-        return signbit(x) ? -v : v;
-    }
-    case QS_ELEM_FLOAT:
-        break;
-    }
-    return float_cast(&el, x, saturate);
+    return el.ops->cast(&el, x, saturate);
 }
 
 double qs_format_max(const struct qs_format *f)
 {
-    if (f->kind == QS_FMT_NONE || f->kind == QS_FMT_GGML)
-        return 0.0;
     struct qs_elem el;
     qs_elem_of(f, &el);
-    return el.maxval;
+    return el.ops ? el.maxval : 0.0;
 }
 
 /* ---- options ---------------------------------------------------------------------------- */
@@ -580,9 +335,10 @@ void qs_qopts_default(struct qs_qopts *o)
     o->saturate = 1;
 }
 
+/* sat=0 applies: the element type has Inf/NaN codes. */
 static int has_nonfinite(const struct qs_format *f)
 {
-    return (f->kind == QS_FMT_MINIFLOAT || f->kind == QS_FMT_MX) && f->nf != QS_NF_NONE;
+    return qs_format_traits(f)->elements && f->nf != QS_NF_NONE;
 }
 
 void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *buf, size_t n)
@@ -590,13 +346,14 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
     if (!buf || n == 0)
         return;
     buf[0] = 0;
-    if (f->kind == QS_FMT_NONE || f->kind == QS_FMT_GGML) /* ggml: llama.cpp's rules, no options */
+    const struct qs_format_traits *t = qs_format_traits(f);
+    if (!t->options) /* none; ggml: llama.cpp's rules, no options */
         return;
-    char gran[32], clip[40], tail[64] = "";
-    if (f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR) /* NF4 is block-wise */
+    char gran[32], clip[40], rnd[48], range[32] = "", scale[16] = "";
+    if (t->fixed_block)
+        gran[0] = 0;
+    else if (t->blockwise && o->gran == QS_GRAN_TENSOR) /* the default block */
         snprintf(gran, sizeof gran, "gran=group:%d ", f->block > 0 ? f->block : 64);
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
-        gran[0] = 0; /* fixed blocks */
     else if (o->gran == QS_GRAN_GROUP)
         snprintf(gran, sizeof gran, "gran=group:%d ", o->group);
     else
@@ -605,41 +362,27 @@ void qs_qopts_format(const struct qs_format *f, const struct qs_qopts *o, char *
         snprintf(clip, sizeof clip, "clip=pct:%.10g", o->pct);
     else
         snprintf(clip, sizeof clip, "clip=%s", o->clip == QS_CLIP_MSE ? "mse" : "max");
-    char rnd[48];
     if (o->round == QS_ROUND_STOCHASTIC)
         snprintf(rnd, sizeof rnd, "round=stochastic seed=%llu", (unsigned long long)o->seed);
     else
         snprintf(rnd, sizeof rnd, "round=nearest");
-    const char *scale = o->scale_f32 ? "scale=f32" : "scale=f16";
-    switch (f->kind) {
-    case QS_FMT_INT:
-        snprintf(tail, sizeof tail, " %s %s",
+    const char *sat = has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "";
+    if (t->unscaled) {
+        snprintf(buf, n, "%s%s", rnd, sat);
+        return;
+    }
+    if (t->scale_none && o->scale_none) {
+        snprintf(buf, n, "scale=none %s%s", rnd, sat);
+        return;
+    }
+    if (t->asym)
+        snprintf(range, sizeof range, " %s",
                  o->asym         ? "asym"
                  : o->full_range ? "range=full sym"
-                                 : "range=restricted sym",
-                 scale);
-        break;
-    case QS_FMT_MINIFLOAT:
-    case QS_FMT_FIXED:
-        if (o->scale_none) {
-            snprintf(buf, n, "scale=none %s%s", rnd,
-                     has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
-            return;
-        }
-        snprintf(tail, sizeof tail, "%s %s",
-                 has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "", scale);
-        break;
-    case QS_FMT_MX:
-        snprintf(tail, sizeof tail, "%s",
-                 has_nonfinite(f) ? (o->saturate ? " sat=1" : " sat=0") : "");
-        break;
-    case QS_FMT_NVFP4:
-        break;
-    default: /* NF4, COMPAND */
-        snprintf(tail, sizeof tail, " %s", scale);
-        break;
-    }
-    snprintf(buf, n, "%s%s %s%s", gran, clip, rnd, tail);
+                                 : "range=restricted sym");
+    if (t->free_scale)
+        snprintf(scale, sizeof scale, " %s", o->scale_f32 ? "scale=f32" : "scale=f16");
+    snprintf(buf, n, "%s%s %s%s%s%s", gran, clip, rnd, range, sat, scale);
 }
 
 static int parse_pos_int(const char *v, long max, long *out)
@@ -744,28 +487,34 @@ int qs_qopts_parse_token(struct qs_qopts *o, const char *tok, qs_err *e)
 
 int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e)
 {
+    const struct qs_format_traits *t = qs_format_traits(f);
     if (f->kind == QS_FMT_NONE)
         return 0;
     const char *nm = f->name;
-    if (f->kind == QS_FMT_GGML) {
+    if (!t->options) {
         struct qs_qopts d;
         qs_qopts_default(&d);
         if (o->gran_set || o->clip != d.clip || o->round != d.round || o->asym || o->full_range ||
-            !o->saturate || o->scale_none || o->scale_f32)
+            !o->saturate || o->scale_none || o->scale_f32) {
+            char why[160];
+            snprintf(why, sizeof why, t->own_rules ? t->own_rules : "%d", f->block);
             return qs_errf(e,
-                           "%s: llama.cpp's block format with its reference rounding (fixed "
-                           "%d-element blocks, F16 block scales); gran=, clip=, round=, asym, "
-                           "range=, sat= and scale= do not apply",
-                           nm, f->block);
+                           "%s: %s; gran=, clip=, round=, asym, range=, sat= and scale= do not "
+                           "apply",
+                           nm, why);
+        }
         return 0;
     }
+    if (t->unscaled && (o->gran_set || o->clip != QS_CLIP_MAX || o->scale_none || o->scale_f32))
+        return qs_errf(e, "%s: a plain cast with no scale; gran=, clip= and scale= do not apply",
+                       nm);
     if (o->gran == QS_GRAN_GROUP && o->group < 1)
         return qs_errf(e, "%s: group size must be >= 1", nm);
     if (o->clip == QS_CLIP_PCT && !(o->pct > 0.0 && o->pct <= 100.0))
         return qs_errf(e, "%s: clip percentile must be in (0, 100]", nm);
-    if (o->asym && f->kind != QS_FMT_INT)
+    if (o->asym && !t->asym)
         return qs_errf(e, "%s: asym (zero points) applies to int formats only", nm);
-    if (o->full_range && f->kind != QS_FMT_INT)
+    if (o->full_range && !t->asym)
         return qs_errf(e, "%s: range=full applies to int formats only", nm);
     if (o->full_range && o->asym)
         return qs_errf(e, "%s: range=full applies to symmetric int (asym already uses all codes)",
@@ -775,17 +524,21 @@ int qs_qopts_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *
                        "%s: sat=0 needs a format with Inf/NaN codes (fp8-e4m3, fp8-e5m2, "
                        "fp8-e3m4, mxfp8); this one always saturates",
                        nm);
-    if (o->scale_none && f->kind != QS_FMT_MINIFLOAT && f->kind != QS_FMT_FIXED)
+    if (o->scale_none && !t->scale_none)
         return qs_errf(e, "%s: scale=none applies to minifloat and fixed-point formats only", nm);
     if (o->scale_none && o->clip != QS_CLIP_MAX)
         return qs_errf(e, "%s: clipping needs a scale; drop scale=none", nm);
-    if (o->scale_f32 && (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4))
+    if (o->scale_f32 && !t->free_scale && t->block_scale) {
+        char up[8] = {0};
+        for (int i = 0; i < 7 && t->block_scale[i]; i++)
+            up[i] = (char)toupper((unsigned char)t->block_scale[i]);
         return qs_errf(e, "%s: block scales are %s by definition; scale=f32 does not apply", nm,
-                       f->kind == QS_FMT_MX ? "E8M0" : "E4M3");
-    if (o->gran_set && (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4))
+                       up);
+    }
+    if (o->gran_set && t->fixed_block)
         return qs_errf(e, "%s: fixed %d-element blocks along rows; gran= does not apply", nm,
                        f->block);
-    if (o->gran_set && f->kind == QS_FMT_NF4 && o->gran == QS_GRAN_TENSOR)
+    if (o->gran_set && t->blockwise && o->gran == QS_GRAN_TENSOR)
         return qs_errf(e, "%s: block-wise absmax; use gran=group:N (default 64) or gran=channel",
                        nm);
     return 0;

@@ -22,19 +22,20 @@ fail() { echo "FAIL formats_replay.$1"; }
 AW=""
 $Q --help 2>&1 | grep -q -- '--allow-writes' && AW="--allow-writes"
 
-# Format names from the table (qs_format_names), "none" aside, plus generic spellings.
-mapfile -t FORMATS < <(sed -n '/names\[P_COUNT + 1\] = {/,/NULL/p' src/quant/format.c |
-    grep -o '"[^"]*"' | tr -d '"' | grep -vx none)
+# Format names from the table (qs_format_names, as the binary lists them when a name is
+# unknown), "none" and the generic spellings of that list aside, plus generic spellings.
+mapfile -t FORMATS < <($Q --no-default -c 'codes no-such-format' 2>&1 >/dev/null |
+    sed -n 's/.*valid: //p' | tr ',' '\n' | tr -d ' ' | grep -vx 'none\|eXmY\[bZ\]\|e0mY\|compand:B')
 FORMATS+=(e3m4b1 compand:2)
 if [ "${#FORMATS[@]}" -lt 20 ]; then
     fail format-table; echo "  could not read the format table (${#FORMATS[@]} names)" >&2
 fi
 
 # The granularities each format accepts (MX, NVFP4 and llama.cpp's ggml types: fixed blocks
-# only; NF4: no gran=tensor).
+# only; fp16 and bf16: no scale at all; NF4: no gran=tensor).
 grans() {
     case $1 in
-    mx* | nvfp4 | q[2-8]_[01k]) echo "-" ;;
+    mx* | nvfp4 | q[2-8]_[01k] | fp16 | bf16) echo "-" ;;
     nf4) echo "- gran=channel gran=group:5 gran=group:24" ;;
     *) echo "- gran=tensor gran=channel gran=group:5 gran=group:24" ;;
     esac

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "qscope/format.h"
+#include "qscope/half.h"
 #include "test.h"
 
 enum { NF_NONE, NF_E4M3, NF_IEEE };
@@ -614,9 +615,213 @@ static void test_options(void)
     CHECK(qs_qopts_check(&i4, &o, &e) < 0);
 }
 
+/* The kind traits (kinds.c) against what the specifications and qscope's rules say of each
+ * family, and the behaviour they drive: the options each format accepts, the block length the
+ * kernels tile rows with, the stored scale type and the per-tensor scale. */
+static void test_traits(void)
+{
+    static const struct {
+        const char *name, *family;
+        int fixed, blockwise, free_scale, asym, scale_none, static_amax, tensor_scale, block;
+        const char *dtype; /* stored scale type under default options */
+    } want[] = {
+        {"int4", "int", 0, 0, 1, 1, 0, 1, 0, 0, "f16"},
+        {"fp8-e4m3", "minifloat", 0, 0, 1, 0, 1, 1, 0, 0, "f16"},
+        {"e0m7", "fixed", 0, 0, 1, 0, 1, 1, 0, 0, "f16"},
+        {"mxfp4", "mx", 1, 0, 0, 0, 0, 0, 0, 32, "e8m0"}, /* OCP MX: k = 32, E8M0 */
+        {"mxint8", "mx", 1, 0, 0, 0, 0, 0, 0, 32, "e8m0"},
+        {"nvfp4", "nvfp4", 1, 0, 0, 0, 0, 1, 1, 16, "e4m3"}, /* 16, E4M3 + F32 tensor scale */
+        {"nf4", "nf4", 0, 1, 1, 0, 0, 0, 0, 64, "f16"},      /* QLoRA: blocks of 64 */
+        {"compand:8", "compand", 0, 0, 1, 0, 0, 1, 0, 0, "f16"},
+    };
+    qs_err e;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        struct qs_format f = fmt(want[i].name);
+        const struct qs_format_traits *t = qs_format_traits(&f);
+        CHECK_STR(t->family, want[i].family);
+        CHECK(t->elements && t->options);
+        CHECK(t->fixed_block == want[i].fixed && t->blockwise == want[i].blockwise);
+        CHECK(t->free_scale == want[i].free_scale && t->asym == want[i].asym);
+        CHECK(t->scale_none == want[i].scale_none && t->static_amax == want[i].static_amax);
+        CHECK(t->tensor_scale == want[i].tensor_scale);
+        CHECK(!want[i].fixed || f.block == want[i].block);
+        /* what the traits promise is what the options check, pack and the quantizer do */
+        struct qs_qopts o;
+        qs_qopts_default(&o);
+        o.asym = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].asym != 0));
+        qs_qopts_default(&o);
+        o.scale_none = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].scale_none != 0));
+        qs_qopts_default(&o);
+        o.scale_f32 = 1;
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == (want[i].free_scale != 0));
+        qs_qopts_default(&o);
+        CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+        CHECK((qs_qopts_check(&f, &o, &e) == 0) == !want[i].fixed);
+        qs_qopts_default(&o);
+        float x[4 * 100], y[4 * 100];
+        for (int k = 0; k < 400; k++)
+            x[k] = (float)sin(0.37 * k) * (1.0f + (float)(k % 7));
+        CHECK((qs_quant_fake_amax(&f, &o, x, 4, 100, 3.0f, y, &e) == 0) ==
+              (want[i].static_amax != 0));
+        struct qs_packed_layout lay;
+        CHECK(qs_packed_layout(&f, &o, 4, 100, &lay, &e) == 0);
+        CHECK_STR(lay.scale_dtype, want[i].dtype);
+        CHECK(lay.tensor_scale == want[i].tensor_scale);
+        int len = qs_format_block_len(&f, &o, 100);
+        CHECK(len == (want[i].block ? want[i].block : 100));
+        CHECK(lay.group == (len == 100 && !want[i].fixed && !want[i].blockwise ? 0 : len));
+        struct qs_quantizer *q = NULL;
+        CHECK(qs_quantizer_new(&f, &o, x, 4, 100, &q, &e) == 0);
+        CHECK(q && qs_quantizer_block(q) == len);
+        qs_quantizer_free(q);
+    }
+    /* block lengths: groups, channel, scale=none, blocks longer than a row, ggml's blocks */
+    struct qs_format i4 = fmt("int4"), nf = fmt("nf4"), mx = fmt("mxfp4"), q4k = fmt("q4_k"),
+                     f8 = fmt("fp8-e4m3"), none = fmt("none");
+    struct qs_qopts o;
+    qs_qopts_default(&o);
+    CHECK(qs_format_block_len(&mx, &o, 20) == 20);
+    CHECK(qs_format_block_len(&q4k, &o, 1024) == 256 && qs_format_traits(&q4k)->fixed_block);
+    CHECK(!qs_format_traits(&q4k)->options && !qs_format_traits(&q4k)->elements);
+    CHECK(!qs_format_traits(&none)->options && qs_format_block_len(&none, &o, 9) == 9);
+    CHECK(qs_qopts_parse_token(&o, "gran=group:128", &e) == 0);
+    CHECK(qs_format_block_len(&i4, &o, 300) == 128 && qs_format_block_len(&i4, &o, 100) == 100);
+    CHECK(qs_format_block_len(&nf, &o, 300) == 128);
+    o.scale_none = 1;
+    CHECK(qs_format_block_len(&f8, &o, 300) == 300); /* one raw cast, no groups */
+    qs_qopts_default(&o);
+    CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+    CHECK(qs_format_block_len(&nf, &o, 300) == 300 && qs_format_block_len(&i4, &o, 300) == 300);
+}
+
+/* fp16 (IEEE 754 binary16: E5M10, bias 15, Inf/NaN) and bf16 (E8M7, bias 127, Inf/NaN) are one
+ * preset row each, of the unscaled kind "cast": they must be exact casts. References, independent
+ * of the quant kernels: half.c's bit-level qs_f32_to_f16 / qs_f32_to_bf16 (checked against numpy in
+ * test_half) and, where the compiler has it, C's _Float16 conversion. */
+static void half_row(const char *name, int bf)
+{
+    struct qs_format f = fmt(name);
+    qs_err e;
+    CHECK(f.bits == 16 && f.kind == QS_FMT_CAST);
+    CHECK(qs_format_max(&f) == (bf ? ldexp(2.0 - ldexp(1.0, -7), 127) : 65504.0));
+    int bad = 0;
+    for (uint32_t c = 0; c < 65536; c++) {
+        uint32_t u = c << 16;
+        float ref;
+        if (bf)
+            memcpy(&ref, &u, sizeof ref);
+        else
+            ref = qs_f16_to_f32((uint16_t)c);
+        bad += !same_value(qs_format_decode(&f, c), ref);
+    }
+    CHECK(bad == 0);
+    /* values: every midpoint between neighbouring codes (ties), a quarter past each, and random
+     * magnitudes over the whole range, both signs */
+    enum { N = 3 * 32768 + 4096 };
+    float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y), *z = malloc(N * sizeof *z);
+    int n = 0;
+    for (uint32_t c = 0; c < 0x7c00u * (bf ? 0 : 1) + 0x7f80u * (bf ? 1 : 0); c += 1) {
+        if (n + 3 > N - 4096)
+            break;
+        float lo, hi;
+        if (bf) {
+            uint32_t a = c << 16, b = (c + 1) << 16;
+            memcpy(&lo, &a, 4);
+            memcpy(&hi, &b, 4);
+        } else {
+            lo = qs_f16_to_f32((uint16_t)c);
+            hi = qs_f16_to_f32((uint16_t)(c + 1));
+        }
+        if (!isfinite(hi) || (c % 3 && bf))
+            continue;
+        x[n++] = lo + (hi - lo) / 2; /* exact in F32: one bit more than the code */
+        x[n++] = -(lo + (hi - lo) / 4);
+        x[n++] = lo;
+    }
+    qs_rng g;
+    qs_rng_seed(&g, 3);
+    while (n < N) {
+        double m = ldexp(qs_rng_uniform(&g) + 0.5,
+                         (int)(qs_rng_u64(&g) % (bf ? 250 : 48)) - (bf ? 130 : 28));
+        x[n++] = (float)((qs_rng_u64(&g) & 1) ? -m : m);
+    }
+    for (int sat = 0; sat <= 1; sat++) {
+        struct qs_qopts o;
+        qs_qopts_default(&o);
+        o.saturate = sat; /* the defaults otherwise: a plain cast needs no option */
+        CHECK(qs_quant_fake(&f, &o, x, 1, N, y, &e) == 0);
+        struct qs_packed p;
+        CHECK(qs_quant_pack(&f, &o, x, 1, N, &p, &e) == 0 && p.code_bytes == 2 * (size_t)N);
+        CHECK(qs_quant_unpack(&p, z, &e) == 0);
+        int wrong = 0, wrong_code = 0, wrong_c = 0;
+        for (int i = 0; i < N; i++) {
+            uint16_t h = bf ? qs_f32_to_bf16(x[i]) : qs_f32_to_f16(x[i]);
+            float r;
+            if (bf) {
+                uint32_t u = (uint32_t)h << 16;
+                memcpy(&r, &u, sizeof r);
+            } else {
+                r = qs_f16_to_f32(h);
+            }
+            if (sat && isinf(r)) { /* sat=1 clamps to the largest finite */
+                r = copysignf((float)qs_format_max(&f), r);
+                h = (uint16_t)(h - 1u); /* the code below Inf */
+            }
+            wrong += !same_value(y[i], r) || !same_value(z[i], r);
+            wrong_code += (uint16_t)(p.codes[2 * i] | (p.codes[2 * i + 1] << 8)) != h;
+#ifdef __FLT16_MAX__
+            if (!bf && !sat)
+                wrong_c += !same_value(y[i], (float)(_Float16)x[i]);
+#endif
+        }
+        if (wrong || wrong_code || wrong_c)
+            fprintf(stderr, "  %s sat=%d: %d values, %d codes, %d _Float16 differ\n", name, sat,
+                    wrong, wrong_code, wrong_c);
+        CHECK(wrong == 0 && wrong_code == 0 && wrong_c == 0);
+        qs_packed_free(&p);
+    }
+    free(x);
+    free(y);
+    free(z);
+}
+
+static void test_half_rows(void)
+{
+    half_row("fp16", 0);
+    half_row("bf16", 1);
+    /* no scale: the options that need one are refused, the others kept */
+    struct qs_format h = fmt("fp16");
+    struct qs_qopts o;
+    qs_err e;
+    char buf[120];
+    CHECK(qs_format_traits(&h)->unscaled && !qs_format_traits(&h)->free_scale);
+    qs_qopts_default(&o);
+    qs_qopts_format(&h, &o, buf, sizeof buf);
+    CHECK_STR(buf, "round=nearest sat=1");
+    static const char *const refused[] = {"gran=channel", "clip=mse", "scale=f32", "scale=none",
+                                          "asym"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        qs_qopts_default(&o);
+        CHECK(qs_qopts_parse_token(&o, refused[i], &e) == 0);
+        CHECK(qs_qopts_check(&h, &o, &e) < 0);
+    }
+    qs_qopts_default(&o);
+    CHECK(qs_qopts_parse_token(&o, "sat=0", &e) == 0 && qs_qopts_check(&h, &o, &e) == 0);
+    CHECK(qs_qopts_parse_token(&o, "round=stochastic", &e) == 0 && qs_qopts_check(&h, &o, &e) == 0);
+    struct qs_packed_layout lay;
+    qs_qopts_default(&o);
+    CHECK(qs_packed_layout(&h, &o, 3, 5, &lay, &e) == 0 && lay.code_bytes == 30 &&
+          lay.scale_bytes == 0 && lay.nscales == 0 && !strcmp(lay.scale_dtype, "none"));
+    float x[3] = {1.0f, 2.0f, 3.0f}, y[3];
+    CHECK(qs_quant_fake_amax(&h, &o, x, 1, 3, 3.0f, y, &e) < 0 && strstr(e.msg, "no scale"));
+}
+
 TEST_MAIN("format", TEST_CASE(test_codes_ofp8), TEST_CASE(test_codes_mx_elements),
           TEST_CASE(test_codes_generic_and_fixed), TEST_CASE(test_codes_int),
           TEST_CASE(test_codes_nf4), TEST_CASE(test_codes_compand),
           TEST_CASE(test_cast_ties_to_even), TEST_CASE(test_cast_signed_zero_and_sat),
           TEST_CASE(test_cast_kernel_matches_reference), TEST_CASE(test_parse_names),
-          TEST_CASE(test_parse_errors), TEST_CASE(test_options))
+          TEST_CASE(test_parse_errors), TEST_CASE(test_options), TEST_CASE(test_traits),
+          TEST_CASE(test_half_rows))
