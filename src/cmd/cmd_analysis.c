@@ -78,10 +78,8 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 klm = QS_KL_OFF;
             else
                 return qs_errf(e, "error: kl=%s: expected auto, on or off", v);
-        } else if (!pat) {
+        } else { /* the one positional (the spec's arity) */
             pat = argv[i];
-        } else {
-            return qs_errf(e, "usage: error [PATTERN] [kl=auto|on|off]");
         }
     }
     struct qs_bench *b = c->b;
@@ -255,8 +253,6 @@ static void resid_json(cJSON *o, const struct qs_spectrum *sp, int values)
 
 static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 1)
-        return qs_errf(e, "usage: spectrum LAYER [of=weight|preact] [scale=none|act|cov] [k=N]");
     int i = layer_arg(c, argv[0], e), k = 0;
     enum qs_spec_of of = QS_SPEC_WEIGHT;
     enum qs_spec_scale sc = QS_SCALE_NONE;
@@ -441,9 +437,6 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 2)
-        return qs_errf(e, "usage: correct LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4|FORMAT] "
-                          "[lambda=F] [teacher=PATH]");
     enum qs_corr_method m;
     if (qs_corr_parse(argv[1], &m, e) < 0)
         return -1;
@@ -642,8 +635,7 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_uncorrect(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: uncorrect LAYER|PATTERN");
+    (void)argc; /* one LAYER|PATTERN (the spec's arity) */
     int *idx = idx_alloc(c);
     if (!idx)
         return qs_errf(e, "out of memory");
@@ -740,8 +732,6 @@ static cJSON *mask_json(const struct qs_bench *b, uint64_t m)
 
 static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc > 1)
-        return qs_errf(e, "usage: ablate [LAYER]");
     struct qs_bench *b = c->b;
     int *idx = idx_alloc(c), n = 0;
     if (!idx)
@@ -896,8 +886,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: export csv PATH");
+    (void)argc; /* one PATH (the spec's arity) */
     if (!c->last_table)
         return qs_errf(e, "export csv: no table yet (run layers, error, rank, ... first)");
     cJSON *rows = cJSON_GetObjectItem(c->last_table, "rows");
@@ -1005,14 +994,14 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", "[PATTERN] [kl=auto|on|off]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+    {"error", 0, 1, QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("kl", QS_ARG_ENUM, "auto|on|off")), QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
      "their interaction. The KL share takes one held-out run per quantized site (kept until "
      "the site changes): kl=auto computes it on MLPs and on transformers while those runs "
      "stay cheap (parameters x held-out tokens x sites <= 1e12), kl=on always, kl=off never."},
-    {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
+    {"spectrum", 1, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"), QS_OPT("scale", QS_ARG_ENUM, "none|act|cov"), QS_OPT("k", QS_ARG_INT, NULL)),
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the noise null it is judged by",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
@@ -1020,13 +1009,13 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "correction C (lowrank, lqer, qera, eora) the residual W - (Q(W) + C) is shown beside E "
      "(sigma(resid), JSON sv_resid and resid); bias, linear and clocal act on the outputs, so "
      "the residual view does not apply to them."},
-    {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
+    {"rank", 0, 1, QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"), QS_OPT("scale", QS_ARG_ENUM, "none|act|cov")),
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error",
      NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
      "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
      "error's energy the correction removed, and its shape."},
-    {"correct", "LAYER|PATTERN METHOD [r=K] [prec=P] [lambda=F] [teacher=PATH]",
+    {"correct", 2, 2, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL), QS_POS("METHOD", QS_ARG_ENUM, "bias|lowrank|lqer|qera|eora|linear|clocal"), QS_OPT("r", QS_ARG_INT, "K"), QS_OPT("prec", QS_ARG_FORMAT, "float|FORMAT"), QS_OPT("lambda", QS_ARG_FLOAT, NULL), QS_OPT("teacher", QS_ARG_PATH, NULL)),
      QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
@@ -1041,14 +1030,14 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "(float or a weight format: int8, int4, fp8-e4m3, ...; a scale per row of each factor): the "
      "recovery is measured with the quantized factors and their bits come from the packed codes "
      "and scales."},
-    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
+    {"uncorrect", 1, 1, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL)), QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
      "remove corrections", NULL},
-    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
+    {"ablate", 0, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL)), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
      "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
      ABLATE_RULE},
-    {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,
+    {"export csv", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES, cmd_export_csv,
      "write the last table (layers, error, rank, ...) as CSV with a header naming regime, "
      "formats and seed",
      NULL},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };
