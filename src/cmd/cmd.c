@@ -381,7 +381,7 @@ int qs_cmd_check_args(const struct qs_cmd_def *d, int argc, char **argv, qs_err 
         struct qs_sb u = {0};
         qs_cmd_synopsis(d, QS_SYN_TEXT, &u);
         const struct qs_arg *a = spec_pos(d, npos);
-        qs_errf(e, "%s: missing %s; usage: %s", d->name, a ? arg_values(a) : "an argument",
+        qs_errf(e, "%s: missing %s; usage: %s", d->name, a ? a->name : "an argument",
                 u.s ? u.s : d->name);
         qs_sb_free(&u);
         return -1;
@@ -389,16 +389,25 @@ int qs_cmd_check_args(const struct qs_cmd_def *d, int argc, char **argv, qs_err 
     return 0;
 }
 
-/* One value alternative in mdoc: literal words as Cm, placeholders (any upper case) as Ar. */
-static void mdoc_alts(const char *alts, struct qs_sb *sb)
+/* Value alternatives in mdoc: literal words as Cm, placeholders (upper case) as Ar, "p:N" as
+ * "Cm p: Ns Ar N". A single lower-case word that is not an enum's is an example ("0,1,2",
+ * "int3"): Ar as well. */
+static void mdoc_alts(const char *alts, int literal, struct qs_sb *sb)
 {
+    int one = !strchr(alts, '|');
     for (const char *p = alts; *p;) {
         const char *bar = strchr(p, '|');
         size_t l = bar ? (size_t)(bar - p) : strlen(p);
+        const char *colon = memchr(p, ':', l);
         int ph = 0;
         for (size_t k = 0; k < l; k++)
             ph |= isupper((unsigned char)p[k]) != 0;
-        qs_sb_printf(sb, "%s%s %.*s", p == alts ? "" : " | ", ph ? "Ar" : "Cm", (int)l, p);
+        qs_sb_printf(sb, "%s", p == alts ? "" : " | ");
+        if (ph && colon && !isupper((unsigned char)p[0]))
+            qs_sb_printf(sb, "Cm %.*s : Ns Ar %.*s", (int)(colon - p), p,
+                         (int)(l - (size_t)(colon - p) - 1), colon + 1);
+        else
+            qs_sb_printf(sb, "%s %.*s", ph || (one && !literal) ? "Ar" : "Cm", (int)l, p);
         p += l + (bar ? 1 : 0);
     }
 }
@@ -411,11 +420,11 @@ void qs_cmd_synopsis(const struct qs_cmd_def *d, int style, struct qs_sb *sb)
         if (!a->pos)
             continue;
         int opt = k >= d->amin, rep = k == np - 1 && (d->amax < 0 || d->amax > np);
-        const char *v = arg_values(a);
+        const char *v = a->name; /* a positional shows its name: METHOD, weight|act|full */
         if (md) {
             qs_sb_printf(sb, "%s", opt ? " Oo " : " ");
-            if (a->kind == QS_ARG_ENUM)
-                mdoc_alts(v, sb);
+            if (strchr(v, '|'))
+                mdoc_alts(v, 1, sb);
             else
                 qs_sb_printf(sb, "Ar %s", v);
             qs_sb_printf(sb, "%s%s", rep ? " ..." : "", opt ? " Oc" : "");
@@ -431,7 +440,7 @@ void qs_cmd_synopsis(const struct qs_cmd_def *d, int style, struct qs_sb *sb)
             qs_sb_printf(sb, " Oo Cm %s Oc", a->name);
         } else if (md) {
             qs_sb_printf(sb, " Oo Cm %s Ns = Ns ", a->name);
-            mdoc_alts(arg_values(a), sb);
+            mdoc_alts(arg_values(a), a->kind == QS_ARG_ENUM || a->kind == QS_ARG_ENUMS, sb);
             qs_sb_printf(sb, " Oc");
         } else if (a->kind == QS_ARG_FLAG) {
             qs_sb_printf(sb, " [%s]", a->name);
