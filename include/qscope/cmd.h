@@ -22,7 +22,9 @@ enum {
     QS_CMD_JOURNAL = 1 << 0, /* recorded in the journal / saved sessions */
     QS_CMD_MODEL = 1 << 1,   /* needs a model */
     QS_CMD_DATA = 1 << 2,    /* needs model and data ready */
-    QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
+    /* Long-running: many passes over the data (training, sweeps, studies), minutes where the
+     * others take seconds: it reports progress, and the command fuzzer does not run it. */
+    QS_CMD_LONG = 1 << 3,
     QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
     /* Writes a file the user names (save session, export ...): refused in safe mode. */
     QS_CMD_WRITES = 1 << 6,
@@ -33,6 +35,14 @@ enum {
      * later `load model|data` of the path it names reads that copy (export model, train out=):
      * a session that exports a model and reloads it replays anywhere without writing. */
     QS_CMD_SCRATCH = 1 << 8,
+    /* Reaction: changes what the views show (the model, data, split, rules, corrections, seed,
+     * gates, sensitivity, ablation): a front end recomputes them after it, whether it succeeded
+     * or not (a failed `source` may have run half its commands). Commands without it (error,
+     * spectrum, eval, export, help ...) leave every view as it was. */
+    QS_CMD_RECALC = 1 << 9,
+    /* Never reads the loaded model's weights (replaces the model, or touches only settings, the
+     * bare formats or the front end): runs even when the model's file has changed on disk. */
+    QS_CMD_SPARES = 1 << 10,
 };
 
 /* A path a safe replay redirected into its scratch folder (qs_ctx.redir). */
@@ -110,6 +120,8 @@ const struct qs_arg *qs_cmd_arg_of(const struct qs_cmd_def *d, const char *word,
 int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *text,
                     const char *(*layer)(void *u, int i), void *lu,
                     void (*add)(void *u, const char *s), void *au, size_t *keylen);
+/* The flags of the command a line names (its first one or two words), 0 when it names none. */
+unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line);
 /* The command's flags as words ("journal,data,long"), for --commands. */
 void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb);
 

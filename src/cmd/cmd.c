@@ -579,6 +579,18 @@ int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *te
     return 0;
 }
 
+unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line)
+{
+    char **argv;
+    qs_err e;
+    int argc = qs_tokenize(line, &argv, &e), used = 0;
+    if (argc < 0)
+        return 0;
+    const struct qs_cmd_def *d = qs_cmd_lookup(c, argc, argv, &used);
+    qs_argv_free(argv, argc);
+    return d ? d->flags : 0;
+}
+
 void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
 {
     static const struct {
@@ -586,7 +598,8 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
         const char *w;
     } fw[] = {{QS_CMD_JOURNAL, "journal"}, {QS_CMD_MODEL, "model"},   {QS_CMD_DATA, "data"},
               {QS_CMD_LONG, "long"},       {QS_CMD_FRONT, "front"},   {QS_CMD_WRITES, "writes"},
-              {QS_CMD_WRITES_OPT, "writes_opt"}, {QS_CMD_SCRATCH, "scratch"}};
+              {QS_CMD_WRITES_OPT, "writes_opt"}, {QS_CMD_SCRATCH, "scratch"},
+              {QS_CMD_RECALC, "recalc"}, {QS_CMD_SPARES, "spares_weights"}};
     int n = 0;
     for (size_t i = 0; i < sizeof fw / sizeof fw[0]; i++)
         if (flags & fw[i].f)
@@ -755,19 +768,6 @@ int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results)
     return 0;
 }
 
-/* Commands that never read the loaded model's weights (they replace the model, or touch only
- * settings, the bare formats or the front end): they run even when its file has changed. */
-static int spares_weights(const char *name)
-{
-    static const char *const spare[] = {"load model", "load data", "help",  "quit",   "info",
-                                        "roundtrip",  "codes",     "train", "source", "recover",
-                                        "set bail",   "set seed",  NULL};
-    for (int i = 0; spare[i]; i++)
-        if (!strcmp(name, spare[i]))
-            return 1;
-    return 0;
-}
-
 struct guarded_cmd {
     struct qs_ctx *c;
     const struct qs_cmd_def *d;
@@ -844,7 +844,7 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         goto out;
     }
     /* a model file changed on disk under its mapping: refused before any weight is read */
-    if (!spares_weights(d->name) && qs_bench_check_files(c->b, e) < 0) {
+    if (!(d->flags & QS_CMD_SPARES) && qs_bench_check_files(c->b, e) < 0) {
         qs_err_prefix(e, d->name);
         goto out;
     }
