@@ -18,7 +18,7 @@ check() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
 $Q --commands >"$T/table"
 n=$(wc -l <"$T/table")
 check commands-table "[ $n -ge 40 ] && awk -F'\t' 'NF != 4 || index(\$2, \$1) != 1 { bad = 1 } END { exit bad }' '$T/table'"
-check commands-flags "grep -q \$'^spectrum\tspectrum LAYER .*\tjournal,data,long\t' '$T/table' && grep -q \$'^save session\t.*\twrites\t' '$T/table'"
+check commands-flags "grep -q \$'^spectrum\tspectrum LAYER .*\tjournal,data\t' '$T/table' && grep -q \$'^quant\tquant PATTERN FORMAT .*\tjournal,model,recalc\t' '$T/table' && grep -q \$'^save session\t.*\twrites\t' '$T/table'"
 
 # The manual's synopses against the generated ones.
 $Q --commands=mdoc >"$T/gen"
