@@ -1713,6 +1713,40 @@ static void sb_wrap(struct qs_sb *t, const char *text, int indent, int width)
     }
 }
 
+/* `formats`: every canonical format name with its element bits, block and largest value. */
+static int cmd_formats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc;
+    (void)argv;
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "formats");
+    cJSON_AddStringToObject(o, "cmd", "formats");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-12s %4s %5s %12s", "format", "bits", "block", "max");
+    for (const char *const *n = qs_format_names(); *n; n++) {
+        struct qs_format f;
+        if (qs_format_parse(*n, &f, e) < 0) {
+            cJSON_Delete(o);
+            qs_sb_free(&t);
+            return -1;
+        }
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", f.name);
+        cJSON_AddNumberToObject(j, "bits", f.bits);
+        cJSON_AddNumberToObject(j, "block", f.block);
+        /* llama.cpp's types scale each block by its own super-block scales: no fixed maximum */
+        double mx = f.kind == QS_FMT_NONE || f.kind == QS_FMT_GGML ? NAN : qs_format_max(&f);
+        qs_json_num(j, "max", mx);
+        cJSON_AddItemToArray(arr, j);
+        char ms[32] = "-";
+        if (!isnan(mx))
+            snprintf(ms, sizeof ms, "%.9g", mx);
+        qs_sb_printf(&t, "\n%-12s %4d %5d %12s", f.name, f.bits, f.block, ms);
+    }
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
 /* `help` lists every command (synopsis, then its one-line description); `help WORD` describes
  * the commands named WORD or starting with "WORD " (help set: every set command). */
 static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -1849,6 +1883,8 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
      "Each value is read as a float32, as weights are, and that float32 value is rounded: a "
      "9-digit decimal of an exact tie between two codes rounds to the even code."},
+    {"formats", 0, 0, NULL, QS_CMD_SPARES, cmd_formats,
+     "list every format name with its element bits, block size and largest value", NULL},
     {"codes", 1, 1, QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL)), QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_codes,
      "list every code of a format and its value", NULL},
     {"export model", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_FLAG("packed")), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH,
