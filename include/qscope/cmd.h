@@ -25,7 +25,7 @@ enum {
     /* Long-running: many passes over the data (training, sweeps, studies), minutes where the
      * others take seconds: it reports progress, and the command fuzzer does not run it. */
     QS_CMD_LONG = 1 << 3,
-    QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
+    QS_CMD_FRONT = 1 << 4, /* front-end command (needs the TUI or REPL) */
     /* Writes a file the user names (save session, export ...): refused in safe mode. */
     QS_CMD_WRITES = 1 << 6,
     /* Writes a file only when given an output option: out=PATH or csv=PREFIX (the language's
@@ -79,9 +79,18 @@ struct qs_arg {
     const char *values;
     int pos; /* 1: positional (the last one repeats when amax is above their count) */
 };
-#define QS_POS(n, k, v) {(n), (k), (v), 1}
-#define QS_OPT(n, k, v) {(n), (k), (v), 0}
-#define QS_FLAG(n) {(n), QS_ARG_FLAG, NULL, 0}
+#define QS_POS(n, k, v)                                                                            \
+    {                                                                                              \
+        (n), (k), (v), 1                                                                           \
+    }
+#define QS_OPT(n, k, v)                                                                            \
+    {                                                                                              \
+        (n), (k), (v), 0                                                                           \
+    }
+#define QS_FLAG(n)                                                                                 \
+    {                                                                                              \
+        (n), QS_ARG_FLAG, NULL, 0                                                                  \
+    }
 /* A spec as a table row's field: QS_ARGS(QS_POS(...), QS_OPT(...)). */
 #define QS_ARGS(...) ((const struct qs_arg[]){__VA_ARGS__, {NULL, QS_ARG_WORD, NULL, 0}})
 

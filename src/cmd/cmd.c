@@ -596,10 +596,16 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
     static const struct {
         unsigned f;
         const char *w;
-    } fw[] = {{QS_CMD_JOURNAL, "journal"}, {QS_CMD_MODEL, "model"},   {QS_CMD_DATA, "data"},
-              {QS_CMD_LONG, "long"},       {QS_CMD_FRONT, "front"},   {QS_CMD_WRITES, "writes"},
-              {QS_CMD_WRITES_OPT, "writes_opt"}, {QS_CMD_SCRATCH, "scratch"},
-              {QS_CMD_RECALC, "recalc"}, {QS_CMD_SPARES, "spares_weights"}};
+    } fw[] = {{QS_CMD_JOURNAL, "journal"},
+              {QS_CMD_MODEL, "model"},
+              {QS_CMD_DATA, "data"},
+              {QS_CMD_LONG, "long"},
+              {QS_CMD_FRONT, "front"},
+              {QS_CMD_WRITES, "writes"},
+              {QS_CMD_WRITES_OPT, "writes_opt"},
+              {QS_CMD_SCRATCH, "scratch"},
+              {QS_CMD_RECALC, "recalc"},
+              {QS_CMD_SPARES, "spares_weights"}};
     int n = 0;
     for (size_t i = 0; i < sizeof fw / sizeof fw[0]; i++)
         if (flags & fw[i].f)

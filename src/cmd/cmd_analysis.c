@@ -994,26 +994,40 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", 0, 1, QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("kl", QS_ARG_ENUM, "auto|on|off")), QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+    {"error", 0, 1,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("kl", QS_ARG_ENUM, "auto|on|off")),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
      "their interaction. The KL share takes one held-out run per quantized site (kept until "
      "the site changes): kl=auto computes it on MLPs and on transformers while those runs "
      "stay cheap (parameters x held-out tokens x sites <= 1e12), kl=on always, kl=off never."},
-    {"spectrum", 1, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"), QS_OPT("scale", QS_ARG_ENUM, "none|act|cov"), QS_OPT("k", QS_ARG_INT, NULL)), QS_CMD_JOURNAL | QS_CMD_DATA, cmd_spectrum,
+    {"spectrum", 1, 1,
+     QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"),
+             QS_OPT("scale", QS_ARG_ENUM, "none|act|cov"), QS_OPT("k", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the noise null it is judged by",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
      "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]. " NULL_HELP " With a weight-space "
      "correction C (lowrank, lqer, qera, eora) the residual W - (Q(W) + C) is shown beside E "
      "(sigma(resid), JSON sv_resid and resid); bias, linear and clocal act on the outputs, so "
      "the residual view does not apply to them."},
-    {"rank", 0, 1, QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"), QS_OPT("scale", QS_ARG_ENUM, "none|act|cov")), QS_CMD_JOURNAL | QS_CMD_DATA, cmd_rank,
+    {"rank", 0, 1,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"),
+             QS_OPT("scale", QS_ARG_ENUM, "none|act|cov")),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error",
-     NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
+     NULL_HELP
+     " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
      "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
      "error's energy the correction removed, and its shape."},
-    {"correct", 2, 2, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL), QS_POS("METHOD", QS_ARG_ENUM, "bias|lowrank|lqer|qera|eora|linear|clocal"), QS_OPT("r", QS_ARG_INT, "K"), QS_OPT("prec", QS_ARG_FORMAT, "float|FORMAT"), QS_OPT("lambda", QS_ARG_FLOAT, NULL), QS_OPT("teacher", QS_ARG_PATH, NULL)), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_correct,
+    {"correct", 2, 2,
+     QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL),
+             QS_POS("METHOD", QS_ARG_ENUM, "bias|lowrank|lqer|qera|eora|linear|clocal"),
+             QS_OPT("r", QS_ARG_INT, "K"), QS_OPT("prec", QS_ARG_FORMAT, "float|FORMAT"),
+             QS_OPT("lambda", QS_ARG_FLOAT, NULL), QS_OPT("teacher", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
      "calibration split; clocal is fitted and judged on the test split with float inputs: an "
@@ -1027,9 +1041,10 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "(float or a weight format: int8, int4, fp8-e4m3, ...; a scale per row of each factor): the "
      "recovery is measured with the quantized factors and their bits come from the packed codes "
      "and scales."},
-    {"uncorrect", 1, 1, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL)), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_uncorrect,
-     "remove corrections", NULL},
-    {"ablate", 0, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL)), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_ablate,
+    {"uncorrect", 1, 1, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_uncorrect, "remove corrections", NULL},
+    {"ablate", 0, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_ablate,
      "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
      ABLATE_RULE},
     {"export csv", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES, cmd_export_csv,

@@ -1804,13 +1804,17 @@ static int cmd_quit(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_cmds_basic[] = {
-    {"load model", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid")), QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_model,
+    {"load model", 1, 1,
+     QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL),
+             QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid")),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_model,
      "open a model (safetensors: qscope metadata or an nn.Sequential state dict)",
      "act= sets the hidden activation of a state dict without metadata (default relu). A "
      "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
      "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
      "as a LLaMA."},
-    {"load reference", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, qs_cmd_load_reference,
+    {"load reference", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, qs_cmd_load_reference,
      "pair a quantized GGUF model with its float original: llama.cpp's weights become the "
      "quantized path",
      "After `load model X.gguf` (a llama quantized by llama.cpp, e.g. Q4_K_M): PATH, an F16/F32 "
@@ -1823,7 +1827,10 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "PATTERN gguf` gives them their GGUF weights back. Hyperparameters and tensor shapes must "
      "match: the first difference is named. Embedding and norms are not sites: both paths use "
      "the reference's, and the load says how far the GGUF's differ."},
-    {"load data", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_OPT("label", QS_ARG_WORD, "COLUMN"), QS_OPT("dtype", QS_ARG_ENUM, "uint16|uint32")), QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_data,
+    {"load data", 1, 1,
+     QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_OPT("label", QS_ARG_WORD, "COLUMN"),
+             QS_OPT("dtype", QS_ARG_ENUM, "uint16|uint32")),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_data,
      "open a CSV dataset, or token data for a transformer (.txt, .bin)",
      "CSV: numeric cells; label column by name or index, default last. The split "
      "(train/calib/test) follows the model's recorded split seed and fractions. With a "
@@ -1831,39 +1838,75 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "one (byte-level or SentencePiece BPE), else one token per byte; .bin holds raw "
      "little-endian ids, uint16 (nanoGPT) unless dtype=uint32, or an llm.c header that gives "
      "the width itself. `info` says which was used."},
-    {"info", 0, 0, NULL, QS_CMD_SPARES, cmd_info, "show the model, data, split, regime and seed", NULL},
+    {"info", 0, 0, NULL, QS_CMD_SPARES, cmd_info, "show the model, data, split, regime and seed",
+     NULL},
     {"layers", 0, 0, NULL, QS_CMD_MODEL, cmd_layers,
      "table of layers: shape, formats, bits per weight, weight error, correction", NULL},
     {"eval", 0, 0, NULL, QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
      "float vs quantized task metrics on the test split, KL, top-1 agreement and the gate",
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
-    {"train", 0, 0, QS_ARGS(QS_OPT("hidden", QS_ARG_WORD, "64,64"), QS_OPT("epochs", QS_ARG_INT, NULL), QS_OPT("steps", QS_ARG_INT, NULL), QS_OPT("batch", QS_ARG_INT, NULL), QS_OPT("ctx", QS_ARG_INT, NULL), QS_OPT("lr", QS_ARG_FLOAT, NULL), QS_OPT("min_lr", QS_ARG_FLOAT, NULL), QS_OPT("warmup", QS_ARG_INT, NULL), QS_OPT("wd", QS_ARG_FLOAT, NULL), QS_OPT("clip", QS_ARG_FLOAT, NULL), QS_OPT("eval", QS_ARG_INT, NULL), QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid"), QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("init", QS_ARG_ENUM, "scratch|model"), QS_OPT("out", QS_ARG_PATH, NULL)), QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT | QS_CMD_SCRATCH | QS_CMD_RECALC | QS_CMD_SPARES, cmd_train,
+    {"train", 0, 0,
+     QS_ARGS(QS_OPT("hidden", QS_ARG_WORD, "64,64"), QS_OPT("epochs", QS_ARG_INT, NULL),
+             QS_OPT("steps", QS_ARG_INT, NULL), QS_OPT("batch", QS_ARG_INT, NULL),
+             QS_OPT("ctx", QS_ARG_INT, NULL), QS_OPT("lr", QS_ARG_FLOAT, NULL),
+             QS_OPT("min_lr", QS_ARG_FLOAT, NULL), QS_OPT("warmup", QS_ARG_INT, NULL),
+             QS_OPT("wd", QS_ARG_FLOAT, NULL), QS_OPT("clip", QS_ARG_FLOAT, NULL),
+             QS_OPT("eval", QS_ARG_INT, NULL), QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid"),
+             QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("init", QS_ARG_ENUM, "scratch|model"),
+             QS_OPT("out", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT | QS_CMD_SCRATCH | QS_CMD_RECALC |
+         QS_CMD_SPARES,
+     cmd_train,
      "train an MLP with Adam on the train split, replacing the model (out= writes it); on a "
      "transformer: [steps=N] [batch=N] [ctx=N] [lr=F] [min_lr=F] [warmup=N] [wd=F] [clip=F] "
-     "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule", NULL},
-    {"set seed", 1, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_set_seed,
+     "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule",
+     NULL},
+    {"set seed", 1, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_set_seed,
      "session seed (stochastic rounding, random controls, probes)", NULL},
-    {"set calib", 0, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL), QS_OPT("tokens", QS_ARG_INT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_calib,
+    {"set calib", 0, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL), QS_OPT("tokens", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_calib,
      "use the first N samples of the calibration split (transformers: N windows; tokens=N: "
-     "N / ctx windows, at least one)", NULL},
-    {"set split", 0, 0, QS_ARGS(QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("train", QS_ARG_FLOAT, NULL), QS_OPT("calib", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_split,
+     "N / ctx windows, at least one)",
+     NULL},
+    {"set split", 0, 0,
+     QS_ARGS(QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("train", QS_ARG_FLOAT, NULL),
+             QS_OPT("calib", QS_ARG_FLOAT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_split,
      "re-make the deterministic train/calib/test split", NULL},
-    {"set gate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_gate,
-     "task-learned gate: required share of the headroom over chance (default 0.8)", NULL},
-    {"set lmgate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_lmgate,
+    {"set gate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC,
+     cmd_set_gate, "task-learned gate: required share of the headroom over chance (default 0.8)",
+     NULL},
+    {"set lmgate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC,
+     cmd_set_lmgate,
      "language models' gate: the float loss must be this share below the unigram entropy (0.25)",
      NULL},
-    {"set bail", 1, 1, QS_ARGS(QS_POS("on|off", QS_ARG_ENUM, "on|off")), QS_CMD_SPARES, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
-     NULL},
-    {"quant", 2, 2, QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_POS("FORMAT", QS_ARG_FORMAT, NULL), QS_OPT("gran", QS_ARG_ENUM, "tensor|channel|group:N"), QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"), QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"), QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"), QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"), QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("on", QS_ARG_ENUM, "w|a|wa|aw"), QS_OPT("amode", QS_ARG_ENUM, "dynamic|token|static"), QS_OPT("method", QS_ARG_ENUM, "rtn|gptq|awq"), QS_OPT("damp", QS_ARG_FLOAT, NULL), QS_OPT("order", QS_ARG_ENUM, "act|col"), QS_OPT("inputs", QS_ARG_ENUM, "float|quant"), QS_OPT("weight", QS_ARG_ENUM, "imatrix|plain"), QS_OPT("rotate", QS_ARG_ENUM, "hadamard|none"), QS_OPT("smooth", QS_ARG_FLOAT, "A|none")), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_quant,
+    {"set bail", 1, 1, QS_ARGS(QS_POS("on|off", QS_ARG_ENUM, "on|off")), QS_CMD_SPARES,
+     cmd_set_bail, "in scripts, stop at the first error (on) or go on", NULL},
+    {"quant", 2, 2,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_POS("FORMAT", QS_ARG_FORMAT, NULL),
+             QS_OPT("gran", QS_ARG_ENUM, "tensor|channel|group:N"),
+             QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"),
+             QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"),
+             QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"),
+             QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("on", QS_ARG_ENUM, "w|a|wa|aw"),
+             QS_OPT("amode", QS_ARG_ENUM, "dynamic|token|static"),
+             QS_OPT("method", QS_ARG_ENUM, "rtn|gptq|awq"), QS_OPT("damp", QS_ARG_FLOAT, NULL),
+             QS_OPT("order", QS_ARG_ENUM, "act|col"), QS_OPT("inputs", QS_ARG_ENUM, "float|quant"),
+             QS_OPT("weight", QS_ARG_ENUM, "imatrix|plain"),
+             QS_OPT("rotate", QS_ARG_ENUM, "hadamard|none"),
+             QS_OPT("smooth", QS_ARG_FLOAT, "A|none")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
      "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
      "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
      "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
      "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
-     "is not a multiple of 32 either; the 32-element types refuse such rows); after load reference, "
+     "is not a multiple of 32 either; the 32-element types refuse such rows); after load "
+     "reference, "
      "gguf: the paired GGUF's own weights (see load reference). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
@@ -1875,27 +1918,32 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "float), smooth=A (SmoothQuant, for weight+activation); their statistics come from the "
      "calibration inputs of the partly quantized model, sites in forward order (inputs=float: "
      "the float model's)."},
-    {"rules", 0, 0, NULL, QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
-     NULL},
-    {"regime", 1, 1, QS_ARGS(QS_POS("weight|act|full", QS_ARG_ENUM, "weight|act|full")), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_regime,
+    {"rules", 0, 0, NULL, QS_CMD_MODEL, cmd_rules,
+     "list the quantization rules in order and their layers", NULL},
+    {"regime", 1, 1, QS_ARGS(QS_POS("weight|act|full", QS_ARG_ENUM, "weight|act|full")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_regime,
      "default roles of rules: weights, activations or both", NULL},
-    {"roundtrip", 2, -1, QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL), QS_POS("VALUE", QS_ARG_FLOAT, NULL), QS_OPT("sat", QS_ARG_ENUM, "0|1")), QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_roundtrip,
+    {"roundtrip", 2, -1,
+     QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL), QS_POS("VALUE", QS_ARG_FLOAT, NULL),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1")),
+     QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
      "Each value is read as a float32, as weights are, and that float32 value is rounded: a "
      "9-digit decimal of an exact tie between two codes rounds to the even code."},
     {"formats", 0, 0, NULL, QS_CMD_SPARES, cmd_formats,
      "list every format name with its element bits, block size and largest value", NULL},
-    {"codes", 1, 1, QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL)), QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_codes,
-     "list every code of a format and its value", NULL},
-    {"export model", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_FLAG("packed")), QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH,
-     cmd_export_model,
+    {"codes", 1, 1, QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL)), QS_CMD_JOURNAL | QS_CMD_SPARES,
+     cmd_codes, "list every code of a format and its value", NULL},
+    {"export model", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_FLAG("packed")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH, cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
      "(Hugging Face, dequantized weights, corrections folded in; with packed: codes, scales "
      "and fitted factors, dequantized by load model), or PATH.gguf for a llama "
      "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
      "activation quantization left out, and said so; no tokenizer keys)."},
-    {"help", 0, 2, QS_ARGS(QS_POS("COMMAND", QS_ARG_WORD, NULL)), QS_CMD_SPARES, cmd_help, "list commands, or describe one", NULL},
+    {"help", 0, 2, QS_ARGS(QS_POS("COMMAND", QS_ARG_WORD, NULL)), QS_CMD_SPARES, cmd_help,
+     "list commands, or describe one", NULL},
     {"quit", 0, 0, NULL, QS_CMD_SPARES, cmd_quit, "leave qscope", NULL},
     {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

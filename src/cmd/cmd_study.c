@@ -1063,8 +1063,9 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 return qs_errf(e, "qat: scales is fixed or lsq, not '%s'", v);
             qo.lsq = !strcmp(v, "lsq");
         } else {
-            return qs_errf(e, "qat: '%s' is an option of a transformer (an MLP takes epochs= "
-                              "lr= batch= seed= scales=)",
+            return qs_errf(e,
+                           "qat: '%s' is an option of a transformer (an MLP takes epochs= "
+                           "lr= batch= seed= scales=)",
                            argv[i]);
         }
     }
@@ -2501,7 +2502,10 @@ out:
 }
 
 const struct qs_cmd_def qs_cmds_study[] = {
-    {"sensitivity", 0, 0, QS_ARGS(QS_OPT("method", QS_ARG_ENUMS, "delta|grad|fisher|hutchinson|all"), QS_OPT("probes", QS_ARG_INT, NULL)), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_sensitivity,
+    {"sensitivity", 0, 0,
+     QS_ARGS(QS_OPT("method", QS_ARG_ENUMS, "delta|grad|fisher|hutchinson|all"),
+             QS_OPT("probes", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_sensitivity,
      "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
      "delta: test-split loss with only that layer quantized minus the float loss (any model; on "
      "a transformer the held-out tokens, per linear site, and its only method and default: the "
@@ -2512,7 +2516,17 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "error; H v is exact, by forward-over-reverse differentiation (Pearlmutter's R-operator), so "
      "ReLU kinks add no error. Prints the Spearman correlation between methods. "
      "Default method=all, probes=32."},
-    {"allocate", 0, 0, QS_ARGS(QS_OPT("bits", QS_ARG_FLOAT, "B"), QS_OPT("rank", QS_ARG_INT, "R"), QS_OPT("formats", QS_ARG_WORD, "F,..."), QS_OPT("gran", QS_ARG_WORD, "G"), QS_OPT("methods", QS_ARG_WORD, "M,..."), QS_OPT("method", QS_ARG_WORD, "M"), QS_OPT("corr", QS_ARG_WORD, "M"), QS_OPT("ranks", QS_ARG_WORD, "R,..."), QS_OPT("prec", QS_ARG_FORMAT, "P"), QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"), QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"), QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"), QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"), QS_FLAG("apply")), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_allocate,
+    {"allocate", 0, 0,
+     QS_ARGS(QS_OPT("bits", QS_ARG_FLOAT, "B"), QS_OPT("rank", QS_ARG_INT, "R"),
+             QS_OPT("formats", QS_ARG_WORD, "F,..."), QS_OPT("gran", QS_ARG_WORD, "G"),
+             QS_OPT("methods", QS_ARG_WORD, "M,..."), QS_OPT("method", QS_ARG_WORD, "M"),
+             QS_OPT("corr", QS_ARG_WORD, "M"), QS_OPT("ranks", QS_ARG_WORD, "R,..."),
+             QS_OPT("prec", QS_ARG_FORMAT, "P"), QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"),
+             QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"),
+             QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"),
+             QS_FLAG("apply")),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
      "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "
@@ -2523,7 +2537,16 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "default 4) whose factors are at prec= (default float) on top of each format, so the plan "
      "can trade a wider format for a correction. The plan prints as quant/correct commands; "
      "`apply` runs them, and they are journaled as such."},
-    {"qat", 0, 0, QS_ARGS(QS_OPT("epochs", QS_ARG_INT, NULL), QS_OPT("steps", QS_ARG_INT, NULL), QS_OPT("lr", QS_ARG_FLOAT, NULL), QS_OPT("min_lr", QS_ARG_FLOAT, NULL), QS_OPT("batch", QS_ARG_INT, NULL), QS_OPT("ctx", QS_ARG_INT, NULL), QS_OPT("warmup", QS_ARG_INT, NULL), QS_OPT("wd", QS_ARG_FLOAT, NULL), QS_OPT("clip", QS_ARG_FLOAT, NULL), QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("out", QS_ARG_PATH, "DIR"), QS_OPT("mode", QS_ARG_ENUM, "whole|block"), QS_OPT("order", QS_ARG_ENUM, "depth|sensitivity"), QS_OPT("samples", QS_ARG_INT, NULL), QS_OPT("scales", QS_ARG_ENUM, "fixed|lsq")), QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_qat,
+    {"qat", 0, 0,
+     QS_ARGS(QS_OPT("epochs", QS_ARG_INT, NULL), QS_OPT("steps", QS_ARG_INT, NULL),
+             QS_OPT("lr", QS_ARG_FLOAT, NULL), QS_OPT("min_lr", QS_ARG_FLOAT, NULL),
+             QS_OPT("batch", QS_ARG_INT, NULL), QS_OPT("ctx", QS_ARG_INT, NULL),
+             QS_OPT("warmup", QS_ARG_INT, NULL), QS_OPT("wd", QS_ARG_FLOAT, NULL),
+             QS_OPT("clip", QS_ARG_FLOAT, NULL), QS_OPT("seed", QS_ARG_INT, NULL),
+             QS_OPT("out", QS_ARG_PATH, "DIR"), QS_OPT("mode", QS_ARG_ENUM, "whole|block"),
+             QS_OPT("order", QS_ARG_ENUM, "depth|sensitivity"), QS_OPT("samples", QS_ARG_INT, NULL),
+             QS_OPT("scales", QS_ARG_ENUM, "fixed|lsq")),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
      "layer's weight format, then replaces the model by the fine-tuned one and reports the share "
@@ -2538,7 +2561,13 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "`sensitivity`). scales=lsq learns the weight scales with the weights (LSQ, Esser et al. "
      "2020; same optimizer and lr; refused for MX, NVFP4 and ggml formats) and makes them the "
      "sites' scales, packed export included; scales=fixed (default) recomputes them."},
-    {"study q1", 0, 0, QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"), QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("prec", QS_ARG_ENUM, "int4|int8|float"), QS_OPT("format", QS_ARG_FORMAT, "int3"), QS_OPT("gran", QS_ARG_WORD, "tensor"), QS_OPT("calib_tokens", QS_ARG_INT, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX"), QS_OPT("out", QS_ARG_PATH, "RECORD.json"), QS_OPT("plan", QS_ARG_PATH, "DIR")), QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q1,
+    {"study q1", 0, 0,
+     QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"),
+             QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("prec", QS_ARG_ENUM, "int4|int8|float"),
+             QS_OPT("format", QS_ARG_FORMAT, "int3"), QS_OPT("gran", QS_ARG_WORD, "tensor"),
+             QS_OPT("calib_tokens", QS_ARG_INT, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX"),
+             QS_OPT("out", QS_ARG_PATH, "RECORD.json"), QS_OPT("plan", QS_ARG_PATH, "DIR")),
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q1,
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
      "bench of its own: R_lin_float, R_lin_q4, correctability per layer, per-setting verdicts, "
@@ -2549,7 +2578,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "runs nothing: it writes one session per setting (model and data pinned by SHA-256), "
      "DIR/jobs.txt (one shell command a setting, for GNU parallel) and DIR/slurm.sbatch (a "
      "Slurm job array); finished settings are skipped when a plan runs again."},
-    {"study merge", 1, 1, QS_ARGS(QS_POS("DIR", QS_ARG_PATH, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX")), QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
+    {"study merge", 1, 1,
+     QS_ARGS(QS_POS("DIR", QS_ARG_PATH, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX")),
+     QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
      "merge a study plan's finished settings into the study's report",
      "Reads DIR/plan.json (a study q1 or study q2 plan) and every DIR/results/NAME.json, names "
      "the settings missing or failed (a record cut short, of other options, of another setting "
@@ -2559,7 +2590,14 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "PREFIX-master_summary.csv (default PREFIX DIR/q1), DIR/q1-summary.json and "
      "DIR/q1-report.txt; q2 PREFIX-master_summary.csv, PREFIX-sites.csv (default PREFIX DIR/q2), "
      "DIR/q2-summary.json and DIR/q2-report.txt."},
-    {"study q2", 0, 0, QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"), QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("format", QS_ARG_FORMAT, "int3"), QS_OPT("gran", QS_ARG_WORD, "tensor"), QS_OPT("fit", QS_ARG_INT, "65536"), QS_OPT("epochs", QS_ARG_INT, "8"), QS_OPT("heldout_tokens", QS_ARG_INT, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX"), QS_OPT("out", QS_ARG_PATH, "RECORD.json"), QS_OPT("plan", QS_ARG_PATH, "DIR")), QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
+    {"study q2", 0, 0,
+     QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"),
+             QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("format", QS_ARG_FORMAT, "int3"),
+             QS_OPT("gran", QS_ARG_WORD, "tensor"), QS_OPT("fit", QS_ARG_INT, "65536"),
+             QS_OPT("epochs", QS_ARG_INT, "8"), QS_OPT("heldout_tokens", QS_ARG_INT, NULL),
+             QS_OPT("csv", QS_ARG_PATH, "PREFIX"), QS_OPT("out", QS_ARG_PATH, "RECORD.json"),
+             QS_OPT("plan", QS_ARG_PATH, "DIR")),
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
      "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
      "its identity?",
      "Each model and seed on a bench of its own: one small network shared by every site and "

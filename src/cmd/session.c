@@ -1712,15 +1712,18 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_cmds_session[] = {
-    {"save session", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES, cmd_save_session,
-     "save the journal as a replayable session (header, commands, results)",
+    {"save session", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES,
+     cmd_save_session, "save the journal as a replayable session (header, commands, results)",
      "Check it later with: qscope --replay PATH --check. The header pins every model and data "
      "file by SHA-256."},
-    {"source", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_RECALC | QS_CMD_SPARES, cmd_source,
+    {"source", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_RECALC | QS_CMD_SPARES,
+     cmd_source,
      "run the commands of a script (relative paths resolve from the running script's folder)",
      NULL},
     /* writes: it retires or deletes journals in the state folder, no business of a replay */
-    {"recover", 0, 2, QS_ARGS(QS_POS("list|N|discard", QS_ARG_WORD, NULL), QS_POS("N|all", QS_ARG_WORD, NULL)), QS_CMD_WRITES | QS_CMD_RECALC | QS_CMD_SPARES, cmd_recover,
+    {"recover", 0, 2,
+     QS_ARGS(QS_POS("list|N|discard", QS_ARG_WORD, NULL), QS_POS("N|all", QS_ARG_WORD, NULL)),
+     QS_CMD_WRITES | QS_CMD_RECALC | QS_CMD_SPARES, cmd_recover,
      "restore the state of an earlier session that did not exit cleanly (from its journal)",
      "Every journal left unclosed by a crash is kept until it is recovered or discarded. With "
      "one, `recover` restores it; with several, it lists them (number, date, commands) and "

@@ -94,8 +94,8 @@ static char **complete(const char *text, int start, int end)
          tok = strtok_r(NULL, " \t", &save))
         words[nw++] = tok;
     size_t keylen = 0;
-    int path = qs_cmd_complete(comp_ctx, words, nw, text, comp_layer, comp_u, cand_add_cb, NULL,
-                               &keylen);
+    int path =
+        qs_cmd_complete(comp_ctx, words, nw, text, comp_layer, comp_u, cand_add_cb, NULL, &keylen);
     free(before);
     if (path && !keylen) {
         rl_attempted_completion_over = 0; /* readline's file names */

@@ -137,7 +137,7 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (!pthread_equal(pthread_self(), t->ui_thread)) /* e.g. inside `source`: the worker */
         return qs_errf(e, "screenshot: type it at the prompt (curses belongs to the UI thread, "
                           "scripts run in the worker)");
-    (void)argc; /* one PATH (the spec's arity) */
+    (void)argc;       /* one PATH (the spec's arity) */
     tui_sync_size(t); /* the screen as it is now, laid out for its current size */
     tui_redraw(t);
     if (dump_screen(argv[0], e) < 0)
@@ -225,7 +225,8 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_tui_cmds[] = {
-    {"screenshot", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_FRONT | QS_CMD_WRITES, cmd_screenshot,
+    {"screenshot", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_FRONT | QS_CMD_WRITES,
+     cmd_screenshot,
      "write the TUI's screen as plain text (one line per row), e.g. for golden tests", NULL},
     {"tui stats", 0, 0, NULL, QS_CMD_FRONT, cmd_tui_stats,
      "latency of this TUI: keystroke to redraw, and a key's command to its panes updated", NULL},

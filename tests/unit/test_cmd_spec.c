@@ -90,8 +90,8 @@ static void test_bad_values_named(void)
     }
     CHECK(c.njournal == 0);
     /* well-typed words pass the spec and reach the handler (which needs a model) */
-    CHECK(exec(&c, "quant * int4 gran=group:32 clip=pct:99.9 smooth=none seed=3", msg,
-               sizeof msg) < 0);
+    CHECK(exec(&c, "quant * int4 gran=group:32 clip=pct:99.9 smooth=none seed=3", msg, sizeof msg) <
+          0);
     CHECK(strstr(msg, "no model loaded") != NULL);
     CHECK(exec(&c, "sensitivity method=delta,grad probes=8", msg, sizeof msg) < 0);
     CHECK(strstr(msg, "no model loaded") != NULL);
