@@ -1761,6 +1761,8 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (argc && strcmp(d->name, argv[0]) && !(strncmp(d->name, argv[0], al) == 0 &&
                                                   d->name[al] == ' '))
             continue;
+        if (argc == 2 && strcmp(d->name + al + (d->name[al] == ' '), argv[1]))
+            continue; /* help load model: that one command */
         struct qs_sb syn = {0}; /* generated from the command's spec */
         qs_cmd_synopsis(d, QS_SYN_TEXT, &syn);
         const char *args = syn.s ? syn.s + strlen(d->name) + (syn.s[strlen(d->name)] == ' ') : "";
@@ -1781,7 +1783,8 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_Delete(o);
         cJSON_Delete(arr);
         qs_sb_free(&t);
-        return qs_errf(e, "help: no command '%s'", argv[0]);
+        return qs_errf(e, "help: no command '%s%s%s'", argv[0], argc == 2 ? " " : "",
+                       argc == 2 ? argv[1] : "");
     }
     cJSON_AddItemToObject(o, "commands", arr);
     if (!argc) {
