@@ -129,6 +129,16 @@ const struct qs_arg *qs_cmd_arg_of(const struct qs_cmd_def *d, const char *word,
 int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *text,
                     const char *(*layer)(void *u, int i), void *lu,
                     void (*add)(void *u, const char *s), void *au, size_t *keylen);
+/* The running command's arguments, read by their spec (handlers need no loop of their own):
+ * the value of option KEY (the last one given; "" for a flag given), or NULL when absent; the
+ * K-th positional (0-based) wherever it stands among the options, or NULL. The words were
+ * checked by kind before the handler ran, so qs_arg_int/qs_arg_float convert without failing
+ * and return def only when the option is absent (ranges are the handler's to check). Valid
+ * while the handler runs. */
+const char *qs_arg(const struct qs_ctx *c, const char *key);
+const char *qs_arg_pos(const struct qs_ctx *c, int k);
+long qs_arg_int(const struct qs_ctx *c, const char *key, long def);
+double qs_arg_float(const struct qs_ctx *c, const char *key, double def);
 /* The flags of the command a line names (its first one or two words), 0 when it names none. */
 unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line);
 /* The command's flags as words ("journal,data,long"), for --commands. */
@@ -187,6 +197,11 @@ struct qs_ctx {
     long nsourced;              /* scripts run under the outermost one (bounds the work) */
     cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
     const struct qs_cmd_def *extra; /* front-end commands (NULL-name terminated), may be NULL */
+    /* the running command and its words after the name, as the dispatcher checked them against
+     * its spec (qs_arg, qs_arg_pos); NULL between commands */
+    const struct qs_cmd_def *cur_cmd;
+    int cur_argc;
+    char **cur_argv;
     void *front;                /* front-end state for QS_CMD_FRONT handlers */
 };
 

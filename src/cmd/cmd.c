@@ -579,6 +579,41 @@ int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *te
     return 0;
 }
 
+const char *qs_arg(const struct qs_ctx *c, const char *key)
+{
+    const char *v = NULL;
+    int npos = 0;
+    for (int i = 0; c->cur_cmd && i < c->cur_argc; i++) {
+        const struct qs_arg *a = qs_cmd_arg_of(c->cur_cmd, c->cur_argv[i], &npos);
+        if (a && !a->pos && !strcmp(a->name, key))
+            v = a->kind == QS_ARG_FLAG ? "" : strchr(c->cur_argv[i], '=') + 1;
+    }
+    return v;
+}
+
+const char *qs_arg_pos(const struct qs_ctx *c, int k)
+{
+    int npos = 0;
+    for (int i = 0; c->cur_cmd && i < c->cur_argc; i++) {
+        const struct qs_arg *a = qs_cmd_arg_of(c->cur_cmd, c->cur_argv[i], &npos);
+        if (a && a->pos && npos - 1 == k)
+            return c->cur_argv[i];
+    }
+    return NULL;
+}
+
+long qs_arg_int(const struct qs_ctx *c, const char *key, long def)
+{
+    const char *v = qs_arg(c, key);
+    return v ? strtol(v, NULL, 10) : def;
+}
+
+double qs_arg_float(const struct qs_ctx *c, const char *key, double def)
+{
+    const char *v = qs_arg(c, key);
+    return v ? strtod(v, NULL) : def;
+}
+
 unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line)
 {
     char **argv;
@@ -862,7 +897,17 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
     /* and one that changes while the command runs (a truncation faults on the next read of
      * the mapping) turns into this command's error instead of SIGBUS */
     struct guarded_cmd g = {c, d, argc - used, argv + used};
+    /* the handler's qs_arg view (saved: `source` and `allocate apply` run commands inside) */
+    const struct qs_cmd_def *sv_cmd = c->cur_cmd;
+    int sv_argc = c->cur_argc;
+    char **sv_argv = c->cur_argv;
+    c->cur_cmd = d;
+    c->cur_argc = argc - used;
+    c->cur_argv = argv + used;
     rc = qs_st_guard(run_guarded, &g, e);
+    c->cur_cmd = sv_cmd;
+    c->cur_argc = sv_argc;
+    c->cur_argv = sv_argv;
     if (rto) /* the journal records the path as the session wrote it */
         str_subst(c->canon, sizeof c->canon, rto, rfrom);
     if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {

@@ -167,35 +167,20 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- spectrum ------------------------------------------------------------------------ */
 
-static int parse_spec_opts(int argc, char **argv, enum qs_spec_of *of, enum qs_spec_scale *sc,
+/* of=, scale= and (spectrum) k=, read through the spec (the dispatcher checked their values). */
+static int parse_spec_opts(const struct qs_ctx *c, enum qs_spec_of *of, enum qs_spec_scale *sc,
                            int *k, qs_err *e)
 {
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "of"))) {
-            if (!strcmp(v, "weight"))
-                *of = QS_SPEC_WEIGHT;
-            else if (!strcmp(v, "preact"))
-                *of = QS_SPEC_PREACT;
-            else
-                return qs_errf(e, "of=%s: expected weight or preact", v);
-        } else if ((v = qs_opt_value(argv[i], "scale"))) {
-            if (!strcmp(v, "none"))
-                *sc = QS_SCALE_NONE;
-            else if (!strcmp(v, "act"))
-                *sc = QS_SCALE_ACT;
-            else if (!strcmp(v, "cov"))
-                *sc = QS_SCALE_COV;
-            else
-                return qs_errf(e, "scale=%s: expected none, act or cov", v);
-        } else if (k && (v = qs_opt_value(argv[i], "k"))) {
-            if (qs_parse_int(v, 1, 1 << 20, &lv, "k", e) < 0)
-                return -1;
-            *k = (int)lv;
-        } else {
-            return qs_errf(e, "unknown option '%s'", argv[i]);
-        }
+    const char *v;
+    long lv;
+    if ((v = qs_arg(c, "of")))
+        *of = !strcmp(v, "weight") ? QS_SPEC_WEIGHT : QS_SPEC_PREACT;
+    if ((v = qs_arg(c, "scale")))
+        *sc = !strcmp(v, "none") ? QS_SCALE_NONE : !strcmp(v, "act") ? QS_SCALE_ACT : QS_SCALE_COV;
+    if (k && (v = qs_arg(c, "k"))) {
+        if (qs_parse_int(v, 1, 1 << 20, &lv, "k", e) < 0)
+            return -1;
+        *k = (int)lv;
     }
     return 0;
 }
@@ -253,10 +238,11 @@ static void resid_json(cJSON *o, const struct qs_spectrum *sp, int values)
 
 static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
+    (void)argc; /* LAYER then options (the spec's arity) */
     int i = layer_arg(c, argv[0], e), k = 0;
     enum qs_spec_of of = QS_SPEC_WEIGHT;
     enum qs_spec_scale sc = QS_SCALE_NONE;
-    if (i < 0 || parse_spec_opts(argc - 1, argv + 1, &of, &sc, &k, e) < 0)
+    if (i < 0 || parse_spec_opts(c, &of, &sc, &k, e) < 0)
         return -1;
     struct qs_spectrum sp;
     if (qs_analysis_spectrum_ex(c->b, i, of, sc, k, QS_SPEC_NULL | QS_SPEC_RESID, &sp, e) < 0)
@@ -332,16 +318,12 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    const char *pat = NULL;
-    int nopt = argc;
-    if (argc && !strchr(argv[0], '=')) {
-        pat = argv[0];
-        argv++;
-        nopt--;
-    }
+    (void)argc;
+    (void)argv;
+    const char *pat = qs_arg_pos(c, 0); /* [PATTERN], before or after the options */
     enum qs_spec_of of = QS_SPEC_WEIGHT;
     enum qs_spec_scale sc = QS_SCALE_NONE;
-    if (parse_spec_opts(nopt, argv, &of, &sc, NULL, e) < 0)
+    if (parse_spec_opts(c, &of, &sc, NULL, e) < 0)
         return -1;
     int *idx = idx_alloc(c);
     if (!idx)

@@ -48,3 +48,9 @@ msg=$($Q --no-default -c 'set gate high' 2>&1); rc=$?
 check bad-float "[ $rc = 1 ] && grep -qF \"set gate: 'high' is not a number\" <<<\"\$msg\""
 msg=$($Q --no-default -c 'rank fc* k=4' 2>&1); rc=$?
 check unknown-option "[ $rc = 1 ] && grep -qF \"rank: unknown option 'k=4'; usage: rank [PATTERN] [of=weight|preact] [scale=none|act|cov]\" <<<\"\$msg\""
+
+# Handlers read their words through the spec (qs_arg, qs_arg_pos): options may come before the
+# positional, as the synopsis allows (rank once took 'of=weight fc*' as an unknown option 'fc*').
+a=$($Q --json -c 'quant * int4; rank of=weight fc*' 2>&1 | tail -1)
+b=$($Q --json -c 'quant * int4; rank fc* of=weight' 2>&1 | tail -1)
+check options-before-positional "[ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ] && grep -q '\"cmd\":\"rank\"' <<<\"\$a\""
