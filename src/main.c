@@ -32,9 +32,35 @@ static const char usage[] =
     "  --json                  results as JSON Lines on stdout\n"
     "  --repl                  readline REPL without the full-screen TUI\n"
     "  --no-default            start without the bundled model and data\n"
+    "  --commands[=mdoc]       print the command table (name, synopsis, flags, help) and exit\n"
     "  --version | --help\n"
     "\n"
     "exit status: 0 success; 1 a command failed or a replay check differed; 2 bad usage\n";
+
+/* The command table, one command a line: name, synopsis, flags and help separated by tabs, or
+ * (mdoc) the manual's list heads, which tests/sh/manual.sh holds man/qscope.1 to. */
+static void print_commands(int mdoc)
+{
+    struct qs_ctx c;
+    qs_ctx_init(&c, NULL);
+    c.extra = qs_tui_cmds;
+    const struct qs_cmd_def *d;
+    for (int i = 0; (d = qs_cmd_at(&c, i)); i++) {
+        struct qs_sb sb = {0};
+        if (mdoc) {
+            qs_cmd_synopsis(d, QS_SYN_MDOC, &sb);
+        } else {
+            qs_sb_printf(&sb, "%s\t", d->name);
+            qs_cmd_synopsis(d, QS_SYN_TEXT, &sb);
+            qs_sb_printf(&sb, "\t");
+            qs_cmd_flag_words(d->flags, &sb);
+            qs_sb_printf(&sb, "\t%s", d->help);
+        }
+        if (sb.s)
+            puts(sb.s);
+        qs_sb_free(&sb);
+    }
+}
 
 static int run_or_report(struct qs_ctx *c, const char *cmd, const char *where)
 {
@@ -112,7 +138,11 @@ int main(int argc, char **argv)
             repl = 1;
         else if (!strcmp(a, "--no-default"))
             no_default = 1;
-        else if (!strcmp(a, "--version")) {
+        else if (!strcmp(a, "--commands") || !strcmp(a, "--commands=mdoc")) {
+            print_commands(a[10] == '=');
+            free(pos);
+            return 0;
+        } else if (!strcmp(a, "--version")) {
             printf("qscope %s\n", QS_VERSION);
             free(pos);
             return 0;

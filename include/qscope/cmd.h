@@ -16,13 +16,16 @@
 
 struct qs_ctx;
 struct qs_script_frame;
+struct qs_sb;
 
 enum {
     QS_CMD_JOURNAL = 1 << 0, /* recorded in the journal / saved sessions */
     QS_CMD_MODEL = 1 << 1,   /* needs a model */
     QS_CMD_DATA = 1 << 2,    /* needs model and data ready */
-    QS_CMD_LONG = 1 << 3,    /* long work: the TUI runs it in the worker thread */
-    QS_CMD_FRONT = 1 << 4,   /* front-end command (needs the TUI or REPL) */
+    /* Long-running: many passes over the data (training, sweeps, studies), minutes where the
+     * others take seconds: it reports progress, and the command fuzzer does not run it. */
+    QS_CMD_LONG = 1 << 3,
+    QS_CMD_FRONT = 1 << 4, /* front-end command (needs the TUI or REPL) */
     /* Writes a file the user names (save session, export ...): refused in safe mode. */
     QS_CMD_WRITES = 1 << 6,
     /* Writes a file only when given an output option: out=PATH or csv=PREFIX (the language's
@@ -32,6 +35,14 @@ enum {
      * later `load model|data` of the path it names reads that copy (export model, train out=):
      * a session that exports a model and reloads it replays anywhere without writing. */
     QS_CMD_SCRATCH = 1 << 8,
+    /* Reaction: changes what the views show (the model, data, split, rules, corrections, seed,
+     * gates, sensitivity, ablation): a front end recomputes them after it, whether it succeeded
+     * or not (a failed `source` may have run half its commands). Commands without it (error,
+     * spectrum, eval, export, help ...) leave every view as it was. */
+    QS_CMD_RECALC = 1 << 9,
+    /* Never reads the loaded model's weights (replaces the model, or touches only settings, the
+     * bare formats or the front end): runs even when the model's file has changed on disk. */
+    QS_CMD_SPARES = 1 << 10,
 };
 
 /* A path a safe replay redirected into its scratch folder (qs_ctx.redir). */
@@ -41,14 +52,97 @@ struct qs_redir {
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
 
-struct qs_cmd_def {
-    const char *name;  /* one or two words: "eval", "load model" */
-    const char *args;  /* argument synopsis for help and the manual */
-    unsigned flags;
-    qs_cmd_fn fn;      /* argv[0] is the first argument after the name */
-    const char *help;  /* one-line description */
-    const char *more;  /* longer help (may be NULL) */
+/* Kinds of argument a command's spec declares. The dispatcher checks INT, FLOAT, ENUM and ENUMS
+ * words itself; LAYER, PATTERN, PATH, FORMAT and WORD are left to the handler (they need the
+ * model, the file system or the format parser, whose messages are better), but completion offers
+ * layer names, file names and format names from the kind. */
+enum qs_arg_kind {
+    QS_ARG_WORD,    /* free text the handler reads (a list, a name) */
+    QS_ARG_INT,     /* an integer: [-]digits; the handler checks its range */
+    QS_ARG_FLOAT,   /* a number strtod reads whole */
+    QS_ARG_ENUM,    /* one of values "a|b|c"; an alternative "p:N" takes any word "p:..." */
+    QS_ARG_ENUMS,   /* a comma list of values' alternatives */
+    QS_ARG_LAYER,   /* one layer name */
+    QS_ARG_PATTERN, /* a glob over layer names */
+    QS_ARG_PATH,    /* a file or folder */
+    QS_ARG_FORMAT,  /* a number format name */
+    QS_ARG_FLAG,    /* a bare word option (packed, apply, asym) */
 };
+
+/* One argument of a command's spec. Options are key=value words (flags a bare word) in any
+ * order; positionals are the other words, in order. `values`: for ENUM/ENUMS the alternatives;
+ * for the others the value's placeholder in the synopsis ("N", "PATH"), where lower-case
+ * alternatives are literal words a number also accepts ("A|none"); NULL: the kind's default. */
+struct qs_arg {
+    const char *name; /* option key or flag word; a positional's placeholder ("LAYER") */
+    enum qs_arg_kind kind;
+    const char *values;
+    int pos; /* 1: positional (the last one repeats when amax is above their count) */
+};
+#define QS_POS(n, k, v)                                                                            \
+    {                                                                                              \
+        (n), (k), (v), 1                                                                           \
+    }
+#define QS_OPT(n, k, v)                                                                            \
+    {                                                                                              \
+        (n), (k), (v), 0                                                                           \
+    }
+#define QS_FLAG(n)                                                                                 \
+    {                                                                                              \
+        (n), QS_ARG_FLAG, NULL, 0                                                                  \
+    }
+/* A spec as a table row's field: QS_ARGS(QS_POS(...), QS_OPT(...)). */
+#define QS_ARGS(...) ((const struct qs_arg[]){__VA_ARGS__, {NULL, QS_ARG_WORD, NULL, 0}})
+
+/* One command. Arity is redis-style: amin..amax positionals (amax -1: any number), checked with
+ * every option against `spec` by the dispatcher before the handler runs, so a handler sees only
+ * words its spec allows (and never prints a usage line: qs_cmd_synopsis writes it). */
+struct qs_cmd_def {
+    const char *name; /* one or two words: "eval", "load model" */
+    short amin, amax;
+    const struct qs_arg *spec; /* NULL-name terminated; NULL: no arguments */
+    unsigned flags;
+    qs_cmd_fn fn;     /* argv[0] is the first argument after the name */
+    const char *help; /* one-line description */
+    const char *more; /* longer help (may be NULL) */
+};
+
+/* Synopsis styles: plain text ("spectrum LAYER [k=N]") or the manual's mdoc list head
+ * (".It Cm spectrum Ar LAYER Oo Cm k Ns = Ns Ar N Oc"). */
+enum { QS_SYN_TEXT, QS_SYN_MDOC };
+/* Appends the command's synopsis, generated from its spec, to sb (with its name). */
+void qs_cmd_synopsis(const struct qs_cmd_def *d, int style, struct qs_sb *sb);
+/* Checks argv (the words after the name) against d's spec: arity, option names, flag words,
+ * INT/FLOAT/ENUM values. 0, or -1 with a message naming the word (and the usage line for an
+ * unknown option or a wrong count). */
+int qs_cmd_check_args(const struct qs_cmd_def *d, int argc, char **argv, qs_err *e);
+/* The spec entry a word is, as qs_cmd_check_args classifies it: the option or flag it names, or
+ * the positional it fills (*npos counts the positionals seen so far; start it at 0); NULL when
+ * the word fits nothing. */
+const struct qs_arg *qs_cmd_arg_of(const struct qs_cmd_def *d, const char *word, int *npos);
+/* Completion from the specs, for a front end: words[0..nw) are the words before the one being
+ * completed, text that word's start. Calls add(au, s) with every candidate (unfiltered: the
+ * caller keeps those starting with text): command names, second words, option keys ("k=") and
+ * flags, and values by kind (enum alternatives, layer names from layer(lu, i) until NULL, format
+ * names). Returns 1 when the word is a file name instead (a PATH argument): *keylen is then the
+ * length of a "key=" prefix of text to keep before it (0 for a positional). Else 0. */
+int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *text,
+                    const char *(*layer)(void *u, int i), void *lu,
+                    void (*add)(void *u, const char *s), void *au, size_t *keylen);
+/* The running command's arguments, read by their spec (handlers need no loop of their own):
+ * the value of option KEY (the last one given; "" for a flag given), or NULL when absent; the
+ * K-th positional (0-based) wherever it stands among the options, or NULL. The words were
+ * checked by kind before the handler ran, so qs_arg_int/qs_arg_float convert without failing
+ * and return def only when the option is absent (ranges are the handler's to check). Valid
+ * while the handler runs. */
+const char *qs_arg(const struct qs_ctx *c, const char *key);
+const char *qs_arg_pos(const struct qs_ctx *c, int k);
+long qs_arg_int(const struct qs_ctx *c, const char *key, long def);
+double qs_arg_float(const struct qs_ctx *c, const char *key, double def);
+/* The flags of the command a line names (its first one or two words), 0 when it names none. */
+unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line);
+/* The command's flags as words ("journal,data,long"), for --commands. */
+void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb);
 
 /* A growable string. */
 struct qs_sb {
@@ -103,6 +197,11 @@ struct qs_ctx {
     long nsourced;              /* scripts run under the outermost one (bounds the work) */
     cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
     const struct qs_cmd_def *extra; /* front-end commands (NULL-name terminated), may be NULL */
+    /* the running command and its words after the name, as the dispatcher checked them against
+     * its spec (qs_arg, qs_arg_pos); NULL between commands */
+    const struct qs_cmd_def *cur_cmd;
+    int cur_argc;
+    char **cur_argv;
     void *front;                /* front-end state for QS_CMD_FRONT handlers */
 };
 

@@ -1,10 +1,12 @@
 /* cmd.c - the dispatcher: tokenizer, command lookup over the tables, journaling, results. */
 #include "qscope/cmd.h"
 
+#include "qscope/format.h"
 #include "qscope/safetensors.h"
 
 #include "qscope/lmbench.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -198,6 +200,455 @@ static int redirect_args(struct qs_ctx *c, const struct qs_cmd_def *d, int argc,
     return 0;
 }
 
+/* ---- argument specs ------------------------------------------------------------------- */
+
+static int spec_npos(const struct qs_cmd_def *d)
+{
+    int n = 0;
+    for (const struct qs_arg *a = d->spec; a && a->name; a++)
+        n += a->pos;
+    return n;
+}
+
+static const struct qs_arg *spec_pos(const struct qs_cmd_def *d, int k)
+{
+    const struct qs_arg *last = NULL;
+    for (const struct qs_arg *a = d->spec; a && a->name; a++)
+        if (a->pos && (last = a, k-- == 0))
+            return a;
+    return last;
+}
+
+const struct qs_arg *qs_cmd_arg_of(const struct qs_cmd_def *d, const char *word, int *npos)
+{
+    int np = spec_npos(d);
+    if (np && *npos < d->amin)
+        return spec_pos(d, (*npos)++);
+    const char *eq = strchr(word, '=');
+    for (const struct qs_arg *a = d->spec; a && a->name; a++) {
+        if (a->pos)
+            continue;
+        size_t n = strlen(a->name);
+        if (a->kind == QS_ARG_FLAG ? !strcmp(word, a->name)
+                                   : eq && (size_t)(eq - word) == n && !strncmp(word, a->name, n))
+            return a;
+    }
+    if (eq || !np || (d->amax >= 0 && *npos >= d->amax))
+        return NULL;
+    return spec_pos(d, (*npos)++);
+}
+
+static const char *kind_placeholder(enum qs_arg_kind k)
+{
+    switch (k) {
+    case QS_ARG_INT:
+        return "N";
+    case QS_ARG_FLOAT:
+        return "F";
+    case QS_ARG_LAYER:
+        return "LAYER";
+    case QS_ARG_PATTERN:
+        return "PATTERN";
+    case QS_ARG_PATH:
+        return "PATH";
+    case QS_ARG_FORMAT:
+        return "FORMAT";
+    default:
+        return "X";
+    }
+}
+
+static const char *arg_values(const struct qs_arg *a)
+{
+    return a->values ? a->values : a->pos ? a->name : kind_placeholder(a->kind);
+}
+
+/* Does word match one alternative of "a|b|p:N" (p:N: any word starting "p:")? */
+static int alt_match(const char *alts, const char *w, size_t wl)
+{
+    for (const char *p = alts; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        const char *colon = memchr(p, ':', n);
+        if (colon && colon + 1 < p + n && isupper((unsigned char)colon[1])) {
+            size_t pl = (size_t)(colon - p) + 1;
+            if (wl > pl && !strncmp(w, p, pl))
+                return 1;
+        } else if (n == wl && !strncmp(p, w, n)) {
+            return 1;
+        }
+        p += n + (bar ? 1 : 0);
+    }
+    return 0;
+}
+
+/* The literal (lower-case) alternatives of a number's values, e.g. "none" of "A|none". */
+static int literal_alt(const char *alts, const char *w)
+{
+    return alts && islower((unsigned char)w[0]) && alt_match(alts, w, strlen(w));
+}
+
+/* "a, b or c" from "a|b|c". */
+static void alt_list(const char *alts, struct qs_sb *sb)
+{
+    int n = 1, k = 0;
+    for (const char *p = alts; *p; p++)
+        n += *p == '|';
+    for (const char *p = alts; *p; k++) {
+        const char *bar = strchr(p, '|');
+        size_t l = bar ? (size_t)(bar - p) : strlen(p);
+        qs_sb_printf(sb, "%s%.*s", k == 0 ? "" : k == n - 1 ? " or " : ", ", (int)l, p);
+        p += l + (bar ? 1 : 0);
+    }
+}
+
+/* Messages follow the handlers' own: "train epochs: 'x' is not an integer" (as qs_parse_int),
+ * "error: kl=maybe: expected auto, on or off". */
+static int check_value(const struct qs_cmd_def *d, const struct qs_arg *a, const char *w,
+                       const char *word, qs_err *e)
+{
+    char what[160];
+    if (a->pos)
+        snprintf(what, sizeof what, "%s", d->name);
+    else
+        snprintf(what, sizeof what, "%s %s", d->name, a->name);
+    switch (a->kind) {
+    case QS_ARG_INT: {
+        const char *p = w + (*w == '-');
+        int ok = *p != 0;
+        for (; *p && ok; p++)
+            ok = isdigit((unsigned char)*p);
+        if (!ok && !literal_alt(a->values, w))
+            return qs_errf(e, "%s: '%s' is not an integer", what, w);
+        return 0;
+    }
+    case QS_ARG_FLOAT: {
+        char *end;
+        (void)strtod(w, &end);
+        if ((end == w || *end) && !literal_alt(a->values, w))
+            return qs_errf(e, "%s: '%s' is not a number", what, w);
+        return 0;
+    }
+    case QS_ARG_ENUM:
+    case QS_ARG_ENUMS: {
+        const char *p = w;
+        do {
+            const char *comma = a->kind == QS_ARG_ENUMS ? strchr(p, ',') : NULL;
+            size_t l = comma ? (size_t)(comma - p) : strlen(p);
+            if (!alt_match(a->values, p, l)) {
+                struct qs_sb sb = {0};
+                alt_list(a->values, &sb);
+                if (a->pos)
+                    qs_errf(e, "%s: '%s': expected %s", d->name, w, sb.s ? sb.s : "");
+                else if (a->kind == QS_ARG_ENUMS)
+                    qs_errf(e, "%s: %s: '%.*s': expected %s (a comma list)", d->name, word, (int)l,
+                            p, sb.s ? sb.s : "");
+                else
+                    qs_errf(e, "%s: %s: expected %s", d->name, word, sb.s ? sb.s : "");
+                qs_sb_free(&sb);
+                return -1;
+            }
+            p = comma ? comma + 1 : NULL;
+        } while (p);
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+int qs_cmd_check_args(const struct qs_cmd_def *d, int argc, char **argv, qs_err *e)
+{
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        const struct qs_arg *a = qs_cmd_arg_of(d, argv[i], &npos);
+        if (!a) {
+            struct qs_sb u = {0};
+            qs_cmd_synopsis(d, QS_SYN_TEXT, &u);
+            qs_errf(e, "%s: %s '%s'; usage: %s", d->name,
+                    strchr(argv[i], '=') ? "unknown option" : "unexpected argument", argv[i],
+                    u.s ? u.s : d->name);
+            qs_sb_free(&u);
+            return -1;
+        }
+        const char *v = argv[i];
+        if (!a->pos && a->kind != QS_ARG_FLAG)
+            v = strchr(argv[i], '=') + 1;
+        if (check_value(d, a, v, argv[i], e) < 0)
+            return -1;
+    }
+    if (npos < d->amin) {
+        struct qs_sb u = {0};
+        qs_cmd_synopsis(d, QS_SYN_TEXT, &u);
+        const struct qs_arg *a = spec_pos(d, npos);
+        qs_errf(e, "%s: missing %s; usage: %s", d->name, a ? a->name : "an argument",
+                u.s ? u.s : d->name);
+        qs_sb_free(&u);
+        return -1;
+    }
+    return 0;
+}
+
+/* Value alternatives in mdoc: literal words as Cm, placeholders (upper case) as Ar, "p:N" as
+ * "Cm p: Ns Ar N". A single lower-case word that is not an enum's is an example ("0,1,2",
+ * "int3"): Ar as well. */
+static void mdoc_alts(const char *alts, int literal, struct qs_sb *sb)
+{
+    int one = !strchr(alts, '|');
+    for (const char *p = alts; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t l = bar ? (size_t)(bar - p) : strlen(p);
+        const char *colon = memchr(p, ':', l);
+        int ph = 0;
+        for (size_t k = 0; k < l; k++)
+            ph |= isupper((unsigned char)p[k]) != 0;
+        qs_sb_printf(sb, "%s", p == alts ? "" : " | ");
+        if (ph && colon && !isupper((unsigned char)p[0]))
+            qs_sb_printf(sb, "Cm %.*s : Ns Ar %.*s", (int)(colon - p), p,
+                         (int)(l - (size_t)(colon - p) - 1), colon + 1);
+        else
+            qs_sb_printf(sb, "%s %.*s", ph || (one && !literal) ? "Ar" : "Cm", (int)l, p);
+        p += l + (bar ? 1 : 0);
+    }
+}
+
+void qs_cmd_synopsis(const struct qs_cmd_def *d, int style, struct qs_sb *sb)
+{
+    int md = style == QS_SYN_MDOC, np = spec_npos(d), k = 0;
+    qs_sb_printf(sb, "%s%s", md ? ".It Cm " : "", d->name);
+    for (const struct qs_arg *a = d->spec; a && a->name; a++) {
+        if (!a->pos)
+            continue;
+        int opt = k >= d->amin, rep = k == np - 1 && (d->amax < 0 || d->amax > np);
+        const char *v = a->name; /* a positional shows its name: METHOD, weight|act|full */
+        if (md) {
+            qs_sb_printf(sb, "%s", opt ? " Oo " : " ");
+            if (strchr(v, '|'))
+                mdoc_alts(v, 1, sb);
+            else
+                qs_sb_printf(sb, "Ar %s", v);
+            qs_sb_printf(sb, "%s%s", rep ? " ..." : "", opt ? " Oc" : "");
+        } else {
+            qs_sb_printf(sb, " %s%s%s%s", opt ? "[" : "", v, rep ? "..." : "", opt ? "]" : "");
+        }
+        k++;
+    }
+    for (const struct qs_arg *a = d->spec; a && a->name; a++) {
+        if (a->pos)
+            continue;
+        if (md && a->kind == QS_ARG_FLAG) {
+            qs_sb_printf(sb, " Oo Cm %s Oc", a->name);
+        } else if (md) {
+            qs_sb_printf(sb, " Oo Cm %s Ns = Ns ", a->name);
+            mdoc_alts(arg_values(a), a->kind == QS_ARG_ENUM || a->kind == QS_ARG_ENUMS, sb);
+            qs_sb_printf(sb, " Oc");
+        } else if (a->kind == QS_ARG_FLAG) {
+            qs_sb_printf(sb, " [%s]", a->name);
+        } else {
+            qs_sb_printf(sb, " [%s=%s]", a->name, arg_values(a));
+        }
+    }
+}
+
+/* ---- completion from the specs --------------------------------------------------------- */
+
+struct comp {
+    void (*add)(void *u, const char *s);
+    void *au;
+    const char *(*layer)(void *u, int i);
+    void *lu;
+};
+
+static void comp_addf(const struct comp *k, const char *pre, const char *s, size_t n)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s%.*s", pre, (int)n, s);
+    k->add(k->au, buf);
+}
+
+/* The literal alternatives of values ("p:N" offers "p:"), each after pre. */
+static void comp_alts(const struct comp *k, const char *pre, const char *alts)
+{
+    for (const char *p = alts; p && *p;) {
+        const char *bar = strchr(p, '|');
+        size_t n = bar ? (size_t)(bar - p) : strlen(p);
+        const char *colon = memchr(p, ':', n);
+        if (colon && colon + 1 < p + n && isupper((unsigned char)colon[1]))
+            comp_addf(k, pre, p, (size_t)(colon - p) + 1);
+        else if (n && !isupper((unsigned char)p[0]))
+            comp_addf(k, pre, p, n);
+        p += n + (bar ? 1 : 0);
+    }
+}
+
+/* A value of arg a's kind, after pre; 1 when it is a file name instead. */
+static int comp_value(const struct comp *k, const struct qs_arg *a, const char *pre)
+{
+    switch (a->kind) {
+    case QS_ARG_PATH:
+        return 1;
+    case QS_ARG_LAYER:
+    case QS_ARG_PATTERN:
+        for (int i = 0; k->layer && k->layer(k->lu, i); i++)
+            comp_addf(k, pre, k->layer(k->lu, i), strlen(k->layer(k->lu, i)));
+        return 0;
+    case QS_ARG_FORMAT:
+        for (const char *const *f = qs_format_names(); *f; f++)
+            comp_addf(k, pre, *f, strlen(*f));
+        break;
+    default:
+        break;
+    }
+    comp_alts(k, pre, a->values);
+    return 0;
+}
+
+int qs_cmd_complete(const struct qs_ctx *c, char **words, int nw, const char *text,
+                    const char *(*layer)(void *u, int i), void *lu,
+                    void (*add)(void *u, const char *s), void *au, size_t *keylen)
+{
+    struct comp k = {add, au, layer, lu};
+    const struct qs_cmd_def *d;
+    *keylen = 0;
+    if (nw == 0) {
+        for (int i = 0; (d = qs_cmd_at(c, i)); i++) {
+            const char *sp = strchr(d->name, ' ');
+            comp_addf(&k, "", d->name, sp ? (size_t)(sp - d->name) : strlen(d->name));
+        }
+        return 0;
+    }
+    if (nw == 1) { /* the second word of a two-word name */
+        int any = 0;
+        size_t n = strlen(words[0]);
+        for (int i = 0; (d = qs_cmd_at(c, i)); i++)
+            if (!strncmp(d->name, words[0], n) && d->name[n] == ' ')
+                comp_addf(&k, "", d->name + n + 1, strlen(d->name + n + 1)), any = 1;
+        if (any)
+            return 0;
+    }
+    int used = 0, npos = 0;
+    d = qs_cmd_lookup(c, nw, words, &used);
+    if (!d)
+        return 0;
+    for (int i = used; i < nw; i++)
+        qs_cmd_arg_of(d, words[i], &npos);
+    const char *eq = strchr(text, '=');
+    if (eq && npos >= d->amin) { /* an option's value */
+        for (const struct qs_arg *a = d->spec; a && a->name; a++) {
+            if (a->pos || a->kind == QS_ARG_FLAG || strlen(a->name) != (size_t)(eq - text) ||
+                strncmp(a->name, text, (size_t)(eq - text)))
+                continue;
+            char pre[96];
+            snprintf(pre, sizeof pre, "%.*s", (int)(eq - text) + 1, text);
+            const char *comma = a->kind == QS_ARG_ENUMS ? strrchr(text, ',') : NULL;
+            if (comma) /* a list: the next item after those typed */
+                snprintf(pre, sizeof pre, "%.*s", (int)(comma - text) + 1, text);
+            if (comp_value(&k, a, pre)) {
+                *keylen = (size_t)(eq - text) + 1;
+                return 1;
+            }
+        }
+        return 0;
+    }
+    int np = spec_npos(d);
+    if (np && (d->amax < 0 || npos < d->amax)) {
+        const struct qs_arg *a = spec_pos(d, npos);
+        if (comp_value(&k, a, "") && npos < d->amin)
+            return 1; /* a required path: file names only */
+    }
+    if (npos < d->amin)
+        return 0;
+    for (const struct qs_arg *a = d->spec; a && a->name; a++) {
+        if (a->pos)
+            continue;
+        if (a->kind == QS_ARG_FLAG) {
+            k.add(k.au, a->name);
+            continue;
+        }
+        char pre[96];
+        snprintf(pre, sizeof pre, "%s=", a->name);
+        int any = 0;
+        if (a->kind == QS_ARG_ENUM)
+            for (const char *p = a->values; p && *p; p++)
+                any |= p == a->values || p[-1] == '|' ? !isupper((unsigned char)*p) : 0;
+        if (any)
+            comp_alts(&k, pre, a->values);
+        else
+            k.add(k.au, pre);
+    }
+    return 0;
+}
+
+const char *qs_arg(const struct qs_ctx *c, const char *key)
+{
+    const char *v = NULL;
+    int npos = 0;
+    for (int i = 0; c->cur_cmd && i < c->cur_argc; i++) {
+        const struct qs_arg *a = qs_cmd_arg_of(c->cur_cmd, c->cur_argv[i], &npos);
+        if (a && !a->pos && !strcmp(a->name, key))
+            v = a->kind == QS_ARG_FLAG ? "" : strchr(c->cur_argv[i], '=') + 1;
+    }
+    return v;
+}
+
+const char *qs_arg_pos(const struct qs_ctx *c, int k)
+{
+    int npos = 0;
+    for (int i = 0; c->cur_cmd && i < c->cur_argc; i++) {
+        const struct qs_arg *a = qs_cmd_arg_of(c->cur_cmd, c->cur_argv[i], &npos);
+        if (a && a->pos && npos - 1 == k)
+            return c->cur_argv[i];
+    }
+    return NULL;
+}
+
+long qs_arg_int(const struct qs_ctx *c, const char *key, long def)
+{
+    const char *v = qs_arg(c, key);
+    return v ? strtol(v, NULL, 10) : def;
+}
+
+double qs_arg_float(const struct qs_ctx *c, const char *key, double def)
+{
+    const char *v = qs_arg(c, key);
+    return v ? strtod(v, NULL) : def;
+}
+
+unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line)
+{
+    char **argv;
+    qs_err e;
+    int argc = qs_tokenize(line, &argv, &e), used = 0;
+    if (argc < 0)
+        return 0;
+    const struct qs_cmd_def *d = qs_cmd_lookup(c, argc, argv, &used);
+    qs_argv_free(argv, argc);
+    return d ? d->flags : 0;
+}
+
+void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
+{
+    static const struct {
+        unsigned f;
+        const char *w;
+    } fw[] = {{QS_CMD_JOURNAL, "journal"},
+              {QS_CMD_MODEL, "model"},
+              {QS_CMD_DATA, "data"},
+              {QS_CMD_LONG, "long"},
+              {QS_CMD_FRONT, "front"},
+              {QS_CMD_WRITES, "writes"},
+              {QS_CMD_WRITES_OPT, "writes_opt"},
+              {QS_CMD_SCRATCH, "scratch"},
+              {QS_CMD_RECALC, "recalc"},
+              {QS_CMD_SPARES, "spares_weights"}};
+    int n = 0;
+    for (size_t i = 0; i < sizeof fw / sizeof fw[0]; i++)
+        if (flags & fw[i].f)
+            qs_sb_printf(sb, "%s%s", n++ ? "," : "", fw[i].w);
+    if (!n)
+        qs_sb_printf(sb, "-");
+}
+
 static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
                                                        qs_cmds_session, qs_cmds_study};
 
@@ -358,19 +809,6 @@ int qs_journal_add(struct qs_ctx *c, const char *line, cJSON *results)
     return 0;
 }
 
-/* Commands that never read the loaded model's weights (they replace the model, or touch only
- * settings, the bare formats or the front end): they run even when its file has changed. */
-static int spares_weights(const char *name)
-{
-    static const char *const spare[] = {"load model", "load data", "help",  "quit",   "info",
-                                        "roundtrip",  "codes",     "train", "source", "recover",
-                                        "set bail",   "set seed",  NULL};
-    for (int i = 0; spare[i]; i++)
-        if (!strcmp(name, spare[i]))
-            return 1;
-    return 0;
-}
-
 struct guarded_cmd {
     struct qs_ctx *c;
     const struct qs_cmd_def *d;
@@ -412,6 +850,9 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
             qs_errf(e, "unknown command '%s' (type 'help' for the list)", argv[0]);
         goto out;
     }
+    /* the arguments against the command's spec, before anything needs a model */
+    if (qs_cmd_check_args(d, argc - used, argv + used, e) < 0)
+        goto out;
     if ((d->flags & (QS_CMD_MODEL | QS_CMD_DATA)) && c->b->lm) {
         if ((d->flags & QS_CMD_DATA) && qs_bench_lm_ready(c->b, e) < 0) {
             qs_err_prefix(e, d->name);
@@ -444,7 +885,7 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         goto out;
     }
     /* a model file changed on disk under its mapping: refused before any weight is read */
-    if (!spares_weights(d->name) && qs_bench_check_files(c->b, e) < 0) {
+    if (!(d->flags & QS_CMD_SPARES) && qs_bench_check_files(c->b, e) < 0) {
         qs_err_prefix(e, d->name);
         goto out;
     }
@@ -456,7 +897,17 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
     /* and one that changes while the command runs (a truncation faults on the next read of
      * the mapping) turns into this command's error instead of SIGBUS */
     struct guarded_cmd g = {c, d, argc - used, argv + used};
+    /* the handler's qs_arg view (saved: `source` and `allocate apply` run commands inside) */
+    const struct qs_cmd_def *sv_cmd = c->cur_cmd;
+    int sv_argc = c->cur_argc;
+    char **sv_argv = c->cur_argv;
+    c->cur_cmd = d;
+    c->cur_argc = argc - used;
+    c->cur_argv = argv + used;
     rc = qs_st_guard(run_guarded, &g, e);
+    c->cur_cmd = sv_cmd;
+    c->cur_argc = sv_argc;
+    c->cur_argv = sv_argv;
     if (rto) /* the journal records the path as the session wrote it */
         str_subst(c->canon, sizeof c->canon, rto, rfrom);
     if (rc == 0 && (d->flags & QS_CMD_JOURNAL) && !c->no_journal) {

@@ -78,10 +78,8 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 klm = QS_KL_OFF;
             else
                 return qs_errf(e, "error: kl=%s: expected auto, on or off", v);
-        } else if (!pat) {
+        } else { /* the one positional (the spec's arity) */
             pat = argv[i];
-        } else {
-            return qs_errf(e, "usage: error [PATTERN] [kl=auto|on|off]");
         }
     }
     struct qs_bench *b = c->b;
@@ -169,35 +167,20 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 /* ---- spectrum ------------------------------------------------------------------------ */
 
-static int parse_spec_opts(int argc, char **argv, enum qs_spec_of *of, enum qs_spec_scale *sc,
+/* of=, scale= and (spectrum) k=, read through the spec (the dispatcher checked their values). */
+static int parse_spec_opts(const struct qs_ctx *c, enum qs_spec_of *of, enum qs_spec_scale *sc,
                            int *k, qs_err *e)
 {
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "of"))) {
-            if (!strcmp(v, "weight"))
-                *of = QS_SPEC_WEIGHT;
-            else if (!strcmp(v, "preact"))
-                *of = QS_SPEC_PREACT;
-            else
-                return qs_errf(e, "of=%s: expected weight or preact", v);
-        } else if ((v = qs_opt_value(argv[i], "scale"))) {
-            if (!strcmp(v, "none"))
-                *sc = QS_SCALE_NONE;
-            else if (!strcmp(v, "act"))
-                *sc = QS_SCALE_ACT;
-            else if (!strcmp(v, "cov"))
-                *sc = QS_SCALE_COV;
-            else
-                return qs_errf(e, "scale=%s: expected none, act or cov", v);
-        } else if (k && (v = qs_opt_value(argv[i], "k"))) {
-            if (qs_parse_int(v, 1, 1 << 20, &lv, "k", e) < 0)
-                return -1;
-            *k = (int)lv;
-        } else {
-            return qs_errf(e, "unknown option '%s'", argv[i]);
-        }
+    const char *v;
+    long lv;
+    if ((v = qs_arg(c, "of")))
+        *of = !strcmp(v, "weight") ? QS_SPEC_WEIGHT : QS_SPEC_PREACT;
+    if ((v = qs_arg(c, "scale")))
+        *sc = !strcmp(v, "none") ? QS_SCALE_NONE : !strcmp(v, "act") ? QS_SCALE_ACT : QS_SCALE_COV;
+    if (k && (v = qs_arg(c, "k"))) {
+        if (qs_parse_int(v, 1, 1 << 20, &lv, "k", e) < 0)
+            return -1;
+        *k = (int)lv;
     }
     return 0;
 }
@@ -255,12 +238,11 @@ static void resid_json(cJSON *o, const struct qs_spectrum *sp, int values)
 
 static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 1)
-        return qs_errf(e, "usage: spectrum LAYER [of=weight|preact] [scale=none|act|cov] [k=N]");
+    (void)argc; /* LAYER then options (the spec's arity) */
     int i = layer_arg(c, argv[0], e), k = 0;
     enum qs_spec_of of = QS_SPEC_WEIGHT;
     enum qs_spec_scale sc = QS_SCALE_NONE;
-    if (i < 0 || parse_spec_opts(argc - 1, argv + 1, &of, &sc, &k, e) < 0)
+    if (i < 0 || parse_spec_opts(c, &of, &sc, &k, e) < 0)
         return -1;
     struct qs_spectrum sp;
     if (qs_analysis_spectrum_ex(c->b, i, of, sc, k, QS_SPEC_NULL | QS_SPEC_RESID, &sp, e) < 0)
@@ -336,16 +318,12 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    const char *pat = NULL;
-    int nopt = argc;
-    if (argc && !strchr(argv[0], '=')) {
-        pat = argv[0];
-        argv++;
-        nopt--;
-    }
+    (void)argc;
+    (void)argv;
+    const char *pat = qs_arg_pos(c, 0); /* [PATTERN], before or after the options */
     enum qs_spec_of of = QS_SPEC_WEIGHT;
     enum qs_spec_scale sc = QS_SCALE_NONE;
-    if (parse_spec_opts(nopt, argv, &of, &sc, NULL, e) < 0)
+    if (parse_spec_opts(c, &of, &sc, NULL, e) < 0)
         return -1;
     int *idx = idx_alloc(c);
     if (!idx)
@@ -441,9 +419,6 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 2)
-        return qs_errf(e, "usage: correct LAYER|PATTERN METHOD [r=K] [prec=float|int8|int4|FORMAT] "
-                          "[lambda=F] [teacher=PATH]");
     enum qs_corr_method m;
     if (qs_corr_parse(argv[1], &m, e) < 0)
         return -1;
@@ -642,8 +617,7 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_uncorrect(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: uncorrect LAYER|PATTERN");
+    (void)argc; /* one LAYER|PATTERN (the spec's arity) */
     int *idx = idx_alloc(c);
     if (!idx)
         return qs_errf(e, "out of memory");
@@ -740,8 +714,6 @@ static cJSON *mask_json(const struct qs_bench *b, uint64_t m)
 
 static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc > 1)
-        return qs_errf(e, "usage: ablate [LAYER]");
     struct qs_bench *b = c->b;
     int *idx = idx_alloc(c), n = 0;
     if (!idx)
@@ -896,8 +868,7 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: export csv PATH");
+    (void)argc; /* one PATH (the spec's arity) */
     if (!c->last_table)
         return qs_errf(e, "export csv: no table yet (run layers, error, rank, ... first)");
     cJSON *rows = cJSON_GetObjectItem(c->last_table, "rows");
@@ -1005,29 +976,40 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {
-    {"error", "[PATTERN] [kl=auto|on|off]", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
+    {"error", 0, 1,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("kl", QS_ARG_ENUM, "auto|on|off")),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_error,
      "per-layer error: weight rel. error, pre-activation rel. MSE, SNR, cosine, KL share",
      "Calibration split. Propagated (each path from its own input) and local (float inputs) "
      "errors; in weight+activation the local error is split into weights, activations and "
      "their interaction. The KL share takes one held-out run per quantized site (kept until "
      "the site changes): kl=auto computes it on MLPs and on transformers while those runs "
      "stay cheap (parameters x held-out tokens x sites <= 1e12), kl=on always, kl=off never."},
-    {"spectrum", "LAYER [of=weight|preact] [scale=none|act|cov] [k=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_spectrum,
+    {"spectrum", 1, 1,
+     QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"),
+             QS_OPT("scale", QS_ARG_ENUM, "none|act|cov"), QS_OPT("k", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_spectrum,
      "singular values of a layer's error, its weight's, and the noise null it is judged by",
      "of=weight: E = W - Q(W); of=preact: Y_q - Y_f on the calibration split. scale=act: E "
      "diag(rms of inputs); scale=cov: E R^(1/2), R = E[x x^T]. " NULL_HELP " With a weight-space "
      "correction C (lowrank, lqer, qera, eora) the residual W - (Q(W) + C) is shown beside E "
      "(sigma(resid), JSON sv_resid and resid); bias, linear and clocal act on the outputs, so "
      "the residual view does not apply to them."},
-    {"rank", "[PATTERN] [of=weight|preact] [scale=none|act|cov]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_rank,
+    {"rank", 0, 1,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_OPT("of", QS_ARG_ENUM, "weight|preact"),
+             QS_OPT("scale", QS_ARG_ENUM, "none|act|cov")),
+     QS_CMD_JOURNAL | QS_CMD_DATA, cmd_rank,
      "effective rank, stable rank, k50/k90/k99 and the energy-left curve of each error",
-     NULL_HELP " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
+     NULL_HELP
+     " Layers with a weight-space correction (lowrank, lqer, qera, eora) get a second "
      "table: the residual W - (Q(W) + C), its eff/stable rank, k90, top value, the share of the "
      "error's energy the correction removed, and its shape."},
-    {"correct", "LAYER|PATTERN METHOD [r=K] [prec=P] [lambda=F] [teacher=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_correct,
+    {"correct", 2, 2,
+     QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL),
+             QS_POS("METHOD", QS_ARG_ENUM, "bias|lowrank|lqer|qera|eora|linear|clocal"),
+             QS_OPT("r", QS_ARG_INT, "K"), QS_OPT("prec", QS_ARG_FORMAT, "float|FORMAT"),
+             QS_OPT("lambda", QS_ARG_FLOAT, NULL), QS_OPT("teacher", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_correct,
      "fit a correction (bias lowrank lqer qera eora linear clocal), judged on held-out data",
      "Recovery R = 1 - ||Y_f - Y_hat||^2 / ||Y_f - Y_q||^2 on the test split (fitted on the "
      "calibration split; clocal is fitted and judged on the test split with float inputs: an "
@@ -1041,14 +1023,15 @@ const struct qs_cmd_def qs_cmds_analysis[] = {
      "(float or a weight format: int8, int4, fp8-e4m3, ...; a scale per row of each factor): the "
      "recovery is measured with the quantized factors and their bits come from the packed codes "
      "and scales."},
-    {"uncorrect", "LAYER|PATTERN", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_uncorrect,
-     "remove corrections", NULL},
-    {"ablate", "[LAYER]", QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_ablate,
+    {"uncorrect", 1, 1, QS_ARGS(QS_POS("LAYER|PATTERN", QS_ARG_PATTERN, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_uncorrect, "remove corrections", NULL},
+    {"ablate", 0, 1, QS_ARGS(QS_POS("LAYER", QS_ARG_LAYER, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_RECALC, cmd_ablate,
      "non-capacity ablation: is each correction recovery, added capacity, no gain or harmful?",
      ABLATE_RULE},
-    {"export csv", "PATH", QS_CMD_WRITES, cmd_export_csv,
+    {"export csv", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES, cmd_export_csv,
      "write the last table (layers, error, rank, ...) as CSV with a header naming regime, "
      "formats and seed",
      NULL},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

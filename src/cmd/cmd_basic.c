@@ -69,8 +69,6 @@ const char *qs_cmd_input_path(const char *path, char *buf, size_t n)
 
 static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 1)
-        return qs_errf(e, "usage: load model PATH [act=relu|gelu|tanh|sigmoid]");
     enum qs_act act = QS_ACT_RELU;
     int act_given = 0;
     for (int i = 1; i < argc; i++) {
@@ -126,8 +124,6 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 1)
-        return qs_errf(e, "usage: load data PATH [label=COLUMN] [dtype=uint16|uint32]");
     const char *label = NULL, *dtype = NULL, *v;
     for (int i = 1; i < argc; i++) {
         if ((v = qs_opt_value(argv[i], "label")))
@@ -202,9 +198,9 @@ static cJSON *split_json(const struct qs_bench *b)
 
 static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
+    (void)e;
     (void)argv;
-    if (argc)
-        return qs_errf(e, "usage: info");
+    (void)argc; /* none (the spec's arity) */
     struct qs_bench *b = c->b;
     cJSON *o = cJSON_CreateObject();
     struct qs_sb t = {0};
@@ -281,9 +277,9 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
+    (void)e;
     (void)argv;
-    if (argc)
-        return qs_errf(e, "usage: layers");
+    (void)argc; /* none (the spec's arity) */
     struct qs_bench *b = c->b;
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     struct qs_sb t = {0};
@@ -354,8 +350,7 @@ static int cmd_layers(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_eval(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     (void)argv;
-    if (argc)
-        return qs_errf(e, "usage: eval");
+    (void)argc; /* none (the spec's arity) */
     if (c->b->lm)
         return qs_cmd_lm_eval(c, e);
     struct qs_eval ev;
@@ -721,8 +716,9 @@ static void emit_set(struct qs_ctx *c, const char *what, double v, const char *t
 static int cmd_set_seed(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     long v;
-    if (argc != 1 || qs_parse_int(argv[0], 0, 0x7fffffff, &v, "set seed", e) < 0)
-        return argc != 1 ? qs_errf(e, "usage: set seed N") : -1;
+    (void)argc; /* one N (the spec's arity) */
+    if (qs_parse_int(argv[0], 0, 0x7fffffff, &v, "set seed", e) < 0)
+        return -1;
     c->b->seed = (uint64_t)v;
     snprintf(c->canon, sizeof c->canon, "set seed %ld", v);
     emit_set(c, "seed", (double)v, "");
@@ -733,7 +729,7 @@ static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     long v;
     if (argc != 1)
-        return qs_errf(e, "usage: set calib N|tokens=N");
+        return qs_errf(e, "set calib: give N or tokens=N (one of them)");
     const char *tv = qs_opt_value(argv[0], "tokens");
     if (tv) { /* a budget in tokens (transformers): whole windows of the model's context */
         if (qs_parse_int(tv, 1, 1 << 30, &v, "set calib tokens", e) < 0 ||
@@ -776,8 +772,6 @@ static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         } else if ((v = qs_opt_value(argv[i], "calib"))) {
             if (qs_parse_double(v, &fc, "set split calib", e) < 0)
                 return -1;
-        } else {
-            return qs_errf(e, "usage: set split [seed=N] [train=F] [calib=F]");
         }
     }
     if (ft < 0 || fc <= 0 || ft + fc >= 1)
@@ -793,8 +787,7 @@ static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     double v;
-    if (argc != 1)
-        return qs_errf(e, "usage: set gate F   (share of the headroom over chance, 0..1)");
+    (void)argc; /* one F (the spec's arity) */
     if (qs_parse_double(argv[0], &v, "set gate", e) < 0)
         return -1;
     if (v < 0 || v > 1)
@@ -808,8 +801,7 @@ static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_set_lmgate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     double v;
-    if (argc != 1)
-        return qs_errf(e, "usage: set lmgate F   (share of the unigram entropy to remove, 0..1)");
+    (void)argc; /* one F (the spec's arity) */
     if (qs_parse_double(argv[0], &v, "set lmgate", e) < 0)
         return -1;
     if (v < 0 || v > 1)
@@ -822,8 +814,8 @@ static int cmd_set_lmgate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1 || (strcmp(argv[0], "on") && strcmp(argv[0], "off")))
-        return qs_errf(e, "usage: set bail on|off");
+    (void)e;
+    (void)argc; /* on|off (the spec's arity and values) */
     c->bail = !strcmp(argv[0], "on");
     c->no_journal = 1;
     return 0;
@@ -862,10 +854,6 @@ static void ggml_fallback_note(struct qs_bench *b, const struct qs_format *f, cJ
 
 static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 2)
-        return qs_errf(e, "usage: quant PATTERN FORMAT [gran=tensor|channel|group:N] "
-                          "[clip=max|mse|pct:P] [round=nearest|stochastic] [on=w|a|wa] "
-                          "[amode=dynamic|token|static]");
     struct qs_rule r;
     memset(&r, 0, sizeof r);
     if (strlen(argv[0]) >= sizeof r.pattern)
@@ -959,9 +947,9 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
+    (void)e;
     (void)argv;
-    if (argc)
-        return qs_errf(e, "usage: rules");
+    (void)argc; /* none (the spec's arity) */
     struct qs_bench *b = c->b;
     cJSON *o = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "rules");
@@ -1023,8 +1011,7 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_regime(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: regime weight|act|full");
+    (void)argc; /* weight|act|full (the spec's arity and values) */
     enum qs_regime r;
     if (!strcmp(argv[0], "weight"))
         r = QS_REGIME_WEIGHT;
@@ -1046,8 +1033,6 @@ static int cmd_regime(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 2)
-        return qs_errf(e, "usage: roundtrip FORMAT VALUE... [sat=0|1]");
     struct qs_format f;
     if (qs_format_parse(argv[0], &f, e) < 0)
         return -1;
@@ -1114,8 +1099,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_codes(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: codes FORMAT");
+    (void)argc; /* one FORMAT (the spec's arity) */
     struct qs_format f;
     double *v;
     int n;
@@ -1572,8 +1556,6 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
  * the layout is in packfile.h, and qs_mlp_load reads both back. */
 static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc < 1 || argc > 2 || (argc == 2 && strcmp(argv[1], "packed")))
-        return qs_errf(e, "usage: export model PATH [packed]");
     struct qs_bench *b = c->b;
     if (!b->model)
         return cmd_export_lm(c, argc, argv, e);
@@ -1731,6 +1713,40 @@ static void sb_wrap(struct qs_sb *t, const char *text, int indent, int width)
     }
 }
 
+/* `formats`: every canonical format name with its element bits, block and largest value. */
+static int cmd_formats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc;
+    (void)argv;
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "formats");
+    cJSON_AddStringToObject(o, "cmd", "formats");
+    struct qs_sb t = {0};
+    qs_sb_printf(&t, "%-12s %4s %5s %12s", "format", "bits", "block", "max");
+    for (const char *const *n = qs_format_names(); *n; n++) {
+        struct qs_format f;
+        if (qs_format_parse(*n, &f, e) < 0) {
+            cJSON_Delete(o);
+            qs_sb_free(&t);
+            return -1;
+        }
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "name", f.name);
+        cJSON_AddNumberToObject(j, "bits", f.bits);
+        cJSON_AddNumberToObject(j, "block", f.block);
+        /* llama.cpp's types scale each block by its own super-block scales: no fixed maximum */
+        double mx = f.kind == QS_FMT_NONE || f.kind == QS_FMT_GGML ? NAN : qs_format_max(&f);
+        qs_json_num(j, "max", mx);
+        cJSON_AddItemToArray(arr, j);
+        char ms[32] = "-";
+        if (!isnan(mx))
+            snprintf(ms, sizeof ms, "%.9g", mx);
+        qs_sb_printf(&t, "\n%-12s %4d %5d %12s", f.name, f.bits, f.block, ms);
+    }
+    qs_emit(c, o, t.s);
+    qs_sb_free(&t);
+    return 0;
+}
+
 /* `help` lists every command (synopsis, then its one-line description); `help WORD` describes
  * the commands named WORD or starting with "WORD " (help set: every set command). */
 static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -1745,13 +1761,18 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (argc && strcmp(d->name, argv[0]) && !(strncmp(d->name, argv[0], al) == 0 &&
                                                   d->name[al] == ' '))
             continue;
+        if (argc == 2 && strcmp(d->name + al + (d->name[al] == ' '), argv[1]))
+            continue; /* help load model: that one command */
+        struct qs_sb syn = {0}; /* generated from the command's spec */
+        qs_cmd_synopsis(d, QS_SYN_TEXT, &syn);
+        const char *args = syn.s ? syn.s + strlen(d->name) + (syn.s[strlen(d->name)] == ' ') : "";
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "name", d->name);
-        cJSON_AddStringToObject(j, "args", d->args);
+        cJSON_AddStringToObject(j, "args", args);
         cJSON_AddStringToObject(j, "help", d->help);
         cJSON_AddItemToArray(arr, j);
-        qs_sb_printf(&t, "%s%s%s%s\n", found++ ? "\n" : "", d->name, d->args[0] ? " " : "",
-                     d->args);
+        qs_sb_printf(&t, "%s%s\n", found++ ? "\n" : "", syn.s ? syn.s : d->name);
+        qs_sb_free(&syn);
         sb_wrap(&t, d->help, 4, 96);
         if (argc && d->more) {
             qs_sb_printf(&t, "\n");
@@ -1762,7 +1783,8 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_Delete(o);
         cJSON_Delete(arr);
         qs_sb_free(&t);
-        return qs_errf(e, "help: no command '%s'", argv[0]);
+        return qs_errf(e, "help: no command '%s%s%s'", argv[0], argc == 2 ? " " : "",
+                       argc == 2 ? argv[1] : "");
     }
     cJSON_AddItemToObject(o, "commands", arr);
     if (!argc) {
@@ -1785,13 +1807,17 @@ static int cmd_quit(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_cmds_basic[] = {
-    {"load model", "PATH [act=relu|gelu|tanh|sigmoid]", QS_CMD_JOURNAL, cmd_load_model,
+    {"load model", 1, 1,
+     QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL),
+             QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid")),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_model,
      "open a model (safetensors: qscope metadata or an nn.Sequential state dict)",
      "act= sets the hidden activation of a state dict without metadata (default relu). A "
      "folder with config.json + model.safetensors opens a GPT-2 or LLaMA; a llama.cpp .gguf "
      "file (architecture llama; F32/F16/BF16, q8_0..q6_K tensors dequantized on load) opens "
      "as a LLaMA."},
-    {"load reference", "PATH", QS_CMD_JOURNAL | QS_CMD_MODEL, qs_cmd_load_reference,
+    {"load reference", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, qs_cmd_load_reference,
      "pair a quantized GGUF model with its float original: llama.cpp's weights become the "
      "quantized path",
      "After `load model X.gguf` (a llama quantized by llama.cpp, e.g. Q4_K_M): PATH, an F16/F32 "
@@ -1804,7 +1830,10 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "PATTERN gguf` gives them their GGUF weights back. Hyperparameters and tensor shapes must "
      "match: the first difference is named. Embedding and norms are not sites: both paths use "
      "the reference's, and the load says how far the GGUF's differ."},
-    {"load data", "PATH [label=COLUMN] [dtype=uint16|uint32]", QS_CMD_JOURNAL, cmd_load_data,
+    {"load data", 1, 1,
+     QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_OPT("label", QS_ARG_WORD, "COLUMN"),
+             QS_OPT("dtype", QS_ARG_ENUM, "uint16|uint32")),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_load_data,
      "open a CSV dataset, or token data for a transformer (.txt, .bin)",
      "CSV: numeric cells; label column by name or index, default last. The split "
      "(train/calib/test) follows the model's recorded split seed and fractions. With a "
@@ -1812,43 +1841,75 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "one (byte-level or SentencePiece BPE), else one token per byte; .bin holds raw "
      "little-endian ids, uint16 (nanoGPT) unless dtype=uint32, or an llm.c header that gives "
      "the width itself. `info` says which was used."},
-    {"info", "", 0, cmd_info, "show the model, data, split, regime and seed", NULL},
-    {"layers", "", QS_CMD_MODEL, cmd_layers,
+    {"info", 0, 0, NULL, QS_CMD_SPARES, cmd_info, "show the model, data, split, regime and seed",
+     NULL},
+    {"layers", 0, 0, NULL, QS_CMD_MODEL, cmd_layers,
      "table of layers: shape, formats, bits per weight, weight error, correction", NULL},
-    {"eval", "", QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
+    {"eval", 0, 0, NULL, QS_CMD_JOURNAL | QS_CMD_DATA, cmd_eval,
      "float vs quantized task metrics on the test split, KL, top-1 agreement and the gate",
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
-    {"train", "[hidden=64,64] [epochs=N] [batch=N] [lr=F] [wd=F] [act=A] [seed=N] [out=PATH]",
-     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT | QS_CMD_SCRATCH, cmd_train,
+    {"train", 0, 0,
+     QS_ARGS(QS_OPT("hidden", QS_ARG_WORD, "64,64"), QS_OPT("epochs", QS_ARG_INT, NULL),
+             QS_OPT("steps", QS_ARG_INT, NULL), QS_OPT("batch", QS_ARG_INT, NULL),
+             QS_OPT("ctx", QS_ARG_INT, NULL), QS_OPT("lr", QS_ARG_FLOAT, NULL),
+             QS_OPT("min_lr", QS_ARG_FLOAT, NULL), QS_OPT("warmup", QS_ARG_INT, NULL),
+             QS_OPT("wd", QS_ARG_FLOAT, NULL), QS_OPT("clip", QS_ARG_FLOAT, NULL),
+             QS_OPT("eval", QS_ARG_INT, NULL), QS_OPT("act", QS_ARG_ENUM, "relu|gelu|tanh|sigmoid"),
+             QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("init", QS_ARG_ENUM, "scratch|model"),
+             QS_OPT("out", QS_ARG_PATH, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT | QS_CMD_SCRATCH | QS_CMD_RECALC |
+         QS_CMD_SPARES,
+     cmd_train,
      "train an MLP with Adam on the train split, replacing the model (out= writes it); on a "
      "transformer: [steps=N] [batch=N] [ctx=N] [lr=F] [min_lr=F] [warmup=N] [wd=F] [clip=F] "
-     "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule", NULL},
-    {"set seed", "N", QS_CMD_JOURNAL, cmd_set_seed,
+     "[eval=N] [seed=N] [init=scratch|model] out=DIR, AdamW with a cosine schedule",
+     NULL},
+    {"set seed", 1, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_set_seed,
      "session seed (stochastic rounding, random controls, probes)", NULL},
-    {"set calib", "N|tokens=N", QS_CMD_JOURNAL, cmd_set_calib,
+    {"set calib", 0, 1, QS_ARGS(QS_POS("N", QS_ARG_INT, NULL), QS_OPT("tokens", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_calib,
      "use the first N samples of the calibration split (transformers: N windows; tokens=N: "
-     "N / ctx windows, at least one)", NULL},
-    {"set split", "[seed=N] [train=F] [calib=F]", QS_CMD_JOURNAL, cmd_set_split,
+     "N / ctx windows, at least one)",
+     NULL},
+    {"set split", 0, 0,
+     QS_ARGS(QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("train", QS_ARG_FLOAT, NULL),
+             QS_OPT("calib", QS_ARG_FLOAT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_split,
      "re-make the deterministic train/calib/test split", NULL},
-    {"set gate", "F", QS_CMD_JOURNAL, cmd_set_gate,
-     "task-learned gate: required share of the headroom over chance (default 0.8)", NULL},
-    {"set lmgate", "F", QS_CMD_JOURNAL, cmd_set_lmgate,
+    {"set gate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC,
+     cmd_set_gate, "task-learned gate: required share of the headroom over chance (default 0.8)",
+     NULL},
+    {"set lmgate", 1, 1, QS_ARGS(QS_POS("F", QS_ARG_FLOAT, NULL)), QS_CMD_JOURNAL | QS_CMD_RECALC,
+     cmd_set_lmgate,
      "language models' gate: the float loss must be this share below the unigram entropy (0.25)",
      NULL},
-    {"set bail", "on|off", 0, cmd_set_bail, "in scripts, stop at the first error (on) or go on",
-     NULL},
-    {"quant", "PATTERN FORMAT [gran=] [clip=] [round=] [range=] [scale=] [on=w|a|wa] [amode=] "
-              "[method=rtn|gptq|awq] [damp=] [order=act] [inputs=float|quant] [weight=imatrix] "
-              "[rotate=hadamard] [smooth=A]",
-     QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_quant,
+    {"set bail", 1, 1, QS_ARGS(QS_POS("on|off", QS_ARG_ENUM, "on|off")), QS_CMD_SPARES,
+     cmd_set_bail, "in scripts, stop at the first error (on) or go on", NULL},
+    {"quant", 2, 2,
+     QS_ARGS(QS_POS("PATTERN", QS_ARG_PATTERN, NULL), QS_POS("FORMAT", QS_ARG_FORMAT, NULL),
+             QS_OPT("gran", QS_ARG_ENUM, "tensor|channel|group:N"),
+             QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"),
+             QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"),
+             QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"),
+             QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("on", QS_ARG_ENUM, "w|a|wa|aw"),
+             QS_OPT("amode", QS_ARG_ENUM, "dynamic|token|static"),
+             QS_OPT("method", QS_ARG_ENUM, "rtn|gptq|awq"), QS_OPT("damp", QS_ARG_FLOAT, NULL),
+             QS_OPT("order", QS_ARG_ENUM, "act|col"), QS_OPT("inputs", QS_ARG_ENUM, "float|quant"),
+             QS_OPT("weight", QS_ARG_ENUM, "imatrix|plain"),
+             QS_OPT("rotate", QS_ARG_ENUM, "hadamard|none"),
+             QS_OPT("smooth", QS_ARG_FLOAT, "A|none")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
      "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
      "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
      "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
      "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
      "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "
-     "is not a multiple of 32 either; the 32-element types refuse such rows); after load reference, "
+     "is not a multiple of 32 either; the 32-element types refuse such rows); after load "
+     "reference, "
      "gguf: the paired GGUF's own weights (see load reference). on= picks the "
      "roles (default: the regime's). Activations: amode=dynamic (default) scales each tensor (or "
      "each group of a token with gran=group:N), amode=token each token, amode=static uses the "
@@ -1860,26 +1921,32 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "float), smooth=A (SmoothQuant, for weight+activation); their statistics come from the "
      "calibration inputs of the partly quantized model, sites in forward order (inputs=float: "
      "the float model's)."},
-    {"rules", "", QS_CMD_MODEL, cmd_rules, "list the quantization rules in order and their layers",
-     NULL},
-    {"regime", "weight|act|full", QS_CMD_JOURNAL | QS_CMD_MODEL, cmd_regime,
+    {"rules", 0, 0, NULL, QS_CMD_MODEL, cmd_rules,
+     "list the quantization rules in order and their layers", NULL},
+    {"regime", 1, 1, QS_ARGS(QS_POS("weight|act|full", QS_ARG_ENUM, "weight|act|full")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_regime,
      "default roles of rules: weights, activations or both", NULL},
-    {"roundtrip", "FORMAT VALUE... [sat=0|1]", QS_CMD_JOURNAL, cmd_roundtrip,
+    {"roundtrip", 2, -1,
+     QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL), QS_POS("VALUE", QS_ARG_FLOAT, NULL),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1")),
+     QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_roundtrip,
      "quantize values in the bare format (scale 1; block formats: the values form one block)",
      "Each value is read as a float32, as weights are, and that float32 value is rounded: a "
      "9-digit decimal of an exact tie between two codes rounds to the even code."},
-    {"codes", "FORMAT", QS_CMD_JOURNAL, cmd_codes,
-     "list every code of a format and its value", NULL},
-    {"export model", "PATH [packed]",
-     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH,
-     cmd_export_model,
+    {"formats", 0, 0, NULL, QS_CMD_SPARES, cmd_formats,
+     "list every format name with its element bits, block size and largest value", NULL},
+    {"codes", 1, 1, QS_ARGS(QS_POS("FORMAT", QS_ARG_FORMAT, NULL)), QS_CMD_JOURNAL | QS_CMD_SPARES,
+     cmd_codes, "list every code of a format and its value", NULL},
+    {"export model", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL), QS_FLAG("packed")),
+     QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_WRITES | QS_CMD_SCRATCH, cmd_export_model,
      "write the quantized model: dequantized weights, or packed codes and scales",
      "An MLP: PATH.safetensors, with packed: codes and scales. A transformer: PATH a folder "
      "(Hugging Face, dequantized weights, corrections folded in; with packed: codes, scales "
      "and fitted factors, dequantized by load model), or PATH.gguf for a llama "
      "(llama.cpp: sites in ggml types keep their blocks, others F32; corrections and "
      "activation quantization left out, and said so; no tokenizer keys)."},
-    {"help", "[COMMAND]", 0, cmd_help, "list commands, or describe one", NULL},
-    {"quit", "", 0, cmd_quit, "leave qscope", NULL},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {"help", 0, 2, QS_ARGS(QS_POS("COMMAND", QS_ARG_WORD, NULL)), QS_CMD_SPARES, cmd_help,
+     "list commands, or describe one", NULL},
+    {"quit", 0, 0, NULL, QS_CMD_SPARES, cmd_quit, "leave qscope", NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

@@ -90,8 +90,7 @@ static int cmd_sensitivity(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             if (qs_parse_int(v, 2, 100000, &probes, "probes", e) < 0)
                 return -1;
         } else {
-            return qs_errf(e, "usage: sensitivity [method=delta|grad|fisher|hutchinson|all[,...]] "
-                              "[probes=N]");
+            return qs_errf(e, "sensitivity: unexpected '%s'", argv[i]); /* not in the spec */
         }
     }
     int L = qs_bench_nunits(b), nw = 10;
@@ -756,10 +755,7 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             snprintf(extra + strlen(extra), sizeof extra - strlen(extra), " %s",
                      qs_quote(argv[i], q, sizeof q));
         } else {
-            return qs_errf(e, "usage: allocate bits=B [formats=F,F,...] [gran=G] "
-                              "[methods=rtn,gptq,awq,imatrix] [corr=M "
-                              "[ranks=R,R,...] [prec=P]] [apply] | allocate rank=R "
-                              "[method=lowrank|lqer|qera|eora] [prec=P] [apply]");
+            return qs_errf(e, "allocate: '%s' is not a quantizer option here", argv[i]);
         }
     }
     if ((bits > 0) == (rank > 0))
@@ -1067,8 +1063,10 @@ static int cmd_qat(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 return qs_errf(e, "qat: scales is fixed or lsq, not '%s'", v);
             qo.lsq = !strcmp(v, "lsq");
         } else {
-            return qs_errf(e, "usage: qat [epochs=N] [lr=F] [batch=N] [seed=N] "
-                              "[scales=fixed|lsq]");
+            return qs_errf(e,
+                           "qat: '%s' is an option of a transformer (an MLP takes epochs= "
+                           "lr= batch= seed= scales=)",
+                           argv[i]);
         }
     }
     struct qat_cb_ctx cc = {c, qo.epochs};
@@ -1480,9 +1478,7 @@ static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, 
             if (qs_parse_int(v, 1, 1 << 30, &p->calib_tokens, "study q1 calib_tokens", e) < 0)
                 return -1;
         } else
-            return qs_errf(e, "usage: study q1 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[prec=int4|int8|float] [format=int3] [gran=tensor] "
-                              "[calib_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
+            return qs_errf(e, "study q1: unexpected '%s'", argv[i]);
     }
     o->calib_tokens = p->calib_tokens;
     const char *prec = p->prec;
@@ -2341,9 +2337,7 @@ static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, 
             if (qs_parse_int(v, 1, 1 << 30, &o->heldout_tokens, "study q2 heldout_tokens", e) < 0)
                 return -1;
         } else
-            return qs_errf(e, "usage: study q2 [models=PATH,PATH,...|bundled] [seeds=0,1,2] "
-                              "[format=int3] [gran=tensor] [fit=65536] [epochs=8] "
-                              "[heldout_tokens=N] [csv=PREFIX] [out=RECORD.json] [plan=DIR]");
+            return qs_errf(e, "study q2: unexpected '%s'", argv[i]);
     }
     o->n_fit = o->n_eval = (int)fit;
     o->epochs = (int)epochs;
@@ -2508,8 +2502,10 @@ out:
 }
 
 const struct qs_cmd_def qs_cmds_study[] = {
-    {"sensitivity", "[method=delta|grad|fisher|hutchinson|all[,...]] [probes=N]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_sensitivity,
+    {"sensitivity", 0, 0,
+     QS_ARGS(QS_OPT("method", QS_ARG_ENUMS, "delta|grad|fisher|hutchinson|all"),
+             QS_OPT("probes", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_sensitivity,
      "per-layer sensitivity: loss delta, gradient norm, Fisher-weighted error, Hessian trace",
      "delta: test-split loss with only that layer quantized minus the float loss (any model; on "
      "a transformer the held-out tokens, per linear site, and its only method and default: the "
@@ -2520,10 +2516,17 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "error; H v is exact, by forward-over-reverse differentiation (Pearlmutter's R-operator), so "
      "ReLU kinks add no error. Prints the Spearman correlation between methods. "
      "Default method=all, probes=32."},
-    {"allocate",
-     "bits=B [formats=F,...] [gran=G] [methods=rtn,gptq,...] [corr=M [ranks=R,...] [prec=P]] "
-     "[apply] | rank=R [method=M] [prec=P] [apply]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_allocate,
+    {"allocate", 0, 0,
+     QS_ARGS(QS_OPT("bits", QS_ARG_FLOAT, "B"), QS_OPT("rank", QS_ARG_INT, "R"),
+             QS_OPT("formats", QS_ARG_WORD, "F,..."), QS_OPT("gran", QS_ARG_WORD, "G"),
+             QS_OPT("methods", QS_ARG_WORD, "M,..."), QS_OPT("method", QS_ARG_WORD, "M"),
+             QS_OPT("corr", QS_ARG_WORD, "M"), QS_OPT("ranks", QS_ARG_WORD, "R,..."),
+             QS_OPT("prec", QS_ARG_FORMAT, "P"), QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"),
+             QS_OPT("round", QS_ARG_ENUM, "nearest|stochastic"),
+             QS_OPT("range", QS_ARG_ENUM, "restricted|full"), QS_FLAG("asym"), QS_FLAG("sym"),
+             QS_OPT("sat", QS_ARG_ENUM, "0|1"), QS_OPT("scale", QS_ARG_ENUM, "f16|f32|none"),
+             QS_FLAG("apply")),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_allocate,
      "plan a per-layer format under a bits/weight budget, or spread a total correction rank",
      "bits=B: greedy by marginal calibration loss per bit (packed sizes) over formats (default "
      "int2,int3,int4,int8; FORMAT/GRAN picks a granularity per candidate, default gran=channel). "
@@ -2534,11 +2537,16 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "default 4) whose factors are at prec= (default float) on top of each format, so the plan "
      "can trade a wider format for a correction. The plan prints as quant/correct commands; "
      "`apply` runs them, and they are journaled as such."},
-    {"qat",
-     "[epochs=N] [lr=F] [batch=N] [seed=N] (transformers: [steps=N] [ctx=N] [min_lr=F] "
-     "[warmup=N] [wd=F] [clip=F] [out=DIR] [mode=whole|block] [order=depth|sensitivity] "
-     "[samples=N]) [scales=fixed|lsq]",
-     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG, cmd_qat,
+    {"qat", 0, 0,
+     QS_ARGS(QS_OPT("epochs", QS_ARG_INT, NULL), QS_OPT("steps", QS_ARG_INT, NULL),
+             QS_OPT("lr", QS_ARG_FLOAT, NULL), QS_OPT("min_lr", QS_ARG_FLOAT, NULL),
+             QS_OPT("batch", QS_ARG_INT, NULL), QS_OPT("ctx", QS_ARG_INT, NULL),
+             QS_OPT("warmup", QS_ARG_INT, NULL), QS_OPT("wd", QS_ARG_FLOAT, NULL),
+             QS_OPT("clip", QS_ARG_FLOAT, NULL), QS_OPT("seed", QS_ARG_INT, NULL),
+             QS_OPT("out", QS_ARG_PATH, "DIR"), QS_OPT("mode", QS_ARG_ENUM, "whole|block"),
+             QS_OPT("order", QS_ARG_ENUM, "depth|sensitivity"), QS_OPT("samples", QS_ARG_INT, NULL),
+             QS_OPT("scales", QS_ARG_ENUM, "fixed|lsq")),
+     QS_CMD_JOURNAL | QS_CMD_DATA | QS_CMD_LONG | QS_CMD_RECALC, cmd_qat,
      "quantization-aware fine-tuning (straight-through) through the current formats",
      "Trains the float master weights on the train split with the forward pass through each "
      "layer's weight format, then replaces the model by the fine-tuned one and reports the share "
@@ -2553,9 +2561,12 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "`sensitivity`). scales=lsq learns the weight scales with the weights (LSQ, Esser et al. "
      "2020; same optimizer and lr; refused for MX, NVFP4 and ggml formats) and makes them the "
      "sites' scales, packed export included; scales=fixed (default) recomputes them."},
-    {"study q1",
-     "[models=PATH,...|bundled] [seeds=0,1,2] [prec=int4] [format=int3] [gran=tensor] "
-     "[csv=PREFIX] [out=RECORD.json] [plan=DIR]",
+    {"study q1", 0, 0,
+     QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"),
+             QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("prec", QS_ARG_ENUM, "int4|int8|float"),
+             QS_OPT("format", QS_ARG_FORMAT, "int3"), QS_OPT("gran", QS_ARG_WORD, "tensor"),
+             QS_OPT("calib_tokens", QS_ARG_INT, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX"),
+             QS_OPT("out", QS_ARG_PATH, "RECORD.json"), QS_OPT("plan", QS_ARG_PATH, "DIR")),
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q1,
      "the Q1 study: linear recovery (float and quantized map) vs correctability, per layer",
      "Each model (MODEL or MODEL:DATA.csv; data from its qscope.data metadata) and seed on a "
@@ -2567,7 +2578,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "runs nothing: it writes one session per setting (model and data pinned by SHA-256), "
      "DIR/jobs.txt (one shell command a setting, for GNU parallel) and DIR/slurm.sbatch (a "
      "Slurm job array); finished settings are skipped when a plan runs again."},
-    {"study merge", "DIR [csv=PREFIX]", QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
+    {"study merge", 1, 1,
+     QS_ARGS(QS_POS("DIR", QS_ARG_PATH, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX")),
+     QS_CMD_JOURNAL | QS_CMD_WRITES, qs_cmd_study_merge,
      "merge a study plan's finished settings into the study's report",
      "Reads DIR/plan.json (a study q1 or study q2 plan) and every DIR/results/NAME.json, names "
      "the settings missing or failed (a record cut short, of other options, of another setting "
@@ -2577,9 +2590,13 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "PREFIX-master_summary.csv (default PREFIX DIR/q1), DIR/q1-summary.json and "
      "DIR/q1-report.txt; q2 PREFIX-master_summary.csv, PREFIX-sites.csv (default PREFIX DIR/q2), "
      "DIR/q2-summary.json and DIR/q2-report.txt."},
-    {"study q2",
-     "[models=PATH,...|bundled] [seeds=0,1,2] [format=int3] [gran=tensor] [fit=65536] "
-     "[epochs=8] [csv=PREFIX] [out=RECORD.json] [plan=DIR]",
+    {"study q2", 0, 0,
+     QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"),
+             QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("format", QS_ARG_FORMAT, "int3"),
+             QS_OPT("gran", QS_ARG_WORD, "tensor"), QS_OPT("fit", QS_ARG_INT, "65536"),
+             QS_OPT("epochs", QS_ARG_INT, "8"), QS_OPT("heldout_tokens", QS_ARG_INT, NULL),
+             QS_OPT("csv", QS_ARG_PATH, "PREFIX"), QS_OPT("out", QS_ARG_PATH, "RECORD.json"),
+             QS_OPT("plan", QS_ARG_PATH, "DIR")),
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
      "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
      "its identity?",
@@ -2596,5 +2613,5 @@ const struct qs_cmd_def qs_cmds_study[] = {
      "writes the per-setting record (every figure at %.17g, a SHA-256 digest of its fields) that "
      "`study merge` reads; plan=DIR writes the study as a plan of one job per setting, as study "
      "q1 does."},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

@@ -347,8 +347,8 @@ static const struct {
 int qs_cmd_study_merge(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *csv = NULL;
-    if (argc < 1 || argc > 2 || (argc == 2 && !(csv = qs_opt_value(argv[1], "csv"))))
-        return qs_errf(e, "usage: study merge DIR [csv=PREFIX]");
+    if (argc == 2) /* DIR [csv=PREFIX] (the spec) */
+        csv = qs_opt_value(argv[1], "csv");
     const char *dir = argv[0];
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/plan.json", dir);

@@ -1534,8 +1534,7 @@ void qs_autosave_end(struct qs_ctx *c)
 
 static int cmd_save_session(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: save session PATH");
+    (void)argc; /* one PATH (the spec's arity) */
     int n = c->njournal;
     if (qs_session_write(c, argv[0], e) < 0)
         return qs_err_prefix(e, "save session");
@@ -1560,8 +1559,7 @@ static int cmd_save_session(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    if (argc != 1)
-        return qs_errf(e, "usage: source PATH");
+    (void)argc; /* one PATH (the spec's arity) */
     char path[PATH_MAX];
     if (qs_script_resolve(c, argv[0], path, sizeof path, e) < 0)
         return qs_err_prefix(e, "source");
@@ -1670,10 +1668,10 @@ static int recover_one(struct qs_ctx *c, const char *dir, const char *path, int 
 
 static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    static const char usage[] = "usage: recover [list | N | discard N|all]";
     char dir[PATH_MAX - 64];
-    if (argc > 2 || (argc == 2 && !same_str(argv[0], "discard")))
-        return qs_errf(e, "%s", usage);
+    if (argc == 2 && !same_str(argv[0], "discard"))
+        return qs_errf(e, "recover: two words are 'discard N' or 'discard all', not '%s %s'",
+                       argv[0], argv[1]);
     if (state_dir(dir, sizeof dir, e) < 0)
         return qs_err_prefix(e, "recover");
     char **v;
@@ -1687,7 +1685,7 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     } else if (argc == 1 && same_str(argv[0], "list")) {
         rc = recover_list(c, v, np);
     } else if (argc == 1 && same_str(argv[0], "discard")) {
-        rc = qs_errf(e, "%s", usage);
+        rc = qs_errf(e, "recover discard: which journal? (recover discard N, or all)");
     } else if (!all && argc >= 1 &&
                qs_parse_int(argv[argc - 1], 1, np, &which, "recover: journal number", e) < 0) {
         rc = -1;
@@ -1714,19 +1712,22 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_cmds_session[] = {
-    {"save session", "PATH", QS_CMD_WRITES, cmd_save_session,
-     "save the journal as a replayable session (header, commands, results)",
+    {"save session", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_WRITES,
+     cmd_save_session, "save the journal as a replayable session (header, commands, results)",
      "Check it later with: qscope --replay PATH --check. The header pins every model and data "
      "file by SHA-256."},
-    {"source", "PATH", 0, cmd_source,
+    {"source", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_RECALC | QS_CMD_SPARES,
+     cmd_source,
      "run the commands of a script (relative paths resolve from the running script's folder)",
      NULL},
     /* writes: it retires or deletes journals in the state folder, no business of a replay */
-    {"recover", "[list | N | discard N|all]", QS_CMD_WRITES, cmd_recover,
+    {"recover", 0, 2,
+     QS_ARGS(QS_POS("list|N|discard", QS_ARG_WORD, NULL), QS_POS("N|all", QS_ARG_WORD, NULL)),
+     QS_CMD_WRITES | QS_CMD_RECALC | QS_CMD_SPARES, cmd_recover,
      "restore the state of an earlier session that did not exit cleanly (from its journal)",
      "Every journal left unclosed by a crash is kept until it is recovered or discarded. With "
      "one, `recover` restores it; with several, it lists them (number, date, commands) and "
      "`recover N` restores the N-th. A journal is retired only when all of its commands were "
      "restored. `recover discard N` (or `all`) deletes them."},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

@@ -137,8 +137,7 @@ static int cmd_screenshot(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (!pthread_equal(pthread_self(), t->ui_thread)) /* e.g. inside `source`: the worker */
         return qs_errf(e, "screenshot: type it at the prompt (curses belongs to the UI thread, "
                           "scripts run in the worker)");
-    if (argc != 1)
-        return qs_errf(e, "usage: screenshot PATH");
+    (void)argc;       /* one PATH (the spec's arity) */
     tui_sync_size(t); /* the screen as it is now, laid out for its current size */
     tui_redraw(t);
     if (dump_screen(argv[0], e) < 0)
@@ -161,8 +160,7 @@ static int cmd_tui_stats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct tui *t = tui_the;
     if (!t || c->front != (void *)t)
         return qs_errf(e, "tui stats needs the TUI (run qscope in a terminal without --repl)");
-    if (argc)
-        return qs_errf(e, "usage: tui stats");
+    (void)argc; /* none (the spec's arity) */
     char a[160], b[160];
     lat_format(&t->lat_key, a, sizeof a);
     lat_format(&t->lat_cmd, b, sizeof b);
@@ -185,8 +183,7 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     struct tui *t = tui_the;
     if (!t || c->front != (void *)t)
         return qs_errf(e, "tui keys needs the TUI (run qscope in a terminal without --repl)");
-    if (argc)
-        return qs_errf(e, "usage: tui keys");
+    (void)argc; /* none (the spec's arity) */
     cJSON *o = cJSON_CreateObject(), *rows = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "cmd", "tui keys");
     struct qs_sb txt = {0};
@@ -228,11 +225,12 @@ static int cmd_tui_keys(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 const struct qs_cmd_def qs_tui_cmds[] = {
-    {"screenshot", "PATH", QS_CMD_FRONT | QS_CMD_WRITES, cmd_screenshot,
+    {"screenshot", 1, 1, QS_ARGS(QS_POS("PATH", QS_ARG_PATH, NULL)), QS_CMD_FRONT | QS_CMD_WRITES,
+     cmd_screenshot,
      "write the TUI's screen as plain text (one line per row), e.g. for golden tests", NULL},
-    {"tui stats", "", QS_CMD_FRONT, cmd_tui_stats,
+    {"tui stats", 0, 0, NULL, QS_CMD_FRONT, cmd_tui_stats,
      "latency of this TUI: keystroke to redraw, and a key's command to its panes updated", NULL},
-    {"tui keys", "", QS_CMD_FRONT, cmd_tui_keys,
+    {"tui keys", 0, 0, NULL, QS_CMD_FRONT, cmd_tui_keys,
      "the key table: each key, its help, the command it runs, whether it is offered here", NULL},
-    {NULL, NULL, 0, NULL, NULL, NULL},
+    {NULL, 0, 0, NULL, 0, NULL, NULL, NULL},
 };

@@ -40,9 +40,11 @@ static int help_lines(struct tui *t, char ***out)
         v[m++] = qs_strdup(tail[i]);
     for (int i = 0; i < n; i++) {
         const struct qs_cmd_def *d = qs_cmd_at(t->c, i);
-        char buf[512], syn[200];
-        snprintf(syn, sizeof syn, "%s %s", d->name, d->args);
-        snprintf(buf, sizeof buf, "  %-44s %s", syn, d->help);
+        char buf[512];
+        struct qs_sb syn = {0}; /* generated from the command's spec */
+        qs_cmd_synopsis(d, QS_SYN_TEXT, &syn);
+        snprintf(buf, sizeof buf, "  %-44.200s %s", syn.s ? syn.s : d->name, d->help);
+        qs_sb_free(&syn);
         v[m++] = qs_strdup(buf);
     }
     *out = v;

@@ -154,10 +154,12 @@ struct tui_worker {
     int started;
     struct qs_ctx *c;
     struct tui_shared *sh;
-    /* worker-owned: a transformer's eval figures, kept while the journal, the model and the
-     * tokens stay (a new selection or a resize rebuilds the snapshot, not the state) */
+    /* worker-owned: state_gen counts the commands run with QS_CMD_RECALC (they change what the
+     * panes show); a transformer's eval figures are kept while it, the model and the tokens
+     * stay (a new selection or a resize rebuilds the snapshot, not the state) */
+    unsigned long state_gen;
     int lm_have;
-    int lm_nj;
+    unsigned long lm_gen;
     const void *lm_m, *lm_t;
     struct qs_lm_eval lev, lev_raw;
     struct qs_lm_gate lgate;

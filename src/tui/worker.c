@@ -289,7 +289,7 @@ static int lm_eval_of(struct qs_bench *b, uint64_t cmask, struct qs_lm_eval *ev,
  * the MLP's q_raw. */
 static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s, qs_err *e)
 {
-    if (w->lm_have && w->lm_nj == w->c->njournal && w->lm_m == (const void *)b->lm &&
+    if (w->lm_have && w->lm_gen == w->state_gen && w->lm_m == (const void *)b->lm &&
         w->lm_t == (const void *)b->tokens) {
         s->lev = w->lev;
         s->lev_raw = w->lev_raw;
@@ -307,7 +307,7 @@ static int snap_lm_eval(struct tui_worker *w, struct qs_bench *b, struct tui_sna
         w->lev = s->lev;
         w->lev_raw = s->lev_raw;
         w->lgate = s->lgate;
-        w->lm_nj = w->c->njournal;
+        w->lm_gen = w->state_gen;
         w->lm_m = b->lm;
         w->lm_t = b->tokens;
         w->lm_have = 1;
@@ -487,13 +487,13 @@ static void *worker_main(void *arg)
         qs_err e = {{0}};
         int rc = 0, rebuild = 1;
         if (kind == JOB_LINE && line) {
-            int nj = c->njournal;
-            const void *m = b->model, *d = b->data;
+            /* the command's reaction flag says whether the panes need new figures: error,
+             * spectrum, eval, help, export ... change nothing they show */
+            rebuild = (qs_cmd_line_flags(c, line) & QS_CMD_RECALC) != 0;
             b->cancel = 0;
             rc = qs_exec_line(c, line, &e);
-            /* read-only commands (help, info, layers, ...) change nothing the panes show */
-            rebuild =
-                c->njournal != nj || (const void *)b->model != m || (const void *)b->data != d;
+            if (rebuild)
+                w->state_gen++;
         }
         struct tui_snap *s = rebuild ? tui_snap_build(w, sel, ldw, ldh) : NULL;
         b->cancel = 0;
