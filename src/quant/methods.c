@@ -167,13 +167,15 @@ static tr8_fn pick_tr8(void)
     return tr8_c;
 }
 
-/* The in-batch updates y -= c e are fused multiply-adds, y = fma(-c, e, y) (one rounding),
- * applied to each element in the order of the columns that cause them, whatever the sub-batch
- * size or the row slice: the result is bit-identical for any `sub` and `threads`, and, for the
- * in-batch part, on every CPU (fmaf is exact by C99; the AVX2+FMA path picked at run time
- * computes the same roundings). The lazy-batch updates go through sgemm, whose kernels (and so
- * roundings) differ between CPUs: GPTQ's results are reproducible on one machine, not across
- * machines. */
+/* Every update y -= c e is a fused multiply-add, y = fma(-c, e, y) (one rounding), applied to
+ * each weight in the order of the columns that cause them: in a batch (the rank-1 and fused
+ * sub-batch kernels below) and after it (the lazy update's tiles, further down, not sgemm). So
+ * the loop computes exactly the column-at-a-time loop with one fmaf per update, whatever the
+ * batch width, the sub-batch, the row slices the threads take and the kernel: bit-identical for
+ * any `block`, `sub` and `threads`, and between the plain C kernels (fmaf is exactly rounded by
+ * C99) and the AVX2+FMA ones picked at run time, so between CPUs for the same U. U itself comes
+ * from LAPACK's dpotrf and dtrtri in double (OpenBLAS's kernels per CPU), rounded to float: a
+ * CPU whose double roundings differ there can, rarely, move a bit of U and so of the result. */
 /* y -= a x over n floats, fused. */
 static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size_t n)
 {
@@ -273,7 +275,7 @@ __attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restric
 #define KMR 6    /* rows of a tile */
 #define KNR 16   /* columns of a tile */
 #define KMC 48   /* rows per packed block of the error (8 micro-panels, 24 KB at nb = 128) */
-#define KNC 256  /* columns per packed block of U (128 KB at nb = 128) */
+#define KNC 1024 /* columns per packed block of U (512 KB at nb = 128: L2) */
 
 typedef void (*tile_fn)(size_t nb, const float *restrict ap, const float *restrict bp,
                         float *restrict c, size_t ldc);
@@ -375,11 +377,20 @@ static void lazy_update(tile_fn tile, float *restrict w, size_t n, const float *
                     for (size_t i = 0; i < KMR; i++)
                         d[k * KMR + i] = i < m ? err[k * ld + i0 + i] : 0.0f;
             }
-            for (size_t jr = 0; jr < nc; jr += KNR)
-                for (size_t ir = 0; ir < mc; ir += KMR) {
+            /* a row micro-panel of the error stays in L1 while the tiles go along W's rows and
+             * U's packed block streams from L2 */
+            for (size_t ir = 0; ir < mc; ir += KMR)
+                for (size_t jr = 0; jr < nc; jr += KNR) {
                     float *c = w + (ic + ir) * n + jc + jr;
                     const float *a = ap + ir / KMR * nb * KMR, *b = bp + jr / KNR * nb * KNR;
                     if (ir + KMR <= mc && jr + KNR <= nc) {
+                        /* the next tile's rows of W, while this one runs (+8% in the
+                         * tile's rate here) */
+                        const float *cn = jr + 2 * KNR <= nc ? c + KNR : c;
+                        for (size_t i = 0; i < KMR; i++) {
+                            __builtin_prefetch(cn + i * n, 1);
+                            __builtin_prefetch(cn + i * n + KNR - 1, 1);
+                        }
                         tile(nb, a, b, c, n);
                         continue;
                     }
