@@ -8,7 +8,8 @@
  * algebra against their own floors: the Hadamard rotation against a dense rotation by SGEMM
  * (2 rows cols^2 flops at peak) and against memcpy of the weights, SmoothQuant's scaling
  * against memcpy, the imatrix scale search against round-to-nearest (its cost is the
- * candidate scales it tries, ~140 per block, not memory or flops of a kernel). */
+ * candidate scales it tries, ~140 per block, not memory or flops of a kernel). An argument
+ * (gptq, awq or other) runs only those lines. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -303,6 +304,7 @@ int main(int argc, char **argv)
         bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 0);
         bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 1);
         bench_gptq(768, 3072, "int4", "gran=channel", sp, dp, 0);
+        bench_gptq(768, 3072, "int4", "gran=channel", sp, dp, 1);
         bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp, 0);
     }
     if (RUN("awq"))
