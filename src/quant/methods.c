@@ -701,8 +701,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     tb = !err    ? NULL
          : in_hp ? err + B * ld
                  : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
-    /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
-     * 8, when each gets at least 128 rows */
+    /* the number of row-slice threads: one per CPU, up to 8, when each gets at least 128 rows */
     long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
     while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
@@ -741,8 +740,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             }
     }
 
-    /* threads over row ranges, created once: each takes its rows through every batch (one per
-     * CPU, up to 8, when each gets at least 128 rows) */
+    /* the threads, created once: each takes its rows through every batch, with no barrier (the
+     * OpenBLAS calls are all before, in inv_chol_upper) */
     struct gjob bt[GPTQ_MAX_THREADS];
     pthread_t th[GPTQ_MAX_THREADS];
     int started[GPTQ_MAX_THREADS] = {0};
