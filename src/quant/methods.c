@@ -263,7 +263,6 @@ __attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restric
 }
 #endif
 
-
 /* ---- the lazy-batch update -----------------------------------------------------------------
  * W[r0:r1, i2:n] -= Err U[i1:i2, i2:n] after each batch, by our own rank-nb update rather than
  * sgemm, so that its roundings are fixed: every weight becomes y = fma(-err_k, U_kj, y) for
@@ -281,8 +280,8 @@ typedef void (*tile_fn)(size_t nb, const float *restrict ap, const float *restri
                         float *restrict c, size_t ldc);
 
 /* c[i][j] = fma(-ap[k][i], bp[k][j], c[i][j]) for k = 0 .. nb-1, a KMR x KNR tile (stride ldc) */
-static void tile_c(size_t nb, const float *restrict ap, const float *restrict bp,
-                   float *restrict c, size_t ldc)
+static void tile_c(size_t nb, const float *restrict ap, const float *restrict bp, float *restrict c,
+                   size_t ldc)
 {
     float acc[KMR][KNR];
     for (size_t i = 0; i < KMR; i++)
@@ -537,8 +536,7 @@ static int batch_run(struct gjob *b, size_t i1, size_t nb, int first, int last)
                                    (len - in) * sizeof *b->gx);
                     for (size_t r = r0; r < r1; r++)
                         if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
-                                             (int)col, &b->blk[r * b->nblk + col / seg],
-                                             &b->e) < 0)
+                                             (int)col, &b->blk[r * b->nblk + col / seg], &b->e) < 0)
                             return -1;
                 }
             }

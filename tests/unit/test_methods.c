@@ -456,13 +456,12 @@ static void gptq_fma_ref(const struct qs_format *f, const struct qs_qopts *o, co
     for (size_t k = 0; k < n; k++) {
         if (!shared && !act && k % seg == 0) /* a group's scales from the weights as updated */
             for (size_t r = 0; r < R; r++)
-                CHECK(qs_quantizer_fit(q, W + r * n + k, (int)(n - k < seg ? n - k : seg),
-                                       (int)r, (int)k, &blk[r * nblk + k / seg], &e) == 0);
+                CHECK(qs_quantizer_fit(q, W + r * n + k, (int)(n - k < seg ? n - k : seg), (int)r,
+                                       (int)k, &blk[r * nblk + k / seg], &e) == 0);
         const float d = u[k * n + k];
         for (size_t r = 0; r < R; r++) {
             float *wr = W + r * n, qv;
-            const struct qs_qblock *b =
-                shared ? &blk[0] : &blk[r * nblk + (size_t)perm[k] / seg];
+            const struct qs_qblock *b = shared ? &blk[0] : &blk[r * nblk + (size_t)perm[k] / seg];
             qs_quantizer_round(q, b, wr + k, &qv, 1);
             const float err = (wr[k] - qv) / d;
             wr[k] = qv;
