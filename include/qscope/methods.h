@@ -36,14 +36,15 @@ double qs_method_local_err(const float *w, const float *q, int rows, int cols, c
 
 struct qs_gptq_opts {
     double damp;   /* lambda = damp * mean(diag H) added to the diagonal (default 0.01) */
-    int block;     /* lazy-batch width in columns (default 128) */
+    int block;     /* lazy-batch width in columns (default 128); the result does not depend
+                      on it, bit for bit */
     int act_order; /* quantize columns by decreasing diag H (default 0: in order) */
     int sub;       /* columns per sub-batch inside a lazy batch (0: 16); the result does not
                       depend on it, bit for bit */
     int threads;   /* row-slice threads (0: one per CPU up to 8, >= 128 rows each); the result
                       does not depend on it, bit for bit */
-    int portable;  /* 1: the plain C in-batch kernels (fmaf) even where the AVX2+FMA ones run:
-                      the same bits, slower (a test's handle) */
+    int portable;  /* 1: the plain C kernels (fmaf) even where the AVX2+FMA ones run: the same
+                      bits, slower (a test's handle) */
 };
 void qs_gptq_opts_default(struct qs_gptq_opts *g);
 
@@ -59,8 +60,12 @@ void qs_gptq_opts_default(struct qs_gptq_opts *g);
  * static_groups), so that groups stay contiguous runs of original columns and pack as usual.
  * gran=tensor and the NVFP4 tensor scale come from the original W. scales (optional, NULL ok):
  * rows * ceil(cols / qs_quantizer_block) blocks, row-major, the parameters each group was
- * quantized with (one entry when the scale is shared by the tensor). Errors: format / options as
- * qs_quant_pack, round=stochastic, H not positive definite after damping ("raise damp"). */
+ * quantized with (one entry when the scale is shared by the tensor). Every weight update is one
+ * fused multiply-add, in the order of the columns that cause it (no sgemm), so out and scales
+ * are, bit for bit, the column-at-a-time loop's with one fmaf per update, for any block, sub,
+ * threads and kernel (see methods.c for what may still differ between CPUs: U from LAPACK).
+ * Errors: format / options as qs_quant_pack, round=stochastic, H not positive definite after
+ * damping ("raise damp"). */
 int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
             const float *w, int rows, int cols, const double *h, float *out,
             struct qs_qblock *scales, qs_err *e);

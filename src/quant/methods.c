@@ -167,13 +167,15 @@ static tr8_fn pick_tr8(void)
     return tr8_c;
 }
 
-/* The in-batch updates y -= c e are fused multiply-adds, y = fma(-c, e, y) (one rounding),
- * applied to each element in the order of the columns that cause them, whatever the sub-batch
- * size or the row slice: the result is bit-identical for any `sub` and `threads`, and, for the
- * in-batch part, on every CPU (fmaf is exact by C99; the AVX2+FMA path picked at run time
- * computes the same roundings). The lazy-batch updates go through sgemm, whose kernels (and so
- * roundings) differ between CPUs: GPTQ's results are reproducible on one machine, not across
- * machines. */
+/* Every update y -= c e is a fused multiply-add, y = fma(-c, e, y) (one rounding), applied to
+ * each weight in the order of the columns that cause them: in a batch (the rank-1 and fused
+ * sub-batch kernels below) and after it (the lazy update's tiles, further down, not sgemm). So
+ * the loop computes exactly the column-at-a-time loop with one fmaf per update, whatever the
+ * batch width, the sub-batch, the row slices the threads take and the kernel: bit-identical for
+ * any `block`, `sub` and `threads`, and between the plain C kernels (fmaf is exactly rounded by
+ * C99) and the AVX2+FMA ones picked at run time, so between CPUs for the same U. U itself comes
+ * from LAPACK's dpotrf and dtrtri in double (OpenBLAS's kernels per CPU), rounded to float: a
+ * CPU whose double roundings differ there can, rarely, move a bit of U and so of the result. */
 /* y -= a x over n floats, fused. */
 static void axpy_fma_c(float *restrict y, const float *restrict x, float a, size_t n)
 {
@@ -261,19 +263,164 @@ __attribute__((target("avx2,fma"))) static void fused_update_avx2(float *restric
 }
 #endif
 
+/* ---- the lazy-batch update -----------------------------------------------------------------
+ * W[r0:r1, i2:n] -= Err U[i1:i2, i2:n] after each batch, by our own rank-nb update rather than
+ * sgemm, so that its roundings are fixed: every weight becomes y = fma(-err_k, U_kj, y) for
+ * k = 0, 1, ..., nb-1 in that order (one rounding each, starting from the weight itself),
+ * whatever the tile it falls in, the rows a thread takes or the CPU. Packed panels (GotoBLAS's
+ * layout): the batch's U rows in column micro-panels of KNR, (nb, KNR) each; the error rows in
+ * row micro-panels of KMR, (nb, KMR) each; a KMR x KNR tile of W lives in registers while k
+ * runs. Packing moves values, it does not change the order of the sums. */
+#define KMR 6    /* rows of a tile */
+#define KNR 16   /* columns of a tile */
+#define KMC 48   /* rows per packed block of the error (8 micro-panels, 24 KB at nb = 128) */
+#define KNC 1024 /* columns per packed block of U (512 KB at nb = 128: L2) */
+
+typedef void (*tile_fn)(size_t nb, const float *restrict ap, const float *restrict bp,
+                        float *restrict c, size_t ldc);
+
+/* c[i][j] = fma(-ap[k][i], bp[k][j], c[i][j]) for k = 0 .. nb-1, a KMR x KNR tile (stride ldc) */
+static void tile_c(size_t nb, const float *restrict ap, const float *restrict bp, float *restrict c,
+                   size_t ldc)
+{
+    float acc[KMR][KNR];
+    for (size_t i = 0; i < KMR; i++)
+        for (size_t j = 0; j < KNR; j++)
+            acc[i][j] = c[i * ldc + j];
+    for (size_t k = 0; k < nb; k++)
+        for (size_t i = 0; i < KMR; i++) {
+            const float a = -ap[k * KMR + i];
+            for (size_t j = 0; j < KNR; j++)
+                acc[i][j] = fmaf(a, bp[k * KNR + j], acc[i][j]);
+        }
+    for (size_t i = 0; i < KMR; i++)
+        for (size_t j = 0; j < KNR; j++)
+            c[i * ldc + j] = acc[i][j];
+}
+
+#ifdef GPTQ_X86
+/* the same tile in 12 ymm accumulators: per k two loads of U's row, six broadcasts of the
+ * error, twelve fnmadd(a, b, c) = -(a b) + c with one rounding = fmaf(-a, b, c) */
+__attribute__((target("avx2,fma"))) static void tile_avx2(size_t nb, const float *restrict ap,
+                                                          const float *restrict bp,
+                                                          float *restrict c, size_t ldc)
+{
+    __m256 c00 = _mm256_loadu_ps(c), c01 = _mm256_loadu_ps(c + 8);
+    __m256 c10 = _mm256_loadu_ps(c + ldc), c11 = _mm256_loadu_ps(c + ldc + 8);
+    __m256 c20 = _mm256_loadu_ps(c + 2 * ldc), c21 = _mm256_loadu_ps(c + 2 * ldc + 8);
+    __m256 c30 = _mm256_loadu_ps(c + 3 * ldc), c31 = _mm256_loadu_ps(c + 3 * ldc + 8);
+    __m256 c40 = _mm256_loadu_ps(c + 4 * ldc), c41 = _mm256_loadu_ps(c + 4 * ldc + 8);
+    __m256 c50 = _mm256_loadu_ps(c + 5 * ldc), c51 = _mm256_loadu_ps(c + 5 * ldc + 8);
+    for (size_t k = 0; k < nb; k++) {
+        const float *a = ap + k * KMR;
+        const __m256 b0 = _mm256_loadu_ps(bp + k * KNR), b1 = _mm256_loadu_ps(bp + k * KNR + 8);
+        __m256 x = _mm256_broadcast_ss(a);
+        c00 = _mm256_fnmadd_ps(x, b0, c00);
+        c01 = _mm256_fnmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a + 1);
+        c10 = _mm256_fnmadd_ps(x, b0, c10);
+        c11 = _mm256_fnmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a + 2);
+        c20 = _mm256_fnmadd_ps(x, b0, c20);
+        c21 = _mm256_fnmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a + 3);
+        c30 = _mm256_fnmadd_ps(x, b0, c30);
+        c31 = _mm256_fnmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a + 4);
+        c40 = _mm256_fnmadd_ps(x, b0, c40);
+        c41 = _mm256_fnmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a + 5);
+        c50 = _mm256_fnmadd_ps(x, b0, c50);
+        c51 = _mm256_fnmadd_ps(x, b1, c51);
+    }
+    _mm256_storeu_ps(c, c00);
+    _mm256_storeu_ps(c + 8, c01);
+    _mm256_storeu_ps(c + ldc, c10);
+    _mm256_storeu_ps(c + ldc + 8, c11);
+    _mm256_storeu_ps(c + 2 * ldc, c20);
+    _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+    _mm256_storeu_ps(c + 3 * ldc, c30);
+    _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+    _mm256_storeu_ps(c + 4 * ldc, c40);
+    _mm256_storeu_ps(c + 4 * ldc + 8, c41);
+    _mm256_storeu_ps(c + 5 * ldc, c50);
+    _mm256_storeu_ps(c + 5 * ldc + 8, c51);
+}
+#endif
+
+/* W[r0:r1, i2:n] (row stride n) -= Err U[i1:i1+nb, i2:n], Err^T being err (nb, ld): ap, bp are
+ * the thread's packing buffers, nb KMC and nb KNC floats. A tile cut by the slice or the matrix
+ * edge is copied out, run whole (the padding lanes are zeros and are thrown away) and copied
+ * back: each element still gets its own fma sequence. */
+static void lazy_update(tile_fn tile, float *restrict w, size_t n, const float *restrict err,
+                        size_t ld, const float *restrict u, size_t i1, size_t nb, size_t i2,
+                        size_t r0, size_t r1, float *restrict ap, float *restrict bp)
+{
+    for (size_t jc = i2; jc < n; jc += KNC) {
+        const size_t nc = n - jc < KNC ? n - jc : KNC;
+        for (size_t p = 0; p * KNR < nc; p++) {
+            float *d = bp + p * nb * KNR;
+            const size_t j0 = jc + p * KNR, wd = nc - p * KNR < KNR ? nc - p * KNR : KNR;
+            for (size_t k = 0; k < nb; k++) {
+                memcpy(d + k * KNR, u + (i1 + k) * n + j0, wd * sizeof *d);
+                for (size_t j = wd; j < KNR; j++)
+                    d[k * KNR + j] = 0.0f;
+            }
+        }
+        for (size_t ic = r0; ic < r1; ic += KMC) {
+            const size_t mc = r1 - ic < KMC ? r1 - ic : KMC;
+            for (size_t p = 0; p * KMR < mc; p++) {
+                float *d = ap + p * nb * KMR;
+                const size_t i0 = ic + p * KMR, m = mc - p * KMR < KMR ? mc - p * KMR : KMR;
+                for (size_t k = 0; k < nb; k++)
+                    for (size_t i = 0; i < KMR; i++)
+                        d[k * KMR + i] = i < m ? err[k * ld + i0 + i] : 0.0f;
+            }
+            /* a row micro-panel of the error stays in L1 while the tiles go along W's rows and
+             * U's packed block streams from L2 */
+            for (size_t ir = 0; ir < mc; ir += KMR)
+                for (size_t jr = 0; jr < nc; jr += KNR) {
+                    float *c = w + (ic + ir) * n + jc + jr;
+                    const float *a = ap + ir / KMR * nb * KMR, *b = bp + jr / KNR * nb * KNR;
+                    if (ir + KMR <= mc && jr + KNR <= nc) {
+                        /* the next tile's rows of W, while this one runs (+8% in the
+                         * tile's rate here) */
+                        const float *cn = jr + 2 * KNR <= nc ? c + KNR : c;
+                        for (size_t i = 0; i < KMR; i++) {
+                            __builtin_prefetch(cn + i * n, 1);
+                            __builtin_prefetch(cn + i * n + KNR - 1, 1);
+                        }
+                        tile(nb, a, b, c, n);
+                        continue;
+                    }
+                    const size_t mr = mc - ir < KMR ? mc - ir : KMR,
+                                 nr = nc - jr < KNR ? nc - jr : KNR;
+                    float tmp[KMR * KNR] = {0};
+                    for (size_t i = 0; i < mr; i++)
+                        memcpy(tmp + i * KNR, c + i * n, nr * sizeof *tmp);
+                    tile(nb, a, b, tmp, KNR);
+                    for (size_t i = 0; i < mr; i++)
+                        memcpy(c + i * n, tmp + i * KNR, nr * sizeof *tmp);
+                }
+        }
+    }
+}
+
 typedef void (*axpy_fn)(float *restrict, const float *restrict, float, size_t);
 typedef void (*fused_fn)(float *restrict, size_t, const float *restrict, size_t, const float *,
                          size_t, size_t);
 
-static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu)
+static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu, tile_fn *ti)
 {
     *ax = axpy_fma_c;
     *fu = fused_update_c;
+    *ti = tile_c;
 #ifdef GPTQ_X86
     __builtin_cpu_init();
     if (!portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         *ax = axpy_fma_avx2;
         *fu = fused_update_avx2;
+        *ti = tile_avx2;
     }
 #endif
 }
@@ -302,9 +449,9 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
     return 0;
 }
 
-/* One lazy batch of GPTQ on rows [r0, r1): fit the groups that start in it, quantize column by
- * column, spread each column's error over the rest of the batch. Rows are independent here. */
-struct gbatch {
+/* GPTQ on rows [r0, r1), all batches: rows are independent given U (shared, read-only), so a
+ * thread takes its rows from the first column to the last with no barrier. */
+struct gjob {
     struct qs_quantizer *q;
     const float *u;
     const float *w0; /* the first batch: W (dead columns zeroed), original column order */
@@ -313,23 +460,37 @@ struct gbatch {
     float *t, *err, *gx, *row; /* t, err: the batch (nb, ld), transposed; gx: (GTILE, seg);
                                   row: n floats */
     float *c;                  /* a sub-batch's U entries for the later columns: B x sub */
+    float *ap, *bp;            /* the lazy update's packed panels: B KMC, B KNC floats */
     axpy_fn axpy;
     fused_fn fused;
+    tile_fn tile;
     tr8_fn tr8;
-    int first, last;
     struct qs_qblock *blk;
     const size_t *grp;
-    size_t R, ld, n, i1, nb, seg, nblk, r0, r1, sub;
+    size_t R, ld, n, B, seg, nblk, r0, r1, sub;
     int shared, fit_late, rc;
     qs_err e;
 };
 
-static void *gbatch_run(void *arg)
+/* The end of the lazy batch that starts at i1: i1 + B, cut at a group start whose group would
+ * straddle it (group scales fitted when reached), so that every group is fitted from fully
+ * updated weights. */
+static size_t batch_end(size_t i1, size_t n, size_t B, size_t seg, int fit_late)
 {
-    struct gbatch *b = arg;
+    size_t i2 = i1 + B < n ? i1 + B : n;
+    if (fit_late && seg < n)
+        for (size_t gs = (i1 / seg + 1) * seg; gs < i2; gs += seg)
+            if (gs + seg > i2 && i2 < n)
+                return gs;
+    return i2;
+}
+
+/* One lazy batch [i1, i1 + nb) on rows [r0, r1): fit the groups that start in it, quantize
+ * column by column, spread each column's error over the rest of the batch. */
+static int batch_run(struct gjob *b, size_t i1, size_t nb, int first, int last)
+{
     const size_t ld = b->ld, n = b->n, seg = b->seg, nr = b->r1 - b->r0;
-    b->rc = 0;
-    if (b->first) /* the working weights of these rows: W in processing order */
+    if (first) /* the working weights of these rows: W in processing order */
         for (size_t r = b->r0; r < b->r1; r++) {
             const float *src = b->w0 + r * n;
             float *dst = b->w + r * n;
@@ -342,24 +503,24 @@ static void *gbatch_run(void *arg)
             }
         }
     /* the batch's columns of these rows, transposed: a column is a contiguous row of t */
-    tr_block(b->tr8, b->w + b->r0 * n + b->i1, n, b->t + b->r0, ld, nr, b->nb);
+    tr_block(b->tr8, b->w + b->r0 * n + i1, n, b->t + b->r0, ld, nr, nb);
     /* two levels inside the batch: rank-1 updates within sub-batches of `sub` columns, then one
      * fused update of the batch's later columns per sub-batch (a sub-batch also ends where a
      * group is fitted late, so that a group always sees fully updated weights) */
-    for (size_t s0 = 0; s0 < b->nb;) {
-        size_t s1 = s0 + b->sub < b->nb ? s0 + b->sub : b->nb;
+    for (size_t s0 = 0; s0 < nb;) {
+        size_t s1 = s0 + b->sub < nb ? s0 + b->sub : nb;
         if (b->fit_late) {
-            size_t gs = ((b->i1 + s0) / seg + 1) * seg - b->i1;
+            size_t gs = ((i1 + s0) / seg + 1) * seg - i1;
             s1 = gs < s1 ? gs : s1;
         }
         for (size_t k = s0; k < s1; k++) {
-            const size_t col = b->i1 + k;
+            const size_t col = i1 + k;
             float *tc = b->t + k * ld, *ec = b->err + k * ld;
             if (b->fit_late && col % seg == 0) {
                 size_t len = n - col < seg ? n - col : seg;
                 /* columns after the batch (only when the group starts the batch) have every
                  * update already, in the working weights */
-                const size_t in = b->nb - k < len ? b->nb - k : len;
+                const size_t in = nb - k < len ? nb - k : len;
                 for (size_t r0 = b->r0; r0 < b->r1; r0 += GTILE) {
                     size_t r1 = r0 + GTILE < b->r1 ? r0 + GTILE : b->r1;
                     /* gx: (GTILE, len) <- t[k:k+in, r0:r1]^T, then w[r0:r1, col+in:col+len] */
@@ -375,11 +536,8 @@ static void *gbatch_run(void *arg)
                                    (len - in) * sizeof *b->gx);
                     for (size_t r = r0; r < r1; r++)
                         if (qs_quantizer_fit(b->q, b->gx + (r - r0) * len, (int)len, (int)r,
-                                             (int)col, &b->blk[r * b->nblk + col / seg],
-                                             &b->e) < 0) {
-                            b->rc = -1;
-                            return NULL;
-                        }
+                                             (int)col, &b->blk[r * b->nblk + col / seg], &b->e) < 0)
+                            return -1;
                 }
             }
             const float d = b->u[col * n + col];
@@ -395,26 +553,45 @@ static void *gbatch_run(void *arg)
             }
             /* the rest of the sub-batch: t[k+1:s1] -= U[col, k+1:s1]^T err */
             for (size_t kk = k + 1; kk < s1; kk++)
-                b->axpy(b->t + kk * ld + b->r0, ec + b->r0, b->u[col * n + b->i1 + kk], nr);
+                b->axpy(b->t + kk * ld + b->r0, ec + b->r0, b->u[col * n + i1 + kk], nr);
         }
         /* the batch's later columns: t[s1:nb] -= U[s0:s1, s1:nb]^T err[s0:s1], c: (nb - s1, sb) */
-        const size_t sb = s1 - s0, nk = b->nb - s1;
+        const size_t sb = s1 - s0, nk = nb - s1;
         for (size_t kk = 0; kk < nk; kk++)
             for (size_t m = 0; m < sb; m++)
-                b->c[kk * sb + m] = b->u[(b->i1 + s0 + m) * n + b->i1 + s1 + kk];
+                b->c[kk * sb + m] = b->u[(i1 + s0 + m) * n + i1 + s1 + kk];
         if (nk)
             b->fused(b->t + s1 * ld + b->r0, nk, b->err + s0 * ld + b->r0, ld, b->c, sb, nr);
         s0 = s1;
     }
     /* the batch's quantized columns back into the working weights */
-    tr_block(b->tr8, b->t + b->r0, ld, b->w + b->r0 * n + b->i1, n, b->nb, nr);
-    if (b->last && b->perm) /* these rows are done: back to the original column order */
+    tr_block(b->tr8, b->t + b->r0, ld, b->w + b->r0 * n + i1, n, nb, nr);
+    if (last && b->perm) /* these rows are done: back to the original column order */
         for (size_t r = b->r0; r < b->r1; r++) {
             float *wr = b->w + r * n;
             for (size_t k = 0; k < n; k++)
                 b->row[b->perm[k]] = wr[k];
             memcpy(wr, b->row, n * sizeof *wr);
         }
+    return 0;
+}
+
+static void *gptq_rows(void *arg)
+{
+    struct gjob *b = arg;
+    b->rc = 0;
+    for (size_t i1 = 0; i1 < b->n;) {
+        const size_t i2 = batch_end(i1, b->n, b->B, b->seg, b->fit_late);
+        if (batch_run(b, i1, i2 - i1, i1 == 0, i2 == b->n) < 0) {
+            b->rc = -1;
+            return NULL;
+        }
+        /* the columns after the batch: W[r0:r1, i2:] -= Err U[i1:i2, i2:] */
+        if (i2 < b->n)
+            lazy_update(b->tile, b->w, b->n, b->err, b->ld, b->u, i1, i2 - i1, i2, b->r0, b->r1,
+                        b->ap, b->bp);
+        i1 = i2;
+    }
     return NULL;
 }
 
@@ -446,7 +623,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     int rc = -1;
     struct qs_quantizer *q = NULL;
     double *hp = NULL;
-    float *u = NULL, *tb = NULL, *err = NULL, *gx = NULL, *rowb = NULL;
+    float *u = NULL, *tb = NULL, *err = NULL, *gx = NULL, *rowb = NULL, *pk = NULL;
     struct qs_qblock *blk = NULL;
     int *perm = malloc(n * sizeof *perm), *dead = calloc(n, sizeof *dead);
     size_t *grp = malloc(n * sizeof *grp); /* group of the k-th processed column */
@@ -522,8 +699,7 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     tb = !err    ? NULL
          : in_hp ? err + B * ld
                  : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
-    /* threads over row ranges inside a batch (rows are independent there): one per CPU, up to
-     * 8, when each gets at least 128 rows */
+    /* the number of row-slice threads: one per CPU, up to 8, when each gets at least 128 rows */
     long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
     int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
     while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
@@ -531,14 +707,17 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     const size_t sub = g->sub > 0 ? (size_t)g->sub : SUB;
     axpy_fn axpy;
     fused_fn fused;
-    pick_kernels(g->portable, &axpy, &fused);
+    tile_fn tile;
+    pick_kernels(g->portable, &axpy, &fused, &tile);
     const tr8_fn tr8 = pick_tr8();
     gx = tb ? malloc((size_t)nthr * GTILE * seg * sizeof *gx) : NULL;
     const size_t per_thr = n + B * sub; /* a row buffer, then the sub-batch's U entries */
     rowb = tb ? malloc((size_t)nthr * per_thr * sizeof *rowb) : NULL;
+    const size_t per_pk = B * (KMC + KNC); /* the lazy update's packed panels */
+    pk = tb ? aligned_alloc(64, (size_t)nthr * per_pk * sizeof *pk) : NULL;
     if (!tb)
         goto done;
-    if (!gx || !rowb) {
+    if (!gx || !rowb || !pk) {
         qs_errf(e, "out of memory");
         goto done;
     }
@@ -559,80 +738,60 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             }
     }
 
-    for (size_t i1 = 0; i1 < n;) {
-        size_t i2 = i1 + B < n ? i1 + B : n;
-        if (fit_late && seg < n) {
-            /* cut the batch at a group start whose group would straddle its end, so that every
-             * group is fitted from fully updated weights */
-            for (size_t gs = (i1 / seg + 1) * seg; gs < i2; gs += seg)
-                if (gs + seg > i2 && i2 < n) {
-                    i2 = gs;
-                    break;
-                }
-        }
-        const size_t nb = i2 - i1;
-        struct gbatch bt[GPTQ_MAX_THREADS];
-        pthread_t th[GPTQ_MAX_THREADS];
-        int started[GPTQ_MAX_THREADS] = {0};
-        const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
-        int nt = 0;
-        for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++) {
-            bt[i] = (struct gbatch){.q = q,
-                                    .u = u,
-                                    .w0 = w0,
-                                    .perm = g->act_order ? perm : NULL,
-                                    .w = out,
-                                    .t = tb,
-                                    .err = err,
-                                    .row = rowb + (size_t)i * per_thr,
-                                    .c = rowb + (size_t)i * per_thr + n,
-                                    .tr8 = tr8,
-                                    .first = i1 == 0,
-                                    .last = i2 == n,
-                                    .blk = blk,
-                                    .grp = grp,
-                                    .gx = gx + (size_t)i * GTILE * seg,
-                                    .axpy = axpy,
-                                    .fused = fused,
-                                    .R = R,
-                                    .ld = ld,
-                                    .sub = sub,
-                                    .n = n,
-                                    .i1 = i1,
-                                    .nb = nb,
-                                    .seg = seg,
-                                    .nblk = nblk,
-                                    .shared = shared,
-                                    .fit_late = fit_late,
-                                    .r0 = (size_t)i * per,
-                                    .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
-        }
-        for (int i = 1; i < nt; i++)
-            started[i] = pthread_create(&th[i], NULL, gbatch_run, &bt[i]) == 0;
-        for (int i = 1; i < nt; i++)
-            if (!started[i])
-                gbatch_run(&bt[i]);
-        gbatch_run(&bt[0]);
-        int bad = -1;
-        for (int i = 0; i < nt; i++) {
-            if (i > 0 && started[i])
-                pthread_join(th[i], NULL);
-            if (bt[i].rc < 0 && bad < 0)
-                bad = i;
-        }
-        if (bad >= 0) {
-            if (e)
-                *e = bt[bad].e;
-            goto done;
-        }
-        /* lazy update of the columns after the batch: W[:, i2:] -= Err U[i1:i2, i2:], Err^T
-         * being err: (nb, ld). One call for all rows, after the threads join: each thread
-         * updating its own slice (no barrier) was tried, and OpenBLAS's roundings then depend
-         * on the slice bounds, so the result would depend on the thread count */
-        if (i2 < n)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, (int)(n - i2), (int)nb,
-                        -1.0f, err, (int)ld, u + i1 * n + i2, cols, 1.0f, out + i2, cols);
-        i1 = i2;
+    /* the threads, created once: each takes its rows through every batch, with no barrier (the
+     * OpenBLAS calls are all before, in inv_chol_upper) */
+    struct gjob bt[GPTQ_MAX_THREADS];
+    pthread_t th[GPTQ_MAX_THREADS];
+    int started[GPTQ_MAX_THREADS] = {0};
+    const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
+    int nt = 0;
+    for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++)
+        bt[i] = (struct gjob){.q = q,
+                              .u = u,
+                              .w0 = w0,
+                              .perm = g->act_order ? perm : NULL,
+                              .w = out,
+                              .t = tb,
+                              .err = err,
+                              .row = rowb + (size_t)i * per_thr,
+                              .c = rowb + (size_t)i * per_thr + n,
+                              .ap = pk + (size_t)i * per_pk,
+                              .bp = pk + (size_t)i * per_pk + B * KMC,
+                              .tr8 = tr8,
+                              .blk = blk,
+                              .grp = grp,
+                              .gx = gx + (size_t)i * GTILE * seg,
+                              .axpy = axpy,
+                              .fused = fused,
+                              .tile = tile,
+                              .R = R,
+                              .ld = ld,
+                              .sub = sub,
+                              .n = n,
+                              .B = B,
+                              .seg = seg,
+                              .nblk = nblk,
+                              .shared = shared,
+                              .fit_late = fit_late,
+                              .r0 = (size_t)i * per,
+                              .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, gptq_rows, &bt[i]) == 0;
+    for (int i = 1; i < nt; i++)
+        if (!started[i])
+            gptq_rows(&bt[i]);
+    gptq_rows(&bt[0]);
+    int bad = -1;
+    for (int i = 0; i < nt; i++) {
+        if (i > 0 && started[i])
+            pthread_join(th[i], NULL);
+        if (bt[i].rc < 0 && bad < 0)
+            bad = i;
+    }
+    if (bad >= 0) {
+        if (e)
+            *e = bt[bad].e;
+        goto done;
     }
     if (scales)
         memcpy(scales, blk, R * nblk * sizeof *blk);
@@ -646,6 +805,7 @@ done:
     free(hp);
     free(u);
     free(rowb);
+    free(pk);
     free(gx);
     free(blk);
     free(perm);

@@ -8,7 +8,8 @@
  * algebra against their own floors: the Hadamard rotation against a dense rotation by SGEMM
  * (2 rows cols^2 flops at peak) and against memcpy of the weights, SmoothQuant's scaling
  * against memcpy, the imatrix scale search against round-to-nearest (its cost is the
- * candidate scales it tries, ~140 per block, not memory or flops of a kernel). */
+ * candidate scales it tries, ~140 per block, not memory or flops of a kernel). An argument
+ * (gptq, awq or other) runs only those lines. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -291,16 +292,24 @@ static void bench_nogemm(int rows, int cols, double speak)
     free(s);
 }
 
-int main(void)
+/* argv[1] (optional): run only the lines whose method starts with it (gptq, awq, other) */
+int main(int argc, char **argv)
 {
+    const char *only = argc > 1 ? argv[1] : "";
+#define RUN(m) (!*only || strncmp(only, m, strlen(only)) == 0)
     double sp = gemm_peak(0, 1536), dp = gemm_peak(1, 1536);
     printf("bench gemm-peak: sgemm %.1f GFLOP/s, dgemm %.1f GFLOP/s (1536^3)\n", sp, dp);
     /* GPT-2 small: c_fc (3072 out, 768 in) and c_proj (768 out, 3072 in) */
-    bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 0);
-    bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 1);
-    bench_gptq(768, 3072, "int4", "gran=channel", sp, dp, 0);
-    bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp, 0);
-    bench_awq(3072, 768, dp);
-    bench_nogemm(3072, 768, sp);
+    if (RUN("gptq")) {
+        bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 0);
+        bench_gptq(3072, 768, "int4", "gran=channel", sp, dp, 1);
+        bench_gptq(768, 3072, "int4", "gran=channel", sp, dp, 0);
+        bench_gptq(768, 3072, "int4", "gran=channel", sp, dp, 1);
+        bench_gptq(768, 3072, "int4", "gran=group:128", sp, dp, 0);
+    }
+    if (RUN("awq"))
+        bench_awq(3072, 768, dp);
+    if (RUN("other"))
+        bench_nogemm(3072, 768, sp);
     return 0;
 }

@@ -4,6 +4,7 @@
  * AWQ and SmoothQuant against their formulas, imatrix scale search against a brute-force scan.
  * Measured ratios are printed as "  ratio ..." lines on stderr. */
 #include <cjson/cJSON.h>
+#include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -394,23 +395,118 @@ static void test_gptq_matches_obq(void)
     free(ref);
 }
 
-/* The in-batch updates are fused multiply-adds applied in column order whatever the sub-batch
- * and the row slices: the result (the weights and every fitted scale, f32 scales so that a last
- * bit shows) is the same bit for bit for any `sub` and `threads`, and for the plain C kernels
- * (fmaf) and the AVX2+FMA ones; and it is still the float64 OBQ loop's to rounding. */
+/* GPTQ one column at a time in float, with no batches, no tiles and no threads: after column k
+ * (processing order) every later weight of the row becomes w = fmaf(-err, U[k][j], w), one
+ * rounding per update, so each weight gets its updates as fused multiply-adds in the order of
+ * the columns that cause them; the arithmetic qs_gptq promises whatever its blocking. U is made
+ * as qs_gptq makes it (the same damping, reversed order and LAPACK calls on the same array, then
+ * rounded to float); scales are fitted where methods.h says. sc (NULL ok): the fitted blocks. */
+static void gptq_fma_ref(const struct qs_format *f, const struct qs_qopts *o, const float *w,
+                         int rows, int cols, const double *h, double damp, int act, float *out,
+                         struct qs_qblock *sc)
+{
+    const size_t n = (size_t)cols, R = (size_t)rows;
+    double *hp = malloc(sizeof(double) * n * n), *dg = malloc(sizeof(double) * n);
+    float *u = malloc(sizeof(float) * n * n), *w0 = malloc(sizeof(float) * R * n),
+          *W = malloc(sizeof(float) * R * n);
+    int *perm = malloc(sizeof(int) * n);
+    double mean = 0.0;
+    for (size_t j = 0; j < n; j++) {
+        dg[j] = h[j * n + j] == 0.0 ? 1.0 : h[j * n + j];
+        mean += dg[j];
+        perm[j] = (int)j;
+    }
+    mean /= (double)n;
+    if (act) /* decreasing diag, stable */
+        for (size_t i = 1; i < n; i++)
+            for (size_t k = i; k > 0 && dg[perm[k]] > dg[perm[k - 1]]; k--) {
+                int t = perm[k];
+                perm[k] = perm[k - 1];
+                perm[k - 1] = t;
+            }
+    for (size_t a = 0; a < n; a++)
+        for (size_t b = 0; b < n; b++)
+            hp[(n - 1 - a) * n + (n - 1 - b)] =
+                a == b ? dg[perm[a]] + damp * mean : h[(size_t)perm[a] * n + (size_t)perm[b]];
+    CHECK(LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', cols, hp, cols) == 0);
+    CHECK(LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', cols, hp, cols) == 0);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++)
+            u[i * n + j] = j >= i ? (float)hp[(n - 1 - i) * n + (n - 1 - j)] : 0.0f;
+    for (size_t r = 0; r < R; r++)
+        for (size_t j = 0; j < n; j++)
+            w0[r * n + j] = h[j * n + j] == 0.0 ? 0.0f : w[r * n + j];
+    struct qs_quantizer *q = NULL;
+    qs_err e;
+    CHECK(qs_quantizer_new(f, o, w0, rows, cols, &q, &e) == 0);
+    const int shared = qs_quantizer_shared(q);
+    const size_t seg = (size_t)qs_quantizer_block(q), nblk = shared ? 1 : (n + seg - 1) / seg;
+    struct qs_qblock *blk = calloc(R * nblk, sizeof *blk);
+    if (shared)
+        CHECK(qs_quantizer_fit(q, w0, cols, 0, 0, &blk[0], &e) == 0);
+    else if (act)
+        for (size_t r = 0; r < R; r++)
+            for (size_t b = 0; b < nblk; b++)
+                CHECK(qs_quantizer_fit(q, w0 + r * n + b * seg,
+                                       (int)(n - b * seg < seg ? n - b * seg : seg), (int)r,
+                                       (int)(b * seg), &blk[r * nblk + b], &e) == 0);
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < n; k++)
+            W[r * n + k] = w0[r * n + (size_t)perm[k]];
+    for (size_t k = 0; k < n; k++) {
+        if (!shared && !act && k % seg == 0) /* a group's scales from the weights as updated */
+            for (size_t r = 0; r < R; r++)
+                CHECK(qs_quantizer_fit(q, W + r * n + k, (int)(n - k < seg ? n - k : seg), (int)r,
+                                       (int)k, &blk[r * nblk + k / seg], &e) == 0);
+        const float d = u[k * n + k];
+        for (size_t r = 0; r < R; r++) {
+            float *wr = W + r * n, qv;
+            const struct qs_qblock *b = shared ? &blk[0] : &blk[r * nblk + (size_t)perm[k] / seg];
+            qs_quantizer_round(q, b, wr + k, &qv, 1);
+            const float err = (wr[k] - qv) / d;
+            wr[k] = qv;
+            for (size_t j = k + 1; j < n; j++)
+                wr[j] = fmaf(-err, u[k * n + j], wr[j]);
+        }
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < n; k++)
+            out[r * n + (size_t)perm[k]] = W[r * n + k];
+    if (sc)
+        memcpy(sc, blk, R * nblk * sizeof *blk);
+    qs_quantizer_free(q);
+    free(blk);
+    free(hp);
+    free(dg);
+    free(u);
+    free(w0);
+    free(W);
+    free(perm);
+}
+
+/* Every update is a fused multiply-add applied in column order, in the batches (rank-1 and
+ * fused sub-batch kernels) and after them (the lazy update's tiles), whatever the batch width,
+ * the sub-batch, the row slices the threads take and the kernels (plain C fmaf or AVX2+FMA):
+ * the result (the weights and every fitted scale, f32 scales so that a last bit shows) is the
+ * column-at-a-time fmaf loop's (gptq_fma_ref) bit for bit; and it is still the float64 OBQ
+ * loop's to rounding. A kernel that rounds the product and the sum apart, or sums the k of a
+ * batch in two halves, fails here (in the cases whose group scales are fitted from updated
+ * weights, where a last bit of a sum moves a scale, and in the wide case below; sgemm's order
+ * fails the same way). */
 static void test_gptq_bits_any_split(void)
 {
     static const struct {
         const char *fmt, *opts;
         int act;
     } cases[] = {
-        {"int4", "gran=group:16 scale=f32", 0},
-        {"int3", "gran=group:16 scale=f32", 1},
-        {"int4", "gran=channel scale=f32", 0},
-        {"nf4", "gran=group:32 scale=f32", 0},
+        {"int4", "gran=group:16 scale=f32", 0}, {"int3", "gran=group:16 scale=f32", 1},
+        {"int4", "gran=channel scale=f32", 0},  {"nf4", "gran=group:32 scale=f32", 0},
+        {"int4", "gran=tensor scale=f32", 0},   {"int3", "gran=channel scale=f32", 1},
     };
     const int rows = 333, cols = 96, n = 400;
     float *x = corr_inputs(n, cols, 21);
+    for (int i = 0; i < n; i++)
+        x[(size_t)i * cols + 40] = 0.0f; /* a dead input */
     float *w = gauss(rows * cols, 0.5, 22);
     double *h = calloc((size_t)cols * cols, sizeof *h);
     qs_err e;
@@ -419,36 +515,46 @@ static void test_gptq_bits_any_split(void)
     float *ref = malloc(sizeof(float) * wn), *got = malloc(sizeof(float) * wn),
           *obq = malloc(sizeof(float) * wn);
     struct qs_qblock *sref = calloc(nb, sizeof *sref), *sgot = calloc(nb, sizeof *sgot);
-    static const int subs[] = {1, 3, 16, 40, 256}, thr[] = {1, 2, 3, 8};
+    static const int subs[] = {1, 3, 16, 40, 256}, thr[] = {1, 2, 3, 8}, blocks[] = {128, 64, 7};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         struct qs_format f;
         struct qs_qopts o;
         fmt(cases[c].fmt, cases[c].opts, &f, &o);
         struct qs_gptq_opts g;
         qs_gptq_opts_default(&g);
-        g.block = 64;
         g.act_order = cases[c].act;
         memset(sref, 0, nb * sizeof *sref);
-        CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, ref, sref, &e) == 0);
-        int same = 1;
-        for (int p = 0; p < 2; p++)
-            for (size_t a = 0; a < sizeof subs / sizeof subs[0]; a++)
-                for (size_t b = 0; b < sizeof thr / sizeof thr[0]; b++) {
-                    g.portable = p;
-                    g.sub = subs[a];
-                    g.threads = thr[b];
-                    memset(sgot, 0, nb * sizeof *sgot);
-                    CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, sgot, &e) == 0);
-                    int ok = memcmp(got, ref, wn * sizeof *got) == 0;
-                    for (size_t i = 0; i < nb; i++) /* the fields a block is rounded with */
-                        ok &= sgot[i].s == sref[i].s && sgot[i].inv == sref[i].inv &&
-                              sgot[i].lo == sref[i].lo && sgot[i].hi == sref[i].hi;
-                    if (!ok)
-                        fprintf(stderr, "  %s %s: portable %d sub %d threads %d differs\n",
-                                cases[c].fmt, cases[c].opts, p, subs[a], thr[b]);
-                    same &= ok;
-                }
+        gptq_fma_ref(&f, &o, w, rows, cols, h, g.damp, g.act_order, ref, sref);
+        int same = 1, runs = 0;
+        for (size_t bl = 0; bl < sizeof blocks / sizeof blocks[0]; bl++)
+            for (int p = 0; p < 2; p++)
+                for (size_t a = 0; a < sizeof subs / sizeof subs[0]; a++)
+                    for (size_t b = 0; b < sizeof thr / sizeof thr[0]; b++) {
+                        g.block = blocks[bl];
+                        g.portable = p;
+                        g.sub = subs[a];
+                        g.threads = thr[b];
+                        memset(sgot, 0, nb * sizeof *sgot);
+                        CHECK(qs_gptq(&f, &o, &g, w, rows, cols, h, got, sgot, &e) == 0);
+                        int ok = memcmp(got, ref, wn * sizeof *got) == 0;
+                        for (size_t i = 0; i < nb; i++) /* the fields a block is rounded with */
+                            ok &= sgot[i].s == sref[i].s && sgot[i].inv == sref[i].inv &&
+                                  sgot[i].lo == sref[i].lo && sgot[i].hi == sref[i].hi;
+                        if (!ok && same) {
+                            size_t nd = 0;
+                            for (size_t i = 0; i < wn; i++)
+                                nd += got[i] != ref[i];
+                            fprintf(stderr,
+                                    "  %s %s act %d: block %d portable %d sub %d threads %d: "
+                                    "%zu of %zu weights differ from the fmaf loop\n",
+                                    cases[c].fmt, cases[c].opts, cases[c].act, blocks[bl], p,
+                                    subs[a], thr[b], nd, wn);
+                        }
+                        same &= ok;
+                        runs++;
+                    }
         CHECK(same);
+        CHECK(runs == 120);
         obq_ref(&f, &o, w, rows, cols, h, g.damp, g.act_order, obq);
         int diff = 0;
         for (size_t i = 0; i < wn; i++)
@@ -457,6 +563,37 @@ static void test_gptq_bits_any_split(void)
             fprintf(stderr, "  %s %s act %d: %d of %zu differ from OBQ\n", cases[c].fmt,
                     cases[c].opts, cases[c].act, diff, wn);
         CHECK(diff == 0);
+    }
+    /* wider than a packed block of U's columns (256) and taller than a packed block of error
+     * rows (48) per thread, with edges both ways */
+    {
+        const int wr = 203, wc = 300;
+        float *wx = corr_inputs(500, wc, 23), *ww = gauss(wr * wc, 0.5, 24);
+        double *wh = calloc((size_t)wc * wc, sizeof *wh);
+        float *wref = malloc(sizeof(float) * wr * wc), *wgot = malloc(sizeof(float) * wr * wc);
+        CHECK(qs_hessian_add(wh, wx, 500, wc, &e) == 0);
+        struct qs_format f;
+        struct qs_qopts o;
+        fmt("int4", "gran=group:32 scale=f32", &f, &o);
+        struct qs_gptq_opts g;
+        qs_gptq_opts_default(&g);
+        gptq_fma_ref(&f, &o, ww, wr, wc, wh, g.damp, 0, wref, NULL);
+        for (int p = 0; p < 2; p++)
+            for (int t = 1; t <= 2; t++) {
+                g.portable = p;
+                g.threads = t;
+                CHECK(qs_gptq(&f, &o, &g, ww, wr, wc, wh, wgot, NULL, &e) == 0);
+                int ok = memcmp(wgot, wref, sizeof(float) * wr * wc) == 0;
+                if (!ok)
+                    fprintf(stderr, "  %dx%d: portable %d threads %d differs from the fmaf loop\n",
+                            wr, wc, p, t);
+                CHECK(ok);
+            }
+        free(wx);
+        free(ww);
+        free(wh);
+        free(wref);
+        free(wgot);
     }
     /* sub and threads out of range */
     struct qs_format f;
