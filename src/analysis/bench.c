@@ -307,6 +307,37 @@ int qs_bench_set_model(struct qs_bench *b, struct qs_mlp *m, const char *path, q
 
 /* ---- staging -------------------------------------------------------------------------- */
 
+/* Moves what `keep` names (QS_KEEP_MODEL: the model and its site states; QS_KEEP_DATA or
+ * QS_KEEP_TOKENS: the data and its path) from one bench to the other: a stage takes them from
+ * the current bench, an abort gives them back. */
+static void move_kept(struct qs_bench *to, struct qs_bench *from, int keep)
+{
+    if (keep & QS_KEEP_MODEL) {
+        to->model = from->model;
+        to->lm = from->lm;
+        to->ls = from->ls;
+        to->model_path = from->model_path;
+        to->gguf = from->gguf;
+        from->gguf = NULL;
+        from->model = NULL;
+        from->lm = NULL;
+        from->ls = NULL;
+        from->model_path = NULL;
+    }
+    if (keep & (QS_KEEP_DATA | QS_KEEP_TOKENS)) {
+        if (keep & QS_KEEP_DATA) {
+            to->data = from->data;
+            from->data = NULL;
+        }
+        if (keep & QS_KEEP_TOKENS) {
+            to->tokens = from->tokens;
+            from->tokens = NULL;
+        }
+        to->data_path = from->data_path;
+        from->data_path = NULL;
+    }
+}
+
 struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
 {
     struct qs_bench *s = qs_bench_new();
@@ -329,30 +360,7 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     /* caches belong to the current model and data; the stage makes its own */
     caches_free(b);
     qs_bench_lm_drop(b);
-    if (keep & QS_KEEP_MODEL) {
-        s->model = b->model;
-        s->lm = b->lm;
-        s->ls = b->ls;
-        s->model_path = b->model_path;
-        s->gguf = b->gguf;
-        b->gguf = NULL;
-        b->model = NULL;
-        b->lm = NULL;
-        b->ls = NULL;
-        b->model_path = NULL;
-    }
-    if (keep & (QS_KEEP_DATA | QS_KEEP_TOKENS)) {
-        if (keep & QS_KEEP_DATA) {
-            s->data = b->data;
-            b->data = NULL;
-        }
-        if (keep & QS_KEEP_TOKENS) {
-            s->tokens = b->tokens;
-            b->tokens = NULL;
-        }
-        s->data_path = b->data_path;
-        b->data_path = NULL;
-    }
+    move_kept(s, b, keep);
     return s;
 }
 
@@ -379,29 +387,8 @@ void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep)
     if (keep & QS_KEEP_MODEL) {
         caches_free(s); /* sized by the model: free them before it goes back */
         qs_bench_lm_drop(s);
-        b->model = s->model;
-        b->lm = s->lm;
-        b->ls = s->ls;
-        b->model_path = s->model_path;
-        b->gguf = s->gguf;
-        s->gguf = NULL;
-        s->model = NULL;
-        s->lm = NULL;
-        s->ls = NULL;
-        s->model_path = NULL;
     }
-    if (keep & (QS_KEEP_DATA | QS_KEEP_TOKENS)) {
-        if (keep & QS_KEEP_DATA) {
-            b->data = s->data;
-            s->data = NULL;
-        }
-        if (keep & QS_KEEP_TOKENS) {
-            b->tokens = s->tokens;
-            s->tokens = NULL;
-        }
-        b->data_path = s->data_path;
-        s->data_path = NULL;
-    }
+    move_kept(b, s, keep);
     qs_bench_free(s);
 }
 
