@@ -30,11 +30,15 @@ static int fill_layer(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e
     return 0;
 }
 
-/* " gran=..." for a weight format kept by the bits keys: the layer's own granularity for int
- * formats, per channel otherwise (the other formats have other bit widths' blocks). */
+/* " gran=..." for the int format the bits keys give a layer: the layer's own granularity when
+ * its format has free scales at a granularity of its choice (int, minifloats, fixed point,
+ * compand), per channel otherwise (fixed blocks, nf4's blocks, scale=none, or no scale at all:
+ * fp16, bf16). */
 static void weight_gran(const struct qs_layer_row *l, struct qs_sb *out)
 {
-    if (l->wfmt.kind != QS_FMT_INT || l->wopt.gran == QS_GRAN_CHANNEL)
+    const struct qs_format_traits *t = qs_format_traits(&l->wfmt);
+    int own = t->free_scale && !t->blockwise && !t->unscaled && !l->wopt.scale_none;
+    if (!own || l->wopt.gran == QS_GRAN_CHANNEL)
         qs_sb_printf(out, " gran=channel");
     else if (l->wopt.gran == QS_GRAN_GROUP)
         qs_sb_printf(out, " gran=group:%d", l->wopt.group);

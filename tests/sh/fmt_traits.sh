@@ -23,6 +23,8 @@
 #                           compand:N as compand:B)
 #   tui.bits-down-fp16      '-' on an fp16 layer in the TUI runs `quant fc1 int8 gran=channel`
 #                           (one bit less than 16 is the widest integer format, not float)
+#   tui.bits-down-keeps-fp8-groups  '-' on fp8-e4m3 gran=group:32 runs `quant fc1 int7
+#                           gran=group:32`: a format with free scales keeps its granularity
 set -u
 cd "$(dirname "$0")/../.."
 W=$(mktemp -d)
@@ -116,6 +118,17 @@ if start "$s" "$ENV" "$M" "$D"; then
     pass "tui.bits-down-fp16"
   else
     fail "tui.bits-down-fp16" "$(screen "$s")"
+  fi
+  # a minifloat's own granularity is kept (it has free scales at a gran= of its choice)
+  cmd "$s" "quant fc1 fp8-e4m3 gran=group:32"
+  wait_for "$s" "fc1 -> fp8-e4m3: " 15 && wait_idle "$s"
+  esc "$s"
+  T send-keys -t "$s" -- -
+  if wait_for "$s" "> quant fc1 int7 gran=group:32" 10 && wait_for "$s" "fc1 -> int7: " 10 &&
+     wait_idle "$s" && screen "$s" | grep -qE "^>fc1 .*int7/g32" && ! screen "$s" | grep -q "^error:"; then
+    pass "tui.bits-down-keeps-fp8-groups"
+  else
+    fail "tui.bits-down-keeps-fp8-groups" "$(screen "$s")"
   fi
 else
   fail "tui.bits-down-fp16" "did not start: $(screen "$s")"
