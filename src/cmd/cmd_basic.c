@@ -1739,8 +1739,9 @@ static int cmd_formats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(j, "name", f.name);
         cJSON_AddNumberToObject(j, "bits", f.bits);
         cJSON_AddNumberToObject(j, "block", f.block);
-        /* llama.cpp's types scale each block by its own super-block scales: no fixed maximum */
-        double mx = f.kind == QS_FMT_NONE || f.kind == QS_FMT_GGML ? NAN : qs_format_max(&f);
+        /* no element type of its own (none; llama.cpp's types scale each block by its own
+         * super-block scales): no fixed maximum */
+        double mx = qs_format_traits(&f)->elements ? qs_format_max(&f) : NAN;
         qs_json_num(j, "max", mx);
         cJSON_AddItemToArray(arr, j);
         char ms[32] = "-";
