@@ -787,14 +787,15 @@ void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n)
 {
     const struct qs_format *f = &s->wfmt;
     const struct qs_qopts *o = &s->wopt;
+    const struct qs_format_traits *t = qs_format_traits(f);
     if (f->kind == QS_FMT_NONE)
         snprintf(buf, n, "float");
+    else if (t->fixed_block || t->unscaled) /* fixed blocks of the format, or no scale */
+        snprintf(buf, n, "%s", f->name);
     else if (o->gran == QS_GRAN_GROUP)
         snprintf(buf, n, "%s/g%d", f->name, o->group);
-    else if (f->kind == QS_FMT_NF4)
-        snprintf(buf, n, o->gran == QS_GRAN_CHANNEL ? "%s/channel" : "%s/g64", f->name);
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4 || f->kind == QS_FMT_GGML)
-        snprintf(buf, n, "%s", f->name); /* fixed blocks of the format */
+    else if (t->blockwise)
+        snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_CHANNEL ? "channel" : "g64");
     else
         snprintf(buf, n, "%s/%s", f->name, o->gran == QS_GRAN_TENSOR ? "tensor" : "channel");
     if (f->kind != QS_FMT_NONE && qs_rule_method_custom(&s->wm)) {
@@ -810,17 +811,20 @@ void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n)
 void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
 {
     const struct qs_format *f = &s->afmt;
+    const struct qs_format_traits *t = qs_format_traits(f);
     if (f->kind == QS_FMT_NONE)
         snprintf(buf, n, "float");
+    else if (t->unscaled) /* a plain cast: no scale, so no scale mode either */
+        snprintf(buf, n, "%s", f->name);
     else if (s->amode == QS_AMODE_STATIC)
         snprintf(buf, n, "%s/static", f->name);
     else if (s->amode == QS_AMODE_TOKEN)
         snprintf(buf, n, "%s/token", f->name);
     else if (s->aopt.gran == QS_GRAN_GROUP)
         snprintf(buf, n, "%s/g%d", f->name, s->aopt.group);
-    else if (f->kind == QS_FMT_NF4)
+    else if (t->blockwise)
         snprintf(buf, n, "%s/g64", f->name);
-    else if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
+    else if (t->fixed_block)
         snprintf(buf, n, "%s", f->name);
     else
         snprintf(buf, n, "%s/tensor", f->name);

@@ -150,27 +150,16 @@ out:
 
 int qs_lsq_check(const struct qs_format *f, const struct qs_qopts *o, qs_err *e)
 {
+    const struct qs_format_traits *t = qs_format_traits(f);
     const char *why = NULL;
-    switch (f->kind) {
-    case QS_FMT_INT:
-    case QS_FMT_MINIFLOAT:
-    case QS_FMT_FIXED:
-    case QS_FMT_NF4:
-    case QS_FMT_COMPAND:
-        break;
-    case QS_FMT_MX:
-        why = "its block scales are powers of two (E8M0), not free step sizes";
-        break;
-    case QS_FMT_NVFP4:
-        why = "its block scales are E4M3 codes under a tensor scale, not free step sizes";
-        break;
-    case QS_FMT_GGML:
-        why = "ggml blocks are rounded by llama.cpp's own rules";
-        break;
-    default:
+    if (f->kind == QS_FMT_NONE || t->unscaled)
         why = "it has no scale";
-        break;
-    }
+    else if (!t->options)
+        why = "ggml blocks are rounded by llama.cpp's own rules"; /* no options apply */
+    else if (!t->free_scale && t->tensor_scale)
+        why = "its block scales are E4M3 codes under a tensor scale, not free step sizes";
+    else if (!t->free_scale)
+        why = "its block scales are powers of two (E8M0), not free step sizes";
     if (!why && o->scale_none)
         why = "scale=none has no scale to learn";
     if (!why && !o->saturate)

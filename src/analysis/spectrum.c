@@ -29,22 +29,11 @@ void qs_spectrum_free(struct qs_spectrum *sp)
     sp->sv = sp->ref_sv = sp->res_sv = NULL;
 }
 
-/* Width of one scale block along a row of layer state s's weight (n: one per row), as
- * job_init in pack.c tiles it; the variance-profile null's blocks. */
+/* Width of one scale block along a row of layer state s's weight (n: one per row), as the
+ * kernels tile it (qs_format_block_len); the variance-profile null's blocks. */
 static int null_seg(const struct qs_layer_state *s, int n)
 {
-    const struct qs_format *f = &s->wfmt;
-    const struct qs_qopts *o = &s->wopt;
-    int seg = n;
-    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4 || f->kind == QS_FMT_GGML)
-        seg = f->block;
-    else if (f->kind == QS_FMT_NF4)
-        seg = o->gran == QS_GRAN_GROUP     ? o->group
-              : o->gran == QS_GRAN_CHANNEL ? n
-                                           : (f->block > 0 ? f->block : 64);
-    else if (!o->scale_none && o->gran == QS_GRAN_GROUP)
-        seg = o->group;
-    return seg < 1 || seg > n ? n : seg;
+    return qs_format_block_len(&s->wfmt, &s->wopt, n);
 }
 
 /* The null of the matrix `view` (values sv, statistics st) whose unscaled form is e0. */

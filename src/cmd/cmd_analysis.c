@@ -557,10 +557,12 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         else
             snprintf(calib, sizeof calib, "calib %.4f", cr->recovery_calib);
         char how[96] = "";
+        const struct qs_format_traits *pt = qs_format_traits(&pf);
         if (lowrank && strcmp(cr->prec, "float"))
             snprintf(how, sizeof how, ": %s factors packed, %s", cr->prec,
-                     pf.kind == QS_FMT_MX || pf.kind == QS_FMT_NVFP4 ? "block scales along rows"
-                                                                     : "a scale per row");
+                     pt->unscaled      ? "cast, no scales"
+                     : pt->fixed_block ? "block scales along rows"
+                                       : "a scale per row");
         qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (%s), +%ld params "
                          "(+%.0f bits%s), layer %.3f bits/weight",
                      done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery, calib,

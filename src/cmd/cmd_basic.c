@@ -897,6 +897,12 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     if (qs_rule_method_check(&r.meth, &r.fmt, r.roles, e) < 0)
         return -1;
+    /* else accepted here and refused by every forward pass (qs_quant_fake_amax) */
+    const struct qs_format_traits *rt = qs_format_traits(&r.fmt);
+    if (r.amode == QS_AMODE_STATIC && r.fmt.kind != QS_FMT_NONE && !rt->static_amax)
+        return qs_errf(e, "quant: amode=static calibrates one absmax per tensor; %s %s", r.fmt.name,
+                       rt->unscaled ? "is a plain cast with no scale"
+                                    : "computes its scales per block");
     r.meth.seed = c->b->seed; /* the rotation's seed, as the rounding seed above */
     /* Any group size fits any row: a partial last group has its own scale (format.h). */
     struct qs_bench *b = c->b;
@@ -1066,7 +1072,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     if (rc == 0 && n == 0)
         rc = qs_errf(e, "roundtrip: no values");
-    int block = f.kind == QS_FMT_MX || f.kind == QS_FMT_NVFP4 || f.kind == QS_FMT_GGML;
+    int block = qs_format_traits(&f)->fixed_block;
     if (rc == 0 && block) { /* block formats: the values form one block with its shared scale */
         struct qs_qopts o;
         qs_qopts_default(&o);
@@ -1456,7 +1462,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 if (p->zero_bytes)
                     exp_put(&xu, sn, "weight.zeros", QS_DT_U8, 1, (int64_t)p->zero_bytes, 0,
                             p->zeros);
-                if (p->fmt.kind == QS_FMT_NVFP4)
+                if (qs_format_traits(&p->fmt)->tensor_scale)
                     exp_put(&xf, sn, "weight.tensor_scale", QS_DT_F32, 1, 1, 0,
                             &p->tensor_scale);
             }
@@ -1595,7 +1601,7 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 if (p->zero_bytes)
                     exp_put(&xu, l->name, "weight.zeros", QS_DT_U8, 1, (int64_t)p->zero_bytes, 0,
                             p->zeros);
-                if (p->fmt.kind == QS_FMT_NVFP4)
+                if (qs_format_traits(&p->fmt)->tensor_scale)
                     exp_put(&xf, l->name, "weight.tensor_scale", QS_DT_F32, 1, 1, 0,
                             &p->tensor_scale);
             } else {
@@ -1733,8 +1739,9 @@ static int cmd_formats(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         cJSON_AddStringToObject(j, "name", f.name);
         cJSON_AddNumberToObject(j, "bits", f.bits);
         cJSON_AddNumberToObject(j, "block", f.block);
-        /* llama.cpp's types scale each block by its own super-block scales: no fixed maximum */
-        double mx = f.kind == QS_FMT_NONE || f.kind == QS_FMT_GGML ? NAN : qs_format_max(&f);
+        /* no element type of its own (none; llama.cpp's types scale each block by its own
+         * super-block scales): no fixed maximum */
+        double mx = qs_format_traits(&f)->elements ? qs_format_max(&f) : NAN;
         qs_json_num(j, "max", mx);
         cJSON_AddItemToArray(arr, j);
         char ms[32] = "-";
@@ -1903,8 +1910,10 @@ const struct qs_cmd_def qs_cmds_basic[] = {
              QS_OPT("smooth", QS_ARG_FLOAT, "A|none")),
      QS_CMD_JOURNAL | QS_CMD_MODEL | QS_CMD_RECALC, cmd_quant,
      "quantize the layers matching a glob pattern (newest rule first; first match wins)",
-     "FORMAT: none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, eXmY[bZ], e0m7, fp6-e2m3, "
-     "fp6-e3m2, fp4-e2m1, mxfp8, mxfp6, mxfp4, mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
+     "FORMAT (`formats` lists every name): none, int2..int8, fp8-e4m3, fp8-e5m2, fp8-e3m4, "
+     "eXmY[bZ], e0m7 (e0mY), fp6-e2m3, fp6-e3m2, fp4-e2m1, fp16 and bf16 (plain casts, no scale: "
+     "gran=, clip= and scale= do not apply), mxfp8, mxfp8-e5m2, mxfp6, mxfp6-e3m2, mxfp4, "
+     "mxint8, nvfp4, nf4, compand:B, and llama.cpp's "
      "q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k (its block layouts and "
      "reference rounding, no options; as llama-quantize, k-quants on rows not a multiple of 256 "
      "fall back to q4_0 (q2_k, q3_k), q5_0 (q4_k), q5_1 (q5_k), q8_0 (q6_k), or f16 when the row "

@@ -290,7 +290,10 @@ static int parse_cand(const char *tok, const struct qs_qopts *base, const char *
         return -1;
     c->opt = *base;
     c->opt.seed = seed;
-    int fixed = c->fmt.kind == QS_FMT_MX || c->fmt.kind == QS_FMT_NVFP4;
+    /* the granularity is the format's own (fixed blocks, or no scale at all): the default
+     * gran does not apply; one given with "/G" is checked (and refused) below */
+    const struct qs_format_traits *ft = qs_format_traits(&c->fmt);
+    int fixed = ft->fixed_block || ft->unscaled;
     if (c->fmt.kind == QS_FMT_NONE) {
         snprintf(c->label, sizeof c->label, "none");
         return 0;
@@ -484,9 +487,13 @@ static int allocate_bits(struct qs_ctx *c, double budget, const char *formats, c
         cJSON_AddStringToObject(j, "layer", l->name);
         cJSON_AddStringToObject(j, "format", cand[k].fmt.name);
         char gb[24];
-        cJSON_AddStringToObject(
-            j, "gran",
-            cand[k].fmt.kind == QS_FMT_NONE ? "none" : gran_word(&cand[k].opt, gb, sizeof gb));
+        const struct qs_format_traits *ft = qs_format_traits(&cand[k].fmt);
+        const char *gw = gran_word(&cand[k].opt, gb, sizeof gb);
+        if (cand[k].fmt.kind == QS_FMT_NONE || ft->unscaled)
+            gw = "none"; /* no scale */
+        else if (ft->fixed_block)
+            gw = "block"; /* the format's own blocks */
+        cJSON_AddStringToObject(j, "gran", gw);
         qs_json_num(j, "bits_per_weight", bw);
         qs_json_num(j, "dloss_calib", dl);
         char label[160];
@@ -1275,7 +1282,8 @@ static int sc_finish(struct qs_ctx *c, struct study_common *s, const char *const
     opt->seed = c->b->seed;
     char gt[64];
     snprintf(gt, sizeof gt, "gran=%s", s->gran);
-    if (fmt->kind != QS_FMT_MX && fmt->kind != QS_FMT_NVFP4 && qs_qopts_parse_token(opt, gt, e) < 0)
+    const struct qs_format_traits *ft = qs_format_traits(fmt);
+    if (!ft->fixed_block && !ft->unscaled && qs_qopts_parse_token(opt, gt, e) < 0)
         return -1;
     if (qs_qopts_check(fmt, opt, e) < 0)
         return -1;
@@ -1366,9 +1374,8 @@ static void sc_canon_head(const struct study_common *s, const struct qs_format *
         snprintf(seeds + strlen(seeds), sizeof seeds - strlen(seeds), "%s%llu", k ? "," : "",
                  (unsigned long long)s->sv[k]);
     char gb[24], qm[1024], mq[1040] = "", fq[80] = "";
-    const char *gw = (fmt->kind == QS_FMT_MX || fmt->kind == QS_FMT_NVFP4)
-                         ? "block"
-                         : gran_word(opt, gb, sizeof gb);
+    const struct qs_format_traits *ft = qs_format_traits(fmt);
+    const char *gw = ft->fixed_block ? "block" : gran_word(opt, gb, sizeof gb);
     if (!s->loaded) /* else: the loaded transformer, as replay will have it */
         snprintf(mq, sizeof mq, " models=%s", qs_quote(s->models, qm, sizeof qm));
     if (s->fmt_given || !nlm)

@@ -1223,12 +1223,16 @@ int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, con
 {
     if (!f || !o || !w || !out)
         return qs_errf(e, "imatrix: no data");
-    if (f->kind == QS_FMT_MX || f->kind == QS_FMT_NVFP4)
-        return qs_errf(e,
-                       "%s: block scales are powers of two / E4M3 codes; an imatrix scale "
-                       "search needs free scales",
+    const struct qs_format_traits *t = qs_format_traits(f);
+    if (f->kind == QS_FMT_NONE || t->unscaled)
+        return qs_errf(e, "%s: a plain cast has no scale; an imatrix scale search does not apply",
                        f->name);
-    if (f->kind == QS_FMT_INT && o->asym)
+    if (!t->free_scale)
+        return qs_errf(e,
+                       "%s: block scales are powers of two / E4M3 codes or llama.cpp's own; an "
+                       "imatrix scale search needs free scales",
+                       f->name);
+    if (t->asym && o->asym)
         return qs_errf(e, "%s: imatrix scale search is symmetric; asym is not supported", f->name);
     if (o->gran == QS_GRAN_TENSOR || o->scale_none)
         return qs_errf(e,

@@ -30,11 +30,15 @@ static int fill_layer(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e
     return 0;
 }
 
-/* " gran=..." for a weight format kept by the bits keys: the layer's own granularity for int
- * formats, per channel otherwise (the other formats have other bit widths' blocks). */
+/* " gran=..." for the int format the bits keys give a layer: the layer's own granularity when
+ * its format has free scales at a granularity of its choice (int, minifloats, fixed point,
+ * compand), per channel otherwise (fixed blocks, nf4's blocks, scale=none, or no scale at all:
+ * fp16, bf16). */
 static void weight_gran(const struct qs_layer_row *l, struct qs_sb *out)
 {
-    if (l->wfmt.kind != QS_FMT_INT || l->wopt.gran == QS_GRAN_CHANNEL)
+    const struct qs_format_traits *t = qs_format_traits(&l->wfmt);
+    int own = t->free_scale && !t->blockwise && !t->unscaled && !l->wopt.scale_none;
+    if (!own || l->wopt.gran == QS_GRAN_CHANNEL)
         qs_sb_printf(out, " gran=channel");
     else if (l->wopt.gran == QS_GRAN_GROUP)
         qs_sb_printf(out, " gran=group:%d", l->wopt.group);
@@ -50,13 +54,11 @@ static int fill_bits(const struct qs_layer_row *l, int dir, struct qs_sb *out, q
     int acts = l->wfmt.kind == QS_FMT_NONE && l->afmt.kind != QS_FMT_NONE;
     const struct qs_format *f = acts ? &l->afmt : &l->wfmt;
     int bits = f->kind == QS_FMT_NONE ? 32 : f->bits, nb;
-    if (bits >= 32) {
-        if (dir > 0)
-            return qs_errf(e, "the layer is already in float");
-        nb = 8;
-    } else {
-        nb = bits + dir;
-    }
+    if (bits >= 32 && dir > 0)
+        return qs_errf(e, "the layer is already in float");
+    /* from float or a format wider than the widest integer one (fp16, bf16), a bit less is
+     * int8, a bit more float */
+    nb = bits > 8 ? (dir > 0 ? 9 : 8) : bits + dir;
     if (nb < 2)
         return qs_errf(e, "2 bits is the narrowest integer format");
     if (nb > 8) {
@@ -94,7 +96,7 @@ static const char *const cycle_formats[] = {"int8",  "int4",  "int3", "int2", "f
 
 /* The next (dir 1) / previous (-1) weight format of the cycle, from the layer's canonical
  * format name (a format outside the cycle goes to its first / last). */
-static int fill_format(const struct qs_layer_row *l, int dir, struct qs_sb *out)
+static int fill_format(const struct qs_layer_row *l, int dir, struct qs_sb *out, qs_err *e)
 {
     const char *name = l->wfmt.kind == QS_FMT_NONE ? "none" : l->wfmt.name;
     int k = -1;
@@ -102,22 +104,25 @@ static int fill_format(const struct qs_layer_row *l, int dir, struct qs_sb *out)
         if (!strcmp(cycle_formats[i], name))
             k = i;
     k = k < 0 ? (dir > 0 ? 0 : NCYCLE - 1) : (k + dir + NCYCLE) % NCYCLE;
-    const char *f = cycle_formats[k];
-    int chan = !strncmp(f, "int", 3) || !strncmp(f, "fp8", 3);
-    qs_sb_printf(out, "%s%s", f, chan ? " gran=channel" : "");
+    /* per channel where the format takes a granularity of free scales (int, fp8); the others
+     * have their own blocks (mx, nvfp4, nf4) or no scale (fp16, bf16), and refuse gran= */
+    struct qs_format f;
+    if (qs_format_parse(cycle_formats[k], &f, e) < 0)
+        return -1;
+    const struct qs_format_traits *t = qs_format_traits(&f);
+    int chan = f.kind != QS_FMT_NONE && t->free_scale && !t->blockwise && !t->unscaled;
+    qs_sb_printf(out, "%s%s", f.name, chan ? " gran=channel" : "");
     return 0;
 }
 
 static int fill_format_next(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    (void)e;
-    return fill_format(l, 1, out);
+    return fill_format(l, 1, out, e);
 }
 
 static int fill_format_prev(const struct qs_layer_row *l, struct qs_sb *out, qs_err *e)
 {
-    (void)e;
-    return fill_format(l, -1, out);
+    return fill_format(l, -1, out, e);
 }
 
 /* The default correction's rank: 4, or the largest the layer holds when it is thinner (a 16x2
