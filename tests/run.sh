@@ -5,7 +5,11 @@
 #   unit       build/tests/test_*            (and the same under build-asan: ASan + UBSan)
 #   fuzz       build-asan/tests/fuzz_* over tests/fuzz/corpus/<name>/ with seeded mutations
 #   golden     tests/golden/*.qs run headless, stdout compared with the .out file beside it
-#              (plain build and ASan build); a first line "# args: ..." adds qscope options
+#              (plain build and ASan build); a first line "# args: ..." adds qscope options.
+#              Text goldens check layouts only: one per renderer (render.qs holds every
+#              command's table once), so a change of layout breaks one file
+#   replay     tests/replay/*.qs: sessions whose point is numbers, replayed with --check (each
+#              recorded value within the relative tolerance 1e-6), plain build and ASan build
 #   shell      tests/sh/*.sh: CLI, bad input, sessions, manual, TUI (tmux); each prints
 #              PASS/FAIL lines itself
 set -u
@@ -78,6 +82,26 @@ for bin in ./qscope ./build-asan/qscope; do
     else
       record "${tag}golden.$(basename "$g" .qs)" 1
       { echo "== golden $g differs:"; diff <(printf '%s\n' "$got") "$exp"; } >>"$LOG" 2>&1
+    fi
+  done
+done
+
+for bin in ./qscope ./build-asan/qscope; do
+  [ -x "$bin" ] || continue
+  tag=""; [ "$bin" = ./build-asan/qscope ] && tag="asan:"
+  for r in tests/replay/*.qs; do
+    [ -f "$r" ] || continue
+    name=${tag}replay.$(basename "$r" .qs)
+    t0=$(now)
+    got=$("$bin" --replay "$r" --check 2>&1)
+    rc=$?
+    took "$name" "$t0"
+    # the last line is the replay's summary: "replay: N commands, M values checked, 0 differ"
+    if [ "$rc" -eq 0 ] && printf '%s\n' "$got" | tail -1 | grep -q ' values checked, 0 differ$'; then
+      record "$name" 0
+    else
+      record "$name" 1
+      { echo "== replay $r (exit $rc):"; printf '%s\n' "$got" | grep -v '^ ' | tail -20; } >>"$LOG" 2>&1
     fi
   done
 done
