@@ -155,11 +155,10 @@ static int redraw_heldout(struct qs_split *s, uint64_t seed, qs_err *e)
     return 0;
 }
 
-/* One setting's layers. */
-static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
-                       struct qs_q1_layer *ly, qs_err *e)
+/* The setting's task figures on its bench as quantized: float and quantized accuracy, the gate,
+ * bits per weight (either family). */
+static int setting_eval(struct qs_bench *b, struct qs_q1_setting *st, qs_err *e)
 {
-    int L = qs_bench_nunits(b);
     struct qs_eval ev;
     if (qs_bench_eval(b, &ev, e) < 0)
         return -1;
@@ -167,6 +166,16 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
     st->quant_acc = ev.q.acc;
     st->gate_pass = ev.gate_pass;
     st->bits_per_weight = ev.bits_w;
+    return 0;
+}
+
+/* One setting's layers. */
+static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
+                       struct qs_q1_layer *ly, qs_err *e)
+{
+    int L = qs_bench_nunits(b);
+    if (setting_eval(b, st, e) < 0)
+        return -1;
     struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
     if (!err)
         return qs_errf(e, "out of memory");
@@ -449,13 +458,8 @@ static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct
                           struct qs_q1_layer *ly, qs_err *e)
 {
     const struct qs_lm *m = b->lm;
-    struct qs_eval ev;
-    if (qs_bench_eval(b, &ev, e) < 0)
+    if (setting_eval(b, st, e) < 0)
         return -1;
-    st->float_acc = ev.f.acc;
-    st->quant_acc = ev.q.acc;
-    st->gate_pass = ev.gate_pass;
-    st->bits_per_weight = ev.bits_w;
     if (qs_bench_update(b, e) < 0)
         return -1;
     int R = lm_nrows(m);

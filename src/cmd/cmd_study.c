@@ -94,6 +94,19 @@ static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_l
     return j;
 }
 
+/* The gate of a study is each setting's own (its model on its data): how many of n pass, into
+ * the report's JSON o and text t. */
+static void study_gate(cJSON *o, struct qs_sb *t, int n, int gates)
+{
+    cJSON *task = cJSON_CreateObject();
+    cJSON_AddNumberToObject(task, "settings", n);
+    cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
+    cJSON_AddItemToObject(o, "task", task);
+    cJSON_AddStringToObject(o, "gate", gates == n ? "pass" : "fail");
+    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]", gates == n ? "pass" : "FAIL",
+                 gates, n, gates == n ? "" : ": results of failing settings are flagged");
+}
+
 /* ---- what study q1 and study q2 parse alike ------------------------------------------------
  * The settings (models x seeds), the weight format with the transformers' default, and the output
  * options: parsed by one code for both studies, for the in-process run, plan= and `study merge`
@@ -351,8 +364,9 @@ static const char *const q1_bundled[] = {
     "datasets/models/spirals-mlp.safetensors", "datasets/models/xor-mlp.safetensors",
     "datasets/models/circles-mlp.safetensors"};
 
-static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, qs_err *e)
+static int q1_parse(struct qs_ctx *c, int argc, char **argv, void *args, qs_err *e)
 {
+    struct q1_args *p = args;
     sc_init(&p->s, "study q1");
     p->prec = "int4";
     struct qs_q1_opts *o = &p->o;
@@ -385,8 +399,10 @@ static int q1_parse(struct qs_ctx *c, int argc, char **argv, struct q1_args *p, 
 }
 
 /* The study's canonical line (the journal's). */
-static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_q1 *q)
+static void q1_canon(struct qs_ctx *c, const void *args, const void *res)
 {
+    const struct q1_args *p = args;
+    const struct qs_q1 *q = res;
     char head[1700], tail[1300], ct[48] = "";
     sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->nlm, head, sizeof head);
     sc_canon_tail(&p->s, tail, sizeof tail);
@@ -397,9 +413,10 @@ static void q1_canon(struct qs_ctx *c, const struct q1_args *p, const struct qs_
 
 /* The report of a finished study: its JSON object (returned) and text (appended to t). The
  * in-process run and `study merge` both print through it, so their reports are the same. */
-static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct qs_q1 *q,
-                        struct qs_sb *t)
+static cJSON *q1_report(struct qs_ctx *c, const void *args, const void *res, struct qs_sb *t)
 {
+    const struct q1_args *p = args;
+    const struct qs_q1 *q = res;
     char opts[200] = "";
     int all_lm = q->nlm == q->nsettings && p->o.lm_fmt;
     const struct qs_format *tf = all_lm ? p->o.lm_fmt : &p->o.fmt;
@@ -706,222 +723,9 @@ static cJSON *q1_report(struct qs_ctx *c, const struct q1_args *p, const struct 
                      p->s.csv, p->s.csv, p->s.csv);
         cJSON_AddStringToObject(o_, "csv_prefix", p->s.csv);
     }
-    /* The gate of a study is each setting's own (its model on its data). */
-    cJSON *task = cJSON_CreateObject();
-    cJSON_AddNumberToObject(task, "settings", q->nsettings);
-    cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
-    cJSON_AddItemToObject(o_, "task", task);
-    cJSON_AddStringToObject(o_, "gate", gates == q->nsettings ? "pass" : "fail");
-    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]",
-                 gates == q->nsettings ? "pass" : "FAIL", gates, q->nsettings,
-                 gates == q->nsettings ? "" : ": results of failing settings are flagged");
+    study_gate(o_, t, q->nsettings, gates);
     qs_set_last_table(c, "study q1 layers", jl, NULL);
     return o_;
-}
-
-/* ---- study q1 as a plan of jobs, and its merge (plan.h) ------------------------------------ */
-
-/* Writes TEXT to PATH (a whole file, replaced once complete). */
-static int put_file(const char *path, const char *text, qs_err *e)
-{
-    qs_outfile of;
-    if (qs_out_open(&of, path, e) < 0)
-        return -1;
-    fputs(text, of.f);
-    fputc('\n', of.f);
-    return qs_out_commit(&of, e);
-}
-
-/* The parts of `study merge` every study kind shares. */
-
-/* plan.json's option words (argv, at most 64), its settings array and its session seed. */
-static int merge_plan_args(const cJSON *plan, const char *dir, char **argv, int *argc,
-                           const cJSON **settings, uint64_t *seed, qs_err *e)
-{
-    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
-    const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
-    const cJSON *jseed = cJSON_GetObjectItemCaseSensitive(plan, "seed");
-    int na = cJSON_GetArraySize(ja);
-    if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
-        return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
-    *argc = 0;
-    const cJSON *x;
-    cJSON_ArrayForEach(x, ja)
-    {
-        if (!cJSON_IsString(x))
-            return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
-        argv[(*argc)++] = x->valuestring;
-    }
-    *settings = js;
-    *seed = (uint64_t)jseed->valuedouble;
-    return 0;
-}
-
-/* One setting of plan.json: its name, model and seed, and the path of its record. */
-static int merge_setting(const cJSON *x, const char *dir, const char **name, const char **model,
-                         uint64_t *seed, char *path, size_t np, qs_err *e)
-{
-    const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
-    const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
-    const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
-    if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
-        strchr(jn->valuestring, '/'))
-        return qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
-    *name = jn->valuestring;
-    *model = jm->valuestring;
-    *seed = (uint64_t)jsd->valuedouble;
-    snprintf(path, np, "%s/results/%s.json", dir, jn->valuestring);
-    return 0;
-}
-
-/* The refusal when no setting of the plan has finished. */
-static int merge_none_finished(const struct qs_plan_state *ps, const char *dir, qs_err *e)
-{
-    struct qs_sb fl = {0};
-    for (int i = 0; i < ps->nfailed; i++)
-        qs_sb_printf(&fl, "; failed: %s", ps->failed[i]);
-    qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s", dir,
-            ps->n, ps->nmissing, ps->nfailed, fl.s ? fl.s : "");
-    qs_sb_free(&fl);
-    return -1;
-}
-
-/* The merged study's report obj (taken) and text t: what was missing or failed first, then
- * DIR/KIND-summary.json and DIR/KIND-report.txt written, then the result emitted. */
-static int merge_emit(struct qs_ctx *c, const char *dir, const char *kind, cJSON *obj,
-                      const struct qs_plan_state *ps, const struct qs_sb *t, qs_err *e)
-{
-    struct qs_sb pre = {0};
-    int rc = -1;
-    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
-    cJSON_AddStringToObject(obj, "study", kind);
-    qs_plan_state_report(ps, dir, obj, &pre);
-    qs_sb_printf(&pre, "%s", t->s ? t->s : "");
-    char *js_text = cJSON_Print(obj);
-    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
-    snprintf(f1, sizeof f1, "%s/%s-summary.json", dir, kind);
-    snprintf(f2, sizeof f2, "%s/%s-report.txt", dir, kind);
-    if (!js_text || !pre.s)
-        qs_errf(e, "out of memory");
-    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
-        rc = 0;
-    free(js_text);
-    if (rc == 0)
-        qs_emit(c, obj, pre.s);
-    else
-        cJSON_Delete(obj);
-    qs_sb_free(&pre);
-    return rc;
-}
-
-int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
-                      qs_err *e)
-{
-    char *argv[64];
-    int argc = 0;
-    const cJSON *js, *x;
-    uint64_t plan_seed;
-    if (merge_plan_args(plan, dir, argv, &argc, &js, &plan_seed, e) < 0)
-        return -1;
-    struct q1_args *p = qs_calloc(1, sizeof *p);
-    if (!p)
-        return qs_errf(e, "out of memory");
-    struct qs_q1 q;
-    memset(&q, 0, sizeof q);
-    struct qs_plan_state ps = {0};
-    struct qs_sb t = {0}, pfx = {0};
-    cJSON *obj = NULL;
-    int rc = -1;
-    /* the plan's options, parsed as the plan's own command parsed them; its session seed */
-    uint64_t seed = c->b->seed;
-    c->b->seed = plan_seed;
-    int prc = q1_parse(c, argc, argv, p, e);
-    c->b->seed = seed;
-    if (prc < 0) {
-        qs_err_prefix(e, "study merge: the plan's options");
-        goto out;
-    }
-    p->s.loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
-    qs_sb_printf(&pfx, "%s/q1", dir);
-    p->s.csv = csv ? csv : pfx.s;
-    char opts[600];
-    qs_q1_record_options(&p->o, opts, sizeof opts);
-    cJSON_ArrayForEach(x, js)
-    {
-        const char *name, *model;
-        uint64_t sseed;
-        char path[PATH_MAX + 200];
-        if (merge_setting(x, dir, &name, &model, &sseed, path, sizeof path, e) < 0)
-            goto out;
-        ps.n++;
-        qs_err re = {{0}};
-        int before = q.nsettings;
-        int r = qs_q1_record_read(path, opts, &q, &re);
-        if (r == 0 && (q.nsettings != before + 1 || strcmp(q.settings[before].model, model) ||
-                       q.settings[before].seed != sseed)) {
-            snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
-            q.nlayers = q.settings[before].first; /* drop what it added */
-            q.nsettings = before;
-            r = -1;
-        }
-        if (r == 0)
-            ps.ndone++;
-        else
-            qs_plan_state_add(&ps, dir, name, r < 0 ? re.msg : NULL);
-    }
-    if (q.nsettings == 0) {
-        merge_none_finished(&ps, dir, e);
-        goto out;
-    }
-    if (qs_q1_aggregate(&q, e) < 0 || qs_q1_write_csv(&q, &p->o, p->s.csv, e) < 0)
-        goto out;
-    obj = q1_report(c, p, &q, &t);
-    rc = merge_emit(c, dir, "q1", obj, &ps, &t, e);
-    obj = NULL;
-out:
-    cJSON_Delete(obj);
-    qs_sb_free(&t);
-    qs_sb_free(&pfx);
-    qs_plan_state_free(&ps);
-    qs_q1_free(&q);
-    free(p);
-    return rc;
-}
-
-static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
-{
-    struct q1_args *p = qs_calloc(1, sizeof *p);
-    if (!p)
-        return qs_errf(e, "out of memory");
-    int rc = -1;
-    if (q1_parse(c, argc, argv, p, e) < 0)
-        goto out;
-    if (p->s.plan) {
-        rc = sc_plan(c, &p->s, &p->o, "q1", argc, argv, e);
-        goto out;
-    }
-    p->o.progress = c->b->progress;
-    p->o.progress_ctx = c->b->progress_ctx;
-    c->b->cancel = 0;
-    p->o.cancel = &c->b->cancel;
-    struct qs_q1 q;
-    if (qs_study_q1(&p->o, &q, e) < 0)
-        goto out;
-    if ((p->s.csv && qs_q1_write_csv(&q, &p->o, p->s.csv, e) < 0) ||
-        (p->s.out && qs_q1_record_write(&q, &p->o, p->s.out, e) < 0)) {
-        qs_q1_free(&q);
-        goto out;
-    }
-    q1_canon(c, p, &q);
-    struct qs_sb t = {0};
-    cJSON *obj = q1_report(c, p, &q, &t);
-    qs_emit(c, obj, t.s);
-    qs_sb_free(&t);
-    qs_q1_free(&q);
-    rc = 0;
-out:
-    free(p);
-    return rc;
 }
 
 /* ---- study q2 ------------------------------------------------------------------------------ */
@@ -1192,13 +996,7 @@ static void q2_report(const struct qs_q2 *q, const struct qs_q2_opts *o, cJSON *
                  100 * QS_Q2_REPORT_IMPR_MEAN, 100 * QS_Q2_REPORT_IMPR_MIN,
                  100 * QS_Q2_REPORT_IMPR_MAX, QS_Q2_REPORT_GAIN_EMB, QS_Q2_REPORT_GAIN_FEAT,
                  QS_Q2_REPORT_GAIN_BOTH);
-    cJSON *task = cJSON_CreateObject();
-    cJSON_AddNumberToObject(task, "settings", n);
-    cJSON_AddNumberToObject(task, "settings_gate_pass", gates);
-    cJSON_AddItemToObject(o_, "task", task);
-    cJSON_AddStringToObject(o_, "gate", gates == n ? "pass" : "fail");
-    qs_sb_printf(t, "[weight-only; gate %s in %d of %d settings%s]", gates == n ? "pass" : "FAIL",
-                 gates, n, gates == n ? "" : ": results of failing settings are flagged");
+    study_gate(o_, t, n, gates);
 }
 
 /* The options of `study q2` (sc_* for those q1 shares). */
@@ -1207,8 +1005,9 @@ struct q2_args {
     struct qs_q2_opts o;
 };
 
-static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, qs_err *e)
+static int q2_parse(struct qs_ctx *c, int argc, char **argv, void *args, qs_err *e)
 {
+    struct q2_args *p = args;
     sc_init(&p->s, "study q2");
     long fit = 65536, epochs = 8;
     struct qs_q2_opts *o = &p->o;
@@ -1241,8 +1040,10 @@ static int q2_parse(struct qs_ctx *c, int argc, char **argv, struct q2_args *p, 
 }
 
 /* The study's canonical line (the journal's). */
-static void q2_canon(struct qs_ctx *c, const struct q2_args *p, const struct qs_q2 *q)
+static void q2_canon(struct qs_ctx *c, const void *args, const void *res)
 {
+    const struct q2_args *p = args;
+    const struct qs_q2 *q = res;
     char head[1700], tail[1300], ht[48] = "";
     sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->sum.nlm, head, sizeof head);
     sc_canon_tail(&p->s, tail, sizeof tail);
@@ -1254,9 +1055,10 @@ static void q2_canon(struct qs_ctx *c, const struct q2_args *p, const struct qs_
 
 /* The finished study's report (JSON returned, text appended to t), CSV files named; the
  * in-process run and `study merge` both print through it. */
-static cJSON *q2_result(struct qs_ctx *c, const struct q2_args *p, const struct qs_q2 *q,
-                        struct qs_sb *t)
+static cJSON *q2_result(struct qs_ctx *c, const void *args, const void *res, struct qs_sb *t)
 {
+    const struct q2_args *p = args;
+    const struct qs_q2 *q = res;
     cJSON *o_ = cJSON_CreateObject();
     cJSON_AddStringToObject(o_, "cmd", "study q2");
     q2_report(q, &p->o, o_, t);
@@ -1268,9 +1070,105 @@ static cJSON *q2_result(struct qs_ctx *c, const struct q2_args *p, const struct 
     return o_;
 }
 
-/* The q1 options a q2 setting's bench is opened with (qs_q2_run_setting does the same). */
-static void q2_as_q1(const struct qs_q2_opts *o, struct qs_q1_opts *q1)
+/* ---- the kinds of study: what one run, one plan and one merge ask of each -------------------
+ * study q1 and study q2 run, write a plan and merge the same way; what differs is their options
+ * (args, which begin with the struct study_common), their result (res: a struct qs_q1 or
+ * qs_q2) and the core calls on them. */
+struct study_kind {
+    const char *name; /* "q1": the plan's study and the merged files' prefix */
+    size_t args_size, res_size;
+    int (*parse)(struct qs_ctx *c, int argc, char **argv, void *args, qs_err *e);
+    void (*bench_opts)(const void *args, struct qs_q1_opts *q1); /* a setting's bench (plan=) */
+    int (*run)(struct qs_ctx *c, void *args, void *res, qs_err *e);
+    int (*write_csv)(const void *args, const void *res, const char *prefix, qs_err *e);
+    int (*write_record)(const void *args, const void *res, const char *path, qs_err *e);
+    void (*canon)(struct qs_ctx *c, const void *args, const void *res);
+    cJSON *(*report)(struct qs_ctx *c, const void *args, const void *res, struct qs_sb *t);
+    void (*record_options)(const void *args, char *buf, size_t n);
+    /* appends a record's settings to res (qs_q1_record_read, qs_q2_record_read) */
+    int (*record_read)(const char *path, const char *opts, void *res, qs_err *e);
+    int (*nsettings)(const void *res);
+    const char *(*setting)(const void *res, int i, uint64_t *seed); /* its model */
+    void (*truncate)(void *res, int n);                              /* drops settings n.. */
+    int (*aggregate)(void *res, qs_err *e);
+    void (*free)(void *res);
+};
+
+static void q1_bench_opts(const void *args, struct qs_q1_opts *q1)
 {
+    *q1 = ((const struct q1_args *)args)->o;
+}
+
+static int q1_run(struct qs_ctx *c, void *args, void *res, qs_err *e)
+{
+    struct qs_q1_opts *o = &((struct q1_args *)args)->o;
+    o->progress = c->b->progress;
+    o->progress_ctx = c->b->progress_ctx;
+    o->cancel = &c->b->cancel;
+    return qs_study_q1(o, res, e);
+}
+
+static int q1_write_csv(const void *args, const void *res, const char *prefix, qs_err *e)
+{
+    return qs_q1_write_csv(res, &((const struct q1_args *)args)->o, prefix, e);
+}
+
+static int q1_write_record(const void *args, const void *res, const char *path, qs_err *e)
+{
+    return qs_q1_record_write(res, &((const struct q1_args *)args)->o, path, e);
+}
+
+static void q1_record_options(const void *args, char *buf, size_t n)
+{
+    qs_q1_record_options(&((const struct q1_args *)args)->o, buf, n);
+}
+
+static int q1_record_read(const char *path, const char *opts, void *res, qs_err *e)
+{
+    return qs_q1_record_read(path, opts, res, e);
+}
+
+static int q1_nsettings(const void *res)
+{
+    return ((const struct qs_q1 *)res)->nsettings;
+}
+
+static const char *q1_setting(const void *res, int i, uint64_t *seed)
+{
+    const struct qs_q1_setting *st = &((const struct qs_q1 *)res)->settings[i];
+    *seed = st->seed;
+    return st->model;
+}
+
+static void q1_truncate(void *res, int n)
+{
+    struct qs_q1 *q = res;
+    if (n < q->nsettings)
+        q->nlayers = q->settings[n].first;
+    q->nsettings = n;
+}
+
+static int q1_aggregate(void *res, qs_err *e)
+{
+    return qs_q1_aggregate(res, e);
+}
+
+static void q1_free(void *res)
+{
+    qs_q1_free(res);
+}
+
+static const struct study_kind study_q1 = {
+    "q1",          sizeof(struct q1_args), sizeof(struct qs_q1), q1_parse,
+    q1_bench_opts, q1_run,                 q1_write_csv,         q1_write_record,
+    q1_canon,      q1_report,              q1_record_options,    q1_record_read,
+    q1_nsettings,  q1_setting,             q1_truncate,          q1_aggregate,
+    q1_free};
+
+/* The q1 options a q2 setting's bench is opened with (qs_q2_run_setting does the same). */
+static void q2_bench_opts(const void *args, struct qs_q1_opts *q1)
+{
+    const struct qs_q2_opts *o = &((const struct q2_args *)args)->o;
     memset(q1, 0, sizeof *q1);
     q1->fmt = o->fmt;
     q1->opt = o->opt;
@@ -1278,54 +1176,274 @@ static void q2_as_q1(const struct qs_q2_opts *o, struct qs_q1_opts *q1)
     q1->lm_opt = o->lm_opt;
 }
 
-int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
-                      qs_err *e)
+static int q2_run(struct qs_ctx *c, void *args, void *res, qs_err *e)
+{
+    struct qs_q2_opts *o = &((struct q2_args *)args)->o;
+    o->progress = c->b->progress;
+    o->progress_ctx = c->b->progress_ctx;
+    o->cancel = &c->b->cancel;
+    return qs_study_q2(o, res, e);
+}
+
+static int q2_write_csv(const void *args, const void *res, const char *prefix, qs_err *e)
+{
+    const struct qs_q2 *q = res;
+    return qs_q2_write_csv(q->settings, q->nsettings, &((const struct q2_args *)args)->o, prefix,
+                           e);
+}
+
+static int q2_write_record(const void *args, const void *res, const char *path, qs_err *e)
+{
+    const struct qs_q2 *q = res;
+    return qs_q2_record_write(q->settings, q->nsettings, &((const struct q2_args *)args)->o,
+                              path, e);
+}
+
+static void q2_record_options(const void *args, char *buf, size_t n)
+{
+    qs_q2_record_options(&((const struct q2_args *)args)->o, buf, n);
+}
+
+static int q2_record_read(const char *path, const char *opts, void *res, qs_err *e)
+{
+    return qs_q2_record_read(path, opts, res, e);
+}
+
+static int q2_nsettings(const void *res)
+{
+    return ((const struct qs_q2 *)res)->nsettings;
+}
+
+static const char *q2_setting(const void *res, int i, uint64_t *seed)
+{
+    const struct qs_q2_setting *st = &((const struct qs_q2 *)res)->settings[i];
+    *seed = st->seed;
+    return st->model;
+}
+
+static void q2_truncate(void *res, int n)
+{
+    struct qs_q2 *q = res;
+    while (q->nsettings > n)
+        qs_q2_setting_clear(&q->settings[--q->nsettings]);
+}
+
+static int q2_aggregate(void *res, qs_err *e)
+{
+    (void)e;
+    qs_q2_aggregate(res);
+    return 0;
+}
+
+static void q2_free(void *res)
+{
+    qs_q2_free(res);
+}
+
+static const struct study_kind study_q2 = {
+    "q2",          sizeof(struct q2_args), sizeof(struct qs_q2), q2_parse,
+    q2_bench_opts, q2_run,                 q2_write_csv,         q2_write_record,
+    q2_canon,      q2_result,              q2_record_options,    q2_record_read,
+    q2_nsettings,  q2_setting,             q2_truncate,          q2_aggregate,
+    q2_free};
+
+/* ---- one run (or plan) and one merge for both kinds ---------------------------------------- */
+
+/* `study q1|q2 ...`: plan=DIR writes the plan; else the study runs here, writes csv= and out=
+ * and prints its report. */
+static int study_cmd(struct qs_ctx *c, const struct study_kind *k, int argc, char **argv,
+                     qs_err *e)
+{
+    void *args = qs_calloc(1, k->args_size), *res = qs_calloc(1, k->res_size);
+    const struct study_common *s = args; /* the first member of every kind's args */
+    int rc = -1;
+    if (!args || !res) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (k->parse(c, argc, argv, args, e) < 0)
+        goto out;
+    if (s->plan) {
+        struct qs_q1_opts q1;
+        k->bench_opts(args, &q1);
+        rc = sc_plan(c, s, &q1, k->name, argc, argv, e);
+        goto out;
+    }
+    c->b->cancel = 0;
+    if (k->run(c, args, res, e) < 0)
+        goto out;
+    if ((s->csv && k->write_csv(args, res, s->csv, e) < 0) ||
+        (s->out && k->write_record(args, res, s->out, e) < 0)) {
+        k->free(res);
+        goto out;
+    }
+    k->canon(c, args, res);
+    struct qs_sb t = {0};
+    cJSON *obj = k->report(c, args, res, &t);
+    qs_emit(c, obj, t.s);
+    qs_sb_free(&t);
+    k->free(res);
+    rc = 0;
+out:
+    free(args);
+    free(res);
+    return rc;
+}
+
+static int cmd_study_q1(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    return study_cmd(c, &study_q1, argc, argv, e);
+}
+
+static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    return study_cmd(c, &study_q2, argc, argv, e);
+}
+
+/* Writes TEXT to PATH (a whole file, replaced once complete). */
+static int put_file(const char *path, const char *text, qs_err *e)
+{
+    qs_outfile of;
+    if (qs_out_open(&of, path, e) < 0)
+        return -1;
+    fputs(text, of.f);
+    fputc('\n', of.f);
+    return qs_out_commit(&of, e);
+}
+
+/* The parts of `study merge` every study kind shares. */
+
+/* plan.json's option words (argv, at most 64), its settings array and its session seed. */
+static int merge_plan_args(const cJSON *plan, const char *dir, char **argv, int *argc,
+                           const cJSON **settings, uint64_t *seed, qs_err *e)
+{
+    const cJSON *ja = cJSON_GetObjectItemCaseSensitive(plan, "args");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(plan, "settings");
+    const cJSON *jseed = cJSON_GetObjectItemCaseSensitive(plan, "seed");
+    int na = cJSON_GetArraySize(ja);
+    if (!cJSON_IsArray(ja) || !cJSON_IsArray(js) || !cJSON_IsNumber(jseed) || na > 64)
+        return qs_errf(e, "study merge %s: plan.json lacks args, settings or seed", dir);
+    *argc = 0;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, ja)
+    {
+        if (!cJSON_IsString(x))
+            return qs_errf(e, "study merge %s: plan.json: args holds a non-string", dir);
+        argv[(*argc)++] = x->valuestring;
+    }
+    *settings = js;
+    *seed = (uint64_t)jseed->valuedouble;
+    return 0;
+}
+
+/* One setting of plan.json: its name, model and seed, and the path of its record. */
+static int merge_setting(const cJSON *x, const char *dir, const char **name, const char **model,
+                         uint64_t *seed, char *path, size_t np, qs_err *e)
+{
+    const cJSON *jn = cJSON_GetObjectItemCaseSensitive(x, "name");
+    const cJSON *jm = cJSON_GetObjectItemCaseSensitive(x, "model");
+    const cJSON *jsd = cJSON_GetObjectItemCaseSensitive(x, "seed");
+    if (!cJSON_IsString(jn) || !cJSON_IsString(jm) || !cJSON_IsNumber(jsd) ||
+        strchr(jn->valuestring, '/'))
+        return qs_errf(e, "study merge %s: plan.json: a malformed setting", dir);
+    *name = jn->valuestring;
+    *model = jm->valuestring;
+    *seed = (uint64_t)jsd->valuedouble;
+    snprintf(path, np, "%s/results/%s.json", dir, jn->valuestring);
+    return 0;
+}
+
+/* The refusal when no setting of the plan has finished. */
+static int merge_none_finished(const struct qs_plan_state *ps, const char *dir, qs_err *e)
+{
+    struct qs_sb fl = {0};
+    for (int i = 0; i < ps->nfailed; i++)
+        qs_sb_printf(&fl, "; failed: %s", ps->failed[i]);
+    qs_errf(e, "study merge %s: no setting has finished (%d planned, %d missing, %d failed)%s", dir,
+            ps->n, ps->nmissing, ps->nfailed, fl.s ? fl.s : "");
+    qs_sb_free(&fl);
+    return -1;
+}
+
+/* The merged study's report obj (taken) and text t: what was missing or failed first, then
+ * DIR/KIND-summary.json and DIR/KIND-report.txt written, then the result emitted. */
+static int merge_emit(struct qs_ctx *c, const char *dir, const char *kind, cJSON *obj,
+                      const struct qs_plan_state *ps, const struct qs_sb *t, qs_err *e)
+{
+    struct qs_sb pre = {0};
+    int rc = -1;
+    cJSON_ReplaceItemInObjectCaseSensitive(obj, "cmd", cJSON_CreateString("study merge"));
+    cJSON_AddStringToObject(obj, "study", kind);
+    qs_plan_state_report(ps, dir, obj, &pre);
+    qs_sb_printf(&pre, "%s", t->s ? t->s : "");
+    char *js_text = cJSON_Print(obj);
+    char f1[PATH_MAX + 32], f2[PATH_MAX + 32];
+    snprintf(f1, sizeof f1, "%s/%s-summary.json", dir, kind);
+    snprintf(f2, sizeof f2, "%s/%s-report.txt", dir, kind);
+    if (!js_text || !pre.s)
+        qs_errf(e, "out of memory");
+    else if (put_file(f1, js_text, e) == 0 && put_file(f2, pre.s, e) == 0)
+        rc = 0;
+    free(js_text);
+    if (rc == 0)
+        qs_emit(c, obj, pre.s);
+    else
+        cJSON_Delete(obj);
+    qs_sb_free(&pre);
+    return rc;
+}
+
+/* `study merge DIR` of a plan of kind k: the plan's options parsed as its own command parsed
+ * them (with its session seed), every setting's record read and checked to be that setting's,
+ * the finished ones aggregated and reported as one run of the study would. */
+static int study_merge(struct qs_ctx *c, const struct study_kind *k, const char *dir,
+                       const cJSON *plan, const char *csv, qs_err *e)
 {
     char *argv[64];
     int argc = 0;
     const cJSON *js, *x;
-    uint64_t plan_seed;
+    uint64_t plan_seed = 0;
     if (merge_plan_args(plan, dir, argv, &argc, &js, &plan_seed, e) < 0)
         return -1;
-    struct q2_args *p = qs_calloc(1, sizeof *p);
-    if (!p)
-        return qs_errf(e, "out of memory");
-    struct qs_q2 q;
-    memset(&q, 0, sizeof q);
+    void *args = qs_calloc(1, k->args_size), *res = qs_calloc(1, k->res_size);
+    struct study_common *s = args;
     struct qs_plan_state ps = {0};
     struct qs_sb t = {0}, pfx = {0};
     cJSON *obj = NULL;
     int rc = -1;
-    /* the plan's options, parsed as the plan's own command parsed them; its session seed */
+    if (!args || !res) {
+        free(args);
+        free(res);
+        return qs_errf(e, "out of memory");
+    }
     uint64_t seed = c->b->seed;
     c->b->seed = plan_seed;
-    int prc = q2_parse(c, argc, argv, p, e);
+    int prc = k->parse(c, argc, argv, args, e);
     c->b->seed = seed;
     if (prc < 0) {
         qs_err_prefix(e, "study merge: the plan's options");
         goto out;
     }
-    p->s.loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
-    qs_sb_printf(&pfx, "%s/q2", dir);
-    p->s.csv = csv ? csv : pfx.s;
+    s->loaded = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(plan, "loaded_lm"));
+    qs_sb_printf(&pfx, "%s/%s", dir, k->name);
+    s->csv = csv ? csv : pfx.s;
     char opts[600];
-    qs_q2_record_options(&p->o, opts, sizeof opts);
+    k->record_options(args, opts, sizeof opts);
     cJSON_ArrayForEach(x, js)
     {
-        const char *name, *model;
-        uint64_t sseed;
+        const char *name = NULL, *model = NULL;
+        uint64_t sseed = 0, rseed = 0;
         char path[PATH_MAX + 200];
         if (merge_setting(x, dir, &name, &model, &sseed, path, sizeof path, e) < 0)
             goto out;
         ps.n++;
         qs_err re = {{0}};
-        int before = q.nsettings;
-        int r = qs_q2_record_read(path, opts, &q, &re);
-        if (r == 0 && (q.nsettings != before + 1 || strcmp(q.settings[before].model, model) ||
-                       q.settings[before].seed != sseed)) {
+        int before = k->nsettings(res);
+        int r = k->record_read(path, opts, res, &re);
+        if (r == 0 && (k->nsettings(res) != before + 1 ||
+                       strcmp(k->setting(res, before, &rseed), model) || rseed != sseed)) {
             snprintf(re.msg, sizeof re.msg, "%s: not the record of this setting", path);
-            while (q.nsettings > before) /* drop what it added */
-                qs_q2_setting_clear(&q.settings[--q.nsettings]);
+            k->truncate(res, before); /* drop what it added */
             r = -1;
         }
         if (r == 0)
@@ -1333,62 +1451,36 @@ int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, cons
         else
             qs_plan_state_add(&ps, dir, name, r < 0 ? re.msg : NULL);
     }
-    if (q.nsettings == 0) {
+    if (k->nsettings(res) == 0) {
         merge_none_finished(&ps, dir, e);
         goto out;
     }
-    qs_q2_aggregate(&q);
-    if (qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->s.csv, e) < 0)
+    if (k->aggregate(res, e) < 0 || k->write_csv(args, res, s->csv, e) < 0)
         goto out;
-    obj = q2_result(c, p, &q, &t);
-    rc = merge_emit(c, dir, "q2", obj, &ps, &t, e);
+    obj = k->report(c, args, res, &t);
+    rc = merge_emit(c, dir, k->name, obj, &ps, &t, e);
     obj = NULL;
 out:
     cJSON_Delete(obj);
     qs_sb_free(&t);
     qs_sb_free(&pfx);
     qs_plan_state_free(&ps);
-    qs_q2_free(&q);
-    free(p);
+    k->free(res);
+    free(args);
+    free(res);
     return rc;
 }
 
-static int cmd_study_q2(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+int qs_study_q1_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e)
 {
-    struct q2_args *p = qs_calloc(1, sizeof *p);
-    if (!p)
-        return qs_errf(e, "out of memory");
-    int rc = -1;
-    if (q2_parse(c, argc, argv, p, e) < 0)
-        goto out;
-    if (p->s.plan) {
-        struct qs_q1_opts q1;
-        q2_as_q1(&p->o, &q1);
-        rc = sc_plan(c, &p->s, &q1, "q2", argc, argv, e);
-        goto out;
-    }
-    p->o.progress = c->b->progress;
-    p->o.progress_ctx = c->b->progress_ctx;
-    c->b->cancel = 0;
-    p->o.cancel = &c->b->cancel;
-    struct qs_q2 q;
-    if (qs_study_q2(&p->o, &q, e) < 0)
-        goto out;
-    if ((p->s.csv && qs_q2_write_csv(q.settings, q.nsettings, &p->o, p->s.csv, e) < 0) ||
-        (p->s.out && qs_q2_record_write(q.settings, q.nsettings, &p->o, p->s.out, e) < 0)) {
-        qs_q2_free(&q);
-        goto out;
-    }
-    q2_canon(c, p, &q);
-    struct qs_sb t = {0};
-    cJSON *obj = q2_result(c, p, &q, &t);
-    qs_emit(c, obj, t.s);
-    qs_sb_free(&t);
-    qs_q2_free(&q);
-    rc = 0;
-out:
-    free(p);
-    return rc;
+    return study_merge(c, &study_q1, dir, plan, csv, e);
+}
+
+int qs_study_q2_merge(struct qs_ctx *c, const char *dir, const cJSON *plan, const char *csv,
+                      qs_err *e)
+{
+    return study_merge(c, &study_q2, dir, plan, csv, e);
 }
 
 const struct qs_cmd_def qs_cmds_study[] = {
