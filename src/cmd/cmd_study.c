@@ -1165,15 +1165,9 @@ static const struct study_kind study_q1 = {
     q1_nsettings,  q1_setting,             q1_truncate,          q1_aggregate,
     q1_free};
 
-/* The q1 options a q2 setting's bench is opened with (qs_q2_run_setting does the same). */
 static void q2_bench_opts(const void *args, struct qs_q1_opts *q1)
 {
-    const struct qs_q2_opts *o = &((const struct q2_args *)args)->o;
-    memset(q1, 0, sizeof *q1);
-    q1->fmt = o->fmt;
-    q1->opt = o->opt;
-    q1->lm_fmt = o->lm_fmt;
-    q1->lm_opt = o->lm_opt;
+    qs_q2_bench_opts(&((const struct q2_args *)args)->o, q1);
 }
 
 static int q2_run(struct qs_ctx *c, void *args, void *res, qs_err *e)
