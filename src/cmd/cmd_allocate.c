@@ -554,7 +554,8 @@ static int cmd_allocate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 const struct qs_cmd_def qs_cmds_allocate[] = {
     {"allocate", 0, 0,
      QS_ARGS(QS_OPT("bits", QS_ARG_FLOAT, "B"), QS_OPT("rank", QS_ARG_INT, "R"),
-             QS_OPT("formats", QS_ARG_WORD, "F,..."), QS_OPT("gran", QS_ARG_WORD, "G"),
+             QS_OPT("formats", QS_ARG_WORD, "F,..."),
+             QS_OPT("gran", QS_ARG_ENUM, "tensor|channel|group:N"),
              QS_OPT("methods", QS_ARG_WORD, "M,..."), QS_OPT("method", QS_ARG_WORD, "M"),
              QS_OPT("corr", QS_ARG_WORD, "M"), QS_OPT("ranks", QS_ARG_WORD, "R,..."),
              QS_OPT("prec", QS_ARG_FORMAT, "P"), QS_OPT("clip", QS_ARG_ENUM, "max|mse|pct:P"),
