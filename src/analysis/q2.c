@@ -1034,8 +1034,8 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
     if (!f)
         return -1;
     qs_study_csv_setting_header(f);
-    const char *h[] = {"sites",     "float_loss",      "quant_loss", "float_acc", "quant_acc",
-                       "bits_per_weight", "n_fit", "n_eval",     "mse_none"};
+    const char *h[] = {"sites",           "float_loss", "quant_loss", "float_acc", "quant_acc",
+                       "bits_per_weight", "n_fit",      "n_eval",     "mse_none"};
     for (size_t k = 0; k < sizeof h / sizeof *h; k++)
         qs_csv_field(f, h[k], 0);
     for (int v = 0; v < QS_Q2_NVAR; v++) {

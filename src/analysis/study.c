@@ -960,10 +960,22 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
     snprintf(k3, sizeof k3, "pos_frac_%s", rq);
     snprintf(k4, sizeof k4, "frac_gt_02_%s", rq);
     qs_study_csv_setting_header(f);
-    const char *hm[] = {"q1_layers", "other_sites", "float_acc", "quant_acc", "bits_per_weight",
-                        "mean_r_lin_float", "median_r_lin_float", "pos_frac_r_lin_float",
-                        "frac_gt_02_r_lin_float", k1, k2, k3, k4, "spearman",
-                        "spearman_r_lin_float", "verdict"};
+    const char *hm[] = {"q1_layers",
+                        "other_sites",
+                        "float_acc",
+                        "quant_acc",
+                        "bits_per_weight",
+                        "mean_r_lin_float",
+                        "median_r_lin_float",
+                        "pos_frac_r_lin_float",
+                        "frac_gt_02_r_lin_float",
+                        k1,
+                        k2,
+                        k3,
+                        k4,
+                        "spearman",
+                        "spearman_r_lin_float",
+                        "verdict"};
     for (size_t k = 0; k < sizeof hm / sizeof *hm; k++)
         qs_csv_field(f, hm[k], 0);
     fputc('\n', f);

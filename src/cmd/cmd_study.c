@@ -16,7 +16,7 @@
 #include "cmd_fmt.h"
 #include "plan.h"
 
-/* ---- study q1 ------------------------------------------------------------------------------ */
+/* ---- what study q1 and study q2 share: names, the gate footer ---------------------------- */
 
 static const char *base_name(const char *p, char *buf, size_t n)
 {
@@ -28,29 +28,6 @@ static const char *base_name(const char *p, char *buf, size_t n)
     return buf;
 }
 
-static cJSON *stats_json(const struct qs_q1_stats *s)
-{
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddNumberToObject(j, "n", s->n);
-    qs_json_num(j, "mean", s->mean);
-    qs_json_num(j, "median", s->median);
-    qs_json_num(j, "pos_frac", s->pos_frac);
-    qs_json_num(j, "frac_gt_02", s->frac_gt_02);
-    return j;
-}
-
-static void stats_row(struct qs_sb *t, const char *name, const struct qs_q1_stats *s)
-{
-    qs_sb_printf(t, "%-14s", name);
-    qs_cmd_put_num(t, 9, "%.4f", s->mean);
-    qs_cmd_put_num(t, 9, "%.4f", s->median);
-    qs_cmd_put_num(t, 10, "%.3f", s->pos_frac);
-    qs_cmd_put_num(t, 10, "%.3f", s->frac_gt_02);
-    qs_sb_printf(t, "\n");
-}
-
-/* A bundled file's path as written (datasets/...) when PATH is where qs_bundle_path resolves it,
- * so that results name it the same wherever qscope runs; else PATH. */
 static const char *as_bundled(const char *path, char *buf, size_t n)
 {
     char r1[PATH_MAX], r2[PATH_MAX], res[PATH_MAX];
@@ -68,34 +45,6 @@ static const char *as_bundled(const char *path, char *buf, size_t n)
     return path;
 }
 
-/* One Q1 layer's JSON row; a transformer's (lm) also names its kind, block and sites. */
-static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_layer *l,
-                            const char *rqj, const char *const *thirds, int lm)
-{
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "model", st->model);
-    cJSON_AddNumberToObject(j, "seed", (double)st->seed);
-    cJSON_AddStringToObject(j, "layer", l->name);
-    if (lm) {
-        cJSON_AddStringToObject(j, "kind", qs_q1_kind_name(l->kind));
-        cJSON_AddNumberToObject(j, "block", l->block);
-        cJSON_AddNumberToObject(j, "sites", l->nsites);
-    }
-    cJSON_AddStringToObject(j, "depth", thirds[l->third]);
-    cJSON_AddNumberToObject(j, "d", l->d);
-    cJSON_AddNumberToObject(j, "in", l->in);
-    qs_json_num(j, "w_rel_err", l->w_rel_err);
-    qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
-    qs_json_num(j, "correctability", l->correctability);
-    qs_json_num(j, "r_lin_float", l->r_float);
-    qs_json_num(j, rqj, l->r_q);
-    qs_json_num(j, "lambda", l->lambda);
-    cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
-    return j;
-}
-
-/* The gate of a study is each setting's own (its model on its data): how many of n pass, into
- * the report's JSON o and text t. */
 static void study_gate(cJSON *o, struct qs_sb *t, int n, int gates)
 {
     cJSON *task = cJSON_CreateObject();
@@ -259,11 +208,12 @@ static int sc_finish(struct qs_ctx *c, struct study_common *s, const char *const
     return 0;
 }
 
-/* The canonical line's head after the command's name: " models=... seeds=...", and " format=F
- * gran=G" when given or when no setting is a transformer (else replay takes the transformers'
- * default again); its tail: " csv=... out=...". */
-static void sc_canon_head(const struct study_common *s, const struct qs_format *fmt,
-                          const struct qs_qopts *opt, int nlm, char *buf, size_t n)
+/* The study's canonical line (the journal's) into c->canon: the command's name, " models=...
+ * seeds=...", " format=F gran=G" when given or when no setting is a transformer (else replay
+ * takes the transformers' default again), then the study's own options (mid: " prec=int4"),
+ * then " csv=... out=...". */
+static void sc_canon(struct qs_ctx *c, const struct study_common *s, const struct qs_format *fmt,
+                     const struct qs_qopts *opt, int nlm, const char *mid)
 {
     char seeds[512] = "";
     for (int k = 0; k < s->ns; k++)
@@ -276,16 +226,21 @@ static void sc_canon_head(const struct study_common *s, const struct qs_format *
         snprintf(mq, sizeof mq, " models=%s", qs_quote(s->models, qm, sizeof qm));
     if (s->fmt_given || !nlm)
         snprintf(fq, sizeof fq, " format=%s gran=%s", fmt->name, gw);
-    snprintf(buf, n, "%s seeds=%s%s", mq, seeds, fq);
+    char qc[600], qo[600];
+    snprintf(c->canon, sizeof c->canon, "%s%s seeds=%s%s%s%s%s%s%s", s->cmd, mq, seeds, fq, mid,
+             s->csv ? " csv=" : "", s->csv ? qs_quote(s->csv, qc, sizeof qc) : "",
+             s->out ? " out=" : "", s->out ? qs_quote(s->out, qo, sizeof qo) : "");
 }
 
-static void sc_canon_tail(const struct study_common *s, char *buf, size_t n)
-{
-    char qc[600], qo[600];
-    snprintf(buf, n, "%s%s%s%s", s->csv ? " csv=" : "",
-             s->csv ? qs_quote(s->csv, qc, sizeof qc) : "", s->out ? " out=" : "",
-             s->out ? qs_quote(s->out, qo, sizeof qo) : "");
-}
+/* Ends a study's parse: the common options checked and resolved (sc_finish) into o, a
+ * struct qs_q1_opts or qs_q2_opts (both begin with the same settings and formats), and o's
+ * settings pointed at them. 0 or -1. */
+#define SC_FINISH(c, s, bundled, o, e)                                                             \
+    (sc_finish(c, s, bundled, (int)(sizeof bundled / sizeof *bundled), &(o)->fmt, &(o)->opt,       \
+               &(o)->lm_fmt, &(o)->lm_opt, e) < 0                                                  \
+         ? -1                                                                                      \
+         : ((o)->models = (s)->mp, (o)->nmodels = (s)->nm, (o)->seeds = (s)->sv,                   \
+            (o)->nseeds = (s)->ns, 0))
 
 /* plan=DIR: one job per setting (model x seed), nothing run here. q1: the options the settings'
  * benches are opened with (their files named as the study names them). */
@@ -350,6 +305,59 @@ out:
     return rc;
 }
 
+/* ---- study q1 ------------------------------------------------------------------------------ */
+
+static cJSON *stats_json(const struct qs_q1_stats *s)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "n", s->n);
+    qs_json_num(j, "mean", s->mean);
+    qs_json_num(j, "median", s->median);
+    qs_json_num(j, "pos_frac", s->pos_frac);
+    qs_json_num(j, "frac_gt_02", s->frac_gt_02);
+    return j;
+}
+
+static void stats_row(struct qs_sb *t, const char *name, const struct qs_q1_stats *s)
+{
+    qs_sb_printf(t, "%-14s", name);
+    qs_cmd_put_num(t, 9, "%.4f", s->mean);
+    qs_cmd_put_num(t, 9, "%.4f", s->median);
+    qs_cmd_put_num(t, 10, "%.3f", s->pos_frac);
+    qs_cmd_put_num(t, 10, "%.3f", s->frac_gt_02);
+    qs_sb_printf(t, "\n");
+}
+
+/* A bundled file's path as written (datasets/...) when PATH is where qs_bundle_path resolves it,
+ * so that results name it the same wherever qscope runs; else PATH. */
+/* One Q1 layer's JSON row; a transformer's (lm) also names its kind, block and sites. */
+static cJSON *q1_layer_json(const struct qs_q1_setting *st, const struct qs_q1_layer *l,
+                            const char *rqj, const char *const *thirds, int lm)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", st->model);
+    cJSON_AddNumberToObject(j, "seed", (double)st->seed);
+    cJSON_AddStringToObject(j, "layer", l->name);
+    if (lm) {
+        cJSON_AddStringToObject(j, "kind", qs_q1_kind_name(l->kind));
+        cJSON_AddNumberToObject(j, "block", l->block);
+        cJSON_AddNumberToObject(j, "sites", l->nsites);
+    }
+    cJSON_AddStringToObject(j, "depth", thirds[l->third]);
+    cJSON_AddNumberToObject(j, "d", l->d);
+    cJSON_AddNumberToObject(j, "in", l->in);
+    qs_json_num(j, "w_rel_err", l->w_rel_err);
+    qs_json_num(j, "preact_rel_mse", l->preact_rel_mse);
+    qs_json_num(j, "correctability", l->correctability);
+    qs_json_num(j, "r_lin_float", l->r_float);
+    qs_json_num(j, rqj, l->r_q);
+    qs_json_num(j, "lambda", l->lambda);
+    cJSON_AddNumberToObject(j, "rank_kept", l->rank_kept);
+    return j;
+}
+
+/* The gate of a study is each setting's own (its model on its data): how many of n pass, into
+ * the report's JSON o and text t. */
 /* The options of `study q1` (sc_* for those q2 shares). */
 struct q1_args {
     struct study_common s;
@@ -389,26 +397,18 @@ static int q1_parse(struct qs_ctx *c, int argc, char **argv, void *args, qs_err 
     if (strcmp(prec, "int4") && strcmp(prec, "int8") && strcmp(prec, "float"))
         return qs_errf(e, "study q1: prec=%s: expected int4, int8 or float", prec);
     snprintf(o->prec, sizeof o->prec, "%s", prec);
-    if (sc_finish(c, &p->s, q1_bundled, 5, &o->fmt, &o->opt, &o->lm_fmt, &o->lm_opt, e) < 0)
-        return -1;
-    o->models = p->s.mp;
-    o->nmodels = p->s.nm;
-    o->seeds = p->s.sv;
-    o->nseeds = p->s.ns;
-    return 0;
+    return SC_FINISH(c, &p->s, q1_bundled, o, e);
 }
 
-/* The study's canonical line (the journal's). */
+/* The study's canonical line (the journal's): its own options are prec= and calib_tokens=. */
 static void q1_canon(struct qs_ctx *c, const void *args, const void *res)
 {
     const struct q1_args *p = args;
-    const struct qs_q1 *q = res;
-    char head[1700], tail[1300], ct[48] = "";
-    sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->nlm, head, sizeof head);
-    sc_canon_tail(&p->s, tail, sizeof tail);
+    char mid[80];
+    int k = snprintf(mid, sizeof mid, " prec=%s", p->prec);
     if (p->calib_tokens > 0)
-        snprintf(ct, sizeof ct, " calib_tokens=%ld", p->calib_tokens);
-    snprintf(c->canon, sizeof c->canon, "study q1%s prec=%s%s%s", head, p->prec, ct, tail);
+        snprintf(mid + k, sizeof mid - (size_t)k, " calib_tokens=%ld", p->calib_tokens);
+    sc_canon(c, &p->s, &p->o.fmt, &p->o.opt, ((const struct qs_q1 *)res)->nlm, mid);
 }
 
 /* The report of a finished study: its JSON object (returned) and text (appended to t). The
@@ -1030,27 +1030,19 @@ static int q2_parse(struct qs_ctx *c, int argc, char **argv, void *args, qs_err 
     }
     o->n_fit = o->n_eval = (int)fit;
     o->epochs = (int)epochs;
-    if (sc_finish(c, &p->s, q2_bundled, 3, &o->fmt, &o->opt, &o->lm_fmt, &o->lm_opt, e) < 0)
-        return -1;
-    o->models = p->s.mp;
-    o->nmodels = p->s.nm;
-    o->seeds = p->s.sv;
-    o->nseeds = p->s.ns;
-    return 0;
+    return SC_FINISH(c, &p->s, q2_bundled, o, e);
 }
 
-/* The study's canonical line (the journal's). */
+/* The study's canonical line (the journal's): its own options are fit=, epochs= and
+ * heldout_tokens=. */
 static void q2_canon(struct qs_ctx *c, const void *args, const void *res)
 {
     const struct q2_args *p = args;
-    const struct qs_q2 *q = res;
-    char head[1700], tail[1300], ht[48] = "";
-    sc_canon_head(&p->s, &p->o.fmt, &p->o.opt, q->sum.nlm, head, sizeof head);
-    sc_canon_tail(&p->s, tail, sizeof tail);
+    char mid[96];
+    int k = snprintf(mid, sizeof mid, " fit=%d epochs=%d", p->o.n_fit, p->o.epochs);
     if (p->o.heldout_tokens > 0)
-        snprintf(ht, sizeof ht, " heldout_tokens=%ld", p->o.heldout_tokens);
-    snprintf(c->canon, sizeof c->canon, "study q2%s fit=%d epochs=%d%s%s", head, p->o.n_fit,
-             p->o.epochs, ht, tail);
+        snprintf(mid + k, sizeof mid - (size_t)k, " heldout_tokens=%ld", p->o.heldout_tokens);
+    sc_canon(c, &p->s, &p->o.fmt, &p->o.opt, ((const struct qs_q2 *)res)->sum.nlm, mid);
 }
 
 /* The finished study's report (JSON returned, text appended to t), CSV files named; the
@@ -1089,7 +1081,7 @@ struct study_kind {
     int (*record_read)(const char *path, const char *opts, void *res, qs_err *e);
     int (*nsettings)(const void *res);
     const char *(*setting)(const void *res, int i, uint64_t *seed); /* its model */
-    void (*truncate)(void *res, int n);                              /* drops settings n.. */
+    void (*truncate)(void *res, int n);                             /* drops settings n.. */
     int (*aggregate)(void *res, qs_err *e);
     void (*free)(void *res);
 };
@@ -1159,11 +1151,24 @@ static void q1_free(void *res)
 }
 
 static const struct study_kind study_q1 = {
-    "q1",          sizeof(struct q1_args), sizeof(struct qs_q1), q1_parse,
-    q1_bench_opts, q1_run,                 q1_write_csv,         q1_write_record,
-    q1_canon,      q1_report,              q1_record_options,    q1_record_read,
-    q1_nsettings,  q1_setting,             q1_truncate,          q1_aggregate,
-    q1_free};
+    .name = "q1",
+    .args_size = sizeof(struct q1_args),
+    .res_size = sizeof(struct qs_q1),
+    .parse = q1_parse,
+    .bench_opts = q1_bench_opts,
+    .run = q1_run,
+    .write_csv = q1_write_csv,
+    .write_record = q1_write_record,
+    .canon = q1_canon,
+    .report = q1_report,
+    .record_options = q1_record_options,
+    .record_read = q1_record_read,
+    .nsettings = q1_nsettings,
+    .setting = q1_setting,
+    .truncate = q1_truncate,
+    .aggregate = q1_aggregate,
+    .free = q1_free,
+};
 
 static void q2_bench_opts(const void *args, struct qs_q1_opts *q1)
 {
@@ -1189,8 +1194,8 @@ static int q2_write_csv(const void *args, const void *res, const char *prefix, q
 static int q2_write_record(const void *args, const void *res, const char *path, qs_err *e)
 {
     const struct qs_q2 *q = res;
-    return qs_q2_record_write(q->settings, q->nsettings, &((const struct q2_args *)args)->o,
-                              path, e);
+    return qs_q2_record_write(q->settings, q->nsettings, &((const struct q2_args *)args)->o, path,
+                              e);
 }
 
 static void q2_record_options(const void *args, char *buf, size_t n)
@@ -1235,18 +1240,30 @@ static void q2_free(void *res)
 }
 
 static const struct study_kind study_q2 = {
-    "q2",          sizeof(struct q2_args), sizeof(struct qs_q2), q2_parse,
-    q2_bench_opts, q2_run,                 q2_write_csv,         q2_write_record,
-    q2_canon,      q2_result,              q2_record_options,    q2_record_read,
-    q2_nsettings,  q2_setting,             q2_truncate,          q2_aggregate,
-    q2_free};
+    .name = "q2",
+    .args_size = sizeof(struct q2_args),
+    .res_size = sizeof(struct qs_q2),
+    .parse = q2_parse,
+    .bench_opts = q2_bench_opts,
+    .run = q2_run,
+    .write_csv = q2_write_csv,
+    .write_record = q2_write_record,
+    .canon = q2_canon,
+    .report = q2_result,
+    .record_options = q2_record_options,
+    .record_read = q2_record_read,
+    .nsettings = q2_nsettings,
+    .setting = q2_setting,
+    .truncate = q2_truncate,
+    .aggregate = q2_aggregate,
+    .free = q2_free,
+};
 
 /* ---- one run (or plan) and one merge for both kinds ---------------------------------------- */
 
 /* `study q1|q2 ...`: plan=DIR writes the plan; else the study runs here, writes csv= and out=
  * and prints its report. */
-static int study_cmd(struct qs_ctx *c, const struct study_kind *k, int argc, char **argv,
-                     qs_err *e)
+static int study_cmd(struct qs_ctx *c, const struct study_kind *k, int argc, char **argv, qs_err *e)
 {
     void *args = qs_calloc(1, k->args_size), *res = qs_calloc(1, k->res_size);
     const struct study_common *s = args; /* the first member of every kind's args */
@@ -1512,10 +1529,9 @@ const struct qs_cmd_def qs_cmds_study[] = {
      QS_ARGS(QS_OPT("models", QS_ARG_WORD, "PATH,...|bundled"),
              QS_OPT("seeds", QS_ARG_WORD, "0,1,2"), QS_OPT("format", QS_ARG_FORMAT, "int3"),
              QS_OPT("gran", QS_ARG_ENUM, "tensor|channel|group:N|block"),
-             QS_OPT("fit", QS_ARG_INT, "65536"),
-             QS_OPT("epochs", QS_ARG_INT, "8"), QS_OPT("heldout_tokens", QS_ARG_INT, NULL),
-             QS_OPT("csv", QS_ARG_PATH, "PREFIX"), QS_OPT("out", QS_ARG_PATH, "RECORD.json"),
-             QS_OPT("plan", QS_ARG_PATH, "DIR")),
+             QS_OPT("fit", QS_ARG_INT, "65536"), QS_OPT("epochs", QS_ARG_INT, "8"),
+             QS_OPT("heldout_tokens", QS_ARG_INT, NULL), QS_OPT("csv", QS_ARG_PATH, "PREFIX"),
+             QS_OPT("out", QS_ARG_PATH, "RECORD.json"), QS_OPT("plan", QS_ARG_PATH, "DIR")),
      QS_CMD_JOURNAL | QS_CMD_LONG | QS_CMD_WRITES_OPT, cmd_study_q2,
      "the Q2 study: does a site's quantization-time statistics carry correction signal beyond "
      "its identity?",
