@@ -269,6 +269,9 @@ int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
 extern const struct qs_cmd_def qs_cmds_basic[];
 extern const struct qs_cmd_def qs_cmds_analysis[];
 extern const struct qs_cmd_def qs_cmds_session[];
+extern const struct qs_cmd_def qs_cmds_sens[];
+extern const struct qs_cmd_def qs_cmds_allocate[];
+extern const struct qs_cmd_def qs_cmds_qat[];
 extern const struct qs_cmd_def qs_cmds_study[];
 
 /* The gate as JSON/text fields, added to every analysis result. */

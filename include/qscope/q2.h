@@ -38,6 +38,7 @@
 
 #include "qscope/bench.h"
 #include "qscope/format.h"
+#include "qscope/study.h"
 
 /* The report's outcome, printed for comparison (REFERENCES.md). */
 #define QS_Q2_REPORT_SETTINGS 18
@@ -179,6 +180,10 @@ struct qs_q2_setting {
     struct qs_q2_site *sites; /* nsites, owned (qs_q2_setting_clear) */
 };
 void qs_q2_setting_clear(struct qs_q2_setting *s);
+
+/* The study q1 options a q2 setting's bench is opened with (qs_study_open): o's weight formats,
+ * the rest zeroed. */
+void qs_q2_bench_opts(const struct qs_q2_opts *o, struct qs_q1_opts *q1);
 
 /* Runs one setting (model ARG, split seed SEED) into *s. 0, or -1 with a message naming the
  * model. */

@@ -150,6 +150,11 @@ int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model
 int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
                   struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e);
 
+/* A setting's arch ("mlp", or the transformer's model_type), weight format and its options, as
+ * the study opened its bench b with o (o->lm_fmt for a transformer when set). Shared with q2. */
+void qs_study_setting_words(const struct qs_q1_opts *o, const struct qs_bench *b, char arch[16],
+                            char format[16], char options[200]);
+
 /* The verdict rule above; a NaN Spearman (constant values) gives "unclear". */
 const char *qs_q1_verdict(double median_r_q, double spearman);
 
@@ -172,5 +177,11 @@ FILE *qs_study_open_csv(qs_outfile *of, const char *prefix, const char *what, co
                         const char *head, qs_err *e);
 int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *prefix,
                     qs_err *e);
+/* The columns both studies' master_summary rows begin with, a setting's identity: model, data,
+ * seed, arch, format, options, gate (pass|fail), excluded (1 when the gate failed); the header
+ * names them (first fields of their lines). */
+void qs_study_csv_setting_header(FILE *f);
+void qs_study_csv_setting(FILE *f, const char *model, const char *data, uint64_t seed,
+                          const char *arch, const char *format, const char *options, int gate_pass);
 
 #endif

@@ -641,6 +641,15 @@ static void relay_progress(void *u, const char *what, double frac)
     progress(r->o, r->model, r->seed, what, frac);
 }
 
+void qs_q2_bench_opts(const struct qs_q2_opts *o, struct qs_q1_opts *q1)
+{
+    memset(q1, 0, sizeof *q1);
+    q1->fmt = o->fmt;
+    q1->opt = o->opt;
+    q1->lm_fmt = o->lm_fmt;
+    q1->lm_opt = o->lm_opt;
+}
+
 int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed,
                       struct qs_q2_setting *s, qs_err *e)
 {
@@ -648,11 +657,7 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     s->seed = seed;
     s->verdict = "unclear";
     struct qs_q1_opts q1;
-    memset(&q1, 0, sizeof q1);
-    q1.fmt = o->fmt;
-    q1.opt = o->opt;
-    q1.lm_fmt = o->lm_fmt;
-    q1.lm_opt = o->lm_opt;
+    qs_q2_bench_opts(o, &q1);
     struct qs_bench *b = NULL;
     if (qs_study_open(&q1, arg, seed, &b, s->model, sizeof s->model, s->data, sizeof s->data, e) <
         0)
@@ -665,13 +670,7 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     b->progress = relay_progress;
     b->progress_ctx = &rl;
     s->lm = b->lm != NULL;
-    snprintf(s->arch, sizeof s->arch, "%s", b->lm ? b->lm->arch : "mlp");
-    {
-        const struct qs_format *f = b->lm && o->lm_fmt ? o->lm_fmt : &o->fmt;
-        const struct qs_qopts *op = b->lm && o->lm_opt ? o->lm_opt : &o->opt;
-        snprintf(s->format, sizeof s->format, "%s", f->name);
-        qs_qopts_format(f, op, s->options, sizeof s->options);
-    }
+    qs_study_setting_words(&q1, b, s->arch, s->format, s->options);
     int S = qs_bench_nunits(b), nkinds = 1, rc = -1;
     s->nsites = S;
     struct site_tab *tab = qs_calloc((size_t)S, sizeof *tab);
@@ -1034,17 +1033,11 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
     FILE *f = open_csv(&of, prefix, "master_summary", o, e);
     if (!f)
         return -1;
-    const char *h[] = {"model",      "data",
-                       "seed",       "arch",
-                       "format",     "options",
-                       "gate",       "excluded",
-                       "sites",      "float_loss",
-                       "quant_loss", "float_acc",
-                       "quant_acc",  "bits_per_weight",
-                       "n_fit",      "n_eval",
-                       "mse_none"};
+    qs_study_csv_setting_header(f);
+    const char *h[] = {"sites",           "float_loss", "quant_loss", "float_acc", "quant_acc",
+                       "bits_per_weight", "n_fit",      "n_eval",     "mse_none"};
     for (size_t k = 0; k < sizeof h / sizeof *h; k++)
-        qs_csv_field(f, h[k], k == 0);
+        qs_csv_field(f, h[k], 0);
     for (int v = 0; v < QS_Q2_NVAR; v++) {
         char k[64];
         snprintf(k, sizeof k, "mse_%s", var_names[v]);
@@ -1061,14 +1054,8 @@ int qs_q2_write_csv(const struct qs_q2_setting *s, int n, const struct qs_q2_opt
     fputc('\n', f);
     for (int i = 0; i < n; i++) {
         const struct qs_q2_setting *x = &s[i];
-        qs_csv_field(f, x->model, 1);
-        qs_csv_field(f, x->data, 0);
-        qs_csv_int(f, (long long)x->seed);
-        qs_csv_field(f, x->arch, 0);
-        qs_csv_field(f, x->format, 0);
-        qs_csv_field(f, x->options, 0);
-        qs_csv_field(f, x->gate_pass ? "pass" : "fail", 0);
-        qs_csv_int(f, !x->gate_pass);
+        qs_study_csv_setting(f, x->model, x->data, x->seed, x->arch, x->format, x->options,
+                             x->gate_pass);
         qs_csv_int(f, x->nsites);
         qs_csv_num(f, x->float_loss);
         qs_csv_num(f, x->quant_loss);

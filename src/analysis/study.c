@@ -155,11 +155,10 @@ static int redraw_heldout(struct qs_split *s, uint64_t seed, qs_err *e)
     return 0;
 }
 
-/* One setting's layers. */
-static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
-                       struct qs_q1_layer *ly, qs_err *e)
+/* The setting's task figures on its bench as quantized: float and quantized accuracy, the gate,
+ * bits per weight (either family). */
+static int setting_eval(struct qs_bench *b, struct qs_q1_setting *st, qs_err *e)
 {
-    int L = qs_bench_nunits(b);
     struct qs_eval ev;
     if (qs_bench_eval(b, &ev, e) < 0)
         return -1;
@@ -167,6 +166,16 @@ static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs
     st->quant_acc = ev.q.acc;
     st->gate_pass = ev.gate_pass;
     st->bits_per_weight = ev.bits_w;
+    return 0;
+}
+
+/* One setting's layers. */
+static int run_setting(struct qs_bench *b, const struct qs_q1_opts *o, struct qs_q1_setting *st,
+                       struct qs_q1_layer *ly, qs_err *e)
+{
+    int L = qs_bench_nunits(b);
+    if (setting_eval(b, st, e) < 0)
+        return -1;
     struct qs_layer_err *err = qs_calloc((size_t)L, sizeof *err);
     if (!err)
         return qs_errf(e, "out of memory");
@@ -449,13 +458,8 @@ static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct
                           struct qs_q1_layer *ly, qs_err *e)
 {
     const struct qs_lm *m = b->lm;
-    struct qs_eval ev;
-    if (qs_bench_eval(b, &ev, e) < 0)
+    if (setting_eval(b, st, e) < 0)
         return -1;
-    st->float_acc = ev.f.acc;
-    st->quant_acc = ev.q.acc;
-    st->gate_pass = ev.gate_pass;
-    st->bits_per_weight = ev.bits_w;
     if (qs_bench_update(b, e) < 0)
         return -1;
     int R = lm_nrows(m);
@@ -634,6 +638,16 @@ int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model
     return 0;
 }
 
+void qs_study_setting_words(const struct qs_q1_opts *o, const struct qs_bench *b, char arch[16],
+                            char format[16], char options[200])
+{
+    const struct qs_format *f = b->lm && o->lm_fmt ? o->lm_fmt : &o->fmt;
+    const struct qs_qopts *op = b->lm && o->lm_opt ? o->lm_opt : &o->opt;
+    snprintf(arch, 16, "%s", b->lm ? b->lm->arch : "mlp");
+    snprintf(format, 16, "%s", f->name);
+    qs_qopts_format(f, op, options, 200);
+}
+
 int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
                   struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e)
 {
@@ -765,13 +779,7 @@ int qs_study_q1(const struct qs_q1_opts *o, struct qs_q1 *q, qs_err *e)
             st->nlayers = L;
             st->first = q->nlayers;
             st->lm = b->lm != NULL;
-            snprintf(st->arch, sizeof st->arch, "%s", b->lm ? b->lm->arch : "mlp");
-            {
-                const struct qs_format *f = b->lm && o->lm_fmt ? o->lm_fmt : &o->fmt;
-                const struct qs_qopts *op = b->lm && o->lm_opt ? o->lm_opt : &o->opt;
-                snprintf(st->format, sizeof st->format, "%s", f->name);
-                qs_qopts_format(f, op, st->options, sizeof st->options);
-            }
+            qs_study_setting_words(o, b, st->arch, st->format, st->options);
             b->seed = o->seeds[si];
             /* an MLP's seed re-draws its held-out rows; a transformer's token split is fixed
              * (calibration: the first windows; held out: the last 10 %), so its seed only seeds
@@ -830,6 +838,26 @@ FILE *qs_study_open_csv(qs_outfile *of, const char *prefix, const char *what, co
         return NULL;
     fprintf(of->f, "# qscope %s study %s %s: %s\n", QS_VERSION, study, what, head);
     return of->f;
+}
+
+void qs_study_csv_setting_header(FILE *f)
+{
+    const char *h[] = {"model", "data", "seed", "arch", "format", "options", "gate", "excluded"};
+    for (size_t k = 0; k < sizeof h / sizeof *h; k++)
+        qs_csv_field(f, h[k], k == 0);
+}
+
+void qs_study_csv_setting(FILE *f, const char *model, const char *data, uint64_t seed,
+                          const char *arch, const char *format, const char *options, int gate_pass)
+{
+    qs_csv_field(f, model, 1);
+    qs_csv_field(f, data, 0);
+    qs_csv_int(f, (long long)seed);
+    qs_csv_field(f, arch, 0);
+    qs_csv_field(f, format, 0);
+    qs_csv_field(f, options, 0);
+    qs_csv_field(f, gate_pass ? "pass" : "fail", 0);
+    qs_csv_int(f, !gate_pass);
 }
 
 static FILE *open_csv(qs_outfile *of, const char *prefix, const char *what,
@@ -931,13 +959,25 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
     snprintf(k2, sizeof k2, "median_%s", rq);
     snprintf(k3, sizeof k3, "pos_frac_%s", rq);
     snprintf(k4, sizeof k4, "frac_gt_02_%s", rq);
-    const char *hm[] = {"model", "data", "seed", "arch", "format", "options", "gate", "excluded",
-                        "q1_layers", "other_sites", "float_acc", "quant_acc", "bits_per_weight",
-                        "mean_r_lin_float", "median_r_lin_float", "pos_frac_r_lin_float",
-                        "frac_gt_02_r_lin_float", k1, k2, k3, k4, "spearman",
-                        "spearman_r_lin_float", "verdict"};
+    qs_study_csv_setting_header(f);
+    const char *hm[] = {"q1_layers",
+                        "other_sites",
+                        "float_acc",
+                        "quant_acc",
+                        "bits_per_weight",
+                        "mean_r_lin_float",
+                        "median_r_lin_float",
+                        "pos_frac_r_lin_float",
+                        "frac_gt_02_r_lin_float",
+                        k1,
+                        k2,
+                        k3,
+                        k4,
+                        "spearman",
+                        "spearman_r_lin_float",
+                        "verdict"};
     for (size_t k = 0; k < sizeof hm / sizeof *hm; k++)
-        qs_csv_field(f, hm[k], k == 0);
+        qs_csv_field(f, hm[k], 0);
     fputc('\n', f);
     double *va = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *va);
     double *vc = malloc((size_t)(q->nlayers > 0 ? q->nlayers : 1) * sizeof *vc);
@@ -963,14 +1003,8 @@ int qs_q1_write_csv(const struct qs_q1 *q, const struct qs_q1_opts *o, const cha
             if (q->layers[r].kind != QS_Q1_SITE)
                 va[n++] = q->layers[r].r_q;
         qs_q1_stats_of(va, n, &sq);
-        qs_csv_field(f, s->model, 1);
-        qs_csv_field(f, s->data, 0);
-        qs_csv_int(f, (long long)s->seed);
-        qs_csv_field(f, s->arch, 0);
-        qs_csv_field(f, s->format, 0);
-        qs_csv_field(f, s->options, 0);
-        qs_csv_field(f, s->gate_pass ? "pass" : "fail", 0);
-        qs_csv_int(f, !s->gate_pass);
+        qs_study_csv_setting(f, s->model, s->data, s->seed, s->arch, s->format, s->options,
+                             s->gate_pass);
         qs_csv_int(f, s->nq1);
         qs_csv_int(f, s->nlayers - s->nq1);
         qs_csv_num(f, s->float_acc);

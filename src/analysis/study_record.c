@@ -12,14 +12,25 @@
 
 #include "qscope/sha256.h"
 
-void qs_q1_record_options(const struct qs_q1_opts *o, char *buf, size_t n)
+/* The weight formats both studies' options lines begin with: "format=F OPTS; transformers: F
+ * OPTS" ("the same" when lm_fmt is NULL). */
+static void formats_words(const struct qs_format *fmt, const struct qs_qopts *opt,
+                          const struct qs_format *lm_fmt, const struct qs_qopts *lm_opt, char *buf,
+                          size_t n)
 {
     char op[200] = "", lop[200] = "";
-    qs_qopts_format(&o->fmt, &o->opt, op, sizeof op);
-    if (o->lm_fmt && o->lm_opt)
-        qs_qopts_format(o->lm_fmt, o->lm_opt, lop, sizeof lop);
-    snprintf(buf, n, "format=%s %s; transformers: %s %s; prec=%s; top_frac=%.17g", o->fmt.name, op,
-             o->lm_fmt ? o->lm_fmt->name : "the same", lop, o->prec, o->top_frac);
+    qs_qopts_format(fmt, opt, op, sizeof op);
+    if (lm_fmt && lm_opt)
+        qs_qopts_format(lm_fmt, lm_opt, lop, sizeof lop);
+    snprintf(buf, n, "format=%s %s; transformers: %s %s", fmt->name, op,
+             lm_fmt ? lm_fmt->name : "the same", lop);
+}
+
+void qs_q1_record_options(const struct qs_q1_opts *o, char *buf, size_t n)
+{
+    char fw[500];
+    formats_words(&o->fmt, &o->opt, o->lm_fmt, o->lm_opt, fw, sizeof fw);
+    snprintf(buf, n, "%s; prec=%s; top_frac=%.17g", fw, o->prec, o->top_frac);
 }
 
 /* A double as a raw JSON number at %.17g (round-trips exactly), or a string for NaN and Inf. */
@@ -41,16 +52,43 @@ static void put_i(cJSON *j, const char *k, long long v)
     cJSON_AddItemToObject(j, k, cJSON_CreateRaw(b));
 }
 
+/* A record's head: its version, study ("q1") and options line; settings follow. */
+static cJSON *record_new(const char *study, const char *opts)
+{
+    cJSON *r = cJSON_CreateObject();
+    put_i(r, "qscope_record", QS_RECORD_VERSION);
+    cJSON_AddStringToObject(r, "study", study);
+    cJSON_AddStringToObject(r, "version", QS_VERSION);
+    cJSON_AddStringToObject(r, "options", opts);
+    return r;
+}
+
+/* Record r (taken) with its settings js (taken) written to path, "complete" last. */
+static int record_finish(cJSON *r, cJSON *js, const char *path, qs_err *e)
+{
+    cJSON_AddItemToObject(r, "settings", js);
+    cJSON_AddTrueToObject(r, "complete"); /* last: a cut copy lacks it */
+    char *text = cJSON_Print(r);
+    cJSON_Delete(r);
+    if (!text)
+        return qs_errf(e, "out of memory");
+    qs_outfile of;
+    if (qs_out_open(&of, path, e) < 0) {
+        free(text);
+        return -1;
+    }
+    fputs(text, of.f);
+    fputc('\n', of.f);
+    free(text);
+    return qs_out_commit(&of, e);
+}
+
 int qs_q1_record_write(const struct qs_q1 *q, const struct qs_q1_opts *o, const char *path,
                        qs_err *e)
 {
     char opts[600];
     qs_q1_record_options(o, opts, sizeof opts);
-    cJSON *r = cJSON_CreateObject(), *js = cJSON_CreateArray();
-    put_i(r, "qscope_record", QS_RECORD_VERSION);
-    cJSON_AddStringToObject(r, "study", "q1");
-    cJSON_AddStringToObject(r, "version", QS_VERSION);
-    cJSON_AddStringToObject(r, "options", opts);
+    cJSON *r = record_new("q1", opts), *js = cJSON_CreateArray();
     for (int s = 0; s < q->nsettings; s++) {
         const struct qs_q1_setting *st = &q->settings[s];
         cJSON *j = cJSON_CreateObject(), *jl = cJSON_CreateArray();
@@ -93,21 +131,7 @@ int qs_q1_record_write(const struct qs_q1 *q, const struct qs_q1_opts *o, const 
         cJSON_AddItemToObject(j, "layers", jl);
         cJSON_AddItemToArray(js, j);
     }
-    cJSON_AddItemToObject(r, "settings", js);
-    cJSON_AddTrueToObject(r, "complete"); /* last: a cut copy lacks it */
-    char *text = cJSON_Print(r);
-    cJSON_Delete(r);
-    if (!text)
-        return qs_errf(e, "out of memory");
-    qs_outfile of;
-    if (qs_out_open(&of, path, e) < 0) {
-        free(text);
-        return -1;
-    }
-    fputs(text, of.f);
-    fputc('\n', of.f);
-    free(text);
-    return qs_out_commit(&of, e);
+    return record_finish(r, js, path, e);
 }
 
 /* ---- reading ------------------------------------------------------------------------------- */
@@ -355,15 +379,10 @@ out:
 
 void qs_q2_record_options(const struct qs_q2_opts *o, char *buf, size_t n)
 {
-    char op[200] = "", lop[200] = "";
-    qs_qopts_format(&o->fmt, &o->opt, op, sizeof op);
-    if (o->lm_fmt && o->lm_opt)
-        qs_qopts_format(o->lm_fmt, o->lm_opt, lop, sizeof lop);
-    snprintf(buf, n,
-             "format=%s %s; transformers: %s %s; corrector=%d-%d-1 lr=%.17g epochs=%d batch=%d "
-             "n_fit=%d n_eval=%d",
-             o->fmt.name, op, o->lm_fmt ? o->lm_fmt->name : "the same", lop, o->hidden, o->hidden,
-             o->lr, o->epochs, o->batch, o->n_fit, o->n_eval);
+    char fw[500];
+    formats_words(&o->fmt, &o->opt, o->lm_fmt, o->lm_opt, fw, sizeof fw);
+    snprintf(buf, n, "%s; corrector=%d-%d-1 lr=%.17g epochs=%d batch=%d n_fit=%d n_eval=%d", fw,
+             o->hidden, o->hidden, o->lr, o->epochs, o->batch, o->n_fit, o->n_eval);
     if (o->heldout_tokens > 0) /* absent when not given: older records keep their line */
         snprintf(buf + strlen(buf), n - strlen(buf), " heldout_tokens=%ld", o->heldout_tokens);
 }
@@ -447,11 +466,7 @@ int qs_q2_record_write(const struct qs_q2_setting *st, int n, const struct qs_q2
 {
     char opts[600];
     qs_q2_record_options(o, opts, sizeof opts);
-    cJSON *r = cJSON_CreateObject(), *js = cJSON_CreateArray();
-    put_i(r, "qscope_record", QS_RECORD_VERSION);
-    cJSON_AddStringToObject(r, "study", "q2");
-    cJSON_AddStringToObject(r, "version", QS_VERSION);
-    cJSON_AddStringToObject(r, "options", opts);
+    cJSON *r = record_new("q2", opts), *js = cJSON_CreateArray();
     for (int i = 0; i < n; i++) {
         const struct qs_q2_setting *s = &st[i];
         cJSON *j = cJSON_CreateObject(), *jl = cJSON_CreateArray();
@@ -501,21 +516,7 @@ int qs_q2_record_write(const struct qs_q2_setting *st, int n, const struct qs_q2
         cJSON_AddStringToObject(j, "sha256", hex);
         cJSON_AddItemToArray(js, j);
     }
-    cJSON_AddItemToObject(r, "settings", js);
-    cJSON_AddTrueToObject(r, "complete"); /* last: a cut copy lacks it */
-    char *text = cJSON_Print(r);
-    cJSON_Delete(r);
-    if (!text)
-        return qs_errf(e, "out of memory");
-    qs_outfile of;
-    if (qs_out_open(&of, path, e) < 0) {
-        free(text);
-        return -1;
-    }
-    fputs(text, of.f);
-    fputc('\n', of.f);
-    free(text);
-    return qs_out_commit(&of, e);
+    return record_finish(r, js, path, e);
 }
 
 static int get_dv(const cJSON *j, const char *k, double *v, int n)

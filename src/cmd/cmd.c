@@ -649,8 +649,9 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
         qs_sb_printf(sb, "-");
 }
 
-static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
-                                                       qs_cmds_session, qs_cmds_study};
+static const struct qs_cmd_def *const core_tables[] = {
+    qs_cmds_basic,    qs_cmds_analysis, qs_cmds_session, qs_cmds_sens,
+    qs_cmds_allocate, qs_cmds_qat,      qs_cmds_study};
 
 const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
 {

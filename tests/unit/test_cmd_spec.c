@@ -77,6 +77,11 @@ static void test_bad_values_named(void)
          "sensitivity: method=delta,hessian: 'hessian': expected delta, grad, fisher, hutchinson "
          "or all (a comma list)"},
         {"qat mode=fast", "qat: mode=fast: expected whole or block"},
+        {"study q1 gran=row", "study q1: gran=row: expected tensor, channel, group:N or block"},
+        {"study q2 gran=g32", "study q2: gran=g32: expected tensor, channel, group:N or block"},
+        {"study q1 prec=int2", "study q1: prec=int2: expected int4, int8 or float"},
+        {"study q2 fit=many", "study q2 fit: 'many' is not an integer"},
+        {"allocate bits=3 gran=rows", "allocate: gran=rows: expected tensor, channel or group:N"},
         {"train epochs=1.5", "train epochs: '1.5' is not an integer"},
         {"roundtrip int4 1 two", "roundtrip: 'two' is not a number"},
     };
@@ -95,6 +100,9 @@ static void test_bad_values_named(void)
     CHECK(strstr(msg, "no model loaded") != NULL);
     CHECK(exec(&c, "sensitivity method=delta,grad probes=8", msg, sizeof msg) < 0);
     CHECK(strstr(msg, "no model loaded") != NULL);
+    /* a study's gran=group:N passes the spec; its N is the handler's to check */
+    CHECK(exec(&c, "study q1 gran=group:0 plan=", msg, sizeof msg) < 0);
+    CHECK(strstr(msg, "plan= is empty") != NULL);
     qs_ctx_free(&c);
     qs_bench_free(b);
 }
@@ -205,6 +213,12 @@ static void test_completion_from_kinds(void)
     CHECK(comp("export model m.safetensors ", &kl) == 0 && has("packed"));
     /* a comma list: the next item after those typed */
     CHECK(comp("sensitivity method=delta,", &kl) == 0 && has("method=delta,grad"));
+    /* the studies' granularity and precision from their enums */
+    CHECK(comp("study q1 gran=", &kl) == 0 && has("gran=tensor") && has("gran=channel") &&
+          has("gran=group:") && has("gran=block") && ngot == 4);
+    CHECK(comp("study q2 gran=", &kl) == 0 && has("gran=group:") && has("gran=block"));
+    CHECK(comp("allocate gran=", &kl) == 0 && has("gran=channel") && !has("gran=block"));
+    CHECK(comp("study q1 prec=", &kl) == 0 && has("prec=int8") && has("prec=float"));
     reset();
 }
 
