@@ -52,8 +52,8 @@ struct qs_redir {
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
 
-/* Kinds of argument a command's spec declares. The dispatcher checks INT, FLOAT, ENUM and ENUMS
- * words itself; LAYER, PATTERN, PATH, FORMAT and WORD are left to the handler (they need the
+/* Kinds of argument a command's spec declares. The dispatcher checks INT, INTS, FLOAT, ENUM and
+ * ENUMS words itself; LAYER, PATTERN, PATH, FORMAT and WORD are left to the handler (they need the
  * model, the file system or the format parser, whose messages are better), but completion offers
  * layer names, file names and format names from the kind. */
 enum qs_arg_kind {
@@ -209,6 +209,8 @@ void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b);
 void qs_ctx_free(struct qs_ctx *c); /* frees journal and last table, not the bench */
 /* The scratch copy of PATH when a safe replay wrote it (qs_ctx.redir), else NULL. */
 const char *qs_ctx_redirected(const struct qs_ctx *c, const char *path);
+/* Forgets the paths a safe replay redirected (qs_ctx.redir), freeing them. */
+void qs_ctx_redir_free(struct qs_ctx *c);
 
 /* All commands: the core table followed by the front end's extra table. Iterate with
  * qs_cmd_at(c, i) until NULL. */
@@ -268,7 +270,9 @@ int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
 /* Command tables of the core modules (NULL-name terminated). */
 extern const struct qs_cmd_def qs_cmds_basic[];
 extern const struct qs_cmd_def qs_cmds_analysis[];
-extern const struct qs_cmd_def qs_cmds_session[];
+extern const struct qs_cmd_def qs_cmds_session[]; /* session.c: save session */
+extern const struct qs_cmd_def qs_cmds_replay[];  /* replay.c: source */
+extern const struct qs_cmd_def qs_cmds_recover[]; /* autosave.c: recover */
 extern const struct qs_cmd_def qs_cmds_study[];
 
 /* The gate as JSON/text fields, added to every analysis result. */

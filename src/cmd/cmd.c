@@ -99,6 +99,11 @@ void qs_ctx_free(struct qs_ctx *c)
     c->journal = NULL;
     c->njournal = c->capjournal = 0;
     c->last_table = c->cur_results = NULL;
+    qs_ctx_redir_free(c);
+}
+
+void qs_ctx_redir_free(struct qs_ctx *c)
+{
     for (int i = 0; i < c->nredir; i++) {
         free(c->redir[i].from);
         free(c->redir[i].to);
@@ -649,8 +654,9 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
         qs_sb_printf(sb, "-");
 }
 
-static const struct qs_cmd_def *const core_tables[] = {qs_cmds_basic, qs_cmds_analysis,
-                                                       qs_cmds_session, qs_cmds_study};
+static const struct qs_cmd_def *const core_tables[] = {
+    qs_cmds_basic, qs_cmds_analysis, qs_cmds_session, qs_cmds_replay, qs_cmds_recover,
+    qs_cmds_study};
 
 const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
 {
