@@ -67,6 +67,7 @@ enum qs_arg_kind {
     QS_ARG_PATH,    /* a file or folder */
     QS_ARG_FORMAT,  /* a number format name */
     QS_ARG_FLAG,    /* a bare word option (packed, apply, asym) */
+    QS_ARG_INTS,    /* a comma list of integers (hidden=64,64); the handler checks their range */
 };
 
 /* One argument of a command's spec. Options are key=value words (flags a bare word) in any
@@ -139,6 +140,9 @@ const char *qs_arg(const struct qs_ctx *c, const char *key);
 const char *qs_arg_pos(const struct qs_ctx *c, int k);
 long qs_arg_int(const struct qs_ctx *c, const char *key, long def);
 double qs_arg_float(const struct qs_ctx *c, const char *key, double def);
+/* Integer option KEY in lo..hi: 1 with *out set when given, 0 when absent (*out untouched), -1
+ * with a message naming it ("train epochs: 0 is out of range (1..100000)"). */
+int qs_arg_int_in(const struct qs_ctx *c, const char *key, long lo, long hi, long *out, qs_err *e);
 /* The flags of the command a line names (its first one or two words), 0 when it names none. */
 unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line);
 /* The command's flags as words ("journal,data,long"), for --commands. */

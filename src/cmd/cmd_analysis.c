@@ -64,24 +64,13 @@ cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r)
 
 static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    enum qs_kl_mode klm = QS_KL_AUTO;
-    const char *pat = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *v = qs_opt_value(argv[i], "kl");
-        if (v) {
-
-            if (!strcmp(v, "auto"))
-                klm = QS_KL_AUTO;
-            else if (!strcmp(v, "on"))
-                klm = QS_KL_ON;
-            else if (!strcmp(v, "off"))
-                klm = QS_KL_OFF;
-            else
-                return qs_errf(e, "error: kl=%s: expected auto, on or off", v);
-        } else { /* the one positional (the spec's arity) */
-            pat = argv[i];
-        }
-    }
+    const char *kl = qs_arg(c, "kl"); /* auto, on or off (the spec's enum) */
+    enum qs_kl_mode klm = !kl || !strcmp(kl, "auto") ? QS_KL_AUTO
+                          : !strcmp(kl, "on")        ? QS_KL_ON
+                                                     : QS_KL_OFF;
+    const char *pat = qs_arg_pos(c, 0);
+    (void)argc;
+    (void)argv;
     struct qs_bench *b = c->b;
     double klcost = qs_analysis_kl_cost(b);
     int L = qs_bench_nunits(b), *idx = idx_alloc(c);
@@ -422,29 +411,17 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     enum qs_corr_method m;
     if (qs_corr_parse(argv[1], &m, e) < 0)
         return -1;
-    int rank = 0;
-    const char *prec = "float", *teacher_path = NULL;
-    double lambda = -1.0;
-    for (int i = 2; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "r"))) {
-            if (qs_parse_int(v, 1, 1 << 20, &lv, "r", e) < 0)
-                return -1;
-            rank = (int)lv;
-        } else if ((v = qs_opt_value(argv[i], "prec"))) {
-            prec = v;
-        } else if ((v = qs_opt_value(argv[i], "lambda"))) {
-            if (qs_parse_double(v, &lambda, "lambda", e) < 0)
-                return -1;
-            if (lambda < 0)
-                return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
-        } else if ((v = qs_opt_value(argv[i], "teacher"))) {
-            teacher_path = v;
-        } else {
-            return qs_errf(e, "correct: unknown option '%s'", argv[i]);
-        }
-    }
+    long lv = 0;
+    (void)argc; /* LAYER|PATTERN METHOD and the options (the spec) */
+    if (qs_arg_int_in(c, "r", 1, 1 << 20, &lv, e) < 0)
+        return -1;
+    int rank = (int)lv;
+    const char *prec = qs_arg(c, "prec"), *teacher_path = qs_arg(c, "teacher");
+    if (!prec)
+        prec = "float";
+    double lambda = qs_arg_float(c, "lambda", -1.0);
+    if (qs_arg(c, "lambda") && lambda < 0)
+        return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
     int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
                   m == QS_CORR_EORA;
     if (lowrank && rank == 0)

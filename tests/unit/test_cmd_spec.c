@@ -13,7 +13,7 @@
 
 static int kind_ok(enum qs_arg_kind k)
 {
-    return k >= QS_ARG_WORD && k <= QS_ARG_FLAG;
+    return k >= QS_ARG_WORD && k <= QS_ARG_INTS;
 }
 
 /* Every row: arity consistent with its positionals, enum values given, option names unique. */
@@ -79,6 +79,15 @@ static void test_bad_values_named(void)
         {"qat mode=fast", "qat: mode=fast: expected whole or block"},
         {"train epochs=1.5", "train epochs: '1.5' is not an integer"},
         {"roundtrip int4 1 two", "roundtrip: 'two' is not a number"},
+        /* a list of integers: every item checked, an empty one included */
+        {"train hidden=8,x", "train hidden: 'x' is not an integer (hidden=8,x: a comma list of "
+                             "integers)"},
+        {"train hidden=64,,64", "train hidden: '' is not an integer (hidden=64,,64: a comma list "
+                                "of integers)"},
+        {"train hidden=", "train hidden: '' is not an integer (hidden=: a comma list of integers)"},
+        /* a number no option means: refused by the spec, not by each handler */
+        {"set split train=inf", "set split train: 'inf' is not a finite number"},
+        {"quant * int4 damp=nan", "quant damp: 'nan' is not a finite number"},
     };
     char msg[512];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -95,6 +104,8 @@ static void test_bad_values_named(void)
     CHECK(strstr(msg, "no model loaded") != NULL);
     CHECK(exec(&c, "sensitivity method=delta,grad probes=8", msg, sizeof msg) < 0);
     CHECK(strstr(msg, "no model loaded") != NULL);
+    CHECK(exec(&c, "train hidden=16,-3,8", msg, sizeof msg) < 0); /* the range is the handler's */
+    CHECK(strstr(msg, "no data loaded") != NULL);
     qs_ctx_free(&c);
     qs_bench_free(b);
 }
