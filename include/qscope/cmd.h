@@ -59,7 +59,7 @@ typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
 enum qs_arg_kind {
     QS_ARG_WORD,    /* free text the handler reads (a list, a name) */
     QS_ARG_INT,     /* an integer: [-]digits; the handler checks its range */
-    QS_ARG_FLOAT,   /* a number strtod reads whole */
+    QS_ARG_FLOAT,   /* a number strtod reads whole; an option's must be finite */
     QS_ARG_ENUM,    /* one of values "a|b|c"; an alternative "p:N" takes any word "p:..." */
     QS_ARG_ENUMS,   /* a comma list of values' alternatives */
     QS_ARG_LAYER,   /* one layer name */

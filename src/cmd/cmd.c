@@ -351,7 +351,9 @@ static int check_value(const struct qs_cmd_def *d, const struct qs_arg *a, const
         double v = strtod(w, &end);
         if ((end == w || *end) && !literal_alt(a->values, w))
             return qs_errf(e, "%s: '%s' is not a number", what, w);
-        if (end != w && !*end && !isfinite(v)) /* inf, nan, 1e400: no option means them */
+        /* inf, nan, 1e400: no option means them (a positional may: roundtrip shows how a
+         * format rounds them) */
+        if (!a->pos && end != w && !*end && !isfinite(v))
             return qs_errf(e, "%s: '%s' is not a finite number", what, w);
         return 0;
     }

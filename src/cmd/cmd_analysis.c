@@ -62,6 +62,18 @@ cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r)
     return j;
 }
 
+/* Emits a per-layer table result: the gate under its text t (freed), rows as "layers", kept
+ * under title for `export csv`. */
+static void emit_layer_table(struct qs_ctx *c, cJSON *o, struct qs_sb *t, const char *title,
+                             cJSON *rows)
+{
+    qs_add_gate(c, o, t);
+    qs_set_last_table(c, title, rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t->s);
+    qs_sb_free(t);
+}
+
 static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     const char *kl = qs_arg(c, "kl"); /* auto, on or off (the spec's enum) */
@@ -144,11 +156,7 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "(calibration split; snr/preact propagated through the quantized path, "
                          "local from float inputs; kl_share: share of KL with only that layer "
                          "quantized)\n");
-    qs_add_gate(c, o, &t);
-    qs_set_last_table(c, "error", rows, NULL);
-    cJSON_AddItemToObject(o, "layers", rows);
-    qs_emit(c, o, t.s);
-    qs_sb_free(&t);
+    emit_layer_table(c, o, &t, "error", rows);
     free(idx);
     free(err);
     return 0;
@@ -395,16 +403,36 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "scale block + max(4 Tracy-Widom scales, 3 sd); mp_edge is the i.i.d. "
                      "edge, shown for reference; see help rank)\n",
                  of_name(of));
-    qs_add_gate(c, o, &t);
-    qs_set_last_table(c, "rank", rows, NULL);
-    cJSON_AddItemToObject(o, "layers", rows);
-    qs_emit(c, o, t.s);
-    qs_sb_free(&t);
+    emit_layer_table(c, o, &t, "rank", rows);
     free(idx);
     return 0;
 }
 
 /* ---- correct / uncorrect ------------------------------------------------------------- */
+
+cJSON *qs_cmd_correct_result(const char *name, const struct qs_corr *cr, double bpw, int prec)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "correct");
+    cJSON_AddStringToObject(o, "layer", name);
+    cJSON_AddStringToObject(o, "method", qs_corr_name(cr->method));
+    cJSON_AddNumberToObject(o, "rank", cr->rank);
+    if (prec)
+        cJSON_AddStringToObject(o, "prec", cr->prec);
+    qs_json_num(o, "recovery", cr->recovery);
+    if (cr->method != QS_CORR_CLOCAL)
+        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+    cJSON_AddNumberToObject(o, "params", (double)cr->params);
+    qs_json_num(o, "bits_added", cr->bits);
+    qs_json_num(o, "layer_bits_per_weight", bpw);
+    if (cr->amap) {
+        qs_json_num(o, "lambda", cr->lambda);
+        cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
+    }
+    if (cr->method == QS_CORR_CLOCAL)
+        cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
+    return o;
+}
 
 static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
@@ -508,25 +536,8 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         const struct qs_layer *l = &c->b->model->layers[i];
         double lbits = s->wq ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
         double bpw = (lbits + cr->bits + s->xform_bits) / ((double)l->out * l->in);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "cmd", "correct");
-        cJSON_AddStringToObject(o, "layer", l->name);
-        cJSON_AddStringToObject(o, "method", qs_corr_name(m));
-        cJSON_AddNumberToObject(o, "rank", cr->rank);
-        cJSON_AddStringToObject(o, "prec", cr->prec);
-        qs_json_num(o, "recovery", cr->recovery);
+        cJSON *o = qs_cmd_correct_result(l->name, cr, bpw, 1);
         if (m != QS_CORR_CLOCAL)
-            qs_json_num(o, "recovery_calib", cr->recovery_calib);
-        cJSON_AddNumberToObject(o, "params", (double)cr->params);
-        qs_json_num(o, "bits_added", cr->bits);
-        qs_json_num(o, "layer_bits_per_weight", bpw);
-        if (cr->amap) {
-            qs_json_num(o, "lambda", cr->lambda);
-            cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
-        }
-        if (m == QS_CORR_CLOCAL)
-            cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
-        else
             qs_json_num(o, "quant_acc", ev.q.acc);
         char calib[48];
         if (m == QS_CORR_CLOCAL)

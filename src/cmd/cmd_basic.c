@@ -751,32 +751,30 @@ static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
-static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+/* set gate|lmgate F: a threshold in 0..1 into *dst, reported under key. */
+static int set_threshold(struct qs_ctx *c, const char *f, double *dst, const char *key, qs_err *e)
 {
     double v;
-    (void)argc; /* one F (the spec's arity) */
-    if (qs_parse_double(argv[0], &v, "set gate", e) < 0)
+    if (qs_parse_double(f, &v, c->cur_cmd->name, e) < 0) /* a positional may be inf or nan */
         return -1;
     if (v < 0 || v > 1)
-        return qs_errf(e, "set gate: %g is outside 0..1", v);
-    c->b->gate_min = v;
-    snprintf(c->canon, sizeof c->canon, "set gate %.9g", v);
-    emit_set(c, "gate", v, "");
+        return qs_errf(e, "%s: %g is outside 0..1", c->cur_cmd->name, v);
+    *dst = v;
+    snprintf(c->canon, sizeof c->canon, "%s %.9g", c->cur_cmd->name, v);
+    emit_set(c, key, v, "");
     return 0;
+}
+
+static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc; /* one F (the spec's arity) */
+    return set_threshold(c, argv[0], &c->b->gate_min, "gate", e);
 }
 
 static int cmd_set_lmgate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    double v;
     (void)argc; /* one F (the spec's arity) */
-    if (qs_parse_double(argv[0], &v, "set lmgate", e) < 0)
-        return -1;
-    if (v < 0 || v > 1)
-        return qs_errf(e, "set lmgate: %g is outside 0..1", v);
-    c->b->gate_lm = v;
-    snprintf(c->canon, sizeof c->canon, "set lmgate %.9g", v);
-    emit_set(c, "lmgate", v, "");
-    return 0;
+    return set_threshold(c, argv[0], &c->b->gate_lm, "lmgate", e);
 }
 
 static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -1016,21 +1014,16 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "out of memory");
     }
     int rc = 0;
-    for (int i = 1; i < argc && rc == 0; i++) {
-        const char *v = qs_opt_value(argv[i], "sat");
-        if (v)
-            sat = strcmp(v, "0") != 0;
-        else {
-            char *end;
-            in[n] = strtod(argv[i], &end);
-            if (end == argv[i] || *end)
-                rc = qs_errf(e, "roundtrip: '%s' is not a number", argv[i]);
-            /* Weights are float32: the value rounded is the decimal's float32 value, so a
-             * 9-digit decimal of an exact float32 tie rounds as that tie (to even), not as the
-             * decimal (which lies a little off the tie). The echo keeps what was typed. */
-            xf[n] = (float)in[n];
-            n++;
-        }
+    const char *w, *sv = qs_arg(c, "sat"); /* 0 or 1; the values are numbers (the spec) */
+    if (sv)
+        sat = strcmp(sv, "0") != 0;
+    for (int k = 1; (w = qs_arg_pos(c, k)); k++) {
+        in[n] = strtod(w, NULL);
+        /* Weights are float32: the value rounded is the decimal's float32 value, so a 9-digit
+         * decimal of an exact float32 tie rounds as that tie (to even), not as the decimal
+         * (which lies a little off the tie). The echo keeps what was typed. */
+        xf[n] = (float)in[n];
+        n++;
     }
     if (rc == 0 && n == 0)
         rc = qs_errf(e, "roundtrip: no values");
