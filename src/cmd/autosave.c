@@ -588,7 +588,8 @@ static int cmd_recover(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 const struct qs_cmd_def qs_cmds_recover[] = {
     /* writes: it retires or deletes journals in the state folder, no business of a replay */
     {"recover", 0, 2,
-     QS_ARGS(QS_POS("list|N|discard", QS_ARG_WORD, NULL), QS_POS("N|all", QS_ARG_WORD, NULL)),
+     QS_ARGS(QS_POS("list|N|discard", QS_ARG_INT, "list|N|discard"),
+             QS_POS("N|all", QS_ARG_INT, "N|all")),
      QS_CMD_WRITES | QS_CMD_RECALC | QS_CMD_SPARES, cmd_recover,
      "restore the state of an earlier session that did not exit cleanly (from its journal)",
      "Every journal left unclosed by a crash is kept until it is recovered or discarded. With "

@@ -87,6 +87,9 @@ static void test_bad_values_named(void)
         {"train hidden=", "train hidden: '' is not an integer (hidden=: a comma list of integers)"},
         /* a number no option means: refused by the spec, not by each handler */
         {"set split train=inf", "set split train: 'inf' is not a finite number"},
+        /* a journal number or the words recover takes */
+        {"recover sometime", "recover: 'sometime' is not an integer"},
+        {"recover discard every", "recover: 'every' is not an integer"},
         {"quant * int4 damp=nan", "quant damp: 'nan' is not a finite number"},
     };
     char msg[512];
@@ -213,6 +216,9 @@ static void test_completion_from_kinds(void)
     CHECK(comp("correct fc1 lowrank prec=", &kl) == 0 && has("prec=float") && has("prec=int8"));
     CHECK(comp("correct fc1 linear teacher=", &kl) == 1 && kl == strlen("teacher="));
     CHECK(comp("regime ", &kl) == 0 && has("weight") && has("full"));
+    /* a number or its literal words: the words are offered */
+    CHECK(comp("recover ", &kl) == 0 && has("list") && has("discard") && ngot == 2);
+    CHECK(comp("recover discard ", &kl) == 0 && has("all") && ngot == 1);
     CHECK(comp("export model m.safetensors ", &kl) == 0 && has("packed"));
     /* a comma list: the next item after those typed */
     CHECK(comp("sensitivity method=delta,", &kl) == 0 && has("method=delta,grad"));
