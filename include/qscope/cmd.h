@@ -52,14 +52,14 @@ struct qs_redir {
 
 typedef int (*qs_cmd_fn)(struct qs_ctx *c, int argc, char **argv, qs_err *e);
 
-/* Kinds of argument a command's spec declares. The dispatcher checks INT, FLOAT, ENUM and ENUMS
- * words itself; LAYER, PATTERN, PATH, FORMAT and WORD are left to the handler (they need the
+/* Kinds of argument a command's spec declares. The dispatcher checks INT, INTS, FLOAT, ENUM and
+ * ENUMS words itself; LAYER, PATTERN, PATH, FORMAT and WORD are left to the handler (they need the
  * model, the file system or the format parser, whose messages are better), but completion offers
  * layer names, file names and format names from the kind. */
 enum qs_arg_kind {
     QS_ARG_WORD,    /* free text the handler reads (a list, a name) */
     QS_ARG_INT,     /* an integer: [-]digits; the handler checks its range */
-    QS_ARG_FLOAT,   /* a number strtod reads whole */
+    QS_ARG_FLOAT,   /* a number strtod reads whole; an option's must be finite */
     QS_ARG_ENUM,    /* one of values "a|b|c"; an alternative "p:N" takes any word "p:..." */
     QS_ARG_ENUMS,   /* a comma list of values' alternatives */
     QS_ARG_LAYER,   /* one layer name */
@@ -67,6 +67,7 @@ enum qs_arg_kind {
     QS_ARG_PATH,    /* a file or folder */
     QS_ARG_FORMAT,  /* a number format name */
     QS_ARG_FLAG,    /* a bare word option (packed, apply, asym) */
+    QS_ARG_INTS,    /* a comma list of integers (hidden=64,64); the handler checks their range */
 };
 
 /* One argument of a command's spec. Options are key=value words (flags a bare word) in any
@@ -139,6 +140,9 @@ const char *qs_arg(const struct qs_ctx *c, const char *key);
 const char *qs_arg_pos(const struct qs_ctx *c, int k);
 long qs_arg_int(const struct qs_ctx *c, const char *key, long def);
 double qs_arg_float(const struct qs_ctx *c, const char *key, double def);
+/* Integer option KEY in lo..hi: 1 with *out set when given, 0 when absent (*out untouched), -1
+ * with a message naming it ("train epochs: 0 is out of range (1..100000)"). */
+int qs_arg_int_in(const struct qs_ctx *c, const char *key, long lo, long hi, long *out, qs_err *e);
 /* The flags of the command a line names (its first one or two words), 0 when it names none. */
 unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line);
 /* The command's flags as words ("journal,data,long"), for --commands. */
@@ -209,6 +213,8 @@ void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b);
 void qs_ctx_free(struct qs_ctx *c); /* frees journal and last table, not the bench */
 /* The scratch copy of PATH when a safe replay wrote it (qs_ctx.redir), else NULL. */
 const char *qs_ctx_redirected(const struct qs_ctx *c, const char *path);
+/* Forgets the paths a safe replay redirected (qs_ctx.redir), freeing them. */
+void qs_ctx_redir_free(struct qs_ctx *c);
 
 /* All commands: the core table followed by the front end's extra table. Iterate with
  * qs_cmd_at(c, i) until NULL. */
@@ -268,10 +274,12 @@ int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
 /* Command tables of the core modules (NULL-name terminated). */
 extern const struct qs_cmd_def qs_cmds_basic[];
 extern const struct qs_cmd_def qs_cmds_analysis[];
-extern const struct qs_cmd_def qs_cmds_session[];
-extern const struct qs_cmd_def qs_cmds_sens[];
-extern const struct qs_cmd_def qs_cmds_allocate[];
-extern const struct qs_cmd_def qs_cmds_qat[];
+extern const struct qs_cmd_def qs_cmds_session[]; /* session.c: save session */
+extern const struct qs_cmd_def qs_cmds_replay[];  /* replay.c: source */
+extern const struct qs_cmd_def qs_cmds_recover[]; /* autosave.c: recover */
+extern const struct qs_cmd_def qs_cmds_sens[];     /* cmd_sens.c: sensitivity */
+extern const struct qs_cmd_def qs_cmds_allocate[]; /* cmd_allocate.c: allocate */
+extern const struct qs_cmd_def qs_cmds_qat[];      /* cmd_qat.c: qat */
 extern const struct qs_cmd_def qs_cmds_study[];
 
 /* The gate as JSON/text fields, added to every analysis result. */

@@ -1,6 +1,8 @@
 /* session.h - sessions: the autosaved journal and crash recovery, saved session files (.qs:
  * header, commands, recorded results) and their replay with --check, plus the `save session`,
- * `source` and `recover` commands (table qs_cmds_session in cmd.h).
+ * `source` and `recover` commands (tables qs_cmds_session, _replay, _recover in cmd.h).
+ * flat.c flattens and compares results, session.c writes session files, replay.c replays and
+ * checks them, autosave.c keeps the journal and recovers it.
  *
  * The file format is described in man/qscope-session.5. In short:
  *   # qscope session

@@ -99,6 +99,11 @@ void qs_ctx_free(struct qs_ctx *c)
     c->journal = NULL;
     c->njournal = c->capjournal = 0;
     c->last_table = c->cur_results = NULL;
+    qs_ctx_redir_free(c);
+}
+
+void qs_ctx_redir_free(struct qs_ctx *c)
+{
     for (int i = 0; i < c->nredir; i++) {
         free(c->redir[i].from);
         free(c->redir[i].to);
@@ -243,6 +248,8 @@ static const char *kind_placeholder(enum qs_arg_kind k)
     switch (k) {
     case QS_ARG_INT:
         return "N";
+    case QS_ARG_INTS:
+        return "N,...";
     case QS_ARG_FLOAT:
         return "F";
     case QS_ARG_LAYER:
@@ -302,6 +309,18 @@ static void alt_list(const char *alts, struct qs_sb *sb)
     }
 }
 
+/* [-]digits, the first n bytes of s. */
+static int is_integer(const char *s, size_t n)
+{
+    size_t k = n && *s == '-';
+    if (k == n)
+        return 0;
+    for (; k < n; k++)
+        if (!isdigit((unsigned char)s[k]))
+            return 0;
+    return 1;
+}
+
 /* Messages follow the handlers' own: "train epochs: 'x' is not an integer" (as qs_parse_int),
  * "error: kl=maybe: expected auto, on or off". */
 static int check_value(const struct qs_cmd_def *d, const struct qs_arg *a, const char *w,
@@ -313,20 +332,29 @@ static int check_value(const struct qs_cmd_def *d, const struct qs_arg *a, const
     else
         snprintf(what, sizeof what, "%s %s", d->name, a->name);
     switch (a->kind) {
-    case QS_ARG_INT: {
-        const char *p = w + (*w == '-');
-        int ok = *p != 0;
-        for (; *p && ok; p++)
-            ok = isdigit((unsigned char)*p);
-        if (!ok && !literal_alt(a->values, w))
+    case QS_ARG_INT:
+        if (!is_integer(w, strlen(w)) && !literal_alt(a->values, w))
             return qs_errf(e, "%s: '%s' is not an integer", what, w);
         return 0;
-    }
+    case QS_ARG_INTS:
+        for (const char *p = w;;) {
+            size_t l = strcspn(p, ",");
+            if (!is_integer(p, l))
+                return qs_errf(e, "%s: '%.*s' is not an integer (%s: a comma list of integers)",
+                               what, (int)l, p, word);
+            if (!p[l])
+                return 0;
+            p += l + 1;
+        }
     case QS_ARG_FLOAT: {
         char *end;
-        (void)strtod(w, &end);
+        double v = strtod(w, &end);
         if ((end == w || *end) && !literal_alt(a->values, w))
             return qs_errf(e, "%s: '%s' is not a number", what, w);
+        /* inf, nan, 1e400: no option means them (a positional may: roundtrip shows how a
+         * format rounds them) */
+        if (!a->pos && end != w && !*end && !isfinite(v))
+            return qs_errf(e, "%s: '%s' is not a finite number", what, w);
         return 0;
     }
     case QS_ARG_ENUM:
@@ -614,6 +642,16 @@ double qs_arg_float(const struct qs_ctx *c, const char *key, double def)
     return v ? strtod(v, NULL) : def;
 }
 
+int qs_arg_int_in(const struct qs_ctx *c, const char *key, long lo, long hi, long *out, qs_err *e)
+{
+    const char *v = qs_arg(c, key);
+    char what[160];
+    if (!v)
+        return 0;
+    snprintf(what, sizeof what, "%s %s", c->cur_cmd->name, key);
+    return qs_parse_int(v, lo, hi, out, what, e) < 0 ? -1 : 1;
+}
+
 unsigned qs_cmd_line_flags(const struct qs_ctx *c, const char *line)
 {
     char **argv;
@@ -650,8 +688,8 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
 }
 
 static const struct qs_cmd_def *const core_tables[] = {
-    qs_cmds_basic,    qs_cmds_analysis, qs_cmds_session, qs_cmds_sens,
-    qs_cmds_allocate, qs_cmds_qat,      qs_cmds_study};
+    qs_cmds_basic,   qs_cmds_analysis, qs_cmds_session, qs_cmds_replay, qs_cmds_recover,
+    qs_cmds_sens,    qs_cmds_allocate, qs_cmds_qat,     qs_cmds_study};
 
 const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
 {

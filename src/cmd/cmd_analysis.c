@@ -62,26 +62,27 @@ cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r)
     return j;
 }
 
+/* Emits a per-layer table result: the gate under its text t (freed), rows as "layers", kept
+ * under title for `export csv`. */
+static void emit_layer_table(struct qs_ctx *c, cJSON *o, struct qs_sb *t, const char *title,
+                             cJSON *rows)
+{
+    qs_add_gate(c, o, t);
+    qs_set_last_table(c, title, rows, NULL);
+    cJSON_AddItemToObject(o, "layers", rows);
+    qs_emit(c, o, t->s);
+    qs_sb_free(t);
+}
+
 static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    enum qs_kl_mode klm = QS_KL_AUTO;
-    const char *pat = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *v = qs_opt_value(argv[i], "kl");
-        if (v) {
-
-            if (!strcmp(v, "auto"))
-                klm = QS_KL_AUTO;
-            else if (!strcmp(v, "on"))
-                klm = QS_KL_ON;
-            else if (!strcmp(v, "off"))
-                klm = QS_KL_OFF;
-            else
-                return qs_errf(e, "error: kl=%s: expected auto, on or off", v);
-        } else { /* the one positional (the spec's arity) */
-            pat = argv[i];
-        }
-    }
+    const char *kl = qs_arg(c, "kl"); /* auto, on or off (the spec's enum) */
+    enum qs_kl_mode klm = !kl || !strcmp(kl, "auto") ? QS_KL_AUTO
+                          : !strcmp(kl, "on")        ? QS_KL_ON
+                                                     : QS_KL_OFF;
+    const char *pat = qs_arg_pos(c, 0);
+    (void)argc;
+    (void)argv;
     struct qs_bench *b = c->b;
     double klcost = qs_analysis_kl_cost(b);
     int L = qs_bench_nunits(b), *idx = idx_alloc(c);
@@ -155,11 +156,7 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_sb_printf(&t, "(calibration split; snr/preact propagated through the quantized path, "
                          "local from float inputs; kl_share: share of KL with only that layer "
                          "quantized)\n");
-    qs_add_gate(c, o, &t);
-    qs_set_last_table(c, "error", rows, NULL);
-    cJSON_AddItemToObject(o, "layers", rows);
-    qs_emit(c, o, t.s);
-    qs_sb_free(&t);
+    emit_layer_table(c, o, &t, "error", rows);
     free(idx);
     free(err);
     return 0;
@@ -406,45 +403,53 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      "scale block + max(4 Tracy-Widom scales, 3 sd); mp_edge is the i.i.d. "
                      "edge, shown for reference; see help rank)\n",
                  of_name(of));
-    qs_add_gate(c, o, &t);
-    qs_set_last_table(c, "rank", rows, NULL);
-    cJSON_AddItemToObject(o, "layers", rows);
-    qs_emit(c, o, t.s);
-    qs_sb_free(&t);
+    emit_layer_table(c, o, &t, "rank", rows);
     free(idx);
     return 0;
 }
 
 /* ---- correct / uncorrect ------------------------------------------------------------- */
 
+cJSON *qs_cmd_correct_result(const char *name, const struct qs_corr *cr, double bpw, int prec)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "correct");
+    cJSON_AddStringToObject(o, "layer", name);
+    cJSON_AddStringToObject(o, "method", qs_corr_name(cr->method));
+    cJSON_AddNumberToObject(o, "rank", cr->rank);
+    if (prec)
+        cJSON_AddStringToObject(o, "prec", cr->prec);
+    qs_json_num(o, "recovery", cr->recovery);
+    if (cr->method != QS_CORR_CLOCAL)
+        qs_json_num(o, "recovery_calib", cr->recovery_calib);
+    cJSON_AddNumberToObject(o, "params", (double)cr->params);
+    qs_json_num(o, "bits_added", cr->bits);
+    qs_json_num(o, "layer_bits_per_weight", bpw);
+    if (cr->amap) {
+        qs_json_num(o, "lambda", cr->lambda);
+        cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
+    }
+    if (cr->method == QS_CORR_CLOCAL)
+        cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
+    return o;
+}
+
 static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     enum qs_corr_method m;
     if (qs_corr_parse(argv[1], &m, e) < 0)
         return -1;
-    int rank = 0;
-    const char *prec = "float", *teacher_path = NULL;
-    double lambda = -1.0;
-    for (int i = 2; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "r"))) {
-            if (qs_parse_int(v, 1, 1 << 20, &lv, "r", e) < 0)
-                return -1;
-            rank = (int)lv;
-        } else if ((v = qs_opt_value(argv[i], "prec"))) {
-            prec = v;
-        } else if ((v = qs_opt_value(argv[i], "lambda"))) {
-            if (qs_parse_double(v, &lambda, "lambda", e) < 0)
-                return -1;
-            if (lambda < 0)
-                return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
-        } else if ((v = qs_opt_value(argv[i], "teacher"))) {
-            teacher_path = v;
-        } else {
-            return qs_errf(e, "correct: unknown option '%s'", argv[i]);
-        }
-    }
+    long lv = 0;
+    (void)argc; /* LAYER|PATTERN METHOD and the options (the spec) */
+    if (qs_arg_int_in(c, "r", 1, 1 << 20, &lv, e) < 0)
+        return -1;
+    int rank = (int)lv;
+    const char *prec = qs_arg(c, "prec"), *teacher_path = qs_arg(c, "teacher");
+    if (!prec)
+        prec = "float";
+    double lambda = qs_arg_float(c, "lambda", -1.0);
+    if (qs_arg(c, "lambda") && lambda < 0)
+        return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
     int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
                   m == QS_CORR_EORA;
     if (lowrank && rank == 0)
@@ -531,25 +536,8 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         const struct qs_layer *l = &c->b->model->layers[i];
         double lbits = s->wq ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
         double bpw = (lbits + cr->bits + s->xform_bits) / ((double)l->out * l->in);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "cmd", "correct");
-        cJSON_AddStringToObject(o, "layer", l->name);
-        cJSON_AddStringToObject(o, "method", qs_corr_name(m));
-        cJSON_AddNumberToObject(o, "rank", cr->rank);
-        cJSON_AddStringToObject(o, "prec", cr->prec);
-        qs_json_num(o, "recovery", cr->recovery);
+        cJSON *o = qs_cmd_correct_result(l->name, cr, bpw, 1);
         if (m != QS_CORR_CLOCAL)
-            qs_json_num(o, "recovery_calib", cr->recovery_calib);
-        cJSON_AddNumberToObject(o, "params", (double)cr->params);
-        qs_json_num(o, "bits_added", cr->bits);
-        qs_json_num(o, "layer_bits_per_weight", bpw);
-        if (cr->amap) {
-            qs_json_num(o, "lambda", cr->lambda);
-            cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
-        }
-        if (m == QS_CORR_CLOCAL)
-            cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
-        else
             qs_json_num(o, "quant_acc", ev.q.acc);
         char calib[48];
         if (m == QS_CORR_CLOCAL)

@@ -70,15 +70,11 @@ const char *qs_cmd_input_path(const char *path, char *buf, size_t n)
 static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     enum qs_act act = QS_ACT_RELU;
-    int act_given = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *v = qs_opt_value(argv[i], "act");
-        if (!v)
-            return qs_errf(e, "load model: unknown option '%s' (expected act=...)", argv[i]);
-        if (qs_act_parse(v, &act, e) < 0)
-            return -1;
-        act_given = 1;
-    }
+    const char *av = qs_arg(c, "act"); /* one of the spec's names */
+    int act_given = av != NULL;
+    (void)argc; /* PATH and act= (the spec) */
+    if (av && qs_act_parse(av, &act, e) < 0)
+        return -1;
     char rb[4096];
     const char *path = qs_cmd_input_path(argv[0], rb, sizeof rb);
     size_t plen = strlen(path);
@@ -124,16 +120,8 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 
 static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    const char *label = NULL, *dtype = NULL, *v;
-    for (int i = 1; i < argc; i++) {
-        if ((v = qs_opt_value(argv[i], "label")))
-            label = v;
-        else if ((v = qs_opt_value(argv[i], "dtype")))
-            dtype = v;
-        else
-            return qs_errf(e, "load data: unknown option '%s' (expected label=... or dtype=...)",
-                           argv[i]);
-    }
+    const char *label = qs_arg(c, "label"), *dtype = qs_arg(c, "dtype");
+    (void)argc; /* PATH, label= and dtype= (the spec) */
     int width = QS_TOK_AUTO;
     if (dtype && !strcmp(dtype, "uint16"))
         width = QS_TOK_U16;
@@ -431,6 +419,18 @@ static int lm_train_cb(void *u, int step, int steps, double loss, double lr, dou
     return c->b->cancel;
 }
 
+/* Refuses the first of keys given: options the spec of a command shares between its MLP and its
+ * transformer branch that the running branch does not take (tail says which it does). */
+static int refuse_options(const struct qs_ctx *c, const char *const *keys, size_t n,
+                          const char *tail, qs_err *e)
+{
+    for (size_t k = 0; k < n; k++)
+        if (qs_arg(c, keys[k]))
+            return qs_errf(e, "%s: unknown option '%s=%s' %s", c->cur_cmd->name, keys[k],
+                           qs_arg(c, keys[k]), tail);
+    return 0;
+}
+
 static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
@@ -438,47 +438,36 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_lm_train_defaults(&o);
     o.seed = b->seed;
     o.ctx = b->lm->ctx;
-    const char *out = NULL;
-    int warm_set = 0, min_set = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        long lv;
-        struct { const char *k; int *iv; long lo, hi; double *dv; } opt[] = {
-            {"steps", &o.steps, 1, 10000000, NULL}, {"batch", &o.batch, 1, 65536, NULL},
-            {"ctx", &o.ctx, 1, b->lm->ctx, NULL},   {"warmup", &o.warmup, 0, 10000000, NULL},
-            {"eval", &o.eval_every, 0, 10000000, NULL}, {"lr", NULL, 0, 0, &o.lr},
-            {"min_lr", NULL, 0, 0, &o.min_lr},      {"wd", NULL, 0, 0, &o.wd},
-            {"clip", NULL, 0, 0, &o.clip}};
-        int k, n = (int)(sizeof opt / sizeof opt[0]);
-        for (k = 0; k < n && !(v = qs_opt_value(argv[i], opt[k].k)); k++)
-            ;
-        char what[32];
-        snprintf(what, sizeof what, "train %s", k < n ? opt[k].k : "");
-        if (k < n && opt[k].iv) {
-            if (qs_parse_int(v, opt[k].lo, opt[k].hi, &lv, what, e) < 0)
-                return -1;
-            *opt[k].iv = (int)lv;
-            warm_set |= opt[k].iv == &o.warmup;
-        } else if (k < n) {
-            if (qs_parse_double(v, opt[k].dv, what, e) < 0)
-                return -1;
-            min_set |= opt[k].dv == &o.min_lr;
-        } else if ((v = qs_opt_value(argv[i], "seed"))) {
-            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "train seed", e) < 0)
-                return -1;
-            o.seed = (uint64_t)lv;
-        } else if ((v = qs_opt_value(argv[i], "init"))) {
-            if (strcmp(v, "scratch") && strcmp(v, "model"))
-                return qs_errf(e, "train init: '%s' is not scratch or model", v);
-            o.init = !strcmp(v, "scratch");
-        } else if ((v = qs_opt_value(argv[i], "out"))) {
-            out = v;
-        } else {
-            return qs_errf(e, "train: unknown option '%s' for a transformer (steps= batch= ctx= "
-                              "lr= min_lr= warmup= wd= clip= eval= seed= init=scratch|model "
-                              "out=DIR)", argv[i]);
-        }
+    (void)argc; /* options only, checked by the spec; read with qs_arg */
+    (void)argv;
+    static const char *const mlp_only[] = {"hidden", "epochs", "act"};
+    if (refuse_options(c, mlp_only, sizeof mlp_only / sizeof *mlp_only,
+                       "for a transformer (steps= batch= ctx= lr= min_lr= warmup= wd= clip= "
+                       "eval= seed= init=scratch|model out=DIR)", e) < 0)
+        return -1;
+    struct { const char *k; int *iv; long lo, hi; } iopt[] = {
+        {"steps", &o.steps, 1, 10000000}, {"batch", &o.batch, 1, 65536},
+        {"ctx", &o.ctx, 1, b->lm->ctx},   {"warmup", &o.warmup, 0, 10000000},
+        {"eval", &o.eval_every, 0, 10000000}};
+    long lv;
+    for (size_t k = 0; k < sizeof iopt / sizeof iopt[0]; k++) {
+        int got = qs_arg_int_in(c, iopt[k].k, iopt[k].lo, iopt[k].hi, &lv, e);
+        if (got < 0)
+            return -1;
+        if (got)
+            *iopt[k].iv = (int)lv;
     }
+    int warm_set = qs_arg(c, "warmup") != NULL, min_set = qs_arg(c, "min_lr") != NULL;
+    o.lr = qs_arg_float(c, "lr", o.lr);
+    o.min_lr = qs_arg_float(c, "min_lr", o.min_lr);
+    o.wd = qs_arg_float(c, "wd", o.wd);
+    o.clip = qs_arg_float(c, "clip", o.clip);
+    if (qs_arg_int_in(c, "seed", 0, 0x7fffffff, &lv, e) < 0)
+        return -1;
+    o.seed = qs_arg(c, "seed") ? (uint64_t)lv : o.seed;
+    if (qs_arg(c, "init")) /* scratch or model (the spec's enum) */
+        o.init = !strcmp(qs_arg(c, "init"), "scratch");
+    const char *out = qs_arg(c, "out");
     if (!out)
         return qs_errf(e, "train: a transformer is written to a folder: give out=DIR");
     if (!min_set)
@@ -574,51 +563,39 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                               .seed = b->seed};
     enum qs_act act = QS_ACT_RELU;
     int sizes[34], ns = 0;
-    const char *out = NULL;
-    char hidden[256] = "64,64";
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "hidden"))) {
-            snprintf(hidden, sizeof hidden, "%s", v);
-        } else if ((v = qs_opt_value(argv[i], "epochs"))) {
-            if (qs_parse_int(v, 1, 100000, &lv, "train epochs", e) < 0)
-                return -1;
-            o.epochs = (int)lv;
-        } else if ((v = qs_opt_value(argv[i], "batch"))) {
-            if (qs_parse_int(v, 1, 1 << 20, &lv, "train batch", e) < 0)
-                return -1;
-            o.batch = (int)lv;
-        } else if ((v = qs_opt_value(argv[i], "seed"))) {
-            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "train seed", e) < 0)
-                return -1;
-            o.seed = (uint64_t)lv;
-        } else if ((v = qs_opt_value(argv[i], "lr"))) {
-            if (qs_parse_double(v, &o.lr, "train lr", e) < 0)
-                return -1;
-        } else if ((v = qs_opt_value(argv[i], "wd"))) {
-            if (qs_parse_double(v, &o.weight_decay, "train wd", e) < 0)
-                return -1;
-        } else if ((v = qs_opt_value(argv[i], "act"))) {
-            if (qs_act_parse(v, &act, e) < 0)
-                return -1;
-        } else if ((v = qs_opt_value(argv[i], "out"))) {
-            out = v;
-        } else {
-            return qs_errf(e, "train: unknown option '%s' (hidden= epochs= batch= lr= wd= act= "
-                              "seed= out=)", argv[i]);
-        }
-    }
+    static const char *const lm_only[] = {"steps", "ctx", "min_lr", "warmup", "clip", "eval",
+                                          "init"};
+    if (refuse_options(c, lm_only, sizeof lm_only / sizeof *lm_only,
+                       "(hidden= epochs= batch= lr= wd= act= seed= out=)", e) < 0)
+        return -1;
+    long lv;
+    if (qs_arg_int_in(c, "epochs", 1, 100000, &lv, e) < 0)
+        return -1;
+    o.epochs = qs_arg(c, "epochs") ? (int)lv : o.epochs;
+    if (qs_arg_int_in(c, "batch", 1, 1 << 20, &lv, e) < 0)
+        return -1;
+    o.batch = qs_arg(c, "batch") ? (int)lv : o.batch;
+    if (qs_arg_int_in(c, "seed", 0, 0x7fffffff, &lv, e) < 0)
+        return -1;
+    o.seed = qs_arg(c, "seed") ? (uint64_t)lv : o.seed;
+    o.lr = qs_arg_float(c, "lr", o.lr);
+    o.weight_decay = qs_arg_float(c, "wd", o.weight_decay);
+    if (qs_arg(c, "act") && qs_act_parse(qs_arg(c, "act"), &act, e) < 0)
+        return -1;
+    const char *out = qs_arg(c, "out");
+    const char *hidden = qs_arg(c, "hidden"); /* integers (the spec's list) */
+    if (!hidden)
+        hidden = "64,64";
     sizes[ns++] = b->data->d;
-    char hb[256];
-    snprintf(hb, sizeof hb, "%s", hidden);
-    for (char *tok = strtok(hb, ","); tok; tok = strtok(NULL, ",")) {
-        long lv;
+    for (const char *p = hidden; *p; p += *p == ',') {
+        char *end;
         if (ns >= 32)
             return qs_errf(e, "train: too many hidden layers");
-        if (qs_parse_int(tok, 1, 1 << 16, &lv, "train hidden", e) < 0)
-            return -1;
-        sizes[ns++] = (int)lv;
+        long h = strtol(p, &end, 10);
+        if (h < 1 || h > 1 << 16)
+            return qs_errf(e, "train hidden: %ld is out of range (1..%d)", h, 1 << 16);
+        sizes[ns++] = (int)h;
+        p = end;
     }
     sizes[ns++] = b->data->nclass;
     if (out) { /* an unwritable out= fails now, not after the training */
@@ -730,7 +707,7 @@ static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     long v;
     if (argc != 1)
         return qs_errf(e, "set calib: give N or tokens=N (one of them)");
-    const char *tv = qs_opt_value(argv[0], "tokens");
+    const char *tv = qs_arg(c, "tokens");
     if (tv) { /* a budget in tokens (transformers): whole windows of the model's context */
         if (qs_parse_int(tv, 1, 1 << 30, &v, "set calib tokens", e) < 0 ||
             qs_bench_set_calib_tokens(c->b, v, e) < 0)
@@ -757,23 +734,13 @@ static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
-    uint64_t seed = b->split_seed;
-    double ft = b->f_train, fc = b->f_calib;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        long lv;
-        if ((v = qs_opt_value(argv[i], "seed"))) {
-            if (qs_parse_int(v, 0, 0x7fffffff, &lv, "set split seed", e) < 0)
-                return -1;
-            seed = (uint64_t)lv;
-        } else if ((v = qs_opt_value(argv[i], "train"))) {
-            if (qs_parse_double(v, &ft, "set split train", e) < 0)
-                return -1;
-        } else if ((v = qs_opt_value(argv[i], "calib"))) {
-            if (qs_parse_double(v, &fc, "set split calib", e) < 0)
-                return -1;
-        }
-    }
+    long lv = (long)b->split_seed;
+    (void)argc; /* options only (the spec) */
+    (void)argv;
+    if (qs_arg_int_in(c, "seed", 0, 0x7fffffff, &lv, e) < 0)
+        return -1;
+    uint64_t seed = qs_arg(c, "seed") ? (uint64_t)lv : b->split_seed;
+    double ft = qs_arg_float(c, "train", b->f_train), fc = qs_arg_float(c, "calib", b->f_calib);
     if (ft < 0 || fc <= 0 || ft + fc >= 1)
         return qs_errf(e, "set split: need train >= 0, calib > 0 and train + calib < 1");
     if (qs_bench_resplit(b, seed, ft, fc, e) < 0)
@@ -784,32 +751,30 @@ static int cmd_set_split(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
-static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+/* set gate|lmgate F: a threshold in 0..1 into *dst, reported under key. */
+static int set_threshold(struct qs_ctx *c, const char *f, double *dst, const char *key, qs_err *e)
 {
     double v;
-    (void)argc; /* one F (the spec's arity) */
-    if (qs_parse_double(argv[0], &v, "set gate", e) < 0)
+    if (qs_parse_double(f, &v, c->cur_cmd->name, e) < 0) /* a positional may be inf or nan */
         return -1;
     if (v < 0 || v > 1)
-        return qs_errf(e, "set gate: %g is outside 0..1", v);
-    c->b->gate_min = v;
-    snprintf(c->canon, sizeof c->canon, "set gate %.9g", v);
-    emit_set(c, "gate", v, "");
+        return qs_errf(e, "%s: %g is outside 0..1", c->cur_cmd->name, v);
+    *dst = v;
+    snprintf(c->canon, sizeof c->canon, "%s %.9g", c->cur_cmd->name, v);
+    emit_set(c, key, v, "");
     return 0;
+}
+
+static int cmd_set_gate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc; /* one F (the spec's arity) */
+    return set_threshold(c, argv[0], &c->b->gate_min, "gate", e);
 }
 
 static int cmd_set_lmgate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
-    double v;
     (void)argc; /* one F (the spec's arity) */
-    if (qs_parse_double(argv[0], &v, "set lmgate", e) < 0)
-        return -1;
-    if (v < 0 || v > 1)
-        return qs_errf(e, "set lmgate: %g is outside 0..1", v);
-    c->b->gate_lm = v;
-    snprintf(c->canon, sizeof c->canon, "set lmgate %.9g", v);
-    emit_set(c, "lmgate", v, "");
-    return 0;
+    return set_threshold(c, argv[0], &c->b->gate_lm, "lmgate", e);
 }
 
 static int cmd_set_bail(struct qs_ctx *c, int argc, char **argv, qs_err *e)
@@ -867,27 +832,18 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         r.opt.seed = c->b->seed;
     }
     r.amode = QS_AMODE_DYNAMIC;
+    /* on= and amode= hold one of the spec's words: w, a, wa, aw; dynamic, token, static */
+    const char *onv = qs_arg(c, "on"), *amv = qs_arg(c, "amode");
+    if (onv && !gguf)
+        r.roles = !strcmp(onv, "w") ? QS_ROLE_W
+                  : !strcmp(onv, "a") ? QS_ROLE_A
+                                      : QS_ROLE_W | QS_ROLE_A;
+    if (amv && !gguf)
+        r.amode = !strcmp(amv, "token")    ? QS_AMODE_TOKEN
+                  : !strcmp(amv, "static") ? QS_AMODE_STATIC
+                                           : QS_AMODE_DYNAMIC;
     for (int i = 2; i < argc && !gguf; i++) {
-        const char *v;
-        if ((v = qs_opt_value(argv[i], "on"))) {
-            if (!strcmp(v, "w"))
-                r.roles = QS_ROLE_W;
-            else if (!strcmp(v, "a"))
-                r.roles = QS_ROLE_A;
-            else if (!strcmp(v, "wa") || !strcmp(v, "aw"))
-                r.roles = QS_ROLE_W | QS_ROLE_A;
-            else
-                return qs_errf(e, "quant: on=%s: expected w, a or wa", v);
-        } else if ((v = qs_opt_value(argv[i], "amode"))) {
-            if (!strcmp(v, "dynamic"))
-                r.amode = QS_AMODE_DYNAMIC;
-            else if (!strcmp(v, "token"))
-                r.amode = QS_AMODE_TOKEN;
-            else if (!strcmp(v, "static"))
-                r.amode = QS_AMODE_STATIC;
-            else
-                return qs_errf(e, "quant: amode=%s: expected dynamic, token or static", v);
-        } else {
+        if (!qs_opt_value(argv[i], "on") && !qs_opt_value(argv[i], "amode")) {
             int mk = qs_rule_method_parse_token(&r.meth, argv[i], e);
             if (mk < 0)
                 return -1;
@@ -903,6 +859,10 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "quant: amode=static calibrates one absmax per tensor; %s %s", r.fmt.name,
                        rt->unscaled ? "is a plain cast with no scale"
                                     : "computes its scales per block");
+    /* a plain cast has no scale to compute per token: amode=token would be ignored silently */
+    if (r.amode == QS_AMODE_TOKEN && r.fmt.kind != QS_FMT_NONE && rt->unscaled)
+        return qs_errf(e, "quant: amode=token computes one scale per token; %s is a plain cast "
+                          "with no scale", r.fmt.name);
     r.meth.seed = c->b->seed; /* the rotation's seed, as the rounding seed above */
     /* Any group size fits any row: a partial last group has its own scale (format.h). */
     struct qs_bench *b = c->b;
@@ -1054,21 +1014,16 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return qs_errf(e, "out of memory");
     }
     int rc = 0;
-    for (int i = 1; i < argc && rc == 0; i++) {
-        const char *v = qs_opt_value(argv[i], "sat");
-        if (v)
-            sat = strcmp(v, "0") != 0;
-        else {
-            char *end;
-            in[n] = strtod(argv[i], &end);
-            if (end == argv[i] || *end)
-                rc = qs_errf(e, "roundtrip: '%s' is not a number", argv[i]);
-            /* Weights are float32: the value rounded is the decimal's float32 value, so a
-             * 9-digit decimal of an exact float32 tie rounds as that tie (to even), not as the
-             * decimal (which lies a little off the tie). The echo keeps what was typed. */
-            xf[n] = (float)in[n];
-            n++;
-        }
+    const char *w, *sv = qs_arg(c, "sat"); /* 0 or 1; the values are numbers (the spec) */
+    if (sv)
+        sat = strcmp(sv, "0") != 0;
+    for (int k = 1; (w = qs_arg_pos(c, k)); k++) {
+        in[n] = strtod(w, NULL);
+        /* Weights are float32: the value rounded is the decimal's float32 value, so a 9-digit
+         * decimal of an exact float32 tie rounds as that tie (to even), not as the decimal
+         * (which lies a little off the tie). The echo keeps what was typed. */
+        xf[n] = (float)in[n];
+        n++;
     }
     if (rc == 0 && n == 0)
         rc = qs_errf(e, "roundtrip: no values");
@@ -1857,7 +1812,7 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      "The gate passes when the float test accuracy >= chance + G x (1 - chance), chance being "
      "the majority-class rate and G the `set gate` share (default 0.8)."},
     {"train", 0, 0,
-     QS_ARGS(QS_OPT("hidden", QS_ARG_WORD, "64,64"), QS_OPT("epochs", QS_ARG_INT, NULL),
+     QS_ARGS(QS_OPT("hidden", QS_ARG_INTS, "64,64"), QS_OPT("epochs", QS_ARG_INT, NULL),
              QS_OPT("steps", QS_ARG_INT, NULL), QS_OPT("batch", QS_ARG_INT, NULL),
              QS_OPT("ctx", QS_ARG_INT, NULL), QS_OPT("lr", QS_ARG_FLOAT, NULL),
              QS_OPT("min_lr", QS_ARG_FLOAT, NULL), QS_OPT("warmup", QS_ARG_INT, NULL),

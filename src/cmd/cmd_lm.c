@@ -293,25 +293,7 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         double sbits = ls->wq ? 8.0 * (double)qs_packed_bytes(&ls->packed)
                               : 32.0 * st->out * st->in;
         double bpw = (sbits + cr->bits + ls->xform_bits) / ((double)st->out * st->in);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "cmd", "correct");
-        cJSON_AddStringToObject(o, "layer", st->name);
-        cJSON_AddStringToObject(o, "method", qs_corr_name(m));
-        cJSON_AddNumberToObject(o, "rank", cr->rank);
-        if (!lowrank)
-            cJSON_AddStringToObject(o, "prec", cr->prec);
-        qs_json_num(o, "recovery", cr->recovery);
-        if (m != QS_CORR_CLOCAL)
-            qs_json_num(o, "recovery_calib", cr->recovery_calib);
-        cJSON_AddNumberToObject(o, "params", (double)cr->params);
-        qs_json_num(o, "bits_added", cr->bits);
-        qs_json_num(o, "layer_bits_per_weight", bpw);
-        if (cr->amap) {
-            qs_json_num(o, "lambda", cr->lambda);
-            cJSON_AddNumberToObject(o, "rank_kept", cr->rank_kept);
-        }
-        if (m == QS_CORR_CLOCAL)
-            cJSON_AddStringToObject(o, "label", "upper baseline, not deployable");
+        cJSON *o = qs_cmd_correct_result(st->name, cr, bpw, !lowrank);
         if (lowrank) {
             qs_sb_printf(&t, "%s%s %s r=%d%s%s: recovery R = %.4f on held-out windows (calib "
                              "%.4f), +%ld params, site %.3f bits/weight",

@@ -26,6 +26,10 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
                       const char *prec, double lambda, const char *opts, qs_err *e);
 /* One row of the error table (name and the statistics both kinds of model have). */
 cJSON *qs_cmd_error_row(const char *name, const struct qs_layer_err *r);
+/* The result of `correct` on one layer or site, both families: the correction cr fitted there
+ * (its method, rank, recoveries, size, the ridge map's figures) and the layer's bits per weight
+ * with it; prec: whether "prec" is recorded (the transformer's low-rank results leave it out). */
+cJSON *qs_cmd_correct_result(const char *name, const struct qs_corr *cr, double bpw, int prec);
 void qs_cmd_lm_gate(struct qs_ctx *c, cJSON *obj, struct qs_sb *text);
 
 #endif

@@ -54,3 +54,25 @@ check unknown-option "[ $rc = 1 ] && grep -qF \"rank: unknown option 'k=4'; usag
 a=$($Q --json -c 'quant * int4; rank of=weight fc*' 2>&1 | tail -1)
 b=$($Q --json -c 'quant * int4; rank fc* of=weight' 2>&1 | tail -1)
 check options-before-positional "[ -n \"\$a\" ] && [ \"\$a\" = \"\$b\" ] && grep -q '\"cmd\":\"rank\"' <<<\"\$a\""
+
+# Values the spec converted are read converted (qs_arg_int_in): the handler checks only the range,
+# and names the option as the spec does.
+msg=$($Q -c 'correct fc1 lowrank r=0' 2>&1); rc=$?
+check int-range-named "[ $rc = 1 ] && grep -qF 'correct r: 0 is out of range (1..1048576)' <<<\"\$msg\""
+msg=$($Q -c 'train hidden=16,0 epochs=1' 2>&1); rc=$?
+check ints-range-named "[ $rc = 1 ] && grep -qF 'train hidden: 0 is out of range (1..65536)' <<<\"\$msg\""
+msg=$($Q -c 'train hidden=8,x epochs=1' 2>&1); rc=$?
+check bad-ints "[ $rc = 1 ] && grep -qF \"train hidden: 'x' is not an integer (hidden=8,x: a comma list of integers)\" <<<\"\$msg\""
+msg=$($Q -c 'train steps=3 epochs=1' 2>&1); rc=$?
+check mlp-refuses-lm-option "[ $rc = 1 ] && grep -qF \"train: unknown option 'steps=3' (hidden=\" <<<\"\$msg\""
+
+# amode=token scales activations per token: a plain cast (fp16, bf16) has no scale, so the rule is
+# refused rather than accepted and ignored; a scaled format takes it.
+bad=""
+for f in fp16 bf16; do
+  msg=$($Q -c "quant fc1 $f on=a amode=token" 2>&1) && bad="$bad [$f accepted]"
+  grep -qF "quant: amode=token computes one scale per token; $f is a plain cast with no scale" <<<"$msg" ||
+    bad="$bad [$f: $msg]"
+done
+$Q -c 'quant fc1 int8 on=a amode=token' >/dev/null 2>&1 || bad="$bad [int8 refused]"
+check token-needs-a-scale "[ -z \"$bad\" ]"

@@ -13,7 +13,7 @@
 
 static int kind_ok(enum qs_arg_kind k)
 {
-    return k >= QS_ARG_WORD && k <= QS_ARG_FLAG;
+    return k >= QS_ARG_WORD && k <= QS_ARG_INTS;
 }
 
 /* Every row: arity consistent with its positionals, enum values given, option names unique. */
@@ -84,6 +84,18 @@ static void test_bad_values_named(void)
         {"allocate bits=3 gran=rows", "allocate: gran=rows: expected tensor, channel or group:N"},
         {"train epochs=1.5", "train epochs: '1.5' is not an integer"},
         {"roundtrip int4 1 two", "roundtrip: 'two' is not a number"},
+        /* a list of integers: every item checked, an empty one included */
+        {"train hidden=8,x", "train hidden: 'x' is not an integer (hidden=8,x: a comma list of "
+                             "integers)"},
+        {"train hidden=64,,64", "train hidden: '' is not an integer (hidden=64,,64: a comma list "
+                                "of integers)"},
+        {"train hidden=", "train hidden: '' is not an integer (hidden=: a comma list of integers)"},
+        /* a number no option means: refused by the spec, not by each handler */
+        {"set split train=inf", "set split train: 'inf' is not a finite number"},
+        /* a journal number or the words recover takes */
+        {"recover sometime", "recover: 'sometime' is not an integer"},
+        {"recover discard every", "recover: 'every' is not an integer"},
+        {"quant * int4 damp=nan", "quant damp: 'nan' is not a finite number"},
     };
     char msg[512];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -103,6 +115,8 @@ static void test_bad_values_named(void)
     /* a study's gran=group:N passes the spec; its N is the handler's to check */
     CHECK(exec(&c, "study q1 gran=group:0 plan=", msg, sizeof msg) < 0);
     CHECK(strstr(msg, "plan= is empty") != NULL);
+    CHECK(exec(&c, "train hidden=16,-3,8", msg, sizeof msg) < 0); /* the range is the handler's */
+    CHECK(strstr(msg, "no data loaded") != NULL);
     qs_ctx_free(&c);
     qs_bench_free(b);
 }
@@ -210,6 +224,9 @@ static void test_completion_from_kinds(void)
     CHECK(comp("correct fc1 lowrank prec=", &kl) == 0 && has("prec=float") && has("prec=int8"));
     CHECK(comp("correct fc1 linear teacher=", &kl) == 1 && kl == strlen("teacher="));
     CHECK(comp("regime ", &kl) == 0 && has("weight") && has("full"));
+    /* a number or its literal words: the words are offered */
+    CHECK(comp("recover ", &kl) == 0 && has("list") && has("discard") && ngot == 2);
+    CHECK(comp("recover discard ", &kl) == 0 && has("all") && ngot == 1);
     CHECK(comp("export model m.safetensors ", &kl) == 0 && has("packed"));
     /* a comma list: the next item after those typed */
     CHECK(comp("sensitivity method=delta,", &kl) == 0 && has("method=delta,grad"));
