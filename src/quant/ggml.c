@@ -264,18 +264,29 @@ static void sym_fit(int n, int nmax, float iscale, const float *x, int8_t *L, in
     *suml2 = sl2;
 }
 
+/* The first fit of make_qx_quants and make_q3_quants: max is the signed largest-magnitude
+ * value, the codes and sums are sym_fit's at iscale = -nmax / max. Returns 0 (L zeroed) when
+ * every |x| < GROUP_MAX_EPS. */
+static int sym_first_fit(int n, int nmax, const float *x, int8_t *L, int off, float *max,
+                         float *sumlx, float *suml2)
+{
+    *max = signed_max(x, n);
+    if (fabsf(*max) < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0;
+    }
+    sym_fit(n, nmax, (float)(-nmax) / *max, x, L, off, sumlx, suml2);
+    return 1;
+}
+
 /* Signed symmetric codes in [-nmax, nmax-1] for n values, scale searched over 19 candidate
  * inverse scales around nmax/max with weights w = x^2 (ggml's make_qx_quants, rmse_type 1, no
  * importance weights). L receives code + nmax. Returns the scale. */
 static float qx_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    const float max = signed_max(x, n);
-    if (fabsf(max) < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
+    float max, sumlx, suml2;
+    if (!sym_first_fit(n, nmax, x, L, nmax, &max, &sumlx, &suml2))
         return 0.f;
-    }
-    float sumlx, suml2;
-    sym_fit(n, nmax, (float)(-nmax) / max, x, L, nmax, &sumlx, &suml2);
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
@@ -296,13 +307,9 @@ static float qx_quants(int n, int nmax, const float *x, int8_t *L)
  * one code at a time while the x^2-weighted fit improves (ggml's make_q3_quants, do_rmse). */
 static float q3_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    const float max = signed_max(x, n);
-    if (fabsf(max) < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
+    float max, sumlx, suml2;
+    if (!sym_first_fit(n, nmax, x, L, 0, &max, &sumlx, &suml2))
         return 0.f;
-    }
-    float sumlx, suml2;
-    sym_fit(n, nmax, (float)(-nmax) / max, x, L, 0, &sumlx, &suml2);
     for (int itry = 0; itry < 5; itry++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
@@ -529,15 +536,9 @@ static void q3_k_block(const float *x, uint8_t *b)
     uint8_t *hmask = b, *qs = b + 32, *s = b + 96, *pd = b + 108;
     int8_t L[QK_K];
     float scales[16];
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < 16; j++)
         scales[j] = q3_quants(16, 4, x + 16 * j, L + 16 * j);
-        float a = fabsf(scales[j]);
-        if (a > amax) {
-            amax = a;
-            max_scale = scales[j];
-        }
-    }
+    const float max_scale = signed_max(scales, 16);
     memset(s, 0, 12);
     if (max_scale) {
         float iscale = -32.f / max_scale;
@@ -722,16 +723,10 @@ static void q6_k_block(const float *x, uint8_t *b)
     int8_t *sc = (int8_t *)(b + 192);
     int8_t L[QK_K];
     float scales[16];
-    float max_scale = 0, max_abs = 0;
-    for (int ib = 0; ib < 16; ib++) {
+    for (int ib = 0; ib < 16; ib++)
         scales[ib] = qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-        float a = fabsf(scales[ib]);
-        if (a > max_abs) {
-            max_abs = a;
-            max_scale = scales[ib];
-        }
-    }
-    if (max_abs < GROUP_MAX_EPS) {
+    const float max_scale = signed_max(scales, 16);
+    if (fabsf(max_scale) < GROUP_MAX_EPS) {
         memset(b, 0, 210);
         f2h(pd, 0.f);
         return;
