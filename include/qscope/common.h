@@ -89,6 +89,21 @@ int qs_open_regular(const char *path, const char *what, struct stat *st, qs_err 
 /* The same as a stdio stream ("rb"); NULL and e on failure. */
 FILE *qs_fopen_regular(const char *path, const char *what, qs_err *e);
 
+/* The identity of a file when it was opened (device, inode, size, mtime and ctime to the
+ * nanosecond), to notice that the file under a mapping has been changed or replaced. */
+struct qs_file_id {
+    uint64_t dev, ino;
+    int64_t size;
+    int64_t mtime_s, mtime_ns, ctime_s, ctime_ns;
+};
+/* Opens PATH as qs_open_regular does (WHAT names it in messages) and maps it read-only and
+ * private: *map (NULL for an empty file; munmap(*map, *len) when done), *len, *id. -1 and e on
+ * failure, nothing left open or mapped. */
+int qs_map_regular(const char *path, const char *what, void **map, size_t *len,
+                   struct qs_file_id *id, qs_err *e);
+/* 1 if PATH still names the file *id describes, else 0 (a stat error included). */
+int qs_file_id_same(const char *path, const struct qs_file_id *id);
+
 /* ---- Writing files the user names.
  * A regular file (or a new one) is written to a temporary beside it and renamed over it on
  * commit, so a failed write leaves the old file whole. Anything else that exists (a device such

@@ -368,6 +368,57 @@ FILE *qs_fopen_regular(const char *path, const char *what, qs_err *e)
     return f;
 }
 
+static void file_id_of(const struct stat *st, struct qs_file_id *id)
+{
+    id->dev = (uint64_t)st->st_dev;
+    id->ino = (uint64_t)st->st_ino;
+    id->size = (int64_t)st->st_size;
+    id->mtime_s = (int64_t)st->st_mtim.tv_sec;
+    id->mtime_ns = (int64_t)st->st_mtim.tv_nsec;
+    id->ctime_s = (int64_t)st->st_ctim.tv_sec;
+    id->ctime_ns = (int64_t)st->st_ctim.tv_nsec;
+}
+
+int qs_map_regular(const char *path, const char *what, void **map, size_t *len,
+                   struct qs_file_id *id, qs_err *e)
+{
+    *map = NULL;
+    *len = 0;
+    struct stat st;
+    int fd = qs_open_regular(path, what, &st, e);
+    if (fd < 0)
+        return -1;
+    size_t n = (size_t)st.st_size;
+    void *m = NULL;
+    if (n > 0) {
+        m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int err = errno;
+            char pb[256];
+            close(fd);
+            return qs_errf(e, "%s: cannot map %zu bytes: %s", qs_clean_str(path, pb, sizeof pb, 0),
+                           n, strerror(err));
+        }
+    }
+    close(fd);
+    *map = m;
+    *len = n;
+    file_id_of(&st, id);
+    return 0;
+}
+
+int qs_file_id_same(const char *path, const struct qs_file_id *id)
+{
+    struct stat st;
+    struct qs_file_id now;
+    if (stat(path, &st) < 0)
+        return 0;
+    file_id_of(&st, &now);
+    return now.dev == id->dev && now.ino == id->ino && now.size == id->size &&
+           now.mtime_s == id->mtime_s && now.mtime_ns == id->mtime_ns &&
+           now.ctime_s == id->ctime_s && now.ctime_ns == id->ctime_ns;
+}
+
 /* ---- writing user files ---- */
 
 int qs_out_open(qs_outfile *o, const char *path, qs_err *e)

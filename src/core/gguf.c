@@ -34,10 +34,7 @@ struct qs_gguf_file {
     int nkv;
     struct kv *kv;
     int have_stat;
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime, ctime;
+    struct qs_file_id id;
 };
 
 static const size_t vsize[QS_GGUF_NVTYPES] = {
@@ -420,38 +417,23 @@ int qs_gguf_open(const char *path, struct qs_gguf_file **out, qs_err *e)
     *out = NULL;
     if (!path)
         return qs_errf(e, "gguf: no path given");
-    struct stat st;
-    int fd = qs_open_regular(path, "GGUF file", &st, e);
-    if (fd < 0)
+    void *map;
+    size_t len;
+    struct qs_file_id id;
+    if (qs_map_regular(path, "GGUF file", &map, &len, &id, e) < 0)
         return -1;
-    char pb[256];
-    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
-    size_t len = (size_t)st.st_size;
-    void *map = NULL;
-    if (len > 0) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int err = errno;
-            close(fd);
-            return qs_errf(e, "%s: cannot map %zu bytes: %s", p, len, strerror(err));
-        }
-    }
-    close(fd);
     struct qs_gguf_file *f = qs_calloc(1, sizeof *f);
     if (!f || !(f->path = qs_strdup(path))) {
+        char pb[256];
         if (map)
             munmap(map, len);
         free(f);
-        return qs_errf(e, "%s: out of memory", p);
+        return qs_errf(e, "%s: out of memory", qs_clean_str(path, pb, sizeof pb, 0));
     }
     f->map = map;
     f->maplen = len;
     f->have_stat = 1;
-    f->dev = st.st_dev;
-    f->ino = st.st_ino;
-    f->size = st.st_size;
-    f->mtime = st.st_mtim;
-    f->ctime = st.st_ctim;
+    f->id = id;
     if (parse(f, map, len, e) < 0) {
         qs_gguf_close(f);
         return -1;
@@ -475,12 +457,8 @@ int qs_gguf_check(const struct qs_gguf_file *f, qs_err *e)
 {
     if (!f || !f->have_stat)
         return 0;
-    struct stat st;
     char pb[256];
-    if (stat(f->path, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
-        st.st_size != f->size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
-        st.st_mtim.tv_nsec != f->mtime.tv_nsec || st.st_ctim.tv_sec != f->ctime.tv_sec ||
-        st.st_ctim.tv_nsec != f->ctime.tv_nsec)
+    if (!qs_file_id_same(f->path, &f->id))
         return qs_errf(e, "%s changed on disk since it was loaded; load it again",
                        qs_clean_str(f->path, pb, sizeof pb, 0));
     return 0;
