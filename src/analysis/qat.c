@@ -1051,20 +1051,10 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
             nrm = sqrt(nrm);
             float sc = o->clip > 0 && nrm > o->clip ? (float)(o->clip / nrm) : 1.0f;
             double lr = qs_lm_train_lr(&sched, (int)s);
-            double bc1 = 1.0 - pow(b1, s + 1), bc2 = 1.0 - pow(b2, s + 1);
-            float a = (float)(lr / bc1), ib2 = (float)(1.0 / sqrt(bc2));
+            const struct qs_adamw k = qs_adamw_at((int)s, lr, o->wd, b1, b2, ep, sc);
             size_t at = 0;
-            for (int i = 0; i < nt; at += g->t[tix[i]].n, i++) {
-                struct qs_lm_tensor *t = &g->t[tix[i]];
-                float decay = t->cols ? (float)(1.0 - lr * o->wd) : 1.0f;
-                float *mm = mom + at, *vv = mm + bmax;
-                for (size_t j = 0; j < t->n; j++) {
-                    float gk = t->grad[j] * sc;
-                    mm[j] = b1 * mm[j] + (1.0f - b1) * gk;
-                    vv[j] = b2 * vv[j] + (1.0f - b2) * gk * gk;
-                    t->val[j] = t->val[j] * decay - a * mm[j] / (sqrtf(vv[j]) * ib2 + ep);
-                }
-            }
+            for (int i = 0; i < nt; at += g->t[tix[i]].n, i++)
+                qs_adamw_update(&g->t[tix[i]], mom + at, mom + at + bmax, &k);
             for (int i = 0; q.lsq && i < m->nsites; i++)
                 if (q.lsq[i].qz && qs_lm_site_block(m, i) == l)
                     qs_lsq_adam(&q.lsq[i], (int)s, lr, sc, b1, b2, ep);
