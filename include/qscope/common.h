@@ -75,6 +75,9 @@ int qs_mem_check(size_t bytes, const char *what, qs_err *e);
 /* calloc(n, size) after an overflow check and qs_mem_check; NULL with a message naming WHAT
  * and the figure on failure. Free with free(). */
 void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e);
+/* The relative error ||x - ref|| / ||ref|| of n floats, summed in double; 0 when ref is all
+ * zero. */
+double qs_rel_err(const float *ref, const float *x, size_t n);
 /* "10.2 GB", "512 KB", "17 B" into buf (decimal units). Returns buf. */
 const char *qs_fmt_bytes(double bytes, char *buf, size_t n);
 

@@ -462,6 +462,18 @@ static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const 
     return qat_mlp_train(m, x, y, n, o, &h, cb, ctx, e);
 }
 
+/* The learned-scale weight wq (nw entries; ls takes it) and its packing p (moved) become
+ * ls's, with their relative error against the master weight w. */
+static void lsq_take(struct qs_layer_state *ls, const float *w, size_t nw, float *wq,
+                     struct qs_packed *p)
+{
+    qs_packed_free(&ls->packed);
+    free(ls->wq);
+    ls->packed = *p;
+    ls->wq = wq;
+    ls->w_rel_err = qs_rel_err(w, wq, nw);
+}
+
 /* The learned scales z become the layers' of st (its model the trained one). */
 static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
                            struct qs_qat_result *r, qs_err *e)
@@ -487,17 +499,7 @@ static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
             free(wq);
             return qs_err_prefix(e, l->name);
         }
-        double num = 0, den = 0;
-        for (size_t j = 0; j < nw; j++) {
-            double d = (double)l->w[j] - wq[j];
-            num += d * d;
-            den += (double)l->w[j] * l->w[j];
-        }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
-        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+        lsq_take(ls, l->w, nw, wq, &p);
         first = first < 0 ? i : first;
         lsq_change(&z[i], &sum, &n);
     }
@@ -721,17 +723,7 @@ static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
             qs_packed_free(&p);
             return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u->name);
         }
-        double num = 0, den = 0;
-        for (size_t j = 0; j < nw; j++) {
-            double d = (double)u->w[j] - wq[j];
-            num += d * d;
-            den += (double)u->w[j] * u->w[j];
-        }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
-        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
+        lsq_take(ls, u->w, nw, wq, &p);
         first = first < 0 ? s : first;
         lsq_change(z, &sum, &n);
     }

@@ -309,6 +309,17 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
     return p;
 }
 
+double qs_rel_err(const float *ref, const float *x, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t j = 0; j < n; j++) {
+        double d = (double)ref[j] - x[j];
+        num += d * d;
+        den += (double)ref[j] * ref[j];
+    }
+    return den > 0 ? sqrt(num / den) : 0.0;
+}
+
 /* ---- reading user files ---- */
 
 static const char *file_kind(mode_t m)
