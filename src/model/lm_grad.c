@@ -516,18 +516,23 @@ struct blk {
     int B, T;
 };
 
+/* The model, layer and sizes a block's forward and backward both work with (for block l of
+ * the pass c), as locals (ggml's GGML_TENSOR_LOCALS idiom). */
+#define BLOCK_LOCALS(c, l)                                                                         \
+    const struct qs_lm *m = (c)->m;                                                                \
+    const struct qs_lm_priv *p = m->priv;                                                          \
+    const struct lm_layer *L = &p->layer[l];                                                       \
+    struct site_rec *rec = (c)->rec;                                                               \
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * (l);                  \
+    const int B = (c)->B, T = (c)->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;      \
+    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;                                         \
+    const size_t Nd = (size_t)N * d;                                                               \
+    const float *cs = (c)->cs
+
 /* Block l on its input a->res (N, d) into out (N, d), keeping its activations in a. */
 static void block_forward(const struct blk *c, int l, struct acts *a, float *out)
 {
-    const struct qs_lm *m = c->m;
-    const struct qs_lm_priv *p = m->priv;
-    const struct lm_layer *L = &p->layer[l];
-    struct site_rec *rec = c->rec;
-    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
-    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
-    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
-    const size_t Nd = (size_t)N * d;
-    const float *cs = c->cs;
+    BLOCK_LOCALS(c, l);
     const struct qs_hooks *h = c->h;
     float **xs = c->xs;
     const int act = xs != NULL;
@@ -581,15 +586,7 @@ static void block_forward(const struct blk *c, int l, struct acts *a, float *out
 static void block_backward(const struct blk *c, int l, struct acts *a, float *dres,
                            struct qs_lm_grad *g)
 {
-    const struct qs_lm *m = c->m;
-    const struct qs_lm_priv *p = m->priv;
-    const struct lm_layer *L = &p->layer[l];
-    struct site_rec *rec = c->rec;
-    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
-    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
-    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
-    const size_t Nd = (size_t)N * d;
-    const float *cs = c->cs;
+    BLOCK_LOCALS(c, l);
     float *dn = c->dn, *dbig = c->dbig, *dbig2 = c->dbig2, *dp = c->dp;
     float *g1w = grad_of(g, L->n1w), *g1b = grad_of(g, L->n1b);
     float *g2w = grad_of(g, L->n2w), *g2b = grad_of(g, L->n2b);
@@ -672,14 +669,22 @@ static int scratch_floats(const struct qs_lm *m, int B, int T, int act, struct d
     return 0;
 }
 
+/* B >= 1 windows of T tokens, T within the model's context. */
+static int check_batch(const struct qs_lm *m, int B, int T, qs_err *e)
+{
+    if (B < 1 || T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
+                       m->ctx);
+    return 0;
+}
+
 /* B windows of T + 1 tokens at start[] in tok: T within the model's context, every token in
  * its vocabulary. */
 static int check_windows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
                          int T, qs_err *e)
 {
-    if (B < 1 || T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
+    if (check_batch(m, B, T, e) < 0)
+        return -1;
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= T; t++)
             if (tok[start[b] + t] >= (uint32_t)m->vocab)
@@ -809,9 +814,8 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
 {
     if (l < 0 || l >= m->n_layer)
         return qs_errf(e, "%s: no block %d (it has %d)", m->path, l, m->n_layer);
-    if (B < 1 || T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
+    if (check_batch(m, B, T, e) < 0)
+        return -1;
     const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
     const int act = h && h->act, d = m->d_model, hd = d / m->n_head;
     struct dims z = {(size_t)B * T, (size_t)d, (size_t)m->n_kv_head * hd, (size_t)m->d_ff,
