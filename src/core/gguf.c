@@ -159,17 +159,28 @@ static int skip_value(struct cur *c, int ty, const char *key, int in_array)
     return take(c, vsize[ty], cb, &p);
 }
 
+/* A zeroed array for the n items the header claims, each taking at least min_bytes of what
+ * is left (and at most max of them): NULL and c->e (naming the items and what is `after` the
+ * count) when the bytes cannot hold them or memory runs out. */
+static void *claimed(struct cur *c, uint64_t n, size_t min_bytes, uint64_t max, size_t size,
+                     const char *items, const char *after)
+{
+    if (n > (c->len - c->pos) / min_bytes || n > max) {
+        qs_errf(c->e, "%s: the header claims %llu %s, more than the %zu bytes after %s", c->label,
+                (unsigned long long)n, items, c->len - c->pos, after);
+        return NULL;
+    }
+    void *a = qs_calloc(n ? (size_t)n : 1, size);
+    if (!a)
+        qs_errf(c->e, "%s: out of memory", c->label);
+    return a;
+}
+
 static int parse_kv(struct qs_gguf_file *f, struct cur *c, uint64_t nkv)
 {
     /* each pair takes at least 8 (key length) + 1 (key) + 4 (type) + 1 bytes */
-    if (nkv > (c->len - c->pos) / 14)
-        return qs_errf(c->e,
-                       "%s: the header claims %llu key/value pairs, more than the %zu bytes "
-                       "after it can hold",
-                       c->label, (unsigned long long)nkv, c->len - c->pos);
-    f->kv = qs_calloc(nkv ? (size_t)nkv : 1, sizeof *f->kv);
-    if (!f->kv)
-        return qs_errf(c->e, "%s: out of memory", c->label);
+    if (!(f->kv = claimed(c, nkv, 14, UINT64_MAX, sizeof *f->kv, "key/value pairs", "it can hold")))
+        return -1;
     for (uint64_t i = 0; i < nkv; i++) {
         const uint8_t *ks;
         uint64_t kn;
@@ -250,14 +261,9 @@ static int by_offset(const void *a, const void *b)
 static int parse_tensors(struct qs_gguf_file *f, struct cur *c, uint64_t nt)
 {
     /* each info takes at least 8 + 1 (name) + 4 + 8 (one dim) + 4 + 8 bytes */
-    if (nt > (c->len - c->pos) / 33 || nt > 1000000)
-        return qs_errf(c->e,
-                       "%s: the header claims %llu tensors, more than the %zu bytes after the "
-                       "key/value pairs can describe",
-                       c->label, (unsigned long long)nt, c->len - c->pos);
-    f->t = qs_calloc(nt ? (size_t)nt : 1, sizeof *f->t);
-    if (!f->t)
-        return qs_errf(c->e, "%s: out of memory", c->label);
+    if (!(f->t = claimed(c, nt, 33, 1000000, sizeof *f->t, "tensors",
+                         "the key/value pairs can describe")))
+        return -1;
     for (uint64_t i = 0; i < nt; i++) {
         const uint8_t *ns;
         uint64_t nn;
