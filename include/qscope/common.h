@@ -78,6 +78,8 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e);
 /* The relative error ||x - ref|| / ||ref|| of n floats, summed in double; 0 when ref is all
  * zero. */
 double qs_rel_err(const float *ref, const float *x, size_t n);
+/* n dimensions "4,8,16" into buf (as many as fit whole). Returns buf. */
+const char *qs_dims_str(const int64_t *dims, int n, char *buf, size_t size);
 /* "10.2 GB", "512 KB", "17 B" into buf (decimal units). Returns buf. */
 const char *qs_fmt_bytes(double bytes, char *buf, size_t n);
 

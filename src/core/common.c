@@ -309,6 +309,16 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
     return p;
 }
 
+const char *qs_dims_str(const int64_t *dims, int n, char *buf, size_t size)
+{
+    size_t k = 0;
+    if (size)
+        buf[0] = 0;
+    for (int i = 0; i < n && k + 22 <= size; i++) /* "," and 20 digits and a sign fit */
+        k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? "," : "", (long long)dims[i]);
+    return buf;
+}
+
 double qs_rel_err(const float *ref, const float *x, size_t n)
 {
     double num = 0, den = 0;
