@@ -474,40 +474,55 @@ static void lsq_take(struct qs_layer_state *ls, const float *w, size_t nw, float
     ls->w_rel_err = qs_rel_err(w, wq, nw);
 }
 
-/* The learned scales z become the layers' of st (its model the trained one). */
-static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
-                           struct qs_qat_result *r, qs_err *e)
+/* The learned scales z[i] (per unit of st, whose model is the trained one) become the units'
+ * scales: packed codes and scales, and the weight they decode to, which must be trained[i]
+ * bit for bit when trained is given (the weight the training last ran on). The count of
+ * learned scales and their mean |log(s / s0)| into *count, *change. */
+static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
+                             float *const *trained, long *count, double *change, qs_err *e)
 {
-    const struct qs_mlp *m = st->model;
     int first = -1;
     double sum = 0;
     long n = 0;
-    for (int i = 0; i < m->nlayers; i++) {
-        const struct qs_layer *l = &m->layers[i];
+    for (int i = 0; i < qs_bench_nunits(st); i++) {
+        struct qs_unit u;
+        qs_bench_unit(st, i, &u);
         struct qs_layer_state *ls = &st->ls[i];
         if (!z[i].qz)
             continue;
-        size_t nw = (size_t)l->out * l->in;
+        size_t nw = (size_t)u.out * u.in;
         if (!ls->wq)
             return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
-                           l->name);
+                           u.name);
         float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
         struct qs_packed p;
         if (!wq)
             return -1;
-        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, l->w, &p, wq, e) < 0) {
+        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, u.w, &p, wq, e) < 0) {
             free(wq);
-            return qs_err_prefix(e, l->name);
+            return qs_err_prefix(e, u.name);
         }
-        lsq_take(ls, l->w, nw, wq, &p);
+        if (trained && memcmp(wq, trained[i], nw * sizeof *wq)) {
+            free(wq);
+            qs_packed_free(&p);
+            return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u.name);
+        }
+        lsq_take(ls, u.w, nw, wq, &p);
         first = first < 0 ? i : first;
         lsq_change(&z[i], &sum, &n);
     }
     if (first >= 0)
         qs_bench_invalidate(st, first);
-    r->lsq_scales = n;
-    r->lsq_change = n ? sum / n : 0.0;
+    *count = n;
+    *change = n ? sum / n : 0.0;
     return 0;
+}
+
+/* The learned scales z become the layers' of st (its model the trained one). */
+static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
+                           struct qs_qat_result *r, qs_err *e)
+{
+    return lsq_install_units(st, z, NULL, &r->lsq_scales, &r->lsq_change, e);
 }
 
 /* ---- transformers ------------------------------------------------------------------------- */
@@ -688,50 +703,14 @@ static struct qs_lm *lm_clone(const struct qs_lm *src, qs_err *e)
     return m;
 }
 
-/* scales=lsq: the learned scales become the sites' of st (whose model is the trained one, q's):
- * packed codes and scales, and the weight they decode to, which must be the hooks' last Q(W)
- * bit for bit. */
+/* scales=lsq: the learned scales become the sites' of st (whose model is the trained one,
+ * q's); the weight they decode to must be the hooks' last Q(W) bit for bit. */
 static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
                        struct qs_qat_lm_result *r, qs_err *e)
 {
     if (!q || !q->lsq)
         return 0;
-    const struct qs_lm *m = st->lm;
-    int first = -1;
-    double sum = 0;
-    long n = 0;
-    for (int s = 0; s < m->nsites; s++) {
-        const struct qs_lsq_site *z = &q->lsq[s];
-        const struct qs_lm_site *u = &m->sites[s];
-        struct qs_layer_state *ls = &st->ls[s];
-        if (!z->qz)
-            continue;
-        size_t nw = (size_t)u->out * u->in;
-        if (!ls->wq)
-            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
-                           u->name);
-        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
-        struct qs_packed p;
-        if (!wq)
-            return -1;
-        if (qs_lsq_pack(z, &ls->wfmt, &ls->wopt, u->w, &p, wq, e) < 0) {
-            free(wq);
-            return qs_err_prefix(e, u->name);
-        }
-        if (memcmp(wq, q->wq[s], nw * sizeof *wq)) {
-            free(wq);
-            qs_packed_free(&p);
-            return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u->name);
-        }
-        lsq_take(ls, u->w, nw, wq, &p);
-        first = first < 0 ? s : first;
-        lsq_change(z, &sum, &n);
-    }
-    if (first >= 0)
-        qs_bench_invalidate(st, first);
-    r->lsq_scales = n;
-    r->lsq_change = n ? sum / n : 0.0;
-    return 0;
+    return lsq_install_units(st, q->lsq, q->wq, &r->lsq_scales, &r->lsq_change, e);
 }
 
 /* The trained model m (owned) replaces the bench's, after writing it to o->out when asked; the
