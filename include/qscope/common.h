@@ -75,6 +75,11 @@ int qs_mem_check(size_t bytes, const char *what, qs_err *e);
 /* calloc(n, size) after an overflow check and qs_mem_check; NULL with a message naming WHAT
  * and the figure on failure. Free with free(). */
 void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e);
+/* The relative error ||x - ref|| / ||ref|| of n floats, summed in double; 0 when ref is all
+ * zero. */
+double qs_rel_err(const float *ref, const float *x, size_t n);
+/* n dimensions "4,8,16" into buf (as many as fit whole). Returns buf. */
+const char *qs_dims_str(const int64_t *dims, int n, char *buf, size_t size);
 /* "10.2 GB", "512 KB", "17 B" into buf (decimal units). Returns buf. */
 const char *qs_fmt_bytes(double bytes, char *buf, size_t n);
 
@@ -88,6 +93,21 @@ struct stat;
 int qs_open_regular(const char *path, const char *what, struct stat *st, qs_err *e);
 /* The same as a stdio stream ("rb"); NULL and e on failure. */
 FILE *qs_fopen_regular(const char *path, const char *what, qs_err *e);
+
+/* The identity of a file when it was opened (device, inode, size, mtime and ctime to the
+ * nanosecond), to notice that the file under a mapping has been changed or replaced. */
+struct qs_file_id {
+    uint64_t dev, ino;
+    int64_t size;
+    int64_t mtime_s, mtime_ns, ctime_s, ctime_ns;
+};
+/* Opens PATH as qs_open_regular does (WHAT names it in messages) and maps it read-only and
+ * private: *map (NULL for an empty file; munmap(*map, *len) when done), *len, *id. -1 and e on
+ * failure, nothing left open or mapped. */
+int qs_map_regular(const char *path, const char *what, void **map, size_t *len,
+                   struct qs_file_id *id, qs_err *e);
+/* 1 if PATH still names the file *id describes, else 0 (a stat error included). */
+int qs_file_id_same(const char *path, const struct qs_file_id *id);
 
 /* ---- Writing files the user names.
  * A regular file (or a new one) is written to a temporary beside it and renamed over it on

@@ -55,6 +55,22 @@ void qs_lm_train_defaults(struct qs_lm_train_opts *o);
  * going from 0 to 1 (p = 1 if there is one step after the warm-up). */
 double qs_lm_train_lr(const struct qs_lm_train_opts *o, int step);
 
+/* AdamW's constants for one step: the gradient's clip factor, the step size a = lr / (1 -
+ * beta1^(s+1)), ib2 = 1 / sqrt(1 - beta2^(s+1)), and the decoupled decay 1 - lr wd. */
+struct qs_adamw {
+    float clip, a, ib2, b1, b2, eps, decay;
+};
+
+/* The constants of step s (0-based) with these betas, eps, lr and wd (the bias corrections in
+ * double, the rest rounded to float as qs_lm_train uses them). */
+struct qs_adamw qs_adamw_at(int s, double lr, double wd, double beta1, double beta2, double eps,
+                            float clip);
+
+/* AdamW's update of t from its gradient (scaled by k->clip) with its moments mm, vv (t->n
+ * each, updated): the decay on matrices (t->cols != 0) only, as qs_lm_train does. */
+struct qs_lm_tensor;
+void qs_adamw_update(struct qs_lm_tensor *t, float *mm, float *vv, const struct qs_adamw *k);
+
 /* Random weights for m's shape (GPT-2 / nanoGPT style): every matrix and embedding N(0, 0.02),
  * the projections back into the residual stream (c_proj, o_proj, down_proj) N(0, 0.02 /
  * sqrt(2 n_layer)), biases 0, norm gains 1 and norm biases 0. Deterministic in seed. */

@@ -118,6 +118,12 @@ struct qs_train_opts {
     double lr, weight_decay;   /* Adam (decoupled weight decay, AdamW style) */
     uint64_t seed;
     qs_train_fwd_fn fwd;       /* NULL: train on the master weights directly */
+    /* Parameters trained beside the weights (qat scales=lsq's step sizes), NULL for none:
+     * grad(fwd_ctx, master, gw) after every backward pass, gw[i]: (out_i, in_i) the gradient
+     * of layer i's weight; step(fwd_ctx, master, s) after the weights' update of step s
+     * (1-based). */
+    void (*grad)(void *ctx, const struct qs_mlp *master, float *const *gw);
+    void (*step)(void *ctx, const struct qs_mlp *master, long step);
     void *fwd_ctx;
 };
 

@@ -329,6 +329,17 @@ static double cs_recovery(const struct corr_stream *c)
     return c->before > 0 ? 1 - c->after / c->before : 0;
 }
 
+/* The fitted correction *nw becomes unit i's (which then owns its arrays; *nw is cleared),
+ * recording the upstream corrections it was fitted under. */
+static void install_corr(struct qs_bench *b, int i, struct qs_corr *nw)
+{
+    for (int j = 0; j < i && j < 63; j++)
+        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
+            nw->fit_upstream |= 1ULL << j;
+    b->ls[i].corr = *nw;
+    memset(nw, 0, sizeof *nw);
+}
+
 /* qs_analysis_correct on a transformer (its arguments checked there): the fit into nw with
  * site i's correction cleared, then its recoveries with nw in place. */
 static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank, const char *prec,
@@ -431,11 +442,7 @@ static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank
         qs_errf(e, "unknown correction");
         goto out;
     }
-    for (int j = 0; j < i && j < 63; j++) /* the upstream state it is fitted in */
-        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
-            nw.fit_upstream |= 1ULL << j;
-    s->corr = nw;
-    memset(&nw, 0, sizeof nw);
+    install_corr(b, i, &nw);
     if (m != QS_CORR_CLOCAL) { /* judged as applied: the held-out, then the calibration windows */
         c.what = CS_RECOVERY;
         if (cs_run(b, &c, QS_TEST, 1, e) < 0)
@@ -612,11 +619,7 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         qs_errf(e, "unknown correction");
         goto out;
     }
-    for (int j = 0; j < i && j < 63; j++) /* the upstream state it is fitted in */
-        if (b->ls[j].corr.method != QS_CORR_NONE && b->ls[j].corr.method != QS_CORR_CLOCAL)
-            nw.fit_upstream |= 1ULL << j;
-    s->corr = nw;
-    memset(&nw, 0, sizeof nw);
+    install_corr(b, i, &nw);
     if (m != QS_CORR_CLOCAL) {
         if (qs_bench_layer_forward(b, i, xqt, nt, QS_ROLE_W | QS_ROLE_A, 1, yh, e) < 0)
             goto out;

@@ -187,80 +187,67 @@ static void sym_function(const float *q, const float *w, int in, int inverse, fl
                 dst, in);
 }
 
-int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
-                    float *l, float *rt, qs_err *err)
+/* The error-weighted fits of QERA and EoRA: C = [E F]_r G from the eigen-pairs (w, q) of the
+ * damped input autocorrelation R = Q Lambda Q^T, with
+ * - QERA exact: F = R^{1/2} = Q Lambda^{1/2} Q^T, G = R^{-1/2};
+ * - EoRA: F = Q Lambda^{1/2}, G = F's pseudo-inverse Lambda^{-1/2} Q^T (0 on null
+ *   eigenvalues). */
+static int weighted_lowrank(const char *method, int eora, const float *e, int out, int in,
+                            const float *rxx, double damp, int r, float *c, float *l, float *rt,
+                            qs_err *err)
 {
-    if (check_rank("qera", out, in, r, err) ||
-        check_finite("qera", "error matrix", e, (size_t)out * in, err))
+    if (check_rank(method, out, in, r, err) ||
+        check_finite(method, "error matrix", e, (size_t)out * in, err))
         return -1;
     size_t nn = (size_t)in * in;
     float *w = malloc((size_t)in * sizeof *w);
     float *q = malloc(nn * sizeof *q);
-    float *scratch = malloc(nn * sizeof *scratch);
-    float *half = malloc(nn * sizeof *half);
-    float *ihalf = malloc(nn * sizeof *ihalf);
+    float *scratch = eora ? NULL : malloc(nn * sizeof *scratch);
+    float *fwd = malloc(nn * sizeof *fwd);
+    float *back = malloc(nn * sizeof *back);
     float *m = malloc((size_t)out * in * sizeof *m);
     int rc = -1;
-    if (!w || !q || !scratch || !half || !ihalf || !m) {
-        qs_errf(err, "qera: out of memory (%d x %d)", out, in);
+    if (!w || !q || (!eora && !scratch) || !fwd || !back || !m) {
+        qs_errf(err, "%s: out of memory (%d x %d)", method, out, in);
         goto out;
     }
-    if (damped_eig("qera", rxx, in, damp, w, q, err))
+    if (damped_eig(method, rxx, in, damp, w, q, err))
         goto out;
-    /* QERA exact: C = [E R^{1/2}]_r R^{-1/2}, R^{1/2} = Q Lambda^{1/2} Q^T. */
-    sym_function(q, w, in, 0, scratch, half);
-    sym_function(q, w, in, 1, scratch, ihalf);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, half, in, 0.0f,
+    if (eora) {
+        for (int i = 0; i < in; i++)
+            for (int j = 0; j < in; j++) {
+                float lam = w[j];
+                fwd[(size_t)i * in + j] = q[(size_t)i * in + j] * (lam > 0 ? sqrtf(lam) : 0.0f);
+                /* back[j][i] = lambda_j^{-1/2} q[i][j] */
+                back[(size_t)j * in + i] = lam > 0 ? q[(size_t)i * in + j] / sqrtf(lam) : 0.0f;
+            }
+    } else {
+        sym_function(q, w, in, 0, scratch, fwd);
+        sym_function(q, w, in, 1, scratch, back);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, fwd, in, 0.0f,
                 m, in);
-    rc = truncate_and_factor("qera", m, out, in, r, NULL, ihalf, c, l, rt, err);
+    rc = truncate_and_factor(method, m, out, in, r, NULL, back, c, l, rt, err);
 out:
     free(w);
     free(q);
     free(scratch);
-    free(half);
-    free(ihalf);
+    free(fwd);
+    free(back);
     free(m);
     return rc;
+}
+
+int qs_lowrank_qera(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
+                    float *l, float *rt, qs_err *err)
+{
+    return weighted_lowrank("qera", 0, e, out, in, rxx, damp, r, c, l, rt, err);
 }
 
 int qs_lowrank_eora(const float *e, int out, int in, const float *rxx, double damp, int r, float *c,
                     float *l, float *rt, qs_err *err)
 {
-    if (check_rank("eora", out, in, r, err) ||
-        check_finite("eora", "error matrix", e, (size_t)out * in, err))
-        return -1;
-    size_t nn = (size_t)in * in;
-    float *w = malloc((size_t)in * sizeof *w);
-    float *q = malloc(nn * sizeof *q);
-    float *qs = malloc(nn * sizeof *qs);
-    float *back = malloc(nn * sizeof *back);
-    float *m = malloc((size_t)out * in * sizeof *m);
-    int rc = -1;
-    if (!w || !q || !qs || !back || !m) {
-        qs_errf(err, "eora: out of memory (%d x %d)", out, in);
-        goto out;
-    }
-    if (damped_eig("eora", rxx, in, damp, w, q, err))
-        goto out;
-    /* EoRA: R = Q Lambda Q^T; E' = E Q' with Q' = Q Lambda^{1/2}; C = [E']_r Q'^{-1}, where
-     * Q'^{-1} = Lambda^{-1/2} Q^T (pseudo-inverse on null eigenvalues). */
-    for (int i = 0; i < in; i++)
-        for (int j = 0; j < in; j++) {
-            float lam = w[j];
-            qs[(size_t)i * in + j] = q[(size_t)i * in + j] * (lam > 0 ? sqrtf(lam) : 0.0f);
-            /* back[j][i] = lambda_j^{-1/2} q[i][j] */
-            back[(size_t)j * in + i] = lam > 0 ? q[(size_t)i * in + j] / sqrtf(lam) : 0.0f;
-        }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, in, 1.0f, e, in, qs, in, 0.0f,
-                m, in);
-    rc = truncate_and_factor("eora", m, out, in, r, NULL, back, c, l, rt, err);
-out:
-    free(w);
-    free(q);
-    free(qs);
-    free(back);
-    free(m);
-    return rc;
+    return weighted_lowrank("eora", 1, e, out, in, rxx, damp, r, c, l, rt, err);
 }
 
 double qs_lowrank_objective(const float *e, const float *c, int out, int in, const float *rxx)

@@ -12,6 +12,29 @@
 #include "qscope/qat.h"
 #include "qscope/sensitivity.h"
 
+/* A trainer's failure "train: ..." said as qat's, "qat: ...". Returns -1. */
+static int as_qat(qs_err *e)
+{
+    if (!strncmp(e->msg, "train: ", 7))
+        memmove(e->msg + 5, e->msg + 7, strlen(e->msg + 7) + 1), memcpy(e->msg, "qat: ", 5);
+    return -1;
+}
+
+/* qs_mlp_train with qat's options (no weight decay) and h's hooks; its failures said as
+ * qat's. */
+static int qat_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
+                         const struct qs_qat_opts *o, const struct qs_train_opts *h,
+                         qs_train_cb cb, void *ctx, qs_err *e)
+{
+    struct qs_train_opts t = *h;
+    t.epochs = o->epochs;
+    t.batch = o->batch;
+    t.lr = o->lr;
+    t.weight_decay = 0.0;
+    t.seed = o->seed;
+    return qs_mlp_train(m, x, y, n, &t, cb, ctx, e) < 0 ? as_qat(e) : 0;
+}
+
 struct qat_fwd {
     const struct qs_format *fmt;
     const struct qs_qopts *opt;
@@ -40,19 +63,8 @@ int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_
                  void *ctx, qs_err *e)
 {
     struct qat_fwd q = {fmt, opt};
-    struct qs_train_opts t = {.epochs = o->epochs,
-                              .batch = o->batch,
-                              .lr = o->lr,
-                              .weight_decay = 0.0,
-                              .seed = o->seed,
-                              .fwd = qat_forward,
-                              .fwd_ctx = &q};
-    if (qs_mlp_train(m, x, y, n, &t, cb, ctx, e) < 0) {
-        if (!strncmp(e->msg, "train: ", 7)) /* say which command it was */
-            memmove(e->msg + 5, e->msg + 7, strlen(e->msg + 7) + 1), memcpy(e->msg, "qat: ", 5);
-        return -1;
-    }
-    return 0;
+    const struct qs_train_opts h = {.fwd = qat_forward, .fwd_ctx = &q};
+    return qat_mlp_train(m, x, y, n, o, &h, cb, ctx, e);
 }
 
 static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
@@ -389,171 +401,128 @@ static void lsq_change(const struct qs_lsq_site *q, double *sum, long *n)
 
 /* ---- MLPs with learned scales -------------------------------------------------------------- */
 
-/* qs_mlp_train's loop (shuffle, batches, Adam with betas 0.9 / 0.999, eps 1e-8, no decay) with
- * the forward through each weight-quantized layer's learned scales z[i] (initialised from ls[i]'s
- * packing) and their LSQ gradient; the scales take the same Adam and lr. */
+/* qat scales=lsq on an MLP: the forward runs through each weight-quantized layer's learned
+ * scales z[i] (mlp_lsq_forward), their LSQ gradient is taken from the weights'
+ * (mlp_lsq_grad), and they take the weights' Adam (betas 0.9 / 0.999, eps 1e-8) and lr after
+ * every step (mlp_lsq_step). */
+struct lsq_train {
+    struct qs_lsq_site *z;
+    double lr;
+};
+
+static int mlp_lsq_forward(void *ctx, const struct qs_mlp *m, struct qs_mlp *fwd, qs_err *e)
+{
+    const struct lsq_train *q = ctx;
+    (void)e;
+    for (int i = 0; i < m->nlayers; i++) {
+        const struct qs_layer *l = &m->layers[i];
+        if (q->z[i].qz)
+            qs_lsq_fake(&q->z[i], l->w, fwd->layers[i].w);
+        else
+            memcpy(fwd->layers[i].w, l->w, (size_t)l->in * l->out * sizeof(float));
+        memcpy(fwd->layers[i].b, l->b, (size_t)l->out * sizeof(float));
+    }
+    return 0;
+}
+
+static void mlp_lsq_grad(void *ctx, const struct qs_mlp *m, float *const *gw)
+{
+    const struct lsq_train *q = ctx;
+    for (int i = 0; i < m->nlayers; i++)
+        if (q->z[i].qz) {
+            memset(q->z[i].gs, 0, q->z[i].nblk * sizeof *q->z[i].gs);
+            qs_lsq_backward(&q->z[i], m->layers[i].w, gw[i]);
+        }
+}
+
+static void mlp_lsq_step(void *ctx, const struct qs_mlp *m, long step)
+{
+    const struct lsq_train *q = ctx;
+    for (int i = 0; i < m->nlayers; i++)
+        if (q->z[i].qz)
+            qs_lsq_adam(&q->z[i], (int)step - 1, q->lr, 1.0f, 0.9, 0.999, 1e-8);
+}
+
+/* qs_mlp_train without weight decay, with the learned scales z[i] (initialised from ls[i]'s
+ * packing) trained beside the weights. */
 static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
                        const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
                        void *ctx, struct qs_lsq_site *z, qs_err *e)
 {
-    const int L = m->nlayers, in0 = m->layers[0].in, bs = o->batch < n ? o->batch : n;
-    if (n <= 0 || bs <= 0 || o->epochs <= 0)
-        return qs_errf(e, "qat: need samples, a positive batch size and epochs");
-    for (int i = 0; i < L; i++) {
+    for (int i = 0; i < m->nlayers; i++) {
         const struct qs_layer *l = &m->layers[i];
         if (ls[i].wfmt.kind != QS_FMT_NONE &&
             qs_lsq_site_init(&z[i], &ls[i].wfmt, &ls[i].wopt, l->w, l->out, l->in,
                              ls[i].wq ? &ls[i].packed : NULL, e) < 0)
             return qs_err_prefix(e, l->name);
     }
-    const int T = 2 * L;
-    float **g = qs_calloc((size_t)T, sizeof *g), **mo = qs_calloc((size_t)T, sizeof *mo);
-    float **ve = qs_calloc((size_t)T, sizeof *ve);
-    float **gw = qs_calloc((size_t)L, sizeof *gw), **gb = qs_calloc((size_t)L, sizeof *gb);
-    int *perm = malloc((size_t)n * sizeof *perm), *yb = malloc((size_t)bs * sizeof *yb);
-    float *xb = malloc((size_t)bs * in0 * sizeof *xb);
-    struct qs_mlp *fwd = qs_mlp_clone(m);
-    int rc = -1;
-    if (!g || !mo || !ve || !gw || !gb || !perm || !yb || !xb || !fwd)
-        goto oom;
-    for (int t = 0; t < T; t++) {
-        const struct qs_layer *l = &m->layers[t / 2];
-        size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
-        if (!(g[t] = malloc(len * sizeof(float))) || !(mo[t] = qs_calloc(len, sizeof(float))) ||
-            !(ve[t] = qs_calloc(len, sizeof(float))))
-            goto oom;
-    }
-    for (int i = 0; i < L; i++) {
-        gw[i] = g[2 * i];
-        gb[i] = g[2 * i + 1];
-    }
-    for (int i = 0; i < n; i++)
-        perm[i] = i;
-    qs_rng rng;
-    qs_rng_seed(&rng, o->seed);
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    long step = 0;
-    for (int ep = 0; ep < o->epochs; ep++) {
-        qs_rng_shuffle(&rng, perm, n);
-        double tl = 0.0;
-        int tc = 0;
-        for (int s = 0; s + bs <= n; s += bs) {
-            for (int r = 0; r < bs; r++) {
-                memcpy(xb + (size_t)r * in0, x + (size_t)perm[s + r] * in0,
-                       (size_t)in0 * sizeof(float));
-                yb[r] = y[perm[s + r]];
-            }
-            for (int i = 0; i < L; i++) {
-                const struct qs_layer *l = &m->layers[i];
-                if (z[i].qz)
-                    qs_lsq_fake(&z[i], l->w, fwd->layers[i].w);
-                else
-                    memcpy(fwd->layers[i].w, l->w, (size_t)l->in * l->out * sizeof(float));
-                memcpy(fwd->layers[i].b, l->b, (size_t)l->out * sizeof(float));
-            }
-            int nc = 0;
-            double loss = qs_mlp_loss_grad(fwd, xb, yb, bs, gw, gb, &nc);
-            if (loss < 0)
-                goto oom;
-            tl += loss * bs;
-            tc += nc;
-            for (int i = 0; i < L; i++)
-                if (z[i].qz) {
-                    memset(z[i].gs, 0, z[i].nblk * sizeof *z[i].gs);
-                    qs_lsq_backward(&z[i], m->layers[i].w, gw[i]);
-                }
-            step++;
-            double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
-            for (int t = 0; t < T; t++) {
-                struct qs_layer *l = &m->layers[t / 2];
-                float *p = t % 2 ? l->b : l->w;
-                size_t len = t % 2 ? (size_t)l->out : (size_t)l->in * l->out;
-                for (size_t j = 0; j < len; j++) {
-                    float gj = g[t][j];
-                    mo[t][j] = (float)(b1 * mo[t][j] + (1 - b1) * gj);
-                    ve[t][j] = (float)(b2 * ve[t][j] + (1 - b2) * gj * gj);
-                    p[j] -= (float)(o->lr * ((mo[t][j] / c1) / (sqrt(ve[t][j] / c2) + eps)));
-                }
-            }
-            for (int i = 0; i < L; i++)
-                if (z[i].qz)
-                    qs_lsq_adam(&z[i], (int)step - 1, o->lr, 1.0f, b1, b2, eps);
+    struct lsq_train q = {z, o->lr};
+    const struct qs_train_opts h = {
+        .fwd = mlp_lsq_forward, .grad = mlp_lsq_grad, .step = mlp_lsq_step, .fwd_ctx = &q};
+    return qat_mlp_train(m, x, y, n, o, &h, cb, ctx, e);
+}
+
+/* The learned-scale weight wq (nw entries; ls takes it) and its packing p (moved) become
+ * ls's, with their relative error against the master weight w. */
+static void lsq_take(struct qs_layer_state *ls, const float *w, size_t nw, float *wq,
+                     struct qs_packed *p)
+{
+    qs_packed_free(&ls->packed);
+    free(ls->wq);
+    ls->packed = *p;
+    ls->wq = wq;
+    ls->w_rel_err = qs_rel_err(w, wq, nw);
+}
+
+/* The learned scales z[i] (per unit of st, whose model is the trained one) become the units'
+ * scales: packed codes and scales, and the weight they decode to, which must be trained[i]
+ * bit for bit when trained is given (the weight the training last ran on). The count of
+ * learned scales and their mean |log(s / s0)| into *count, *change. */
+static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
+                             float *const *trained, long *count, double *change, qs_err *e)
+{
+    int first = -1;
+    double sum = 0;
+    long n = 0;
+    for (int i = 0; i < qs_bench_nunits(st); i++) {
+        struct qs_unit u;
+        qs_bench_unit(st, i, &u);
+        struct qs_layer_state *ls = &st->ls[i];
+        if (!z[i].qz)
+            continue;
+        size_t nw = (size_t)u.out * u.in;
+        if (!ls->wq)
+            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
+                           u.name);
+        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
+        struct qs_packed p;
+        if (!wq)
+            return -1;
+        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, u.w, &p, wq, e) < 0) {
+            free(wq);
+            return qs_err_prefix(e, u.name);
         }
-        int seen = (n / bs) * bs;
-        if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {
-            qs_errf(e, "qat: cancelled after epoch %d", ep + 1);
-            goto out;
+        if (trained && memcmp(wq, trained[i], nw * sizeof *wq)) {
+            free(wq);
+            qs_packed_free(&p);
+            return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u.name);
         }
+        lsq_take(ls, u.w, nw, wq, &p);
+        first = first < 0 ? i : first;
+        lsq_change(&z[i], &sum, &n);
     }
-    rc = 0;
-    goto out;
-oom:
-    qs_errf(e, "qat: out of memory");
-out:
-    for (int t = 0; t < T; t++) {
-        if (g)
-            free(g[t]);
-        if (mo)
-            free(mo[t]);
-        if (ve)
-            free(ve[t]);
-    }
-    free(g);
-    free(mo);
-    free(ve);
-    free(gw);
-    free(gb);
-    free(perm);
-    free(yb);
-    free(xb);
-    qs_mlp_free(fwd);
-    return rc;
+    if (first >= 0)
+        qs_bench_invalidate(st, first);
+    *count = n;
+    *change = n ? sum / n : 0.0;
+    return 0;
 }
 
 /* The learned scales z become the layers' of st (its model the trained one). */
 static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
                            struct qs_qat_result *r, qs_err *e)
 {
-    const struct qs_mlp *m = st->model;
-    int first = -1;
-    double sum = 0;
-    long n = 0;
-    for (int i = 0; i < m->nlayers; i++) {
-        const struct qs_layer *l = &m->layers[i];
-        struct qs_layer_state *ls = &st->ls[i];
-        if (!z[i].qz)
-            continue;
-        size_t nw = (size_t)l->out * l->in;
-        if (!ls->wq)
-            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
-                           l->name);
-        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
-        struct qs_packed p;
-        if (!wq)
-            return -1;
-        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, l->w, &p, wq, e) < 0) {
-            free(wq);
-            return qs_err_prefix(e, l->name);
-        }
-        double num = 0, den = 0;
-        for (size_t j = 0; j < nw; j++) {
-            double d = (double)l->w[j] - wq[j];
-            num += d * d;
-            den += (double)l->w[j] * l->w[j];
-        }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
-        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
-        first = first < 0 ? i : first;
-        lsq_change(&z[i], &sum, &n);
-    }
-    if (first >= 0)
-        qs_bench_invalidate(st, first);
-    r->lsq_scales = n;
-    r->lsq_change = n ? sum / n : 0.0;
-    return 0;
+    return lsq_install_units(st, z, NULL, &r->lsq_scales, &r->lsq_change, e);
 }
 
 /* ---- transformers ------------------------------------------------------------------------- */
@@ -734,60 +703,14 @@ static struct qs_lm *lm_clone(const struct qs_lm *src, qs_err *e)
     return m;
 }
 
-/* scales=lsq: the learned scales become the sites' of st (whose model is the trained one, q's):
- * packed codes and scales, and the weight they decode to, which must be the hooks' last Q(W)
- * bit for bit. */
+/* scales=lsq: the learned scales become the sites' of st (whose model is the trained one,
+ * q's); the weight they decode to must be the hooks' last Q(W) bit for bit. */
 static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
                        struct qs_qat_lm_result *r, qs_err *e)
 {
     if (!q || !q->lsq)
         return 0;
-    const struct qs_lm *m = st->lm;
-    int first = -1;
-    double sum = 0;
-    long n = 0;
-    for (int s = 0; s < m->nsites; s++) {
-        const struct qs_lsq_site *z = &q->lsq[s];
-        const struct qs_lm_site *u = &m->sites[s];
-        struct qs_layer_state *ls = &st->ls[s];
-        if (!z->qz)
-            continue;
-        size_t nw = (size_t)u->out * u->in;
-        if (!ls->wq)
-            return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
-                           u->name);
-        float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
-        struct qs_packed p;
-        if (!wq)
-            return -1;
-        if (qs_lsq_pack(z, &ls->wfmt, &ls->wopt, u->w, &p, wq, e) < 0) {
-            free(wq);
-            return qs_err_prefix(e, u->name);
-        }
-        if (memcmp(wq, q->wq[s], nw * sizeof *wq)) {
-            free(wq);
-            qs_packed_free(&p);
-            return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u->name);
-        }
-        double num = 0, den = 0;
-        for (size_t j = 0; j < nw; j++) {
-            double d = (double)u->w[j] - wq[j];
-            num += d * d;
-            den += (double)u->w[j] * u->w[j];
-        }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
-        ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
-        first = first < 0 ? s : first;
-        lsq_change(z, &sum, &n);
-    }
-    if (first >= 0)
-        qs_bench_invalidate(st, first);
-    r->lsq_scales = n;
-    r->lsq_change = n ? sum / n : 0.0;
-    return 0;
+    return lsq_install_units(st, q->lsq, q->wq, &r->lsq_scales, &r->lsq_change, e);
 }
 
 /* The trained model m (owned) replaces the bench's, after writing it to o->out when asked; the
@@ -1099,20 +1022,10 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
             nrm = sqrt(nrm);
             float sc = o->clip > 0 && nrm > o->clip ? (float)(o->clip / nrm) : 1.0f;
             double lr = qs_lm_train_lr(&sched, (int)s);
-            double bc1 = 1.0 - pow(b1, s + 1), bc2 = 1.0 - pow(b2, s + 1);
-            float a = (float)(lr / bc1), ib2 = (float)(1.0 / sqrt(bc2));
+            const struct qs_adamw k = qs_adamw_at((int)s, lr, o->wd, b1, b2, ep, sc);
             size_t at = 0;
-            for (int i = 0; i < nt; at += g->t[tix[i]].n, i++) {
-                struct qs_lm_tensor *t = &g->t[tix[i]];
-                float decay = t->cols ? (float)(1.0 - lr * o->wd) : 1.0f;
-                float *mm = mom + at, *vv = mm + bmax;
-                for (size_t j = 0; j < t->n; j++) {
-                    float gk = t->grad[j] * sc;
-                    mm[j] = b1 * mm[j] + (1.0f - b1) * gk;
-                    vv[j] = b2 * vv[j] + (1.0f - b2) * gk * gk;
-                    t->val[j] = t->val[j] * decay - a * mm[j] / (sqrtf(vv[j]) * ib2 + ep);
-                }
-            }
+            for (int i = 0; i < nt; at += g->t[tix[i]].n, i++)
+                qs_adamw_update(&g->t[tix[i]], mom + at, mom + at + bmax, &k);
             for (int i = 0; q.lsq && i < m->nsites; i++)
                 if (q.lsq[i].qz && qs_lm_site_block(m, i) == l)
                     qs_lsq_adam(&q.lsq[i], (int)s, lr, sc, b1, b2, ep);
@@ -1257,9 +1170,7 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     if (rc < 0) {
         qs_qat_hooks_free(&q);
         qs_lm_free(m);
-        if (!strncmp(e->msg, "train: ", 7)) /* say which command it was */
-            memmove(e->msg + 5, e->msg + 7, strlen(e->msg + 7) + 1), memcpy(e->msg, "qat: ", 5);
-        return -1;
+        return as_qat(e);
     }
     r->ste_loss0 = tr.val_loss0;
     r->ste_loss = tr.val_loss;

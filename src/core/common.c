@@ -309,6 +309,27 @@ void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)
     return p;
 }
 
+const char *qs_dims_str(const int64_t *dims, int n, char *buf, size_t size)
+{
+    size_t k = 0;
+    if (size)
+        buf[0] = 0;
+    for (int i = 0; i < n && k + 22 <= size; i++) /* "," and 20 digits and a sign fit */
+        k += (size_t)snprintf(buf + k, size - k, "%s%lld", i ? "," : "", (long long)dims[i]);
+    return buf;
+}
+
+double qs_rel_err(const float *ref, const float *x, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t j = 0; j < n; j++) {
+        double d = (double)ref[j] - x[j];
+        num += d * d;
+        den += (double)ref[j] * ref[j];
+    }
+    return den > 0 ? sqrt(num / den) : 0.0;
+}
+
 /* ---- reading user files ---- */
 
 static const char *file_kind(mode_t m)
@@ -366,6 +387,57 @@ FILE *qs_fopen_regular(const char *path, const char *what, qs_err *e)
         close(fd);
     }
     return f;
+}
+
+static void file_id_of(const struct stat *st, struct qs_file_id *id)
+{
+    id->dev = (uint64_t)st->st_dev;
+    id->ino = (uint64_t)st->st_ino;
+    id->size = (int64_t)st->st_size;
+    id->mtime_s = (int64_t)st->st_mtim.tv_sec;
+    id->mtime_ns = (int64_t)st->st_mtim.tv_nsec;
+    id->ctime_s = (int64_t)st->st_ctim.tv_sec;
+    id->ctime_ns = (int64_t)st->st_ctim.tv_nsec;
+}
+
+int qs_map_regular(const char *path, const char *what, void **map, size_t *len,
+                   struct qs_file_id *id, qs_err *e)
+{
+    *map = NULL;
+    *len = 0;
+    struct stat st;
+    int fd = qs_open_regular(path, what, &st, e);
+    if (fd < 0)
+        return -1;
+    size_t n = (size_t)st.st_size;
+    void *m = NULL;
+    if (n > 0) {
+        m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int err = errno;
+            char pb[256];
+            close(fd);
+            return qs_errf(e, "%s: cannot map %zu bytes: %s", qs_clean_str(path, pb, sizeof pb, 0),
+                           n, strerror(err));
+        }
+    }
+    close(fd);
+    *map = m;
+    *len = n;
+    file_id_of(&st, id);
+    return 0;
+}
+
+int qs_file_id_same(const char *path, const struct qs_file_id *id)
+{
+    struct stat st;
+    struct qs_file_id now;
+    if (stat(path, &st) < 0)
+        return 0;
+    file_id_of(&st, &now);
+    return now.dev == id->dev && now.ino == id->ino && now.size == id->size &&
+           now.mtime_s == id->mtime_s && now.mtime_ns == id->mtime_ns &&
+           now.ctime_s == id->ctime_s && now.ctime_ns == id->ctime_ns;
 }
 
 /* ---- writing user files ---- */

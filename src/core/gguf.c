@@ -34,10 +34,7 @@ struct qs_gguf_file {
     int nkv;
     struct kv *kv;
     int have_stat;
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime, ctime;
+    struct qs_file_id id;
 };
 
 static const size_t vsize[QS_GGUF_NVTYPES] = {
@@ -162,17 +159,28 @@ static int skip_value(struct cur *c, int ty, const char *key, int in_array)
     return take(c, vsize[ty], cb, &p);
 }
 
+/* A zeroed array for the n items the header claims, each taking at least min_bytes of what
+ * is left (and at most max of them): NULL and c->e (naming the items and what is `after` the
+ * count) when the bytes cannot hold them or memory runs out. */
+static void *claimed(struct cur *c, uint64_t n, size_t min_bytes, uint64_t max, size_t size,
+                     const char *items, const char *after)
+{
+    if (n > (c->len - c->pos) / min_bytes || n > max) {
+        qs_errf(c->e, "%s: the header claims %llu %s, more than the %zu bytes after %s", c->label,
+                (unsigned long long)n, items, c->len - c->pos, after);
+        return NULL;
+    }
+    void *a = qs_calloc(n ? (size_t)n : 1, size);
+    if (!a)
+        qs_errf(c->e, "%s: out of memory", c->label);
+    return a;
+}
+
 static int parse_kv(struct qs_gguf_file *f, struct cur *c, uint64_t nkv)
 {
     /* each pair takes at least 8 (key length) + 1 (key) + 4 (type) + 1 bytes */
-    if (nkv > (c->len - c->pos) / 14)
-        return qs_errf(c->e,
-                       "%s: the header claims %llu key/value pairs, more than the %zu bytes "
-                       "after it can hold",
-                       c->label, (unsigned long long)nkv, c->len - c->pos);
-    f->kv = qs_calloc(nkv ? (size_t)nkv : 1, sizeof *f->kv);
-    if (!f->kv)
-        return qs_errf(c->e, "%s: out of memory", c->label);
+    if (!(f->kv = claimed(c, nkv, 14, UINT64_MAX, sizeof *f->kv, "key/value pairs", "it can hold")))
+        return -1;
     for (uint64_t i = 0; i < nkv; i++) {
         const uint8_t *ks;
         uint64_t kn;
@@ -253,14 +261,9 @@ static int by_offset(const void *a, const void *b)
 static int parse_tensors(struct qs_gguf_file *f, struct cur *c, uint64_t nt)
 {
     /* each info takes at least 8 + 1 (name) + 4 + 8 (one dim) + 4 + 8 bytes */
-    if (nt > (c->len - c->pos) / 33 || nt > 1000000)
-        return qs_errf(c->e,
-                       "%s: the header claims %llu tensors, more than the %zu bytes after the "
-                       "key/value pairs can describe",
-                       c->label, (unsigned long long)nt, c->len - c->pos);
-    f->t = qs_calloc(nt ? (size_t)nt : 1, sizeof *f->t);
-    if (!f->t)
-        return qs_errf(c->e, "%s: out of memory", c->label);
+    if (!(f->t = claimed(c, nt, 33, 1000000, sizeof *f->t, "tensors",
+                         "the key/value pairs can describe")))
+        return -1;
     for (uint64_t i = 0; i < nt; i++) {
         const uint8_t *ns;
         uint64_t nn;
@@ -420,38 +423,23 @@ int qs_gguf_open(const char *path, struct qs_gguf_file **out, qs_err *e)
     *out = NULL;
     if (!path)
         return qs_errf(e, "gguf: no path given");
-    struct stat st;
-    int fd = qs_open_regular(path, "GGUF file", &st, e);
-    if (fd < 0)
+    void *map;
+    size_t len;
+    struct qs_file_id id;
+    if (qs_map_regular(path, "GGUF file", &map, &len, &id, e) < 0)
         return -1;
-    char pb[256];
-    const char *p = qs_clean_str(path, pb, sizeof pb, 0);
-    size_t len = (size_t)st.st_size;
-    void *map = NULL;
-    if (len > 0) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int err = errno;
-            close(fd);
-            return qs_errf(e, "%s: cannot map %zu bytes: %s", p, len, strerror(err));
-        }
-    }
-    close(fd);
     struct qs_gguf_file *f = qs_calloc(1, sizeof *f);
     if (!f || !(f->path = qs_strdup(path))) {
+        char pb[256];
         if (map)
             munmap(map, len);
         free(f);
-        return qs_errf(e, "%s: out of memory", p);
+        return qs_errf(e, "%s: out of memory", qs_clean_str(path, pb, sizeof pb, 0));
     }
     f->map = map;
     f->maplen = len;
     f->have_stat = 1;
-    f->dev = st.st_dev;
-    f->ino = st.st_ino;
-    f->size = st.st_size;
-    f->mtime = st.st_mtim;
-    f->ctime = st.st_ctim;
+    f->id = id;
     if (parse(f, map, len, e) < 0) {
         qs_gguf_close(f);
         return -1;
@@ -475,12 +463,8 @@ int qs_gguf_check(const struct qs_gguf_file *f, qs_err *e)
 {
     if (!f || !f->have_stat)
         return 0;
-    struct stat st;
     char pb[256];
-    if (stat(f->path, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
-        st.st_size != f->size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
-        st.st_mtim.tv_nsec != f->mtime.tv_nsec || st.st_ctim.tv_sec != f->ctime.tv_sec ||
-        st.st_ctim.tv_nsec != f->ctime.tv_nsec)
+    if (!qs_file_id_same(f->path, &f->id))
         return qs_errf(e, "%s changed on disk since it was loaded; load it again",
                        qs_clean_str(f->path, pb, sizeof pb, 0));
     return 0;

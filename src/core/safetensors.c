@@ -51,10 +51,7 @@ struct qs_st_file {
     int nmeta;
     char **mkey, **mval;
     /* identity of the mapped file at open, to notice a change under the mapping */
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime, ctime;
+    struct qs_file_id id;
     volatile sig_atomic_t broken; /* a read of the mapping faulted (the file shrank) */
 };
 
@@ -559,11 +556,7 @@ int qs_st_check(const struct qs_st_file *f, qs_err *e)
 {
     if (!f || !f->map)
         return 0;
-    struct stat st;
-    if (f->broken || stat(f->path, &st) < 0 || st.st_dev != f->dev || st.st_ino != f->ino ||
-        st.st_size != f->size || st.st_mtim.tv_sec != f->mtime.tv_sec ||
-        st.st_mtim.tv_nsec != f->mtime.tv_nsec || st.st_ctim.tv_sec != f->ctime.tv_sec ||
-        st.st_ctim.tv_nsec != f->ctime.tv_nsec)
+    if (f->broken || !qs_file_id_same(f->path, &f->id))
         return changed_msg(f, e);
     return 0;
 }
@@ -589,24 +582,14 @@ int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e)
     *out = NULL;
     if (!path)
         return qs_errf(e, "safetensors: no path given");
-    struct stat st;
     /* a FIFO or device is refused before it can block; a directory is named as such */
-    int fd = qs_open_regular(path, "safetensors file", &st, e);
-    if (fd < 0)
+    void *map;
+    size_t len;
+    struct qs_file_id id;
+    if (qs_map_regular(path, "safetensors file", &map, &len, &id, e) < 0)
         return -1;
     char pb[256];
     const char *p = qs_clean_str(path, pb, sizeof pb, 0);
-    size_t len = (size_t)st.st_size;
-    void *map = NULL;
-    if (len > 0) {
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            int err = errno;
-            close(fd);
-            return qs_errf(e, "%s: cannot map %zu bytes: %s", p, len, strerror(err));
-        }
-    }
-    close(fd);
     struct qs_st_file *f = qs_calloc(1, sizeof *f);
     if (!f || !(f->path = qs_strdup(path))) {
         if (map)
@@ -616,11 +599,7 @@ int qs_st_open(const char *path, struct qs_st_file **out, qs_err *e)
     }
     f->map = map;
     f->maplen = len;
-    f->dev = st.st_dev;
-    f->ino = st.st_ino;
-    f->size = st.st_size;
-    f->mtime = st.st_mtim;
-    f->ctime = st.st_ctim;
+    f->id = id;
     if (map && guard_register(f) < 0) {
         qs_st_close(f);
         return qs_errf(e, "%s: too many mapped files open at once", p);

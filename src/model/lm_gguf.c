@@ -47,17 +47,11 @@ static float *tensor(const struct gctx *c, const char *name, int64_t ne0, int64_
     c->used[t - qs_gguf_get(c->g, 0)] = 1;
     int nd = ne1 ? 2 : 1;
     if (t->ndim != nd || t->ne[0] != ne0 || (nd == 2 && t->ne[1] != ne1)) {
-        char got[96] = "", want[48];
-        int k = 0;
-        for (int i = 0; i < t->ndim && k < 80; i++)
-            k += snprintf(got + k, sizeof got - (size_t)k, "%s%lld", i ? "," : "",
-                          (long long)t->ne[i]);
-        if (ne1)
-            snprintf(want, sizeof want, "%lld,%lld", (long long)ne0, (long long)ne1);
-        else
-            snprintf(want, sizeof want, "%lld", (long long)ne0);
+        char got[96], want[48];
+        const int64_t ne[2] = {ne0, ne1};
         qs_errf(c->e, "%s: tensor '%s' has ggml dims [%s] (expected [%s], fastest first)", c->file,
-                name, got, want);
+                name, qs_dims_str(t->ne, t->ndim, got, sizeof got),
+                qs_dims_str(ne, nd, want, sizeof want));
         return NULL;
     }
     char what[160];

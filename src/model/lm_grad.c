@@ -359,6 +359,23 @@ static void norm_backward(float *dx, float *dw, float *db, const float *dy, cons
     }
 }
 
+/* The causal softmax's backward in place, row by row: r <- P (r - rowsum(P r)) over the
+ * row's first i + 1 columns, 0 after them. P, r: (T, T); the row sums in double. */
+static void causal_softmax_back(const float *P, float *r, int T)
+{
+    for (int i = 0; i < T; i++) {
+        const float *pr = P + (size_t)i * T;
+        float *ri = r + (size_t)i * T;
+        double dot = 0;
+        for (int j = 0; j <= i; j++)
+            dot += (double)pr[j] * ri[j];
+        for (int j = 0; j <= i; j++)
+            ri[j] = pr[j] * (ri[j] - (float)dot);
+        for (int j = i + 1; j < T; j++)
+            ri[j] = 0.0f;
+    }
+}
+
 /* Backward of attention_forward. do_: (N, H hd); dq: (N, H hd) stride ldq (set), dk, dv:
  * (N, Hk hd) strides ldk, ldv (set: zeroed here, then summed over the query heads that share
  * them); dp: (T, T) scratch. Per (b, h): dP = dO V^T, dV += P^T dO,
@@ -383,17 +400,7 @@ static void attention_backward(float *dq, int ldq, float *dk, int ldk, float *dv
                         v + r0 * ldv + kh * hd, ldv, 0.0f, dp, T);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, ldo,
                         1.0f, dv + r0 * ldv + kh * hd, ldv);
-            for (int i = 0; i < T; i++) {
-                const float *pr = P + (size_t)i * T;
-                float *r = dp + (size_t)i * T;
-                double dot = 0;
-                for (int j = 0; j <= i; j++)
-                    dot += (double)pr[j] * r[j];
-                for (int j = 0; j <= i; j++)
-                    r[j] = pr[j] * (r[j] - (float)dot);
-                for (int j = i + 1; j < T; j++)
-                    r[j] = 0.0f;
-            }
+            causal_softmax_back(P, dp, T);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dp, T,
                         k + r0 * ldk + kh * hd, ldk, 0.0f, dq + r0 * ldq + h * hd, ldq);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dp, T,
@@ -509,18 +516,23 @@ struct blk {
     int B, T;
 };
 
+/* The model, layer and sizes a block's forward and backward both work with (for block l of
+ * the pass c), as locals (ggml's GGML_TENSOR_LOCALS idiom). */
+#define BLOCK_LOCALS(c, l)                                                                         \
+    const struct qs_lm *m = (c)->m;                                                                \
+    const struct qs_lm_priv *p = m->priv;                                                          \
+    const struct lm_layer *L = &p->layer[l];                                                       \
+    struct site_rec *rec = (c)->rec;                                                               \
+    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * (l);                  \
+    const int B = (c)->B, T = (c)->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;      \
+    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;                                         \
+    const size_t Nd = (size_t)N * d;                                                               \
+    const float *cs = (c)->cs
+
 /* Block l on its input a->res (N, d) into out (N, d), keeping its activations in a. */
 static void block_forward(const struct blk *c, int l, struct acts *a, float *out)
 {
-    const struct qs_lm *m = c->m;
-    const struct qs_lm_priv *p = m->priv;
-    const struct lm_layer *L = &p->layer[l];
-    struct site_rec *rec = c->rec;
-    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
-    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
-    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
-    const size_t Nd = (size_t)N * d;
-    const float *cs = c->cs;
+    BLOCK_LOCALS(c, l);
     const struct qs_hooks *h = c->h;
     float **xs = c->xs;
     const int act = xs != NULL;
@@ -574,15 +586,7 @@ static void block_forward(const struct blk *c, int l, struct acts *a, float *out
 static void block_backward(const struct blk *c, int l, struct acts *a, float *dres,
                            struct qs_lm_grad *g)
 {
-    const struct qs_lm *m = c->m;
-    const struct qs_lm_priv *p = m->priv;
-    const struct lm_layer *L = &p->layer[l];
-    struct site_rec *rec = c->rec;
-    const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
-    const int B = c->B, T = c->T, N = B * T, d = m->d_model, ff = m->d_ff, H = m->n_head;
-    const int Hk = m->n_kv_head, hd = d / H, kv = Hk * hd;
-    const size_t Nd = (size_t)N * d;
-    const float *cs = c->cs;
+    BLOCK_LOCALS(c, l);
     float *dn = c->dn, *dbig = c->dbig, *dbig2 = c->dbig2, *dp = c->dp;
     float *g1w = grad_of(g, L->n1w), *g1b = grad_of(g, L->n1b);
     float *g2w = grad_of(g, L->n2w), *g2b = grad_of(g, L->n2b);
@@ -665,6 +669,30 @@ static int scratch_floats(const struct qs_lm *m, int B, int T, int act, struct d
     return 0;
 }
 
+/* B >= 1 windows of T tokens, T within the model's context. */
+static int check_batch(const struct qs_lm *m, int B, int T, qs_err *e)
+{
+    if (B < 1 || T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
+                       m->ctx);
+    return 0;
+}
+
+/* B windows of T + 1 tokens at start[] in tok: T within the model's context, every token in
+ * its vocabulary. */
+static int check_windows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
+                         int T, qs_err *e)
+{
+    if (check_batch(m, B, T, e) < 0)
+        return -1;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= T; t++)
+            if (tok[start[b] + t] >= (uint32_t)m->vocab)
+                return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
+                               tok[start[b] + t], start[b] + t, m->vocab);
+    return 0;
+}
+
 int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *bytes)
 {
     struct dims z;
@@ -679,14 +707,8 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
                    int T, const struct qs_hooks *h, struct qs_lm_grad *g, double *loss,
                    float *work, qs_err *e)
 {
-    if (B < 1 || T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t <= T; t++)
-            if (tok[start[b] + t] >= (uint32_t)m->vocab)
-                return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
-                               tok[start[b] + t], start[b] + t, m->vocab);
+    if (check_windows(m, tok, start, B, T, e) < 0)
+        return -1;
     const struct qs_lm_priv *p = m->priv;
     const int gpt2 = m->family == QS_LM_GPT2, act = h && h->act;
     struct dims z;
@@ -792,9 +814,8 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
 {
     if (l < 0 || l >= m->n_layer)
         return qs_errf(e, "%s: no block %d (it has %d)", m->path, l, m->n_layer);
-    if (B < 1 || T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
+    if (check_batch(m, B, T, e) < 0)
+        return -1;
     const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
     const int act = h && h->act, d = m->d_model, hd = d / m->n_head;
     struct dims z = {(size_t)B * T, (size_t)d, (size_t)m->n_kv_head * hd, (size_t)m->d_ff,
@@ -959,17 +980,7 @@ static void softmax_tangent(float *pt, const float *P, const float *q, const flo
                 pt, T);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ldq, kt, ldk, 1.0f,
                 pt, T);
-    for (int i = 0; i < T; i++) {
-        const float *pr = P + (size_t)i * T;
-        float *r = pt + (size_t)i * T;
-        double dot = 0;
-        for (int j = 0; j <= i; j++)
-            dot += (double)pr[j] * r[j];
-        for (int j = 0; j <= i; j++)
-            r[j] = pr[j] * (r[j] - (float)dot);
-        for (int j = i + 1; j < T; j++)
-            r[j] = 0.0f;
-    }
+    causal_softmax_back(P, pt, T);
 }
 
 /* Tangent of attention_forward: ot = Pt V + P Vt per (b, h); pt: (T, T) scratch. */
@@ -1148,14 +1159,8 @@ static int hvp_floats(const struct qs_lm *m, int B, int T, struct dims *z, size_
 int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
               const float *const *vw, float **hv, double *loss, qs_err *e)
 {
-    if (B < 1 || T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t <= T; t++)
-            if (tok[start[b] + t] >= (uint32_t)m->vocab)
-                return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
-                               tok[start[b] + t], start[b] + t, m->vocab);
+    if (check_windows(m, tok, start, B, T, e) < 0)
+        return -1;
     const struct qs_lm_priv *p = m->priv;
     const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7;
     struct dims z;

@@ -47,6 +47,31 @@ static int residual_proj(const char *name)
     return 0;
 }
 
+struct qs_adamw qs_adamw_at(int s, double lr, double wd, double beta1, double beta2, double eps,
+                            float clip)
+{
+    double bc1 = 1.0 - pow(beta1, s + 1), bc2 = 1.0 - pow(beta2, s + 1);
+    struct qs_adamw k = {.clip = clip,
+                         .a = (float)(lr / bc1),
+                         .ib2 = (float)(1.0 / sqrt(bc2)),
+                         .b1 = (float)beta1,
+                         .b2 = (float)beta2,
+                         .eps = (float)eps,
+                         .decay = (float)(1.0 - lr * wd)};
+    return k;
+}
+
+void qs_adamw_update(struct qs_lm_tensor *t, float *mm, float *vv, const struct qs_adamw *k)
+{
+    const float decay = t->cols ? k->decay : 1.0f, b1 = k->b1, b2 = k->b2;
+    for (size_t j = 0; j < t->n; j++) {
+        float gk = t->grad[j] * k->clip;
+        mm[j] = b1 * mm[j] + (1.0f - b1) * gk;
+        vv[j] = b2 * vv[j] + (1.0f - b2) * gk * gk;
+        t->val[j] = t->val[j] * decay - k->a * mm[j] / (sqrtf(vv[j]) * k->ib2 + k->eps);
+    }
+}
+
 void qs_lm_init(struct qs_lm *m, uint64_t seed)
 {
     qs_err e;
@@ -161,21 +186,11 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
         nrm = sqrt(nrm);
         float sc = o->clip > 0 && nrm > o->clip ? (float)(o->clip / nrm) : 1.0f;
         double lr = qs_lm_train_lr(o, s);
-        double bc1 = 1.0 - pow(o->beta1, s + 1), bc2 = 1.0 - pow(o->beta2, s + 1);
-        float b1 = (float)o->beta1, b2 = (float)o->beta2, a = (float)(lr / bc1);
-        float ib2 = (float)(1.0 / sqrt(bc2)), ep = (float)o->eps;
+        const struct qs_adamw k = qs_adamw_at(s, lr, o->wd, o->beta1, o->beta2, o->eps, sc);
         size_t off = 0;
         for (int i = 0; i < g->ntensor; i++) {
-            struct qs_lm_tensor *t = &g->t[i];
-            float decay = t->cols ? (float)(1.0 - lr * o->wd) : 1.0f;
-            float *mm = mom + off, *vv = v2 + off;
-            for (size_t k = 0; k < t->n; k++) {
-                float gk = t->grad[k] * sc;
-                mm[k] = b1 * mm[k] + (1.0f - b1) * gk;
-                vv[k] = b2 * vv[k] + (1.0f - b2) * gk * gk;
-                t->val[k] = t->val[k] * decay - a * mm[k] / (sqrtf(vv[k]) * ib2 + ep);
-            }
-            off += t->n;
+            qs_adamw_update(&g->t[i], mom + off, v2 + off, &k);
+            off += g->t[i].n;
         }
         if (o->step_extra)
             o->step_extra(o->hooks_u, s, lr, sc);

@@ -995,6 +995,8 @@ int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
             }
             tl += loss * bs;
             tc += nc;
+            if (o->grad)
+                o->grad(o->fwd_ctx, m, gw);
             step++;
             double c1 = 1.0 - pow(b1, (double)step), c2 = 1.0 - pow(b2, (double)step);
             for (int t = 0; t < T; t++) {
@@ -1010,6 +1012,8 @@ int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
                                              wd * p[j]));
                 }
             }
+            if (o->step)
+                o->step(o->fwd_ctx, m, step);
         }
         int seen = (n / bs) * bs;
         if (cb && cb(ctx, ep + 1, tl / seen, (double)tc / seen)) {

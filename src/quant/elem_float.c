@@ -72,6 +72,21 @@ static uint32_t float_code_of(const struct qs_elem *el, double v)
     return ((uint32_t)(ex + el->bias) << m) | mant;
 }
 
+/* The grid's spacing at a >= 0: 2^(e - mbits) on a's binade 2^e (subnormals share emin's),
+ * 2^-mbits for a format without exponent bits. */
+static inline double float_quantum(const struct qs_elem *el, double a)
+{
+    if (el->ebits == 0)
+        return ldexp(1.0, -el->mbits);
+    int ex = el->emin + 1;
+    if (a > 0)
+        frexp(a, &ex);
+    ex -= 1;
+    if (ex < el->emin)
+        ex = el->emin;
+    return ldexp(1.0, ex - el->mbits);
+}
+
 /* Reference cast of a double onto the grid: the two neighbouring grid values are found from the
  * local quantum, the nearer wins, a tie goes to the even code. */
 static double float_cast(const struct qs_elem *el, double x, int sat)
@@ -82,18 +97,7 @@ static double float_cast(const struct qs_elem *el, double x, int sat)
     if (a > 4.0 * el->maxval) {
         r = can_ovf ? ovf : el->maxval;
     } else {
-        double q;
-        if (el->ebits == 0) {
-            q = ldexp(1.0, -el->mbits);
-        } else {
-            int ex = el->emin + 1;
-            if (a > 0)
-                frexp(a, &ex);
-            ex -= 1;
-            if (ex < el->emin)
-                ex = el->emin;
-            q = ldexp(1.0, ex - el->mbits);
-        }
+        const double q = float_quantum(el, a);
         double lo = floor(a / q) * q, hi = lo + q;
         double dlo = a - lo, dhi = hi - a;
         if (dlo < dhi)
@@ -231,18 +235,7 @@ static float float_sr(const struct kern *K, float y, qs_rng *g)
         a = mx;
     if (a > 2.0 * mx)
         return u2f((uint32_t)K->ovf | sign);
-    double q;
-    if (el->ebits == 0) {
-        q = ldexp(1.0, -el->mbits);
-    } else {
-        int ex = el->emin + 1;
-        if (a > 0)
-            frexp(a, &ex);
-        ex -= 1;
-        if (ex < el->emin)
-            ex = el->emin;
-        q = ldexp(1.0, ex - el->mbits);
-    }
+    const double q = float_quantum(el, a);
     double rv = floor(a / q + u) * q;
     if (rv > mx)
         return K->sat ? u2f(f2u((float)mx) | sign) : u2f((uint32_t)K->ovf | sign);

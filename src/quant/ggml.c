@@ -26,109 +26,6 @@
 #define QK_K 256 /* K-quant super-block */
 #define GROUP_MAX_EPS 1e-15f
 
-/* ---- type table ------------------------------------------------------------------------ */
-
-struct ggml_traits {
-    const char *name;
-    int blck;
-    int size;
-};
-
-static const struct ggml_traits traits[QS_GGML_NTYPES] = {
-    [0] = {"f32", 1, 4},         [1] = {"f16", 1, 2},         [2] = {"q4_0", 32, 18},
-    [3] = {"q4_1", 32, 20},      [6] = {"q5_0", 32, 22},      [7] = {"q5_1", 32, 24},
-    [8] = {"q8_0", 32, 34},      [9] = {"q8_1", 32, 36},      [10] = {"q2_K", 256, 84},
-    [11] = {"q3_K", 256, 110},   [12] = {"q4_K", 256, 144},   [13] = {"q5_K", 256, 176},
-    [14] = {"q6_K", 256, 210},   [15] = {"q8_K", 256, 292},   [16] = {"iq2_xxs", 256, 66},
-    [17] = {"iq2_xs", 256, 74},  [18] = {"iq3_xxs", 256, 98}, [19] = {"iq1_s", 256, 50},
-    [20] = {"iq4_nl", 32, 18},   [21] = {"iq3_s", 256, 110},  [22] = {"iq2_s", 256, 82},
-    [23] = {"iq4_xs", 256, 136}, [24] = {"i8", 1, 1},         [25] = {"i16", 1, 2},
-    [26] = {"i32", 1, 4},        [27] = {"i64", 1, 8},        [28] = {"f64", 1, 8},
-    [29] = {"iq1_m", 256, 56},   [30] = {"bf16", 1, 2},       [34] = {"tq1_0", 256, 54},
-    [35] = {"tq2_0", 256, 66},   [39] = {"mxfp4", 32, 17},    [40] = {"nvfp4", 64, 36},
-    [41] = {"q1_0", 128, 18},    [42] = {"q2_0", 64, 18},
-};
-
-const char *qs_ggml_type_name(int t)
-{
-    return t >= 0 && t < QS_GGML_NTYPES ? traits[t].name : NULL;
-}
-
-int qs_ggml_block_size(int t)
-{
-    return t >= 0 && t < QS_GGML_NTYPES ? traits[t].blck : 0;
-}
-
-size_t qs_ggml_type_size(int t)
-{
-    return t >= 0 && t < QS_GGML_NTYPES ? (size_t)traits[t].size : 0;
-}
-
-int qs_ggml_can_decode(int t)
-{
-    switch (t) {
-    case QS_GGML_F32:
-    case QS_GGML_F16:
-    case QS_GGML_BF16:
-    case QS_GGML_Q4_0:
-    case QS_GGML_Q4_1:
-    case QS_GGML_Q5_0:
-    case QS_GGML_Q5_1:
-    case QS_GGML_Q8_0:
-    case QS_GGML_Q2_K:
-    case QS_GGML_Q3_K:
-    case QS_GGML_Q4_K:
-    case QS_GGML_Q5_K:
-    case QS_GGML_Q6_K:
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-int qs_ggml_row_bytes(int t, int64_t n, size_t *out, qs_err *e)
-{
-    *out = 0;
-    int b = qs_ggml_block_size(t);
-    if (b <= 0)
-        return qs_errf(e, "unknown ggml type %d", t);
-    if (n < 0 || n % b)
-        return qs_errf(e, "%lld elements are not a multiple of the %d-element %s block",
-                       (long long)n, b, traits[t].name);
-    if (qs_size_mul((size_t)(n / b), qs_ggml_type_size(t), out) < 0)
-        return qs_errf(e, "%lld elements of %s overflow the size range", (long long)n,
-                       traits[t].name);
-    return 0;
-}
-
-int qs_ggml_effective_type(int t, int64_t cols)
-{
-    int b = qs_ggml_block_size(t);
-    if (b <= 0)
-        return -1;
-    if (cols % b == 0)
-        return t;
-    int fb;
-    switch (t) {
-    case QS_GGML_Q2_K:
-    case QS_GGML_Q3_K:
-        fb = QS_GGML_Q4_0;
-        break;
-    case QS_GGML_Q4_K:
-        fb = QS_GGML_Q5_0;
-        break;
-    case QS_GGML_Q5_K:
-        fb = QS_GGML_Q5_1;
-        break;
-    case QS_GGML_Q6_K:
-        fb = QS_GGML_Q8_0;
-        break;
-    default:
-        return -1;
-    }
-    return cols % QK ? QS_GGML_F16 : fb;
-}
-
 /* ---- helpers with ggml's exact rounding --------------------------------------------------- */
 
 static inline uint16_t rd16(const uint8_t *p)
@@ -223,14 +120,22 @@ static void minmax(const float *x, int n, float *mn, float *mx)
     *mx = hi;
 }
 
+/* The header of a q4_1 / q5_1 block (codes 0..nmax): d = (max - min) / nmax and min as F16 at
+ * b. Returns 1 / d (0 for a constant block); min into *mn. */
+static float asym_header(const float *x, int nmax, uint8_t *b, float *mn)
+{
+    float mx;
+    minmax(x, QK, mn, &mx);
+    const float d = (mx - *mn) / (float)nmax;
+    f2h(b, d);
+    f2h(b + 2, *mn);
+    return d ? 1.0f / d : 0.0f;
+}
+
 static void q4_1_block(const float *x, uint8_t *b)
 {
-    float mn, mx;
-    minmax(x, QK, &mn, &mx);
-    const float d = (mx - mn) / 15;
-    const float id = d ? 1.0f / d : 0.0f;
-    f2h(b, d);
-    f2h(b + 2, mn);
+    float mn;
+    const float id = asym_header(x, 15, b, &mn);
     for (int j = 0; j < QK / 2; j++) {
         int lo = MIN(15, to_i8((x[j] - mn) * id + 0.5f));
         int hi = MIN(15, to_i8((x[j + QK / 2] - mn) * id + 0.5f));
@@ -264,12 +169,8 @@ static void q5_0_block(const float *x, uint8_t *b)
 
 static void q5_1_block(const float *x, uint8_t *b)
 {
-    float mn, mx;
-    minmax(x, QK, &mn, &mx);
-    const float d = (mx - mn) / 31;
-    const float id = d ? 1.0f / d : 0.0f;
-    f2h(b, d);
-    f2h(b + 2, mn);
+    float mn;
+    const float id = asym_header(x, 31, b, &mn);
     int q[QK];
     for (int j = 0; j < QK; j++)
         q[j] = to_u8((x[j] - mn) * id + 0.5f);
@@ -344,52 +245,57 @@ static void dq_q8_0(const uint8_t *b, float *y)
 
 /* ---- K-quant helpers (super-blocks of 256) ---------------------------------------------- */
 
+/* Codes l = clamp(nearest_int(iscale x), -nmax, nmax - 1) of n values and their x^2-weighted
+ * fit sums sum w x l, sum w l^2 (in ggml's order); L (may be NULL) receives l + off. */
+static void sym_fit(int n, int nmax, float iscale, const float *x, int8_t *L, int off,
+                    float *sumlx, float *suml2)
+{
+    float slx = 0, sl2 = 0;
+    for (int i = 0; i < n; i++) {
+        int l = nearest_int(iscale * x[i]);
+        l = MAX(-nmax, MIN(nmax - 1, l));
+        if (L)
+            L[i] = (int8_t)(l + off);
+        float w = x[i] * x[i];
+        slx += w * x[i] * (float)l;
+        sl2 += w * (float)l * (float)l;
+    }
+    *sumlx = slx;
+    *suml2 = sl2;
+}
+
+/* The first fit of make_qx_quants and make_q3_quants: max is the signed largest-magnitude
+ * value, the codes and sums are sym_fit's at iscale = -nmax / max. Returns 0 (L zeroed) when
+ * every |x| < GROUP_MAX_EPS. */
+static int sym_first_fit(int n, int nmax, const float *x, int8_t *L, int off, float *max,
+                         float *sumlx, float *suml2)
+{
+    *max = signed_max(x, n);
+    if (fabsf(*max) < GROUP_MAX_EPS) {
+        memset(L, 0, (size_t)n);
+        return 0;
+    }
+    sym_fit(n, nmax, (float)(-nmax) / *max, x, L, off, sumlx, suml2);
+    return 1;
+}
+
 /* Signed symmetric codes in [-nmax, nmax-1] for n values, scale searched over 19 candidate
  * inverse scales around nmax/max with weights w = x^2 (ggml's make_qx_quants, rmse_type 1, no
  * importance weights). L receives code + nmax. Returns the scale. */
 static float qx_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
+    float max, sumlx, suml2;
+    if (!sym_first_fit(n, nmax, x, L, nmax, &max, &sumlx, &suml2))
         return 0.f;
-    }
-    float iscale = (float)(-nmax) / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = nearest_int(iscale * x[i]);
-        l = MAX(-nmax, MIN(nmax - 1, l));
-        L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * (float)l;
-        suml2 += w * (float)l * (float)l;
-    }
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
         if (is == 0)
             continue;
-        iscale = -((float)nmax + 0.1f * (float)is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = nearest_int(iscale * x[i]);
-            l = MAX(-nmax, MIN(nmax - 1, l));
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * (float)l;
-            suml2 += w * (float)l * (float)l;
-        }
+        const float iscale = -((float)nmax + 0.1f * (float)is) / max;
+        sym_fit(n, nmax, iscale, x, NULL, 0, &sumlx, &suml2);
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++) {
-                int l = nearest_int(iscale * x[i]);
-                L[i] = (int8_t)(nmax + MAX(-nmax, MIN(nmax - 1, l)));
-            }
+            sym_fit(n, nmax, iscale, x, L, nmax, &sumlx, &suml2); /* the same sums, and L */
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
@@ -401,28 +307,9 @@ static float qx_quants(int n, int nmax, const float *x, int8_t *L)
  * one code at a time while the x^2-weighted fit improves (ggml's make_q3_quants, do_rmse). */
 static float q3_quants(int n, int nmax, const float *x, int8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        memset(L, 0, (size_t)n);
+    float max, sumlx, suml2;
+    if (!sym_first_fit(n, nmax, x, L, 0, &max, &sumlx, &suml2))
         return 0.f;
-    }
-    float iscale = (float)(-nmax) / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = nearest_int(iscale * x[i]);
-        l = MAX(-nmax, MIN(nmax - 1, l));
-        L[i] = (int8_t)l;
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * (float)l;
-        suml2 += w * (float)l * (float)l;
-    }
     for (int itry = 0; itry < 5; itry++) {
         int changed = 0;
         for (int i = 0; i < n; i++) {
@@ -536,6 +423,19 @@ static void scale_min_k4(int j, const uint8_t *q, int *d, int *m)
     }
 }
 
+/* The scales d[0..1] and mins m[0..1] of sub-blocks is and is + 1 of the q4_K / q5_K
+ * super-block b. */
+static void k4_pair(const uint8_t *b, int is, float d[2], float m[2])
+{
+    const float d0 = h2f(b), min = h2f(b + 2);
+    for (int k = 0; k < 2; k++) {
+        int sc, mn;
+        scale_min_k4(is + k, b + 4, &sc, &mn);
+        d[k] = d0 * (float)sc;
+        m[k] = min * (float)mn;
+    }
+}
+
 /* Packs four 2-bit planes: byte l of each 32-byte run holds L[j+l], L[j+l+32], ... */
 static void pack2(const uint8_t *L, uint8_t *qs)
 {
@@ -610,6 +510,20 @@ static void dq_q2_k(const uint8_t *b, float *y)
     }
 }
 
+/* The final codes of a 16 x 16 super-block against the scales it stores (d[j] for group j):
+ * clamp(nearest_int(x / d), -nmax, nmax - 1) + nmax; a group whose d is 0 keeps its codes. */
+static void requant16(const float *x, const float *d, int nmax, int8_t *L)
+{
+    for (int j = 0; j < 16; j++) {
+        if (!d[j])
+            continue;
+        for (int i = 0; i < 16; i++) {
+            int l = nearest_int(x[16 * j + i] / d[j]);
+            L[16 * j + i] = (int8_t)(MAX(-nmax, MIN(nmax - 1, l)) + nmax);
+        }
+    }
+}
+
 /* The signed 6-bit scale (offset removed) of group j of a q3_K super-block. */
 static int q3_scale(const uint8_t *s, int j)
 {
@@ -622,15 +536,9 @@ static void q3_k_block(const float *x, uint8_t *b)
     uint8_t *hmask = b, *qs = b + 32, *s = b + 96, *pd = b + 108;
     int8_t L[QK_K];
     float scales[16];
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < 16; j++)
         scales[j] = q3_quants(16, 4, x + 16 * j, L + 16 * j);
-        float a = fabsf(scales[j]);
-        if (a > amax) {
-            amax = a;
-            max_scale = scales[j];
-        }
-    }
+    const float max_scale = signed_max(scales, 16);
     memset(s, 0, 12);
     if (max_scale) {
         float iscale = -32.f / max_scale;
@@ -648,15 +556,10 @@ static void q3_k_block(const float *x, uint8_t *b)
     } else {
         f2h(pd, 0.f);
     }
-    for (int j = 0; j < 16; j++) {
-        float d = h2f(pd) * (float)q3_scale(s, j);
-        if (!d)
-            continue;
-        for (int i = 0; i < 16; i++) {
-            int l = nearest_int(x[16 * j + i] / d);
-            L[16 * j + i] = (int8_t)(MAX(-4, MIN(3, l)) + 4);
-        }
-    }
+    float d[16];
+    for (int j = 0; j < 16; j++)
+        d[j] = h2f(pd) * (float)q3_scale(s, j);
+    requant16(x, d, 4, L);
     memset(hmask, 0, 32);
     uint8_t U[QK_K];
     for (int j = 0, m = 0, hm = 1; j < QK_K; j++) {
@@ -762,18 +665,14 @@ static void q4_k_block(const float *x, uint8_t *b)
 
 static void dq_q4_k(const uint8_t *b, float *y)
 {
-    const float d = h2f(b), min = h2f(b + 2);
     const uint8_t *q = b + 16;
     for (int j = 0, is = 0; j < QK_K; j += 64, is += 2, q += 32) {
-        int sc, m;
-        scale_min_k4(is, b + 4, &sc, &m);
-        const float d1 = d * (float)sc, m1 = min * (float)m;
-        scale_min_k4(is + 1, b + 4, &sc, &m);
-        const float d2 = d * (float)sc, m2 = min * (float)m;
+        float d[2], m[2];
+        k4_pair(b, is, d, m);
         for (int l = 0; l < 32; l++)
-            *y++ = d1 * (float)(q[l] & 0xf) - m1;
+            *y++ = d[0] * (float)(q[l] & 0xf) - m[0];
         for (int l = 0; l < 32; l++)
-            *y++ = d2 * (float)(q[l] >> 4) - m2;
+            *y++ = d[1] * (float)(q[l] >> 4) - m[1];
     }
 }
 
@@ -804,19 +703,15 @@ static void q5_k_block(const float *x, uint8_t *b)
 
 static void dq_q5_k(const uint8_t *b, float *y)
 {
-    const float d = h2f(b), min = h2f(b + 2);
     const uint8_t *qh = b + 16, *ql = b + 48;
     uint8_t u1 = 1, u2 = 2;
     for (int j = 0, is = 0; j < QK_K; j += 64, is += 2, ql += 32) {
-        int sc, m;
-        scale_min_k4(is, b + 4, &sc, &m);
-        const float d1 = d * (float)sc, m1 = min * (float)m;
-        scale_min_k4(is + 1, b + 4, &sc, &m);
-        const float d2 = d * (float)sc, m2 = min * (float)m;
+        float d[2], m[2];
+        k4_pair(b, is, d, m);
         for (int l = 0; l < 32; l++)
-            *y++ = d1 * (float)((ql[l] & 0xf) + (qh[l] & u1 ? 16 : 0)) - m1;
+            *y++ = d[0] * (float)((ql[l] & 0xf) + (qh[l] & u1 ? 16 : 0)) - m[0];
         for (int l = 0; l < 32; l++)
-            *y++ = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+            *y++ = d[1] * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m[1];
         u1 = (uint8_t)(u1 << 2);
         u2 = (uint8_t)(u2 << 2);
     }
@@ -828,16 +723,10 @@ static void q6_k_block(const float *x, uint8_t *b)
     int8_t *sc = (int8_t *)(b + 192);
     int8_t L[QK_K];
     float scales[16];
-    float max_scale = 0, max_abs = 0;
-    for (int ib = 0; ib < 16; ib++) {
+    for (int ib = 0; ib < 16; ib++)
         scales[ib] = qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-        float a = fabsf(scales[ib]);
-        if (a > max_abs) {
-            max_abs = a;
-            max_scale = scales[ib];
-        }
-    }
-    if (max_abs < GROUP_MAX_EPS) {
+    const float max_scale = signed_max(scales, 16);
+    if (fabsf(max_scale) < GROUP_MAX_EPS) {
         memset(b, 0, 210);
         f2h(pd, 0.f);
         return;
@@ -846,15 +735,10 @@ static void q6_k_block(const float *x, uint8_t *b)
     f2h(pd, 1 / iscale);
     for (int ib = 0; ib < 16; ib++)
         sc[ib] = (int8_t)MIN(127, nearest_int(iscale * scales[ib]));
-    for (int j = 0; j < 16; j++) {
-        float d = h2f(pd) * (float)sc[j];
-        if (!d)
-            continue;
-        for (int i = 0; i < 16; i++) {
-            int l = nearest_int(x[16 * j + i] / d);
-            L[16 * j + i] = (int8_t)(MAX(-32, MIN(31, l)) + 32);
-        }
-    }
+    float d[16];
+    for (int j = 0; j < 16; j++)
+        d[j] = h2f(pd) * (float)sc[j];
+    requant16(x, d, 32, L);
     for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
         for (int l = 0; l < 32; l++) {
             uint8_t q1 = (uint8_t)L[j + l] & 0xf, q2 = (uint8_t)L[j + l + 32] & 0xf;
@@ -888,113 +772,144 @@ static void dq_q6_k(const uint8_t *b, float *y)
     }
 }
 
+/* ---- type table ------------------------------------------------------------------------ */
+
+static void f32_to_f32_n(const void *src, float *y, size_t n)
+{
+    memcpy(y, src, n * sizeof(float));
+}
+
+static void f32_from_f32_n(const float *x, void *dst, size_t n)
+{
+    memcpy(dst, x, n * sizeof(float));
+}
+
+/* One row per type (ggml's type_traits): the element types convert whole rows (to_row,
+ * from_row), the block types one block at a time (dequant, quant); a type with neither is
+ * known by name and size only. fallback: the legacy type a K-quant's rows fall back to when
+ * 256 does not divide them (qs_ggml_effective_type; 0, which is f32, for none). */
+struct ggml_traits {
+    const char *name;
+    int blck;
+    int size;
+    void (*to_row)(const void *src, float *y, size_t n);
+    void (*from_row)(const float *x, void *dst, size_t n);
+    void (*dequant)(const uint8_t *b, float *y);
+    void (*quant)(const float *x, uint8_t *b);
+    int fallback;
+};
+
+#define ELEM(nm, sz, to, from) {.name = nm, .blck = 1, .size = sz, .to_row = to, .from_row = from}
+#define BLOCK(nm, bl, sz, dq, q, fb)                                                               \
+    {.name = nm, .blck = bl, .size = sz, .dequant = dq, .quant = q, .fallback = fb}
+
+static const struct ggml_traits traits[QS_GGML_NTYPES] = {
+    [QS_GGML_F32] = ELEM("f32", 4, f32_to_f32_n, f32_from_f32_n),
+    [QS_GGML_F16] = ELEM("f16", 2, qs_f16_to_f32_n, qs_f32_to_f16_n),
+    [QS_GGML_Q4_0] = BLOCK("q4_0", 32, 18, dq_q4_0, q4_0_block, 0),
+    [QS_GGML_Q4_1] = BLOCK("q4_1", 32, 20, dq_q4_1, q4_1_block, 0),
+    [QS_GGML_Q5_0] = BLOCK("q5_0", 32, 22, dq_q5_0, q5_0_block, 0),
+    [QS_GGML_Q5_1] = BLOCK("q5_1", 32, 24, dq_q5_1, q5_1_block, 0),
+    [QS_GGML_Q8_0] = BLOCK("q8_0", 32, 34, dq_q8_0, q8_0_block, 0),
+    [QS_GGML_Q8_1] = {"q8_1", 32, 36},
+    [QS_GGML_Q2_K] = BLOCK("q2_K", 256, 84, dq_q2_k, q2_k_block, QS_GGML_Q4_0),
+    [QS_GGML_Q3_K] = BLOCK("q3_K", 256, 110, dq_q3_k, q3_k_block, QS_GGML_Q4_0),
+    [QS_GGML_Q4_K] = BLOCK("q4_K", 256, 144, dq_q4_k, q4_k_block, QS_GGML_Q5_0),
+    [QS_GGML_Q5_K] = BLOCK("q5_K", 256, 176, dq_q5_k, q5_k_block, QS_GGML_Q5_1),
+    [QS_GGML_Q6_K] = BLOCK("q6_K", 256, 210, dq_q6_k, q6_k_block, QS_GGML_Q8_0),
+    [15] = {"q8_K", 256, 292},       [16] = {"iq2_xxs", 256, 66}, [17] = {"iq2_xs", 256, 74},
+    [18] = {"iq3_xxs", 256, 98},     [19] = {"iq1_s", 256, 50},   [20] = {"iq4_nl", 32, 18},
+    [21] = {"iq3_s", 256, 110},      [22] = {"iq2_s", 256, 82},   [23] = {"iq4_xs", 256, 136},
+    [24] = {"i8", 1, 1},             [25] = {"i16", 1, 2},        [26] = {"i32", 1, 4},
+    [27] = {"i64", 1, 8},            [28] = {"f64", 1, 8},        [29] = {"iq1_m", 256, 56},
+    [QS_GGML_BF16] = ELEM("bf16", 2, qs_bf16_to_f32_n, qs_f32_to_bf16_n),
+    [34] = {"tq1_0", 256, 54},       [35] = {"tq2_0", 256, 66},   [39] = {"mxfp4", 32, 17},
+    [40] = {"nvfp4", 64, 36},        [41] = {"q1_0", 128, 18},    [42] = {"q2_0", 64, 18},
+};
+
+#undef ELEM
+#undef BLOCK
+
+/* traits[t], or NULL for a type outside the table. */
+static const struct ggml_traits *type_traits(int t)
+{
+    return t >= 0 && t < QS_GGML_NTYPES && traits[t].name ? &traits[t] : NULL;
+}
+
+const char *qs_ggml_type_name(int t)
+{
+    return t >= 0 && t < QS_GGML_NTYPES ? traits[t].name : NULL;
+}
+
+int qs_ggml_block_size(int t)
+{
+    return t >= 0 && t < QS_GGML_NTYPES ? traits[t].blck : 0;
+}
+
+size_t qs_ggml_type_size(int t)
+{
+    return t >= 0 && t < QS_GGML_NTYPES ? (size_t)traits[t].size : 0;
+}
+
+int qs_ggml_can_decode(int t)
+{
+    const struct ggml_traits *tr = type_traits(t);
+    return tr && (tr->to_row || tr->dequant);
+}
+
+int qs_ggml_row_bytes(int t, int64_t n, size_t *out, qs_err *e)
+{
+    *out = 0;
+    int b = qs_ggml_block_size(t);
+    if (b <= 0)
+        return qs_errf(e, "unknown ggml type %d", t);
+    if (n < 0 || n % b)
+        return qs_errf(e, "%lld elements are not a multiple of the %d-element %s block",
+                       (long long)n, b, traits[t].name);
+    if (qs_size_mul((size_t)(n / b), qs_ggml_type_size(t), out) < 0)
+        return qs_errf(e, "%lld elements of %s overflow the size range", (long long)n,
+                       traits[t].name);
+    return 0;
+}
+
+int qs_ggml_effective_type(int t, int64_t cols)
+{
+    int b = qs_ggml_block_size(t);
+    if (b <= 0)
+        return -1;
+    if (cols % b == 0)
+        return t;
+    if (!traits[t].fallback)
+        return -1;
+    return cols % QK ? QS_GGML_F16 : traits[t].fallback;
+}
+
 /* ---- row entry points ------------------------------------------------------------------- */
-
-typedef void (*qblock_fn)(const float *x, uint8_t *b);
-typedef void (*dqblock_fn)(const uint8_t *b, float *y);
-
-static qblock_fn qblock(int t)
-{
-    switch (t) {
-    case QS_GGML_Q4_0:
-        return q4_0_block;
-    case QS_GGML_Q4_1:
-        return q4_1_block;
-    case QS_GGML_Q5_0:
-        return q5_0_block;
-    case QS_GGML_Q5_1:
-        return q5_1_block;
-    case QS_GGML_Q8_0:
-        return q8_0_block;
-    case QS_GGML_Q2_K:
-        return q2_k_block;
-    case QS_GGML_Q3_K:
-        return q3_k_block;
-    case QS_GGML_Q4_K:
-        return q4_k_block;
-    case QS_GGML_Q5_K:
-        return q5_k_block;
-    case QS_GGML_Q6_K:
-        return q6_k_block;
-    default:
-        return NULL;
-    }
-}
-
-static dqblock_fn dqblock(int t)
-{
-    switch (t) {
-    case QS_GGML_Q4_0:
-        return dq_q4_0;
-    case QS_GGML_Q4_1:
-        return dq_q4_1;
-    case QS_GGML_Q5_0:
-        return dq_q5_0;
-    case QS_GGML_Q5_1:
-        return dq_q5_1;
-    case QS_GGML_Q8_0:
-        return dq_q8_0;
-    case QS_GGML_Q2_K:
-        return dq_q2_k;
-    case QS_GGML_Q3_K:
-        return dq_q3_k;
-    case QS_GGML_Q4_K:
-        return dq_q4_k;
-    case QS_GGML_Q5_K:
-        return dq_q5_k;
-    case QS_GGML_Q6_K:
-        return dq_q6_k;
-    default:
-        return NULL;
-    }
-}
 
 void qs_ggml_dequantize(int t, const void *src, float *y, int64_t n)
 {
+    const struct ggml_traits *tr = type_traits(t);
     const uint8_t *s = src;
-    switch (t) {
-    case QS_GGML_F32:
-        memcpy(y, s, (size_t)n * sizeof(float));
-        return;
-    case QS_GGML_F16:
-        qs_f16_to_f32_n(s, y, (size_t)n);
-        return;
-    case QS_GGML_BF16:
-        qs_bf16_to_f32_n(s, y, (size_t)n);
-        return;
-    default:
-        break;
+    if (tr && tr->to_row) {
+        tr->to_row(s, y, (size_t)n);
+    } else if (tr && tr->dequant) {
+        const int bs = tr->blck, sz = tr->size;
+        for (int64_t i = 0; i < n / bs; i++)
+            tr->dequant(s + (size_t)i * (size_t)sz, y + (size_t)i * (size_t)bs);
     }
-    dqblock_fn fn = dqblock(t);
-    if (!fn)
-        return;
-    const int bs = traits[t].blck, sz = traits[t].size;
-    for (int64_t i = 0; i < n / bs; i++)
-        fn(s + (size_t)i * (size_t)sz, y + (size_t)i * (size_t)bs);
 }
 
 void qs_ggml_quantize(int t, const float *x, void *dst, int64_t n)
 {
+    const struct ggml_traits *tr = type_traits(t);
     uint8_t *d = dst;
-    switch (t) {
-    case QS_GGML_F32:
-        memcpy(d, x, (size_t)n * sizeof(float));
-        return;
-    case QS_GGML_F16:
-        qs_f32_to_f16_n(x, d, (size_t)n);
-        return;
-    case QS_GGML_BF16:
-        qs_f32_to_bf16_n(x, d, (size_t)n);
-        return;
-    default:
-        break;
+    if (tr && tr->from_row) {
+        tr->from_row(x, d, (size_t)n);
+    } else if (tr && tr->quant) {
+        const int bs = tr->blck, sz = tr->size;
+        for (int64_t i = 0; i < n / bs; i++)
+            tr->quant(x + (size_t)i * (size_t)bs, d + (size_t)i * (size_t)sz);
     }
-    qblock_fn fn = qblock(t);
-    if (!fn)
-        return;
-    const int bs = traits[t].blck, sz = traits[t].size;
-    for (int64_t i = 0; i < n / bs; i++)
-        fn(x + (size_t)i * (size_t)bs, d + (size_t)i * (size_t)sz);
 }
 
 /* ---- as qscope formats ------------------------------------------------------------------ */

@@ -146,6 +146,24 @@ static void test_clean_str(void)
     CHECK(strlen(small) < sizeof small);
 }
 
+/* qs_dims_str: shapes in error messages; qs_rel_err: ||x - ref|| / ||ref|| in double. */
+static void test_dims_str_and_rel_err(void)
+{
+    char buf[48];
+    const int64_t d[3] = {4096, 32000, -1};
+    CHECK_STR(qs_dims_str(d, 2, buf, sizeof buf), "4096,32000");
+    CHECK_STR(qs_dims_str(d, 3, buf, sizeof buf), "4096,32000,-1");
+    CHECK_STR(qs_dims_str(d, 0, buf, sizeof buf), "");
+    const int64_t big[4] = {INT64_MAX, INT64_MIN, 1, 2};
+    char small[40];
+    qs_dims_str(big, 4, small, sizeof small); /* only whole numbers, never past the buffer */
+    CHECK_STR(small, "9223372036854775807");
+    const float ref[2] = {3.0f, 4.0f}, x[2] = {3.0f, 4.5f}, zero[2] = {0};
+    CHECK(qs_rel_err(ref, x, 2) == sqrt(0.25 / 25.0));
+    CHECK(qs_rel_err(zero, x, 2) == 0.0);
+}
+
 TEST_MAIN("common", TEST_CASE(test_size_mul_overflow), TEST_CASE(test_mem_check_names_figure),
           TEST_CASE(test_open_regular_refuses_fifo_and_dir),
-          TEST_CASE(test_outfile_regular_and_devices), TEST_CASE(test_clean_str))
+          TEST_CASE(test_outfile_regular_and_devices), TEST_CASE(test_clean_str),
+          TEST_CASE(test_dims_str_and_rel_err))
