@@ -403,7 +403,7 @@ static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const 
         const struct qs_layer *l = &m->layers[i];
         if (ls[i].wfmt.kind != QS_FMT_NONE &&
             qs_lsq_site_init(&z[i], &ls[i].wfmt, &ls[i].wopt, l->w, l->out, l->in,
-                             ls[i].wq ? &ls[i].packed : NULL, e) < 0)
+                             ls[i].wquant ? &ls[i].packed : NULL, e) < 0)
             return qs_err_prefix(e, l->name);
     }
     const int T = 2 * L;
@@ -524,7 +524,7 @@ static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
         if (!z[i].qz)
             continue;
         size_t nw = (size_t)l->out * l->in;
-        if (!ls->wq)
+        if (!ls->wquant)
             return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
                            l->name);
         float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
@@ -541,10 +541,8 @@ static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
             num += d * d;
             den += (double)l->w[j] * l->w[j];
         }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
+        qs_site_set_packed(st, i, &p, 0); /* decoded on use: wq bit for bit */
+        free(wq);
         ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
         first = first < 0 ? i : first;
         lsq_change(&z[i], &sum, &n);
@@ -616,7 +614,7 @@ int qs_qat_hooks_lsq(struct qs_qat_hooks *q, qs_err *e)
         if (!q->wq[s] || q->lsq[s].qz)
             continue;
         if (qs_lsq_site_init(&q->lsq[s], &ls->wfmt, &ls->wopt, st->w, st->out, st->in,
-                             ls->wq ? &ls->packed : NULL, e) < 0)
+                             ls->wquant ? &ls->packed : NULL, e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return qs_qat_hooks_refresh(q, e);
@@ -753,7 +751,7 @@ static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
         if (!z->qz)
             continue;
         size_t nw = (size_t)u->out * u->in;
-        if (!ls->wq)
+        if (!ls->wquant)
             return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
                            u->name);
         float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
@@ -775,10 +773,8 @@ static int lsq_install(struct qs_bench *st, const struct qs_qat_hooks *q,
             num += d * d;
             den += (double)u->w[j] * u->w[j];
         }
-        qs_packed_free(&ls->packed);
-        free(ls->wq);
-        ls->packed = p;
-        ls->wq = wq;
+        qs_site_set_packed(st, s, &p, 0); /* decoded on use: wq bit for bit */
+        free(wq);
         ls->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
         first = first < 0 ? s : first;
         lsq_change(z, &sum, &n);

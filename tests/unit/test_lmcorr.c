@@ -58,7 +58,7 @@ struct cap {
 static const float *cap_weight(void *u, int s)
 {
     struct cap *c = u;
-    return c->quant ? c->b->ls[s].wq : NULL;
+    return c->quant ? c->qs_site_wq(b, s, NULL) : NULL;
 }
 
 static void cap_post(void *u, int s, float *y, int n, int out)
