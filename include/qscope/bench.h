@@ -253,9 +253,10 @@ struct qs_bench {
  * effective weight in the original basis), decoded from its codes into the bench's weights
  * cache: bit for bit the dequantization of site i's packed codes now. NULL with a message
  * when the site's weight is not quantized (wquant 0) or out of memory. The pointer is valid
- * until the next qs_site_wq call on the bench or a change of site i, whichever comes first
+ * until the next qs_site_wq call for another site (which may evict it) or a change of site i
  * (the cache evicts the least recently used sites beyond wq_budget; it always holds the one
- * asked for, even beyond the budget). */
+ * asked for, even beyond the budget). Every read of a site's quantized weight goes through
+ * here (or qs_site_wq_pin). */
 const float *qs_site_wq(struct qs_bench *b, int i, qs_err *e);
 /* The same, pinned: valid until qs_site_wq_unpin_all (or a change of site i), for a caller that
  * needs several sites' weights at once (exports). Pinned sites are held beyond the budget. */

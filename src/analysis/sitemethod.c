@@ -9,7 +9,9 @@
  *            scaled basis): what a deployment stores;
  *   wq     - the effective weight in the original basis, Q(W') diag(xs)^-1 H, so x wq^T is what
  *            the deployed site computes and every analysis (error, spectrum, rank, corrections,
- *            ablate, sensitivity) reads it unchanged. The error of an orthogonal rotation is
+ *            ablate, sensitivity) reads it unchanged. It is not kept: qs_site_wq decodes it from
+ *            the codes on use (wq_xform: unpack, then diag(xs)^-1, then H^T, as computed here;
+ *            site_apply checks the decode against the method's weight, bit for bit). The error of an orthogonal rotation is
  *            measured in the rotated basis and reported in the original one: E H has E's
  *            singular values;
  *   rot, xs - the activation transform T x = diag(xs)^-1 H x: a quantized activation is

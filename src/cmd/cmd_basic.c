@@ -270,6 +270,18 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      mom / 1048576.0, b->momc->n + (b->momc->tmp.xtx != NULL),
                      b->momc->n + (b->momc->tmp.xtx != NULL) == 1 ? "" : "s",
                      b->momc->budget / 1048576.0);
+    /* the quantized weights: their codes, and the decoded copies the weights cache holds */
+    struct qs_wcache_info wi;
+    qs_bench_wcache_info(b, &wi);
+    cJSON_AddNumberToObject(o, "weights_packed_bytes", (double)wi.packed_bytes);
+    cJSON_AddNumberToObject(o, "weights_cache_bytes", (double)wi.bytes);
+    cJSON_AddNumberToObject(o, "weights_cache_budget_bytes", (double)wi.budget);
+    if (wi.nquant > 0)
+        qs_sb_printf(&t, "\nweights %d quantized site%s: codes %.1f MB, decoded on use; the "
+                         "cache holds %.1f MB of %d site%s (budget %.0f MB)",
+                     wi.nquant, wi.nquant == 1 ? "" : "s", wi.packed_bytes / 1048576.0,
+                     wi.bytes / 1048576.0, wi.nsites, wi.nsites == 1 ? "" : "s",
+                     wi.budget / 1048576.0);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
