@@ -274,7 +274,7 @@ struct qs_wcache_info {
     long decodes, hits;
 };
 void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w);
-/* Drops every decoded copy (not pinned ones' pins: all go). */
+/* Drops every decoded copy, pinned or not (the next reads decode again). */
 void qs_bench_wcache_clear(struct qs_bench *b);
 
 /* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in), b: (out) or
