@@ -40,9 +40,13 @@ BENCH_BIN = $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
         bigmodels zoo test-slurm overnight-plan
 all: qscope
 
-# The core library links without ncurses/readline: a layering break fails this link.
+# The core library links without ncurses/readline: a layering break fails this link. The
+# archive is made anew each time: `ar r` only adds and replaces members, so the object of a
+# source file that was split or removed would stay in it and could still be linked in place of
+# the new definitions.
 $(BUILD)/libqscope_core.a: $(CORE_OBJ)
 	@mkdir -p $(@D)
+	rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/src/tui/%.o: src/tui/%.c

@@ -125,8 +125,14 @@ struct qs_layer_state {
     struct qs_qopts wopt, aopt;
     enum qs_amode amode;
     float a_static_amax;         /* calibrated on the float calibration inputs */
-    struct qs_packed packed;     /* packed weight (valid when wq != NULL) */
-    float *wq;                   /* (out, in) dequantized packed weight; NULL when float */
+    struct qs_packed packed;     /* the quantized weight's codes (valid when wquant) */
+    int wquant;                  /* the weight is quantized: packed holds its codes. The
+                                    dequantized weight is not kept with the site: qs_site_wq
+                                    decodes it on use into the bench's weights cache */
+    int wq_xform;                /* the decode maps the codes back from the method's basis:
+                                    Q(W') diag(xs)^-1 H (set by the methods, sitemethod.c) */
+    unsigned long wq_gen;        /* the codes' generation, unique in the process: a decoded
+                                    copy is that of (site, generation) */
     double w_rel_err;            /* ||W - Q(W)|| / ||W|| */
     struct qs_corr corr;         /* method NONE when uncorrected */
     /* the last `sensitivity` of this layer under its current configuration (delta loss when it
@@ -137,9 +143,10 @@ struct qs_layer_state {
     /* the site's quantizer method (the weight rule's; an activation-only site takes the
      * rotation or smoothing of its activation rule). A method other than round-to-nearest is
      * computed in forward order by qs_bench_methods_refresh once the calibration data is there;
-     * until then mpending is set and wq is NULL. packed then holds the codes of the matrix the
-     * method quantized (in the rotated / scaled basis), wq the effective weight in the original
-     * basis (what x wq^T computes), so every analysis reads it unchanged. */
+     * until then mpending is set and wquant 0. packed then holds the codes of the matrix the
+     * method quantized (in the rotated / scaled basis) and wq_xform is set: qs_site_wq decodes
+     * the effective weight in the original basis (what x wq^T computes), so every analysis
+     * reads it unchanged. */
     struct qs_rule_method wm;
     int mpending;
     struct qs_rot *rot;          /* rotate=hadamard: x -> H x before activation quantization */
@@ -232,7 +239,43 @@ struct qs_bench {
     void *progress_ctx;
     _Atomic int cancel;          /* set from another thread to cancel long work */
     int methods_busy;            /* qs_bench_methods_refresh is running (no re-entry) */
+    /* the quantized sites' decoded weights (qs_site_wq), least recently used first out */
+    struct qs_wcache *wcache;
+    size_t wq_budget;            /* bytes of decoded weights it may hold (QS_WQ_BUDGET) */
 };
+
+/* ---- quantized weights: kept as codes, decoded on use ------------------------------------ */
+
+/* The default wq_budget: 512 MiB (every quantized site of GPT-2-small fits; a 1B model's
+ * do not, and are decoded again as a forward reaches them). */
+#define QS_WQ_BUDGET ((size_t)512 << 20)
+/* Site i's quantized weight Q(W): (out, in), as the forward computes with it (a method's
+ * effective weight in the original basis), decoded from its codes into the bench's weights
+ * cache: bit for bit the dequantization of site i's packed codes now. NULL with a message
+ * when the site's weight is not quantized (wquant 0) or out of memory. The pointer is valid
+ * until the next qs_site_wq call for another site (which may evict it) or a change of site i
+ * (the cache evicts the least recently used sites beyond wq_budget; it always holds the one
+ * asked for, even beyond the budget). Every read of a site's quantized weight goes through
+ * here (or qs_site_wq_pin). */
+const float *qs_site_wq(struct qs_bench *b, int i, qs_err *e);
+/* The same, pinned: valid until qs_site_wq_unpin_all (or a change of site i), for a caller that
+ * needs several sites' weights at once (exports). Pinned sites are held beyond the budget. */
+const float *qs_site_wq_pin(struct qs_bench *b, int i, qs_err *e);
+void qs_site_wq_unpin_all(struct qs_bench *b);
+/* Replaces site i's quantized weight by the codes *p (moved in: *p is zeroed), or makes it float
+ * (p NULL); xform: the codes are in the site's method basis (wq_xform). Frees the old codes,
+ * forgets their decoded copy and gives the site a new generation. */
+void qs_site_set_packed(struct qs_bench *b, int i, struct qs_packed *p, int xform);
+/* What the weights take: the quantized sites' codes (packed_bytes, nquant sites), the decoded
+ * copies the cache holds (bytes, nsites of them), its budget, decodes and hits so far. */
+struct qs_wcache_info {
+    size_t packed_bytes, bytes, budget;
+    int nquant, nsites;
+    long decodes, hits;
+};
+void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w);
+/* Drops every decoded copy, pinned or not (the next reads decode again). */
+void qs_bench_wcache_clear(struct qs_bench *b);
 
 /* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in), b: (out) or
  * NULL (a site without a bias). */

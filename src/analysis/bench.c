@@ -104,11 +104,188 @@ void qs_bench_caches_free(struct qs_bench *b)
 
 static void caches_free(struct qs_bench *b) { qs_bench_caches_free(b); }
 
+/* ---- quantized weights: codes kept, decoded on use ------------------------------------------
+ *
+ * A site keeps only its codes (packed); qs_site_wq decodes them into a cache of whole sites
+ * bounded by wq_budget, least recently used out. A copy is that of (site, generation): every
+ * change of a site's codes goes through qs_site_set_packed, which gives it a new generation
+ * (unique in the process, so a stage's sites cannot meet another bench's copies) and frees the
+ * old copy, so that a copy is never stale. */
+
+struct wc_ent {
+    int site, pinned;
+    unsigned long gen, used;
+    size_t bytes;
+    float *w;
+};
+
+struct qs_wcache {
+    int n, cap;
+    size_t bytes;
+    unsigned long tick;
+    long decodes, hits;
+    struct wc_ent *ent;
+};
+
+static _Atomic unsigned long wq_generation;
+
+static void wc_drop(struct qs_wcache *c, int k)
+{
+    c->bytes -= c->ent[k].bytes;
+    free(c->ent[k].w);
+    c->ent[k] = c->ent[--c->n];
+}
+
+void qs_bench_wcache_clear(struct qs_bench *b)
+{
+    if (!b->wcache)
+        return;
+    while (b->wcache->n)
+        wc_drop(b->wcache, 0);
+    free(b->wcache->ent);
+    free(b->wcache);
+    b->wcache = NULL;
+}
+
+/* Evicts the least recently used unpinned copies until `need` more bytes fit the budget (or
+ * none is left to evict). */
+static void wc_trim(struct qs_bench *b, size_t need)
+{
+    struct qs_wcache *c = b->wcache;
+    while (c && c->bytes + need > b->wq_budget) {
+        int lru = -1;
+        for (int k = 0; k < c->n; k++)
+            if (!c->ent[k].pinned && (lru < 0 || c->ent[k].used < c->ent[lru].used))
+                lru = k;
+        if (lru < 0)
+            return;
+        wc_drop(c, lru);
+    }
+}
+
+static void wc_forget(struct qs_bench *b, int i)
+{
+    struct qs_wcache *c = b->wcache;
+    for (int k = 0; c && k < c->n;)
+        if (c->ent[k].site == i)
+            wc_drop(c, k);
+        else
+            k++;
+}
+
+void qs_site_set_packed(struct qs_bench *b, int i, struct qs_packed *p, int xform)
+{
+    struct qs_layer_state *s = &b->ls[i];
+    wc_forget(b, i);
+    qs_packed_free(&s->packed);
+    if (p) {
+        s->packed = *p;
+        memset(p, 0, sizeof *p);
+    }
+    s->wquant = p != NULL;
+    s->wq_xform = p != NULL && xform;
+    s->wq_gen = ++wq_generation;
+}
+
+/* Site i's codes decoded into w: (out, in), as the site's quantizer made them: the unpacked
+ * codes, mapped back from a method's basis (the inverse transform, sitemethod.c's order). */
+static int site_decode(const struct qs_bench *b, int i, float *w, qs_err *e)
+{
+    const struct qs_layer_state *s = &b->ls[i];
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    if (qs_quant_unpack(&s->packed, w, e) < 0)
+        return qs_errf(e, "%s: cannot unpack quantized weight", u.name);
+    if (s->wq_xform) {
+        if (s->xs)
+            qs_scale_cols(w, u.out, u.in, s->xs, 1);
+        if (s->rot && qs_rot_apply(s->rot, w, u.out, 1, e) < 0)
+            return qs_err_prefix(e, u.name);
+    }
+    return 0;
+}
+
+static const float *site_wq(struct qs_bench *b, int i, int pin, qs_err *e)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    const struct qs_layer_state *s = &b->ls[i];
+    if (!s->wquant) {
+        qs_errf(e, "%s: the weight is not quantized", u.name);
+        return NULL;
+    }
+    if (!b->wcache && !(b->wcache = qs_calloc(1, sizeof *b->wcache))) {
+        qs_errf(e, "out of memory");
+        return NULL;
+    }
+    struct qs_wcache *c = b->wcache;
+    for (int k = 0; k < c->n; k++)
+        if (c->ent[k].site == i && c->ent[k].gen == s->wq_gen) {
+            c->ent[k].used = ++c->tick;
+            c->ent[k].pinned |= pin;
+            c->hits++;
+            return c->ent[k].w;
+        }
+    const size_t nw = (size_t)u.out * u.in, bytes = nw * sizeof(float);
+    wc_trim(b, bytes);
+    if (c->n == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 16;
+        struct wc_ent *ne = realloc(c->ent, (size_t)cap * sizeof *ne);
+        if (!ne) {
+            qs_errf(e, "out of memory");
+            return NULL;
+        }
+        c->ent = ne;
+        c->cap = cap;
+    }
+    char what[160];
+    snprintf(what, sizeof what, "%s: the dequantized weight", u.name);
+    float *w = qs_alloc(nw, sizeof *w, what, e);
+    if (!w)
+        return NULL;
+    if (site_decode(b, i, w, e) < 0) {
+        free(w);
+        return NULL;
+    }
+    c->ent[c->n++] = (struct wc_ent){i, pin, s->wq_gen, ++c->tick, bytes, w};
+    c->bytes += bytes;
+    c->decodes++;
+    return w;
+}
+
+const float *qs_site_wq(struct qs_bench *b, int i, qs_err *e) { return site_wq(b, i, 0, e); }
+
+const float *qs_site_wq_pin(struct qs_bench *b, int i, qs_err *e) { return site_wq(b, i, 1, e); }
+
+void qs_site_wq_unpin_all(struct qs_bench *b)
+{
+    for (int k = 0; b->wcache && k < b->wcache->n; k++)
+        b->wcache->ent[k].pinned = 0;
+    wc_trim(b, 0);
+}
+
+void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w)
+{
+    memset(w, 0, sizeof *w);
+    w->budget = b->wq_budget;
+    for (int i = 0; b->ls && i < qs_bench_nunits(b); i++)
+        if (b->ls[i].wquant) {
+            w->packed_bytes += qs_packed_bytes(&b->ls[i].packed);
+            w->nquant++;
+        }
+    if (b->wcache) {
+        w->bytes = b->wcache->bytes;
+        w->nsites = b->wcache->n;
+        w->decodes = b->wcache->decodes;
+        w->hits = b->wcache->hits;
+    }
+}
+
 static void layer_states_free(struct qs_bench *b)
 {
+    qs_bench_wcache_clear(b);
     for (int i = 0; b->ls && i < nlayers_of(b); i++) {
         qs_packed_free(&b->ls[i].packed);
-        free(b->ls[i].wq);
         qs_corr_clear(&b->ls[i].corr);
         qs_layer_method_clear(&b->ls[i]);
     }
@@ -130,6 +307,7 @@ struct qs_bench *qs_bench_new(void)
     b->gate_lm = 0.25;
     b->regime = QS_REGIME_WEIGHT;
     b->act_budget = QS_ACT_BUDGET;
+    b->wq_budget = QS_WQ_BUDGET;
     b->rows.site = -1;
     return b;
 }
@@ -195,9 +373,7 @@ static int methods_data_changed(struct qs_bench *b, qs_err *e)
         if (!(s->wm.smooth_on || (s->wfmt.kind != QS_FMT_NONE && s->wm.method != QS_METHOD_RTN)))
             continue;
         struct qs_rule_method wm = s->wm;
-        qs_packed_free(&s->packed);
-        free(s->wq);
-        s->wq = NULL;
+        qs_site_set_packed(b, i, NULL, 0);
         qs_layer_method_clear(s);
         s->wm = wm;
         s->mpending = 1;
@@ -350,6 +526,7 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     s->calib_n = b->calib_n;
     s->calib_tokens = b->calib_tokens;
     s->act_budget = b->act_budget;
+    s->wq_budget = b->wq_budget;
     s->gate_min = b->gate_min;
     s->gate_lm = b->gate_lm;
     s->regime = b->regime;
@@ -360,6 +537,7 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     /* caches belong to the current model and data; the stage makes its own */
     caches_free(b);
     qs_bench_lm_drop(b);
+    qs_bench_wcache_clear(b); /* decoded copies go with the sites (the stage decodes its own) */
     move_kept(s, b, keep);
     return s;
 }
@@ -387,6 +565,7 @@ void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep)
     if (keep & QS_KEEP_MODEL) {
         caches_free(s); /* sized by the model: free them before it goes back */
         qs_bench_lm_drop(s);
+        qs_bench_wcache_clear(s);
     }
     move_kept(b, s, keep);
     qs_bench_free(s);
@@ -679,16 +858,14 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
         int seq = custom && wf.kind != QS_FMT_NONE && wm.method != QS_METHOD_RTN &&
                   !wm.inputs_float;
         int wchanged = strcmp(oldw, neww) != 0 || mchanged ||
-                       (wf.kind != QS_FMT_NONE && !s->wq && !s->mpending) ||
+                       (wf.kind != QS_FMT_NONE && !s->wquant && !s->mpending) ||
                        (upstream && seq);
         int achanged = strcmp(olda, newa) != 0 || mchanged;
         s->rule_w = rw;
         s->rule_a = ra;
         if ((wchanged || achanged) && custom) {
             /* computed by qs_bench_methods_refresh below, in forward order */
-            qs_packed_free(&s->packed);
-            free(s->wq);
-            s->wq = NULL;
+            qs_site_set_packed(b, i, NULL, 0);
             qs_layer_method_clear(s);
             s->wm = wm;
             s->mpending = 1;
@@ -712,9 +889,6 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
             wchanged = achanged = 1;
         }
         if (wchanged) {
-            float *wq = NULL;
-            struct qs_packed p;
-            memset(&p, 0, sizeof p);
             double rel = 0.0;
             if (wf.kind != QS_FMT_NONE) {
                 size_t nw = (size_t)l->out * l->in;
@@ -724,21 +898,21 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
                 /* the packed codes (at most a float each) and the dequantized copy */
                 if (qs_mem_check(2 * nw * sizeof(float), what, e) < 0)
                     return -1;
+                struct qs_packed p;
+                memset(&p, 0, sizeof p);
                 if (qs_format_is_gguf_own(&wf)) { /* the GGUF's blocks, not a quantization */
                     if (qs_lm_gguf_site_packed(b->gguf, i, &p, e) < 0)
                         return qs_err_prefix(e, l->name);
                 } else if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0) {
                     return qs_err_prefix(e, l->name);
                 }
-                wq = qs_alloc(nw, sizeof *wq, what, e);
+                /* the codes replace the site's; their first decode (into the weights cache,
+                 * where the next forward finds it) gives the weight error */
+                qs_site_set_packed(b, i, &p, 0);
+                const float *wq = qs_site_wq(b, i, e);
                 if (!wq) {
-                    qs_packed_free(&p);
+                    qs_site_set_packed(b, i, NULL, 0);
                     return -1;
-                }
-                if (qs_quant_unpack(&p, wq, e) < 0) {
-                    free(wq);
-                    qs_packed_free(&p);
-                    return qs_errf(e, "%s: cannot unpack quantized weight", l->name);
                 }
                 double num = 0.0, den = 0.0;
                 for (size_t j = 0; j < nw; j++) {
@@ -747,11 +921,9 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
                     den += (double)l->w[j] * l->w[j];
                 }
                 rel = den > 0 ? sqrt(num / den) : 0.0;
+            } else {
+                qs_site_set_packed(b, i, NULL, 0);
             }
-            qs_packed_free(&s->packed);
-            free(s->wq);
-            s->packed = p;
-            s->wq = wq;
             s->wfmt = wf;
             s->wopt = wo;
             s->w_rel_err = rel;

@@ -58,7 +58,9 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
     struct qs_unit l;
     qs_bench_unit(b, i, &l);
     struct qs_layer_state *s = &b->ls[i];
-    const float *xin = x, *w = ((quant & QS_ROLE_W) && s->wq) ? s->wq : l.w, *bias = l.b;
+    const float *xin = x, *w = l.w, *bias = l.b;
+    if ((quant & QS_ROLE_W) && s->wquant && !(w = qs_site_wq(b, i, e)))
+        return -1;
     float *xq = NULL, *wtmp = NULL, *btmp = NULL;
     int rc = 0;
     if (apply_corr && s->corr.method == QS_CORR_CLOCAL)
@@ -738,7 +740,7 @@ double qs_bench_bits_per_weight(const struct qs_bench *b)
         qs_bench_unit(b, i, &l);
         double n = (double)l.in * l.out;
         nw += n;
-        bits += b->ls[i].wq ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
+        bits += b->ls[i].wquant ? 8.0 * (double)qs_packed_bytes(&b->ls[i].packed) : 32.0 * n;
         bits += b->ls[i].corr.bits + b->ls[i].xform_bits;
     }
     return nw > 0 ? bits / nw : 0.0;
@@ -802,7 +804,7 @@ int qs_bench_site_identity(const struct qs_bench *b, int i)
 {
     const struct qs_layer_state *s = &b->ls[i];
     int corr = s->corr.method != QS_CORR_CLOCAL && (s->corr.c || s->corr.db || s->corr.amap);
-    return !s->wq && s->afmt.kind == QS_FMT_NONE && !corr && !b->site_out;
+    return !s->wquant && s->afmt.kind == QS_FMT_NONE && !corr && !b->site_out;
 }
 
 int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e)

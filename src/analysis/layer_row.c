@@ -26,9 +26,9 @@ void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
     r->quantized = s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE;
     if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax > 0)
         r->a_static_amax = s->a_static_amax;
-    r->bpw = s->wq ? qs_packed_bits_per_weight(&s->packed) : 32.0;
-    r->bytes = s->wq ? (double)qs_packed_bytes(&s->packed) : 4.0 * u.out * u.in;
-    if (s->wq && s->xform_bits > 0) { /* a method's explicit input scale */
+    r->bpw = s->wquant ? qs_packed_bits_per_weight(&s->packed) : 32.0;
+    r->bytes = s->wquant ? (double)qs_packed_bytes(&s->packed) : 4.0 * u.out * u.in;
+    if (s->wquant && s->xform_bits > 0) { /* a method's explicit input scale */
         r->bytes += s->xform_bits / 8.0;
         r->bpw += s->xform_bits / ((double)u.out * u.in);
     }

@@ -498,7 +498,7 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
         return qs_errf(e, "out of memory");
     struct qs_quantizer *qz = NULL;
     int have_scales =
-        ls->wq && qs_quantizer_new(&ls->wfmt, &ls->wopt, u.w, out, in, &qz, NULL) == 0;
+        ls->wquant && qs_quantizer_new(&ls->wfmt, &ls->wopt, u.w, out, in, &qz, NULL) == 0;
     double ssum = 0.0, ssq = 0.0;
     long sn = 0;
     if (have_scales) {
@@ -527,11 +527,16 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
         }
         qs_quantizer_free(qz);
     }
+    const float *wq = ls->wquant ? qs_site_wq(b, i, e) : NULL;
+    if (ls->wquant && !wq) {
+        free(srow);
+        return -1;
+    }
     double e2 = 0.0, w2 = 0.0;
     for (int r = 0; r < out; r++) {
         double er = 0.0, wr = 0.0;
         for (int c = 0; c < in; c++) {
-            double wv = u.w[(size_t)r * in + c], d = ls->wq ? wv - ls->wq[(size_t)r * in + c] : 0;
+            double wv = u.w[(size_t)r * in + c], d = wq ? wv - wq[(size_t)r * in + c] : 0;
             er += d * d;
             wr += wv * wv;
         }

@@ -453,7 +453,7 @@ static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const 
         const struct qs_layer *l = &m->layers[i];
         if (ls[i].wfmt.kind != QS_FMT_NONE &&
             qs_lsq_site_init(&z[i], &ls[i].wfmt, &ls[i].wopt, l->w, l->out, l->in,
-                             ls[i].wq ? &ls[i].packed : NULL, e) < 0)
+                             ls[i].wquant ? &ls[i].packed : NULL, e) < 0)
             return qs_err_prefix(e, l->name);
     }
     struct lsq_train q = {z, o->lr};
@@ -462,16 +462,15 @@ static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const 
     return qat_mlp_train(m, x, y, n, o, &h, cb, ctx, e);
 }
 
-/* The learned-scale weight wq (nw entries; ls takes it) and its packing p (moved) become
- * ls's, with their relative error against the master weight w. */
-static void lsq_take(struct qs_layer_state *ls, const float *w, size_t nw, float *wq,
+/* The packing p (moved) of the learned-scale weight wq (nw entries, freed) becomes site i's
+ * codes, decoded on use (to wq bit for bit), with wq's relative error against the master
+ * weight w. */
+static void lsq_take(struct qs_bench *st, int i, const float *w, size_t nw, float *wq,
                      struct qs_packed *p)
 {
-    qs_packed_free(&ls->packed);
-    free(ls->wq);
-    ls->packed = *p;
-    ls->wq = wq;
-    ls->w_rel_err = qs_rel_err(w, wq, nw);
+    st->ls[i].w_rel_err = qs_rel_err(w, wq, nw);
+    qs_site_set_packed(st, i, p, 0);
+    free(wq);
 }
 
 /* The learned scales z[i] (per unit of st, whose model is the trained one) become the units'
@@ -491,7 +490,7 @@ static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
         if (!z[i].qz)
             continue;
         size_t nw = (size_t)u.out * u.in;
-        if (!ls->wq)
+        if (!ls->wquant)
             return qs_errf(e, "%s: the bench has no quantized weight to give the learned scales",
                            u.name);
         float *wq = qs_alloc(nw, sizeof *wq, "the learned-scale weight", e);
@@ -507,7 +506,7 @@ static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
             qs_packed_free(&p);
             return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u.name);
         }
-        lsq_take(ls, u.w, nw, wq, &p);
+        lsq_take(st, i, u.w, nw, wq, &p);
         first = first < 0 ? i : first;
         lsq_change(&z[i], &sum, &n);
     }
@@ -585,7 +584,7 @@ int qs_qat_hooks_lsq(struct qs_qat_hooks *q, qs_err *e)
         if (!q->wq[s] || q->lsq[s].qz)
             continue;
         if (qs_lsq_site_init(&q->lsq[s], &ls->wfmt, &ls->wopt, st->w, st->out, st->in,
-                             ls->wq ? &ls->packed : NULL, e) < 0)
+                             ls->wquant ? &ls->packed : NULL, e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return qs_qat_hooks_refresh(q, e);

@@ -247,7 +247,11 @@ static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens
         out[s].grad_norm = gn[s];
         if (!f[s])
             continue;
-        const float *wq = b->ls[s].wq, *w = m->sites[s].w;
+        const float *wq = NULL, *w = m->sites[s].w;
+        if (b->ls[s].wquant && !(wq = qs_site_wq(b, s, e))) {
+            rc = -1;
+            break;
+        }
         for (size_t j = 0; j < (size_t)m->sites[s].in * m->sites[s].out; j++) {
             out[s].fisher_trace += f[s][j];
             if (wq) {
@@ -292,7 +296,7 @@ static int lm_hutch(struct qs_bench *b, int probes, int cw, struct qs_sens_layer
 }
 
 /* quantized and w_err2 of every unit, from the rules as resolved on the bench. */
-static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
+static int sens_units(struct qs_bench *b, struct qs_sens_layer *out, qs_err *e)
 {
     int L = qs_bench_nunits(b);
     memset(out, 0, (size_t)L * sizeof *out);
@@ -301,15 +305,19 @@ static void sens_units(const struct qs_bench *b, struct qs_sens_layer *out)
         struct qs_unit u;
         qs_bench_unit(b, i, &u);
         out[i].quantized = s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE;
-        if (s->wq) {
+        if (s->wquant) {
+            const float *wq = qs_site_wq(b, i, e);
+            if (!wq)
+                return -1;
             double d2 = 0.0;
             for (size_t j = 0; j < (size_t)u.out * u.in; j++) {
-                double d = (double)u.w[j] - s->wq[j];
+                double d = (double)u.w[j] - wq[j];
                 d2 += d * d;
             }
             out[i].w_err2 = d2;
         }
     }
+    return 0;
 }
 
 int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_sens_layer *out,
@@ -321,7 +329,8 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
     if (ncal < 0 || (b->model && qs_bench_update(b, e) < 0))
         return -1;
     int L = qs_bench_nunits(b);
-    sens_units(b, out);
+    if (sens_units(b, out, e) < 0)
+        return -1;
     double lf = 0.0;
     int nt = 0;
     if ((methods & QS_SENS_DELTA) && qs_sens_delta(b, loss_only, L, out, &lf, &nt, e) < 0)
@@ -363,7 +372,11 @@ int qs_sensitivity(struct qs_bench *b, unsigned methods, int probes, struct qs_s
                                         : qs_fisher_diag(m, fc->x, fc->y, fc->n, f.gw, e);
         for (int i = 0; rc == 0 && i < L; i++) {
             const struct qs_layer *l = &m->layers[i];
-            const float *wq = b->ls[i].wq;
+            const float *wq = NULL;
+            if (b->ls[i].wquant && !(wq = qs_site_wq(b, i, e))) {
+                rc = -1;
+                break;
+            }
             double tr = 0.0, fe = 0.0;
             for (size_t j = 0; j < (size_t)l->out * l->in; j++) {
                 tr += f.gw[i][j];
@@ -528,7 +541,7 @@ void qs_bit_plan_free(struct qs_bit_plan *p)
 static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
 {
     const struct qs_layer_state *s = &b->ls[i];
-    if (c->corr != QS_CORR_NONE || !s->wq || s->corr.method == QS_CORR_NONE ||
+    if (c->corr != QS_CORR_NONE || !s->wquant || s->corr.method == QS_CORR_NONE ||
         s->corr.method == QS_CORR_CLOCAL || strcmp(s->wfmt.name, c->fmt.name))
         return 0;
     char ma[200], mc[200]; /* the same method too (its statistics as well) */
@@ -915,7 +928,7 @@ int qs_allocate_rank(struct qs_bench *b, int total, struct qs_rank_plan *p, qs_e
     for (int i = 0; i < L; i++) {
         struct qs_unit lu, *l = &lu;
         qs_bench_unit(b, i, &lu);
-        if (!b->ls[i].wq)
+        if (!b->ls[i].wquant)
             continue;
         struct qs_spectrum sp;
         if (qs_analysis_spectrum(b, i, QS_SPEC_WEIGHT, QS_SCALE_COV, 0, &sp, e) < 0)

@@ -9,7 +9,9 @@
  *            scaled basis): what a deployment stores;
  *   wq     - the effective weight in the original basis, Q(W') diag(xs)^-1 H, so x wq^T is what
  *            the deployed site computes and every analysis (error, spectrum, rank, corrections,
- *            ablate, sensitivity) reads it unchanged. The error of an orthogonal rotation is
+ *            ablate, sensitivity) reads it unchanged. It is not kept: qs_site_wq decodes it from
+ *            the codes on use (wq_xform: unpack, then diag(xs)^-1, then H^T, as computed here;
+ *            site_apply checks the decode against the method's weight, bit for bit). The error of an orthogonal rotation is
  *            measured in the rotated basis and reported in the original one: E H has E's
  *            singular values;
  *   rot, xs - the activation transform T x = diag(xs)^-1 H x: a quantized activation is
@@ -598,21 +600,31 @@ static int site_apply(struct qs_bench *b, int i, qs_err *e)
         num += d * d;
         den += (double)u.w[j] * u.w[j];
     }
-    qs_packed_free(&s->packed);
-    free(s->wq);
     qs_rot_free(s->rot);
     free(s->xs);
-    s->packed = r.p;
-    s->wq = r.wq;
+    /* the codes in the method's basis; the effective weight is decoded from them on use */
+    qs_site_set_packed(b, i, r.wq ? &r.p : NULL, 1);
     s->w_rel_err = den > 0 ? sqrt(num / den) : 0.0;
     s->rot = r.rot;
     s->xs = r.xs;
+    r.rot = NULL;
+    r.xs = NULL;
     s->xs_alpha = r.alpha;
     /* the explicit input scale is stored beside the codes, in F32 */
-    s->xform_bits = r.xs && r.wq ? 32.0 * u.in : 0.0;
+    s->xform_bits = s->xs && r.wq ? 32.0 * u.in : 0.0;
     s->a_static_amax = 0.0f; /* calibrated again in the new basis */
     s->mpending = 0;
-    return 0;
+    int rc = 0;
+    if (r.wq) { /* the decode must give the method's weight bit for bit */
+        const float *wq = qs_site_wq(b, i, e);
+        if (!wq)
+            rc = -1;
+        else if (memcmp(wq, r.wq, wn * sizeof *wq))
+            rc = qs_errf(e, "%s: decoding the method's codes does not reproduce its weight",
+                         u.name);
+    }
+    mres_free(&r);
+    return rc;
 }
 
 int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,

@@ -362,8 +362,11 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of, enum 
             ref[j] = yf[j];
         }
     } else {
+        const float *wq = NULL;
+        if (s->wquant && !(wq = qs_site_wq(b, i, e)))
+            goto out;
         for (size_t j = 0; j < len; j++) {
-            err[j] = s->wq ? l->w[j] - s->wq[j] : 0.0f;
+            err[j] = wq ? l->w[j] - wq[j] : 0.0f;
             ref[j] = l->w[j];
         }
         enum qs_corr_method cm = s->corr.method;

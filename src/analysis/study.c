@@ -323,7 +323,9 @@ static int lm_row(struct qs_bench *b, const struct qs_q1_opts *o, const int *sit
         qs_bench_unit(b, sites[g], &u);
         D += u.out;
         in = u.in;
-        const float *wq = b->ls[sites[g]].wq;
+        const float *wq = b->ls[sites[g]].wquant ? qs_site_wq(b, sites[g], e) : NULL;
+        if (b->ls[sites[g]].wquant && !wq)
+            return -1;
         size_t nw = (size_t)u.out * u.in;
         for (size_t j = 0; j < nw; j++) {
             double d = wq ? (double)u.w[j] - wq[j] : 0.0;

@@ -534,7 +534,7 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             break;
         const struct qs_corr *cr = &s->corr;
         const struct qs_layer *l = &c->b->model->layers[i];
-        double lbits = s->wq ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
+        double lbits = s->wquant ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
         double bpw = (lbits + cr->bits + s->xform_bits) / ((double)l->out * l->in);
         cJSON *o = qs_cmd_correct_result(l->name, cr, bpw, 1);
         if (m != QS_CORR_CLOCAL)

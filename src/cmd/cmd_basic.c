@@ -258,6 +258,18 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      mom / 1048576.0, b->momc->n + (b->momc->tmp.xtx != NULL),
                      b->momc->n + (b->momc->tmp.xtx != NULL) == 1 ? "" : "s",
                      b->momc->budget / 1048576.0);
+    /* the quantized weights: their codes, and the decoded copies the weights cache holds */
+    struct qs_wcache_info wi;
+    qs_bench_wcache_info(b, &wi);
+    cJSON_AddNumberToObject(o, "weights_packed_bytes", (double)wi.packed_bytes);
+    cJSON_AddNumberToObject(o, "weights_cache_bytes", (double)wi.bytes);
+    cJSON_AddNumberToObject(o, "weights_cache_budget_bytes", (double)wi.budget);
+    if (wi.nquant > 0)
+        qs_sb_printf(&t, "\nweights %d quantized site%s: codes %.1f MB, decoded on use; the "
+                         "cache holds %.1f MB of %d site%s (budget %.0f MB)",
+                     wi.nquant, wi.nquant == 1 ? "" : "s", wi.packed_bytes / 1048576.0,
+                     wi.bytes / 1048576.0, wi.nsites, wi.nsites == 1 ? "" : "s",
+                     wi.budget / 1048576.0);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -796,7 +808,7 @@ static void ggml_fallback_note(struct qs_bench *b, const struct qs_format *f, cJ
     cJSON *arr = NULL;
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         const struct qs_layer_state *s = &b->ls[i];
-        if (!s->wq || s->packed.fmt.kind != QS_FMT_GGML || s->packed.fmt.ggml != f->ggml)
+        if (!s->wquant || s->packed.fmt.kind != QS_FMT_GGML || s->packed.fmt.ggml != f->ggml)
             continue;
         struct qs_unit u;
         qs_bench_unit(b, i, &u);
@@ -1155,7 +1167,7 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
 {
     const struct qs_corr *cr = &s->corr;
     const char *sep = i ? "," : "";
-    if (packed && s->wq && (s->rot || s->xs))
+    if (packed && s->wquant && (s->rot || s->xs))
         /* the codes are those of W H^T diag(s), a basis the packed layout does not record */
         return qs_errf(e, "export model … packed: %s is quantized with %s, whose codes are in "
                           "a rotated or channel-scaled basis that the packed layout does not "
@@ -1165,9 +1177,9 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
                        s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
     d->aq |= s->afmt.kind != QS_FMT_NONE;
     qs_sb_printf(&d->layers, "%s%s", sep, name);
-    qs_sb_printf(&d->fmts, "%s%s", sep, s->wq ? s->packed.fmt.name : "none");
+    qs_sb_printf(&d->fmts, "%s%s", sep, s->wquant ? s->packed.fmt.name : "none");
     qs_sb_printf(&d->shapes, "%s%dx%d", sep, out, in);
-    if (s->wq) {
+    if (s->wquant) {
         struct qs_packed_layout lay;
         char g[48], o[256];
         if (qs_packed_layout(&s->packed.fmt, &s->packed.opt, out, in, &lay, e) < 0)
@@ -1294,22 +1306,24 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
         const struct qs_layer_state *ls = &b->ls[s];
         const struct qs_corr *cr = &ls->corr;
         aq |= ls->afmt.kind != QS_FMT_NONE;
-        nmeth += ls->wq && qs_rule_method_custom(&ls->wm);
+        nmeth += ls->wquant && qs_rule_method_custom(&ls->wm);
         if (cr->c || cr->db || cr->amap) {
             qs_sb_printf(&said, "%s%s", ncorr ? ", " : "", m->sites[s].name);
             ncorr++;
         }
-        if (ls->wq && ls->packed.fmt.kind == QS_FMT_GGML) {
+        if (ls->wquant && ls->packed.fmt.kind == QS_FMT_GGML) {
             blocks[s] = ls->packed.codes;
             types[s] = qs_ggml_effective_type(ls->packed.fmt.ggml, m->sites[s].in);
             nggml++;
-        } else if (ls->wq) {
-            w[s] = ls->wq;
+        } else if (ls->wquant) {
+            if (!(w[s] = qs_site_wq_pin(b, s, e)))
+                rc = -1;
             ndeq++;
         }
     }
     if (rc == 0)
         rc = qs_lm_save_gguf(m, path, blocks, types, w, e);
+    qs_site_wq_unpin_all(b);
     free(blocks);
     free(w);
     free(types);
@@ -1405,10 +1419,14 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                 break;
             }
             snprintf(sn, sizeof sn, "%d", s); /* exp_put's "layer": the site index */
-            if (ls->wq) {
+            if (ls->wquant) {
                 const struct qs_packed *p = &ls->packed;
                 skip[s] = 1;
-                w[s] = ls->wq; /* not written; a tied head so becomes untied */
+                /* not written; a tied head so becomes untied */
+                if (!(w[s] = qs_site_wq_pin(b, s, e))) {
+                    rc = -1;
+                    break;
+                }
                 exp_put(&xu, sn, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
                         p->codes);
                 if (p->scale_bytes)
@@ -1434,12 +1452,14 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             continue;
         }
         const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
-        if (exp_fold(st->name, st->out, st->in, ls->wq ? ls->wq : st->w, sb, &ls->corr,
+        const float *wq = ls->wquant ? qs_site_wq_pin(b, s, e) : NULL;
+        if ((ls->wquant && !wq) ||
+            exp_fold(st->name, st->out, st->in, wq ? wq : st->w, sb, &ls->corr,
                      &own[2 * s], &own[2 * s + 1], e) < 0) {
             rc = -1;
             break;
         }
-        w[s] = own[2 * s] ? own[2 * s] : ls->wq; /* NULL: the float weight */
+        w[s] = own[2 * s] ? own[2 * s] : wq; /* NULL: the float weight */
         /* a folded bias; a lowrank-only fold of a bias-less site copies the zero: none */
         bb[s] = own[2 * s + 1] && (st->b || bias || map) ? own[2 * s + 1] : NULL;
     }
@@ -1495,6 +1515,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         int nk = (int)(sizeof keys / sizeof *keys) - (sha[0] ? 0 : 1);
         rc = qs_lm_save_packed(m, argv[0], w, bb, skip, xt, xsite, nx, keys, vals, nk, e);
     }
+    qs_site_wq_unpin_all(b);
     for (int i = 0; own && i < 2 * S; i++)
         free(own[i]);
     free(own);
@@ -1546,7 +1567,7 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             break;
         }
         if (packed) {
-            if (s->wq) {
+            if (s->wquant) {
                 const struct qs_packed *p = &s->packed;
                 exp_put(&xu, l->name, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
                         p->codes);
@@ -1577,8 +1598,8 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         /* fake-quant: W' = Q(W) + c and b' = b + db exactly as the forward pass forms them; a
          * linear map folded (A W', A b' + mb) */
-        const float *w = s->wq ? s->wq : l->w, *bb = l->b;
-        if (exp_fold(l->name, l->out, l->in, w, l->b, cr, &own[2 * i], &own[2 * i + 1], e) < 0) {
+        const float *w = s->wquant ? qs_site_wq_pin(b, i, e) : l->w, *bb = l->b;
+        if (!w || exp_fold(l->name, l->out, l->in, w, l->b, cr, &own[2 * i], &own[2 * i + 1], e) < 0) {
             rc = -1;
             break;
         }
@@ -1637,6 +1658,7 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     free(own);
     exp_free(&xf);
     exp_free(&xu);
+    qs_site_wq_unpin_all(b);
     if (rc == 0)
         exp_report(c, argv[0], packed, &d);
     qs_sb_free(&acts);

@@ -281,7 +281,7 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
     for (int k = 0; k < n; k++) {
         int s = idx[k];
         const struct qs_layer_state *ls = &b->ls[s];
-        if (n > 1 && (lowrank ? !ls->wq
+        if (n > 1 && (lowrank ? !ls->wquant
                               : ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
             continue; /* a pattern skips float sites */
         if (qs_analysis_correct(b, s, m, rank, prec, lambda, NULL, e) < 0) {
@@ -290,7 +290,7 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         }
         const struct qs_corr *cr = &b->ls[s].corr;
         const struct qs_lm_site *st = &b->lm->sites[s];
-        double sbits = ls->wq ? 8.0 * (double)qs_packed_bytes(&ls->packed)
+        double sbits = ls->wquant ? 8.0 * (double)qs_packed_bytes(&ls->packed)
                               : 32.0 * st->out * st->in;
         double bpw = (sbits + cr->bits + ls->xform_bits) / ((double)st->out * st->in);
         cJSON *o = qs_cmd_correct_result(st->name, cr, bpw, !lowrank);

@@ -107,7 +107,7 @@ int main(void)
     for (int i = 0; i < b->model->nlayers; i++) {
         const struct qs_layer *l = &b->model->layers[i];
         model += 4.0 * ((double)l->in * l->out + l->out);
-        if (b->ls[i].wq)
+        if (qs_site_wq(b, i, NULL))
             cache += 4.0 * l->in * l->out + (double)qs_packed_bytes(&b->ls[i].packed);
         for (int s = 0; s < 2; s++)
             cache += 2 * 4.0 * b->f_acts[s].n * ((i ? l->in : 0) + l->out);

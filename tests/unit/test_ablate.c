@@ -131,7 +131,7 @@ static void test_recovery_not_capacity(void)
         fprintf(stderr, "  %s\n", e.msg);
         return;
     }
-    const float *wq = b->ls[0].wq;
+    const float *wq = qs_site_wq(b, 0, NULL);
     CHECK(wq && wq[0] == 0.0f && wq[2] == 0.0f && fabsf(wq[1] + 1.0f) < 1e-3f &&
           fabsf(wq[3] - 1.0f) < 1e-3f); /* the set-up: 0.07 rounds to 0 */
     struct qs_corr *c = &b->ls[0].corr;

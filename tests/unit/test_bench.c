@@ -92,7 +92,7 @@ static void test_rules_first_match(void)
     CHECK(strcmp(b->ls[1].wfmt.name, "int8") == 0 && strcmp(b->ls[0].wfmt.name, "int4") == 0);
     CHECK(b->nrules == 2);
     CHECK(rule(b, "fc0", "none", NULL, 0) == 1);
-    CHECK(b->ls[0].wq == NULL && b->ls[0].w_rel_err == 0.0);
+    CHECK(qs_site_wq(b, 0, NULL) == NULL && b->ls[0].w_rel_err == 0.0);
     CHECK(rule(b, "zz*", "int4", NULL, 0) == 0);
     /* regime full: the default-role rules cover activations too */
     qs_err e;
@@ -201,6 +201,153 @@ static void test_large_layer_topk(void)
     qs_bench_free(b);
 }
 
+/* `quant PAT FMT TOKENS...`: options of the quantizer or the method, space-separated. */
+static int rule_toks(struct qs_bench *b, const char *pat, const char *fmt, const char *toks)
+{
+    qs_err e;
+    struct qs_rule r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.pattern, sizeof r.pattern, "%s", pat);
+    if (qs_format_parse(fmt, &r.fmt, &e) < 0)
+        return -1;
+    qs_qopts_default(&r.opt);
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", toks);
+    for (char *t = strtok(buf, " "); t; t = strtok(NULL, " ")) {
+        int k = qs_rule_method_parse_token(&r.meth, t, &e);
+        if (k < 0 || (!k && qs_qopts_parse_token(&r.opt, t, &e) < 0))
+            return -1;
+    }
+    int n;
+    return qs_bench_add_rule(b, &r, &n, &e) < 0 ? -1 : n;
+}
+
+/* Site i's weight through the accessor equals a fresh dequantization of its rule's format:
+ * pack + unpack of the float weight (round-to-nearest), or the method computed anew
+ * (qs_bench_method_weight: rotation and scales inverted). */
+static int wq_fresh(struct qs_bench *b, int i)
+{
+    qs_err e;
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    const struct qs_layer_state *s = &b->ls[i];
+    size_t nw = (size_t)u.out * u.in;
+    float *ref = malloc(nw * sizeof *ref);
+    int ok = ref != NULL;
+    if (ok && qs_rule_method_custom(&s->wm)) {
+        double bits;
+        ok = qs_bench_method_weight(b, i, &s->wfmt, &s->wopt, &s->wm, ref, &bits, &e) == 0;
+    } else if (ok) {
+        struct qs_packed p;
+        ok = qs_quant_pack(&s->wfmt, &s->wopt, u.w, u.out, u.in, &p, &e) == 0 &&
+             qs_quant_unpack(&p, ref, &e) == 0;
+        qs_packed_free(&p);
+    }
+    const float *wq = qs_site_wq(b, i, &e);
+    ok = ok && wq && !memcmp(wq, ref, nw * sizeof *ref);
+    free(ref);
+    return ok;
+}
+
+/* The weights cache never returns a stale weight: each format switch of a site (round-to-nearest
+ * formats, a method with a rotation, back) is read back through qs_site_wq equal to a fresh
+ * dequantization, whether the old copy was in the cache (a large budget) or evicted (none). */
+static void test_wcache_fresh_after_change(void)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        qs_err e;
+        struct qs_bench *b = qs_test_open_digits();
+        CHECK(b != NULL);
+        if (!b)
+            return;
+        b->wq_budget = pass ? 0 : QS_WQ_BUDGET;
+        CHECK(rule(b, "*", "int4", "gran=channel", 0) == 3);
+        for (int i = 0; i < 3; i++)
+            CHECK(wq_fresh(b, i));
+        struct qs_eval ev0, ev1;
+        CHECK(qs_bench_eval(b, &ev0, &e) == 0); /* every site decoded and used */
+        CHECK(rule(b, "fc1", "int3", NULL, 0) == 1);
+        CHECK(strcmp(b->ls[1].wfmt.name, "int3") == 0);
+        CHECK(wq_fresh(b, 1) && wq_fresh(b, 0) && wq_fresh(b, 2));
+        CHECK(qs_bench_eval(b, &ev1, &e) == 0);
+        CHECK(ev1.q.loss != ev0.q.loss); /* the forward took the new weight */
+        CHECK(rule_toks(b, "fc1", "int4", "gran=channel rotate=hadamard") == 1);
+        CHECK(b->ls[1].wq_xform && b->ls[1].rot);
+        CHECK(wq_fresh(b, 1));
+        CHECK(rule(b, "fc1", "fp8-e4m3", "gran=channel", 0) == 1);
+        CHECK(!b->ls[1].wq_xform && !b->ls[1].rot);
+        CHECK(wq_fresh(b, 1));
+        CHECK(rule(b, "fc1", "none", NULL, 0) == 1);
+        CHECK(!b->ls[1].wquant && qs_site_wq(b, 1, &e) == NULL);
+        CHECK(rule(b, "fc1", "int4", "gran=channel", 0) == 1);
+        CHECK(wq_fresh(b, 1));
+        /* back to the first configuration: the first eval's numbers, bit for bit */
+        CHECK(qs_bench_eval(b, &ev1, &e) == 0);
+        CHECK(ev1.q.loss == ev0.q.loss && ev1.kl == ev0.kl);
+        qs_bench_free(b);
+    }
+}
+
+/* The cache holds at most wq_budget bytes of decoded weights (and always the site asked for);
+ * pinned sites are held beyond it until unpinned; the numbers do not depend on the budget. */
+static void test_wcache_budget(void)
+{
+    qs_err e;
+    struct qs_bench *a = qs_test_open_digits(), *b = qs_test_open_digits();
+    CHECK(a && b);
+    if (!a || !b)
+        return;
+    CHECK(rule(a, "*", "int4", "gran=channel", 0) == 3);
+    CHECK(rule(b, "*", "int4", "gran=channel", 0) == 3);
+    size_t sz[3], big = 0;
+    for (int i = 0; i < 3; i++) {
+        struct qs_unit u;
+        qs_bench_unit(b, i, &u);
+        sz[i] = (size_t)u.out * u.in * sizeof(float);
+        big = sz[i] > big ? sz[i] : big;
+    }
+    b->wq_budget = big; /* one site at a time at most (the largest) */
+    qs_bench_wcache_clear(b);
+    struct qs_wcache_info wi;
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 3; i++) {
+            CHECK(qs_site_wq(b, i, &e) != NULL);
+            qs_bench_wcache_info(b, &wi);
+            CHECK(wi.bytes <= b->wq_budget && wi.nsites >= 1 && wi.budget == big);
+        }
+    qs_bench_wcache_info(b, &wi);
+    CHECK(wi.nquant == 3 && wi.packed_bytes > 0 && wi.packed_bytes < sz[0] + sz[1] + sz[2]);
+    long d0 = wi.decodes;
+    CHECK(qs_site_wq(b, 2, &e) != NULL); /* the last one read: a hit */
+    qs_bench_wcache_info(b, &wi);
+    CHECK(wi.decodes == d0);
+    /* a budget of nothing still serves the site asked for, and only it */
+    b->wq_budget = 0;
+    for (int i = 0; i < 3; i++) {
+        CHECK(qs_site_wq(b, i, &e) != NULL);
+        qs_bench_wcache_info(b, &wi);
+        CHECK(wi.nsites == 1 && wi.bytes == sz[i]);
+    }
+    /* pinned: every site held at once beyond the budget, then trimmed back */
+    const float *p[3];
+    for (int i = 0; i < 3; i++)
+        p[i] = qs_site_wq_pin(b, i, &e);
+    qs_bench_wcache_info(b, &wi);
+    CHECK(p[0] && p[1] && p[2] && wi.nsites == 3 && wi.bytes == sz[0] + sz[1] + sz[2]);
+    qs_site_wq_unpin_all(b);
+    qs_bench_wcache_info(b, &wi);
+    CHECK(wi.nsites == 0 && wi.bytes == 0);
+    /* the same numbers whatever the budget (b decodes every site at every use) */
+    struct qs_eval ea, eb;
+    CHECK(qs_bench_eval(a, &ea, &e) == 0 && qs_bench_eval(b, &eb, &e) == 0);
+    CHECK(ea.q.loss == eb.q.loss && ea.q.acc == eb.q.acc && ea.kl == eb.kl);
+    qs_bench_wcache_info(b, &wi);
+    CHECK(wi.bytes == 0 || wi.nsites == 1);
+    qs_bench_free(a);
+    qs_bench_free(b);
+}
+
 TEST_MAIN("bench", TEST_CASE(test_incremental_bit_identical), TEST_CASE(test_rules_first_match),
           TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity), TEST_CASE(test_large_layer_topk),
-          TEST_CASE(test_stale_corrections))
+          TEST_CASE(test_stale_corrections), TEST_CASE(test_wcache_fresh_after_change),
+          TEST_CASE(test_wcache_budget))

@@ -200,9 +200,9 @@ static void test_export_packed_reload(void)
             tprefix(m, st->name, p, sizeof p);
             const struct qs_st_tensor *tc = tensor(f, p, "weight.codes"),
                                       *ts = tensor(f, p, "weight.scales");
-            CHECK(ls->wq != NULL && tc && ts && !tensor(f, p, "weight") &&
+            CHECK(qs_site_wq(b, s, NULL) != NULL && tc && ts && !tensor(f, p, "weight") &&
                   !tensor(f, p, "weight.zeros"));
-            if (!ls->wq || !tc || !ts)
+            if (!qs_site_wq(b, s, NULL) || !tc || !ts)
                 continue;
             const int G = 32, ng = (st->in + G - 1) / G;
             CHECK(tc->dtype == QS_DT_U8 && tc->nbytes == ((size_t)st->out * st->in + 1) / 2);
@@ -211,6 +211,7 @@ static void test_export_packed_reload(void)
                 ts->nbytes != (size_t)st->out * ng * 2)
                 continue;
             const uint8_t *cb = tc->data, *sb = ts->data;
+            const float *wq = qs_site_wq(b, s, NULL);
             size_t bad = 0;
             for (int i = 0; i < st->out; i++)
                 for (int j = 0; j < st->in; j++) {
@@ -219,7 +220,7 @@ static void test_export_packed_reload(void)
                     int q = code >= 8 ? code - 16 : code;
                     float sc = half_to_float((uint16_t)(sb[2 * g] | sb[2 * g + 1] << 8));
                     float w = (float)q * sc;
-                    bad += memcmp(&w, &ls->wq[k], sizeof w) != 0;
+                    bad += memcmp(&w, &wq[k], sizeof w) != 0;
                 }
             if (bad)
                 fprintf(stderr, "  %s: %zu weights decode differently\n", st->name, bad);
@@ -277,8 +278,9 @@ static void test_export_packed_reload(void)
                 const struct qs_lm_site *st = &m->sites[s], *rs = &rm->sites[s];
                 const struct qs_corr *cr = &b->ls[s].corr;
                 size_t n = (size_t)st->out * st->in, bad = 0;
-                for (size_t j = 0; j < n; j++) {
-                    float w = cr->c ? b->ls[s].wq[j] + cr->c[j] : b->ls[s].wq[j];
+                const float *wq = qs_site_wq(b, s, NULL);
+                for (size_t j = 0; wq && j < n; j++) {
+                    float w = cr->c ? wq[j] + cr->c[j] : wq[j];
                     bad += memcmp(&w, &rs->w[j], sizeof w) != 0;
                 }
                 CHECK(bad == 0);
@@ -347,7 +349,7 @@ static void test_float_sites_and_formats(void)
                     char p[160];
                     tprefix(m, m->sites[s].name, p, sizeof p);
                     const struct qs_st_tensor *tw = tensor(f, p, "weight");
-                    if (b->ls[s].wq) {
+                    if (qs_site_wq(b, s, NULL)) {
                         CHECK(!tw && tensor(f, p, "weight.codes"));
                         continue;
                     }

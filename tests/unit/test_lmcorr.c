@@ -50,7 +50,7 @@ static int site_index(const struct qs_lm *m, const char *name)
 /* The reference: site `site`'s outputs over the calibration windows, captured by the output
  * hook, with the float weights or every site's quantized weight (no correction anywhere). */
 struct cap {
-    const struct qs_bench *b;
+    struct qs_bench *b;
     int site, quant, rows, cap_rows, calls;
     float *y; /* (cap_rows, out) */
 };
@@ -58,7 +58,7 @@ struct cap {
 static const float *cap_weight(void *u, int s)
 {
     struct cap *c = u;
-    return c->quant ? c->b->ls[s].wq : NULL;
+    return c->quant ? qs_site_wq(c->b, s, NULL) : NULL;
 }
 
 static void cap_post(void *u, int s, float *y, int n, int out)

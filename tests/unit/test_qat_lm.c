@@ -698,10 +698,10 @@ static void test_lsq_bench(void)
         const struct qs_layer_state *ls = &b->ls[s];
         size_t n = (size_t)u->out * u->in;
         float *dq = malloc(n * sizeof *dq), *rtn = malloc(n * sizeof *rtn);
-        CHECK(ls->wq && qs_quant_unpack(&ls->packed, dq, &e) == 0);
-        CHECK(!memcmp(dq, ls->wq, n * sizeof *dq));
+        CHECK(qs_site_wq(b, s, NULL) && qs_quant_unpack(&ls->packed, dq, &e) == 0);
+        CHECK(!memcmp(dq, qs_site_wq(b, s, NULL), n * sizeof *dq));
         CHECK(qs_quant_fake(&ls->wfmt, &ls->wopt, u->w, u->out, u->in, rtn, &e) == 0);
-        differ += memcmp(rtn, ls->wq, n * sizeof *rtn) != 0;
+        differ += memcmp(rtn, qs_site_wq(b, s, NULL), n * sizeof *rtn) != 0;
         if (s == 1) {
             saved = dq;
             dq = NULL;
@@ -713,7 +713,7 @@ static void test_lsq_bench(void)
     /* a rule on site 0 only: site 0 back to round-to-nearest, site 1 keeps its learned scales */
     CHECK(rule(b, b->lm->sites[0].name, "int4", "gran=channel", QS_ROLE_W,
                QS_AMODE_DYNAMIC) == 1);
-    CHECK(saved && !memcmp(saved, b->ls[1].wq,
+    CHECK(saved && !memcmp(saved, qs_site_wq(b, 1, NULL),
                            (size_t)b->lm->sites[1].out * b->lm->sites[1].in * sizeof *saved));
     free(saved);
     /* again from the learned scales: they start where they stopped */
@@ -824,10 +824,10 @@ static void test_lsq_mlp(void)
             const struct qs_layer_state *ls = &b->ls[i];
             size_t n = (size_t)l->out * l->in;
             float *dq = malloc(n * sizeof *dq), *rtn = malloc(n * sizeof *rtn);
-            CHECK(ls->wq && qs_quant_unpack(&ls->packed, dq, &e) == 0);
-            CHECK(!memcmp(dq, ls->wq, n * sizeof *dq));
+            CHECK(qs_site_wq(b, i, NULL) && qs_quant_unpack(&ls->packed, dq, &e) == 0);
+            CHECK(!memcmp(dq, qs_site_wq(b, i, NULL), n * sizeof *dq));
             CHECK(qs_quant_fake(&ls->wfmt, &ls->wopt, l->w, l->out, l->in, rtn, &e) == 0);
-            CHECK(memcmp(rtn, ls->wq, n * sizeof *rtn) != 0);
+            CHECK(memcmp(rtn, qs_site_wq(b, i, NULL), n * sizeof *rtn) != 0);
             free(dq);
             free(rtn);
         }

@@ -53,7 +53,7 @@ static double local_err(struct qs_bench *b, int i, qs_err *e)
         free(r);
         return -1.0;
     }
-    double v = qs_method_local_err(u.w, b->ls[i].wq, u.out, u.in, r) / 2.0;
+    double v = qs_method_local_err(u.w, qs_site_wq(b, i, NULL), u.out, u.in, r) / 2.0;
     free(r);
     return v;
 }
@@ -84,7 +84,7 @@ static void mlp_matches_kernel(const char *toks, int inputs_float, enum qs_metho
     for (int i = 0; ref && i < 3; i++) {
         const struct qs_layer *l = &ref->layers[i];
         size_t nw = (size_t)l->out * l->in;
-        int same = b->ls[i].wq && !memcmp(b->ls[i].wq, l->w, nw * sizeof(float));
+        int same = qs_site_wq(b, i, NULL) && !memcmp(qs_site_wq(b, i, NULL), l->w, nw * sizeof(float));
         if (!same)
             fprintf(stderr, "  %s %s: the bench's weights differ from the kernel's\n", toks,
                     l->name);
@@ -130,7 +130,7 @@ static void test_awq_site(void)
         CHECK(q && qs_method_layer(&f, &o, &mo, l->w, l->out, l->in, a->in[i], a->n, q, &e) == 0);
         double md = 0.0, mx = 0.0;
         for (size_t j = 0; q && j < nw; j++) {
-            md = fmax(md, fabs((double)q[j] - b->ls[i].wq[j]));
+            md = fmax(md, fabs((double)q[j] - qs_site_wq(b, i, NULL)[j]));
             mx = fmax(mx, fabs((double)q[j]));
         }
         CHECK(md <= 1e-6 * (mx > 0 ? mx : 1));
@@ -164,7 +164,7 @@ static void test_gptq_beats_rtn_mlp(void)
         size_t nw = (size_t)l->out * l->in;
         float *d = malloc(nw * sizeof *d);
         CHECK(d && qs_quant_unpack(&b->ls[i].packed, d, &e) == 0 &&
-              !memcmp(d, b->ls[i].wq, nw * sizeof *d));
+              !memcmp(d, qs_site_wq(b, i, NULL), nw * sizeof *d));
         free(d);
     }
     qs_bench_free(b);
@@ -184,12 +184,12 @@ static void test_upstream_recompute(void)
     size_t n1 = 64 * 64, n2 = 10 * 64;
     float *w1 = malloc(n1 * sizeof *w1), *w2 = malloc(n2 * sizeof *w2);
     CHECK(w1 && w2);
-    memcpy(w1, b->ls[1].wq, n1 * sizeof *w1);
-    memcpy(w2, b->ls[2].wq, n2 * sizeof *w2);
+    memcpy(w1, qs_site_wq(b, 1, NULL), n1 * sizeof *w1);
+    memcpy(w2, qs_site_wq(b, 2, NULL), n2 * sizeof *w2);
     CHECK(rule(b, "fc0", "int2", "gran=tensor", 0, &e) == 1);
     CHECK(!qs_bench_methods_pending(b));
-    CHECK(memcmp(w1, b->ls[1].wq, n1 * sizeof *w1) != 0); /* fc1 saw new inputs */
-    CHECK(memcmp(w2, b->ls[2].wq, n2 * sizeof *w2) == 0); /* fc2 takes float inputs */
+    CHECK(memcmp(w1, qs_site_wq(b, 1, NULL), n1 * sizeof *w1) != 0); /* fc1 saw new inputs */
+    CHECK(memcmp(w2, qs_site_wq(b, 2, NULL), n2 * sizeof *w2) == 0); /* fc2 takes float inputs */
     /* fc1 is GPTQ on the quantized path's inputs as they are now */
     const float *x;
     int n;
@@ -201,12 +201,12 @@ static void test_upstream_recompute(void)
     CHECK(h && q && qs_hessian_add(h, x, n, 64, &e) == 0 &&
           qs_gptq(&b->ls[1].wfmt, &b->ls[1].wopt, &g, b->model->layers[1].w, 64, 64, h, q, NULL,
                   &e) == 0);
-    CHECK(q && !memcmp(q, b->ls[1].wq, n1 * sizeof *q));
+    CHECK(q && !memcmp(q, qs_site_wq(b, 1, NULL), n1 * sizeof *q));
     /* a calibration change recomputes too */
-    memcpy(w2, b->ls[2].wq, n2 * sizeof *w2);
+    memcpy(w2, qs_site_wq(b, 2, NULL), n2 * sizeof *w2);
     CHECK(qs_bench_set_calib(b, 100, &e) == 0);
-    CHECK(!qs_bench_methods_pending(b) && b->ls[2].wq);
-    CHECK(b->ls[2].wq && memcmp(w2, b->ls[2].wq, n2 * sizeof *w2) != 0);
+    CHECK(!qs_bench_methods_pending(b) && qs_site_wq(b, 2, NULL));
+    CHECK(qs_site_wq(b, 2, NULL) && memcmp(w2, qs_site_wq(b, 2, NULL), n2 * sizeof *w2) != 0);
     free(h);
     free(q);
     free(w1);
@@ -307,11 +307,11 @@ static void test_refusals(void)
     CHECK(nb && qs_mlp_load(QS_TEST_DIGITS_MODEL, QS_ACT_RELU, 0, &m, &e) == 0 &&
           qs_bench_set_model(nb, m, QS_TEST_DIGITS_MODEL, &e) == 0);
     CHECK(rule(nb, "*", "int4", "gran=channel method=gptq", 0, &e) == 3);
-    CHECK(qs_bench_methods_pending(nb) && nb->ls[0].wq == NULL);
+    CHECK(qs_bench_methods_pending(nb) && qs_site_wq(nb, 0, NULL) == NULL);
     CHECK(qs_bench_methods_refresh(nb, 1, &e) < 0 && strstr(e.msg, "method=gptq"));
     /* rotation with round-to-nearest needs no data */
     CHECK(rule(nb, "*", "int4", "gran=channel rotate=hadamard", 0, &e) == 3);
-    CHECK(!qs_bench_methods_pending(nb) && nb->ls[0].wq != NULL);
+    CHECK(!qs_bench_methods_pending(nb) && qs_site_wq(nb, 0, NULL) != NULL);
     qs_bench_free(nb);
 }
 
@@ -344,7 +344,7 @@ static void test_lm_gptq(void)
         size_t nw = (size_t)u.out * u.in;
         float *d = malloc(nw * sizeof *d);
         CHECK(d && qs_quant_unpack(&b->ls[i].packed, d, &e) == 0 &&
-              !memcmp(d, b->ls[i].wq, nw * sizeof *d));
+              !memcmp(d, qs_site_wq(b, i, NULL), nw * sizeof *d));
         free(d);
     }
     fprintf(stderr, "  tiny-gpt2 int3/channel: local error GPTQ / RTN, worst site %.4f\n", worst);
@@ -383,8 +383,8 @@ static void test_lm_stats_streamed(void)
         CHECK(ra == 1 && rb == 1);
         struct qs_unit u;
         qs_bench_unit(a, i, &u);
-        CHECK(a->ls[i].wq && b->ls[i].wq &&
-              !memcmp(a->ls[i].wq, b->ls[i].wq, (size_t)u.out * u.in * sizeof(float)));
+        CHECK(qs_site_wq(a, i, NULL) && qs_site_wq(b, i, NULL) &&
+              !memcmp(qs_site_wq(a, i, NULL), qs_site_wq(b, i, NULL), (size_t)u.out * u.in * sizeof(float)));
         if (k == 0) { /* rows are what a rotation needs: refused within the budget */
             CHECK(rule(b, site, "int3", "gran=channel method=gptq rotate=hadamard", 0, &e) < 0 &&
                   strstr(e.msg, "activation budget"));

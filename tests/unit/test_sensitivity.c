@@ -540,7 +540,7 @@ static void test_sensitivity_bench(void)
     CHECK(qs_fisher_diag(b->model, fc->x, fc->y, fc->n, f, &e) == 0);
     double fe = 0.0;
     for (int j = 0; j < 64 * 64; j++) {
-        double d = (double)b->model->layers[1].w[j] - b->ls[1].wq[j];
+        double d = (double)b->model->layers[1].w[j] - qs_site_wq(b, 1, NULL)[j];
         fe += f[1][j] * d * d;
     }
     CHECK_REL(s[1].fisher_err, fe, 1e-9);
