@@ -7,6 +7,7 @@
 #include <lapacke.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -449,9 +450,19 @@ static int inv_chol_upper(double *hp, int n, float *u, qs_err *e)
     return 0;
 }
 
-/* GPTQ on rows [r0, r1), all batches: rows are independent given U (shared, read-only), so a
- * thread takes its rows from the first column to the last with no barrier. */
+/* GPTQ on row chunks, all batches: rows are independent given U (shared, read-only), so a
+ * thread takes a chunk of rows from the first column to the last with no barrier, then the next
+ * chunk nobody has taken. The chunks are taken, not dealt: on 2 cores a third runnable thread
+ * (OpenBLAS's workers spin for ~0.1 s after each BLAS call, the Cholesky's included) halves the
+ * speed of whichever thread shares its core, and with a fixed half of the rows each the slowed
+ * thread set the pace (GPTQ on 3072 x 768 took 25 or 40 ms from run to run, quiet machine). */
+struct gqueue {
+    atomic_size_t next; /* the next chunk to take */
+    size_t chunk, R;    /* rows per chunk, rows */
+};
+
 struct gjob {
+    struct gqueue *queue;
     struct qs_quantizer *q;
     const float *u;
     const float *w0; /* the first batch: W (dead columns zeroed), original column order */
@@ -579,20 +590,27 @@ static int batch_run(struct gjob *b, size_t i1, size_t nb, int first, int last)
 static void *gptq_rows(void *arg)
 {
     struct gjob *b = arg;
+    struct gqueue *qu = b->queue;
     b->rc = 0;
-    for (size_t i1 = 0; i1 < b->n;) {
-        const size_t i2 = batch_end(i1, b->n, b->B, b->seg, b->fit_late);
-        if (batch_run(b, i1, i2 - i1, i1 == 0, i2 == b->n) < 0) {
-            b->rc = -1;
+    for (;;) {
+        const size_t c = atomic_fetch_add_explicit(&qu->next, 1, memory_order_relaxed);
+        if (c >= (qu->R + qu->chunk - 1) / qu->chunk)
             return NULL;
+        b->r0 = c * qu->chunk;
+        b->r1 = b->r0 + qu->chunk < qu->R ? b->r0 + qu->chunk : qu->R;
+        for (size_t i1 = 0; i1 < b->n;) {
+            const size_t i2 = batch_end(i1, b->n, b->B, b->seg, b->fit_late);
+            if (batch_run(b, i1, i2 - i1, i1 == 0, i2 == b->n) < 0) {
+                b->rc = -1;
+                return NULL;
+            }
+            /* the columns after the batch: W[r0:r1, i2:] -= Err U[i1:i2, i2:] */
+            if (i2 < b->n)
+                lazy_update(b->tile, b->w, b->n, b->err, b->ld, b->u, i1, i2 - i1, i2, b->r0,
+                            b->r1, b->ap, b->bp);
+            i1 = i2;
         }
-        /* the columns after the batch: W[r0:r1, i2:] -= Err U[i1:i2, i2:] */
-        if (i2 < b->n)
-            lazy_update(b->tile, b->w, b->n, b->err, b->ld, b->u, i1, i2 - i1, i2, b->r0, b->r1,
-                        b->ap, b->bp);
-        i1 = i2;
     }
-    return NULL;
 }
 
 int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
@@ -738,15 +756,23 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             }
     }
 
-    /* the threads, created once: each takes its rows through every batch, with no barrier (the
-     * OpenBLAS calls are all before, in inv_chol_upper) */
+    /* the threads, created once: each takes chunks of rows through every batch, with no
+     * barrier (the OpenBLAS calls are all before, in inv_chol_upper); four chunks a thread, a
+     * whole number of KMC row blocks each (one chunk: all rows, on one thread) */
     struct gjob bt[GPTQ_MAX_THREADS];
     pthread_t th[GPTQ_MAX_THREADS];
     int started[GPTQ_MAX_THREADS] = {0};
-    const size_t per = (R + (size_t)nthr - 1) / (size_t)nthr;
+    struct gqueue queue = {.chunk = R, .R = R};
+    atomic_init(&queue.next, 0);
+    if (nthr > 1) {
+        size_t want = (R + 4 * (size_t)nthr - 1) / (4 * (size_t)nthr);
+        queue.chunk = (want + KMC - 1) / KMC * KMC;
+    }
+    const size_t nchunk = (R + queue.chunk - 1) / queue.chunk;
     int nt = 0;
-    for (int i = 0; i < nthr && (size_t)i * per < R; i++, nt++)
-        bt[i] = (struct gjob){.q = q,
+    for (int i = 0; i < nthr && (size_t)i < nchunk; i++, nt++)
+        bt[i] = (struct gjob){.queue = &queue,
+                              .q = q,
                               .u = u,
                               .w0 = w0,
                               .perm = g->act_order ? perm : NULL,
@@ -773,8 +799,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                               .nblk = nblk,
                               .shared = shared,
                               .fit_late = fit_late,
-                              .r0 = (size_t)i * per,
-                              .r1 = (size_t)(i + 1) * per < R ? (size_t)(i + 1) * per : R};
+                              .r0 = 0,
+                              .r1 = 0};
     for (int i = 1; i < nt; i++)
         started[i] = pthread_create(&th[i], NULL, gptq_rows, &bt[i]) == 0;
     for (int i = 1; i < nt; i++)
