@@ -10,7 +10,7 @@ SAN     ?=
 # the reference checks of tests/sh/ggml.sh.
 DEB_PKGS = build-essential pkg-config libncurses-dev libreadline-dev libopenblas-dev \
            liblapacke-dev libcsv-dev libcjson-dev tmux mandoc python3 python3-numpy procps groff-base \
-           libonig-dev libutf8proc-dev python3-torch nodejs parallel fortunes
+           libonig-dev libutf8proc-dev python3-torch nodejs parallel fortunes clang-format-14
 
 PKG_CORE = openblas lapacke
 PKG_UI   = ncursesw readline

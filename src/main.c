@@ -123,8 +123,10 @@ int main(int argc, char **argv)
             char *end;
             tol = strtod(t, &end);
             if (end == t || *end || !(tol >= 0 && tol <= 1)) {
-                fprintf(stderr, "qscope: --tol: '%s' is not a relative tolerance between 0 and 1 "
-                                "(e.g. 1e-6)\n", t);
+                fprintf(stderr,
+                        "qscope: --tol: '%s' is not a relative tolerance between 0 and 1 "
+                        "(e.g. 1e-6)\n",
+                        t);
                 free(pos);
                 return 2;
             }
@@ -186,7 +188,7 @@ int main(int argc, char **argv)
     c.u = &c;
     c.json = json;
     c.extra = qs_tui_cmds; /* so that `screenshot` outside the TUI says it needs the TUI */
-    if (isatty(2)) { /* long commands show progress; the TUI puts its own bar in its place */
+    if (isatty(2)) {       /* long commands show progress; the TUI puts its own bar in its place */
         b->progress = qs_front_progress;
         b->progress_ctx = &c;
     }

@@ -16,10 +16,10 @@ struct qs_layer_err {
     double snr_db;         /* 10 log10(||Y_f||^2 / ||Y_q - Y_f||^2) (propagated); inf if exact */
     double local_rel_mse;  /* local: both from the float input X_f */
     double local_snr_db;
-    double cosine;         /* cosine similarity of Y_q and Y_f (propagated) */
-    double kl_alone;       /* KL(p_f || p_q) on the test split with only this layer quantized */
-    double kl_share;       /* kl_alone / sum over layers */
-    int has_attr;          /* weight+activation: the three local attributions below are set */
+    double cosine;   /* cosine similarity of Y_q and Y_f (propagated) */
+    double kl_alone; /* KL(p_f || p_q) on the test split with only this layer quantized */
+    double kl_share; /* kl_alone / sum over layers */
+    int has_attr;    /* weight+activation: the three local attributions below are set */
     double w_only, a_only, interaction; /* local relative MSE: weights only, activations only,
                                            and both minus the two */
 };
@@ -44,18 +44,18 @@ struct qs_spectrum {
     int layer;
     enum qs_spec_of of;
     enum qs_spec_scale scale;
-    int m, n;          /* shape of the matrix whose values are taken */
-    int nsv;           /* values returned (k) */
-    int exact;         /* LAPACK (1) or randomized range finder (0) */
-    double *sv;        /* error singular values, descending (nsv) */
-    double *ref_sv;    /* reference spectrum: of=weight the (scaled) W, of=preact Y_f (nsv) */
+    int m, n;                /* shape of the matrix whose values are taken */
+    int nsv;                 /* values returned (k) */
+    int exact;               /* LAPACK (1) or randomized range finder (0) */
+    double *sv;              /* error singular values, descending (nsv) */
+    double *ref_sv;          /* reference spectrum: of=weight the (scaled) W, of=preact Y_f (nsv) */
     struct qs_rank_stats st; /* of the error */
     /* of=weight with a weight-space correction C (lowrank, lqer, qera, eora) and QS_SPEC_RESID:
      * the residual W - (Q(W) + C) in the same view (scale=act|cov applied to it as to E) */
-    int resid;               /* 1 computed; 0 no correction; -1 the correction acts on outputs
-                                (bias, linear, clocal) or of=preact: no weight residual */
+    int resid;                /* 1 computed; 0 no correction; -1 the correction acts on outputs
+                                 (bias, linear, clocal) or of=preact: no weight residual */
     const char *resid_method; /* qs_corr_name of the layer's correction, NULL without one */
-    double *res_sv;          /* residual singular values, descending (nsv) */
+    double *res_sv;           /* residual singular values, descending (nsv) */
     struct qs_rank_stats res_st;
 };
 
@@ -133,16 +133,16 @@ struct qs_ablation {
     int other_layer;               /* that site: a layer of the same shape, else -1 */
     struct qs_metric other_ctrl;   /* quantized + this correction at other_layer instead */
     /* task gains, each the mean per-sample loss without minus with (positive = it helps) */
-    struct qs_interval g_q;        /* on the quantized model (in the upstream state below) */
-    struct qs_interval g_f;        /* on the float model (no quantization, no other correction) */
-    struct qs_interval g_r;        /* of the random control on the quantized model */
-    struct qs_interval g_o;        /* of the other-layer control (valid when have_other) */
-    int other_significant;         /* have_other and g_o.lo > 0 */
-    uint64_t upstream;             /* earlier layers whose corrections were active in the
-                                      quantized runs: those in place when it was fitted */
-    uint64_t upstream_gone;        /* in place at the fit, removed since (low-rank methods only:
-                                      their fit depends on W, Q(W) and float inputs alone) */
-    const char *verdict;           /* "harmful", "no-gain", "capacity", "recovery" */
+    struct qs_interval g_q; /* on the quantized model (in the upstream state below) */
+    struct qs_interval g_f; /* on the float model (no quantization, no other correction) */
+    struct qs_interval g_r; /* of the random control on the quantized model */
+    struct qs_interval g_o; /* of the other-layer control (valid when have_other) */
+    int other_significant;  /* have_other and g_o.lo > 0 */
+    uint64_t upstream;      /* earlier layers whose corrections were active in the
+                               quantized runs: those in place when it was fitted */
+    uint64_t upstream_gone; /* in place at the fit, removed since (low-rank methods only:
+                               their fit depends on W, Q(W) and float inputs alone) */
+    const char *verdict;    /* "harmful", "no-gain", "capacity", "recovery" */
 };
 
 /* The verdict rule, on 95 % intervals of the gains (first match wins):
@@ -158,14 +158,13 @@ const char *qs_ablation_verdict(const struct qs_interval *g_q, const struct qs_i
 /* A random correction of c's kind with equal rank and Frobenius norm (each of c's terms: the
  * low-rank weight term, the bias term, the linear map's A - I and mb), seeded by seed, into r
  * (cleared first; free with qs_corr_clear, also after an error). -1: out of memory. */
-int qs_corr_random_like(const struct qs_corr *c, int out, int in, uint64_t seed,
-                        struct qs_corr *r);
+int qs_corr_random_like(const struct qs_corr *c, int out, int in, uint64_t seed, struct qs_corr *r);
 
 /* The pre-activations of site i on split sp along the float (quant 0) or the quantized path
  * (its own correction applied, as the model computes it), from the cached inputs: *y (n, out)
  * newly allocated (the caller frees). */
-int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, float **y,
-                    int *n, qs_err *e);
+int qs_bench_preact(struct qs_bench *b, enum qs_split_id sp, int quant, int i, float **y, int *n,
+                    qs_err *e);
 
 /* Ablates layer i's correction. The quantized runs (without it, with it, the controls) keep
  * the earlier layers' corrections that were in place when it was fitted and still are (the

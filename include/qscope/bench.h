@@ -18,8 +18,8 @@
 struct qs_rot;
 
 enum qs_regime { QS_REGIME_WEIGHT, QS_REGIME_ACT, QS_REGIME_FULL };
-const char *qs_regime_name(enum qs_regime r);  /* "weight-only", "activation-only", ... */
-const char *qs_regime_word(enum qs_regime r);  /* "weight", "act", "full" (command words) */
+const char *qs_regime_name(enum qs_regime r); /* "weight-only", "activation-only", ... */
+const char *qs_regime_word(enum qs_regime r); /* "weight", "act", "full" (command words) */
 
 enum { QS_ROLE_W = 1, QS_ROLE_A = 2 };
 
@@ -30,18 +30,18 @@ enum qs_amode { QS_AMODE_DYNAMIC, QS_AMODE_TOKEN, QS_AMODE_STATIC };
  * quantizes. The default (method=rtn, no rotation, no smoothing), which a zeroed struct is, is
  * round-to-nearest as before. */
 struct qs_rule_method {
-    int method;             /* enum qs_method: QS_METHOD_RTN, _GPTQ, _AWQ, _IMATRIX
-                               (weight=imatrix) */
-    double damp;            /* GPTQ: damping relative to the mean diagonal of H (> 0; 0 in a
-                               zeroed rule means the default 0.01) */
-    int act_order;          /* GPTQ order=act: columns by decreasing H_jj */
-    int inputs_float;       /* inputs=float: statistics from the float model's inputs; default
-                               (inputs=quant) from the partly quantized model, sites in order */
-    int rotate;             /* rotate=hadamard: randomized Hadamard basis of the input dim */
-    int smooth_on;          /* smooth=alpha (SmoothQuant) given */
-    double smooth;          /* its alpha in [0, 1] */
-    uint64_t seed;          /* rotation seed: the session seed when the rule was made (a site
-                               uses seed + its index) */
+    int method;       /* enum qs_method: QS_METHOD_RTN, _GPTQ, _AWQ, _IMATRIX
+                         (weight=imatrix) */
+    double damp;      /* GPTQ: damping relative to the mean diagonal of H (> 0; 0 in a
+                         zeroed rule means the default 0.01) */
+    int act_order;    /* GPTQ order=act: columns by decreasing H_jj */
+    int inputs_float; /* inputs=float: statistics from the float model's inputs; default
+                         (inputs=quant) from the partly quantized model, sites in order */
+    int rotate;       /* rotate=hadamard: randomized Hadamard basis of the input dim */
+    int smooth_on;    /* smooth=alpha (SmoothQuant) given */
+    double smooth;    /* its alpha in [0, 1] */
+    uint64_t seed;    /* rotation seed: the session seed when the rule was made (a site
+                         uses seed + its index) */
 };
 void qs_rule_method_default(struct qs_rule_method *m);
 /* Parses one token of `quant` (method=rtn|gptq|awq, damp=X, order=act|col, inputs=float|quant,
@@ -67,15 +67,21 @@ struct qs_rule {
     char pattern[64];
     struct qs_format fmt;
     struct qs_qopts opt;
-    int roles;              /* QS_ROLE_* bits, or 0 = the regime's default roles */
+    int roles; /* QS_ROLE_* bits, or 0 = the regime's default roles */
     enum qs_amode amode;
-    int matched;            /* layers matched at the last resolution */
+    int matched;                /* layers matched at the last resolution */
     struct qs_rule_method meth; /* the quantizer method (default: round-to-nearest) */
 };
 
 enum qs_corr_method {
-    QS_CORR_NONE, QS_CORR_BIAS, QS_CORR_LOWRANK, QS_CORR_LQER, QS_CORR_QERA, QS_CORR_EORA,
-    QS_CORR_LINEAR, QS_CORR_CLOCAL
+    QS_CORR_NONE,
+    QS_CORR_BIAS,
+    QS_CORR_LOWRANK,
+    QS_CORR_LQER,
+    QS_CORR_QERA,
+    QS_CORR_EORA,
+    QS_CORR_LINEAR,
+    QS_CORR_CLOCAL
 };
 const char *qs_corr_name(enum qs_corr_method m);
 struct qs_corr;
@@ -88,26 +94,26 @@ int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e);
  * only and never applied to the forward pass. */
 struct qs_corr {
     enum qs_corr_method method;
-    int rank;               /* low-rank methods */
-    char prec[32];          /* "float", "int8", "int4" (linear map's own weights); low-rank:
-                               the factors' format ("float", "int8", "fp8-e4m3", ...) */
-    double lambda;          /* ridge lambda used */
-    int rank_kept;          /* ridge map: eigen-directions of Y_q^T Y_q kept (qs_ridge_map_info) */
-    float *c;               /* (out, in) low-rank weight term */
-    float *l, *rt;          /* its factors (out, rank), (rank, in): c = l rt (the fit's sgemm),
-                               kept so that `export model … packed` writes them */
-    float *db;              /* (out) bias term */
-    float *amap, *mb;       /* linear map y' = y A^T + mb: A (out, out) row-major, mb (out) */
-    long params;            /* parameters the correction adds */
-    double bits;            /* bits it adds: params x 32 in float, else the packed bytes x 8 of
-                               the quantized weights (linear map) or factors (low-rank) */
-    double recovery;        /* held-out R */
-    double recovery_calib;  /* R on the calibration split */
-    int stale;              /* fitted on quantized inputs that have changed since (an earlier
-                               layer's configuration or correction changed): refit to update R */
-    uint64_t fit_upstream;  /* earlier layers (bit j, as qs_bench_run's corr_mask) whose
-                               corrections were in place, so active on the quantized path, when
-                               this one was fitted: `ablate` judges it in that state */
+    int rank;              /* low-rank methods */
+    char prec[32];         /* "float", "int8", "int4" (linear map's own weights); low-rank:
+                              the factors' format ("float", "int8", "fp8-e4m3", ...) */
+    double lambda;         /* ridge lambda used */
+    int rank_kept;         /* ridge map: eigen-directions of Y_q^T Y_q kept (qs_ridge_map_info) */
+    float *c;              /* (out, in) low-rank weight term */
+    float *l, *rt;         /* its factors (out, rank), (rank, in): c = l rt (the fit's sgemm),
+                              kept so that `export model … packed` writes them */
+    float *db;             /* (out) bias term */
+    float *amap, *mb;      /* linear map y' = y A^T + mb: A (out, out) row-major, mb (out) */
+    long params;           /* parameters the correction adds */
+    double bits;           /* bits it adds: params x 32 in float, else the packed bytes x 8 of
+                              the quantized weights (linear map) or factors (low-rank) */
+    double recovery;       /* held-out R */
+    double recovery_calib; /* R on the calibration split */
+    int stale;             /* fitted on quantized inputs that have changed since (an earlier
+                              layer's configuration or correction changed): refit to update R */
+    uint64_t fit_upstream; /* earlier layers (bit j, as qs_bench_run's corr_mask) whose
+                              corrections were in place, so active on the quantized path, when
+                              this one was fitted: `ablate` judges it in that state */
     /* The last `ablate` of this correction (set by qs_analysis_ablate; a new fit or uncorrect
      * clears it with the rest), kept like the sensitivity so that views need not re-run it:
      * task accuracy (NAN on a transformer) and loss of the float, quantized, quantized+corrected
@@ -124,17 +130,17 @@ struct qs_layer_state {
     struct qs_format wfmt, afmt; /* kind NONE when the role stays float */
     struct qs_qopts wopt, aopt;
     enum qs_amode amode;
-    float a_static_amax;         /* calibrated on the float calibration inputs */
-    struct qs_packed packed;     /* the quantized weight's codes (valid when wquant) */
-    int wquant;                  /* the weight is quantized: packed holds its codes. The
-                                    dequantized weight is not kept with the site: qs_site_wq
-                                    decodes it on use into the bench's weights cache */
-    int wq_xform;                /* the decode maps the codes back from the method's basis:
-                                    Q(W') diag(xs)^-1 H (set by the methods, sitemethod.c) */
-    unsigned long wq_gen;        /* the codes' generation, unique in the process: a decoded
-                                    copy is that of (site, generation) */
-    double w_rel_err;            /* ||W - Q(W)|| / ||W|| */
-    struct qs_corr corr;         /* method NONE when uncorrected */
+    float a_static_amax;     /* calibrated on the float calibration inputs */
+    struct qs_packed packed; /* the quantized weight's codes (valid when wquant) */
+    int wquant;              /* the weight is quantized: packed holds its codes. The
+                                dequantized weight is not kept with the site: qs_site_wq
+                                decodes it on use into the bench's weights cache */
+    int wq_xform;            /* the decode maps the codes back from the method's basis:
+                                Q(W') diag(xs)^-1 H (set by the methods, sitemethod.c) */
+    unsigned long wq_gen;    /* the codes' generation, unique in the process: a decoded
+                                copy is that of (site, generation) */
+    double w_rel_err;        /* ||W - Q(W)|| / ||W|| */
+    struct qs_corr corr;     /* method NONE when uncorrected */
     /* the last `sensitivity` of this layer under its current configuration (delta loss when it
      * was computed, else the first of fisher_err, hutch_err, grad_norm); sens_method[0] == 0
      * when unknown; a change of the layer's formats forgets it */
@@ -149,10 +155,10 @@ struct qs_layer_state {
      * reads it unchanged. */
     struct qs_rule_method wm;
     int mpending;
-    struct qs_rot *rot;          /* rotate=hadamard: x -> H x before activation quantization */
-    float *xs;                   /* AWQ / SmoothQuant: x -> x / xs (per input channel) */
-    double xs_alpha;             /* AWQ: the alpha its grid search chose */
-    double xform_bits;           /* bits stored beside the packed weight (xs in F32) */
+    struct qs_rot *rot; /* rotate=hadamard: x -> H x before activation quantization */
+    float *xs;          /* AWQ / SmoothQuant: x -> x / xs (per input channel) */
+    double xs_alpha;    /* AWQ: the alpha its grid search chose */
+    double xform_bits;  /* bits stored beside the packed weight (xs in F32) */
 };
 
 /* Activations of one split along one path (the float model, or the quantized one with its
@@ -165,7 +171,8 @@ struct qs_acts {
     int n;
     float **in, **pre;
     float *resid;
-    float *x; int *y;            /* the split's inputs and labels (owned) */
+    float *x;
+    int *y; /* the split's inputs and labels (owned) */
 };
 
 enum qs_split_id { QS_CALIB, QS_TEST };
@@ -184,45 +191,45 @@ void qs_site_err_cache_free(struct qs_site_err_cache *c);
 typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
 
 struct qs_bench {
-    struct qs_mlp *model;        /* an MLP, or NULL when the model is a transformer (lm) */
+    struct qs_mlp *model; /* an MLP, or NULL when the model is a transformer (lm) */
     struct qs_dataset *data;
-    struct qs_lm *lm;            /* a transformer; its quantizable units are its linear sites */
-    struct qs_tokens *tokens;    /* token data for lm */
+    struct qs_lm *lm;         /* a transformer; its quantizable units are its linear sites */
+    struct qs_tokens *tokens; /* token data for lm */
     /* `load reference`: the quantized GGUF whose own site weights `gguf` rules put on the
      * quantized path of lm, the reference (lm_gguf.h); NULL otherwise. Goes with the model. */
     struct qs_lm_gguf_sites *gguf;
     char *model_path, *data_path;
-    uint64_t seed;               /* session seed: split, stochastic rounding, probes */
+    uint64_t seed; /* session seed: split, stochastic rounding, probes */
     uint64_t split_seed;
     double f_train, f_calib;
     struct qs_split split;
-    int calib_n;                 /* calibration samples used (<= split.n_calib) */
-    double gate_min;             /* task-learned gate: float test accuracy >= gate_min */
-    double gate_lm;              /* transformers: the float loss must be below the held-out
-                                    tokens' unigram entropy by this share of it (default 0.25) */
-    int lm_float_valid;          /* lm_float: the float model's held-out metrics, cached */
+    int calib_n;        /* calibration samples used (<= split.n_calib) */
+    double gate_min;    /* task-learned gate: float test accuracy >= gate_min */
+    double gate_lm;     /* transformers: the float loss must be below the held-out
+                           tokens' unigram entropy by this share of it (default 0.25) */
+    int lm_float_valid; /* lm_float: the float model's held-out metrics, cached */
     double lm_float_loss, lm_unigram;
     enum qs_regime regime;
     int nrules;
     struct qs_rule rules[64];
-    struct qs_layer_state *ls;   /* nlayers */
+    struct qs_layer_state *ls; /* nlayers */
     /* caches */
-    int f_valid;                 /* float activations computed */
+    int f_valid; /* float activations computed */
     struct qs_acts f_acts[2];
     struct qs_acts q_acts[2];
-    int q_valid[2];              /* quantized path valid for layers [0, q_valid) */
+    int q_valid[2]; /* quantized path valid for layers [0, q_valid) */
     /* transformers keep no whole-model caches (qs_bench_update fills none for them): analyses
      * stream window by window (qs_bench_stream) and keep only what they need, within budget */
-    size_t act_budget;           /* bytes of captured activations a streaming pass or a site's
-                                    row cache may hold (default QS_ACT_BUDGET) */
-    int calib_tokens;            /* set calib tokens=N: the budget asked for (0: windows given) */
-    int test_windows;            /* transformers: held-out runs (eval's loss_q, KL, the studies'
-                                    losses) take the split's first test_windows windows (0: all
-                                    of it; study q2 heldout_tokens=); the gate and its float loss
-                                    stay on the whole split (a property of the model) */
-    struct qs_site_rows {        /* one site's input rows (both paths, both splits) */
-        int site;                /* -1: none */
-        int n[2];                /* rows per split */
+    size_t act_budget;    /* bytes of captured activations a streaming pass or a site's
+                             row cache may hold (default QS_ACT_BUDGET) */
+    int calib_tokens;     /* set calib tokens=N: the budget asked for (0: windows given) */
+    int test_windows;     /* transformers: held-out runs (eval's loss_q, KL, the studies'
+                             losses) take the split's first test_windows windows (0: all
+                             of it; study q2 heldout_tokens=); the gate and its float loss
+                             stay on the whole split (a property of the model) */
+    struct qs_site_rows { /* one site's input rows (both paths, both splits) */
+        int site;         /* -1: none */
+        int n[2];         /* rows per split */
         float *xf[2], *xq[2];
     } rows;
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
@@ -237,11 +244,11 @@ struct qs_bench {
     /* front-end hooks (may be NULL) */
     qs_progress_fn progress;
     void *progress_ctx;
-    _Atomic int cancel;          /* set from another thread to cancel long work */
-    int methods_busy;            /* qs_bench_methods_refresh is running (no re-entry) */
+    _Atomic int cancel; /* set from another thread to cancel long work */
+    int methods_busy;   /* qs_bench_methods_refresh is running (no re-entry) */
     /* the quantized sites' decoded weights (qs_site_wq), least recently used first out */
     struct qs_wcache *wcache;
-    size_t wq_budget;            /* bytes of decoded weights it may hold (QS_WQ_BUDGET) */
+    size_t wq_budget; /* bytes of decoded weights it may hold (QS_WQ_BUDGET) */
 };
 
 /* ---- quantized weights: kept as codes, decoded on use ------------------------------------ */
@@ -367,11 +374,11 @@ struct qs_metric {
 
 struct qs_eval {
     struct qs_metric f, q;
-    double kl;          /* mean KL(p_f || p_q) on the test split */
-    double agree;       /* top-1 agreement */
-    double bits_w;      /* bits per weight of the whole model (packed sizes; float = 32) */
-    double chance;      /* majority-class rate of the test split (transformers: the unigram
-                           entropy of the held-out tokens) */
+    double kl;             /* mean KL(p_f || p_q) on the test split */
+    double agree;          /* top-1 agreement */
+    double bits_w;         /* bits per weight of the whole model (packed sizes; float = 32) */
+    double chance;         /* majority-class rate of the test split (transformers: the unigram
+                              entropy of the held-out tokens) */
     double gate_threshold; /* MLP: chance + gate_min (1 - chance), the float accuracy must reach
                               it; transformers: (1 - gate_lm) x the unigram entropy, the float
                               loss must stay at or below it */
@@ -441,9 +448,8 @@ int qs_bench_run(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, ui
 /* The same for every family, with the loss of each bootstrap unit (unit_loss: the split's units,
  * may be NULL) and the KL to the float model and top-1 agreement (kl, agree may be NULL; a
  * transformer then runs the float model beside). A transformer's loss is eval's bit for bit. */
-int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
-                    uint64_t corr_mask, struct qs_metric *m, double *unit_loss, double *kl,
-                    double *agree, qs_err *e);
+int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                    struct qs_metric *m, double *unit_loss, double *kl, double *agree, qs_err *e);
 /* The split contract in one line: which part of the data trains (the model's own training, for
  * the record), which calibrates (statistics, fits, static scales), which is held out (every
  * judgement), in rows or token windows. */

@@ -182,31 +182,31 @@ struct qs_ctx {
     /* called after each journaled command (autosave); may be NULL */
     void (*on_journal)(struct qs_ctx *c, const struct qs_jentry *j);
     void *journal_u;
-    int dirty;                  /* journal entries not yet saved to a session file */
+    int dirty; /* journal entries not yet saved to a session file */
     /* the command being run */
-    char canon[1024];           /* canonical form set by the handler (else the typed line) */
-    cJSON *cur_results;         /* results emitted by the running command */
-    int no_journal;             /* set by a handler to skip journaling this run */
+    char canon[1024];   /* canonical form set by the handler (else the typed line) */
+    cJSON *cur_results; /* results emitted by the running command */
+    int no_journal;     /* set by a handler to skip journaling this run */
     /* scripting */
-    int depth;                  /* source nesting */
-    int bail;                   /* stop at the first error (default 1) */
-    const char *script_dir;     /* folder of the running script, for relative paths */
-    int quit;                   /* set by `quit` */
-    int json;                   /* front end prints JSON */
-    int safe;                   /* refuse commands that write files (--replay's safe mode) */
-    const char *scratch;        /* safe replay: the folder QS_CMD_SCRATCH commands write to */
-    struct qs_redir *redir;     /* paths written there so far (owned) */
+    int depth;              /* source nesting */
+    int bail;               /* stop at the first error (default 1) */
+    const char *script_dir; /* folder of the running script, for relative paths */
+    int quit;               /* set by `quit` */
+    int json;               /* front end prints JSON */
+    int safe;               /* refuse commands that write files (--replay's safe mode) */
+    const char *scratch;    /* safe replay: the folder QS_CMD_SCRATCH commands write to */
+    struct qs_redir *redir; /* paths written there so far (owned) */
     int nredir;
     const struct qs_script_frame *frames; /* scripts being run, innermost first (script.h) */
-    long nsourced;              /* scripts run under the outermost one (bounds the work) */
-    cJSON *last_table;          /* last tabular result, for `export csv` (owned) */
+    long nsourced;                  /* scripts run under the outermost one (bounds the work) */
+    cJSON *last_table;              /* last tabular result, for `export csv` (owned) */
     const struct qs_cmd_def *extra; /* front-end commands (NULL-name terminated), may be NULL */
     /* the running command and its words after the name, as the dispatcher checked them against
      * its spec (qs_arg, qs_arg_pos); NULL between commands */
     const struct qs_cmd_def *cur_cmd;
     int cur_argc;
     char **cur_argv;
-    void *front;                /* front-end state for QS_CMD_FRONT handlers */
+    void *front; /* front-end state for QS_CMD_FRONT handlers */
 };
 
 void qs_ctx_init(struct qs_ctx *c, struct qs_bench *b);
@@ -265,7 +265,6 @@ void qs_quote_sb(const char *word, struct qs_sb *sb);
  * QS_CMD_WRITES_OPT with an out=/csv= argument). */
 int qs_cmd_writes(const struct qs_cmd_def *d, int argc, char **argv);
 
-
 /* Option parsing helpers for handlers: "key=value" tokens. */
 const char *qs_opt_value(const char *tok, const char *key); /* value if tok is key=..., else NULL */
 int qs_parse_int(const char *s, long lo, long hi, long *out, const char *what, qs_err *e);
@@ -274,9 +273,9 @@ int qs_parse_double(const char *s, double *out, const char *what, qs_err *e);
 /* Command tables of the core modules (NULL-name terminated). */
 extern const struct qs_cmd_def qs_cmds_basic[];
 extern const struct qs_cmd_def qs_cmds_analysis[];
-extern const struct qs_cmd_def qs_cmds_session[]; /* session.c: save session */
-extern const struct qs_cmd_def qs_cmds_replay[];  /* replay.c: source */
-extern const struct qs_cmd_def qs_cmds_recover[]; /* autosave.c: recover */
+extern const struct qs_cmd_def qs_cmds_session[];  /* session.c: save session */
+extern const struct qs_cmd_def qs_cmds_replay[];   /* replay.c: source */
+extern const struct qs_cmd_def qs_cmds_recover[];  /* autosave.c: recover */
 extern const struct qs_cmd_def qs_cmds_sens[];     /* cmd_sens.c: sensitivity */
 extern const struct qs_cmd_def qs_cmds_allocate[]; /* cmd_allocate.c: allocate */
 extern const struct qs_cmd_def qs_cmds_qat[];      /* cmd_qat.c: qat */

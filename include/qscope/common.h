@@ -32,9 +32,9 @@ typedef struct qs_rng {
 
 void qs_rng_seed(qs_rng *r, uint64_t seed);
 uint64_t qs_rng_u64(qs_rng *r);
-double qs_rng_uniform(qs_rng *r);      /* [0, 1) with 53 random bits */
-double qs_rng_normal(qs_rng *r);       /* standard normal (Box-Muller, no cached pair) */
-uint64_t qs_rng_below(qs_rng *r, uint64_t n); /* uniform integer in [0, n), unbiased */
+double qs_rng_uniform(qs_rng *r);              /* [0, 1) with 53 random bits */
+double qs_rng_normal(qs_rng *r);               /* standard normal (Box-Muller, no cached pair) */
+uint64_t qs_rng_below(qs_rng *r, uint64_t n);  /* uniform integer in [0, n), unbiased */
 void qs_rng_shuffle(qs_rng *r, int *a, int n); /* Fisher-Yates */
 
 /* Allocation that never returns NULL for a nonzero size unless memory is exhausted; callers

@@ -7,8 +7,8 @@
 #define QSCOPE_DATASET_H
 
 #include <stddef.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "qscope/common.h"
 
@@ -92,8 +92,8 @@ void qs_dataset_gather(const struct qs_dataset *d, const int *idx, int m, float 
  * noise = std of Gaussian noise added to each coordinate after labelling. Classes balanced
  * (sizes differ by at most one); rows are shuffled. Errors: unknown name (the valid ones are
  * listed), n < 4, noise negative or not finite, out of memory. */
-int qs_toy_generate(const char *name, int n, double noise, uint64_t seed,
-                    struct qs_dataset **out, qs_err *e);
+int qs_toy_generate(const char *name, int n, double noise, uint64_t seed, struct qs_dataset **out,
+                    qs_err *e);
 
 /* The toy names, NULL-terminated. */
 const char *const *qs_toy_names(void);

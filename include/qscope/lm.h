@@ -47,23 +47,23 @@ struct qs_lm {
      * mlp.c_fc, mlp.c_proj. LLaMA block l: sites 7l .. 7l+6 = self_attn.{q,k,v,o}_proj,
      * mlp.{gate,up,down}_proj. */
     struct qs_lm_site *sites;
-    char *path;             /* the model folder */
+    char *path; /* the model folder */
     struct qs_lm_priv *priv;
 };
 
-/* Loads DIR/config.json (model_type "gpt2", "llama", "qwen2" or "mistral") and DIR/model.safetensors (F32, F16 or
- * BF16 tensors, copied to F32 and checked finite; GPT-2 names may carry a "transformer."
- * prefix). Config keys: GPT-2 vocab_size, n_embd, n_layer, n_head, n_positions (or n_ctx),
- * layer_norm_epsilon (default 1e-5), n_inner (null: 4 d), activation_function (gelu_new);
- * LLaMA vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads
- * (default H), intermediate_size, rms_norm_eps (default 1e-6), rope_theta (default 10000),
- * max_position_embeddings, tie_word_embeddings (default false), hidden_act (silu), attention_bias
- * (q/k/v/o biases) and mlp_bias (gate/up/down biases), both default false. "qwen2" and
- * "mistral" are LLaMA with other defaults: qwen2 has q/k/v biases (no o_proj or MLP bias);
- * its use_sliding_window true is refused when a window (sliding_window, on the layers from
- * max_window_layers, or those layer_types names "sliding_attention") could be shorter than the
- * context, and otherwise is full attention. mistral's sliding_window (default 4096, null: none)
- * masks keys that are sliding_window or more positions back (window); its num_key_value_heads
+/* Loads DIR/config.json (model_type "gpt2", "llama", "qwen2" or "mistral") and
+ * DIR/model.safetensors (F32, F16 or BF16 tensors, copied to F32 and checked finite; GPT-2 names
+ * may carry a "transformer." prefix). Config keys: GPT-2 vocab_size, n_embd, n_layer, n_head,
+ * n_positions (or n_ctx), layer_norm_epsilon (default 1e-5), n_inner (null: 4 d),
+ * activation_function (gelu_new); LLaMA vocab_size, hidden_size, num_hidden_layers,
+ * num_attention_heads, num_key_value_heads (default H), intermediate_size, rms_norm_eps (default
+ * 1e-6), rope_theta (default 10000), max_position_embeddings, tie_word_embeddings (default false),
+ * hidden_act (silu), attention_bias (q/k/v/o biases) and mlp_bias (gate/up/down biases), both
+ * default false. "qwen2" and "mistral" are LLaMA with other defaults: qwen2 has q/k/v biases (no
+ * o_proj or MLP bias); its use_sliding_window true is refused when a window (sliding_window, on the
+ * layers from max_window_layers, or those layer_types names "sliding_attention") could be shorter
+ * than the context, and otherwise is full attention. mistral's sliding_window (default 4096, null:
+ * none) masks keys that are sliding_window or more positions back (window); its num_key_value_heads
  * defaults to 8. Unsupported variants (rope_scaling, another activation) are refused. Every missing
  * tensor, wrong shape, bad dtype or inconsistent config gives one message naming the file and
  * the tensor or key. Before anything is allocated the config is bounded (qs_lm_parse_config),
@@ -84,13 +84,12 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
  * (zeros where none; likewise gate, up, down for an MLP site) and the config says
  * attention_bias / mlp_bias true. A qwen2 or mistral model whose biases its own model_type cannot
  * hold is written as model_type "llama" (a mistral only when its window covers the context:
- * llama has no sliding window; otherwise refused). A tied head whose weight is replaced is written untied (lm_head.weight beside
- * the float embedding, tie_word_embeddings false). config.json is the loaded text with
- * tie_word_embeddings and torch_dtype ("float32") set. Metadata: the nmeta given pairs,
- * "format": "pt", then the source file's own keys not given. 0 or -1 and e. */
-int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
-               const float *const *b, const char *const *meta_keys,
-               const char *const *meta_vals, int nmeta, qs_err *e);
+ * llama has no sliding window; otherwise refused). A tied head whose weight is replaced is written
+ * untied (lm_head.weight beside the float embedding, tie_word_embeddings false). config.json is the
+ * loaded text with tie_word_embeddings and torch_dtype ("float32") set. Metadata: the nmeta given
+ * pairs, "format": "pt", then the source file's own keys not given. 0 or -1 and e. */
+int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w, const float *const *b,
+               const char *const *meta_keys, const char *const *meta_vals, int nmeta, qs_err *e);
 /* As qs_lm_save, for `export model DIR packed` (packfile.h): a site s with skip[s] set gets no
  * weight tensor (its bias is written as usual; w[s] still says what the site holds: a tied head
  * skipped with w[H] set to its quantized weight makes the folder untied), and
@@ -100,10 +99,9 @@ int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
  * the names qs_lm_load's packed hook looks for. skip, xt, xsite may be NULL. */
 struct qs_st_out;
 int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const *w,
-                      const float *const *b, const unsigned char *skip,
-                      const struct qs_st_out *xt, const int *xsite, int nx,
-                      const char *const *meta_keys, const char *const *meta_vals, int nmeta,
-                      qs_err *e);
+                      const float *const *b, const unsigned char *skip, const struct qs_st_out *xt,
+                      const int *xsite, int nx, const char *const *meta_keys,
+                      const char *const *meta_vals, int nmeta, qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
 
@@ -213,8 +211,8 @@ struct qs_lm_eval {
     long ntok;
 };
 int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
-                   const struct qs_hooks *hf, const struct qs_hooks *hq,
-                   struct qs_lm_eval *out, qs_err *e);
+                   const struct qs_hooks *hf, const struct qs_hooks *hq, struct qs_lm_eval *out,
+                   qs_err *e);
 
 /* qs_lm_evaluate, calling pr->fn(pr->ctx, "WHAT: window w of nw", w / nw) after each window
  * (pr may be NULL): the front end's progress line for long evaluations. */
@@ -223,10 +221,9 @@ struct qs_lm_progress {
     void *ctx;
     const char *what; /* NULL: "eval" */
 };
-int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
-                            int max_windows, const struct qs_hooks *hf,
-                            const struct qs_hooks *hq, struct qs_lm_eval *out,
-                            const struct qs_lm_progress *pr, qs_err *e);
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
+                            const struct qs_hooks *hf, const struct qs_hooks *hq,
+                            struct qs_lm_eval *out, const struct qs_lm_progress *pr, qs_err *e);
 
 /* Per-position next-token losses over the windows qs_lm_evaluate uses, with hooks h (may be
  * NULL): loss[w ctx + t] in nats, *ntok = nw ctx of them. Summed in order and divided by ntok

@@ -46,8 +46,7 @@ const char *qs_lm_gguf_site_tensor(const struct qs_lm_gguf_sites *p, int s);
 
 /* The format a `gguf` rule gives site s: kind QS_FMT_GGML, ggml the tensor's type, name
  * "gguf:q4_k" (ggml's name in lower case). 0 or -1 and e. */
-int qs_lm_gguf_site_format(const struct qs_lm_gguf_sites *p, int s, struct qs_format *f,
-                           qs_err *e);
+int qs_lm_gguf_site_format(const struct qs_lm_gguf_sites *p, int s, struct qs_format *f, qs_err *e);
 /* Site s's own weight as a packed ggml matrix (format as qs_lm_gguf_site_format but named by the
  * type alone, "q4_k", as qs_format_parse names it, for packed exports; codes: the
  * tensor's rows copied in Hugging Face row order, the converter's RoPE order of attn_q / attn_k

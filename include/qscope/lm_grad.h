@@ -33,10 +33,10 @@ struct qs_lm_tensor {
 struct qs_lm_grad {
     int ntensor;
     struct qs_lm_tensor *t;
-    float *flat;   /* every gradient, t[i].grad = flat + offset */
-    size_t nflat;  /* the parameter count (qs_lm_nparams) */
-    float **gw;    /* per site: its weight's gradient (out, in); a tied head's: the embedding's */
-    float **gb;    /* per site: its bias's gradient (out), or NULL */
+    float *flat;  /* every gradient, t[i].grad = flat + offset */
+    size_t nflat; /* the parameter count (qs_lm_nparams) */
+    float **gw;   /* per site: its weight's gradient (out, in); a tied head's: the embedding's */
+    float **gb;   /* per site: its bias's gradient (out), or NULL */
     /* NULL, or (tied head only, set by the caller) where the head's own gradient goes instead of
      * into the embedding's: the output projection's part alone, (vocab, d) */
     float *head;
@@ -69,9 +69,9 @@ void qs_lm_grad_zero(struct qs_lm_grad *g);
  * per call checked with qs_mem_check (about N (8 d + 2 kv + 3 ff + 4) + B H T^2 floats per
  * block, plus N (5 d + V + 2 max(d + 2 kv, ff))). The products run through cblas_sgemm over all
  * BT rows at once. 0 or -1 and e. */
-int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                   int T, const struct qs_hooks *h, struct qs_lm_grad *g, double *loss,
-                   float *work, qs_err *e);
+int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                   const struct qs_hooks *h, struct qs_lm_grad *g, double *loss, float *work,
+                   qs_err *e);
 
 /* Bytes of scratch qs_lm_backward needs for B windows of T tokens (with an act hook: act 1),
  * into *bytes; -1 on overflow. */
@@ -79,8 +79,8 @@ int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *b
 
 /* The residual stream entering block 0 for B windows of T tokens (rows as qs_lm_backward's):
  * x (BT, d) = the token embedding (+ GPT-2's position embedding). */
-void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                      int T, float *x);
+void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                      float *x);
 
 /* Block l of m alone (0 <= l < n_layer), on x (BT, d): the residual stream entering it for B
  * windows of T positions (any stream: qs_lm_embed_rows, or an earlier block's y). y (may be
@@ -103,8 +103,8 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
  * (1/nw) sum_w g_w (.) g_w, g_w = dL_w/dW_s for window w's own mean loss L_w (a sample is a
  * window). The tied head's are its output projection's alone (as its quantization changes only
  * that). Calls cb(u, done, total) after each backward when given (nonzero cancels). */
-int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw,
-                     int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
+int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw, int T,
+                     double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e);
 
 /* Exact Hessian-vector products of the mean loss of B windows of T tokens (as qs_lm_backward
@@ -122,8 +122,7 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
  * site s's weight: the mean over probes of v^T H_s v with v in {-1, +1}^(out in) drawn from
  * qs_rng seeded with seed ^ (0x9e3779b97f4a7c15 * (s + 1)) (qs_hutchinson's convention), H v by
  * qs_lm_hvp; *se its standard error (sample sd / sqrt(probes)). probes >= 2. */
-int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                     int T, int site, int probes, uint64_t seed, double *trace, double *se,
-                     qs_err *e);
+int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                     int site, int probes, uint64_t seed, double *trace, double *se, qs_err *e);
 
 #endif

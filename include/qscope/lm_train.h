@@ -13,18 +13,18 @@
 struct qs_lm_grad;
 
 struct qs_lm_train_opts {
-    int steps;       /* optimizer steps */
-    int batch;       /* windows per step */
-    int ctx;         /* tokens per window, 1 .. the model's ctx (0: the model's) */
-    int warmup;      /* steps of linear warm-up from lr / warmup to lr */
-    double lr;       /* peak learning rate */
-    double min_lr;   /* the cosine's floor, reached at the last step */
-    double wd;       /* AdamW's decoupled weight decay, on matrices only (not norms, biases) */
+    int steps;     /* optimizer steps */
+    int batch;     /* windows per step */
+    int ctx;       /* tokens per window, 1 .. the model's ctx (0: the model's) */
+    int warmup;    /* steps of linear warm-up from lr / warmup to lr */
+    double lr;     /* peak learning rate */
+    double min_lr; /* the cosine's floor, reached at the last step */
+    double wd;     /* AdamW's decoupled weight decay, on matrices only (not norms, biases) */
     double beta1, beta2, eps;
-    double clip;     /* the global gradient norm is scaled down to this (0: no clipping) */
-    uint64_t seed;   /* window sampling and, with init, the initial weights */
-    int init;        /* 1: start from random weights (qs_lm_init); 0: from m's weights */
-    int eval_every;  /* validation loss every N steps (0: only before and after) */
+    double clip;    /* the global gradient norm is scaled down to this (0: no clipping) */
+    uint64_t seed;  /* window sampling and, with init, the initial weights */
+    int init;       /* 1: start from random weights (qs_lm_init); 0: from m's weights */
+    int eval_every; /* validation loss every N steps (0: only before and after) */
     /* Quantization-aware training (qat.c): NULL, or hooks that the forward of every step and
      * every validation run through (qs_lm_backward's straight-through semantics: the gradient
      * of a replaced weight goes to m's own, dx = dy through act()); refresh (may be NULL) is

@@ -134,8 +134,8 @@ int qs_imatrix_quant(const struct qs_format *f, const struct qs_qopts *o, const 
 /* The same, also writing each block's chosen parameters into scales (rows * ceil(cols /
  * qs_quantizer_block) entries, row-major; NULL ok), for qs_quant_pack_blocks. */
 int qs_imatrix_quant_ex(const struct qs_format *f, const struct qs_qopts *o, const float *w,
-                        int rows, int cols, const float *imp, float *out,
-                        struct qs_qblock *scales, qs_err *e);
+                        int rows, int cols, const float *imp, float *out, struct qs_qblock *scales,
+                        qs_err *e);
 
 /* ---- one layer, one model --------------------------------------------------------------- */
 

@@ -20,9 +20,9 @@ int qs_act_parse(const char *s, enum qs_act *a, qs_err *e);
 struct qs_layer {
     char name[64]; /* a longer name in a file is refused, never cut */
     int in, out;
-    float *w;        /* (out, in); owned by the model, or a view into the mapped file (w_mapped:
-                        aligned F32 tensors are not copied; such weights are never written) */
-    float *b;        /* (out); zeros when the file had no bias */
+    float *w; /* (out, in); owned by the model, or a view into the mapped file (w_mapped:
+                 aligned F32 tensors are not copied; such weights are never written) */
+    float *b; /* (out); zeros when the file had no bias */
     int w_mapped, b_mapped;
     int has_bias;    /* whether the file had a bias tensor */
     enum qs_act act; /* applied to this layer's pre-activation */
@@ -31,17 +31,17 @@ struct qs_layer {
 struct qs_mlp {
     int nlayers;
     struct qs_layer *layers;
-    char *path;                  /* file it was loaded from, or NULL */
-    int from_sequential;         /* layers inferred from a PyTorch state dict */
-    int nmeta, metacap;          /* __metadata__ carried through (task metric, split, ...):
-                                    nmeta pairs in arrays of metacap, grown as needed */
+    char *path;          /* file it was loaded from, or NULL */
+    int from_sequential; /* layers inferred from a PyTorch state dict */
+    int nmeta, metacap;  /* __metadata__ carried through (task metric, split, ...):
+                            nmeta pairs in arrays of metacap, grown as needed */
     char **meta_key;
     char **meta_val;
     /* forward-pass scratch, grown on demand and reused so that repeated batches do not pay for
      * fresh pages; a model is used by one thread at a time */
     float *scratch;
     size_t scratch_len;
-    struct qs_st_file *map;      /* the mapped file mapped weights point into, or NULL */
+    struct qs_st_file *map; /* the mapped file mapped weights point into, or NULL */
 };
 
 /* Loads an MLP from a safetensors file (mapped: aligned F32 tensors are used in place). With qscope
@@ -104,8 +104,8 @@ double qs_mlp_loss_grad(const struct qs_mlp *m, const float *x, const int *y, in
  * direction is zero); hv[i]: (out_i, in_i) receives layer i's block of H v, or NULL when that
  * block is not wanted. x: (n, in0), y: (n). One allocation (memory-checked); -1 with a message
  * when it fails. */
-int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
-               const float *const *v, float **hv, qs_err *e);
+int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n, const float *const *v,
+               float **hv, qs_err *e);
 
 /* Builds, before every step, the model the forward and backward pass run on from the master
  * weights (quantization-aware training quantizes them: the straight-through estimator); the
@@ -115,9 +115,9 @@ typedef int (*qs_train_fwd_fn)(void *ctx, const struct qs_mlp *master, struct qs
 
 struct qs_train_opts {
     int epochs, batch;
-    double lr, weight_decay;   /* Adam (decoupled weight decay, AdamW style) */
+    double lr, weight_decay; /* Adam (decoupled weight decay, AdamW style) */
     uint64_t seed;
-    qs_train_fwd_fn fwd;       /* NULL: train on the master weights directly */
+    qs_train_fwd_fn fwd; /* NULL: train on the master weights directly */
     /* Parameters trained beside the weights (qat scales=lsq's step sizes), NULL for none:
      * grad(fwd_ctx, master, gw) after every backward pass, gw[i]: (out_i, in_i) the gradient
      * of layer i's weight; step(fwd_ctx, master, s) after the weights' update of step s

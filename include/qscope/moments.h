@@ -62,8 +62,8 @@ struct qs_moments_entry {
 };
 
 struct qs_moments_cache {
-    size_t budget;          /* bytes the entries may hold */
-    size_t bytes;           /* bytes they hold */
+    size_t budget; /* bytes the entries may hold */
+    size_t bytes;  /* bytes they hold */
     int n, cap;
     struct qs_moments_entry *ent;
     unsigned long tick;

@@ -21,13 +21,13 @@
  *   d(s Q(v))/ds = Q(v) - v      inside the range (lo <= v <= hi; |v| <= max),
  *                = Q(v)          clipped (lo or hi: -Qn or Qp; +-max),
  * times the gradient scale g = 1 / sqrt(N_block Qp) (Qp = 2^(B-1) - 1 for symmetric int,
- * 2^B - 1 for asymmetric, the format's max otherwise; N_block the values sharing the scale), and d(s Q(v))/dw = 1 inside the range, 0 clipped (the clamp's derivative: the
- * weight STE is clipped under lsq, the identity under fixed). A scale is stored as the format
- * stores it (F16 unless scale=f32): the forward uses the master scale rounded to that type,
- * straight-through. Asymmetric int keeps its zero points. After training the learned scales
- * are the site's (its packed codes and scales, qs_lsq_pack). Refused: MX and NVFP4 (their
- * block scales are powers of two / E4M3 codes of a tensor scale), ggml types, scale=none,
- * sat=0, round=stochastic. */
+ * 2^B - 1 for asymmetric, the format's max otherwise; N_block the values sharing the scale), and
+ * d(s Q(v))/dw = 1 inside the range, 0 clipped (the clamp's derivative: the weight STE is clipped
+ * under lsq, the identity under fixed). A scale is stored as the format stores it (F16 unless
+ * scale=f32): the forward uses the master scale rounded to that type, straight-through. Asymmetric
+ * int keeps its zero points. After training the learned scales are the site's (its packed codes and
+ * scales, qs_lsq_pack). Refused: MX and NVFP4 (their block scales are powers of two / E4M3 codes of
+ * a tensor scale), ggml types, scale=none, sat=0, round=stochastic. */
 #ifndef QSCOPE_QAT_H
 #define QSCOPE_QAT_H
 
@@ -78,13 +78,13 @@ int qs_lsq_pack(const struct qs_lsq_site *q, const struct qs_format *f, const st
 struct qs_qat_hooks {
     const struct qs_lm *m;
     const struct qs_layer_state *ls;
-    float **wq; /* per site: Q(W_s), or NULL */
+    float **wq;              /* per site: Q(W_s), or NULL */
     struct qs_lsq_site *lsq; /* NULL (scales=fixed), or per site its learned scales (qz NULL:
                                 none) */
     struct qs_hooks h;
-    int nw, na; /* sites whose weights / activations are quantized */
+    int nw, na;         /* sites whose weights / activations are quantized */
     double b1, b2, eps; /* scales=lsq: Adam's (qs_qat_lm sets the trainer's) */
-    int failed; /* an activation quantization failed inside a hook: msg */
+    int failed;         /* an activation quantization failed inside a hook: msg */
     char msg[256];
 };
 /* 0, or -1 and e (memory; a static activation scale not calibrated). Q(W) is computed at once. */
@@ -110,15 +110,15 @@ enum qs_qat_order { QS_QAT_ORDER_DEPTH, QS_QAT_ORDER_SENS };
 #define QS_QAT_MAX_BLOCKS 256
 
 struct qs_qat_lm_opts {
-    enum qs_qat_mode mode;   /* whole model on the next-token loss, or block by block */
-    enum qs_qat_order order; /* block mode: blocks in depth order, or the most sensitive first */
+    enum qs_qat_mode mode;     /* whole model on the next-token loss, or block by block */
+    enum qs_qat_order order;   /* block mode: blocks in depth order, or the most sensitive first */
     enum qs_qat_scales scales; /* weight scales: recomputed from W every step, or learned (LSQ) */
-    int samples;             /* block mode: calibration windows drawn from the training tokens */
-    int epochs;              /* passes over the training tokens: epochs * max(1, (n_train - 1) /
-                                (batch ctx)) steps */
-    int steps;               /* > 0: this many steps instead */
-    int batch, ctx;          /* windows per step, tokens per window (0: the model's ctx) */
-    int warmup;              /* linear warm-up steps (capped at steps / 10 as in train) */
+    int samples;               /* block mode: calibration windows drawn from the training tokens */
+    int epochs;                /* passes over the training tokens: epochs * max(1, (n_train - 1) /
+                                  (batch ctx)) steps */
+    int steps;                 /* > 0: this many steps instead */
+    int batch, ctx;            /* windows per step, tokens per window (0: the model's ctx) */
+    int warmup;                /* linear warm-up steps (capped at steps / 10 as in train) */
     double lr, min_lr, wd, clip; /* AdamW (betas 0.9 / 0.95) and the cosine schedule */
     uint64_t seed;               /* window sampling */
     const char *out; /* NULL, or a folder the trained model is written to (then its path) */

@@ -126,10 +126,10 @@ int qs_alloc_rank_greedy(int nl, const double *const *gain, const int *maxr, int
 struct qs_wcand {
     struct qs_format fmt;
     struct qs_qopts opt;
-    enum qs_corr_method corr; /* QS_CORR_NONE, or lowrank, lqer, qera, eora fitted on top */
-    int rank;                 /* its rank (a layer with min(out, in) < rank cannot take it) */
-    char prec[32];            /* its factors' precision: "float" or a format name */
-    char label[80];           /* "int4/channel", "int3/channel+qera:r=4:int8" */
+    enum qs_corr_method corr;   /* QS_CORR_NONE, or lowrank, lqer, qera, eora fitted on top */
+    int rank;                   /* its rank (a layer with min(out, in) < rank cannot take it) */
+    char prec[32];              /* its factors' precision: "float" or a format name */
+    char label[80];             /* "int4/channel", "int3/channel+qera:r=4:int8" */
     struct qs_rule_method meth; /* quantizer method (zero: round-to-nearest); allocate takes
                                    its statistics from the float model (inputs=float) */
 };

@@ -79,9 +79,9 @@ struct qs_q1_layer {
     enum qs_q1_kind kind;
     int nsites; /* sites concatenated (LLaMA q|k|v: 3, gate|up: 2; else 1) */
     int block;  /* transformer block (the head: n_layer); an MLP: the layer index */
-    int third; /* depth: 0 early, 1 mid, 2 late (MLP floor(3 i / L); transformer by block) */
-    int d;     /* pre-activation width (out) */
-    int in;    /* input width */
+    int third;  /* depth: 0 early, 1 mid, 2 late (MLP floor(3 i / L); transformer by block) */
+    int d;      /* pre-activation width (out) */
+    int in;     /* input width */
     double w_rel_err, preact_rel_mse;
     double correctability;
     double r_float, r_q;
@@ -119,8 +119,8 @@ struct qs_q1 {
     int depth_n[3];
     /* sub-layer profile of transformers' Q1 layers: [0] attention, [1] FFN */
     struct qs_q1_stats sub_q[2], sub_float[2];
-    double pooled_spearman;       /* Spearman(correctability, R_lin_q) over the Q1 layers */
-    double pooled_spearman_float; /* Spearman(correctability, R_lin_float) */
+    double pooled_spearman;             /* Spearman(correctability, R_lin_q) over the Q1 layers */
+    double pooled_spearman_float;       /* Spearman(correctability, R_lin_float) */
     int nsupported, nrefuted, nunclear; /* gate-passing settings only */
     int nexcluded;                      /* settings failing the gate: excluded from the above */
     int nlm;                            /* transformer settings */
@@ -147,8 +147,8 @@ int qs_q1_setting_files(const struct qs_q1_opts *o, const char *arg, char *model
  * o's format (transformers: o->lm_fmt when set), session seed SEED; an MLP's held-out samples
  * re-drawn into calibration and test by SEED (never its training samples). Free with
  * qs_bench_free. 0, or -1 with a message naming the model. */
-int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
-                  struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e);
+int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed, struct qs_bench **out,
+                  char *model, size_t nm, char *data, size_t nd, qs_err *e);
 
 /* A setting's arch ("mlp", or the transformer's model_type), weight format and its options, as
  * the study opened its bench b with o (o->lm_fmt for a transformer when set). Shared with q2. */

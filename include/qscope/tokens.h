@@ -20,13 +20,13 @@
 struct qs_tokenizer;
 
 struct qs_tokens {
-    uint32_t *ids;     /* (n) token ids, owned */
+    uint32_t *ids; /* (n) token ids, owned */
     size_t n;
-    int vocab;         /* 256 for byte-level .txt, the tokenizer's for tokenized text, else
-                        * max id + 1 */
-    char *path;        /* the file it was loaded from, owned */
-    char source[96];   /* how the ids were read: "uint16 ids", "llm.c uint32 ids", "bytes",
-                        * "tokenizer.json (byte-level BPE)", ... (for `info`) */
+    int vocab;       /* 256 for byte-level .txt, the tokenizer's for tokenized text, else
+                      * max id + 1 */
+    char *path;      /* the file it was loaded from, owned */
+    char source[96]; /* how the ids were read: "uint16 ids", "llm.c uint32 ids", "bytes",
+                      * "tokenizer.json (byte-level BPE)", ... (for `info`) */
 };
 
 #define QS_LLMC_MAGIC 20240520

@@ -15,15 +15,24 @@
 
 static const char *const regime_names[] = {"weight-only", "activation-only", "weight+activation"};
 static const char *const regime_words[] = {"weight", "act", "full"};
-const char *qs_regime_name(enum qs_regime r) { return regime_names[r]; }
-const char *qs_regime_word(enum qs_regime r) { return regime_words[r]; }
+const char *qs_regime_name(enum qs_regime r)
+{
+    return regime_names[r];
+}
+const char *qs_regime_word(enum qs_regime r)
+{
+    return regime_words[r];
+}
 
 static const char *const corr_names[] = {
-    [QS_CORR_NONE] = "none",     [QS_CORR_BIAS] = "bias", [QS_CORR_LOWRANK] = "lowrank",
-    [QS_CORR_LQER] = "lqer",     [QS_CORR_QERA] = "qera", [QS_CORR_EORA] = "eora",
+    [QS_CORR_NONE] = "none",     [QS_CORR_BIAS] = "bias",     [QS_CORR_LOWRANK] = "lowrank",
+    [QS_CORR_LQER] = "lqer",     [QS_CORR_QERA] = "qera",     [QS_CORR_EORA] = "eora",
     [QS_CORR_LINEAR] = "linear", [QS_CORR_CLOCAL] = "clocal",
 };
-const char *qs_corr_name(enum qs_corr_method m) { return corr_names[m]; }
+const char *qs_corr_name(enum qs_corr_method m)
+{
+    return corr_names[m];
+}
 int qs_corr_parse(const char *s, enum qs_corr_method *m, qs_err *e)
 {
     for (int i = 1; i <= QS_CORR_CLOCAL; i++)
@@ -64,7 +73,10 @@ void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u)
     }
 }
 
-static int nlayers_of(const struct qs_bench *b) { return qs_bench_nunits(b); }
+static int nlayers_of(const struct qs_bench *b)
+{
+    return qs_bench_nunits(b);
+}
 
 void qs_site_err_cache_free(struct qs_site_err_cache *c)
 {
@@ -102,7 +114,10 @@ void qs_bench_caches_free(struct qs_bench *b)
     b->f_valid = 0;
 }
 
-static void caches_free(struct qs_bench *b) { qs_bench_caches_free(b); }
+static void caches_free(struct qs_bench *b)
+{
+    qs_bench_caches_free(b);
+}
 
 /* ---- quantized weights: codes kept, decoded on use ------------------------------------------
  *
@@ -253,9 +268,15 @@ static const float *site_wq(struct qs_bench *b, int i, int pin, qs_err *e)
     return w;
 }
 
-const float *qs_site_wq(struct qs_bench *b, int i, qs_err *e) { return site_wq(b, i, 0, e); }
+const float *qs_site_wq(struct qs_bench *b, int i, qs_err *e)
+{
+    return site_wq(b, i, 0, e);
+}
 
-const float *qs_site_wq_pin(struct qs_bench *b, int i, qs_err *e) { return site_wq(b, i, 1, e); }
+const float *qs_site_wq_pin(struct qs_bench *b, int i, qs_err *e)
+{
+    return site_wq(b, i, 1, e);
+}
 
 void qs_site_wq_unpin_all(struct qs_bench *b)
 {
@@ -608,8 +629,10 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
         size_t off = b->tokens->n - b->tokens->n / 10;
         long avail = (long)(off / (size_t)b->lm->ctx);
         if (n <= 0 || n > avail)
-            return qs_errf(e, "set calib: %d windows requested but the non-held-out tokens hold "
-                              "%ld windows of %d", n, avail, b->lm->ctx);
+            return qs_errf(e,
+                           "set calib: %d windows requested but the non-held-out tokens hold "
+                           "%ld windows of %d",
+                           n, avail, b->lm->ctx);
         b->calib_n = n;
         b->calib_tokens = 0;
         qs_bench_lm_drop(b);
@@ -620,8 +643,9 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
     if (!b->data)
         return qs_errf(e, "set calib: no data loaded");
     if (n <= 0 || n > b->split.n_calib)
-        return qs_errf(e, "set calib: %d samples requested but the calibration split has %d "
-                          "(of %d samples, calib fraction %.2f)",
+        return qs_errf(e,
+                       "set calib: %d samples requested but the calibration split has %d "
+                       "(of %d samples, calib fraction %.2f)",
                        n, b->split.n_calib, b->data->n, b->f_calib);
     caches_free(b);
     b->calib_n = n;
@@ -661,8 +685,8 @@ int qs_bench_ready(struct qs_bench *b, qs_err *e)
         return qs_errf(e, "no model loaded (load model PATH)");
     if (!b->data)
         return qs_errf(e, "no data loaded (load data PATH)");
-    const struct qs_layer *first = &b->model->layers[0], *last =
-        &b->model->layers[b->model->nlayers - 1];
+    const struct qs_layer *first = &b->model->layers[0],
+                          *last = &b->model->layers[b->model->nlayers - 1];
     if (first->in != b->data->d)
         return qs_errf(e, "model %s takes %d inputs but data %s has %d features",
                        b->model_path ? b->model_path : "(new)", first->in,
@@ -855,11 +879,10 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
         int mchanged = strcmp(oldm, newm) != 0 || s->wm.seed != wm.seed;
         /* a sequential method's statistics come from the sites before it: a change there
          * recomputes it */
-        int seq = custom && wf.kind != QS_FMT_NONE && wm.method != QS_METHOD_RTN &&
-                  !wm.inputs_float;
+        int seq =
+            custom && wf.kind != QS_FMT_NONE && wm.method != QS_METHOD_RTN && !wm.inputs_float;
         int wchanged = strcmp(oldw, neww) != 0 || mchanged ||
-                       (wf.kind != QS_FMT_NONE && !s->wquant && !s->mpending) ||
-                       (upstream && seq);
+                       (wf.kind != QS_FMT_NONE && !s->wquant && !s->mpending) || (upstream && seq);
         int achanged = strcmp(olda, newa) != 0 || mchanged;
         s->rule_w = rw;
         s->rule_a = ra;
@@ -1006,7 +1029,6 @@ void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n)
                  s->wm.smooth_on ? "+smooth" : "");
     }
 }
-
 
 /* The split contract, one line for both families (info and every session header state it). */
 void qs_bench_split_text(const struct qs_bench *b, char *buf, size_t n)

@@ -593,9 +593,11 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
             ew[j] = l->w[j] - wq[j];
         /* the float inputs' moments (the same sums as of the rows xfc), cached between fits */
         const struct qs_moments *mo = NULL;
-        int r2 = !wq ? -1 : m != QS_CORR_LOWRANK && qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0
-                     ? -1
-                     : qs_corr_fit_lowrank_m(m, ew, l->out, l->in, mo, rank, prec, &nw, e);
+        int r2 =
+            !wq ? -1
+            : m != QS_CORR_LOWRANK && qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0
+                ? -1
+                : qs_corr_fit_lowrank_m(m, ew, l->out, l->in, mo, rank, prec, &nw, e);
         free(ew);
         if (r2 < 0)
             goto out;

@@ -147,7 +147,10 @@ struct path {
     size_t row;
 };
 
-static int mask_bit(uint64_t m, int i) { return (int)(m >> (i < 63 ? i : 63) & 1); }
+static int mask_bit(uint64_t m, int i)
+{
+    return (int)(m >> (i < 63 ? i : 63) & 1);
+}
 
 static int path_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
 {
@@ -158,8 +161,7 @@ static int path_linear(void *u, int s, const float *x, int n, float *y, qs_err *
         qs_linear(x, n, l.in, p->wov[s] ? p->wov[s] : l.w, p->wov[s] ? p->bov[s] : l.b, l.out, y);
         return 0;
     }
-    return qs_bench_layer_forward(p->b, s, x, n,
-                                  mask_bit(p->qmask, s) ? QS_ROLE_W | QS_ROLE_A : 0,
+    return qs_bench_layer_forward(p->b, s, x, n, mask_bit(p->qmask, s) ? QS_ROLE_W | QS_ROLE_A : 0,
                                   mask_bit(p->cmask, s), y, e);
 }
 
@@ -199,8 +201,8 @@ struct family {
     int (*unit_rows)(const struct qs_bench *b);
     int (*resume_site)(const struct qs_bench *b, int site);
     int (*alloc)(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, qs_err *e);
-    int (*fill)(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, int from,
-                struct path *p, qs_err *e);
+    int (*fill)(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, int from, struct path *p,
+                qs_err *e);
     int (*run)(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
                qs_err *e);
     size_t (*extra_bytes)(const struct qs_bench *b, int rows); /* per split and path */
@@ -363,7 +365,10 @@ static int lm_cached_rows(const struct qs_bench *b, enum qs_split_id s)
     return lm_windows(b, s, &st, 1) * b->lm->ctx;
 }
 
-static int lm_unit(const struct qs_bench *b) { return b->lm->ctx; }
+static int lm_unit(const struct qs_bench *b)
+{
+    return b->lm->ctx;
+}
 
 static int lm_resume(const struct qs_bench *b, int site)
 {
@@ -448,8 +453,8 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
             break;
         /* scored as eval scores: float side = this run unless KL to the float model is wanted */
         acc.tok_loss = tl;
-        if ((rc = qs_lm_score_window(m, x, ctx, o->want_kl ? lf : lq, o->want_kl ? lq : NULL,
-                                     &acc, e)) < 0)
+        if ((rc = qs_lm_score_window(m, x, ctx, o->want_kl ? lf : lq, o->want_kl ? lq : NULL, &acc,
+                                     e)) < 0)
             break;
         if (o->unit_loss) {
             double ws = 0.0;
@@ -485,12 +490,11 @@ static size_t lm_extra(const struct qs_bench *b, int rows)
     return (size_t)rows / (size_t)b->lm->ctx * lm_resid_floats(b) * sizeof(float);
 }
 
-static const struct family mlp_family = {qs_bench_ready, mlp_rows,  mlp_rows, mlp_unit,
-                                         mlp_resume,     mlp_alloc, mlp_fill, mlp_run,
-                                         mlp_extra};
-static const struct family lm_family = {qs_bench_lm_ready, lm_rows, lm_cached_rows, lm_unit,
-                                        lm_resume,         lm_alloc, lm_fill,       lm_run,
-                                        lm_extra};
+static const struct family mlp_family = {qs_bench_ready, mlp_rows, mlp_rows, mlp_unit, mlp_resume,
+                                         mlp_alloc,      mlp_fill, mlp_run,  mlp_extra};
+static const struct family lm_family = {qs_bench_lm_ready, lm_rows,   lm_cached_rows,
+                                        lm_unit,           lm_resume, lm_alloc,
+                                        lm_fill,           lm_run,    lm_extra};
 
 static const struct family *family_of(const struct qs_bench *b)
 {
@@ -606,7 +610,10 @@ int qs_bench_inputs(struct qs_bench *b, enum qs_split_id s, int quant, int site,
     return 0;
 }
 
-int qs_bench_unit_rows(const struct qs_bench *b) { return family_of(b)->unit_rows(b); }
+int qs_bench_unit_rows(const struct qs_bench *b)
+{
+    return family_of(b)->unit_rows(b);
+}
 
 int qs_bench_split_units(struct qs_bench *b, enum qs_split_id s, qs_err *e)
 {
@@ -647,17 +654,15 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     int S = qs_bench_nunits(b), need = 0;
     for (int i = 0; i < S; i++) {
         const struct qs_layer_state *s = &b->ls[i];
-        need |= s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC &&
-                s->a_static_amax <= 0;
+        need |= s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax <= 0;
     }
     if (!need)
         return 0;
     if (!b->lm)
         return qs_bench_update(b, e);
     struct amax_ctx c = {qs_calloc((size_t)S, sizeof(float)), b};
-    float *lg = c.mx ? qs_alloc((size_t)b->lm->ctx * b->lm->vocab, sizeof(float), "the logits",
-                                e)
-                     : NULL;
+    float *lg =
+        c.mx ? qs_alloc((size_t)b->lm->ctx * b->lm->vocab, sizeof(float), "the logits", e) : NULL;
     int rc = lg ? 0 : -1;
     if (!c.mx)
         qs_errf(e, "out of memory");
@@ -667,8 +672,8 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     size_t start;
     int nw = lm_windows(b, QS_CALIB, &start, 1);
     for (int w = 0; w < nw && rc == 0; w++)
-        rc = qs_lm_forward(b->lm, b->tokens->ids + start + (size_t)w * b->lm->ctx, b->lm->ctx,
-                           &h, lg, e);
+        rc = qs_lm_forward(b->lm, b->tokens->ids + start + (size_t)w * b->lm->ctx, b->lm->ctx, &h,
+                           lg, e);
     for (int i = 0; rc == 0 && i < S; i++) {
         struct qs_layer_state *s = &b->ls[i];
         if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax <= 0)
@@ -679,9 +684,8 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     return rc;
 }
 
-int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask,
-                    uint64_t corr_mask, struct qs_metric *m, double *unit_loss, double *kl,
-                    double *agree, qs_err *e)
+int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                    struct qs_metric *m, double *unit_loss, double *kl, double *agree, qs_err *e)
 {
     const struct family *F = family_of(b);
     if (b->lm ? F->ready(b, e) < 0 || calibrate_static(b, e) < 0 : qs_bench_update(b, e) < 0)
@@ -821,10 +825,10 @@ struct stream {
     struct qs_bench *b;
     const unsigned char *want; /* this group's sites */
     int last, first_q, head, w, stopped;
-    float **xf;                /* (nsites) one window's float inputs of the group's sites */
-    float *xq_head;            /* the head's quantized-path input (its linear is not run) */
-    struct path p;             /* the path of this pass */
-    int quant;                 /* 0: the float pass, 1: the quantized pass */
+    float **xf;     /* (nsites) one window's float inputs of the group's sites */
+    float *xq_head; /* the head's quantized-path input (its linear is not run) */
+    struct path p;  /* the path of this pass */
+    int quant;      /* 0: the float pass, 1: the quantized pass */
     qs_stream_fn fn;
     void *ctx;
 };
@@ -880,8 +884,8 @@ static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *
         for (int pass = 0; pass < 1 + need_q; pass++) {
             t->quant = pass;
             t->stopped = 0;
-            t->p = (struct path){.b = b, .quant = pass, .qmask = pass ? ~0ULL : 0,
-                                 .cmask = pass ? ~0ULL : 0};
+            t->p = (struct path){
+                .b = b, .quant = pass, .qmask = pass ? ~0ULL : 0, .cmask = pass ? ~0ULL : 0};
             int from = pass ? qs_lm_site_block(m, t->first_q) : 0;
             if (qs_lm_forward_resume(m, tok, ctx, &h, from, resid, NULL, e) < 0 && !t->stopped)
                 return -1;
@@ -892,8 +896,8 @@ static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *
                 if (!pass && (ident || !need_q) &&
                     t->fn(t->ctx, t->head, w, xf, xf, NULL, NULL, ctx, e) < 0)
                     return -1;
-                if (pass && !ident && t->fn(t->ctx, t->head, w, xf, t->xq_head, NULL, NULL, ctx,
-                                            e) < 0)
+                if (pass && !ident &&
+                    t->fn(t->ctx, t->head, w, xf, t->xq_head, NULL, NULL, ctx, e) < 0)
                     return -1;
             }
         }
@@ -925,8 +929,11 @@ int qs_bench_stream(struct qs_bench *b, enum qs_split_id sp, const unsigned char
         first_q = S; /* the float pass alone: every wanted site is as if before it */
     float **xf = qs_calloc((size_t)S, sizeof *xf);
     unsigned char *g = qs_calloc((size_t)S, 1);
-    float *resid = xf && g ? qs_alloc(lm_resid_floats(b), sizeof(float), "the residual stream "
-                                      "of a window", e) : NULL;
+    float *resid = xf && g ? qs_alloc(lm_resid_floats(b), sizeof(float),
+                                      "the residual stream "
+                                      "of a window",
+                                      e)
+                           : NULL;
     float *xqh = NULL;
     if (!resid) {
         if (!xf || !g)
@@ -955,8 +962,10 @@ int qs_bench_stream(struct qs_bench *b, enum qs_split_id sp, const unsigned char
             last = i;
         }
         if (over >= 0) {
-            qs_errf(e, "%s: one window's inputs (%.1f MB) exceed the activation budget "
-                       "(%.1f MB)", m->sites[over].name,
+            qs_errf(e,
+                    "%s: one window's inputs (%.1f MB) exceed the activation budget "
+                    "(%.1f MB)",
+                    m->sites[over].name,
                     (double)ctx * m->sites[over].in * sizeof(float) / 1048576.0,
                     b->act_budget / 1048576.0);
             goto out;
@@ -972,11 +981,18 @@ int qs_bench_stream(struct qs_bench *b, enum qs_split_id sp, const unsigned char
                                    "the captured inputs of a window", e)))
                 ok = 0;
         if (ok && g[S - 1] && !xqh &&
-            !(xqh = qs_alloc((size_t)ctx * m->sites[S - 1].in, sizeof(float),
-                             "the head's input", e)))
+            !(xqh =
+                  qs_alloc((size_t)ctx * m->sites[S - 1].in, sizeof(float), "the head's input", e)))
             ok = 0;
-        struct stream t = {.b = b, .want = g, .last = last, .first_q = first_q, .head = S - 1,
-                           .xf = xf, .xq_head = xqh, .fn = fn, .ctx = fctx};
+        struct stream t = {.b = b,
+                           .want = g,
+                           .last = last,
+                           .first_q = first_q,
+                           .head = S - 1,
+                           .xf = xf,
+                           .xq_head = xqh,
+                           .fn = fn,
+                           .ctx = fctx};
         if (!ok || stream_group(b, sp, &t, resid, quant, e) < 0)
             goto out;
         for (int k = 0; k < S; k++) {
@@ -1034,20 +1050,21 @@ int qs_bench_site_rows(struct qs_bench *b, int site, qs_err *e)
         total += 2 * (size_t)n[s] * st->in * sizeof(float);
     }
     if (total > b->act_budget)
-        return qs_errf(e, "%s: its input rows on both paths and splits (%.1f MB) exceed the "
-                          "activation budget (%.1f MB); a smaller calibration (set calib "
-                          "tokens=N) fits", st->name, total / 1048576.0,
-                       b->act_budget / 1048576.0);
+        return qs_errf(e,
+                       "%s: its input rows on both paths and splits (%.1f MB) exceed the "
+                       "activation budget (%.1f MB); a smaller calibration (set calib "
+                       "tokens=N) fits",
+                       st->name, total / 1048576.0, b->act_budget / 1048576.0);
     if (qs_mem_check(total, "a site's input rows", e) < 0)
         return -1;
     unsigned char *want = qs_calloc((size_t)m->nsites, 1);
     int rc = want ? 0 : qs_errf(e, "out of memory");
     for (int s = 0; s < 2 && rc == 0; s++) {
         b->rows.n[s] = n[s];
-        if (!(b->rows.xf[s] = qs_alloc((size_t)n[s] * st->in + 1, sizeof(float),
-                                       "a site's input rows", e)) ||
-            !(b->rows.xq[s] = qs_alloc((size_t)n[s] * st->in + 1, sizeof(float),
-                                       "a site's input rows", e))) {
+        if (!(b->rows.xf[s] =
+                  qs_alloc((size_t)n[s] * st->in + 1, sizeof(float), "a site's input rows", e)) ||
+            !(b->rows.xq[s] =
+                  qs_alloc((size_t)n[s] * st->in + 1, sizeof(float), "a site's input rows", e))) {
             rc = -1;
             break;
         }

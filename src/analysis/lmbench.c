@@ -82,8 +82,8 @@ int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
         qs_bench_lm_split(b, &off, &cw);
         struct qs_lm_eval ev;
         struct qs_lm_progress pr = {b->progress, b->progress_ctx, "float model"};
-        if (qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL,
-                                    NULL, &ev, &pr, e) < 0)
+        if (qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL,
+                                    &ev, &pr, e) < 0)
             return -1;
         b->lm_float_loss = ev.loss;
         b->lm_unigram = unigram_entropy(b->tokens->ids + off, b->tokens->n - off, b->lm->vocab);

@@ -302,8 +302,8 @@ int qs_lowrank_quantize(const struct qs_format *f, float *l, float *rt, int out,
     if (qs_quant_unpack(&pl, l, err) < 0 || qs_quant_unpack(&pr, rt, err) < 0)
         goto out;
     if (c)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, 1.0f, l, r, rt, in,
-                    0.0f, c, in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, 1.0f, l, r, rt, in, 0.0f,
+                    c, in);
     if (bytes)
         *bytes = qs_packed_bytes(&pl) + qs_packed_bytes(&pr);
     rc = 0;

@@ -15,8 +15,8 @@ int qs_moments_init(struct qs_moments *m, int in, qs_err *e)
     memset(m, 0, sizeof *m);
     m->in = in;
     m->xtx = qs_alloc((size_t)in * in, sizeof(double), "the inputs' second moments", e);
-    m->absum = m->xtx ? qs_alloc((size_t)in, sizeof(double), "the inputs' second moments", e)
-                      : NULL;
+    m->absum =
+        m->xtx ? qs_alloc((size_t)in, sizeof(double), "the inputs' second moments", e) : NULL;
     m->buf = m->absum ? qs_alloc((size_t)QS_MOMENTS_CHUNK * in, sizeof(double),
                                  "the inputs' second moments", e)
                       : NULL;
@@ -149,7 +149,10 @@ int qs_bench_site_moments(struct qs_bench *b, int site, enum qs_split_id s, int 
 
 /* ---- the cache ----------------------------------------------------------------------------- */
 
-size_t qs_moments_bytes(int in) { return ((size_t)in * in + (size_t)in) * sizeof(double); }
+size_t qs_moments_bytes(int in)
+{
+    return ((size_t)in * in + (size_t)in) * sizeof(double);
+}
 
 static void ent_drop(struct qs_moments_cache *c, int k)
 {
@@ -178,7 +181,10 @@ void qs_moments_cache_free(struct qs_moments_cache *c)
     free(c);
 }
 
-size_t qs_moments_cache_bytes(const struct qs_moments_cache *c) { return c ? c->bytes : 0; }
+size_t qs_moments_cache_bytes(const struct qs_moments_cache *c)
+{
+    return c ? c->bytes : 0;
+}
 
 int qs_bench_site_moments_cached(struct qs_bench *b, int site, int s, int quant,
                                  const struct qs_moments **out, qs_err *e)

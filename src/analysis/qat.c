@@ -23,8 +23,8 @@ static int as_qat(qs_err *e)
 /* qs_mlp_train with qat's options (no weight decay) and h's hooks; its failures said as
  * qat's. */
 static int qat_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
-                         const struct qs_qat_opts *o, const struct qs_train_opts *h,
-                         qs_train_cb cb, void *ctx, qs_err *e)
+                         const struct qs_qat_opts *o, const struct qs_train_opts *h, qs_train_cb cb,
+                         void *ctx, qs_err *e)
 {
     struct qs_train_opts t = *h;
     t.epochs = o->epochs;
@@ -68,8 +68,8 @@ int qs_qat_train(struct qs_mlp *m, const struct qs_format *fmt, const struct qs_
 }
 
 static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
-                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
-                       void *ctx, struct qs_lsq_site *z, qs_err *e);
+                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb, void *ctx,
+                       struct qs_lsq_site *z, qs_err *e);
 static int lsq_install_mlp(struct qs_bench *st, const struct qs_lsq_site *z,
                            struct qs_qat_result *r, qs_err *e);
 
@@ -235,7 +235,8 @@ int qs_lsq_site_init(struct qs_lsq_site *q, const struct qs_format *f, const str
     q->m1 = q->s0 + q->nblk;
     q->m2 = q->m1 + q->nblk;
     for (size_t k = 0; k < q->nblk; k++) {
-        int r = q->shared ? 0 : (int)(k / q->nseg), c0 = q->shared ? 0 : (int)(k % q->nseg) * q->seg;
+        int r = q->shared ? 0 : (int)(k / q->nseg),
+            c0 = q->shared ? 0 : (int)(k % q->nseg) * q->seg;
         int len = q->shared ? cols : (cols - c0 < q->seg ? cols - c0 : q->seg);
         if (qs_quantizer_fit(q->qz, w + (size_t)r * cols + c0, len, r, c0, &q->blk[k], e) < 0) {
             qs_lsq_site_free(q);
@@ -446,8 +447,8 @@ static void mlp_lsq_step(void *ctx, const struct qs_mlp *m, long step)
 /* qs_mlp_train without weight decay, with the learned scales z[i] (initialised from ls[i]'s
  * packing) trained beside the weights. */
 static int qat_mlp_lsq(struct qs_mlp *m, const struct qs_layer_state *ls, const float *x,
-                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb,
-                       void *ctx, struct qs_lsq_site *z, qs_err *e)
+                       const int *y, int n, const struct qs_qat_opts *o, qs_train_cb cb, void *ctx,
+                       struct qs_lsq_site *z, qs_err *e)
 {
     for (int i = 0; i < m->nlayers; i++) {
         const struct qs_layer *l = &m->layers[i];
@@ -552,8 +553,8 @@ int qs_qat_hooks_refresh(void *u, qs_err *e)
         const struct qs_lm_site *st = &q->m->sites[s];
         if (q->wq[s] && q->lsq && q->lsq[s].qz)
             qs_lsq_fake(&q->lsq[s], st->w, q->wq[s]);
-        else if (q->wq[s] && qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out,
-                                           st->in, q->wq[s], e) < 0)
+        else if (q->wq[s] && qs_quant_fake(&q->ls[s].wfmt, &q->ls[s].wopt, st->w, st->out, st->in,
+                                           q->wq[s], e) < 0)
             return qs_err_prefix(e, st->name);
     }
     return 0;

@@ -561,8 +561,8 @@ static int keeps_corr(const struct qs_bench *b, int i, const struct qs_wcand *c)
  * correction fitted as `correct` fits it (qs_corr_fit_lowrank on the float calibration inputs),
  * or the site's current correction when the candidate keeps it (keeps_corr; a linear map is
  * folded in as A W, A b + mb). *bits: packed weight bits plus the correction's bits. */
-static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, float *wq,
-                         float *bq, double *bits, qs_err *e)
+static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, float *wq, float *bq,
+                         double *bits, qs_err *e)
 {
     struct qs_unit lu, *l = &lu;
     qs_bench_unit(b, i, &lu);
@@ -624,7 +624,7 @@ static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, fl
  * refinement, the plan and the uniform plans all score these weights). */
 struct cand_set {
     int L, nc;
-    float **wq;          /* (L, nc) */
+    float **wq;              /* (L, nc) */
     const float **w, **bias; /* (L) the configuration being scored */
 };
 
@@ -781,7 +781,8 @@ int qs_allocate_bits(struct qs_bench *b, const struct qs_wcand *cand, int nc, do
     if (qs_mem_check(hold, "allocate bits=: every site's candidate weights", e) < 0)
         goto out;
     struct qs_metric mf;
-    if (cand_loss(b, &cs, QS_CALIB, &mf, e) < 0 || cand_loss(b, &cs, QS_TEST, &p->float_test, e) < 0)
+    if (cand_loss(b, &cs, QS_CALIB, &mf, e) < 0 ||
+        cand_loss(b, &cs, QS_TEST, &p->float_test, e) < 0)
         goto out;
     p->float_loss_calib = mf.loss;
     for (int i = 0; i < L; i++) {

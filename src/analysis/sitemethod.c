@@ -11,11 +11,10 @@
  *            the deployed site computes and every analysis (error, spectrum, rank, corrections,
  *            ablate, sensitivity) reads it unchanged. It is not kept: qs_site_wq decodes it from
  *            the codes on use (wq_xform: unpack, then diag(xs)^-1, then H^T, as computed here;
- *            site_apply checks the decode against the method's weight, bit for bit). The error of an orthogonal rotation is
- *            measured in the rotated basis and reported in the original one: E H has E's
- *            singular values;
- *   rot, xs - the activation transform T x = diag(xs)^-1 H x: a quantized activation is
- *            T^-1 Q(T x), which leaves the float product unchanged. */
+ *            site_apply checks the decode against the method's weight, bit for bit). The error of
+ * an orthogonal rotation is measured in the rotated basis and reported in the original one: E H has
+ * E's singular values; rot, xs - the activation transform T x = diag(xs)^-1 H x: a quantized
+ * activation is T^-1 Q(T x), which leaves the float product unchanged. */
 #include "qscope/bench.h"
 
 #include <math.h>
@@ -620,8 +619,8 @@ static int site_apply(struct qs_bench *b, int i, qs_err *e)
         if (!wq)
             rc = -1;
         else if (memcmp(wq, r.wq, wn * sizeof *wq))
-            rc = qs_errf(e, "%s: decoding the method's codes does not reproduce its weight",
-                         u.name);
+            rc =
+                qs_errf(e, "%s: decoding the method's codes does not reproduce its weight", u.name);
     }
     mres_free(&r);
     return rc;

@@ -11,12 +11,12 @@
 #include "qscope/analysis.h"
 #include "qscope/dataset.h"
 #include "qscope/linalg.h"
-#include "qscope/lowrank.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
-#include "qscope/tokens.h"
+#include "qscope/lowrank.h"
 #include "qscope/mlp.h"
 #include "qscope/spectral.h"
+#include "qscope/tokens.h"
 
 const char *qs_q1_verdict(double med, double sp)
 {
@@ -255,8 +255,8 @@ fail:
 
 /* Rows of the concatenated pre-activations of sites[0..m) on split sp (quant 0: float path, 1:
  * quantized path, no correction in place): *y (n, D) malloc'd. */
-static int group_preact(struct qs_bench *b, enum qs_split_id sp, int quant, const int *sites,
-                        int m, int D, float **y, int *n, qs_err *e)
+static int group_preact(struct qs_bench *b, enum qs_split_id sp, int quant, const int *sites, int m,
+                        int D, float **y, int *n, qs_err *e)
 {
     *y = NULL;
     float *out = NULL;
@@ -275,7 +275,8 @@ static int group_preact(struct qs_bench *b, enum qs_split_id sp, int quant, cons
             return -1;
         }
         for (int r = 0; r < ns; r++)
-            memcpy(out + (size_t)r * D + off, ys + (size_t)r * u.out, (size_t)u.out * sizeof(float));
+            memcpy(out + (size_t)r * D + off, ys + (size_t)r * u.out,
+                   (size_t)u.out * sizeof(float));
         off += u.out;
         *n = ns;
         free(ys);
@@ -435,7 +436,8 @@ static int lm_plan(const struct qs_lm *m, int (*sites)[3], int *nsites, enum qs_
     return n;
 }
 
-/* The name of a row: the site's, or the group's ("model.layers.0.self_attn.q_proj+k_proj+v_proj"). */
+/* The name of a row: the site's, or the group's ("model.layers.0.self_attn.q_proj+k_proj+v_proj").
+ */
 static void row_name(struct qs_bench *b, const int *sites, int m, char *buf, size_t n)
 {
     struct qs_unit u;
@@ -465,7 +467,7 @@ static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct
     if (qs_bench_update(b, e) < 0)
         return -1;
     int R = lm_nrows(m);
-    int (*sites)[3] = qs_calloc((size_t)R, sizeof *sites);
+    int(*sites)[3] = qs_calloc((size_t)R, sizeof *sites);
     int *ns = qs_calloc((size_t)R, sizeof *ns), *blk = qs_calloc((size_t)R, sizeof *blk);
     enum qs_q1_kind *kind = qs_calloc((size_t)R, sizeof *kind);
     double *a = qs_calloc((size_t)R, sizeof *a), *c = qs_calloc((size_t)R, sizeof *c);
@@ -486,9 +488,10 @@ static int run_setting_lm(struct qs_bench *b, const struct qs_q1_opts *o, struct
         if (lm_row(b, o, sites[i], ns[i], r, e) < 0)
             goto out;
         if (r->kind != QS_Q1_SITE && isnan(r->r_float)) {
-            qs_errf(e, "%s: a %dx%d linear map needs at most %d outputs and more than %d "
-                       "calibration rows (calib_tokens=N in a study, set calib tokens=N otherwise)",
-                     r->name, r->d, r->d, Q1_MAP_MAX_OUT, r->d);
+            qs_errf(e,
+                    "%s: a %dx%d linear map needs at most %d outputs and more than %d "
+                    "calibration rows (calib_tokens=N in a study, set calib tokens=N otherwise)",
+                    r->name, r->d, r->d, Q1_MAP_MAX_OUT, r->d);
             goto out;
         }
         if (r->kind != QS_Q1_SITE)
@@ -541,8 +544,10 @@ static int open_lm_bench(const struct qs_q1_opts *o, const char *model, const ch
                          struct qs_bench **out, qs_err *e)
 {
     if (!data[0])
-        return qs_errf(e, "%s: a transformer's setting names its token data: models=DIR:DATA.txt "
-                          "(or .bin)", model);
+        return qs_errf(e,
+                       "%s: a transformer's setting names its token data: models=DIR:DATA.txt "
+                       "(or .bin)",
+                       model);
     char mfile[4096], dfile[4096];
     if (model[0] == '/' || qs_bundle_path(model, mfile, sizeof mfile, NULL) < 0)
         snprintf(mfile, sizeof mfile, "%s", model);
@@ -650,8 +655,8 @@ void qs_study_setting_words(const struct qs_q1_opts *o, const struct qs_bench *b
     qs_qopts_format(f, op, options, 200);
 }
 
-int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
-                  struct qs_bench **out, char *model, size_t nm, char *data, size_t nd, qs_err *e)
+int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed, struct qs_bench **out,
+                  char *model, size_t nm, char *data, size_t nd, qs_err *e)
 {
     struct qs_bench *b;
     if (open_bench(o, arg, &b, model, nm, data, nd, e) < 0)
@@ -665,7 +670,6 @@ int qs_study_open(const struct qs_q1_opts *o, const char *arg, uint64_t seed,
     *out = b;
     return 0;
 }
-
 
 /* The study's aggregates from its settings and layer rows: one function for the in-process run
  * and for `study merge`, which rebuilds the rows from per-setting records, so that both give the

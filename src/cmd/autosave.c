@@ -43,8 +43,8 @@ static int state_dir(char *dir, size_t n, qs_err *e)
     if (!(xdg && xdg[0]) && !(home && home[0]))
         return qs_errf(e, "no state directory (set XDG_STATE_HOME or HOME)");
     char pb[256];
-    return qs_errf(e, "state directory %s cannot be created: %s", qs_clean_str(dir, pb, sizeof pb, 0),
-                   err ? strerror(err) : "path too long");
+    return qs_errf(e, "state directory %s cannot be created: %s",
+                   qs_clean_str(dir, pb, sizeof pb, 0), err ? strerror(err) : "path too long");
 }
 
 static void autosave_fail(struct qs_ctx *c, struct autosave *a)
@@ -129,9 +129,8 @@ static void autosave_entry(struct qs_ctx *c, const struct qs_jentry *j)
 static int is_pending_name(const char *name)
 {
     size_t nl = strlen(name);
-    return same_str(name, LEGACY_PREV) ||
-           (!strncmp(name, UNCLEAN_PREFIX, strlen(UNCLEAN_PREFIX)) && nl > 11 &&
-            same_str(name + nl - 3, ".qs"));
+    return same_str(name, LEGACY_PREV) || (!strncmp(name, UNCLEAN_PREFIX, strlen(UNCLEAN_PREFIX)) &&
+                                           nl > 11 && same_str(name + nl - 3, ".qs"));
 }
 
 /* The unclosed journals waiting in DIR, full paths, oldest first (by name: the legacy file, then
@@ -231,8 +230,8 @@ static int keep_aside(const char *dir, const char *text, size_t len, qs_err *e)
             snprintf(dst, sizeof dst, "%s/" UNCLEAN_PREFIX "%s-%s.qs", dir, date[0] ? date : "0",
                      pid[0] ? pid : "0");
         else
-            snprintf(dst, sizeof dst, "%s/" UNCLEAN_PREFIX "%s-%s-%d.qs", dir,
-                     date[0] ? date : "0", pid[0] ? pid : "0", k);
+            snprintf(dst, sizeof dst, "%s/" UNCLEAN_PREFIX "%s-%s-%d.qs", dir, date[0] ? date : "0",
+                     pid[0] ? pid : "0", k);
         if (link(tmp, dst) == 0) {
             unlink(tmp);
             return 0;
@@ -448,7 +447,8 @@ void qs_autosave_end(struct qs_ctx *c)
     c->journal_u = NULL;
 }
 
-/* ---- command ----------------------------------------------------------------------------------- */
+/* ---- command -----------------------------------------------------------------------------------
+ */
 
 /* Lists the kept journals as a result: number, date, commands, file. */
 static int recover_list(struct qs_ctx *c, char **v, int np)

@@ -688,8 +688,8 @@ void qs_cmd_flag_words(unsigned flags, struct qs_sb *sb)
 }
 
 static const struct qs_cmd_def *const core_tables[] = {
-    qs_cmds_basic,   qs_cmds_analysis, qs_cmds_session, qs_cmds_replay, qs_cmds_recover,
-    qs_cmds_sens,    qs_cmds_allocate, qs_cmds_qat,     qs_cmds_study};
+    qs_cmds_basic, qs_cmds_analysis, qs_cmds_session, qs_cmds_replay, qs_cmds_recover,
+    qs_cmds_sens,  qs_cmds_allocate, qs_cmds_qat,     qs_cmds_study};
 
 const struct qs_cmd_def *qs_cmd_at(const struct qs_ctx *c, int i)
 {
@@ -879,8 +879,7 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         size_t sl = 0;
         for (int i = 0; qs_cmd_at(c, i); i++) {
             const char *n = qs_cmd_at(c, i)->name;
-            if (!strncmp(n, argv[0], 2) && sl + 1 < sizeof sug &&
-                (sl == 0 || !strstr(sug, n)))
+            if (!strncmp(n, argv[0], 2) && sl + 1 < sizeof sug && (sl == 0 || !strstr(sug, n)))
                 sl += (size_t)snprintf(sug + sl, sizeof sug - sl, "%s%s", sl ? ", " : "", n);
         }
         if (sl)
@@ -909,8 +908,10 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
          * recorded faithfully, so the command is refused before it changes anything */
         for (int i = used; i < argc; i++)
             if (strpbrk(argv[i], "\n\r")) {
-                qs_errf(e, "%s: an argument holds a line break, which a session cannot record "
-                           "(rename the file or layer)", d->name);
+                qs_errf(e,
+                        "%s: an argument holds a line break, which a session cannot record "
+                        "(rename the file or layer)",
+                        d->name);
                 goto out;
             }
     }
@@ -919,8 +920,10 @@ int qs_exec_line(struct qs_ctx *c, const char *line, qs_err *e)
         goto out;
     if (c->safe && !(c->scratch && (d->flags & QS_CMD_SCRATCH)) &&
         qs_cmd_writes(d, argc - used, argv + used)) {
-        qs_errf(e, "%s writes files: refused while replaying a session (replay it with "
-                   "--allow-writes to let it write)", d->name);
+        qs_errf(e,
+                "%s writes files: refused while replaying a session (replay it with "
+                "--allow-writes to let it write)",
+                d->name);
         goto out;
     }
     /* a model file changed on disk under its mapping: refused before any weight is read */

@@ -8,8 +8,8 @@
 
 #include "cmd_lm.h"
 #include "qscope/analysis.h"
-#include "qscope/dataset.h"
 #include "qscope/cmd.h"
+#include "qscope/dataset.h"
 #include "qscope/lmbench.h"
 
 /* Resolves a layer name or reports close matches. */
@@ -144,9 +144,10 @@ static int cmd_error(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     }
     int kl_missing = n > 0 && isnan(err[idx[0]].kl_share);
     if (kl_missing)
-        qs_sb_printf(&t, "kl_share not computed: one held-out run per quantized site, about %.3g "
-                         "multiply-adds (parameters x held-out tokens x sites; kl=auto computes "
-                         "it up to %.3g); error kl=on computes it\n",
+        qs_sb_printf(&t,
+                     "kl_share not computed: one held-out run per quantized site, about %.3g "
+                     "multiply-adds (parameters x held-out tokens x sites; kl=auto computes "
+                     "it up to %.3g); error kl=on computes it\n",
                      klcost, QS_KL_AUTO_MAX);
     if (b->lm)
         qs_sb_printf(&t, "(calibration windows; snr/preact propagated through the quantized model, "
@@ -182,7 +183,10 @@ static int parse_spec_opts(const struct qs_ctx *c, enum qs_spec_of *of, enum qs_
     return 0;
 }
 
-static const char *of_name(enum qs_spec_of of) { return of == QS_SPEC_WEIGHT ? "weight" : "preact"; }
+static const char *of_name(enum qs_spec_of of)
+{
+    return of == QS_SPEC_WEIGHT ? "weight" : "preact";
+}
 static const char *scale_name(enum qs_spec_scale s)
 {
     return s == QS_SCALE_NONE ? "none" : s == QS_SCALE_ACT ? "act" : "cov";
@@ -202,7 +206,10 @@ static void stats_json(cJSON *o, const struct qs_rank_stats *st)
     qs_json_num(o, "null_top", st->null_top);
     qs_json_num(o, "null_margin", st->null_margin);
     cJSON_AddNumberToObject(o, "null_draws", st->null_draws);
-    cJSON_AddStringToObject(o, "shape", st->zero ? "zero" : st->structured ? "structured" : "white");
+    cJSON_AddStringToObject(o, "shape",
+                            st->zero         ? "zero"
+                            : st->structured ? "structured"
+                                             : "white");
 }
 
 static const char *shape_of(const struct qs_rank_stats *st)
@@ -282,25 +289,27 @@ static int cmd_spectrum(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         if (show < sp.nsv)
             qs_sb_printf(&t, "   ... %d more values (JSON has all)\n", sp.nsv - show);
-        qs_sb_printf(&t, "top %.6g vs null edge %.6g (variance-profile noise: mean top %.6g + "
-                         "margin %.3g; i.i.d. Marchenko-Pastur edge %.6g): %s\n",
-                     sp.st.top, sp.st.null_edge, sp.st.null_top, sp.st.null_margin,
-                     sp.st.mp_edge,
+        qs_sb_printf(&t,
+                     "top %.6g vs null edge %.6g (variance-profile noise: mean top %.6g + "
+                     "margin %.3g; i.i.d. Marchenko-Pastur edge %.6g): %s\n",
+                     sp.st.top, sp.st.null_edge, sp.st.null_top, sp.st.null_margin, sp.st.mp_edge,
                      sp.st.structured ? "STRUCTURED (above rounding noise of this variance profile)"
                                       : "white (within rounding noise of this variance profile)");
     }
     if (sp.resid > 0) {
         const struct qs_rank_stats *r = &sp.res_st;
-        qs_sb_printf(&t, "residual W - (Q(W) + C) after %s: %.1f%% of the error's energy removed; "
-                         "top %.6g vs null edge %.6g: %s; stable %.3f (was %.3f), eff_rank %.3f "
-                         "(was %.3f)\n",
-                     sp.resid_method,
-                     sp.st.fro2 > 0 ? 100 * (1 - r->fro2 / sp.st.fro2) : 0.0, r->top,
-                     r->null_edge, shape_of(r), r->stable_rank, sp.st.stable_rank, r->eff_rank,
-                     sp.st.eff_rank);
+        qs_sb_printf(&t,
+                     "residual W - (Q(W) + C) after %s: %.1f%% of the error's energy removed; "
+                     "top %.6g vs null edge %.6g: %s; stable %.3f (was %.3f), eff_rank %.3f "
+                     "(was %.3f)\n",
+                     sp.resid_method, sp.st.fro2 > 0 ? 100 * (1 - r->fro2 / sp.st.fro2) : 0.0,
+                     r->top, r->null_edge, shape_of(r), r->stable_rank, sp.st.stable_rank,
+                     r->eff_rank, sp.st.eff_rank);
     } else if (sp.resid < 0) {
-        qs_sb_printf(&t, "correction %s acts on the outputs: the weight-residual view does not "
-                         "apply\n", sp.resid_method);
+        qs_sb_printf(&t,
+                     "correction %s acts on the outputs: the weight-residual view does not "
+                     "apply\n",
+                     sp.resid_method);
     }
     qs_add_gate(c, o, &t);
     qs_emit(c, o, t.s);
@@ -368,20 +377,24 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         resid_json(j, &sp, 0);
         cJSON_AddItemToArray(rows, j);
         qs_sb_printf(&t, "%-*s %9.3f %9.3f %5d %5d %5d %11.5g %11.5g %11.5g %s\n", nw, un.name,
-                     st->eff_rank, st->stable_rank, st->k50,
-                     st->k90, st->k99, st->top, st->mp_edge, st->null_edge, shape_of(st));
+                     st->eff_rank, st->stable_rank, st->k50, st->k90, st->k99, st->top, st->mp_edge,
+                     st->null_edge, shape_of(st));
         if (sp.resid > 0) {
             const struct qs_rank_stats *r = &sp.res_st;
             if (!rt.s)
-                qs_sb_printf(&rt, "residual W - (Q(W) + C) of corrected layers:\n"
-                                  "%-*s %-8s %9s %9s %5s %11s %8s %s\n", nw, "layer", "method",
-                             "eff_rank", "stable", "k90", "top", "removed", "shape");
+                qs_sb_printf(&rt,
+                             "residual W - (Q(W) + C) of corrected layers:\n"
+                             "%-*s %-8s %9s %9s %5s %11s %8s %s\n",
+                             nw, "layer", "method", "eff_rank", "stable", "k90", "top", "removed",
+                             "shape");
             qs_sb_printf(&rt, "%-*s %-8s %9.3f %9.3f %5d %11.5g %7.1f%% %s\n", nw, un.name,
                          sp.resid_method, r->eff_rank, r->stable_rank, r->k90, r->top,
                          st->fro2 > 0 ? 100 * (1 - r->fro2 / st->fro2) : 0.0, shape_of(r));
         } else if (sp.resid < 0) {
-            qs_sb_printf(&rt, "%s: %s acts on the outputs; the weight-residual view does not "
-                              "apply\n", un.name, sp.resid_method);
+            qs_sb_printf(&rt,
+                         "%s: %s acts on the outputs; the weight-residual view does not "
+                         "apply\n",
+                         un.name, sp.resid_method);
         }
         qs_spectrum_free(&sp);
     }
@@ -396,12 +409,13 @@ static int cmd_rank(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (rt.s)
         qs_sb_printf(&t, "%s", rt.s);
     qs_sb_free(&rt);
-    qs_sb_printf(&t, "(%s error; eff_rank = exp(entropy of sigma_i^2 / sum sigma_j^2); stable = "
-                     "||E||_F^2/||E||_2^2; kP = smallest k holding P%% of the energy; shape: top "
-                     "singular value above null_edge = structured, where null_edge = mean top "
-                     "value of 5 seeded draws of Gaussian noise with the error's variance per "
-                     "scale block + max(4 Tracy-Widom scales, 3 sd); mp_edge is the i.i.d. "
-                     "edge, shown for reference; see help rank)\n",
+    qs_sb_printf(&t,
+                 "(%s error; eff_rank = exp(entropy of sigma_i^2 / sum sigma_j^2); stable = "
+                 "||E||_F^2/||E||_2^2; kP = smallest k holding P%% of the energy; shape: top "
+                 "singular value above null_edge = structured, where null_edge = mean top "
+                 "value of 5 seeded draws of Gaussian noise with the error's variance per "
+                 "scale block + max(4 Tracy-Widom scales, 3 sd); mp_edge is the i.i.d. "
+                 "edge, shown for reference; see help rank)\n",
                  of_name(of));
     emit_layer_table(c, o, &t, "rank", rows);
     free(idx);
@@ -450,8 +464,8 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     double lambda = qs_arg_float(c, "lambda", -1.0);
     if (qs_arg(c, "lambda") && lambda < 0)
         return qs_errf(e, "lambda must be >= 0 (omit it for the automatic choice)");
-    int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
-                  m == QS_CORR_EORA;
+    int lowrank =
+        m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA || m == QS_CORR_EORA;
     if (lowrank && rank == 0)
         rank = 4;
     if (!lowrank && rank)
@@ -488,12 +502,11 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      : qs_cmd_lm_correct(c, idx, n, m, rank, prec, lambda, lopts, e);
         free(idx);
         if (rc == 0 && lowrank)
-            snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d%s%s", argv[0],
-                     qs_corr_name(m), rank, strcmp(prec, "float") ? " prec=" : "",
+            snprintf(c->canon, sizeof c->canon, "correct %s %s r=%d%s%s", argv[0], qs_corr_name(m),
+                     rank, strcmp(prec, "float") ? " prec=" : "",
                      strcmp(prec, "float") ? prec : "");
         else if (rc == 0)
-            snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m),
-                     lopts);
+            snprintf(c->canon, sizeof c->canon, "correct %s %s%s", argv[0], qs_corr_name(m), lopts);
         return rc;
     }
     struct qs_mlp *teacher = NULL;
@@ -534,7 +547,8 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             break;
         const struct qs_corr *cr = &s->corr;
         const struct qs_layer *l = &c->b->model->layers[i];
-        double lbits = s->wquant ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
+        double lbits =
+            s->wquant ? 8.0 * (double)qs_packed_bytes(&s->packed) : 32.0 * l->out * l->in;
         double bpw = (lbits + cr->bits + s->xform_bits) / ((double)l->out * l->in);
         cJSON *o = qs_cmd_correct_result(l->name, cr, bpw, 1);
         if (m != QS_CORR_CLOCAL)
@@ -551,13 +565,14 @@ static int cmd_correct(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      pt->unscaled      ? "cast, no scales"
                      : pt->fixed_block ? "block scales along rows"
                                        : "a scale per row");
-        qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out (%s), +%ld params "
-                         "(+%.0f bits%s), layer %.3f bits/weight",
+        qs_sb_printf(&t,
+                     "%s%s %s%s: recovery R = %.4f on held-out (%s), +%ld params "
+                     "(+%.0f bits%s), layer %.3f bits/weight",
                      done ? "\n" : "", l->name, qs_corr_name(m), opts, cr->recovery, calib,
                      cr->params, cr->bits, how, bpw);
         if (cr->amap) /* the ridge map's own figures (lowrank.h: lambda and the rank cut) */
-            qs_sb_printf(&t, "; ridge lambda %.3g, rank kept %d of %d", cr->lambda,
-                         cr->rank_kept, l->out);
+            qs_sb_printf(&t, "; ridge lambda %.3g, rank kept %d of %d", cr->lambda, cr->rank_kept,
+                         l->out);
         if (m == QS_CORR_CLOCAL)
             qs_sb_printf(&t, " [upper baseline, not deployable]");
         else
@@ -669,8 +684,9 @@ static void interval_json(cJSON *o, const char *k, const struct qs_interval *iv)
     "earlier layers' corrections that were in place when this one was fitted (the state it "       \
     "was fitted in, printed as 'upstream'); later layers' corrections are off; the float runs "    \
     "have no other correction. A stale bias/linear correction (an earlier layer changed since "    \
-    "its fit) is refused: refit it. On a transformer the test split is the held-out windows "     \
-    "eval evaluates, a sample is one held-out window (its mean token loss: tokens of a window are correlated), and the metrics are ppl/loss."
+    "its fit) is refused: refit it. On a transformer the test split is the held-out windows "      \
+    "eval evaluates, a sample is one held-out window (its mean token loss: tokens of a window "    \
+    "are correlated), and the metrics are ppl/loss."
 
 /* "fc0, fc1" for the layers of a correction mask; "none" when empty. */
 static void mask_names(const struct qs_bench *b, uint64_t m, char *buf, size_t n)
@@ -732,9 +748,8 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         W = (int)strlen(u.name) > W ? (int)strlen(u.name) : W;
     }
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "%-*s %-9s %15s %15s %15s %15s %15s %15s  %s\n", W, "layer", "method",
-                 "float", "quant", "quant+corr", "float+corr", "random ctrl", "other-layer",
-                 "verdict");
+    qs_sb_printf(&t, "%-*s %-9s %15s %15s %15s %15s %15s %15s  %s\n", W, "layer", "method", "float",
+                 "quant", "quant+corr", "float+corr", "random ctrl", "other-layer", "verdict");
     cJSON *table = cJSON_CreateArray();
     int rc = 0;
     for (int k = 0; k < n; k++) {
@@ -783,8 +798,9 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         char other[24] = "n/a";
         if (ab.have_other)
             snprintf(other, sizeof other, "%.4f/%.4f", o1, ab.other_ctrl.loss);
-        qs_sb_printf(&t, "%-*s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
-                         "%7.4f/%-7.4f %15s  %s\n",
+        qs_sb_printf(&t,
+                     "%-*s %-9s %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f %7.4f/%-7.4f "
+                     "%7.4f/%-7.4f %15s  %s\n",
                      W, name, qs_corr_name(cr->method), f1[0], ab.f.loss, f1[1], ab.q.loss, f1[2],
                      ab.qc.loss, f1[3], ab.fc.loss, f1[4], ab.rand_ctrl.loss, other, ab.verdict);
         qs_sb_printf(&t, "%-*s gain g_q %+.5f [%+.5f, %+.5f]  g_f %+.5f [%+.5f, %+.5f]\n", W, "",
@@ -793,19 +809,21 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      ab.g_r.hi);
         if (ab.have_other)
             qs_sb_printf(&t, "g_o %+.5f [%+.5f, %+.5f] at %s%s\n", ab.g_o.mean, ab.g_o.lo,
-                         ab.g_o.hi, oname,
-                         ab.other_significant ? ": other-layer significant" : "");
+                         ab.g_o.hi, oname, ab.other_significant ? ": other-layer significant" : "");
         else
             qs_sb_printf(&t, "g_o n/a (no other layer of this shape)\n");
         qs_sb_printf(&t, "%-*s upstream: %s%s", W, "", ab.upstream ? "corrections on " : "", up);
         if (ab.upstream_gone)
-            qs_sb_printf(&t, " (also in place at the fit, removed since: %s; a low-rank fit does "
-                             "not depend on them)", gone);
+            qs_sb_printf(&t,
+                         " (also in place at the fit, removed since: %s; a low-rank fit does "
+                         "not depend on them)",
+                         gone);
         qs_sb_printf(&t, "\n");
         cJSON *row = cJSON_CreateObject();
         cJSON_AddStringToObject(row, "layer", name);
         cJSON_AddStringToObject(row, "method", qs_corr_name(cr->method));
-        const char *mn[] = {"float", "quant", "quant_corrected", "float_corrected", "random_control"};
+        const char *mn[] = {"float", "quant", "quant_corrected", "float_corrected",
+                            "random_control"};
         for (int q = 0; q < 5; q++) {
             char key[48];
             snprintf(key, sizeof key, "%s_%s", mn[q], lm ? "ppl" : "acc");
@@ -838,11 +856,12 @@ static int cmd_ablate(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_set_last_table(c, "ablate", table, NULL);
     cJSON_Delete(table);
     if (rc == 0) {
-        qs_sb_printf(&t, "(%s; gain = loss without - with, mean "
-                         "[paired-bootstrap 95%% interval]. Verdict, first match: harmful if g_q's "
-                         "hi < 0; no-gain if g_q's lo <= 0 or g_q <= g_r's hi; capacity if g_f's "
-                         "lo > 0 and g_f >= g_q/2 (means); else recovery. Quantized runs keep the "
-                         "upstream corrections of the fit; help ablate has the whole rule)\n",
+        qs_sb_printf(&t,
+                     "(%s; gain = loss without - with, mean "
+                     "[paired-bootstrap 95%% interval]. Verdict, first match: harmful if g_q's "
+                     "hi < 0; no-gain if g_q's lo <= 0 or g_q <= g_r's hi; capacity if g_f's "
+                     "lo > 0 and g_f >= g_q/2 (means); else recovery. Quantized runs keep the "
+                     "upstream corrections of the fit; help ablate has the whole rule)\n",
                      lm ? "ppl/loss on the held-out windows, a sample a window"
                         : "acc/loss on the test split");
         cJSON *g = cJSON_CreateObject();
@@ -876,8 +895,8 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         qs_bench_unit(b, i, &u);
         qs_bench_wdesc(&b->ls[i], wd, sizeof wd);
         qs_bench_adesc(&b->ls[i], ad, sizeof ad);
-        qs_sb_printf(&meta, "%s%s:%s|%s", i ? " " : "", qs_clean_str(u.name, nb, sizeof nb, 0),
-                     wd, ad);
+        qs_sb_printf(&meta, "%s%s:%s|%s", i ? " " : "", qs_clean_str(u.name, nb, sizeof nb, 0), wd,
+                     ad);
     }
     /* and, when a site's weights come from a quantizer method, each site's method and its
      * options (qscope.weight_methods' entries, spaces as commas): LAYER:rtn,
@@ -895,8 +914,8 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             qs_layer_method_desc(&b->ls[i], i, md, sizeof md);
         for (char *p = md; *p; p++)
             *p = *p == ' ' ? ',' : *p;
-        qs_sb_printf(&meta, "%s%s:%s", i ? " " : " methods=", qs_clean_str(u.name, nb, sizeof nb, 0),
-                     md);
+        qs_sb_printf(&meta, "%s%s:%s",
+                     i ? " " : " methods=", qs_clean_str(u.name, nb, sizeof nb, 0), md);
     }
     qs_outfile of;
     if (!meta.s) {
@@ -953,16 +972,16 @@ static int cmd_export_csv(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     return 0;
 }
 
-#define NULL_HELP                                                                             \
-    "white or structured: rounding error is not i.i.d. - each scale block (a row per channel, "  \
-    "a row segment per group or MX/NVFP4/NF4 block; at least a row, so per-tensor minifloats "   \
-    "get per-row variances) has its own variance, which lifts the top singular value above the " \
-    "i.i.d. Marchenko-Pastur edge (mp_edge, shown for reference). The null is Gaussian noise "   \
-    "with the error's empirical variance per block (of=preact: per output channel), put through " \
-    "the same scale= view: null_edge = mean top singular value of 5 draws seeded by the "         \
-    "session seed and layer + a finite-size margin max(4 tw, 3 sd), tw = sigma_bar/2 "            \
-    "(1/sqrt m + 1/sqrt n)^(1/3) the Tracy-Widom scale, sd the draws' spread. structured = top "  \
-    "> null_edge. of=preact keeps each channel's variance, not the inputs' correlations: judge "  \
+#define NULL_HELP                                                                                  \
+    "white or structured: rounding error is not i.i.d. - each scale block (a row per channel, "    \
+    "a row segment per group or MX/NVFP4/NF4 block; at least a row, so per-tensor minifloats "     \
+    "get per-row variances) has its own variance, which lifts the top singular value above the "   \
+    "i.i.d. Marchenko-Pastur edge (mp_edge, shown for reference). The null is Gaussian noise "     \
+    "with the error's empirical variance per block (of=preact: per output channel), put through "  \
+    "the same scale= view: null_edge = mean top singular value of 5 draws seeded by the "          \
+    "session seed and layer + a finite-size margin max(4 tw, 3 sd), tw = sigma_bar/2 "             \
+    "(1/sqrt m + 1/sqrt n)^(1/3) the Tracy-Widom scale, sd the draws' spread. structured = top "   \
+    "> null_edge. of=preact keeps each channel's variance, not the inputs' correlations: judge "   \
     "the rounding itself with of=weight scale=cov."
 
 const struct qs_cmd_def qs_cmds_analysis[] = {

@@ -10,13 +10,13 @@
 #include "cmd_gguf.h"
 #include "cmd_lm.h"
 #include "qscope/cmd.h"
-#include "qscope/moments.h"
 #include "qscope/ggml.h"
 #include "qscope/layer_row.h"
 #include "qscope/lm_gguf.h"
 #include "qscope/lm_train.h"
 #include "qscope/lmbench.h"
 #include "qscope/methods.h"
+#include "qscope/moments.h"
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
 #include "qscope/sha256.h"
@@ -50,7 +50,8 @@ void qs_gate_footer(struct qs_sb *text, const char *regime, int pass, const char
     if (pass)
         qs_sb_printf(text, "[%s; gate pass]", regime);
     else
-        qs_sb_printf(text, "[%s; %s; gate FAIL: model did not clearly learn the task, results flagged]",
+        qs_sb_printf(text,
+                     "[%s; %s; gate FAIL: model did not clearly learn the task, results flagged]",
                      regime, figure);
 }
 
@@ -103,8 +104,7 @@ static int cmd_load_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load model %s%s%s", qs_quote(argv[0], q, sizeof q),
-             act_given ? " act=" : "",
-             act_given ? qs_act_name(act) : "");
+             act_given ? " act=" : "", act_given ? qs_act_name(act) : "");
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "load model");
     cJSON_AddStringToObject(o, "path", argv[0]);
@@ -163,10 +163,11 @@ static int cmd_load_data(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "features", d->d);
     cJSON_AddNumberToObject(o, "classes", d->nclass);
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "data %s: %d samples, %d features, %d classes; split seed %llu: "
-                     "%d train / %d calib / %d test",
-                 argv[0], d->n, d->d, d->nclass, (unsigned long long)c->b->split_seed,
-                 s->n_train, s->n_calib, s->n_test);
+    qs_sb_printf(&t,
+                 "data %s: %d samples, %d features, %d classes; split seed %llu: "
+                 "%d train / %d calib / %d test",
+                 argv[0], d->n, d->d, d->nclass, (unsigned long long)c->b->split_seed, s->n_train,
+                 s->n_calib, s->n_test);
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -235,9 +236,9 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "regime", qs_regime_name(qs_bench_effective_regime(b)));
     cJSON_AddNumberToObject(o, "seed", (double)b->seed);
     if (b->lm)
-        qs_sb_printf(&t, "regime  %s; seed %llu; gate: float loss a share %.2f below the unigram entropy",
-                     qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed,
-                     b->gate_lm);
+        qs_sb_printf(
+            &t, "regime  %s; seed %llu; gate: float loss a share %.2f below the unigram entropy",
+            qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed, b->gate_lm);
     else
         qs_sb_printf(&t, "regime  %s; seed %llu; gate %.2f of the headroom over chance",
                      qs_regime_name(qs_bench_effective_regime(b)), (unsigned long long)b->seed,
@@ -246,8 +247,8 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     size_t held = qs_bench_held_bytes(b);
     cJSON_AddNumberToObject(o, "analysis_bytes", (double)held);
     cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
-    qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (activation budget %.0f MB)", held / 1048576.0,
-                 b->act_budget / 1048576.0);
+    qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (activation budget %.0f MB)",
+                 held / 1048576.0, b->act_budget / 1048576.0);
     /* of which the sites' input moments (X^T X in double), cached between analyses */
     size_t mom = qs_moments_cache_bytes(b->momc);
     cJSON_AddNumberToObject(o, "moments_bytes", (double)mom);
@@ -265,8 +266,9 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "weights_cache_bytes", (double)wi.bytes);
     cJSON_AddNumberToObject(o, "weights_cache_budget_bytes", (double)wi.budget);
     if (wi.nquant > 0)
-        qs_sb_printf(&t, "\nweights %d quantized site%s: codes %.1f MB, decoded on use; the "
-                         "cache holds %.1f MB of %d site%s (budget %.0f MB)",
+        qs_sb_printf(&t,
+                     "\nweights %d quantized site%s: codes %.1f MB, decoded on use; the "
+                     "cache holds %.1f MB of %d site%s (budget %.0f MB)",
                      wi.nquant, wi.nquant == 1 ? "" : "s", wi.packed_bytes / 1048576.0,
                      wi.bytes / 1048576.0, wi.nsites, wi.nsites == 1 ? "" : "s",
                      wi.budget / 1048576.0);
@@ -403,13 +405,12 @@ static int train_cb(void *u, int epoch, double loss, double acc)
     struct train_cb_ctx *t = u;
     if (t->c->b->progress) {
         char what[96];
-        snprintf(what, sizeof what, "train epoch %d/%d loss %.4f acc %.4f", epoch, t->epochs,
-                 loss, acc);
+        snprintf(what, sizeof what, "train epoch %d/%d loss %.4f acc %.4f", epoch, t->epochs, loss,
+                 acc);
         t->c->b->progress(t->c->b->progress_ctx, what, (double)epoch / t->epochs);
     }
     if (epoch == t->epochs || epoch % 10 == 0)
-        qs_note(t->c, "epoch %d/%d: train loss %.4f, train acc %.4f", epoch, t->epochs, loss,
-                acc);
+        qs_note(t->c, "epoch %d/%d: train loss %.4f, train acc %.4f", epoch, t->epochs, loss, acc);
     return t->c->b->cancel;
 }
 
@@ -424,8 +425,8 @@ static int lm_train_cb(void *u, int step, int steps, double loss, double lr, dou
         c->b->progress(c->b->progress_ctx, what, (double)step / steps);
     }
     if (!isnan(val))
-        qs_note(c, "step %d/%d: train loss %.4f, lr %.3g, validation loss %.4f", step, steps,
-                loss, lr, val);
+        qs_note(c, "step %d/%d: train loss %.4f, lr %.3g, validation loss %.4f", step, steps, loss,
+                lr, val);
     else if (step == steps || step % 100 == 0)
         qs_note(c, "step %d/%d: train loss %.4f, lr %.3g", step, steps, loss, lr);
     return c->b->cancel;
@@ -455,12 +456,18 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     static const char *const mlp_only[] = {"hidden", "epochs", "act"};
     if (refuse_options(c, mlp_only, sizeof mlp_only / sizeof *mlp_only,
                        "for a transformer (steps= batch= ctx= lr= min_lr= warmup= wd= clip= "
-                       "eval= seed= init=scratch|model out=DIR)", e) < 0)
+                       "eval= seed= init=scratch|model out=DIR)",
+                       e) < 0)
         return -1;
-    struct { const char *k; int *iv; long lo, hi; } iopt[] = {
-        {"steps", &o.steps, 1, 10000000}, {"batch", &o.batch, 1, 65536},
-        {"ctx", &o.ctx, 1, b->lm->ctx},   {"warmup", &o.warmup, 0, 10000000},
-        {"eval", &o.eval_every, 0, 10000000}};
+    struct {
+        const char *k;
+        int *iv;
+        long lo, hi;
+    } iopt[] = {{"steps", &o.steps, 1, 10000000},
+                {"batch", &o.batch, 1, 65536},
+                {"ctx", &o.ctx, 1, b->lm->ctx},
+                {"warmup", &o.warmup, 0, 10000000},
+                {"eval", &o.eval_every, 0, 10000000}};
     long lv;
     for (size_t k = 0; k < sizeof iopt / sizeof iopt[0]; k++) {
         int got = qs_arg_int_in(c, iopt[k].k, iopt[k].lo, iopt[k].hi, &lv, e);
@@ -514,8 +521,9 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     char canon[512], q[600], v[6][64];
     snprintf(canon, sizeof canon,
              "steps=%d batch=%d ctx=%d lr=%.9g min_lr=%.9g warmup=%d wd=%.9g clip=%.9g eval=%d "
-             "seed=%llu init=%s", o.steps, o.batch, o.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip,
-             o.eval_every, (unsigned long long)o.seed, o.init ? "scratch" : "model");
+             "seed=%llu init=%s",
+             o.steps, o.batch, o.ctx, o.lr, o.min_lr, o.warmup, o.wd, o.clip, o.eval_every,
+             (unsigned long long)o.seed, o.init ? "scratch" : "model");
     snprintf(v[0], sizeof v[0], "%d", r.steps);
     snprintf(v[1], sizeof v[1], "%ld", r.tokens);
     snprintf(v[2], sizeof v[2], "%.6f", r.val_loss);
@@ -526,9 +534,9 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
              n);
     snprintf(cmdline, sizeof cmdline, "qscope %s train %s (AdamW betas 0.9/0.95, cosine)",
              QS_VERSION, canon);
-    const char *keys[] = {"qscope.train", "qscope.data", "qscope.data_sha256", "qscope.split",
-                          "qscope.steps", "qscope.train_tokens", "qscope.val_loss",
-                          "qscope.val_ppl", "qscope.val_tokens"};
+    const char *keys[] = {"qscope.train",    "qscope.data",    "qscope.data_sha256",
+                          "qscope.split",    "qscope.steps",   "qscope.train_tokens",
+                          "qscope.val_loss", "qscope.val_ppl", "qscope.val_tokens"};
     const char *vals[] = {cmdline, b->tokens->path, hash, split, v[0], v[1], v[2], v[3], v[4]};
     int rc = qs_lm_save(m, out, NULL, NULL, keys, vals, 9, e);
     qs_lm_free(m);
@@ -555,9 +563,10 @@ static int cmd_train_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(j, "out", out);
     cJSON_AddStringToObject(j, "data_sha256", hash);
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "trained %d steps (%ld tokens): validation loss %.4f -> %.4f (ppl %.3f), "
-                     "train loss %.4f; wrote %s\n", r.steps, r.tokens, r.val_loss0, r.val_loss,
-                 exp(r.val_loss), r.train_loss, out);
+    qs_sb_printf(&t,
+                 "trained %d steps (%ld tokens): validation loss %.4f -> %.4f (ppl %.3f), "
+                 "train loss %.4f; wrote %s\n",
+                 r.steps, r.tokens, r.val_loss0, r.val_loss, exp(r.val_loss), r.train_loss, out);
     qs_cmd_lm_gate(c, j, &t);
     qs_emit(c, j, t.s);
     qs_sb_free(&t);
@@ -571,12 +580,12 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return cmd_train_lm(c, argc, argv, e);
     if (!b->data)
         return qs_errf(e, "train: no data loaded (load data PATH)");
-    struct qs_train_opts o = {.epochs = 100, .batch = 64, .lr = 1e-3, .weight_decay = 0.0,
-                              .seed = b->seed};
+    struct qs_train_opts o = {
+        .epochs = 100, .batch = 64, .lr = 1e-3, .weight_decay = 0.0, .seed = b->seed};
     enum qs_act act = QS_ACT_RELU;
     int sizes[34], ns = 0;
-    static const char *const lm_only[] = {"steps", "ctx", "min_lr", "warmup", "clip", "eval",
-                                          "init"};
+    static const char *const lm_only[] = {"steps", "ctx",  "min_lr", "warmup",
+                                          "clip",  "eval", "init"};
     if (refuse_options(c, lm_only, sizeof lm_only / sizeof *lm_only,
                        "(hidden= epochs= batch= lr= wd= act= seed= out=)", e) < 0)
         return -1;
@@ -685,8 +694,7 @@ static int cmd_train(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(r, "gate", ev.gate_pass ? "pass" : "fail");
     struct qs_sb t = {0};
     qs_sb_printf(&t, "trained %s: test acc %.4f, test loss %.4f, gate %s%s%s", hidden, ev.f.acc,
-                 ev.f.loss, ev.gate_pass ? "pass" : "FAIL", out ? "; wrote " : "",
-                 out ? out : "");
+                 ev.f.loss, ev.gate_pass ? "pass" : "FAIL", out ? "; wrote " : "", out ? out : "");
     qs_emit(c, r, t.s);
     qs_sb_free(&t);
     return 0;
@@ -824,8 +832,8 @@ static void ggml_fallback_note(struct qs_bench *b, const struct qs_format *f, cJ
         cJSON_AddStringToObject(j, "layer", u.name);
         cJSON_AddStringToObject(j, "stored_as", en);
         cJSON_AddItemToArray(arr, j);
-        qs_sb_printf(t, "%s %s (%d) -> %s", cJSON_GetArraySize(arr) > 1 ? "," : "", u.name,
-                     u.in, en);
+        qs_sb_printf(t, "%s %s (%d) -> %s", cJSON_GetArraySize(arr) > 1 ? "," : "", u.name, u.in,
+                     en);
     }
 }
 
@@ -847,7 +855,7 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     /* on= and amode= hold one of the spec's words: w, a, wa, aw; dynamic, token, static */
     const char *onv = qs_arg(c, "on"), *amv = qs_arg(c, "amode");
     if (onv && !gguf)
-        r.roles = !strcmp(onv, "w") ? QS_ROLE_W
+        r.roles = !strcmp(onv, "w")   ? QS_ROLE_W
                   : !strcmp(onv, "a") ? QS_ROLE_A
                                       : QS_ROLE_W | QS_ROLE_A;
     if (amv && !gguf)
@@ -873,8 +881,10 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                                     : "computes its scales per block");
     /* a plain cast has no scale to compute per token: amode=token would be ignored silently */
     if (r.amode == QS_AMODE_TOKEN && r.fmt.kind != QS_FMT_NONE && rt->unscaled)
-        return qs_errf(e, "quant: amode=token computes one scale per token; %s is a plain cast "
-                          "with no scale", r.fmt.name);
+        return qs_errf(e,
+                       "quant: amode=token computes one scale per token; %s is a plain cast "
+                       "with no scale",
+                       r.fmt.name);
     r.meth.seed = c->b->seed; /* the rotation's seed, as the rounding seed above */
     /* Any group size fits any row: a partial last group has its own scale (format.h). */
     struct qs_bench *b = c->b;
@@ -893,10 +903,13 @@ static int cmd_quant(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     char opts[200] = "";
     if (r.fmt.kind != QS_FMT_NONE)
         qs_qopts_format(&r.fmt, &r.opt, opts, sizeof opts);
-    const char *on = r.roles == QS_ROLE_W ? " on=w" : r.roles == QS_ROLE_A ? " on=a"
-                     : r.roles ? " on=wa" : "";
-    const char *am = r.amode == QS_AMODE_STATIC ? " amode=static"
-                     : r.amode == QS_AMODE_TOKEN ? " amode=token" : "";
+    const char *on = r.roles == QS_ROLE_W   ? " on=w"
+                     : r.roles == QS_ROLE_A ? " on=a"
+                     : r.roles              ? " on=wa"
+                                            : "";
+    const char *am = r.amode == QS_AMODE_STATIC  ? " amode=static"
+                     : r.amode == QS_AMODE_TOKEN ? " amode=token"
+                                                 : "";
     char meth[200];
     qs_rule_method_format(&r.meth, meth, sizeof meth);
     snprintf(c->canon, sizeof c->canon, "quant %s %s%s%s%s%s%s%s", r.pattern, r.fmt.name,
@@ -949,15 +962,18 @@ static int cmd_rules(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                     ln += (size_t)snprintf(layers + ln, sizeof layers - ln, "%s%s", ln ? "," : "",
                                            u.name);
             }
-        const char *roles = r->roles == QS_ROLE_W ? "w" : r->roles == QS_ROLE_A ? "a"
-                            : r->roles ? "wa" : "default";
+        const char *roles = r->roles == QS_ROLE_W   ? "w"
+                            : r->roles == QS_ROLE_A ? "a"
+                            : r->roles              ? "wa"
+                                                    : "default";
         cJSON_AddStringToObject(jr, "pattern", r->pattern);
         cJSON_AddStringToObject(jr, "format", r->fmt.name);
         cJSON_AddStringToObject(jr, "options", opts);
         cJSON_AddStringToObject(jr, "on", roles);
         /* how activations are scaled (static: calibrated on the calibration split) */
-        const char *am = r->amode == QS_AMODE_STATIC ? "static"
-                         : r->amode == QS_AMODE_TOKEN ? "token" : "dynamic";
+        const char *am = r->amode == QS_AMODE_STATIC  ? "static"
+                         : r->amode == QS_AMODE_TOKEN ? "token"
+                                                      : "dynamic";
         cJSON_AddStringToObject(jr, "amode", am);
         char meth[200];
         qs_rule_method_format(&r->meth, meth, sizeof meth);
@@ -1054,7 +1070,7 @@ static int cmd_roundtrip(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         for (int i = 0; i < n; i++) {
             double out = block ? (double)yf[i] : qs_format_cast(&f, (double)xf[i], sat);
             cJSON_AddItemToArray(ji, qs_json_num_item(in[i]));
-            cJSON_AddItemToArray(jo, isnan(out) ? cJSON_CreateString("nan")
+            cJSON_AddItemToArray(jo, isnan(out)   ? cJSON_CreateString("nan")
                                      : isinf(out) ? cJSON_CreateString(out > 0 ? "inf" : "-inf")
                                                   : qs_json_num_item(out));
             qs_sb_printf(&t, "%s%.9g -> %.9g", i ? "\n" : "", in[i], out);
@@ -1169,12 +1185,15 @@ static int exp_describe(struct exp_meta *d, int i, const char *name, int out, in
     const char *sep = i ? "," : "";
     if (packed && s->wquant && (s->rot || s->xs))
         /* the codes are those of W H^T diag(s), a basis the packed layout does not record */
-        return qs_errf(e, "export model … packed: %s is quantized with %s, whose codes are in "
-                          "a rotated or channel-scaled basis that the packed layout does not "
-                          "record; export model PATH (without packed) writes its effective "
-                          "weight in the original basis",
+        return qs_errf(e,
+                       "export model … packed: %s is quantized with %s, whose codes are in "
+                       "a rotated or channel-scaled basis that the packed layout does not "
+                       "record; export model PATH (without packed) writes its effective "
+                       "weight in the original basis",
                        name,
-                       s->rot ? "rotate=hadamard" : s->wm.smooth_on ? "smooth=" : "method=awq");
+                       s->rot            ? "rotate=hadamard"
+                       : s->wm.smooth_on ? "smooth="
+                                         : "method=awq");
     d->aq |= s->afmt.kind != QS_FMT_NONE;
     qs_sb_printf(&d->layers, "%s%s", sep, name);
     qs_sb_printf(&d->fmts, "%s%s", sep, s->wquant ? s->packed.fmt.name : "none");
@@ -1240,8 +1259,8 @@ static int exp_fold(const char *name, int out, int in, const float *w, const flo
     if (!lowrank && !bias && !map)
         return 0;
     if (!b && (bias || map))
-        return qs_errf(e, "export model: %s has no bias to fold its %s correction into",
-                       name, qs_corr_name(cr->method));
+        return qs_errf(e, "export model: %s has no bias to fold its %s correction into", name,
+                       qs_corr_name(cr->method));
     *fw = malloc(nw * sizeof(float));
     *fb = b ? malloc((size_t)out * sizeof(float)) : NULL;
     if (!*fw || (b && !*fb))
@@ -1290,8 +1309,9 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
     struct qs_bench *b = c->b;
     const struct qs_lm *m = b->lm;
     if (m->family != QS_LM_LLAMA)
-        return qs_errf(e, "export model %s: GGUF export writes llama models (this one is gpt2); "
-                          "export model DIR writes a Hugging Face folder",
+        return qs_errf(e,
+                       "export model %s: GGUF export writes llama models (this one is gpt2); "
+                       "export model DIR writes a Hugging Face folder",
                        path);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
@@ -1338,21 +1358,24 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
         cJSON_AddNumberToObject(o, "dequantized_sites", ndeq);
         cJSON_AddNumberToObject(o, "corrections_left_out", ncorr);
         struct qs_sb t = {0};
-        qs_sb_printf(&t, "wrote %s (GGUF: %d site%s in ggml block types, %d dequantized to F32, "
-                         "%d in float)",
+        qs_sb_printf(&t,
+                     "wrote %s (GGUF: %d site%s in ggml block types, %d dequantized to F32, "
+                     "%d in float)",
                      path, nggml, nggml == 1 ? "" : "s", ndeq, S - nggml - ndeq);
         if (ncorr)
-            qs_sb_printf(&t, "\ncorrections left out (GGUF holds weights only; export model DIR "
-                             "folds them in): %s",
+            qs_sb_printf(&t,
+                         "\ncorrections left out (GGUF holds weights only; export model DIR "
+                         "folds them in): %s",
                          said.s);
         if (aq)
             qs_note(c, "note: activations are quantized in this session; the GGUF file holds "
                        "the weights only");
         if (nmeth)
             /* GGUF has no qscope metadata: said here; the safetensors exports record it */
-            qs_note(c, "note: %d site%s quantized with a method (rules shows which); the GGUF "
-                       "file holds the resulting weights but does not record the method "
-                       "(export model DIR records it in qscope.weight_methods)",
+            qs_note(c,
+                    "note: %d site%s quantized with a method (rules shows which); the GGUF "
+                    "file holds the resulting weights but does not record the method "
+                    "(export model DIR records it in qscope.weight_methods)",
                     nmeth, nmeth == 1 ? " is" : "s are");
         qs_emit(c, o, t.s);
         qs_sb_free(&t);
@@ -1368,8 +1391,8 @@ static int cmd_export_gguf(struct qs_ctx *c, const char *path, qs_err *e)
  * as the MLP's packed file (packfile.h); bias and linear corrections need the site's bias (none
  * on LLaMA: refused). Dequantized, a bias or linear correction on a LLaMA-family site without a
  * bias is folded into a bias of its own (from zero), and qs_lm_save writes the biases of its
- * whole group (attention_bias / mlp_bias true). qs_lm_load reads both back, and its float eval is the session's quantized
- * eval (with float activations). */
+ * whole group (attention_bias / mlp_bias true). qs_lm_load reads both back, and its float eval is
+ * the session's quantized eval (with float activations). */
 static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     struct qs_bench *b = c->b;
@@ -1377,8 +1400,9 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (argc == 1 && plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
         return cmd_export_gguf(c, argv[0], e);
     if (plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
-        return qs_errf(e, "export model %s packed: a GGUF file holds ggml blocks already "
-                          "(export model X.gguf); packed writes a folder",
+        return qs_errf(e,
+                       "export model %s packed: a GGUF file holds ggml blocks already "
+                       "(export model X.gguf); packed writes a folder",
                        argv[0]);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
@@ -1390,10 +1414,10 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     unsigned char *skip = qs_calloc((size_t)S, 1);
     /* LLaMA-family linears (not the head: Hugging Face's has no bias) fold a bias or linear
      * correction into a bias that starts at zero (dequantized export) */
-    float *zero = m->family == QS_LM_LLAMA
-                      ? qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model),
-                                  sizeof *zero)
-                      : NULL;
+    float *zero =
+        m->family == QS_LM_LLAMA
+            ? qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model), sizeof *zero)
+            : NULL;
     struct exp_meta d = {0};
     struct exp_list xf = {0}, xu = {0}; /* packed: F32 and U8 tensors, named by site index */
     int rc = w && bb && own && skip && (zero || m->family != QS_LM_LLAMA)
@@ -1405,8 +1429,8 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         const struct qs_layer_state *ls = &b->ls[s];
         const struct qs_corr *cr = &ls->corr;
         int lowrank, bias, map;
-        if (exp_describe(&d, s, st->name, st->out, st->in, ls, packed, &lowrank, &bias, &map,
-                         e) < 0) {
+        if (exp_describe(&d, s, st->name, st->out, st->in, ls, packed, &lowrank, &bias, &map, e) <
+            0) {
             rc = -1;
             break;
         }
@@ -1427,8 +1451,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                     rc = -1;
                     break;
                 }
-                exp_put(&xu, sn, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0,
-                        p->codes);
+                exp_put(&xu, sn, "weight.codes", QS_DT_U8, 1, (int64_t)p->code_bytes, 0, p->codes);
                 if (p->scale_bytes)
                     exp_put(&xu, sn, "weight.scales", QS_DT_U8, 1, (int64_t)p->scale_bytes, 0,
                             p->scales);
@@ -1436,8 +1459,7 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                     exp_put(&xu, sn, "weight.zeros", QS_DT_U8, 1, (int64_t)p->zero_bytes, 0,
                             p->zeros);
                 if (qs_format_traits(&p->fmt)->tensor_scale)
-                    exp_put(&xf, sn, "weight.tensor_scale", QS_DT_F32, 1, 1, 0,
-                            &p->tensor_scale);
+                    exp_put(&xf, sn, "weight.tensor_scale", QS_DT_F32, 1, 1, 0, &p->tensor_scale);
             }
             if (lowrank) {
                 exp_put(&xf, sn, "corr.l", QS_DT_F32, 2, st->out, cr->rank, cr->l);
@@ -1453,9 +1475,8 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
         const float *wq = ls->wquant ? qs_site_wq_pin(b, s, e) : NULL;
-        if ((ls->wquant && !wq) ||
-            exp_fold(st->name, st->out, st->in, wq ? wq : st->w, sb, &ls->corr,
-                     &own[2 * s], &own[2 * s + 1], e) < 0) {
+        if ((ls->wquant && !wq) || exp_fold(st->name, st->out, st->in, wq ? wq : st->w, sb,
+                                            &ls->corr, &own[2 * s], &own[2 * s + 1], e) < 0) {
             rc = -1;
             break;
         }
@@ -1543,8 +1564,9 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return cmd_export_lm(c, argc, argv, e);
     size_t plen = strlen(argv[0]);
     if (plen > 5 && !strcmp(argv[0] + plen - 5, ".gguf"))
-        return qs_errf(e, "export model %s: GGUF export writes llama transformers, not MLPs "
-                          "(export model X.safetensors [packed] writes this one)",
+        return qs_errf(e,
+                       "export model %s: GGUF export writes llama transformers, not MLPs "
+                       "(export model X.safetensors [packed] writes this one)",
                        argv[0]);
     if (qs_bench_resolve(b, e) < 0)
         return -1;
@@ -1599,7 +1621,8 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         /* fake-quant: W' = Q(W) + c and b' = b + db exactly as the forward pass forms them; a
          * linear map folded (A W', A b' + mb) */
         const float *w = s->wquant ? qs_site_wq_pin(b, i, e) : l->w, *bb = l->b;
-        if (!w || exp_fold(l->name, l->out, l->in, w, l->b, cr, &own[2 * i], &own[2 * i + 1], e) < 0) {
+        if (!w ||
+            exp_fold(l->name, l->out, l->in, w, l->b, cr, &own[2 * i], &own[2 * i + 1], e) < 0) {
             rc = -1;
             break;
         }
@@ -1621,9 +1644,10 @@ static int cmd_export_model(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                                            "qscope.weight_options", "qscope.weight_methods",
                                            "qscope.corrections"};
         enum { NMINE = sizeof mine / sizeof mine[0] };
-        const char *vals[NMINE] = {"mlp",  d.layers.s, acts.s,  packed ? "packed" : "fake-quant",
-                                   d.fmts.s, d.shapes.s, d.grans.s, d.sdts.s,
-                                   d.opts.s, d.methods.s, d.corrs.s};
+        const char *vals[NMINE] = {
+            "mlp",    d.layers.s,  acts.s,    packed ? "packed" : "fake-quant",
+            d.fmts.s, d.shapes.s,  d.grans.s, d.sdts.s,
+            d.opts.s, d.methods.s, d.corrs.s};
         const char **keys = malloc(((size_t)NMINE + m->nmeta) * sizeof *keys);
         const char **mv = malloc(((size_t)NMINE + m->nmeta) * sizeof *mv);
         struct qs_st_out *all = malloc(((size_t)xf.n + xu.n + 1) * sizeof *all);
@@ -1742,11 +1766,11 @@ static int cmd_help(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     size_t al = argc ? strlen(argv[0]) : 0;
     for (int i = 0; qs_cmd_at(c, i); i++) {
         const struct qs_cmd_def *d = qs_cmd_at(c, i);
-        if (argc && strcmp(d->name, argv[0]) && !(strncmp(d->name, argv[0], al) == 0 &&
-                                                  d->name[al] == ' '))
+        if (argc && strcmp(d->name, argv[0]) &&
+            !(strncmp(d->name, argv[0], al) == 0 && d->name[al] == ' '))
             continue;
         if (argc == 2 && strcmp(d->name + al + (d->name[al] == ' '), argv[1]))
-            continue; /* help load model: that one command */
+            continue;           /* help load model: that one command */
         struct qs_sb syn = {0}; /* generated from the command's spec */
         qs_cmd_synopsis(d, QS_SYN_TEXT, &syn);
         const char *args = syn.s ? syn.s + strlen(d->name) + (syn.s[strlen(d->name)] == ' ') : "";

@@ -1,4 +1,5 @@
-/* cmd_gguf.h - `load reference` and the `gguf` rule kind in quant and rules (private to src/cmd). */
+/* cmd_gguf.h - `load reference` and the `gguf` rule kind in quant and rules (private to src/cmd).
+ */
 #ifndef QSCOPE_CMD_GGUF_H
 #define QSCOPE_CMD_GGUF_H
 

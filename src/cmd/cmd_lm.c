@@ -24,7 +24,9 @@ int qs_cmd_is_lm_path(const char *path)
 
 static const char *family_name(const struct qs_lm *m)
 {
-    return m->arch[0] ? m->arch : m->family == QS_LM_GPT2 ? "gpt2" : "llama"; /* llama, qwen2, ... */
+    return m->arch[0]                ? m->arch
+           : m->family == QS_LM_GPT2 ? "gpt2"
+                                     : "llama"; /* llama, qwen2, ... */
 }
 
 static int is_txt(const char *f)
@@ -97,8 +99,9 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
     cJSON_AddNumberToObject(o, "layers", m->nsites);
     cJSON_AddNumberToObject(o, "params", (double)qs_lm_nparams(m));
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "model %s: %s, %d blocks, d_model %d, %d heads (%d kv), context %d, vocab %d; "
-                     "%d linear sites, %ld parameters%s",
+    qs_sb_printf(&t,
+                 "model %s: %s, %d blocks, d_model %d, %d heads (%d kv), context %d, vocab %d; "
+                 "%d linear sites, %ld parameters%s",
                  path, family_name(m), m->n_layer, m->d_model, m->n_head, m->n_kv_head, m->ctx,
                  m->vocab, m->nsites, qs_lm_nparams(m), m->tied ? " (tied head)" : "");
     qs_emit(c, o, t.s);
@@ -106,8 +109,7 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
     return 0;
 }
 
-int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width,
-                        qs_err *e)
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width, qs_err *e)
 {
     struct qs_tokens *tk;
     if (load_tokens(c->b->lm, file, width, &tk, e) < 0)
@@ -124,7 +126,9 @@ int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, in
     qs_bench_commit(c->b, st);
     char q[600];
     snprintf(c->canon, sizeof c->canon, "load data %s%s", qs_quote(path, q, sizeof q),
-             width == QS_TOK_U32 ? " dtype=uint32" : width == QS_TOK_U16 ? " dtype=uint16" : "");
+             width == QS_TOK_U32   ? " dtype=uint32"
+             : width == QS_TOK_U16 ? " dtype=uint16"
+                                   : "");
     size_t off;
     int cw;
     qs_bench_lm_split(c->b, &off, &cw);
@@ -151,14 +155,16 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
     cJSON_AddNumberToObject(o, "layers", m->nsites);
     cJSON_AddNumberToObject(o, "params", (double)qs_lm_nparams(m));
     qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
-    qs_sb_printf(t, "model   %s (%s, %d blocks, d_model %d, ctx %d, vocab %d; %d linear sites, "
-                    "%.3f bits/weight)\n",
-                 b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, m->vocab,
-                 m->nsites, qs_bench_bits_per_weight(b));
+    qs_sb_printf(t,
+                 "model   %s (%s, %d blocks, d_model %d, ctx %d, vocab %d; %d linear sites, "
+                 "%.3f bits/weight)\n",
+                 b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, m->vocab, m->nsites,
+                 qs_bench_bits_per_weight(b));
     if (b->gguf) { /* load reference: the model is the float original of a quantized GGUF */
         cJSON_AddStringToObject(o, "gguf", qs_lm_gguf_sites_path(b->gguf));
-        qs_sb_printf(t, "paired  %s: its own weights on the sites of `gguf` rules (the model "
-                        "above is the float reference)\n",
+        qs_sb_printf(t,
+                     "paired  %s: its own weights on the sites of `gguf` rules (the model "
+                     "above is the float reference)\n",
                      qs_lm_gguf_sites_path(b->gguf));
     }
     if (b->tokens) {
@@ -174,15 +180,16 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
         cJSON_AddNumberToObject(sp, "train_tokens", (double)off);
         cJSON_AddNumberToObject(sp, "calib", cw);
         cJSON_AddNumberToObject(sp, "test_tokens", (double)(b->tokens->n - off));
-        cJSON_AddNumberToObject(sp, "test", (double)((b->tokens->n - off - 1) / (size_t)b->lm->ctx));
+        cJSON_AddNumberToObject(sp, "test",
+                                (double)((b->tokens->n - off - 1) / (size_t)b->lm->ctx));
         cJSON_AddItemToObject(o, "split", sp);
         cJSON_AddNumberToObject(o, "calib_windows", cw);
         if (b->calib_tokens > 0)
             cJSON_AddNumberToObject(o, "calib_tokens", b->calib_tokens);
         char st[320];
         qs_bench_split_text(b, st, sizeof st);
-        qs_sb_printf(t, "data    %s (%zu tokens from %s)\nsplit   %s\n", b->data_path,
-                     b->tokens->n, b->tokens->source, st);
+        qs_sb_printf(t, "data    %s (%zu tokens from %s)\nsplit   %s\n", b->data_path, b->tokens->n,
+                     b->tokens->source, st);
     } else {
         qs_sb_printf(t, "data    (none: load data PATH.txt|.bin)\n");
     }
@@ -232,8 +239,8 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
     struct qs_lm_gate g;
     if (qs_bench_eval(b, &qe, e) < 0 || qs_bench_lm_gate(b, &g, e) < 0)
         return -1;
-    struct qs_lm_eval ev = {qe.f.loss, exp(qe.f.loss), qe.q.loss, exp(qe.q.loss), qe.kl,
-                            qe.agree, qe.q.n};
+    struct qs_lm_eval ev = {qe.f.loss, exp(qe.f.loss), qe.q.loss, exp(qe.q.loss),
+                            qe.kl,     qe.agree,       qe.q.n};
     enum qs_regime rg = qs_bench_effective_regime(b);
     double bpw = qs_bench_bits_per_weight(b);
     cJSON *o = cJSON_CreateObject(), *f = cJSON_CreateObject(), *q = cJSON_CreateObject();
@@ -261,8 +268,9 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
                  ev.loss_q - ev.loss);
     qs_sb_printf(&t, "KL(float||quant) %.6g per token, top-1 agreement %.4f\n", ev.kl,
                  ev.top1_agree);
-    qs_sb_printf(&t, "gate %s: float loss %.4f %s %.4f (= %.2f x the unigram entropy %.4f of "
-                     "the held-out tokens)",
+    qs_sb_printf(&t,
+                 "gate %s: float loss %.4f %s %.4f (= %.2f x the unigram entropy %.4f of "
+                 "the held-out tokens)",
                  g.pass ? "pass" : "FAIL", g.float_loss, g.pass ? "<=" : ">", g.threshold,
                  1 - b->gate_lm, g.unigram);
     qs_emit(c, o, t.s);
@@ -276,13 +284,13 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
     struct qs_bench *b = c->b;
     struct qs_sb t = {0};
     int done = 0;
-    int lowrank = m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA ||
-                  m == QS_CORR_EORA;
+    int lowrank =
+        m == QS_CORR_LOWRANK || m == QS_CORR_LQER || m == QS_CORR_QERA || m == QS_CORR_EORA;
     for (int k = 0; k < n; k++) {
         int s = idx[k];
         const struct qs_layer_state *ls = &b->ls[s];
-        if (n > 1 && (lowrank ? !ls->wquant
-                              : ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
+        if (n > 1 &&
+            (lowrank ? !ls->wquant : ls->wfmt.kind == QS_FMT_NONE && ls->afmt.kind == QS_FMT_NONE))
             continue; /* a pattern skips float sites */
         if (qs_analysis_correct(b, s, m, rank, prec, lambda, NULL, e) < 0) {
             qs_sb_free(&t);
@@ -290,13 +298,14 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         }
         const struct qs_corr *cr = &b->ls[s].corr;
         const struct qs_lm_site *st = &b->lm->sites[s];
-        double sbits = ls->wquant ? 8.0 * (double)qs_packed_bytes(&ls->packed)
-                              : 32.0 * st->out * st->in;
+        double sbits =
+            ls->wquant ? 8.0 * (double)qs_packed_bytes(&ls->packed) : 32.0 * st->out * st->in;
         double bpw = (sbits + cr->bits + ls->xform_bits) / ((double)st->out * st->in);
         cJSON *o = qs_cmd_correct_result(st->name, cr, bpw, !lowrank);
         if (lowrank) {
-            qs_sb_printf(&t, "%s%s %s r=%d%s%s: recovery R = %.4f on held-out windows (calib "
-                             "%.4f), +%ld params, site %.3f bits/weight",
+            qs_sb_printf(&t,
+                         "%s%s %s r=%d%s%s: recovery R = %.4f on held-out windows (calib "
+                         "%.4f), +%ld params, site %.3f bits/weight",
                          done ? "\n" : "", st->name, qs_corr_name(m), rank,
                          strcmp(cr->prec, "float") ? " prec=" : "",
                          strcmp(cr->prec, "float") ? cr->prec : "", cr->recovery,
@@ -307,8 +316,9 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
                 snprintf(calib, sizeof calib, "fitted there, float inputs");
             else
                 snprintf(calib, sizeof calib, "calib %.4f", cr->recovery_calib);
-            qs_sb_printf(&t, "%s%s %s%s: recovery R = %.4f on held-out windows (%s), +%ld params "
-                             "(+%.0f bits), site %.3f bits/weight",
+            qs_sb_printf(&t,
+                         "%s%s %s%s: recovery R = %.4f on held-out windows (%s), +%ld params "
+                         "(+%.0f bits), site %.3f bits/weight",
                          done ? "\n" : "", st->name, qs_corr_name(m), opts ? opts : "",
                          cr->recovery, calib, cr->params, cr->bits, bpw);
             if (cr->amap)
@@ -330,7 +340,8 @@ int qs_cmd_lm_correct(struct qs_ctx *c, const int *idx, int n, enum qs_corr_meth
         qs_sb_free(&t);
         return -1;
     }
-    qs_sb_printf(&t, "\nquantized+corrected: ppl %.4f (float %.4f), KL %.6g, top-1 agreement %.4f\n",
+    qs_sb_printf(&t,
+                 "\nquantized+corrected: ppl %.4f (float %.4f), KL %.6g, top-1 agreement %.4f\n",
                  exp(ev.q.loss), exp(ev.f.loss), ev.kl, ev.agree);
     cJSON *g = cJSON_CreateObject(); /* the gate's text only */
     qs_cmd_lm_gate(c, g, &t);

@@ -12,8 +12,7 @@ int qs_cmd_is_lm_path(const char *path);
 int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, qs_err *e);
 /* WIDTH: QS_TOK_AUTO/U16/U32 for raw .bin ids; .txt goes through the model folder's
  * tokenizer.json when there is one. */
-int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width,
-                        qs_err *e);
+int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width, qs_err *e);
 /* PATH as typed, or the bundled file it names when it is relative and not here (buf). */
 const char *qs_cmd_input_path(const char *path, char *buf, size_t n);
 void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t);

@@ -229,4 +229,3 @@ int qs_flat_compare(const char *recorded, const struct qs_flat *got, double tol,
     double m = fmax(fmax(fabs(a), fabs(b)), 1.0);
     return fabs(a - b) <= tol * m;
 }
-

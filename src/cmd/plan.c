@@ -76,10 +76,9 @@ static int write_setting(struct qs_ctx *c, const struct qs_plan_spec *p,
     qs_sb_printf(&sb, "%s\n# version %s\n# date %s\n# seed %llu\n# threads %d\n", QS_SESSION_MAGIC,
                  QS_VERSION, date, (unsigned long long)c->b->seed, openblas_get_num_threads());
     qs_sb_printf(&sb, "# model %s sha256=%s\n# data %s sha256=%s\n", s->model, mh, s->data, dh);
-    qs_sb_printf(&sb, "# plan %s, setting %s (written by study %s plan=; run by run.sh %s)\n",
-                 adir, s->name, p->study, s->name);
-    qs_sb_printf(&sb, "set seed %llu\nstudy %s models=", (unsigned long long)c->b->seed,
-                 p->study);
+    qs_sb_printf(&sb, "# plan %s, setting %s (written by study %s plan=; run by run.sh %s)\n", adir,
+                 s->name, p->study, s->name);
+    qs_sb_printf(&sb, "set seed %llu\nstudy %s models=", (unsigned long long)c->b->seed, p->study);
     qs_quote_sb(s->arg, &sb);
     qs_sb_printf(&sb, " seeds=%llu", (unsigned long long)s->seed);
     for (int k = 0; k < p->ncommon; k++) {
@@ -215,7 +214,8 @@ int qs_plan_write(struct qs_ctx *c, const struct qs_plan_spec *p, qs_err *e)
     int rc = 0;
     if (!pj || !run.s || !jobs.s || !sl.s)
         rc = qs_errf(e, "out of memory");
-    else if (write_text(adir, "plan.json", pj, 0, e) < 0 || write_text(adir, "run.sh", run.s, 1, e) < 0 ||
+    else if (write_text(adir, "plan.json", pj, 0, e) < 0 ||
+             write_text(adir, "run.sh", run.s, 1, e) < 0 ||
              write_text(adir, "jobs.txt", jobs.s, 0, e) < 0 ||
              write_text(adir, "slurm.sbatch", sl.s, 1, e) < 0)
         rc = -1;
@@ -289,7 +289,8 @@ void qs_plan_state_add(struct qs_plan_state *s, const char *dir, const char *nam
     }
     if (reason) {
         char clean[600], item[800];
-        snprintf(item, sizeof item, "%s (%s)", name, qs_clean_str(reason, clean, sizeof clean, 300));
+        snprintf(item, sizeof item, "%s (%s)", name,
+                 qs_clean_str(reason, clean, sizeof clean, 300));
         push(&s->failed, &s->nfailed, item);
     } else {
         push(&s->missing, &s->nmissing, name);
@@ -374,8 +375,8 @@ int qs_cmd_study_merge(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         if (!strcmp(merges[i].study, st->valuestring))
             rc = merges[i].merge(c, dir, pj, csv, e);
     if (rc == -2)
-        rc = qs_errf(e, "study merge: %s: a plan of study %s, which this qscope cannot merge",
-                     path, st->valuestring);
+        rc = qs_errf(e, "study merge: %s: a plan of study %s, which this qscope cannot merge", path,
+                     st->valuestring);
     cJSON_Delete(pj);
     if (rc == 0) {
         char qd[PATH_MAX], qc[PATH_MAX];

@@ -34,12 +34,12 @@ struct qs_plan_setting {
 
 struct qs_plan_spec {
     const char *dir;
-    const char *study;   /* "q1": the command is `study q1` and the merge the q1 one */
-    char **common;       /* option words every setting's command carries (format=, prec=, ...) */
+    const char *study; /* "q1": the command is `study q1` and the merge the q1 one */
+    char **common;     /* option words every setting's command carries (format=, prec=, ...) */
     int ncommon;
-    char **args;         /* the study's option words as `study merge` parses them again */
+    char **args; /* the study's option words as `study merge` parses them again */
     int nargs;
-    int loaded_lm;       /* the study was of the loaded transformer (no models=) */
+    int loaded_lm; /* the study was of the loaded transformer (no models=) */
     const struct qs_plan_setting *s;
     int n;
 };
@@ -56,7 +56,7 @@ struct qs_plan_state {
     int n, ndone;
     char **missing; /* names (no result yet) */
     int nmissing;
-    char **failed;  /* "NAME (reason)" */
+    char **failed; /* "NAME (reason)" */
     int nfailed;
 };
 /* Records setting NAME as failed with REASON (a record that does not read, or results/NAME.failed

@@ -121,8 +121,8 @@ static void cmd_label(const cJSON *results, const char *line, char *buf, size_t 
 /* Checks the header: magic, end line, pinned files (hashed when verify, else only parsed; the
  * recorded thread count is applied only when verify). Returns the number of problems reported
  * and sets *body_end to the index of the end line. */
-static int replay_header(struct qs_ctx *c, const char *path, const struct qs_lines *l, int *body_end,
-                         int verify)
+static int replay_header(struct qs_ctx *c, const char *path, const struct qs_lines *l,
+                         int *body_end, int verify)
 {
     if (l->n == 0 || strcmp(l->v[0], QS_SESSION_MAGIC)) {
         qs_note(c,
@@ -498,7 +498,8 @@ int qs_session_lint(struct qs_ctx *c, const char *name, const char *text, size_t
     return problems;
 }
 
-/* ---- command ----------------------------------------------------------------------------------- */
+/* ---- command -----------------------------------------------------------------------------------
+ */
 
 /* The limit errors of `source`, recognised while the nested calls unwind so that a loop is
  * reported once ("x.qs:2: source y.qs: scripts nested deeper than 16 (...)") rather than under
@@ -517,8 +518,10 @@ static int cmd_source(struct qs_ctx *c, int argc, char **argv, qs_err *e)
             qs_errf(e, "source %s: " NEST_MSG " %d (the limit on source nesting)", argv[0],
                     QS_SOURCE_MAX_DEPTH);
         else if (strstr(e->msg, TOTAL_MSG))
-            qs_errf(e, "source %s: more than %d " TOTAL_MSG " (the limit on the work source "
-                       "may do)", argv[0], QS_SOURCE_MAX_TOTAL);
+            qs_errf(e,
+                    "source %s: more than %d " TOTAL_MSG " (the limit on the work source "
+                    "may do)",
+                    argv[0], QS_SOURCE_MAX_TOTAL);
         return -1;
     }
     return 0;

@@ -44,13 +44,15 @@ static void chain_text(const struct qs_script_frame *f, const char *last, struct
 int qs_run_script(struct qs_ctx *c, const char *path, qs_err *e)
 {
     if (c->depth >= QS_SOURCE_MAX_DEPTH)
-        return qs_errf(e, "%s: scripts nested deeper than %d (the limit on source nesting)",
-                       path, QS_SOURCE_MAX_DEPTH);
+        return qs_errf(e, "%s: scripts nested deeper than %d (the limit on source nesting)", path,
+                       QS_SOURCE_MAX_DEPTH);
     if (c->depth == 0)
         c->nsourced = 0;
     if (++c->nsourced > QS_SOURCE_MAX_TOTAL)
-        return qs_errf(e, "%s: more than %d scripts run by one script (the limit on the work "
-                          "source may do)", path, QS_SOURCE_MAX_TOTAL);
+        return qs_errf(e,
+                       "%s: more than %d scripts run by one script (the limit on the work "
+                       "source may do)",
+                       path, QS_SOURCE_MAX_TOTAL);
     struct stat st;
     int fd = qs_open_regular(path, "script", &st, e);
     if (fd < 0)

@@ -379,7 +379,8 @@ int qs_session_write(struct qs_ctx *c, const char *path, qs_err *e)
     return rc;
 }
 
-/* ---- command ----------------------------------------------------------------------------------- */
+/* ---- command -----------------------------------------------------------------------------------
+ */
 
 static int cmd_save_session(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {

@@ -3,16 +3,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <unistd.h>
 #include <fnmatch.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <stdint.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int qs_errf(qs_err *e, const char *fmt, ...)
 {
@@ -50,7 +50,10 @@ void qs_rng_seed(qs_rng *r, uint64_t seed)
         r->s[i] = splitmix64(&x);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t qs_rng_u64(qs_rng *r)
 {
@@ -66,7 +69,10 @@ uint64_t qs_rng_u64(qs_rng *r)
     return result;
 }
 
-double qs_rng_uniform(qs_rng *r) { return (double)(qs_rng_u64(r) >> 11) * 0x1.0p-53; }
+double qs_rng_uniform(qs_rng *r)
+{
+    return (double)(qs_rng_u64(r) >> 11) * 0x1.0p-53;
+}
 
 double qs_rng_normal(qs_rng *r)
 {
@@ -98,7 +104,10 @@ void qs_rng_shuffle(qs_rng *r, int *a, int n)
     }
 }
 
-void *qs_calloc(size_t n, size_t size) { return calloc(n ? n : 1, size ? size : 1); }
+void *qs_calloc(size_t n, size_t size)
+{
+    return calloc(n ? n : 1, size ? size : 1);
+}
 
 char *qs_strdup(const char *s)
 {
@@ -111,7 +120,10 @@ char *qs_strdup(const char *s)
     return d;
 }
 
-int qs_glob_match(const char *pattern, const char *name) { return fnmatch(pattern, name, 0) == 0; }
+int qs_glob_match(const char *pattern, const char *name)
+{
+    return fnmatch(pattern, name, 0) == 0;
+}
 
 int qs_mkdir_p(const char *dir)
 {

@@ -188,7 +188,10 @@ static void cell_cb(void *data, size_t len, void *ctx)
     L->tlen += len + 1;
 }
 
-static const char *cell(const struct loader *L, int i) { return L->text + L->off[i]; }
+static const char *cell(const struct loader *L, int i)
+{
+    return L->text + L->off[i];
+}
 
 /* "column 3 ('petal')" or "column 3" without a header. */
 static void describe_col(const struct loader *L, int j, char *dst, size_t cap)
@@ -441,7 +444,10 @@ static void loader_free(struct loader *L)
 }
 
 /* The line to blame for a libcsv syntax error: where the unfinished row began. */
-static long syntax_line(const struct loader *L) { return L->ncell ? L->row_line : L->line; }
+static long syntax_line(const struct loader *L)
+{
+    return L->ncell ? L->row_line : L->line;
+}
 
 static void syntax_error(struct loader *L, int code, int at_end)
 {

@@ -472,15 +472,15 @@ int qs_sym_eig(const float *a, int n, float *w, float *v, qs_err *e)
         return qs_errf(e, "eig: empty matrix (%d x %d)", n, n);
     memcpy(v, a, (size_t)n * n * sizeof *v);
     float q = 0;
-    lapack_int iq = 0, info = LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, &q, -1,
-                                                  &iq, -1);
+    lapack_int iq = 0,
+               info = LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, &q, -1, &iq, -1);
     if (info == 0) {
         lapack_int lw = work_size(q), liw = iq > 3 + 5 * n ? iq : 3 + 5 * n;
         float *wk = malloc((size_t)lw * sizeof *wk);
         lapack_int *iwk = malloc((size_t)liw * sizeof *iwk);
-        info = wk && iwk ? LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, wk, lw, iwk,
-                                               liw)
-                         : -1;
+        info = wk && iwk
+                   ? LAPACKE_ssyevd_work(LAPACK_ROW_MAJOR, 'V', 'U', n, v, n, w, wk, lw, iwk, liw)
+                   : -1;
         free(wk);
         free(iwk);
     }

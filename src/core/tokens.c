@@ -81,8 +81,8 @@ static const char *width_name(int w)
 }
 
 /* An llm.c header at buf: its id width (2 or 4) and token count, or -1 with a message. */
-static int llmc_header(const char *path, const unsigned char *buf, size_t len, int want,
-                       int *width, size_t *cnt, qs_err *e)
+static int llmc_header(const char *path, const unsigned char *buf, size_t len, int want, int *width,
+                       size_t *cnt, qs_err *e)
 {
     uint32_t magic = rd_u32(buf), ver = rd_u32(buf + 4), c = rd_u32(buf + 8);
     int w = magic == QS_LLMC_MAGIC_U32 ? QS_TOK_U32 : QS_TOK_U16;
@@ -90,8 +90,7 @@ static int llmc_header(const char *path, const unsigned char *buf, size_t len, i
     if (magic == QS_LLMC_MAGIC && ver != 1 && ver != 2)
         return qs_errf(e, "%s: llm.c token header has version %u (expected 1 or 2)", path, ver);
     if (magic == QS_LLMC_MAGIC_U32 && ver != 7)
-        return qs_errf(e, "%s: llm.c LLaMA-3 token header has version %u (expected 7)", path,
-                       ver);
+        return qs_errf(e, "%s: llm.c LLaMA-3 token header has version %u (expected 7)", path, ver);
     if (want != QS_TOK_AUTO && want != w)
         return qs_errf(e, "%s: the llm.c header says %s ids, not %s", path, width_name(w),
                        width_name(want));

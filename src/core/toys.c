@@ -99,20 +99,24 @@ static void gen_xor(int n, qs_rng *r, double *px, double *py, int *lab)
 static const char *const toy_names[] = {"moons", "spirals", "xor", "circles", NULL};
 static const toy_fn toy_fns[] = {gen_moons, gen_spirals, gen_xor, gen_circles};
 
-const char *const *qs_toy_names(void) { return toy_names; }
+const char *const *qs_toy_names(void)
+{
+    return toy_names;
+}
 
 static const struct qs_toy_spec bundled[] = {
-    {"moons", 1000, 0.15, 1},
-    {"spirals", 1000, 0.08, 2},
-    {"xor", 1000, 0.1, 3},
-    {"circles", 1000, 0.08, 4},
+    {"moons", 1000, 0.15, 1}, {"spirals", 1000, 0.08, 2},
+    {"xor", 1000, 0.1, 3},    {"circles", 1000, 0.08, 4},
     {NULL, 0, 0, 0},
 };
 
-const struct qs_toy_spec *qs_toy_bundled(void) { return bundled; }
+const struct qs_toy_spec *qs_toy_bundled(void)
+{
+    return bundled;
+}
 
-int qs_toy_generate(const char *name, int n, double noise, uint64_t seed,
-                    struct qs_dataset **out, qs_err *e)
+int qs_toy_generate(const char *name, int n, double noise, uint64_t seed, struct qs_dataset **out,
+                    qs_err *e)
 {
     *out = NULL;
     int which = -1;

@@ -16,10 +16,10 @@
  * only when float compares may not trap (nothing here reads the FP exception flags). */
 #pragma GCC optimize("no-trapping-math")
 
+#include "lm_impl.h"
 #include "qscope/mlp.h" /* qs_linear */
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
-#include "lm_impl.h"
 
 void qs_lm_free(struct qs_lm *m)
 {
@@ -195,8 +195,10 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
     if (cJSON_IsString(mt) && strlen(mt->valuestring) < sizeof m->arch)
         snprintf(m->arch, sizeof m->arch, "%s", mt->valuestring);
     if (!cJSON_IsString(mt)) {
-        rc = qs_errf(e, "%s: key 'model_type' is missing (expected \"gpt2\", \"llama\", "
-                        "\"qwen2\" or \"mistral\")", file);
+        rc = qs_errf(e,
+                     "%s: key 'model_type' is missing (expected \"gpt2\", \"llama\", "
+                     "\"qwen2\" or \"mistral\")",
+                     file);
     } else if (!strcmp(mt->valuestring, "gpt2")) {
         static const char *const acts[] = {"gelu_new", "gelu_pytorch_tanh", NULL};
         m->family = QS_LM_GPT2;
@@ -207,9 +209,8 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
         if (cfg_int(&c, "vocab_size", 1, &m->vocab) < 0 ||
             cfg_int(&c, "n_embd", 1, &m->d_model) < 0 ||
             cfg_int(&c, "n_layer", 1, &m->n_layer) < 0 ||
-            cfg_int(&c, "n_head", 1, &m->n_head) < 0 ||
-            cfg_int(&c, "n_ctx", 0, &m->ctx) < 0 || cfg_int(&c, "n_positions", 0, &m->ctx) < 0 ||
-            cfg_int(&c, "n_inner", 0, &m->d_ff) < 0 ||
+            cfg_int(&c, "n_head", 1, &m->n_head) < 0 || cfg_int(&c, "n_ctx", 0, &m->ctx) < 0 ||
+            cfg_int(&c, "n_positions", 0, &m->ctx) < 0 || cfg_int(&c, "n_inner", 0, &m->d_ff) < 0 ||
             cfg_num(&c, "layer_norm_epsilon", &m->eps) < 0 ||
             cfg_bool(&c, "tie_word_embeddings", &m->tied) < 0 ||
             cfg_str_in(&c, "activation_function", acts) < 0)
@@ -242,7 +243,8 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
             cfg_num(&c, "rope_theta", &m->rope_theta) < 0 ||
             cfg_bool(&c, "tie_word_embeddings", &m->tied) < 0 ||
             (!qwen2 && !mistral &&
-             (cfg_bool(&c, "attention_bias", &abias) < 0 || cfg_bool(&c, "mlp_bias", &mbias) < 0)) ||
+             (cfg_bool(&c, "attention_bias", &abias) < 0 ||
+              cfg_bool(&c, "mlp_bias", &mbias) < 0)) ||
             cfg_str_in(&c, "hidden_act", acts) < 0)
             rc = -1;
         else if (rs && !cJSON_IsNull(rs))
@@ -273,28 +275,34 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
                 sliding = mwl < m->n_layer;
             }
             if (rc == 0 && use && sw && sw < m->ctx && sliding)
-                rc = qs_errf(e, "%s: use_sliding_window true with sliding_window %d shorter than "
-                                "max_position_embeddings %d is not supported (qscope runs qwen2 "
-                                "with full attention)", file, sw, m->ctx);
+                rc = qs_errf(e,
+                             "%s: use_sliding_window true with sliding_window %d shorter than "
+                             "max_position_embeddings %d is not supported (qscope runs qwen2 "
+                             "with full attention)",
+                             file, sw, m->ctx);
         }
         m->bias_mask = qwen2 ? 0x07 : (abias ? 0x0F : 0) | (mbias ? 0x70 : 0);
         if (!m->n_kv_head)
             m->n_kv_head = m->n_head;
         if (rc == 0 && m->d_model % m->n_head == 0 && (m->d_model / m->n_head) % 2)
-            rc = qs_errf(e, "%s: head size %d must be even for RoPE", file,
-                         m->d_model / m->n_head);
+            rc = qs_errf(e, "%s: head size %d must be even for RoPE", file, m->d_model / m->n_head);
         int hdh = 0;
         if (rc == 0 && hd && (qs_int_mul(hd, m->n_head, &hdh) < 0 || hdh != m->d_model))
-            rc = qs_errf(e, "%s: key 'head_dim' = %d differs from hidden_size / "
-                            "num_attention_heads (not supported)", file, hd);
+            rc = qs_errf(e,
+                         "%s: key 'head_dim' = %d differs from hidden_size / "
+                         "num_attention_heads (not supported)",
+                         file, hd);
         if (rc == 0 && m->n_head % m->n_kv_head)
-            rc = qs_errf(e, "%s: num_attention_heads %d is not a multiple of "
-                            "num_key_value_heads %d", file, m->n_head, m->n_kv_head);
+            rc = qs_errf(e,
+                         "%s: num_attention_heads %d is not a multiple of "
+                         "num_key_value_heads %d",
+                         file, m->n_head, m->n_kv_head);
     } else {
         char vb[96];
-        rc = qs_errf(e, "%s: unknown model_type '%s' (expected \"gpt2\", \"llama\", "
-                        "\"qwen2\" or \"mistral\")", file,
-                     qs_clean_str(mt->valuestring, vb, sizeof vb, 64));
+        rc = qs_errf(e,
+                     "%s: unknown model_type '%s' (expected \"gpt2\", \"llama\", "
+                     "\"qwen2\" or \"mistral\")",
+                     file, qs_clean_str(mt->valuestring, vb, sizeof vb, 64));
     }
     if (rc == 0 && (m->d_model > LM_MAX_DIM || m->d_ff > LM_MAX_DIM))
         rc = qs_errf(e, "%s: hidden size %d / MLP size %d exceed qscope's limit of %d", file,
@@ -317,8 +325,10 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
         /* each site's in * out is an int in the analyses and quantizers */
         int64_t d = m->d_model, big = d * (m->d_ff > 3 * d ? m->d_ff : 3 * d);
         if (big > INT32_MAX || d * m->vocab > INT32_MAX)
-            rc = qs_errf(e, "%s: a weight matrix of this model would have more than 2^31 "
-                            "entries (not supported)", file);
+            rc = qs_errf(e,
+                         "%s: a weight matrix of this model would have more than 2^31 "
+                         "entries (not supported)",
+                         file);
     }
     if (rc == 0) {
         /* every later size: sites, per-layer arrays, and the weights as F32 */
@@ -465,8 +475,8 @@ static int packed_site(const struct st_ctx *c, struct qs_lm_site *s, int flags)
     char tp[224];
     float *b;
     snprintf(tp, sizeof tp, "%s%s", c->prefix, s->name);
-    int rc = qs_packfile_site(c->f, c->file, s->name, tp, s->out, s->in, flags, &s->w, &b,
-                              c->used, c->e);
+    int rc = qs_packfile_site(c->f, c->file, s->name, tp, s->out, s->in, flags, &s->w, &b, c->used,
+                              c->e);
     s->b = b;
     return rc;
 }
@@ -525,18 +535,22 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     for (int l = 0; l < m->n_layer; l++) {
         struct lm_layer *L = &p->layer[l];
         struct qs_lm_site *s = &m->sites[4 * l];
-#define GPT2_VEC(dst, suffix)                                                                  \
-    snprintf(k, sizeof k, "h.%d.%s", l, suffix);                                               \
-    if (!(dst = tensor(c, k, d, 0, 0)))                                                         \
+#define GPT2_VEC(dst, suffix)                                                                      \
+    snprintf(k, sizeof k, "h.%d.%s", l, suffix);                                                   \
+    if (!(dst = tensor(c, k, d, 0, 0)))                                                            \
         return -1;
         GPT2_VEC(L->n1w, "ln_1.weight")
         GPT2_VEC(L->n1b, "ln_1.bias")
         GPT2_VEC(L->n2w, "ln_2.weight")
         GPT2_VEC(L->n2b, "ln_2.bias")
 #undef GPT2_VEC
-        const struct { const char *n; int in, out; } lin[4] = {
-            {"attn.c_attn", d, 3 * d}, {"attn.c_proj", d, d}, {"mlp.c_fc", d, ff},
-            {"mlp.c_proj", ff, d}};
+        const struct {
+            const char *n;
+            int in, out;
+        } lin[4] = {{"attn.c_attn", d, 3 * d},
+                    {"attn.c_proj", d, d},
+                    {"mlp.c_fc", d, ff},
+                    {"mlp.c_proj", ff, d}};
         for (int i = 0; i < 4; i++) {
             snprintf(k, sizeof k, "h.%d.%s", l, lin[i].n);
             if (gpt2_linear(c, &s[i], k, lin[i].in, lin[i].out) < 0)
@@ -573,10 +587,13 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(L->n2w = tensor(c, k, d, 0, 0)))
             return -1;
-        const struct { const char *n; int in, out; } lin[7] = {
-            {"self_attn.q_proj", d, d},   {"self_attn.k_proj", d, kv}, {"self_attn.v_proj", d, kv},
-            {"self_attn.o_proj", d, d},   {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
-            {"mlp.down_proj", ff, d}};
+        const struct {
+            const char *n;
+            int in, out;
+        } lin[7] = {{"self_attn.q_proj", d, d},  {"self_attn.k_proj", d, kv},
+                    {"self_attn.v_proj", d, kv}, {"self_attn.o_proj", d, d},
+                    {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
+                    {"mlp.down_proj", ff, d}};
         for (int i = 0; i < 7; i++) {
             snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
             if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out, (m->bias_mask >> i) & 1) < 0)
@@ -665,8 +682,9 @@ static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const
                            "%s: tensor '%s' is a bias that config.json does not announce "
                            "(model_type %s%s)",
                            stp, qs_clean_str(name, nb, sizeof nb, 64), m->arch,
-                           strcmp(m->arch, "llama") ? "" : "; attention_bias / mlp_bias say "
-                                                          "which linears have biases");
+                           strcmp(m->arch, "llama") ? ""
+                                                    : "; attention_bias / mlp_bias say "
+                                                      "which linears have biases");
         return qs_errf(e,
                        "%s: tensor '%s' is not used by the model config.json describes "
                        "(%d layers); the config does not match the weights",
@@ -784,10 +802,13 @@ int qs_lm_new_from_config(const char *config, const char *file, const char *path
         return -1;
     }
     int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
-    const struct { const char *n; int in, out; } lin[7] = {
-        {"self_attn.q_proj", d, d},   {"self_attn.k_proj", d, kv}, {"self_attn.v_proj", d, kv},
-        {"self_attn.o_proj", d, d},   {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
-        {"mlp.down_proj", ff, d}};
+    const struct {
+        const char *n;
+        int in, out;
+    } lin[7] = {{"self_attn.q_proj", d, d},  {"self_attn.k_proj", d, kv},
+                {"self_attn.v_proj", d, kv}, {"self_attn.o_proj", d, d},
+                {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
+                {"mlp.down_proj", ff, d}};
     char k[128];
     for (int l = 0; l < m->n_layer; l++)
         for (int i = 0; i < 7; i++) {
@@ -803,10 +824,14 @@ float **qs_lm_slot(struct qs_lm *m, enum qs_lm_slot slot, int layer)
 {
     struct qs_lm_priv *p = m->priv;
     switch (slot) {
-    case QS_LM_SLOT_EMBED: return &p->wte;
-    case QS_LM_SLOT_NORM_F: return &p->nfw;
-    case QS_LM_SLOT_NORM_ATTN: return &p->layer[layer].n1w;
-    case QS_LM_SLOT_NORM_MLP: return &p->layer[layer].n2w;
+    case QS_LM_SLOT_EMBED:
+        return &p->wte;
+    case QS_LM_SLOT_NORM_F:
+        return &p->nfw;
+    case QS_LM_SLOT_NORM_ATTN:
+        return &p->layer[layer].n1w;
+    case QS_LM_SLOT_NORM_MLP:
+        return &p->layer[layer].n2w;
     }
     return NULL;
 }
@@ -824,8 +849,11 @@ static void save_put(struct save_list *x, const char *name, int64_t d0, int64_t 
                      const float *data)
 {
     snprintf(x->names[x->n], sizeof x->names[x->n], "%s", name);
-    x->t[x->n] = (struct qs_st_out){.name = x->names[x->n], .dtype = QS_DT_F32,
-                                    .ndim = d1 ? 2 : 1, .shape = {d0, d1}, .data = data};
+    x->t[x->n] = (struct qs_st_out){.name = x->names[x->n],
+                                    .dtype = QS_DT_F32,
+                                    .ndim = d1 ? 2 : 1,
+                                    .shape = {d0, d1},
+                                    .data = data};
     x->n++;
 }
 
@@ -861,9 +889,10 @@ static int save_bias_plan(const struct qs_lm *m, const float *const *b, int *mas
         return 0;
     *mask = (need & 0x0F ? 0x0F : 0) | (need & 0x70 ? 0x70 : 0);
     if (strcmp(m->arch, "llama") && m->window > 0 && m->window < m->ctx)
-        return qs_errf(e, "%s has no linear biases in Hugging Face's format and its sliding window "
-                          "of %d (< context %d) has no llama equivalent: a bias or linear "
-                          "correction cannot be folded into it",
+        return qs_errf(e,
+                       "%s has no linear biases in Hugging Face's format and its sliding window "
+                       "of %d (< context %d) has no llama equivalent: a bias or linear "
+                       "correction cannot be folded into it",
                        m->arch, m->window, m->ctx);
     *arch = "llama";
     return 0;
@@ -923,18 +952,16 @@ static int save_config(const struct qs_lm *m, const char *path, int tied, const 
     return rc;
 }
 
-int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w,
-               const float *const *b, const char *const *meta_keys,
-               const char *const *meta_vals, int nmeta, qs_err *e)
+int qs_lm_save(const struct qs_lm *m, const char *dir, const float *const *w, const float *const *b,
+               const char *const *meta_keys, const char *const *meta_vals, int nmeta, qs_err *e)
 {
     return qs_lm_save_packed(m, dir, w, b, NULL, NULL, NULL, 0, meta_keys, meta_vals, nmeta, e);
 }
 
 int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const *w,
-                      const float *const *b, const unsigned char *skip,
-                      const struct qs_st_out *xt, const int *xsite, int nx,
-                      const char *const *meta_keys, const char *const *meta_vals, int nmeta,
-                      qs_err *e)
+                      const float *const *b, const unsigned char *skip, const struct qs_st_out *xt,
+                      const int *xsite, int nx, const char *const *meta_keys,
+                      const char *const *meta_vals, int nmeta, qs_err *e)
 {
     struct stat st;
     const int H = m->nsites - 1, gpt2 = m->family == QS_LM_GPT2;
@@ -954,8 +981,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     int cap = 5 + 16 * m->n_layer, nk = 0;
     float *zeros = NULL; /* the bias of a site that gains one only for its group's sake */
     if (!gpt2 && bmask != m->bias_mask &&
-        !(zeros = qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model),
-                            sizeof(float))))
+        !(zeros = qs_calloc((size_t)(m->d_ff > m->d_model ? m->d_ff : m->d_model), sizeof(float))))
         return qs_errf(e, "%s: out of memory", dir);
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
@@ -1010,8 +1036,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
         }
     }
     if (rc == 0) {
-        save_put(&x, gpt2 ? "transformer.ln_f.weight" : "model.norm.weight", m->d_model, 0,
-                 p->nfw);
+        save_put(&x, gpt2 ? "transformer.ln_f.weight" : "model.norm.weight", m->d_model, 0, p->nfw);
         if (gpt2)
             save_put(&x, "transformer.ln_f.bias", m->d_model, 0, p->nfb);
         if (!tied && !(skip && skip[H]))
@@ -1067,8 +1092,8 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
 
 /* Runs site s on x: (n, in) into y: (n, out) through the hooks; xa: scratch of n * in. y NULL:
  * only the input hook (the head of a pass that wants no logits). */
-static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, const float *x,
-                      int n, float *y, float *xa, qs_err *e)
+static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, const float *x, int n,
+                      float *y, float *xa, qs_err *e)
 {
     const struct qs_lm_site *st = &m->sites[s];
     const float *w = st->w;
@@ -1097,8 +1122,7 @@ static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, co
 }
 
 /* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row. */
-static void norm(const float *x, int T, int d, const float *w, const float *b, double eps,
-                 float *y)
+static void norm(const float *x, int T, int d, const float *w, const float *b, double eps, float *y)
 {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d;
@@ -1229,15 +1253,15 @@ void qs_lm_attention(const float *q, int ldq, const float *k, int ldk, const flo
                 ob = op;
                 lo = hd;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nk, hd, scale, qb, lq, kb,
-                        ldk, 0.0f, s, nk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nk, hd, scale, qb, lq, kb, ldk,
+                        0.0f, s, nk);
             for (int rr = 0; rr < M; rr++) {
                 int i = i0 + rr % nb;
                 int a = window > 0 && i - window + 1 > j0 ? i - window + 1 - j0 : 0;
                 softmax_row(s + (size_t)rr * nk, nk, a, i - j0);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, nk, 1.0f, s, nk, vb,
-                        ldv, 0.0f, ob, lo);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, nk, 1.0f, s, nk, vb, ldv,
+                        0.0f, ob, lo);
             if (g > 1)
                 for (int h = 0; h < g; h++)
                     for (int r = 0; r < nb; r++)
@@ -1324,8 +1348,7 @@ int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struc
 }
 
 int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
-                         const struct qs_hooks *h, int from, float *resid, float *logits,
-                         qs_err *e)
+                         const struct qs_hooks *h, int from, float *resid, float *logits, qs_err *e)
 {
     if (from < 0 || from > m->n_layer || (from > 0 && !resid))
         return qs_errf(e, "%s: cannot resume at block %d", m->path, from);
@@ -1334,8 +1357,8 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
                        m->ctx);
     for (int t = 0; t < T; t++)
         if (tok[t] >= (uint32_t)m->vocab)
-            return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)",
-                           m->path, tok[t], t, m->vocab);
+            return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)", m->path,
+                           tok[t], t, m->vocab);
     const struct qs_lm_priv *p = m->priv;
     int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
     int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
@@ -1572,16 +1595,15 @@ int qs_lm_score_window(const struct qs_lm *m, const uint32_t *tok, int T, const 
 }
 
 int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
-                   const struct qs_hooks *hf, const struct qs_hooks *hq,
-                   struct qs_lm_eval *out, qs_err *e)
+                   const struct qs_hooks *hf, const struct qs_hooks *hq, struct qs_lm_eval *out,
+                   qs_err *e)
 {
     return qs_lm_evaluate_progress(m, tok, n, max_windows, hf, hq, out, NULL, e);
 }
 
-int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n,
-                            int max_windows, const struct qs_hooks *hf,
-                            const struct qs_hooks *hq, struct qs_lm_eval *out,
-                            const struct qs_lm_progress *pr, qs_err *e)
+int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
+                            const struct qs_hooks *hf, const struct qs_hooks *hq,
+                            struct qs_lm_eval *out, const struct qs_lm_progress *pr, qs_err *e)
 {
     memset(out, 0, sizeof *out);
     int ctx = m->ctx, V = m->vocab;
@@ -1593,8 +1615,8 @@ int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n
         nw = (size_t)max_windows;
     for (size_t i = 0; i < nw * ctx + 1; i++)
         if (tok[i] >= (uint32_t)V)
-            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
-                           tok[i], i, V);
+            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path, tok[i],
+                           i, V);
     float *lf = malloc((size_t)ctx * V * sizeof(float));
     float *lq = hq ? malloc((size_t)ctx * V * sizeof(float)) : NULL;
     if (!lf || (hq && !lq)) {
@@ -1654,8 +1676,8 @@ int qs_lm_token_losses(const struct qs_lm *m, const uint32_t *tok, size_t n, int
         return 0;
     for (size_t i = 0; i < nw * ctx + 1; i++)
         if (tok[i] >= (uint32_t)V)
-            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path,
-                           tok[i], i, V);
+            return qs_errf(e, "%s: token %u at %zu is outside the vocabulary (%d)", m->path, tok[i],
+                           i, V);
     float *lg = malloc((size_t)ctx * V * sizeof(float));
     struct qs_lm_rowscore *r = malloc((size_t)ctx * sizeof *r);
     int rc = (lg && r) ? 0 : qs_errf(e, "%s: out of memory", m->path);

@@ -411,7 +411,7 @@ struct qs_lm_gguf_sites {
     struct qs_gguf_file *g;
     int nsites, n_head, n_kv_head, hd;
     const struct qs_gguf_tensor **t; /* per site */
-    int *rope_heads; /* per site: heads whose rows go back to HF order (0: none) */
+    int *rope_heads;                 /* per site: heads whose rows go back to HF order (0: none) */
 };
 
 void qs_format_gguf_own(struct qs_format *f)
@@ -437,20 +437,28 @@ void qs_lm_gguf_sites_free(struct qs_lm_gguf_sites *p)
     free(p);
 }
 
-const char *qs_lm_gguf_sites_path(const struct qs_lm_gguf_sites *p) { return qs_gguf_path(p->g); }
+const char *qs_lm_gguf_sites_path(const struct qs_lm_gguf_sites *p)
+{
+    return qs_gguf_path(p->g);
+}
 int qs_lm_gguf_sites_check(const struct qs_lm_gguf_sites *p, qs_err *e)
 {
     return qs_gguf_check(p->g, e);
 }
-int qs_lm_gguf_sites_count(const struct qs_lm_gguf_sites *p) { return p->nsites; }
-int qs_lm_gguf_site_type(const struct qs_lm_gguf_sites *p, int s) { return p->t[s]->type; }
+int qs_lm_gguf_sites_count(const struct qs_lm_gguf_sites *p)
+{
+    return p->nsites;
+}
+int qs_lm_gguf_site_type(const struct qs_lm_gguf_sites *p, int s)
+{
+    return p->t[s]->type;
+}
 const char *qs_lm_gguf_site_tensor(const struct qs_lm_gguf_sites *p, int s)
 {
     return p->t[s]->name;
 }
 
-int qs_lm_gguf_site_format(const struct qs_lm_gguf_sites *p, int s, struct qs_format *f,
-                           qs_err *e)
+int qs_lm_gguf_site_format(const struct qs_lm_gguf_sites *p, int s, struct qs_format *f, qs_err *e)
 {
     if (s < 0 || s >= p->nsites)
         return qs_errf(e, "gguf: no site %d", s);
@@ -541,8 +549,7 @@ static int first_difference(const struct qs_lm *g, const struct qs_lm *r, char *
 {
 #define DIFF_INT(field, what)                                                                      \
     if (g->field != r->field) {                                                                    \
-        snprintf(buf, n, "%s %d (reference) vs %d (GGUF)", what, (int)r->field,                  \
-                 (int)g->field);                                                                   \
+        snprintf(buf, n, "%s %d (reference) vs %d (GGUF)", what, (int)r->field, (int)g->field);    \
         return 1;                                                                                  \
     }
     if (r->family != QS_LM_LLAMA) {
@@ -651,8 +658,8 @@ int qs_lm_gguf_sites_open(const char *path, struct qs_lm *ref, struct qs_lm_gguf
                                : s % 7 == 0         ? ref->n_head
                                : s % 7 == 1         ? ref->n_kv_head
                                                     : 0;
-            inf.nsites_quant += t->type != QS_GGML_F32 && t->type != QS_GGML_F16 &&
-                                t->type != QS_GGML_BF16;
+            inf.nsites_quant +=
+                t->type != QS_GGML_F32 && t->type != QS_GGML_F16 && t->type != QS_GGML_BF16;
         }
     }
     /* what is not a site: both paths keep the reference's; say how far the GGUF's are */

@@ -197,8 +197,8 @@ static void norm_forward(float *y, float *mu, float *rs, const float *x, int N, 
 }
 
 /* y: (n, out) = x W^T + b; x: (n, in), w: (out, in), b: (out) or NULL. */
-static void linear_forward(float *y, const float *x, const float *w, const float *b, int n,
-                           int in, int out)
+static void linear_forward(float *y, const float *x, const float *w, const float *b, int n, int in,
+                           int out)
 {
     float beta = 0.0f;
     if (b) {
@@ -218,8 +218,8 @@ struct site_rec {
 
 /* Site s on x: (n, in) into y: (n, out) through the hooks (as lm.c's site_apply); xa: room for
  * the act hook's copy (n, in), kept for the weight gradient. */
-static void site_forward(const struct qs_lm *m, int s, const struct qs_hooks *h,
-                         const float *x, int n, float *y, float *xa, struct site_rec *rec)
+static void site_forward(const struct qs_lm *m, int s, const struct qs_hooks *h, const float *x,
+                         int n, float *y, float *xa, struct site_rec *rec)
 {
     const struct qs_lm_site *st = &m->sites[s];
     const float *w = st->w;
@@ -249,8 +249,8 @@ static void site_forward(const struct qs_lm *m, int s, const struct qs_hooks *h,
  * head h reads key/value head h / (H / Hk) (GQA). window > 0: query i also ignores the keys
  * j <= i - window (probability 0; the backward passes, which scale by P, then need no mask). */
 static void attention_forward(float *o, float *att, const float *q, int ldq, const float *k,
-                              int ldk, const float *v, int ldv, int B, int T, int H, int Hk,
-                              int hd, int window)
+                              int ldk, const float *v, int ldv, int B, int T, int H, int Hk, int hd,
+                              int window)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
     int g = H / Hk;
@@ -322,8 +322,8 @@ static void linear_backward(float *dx, float beta, float *dw, float *db, const f
     if (dx)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, dy, out, w, in,
                     beta, dx, in);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f,
-                dw, in);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw,
+                in);
     if (db)
         for (int i = 0; i < n; i++) {
             const float *r = dy + (size_t)i * out;
@@ -382,8 +382,7 @@ static void causal_softmax_back(const float *P, float *r, int T)
  * dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK += scale dS^T Q. */
 static void attention_backward(float *dq, int ldq, float *dk, int ldk, float *dv, int ldv,
                                float *dp, const float *do_, const float *att, const float *q,
-                               const float *k, const float *v, int B, int T, int H, int Hk,
-                               int hd)
+                               const float *k, const float *v, int B, int T, int H, int Hk, int hd)
 {
     float scale = (float)(1.0 / sqrt((double)hd));
     int g = H / Hk, ldo = H * hd;
@@ -419,8 +418,8 @@ static float gelu_grad(float x)
 /* Mean cross-entropy of logits: (N, V) against targets; the logits are replaced by dL/dlogits
  * = (softmax - onehot) / N. Returns the summed (not mean) loss in double (the normaliser summed
  * in double; one expf per logit, as the attention's softmax). */
-static double crossentropy_backward(float *logits, const uint32_t *tok, const size_t *start,
-                                    int B, int T, int V)
+static double crossentropy_backward(float *logits, const uint32_t *tok, const size_t *start, int B,
+                                    int T, int V)
 {
     double sum = 0;
     float invN = 1.0f / (float)(B * T);
@@ -450,18 +449,18 @@ static double crossentropy_backward(float *logits, const uint32_t *tok, const si
 /* One block's activations (N rows). GPT-2 keeps q|k|v in qkv as one (N, 3d) site output; LLaMA
  * keeps q: (N, d), k, v: (N, kv) one after the other in the same room. */
 struct acts {
-    float *res;      /* (N, d) the block's input (the residual stream) */
+    float *res;       /* (N, d) the block's input (the residual stream) */
     float *mu1, *rs1; /* (N) */
-    float *n1;       /* (N, d) */
-    float *qkv;      /* (N, d + 2 kv) */
-    float *att;      /* (B, H, T, T) */
-    float *ay;       /* (N, d) attention output, input of c_proj / o_proj */
-    float *res2;     /* (N, d) the stream after the attention's residual */
+    float *n1;        /* (N, d) */
+    float *qkv;       /* (N, d + 2 kv) */
+    float *att;       /* (B, H, T, T) */
+    float *ay;        /* (N, d) attention output, input of c_proj / o_proj */
+    float *res2;      /* (N, d) the stream after the attention's residual */
     float *mu2, *rs2; /* (N) */
-    float *n2;       /* (N, d) */
-    float *fc;       /* (N, ff) GPT-2: c_fc output; LLaMA: gate_proj output */
-    float *up;       /* (N, ff) LLaMA: up_proj output; GPT-2: tanh of gelu_new's argument */
-    float *hh;       /* (N, ff) the MLP's hidden activation, input of c_proj / down_proj */
+    float *n2;        /* (N, d) */
+    float *fc;        /* (N, ff) GPT-2: c_fc output; LLaMA: gate_proj output */
+    float *up;        /* (N, ff) LLaMA: up_proj output; GPT-2: tanh of gelu_new's argument */
+    float *hh;        /* (N, ff) the MLP's hidden activation, input of c_proj / down_proj */
 };
 
 struct dims {
@@ -540,8 +539,8 @@ static void block_forward(const struct blk *c, int l, struct acts *a, float *out
     norm_forward(a->n1, a->mu1, a->rs1, a->res, N, d, L->n1w, L->n1b, m->eps);
     if (gpt2) {
         site_forward(m, s0, h, a->n1, N, a->qkv, XA(s0), &rec[s0]); /* (N, 3d) */
-        attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d,
-                          3 * d, B, T, H, H, hd, 0);
+        attention_forward(a->ay, a->att, a->qkv, 3 * d, a->qkv + d, 3 * d, a->qkv + 2 * d, 3 * d, B,
+                          T, H, H, hd, 0);
     } else {
         float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
         site_forward(m, s0, h, a->n1, N, qq, XA(s0), &rec[s0]);
@@ -596,8 +595,8 @@ static void block_backward(const struct blk *c, int l, struct acts *a, float *dr
         linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
         for (size_t i = 0; i < (size_t)N * ff; i++) {
             float x = a->fc[i], t = a->up[i];
-            dbig[i] *= 0.5f * (1.0f + t) +
-                       0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 0.134145f * x * x);
+            dbig[i] *=
+                0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 0.134145f * x * x);
         }
         s = s0 + 2;
         linear_backward(dn, 0.0f, g->gw[s], g->gb[s], dbig, rec[s].x, rec[s].w, N, d, ff);
@@ -606,13 +605,13 @@ static void block_backward(const struct blk *c, int l, struct acts *a, float *dr
         linear_backward(dbig, 0.0f, g->gw[s], g->gb[s], dres, rec[s].x, rec[s].w, N, ff, d);
         for (size_t i = 0; i < (size_t)N * ff; i++) {
             float gg = a->fc[i], sg = 1.0f / (1.0f + expf(-gg)), dh = dbig[i];
-            dbig2[i] = dh * gg * sg;                               /* d up */
+            dbig2[i] = dh * gg * sg;                                  /* d up */
             dbig[i] = dh * a->up[i] * sg * (1.0f + gg * (1.0f - sg)); /* d gate */
         }
-        linear_backward(dn, 0.0f, g->gw[s0 + 4], g->gb[s0 + 4], dbig, rec[s0 + 4].x,
-                        rec[s0 + 4].w, N, d, ff);
-        linear_backward(dn, 1.0f, g->gw[s0 + 5], g->gb[s0 + 5], dbig2, rec[s0 + 5].x,
-                        rec[s0 + 5].w, N, d, ff);
+        linear_backward(dn, 0.0f, g->gw[s0 + 4], g->gb[s0 + 4], dbig, rec[s0 + 4].x, rec[s0 + 4].w,
+                        N, d, ff);
+        linear_backward(dn, 1.0f, g->gw[s0 + 5], g->gb[s0 + 5], dbig2, rec[s0 + 5].x, rec[s0 + 5].w,
+                        N, d, ff);
     }
     norm_backward(dres, g2w, g2b, dn, a->res2, a->mu2, a->rs2, L->n2w, N, d);
     /* attention: dres holds dL/d res2 */
@@ -621,20 +620,18 @@ static void block_backward(const struct blk *c, int l, struct acts *a, float *dr
     if (gpt2) {
         attention_backward(dbig, 3 * d, dbig + d, 3 * d, dbig + 2 * d, 3 * d, dp, dn, a->att,
                            a->qkv, a->qkv + d, a->qkv + 2 * d, B, T, H, H, hd);
-        linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dbig, rec[s0].x, rec[s0].w, N, d,
-                        3 * d);
+        linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dbig, rec[s0].x, rec[s0].w, N, d, 3 * d);
     } else {
         float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
         float *dq = dbig, *dk = dq + Nd, *dv = dk + (size_t)N * kv;
-        attention_backward(dq, d, dk, kv, dv, kv, dp, dn, a->att, qq, kk, vv, B, T, H, Hk,
-                           hd);
+        attention_backward(dq, d, dk, kv, dv, kv, dp, dn, a->att, qq, kk, vv, B, T, H, Hk, hd);
         rope(dq, N, T, H, hd, cs, -1.0f);
         rope(dk, N, T, Hk, hd, cs, -1.0f);
         linear_backward(dn, 0.0f, g->gw[s0], g->gb[s0], dq, rec[s0].x, rec[s0].w, N, d, d);
-        linear_backward(dn, 1.0f, g->gw[s0 + 1], g->gb[s0 + 1], dk, rec[s0 + 1].x,
-                        rec[s0 + 1].w, N, d, kv);
-        linear_backward(dn, 1.0f, g->gw[s0 + 2], g->gb[s0 + 2], dv, rec[s0 + 2].x,
-                        rec[s0 + 2].w, N, d, kv);
+        linear_backward(dn, 1.0f, g->gw[s0 + 1], g->gb[s0 + 1], dk, rec[s0 + 1].x, rec[s0 + 1].w, N,
+                        d, kv);
+        linear_backward(dn, 1.0f, g->gw[s0 + 2], g->gb[s0 + 2], dv, rec[s0 + 2].x, rec[s0 + 2].w, N,
+                        d, kv);
     }
     norm_backward(dres, g1w, g1b, dn, a->res, a->mu1, a->rs1, L->n1w, N, d);
 }
@@ -642,12 +639,12 @@ static void block_backward(const struct blk *c, int l, struct acts *a, float *dr
 /* Floats of scratch, with the sizes checked: per block acts; final res, mu, rs, norm (N, d)
  * three times + 2 N; logits (N, V); RoPE table (T, hd); act copies sum_s N in; backward: dres,
  * dn (N, d), dbig, dbig2 (N, max(d + 2 kv, ff)), dp (T, T). */
-static int scratch_floats(const struct qs_lm *m, int B, int T, int act, struct dims *z,
-                          size_t *out)
+static int scratch_floats(const struct qs_lm *m, int B, int T, int act, struct dims *z, size_t *out)
 {
     int d = m->d_model, hd = d / m->n_head;
-    *z = (struct dims){(size_t)B * T, (size_t)d, (size_t)m->n_kv_head * hd, (size_t)m->d_ff,
-                       (size_t)m->vocab, (size_t)T, (size_t)B, (size_t)m->n_head, (size_t)hd};
+    *z = (struct dims){(size_t)B * T,   (size_t)d,         (size_t)m->n_kv_head * hd,
+                       (size_t)m->d_ff, (size_t)m->vocab,  (size_t)T,
+                       (size_t)B,       (size_t)m->n_head, (size_t)hd};
     size_t N, per, all, t, big = z->d + 2 * z->kv > z->ff ? z->d + 2 * z->kv : z->ff;
     /* every factor below is bounded by the model config (lm.c's limits) except N */
     if (B < 1 || T < 1 || qs_size_mul((size_t)B, (size_t)T, &N) < 0 ||
@@ -703,9 +700,9 @@ int qs_lm_backward_bytes(const struct qs_lm *m, int B, int T, int act, size_t *b
     return 0;
 }
 
-int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                   int T, const struct qs_hooks *h, struct qs_lm_grad *g, double *loss,
-                   float *work, qs_err *e)
+int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                   const struct qs_hooks *h, struct qs_lm_grad *g, double *loss, float *work,
+                   qs_err *e)
 {
     if (check_windows(m, tok, start, B, T, e) < 0)
         return -1;
@@ -773,8 +770,7 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
     memset(dres, 0, Nd * sizeof(float));
     linear_backward(dn, 0.0f, g->head && m->tied ? g->head : g->gw[sh], NULL, logits, rec[sh].x,
                     rec[sh].w, N, d, V);
-    norm_backward(dres, grad_of(g, p->nfw), grad_of(g, p->nfb), dn, resf, muf, rsf, p->nfw, N,
-                  d);
+    norm_backward(dres, grad_of(g, p->nfw), grad_of(g, p->nfb), dn, resf, muf, rsf, p->nfw, N, d);
     for (int l = m->n_layer - 1; l >= 0; l--)
         block_backward(&bc, l, &A[l], dres, g);
     /* embeddings: dres holds dL/d(embedding output) */
@@ -800,12 +796,11 @@ done:
 
 /* ---- one block alone (block-wise reconstruction, qat mode=block) ------------------------- */
 
-void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                      int T, float *x)
+void qs_lm_embed_rows(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                      float *x)
 {
     const struct qs_lm_priv *p = m->priv;
-    embed_forward(x, tok, start, B, T, m->d_model, p->wte,
-                  m->family == QS_LM_GPT2 ? p->wpe : NULL);
+    embed_forward(x, tok, start, B, T, m->d_model, p->wte, m->family == QS_LM_GPT2 ? p->wpe : NULL);
 }
 
 int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
@@ -818,8 +813,9 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
         return -1;
     const int gpt2 = m->family == QS_LM_GPT2, per = gpt2 ? 4 : 7, s0 = per * l;
     const int act = h && h->act, d = m->d_model, hd = d / m->n_head;
-    struct dims z = {(size_t)B * T, (size_t)d, (size_t)m->n_kv_head * hd, (size_t)m->d_ff,
-                     (size_t)m->vocab, (size_t)T, (size_t)B, (size_t)m->n_head, (size_t)hd};
+    struct dims z = {(size_t)B * T,   (size_t)d,         (size_t)m->n_kv_head * hd,
+                     (size_t)m->d_ff, (size_t)m->vocab,  (size_t)T,
+                     (size_t)B,       (size_t)m->n_head, (size_t)hd};
     const size_t N = z.N, Nd = N * z.d, big = z.d + 2 * z.kv > z.ff ? z.d + 2 * z.kv : z.ff;
     /* one block's acts, out, dres, dn (N, d), dbig, dbig2 (N, big), dp (T, T), cs (T, hd), act
      * copies of its sites; every factor is bounded by the config except N */
@@ -877,8 +873,8 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
 
 /* ---- sensitivity ------------------------------------------------------------------------- */
 
-int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw,
-                     int T, double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
+int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int nw, int T,
+                     double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e)
 {
     if (nw < 1)
@@ -976,16 +972,16 @@ static void linear_tangent(float *yt, const float *xt, const float *x, const flo
 static void softmax_tangent(float *pt, const float *P, const float *q, const float *qt, int ldq,
                             const float *k, const float *kt, int ldk, int T, int hd, float scale)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qt, ldq, k, ldk, 0.0f,
-                pt, T);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ldq, kt, ldk, 1.0f,
-                pt, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, qt, ldq, k, ldk, 0.0f, pt,
+                T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ldq, kt, ldk, 1.0f, pt,
+                T);
     causal_softmax_back(P, pt, T);
 }
 
 /* Tangent of attention_forward: ot = Pt V + P Vt per (b, h); pt: (T, T) scratch. */
-static void attention_tangent(float *ot, const float *att, const float *q, const float *qt,
-                              int ldq, const float *k, const float *kt, int ldk, const float *v,
+static void attention_tangent(float *ot, const float *att, const float *q, const float *qt, int ldq,
+                              const float *k, const float *kt, int ldk, const float *v,
                               const float *vt, int ldv, int B, int T, int H, int Hk, int hd,
                               float *pt)
 {
@@ -1307,8 +1303,8 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
         struct acts *a = &A[l], *at = &At[l];
         int s0 = per * l, so = s0 + (gpt2 ? 1 : 3), sd = s0 + (gpt2 ? 3 : 6);
         /* MLP: dres, drest hold d(block output) */
-        linear_backward_r(dbig, dbigt, 0.0f, HW(sd), dres, drest, a->hh, at->hh, S[sd].w, VW(sd),
-                          N, ff, d);
+        linear_backward_r(dbig, dbigt, 0.0f, HW(sd), dres, drest, a->hh, at->hh, S[sd].w, VW(sd), N,
+                          ff, d);
         if (gpt2) {
             for (size_t i = 0; i < (size_t)N * ff; i++) {
                 float u = a->fc[i], g1 = gelu_grad(u);
@@ -1324,48 +1320,46 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
                 float s1 = sg * (1.0f + gg * (1.0f - sg));
                 float s2 = sg * (1.0f - sg) * (2.0f + gg * (1.0f - 2.0f * sg));
                 float dh = dbig[i], dht = dbigt[i];
-                dbig2[i] = dh * si;                                       /* d up */
+                dbig2[i] = dh * si; /* d up */
                 dbig2t[i] = dht * si + dh * s1 * gt;
-                dbig[i] = dh * up * s1;                                   /* d gate */
+                dbig[i] = dh * up * s1; /* d gate */
                 dbigt[i] = dht * up * s1 + dh * upt * s1 + dh * up * s2 * gt;
             }
             linear_backward_r(dn, dnt, 0.0f, HW(s0 + 4), dbig, dbigt, a->n2, at->n2, S[s0 + 4].w,
                               VW(s0 + 4), N, d, ff);
-            linear_backward_r(dn, dnt, 1.0f, HW(s0 + 5), dbig2, dbig2t, a->n2, at->n2,
-                              S[s0 + 5].w, VW(s0 + 5), N, d, ff);
+            linear_backward_r(dn, dnt, 1.0f, HW(s0 + 5), dbig2, dbig2t, a->n2, at->n2, S[s0 + 5].w,
+                              VW(s0 + 5), N, d, ff);
         }
         norm_backward_r(dres, drest, dn, dnt, a->res2, at->res2, a->mu2, a->rs2, L->n2w, gpt2, N,
                         d);
         /* attention: dres, drest hold d res2 */
-        linear_backward_r(dn, dnt, 0.0f, HW(so), dres, drest, a->ay, at->ay, S[so].w, VW(so), N,
-                          d, d);
+        linear_backward_r(dn, dnt, 0.0f, HW(so), dres, drest, a->ay, at->ay, S[so].w, VW(so), N, d,
+                          d);
         if (gpt2) {
             attention_backward_r(dbig, dbigt, 3 * d, dbig + d, dbigt + d, 3 * d, dbig + 2 * d,
-                                 dbigt + 2 * d, 3 * d, dn, dnt, a->att, a->qkv, at->qkv,
-                                 a->qkv + d, at->qkv + d, a->qkv + 2 * d, at->qkv + 2 * d, B, T,
-                                 H, H, hd, s3);
-            linear_backward_r(dn, dnt, 0.0f, HW(s0), dbig, dbigt, a->n1, at->n1, S[s0].w, VW(s0),
-                              N, d, 3 * d);
+                                 dbigt + 2 * d, 3 * d, dn, dnt, a->att, a->qkv, at->qkv, a->qkv + d,
+                                 at->qkv + d, a->qkv + 2 * d, at->qkv + 2 * d, B, T, H, H, hd, s3);
+            linear_backward_r(dn, dnt, 0.0f, HW(s0), dbig, dbigt, a->n1, at->n1, S[s0].w, VW(s0), N,
+                              d, 3 * d);
         } else {
             float *qq = a->qkv, *kk = qq + Nd, *vv = kk + (size_t)N * kv;
             float *qt = at->qkv, *kt = qt + Nd, *vt = kt + (size_t)N * kv;
             float *dq = dbig, *dk = dq + Nd, *dv = dk + (size_t)N * kv;
             float *dqt = dbigt, *dkt = dqt + Nd, *dvt = dkt + (size_t)N * kv;
-            attention_backward_r(dq, dqt, d, dk, dkt, kv, dv, dvt, kv, dn, dnt, a->att, qq, qt,
-                                 kk, kt, vv, vt, B, T, H, Hk, hd, s3);
+            attention_backward_r(dq, dqt, d, dk, dkt, kv, dv, dvt, kv, dn, dnt, a->att, qq, qt, kk,
+                                 kt, vv, vt, B, T, H, Hk, hd, s3);
             rope(dq, N, T, H, hd, cs, -1.0f);
             rope(dk, N, T, Hk, hd, cs, -1.0f);
             rope(dqt, N, T, H, hd, cs, -1.0f);
             rope(dkt, N, T, Hk, hd, cs, -1.0f);
-            linear_backward_r(dn, dnt, 0.0f, HW(s0), dq, dqt, a->n1, at->n1, S[s0].w, VW(s0), N,
-                              d, d);
+            linear_backward_r(dn, dnt, 0.0f, HW(s0), dq, dqt, a->n1, at->n1, S[s0].w, VW(s0), N, d,
+                              d);
             linear_backward_r(dn, dnt, 1.0f, HW(s0 + 1), dk, dkt, a->n1, at->n1, S[s0 + 1].w,
                               VW(s0 + 1), N, d, kv);
             linear_backward_r(dn, dnt, 1.0f, HW(s0 + 2), dv, dvt, a->n1, at->n1, S[s0 + 2].w,
                               VW(s0 + 2), N, d, kv);
         }
-        norm_backward_r(dres, drest, dn, dnt, a->res, at->res, a->mu1, a->rs1, L->n1w, gpt2, N,
-                        d);
+        norm_backward_r(dres, drest, dn, dnt, a->res, at->res, a->mu1, a->rs1, L->n1w, gpt2, N, d);
     }
 #undef VW
 #undef HW
@@ -1374,9 +1368,8 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
     return 0;
 }
 
-int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B,
-                     int T, int site, int probes, uint64_t seed, double *trace, double *se,
-                     qs_err *e)
+int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
+                     int site, int probes, uint64_t seed, double *trace, double *se, qs_err *e)
 {
     if (site < 0 || site >= m->nsites)
         return qs_errf(e, "hutchinson: no site %d", site);

@@ -8,8 +8,8 @@ struct lm_layer {
 };
 
 struct qs_lm_priv {
-    float *wte;  /* (vocab, d) token embedding */
-    float *wpe;  /* (ctx, d) learned positions (GPT-2) */
+    float *wte;       /* (vocab, d) token embedding */
+    float *wpe;       /* (ctx, d) learned positions (GPT-2) */
     float *nfw, *nfb; /* final norm (b: GPT-2 only) */
     struct lm_layer *layer;
     int nmeta;

@@ -9,10 +9,20 @@
 
 void qs_lm_train_defaults(struct qs_lm_train_opts *o)
 {
-    *o = (struct qs_lm_train_opts){.steps = 1000, .batch = 16, .ctx = 0, .warmup = 100,
-                                   .lr = 3e-3, .min_lr = 3e-4, .wd = 0.1, .beta1 = 0.9,
-                                   .beta2 = 0.95, .eps = 1e-8, .clip = 1.0, .seed = 1,
-                                   .init = 1, .eval_every = 0};
+    *o = (struct qs_lm_train_opts){.steps = 1000,
+                                   .batch = 16,
+                                   .ctx = 0,
+                                   .warmup = 100,
+                                   .lr = 3e-3,
+                                   .min_lr = 3e-4,
+                                   .wd = 0.1,
+                                   .beta1 = 0.9,
+                                   .beta2 = 0.95,
+                                   .eps = 1e-8,
+                                   .clip = 1.0,
+                                   .seed = 1,
+                                   .init = 1,
+                                   .eval_every = 0};
 }
 
 static int warmup_steps(const struct qs_lm_train_opts *o)
@@ -36,8 +46,8 @@ double qs_lm_train_lr(const struct qs_lm_train_opts *o, int step)
 /* The projections into the residual stream get the GPT-2 paper's 1 / sqrt(2 n_layer). */
 static int residual_proj(const char *name)
 {
-    static const char *const sfx[] = {"attn.c_proj.weight", "mlp.c_proj.weight",
-                                      "o_proj.weight", "down_proj.weight", NULL};
+    static const char *const sfx[] = {"attn.c_proj.weight", "mlp.c_proj.weight", "o_proj.weight",
+                                      "down_proj.weight", NULL};
     size_t n = strlen(name);
     for (int i = 0; sfx[i]; i++) {
         size_t k = strlen(sfx[i]);

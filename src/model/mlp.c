@@ -12,11 +12,14 @@
 #include "qscope/safetensors.h"
 
 static const char *const act_names[] = {
-    [QS_ACT_NONE] = "none", [QS_ACT_RELU] = "relu", [QS_ACT_GELU] = "gelu",
+    [QS_ACT_NONE] = "none", [QS_ACT_RELU] = "relu",       [QS_ACT_GELU] = "gelu",
     [QS_ACT_TANH] = "tanh", [QS_ACT_SIGMOID] = "sigmoid",
 };
 
-const char *qs_act_name(enum qs_act a) { return act_names[a]; }
+const char *qs_act_name(enum qs_act a)
+{
+    return act_names[a];
+}
 
 int qs_act_parse(const char *s, enum qs_act *a, qs_err *e)
 {
@@ -483,7 +486,7 @@ struct qs_mlp *qs_mlp_clone(const struct qs_mlp *src)
 int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
 {
     struct qs_st_out *t = qs_calloc((size_t)m->nlayers * 2, sizeof *t);
-    char (*names)[80] = qs_calloc((size_t)m->nlayers * 2, sizeof *names);
+    char(*names)[80] = qs_calloc((size_t)m->nlayers * 2, sizeof *names);
     const char **keys = qs_calloc((size_t)m->nmeta + 3, sizeof *keys);
     const char **vals = qs_calloc((size_t)m->nmeta + 3, sizeof *vals);
     /* the comma lists: every name and act in full (names are < 64 characters, acts < 8) */
@@ -499,12 +502,15 @@ int qs_mlp_save(const struct qs_mlp *m, const char *path, qs_err *e)
     for (int i = 0; i < m->nlayers; i++) {
         const struct qs_layer *l = &m->layers[i];
         snprintf(names[nt], sizeof names[nt], "%s.weight", l->name);
-        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 2,
-                                   .shape = {l->out, l->in}, .data = l->w};
+        t[nt] = (struct qs_st_out){.name = names[nt],
+                                   .dtype = QS_DT_F32,
+                                   .ndim = 2,
+                                   .shape = {l->out, l->in},
+                                   .data = l->w};
         nt++;
         snprintf(names[nt], sizeof names[nt], "%s.bias", l->name);
-        t[nt] = (struct qs_st_out){.name = names[nt], .dtype = QS_DT_F32, .ndim = 1,
-                                   .shape = {l->out}, .data = l->b};
+        t[nt] = (struct qs_st_out){
+            .name = names[nt], .dtype = QS_DT_F32, .ndim = 1, .shape = {l->out}, .data = l->b};
         nt++;
         ll += (size_t)snprintf(layers + ll, cap - ll, "%s%s", i ? "," : "", l->name);
         al += (size_t)snprintf(acts + al, (size_t)m->nlayers * 9 + 1 - al, "%s%s", i ? "," : "",
@@ -661,8 +667,7 @@ double qs_xent(const float *logits, const int *y, int n, int c, int *ncorrect, f
         correct += arg == y[r];
         if (dlogits)
             for (int j = 0; j < c; j++)
-                dlogits[(size_t)r * c + j] =
-                    (float)((exp((double)z[j] - lse) - (j == y[r])) / n);
+                dlogits[(size_t)r * c + j] = (float)((exp((double)z[j] - lse) - (j == y[r])) / n);
     }
     if (ncorrect)
         *ncorrect = correct;
@@ -735,8 +740,8 @@ double qs_mlp_loss_grad(const struct qs_mlp *m, const float *x, const int *y, in
         act_backward(l->act, pre[i], g, (size_t)n * l->out); /* g: dL/dpre_i (n, out) */
         const float *xin = i ? post[i - 1] : x;
         /* gw = g^T xin: (out, n)(n, in) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, g, l->out,
-                    xin, l->in, 0.0f, gw[i], l->in);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, g, l->out, xin,
+                    l->in, 0.0f, gw[i], l->in);
         for (int j = 0; j < l->out; j++) {
             double s = 0.0;
             for (int r = 0; r < n; r++)
@@ -811,8 +816,8 @@ static inline void act_d12(enum qs_act a, float y, float *d1, float *d2)
  *             g_{i-1} = d_i W_i,  R{g_{i-1}} = R{d_i} W_i + d_i V_i
  * R{.} is zero below the first layer with a direction; the backward stops at the lowest layer
  * whose block is wanted. */
-int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
-               const float *const *v, float **hv, qs_err *e)
+int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n, const float *const *v,
+               float **hv, qs_err *e)
 {
     int L = m->nlayers, width = qs_mlp_max_width(m), c = m->layers[L - 1].out;
     int first = L, lo = L; /* first layer with a direction; lowest layer wanted */
@@ -861,13 +866,13 @@ int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
         /* rz = R{a_{i-1}} W^T + a_{i-1} V^T: (n, in)(in, out) each */
         float beta = 0.0f;
         if (i > first) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f,
-                        ra[i - 1], l->in, l->w, l->in, 0.0f, rz[i], l->out);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, ra[i - 1],
+                        l->in, l->w, l->in, 0.0f, rz[i], l->out);
             beta = 1.0f;
         }
         if (v[i])
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, ain,
-                        l->in, v[i], l->in, beta, rz[i], l->out);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, l->out, l->in, 1.0f, ain, l->in,
+                        v[i], l->in, beta, rz[i], l->out);
         for (size_t j = 0; j < len; j++) {
             float d1, d2;
             act_d12(l->act, pre[i][j], &d1, &d2);
@@ -907,8 +912,8 @@ int qs_mlp_hvp(const struct qs_mlp *m, const float *x, const int *y, int n,
         }
         const float *ain = i ? post[i - 1] : x;
         if (hv[i]) { /* R{d}^T a_{i-1} + d^T R{a_{i-1}}: (out, n)(n, in) each */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, rg,
-                        l->out, ain, l->in, 0.0f, hv[i], l->in);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, rg, l->out,
+                        ain, l->in, 0.0f, hv[i], l->in);
             if (i - 1 >= first)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, n, 1.0f, g,
                             l->out, ra[i - 1], l->in, 1.0f, hv[i], l->in);
@@ -1008,8 +1013,8 @@ int qs_mlp_train(struct qs_mlp *m, const float *x, const int *y, int n,
                     float gj = g[t][j];
                     mo[t][j] = (float)(b1 * mo[t][j] + (1 - b1) * gj);
                     ve[t][j] = (float)(b2 * ve[t][j] + (1 - b2) * gj * gj);
-                    p[j] -= (float)(o->lr * ((mo[t][j] / c1) / (sqrt(ve[t][j] / c2) + eps) +
-                                             wd * p[j]));
+                    p[j] -= (float)(o->lr *
+                                    ((mo[t][j] / c1) / (sqrt(ve[t][j] / c2) + eps) + wd * p[j]));
                 }
             }
             if (o->step)

@@ -247,8 +247,8 @@ static void dq_q8_0(const uint8_t *b, float *y)
 
 /* Codes l = clamp(nearest_int(iscale x), -nmax, nmax - 1) of n values and their x^2-weighted
  * fit sums sum w x l, sum w l^2 (in ggml's order); L (may be NULL) receives l + off. */
-static void sym_fit(int n, int nmax, float iscale, const float *x, int8_t *L, int off,
-                    float *sumlx, float *suml2)
+static void sym_fit(int n, int nmax, float iscale, const float *x, int8_t *L, int off, float *sumlx,
+                    float *suml2)
 {
     float slx = 0, sl2 = 0;
     for (int i = 0; i < n; i++) {
@@ -799,9 +799,14 @@ struct ggml_traits {
     int fallback;
 };
 
-#define ELEM(nm, sz, to, from) {.name = nm, .blck = 1, .size = sz, .to_row = to, .from_row = from}
+#define ELEM(nm, sz, to, from)                                                                     \
+    {                                                                                              \
+        .name = nm, .blck = 1, .size = sz, .to_row = to, .from_row = from                          \
+    }
 #define BLOCK(nm, bl, sz, dq, q, fb)                                                               \
-    {.name = nm, .blck = bl, .size = sz, .dequant = dq, .quant = q, .fallback = fb}
+    {                                                                                              \
+        .name = nm, .blck = bl, .size = sz, .dequant = dq, .quant = q, .fallback = fb              \
+    }
 
 static const struct ggml_traits traits[QS_GGML_NTYPES] = {
     [QS_GGML_F32] = ELEM("f32", 4, f32_to_f32_n, f32_from_f32_n),
@@ -817,14 +822,28 @@ static const struct ggml_traits traits[QS_GGML_NTYPES] = {
     [QS_GGML_Q4_K] = BLOCK("q4_K", 256, 144, dq_q4_k, q4_k_block, QS_GGML_Q5_0),
     [QS_GGML_Q5_K] = BLOCK("q5_K", 256, 176, dq_q5_k, q5_k_block, QS_GGML_Q5_1),
     [QS_GGML_Q6_K] = BLOCK("q6_K", 256, 210, dq_q6_k, q6_k_block, QS_GGML_Q8_0),
-    [15] = {"q8_K", 256, 292},       [16] = {"iq2_xxs", 256, 66}, [17] = {"iq2_xs", 256, 74},
-    [18] = {"iq3_xxs", 256, 98},     [19] = {"iq1_s", 256, 50},   [20] = {"iq4_nl", 32, 18},
-    [21] = {"iq3_s", 256, 110},      [22] = {"iq2_s", 256, 82},   [23] = {"iq4_xs", 256, 136},
-    [24] = {"i8", 1, 1},             [25] = {"i16", 1, 2},        [26] = {"i32", 1, 4},
-    [27] = {"i64", 1, 8},            [28] = {"f64", 1, 8},        [29] = {"iq1_m", 256, 56},
+    [15] = {"q8_K", 256, 292},
+    [16] = {"iq2_xxs", 256, 66},
+    [17] = {"iq2_xs", 256, 74},
+    [18] = {"iq3_xxs", 256, 98},
+    [19] = {"iq1_s", 256, 50},
+    [20] = {"iq4_nl", 32, 18},
+    [21] = {"iq3_s", 256, 110},
+    [22] = {"iq2_s", 256, 82},
+    [23] = {"iq4_xs", 256, 136},
+    [24] = {"i8", 1, 1},
+    [25] = {"i16", 1, 2},
+    [26] = {"i32", 1, 4},
+    [27] = {"i64", 1, 8},
+    [28] = {"f64", 1, 8},
+    [29] = {"iq1_m", 256, 56},
     [QS_GGML_BF16] = ELEM("bf16", 2, qs_bf16_to_f32_n, qs_f32_to_bf16_n),
-    [34] = {"tq1_0", 256, 54},       [35] = {"tq2_0", 256, 66},   [39] = {"mxfp4", 32, 17},
-    [40] = {"nvfp4", 64, 36},        [41] = {"q1_0", 128, 18},    [42] = {"q2_0", 64, 18},
+    [34] = {"tq1_0", 256, 54},
+    [35] = {"tq2_0", 256, 66},
+    [39] = {"mxfp4", 32, 17},
+    [40] = {"nvfp4", 64, 36},
+    [41] = {"q1_0", 128, 18},
+    [42] = {"q2_0", 64, 18},
 };
 
 #undef ELEM

@@ -606,8 +606,8 @@ static void *gptq_rows(void *arg)
             }
             /* the columns after the batch: W[r0:r1, i2:] -= Err U[i1:i2, i2:] */
             if (i2 < b->n)
-                lazy_update(b->tile, b->w, b->n, b->err, b->ld, b->u, i1, i2 - i1, i2, b->r0,
-                            b->r1, b->ap, b->bp);
+                lazy_update(b->tile, b->w, b->n, b->err, b->ld, b->u, i1, i2 - i1, i2, b->r0, b->r1,
+                            b->ap, b->bp);
             i1 = i2;
         }
     }

@@ -158,8 +158,8 @@ static int layer_method(const struct qs_st_file *f, const char *path, const char
         if (*p < 0x20 || *p == 0x7f)
             return qs_errf(e, "%s: layer %d: qscope.weight_methods entry has control characters",
                            path, idx);
-    static const char *const keys[] = {"method", "damp",   "order",  "inputs", "weight",
-                                       "rotate", "seed",   "smooth", "alpha"};
+    static const char *const keys[] = {"method", "damp", "order",  "inputs", "weight",
+                                       "rotate", "seed", "smooth", "alpha"};
     const char *basis = NULL;
     for (char *sv, *t = strtok_r(m, " ", &sv); t; t = strtok_r(NULL, " ", &sv)) {
         if (!strcmp(t, "rtn"))
@@ -169,8 +169,9 @@ static int layer_method(const struct qs_st_file *f, const char *path, const char
         while (k < sizeof keys / sizeof *keys && (strlen(keys[k]) != kl || strncmp(t, keys[k], kl)))
             k++;
         if (!eq || !eq[1] || k == sizeof keys / sizeof *keys)
-            return qs_errf(e, "%s: layer %d (%s): qscope.weight_methods token '%s' is not a "
-                              "quantizer method option",
+            return qs_errf(e,
+                           "%s: layer %d (%s): qscope.weight_methods token '%s' is not a "
+                           "quantizer method option",
                            path, idx, layer, qs_clean_str(t, cn, sizeof cn, 40));
         if (!strcmp(t, "rotate=hadamard"))
             basis = "rotate=hadamard";
@@ -350,8 +351,8 @@ static int fold_correction(const struct rd *r, const char *name, const char *tp,
             goto out;
         /* c = l rt, the very product the fit computed (lowrank.c), then W' = Q(W) + c as the
          * session's forward pass adds it */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, (int)rk, 1.0f, l,
-                    (int)rk, rt, in, 0.0f, c, in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, (int)rk, 1.0f, l, (int)rk,
+                    rt, in, 0.0f, c, in);
         for (size_t j = 0; j < n; j++)
             w[j] = w[j] + c[j];
         free(c);
@@ -360,8 +361,8 @@ static int fold_correction(const struct rd *r, const char *name, const char *tp,
     for (int i = 0; !b && i < 3; i++) {
         snprintf(key, sizeof key, "%s.%s", tp, needs_bias[i]);
         if (qs_st_find(r->f, key))
-            return qs_errf(e, "%s: tensor '%s' corrects a bias, and site '%s' has none", path,
-                           key, name);
+            return qs_errf(e, "%s: tensor '%s' corrects a bias, and site '%s' has none", path, key,
+                           name);
     }
     snprintf(key, sizeof key, "%s.corr.bias", tp);
     int got = b ? get_f32(r, key, 0, out, -1, &db) : 1;
@@ -391,8 +392,8 @@ out:
 /* Site NAME, entry idx of qscope.layers, tensors TP.*: the weight (packed, or F32 (out, in), or
  * (in, out) with QS_PACKFILE_WT), the bias (with QS_PACKFILE_BIAS: "TP.bias", zeros when
  * absent; without: none may be there) and the folded correction into *wo, *bo. */
-static int load_site(const struct rd *r, const char *name, const char *tp, int idx, int out,
-                     int in, int flags, float **wo, float **bo)
+static int load_site(const struct rd *r, const char *name, const char *tp, int idx, int out, int in,
+                     int flags, float **wo, float **bo)
 {
     const char *path = r->path;
     qs_err *e = r->e;
@@ -474,8 +475,7 @@ static int site_meta(const struct rd *r, const char *name, int *idx, long *out, 
         return qs_errf(e,
                        "%s: qscope.weight_shapes entry '%s' of layer '%s': expected OUTxIN "
                        "with sizes 1..16777216",
-                       path, qs_clean_str(shape, cn, 48, 40),
-                       qs_clean_str(name, cn + 48, 48, 40));
+                       path, qs_clean_str(shape, cn, 48, 40), qs_clean_str(name, cn + 48, 48, 40));
     return 0;
 }
 

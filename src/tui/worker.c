@@ -58,7 +58,6 @@ static wchar_t *widen(const char *s, size_t len)
     return w;
 }
 
-
 /* Unlocks sh and wakes the UI, at most every 30 ms: log lines and progress can come faster than
  * a redraw is worth. Called with sh->mu held. */
 static void poke_unlock(struct tui_shared *sh)
@@ -186,8 +185,7 @@ static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err
     s->sv = sp.sv;
     s->ref = sp.ref_sv;
     s->resid = sp.resid;
-    snprintf(s->resid_method, sizeof s->resid_method, "%s",
-             sp.resid_method ? sp.resid_method : "");
+    snprintf(s->resid_method, sizeof s->resid_method, "%s", sp.resid_method ? sp.resid_method : "");
     s->res_sv = sp.res_sv;
     s->res_st = sp.res_st;
     sp.sv = sp.ref_sv = sp.res_sv = NULL;
@@ -279,8 +277,7 @@ static int lm_eval_of(struct qs_bench *b, uint64_t cmask, struct qs_lm_eval *ev,
     if (qs_bench_run_ex(b, QS_TEST, ~0ULL, cmask, &m, NULL, &kl, &agree, e) < 0 ||
         qs_bench_lm_gate(b, &g, e) < 0)
         return -1;
-    *ev = (struct qs_lm_eval){g.float_loss, exp(g.float_loss), m.loss, exp(m.loss), kl, agree,
-                              m.n};
+    *ev = (struct qs_lm_eval){g.float_loss, exp(g.float_loss), m.loss, exp(m.loss), kl, agree, m.n};
     return 0;
 }
 

@@ -1,7 +1,8 @@
 /* bench_forward.c - forward-pass throughput of qscope's MLP against the machine's OpenBLAS SGEMM
  * peak; prints "ours" lines the runner (tests/bench/run.sh) sets against PyTorch's.
  *
- * usage: bench_forward  -> lines "forward NAME BATCH SAMPLES_PER_S GFLOPS" and "sgemm_peak GFLOPS" */
+ * usage: bench_forward  -> lines "forward NAME BATCH SAMPLES_PER_S GFLOPS" and "sgemm_peak GFLOPS"
+ */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,7 +6,8 @@
  * after a warm-up: prints "lmbig forward SECONDS" (qs_lm_forward) and "lmbig score SECONDS"
  * (qs_lm_score_window of the float and a second logits set: loss, KL, top-1), and "lmbig cpu
  * SECONDS", the process CPU time of the fastest forward (all threads: at one thread it hardly
- * moves with the machine's load, so bench_big.sh compares it with PyTorch's on a shared machine). */
+ * moves with the machine's load, so bench_big.sh compares it with PyTorch's on a shared machine).
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>

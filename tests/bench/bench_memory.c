@@ -31,7 +31,7 @@ int main(void)
     if (fd < 0)
         return 1;
     close(fd);
-    {   /* the model file, written by a scope that frees everything it used */
+    { /* the model file, written by a scope that frees everything it used */
         qs_rng rng;
         qs_rng_seed(&rng, 1);
         int sizes[] = {784, 2048, 2048, 10};
@@ -42,7 +42,7 @@ int main(void)
         }
         qs_mlp_free(m);
     }
-    {   /* OpenBLAS's thread buffers belong to the baseline */
+    { /* OpenBLAS's thread buffers belong to the baseline */
         float a[64 * 64] = {0}, c[64 * 64];
         qs_linear(a, 64, 64, a, NULL, 64, c);
     }

@@ -23,8 +23,8 @@ static uint64_t rnd(void)
 
 static void mutate(uint8_t *buf, size_t *len, size_t cap)
 {
-    static const uint32_t interesting[] = {0, 1, 0x7f, 0x80, 0xff, 0x7fff, 0xffff, 0x7fffffff,
-                                           0xffffffffu, 0x80000000u};
+    static const uint32_t interesting[] = {0,      1,      0x7f,       0x80,        0xff,
+                                           0x7fff, 0xffff, 0x7fffffff, 0xffffffffu, 0x80000000u};
     int nmut = 1 + (int)(rnd() % 4);
     for (int k = 0; k < nmut; k++) {
         switch (rnd() % 7) {
@@ -50,7 +50,7 @@ static void mutate(uint8_t *buf, size_t *len, size_t cap)
             if (*len < cap && *len) {
                 size_t at = rnd() % *len;
                 memmove(buf + at + 1, buf + at, *len - at);
-                buf[at] = (uint8_t)"0123456789,.-e\"{}[]:\n "[rnd() % 23];
+                buf[at] = (uint8_t) "0123456789,.-e\"{}[]:\n "[rnd() % 23];
                 (*len)++;
             }
             break;

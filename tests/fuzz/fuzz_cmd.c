@@ -60,8 +60,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bench = qs_bench_new();
         qs_ctx_init(&ctx, bench);
         qs_err e;
-        if (qs_exec_text(&ctx, "load model datasets/models/moons-mlp.safetensors; "
-                               "load data datasets/moons.csv", &e) < 0) {
+        if (qs_exec_text(&ctx,
+                         "load model datasets/models/moons-mlp.safetensors; "
+                         "load data datasets/moons.csv",
+                         &e) < 0) {
             fprintf(stderr, "fuzz_cmd: %s\n", e.msg);
             abort();
         }

@@ -39,8 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     qs_err e = {{0}};
     if (qs_st_open_mem(data, size, "fuzz", &f, &e) < 0)
         return 0;
-    const char *layers = qs_st_meta(f, "qscope.layers"), *shapes = qs_st_meta(f,
-                                                                             "qscope.weight_shapes");
+    const char *layers = qs_st_meta(f, "qscope.layers"),
+               *shapes = qs_st_meta(f, "qscope.weight_shapes");
     unsigned char *used = calloc((size_t)qs_st_count(f) + 1, 1);
     char name[256];
     for (int i = 0; layers && shapes && used && i < 8; i++) {
@@ -78,8 +78,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         for (int flags = 0; flags < 4; flags++) {
             float *w = NULL, *b = NULL;
-            rc = qs_packfile_site(f, "fuzz", name, name, (int)out, (int)in, flags, &w, &b, used,
-                                  &e);
+            rc =
+                qs_packfile_site(f, "fuzz", name, name, (int)out, (int)in, flags, &w, &b, used, &e);
             if (rc < 0) {
                 check_msg(&e);
                 if (w || b)

@@ -36,8 +36,7 @@ static int requote_one(void *u, const char *stmt)
     }
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], argv2[i])) {
-            fprintf(stderr, "fuzz_session: word %d '%s' came back as '%s'\n", i, argv[i],
-                    argv2[i]);
+            fprintf(stderr, "fuzz_session: word %d '%s' came back as '%s'\n", i, argv[i], argv2[i]);
             abort();
         }
     qs_argv_free(argv, argc);

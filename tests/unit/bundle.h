@@ -75,8 +75,8 @@ __attribute__((unused)) static int qs_test_lm_eval(struct qs_bench *b, struct qs
     struct qs_eval q;
     if (qs_bench_eval(b, &q, e) < 0)
         return -1;
-    *ev = (struct qs_lm_eval){q.f.loss, exp(q.f.loss), q.q.loss, exp(q.q.loss), q.kl, q.agree,
-                              q.q.n};
+    *ev =
+        (struct qs_lm_eval){q.f.loss, exp(q.f.loss), q.q.loss, exp(q.q.loss), q.kl, q.agree, q.q.n};
     return 0;
 }
 

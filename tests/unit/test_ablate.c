@@ -101,8 +101,7 @@ static struct qs_bench *synthetic(qs_err *e)
 
 /* Mean per-sample cross-entropy change (without - with) over the test split, in float64, of the
  * 1-layer model with weight w (4), bias b (2) and the bias correction db (2). */
-static double ref_gain(const struct qs_bench *b, const float *w, const float *bias,
-                       const float *db)
+static double ref_gain(const struct qs_bench *b, const float *w, const float *bias, const float *db)
 {
     const struct qs_acts *a = &b->f_acts[QS_TEST];
     double s = 0.0;

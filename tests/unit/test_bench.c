@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
-#include "bundle.h"
 #include "test.h"
 
 static int rule(struct qs_bench *b, const char *pat, const char *fmt, const char *opt, int roles)
@@ -348,6 +348,6 @@ static void test_wcache_budget(void)
 }
 
 TEST_MAIN("bench", TEST_CASE(test_incremental_bit_identical), TEST_CASE(test_rules_first_match),
-          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity), TEST_CASE(test_large_layer_topk),
-          TEST_CASE(test_stale_corrections), TEST_CASE(test_wcache_fresh_after_change),
-          TEST_CASE(test_wcache_budget))
+          TEST_CASE(test_static_activation_scale), TEST_CASE(test_eval_float_is_identity),
+          TEST_CASE(test_large_layer_topk), TEST_CASE(test_stale_corrections),
+          TEST_CASE(test_wcache_fresh_after_change), TEST_CASE(test_wcache_budget))

@@ -137,7 +137,10 @@ static void test_clean_str(void)
 {
     char buf[64];
     CHECK_STR(qs_clean_str("fc\x1b[31mred", buf, sizeof buf, 0), "fc?[31mred");
-    CHECK_STR(qs_clean_str("a\xc2\x9b" "2J", buf, sizeof buf, 0), "a?2J"); /* C1 CSI */
+    CHECK_STR(qs_clean_str("a\xc2\x9b"
+                           "2J",
+                           buf, sizeof buf, 0),
+              "a?2J"); /* C1 CSI */
     CHECK_STR(qs_clean_str("caf\xc3\xa9", buf, sizeof buf, 0), "caf\xc3\xa9");
     CHECK_STR(qs_clean_str("abcdefgh", buf, sizeof buf, 4), "abcd...");
     CHECK_STR(qs_clean_str("line\nbreak\x7f", buf, sizeof buf, 0), "line?break?");

@@ -195,8 +195,9 @@ static void test_bad_inputs(void)
                "no column named 'species'; the header has: sepal, petal, label");
     expect_bad("ragged.csv", "3", 1, "label column 3 is out of range: the file has 3 columns");
     expect_bad("ragged.csv", "-4", 1, "label column -4 is out of range");
-    expect_bad("nan.csv", "petal", 1, "label 'petal' is not a column index, and the file has "
-                                      "no header row");
+    expect_bad("nan.csv", "petal", 1,
+               "label 'petal' is not a column index, and the file has "
+               "no header row");
     /* A directory opens but cannot be read. */
     qs_err e = {{0}};
     struct qs_dataset *d = NULL;
@@ -319,7 +320,10 @@ static void test_gather(void)
     qs_dataset_free(d);
 }
 
-static double rad(const float *p) { return sqrt((double)p[0] * p[0] + (double)p[1] * p[1]); }
+static double rad(const float *p)
+{
+    return sqrt((double)p[0] * p[0] + (double)p[1] * p[1]);
+}
 
 static void test_toy_geometry(void)
 {
@@ -488,8 +492,7 @@ static void test_digits(void)
 }
 
 TEST_MAIN("dataset", TEST_CASE(test_header_detection), TEST_CASE(test_no_header),
-          TEST_CASE(test_label_selection), TEST_CASE(test_cell_syntax),
-          TEST_CASE(test_bad_inputs), TEST_CASE(test_write_roundtrip), TEST_CASE(test_split),
-          TEST_CASE(test_gather), TEST_CASE(test_toy_geometry),
-          TEST_CASE(test_toy_balance_determinism), TEST_CASE(test_bundled_toys_match),
-          TEST_CASE(test_digits))
+          TEST_CASE(test_label_selection), TEST_CASE(test_cell_syntax), TEST_CASE(test_bad_inputs),
+          TEST_CASE(test_write_roundtrip), TEST_CASE(test_split), TEST_CASE(test_gather),
+          TEST_CASE(test_toy_geometry), TEST_CASE(test_toy_balance_determinism),
+          TEST_CASE(test_bundled_toys_match), TEST_CASE(test_digits))

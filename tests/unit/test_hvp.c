@@ -17,11 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/bench.h"
 #include "qscope/dataset.h"
 #include "qscope/mlp.h"
 #include "qscope/sensitivity.h"
-#include "bundle.h"
 #include "test.h"
 
 #define MAXL 4

@@ -491,5 +491,6 @@ TEST_MAIN("linalg", TEST_CASE(test_svd_values_vs_numpy), TEST_CASE(test_svd_thin
           TEST_CASE(test_svd_bad_shape), TEST_CASE(test_topk_fast_decay),
           TEST_CASE(test_topk_slow_decay), TEST_CASE(test_topk_noise),
           TEST_CASE(test_topk_rank_deficient), TEST_CASE(test_topk_exact_fallback_and_errors),
-          TEST_CASE(test_topk_deterministic), TEST_CASE(test_sym_eig), TEST_CASE(test_sym_eig_large), TEST_CASE(test_gram),
-          TEST_CASE(test_lstsq), TEST_CASE(test_frob2))
+          TEST_CASE(test_topk_deterministic), TEST_CASE(test_sym_eig),
+          TEST_CASE(test_sym_eig_large), TEST_CASE(test_gram), TEST_CASE(test_lstsq),
+          TEST_CASE(test_frob2))

@@ -114,9 +114,9 @@ static void test_llama_vs_torch(void)
 
 struct hk {
     const struct qs_lm *m;
-    int zero_site;     /* weight(): zeros for this site, else the float weight */
+    int zero_site; /* weight(): zeros for this site, else the float weight */
     float *zeros;
-    int *seen;         /* input(): visits per site */
+    int *seen; /* input(): visits per site */
     int bad_shape;
     int T;
     int act_zero_site; /* act(): zero the input of this site (-1: none) */
@@ -157,8 +157,8 @@ static void hooks_on(const char *dir)
         tok[t] = (uint32_t)((t * 7 + 3) % V);
     float *base = malloc((size_t)T * V * sizeof(float));
     float *lg = malloc((size_t)T * V * sizeof(float));
-    struct hk h = {m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)),
-                   0, T, -1};
+    struct hk h = {
+        m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)), 0, T, -1};
     struct qs_hooks hooks = {w_hook, in_hook, NULL, &h, NULL, NULL};
     CHECK(qs_lm_forward(m, tok, T, NULL, base, &e) == 0);
     CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lm_fixture.h"
 #include "qscope/bench.h"
 #include "qscope/lm.h"
 #include "qscope/sensitivity.h"
 #include "qscope/tokens.h"
-#include "lm_fixture.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_grad.json"

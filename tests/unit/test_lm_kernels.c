@@ -31,8 +31,8 @@ static double gauss(void)
 }
 
 /* o[i, h hd + c] = sum_j softmax_j(q_i . k_j / sqrt(hd)) v[j, c] over j in the row's window. */
-static void ref_attention(const float *q, int ldq, const float *k, int ldk, const float *v,
-                          int ldv, int T, int H, int Hk, int hd, int window, double *o)
+static void ref_attention(const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                          int T, int H, int Hk, int hd, int window, double *o)
 {
     double *sc = malloc((size_t)T * sizeof(double));
     int g = H / Hk;
@@ -65,10 +65,10 @@ static void test_attention_random_shapes(void)
 {
     /* T, H, Hk, hd, window, extra row stride */
     static const int cases[][6] = {
-        {1, 4, 2, 8, 0, 0},     {1, 3, 3, 16, 0, 5},   {7, 2, 1, 4, 0, 0},
-        {128, 2, 2, 8, 0, 0},   {129, 4, 4, 16, 0, 3}, {200, 6, 2, 16, 0, 0},
-        {300, 8, 1, 32, 0, 7},  {257, 4, 2, 16, 50, 0}, {400, 2, 2, 8, 128, 1},
-        {260, 4, 4, 64, 1, 0},  {130, 12, 12, 64, 0, 0}, {64, 32, 4, 64, 0, 0},
+        {1, 4, 2, 8, 0, 0},    {1, 3, 3, 16, 0, 5},     {7, 2, 1, 4, 0, 0},
+        {128, 2, 2, 8, 0, 0},  {129, 4, 4, 16, 0, 3},   {200, 6, 2, 16, 0, 0},
+        {300, 8, 1, 32, 0, 7}, {257, 4, 2, 16, 50, 0},  {400, 2, 2, 8, 128, 1},
+        {260, 4, 4, 64, 1, 0}, {130, 12, 12, 64, 0, 0}, {64, 32, 4, 64, 0, 0},
     };
     double worst = 0;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -98,8 +98,9 @@ static void test_attention_random_shapes(void)
             mr = fabs(r[i]) > mr ? fabs(r[i]) : mr;
         }
         if (!(md <= 2e-6 * mr))
-            fprintf(stderr, "  T %d H %d Hk %d hd %d window %d: max |o - ref| %.3g (max |ref| %.3g)\n",
-                    T, H, Hk, hd, win, md, mr);
+            fprintf(stderr,
+                    "  T %d H %d Hk %d hd %d window %d: max |o - ref| %.3g (max |ref| %.3g)\n", T,
+                    H, Hk, hd, win, md, mr);
         CHECK(md <= 2e-6 * mr);
         worst = md / mr > worst || isnan(md) ? md / mr : worst;
         free(q);
@@ -124,8 +125,10 @@ static void test_exp_kernels(void)
         double ed = qs_lm_expneg(xd), rd = exp(xd);
         wd = fabs(ed - rd) / rd > wd ? fabs(ed - rd) / rd : wd;
     }
-    fprintf(stderr, "  qs_lm_expf: worst %.2f ulp of exp on [-87, 88]; qs_lm_expneg: worst "
-                    "relative error %.2g on [-708, 0]\n", wf, wd);
+    fprintf(stderr,
+            "  qs_lm_expf: worst %.2f ulp of exp on [-87, 88]; qs_lm_expneg: worst "
+            "relative error %.2g on [-708, 0]\n",
+            wf, wd);
     CHECK(wf <= 2.0);
     CHECK(wd <= 4e-16);
     CHECK(qs_lm_expneg(0.0) == 1.0);
@@ -175,14 +178,36 @@ static void test_fused_xent(void)
          * 6: q = f + N(0, 0.01) (small KL); 7: -1e4 everywhere but a few */
         for (int i = 0; i < V; i++) {
             switch (c) {
-            case 0: rf[i] = (float)(3 * gauss()); rq[i] = (float)(3 * gauss()); break;
-            case 1: rf[i] = (float)(2e4 * unif() - 1e4); rq[i] = (float)(2e4 * unif() - 1e4); break;
-            case 2: rf[i] = (float)(2e4 * unif() - 1e4); rq[i] = rf[i] + (float)(1e-3 * gauss()); break;
-            case 3: rf[i] = rq[i] = (float)(5 * gauss()); break;
-            case 4: rf[i] = (float)(i * 0.2 + gauss()); rq[i] = (float)(1e4 - i * 0.3); break;
-            case 5: rf[i] = (float)gauss(); rq[i] = (float)gauss(); break;
-            case 6: rf[i] = (float)(2 * gauss()); rq[i] = rf[i] + (float)(0.01 * gauss()); break;
-            default: rf[i] = rq[i] = -1e4f; break;
+            case 0:
+                rf[i] = (float)(3 * gauss());
+                rq[i] = (float)(3 * gauss());
+                break;
+            case 1:
+                rf[i] = (float)(2e4 * unif() - 1e4);
+                rq[i] = (float)(2e4 * unif() - 1e4);
+                break;
+            case 2:
+                rf[i] = (float)(2e4 * unif() - 1e4);
+                rq[i] = rf[i] + (float)(1e-3 * gauss());
+                break;
+            case 3:
+                rf[i] = rq[i] = (float)(5 * gauss());
+                break;
+            case 4:
+                rf[i] = (float)(i * 0.2 + gauss());
+                rq[i] = (float)(1e4 - i * 0.3);
+                break;
+            case 5:
+                rf[i] = (float)gauss();
+                rq[i] = (float)gauss();
+                break;
+            case 6:
+                rf[i] = (float)(2 * gauss());
+                rq[i] = rf[i] + (float)(0.01 * gauss());
+                break;
+            default:
+                rf[i] = rq[i] = -1e4f;
+                break;
             }
         }
         if (c == 5) {
@@ -226,8 +251,10 @@ static void test_fused_xent(void)
             CHECK(r.agree == 0);
         }
     }
-    fprintf(stderr, "  fused xent (V %d): worst relative NLL error %.2g, worst relative KL "
-                    "error %.2g\n", V, wn, wk);
+    fprintf(stderr,
+            "  fused xent (V %d): worst relative NLL error %.2g, worst relative KL "
+            "error %.2g\n",
+            V, wn, wk);
     free(rf);
     free(rq);
 }

@@ -21,10 +21,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bundle.h"
 #include "qscope/cmd.h"
 #include "qscope/format.h"
 #include "qscope/safetensors.h"
-#include "bundle.h"
 #include "test.h"
 
 static const char *models_[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
@@ -136,9 +136,8 @@ static float half_to_float(uint16_t h)
 /* The file's tensor prefix of site NAME (qs_lm_save's names without ".weight"). */
 static void tprefix(const struct qs_lm *m, const char *name, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s%s", m->family == QS_LM_GPT2 && strcmp(name, "lm_head") ? "transformer."
-                                                                                : "",
-             name);
+    snprintf(buf, n, "%s%s",
+             m->family == QS_LM_GPT2 && strcmp(name, "lm_head") ? "transformer." : "", name);
 }
 
 static const struct qs_st_tensor *tensor(const struct qs_st_file *f, const char *p,
@@ -257,8 +256,9 @@ static void test_export_packed_reload(void)
         double bpw = nw > 0 ? bits / nw : 0.0;
         CHECK(bpw == qs_bench_bits_per_weight(b));
         long psize = file_size(pk), fsize = file_size(fq);
-        fprintf(stderr, "  %s int4/g32 + corrections: %.4f bits/weight (layers: %.4f); "
-                        "packed %ld bytes, dequantized %ld bytes\n",
+        fprintf(stderr,
+                "  %s int4/g32 + corrections: %.4f bits/weight (layers: %.4f); "
+                "packed %ld bytes, dequantized %ld bytes\n",
                 models_[fam], bpw, qs_bench_bits_per_weight(b), psize, fsize);
         CHECK(psize > 0 && fsize > 0 && psize < fsize / 2);
         qs_st_close(f);
@@ -268,8 +268,8 @@ static void test_export_packed_reload(void)
         CHECK(r != NULL);
         if (r) {
             CHECK(qs_test_lm_eval(r, &rel, &e) == 0);
-            fprintf(stderr, "  session quant loss %.17g, reloaded float loss %.17g\n",
-                    ses.loss_q, rel.loss);
+            fprintf(stderr, "  session quant loss %.17g, reloaded float loss %.17g\n", ses.loss_q,
+                    rel.loss);
             CHECK(rel.loss == ses.loss_q);
             CHECK(ses.loss_q != ses.loss);
             const struct qs_lm *rm = r->lm;
@@ -367,8 +367,9 @@ static void test_float_sites_and_formats(void)
                     for (int i = 0; i < m->sites[s].out; i++)
                         for (int j = 0; j < m->sites[s].in; j++) {
                             float x;
-                            memcpy(&x, gpt2 ? &v[(size_t)j * m->sites[s].out + i]
-                                            : &v[(size_t)i * m->sites[s].in + j],
+                            memcpy(&x,
+                                   gpt2 ? &v[(size_t)j * m->sites[s].out + i]
+                                        : &v[(size_t)i * m->sites[s].in + j],
                                    sizeof x);
                             bad += x != m->sites[s].w[(size_t)i * m->sites[s].in + j];
                         }
@@ -415,8 +416,8 @@ static void test_refusals(void)
         return;
     int n = qs_st_count(f), nm = qs_st_meta_count(f);
     struct qs_st_out *t = calloc((size_t)n + 1, sizeof *t);
-    const char **keys = calloc((size_t)nm + 1, sizeof *keys), **vals = calloc((size_t)nm + 1,
-                                                                               sizeof *vals);
+    const char **keys = calloc((size_t)nm + 1, sizeof *keys),
+               **vals = calloc((size_t)nm + 1, sizeof *vals);
     for (int i = 0; i < nm; i++) {
         keys[i] = qs_st_meta_key(f, i);
         vals[i] = qs_st_meta_value(f, i);
@@ -425,8 +426,8 @@ static void test_refusals(void)
     for (int mode = 0; mode < 2; mode++) {
         for (int i = 0; i < n; i++) {
             const struct qs_st_tensor *s = qs_st_get(f, i);
-            t[i] = (struct qs_st_out){.name = s->name, .dtype = s->dtype, .ndim = s->ndim,
-                                      .data = s->data};
+            t[i] = (struct qs_st_out){
+                .name = s->name, .dtype = s->dtype, .ndim = s->ndim, .data = s->data};
             memcpy(t[i].shape, s->shape, sizeof t[i].shape);
             if (mode == 0 && !strcmp(s->name, victim))
                 t[i].shape[0]--; /* one byte short */
@@ -435,7 +436,9 @@ static void test_refusals(void)
         static const uint8_t junk[4];
         if (mode == 1) /* a tensor nothing reads */
             t[nt++] = (struct qs_st_out){.name = "transformer.h.0.mlp.c_fc.weight.extra",
-                                         .dtype = QS_DT_U8, .ndim = 1, .shape = {4},
+                                         .dtype = QS_DT_U8,
+                                         .ndim = 1,
+                                         .shape = {4},
                                          .data = junk};
         snprintf(line, sizeof line, "%s/model.safetensors", bad);
         CHECK(qs_st_write(line, t, nt, keys, vals, nm, &e) == 0);

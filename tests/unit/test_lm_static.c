@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/bench.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/tokens.h"
-#include "bundle.h"
 #include "test.h"
 
 /* The first 24576 tokens of the text: a held-out split of 38 windows instead of 225 (the
@@ -156,7 +156,8 @@ static void test_error_static(void)
         CHECK(act_rule(b, QS_AMODE_STATIC) > 0);
         CHECK(qs_bench_effective_regime(b) == QS_REGIME_ACT);
         struct qs_layer_err *err = calloc((size_t)b->lm->nsites, sizeof *err);
-        CHECK(err && qs_analysis_errors_ex(b, err, QS_KL_OFF, &e) == 0); /* KL is not what is tested */
+        CHECK(err &&
+              qs_analysis_errors_ex(b, err, QS_KL_OFF, &e) == 0); /* KL is not what is tested */
         for (int s = 0; err && s < b->lm->nsites; s++) {
             CHECK(err[s].w_rel_err == 0.0);
             CHECK(err[s].local_rel_mse > 0 && err[s].preact_rel_mse > 0);

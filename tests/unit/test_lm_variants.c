@@ -13,11 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "lm_fixture.h"
 #include "qscope/bench.h"
 #include "qscope/cmd.h"
 #include "qscope/lm_grad.h"
 #include "qscope/safetensors.h"
-#include "lm_fixture.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_variants.json"
@@ -116,8 +116,7 @@ static void test_logits_vs_torch(void)
     CHECK(lb != NULL);
     if (lb) {
         double err = fixture_err(lb, "tests/fixtures/lm_llama_bias");
-        printf("  llama attention_bias+mlp_bias: max |logit - torch| / max |logit| = %.3g\n",
-               err);
+        printf("  llama attention_bias+mlp_bias: max |logit - torch| / max |logit| = %.3g\n", err);
         CHECK(err < 1e-4);
         CHECK_STR(lb->arch, "llama");
         CHECK(lb->bias_mask == 0x7F && lb->window == 0);
@@ -163,8 +162,8 @@ static void check_case(const cJSON *c)
     for (int i = 0; g && i < g->ntensor; i++) {
         const struct qs_lm_tensor *q = &g->t[i];
         const cJSON *t = NULL, *it;
-        cJSON_ArrayForEach(it, ts) if (!strcmp(cJSON_GetObjectItem(it, "name")->valuestring,
-                                               q->name)) t = it;
+        cJSON_ArrayForEach(
+            it, ts) if (!strcmp(cJSON_GetObjectItem(it, "name")->valuestring, q->name)) t = it;
         if (!t) {
             fprintf(stderr, "  %s: tensor %s is not in the fixture\n", dir, q->name);
             CHECK(0);
@@ -212,9 +211,10 @@ static void test_grads_vs_torch(void)
 
 /* ---- config rules ------------------------------------------------------------------------ */
 
-#define HEAD "\"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 2, " \
-             "\"num_attention_heads\": 4, \"intermediate_size\": 24, " \
-             "\"max_position_embeddings\": 16"
+#define HEAD                                                                                       \
+    "\"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 2, "                          \
+    "\"num_attention_heads\": 4, \"intermediate_size\": 24, "                                      \
+    "\"max_position_embeddings\": 16"
 
 static int parse(const char *text, struct qs_lm *m, qs_err *e)
 {
@@ -228,25 +228,31 @@ static void test_config_rules(void)
     qs_err e = {{0}};
     /* qwen2: windows only with use_sliding_window true; refused when one could bite */
     CHECK(parse("{\"model_type\": \"qwen2\", " HEAD ", \"use_sliding_window\": false, "
-                "\"sliding_window\": 4}", &m, &e) == 0);
+                "\"sliding_window\": 4}",
+                &m, &e) == 0);
     CHECK(m.window == 0 && m.bias_mask == 0x07 && m.n_kv_head == 4);
     CHECK(parse("{\"model_type\": \"qwen2\", " HEAD ", \"use_sliding_window\": true, "
-                "\"sliding_window\": 4, \"max_window_layers\": 1}", &m, &e) < 0);
+                "\"sliding_window\": 4, \"max_window_layers\": 1}",
+                &m, &e) < 0);
     CHECK(strstr(e.msg, "use_sliding_window true with sliding_window 4") != NULL);
     CHECK(parse("{\"model_type\": \"qwen2\", " HEAD ", \"use_sliding_window\": true, "
-                "\"sliding_window\": 4, \"max_window_layers\": 2}", &m, &e) == 0);
+                "\"sliding_window\": 4, \"max_window_layers\": 2}",
+                &m, &e) == 0);
     CHECK(parse("{\"model_type\": \"qwen2\", " HEAD ", \"use_sliding_window\": true, "
                 "\"sliding_window\": 4, \"layer_types\": [\"full_attention\", "
-                "\"sliding_attention\"]}", &m, &e) < 0);
+                "\"sliding_attention\"]}",
+                &m, &e) < 0);
     CHECK(parse("{\"model_type\": \"qwen2\", " HEAD ", \"use_sliding_window\": true, "
-                "\"sliding_window\": 16}", &m, &e) == 0);
+                "\"sliding_window\": 16}",
+                &m, &e) == 0);
     CHECK(m.window == 0);
     /* mistral: the window, MistralConfig's defaults (4096; 8 kv heads) */
     CHECK(parse("{\"model_type\": \"mistral\", " HEAD ", \"num_key_value_heads\": 2, "
-                "\"sliding_window\": null}", &m, &e) == 0);
+                "\"sliding_window\": null}",
+                &m, &e) == 0);
     CHECK(m.window == 0 && m.bias_mask == 0 && m.n_kv_head == 2);
-    CHECK(parse("{\"model_type\": \"mistral\", " HEAD ", \"num_key_value_heads\": 2}", &m,
-                &e) == 0);
+    CHECK(parse("{\"model_type\": \"mistral\", " HEAD ", \"num_key_value_heads\": 2}", &m, &e) ==
+          0);
     CHECK(m.window == 4096);
     CHECK(parse("{\"model_type\": \"mistral\", " HEAD "}", &m, &e) < 0);
     CHECK(strstr(e.msg, "not a multiple of num_key_value_heads 8") != NULL);
@@ -274,8 +280,10 @@ static void test_config_rules(void)
           NULL);
     /* and announced biases must be there */
     snprintf(cmd, sizeof cmd,
-             "cp tests/fixtures/lm_mistral_sw/model.safetensors %s/ && sed 's/\"model_type\": \"mistral\"/\"model_type\": \"llama\", \"mlp_bias\": true/' "
-             "tests/fixtures/lm_mistral_sw/config.json > %s/config.json", tmp_, tmp_);
+             "cp tests/fixtures/lm_mistral_sw/model.safetensors %s/ && sed 's/\"model_type\": "
+             "\"mistral\"/\"model_type\": \"llama\", \"mlp_bias\": true/' "
+             "tests/fixtures/lm_mistral_sw/config.json > %s/config.json",
+             tmp_, tmp_);
     CHECK(system(cmd) == 0);
     CHECK(qs_lm_load(tmp_, &x, &e) < 0);
     CHECK(strstr(e.msg, "tensor 'model.layers.0.mlp.gate_proj.bias' is missing") != NULL);
@@ -294,7 +302,8 @@ static double logits_diff(const struct qs_lm *a, const struct qs_lm *b)
     float *la = malloc((size_t)T * V * sizeof(float)), *lb = malloc((size_t)T * V * sizeof(float));
     qs_err e = {{0}};
     double mx = 1e30, sc = 0;
-    if (qs_lm_forward(a, tok, T, NULL, la, &e) == 0 && qs_lm_forward(b, tok, T, NULL, lb, &e) == 0) {
+    if (qs_lm_forward(a, tok, T, NULL, la, &e) == 0 &&
+        qs_lm_forward(b, tok, T, NULL, lb, &e) == 0) {
         mx = 0;
         for (int i = 0; i < T * V; i++) {
             mx = fmax(mx, fabs((double)la[i] - lb[i]));
@@ -328,8 +337,7 @@ static int json_true(const cJSON *o, const char *k)
 
 /* Site SITE of the model in DIR gains bias BIAS (out); the folder written reloads as ARCH with
  * that bias (and zero ones around it) and the same logits as the source model running it. */
-static void save_with_bias(const char *dir, int site, const char *arch, int want_attn,
-                           int want_mlp)
+static void save_with_bias(const char *dir, int site, const char *arch, int want_attn, int want_mlp)
 {
     struct qs_lm *m = load(dir);
     CHECK(m != NULL);
@@ -379,8 +387,8 @@ static void save_with_bias(const char *dir, int site, const char *arch, int want
         CHECK(json_true(cfg, "mlp_bias") == want_mlp);
         if (strcmp(arch, m->arch)) {
             const cJSON *a = cJSON_GetObjectItemCaseSensitive(cfg, "architectures");
-            CHECK(cJSON_IsArray(a) && !strcmp(cJSON_GetArrayItem(a, 0)->valuestring,
-                                              "LlamaForCausalLM"));
+            CHECK(cJSON_IsArray(a) &&
+                  !strcmp(cJSON_GetArrayItem(a, 0)->valuestring, "LlamaForCausalLM"));
             CHECK(!cJSON_GetObjectItemCaseSensitive(cfg, "sliding_window"));
         }
         cJSON_Delete(cfg);
@@ -499,8 +507,7 @@ static void test_export_corrected(void)
     snprintf(tmp_, sizeof tmp_, "/tmp/qs_test_lmvar_%d", (int)getpid());
     CHECK(qs_mkdir_p(tmp_) == 0);
     /* tiny-llama: bias on o_proj, an int8 linear map on down_proj, qera beside them */
-    const char *ll[] = {"quant * int4 gran=channel",
-                        "correct model.layers.0.self_attn.o_proj bias",
+    const char *ll[] = {"quant * int4 gran=channel", "correct model.layers.0.self_attn.o_proj bias",
                         "correct model.layers.0.mlp.down_proj linear prec=int8",
                         "correct model.layers.1.self_attn.v_proj qera r=4", NULL};
     export_reload("datasets/models/tiny-llama", "datasets/text/licenses.txt", ll, "llama", 1, 1);
@@ -532,8 +539,7 @@ static void test_export_corrected(void)
         fwrite(&v, 2, 1, f);
     }
     fclose(f);
-    const char *qw[] = {"quant * int4 gran=channel",
-                        "correct model.layers.0.self_attn.o_proj bias",
+    const char *qw[] = {"quant * int4 gran=channel", "correct model.layers.0.self_attn.o_proj bias",
                         "correct model.layers.1.self_attn.q_proj linear", NULL};
     export_reload("tests/fixtures/lm_qwen2", bin, qw, "llama", 1, 0);
     char cmd[300];

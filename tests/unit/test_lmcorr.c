@@ -7,13 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/lowrank.h"
 #include "qscope/tokens.h"
-#include "bundle.h"
 #include "test.h"
 
 static const char *models_[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
@@ -128,8 +128,8 @@ static void test_bias_is_mean_error(void)
         /* float32 pre-activations of one site differ only by the GEMM's summation order */
         CHECK(maxref > 1e-3);
         if (!(maxdiff <= 1e-5 * fmax(1.0, maxref)))
-            fprintf(stderr, "  %s: max |db - mean(Yf - Yq)| = %.3g (max |mean| %.3g)\n",
-                    sites_[k], maxdiff, maxref);
+            fprintf(stderr, "  %s: max |db - mean(Yf - Yq)| = %.3g (max |mean| %.3g)\n", sites_[k],
+                    maxdiff, maxref);
         CHECK(maxdiff <= 1e-5 * fmax(1.0, maxref));
         CHECK(c->recovery > 0 && c->recovery <= 1 && c->recovery_calib > 0);
         CHECK(qs_test_lm_eval(b, &ev1, &e) == 0);
@@ -159,8 +159,7 @@ static void test_linear_is_ridge_map(void)
         float *yf = capture_out(b, s, 0, &nf), *yq = capture_out(b, s, 1, &nq);
         float *at = malloc((size_t)d * d * sizeof *at), *mb = malloc((size_t)d * sizeof *mb);
         struct qs_ridge_info info;
-        CHECK(yf && yq && at && mb &&
-              qs_ridge_map_info(yq, yf, nf, d, -1, at, mb, &info, &e) == 0);
+        CHECK(yf && yq && at && mb && qs_ridge_map_info(yq, yf, nf, d, -1, at, mb, &info, &e) == 0);
         if (qs_analysis_correct(b, s, QS_CORR_LINEAR, 0, "float", -1, NULL, &e) < 0)
             fprintf(stderr, "  %s\n", e.msg);
         const struct qs_corr *c = &b->ls[s].corr;
@@ -245,5 +244,5 @@ static void test_wide_head_refused(void)
     qs_bench_free(b);
 }
 
-TEST_MAIN("lmcorr", TEST_CASE(test_wide_head_refused), TEST_CASE(test_bias_is_mean_error), TEST_CASE(test_linear_is_ridge_map),
-          TEST_CASE(test_post_hook_rewrites))
+TEST_MAIN("lmcorr", TEST_CASE(test_wide_head_refused), TEST_CASE(test_bias_is_mean_error),
+          TEST_CASE(test_linear_is_ridge_map), TEST_CASE(test_post_hook_rewrites))

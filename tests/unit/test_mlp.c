@@ -168,9 +168,18 @@ static void check_grad(enum qs_act act)
     qs_mlp_free(m);
 }
 
-static void test_grad_tanh(void) { check_grad(QS_ACT_TANH); }
-static void test_grad_sigmoid(void) { check_grad(QS_ACT_SIGMOID); }
-static void test_grad_gelu(void) { check_grad(QS_ACT_GELU); }
+static void test_grad_tanh(void)
+{
+    check_grad(QS_ACT_TANH);
+}
+static void test_grad_sigmoid(void)
+{
+    check_grad(QS_ACT_SIGMOID);
+}
+static void test_grad_gelu(void)
+{
+    check_grad(QS_ACT_GELU);
+}
 
 static void test_save_load_roundtrip(void)
 {

@@ -9,12 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/lm.h"
 #include "qscope/lowrank.h"
 #include "qscope/moments.h"
-#include "bundle.h"
 #include "test.h"
 
 void openblas_set_num_threads(int);
@@ -148,9 +148,9 @@ static int add_rule(struct qs_bench *b, const char *fmt, int roles)
 static void test_stream_equals_rows(void)
 {
     static const char *models[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
-    static const char *sites[2][3] = {{"h.0.attn.c_proj", "h.1.mlp.c_proj", "lm_head"},
-                                      {"model.layers.0.self_attn.o_proj",
-                                       "model.layers.1.mlp.down_proj", "lm_head"}};
+    static const char *sites[2][3] = {
+        {"h.0.attn.c_proj", "h.1.mlp.c_proj", "lm_head"},
+        {"model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj", "lm_head"}};
     for (int k = 0; k < 2; k++) {
         struct qs_bench *b = qs_test_open_lm(models[k]);
         CHECK(b != NULL);

@@ -11,20 +11,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/format.h"
 #include "qscope/linalg.h"
 #include "qscope/spectral.h"
-#include "bundle.h"
 #include "test.h"
 
 #define NLAYERS 20
 
 static const int shapes[NLAYERS][2] = {
-    {64, 64},   {64, 128},  {128, 64},  {96, 96},   {32, 200}, {200, 32},  {128, 128},
-    {48, 160},  {160, 48},  {100, 100}, {64, 256},  {256, 64}, {80, 120},  {120, 80},
-    {256, 256}, {40, 300},  {300, 40},  {72, 144},  {144, 72}, {192, 192},
+    {64, 64},   {64, 128}, {128, 64},  {96, 96},  {32, 200}, {200, 32},  {128, 128},
+    {48, 160},  {160, 48}, {100, 100}, {64, 256}, {256, 64}, {80, 120},  {120, 80},
+    {256, 256}, {40, 300}, {300, 40},  {72, 144}, {144, 72}, {192, 192},
 };
 
 /* W (m, n): N(0, 1) entries times a row scale 10^U(0, 1) (log-uniform over 10x). */
@@ -69,8 +69,8 @@ static int label(const float *err, int m, int n, uint64_t seed, int *mp, struct 
     double *sv = malloc((size_t)mn * sizeof *sv);
     struct qs_rank_stats st;
     struct qs_null_view v = {.seg = n};
-    int ok = qs_svd_values(err, m, n, sv, &e) == 0 &&
-             qs_null_edge(err, m, n, &v, 5, seed, nl, &e) == 0;
+    int ok =
+        qs_svd_values(err, m, n, sv, &e) == 0 && qs_null_edge(err, m, n, &v, 5, seed, nl, &e) == 0;
     if (!ok)
         fprintf(stderr, "  %s\n", e.msg);
     qs_rank_stats_compute(sv, mn, qs_frob2(err, (size_t)m * n), m, n, &st);
@@ -93,8 +93,8 @@ static void test_rounding_noise_is_white(void)
             int m = shapes[k][0], n = shapes[k][1], mp;
             float *w = gaussian_layer(&r, m, n), *err = malloc((size_t)m * n * sizeof *err);
             struct qs_null nl;
-            int s = quant_error(w, m, n, fmts[fi], NULL, err) < 0 ? -1
-                                                                  : label(err, m, n, k, &mp, &nl);
+            int s =
+                quant_error(w, m, n, fmts[fi], NULL, err) < 0 ? -1 : label(err, m, n, k, &mp, &nl);
             if (s < 0)
                 bad++;
             white += s == 0;
@@ -278,14 +278,14 @@ static void test_residual_after_lowrank(void)
     qs_spectrum_free(&sp);
 
     CHECK(qs_analysis_correct(b, 1, QS_CORR_EORA, 4, "float", -1, NULL, &e) == 0);
-    CHECK(qs_analysis_spectrum_ex(b, 1, QS_SPEC_WEIGHT, QS_SCALE_COV, 0, QS_SPEC_RESID, &sp,
-                                  &e) == 0);
+    CHECK(qs_analysis_spectrum_ex(b, 1, QS_SPEC_WEIGHT, QS_SCALE_COV, 0, QS_SPEC_RESID, &sp, &e) ==
+          0);
     CHECK(sp.resid == 1 && sp.res_sv && sp.res_st.fro2 < sp.st.fro2);
     qs_spectrum_free(&sp);
 
     CHECK(qs_analysis_correct(b, 2, QS_CORR_BIAS, 0, "float", -1, NULL, &e) == 0);
-    CHECK(qs_analysis_spectrum_ex(b, 2, QS_SPEC_WEIGHT, QS_SCALE_NONE, 0, QS_SPEC_RESID, &sp,
-                                  &e) == 0);
+    CHECK(qs_analysis_spectrum_ex(b, 2, QS_SPEC_WEIGHT, QS_SCALE_NONE, 0, QS_SPEC_RESID, &sp, &e) ==
+          0);
     CHECK(sp.resid == -1 && sp.res_sv == NULL);
     CHECK_STR(sp.resid_method, "bias");
     qs_spectrum_free(&sp);
@@ -308,9 +308,9 @@ static void test_digits_int8_channel(void)
         struct qs_spectrum sp;
         CHECK(qs_analysis_spectrum_ex(b, i, QS_SPEC_WEIGHT, QS_SCALE_NONE, 0, QS_SPEC_NULL, &sp,
                                       &e) == 0);
-        printf("  digits fc%d int8/channel: top %.5g, MP %.5g (%s), null %.5g (%s)\n", i,
-               sp.st.top, sp.st.mp_edge, sp.st.top > sp.st.mp_edge ? "structured" : "white",
-               sp.st.null_edge, sp.st.structured ? "structured" : "white");
+        printf("  digits fc%d int8/channel: top %.5g, MP %.5g (%s), null %.5g (%s)\n", i, sp.st.top,
+               sp.st.mp_edge, sp.st.top > sp.st.mp_edge ? "structured" : "white", sp.st.null_edge,
+               sp.st.structured ? "structured" : "white");
         white += !sp.st.structured;
         qs_spectrum_free(&sp);
     }
@@ -318,6 +318,7 @@ static void test_digits_int8_channel(void)
     qs_bench_free(b);
 }
 
-TEST_MAIN("null", TEST_CASE(test_rounding_noise_is_white), TEST_CASE(test_planted_rank2_is_structured),
+TEST_MAIN("null", TEST_CASE(test_rounding_noise_is_white),
+          TEST_CASE(test_planted_rank2_is_structured),
           TEST_CASE(test_clipped_outlier_columns_structured), TEST_CASE(test_null_properties),
           TEST_CASE(test_residual_after_lowrank), TEST_CASE(test_digits_int8_channel))

@@ -95,8 +95,9 @@ static void edit(const char *src, const char *dst, const char *key, const char *
 
 static void test_roundtrip_bits(void)
 {
-    static const double vals[] = {0.1, 1.0 / 3.0, -0.0, 5e-324, 1.7976931348623157e308, NAN,
-                                  INFINITY, -INFINITY, -0.069, 0.348, 2.5e-17};
+    static const double vals[] = {0.1,    1.0 / 3.0, -0.0,      5e-324, 1.7976931348623157e308,
+                                  NAN,    INFINITY,  -INFINITY, -0.069, 0.348,
+                                  2.5e-17};
     enum { NV = sizeof vals / sizeof *vals };
     struct qs_q2_setting s;
     memset(&s, 0, sizeof s);
@@ -171,8 +172,7 @@ static void test_roundtrip_bits(void)
         for (int i = 0; i < 2; i++) {
             const struct qs_q2_site *x = &s.sites[i], *y = &b->sites[i];
             CHECK_STR(x->name, y->name);
-            CHECK(x->index == y->index && x->kind == y->kind && x->in == y->in &&
-                  x->out == y->out);
+            CHECK(x->index == y->index && x->kind == y->kind && x->in == y->in && x->out == y->out);
             CHECK(same_bits(x->rms, y->rms) && same_bits(x->mse_none, y->mse_none));
             for (int k = 0; k < QS_Q2_NFEAT; k++)
                 CHECK(same_bits(x->feat[k], y->feat[k]));

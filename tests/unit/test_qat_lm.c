@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "qscope/lm_grad.h"
-#include "qscope/lmbench.h"
-#include "qscope/tokens.h"
 #include "bundle.h"
 #include "lm_fixture.h"
+#include "qscope/lm_grad.h"
+#include "qscope/lmbench.h"
 #include "qscope/sensitivity.h"
+#include "qscope/tokens.h"
 #include "test.h"
 
 #define FIXTURE "tests/fixtures/lm_qat.json"
@@ -386,10 +386,10 @@ static double vec_err(const float *a, const cJSON *b, int n)
     return worst;
 }
 
-/* One LSQ step of a whole transformer (GPT-2; LLaMA with GQA and an untied head), int3 per channel, every site's scales learned, a tied head's
- * on the output projection alone) against PyTorch autograd of the paper's LSQ function: the
- * loss, every parameter's gradient (the weights' straight-through clipped) and every site's
- * scale gradient. */
+/* One LSQ step of a whole transformer (GPT-2; LLaMA with GQA and an untied head), int3 per channel,
+ * every site's scales learned, a tied head's on the output projection alone) against PyTorch
+ * autograd of the paper's LSQ function: the loss, every parameter's gradient (the weights'
+ * straight-through clipped) and every site's scale gradient. */
 static void lsq_case_lm(const cJSON *c)
 {
     const char *dir = cJSON_GetObjectItem(c, "model")->valuestring;
@@ -547,12 +547,11 @@ static void test_lsq_vs_torch_mlp(void)
         for (int l = 0; l < 2; l++) {
             const struct qs_layer *L = &m->layers[l];
             qs_lsq_backward(&z[l], L->w, gw[l]);
-            double es = vec_err(z[l].gs,
-                                cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grad_s"), l),
+            double es = vec_err(z[l].gs, cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grad_s"), l),
                                 (int)z[l].nblk);
-            struct lmfx_err r = lmfx_grad_err(
-                gw[l], (size_t)L->out * L->in,
-                cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grad_w"), l));
+            struct lmfx_err r =
+                lmfx_grad_err(gw[l], (size_t)L->out * L->in,
+                              cJSON_GetArrayItem(cJSON_GetObjectItem(c, "grad_w"), l));
             double ew = fmax(fmax(r.norm, r.proj), r.entry);
             worst_s = fmax(worst_s, es);
             worst_w = fmax(worst_w, ew);
@@ -583,8 +582,10 @@ static void test_lsq_vs_torch_mlp(void)
  * move a value across the range's ends. */
 static void test_lsq_fd(void)
 {
-    const char *fmts[][2] = {{"int4", "gran=group:8"}, {"int3", "gran=channel"},
-                             {"nf4", "gran=group:8"},  {"fp8-e4m3", "gran=channel"},
+    const char *fmts[][2] = {{"int4", "gran=group:8"},
+                             {"int3", "gran=channel"},
+                             {"nf4", "gran=group:8"},
+                             {"fp8-e4m3", "gran=channel"},
                              {"int4", "gran=tensor"}};
     const int R = 6, C = 20;
     qs_rng rng;
@@ -637,8 +638,10 @@ static void test_lsq_fd(void)
             double fd = (fp - fm) / (2 * h) * gsc;
             worst = fmax(worst, fabs(z.gs[k] - fd) / fmax(fabs(fd), 1e-6));
         }
-        fprintf(stderr, "  LSQ %s %s: %zu scales against float64 differences, worst %.2g (%d "
-                        "values clipped)\n", fmts[t][0], fmts[t][1], z.nblk, worst, clipped);
+        fprintf(stderr,
+                "  LSQ %s %s: %zu scales against float64 differences, worst %.2g (%d "
+                "values clipped)\n",
+                fmts[t][0], fmts[t][1], z.nblk, worst, clipped);
         CHECK(worst < 1e-5);
         CHECK(clipped > 0);
         qs_lsq_site_free(&z);
@@ -711,8 +714,7 @@ static void test_lsq_bench(void)
     }
     CHECK(differ == b->lm->nsites);
     /* a rule on site 0 only: site 0 back to round-to-nearest, site 1 keeps its learned scales */
-    CHECK(rule(b, b->lm->sites[0].name, "int4", "gran=channel", QS_ROLE_W,
-               QS_AMODE_DYNAMIC) == 1);
+    CHECK(rule(b, b->lm->sites[0].name, "int4", "gran=channel", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
     CHECK(saved && !memcmp(saved, qs_site_wq(b, 1, NULL),
                            (size_t)b->lm->sites[1].out * b->lm->sites[1].in * sizeof *saved));
     free(saved);
@@ -756,8 +758,8 @@ static void test_lsq_block_refuse(void)
     CHECK(r.qat_loss < r.ptq_loss && r.lsq_scales > 0 && r.lsq_change > 0);
     CHECK_REL(r.ste_loss, r.qat_loss, 1e-6);
     /* refused formats: named, and the bench left as it was */
-    const char *bad[][2] = {{"mxfp4", NULL}, {"nvfp4", NULL}, {"q4_0", NULL},
-                            {"int4", "round=stochastic"}};
+    const char *bad[][2] = {
+        {"mxfp4", NULL}, {"nvfp4", NULL}, {"q4_0", NULL}, {"int4", "round=stochastic"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         qs_bench_clear_rules(b);
         CHECK(rule(b, "*", bad[k][0], bad[k][1], QS_ROLE_W, QS_AMODE_DYNAMIC) > 0);
@@ -814,9 +816,8 @@ static void test_lsq_mlp(void)
         fprintf(stderr,
                 "  digits %s %s%s: test loss PTQ %.4f -> fixed %.4f, lsq %.4f (acc %.4f, %.4f); "
                 "%ld scales moved by %.4f in log\n",
-                cfg[t][0], cfg[t][1] ? cfg[t][1] : "gran=tensor", t == 2 ? " asym" : "",
-                r.ptq.loss, rf.qat.loss, r.qat.loss, rf.qat.acc, r.qat.acc, r.lsq_scales,
-                r.lsq_change);
+                cfg[t][0], cfg[t][1] ? cfg[t][1] : "gran=tensor", t == 2 ? " asym" : "", r.ptq.loss,
+                rf.qat.loss, r.qat.loss, rf.qat.acc, r.qat.acc, r.lsq_scales, r.lsq_change);
         CHECK(r.lsq_scales > 0 && r.lsq_change > 0);
         CHECK(r.qat.loss < r.ptq.loss);
         for (int i = 0; i < b->model->nlayers; i++) {
@@ -839,5 +840,4 @@ static void test_lsq_mlp(void)
 TEST_MAIN("qat_lm", TEST_CASE(test_ste_vs_torch), TEST_CASE(test_block_vs_torch),
           TEST_CASE(test_qat_lowers_loss), TEST_CASE(test_qat_block), TEST_CASE(test_act_static),
           TEST_CASE(test_lsq_vs_torch_lm), TEST_CASE(test_lsq_vs_torch_mlp), TEST_CASE(test_lsq_fd),
-          TEST_CASE(test_lsq_bench), TEST_CASE(test_lsq_block_refuse),
-          TEST_CASE(test_lsq_mlp))
+          TEST_CASE(test_lsq_bench), TEST_CASE(test_lsq_block_refuse), TEST_CASE(test_lsq_mlp))

@@ -84,7 +84,8 @@ static void mlp_matches_kernel(const char *toks, int inputs_float, enum qs_metho
     for (int i = 0; ref && i < 3; i++) {
         const struct qs_layer *l = &ref->layers[i];
         size_t nw = (size_t)l->out * l->in;
-        int same = qs_site_wq(b, i, NULL) && !memcmp(qs_site_wq(b, i, NULL), l->w, nw * sizeof(float));
+        int same =
+            qs_site_wq(b, i, NULL) && !memcmp(qs_site_wq(b, i, NULL), l->w, nw * sizeof(float));
         if (!same)
             fprintf(stderr, "  %s %s: the bench's weights differ from the kernel's\n", toks,
                     l->name);
@@ -384,7 +385,8 @@ static void test_lm_stats_streamed(void)
         struct qs_unit u;
         qs_bench_unit(a, i, &u);
         CHECK(qs_site_wq(a, i, NULL) && qs_site_wq(b, i, NULL) &&
-              !memcmp(qs_site_wq(a, i, NULL), qs_site_wq(b, i, NULL), (size_t)u.out * u.in * sizeof(float)));
+              !memcmp(qs_site_wq(a, i, NULL), qs_site_wq(b, i, NULL),
+                      (size_t)u.out * u.in * sizeof(float)));
         if (k == 0) { /* rows are what a rotation needs: refused within the budget */
             CHECK(rule(b, site, "int3", "gran=channel method=gptq rotate=hadamard", 0, &e) < 0 &&
                   strstr(e.msg, "activation budget"));

@@ -440,10 +440,10 @@ static void test_ridge_thread_count(void)
         int d = b->model->layers[i].out;
         float *yq_c = malloc(sizeof(float) * nc * d), *yq_t = malloc(sizeof(float) * nt * d);
         qs_err e;
-        CHECK(qs_bench_layer_forward(b, i, b->q_acts[QS_CALIB].in[i], nc, QS_ROLE_W, 0, yq_c,
-                                     &e) == 0);
-        CHECK(qs_bench_layer_forward(b, i, b->q_acts[QS_TEST].in[i], nt, QS_ROLE_W, 0, yq_t,
-                                     &e) == 0);
+        CHECK(qs_bench_layer_forward(b, i, b->q_acts[QS_CALIB].in[i], nc, QS_ROLE_W, 0, yq_c, &e) ==
+              0);
+        CHECK(qs_bench_layer_forward(b, i, b->q_acts[QS_TEST].in[i], nt, QS_ROLE_W, 0, yq_t, &e) ==
+              0);
         for (int p = 0; p < 3; p++) {
             double r[2];
             for (int t = 0; t < 2; t++) {
@@ -452,8 +452,8 @@ static void test_ridge_thread_count(void)
             }
             CHECK_NEAR(r[0], r[1], 1e-6);
             if (!(fabs(r[0] - r[1]) <= 1e-6))
-                fprintf(stderr, "  layer %d %s: R %.9f (1 thread) vs %.9f (2)\n", i, precs[p],
-                        r[0], r[1]);
+                fprintf(stderr, "  layer %d %s: R %.9f (1 thread) vs %.9f (2)\n", i, precs[p], r[0],
+                        r[1]);
         }
         free(yq_c);
         free(yq_t);

@@ -135,8 +135,10 @@ static void test_every_tie_rounds_to_even(void)
                 double got = run_roundtrip(&c, f.name, in[k]);
                 /* the result prints as %.9g, which identifies a float32 exactly */
                 if ((float)got != (float)want) {
-                    fprintf(stderr, "  %s: tie %s (exact %s) between %.9g and %.9g -> %.9g, "
-                                    "want %.9g\n", f.name, in[k], exact, lo, hi, got, want);
+                    fprintf(stderr,
+                            "  %s: tie %s (exact %s) between %.9g and %.9g -> %.9g, "
+                            "want %.9g\n",
+                            f.name, in[k], exact, lo, hi, got, want);
                     qs_test_failed_ = 1;
                 }
             }
@@ -173,5 +175,4 @@ static void test_issue_example(void)
     qs_bench_free(b);
 }
 
-TEST_MAIN("roundtrip_ties", TEST_CASE(test_every_tie_rounds_to_even),
-          TEST_CASE(test_issue_example))
+TEST_MAIN("roundtrip_ties", TEST_CASE(test_every_tie_rounds_to_even), TEST_CASE(test_issue_example))

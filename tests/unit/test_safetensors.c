@@ -1,10 +1,10 @@
 /* test_safetensors.c - the safetensors reader and writer.
  *
  * The reader is checked against tests/fixtures/st_torch.safetensors, whose bytes were written by
- * tests/tools/make_st_fixture.py from torch/numpy tensors (independent code), with the expected facts
- * and values in tests/fixtures/st_torch.json; the same file carries numpy's and torch's F16/BF16
- * casts of a sample, compared code for code with qscope's. Every malformed-file case checks that
- * the message names the file and the problem. Run from the repository root. */
+ * tests/tools/make_st_fixture.py from torch/numpy tensors (independent code), with the expected
+ * facts and values in tests/fixtures/st_torch.json; the same file carries numpy's and torch's
+ * F16/BF16 casts of a sample, compared code for code with qscope's. Every malformed-file case
+ * checks that the message names the file and the problem. Run from the repository root. */
 #include "qscope/safetensors.h"
 
 #include <cjson/cJSON.h>

@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "qscope/bench.h"
 #include "qscope/lmbench.h"
 #include "qscope/sensitivity.h"
-#include "bundle.h"
 #include "test.h"
 
 #define FX "tests/fixtures/delta_gpt2"

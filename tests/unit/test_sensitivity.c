@@ -9,13 +9,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bundle.h"
 #include "qscope/analysis.h"
 #include "qscope/bench.h"
 #include "qscope/dataset.h"
 #include "qscope/mlp.h"
 #include "qscope/sensitivity.h"
 #include "qscope/study.h"
-#include "bundle.h"
 #include "test.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */

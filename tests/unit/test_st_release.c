@@ -65,12 +65,13 @@ static void test_release_drops_pages(void)
     for (int i = 0; i < n; i++)
         qs_st_release(f, qs_st_get(f, i));
     long after = rss_kb_at(at);
-    fprintf(stderr, "  %s: %zu bytes of tensors; mapping Rss %ld kB, %ld kB after the largest "
-                    "(%zu bytes) is released, %ld kB after all\n",
+    fprintf(stderr,
+            "  %s: %zu bytes of tensors; mapping Rss %ld kB, %ld kB after the largest "
+            "(%zu bytes) is released, %ld kB after all\n",
             MODEL, total, before, mid, big->nbytes, after);
     CHECK(before >= (long)(total / 1024) - 4);
     CHECK(mid <= before - (long)(big->nbytes / 1024) + 8);
-    CHECK(after >= 0 && after <= 8); /* at most the pages holding the header */
+    CHECK(after >= 0 && after <= 8);                      /* at most the pages holding the header */
     CHECK(copy && !memcmp(copy, big->data, big->nbytes)); /* read back from the file */
     free(copy);
     qs_st_close(f);

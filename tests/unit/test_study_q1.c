@@ -28,10 +28,10 @@ static void test_verdict_thresholds(void)
     CHECK_STR(qs_q1_verdict(0.9, 0.3499), "unclear");
     CHECK_STR(qs_q1_verdict(0.2399, -0.01), "refuted");
     CHECK_STR(qs_q1_verdict(-0.069, -1.0), "refuted");
-    CHECK_STR(qs_q1_verdict(0.24, -0.5), "unclear");  /* median not < 0.24 */
-    CHECK_STR(qs_q1_verdict(0.1, 0.0), "unclear");    /* Spearman not < 0 */
-    CHECK_STR(qs_q1_verdict(0.3, 0.5), "unclear");    /* between the bands */
-    CHECK_STR(qs_q1_verdict(0.1, NAN), "unclear");    /* constant values */
+    CHECK_STR(qs_q1_verdict(0.24, -0.5), "unclear"); /* median not < 0.24 */
+    CHECK_STR(qs_q1_verdict(0.1, 0.0), "unclear");   /* Spearman not < 0 */
+    CHECK_STR(qs_q1_verdict(0.3, 0.5), "unclear");   /* between the bands */
+    CHECK_STR(qs_q1_verdict(0.1, NAN), "unclear");   /* constant values */
     CHECK_STR(qs_q1_verdict(0.5, NAN), "unclear");
     CHECK_STR(qs_q1_verdict(NAN, 0.9), "unclear");
 }
@@ -213,8 +213,8 @@ static void check_model(const char *dir, const int *sites, int m, const char *ki
     CHECK(yqc && yfc && yqt && yft && nc > D && nt > 0);
     double rf = NAN, rq = NAN;
     reference(yqc, yfc, nc, yqt, yft, nt, D, &rf, &rq);
-    printf("  %s layer %s: R_lin_float %.6f (ref %.6f), R_lin_q4 %.6f (ref %.6f)\n", dir,
-           l->name, l->r_float, rf, l->r_q, rq);
+    printf("  %s layer %s: R_lin_float %.6f (ref %.6f), R_lin_q4 %.6f (ref %.6f)\n", dir, l->name,
+           l->r_float, rf, l->r_q, rq);
     CHECK_NEAR(l->r_float, rf, 2e-4);
     CHECK_NEAR(l->r_q, rq, 2e-3 * fmax(1, fabs(rq)));
     free(yqc);

@@ -219,5 +219,4 @@ static void cleanup(void)
 }
 
 TEST_MAIN("tokens", TEST_CASE(test_txt), TEST_CASE(test_nanogpt_bin), TEST_CASE(test_llmc_bin),
-          TEST_CASE(test_u32),
-          TEST_CASE(test_bad), TEST_CASE(cleanup))
+          TEST_CASE(test_u32), TEST_CASE(test_bad), TEST_CASE(cleanup))
