@@ -88,11 +88,18 @@ struct cfg_ctx {
     qs_err *e;
 };
 
+/* The key's value, or NULL when it is missing or JSON null (both mean: not given). */
+static const cJSON *cfg_item(const struct cfg_ctx *c, const char *key)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
+    return j && !cJSON_IsNull(j) ? j : NULL;
+}
+
 /* Integer key: *v = value; required keys missing are an error, optional ones keep *v. */
 static int cfg_int(const struct cfg_ctx *c, const char *key, int required, int *v)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
-    if (!j || cJSON_IsNull(j)) {
+    const cJSON *j = cfg_item(c, key);
+    if (!j) {
         if (required)
             return qs_errf(c->e, "%s: key '%s' is missing", c->file, key);
         return 0;
@@ -106,8 +113,8 @@ static int cfg_int(const struct cfg_ctx *c, const char *key, int required, int *
 
 static int cfg_num(const struct cfg_ctx *c, const char *key, double *v)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
-    if (!j || cJSON_IsNull(j))
+    const cJSON *j = cfg_item(c, key);
+    if (!j)
         return 0;
     if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble))
         return qs_errf(c->e, "%s: key '%s' must be a positive number", c->file, key);
@@ -117,8 +124,8 @@ static int cfg_num(const struct cfg_ctx *c, const char *key, double *v)
 
 static int cfg_bool(const struct cfg_ctx *c, const char *key, int *v)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
-    if (!j || cJSON_IsNull(j))
+    const cJSON *j = cfg_item(c, key);
+    if (!j)
         return 0;
     if (!cJSON_IsBool(j))
         return qs_errf(c->e, "%s: key '%s' must be true or false", c->file, key);
@@ -129,8 +136,8 @@ static int cfg_bool(const struct cfg_ctx *c, const char *key, int *v)
 /* A string key that, when present, must be one of the allowed values (NULL-terminated). */
 static int cfg_str_in(const struct cfg_ctx *c, const char *key, const char *const *ok)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(c->root, key);
-    if (!j || cJSON_IsNull(j))
+    const cJSON *j = cfg_item(c, key);
+    if (!j)
         return 0;
     if (cJSON_IsString(j))
         for (int i = 0; ok[i]; i++)
@@ -1103,42 +1110,44 @@ static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, co
         return 0;
     if (h && h->linear)
         return h->linear(h->u, s, x, n, y, e);
-    if (h) {
-        if (h->act) {
-            memcpy(xa, x, (size_t)n * st->in * sizeof(float));
-            h->act(h->u, s, xa, n, st->in);
-            x = xa;
-        }
-        if (h->weight) {
-            const float *r = h->weight(h->u, s);
-            if (r)
-                w = r;
-        }
-    }
+    if (h)
+        w = qs_lm_site_hooked(st, s, h, &x, n, xa, w);
     qs_linear(x, n, st->in, w, st->b, st->out, y);
     if (h && h->post)
         h->post(h->u, s, y, n, st->out);
     return 0;
 }
 
-/* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row. */
-static void norm(const float *x, int T, int d, const float *w, const float *b, double eps, float *y)
+/* y: (T, d) = LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d), row by row, the
+ * statistics in double; mu, rs (each (T) or NULL): the mean (0 for RMSNorm) and
+ * 1 / sqrt(var + eps) of each row, which the backward (lm_grad.c) keeps. */
+void qs_lm_norm_rows(const float *x, int T, int d, const float *w, const float *b, double eps,
+                     float *y, float *mu, float *rs)
 {
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d;
         float *yr = y + (size_t)t * d;
-        double mu = 0, v = 0;
+        double m = 0, v = 0;
         if (b) {
             for (int i = 0; i < d; i++)
-                mu += xr[i];
-            mu /= d;
+                m += xr[i];
+            m /= d;
         }
         for (int i = 0; i < d; i++)
-            v += (xr[i] - mu) * (xr[i] - mu);
+            v += (xr[i] - m) * (xr[i] - m);
         double r = 1.0 / sqrt(v / d + eps);
         for (int i = 0; i < d; i++)
-            yr[i] = (float)((xr[i] - mu) * r) * w[i] + (b ? b[i] : 0.0f);
+            yr[i] = (float)((xr[i] - m) * r) * w[i] + (b ? b[i] : 0.0f);
+        if (mu)
+            mu[t] = (float)m;
+        if (rs)
+            rs[t] = (float)r;
     }
+}
+
+static void norm(const float *x, int T, int d, const float *w, const float *b, double eps, float *y)
+{
+    qs_lm_norm_rows(x, T, d, w, b, eps, y, NULL, NULL);
 }
 
 /* ---- kernels: a parallel loop, the causal attention ---------------------------------------- */

@@ -177,23 +177,7 @@ static void embed_forward(float *x, const uint32_t *tok, const size_t *start, in
 static void norm_forward(float *y, float *mu, float *rs, const float *x, int N, int d,
                          const float *w, const float *b, double eps)
 {
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (size_t)n * d;
-        float *yr = y + (size_t)n * d;
-        double m = 0, v = 0;
-        if (b) {
-            for (int i = 0; i < d; i++)
-                m += xr[i];
-            m /= d;
-        }
-        for (int i = 0; i < d; i++)
-            v += (xr[i] - m) * (xr[i] - m);
-        double r = 1.0 / sqrt(v / d + eps);
-        for (int i = 0; i < d; i++)
-            yr[i] = (float)((xr[i] - m) * r) * w[i] + (b ? b[i] : 0.0f);
-        mu[n] = (float)m;
-        rs[n] = (float)r;
-    }
+    qs_lm_norm_rows(x, N, d, w, b, eps, y, mu, rs);
 }
 
 /* y: (n, out) = x W^T + b; x: (n, in), w: (out, in), b: (out) or NULL. */
@@ -226,16 +210,7 @@ static void site_forward(const struct qs_lm *m, int s, const struct qs_hooks *h,
     if (h) {
         if (h->input)
             h->input(h->u, s, x, n, st->in);
-        if (h->act) {
-            memcpy(xa, x, (size_t)n * st->in * sizeof(float));
-            h->act(h->u, s, xa, n, st->in);
-            x = xa;
-        }
-        if (h->weight) {
-            const float *r = h->weight(h->u, s);
-            if (r)
-                w = r;
-        }
+        w = qs_lm_site_hooked(st, s, h, &x, n, xa, w);
     }
     linear_forward(y, x, w, st->b, n, st->in, st->out);
     if (h && h->post)

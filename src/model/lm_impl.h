@@ -20,6 +20,8 @@ struct qs_lm_priv {
 /* ---- forward kernels (lm.c; lm_grad.c may use them) ------------------------------------- */
 
 #include <stdint.h>
+
+#include "qscope/lm.h"
 #include <string.h>
 
 /* e^x in float, branch-free so loops over it vectorize (Cephes' expf polynomial after a
@@ -106,5 +108,30 @@ void qs_lm_score_row(const float *rf, const float *rq, int V, int y, struct qs_l
  * of threads (the calling thread takes the first); n below min_per_thread per thread runs on
  * the caller alone. fn must not depend on how the range is split. */
 void qs_lm_parallel(int n, int min_per_thread, void (*fn)(void *ctx, int i0, int i1), void *ctx);
+
+/* LayerNorm (b != NULL) or RMSNorm (b == NULL) of x: (T, d) into y, row by row (lm.c); mu, rs:
+ * each row's mean and 1 / sqrt(var + eps), or NULL. */
+void qs_lm_norm_rows(const float *x, int T, int d, const float *w, const float *b, double eps,
+                     float *y, float *mu, float *rs);
+
+/* What site s's hooks h make of its inputs *x (n rows) and weight w, for the forward (lm.c)
+ * and the backward's recomputation (lm_grad.c) alike: h->act works on a copy in xa (*x then
+ * points there), h->weight may give another weight; the weight to use is returned. */
+static inline const float *qs_lm_site_hooked(const struct qs_lm_site *st, int s,
+                                             const struct qs_hooks *h, const float **x, int n,
+                                             float *xa, const float *w)
+{
+    if (h->act) {
+        memcpy(xa, *x, (size_t)n * st->in * sizeof(float));
+        h->act(h->u, s, xa, n, st->in);
+        *x = xa;
+    }
+    if (h->weight) {
+        const float *r = h->weight(h->u, s);
+        if (r)
+            w = r;
+    }
+    return w;
+}
 
 #endif
