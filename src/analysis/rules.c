@@ -2,15 +2,15 @@
  * each site's formats and codes (qs_bench_resolve), and the descriptions of a site's formats
  * and of the split. */
 #include "qscope/bench.h"
+#include "qscope/lm_gguf.h"
+#include "qscope/lmbench.h"
+#include "qscope/methods.h"
+#include "qscope/moments.h"
 #include "qscope/safetensors.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "qscope/lm_gguf.h"
-#include "qscope/lmbench.h"
-#include "qscope/methods.h"
-#include "qscope/moments.h"
 
 /* ---- rules ---------------------------------------------------------------------------- */
 

@@ -2,15 +2,15 @@
  * into a bounded LRU cache (qs_site_wq), so that a quantized model holds no second F32 copy of
  * every weight. */
 #include "qscope/bench.h"
+#include "qscope/lm_gguf.h"
+#include "qscope/lmbench.h"
+#include "qscope/methods.h"
+#include "qscope/moments.h"
 #include "qscope/safetensors.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "qscope/lm_gguf.h"
-#include "qscope/lmbench.h"
-#include "qscope/methods.h"
-#include "qscope/moments.h"
 
 /* ---- quantized weights: codes kept, decoded on use ------------------------------------------
  *

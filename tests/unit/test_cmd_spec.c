@@ -82,6 +82,13 @@ static void test_bad_values_named(void)
         {"study q1 prec=int2", "study q1: prec=int2: expected int4, int8 or float"},
         {"study q2 fit=many", "study q2 fit: 'many' is not an integer"},
         {"allocate bits=3 gran=rows", "allocate: gran=rows: expected tensor, channel or group:N"},
+        {"allocate bits=4 methods=rtn,foo",
+         "allocate: methods=rtn,foo: 'foo': expected rtn, gptq, awq or imatrix (a comma list)"},
+        {"allocate bits=4 corr=svd", "allocate: corr=svd: expected lowrank, lqer, qera or eora"},
+        {"allocate rank=4 method=bias",
+         "allocate: method=bias: expected lowrank, lqer, qera or eora"},
+        {"allocate bits=4 corr=lqer ranks=4,x",
+         "allocate ranks: 'x' is not an integer (ranks=4,x: a comma list of integers)"},
         {"train epochs=1.5", "train epochs: '1.5' is not an integer"},
         {"roundtrip int4 1 two", "roundtrip: 'two' is not a number"},
         /* a list of integers: every item checked, an empty one included */
