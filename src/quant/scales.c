@@ -66,7 +66,11 @@ const struct qs_scale_store qs_scale_stores[] = {
     [SC_E4M3] = {1, "e4m3", dec_e4m3},
 };
 
-/* Rounds a scale to its storage type; -1 when it overflows F16. */
+/* Rounds a scale to its storage type; -1 when it overflows F16. A positive scale below F16's
+ * smallest step (2^-24, half of it rounding to zero) is stored as that step: rounded to zero, its
+ * whole block would quantize to 0 (fp8-e5m2 on any block whose amax is under ~0.0017, int8 under
+ * ~3.8e-6); with the step, the block's values keep their code range, as a minifloat keeps its
+ * relative precision. */
 static int round_scale(const struct job *J, float v, float *s, uint32_t *code, int row, int col,
                        qs_err *e)
 {
@@ -79,6 +83,8 @@ static int round_scale(const struct job *J, float v, float *s, uint32_t *code, i
     if ((h & 0x7c00u) == 0x7c00u)
         return qs_errf(e, "scale %g at [%d, %d] overflows F16 storage; use scale=f32", (double)v,
                        row, col);
+    if (v > 0.0f && h == 0)
+        h = 1; /* 2^-24 */
     *s = qs_f16_to_f32(h);
     *code = h;
     return 0;

@@ -818,10 +818,44 @@ static void test_half_rows(void)
     CHECK(qs_quant_fake_amax(&h, &o, x, 1, 3, 3.0f, y, &e) < 0 && strstr(e.msg, "no scale"));
 }
 
+/* An F16 scale that would round to zero is stored as F16's smallest step 2^-24 instead, so
+ * the block is not quantized to all zeros (fp8-e5m2 per channel, row 1's amax 1e-3: amax / 57344
+ * ~ 1.7e-8 rounds to F16's zero); e5m2's relative precision then holds as with scale=f32. */
+static void test_f16_scale_underflow(void)
+{
+    const float w[2 * 4] = {0.5f, -0.25f, 0.125f, 0.0625f, 1e-3f, -5e-4f, 2.5e-4f, 0.0f};
+    float out[8], o32[8];
+    struct qs_format f;
+    struct qs_qopts o;
+    qs_err e;
+    CHECK(qs_format_parse("fp8-e5m2", &f, &e) == 0);
+    qs_qopts_default(&o);
+    CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+    CHECK(qs_quant_fake(&f, &o, w, 2, 4, out, &e) == 0);
+    CHECK(qs_qopts_parse_token(&o, "scale=f32", &e) == 0);
+    CHECK(qs_quant_fake(&f, &o, w, 2, 4, o32, &e) == 0);
+    for (int j = 0; j < 8; j++) /* e5m2's 2 mantissa bits: within 1/8 relative, both ways */
+        CHECK(fabsf(out[j] - w[j]) <= 0.125f * fabsf(w[j]) &&
+              fabsf(o32[j] - w[j]) <= 0.125f * fabsf(w[j]));
+    CHECK(out[4] != 0.0f && out[5] != 0.0f && out[6] != 0.0f);
+    /* packed: the stored scale code is F16's smallest subnormal */
+    struct qs_packed p;
+    qs_qopts_default(&o);
+    CHECK(qs_qopts_parse_token(&o, "gran=channel", &e) == 0);
+    CHECK(qs_quant_pack(&f, &o, w, 2, 4, &p, &e) == 0);
+    float un[8];
+    CHECK(qs_quant_unpack(&p, un, &e) == 0);
+    CHECK(memcmp(un, out, sizeof un) == 0);
+    qs_packed_free(&p);
+    /* an all-zero block keeps scale 0 */
+    const float z[4] = {0};
+    CHECK(qs_quant_fake(&f, &o, z, 1, 4, out, &e) == 0 && out[0] == 0.0f && out[3] == 0.0f);
+}
+
 TEST_MAIN("format", TEST_CASE(test_codes_ofp8), TEST_CASE(test_codes_mx_elements),
           TEST_CASE(test_codes_generic_and_fixed), TEST_CASE(test_codes_int),
           TEST_CASE(test_codes_nf4), TEST_CASE(test_codes_compand),
           TEST_CASE(test_cast_ties_to_even), TEST_CASE(test_cast_signed_zero_and_sat),
           TEST_CASE(test_cast_kernel_matches_reference), TEST_CASE(test_parse_names),
           TEST_CASE(test_parse_errors), TEST_CASE(test_options), TEST_CASE(test_traits),
-          TEST_CASE(test_half_rows))
+          TEST_CASE(test_half_rows), TEST_CASE(test_f16_scale_underflow))
