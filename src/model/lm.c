@@ -578,10 +578,27 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     return head_linear(&c0, h);
 }
 
+/* The seven linear sites of a LLaMA block in site order: their names under
+ * "model.layers.L." and shapes (GQA: k and v project to n_kv_head heads). */
+struct llama_lin {
+    const char *n;
+    int in, out;
+};
+
+static void llama_lins(const struct qs_lm *m, struct llama_lin lin[7])
+{
+    const int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
+    const struct llama_lin t[7] = {{"self_attn.q_proj", d, d},  {"self_attn.k_proj", d, kv},
+                                   {"self_attn.v_proj", d, kv}, {"self_attn.o_proj", d, d},
+                                   {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
+                                   {"mlp.down_proj", ff, d}};
+    memcpy(lin, t, sizeof t);
+}
+
 static int load_llama(struct qs_lm *m, const struct st_ctx *c)
 {
     struct qs_lm_priv *p = m->priv;
-    int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
+    int d = m->d_model;
     char k[128];
     if (!(p->wte = tensor(c, "model.embed_tokens.weight", m->vocab, d, 0)))
         return -1;
@@ -594,13 +611,8 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(L->n2w = tensor(c, k, d, 0, 0)))
             return -1;
-        const struct {
-            const char *n;
-            int in, out;
-        } lin[7] = {{"self_attn.q_proj", d, d},  {"self_attn.k_proj", d, kv},
-                    {"self_attn.v_proj", d, kv}, {"self_attn.o_proj", d, d},
-                    {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
-                    {"mlp.down_proj", ff, d}};
+        struct llama_lin lin[7];
+        llama_lins(m, lin);
         for (int i = 0; i < 7; i++) {
             snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
             if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out, (m->bias_mask >> i) & 1) < 0)
@@ -808,21 +820,15 @@ int qs_lm_new_from_config(const char *config, const char *file, const char *path
         qs_lm_free(m);
         return -1;
     }
-    int d = m->d_model, ff = m->d_ff, kv = m->n_kv_head * (d / m->n_head);
-    const struct {
-        const char *n;
-        int in, out;
-    } lin[7] = {{"self_attn.q_proj", d, d},  {"self_attn.k_proj", d, kv},
-                {"self_attn.v_proj", d, kv}, {"self_attn.o_proj", d, d},
-                {"mlp.gate_proj", d, ff},    {"mlp.up_proj", d, ff},
-                {"mlp.down_proj", ff, d}};
+    struct llama_lin lin[7];
+    llama_lins(m, lin);
     char k[128];
     for (int l = 0; l < m->n_layer; l++)
         for (int i = 0; i < 7; i++) {
             snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
             site_set(&m->sites[7 * l + i], k, lin[i].in, lin[i].out);
         }
-    site_set(&m->sites[m->nsites - 1], "lm_head", d, m->vocab);
+    site_set(&m->sites[m->nsites - 1], "lm_head", m->d_model, m->vocab);
     *out = m;
     return 0;
 }
