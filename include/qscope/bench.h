@@ -284,16 +284,20 @@ void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w);
 /* Drops every decoded copy, pinned or not (the next reads decode again). */
 void qs_bench_wcache_clear(struct qs_bench *b);
 
-/* A quantizable unit: an MLP layer, or a transformer's linear site. w: (out, in), b: (out) or
- * NULL (a site without a bias). */
+/* A quantizable unit: an MLP layer, or a transformer's linear site. b: (out) or NULL (a site
+ * without a bias). Its float weight is read through qs_bench_w. */
 struct qs_unit {
     const char *name;
     int in, out;
-    const float *w;
     const float *b;
 };
 int qs_bench_nunits(const struct qs_bench *b);
 void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u);
+/* Unit i's float weight W: (out, in). A transformer's 16-bit site is widened into the model's
+ * float-weights cache (qs_lm_site_w: the pointer stays valid until a request for a third site);
+ * every other is the model's own array. NULL with a message when out of memory or when the
+ * model file changed on disk. */
+const float *qs_bench_w(struct qs_bench *b, int i, qs_err *e);
 
 /* Creates an empty bench (no model). Free with qs_bench_free. */
 struct qs_bench *qs_bench_new(void);

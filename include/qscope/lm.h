@@ -21,8 +21,14 @@ enum qs_lm_family { QS_LM_GPT2, QS_LM_LLAMA };
 struct qs_lm_site {
     char name[96];
     int in, out;
-    float *w;       /* (out, in), owned by the model (the tied head's aliases the embedding) */
-    const float *b; /* (out) or NULL (LLaMA, the head) */
+    /* (out, in) F32, owned by the model (the tied head's aliases the embedding); NULL while the
+     * weight stays the model file's F16/BF16 bytes (w16): then read it through qs_lm_site_w,
+     * qs_lm_site_rows or qs_lm_site_linear, or call qs_lm_materialize first */
+    float *w;
+    const float *b;  /* (out) or NULL (LLaMA, the head) */
+    const void *w16; /* the tensor as stored, in the mapping of the model file (w NULL) */
+    int w16_dt;      /* its dtype: QS_DT_F16 or QS_DT_BF16 */
+    int w16_t;       /* stored (in, out) (GPT-2's Conv1D): transposed when widened */
 };
 
 struct qs_lm_priv; /* embeddings, norms, metadata: internal to lm.c */
@@ -47,6 +53,8 @@ struct qs_lm {
      * mlp.c_fc, mlp.c_proj. LLaMA block l: sites 7l .. 7l+6 = self_attn.{q,k,v,o}_proj,
      * mlp.{gate,up,down}_proj. */
     struct qs_lm_site *sites;
+    /* bytes of widened copies of 16-bit sites that qs_lm_site_w may keep (QS_LM_WF_BUDGET) */
+    size_t wf_budget;
     char *path; /* the model folder */
     struct qs_lm_priv *priv;
 };
@@ -104,6 +112,47 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
                       const char *const *meta_vals, int nmeta, qs_err *e);
 /* NULL is fine. */
 void qs_lm_free(struct qs_lm *m);
+
+/* ---- float weights kept as the file's 16-bit bytes -------------------------------------------
+ * qs_lm_load keeps every F16/BF16 site weight of a plain safetensors file as the file's own bytes
+ * (mapped, w NULL, w16 set): a 1B-parameter BF16 model then holds 2 bytes a weight, not 4.
+ * Widening is exact, so every number is that of an F32 copy. */
+
+/* The default wf_budget: 512 MiB. */
+#define QS_LM_WF_BUDGET ((size_t)512 << 20)
+/* Site s's weight (out, in) as F32: w itself, or a copy widened into the model's float-weights
+ * cache. The pointer stays valid until a qs_lm_site_w call for a third site (the cache drops the
+ * least recently asked copies beyond wf_budget, but always keeps the two last asked for: a
+ * caller may hold two sites' weights at once), qs_lm_site_w_trim or qs_lm_materialize. NULL with
+ * a message when out of memory or when the file changed on disk. Not for concurrent use. */
+const float *qs_lm_site_w(struct qs_lm *m, int s, qs_err *e);
+/* Rows [r0, r1) of site s's F32 weight into out ((r1 - r0) x in), whatever it is stored as; the
+ * model is not changed (any thread). 0, or -1 and e when the file changed on disk. */
+int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs_err *e);
+/* y: (n, out) = x W^T + b (b may be NULL) for site s's own weight, however stored: the one
+ * product of a site's float weight in a forward. A weight of up to 64 MiB as F32 is one
+ * qs_linear; a larger one (a vocabulary head) is computed in slices of output rows of 64 MiB,
+ * whether it is F32 or 16-bit, so both give the same bits (a sliced product differs from a
+ * whole one in the last bits). A 16-bit weight is widened into scratch of this call, never into
+ * the cache, so forwards on several threads may share m. */
+int qs_lm_site_linear(const struct qs_lm *m, int s, const float *x, int n, const float *b, float *y,
+                      qs_err *e);
+/* Widens every 16-bit site into an owned F32 w (for code that writes weights or holds many at
+ * once: training, QAT, the backward pass); the cache is dropped. 0 or -1 and e. */
+int qs_lm_materialize(struct qs_lm *m, qs_err *e);
+/* Drops the cache's copies down to wf_budget (after a change of it), or all of them (all). */
+void qs_lm_site_w_trim(struct qs_lm *m, int all);
+/* What the float weights take: bytes stored as F32 (w), bytes left as the file's 16-bit bytes
+ * (nlazy sites), widened copies in the cache (cached bytes, ncached sites), widenings so far. */
+struct qs_lm_wf_info {
+    size_t f32_bytes, lazy_bytes, cached_bytes;
+    int nlazy, ncached;
+    long widens, hits;
+};
+void qs_lm_wf_info(const struct qs_lm *m, struct qs_lm_wf_info *w);
+/* 0 if the file the 16-bit sites read is still the one loaded (or there is none); else -1 and
+ * "PATH changed on disk since it was loaded; load it again". */
+int qs_lm_check_file(const struct qs_lm *m, qs_err *e);
 
 /* For loaders of other formats (lm_gguf.c): a LLaMA model skeleton from a Hugging Face
  * config.json text (checked by qs_lm_parse_config; FILE names it in messages), with every site

@@ -66,11 +66,16 @@ void qs_bench_unit(const struct qs_bench *b, int i, struct qs_unit *u)
 {
     if (b->model) {
         const struct qs_layer *l = &b->model->layers[i];
-        *u = (struct qs_unit){l->name, l->in, l->out, l->w, l->b};
+        *u = (struct qs_unit){l->name, l->in, l->out, l->b};
     } else {
         const struct qs_lm_site *st = &b->lm->sites[i];
-        *u = (struct qs_unit){st->name, st->in, st->out, st->w, st->b};
+        *u = (struct qs_unit){st->name, st->in, st->out, st->b};
     }
+}
+
+const float *qs_bench_w(struct qs_bench *b, int i, qs_err *e)
+{
+    return b->model ? b->model->layers[i].w : qs_lm_site_w(b->lm, i, e);
 }
 
 static int nlayers_of(const struct qs_bench *b)
@@ -488,9 +493,12 @@ int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e)
 
 int qs_bench_check_files(const struct qs_bench *b, qs_err *e)
 {
-    /* an MLP's aligned F32 weights point into its mapped file; a transformer's are copies */
+    /* an MLP's aligned F32 weights point into its mapped file; a transformer's 16-bit site
+     * weights are read from its mapped file on use (lm.h), the others are copies */
     if (b->model && b->model->map)
         return qs_st_check(b->model->map, e);
+    if (b->lm && qs_lm_check_file(b->lm, e) < 0)
+        return -1;
     if (b->gguf) /* a paired GGUF's site blocks are read from its mapping on use */
         return qs_lm_gguf_sites_check(b->gguf, e);
     return 0;

@@ -405,10 +405,10 @@ static int lm_correct(struct qs_bench *b, int i, enum qs_corr_method m, int rank
         float *ew = qs_alloc(nwts, sizeof(float), "the weight error", e);
         if (!ew)
             goto out;
-        const float *wq = qs_site_wq(b, i, e);
-        for (size_t j = 0; wq && j < nwts; j++)
-            ew[j] = l.w[j] - wq[j];
-        int r2 = wq ? qs_corr_fit_lowrank_m(m, ew, l.out, l.in, mo, rank, prec, &nw, e) : -1;
+        const float *wq = qs_site_wq(b, i, e), *wf = wq ? qs_bench_w(b, i, e) : NULL;
+        for (size_t j = 0; wf && j < nwts; j++)
+            ew[j] = wf[j] - wq[j];
+        int r2 = wf ? qs_corr_fit_lowrank_m(m, ew, l.out, l.in, mo, rank, prec, &nw, e) : -1;
         free(ew);
         if (r2 < 0)
             goto out;
@@ -588,13 +588,13 @@ int qs_analysis_correct(struct qs_bench *b, int i, enum qs_corr_method m, int ra
         float *ew = malloc(nwts * sizeof(float));
         if (!ew)
             goto oom;
-        const float *wq = qs_site_wq(b, i, e);
-        for (size_t j = 0; wq && j < nwts; j++)
-            ew[j] = l->w[j] - wq[j];
+        const float *wq = qs_site_wq(b, i, e), *wf = wq ? qs_bench_w(b, i, e) : NULL;
+        for (size_t j = 0; wf && j < nwts; j++)
+            ew[j] = wf[j] - wq[j];
         /* the float inputs' moments (the same sums as of the rows xfc), cached between fits */
         const struct qs_moments *mo = NULL;
         int r2 =
-            !wq ? -1
+            !wf ? -1
             : m != QS_CORR_LOWRANK && qs_bench_site_moments_cached(b, i, QS_CALIB, 0, &mo, e) < 0
                 ? -1
                 : qs_corr_fit_lowrank_m(m, ew, l->out, l->in, mo, rank, prec, &nw, e);

@@ -58,7 +58,10 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
     struct qs_unit l;
     qs_bench_unit(b, i, &l);
     struct qs_layer_state *s = &b->ls[i];
-    const float *xin = x, *w = l.w, *bias = l.b;
+    /* a transformer's own float weight (NULL when it stays the file's 16-bit bytes) is
+     * multiplied by qs_lm_site_linear, as the model's own forward does */
+    const float *xin = x, *w = b->model ? b->model->layers[i].w : b->lm->sites[i].w, *bias = l.b;
+    const float *own = b->lm ? w : NULL;
     if ((quant & QS_ROLE_W) && s->wquant && !(w = qs_site_wq(b, i, e)))
         return -1;
     float *xq = NULL, *wtmp = NULL, *btmp = NULL;
@@ -100,8 +103,12 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
             rc = qs_errf(e, "out of memory");
             goto out;
         }
+        if (!w && qs_lm_site_rows(b->lm, i, 0, l.out, wtmp, e) < 0) {
+            rc = -1;
+            goto out;
+        }
         for (size_t j = 0; j < nw; j++)
-            wtmp[j] = w[j] + s->corr.c[j];
+            wtmp[j] = (w ? w[j] : wtmp[j]) + s->corr.c[j];
         w = wtmp;
     }
     if (apply_corr && s->corr.db) {
@@ -113,7 +120,12 @@ int qs_bench_layer_forward(struct qs_bench *b, int i, const float *x, int n, int
             btmp[j] = (l.b ? l.b[j] : 0.0f) + s->corr.db[j];
         bias = btmp;
     }
-    qs_linear(xin, n, l.in, w, bias, l.out, pre);
+    if (!b->lm || (w && w != own))
+        qs_linear(xin, n, l.in, w, bias, l.out, pre);
+    else if (qs_lm_site_linear(b->lm, i, xin, n, bias, pre, e) < 0) {
+        rc = -1;
+        goto out;
+    }
     if (apply_corr && s->corr.amap) {
         float *t = malloc(ny * sizeof(float));
         if (!t) {
@@ -158,7 +170,12 @@ static int path_linear(void *u, int s, const float *x, int n, float *y, qs_err *
     if (p->wov) {
         struct qs_unit l;
         qs_bench_unit(p->b, s, &l);
-        qs_linear(x, n, l.in, p->wov[s] ? p->wov[s] : l.w, p->wov[s] ? p->bov[s] : l.b, l.out, y);
+        if (p->wov[s])
+            qs_linear(x, n, l.in, p->wov[s], p->bov[s], l.out, y);
+        else if (p->b->model)
+            qs_linear(x, n, l.in, p->b->model->layers[s].w, l.b, l.out, y);
+        else
+            return qs_lm_site_linear(p->b->lm, s, x, n, l.b, y, e);
         return 0;
     }
     return qs_bench_layer_forward(p->b, s, x, n, mask_bit(p->qmask, s) ? QS_ROLE_W | QS_ROLE_A : 0,

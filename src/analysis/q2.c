@@ -487,6 +487,9 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
+    const float *uw = qs_bench_w(b, i, e);
+    if (!uw)
+        return -1;
     const struct qs_layer_state *ls = &b->ls[i];
     int out = u.out, in = u.in;
     tb->out = out;
@@ -498,7 +501,7 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
         return qs_errf(e, "out of memory");
     struct qs_quantizer *qz = NULL;
     int have_scales =
-        ls->wquant && qs_quantizer_new(&ls->wfmt, &ls->wopt, u.w, out, in, &qz, NULL) == 0;
+        ls->wquant && qs_quantizer_new(&ls->wfmt, &ls->wopt, uw, out, in, &qz, NULL) == 0;
     double ssum = 0.0, ssq = 0.0;
     long sn = 0;
     if (have_scales) {
@@ -511,7 +514,7 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
             for (int c0 = 0; c0 < in; c0 += blk) {
                 int w = in - c0 < blk ? in - c0 : blk;
                 struct qs_qblock q;
-                if (qs_quantizer_fit(qz, u.w + (size_t)r * in + c0, w, r, c0, &q, NULL) < 0) {
+                if (qs_quantizer_fit(qz, uw + (size_t)r * in + c0, w, r, c0, &q, NULL) < 0) {
                     have_scales = 0;
                     break;
                 }
@@ -536,7 +539,7 @@ static int site_stats(struct qs_bench *b, int i, struct site_tab *tb, double *f,
     for (int r = 0; r < out; r++) {
         double er = 0.0, wr = 0.0;
         for (int c = 0; c < in; c++) {
-            double wv = u.w[(size_t)r * in + c], d = wq ? wv - wq[(size_t)r * in + c] : 0;
+            double wv = uw[(size_t)r * in + c], d = wq ? wv - wq[(size_t)r * in + c] : 0;
             er += d * d;
             wr += wv * wv;
         }

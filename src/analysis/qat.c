@@ -487,6 +487,9 @@ static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
     for (int i = 0; i < qs_bench_nunits(st); i++) {
         struct qs_unit u;
         qs_bench_unit(st, i, &u);
+        const float *uw = qs_bench_w(st, i, e);
+        if (!uw)
+            return -1;
         struct qs_layer_state *ls = &st->ls[i];
         if (!z[i].qz)
             continue;
@@ -498,7 +501,7 @@ static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
         struct qs_packed p;
         if (!wq)
             return -1;
-        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, u.w, &p, wq, e) < 0) {
+        if (qs_lsq_pack(&z[i], &ls->wfmt, &ls->wopt, uw, &p, wq, e) < 0) {
             free(wq);
             return qs_err_prefix(e, u.name);
         }
@@ -507,7 +510,7 @@ static int lsq_install_units(struct qs_bench *st, const struct qs_lsq_site *z,
             qs_packed_free(&p);
             return qs_errf(e, "%s: the learned scales do not reproduce the trained weight", u.name);
         }
-        lsq_take(st, i, u.w, nw, wq, &p);
+        lsq_take(st, i, uw, nw, wq, &p);
         first = first < 0 ? i : first;
         lsq_change(&z[i], &sum, &n);
     }
@@ -685,6 +688,10 @@ static struct qs_lm *lm_clone(const struct qs_lm *src, qs_err *e)
     int gguf = n > 5 && !strcmp(src->path + n - 5, ".gguf");
     if ((gguf ? qs_lm_load_gguf(src->path, &m, e) : qs_lm_load(src->path, &m, e)) < 0)
         return NULL;
+    if (qs_lm_materialize(m, e) < 0) { /* trained: F32 weights (src is, too) */
+        qs_lm_free(m);
+        return NULL;
+    }
     struct qs_lm_grad *ga = qs_lm_grad_new(src, e), *gb = ga ? qs_lm_grad_new(m, e) : NULL;
     int ok = ga && gb && ga->ntensor == gb->ntensor;
     for (int i = 0; ok && i < ga->ntensor; i++) {
@@ -893,7 +900,8 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
     float *buf = qs_alloc(fl, sizeof(float), "qat mode=block's sample streams", e);
     size_t *start = qs_calloc((size_t)W, sizeof *start);
     int *perm = qs_calloc((size_t)W, sizeof *perm);
-    struct qs_lm *m = buf && start && perm ? lm_clone(bm, e) : NULL;
+    struct qs_lm *m =
+        buf && start && perm && qs_lm_materialize(b->lm, e) == 0 ? lm_clone(bm, e) : NULL;
     struct qs_qat_hooks q;
     int rc = -1, hooks = 0;
     struct qs_lm_grad *g = NULL;
@@ -1110,6 +1118,8 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     long steps = o->steps > 0 ? o->steps : (long)o->epochs * (per > 0 ? per : 1);
     if (steps < 1 || steps > 100000000)
         return qs_errf(e, "qat: %ld steps is outside 1 .. 100000000", steps);
+    if (qs_lm_materialize(b->lm, e) < 0) /* QAT trains F32 weights */
+        return qs_err_prefix(e, "qat");
     struct qs_lm *m = lm_clone(bm, e);
     if (!m)
         return qs_err_prefix(e, "qat");

@@ -182,12 +182,15 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
                 /* the packed codes (at most a float each) and the dequantized copy */
                 if (qs_mem_check(2 * nw * sizeof(float), what, e) < 0)
                     return -1;
+                const float *lw = qs_bench_w(b, i, e);
+                if (!lw)
+                    return -1;
                 struct qs_packed p;
                 memset(&p, 0, sizeof p);
                 if (qs_format_is_gguf_own(&wf)) { /* the GGUF's blocks, not a quantization */
                     if (qs_lm_gguf_site_packed(b->gguf, i, &p, e) < 0)
                         return qs_err_prefix(e, l->name);
-                } else if (qs_quant_pack(&wf, &wo, l->w, l->out, l->in, &p, e) < 0) {
+                } else if (qs_quant_pack(&wf, &wo, lw, l->out, l->in, &p, e) < 0) {
                     return qs_err_prefix(e, l->name);
                 }
                 /* the codes replace the site's; their first decode (into the weights cache,
@@ -200,9 +203,9 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
                 }
                 double num = 0.0, den = 0.0;
                 for (size_t j = 0; j < nw; j++) {
-                    double d = (double)l->w[j] - wq[j];
+                    double d = (double)lw[j] - wq[j];
                     num += d * d;
-                    den += (double)l->w[j] * l->w[j];
+                    den += (double)lw[j] * lw[j];
                 }
                 rel = den > 0 ? sqrt(num / den) : 0.0;
             } else {

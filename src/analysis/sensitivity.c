@@ -227,6 +227,8 @@ static int lm_progress(void *u, int done, int total)
 static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens_layer *out,
                     qs_err *e)
 {
+    if (qs_lm_materialize(b->lm, e) < 0) /* the backward reads F32 weights in place */
+        return -1;
     const struct qs_lm *m = b->lm;
     int S = m->nsites, rc = 0;
     double *gn = qs_calloc((size_t)S, sizeof *gn);
@@ -247,7 +249,7 @@ static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens
         out[s].grad_norm = gn[s];
         if (!f[s])
             continue;
-        const float *wq = NULL, *w = m->sites[s].w;
+        const float *wq = NULL, *w = m->sites[s].w; /* F32: materialized above */
         if (b->ls[s].wquant && !(wq = qs_site_wq(b, s, e))) {
             rc = -1;
             break;
@@ -271,6 +273,8 @@ static int lm_grads(struct qs_bench *b, unsigned methods, int cw, struct qs_sens
 /* hutchinson of every site on the calibration windows (qs_lm_hutchinson: exact H v). */
 static int lm_hutch(struct qs_bench *b, int probes, int cw, struct qs_sens_layer *out, qs_err *e)
 {
+    if (qs_lm_materialize(b->lm, e) < 0) /* the backward reads F32 weights in place */
+        return -1;
     const struct qs_lm *m = b->lm;
     size_t *start = qs_calloc((size_t)cw, sizeof *start);
     if (!start)
@@ -306,12 +310,12 @@ static int sens_units(struct qs_bench *b, struct qs_sens_layer *out, qs_err *e)
         qs_bench_unit(b, i, &u);
         out[i].quantized = s->wfmt.kind != QS_FMT_NONE || s->afmt.kind != QS_FMT_NONE;
         if (s->wquant) {
-            const float *wq = qs_site_wq(b, i, e);
-            if (!wq)
+            const float *wq = qs_site_wq(b, i, e), *uw = wq ? qs_bench_w(b, i, e) : NULL;
+            if (!uw)
                 return -1;
             double d2 = 0.0;
             for (size_t j = 0; j < (size_t)u.out * u.in; j++) {
-                double d = (double)u.w[j] - wq[j];
+                double d = (double)uw[j] - wq[j];
                 d2 += d * d;
             }
             out[i].w_err2 = d2;
@@ -574,7 +578,8 @@ static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, fl
         if (qs_bench_method_weight(b, i, &c->fmt, &c->opt, &c->meth, wq, bits, e) < 0)
             return -1;
     } else {
-        if (qs_quant_pack(&c->fmt, &c->opt, l->w, l->out, l->in, &p, e) < 0 ||
+        const float *lw = qs_bench_w(b, i, e);
+        if (!lw || qs_quant_pack(&c->fmt, &c->opt, lw, l->out, l->in, &p, e) < 0 ||
             qs_quant_unpack(&p, wq, e) < 0) {
             qs_packed_free(&p);
             return -1;
@@ -592,11 +597,14 @@ static int quantize_cand(struct qs_bench *b, int i, const struct qs_wcand *c, fl
         if (qs_bench_inputs(b, QS_CALIB, 0, i, &x, &nx, e) < 0)
             return -1;
         struct qs_corr cr;
+        const float *lw = qs_bench_w(b, i, e);
+        if (!lw)
+            return -1;
         float *ew = malloc(n * sizeof *ew);
         if (!ew)
             return qs_errf(e, "out of memory");
         for (size_t j = 0; j < n; j++)
-            ew[j] = l->w[j] - wq[j];
+            ew[j] = lw[j] - wq[j];
         int rc = qs_corr_fit_lowrank(c->corr, ew, l->out, l->in, x, nx, c->rank, c->prec, &cr, e);
         free(ew);
         if (rc < 0)

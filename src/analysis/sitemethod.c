@@ -459,7 +459,8 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
                 float a = fabsf(xf[r * cols + j]);
                 xmax[j] = a > xmax[j] ? a : xmax[j];
             }
-        rc = qs_smoothquant_scales(xmax, u.w, rows, cols, m->smooth, xs, e);
+        const float *uw = qs_bench_w(b, i, e);
+        rc = uw ? qs_smoothquant_scales(xmax, uw, rows, cols, m->smooth, xs, e) : -1;
         /* qscope: an input that is 0 on every calibration row has no outlier to migrate; the
          * authors' clamp (s = 1e-5) would blow up any value it takes later (the quantized path,
          * the held-out split) by 1e5 and wreck the tensor's activation scale: keep s = 1 */
@@ -473,9 +474,11 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
     }
     if (wq_on) {
         /* the matrix the method quantizes: W' = W H^T diag(xs) */
-        if (!(wt = qs_alloc(wn, sizeof *wt, what, e)) || !(q = qs_alloc(wn, sizeof *q, what, e)))
+        const float *uw = qs_bench_w(b, i, e);
+        if (!uw || !(wt = qs_alloc(wn, sizeof *wt, what, e)) ||
+            !(q = qs_alloc(wn, sizeof *q, what, e)))
             goto done;
-        memcpy(wt, u.w, wn * sizeof *wt);
+        memcpy(wt, uw, wn * sizeof *wt);
         if (rot && qs_rot_apply(rot, wt, rows, 0, e) < 0)
             goto done;
         if (xs)
@@ -593,11 +596,16 @@ static int site_apply(struct qs_bench *b, int i, qs_err *e)
     if (method_compute(b, i, &s->wfmt, &s->wopt, &s->wm, &r, e) < 0)
         return -1;
     const size_t wn = (size_t)u.out * u.in;
+    const float *uw = r.wq ? qs_bench_w(b, i, e) : NULL;
+    if (r.wq && !uw) {
+        mres_free(&r);
+        return -1;
+    }
     double num = 0.0, den = 0.0;
     for (size_t j = 0; r.wq && j < wn; j++) {
-        double d = (double)u.w[j] - r.wq[j];
+        double d = (double)uw[j] - r.wq[j];
         num += d * d;
-        den += (double)u.w[j] * u.w[j];
+        den += (double)uw[j] * uw[j];
     }
     qs_rot_free(s->rot);
     free(s->xs);

@@ -362,12 +362,12 @@ int qs_analysis_spectrum_ex(struct qs_bench *b, int i, enum qs_spec_of of, enum 
             ref[j] = yf[j];
         }
     } else {
-        const float *wq = NULL;
-        if (s->wquant && !(wq = qs_site_wq(b, i, e)))
+        const float *wq = NULL, *lw;
+        if ((s->wquant && !(wq = qs_site_wq(b, i, e))) || !(lw = qs_bench_w(b, i, e)))
             goto out;
         for (size_t j = 0; j < len; j++) {
-            err[j] = wq ? l->w[j] - wq[j] : 0.0f;
-            ref[j] = l->w[j];
+            err[j] = wq ? lw[j] - wq[j] : 0.0f;
+            ref[j] = lw[j];
         }
         enum qs_corr_method cm = s->corr.method;
         if (cm != QS_CORR_NONE)

@@ -325,13 +325,14 @@ static int lm_row(struct qs_bench *b, const struct qs_q1_opts *o, const int *sit
         D += u.out;
         in = u.in;
         const float *wq = b->ls[sites[g]].wquant ? qs_site_wq(b, sites[g], e) : NULL;
-        if (b->ls[sites[g]].wquant && !wq)
+        const float *uw = qs_bench_w(b, sites[g], e);
+        if ((b->ls[sites[g]].wquant && !wq) || !uw)
             return -1;
         size_t nw = (size_t)u.out * u.in;
         for (size_t j = 0; j < nw; j++) {
-            double d = wq ? (double)u.w[j] - wq[j] : 0.0;
+            double d = wq ? (double)uw[j] - wq[j] : 0.0;
             wnum += d * d;
-            wden += (double)u.w[j] * u.w[j];
+            wden += (double)uw[j] * uw[j];
         }
     }
     r->d = D;

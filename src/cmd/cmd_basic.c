@@ -1475,8 +1475,11 @@ static int cmd_export_lm(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         }
         const float *sb = st->b ? st->b : s < S - 1 ? zero : NULL;
         const float *wq = ls->wquant ? qs_site_wq_pin(b, s, e) : NULL;
-        if ((ls->wquant && !wq) || exp_fold(st->name, st->out, st->in, wq ? wq : st->w, sb,
-                                            &ls->corr, &own[2 * s], &own[2 * s + 1], e) < 0) {
+        /* a float weight is read only to fold a correction into (copied at once) */
+        const float *wsrc = wq ? wq : cr->c || cr->db || cr->amap ? qs_bench_w(b, s, e) : st->w;
+        if ((ls->wquant && !wq) || ((cr->c || cr->db || cr->amap) && !wsrc) ||
+            exp_fold(st->name, st->out, st->in, wsrc, sb, &ls->corr, &own[2 * s], &own[2 * s + 1],
+                     e) < 0) {
             rc = -1;
             break;
         }

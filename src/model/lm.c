@@ -17,6 +17,7 @@
 #pragma GCC optimize("no-trapping-math")
 
 #include "lm_impl.h"
+#include "qscope/half.h"
 #include "qscope/mlp.h" /* qs_linear */
 #include "qscope/packfile.h"
 #include "qscope/safetensors.h"
@@ -33,6 +34,11 @@ void qs_lm_free(struct qs_lm *m)
     free(m->sites);
     struct qs_lm_priv *p = m->priv;
     if (p) {
+        for (int i = 0; p->wc && i < m->nsites; i++)
+            free(p->wc[i]);
+        free(p->wc);
+        free(p->wc_tick);
+        qs_st_close(p->f);
         free(p->wte);
         free(p->wpe);
         free(p->nfw);
@@ -404,13 +410,12 @@ struct st_ctx {
     unsigned char *used; /* per tensor of f (file order): read by the loader */
 };
 
-/* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array. With
- * transpose, the (r, c) tensor is returned as (c, r). */
-static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_t cols,
-                     int transpose)
+/* Tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D), F32, F16 or BF16 and finite (marked
+ * used); NULL and the message otherwise. full: its name (160 bytes). */
+static const struct qs_st_tensor *tensor_find(const struct st_ctx *c, const char *name, int64_t r,
+                                              int64_t cols, char *full)
 {
-    char full[160];
-    snprintf(full, sizeof full, "%s%s", c->prefix, name);
+    snprintf(full, 160, "%s%s", c->prefix, name);
     const struct qs_st_tensor *t = qs_st_find(c->f, full);
     if (!t) {
         qs_errf(c->e, "%s: tensor '%s' is missing", c->file, full);
@@ -443,6 +448,18 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
                 (long long)bad);
         return NULL;
     }
+    return t;
+}
+
+/* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array. With
+ * transpose, the (r, c) tensor is returned as (c, r). */
+static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_t cols,
+                     int transpose)
+{
+    char full[160];
+    const struct qs_st_tensor *t = tensor_find(c, name, r, cols, full);
+    if (!t)
+        return NULL;
     char what[200];
     snprintf(what, sizeof what, "%s: tensor '%s' as F32", c->file, full);
     float *v = qs_alloc((size_t)t->numel, sizeof(float), what, c->e);
@@ -467,6 +484,26 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
         v = w;
     }
     return v;
+}
+
+/* Site s's weight from tensor PREFIX+NAME, (r, cols) in the file ((cols, r) = (out, in) after
+ * transpose): an F16/BF16 tensor stays the file's bytes (w16, its pages released after the
+ * finite check), any other is copied to F32 (w). */
+static int site_weight(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int64_t r,
+                       int64_t cols, int transpose)
+{
+    char full[160];
+    const struct qs_st_tensor *t = tensor_find(c, name, r, cols, full);
+    if (!t)
+        return -1;
+    if (t->dtype == QS_DT_F16 || t->dtype == QS_DT_BF16) {
+        s->w16 = t->data;
+        s->w16_dt = t->dtype;
+        s->w16_t = transpose;
+        qs_st_release(c->f, t);
+        return 0;
+    }
+    return (s->w = tensor(c, name, r, cols, transpose)) ? 0 : -1;
 }
 
 static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
@@ -498,7 +535,7 @@ static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char 
     if (rc <= 0)
         return rc;
     snprintf(k, sizeof k, "%s.weight", name);
-    if (!(s->w = tensor(c, k, in, out, 1)))
+    if (site_weight(c, s, k, in, out, 1) < 0)
         return -1;
     snprintf(k, sizeof k, "%s.bias", name);
     return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
@@ -514,7 +551,7 @@ static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char
     if (rc <= 0)
         return rc;
     snprintf(k, sizeof k, "%s.weight", name);
-    if (!(s->w = tensor(c, k, out, in, 0)))
+    if (site_weight(c, s, k, out, in, 0) < 0)
         return -1;
     if (!bias)
         return 0;
@@ -528,7 +565,7 @@ static int head_linear(const struct st_ctx *c, struct qs_lm_site *h)
     int rc = packed_site(c, h, 0);
     if (rc <= 0)
         return rc;
-    return (h->w = tensor(c, "lm_head.weight", h->out, h->in, 0)) ? 0 : -1;
+    return site_weight(c, h, "lm_head.weight", h->out, h->in, 0);
 }
 
 static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
@@ -721,6 +758,8 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     size_t dl = strlen(dir);
     char *cfg = malloc(dl + 32), *stp = malloc(dl + 32);
     struct qs_lm *m = qs_calloc(1, sizeof *m);
+    if (m)
+        m->wf_budget = QS_LM_WF_BUDGET;
     if (!cfg || !stp || !m) {
         free(cfg);
         free(stp);
@@ -774,7 +813,13 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
         rc = check_unused(m, f, stp, used, e);
     free(used);
     free(cfg_text);
-    qs_st_close(f);
+    int lazy = 0;
+    for (int i = 0; rc == 0 && i < m->nsites; i++)
+        lazy |= m->sites[i].w16 != NULL;
+    if (lazy) /* the 16-bit sites read it */
+        m->priv->f = f;
+    else
+        qs_st_close(f);
     free(cfg);
     free(stp);
     if (rc < 0) {
@@ -792,6 +837,8 @@ int qs_lm_new_from_config(const char *config, const char *file, const char *path
 {
     *out = NULL;
     struct qs_lm *m = qs_calloc(1, sizeof *m);
+    if (m)
+        m->wf_budget = QS_LM_WF_BUDGET;
     if (!m)
         return qs_errf(e, "%s: out of memory", path);
     size_t wbytes = 0;
@@ -868,6 +915,22 @@ static void save_put(struct save_list *x, const char *name, int64_t d0, int64_t 
                                     .shape = {d0, d1},
                                     .data = data};
     x->n++;
+}
+
+/* Site s's F32 weight for the write: its own, or a copy widened from the file's 16-bit bytes
+ * (freed after the write). */
+static const float *save_weight(struct save_list *x, const struct qs_lm *m, int s, qs_err *e)
+{
+    const struct qs_lm_site *st = &m->sites[s];
+    if (st->w)
+        return st->w;
+    float *w = qs_alloc((size_t)st->out * st->in, sizeof(float), "a weight widened to F32", e);
+    if (!w || qs_lm_site_rows(m, s, 0, st->out, w, e) < 0) {
+        free(w);
+        return NULL;
+    }
+    x->own[x->nown++] = w;
+    return w;
 }
 
 /* A GPT-2 Conv1D weight: (out, in) back to the file's (in, out). */
@@ -999,7 +1062,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
     x.names = qs_calloc((size_t)cap + nx, sizeof *x.names);
-    x.own = qs_calloc((size_t)m->nsites, sizeof *x.own);
+    x.own = qs_calloc(2 * (size_t)m->nsites, sizeof *x.own); /* widened, transposed */
     size_t dl = strlen(dir) + 32;
     char *path = malloc(dl);
     const char **keys = malloc(((size_t)nmeta + 1 + p->nmeta) * sizeof *keys);
@@ -1012,6 +1075,10 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
         int l = s / (gpt2 ? 4 : 7), first = s % (gpt2 ? 4 : 7) == 0;
         const struct lm_layer *L = &p->layer[l];
         const float *ws = w && w[s] ? w[s] : si->w;
+        if (!ws && !(skip && skip[s]) && !(ws = save_weight(&x, m, s, e))) {
+            rc = qs_err_prefix(e, dir);
+            break;
+        }
         const float *bs = si->b && b && b[s] ? b[s] : si->b; /* GPT-2: every site has one */
         if (!gpt2)
             bs = !((bmask >> (s % 7)) & 1) ? NULL : b && b[s] ? b[s] : si->b ? si->b : zeros;
@@ -1052,7 +1119,9 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
         save_put(&x, gpt2 ? "transformer.ln_f.weight" : "model.norm.weight", m->d_model, 0, p->nfw);
         if (gpt2)
             save_put(&x, "transformer.ln_f.bias", m->d_model, 0, p->nfb);
-        if (!tied && !(skip && skip[H]))
+        if (!tied && !(skip && skip[H]) && !head && !(head = save_weight(&x, m, H, e)))
+            rc = qs_err_prefix(e, dir);
+        else if (!tied && !(skip && skip[H]))
             save_put(&x, "lm_head.weight", m->vocab, m->d_model, head);
         for (int i = 0; rc == 0 && i < nx; i++) { /* named after their site's weight */
             const char *sp = xsite[i] < H && gpt2 ? pre : "";
@@ -1101,6 +1170,217 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     return rc;
 }
 
+/* ---- 16-bit site weights, widened on use ------------------------------------------------- */
+
+size_t qs_lm_linear_slice_bytes = (size_t)64 << 20;
+
+int qs_lm_check_file(const struct qs_lm *m, qs_err *e)
+{
+    return m->priv && m->priv->f ? qs_st_check(m->priv->f, e) : 0;
+}
+
+int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs_err *e)
+{
+    const struct qs_lm_site *st = &m->sites[s];
+    const size_t in = (size_t)st->in, nr = (size_t)(r1 - r0);
+    if (st->w) {
+        memcpy(out, st->w + (size_t)r0 * in, nr * in * sizeof(float));
+        return 0;
+    }
+    void (*cvt)(const void *, float *, size_t) =
+        st->w16_dt == QS_DT_BF16 ? qs_bf16_to_f32_n : qs_f16_to_f32_n;
+    const unsigned char *src = st->w16;
+    if (!st->w16_t) {
+        cvt(src + (size_t)r0 * in * 2, out, nr * in);
+    } else { /* stored (in, out): row c of the file is column c of the weight */
+        float row[512];
+        for (size_t c = 0; c < in; c++)
+            for (size_t r = 0; r < nr; r += 512) {
+                size_t k = nr - r < 512 ? nr - r : 512;
+                cvt(src + (c * (size_t)st->out + (size_t)r0 + r) * 2, row, k);
+                for (size_t j = 0; j < k; j++)
+                    out[(r + j) * in + c] = row[j];
+            }
+    }
+    return qs_lm_check_file(m, e);
+}
+
+int qs_lm_site_linear(const struct qs_lm *m, int s, const float *x, int n, const float *b, float *y,
+                      qs_err *e)
+{
+    const struct qs_lm_site *st = &m->sites[s];
+    const size_t in = (size_t)st->in, row_bytes = in * sizeof(float);
+    size_t per = qs_lm_linear_slice_bytes / row_bytes;
+    if (per < 1)
+        per = 1;
+    if (per >= (size_t)st->out) { /* the whole matrix: qs_linear's product */
+        if (st->w) {
+            qs_linear(x, n, st->in, st->w, b, st->out, y);
+            return 0;
+        }
+        float *w = qs_alloc((size_t)st->out * in, sizeof(float), "a site's weight as F32", e);
+        int rc = w ? qs_lm_site_rows(m, s, 0, st->out, w, e) : -1;
+        if (rc == 0)
+            qs_linear(x, n, st->in, w, b, st->out, y);
+        free(w);
+        return rc < 0 ? qs_err_prefix(e, st->name) : 0;
+    }
+    /* slices of output rows, the same for an F32 weight as for a widened one, so both give the
+     * same bits (a sliced product differs from a whole one in the last bits) */
+    float *w = st->w ? NULL : qs_alloc(per * in, sizeof(float), "a slice of a weight as F32", e);
+    if (!st->w && !w)
+        return qs_err_prefix(e, st->name);
+    int rc = 0;
+    for (int r0 = 0; r0 < st->out && rc == 0; r0 += (int)per) {
+        int r1 = r0 + (int)per < st->out ? r0 + (int)per : st->out;
+        const float *ws = st->w ? st->w + (size_t)r0 * in : w;
+        if (!st->w && (rc = qs_lm_site_rows(m, s, r0, r1, w, e)) < 0)
+            break;
+        if (b)
+            for (int r = 0; r < n; r++)
+                memcpy(y + (size_t)r * st->out + r0, b + r0, (size_t)(r1 - r0) * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r1 - r0, st->in, 1.0f, x, st->in,
+                    ws, st->in, b ? 1.0f : 0.0f, y + r0, st->out);
+    }
+    free(w);
+    return rc < 0 ? qs_err_prefix(e, st->name) : 0;
+}
+
+/* Drops cached copies, least recently asked first, until the cache holds at most `budget` bytes,
+ * keeping the two sites asked for last. */
+static void wc_trim(struct qs_lm *m, size_t budget)
+{
+    struct qs_lm_priv *p = m->priv;
+    if (!p || !p->wc)
+        return;
+    unsigned long keep1 = 0, keep2 = 0; /* the two highest ticks */
+    for (int i = 0; i < m->nsites; i++)
+        if (p->wc[i] && p->wc_tick[i] > keep1) {
+            keep2 = keep1;
+            keep1 = p->wc_tick[i];
+        } else if (p->wc[i] && p->wc_tick[i] > keep2) {
+            keep2 = p->wc_tick[i];
+        }
+    while (p->wc_bytes > budget) {
+        int v = -1;
+        for (int i = 0; i < m->nsites; i++)
+            if (p->wc[i] && p->wc_tick[i] != keep1 && p->wc_tick[i] != keep2 &&
+                (v < 0 || p->wc_tick[i] < p->wc_tick[v]))
+                v = i;
+        if (v < 0)
+            break;
+        free(p->wc[v]);
+        p->wc[v] = NULL;
+        p->wc_bytes -= (size_t)m->sites[v].out * m->sites[v].in * sizeof(float);
+    }
+}
+
+void qs_lm_site_w_trim(struct qs_lm *m, int all)
+{
+    struct qs_lm_priv *p = m->priv;
+    if (!p || !p->wc)
+        return;
+    if (!all) {
+        wc_trim(m, m->wf_budget);
+        return;
+    }
+    for (int i = 0; i < m->nsites; i++) {
+        free(p->wc[i]);
+        p->wc[i] = NULL;
+    }
+    p->wc_bytes = 0;
+}
+
+const float *qs_lm_site_w(struct qs_lm *m, int s, qs_err *e)
+{
+    struct qs_lm_site *st = &m->sites[s];
+    if (st->w)
+        return st->w;
+    struct qs_lm_priv *p = m->priv;
+    if (!p->wc) {
+        p->wc = qs_calloc((size_t)m->nsites, sizeof *p->wc);
+        p->wc_tick = qs_calloc((size_t)m->nsites, sizeof *p->wc_tick);
+        if (!p->wc || !p->wc_tick) {
+            free(p->wc);
+            free(p->wc_tick);
+            p->wc = NULL;
+            p->wc_tick = NULL;
+            qs_errf(e, "out of memory");
+            return NULL;
+        }
+    }
+    p->wc_tick[s] = ++p->wc_now;
+    if (p->wc[s]) {
+        p->wc_hits++;
+        return p->wc[s];
+    }
+    const size_t nw = (size_t)st->out * st->in;
+    float *w = qs_alloc(nw, sizeof(float), "a site's weight widened to F32", e);
+    if (!w || qs_lm_site_rows(m, s, 0, st->out, w, e) < 0) {
+        free(w);
+        qs_err_prefix(e, st->name);
+        return NULL;
+    }
+    p->wc[s] = w;
+    p->wc_bytes += nw * sizeof(float);
+    p->wc_widens++;
+    wc_trim(m, m->wf_budget);
+    return w;
+}
+
+int qs_lm_materialize(struct qs_lm *m, qs_err *e)
+{
+    struct qs_lm_priv *p = m->priv;
+    for (int s = 0; s < m->nsites; s++) {
+        struct qs_lm_site *st = &m->sites[s];
+        if (st->w)
+            continue;
+        float *w = p->wc ? p->wc[s] : NULL;
+        if (w) {
+            p->wc[s] = NULL;
+            p->wc_bytes -= (size_t)st->out * st->in * sizeof(float);
+        } else if (!(w = qs_alloc((size_t)st->out * st->in, sizeof(float),
+                                  "a site's weight widened to F32", e)) ||
+                   qs_lm_site_rows(m, s, 0, st->out, w, e) < 0) {
+            free(w);
+            return qs_err_prefix(e, st->name);
+        }
+        st->w = w;
+        st->w16 = NULL;
+    }
+    qs_lm_site_w_trim(m, 1);
+    if (p && p->f) { /* nothing reads the file any more */
+        qs_st_close(p->f);
+        p->f = NULL;
+    }
+    return 0;
+}
+
+void qs_lm_wf_info(const struct qs_lm *m, struct qs_lm_wf_info *w)
+{
+    memset(w, 0, sizeof *w);
+    const struct qs_lm_priv *p = m->priv;
+    for (int s = 0; s < m->nsites; s++) {
+        const struct qs_lm_site *st = &m->sites[s];
+        size_t nw = (size_t)st->out * st->in;
+        if (st->w) {
+            if (!(m->tied && s == m->nsites - 1))
+                w->f32_bytes += nw * sizeof(float);
+        } else {
+            w->lazy_bytes += nw * 2;
+            w->nlazy++;
+        }
+        if (p && p->wc && p->wc[s]) {
+            w->cached_bytes += nw * sizeof(float);
+            w->ncached++;
+        }
+    }
+    if (p) {
+        w->widens = p->wc_widens;
+        w->hits = p->wc_hits;
+    }
+}
+
 /* ---- forward ----------------------------------------------------------------------------- */
 
 /* Runs site s on x: (n, in) into y: (n, out) through the hooks; xa: scratch of n * in. y NULL:
@@ -1118,7 +1398,10 @@ static int site_apply(const struct qs_lm *m, int s, const struct qs_hooks *h, co
         return h->linear(h->u, s, x, n, y, e);
     if (h)
         w = qs_lm_site_hooked(st, s, h, &x, n, xa, w);
-    qs_linear(x, n, st->in, w, st->b, st->out, y);
+    if (w && w != st->w)
+        qs_linear(x, n, st->in, w, st->b, st->out, y);       /* a hook's weight */
+    else if (qs_lm_site_linear(m, s, x, n, st->b, y, e) < 0) /* the site's own, however stored */
+        return -1;
     if (h && h->post)
         h->post(h->u, s, y, n, st->out);
     return 0;

@@ -278,6 +278,18 @@ static uint8_t *permute_rows(const void *src, int nh, int hd, size_t rb, qs_err 
     return t;
 }
 
+/* Site s's F32 weight: its own, or a copy widened from the file's 16-bit bytes into wide[s]. */
+static const float *site_f32(const struct qs_lm *m, int s, float **wide, qs_err *e)
+{
+    const struct qs_lm_site *st = &m->sites[s];
+    if (st->w)
+        return st->w;
+    if (!(wide[s] = qs_alloc((size_t)st->out * st->in, sizeof(float), "a weight as F32", e)) ||
+        qs_lm_site_rows(m, s, 0, st->out, wide[s], e) < 0)
+        return NULL;
+    return wide[s];
+}
+
 int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *const *blocks,
                     const int *types, const float *const *w, qs_err *e)
 {
@@ -293,7 +305,8 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
     struct qs_gguf_tensor_out *t = qs_calloc((size_t)nt, sizeof *t);
     char(*names)[64] = qs_calloc((size_t)nt, sizeof *names);
     uint8_t **own = qs_calloc((size_t)nt, sizeof *own);
-    int rc = t && names && own ? 0 : qs_errf(e, "out of memory");
+    float **wide = qs_calloc((size_t)S, sizeof *wide); /* F32 copies of 16-bit sites (lm.h) */
+    int rc = t && names && own && wide ? 0 : qs_errf(e, "out of memory");
     int k = 0;
 #define PUT1(nm, v, n)                                                                             \
     do {                                                                                           \
@@ -331,7 +344,11 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             int ty = blocks && blocks[s] ? types[s] : QS_GGML_F32;
             const void *data = blocks && blocks[s] ? (const void *)blocks[s]
                                : w && w[s]         ? (const void *)w[s]
-                                                   : (const void *)st->w;
+                                                   : (const void *)site_f32(m, s, wide, e);
+            if (!data) {
+                rc = -1;
+                break;
+            }
             size_t rb;
             if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0) {
                 rc = -1;
@@ -362,9 +379,9 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             int ty = blocks && blocks[S - 1] ? types[S - 1] : QS_GGML_F32;
             const void *data = blocks && blocks[S - 1] ? (const void *)blocks[S - 1]
                                : w && w[S - 1]         ? (const void *)w[S - 1]
-                                                       : (const void *)st->w;
+                                                       : (const void *)site_f32(m, S - 1, wide, e);
             size_t rb;
-            if (qs_ggml_row_bytes(ty, st->in, &rb, e) < 0)
+            if (!data || qs_ggml_row_bytes(ty, st->in, &rb, e) < 0)
                 rc = -1;
             else
                 t[k++] = (struct qs_gguf_tensor_out){.name = "output.weight",
@@ -399,6 +416,9 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
     }
     for (int i = 0; own && i < nt; i++)
         free(own[i]);
+    for (int i = 0; wide && i < S; i++)
+        free(wide[i]);
+    free(wide);
     free(own);
     free(names);
     free(t);

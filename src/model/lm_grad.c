@@ -111,8 +111,21 @@ static void list_tensors(const struct qs_lm *m, struct tlist *l, float **gw, flo
 #undef ADD
 }
 
+/* The backward reads every site's F32 weight in place: a model whose 16-bit sites are still the
+ * file's bytes (lm.h) is refused here; its callers widen it first (qs_lm_materialize). */
+static int need_f32(const struct qs_lm *m, qs_err *e)
+{
+    for (int s = 0; s < m->nsites; s++)
+        if (!m->sites[s].w)
+            return qs_errf(e, "%s: the backward pass needs the weights in F32 (qs_lm_materialize)",
+                           m->sites[s].name);
+    return 0;
+}
+
 struct qs_lm_grad *qs_lm_grad_new(const struct qs_lm *m, qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return NULL;
     struct tlist l = {0};
     list_tensors(m, &l, NULL, NULL);
     struct qs_lm_grad *g = qs_calloc(1, sizeof *g);
@@ -679,6 +692,8 @@ int qs_lm_backward(const struct qs_lm *m, const uint32_t *tok, const size_t *sta
                    const struct qs_hooks *h, struct qs_lm_grad *g, double *loss, float *work,
                    qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return -1;
     if (check_windows(m, tok, start, B, T, e) < 0)
         return -1;
     const struct qs_lm_priv *p = m->priv;
@@ -782,6 +797,8 @@ int qs_lm_block(const struct qs_lm *m, int l, const float *x, int B, int T,
                 const struct qs_hooks *h, float *y, const float *target, double *mse,
                 struct qs_lm_grad *g, qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return -1;
     if (l < 0 || l >= m->n_layer)
         return qs_errf(e, "%s: no block %d (it has %d)", m->path, l, m->n_layer);
     if (check_batch(m, B, T, e) < 0)
@@ -852,6 +869,8 @@ int qs_lm_site_grads(const struct qs_lm *m, const uint32_t *tok, const size_t *s
                      double *gnorm, float **fisher, int (*cb)(void *u, int done, int total),
                      void *u, qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return -1;
     if (nw < 1)
         return qs_errf(e, "%s: no windows for the gradient", m->path);
     struct qs_lm_grad *g = qs_lm_grad_new(m, e);
@@ -1130,6 +1149,8 @@ static int hvp_floats(const struct qs_lm *m, int B, int T, struct dims *z, size_
 int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
               const float *const *vw, float **hv, double *loss, qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return -1;
     if (check_windows(m, tok, start, B, T, e) < 0)
         return -1;
     const struct qs_lm_priv *p = m->priv;
@@ -1346,6 +1367,8 @@ int qs_lm_hvp(const struct qs_lm *m, const uint32_t *tok, const size_t *start, i
 int qs_lm_hutchinson(const struct qs_lm *m, const uint32_t *tok, const size_t *start, int B, int T,
                      int site, int probes, uint64_t seed, double *trace, double *se, qs_err *e)
 {
+    if (need_f32(m, e) < 0)
+        return -1;
     if (site < 0 || site >= m->nsites)
         return qs_errf(e, "hutchinson: no site %d", site);
     if (probes < 2)

@@ -15,7 +15,18 @@ struct qs_lm_priv {
     int nmeta;
     char **meta_key, **meta_val;
     char *config; /* the config.json text the model was loaded from (qs_lm_save edits a copy) */
+    /* 16-bit sites (w16): the mapped file they read, and the float-weights cache (qs_lm_site_w):
+     * per site its widened copy or NULL and when it was last asked for */
+    struct qs_st_file *f;
+    float **wc;
+    unsigned long *wc_tick, wc_now;
+    size_t wc_bytes;
+    long wc_widens, wc_hits;
 };
+
+/* Output rows per slice when qs_lm_site_linear widens a 16-bit weight: the bytes of one slice
+ * (64 MiB; tests lower it to check that slicing keeps the bits). */
+extern size_t qs_lm_linear_slice_bytes;
 
 /* ---- forward kernels (lm.c; lm_grad.c may use them) ------------------------------------- */
 

@@ -85,6 +85,8 @@ void qs_adamw_update(struct qs_lm_tensor *t, float *mm, float *vv, const struct 
 void qs_lm_init(struct qs_lm *m, uint64_t seed)
 {
     qs_err e;
+    if (qs_lm_materialize(m, &e) < 0) /* its weights are written */
+        return;
     struct qs_lm_grad *g = qs_lm_grad_new(m, &e); /* for its tensor list */
     if (!g)
         return;
@@ -151,6 +153,8 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
     size_t sb;
     if (qs_lm_backward_bytes(m, B, T, o->hooks && o->hooks->act, &sb) < 0)
         return qs_errf(e, "train: batch %d of %d tokens overflows", B, T);
+    if (qs_lm_materialize(m, e) < 0) /* its weights are written */
+        return -1;
     struct qs_lm_grad *g = qs_lm_grad_new(m, e);
     if (!g)
         return -1;

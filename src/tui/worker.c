@@ -190,9 +190,12 @@ static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err
     s->res_st = sp.res_st;
     sp.sv = sp.ref_sv = sp.res_sv = NULL;
     qs_spectrum_free(&sp);
+    const float *lw = qs_bench_w(b, sel, e);
+    if (!lw)
+        return -1;
     double f2 = 0;
     for (size_t j = 0; j < (size_t)l->out * l->in; j++)
-        f2 += (double)l->w[j] * l->w[j];
+        f2 += (double)lw[j] * lw[j];
     s->w_fro2 = f2;
     s->left_e = malloc((size_t)(s->nsv + 1) * sizeof(double));
     s->left_w = malloc((size_t)(s->nsv + 1) * sizeof(double));

@@ -239,7 +239,7 @@ static int wq_fresh(struct qs_bench *b, int i)
         ok = qs_bench_method_weight(b, i, &s->wfmt, &s->wopt, &s->wm, ref, &bits, &e) == 0;
     } else if (ok) {
         struct qs_packed p;
-        ok = qs_quant_pack(&s->wfmt, &s->wopt, u.w, u.out, u.in, &p, &e) == 0 &&
+        ok = qs_quant_pack(&s->wfmt, &s->wopt, qs_bench_w(b, i, &e), u.out, u.in, &p, &e) == 0 &&
              qs_quant_unpack(&p, ref, &e) == 0;
         qs_packed_free(&p);
     }

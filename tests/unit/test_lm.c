@@ -4,11 +4,16 @@
  * (datasets/tools/train_tiny_lm.py), and bad model folders. */
 #include "qscope/lm.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "qscope/half.h"
 #include "qscope/safetensors.h"
 #include "qscope/tokens.h"
 #include "test.h"
@@ -105,7 +110,9 @@ static void test_llama_vs_torch(void)
     if (m) {
         CHECK(!m->tied && m->n_kv_head == 4 && m->d_ff == 56);
         CHECK_NEAR(m->rope_theta, 500.0, 1e-9);
-        CHECK(m->sites[m->nsites - 1].w != m->sites[0].w);
+        /* BF16: the sites stay the file's bytes (w NULL), the embedding is an F32 copy */
+        CHECK(m->sites[m->nsites - 1].w != *qs_lm_slot(m, QS_LM_SLOT_EMBED, 0));
+        CHECK(m->sites[m->nsites - 1].w16 != NULL && m->sites[0].w16 != NULL);
     }
     qs_lm_free(m);
 }
@@ -388,5 +395,142 @@ static void test_bad_models(void)
     CHECK(system(cmd) == 0);
 }
 
-TEST_MAIN("lm", TEST_CASE(test_gpt2_vs_torch), TEST_CASE(test_llama_vs_torch),
-          TEST_CASE(test_hooks), TEST_CASE(test_bundled_models), TEST_CASE(test_bad_models))
+extern size_t qs_lm_linear_slice_bytes; /* lm_impl.h: the slice of a 16-bit product */
+
+/* DIR/: SRC's model with every 2-D tensor stored as BF16 (values rounded once), the rest F32. */
+static int bf16_copy(const char *src, const char *dir)
+{
+    char path[512], cmd[1200];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/config.json %s/", dir, src, dir);
+    if (system(cmd) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    struct qs_st_file *f = NULL;
+    qs_err e = {{0}};
+    if (qs_st_open(path, &f, &e) < 0)
+        return -1;
+    int n = qs_st_count(f), rc = 0;
+    struct qs_st_out *o = qs_calloc((size_t)n, sizeof *o);
+    void **buf = qs_calloc((size_t)n, sizeof *buf);
+    for (int i = 0; i < n; i++) {
+        const struct qs_st_tensor *t = qs_st_get(f, i);
+        float *v = malloc((size_t)t->numel * sizeof *v);
+        rc |= qs_st_to_f32(t, v, &e);
+        o[i] = (struct qs_st_out){t->name, QS_DT_F32, t->ndim, {0}, v};
+        memcpy(o[i].shape, t->shape, sizeof o[i].shape);
+        buf[i] = v;
+        if (t->ndim == 2) {
+            uint16_t *h = malloc((size_t)t->numel * sizeof *h);
+            qs_f32_to_bf16_n(v, h, (size_t)t->numel);
+            o[i].dtype = QS_DT_BF16;
+            o[i].data = h;
+            buf[i] = h;
+            free(v);
+        }
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    rc |= qs_st_write(path, o, n, NULL, NULL, 0, &e);
+    for (int i = 0; i < n; i++)
+        free(buf[i]);
+    free(buf);
+    free(o);
+    qs_st_close(f);
+    return rc;
+}
+
+/* 16-bit site weights stay the file's bytes and are widened on use: the forward of such a model
+ * (whole-matrix widening, and slices of a few output rows) is bit for bit that of the same model
+ * widened to F32 up front; the float-weights cache keeps the two sites asked for last at budget 0;
+ * a GPT-2 Conv1D weight is transposed on widening; a changed file is noticed. */
+static void test_lazy_weights(void)
+{
+    const char *srcs[2] = {"tests/fixtures/lm_gpt2", "tests/fixtures/lm_llama_gqa"};
+    for (int k = 0; k < 2; k++) {
+        char dir[128];
+        snprintf(dir, sizeof dir, "/tmp/qs_test_lm_lazy_%d_%d", (int)getpid(), k);
+        CHECK(bf16_copy(srcs[k], dir) == 0);
+        struct qs_lm *a = NULL, *b = NULL;
+        qs_err e = {{0}};
+        CHECK(qs_lm_load(dir, &a, &e) == 0 && qs_lm_load(dir, &b, &e) == 0);
+        if (!a || !b) {
+            qs_lm_free(a);
+            qs_lm_free(b);
+            continue;
+        }
+        struct qs_lm_wf_info ia, ib;
+        qs_lm_wf_info(a, &ia);
+        int heads = a->tied ? 1 : 0; /* a tied head is the (F32) embedding */
+        CHECK(ia.nlazy == a->nsites - heads && ia.f32_bytes == 0);
+        CHECK(qs_lm_materialize(b, &e) == 0);
+        qs_lm_wf_info(b, &ib);
+        CHECK(ib.nlazy == 0 && ib.f32_bytes == 2 * ia.lazy_bytes);
+        for (int s = 0; s < a->nsites; s++) { /* rows widened, transposed where stored so */
+            const struct qs_lm_site *st = &a->sites[s];
+            int r0 = st->out / 3, r1 = st->out - 1;
+            float *rows = malloc((size_t)(r1 - r0) * st->in * sizeof *rows);
+            CHECK(qs_lm_site_rows(a, s, r0, r1, rows, &e) == 0);
+            CHECK(!memcmp(rows, b->sites[s].w + (size_t)r0 * st->in,
+                          (size_t)(r1 - r0) * st->in * sizeof *rows));
+            free(rows);
+        }
+        int T = a->ctx < 12 ? a->ctx : 12;
+        uint32_t tok[12];
+        for (int t = 0; t < T; t++)
+            tok[t] = (uint32_t)((7 * t + 3) % a->vocab);
+        size_t nl = (size_t)T * a->vocab;
+        float *la = malloc(nl * sizeof *la), *lb = malloc(nl * sizeof *lb);
+        CHECK(qs_lm_forward(b, tok, T, NULL, lb, &e) == 0);
+        CHECK(qs_lm_forward(a, tok, T, NULL, la, &e) == 0);
+        CHECK(!memcmp(la, lb, nl * sizeof *la));
+        size_t keep = qs_lm_linear_slice_bytes;
+        /* slices of 3 output rows (a large head's way): the same bits from F32 and 16-bit
+         * weights, and within rounding of the whole products */
+        float *lw = malloc(nl * sizeof *lw);
+        memcpy(lw, lb, nl * sizeof *lw);
+        qs_lm_linear_slice_bytes = 3 * sizeof(float) * (size_t)a->d_model;
+        CHECK(qs_lm_forward(a, tok, T, NULL, la, &e) == 0);
+        CHECK(qs_lm_forward(b, tok, T, NULL, lb, &e) == 0);
+        CHECK(!memcmp(la, lb, nl * sizeof *la));
+        double dmax = 0, amax = 0;
+        for (size_t j = 0; j < nl; j++) {
+            dmax = fabs(la[j] - lw[j]) > dmax ? fabs(la[j] - lw[j]) : dmax;
+            amax = fabs(lw[j]) > amax ? fabs(lw[j]) : amax;
+        }
+        CHECK(dmax <= 1e-5 * amax);
+        free(lw);
+        qs_lm_linear_slice_bytes = keep;
+        /* the cache at budget 0: the last two asked for stay */
+        a->wf_budget = 0;
+        const float *w0 = qs_lm_site_w(a, 0, &e), *w1 = qs_lm_site_w(a, 1, &e);
+        CHECK(w0 && w1 && !memcmp(w0, b->sites[0].w, sizeof(float) * a->sites[0].in));
+        const float *w2 = qs_lm_site_w(a, 2, &e);
+        CHECK(w2 &&
+              !memcmp(w2, b->sites[2].w, (size_t)a->sites[2].out * a->sites[2].in * sizeof(float)));
+        CHECK(qs_lm_site_w(a, 1, &e) == w1); /* still held: a hit */
+        qs_lm_wf_info(a, &ia);
+        CHECK(ia.ncached == 2 && ia.widens == 3 && ia.hits == 1);
+        a->wf_budget = QS_LM_WF_BUDGET;
+        qs_lm_site_w_trim(a, 1);
+        qs_lm_wf_info(a, &ia);
+        CHECK(ia.ncached == 0 && ia.cached_bytes == 0);
+        /* the file under the mapping changes: noticed before the next read */
+        CHECK(qs_lm_check_file(a, &e) == 0);
+        char path[160];
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        struct timespec ts[2] = {{0, UTIME_OMIT}, {12345, 0}};
+        CHECK(utimensat(AT_FDCWD, path, ts, 0) == 0);
+        CHECK(qs_lm_check_file(a, &e) == -1 && strstr(e.msg, "changed on disk"));
+        CHECK(qs_lm_site_w(a, 3, &e) == NULL);
+        free(la);
+        free(lb);
+        qs_lm_free(a);
+        qs_lm_free(b);
+        char cmd[200];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
+}
+
+TEST_MAIN("lm", TEST_CASE(test_lazy_weights), TEST_CASE(test_gpt2_vs_torch),
+          TEST_CASE(test_llama_vs_torch), TEST_CASE(test_hooks), TEST_CASE(test_bundled_models),
+          TEST_CASE(test_bad_models))

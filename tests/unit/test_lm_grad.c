@@ -17,6 +17,19 @@
 #include "qscope/tokens.h"
 #include "test.h"
 
+/* The backward reads F32 weights in place: a 16-bit fixture is widened after the load. */
+static int lm_load_f32(const char *dir, struct qs_lm **m, qs_err *e)
+{
+    if (qs_lm_load(dir, m, e) < 0)
+        return -1;
+    if (qs_lm_materialize(*m, e) < 0) {
+        qs_lm_free(*m);
+        *m = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 #define FIXTURE "tests/fixtures/lm_grad.json"
 #define TOL 1e-4
 
@@ -27,7 +40,7 @@ static void check_case(const cJSON *c)
     const char *dir = cJSON_GetObjectItem(c, "model")->valuestring;
     struct qs_lm *m = NULL;
     qs_err e = {{0}};
-    if (qs_lm_load(dir, &m, &e) < 0) {
+    if (lm_load_f32(dir, &m, &e) < 0) {
         fprintf(stderr, "  %s\n", e.msg);
         CHECK(0);
         return;
@@ -130,7 +143,7 @@ static void test_finite_differences(void)
     const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "cases"), 2);
     struct qs_lm *m = NULL;
     qs_err e;
-    CHECK(c && qs_lm_load(cJSON_GetObjectItem(c, "model")->valuestring, &m, &e) == 0);
+    CHECK(c && lm_load_f32(cJSON_GetObjectItem(c, "model")->valuestring, &m, &e) == 0);
     if (!m) {
         cJSON_Delete(root);
         return;
@@ -200,7 +213,7 @@ static void test_weight_hook_ste(void)
     for (int di = 0; di < 2; di++) {
         struct qs_lm *m = NULL;
         qs_err e;
-        CHECK(qs_lm_load(dirs[di], &m, &e) == 0);
+        CHECK(lm_load_f32(dirs[di], &m, &e) == 0);
         if (!m)
             continue;
         int T = m->ctx < 16 ? m->ctx : 16, B = 2, s = 1;
@@ -247,7 +260,7 @@ static void test_accumulate_and_errors(void)
 {
     struct qs_lm *m = NULL;
     qs_err e;
-    CHECK(qs_lm_load("tests/fixtures/lm_llama_untied", &m, &e) == 0);
+    CHECK(lm_load_f32("tests/fixtures/lm_llama_untied", &m, &e) == 0);
     if (!m)
         return;
     uint32_t tok[4 * 17];
@@ -283,7 +296,7 @@ static void check_hvp(const cJSON *c, double *worst)
     const char *dir = cJSON_GetObjectItem(c, "model")->valuestring;
     struct qs_lm *m = NULL;
     qs_err e = {{0}};
-    if (qs_lm_load(dir, &m, &e) < 0) {
+    if (lm_load_f32(dir, &m, &e) < 0) {
         CHECK(0);
         return;
     }
@@ -368,7 +381,7 @@ static void test_hutchinson_trace(void)
 {
     struct qs_lm *m = NULL;
     qs_err e;
-    CHECK(qs_lm_load("tests/fixtures/lm_llama_gqa", &m, &e) == 0);
+    CHECK(lm_load_f32("tests/fixtures/lm_llama_gqa", &m, &e) == 0);
     if (!m)
         return;
     uint32_t tok[2 * 13];

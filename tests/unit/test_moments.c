@@ -321,7 +321,7 @@ static void test_lm_correct_equals_rows(void)
             float *ew = malloc((size_t)u.out * u.in * sizeof(float));
             CHECK(ew != NULL);
             for (size_t j = 0; ew && j < (size_t)u.out * u.in; j++)
-                ew[j] = u.w[j] - qs_site_wq(b, s, NULL)[j];
+                ew[j] = qs_bench_w(b, s, NULL)[j] - qs_site_wq(b, s, NULL)[j];
             CHECK(ew && qs_corr_fit_lowrank(m, ew, u.out, u.in, b->rows.xf[QS_CALIB], nc, 4,
                                             "float", &ref, &e) == 0);
             free(ew);

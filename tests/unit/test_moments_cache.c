@@ -246,7 +246,7 @@ static void scale_case(struct qs_bench *b, const char *site, enum qs_spec_scale 
             for (int j = 0; j < in; j++) {
                 double acc = 0;
                 for (int q = 0; q < in; q++)
-                    acc += ((double)u.w[(size_t)o * in + q] -
+                    acc += ((double)qs_bench_w(b, s, NULL)[(size_t)o * in + q] -
                             qs_site_wq(b, s, NULL)[(size_t)o * in + q]) *
                            h[(size_t)q * in + j];
                 a[(size_t)o * in + j] = acc;

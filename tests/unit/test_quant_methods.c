@@ -53,7 +53,8 @@ static double local_err(struct qs_bench *b, int i, qs_err *e)
         free(r);
         return -1.0;
     }
-    double v = qs_method_local_err(u.w, qs_site_wq(b, i, NULL), u.out, u.in, r) / 2.0;
+    double v =
+        qs_method_local_err(qs_bench_w(b, i, NULL), qs_site_wq(b, i, NULL), u.out, u.in, r) / 2.0;
     free(r);
     return v;
 }
