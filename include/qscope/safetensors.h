@@ -115,6 +115,8 @@ const float *qs_st_f32_view(const struct qs_st_tensor *t);
  * the whole file). The bytes stay readable: a later access reads them from the file again. No
  * effect on a file opened from memory. */
 void qs_st_release(const struct qs_st_file *f, const struct qs_st_tensor *t);
+/* The same for the n bytes at p (within f's mapping; the pages they touch, whole). */
+void qs_st_release_bytes(const struct qs_st_file *f, const void *p, size_t n);
 
 /* 1 if every element is finite (always for integer and BOOL tensors); otherwise 0 and, if
  * bad_index is non-NULL, the flat index of the first NaN/Inf. */

@@ -767,10 +767,16 @@ const float *qs_st_f32_view(const struct qs_st_tensor *t)
 
 void qs_st_release(const struct qs_st_file *f, const struct qs_st_tensor *t)
 {
-    if (!f || !f->map || !t || !t->nbytes)
+    if (t)
+        qs_st_release_bytes(f, t->data, t->nbytes);
+}
+
+void qs_st_release_bytes(const struct qs_st_file *f, const void *p, size_t n)
+{
+    if (!f || !f->map || !p || !n)
         return;
     uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE), base = (uintptr_t)f->map;
-    uintptr_t a = (uintptr_t)t->data & ~(ps - 1), z = (uintptr_t)t->data + t->nbytes;
+    uintptr_t a = (uintptr_t)p & ~(ps - 1), z = (uintptr_t)p + n;
     z = (z + ps - 1) & ~(ps - 1);
     if (a < base)
         a = base;

@@ -1190,8 +1190,12 @@ int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs
     void (*cvt)(const void *, float *, size_t) =
         st->w16_dt == QS_DT_BF16 ? qs_bf16_to_f32_n : qs_f16_to_f32_n;
     const unsigned char *src = st->w16;
+    /* the widened copy is what the caller keeps: the file's pages it read are released, so a
+     * model read through once does not hold its whole file resident (a later read takes them
+     * from the page cache again) */
     if (!st->w16_t) {
         cvt(src + (size_t)r0 * in * 2, out, nr * in);
+        qs_st_release_bytes(m->priv->f, src + (size_t)r0 * in * 2, nr * in * 2);
     } else { /* stored (in, out): row c of the file is column c of the weight */
         float row[512];
         for (size_t c = 0; c < in; c++)
@@ -1201,6 +1205,7 @@ int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs
                 for (size_t j = 0; j < k; j++)
                     out[(r + j) * in + c] = row[j];
             }
+        qs_st_release_bytes(m->priv->f, src, in * (size_t)st->out * 2);
     }
     return qs_lm_check_file(m, e);
 }

@@ -11,11 +11,14 @@
  * candidate scales it tries, ~140 per block, not memory or flops of a kernel). An argument
  * (gptq, awq or other) runs only those lines. */
 #include <cblas.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "qscope/format.h"
 #include "qscope/methods.h"
@@ -25,6 +28,54 @@ static double now(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of the process's threads other than the calling one: OpenBLAS's workers (a GPTQ
+ * run's own threads are joined before it returns, so they are not listed after it). */
+static double others_cpu(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task");
+    DIR *d = opendir(path);
+    if (!d)
+        return 0.0;
+    long self = (long)syscall(SYS_gettid), ticks = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        long tid = atol(de->d_name);
+        if (tid <= 0 || tid == self)
+            continue;
+        char sp[96], buf[1024];
+        snprintf(sp, sizeof sp, "/proc/self/task/%ld/stat", tid);
+        FILE *f = fopen(sp, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')'); /* fields after the command name */
+        long ut = 0, st = 0;
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &ut, &st) == 2)
+            ticks += ut + st;
+    }
+    closedir(d);
+    return (double)ticks / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Waits (up to 1 s) until OpenBLAS's workers have gone to sleep: after a threaded BLAS call they
+ * spin for about 0.1 s, and a run timed meanwhile shares its cores with them. */
+static void blas_quiesce(void)
+{
+    double last = others_cpu();
+    for (int i = 0; i < 50; i++) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        double c = others_cpu();
+        if (c == last)
+            return;
+        last = c;
+    }
 }
 
 static double cpu_now(void)
@@ -117,16 +168,20 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
     enum { ROUNDS = 7 };
     double best = 1e30, blimit = 1e30, rr[ROUNDS], rc[ROUNDS];
     int nr = 0;
+    double spin = 0.0, tsum = 0.0; /* OpenBLAS workers' CPU during the GPTQ runs, their time */
     (void)speak;
     (void)dpeak;
     for (int r = 0; r < ROUNDS; r++) {
         double spc, dpc, sp = gemm_peak_cpu(0, 1536, &spc), dp = gemm_peak_cpu(1, 1536, &dpc);
-        double t0 = now(), c0 = cpu_now();
+        blas_quiesce(); /* the peaks' workers must not spin into GPTQ's time */
+        double t0 = now(), c0 = cpu_now(), w0 = others_cpu();
         if (qs_gptq(&f, &o, &go, w, rows, cols, h, q, NULL, &e) < 0) {
             fprintf(stderr, "bench_methods: %s\n", e.msg);
             break;
         }
         double dt = now() - t0, dc = cpu_now() - c0;
+        spin += others_cpu() - w0;
+        tsum += dt;
         double lim = dfl / (dp * 1e9) + sfl / (sp * 1e9);
         best = dt < best ? dt : best;
         blimit = lim < blimit ? lim : blimit;
@@ -147,10 +202,11 @@ static void bench_gptq(int rows, int cols, const char *fname, const char *opts, 
         }
     printf("bench gptq-%dx%d-%s%s%s%s: ours %.3f s, blas limit %.3f s (%.1f GFLOP dgemm-rate + "
            "%.1f GFLOP sgemm-rate), ratio %.2f (target 0.50); %d rounds: min %.2f median %.2f; "
-           "in CPU time (the limit at the GEMMs' GFLOP per CPU-second): min %.2f median %.2f\n",
+           "in CPU time (the limit at the GEMMs' GFLOP per CPU-second): min %.2f median %.2f; "
+           "OpenBLAS workers' CPU during GPTQ %.3f s in %.3f s\n",
            rows, cols, fname, opts ? "-" : "", opts ? opts + 5 : "", one ? "-1thread" : "", best,
            blimit, dfl * 1e-9, sfl * 1e-9, blimit / best, nr, nr ? rr[0] : 0.0,
-           nr ? rr[nr / 2] : 0.0, nr ? rc[0] : 0.0, nr ? rc[nr / 2] : 0.0);
+           nr ? rr[nr / 2] : 0.0, nr ? rc[0] : 0.0, nr ? rc[nr / 2] : 0.0, spin, tsum);
     free(x);
     free(w);
     free(q);
