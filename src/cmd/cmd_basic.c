@@ -893,29 +893,32 @@ static int cmd_set_heldout(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     } else {
         c->no_journal = 1; /* a question, not a setting */
     }
-    int hw = qs_bench_heldout_windows(b), tw = b->test_windows;
-    int used = hw < 0 ? tw : tw > 0 && tw < hw ? tw : hw;
+    int hw = qs_bench_heldout_windows(b), tw = b->lm ? b->test_windows : 0;
+    int capped = tw > 0 && (hw < 0 || tw < hw), used = capped || hw < 0 ? tw : hw;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "cmd", "set");
     cJSON_AddNumberToObject(o, "heldout_windows", tw);
     if (b->lm && hw >= 0) {
-        cJSON_AddNumberToObject(o, "test_windows", hw);
+        cJSON_AddNumberToObject(o, "split_windows", hw);
         cJSON_AddNumberToObject(o, "windows_used", used);
     }
     char text[320];
     if (!b->lm)
         snprintf(text, sizeof text, "held-out: the whole test split (an MLP's is rows: set split)");
+    else if (hw < 0 && capped)
+        snprintf(text, sizeof text, "held-out runs: the first %d windows of %d (no token data yet)",
+                 tw, b->lm->ctx);
     else if (hw < 0)
-        snprintf(text, sizeof text, "held-out runs: %s%d windows of %d (no token data yet)",
-                 tw > 0 ? "the first " : "", tw > 0 ? tw : 0, b->lm->ctx);
+        snprintf(text, sizeof text, "held-out runs: every window (no token data yet)");
+    else if (capped)
+        snprintf(text, sizeof text,
+                 "held-out runs: the first %d of %d windows of %d (%ld tokens); the gate's float "
+                 "loss: all %d",
+                 tw, hw, b->lm->ctx, (long)tw * b->lm->ctx, hw);
     else
         snprintf(text, sizeof text,
-                 "held-out runs: %s%d%s%.0d windows of %d (%ld tokens); the gate's float loss: "
-                 "all %d",
-                 used < hw ? "the first " : "all ", used, used < hw ? " of " : "",
-                 used < hw ? hw : 0, b->lm->ctx, (long)used * b->lm->ctx, hw);
-    if (b->lm && hw < 0 && tw == 0)
-        snprintf(text, sizeof text, "held-out runs: every window (no token data yet)");
+                 "held-out runs: all %d windows of %d (%ld tokens); the gate's float loss: all %d",
+                 hw, b->lm->ctx, (long)hw * b->lm->ctx, hw);
     qs_emit(c, o, text);
     return 0;
 }
