@@ -283,6 +283,9 @@ struct qs_wcache_info {
 void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w);
 /* Drops every decoded copy, pinned or not (the next reads decode again). */
 void qs_bench_wcache_clear(struct qs_bench *b);
+/* Evicts unpinned decoded copies, least recently used first, until the cache holds at most
+ * wq_budget (pinned copies stay, beyond it). */
+void qs_bench_wcache_trim(struct qs_bench *b);
 
 /* A quantizable unit: an MLP layer, or a transformer's linear site. b: (out) or NULL (a site
  * without a bias). Its float weight is read through qs_bench_w. */
@@ -439,6 +442,23 @@ int qs_bench_site_identity(const struct qs_bench *b, int i);
 size_t qs_bench_held_bytes(const struct qs_bench *b);
 /* set calib tokens=N (transformers): N / ctx windows (at least 1), the budget remembered. */
 int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e);
+
+/* ---- the user's settings of memory and held-out size (settings.c) ---------------------- */
+
+/* `set memory`: the decoded weights cache's budget in bytes (wq_budget; 0 holds only the site
+ * in use) and the activation budget (act_budget, > 0); NULL leaves one as it is. Lowering the
+ * weights budget evicts decoded copies down to it at once (pinned ones stay); lowering the
+ * activation budget below what a site's cached rows hold drops the caches (streamed again on
+ * use). Never changes a number. 0, or -1 with a message (acts 0). */
+int qs_bench_set_memory(struct qs_bench *b, const size_t *weights, const size_t *acts, qs_err *e);
+/* `set heldout`: a transformer's held-out runs take the split's first `windows` windows (0: all
+ * of it; test_windows); tokens > 0 asks for tokens / ctx windows rounded up instead. Refused on
+ * an MLP (its test split is rows: set split) and beyond the loaded split's windows. A change
+ * drops the caches (held-out activations, error sums, moments). 0 / -1. */
+int qs_bench_set_heldout(struct qs_bench *b, long windows, long tokens, qs_err *e);
+/* The held-out split's windows of a transformer with token data ((held-out tokens - 1) / ctx),
+ * whatever test_windows is; -1 without them. */
+int qs_bench_heldout_windows(const struct qs_bench *b);
 
 /* Drops every cached activation (both paths, both splits). */
 void qs_bench_caches_free(struct qs_bench *b);

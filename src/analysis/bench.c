@@ -368,6 +368,7 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     s->f_calib = b->f_calib;
     s->calib_n = b->calib_n;
     s->calib_tokens = b->calib_tokens;
+    s->test_windows = b->test_windows;
     s->act_budget = b->act_budget;
     s->wq_budget = b->wq_budget;
     s->gate_min = b->gate_min;

@@ -208,6 +208,7 @@ struct run_out {
     double *unit_loss;
     int want_kl;
     double kl, agree;
+    double loss_f; /* a transformer's float loss on the same windows (want_kl) */
     float *logits;
 };
 
@@ -493,6 +494,7 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
         o->m.loss = o->want_kl ? ev.loss_q : ev.loss;
         o->m.acc = NAN; /* a language model's metric is the perplexity, exp(loss) */
         o->m.n = (int)ev.ntok;
+        o->loss_f = ev.loss;
         o->kl = ev.kl;
         o->agree = ev.top1_agree;
     }
@@ -701,15 +703,21 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     return rc;
 }
 
-int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
-                    struct qs_metric *m, double *unit_loss, double *kl, double *agree, qs_err *e)
+static int run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                  struct run_out *o, qs_err *e)
 {
     const struct family *F = family_of(b);
     if (b->lm ? F->ready(b, e) < 0 || calibrate_static(b, e) < 0 : qs_bench_update(b, e) < 0)
         return -1;
     struct path p = {.b = b, .qmask = quant_mask, .cmask = corr_mask, .quant = 1};
+    return F->run(b, s, &p, o, e);
+}
+
+int qs_bench_run_ex(struct qs_bench *b, enum qs_split_id s, uint64_t quant_mask, uint64_t corr_mask,
+                    struct qs_metric *m, double *unit_loss, double *kl, double *agree, qs_err *e)
+{
     struct run_out o = {.unit_loss = unit_loss, .want_kl = kl || agree};
-    if (F->run(b, s, &p, &o, e) < 0)
+    if (run_ex(b, s, quant_mask, corr_mask, &o, e) < 0)
         return -1;
     *m = o.m;
     if (kl)
@@ -768,21 +776,22 @@ double qs_bench_bits_per_weight(const struct qs_bench *b)
 }
 
 /* A transformer: float and quantized (corrected) forwards of every held-out window, scored by
- * qs_lm_score_window; the float loss is cached for the gate. */
+ * qs_lm_score_window; the float loss is cached for the gate. When set heldout caps the runs'
+ * windows, f.loss is the float loss on those windows (the quantized loss's), the gate's stays
+ * on the whole split. */
 static int lm_eval(struct qs_bench *b, struct qs_eval *ev, qs_err *e)
 {
-    struct qs_metric m;
-    double kl, agree;
+    struct run_out o = {.want_kl = 1};
     struct qs_lm_gate g;
-    if (qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, &agree, e) < 0 ||
-        qs_bench_lm_gate(b, &g, e) < 0)
+    if (run_ex(b, QS_TEST, ~0ULL, ~0ULL, &o, e) < 0 || qs_bench_lm_gate(b, &g, e) < 0)
         return -1;
-    ev->f.loss = g.float_loss;
-    ev->q.loss = m.loss;
+    int hw = qs_bench_heldout_windows(b);
+    ev->f.loss = b->test_windows > 0 && b->test_windows < hw ? o.loss_f : g.float_loss;
+    ev->q.loss = o.m.loss;
     ev->f.acc = ev->q.acc = NAN;
-    ev->f.n = ev->q.n = m.n;
-    ev->kl = kl;
-    ev->agree = agree;
+    ev->f.n = ev->q.n = o.m.n;
+    ev->kl = o.kl;
+    ev->agree = o.agree;
     ev->chance = g.unigram;
     ev->gate_pass = g.pass;
     ev->gate_threshold = g.threshold;

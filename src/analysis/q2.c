@@ -698,7 +698,7 @@ int qs_q2_run_setting(const struct qs_q2_opts *o, const char *arg, uint64_t seed
     struct qs_eval evl;
     if (qs_bench_eval(b, &evl, e) < 0)
         goto out;
-    s->float_loss = evl.f.loss;
+    s->float_loss = b->lm ? b->lm_float_loss : evl.f.loss; /* a transformer's: the gate's */
     s->float_acc = evl.f.acc;
     s->quant_acc = evl.q.acc;
     s->gate_pass = evl.gate_pass;

@@ -954,7 +954,7 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
     const uint32_t *tok = b->tokens->ids;
     const size_t n_val = b->tokens->n - off;
     struct qs_lm_eval ev;
-    if (qs_lm_evaluate(m, tok + off, n_val, 0, &q.h, NULL, &ev, e) < 0)
+    if (qs_lm_evaluate(m, tok + off, n_val, b->test_windows, &q.h, NULL, &ev, e) < 0)
         goto out;
     r->ste_loss0 = ev.loss;
     struct qs_lm_train_opts sched; /* the per-block schedule */
@@ -1061,7 +1061,7 @@ static int qat_block(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_t
         }
     }
     if (qs_qat_hooks_refresh(&q, e) < 0 ||
-        qs_lm_evaluate(m, tok + off, n_val, 0, &q.h, NULL, &ev, e) < 0)
+        qs_lm_evaluate(m, tok + off, n_val, b->test_windows, &q.h, NULL, &ev, e) < 0)
         goto out;
     r->ste_loss = ev.loss;
     r->train_loss = ntail ? tail / ntail : NAN; /* the blocks' last reconstruction losses */
@@ -1173,7 +1173,10 @@ int qs_qat_lm(struct qs_bench *b, const struct qs_qat_lm_opts *o, qs_lm_train_cb
     }
     struct qs_lm_train_result tr;
     const uint32_t *tok = b->tokens->ids;
-    int rc = qs_lm_train(m, tok, off, tok + off, b->tokens->n - off, &t, cb, u, &tr, e);
+    size_t n_val = b->tokens->n - off; /* set heldout: its first test_windows windows */
+    if (b->test_windows > 0 && n_val > (size_t)b->test_windows * bm->ctx + 1)
+        n_val = (size_t)b->test_windows * bm->ctx + 1;
+    int rc = qs_lm_train(m, tok, off, tok + off, n_val, &t, cb, u, &tr, e);
     if (rc == 0 && q.failed)
         rc = qs_errf(e, "%s", q.msg);
     free(head);

@@ -178,6 +178,11 @@ void qs_site_wq_unpin_all(struct qs_bench *b)
     wc_trim(b, 0);
 }
 
+void qs_bench_wcache_trim(struct qs_bench *b)
+{
+    wc_trim(b, 0);
+}
+
 void qs_bench_wcache_info(const struct qs_bench *b, struct qs_wcache_info *w)
 {
     memset(w, 0, sizeof *w);

@@ -185,6 +185,16 @@ static cJSON *split_json(const struct qs_bench *b)
     return s;
 }
 
+/* A budget in MiB as info states them: "512 MB", or with decimals when not a whole MiB. */
+static const char *mb_text(size_t v, char *buf, size_t n)
+{
+    if (v % 1048576 == 0)
+        snprintf(buf, n, "%zu MB", v / 1048576);
+    else
+        snprintf(buf, n, "%.4g MB", v / 1048576.0);
+    return buf;
+}
+
 static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     (void)e;
@@ -197,6 +207,8 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddStringToObject(o, "version", QS_VERSION);
     if (b->lm) {
         qs_cmd_lm_info(c, o, &t);
+        /* set heldout: the held-out windows the runs take (0: all; the split line says it) */
+        cJSON_AddNumberToObject(o, "heldout_windows", b->test_windows);
     } else if (b->model) {
         cJSON_AddStringToObject(o, "model", b->model_path ? b->model_path : "");
         cJSON_AddStringToObject(o, "arch", "mlp");
@@ -247,8 +259,12 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     size_t held = qs_bench_held_bytes(b);
     cJSON_AddNumberToObject(o, "analysis_bytes", (double)held);
     cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
-    qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (activation budget %.0f MB)",
-                 held / 1048576.0, b->act_budget / 1048576.0);
+    char ab[32], wb[32];
+    qs_sb_printf(&t,
+                 "\nmemory  the analyses hold %.1f MB (activation budget %s, decoded weights "
+                 "budget %s: set memory)",
+                 held / 1048576.0, mb_text(b->act_budget, ab, sizeof ab),
+                 mb_text(b->wq_budget, wb, sizeof wb));
     /* of which the sites' input moments (X^T X in double), cached between analyses */
     size_t mom = qs_moments_cache_bytes(b->momc);
     cJSON_AddNumberToObject(o, "moments_bytes", (double)mom);
@@ -268,10 +284,10 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     if (wi.nquant > 0)
         qs_sb_printf(&t,
                      "\nweights %d quantized site%s: codes %.1f MB, decoded on use; the "
-                     "cache holds %.1f MB of %d site%s (budget %.0f MB)",
+                     "cache holds %.1f MB of %d site%s (budget %s)",
                      wi.nquant, wi.nquant == 1 ? "" : "s", wi.packed_bytes / 1048576.0,
                      wi.bytes / 1048576.0, wi.nsites, wi.nsites == 1 ? "" : "s",
-                     wi.budget / 1048576.0);
+                     mb_text(wi.budget, wb, sizeof wb));
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
@@ -748,6 +764,162 @@ static int cmd_set_calib(struct qs_ctx *c, int argc, char **argv, qs_err *e)
         return -1;
     snprintf(c->canon, sizeof c->canon, "set calib %ld", v);
     emit_set(c, "calib", (double)v, "");
+    return 0;
+}
+
+/* A size: bytes, or a whole number of K, M or G (binary: 1024, 1024^2, 1024^3; either case).
+ * No sign, no fraction, at most 1 PiB (a larger one is a typo, not a budget). */
+static int parse_size(const char *s, const char *what, size_t *out, qs_err *e)
+{
+    const unsigned long long max = 1ULL << 50;
+    unsigned long long v = 0;
+    const char *p = s;
+    if (!*p || *p < '0' || *p > '9')
+        return qs_errf(e, "%s: '%s' is not a size (bytes, or N with K, M or G: 512M)", what, s);
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (max - (unsigned)(*p - '0')) / 10)
+            return qs_errf(e, "%s: '%s' is too large (at most 1 PiB)", what, s);
+        v = v * 10 + (unsigned)(*p - '0');
+    }
+    unsigned long long mul = 1;
+    if (*p) {
+        switch (*p) {
+        case 'K':
+        case 'k':
+            mul = 1ULL << 10;
+            break;
+        case 'M':
+        case 'm':
+            mul = 1ULL << 20;
+            break;
+        case 'G':
+        case 'g':
+            mul = 1ULL << 30;
+            break;
+        default:
+            mul = 0;
+        }
+        if (!mul || p[1])
+            return qs_errf(e, "%s: '%s': the suffix must be K, M or G (binary), or none for bytes",
+                           what, s);
+    }
+    if (v > max / mul)
+        return qs_errf(e, "%s: '%s' is too large (at most 1 PiB)", what, s);
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+/* A size as set memory reads it back: the largest binary suffix that states it exactly. */
+static const char *size_word(size_t v, char *buf, size_t n)
+{
+    if (v && v % (1ULL << 30) == 0)
+        snprintf(buf, n, "%zuG", v >> 30);
+    else if (v && v % (1ULL << 20) == 0)
+        snprintf(buf, n, "%zuM", v >> 20);
+    else if (v && v % (1ULL << 10) == 0)
+        snprintf(buf, n, "%zuK", v >> 10);
+    else
+        snprintf(buf, n, "%zu", v);
+    return buf;
+}
+
+/* set memory [weights=SIZE] [acts=SIZE]: the two budgets; with neither, what they are now. */
+static int cmd_set_memory(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc; /* options only (the spec) */
+    (void)argv;
+    struct qs_bench *b = c->b;
+    const char *wv = qs_arg(c, "weights"), *av = qs_arg(c, "acts");
+    size_t w = 0, a = 0;
+    if ((wv && parse_size(wv, "set memory weights", &w, e) < 0) ||
+        (av && parse_size(av, "set memory acts", &a, e) < 0) ||
+        qs_bench_set_memory(b, wv ? &w : NULL, av ? &a : NULL, e) < 0)
+        return -1;
+    char ws[32], as[32], hs[32];
+    if (wv || av) {
+        int k = snprintf(c->canon, sizeof c->canon, "set memory");
+        if (wv)
+            k += snprintf(c->canon + k, sizeof c->canon - (size_t)k, " weights=%s",
+                          size_word(w, ws, sizeof ws));
+        if (av)
+            snprintf(c->canon + k, sizeof c->canon - (size_t)k, " acts=%s",
+                     size_word(a, as, sizeof as));
+    } else {
+        c->no_journal = 1; /* a question, not a setting */
+    }
+    struct qs_wcache_info wi;
+    qs_bench_wcache_info(b, &wi);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "set");
+    cJSON_AddNumberToObject(o, "weights_cache_budget_bytes", (double)b->wq_budget);
+    cJSON_AddNumberToObject(o, "weights_cache_bytes", (double)wi.bytes);
+    cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
+    char text[320];
+    snprintf(text, sizeof text,
+             "memory: weights=%s (the decoded weights cache holds %s of %d site%s%s), "
+             "acts=%s (captured activations)",
+             size_word(b->wq_budget, ws, sizeof ws), size_word(wi.bytes, hs, sizeof hs), wi.nsites,
+             wi.nsites == 1 ? "" : "s", b->wq_budget ? "" : "; 0: only the site in use",
+             size_word(b->act_budget, as, sizeof as));
+    qs_emit(c, o, text);
+    return 0;
+}
+
+/* set heldout [N | tokens=N | all]: how many held-out windows a transformer's runs take. */
+static int cmd_set_heldout(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc; /* read by the spec */
+    (void)argv;
+    struct qs_bench *b = c->b;
+    const char *tv = qs_arg(c, "tokens"), *nv = qs_arg_pos(c, 0);
+    if (nv && tv)
+        return qs_errf(e, "set heldout: give N, tokens=N or all (one of them)");
+    if (nv || tv) {
+        long v = 0, tok = 0;
+        if (tv) {
+            if (qs_parse_int(tv, 1, 1L << 40, &tok, "set heldout tokens", e) < 0)
+                return -1;
+        } else if (strcmp(nv, "all") && qs_parse_int(nv, 1, 1 << 30, &v, "set heldout", e) < 0) {
+            return -1;
+        }
+        if (qs_bench_set_heldout(b, v, tok, e) < 0)
+            return -1;
+        if (tv)
+            snprintf(c->canon, sizeof c->canon, "set heldout tokens=%ld", tok);
+        else if (v > 0)
+            snprintf(c->canon, sizeof c->canon, "set heldout %ld", v);
+        else
+            snprintf(c->canon, sizeof c->canon, "set heldout all");
+    } else {
+        c->no_journal = 1; /* a question, not a setting */
+    }
+    int hw = qs_bench_heldout_windows(b), tw = b->lm ? b->test_windows : 0;
+    int capped = tw > 0 && (hw < 0 || tw < hw), used = capped || hw < 0 ? tw : hw;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "set");
+    cJSON_AddNumberToObject(o, "heldout_windows", tw);
+    if (b->lm && hw >= 0) {
+        cJSON_AddNumberToObject(o, "split_windows", hw);
+        cJSON_AddNumberToObject(o, "windows_used", used);
+    }
+    char text[320];
+    if (!b->lm)
+        snprintf(text, sizeof text, "held-out: the whole test split (an MLP's is rows: set split)");
+    else if (hw < 0 && capped)
+        snprintf(text, sizeof text, "held-out runs: the first %d windows of %d (no token data yet)",
+                 tw, b->lm->ctx);
+    else if (hw < 0)
+        snprintf(text, sizeof text, "held-out runs: every window (no token data yet)");
+    else if (capped)
+        snprintf(text, sizeof text,
+                 "held-out runs: the first %d of %d windows of %d (%ld tokens); the gate's float "
+                 "loss: all %d",
+                 tw, hw, b->lm->ctx, (long)tw * b->lm->ctx, hw);
+    else
+        snprintf(text, sizeof text,
+                 "held-out runs: all %d windows of %d (%ld tokens); the gate's float loss: all %d",
+                 hw, b->lm->ctx, (long)hw * b->lm->ctx, hw);
+    qs_emit(c, o, text);
     return 0;
 }
 
@@ -1883,6 +2055,18 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      QS_CMD_JOURNAL | QS_CMD_RECALC, cmd_set_calib,
      "use the first N samples of the calibration split (transformers: N windows; tokens=N: "
      "N / ctx windows, at least one)",
+     NULL},
+    {"set memory", 0, 0,
+     QS_ARGS(QS_OPT("weights", QS_ARG_WORD, "SIZE"), QS_OPT("acts", QS_ARG_WORD, "SIZE")),
+     QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_set_memory,
+     "memory budgets: weights= the decoded quantized weights cache (0: only the site in use), "
+     "acts= captured activations; SIZE in bytes or with K, M, G (binary); none: show them",
+     NULL},
+    {"set heldout", 0, 1,
+     QS_ARGS(QS_POS("N|all", QS_ARG_INT, "N|all"), QS_OPT("tokens", QS_ARG_INT, NULL)),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_set_heldout,
+     "transformers: held-out runs take the first N windows (tokens=N: N / ctx rounded up; all: "
+     "every one, the default); the gate stays on the whole split; none: show it",
      NULL},
     {"set split", 0, 0,
      QS_ARGS(QS_OPT("seed", QS_ARG_INT, NULL), QS_OPT("train", QS_ARG_FLOAT, NULL),

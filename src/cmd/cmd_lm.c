@@ -259,9 +259,17 @@ int qs_cmd_lm_eval(struct qs_ctx *c, qs_err *e)
     cJSON_AddStringToObject(o, "gate", g.pass ? "pass" : "fail");
     qs_json_num(o, "gate_threshold", g.threshold);
     qs_cmd_json_static_amax(o, b);
+    /* set heldout: the runs' windows are the split's first test_windows, the gate's all */
+    int hw = qs_bench_heldout_windows(b), capped = b->test_windows > 0 && b->test_windows < hw;
+    char cap[96] = "";
+    if (capped) {
+        cJSON_AddNumberToObject(o, "heldout_windows", b->test_windows);
+        snprintf(cap, sizeof cap, " (the first %d of %d: set heldout; the gate: all)",
+                 b->test_windows, hw);
+    }
     struct qs_sb t = {0};
-    qs_sb_printf(&t, "regime %s, %.3f bits/weight; held-out %ld tokens in windows of %d\n",
-                 qs_regime_name(rg), bpw, ev.ntok, b->lm->ctx);
+    qs_sb_printf(&t, "regime %s, %.3f bits/weight; held-out %ld tokens in windows of %d%s\n",
+                 qs_regime_name(rg), bpw, ev.ntok, b->lm->ctx, cap);
     qs_sb_printf(&t, "          %9s %8s\n", "ppl", "loss");
     qs_sb_printf(&t, "float     %9.4f %8.4f\n", ev.ppl, ev.loss);
     qs_sb_printf(&t, "quant     %9.4f %8.4f   (delta loss %+.4f)\n", ev.ppl_q, ev.loss_q,
