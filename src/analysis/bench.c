@@ -268,6 +268,8 @@ int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_er
     b->data = NULL;
     qs_split_free(&b->split);
     b->lm = m;
+    if (m)
+        m->wf_budget = b->wq_budget; /* set memory weights= bounds both caches */
     free(b->model_path);
     b->model_path = qs_strdup(path);
     if (alloc_states(b, e) < 0 || qs_bench_resolve(b, e) < 0)

@@ -1,5 +1,6 @@
 /* settings.c - the user's settings of how much the bench holds and how much it judges on:
- * `set memory` (the decoded weights cache's and the activations' budgets) and `set heldout`
+ * `set memory` (the budget of each weights cache — the quantized sites' decoded weights, a
+ * 16-bit model's widened float weights — and the activations') and `set heldout`
  * (how many held-out windows a transformer's runs take). The setters are pure: they check,
  * set and free what the new setting no longer allows; the command prints. */
 #include "qscope/bench.h"
@@ -14,6 +15,10 @@ int qs_bench_set_memory(struct qs_bench *b, const size_t *weights, const size_t 
         /* 0 holds only the site in use: qs_site_wq always keeps the copy asked for */
         b->wq_budget = *weights;
         qs_bench_wcache_trim(b);
+        if (b->lm) { /* the widened copies of a 16-bit model's float weights: the same budget */
+            b->lm->wf_budget = *weights;
+            qs_lm_site_w_trim(b->lm, 0);
+        }
     }
     if (acts) {
         b->act_budget = *acts;

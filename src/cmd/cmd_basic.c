@@ -288,6 +288,20 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
                      wi.nquant, wi.nquant == 1 ? "" : "s", wi.packed_bytes / 1048576.0,
                      wi.bytes / 1048576.0, wi.nsites, wi.nsites == 1 ? "" : "s",
                      mb_text(wi.budget, wb, sizeof wb));
+    /* a 16-bit transformer's float weights: the file's bytes, widened on use */
+    struct qs_lm_wf_info fi = {0};
+    if (b->lm)
+        qs_lm_wf_info(b->lm, &fi);
+    cJSON_AddNumberToObject(o, "float_weights_f32_bytes", (double)fi.f32_bytes);
+    cJSON_AddNumberToObject(o, "float_weights_16bit_bytes", (double)fi.lazy_bytes);
+    cJSON_AddNumberToObject(o, "float_weights_cache_bytes", (double)fi.cached_bytes);
+    if (fi.nlazy > 0)
+        qs_sb_printf(&t,
+                     "\nfloat   %d site%s kept as the file's 16-bit weights (%.1f MB, widened on "
+                     "use); the cache holds %.1f MB of %d site%s (budget %s)",
+                     fi.nlazy, fi.nlazy == 1 ? "" : "s", fi.lazy_bytes / 1048576.0,
+                     fi.cached_bytes / 1048576.0, fi.ncached, fi.ncached == 1 ? "" : "s",
+                     mb_text(b->lm->wf_budget, wb, sizeof wb));
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
