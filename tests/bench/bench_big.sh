@@ -63,6 +63,15 @@ for name in gpt2-small tinyllama-1.1b; do
     read -r mw mk <"$T/mem"
     echo "bench big-$name-memory: '$cmd' (default calibration) $mw s, peak RSS $((mk / 1024)) MB, ratio $(awk -v r="$mk" 'BEGIN{printf "%.2f", 1536 / (r / 1024)}') (target 1: peak RSS <= 1.5 GB; GPT-2-small shape)"
   done
+  # the issue's 1B workload, whole, within one machine: quantize every site, eval, error, rank
+  # (one calibration and one held-out window keep it to minutes); peak RSS <= disk + 2 GB
+  if [ "$name" = tinyllama-1.1b ]; then
+    wl="quant * int4 gran=group:128; set calib 1; set heldout 1; eval; error; rank $site; info"
+    /usr/bin/time -f '%e %M %U' -o "$T/wl" ./qscope --no-default -c "load model $d; load data $d-tokens.bin; $wl" >"$T/out" 2>"$T/err" ||
+      { echo "bench big-$name-workload: qscope failed: $(tail -1 "$T/err")"; continue; }
+    read -r ww wk wu <"$T/wl"
+    echo "bench big-$name-workload: '$wl' $ww s ($wu CPU s), peak RSS $((wk / 1024)) MB, on disk $disk MB, ratio $(awk -v r="$wk" -v d="$disk" 'BEGIN{printf "%.2f", (d + 2048) / (r / 1024)}') (target 1: RSS <= disk + 2 GB)"
+  fi
 done
 [ $found = 1 ] || echo "bench big: skipped (no models in $BIG: run make bigmodels)"
 exit 0
