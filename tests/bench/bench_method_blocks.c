@@ -96,17 +96,25 @@ static double refresh_cpu(const char *dir, const char *tokens, int calib, const 
     return t;
 }
 
+/* The best of reps runs each way. */
 static void one(const char *name, const char *dir, const char *tokens, int calib, const char *fmt,
-                const char *opts, const char *method, double target)
+                const char *opts, const char *method, double target, int reps)
 {
-    double fwd = 0.0;
-    double ours = refresh_cpu(dir, tokens, calib, fmt, opts, 1, &fwd);
-    double ref = refresh_cpu(dir, tokens, calib, fmt, opts, 0, NULL);
-    if (ours <= 0 || ref <= 0)
-        return;
+    double fwd = 0.0, ours = 1e30, ref = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double f = 0.0, a = refresh_cpu(dir, tokens, calib, fmt, opts, 1, &f);
+        double b = refresh_cpu(dir, tokens, calib, fmt, opts, 0, NULL);
+        if (a < 0 || b < 0)
+            return;
+        if (a < ours) {
+            ours = a;
+            fwd = f;
+        }
+        ref = b < ref ? b : ref;
+    }
     printf("bench methods-model-%s-%s: ours %.2f CPU s, site by site %.2f CPU s (a float forward "
-           "of the calibration windows %.2f CPU s), ratio %.2f (target %.0f)\n",
-           name, method, ours, ref, fwd, ref / ours, target);
+           "of the calibration windows %.2f CPU s; best of %d), ratio %.2f (target %.1f)\n",
+           name, method, ours, ref, fwd, reps, ref / ours, target);
     fflush(stdout);
 }
 
@@ -114,9 +122,9 @@ int main(void)
 {
     const char *text = "datasets/text/licenses.txt";
     one("tiny-gpt2", "datasets/models/tiny-gpt2", text, 0, "int4", "gran=channel method=gptq",
-        "gptq", 1);
+        "gptq", 1.5, 3);
     one("tiny-llama", "datasets/models/tiny-llama", text, 0, "int4", "gran=channel method=gptq",
-        "gptq", 1);
+        "gptq", 1.5, 3);
     const char *big = getenv("BIG");
     char dir[4096], tok[4200];
     if (big && *big) {
@@ -126,8 +134,8 @@ int main(void)
         if (f) {
             fclose(f);
             /* 49 sites: the reference runs ~2 x 49 / 2 one-window forwards, the block pass ~3 */
-            one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=channel method=gptq", "gptq", 4);
-            one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=group:128 method=awq", "awq", 4);
+            one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=channel method=gptq", "gptq", 4, 1);
+            one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=group:128 method=awq", "awq", 4, 1);
         }
     }
     return 0;
