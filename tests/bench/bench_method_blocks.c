@@ -1,14 +1,15 @@
 /* bench_method_blocks.c - `quant * FMT method=gptq|awq` on a whole transformer: the method sites'
  * input moments taken block by block from the kept residual stream (qs_bench_methods_refresh)
  * against the site-by-site streams it replaced (qs_bench_methods_refresh_sitewise: each site's
- * calibration windows run from the embeddings to it, ~nsites / 2 forwards), the same codes bit
+ * calibration windows run from the embeddings to it, float and quantized: ~nsites forwards in
+ * all), the same codes bit
  * for bit (test_method_blocks.c). Prints, for tests/bench/run.sh,
  *   bench methods-model-NAME-METHOD: ours X CPU s, site by site Y CPU s, ratio Y/X (target T)
  * as process CPU seconds (all threads: steadier than wall time on a shared machine), and one
  * float forward over the same calibration windows for scale. The bundled tiny GPT-2 and LLaMA
  * (8 windows of 64 tokens of the license text); with $BIG set and BIG/gpt2-small present (`make
  * bigmodels`), GPT-2-small on 1 window of 1024 tokens (set calib 1: the site-by-site reference
- * takes ~25 one-window forwards per method there). */
+ * takes ~49 one-window forwards per method there). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,7 +134,7 @@ int main(void)
         FILE *f = fopen(tok, "rb");
         if (f) {
             fclose(f);
-            /* 49 sites: the reference runs ~2 x 49 / 2 one-window forwards, the block pass ~3 */
+            /* 49 sites: the reference runs ~49 one-window forwards, the block pass ~3 */
             one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=channel method=gptq", "gptq", 4, 1);
             one("gpt2-small-calib1", dir, tok, 1, "int4", "gran=group:128 method=awq", "awq", 4, 1);
         }
