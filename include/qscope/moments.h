@@ -78,6 +78,12 @@ struct qs_bench;
  * of this function or a change of the bench (the caller does not free it). */
 int qs_bench_site_moments_cached(struct qs_bench *b, int site, int s, int quant,
                                  const struct qs_moments **m, qs_err *e);
+/* qs_bench_methods_refresh (bench.h) as it was before transformers' method sites took their
+ * moments block by block (sitemethod.c): each method site's moments streamed on their own from
+ * the embeddings (qs_bench_site_moments: a float and a quantized pass up to the site), ~nsites
+ * forwards over the calibration windows in all.
+ * The reference the block pass is checked against, bit for bit (test_method_blocks.c). */
+int qs_bench_methods_refresh_sitewise(struct qs_bench *b, int strict, qs_err *e);
 /* Drops the quantized-path entries of the sites after site i (site i's quantized inputs depend
  * on the sites before it only). */
 void qs_moments_cache_invalidate(struct qs_moments_cache *c, int i);

@@ -336,7 +336,8 @@ static int site_inputs(struct qs_bench *b, int i, int inputs_float, float **x, i
  * no function of the moments) and rotations in general (their basis change is applied to rows);
  * an MLP's come from its cached rows. Sums in double, rows in 256-row blocks either way. */
 static int site_stats(struct qs_bench *b, int i, const struct qs_rule_method *m,
-                      const struct qs_rot *rot, const float *xs, double *h, float *v, qs_err *e)
+                      const struct qs_rot *rot, const float *xs, const struct qs_moments *given,
+                      double *h, float *v, qs_err *e)
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
@@ -345,10 +346,13 @@ static int site_stats(struct qs_bench *b, int i, const struct qs_rule_method *m,
     if (b->lm && !rot) {
         struct qs_moments mm;
         memset(&mm, 0, sizeof mm);
-        if (qs_bench_site_moments(b, i, QS_CALIB, !m->inputs_float, &mm, e) < 0)
+        if (given) /* the block pass's (block_moments): the same sums, computed once */
+            mm = *given;
+        else if (qs_bench_site_moments(b, i, QS_CALIB, !m->inputs_float, &mm, e) < 0)
             return -1;
         if (mm.n < 1) {
-            qs_moments_free(&mm);
+            if (!given)
+                qs_moments_free(&mm);
             return qs_errf(e, "%s: no calibration inputs", u.name);
         }
         for (size_t k = 0; k < cc; k++)
@@ -363,7 +367,8 @@ static int site_stats(struct qs_bench *b, int i, const struct qs_rule_method *m,
                        ? (float)(mm.xtx[(size_t)j * cols + j] / (sj * sj) / (double)mm.n)
                        : (float)(mm.absum[j] / sj / (double)mm.n);
         }
-        qs_moments_free(&mm);
+        if (!given)
+            qs_moments_free(&mm);
         return 0;
     }
     float *x = NULL;
@@ -423,10 +428,11 @@ static void mres_free(struct mres *r)
 }
 
 /* Computes method m with format f, options o on site i: its transform, packed codes and
- * effective weight. */
+ * effective weight. mm (may be NULL): the finished moments of site i's quantized-path inputs,
+ * when the caller has them (a transformer's block pass); NULL: site_stats computes them. */
 static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
                           const struct qs_qopts *o, const struct qs_rule_method *m,
-                          struct mres *res, qs_err *e)
+                          const struct qs_moments *mm, struct mres *res, qs_err *e)
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
@@ -490,7 +496,7 @@ static int method_compute(struct qs_bench *b, int i, const struct qs_format *f,
                     qs_errf(e, "out of memory");
                 goto done;
             }
-            if (site_stats(b, i, m, rot, xs, h, v, e) < 0)
+            if (site_stats(b, i, m, rot, xs, mm, h, v, e) < 0)
                 goto done;
         }
         size_t nblk = 0;
@@ -586,14 +592,15 @@ done:
     return rc;
 }
 
-/* Computes site i's method and commits it: packed codes, effective weight, error, transform. */
-static int site_apply(struct qs_bench *b, int i, qs_err *e)
+/* Computes site i's method and commits it: packed codes, effective weight, error, transform.
+ * mm: as method_compute's. */
+static int site_apply(struct qs_bench *b, int i, const struct qs_moments *mm, qs_err *e)
 {
     struct qs_unit u;
     qs_bench_unit(b, i, &u);
     struct qs_layer_state *s = &b->ls[i];
     struct mres r;
-    if (method_compute(b, i, &s->wfmt, &s->wopt, &s->wm, &r, e) < 0)
+    if (method_compute(b, i, &s->wfmt, &s->wopt, &s->wm, mm, &r, e) < 0)
         return -1;
     const size_t wn = (size_t)u.out * u.in;
     const float *uw = r.wq ? qs_bench_w(b, i, e) : NULL;
@@ -643,7 +650,7 @@ int qs_bench_method_weight(struct qs_bench *b, int i, const struct qs_format *f,
     if (f->kind == QS_FMT_NONE)
         return qs_errf(e, "%s: a method needs a format", u.name);
     struct mres r;
-    if (method_compute(b, i, f, o, m, &r, e) < 0)
+    if (method_compute(b, i, f, o, m, NULL, &r, e) < 0)
         return qs_err_prefix(e, u.name);
     memcpy(wq, r.wq, (size_t)u.out * u.in * sizeof *wq);
     *bits = 8.0 * (double)qs_packed_bytes(&r.p) + (r.xs ? 32.0 * u.in : 0.0);
@@ -659,11 +666,178 @@ int qs_bench_methods_pending(const struct qs_bench *b)
     return 0;
 }
 
-int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
+/* ---- transformers: block by block --------------------------------------------------------
+ *
+ * GPTQ's sequential mode as its reference implementation runs it: the quantized path's residual
+ * stream at the current block's entry is kept for every calibration window (F32, windows x ctx x
+ * d_model floats); a method site's input moments come from running that block alone from it, up
+ * to the site, with every site before it at its final weights (the sites sharing an input, as
+ * LLaMA's q, k, v and gate, up, take one accumulation); the next block's pass first advances the
+ * stream through this one. The moments are those qs_bench_site_moments streams from the
+ * embeddings for each site (the same rows, window after window, added in the same blocks; the
+ * quantized path's ops, qs_bench_layer_forward at every site, and qs_lm_forward_resume gives a
+ * resumed pass the bits of a whole one), so the codes are bit for bit the site-by-site ones
+ * (test_method_blocks.c). Cost: each input group runs its block from the entry up to it (the
+ * first group of a block rides on the pass that advances the stream through the block before),
+ * ~2.6 block forwards a block on GPT-2, ~3 forwards over the calibration windows in all, where
+ * each site's own stream ran a float and a quantized pass from the embeddings up to it (~nsites
+ * forwards in all). Memory: the kept stream, windows x ctx x d_model x 4 bytes (GPT-2-small's
+ * 8 windows of 1024: 24 MiB; TinyLlama's: 64 MiB), and one window's pass, (n_layer + 1) x ctx
+ * x d_model floats as qs_bench_stream's. When the kept stream would exceed act_budget the sites'
+ * moments are streamed site by site as before (O(in^2) memory, the same codes). */
+
+struct blk {
+    struct qs_bench *b;
+    int nw, ctx, d;
+    int blk;      /* the block whose entry x holds (-1: none yet) */
+    float *x;     /* (nw, ctx, d): the quantized path's residual stream there */
+    float *resid; /* (n_layer + 1, ctx, d): one window's pass */
+    int group;    /* the first site of the input group mm holds (-1: none) */
+    struct qs_moments mm;
+    int site; /* the pass: moments of this site's input, then stop at its linear */
+    int stopped;
+};
+
+/* The first site sharing site i's input (LLaMA: q, k, v read one normed stream, as gate, up do;
+ * GPT-2's sites each read their own). */
+static int input_group(const struct qs_lm *m, int i)
+{
+    if (m->family != QS_LM_LLAMA || i >= 7 * m->n_layer)
+        return i;
+    int k = i % 7;
+    return i - (k == 1 || k == 2 ? k : k == 5 ? 1 : 0);
+}
+
+/* Whether site i's method statistics can come from the block pass: a weight method other than
+ * round-to-nearest on the quantized path's inputs, in the site's own basis (a rotation reads
+ * rows; site_stats streams those). */
+static int blk_site(const struct qs_bench *b, int i)
+{
+    const struct qs_layer_state *s = &b->ls[i];
+    return b->lm && s->mpending && s->wfmt.kind != QS_FMT_NONE && s->wm.method != QS_METHOD_RTN &&
+           !s->wm.inputs_float && !s->wm.rotate;
+}
+
+static void blk_free(struct blk *c)
+{
+    free(c->x);
+    free(c->resid);
+    qs_moments_free(&c->mm);
+    memset(c, 0, sizeof *c);
+}
+
+static void blk_input(void *u, int s, const float *x, int n, int in)
+{
+    (void)in;
+    struct blk *c = u;
+    if (s == c->site)
+        qs_moments_add(&c->mm, x, n);
+}
+
+static int blk_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
+{
+    struct blk *c = u;
+    if (s == c->site) { /* its input is taken; nothing after it is wanted */
+        c->stopped = 1;
+        return qs_errf(e, "block pass: stopped");
+    }
+    return qs_bench_layer_forward(c->b, s, x, n, QS_ROLE_W | QS_ROLE_A, 1, y, e);
+}
+
+/* Sets up the kept stream: 1 when it fits act_budget (then allocated), 0 when it does not (the
+ * sites are computed site by site), -1 and e on failure. */
+static int blk_open(struct qs_bench *b, struct blk *c, qs_err *e)
+{
+    const struct qs_lm *m = b->lm;
+    memset(c, 0, sizeof *c);
+    c->blk = c->group = -1;
+    size_t off;
+    int nw;
+    qs_bench_lm_split(b, &off, &nw); /* calibration windows: tokens [w ctx, (w + 1) ctx) */
+    size_t keep = (size_t)nw * m->ctx * m->d_model * sizeof(float);
+    if (nw < 1 || keep > b->act_budget)
+        return 0;
+    c->b = b;
+    c->nw = nw;
+    c->ctx = m->ctx;
+    c->d = m->d_model;
+    if (qs_mem_check(keep, "the quantized path's residual stream", e) < 0 ||
+        !(c->x = qs_alloc((size_t)nw * m->ctx, (size_t)m->d_model * sizeof(float),
+                          "the quantized path's residual stream", e)) ||
+        !(c->resid = qs_alloc((size_t)(m->n_layer + 1) * m->ctx, (size_t)m->d_model * sizeof(float),
+                              "the residual stream of a window", e))) {
+        blk_free(c);
+        return -1;
+    }
+    return 1;
+}
+
+/* The finished moments of site i's quantized-path inputs over the calibration windows (c->mm):
+ * one pass over the windows from the kept stream's block (the embeddings the first time) to
+ * site i, which moves the kept stream to i's block. A site sharing the input of the group
+ * held reuses it (the sites of its group before it do not change it). */
+static int blk_moments(struct blk *c, int i, qs_err *e)
+{
+    struct qs_bench *b = c->b;
+    const struct qs_lm *m = b->lm;
+    int l = qs_lm_site_block(m, i), g = input_group(m, i);
+    if (c->group == g && c->blk == l)
+        return 0;
+    qs_moments_free(&c->mm);
+    c->group = -1;
+    /* the sites the pass runs: their static activation scales calibrated (site_apply leaves a
+     * method site's to be calibrated again in its basis), as qs_bench_stream does first */
+    int from = c->blk < 0 ? 0 : c->blk;
+    for (int j = qs_lm_block_first_site(m, from); j < i; j++) {
+        const struct qs_layer_state *s = &b->ls[j];
+        if (s->afmt.kind != QS_FMT_NONE && s->amode == QS_AMODE_STATIC && s->a_static_amax <= 0) {
+            if (qs_bench_update(b, e) < 0)
+                return -1;
+            break;
+        }
+    }
+    if (qs_moments_init(&c->mm, m->sites[i].in, e) < 0)
+        return -1;
+    struct qs_hooks h = {0};
+    h.u = c;
+    h.input = blk_input;
+    h.linear = blk_linear;
+    c->site = i;
+    size_t Td = (size_t)c->ctx * c->d;
+    for (int w = 0; w < c->nw; w++) {
+        float *xw = c->x + (size_t)w * Td;
+        if (from > 0)
+            memcpy(c->resid + (size_t)from * Td, xw, Td * sizeof(float));
+        qs_err pe;
+        c->stopped = 0;
+        if (qs_lm_forward_resume(m, b->tokens->ids + (size_t)w * c->ctx, c->ctx, &h, from, c->resid,
+                                 NULL, &pe) < 0 &&
+            !c->stopped) {
+            *e = pe;
+            return -1;
+        }
+        if (l != from || c->blk < 0) /* entered block l: its entry is kept */
+            memcpy(xw, c->resid + (size_t)l * Td, Td * sizeof(float));
+        if (b->cancel)
+            return qs_errf(e, "cancelled");
+    }
+    qs_moments_finish(&c->mm);
+    c->blk = l;
+    c->group = g;
+    return 0;
+}
+
+/* Every pending method site in forward order; blocks 1: a transformer's method sites take their
+ * moments from the block pass (when the kept stream fits), 0: each its own stream (the
+ * reference the block pass is checked against). */
+static int refresh(struct qs_bench *b, int strict, int blocks, qs_err *e)
 {
     if (b->methods_busy || !qs_bench_methods_pending(b))
         return 0;
-    int S = qs_bench_nunits(b), rc = 0;
+    int S = qs_bench_nunits(b), rc = 0, bk = 0;
+    struct blk c;
+    memset(&c, 0, sizeof c);
+    c.blk = c.group = -1;
     b->methods_busy = 1;
     for (int i = 0; i < S && rc == 0; i++) {
         struct qs_layer_state *s = &b->ls[i];
@@ -696,7 +870,25 @@ int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
             snprintf(what, sizeof what, "quantizer method: %s", u.name);
             b->progress(b->progress_ctx, what, (double)i / S);
         }
-        if (site_apply(b, i, e) < 0) {
+        const struct qs_moments *mm = NULL;
+        if (blocks && blk_site(b, i)) {
+            if (bk == 0 && (bk = blk_open(b, &c, e)) < 0) {
+                rc = -1;
+                break;
+            }
+            if (bk == 0)
+                bk = -2; /* does not fit: site by site */
+            if (bk == 1) {
+                if (blk_moments(&c, i, e) < 0) {
+                    struct qs_unit u;
+                    qs_bench_unit(b, i, &u);
+                    rc = qs_err_prefix(e, u.name);
+                    break;
+                }
+                mm = &c.mm;
+            }
+        }
+        if (site_apply(b, i, mm, e) < 0) {
             struct qs_unit u;
             qs_bench_unit(b, i, &u);
             rc = qs_err_prefix(e, u.name);
@@ -705,6 +897,17 @@ int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
         qs_bench_invalidate(b, i);
         qs_bench_mark_stale(b, i);
     }
+    blk_free(&c);
     b->methods_busy = 0;
     return rc;
+}
+
+int qs_bench_methods_refresh(struct qs_bench *b, int strict, qs_err *e)
+{
+    return refresh(b, strict, 1, e);
+}
+
+int qs_bench_methods_refresh_sitewise(struct qs_bench *b, int strict, qs_err *e)
+{
+    return refresh(b, strict, 0, e);
 }
