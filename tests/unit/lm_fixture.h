@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "qscope/lm.h"
+
 /* The whole JSON file, parsed; NULL (and a line on stderr) when it cannot be read. */
 __attribute__((unused)) static cJSON *lmfx_load(const char *path)
 {
@@ -98,6 +100,20 @@ __attribute__((unused)) static struct lmfx_err lmfx_grad_err(const float *g, siz
         }
     }
     return r;
+}
+
+/* Loads DIR widened to F32: the backward reads weights in place, and a 16-bit fixture's sites
+ * stay the file's bytes until qs_lm_materialize. */
+static inline int lm_load_f32(const char *dir, struct qs_lm **m, qs_err *e)
+{
+    if (qs_lm_load(dir, m, e) < 0)
+        return -1;
+    if (qs_lm_materialize(*m, e) < 0) {
+        qs_lm_free(*m);
+        *m = NULL;
+        return -1;
+    }
+    return 0;
 }
 
 #endif

@@ -17,19 +17,6 @@
 #include "qscope/tokens.h"
 #include "test.h"
 
-/* The backward reads F32 weights in place: a 16-bit fixture is widened after the load. */
-static int lm_load_f32(const char *dir, struct qs_lm **m, qs_err *e)
-{
-    if (qs_lm_load(dir, m, e) < 0)
-        return -1;
-    if (qs_lm_materialize(*m, e) < 0) {
-        qs_lm_free(*m);
-        *m = NULL;
-        return -1;
-    }
-    return 0;
-}
-
 #define FIXTURE "tests/fixtures/lm_grad.json"
 #define TOL 1e-4
 
