@@ -260,9 +260,7 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     cJSON_AddNumberToObject(o, "analysis_bytes", (double)held);
     cJSON_AddNumberToObject(o, "activation_budget_bytes", (double)b->act_budget);
     char ab[32], wb[32];
-    qs_sb_printf(&t,
-                 "\nmemory  the analyses hold %.1f MB (activation budget %s, decoded weights "
-                 "budget %s: set memory)",
+    qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (budgets: activations %s, weights %s)",
                  held / 1048576.0, mb_text(b->act_budget, ab, sizeof ab),
                  mb_text(b->wq_budget, wb, sizeof wb));
     /* of which the sites' input moments (X^T X in double), cached between analyses */

@@ -462,6 +462,35 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     return s;
 }
 
+/* A transformer's first stage: what needs no forward pass (its sites, formats, bits per weight,
+ * weight errors), shown at once while the statistics and eval that need the calibration and
+ * held-out windows are computed (a GPT-2-small took minutes before its first table). */
+static struct tui_snap *snap_quick(struct tui_worker *w, int sel)
+{
+    struct qs_bench *b = w->c->b;
+    struct tui_snap *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->spec_layer = -1;
+    if (snap_header(b, s, sel) < 0)
+        return s;
+    snprintf(s->err, sizeof s->err, "%s",
+             b->tokens ? "computing errors and eval..." /* the status line shows progress */
+                       : "transformer: load data PATH.txt|.bin, then eval");
+    snprintf(s->spec_msg, sizeof s->spec_msg, "computing...");
+    return s;
+}
+
+static void publish(struct tui_shared *sh, struct tui_snap *s)
+{
+    pthread_mutex_lock(&sh->mu);
+    tui_snap_free(sh->snap);
+    s->gen = ++sh->gen;
+    sh->snap = s;
+    pthread_mutex_unlock(&sh->mu);
+    tui_poke(sh);
+}
+
 /* ---- the thread --------------------------------------------------------------------------- */
 
 static void *worker_main(void *arg)
@@ -494,6 +523,12 @@ static void *worker_main(void *arg)
             rc = qs_exec_line(c, line, &e);
             if (rebuild)
                 w->state_gen++;
+        }
+        /* a transformer whose figures are not cached: its table first, then the figures */
+        if (rebuild && b->lm && b->tokens && !(w->lm_have && w->lm_gen == w->state_gen)) {
+            struct tui_snap *q = snap_quick(w, sel);
+            if (q)
+                publish(sh, q);
         }
         struct tui_snap *s = rebuild ? tui_snap_build(w, sel, ldw, ldh) : NULL;
         b->cancel = 0;

@@ -136,7 +136,7 @@ sys.exit(0 if ok else 1)
 PY"
 out=$($Q --no-default -c "set memory; set memory acts=64m weights=3G; info" 2>&1)
 check memory_show "grep -q '^memory: weights=512M (the decoded weights cache holds 0 of 0 sites), acts=512M' <<<\"\$out\""
-check memory_info_text "grep -q 'activation budget 64 MB, decoded weights budget 3072 MB: set memory' <<<\"\$out\""
+check memory_info_text "grep -q 'budgets: activations 64 MB, weights 3072 MB' <<<\"\$out\""
 $Q --no-default -c "set memory; save session $T/q.qs" >/dev/null 2>&1
 check memory_show_not_journaled "! grep -q '^set memory' $T/q.qs"
 
