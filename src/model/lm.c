@@ -451,15 +451,11 @@ static const struct qs_st_tensor *tensor_find(const struct st_ctx *c, const char
     return t;
 }
 
-/* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array. With
+/* Copies the found tensor t (full: its name) of shape (r, cols) to a new F32 array. With
  * transpose, the (r, c) tensor is returned as (c, r). */
-static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_t cols,
-                     int transpose)
+static float *tensor_copy(const struct st_ctx *c, const struct qs_st_tensor *t, const char *full,
+                          int64_t r, int64_t cols, int transpose)
 {
-    char full[160];
-    const struct qs_st_tensor *t = tensor_find(c, name, r, cols, full);
-    if (!t)
-        return NULL;
     char what[200];
     snprintf(what, sizeof what, "%s: tensor '%s' as F32", c->file, full);
     float *v = qs_alloc((size_t)t->numel, sizeof(float), what, c->e);
@@ -486,6 +482,16 @@ static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_
     return v;
 }
 
+/* Copies tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D) to a new F32 array (transposed
+ * with transpose). */
+static float *tensor(const struct st_ctx *c, const char *name, int64_t r, int64_t cols,
+                     int transpose)
+{
+    char full[160];
+    const struct qs_st_tensor *t = tensor_find(c, name, r, cols, full);
+    return t ? tensor_copy(c, t, full, r, cols, transpose) : NULL;
+}
+
 /* Site s's weight from tensor PREFIX+NAME, (r, cols) in the file ((cols, r) = (out, in) after
  * transpose): an F16/BF16 tensor stays the file's bytes (w16, its pages released after the
  * finite check), any other is copied to F32 (w). */
@@ -503,7 +509,7 @@ static int site_weight(const struct st_ctx *c, struct qs_lm_site *s, const char 
         qs_st_release(c->f, t);
         return 0;
     }
-    return (s->w = tensor(c, name, r, cols, transpose)) ? 0 : -1;
+    return (s->w = tensor_copy(c, t, full, r, cols, transpose)) ? 0 : -1;
 }
 
 static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
