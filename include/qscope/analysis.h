@@ -29,7 +29,7 @@ struct qs_layer_err {
  * cheap (qs_analysis_kl_cost <= QS_KL_AUTO_MAX); otherwise kl_alone and kl_share are NaN.
  * qs_analysis_errors is qs_analysis_errors_ex with QS_KL_AUTO. */
 enum qs_kl_mode { QS_KL_AUTO, QS_KL_ON, QS_KL_OFF };
-#define QS_KL_AUTO_MAX 1e12
+#define QS_KL_AUTO_MAX 1e11
 int qs_analysis_errors(struct qs_bench *b, struct qs_layer_err *err, qs_err *e);
 int qs_analysis_errors_ex(struct qs_bench *b, struct qs_layer_err *err, enum qs_kl_mode kl,
                           qs_err *e);

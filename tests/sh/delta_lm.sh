@@ -137,5 +137,11 @@ for x, y in zip(a[\"layers\"], b[\"layers\"]):
 ' \"\$out\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant * int4; error kl=off' 2>&1)
 check error-kl-cost-stated "grep -q 'kl_share not computed: one held-out run per quantized site, about 1.56e+10 multiply-adds' <<<\"\$msg\""
+# kl=auto leaves the KL share out once its runs are costly (parameters x held-out tokens x
+# sites > 1e11; one site of a GPT-2-small is 7.6e11): 1.2M random ids give tiny-gpt2 120000
+# held-out tokens, 120576 x 120000 x 9 sites = 1.30e11
+python3 -c 'import random, sys; random.seed(7); sys.stdout.buffer.write(bytes(b for _ in range(1200000) for b in (random.randrange(256), 0)))' >"$T/many.bin"
+msg=$($Q datasets/models/tiny-gpt2 "$T/many.bin" -c 'quant * int4; set calib 1; error' 2>&1)
+check error-kl-auto-costly "grep -q 'kl_share not computed: one held-out run per quantized site, about 1.3e+11 multiply-adds' <<<\"\$msg\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'error kl=maybe' 2>&1)
 check error-kl-bad "grep -q 'kl=maybe: expected auto, on or off' <<<\"\$msg\""
