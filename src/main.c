@@ -93,6 +93,7 @@ int main(int argc, char **argv)
     const char *cmds = NULL, *script = NULL, *replay = NULL;
     int json = 0, repl = 0, check = 0, deterministic = 0, no_default = 0, allow_writes = 0;
     double tol = 1e-6;
+    qs_heap_tune();
     /* Options may come before or after the positional MODEL [DATA]; "--" ends options. There
      * are at most argc positional arguments (roundtrip's values). */
     char **pos = calloc((size_t)argc + 1, sizeof *pos);

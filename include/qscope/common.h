@@ -72,6 +72,12 @@ size_t qs_mem_available(void);
  * Larger ones are refused when BYTES exceeds qs_mem_available(), with "WHAT needs 10.2 GB but
  * only 3.1 GB of memory is available" in e. */
 int qs_mem_check(size_t bytes, const char *what, qs_err *e);
+/* Tunes the C library's allocator for this program's pattern, large buffers allocated and freed
+ * again and again (a forward's scratch, GPTQ's Hessian copy, the error chunks): blocks up to
+ * 512 MiB come from the heap and up to 1 GiB of freed memory is kept for reuse, instead of a
+ * fresh mapping per buffer whose every page faults on first touch. Call once at start, before
+ * any thread; the programs and the benches do, so both measure the same allocator. */
+void qs_heap_tune(void);
 /* calloc(n, size) after an overflow check and qs_mem_check; NULL with a message naming WHAT
  * and the figure on failure. Free with free(). */
 void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -288,6 +289,17 @@ int qs_mem_check(size_t bytes, const char *what, qs_err *e)
     return qs_errf(e, "%s needs %s but only %s of memory is available", what ? what : "this",
                    qs_fmt_bytes((double)bytes, nb, sizeof nb),
                    qs_fmt_bytes((double)avail, ab, sizeof ab));
+}
+
+void qs_heap_tune(void)
+{
+    /* glibc's default maps every block over its (dynamic, at most 32 MiB) threshold afresh and
+     * returns heap tops over 2x that: on this project's reference machine (a PVM guest, where a
+     * page fault costs ~12 us) GPT-2-small's `error` took 308k faults, 92k with these values,
+     * and GPTQ on a 3072 x 768 layer ran twice as fast (0.069 -> 0.034 s, one thread). The
+     * peak stays what the live buffers need; the heap does not shrink back below it. */
+    (void)mallopt(M_MMAP_THRESHOLD, 512 << 20);
+    (void)mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 void *qs_alloc(size_t n, size_t size, const char *what, qs_err *e)

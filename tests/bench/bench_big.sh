@@ -63,6 +63,19 @@ for name in gpt2-small tinyllama-1.1b; do
     read -r mw mk <"$T/mem"
     echo "bench big-$name-memory: '$cmd' (default calibration) $mw s, peak RSS $((mk / 1024)) MB, ratio $(awk -v r="$mk" 'BEGIN{printf "%.2f", 1536 / (r / 1024)}') (target 1: peak RSS <= 1.5 GB; GPT-2-small shape)"
   done
+  # one site's format switch followed by `error` at the default calibration: the first in a
+  # session (it also takes the gate's float pass over the held-out windows) and a second one
+  # (float figures cached), timed from the JSON lines as they come, in PyTorch window forwards
+  # at the same thread count (issue 14's target: <= 6)
+  ./qscope --no-default --json -c "load model $d; load data $d-tokens.bin; quant $site int4; error; quant $site int3; error" 2>"$T/err" |
+    while IFS= read -r l; do printf '%s %s\n' "$(date +%s.%N)" "${l:0:24}"; done >"$T/sw"
+  read -r sw1 sw2 < <(awk '/"cmd":"load data"/ {t0 = $1} /"cmd":"error"/ {e[++n] = $1}
+    END {if (n == 2) printf "%.2f %.2f\n", e[1] - t0, e[2] - e[1]; else print "- -"}' "$T/sw")
+  if [ "$sw1" = - ]; then
+    echo "bench big-$name-switch-error: qscope failed: $(tail -1 "$T/err")"
+  else
+    echo "bench big-$name-switch-error: first $sw1 s, again $sw2 s (load $(cut -d' ' -f1 /proc/loadavg)); pytorch ${tw:-?} s per window forward: $(awk -v a="$sw1" -v b="$sw2" -v t="${tw:-0}" 'BEGIN{if (t > 0) printf "%.1f and %.1f", a / t, b / t; else printf "?"}') windows (target <= 6)"
+  fi
   # the TUI's first paint: start to the layers table (its first site named), which needs no
   # forward pass; the errors and eval follow in their panes (target 2 s)
   if command -v tmux >/dev/null; then

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "qscope/common.h"
 #include "qscope/mlp.h"
 
 static double now(void)
@@ -75,6 +76,7 @@ static void bench_model(const char *name, struct qs_mlp *m, int n, int reps)
 
 int main(int argc, char **argv)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     qs_err e;
     qs_rng rng;
     qs_rng_seed(&rng, 0);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "qscope/analysis.h"
+#include "qscope/common.h"
 
 /* Current resident set size in bytes (from /proc/self/statm). */
 static double rss_bytes(void)
@@ -62,6 +63,7 @@ static int refresh(struct qs_bench *b)
 
 int main(void)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     qs_err e;
     /* baseline: the process with OpenBLAS's thread buffers already allocated */
     {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "qscope/common.h"
 #include "qscope/lm.h"
 #include "qscope/tokens.h"
 
@@ -81,6 +82,7 @@ static int big(const char *dir, int ctx)
 
 int main(int argc, char **argv)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     if (argc > 1)
         return big(argv[1], argc > 2 ? atoi(argv[2]) : 0);
     qs_err e;

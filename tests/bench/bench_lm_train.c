@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "qscope/common.h"
 #include "qscope/lm.h"
 #include "qscope/lm_train.h"
 #include "qscope/tokens.h"
@@ -19,6 +20,7 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     int batch = argc > 1 ? atoi(argv[1]) : 16;
     qs_err e;
     struct qs_tokens *tk;

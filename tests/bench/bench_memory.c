@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "qscope/analysis.h"
+#include "qscope/common.h"
 
 static double rss_now(void)
 {
@@ -25,6 +26,7 @@ static double rss_now(void)
 
 int main(void)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     qs_err e;
     char path[] = "/tmp/qscope-bench-memory-XXXXXX";
     int fd = mkstemp(path);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "qscope/bench.h"
+#include "qscope/common.h"
 #include "qscope/lm.h"
 #include "qscope/lmbench.h"
 #include "qscope/moments.h"
@@ -121,6 +122,7 @@ static void one(const char *name, const char *dir, const char *tokens, int calib
 
 int main(void)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     const char *text = "datasets/text/licenses.txt";
     one("tiny-gpt2", "datasets/models/tiny-gpt2", text, 0, "int4", "gran=channel method=gptq",
         "gptq", 1.5, 3);

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "qscope/common.h"
 #include "qscope/format.h"
 #include "qscope/methods.h"
 
@@ -351,6 +352,7 @@ static void bench_nogemm(int rows, int cols, double speak)
 /* argv[1] (optional): run only the lines whose method starts with it (gptq, awq, other) */
 int main(int argc, char **argv)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     const char *only = argc > 1 ? argv[1] : "";
 #define RUN(m) (!*only || strncmp(only, m, strlen(only)) == 0)
     double sp = gemm_peak(0, 1536), dp = gemm_peak(1, 1536);

@@ -36,6 +36,7 @@ static double time_memcpy(float *dst, const float *src, size_t n)
 
 int main(int argc, char **argv)
 {
+    qs_heap_tune(); /* as qscope itself runs */
     size_t n = (size_t)N * N;
     float *w = malloc(n * sizeof *w), *out = malloc(n * sizeof *out);
     if (!w || !out) {
