@@ -137,8 +137,13 @@ int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs
  * the cache, so forwards on several threads may share m. */
 int qs_lm_site_linear(const struct qs_lm *m, int s, const float *x, int n, const float *b, float *y,
                       qs_err *e);
-/* Widens every 16-bit site into an owned F32 w (for code that writes weights or holds many at
- * once: training, QAT, the backward pass); the cache is dropped. 0 or -1 and e. */
+/* The token embedding (vocab, d) as F32: the model's own copy (*own NULL), or, while it stays
+ * the file's 16-bit bytes, a copy widened for the caller to free (*own). NULL and e when out
+ * of memory or the file changed on disk. */
+const float *qs_lm_embed_f32(const struct qs_lm *m, float **own, qs_err *e);
+/* Widens the token embedding (a tied head with it) and every 16-bit site into an owned F32 w (for
+ * code that writes weights or holds many at once: training, QAT, the backward pass); the cache is
+ * dropped. 0 or -1 and e. */
 int qs_lm_materialize(struct qs_lm *m, qs_err *e);
 /* Drops the cache's copies down to wf_budget (after a change of it), or all of them (all). */
 void qs_lm_site_w_trim(struct qs_lm *m, int all);

@@ -512,6 +512,35 @@ static int site_weight(const struct st_ctx *c, struct qs_lm_site *s, const char 
     return (s->w = tensor_copy(c, t, full, r, cols, transpose)) ? 0 : -1;
 }
 
+/* The token embedding from tensor PREFIX+NAME, (vocab, d): as site_weight, an F16/BF16 tensor
+ * stays the file's bytes (wte16; a 128k-vocabulary LLaMA-3's embedding is 1 GB as F32). */
+static int embed_weight(const struct st_ctx *c, struct qs_lm_priv *p, const char *name,
+                        int64_t vocab, int64_t d)
+{
+    char full[160];
+    const struct qs_st_tensor *t = tensor_find(c, name, vocab, d, full);
+    if (!t)
+        return -1;
+    if (t->dtype == QS_DT_F16 || t->dtype == QS_DT_BF16) {
+        p->wte16 = t->data;
+        p->wte16_dt = t->dtype;
+        qs_st_release(c->f, t);
+        return 0;
+    }
+    return (p->wte = tensor_copy(c, t, full, vocab, d, 0)) ? 0 : -1;
+}
+
+/* A tied head: the embedding itself, F32 or the same 16-bit bytes. */
+static void tie_head(struct qs_lm_priv *p, struct qs_lm_site *h)
+{
+    h->w = p->wte;
+    if (!p->wte) {
+        h->w16 = p->wte16;
+        h->w16_dt = p->wte16_dt;
+        h->w16_t = 0;
+    }
+}
+
 static void site_set(struct qs_lm_site *s, const char *name, int in, int out)
 {
     snprintf(s->name, sizeof s->name, "%s", name);
@@ -579,7 +608,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     struct qs_lm_priv *p = m->priv;
     int d = m->d_model, ff = m->d_ff;
     char k[128];
-    if (!(p->wte = tensor(c, "wte.weight", m->vocab, d, 0)) ||
+    if (embed_weight(c, p, "wte.weight", m->vocab, d) < 0 ||
         !(p->wpe = tensor(c, "wpe.weight", m->ctx, d, 0)))
         return -1;
     for (int l = 0; l < m->n_layer; l++) {
@@ -613,7 +642,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     struct qs_lm_site *h = &m->sites[m->nsites - 1];
     site_set(h, "lm_head", d, m->vocab);
     if (m->tied) {
-        h->w = p->wte;
+        tie_head(p, h);
         return 0;
     }
     struct st_ctx c0 = *c;
@@ -643,7 +672,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
     struct qs_lm_priv *p = m->priv;
     int d = m->d_model;
     char k[128];
-    if (!(p->wte = tensor(c, "model.embed_tokens.weight", m->vocab, d, 0)))
+    if (embed_weight(c, p, "model.embed_tokens.weight", m->vocab, d) < 0)
         return -1;
     for (int l = 0; l < m->n_layer; l++) {
         struct lm_layer *L = &p->layer[l];
@@ -667,7 +696,7 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
     struct qs_lm_site *h = &m->sites[m->nsites - 1];
     site_set(h, "lm_head", d, m->vocab);
     if (m->tied) {
-        h->w = p->wte;
+        tie_head(p, h);
         return 0;
     }
     return head_linear(c, h);
@@ -1057,7 +1086,8 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
         return qs_errf(e, "%s: exists and is not a folder", dir);
     const struct qs_lm_priv *p = m->priv;
     const float *head = w && w[H] ? w[H] : m->sites[H].w;
-    /* a tied head stays tied only while it is the embedding itself */
+    /* a tied head stays tied only while it is the embedding itself (both the file's 16-bit
+     * bytes, head and wte NULL, count as that) */
     const int tied = m->tied && head == p->wte;
     /* at most: embeddings, norms, head, 16 per layer (2 norms, 7 weights and 7 biases) */
     int cap = 5 + 16 * m->n_layer, nk = 0;
@@ -1068,12 +1098,18 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
     struct save_list x = {0};
     x.t = qs_calloc((size_t)cap + nx, sizeof *x.t); /* and the caller's extra tensors */
     x.names = qs_calloc((size_t)cap + nx, sizeof *x.names);
-    x.own = qs_calloc(2 * (size_t)m->nsites, sizeof *x.own); /* widened, transposed */
+    x.own = qs_calloc(2 * (size_t)m->nsites + 1, sizeof *x.own); /* widened, transposed */
     size_t dl = strlen(dir) + 32;
     char *path = malloc(dl);
     const char **keys = malloc(((size_t)nmeta + 1 + p->nmeta) * sizeof *keys);
     const char **vals = malloc(((size_t)nmeta + 1 + p->nmeta) * sizeof *vals);
     int rc = x.t && x.names && x.own && path && keys && vals ? 0 : qs_errf(e, "out of memory");
+    float *emb_own = NULL;
+    const float *emb = rc == 0 ? qs_lm_embed_f32(m, &emb_own, e) : NULL;
+    if (rc == 0 && !emb)
+        rc = qs_err_prefix(e, dir);
+    if (emb_own)
+        x.own[x.nown++] = emb_own;
     char k[128];
     const char *pre = gpt2 ? "transformer." : "model.";
     for (int s = 0; rc == 0 && s < H; s++) {
@@ -1090,7 +1126,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
             bs = !((bmask >> (s % 7)) & 1) ? NULL : b && b[s] ? b[s] : si->b ? si->b : zeros;
         if (gpt2 && first) {
             if (s == 0) {
-                save_put(&x, "transformer.wte.weight", m->vocab, m->d_model, p->wte);
+                save_put(&x, "transformer.wte.weight", m->vocab, m->d_model, emb);
                 save_put(&x, "transformer.wpe.weight", m->ctx, m->d_model, p->wpe);
             }
             snprintf(k, sizeof k, "transformer.h.%d.ln_1.weight", l);
@@ -1103,7 +1139,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
             save_put(&x, k, m->d_model, 0, L->n2b);
         } else if (first) {
             if (s == 0)
-                save_put(&x, "model.embed_tokens.weight", m->vocab, m->d_model, p->wte);
+                save_put(&x, "model.embed_tokens.weight", m->vocab, m->d_model, emb);
             snprintf(k, sizeof k, "model.layers.%d.input_layernorm.weight", l);
             save_put(&x, k, m->d_model, 0, L->n1w);
             snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
@@ -1183,6 +1219,40 @@ size_t qs_lm_linear_slice_bytes = (size_t)64 << 20;
 int qs_lm_check_file(const struct qs_lm *m, qs_err *e)
 {
     return m->priv && m->priv->f ? qs_st_check(m->priv->f, e) : 0;
+}
+
+/* Embedding row id into out (d floats): a copy, or widened from the file's bytes (exact). */
+static void embed_row(const struct qs_lm_priv *p, uint32_t id, int d, float *out)
+{
+    if (p->wte) {
+        memcpy(out, p->wte + (size_t)id * d, (size_t)d * sizeof(float));
+        return;
+    }
+    const unsigned char *src = p->wte16 + (size_t)id * d * 2;
+    if (p->wte16_dt == QS_DT_BF16)
+        qs_bf16_to_f32_n(src, out, (size_t)d);
+    else
+        qs_f16_to_f32_n(src, out, (size_t)d);
+}
+
+const float *qs_lm_embed_f32(const struct qs_lm *m, float **own, qs_err *e)
+{
+    const struct qs_lm_priv *p = m->priv;
+    *own = NULL;
+    if (p->wte)
+        return p->wte;
+    float *w = qs_alloc((size_t)m->vocab * m->d_model, sizeof(float),
+                        "the token embedding widened to F32", e);
+    if (!w)
+        return NULL;
+    for (int r = 0; r < m->vocab; r++)
+        embed_row(p, (uint32_t)r, m->d_model, w + (size_t)r * m->d_model);
+    qs_st_release_bytes(p->f, p->wte16, (size_t)m->vocab * m->d_model * 2);
+    if (qs_lm_check_file(m, e) < 0) {
+        free(w);
+        return NULL;
+    }
+    return *own = w;
 }
 
 int qs_lm_site_rows(const struct qs_lm *m, int s, int r0, int r1, float *out, qs_err *e)
@@ -1342,6 +1412,23 @@ const float *qs_lm_site_w(struct qs_lm *m, int s, qs_err *e)
 int qs_lm_materialize(struct qs_lm *m, qs_err *e)
 {
     struct qs_lm_priv *p = m->priv;
+    if (p && !p->wte) { /* the embedding, and a tied head with it: one F32 copy for both */
+        float *own;
+        if (!qs_lm_embed_f32(m, &own, e))
+            return qs_err_prefix(e, "the token embedding");
+        p->wte = own;
+        p->wte16 = NULL;
+        if (m->tied) {
+            struct qs_lm_site *h = &m->sites[m->nsites - 1];
+            if (p->wc && p->wc[m->nsites - 1]) {
+                p->wc_bytes -= (size_t)h->out * h->in * sizeof(float);
+                free(p->wc[m->nsites - 1]);
+                p->wc[m->nsites - 1] = NULL;
+            }
+            h->w = p->wte;
+            h->w16 = NULL;
+        }
+    }
     for (int s = 0; s < m->nsites; s++) {
         struct qs_lm_site *st = &m->sites[s];
         if (st->w)
@@ -1693,7 +1780,7 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
         memcpy(x, resid + (size_t)from * Td, Td * sizeof(float));
     else
         for (int t = 0; t < T; t++) {
-            memcpy(x + (size_t)t * d, p->wte + (size_t)tok[t] * d, (size_t)d * sizeof(float));
+            embed_row(p, tok[t], d, x + (size_t)t * d);
             if (m->family == QS_LM_GPT2)
                 for (int i = 0; i < d; i++)
                     x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];

@@ -320,7 +320,11 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
         k++;                                                                                       \
     } while (0)
     if (rc == 0) {
-        const float *emb = *qs_lm_slot(mm, QS_LM_SLOT_EMBED, 0);
+        float *emb_own = NULL;
+        const float *emb = qs_lm_embed_f32(m, &emb_own, e);
+        if (!emb)
+            rc = -1;
+        own[k] = (uint8_t *)emb_own; /* freed with the other copies */
         snprintf(names[k], sizeof names[k], "token_embd.weight");
         t[k] = (struct qs_gguf_tensor_out){.name = names[k],
                                            .type = QS_GGML_F32,
@@ -687,8 +691,12 @@ int qs_lm_gguf_sites_open(const char *path, struct qs_lm *ref, struct qs_lm_gguf
         const struct qs_gguf_tensor *t = qs_gguf_find(g, "token_embd.weight");
         inf.embd_type = t ? t->type : -1;
         int d = ref->d_model;
-        rc = max_diff(g, c.file, "token_embd.weight", *qs_lm_slot(ref, QS_LM_SLOT_EMBED, 0),
-                      (int64_t)d * ref->vocab, &inf.embd_max_diff, e);
+        float *emb_own = NULL;
+        const float *emb = qs_lm_embed_f32(ref, &emb_own, e);
+        rc = emb ? max_diff(g, c.file, "token_embd.weight", emb, (int64_t)d * ref->vocab,
+                            &inf.embd_max_diff, e)
+                 : -1;
+        free(emb_own);
         for (int l = 0; rc == 0 && l < ref->n_layer; l++) {
             char k[64];
             snprintf(k, sizeof k, "blk.%d.attn_norm.weight", l);

@@ -115,6 +115,9 @@ static void list_tensors(const struct qs_lm *m, struct tlist *l, float **gw, flo
  * file's bytes (lm.h) is refused here; its callers widen it first (qs_lm_materialize). */
 static int need_f32(const struct qs_lm *m, qs_err *e)
 {
+    if (!m->priv->wte)
+        return qs_errf(e, "the token embedding: the backward pass needs the weights in F32 "
+                          "(qs_lm_materialize)");
     for (int s = 0; s < m->nsites; s++)
         if (!m->sites[s].w)
             return qs_errf(e, "%s: the backward pass needs the weights in F32 (qs_lm_materialize)",

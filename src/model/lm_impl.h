@@ -8,7 +8,12 @@ struct lm_layer {
 };
 
 struct qs_lm_priv {
-    float *wte;       /* (vocab, d) token embedding */
+    /* (vocab, d) token embedding as F32; NULL while it stays the file's F16/BF16 bytes (wte16,
+     * dtype wte16_dt, in the mapping f): a forward widens the rows it looks up, and a tied
+     * head is then a 16-bit site over the same bytes (qs_lm_materialize widens both as one) */
+    float *wte;
+    const unsigned char *wte16;
+    int wte16_dt;
     float *wpe;       /* (ctx, d) learned positions (GPT-2) */
     float *nfw, *nfb; /* final norm (b: GPT-2 only) */
     struct lm_layer *layer;

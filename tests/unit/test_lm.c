@@ -110,8 +110,9 @@ static void test_llama_vs_torch(void)
     if (m) {
         CHECK(!m->tied && m->n_kv_head == 4 && m->d_ff == 56);
         CHECK_NEAR(m->rope_theta, 500.0, 1e-9);
-        /* BF16: the sites stay the file's bytes (w NULL), the embedding is an F32 copy */
-        CHECK(m->sites[m->nsites - 1].w != *qs_lm_slot(m, QS_LM_SLOT_EMBED, 0));
+        /* BF16: the sites and the embedding stay the file's bytes (w NULL), the untied head
+         * its own tensor */
+        CHECK(*qs_lm_slot(m, QS_LM_SLOT_EMBED, 0) == NULL && !m->sites[m->nsites - 1].w);
         CHECK(m->sites[m->nsites - 1].w16 != NULL && m->sites[0].w16 != NULL);
     }
     qs_lm_free(m);
@@ -459,11 +460,21 @@ static void test_lazy_weights(void)
         }
         struct qs_lm_wf_info ia, ib;
         qs_lm_wf_info(a, &ia);
-        int heads = a->tied ? 1 : 0; /* a tied head is the (F32) embedding */
-        CHECK(ia.nlazy == a->nsites - heads && ia.f32_bytes == 0);
+        /* every site is lazy, a tied head too (it is the embedding's 16-bit bytes), and so is
+         * the embedding itself */
+        CHECK(ia.nlazy == a->nsites && ia.f32_bytes == 0);
+        CHECK(*qs_lm_slot(a, QS_LM_SLOT_EMBED, 0) == NULL);
         CHECK(qs_lm_materialize(b, &e) == 0);
         qs_lm_wf_info(b, &ib);
-        CHECK(ib.nlazy == 0 && ib.f32_bytes == 2 * ia.lazy_bytes);
+        size_t head16 = a->tied ? (size_t)a->vocab * a->d_model * 2 : 0; /* aliased once F32 */
+        CHECK(ib.nlazy == 0 && ib.f32_bytes == 2 * (ia.lazy_bytes - head16));
+        const float *emb_b = *qs_lm_slot(b, QS_LM_SLOT_EMBED, 0);
+        CHECK(emb_b != NULL && (!b->tied || b->sites[b->nsites - 1].w == emb_b));
+        float *emb_own = NULL; /* the embedding widened for a caller: the materialized bits */
+        const float *emb_a = qs_lm_embed_f32(a, &emb_own, &e);
+        CHECK(emb_a && emb_own == emb_a && emb_b &&
+              !memcmp(emb_a, emb_b, (size_t)a->vocab * a->d_model * sizeof(float)));
+        free(emb_own);
         for (int s = 0; s < a->nsites; s++) { /* rows widened, transposed where stored so */
             const struct qs_lm_site *st = &a->sites[s];
             int r0 = st->out / 3, r1 = st->out - 1;
@@ -482,6 +493,24 @@ static void test_lazy_weights(void)
         CHECK(qs_lm_forward(b, tok, T, NULL, lb, &e) == 0);
         CHECK(qs_lm_forward(a, tok, T, NULL, la, &e) == 0);
         CHECK(!memcmp(la, lb, nl * sizeof *la));
+        { /* saved from the lazy model (its embedding widened for the file), loaded again: the
+             same logits, and a tied head stays tied */
+            char sdir[160];
+            snprintf(sdir, sizeof sdir, "%s-saved", dir);
+            struct qs_lm *c = NULL;
+            CHECK(qs_lm_save(a, sdir, NULL, NULL, NULL, NULL, 0, &e) == 0);
+            CHECK(qs_lm_load(sdir, &c, &e) == 0);
+            if (c) {
+                float *lc = malloc(nl * sizeof *lc);
+                CHECK(c->tied == a->tied && qs_lm_forward(c, tok, T, NULL, lc, &e) == 0);
+                CHECK(!memcmp(lc, lb, nl * sizeof *lc));
+                free(lc);
+            }
+            qs_lm_free(c);
+            char rm[200];
+            snprintf(rm, sizeof rm, "rm -rf %s", sdir);
+            CHECK(system(rm) == 0);
+        }
         size_t keep = qs_lm_linear_slice_bytes;
         /* slices of 3 output rows (a large head's way): the same bits from F32 and 16-bit
          * weights, and within rounding of the whole products */
