@@ -586,14 +586,23 @@ static int preview_windows(const struct tui_worker *w, struct qs_bench *b, int *
     return (double)qs_lm_nparams(b->lm) * *cw * b->lm->ctx > w->preview_min;
 }
 
-/* Every site's errors on the first pn calibration windows into s's rows, kept for the state
- * they were computed on (a new selection shows them again without a pass). */
-static int preview_errors(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s, int pn,
-                          qs_err *e)
+static int preview_kept(const struct tui_worker *w, const struct qs_bench *b, int pn, int S)
+{
+    return w->pv_have && w->pv_gen == w->state_gen && w->pv_m == (const void *)b->lm &&
+           w->pv_t == (const void *)b->tokens && w->pv_n == pn && w->pv_nsites == S;
+}
+
+/* Every site's errors on the first pn of the cw calibration windows into s's rows, s marked as
+ * the preview: the figures kept for this state (a new selection shows them again without a
+ * pass), else (compute) computed now. 1 when s has them, 0 when not kept (compute 0), -1 with
+ * e when they could not be computed (cancelled). */
+static int stage_preview(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s, int pn,
+                         int cw, int compute, qs_err *e)
 {
     int S = s->nlayers;
-    if (!(w->pv_have && w->pv_gen == w->state_gen && w->pv_m == (const void *)b->lm &&
-          w->pv_t == (const void *)b->tokens && w->pv_n == pn && w->pv_nsites == S)) {
+    if (!preview_kept(w, b, pn, S)) {
+        if (!compute)
+            return 0;
         w->pv_have = 0;
         free(w->pv_snr);
         free(w->pv_mse);
@@ -629,7 +638,14 @@ static int preview_errors(struct tui_worker *w, struct qs_bench *b, struct tui_s
         s->rows[i].preact_rel_mse = w->pv_mse[i];
         s->rows[i].has_err = 1;
     }
-    return 0;
+    s->stage = STAGE_PREVIEW;
+    s->pv_n = pn;
+    s->pv_of = cw;
+    snprintf(s->err, sizeof s->err,
+             "preview: errors on %d of %d calibration windows; full pass running (Ctrl-C "
+             "cancels)",
+             pn, cw);
+    return 1;
 }
 
 /* For tests (QSCOPE_TUI_PREVIEW_HOLD=PATH): after publishing a stage, the worker waits until PATH
@@ -694,28 +710,26 @@ static void *worker_main(void *arg)
         /* a transformer whose figures are not cached: its figures in stages (see above) */
         struct tui_snap *spec = NULL;
         if (rebuild && b->lm && b->tokens && !(w->lm_have && w->lm_gen == w->state_gen)) {
+            int pn = 0, cw = 0, pv = preview_windows(w, b, &pn, &cw);
             struct tui_snap *q = snap_stage(w, sel, STAGE_QUICK, NULL);
+            if (q && pv) /* a preview kept for this state shows at once */
+                (void)stage_preview(w, b, q, pn, cw, 0, NULL);
             if (q)
                 publish(sh, q);
             pthread_mutex_lock(&sh->mu);
             sh->staging = 1;
             pthread_mutex_unlock(&sh->mu);
             if ((spec = spectrum_of(b, q ? q->spec_layer : sel))) {
-                if ((q = snap_stage(w, sel, STAGE_QUICK, spec)))
+                if ((q = snap_stage(w, sel, STAGE_QUICK, spec)) && pv)
+                    (void)stage_preview(w, b, q, pn, cw, 0, NULL);
+                if (q)
                     publish(sh, q);
                 hold(w);
             }
-            int pn, cw;
-            if (!b->cancel && preview_windows(w, b, &pn, &cw)) {
+            if (pv && !b->cancel) {
                 struct tui_snap *p = snap_stage(w, sel, STAGE_PREVIEW, spec);
                 qs_err pe = {{0}};
-                if (p && p->nlayers && preview_errors(w, b, p, pn, &pe) == 0 && !b->cancel) {
-                    p->pv_n = pn;
-                    p->pv_of = cw;
-                    snprintf(p->err, sizeof p->err,
-                             "preview: errors on %d of %d calibration windows; full pass "
-                             "running (Ctrl-C cancels)",
-                             pn, cw);
+                if (p && p->nlayers && stage_preview(w, b, p, pn, cw, 1, &pe) == 1 && !b->cancel) {
                     if (!spec && (spec = spectrum_of(b, p->spec_layer))) /* methods now fitted */
                         (void)spec_copy(p, spec);
                     publish(sh, p);

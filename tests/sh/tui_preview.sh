@@ -9,7 +9,8 @@
 # preview's SNR column equals batch `set calib 2; error`, the full stage's equals batch `error`
 # (so the preview left `set calib` and the full pass's caches as they were); the saved session
 # holds nothing of the preview; a command typed while the stages run cancels them and its own
-# figures come; without the forced threshold the tiny model gets no preview. Waits poll the
+# figures come, and so does a key's (the preview's figures kept); without the forced threshold the
+# tiny model gets no preview. Waits poll the
 # screen for a marker, never a fixed sleep. Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
@@ -162,12 +163,31 @@ if [ $ok = 1 ] && [ "$got" = "$REF2" ]; then
 else
   fail "new-command-cancels-stages" "screen:" "$got" "batch:" "$REF2" "$(screen "$s")"
 fi
+# 5. a key moving the selection while the preview is shown (the full pass to come) cancels the
+#    stages; the new selection's spectrum comes with the preview's figures kept, then the full
+cmd "$s" "quant * int6"
+esc "$s"
+wait_for "$s" "computing errors and eval" 20 && wait_spectrum "$s" "(MP|null) edge" && go && gone
+ok=0
+if wait_for "$s" "preview: errors on 2/8" 20; then
+  pv=$(snr_screen "$s")
+  T send-keys -t "$s" j
+  if wait_re "$s" '^>h\.0\.attn\.c_proj ' 10 && wait_for "$s" "3 Spectrum 0.attn.c_proj" 20 &&
+     wait_spectrum "$s" "(MP|null) edge" && wait_for "$s" "preview: errors on 2/8" 5 &&
+     [ "$(snr_screen "$s")" = "$pv" ]; then
+    go
+    gone && wait_for "$s" "preview: errors on 2/8" 20 && go && gone && full_shown "$s" &&
+      [ "$(snr_screen "$s")" = "$(snr_ref "quant * int4; quant h.0.* int8; quant h.1.* int8; quant * int6")" ] && ok=1
+  fi
+fi
+if [ $ok = 1 ]; then pass "key-cancels-keeps-preview"; else fail "key-cancels-keeps-preview" "$(screen "$s")"; fi
+
 T send-keys -t "$s" q
 wait_for "$s" "quit anyway?" 10 && T send-keys -t "$s" y
 wait_all "$s" "qscope-exit=0" 10 || fail "quit" "$(screen_all "$s")"
 T kill-session -t "$s" >/dev/null 2>&1
 
-# 5. the default threshold: the tiny model's full pass is cheap, no preview (one hold, then the
+# 6. the default threshold: the tiny model's full pass is cheap, no preview (one hold, then the
 #    full figures)
 s=qs-pv0-$$
 rm -f "$GO"
