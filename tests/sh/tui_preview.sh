@@ -34,10 +34,11 @@ snr_ref() {
 }
 # the same from the layers pane: its rows left of the first separator, SNR the column before
 # the correction's ("-": none); the pane drops the columns it has no room for
-snr_screen() {
-  screen "$1" | sed -n '3,12p' | awk -F'│' '{ print $1 }' |
+snr_text() {
+  sed -n '3,12p' | awk -F'│' '{ print $1 }' |
     awk '$1 ~ /^>?(h\.|lm_head)/ { n = $1; sub(/^>/, "", n); print n, $(NF - 1) }'
 }
+snr_screen() { screen "$1" | snr_text; }
 go() { : >"$GO"; }
 # the worker took the file: it has gone on to the next stage
 gone() {
@@ -69,6 +70,21 @@ wait_re() {
 }
 # the spectrum pane (rows 13-24, left of its separator) has drawn its plot's footer
 spectrum_footer() { screen "$1" | sed -n '13,24p' | awk -F'│' '{ print $1 $2 }' | grep -qE "$2"; }
+# quick_stage SESSION ERE: one screen shows the first stage: errors and eval still computing,
+# no SNR in the layers table, and the spectrum pane's footer matching ERE
+quick_stage() {
+  local sc
+  for ((i = 0; i < 300; i++)); do
+    sc=$(screen "$1")
+    if grep -q "computing errors and eval" <<<"$sc" &&
+       sed -n '13,24p' <<<"$sc" | awk -F'│' '{ print $1 $2 }' | grep -qE "$2" &&
+       [ "$(snr_text <<<"$sc" | awk '$2 != "-"' | wc -l)" = 0 ] && [ "$(snr_text <<<"$sc" | wc -l)" = 9 ]; then
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
 wait_spectrum() {
   for ((i = 0; i < 300; i++)); do
     spectrum_footer "$1" "$2" && return 0
@@ -83,8 +99,7 @@ T new-session -d -s "$s" -x 100 -y 30 "env $ENVV $Q $M $D; echo qscope-exit=\$?"
 
 # 1. the first stage: the table and the first site's spectrum (float: no weight error), while
 #    errors and eval are still to come
-if wait_for "$s" "computing errors and eval" 20 && wait_spectrum "$s" "no weight error" &&
-   screen "$s" | grep -qE '^>h\.0\.attn\.c_attn .* - '; then
+if wait_for "$s" "Layers" 20 && quick_stage "$s" "no weight error"; then
   pass "start.quick-stage-spectrum"
 else
   fail "start.quick-stage-spectrum" "$(screen "$s")"
@@ -107,8 +122,7 @@ if [ "$(wc -l <<<"$REF_FULL")" != 9 ] || [ "$REF_PV" = "$REF_FULL" ]; then
 fi
 cmd "$s" "quant * int4"
 esc "$s"
-if wait_for "$s" "computing errors and eval" 20 && wait_spectrum "$s" "(MP|null) edge" &&
-   screen "$s" | grep -qE '^>h\.0\.attn\.c_attn +int4/'; then
+if quick_stage "$s" "(MP|null) edge" && screen "$s" | grep -qE '^>h\.0\.attn\.c_attn +int4/'; then
   pass "switch.quick-stage-spectrum"
 else
   fail "switch.quick-stage-spectrum" "$(screen "$s")"
