@@ -331,6 +331,23 @@ void qs_bench_abort(struct qs_bench *b, struct qs_bench *s, int keep);
 /* Re-makes the split (seed, fractions) and invalidates caches. */
 int qs_bench_resplit(struct qs_bench *b, uint64_t seed, double f_train, double f_calib, qs_err *e);
 int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);
+/* A look at fewer calibration windows, set aside from the session (the TUI's preview of a large
+ * transformer's errors): qs_bench_calib_peek_begin brings the bench up to date on its own
+ * calibration first (pending methods, static activation scales: what the full calibration
+ * decides stays decided by it), moves the caches that depend on the calibration aside (the
+ * per-site error sums, the input moments, the site rows) and drops any other, then has the
+ * analyses use the first n calibration windows (n < the session's). qs_bench_calib_peek_end drops
+ * what they cached on those windows and puts back the calibration size and the caches set
+ * aside, as they were. calib_n and calib_tokens as the session (and `info`, the journal) see
+ * them are the same after; nothing is journaled. Transformers only. */
+struct qs_calib_aside {
+    int active, calib_n;
+    struct qs_site_err_cache *errc;
+    struct qs_moments_cache *momc;
+    struct qs_site_rows rows;
+};
+int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *a, qs_err *e);
+void qs_bench_calib_peek_end(struct qs_bench *b, struct qs_calib_aside *a);
 /* Whether the files the model's weights are mapped from are unchanged since they were loaded
  * (qs_st_check): 0, or -1 with "PATH changed on disk since it was loaded; load it again". The
  * dispatcher calls it before every command that reads weights. */

@@ -494,6 +494,46 @@ int qs_bench_set_calib_tokens(struct qs_bench *b, long tokens, qs_err *e)
     return 0;
 }
 
+int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *a, qs_err *e)
+{
+    memset(a, 0, sizeof *a);
+    if (!b->lm || !b->tokens)
+        return qs_errf(e, "a calibration preview needs a transformer and its token data");
+    size_t off;
+    int cw;
+    qs_bench_lm_split(b, &off, &cw);
+    if (n < 1 || n >= cw)
+        return qs_errf(e, "a calibration preview takes 1 to %d windows (of %d), not %d", cw - 1, cw,
+                       n);
+    /* methods and static scales are fitted on the session's calibration, not the preview's */
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    a->calib_n = b->calib_n;
+    a->errc = b->errc;
+    a->momc = b->momc;
+    a->rows = b->rows;
+    b->errc = NULL;
+    b->momc = NULL;
+    memset(&b->rows, 0, sizeof b->rows);
+    b->rows.site = -1;
+    qs_bench_caches_free(b); /* any other cache of the full calibration */
+    b->calib_n = n;
+    a->active = 1;
+    return 0;
+}
+
+void qs_bench_calib_peek_end(struct qs_bench *b, struct qs_calib_aside *a)
+{
+    if (!a->active)
+        return;
+    qs_bench_caches_free(b); /* what the analyses kept of the preview's windows */
+    b->calib_n = a->calib_n;
+    b->errc = a->errc;
+    b->momc = a->momc;
+    b->rows = a->rows;
+    memset(a, 0, sizeof *a);
+}
+
 int qs_bench_check_files(const struct qs_bench *b, qs_err *e)
 {
     /* an MLP's aligned F32 weights point into its mapped file; a transformer's 16-bit site

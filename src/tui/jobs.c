@@ -14,8 +14,21 @@
 
 /* ---- the job queue ------------------------------------------------------------------------ */
 
+static int is_front(struct tui *t, const char *line);
+
 void tui_queue_push(struct tui *t, int kind, const char *line, int group)
 {
+    /* a job for the worker arriving while it computes a transformer's staged figures (the
+     * preview, the full pass) cancels them: the job runs next, and its snapshot follows (a
+     * front-end command runs here without the worker: nothing to make room for) */
+    if (t->busy && (kind == JOB_SNAP || (line && !is_front(t, line)))) {
+        pthread_mutex_lock(&t->sh.mu);
+        if (t->sh.staging && !t->sh.superseded) {
+            t->sh.superseded = 1;
+            t->c->b->cancel = 1;
+        }
+        pthread_mutex_unlock(&t->sh.mu);
+    }
     if (t->nq == t->capq) {
         int cap = t->capq ? 2 * t->capq : 16;
         struct tui_item *q = realloc(t->q, (size_t)cap * sizeof *q);

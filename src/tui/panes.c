@@ -202,6 +202,19 @@ static void title_layer(enum tui_pane p, const struct tui_view *v, int width, ch
              shape);
 }
 
+/* the layers table says when its errors are a preview's (worker.c: on the first calibration
+ * windows, while the full pass runs) */
+static void title_layers(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
+{
+    (void)width;
+    const struct tui_snap *s = v->s;
+    if (s && s->stage == STAGE_PREVIEW)
+        snprintf(buf, n, "%d %s  preview: errors on %d/%d calib windows", (int)p + 1,
+                 tui_pane_ops(p)->name, s->pv_n, s->pv_of);
+    else
+        title_plain(p, v, width, buf, n);
+}
+
 /* the task's regime once eval figures are shown */
 static void title_task(enum tui_pane p, const struct tui_view *v, int width, char *buf, size_t n)
 {
@@ -247,6 +260,35 @@ static void message(WINDOW *w, int y, int cw, const struct tui_style *st, const 
 {
     (void)st;
     putf(w, y, 1, cw - 1, A_DIM, "%s", msg);
+}
+
+/* A message over rows y.. h - 1, broken at blanks to fit cw - 1 columns (a word longer is cut). */
+static void message_wrap(WINDOW *w, int y, int h, int cw, const struct tui_style *st,
+                         const char *msg)
+{
+    int room = cw - 1;
+    while (*msg && y < h) {
+        while (*msg == ' ')
+            msg++;
+        int len = (int)strlen(msg), cut = len;
+        if (tui_width(msg) > room && room > 0) {
+            cut = 0;
+            for (int i = 1; i <= len && i <= 4 * room; i++) { /* the last blank that fits */
+                char part[1024];
+                snprintf(part, sizeof part, "%.*s", i, msg);
+                if (tui_width(part) > room)
+                    break;
+                if (msg[i] == ' ' || msg[i] == 0)
+                    cut = i;
+            }
+            if (cut == 0)
+                cut = room < len ? room : len;
+        }
+        char line[1024];
+        snprintf(line, sizeof line, "%.*s", cut, msg);
+        message(w, y++, cw, st, line);
+        msg += cut;
+    }
 }
 
 /* ---- layers ------------------------------------------------------------------------------- */
@@ -454,7 +496,7 @@ static void draw_task(WINDOW *w, int h, int cw, const struct tui_view *v)
     const struct tui_snap *s = v->s;
     const struct tui_style *st = v->st;
     if (!s || !s->have_eval) {
-        message(w, 1, cw, st, !s ? "loading..." : s->err[0] ? s->err : "no model");
+        message_wrap(w, 1, h, cw, st, !s ? "loading..." : s->err[0] ? s->err : "no model");
         return;
     }
     if (s->lm) {
@@ -925,7 +967,7 @@ static void draw_log(WINDOW *w, int h, int cw, const struct tui_view *v)
 static const struct tui_pane_ops pane_ops[] = {
     /*               name                draw           title        wants
                                                                      narrow: row, weight  wide */
-    [PANE_LAYERS] = {"Layers",           draw_layers,   NULL,        TUI_WANT_ROWS | TUI_WANT_ERRORS,
+    [PANE_LAYERS] = {"Layers",           draw_layers,   title_layers, TUI_WANT_ROWS | TUI_WANT_ERRORS,
                                                                      {0, 1},  {0, 50}},
     [PANE_TASK] =   {"Task",             draw_task,     title_task,  TUI_WANT_EVAL,
                                                                      {0, 1},  {0, 22}},

@@ -103,7 +103,13 @@ struct tui_snap {
     float *pts; /* (npts, 2) */
     int *plab;
     double ld_acc[LD_N];
+    /* a transformer's figures come in stages (worker.c): 0 the full figures (or an MLP), else
+     * the stage this snapshot shows: the layers table and the selected site's spectrum before any
+     * forward pass (STAGE_QUICK), or the per-site errors on the first pv_n of the pv_of
+     * calibration windows while the full pass runs (STAGE_PREVIEW) */
+    int stage, pv_n, pv_of;
 };
+enum { STAGE_FULL, STAGE_QUICK, STAGE_PREVIEW };
 
 void tui_snap_free(struct tui_snap *s);
 
@@ -147,6 +153,10 @@ struct tui_shared {
     int prog_dirty;
     double last_poke; /* rate limit of the progress/log pokes */
     unsigned gen;
+    /* a transformer's staged figures (the preview and the full pass after a job's command) are
+     * being computed: a new job arriving then cancels them (superseded: the job after rebuilds
+     * them, and the stale snapshot is not published) */
+    int staging, superseded;
 };
 
 struct tui_worker {
@@ -163,6 +173,17 @@ struct tui_worker {
     const void *lm_m, *lm_t;
     struct qs_lm_eval lev, lev_raw;
     struct qs_lm_gate lgate;
+    /* the staged figures: a preview is computed when the full calibration costs more than
+     * preview_min (parameters x calibration tokens; QSCOPE_TUI_PREVIEW_MIN), its figures kept
+     * for the state they were computed on (pv_gen ...); hold: QSCOPE_TUI_PREVIEW_HOLD, a file
+     * the tests create to let each stage go on (worker.c); stale: a staged build was cancelled
+     * by a new job, whose snapshot is then built whatever its command */
+    double preview_min;
+    const char *hold;
+    int stale, pv_have, pv_n, pv_nsites;
+    unsigned long pv_gen;
+    const void *pv_m, *pv_t;
+    double *pv_snr, *pv_mse;
 };
 
 /* Log helpers: lock-taking versions (any thread). text may hold several lines. */
@@ -179,8 +200,10 @@ void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel
 void tui_emit_cb(void *u, const cJSON *obj, const char *text);
 void tui_note_cb(void *u, const char *msg);
 void tui_progress_cb(void *u, const char *what, double frac);
-/* Builds a snapshot of the bench (only from the thread that owns it). */
-struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h);
+/* Builds a snapshot of the bench (only from the thread that owns it); spec: the selected layer's
+ * spectrum already computed for this state (NULL: computed here). */
+struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h,
+                                const struct tui_snap *spec);
 double tui_now(void);
 
 /* ---- drawing ------------------------------------------------------------------------------ */

@@ -207,6 +207,42 @@ static int snap_spectrum(struct qs_bench *b, struct tui_snap *s, int sel, qs_err
     return 0;
 }
 
+/* Copies the selected site's spectrum (or the reason there is none) of src into dst: a stage's
+ * spectrum, computed once, goes into every snapshot of the job. */
+static int spec_copy(struct tui_snap *d, const struct tui_snap *src)
+{
+    snprintf(d->spec_msg, sizeof d->spec_msg, "%s", src->spec_msg);
+    if (!src->spec_ok)
+        return 0;
+    size_t n = (size_t)src->nsv, n1 = n + 1;
+    d->sv = malloc(n1 * sizeof(double));
+    d->ref = malloc(n1 * sizeof(double));
+    d->res_sv = src->res_sv ? malloc(n1 * sizeof(double)) : NULL;
+    d->left_e = malloc(n1 * sizeof(double));
+    d->left_w = malloc(n1 * sizeof(double));
+    if (!d->sv || !d->ref || (src->res_sv && !d->res_sv) || !d->left_e || !d->left_w) {
+        snprintf(d->spec_msg, sizeof d->spec_msg, "out of memory");
+        return -1; /* tui_snap_free frees what was allocated */
+    }
+    memcpy(d->sv, src->sv, n * sizeof(double));
+    memcpy(d->ref, src->ref, n * sizeof(double));
+    if (src->res_sv)
+        memcpy(d->res_sv, src->res_sv, n * sizeof(double));
+    memcpy(d->left_e, src->left_e, n1 * sizeof(double));
+    memcpy(d->left_w, src->left_w, n1 * sizeof(double));
+    d->sm = src->sm;
+    d->sn = src->sn;
+    d->nsv = src->nsv;
+    d->exact = src->exact;
+    d->st = src->st;
+    d->w_fro2 = src->w_fro2;
+    d->resid = src->resid;
+    snprintf(d->resid_method, sizeof d->resid_method, "%s", src->resid_method);
+    d->res_st = src->res_st;
+    d->spec_ok = 1;
+    return 0;
+}
+
 /* Class predicted for every input row x: (n, 2) by the model with the layer-wise choice quant
  * (QS_ROLE_* mask) and corrections on or off. */
 static int classify(struct qs_bench *b, const float *x, int n, int quant, int corr,
@@ -334,10 +370,12 @@ static int snap_errors(struct qs_bench *b, struct tui_snap *s, qs_err *e)
 /* A transformer: its linear sites in the layers table, the weight-error spectrum of the selected
  * one, and (with token data) the per-site errors and eval's task figures, as the panes want. */
 static struct tui_snap *snap_lm(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s,
-                                int wants)
+                                int wants, const struct tui_snap *spec)
 {
     qs_err e = {{0}};
-    if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, s->spec_layer, &e) < 0)
+    if ((wants & TUI_WANT_SPECTRUM) && spec)
+        (void)spec_copy(s, spec);
+    else if ((wants & TUI_WANT_SPECTRUM) && snap_spectrum(b, s, s->spec_layer, &e) < 0)
         snprintf(s->spec_msg, sizeof s->spec_msg, "%s", e.msg);
     if (!b->tokens) {
         snprintf(s->err, sizeof s->err, "transformer: load data PATH.txt|.bin, then eval");
@@ -418,7 +456,8 @@ static int snap_lowdim(struct qs_bench *b, struct tui_snap *s, int gw, int gh, q
     return 0;
 }
 
-struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h)
+struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_h,
+                                const struct tui_snap *spec)
 {
     struct qs_bench *b = w->c->b;
     struct tui_snap *s = calloc(1, sizeof *s);
@@ -433,7 +472,7 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     sel = s->spec_layer;
     int wants = tui_panes_want();
     if (b->lm)
-        return snap_lm(w, b, s, wants);
+        return snap_lm(w, b, s, wants, spec && spec->spec_layer == sel ? spec : NULL);
     if (!b->data) {
         snprintf(s->err, sizeof s->err, "no data loaded (load data PATH)");
         return s;
@@ -462,10 +501,56 @@ struct tui_snap *tui_snap_build(struct tui_worker *w, int sel, int ld_w, int ld_
     return s;
 }
 
-/* A transformer's first stage: what needs no forward pass (its sites, formats, bits per weight,
- * weight errors), shown at once while the statistics and eval that need the calibration and
- * held-out windows are computed (a GPT-2-small took minutes before its first table). */
-static struct tui_snap *snap_quick(struct tui_worker *w, int sel)
+/* ---- a transformer's figures in stages ------------------------------------------------------
+ * After a command (or on a new selection) whose figures are not kept, a transformer's snapshot
+ * comes in stages, each published as soon as it is computed:
+ *   1. the layers table (sites, formats, bits per weight, weight errors: no forward pass), at
+ *      once; then the selected site's weight-error spectrum and rank profile (both from the
+ *      weight error alone) when nothing the calibration decides is pending (a method, a static
+ *      activation scale): a format switch shows its spectrum in about a second on GPT-2-small;
+ *   2. a preview when the full calibration is costly (parameters x calibration tokens above
+ *      preview_min, 1e11 by default: GPT-2-small's 124M x 8 x 1024 is 1e12, the bundled models
+ *      are below 1e8): every site's errors on the first 2 calibration windows (none with
+ *      `set calib 2` or less: the full pass is as cheap), computed beside the session's calibration
+ *      (qs_bench_calib_peek_begin: `set calib`, the journal and the caches of the full
+ *      calibration stay as they were), marked as a preview in the panes;
+ *   3. the full figures: the errors over the whole calibration and eval on the held-out windows.
+ * A new job arriving while stages 2-3 run cancels them (jobs.c), as Ctrl-C does. */
+
+/* Whether the selected site's spectrum needs no forward pass now: qs_analysis_spectrum_ex brings
+ * the bench up to date first, which runs the calibration for a pending method or static scale. */
+static int spectrum_cheap(const struct qs_bench *b)
+{
+    for (int i = 0; i < qs_bench_nunits(b); i++) {
+        const struct qs_layer_state *l = &b->ls[i];
+        if (l->mpending ||
+            (l->afmt.kind != QS_FMT_NONE && l->amode == QS_AMODE_STATIC && !(l->a_static_amax > 0)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The spectrum of site sel in a snapshot of its own (spec_ok, or spec_msg why not), or NULL when
+ * it would need a forward pass now (or no pane wants it). */
+static struct tui_snap *spectrum_of(struct qs_bench *b, int sel)
+{
+    if (!(tui_panes_want() & TUI_WANT_SPECTRUM) || !spectrum_cheap(b) || sel < 0 ||
+        sel >= qs_bench_nunits(b))
+        return NULL;
+    struct tui_snap *sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return NULL;
+    qs_err e = {{0}};
+    sp->spec_layer = sel;
+    if (snap_spectrum(b, sp, sel, &e) < 0)
+        snprintf(sp->spec_msg, sizeof sp->spec_msg, "%s", e.msg);
+    return sp;
+}
+
+/* A stage's snapshot: names, the layers table, the spectrum when computed (spec), and in the
+ * task pane what is still coming. */
+static struct tui_snap *snap_stage(struct tui_worker *w, int sel, int stage,
+                                   const struct tui_snap *spec)
 {
     struct qs_bench *b = w->c->b;
     struct tui_snap *s = calloc(1, sizeof *s);
@@ -474,11 +559,106 @@ static struct tui_snap *snap_quick(struct tui_worker *w, int sel)
     s->spec_layer = -1;
     if (snap_header(b, s, sel) < 0)
         return s;
+    s->stage = stage;
     snprintf(s->err, sizeof s->err, "%s",
              b->tokens ? "computing errors and eval..." /* the status line shows progress */
                        : "transformer: load data PATH.txt|.bin, then eval");
-    snprintf(s->spec_msg, sizeof s->spec_msg, "computing...");
+    if (spec && spec->spec_layer == s->spec_layer)
+        (void)spec_copy(s, spec);
+    else
+        snprintf(s->spec_msg, sizeof s->spec_msg, "computing...");
     return s;
+}
+
+/* Whether a preview comes first, and on how many (*pn) of the calibration's windows (*cw). */
+static int preview_windows(const struct tui_worker *w, struct qs_bench *b, int *pn, int *cw)
+{
+    if (!(tui_panes_want() & TUI_WANT_ERRORS) || qs_bench_lm_ready(b, &(qs_err){{0}}) < 0)
+        return 0;
+    size_t off;
+    qs_bench_lm_split(b, &off, cw);
+    *pn = *cw < 2 ? *cw : 2;
+    if (*pn >= *cw)
+        return 0; /* `set calib 2` or less: the full pass is the preview's */
+    int S = qs_bench_nunits(b);
+    if (b->errc && b->errc->nsites == S && b->errc->valid >= S)
+        return 0; /* the full errors are kept: nothing to wait for */
+    return (double)qs_lm_nparams(b->lm) * *cw * b->lm->ctx > w->preview_min;
+}
+
+static int preview_kept(const struct tui_worker *w, const struct qs_bench *b, int pn, int S)
+{
+    return w->pv_have && w->pv_gen == w->state_gen && w->pv_m == (const void *)b->lm &&
+           w->pv_t == (const void *)b->tokens && w->pv_n == pn && w->pv_nsites == S;
+}
+
+/* Every site's errors on the first pn of the cw calibration windows into s's rows, s marked as
+ * the preview: the figures kept for this state (a new selection shows them again without a
+ * pass), else (compute) computed now. 1 when s has them, 0 when not kept (compute 0), -1 with
+ * e when they could not be computed (cancelled). */
+static int stage_preview(struct tui_worker *w, struct qs_bench *b, struct tui_snap *s, int pn,
+                         int cw, int compute, qs_err *e)
+{
+    int S = s->nlayers;
+    if (!preview_kept(w, b, pn, S)) {
+        if (!compute)
+            return 0;
+        w->pv_have = 0;
+        free(w->pv_snr);
+        free(w->pv_mse);
+        w->pv_snr = malloc((size_t)(S ? S : 1) * sizeof(double));
+        w->pv_mse = malloc((size_t)(S ? S : 1) * sizeof(double));
+        struct qs_layer_err *err = calloc((size_t)(S ? S : 1), sizeof *err);
+        if (!w->pv_snr || !w->pv_mse || !err) {
+            free(err);
+            return qs_errf(e, "out of memory");
+        }
+        struct qs_calib_aside a;
+        int rc = qs_bench_calib_peek_begin(b, pn, &a, e);
+        if (rc == 0) {
+            rc = qs_analysis_errors_ex(b, err, QS_KL_OFF, e);
+            qs_bench_calib_peek_end(b, &a);
+        }
+        for (int i = 0; rc == 0 && i < S; i++) {
+            w->pv_snr[i] = err[i].snr_db;
+            w->pv_mse[i] = err[i].preact_rel_mse;
+        }
+        free(err);
+        if (rc < 0)
+            return -1;
+        w->pv_have = 1;
+        w->pv_gen = w->state_gen;
+        w->pv_m = b->lm;
+        w->pv_t = b->tokens;
+        w->pv_n = pn;
+        w->pv_nsites = S;
+    }
+    for (int i = 0; i < S; i++) {
+        s->rows[i].snr_db = w->pv_snr[i];
+        s->rows[i].preact_rel_mse = w->pv_mse[i];
+        s->rows[i].has_err = 1;
+    }
+    s->stage = STAGE_PREVIEW;
+    s->pv_n = pn;
+    s->pv_of = cw;
+    snprintf(s->err, sizeof s->err,
+             "preview: errors on %d of %d calibration windows; full pass running (Ctrl-C "
+             "cancels)",
+             pn, cw);
+    return 1;
+}
+
+/* For tests (QSCOPE_TUI_PREVIEW_HOLD=PATH): after publishing a stage, the worker waits until PATH
+ * exists, then removes it, so that a test sees every stage on the screen however fast it is. */
+static void hold(struct tui_worker *w)
+{
+    if (!w->hold)
+        return;
+    while (!w->c->b->cancel && access(w->hold, F_OK) != 0) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    unlink(w->hold);
 }
 
 static void publish(struct tui_shared *sh, struct tui_snap *s)
@@ -524,15 +704,55 @@ static void *worker_main(void *arg)
             if (rebuild)
                 w->state_gen++;
         }
-        /* a transformer whose figures are not cached: its table first, then the figures */
+        /* a staged build that a job cancelled: this job shows the figures again */
+        rebuild |= w->stale;
+        w->stale = 0;
+        /* a transformer whose figures are not cached: its figures in stages (see above) */
+        struct tui_snap *spec = NULL;
         if (rebuild && b->lm && b->tokens && !(w->lm_have && w->lm_gen == w->state_gen)) {
-            struct tui_snap *q = snap_quick(w, sel);
+            int pn = 0, cw = 0, pv = preview_windows(w, b, &pn, &cw);
+            struct tui_snap *q = snap_stage(w, sel, STAGE_QUICK, NULL);
+            if (q && pv) /* a preview kept for this state shows at once */
+                (void)stage_preview(w, b, q, pn, cw, 0, NULL);
             if (q)
                 publish(sh, q);
+            pthread_mutex_lock(&sh->mu);
+            sh->staging = 1;
+            pthread_mutex_unlock(&sh->mu);
+            if ((spec = spectrum_of(b, q ? q->spec_layer : sel))) {
+                if ((q = snap_stage(w, sel, STAGE_QUICK, spec)) && pv)
+                    (void)stage_preview(w, b, q, pn, cw, 0, NULL);
+                if (q)
+                    publish(sh, q);
+                hold(w);
+            }
+            if (pv && !b->cancel) {
+                struct tui_snap *p = snap_stage(w, sel, STAGE_PREVIEW, spec);
+                qs_err pe = {{0}};
+                if (p && p->nlayers && stage_preview(w, b, p, pn, cw, 1, &pe) == 1 && !b->cancel) {
+                    if (!spec && (spec = spectrum_of(b, p->spec_layer))) /* methods now fitted */
+                        (void)spec_copy(p, spec);
+                    publish(sh, p);
+                    hold(w);
+                } else {
+                    tui_snap_free(p);
+                }
+            }
         }
-        struct tui_snap *s = rebuild ? tui_snap_build(w, sel, ldw, ldh) : NULL;
-        b->cancel = 0;
         pthread_mutex_lock(&sh->mu);
+        int superseded = sh->superseded && b->cancel;
+        pthread_mutex_unlock(&sh->mu);
+        /* (cancelled by Ctrl-C, the full stage says so in its panes, as before) */
+        struct tui_snap *s = rebuild && !superseded ? tui_snap_build(w, sel, ldw, ldh, spec) : NULL;
+        tui_snap_free(spec);
+        pthread_mutex_lock(&sh->mu);
+        if (sh->staging && sh->superseded && b->cancel) { /* the next job shows it again */
+            tui_snap_free(s);
+            s = NULL;
+            w->stale = 1;
+        }
+        sh->staging = sh->superseded = 0;
+        b->cancel = 0;
         if (s) {
             tui_snap_free(sh->snap);
             s->gen = ++sh->gen;
@@ -557,6 +777,16 @@ int tui_worker_start(struct tui_worker *w, struct qs_ctx *c, struct tui_shared *
     memset(w, 0, sizeof *w);
     w->c = c;
     w->sh = sh;
+    w->preview_min = 1e11;
+    const char *pm = getenv("QSCOPE_TUI_PREVIEW_MIN");
+    if (pm && pm[0]) {
+        char *end;
+        double v = strtod(pm, &end);
+        if (end != pm && !*end && v >= 0)
+            w->preview_min = v;
+    }
+    const char *hd = getenv("QSCOPE_TUI_PREVIEW_HOLD");
+    w->hold = hd && hd[0] ? hd : NULL;
     if (pthread_create(&w->th, NULL, worker_main, w) != 0)
         return -1;
     w->started = 1;
@@ -573,6 +803,10 @@ void tui_worker_stop(struct tui_worker *w)
     pthread_mutex_unlock(&w->sh->mu);
     pthread_join(w->th, NULL);
     w->started = 0;
+    free(w->pv_snr);
+    free(w->pv_mse);
+    w->pv_snr = w->pv_mse = NULL;
+    w->pv_have = 0;
 }
 
 void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel)
