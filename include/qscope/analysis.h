@@ -36,6 +36,16 @@ int qs_analysis_errors_ex(struct qs_bench *b, struct qs_layer_err *err, enum qs_
 /* The KL share's cost on a transformer: parameters x held-out tokens x quantized sites whose run
  * is not kept (about the multiply-adds of those forwards, halved); 0 on an MLP. */
 double qs_analysis_kl_cost(struct qs_bench *b);
+/* A transformer's per-site sums behind `error` (QS_ERR_NSUMS doubles a site, errors.c: the
+ * float and propagated norms and products, the local error and the attributions) of the sites
+ * with want[i] set, streamed over the calibration windows into sum (nsites x QS_ERR_NSUMS,
+ * the wanted sites' rows overwritten). paired 1: as `error` streams them, through
+ * qs_bench_stream_pairs (0 returned), or qs_bench_stream when a block's kept activations
+ * exceed act_budget (1 returned); paired 0: through qs_bench_stream with every float output
+ * recomputed, the reference the tests hold the paired stream to (0 returned). -1 and e. */
+#define QS_ERR_NSUMS 8
+int qs_analysis_error_sums(struct qs_bench *b, const unsigned char *want, int paired, double *sum,
+                           qs_err *e);
 
 enum qs_spec_of { QS_SPEC_WEIGHT, QS_SPEC_PREACT };
 enum qs_spec_scale { QS_SCALE_NONE, QS_SCALE_ACT, QS_SCALE_COV };

@@ -438,6 +438,19 @@ typedef int (*qs_stream_fn)(void *ctx, int site, int window, const float *xf, co
                             const float *yf, const float *yq, int n, qs_err *e);
 int qs_bench_stream(struct qs_bench *b, enum qs_split_id s, const unsigned char *want, int quant,
                     qs_stream_fn fn, void *ctx, qs_err *e);
+/* The float and quantized paths of every window of split s in lockstep, block by block (both
+ * from one qs_lm_scratch): the float pass runs a block keeping the wanted sites' float inputs
+ * and outputs, then the quantized pass runs the same block from its own residual stream; blocks
+ * before the first non-identity site's are run once. fn is called as qs_bench_stream calls it
+ * with quant 1, except that for wanted sites from the first non-identity one on (the head
+ * apart) yf is given too: the float pre-activations as the float forward computed them, the
+ * bits qs_bench_layer_forward gives on xf with neither roles nor correction. The head's call
+ * (xf, xq, NULL, NULL) comes after its window's blocks. What is kept (a block's wanted inputs
+ * and outputs, the head's inputs on both paths) must fit act_budget: 1 when it does not (fn
+ * not called; qs_bench_stream, which groups sites, is the way then), else 0 or -1 and e
+ * (cancel: "cancelled"). b->progress is told after each window. */
+int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id s, const unsigned char *want,
+                          qs_stream_fn fn, void *ctx, qs_err *e);
 /* Windows the analyses use on split s (held out: min(held-out, calibration) windows). */
 int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e);
 /* A transformer site's input rows of both splits on both paths (b->rows), streamed once and kept

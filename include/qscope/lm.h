@@ -225,7 +225,8 @@ struct qs_hooks {
 /* Logits for one sequence: tok: (T) ids < vocab, 1 <= T <= ctx; logits: (T, vocab). Batched over
  * positions with cblas_sgemm (projections and, per head, attention scores and values); causal
  * attention. h may be NULL. Scratch is allocated per call, so m is not modified and several
- * threads may run forwards of one model at once (hooks permitting). */
+ * threads may run forwards of one model at once (hooks permitting); many forwards on one thread
+ * can reuse one through qs_lm_forward_blocks. */
 int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e);
 
@@ -239,6 +240,28 @@ int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struc
 int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
                          const struct qs_hooks *h, int from, float *resid, float *logits,
                          qs_err *e);
+/* A forward's buffers (activations, attention scratch, LLaMA's rotary table) for sequences of up
+ * to T tokens: about 60 MB for GPT-2-small at T = 1024. Owned by the caller, who runs many
+ * qs_lm_forward_blocks calls on one (a fresh buffer per call pays its page faults again). One
+ * scratch per thread. NULL with e when T is out of range or it does not fit in memory
+ * (qs_mem_check). qs_lm_scratch_free accepts NULL. */
+struct qs_lm_scratch;
+struct qs_lm_scratch *qs_lm_scratch_new(const struct qs_lm *m, int T, qs_err *e);
+void qs_lm_scratch_free(struct qs_lm_scratch *c);
+
+/* Blocks [from, to) of one sequence, 0 <= from <= to <= n_layer + 1, where block n_layer is the
+ * final norm and the head. x: (T, d), the residual stream: at block from's entry on input (from
+ * = 0: ignored, the pass starts from tok's embeddings), at block to's entry on return (to =
+ * n_layer + 1: the final norm's input, as for to = n_layer). tok: (T) ids, checked as
+ * qs_lm_forward checks them; c: a scratch of at least T tokens (qs_lm_scratch_new), its
+ * contents not kept between calls. logits: (T, vocab), written when the range holds block
+ * n_layer; NULL: the head's input hook is called but its linear is not run. The ops and their
+ * order are qs_lm_forward's, so running blocks in pieces gives the bits of one whole pass (two
+ * passes of one model may alternate block by block on two x with one scratch). Hooks as in
+ * qs_lm_forward. 0 or -1 and e (a hook's failure leaves x partway through a block). */
+int qs_lm_forward_blocks(const struct qs_lm *m, const uint32_t *tok, int T,
+                         const struct qs_hooks *h, int from, int to, float *x,
+                         struct qs_lm_scratch *c, float *logits, qs_err *e);
 /* The block a site belongs to (the head: n_layer) and the first site of block l. */
 int qs_lm_site_block(const struct qs_lm *m, int site);
 int qs_lm_block_first_site(const struct qs_lm *m, int block);

@@ -166,6 +166,7 @@ int qs_analysis_errors_ex(struct qs_bench *b, struct qs_layer_err *err, enum qs_
  * ||Y_q - Y_f||^2, ||Y_q||^2, <Y_q, Y_f> (propagated), then the local ||Y_l - Y_f||^2 and the
  * attributions (weights only, activations only, both; each without the correction). */
 enum { ES_DEN, ES_NUM, ES_NQ, ES_DOT, ES_LOCAL, ES_W, ES_A, ES_BOTH, QS_ERRSUM };
+_Static_assert(QS_ERRSUM == QS_ERR_NSUMS, "analysis.h's count of a site's error sums");
 
 /* Rows of a window computed at a time for sites with wide outputs (the vocabulary head): a
  * window's pre-activations of such a site would be ctx x vocab floats per path. */
@@ -216,6 +217,9 @@ static int rows_forward(struct qs_bench *b, int i, const float *x, const float *
     return qs_bench_layer_forward(b, i, src + (size_t)r0 * in, nr, quant, corr, y, e);
 }
 
+/* One window of site i: xf, xq its inputs on both paths; yf_given alone: the site before the
+ * first non-identity one (both paths are yf_given); yq_given alone: the quantized path's output
+ * (the float one is recomputed, qs_bench_stream); both: the paired stream's two outputs. */
 static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const float *yf_given,
                   const float *yq_given, int n, qs_err *e)
 {
@@ -235,8 +239,9 @@ static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const
         chunk = (int)(ERR_CHUNK_BYTES / rowb) > 0 ? (int)(ERR_CHUNK_BYTES / rowb) : 1;
     float *yf = NULL, *yq = NULL, *t = NULL, *xfa = NULL, *xqa = NULL;
     int rc = -1;
-    if (!(yf = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
-        !(yq = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
+    if ((!yf_given &&
+         (!(yf = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)) ||
+          !(yq = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)))) ||
         !(t = qs_alloc((size_t)chunk * l.out, sizeof(float), "the pre-activations", e)))
         goto out;
     if (actq && chunk < n) { /* the whole window's activation quantization, as the forward
@@ -251,8 +256,9 @@ static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const
         int nr = n - r0 < chunk ? n - r0 : chunk;
         size_t len = (size_t)nr * l.out;
         const float *pf, *pq;
-        if (yf_given) { /* before the first non-identity site: the two paths agree */
-            pf = pq = yf_given + (size_t)r0 * l.out;
+        if (yf_given) { /* given (alone: the two paths agree) */
+            pf = yf_given + (size_t)r0 * l.out;
+            pq = yq_given ? yq_given + (size_t)r0 * l.out : pf;
         } else {
             if (rows_forward(b, i, xf, xfa, l.in, r0, nr, 0, 0, yf, e) < 0)
                 goto out;
@@ -328,6 +334,34 @@ double qs_analysis_kl_cost(struct qs_bench *b)
     return nw > 0 ? (double)qs_lm_nparams(b->lm) * nw * b->lm->ctx * runs : 0.0;
 }
 
+/* The wanted sites' sums (zeroed first): paired, float and quantized blocks in lockstep so
+ * each float output is the forward's own (qs_bench_stream_pairs; beyond the activation budget,
+ * qs_bench_stream); else every float output after the first non-identity site recomputed from
+ * its captured input. 0 (1: paired asked, streamed the other way), or -1 and e. */
+static int error_sums(struct qs_bench *b, const unsigned char *want, int paired, double *sum,
+                      qs_err *e)
+{
+    int S = qs_bench_nunits(b);
+    for (int i = 0; i < S; i++)
+        if (want[i])
+            memset(sum + (size_t)i * QS_ERRSUM, 0, QS_ERRSUM * sizeof(double));
+    struct err_ctx ec = {b, sum};
+    int rc = paired ? qs_bench_stream_pairs(b, QS_CALIB, want, err_fn, &ec, e) : 1;
+    if (rc < 0 || (rc == 1 && qs_bench_stream(b, QS_CALIB, want, 1, err_fn, &ec, e) < 0))
+        return -1;
+    return paired ? rc : 0;
+}
+
+int qs_analysis_error_sums(struct qs_bench *b, const unsigned char *want, int paired, double *sum,
+                           qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "the streamed error sums are a transformer's");
+    if (qs_bench_update(b, e) < 0)
+        return -1;
+    return error_sums(b, want, paired, sum, e);
+}
+
 static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, int want_kl, qs_err *e)
 {
     if (qs_bench_update(b, e) < 0)
@@ -340,12 +374,9 @@ static int lm_errors(struct qs_bench *b, struct qs_layer_err *err, int want_kl, 
         unsigned char *want = qs_calloc((size_t)S, 1);
         if (!want)
             return qs_errf(e, "out of memory");
-        for (int i = c->valid; i < S; i++) {
+        for (int i = c->valid; i < S; i++)
             want[i] = 1;
-            memset(c->sum + (size_t)i * QS_ERRSUM, 0, QS_ERRSUM * sizeof(double));
-        }
-        struct err_ctx ec = {b, c->sum};
-        int rc = qs_bench_stream(b, QS_CALIB, want, 1, err_fn, &ec, e);
+        int rc = error_sums(b, want, 1, c->sum, e);
         free(want);
         if (rc < 0)
             return -1;

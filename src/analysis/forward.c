@@ -1037,6 +1037,194 @@ out:
     return rc;
 }
 
+/* ---- the paired stream: float and quantized blocks in lockstep -------------------------- */
+
+/* One window's paired passes: the float pass runs block l, keeping each wanted site's float input
+ * and output (slots of the block's sites), then the quantized pass runs block l from its own
+ * residual stream and hands fn both outputs. */
+struct pairs {
+    struct qs_bench *b;
+    const unsigned char *want;
+    int first_q, head, blk0, quant, w;
+    float **xf, **yf;         /* (sites a block) the current block's float inputs and outputs */
+    float *xf_head, *xq_head; /* the head's inputs on both paths (its linear is not run) */
+    struct path p;
+    qs_stream_fn fn;
+    void *ctx;
+};
+
+static void pairs_input(void *u, int s, const float *x, int n, int in)
+{
+    struct pairs *t = u;
+    size_t len = (size_t)n * in * sizeof(float);
+    if (!t->want[s])
+        return;
+    if (s == t->head)
+        memcpy(t->quant ? t->xq_head : t->xf_head, x, len);
+    else if (!t->quant && s >= t->first_q)
+        memcpy(t->xf[s - t->blk0], x, len);
+}
+
+static int pairs_linear(void *u, int s, const float *x, int n, float *y, qs_err *e)
+{
+    struct pairs *t = u;
+    if (path_linear(&t->p, s, x, n, y, e) < 0)
+        return -1;
+    if (!t->want[s])
+        return 0;
+    if (!t->quant && s < t->first_q) /* before the first non-identity site: one path */
+        return t->fn(t->ctx, s, t->w, x, x, y, NULL, n, e);
+    if (!t->quant)
+        memcpy(t->yf[s - t->blk0], y, (size_t)n * t->b->lm->sites[s].out * sizeof(float));
+    else if (s >= t->first_q)
+        return t->fn(t->ctx, s, t->w, t->xf[s - t->blk0], x, t->yf[s - t->blk0], y, n, e);
+    return 0;
+}
+
+int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigned char *want,
+                          qs_stream_fn fn, void *fctx, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "streaming over windows applies to transformers");
+    if (qs_bench_lm_ready(b, e) < 0 || calibrate_static(b, e) < 0)
+        return -1;
+    const struct qs_lm *m = b->lm;
+    int S = m->nsites, L = m->n_layer, ctx = m->ctx, first_q = S, last = -1;
+    int nper = (S - 1) / L; /* sites of a block */
+    for (int i = 0; i < S && first_q == S; i++)
+        if (!qs_bench_site_identity(b, i))
+            first_q = i;
+    for (int i = 0; i < S; i++)
+        if (want[i])
+            last = i;
+    if (last < 0)
+        return 0;
+    /* the kept activations: a block's slots (the widest site of each slot over the blocks
+     * streamed in pairs) and the head's inputs, checked against the budget */
+    size_t *slot_in = qs_calloc((size_t)nper, sizeof(size_t)),
+           *slot_out = qs_calloc((size_t)nper, sizeof(size_t)), kept = 0;
+    if (!slot_in || !slot_out) {
+        free(slot_in);
+        free(slot_out);
+        return qs_errf(e, "out of memory");
+    }
+    for (int i = first_q; i < S - 1; i++) {
+        int k = i - qs_lm_block_first_site(m, qs_lm_site_block(m, i));
+        if (!want[i])
+            continue;
+        if ((size_t)m->sites[i].in > slot_in[k])
+            slot_in[k] = (size_t)m->sites[i].in;
+        if ((size_t)m->sites[i].out > slot_out[k])
+            slot_out[k] = (size_t)m->sites[i].out;
+    }
+    for (int k = 0; k < nper; k++)
+        kept += (slot_in[k] + slot_out[k]) * ctx * sizeof(float);
+    if (want[S - 1])
+        kept += 2 * (size_t)ctx * m->sites[S - 1].in * sizeof(float);
+    if (kept > b->act_budget) {
+        free(slot_in);
+        free(slot_out);
+        return 1;
+    }
+    int rc = -1;
+    float **xf = qs_calloc((size_t)nper, sizeof *xf), **yf = qs_calloc((size_t)nper, sizeof *yf);
+    float *xs[2] = {NULL, NULL}, *hx[2] = {NULL, NULL};
+    struct qs_lm_scratch *scr = NULL;
+    size_t Td = (size_t)ctx * m->d_model;
+    if (!xf || !yf) {
+        qs_errf(e, "out of memory");
+        goto out;
+    }
+    if (qs_mem_check(kept + 2 * Td * sizeof(float), "the kept activations of a block", e) < 0)
+        goto out;
+    for (int k = 0; k < nper; k++)
+        if ((slot_in[k] && !(xf[k] = qs_alloc(ctx * slot_in[k], sizeof(float),
+                                              "the float inputs of a block", e))) ||
+            (slot_out[k] && !(yf[k] = qs_alloc(ctx * slot_out[k], sizeof(float),
+                                               "the float outputs of a block", e))))
+            goto out;
+    for (int k = 0; k < 2; k++)
+        if (!(xs[k] = qs_alloc(Td, sizeof(float), "the residual stream of a window", e)) ||
+            (want[S - 1] && !(hx[k] = qs_alloc((size_t)ctx * m->sites[S - 1].in, sizeof(float),
+                                               "the head's input", e))))
+            goto out;
+    if (!(scr = qs_lm_scratch_new(m, ctx, e)))
+        goto out;
+    size_t start;
+    int nw = lm_windows(b, sp, &start, 1);
+    /* blocks [0, bq) are one path; from bq to the last wanted site's block, both in turn */
+    int bq = first_q < S ? qs_lm_site_block(m, first_q) : L + 1, bl = qs_lm_site_block(m, last),
+        shared = bq < bl + 1 ? bq : bl + 1;
+    struct pairs t = {.b = b,
+                      .want = want,
+                      .first_q = first_q,
+                      .head = S - 1,
+                      .xf = xf,
+                      .yf = yf,
+                      .xf_head = hx[0],
+                      .xq_head = hx[1],
+                      .fn = fn,
+                      .ctx = fctx};
+    struct qs_hooks h = {0};
+    h.u = &t;
+    h.input = pairs_input;
+    h.linear = pairs_linear;
+    const struct path pf = {.b = b}, pq = {.b = b, .quant = 1, .qmask = ~0ULL, .cmask = ~0ULL};
+    for (int w = 0; w < nw; w++) {
+        const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
+        t.w = w;
+        t.quant = 0;
+        t.p = pf;
+        t.blk0 = 0;
+        if (qs_lm_forward_blocks(m, tok, ctx, &h, 0, shared, xs[0], scr, NULL, e) < 0)
+            goto out;
+        if (bq <= bl)
+            memcpy(xs[1], xs[0], Td * sizeof(float));
+        for (int l = bq; l <= bl; l++) {
+            t.blk0 = qs_lm_block_first_site(m, l);
+            for (int pass = 0; pass < 2; pass++) {
+                t.quant = pass;
+                t.p = pass ? pq : pf;
+                if (qs_lm_forward_blocks(m, tok, ctx, &h, l, l + 1, xs[pass], scr, NULL, e) < 0)
+                    goto out;
+            }
+            if (b->cancel) {
+                qs_errf(e, "cancelled");
+                goto out;
+            }
+        }
+        if (want[S - 1] &&
+            fn(fctx, S - 1, w, hx[0], first_q < S ? hx[1] : hx[0], NULL, NULL, ctx, e) < 0)
+            goto out;
+        if (b->progress) {
+            char what[96];
+            snprintf(what, sizeof what, "%s windows: %d of %d",
+                     sp == QS_CALIB ? "calibration" : "held-out", w + 1, nw);
+            b->progress(b->progress_ctx, what, (double)(w + 1) / nw);
+        }
+        if (b->cancel) {
+            qs_errf(e, "cancelled");
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    for (int k = 0; k < nper; k++) {
+        free(xf ? xf[k] : NULL);
+        free(yf ? yf[k] : NULL);
+    }
+    free(xf);
+    free(yf);
+    free(slot_in);
+    free(slot_out);
+    for (int k = 0; k < 2; k++) {
+        free(xs[k]);
+        free(hx[k]);
+    }
+    qs_lm_scratch_free(scr);
+    return rc;
+}
+
 struct rows_ctx {
     struct qs_bench *b;
     int split, in, ctx;

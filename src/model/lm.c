@@ -1737,6 +1737,153 @@ int qs_lm_block_first_site(const struct qs_lm *m, int block)
     return block * (m->family == QS_LM_GPT2 ? 4 : 7);
 }
 
+/* A forward's buffers for up to T tokens: x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff);
+ * xa: (T, max(d, ff)); s: attention scratch; k, v: (T, kv); cs: (T, hd), the rotary table (LLaMA),
+ * filled once (a row depends on its position only). */
+struct qs_lm_scratch {
+    int T;
+    float *buf, *x, *a, *o, *big, *up, *xa, *s, *k, *v, *cs;
+};
+
+struct qs_lm_scratch *qs_lm_scratch_new(const struct qs_lm *m, int T, qs_err *e)
+{
+    if (T < 1 || T > m->ctx) {
+        qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T, m->ctx);
+        return NULL;
+    }
+    int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
+    int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
+    size_t Td = (size_t)T * d;
+    size_t ns = qs_lm_attention_scratch(T, H, Hk, hd);
+    size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
+                  ns + 2 * (size_t)T * kv + (size_t)T * hd;
+    char what[64];
+    snprintf(what, sizeof what, "a forward of %d tokens", T);
+    if (qs_mem_check(need * sizeof(float), what, e) < 0) { /* T*block scores: ctx is from a file */
+        qs_err_prefix(e, m->path);
+        return NULL;
+    }
+    struct qs_lm_scratch *c = calloc(1, sizeof *c);
+    float *buf = c ? malloc(need * sizeof(float)) : NULL;
+    if (!buf) {
+        free(c);
+        qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
+        return NULL;
+    }
+    c->T = T;
+    c->buf = c->x = buf;
+    c->a = c->x + Td;
+    c->o = c->a + Td;
+    c->big = c->o + Td;
+    c->up = c->big + (size_t)T * wmax;
+    c->xa = c->up + (size_t)T * ff;
+    c->s = c->xa + (size_t)T * (ff > d ? ff : d);
+    c->k = c->s + ns;
+    c->v = c->k + (size_t)T * kv;
+    c->cs = c->v + (size_t)T * kv;
+    if (m->family == QS_LM_LLAMA)
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < hd / 2; j++) {
+                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
+                c->cs[(size_t)t * hd + j] = (float)cos(ang);
+                c->cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
+            }
+    return c;
+}
+
+void qs_lm_scratch_free(struct qs_lm_scratch *c)
+{
+    if (!c)
+        return;
+    free(c->buf);
+    free(c);
+}
+
+static int check_tokens(const struct qs_lm *m, const uint32_t *tok, int T, qs_err *e)
+{
+    if (T < 1 || T > m->ctx)
+        return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
+                       m->ctx);
+    for (int t = 0; t < T; t++)
+        if (tok[t] >= (uint32_t)m->vocab)
+            return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)", m->path,
+                           tok[t], t, m->vocab);
+    return 0;
+}
+
+/* x: (T, d) = the token embeddings (GPT-2: plus the positions'). */
+static void embed(const struct qs_lm *m, const uint32_t *tok, int T, float *x)
+{
+    const struct qs_lm_priv *p = m->priv;
+    int d = m->d_model;
+    for (int t = 0; t < T; t++) {
+        embed_row(p, tok[t], d, x + (size_t)t * d);
+        if (m->family == QS_LM_GPT2)
+            for (int i = 0; i < d; i++)
+                x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];
+    }
+}
+
+/* Block l (l = n_layer: the final norm and the head into logits) on the residual stream x: (T, d)
+ * in place, with c's buffers. */
+static int run_block(const struct qs_lm *m, int T, const struct qs_hooks *h, int l, float *x,
+                     struct qs_lm_scratch *c, float *logits, qs_err *e)
+{
+    const struct qs_lm_priv *p = m->priv;
+    int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
+    int kv = Hk * hd;
+    size_t Td = (size_t)T * d;
+    float *a = c->a, *o = c->o, *big = c->big, *up = c->up, *xa = c->xa, *s = c->s, *k = c->k,
+          *v = c->v, *cs = c->cs;
+    (void)ff;
+    int rc = 0;
+#define SITE(s_, x_, y_)                                                                           \
+    if ((rc = site_apply(m, (s_), h, (x_), T, (y_), xa, e)) < 0)                                   \
+        return rc;
+    if (l == m->n_layer) {
+        norm(x, T, d, p->nfw, m->family == QS_LM_GPT2 ? p->nfb : NULL, m->eps, a);
+        SITE(m->nsites - 1, a, logits)
+        return 0;
+    }
+    const struct lm_layer *L = &p->layer[l];
+    if (m->family == QS_LM_GPT2) {
+        int s0 = 4 * l;
+        norm(x, T, d, L->n1w, L->n1b, m->eps, a);
+        SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
+        qs_lm_attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
+        SITE(s0 + 1, o, a)
+        for (size_t i = 0; i < Td; i++)
+            x[i] += a[i];
+        norm(x, T, d, L->n2w, L->n2b, m->eps, a);
+        SITE(s0 + 2, a, big)
+        ew_run(EW_GELU, big, NULL, T, ff);
+        SITE(s0 + 3, big, a)
+        for (size_t i = 0; i < Td; i++)
+            x[i] += a[i];
+    } else {
+        int s0 = 7 * l;
+        norm(x, T, d, L->n1w, NULL, m->eps, a);
+        SITE(s0, a, big) /* q: (T, d) */
+        SITE(s0 + 1, a, k)
+        SITE(s0 + 2, a, v)
+        rope(big, T, H, hd, cs);
+        rope(k, T, Hk, hd, cs);
+        qs_lm_attention(big, d, k, kv, v, kv, T, H, Hk, hd, m->window, o, s);
+        SITE(s0 + 3, o, a)
+        for (size_t i = 0; i < Td; i++)
+            x[i] += a[i];
+        norm(x, T, d, L->n2w, NULL, m->eps, a);
+        SITE(s0 + 4, a, big)
+        SITE(s0 + 5, a, up)
+        ew_run(EW_SWIGLU, big, up, T, ff);
+        SITE(s0 + 6, big, a)
+        for (size_t i = 0; i < Td; i++)
+            x[i] += a[i];
+    }
+#undef SITE
+    return 0;
+}
+
 int qs_lm_forward(const struct qs_lm *m, const uint32_t *tok, int T, const struct qs_hooks *h,
                   float *logits, qs_err *e)
 {
@@ -1748,102 +1895,43 @@ int qs_lm_forward_resume(const struct qs_lm *m, const uint32_t *tok, int T,
 {
     if (from < 0 || from > m->n_layer || (from > 0 && !resid))
         return qs_errf(e, "%s: cannot resume at block %d", m->path, from);
-    if (T < 1 || T > m->ctx)
-        return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
-                       m->ctx);
-    for (int t = 0; t < T; t++)
-        if (tok[t] >= (uint32_t)m->vocab)
-            return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)", m->path,
-                           tok[t], t, m->vocab);
-    const struct qs_lm_priv *p = m->priv;
-    int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
-    int kv = Hk * hd, wmax = ff > 3 * d ? ff : 3 * d;
-    size_t Td = (size_t)T * d;
-    /* x, a, o: (T, d); big: (T, max(3d, ff)); up: (T, ff); xa: (T, max(d, ff)); s: attention
-     * scratch; k, v: (T, kv); cs: (T, hd) */
-    size_t ns = qs_lm_attention_scratch(T, H, Hk, hd);
-    size_t need = 3 * Td + (size_t)T * wmax + 2 * (size_t)T * ff + (size_t)T * (ff > d ? ff : d) +
-                  ns + 2 * (size_t)T * kv + (size_t)T * hd;
-    char what[64];
-    snprintf(what, sizeof what, "a forward of %d tokens", T);
-    if (qs_mem_check(need * sizeof(float), what, e) < 0) /* T*block scores: ctx is from a file */
-        return qs_err_prefix(e, m->path);
-    float *buf = malloc(need * sizeof(float));
-    if (!buf)
-        return qs_errf(e, "%s: out of memory for a forward of %d tokens", m->path, T);
-    float *x = buf, *a = x + Td, *o = a + Td, *big = o + Td, *up = big + (size_t)T * wmax;
-    float *xa = up + (size_t)T * ff, *s = xa + (size_t)T * (ff > d ? ff : d);
-    float *k = s + ns, *v = k + (size_t)T * kv, *cs = v + (size_t)T * kv;
-    (void)ff;
-
+    if (check_tokens(m, tok, T, e) < 0)
+        return -1;
+    struct qs_lm_scratch *c = qs_lm_scratch_new(m, T, e);
+    if (!c)
+        return -1;
+    size_t Td = (size_t)T * m->d_model;
+    float *x = c->x;
     if (from > 0)
         memcpy(x, resid + (size_t)from * Td, Td * sizeof(float));
     else
-        for (int t = 0; t < T; t++) {
-            embed_row(p, tok[t], d, x + (size_t)t * d);
-            if (m->family == QS_LM_GPT2)
-                for (int i = 0; i < d; i++)
-                    x[(size_t)t * d + i] += p->wpe[(size_t)t * d + i];
-        }
-    if (m->family == QS_LM_LLAMA)
-        for (int t = 0; t < T; t++)
-            for (int j = 0; j < hd / 2; j++) {
-                double ang = t * pow(m->rope_theta, -2.0 * j / hd);
-                cs[(size_t)t * hd + j] = (float)cos(ang);
-                cs[(size_t)t * hd + hd / 2 + j] = (float)sin(ang);
-            }
-
+        embed(m, tok, T, x);
     int rc = 0;
-#define SITE(s_, x_, y_)                                                                           \
-    if ((rc = site_apply(m, (s_), h, (x_), T, (y_), xa, e)) < 0)                                   \
-        goto out;
-    for (int l = from; l < m->n_layer; l++) {
-        const struct lm_layer *L = &p->layer[l];
+    for (int l = from; l <= m->n_layer && rc == 0; l++) {
         if (resid)
             memcpy(resid + (size_t)l * Td, x, Td * sizeof(float));
-        if (m->family == QS_LM_GPT2) {
-            int s0 = 4 * l;
-            norm(x, T, d, L->n1w, L->n1b, m->eps, a);
-            SITE(s0, a, big) /* big: (T, 3d) = q | k | v */
-            qs_lm_attention(big, 3 * d, big + d, 3 * d, big + 2 * d, 3 * d, T, H, H, hd, 0, o, s);
-            SITE(s0 + 1, o, a)
-            for (size_t i = 0; i < Td; i++)
-                x[i] += a[i];
-            norm(x, T, d, L->n2w, L->n2b, m->eps, a);
-            SITE(s0 + 2, a, big)
-            ew_run(EW_GELU, big, NULL, T, ff);
-            SITE(s0 + 3, big, a)
-            for (size_t i = 0; i < Td; i++)
-                x[i] += a[i];
-        } else {
-            int s0 = 7 * l;
-            norm(x, T, d, L->n1w, NULL, m->eps, a);
-            SITE(s0, a, big) /* q: (T, d) */
-            SITE(s0 + 1, a, k)
-            SITE(s0 + 2, a, v)
-            rope(big, T, H, hd, cs);
-            rope(k, T, Hk, hd, cs);
-            qs_lm_attention(big, d, k, kv, v, kv, T, H, Hk, hd, m->window, o, s);
-            SITE(s0 + 3, o, a)
-            for (size_t i = 0; i < Td; i++)
-                x[i] += a[i];
-            norm(x, T, d, L->n2w, NULL, m->eps, a);
-            SITE(s0 + 4, a, big)
-            SITE(s0 + 5, a, up)
-            ew_run(EW_SWIGLU, big, up, T, ff);
-            SITE(s0 + 6, big, a)
-            for (size_t i = 0; i < Td; i++)
-                x[i] += a[i];
-        }
+        rc = run_block(m, T, h, l, x, c, logits, e);
     }
-    if (resid)
-        memcpy(resid + (size_t)m->n_layer * Td, x, Td * sizeof(float));
-    norm(x, T, d, p->nfw, m->family == QS_LM_GPT2 ? p->nfb : NULL, m->eps, a);
-    SITE(m->nsites - 1, a, logits)
-#undef SITE
-out:
-    free(buf);
+    qs_lm_scratch_free(c);
     return rc;
+}
+
+int qs_lm_forward_blocks(const struct qs_lm *m, const uint32_t *tok, int T,
+                         const struct qs_hooks *h, int from, int to, float *x,
+                         struct qs_lm_scratch *c, float *logits, qs_err *e)
+{
+    if (from < 0 || to < from || to > m->n_layer + 1)
+        return qs_errf(e, "%s: cannot run blocks %d to %d", m->path, from, to);
+    if (check_tokens(m, tok, T, e) < 0)
+        return -1;
+    if (!c || c->T < T)
+        return qs_errf(e, "%s: a forward of %d tokens needs a scratch of as many", m->path, T);
+    if (from == 0)
+        embed(m, tok, T, x);
+    for (int l = from; l < to; l++)
+        if (run_block(m, T, h, l, x, c, logits, e) < 0)
+            return -1;
+    return 0;
 }
 
 /* ---- evaluation -------------------------------------------------------------------------- */

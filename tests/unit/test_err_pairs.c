@@ -1,0 +1,188 @@
+/* test_err_pairs.c - `error` on a transformer streams the float and quantized paths in lockstep,
+ * block by block (qs_bench_stream_pairs), so each site's float output is the forward's own
+ * rather than recomputed from its captured input. Every site's sums (the float and propagated
+ * norms and products, the local error, the attributions) must be bit for bit those of the old
+ * stream (qs_bench_stream, the float outputs recomputed: qs_analysis_error_sums paired 0), on
+ * GPT-2 and LLaMA, with sites quantized in two blocks (one weights and activations, one with
+ * static activation scales), a corrected site, identity sites after quantized ones, a subset of
+ * sites wanted (as after a change), only the head quantized, nothing quantized, and when a
+ * block's kept activations exceed the budget (the old stream then, as said). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bundle.h"
+#include "qscope/analysis.h"
+#include "qscope/bench.h"
+#include "test.h"
+
+/* Fewer held-out windows: only the calibration side is compared. */
+#define LM_TOKENS 24576
+
+static const char *dirs[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama"};
+
+/* `quant PAT FMT` on the roles given (QS_ROLE_A: the same format for the activations). */
+static int rule(struct qs_bench *b, const char *pat, const char *fmt, int roles, enum qs_amode am)
+{
+    qs_err e = {{0}};
+    struct qs_rule r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.pattern, sizeof r.pattern, "%s", pat);
+    if (qs_format_parse(fmt, &r.fmt, &e) < 0)
+        return -1;
+    qs_qopts_default(&r.opt);
+    r.roles = roles;
+    r.amode = am;
+    int n;
+    if (qs_bench_add_rule(b, &r, &n, &e) < 0) {
+        fprintf(stderr, "  %s: %s\n", pat, e.msg);
+        return -1;
+    }
+    return n;
+}
+
+/* Site s's name pattern: block l's k-th site (the head: k < 0). */
+static const char *site_name(const struct qs_bench *b, int l, int k)
+{
+    const struct qs_lm *m = b->lm;
+    if (k < 0)
+        return m->sites[m->nsites - 1].name;
+    return m->sites[qs_lm_block_first_site(m, l) + k].name;
+}
+
+/* The sums of the wanted sites both ways; 1 when they agree bit for bit (and the paired stream
+ * ran as such: rc_pairs expected from paired 1). nz: some quantized site's propagated and local
+ * sums are positive (the comparison is not of zeros). */
+static int same_sums(struct qs_bench *b, const unsigned char *want, int rc_pairs, int nz)
+{
+    qs_err e = {{0}};
+    int S = b->lm->nsites, ok = 1;
+    size_t len = (size_t)S * QS_ERR_NSUMS;
+    double *p = calloc(len, sizeof *p), *r = calloc(len, sizeof *r);
+    int rp = qs_analysis_error_sums(b, want, 1, p, &e);
+    if (rp < 0)
+        fprintf(stderr, "  paired: %s\n", e.msg);
+    int rr = qs_analysis_error_sums(b, want, 0, r, &e);
+    if (rr < 0)
+        fprintf(stderr, "  reference: %s\n", e.msg);
+    CHECK(rp == rc_pairs);
+    CHECK(rr == 0);
+    ok = rp == rc_pairs && rr == 0;
+    for (int i = 0; ok && i < S; i++)
+        for (int k = 0; k < QS_ERR_NSUMS; k++)
+            if (memcmp(&p[(size_t)i * QS_ERR_NSUMS + k], &r[(size_t)i * QS_ERR_NSUMS + k],
+                       sizeof(double))) {
+                fprintf(stderr, "  %s sum %d: paired %.17g, reference %.17g\n",
+                        b->lm->sites[i].name, k, p[(size_t)i * QS_ERR_NSUMS + k],
+                        r[(size_t)i * QS_ERR_NSUMS + k]);
+                ok = 0;
+            }
+    if (nz) {
+        int seen = 0;
+        for (int i = 0; i < S; i++)
+            seen |= want[i] && !qs_bench_site_identity(b, i) && p[(size_t)i * QS_ERR_NSUMS] > 0 &&
+                    p[(size_t)i * QS_ERR_NSUMS + 1] > 0 && p[(size_t)i * QS_ERR_NSUMS + 4] > 0;
+        CHECK(seen);
+    }
+    free(p);
+    free(r);
+    return ok;
+}
+
+/* Sites quantized in blocks 0 and 1 (block 0's second site weights only, its last weights and
+ * activations with static scales; block 1's first corrected, its third weights and dynamic
+ * activations), the rest identity: every site wanted, then those from block 0's third on. */
+static void test_mixed(void)
+{
+    for (int d = 0; d < 2; d++) {
+        qs_err e = {{0}};
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        const struct qs_lm *m = b->lm;
+        int S = m->nsites, per = (S - 1) / m->n_layer;
+        CHECK(m->n_layer >= 2);
+        CHECK(rule(b, site_name(b, 0, 1), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(rule(b, site_name(b, 0, per - 1), "int8", QS_ROLE_W | QS_ROLE_A, QS_AMODE_STATIC) ==
+              1);
+        CHECK(rule(b, site_name(b, 1, 0), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(rule(b, site_name(b, 1, 2), "int6", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) == 1);
+        int cs = qs_lm_block_first_site(m, 1);
+        if (qs_analysis_correct(b, cs, QS_CORR_LOWRANK, 4, "float", -1, NULL, &e) < 0)
+            fprintf(stderr, "  correct: %s\n", e.msg);
+        CHECK(b->ls[cs].corr.c != NULL);
+        unsigned char *want = calloc((size_t)S, 1);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 0, 1));
+        memset(want, 0, 2); /* as after a change at site 2 */
+        CHECK(same_sums(b, want, 0, 1));
+        memset(want, 0, (size_t)S); /* one site of block 1 alone */
+        want[cs + 2] = 1;
+        CHECK(same_sums(b, want, 0, 1));
+        free(want);
+        qs_bench_free(b);
+    }
+}
+
+/* Only the head quantized (the first non-identity site is the head), and nothing quantized (one
+ * path throughout). */
+static void test_head_and_float(void)
+{
+    for (int d = 0; d < 2; d++) {
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        int S = b->lm->nsites;
+        unsigned char *want = calloc((size_t)S, 1);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 0, 0));
+        CHECK(rule(b, site_name(b, 0, -1), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(same_sums(b, want, 0, 1));
+        free(want);
+        qs_bench_free(b);
+    }
+}
+
+/* A block's kept inputs and outputs beyond act_budget (but each site's inputs within it): the
+ * old stream, in groups, with the same bits; and `error` itself agrees with the sums. */
+static void test_over_budget(void)
+{
+    for (int d = 0; d < 2; d++) {
+        qs_err e = {{0}};
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        const struct qs_lm *m = b->lm;
+        int S = m->nsites;
+        CHECK(rule(b, site_name(b, 0, 1), "int4", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) == 1);
+        struct qs_layer_err *ep = calloc((size_t)S, sizeof *ep),
+                            *eo = calloc((size_t)S, sizeof *eo);
+        CHECK(qs_analysis_errors_ex(b, ep, QS_KL_OFF, &e) == 0);
+        size_t widest = 0;
+        for (int i = 0; i < S; i++)
+            if ((size_t)m->ctx * m->sites[i].in * sizeof(float) > widest)
+                widest = (size_t)m->ctx * m->sites[i].in * sizeof(float);
+        b->act_budget = widest;
+        unsigned char *want = calloc((size_t)S, 1);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 1, 1));
+        qs_bench_invalidate(b, 0);
+        CHECK(qs_analysis_errors_ex(b, eo, QS_KL_OFF, &e) == 0);
+        for (int i = 0; i < S; i++) {
+            CHECK(!memcmp(&ep[i].preact_rel_mse, &eo[i].preact_rel_mse, sizeof(double)));
+            CHECK(!memcmp(&ep[i].local_rel_mse, &eo[i].local_rel_mse, sizeof(double)));
+            CHECK(!memcmp(&ep[i].cosine, &eo[i].cosine, sizeof(double)));
+            CHECK(!memcmp(&ep[i].interaction, &eo[i].interaction, sizeof(double)));
+        }
+        CHECK(ep[1].has_attr && ep[1].local_rel_mse > 0);
+        free(want);
+        free(ep);
+        free(eo);
+        qs_bench_free(b);
+    }
+}
+
+TEST_MAIN("err_pairs", TEST_CASE(test_mixed), TEST_CASE(test_head_and_float),
+          TEST_CASE(test_over_budget))
