@@ -296,7 +296,8 @@ int qs_lm_evaluate(const struct qs_lm *m, const uint32_t *tok, size_t n, int max
 struct qs_lm_progress {
     void (*fn)(void *ctx, const char *what, double frac);
     void *ctx;
-    const char *what; /* NULL: "eval" */
+    const char *what;    /* NULL: "eval" */
+    _Atomic int *cancel; /* NULL, or set from another thread: stop after the current window */
 };
 int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                             const struct qs_hooks *hf, const struct qs_hooks *hq,

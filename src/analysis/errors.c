@@ -255,6 +255,10 @@ static int err_fn(void *u, int i, int w, const float *xf, const float *xq, const
     for (int r0 = 0; r0 < n; r0 += chunk) {
         int nr = n - r0 < chunk ? n - r0 : chunk;
         size_t len = (size_t)nr * l.out;
+        if (r0 > 0 && b->cancel) { /* a vocabulary head's window takes seconds in chunks */
+            qs_errf(e, "cancelled");
+            goto out;
+        }
         const float *pf, *pq;
         if (yf_given) { /* given (alone: the two paths agree) */
             pf = yf_given + (size_t)r0 * l.out;

@@ -81,7 +81,7 @@ int qs_bench_lm_gate(struct qs_bench *b, struct qs_lm_gate *g, qs_err *e)
         int cw;
         qs_bench_lm_split(b, &off, &cw);
         struct qs_lm_eval ev;
-        struct qs_lm_progress pr = {b->progress, b->progress_ctx, "float model"};
+        struct qs_lm_progress pr = {b->progress, b->progress_ctx, "float model", &b->cancel};
         if (qs_lm_evaluate_progress(b->lm, b->tokens->ids + off, b->tokens->n - off, 0, NULL, NULL,
                                     &ev, &pr, e) < 0)
             return -1;

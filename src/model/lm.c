@@ -2122,6 +2122,8 @@ int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n
                      w + 1, nw);
             pr->fn(pr->ctx, what, (double)(w + 1) / (double)nw);
         }
+        if (rc == 0 && pr && pr->cancel && *pr->cancel)
+            rc = qs_errf(e, "cancelled");
     }
     free(lf);
     free(lq);
