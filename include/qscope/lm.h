@@ -220,6 +220,9 @@ struct qs_hooks {
     void *u;
     void (*post)(void *u, int site, float *y, int n, int out);
     int (*linear)(void *u, int site, const float *x, int n, float *y, qs_err *e);
+    /* NULL, or set from another thread: the pass stops with "cancelled" before its next block
+     * (a key in the TUI waits for one block, not for a window's whole forward) */
+    const _Atomic int *cancel;
 };
 
 /* Logits for one sequence: tok: (T) ids < vocab, 1 <= T <= ctx; logits: (T, vocab). Batched over
@@ -297,7 +300,7 @@ struct qs_lm_progress {
     void (*fn)(void *ctx, const char *what, double frac);
     void *ctx;
     const char *what;    /* NULL: "eval" */
-    _Atomic int *cancel; /* NULL, or set from another thread: stop after the current window */
+    _Atomic int *cancel; /* NULL, or set from another thread: stop before the next block */
 };
 int qs_lm_evaluate_progress(const struct qs_lm *m, const uint32_t *tok, size_t n, int max_windows,
                             const struct qs_hooks *hf, const struct qs_hooks *hq,

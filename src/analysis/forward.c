@@ -193,6 +193,7 @@ static struct qs_hooks path_hooks(struct path *p)
 {
     struct qs_hooks h = {0};
     h.u = p;
+    h.cancel = &p->b->cancel;
     h.input = p->cap ? path_capture : NULL;
     h.linear = p->quant ? path_linear : NULL;
     return h;
@@ -462,11 +463,11 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
         return -1;
     }
     p->cap = NULL;
-    struct qs_hooks h = path_hooks(p);
+    struct qs_hooks h = path_hooks(p), hf = {.cancel = &b->cancel};
     struct qs_lm_score acc = {0};
     for (int w = 0; w < nw && rc == 0; w++) {
         const uint32_t *x = b->tokens->ids + start + (size_t)w * ctx;
-        if ((o->want_kl && (rc = qs_lm_forward(m, x, ctx, NULL, lf, e)) < 0) ||
+        if ((o->want_kl && (rc = qs_lm_forward(m, x, ctx, &hf, lf, e)) < 0) ||
             (rc = qs_lm_forward(m, x, ctx, &h, lq, e)) < 0)
             break;
         /* scored as eval scores: float side = this run unless KL to the float model is wanted */
@@ -688,6 +689,7 @@ static int calibrate_static(struct qs_bench *b, qs_err *e)
     struct qs_hooks h = {0};
     h.input = amax_input;
     h.u = &c;
+    h.cancel = &b->cancel;
     size_t start;
     int nw = lm_windows(b, QS_CALIB, &start, 1);
     for (int w = 0; w < nw && rc == 0; w++)
@@ -903,6 +905,7 @@ static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *
     h.u = t;
     h.input = stream_input;
     h.linear = stream_linear;
+    h.cancel = &b->cancel;
     int need_q = quant && t->last >= t->first_q;
     for (int w = 0; w < nw; w++) {
         const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
@@ -1169,6 +1172,7 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
     h.u = &t;
     h.input = pairs_input;
     h.linear = pairs_linear;
+    h.cancel = &b->cancel;
     const struct path pf = {.b = b}, pq = {.b = b, .quant = 1, .qmask = ~0ULL, .cmask = ~0ULL};
     for (int w = 0; w < nw; w++) {
         const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;

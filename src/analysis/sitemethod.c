@@ -802,6 +802,7 @@ static int blk_moments(struct blk *c, int i, qs_err *e)
     h.u = c;
     h.input = blk_input;
     h.linear = blk_linear;
+    h.cancel = &b->cancel;
     c->site = i;
     size_t Td = (size_t)c->ctx * c->d;
     for (int w = 0; w < c->nw; w++) {

@@ -786,34 +786,81 @@ void qs_st_release_bytes(const struct qs_st_file *f, const void *p, size_t n)
         madvise((void *)a, z - a, MADV_DONTNEED);
 }
 
+/* One chunk's test is a branch-free OR over the exponent fields, which the compiler vectorises
+ * (the per-element dtype switch it replaces ran at 1.3 GB/s and was 85 % of loading a BF16 1B
+ * model); the index of the first bad element is looked up only in a chunk that has one. */
+#define FINITE_SCAN(T, MASK)                                                                       \
+    do {                                                                                           \
+        const T *u = (const T *)t->data;                                                           \
+        for (int64_t i0 = 0; i0 < t->numel; i0 += 4096) {                                          \
+            int64_t n = t->numel - i0 < 4096 ? t->numel - i0 : 4096;                               \
+            unsigned any = 0;                                                                      \
+            for (int64_t i = 0; i < n; i++)                                                        \
+                any |= (u[i0 + i] & (MASK)) == (MASK);                                             \
+            if (!any)                                                                              \
+                continue;                                                                          \
+            for (int64_t i = 0; i < n; i++)                                                        \
+                if ((u[i0 + i] & (MASK)) == (MASK)) {                                              \
+                    if (bad_index)                                                                 \
+                        *bad_index = i0 + i;                                                       \
+                    return 0;                                                                      \
+                }                                                                                  \
+        }                                                                                          \
+    } while (0)
+
 int qs_st_check_finite(const struct qs_st_tensor *t, int64_t *bad_index)
 {
-    const unsigned char *p = t->data;
-    for (int64_t i = 0; i < t->numel; i++) {
-        int bad;
-        if (t->dtype == QS_DT_F32) {
-            uint32_t u;
-            memcpy(&u, p + 4 * i, 4);
-            bad = (u & 0x7f800000u) == 0x7f800000u;
-        } else if (t->dtype == QS_DT_F16 || t->dtype == QS_DT_BF16) {
-            uint16_t u;
-            memcpy(&u, p + 2 * i, 2);
-            bad = t->dtype == QS_DT_F16 ? (u & 0x7c00u) == 0x7c00u : (u & 0x7f80u) == 0x7f80u;
-        } else if (t->dtype == QS_DT_F64) {
-            uint64_t u;
-            memcpy(&u, p + 8 * i, 8);
-            bad = (u & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL;
-        } else {
-            return 1;
+    /* the data offsets are checked against the dtype's size at open; safetensors aligns them,
+     * and a misaligned one is read byte-wise */
+    size_t sz = qs_dtype_size(t->dtype);
+    if (sz == 0 || t->numel == 0)
+        return 1;
+    if ((uintptr_t)t->data % sz != 0) {
+        const unsigned char *p = t->data;
+        for (int64_t i = 0; i < t->numel; i++) {
+            int bad;
+            if (t->dtype == QS_DT_F32) {
+                uint32_t u;
+                memcpy(&u, p + 4 * i, 4);
+                bad = (u & 0x7f800000u) == 0x7f800000u;
+            } else if (t->dtype == QS_DT_F16 || t->dtype == QS_DT_BF16) {
+                uint16_t u;
+                memcpy(&u, p + 2 * i, 2);
+                bad = t->dtype == QS_DT_F16 ? (u & 0x7c00u) == 0x7c00u : (u & 0x7f80u) == 0x7f80u;
+            } else if (t->dtype == QS_DT_F64) {
+                uint64_t u;
+                memcpy(&u, p + 8 * i, 8);
+                bad = (u & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL;
+            } else {
+                return 1;
+            }
+            if (bad) {
+                if (bad_index)
+                    *bad_index = i;
+                return 0;
+            }
         }
-        if (bad) {
-            if (bad_index)
-                *bad_index = i;
-            return 0;
-        }
+        return 1;
+    }
+    switch (t->dtype) {
+    case QS_DT_F32:
+        FINITE_SCAN(uint32_t, 0x7f800000u);
+        break;
+    case QS_DT_F16:
+        FINITE_SCAN(uint16_t, 0x7c00u);
+        break;
+    case QS_DT_BF16:
+        FINITE_SCAN(uint16_t, 0x7f80u);
+        break;
+    case QS_DT_F64:
+        FINITE_SCAN(uint64_t, 0x7ff0000000000000ULL);
+        break;
+    default:
+        break;
     }
     return 1;
 }
+#undef FINITE_SCAN
 
 /* ---- writer ---------------------------------------------------------------------------- */
 

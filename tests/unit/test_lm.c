@@ -167,7 +167,7 @@ static void hooks_on(const char *dir)
     float *lg = malloc((size_t)T * V * sizeof(float));
     struct hk h = {
         m, -1, qs_calloc(4096, sizeof(float)), qs_calloc((size_t)m->nsites, sizeof(int)), 0, T, -1};
-    struct qs_hooks hooks = {w_hook, in_hook, NULL, &h, NULL, NULL};
+    struct qs_hooks hooks = {w_hook, in_hook, NULL, &h, NULL, NULL, NULL};
     CHECK(qs_lm_forward(m, tok, T, NULL, base, &e) == 0);
     CHECK(qs_lm_forward(m, tok, T, &hooks, lg, &e) == 0);
     CHECK(!memcmp(base, lg, (size_t)T * V * sizeof(float)));
@@ -196,7 +196,7 @@ static void hooks_on(const char *dir)
     struct hk h2 = h;
     h2.zero_site = 0;
     h2.act_zero_site = -1;
-    struct qs_hooks hooks2 = {w_hook, NULL, NULL, &h2, NULL, NULL};
+    struct qs_hooks hooks2 = {w_hook, NULL, NULL, &h2, NULL, NULL, NULL};
     CHECK(qs_lm_forward(m, tok, T, &hooks2, lz, &e) == 0);
     double md = 0;
     for (int i = 0; i < T * V; i++)
@@ -232,6 +232,21 @@ static void test_hooks(void)
 /* ---- bundled models ---------------------------------------------------------------------- */
 
 /* nparams: the element count of every tensor in the file (counted by Python). */
+struct cancel_at {
+    const struct qs_lm *m;
+    int at, last; /* the site whose input sets the flag; the last site reached */
+    _Atomic int *flag;
+};
+
+static void cancel_input(void *u, int site, const float *x, int n, int in)
+{
+    (void)x, (void)n, (void)in;
+    struct cancel_at *c = u;
+    c->last = site;
+    if (site == c->at)
+        *c->flag = 1;
+}
+
 static void bundled(const char *dir, struct qs_tokens *tk, long nparams)
 {
     struct qs_lm *m = NULL;
@@ -264,13 +279,46 @@ static void bundled(const char *dir, struct qs_tokens *tk, long nparams)
     CHECK_NEAR(ev.top1_agree, 1.0, 1e-12);
     /* a quantized-looking run: the head's input zeroed -> uniform predictions, KL > 0 */
     struct hk h = {m, -1, NULL, NULL, 0, 0, m->nsites - 1};
-    struct qs_hooks hq = {NULL, NULL, act_hook, &h, NULL, NULL};
+    struct qs_hooks hq = {NULL, NULL, act_hook, &h, NULL, NULL, NULL};
     CHECK(qs_lm_evaluate(m, tk->ids + off, tk->n - off, 3, NULL, &hq, &ev, &e) == 0);
     CHECK(ev.ntok == 3L * m->ctx);
     CHECK_NEAR(ev.loss_q, log((double)m->vocab), 1e-5);
     CHECK(ev.kl > 0.1 && ev.top1_agree < 0.5);
     CHECK(qs_lm_evaluate(m, tk->ids, (size_t)m->ctx, 0, NULL, NULL, &ev, &e) == -1);
     CHECK(strstr(e.msg, "too few") != NULL);
+    /* a cancel set while block 1 runs stops the pass before block 2: no site after block 1 is
+     * reached, and the forward fails with "cancelled" */
+    _Atomic int flag = 0;
+    struct cancel_at ca = {m, qs_lm_block_first_site(m, 1), -1, &flag};
+    struct qs_hooks hc = {0};
+    hc.u = &ca;
+    hc.input = cancel_input;
+    hc.cancel = &flag;
+    float *lg = qs_calloc((size_t)m->ctx * m->vocab, sizeof(float));
+    CHECK(m->n_layer >= 2 && lg);
+    if (lg) {
+        CHECK(qs_lm_forward(m, tk->ids, m->ctx, &hc, lg, &e) == -1);
+        CHECK(strstr(e.msg, "cancelled") != NULL);
+        CHECK(ca.last >= ca.at && ca.last < qs_lm_block_first_site(m, 2));
+        ca.last = -1; /* set before the pass: not one site */
+        CHECK(qs_lm_forward(m, tk->ids, m->ctx, &hc, lg, &e) == -1);
+        CHECK(ca.last == -1);
+        flag = 0;
+        ca.at = -1; /* cleared: the same bits as a pass without hooks */
+        float *l0 = qs_calloc((size_t)m->ctx * m->vocab, sizeof(float));
+        CHECK(l0 && qs_lm_forward(m, tk->ids, m->ctx, &hc, lg, &e) == 0 &&
+              qs_lm_forward(m, tk->ids, m->ctx, NULL, l0, &e) == 0 &&
+              memcmp(lg, l0, (size_t)m->ctx * m->vocab * sizeof(float)) == 0);
+        free(l0);
+        /* the evaluation's progress flag reaches its forwards */
+        struct qs_lm_progress pr = {0};
+        flag = 1;
+        pr.cancel = &flag;
+        CHECK(qs_lm_evaluate_progress(m, tk->ids + off, tk->n - off, 1, NULL, NULL, &ev, &pr, &e) ==
+              -1);
+        CHECK(strstr(e.msg, "cancelled") != NULL);
+    }
+    free(lg);
     qs_lm_free(m);
 }
 

@@ -64,7 +64,7 @@ static float *reference_amax(struct qs_bench *b)
     float *mx = calloc((size_t)m->nsites, sizeof *mx);
     float *logits = malloc((size_t)m->ctx * m->vocab * sizeof *logits);
     struct amax_hook ah = {mx};
-    struct qs_hooks h = {NULL, keep_amax, NULL, &ah, NULL, NULL};
+    struct qs_hooks h = {NULL, keep_amax, NULL, &ah, NULL, NULL, NULL};
     qs_err e = {{0}};
     int rc = mx && logits ? 0 : -1;
     for (int w = 0; w < cw && rc == 0; w++)

@@ -80,7 +80,7 @@ static float *capture_out(struct qs_bench *b, int site, int quant, int *n)
     *n = cw * m->ctx;
     struct cap c = {b, site, quant, 0, *n, 0, malloc((size_t)*n * m->sites[site].out * 4)};
     float *logits = malloc((size_t)m->ctx * m->vocab * sizeof *logits);
-    struct qs_hooks h = {cap_weight, NULL, NULL, &c, cap_post, NULL};
+    struct qs_hooks h = {cap_weight, NULL, NULL, &c, cap_post, NULL, NULL};
     qs_err e = {{0}};
     int rc = c.y && logits ? 0 : -1;
     for (int w = 0; w < cw && rc == 0; w++)
@@ -207,7 +207,7 @@ static void test_post_hook_rewrites(void)
     int head = m->nsites - 1;
     CHECK(!strcmp(m->sites[head].name, "lm_head"));
     float *lg = malloc((size_t)m->ctx * m->vocab * sizeof *lg);
-    struct qs_hooks h = {NULL, NULL, NULL, &head, zero_post, NULL};
+    struct qs_hooks h = {NULL, NULL, NULL, &head, zero_post, NULL, NULL};
     qs_err e = {{0}};
     CHECK(lg && qs_lm_forward(m, b->tokens->ids, m->ctx, &h, lg, &e) == 0);
     double mx = 0;

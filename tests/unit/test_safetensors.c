@@ -24,6 +24,45 @@
 #define FIX_JSON "tests/fixtures/st_torch.json"
 
 static char tmpdir[64];
+/* The finite scan works in chunks of 4096: the first bad element is found wherever it is (before
+ * a chunk's end, in a later chunk, the last one), for every dtype, aligned or not, and an
+ * all-finite tensor with values of every other exponent passes. */
+static void test_finite_scan_positions(void)
+{
+    const enum qs_dtype dts[] = {QS_DT_F32, QS_DT_F16, QS_DT_BF16, QS_DT_F64};
+    const uint64_t inf[] = {0x7f800000u, 0x7c00u, 0x7f80u, 0x7ff0000000000000ULL};
+    const uint64_t big[] = {0x7f7fffffu, 0x7bffu, 0x7f7fu, 0x7fefffffffffffffULL}; /* max finite */
+    const int64_t n = 10000, where[] = {0, 4095, 4096, 9000, 9999, -1};
+    unsigned char *buf = malloc(8 * (size_t)n + 8);
+    CHECK(buf != NULL);
+    if (!buf)
+        return;
+    for (int d = 0; d < 4; d++) {
+        size_t sz = qs_dtype_size(dts[d]);
+        for (int mis = 0; mis < 2; mis++) {
+            unsigned char *p = buf + (mis ? 1 : 0);
+            for (int k = 0; k < 6; k++) {
+                for (int64_t i = 0; i < n; i++) {
+                    uint64_t v = i % 3 == 0 ? big[d] : (i % 3 == 1 ? 0 : big[d] ^ 1);
+                    if (i == where[k])
+                        v = inf[d] | (k % 2 ? 1 : 0);   /* an Inf, or a NaN */
+                    memcpy(p + (size_t)i * sz, &v, sz); /* little-endian: the low bytes */
+                }
+                struct qs_st_tensor t = {.dtype = dts[d], .ndim = 1, .numel = n, .data = p};
+                t.shape[0] = n;
+                t.nbytes = (size_t)n * sz;
+                int64_t at = -2;
+                int ok = qs_st_check_finite(&t, &at);
+                if (where[k] < 0)
+                    CHECK(ok == 1 && at == -2);
+                else
+                    CHECK(ok == 0 && at == where[k]);
+            }
+        }
+    }
+    free(buf);
+}
+
 static void cleanup(void);
 
 static const char *tmp_path(const char *name)
@@ -687,4 +726,5 @@ TEST_MAIN("safetensors", TEST_CASE(test_dtype_table), TEST_CASE(test_torch_fixtu
           TEST_CASE(test_bad_empty_and_short), TEST_CASE(test_bad_header_length),
           TEST_CASE(test_bad_json), TEST_CASE(test_bad_dtype), TEST_CASE(test_bad_missing_fields),
           TEST_CASE(test_bad_shape), TEST_CASE(test_bad_offsets), TEST_CASE(test_bad_metadata),
-          TEST_CASE(test_bad_names_are_sanitised), TEST_CASE(test_bad_missing_file_and_dir))
+          TEST_CASE(test_bad_names_are_sanitised), TEST_CASE(test_bad_missing_file_and_dir),
+          TEST_CASE(test_finite_scan_positions))
