@@ -801,6 +801,28 @@ static int check_unused(const struct qs_lm *m, const struct qs_st_file *f, const
     return 0;
 }
 
+/* The heap a load of file f takes: its F32 tensors are copied, 16-bit matrices stay the file's
+ * mapped bytes (site_weight, embed_weight: page cache, not heap) except GPT-2's position table,
+ * vectors are widened, and any other dtype (a packed export's codes) is counted as 8 F32 values
+ * a byte; at most f32 (every weight as F32). A BF16 1B model needs about 2.2 GB, not 4.4. */
+static size_t load_heap_bytes(const struct qs_st_file *f, size_t f32)
+{
+    size_t sum = 0;
+    for (int i = 0; i < qs_st_count(f) && sum < f32; i++) {
+        const struct qs_st_tensor *t = qs_st_get(f, i);
+        size_t len = strlen(t->name), add;
+        int wpe = len >= 10 && !strcmp(t->name + len - 10, "wpe.weight");
+        if (t->dtype == QS_DT_F16 || t->dtype == QS_DT_BF16)
+            add = t->ndim < 2 || wpe ? (size_t)t->numel * sizeof(float) : 0;
+        else if (t->dtype == QS_DT_F32)
+            add = t->nbytes;
+        else
+            add = t->nbytes * 8 * sizeof(float);
+        sum = add > f32 - sum ? f32 : sum + add;
+    }
+    return sum;
+}
+
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
 {
     *out = NULL;
@@ -830,8 +852,9 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     if (rc == 0)
         rc = check_depth(m, f, stp, e);
     size_t wbytes = 0;
-    if (rc == 0 && (qs_lm_weight_bytes(m, &wbytes) < 0 ||
-                    qs_mem_check(wbytes, "the model's weights as F32", e) < 0)) {
+    if (rc == 0 &&
+        (qs_lm_weight_bytes(m, &wbytes) < 0 ||
+         qs_mem_check(load_heap_bytes(f, wbytes), "the model's weights as F32", e) < 0)) {
         if (!wbytes)
             qs_errf(e, "%s: the model's sizes overflow", cfg);
         rc = qs_err_prefix(e, dir);

@@ -487,6 +487,83 @@ static int bf16_copy(const char *src, const char *dir)
     return rc;
 }
 
+/* DIR/: a one-block LLaMA of d 128, ffn 256, vocab 4096, untied (1.2M parameters: 4.7 MB as
+ * F32), with small finite weights, F32 throughout. */
+static int write_wide_llama(const char *dir)
+{
+    char path[512], cmd[600];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
+    if (system(cmd) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, "{\"model_type\": \"llama\", \"vocab_size\": 4096, \"hidden_size\": 128, "
+                     "\"num_hidden_layers\": 1, \"num_attention_heads\": 4, "
+                     "\"num_key_value_heads\": 4, \"intermediate_size\": 256, "
+                     "\"max_position_embeddings\": 16, \"rms_norm_eps\": 1e-06, "
+                     "\"tie_word_embeddings\": false}");
+    const char *names[] = {"model.embed_tokens.weight",
+                           "model.layers.0.input_layernorm.weight",
+                           "model.layers.0.self_attn.q_proj.weight",
+                           "model.layers.0.self_attn.k_proj.weight",
+                           "model.layers.0.self_attn.v_proj.weight",
+                           "model.layers.0.self_attn.o_proj.weight",
+                           "model.layers.0.post_attention_layernorm.weight",
+                           "model.layers.0.mlp.gate_proj.weight",
+                           "model.layers.0.mlp.up_proj.weight",
+                           "model.layers.0.mlp.down_proj.weight",
+                           "model.norm.weight",
+                           "lm_head.weight"};
+    const int64_t r[] = {4096, 128, 128, 128, 128, 128, 128, 256, 256, 128, 128, 4096};
+    const int64_t c[] = {128, 0, 128, 128, 128, 128, 0, 128, 128, 256, 0, 128};
+    struct qs_st_out o[12];
+    float *buf[12];
+    int rc = 0;
+    for (int i = 0; i < 12; i++) {
+        size_t n = (size_t)r[i] * (size_t)(c[i] ? c[i] : 1);
+        buf[i] = malloc(n * sizeof(float));
+        rc |= buf[i] ? 0 : -1;
+        for (size_t j = 0; buf[i] && j < n; j++)
+            buf[i][j] = c[i] ? 0.02f * sinf((float)(j * 7 + (size_t)i)) : 1.0f;
+        o[i] = (struct qs_st_out){names[i], QS_DT_F32, c[i] ? 2 : 1, {r[i], c[i]}, buf[i]};
+    }
+    qs_err e = {{0}};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (rc == 0)
+        rc = qs_st_write(path, o, 12, NULL, NULL, 0, &e);
+    for (int i = 0; i < 12; i++)
+        free(buf[i]);
+    return rc;
+}
+
+/* The load's memory check counts what the load keeps on the heap: an F32 model's copies, not a
+ * 16-bit model's matrices, which stay the file's mapped bytes. Under a 2.5 MB limit the BF16
+ * copy of a 4.7 MB (as F32) model loads and runs; the F32 original is refused with its size. */
+static void test_load_memory_check(void)
+{
+    char f32[128], b16[128], cmd[300];
+    snprintf(f32, sizeof f32, "/tmp/qs_test_lm_mem_%d", (int)getpid());
+    snprintf(b16, sizeof b16, "%s-bf16", f32);
+    CHECK(write_wide_llama(f32) == 0 && bf16_copy(f32, b16) == 0);
+    struct qs_lm *m = NULL;
+    qs_err e = {{0}};
+    setenv("QSCOPE_MEM_LIMIT", "2500000", 1);
+    CHECK(qs_lm_load(f32, &m, &e) == -1);
+    CHECK(strstr(e.msg, "the model's weights as F32 needs 4.") != NULL);
+    qs_lm_free(m);
+    m = NULL;
+    CHECK(qs_lm_load(b16, &m, &e) == 0);
+    if (m) {
+        uint32_t tok[8] = {1, 2, 3, 4, 4000, 6, 7, 8};
+        float *lg = malloc((size_t)8 * m->vocab * sizeof *lg);
+        CHECK(lg && qs_lm_forward(m, tok, 8, NULL, lg, &e) == 0);
+        free(lg);
+    }
+    qs_lm_free(m);
+    unsetenv("QSCOPE_MEM_LIMIT");
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", f32, b16);
+    CHECK(system(cmd) == 0);
+}
+
 /* 16-bit site weights stay the file's bytes and are widened on use: the forward of such a model
  * (whole-matrix widening, and slices of a few output rows) is bit for bit that of the same model
  * widened to F32 up front; the float-weights cache keeps the two sites asked for last at budget 0;
@@ -608,6 +685,6 @@ static void test_lazy_weights(void)
     }
 }
 
-TEST_MAIN("lm", TEST_CASE(test_lazy_weights), TEST_CASE(test_gpt2_vs_torch),
-          TEST_CASE(test_llama_vs_torch), TEST_CASE(test_hooks), TEST_CASE(test_bundled_models),
-          TEST_CASE(test_bad_models))
+TEST_MAIN("lm", TEST_CASE(test_lazy_weights), TEST_CASE(test_load_memory_check),
+          TEST_CASE(test_gpt2_vs_torch), TEST_CASE(test_llama_vs_torch), TEST_CASE(test_hooks),
+          TEST_CASE(test_bundled_models), TEST_CASE(test_bad_models))
