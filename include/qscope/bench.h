@@ -188,6 +188,23 @@ struct qs_site_err_cache {
 };
 void qs_site_err_cache_free(struct qs_site_err_cache *c);
 
+/* A transformer's residual stream at block entries over the calibration windows, both paths
+ * (qs_bench_stream_pairs), so a change at a site re-runs both from the kept entry at or before
+ * its block instead of from the embeddings. Entries at blocks stride, 2 stride, ... <= n_layer
+ * (n_layer: the final norm's input), as many as fit the activation budget beside the pass's own
+ * activations; F32, so a resumed pass gives the bits of a whole one. A float entry stays valid
+ * until the caches are dropped (model, data, calibration); a quantized entry at block l until a
+ * site of a block before l changes (qs_bench_invalidate). */
+struct qs_resid_cache {
+    int nw, stride, nent;
+    int last_from;        /* the block the last pass started from (0: the embeddings) */
+    size_t start, td;     /* first token of the windows; ctx * d_model */
+    float *f, *q;         /* (nent, nw, td) each */
+    unsigned char *ok[2]; /* per entry: written for every window (float, quantized) */
+};
+void qs_resid_cache_free(struct qs_resid_cache *c);
+size_t qs_resid_cache_bytes(const struct qs_resid_cache *c);
+
 typedef void (*qs_progress_fn)(void *ctx, const char *what, double frac);
 
 struct qs_bench {
@@ -234,6 +251,7 @@ struct qs_bench {
     } rows;
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
     struct qs_moments_cache *momc;  /* sites' input moments (moments.h), within a budget */
+    struct qs_resid_cache *resc;    /* block-entry residuals of the calibration (transformers) */
     /* An output rewrite at every site of a corrected path (study q2's shared corrector, q2.h):
      * qs_bench_layer_forward calls it on the site's output y (n, out), after the site's own
      * correction, whenever apply_corr is set; NULL: none. The activation caches do not know
@@ -335,15 +353,16 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e);
  * transformer's errors): qs_bench_calib_peek_begin brings the bench up to date on its own
  * calibration first (pending methods, static activation scales: what the full calibration
  * decides stays decided by it), moves the caches that depend on the calibration aside (the
- * per-site error sums, the input moments, the site rows) and drops any other, then has the
- * analyses use the first n calibration windows (n < the session's). qs_bench_calib_peek_end drops
- * what they cached on those windows and puts back the calibration size and the caches set
- * aside, as they were. calib_n and calib_tokens as the session (and `info`, the journal) see
- * them are the same after; nothing is journaled. Transformers only. */
+ * per-site error sums, the input moments, the block-entry residuals, the site rows) and drops any
+ * other, then has the analyses use the first n calibration windows (n < the session's).
+ * qs_bench_calib_peek_end drops what they cached on those windows and puts back the calibration
+ * size and the caches set aside, as they were. calib_n and calib_tokens as the session (and `info`,
+ * the journal) see them are the same after; nothing is journaled. Transformers only. */
 struct qs_calib_aside {
     int active, calib_n;
     struct qs_site_err_cache *errc;
     struct qs_moments_cache *momc;
+    struct qs_resid_cache *resc;
     struct qs_site_rows rows;
 };
 int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *a, qs_err *e);

@@ -93,6 +93,22 @@ void qs_site_err_cache_free(struct qs_site_err_cache *c)
     free(c);
 }
 
+void qs_resid_cache_free(struct qs_resid_cache *c)
+{
+    if (!c)
+        return;
+    free(c->f);
+    free(c->q);
+    free(c->ok[0]);
+    free(c->ok[1]);
+    free(c);
+}
+
+size_t qs_resid_cache_bytes(const struct qs_resid_cache *c)
+{
+    return c ? 2 * (size_t)c->nent * c->nw * c->td * sizeof(float) : 0;
+}
+
 static void rows_free(struct qs_bench *b)
 {
     for (int s = 0; s < 2; s++) {
@@ -111,6 +127,8 @@ void qs_bench_caches_free(struct qs_bench *b)
     b->errc = NULL;
     qs_moments_cache_free(b->momc);
     b->momc = NULL;
+    qs_resid_cache_free(b->resc);
+    b->resc = NULL;
     for (int s = 0; s < 2; s++) {
         qs_bench_acts_free(&b->f_acts[s], L, b->lm != NULL);
         qs_bench_acts_free(&b->q_acts[s], L, b->lm != NULL);
@@ -194,6 +212,12 @@ void qs_bench_invalidate(struct qs_bench *b, int i)
     if (b->rows.site > i)
         rows_free(b);
     qs_moments_cache_invalidate(b->momc, i);
+    if (b->resc && b->lm) { /* the quantized entries after site i's block */
+        int bi = i < 0 ? -1 : qs_lm_site_block(b->lm, i < b->lm->nsites ? i : b->lm->nsites - 1);
+        for (int k = 0; k < b->resc->nent; k++)
+            if ((k + 1) * b->resc->stride > bi)
+                b->resc->ok[1][k] = 0;
+    }
     if (b->errc) {
         if (b->errc->valid > i)
             b->errc->valid = i;
@@ -511,9 +535,11 @@ int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *
     a->calib_n = b->calib_n;
     a->errc = b->errc;
     a->momc = b->momc;
+    a->resc = b->resc;
     a->rows = b->rows;
     b->errc = NULL;
     b->momc = NULL;
+    b->resc = NULL;
     memset(&b->rows, 0, sizeof b->rows);
     b->rows.site = -1;
     qs_bench_caches_free(b); /* any other cache of the full calibration */
@@ -530,6 +556,7 @@ void qs_bench_calib_peek_end(struct qs_bench *b, struct qs_calib_aside *a)
     b->calib_n = a->calib_n;
     b->errc = a->errc;
     b->momc = a->momc;
+    b->resc = a->resc;
     b->rows = a->rows;
     memset(a, 0, sizeof *a);
 }

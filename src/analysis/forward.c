@@ -1084,6 +1084,43 @@ static int pairs_linear(void *u, int s, const float *x, int n, float *y, qs_err 
     return 0;
 }
 
+/* The block-entry cache for nw calibration windows from token start within `room` bytes: the
+ * bench's own when it is of these windows and still fits, else a new one with the smallest
+ * stride whose entries fit (NULL when not one entry fits, or the memory is not there: the pass
+ * then runs from the embeddings, as without it). */
+static struct qs_resid_cache *resid_cache(struct qs_bench *b, int nw, size_t start, size_t room)
+{
+    const struct qs_lm *m = b->lm;
+    size_t td = (size_t)m->ctx * m->d_model, per = 2 * (size_t)nw * td * sizeof(float);
+    struct qs_resid_cache *c = b->resc;
+    if (c && c->nw == nw && c->start == start && c->td == td && qs_resid_cache_bytes(c) <= room)
+        return c;
+    qs_resid_cache_free(c);
+    b->resc = NULL;
+    size_t fit = per ? room / per : 0;
+    if (fit < 1 || nw < 1)
+        return NULL;
+    int L = m->n_layer, stride = (int)((L + fit - 1) / fit);
+    if (stride < 1)
+        stride = 1;
+    int nent = L / stride;
+    qs_err e2 = {{0}};
+    if (nent < 1 || qs_mem_check((size_t)nent * per, "the block-entry residuals", &e2) < 0 ||
+        !(c = qs_calloc(1, sizeof *c)))
+        return NULL;
+    *c =
+        (struct qs_resid_cache){.nw = nw, .stride = stride, .nent = nent, .start = start, .td = td};
+    c->f = malloc((size_t)nent * nw * td * sizeof(float));
+    c->q = malloc((size_t)nent * nw * td * sizeof(float));
+    c->ok[0] = qs_calloc((size_t)nent, 1);
+    c->ok[1] = qs_calloc((size_t)nent, 1);
+    if (!c->f || !c->q || !c->ok[0] || !c->ok[1]) {
+        qs_resid_cache_free(c);
+        return NULL;
+    }
+    return b->resc = c;
+}
+
 int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigned char *want,
                           qs_stream_fn fn, void *fctx, qs_err *e)
 {
@@ -1154,10 +1191,23 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
     if (!(scr = qs_lm_scratch_new(m, ctx, e)))
         goto out;
     size_t start;
-    int nw = lm_windows(b, sp, &start, 1);
-    /* blocks [0, bq) are one path; from bq to the last wanted site's block, both in turn */
+    int nw = lm_windows(b, sp, &start, 1), first = 0;
+    while (!want[first])
+        first++;
+    /* blocks [0, bq) are one path; from bq to the last wanted site's block, both in turn; both
+     * from block r, the last kept entry (of the calibration windows) at or before the first
+     * wanted site's block, where both paths' residuals are kept (0: from the embeddings) */
     int bq = first_q < S ? qs_lm_site_block(m, first_q) : L + 1, bl = qs_lm_site_block(m, last),
-        shared = bq < bl + 1 ? bq : bl + 1;
+        r = 0;
+    struct qs_resid_cache *rc_ =
+        sp == QS_CALIB ? resid_cache(b, nw, start, b->act_budget - kept) : NULL;
+    if (rc_)
+        for (int k = rc_->nent - 1; k >= 0 && r == 0; k--)
+            if ((k + 1) * rc_->stride <= qs_lm_site_block(m, first) && rc_->ok[0][k] &&
+                rc_->ok[1][k])
+                r = (k + 1) * rc_->stride;
+    if (rc_)
+        rc_->last_from = r;
     struct pairs t = {.b = b,
                       .want = want,
                       .first_q = first_q,
@@ -1177,16 +1227,23 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
     for (int w = 0; w < nw; w++) {
         const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
         t.w = w;
-        t.quant = 0;
-        t.p = pf;
-        t.blk0 = 0;
-        if (qs_lm_forward_blocks(m, tok, ctx, &h, 0, shared, xs[0], scr, NULL, e) < 0)
-            goto out;
-        if (bq <= bl)
-            memcpy(xs[1], xs[0], Td * sizeof(float));
-        for (int l = bq; l <= bl; l++) {
+        if (r > 0) {
+            size_t at = ((size_t)(r / rc_->stride - 1) * nw + (size_t)w) * Td;
+            memcpy(xs[0], rc_->f + at, Td * sizeof(float));
+            memcpy(xs[1], rc_->q + at, Td * sizeof(float));
+        }
+        for (int l = r; l <= bl + 1 && l <= L; l++) {
+            if (l == bq && r < bq && l > 0) /* the paths part: the quantized one from here */
+                memcpy(xs[1], xs[0], Td * sizeof(float));
+            if (rc_ && l > r && l % rc_->stride == 0 && l / rc_->stride <= rc_->nent) {
+                size_t at = ((size_t)(l / rc_->stride - 1) * nw + (size_t)w) * Td;
+                memcpy(rc_->f + at, xs[0], Td * sizeof(float));
+                memcpy(rc_->q + at, xs[l <= bq ? 0 : 1], Td * sizeof(float));
+            }
+            if (l > bl)
+                break;
             t.blk0 = qs_lm_block_first_site(m, l);
-            for (int pass = 0; pass < 2; pass++) {
+            for (int pass = 0; pass < (l < bq ? 1 : 2); pass++) {
                 t.quant = pass;
                 t.p = pass ? pq : pf;
                 if (qs_lm_forward_blocks(m, tok, ctx, &h, l, l + 1, xs[pass], scr, NULL, e) < 0)
@@ -1210,6 +1267,12 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
             qs_errf(e, "cancelled");
             goto out;
         }
+    }
+    /* every window wrote the entries after r up to the last block run */
+    for (int k = 0; rc_ && k < rc_->nent; k++) {
+        int l = (k + 1) * rc_->stride;
+        if (l > r && l <= bl + 1)
+            rc_->ok[0][k] = rc_->ok[1][k] = 1;
     }
     rc = 0;
 out:
@@ -1330,5 +1393,6 @@ size_t qs_bench_held_bytes(const struct qs_bench *b)
     if (b->errc)
         t += (size_t)b->errc->nsites * (12 * sizeof(double) + 1);
     t += qs_moments_cache_bytes(b->momc);
+    t += qs_resid_cache_bytes(b->resc);
     return t;
 }

@@ -184,5 +184,82 @@ static void test_over_budget(void)
     }
 }
 
+/* The block-entry residuals: after a full pass every entry is kept; a change at a site keeps
+ * the quantized entries up to its block and the pass that follows starts there (the first
+ * wanted site's block, or the last kept entry before it), with the sums of a pass from the
+ * embeddings (the reference stream, which keeps nothing), bit for bit. With room for one entry
+ * only, it is the last block's (the head's input), and a change before it starts from 0. */
+static void test_resume(void)
+{
+    for (int d = 0; d < 2; d++) {
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        const struct qs_lm *m = b->lm;
+        int S = m->nsites, L = m->n_layer, per = (S - 1) / L;
+        unsigned char *want = calloc((size_t)S, 1);
+        CHECK(L == 2 && want);
+        CHECK(rule(b, site_name(b, 0, 1), "int4", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) == 1);
+        CHECK(rule(b, site_name(b, 1, 2), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 0, 1));
+        const struct qs_resid_cache *c = b->resc;
+        CHECK(c && c->stride == 1 && c->nent == L && c->last_from == 0);
+        for (int k = 0; c && k < c->nent; k++)
+            CHECK(c->ok[0][k] && c->ok[1][k]);
+        /* block 1's last site: entry 1 stays, entry 2 goes; the pass starts at block 1 */
+        int s1 = qs_lm_block_first_site(m, 1) + per - 1;
+        CHECK(rule(b, site_name(b, 1, per - 1), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        c = b->resc;
+        CHECK(c && c->ok[1][0] && !c->ok[1][1] && c->ok[0][1]);
+        memset(want, 0, (size_t)S);
+        memset(want + s1, 1, (size_t)(S - s1));
+        CHECK(same_sums(b, want, 0, 1));
+        CHECK(b->resc && b->resc->last_from == 1 && b->resc->ok[1][1]);
+        /* the head alone: from entry 2 */
+        CHECK(rule(b, site_name(b, 0, -1), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        memset(want, 0, (size_t)S);
+        want[S - 1] = 1;
+        CHECK(same_sums(b, want, 0, 1));
+        CHECK(b->resc && b->resc->last_from == 2);
+        /* block 0's first site: every quantized entry goes, the pass starts from 0 */
+        CHECK(rule(b, site_name(b, 0, 0), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(b->resc && !b->resc->ok[1][0] && !b->resc->ok[1][1]);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 0, 1));
+        CHECK(b->resc && b->resc->last_from == 0);
+        /* room for one entry beside the pass's own activations: the head's input, stride 2 */
+        size_t per_entry = 2 * (size_t)b->resc->nw * b->resc->td * sizeof(float), kept = 0;
+        for (int k = 0; k < per; k++) { /* the pass's own: each slot's widest, the head's */
+            size_t wi = 0, wo = 0;
+            for (int l = 0; l < L; l++) {
+                const struct qs_lm_site *st = &m->sites[qs_lm_block_first_site(m, l) + k];
+                wi = (size_t)st->in > wi ? (size_t)st->in : wi;
+                wo = (size_t)st->out > wo ? (size_t)st->out : wo;
+            }
+            kept += (wi + wo) * m->ctx * sizeof(float);
+        }
+        kept += 2 * (size_t)m->ctx * m->sites[S - 1].in * sizeof(float);
+        b->act_budget = kept + per_entry + per_entry / 2;
+        qs_bench_invalidate(b, 0);
+        CHECK(same_sums(b, want, 0, 1));
+        c = b->resc;
+        CHECK(c && c->stride == 2 && c->nent == 1 && c->ok[1][0]);
+        CHECK(rule(b, site_name(b, 1, 0), "int8", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        memset(want, 0, (size_t)S);
+        memset(want + qs_lm_block_first_site(m, 1), 1, (size_t)(S - qs_lm_block_first_site(m, 1)));
+        CHECK(same_sums(b, want, 0, 1));
+        CHECK(b->resc && b->resc->last_from == 0);
+        CHECK(rule(b, site_name(b, 0, -1), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        memset(want, 0, (size_t)S);
+        want[S - 1] = 1;
+        CHECK(same_sums(b, want, 0, 1));
+        CHECK(b->resc && b->resc->last_from == 2);
+        free(want);
+        qs_bench_free(b);
+    }
+}
+
 TEST_MAIN("err_pairs", TEST_CASE(test_mixed), TEST_CASE(test_head_and_float),
-          TEST_CASE(test_over_budget))
+          TEST_CASE(test_over_budget), TEST_CASE(test_resume))
