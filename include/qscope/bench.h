@@ -252,6 +252,9 @@ struct qs_bench {
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
     struct qs_moments_cache *momc;  /* sites' input moments (moments.h), within a budget */
     struct qs_resid_cache *resc;    /* block-entry residuals of the calibration (transformers) */
+    double *head_gram; /* a transformer head's W^T W (in x in, double): `error` of a float head
+                          (errors.c); dropped with the model (qs_bench_lm_drop) */
+    int head_direct;   /* 1: `error` computes a float head's outputs instead (a check) */
     /* An output rewrite at every site of a corrected path (study q2's shared corrector, q2.h):
      * qs_bench_layer_forward calls it on the site's output y (n, out), after the site's own
      * correction, whenever apply_corr is set; NULL: none. The activation caches do not know

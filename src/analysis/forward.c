@@ -1394,5 +1394,9 @@ size_t qs_bench_held_bytes(const struct qs_bench *b)
         t += (size_t)b->errc->nsites * (12 * sizeof(double) + 1);
     t += qs_moments_cache_bytes(b->momc);
     t += qs_resid_cache_bytes(b->resc);
+    if (b->head_gram && b->lm) {
+        size_t in = (size_t)b->lm->sites[b->lm->nsites - 1].in;
+        t += in * in * sizeof(double);
+    }
     return t;
 }

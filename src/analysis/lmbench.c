@@ -12,6 +12,8 @@
 void qs_bench_lm_drop(struct qs_bench *b)
 {
     qs_bench_caches_free(b);
+    free(b->head_gram);
+    b->head_gram = NULL;
     b->lm_float_valid = 0;
     /* static activation scales were calibrated on the dropped calibration inputs (model, token
      * data or calibration size changed): calibrate again from the new ones */

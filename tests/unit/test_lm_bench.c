@@ -229,6 +229,8 @@ static int cap_linear(void *u, int s, const float *x, int n, float *y, qs_err *e
                                   e);
 }
 
+static double head64[4]; /* the head's sums in float64 (reference) */
+
 static void reference(struct qs_bench *b, double (*sum)[5])
 {
     qs_err e = {{0}};
@@ -241,6 +243,7 @@ static void reference(struct qs_bench *b, double (*sum)[5])
         xq[i] = malloc((size_t)T * m->sites[i].in * sizeof(float));
     }
     memset(sum, 0, (size_t)S * sizeof *sum);
+    memset(head64, 0, sizeof head64);
     for (int w = 0; w < nw; w++) {
         const uint32_t *tok = b->tokens->ids + (size_t)w * T;
         struct cap cf = {b, xf, 0}, cq = {b, xq, 1};
@@ -273,6 +276,24 @@ static void reference(struct qs_bench *b, double (*sum)[5])
             free(yq);
             free(yl);
         }
+        /* the head in float64 throughout: y = W x with W and x widened, the sums of y */
+        const struct qs_lm_site *hs = &m->sites[S - 1];
+        const float *hw = qs_bench_w(b, S - 1, &e);
+        CHECK(hw != NULL);
+        for (int t = 0; hw && t < T; t++)
+            for (int o = 0; o < hs->out; o++) {
+                double yf = 0, yq = 0;
+                const float *x = xf[S - 1] + (size_t)t * hs->in,
+                            *z = xq[S - 1] + (size_t)t * hs->in, *wr = hw + (size_t)o * hs->in;
+                for (int k = 0; k < hs->in; k++) {
+                    yf += (double)wr[k] * x[k];
+                    yq += (double)wr[k] * z[k];
+                }
+                head64[0] += yf * yf;
+                head64[1] += (yq - yf) * (yq - yf);
+                head64[2] += yq * yq;
+                head64[3] += yq * yf;
+            }
     }
     for (int i = 0; i < S; i++) {
         free(xf[i]);
@@ -283,6 +304,9 @@ static void reference(struct qs_bench *b, double (*sum)[5])
     free(lg);
 }
 
+/* `error`'s figures against the reference's sums, bit for bit; a float head's (from its Gram
+ * matrix, unless head_direct) against the float64 sums within 1e-9: the reference's own, from
+ * rounded float outputs, is off by 1e-8 to 1e-7 there. */
 static int matches(struct qs_bench *b, double (*sum)[5])
 {
     qs_err e = {{0}};
@@ -296,6 +320,16 @@ static int matches(struct qs_bench *b, double (*sum)[5])
         double den = sum[i][0];
         double p = den > 0 ? sum[i][1] / den : 0.0, l = den > 0 ? sum[i][4] / den : 0.0;
         double cs = den > 0 && sum[i][2] > 0 ? sum[i][3] / sqrt(den * sum[i][2]) : 1.0;
+        if (i == S - 1 && !b->head_direct && qs_bench_site_identity(b, i)) {
+            double p64 = head64[1] / head64[0], c64 = head64[3] / sqrt(head64[0] * head64[2]);
+            if (fabs(err[i].preact_rel_mse - p64) > 1e-9 * p64 || err[i].local_rel_mse != 0 ||
+                fabs(err[i].cosine - c64) > 1e-12) {
+                fprintf(stderr, "  head: %.17g %.17g (float64) / %.17g %.17g (float64)\n",
+                        err[i].preact_rel_mse, p64, err[i].cosine, c64);
+                ok = 0;
+            }
+            continue;
+        }
         if (err[i].preact_rel_mse != p || err[i].local_rel_mse != l || err[i].cosine != cs) {
             fprintf(stderr, "  site %d: %.17g %.17g / %.17g %.17g / %.17g %.17g\n", i,
                     err[i].preact_rel_mse, p, err[i].local_rel_mse, l, err[i].cosine, cs);
@@ -322,6 +356,12 @@ static void streamed(const char *dir, const char *mid)
     CHECK(qs_analysis_correct(b, im, QS_CORR_LOWRANK, 2, "float", -1, NULL, &e) == 0);
     reference(b, sum);
     CHECK(matches(b, sum));
+    /* the head's outputs computed: the reference's bits */
+    b->head_direct = 1;
+    qs_bench_invalidate(b, S - 1);
+    CHECK(matches(b, sum));
+    b->head_direct = 0;
+    qs_bench_invalidate(b, S - 1);
     /* a budget of one site's window inputs: every site its own pass, the same sums */
     size_t one = 0;
     for (int i = 0; i < S; i++) {
@@ -344,7 +384,10 @@ static void streamed(const char *dir, const char *mid)
     reference(b, sum);
     CHECK(matches(b, sum));
     /* the sums, and the block-entry residuals within the activation budget */
-    CHECK(qs_bench_held_bytes(b) - qs_resid_cache_bytes(b->resc) < 4096);
+    size_t hin = (size_t)b->lm->sites[S - 1].in;
+    CHECK(b->head_gram != NULL);
+    CHECK(qs_bench_held_bytes(b) - qs_resid_cache_bytes(b->resc) - hin * hin * sizeof(double) <
+          4096);
     CHECK(qs_resid_cache_bytes(b->resc) <= b->act_budget);
     free(sum);
     qs_bench_free(b);
