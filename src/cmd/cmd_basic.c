@@ -263,6 +263,16 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (budgets: activations %s, weights %s)",
                  held / 1048576.0, mb_text(b->act_budget, ab, sizeof ab),
                  mb_text(b->wq_budget, wb, sizeof wb));
+    /* of which error's block-entry residuals of both paths (transformers) */
+    size_t res = qs_resid_cache_bytes(b->resc);
+    cJSON_AddNumberToObject(o, "residual_bytes", (double)res);
+    if (res > 0) {
+        char every[32] = "every block";
+        if (b->resc->stride > 1)
+            snprintf(every, sizeof every, "every %d blocks", b->resc->stride);
+        qs_sb_printf(&t, "; of it block-entry residuals %.1f MB (%s, %d window%s)", res / 1048576.0,
+                     every, b->resc->nw, b->resc->nw == 1 ? "" : "s");
+    }
     /* of which the sites' input moments (X^T X in double), cached between analyses */
     size_t mom = qs_moments_cache_bytes(b->momc);
     cJSON_AddNumberToObject(o, "moments_bytes", (double)mom);

@@ -145,3 +145,11 @@ msg=$($Q datasets/models/tiny-gpt2 "$T/many.bin" -c 'quant * int4; set calib 1; 
 check error-kl-auto-costly "grep -q 'kl_share not computed: one held-out run per quantized site, about 1.3e+11 multiply-adds' <<<\"\$msg\""
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'error kl=maybe' 2>&1)
 check error-kl-bad "grep -q 'kl=maybe: expected auto, on or off' <<<\"\$msg\""
+# error keeps both paths' residual stream at block entries within the activation budget, as info
+# shows (tiny-gpt2: 2 entries x 8 windows x 64 x 64 floats x 2 paths = 512 KB); a budget below
+# it drops them, and the next error keeps what fits beside its own 192 KB of a block's
+# activations (300K: none; 600K: one entry, the head's input, every 2 blocks)
+msg=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant h.1.mlp.c_fc int4; error; info; set memory acts=300K; info; quant h.1.mlp.c_fc int3; error; info; set memory acts=600K; quant h.1.mlp.c_fc int2; error; info' 2>&1 | grep '"cmd":"info"' | grep -o '"residual_bytes":[0-9]*' | tr '\n' ' ')
+check error-residuals-info "[ \"\$msg\" = '\"residual_bytes\":524288 \"residual_bytes\":0 \"residual_bytes\":0 \"residual_bytes\":262144 ' ]"
+msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant h.1.mlp.c_fc int4; set memory acts=600K; error; info' 2>&1)
+check error-residuals-text "grep -q 'of it block-entry residuals 0.2 MB (every 2 blocks, 8 windows)' <<<\"\$msg\""
