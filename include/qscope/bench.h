@@ -188,8 +188,9 @@ struct qs_site_err_cache {
 };
 void qs_site_err_cache_free(struct qs_site_err_cache *c);
 
-/* A transformer's residual stream at block entries over the calibration windows, both paths
- * (qs_bench_stream_pairs), so a change at a site re-runs both from the kept entry at or before
+/* A transformer's residual stream at block entries over a split's windows, both paths (the
+ * calibration's for `error`: qs_bench_stream_pairs; the held-out windows' for eval's runs of the
+ * whole quantized path), so a change at a site re-runs both from the kept entry at or before
  * its block instead of from the embeddings. Entries at blocks stride, 2 stride, ... <= n_layer
  * (n_layer: the final norm's input), as many as fit the activation budget beside the pass's own
  * activations; F32, so a resumed pass gives the bits of a whole one. A float entry stays valid
@@ -251,7 +252,7 @@ struct qs_bench {
     } rows;
     struct qs_site_err_cache *errc; /* `error`'s per-site sums and KL runs (transformers) */
     struct qs_moments_cache *momc;  /* sites' input moments (moments.h), within a budget */
-    struct qs_resid_cache *resc;    /* block-entry residuals of the calibration (transformers) */
+    struct qs_resid_cache *resc[2]; /* block-entry residuals of each split (transformers) */
     double *head_gram; /* a transformer head's W^T W (in x in, double): `error` of a float head
                           (errors.c); dropped with the model (qs_bench_lm_drop) */
     int head_direct;   /* 1: `error` computes a float head's outputs instead (a check) */
@@ -365,7 +366,7 @@ struct qs_calib_aside {
     int active, calib_n;
     struct qs_site_err_cache *errc;
     struct qs_moments_cache *momc;
-    struct qs_resid_cache *resc;
+    struct qs_resid_cache *resc[2];
     struct qs_site_rows rows;
 };
 int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *a, qs_err *e);

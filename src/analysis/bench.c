@@ -127,8 +127,10 @@ void qs_bench_caches_free(struct qs_bench *b)
     b->errc = NULL;
     qs_moments_cache_free(b->momc);
     b->momc = NULL;
-    qs_resid_cache_free(b->resc);
-    b->resc = NULL;
+    for (int s = 0; s < 2; s++) {
+        qs_resid_cache_free(b->resc[s]);
+        b->resc[s] = NULL;
+    }
     for (int s = 0; s < 2; s++) {
         qs_bench_acts_free(&b->f_acts[s], L, b->lm != NULL);
         qs_bench_acts_free(&b->q_acts[s], L, b->lm != NULL);
@@ -212,11 +214,12 @@ void qs_bench_invalidate(struct qs_bench *b, int i)
     if (b->rows.site > i)
         rows_free(b);
     qs_moments_cache_invalidate(b->momc, i);
-    if (b->resc && b->lm) { /* the quantized entries after site i's block */
+    for (int s = 0; s < 2 && b->lm; s++) { /* the quantized entries after site i's block */
+        struct qs_resid_cache *c = b->resc[s];
         int bi = i < 0 ? -1 : qs_lm_site_block(b->lm, i < b->lm->nsites ? i : b->lm->nsites - 1);
-        for (int k = 0; k < b->resc->nent; k++)
-            if ((k + 1) * b->resc->stride > bi)
-                b->resc->ok[1][k] = 0;
+        for (int k = 0; c && k < c->nent; k++)
+            if ((k + 1) * c->stride > bi)
+                c->ok[1][k] = 0;
     }
     if (b->errc) {
         if (b->errc->valid > i)
@@ -535,11 +538,11 @@ int qs_bench_calib_peek_begin(struct qs_bench *b, int n, struct qs_calib_aside *
     a->calib_n = b->calib_n;
     a->errc = b->errc;
     a->momc = b->momc;
-    a->resc = b->resc;
+    memcpy(a->resc, b->resc, sizeof a->resc);
     a->rows = b->rows;
     b->errc = NULL;
     b->momc = NULL;
-    b->resc = NULL;
+    memset(b->resc, 0, sizeof b->resc);
     memset(&b->rows, 0, sizeof b->rows);
     b->rows.site = -1;
     qs_bench_caches_free(b); /* any other cache of the full calibration */
@@ -556,7 +559,7 @@ void qs_bench_calib_peek_end(struct qs_bench *b, struct qs_calib_aside *a)
     b->calib_n = a->calib_n;
     b->errc = a->errc;
     b->momc = a->momc;
-    b->resc = a->resc;
+    memcpy(b->resc, a->resc, sizeof b->resc);
     b->rows = a->rows;
     memset(a, 0, sizeof *a);
 }

@@ -444,8 +444,44 @@ static int lm_fill(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, in
     return 0;
 }
 
+static struct qs_resid_cache *resid_cache(struct qs_bench *b, enum qs_split_id sp, int nw,
+                                          size_t start, size_t own);
+
+/* One window's logits through hooks h from block r (0: the embeddings; else from entry r of the
+ * cache c, path k: 0 float, 1 quantized), writing the entries after r on the way: the bits of
+ * qs_lm_forward's. */
+static int cached_forward(const struct qs_lm *m, const uint32_t *tok, const struct qs_hooks *h,
+                          struct qs_resid_cache *c, int k, int w, int r, float *x,
+                          struct qs_lm_scratch *scr, float *logits, qs_err *e)
+{
+    size_t Td = c->td;
+    if (r > 0)
+        memcpy(x, (k ? c->q : c->f) + ((size_t)(r / c->stride - 1) * c->nw + (size_t)w) * Td,
+               Td * sizeof(float));
+    for (int l = r; l <= m->n_layer; l++) {
+        if (l > r && l % c->stride == 0 && l / c->stride <= c->nent)
+            memcpy((k ? c->q : c->f) + ((size_t)(l / c->stride - 1) * c->nw + (size_t)w) * Td, x,
+                   Td * sizeof(float));
+        if (qs_lm_forward_blocks(m, tok, m->ctx, h, l, l + 1, x, scr, logits, e) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The block a path resumes from: its last kept entry (0: none). */
+static int cached_from(const struct qs_resid_cache *c, int k)
+{
+    for (int j = c->nent - 1; j >= 0; j--)
+        if (c->ok[k][j])
+            return (j + 1) * c->stride;
+    return 0;
+}
+
 /* Every held-out (or calibration) window through the path: eval's own scoring
- * (qs_lm_score_window), against the float model's logits when KL is wanted. */
+ * (qs_lm_score_window), against the float model's logits when KL is wanted. The whole quantized
+ * path over the held-out windows (eval's run) keeps both paths' residual stream at block entries
+ * (qs_resid_cache) and starts from the last entry still valid: after a change at a site, the
+ * blocks before it are not run again, and the float pass (for KL) runs only the head. */
 static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
                   qs_err *e)
 {
@@ -465,10 +501,26 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
     p->cap = NULL;
     struct qs_hooks h = path_hooks(p), hf = {.cancel = &b->cancel};
     struct qs_lm_score acc = {0};
+    struct qs_resid_cache *rc_ = NULL;
+    struct qs_lm_scratch *scr = NULL;
+    float *xs = NULL;
+    int rf = 0, rq = 0;
+    if (s == QS_TEST && p->quant && !p->wov && p->qmask == ~0ULL && p->cmask == ~0ULL &&
+        (rc_ = resid_cache(b, QS_TEST, nw, start, 0))) {
+        qs_err e2 = {{0}};
+        if (!(scr = qs_lm_scratch_new(m, ctx, &e2)) ||
+            !(xs = qs_alloc(rc_->td, sizeof(float), "the residual stream of a window", &e2)))
+            rc_ = NULL; /* the whole forwards then, as without the cache */
+        else
+            rf = cached_from(rc_, 0), rq = cached_from(rc_, 1), rc_->last_from = rq;
+    }
     for (int w = 0; w < nw && rc == 0; w++) {
         const uint32_t *x = b->tokens->ids + start + (size_t)w * ctx;
-        if ((o->want_kl && (rc = qs_lm_forward(m, x, ctx, &hf, lf, e)) < 0) ||
-            (rc = qs_lm_forward(m, x, ctx, &h, lq, e)) < 0)
+        if (rc_ ? (o->want_kl &&
+                   (rc = cached_forward(m, x, &hf, rc_, 0, w, rf, xs, scr, lf, e)) < 0) ||
+                      (rc = cached_forward(m, x, &h, rc_, 1, w, rq, xs, scr, lq, e)) < 0
+                : (o->want_kl && (rc = qs_lm_forward(m, x, ctx, &hf, lf, e)) < 0) ||
+                      (rc = qs_lm_forward(m, x, ctx, &h, lq, e)) < 0)
             break;
         /* scored as eval scores: float side = this run unless KL to the float model is wanted */
         acc.tok_loss = tl;
@@ -489,6 +541,12 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
         if (b->cancel)
             rc = qs_errf(e, "cancelled");
     }
+    for (int j = 0; rc == 0 && rc_ && j < rc_->nent; j++) { /* every window wrote them */
+        rc_->ok[1][j] = 1;
+        rc_->ok[0][j] |= o->want_kl;
+    }
+    qs_lm_scratch_free(scr);
+    free(xs);
     if (rc == 0) {
         struct qs_lm_eval ev;
         qs_lm_eval_finish(&acc, o->want_kl, &ev);
@@ -1084,19 +1142,28 @@ static int pairs_linear(void *u, int s, const float *x, int n, float *y, qs_err 
     return 0;
 }
 
-/* The block-entry cache for nw calibration windows from token start within `room` bytes: the
- * bench's own when it is of these windows and still fits, else a new one with the smallest
- * stride whose entries fit (NULL when not one entry fits, or the memory is not there: the pass
- * then runs from the embeddings, as without it). */
-static struct qs_resid_cache *resid_cache(struct qs_bench *b, int nw, size_t start, size_t room)
+/* Split sp's block-entry cache for nw windows from token start within what the activation
+ * budget leaves beside `own` bytes of the pass and the other split's cache, and at most half of
+ * the budget: the bench's own when
+ * it is of these windows and still fits, else a new one with the smallest stride whose entries
+ * fit (NULL when not one entry fits, or the memory is not there: the pass then runs from the
+ * embeddings, as without it). */
+static struct qs_resid_cache *resid_cache(struct qs_bench *b, enum qs_split_id sp, int nw,
+                                          size_t start, size_t own)
 {
     const struct qs_lm *m = b->lm;
     size_t td = (size_t)m->ctx * m->d_model, per = 2 * (size_t)nw * td * sizeof(float);
-    struct qs_resid_cache *c = b->resc;
+    size_t other = qs_resid_cache_bytes(b->resc[!sp]), used = own + other;
+    size_t room = used < b->act_budget ? b->act_budget - used : 0;
+    if (room > b->act_budget / 2) /* each split's at most half: the other's room, and the peak
+                                     (eval's held-out entries took 453 MB of 512 on GPT-2-small
+                                     beside its 400 MB of logits: 1.55 GB in all) */
+        room = b->act_budget / 2;
+    struct qs_resid_cache *c = b->resc[sp];
     if (c && c->nw == nw && c->start == start && c->td == td && qs_resid_cache_bytes(c) <= room)
         return c;
     qs_resid_cache_free(c);
-    b->resc = NULL;
+    b->resc[sp] = NULL;
     size_t fit = per ? room / per : 0;
     if (fit < 1 || nw < 1)
         return NULL;
@@ -1118,7 +1185,7 @@ static struct qs_resid_cache *resid_cache(struct qs_bench *b, int nw, size_t sta
         qs_resid_cache_free(c);
         return NULL;
     }
-    return b->resc = c;
+    return b->resc[sp] = c;
 }
 
 int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigned char *want,
@@ -1199,8 +1266,7 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
      * wanted site's block, where both paths' residuals are kept (0: from the embeddings) */
     int bq = first_q < S ? qs_lm_site_block(m, first_q) : L + 1, bl = qs_lm_site_block(m, last),
         r = 0;
-    struct qs_resid_cache *rc_ =
-        sp == QS_CALIB ? resid_cache(b, nw, start, b->act_budget - kept) : NULL;
+    struct qs_resid_cache *rc_ = sp == QS_CALIB ? resid_cache(b, QS_CALIB, nw, start, kept) : NULL;
     if (rc_)
         for (int k = rc_->nent - 1; k >= 0 && r == 0; k--)
             if ((k + 1) * rc_->stride <= qs_lm_site_block(m, first) && rc_->ok[0][k] &&
@@ -1393,7 +1459,7 @@ size_t qs_bench_held_bytes(const struct qs_bench *b)
     if (b->errc)
         t += (size_t)b->errc->nsites * (12 * sizeof(double) + 1);
     t += qs_moments_cache_bytes(b->momc);
-    t += qs_resid_cache_bytes(b->resc);
+    t += qs_resid_cache_bytes(b->resc[0]) + qs_resid_cache_bytes(b->resc[1]);
     if (b->head_gram && b->lm) {
         size_t in = (size_t)b->lm->sites[b->lm->nsites - 1].in;
         t += in * in * sizeof(double);

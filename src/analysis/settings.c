@@ -22,10 +22,12 @@ int qs_bench_set_memory(struct qs_bench *b, const size_t *weights, const size_t 
     }
     if (acts) {
         b->act_budget = *acts;
-        if (qs_resid_cache_bytes(b->resc) > b->act_budget) { /* kept again within it on use */
-            qs_resid_cache_free(b->resc);
-            b->resc = NULL;
-        }
+        if (qs_resid_cache_bytes(b->resc[0]) + qs_resid_cache_bytes(b->resc[1]) >
+            b->act_budget) /* kept again within it on use */
+            for (int s = 0; s < 2; s++) {
+                qs_resid_cache_free(b->resc[s]);
+                b->resc[s] = NULL;
+            }
         /* a site's rows cached under a larger budget go (streamed again on use, bit for bit) */
         if (b->lm && b->rows.site >= 0) {
             size_t in = (size_t)b->lm->sites[b->rows.site].in, held = 0;

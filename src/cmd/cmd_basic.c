@@ -263,15 +263,24 @@ static int cmd_info(struct qs_ctx *c, int argc, char **argv, qs_err *e)
     qs_sb_printf(&t, "\nmemory  the analyses hold %.1f MB (budgets: activations %s, weights %s)",
                  held / 1048576.0, mb_text(b->act_budget, ab, sizeof ab),
                  mb_text(b->wq_budget, wb, sizeof wb));
-    /* of which error's block-entry residuals of both paths (transformers) */
-    size_t res = qs_resid_cache_bytes(b->resc);
+    /* of which the block-entry residuals of both paths (transformers): error's of the
+     * calibration windows, eval's of the held-out ones */
+    size_t res = qs_resid_cache_bytes(b->resc[0]) + qs_resid_cache_bytes(b->resc[1]);
     cJSON_AddNumberToObject(o, "residual_bytes", (double)res);
     if (res > 0) {
-        char every[32] = "every block";
-        if (b->resc->stride > 1)
-            snprintf(every, sizeof every, "every %d blocks", b->resc->stride);
-        qs_sb_printf(&t, "; of it block-entry residuals %.1f MB (%s, %d window%s)", res / 1048576.0,
-                     every, b->resc->nw, b->resc->nw == 1 ? "" : "s");
+        qs_sb_printf(&t, "; of it block-entry residuals %.1f MB (", res / 1048576.0);
+        for (int s = 0, k = 0; s < 2; s++) {
+            const struct qs_resid_cache *c = b->resc[s];
+            if (!c)
+                continue;
+            char every[32] = "every block";
+            if (c->stride > 1)
+                snprintf(every, sizeof every, "every %d blocks", c->stride);
+            qs_sb_printf(&t, "%s%s: %s, %d window%s", k++ ? "; " : "",
+                         s == QS_CALIB ? "calibration" : "held-out", every, c->nw,
+                         c->nw == 1 ? "" : "s");
+        }
+        qs_sb_printf(&t, ")");
     }
     /* of which the sites' input moments (X^T X in double), cached between analyses */
     size_t mom = qs_moments_cache_bytes(b->momc);

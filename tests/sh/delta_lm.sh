@@ -152,4 +152,4 @@ check error-kl-bad "grep -q 'kl=maybe: expected auto, on or off' <<<\"\$msg\""
 msg=$($Q --json datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant h.1.mlp.c_fc int4; error; info; set memory acts=300K; info; quant h.1.mlp.c_fc int3; error; info; set memory acts=600K; quant h.1.mlp.c_fc int2; error; info' 2>&1 | grep '"cmd":"info"' | grep -o '"residual_bytes":[0-9]*' | tr '\n' ' ')
 check error-residuals-info "[ \"\$msg\" = '\"residual_bytes\":524288 \"residual_bytes\":0 \"residual_bytes\":0 \"residual_bytes\":262144 ' ]"
 msg=$($Q datasets/models/tiny-gpt2 datasets/text/licenses.txt -c 'quant h.1.mlp.c_fc int4; set memory acts=600K; error; info' 2>&1)
-check error-residuals-text "grep -q 'of it block-entry residuals 0.2 MB (every 2 blocks, 8 windows)' <<<\"\$msg\""
+check error-residuals-text "grep -q 'of it block-entry residuals 0.2 MB (calibration: every 2 blocks, 8 windows)' <<<\"\$msg\""

@@ -204,33 +204,36 @@ static void test_resume(void)
         CHECK(rule(b, site_name(b, 1, 2), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
         memset(want, 1, (size_t)S);
         CHECK(same_sums(b, want, 0, 1));
-        const struct qs_resid_cache *c = b->resc;
+        const struct qs_resid_cache *c = b->resc[QS_CALIB];
         CHECK(c && c->stride == 1 && c->nent == L && c->last_from == 0);
         for (int k = 0; c && k < c->nent; k++)
             CHECK(c->ok[0][k] && c->ok[1][k]);
         /* block 1's last site: entry 1 stays, entry 2 goes; the pass starts at block 1 */
         int s1 = qs_lm_block_first_site(m, 1) + per - 1;
         CHECK(rule(b, site_name(b, 1, per - 1), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
-        c = b->resc;
+        c = b->resc[QS_CALIB];
         CHECK(c && c->ok[1][0] && !c->ok[1][1] && c->ok[0][1]);
         memset(want, 0, (size_t)S);
         memset(want + s1, 1, (size_t)(S - s1));
         CHECK(same_sums(b, want, 0, 1));
-        CHECK(b->resc && b->resc->last_from == 1 && b->resc->ok[1][1]);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->last_from == 1 &&
+              b->resc[QS_CALIB]->ok[1][1]);
         /* the head alone: from entry 2 */
         CHECK(rule(b, site_name(b, 0, -1), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
         memset(want, 0, (size_t)S);
         want[S - 1] = 1;
         CHECK(same_sums(b, want, 0, 1));
-        CHECK(b->resc && b->resc->last_from == 2);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->last_from == 2);
         /* block 0's first site: every quantized entry goes, the pass starts from 0 */
         CHECK(rule(b, site_name(b, 0, 0), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
-        CHECK(b->resc && !b->resc->ok[1][0] && !b->resc->ok[1][1]);
+        CHECK(b->resc[QS_CALIB] && !b->resc[QS_CALIB]->ok[1][0] && !b->resc[QS_CALIB]->ok[1][1]);
         memset(want, 1, (size_t)S);
         CHECK(same_sums(b, want, 0, 1));
-        CHECK(b->resc && b->resc->last_from == 0);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->last_from == 0);
         /* room for one entry beside the pass's own activations: the head's input, stride 2 */
-        size_t per_entry = 2 * (size_t)b->resc->nw * b->resc->td * sizeof(float), kept = 0;
+        size_t per_entry =
+                   2 * (size_t)b->resc[QS_CALIB]->nw * b->resc[QS_CALIB]->td * sizeof(float),
+               kept = 0;
         for (int k = 0; k < per; k++) { /* the pass's own: each slot's widest, the head's */
             size_t wi = 0, wo = 0;
             for (int l = 0; l < L; l++) {
@@ -244,22 +247,81 @@ static void test_resume(void)
         b->act_budget = kept + per_entry + per_entry / 2;
         qs_bench_invalidate(b, 0);
         CHECK(same_sums(b, want, 0, 1));
-        c = b->resc;
+        c = b->resc[QS_CALIB];
         CHECK(c && c->stride == 2 && c->nent == 1 && c->ok[1][0]);
         CHECK(rule(b, site_name(b, 1, 0), "int8", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
         memset(want, 0, (size_t)S);
         memset(want + qs_lm_block_first_site(m, 1), 1, (size_t)(S - qs_lm_block_first_site(m, 1)));
         CHECK(same_sums(b, want, 0, 1));
-        CHECK(b->resc && b->resc->last_from == 0);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->last_from == 0);
         CHECK(rule(b, site_name(b, 0, -1), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
         memset(want, 0, (size_t)S);
         want[S - 1] = 1;
         CHECK(same_sums(b, want, 0, 1));
-        CHECK(b->resc && b->resc->last_from == 2);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->last_from == 2);
         free(want);
         qs_bench_free(b);
     }
 }
 
+/* eval's run of the quantized path over the held-out windows, with the KL to the float model:
+ * its figures with the kept block entries (resumed after a change in block 1 or at the head,
+ * the float pass then from the head's input) are those of whole forwards (no room for entries)
+ * bit for bit; a masked run (ablation) does not use them. */
+static int eval_same(struct qs_bench *b, int from)
+{
+    qs_err e = {{0}};
+    struct qs_metric m1, m0;
+    double kl1 = 0, ag1 = 0, kl0 = 0, ag0 = 0;
+    size_t budget = b->act_budget;
+    int ok = qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m1, NULL, &kl1, &ag1, &e) == 0;
+    const struct qs_resid_cache *c = b->resc[QS_TEST];
+    ok &= c != NULL && c->last_from == from;
+    if (c && c->last_from != from)
+        fprintf(stderr, "  resumed from %d, not %d\n", c->last_from, from);
+    b->act_budget = 0; /* whole forwards */
+    ok &= qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m0, NULL, &kl0, &ag0, &e) == 0;
+    ok &= b->resc[QS_TEST] == NULL;
+    b->act_budget = budget;
+    ok &= !memcmp(&m1.loss, &m0.loss, sizeof(double)) && !memcmp(&kl1, &kl0, sizeof kl1) &&
+          !memcmp(&ag1, &ag0, sizeof ag1) && m1.n == m0.n && kl1 > 0;
+    if (!ok)
+        fprintf(stderr, "  eval: loss %.17g %.17g kl %.17g %.17g (%s)\n", m1.loss, m0.loss, kl1,
+                kl0, e.msg);
+    return ok;
+}
+
+static void test_eval_resume(void)
+{
+    for (int d = 0; d < 2; d++) {
+        qs_err e = {{0}};
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        CHECK(rule(b, site_name(b, 0, 1), "int4", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) == 1);
+        struct qs_metric m;
+        double kl;
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
+        CHECK(b->resc[QS_TEST] && b->resc[QS_TEST]->last_from == 0);
+        CHECK(rule(b, site_name(b, 1, 2), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(eval_same(b, 1)); /* entry 1 stays: from block 1 */
+        CHECK(rule(b, site_name(b, 1, 2), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
+        CHECK(rule(b, site_name(b, 1, 2), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(eval_same(b, 1));
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
+        CHECK(rule(b, site_name(b, 0, -1), "int8", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(eval_same(b, 2));
+        /* an ablation's mask (block 0's site alone): whole forwards, the cache untouched */
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
+        int from = b->resc[QS_TEST] ? b->resc[QS_TEST]->last_from : -1;
+        int s1 = qs_lm_block_first_site(b->lm, 0) + 1;
+        CHECK(qs_bench_run_ex(b, QS_TEST, 1ULL << s1, 1ULL << s1, &m, NULL, &kl, NULL, &e) == 0);
+        CHECK(b->resc[QS_TEST] && b->resc[QS_TEST]->last_from == from);
+        qs_bench_free(b);
+    }
+}
+
 TEST_MAIN("err_pairs", TEST_CASE(test_mixed), TEST_CASE(test_head_and_float),
-          TEST_CASE(test_over_budget), TEST_CASE(test_resume))
+          TEST_CASE(test_over_budget), TEST_CASE(test_resume), TEST_CASE(test_eval_resume))

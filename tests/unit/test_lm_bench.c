@@ -386,9 +386,9 @@ static void streamed(const char *dir, const char *mid)
     /* the sums, and the block-entry residuals within the activation budget */
     size_t hin = (size_t)b->lm->sites[S - 1].in;
     CHECK(b->head_gram != NULL);
-    CHECK(qs_bench_held_bytes(b) - qs_resid_cache_bytes(b->resc) - hin * hin * sizeof(double) <
+    CHECK(qs_bench_held_bytes(b) - qs_resid_cache_bytes(b->resc[0]) - hin * hin * sizeof(double) <
           4096);
-    CHECK(qs_resid_cache_bytes(b->resc) <= b->act_budget);
+    CHECK(qs_resid_cache_bytes(b->resc[0]) <= b->act_budget);
     free(sum);
     qs_bench_free(b);
 }
