@@ -76,6 +76,19 @@ for name in gpt2-small tinyllama-1.1b; do
   else
     echo "bench big-$name-switch-error: first $sw1 s, again $sw2 s (load $(cut -d' ' -f1 /proc/loadavg)); pytorch ${tw:-?} s per window forward: $(awk -v a="$sw1" -v b="$sw2" -v t="${tw:-0}" 'BEGIN{if (t > 0) printf "%.1f and %.1f", a / t, b / t; else printf "?"}') windows (target <= 6)"
   fi
+  # a switch at a late site, then error and eval, twice: the second pair resumes both paths from
+  # the block entries the first kept (calibration for error, held-out windows for eval)
+  late=h.10.mlp.c_fc
+  [ "$name" = tinyllama-1.1b ] && late=model.layers.20.mlp.up_proj
+  ./qscope --no-default --json -c "load model $d; load data $d-tokens.bin; quant $late int4; error; eval; quant $late int3; error; eval" 2>"$T/err" |
+    while IFS= read -r l; do printf '%s %s\n' "$(date +%s.%N)" "${l:0:24}"; done >"$T/late"
+  read -r le1 lv1 le2 lv2 < <(awk '/"cmd":"load data"/ {t = $1} /"cmd":"(error|eval)"/ {printf "%.2f ", $1 - t; t = $1; n++}
+    END {if (n != 4) print "- - - -"; else print ""}' "$T/late")
+  if [ "${lv2:--}" = - ]; then
+    echo "bench big-$name-late-switch: qscope failed: $(tail -1 "$T/err")"
+  else
+    echo "bench big-$name-late-switch: '$late' error $le1 s then $le2 s, eval $lv1 s then $lv2 s (the second of each resumed from kept block entries; load $(cut -d' ' -f1 /proc/loadavg)); pytorch ${tw:-?} s per window forward: again $(awk -v a="$le2" -v b="$lv2" -v t="${tw:-0}" 'BEGIN{if (t > 0) printf "%.1f + %.1f", a / t, b / t; else printf "?"}') windows"
+  fi
   # the TUI's first paint: start to the layers table (its first site named), which needs no
   # forward pass; the errors and eval follow in their panes (target 2 s)
   if command -v tmux >/dev/null; then
