@@ -479,9 +479,10 @@ static int cached_from(const struct qs_resid_cache *c, int k)
 
 /* Every held-out (or calibration) window through the path: eval's own scoring
  * (qs_lm_score_window), against the float model's logits when KL is wanted. The whole quantized
- * path over the held-out windows (eval's run) keeps both paths' residual stream at block entries
- * (qs_resid_cache) and starts from the last entry still valid: after a change at a site, the
- * blocks before it are not run again, and the float pass (for KL) runs only the head. */
+ * path over the held-out windows (eval's run; not with a site_out rewrite) keeps both paths'
+ * residual stream at block entries (qs_resid_cache) and starts from the last entry still valid:
+ * after a change at a site, the blocks before it are not run again, and the float pass (for KL)
+ * runs only the head. */
 static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct run_out *o,
                   qs_err *e)
 {
@@ -506,7 +507,7 @@ static int lm_run(struct qs_bench *b, enum qs_split_id s, struct path *p, struct
     float *xs = NULL;
     int rf = 0, rq = 0;
     if (s == QS_TEST && p->quant && !p->wov && p->qmask == ~0ULL && p->cmask == ~0ULL &&
-        (rc_ = resid_cache(b, QS_TEST, nw, start, 0))) {
+        !b->site_out && (rc_ = resid_cache(b, QS_TEST, nw, start, 0))) {
         qs_err e2 = {{0}};
         if (!(scr = qs_lm_scratch_new(m, ctx, &e2)) ||
             !(xs = qs_alloc(rc_->td, sizeof(float), "the residual stream of a window", &e2)))
@@ -1266,7 +1267,10 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
      * wanted site's block, where both paths' residuals are kept (0: from the embeddings) */
     int bq = first_q < S ? qs_lm_site_block(m, first_q) : L + 1, bl = qs_lm_site_block(m, last),
         r = 0;
-    struct qs_resid_cache *rc_ = sp == QS_CALIB ? resid_cache(b, QS_CALIB, nw, start, kept) : NULL;
+    /* not for a rewritten path (site_out: study q2's corrector), which the entries do not
+     * describe */
+    struct qs_resid_cache *rc_ =
+        sp == QS_CALIB && !b->site_out ? resid_cache(b, QS_CALIB, nw, start, kept) : NULL;
     if (rc_)
         for (int k = rc_->nent - 1; k >= 0 && r == 0; k--)
             if ((k + 1) * rc_->stride <= qs_lm_site_block(m, first) && rc_->ok[0][k] &&

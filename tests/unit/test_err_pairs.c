@@ -291,6 +291,15 @@ static int eval_same(struct qs_bench *b, int from)
     return ok;
 }
 
+/* A site_out rewrite (study q2's corrector) of every site's output. */
+static int nudge(void *ctx, int site, float *y, int n, int out, qs_err *e)
+{
+    (void)ctx, (void)site, (void)e;
+    for (size_t j = 0; j < (size_t)n * out; j++)
+        y[j] += 0.01f;
+    return 0;
+}
+
 static void test_eval_resume(void)
 {
     for (int d = 0; d < 2; d++) {
@@ -313,6 +322,20 @@ static void test_eval_resume(void)
         CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
         CHECK(rule(b, site_name(b, 0, -1), "int8", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
         CHECK(eval_same(b, 2));
+        /* a rewritten path (site_out) neither reads nor writes the entries: its loss moves,
+         * and the plain run after it has the plain run's bits */
+        struct qs_metric ma, mb, mc;
+        CHECK(rule(b, site_name(b, 0, 0), "int8", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        b->site_out = nudge; /* after a change in block 0: it would write every entry */
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &mb, NULL, NULL, NULL, &e) == 0);
+        b->site_out = NULL;
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &mc, NULL, NULL, NULL, &e) == 0);
+        CHECK(b->resc[QS_TEST] && b->resc[QS_TEST]->last_from == 0);
+        size_t budget = b->act_budget;
+        b->act_budget = 0; /* whole forwards */
+        CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &ma, NULL, NULL, NULL, &e) == 0);
+        b->act_budget = budget;
+        CHECK(mb.loss != ma.loss && !memcmp(&ma.loss, &mc.loss, sizeof(double)));
         /* an ablation's mask (block 0's site alone): whole forwards, the cache untouched */
         CHECK(qs_bench_run_ex(b, QS_TEST, ~0ULL, ~0ULL, &m, NULL, &kl, NULL, &e) == 0);
         int from = b->resc[QS_TEST] ? b->resc[QS_TEST]->last_from : -1;
