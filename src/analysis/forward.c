@@ -447,6 +447,19 @@ static int lm_fill(struct qs_bench *b, enum qs_split_id s, struct qs_acts *a, in
 static struct qs_resid_cache *resid_cache(struct qs_bench *b, enum qs_split_id sp, int nw,
                                           size_t start, size_t own);
 
+/* Entry l (a multiple of the stride, 1 <= l / stride <= nent) of window w on path k (0 float,
+ * 1 quantized). */
+static float *resid_entry(const struct qs_resid_cache *c, int k, int l, int w)
+{
+    return (k ? c->q : c->f) + ((size_t)(l / c->stride - 1) * c->nw + (size_t)w) * c->td;
+}
+
+/* 1 when the cache keeps an entry at block l (> 0) */
+static int resid_kept(const struct qs_resid_cache *c, int l)
+{
+    return l > 0 && l % c->stride == 0 && l / c->stride <= c->nent;
+}
+
 /* One window's logits through hooks h from block r (0: the embeddings; else from entry r of the
  * cache c, path k: 0 float, 1 quantized), writing the entries after r on the way: the bits of
  * qs_lm_forward's. */
@@ -456,12 +469,10 @@ static int cached_forward(const struct qs_lm *m, const uint32_t *tok, const stru
 {
     size_t Td = c->td;
     if (r > 0)
-        memcpy(x, (k ? c->q : c->f) + ((size_t)(r / c->stride - 1) * c->nw + (size_t)w) * Td,
-               Td * sizeof(float));
+        memcpy(x, resid_entry(c, k, r, w), Td * sizeof(float));
     for (int l = r; l <= m->n_layer; l++) {
-        if (l > r && l % c->stride == 0 && l / c->stride <= c->nent)
-            memcpy((k ? c->q : c->f) + ((size_t)(l / c->stride - 1) * c->nw + (size_t)w) * Td, x,
-                   Td * sizeof(float));
+        if (l > r && resid_kept(c, l))
+            memcpy(resid_entry(c, k, l, w), x, Td * sizeof(float));
         if (qs_lm_forward_blocks(m, tok, m->ctx, h, l, l + 1, x, scr, logits, e) < 0)
             return -1;
     }
@@ -1298,17 +1309,15 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
         const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
         t.w = w;
         if (r > 0) {
-            size_t at = ((size_t)(r / rc_->stride - 1) * nw + (size_t)w) * Td;
-            memcpy(xs[0], rc_->f + at, Td * sizeof(float));
-            memcpy(xs[1], rc_->q + at, Td * sizeof(float));
+            memcpy(xs[0], resid_entry(rc_, 0, r, w), Td * sizeof(float));
+            memcpy(xs[1], resid_entry(rc_, 1, r, w), Td * sizeof(float));
         }
         for (int l = r; l <= bl + 1 && l <= L; l++) {
             if (l == bq && r < bq && l > 0) /* the paths part: the quantized one from here */
                 memcpy(xs[1], xs[0], Td * sizeof(float));
-            if (rc_ && l > r && l % rc_->stride == 0 && l / rc_->stride <= rc_->nent) {
-                size_t at = ((size_t)(l / rc_->stride - 1) * nw + (size_t)w) * Td;
-                memcpy(rc_->f + at, xs[0], Td * sizeof(float));
-                memcpy(rc_->q + at, xs[l <= bq ? 0 : 1], Td * sizeof(float));
+            if (rc_ && l > r && resid_kept(rc_, l)) {
+                memcpy(resid_entry(rc_, 0, l, w), xs[0], Td * sizeof(float));
+                memcpy(resid_entry(rc_, 1, l, w), xs[l <= bq ? 0 : 1], Td * sizeof(float));
             }
             if (l > bl)
                 break;
