@@ -48,12 +48,20 @@ struct qs_gptq_opts {
 };
 void qs_gptq_opts_default(struct qs_gptq_opts *g);
 
+/* GPTQ's factor: U (n, n) float row-major, upper, with H^-1 = U^T U, from hp (n, n) double
+ * holding J H J (H with its rows and columns reversed, damped; destroyed): the lower Cholesky
+ * factor L of J H J by a blocked right-looking factorization, then U = J L^-1 J by block columns
+ * of the inverse, on `threads` threads (>= 1) of our own with one-thread BLAS calls. The result
+ * is LAPACK's dpotrf + dtrtri to rounding, and the same bits for any thread count. Errors: not
+ * positive definite ("raise damp"), out of memory. */
+int qs_gptq_inv_chol(double *hp, int n, int threads, float *u, qs_err *e);
+
 /* GPTQ (Frantar et al. 2023) with format f and options o: out = Q(W) dequantized, (rows, cols).
  * h: (cols, cols) double, H = 2 X^T X of the layer's inputs (not modified). Dead inputs
  * (H_jj = 0) get H_jj = 1 and W[:, j] = 0, as the paper does. The upper Cholesky factor U of
- * H^-1 is computed without forming H^-1: reversing the index order, J H J = L L^T (dpotrf) gives
- * U = J L^-1 J (dtrtri). Scales: gran=channel from the row as it is when its first column is
- * reached (= the original row); group:N (and MX / NVFP4 / NF4 blocks) when the group's first
+ * H^-1 is computed without forming H^-1: reversing the index order, J H J = L L^T gives
+ * U = J L^-1 J (qs_gptq_inv_chol). Scales: gran=channel from the row as it is when its first column
+ * is reached (= the original row); group:N (and MX / NVFP4 / NF4 blocks) when the group's first
  * column is reached, from the weights updated so far (lazy batches are cut at a group start
  * whose group would straddle the batch end, so the result does not depend on `block`); with
  * act_order the group scales are fitted from the original W before the loop (GPTQ's
@@ -63,7 +71,7 @@ void qs_gptq_opts_default(struct qs_gptq_opts *g);
  * quantized with (one entry when the scale is shared by the tensor). Every weight update is one
  * fused multiply-add, in the order of the columns that cause it (no sgemm), so out and scales
  * are, bit for bit, the column-at-a-time loop's with one fmaf per update, for any block, sub,
- * threads and kernel (see methods.c for what may still differ between CPUs: U from LAPACK).
+ * threads and kernel (see methods.c for what may still differ between CPUs: U from BLAS).
  * Errors: format / options as qs_quant_pack, round=stochastic, H not positive definite after
  * damping ("raise damp"). */
 int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,

@@ -426,40 +426,258 @@ static void pick_kernels(int portable, axpy_fn *ax, fused_fn *fu, tile_fn *ti)
 #endif
 }
 
-/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp = J H J (n, n) double (H with its
- * rows and columns reversed, as the caller fills it), destroyed; rows: the weight's, whose
- * column loop follows. */
-static int inv_chol_upper(double *hp, int n, int rows, float *u, qs_err *e)
+/* A team of threads kept for one GPTQ call: the factorization's phases and the column loop
+ * run on the same threads, which wait between them at a barrier that spins before it sleeps.
+ * Threads created per phase, or a barrier that sleeps at once, let the other core halt between
+ * phases, and waking a halted virtual CPU costs milliseconds. */
+struct team {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    atomic_int waiting, gen;
+    int n, quit;                  /* threads, the caller included */
+    void (*fn)(void *ctx, int t); /* the phase being run */
+    void *ctx;
+    pthread_t th[GPTQ_MAX_THREADS];
+    struct team *self[GPTQ_MAX_THREADS]; /* the threads' arguments: t = the slot's index */
+};
+
+static double mono_now(void)
 {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Every team thread waits here: the last to arrive releases the others. A waiter spins for up
+ * to 5 ms, then sleeps (a loaded machine must not spin long): the phases between two waits
+ * last tens of microseconds to a millisecond, and a new thread took 1 to 4 ms to start on this
+ * project's 2-core virtual machine after 0.3 s idle. */
+static void team_wait(struct team *tm)
+{
+    const int g = atomic_load_explicit(&tm->gen, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&tm->waiting, 1, memory_order_acq_rel) + 1 == tm->n) {
+        atomic_store_explicit(&tm->waiting, 0, memory_order_relaxed);
+        pthread_mutex_lock(&tm->m);
+        atomic_store_explicit(&tm->gen, g + 1, memory_order_release);
+        pthread_cond_broadcast(&tm->c);
+        pthread_mutex_unlock(&tm->m);
+        return;
+    }
+    double t0 = 0.0;
+    for (unsigned i = 0;; i++) {
+        if (atomic_load_explicit(&tm->gen, memory_order_acquire) != g)
+            return;
+#ifdef GPTQ_X86
+        _mm_pause();
+#endif
+        if ((i & 255) == 0) {
+            double t = mono_now();
+            if (i == 0)
+                t0 = t;
+            else if (t - t0 > 5e-3)
+                break;
+        }
+    }
+    pthread_mutex_lock(&tm->m);
+    while (atomic_load_explicit(&tm->gen, memory_order_acquire) == g)
+        pthread_cond_wait(&tm->c, &tm->m);
+    pthread_mutex_unlock(&tm->m);
+}
+
+static void *team_main(void *arg)
+{
+    struct team **slot = arg, *tm = *slot;
+    const int t = (int)(slot - tm->self);
+    pthread_mutex_lock(&tm->m); /* held by team_start until n is final */
+    pthread_mutex_unlock(&tm->m);
+    for (;;) {
+        team_wait(tm); /* a phase starts */
+        if (tm->quit)
+            return NULL;
+        tm->fn(tm->ctx, t);
+        team_wait(tm); /* it ended */
+    }
+}
+
+/* want threads, the caller included; fewer when a thread cannot be created */
+static void team_start(struct team *tm, int want)
+{
+    pthread_mutex_init(&tm->m, NULL);
+    pthread_cond_init(&tm->c, NULL);
+    atomic_init(&tm->waiting, 0);
+    atomic_init(&tm->gen, 0);
+    tm->quit = 0;
+    tm->n = 1;
+    if (want > GPTQ_MAX_THREADS)
+        want = GPTQ_MAX_THREADS;
+    pthread_mutex_lock(&tm->m);
+    for (int i = 1; i < want; i++) {
+        tm->self[tm->n] = tm;
+        if (pthread_create(&tm->th[tm->n], NULL, team_main, &tm->self[tm->n]) == 0)
+            tm->n++;
+    }
+    pthread_mutex_unlock(&tm->m);
+}
+
+/* fn(ctx, t) on every thread t of the team, the caller as t = 0; returns when all are done */
+static void team_run(struct team *tm, void (*fn)(void *, int), void *ctx)
+{
+    tm->fn = fn;
+    tm->ctx = ctx;
+    if (tm->n > 1)
+        team_wait(tm);
+    fn(ctx, 0);
+    if (tm->n > 1)
+        team_wait(tm);
+}
+
+static void team_stop(struct team *tm)
+{
+    if (tm->n > 1) {
+        tm->quit = 1;
+        team_wait(tm);
+        for (int i = 1; i < tm->n; i++)
+            pthread_join(tm->th[i], NULL);
+    }
+    pthread_mutex_destroy(&tm->m);
+    pthread_cond_destroy(&tm->c);
+}
+
+#define FNB 96  /* the Cholesky's panel width */
+#define FINB 64 /* the inverse's block columns */
+
+/* The factorization, shared by the team: a (n, n) column-major, its upper triangle J H J in,
+ * the upper Cholesky factor V (J H J = V^T V) out; then X = V^-1, block column by block
+ * column, rounded into u as U = J X^T J (row-major, upper). */
+struct fjob {
+    struct team *tm;
+    double *a, *tmp; /* tmp: (n, FINB) column-major per thread */
+    float *u;
+    int n;
+    atomic_int next; /* the inverse's next block column, counted from the last */
+    int fail;        /* dpotrf's info for the whole matrix (> 0: not positive definite) */
+};
+
+/* Right-looking blocked Cholesky: thread 0 factors the panel's diagonal block, every thread
+ * solves a share of the panel's row block (its columns split evenly), then updates a share of
+ * the trailing matrix (columns split so that each thread's part of the upper triangle is even).
+ * One-thread BLAS calls; every entry's operations and their order are fixed by the panel width
+ * alone (the calls split columns, never a sum), checked in test_methods at 1 to 5 threads. */
+static void fchol(struct fjob *j, int t)
+{
+    const int n = j->n, nt = j->tm->n;
+    double *a = j->a;
+    for (int k = 0; k < n; k += FNB) {
+        const int b = n - k < FNB ? n - k : FNB, m = n - k - b;
+        double *a11 = a + k + (size_t)k * n;
+        if (t == 0) {
+            lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', b, a11, n);
+            if (info != 0)
+                j->fail = info > 0 ? k + (int)info : -1;
+        }
+        if (nt > 1)
+            team_wait(j->tm);
+        if (j->fail || m == 0)
+            return;
+        double *a12 = a11 + (size_t)b * n;
+        const int c0 = (int)((long)m * t / nt), c1 = (int)((long)m * (t + 1) / nt);
+        if (c1 > c0)
+            cblas_dtrsm(CblasColMajor, CblasLeft, CblasUpper, CblasTrans, CblasNonUnit, b, c1 - c0,
+                        1.0, a11, n, a12 + (size_t)c0 * n, n);
+        if (nt > 1)
+            team_wait(j->tm);
+        double *a22 = a12 + b;
+        const int s0 = (int)lround(m * sqrt((double)t / nt)),
+                  s1 = t + 1 == nt ? m : (int)lround(m * sqrt((double)(t + 1) / nt));
+        if (s1 > s0) {
+            if (s0 > 0)
+                cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, s0, s1 - s0, b, -1.0, a12, n,
+                            a12 + (size_t)s0 * n, n, 1.0, a22 + (size_t)s0 * n, n);
+            cblas_dsyrk(CblasColMajor, CblasUpper, CblasTrans, s1 - s0, b, -1.0,
+                        a12 + (size_t)s0 * n, n, 1.0, a22 + s0 + (size_t)s0 * n, n);
+        }
+        if (nt > 1)
+            team_wait(j->tm);
+    }
+}
+
+/* X = V^-1's block columns [j0, j1), handed out from the last (the costliest) on:
+ * V[0:j1, 0:j1] Y = [0; I] in tmp, then U[n-1-c][n-1-r] = Y[r][c - j0] for r <= c. V is only
+ * read, so the block columns are independent. */
+static void finv(struct fjob *j, int t)
+{
+    const int n = j->n, nblk = (n + FINB - 1) / FINB;
     const size_t c = (size_t)n;
-    /* the array read column-major is the same symmetric matrix; its column-major upper Cholesky
-     * factor is the row-major lower L with J H J = L L^T, and dtrtri inverts it in place (the
-     * _work calls: the arguments are checked here, and H was checked finite by the caller).
-     * On the calling thread alone when the column loop that follows costs more (its
-     * rows n^2 flops against the factorization's 2 n^3 / 3): OpenBLAS's workers, once woken,
-     * spin for about 0.1 s after the call, and on a machine with as many cores as GPTQ's own
-     * threads that spinning takes a core from the loop (measured on 3072 x 768 at 2 threads:
-     * 0.7 CPU-s of spinning in 0.8 s of GPTQ before, 0.06 s in 0.74 s after). The thread
-     * count does not change the factor's bits (every golden and session is unchanged). */
-    int nt = openblas_get_num_threads();
-    if (3.0 * rows > 2.0 * n)
-        openblas_set_num_threads(1);
-    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, hp, n);
-    lapack_int info2 = info == 0 ? LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n) : 0;
-    openblas_set_num_threads(nt);
-    if (info > 0)
+    double *y = j->tmp + (size_t)t * c * FINB;
+    for (;;) {
+        const int bi = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (bi >= nblk)
+            return;
+        const int j0 = (nblk - 1 - bi) * FINB, j1 = j0 + FINB < n ? j0 + FINB : n, w = j1 - j0;
+        for (int q = 0; q < w; q++) {
+            memset(y + (size_t)q * j1, 0, (size_t)j1 * sizeof *y);
+            y[(size_t)q * j1 + j0 + q] = 1.0;
+        }
+        cblas_dtrsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, j1, w, 1.0,
+                    j->a, n, y, j1);
+        for (int q = 0; q < w; q++) {
+            const size_t i = c - 1 - (size_t)(j0 + q);
+            float *ur = j->u + i * c;
+            const double *yc = y + (size_t)q * j1;
+            for (size_t jj = 0; jj < i; jj++)
+                ur[jj] = 0.0f;
+            for (size_t jj = i; jj < c; jj++)
+                ur[jj] = (float)yc[c - 1 - jj];
+        }
+    }
+}
+
+static void fact_phase(void *ctx, int t)
+{
+    struct fjob *j = ctx;
+    fchol(j, t);
+    if (!j->fail)
+        finv(j, t);
+}
+
+/* U (n, n) float row-major, upper: H^-1 = U^T U, from hp = J H J (n, n) double (H with its
+ * rows and columns reversed, as the caller fills it), destroyed. The array read column-major
+ * is the same symmetric matrix; its column-major upper Cholesky factor V is the row-major
+ * lower L with J H J = L L^T, and U = J L^-1 J.
+ *
+ * On the team with one-thread BLAS calls, not on OpenBLAS's pool: OpenBLAS's workers, once
+ * woken, spin for about 0.1 s after the call, and on a machine with as many cores as GPTQ's own
+ * threads that spinning takes a core from the column loop that follows (3072 x 768, 2 threads:
+ * 33 ms with OpenBLAS's two threads for dpotrf + dtrtri, 27 to 32 ms with them on one thread,
+ * 22 to 24 ms here). The blocking is ours, so U's last double bits differ from LAPACK's dpotrf
+ * and dtrtri (test_methods checks it against them to rounding); they do not depend on the
+ * number of threads. */
+static int gptq_factor(struct team *tm, double *hp, int n, float *u, qs_err *e)
+{
+    struct fjob j = {.tm = tm, .a = hp, .u = u, .n = n, .fail = 0};
+    atomic_init(&j.next, 0);
+    j.tmp = malloc((size_t)tm->n * (size_t)n * FINB * sizeof *j.tmp);
+    if (!j.tmp)
+        return qs_errf(e, "out of memory");
+    const int bt = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    team_run(tm, fact_phase, &j);
+    openblas_set_num_threads(bt);
+    free(j.tmp);
+    if (j.fail > 0)
         return qs_errf(e, "GPTQ: H is not positive definite after damping; raise damp");
-    if (info < 0)
-        return qs_errf(e, "GPTQ: dpotrf argument %d is invalid", (int)-info);
-    info = info2;
-    if (info != 0)
-        return qs_errf(e, "GPTQ: the Cholesky factor is singular (dtrtri %d); raise damp",
-                       (int)info);
-    /* U = J L^-1 J: U[i][j] = Linv[n-1-i][n-1-j], upper */
-    for (size_t i = 0; i < c; i++)
-        for (size_t j = 0; j < c; j++)
-            u[i * c + j] = j >= i ? (float)hp[(c - 1 - i) * c + (c - 1 - j)] : 0.0f;
+    if (j.fail < 0)
+        return qs_errf(e, "GPTQ: dpotrf failed on a diagonal block");
     return 0;
+}
+
+int qs_gptq_inv_chol(double *hp, int n, int threads, float *u, qs_err *e)
+{
+    struct team tm;
+    team_start(&tm, threads);
+    int rc = gptq_factor(&tm, hp, n, u, e);
+    team_stop(&tm);
+    return rc;
 }
 
 /* GPTQ on row chunks, all batches: rows are independent given U (shared, read-only), so a
@@ -625,6 +843,18 @@ static void *gptq_rows(void *arg)
     }
 }
 
+struct grows {
+    struct gjob bt[GPTQ_MAX_THREADS];
+    int nt; /* the first nt team threads take rows */
+};
+
+static void rows_phase(void *ctx, int t)
+{
+    struct grows *gr = ctx;
+    if (t < gr->nt)
+        gptq_rows(&gr->bt[t]);
+}
+
 int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs_gptq_opts *g,
             const float *w, int rows, int cols, const double *h, float *out,
             struct qs_qblock *scales, qs_err *e)
@@ -650,7 +880,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     size_t nn;
     if (qs_size_mul(n, n, &nn) < 0 || qs_size_mul(n, R, &nn) < 0 || qs_size_mul(n, n, &nn) < 0)
         return qs_errf(e, "GPTQ: a %d x %d layer overflows a size", rows, cols);
-    int rc = -1;
+    int rc = -1, team_on = 0;
+    struct team tm;
     struct qs_quantizer *q = NULL;
     double *hp = NULL;
     float *u = NULL, *tb = NULL, *err = NULL, *gx = NULL, *rowb = NULL, *pk = NULL;
@@ -707,7 +938,17 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     }
     if (qs_quantizer_new(f, o, w0, rows, cols, &q, e) < 0)
         goto done;
-    if (inv_chol_upper(hp, cols, rows, u, e) < 0)
+    /* the threads: one per CPU, up to 8; the column loop's each get at least 128 rows, the
+     * factorization wants a matrix of two panels at least; the team is the larger of the two
+     * (the factorization runs on the whole team: its bits do not depend on the count) */
+    long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
+    const int nfact = n >= 2 * FNB ? nthr : 1;
+    while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
+        nthr--;
+    team_start(&tm, nthr > nfact ? nthr : nfact);
+    team_on = 1;
+    if (gptq_factor(&tm, hp, cols, u, e) < 0)
         goto done;
 
     const int shared = qs_quantizer_shared(q);
@@ -729,11 +970,6 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
     tb = !err    ? NULL
          : in_hp ? err + B * ld
                  : qs_alloc(B * ld, sizeof *tb, "GPTQ's working batch", e);
-    /* the number of row-slice threads: one per CPU, up to 8, when each gets at least 128 rows */
-    long ncpu = g->threads > 0 ? g->threads : sysconf(_SC_NPROCESSORS_ONLN);
-    int nthr = ncpu < 1 ? 1 : ncpu > GPTQ_MAX_THREADS ? GPTQ_MAX_THREADS : (int)ncpu;
-    while (g->threads == 0 && nthr > 1 && R / (size_t)nthr < 128)
-        nthr--;
     const size_t sub = g->sub > 0 ? (size_t)g->sub : SUB;
     axpy_fn axpy;
     fused_fn fused;
@@ -768,12 +1004,13 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
             }
     }
 
-    /* the threads, created once: each takes chunks of rows through every batch, with no
-     * barrier (the OpenBLAS calls are all before, in inv_chol_upper); four chunks a thread, a
-     * whole number of KMC row blocks each (one chunk: all rows, on one thread) */
-    struct gjob bt[GPTQ_MAX_THREADS];
-    pthread_t th[GPTQ_MAX_THREADS];
-    int started[GPTQ_MAX_THREADS] = {0};
+    /* the team's threads take chunks of rows through every batch, with no barrier (the
+     * OpenBLAS calls are all before, in the factorization); four chunks a thread, a whole
+     * number of KMC row blocks each (one chunk: all rows, on one thread) */
+    struct grows gr = {.nt = 0};
+    struct gjob *bt = gr.bt;
+    if (nthr > tm.n)
+        nthr = tm.n;
     struct gqueue queue = {.chunk = R, .R = R};
     atomic_init(&queue.next, 0);
     if (nthr > 1) {
@@ -813,16 +1050,10 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
                               .fit_late = fit_late,
                               .r0 = 0,
                               .r1 = 0};
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, gptq_rows, &bt[i]) == 0;
-    for (int i = 1; i < nt; i++)
-        if (!started[i])
-            gptq_rows(&bt[i]);
-    gptq_rows(&bt[0]);
+    gr.nt = nt;
+    team_run(&tm, rows_phase, &gr);
     int bad = -1;
     for (int i = 0; i < nt; i++) {
-        if (i > 0 && started[i])
-            pthread_join(th[i], NULL);
         if (bt[i].rc < 0 && bad < 0)
             bad = i;
     }
@@ -835,6 +1066,8 @@ int qs_gptq(const struct qs_format *f, const struct qs_qopts *o, const struct qs
         memcpy(scales, blk, R * nblk * sizeof *blk);
     rc = 0;
 done:
+    if (team_on)
+        team_stop(&tm);
     qs_quantizer_free(q);
     if (!hp || (float *)hp != err) { /* else both live in hp */
         free(tb);

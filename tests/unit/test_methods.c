@@ -4,6 +4,7 @@
  * AWQ and SmoothQuant against their formulas, imatrix scale search against a brute-force scan.
  * Measured ratios are printed as "  ratio ..." lines on stderr. */
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
@@ -400,7 +401,8 @@ static void test_gptq_matches_obq(void)
  * rounding per update, so each weight gets its updates as fused multiply-adds in the order of
  * the columns that cause them; the arithmetic qs_gptq promises whatever its blocking. U is made
  * as qs_gptq makes it (the same damping, reversed order and LAPACK calls on the same array, then
- * rounded to float); scales are fitted where methods.h says. sc (NULL ok): the fitted blocks. */
+ * rounded to float; test_gptq_factor checks that factor against LAPACK's); scales are fitted
+ * where methods.h says. sc (NULL ok): the fitted blocks. */
 static void gptq_fma_ref(const struct qs_format *f, const struct qs_qopts *o, const float *w,
                          int rows, int cols, const double *h, double damp, int act, float *out,
                          struct qs_qblock *sc)
@@ -428,11 +430,8 @@ static void gptq_fma_ref(const struct qs_format *f, const struct qs_qopts *o, co
         for (size_t b = 0; b < n; b++)
             hp[(n - 1 - a) * n + (n - 1 - b)] =
                 a == b ? dg[perm[a]] + damp * mean : h[(size_t)perm[a] * n + (size_t)perm[b]];
-    CHECK(LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', cols, hp, cols) == 0);
-    CHECK(LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', cols, hp, cols) == 0);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < n; j++)
-            u[i * n + j] = j >= i ? (float)hp[(n - 1 - i) * n + (n - 1 - j)] : 0.0f;
+    qs_err fe;
+    CHECK(qs_gptq_inv_chol(hp, cols, 1, u, &fe) == 0); /* checked against LAPACK below */
     for (size_t r = 0; r < R; r++)
         for (size_t j = 0; j < n; j++)
             w0[r * n + j] = h[j * n + j] == 0.0 ? 0.0f : w[r * n + j];
@@ -482,6 +481,74 @@ static void gptq_fma_ref(const struct qs_format *f, const struct qs_qopts *o, co
     free(w0);
     free(W);
     free(perm);
+}
+
+/* GPTQ's factor (our blocked Cholesky and block-column inverse on our threads) against LAPACK's
+ * dpotrf + dtrtri in double on the same J H J: equal to rounding (float output, so within a few
+ * float ulps of the largest entry of its row), and the same bits at any thread count (the BLAS
+ * calls split columns, never a sum; a split that cut a sum, or a thread whose block columns
+ * were written to the wrong rows, fails here). Sizes around the panel (96) and block-column
+ * (64) widths, one matrix wider than any thread split; a matrix that is not positive definite
+ * is refused. */
+static void test_gptq_factor(void)
+{
+    static const int sizes[] = {1, 5, 64, 95, 96, 97, 191, 192, 300, 517};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int n = sizes[si], m = 2 * n + 7;
+        float *x = corr_inputs(m, n, 40 + (uint64_t)si);
+        double *h = calloc((size_t)n * n, sizeof *h);
+        qs_err e;
+        CHECK(qs_hessian_add(h, x, m, n, &e) == 0);
+        double mean = 0.0;
+        for (int j = 0; j < n; j++)
+            mean += h[(size_t)j * n + j] / n;
+        double *jh = malloc(sizeof(double) * n * n), *hp = malloc(sizeof(double) * n * n);
+        for (int a = 0; a < n; a++)
+            for (int b = 0; b < n; b++)
+                jh[(size_t)(n - 1 - a) * n + (n - 1 - b)] =
+                    h[(size_t)a * n + b] + (a == b ? 0.01 * mean : 0.0);
+        memcpy(hp, jh, sizeof(double) * n * n);
+        CHECK(LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'U', n, hp, n) == 0);
+        CHECK(LAPACKE_dtrtri_work(LAPACK_COL_MAJOR, 'U', 'N', n, hp, n) == 0);
+        float *u1 = malloc(sizeof(float) * n * n), *ut = malloc(sizeof(float) * n * n);
+        double *wk = malloc(sizeof(double) * n * n);
+        memcpy(wk, jh, sizeof(double) * n * n);
+        CHECK(qs_gptq_inv_chol(wk, n, 1, u1, &e) == 0);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            double rmax = 0.0;
+            for (int j = i; j < n; j++)
+                rmax = fmax(rmax, fabs(hp[(size_t)(n - 1 - i) * n + (n - 1 - j)]));
+            for (int j = 0; j < n; j++) {
+                double ref = j >= i ? hp[(size_t)(n - 1 - i) * n + (n - 1 - j)] : 0.0;
+                bad += fabs(u1[(size_t)i * n + j] - ref) > 4.0 * FLT_EPSILON * rmax;
+            }
+        }
+        if (bad)
+            fprintf(stderr, "  n %d: %d entries of U differ from LAPACK's\n", n, bad);
+        CHECK(bad == 0);
+        for (int t = 2; t <= 5; t++) {
+            memcpy(wk, jh, sizeof(double) * n * n);
+            CHECK(qs_gptq_inv_chol(wk, n, t, ut, &e) == 0);
+            int same = memcmp(ut, u1, sizeof(float) * n * n) == 0;
+            if (!same)
+                fprintf(stderr, "  n %d: U at %d threads differs from 1 thread's\n", n, t);
+            CHECK(same);
+        }
+        if (n >= 5) { /* a negative pivot in the second panel (or the first, when small) */
+            memcpy(wk, jh, sizeof(double) * n * n);
+            const int k = n > 100 ? 100 : n / 2;
+            wk[(size_t)k * n + k] = -1.0;
+            CHECK(qs_gptq_inv_chol(wk, n, 2, ut, &e) < 0 && strstr(e.msg, "raise damp"));
+        }
+        free(x);
+        free(h);
+        free(jh);
+        free(hp);
+        free(u1);
+        free(ut);
+        free(wk);
+    }
 }
 
 /* Every update is a fused multiply-add applied in column order, in the batches (rank-1 and
@@ -1304,9 +1371,10 @@ static void test_mlp_gptq_sequential(void)
 }
 
 TEST_MAIN("methods", TEST_CASE(test_quantizer_matches_fake), TEST_CASE(test_gptq_matches_obq),
-          TEST_CASE(test_gptq_bits_any_split), TEST_CASE(test_gptq_torch),
-          TEST_CASE(test_gptq_beats_rtn_digits), TEST_CASE(test_gptq_beats_rtn_torch),
-          TEST_CASE(test_rot_orthogonal_exact), TEST_CASE(test_rot_outliers),
-          TEST_CASE(test_awq_reference), TEST_CASE(test_smoothquant_reference),
-          TEST_CASE(test_imatrix_search), TEST_CASE(test_imatrix_threads),
-          TEST_CASE(test_method_layer), TEST_CASE(test_mlp_gptq_sequential))
+          TEST_CASE(test_gptq_factor), TEST_CASE(test_gptq_bits_any_split),
+          TEST_CASE(test_gptq_torch), TEST_CASE(test_gptq_beats_rtn_digits),
+          TEST_CASE(test_gptq_beats_rtn_torch), TEST_CASE(test_rot_orthogonal_exact),
+          TEST_CASE(test_rot_outliers), TEST_CASE(test_awq_reference),
+          TEST_CASE(test_smoothquant_reference), TEST_CASE(test_imatrix_search),
+          TEST_CASE(test_imatrix_threads), TEST_CASE(test_method_layer),
+          TEST_CASE(test_mlp_gptq_sequential))
