@@ -474,6 +474,15 @@ int qs_bench_stream(struct qs_bench *b, enum qs_split_id s, const unsigned char 
  * (cancel: "cancelled"). b->progress is told after each window. */
 int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id s, const unsigned char *want,
                           qs_stream_fn fn, void *ctx, qs_err *e);
+/* The block a pass over split sp's windows (nw of them from token start) on path k (0 float, 1
+ * quantized: every site and correction on) can start from: the last entry at or before block l
+ * that sp's cache keeps valid for those windows; 0 (the embeddings) when none, or when the path
+ * is rewritten (site_out). Records it as the cache's last_from. */
+int qs_bench_resid_resume(struct qs_bench *b, enum qs_split_id sp, int nw, size_t start, int l,
+                          int k);
+/* Window w's residual stream (ctx x d_model floats) at entry r > 0, a block that
+ * qs_bench_resid_resume returned for the same split, path and windows. */
+const float *qs_bench_resid_at(const struct qs_bench *b, enum qs_split_id sp, int k, int r, int w);
 /* Windows the analyses use on split s (held out: min(held-out, calibration) windows). */
 int qs_bench_stream_windows(struct qs_bench *b, enum qs_split_id s, qs_err *e);
 /* A transformer site's input rows of both splits on both paths (b->rows), streamed once and kept

@@ -963,6 +963,65 @@ static int stream_linear(void *u, int s, const float *x, int n, float *y, qs_err
     return 0;
 }
 
+static float *resid_entry(const struct qs_resid_cache *c, int k, int l, int w);
+
+/* sp's cache when it holds these windows of the unrewritten path (site_out: study q2's corrector,
+ * which the entries do not describe), else NULL */
+static struct qs_resid_cache *resid_match(struct qs_bench *b, enum qs_split_id sp, int nw,
+                                          size_t start)
+{
+    struct qs_resid_cache *c = b->resc[sp];
+    if (!c || b->site_out || c->nw != nw || c->start != start ||
+        c->td != (size_t)b->lm->ctx * b->lm->d_model)
+        return NULL;
+    return c;
+}
+
+int qs_bench_resid_resume(struct qs_bench *b, enum qs_split_id sp, int nw, size_t start, int l,
+                          int k)
+{
+    struct qs_resid_cache *c = b->lm ? resid_match(b, sp, nw, start) : NULL;
+    int r = 0;
+    for (int j = c ? c->nent - 1 : -1; j >= 0 && r == 0; j--)
+        if ((j + 1) * c->stride <= l && c->ok[k ? 1 : 0][j])
+            r = (j + 1) * c->stride;
+    if (c)
+        c->last_from = r;
+    return r;
+}
+
+const float *qs_bench_resid_at(const struct qs_bench *b, enum qs_split_id sp, int k, int r, int w)
+{
+    return resid_entry(b->resc[sp], k, r, w);
+}
+
+/* The block a stream group's passes start from: the last block entry kept for these windows
+ * (qs_resid_cache, filled by error's paired stream and eval's runs) at or before the block of
+ * the group's first wanted site, valid on the float path and, when the quantized pass would
+ * start after it (bq, the first quantized site's block, before the entry), on the quantized path
+ * too; 0 (the embeddings) when there is none. The entries are only read here. Records it in
+ * last_from. */
+static int resume_block(struct qs_bench *b, enum qs_split_id sp, const struct stream *t, int need_q,
+                        int bq)
+{
+    const struct qs_lm *m = b->lm;
+    size_t start;
+    int nw = lm_windows(b, sp, &start, 1), first = 0, r = 0;
+    struct qs_resid_cache *c = resid_match(b, sp, nw, start);
+    if (!c)
+        return 0;
+    while (first < m->nsites && !t->want[first])
+        first++;
+    int bw = first < m->nsites ? qs_lm_site_block(m, first) : 0;
+    for (int k = c->nent - 1; k >= 0 && r == 0; k--) {
+        int l = (k + 1) * c->stride;
+        if (l <= bw && c->ok[0][k] && (!need_q || bq >= l || c->ok[1][k]))
+            r = l;
+    }
+    c->last_from = r;
+    return r;
+}
+
 /* One group's passes over every window: the float pass, then the quantized one from the block
  * of the first non-identity site (resumed from the float pass's residual stream). */
 static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *t, float *resid,
@@ -977,6 +1036,8 @@ static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *
     h.linear = stream_linear;
     h.cancel = &b->cancel;
     int need_q = quant && t->last >= t->first_q;
+    int bq = need_q ? qs_lm_site_block(m, t->first_q) : 0, r = resume_block(b, sp, t, need_q, bq);
+    const size_t Td = (size_t)ctx * m->d_model;
     for (int w = 0; w < nw; w++) {
         const uint32_t *tok = b->tokens->ids + start + (size_t)w * ctx;
         t->w = w;
@@ -985,7 +1046,12 @@ static int stream_group(struct qs_bench *b, enum qs_split_id sp, struct stream *
             t->stopped = 0;
             t->p = (struct path){
                 .b = b, .quant = pass, .qmask = pass ? ~0ULL : 0, .cmask = pass ? ~0ULL : 0};
-            int from = pass ? qs_lm_site_block(m, t->first_q) : 0;
+            /* the float pass from entry r; the quantized one from the float pass's residual at
+             * bq, or from its own entry r when bq is before it */
+            int own = r > 0 && (!pass || bq < r), from = own ? r : pass ? bq : 0;
+            if (own)
+                memcpy(resid + (size_t)r * Td, resid_entry(b->resc[sp], pass, r, w),
+                       Td * sizeof(float));
             if (qs_lm_forward_resume(m, tok, ctx, &h, from, resid, NULL, e) < 0 && !t->stopped)
                 return -1;
             /* the head's input hook ran; its linear does not without logits */

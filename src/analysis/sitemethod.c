@@ -785,6 +785,16 @@ static int blk_moments(struct blk *c, int i, qs_err *e)
         return 0;
     qs_moments_free(&c->mm);
     c->group = -1;
+    size_t Td = (size_t)c->ctx * c->d;
+    /* the first pass: from the quantized path's last block entry at or before l that error's
+     * and eval's passes keep valid (qs_bench_resid_resume; the sites before it are at their
+     * final weights, and a method site's rule dropped the entries after its block), else from
+     * the embeddings */
+    int r = c->blk < 0 ? qs_bench_resid_resume(b, QS_CALIB, c->nw, 0, l, 1) : 0;
+    for (int w = 0; r > 0 && w < c->nw; w++)
+        memcpy(c->x + (size_t)w * Td, qs_bench_resid_at(b, QS_CALIB, 1, r, w), Td * sizeof(float));
+    if (r > 0)
+        c->blk = r;
     /* the sites the pass runs: their static activation scales calibrated (site_apply leaves a
      * method site's to be calibrated again in its basis), as qs_bench_stream does first */
     int from = c->blk < 0 ? 0 : c->blk;
@@ -804,7 +814,6 @@ static int blk_moments(struct blk *c, int i, qs_err *e)
     h.linear = blk_linear;
     h.cancel = &b->cancel;
     c->site = i;
-    size_t Td = (size_t)c->ctx * c->d;
     for (int w = 0; w < c->nw; w++) {
         float *xw = c->x + (size_t)w * Td;
         if (from > 0)

@@ -53,7 +53,8 @@ static const char *site_name(const struct qs_bench *b, int l, int k)
     return m->sites[qs_lm_block_first_site(m, l) + k].name;
 }
 
-/* The sums of the wanted sites both ways; 1 when they agree bit for bit (and the paired stream
+/* The sums of the wanted sites both ways (the reference's stream from the embeddings); 1 when
+ * they agree bit for bit (and the paired stream
  * ran as such: rc_pairs expected from paired 1). nz: some quantized site's propagated and local
  * sums are positive (the comparison is not of zeros). */
 static int same_sums(struct qs_bench *b, const unsigned char *want, int rc_pairs, int nz)
@@ -65,7 +66,12 @@ static int same_sums(struct qs_bench *b, const unsigned char *want, int rc_pairs
     int rp = qs_analysis_error_sums(b, want, 1, p, &e);
     if (rp < 0)
         fprintf(stderr, "  paired: %s\n", e.msg);
+    /* the reference from the embeddings: qs_bench_stream would otherwise start from the block
+     * entries the paired stream keeps, and repeat what it wrote */
+    struct qs_resid_cache *c = b->resc[QS_CALIB];
+    b->resc[QS_CALIB] = NULL;
     int rr = qs_analysis_error_sums(b, want, 0, r, &e);
+    b->resc[QS_CALIB] = c;
     if (rr < 0)
         fprintf(stderr, "  reference: %s\n", e.msg);
     CHECK(rp == rc_pairs);
@@ -350,5 +356,100 @@ static void test_eval_resume(void)
     }
 }
 
+/* A hash of everything a stream hands its callback, in order (site, window, n and the bytes of
+ * each buffer given). */
+struct shash {
+    const struct qs_lm *m;
+    uint64_t h;
+    int calls;
+};
+
+static void hash_bytes(uint64_t *h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++)
+        *h = (*h ^ c[i]) * 1099511628211ULL;
+}
+
+static int hash_fn(void *u, int site, int window, const float *xf, const float *xq, const float *yf,
+                   const float *yq, int n, qs_err *e)
+{
+    (void)e;
+    struct shash *s = u;
+    s->calls++;
+    int hdr[3] = {site, window, n};
+    hash_bytes(&s->h, hdr, sizeof hdr);
+    size_t in = (size_t)n * s->m->sites[site].in, out = (size_t)n * s->m->sites[site].out;
+    const float *v[4] = {xf, xq, yf, yq};
+    for (int k = 0; k < 4; k++)
+        if (v[k])
+            hash_bytes(&s->h, v[k], (k < 2 ? in : out) * sizeof(float));
+    return 0;
+}
+
+/* qs_bench_stream (the site rows, moments, corrections' statistics, a site method's inputs)
+ * starts from the block entries that error's paired stream kept: the stream's callback gets the
+ * bits it gets from the embeddings, on GPT-2 and LLaMA, for a wanted site in block 1 with block
+ * 0 quantized (the quantized pass from its own entry), with only block 1 quantized (from the
+ * float pass's residual), for the head alone, and for the float pass alone; after a change in
+ * block 1 the quantized entry there is not used. Fails when the quantized pass reads the float
+ * entry, or when an entry is read for a path it does not hold. */
+static int stream_same(struct qs_bench *b, const unsigned char *want, int quant, int from)
+{
+    struct shash with = {b->lm, 1469598103934665603ULL, 0}, without = with;
+    qs_err e = {{0}};
+    int ok = qs_bench_stream(b, QS_CALIB, want, quant, hash_fn, &with, &e) == 0;
+    struct qs_resid_cache *c = b->resc[QS_CALIB];
+    ok &= c != NULL && c->last_from == from;
+    if (c && c->last_from != from)
+        fprintf(stderr, "  stream started at block %d, expected %d\n", c->last_from, from);
+    b->resc[QS_CALIB] = NULL;
+    ok &= qs_bench_stream(b, QS_CALIB, want, quant, hash_fn, &without, &e) == 0;
+    b->resc[QS_CALIB] = c;
+    ok &= with.calls > 0 && with.calls == without.calls && with.h == without.h;
+    if (with.h != without.h)
+        fprintf(stderr, "  the stream's inputs differ when resumed from block %d\n", from);
+    return ok;
+}
+
+static void test_stream_resume(void)
+{
+    for (int d = 0; d < 2; d++) {
+        struct qs_bench *b = qs_test_open_lm_n(dirs[d], LM_TOKENS);
+        CHECK(b != NULL);
+        if (!b)
+            continue;
+        const struct qs_lm *m = b->lm;
+        int S = m->nsites, s1 = qs_lm_block_first_site(m, 1) + 1;
+        unsigned char *want = calloc((size_t)S, 1);
+        CHECK(want && m->n_layer == 2);
+        CHECK(rule(b, site_name(b, 0, 1), "int4", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) == 1);
+        CHECK(rule(b, site_name(b, 1, 0), "int4", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        memset(want, 1, (size_t)S);
+        CHECK(same_sums(b, want, 0, 1)); /* fills both paths' entries at blocks 1 and 2 */
+        memset(want, 0, (size_t)S);
+        want[s1] = 1;
+        CHECK(stream_same(b, want, 1, 1)); /* block 0 quantized: the quantized entry */
+        CHECK(stream_same(b, want, 0, 1)); /* the float pass alone */
+        memset(want, 0, (size_t)S);
+        want[S - 1] = 1;
+        CHECK(stream_same(b, want, 1, 2)); /* the head */
+        /* a change in block 1: its quantized entry at block 2 goes; block 1's stays */
+        CHECK(rule(b, site_name(b, 1, 0), "int3", QS_ROLE_W, QS_AMODE_DYNAMIC) == 1);
+        CHECK(b->resc[QS_CALIB] && b->resc[QS_CALIB]->ok[1][0] && !b->resc[QS_CALIB]->ok[1][1]);
+        CHECK(stream_same(b, want, 1, 1));
+        CHECK(stream_same(b, want, 0, 2)); /* the float entry at block 2 is still good */
+        /* only block 1 quantized: its quantized pass runs from the float pass's residual at
+         * block 1, not from the (stale) quantized entry there */
+        CHECK(rule(b, site_name(b, 0, 1), "none", QS_ROLE_W | QS_ROLE_A, QS_AMODE_DYNAMIC) >= 0);
+        memset(want, 0, (size_t)S);
+        want[s1] = 1;
+        CHECK(stream_same(b, want, 1, 1));
+        free(want);
+        qs_bench_free(b);
+    }
+}
+
 TEST_MAIN("err_pairs", TEST_CASE(test_mixed), TEST_CASE(test_head_and_float),
-          TEST_CASE(test_over_budget), TEST_CASE(test_resume), TEST_CASE(test_eval_resume))
+          TEST_CASE(test_over_budget), TEST_CASE(test_resume), TEST_CASE(test_eval_resume),
+          TEST_CASE(test_stream_resume))
