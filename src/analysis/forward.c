@@ -479,13 +479,24 @@ static int cached_forward(const struct qs_lm *m, const uint32_t *tok, const stru
     return 0;
 }
 
+/* The last kept entry at or before block lmax that is valid on the float path (when f) and, at
+ * blocks after qfrom, on the quantized path (0: none). Every resume point below is one of these:
+ * a path's own (f with qfrom INT_MAX, or qfrom 0 alone), both paths' (f, qfrom 0), or a float
+ * pass whose quantized pass starts later from it (f, qfrom the first quantized block). */
+static int resid_last(const struct qs_resid_cache *c, int lmax, int f, int qfrom)
+{
+    for (int j = c->nent - 1; j >= 0; j--) {
+        int l = (j + 1) * c->stride;
+        if (l <= lmax && (!f || c->ok[0][j]) && (l <= qfrom || c->ok[1][j]))
+            return l;
+    }
+    return 0;
+}
+
 /* The block a path resumes from: its last kept entry (0: none). */
 static int cached_from(const struct qs_resid_cache *c, int k)
 {
-    for (int j = c->nent - 1; j >= 0; j--)
-        if (c->ok[k][j])
-            return (j + 1) * c->stride;
-    return 0;
+    return k ? resid_last(c, INT_MAX, 0, 0) : resid_last(c, INT_MAX, 1, INT_MAX);
 }
 
 /* Every held-out (or calibration) window through the path: eval's own scoring
@@ -963,8 +974,6 @@ static int stream_linear(void *u, int s, const float *x, int n, float *y, qs_err
     return 0;
 }
 
-static float *resid_entry(const struct qs_resid_cache *c, int k, int l, int w);
-
 /* sp's cache when it holds these windows of the unrewritten path (site_out: study q2's corrector,
  * which the entries do not describe), else NULL */
 static struct qs_resid_cache *resid_match(struct qs_bench *b, enum qs_split_id sp, int nw,
@@ -981,13 +990,9 @@ int qs_bench_resid_resume(struct qs_bench *b, enum qs_split_id sp, int nw, size_
                           int k)
 {
     struct qs_resid_cache *c = b->lm ? resid_match(b, sp, nw, start) : NULL;
-    int r = 0;
-    for (int j = c ? c->nent - 1 : -1; j >= 0 && r == 0; j--)
-        if ((j + 1) * c->stride <= l && c->ok[k ? 1 : 0][j])
-            r = (j + 1) * c->stride;
-    if (c)
-        c->last_from = r;
-    return r;
+    if (!c)
+        return 0;
+    return c->last_from = k ? resid_last(c, l, 0, 0) : resid_last(c, l, 1, INT_MAX);
 }
 
 const float *qs_bench_resid_at(const struct qs_bench *b, enum qs_split_id sp, int k, int r, int w)
@@ -1006,20 +1011,14 @@ static int resume_block(struct qs_bench *b, enum qs_split_id sp, const struct st
 {
     const struct qs_lm *m = b->lm;
     size_t start;
-    int nw = lm_windows(b, sp, &start, 1), first = 0, r = 0;
+    int nw = lm_windows(b, sp, &start, 1), first = 0;
     struct qs_resid_cache *c = resid_match(b, sp, nw, start);
     if (!c)
         return 0;
     while (first < m->nsites && !t->want[first])
         first++;
     int bw = first < m->nsites ? qs_lm_site_block(m, first) : 0;
-    for (int k = c->nent - 1; k >= 0 && r == 0; k--) {
-        int l = (k + 1) * c->stride;
-        if (l <= bw && c->ok[0][k] && (!need_q || bq >= l || c->ok[1][k]))
-            r = l;
-    }
-    c->last_from = r;
-    return r;
+    return c->last_from = resid_last(c, bw, 1, need_q ? bq : INT_MAX);
 }
 
 /* One group's passes over every window: the float pass, then the quantized one from the block
@@ -1349,10 +1348,7 @@ int qs_bench_stream_pairs(struct qs_bench *b, enum qs_split_id sp, const unsigne
     struct qs_resid_cache *rc_ =
         sp == QS_CALIB && !b->site_out ? resid_cache(b, QS_CALIB, nw, start, kept) : NULL;
     if (rc_)
-        for (int k = rc_->nent - 1; k >= 0 && r == 0; k--)
-            if ((k + 1) * rc_->stride <= qs_lm_site_block(m, first) && rc_->ok[0][k] &&
-                rc_->ok[1][k])
-                r = (k + 1) * rc_->stride;
+        r = resid_last(rc_, qs_lm_site_block(m, first), 1, 0);
     if (rc_)
         rc_->last_from = r;
     struct pairs t = {.b = b,
