@@ -9,6 +9,7 @@
 
 #include "qscope/cmd.h"
 #include "qscope/front.h"
+#include "qscope/lm.h"
 #include "qscope/script.h"
 #include "qscope/session.h"
 #include "qscope/tui.h"
@@ -98,6 +99,9 @@ int main(int argc, char **argv)
      * are at most argc positional arguments (roundtrip's values). */
     char **pos = calloc((size_t)argc + 1, sizeof *pos);
     int npos = 0, only_pos = 0;
+    int tty = isatty(0) && isatty(1);
+    struct qs_lm *skel = NULL; /* a transformer the TUI loads in its worker (below) */
+    struct qs_sb boot = {0};
     if (!pos)
         return 1;
     for (int k = 1; k < argc; k++) {
@@ -227,7 +231,22 @@ int main(int argc, char **argv)
         status = 2;
         goto out;
     }
-    if (npos) {
+    /* A transformer named for the TUI loads in its worker while the screen shows its sites from
+     * its config (the first paint does not wait for the weights); anything the peek cannot
+     * vouch for loads here first, as before, and a failure ends qscope with its message. */
+    qs_err pe = {{0}};
+    if (npos && tty && !repl && !cmds && !script &&
+        qs_cmd_load_peek(pos[0], npos > 1 ? pos[1] : NULL, &skel, &pe) == 0) {
+        for (int k = 0; k < npos; k++) {
+            qs_sb_printf(&boot, "%sload %s ", k ? "; " : "", k ? "data" : "model");
+            qs_quote_sb(pos[k], &boot);
+        }
+        if (!boot.s) {
+            qs_lm_free(skel);
+            skel = NULL;
+        }
+    }
+    if (npos && !skel) {
         for (int k = 0; k < npos; k++) { /* quoted whatever the path holds, never cut */
             struct qs_sb cmd = {0};
             qs_sb_printf(&cmd, "load %s ", k ? "data" : "model");
@@ -239,7 +258,7 @@ int main(int argc, char **argv)
                 goto out;
             }
         }
-    } else if (!no_default && !script &&
+    } else if (!npos && !no_default && !script &&
                qs_bundle_path("datasets/models/digits-mlp.safetensors", bmodel, sizeof bmodel,
                               NULL) == 0 &&
                qs_bundle_path("datasets/digits.csv", bdata, sizeof bdata, NULL) == 0) {
@@ -269,14 +288,16 @@ int main(int argc, char **argv)
             status = 1;
         }
     } else {
-        int tty = isatty(0) && isatty(1);
         qs_err ae = {{0}};
         if (qs_autosave_begin(&c, &ae) < 0) /* the session goes on without a journal */
             fprintf(stderr, "qscope: %s\n", ae.msg);
-        status = tty && !repl ? qs_tui_run(&c) : qs_repl_run(&c, tty);
+        status = tty && !repl ? qs_tui_run_loading(&c, skel, boot.s) : qs_repl_run(&c, tty);
+        skel = NULL; /* the TUI's */
         qs_autosave_end(&c);
     }
 out:
+    qs_lm_free(skel);
+    qs_sb_free(&boot);
     qs_ctx_free(&c);
     qs_bench_free(b);
     free(pos);

@@ -241,6 +241,13 @@ int qs_split_statements(const char *text, int (*fn)(void *u, const char *stmt), 
  * that no caller prints an error twice. */
 int qs_exec_text(struct qs_ctx *c, const char *text, qs_err *e);
 
+/* Whether `load model MODEL` (and `load data DATA`, DATA may be NULL), paths as typed, can run
+ * behind a first view of the model: MODEL a Hugging Face folder whose config qs_lm_peek reads
+ * (*skel, the caller's) and DATA a readable file. 0 and *skel, or -1 (then the loads are to run
+ * as usual, and say what is wrong). */
+struct qs_lm;
+int qs_cmd_load_peek(const char *model, const char *data, struct qs_lm **skel, qs_err *e);
+
 /* Emits a result: obj must have "cmd"; ownership of obj passes to the context. */
 void qs_emit(struct qs_ctx *c, cJSON *obj, const char *text);
 /* Emits text that belongs to no single result (a summary under several results); front ends

@@ -44,5 +44,9 @@ struct qs_layer_row {
 
 /* Fills r with unit i of the bench's model (0 <= i < qs_bench_nunits(b)). */
 void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r);
+/* The row a transformer's site named name, (out, in), has once loaded and before any command
+ * changes it (a fresh bench's state): for showing a model whose weights are still loading
+ * (qs_lm_peek). name is borrowed. */
+void qs_layer_row_plain(const char *name, int out, int in, struct qs_layer_row *r);
 
 #endif

@@ -82,6 +82,22 @@ struct qs_lm {
  * regular files are opened (a FIFO would block). *out is NULL on failure; free with
  * qs_lm_free. */
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e);
+/* What a load reports while it reads: progress(ctx, what, frac) after each tensor, frac the
+ * share of the file's tensor bytes read so far; cancel (NULL, or set from another thread) stops
+ * it before the next tensor with "PATH: cancelled". Either may be NULL. */
+struct qs_lm_load_hooks {
+    void (*progress)(void *ctx, const char *what, double frac);
+    void *ctx;
+    const _Atomic int *cancel;
+};
+/* qs_lm_load with hooks h (NULL: none; a GGUF file is read without them). */
+int qs_lm_load_ex(const char *dir, const struct qs_lm_load_hooks *h, struct qs_lm **out, qs_err *e);
+/* The model of Hugging Face folder DIR as qs_lm_load names and sizes it, from config.json alone
+ * (checked as qs_lm_load checks it; model.safetensors must be a regular file, its bytes are not
+ * read): family, sizes, path and every site's name, in and out; no tensors, nothing a forward or
+ * a weight access can use. For showing what is coming while the load runs (the TUI's layers
+ * table). A GGUF file is refused. *out is NULL on failure; free with qs_lm_free. */
+int qs_lm_peek(const char *dir, struct qs_lm **out, qs_err *e);
 /* Writes m as a Hugging Face folder DIR (created if missing; config.json and model.safetensors
  * in it are replaced through qs_outfile) that qs_lm_load reads back into the same model: every
  * tensor F32, GPT-2 names under "transformer." with Conv1D weights as (in, out). w[s] (w may be

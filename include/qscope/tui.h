@@ -17,6 +17,15 @@
  * thread cannot start). The terminal is restored on every exit path (normal return, exit(), and
  * SIGSEGV/SIGABRT/SIGBUS/SIGFPE/SIGILL/SIGTERM/SIGHUP/SIGQUIT, re-raised after endwin). */
 int qs_tui_run(struct qs_ctx *c);
+/* qs_tui_run with the model still to load: the screen comes up at once with skel's sites in the
+ * layers table (skel from qs_lm_peek; the TUI frees it) and the worker runs the command text
+ * load first (`load model PATH; load data PATH` as typed: journaled, logged, its progress on
+ * the status line, Ctrl-C cancels it), as one group, before any key's command. Its commands
+ * are not "unsaved work" (as when loaded before the TUI starts). Without the full screen the
+ * text runs before the line REPL; a failure there is printed and returns 1. skel and load may
+ * be NULL (then as qs_tui_run). */
+struct qs_lm;
+int qs_tui_run_loading(struct qs_ctx *c, struct qs_lm *skel, const char *load);
 
 /* Front-end commands of the TUI (NULL-name terminated), for c->extra: `screenshot PATH`. Outside
  * the TUI (c->front not set by qs_tui_run) they fail with "screenshot needs the TUI". */

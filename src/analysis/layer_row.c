@@ -5,17 +5,18 @@
 #include <stdio.h>
 #include <string.h>
 
-void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
+/* The row of a unit named name, (out, in), in state s; act: its activation's name, lm: a
+ * transformer's site. */
+static void row_of(const struct qs_layer_state *s, const char *name, int out, int in,
+                   const char *act, int lm, struct qs_layer_row *r)
 {
-    struct qs_unit u;
-    qs_bench_unit(b, i, &u);
-    const struct qs_layer_state *s = &b->ls[i];
+    struct qs_unit u = {.name = name, .out = out, .in = in};
     memset(r, 0, sizeof *r);
     r->name = u.name ? u.name : "?";
     r->out = u.out;
     r->in = u.in;
     snprintf(r->shape, sizeof r->shape, "%dx%d", u.out, u.in);
-    snprintf(r->act, sizeof r->act, "%s", b->model ? qs_act_name(b->model->layers[i].act) : "-");
+    snprintf(r->act, sizeof r->act, "%s", act);
     qs_bench_wdesc(s, r->wf, sizeof r->wf);
     qs_bench_adesc(s, r->af, sizeof r->af);
     r->wfmt = s->wfmt;
@@ -64,7 +65,7 @@ void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
     }
     if (cr->method != QS_CORR_NONE && cr->ablated.verdict) {
         r->abl_verdict = cr->ablated.verdict;
-        r->abl_ppl = b->lm != NULL;
+        r->abl_ppl = lm;
         for (int k = 0; k < 4; k++)
             r->abl_metric[k] = r->abl_ppl ? exp(cr->ablated.loss[k]) : cr->ablated.acc[k];
     }
@@ -72,4 +73,19 @@ void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
         size_t cl = strlen(r->corr_long);
         snprintf(r->corr_long + cl, sizeof r->corr_long - cl, " (stale: refit)");
     }
+}
+
+void qs_layer_row_fill(const struct qs_bench *b, int i, struct qs_layer_row *r)
+{
+    struct qs_unit u;
+    qs_bench_unit(b, i, &u);
+    row_of(&b->ls[i], u.name, u.out, u.in, b->model ? qs_act_name(b->model->layers[i].act) : "-",
+           b->lm != NULL, r);
+}
+
+void qs_layer_row_plain(const char *name, int out, int in, struct qs_layer_row *r)
+{
+    struct qs_layer_state s;
+    qs_layer_state_plain(&s);
+    row_of(&s, name, out, in, "-", 1, r);
 }

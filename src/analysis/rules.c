@@ -79,24 +79,34 @@ static void cfg_key(const struct qs_format *f, const struct qs_qopts *o, int amo
     snprintf(buf, n, "%s %s %d", f->name, opts, amode);
 }
 
+void qs_layer_state_plain(struct qs_layer_state *s)
+{
+    memset(s, 0, sizeof *s);
+    s->rule_w = s->rule_a = -1;
+    s->wfmt.kind = s->afmt.kind = QS_FMT_NONE;
+    snprintf(s->wfmt.name, sizeof s->wfmt.name, "none");
+    snprintf(s->afmt.name, sizeof s->afmt.name, "none");
+    qs_qopts_default(&s->wopt);
+    qs_qopts_default(&s->aopt);
+    s->amode = QS_AMODE_DYNAMIC;
+    qs_rule_method_default(&s->wm);
+}
+
 int qs_bench_resolve(struct qs_bench *b, qs_err *e)
 {
     for (int k = 0; k < b->nrules; k++)
         b->rules[k].matched = 0;
+    struct qs_layer_state pl, *plain = &pl; /* what no rule changes */
+    qs_layer_state_plain(plain);
     int upstream = 0; /* a site before this one computes differently now */
     for (int i = 0; i < qs_bench_nunits(b); i++) {
         struct qs_unit unit, *l = &unit;
         qs_bench_unit(b, i, &unit);
         struct qs_layer_state *s = &b->ls[i];
         int rw = find_rule(b, l->name, QS_ROLE_W), ra = find_rule(b, l->name, QS_ROLE_A);
-        struct qs_format wf = {0}, af = {0};
-        struct qs_qopts wo, ao;
-        qs_qopts_default(&wo);
-        qs_qopts_default(&ao);
-        enum qs_amode am = QS_AMODE_DYNAMIC;
-        wf.kind = af.kind = QS_FMT_NONE;
-        snprintf(wf.name, sizeof wf.name, "none");
-        snprintf(af.name, sizeof af.name, "none");
+        struct qs_format wf = plain->wfmt, af = plain->afmt;
+        struct qs_qopts wo = plain->wopt, ao = plain->aopt;
+        enum qs_amode am = plain->amode;
         if (rw >= 0) {
             wf = b->rules[rw].fmt;
             wo = b->rules[rw].opt;
@@ -115,8 +125,7 @@ int qs_bench_resolve(struct qs_bench *b, qs_err *e)
         /* the site's method: its weight rule's. The basis (rotation, smoothing) is the site's,
          * for weights and activations alike: the weight rule's, else the activation rule's
          * (not smoothing under AWQ, whose own scales are the site's channel scales) */
-        struct qs_rule_method wm;
-        qs_rule_method_default(&wm);
+        struct qs_rule_method wm = plain->wm;
         if (rw >= 0 && wf.kind != QS_FMT_NONE)
             wm = b->rules[rw].meth;
         if (!wm.rotate && !wm.smooth_on && ra >= 0 && af.kind != QS_FMT_NONE) {

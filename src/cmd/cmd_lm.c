@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "qscope/lm_gguf.h"
 #include "qscope/lmbench.h"
@@ -53,7 +54,10 @@ static int load_tokens(const struct qs_lm *m, const char *file, int width, struc
 int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, qs_err *e)
 {
     struct qs_lm *m;
-    if (qs_lm_load(file, &m, e) < 0)
+    /* the load reports its progress and stops on cancel, as the analyses do: the bench is left
+     * as it was */
+    struct qs_lm_load_hooks h = {c->b->progress, c->b->progress_ctx, &c->b->cancel};
+    if (qs_lm_load_ex(file, &h, &m, e) < 0)
         return -1;
     /* Text data is tokenized again for the new model (its tokenizer.json, or bytes), as if it
      * were loaded after it; other token data is staged as it is (kept if it fits the new
@@ -107,6 +111,23 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
     qs_emit(c, o, t.s);
     qs_sb_free(&t);
     return 0;
+}
+
+int qs_cmd_load_peek(const char *model, const char *data, struct qs_lm **skel, qs_err *e)
+{
+    *skel = NULL;
+    char rb[4096];
+    const char *file = qs_cmd_input_path(model, rb, sizeof rb);
+    if (!qs_cmd_is_lm_path(file))
+        return qs_errf(e, "%s: not a Hugging Face folder", model);
+    if (data) {
+        const char *df = qs_cmd_input_path(data, rb, sizeof rb);
+        struct stat st;
+        if (stat(df, &st) < 0 || !S_ISREG(st.st_mode) || access(df, R_OK) < 0)
+            return qs_errf(e, "%s: not a readable file", data);
+        file = qs_cmd_input_path(model, rb, sizeof rb);
+    }
+    return qs_lm_peek(file, skel, e);
 }
 
 int qs_cmd_lm_load_data(struct qs_ctx *c, const char *path, const char *file, int width, qs_err *e)

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,7 +409,25 @@ struct st_ctx {
     const char *prefix; /* "" or "transformer." */
     qs_err *e;
     unsigned char *used; /* per tensor of f (file order): read by the loader */
+    /* NULL, or what the load reports (progress over the tensors' bytes: *done of total) and
+     * whether to stop */
+    const struct qs_lm_load_hooks *h;
+    size_t *done, total;
 };
+
+/* After tensor t was read: the progress, and -1 with "cancelled" when the load is to stop. */
+static int tensor_read(const struct st_ctx *c, const struct qs_st_tensor *t)
+{
+    if (!c->h)
+        return 0;
+    if (c->h->cancel && atomic_load(c->h->cancel))
+        return qs_errf(c->e, "%s: cancelled", c->file);
+    *c->done += t->nbytes;
+    if (c->h->progress && c->total)
+        c->h->progress(c->h->ctx, "reading the weights",
+                       *c->done < c->total ? (double)*c->done / (double)c->total : 1.0);
+    return 0;
+}
 
 /* Tensor PREFIX+NAME of shape (r) or (r, c) (c = 0: 1-D), F32, F16 or BF16 and finite (marked
  * used); NULL and the message otherwise. full: its name (160 bytes). */
@@ -448,7 +467,7 @@ static const struct qs_st_tensor *tensor_find(const struct st_ctx *c, const char
                 (long long)bad);
         return NULL;
     }
-    return t;
+    return tensor_read(c, t) < 0 ? NULL : t;
 }
 
 /* Copies the found tensor t (full: its name) of shape (r, cols) to a new F32 array. With
@@ -578,37 +597,33 @@ static int packed_site(const struct st_ctx *c, struct qs_lm_site *s, int flags)
 }
 
 /* GPT-2 linear: Conv1D weight (in, out) transposed to (out, in), bias (out). */
-static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
-                       int out)
+static int gpt2_linear(const struct st_ctx *c, struct qs_lm_site *s)
 {
     char k[128];
-    site_set(s, name, in, out);
     int rc = packed_site(c, s, QS_PACKFILE_BIAS | QS_PACKFILE_WT);
     if (rc <= 0)
         return rc;
-    snprintf(k, sizeof k, "%s.weight", name);
-    if (site_weight(c, s, k, in, out, 1) < 0)
+    snprintf(k, sizeof k, "%s.weight", s->name);
+    if (site_weight(c, s, k, s->in, s->out, 1) < 0)
         return -1;
-    snprintf(k, sizeof k, "%s.bias", name);
-    return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
+    snprintf(k, sizeof k, "%s.bias", s->name);
+    return (s->b = tensor(c, k, s->out, 0, 0)) ? 0 : -1;
 }
 
 /* LLaMA-family linear: weight (out, in), and its bias (out) when the config gives it one. */
-static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, const char *name, int in,
-                        int out, int bias)
+static int llama_linear(const struct st_ctx *c, struct qs_lm_site *s, int bias)
 {
     char k[128];
-    site_set(s, name, in, out);
     int rc = packed_site(c, s, bias ? QS_PACKFILE_BIAS : 0);
     if (rc <= 0)
         return rc;
-    snprintf(k, sizeof k, "%s.weight", name);
-    if (site_weight(c, s, k, out, in, 0) < 0)
+    snprintf(k, sizeof k, "%s.weight", s->name);
+    if (site_weight(c, s, k, s->out, s->in, 0) < 0)
         return -1;
     if (!bias)
         return 0;
-    snprintf(k, sizeof k, "%s.bias", name);
-    return (s->b = tensor(c, k, out, 0, 0)) ? 0 : -1;
+    snprintf(k, sizeof k, "%s.bias", s->name);
+    return (s->b = tensor(c, k, s->out, 0, 0)) ? 0 : -1;
 }
 
 /* The untied head: (vocab, d), no bias. */
@@ -623,7 +638,7 @@ static int head_linear(const struct st_ctx *c, struct qs_lm_site *h)
 static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
 {
     struct qs_lm_priv *p = m->priv;
-    int d = m->d_model, ff = m->d_ff;
+    int d = m->d_model;
     char k[128];
     if (embed_weight(c, p, "wte.weight", m->vocab, d) < 0 ||
         !(p->wpe = tensor(c, "wpe.weight", m->ctx, d, 0)))
@@ -640,24 +655,14 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
         GPT2_VEC(L->n2w, "ln_2.weight")
         GPT2_VEC(L->n2b, "ln_2.bias")
 #undef GPT2_VEC
-        const struct {
-            const char *n;
-            int in, out;
-        } lin[4] = {{"attn.c_attn", d, 3 * d},
-                    {"attn.c_proj", d, d},
-                    {"mlp.c_fc", d, ff},
-                    {"mlp.c_proj", ff, d}};
-        for (int i = 0; i < 4; i++) {
-            snprintf(k, sizeof k, "h.%d.%s", l, lin[i].n);
-            if (gpt2_linear(c, &s[i], k, lin[i].in, lin[i].out) < 0)
+        for (int i = 0; i < 4; i++)
+            if (gpt2_linear(c, &s[i]) < 0)
                 return -1;
-        }
     }
     if (!(p->nfw = tensor(c, "ln_f.weight", d, 0, 0)) ||
         !(p->nfb = tensor(c, "ln_f.bias", d, 0, 0)))
         return -1;
     struct qs_lm_site *h = &m->sites[m->nsites - 1];
-    site_set(h, "lm_head", d, m->vocab);
     if (m->tied) {
         tie_head(p, h);
         return 0;
@@ -684,6 +689,52 @@ static void llama_lins(const struct qs_lm *m, struct llama_lin lin[7])
     memcpy(lin, t, sizeof t);
 }
 
+/* Names and sizes every site of m (family and sizes from its config) as the loaders read them:
+ * GPT-2's four linears of each block under "h.L.", LLaMA's seven under "model.layers.L.", then
+ * the head "lm_head". */
+static void name_sites(struct qs_lm *m)
+{
+    char k[128];
+    const int d = m->d_model, ff = m->d_ff;
+    if (m->family == QS_LM_GPT2) {
+        const struct llama_lin lin[4] = {{"attn.c_attn", d, 3 * d},
+                                         {"attn.c_proj", d, d},
+                                         {"mlp.c_fc", d, ff},
+                                         {"mlp.c_proj", ff, d}};
+        for (int l = 0; l < m->n_layer; l++)
+            for (int i = 0; i < 4; i++) {
+                snprintf(k, sizeof k, "h.%d.%s", l, lin[i].n);
+                site_set(&m->sites[4 * l + i], k, lin[i].in, lin[i].out);
+            }
+    } else {
+        struct llama_lin lin[7];
+        llama_lins(m, lin);
+        for (int l = 0; l < m->n_layer; l++)
+            for (int i = 0; i < 7; i++) {
+                snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
+                site_set(&m->sites[7 * l + i], k, lin[i].in, lin[i].out);
+            }
+    }
+    site_set(&m->sites[m->nsites - 1], "lm_head", d, m->vocab);
+}
+
+/* m (its config parsed, n_layer bounded) with PATH, its private part and every site named and
+ * sized, no tensors yet. 0, or -1 when out of memory (m stays for qs_lm_free). */
+static int skeleton(struct qs_lm *m, const char *path)
+{
+    /* n_layer <= LM_MAX_LAYERS: these products fit an int */
+    m->nsites = m->n_layer * (m->family == QS_LM_GPT2 ? 4 : 7) + 1;
+    m->path = qs_strdup(path);
+    m->priv = qs_calloc(1, sizeof *m->priv);
+    m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
+    if (m->priv)
+        m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
+    if (!m->path || !m->priv || !m->sites || !m->priv->layer)
+        return -1;
+    name_sites(m);
+    return 0;
+}
+
 static int load_llama(struct qs_lm *m, const struct st_ctx *c)
 {
     struct qs_lm_priv *p = m->priv;
@@ -700,18 +751,13 @@ static int load_llama(struct qs_lm *m, const struct st_ctx *c)
         snprintf(k, sizeof k, "model.layers.%d.post_attention_layernorm.weight", l);
         if (!(L->n2w = tensor(c, k, d, 0, 0)))
             return -1;
-        struct llama_lin lin[7];
-        llama_lins(m, lin);
-        for (int i = 0; i < 7; i++) {
-            snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
-            if (llama_linear(c, &s[i], k, lin[i].in, lin[i].out, (m->bias_mask >> i) & 1) < 0)
+        for (int i = 0; i < 7; i++)
+            if (llama_linear(c, &s[i], (m->bias_mask >> i) & 1) < 0)
                 return -1;
-        }
     }
     if (!(p->nfw = tensor(c, "model.norm.weight", d, 0, 0)))
         return -1;
     struct qs_lm_site *h = &m->sites[m->nsites - 1];
-    site_set(h, "lm_head", d, m->vocab);
     if (m->tied) {
         tie_head(p, h);
         return 0;
@@ -825,30 +871,82 @@ static size_t load_heap_bytes(const struct qs_st_file *f, size_t f32)
 
 int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
 {
+    return qs_lm_load_ex(dir, NULL, out, e);
+}
+
+/* The start of reading Hugging Face folder DIR: *cfg and *stp its config.json and
+ * model.safetensors paths, and a new model with config.json parsed (*text its text). NULL and e
+ * when that fails (nothing left to free). */
+static struct qs_lm *folder_open(const char *dir, char **cfg, char **stp, char **text, qs_err *e)
+{
+    size_t dl = strlen(dir);
+    while (dl > 1 && dir[dl - 1] == '/')
+        dl--;
+    *cfg = malloc(dl + 32);
+    *stp = malloc(dl + 32);
+    *text = NULL;
+    struct qs_lm *m = qs_calloc(1, sizeof *m);
+    int rc = *cfg && *stp && m ? 0 : qs_errf(e, "%s: out of memory", dir);
+    if (rc == 0) {
+        m->wf_budget = QS_LM_WF_BUDGET;
+        snprintf(*cfg, dl + 32, "%.*s/config.json", (int)dl, dir);
+        snprintf(*stp, dl + 32, "%.*s/model.safetensors", (int)dl, dir);
+        rc = parse_config(m, *cfg, text, e);
+    }
+    if (rc == 0)
+        return m;
+    free(*cfg);
+    free(*stp);
+    *cfg = *stp = NULL;
+    qs_lm_free(m);
+    return NULL;
+}
+
+/* The end of reading a folder: the paths freed, and m when rc < 0; else *out = m. rc. */
+static int folder_close(int rc, struct qs_lm *m, char *cfg, char *stp, struct qs_lm **out)
+{
+    free(cfg);
+    free(stp);
+    if (rc < 0) {
+        qs_lm_free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+int qs_lm_peek(const char *dir, struct qs_lm **out, qs_err *e)
+{
+    *out = NULL;
+    size_t dl = strlen(dir);
+    if (dl > 5 && !strcmp(dir + dl - 5, ".gguf"))
+        return qs_errf(e, "%s: a GGUF file is read whole (no peek)", dir);
+    char *cfg, *stp, *text;
+    struct qs_lm *m = folder_open(dir, &cfg, &stp, &text, e);
+    if (!m)
+        return -1;
+    struct stat st;
+    int rc = 0;
+    if (stat(stp, &st) < 0 || !S_ISREG(st.st_mode))
+        rc = qs_errf(e, "%s: not a regular file", stp);
+    else if (skeleton(m, dir) < 0)
+        rc = qs_errf(e, "%s: out of memory", dir);
+    free(text);
+    return folder_close(rc, m, cfg, stp, out);
+}
+
+int qs_lm_load_ex(const char *dir, const struct qs_lm_load_hooks *h, struct qs_lm **out, qs_err *e)
+{
     *out = NULL;
     size_t n0 = strlen(dir);
     if (n0 > 5 && !strcmp(dir + n0 - 5, ".gguf")) /* a llama.cpp file, not a folder */
         return qs_lm_load_gguf(dir, out, e);
-    size_t dl = strlen(dir);
-    char *cfg = malloc(dl + 32), *stp = malloc(dl + 32);
-    struct qs_lm *m = qs_calloc(1, sizeof *m);
-    if (m)
-        m->wf_budget = QS_LM_WF_BUDGET;
-    if (!cfg || !stp || !m) {
-        free(cfg);
-        free(stp);
-        free(m);
-        return qs_errf(e, "%s: out of memory", dir);
-    }
-    while (dl > 1 && dir[dl - 1] == '/')
-        dl--;
-    snprintf(cfg, dl + 32, "%.*s/config.json", (int)dl, dir);
-    snprintf(stp, dl + 32, "%.*s/model.safetensors", (int)dl, dir);
+    char *cfg, *stp, *cfg_text;
+    struct qs_lm *m = folder_open(dir, &cfg, &stp, &cfg_text, e);
+    if (!m)
+        return -1;
     struct qs_st_file *f = NULL;
-    char *cfg_text = NULL;
-    int rc = parse_config(m, cfg, &cfg_text, e);
-    if (rc == 0)
-        rc = qs_st_open(stp, &f, e);
+    int rc = qs_st_open(stp, &f, e);
     if (rc == 0)
         rc = check_depth(m, f, stp, e);
     size_t wbytes = 0;
@@ -861,24 +959,19 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
     }
     unsigned char *used = NULL;
     if (rc == 0) {
-        /* n_layer <= LM_MAX_LAYERS: these products fit an int */
-        m->nsites = m->n_layer * (m->family == QS_LM_GPT2 ? 4 : 7) + 1;
         used = qs_calloc((size_t)qs_st_count(f) + 1, 1);
-        m->path = qs_strdup(dir);
-        m->priv = qs_calloc(1, sizeof *m->priv);
-        m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
-        if (m->priv)
-            m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
-        if (!m->path || !m->priv || !m->sites || !m->priv->layer || !used ||
-            copy_meta(m->priv, f) < 0)
+        if (skeleton(m, dir) < 0 || !used || copy_meta(m->priv, f) < 0)
             rc = qs_errf(e, "%s: out of memory", dir);
         if (m->priv) {
             m->priv->config = cfg_text;
             cfg_text = NULL;
         }
     }
+    size_t done = 0, total = 0;
+    for (int i = 0; rc == 0 && i < qs_st_count(f); i++)
+        total += qs_st_get(f, i)->nbytes;
     if (rc == 0) {
-        struct st_ctx c = {f, stp, "", e, used};
+        struct st_ctx c = {f, stp, "", e, used, h, &done, total};
         if (m->family == QS_LM_GPT2 && !qs_st_find(f, "wte.weight") &&
             qs_st_find(f, "transformer.wte.weight"))
             c.prefix = "transformer.";
@@ -895,14 +988,7 @@ int qs_lm_load(const char *dir, struct qs_lm **out, qs_err *e)
         m->priv->f = f;
     else
         qs_st_close(f);
-    free(cfg);
-    free(stp);
-    if (rc < 0) {
-        qs_lm_free(m);
-        return -1;
-    }
-    *out = m;
-    return 0;
+    return folder_close(rc, m, cfg, stp, out);
 }
 
 /* ---- models built by other loaders (lm_gguf.c) ------------------------------------------ */
@@ -926,31 +1012,12 @@ int qs_lm_new_from_config(const char *config, const char *file, const char *path
             qs_errf(e, "%s: the model's sizes overflow", file);
         rc = qs_err_prefix(e, path);
     }
-    if (rc == 0) {
-        m->nsites = m->n_layer * 7 + 1;
-        m->path = qs_strdup(path);
-        m->priv = qs_calloc(1, sizeof *m->priv);
-        m->sites = qs_calloc((size_t)m->nsites, sizeof *m->sites);
-        if (m->priv) {
-            m->priv->layer = qs_calloc((size_t)m->n_layer, sizeof *m->priv->layer);
-            m->priv->config = qs_strdup(config);
-        }
-        if (!m->path || !m->priv || !m->sites || !m->priv->layer || !m->priv->config)
-            rc = qs_errf(e, "%s: out of memory", path);
-    }
+    if (rc == 0 && (skeleton(m, path) < 0 || !(m->priv->config = qs_strdup(config))))
+        rc = qs_errf(e, "%s: out of memory", path);
     if (rc < 0) {
         qs_lm_free(m);
         return -1;
     }
-    struct llama_lin lin[7];
-    llama_lins(m, lin);
-    char k[128];
-    for (int l = 0; l < m->n_layer; l++)
-        for (int i = 0; i < 7; i++) {
-            snprintf(k, sizeof k, "model.layers.%d.%s", l, lin[i].n);
-            site_set(&m->sites[7 * l + i], k, lin[i].in, lin[i].out);
-        }
-    site_set(&m->sites[m->nsites - 1], "lm_head", m->d_model, m->vocab);
     *out = m;
     return 0;
 }

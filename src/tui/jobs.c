@@ -155,7 +155,12 @@ void tui_dispatch(struct tui *t)
         t->prog_what[0] = 0;
         t->dirty_status = 1;
         t->c->b->cancel = 0;
-        tui_worker_submit(&t->wk, it.kind, it.line, t->sel);
+        /* the model's load from the command line: one snapshot once its data is in too (the
+         * screen shows the config's table meanwhile) */
+        int later = 0;
+        for (int i = 0; t->boot_group && it.group == t->boot_group && i < t->nq; i++)
+            later |= t->q[i].group == it.group;
+        tui_worker_submit(&t->wk, it.kind, it.line, t->sel, later);
         t->busy_group = it.group;
         free(it.line);
     }
@@ -220,6 +225,15 @@ void tui_collect(struct tui *t)
             snprintf(msg, sizeof msg, "error: %s", err);
             tui_log_add(&t->sh, LOG_ERR, msg);
             drop_group(t, t->busy_group);
+        }
+        if (t->boot_group && t->busy_group == t->boot_group) {
+            int more = 0; /* the model's load from the command line: not unsaved work */
+            for (int i = 0; i < t->nq; i++)
+                more |= t->q[i].group == t->boot_group;
+            if (!more) {
+                t->base_njournal = t->njournal;
+                t->boot_group = 0;
+            }
         }
         if (quit)
             tui_request_quit(t);

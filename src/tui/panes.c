@@ -211,6 +211,9 @@ static void title_layers(enum tui_pane p, const struct tui_view *v, int width, c
     if (s && s->stage == STAGE_PREVIEW)
         snprintf(buf, n, "%d %s  preview: errors on %d/%d calib windows", (int)p + 1,
                  tui_pane_ops(p)->name, s->pv_n, s->pv_of);
+    else if (s && s->stage == STAGE_LOADING)
+        snprintf(buf, n, "%d %s  from config.json; weights loading", (int)p + 1,
+                 tui_pane_ops(p)->name);
     else
         title_plain(p, v, width, buf, n);
 }

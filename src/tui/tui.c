@@ -174,7 +174,26 @@ static int curses_begin(struct tui *t)
     return 0;
 }
 
+/* Without the full screen: the model's load (if any) first, then the line REPL. */
+static int repl_after_load(struct qs_ctx *c, struct qs_lm *skel, const char *load)
+{
+    qs_lm_free(skel);
+    if (load) {
+        qs_err e = {{0}};
+        if (qs_exec_text(c, load, &e) < 0) {
+            fprintf(stderr, "qscope: %s\n", e.msg);
+            return 1;
+        }
+    }
+    return qs_repl_run(c, 1);
+}
+
 int qs_tui_run(struct qs_ctx *c)
+{
+    return qs_tui_run_loading(c, NULL, NULL);
+}
+
+int qs_tui_run_loading(struct qs_ctx *c, struct qs_lm *skel, const char *load)
 {
     static struct tui tui;
     struct tui *t = &tui;
@@ -189,12 +208,12 @@ int qs_tui_run(struct qs_ctx *c)
                 "qscope: the terminal (TERM=%s) cannot run the full-screen TUI; "
                 "using the line REPL\n",
                 term && term[0] ? term : "unset");
-        return qs_repl_run(c, 1);
+        return repl_after_load(c, skel, load);
     }
     int pfd[2];
     if (pipe(pfd) < 0) {
         restore_terminal();
-        return qs_repl_run(c, 1);
+        return repl_after_load(c, skel, load);
     }
     fcntl(pfd[0], F_SETFL, O_NONBLOCK);
     fcntl(pfd[1], F_SETFL, O_NONBLOCK);
@@ -252,7 +271,16 @@ int qs_tui_run(struct qs_ctx *c)
     }
     tui_log_add(&t->sh, LOG_NOTE,
                 "':' opens the command prompt, '?' lists keys and commands, q quits");
-    tui_queue_push(t, JOB_SNAP, NULL, 0);
+    if (skel && load) { /* the table from the model's config now, its weights loading */
+        tui_publish_loading(&t->sh, skel);
+        t->wk.boot_hold = t->wk.hold != NULL;
+        tui_submit_text(t, load);
+        t->boot_group = t->group;
+    } else {
+        tui_queue_push(t, JOB_SNAP, NULL, 0);
+    }
+    qs_lm_free(skel);
+    skel = NULL;
     t->relayout = 1;
 
     while (!t->quit_now) {
@@ -312,6 +340,7 @@ int qs_tui_run(struct qs_ctx *c)
         }
     }
 out:
+    qs_lm_free(skel); /* not shown: the worker did not start */
     if (t->busy)
         c->b->cancel = 1;
     tui_worker_stop(&t->wk);

@@ -109,7 +109,9 @@ struct tui_snap {
      * calibration windows while the full pass runs (STAGE_PREVIEW) */
     int stage, pv_n, pv_of;
 };
-enum { STAGE_FULL, STAGE_QUICK, STAGE_PREVIEW };
+/* STAGE_LOADING: the model named on the command line is still being loaded by the worker; the
+ * snapshot holds its sites as its config names them (qs_lm_peek), every one in its fresh state. */
+enum { STAGE_FULL, STAGE_QUICK, STAGE_PREVIEW, STAGE_LOADING };
 
 void tui_snap_free(struct tui_snap *s);
 
@@ -139,7 +141,7 @@ struct tui_shared {
     pthread_cond_t cv;
     int wake_w; /* self-pipe write end */
     /* UI -> worker */
-    int have_job, job_kind, job_sel, stop;
+    int have_job, job_kind, job_sel, job_later, stop;
     char *job_line; /* owned by the slot until the worker takes it */
     int ld_w, ld_h; /* low-dim panel size the UI wants */
     /* worker -> UI */
@@ -180,6 +182,7 @@ struct tui_worker {
      * by a new job, whose snapshot is then built whatever its command */
     double preview_min;
     const char *hold;
+    int boot_hold; /* with hold: wait for it before the first command (the model's load) */
     int stale, pv_have, pv_n, pv_nsites;
     unsigned long pv_gen;
     const void *pv_m, *pv_t;
@@ -194,8 +197,11 @@ void tui_poke(struct tui_shared *sh);
 int tui_worker_start(struct tui_worker *w, struct qs_ctx *c, struct tui_shared *sh);
 /* Stops it (after the running job, which should be cancelled first) and joins. */
 void tui_worker_stop(struct tui_worker *w);
-/* Hands a job to the idle worker: a command line (copied), or a snapshot rebuild. */
-void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel);
+/* Publishes the snapshot of a model still loading (STAGE_LOADING) from its peek skel. */
+void tui_publish_loading(struct tui_shared *sh, const struct qs_lm *skel);
+/* Hands a job to the idle worker: a command line (copied), or a snapshot rebuild; later: a
+ * command of its group comes next and shows the figures (no snapshot unless this one fails). */
+void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel, int later);
 /* The emit/note callbacks installed on the context while the TUI runs (u = the worker). */
 void tui_emit_cb(void *u, const cJSON *obj, const char *text);
 void tui_note_cb(void *u, const char *msg);
@@ -344,6 +350,7 @@ struct tui {
     /* jobs */
     struct tui_item *q;
     int nq, capq, group;
+    int boot_group; /* the group loading the model named on the command line, until it ends */
     int busy, busy_kind, busy_group;
     char busy_line[256];
     char prog_what[160];

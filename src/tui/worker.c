@@ -671,6 +671,27 @@ static void publish(struct tui_shared *sh, struct tui_snap *s)
     tui_poke(sh);
 }
 
+void tui_publish_loading(struct tui_shared *sh, const struct qs_lm *m)
+{
+    struct tui_snap *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    s->have_model = s->lm = 1;
+    s->stage = STAGE_LOADING;
+    snprintf(s->model, sizeof s->model, "%s", m->path);
+    s->rows = calloc((size_t)(m->nsites ? m->nsites : 1), sizeof *s->rows);
+    s->nlayers = s->rows ? m->nsites : 0;
+    for (int i = 0; i < s->nlayers; i++) {
+        struct tui_row *r = &s->rows[i];
+        r->name = qs_strdup(m->sites[i].name);
+        qs_layer_row_plain(r->name ? r->name : "?", m->sites[i].out, m->sites[i].in, &r->l);
+    }
+    s->bpw = 32.0; /* float, as every fresh site (qs_bench_bits_per_weight) */
+    snprintf(s->err, sizeof s->err, "loading the weights; errors and eval follow");
+    snprintf(s->spec_msg, sizeof s->spec_msg, "loading the weights...");
+    publish(sh, s);
+}
+
 /* ---- the thread --------------------------------------------------------------------------- */
 
 static void *worker_main(void *arg)
@@ -686,6 +707,7 @@ static void *worker_main(void *arg)
             break;
         }
         int kind = sh->job_kind, sel = sh->job_sel, ldw = sh->ld_w, ldh = sh->ld_h;
+        int later = sh->job_later;
         char *line = sh->job_line;
         sh->job_line = NULL;
         sh->have_job = 0;
@@ -700,9 +722,17 @@ static void *worker_main(void *arg)
              * spectrum, eval, help, export ... change nothing they show */
             rebuild = (qs_cmd_line_flags(c, line) & QS_CMD_RECALC) != 0;
             b->cancel = 0;
+            if (w->boot_hold) { /* tests: the loading table stays; a Ctrl-C now cancels the load */
+                w->boot_hold = 0;
+                hold(w);
+            }
             rc = qs_exec_line(c, line, &e);
             if (rebuild)
                 w->state_gen++;
+            /* the group's next command shows its figures, unless this one failed (the rest of
+             * the group is dropped) */
+            if (later && rc == 0)
+                rebuild = 0;
         }
         /* a staged build that a job cancelled: this job shows the figures again */
         rebuild |= w->stale;
@@ -809,10 +839,11 @@ void tui_worker_stop(struct tui_worker *w)
     w->pv_have = 0;
 }
 
-void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel)
+void tui_worker_submit(struct tui_worker *w, int kind, const char *line, int sel, int later)
 {
     struct tui_shared *sh = w->sh;
     pthread_mutex_lock(&sh->mu);
+    sh->job_later = later;
     free(sh->job_line);
     sh->job_line = line ? qs_strdup(line) : NULL;
     sh->job_kind = kind;

@@ -10,7 +10,12 @@
 # (so the preview left `set calib` and the full pass's caches as they were); the saved session
 # holds nothing of the preview; a command typed while the stages run cancels them and its own
 # figures come, and so does a key's (the preview's figures kept); without the forced threshold the
-# tiny model gets no preview. Waits poll the
+# tiny model gets no preview. Before all of these, the model named on the command line loads in
+# the worker while the layers table already shows its sites from config.json (the first paint
+# does not wait for the weights): the same rows batch `layers` lists, the load's command and
+# progress on the status line; the loads are journaled (save session) but are not unsaved work
+# (q quits at once); a load failing after the peek (a corrupt safetensors file) or cancelled with
+# Ctrl-C leaves the TUI up with the error in the log. Waits poll the
 # screen for a marker, never a fixed sleep. Prints PASS/FAIL lines.
 set -u
 cd "$(dirname "$0")/../.."
@@ -97,9 +102,24 @@ ENVV="LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen QSCOPE_TUI_PREVIEW_MIN=0 QSCOPE_TU
 s=qs-pv-$$
 T new-session -d -s "$s" -x 100 -y 30 "env $ENVV $Q $M $D; echo qscope-exit=\$?"
 
+# 0. before the weights: the table from config.json (the worker holds before the load), with
+#    the sites batch `layers` lists, in order, each float
+NAMES_REF=$($Q --no-default --json -c "load model $M; layers" 2>/dev/null | grep '"cmd":"layers"' |
+  grep -o '"name":"[^"]*"' | sed 's/"name":"\(.*\)"/\1/')
+names_screen() { screen "$1" | sed -n '3,12p' | awk -F'│' '{ print $1 }' | awk '$1 ~ /^>?(h\.|lm_head)/ { n = $1; sub(/^>/, "", n); print n, $2 }'; }
+if wait_for "$s" "weights loading" 20 && wait_for "$s" "running: load model $M" 5 &&
+   [ "$(names_screen "$s" | awk '{ print $1 }')" = "$NAMES_REF" ] &&
+   [ "$(names_screen "$s" | awk '$2 != "float"' | wc -l)" = 0 ] && [ "$(wc -l <<<"$NAMES_REF")" = 9 ] &&
+   screen "$s" | grep -q "loading the weights"; then
+  pass "start.loading-table-from-config"
+else
+  fail "start.loading-table-from-config" "batch layers:" "$NAMES_REF" "$(screen "$s")"
+fi
+go
+
 # 1. the first stage: the table and the first site's spectrum (float: no weight error), while
 #    errors and eval are still to come
-if wait_for "$s" "Layers" 20 && quick_stage "$s" "no weight error"; then
+if gone && wait_for "$s" "Layers" 20 && quick_stage "$s" "no weight error"; then
   pass "start.quick-stage-spectrum"
 else
   fail "start.quick-stage-spectrum" "$(screen "$s")"
@@ -207,10 +227,70 @@ s=qs-pv0-$$
 rm -f "$GO"
 T new-session -d -s "$s" -x 100 -y 30 \
   "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen QSCOPE_TUI_PREVIEW_HOLD=$GO $Q $M $D"
+wait_for "$s" "weights loading" 20 && go && gone
 if wait_for "$s" "computing errors and eval" 20 && wait_spectrum "$s" "no weight error" && go &&
    gone && full_shown "$s" && [ ! -e "$GO" ]; then
   pass "default-threshold-no-preview"
 else
   fail "default-threshold-no-preview" "$(screen "$s")"
 fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# 7. the loads from the command line are the session's first commands (save session keeps them,
+#    and it replays), but not unsaved work: q quits at once
+s=qs-pv7-$$
+T new-session -d -s "$s" -x 100 -y 30 "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen $Q $M $D; echo qscope-exit=\$?"
+full_shown "$s"
+cmd "$s" "save session $TMP/boot.qs"
+esc "$s"
+if wait_file "$TMP/boot.qs" && [ "$(grep -v '^#' "$TMP/boot.qs" | grep -v '^$' | head -2)" = "load model $M
+load data $D" ] && $Q --replay "$TMP/boot.qs" --check >"$TMP/boot.out" 2>&1; then
+  pass "boot.loads-journaled"
+else
+  fail "boot.loads-journaled" "$(cat "$TMP/boot.qs" 2>/dev/null)" "$(cat "$TMP/boot.out" 2>/dev/null)"
+fi
+wait_idle "$s" 30
+T send-keys -t "$s" q
+if wait_all "$s" "qscope-exit=0" 10 && ! screen_all "$s" | grep -q "quit anyway"; then
+  pass "boot.not-unsaved"
+else
+  fail "boot.not-unsaved" "$(screen_all "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
+
+# 8. a load failing after the peek: config.json is fine, model.safetensors is cut short; the TUI
+#    stays up, the log says why, and no model is loaded
+BAD=$TMP/bad-gpt2
+mkdir -p "$BAD"
+cp "$M/config.json" "$BAD/"
+head -c 5000 "$M/model.safetensors" >"$BAD/model.safetensors"
+ERR_REF=$($Q --no-default -c "load model $BAD" 2>&1 >/dev/null)
+s=qs-pv8-$$
+T new-session -d -s "$s" -x 100 -y 30 "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen $Q $BAD $D; echo qscope-exit=\$?"
+if [ -n "$ERR_REF" ] && wait_for "$s" "no model: load model PATH" 20 &&
+   screen "$s" | tr -d '\n' | grep -qF "error: ${ERR_REF#qscope: }"; then
+  pass "boot.load-error-in-log"
+else
+  fail "boot.load-error-in-log" "batch: $ERR_REF" "$(screen "$s")"
+fi
+T send-keys -t "$s" q
+wait_all "$s" "qscope-exit=0" 10 || fail "boot.load-error-quit" "$(screen_all "$s")"
+T kill-session -t "$s" >/dev/null 2>&1
+
+# 9. Ctrl-C while the model loads (held before its first tensor): the load stops, its data's
+#    load is dropped, the TUI stays up without a model
+s=qs-pv9-$$
+rm -f "$GO"
+T new-session -d -s "$s" -x 100 -y 30 \
+  "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen QSCOPE_TUI_PREVIEW_HOLD=$GO $Q $M $D; echo qscope-exit=\$?"
+wait_for "$s" "weights loading" 20
+T send-keys -t "$s" C-c
+if wait_for "$s" "no model: load model PATH" 20 && screen "$s" | grep -q "model.safetensors: cancelled" &&
+   ! screen "$s" | grep -q "> load data"; then
+  pass "boot.ctrl-c-cancels-load"
+else
+  fail "boot.ctrl-c-cancels-load" "$(screen "$s")"
+fi
+T send-keys -t "$s" q
+wait_all "$s" "qscope-exit=0" 10 || fail "boot.cancel-quit" "$(screen_all "$s")"
 T kill-session -t "$s" >/dev/null 2>&1

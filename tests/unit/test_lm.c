@@ -13,7 +13,9 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include "qscope/bench.h"
 #include "qscope/half.h"
+#include "qscope/layer_row.h"
 #include "qscope/safetensors.h"
 #include "qscope/tokens.h"
 #include "test.h"
@@ -685,6 +687,104 @@ static void test_lazy_weights(void)
     }
 }
 
-TEST_MAIN("lm", TEST_CASE(test_lazy_weights), TEST_CASE(test_load_memory_check),
-          TEST_CASE(test_gpt2_vs_torch), TEST_CASE(test_llama_vs_torch), TEST_CASE(test_hooks),
-          TEST_CASE(test_bundled_models), TEST_CASE(test_bad_models))
+/* ---- the peek and the load's hooks ------------------------------------------------------- */
+
+struct prog_log {
+    int n, monotone;
+    double last;
+    _Atomic int *cancel_at_2; /* set after the second report */
+};
+
+static void prog_cb(void *ctx, const char *what, double frac)
+{
+    struct prog_log *p = ctx;
+    if (strcmp(what, "reading the weights") || frac < p->last || frac > 1.0)
+        p->monotone = 0;
+    p->last = frac;
+    if (++p->n == 2 && p->cancel_at_2)
+        *p->cancel_at_2 = 1;
+}
+
+/* qs_lm_peek gives the sites (names, shapes, order), sizes and family of the load, from the
+ * config alone (a corrupt weights file still peeks; a missing one, a GGUF file, a bad config do
+ * not); its rows (qs_layer_row_plain) are those of the loaded model in a fresh bench; the load's
+ * progress rises to 1 over the tensors, and its cancel flag stops it with no model. */
+static void test_peek(void)
+{
+    const char *dirs[] = {"datasets/models/tiny-gpt2", "datasets/models/tiny-llama",
+                          "tests/fixtures/lm_gpt2", "tests/fixtures/lm_llama_gqa"};
+    for (int k = 0; k < 4; k++) {
+        struct qs_lm *p = NULL, *m = NULL;
+        qs_err e = {{0}};
+        struct prog_log pl = {0, 1, 0.0, NULL};
+        struct qs_lm_load_hooks h = {prog_cb, &pl, NULL};
+        CHECK(qs_lm_peek(dirs[k], &p, &e) == 0);
+        CHECK(qs_lm_load_ex(dirs[k], &h, &m, &e) == 0);
+        if (!p || !m) {
+            fprintf(stderr, "  %s: %s\n", dirs[k], e.msg);
+            qs_lm_free(p);
+            qs_lm_free(m);
+            continue;
+        }
+        CHECK(pl.n > 4 && pl.monotone && pl.last == 1.0);
+        CHECK(p->family == m->family && p->n_layer == m->n_layer && p->d_model == m->d_model &&
+              p->vocab == m->vocab && p->ctx == m->ctx && p->tied == m->tied &&
+              !strcmp(p->path, m->path));
+        CHECK(p->nsites == m->nsites);
+        struct qs_bench *b = qs_bench_new();
+        CHECK(b && qs_bench_set_lm(b, m, dirs[k], &e) == 0);
+        for (int i = 0; b && i < p->nsites && i < m->nsites; i++) {
+            const struct qs_lm_site *a = &p->sites[i], *s = &m->sites[i];
+            CHECK(!strcmp(a->name, s->name) && a->in == s->in && a->out == s->out);
+            CHECK(a->w == NULL && a->w16 == NULL && a->b == NULL);
+            struct qs_layer_row rp, rf;
+            qs_layer_row_plain(a->name, a->out, a->in, &rp);
+            qs_layer_row_fill(b, i, &rf);
+            CHECK(!strcmp(rp.name, rf.name));
+            rp.name = rf.name; /* the rest, byte for byte (both rows start zeroed) */
+            if (memcmp(&rp, &rf, sizeof rp)) {
+                fprintf(stderr, "  %s: row %d (%s) differs from the loaded one\n", dirs[k], i,
+                        a->name);
+                CHECK(0);
+            }
+        }
+        qs_bench_free(b); /* frees m */
+        qs_lm_free(p);
+    }
+
+    /* cancelled after the second tensor: -1, "cancelled", no model */
+    _Atomic int flag = 0;
+    struct prog_log pl = {0, 1, 0.0, &flag};
+    struct qs_lm_load_hooks h = {prog_cb, &pl, &flag};
+    struct qs_lm *m = (struct qs_lm *)1;
+    qs_err e = {{0}};
+    CHECK(qs_lm_load_ex("datasets/models/tiny-gpt2", &h, &m, &e) == -1);
+    CHECK(m == NULL && strstr(e.msg, "model.safetensors: cancelled") && pl.n == 2);
+
+    /* the peek reads the config, not the weights */
+    char dir[128], path[200], cmd[300];
+    snprintf(dir, sizeof dir, "/tmp/qs_test_lm_peek_%d", (int)getpid());
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp datasets/models/tiny-gpt2/config.json %s/", dir,
+             dir);
+    CHECK(system(cmd) == 0);
+    struct qs_lm *p = NULL;
+    CHECK(qs_lm_peek(dir, &p, &e) == -1 && p == NULL && strstr(e.msg, "not a regular file"));
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    write_text(path, "not a safetensors file");
+    CHECK(qs_lm_peek(dir, &p, &e) == 0 && p && p->nsites == 9 &&
+          !strcmp(p->sites[8].name, "lm_head"));
+    qs_lm_free(p);
+    p = NULL;
+    CHECK(qs_lm_load(dir, &p, &e) == -1 && p == NULL);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    write_text(path, "{\"model_type\": \"gpt2\", \"n_layer\": -3}");
+    CHECK(qs_lm_peek(dir, &p, &e) == -1 && p == NULL && strstr(e.msg, "config.json"));
+    CHECK(qs_lm_peek("datasets/models/llama256-q4km.gguf", &p, &e) == -1 && p == NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+TEST_MAIN("lm", TEST_CASE(test_peek), TEST_CASE(test_lazy_weights),
+          TEST_CASE(test_load_memory_check), TEST_CASE(test_gpt2_vs_torch),
+          TEST_CASE(test_llama_vs_torch), TEST_CASE(test_hooks), TEST_CASE(test_bundled_models),
+          TEST_CASE(test_bad_models))
