@@ -550,12 +550,12 @@ int qs_bench_run_weights(struct qs_bench *b, enum qs_split_id s, const float *co
 /* The regime in force: which roles some layer quantizes (the set regime when none does). */
 enum qs_regime qs_bench_effective_regime(const struct qs_bench *b);
 
-/* Short descriptions of a layer's weight and activation quantization for tables: "float",
- * "int4/channel", "int4/g32", "mxfp4", "nf4/g64"; activations say how they are scaled:
- * "int8/tensor", "int8/token", "int8/static", "int8/g32". */
 /* The state qs_bench_resolve gives a unit no rule matches (float weights and activations,
  * default options, round-to-nearest, no correction): a newly loaded model's. */
 void qs_layer_state_plain(struct qs_layer_state *s);
+/* Short descriptions of a layer's weight and activation quantization for tables: "float",
+ * "int4/channel", "int4/g32", "mxfp4", "nf4/g64"; activations say how they are scaled:
+ * "int8/tensor", "int8/token", "int8/static", "int8/g32". */
 void qs_bench_wdesc(const struct qs_layer_state *s, char *buf, size_t n);
 void qs_bench_adesc(const struct qs_layer_state *s, char *buf, size_t n);
 

@@ -116,17 +116,14 @@ int qs_cmd_lm_load_model(struct qs_ctx *c, const char *path, const char *file, q
 int qs_cmd_load_peek(const char *model, const char *data, struct qs_lm **skel, qs_err *e)
 {
     *skel = NULL;
-    char rb[4096];
+    char rb[4096], db[4096];
     const char *file = qs_cmd_input_path(model, rb, sizeof rb);
     if (!qs_cmd_is_lm_path(file))
         return qs_errf(e, "%s: not a Hugging Face folder", model);
-    if (data) {
-        const char *df = qs_cmd_input_path(data, rb, sizeof rb);
-        struct stat st;
-        if (stat(df, &st) < 0 || !S_ISREG(st.st_mode) || access(df, R_OK) < 0)
-            return qs_errf(e, "%s: not a readable file", data);
-        file = qs_cmd_input_path(model, rb, sizeof rb);
-    }
+    struct stat st;
+    const char *df = data ? qs_cmd_input_path(data, db, sizeof db) : NULL;
+    if (df && (stat(df, &st) < 0 || !S_ISREG(st.st_mode) || access(df, R_OK) < 0))
+        return qs_errf(e, "%s: not a readable file", data);
     return qs_lm_peek(file, skel, e);
 }
 

@@ -294,3 +294,15 @@ fi
 T send-keys -t "$s" q
 wait_all "$s" "qscope-exit=0" 10 || fail "boot.cancel-quit" "$(screen_all "$s")"
 T kill-session -t "$s" >/dev/null 2>&1
+
+# 10. what the peek cannot vouch for loads before the screen, as before: data that is not a
+#     readable file ends qscope with the load's message and status 1, no full screen
+s=qs-pv10-$$
+T new-session -d -s "$s" -x 100 -y 30 "env LANG=C.UTF-8 LC_ALL=C.UTF-8 TERM=screen $Q $M $TMP/missing.bin; echo qscope-exit=\$?"
+if wait_all "$s" "qscope-exit=1" 20 && screen_all "$s" | grep -q "^qscope: .*missing.bin" &&
+   ! screen_all "$s" | grep -q "Layers"; then
+  pass "boot.unreadable-data-exits"
+else
+  fail "boot.unreadable-data-exits" "$(screen_all "$s")"
+fi
+T kill-session -t "$s" >/dev/null 2>&1
