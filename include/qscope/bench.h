@@ -241,6 +241,8 @@ struct qs_bench {
     size_t act_budget;    /* bytes of captured activations a streaming pass or a site's
                              row cache may hold (default QS_ACT_BUDGET) */
     int calib_tokens;     /* set calib tokens=N: the budget asked for (0: windows given) */
+    int ctx_set;          /* set ctx N: a transformer's windows are N tokens (at most its
+                             context; 0: the whole context), for this and later models */
     int test_windows;     /* transformers: held-out runs (eval's loss_q, KL, the studies'
                              losses) take the split's first test_windows windows (0: all
                              of it; study q2 heldout_tokens=); the gate and its float loss
@@ -518,6 +520,13 @@ int qs_bench_set_memory(struct qs_bench *b, const size_t *weights, const size_t 
  * an MLP (its test split is rows: set split) and beyond the loaded split's windows. A change
  * drops the caches (held-out activations, error sums, moments). 0 / -1. */
 int qs_bench_set_heldout(struct qs_bench *b, long windows, long tokens, qs_err *e);
+/* `set ctx`: a transformer's calibration, held-out and training windows are n tokens (1 to
+ * the model's context n_pos; 0: the whole context), for this model and those loaded after
+ * (each up to its own context): lm->ctx. A change drops what was computed on the old windows
+ * (caches, the gate's float loss, static scales, fitted methods) and turns a calibration budget
+ * in tokens (set calib tokens=) into windows of the new length. Refused without a transformer.
+ * 0 / -1. */
+int qs_bench_set_ctx(struct qs_bench *b, int n, qs_err *e);
 /* The held-out split's windows of a transformer with token data ((held-out tokens - 1) / ctx),
  * whatever test_windows is; -1 without them. */
 int qs_bench_heldout_windows(const struct qs_bench *b);

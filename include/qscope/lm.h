@@ -35,7 +35,11 @@ struct qs_lm_priv; /* embeddings, norms, metadata: internal to lm.c */
 
 struct qs_lm {
     enum qs_lm_family family;
-    int n_layer, n_head, n_kv_head, d_model, d_ff, vocab, ctx;
+    int n_layer, n_head, n_kv_head, d_model, d_ff, vocab;
+    /* n_pos: the context of the config (n_positions / max_position_embeddings: GPT-2's position
+     * table, the longest sequence a forward takes); ctx: the windows the analyses, eval and
+     * training take, at most n_pos (`set ctx`; n_pos when loaded) */
+    int n_pos, ctx;
     double eps, rope_theta; /* norm epsilon; RoPE base (LLaMA only) */
     int tied;               /* lm head = token embedding */
     /* config.json's model_type: "gpt2", or the LLaMA family's "llama", "qwen2", "mistral" */

@@ -299,6 +299,8 @@ int qs_bench_set_lm(struct qs_bench *b, struct qs_lm *m, const char *path, qs_er
         m->wf_budget = b->wq_budget; /* set memory weights= bounds both caches */
     free(b->model_path);
     b->model_path = qs_strdup(path);
+    if (m) /* set ctx: this model's windows, up to its own context */
+        m->ctx = b->ctx_set > 0 && b->ctx_set < m->n_pos ? b->ctx_set : m->n_pos;
     if (alloc_states(b, e) < 0 || qs_bench_resolve(b, e) < 0)
         return -1;
     /* last, so that no failure follows (a staged load must be able to give the tokens back) */
@@ -397,6 +399,7 @@ struct qs_bench *qs_bench_stage(struct qs_bench *b, int keep)
     s->f_calib = b->f_calib;
     s->calib_n = b->calib_n;
     s->calib_tokens = b->calib_tokens;
+    s->ctx_set = b->ctx_set;
     s->test_windows = b->test_windows;
     s->act_budget = b->act_budget;
     s->wq_budget = b->wq_budget;
@@ -503,6 +506,26 @@ int qs_bench_set_calib(struct qs_bench *b, int n, qs_err *e)
     b->calib_n = n;
     for (int i = 0; b->ls && i < nlayers_of(b); i++)
         b->ls[i].a_static_amax = 0.0f;
+    return methods_data_changed(b, e);
+}
+
+int qs_bench_set_ctx(struct qs_bench *b, int n, qs_err *e)
+{
+    if (!b->lm)
+        return qs_errf(e, "set ctx applies to transformers (their windows; load model DIR)");
+    if (n < 0 || n > b->lm->n_pos)
+        return qs_errf(e, "set ctx: windows of %d tokens asked for; the model's context is %d", n,
+                       b->lm->n_pos);
+    int ctx = n > 0 ? n : b->lm->n_pos;
+    b->ctx_set = n;
+    if (ctx == b->lm->ctx)
+        return 0;
+    b->lm->ctx = ctx;
+    if (b->calib_tokens > 0) { /* the budget in tokens, in windows of the new length */
+        long w = b->calib_tokens / ctx;
+        b->calib_n = (int)(w < 1 ? 1 : w);
+    }
+    qs_bench_lm_drop(b); /* caches, the gate's float loss and static scales were per window */
     return methods_data_changed(b, e);
 }
 

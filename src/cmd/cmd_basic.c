@@ -897,6 +897,41 @@ static int cmd_set_memory(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 }
 
 /* set heldout [N | tokens=N | all]: how many held-out windows a transformer's runs take. */
+static int cmd_set_ctx(struct qs_ctx *c, int argc, char **argv, qs_err *e)
+{
+    (void)argc; /* read by the spec */
+    (void)argv;
+    struct qs_bench *b = c->b;
+    const char *nv = qs_arg_pos(c, 0);
+    if (nv) {
+        long v = 0;
+        if (strcmp(nv, "model") && qs_parse_int(nv, 1, 1 << 30, &v, "set ctx", e) < 0)
+            return -1;
+        if (qs_bench_set_ctx(b, (int)v, e) < 0)
+            return -1;
+        if (v > 0)
+            snprintf(c->canon, sizeof c->canon, "set ctx %ld", v);
+        else
+            snprintf(c->canon, sizeof c->canon, "set ctx model");
+    } else {
+        c->no_journal = 1; /* a question, not a setting */
+        if (!b->lm)
+            return qs_errf(e, "set ctx applies to transformers (their windows; load model DIR)");
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "cmd", "set");
+    cJSON_AddNumberToObject(o, "ctx", b->lm->ctx);
+    cJSON_AddNumberToObject(o, "n_positions", b->lm->n_pos);
+    char text[200];
+    int k = snprintf(text, sizeof text, "windows: %d tokens (the model's context: %d)", b->lm->ctx,
+                     b->lm->n_pos);
+    if (b->calib_tokens > 0) /* the budget in tokens, in windows of the new length */
+        snprintf(text + k, sizeof text - (size_t)k, "; calibration: %d windows (budget %d tokens)",
+                 b->calib_n, b->calib_tokens);
+    qs_emit(c, o, text);
+    return 0;
+}
+
 static int cmd_set_heldout(struct qs_ctx *c, int argc, char **argv, qs_err *e)
 {
     (void)argc; /* read by the spec */
@@ -2092,6 +2127,11 @@ const struct qs_cmd_def qs_cmds_basic[] = {
      QS_CMD_JOURNAL | QS_CMD_SPARES, cmd_set_memory,
      "memory budgets: weights= the decoded quantized weights cache (0: only the site in use), "
      "acts= captured activations; SIZE in bytes or with K, M, G (binary); none: show them",
+     NULL},
+    {"set ctx", 0, 1, QS_ARGS(QS_POS("N|model", QS_ARG_INT, "N|model")),
+     QS_CMD_JOURNAL | QS_CMD_RECALC | QS_CMD_SPARES, cmd_set_ctx,
+     "transformers: calibration, held-out and training windows of N tokens (at most the "
+     "model's context; model: the whole context, the default); none: show it",
      NULL},
     {"set heldout", 0, 1,
      QS_ARGS(QS_POS("N|all", QS_ARG_INT, "N|all"), QS_OPT("tokens", QS_ARG_INT, NULL)),

@@ -173,11 +173,16 @@ void qs_cmd_lm_info(struct qs_ctx *c, cJSON *o, struct qs_sb *t)
     cJSON_AddNumberToObject(o, "layers", m->nsites);
     cJSON_AddNumberToObject(o, "params", (double)qs_lm_nparams(m));
     qs_json_num(o, "bits_per_weight", qs_bench_bits_per_weight(b));
+    char of[48] = ""; /* set ctx: windows shorter than the context */
+    if (m->ctx != m->n_pos) {
+        snprintf(of, sizeof of, " of %d (set ctx)", m->n_pos);
+        cJSON_AddNumberToObject(o, "n_positions", m->n_pos);
+    }
     qs_sb_printf(t,
-                 "model   %s (%s, %d blocks, d_model %d, ctx %d, vocab %d; %d linear sites, "
+                 "model   %s (%s, %d blocks, d_model %d, ctx %d%s, vocab %d; %d linear sites, "
                  "%.3f bits/weight)\n",
-                 b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, m->vocab, m->nsites,
-                 qs_bench_bits_per_weight(b));
+                 b->model_path, family_name(m), m->n_layer, m->d_model, m->ctx, of, m->vocab,
+                 m->nsites, qs_bench_bits_per_weight(b));
     if (b->gguf) { /* load reference: the model is the float original of a quantized GGUF */
         cJSON_AddStringToObject(o, "gguf", qs_lm_gguf_sites_path(b->gguf));
         qs_sb_printf(t,

@@ -76,7 +76,7 @@ long qs_lm_nparams(const struct qs_lm *m)
 {
     long n = (long)m->vocab * m->d_model, d = m->d_model;
     if (m->family == QS_LM_GPT2)
-        n += (long)m->ctx * d + 2 * d + (long)m->n_layer * 4 * d;
+        n += (long)m->n_pos * d + 2 * d + (long)m->n_layer * 4 * d;
     else
         n += d + (long)m->n_layer * 2 * d;
     for (int s = 0; s < m->nsites; s++) {
@@ -327,6 +327,8 @@ int qs_lm_parse_config(const char *text, size_t len, const char *file, struct qs
     if (rc == 0 && m->ctx > LM_MAX_CTX)
         rc = qs_errf(e, "%s: context length %d exceeds qscope's limit of %d", file, m->ctx,
                      LM_MAX_CTX);
+    if (rc == 0)
+        m->n_pos = m->ctx; /* the windows start as the whole context */
     if (rc == 0 && m->n_head > m->d_model)
         rc = qs_errf(e, "%s: %d heads for a hidden size of %d", file, m->n_head, m->d_model);
     if (rc == 0 && m->n_kv_head > m->n_head)
@@ -380,7 +382,7 @@ int qs_lm_weight_bytes(const struct qs_lm *m, size_t *bytes)
     }
     size_t all, emb, pos = 0;
     if (qs_size_mul((size_t)m->n_layer, L, &all) < 0 || qs_size_mul(V, d, &emb) < 0 ||
-        (m->family == QS_LM_GPT2 && qs_size_mul((size_t)m->ctx, d, &pos) < 0) ||
+        (m->family == QS_LM_GPT2 && qs_size_mul((size_t)m->n_pos, d, &pos) < 0) ||
         qs_size_add(all, emb, &all) < 0 || qs_size_add(all, pos + 2 * d, &all) < 0 ||
         (!m->tied && qs_size_add(all, emb, &all) < 0) || qs_size_mul(all, sizeof(float), bytes) < 0)
         return -1;
@@ -641,7 +643,7 @@ static int load_gpt2(struct qs_lm *m, const struct st_ctx *c)
     int d = m->d_model;
     char k[128];
     if (embed_weight(c, p, "wte.weight", m->vocab, d) < 0 ||
-        !(p->wpe = tensor(c, "wpe.weight", m->ctx, d, 0)))
+        !(p->wpe = tensor(c, "wpe.weight", m->n_pos, d, 0)))
         return -1;
     for (int l = 0; l < m->n_layer; l++) {
         struct lm_layer *L = &p->layer[l];
@@ -1106,12 +1108,12 @@ static int save_bias_plan(const struct qs_lm *m, const float *const *b, int *mas
     if (need == m->bias_mask)
         return 0;
     *mask = (need & 0x0F ? 0x0F : 0) | (need & 0x70 ? 0x70 : 0);
-    if (strcmp(m->arch, "llama") && m->window > 0 && m->window < m->ctx)
+    if (strcmp(m->arch, "llama") && m->window > 0 && m->window < m->n_pos)
         return qs_errf(e,
                        "%s has no linear biases in Hugging Face's format and its sliding window "
                        "of %d (< context %d) has no llama equivalent: a bias or linear "
                        "correction cannot be folded into it",
-                       m->arch, m->window, m->ctx);
+                       m->arch, m->window, m->n_pos);
     *arch = "llama";
     return 0;
 }
@@ -1234,7 +1236,7 @@ int qs_lm_save_packed(const struct qs_lm *m, const char *dir, const float *const
         if (gpt2 && first) {
             if (s == 0) {
                 save_put(&x, "transformer.wte.weight", m->vocab, m->d_model, emb);
-                save_put(&x, "transformer.wpe.weight", m->ctx, m->d_model, p->wpe);
+                save_put(&x, "transformer.wpe.weight", m->n_pos, m->d_model, p->wpe);
             }
             snprintf(k, sizeof k, "transformer.h.%d.ln_1.weight", l);
             save_put(&x, k, m->d_model, 0, L->n1w);
@@ -1864,8 +1866,8 @@ struct qs_lm_scratch {
 
 struct qs_lm_scratch *qs_lm_scratch_new(const struct qs_lm *m, int T, qs_err *e)
 {
-    if (T < 1 || T > m->ctx) {
-        qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T, m->ctx);
+    if (T < 1 || T > m->n_pos) {
+        qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T, m->n_pos);
         return NULL;
     }
     int d = m->d_model, ff = m->d_ff, H = m->n_head, Hk = m->n_kv_head, hd = d / H;
@@ -1918,9 +1920,9 @@ void qs_lm_scratch_free(struct qs_lm_scratch *c)
 
 static int check_tokens(const struct qs_lm *m, const uint32_t *tok, int T, qs_err *e)
 {
-    if (T < 1 || T > m->ctx)
+    if (T < 1 || T > m->n_pos)
         return qs_errf(e, "%s: sequence of %d tokens (the model takes 1 to %d)", m->path, T,
-                       m->ctx);
+                       m->n_pos);
     for (int t = 0; t < T; t++)
         if (tok[t] >= (uint32_t)m->vocab)
             return qs_errf(e, "%s: token %u at position %d is outside the vocabulary (%d)", m->path,

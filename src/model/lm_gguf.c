@@ -402,7 +402,7 @@ int qs_lm_save_gguf(const struct qs_lm *m, const char *path, const uint8_t *cons
             {.key = "general.architecture", .type = QS_GGUF_STRING, .str = "llama"},
             {.key = "general.name", .type = QS_GGUF_STRING, .str = "qscope export"},
             {.key = "llama.vocab_size", .type = QS_GGUF_U32, .u32 = (uint32_t)m->vocab},
-            {.key = "llama.context_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->ctx},
+            {.key = "llama.context_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->n_pos},
             {.key = "llama.embedding_length", .type = QS_GGUF_U32, .u32 = (uint32_t)d},
             {.key = "llama.block_count", .type = QS_GGUF_U32, .u32 = (uint32_t)L},
             {.key = "llama.feed_forward_length", .type = QS_GGUF_U32, .u32 = (uint32_t)m->d_ff},

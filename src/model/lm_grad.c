@@ -62,7 +62,7 @@ static void list_tensors(const struct qs_lm *m, struct tlist *l, float **gw, flo
 #define ADD(name, val, r, c) (l->t ? tadd(l, name, val, r, c) : (l->n++, (float *)NULL))
     float *gwte = ADD(gpt2 ? "wte.weight" : "model.embed_tokens.weight", p->wte, m->vocab, d);
     if (gpt2)
-        ADD("wpe.weight", p->wpe, m->ctx, d);
+        ADD("wpe.weight", p->wpe, m->n_pos, d);
     for (int L = 0; L < m->n_layer; L++) {
         struct lm_layer *ly = &p->layer[L];
         for (int i = 0; i < per; i++) {
@@ -660,9 +660,9 @@ static int scratch_floats(const struct qs_lm *m, int B, int T, int act, struct d
 /* B >= 1 windows of T tokens, T within the model's context. */
 static int check_batch(const struct qs_lm *m, int B, int T, qs_err *e)
 {
-    if (B < 1 || T < 1 || T > m->ctx)
+    if (B < 1 || T < 1 || T > m->n_pos)
         return qs_errf(e, "%s: %d windows of %d tokens (the model takes 1 to %d)", m->path, B, T,
-                       m->ctx);
+                       m->n_pos);
     return 0;
 }
 

@@ -136,8 +136,8 @@ int qs_lm_train(struct qs_lm *m, const uint32_t *train, size_t n_train, const ui
 {
     memset(r, 0, sizeof *r);
     int T = o->ctx ? o->ctx : m->ctx, B = o->batch;
-    if (T < 1 || T > m->ctx)
-        return qs_errf(e, "train: ctx %d is outside 1 .. %d (the model's context)", T, m->ctx);
+    if (T < 1 || T > m->n_pos)
+        return qs_errf(e, "train: ctx %d is outside 1 .. %d (the model's context)", T, m->n_pos);
     if (o->steps < 1 || B < 1)
         return qs_errf(e, "train: steps and batch must be at least 1");
     if (n_train < (size_t)T + 2)
